@@ -1,0 +1,210 @@
+//! Checkpoints as files in a local directory: `<dir>/<pipeline>/<partition>.ckpt`.
+//!
+//! A file is `WEIRCKP1`, a little-endian u32 header length, the JSON header (position, sink
+//! progress, stage names and sizes), the stage states back to back, and a SHA-256 of everything
+//! before it. Files are written to a temporary name, synced and renamed, so a crash leaves either
+//! the old checkpoint or the new one, never half of one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::event::PartitionId;
+
+const MAGIC: &[u8; 8] = b"WEIRCKP1";
+
+/// A checkpoint store in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalCheckpointStore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+    /// Stage names and the length of their state, in the order the states follow the header.
+    stage_sizes: Vec<(String, usize)>,
+}
+
+impl LocalCheckpointStore {
+    /// A store under `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalCheckpointStore { dir: dir.into() }
+    }
+
+    /// The file of one partition's checkpoint.
+    pub fn path(&self, pipeline: &str, partition: PartitionId) -> PathBuf {
+        self.dir.join(pipeline).join(format!("{partition}.ckpt"))
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        let safe: String = key
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        self.dir.join("meta").join(format!("{safe}.txt"))
+    }
+}
+
+fn error(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError {
+        location: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Encodes a checkpoint in the file format described in the module documentation.
+fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
+    let header = Header {
+        checkpoint: checkpoint.clone(),
+        stage_sizes: checkpoint.stages.iter().map(|(name, state)| (name.clone(), state.len())).collect(),
+    };
+    let header = serde_json::to_vec(&header)?;
+    let states: usize = checkpoint.stages.values().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + states + 32);
+    out.extend_from_slice(MAGIC);
+    // A header beyond 4 GiB would need that many sinks; saturate rather than wrap.
+    out.extend_from_slice(&u32::try_from(header.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&header);
+    for state in checkpoint.stages.values() {
+        out.extend_from_slice(state);
+    }
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+    let body_len = bytes.len().checked_sub(32).ok_or("file is too short")?;
+    let (body, digest) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err("checksum mismatch: the file is corrupt".to_owned());
+    }
+    let rest = body.strip_prefix(&MAGIC[..]).ok_or("not a Weir checkpoint (bad magic)")?;
+    let (len, rest) = rest.split_at_checked(4).ok_or("truncated header length")?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let (header, mut states) = rest.split_at_checked(len).ok_or("truncated header")?;
+    let header: Header = serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
+    let mut checkpoint = header.checkpoint;
+    let mut stages = BTreeMap::new();
+    for (name, size) in header.stage_sizes {
+        let (state, rest) = states.split_at_checked(size).ok_or("truncated stage state")?;
+        stages.insert(name, state.to_vec());
+        states = rest;
+    }
+    checkpoint.stages = stages;
+    Ok(checkpoint)
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, sync, rename, sync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, CheckpointError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(path, format!("checkpoint task failed: {e}")))?
+        .map_err(|reason| error(path, reason))
+}
+
+#[async_trait]
+impl CheckpointStore for LocalCheckpointStore {
+    async fn load(&self, pipeline: &str, partition: PartitionId) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = self.path(pipeline, partition);
+        let owned = path.clone();
+        blocking(&path, move || match read_optional(&owned) {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => decode(&bytes).map(Some),
+            Err(e) => Err(e.to_string()),
+        })
+        .await
+    }
+
+    async fn save(&self, pipeline: &str, partition: PartitionId, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let path = self.path(pipeline, partition);
+        let bytes = encode(checkpoint).map_err(|e| error(&path, e))?;
+        let owned = path.clone();
+        blocking(&path, move || write_atomically(&owned, &bytes).map_err(|e| e.to_string())).await
+    }
+
+    async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError> {
+        let path = self.meta_path(key);
+        let owned = path.clone();
+        blocking(&path, move || match read_optional(&owned) {
+            Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            Err(e) => Err(e.to_string()),
+        })
+        .await
+    }
+
+    async fn save_meta(&self, key: &str, value: &str) -> Result<(), CheckpointError> {
+        let path = self.meta_path(key);
+        let owned = path.clone();
+        let bytes = value.as_bytes().to_vec();
+        blocking(&path, move || write_atomically(&owned, &bytes).map_err(|e| e.to_string())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checkpoints_round_trip_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalCheckpointStore::new(dir.path());
+        assert_eq!(store.load("p", 3).await.expect("load"), None);
+        let mut checkpoint = Checkpoint {
+            position: Some(42),
+            written_at: 7,
+            ..Checkpoint::default()
+        };
+        checkpoint.sinks.insert("alerts".into(), serde_json::json!({"bytes": 120}));
+        checkpoint.stages.insert("anomaly".into(), vec![1, 2, 3]);
+        checkpoint.stages.insert("empty".into(), Vec::new());
+        store.save("p", 3, &checkpoint).await.expect("save");
+        assert_eq!(store.load("p", 3).await.expect("load"), Some(checkpoint.clone()));
+
+        checkpoint.position = Some(43);
+        store.save("p", 3, &checkpoint).await.expect("overwrite");
+        assert_eq!(store.load("p", 3).await.expect("load").and_then(|c| c.position), Some(43));
+
+        let path = store.path("p", 3);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 40;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).expect("corrupt");
+        let err = store.load("p", 3).await.expect_err("corrupt file");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+
+        store.save_meta("sim/start", "2026-01-01T00:00:00Z").await.expect("meta");
+        assert_eq!(store.load_meta("sim/start").await.expect("meta").as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+}

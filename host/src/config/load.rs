@@ -1,0 +1,426 @@
+//! Reading a configuration file and refusing a bad one with the file, line, key and expectation.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use super::{Config, SinkConfig, SourceConfig};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}:{line}:{column}: `{key}`: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Line of the offending key or value (1-based).
+        line: usize,
+        /// Column (1-based).
+        column: usize,
+        /// Dotted path of the offending key, such as `pipelines.telemetry.stages[0].plugin`.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
+
+/// A configuration with the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The typed configuration.
+    pub config: Config,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Directory that relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    /// `path` made absolute against the configuration file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&text, path, &base_dir)
+}
+
+/// Parses and validates configuration `text`, reporting errors against `path`.
+pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
+    let doc = Document { text, path };
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|err| doc.toml_error(&err, &[]))?;
+    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let keys = path_segments(err.path());
+        doc.toml_error(err.inner(), &keys)
+    })?;
+    let loaded = LoadedConfig {
+        config,
+        path: path.to_path_buf(),
+        base_dir: base_dir.to_path_buf(),
+    };
+    validate(&loaded, &doc)?;
+    Ok(loaded)
+}
+
+/// The text of a configuration file, for locating keys in error messages.
+struct Document<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Document<'_> {
+    fn toml_error(&self, err: &toml::de::Error, keys: &[String]) -> ConfigError {
+        let message = err.message().trim().to_owned();
+        // serde reports an unknown field against its table; point at the field itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let mut full_keys = keys.to_vec();
+        let mut span = None;
+        if let Some(field) = unknown {
+            full_keys.push(field);
+            span = self.span_of(&full_keys);
+        }
+        let span = span.or_else(|| err.span()).or_else(|| self.span_of(keys));
+        self.error_at(span, &full_keys, message)
+    }
+
+    /// An error at the key path `keys`.
+    fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.error_at(self.span_of(&keys), &keys, message.into())
+    }
+
+    fn error_at(&self, span: Option<Range<usize>>, keys: &[String], message: String) -> ConfigError {
+        let (line, column) = span.map_or((1, 1), |span| line_and_column(self.text, span.start));
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: dotted(keys),
+            message,
+        }
+    }
+
+    /// The span of the value at `keys`, or of the closest enclosing value that exists.
+    fn span_of(&self, keys: &[String]) -> Option<Range<usize>> {
+        let root = DeTable::parse(self.text).ok()?;
+        let mut span = root.span();
+        let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
+        let mut array: Option<&toml::de::DeArray<'_>> = None;
+        for key in keys {
+            let value = if let Some(t) = table {
+                match t.iter().find(|(k, _)| k.get_ref().as_ref() == key.as_str()) {
+                    // Point at the key: a value may sit on a later line of a table.
+                    Some((k, v)) => {
+                        span = k.span();
+                        v
+                    }
+                    None => return Some(span),
+                }
+            } else if let Some(a) = array {
+                match key.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                    Some(v) => {
+                        span = v.span();
+                        v
+                    }
+                    None => return Some(span),
+                }
+            } else {
+                return Some(span);
+            };
+            table = None;
+            array = None;
+            match value.get_ref() {
+                DeValue::Table(t) => table = Some(t),
+                DeValue::Array(a) => array = Some(a),
+                _ => {}
+            }
+        }
+        Some(span)
+    }
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn dotted(keys: &[String]) -> String {
+    let mut out = String::new();
+    for key in keys {
+        if key.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{key}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(key);
+        }
+    }
+    if out.is_empty() { "(file)".to_owned() } else { out }
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn one_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    if names.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", names.join(", ")) }
+}
+
+/// Cross-references and ranges that types alone cannot express.
+fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    let config = &loaded.config;
+    if config.pipelines.is_empty() {
+        return Err(doc.error(&["pipelines"], "no pipeline is defined: expected at least one `[pipelines.<name>]` table"));
+    }
+    for (name, source) in &config.sources {
+        let partitions = source.partitions();
+        if !(1..=4096).contains(&partitions) {
+            return Err(doc.error(
+                &["sources", name, "partitions"],
+                format!("expected between 1 and 4096 partitions, found {partitions}"),
+            ));
+        }
+        if let SourceConfig::Simulator(sim) = source {
+            if sim.devices == 0 {
+                return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
+            }
+            for (key, ratio) in [("jump_ratio", sim.jump_ratio), ("duplicate_ratio", sim.duplicate_ratio)] {
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(doc.error(&["sources", name, key], format!("expected a fraction between 0 and 1, found {ratio}")));
+                }
+            }
+            if let Some(start) = &sim.start_time
+                && chrono::DateTime::parse_from_rfc3339(start).is_err()
+            {
+                return Err(doc.error(
+                    &["sources", name, "start_time"],
+                    format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
+                ));
+            }
+            if sim.reading_interval.get().is_zero() {
+                return Err(doc.error(&["sources", name, "reading_interval"], "expected a duration above zero"));
+            }
+        }
+    }
+    for (name, sink) in &config.sinks {
+        if let SinkConfig::Delta(delta) = sink {
+            validate_delta(doc, name, delta)?;
+        }
+    }
+    for (name, pipeline) in &config.pipelines {
+        if !config.sources.contains_key(&pipeline.source) {
+            return Err(doc.error(
+                &["pipelines", name, "source"],
+                format!("source `{}` is not defined ({})", pipeline.source, one_of(config.sources.keys())),
+            ));
+        }
+        if !config.sinks.contains_key(&pipeline.dead_letter) {
+            return Err(doc.error(
+                &["pipelines", name, "dead_letter"],
+                format!("sink `{}` is not defined ({})", pipeline.dead_letter, one_of(config.sinks.keys())),
+            ));
+        }
+        if pipeline.batch.max_events == 0 {
+            return Err(doc.error(&["pipelines", name, "batch", "max_events"], "expected at least 1"));
+        }
+        if pipeline.stages.is_empty() {
+            return Err(doc.error(&["pipelines", name, "stages"], "expected at least one stage (`[[pipelines.<name>.stages]]`)"));
+        }
+        let mut seen = BTreeSet::new();
+        for (index, stage) in pipeline.stages.iter().enumerate() {
+            let index_key = index.to_string();
+            let at = |key: &'static str| vec!["pipelines", name.as_str(), "stages", index_key.as_str(), key];
+            if !seen.insert(stage.name.as_str()) {
+                return Err(doc.error(&at("name"), format!("stage name `{}` is used twice in this pipeline", stage.name)));
+            }
+            if config.sinks.contains_key(&stage.name) {
+                return Err(doc.error(&at("name"), format!("stage name `{}` is also a sink name: routes would be ambiguous", stage.name)));
+            }
+            let plugin = loaded.resolve(&stage.plugin);
+            if !plugin.is_file() {
+                return Err(doc.error(
+                    &at("plugin"),
+                    format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
+                ));
+            }
+            let later: Vec<&String> = pipeline.stages[index + 1..].iter().map(|s| &s.name).collect();
+            for (output, destinations) in &stage.outputs {
+                for destination in destinations.names() {
+                    let is_sink = config.sinks.contains_key(destination);
+                    let is_later_stage = later.contains(&destination);
+                    if !is_sink && !is_later_stage {
+                        let mut keys = at("outputs");
+                        keys.push(output.as_str());
+                        let earlier = pipeline.stages[..=index].iter().any(|s| &s.name == destination);
+                        let message = if earlier {
+                            format!("`{destination}` is this stage or an earlier one: outputs may only go to sinks or later stages")
+                        } else {
+                            format!(
+                                "`{destination}` is neither a sink ({}) nor a later stage of this pipeline",
+                                one_of(config.sinks.keys())
+                            )
+                        };
+                        return Err(doc.error(&keys, message));
+                    }
+                }
+            }
+            if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
+                return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_delta(doc: &Document<'_>, name: &str, delta: &super::DeltaSinkConfig) -> Result<(), ConfigError> {
+    if delta.columns.is_empty() {
+        return Err(doc.error(&["sinks", name, "columns"], "expected at least one column"));
+    }
+    let mut seen = BTreeSet::new();
+    for (index, column) in delta.columns.iter().enumerate() {
+        let index_key = index.to_string();
+        if !seen.insert(column.name.as_str()) {
+            return Err(doc.error(
+                &["sinks", name, "columns", &index_key, "name"],
+                format!("column `{}` is defined twice", column.name),
+            ));
+        }
+        if column.from.is_some() && column.value.is_some() {
+            return Err(doc.error(
+                &["sinks", name, "columns", &index_key],
+                "a column takes its value either `from` a field or from a metadata `value`, not both",
+            ));
+        }
+    }
+    for (index, partition_column) in delta.partition_by.iter().enumerate() {
+        if !seen.contains(partition_column.as_str()) {
+            return Err(doc.error(
+                &["sinks", name, "partition_by", &index.to_string()],
+                format!("partition column `{partition_column}` is not one of the table's columns"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refuse(text: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        match load_str(text, Path::new("weir.toml"), dir.path()) {
+            Ok(_) => panic!("configuration was accepted:\n{text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const VALID: &str = r#"
+[sources.sim]
+kind = "simulator"
+
+[sinks.out]
+kind = "stdout"
+
+[pipelines.p]
+source = "sim"
+dead_letter = "out"
+
+[[pipelines.p.stages]]
+name = "s"
+plugin = "p.wasm"
+outputs = { alerts = "out" }
+"#;
+
+    #[test]
+    fn a_valid_file_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let loaded = load_str(VALID, Path::new("weir.toml"), dir.path()).expect("valid");
+        assert_eq!(loaded.config.pipelines["p"].stages[0].outputs["alerts"].names(), ["out"]);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_key() {
+        let text = VALID.replace("kind = \"simulator\"", "kind = \"simulator\"\nratez = 5");
+        let err = refuse(&text);
+        assert!(err.starts_with("weir.toml:4:1: `sources.sim.ratez`: unknown field `ratez`"), "{err}");
+        assert!(err.contains("expected one of"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let text = VALID.replace("kind = \"simulator\"", "kind = \"simulator\"\nrate = \"fast\"");
+        let err = refuse(&text);
+        assert!(err.starts_with("weir.toml:4:"), "{err}");
+        assert!(err.contains("sources.sim.rate"), "{err}");
+        assert!(err.contains("expected u32"), "{err}");
+    }
+
+    #[test]
+    fn unknown_sink_in_route_is_refused_with_the_defined_ones() {
+        let err = refuse(&VALID.replace("alerts = \"out\"", "alerts = \"nowhere\""));
+        assert!(err.starts_with("weir.toml:15:"), "{err}");
+        assert!(err.contains("pipelines.p.stages[0].outputs.alerts"), "{err}");
+        assert!(err.contains("`nowhere` is neither a sink (defined: `out`)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_source_and_missing_plugin_are_refused() {
+        let err = refuse(&VALID.replace("source = \"sim\"", "source = \"simm\""));
+        assert!(err.contains("`pipelines.p.source`: source `simm` is not defined (defined: `sim`)"), "{err}");
+        let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
+        assert!(err.starts_with("weir.toml:14:"), "{err}");
+        assert!(err.contains("missing.wasm does not exist"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_syntax_errors_have_lines() {
+        let err = refuse(&format!("{VALID}\n[checkpoint]\ninterval = \"5 parsecs\"\n"));
+        assert!(err.contains("`checkpoint.interval`"), "{err}");
+        assert!(err.contains("unknown duration unit"), "{err}");
+        let err = refuse("[sources.sim\nkind = 1");
+        assert!(err.starts_with("weir.toml:1:"), "{err}");
+    }
+}

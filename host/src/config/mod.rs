@@ -1,0 +1,440 @@
+//! The typed configuration of a Weir process: sources, sinks and pipelines in one TOML file.
+//!
+//! Every struct denies unknown fields, so a typo is refused at start with the file, the line, the
+//! key and what was expected (see [`load`]). Relative paths are resolved against the directory of
+//! the configuration file.
+
+mod duration;
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use duration::ConfigDuration;
+pub use load::{ConfigError, LoadedConfig, load, load_str};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where checkpoints are kept and how often they are written.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Defaults for every Wasm stage; a stage may override them.
+    #[serde(default)]
+    pub plugins: PluginDefaults,
+    /// Event sources, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Sinks, by name. Pipelines route stage outputs and dead letters to them.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Pipelines, by name: one source, a chain of stages, routes to sinks.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// The checkpoint store and its cadence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the local checkpoint store (one file per pipeline and partition).
+    #[serde(default = "default_checkpoint_dir")]
+    pub dir: PathBuf,
+    /// How often each partition flushes its sinks and writes a checkpoint.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: ConfigDuration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: default_checkpoint_dir(),
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("data/checkpoints")
+}
+
+fn default_checkpoint_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(5_000)
+}
+
+/// Sandbox limits applied to every plugin instance unless a stage sets its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDefaults {
+    /// Largest linear memory one instance may grow to, in bytes.
+    #[serde(default = "default_max_memory_bytes")]
+    pub max_memory_bytes: u64,
+    /// Longest a single call into a plugin (one batch) may run before it is interrupted.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: ConfigDuration,
+}
+
+impl Default for PluginDefaults {
+    fn default() -> Self {
+        PluginDefaults {
+            max_memory_bytes: default_max_memory_bytes(),
+            call_timeout: default_call_timeout(),
+        }
+    }
+}
+
+fn default_max_memory_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+fn default_call_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(5_000)
+}
+
+/// One event source. `kind` selects the connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// The built-in IoT telemetry simulator.
+    Simulator(SimulatorSourceConfig),
+    /// Replay of a JSON Lines file.
+    File(FileSourceConfig),
+    /// An HTTP endpoint that accepts JSON events.
+    Http(HttpSourceConfig),
+}
+
+impl SourceConfig {
+    /// The number of partitions the source is split into.
+    pub fn partitions(&self) -> u32 {
+        match self {
+            SourceConfig::Simulator(c) => c.partitions,
+            SourceConfig::File(c) => c.partitions,
+            SourceConfig::Http(c) => c.partitions,
+        }
+    }
+}
+
+/// The telemetry simulator: devices reporting temperature, humidity, pressure, battery and signal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSourceConfig {
+    /// Number of partitions; events are partitioned by `DeviceId`.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Number of simulated devices.
+    #[serde(default = "default_devices")]
+    pub devices: u32,
+    /// Events per second over all devices; 0 produces as fast as the pipeline consumes.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Stop after this many readings (duplicates not counted); absent runs until stopped.
+    #[serde(default)]
+    pub max_events: Option<u64>,
+    /// Seed of the generator: the same seed gives the same events.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Event time of the first reading (RFC 3339). Absent: the time of the pipeline's first start,
+    /// kept in the checkpoint store so that a restart replays the same events.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// Event time between two readings of the same device.
+    #[serde(default = "default_reading_interval")]
+    pub reading_interval: ConfigDuration,
+    /// Fraction of readings with a sudden temperature jump.
+    #[serde(default = "default_jump_ratio")]
+    pub jump_ratio: f64,
+    /// Fraction of readings sent twice, as the streaming-at-scale samples inject.
+    #[serde(default = "default_duplicate_ratio")]
+    pub duplicate_ratio: f64,
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+fn default_devices() -> u32 {
+    20
+}
+fn default_rate() -> u32 {
+    1000
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_reading_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+fn default_jump_ratio() -> f64 {
+    0.05
+}
+fn default_duplicate_ratio() -> f64 {
+    0.001
+}
+
+/// Replay of a JSON Lines file, one event per line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The file to read.
+    pub path: PathBuf,
+    /// Number of partitions the lines are spread over.
+    #[serde(default = "default_one_partition")]
+    pub partitions: u32,
+    /// Top-level JSON field whose value is the partition key; absent spreads lines round-robin.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Keep reading as the file grows, instead of ending at its end.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+fn default_one_partition() -> u32 {
+    1
+}
+
+/// An HTTP ingest endpoint: `POST /events` with one JSON event or NDJSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Address to listen on.
+    #[serde(default = "default_http_address")]
+    pub address: String,
+    /// Number of partitions.
+    #[serde(default = "default_one_partition")]
+    pub partitions: u32,
+    /// Request header carrying the partition key.
+    #[serde(default = "default_key_header")]
+    pub key_header: String,
+    /// Top-level JSON field used as partition key when the header is absent.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Directory of the write-ahead log that makes accepted events durable before the reply.
+    #[serde(default)]
+    pub wal_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_http_address() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_key_header() -> String {
+    "x-partition-key".to_owned()
+}
+fn default_max_request_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+/// One sink. `kind` selects the connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// A Delta Lake table.
+    Delta(DeltaSinkConfig),
+    /// JSON Lines files, one per pipeline and partition.
+    File(FileSinkConfig),
+    /// Standard output, one JSON document per line.
+    Stdout(StdoutSinkConfig),
+}
+
+/// A Delta Lake table with an explicit schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSinkConfig {
+    /// Table location: a local directory.
+    pub path: String,
+    /// Columns of the table, in order.
+    pub columns: Vec<DeltaColumn>,
+    /// Columns the table is partitioned by (each must be one of `columns`).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Commit early once this many rows are buffered (a checkpoint always commits).
+    #[serde(default = "default_max_buffered_rows")]
+    pub max_buffered_rows: usize,
+}
+
+fn default_max_buffered_rows() -> usize {
+    200_000
+}
+
+/// One column of a Delta table and where its value comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaColumn {
+    /// Column name.
+    pub name: String,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    /// Top-level field of the record's JSON that fills the column; defaults to `name`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Fill the column from the record's metadata instead of its JSON.
+    #[serde(default)]
+    pub value: Option<ColumnValue>,
+    /// Whether the column may be null; a non-nullable column missing from a record sends the
+    /// record to the dead-letter sink.
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Types a Delta column can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    Long,
+    /// 32-bit signed integer.
+    Integer,
+    /// 64-bit float.
+    Double,
+    /// Boolean.
+    Boolean,
+    /// Instant with microsecond precision, UTC (from RFC 3339 text or epoch milliseconds).
+    Timestamp,
+    /// Calendar date (from `YYYY-MM-DD`, or the UTC date of a timestamp).
+    Date,
+}
+
+/// Record metadata a column can be filled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnValue {
+    /// When the sink received the record.
+    IngestionTime,
+    /// The event time of the input event the record derives from.
+    EventTime,
+    /// The source partition.
+    Partition,
+    /// The source position of the input event the record derives from.
+    Position,
+}
+
+/// JSON Lines files under a directory, one file per pipeline and partition
+/// (`<path>/<pipeline>-<partition>.jsonl`), truncated back to the last checkpoint on recovery so
+/// that every record is written exactly once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Directory of the files.
+    pub path: PathBuf,
+}
+
+/// Standard output. At-least-once: records after the last checkpoint are printed again after a
+/// crash.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
+
+/// A pipeline: events of one source through a chain of stages into sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name of the source.
+    pub source: String,
+    /// Where event time comes from; absent uses the time the event was enqueued or received.
+    #[serde(default)]
+    pub event_time: Option<EventTimeConfig>,
+    /// Sink that receives rejected and undecodable events with the reason.
+    pub dead_letter: String,
+    /// Events larger than this many bytes go to the dead-letter sink unprocessed.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// How events are grouped into batches for the stages.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// The stages, in order: source events enter the first one; each stage routes its outputs to
+    /// sinks or to later stages.
+    pub stages: Vec<StageConfig>,
+}
+
+fn default_max_event_bytes() -> usize {
+    1024 * 1024
+}
+
+/// Where an event's time comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// Top-level JSON field holding the event time (RFC 3339 text, or epoch milliseconds).
+    pub field: String,
+}
+
+/// Batching of events for the stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one batch.
+    #[serde(default = "default_batch_max_events")]
+    pub max_events: usize,
+    /// Longest wait for a first event before the partition reports itself idle.
+    #[serde(default = "default_batch_max_wait")]
+    pub max_wait: ConfigDuration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_batch_max_events(),
+            max_wait: default_batch_max_wait(),
+        }
+    }
+}
+
+fn default_batch_max_events() -> usize {
+    1024
+}
+fn default_batch_max_wait() -> ConfigDuration {
+    ConfigDuration::from_millis(100)
+}
+
+/// A Wasm stage of a pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
+    pub name: String,
+    /// Path of the plugin component (`.wasm`).
+    pub plugin: PathBuf,
+    /// Routes: each output name of the plugin to one or more sinks or later stages.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Destinations>,
+    /// The stage's own settings, handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Largest linear memory of one instance, in bytes (overrides `plugins.max_memory_bytes`).
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
+    /// Longest one call may run (overrides `plugins.call_timeout`).
+    #[serde(default)]
+    pub call_timeout: Option<ConfigDuration>,
+}
+
+/// One destination or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Destinations {
+    /// A single sink or stage name.
+    One(String),
+    /// Several sink or stage names.
+    Many(Vec<String>),
+}
+
+impl Destinations {
+    /// The destination names.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Destinations::One(name) => std::slice::from_ref(name),
+            Destinations::Many(names) => names,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Reading one top-level field of a JSON object without building the whole document.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// A scalar JSON value found at a top-level field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    /// A string.
+    Text(Cow<'a, str>),
+    /// A number, as its value.
+    Number(f64),
+    /// `null`.
+    Null,
+    /// An object, array or boolean.
+    Other,
+}
+
+impl FieldValue<'_> {
+    /// The value as partition-key bytes: strings as they are, numbers as text.
+    pub fn key_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            FieldValue::Text(text) => Some(text.as_bytes().to_vec()),
+            FieldValue::Number(n) => Some(n.to_string().into_bytes()),
+            FieldValue::Null | FieldValue::Other => None,
+        }
+    }
+}
+
+/// The value of top-level `field` in the JSON object `body`: `Ok(None)` when absent, `Err` with a
+/// reason when `body` is not one well-formed JSON object.
+pub fn top_level_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldValue<'a>>, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let found = FieldSeed { field }
+        .deserialize(&mut deserializer)
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    deserializer.end().map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(found)
+}
+
+struct FieldSeed<'f> {
+    field: &'f str,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Option<FieldValue<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Option<FieldValue<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if found.is_none() && key == self.field {
+                found = Some(map.next_value::<ScalarValue<'de>>()?.0);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+struct ScalarValue<'a>(FieldValue<'a>);
+
+impl<'de> de::Deserialize<'de> for ScalarValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = ScalarValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Text(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Text(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Text(Cow::Owned(v))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Number(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Number(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Number(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Null))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ScalarValue(FieldValue::Other))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(ScalarValue(FieldValue::Other))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ScalarValue(FieldValue::Other))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// Milliseconds since the Unix epoch from an event-time value: RFC 3339 text, or a number of
+/// epoch milliseconds.
+pub fn event_time_millis(value: &FieldValue<'_>) -> Result<i64, String> {
+    match value {
+        FieldValue::Text(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| format!("event time `{text}` is not an RFC 3339 timestamp: {e}")),
+        FieldValue::Number(n) if n.is_finite() => Ok(*n as i64),
+        FieldValue::Number(n) => Err(format!("event time {n} is not a finite number")),
+        FieldValue::Null => Err("event time is null".to_owned()),
+        FieldValue::Other => Err("event time is neither text nor a number".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_top_level_scalars_only() {
+        let body = br#"{"a":{"DeviceId":"inner"},"DeviceId":"dev-1","n":12.5,"esc":"x\"y"}"#;
+        assert_eq!(top_level_field(body, "DeviceId"), Ok(Some(FieldValue::Text(Cow::Borrowed("dev-1")))));
+        assert_eq!(top_level_field(body, "n"), Ok(Some(FieldValue::Number(12.5))));
+        assert_eq!(top_level_field(body, "esc"), Ok(Some(FieldValue::Text(Cow::Owned("x\"y".into())))));
+        assert_eq!(top_level_field(body, "missing"), Ok(None));
+        assert_eq!(top_level_field(body, "a"), Ok(Some(FieldValue::Other)));
+    }
+
+    #[test]
+    fn refuses_malformed_json_and_non_objects() {
+        assert!(top_level_field(b"{\"a\":", "a").unwrap_err().starts_with("malformed JSON"));
+        assert!(top_level_field(b"[1,2]", "a").is_err());
+        assert!(top_level_field(b"{\"a\":1} trailing", "a").is_err());
+    }
+
+    #[test]
+    fn event_times_from_text_and_numbers() {
+        let t = FieldValue::Text(Cow::Borrowed("2026-01-01T00:00:01.500Z"));
+        assert_eq!(event_time_millis(&t), Ok(1_767_225_601_500));
+        assert_eq!(event_time_millis(&FieldValue::Number(42.0)), Ok(42));
+        assert!(event_time_millis(&FieldValue::Text(Cow::Borrowed("yesterday"))).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Weir: a stream host whose business logic runs as sandboxed WebAssembly components.
+//!
+//! Sources deliver partitioned events; one task per partition runs them, in order, through Wasm
+//! stages; sinks make the results durable; checkpoints record how far each partition got, written
+//! only after the sinks have made durable what they cover.
+
+pub mod checkpoint;
+pub mod config;
+pub mod event;
+pub mod json;
+pub mod pipeline;
+pub mod plugin;
+pub mod sink;
+pub mod source;
+pub mod stage;

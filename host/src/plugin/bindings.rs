@@ -1,0 +1,23 @@
+//! The one place where the host generates its side of the plugin contract from `wit/`.
+//!
+//! The `weir-host` world is the union of every plugin world, so each kind of stage looks up only
+//! the export it needs (see [`super::TransformPlugin`]) and every stage shares the same import
+//! implementations.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "weir-host",
+});
+
+pub use exports::weir::plugin::transform;
+pub use weir::plugin::types::{Emitted, EventBatch, OutputBatch, Property, Rejection};
+pub use weir::plugin::{config, log, metrics, state, types};
+
+/// The WIT package and version this host implements.
+pub const PACKAGE: &str = "weir:plugin@0.1.0";
+
+/// The world a per-event transform implements.
+pub const TRANSFORM_WORLD: &str = "weir:plugin/event-transform@0.1.0";
+
+/// The export a per-event transform must provide.
+pub const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.1.0";

@@ -1,0 +1,433 @@
+//! Loading, validating and calling WebAssembly plugins.
+//!
+//! A plugin is compiled once per process ([`PluginEngine::load_transform`]), pre-linked once into
+//! an `InstancePre`, and instantiated once per partition worker ([`TransformInstance`]). Every
+//! store gets a sandboxed WASI context, a memory limit and a per-call deadline (see [`sandbox`]).
+
+pub mod bindings;
+pub mod sandbox;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use sandbox::PluginScope;
+pub use state::{KeyedState, SnapshotError};
+
+use bindings::{EventBatch, OutputBatch};
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("plugin {} is not a valid WebAssembly component: {reason}", path.display())]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the compiler said.
+        reason: String,
+    },
+    /// The component does not implement the world its stage needs.
+    #[error("plugin {} does not implement world `{world}`: {reason}", path.display())]
+    WrongWorld {
+        /// The plugin file.
+        path: PathBuf,
+        /// The world the stage needs, such as `weir:plugin/event-transform@0.1.0`.
+        world: String,
+        /// What is missing or mistyped.
+        reason: String,
+    },
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// Why one call into a plugin failed. After any of these the instance must be replaced.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin} version {version} trapped: {reason}")]
+pub struct CallError {
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Plugin version (content hash).
+    pub version: Arc<str>,
+    /// What happened: a panic message, the deadline, the memory limit, or the trap code.
+    pub reason: String,
+}
+
+/// Compiles plugins and holds what every instance shares.
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Arc<Linker<StoreState>>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// An engine with the sandbox settings and a linker holding the host's imports.
+    pub fn new() -> Result<Self, PluginError> {
+        let engine = sandbox::engine().map_err(|e| PluginError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        let add = |linker: &mut Linker<StoreState>| -> wasmtime::Result<()> {
+            wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+            bindings::log::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            bindings::metrics::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            bindings::state::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            bindings::config::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            Ok(())
+        };
+        add(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
+        Ok(PluginEngine {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The underlying wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles and validates a per-event transform plugin.
+    pub fn load_transform(&self, path: &Path) -> Result<Arc<TransformPlugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.transform_from_bytes(path, &bytes)
+    }
+
+    /// Compiles and validates a transform plugin from its bytes; `path` names it in errors.
+    pub fn transform_from_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<TransformPlugin>, PluginError> {
+        let world = bindings::TRANSFORM_WORLD;
+        let wrong_world = |reason: String| PluginError::WrongWorld {
+            path: path.to_path_buf(),
+            world: world.to_owned(),
+            reason,
+        };
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        check_export(&self.engine, &component, bindings::TRANSFORM_EXPORT, &["process"]).map_err(&wrong_world)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong_world(format!("its imports cannot be satisfied by Weir: {e:#}")))?;
+        let indices = bindings::transform::GuestIndices::new(&pre)
+            .map_err(|e| wrong_world(format!("export `{}` has the wrong type: {e:#}", bindings::TRANSFORM_EXPORT)))?;
+        Ok(Arc::new(TransformPlugin {
+            name: plugin_name(path).into(),
+            version: content_version(bytes).into(),
+            path: path.to_path_buf(),
+            pre,
+            indices,
+        }))
+    }
+}
+
+/// Checks that `component` exports instance `export` with the named functions.
+fn check_export(engine: &Engine, component: &Component, export: &str, functions: &[&str]) -> Result<(), String> {
+    let ty = component.component_type();
+    let exported: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let Some((_, item)) = ty.exports(engine).find(|(name, _)| *name == export) else {
+        let found = if exported.is_empty() { "nothing".to_owned() } else { exported.join(", ") };
+        return Err(format!("missing export `{export}` (the component exports {found})"));
+    };
+    let ComponentItem::ComponentInstance(instance) = item.ty else {
+        return Err(format!("export `{export}` is not an interface"));
+    };
+    for function in functions {
+        if !instance.exports(engine).any(|(name, item)| name == *function && matches!(item.ty, ComponentItem::ComponentFunc(_))) {
+            return Err(format!("missing export `{export}#{function}`"));
+        }
+    }
+    Ok(())
+}
+
+/// A plugin's name: its file name without extension.
+fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".to_owned())
+}
+
+/// A plugin's version: the first 12 hex digits of the SHA-256 of its bytes.
+pub fn content_version(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A compiled, validated per-event transform, ready to instantiate.
+pub struct TransformPlugin {
+    name: Arc<str>,
+    version: Arc<str>,
+    path: PathBuf,
+    pre: InstancePre<StoreState>,
+    indices: bindings::transform::GuestIndices,
+}
+
+impl std::fmt::Debug for TransformPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformPlugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransformPlugin {
+    /// Plugin name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Plugin version (content hash).
+    pub fn version(&self) -> &Arc<str> {
+        &self.version
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Per-instance settings.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    /// Who the instance runs for.
+    pub scope: PluginScope,
+    /// The stage's configuration as a JSON object.
+    pub config_json: Arc<str>,
+    /// Largest linear memory, in bytes.
+    pub max_memory_bytes: u64,
+    /// Longest one call may run.
+    pub call_timeout: Duration,
+}
+
+/// What a store carries for its instance.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    settings: Arc<InstanceSettings>,
+    last_stderr: sandbox::LastStderrLine,
+    /// The stage's keyed state in this partition.
+    pub keyed: KeyedState,
+    /// Counters the plugin added to since they were last taken.
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::log::Host for StoreState {
+    fn write(&mut self, level: bindings::log::Level, message: String, fields: Vec<(String, String)>) {
+        use bindings::log::Level;
+        let s = &self.settings.scope;
+        let fields = if fields.is_empty() {
+            String::new()
+        } else {
+            fields.iter().map(|(k, v)| format!(" {k}={v}")).collect()
+        };
+        macro_rules! emit {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "weir::plugin",
+                    pipeline = %s.pipeline, stage = %s.stage, partition = s.partition,
+                    plugin = %s.plugin, version = %s.version, "{message}{fields}"
+                )
+            };
+        }
+        match level {
+            Level::Trace => emit!(trace),
+            Level::Debug => emit!(debug),
+            Level::Info => emit!(info),
+            Level::Warn => emit!(warn),
+            Level::Error => emit!(error),
+        }
+    }
+}
+
+impl bindings::metrics::Host for StoreState {
+    fn counter_add(&mut self, name: String, delta: u64) {
+        let counter = self.counters.entry(name).or_default();
+        *counter = counter.saturating_add(delta);
+    }
+}
+
+impl bindings::state::Host for StoreState {
+    fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.keyed.get(&key).map(<[u8]>::to_vec)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.keyed.put(key, value);
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.keyed.delete(key);
+    }
+}
+
+impl bindings::config::Host for StoreState {
+    fn get(&mut self) -> String {
+        self.settings.config_json.to_string()
+    }
+}
+
+impl bindings::types::Host for StoreState {}
+
+/// One instance of a transform plugin, owned by one partition worker.
+pub struct TransformInstance {
+    plugin: Arc<TransformPlugin>,
+    store: Store<StoreState>,
+    guest: bindings::transform::Guest,
+    deadline_ticks: u64,
+}
+
+impl std::fmt::Debug for TransformInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformInstance").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}
+
+impl TransformInstance {
+    /// Instantiates `plugin` with `keyed` as its starting state.
+    pub fn new(plugin: Arc<TransformPlugin>, settings: Arc<InstanceSettings>, keyed: KeyedState) -> Result<Self, CallError> {
+        let last_stderr = sandbox::LastStderrLine::default();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .instances(16)
+            .build();
+        let deadline_ticks = sandbox::deadline_ticks(settings.call_timeout);
+        let state = StoreState {
+            wasi: sandbox::wasi_context(&settings.scope, &last_stderr),
+            table: ResourceTable::new(),
+            limits,
+            settings,
+            last_stderr,
+            keyed,
+            counters: BTreeMap::new(),
+        };
+        let mut store = Store::new(plugin.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks);
+        let error = |store: &mut Store<StoreState>, e: wasmtime::Error| call_error(&plugin, store, &e);
+        let instance = match plugin.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(error(&mut store, e)),
+        };
+        let guest = match plugin.indices.load(&mut store, &instance) {
+            Ok(guest) => guest,
+            Err(e) => return Err(error(&mut store, e)),
+        };
+        Ok(TransformInstance {
+            plugin,
+            store,
+            guest,
+            deadline_ticks,
+        })
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Arc<TransformPlugin> {
+        &self.plugin
+    }
+
+    /// Calls the plugin on one batch. State written during the call is kept only if it returns.
+    pub fn process(&mut self, batch: &EventBatch) -> Result<OutputBatch, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match self.guest.call_process(&mut self.store, batch) {
+            Ok(output) => {
+                self.store.data_mut().keyed.commit();
+                Ok(output)
+            }
+            Err(e) => {
+                self.store.data_mut().keyed.rollback();
+                Err(call_error(&self.plugin, &mut self.store, &e))
+            }
+        }
+    }
+
+    /// The keyed state (committed writes only).
+    pub fn keyed_state(&self) -> &KeyedState {
+        &self.store.data().keyed
+    }
+
+    /// Takes the keyed state out, to move it into a replacement instance.
+    pub fn take_keyed_state(&mut self) -> KeyedState {
+        std::mem::take(&mut self.store.data_mut().keyed)
+    }
+
+    /// Takes the counters the plugin added to since the last call of this.
+    pub fn take_counters(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.store.data_mut().counters)
+    }
+}
+
+/// Explains a failed call in the plugin author's terms.
+fn call_error(plugin: &TransformPlugin, store: &mut Store<StoreState>, error: &wasmtime::Error) -> CallError {
+    let data = store.data();
+    let stderr = data.last_stderr.take();
+    let reason = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "deadline exceeded: the call ran longer than {:?}",
+            data.settings.call_timeout
+        ),
+        Some(Trap::UnreachableCodeReached) if !stderr.is_empty() => format!("panic: {stderr}"),
+        Some(trap) => {
+            if matches!(trap, Trap::HeapMisaligned | Trap::MemoryOutOfBounds) || stderr.is_empty() {
+                format!("trap: {trap}")
+            } else {
+                format!("trap: {trap} ({stderr})")
+            }
+        }
+        None => {
+            let text = format!("{error:#}");
+            if text.contains("memory") && text.contains("limit") || text.contains("forcing trap when growing memory") {
+                format!(
+                    "memory limit of {} bytes exceeded: {text}",
+                    data.settings.max_memory_bytes
+                )
+            } else {
+                text
+            }
+        }
+    };
+    CallError {
+        plugin: plugin.name.clone(),
+        version: plugin.version.clone(),
+        reason,
+    }
+}

@@ -1,0 +1,116 @@
+//! Sinks: where records end up.
+//!
+//! Each pipeline partition gets its own [`SinkWriter`] per sink. A writer accepts whole batches and
+//! makes them durable on [`SinkWriter::flush`], returning the progress that the partition's
+//! checkpoint records; on restart, [`Sink::open_writer`] receives that progress back and undoes or
+//! skips whatever a crash left beyond it. That is how each sink decides its guarantee:
+//! - Delta Lake: exactly once (a transaction action per pipeline and partition, version = position);
+//! - files: exactly once (each partition's file is truncated back to the checkpointed length);
+//! - stdout: at least once.
+
+pub mod file;
+pub mod stdout;
+
+#[cfg(feature = "delta")]
+pub mod delta;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{LoadedConfig, SinkConfig};
+use crate::event::{Event, PartitionId};
+
+/// What a sink recorded as durable for one partition, kept in the partition's checkpoint.
+pub type SinkProgress = serde_json::Value;
+
+/// Why a sink failed.
+#[derive(Debug, thiserror::Error)]
+#[error("sink `{sink}` (pipeline `{pipeline}`, partition {partition}): {reason}")]
+pub struct SinkError {
+    /// Sink name.
+    pub sink: String,
+    /// Pipeline writing to it.
+    pub pipeline: String,
+    /// Partition writing to it.
+    pub partition: PartitionId,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Who a writer writes for.
+#[derive(Debug, Clone)]
+pub struct WriterScope {
+    /// Pipeline name.
+    pub pipeline: Arc<str>,
+    /// Partition.
+    pub partition: PartitionId,
+}
+
+impl WriterScope {
+    /// A [`SinkError`] for sink `sink` in this scope.
+    pub fn error(&self, sink: &str, reason: impl Into<String>) -> SinkError {
+        SinkError {
+            sink: sink.to_owned(),
+            pipeline: self.pipeline.to_string(),
+            partition: self.partition,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A record a sink could not take (for example, a field of the wrong type for a Delta column).
+/// The pipeline sends it to the dead-letter sink.
+#[derive(Debug)]
+pub struct Refused {
+    /// The record.
+    pub record: Event,
+    /// Why.
+    pub reason: String,
+}
+
+/// A configured sink, shared by every pipeline partition that writes to it.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// The sink's name in the configuration.
+    fn name(&self) -> &str;
+
+    /// Opens the writer of one pipeline partition. `progress` is what the partition's last
+    /// checkpoint recorded for this sink (`None` without a checkpoint): anything the sink holds
+    /// beyond it will be written again by the replay, so the sink undoes or skips it.
+    async fn open_writer(
+        &self,
+        scope: &WriterScope,
+        progress: Option<&SinkProgress>,
+    ) -> Result<Box<dyn SinkWriter>, SinkError>;
+}
+
+/// Writes one pipeline partition's records to a sink.
+#[async_trait]
+pub trait SinkWriter: Send {
+    /// Takes the records of one batch, in order; the sink may buffer them until
+    /// [`SinkWriter::flush`]. Records it cannot take are returned, with the reason.
+    async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError>;
+
+    /// Makes everything written so far durable, and returns the progress to checkpoint.
+    async fn flush(&mut self) -> Result<SinkProgress, SinkError>;
+}
+
+/// Builds the sink `name` from its configuration.
+pub async fn build(name: &str, config: &SinkConfig, loaded: &LoadedConfig) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match config {
+        SinkConfig::File(file) => Arc::new(file::FileSink::new(name, loaded.resolve(&file.path))),
+        SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
+        #[cfg(feature = "delta")]
+        SinkConfig::Delta(delta) => Arc::new(delta::DeltaSink::open(name, delta, loaded).await?),
+        #[cfg(not(feature = "delta"))]
+        SinkConfig::Delta(_) => {
+            return Err(SinkError {
+                sink: name.to_owned(),
+                pipeline: String::new(),
+                partition: 0,
+                reason: "this build of weir has no Delta Lake support: rebuild with `--features delta`".to_owned(),
+            });
+        }
+    })
+}

@@ -1,0 +1,206 @@
+//! Spreading one unpartitioned input over partitions by key.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{PartitionReader, PartitionStart, ReadOutcome, SourceError};
+use crate::event::{Event, PartitionId, Position};
+
+/// Events waiting per partition before the producer is made to wait (backpressure).
+const CHANNEL_DEPTH: usize = 8192;
+
+/// The producing side: one channel per partition. A producer reads its input once, from
+/// [`Dispatcher::resume_from`], and sends every event to the partition its key hashes to; each
+/// reader drops the events its own checkpoint already covers.
+#[derive(Debug)]
+pub struct Dispatcher {
+    senders: Vec<mpsc::Sender<Result<Event, SourceError>>>,
+    resume_from: Option<Position>,
+}
+
+impl Dispatcher {
+    /// Channels for `starts`, which must cover partitions `0..partitions`, and their readers.
+    pub fn new(
+        source_name: &str,
+        partitions: u32,
+        starts: &[PartitionStart],
+    ) -> Result<(Dispatcher, Vec<Box<dyn PartitionReader>>), SourceError> {
+        let mut covered: Vec<Option<PartitionStart>> = vec![None; partitions as usize];
+        for start in starts {
+            match covered.get_mut(start.partition as usize) {
+                Some(slot) => *slot = Some(*start),
+                None => {
+                    return Err(SourceError::Start {
+                        source_name: source_name.to_owned(),
+                        reason: format!("partition {} does not exist (the source has {partitions})", start.partition),
+                    });
+                }
+            }
+        }
+        let mut senders = Vec::with_capacity(partitions as usize);
+        let mut readers: Vec<Box<dyn PartitionReader>> = Vec::with_capacity(partitions as usize);
+        let mut resume_from: Option<Position> = None;
+        let mut from_start = false;
+        for (partition, start) in covered.into_iter().enumerate() {
+            let start = start.ok_or_else(|| SourceError::Start {
+                source_name: source_name.to_owned(),
+                reason: format!(
+                    "partition {partition} was not opened: this source reads one input for all its partitions, so one process must own them all"
+                ),
+            })?;
+            match start.after {
+                Some(after) => resume_from = Some(resume_from.map_or(after, |r| r.min(after))),
+                None => from_start = true,
+            }
+            let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+            senders.push(sender);
+            readers.push(Box::new(ChannelReader {
+                partition: start.partition,
+                after: start.after,
+                receiver,
+                ended: false,
+            }));
+        }
+        // The input is re-read from the oldest position any partition still needs.
+        let resume_from = if from_start { None } else { resume_from };
+        Ok((Dispatcher { senders, resume_from }, readers))
+    }
+
+    /// The oldest position any partition still needs: the producer resumes after it
+    /// (`None`: from the beginning).
+    pub fn resume_from(&self) -> Option<Position> {
+        self.resume_from
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        // Built from a u32 count.
+        u32::try_from(self.senders.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Sends `event` to its partition (`event.partition`), waiting while that partition is full.
+    /// Returns false once every reader is gone.
+    pub async fn send(&self, event: Event) -> bool {
+        match self.senders.get(event.partition as usize) {
+            Some(sender) => sender.send(Ok(event)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Reports a read error to every partition.
+    pub async fn fail(&self, error: impl Fn(PartitionId) -> SourceError) {
+        for (partition, sender) in self.senders.iter().enumerate() {
+            let _ = sender.send(Err(error(u32::try_from(partition).unwrap_or(u32::MAX)))).await;
+        }
+    }
+
+    /// Whether every reader has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.senders.iter().all(mpsc::Sender::is_closed)
+    }
+}
+
+/// A partition fed by a [`Dispatcher`].
+#[derive(Debug)]
+struct ChannelReader {
+    partition: PartitionId,
+    after: Option<Position>,
+    receiver: mpsc::Receiver<Result<Event, SourceError>>,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn wanted(&self, event: &Event) -> bool {
+        self.after.is_none_or(|after| event.position > after)
+    }
+}
+
+#[async_trait]
+impl PartitionReader for ChannelReader {
+    fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
+        if self.ended {
+            return Ok(ReadOutcome::End);
+        }
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        // Wait for the first wanted event.
+        while events.is_empty() {
+            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                Err(_) => return Ok(ReadOutcome::Idle),
+                Ok(None) => {
+                    self.ended = true;
+                    return Ok(ReadOutcome::End);
+                }
+                Ok(Some(event)) => {
+                    let event = event?;
+                    if self.wanted(&event) {
+                        events.push(event);
+                    }
+                }
+            }
+        }
+        // Then take what is already there, without waiting.
+        while events.len() < max {
+            match self.receiver.try_recv() {
+                Ok(event) => {
+                    let event = event?;
+                    if self.wanted(&event) {
+                        events.push(event);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // Deliver what we have; the next call reports the end.
+                    break;
+                }
+            }
+        }
+        Ok(ReadOutcome::Events(events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(partition: u32, after: Option<u64>) -> PartitionStart {
+        PartitionStart { partition, after }
+    }
+
+    #[tokio::test]
+    async fn readers_skip_what_their_checkpoint_covers_and_end_when_the_producer_stops() {
+        let (dispatcher, mut readers) =
+            Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, Some(5))]).expect("dispatcher");
+        assert_eq!(dispatcher.resume_from(), Some(3));
+        for position in 4..=8 {
+            let partition = (position % 2) as u32;
+            assert!(dispatcher.send(Event::new(partition, position, "{}")).await);
+        }
+        drop(dispatcher);
+        let mut seen = Vec::new();
+        for reader in &mut readers {
+            loop {
+                match reader.next_batch(10, Duration::from_millis(50)).await.expect("read") {
+                    ReadOutcome::Events(events) => seen.extend(events.iter().map(|e| (e.partition, e.position))),
+                    ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
+                    ReadOutcome::End => break,
+                }
+            }
+        }
+        assert_eq!(seen, vec![(0, 4), (0, 6), (0, 8), (1, 7)]);
+    }
+
+    #[tokio::test]
+    async fn a_partition_without_checkpoint_rereads_from_the_beginning() {
+        let (dispatcher, _readers) = Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, None)]).expect("dispatcher");
+        assert_eq!(dispatcher.resume_from(), None);
+        let err = Dispatcher::new("test", 2, &[start(0, None)]).expect_err("partition 1 missing");
+        assert!(err.to_string().contains("partition 1 was not opened"), "{err}");
+    }
+}

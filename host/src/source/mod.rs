@@ -1,0 +1,130 @@
+//! Sources: where events come from, split into partitions that are read in order.
+//!
+//! A [`Source`] opens one [`PartitionReader`] per partition this process owns, each resuming
+//! after the position its checkpoint recorded. Sources whose input is not partitioned by nature
+//! (a file, the simulator, HTTP) read it once and spread events over partitions by key with a
+//! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
+
+pub mod dispatch;
+pub mod file;
+pub mod http;
+pub mod simulator;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{LoadedConfig, SourceConfig};
+use crate::event::{Event, PartitionId, Position};
+
+pub use dispatch::Dispatcher;
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the input failed.
+    #[error("source `{source_name}`, partition {partition}: {reason}")]
+    Read {
+        /// Source name.
+        source_name: String,
+        /// Partition being read.
+        partition: PartitionId,
+        /// What happened.
+        reason: String,
+    },
+    /// The source could not start.
+    #[error("source `{source_name}` cannot start: {reason}")]
+    Start {
+        /// Source name.
+        source_name: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Where a partition reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStart {
+    /// The partition.
+    pub partition: PartitionId,
+    /// Resume after this position (from the checkpoint); `None` reads from the beginning.
+    pub after: Option<Position>,
+}
+
+/// What one read returned.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// One or more events, in partition order.
+    Events(Vec<Event>),
+    /// Nothing arrived within the wait.
+    Idle,
+    /// The partition has ended and will never produce again (a file read to its end).
+    End,
+}
+
+/// An event source.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The source's name in the configuration.
+    fn name(&self) -> &str;
+
+    /// How many partitions the source has.
+    fn partition_count(&self) -> u32;
+
+    /// Opens readers for `starts`. Sources that dispatch one input over partitions must be given
+    /// all their partitions in one call.
+    async fn open(&self, starts: Vec<PartitionStart>) -> Result<Vec<Box<dyn PartitionReader>>, SourceError>;
+}
+
+/// Reads one partition in order.
+#[async_trait]
+pub trait PartitionReader: Send {
+    /// The partition this reads.
+    fn partition(&self) -> PartitionId;
+
+    /// Up to `max` events, waiting at most `wait` for the first one.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError>;
+
+    /// Events known to be in the partition but not yet read, when the source knows its end.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Builds the source `name` from its configuration.
+pub async fn build(
+    name: &str,
+    config: &SourceConfig,
+    loaded: &LoadedConfig,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> Result<Arc<dyn Source>, SourceError> {
+    let start_error = |reason: String| SourceError::Start {
+        source_name: name.to_owned(),
+        reason,
+    };
+    Ok(match config {
+        SourceConfig::File(file) => {
+            let mut file = file.clone();
+            file.path = loaded.resolve(&file.path);
+            Arc::new(file::FileSource::new(name, file))
+        }
+        SourceConfig::Simulator(sim) => {
+            let start_time = simulator::resolve_start_time(name, sim, checkpoints.as_ref())
+                .await
+                .map_err(start_error)?;
+            Arc::new(simulator::SimulatorSource::new(name, sim.clone(), start_time))
+        }
+        SourceConfig::Http(http) => {
+            let mut http = http.clone();
+            let default_wal = loaded
+                .resolve(&loaded.config.checkpoint.dir)
+                .join("wal")
+                .join(name);
+            http.wal_dir = Some(http.wal_dir.as_deref().map_or(default_wal, |dir: &Path| loaded.resolve(dir)));
+            Arc::new(http::HttpSource::start(name, http).await.map_err(start_error)?)
+        }
+    })
+}

@@ -1,0 +1,74 @@
+//! Stages: the steps a partition's events go through between the source and the sinks.
+//!
+//! A stage is plain synchronous code over a batch of one partition's events. It never takes the
+//! host down: whatever the plugin does, the stage returns outputs and rejections, or an error that
+//! stops only its own partition worker.
+
+mod transform;
+
+use std::sync::Arc;
+
+use crate::event::Event;
+
+pub use transform::WasmTransformStage;
+
+/// What a stage produced for one batch.
+#[derive(Debug, Default)]
+pub struct StageOutput {
+    /// Records in emission order, each with the name of the stage output it was sent to. A record
+    /// keeps the partition, position and times of the input event it derives from.
+    pub emitted: Vec<(Arc<str>, Event)>,
+    /// Input events the stage refused, with the reason.
+    pub rejected: Vec<Rejected>,
+}
+
+impl StageOutput {
+    /// Empties the output, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.emitted.clear();
+        self.rejected.clear();
+    }
+}
+
+/// An input event a stage refused.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The event as the stage received it.
+    pub event: Event,
+    /// Why it was refused.
+    pub reason: String,
+    /// Version of the plugin that refused it.
+    pub plugin_version: Option<Arc<str>>,
+}
+
+/// A stage failed in a way that retrying the batch cannot fix (for example, its plugin cannot be
+/// instantiated). The partition worker stops without checkpointing the batch.
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}` of pipeline `{pipeline}`, partition {partition}: {reason}")]
+pub struct StageError {
+    /// Pipeline name.
+    pub pipeline: Arc<str>,
+    /// Stage name.
+    pub stage: Arc<str>,
+    /// Partition.
+    pub partition: u32,
+    /// What happened.
+    pub reason: String,
+}
+
+/// One step of a pipeline, run by one partition worker.
+pub trait Stage: Send {
+    /// The stage's name in its pipeline.
+    fn name(&self) -> &Arc<str>;
+
+    /// Processes one batch of events of this stage's partition, in order.
+    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError>;
+
+    /// The stage's state, to store in the partition's checkpoint.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Counters the stage's plugin added to since the last call, to fold into metrics.
+    fn take_counters(&mut self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
