@@ -92,6 +92,10 @@ pub trait PartitionReader: Send {
     fn lag(&self) -> Option<u64> {
         None
     }
+
+    /// Called after a checkpoint covering everything up to `position` was saved: the source may
+    /// release what it kept for a replay (for example, old write-ahead log segments).
+    fn checkpointed(&mut self, _position: Position) {}
 }
 
 /// Builds the source `name` from its configuration.
