@@ -216,6 +216,10 @@ pub struct HttpSourceConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Size at which a write-ahead log segment is closed and a new one started, in bytes. Whole
+    /// segments below every reader's checkpoint are deleted.
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
 }
 
 fn default_http_address() -> String {
@@ -226,6 +230,9 @@ fn default_key_header() -> String {
 }
 fn default_max_request_bytes() -> usize {
     16 * 1024 * 1024
+}
+fn default_wal_segment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// One sink. `kind` selects the connector.
