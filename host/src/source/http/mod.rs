@@ -314,7 +314,13 @@ impl WalReader {
         let next = match after {
             None => log.first_offset(),
             Some(after) => {
-                if after < log.first_offset() {
+                if after >= log.durable_end() {
+                    tracing::warn!(
+                        source = %source_name, partition = log.partition, after, end = log.durable_end(),
+                        "the checkpoint is beyond the end of the write-ahead log (was the log deleted?): \
+                         new events at positions up to it will be skipped"
+                    );
+                } else if after < log.first_offset() {
                     tracing::warn!(
                         source = %source_name, partition = log.partition, after, oldest = log.first_offset(),
                         "the checkpoint is older than the write-ahead log kept: events in between are gone"
