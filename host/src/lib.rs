@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod json;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod sink;

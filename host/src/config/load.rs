@@ -77,7 +77,10 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
     let deserializer = toml::de::Deserializer::parse(text).map_err(|err| doc.toml_error(&err, &[]))?;
     let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let keys = path_segments(err.path());
-        doc.toml_error(err.inner(), &keys)
+        match doc.refine_tagged(&keys) {
+            Some((keys, inner)) => doc.toml_error(&inner, &keys),
+            None => doc.toml_error(err.inner(), &keys),
+        }
     })?;
     let loaded = LoadedConfig {
         config,
@@ -105,11 +108,51 @@ impl Document<'_> {
         let mut full_keys = keys.to_vec();
         let mut span = None;
         if let Some(field) = unknown {
-            full_keys.push(field);
+            if full_keys.last() != Some(&field) {
+                full_keys.push(field);
+            }
             span = self.span_of(&full_keys);
         }
         let span = span.or_else(|| err.span()).or_else(|| self.span_of(keys));
         self.error_at(span, &full_keys, message)
+    }
+
+    /// serde loses the key and position of an error inside an internally tagged table (one with
+    /// `kind = ...`): deserialize that table again as its concrete kind to find them.
+    fn refine_tagged(&self, keys: &[String]) -> Option<(Vec<String>, toml::de::Error)> {
+        let [section, name] = keys else {
+            return None;
+        };
+        let root = DeTable::parse(self.text).ok()?;
+        let DeValue::Table(entries) = find(root.get_ref(), section)?.get_ref() else {
+            return None;
+        };
+        let entry = find(entries, name)?;
+        let DeValue::Table(fields) = entry.get_ref() else {
+            return None;
+        };
+        let DeValue::String(kind) = find(fields, "kind")?.get_ref() else {
+            return None;
+        };
+        let rest: DeTable<'_> = fields
+            .iter()
+            .filter(|(k, _)| k.get_ref().as_ref() != "kind")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let value = toml::de::ValueDeserializer::from(toml::Spanned::new(entry.span(), DeValue::Table(rest)));
+        let result = match (section.as_str(), kind.as_ref()) {
+            ("sources", "simulator") => check::<super::SimulatorSourceConfig>(value),
+            ("sources", "file") => check::<super::FileSourceConfig>(value),
+            ("sources", "http") => check::<super::HttpSourceConfig>(value),
+            ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
+            ("sinks", "file") => check::<super::FileSinkConfig>(value),
+            ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
+            _ => return None,
+        };
+        let err = result.err()?;
+        let mut full = keys.to_vec();
+        full.extend(path_segments(err.path()));
+        Some((full, err.into_inner()))
     }
 
     /// An error at the key path `keys`.
@@ -166,6 +209,16 @@ impl Document<'_> {
         }
         Some(span)
     }
+}
+
+fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t toml::Spanned<DeValue<'i>>> {
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
+}
+
+fn check<T: serde::de::DeserializeOwned>(
+    value: toml::de::ValueDeserializer<'_>,
+) -> Result<(), serde_path_to_error::Error<toml::de::Error>> {
+    serde_path_to_error::deserialize::<_, T>(value).map(|_| ())
 }
 
 fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {

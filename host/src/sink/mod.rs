@@ -75,6 +75,11 @@ pub trait Sink: Send + Sync {
     /// The sink's name in the configuration.
     fn name(&self) -> &str;
 
+    /// Where the sink writes, for people: a path, a URL or a stream name.
+    fn describe(&self) -> String {
+        format!("sink `{}`", self.name())
+    }
+
     /// Opens the writer of one pipeline partition. `progress` is what the partition's last
     /// checkpoint recorded for this sink (`None` without a checkpoint): anything the sink holds
     /// beyond it will be written again by the replay, so the sink undoes or skips it.

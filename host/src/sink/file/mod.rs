@@ -42,6 +42,10 @@ impl Sink for FileSink {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        format!("JSON Lines files {}/<pipeline>-<partition>.jsonl", self.dir.display())
+    }
+
     async fn open_writer(&self, scope: &WriterScope, progress: Option<&SinkProgress>) -> Result<Box<dyn SinkWriter>, SinkError> {
         let fail = |what: &str, e: std::io::Error| scope.error(&self.name, format!("{what} {}: {e}", self.dir.display()));
         tokio::fs::create_dir_all(&self.dir).await.map_err(|e| fail("cannot create", e))?;

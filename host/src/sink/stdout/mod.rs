@@ -25,6 +25,10 @@ impl Sink for StdoutSink {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        "standard output".to_owned()
+    }
+
     async fn open_writer(&self, scope: &WriterScope, _progress: Option<&SinkProgress>) -> Result<Box<dyn SinkWriter>, SinkError> {
         Ok(Box::new(StdoutWriter {
             sink: self.name.clone(),
