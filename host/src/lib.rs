@@ -5,6 +5,7 @@
 //! only after the sinks have made durable what they cover.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod json;
