@@ -8,10 +8,17 @@ use std::process::Command;
 const PLUGINS: &[&str] = &["telemetry-anomaly", "passthrough"];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("tests/ sits in the workspace").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf();
     for watched in ["sdk", "plugins", "wit"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
     // A target directory of its own: the outer cargo holds the lock on the main one.
     let outer_target = std::env::var_os("CARGO_TARGET_DIR")
@@ -28,10 +35,18 @@ fn main() {
         command.args(["-p", plugin]);
     }
     // Flags meant for the host build must not leak into the guest build.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
         command.env_remove(var);
     }
-    let status = command.status().expect("cannot run cargo to build the plugins");
+    let status = command
+        .status()
+        .expect("cannot run cargo to build the plugins");
     assert!(
         status.success(),
         "building the plugins for wasm32-wasip2 failed (is the target installed? run scripts/setup)"

@@ -11,6 +11,9 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::pipeline;
 
+/// Logs at info, without the Delta libraries' per-commit chatter (override with `WEIR_LOG`).
+const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn";
+
 /// Weir: a stream host whose business logic runs as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]
@@ -39,10 +42,16 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -83,7 +92,10 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for (pipeline, workers) in &report.pipelines {
         let events: u64 = workers.iter().map(|w| w.events_in).sum();
         let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
-        println!("pipeline `{pipeline}`: {events} events in, {dead} dead letters, {} partitions", workers.len());
+        println!(
+            "pipeline `{pipeline}`: {events} events in, {dead} dead letters, {} partitions",
+            workers.len()
+        );
     }
     for (name, place) in &sinks {
         let written: u64 = report
@@ -124,7 +136,9 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(signal) => signal,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");

@@ -51,7 +51,12 @@ impl Metrics {
     pub fn total(&self, name: &str) -> f64 {
         self.inner
             .lock()
-            .map(|map| map.iter().filter(|((n, _), _)| *n == name).map(|(_, v)| v).sum())
+            .map(|map| {
+                map.iter()
+                    .filter(|((n, _), _)| *n == name)
+                    .map(|(_, v)| v)
+                    .sum()
+            })
             .unwrap_or(0.0)
     }
 
@@ -65,7 +70,10 @@ impl Metrics {
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> MetricKey {
-    (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())
+    (
+        name,
+        labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    )
 }
 
 /// Names of the metrics Weir keeps.

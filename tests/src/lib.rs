@@ -3,7 +3,11 @@
 //! package, an independent reader), and telemetry test data with an independent expectation of
 //! the anomaly rule.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers: a failure is the test's failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failure is the test's failure"
+)]
 
 pub mod telemetry;
 
@@ -74,11 +78,15 @@ for row in rows:
     );
     let text = String::from_utf8(output.stdout).expect("utf-8");
     let mut lines = text.lines();
-    let header: Value = serde_json::from_str(lines.next().expect("header line")).expect("header json");
+    let header: Value =
+        serde_json::from_str(lines.next().expect("header line")).expect("header json");
     DeltaRead {
         version: header["version"].as_i64().expect("version"),
-        partition_columns: serde_json::from_value(header["partition_columns"].clone()).expect("partition columns"),
-        rows: lines.map(|l| serde_json::from_str(l).expect("row json")).collect(),
+        partition_columns: serde_json::from_value(header["partition_columns"].clone())
+            .expect("partition columns"),
+        rows: lines
+            .map(|l| serde_json::from_str(l).expect("row json"))
+            .collect(),
     }
 }
 
@@ -98,10 +106,24 @@ pub fn read_jsonl_dir(dir: &Path) -> Vec<Value> {
             std::fs::read_to_string(file)
                 .expect("read jsonl")
                 .lines()
-                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line in {}: {e}: {line}", file.display())))
+                .map(|line| {
+                    serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("bad JSON line in {}: {e}: {line}", file.display())
+                    })
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The `weir` command line built by this package (`weir-test-bin`, next to the test executables).
+pub fn weir_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Test executables live in <target>/<profile>/deps; binaries one level up.
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target layout");
+    let binary = profile_dir.join(format!("weir-test-bin{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.is_file(), "{} was not built", binary.display());
+    binary
 }
 
 /// A running `weir` process.
@@ -120,11 +142,20 @@ impl WeirProcess {
     /// Starts `weir <args> <config>`.
     pub fn spawn(args: &[&str], config: &Path) -> WeirProcess {
         let log = config.with_extension("log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-test-bin"))
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(weir_binary())
             .args(args)
             .arg(config)
-            .env("WEIR_LOG", std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "WEIR_LOG",
+                std::env::var("WEIR_LOG").unwrap_or_else(|_| {
+                    "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn".to_owned()
+                }),
+            )
             .stdout(Stdio::from(log_file.try_clone().expect("log file")))
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -152,7 +183,10 @@ impl WeirProcess {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("weir did not finish within {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "weir did not finish within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

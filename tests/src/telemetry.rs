@@ -79,23 +79,29 @@ impl Reading {
 
 /// Readings with known anomalies, and their expected alerts worked out by hand:
 /// `(readings, [(EventId, Severity, PrevTemperature, TempDelta)])`.
-#[allow(clippy::type_complexity, reason = "a table of hand-written expectations")]
-pub fn hand_checked_scenario() -> (Vec<Reading>, Vec<(&'static str, &'static str, Option<f64>, Option<f64>)>) {
+#[allow(
+    clippy::type_complexity,
+    reason = "a table of hand-written expectations"
+)]
+pub fn hand_checked_scenario() -> (
+    Vec<Reading>,
+    Vec<(&'static str, &'static str, Option<f64>, Option<f64>)>,
+) {
     let m = 60_000;
     let t = BASE_TIME_MS;
     let readings = vec![
-        Reading::new("dev-a", t, 20.0, "a1"),            // first reading: nothing to compare with
-        Reading::new("dev-a", t + m, 36.0, "a2"),        // +16 within 5 min: Medium
-        Reading::new("dev-a", t + 2 * m, 57.5, "a3"),    // +21.5: High
-        Reading::new("dev-a", t + 8 * m, 20.0, "a4"),    // 6 min gap: no previous, no alert
-        Reading::new("dev-a", t + 13 * m, 85.0, "a5"),   // exactly 5 min: +65, and > 80: Critical
-        Reading::new("dev-a", t + 14 * m, -1.0, "a6"),   // -86 and < 0: High
-        Reading::new("dev-b", t, 90.0, "b1"),            // first reading above 80: Critical
-        Reading::new("dev-b", t + 30_000, 89.0, "b2"),   // still above 80: Critical, delta -1
-        Reading::new("dev-c", t, 10.0, "c1"),            // first reading
-        Reading::new("dev-c", t + m, 25.0, "c2"),        // +15 exactly: not above 15, no alert
-        Reading::new("dev-c", t + 2 * m, 40.01, "c3"),   // +15.01: Medium
-        Reading::new("dev-c", t + 20 * m, -5.0, "c4"),   // long gap, below 0: Medium, no delta
+        Reading::new("dev-a", t, 20.0, "a1"), // first reading: nothing to compare with
+        Reading::new("dev-a", t + m, 36.0, "a2"), // +16 within 5 min: Medium
+        Reading::new("dev-a", t + 2 * m, 57.5, "a3"), // +21.5: High
+        Reading::new("dev-a", t + 8 * m, 20.0, "a4"), // 6 min gap: no previous, no alert
+        Reading::new("dev-a", t + 13 * m, 85.0, "a5"), // exactly 5 min: +65, and > 80: Critical
+        Reading::new("dev-a", t + 14 * m, -1.0, "a6"), // -86 and < 0: High
+        Reading::new("dev-b", t, 90.0, "b1"), // first reading above 80: Critical
+        Reading::new("dev-b", t + 30_000, 89.0, "b2"), // still above 80: Critical, delta -1
+        Reading::new("dev-c", t, 10.0, "c1"), // first reading
+        Reading::new("dev-c", t + m, 25.0, "c2"), // +15 exactly: not above 15, no alert
+        Reading::new("dev-c", t + 2 * m, 40.01, "c3"), // +15.01: Medium
+        Reading::new("dev-c", t + 20 * m, -5.0, "c4"), // long gap, below 0: Medium, no delta
         Reading::new("dev-c", t + 20 * m + 1, 10.0, "c5"), // +15 exactly: no alert
     ];
     let expected = vec![
@@ -115,7 +121,9 @@ pub fn hand_checked_scenario() -> (Vec<Reading>, Vec<(&'static str, &'static str
 pub fn generated_readings(devices: usize, per_device: usize, seed: u64) -> Vec<Reading> {
     let mut rng = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     let mut next = move || {
-        rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     let mut readings = Vec::with_capacity(devices * per_device);
@@ -124,7 +132,11 @@ pub fn generated_readings(devices: usize, per_device: usize, seed: u64) -> Vec<R
     for step in 0..per_device {
         for device in 0..devices {
             // Mostly 20 s apart; sometimes a gap of 5 to 7 minutes.
-            times[device] += if next() < 0.02 { 300_000 + (next() * 120_000.0) as i64 } else { 20_000 };
+            times[device] += if next() < 0.02 {
+                300_000 + (next() * 120_000.0) as i64
+            } else {
+                20_000
+            };
             temps[device] += (next() - 0.5) * 2.0;
             let mut temperature = temps[device];
             let r = next();
@@ -203,7 +215,9 @@ pub fn expected_alerts(readings: &[Reading]) -> Vec<ExpectedAlert> {
                 event_time: timestamp(reading.time_ms),
             });
         }
-        let keep = last.get(reading.device.as_str()).is_none_or(|(_, time)| reading.time_ms >= *time);
+        let keep = last
+            .get(reading.device.as_str())
+            .is_none_or(|(_, time)| reading.time_ms >= *time);
         if keep {
             last.insert(&reading.device, (reading.temperature, reading.time_ms));
         }
@@ -216,8 +230,14 @@ pub fn expected_alerts(readings: &[Reading]) -> Vec<ExpectedAlert> {
 pub fn assert_alerts_match(actual: &[Value], expected: &[ExpectedAlert]) {
     let mut by_id: HashMap<String, &Value> = HashMap::new();
     for alert in actual {
-        let id = alert["EventId"].as_str().expect("alert has an EventId").to_owned();
-        assert!(by_id.insert(id.clone(), alert).is_none(), "two alerts for reading {id}");
+        let id = alert["EventId"]
+            .as_str()
+            .expect("alert has an EventId")
+            .to_owned();
+        assert!(
+            by_id.insert(id.clone(), alert).is_none(),
+            "two alerts for reading {id}"
+        );
     }
     let mut problems = String::new();
     for want in expected {
@@ -237,14 +257,21 @@ pub fn assert_alerts_match(actual: &[Value], expected: &[ExpectedAlert]) {
         ];
         for (field, value) in checks {
             if !crate::close(&got[field], &value) {
-                let _ = writeln!(problems, "{}: {field} is {} but should be {value}", want.event_id, got[field]);
+                let _ = writeln!(
+                    problems,
+                    "{}: {field} is {} but should be {value}",
+                    want.event_id, got[field]
+                );
             }
         }
     }
     for (id, alert) in by_id {
         let _ = writeln!(problems, "unexpected alert for {id}: {alert}");
     }
-    assert!(problems.is_empty(), "alerts differ from the rule:\n{problems}");
+    assert!(
+        problems.is_empty(),
+        "alerts differ from the rule:\n{problems}"
+    );
 }
 
 /// Writes `readings` (and `extra` raw lines after them) as a JSON Lines file.

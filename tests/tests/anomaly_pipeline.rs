@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weir_tests::telemetry::{
-    PipelineOptions, Reading, anomaly_pipeline, assert_alerts_match, expected_alerts, generated_readings, hand_checked_scenario,
-    timestamp, write_input,
+    PipelineOptions, Reading, anomaly_pipeline, assert_alerts_match, expected_alerts,
+    generated_readings, hand_checked_scenario, timestamp, write_input,
 };
 use weir_tests::{read_delta, read_jsonl_dir, run_to_completion};
 
@@ -25,12 +25,23 @@ fn hand_checked_anomalies_and_a_generated_stream_give_exactly_the_rules_alerts()
 
     // The hand-worked cases, field by field.
     let alerts = read_jsonl_dir(&paths.alerts);
-    let by_id: BTreeMap<&str, &Value> = alerts.iter().map(|a| (a["EventId"].as_str().expect("EventId"), a)).collect();
+    let by_id: BTreeMap<&str, &Value> = alerts
+        .iter()
+        .map(|a| (a["EventId"].as_str().expect("EventId"), a))
+        .collect();
     for (event_id, severity, prev, delta) in &hand_expected {
-        let alert = by_id.get(event_id).unwrap_or_else(|| panic!("no alert for {event_id}"));
+        let alert = by_id
+            .get(event_id)
+            .unwrap_or_else(|| panic!("no alert for {event_id}"));
         assert_eq!(alert["Severity"], *severity, "{event_id}");
-        assert!(weir_tests::close(&alert["PrevTemperature"], &serde_json::json!(prev)), "{event_id}: {alert}");
-        assert!(weir_tests::close(&alert["TempDelta"], &serde_json::json!(delta)), "{event_id}: {alert}");
+        assert!(
+            weir_tests::close(&alert["PrevTemperature"], &serde_json::json!(prev)),
+            "{event_id}: {alert}"
+        );
+        assert!(
+            weir_tests::close(&alert["TempDelta"], &serde_json::json!(delta)),
+            "{event_id}: {alert}"
+        );
     }
     for quiet in ["a1", "a4", "c1", "c2", "c5"] {
         assert!(!by_id.contains_key(quiet), "reading {quiet} must not alert");
@@ -46,15 +57,26 @@ fn hand_checked_anomalies_and_a_generated_stream_give_exactly_the_rules_alerts()
     for row in &table.rows {
         let id = row["EventId"].as_str().expect("EventId");
         assert!(by_event.insert(id, row).is_none(), "row {id} written twice");
-        assert!(row["IngestionTime"].is_string(), "IngestionTime filled: {row}");
+        assert!(
+            row["IngestionTime"].is_string(),
+            "IngestionTime filled: {row}"
+        );
     }
     for reading in &readings {
-        let row = by_event.get(reading.event_id.as_str()).unwrap_or_else(|| panic!("row {} missing", reading.event_id));
+        let row = by_event
+            .get(reading.event_id.as_str())
+            .unwrap_or_else(|| panic!("row {} missing", reading.event_id));
         assert_eq!(row["DeviceId"], reading.device.as_str());
-        assert!(weir_tests::close(&row["Temperature"], &serde_json::json!(reading.temperature)));
+        assert!(weir_tests::close(
+            &row["Temperature"],
+            &serde_json::json!(reading.temperature)
+        ));
         assert_eq!(row["EventDate"], timestamp(reading.time_ms)[..10]);
     }
-    assert!(read_jsonl_dir(&paths.dead_letters).is_empty(), "no dead letters for clean input");
+    assert!(
+        read_jsonl_dir(&paths.dead_letters).is_empty(),
+        "no dead letters for clean input"
+    );
 }
 
 #[test]
@@ -96,23 +118,45 @@ fn bad_input_goes_to_the_dead_letters_with_a_reason_and_nothing_else_is_lost() {
     let letters = read_jsonl_dir(&paths.dead_letters);
     let mut by_body: BTreeMap<String, &Value> = BTreeMap::new();
     for letter in &letters {
-        by_body.insert(letter["body"].as_str().expect("original body kept").to_owned(), letter);
+        by_body.insert(
+            letter["body"]
+                .as_str()
+                .expect("original body kept")
+                .to_owned(),
+            letter,
+        );
     }
-    assert_eq!(letters.len(), bad.len(), "one dead letter per bad event: {letters:#?}");
+    assert_eq!(
+        letters.len(),
+        bad.len(),
+        "one dead letter per bad event: {letters:#?}"
+    );
     let expectations = [
         (bad[0], "malformed", "malformed JSON"),
         (bad[1], "rejected", "missing field `Temperature`"),
         (bad[2], "rejected", "invalid type: string \"hot\""),
         (bad[3], "event_time", "not an RFC 3339 timestamp"),
-        (bad[4], "oversized", "exceeds the pipeline's max_event_bytes of 4096"),
+        (
+            bad[4],
+            "oversized",
+            "exceeds the pipeline's max_event_bytes of 4096",
+        ),
     ];
     for (body, kind, reason) in expectations {
-        let letter = by_body.get(body).unwrap_or_else(|| panic!("no dead letter for {body:.60}"));
+        let letter = by_body
+            .get(body)
+            .unwrap_or_else(|| panic!("no dead letter for {body:.60}"));
         assert_eq!(letter["kind"], kind, "{letter}");
         let text = letter["reason"].as_str().expect("reason");
-        assert!(text.contains(reason), "reason `{text}` should mention `{reason}`");
+        assert!(
+            text.contains(reason),
+            "reason `{text}` should mention `{reason}`"
+        );
         assert_eq!(letter["pipeline"], "telemetry");
-        assert!(letter["partition"].is_u64() && letter["position"].is_u64(), "{letter}");
+        assert!(
+            letter["partition"].is_u64() && letter["position"].is_u64(),
+            "{letter}"
+        );
         if kind == "rejected" {
             assert_eq!(letter["stage"], "anomaly");
             assert!(letter["plugin_version"].is_string());

@@ -15,15 +15,25 @@ fn a_bad_configuration_is_refused_with_file_line_key_and_expectation() {
     let text = std::fs::read_to_string(&paths.config).expect("config");
     let broken = text.replace("partitions = 4", "partitions = 4\nkey_feld = \"DeviceId\"");
     std::fs::write(&paths.config, &broken).expect("write");
-    let line = broken.lines().position(|l| l.starts_with("key_feld")).expect("line") + 1;
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("key_feld"))
+        .expect("line")
+        + 1;
 
     let process = WeirProcess::run(&paths.config);
     let status = process.wait(Duration::from_secs(30));
     assert!(!status.success());
     let log = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
-    let expected = format!("{}:{line}:1: `sources.telemetry.key_feld`: unknown field `key_feld`, expected one of", paths.config.display());
+    let expected = format!(
+        "{}:{line}:1: `sources.telemetry.key_feld`: unknown field `key_feld`, expected one of",
+        paths.config.display()
+    );
     assert!(log.contains(&expected), "expected `{expected}` in:\n{log}");
-    assert!(log.contains("`key_field`"), "the expectation lists the valid keys:\n{log}");
+    assert!(
+        log.contains("`key_field`"),
+        "the expectation lists the valid keys:\n{log}"
+    );
     assert!(!paths.raw_table.exists(), "nothing ran");
 }
 
@@ -38,7 +48,11 @@ fn a_component_without_the_transform_export_is_refused_naming_it() {
     std::fs::write(&empty, "(component)").expect("write component");
     let text = std::fs::read_to_string(&paths.config).expect("config");
     let plugin = weir_tests::plugin_path("telemetry_anomaly");
-    std::fs::write(&paths.config, text.replace(&plugin.display().to_string(), &empty.display().to_string())).expect("write");
+    std::fs::write(
+        &paths.config,
+        text.replace(&plugin.display().to_string(), &empty.display().to_string()),
+    )
+    .expect("write");
 
     let process = WeirProcess::spawn(&["validate", "--config"], &paths.config);
     let status = process.wait(Duration::from_secs(60));
@@ -65,6 +79,9 @@ fn validate_accepts_the_anomaly_plugin() {
     let status = process.wait(Duration::from_secs(60));
     let log = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
     assert!(status.success(), "{log}");
-    assert!(log.contains("implements weir:plugin/event-transform@0.1.0"), "{log}");
+    assert!(
+        log.contains("implements weir:plugin/event-transform@0.1.0"),
+        "{log}"
+    );
     assert!(log.contains("configuration is valid"), "{log}");
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use weir_tests::telemetry::{PipelineOptions, anomaly_pipeline, assert_alerts_match, expected_alerts, generated_readings, write_input};
+use weir_tests::telemetry::{
+    PipelineOptions, anomaly_pipeline, assert_alerts_match, expected_alerts, generated_readings,
+    write_input,
+};
 use weir_tests::{WeirProcess, read_delta, read_jsonl_dir, run_to_completion};
 
 fn alert_multiset(alerts: &[Value]) -> BTreeMap<String, usize> {
@@ -54,19 +57,40 @@ fn killed_mid_stream_and_restarted_writes_every_event_exactly_once() {
     }
     run_to_completion(&paths.config, Duration::from_secs(300));
     let log = std::fs::read_to_string(paths.config.with_extension("log")).unwrap_or_default();
-    assert!(kills >= 2, "the process finished before it could be killed twice ({kills}); the test input is too small");
-    assert!(log.contains("resuming from checkpoint"), "restarts resumed from checkpoints:\n{log}");
+    assert!(
+        kills >= 2,
+        "the process finished before it could be killed twice ({kills}); the test input is too small"
+    );
+    assert!(
+        log.contains("resuming from checkpoint"),
+        "restarts resumed from checkpoints:\n{log}"
+    );
 
     // Delta: every input event exactly once, read by an independent reader.
     let table = read_delta(&paths.raw_table);
-    assert_eq!(table.rows.len(), readings_with_duplicate.len(), "after {kills} kills");
+    assert_eq!(
+        table.rows.len(),
+        readings_with_duplicate.len(),
+        "after {kills} kills"
+    );
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for row in &table.rows {
-        *counts.entry(row["EventId"].as_str().expect("EventId")).or_default() += 1;
+        *counts
+            .entry(row["EventId"].as_str().expect("EventId"))
+            .or_default() += 1;
     }
     for reading in &readings {
-        let want = if reading.event_id == readings[duplicated].event_id { 2 } else { 1 };
-        assert_eq!(counts.get(reading.event_id.as_str()).copied(), Some(want), "{}", reading.event_id);
+        let want = if reading.event_id == readings[duplicated].event_id {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            counts.get(reading.event_id.as_str()).copied(),
+            Some(want),
+            "{}",
+            reading.event_id
+        );
     }
     let reference_rows = read_delta(&reference.raw_table).rows.len();
     assert_eq!(table.rows.len(), reference_rows);

@@ -83,7 +83,12 @@ pub struct DeadLetterOrigin<'a> {
 }
 
 /// The dead-letter record for `event`: same partition, position and times, body = envelope JSON.
-pub fn dead_letter(event: &Event, kind: DeadLetterKind, reason: &str, origin: DeadLetterOrigin<'_>) -> Event {
+pub fn dead_letter(
+    event: &Event,
+    kind: DeadLetterKind,
+    reason: &str,
+    origin: DeadLetterOrigin<'_>,
+) -> Event {
     let text = std::str::from_utf8(&event.body).ok();
     let envelope = Envelope {
         kind,
@@ -97,7 +102,10 @@ pub fn dead_letter(event: &Event, kind: DeadLetterKind, reason: &str, origin: De
         event_time: event.event_time,
         enqueued_time: event.enqueued_time,
         dead_lettered_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        key: event.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: event
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
         body: text,
         body_hex: match text {
             Some(_) => None,
@@ -105,8 +113,9 @@ pub fn dead_letter(event: &Event, kind: DeadLetterKind, reason: &str, origin: De
         },
     };
     // Serialising plain strings and numbers cannot fail; keep the reason if it somehow does.
-    let body = serde_json::to_vec(&envelope)
-        .unwrap_or_else(|e| format!("{{\"reason\":\"cannot encode dead letter: {e}\"}}").into_bytes());
+    let body = serde_json::to_vec(&envelope).unwrap_or_else(|e| {
+        format!("{{\"reason\":\"cannot encode dead letter: {e}\"}}").into_bytes()
+    });
     Event {
         partition: event.partition,
         position: event.position,
@@ -132,7 +141,12 @@ mod tests {
             sink: None,
             plugin_version: Some("abc123"),
         };
-        let letter = dead_letter(&event, DeadLetterKind::Rejected, "missing field `Temperature`", origin);
+        let letter = dead_letter(
+            &event,
+            DeadLetterKind::Rejected,
+            "missing field `Temperature`",
+            origin,
+        );
         let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
         assert_eq!(value["kind"], "rejected");
         assert_eq!(value["reason"], "missing field `Temperature`");

@@ -14,14 +14,16 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
-use crate::plugin::{InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin};
+use crate::plugin::{
+    InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin,
+};
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
 use crate::stage::WasmTransformStage;
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
-pub use worker::{WorkerError, WorkerReport};
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
+pub use worker::{WorkerError, WorkerReport};
 
 /// Why Weir could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,9 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("workers", &self.workers.len()).finish_non_exhaustive()
+        f.debug_struct("Running")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +144,11 @@ impl Running {
                 })),
             };
             match outcome {
-                Ok(worker_report) => report.pipelines.entry(pipeline).or_default().push(worker_report),
+                Ok(worker_report) => report
+                    .pipelines
+                    .entry(pipeline)
+                    .or_default()
+                    .push(worker_report),
                 Err(source) => {
                     tracing::error!(pipeline = %pipeline, error = %source, "partition worker failed; stopping");
                     self.shutdown.shutdown();
@@ -164,7 +172,9 @@ impl Running {
 pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, StartError> {
     let config = &loaded.config;
     let engine = PluginEngine::new().map_err(StartError::Engine)?;
-    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(loaded.resolve(&config.checkpoint.dir)));
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(
+        loaded.resolve(&config.checkpoint.dir),
+    ));
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Sinks used by any pipeline, built once and shared.
@@ -191,18 +201,19 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
-            let compiled = tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
-                .await
-                .map_err(|e| StartError::Plugin {
-                    pipeline: pipeline_name.clone(),
-                    stage: stage.name.clone(),
-                    source: PluginError::Engine(format!("compilation task failed: {e}")),
-                })?
-                .map_err(|source| StartError::Plugin {
-                    pipeline: pipeline_name.clone(),
-                    stage: stage.name.clone(),
-                    source,
-                })?;
+            let compiled =
+                tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
+                    .await
+                    .map_err(|e| StartError::Plugin {
+                        pipeline: pipeline_name.clone(),
+                        stage: stage.name.clone(),
+                        source: PluginError::Engine(format!("compilation task failed: {e}")),
+                    })?
+                    .map_err(|source| StartError::Plugin {
+                        pipeline: pipeline_name.clone(),
+                        stage: stage.name.clone(),
+                        source,
+                    })?;
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
                 version = %compiled.version(), path = %path.display(), "plugin loaded"
@@ -210,11 +221,15 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             plugins.insert(path, compiled);
         }
 
-        let source_config = config.sources.get(&pipeline.source).ok_or_else(|| crate::source::SourceError::Start {
-            source_name: pipeline.source.clone(),
-            reason: "not defined".to_owned(),
+        let source_config = config.sources.get(&pipeline.source).ok_or_else(|| {
+            crate::source::SourceError::Start {
+                source_name: pipeline.source.clone(),
+                reason: "not defined".to_owned(),
+            }
         })?;
-        let source: Arc<dyn Source> = crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone()).await?;
+        let source: Arc<dyn Source> =
+            crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
+                .await?;
         let partitions = source.partition_count();
         let mut restored = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions {
@@ -232,7 +247,11 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
         for reader in readers {
             let partition = reader.partition();
-            let checkpoint = restored.get(partition as usize).cloned().flatten().unwrap_or_default();
+            let checkpoint = restored
+                .get(partition as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
             if let Some(position) = checkpoint.position {
                 tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
             }
@@ -243,7 +262,9 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 partition,
             };
             for name in &sink_names {
-                let Some(sink) = sinks.get(name) else { continue };
+                let Some(sink) = sinks.get(name) else {
+                    continue;
+                };
                 let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
                 sink_slots.push(SinkSlot {
                     name: name.as_str().into(),
@@ -256,7 +277,9 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
             for stage in &pipeline.stages {
                 let path = loaded.resolve(&stage.plugin);
-                let Some(plugin) = plugins.get(&path).cloned() else { continue };
+                let Some(plugin) = plugins.get(&path).cloned() else {
+                    continue;
+                };
                 let state = match checkpoint.stages.get(&stage.name) {
                     Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
                         pipeline: pipeline_name.clone(),
@@ -279,8 +302,13 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         version: plugin.version().clone(),
                     },
                     config_json: config_json.into(),
-                    max_memory_bytes: stage.max_memory_bytes.unwrap_or(config.plugins.max_memory_bytes),
-                    call_timeout: stage.call_timeout.unwrap_or(config.plugins.call_timeout).get(),
+                    max_memory_bytes: stage
+                        .max_memory_bytes
+                        .unwrap_or(config.plugins.max_memory_bytes),
+                    call_timeout: stage
+                        .call_timeout
+                        .unwrap_or(config.plugins.call_timeout)
+                        .get(),
                 });
                 let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
                 for (output, destinations) in &stage.outputs {
@@ -289,13 +317,22 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         .iter()
                         .filter_map(|name| match sink_index(name) {
                             Some(index) => Some(Destination::Sink(index)),
-                            None => pipeline.stages.iter().position(|s| &s.name == name).map(Destination::Stage),
+                            None => pipeline
+                                .stages
+                                .iter()
+                                .position(|s| &s.name == name)
+                                .map(Destination::Stage),
                         })
                         .collect();
                     routes.insert(output.as_str().into(), resolved);
                 }
                 stage_slots.push(StageSlot {
-                    stage: Box::new(WasmTransformStage::new(stage.name.as_str().into(), plugin, settings, state)),
+                    stage: Box::new(WasmTransformStage::new(
+                        stage.name.as_str().into(),
+                        plugin,
+                        settings,
+                        state,
+                    )),
                     routes,
                 });
             }

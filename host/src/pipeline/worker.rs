@@ -109,7 +109,8 @@ impl PartitionWorker {
             checkpointed: self.checkpointed,
             ..WorkerReport::default()
         };
-        let mut stage_inputs: Vec<Vec<Event>> = (0..self.stages.len()).map(|_| Vec::new()).collect();
+        let mut stage_inputs: Vec<Vec<Event>> =
+            (0..self.stages.len()).map(|_| Vec::new()).collect();
         let mut output = StageOutput::default();
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         loop {
@@ -118,17 +119,29 @@ impl PartitionWorker {
                 break;
             }
             let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
-            let wait = self.settings.batch_max_wait.min(until_checkpoint).max(Duration::from_millis(1));
-            match self.reader.next_batch(self.settings.batch_max_events, wait).await? {
+            let wait = self
+                .settings
+                .batch_max_wait
+                .min(until_checkpoint)
+                .max(Duration::from_millis(1));
+            match self
+                .reader
+                .next_batch(self.settings.batch_max_events, wait)
+                .await?
+            {
                 ReadOutcome::Events(events) => {
                     let last = events.last().map(|e| e.position);
                     report.events_in += events.len() as u64;
                     self.metrics.add(
                         names::EVENTS_IN,
-                        &[("pipeline", &self.settings.pipeline), ("partition", &partition_label)],
+                        &[
+                            ("pipeline", &self.settings.pipeline),
+                            ("partition", &partition_label),
+                        ],
                         events.len() as u64,
                     );
-                    self.process_batch(events, &mut stage_inputs, &mut output, &mut report).await?;
+                    self.process_batch(events, &mut stage_inputs, &mut output, &mut report)
+                        .await?;
                     if last.is_some() {
                         self.position = last;
                     }
@@ -176,7 +189,9 @@ impl PartitionWorker {
         for mut event in events {
             match self.decode(&mut event) {
                 Ok(()) => first_input.push(event),
-                Err((kind, reason)) => dead_letters.push((kind, dead_letter(&event, kind, &reason, origin))),
+                Err((kind, reason)) => {
+                    dead_letters.push((kind, dead_letter(&event, kind, &reason, origin)))
+                }
             }
         }
 
@@ -198,7 +213,11 @@ impl PartitionWorker {
             for (name, plugin_counter) in slot.stage.take_counters() {
                 self.metrics.add(
                     names::PLUGIN_COUNTER,
-                    &[("pipeline", &pipeline), ("stage", &stage_name), ("name", &name)],
+                    &[
+                        ("pipeline", &pipeline),
+                        ("stage", &stage_name),
+                        ("name", &name),
+                    ],
                     plugin_counter,
                 );
             }
@@ -215,12 +234,17 @@ impl PartitionWorker {
                         route(*last, record, &mut self.sinks, stage_inputs);
                     }
                     None => {
-                        let reason = format!("stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration");
+                        let reason = format!(
+                            "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
+                        );
                         let at = DeadLetterOrigin {
                             stage: Some(&stage_name),
                             ..origin
                         };
-                        dead_letters.push((DeadLetterKind::Unrouted, dead_letter(&record, DeadLetterKind::Unrouted, &reason, at)));
+                        dead_letters.push((
+                            DeadLetterKind::Unrouted,
+                            dead_letter(&record, DeadLetterKind::Unrouted, &reason, at),
+                        ));
                     }
                 }
             }
@@ -235,7 +259,10 @@ impl PartitionWorker {
                     plugin_version: rejected.plugin_version.as_deref(),
                     ..origin
                 };
-                dead_letters.push((kind, dead_letter(&rejected.event, kind, &rejected.reason, at)));
+                dead_letters.push((
+                    kind,
+                    dead_letter(&rejected.event, kind, &rejected.reason, at),
+                ));
             }
             input.clear();
             stage_inputs[index] = input;
@@ -258,7 +285,11 @@ impl PartitionWorker {
             *report.records_out.entry(slot.name.to_string()).or_default() += written;
             self.metrics.add(
                 names::RECORDS_OUT,
-                &[("pipeline", &pipeline), ("partition", &partition_label), ("sink", &slot.name)],
+                &[
+                    ("pipeline", &pipeline),
+                    ("partition", &partition_label),
+                    ("sink", &slot.name),
+                ],
                 written,
             );
             for refusal in refused {
@@ -268,7 +299,12 @@ impl PartitionWorker {
                 };
                 dead_letters.push((
                     DeadLetterKind::SinkRefused,
-                    dead_letter(&refusal.record, DeadLetterKind::SinkRefused, &refusal.reason, at),
+                    dead_letter(
+                        &refusal.record,
+                        DeadLetterKind::SinkRefused,
+                        &refusal.reason,
+                        at,
+                    ),
                 ));
             }
         }
@@ -287,14 +323,19 @@ impl PartitionWorker {
             for (kind, count) in kinds {
                 self.metrics.add(
                     names::DEAD_LETTERS,
-                    &[("pipeline", &pipeline), ("partition", &partition_label), ("kind", kind)],
+                    &[
+                        ("pipeline", &pipeline),
+                        ("partition", &partition_label),
+                        ("kind", kind),
+                    ],
                     count,
                 );
             }
             report.dead_letters += records.len() as u64;
             let count = records.len() as u64;
             let refused = slot.writer.write(records).await?;
-            *report.records_out.entry(slot.name.to_string()).or_default() += count - refused.len() as u64;
+            *report.records_out.entry(slot.name.to_string()).or_default() +=
+                count - refused.len() as u64;
             for refusal in refused {
                 // Nowhere further to send it: say so loudly, with the record, rather than drop it silently.
                 tracing::error!(
@@ -324,11 +365,18 @@ impl PartitionWorker {
             match top_level_field(&event.body, field) {
                 Err(reason) => return Err((DeadLetterKind::Malformed, reason)),
                 Ok(None) => {
-                    return Err((DeadLetterKind::EventTime, format!("missing event-time field `{field}`")));
+                    return Err((
+                        DeadLetterKind::EventTime,
+                        format!("missing event-time field `{field}`"),
+                    ));
                 }
                 Ok(Some(value)) => {
-                    let millis = event_time_millis(&value)
-                        .map_err(|reason| (DeadLetterKind::EventTime, format!("field `{field}`: {reason}")))?;
+                    let millis = event_time_millis(&value).map_err(|reason| {
+                        (
+                            DeadLetterKind::EventTime,
+                            format!("field `{field}`: {reason}"),
+                        )
+                    })?;
                     event.event_time = Some(millis);
                 }
             }
@@ -355,15 +403,23 @@ impl PartitionWorker {
             checkpoint.sinks.insert(slot.name.to_string(), progress);
         }
         for slot in &self.stages {
-            checkpoint.stages.insert(slot.stage.name().to_string(), slot.stage.snapshot());
+            checkpoint
+                .stages
+                .insert(slot.stage.name().to_string(), slot.stage.snapshot());
         }
-        self.checkpoints.save(&self.settings.pipeline, self.partition, &checkpoint).await?;
+        self.checkpoints
+            .save(&self.settings.pipeline, self.partition, &checkpoint)
+            .await?;
         self.checkpointed = Some(position);
         self.reader.checkpointed(position);
         let partition_label = self.partition.to_string();
-        let labels = [("pipeline", &*self.settings.pipeline), ("partition", partition_label.as_str())];
+        let labels = [
+            ("pipeline", &*self.settings.pipeline),
+            ("partition", partition_label.as_str()),
+        ];
         self.metrics.add(names::CHECKPOINTS, &labels, 1);
-        self.metrics.set(names::CHECKPOINT_POSITION, &labels, position as f64);
+        self.metrics
+            .set(names::CHECKPOINT_POSITION, &labels, position as f64);
         tracing::debug!(
             pipeline = %self.settings.pipeline, partition = self.partition, position,
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"
@@ -372,7 +428,12 @@ impl PartitionWorker {
     }
 }
 
-fn route(destination: Destination, record: Event, sinks: &mut [SinkSlot], stage_inputs: &mut [Vec<Event>]) {
+fn route(
+    destination: Destination,
+    record: Event,
+    sinks: &mut [SinkSlot],
+    stage_inputs: &mut [Vec<Event>],
+) {
     match destination {
         Destination::Sink(index) => {
             if let Some(slot) = sinks.get_mut(index) {

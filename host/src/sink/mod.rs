@@ -102,7 +102,11 @@ pub trait SinkWriter: Send {
 }
 
 /// Builds the sink `name` from its configuration.
-pub async fn build(name: &str, config: &SinkConfig, loaded: &LoadedConfig) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn build(
+    name: &str,
+    config: &SinkConfig,
+    loaded: &LoadedConfig,
+) -> Result<Arc<dyn Sink>, SinkError> {
     Ok(match config {
         SinkConfig::File(file) => Arc::new(file::FileSink::new(name, loaded.resolve(&file.path))),
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
@@ -114,7 +118,9 @@ pub async fn build(name: &str, config: &SinkConfig, loaded: &LoadedConfig) -> Re
                 sink: name.to_owned(),
                 pipeline: String::new(),
                 partition: 0,
-                reason: "this build of weir has no Delta Lake support: rebuild with `--features delta`".to_owned(),
+                reason:
+                    "this build of weir has no Delta Lake support: rebuild with `--features delta`"
+                        .to_owned(),
             });
         }
     })

@@ -15,7 +15,10 @@ pub struct HttpSource {
 impl HttpSource {
     /// Starts listening.
     pub async fn start(name: &str, config: HttpSourceConfig) -> Result<Self, String> {
-        Ok(HttpSource { name: name.to_owned(), config })
+        Ok(HttpSource {
+            name: name.to_owned(),
+            config,
+        })
     }
 }
 
@@ -29,7 +32,13 @@ impl Source for HttpSource {
         self.config.partitions
     }
 
-    async fn open(&self, _starts: Vec<PartitionStart>) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
-        Err(SourceError::Start { source_name: self.name.clone(), reason: "not implemented yet".into() })
+    async fn open(
+        &self,
+        _starts: Vec<PartitionStart>,
+    ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
+        Err(SourceError::Start {
+            source_name: self.name.clone(),
+            reason: "not implemented yet".into(),
+        })
     }
 }

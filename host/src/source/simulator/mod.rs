@@ -25,7 +25,10 @@ pub struct SimulatorSource {
 impl SimulatorSource {
     /// A simulator whose first reading is at `start_time`.
     pub fn new(name: &str, config: SimulatorSourceConfig, _start_time: i64) -> Self {
-        SimulatorSource { name: name.to_owned(), config }
+        SimulatorSource {
+            name: name.to_owned(),
+            config,
+        }
     }
 }
 
@@ -39,7 +42,13 @@ impl Source for SimulatorSource {
         self.config.partitions
     }
 
-    async fn open(&self, _starts: Vec<PartitionStart>) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
-        Err(SourceError::Start { source_name: self.name.clone(), reason: "not implemented yet".into() })
+    async fn open(
+        &self,
+        _starts: Vec<PartitionStart>,
+    ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
+        Err(SourceError::Start {
+            source_name: self.name.clone(),
+            reason: "not implemented yet".into(),
+        })
     }
 }
