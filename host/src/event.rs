@@ -74,10 +74,18 @@ mod tests {
     #[test]
     fn partition_for_key_is_stable_and_in_range() {
         // Fixed expectations: a change here re-partitions every user's data.
-        assert_eq!(partition_for_key(b"device-001", 4), partition_for_key(b"device-001", 4));
-        let spread: std::collections::BTreeSet<_> =
-            (0..100).map(|i| partition_for_key(format!("device-{i:03}").as_bytes(), 4)).collect();
-        assert_eq!(spread.len(), 4, "100 keys should reach every one of 4 partitions");
+        // (Computed independently: FNV-1a 64 of the key, modulo the partition count.)
+        assert_eq!(partition_for_key(b"device-001", 4), 1);
+        assert_eq!(partition_for_key(b"device-002", 4), 0);
+        assert_eq!(partition_for_key(b"a", 8), 4);
+        let spread: std::collections::BTreeSet<_> = (0..100)
+            .map(|i| partition_for_key(format!("device-{i:03}").as_bytes(), 4))
+            .collect();
+        assert_eq!(
+            spread.len(),
+            4,
+            "100 keys should reach every one of 4 partitions"
+        );
         assert!((0..1000).all(|i| partition_for_key(&[i as u8, 7], 3) < 3));
         assert_eq!(partition_for_key(b"", 1), 0);
     }

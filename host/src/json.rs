@@ -36,7 +36,9 @@ pub fn top_level_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldVa
     let found = FieldSeed { field }
         .deserialize(&mut deserializer)
         .map_err(|e| format!("malformed JSON: {e}"))?;
-    deserializer.end().map_err(|e| format!("malformed JSON: {e}"))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("malformed JSON: {e}"))?;
     Ok(found)
 }
 
@@ -140,16 +142,29 @@ mod tests {
     #[test]
     fn finds_top_level_scalars_only() {
         let body = br#"{"a":{"DeviceId":"inner"},"DeviceId":"dev-1","n":12.5,"esc":"x\"y"}"#;
-        assert_eq!(top_level_field(body, "DeviceId"), Ok(Some(FieldValue::Text(Cow::Borrowed("dev-1")))));
-        assert_eq!(top_level_field(body, "n"), Ok(Some(FieldValue::Number(12.5))));
-        assert_eq!(top_level_field(body, "esc"), Ok(Some(FieldValue::Text(Cow::Owned("x\"y".into())))));
+        assert_eq!(
+            top_level_field(body, "DeviceId"),
+            Ok(Some(FieldValue::Text(Cow::Borrowed("dev-1"))))
+        );
+        assert_eq!(
+            top_level_field(body, "n"),
+            Ok(Some(FieldValue::Number(12.5)))
+        );
+        assert_eq!(
+            top_level_field(body, "esc"),
+            Ok(Some(FieldValue::Text(Cow::Owned("x\"y".into()))))
+        );
         assert_eq!(top_level_field(body, "missing"), Ok(None));
         assert_eq!(top_level_field(body, "a"), Ok(Some(FieldValue::Other)));
     }
 
     #[test]
     fn refuses_malformed_json_and_non_objects() {
-        assert!(top_level_field(b"{\"a\":", "a").unwrap_err().starts_with("malformed JSON"));
+        assert!(
+            top_level_field(b"{\"a\":", "a")
+                .expect_err("refused")
+                .starts_with("malformed JSON")
+        );
         assert!(top_level_field(b"[1,2]", "a").is_err());
         assert!(top_level_field(b"{\"a\":1} trailing", "a").is_err());
     }

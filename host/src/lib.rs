@@ -5,9 +5,11 @@
 //! only after the sinks have made durable what they cover.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod json;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod sink;

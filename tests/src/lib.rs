@@ -1,1 +1,240 @@
-//! tests
+//! Helpers shared by Weir's integration tests: where the plugins and the `weir` binary are, how to
+//! run and kill it, how to read outputs back (Delta tables through the Python `deltalake`
+//! package, an independent reader), and telemetry test data with an independent expectation of
+//! the anomaly rule.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failure is the test's failure"
+)]
+
+pub mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("WEIR_WORKSPACE_DIR"))
+}
+
+/// The compiled component of plugin `name` (file stem, such as `telemetry_anomaly`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("WEIR_PLUGIN_DIR")).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "plugin {} was not built", path.display());
+    path
+}
+
+/// The Python interpreter with the `deltalake` package: `WEIR_PYTHON`, else the project's venv.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("WEIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join(".venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "no Python interpreter at {}: run `scripts/setup` (it creates .venv with the deltalake package) or set WEIR_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// A Delta table as the Python `deltalake` package reads it.
+#[derive(Debug, Clone)]
+pub struct DeltaRead {
+    /// Table version.
+    pub version: i64,
+    /// Partition columns.
+    pub partition_columns: Vec<String>,
+    /// Every row, as JSON (timestamps and dates as text).
+    pub rows: Vec<Value>,
+}
+
+/// Reads the Delta table at `path` with the Python `deltalake` package.
+pub fn read_delta(path: &Path) -> DeltaRead {
+    const SCRIPT: &str = r#"
+import json, sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1])
+rows = table.to_pyarrow_table().to_pylist()
+print(json.dumps({"version": table.version(), "partition_columns": table.metadata().partition_columns}))
+for row in rows:
+    print(json.dumps(row, default=str))
+"#;
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(path)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python deltalake could not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let mut lines = text.lines();
+    let header: Value =
+        serde_json::from_str(lines.next().expect("header line")).expect("header json");
+    DeltaRead {
+        version: header["version"].as_i64().expect("version"),
+        partition_columns: serde_json::from_value(header["partition_columns"].clone())
+            .expect("partition columns"),
+        rows: lines
+            .map(|l| serde_json::from_str(l).expect("row json"))
+            .collect(),
+    }
+}
+
+/// Every JSON line of every `*.jsonl` file under `dir`, in file-name then line order.
+pub fn read_jsonl_dir(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|file| {
+            std::fs::read_to_string(file)
+                .expect("read jsonl")
+                .lines()
+                .map(|line| {
+                    serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("bad JSON line in {}: {e}: {line}", file.display())
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `weir` command line built by this package (`weir-test-bin`, next to the test executables).
+pub fn weir_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Test executables live in <target>/<profile>/deps; binaries one level up.
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target layout");
+    let binary = profile_dir.join(format!("weir-test-bin{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.is_file(), "{} was not built", binary.display());
+    binary
+}
+
+/// A running `weir` process.
+#[derive(Debug)]
+pub struct WeirProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WeirProcess {
+    /// Starts `weir run --config <config>`, logging to `<config>.log` (appended).
+    pub fn run(config: &Path) -> WeirProcess {
+        Self::spawn(&["run", "--config"], config)
+    }
+
+    /// Starts `weir <args> <config>`.
+    pub fn spawn(args: &[&str], config: &Path) -> WeirProcess {
+        let log = config.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(weir_binary())
+            .args(args)
+            .arg(config)
+            .env(
+                "WEIR_LOG",
+                std::env::var("WEIR_LOG").unwrap_or_else(|_| {
+                    "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn".to_owned()
+                }),
+            )
+            .stdout(Stdio::from(log_file.try_clone().expect("log file")))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("start weir");
+        WeirProcess { child, log }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for it to exit, at most `timeout`; kills it and panics with its log on timeout.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "weir did not finish within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        // Never leave a process behind, whatever the test did.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `weir run` on `config` to completion and returns its log; panics if it fails.
+pub fn run_to_completion(config: &Path, timeout: Duration) -> String {
+    let process = WeirProcess::run(config);
+    let log = process.log.clone();
+    let status = process.wait(timeout);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "weir exited with {status}; log:\n{text}");
+    text
+}
+
+/// Compares two floats from JSON within 1e-9.
+pub fn close(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9,
+        _ => a == b,
+    }
+}

@@ -46,7 +46,13 @@ impl LocalCheckpointStore {
     fn meta_path(&self, key: &str) -> PathBuf {
         let safe: String = key
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join("meta").join(format!("{safe}.txt"))
     }
@@ -63,14 +69,22 @@ fn error(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
 fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
     let header = Header {
         checkpoint: checkpoint.clone(),
-        stage_sizes: checkpoint.stages.iter().map(|(name, state)| (name.clone(), state.len())).collect(),
+        stage_sizes: checkpoint
+            .stages
+            .iter()
+            .map(|(name, state)| (name.clone(), state.len()))
+            .collect(),
     };
     let header = serde_json::to_vec(&header)?;
     let states: usize = checkpoint.stages.values().map(Vec::len).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + states + 32);
     out.extend_from_slice(MAGIC);
     // A header beyond 4 GiB would need that many sinks; saturate rather than wrap.
-    out.extend_from_slice(&u32::try_from(header.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     out.extend_from_slice(&header);
     for state in checkpoint.stages.values() {
         out.extend_from_slice(state);
@@ -86,7 +100,9 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     if Sha256::digest(body).as_slice() != digest {
         return Err("checksum mismatch: the file is corrupt".to_owned());
     }
-    let rest = body.strip_prefix(&MAGIC[..]).ok_or("not a Weir checkpoint (bad magic)")?;
+    let rest = body
+        .strip_prefix(&MAGIC[..])
+        .ok_or("not a Weir checkpoint (bad magic)")?;
     let (len, rest) = rest.split_at_checked(4).ok_or("truncated header length")?;
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
     let (header, mut states) = rest.split_at_checked(len).ok_or("truncated header")?;
@@ -94,7 +110,9 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let mut checkpoint = header.checkpoint;
     let mut stages = BTreeMap::new();
     for (name, size) in header.stage_sizes {
-        let (state, rest) = states.split_at_checked(size).ok_or("truncated stage state")?;
+        let (state, rest) = states
+            .split_at_checked(size)
+            .ok_or("truncated stage state")?;
         stages.insert(name, state.to_vec());
         states = rest;
     }
@@ -136,7 +154,11 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl CheckpointStore for LocalCheckpointStore {
-    async fn load(&self, pipeline: &str, partition: PartitionId) -> Result<Option<Checkpoint>, CheckpointError> {
+    async fn load(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Checkpoint>, CheckpointError> {
         let path = self.path(pipeline, partition);
         let owned = path.clone();
         blocking(&path, move || match read_optional(&owned) {
@@ -147,11 +169,19 @@ impl CheckpointStore for LocalCheckpointStore {
         .await
     }
 
-    async fn save(&self, pipeline: &str, partition: PartitionId, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    async fn save(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         let path = self.path(pipeline, partition);
         let bytes = encode(checkpoint).map_err(|e| error(&path, e))?;
         let owned = path.clone();
-        blocking(&path, move || write_atomically(&owned, &bytes).map_err(|e| e.to_string())).await
+        blocking(&path, move || {
+            write_atomically(&owned, &bytes).map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError> {
@@ -168,7 +198,10 @@ impl CheckpointStore for LocalCheckpointStore {
         let path = self.meta_path(key);
         let owned = path.clone();
         let bytes = value.as_bytes().to_vec();
-        blocking(&path, move || write_atomically(&owned, &bytes).map_err(|e| e.to_string())).await
+        blocking(&path, move || {
+            write_atomically(&owned, &bytes).map_err(|e| e.to_string())
+        })
+        .await
     }
 }
 
@@ -186,15 +219,27 @@ mod tests {
             written_at: 7,
             ..Checkpoint::default()
         };
-        checkpoint.sinks.insert("alerts".into(), serde_json::json!({"bytes": 120}));
+        checkpoint
+            .sinks
+            .insert("alerts".into(), serde_json::json!({"bytes": 120}));
         checkpoint.stages.insert("anomaly".into(), vec![1, 2, 3]);
         checkpoint.stages.insert("empty".into(), Vec::new());
         store.save("p", 3, &checkpoint).await.expect("save");
-        assert_eq!(store.load("p", 3).await.expect("load"), Some(checkpoint.clone()));
+        assert_eq!(
+            store.load("p", 3).await.expect("load"),
+            Some(checkpoint.clone())
+        );
 
         checkpoint.position = Some(43);
         store.save("p", 3, &checkpoint).await.expect("overwrite");
-        assert_eq!(store.load("p", 3).await.expect("load").and_then(|c| c.position), Some(43));
+        assert_eq!(
+            store
+                .load("p", 3)
+                .await
+                .expect("load")
+                .and_then(|c| c.position),
+            Some(43)
+        );
 
         let path = store.path("p", 3);
         let mut bytes = std::fs::read(&path).expect("read");
@@ -204,7 +249,13 @@ mod tests {
         let err = store.load("p", 3).await.expect_err("corrupt file");
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
 
-        store.save_meta("sim/start", "2026-01-01T00:00:00Z").await.expect("meta");
-        assert_eq!(store.load_meta("sim/start").await.expect("meta").as_deref(), Some("2026-01-01T00:00:00Z"));
+        store
+            .save_meta("sim/start", "2026-01-01T00:00:00Z")
+            .await
+            .expect("meta");
+        assert_eq!(
+            store.load_meta("sim/start").await.expect("meta").as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
     }
 }

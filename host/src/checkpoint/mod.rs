@@ -43,10 +43,19 @@ pub struct Checkpoint {
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The last checkpoint of `pipeline`'s `partition`, if any.
-    async fn load(&self, pipeline: &str, partition: PartitionId) -> Result<Option<Checkpoint>, CheckpointError>;
+    async fn load(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Checkpoint>, CheckpointError>;
 
     /// Replaces the checkpoint of `pipeline`'s `partition`, atomically.
-    async fn save(&self, pipeline: &str, partition: PartitionId, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+    async fn save(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError>;
 
     /// A small value kept for a source across restarts (for example the simulator's start time).
     async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError>;

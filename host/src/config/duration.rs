@@ -23,11 +23,13 @@ impl ConfigDuration {
     /// Parses `250ms`, `5s`, `2m` or `1h`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let digits_end = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(digits_end);
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("expected a duration such as `500ms`, `5s`, `2m` or `1h`, found `{text}`"))?;
+        let value: u64 = number.parse().map_err(|_| {
+            format!("expected a duration such as `500ms`, `5s`, `2m` or `1h`, found `{text}`")
+        })?;
         let millis = match unit.trim() {
             "ms" => Some(value),
             "s" => value.checked_mul(1_000),
@@ -67,12 +69,32 @@ mod tests {
 
     #[test]
     fn parses_units_and_refuses_the_rest() {
-        assert_eq!(ConfigDuration::parse("250ms"), Ok(ConfigDuration::from_millis(250)));
-        assert_eq!(ConfigDuration::parse("5s"), Ok(ConfigDuration::from_millis(5_000)));
-        assert_eq!(ConfigDuration::parse("2m"), Ok(ConfigDuration::from_millis(120_000)));
-        assert_eq!(ConfigDuration::parse("1h"), Ok(ConfigDuration::from_millis(3_600_000)));
-        assert!(ConfigDuration::parse("5").unwrap_err().contains("unknown duration unit"));
-        assert!(ConfigDuration::parse("five s").unwrap_err().contains("expected a duration"));
+        assert_eq!(
+            ConfigDuration::parse("250ms"),
+            Ok(ConfigDuration::from_millis(250))
+        );
+        assert_eq!(
+            ConfigDuration::parse("5s"),
+            Ok(ConfigDuration::from_millis(5_000))
+        );
+        assert_eq!(
+            ConfigDuration::parse("2m"),
+            Ok(ConfigDuration::from_millis(120_000))
+        );
+        assert_eq!(
+            ConfigDuration::parse("1h"),
+            Ok(ConfigDuration::from_millis(3_600_000))
+        );
+        assert!(
+            ConfigDuration::parse("5")
+                .expect_err("refused")
+                .contains("unknown duration unit")
+        );
+        assert!(
+            ConfigDuration::parse("five s")
+                .expect_err("refused")
+                .contains("expected a duration")
+        );
         assert!(ConfigDuration::parse("5d").is_err());
     }
 }

@@ -74,10 +74,14 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
 /// Parses and validates configuration `text`, reporting errors against `path`.
 pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
     let doc = Document { text, path };
-    let deserializer = toml::de::Deserializer::parse(text).map_err(|err| doc.toml_error(&err, &[]))?;
+    let deserializer =
+        toml::de::Deserializer::parse(text).map_err(|err| doc.toml_error(&err, &[]))?;
     let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let keys = path_segments(err.path());
-        doc.toml_error(err.inner(), &keys)
+        match doc.refine_tagged(&keys) {
+            Some((keys, inner)) => doc.toml_error(&inner, &keys),
+            None => doc.toml_error(err.inner(), &keys),
+        }
     })?;
     let loaded = LoadedConfig {
         config,
@@ -105,11 +109,54 @@ impl Document<'_> {
         let mut full_keys = keys.to_vec();
         let mut span = None;
         if let Some(field) = unknown {
-            full_keys.push(field);
+            if full_keys.last() != Some(&field) {
+                full_keys.push(field);
+            }
             span = self.span_of(&full_keys);
         }
         let span = span.or_else(|| err.span()).or_else(|| self.span_of(keys));
         self.error_at(span, &full_keys, message)
+    }
+
+    /// serde loses the key and position of an error inside an internally tagged table (one with
+    /// `kind = ...`): deserialize that table again as its concrete kind to find them.
+    fn refine_tagged(&self, keys: &[String]) -> Option<(Vec<String>, toml::de::Error)> {
+        let [section, name] = keys else {
+            return None;
+        };
+        let root = DeTable::parse(self.text).ok()?;
+        let DeValue::Table(entries) = find(root.get_ref(), section)?.get_ref() else {
+            return None;
+        };
+        let entry = find(entries, name)?;
+        let DeValue::Table(fields) = entry.get_ref() else {
+            return None;
+        };
+        let DeValue::String(kind) = find(fields, "kind")?.get_ref() else {
+            return None;
+        };
+        let rest: DeTable<'_> = fields
+            .iter()
+            .filter(|(k, _)| k.get_ref().as_ref() != "kind")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let value = toml::de::ValueDeserializer::from(toml::Spanned::new(
+            entry.span(),
+            DeValue::Table(rest),
+        ));
+        let result = match (section.as_str(), kind.as_ref()) {
+            ("sources", "simulator") => check::<super::SimulatorSourceConfig>(value),
+            ("sources", "file") => check::<super::FileSourceConfig>(value),
+            ("sources", "http") => check::<super::HttpSourceConfig>(value),
+            ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
+            ("sinks", "file") => check::<super::FileSinkConfig>(value),
+            ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
+            _ => return None,
+        };
+        let err = result.err()?;
+        let mut full = keys.to_vec();
+        full.extend(path_segments(err.path()));
+        Some((full, err.into_inner()))
     }
 
     /// An error at the key path `keys`.
@@ -118,7 +165,12 @@ impl Document<'_> {
         self.error_at(self.span_of(&keys), &keys, message.into())
     }
 
-    fn error_at(&self, span: Option<Range<usize>>, keys: &[String], message: String) -> ConfigError {
+    fn error_at(
+        &self,
+        span: Option<Range<usize>>,
+        keys: &[String],
+        message: String,
+    ) -> ConfigError {
         let (line, column) = span.map_or((1, 1), |span| line_and_column(self.text, span.start));
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
@@ -168,6 +220,19 @@ impl Document<'_> {
     }
 }
 
+fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t toml::Spanned<DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+fn check<T: serde::de::DeserializeOwned>(
+    value: toml::de::ValueDeserializer<'_>,
+) -> Result<(), serde_path_to_error::Error<toml::de::Error>> {
+    serde_path_to_error::deserialize::<_, T>(value).map(|_| ())
+}
+
 fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {
     use serde_path_to_error::Segment;
     path.iter()
@@ -191,7 +256,11 @@ fn dotted(keys: &[String]) -> String {
             out.push_str(key);
         }
     }
-    if out.is_empty() { "(file)".to_owned() } else { out }
+    if out.is_empty() {
+        "(file)".to_owned()
+    } else {
+        out
+    }
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -203,14 +272,21 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 
 fn one_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
-    if names.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", names.join(", ")) }
+    if names.is_empty() {
+        "none are defined".to_owned()
+    } else {
+        format!("defined: {}", names.join(", "))
+    }
 }
 
 /// Cross-references and ranges that types alone cannot express.
 fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
     let config = &loaded.config;
     if config.pipelines.is_empty() {
-        return Err(doc.error(&["pipelines"], "no pipeline is defined: expected at least one `[pipelines.<name>]` table"));
+        return Err(doc.error(
+            &["pipelines"],
+            "no pipeline is defined: expected at least one `[pipelines.<name>]` table",
+        ));
     }
     for (name, source) in &config.sources {
         let partitions = source.partitions();
@@ -224,9 +300,15 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             if sim.devices == 0 {
                 return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
             }
-            for (key, ratio) in [("jump_ratio", sim.jump_ratio), ("duplicate_ratio", sim.duplicate_ratio)] {
+            for (key, ratio) in [
+                ("jump_ratio", sim.jump_ratio),
+                ("duplicate_ratio", sim.duplicate_ratio),
+            ] {
                 if !(0.0..=1.0).contains(&ratio) {
-                    return Err(doc.error(&["sources", name, key], format!("expected a fraction between 0 and 1, found {ratio}")));
+                    return Err(doc.error(
+                        &["sources", name, key],
+                        format!("expected a fraction between 0 and 1, found {ratio}"),
+                    ));
                 }
             }
             if let Some(start) = &sim.start_time
@@ -234,11 +316,16 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             {
                 return Err(doc.error(
                     &["sources", name, "start_time"],
-                    format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
+                    format!(
+                        "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
+                    ),
                 ));
             }
             if sim.reading_interval.get().is_zero() {
-                return Err(doc.error(&["sources", name, "reading_interval"], "expected a duration above zero"));
+                return Err(doc.error(
+                    &["sources", name, "reading_interval"],
+                    "expected a duration above zero",
+                ));
             }
         }
     }
@@ -251,30 +338,61 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
         if !config.sources.contains_key(&pipeline.source) {
             return Err(doc.error(
                 &["pipelines", name, "source"],
-                format!("source `{}` is not defined ({})", pipeline.source, one_of(config.sources.keys())),
+                format!(
+                    "source `{}` is not defined ({})",
+                    pipeline.source,
+                    one_of(config.sources.keys())
+                ),
             ));
         }
         if !config.sinks.contains_key(&pipeline.dead_letter) {
             return Err(doc.error(
                 &["pipelines", name, "dead_letter"],
-                format!("sink `{}` is not defined ({})", pipeline.dead_letter, one_of(config.sinks.keys())),
+                format!(
+                    "sink `{}` is not defined ({})",
+                    pipeline.dead_letter,
+                    one_of(config.sinks.keys())
+                ),
             ));
         }
         if pipeline.batch.max_events == 0 {
-            return Err(doc.error(&["pipelines", name, "batch", "max_events"], "expected at least 1"));
+            return Err(doc.error(
+                &["pipelines", name, "batch", "max_events"],
+                "expected at least 1",
+            ));
         }
         if pipeline.stages.is_empty() {
-            return Err(doc.error(&["pipelines", name, "stages"], "expected at least one stage (`[[pipelines.<name>.stages]]`)"));
+            return Err(doc.error(
+                &["pipelines", name, "stages"],
+                "expected at least one stage (`[[pipelines.<name>.stages]]`)",
+            ));
         }
         let mut seen = BTreeSet::new();
         for (index, stage) in pipeline.stages.iter().enumerate() {
             let index_key = index.to_string();
-            let at = |key: &'static str| vec!["pipelines", name.as_str(), "stages", index_key.as_str(), key];
+            let at = |key: &'static str| {
+                vec![
+                    "pipelines",
+                    name.as_str(),
+                    "stages",
+                    index_key.as_str(),
+                    key,
+                ]
+            };
             if !seen.insert(stage.name.as_str()) {
-                return Err(doc.error(&at("name"), format!("stage name `{}` is used twice in this pipeline", stage.name)));
+                return Err(doc.error(
+                    &at("name"),
+                    format!("stage name `{}` is used twice in this pipeline", stage.name),
+                ));
             }
             if config.sinks.contains_key(&stage.name) {
-                return Err(doc.error(&at("name"), format!("stage name `{}` is also a sink name: routes would be ambiguous", stage.name)));
+                return Err(doc.error(
+                    &at("name"),
+                    format!(
+                        "stage name `{}` is also a sink name: routes would be ambiguous",
+                        stage.name
+                    ),
+                ));
             }
             let plugin = loaded.resolve(&stage.plugin);
             if !plugin.is_file() {
@@ -283,7 +401,10 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
                 ));
             }
-            let later: Vec<&String> = pipeline.stages[index + 1..].iter().map(|s| &s.name).collect();
+            let later: Vec<&String> = pipeline.stages[index + 1..]
+                .iter()
+                .map(|s| &s.name)
+                .collect();
             for (output, destinations) in &stage.outputs {
                 for destination in destinations.names() {
                     let is_sink = config.sinks.contains_key(destination);
@@ -291,9 +412,13 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     if !is_sink && !is_later_stage {
                         let mut keys = at("outputs");
                         keys.push(output.as_str());
-                        let earlier = pipeline.stages[..=index].iter().any(|s| &s.name == destination);
+                        let earlier = pipeline.stages[..=index]
+                            .iter()
+                            .any(|s| &s.name == destination);
                         let message = if earlier {
-                            format!("`{destination}` is this stage or an earlier one: outputs may only go to sinks or later stages")
+                            format!(
+                                "`{destination}` is this stage or an earlier one: outputs may only go to sinks or later stages"
+                            )
                         } else {
                             format!(
                                 "`{destination}` is neither a sink ({}) nor a later stage of this pipeline",
@@ -312,7 +437,11 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
     Ok(())
 }
 
-fn validate_delta(doc: &Document<'_>, name: &str, delta: &super::DeltaSinkConfig) -> Result<(), ConfigError> {
+fn validate_delta(
+    doc: &Document<'_>,
+    name: &str,
+    delta: &super::DeltaSinkConfig,
+) -> Result<(), ConfigError> {
     if delta.columns.is_empty() {
         return Err(doc.error(&["sinks", name, "columns"], "expected at least one column"));
     }
@@ -378,20 +507,29 @@ outputs = { alerts = "out" }
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
         let loaded = load_str(VALID, Path::new("weir.toml"), dir.path()).expect("valid");
-        assert_eq!(loaded.config.pipelines["p"].stages[0].outputs["alerts"].names(), ["out"]);
+        assert_eq!(
+            loaded.config.pipelines["p"].stages[0].outputs["alerts"].names(),
+            ["out"]
+        );
     }
 
     #[test]
     fn unknown_field_names_line_and_key() {
         let text = VALID.replace("kind = \"simulator\"", "kind = \"simulator\"\nratez = 5");
         let err = refuse(&text);
-        assert!(err.starts_with("weir.toml:4:1: `sources.sim.ratez`: unknown field `ratez`"), "{err}");
+        assert!(
+            err.starts_with("weir.toml:4:1: `sources.sim.ratez`: unknown field `ratez`"),
+            "{err}"
+        );
         assert!(err.contains("expected one of"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_line_and_key() {
-        let text = VALID.replace("kind = \"simulator\"", "kind = \"simulator\"\nrate = \"fast\"");
+        let text = VALID.replace(
+            "kind = \"simulator\"",
+            "kind = \"simulator\"\nrate = \"fast\"",
+        );
         let err = refuse(&text);
         assert!(err.starts_with("weir.toml:4:"), "{err}");
         assert!(err.contains("sources.sim.rate"), "{err}");
@@ -402,14 +540,23 @@ outputs = { alerts = "out" }
     fn unknown_sink_in_route_is_refused_with_the_defined_ones() {
         let err = refuse(&VALID.replace("alerts = \"out\"", "alerts = \"nowhere\""));
         assert!(err.starts_with("weir.toml:15:"), "{err}");
-        assert!(err.contains("pipelines.p.stages[0].outputs.alerts"), "{err}");
-        assert!(err.contains("`nowhere` is neither a sink (defined: `out`)"), "{err}");
+        assert!(
+            err.contains("pipelines.p.stages[0].outputs.alerts"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`nowhere` is neither a sink (defined: `out`)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_source_and_missing_plugin_are_refused() {
         let err = refuse(&VALID.replace("source = \"sim\"", "source = \"simm\""));
-        assert!(err.contains("`pipelines.p.source`: source `simm` is not defined (defined: `sim`)"), "{err}");
+        assert!(
+            err.contains("`pipelines.p.source`: source `simm` is not defined (defined: `sim`)"),
+            "{err}"
+        );
         let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
         assert!(err.starts_with("weir.toml:14:"), "{err}");
         assert!(err.contains("missing.wasm does not exist"), "{err}");
@@ -417,7 +564,9 @@ outputs = { alerts = "out" }
 
     #[test]
     fn bad_duration_and_syntax_errors_have_lines() {
-        let err = refuse(&format!("{VALID}\n[checkpoint]\ninterval = \"5 parsecs\"\n"));
+        let err = refuse(&format!(
+            "{VALID}\n[checkpoint]\ninterval = \"5 parsecs\"\n"
+        ));
         assert!(err.contains("`checkpoint.interval`"), "{err}");
         assert!(err.contains("unknown duration unit"), "{err}");
         let err = refuse("[sources.sim\nkind = 1");

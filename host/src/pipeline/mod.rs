@@ -1,1 +1,384 @@
-//! Running pipelines.
+//! Running pipelines: build sources, sinks and stages from a configuration, restore each partition
+//! from its checkpoint, and run one worker task per partition.
+
+mod dead_letter;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
+use crate::config::{LoadedConfig, PipelineConfig};
+use crate::metrics::Metrics;
+use crate::plugin::{
+    InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin,
+};
+use crate::sink::{Sink, WriterScope};
+use crate::source::{PartitionStart, Source};
+use crate::stage::WasmTransformStage;
+
+pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
+pub use worker::{WorkerError, WorkerReport};
+
+/// Why Weir could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A plugin was refused.
+    #[error("pipeline `{pipeline}`, stage `{stage}`: {source}")]
+    Plugin {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// Why.
+        source: PluginError,
+    },
+    /// A source could not start.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A sink could not start.
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    /// The checkpoint store failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A checkpointed stage state could not be read.
+    #[error("pipeline `{pipeline}`, partition {partition}, stage `{stage}`: {reason}")]
+    Restore {
+        /// Pipeline name.
+        pipeline: String,
+        /// Partition.
+        partition: u32,
+        /// Stage name.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin engine could not be created.
+    #[error(transparent)]
+    Engine(PluginError),
+}
+
+/// Why a run ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline `{pipeline}`: {source}")]
+pub struct RunError {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// What stopped its worker.
+    pub source: WorkerError,
+}
+
+/// What a finished run did, per pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Per pipeline, one report per partition worker.
+    pub pipelines: BTreeMap<String, Vec<WorkerReport>>,
+}
+
+/// Asks running pipelines to stop: workers finish their batch, checkpoint and end.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Requests the stop.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Pipelines that are running.
+pub struct Running {
+    workers: Vec<(String, JoinHandle<Result<WorkerReport, WorkerError>>)>,
+    shutdown: ShutdownHandle,
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// A handle that stops the pipelines.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The sinks in use, by name.
+    pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
+        &self.sinks
+    }
+
+    /// Waits for every worker. The first failure stops the others, which checkpoint and end.
+    pub async fn wait(self) -> Result<RunReport, RunError> {
+        let mut report = RunReport::default();
+        let mut first_error = None;
+        let mut workers = self.workers;
+        while !workers.is_empty() {
+            // Poll whichever finishes first, so a failure stops the rest promptly.
+            let handles = workers.iter_mut().map(|(_, handle)| handle);
+            let (result, index, _) = futures::future::select_all(handles).await;
+            let (pipeline, _) = workers.swap_remove(index);
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(join_error) => Err(WorkerError::Stage(crate::stage::StageError {
+                    pipeline: pipeline.as_str().into(),
+                    stage: "(worker)".into(),
+                    partition: 0,
+                    reason: format!("worker task failed: {join_error}"),
+                })),
+            };
+            match outcome {
+                Ok(worker_report) => report
+                    .pipelines
+                    .entry(pipeline)
+                    .or_default()
+                    .push(worker_report),
+                Err(source) => {
+                    tracing::error!(pipeline = %pipeline, error = %source, "partition worker failed; stopping");
+                    self.shutdown.shutdown();
+                    if first_error.is_none() {
+                        first_error = Some(RunError { pipeline, source });
+                    }
+                }
+            }
+        }
+        for reports in report.pipelines.values_mut() {
+            reports.sort_by_key(|r| r.partition);
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+/// Builds everything `loaded` describes and starts one worker per partition.
+pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, StartError> {
+    let config = &loaded.config;
+    let engine = PluginEngine::new().map_err(StartError::Engine)?;
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(
+        loaded.resolve(&config.checkpoint.dir),
+    ));
+    let (shutdown_sender, shutdown) = watch::channel(false);
+
+    // Sinks used by any pipeline, built once and shared.
+    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+    for pipeline in config.pipelines.values() {
+        for name in used_sinks(loaded, pipeline) {
+            if !sinks.contains_key(&name)
+                && let Some(sink_config) = config.sinks.get(&name)
+            {
+                let sink = crate::sink::build(&name, sink_config, loaded).await?;
+                sinks.insert(name, sink);
+            }
+        }
+    }
+
+    let mut plugins: HashMap<PathBuf, Arc<TransformPlugin>> = HashMap::new();
+    let mut workers = Vec::new();
+    for (pipeline_name, pipeline) in &config.pipelines {
+        // Compile each plugin once, off the async threads.
+        for stage in &pipeline.stages {
+            let path = loaded.resolve(&stage.plugin);
+            if plugins.contains_key(&path) {
+                continue;
+            }
+            let compiling = engine.clone();
+            let compile_path = path.clone();
+            let compiled =
+                tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
+                    .await
+                    .map_err(|e| StartError::Plugin {
+                        pipeline: pipeline_name.clone(),
+                        stage: stage.name.clone(),
+                        source: PluginError::Engine(format!("compilation task failed: {e}")),
+                    })?
+                    .map_err(|source| StartError::Plugin {
+                        pipeline: pipeline_name.clone(),
+                        stage: stage.name.clone(),
+                        source,
+                    })?;
+            tracing::info!(
+                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
+                version = %compiled.version(), path = %path.display(), "plugin loaded"
+            );
+            plugins.insert(path, compiled);
+        }
+
+        let source_config = config.sources.get(&pipeline.source).ok_or_else(|| {
+            crate::source::SourceError::Start {
+                source_name: pipeline.source.clone(),
+                reason: "not defined".to_owned(),
+            }
+        })?;
+        let source: Arc<dyn Source> =
+            crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
+                .await?;
+        let partitions = source.partition_count();
+        let mut restored = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            restored.push(checkpoints.load(pipeline_name, partition).await?);
+        }
+        let starts = restored
+            .iter()
+            .enumerate()
+            .map(|(partition, checkpoint)| PartitionStart {
+                partition: u32::try_from(partition).unwrap_or(u32::MAX),
+                after: checkpoint.as_ref().and_then(|c| c.position),
+            })
+            .collect();
+        let readers = source.open(starts).await?;
+        let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
+        for reader in readers {
+            let partition = reader.partition();
+            let checkpoint = restored
+                .get(partition as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            if let Some(position) = checkpoint.position {
+                tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
+            }
+            let sink_names = used_sinks(loaded, pipeline);
+            let mut sink_slots = Vec::with_capacity(sink_names.len());
+            let scope = WriterScope {
+                pipeline: pipeline_arc.clone(),
+                partition,
+            };
+            for name in &sink_names {
+                let Some(sink) = sinks.get(name) else {
+                    continue;
+                };
+                let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+                sink_slots.push(SinkSlot {
+                    name: name.as_str().into(),
+                    writer,
+                    pending: Vec::new(),
+                });
+            }
+            let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
+            let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
+            let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+            for stage in &pipeline.stages {
+                let path = loaded.resolve(&stage.plugin);
+                let Some(plugin) = plugins.get(&path).cloned() else {
+                    continue;
+                };
+                let state = match checkpoint.stages.get(&stage.name) {
+                    Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
+                        pipeline: pipeline_name.clone(),
+                        partition,
+                        stage: stage.name.clone(),
+                        reason: e.to_string(),
+                    })?,
+                    None => KeyedState::default(),
+                };
+                let config_json = match &stage.config {
+                    Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
+                    None => "{}".to_owned(),
+                };
+                let settings = Arc::new(InstanceSettings {
+                    scope: PluginScope {
+                        pipeline: pipeline_arc.clone(),
+                        stage: stage.name.as_str().into(),
+                        partition,
+                        plugin: plugin.name().clone(),
+                        version: plugin.version().clone(),
+                    },
+                    config_json: config_json.into(),
+                    max_memory_bytes: stage
+                        .max_memory_bytes
+                        .unwrap_or(config.plugins.max_memory_bytes),
+                    call_timeout: stage
+                        .call_timeout
+                        .unwrap_or(config.plugins.call_timeout)
+                        .get(),
+                });
+                let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
+                for (output, destinations) in &stage.outputs {
+                    let resolved = destinations
+                        .names()
+                        .iter()
+                        .filter_map(|name| match sink_index(name) {
+                            Some(index) => Some(Destination::Sink(index)),
+                            None => pipeline
+                                .stages
+                                .iter()
+                                .position(|s| &s.name == name)
+                                .map(Destination::Stage),
+                        })
+                        .collect();
+                    routes.insert(output.as_str().into(), resolved);
+                }
+                stage_slots.push(StageSlot {
+                    stage: Box::new(WasmTransformStage::new(
+                        stage.name.as_str().into(),
+                        plugin,
+                        settings,
+                        state,
+                    )),
+                    routes,
+                });
+            }
+            let worker = PartitionWorker {
+                settings: WorkerSettings {
+                    pipeline: pipeline_arc.clone(),
+                    event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
+                    max_event_bytes: pipeline.max_event_bytes,
+                    batch_max_events: pipeline.batch.max_events,
+                    batch_max_wait: pipeline.batch.max_wait.get(),
+                    checkpoint_interval: config.checkpoint.interval.get(),
+                },
+                partition,
+                reader,
+                stages: stage_slots,
+                sinks: sink_slots,
+                dead_letter_sink,
+                checkpoints: checkpoints.clone(),
+                metrics: metrics.clone(),
+                position: checkpoint.position,
+                checkpointed: checkpoint.position,
+                shutdown: shutdown.clone(),
+            };
+            workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
+        }
+        tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
+    }
+    Ok(Running {
+        workers,
+        shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
+        sinks,
+        metrics,
+    })
+}
+
+/// Sinks a pipeline writes to: its dead-letter sink first, then every sink its stages route to.
+fn used_sinks(loaded: &LoadedConfig, pipeline: &PipelineConfig) -> Vec<String> {
+    let mut names = vec![pipeline.dead_letter.clone()];
+    for stage in &pipeline.stages {
+        for destinations in stage.outputs.values() {
+            for name in destinations.names() {
+                if loaded.config.sinks.contains_key(name) && !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+    names
+}

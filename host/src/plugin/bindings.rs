@@ -9,9 +9,9 @@ wasmtime::component::bindgen!({
     world: "weir-host",
 });
 
-pub use exports::weir::plugin::transform;
-pub use weir::plugin::types::{Emitted, EventBatch, OutputBatch, Property, Rejection};
-pub use weir::plugin::{config, log, metrics, state, types};
+pub use self::exports::weir::plugin::transform;
+pub use self::weir::plugin::types::{Emitted, EventBatch, OutputBatch, Property, Rejection};
+pub use self::weir::plugin::{config, log, metrics, state, types};
 
 /// The WIT package and version this host implements.
 pub const PACKAGE: &str = "weir:plugin@0.1.0";

@@ -118,7 +118,11 @@ impl PluginEngine {
     }
 
     /// Compiles and validates a transform plugin from its bytes; `path` names it in errors.
-    pub fn transform_from_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<TransformPlugin>, PluginError> {
+    pub fn transform_from_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<TransformPlugin>, PluginError> {
         let world = bindings::TRANSFORM_WORLD;
         let wrong_world = |reason: String| PluginError::WrongWorld {
             path: path.to_path_buf(),
@@ -129,13 +133,23 @@ impl PluginEngine {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         })?;
-        check_export(&self.engine, &component, bindings::TRANSFORM_EXPORT, &["process"]).map_err(&wrong_world)?;
+        check_export(
+            &self.engine,
+            &component,
+            bindings::TRANSFORM_EXPORT,
+            &["process"],
+        )
+        .map_err(&wrong_world)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| wrong_world(format!("its imports cannot be satisfied by Weir: {e:#}")))?;
-        let indices = bindings::transform::GuestIndices::new(&pre)
-            .map_err(|e| wrong_world(format!("export `{}` has the wrong type: {e:#}", bindings::TRANSFORM_EXPORT)))?;
+        let indices = bindings::transform::GuestIndices::new(&pre).map_err(|e| {
+            wrong_world(format!(
+                "export `{}` has the wrong type: {e:#}",
+                bindings::TRANSFORM_EXPORT
+            ))
+        })?;
         Ok(Arc::new(TransformPlugin {
             name: plugin_name(path).into(),
             version: content_version(bytes).into(),
@@ -147,18 +161,34 @@ impl PluginEngine {
 }
 
 /// Checks that `component` exports instance `export` with the named functions.
-fn check_export(engine: &Engine, component: &Component, export: &str, functions: &[&str]) -> Result<(), String> {
+fn check_export(
+    engine: &Engine,
+    component: &Component,
+    export: &str,
+    functions: &[&str],
+) -> Result<(), String> {
     let ty = component.component_type();
-    let exported: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let exported: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
     let Some((_, item)) = ty.exports(engine).find(|(name, _)| *name == export) else {
-        let found = if exported.is_empty() { "nothing".to_owned() } else { exported.join(", ") };
-        return Err(format!("missing export `{export}` (the component exports {found})"));
+        let found = if exported.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exported.join(", ")
+        };
+        return Err(format!(
+            "missing export `{export}` (the component exports {found})"
+        ));
     };
     let ComponentItem::ComponentInstance(instance) = item.ty else {
         return Err(format!("export `{export}` is not an interface"));
     };
     for function in functions {
-        if !instance.exports(engine).any(|(name, item)| name == *function && matches!(item.ty, ComponentItem::ComponentFunc(_))) {
+        if !instance.exports(engine).any(|(name, item)| {
+            name == *function && matches!(item.ty, ComponentItem::ComponentFunc(_))
+        }) {
             return Err(format!("missing export `{export}#{function}`"));
         }
     }
@@ -250,7 +280,12 @@ impl WasiView for StoreState {
 }
 
 impl bindings::log::Host for StoreState {
-    fn write(&mut self, level: bindings::log::Level, message: String, fields: Vec<(String, String)>) {
+    fn write(
+        &mut self,
+        level: bindings::log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
         use bindings::log::Level;
         let s = &self.settings.scope;
         let fields = if fields.is_empty() {
@@ -316,13 +351,19 @@ pub struct TransformInstance {
 
 impl std::fmt::Debug for TransformInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformInstance").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("TransformInstance")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
 impl TransformInstance {
     /// Instantiates `plugin` with `keyed` as its starting state.
-    pub fn new(plugin: Arc<TransformPlugin>, settings: Arc<InstanceSettings>, keyed: KeyedState) -> Result<Self, CallError> {
+    pub fn new(
+        plugin: Arc<TransformPlugin>,
+        settings: Arc<InstanceSettings>,
+        keyed: KeyedState,
+    ) -> Result<Self, CallError> {
         let last_stderr = sandbox::LastStderrLine::default();
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
@@ -343,7 +384,8 @@ impl TransformInstance {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks);
-        let error = |store: &mut Store<StoreState>, e: wasmtime::Error| call_error(&plugin, store, &e);
+        let error =
+            |store: &mut Store<StoreState>, e: wasmtime::Error| call_error(&plugin, store, &e);
         let instance = match plugin.pre.instantiate(&mut store) {
             Ok(instance) => instance,
             Err(e) => return Err(error(&mut store, e)),
@@ -397,7 +439,11 @@ impl TransformInstance {
 }
 
 /// Explains a failed call in the plugin author's terms.
-fn call_error(plugin: &TransformPlugin, store: &mut Store<StoreState>, error: &wasmtime::Error) -> CallError {
+fn call_error(
+    plugin: &TransformPlugin,
+    store: &mut Store<StoreState>,
+    error: &wasmtime::Error,
+) -> CallError {
     let data = store.data();
     let stderr = data.last_stderr.take();
     let reason = match error.downcast_ref::<Trap>() {
@@ -415,7 +461,9 @@ fn call_error(plugin: &TransformPlugin, store: &mut Store<StoreState>, error: &w
         }
         None => {
             let text = format!("{error:#}");
-            if text.contains("memory") && text.contains("limit") || text.contains("forcing trap when growing memory") {
+            if text.contains("memory") && text.contains("limit")
+                || text.contains("forcing trap when growing memory")
+            {
                 format!(
                     "memory limit of {} bytes exceeded: {text}",
                     data.settings.max_memory_bytes

@@ -72,7 +72,10 @@ pub struct LastStderrLine(Arc<Mutex<String>>);
 impl LastStderrLine {
     /// Takes the line, leaving it empty.
     pub fn take(&self) -> String {
-        self.0.lock().map(|mut line| std::mem::take(&mut *line)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut line| std::mem::take(&mut *line))
+            .unwrap_or_default()
     }
 
     fn set(&self, line: &str) {
@@ -86,8 +89,16 @@ impl LastStderrLine {
 pub fn wasi_context(scope: &PluginScope, last_stderr: &LastStderrLine) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .stdout(GuestOutput::new(scope.clone(), Stream::Stdout, last_stderr.clone()))
-        .stderr(GuestOutput::new(scope.clone(), Stream::Stderr, last_stderr.clone()))
+        .stdout(GuestOutput::new(
+            scope.clone(),
+            Stream::Stdout,
+            last_stderr.clone(),
+        ))
+        .stderr(GuestOutput::new(
+            scope.clone(),
+            Stream::Stderr,
+            last_stderr.clone(),
+        ))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);

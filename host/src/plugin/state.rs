@@ -91,14 +91,16 @@ impl KeyedState {
         let mut committed = HashMap::new();
         let mut offset = 0;
         let take = |offset: &mut usize, what: &'static str| -> Result<Vec<u8>, SnapshotError> {
-            let header = bytes
-                .get(*offset..*offset + 4)
-                .ok_or(SnapshotError { offset: *offset, what })?;
+            let header = bytes.get(*offset..*offset + 4).ok_or(SnapshotError {
+                offset: *offset,
+                what,
+            })?;
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let start = *offset + 4;
-            let part = bytes
-                .get(start..start + len)
-                .ok_or(SnapshotError { offset: start, what })?;
+            let part = bytes.get(start..start + len).ok_or(SnapshotError {
+                offset: start,
+                what,
+            })?;
             *offset = start + len;
             Ok(part.to_vec())
         };

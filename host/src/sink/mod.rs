@@ -75,6 +75,11 @@ pub trait Sink: Send + Sync {
     /// The sink's name in the configuration.
     fn name(&self) -> &str;
 
+    /// Where the sink writes, for people: a path, a URL or a stream name.
+    fn describe(&self) -> String {
+        format!("sink `{}`", self.name())
+    }
+
     /// Opens the writer of one pipeline partition. `progress` is what the partition's last
     /// checkpoint recorded for this sink (`None` without a checkpoint): anything the sink holds
     /// beyond it will be written again by the replay, so the sink undoes or skips it.
@@ -97,7 +102,11 @@ pub trait SinkWriter: Send {
 }
 
 /// Builds the sink `name` from its configuration.
-pub async fn build(name: &str, config: &SinkConfig, loaded: &LoadedConfig) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn build(
+    name: &str,
+    config: &SinkConfig,
+    loaded: &LoadedConfig,
+) -> Result<Arc<dyn Sink>, SinkError> {
     Ok(match config {
         SinkConfig::File(file) => Arc::new(file::FileSink::new(name, loaded.resolve(&file.path))),
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
@@ -109,7 +118,9 @@ pub async fn build(name: &str, config: &SinkConfig, loaded: &LoadedConfig) -> Re
                 sink: name.to_owned(),
                 pipeline: String::new(),
                 partition: 0,
-                reason: "this build of weir has no Delta Lake support: rebuild with `--features delta`".to_owned(),
+                reason:
+                    "this build of weir has no Delta Lake support: rebuild with `--features delta`"
+                        .to_owned(),
             });
         }
     })

@@ -34,7 +34,10 @@ impl Dispatcher {
                 None => {
                     return Err(SourceError::Start {
                         source_name: source_name.to_owned(),
-                        reason: format!("partition {} does not exist (the source has {partitions})", start.partition),
+                        reason: format!(
+                            "partition {} does not exist (the source has {partitions})",
+                            start.partition
+                        ),
                     });
                 }
             }
@@ -65,7 +68,13 @@ impl Dispatcher {
         }
         // The input is re-read from the oldest position any partition still needs.
         let resume_from = if from_start { None } else { resume_from };
-        Ok((Dispatcher { senders, resume_from }, readers))
+        Ok((
+            Dispatcher {
+                senders,
+                resume_from,
+            },
+            readers,
+        ))
     }
 
     /// The oldest position any partition still needs: the producer resumes after it
@@ -92,7 +101,9 @@ impl Dispatcher {
     /// Reports a read error to every partition.
     pub async fn fail(&self, error: impl Fn(PartitionId) -> SourceError) {
         for (partition, sender) in self.senders.iter().enumerate() {
-            let _ = sender.send(Err(error(u32::try_from(partition).unwrap_or(u32::MAX)))).await;
+            let _ = sender
+                .send(Err(error(u32::try_from(partition).unwrap_or(u32::MAX))))
+                .await;
         }
     }
 
@@ -176,7 +187,8 @@ mod tests {
     #[tokio::test]
     async fn readers_skip_what_their_checkpoint_covers_and_end_when_the_producer_stops() {
         let (dispatcher, mut readers) =
-            Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, Some(5))]).expect("dispatcher");
+            Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, Some(5))])
+                .expect("dispatcher");
         assert_eq!(dispatcher.resume_from(), Some(3));
         for position in 4..=8 {
             let partition = (position % 2) as u32;
@@ -186,8 +198,14 @@ mod tests {
         let mut seen = Vec::new();
         for reader in &mut readers {
             loop {
-                match reader.next_batch(10, Duration::from_millis(50)).await.expect("read") {
-                    ReadOutcome::Events(events) => seen.extend(events.iter().map(|e| (e.partition, e.position))),
+                match reader
+                    .next_batch(10, Duration::from_millis(50))
+                    .await
+                    .expect("read")
+                {
+                    ReadOutcome::Events(events) => {
+                        seen.extend(events.iter().map(|e| (e.partition, e.position)))
+                    }
                     ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
                     ReadOutcome::End => break,
                 }
@@ -198,9 +216,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_without_checkpoint_rereads_from_the_beginning() {
-        let (dispatcher, _readers) = Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, None)]).expect("dispatcher");
+        let (dispatcher, _readers) =
+            Dispatcher::new("test", 2, &[start(0, Some(3)), start(1, None)]).expect("dispatcher");
         assert_eq!(dispatcher.resume_from(), None);
-        let err = Dispatcher::new("test", 2, &[start(0, None)]).expect_err("partition 1 missing");
-        assert!(err.to_string().contains("partition 1 was not opened"), "{err}");
+        let Err(err) = Dispatcher::new("test", 2, &[start(0, None)]) else {
+            panic!("partition 1 is missing: the dispatcher must refuse");
+        };
+        assert!(
+            err.to_string().contains("partition 1 was not opened"),
+            "{err}"
+        );
     }
 }

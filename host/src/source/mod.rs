@@ -76,7 +76,10 @@ pub trait Source: Send + Sync {
 
     /// Opens readers for `starts`. Sources that dispatch one input over partitions must be given
     /// all their partitions in one call.
-    async fn open(&self, starts: Vec<PartitionStart>) -> Result<Vec<Box<dyn PartitionReader>>, SourceError>;
+    async fn open(
+        &self,
+        starts: Vec<PartitionStart>,
+    ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError>;
 }
 
 /// Reads one partition in order.
@@ -119,7 +122,11 @@ pub async fn build(
             let start_time = simulator::resolve_start_time(name, sim, checkpoints.as_ref())
                 .await
                 .map_err(start_error)?;
-            Arc::new(simulator::SimulatorSource::new(name, sim.clone(), start_time))
+            Arc::new(simulator::SimulatorSource::new(
+                name,
+                sim.clone(),
+                start_time,
+            ))
         }
         SourceConfig::Http(http) => {
             let mut http = http.clone();
@@ -127,8 +134,16 @@ pub async fn build(
                 .resolve(&loaded.config.checkpoint.dir)
                 .join("wal")
                 .join(name);
-            http.wal_dir = Some(http.wal_dir.as_deref().map_or(default_wal, |dir: &Path| loaded.resolve(dir)));
-            Arc::new(http::HttpSource::start(name, http).await.map_err(start_error)?)
+            http.wal_dir = Some(
+                http.wal_dir
+                    .as_deref()
+                    .map_or(default_wal, |dir: &Path| loaded.resolve(dir)),
+            );
+            Arc::new(
+                http::HttpSource::start(name, http)
+                    .await
+                    .map_err(start_error)?,
+            )
         }
     })
 }

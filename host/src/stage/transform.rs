@@ -31,7 +31,12 @@ impl std::fmt::Debug for WasmTransformStage {
 
 impl WasmTransformStage {
     /// A stage running `plugin`, starting from `state` (restored from a checkpoint, or empty).
-    pub fn new(name: Arc<str>, plugin: Arc<TransformPlugin>, settings: Arc<InstanceSettings>, state: KeyedState) -> Self {
+    pub fn new(
+        name: Arc<str>,
+        plugin: Arc<TransformPlugin>,
+        settings: Arc<InstanceSettings>,
+        state: KeyedState,
+    ) -> Self {
         WasmTransformStage {
             name,
             settings,
@@ -67,7 +72,8 @@ impl WasmTransformStage {
     fn instance(&mut self) -> Result<&mut TransformInstance, StageError> {
         if self.instance.is_none() {
             let state = std::mem::take(&mut self.parked_state);
-            match TransformInstance::new(self.plugin.clone(), self.settings.clone(), state.clone()) {
+            match TransformInstance::new(self.plugin.clone(), self.settings.clone(), state.clone())
+            {
                 Ok(instance) => self.instance = Some(instance),
                 Err(e) => {
                     self.parked_state = state;
@@ -131,7 +137,9 @@ impl Stage for WasmTransformStage {
                     let single = std::slice::from_ref(event);
                     match self.call(single)? {
                         Ok(output) => {
-                            if let Err(reason) = decode_output(output, single, self.plugin.version(), out) {
+                            if let Err(reason) =
+                                decode_output(output, single, self.plugin.version(), out)
+                            {
                                 return Err(self.error(reason));
                             }
                         }
@@ -185,14 +193,20 @@ fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
     batch.event_times.clear();
     batch.enqueued_times.clear();
     batch.properties.clear();
-    batch.bodies.reserve(events.iter().map(|e| e.body.len()).sum());
+    batch
+        .bodies
+        .reserve(events.iter().map(|e| e.body.len()).sum());
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);
-        batch.body_ends.push(u32::try_from(batch.bodies.len()).unwrap_or(u32::MAX));
+        batch
+            .body_ends
+            .push(u32::try_from(batch.bodies.len()).unwrap_or(u32::MAX));
         if let Some(key) = &event.key {
             batch.keys.extend_from_slice(key);
         }
-        batch.key_ends.push(u32::try_from(batch.keys.len()).unwrap_or(u32::MAX));
+        batch
+            .key_ends
+            .push(u32::try_from(batch.keys.len()).unwrap_or(u32::MAX));
         batch.positions.push(event.position);
         batch.event_times.push(event.time());
         batch.enqueued_times.push(event.enqueued_time);
@@ -207,22 +221,42 @@ fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
 }
 
 /// Turns a plugin's output into records and rejections, checking every index it gave.
-fn decode_output(output: OutputBatch, events: &[Event], version: &Arc<str>, out: &mut StageOutput) -> Result<(), String> {
+fn decode_output(
+    output: OutputBatch,
+    events: &[Event],
+    version: &Arc<str>,
+    out: &mut StageOutput,
+) -> Result<(), String> {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
     let mut start = 0usize;
     for emitted in output.emitted {
-        let event = events
-            .get(emitted.event as usize)
-            .ok_or_else(|| format!("plugin emitted a record for event {} of a batch of {}", emitted.event, events.len()))?;
-        let target = targets
-            .get(emitted.target as usize)
-            .ok_or_else(|| format!("plugin emitted to target {} of {}", emitted.target, targets.len()))?;
+        let event = events.get(emitted.event as usize).ok_or_else(|| {
+            format!(
+                "plugin emitted a record for event {} of a batch of {}",
+                emitted.event,
+                events.len()
+            )
+        })?;
+        let target = targets.get(emitted.target as usize).ok_or_else(|| {
+            format!(
+                "plugin emitted to target {} of {}",
+                emitted.target,
+                targets.len()
+            )
+        })?;
         let end = emitted.payload_end as usize;
         if end < start || end > payloads.len() {
-            return Err(format!("plugin gave payload end {end} after {start} in a buffer of {}", payloads.len()));
+            return Err(format!(
+                "plugin gave payload end {end} after {start} in a buffer of {}",
+                payloads.len()
+            ));
         }
-        let body = if emitted.forward { event.body.clone() } else { payloads.slice(start..end) };
+        let body = if emitted.forward {
+            event.body.clone()
+        } else {
+            payloads.slice(start..end)
+        };
         start = end;
         out.emitted.push((
             target.clone(),
@@ -239,7 +273,11 @@ fn decode_output(output: OutputBatch, events: &[Event], version: &Arc<str>, out:
     }
     for rejection in output.rejected {
         let event = events.get(rejection.event as usize).ok_or_else(|| {
-            format!("plugin rejected event {} of a batch of {}", rejection.event, events.len())
+            format!(
+                "plugin rejected event {} of a batch of {}",
+                rejection.event,
+                events.len()
+            )
         })?;
         out.rejected.push(Rejected {
             event: event.clone(),

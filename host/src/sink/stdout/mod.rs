@@ -15,7 +15,9 @@ pub struct StdoutSink {
 impl StdoutSink {
     /// A stdout sink named `name`.
     pub fn new(name: &str) -> Self {
-        StdoutSink { name: name.to_owned() }
+        StdoutSink {
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -25,7 +27,15 @@ impl Sink for StdoutSink {
         &self.name
     }
 
-    async fn open_writer(&self, scope: &WriterScope, _progress: Option<&SinkProgress>) -> Result<Box<dyn SinkWriter>, SinkError> {
+    fn describe(&self) -> String {
+        "standard output".to_owned()
+    }
+
+    async fn open_writer(
+        &self,
+        scope: &WriterScope,
+        _progress: Option<&SinkProgress>,
+    ) -> Result<Box<dyn SinkWriter>, SinkError> {
         Ok(Box::new(StdoutWriter {
             sink: self.name.clone(),
             scope: scope.clone(),
@@ -43,7 +53,12 @@ impl SinkWriter for StdoutWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
         let mut text = Vec::with_capacity(records.iter().map(|r| r.body.len() + 1).sum());
         for record in &records {
-            text.extend(record.body.iter().map(|b| if *b == b'\n' { b' ' } else { *b }));
+            text.extend(
+                record
+                    .body
+                    .iter()
+                    .map(|b| if *b == b'\n' { b' ' } else { *b }),
+            );
             text.push(b'\n');
         }
         // One write per batch, so that lines of concurrent partitions do not interleave.

@@ -41,12 +41,17 @@ impl Source for FileSource {
         self.config.partitions
     }
 
-    async fn open(&self, starts: Vec<PartitionStart>) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
+    async fn open(
+        &self,
+        starts: Vec<PartitionStart>,
+    ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
         let (dispatcher, readers) = Dispatcher::new(&self.name, self.config.partitions, &starts)?;
-        let file = tokio::fs::File::open(&self.config.path).await.map_err(|e| SourceError::Start {
-            source_name: self.name.clone(),
-            reason: format!("cannot open {}: {e}", self.config.path.display()),
-        })?;
+        let file = tokio::fs::File::open(&self.config.path)
+            .await
+            .map_err(|e| SourceError::Start {
+                source_name: self.name.clone(),
+                reason: format!("cannot open {}: {e}", self.config.path.display()),
+            })?;
         let name = self.name.clone();
         let config = self.config.clone();
         tokio::spawn(async move {
@@ -65,7 +70,11 @@ impl Source for FileSource {
     }
 }
 
-async fn read_lines(file: tokio::fs::File, config: &FileSourceConfig, dispatcher: &Dispatcher) -> Result<(), String> {
+async fn read_lines(
+    file: tokio::fs::File,
+    config: &FileSourceConfig,
+    dispatcher: &Dispatcher,
+) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = dispatcher.resume_from().unwrap_or(0);
     reader
@@ -102,7 +111,12 @@ async fn read_lines(file: tokio::fs::File, config: &FileSourceConfig, dispatcher
 }
 
 /// Sends one line as an event; false when nobody reads any more.
-async fn dispatch_line(config: &FileSourceConfig, dispatcher: &Dispatcher, offset: u64, line: &[u8]) -> bool {
+async fn dispatch_line(
+    config: &FileSourceConfig,
+    dispatcher: &Dispatcher,
+    offset: u64,
+    line: &[u8],
+) -> bool {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -136,7 +150,11 @@ mod tests {
         let mut events = Vec::new();
         for reader in &mut readers {
             loop {
-                match reader.next_batch(100, Duration::from_secs(5)).await.expect("read") {
+                match reader
+                    .next_batch(100, Duration::from_secs(5))
+                    .await
+                    .expect("read")
+                {
                     ReadOutcome::Events(batch) => events.extend(batch),
                     ReadOutcome::Idle => panic!("file source idled before its end"),
                     ReadOutcome::End => break,
@@ -151,7 +169,13 @@ mod tests {
     async fn lines_are_partitioned_by_key_and_resume_after_checkpoints() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("in.jsonl");
-        let lines = ["{\"k\":\"a\",\"n\":1}", "", "{\"k\":\"b\",\"n\":2}", "not json", "{\"k\":\"a\",\"n\":3}"];
+        let lines = [
+            "{\"k\":\"a\",\"n\":1}",
+            "",
+            "{\"k\":\"b\",\"n\":2}",
+            "not json",
+            "{\"k\":\"a\",\"n\":3}",
+        ];
         std::fs::write(&path, lines.join("\n")).expect("write input");
         let config = FileSourceConfig {
             path,
@@ -160,19 +184,49 @@ mod tests {
             follow: false,
         };
         let source = FileSource::new("f", config);
-        let all = read_all(&source, vec![PartitionStart { partition: 0, after: None }, PartitionStart { partition: 1, after: None }]).await;
+        let all = read_all(
+            &source,
+            vec![
+                PartitionStart {
+                    partition: 0,
+                    after: None,
+                },
+                PartitionStart {
+                    partition: 1,
+                    after: None,
+                },
+            ],
+        )
+        .await;
         let bodies: Vec<&[u8]> = all.iter().map(|e| &e.body[..]).collect();
-        assert_eq!(bodies, [lines[0].as_bytes(), lines[2].as_bytes(), lines[3].as_bytes(), lines[4].as_bytes()]);
+        assert_eq!(
+            bodies,
+            [
+                lines[0].as_bytes(),
+                lines[2].as_bytes(),
+                lines[3].as_bytes(),
+                lines[4].as_bytes()
+            ]
+        );
         let pa = partition_for_key(b"a", 2);
         assert_eq!(all[0].partition, pa);
         assert_eq!(all[3].partition, pa);
-        assert_eq!(all[2].position, (lines[0].len() + 1 + 1 + lines[2].len() + 1) as u64);
+        assert_eq!(
+            all[2].position,
+            (lines[0].len() + 1 + 1 + lines[2].len() + 1) as u64
+        );
 
         // Resume: each partition skips what its checkpoint covers.
         let starts = (0..2)
-            .map(|p| PartitionStart { partition: p, after: Some(all[1].position) })
+            .map(|p| PartitionStart {
+                partition: p,
+                after: Some(all[1].position),
+            })
             .collect();
         let rest = read_all(&source, starts).await;
-        assert_eq!(rest.iter().map(|e| e.position).collect::<Vec<_>>(), [all[2].position, all[3].position]);
+        assert_eq!(
+            rest.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [all[2].position, all[3].position]
+        );
     }
 }

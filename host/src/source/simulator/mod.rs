@@ -24,16 +24,6 @@ use crate::config::SimulatorSourceConfig;
 use crate::event::{Event, Position, now_millis};
 use model::{Device, Model};
 
-// Readers are `Debug` so that `Result<Vec<Box<dyn PartitionReader>>, _>` can be `expect`ed and
-// printed (the dispatcher's tests need it). This belongs in `source/mod.rs`: move it there.
-impl std::fmt::Debug for dyn PartitionReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartitionReader")
-            .field("partition", &self.partition())
-            .finish_non_exhaustive()
-    }
-}
-
 /// How often a paced simulator sends the readings that have come due.
 const PACING_TICK: Duration = Duration::from_millis(10);
 

@@ -376,10 +376,12 @@ async fn the_start_time_is_configured_or_persisted_and_reused() {
 async fn bad_settings_are_refused_at_open() {
     let mut cfg = config(2, None);
     cfg.devices = 0;
-    let err = SimulatorSource::new("sim", cfg, START)
+    let Err(err) = SimulatorSource::new("sim", cfg, START)
         .open(all_partitions(2, None))
         .await
-        .expect_err("zero devices refused");
+    else {
+        panic!("zero devices must be refused");
+    };
     assert!(err.to_string().contains("devices"), "{err}");
 }
 

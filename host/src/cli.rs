@@ -1,0 +1,158 @@
+//! The `weir` command line: `weir run` and `weir validate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config;
+use crate::metrics::Metrics;
+use crate::pipeline;
+
+/// Logs at info, without the Delta libraries' per-commit chatter (override with `WEIR_LOG`).
+const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn";
+
+/// Weir: a stream host whose business logic runs as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipelines of a configuration until their sources end or the process is stopped.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration and compile its plugins, without running anything.
+    Validate {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Parses the command line and runs the command; the exit code says whether it succeeded.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Validate { config } => validate(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let loaded = config::load(&config_path)?;
+    let running = pipeline::start(&loaded, Metrics::new()).await?;
+    let shutdown = running.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: draining, checkpointing and exiting");
+        shutdown.shutdown();
+    });
+    let sinks: Vec<(String, String)> = running
+        .sinks()
+        .iter()
+        .map(|(name, sink)| (name.clone(), sink.describe()))
+        .collect();
+    let report = running.wait().await.context("pipeline failed")?;
+    println!();
+    for (pipeline, workers) in &report.pipelines {
+        let events: u64 = workers.iter().map(|w| w.events_in).sum();
+        let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
+        println!(
+            "pipeline `{pipeline}`: {events} events in, {dead} dead letters, {} partitions",
+            workers.len()
+        );
+    }
+    for (name, place) in &sinks {
+        let written: u64 = report
+            .pipelines
+            .values()
+            .flatten()
+            .map(|w| w.records_out.get(name).copied().unwrap_or(0))
+            .sum();
+        println!("sink `{name}`: {written} records -> {place}");
+    }
+    Ok(())
+}
+
+async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
+    let loaded = config::load(&config_path)?;
+    let engine = crate::plugin::PluginEngine::new()?;
+    for (pipeline, pipeline_config) in &loaded.config.pipelines {
+        for stage in &pipeline_config.stages {
+            let path = loaded.resolve(&stage.plugin);
+            let plugin = engine
+                .load_transform(&path)
+                .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
+            println!(
+                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {}",
+                stage.name,
+                plugin.name(),
+                plugin.version(),
+                crate::plugin::bindings::TRANSFORM_WORLD
+            );
+        }
+    }
+    println!("{}: configuration is valid", config_path.display());
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,93 @@
+//! Process-wide counters, labelled by pipeline, partition, stage or sink.
+//!
+//! Workers add to them once per batch, so a mutex-protected map is cheap enough and keeps the
+//! registry simple to read and to render.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A metric name with its labels, in a fixed order.
+pub type MetricKey = (&'static str, Vec<(&'static str, String)>);
+
+/// Counters and gauges of one process.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    inner: Arc<Mutex<BTreeMap<MetricKey, f64>>>,
+}
+
+impl Metrics {
+    /// A new, empty registry.
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// Adds `delta` to counter `name` with `labels`.
+    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.inner.lock() {
+            *map.entry(key(name, labels)).or_default() += delta as f64;
+        }
+    }
+
+    /// Sets gauge `name` with `labels` to `value`.
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(key(name, labels), value);
+        }
+    }
+
+    /// The current value of `name` with exactly `labels` (0 when never set).
+    pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> f64 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&key(name, labels)).copied())
+            .unwrap_or(0.0)
+    }
+
+    /// The sum of `name` over every label set.
+    pub fn total(&self, name: &str) -> f64 {
+        self.inner
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .filter(|((n, _), _)| *n == name)
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Every metric, for rendering.
+    pub fn snapshot(&self) -> Vec<(MetricKey, f64)> {
+        self.inner
+            .lock()
+            .map(|map| map.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> MetricKey {
+    (
+        name,
+        labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    )
+}
+
+/// Names of the metrics Weir keeps.
+pub mod names {
+    /// Events read from a source (labels: pipeline, partition).
+    pub const EVENTS_IN: &str = "weir_events_in_total";
+    /// Records written to a sink (labels: pipeline, partition, sink).
+    pub const RECORDS_OUT: &str = "weir_records_out_total";
+    /// Events sent to the dead-letter sink (labels: pipeline, partition, reason kind).
+    pub const DEAD_LETTERS: &str = "weir_dead_letters_total";
+    /// Counters added by plugins (labels: pipeline, stage, name).
+    pub const PLUGIN_COUNTER: &str = "weir_plugin_counter_total";
+    /// Checkpoints written (labels: pipeline, partition).
+    pub const CHECKPOINTS: &str = "weir_checkpoints_total";
+    /// Last checkpointed position (labels: pipeline, partition).
+    pub const CHECKPOINT_POSITION: &str = "weir_checkpoint_position";
+}

@@ -1,0 +1,449 @@
+//! One partition of one pipeline: read a batch, decode, run the stages, hand records to the sinks,
+//! and every checkpoint interval flush the sinks and then save the checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::event::{Event, PartitionId, Position, now_millis};
+use crate::json::{event_time_millis, top_level_field};
+use crate::metrics::{Metrics, names};
+use crate::sink::SinkWriter;
+use crate::source::{PartitionReader, ReadOutcome};
+use crate::stage::{Stage, StageOutput};
+
+/// Where a stage output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// The worker's sink writer with this index.
+    Sink(usize),
+    /// The stage with this index (always a later one).
+    Stage(usize),
+}
+
+/// A stage and the routes of its outputs.
+pub(crate) struct StageSlot {
+    pub(crate) stage: Box<dyn Stage>,
+    pub(crate) routes: HashMap<Arc<str>, Vec<Destination>>,
+}
+
+/// A sink writer and the records waiting for it in the current batch.
+pub(crate) struct SinkSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) writer: Box<dyn SinkWriter>,
+    pub(crate) pending: Vec<Event>,
+}
+
+/// Why a partition worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A stage failed beyond what retrying can fix.
+    #[error(transparent)]
+    Stage(#[from] crate::stage::StageError),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    /// The checkpoint could not be saved.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+}
+
+/// Settings of a worker that come from its pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    pub(crate) pipeline: Arc<str>,
+    pub(crate) event_time_field: Option<String>,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) batch_max_events: usize,
+    pub(crate) batch_max_wait: Duration,
+    pub(crate) checkpoint_interval: Duration,
+}
+
+/// What a worker did, reported when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    /// Partition.
+    pub partition: PartitionId,
+    /// Events read from the source.
+    pub events_in: u64,
+    /// Records handed to each sink (dead letters included under the dead-letter sink).
+    pub records_out: BTreeMap<String, u64>,
+    /// Events sent to the dead-letter sink.
+    pub dead_letters: u64,
+    /// The last checkpointed position.
+    pub checkpointed: Option<Position>,
+}
+
+/// One partition worker.
+pub(crate) struct PartitionWorker {
+    pub(crate) settings: WorkerSettings,
+    pub(crate) partition: PartitionId,
+    pub(crate) reader: Box<dyn PartitionReader>,
+    pub(crate) stages: Vec<StageSlot>,
+    pub(crate) sinks: Vec<SinkSlot>,
+    /// Index in `sinks` of the dead-letter sink.
+    pub(crate) dead_letter_sink: usize,
+    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
+    pub(crate) metrics: Metrics,
+    /// The last position processed.
+    pub(crate) position: Option<Position>,
+    /// The position of the last saved checkpoint.
+    pub(crate) checkpointed: Option<Position>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl PartitionWorker {
+    /// Runs until the source ends or a shutdown is requested, then writes a final checkpoint.
+    pub(crate) async fn run(mut self) -> Result<WorkerReport, WorkerError> {
+        let partition_label = self.partition.to_string();
+        let mut report = WorkerReport {
+            partition: self.partition,
+            checkpointed: self.checkpointed,
+            ..WorkerReport::default()
+        };
+        let mut stage_inputs: Vec<Vec<Event>> =
+            (0..self.stages.len()).map(|_| Vec::new()).collect();
+        let mut output = StageOutput::default();
+        let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+        loop {
+            if *self.shutdown.borrow() {
+                tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "stopping: shutdown requested");
+                break;
+            }
+            let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
+            let wait = self
+                .settings
+                .batch_max_wait
+                .min(until_checkpoint)
+                .max(Duration::from_millis(1));
+            match self
+                .reader
+                .next_batch(self.settings.batch_max_events, wait)
+                .await?
+            {
+                ReadOutcome::Events(events) => {
+                    let last = events.last().map(|e| e.position);
+                    report.events_in += events.len() as u64;
+                    self.metrics.add(
+                        names::EVENTS_IN,
+                        &[
+                            ("pipeline", &self.settings.pipeline),
+                            ("partition", &partition_label),
+                        ],
+                        events.len() as u64,
+                    );
+                    self.process_batch(events, &mut stage_inputs, &mut output, &mut report)
+                        .await?;
+                    if last.is_some() {
+                        self.position = last;
+                    }
+                }
+                ReadOutcome::Idle => {}
+                ReadOutcome::End => {
+                    tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "source partition ended");
+                    break;
+                }
+            }
+            if Instant::now() >= next_checkpoint {
+                self.checkpoint().await?;
+                next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+            }
+        }
+        self.checkpoint().await?;
+        report.checkpointed = self.checkpointed;
+        Ok(report)
+    }
+
+    /// Decodes a batch, runs it through the stages and hands the records to the sink writers.
+    async fn process_batch(
+        &mut self,
+        events: Vec<Event>,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let pipeline = self.settings.pipeline.clone();
+        let dead_letter_sink = self.dead_letter_sink;
+        let mut dead_letters: Vec<(DeadLetterKind, Event)> = Vec::new();
+        let origin = DeadLetterOrigin {
+            pipeline: &pipeline,
+            stage: None,
+            sink: None,
+            plugin_version: None,
+        };
+
+        // Decode: size limit and event time; what fails goes to the dead letters.
+        let first_input = stage_inputs.first_mut();
+        let Some(first_input) = first_input else {
+            return Ok(());
+        };
+        first_input.reserve(events.len());
+        for mut event in events {
+            match self.decode(&mut event) {
+                Ok(()) => first_input.push(event),
+                Err((kind, reason)) => {
+                    dead_letters.push((kind, dead_letter(&event, kind, &reason, origin)))
+                }
+            }
+        }
+
+        // Stages, in order; outputs go to sinks or to later stages' inputs.
+        for index in 0..self.stages.len() {
+            let mut input = std::mem::take(&mut stage_inputs[index]);
+            if input.is_empty() {
+                stage_inputs[index] = input;
+                continue;
+            }
+            if index > 0 {
+                // Records from several upstream stages: keep partition order for stateful stages.
+                input.sort_by_key(|e| e.position);
+            }
+            output.clear();
+            let slot = &mut self.stages[index];
+            slot.stage.process(&input, output)?;
+            let stage_name = slot.stage.name().clone();
+            for (name, plugin_counter) in slot.stage.take_counters() {
+                self.metrics.add(
+                    names::PLUGIN_COUNTER,
+                    &[
+                        ("pipeline", &pipeline),
+                        ("stage", &stage_name),
+                        ("name", &name),
+                    ],
+                    plugin_counter,
+                );
+            }
+            for (target, record) in output.emitted.drain(..) {
+                match slot.routes.get(&target) {
+                    Some(destinations) => {
+                        let (last, rest) = match destinations.split_last() {
+                            Some(split) => split,
+                            None => continue,
+                        };
+                        for destination in rest {
+                            route(*destination, record.clone(), &mut self.sinks, stage_inputs);
+                        }
+                        route(*last, record, &mut self.sinks, stage_inputs);
+                    }
+                    None => {
+                        let reason = format!(
+                            "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
+                        );
+                        let at = DeadLetterOrigin {
+                            stage: Some(&stage_name),
+                            ..origin
+                        };
+                        dead_letters.push((
+                            DeadLetterKind::Unrouted,
+                            dead_letter(&record, DeadLetterKind::Unrouted, &reason, at),
+                        ));
+                    }
+                }
+            }
+            for rejected in output.rejected.drain(..) {
+                let kind = if rejected.reason.starts_with("plugin trapped") {
+                    DeadLetterKind::Trap
+                } else {
+                    DeadLetterKind::Rejected
+                };
+                let at = DeadLetterOrigin {
+                    stage: Some(&stage_name),
+                    plugin_version: rejected.plugin_version.as_deref(),
+                    ..origin
+                };
+                dead_letters.push((
+                    kind,
+                    dead_letter(&rejected.event, kind, &rejected.reason, at),
+                ));
+            }
+            input.clear();
+            stage_inputs[index] = input;
+        }
+
+        // Sinks; records a sink refuses become dead letters too.
+        let partition_label = self.partition.to_string();
+        for index in 0..self.sinks.len() {
+            if index == dead_letter_sink {
+                continue;
+            }
+            let slot = &mut self.sinks[index];
+            if slot.pending.is_empty() {
+                continue;
+            }
+            let records = std::mem::take(&mut slot.pending);
+            let count = records.len() as u64;
+            let refused = slot.writer.write(records).await?;
+            let written = count - refused.len() as u64;
+            *report.records_out.entry(slot.name.to_string()).or_default() += written;
+            self.metrics.add(
+                names::RECORDS_OUT,
+                &[
+                    ("pipeline", &pipeline),
+                    ("partition", &partition_label),
+                    ("sink", &slot.name),
+                ],
+                written,
+            );
+            for refusal in refused {
+                let at = DeadLetterOrigin {
+                    sink: Some(&slot.name),
+                    ..origin
+                };
+                dead_letters.push((
+                    DeadLetterKind::SinkRefused,
+                    dead_letter(
+                        &refusal.record,
+                        DeadLetterKind::SinkRefused,
+                        &refusal.reason,
+                        at,
+                    ),
+                ));
+            }
+        }
+        let slot = &mut self.sinks[dead_letter_sink];
+        // Records a pipeline routes to the dead-letter sink on purpose count as "routed".
+        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+        if !slot.pending.is_empty() {
+            kinds.insert("routed", slot.pending.len() as u64);
+        }
+        let mut records = std::mem::take(&mut slot.pending);
+        for (kind, record) in dead_letters {
+            *kinds.entry(kind.label()).or_default() += 1;
+            records.push(record);
+        }
+        if !records.is_empty() {
+            for (kind, count) in kinds {
+                self.metrics.add(
+                    names::DEAD_LETTERS,
+                    &[
+                        ("pipeline", &pipeline),
+                        ("partition", &partition_label),
+                        ("kind", kind),
+                    ],
+                    count,
+                );
+            }
+            report.dead_letters += records.len() as u64;
+            let count = records.len() as u64;
+            let refused = slot.writer.write(records).await?;
+            *report.records_out.entry(slot.name.to_string()).or_default() +=
+                count - refused.len() as u64;
+            for refusal in refused {
+                // Nowhere further to send it: say so loudly, with the record, rather than drop it silently.
+                tracing::error!(
+                    pipeline = %pipeline, partition = self.partition, sink = %slot.name,
+                    position = refusal.record.position, reason = %refusal.reason,
+                    record = %String::from_utf8_lossy(&refusal.record.body),
+                    "the dead-letter sink refused a record"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the size limit and reads the event time.
+    fn decode(&self, event: &mut Event) -> Result<(), (DeadLetterKind, String)> {
+        if event.body.len() > self.settings.max_event_bytes {
+            return Err((
+                DeadLetterKind::Oversized,
+                format!(
+                    "event of {} bytes exceeds the pipeline's max_event_bytes of {}",
+                    event.body.len(),
+                    self.settings.max_event_bytes
+                ),
+            ));
+        }
+        if let Some(field) = &self.settings.event_time_field {
+            match top_level_field(&event.body, field) {
+                Err(reason) => return Err((DeadLetterKind::Malformed, reason)),
+                Ok(None) => {
+                    return Err((
+                        DeadLetterKind::EventTime,
+                        format!("missing event-time field `{field}`"),
+                    ));
+                }
+                Ok(Some(value)) => {
+                    let millis = event_time_millis(&value).map_err(|reason| {
+                        (
+                            DeadLetterKind::EventTime,
+                            format!("field `{field}`: {reason}"),
+                        )
+                    })?;
+                    event.event_time = Some(millis);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every sink, then saves the checkpoint covering what they made durable.
+    async fn checkpoint(&mut self) -> Result<(), WorkerError> {
+        let Some(position) = self.position else {
+            return Ok(());
+        };
+        if self.checkpointed == Some(position) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut checkpoint = Checkpoint {
+            position: Some(position),
+            written_at: now_millis(),
+            ..Checkpoint::default()
+        };
+        for slot in &mut self.sinks {
+            let progress = slot.writer.flush().await?;
+            checkpoint.sinks.insert(slot.name.to_string(), progress);
+        }
+        for slot in &self.stages {
+            checkpoint
+                .stages
+                .insert(slot.stage.name().to_string(), slot.stage.snapshot());
+        }
+        self.checkpoints
+            .save(&self.settings.pipeline, self.partition, &checkpoint)
+            .await?;
+        self.checkpointed = Some(position);
+        self.reader.checkpointed(position);
+        let partition_label = self.partition.to_string();
+        let labels = [
+            ("pipeline", &*self.settings.pipeline),
+            ("partition", partition_label.as_str()),
+        ];
+        self.metrics.add(names::CHECKPOINTS, &labels, 1);
+        self.metrics
+            .set(names::CHECKPOINT_POSITION, &labels, position as f64);
+        tracing::debug!(
+            pipeline = %self.settings.pipeline, partition = self.partition, position,
+            elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"
+        );
+        Ok(())
+    }
+}
+
+fn route(
+    destination: Destination,
+    record: Event,
+    sinks: &mut [SinkSlot],
+    stage_inputs: &mut [Vec<Event>],
+) {
+    match destination {
+        Destination::Sink(index) => {
+            if let Some(slot) = sinks.get_mut(index) {
+                slot.pending.push(record);
+            }
+        }
+        Destination::Stage(index) => {
+            if let Some(input) = stage_inputs.get_mut(index) {
+                input.push(record);
+            }
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! Records to arrow rows: where each column's value comes from, the type rules, and the refusals.
+//!
+//! A record (an [`Event`] whose body is one JSON object) becomes one row. Each column is filled
+//! from a top-level field of the JSON (`from`, by default the column's name) or from the record's
+//! metadata (`value`). The body is parsed once per record and only the fields some column reads
+//! are kept. A value that does not fit its column, a null or missing value in a non-nullable
+//! column, or a body that is not one JSON object refuses the whole record, with a reason that names
+//! the column; nothing here panics on record contents.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate};
+use deltalake::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
+use crate::event::{Event, Position};
+
+/// Converts records into arrow rows for one table.
+#[derive(Debug)]
+pub(super) struct RowConverter {
+    columns: Vec<ColumnSpec>,
+    /// The distinct top-level JSON fields the columns read, in first-use order.
+    fields: Vec<String>,
+    /// The table's arrow schema (same columns, same order).
+    schema: SchemaRef,
+}
+
+#[derive(Debug)]
+struct ColumnSpec {
+    name: String,
+    data_type: ColumnType,
+    nullable: bool,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Index into [`RowConverter::fields`].
+    Field(usize),
+    Meta(ColumnValue),
+}
+
+impl RowConverter {
+    /// Checks the column definitions of `config` and prepares the conversion into `schema` (the
+    /// table's arrow schema, whose columns must be `config.columns` in order).
+    pub(super) fn new(config: &DeltaSinkConfig, schema: SchemaRef) -> Result<Self, String> {
+        validate(config)?;
+        let mut fields: Vec<String> = Vec::new();
+        let mut columns = Vec::with_capacity(config.columns.len());
+        for column in &config.columns {
+            let source = match column.value {
+                Some(value) => Source::Meta(value),
+                None => {
+                    let field = column.from.as_deref().unwrap_or(&column.name);
+                    let index = match fields.iter().position(|f| f == field) {
+                        Some(index) => index,
+                        None => {
+                            fields.push(field.to_owned());
+                            fields.len() - 1
+                        }
+                    };
+                    Source::Field(index)
+                }
+            };
+            columns.push(ColumnSpec {
+                name: column.name.clone(),
+                data_type: column.data_type,
+                nullable: column.nullable,
+                source,
+            });
+        }
+        if schema.fields().len() != columns.len() {
+            return Err(format!(
+                "the table has {} columns but the configuration lists {}",
+                schema.fields().len(),
+                columns.len()
+            ));
+        }
+        Ok(RowConverter {
+            columns,
+            fields,
+            schema,
+        })
+    }
+
+    /// The table's arrow schema.
+    pub(super) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// An empty batch of rows.
+    pub(super) fn batch(&self, capacity: usize) -> BatchBuilder<'_> {
+        let builders = self
+            .columns
+            .iter()
+            .zip(self.schema.fields().iter())
+            .map(|(column, field)| {
+                ColumnBuilder::new(column.data_type, field.data_type(), capacity)
+            })
+            .collect();
+        BatchBuilder {
+            converter: self,
+            builders,
+            positions: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// The cells of one record, or why it is refused.
+    fn cells<'a>(&self, record: &'a Event, ingestion_time: i64) -> Result<Vec<Cell<'a>>, String> {
+        let values = if self.fields.is_empty() {
+            Vec::new()
+        } else {
+            extract_fields(&record.body, &self.fields)?
+        };
+        self.columns
+            .iter()
+            .map(|column| {
+                let value = match column.source {
+                    Source::Field(index) => values.get(index).cloned().flatten(),
+                    Source::Meta(ColumnValue::IngestionTime) => Some(Json::Int(ingestion_time)),
+                    Source::Meta(ColumnValue::EventTime) => record.event_time.map(Json::Int),
+                    Source::Meta(ColumnValue::Partition) => {
+                        Some(Json::UInt(u64::from(record.partition)))
+                    }
+                    Source::Meta(ColumnValue::Position) => Some(Json::UInt(record.position)),
+                };
+                self.cell(column, value)
+            })
+            .collect()
+    }
+
+    fn cell<'a>(&self, column: &ColumnSpec, value: Option<Json<'a>>) -> Result<Cell<'a>, String> {
+        let value = match value {
+            Some(Json::Null) | None if column.nullable => return Ok(Cell::Null),
+            Some(Json::Null) => {
+                return Err(format!(
+                    "column `{}` is not nullable, but {} is null",
+                    column.name,
+                    self.origin(column)
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "column `{}` is not nullable, but the record has no {}",
+                    column.name,
+                    self.origin(column)
+                ));
+            }
+            Some(value) => value,
+        };
+        convert(column.data_type, value).map_err(|found| {
+            format!(
+                "column `{}` expects {}, found {found}",
+                column.name,
+                expectation(column.data_type)
+            )
+        })
+    }
+
+    /// Where a column's value comes from, for reasons.
+    fn origin(&self, column: &ColumnSpec) -> String {
+        match column.source {
+            Source::Field(index) => format!(
+                "field `{}`",
+                self.fields.get(index).map_or("?", String::as_str)
+            ),
+            Source::Meta(ColumnValue::IngestionTime) => "ingestion time".to_owned(),
+            Source::Meta(ColumnValue::EventTime) => "event time".to_owned(),
+            Source::Meta(ColumnValue::Partition) => "partition".to_owned(),
+            Source::Meta(ColumnValue::Position) => "position".to_owned(),
+        }
+    }
+}
+
+/// Refuses column definitions that cannot work, before anything is created.
+pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
+    if config.columns.is_empty() {
+        return Err("no columns are configured".to_owned());
+    }
+    if config.max_buffered_rows == 0 {
+        return Err("`max_buffered_rows` must be at least 1".to_owned());
+    }
+    let mut names = HashSet::new();
+    for column in &config.columns {
+        if column.name.is_empty() {
+            return Err("a column has an empty name".to_owned());
+        }
+        if !names.insert(column.name.as_str()) {
+            return Err(format!("column `{}` is listed twice", column.name));
+        }
+        if let (Some(from), Some(value)) = (&column.from, column.value) {
+            return Err(format!(
+                "column `{}` sets both `from = \"{from}\"` and `value = \"{}\"`: set one",
+                column.name,
+                value_name(value)
+            ));
+        }
+        if let Some(value) = column.value {
+            let allowed: &[ColumnType] = match value {
+                ColumnValue::IngestionTime | ColumnValue::EventTime => {
+                    &[ColumnType::Timestamp, ColumnType::Date, ColumnType::Long]
+                }
+                ColumnValue::Partition => &[ColumnType::Integer, ColumnType::Long],
+                ColumnValue::Position => &[ColumnType::Long],
+            };
+            if !allowed.contains(&column.data_type) {
+                let allowed: Vec<&str> = allowed.iter().map(|t| type_name(*t)).collect();
+                return Err(format!(
+                    "column `{}` takes `value = \"{}\"`, which fits type {}, not {}",
+                    column.name,
+                    value_name(value),
+                    allowed.join(" or "),
+                    type_name(column.data_type)
+                ));
+            }
+        }
+    }
+    let mut partitions = HashSet::new();
+    for partition in &config.partition_by {
+        if !names.contains(partition.as_str()) {
+            return Err(format!(
+                "`partition_by` names `{partition}`, which is not one of the columns"
+            ));
+        }
+        if !partitions.insert(partition.as_str()) {
+            return Err(format!("`partition_by` names `{partition}` twice"));
+        }
+    }
+    if partitions.len() == names.len() {
+        return Err(
+            "every column is a partition column: at least one column must hold data".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Configuration spelling of a column type.
+pub(super) fn type_name(data_type: ColumnType) -> &'static str {
+    match data_type {
+        ColumnType::String => "string",
+        ColumnType::Long => "long",
+        ColumnType::Integer => "integer",
+        ColumnType::Double => "double",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Timestamp => "timestamp",
+        ColumnType::Date => "date",
+    }
+}
+
+fn value_name(value: ColumnValue) -> &'static str {
+    match value {
+        ColumnValue::IngestionTime => "ingestion_time",
+        ColumnValue::EventTime => "event_time",
+        ColumnValue::Partition => "partition",
+        ColumnValue::Position => "position",
+    }
+}
+
+fn expectation(data_type: ColumnType) -> &'static str {
+    match data_type {
+        ColumnType::String => "a string",
+        ColumnType::Long => "a long",
+        ColumnType::Integer => "an integer",
+        ColumnType::Double => "a double",
+        ColumnType::Boolean => "a boolean",
+        ColumnType::Timestamp => "a timestamp (RFC 3339 text or epoch milliseconds)",
+        ColumnType::Date => "a date (YYYY-MM-DD, RFC 3339 text or epoch milliseconds)",
+    }
+}
+
+/// One converted value.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cell<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    Long(i64),
+    Integer(i32),
+    Double(f64),
+    Boolean(bool),
+    /// Microseconds since the Unix epoch, UTC.
+    Micros(i64),
+    /// Days since 1970-01-01.
+    Days(i32),
+}
+
+/// Converts a non-null JSON value to `data_type`; the error describes what was found.
+pub(super) fn convert(data_type: ColumnType, value: Json<'_>) -> Result<Cell<'_>, String> {
+    let cell = match (data_type, &value) {
+        (ColumnType::String, Json::Text(_)) => match value {
+            Json::Text(text) => return Ok(Cell::Text(text)),
+            _ => None,
+        },
+        (ColumnType::String, _) => None,
+        (ColumnType::Long, value) => whole_number(value).map(Cell::Long),
+        (ColumnType::Integer, value) => whole_number(value)
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Cell::Integer),
+        (ColumnType::Double, Json::Int(n)) => Some(Cell::Double(*n as f64)),
+        (ColumnType::Double, Json::UInt(n)) => Some(Cell::Double(*n as f64)),
+        (ColumnType::Double, Json::Float(n)) => Some(Cell::Double(*n)),
+        (ColumnType::Double, _) => None,
+        (ColumnType::Boolean, Json::Bool(b)) => Some(Cell::Boolean(*b)),
+        (ColumnType::Boolean, _) => None,
+        (ColumnType::Timestamp, value) => timestamp_micros(value).map(Cell::Micros),
+        (ColumnType::Date, value) => date_days(value).map(Cell::Days),
+    };
+    cell.ok_or_else(|| value.to_string())
+}
+
+/// An integral number: integers, and floats without a fraction, within the i64 range.
+fn whole_number(value: &Json<'_>) -> Option<i64> {
+    match *value {
+        Json::Int(n) => Some(n),
+        Json::UInt(n) => i64::try_from(n).ok(),
+        Json::Float(f)
+            if f.fract() == 0.0
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) =>
+        {
+            Some(f as i64)
+        }
+        _ => None,
+    }
+}
+
+/// Epoch milliseconds (a number, fractions allowed) as microseconds.
+fn millis_to_micros(value: &Json<'_>) -> Option<i64> {
+    match *value {
+        Json::Int(ms) => ms.checked_mul(1000),
+        Json::UInt(ms) => i64::try_from(ms).ok()?.checked_mul(1000),
+        Json::Float(ms) => {
+            let micros = (ms * 1000.0).round();
+            (micros.is_finite()
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&micros))
+            .then_some(micros as i64)
+        }
+        _ => None,
+    }
+}
+
+/// A timestamp from RFC 3339 text or epoch milliseconds, as UTC microseconds.
+fn timestamp_micros(value: &Json<'_>) -> Option<i64> {
+    match value {
+        Json::Text(text) => DateTime::parse_from_rfc3339(text.trim())
+            .ok()
+            .map(|t| t.timestamp_micros()),
+        _ => millis_to_micros(value),
+    }
+}
+
+/// A date from `YYYY-MM-DD`, or the UTC date of RFC 3339 text or epoch milliseconds.
+fn date_days(value: &Json<'_>) -> Option<i32> {
+    let date = match value {
+        Json::Text(text) => {
+            let text = text.trim();
+            match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+                Ok(date) => date,
+                Err(_) => DateTime::parse_from_rfc3339(text)
+                    .ok()?
+                    .to_utc()
+                    .date_naive(),
+            }
+        }
+        _ => DateTime::from_timestamp_micros(millis_to_micros(value)?)?.date_naive(),
+    };
+    i32::try_from(date.signed_duration_since(NaiveDate::default()).num_days()).ok()
+}
+
+/// Rows being gathered into one arrow batch.
+pub(super) struct BatchBuilder<'c> {
+    converter: &'c RowConverter,
+    builders: Vec<ColumnBuilder>,
+    positions: Vec<Position>,
+}
+
+impl BatchBuilder<'_> {
+    /// Adds `record` as a row, or returns why it is refused (the batch is then unchanged).
+    pub(super) fn push(&mut self, record: &Event, ingestion_time: i64) -> Result<(), String> {
+        let cells = self.converter.cells(record, ingestion_time)?;
+        for (builder, cell) in self.builders.iter_mut().zip(cells) {
+            builder.append(cell);
+        }
+        self.positions.push(record.position);
+        Ok(())
+    }
+
+    /// Number of rows so far.
+    pub(super) fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The batch and the position of each row.
+    pub(super) fn finish(self) -> Result<(RecordBatch, Vec<Position>), String> {
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .into_iter()
+            .map(ColumnBuilder::finish)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&self.converter.schema), arrays)
+            .map_err(|e| format!("cannot assemble an arrow batch: {e}"))?;
+        Ok((batch, self.positions))
+    }
+}
+
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Long(Int64Builder),
+    Integer(Int32Builder),
+    Double(Float64Builder),
+    Boolean(BooleanBuilder),
+    Micros(TimestampMicrosecondBuilder),
+    Days(Date32Builder),
+}
+
+impl ColumnBuilder {
+    fn new(
+        data_type: ColumnType,
+        arrow_type: &deltalake::arrow::datatypes::DataType,
+        capacity: usize,
+    ) -> Self {
+        match data_type {
+            ColumnType::String => {
+                ColumnBuilder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            ColumnType::Long => ColumnBuilder::Long(Int64Builder::with_capacity(capacity)),
+            ColumnType::Integer => ColumnBuilder::Integer(Int32Builder::with_capacity(capacity)),
+            ColumnType::Double => ColumnBuilder::Double(Float64Builder::with_capacity(capacity)),
+            ColumnType::Boolean => ColumnBuilder::Boolean(BooleanBuilder::with_capacity(capacity)),
+            // The table's type carries the time zone ("UTC").
+            ColumnType::Timestamp => ColumnBuilder::Micros(
+                TimestampMicrosecondBuilder::with_capacity(capacity)
+                    .with_data_type(arrow_type.clone()),
+            ),
+            ColumnType::Date => ColumnBuilder::Days(Date32Builder::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends a cell; cells come from [`convert`] for this column's type, so any other kind of
+    /// cell can only be `Null`.
+    fn append(&mut self, cell: Cell<'_>) {
+        match (self, cell) {
+            (ColumnBuilder::Text(b), Cell::Text(v)) => b.append_value(v),
+            (ColumnBuilder::Long(b), Cell::Long(v)) => b.append_value(v),
+            (ColumnBuilder::Integer(b), Cell::Integer(v)) => b.append_value(v),
+            (ColumnBuilder::Double(b), Cell::Double(v)) => b.append_value(v),
+            (ColumnBuilder::Boolean(b), Cell::Boolean(v)) => b.append_value(v),
+            (ColumnBuilder::Micros(b), Cell::Micros(v)) => b.append_value(v),
+            (ColumnBuilder::Days(b), Cell::Days(v)) => b.append_value(v),
+            (ColumnBuilder::Text(b), _) => b.append_null(),
+            (ColumnBuilder::Long(b), _) => b.append_null(),
+            (ColumnBuilder::Integer(b), _) => b.append_null(),
+            (ColumnBuilder::Double(b), _) => b.append_null(),
+            (ColumnBuilder::Boolean(b), _) => b.append_null(),
+            (ColumnBuilder::Micros(b), _) => b.append_null(),
+            (ColumnBuilder::Days(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Long(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Integer(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Double(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Boolean(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Micros(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Days(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A JSON value found at a top-level field, borrowed from the body where it can be.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Json<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl fmt::Display for Json<'_> {
+    /// The value as a reason shows it: JSON text, strings shortened, containers named.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Json::Null => f.write_str("null"),
+            Json::Bool(b) => write!(f, "{b}"),
+            Json::Int(n) => write!(f, "{n}"),
+            Json::UInt(n) => write!(f, "{n}"),
+            Json::Float(n) => write!(f, "{}", serde_json::Value::from(*n)),
+            Json::Text(text) => {
+                const LIMIT: usize = 64;
+                let shown: Cow<'_, str> = if text.chars().count() > LIMIT {
+                    Cow::Owned(format!("{}…", text.chars().take(LIMIT).collect::<String>()))
+                } else {
+                    Cow::Borrowed(text)
+                };
+                write!(f, "{}", serde_json::Value::String(shown.into_owned()))
+            }
+            Json::Array => f.write_str("an array"),
+            Json::Object => f.write_str("an object"),
+        }
+    }
+}
+
+/// The values of the top-level `fields` of the JSON object `body` (`None` where absent), or why
+/// `body` is not one well-formed JSON object.
+pub(super) fn extract_fields<'a>(
+    body: &'a [u8],
+    fields: &[String],
+) -> Result<Vec<Option<Json<'a>>>, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let values = FieldsSeed { fields }
+        .deserialize(&mut deserializer)
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(values)
+}
+
+struct FieldsSeed<'f> {
+    fields: &'f [String],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Vec<Option<Json<'de>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed<'_> {
+    type Value = Vec<Option<Json<'de>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = vec![None; self.fields.len()];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.fields.iter().position(|f| *f == key) {
+                Some(index) => values[index] = Some(map.next_value::<Json<'de>>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// An object key, borrowed unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JsonVisitor;
+        impl<'de> Visitor<'de> for JsonVisitor {
+            type Value = Json<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Json::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Json::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Json::UInt(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Json::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Json::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Json::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Json::Text(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Json::Array)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Json::Object)
+            }
+        }
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}

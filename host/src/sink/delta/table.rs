@@ -1,0 +1,151 @@
+//! Opening the table: created with the configured schema when absent, checked against it when
+//! present.
+
+use deltalake::DeltaTable;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::kernel::{DataType, StructField};
+use deltalake::protocol::SaveMode;
+use deltalake::writer::RecordBatchWriter;
+
+use super::convert::type_name;
+use super::location::Location;
+use crate::config::{ColumnType, DeltaSinkConfig};
+
+/// The Delta type of a configured column type.
+pub(super) fn delta_type(data_type: ColumnType) -> DataType {
+    match data_type {
+        ColumnType::String => DataType::STRING,
+        ColumnType::Long => DataType::LONG,
+        ColumnType::Integer => DataType::INTEGER,
+        ColumnType::Double => DataType::DOUBLE,
+        ColumnType::Boolean => DataType::BOOLEAN,
+        ColumnType::Timestamp => DataType::TIMESTAMP,
+        ColumnType::Date => DataType::DATE,
+    }
+}
+
+/// Opens the table at `location`, creating it if absent; returns it loaded, with its arrow schema.
+pub(super) async fn open_or_create(
+    name: &str,
+    config: &DeltaSinkConfig,
+    location: &Location,
+) -> Result<(DeltaTable, SchemaRef), String> {
+    let at = location.display();
+    let mut table = location.table().await?;
+    let exists = table
+        .verify_deltatable_existence()
+        .await
+        .map_err(|e| format!("cannot read the table at {at}: {e}"))?;
+    if !exists {
+        let columns: Vec<StructField> = config
+            .columns
+            .iter()
+            .map(|c| StructField::new(c.name.clone(), delta_type(c.data_type), c.nullable))
+            .collect();
+        // `Ignore`: a table another process created meanwhile is kept, and checked below.
+        table = table
+            .create()
+            .with_table_name(name)
+            .with_columns(columns)
+            .with_partition_columns(config.partition_by.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|e| format!("cannot create the table at {at}: {e}"))?;
+        if table.version() == Some(0) {
+            location.sync_commit(0).await?;
+            tracing::info!(sink = %name, table = %at, "created the Delta table");
+        }
+    }
+    table
+        .load()
+        .await
+        .map_err(|e| format!("cannot load the table at {at}: {e}"))?;
+    check_schema(config, &table).map_err(|difference| {
+        format!("the existing table at {at} does not match the configured columns: {difference}")
+    })?;
+    let writer = RecordBatchWriter::for_table(&table)
+        .map_err(|e| format!("cannot write to the table at {at}: {e}"))?;
+    Ok((table, writer.arrow_schema()))
+}
+
+/// The first difference between the table's schema and the configured columns, if any.
+pub(super) fn check_schema(config: &DeltaSinkConfig, table: &DeltaTable) -> Result<(), String> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| format!("cannot read its schema: {e}"))?;
+    let schema = snapshot.schema();
+    let fields: Vec<&StructField> = schema.fields().collect();
+    let list = |fields: &[&StructField]| {
+        fields
+            .iter()
+            .map(|f| format!("`{}`", f.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (index, column) in config.columns.iter().enumerate() {
+        let Some(field) = fields.get(index) else {
+            return Err(format!(
+                "the table has no column `{}` (its columns are {})",
+                column.name,
+                list(&fields)
+            ));
+        };
+        if field.name() != &column.name {
+            return Err(if fields.iter().any(|f| f.name() == &column.name) {
+                format!(
+                    "column {} is `{}` in the table but `{}` in the configuration (the columns are in a different order: {})",
+                    index + 1,
+                    field.name(),
+                    column.name,
+                    list(&fields)
+                )
+            } else {
+                format!(
+                    "the table has no column `{}` (column {} of the table is `{}`)",
+                    column.name,
+                    index + 1,
+                    field.name()
+                )
+            });
+        }
+        if field.data_type() != &delta_type(column.data_type) {
+            return Err(format!(
+                "column `{}` is {} in the table but {} in the configuration",
+                column.name,
+                field.data_type(),
+                type_name(column.data_type)
+            ));
+        }
+        if !field.is_nullable() && column.nullable {
+            return Err(format!(
+                "column `{}` is not nullable in the table but nullable in the configuration (set `nullable = false`)",
+                column.name
+            ));
+        }
+    }
+    if let Some(extra) = fields.get(config.columns.len()) {
+        return Err(format!(
+            "the table has a column `{}` that the configuration does not list",
+            extra.name()
+        ));
+    }
+    let partitions = snapshot.metadata().partition_columns();
+    if partitions != config.partition_by.as_slice() {
+        let show = |names: &[String]| {
+            format!(
+                "[{}]",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(format!(
+            "the table is partitioned by {} but the configuration has `partition_by = {}`",
+            show(partitions),
+            show(&config.partition_by)
+        ));
+    }
+    Ok(())
+}

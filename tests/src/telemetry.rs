@@ -1,0 +1,401 @@
+//! Telemetry test data, the anomaly rule re-derived from its specification (not from the plugin),
+//! and a pipeline configuration that runs the anomaly plugin into Delta and JSON Lines.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// One telemetry reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Device id.
+    pub device: String,
+    /// Location of the device.
+    pub location: String,
+    /// Kind of device.
+    pub device_type: String,
+    /// °C.
+    pub temperature: f64,
+    /// %.
+    pub humidity: f64,
+    /// hPa.
+    pub pressure: f64,
+    /// %.
+    pub battery: f64,
+    /// dBm.
+    pub signal: f64,
+    /// Event time, ms since the epoch.
+    pub time_ms: i64,
+    /// Unique id of the reading.
+    pub event_id: String,
+}
+
+/// 2026-11-01T00:00:00Z in ms.
+pub const BASE_TIME_MS: i64 = 1_793_491_200_000;
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(time_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(time_ms)
+        .expect("time in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Reading {
+    /// A reading with plausible values for the fields the rule does not look at.
+    pub fn new(device: &str, time_ms: i64, temperature: f64, event_id: &str) -> Reading {
+        Reading {
+            device: device.to_owned(),
+            location: format!("Site-{}", device.len() % 3),
+            device_type: "Thermostat".to_owned(),
+            temperature,
+            humidity: 45.5,
+            pressure: 1013.25,
+            battery: 88.0,
+            signal: -61.0,
+            time_ms,
+            event_id: event_id.to_owned(),
+        }
+    }
+
+    /// The reading as the seed's JSON event.
+    pub fn to_json(&self) -> String {
+        json!({
+            "DeviceId": self.device,
+            "Location": self.location,
+            "DeviceType": self.device_type,
+            "Temperature": self.temperature,
+            "Humidity": self.humidity,
+            "Pressure": self.pressure,
+            "BatteryLevel": self.battery,
+            "SignalStrength": self.signal,
+            "Timestamp": timestamp(self.time_ms),
+            "EventId": self.event_id,
+        })
+        .to_string()
+    }
+}
+
+/// Readings with known anomalies, and their expected alerts worked out by hand:
+/// `(readings, [(EventId, Severity, PrevTemperature, TempDelta)])`.
+#[allow(
+    clippy::type_complexity,
+    reason = "a table of hand-written expectations"
+)]
+pub fn hand_checked_scenario() -> (
+    Vec<Reading>,
+    Vec<(&'static str, &'static str, Option<f64>, Option<f64>)>,
+) {
+    let m = 60_000;
+    let t = BASE_TIME_MS;
+    let readings = vec![
+        Reading::new("dev-a", t, 20.0, "a1"), // first reading: nothing to compare with
+        Reading::new("dev-a", t + m, 36.0, "a2"), // +16 within 5 min: Medium
+        Reading::new("dev-a", t + 2 * m, 57.5, "a3"), // +21.5: High
+        Reading::new("dev-a", t + 8 * m, 20.0, "a4"), // 6 min gap: no previous, no alert
+        Reading::new("dev-a", t + 13 * m, 85.0, "a5"), // exactly 5 min: +65, and > 80: Critical
+        Reading::new("dev-a", t + 14 * m, -1.0, "a6"), // -86 and < 0: High
+        Reading::new("dev-b", t, 90.0, "b1"), // first reading above 80: Critical
+        Reading::new("dev-b", t + 30_000, 89.0, "b2"), // still above 80: Critical, delta -1
+        Reading::new("dev-c", t, 10.0, "c1"), // first reading
+        Reading::new("dev-c", t + m, 25.0, "c2"), // +15 exactly: not above 15, no alert
+        Reading::new("dev-c", t + 2 * m, 40.01, "c3"), // +15.01: Medium
+        Reading::new("dev-c", t + 20 * m, -5.0, "c4"), // long gap, below 0: Medium, no delta
+        Reading::new("dev-c", t + 20 * m + 1, 10.0, "c5"), // +15 exactly: no alert
+    ];
+    let expected = vec![
+        ("a2", "Medium", Some(20.0), Some(16.0)),
+        ("a3", "High", Some(36.0), Some(21.5)),
+        ("a5", "Critical", Some(20.0), Some(65.0)),
+        ("a6", "High", Some(85.0), Some(-86.0)),
+        ("b1", "Critical", None, None),
+        ("b2", "Critical", Some(90.0), Some(-1.0)),
+        ("c3", "Medium", Some(25.0), Some(40.01 - 25.0)),
+        ("c4", "Medium", None, None),
+    ];
+    (readings, expected)
+}
+
+/// A deterministic mix of normal readings, jumps, values past the limits and gaps.
+pub fn generated_readings(devices: usize, per_device: usize, seed: u64) -> Vec<Reading> {
+    let mut rng = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut readings = Vec::with_capacity(devices * per_device);
+    let mut times = vec![BASE_TIME_MS; devices];
+    let mut temps: Vec<f64> = (0..devices).map(|d| 18.0 + (d % 12) as f64).collect();
+    for step in 0..per_device {
+        for device in 0..devices {
+            // Mostly 20 s apart; sometimes a gap of 5 to 7 minutes.
+            times[device] += if next() < 0.02 {
+                300_000 + (next() * 120_000.0) as i64
+            } else {
+                20_000
+            };
+            temps[device] += (next() - 0.5) * 2.0;
+            let mut temperature = temps[device];
+            let r = next();
+            if r < 0.05 {
+                temperature += if next() < 0.5 { -1.0 } else { 1.0 } * (16.0 + next() * 20.0);
+            } else if r < 0.052 {
+                temperature = 80.5 + next() * 10.0;
+            } else if r < 0.054 {
+                temperature = -0.5 - next() * 5.0;
+            }
+            let temperature = (temperature * 100.0).round() / 100.0;
+            let mut reading = Reading::new(
+                &format!("device-{device:03}"),
+                times[device],
+                temperature,
+                &format!("evt-{seed}-{step}-{device}"),
+            );
+            reading.battery = (100.0 - step as f64 * 0.01).max(0.0);
+            readings.push(reading);
+        }
+    }
+    readings
+}
+
+/// An alert the rule must raise, derived here from the rule's text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectedAlert {
+    /// EventId of the reading.
+    pub event_id: String,
+    /// DeviceId.
+    pub device: String,
+    /// Location.
+    pub location: String,
+    /// Temperature.
+    pub temperature: f64,
+    /// Previous temperature within 5 minutes, if any.
+    pub prev: Option<f64>,
+    /// Temperature minus the previous one.
+    pub delta: Option<f64>,
+    /// Critical, High or Medium.
+    pub severity: &'static str,
+    /// The reading's Timestamp text.
+    pub event_time: String,
+}
+
+/// The seed's rule, applied to `readings` in the order given (per device, the order of the
+/// partition): alert when |Temperature − previous Temperature of the device within the last 5
+/// minutes| > 15, or Temperature > 80, or Temperature < 0; Critical above 80, else High when
+/// |delta| > 20, else Medium.
+pub fn expected_alerts(readings: &[Reading]) -> Vec<ExpectedAlert> {
+    let mut last: HashMap<&str, (f64, i64)> = HashMap::new();
+    let mut alerts = Vec::new();
+    for reading in readings {
+        let prev = last
+            .get(reading.device.as_str())
+            .filter(|(_, time)| (0..=300_000).contains(&(reading.time_ms - time)))
+            .map(|(temp, _)| *temp);
+        let delta = prev.map(|p| reading.temperature - p);
+        let big_delta = delta.is_some_and(|d| d.abs() > 15.0);
+        if big_delta || reading.temperature > 80.0 || reading.temperature < 0.0 {
+            let severity = if reading.temperature > 80.0 {
+                "Critical"
+            } else if delta.is_some_and(|d| d.abs() > 20.0) {
+                "High"
+            } else {
+                "Medium"
+            };
+            alerts.push(ExpectedAlert {
+                event_id: reading.event_id.clone(),
+                device: reading.device.clone(),
+                location: reading.location.clone(),
+                temperature: reading.temperature,
+                prev,
+                delta,
+                severity,
+                event_time: timestamp(reading.time_ms),
+            });
+        }
+        let keep = last
+            .get(reading.device.as_str())
+            .is_none_or(|(_, time)| reading.time_ms >= *time);
+        if keep {
+            last.insert(&reading.device, (reading.temperature, reading.time_ms));
+        }
+    }
+    alerts
+}
+
+/// Checks the alerts Weir wrote against the expected ones, exactly (floats within 1e-9), in any
+/// order; panics with the difference.
+pub fn assert_alerts_match(actual: &[Value], expected: &[ExpectedAlert]) {
+    let mut by_id: HashMap<String, &Value> = HashMap::new();
+    for alert in actual {
+        let id = alert["EventId"]
+            .as_str()
+            .expect("alert has an EventId")
+            .to_owned();
+        assert!(
+            by_id.insert(id.clone(), alert).is_none(),
+            "two alerts for reading {id}"
+        );
+    }
+    let mut problems = String::new();
+    for want in expected {
+        let Some(got) = by_id.remove(&want.event_id) else {
+            let _ = writeln!(problems, "missing alert for {want:?}");
+            continue;
+        };
+        let checks = [
+            ("DeviceId", json!(want.device)),
+            ("Location", json!(want.location)),
+            ("Temperature", json!(want.temperature)),
+            ("PrevTemperature", json!(want.prev)),
+            ("TempDelta", json!(want.delta)),
+            ("Severity", json!(want.severity)),
+            ("AlertType", json!("TemperatureAnomaly")),
+            ("EventTime", json!(want.event_time)),
+        ];
+        for (field, value) in checks {
+            if !crate::close(&got[field], &value) {
+                let _ = writeln!(
+                    problems,
+                    "{}: {field} is {} but should be {value}",
+                    want.event_id, got[field]
+                );
+            }
+        }
+    }
+    for (id, alert) in by_id {
+        let _ = writeln!(problems, "unexpected alert for {id}: {alert}");
+    }
+    assert!(
+        problems.is_empty(),
+        "alerts differ from the rule:\n{problems}"
+    );
+}
+
+/// Writes `readings` (and `extra` raw lines after them) as a JSON Lines file.
+pub fn write_input(path: &Path, readings: &[Reading], extra: &[&str]) {
+    let mut text = String::new();
+    for reading in readings {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write input");
+}
+
+/// Knobs of the test pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Partitions of the file source.
+    pub partitions: u32,
+    /// Checkpoint interval, as configuration text.
+    pub checkpoint_interval: &'static str,
+    /// Most events per batch.
+    pub batch_max_events: usize,
+    /// Largest accepted event.
+    pub max_event_bytes: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            partitions: 4,
+            checkpoint_interval: "200ms",
+            batch_max_events: 256,
+            max_event_bytes: 4096,
+        }
+    }
+}
+
+/// Paths of a test pipeline's outputs.
+#[derive(Debug, Clone)]
+pub struct PipelinePaths {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The raw_telemetry Delta table.
+    pub raw_table: PathBuf,
+    /// Directory of the alert files.
+    pub alerts: PathBuf,
+    /// Directory of the dead-letter files.
+    pub dead_letters: PathBuf,
+    /// Checkpoint directory.
+    pub checkpoints: PathBuf,
+}
+
+/// Writes a configuration that reads `input` and runs the anomaly plugin into a `raw_telemetry`
+/// Delta table (partitioned by EventDate), JSON Lines alerts and dead letters, all under `dir`.
+pub fn anomaly_pipeline(dir: &Path, input: &Path, options: &PipelineOptions) -> PipelinePaths {
+    let plugin = crate::plugin_path("telemetry_anomaly");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "{interval}"
+
+[sources.telemetry]
+kind = "file"
+path = "{input}"
+partitions = {partitions}
+key_field = "DeviceId"
+
+[sinks.raw_telemetry]
+kind = "delta"
+path = "delta/raw_telemetry"
+partition_by = ["EventDate"]
+columns = [
+  {{ name = "EventId", type = "string", nullable = false }},
+  {{ name = "DeviceId", type = "string", nullable = false }},
+  {{ name = "Location", type = "string" }},
+  {{ name = "DeviceType", type = "string" }},
+  {{ name = "Temperature", type = "double" }},
+  {{ name = "Humidity", type = "double" }},
+  {{ name = "Pressure", type = "double" }},
+  {{ name = "BatteryLevel", type = "double" }},
+  {{ name = "SignalStrength", type = "double" }},
+  {{ name = "Timestamp", type = "timestamp" }},
+  {{ name = "EventDate", type = "date", from = "Timestamp" }},
+  {{ name = "IngestionTime", type = "timestamp", value = "ingestion_time" }},
+]
+
+[sinks.alerts]
+kind = "file"
+path = "alerts"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.telemetry]
+source = "telemetry"
+event_time = {{ field = "Timestamp" }}
+dead_letter = "dead_letters"
+max_event_bytes = {max_event_bytes}
+batch = {{ max_events = {batch}, max_wait = "20ms" }}
+
+[[pipelines.telemetry.stages]]
+name = "anomaly"
+plugin = "{plugin}"
+outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
+"#,
+        interval = options.checkpoint_interval,
+        input = input.display(),
+        partitions = options.partitions,
+        max_event_bytes = options.max_event_bytes,
+        batch = options.batch_max_events,
+        plugin = plugin.display(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    PipelinePaths {
+        config: path,
+        raw_table: dir.join("delta/raw_telemetry"),
+        alerts: dir.join("alerts"),
+        dead_letters: dir.join("dead_letters"),
+        checkpoints: dir.join("checkpoints"),
+    }
+}

@@ -1,0 +1,169 @@
+//! The telemetry anomaly pipeline end to end, through the `weir` binary: alerts equal the rule's,
+//! the Delta table (read by Python's `deltalake`) holds exactly the input's rows, and bad input
+//! lands in the dead letters with a reason while the rest goes on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use weir_tests::telemetry::{
+    PipelineOptions, Reading, anomaly_pipeline, assert_alerts_match, expected_alerts,
+    generated_readings, hand_checked_scenario, timestamp, write_input,
+};
+use weir_tests::{read_delta, read_jsonl_dir, run_to_completion};
+
+#[test]
+fn hand_checked_anomalies_and_a_generated_stream_give_exactly_the_rules_alerts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut readings, hand_expected) = hand_checked_scenario();
+    readings.extend(generated_readings(40, 60, 7));
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let paths = anomaly_pipeline(dir.path(), &input, &PipelineOptions::default());
+
+    run_to_completion(&paths.config, Duration::from_secs(120));
+
+    // The hand-worked cases, field by field.
+    let alerts = read_jsonl_dir(&paths.alerts);
+    let by_id: BTreeMap<&str, &Value> = alerts
+        .iter()
+        .map(|a| (a["EventId"].as_str().expect("EventId"), a))
+        .collect();
+    for (event_id, severity, prev, delta) in &hand_expected {
+        let alert = by_id
+            .get(event_id)
+            .unwrap_or_else(|| panic!("no alert for {event_id}"));
+        assert_eq!(alert["Severity"], *severity, "{event_id}");
+        assert!(
+            weir_tests::close(&alert["PrevTemperature"], &serde_json::json!(prev)),
+            "{event_id}: {alert}"
+        );
+        assert!(
+            weir_tests::close(&alert["TempDelta"], &serde_json::json!(delta)),
+            "{event_id}: {alert}"
+        );
+    }
+    for quiet in ["a1", "a4", "c1", "c2", "c5"] {
+        assert!(!by_id.contains_key(quiet), "reading {quiet} must not alert");
+    }
+    // Everything, against the rule derived independently in the test.
+    assert_alerts_match(&alerts, &expected_alerts(&readings));
+
+    // The raw table holds exactly the input's rows, partitioned by EventDate.
+    let table = read_delta(&paths.raw_table);
+    assert_eq!(table.partition_columns, ["EventDate"]);
+    assert_eq!(table.rows.len(), readings.len());
+    let mut by_event: BTreeMap<&str, &Value> = BTreeMap::new();
+    for row in &table.rows {
+        let id = row["EventId"].as_str().expect("EventId");
+        assert!(by_event.insert(id, row).is_none(), "row {id} written twice");
+        assert!(
+            row["IngestionTime"].is_string(),
+            "IngestionTime filled: {row}"
+        );
+    }
+    for reading in &readings {
+        let row = by_event
+            .get(reading.event_id.as_str())
+            .unwrap_or_else(|| panic!("row {} missing", reading.event_id));
+        assert_eq!(row["DeviceId"], reading.device.as_str());
+        assert!(weir_tests::close(
+            &row["Temperature"],
+            &serde_json::json!(reading.temperature)
+        ));
+        assert_eq!(row["EventDate"], timestamp(reading.time_ms)[..10]);
+    }
+    assert!(
+        read_jsonl_dir(&paths.dead_letters).is_empty(),
+        "no dead letters for clean input"
+    );
+}
+
+#[test]
+fn bad_input_goes_to_the_dead_letters_with_a_reason_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good: Vec<Reading> = generated_readings(8, 25, 11);
+    let oversized = format!(
+        r#"{{"DeviceId":"device-big","Temperature":20.0,"Timestamp":"2026-11-01T00:00:00.000Z","EventId":"big","Padding":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let bad = [
+        r#"{"DeviceId":"device-000","Temperature":21.5,"Timestamp":"2026-11-01T00:00:00.000Z","EventId":"trunc""#,
+        r#"{"DeviceId":"device-001","Location":"X","Timestamp":"2026-11-01T00:01:00.000Z","EventId":"no-temp"}"#,
+        r#"{"DeviceId":"device-002","Location":"X","Temperature":"hot","Timestamp":"2026-11-01T00:02:00.000Z","EventId":"wrong-type"}"#,
+        r#"{"DeviceId":"device-003","Location":"X","Temperature":20.0,"Timestamp":"yesterday","EventId":"bad-time"}"#,
+        oversized.as_str(),
+    ];
+    let input = dir.path().join("telemetry.jsonl");
+    // Bad lines in the middle of good ones: the pipeline must go on after each.
+    let (head, tail) = good.split_at(good.len() / 2);
+    let mut text = String::new();
+    for reading in head {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    for line in bad {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for reading in tail {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    std::fs::write(&input, text).expect("write input");
+    let paths = anomaly_pipeline(dir.path(), &input, &PipelineOptions::default());
+
+    run_to_completion(&paths.config, Duration::from_secs(120));
+
+    let letters = read_jsonl_dir(&paths.dead_letters);
+    let mut by_body: BTreeMap<String, &Value> = BTreeMap::new();
+    for letter in &letters {
+        by_body.insert(
+            letter["body"]
+                .as_str()
+                .expect("original body kept")
+                .to_owned(),
+            letter,
+        );
+    }
+    assert_eq!(
+        letters.len(),
+        bad.len(),
+        "one dead letter per bad event: {letters:#?}"
+    );
+    let expectations = [
+        (bad[0], "malformed", "malformed JSON"),
+        (bad[1], "rejected", "missing field `Temperature`"),
+        (bad[2], "rejected", "invalid type: string \"hot\""),
+        (bad[3], "event_time", "not an RFC 3339 timestamp"),
+        (
+            bad[4],
+            "oversized",
+            "exceeds the pipeline's max_event_bytes of 4096",
+        ),
+    ];
+    for (body, kind, reason) in expectations {
+        let letter = by_body
+            .get(body)
+            .unwrap_or_else(|| panic!("no dead letter for {body:.60}"));
+        assert_eq!(letter["kind"], kind, "{letter}");
+        let text = letter["reason"].as_str().expect("reason");
+        assert!(
+            text.contains(reason),
+            "reason `{text}` should mention `{reason}`"
+        );
+        assert_eq!(letter["pipeline"], "telemetry");
+        assert!(
+            letter["partition"].is_u64() && letter["position"].is_u64(),
+            "{letter}"
+        );
+        if kind == "rejected" {
+            assert_eq!(letter["stage"], "anomaly");
+            assert!(letter["plugin_version"].is_string());
+        }
+    }
+    // Every good reading made it, after the bad ones too.
+    let table = read_delta(&paths.raw_table);
+    assert_eq!(table.rows.len(), good.len());
+    assert_alerts_match(&read_jsonl_dir(&paths.alerts), &expected_alerts(&good));
+}
