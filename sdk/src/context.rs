@@ -126,8 +126,8 @@ impl Context {
         let start = self.out.payloads.len();
         if let Err(e) = serde_json::to_writer(&mut self.out.payloads, value) {
             self.out.payloads.truncate(start);
-            return Err(Error::from(e).context(format_args!(
-                "cannot serialise a record for output `{output}`"
+            return Err(Error::reject(format!(
+                "cannot serialise a record for output `{output}`: {e}"
             )));
         }
         self.push_emitted(output, start, false)
@@ -209,9 +209,9 @@ impl Context {
         let mut buffer = self.state.buffer();
         if let Err(e) = serde_json::to_writer(&mut buffer, value) {
             self.state.recycle(Cached::Present(buffer));
-            return Err(
-                Error::from(e).context(format_args!("cannot serialise keyed state `{key}`"))
-            );
+            return Err(Error::reject(format!(
+                "cannot serialise keyed state `{key}`: {e}"
+            )));
         }
         self.state.write(key, Cached::Present(buffer));
         Ok(())
@@ -249,15 +249,14 @@ impl Context {
     /// The stage's configuration as JSON text (`{}` when the pipeline file gives none).
     pub fn config_json(&mut self) -> &str {
         let backend = &mut self.backend;
-        let json = self.config_json.get_or_insert_with(|| {
+        self.config_json.get_or_insert_with(|| {
             let json = backend.config();
             if json.trim().is_empty() {
                 "{}".to_owned()
             } else {
                 json
             }
-        });
-        json
+        })
     }
 
     // ----- Logs and counters -----
@@ -450,11 +449,11 @@ impl StateCache {
     }
 
     fn recycle(&mut self, value: Cached) {
-        if let Cached::Present(mut buffer) = value {
-            if self.spare.len() < SPARE_BUFFERS {
-                buffer.clear();
-                self.spare.push(buffer);
-            }
+        if let Cached::Present(mut buffer) = value
+            && self.spare.len() < SPARE_BUFFERS
+        {
+            buffer.clear();
+            self.spare.push(buffer);
         }
     }
 

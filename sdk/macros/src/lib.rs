@@ -4,7 +4,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::{Ident, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
-use syn::{FnArg, GenericParam, ItemFn, ReturnType, Type};
+use syn::{FnArg, GenericArgument, GenericParam, ItemFn, PathArguments, ReturnType, Type};
 
 /// Marks a plugin's transform function, `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
 ///
@@ -122,12 +122,13 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
             ),
         )),
         ReturnType::Type(_, ty) => {
-            if !is_path_to(ty, "Result") {
+            if !is_path_to(ty, "Result") || !first_argument_is_unit(ty) {
                 errors.push(syn::Error::new_spanned(
                     ty,
                     format!(
                         "a transform function returns `Result<()>` (`weir_sdk::Result`): \
-                         `Ok(())` when the event is handled, `Err(..)` to reject it; {expected}"
+                         `Ok(())` when the event is handled, `Err(..)` to reject it, and its \
+                         records go through `ctx.emit`; {expected}"
                     ),
                 ));
             }
@@ -167,6 +168,25 @@ fn is_path_to(ty: &Type, name: &str) -> bool {
     }
 }
 
+/// Whether the path type `ty` has no generic arguments or `()` as its first one (`Result<()>`,
+/// `Result<(), Error>`, or an alias without arguments).
+fn first_argument_is_unit(ty: &Type) -> bool {
+    let Type::Path(path) = strip(ty) else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    match &last.arguments {
+        PathArguments::None => true,
+        PathArguments::AngleBracketed(args) => match args.args.first() {
+            Some(GenericArgument::Type(Type::Tuple(tuple))) => tuple.elems.is_empty(),
+            _ => false,
+        },
+        PathArguments::Parenthesized(_) => false,
+    }
+}
+
 fn strip(ty: &Type) -> &Type {
     match ty {
         Type::Paren(inner) => strip(&inner.elem),
@@ -186,15 +206,19 @@ fn glue(function: &ItemFn) -> TokenStream2 {
     let check = quote_spanned! {span=>
         const _: ::weir_sdk::__private::TransformFn = #name;
     };
-    quote! {
-        #function
-
+    // Spanned at the function's name, so that a second transform function is reported there.
+    let once = quote_spanned! {span=>
         /// Marks the crate's one `#[weir_sdk::transform]` function: a second one is an error here.
         #[doc(hidden)]
         #[macro_export]
         macro_rules! #marker {
             () => {};
         }
+    };
+    quote! {
+        #function
+
+        #once
 
         #check
 
