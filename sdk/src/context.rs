@@ -318,8 +318,11 @@ impl Context {
 
     // ----- Driven by the runner -----
 
-    /// Starts a batch: empty outputs, empty state cache.
+    /// Starts a batch: empty outputs, empty state cache, no counts (all already so, unless the
+    /// previous batch panicked half-way in a native test).
     pub(crate) fn begin_batch(&mut self) {
+        self.state.clear();
+        self.counters.clear();
         self.out.targets.clear();
         self.out.payloads.clear();
         self.out.payloads.reserve(self.payloads_hint);
@@ -481,6 +484,11 @@ impl StateCache {
                 }
             }
         }
+        self.clear();
+    }
+
+    /// Forgets every cached key (keeping the buffers).
+    fn clear(&mut self) {
         self.index.clear();
         self.undo.clear();
         while let Some(slot) = self.slots.pop() {

@@ -394,3 +394,25 @@ fn the_native_runner_reuses_its_buffers_and_gives_the_same_output() {
     }
     assert_eq!(first.rejected.len(), 15);
 }
+
+fn panics_on_boom(event: &Event, ctx: &mut Context) -> Result<()> {
+    ctx.put("k", event.body_str()?)?;
+    ctx.counter("calls", 1);
+    assert_ne!(event.body(), b"boom", "boom");
+    Ok(())
+}
+
+#[test]
+fn a_panicking_batch_writes_nothing_like_a_trapped_one() {
+    let mut harness = Harness::new(panics_on_boom);
+    harness.run("first");
+    let batch = vec![TestEvent::new("second"), TestEvent::new("boom")];
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| harness.run_batch(batch)));
+    assert!(panicked.is_err());
+    assert_eq!(harness.state::<String>("k").as_deref(), Some("first"));
+    assert_eq!(harness.counter("calls"), 1);
+    harness.run("third");
+    assert_eq!(harness.state::<String>("k").as_deref(), Some("third"));
+    assert_eq!(harness.counter("calls"), 2);
+}
