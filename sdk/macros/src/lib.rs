@@ -1,1 +1,302 @@
-//! macros
+//! Attribute macros of the Weir plugin SDK. Use them through `weir-sdk`, which re-exports them:
+//! `#[weir_sdk::transform]`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Ident, TokenStream as TokenStream2};
+use quote::{quote, quote_spanned};
+use syn::{FnArg, GenericArgument, GenericParam, ItemFn, PathArguments, ReturnType, Type};
+
+/// Marks a plugin's transform function, `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
+///
+/// See `weir_sdk::transform` for the documentation.
+#[proc_macro_attribute]
+pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr.into(), item.into()).into()
+}
+
+/// The expansion, or the author's item followed by the errors (so that the rest of the crate
+/// still resolves the function and no unrelated errors follow).
+fn expand(attr: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new_spanned(
+                &item,
+                "`#[weir_sdk::transform]` goes on a function: \
+                 `fn process(event: &Event, ctx: &mut Context) -> Result<()>`",
+            );
+            return with_errors(item, error);
+        }
+    };
+    if !attr.is_empty() {
+        let error = syn::Error::new_spanned(&attr, "`#[weir_sdk::transform]` takes no arguments");
+        return with_errors(item, error);
+    }
+    if let Err(error) = check_signature(&function) {
+        return with_errors(item, error);
+    }
+    glue(&function)
+}
+
+fn with_errors(item: TokenStream2, error: syn::Error) -> TokenStream2 {
+    let error = error.to_compile_error();
+    quote! { #item #error }
+}
+
+/// Checks that `function` has the signature of a transform function; every error points at the
+/// offending part of the author's code and says what is expected.
+fn check_signature(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    let expected = format!(
+        "expected `fn {}(event: &Event, ctx: &mut Context) -> Result<()>`",
+        sig.ident
+    );
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let mut fail = |tokens: &dyn quote::ToTokens, what: &str| {
+        errors.push(syn::Error::new_spanned(
+            tokens,
+            format!("{what}; {expected}"),
+        ));
+    };
+    if let Some(asyncness) = &sig.asyncness {
+        fail(
+            asyncness,
+            "a transform function cannot be `async`: it runs synchronously on each event",
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        fail(unsafety, "a transform function cannot be `unsafe`");
+    }
+    if let Some(abi) = &sig.abi {
+        fail(abi, "a transform function cannot have an ABI (`extern`)");
+    }
+    if let Some(variadic) = &sig.variadic {
+        fail(variadic, "a transform function cannot be variadic");
+    }
+    for param in &sig.generics.params {
+        match param {
+            GenericParam::Lifetime(_) => {}
+            GenericParam::Type(_) | GenericParam::Const(_) => fail(
+                param,
+                "a transform function cannot be generic: the host calls one concrete function",
+            ),
+        }
+    }
+    let args: Vec<&FnArg> = sig.inputs.iter().collect();
+    match args.as_slice() {
+        [event, ctx] => {
+            if !is_reference_to(event, false, "Event") {
+                fail(
+                    *event,
+                    "the first argument of a transform function is the input event, `&Event`",
+                );
+            }
+            if !is_reference_to(ctx, true, "Context") {
+                fail(
+                    *ctx,
+                    "the second argument of a transform function is the context, `&mut Context`",
+                );
+            }
+        }
+        _ => {
+            let found = format!(
+                "a transform function takes two arguments, the event and the context, not {}",
+                args.len()
+            );
+            if args.is_empty() {
+                errors.push(syn::Error::new(
+                    sig.paren_token.span.join(),
+                    format!("{found}; {expected}"),
+                ));
+            } else {
+                fail(&sig.inputs, &found);
+            }
+        }
+    }
+    match &sig.output {
+        ReturnType::Default => errors.push(syn::Error::new(
+            sig.paren_token.span.close(),
+            format!(
+                "a transform function returns `Result<()>`: `Ok(())` when the event is handled, \
+                 `Err(..)` to reject it; {expected}"
+            ),
+        )),
+        ReturnType::Type(_, ty) => {
+            if !is_path_to(ty, "Result") || !first_argument_is_unit(ty) {
+                errors.push(syn::Error::new_spanned(
+                    ty,
+                    format!(
+                        "a transform function returns `Result<()>` (`weir_sdk::Result`): \
+                         `Ok(())` when the event is handled, `Err(..)` to reject it, and its \
+                         records go through `ctx.emit`; {expected}"
+                    ),
+                ));
+            }
+        }
+    }
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            for error in errors {
+                first.combine(error);
+            }
+            Err(first)
+        }
+    }
+}
+
+/// Whether `arg` is a typed argument `&Name` (or `&mut Name`), with `Name` possibly qualified or
+/// with a lifetime (`&weir_sdk::Event<'_>`).
+fn is_reference_to(arg: &FnArg, mutable: bool, name: &str) -> bool {
+    let FnArg::Typed(arg) = arg else {
+        return false;
+    };
+    let Type::Reference(reference) = strip(&arg.ty) else {
+        return false;
+    };
+    reference.mutability.is_some() == mutable && is_path_to(&reference.elem, name)
+}
+
+/// Whether `ty` is a path whose last segment is `name`.
+fn is_path_to(ty: &Type, name: &str) -> bool {
+    match strip(ty) {
+        Type::Path(path) => {
+            path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == name)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the path type `ty` has no generic arguments or `()` as its first one (`Result<()>`,
+/// `Result<(), Error>`, or an alias without arguments).
+fn first_argument_is_unit(ty: &Type) -> bool {
+    let Type::Path(path) = strip(ty) else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    match &last.arguments {
+        PathArguments::None => true,
+        PathArguments::AngleBracketed(args) => match args.args.first() {
+            Some(GenericArgument::Type(Type::Tuple(tuple))) => tuple.elems.is_empty(),
+            _ => false,
+        },
+        PathArguments::Parenthesized(_) => false,
+    }
+}
+
+fn strip(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(inner) => strip(&inner.elem),
+        Type::Group(inner) => strip(&inner.elem),
+        _ => ty,
+    }
+}
+
+/// The author's function, unchanged, followed by:
+/// - a crate-root marker that makes a second transform function in the crate an error at its name;
+/// - a check of the function against the exact type, reported at its name;
+/// - on Wasm only, the export of `weir:plugin/transform@0.1.0` running the function on each event.
+fn glue(function: &ItemFn) -> TokenStream2 {
+    let name = &function.sig.ident;
+    let span = name.span();
+    let marker = Ident::new("__weir_sdk_only_one_transform_function_per_crate", span);
+    let check = quote_spanned! {span=>
+        const _: ::weir_sdk::__private::TransformFn = #name;
+    };
+    // Spanned at the function's name, so that a second transform function is reported there.
+    let once = quote_spanned! {span=>
+        /// Marks the crate's one `#[weir_sdk::transform]` function: a second one is an error here.
+        #[doc(hidden)]
+        #[macro_export]
+        macro_rules! #marker {
+            () => {};
+        }
+    };
+    quote! {
+        #function
+
+        #once
+
+        #check
+
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct WeirSdkTransform;
+
+            impl ::weir_sdk::__private::Guest for WeirSdkTransform {
+                fn process(batch: ::weir_sdk::__private::EventBatch) -> ::weir_sdk::__private::OutputBatch {
+                    ::weir_sdk::__private::process_batch(batch, #name)
+                }
+            }
+
+            ::weir_sdk::__private::export_event_transform!(
+                WeirSdkTransform with_types_in ::weir_sdk::__private::wit
+            );
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(item: TokenStream2) -> String {
+        let out = expand(TokenStream2::new(), item).to_string();
+        assert!(
+            out.contains("compile_error"),
+            "expected an error, got {out}"
+        );
+        out
+    }
+
+    #[test]
+    fn accepts_plain_and_qualified_signatures() {
+        for item in [
+            quote! { fn process(event: &Event, ctx: &mut Context) -> Result<()> { Ok(()) } },
+            quote! { fn f<'a>(_: &weir_sdk::Event<'a>, _c: &mut weir_sdk::Context) -> weir_sdk::Result<()> { Ok(()) } },
+        ] {
+            let out = expand(TokenStream2::new(), item).to_string();
+            assert!(!out.contains("compile_error"), "{out}");
+            assert!(out.contains("export_event_transform"), "{out}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_signatures_with_the_expected_one() {
+        let out = errors(quote! { fn process(event: &Event) -> Result<()> { Ok(()) } });
+        assert!(out.contains("takes two arguments"), "{out}");
+        assert!(
+            out.contains("expected `fn process(event: &Event, ctx: &mut Context) -> Result<()>`")
+        );
+        let out =
+            errors(quote! { fn process(event: Event, ctx: &mut Context) -> Result<()> { Ok(()) } });
+        assert!(out.contains("first argument"), "{out}");
+        let out =
+            errors(quote! { fn process(event: &Event, ctx: &Context) -> Result<()> { Ok(()) } });
+        assert!(out.contains("second argument"), "{out}");
+        let out = errors(quote! { fn process(event: &Event, ctx: &mut Context) { } });
+        assert!(out.contains("returns `Result<()>`"), "{out}");
+        let out = errors(
+            quote! { async fn process(event: &Event, ctx: &mut Context) -> Result<()> { Ok(()) } },
+        );
+        assert!(out.contains("cannot be `async`"), "{out}");
+        let out = errors(
+            quote! { fn process<T>(event: &Event, ctx: &mut Context) -> Result<()> { Ok(()) } },
+        );
+        assert!(out.contains("cannot be generic"), "{out}");
+        let out = errors(quote! { struct NotAFunction; });
+        assert!(out.contains("goes on a function"), "{out}");
+    }
+
+    #[test]
+    fn rejects_arguments() {
+        let out = expand(
+            quote! { output = "x" },
+            quote! { fn process(event: &Event, ctx: &mut Context) -> Result<()> { Ok(()) } },
+        );
+        assert!(out.to_string().contains("takes no arguments"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The batch runner: one pass over a columnar batch, calling the transform function per event.
+//!
+//! The Wasm export ([`crate::__private::process_batch`]) and the native test harness
+//! ([`crate::testing`]) both run batches through [`Runner::run`], so what the harness shows is
+//! what the plugin does inside the host.
+
+use crate::bindings::{EventBatch, OutputBatch, Property};
+use crate::context::{Backend, Context};
+use crate::error::Result;
+use crate::event::Event;
+
+/// Runs batches for one plugin instance, keeping its [`Context`] (configuration cache, buffers)
+/// from batch to batch.
+pub(crate) struct Runner {
+    pub(crate) ctx: Context,
+    /// The batch's properties sorted by event, when the host did not send them sorted.
+    sorted_properties: Vec<Property>,
+}
+
+impl Runner {
+    pub(crate) fn new(backend: Box<dyn Backend>) -> Self {
+        Runner {
+            ctx: Context::new(backend),
+            sorted_properties: Vec::new(),
+        }
+    }
+
+    /// Runs `transform` over every event of `batch`, in order. The outputs are left in
+    /// `self.ctx.out`; keyed-state writes and counters have been handed to the backend.
+    pub(crate) fn run<F>(&mut self, batch: &EventBatch, transform: &F)
+    where
+        F: Fn(&Event<'_>, &mut Context) -> Result<()>,
+    {
+        let ctx = &mut self.ctx;
+        ctx.begin_batch();
+        // Properties come sorted by event from Weir's host; sort a copy when they are not.
+        let properties: &[Property] = if batch.properties.is_sorted_by_key(|p| p.event) {
+            &batch.properties
+        } else {
+            self.sorted_properties.clear();
+            self.sorted_properties.extend_from_slice(&batch.properties);
+            self.sorted_properties.sort_by_key(|p| p.event);
+            &self.sorted_properties
+        };
+        let mut next_property = 0;
+        let mut body_start = 0;
+        let mut key_start = 0;
+        for (index, &body_end) in batch.body_ends.iter().enumerate() {
+            // The batch crossed the WIT boundary, whose lists have u32 lengths.
+            let event_index = u32::try_from(index).unwrap_or(u32::MAX);
+            let body_end = body_end as usize;
+            let body = batch.bodies.get(body_start..body_end);
+            body_start = body_end;
+            let key_end = batch
+                .key_ends
+                .get(index)
+                .map_or(key_start, |&end| end as usize);
+            let key = batch.keys.get(key_start..key_end).unwrap_or_default();
+            key_start = key_end;
+            while properties
+                .get(next_property)
+                .is_some_and(|p| p.event < event_index)
+            {
+                next_property += 1;
+            }
+            let first_property = next_property;
+            while properties
+                .get(next_property)
+                .is_some_and(|p| p.event == event_index)
+            {
+                next_property += 1;
+            }
+            let position = batch.positions.get(index).copied().unwrap_or_default();
+            ctx.begin_event(event_index, position);
+            let Some(body) = body else {
+                ctx.reject(format!(
+                    "invalid batch: event {index} has body end {body_end}, outside the body buffer"
+                ));
+                continue;
+            };
+            let event = Event {
+                body,
+                key,
+                properties: &properties[first_property..next_property],
+                time: batch.event_times.get(index).copied().unwrap_or_default(),
+                enqueued_time: batch.enqueued_times.get(index).copied().unwrap_or_default(),
+                position,
+                partition: batch.partition,
+            };
+            let result = transform(&event, ctx);
+            ctx.end_event(result);
+        }
+        ctx.end_batch();
+    }
+
+    /// The outputs of the last batch.
+    pub(crate) fn output(&self) -> &OutputBatch {
+        &self.ctx.out
+    }
+
+    /// Moves the outputs of the last batch out.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn take_output(&mut self) -> OutputBatch {
+        self.ctx.take_output()
+    }
+}

@@ -1,0 +1,601 @@
+//! Run a transform natively, with the same batch runner the Wasm export uses.
+//!
+//! [`Harness`] is for tests: it lays [`TestEvent`]s out in a columnar batch exactly as the host
+//! does, runs them through the runner inside the plugin's export (the same output encoding, the
+//! same per-batch state cache, the same rollback of rejected events), decodes the output as the
+//! host does, and keeps keyed state, counters and logs in memory. Only the host's imports are
+//! replaced; no Wasm runtime is involved, so `cargo test` is enough.
+//!
+//! ```
+//! use weir_sdk::prelude::*;
+//! use weir_sdk::testing::{Harness, TestEvent};
+//!
+//! fn route(event: &Event, ctx: &mut Context) -> Result<()> {
+//!     let value = event.value()?;
+//!     if value["level"] == "error" {
+//!         ctx.forward("errors");
+//!     }
+//!     Ok(())
+//! }
+//!
+//! let mut harness = Harness::new(route);
+//! let outcome = harness.run(r#"{"level": "error"}"#);
+//! assert_eq!(outcome.json("errors"), vec![serde_json::json!({"level": "error"})]);
+//! let outcome = harness.run_event(TestEvent::new("{oops").at(1_000));
+//! assert!(outcome.rejection().unwrap().starts_with("malformed JSON"));
+//! ```
+//!
+//! [`NativeRunner`] is for benchmarks: it takes pre-built columnar [`EventBatch`]es and returns
+//! the [`OutputBatch`] the Wasm export would return, reusing its buffers from batch to batch, so
+//! that the native and the Wasm runs of a plugin do the same work.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::__private::wit::weir::plugin::types::{
+    Emitted, EventBatch, OutputBatch, Property, Rejection,
+};
+use crate::context::{Backend, Context, Level};
+use crate::error::Result;
+use crate::event::Event;
+use crate::runner::Runner;
+
+/// One log record a plugin wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: Level,
+    /// The message.
+    pub message: String,
+    /// The `key=value` fields, starting with the event's `position`.
+    pub fields: Vec<(String, String)>,
+}
+
+/// The host's side, in memory: committed keyed state, counters, logs and the stage config.
+#[derive(Debug, Default)]
+struct Memory {
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    counters: BTreeMap<String, u64>,
+    logs: Vec<LogRecord>,
+    config: String,
+    /// Host calls made, to show that state is cached per batch.
+    state_calls: u64,
+}
+
+struct MemoryBackend(Rc<RefCell<Memory>>);
+
+impl Backend for MemoryBackend {
+    fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let mut memory = self.0.borrow_mut();
+        memory.state_calls += 1;
+        memory.state.get(key).cloned()
+    }
+
+    fn state_put(&mut self, key: &[u8], value: &[u8]) {
+        let mut memory = self.0.borrow_mut();
+        memory.state_calls += 1;
+        memory.state.insert(key.to_vec(), value.to_vec());
+    }
+
+    fn state_delete(&mut self, key: &[u8]) {
+        let mut memory = self.0.borrow_mut();
+        memory.state_calls += 1;
+        memory.state.remove(key);
+    }
+
+    fn counter_add(&mut self, name: &str, delta: u64) {
+        let mut memory = self.0.borrow_mut();
+        let counter = memory.counters.entry(name.to_owned()).or_default();
+        *counter = counter.saturating_add(delta);
+    }
+
+    fn log(&mut self, level: Level, message: &str, fields: &[(String, String)]) {
+        self.0.borrow_mut().logs.push(LogRecord {
+            level,
+            message: message.to_owned(),
+            fields: fields.to_vec(),
+        });
+    }
+
+    fn config(&mut self) -> String {
+        self.0.borrow().config.clone()
+    }
+}
+
+/// Runs a transform natively over pre-built columnar batches: the entry point for benchmarks.
+///
+/// It is the plugin's Wasm export without Wasm: [`NativeRunner::process`] runs the same runner
+/// code over the same [`EventBatch`] layout and returns the same [`OutputBatch`] encoding, with
+/// keyed state, counters and logs kept in memory (committed at the end of each batch, as the host
+/// does). The output buffers are reused from batch to batch. Logs accumulate in memory: do not
+/// benchmark a plugin that logs per event.
+pub struct NativeRunner<F> {
+    runner: Runner,
+    memory: Rc<RefCell<Memory>>,
+    transform: F,
+}
+
+impl<F> std::fmt::Debug for NativeRunner<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeRunner").finish_non_exhaustive()
+    }
+}
+
+impl<F> NativeRunner<F>
+where
+    F: Fn(&Event<'_>, &mut Context) -> Result<()>,
+{
+    /// A runner for `transform`, with empty state and the configuration `{}`.
+    pub fn new(transform: F) -> Self {
+        let memory = Rc::new(RefCell::new(Memory {
+            config: "{}".to_owned(),
+            ..Memory::default()
+        }));
+        NativeRunner {
+            runner: Runner::new(Box::new(MemoryBackend(memory.clone()))),
+            memory,
+            transform,
+        }
+    }
+
+    /// Sets the stage configuration (what the pipeline file's `config` table would give).
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.memory.borrow_mut().config = config.to_string();
+        self.runner.ctx.forget_config();
+        self
+    }
+
+    /// Stores `value` (as JSON) under `key` in the keyed state, as if an earlier batch had.
+    ///
+    /// # Panics
+    /// When `value` cannot be serialised as JSON.
+    pub fn with_state<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Self {
+        let json = match serde_json::to_vec(value) {
+            Ok(json) => json,
+            Err(e) => panic!("cannot serialise the state of `{key}`: {e}"),
+        };
+        self.memory
+            .borrow_mut()
+            .state
+            .insert(key.as_bytes().to_vec(), json);
+        self
+    }
+
+    /// Runs one batch and returns its output, as the Wasm export would return it to the host.
+    pub fn process(&mut self, batch: &EventBatch) -> &OutputBatch {
+        self.runner.run(batch, &self.transform);
+        self.runner.output()
+    }
+
+    /// The keyed state under `key`, deserialized from JSON.
+    ///
+    /// # Panics
+    /// When the stored value does not deserialize as `T`.
+    pub fn state<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let bytes = self.state_bytes(key)?;
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Some(value),
+            Err(e) => panic!(
+                "the state of `{key}` ({}) is not a {}: {e}",
+                String::from_utf8_lossy(&bytes),
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// The keyed state under `key`, as the stored JSON bytes.
+    pub fn state_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        self.memory.borrow().state.get(key.as_bytes()).cloned()
+    }
+
+    /// The keys in the keyed state, sorted.
+    pub fn state_keys(&self) -> Vec<String> {
+        self.memory
+            .borrow()
+            .state
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    /// How many state calls (`get`, `put`, `delete`) reached the host so far.
+    pub fn state_calls(&self) -> u64 {
+        self.memory.borrow().state_calls
+    }
+
+    /// All counters, summed over every batch so far.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.memory.borrow().counters.clone()
+    }
+
+    /// All log records written so far.
+    pub fn logs(&self) -> Vec<LogRecord> {
+        self.memory.borrow().logs.clone()
+    }
+}
+
+/// An input event for the [`Harness`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestEvent {
+    /// The body.
+    pub body: Vec<u8>,
+    /// Event time, in milliseconds since the Unix epoch (what [`Event::time`] returns).
+    pub time: i64,
+    /// Enqueued time, in milliseconds since the Unix epoch.
+    pub enqueued_time: i64,
+    /// The partition key.
+    pub key: Option<String>,
+    /// Application properties.
+    pub properties: Vec<(String, String)>,
+    /// Source position; `None` lets the harness number events in the order it sees them.
+    pub position: Option<u64>,
+}
+
+impl TestEvent {
+    /// An event with this body, at time 0.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        TestEvent {
+            body: body.into(),
+            ..TestEvent::default()
+        }
+    }
+
+    /// An event whose body is `value` as JSON.
+    pub fn json(value: &serde_json::Value) -> Self {
+        TestEvent::new(value.to_string())
+    }
+
+    /// With event time `time_ms` (milliseconds since the Unix epoch).
+    pub fn at(mut self, time_ms: i64) -> Self {
+        self.time = time_ms;
+        self
+    }
+
+    /// With enqueued time `time_ms`.
+    pub fn enqueued_at(mut self, time_ms: i64) -> Self {
+        self.enqueued_time = time_ms;
+        self
+    }
+
+    /// With partition key `key`.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// With application property `name` = `value`.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((name.into(), value.into()));
+        self
+    }
+
+    /// At source position `position`.
+    pub fn position(mut self, position: u64) -> Self {
+        self.position = Some(position);
+        self
+    }
+}
+
+impl From<&str> for TestEvent {
+    fn from(body: &str) -> Self {
+        TestEvent::new(body)
+    }
+}
+
+impl From<serde_json::Value> for TestEvent {
+    fn from(value: serde_json::Value) -> Self {
+        TestEvent::json(&value)
+    }
+}
+
+/// Lays `events` out in a columnar batch of partition `partition`, the way the host does. An event
+/// without a position gets its index in `events`.
+///
+/// # Panics
+/// When the bodies, keys or batch exceed the 4 GiB that the batch's `u32` offsets can address.
+pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
+    let offset = |len: usize| match u32::try_from(len) {
+        Ok(offset) => offset,
+        Err(_) => panic!("a batch is limited to 4 GiB of bodies and of keys"),
+    };
+    let mut batch = EventBatch {
+        partition,
+        bodies: Vec::with_capacity(events.iter().map(|e| e.body.len()).sum()),
+        body_ends: Vec::with_capacity(events.len()),
+        positions: Vec::with_capacity(events.len()),
+        event_times: Vec::with_capacity(events.len()),
+        enqueued_times: Vec::with_capacity(events.len()),
+        keys: Vec::new(),
+        key_ends: Vec::with_capacity(events.len()),
+        properties: Vec::new(),
+    };
+    for (index, event) in events.iter().enumerate() {
+        batch.bodies.extend_from_slice(&event.body);
+        batch.body_ends.push(offset(batch.bodies.len()));
+        if let Some(key) = &event.key {
+            batch.keys.extend_from_slice(key.as_bytes());
+        }
+        batch.key_ends.push(offset(batch.keys.len()));
+        batch.positions.push(event.position.unwrap_or(index as u64));
+        batch.event_times.push(event.time);
+        batch.enqueued_times.push(event.enqueued_time);
+        for (name, value) in &event.properties {
+            batch.properties.push(Property {
+                event: offset(index),
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+    batch
+}
+
+/// One record a plugin emitted, as the host receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The stage output it was sent to.
+    pub output: String,
+    /// The payload; for a forwarded record, the input event's body.
+    pub bytes: Vec<u8>,
+    /// The payload parsed as JSON, or `None` when it is not JSON.
+    pub json: Option<serde_json::Value>,
+    /// Whether the record was sent with [`Context::forward`].
+    pub forwarded: bool,
+}
+
+impl Record {
+    /// The payload as text, or `None` when it is not UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes).ok()
+    }
+}
+
+/// What one input event produced: records, or a rejection (never both).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Every record emitted for the event, in emission order.
+    pub records: Vec<Record>,
+    /// The rejection reason, when the transform returned `Err`.
+    pub rejection: Option<String>,
+}
+
+impl Outcome {
+    /// The rejection reason, if the event was rejected.
+    pub fn rejection(&self) -> Option<&str> {
+        self.rejection.as_deref()
+    }
+
+    /// Whether the event was rejected.
+    pub fn is_rejected(&self) -> bool {
+        self.rejection.is_some()
+    }
+
+    /// The records sent to `output`.
+    pub fn output(&self, output: &str) -> Vec<&Record> {
+        self.records.iter().filter(|r| r.output == output).collect()
+    }
+
+    /// The records sent to `output`, parsed as JSON.
+    ///
+    /// # Panics
+    /// When one of them is not JSON.
+    pub fn json(&self, output: &str) -> Vec<serde_json::Value> {
+        self.output(output)
+            .into_iter()
+            .map(|r| match &r.json {
+                Some(value) => value.clone(),
+                None => panic!(
+                    "a record sent to `{output}` is not JSON: {}",
+                    String::from_utf8_lossy(&r.bytes)
+                ),
+            })
+            .collect()
+    }
+
+    /// Whether the input event was forwarded unchanged to `output`.
+    pub fn forwarded_to(&self, output: &str) -> bool {
+        self.records
+            .iter()
+            .any(|r| r.output == output && r.forwarded)
+    }
+}
+
+/// Runs a transform natively over test events, through the plugin's own batch runner.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+/// use weir_sdk::testing::{Harness, TestEvent};
+///
+/// fn count(event: &Event, ctx: &mut Context) -> Result<()> {
+///     let key = event.key().unwrap_or("none");
+///     let seen: u64 = ctx.get(key)?.unwrap_or(0);
+///     ctx.put(key, &(seen + 1))?;
+///     ctx.emit("counts", &serde_json::json!({ "key": key, "seen": seen + 1 }))
+/// }
+///
+/// let mut harness = Harness::new(count);
+/// let outcomes = harness.run_batch(vec![
+///     TestEvent::new("{}").key("a"),
+///     TestEvent::new("{}").key("a"),
+/// ]);
+/// assert_eq!(outcomes[1].json("counts")[0]["seen"], 2);
+/// assert_eq!(harness.state::<u64>("a"), Some(2));
+/// ```
+pub struct Harness<F> {
+    runner: NativeRunner<F>,
+    partition: u32,
+    next_position: u64,
+}
+
+impl<F> std::fmt::Debug for Harness<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("partition", &self.partition)
+            .field("next_position", &self.next_position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Harness<F>
+where
+    F: Fn(&Event<'_>, &mut Context) -> Result<()>,
+{
+    /// A harness for `transform`, with empty state, the configuration `{}` and partition 0.
+    pub fn new(transform: F) -> Self {
+        Harness {
+            runner: NativeRunner::new(transform),
+            partition: 0,
+            next_position: 0,
+        }
+    }
+
+    /// Sets the stage configuration (what the pipeline file's `config` table would give).
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.runner = self.runner.with_config(config);
+        self
+    }
+
+    /// Stores `value` (as JSON) under `key` in the keyed state, as if an earlier batch had.
+    ///
+    /// # Panics
+    /// When `value` cannot be serialised as JSON.
+    pub fn with_state<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
+        self.runner = self.runner.with_state(key, value);
+        self
+    }
+
+    /// Runs events as if they came from source partition `partition`.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// Runs a batch of one event with this body, at time 0.
+    pub fn run(&mut self, body: impl AsRef<[u8]>) -> Outcome {
+        self.run_event(TestEvent::new(body.as_ref()))
+    }
+
+    /// Runs a batch of one event.
+    pub fn run_event(&mut self, event: TestEvent) -> Outcome {
+        self.run_batch(vec![event]).pop().unwrap_or_default()
+    }
+
+    /// Runs one batch of events and returns what each produced, in input order. Keyed state
+    /// written by the batch is committed when it ends, as the host commits it.
+    ///
+    /// # Panics
+    /// When the output the runner produced is not what the host accepts (an SDK bug).
+    pub fn run_batch(&mut self, events: impl IntoIterator<Item = TestEvent>) -> Vec<Outcome> {
+        let mut events: Vec<TestEvent> = events.into_iter().collect();
+        for event in &mut events {
+            let position = *event.position.get_or_insert(self.next_position);
+            self.next_position = position + 1;
+        }
+        let batch = batch_of(self.partition, &events);
+        let output = self.runner.process(&batch);
+        decode(output, &events)
+    }
+
+    /// The output of the last batch, as the Wasm export would have returned it to the host.
+    pub fn last_output(&self) -> &OutputBatch {
+        self.runner.runner.output()
+    }
+
+    /// The keyed state under `key`, deserialized from JSON.
+    ///
+    /// # Panics
+    /// When the stored value does not deserialize as `T`.
+    pub fn state<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.runner.state(key)
+    }
+
+    /// The keyed state under `key`, as the stored JSON bytes.
+    pub fn state_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        self.runner.state_bytes(key)
+    }
+
+    /// The keys in the keyed state, sorted.
+    pub fn state_keys(&self) -> Vec<String> {
+        self.runner.state_keys()
+    }
+
+    /// How many state calls (`get`, `put`, `delete`) reached the host so far.
+    pub fn state_calls(&self) -> u64 {
+        self.runner.state_calls()
+    }
+
+    /// All counters, summed over every batch so far.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.runner.counters()
+    }
+
+    /// The counter `name` (0 when never added to).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.runner.counters().get(name).copied().unwrap_or(0)
+    }
+
+    /// All log records written so far.
+    pub fn logs(&self) -> Vec<LogRecord> {
+        self.runner.logs()
+    }
+}
+
+/// Decodes `output` the way the host does (see `host/src/stage/transform.rs`), checking every
+/// index and offset, into one outcome per input event.
+fn decode(output: &OutputBatch, events: &[TestEvent]) -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::default(); events.len()];
+    let mut start = 0usize;
+    for emitted in &output.emitted {
+        let event = emitted.event as usize;
+        let Some(input) = events.get(event) else {
+            panic!("record for event {event} of a batch of {}", events.len());
+        };
+        let Some(target) = output.targets.get(emitted.target as usize) else {
+            panic!(
+                "record for target {} of {:?}",
+                emitted.target, output.targets
+            );
+        };
+        let end = emitted.payload_end as usize;
+        let Some(payload) = output.payloads.get(start..end) else {
+            panic!(
+                "payload end {end} after {start} in a buffer of {}",
+                output.payloads.len()
+            );
+        };
+        start = end;
+        let bytes = if emitted.forward {
+            assert!(payload.is_empty(), "a forwarded record carries a payload");
+            input.body.clone()
+        } else {
+            payload.to_vec()
+        };
+        outcomes[event].records.push(Record {
+            output: target.clone(),
+            json: serde_json::from_slice(&bytes).ok(),
+            bytes,
+            forwarded: emitted.forward,
+        });
+    }
+    assert_eq!(
+        start,
+        output.payloads.len(),
+        "payload bytes after the last record"
+    );
+    for rejection in &output.rejected {
+        let event = rejection.event as usize;
+        let Some(outcome) = outcomes.get_mut(event) else {
+            panic!("rejection of event {event} of a batch of {}", events.len());
+        };
+        assert!(
+            outcome.records.is_empty() && outcome.rejection.is_none(),
+            "event {event} was rejected but kept outputs, or was rejected twice"
+        );
+        outcome.rejection = Some(rejection.reason.clone());
+    }
+    outcomes
+}

@@ -1,0 +1,4 @@
+#[weir_sdk::transform]
+struct Process;
+
+fn main() {}
