@@ -177,21 +177,9 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
     ));
     let (shutdown_sender, shutdown) = watch::channel(false);
 
-    // Sinks used by any pipeline, built once and shared.
-    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
-    for pipeline in config.pipelines.values() {
-        for name in used_sinks(loaded, pipeline) {
-            if !sinks.contains_key(&name)
-                && let Some(sink_config) = config.sinks.get(&name)
-            {
-                let sink = crate::sink::build(&name, sink_config, loaded).await?;
-                sinks.insert(name, sink);
-            }
-        }
-    }
-
+    // Every plugin is compiled and checked against its world before anything is created, so a
+    // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
     let mut plugins: HashMap<PathBuf, Arc<TransformPlugin>> = HashMap::new();
-    let mut workers = Vec::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
@@ -220,7 +208,23 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             );
             plugins.insert(path, compiled);
         }
+    }
 
+    // Sinks used by any pipeline, built once and shared.
+    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+    for pipeline in config.pipelines.values() {
+        for name in used_sinks(loaded, pipeline) {
+            if !sinks.contains_key(&name)
+                && let Some(sink_config) = config.sinks.get(&name)
+            {
+                let sink = crate::sink::build(&name, sink_config, loaded).await?;
+                sinks.insert(name, sink);
+            }
+        }
+    }
+
+    let mut workers = Vec::new();
+    for (pipeline_name, pipeline) in &config.pipelines {
         let source_config = config.sources.get(&pipeline.source).ok_or_else(|| {
             crate::source::SourceError::Start {
                 source_name: pipeline.source.clone(),
