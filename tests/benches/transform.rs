@@ -1,0 +1,229 @@
+//! The anomaly rule over the same simulated telemetry, three ways in one run:
+//! 1. as the Wasm component through the host's stage (`WasmTransformStage`: batch layout, call,
+//!    output decoding, keyed state through host imports, epoch deadline on);
+//! 2. as the same Rust function called natively (`weir_sdk::testing::NativeRunner`: the same
+//!    runner code and batch layout, state in memory);
+//! 3. as the pass-through component through the host's stage (the cost of the boundary alone).
+//!
+//! Run: `cargo bench -p weir-tests --bench transform` (release build). One thread does all the
+//! work, so the figures are per core.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir::config::SimulatorSourceConfig;
+use weir::event::Event;
+use weir::plugin::{InstanceSettings, KeyedState, PluginEngine, PluginScope};
+use weir::source::simulator::SimulatorSource;
+use weir::source::{PartitionStart, ReadOutcome, Source};
+use weir::stage::{Stage, StageOutput, WasmTransformStage};
+use weir_sdk::testing::{NativeRunner, TestEvent, batch_of};
+
+const EVENTS: u64 = 262_144;
+const BATCH: usize = 1024;
+const ROUNDS: usize = 7;
+
+fn main() {
+    let events = simulated_events();
+    let batches: Vec<Vec<Event>> = events.chunks(BATCH).map(<[Event]>::to_vec).collect();
+    let mean_bytes =
+        events.iter().map(|e| e.body.len()).sum::<usize>() as f64 / events.len() as f64;
+    println!(
+        "transform benchmark: {} simulated telemetry events, {mean_bytes:.0} bytes each on average, batches of {BATCH}",
+        events.len()
+    );
+    println!("machine: {}", machine());
+
+    let engine = PluginEngine::new().expect("engine");
+    let anomaly = engine
+        .load_transform(&weir_tests::plugin_path("telemetry_anomaly"))
+        .expect("anomaly plugin");
+    let passthrough = engine
+        .load_transform(&weir_tests::plugin_path("passthrough"))
+        .expect("passthrough plugin");
+
+    let wasm = best_of(|| {
+        let mut stage = stage(&anomaly);
+        let mut out = StageOutput::default();
+        let started = Instant::now();
+        let mut records = 0;
+        for batch in &batches {
+            out.clear();
+            stage.process(batch, &mut out).expect("stage");
+            records += out.emitted.len();
+        }
+        (started.elapsed(), records)
+    });
+
+    let native_batches: Vec<_> = batches
+        .iter()
+        .map(|batch| {
+            let test_events: Vec<TestEvent> = batch
+                .iter()
+                .map(|e| {
+                    let mut t = TestEvent::new(e.body.to_vec())
+                        .at(e.time())
+                        .enqueued_at(e.enqueued_time)
+                        .position(e.position);
+                    if let Some(key) = &e.key {
+                        t = t.key(String::from_utf8_lossy(key).into_owned());
+                    }
+                    t
+                })
+                .collect();
+            batch_of(0, &test_events)
+        })
+        .collect();
+    let native = best_of(|| {
+        let mut runner = NativeRunner::new(telemetry_anomaly::process);
+        let started = Instant::now();
+        let mut records = 0;
+        for batch in &native_batches {
+            records += runner.process(batch).emitted.len();
+        }
+        (started.elapsed(), records)
+    });
+
+    let pass = best_of(|| {
+        let mut stage = stage(&passthrough);
+        let mut out = StageOutput::default();
+        let started = Instant::now();
+        let mut records = 0;
+        for batch in &batches {
+            out.clear();
+            stage.process(batch, &mut out).expect("stage");
+            records += out.emitted.len();
+        }
+        (started.elapsed(), records)
+    });
+
+    assert_eq!(
+        wasm.1, native.1,
+        "the Wasm and native paths must produce the same records"
+    );
+    let n = events.len() as f64;
+    println!();
+    println!(
+        "{:<44} {:>14} {:>10} {:>10}",
+        "path", "events/s", "ns/event", "records"
+    );
+    for (name, (time, records)) in [
+        ("anomaly rule, Wasm component via host stage", wasm),
+        ("anomaly rule, same Rust function natively", native),
+        ("pass-through component via host stage", pass),
+    ] {
+        let secs = time.as_secs_f64();
+        println!(
+            "{name:<44} {:>14.0} {:>10.0} {records:>10}",
+            n / secs,
+            secs * 1e9 / n
+        );
+    }
+    println!();
+    println!(
+        "Wasm/native time ratio: {:.2}x (target: within 1.5x); Wasm path: {:.0} events/s on one core (target: 500,000)",
+        wasm.0.as_secs_f64() / native.0.as_secs_f64(),
+        n / wasm.0.as_secs_f64()
+    );
+    println!("(best of {ROUNDS} rounds each; state starts empty every round)");
+}
+
+/// Runs `round` ROUNDS times and keeps the fastest.
+fn best_of(mut round: impl FnMut() -> (Duration, usize)) -> (Duration, usize) {
+    (0..ROUNDS)
+        .map(|_| round())
+        .min_by_key(|(time, _)| *time)
+        .expect("at least one round")
+}
+
+fn stage(plugin: &Arc<weir::plugin::TransformPlugin>) -> WasmTransformStage {
+    let settings = Arc::new(InstanceSettings {
+        scope: PluginScope {
+            pipeline: "bench".into(),
+            stage: "anomaly".into(),
+            partition: 0,
+            plugin: plugin.name().clone(),
+            version: plugin.version().clone(),
+        },
+        config_json: "{}".into(),
+        max_memory_bytes: 256 * 1024 * 1024,
+        call_timeout: Duration::from_secs(5),
+    });
+    WasmTransformStage::new(
+        "anomaly".into(),
+        plugin.clone(),
+        settings,
+        KeyedState::default(),
+    )
+}
+
+/// Events from Weir's own telemetry simulator (1,000 devices, about 5% temperature jumps).
+fn simulated_events() -> Vec<Event> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config: SimulatorSourceConfig = toml_config();
+        let partitions = config.partitions;
+        let source = SimulatorSource::new("bench", config, 1_795_305_600_000);
+        let starts = (0..partitions)
+            .map(|partition| PartitionStart {
+                partition,
+                after: None,
+            })
+            .collect();
+        let mut readers = source.open(starts).await.expect("open simulator");
+        let mut events = Vec::new();
+        let mut open: Vec<bool> = readers.iter().map(|_| true).collect();
+        while open.iter().any(|o| *o) {
+            for (index, reader) in readers.iter_mut().enumerate() {
+                if !open[index] {
+                    continue;
+                }
+                match reader
+                    .next_batch(4096, Duration::from_millis(50))
+                    .await
+                    .expect("read")
+                {
+                    ReadOutcome::Events(batch) => events.extend(batch),
+                    ReadOutcome::Idle => {}
+                    ReadOutcome::End => open[index] = false,
+                }
+            }
+        }
+        // One partition's worth of ordering: by position, as a single partition would deliver.
+        events.sort_by_key(|e| e.position);
+        for event in &mut events {
+            event.partition = 0;
+        }
+        events
+    })
+}
+
+fn toml_config() -> SimulatorSourceConfig {
+    let text = format!(
+        "partitions = 1\ndevices = 1000\nrate = 0\nmax_events = {EVENTS}\nseed = 7\nduplicate_ratio = 0.0\n"
+    );
+    toml::from_str(&text).expect("simulator config")
+}
+
+/// CPU model and core count, for the README's figures.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
