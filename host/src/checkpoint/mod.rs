@@ -28,6 +28,10 @@ pub struct CheckpointError {
 pub struct Checkpoint {
     /// The last source position whose effects are covered; the reader resumes after it.
     pub position: Option<Position>,
+    /// The source's own form of `position` when it has one (Event Hubs: the offset of that
+    /// sequence number), for checkpoint stores that record both, like the Azure SDKs' blobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_offset: Option<String>,
     /// Per sink name, what the sink recorded as durable for this partition.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkProgress>,

@@ -93,7 +93,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
 }
 
 /// The text of a configuration file, for locating keys in error messages.
-struct Document<'a> {
+pub(super) struct Document<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -151,6 +151,8 @@ impl Document<'_> {
             ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
             ("sinks", "file") => check::<super::FileSinkConfig>(value),
             ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
+            ("sources", "eventhubs") => check::<super::EventHubsSourceConfig>(value),
+            ("sinks", "eventhubs") => check::<super::EventHubsSinkConfig>(value),
             _ => return None,
         };
         let err = result.err()?;
@@ -160,7 +162,7 @@ impl Document<'_> {
     }
 
     /// An error at the key path `keys`.
-    fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.error_at(self.span_of(&keys), &keys, message.into())
     }
@@ -289,12 +291,16 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
         ));
     }
     for (name, source) in &config.sources {
-        let partitions = source.partitions();
-        if !(1..=4096).contains(&partitions) {
+        if let Some(partitions) = source.partitions()
+            && !(1..=4096).contains(&partitions)
+        {
             return Err(doc.error(
                 &["sources", name, "partitions"],
                 format!("expected between 1 and 4096 partitions, found {partitions}"),
             ));
+        }
+        if let SourceConfig::EventHubs(eventhubs) = source {
+            super::eventhubs::validate_source(doc, name, eventhubs)?;
         }
         if let SourceConfig::Simulator(sim) = source {
             if sim.devices == 0 {
@@ -332,6 +338,12 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
     for (name, sink) in &config.sinks {
         if let SinkConfig::Delta(delta) = sink {
             validate_delta(doc, name, delta)?;
+        }
+        if let SinkConfig::EventHubs(eventhubs) = sink {
+            super::eventhubs::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
+            if eventhubs.max_attempts == 0 {
+                return Err(doc.error(&["sinks", name, "max_attempts"], "expected at least 1"));
+            }
         }
     }
     for (name, pipeline) in &config.pipelines {

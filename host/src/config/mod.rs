@@ -5,6 +5,7 @@
 //! the configuration file.
 
 mod duration;
+mod eventhubs;
 mod load;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use duration::ConfigDuration;
+pub use eventhubs::{
+    EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
+    StartPosition,
+};
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 
 /// A whole configuration file.
@@ -104,15 +109,20 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// An HTTP endpoint that accepts JSON events.
     Http(HttpSourceConfig),
+    /// An Azure Event Hub (or IoT Hub's Event Hubs-compatible endpoint).
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSourceConfig),
 }
 
 impl SourceConfig {
-    /// The number of partitions the source is split into.
-    pub fn partitions(&self) -> u32 {
+    /// The number of partitions the source is split into, when the configuration fixes it
+    /// (a broker's topic or hub reports its own at start).
+    pub fn partitions(&self) -> Option<u32> {
         match self {
-            SourceConfig::Simulator(c) => c.partitions,
-            SourceConfig::File(c) => c.partitions,
-            SourceConfig::Http(c) => c.partitions,
+            SourceConfig::Simulator(c) => Some(c.partitions),
+            SourceConfig::File(c) => Some(c.partitions),
+            SourceConfig::Http(c) => Some(c.partitions),
+            SourceConfig::EventHubs(c) => c.partitions,
         }
     }
 }
@@ -245,6 +255,9 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// Standard output, one JSON document per line.
     Stdout(StdoutSinkConfig),
+    /// An Azure Event Hub, at least once.
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSinkConfig),
 }
 
 /// A Delta Lake table with an explicit schema.

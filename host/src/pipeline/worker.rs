@@ -395,6 +395,7 @@ impl PartitionWorker {
         let started = std::time::Instant::now();
         let mut checkpoint = Checkpoint {
             position: Some(position),
+            source_offset: self.reader.source_offset(position),
             written_at: now_millis(),
             ..Checkpoint::default()
         };

@@ -6,13 +6,16 @@
 //! skips whatever a crash left beyond it. That is how each sink decides its guarantee:
 //! - Delta Lake: exactly once (a transaction action per pipeline and partition, version = position);
 //! - files: exactly once (each partition's file is truncated back to the checkpointed length);
-//! - stdout: at least once.
+//! - stdout: at least once;
+//! - Event Hubs: at least once, with a deterministic message id per record.
 
 pub mod file;
 pub mod stdout;
 
 #[cfg(feature = "delta")]
 pub mod delta;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 
 use std::sync::Arc;
 
@@ -112,6 +115,19 @@ pub async fn build(
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
         #[cfg(feature = "delta")]
         SinkConfig::Delta(delta) => Arc::new(delta::DeltaSink::open(name, delta, loaded).await?),
+        #[cfg(feature = "eventhubs")]
+        SinkConfig::EventHubs(eventhubs) => {
+            Arc::new(eventhubs::EventHubsSink::open(name, eventhubs).await?)
+        }
+        #[cfg(not(feature = "eventhubs"))]
+        SinkConfig::EventHubs(_) => {
+            return Err(SinkError {
+                sink: name.to_owned(),
+                pipeline: String::new(),
+                partition: 0,
+                reason: "this build of weir has no Azure Event Hubs support: rebuild with `--features eventhubs`".to_owned(),
+            });
+        }
         #[cfg(not(feature = "delta"))]
         SinkConfig::Delta(_) => {
             return Err(SinkError {

@@ -6,6 +6,8 @@
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
 pub mod dispatch;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 pub mod file;
 pub mod http;
 pub mod simulator;
@@ -99,6 +101,13 @@ pub trait PartitionReader: Send {
     /// Called after a checkpoint covering everything up to `position` was saved: the source may
     /// release what it kept for a replay (for example, old write-ahead log segments).
     fn checkpointed(&mut self, _position: Position) {}
+
+    /// The source's own name for `position`, when it has one and `position` is the last one
+    /// delivered (Event Hubs: the offset of that sequence number). Checkpoints keep it for
+    /// stores that record both, such as the Azure SDKs' blob checkpoint layout.
+    fn source_offset(&self, _position: Position) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the source `name` from its configuration.
@@ -144,6 +153,17 @@ pub async fn build(
                     .await
                     .map_err(start_error)?,
             )
+        }
+        #[cfg(feature = "eventhubs")]
+        SourceConfig::EventHubs(eventhubs) => {
+            Arc::new(eventhubs::EventHubsSource::start(name, eventhubs).await?)
+        }
+        #[cfg(not(feature = "eventhubs"))]
+        SourceConfig::EventHubs(_) => {
+            return Err(start_error(
+                "this build of weir has no Azure Event Hubs support: rebuild with `--features eventhubs`"
+                    .to_owned(),
+            ));
         }
     })
 }
