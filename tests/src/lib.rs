@@ -9,6 +9,8 @@
     reason = "test helpers: a failure is the test's failure"
 )]
 
+pub mod kafka;
+pub mod servers;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};

@@ -35,7 +35,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use deltalake::arrow::compute::concat_batches;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
@@ -50,6 +52,10 @@ use crate::event::{Event, PartitionId, Position, now_millis};
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;
+
+/// How often a commit is redone after another writer committed rows of the same pipeline
+/// partition (two processes briefly reading one partition while its ownership moves).
+const CONFLICT_RETRIES: usize = 10;
 
 /// A Delta Lake table.
 pub struct DeltaSink {
@@ -73,8 +79,8 @@ impl DeltaSink {
         config: &DeltaSinkConfig,
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
-        let location =
-            Location::parse(&config.path, loaded).map_err(|reason| open_error(name, reason))?;
+        let location = Location::parse(&config.path, &config.storage_options, loaded)
+            .map_err(|reason| open_error(name, reason))?;
         Self::open_at(name, config, location).await
     }
 
@@ -102,6 +108,7 @@ impl DeltaSink {
                     table,
                     partition_by,
                     suspect: false,
+                    conflicted: false,
                 }),
             }),
         })
@@ -308,6 +315,22 @@ impl Shared {
 
     async fn commit_buffered(&self) -> Result<(), String> {
         let mut committer = self.committer.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_once(&mut committer).await {
+                Err(reason) if committer.conflicted && attempt <= CONFLICT_RETRIES => {
+                    // Another writer committed positions of one of these partitions: the next
+                    // attempt reads what it committed and drops those rows from ours.
+                    tracing::info!(sink = %self.name, attempt, %reason, "concurrent commit for the same partition; committing again without what it covered");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn commit_once(&self, committer: &mut Committer) -> Result<(), String> {
+        committer.conflicted = false;
         let mut pending = self.take_buffered();
         if pending.is_empty() {
             return Ok(());
@@ -385,6 +408,9 @@ struct Committer {
     partition_by: Vec<String>,
     /// The last commit failed, perhaps after its log entry was written.
     suspect: bool,
+    /// The last commit failed because another writer committed a transaction of one of its app
+    /// ids first.
+    conflicted: bool,
 }
 
 fn delta_error(what: &'static str) -> impl Fn(DeltaTableError) -> String {
@@ -507,7 +533,19 @@ impl Committer {
             .await
             .map_err(delta_error("cannot prepare the commit"))?
             .await
-            .map_err(delta_error("commit failed"))?;
+            .map_err(|e| {
+                if matches!(
+                    &e,
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            CommitConflictError::ConcurrentTransaction
+                        )
+                    }
+                ) {
+                    self.conflicted = true;
+                }
+                format!("commit failed: {e}")
+            })?;
         let version = post_commit.version;
         // The commit is in the log from here on.
         shared.location.sync_commit(version).await?;
