@@ -144,7 +144,7 @@ pub fn read_all(broker: &str, topic: &str) -> Vec<ReadRecord> {
             }
         }
         out
-    });
+    })
 }
 
 /// The latest offset (end) of every partition of `topic`, summed.
@@ -170,4 +170,129 @@ pub fn total_records(broker: &str, topic: &str) -> i64 {
         }
         total
     })
+}
+
+/// Knobs of the telemetry pipeline reading Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaPipeline {
+    /// `host:port` of the broker.
+    pub broker: String,
+    /// Input topic.
+    pub topic: String,
+    /// Topic the alerts go to; `None` writes them as JSON Lines under `alerts/`.
+    pub alerts_topic: Option<String>,
+    /// End once every partition is read to its end.
+    pub stop_at_end: bool,
+    /// Extra lines of the `[checkpoint]` table (its `dir` and `interval` are set).
+    pub checkpoint: String,
+    /// Where the raw table is: a directory relative to the configuration, or a URL.
+    pub raw_table: String,
+    /// Extra lines of the raw table's sink (such as `storage_options = {...}`).
+    pub raw_table_extra: String,
+    /// Most events per batch.
+    pub batch_max_events: usize,
+    /// Checkpoint interval, as configuration text.
+    pub checkpoint_interval: String,
+    /// Directory of the dead-letter files, relative to the configuration.
+    pub dead_letters: String,
+}
+
+impl KafkaPipeline {
+    /// A pipeline on `topic` of `broker` with the defaults of the tests.
+    pub fn new(broker: &str, topic: &str) -> KafkaPipeline {
+        KafkaPipeline {
+            broker: broker.to_owned(),
+            topic: topic.to_owned(),
+            alerts_topic: None,
+            stop_at_end: false,
+            checkpoint: "ownership = { expiry = \"2s\", renew_interval = \"400ms\" }".to_owned(),
+            raw_table: "delta/raw_telemetry".to_owned(),
+            raw_table_extra: String::new(),
+            batch_max_events: 256,
+            checkpoint_interval: "200ms".to_owned(),
+            dead_letters: "dead_letters".to_owned(),
+        }
+    }
+
+    /// Writes the configuration as `<dir>/<file>` and returns its path.
+    pub fn write(&self, dir: &std::path::Path, file: &str) -> std::path::PathBuf {
+        let plugin = crate::plugin_path("telemetry_anomaly");
+        let alerts = match &self.alerts_topic {
+            Some(topic) => format!(
+                "kind = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\nkey_field = \"DeviceId\"",
+                self.broker
+            ),
+            None => "kind = \"file\"\npath = \"alerts\"".to_owned(),
+        };
+        let config = format!(
+            r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "{interval}"
+{checkpoint}
+
+[sources.telemetry]
+kind = "kafka"
+brokers = ["{broker}"]
+topic = "{topic}"
+stop_at_end = {stop_at_end}
+fetch_max_wait = "100ms"
+
+[sinks.raw_telemetry]
+kind = "delta"
+path = "{raw_table}"
+partition_by = ["EventDate"]
+{raw_table_extra}
+{columns}
+
+[sinks.alerts]
+{alerts}
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dead_letters}"
+
+[pipelines.telemetry]
+source = "telemetry"
+event_time = {{ field = "Timestamp" }}
+dead_letter = "dead_letters"
+batch = {{ max_events = {batch}, max_wait = "50ms" }}
+
+[[pipelines.telemetry.stages]]
+name = "anomaly"
+plugin = "{plugin}"
+outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
+"#,
+            interval = self.checkpoint_interval,
+            checkpoint = self.checkpoint,
+            broker = self.broker,
+            topic = self.topic,
+            stop_at_end = self.stop_at_end,
+            raw_table = self.raw_table,
+            raw_table_extra = self.raw_table_extra,
+            columns = crate::telemetry::RAW_TELEMETRY_COLUMNS,
+            dead_letters = self.dead_letters,
+            batch = self.batch_max_events,
+            plugin = plugin.display(),
+        );
+        let path = dir.join(file);
+        std::fs::write(&path, config).expect("write config");
+        path
+    }
+}
+
+/// `(partition, DeviceId, JSON)` records of `readings`, a device always on the same partition
+/// (a byte sum: independent of Weir's own partitioning).
+pub fn telemetry_records(
+    readings: &[crate::telemetry::Reading],
+    partitions: i32,
+) -> Vec<(i32, String, String)> {
+    readings
+        .iter()
+        .map(|r| {
+            let sum: u32 = r.device.bytes().map(u32::from).sum();
+            let partition = i32::try_from(sum % partitions as u32).expect("partition");
+            (partition, r.device.clone(), r.to_json())
+        })
+        .collect()
 }
