@@ -70,18 +70,34 @@ fn killed_mid_stream_and_restarted_on_kafka_loses_and_duplicates_nothing_in_delt
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "rows written twice: {twice:?}");
-    assert_eq!(table.rows.len(), readings.len(), "every event is in the table");
+    assert_eq!(
+        table.rows.len(),
+        readings.len(),
+        "every event is in the table"
+    );
     for reading in &readings {
-        assert_eq!(counts.get(reading.event_id.as_str()), Some(&1), "{}", reading.event_id);
+        assert_eq!(
+            counts.get(reading.event_id.as_str()),
+            Some(&1),
+            "{}",
+            reading.event_id
+        );
     }
 
     // Alerts on Kafka: at least once; repeats carry the same id and the same payload.
     let produced = read_all(&broker.address(), "alerts");
     let mut by_id: BTreeMap<String, String> = BTreeMap::new();
     for record in &produced {
-        let id = record.headers.get("weir-id").expect("every alert has an id").clone();
+        let id = record
+            .headers
+            .get("weir-id")
+            .expect("every alert has an id")
+            .clone();
         if let Some(previous) = by_id.insert(id.clone(), record.value.clone()) {
-            assert_eq!(previous, record.value, "two different alerts share the id {id}");
+            assert_eq!(
+                previous, record.value,
+                "two different alerts share the id {id}"
+            );
         }
         let alert: Value = serde_json::from_str(&record.value).expect("JSON alert");
         assert_eq!(
