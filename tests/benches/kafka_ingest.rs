@@ -48,7 +48,9 @@ fn main() {
     let status = WeirProcess::run(&config).wait(Duration::from_secs(900));
     let elapsed = started.elapsed();
     assert!(status.success(), "weir failed");
-    let rows = read_delta(&dir.path().join("delta/raw_telemetry")).rows.len();
+    let rows = read_delta(&dir.path().join("delta/raw_telemetry"))
+        .rows
+        .len();
     assert_eq!(rows, records.len(), "every event in the table");
     println!(
         "throughput: {} events into Delta in {:.2} s: {:.0} events/s ({:.1} MB/s of JSON), 1 process, wall time including start-up",
@@ -100,7 +102,11 @@ fn failover(broker: &KafkaBroker, round: usize) -> Duration {
     let topic = format!("failover{round}");
     create_topic(&broker.address(), &topic, PARTITIONS);
     let readings = generated_readings(40, 200, round as u64);
-    produce(&broker.address(), &topic, &telemetry_records(&readings, PARTITIONS));
+    produce(
+        &broker.address(),
+        &topic,
+        &telemetry_records(&readings, PARTITIONS),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pipeline = KafkaPipeline::new(&broker.address(), &topic);
     pipeline.checkpoint = "ownership = { expiry = \"3s\", renew_interval = \"500ms\" }".to_owned();
@@ -131,10 +137,14 @@ fn failover(broker: &KafkaBroker, round: usize) -> Duration {
     };
     victim.kill9();
     let killed = Instant::now();
-    wait_for("the survivor to own everything", Duration::from_secs(60), || {
-        let now = owners(&checkpoints);
-        now.len() == PARTITIONS as usize && now.values().all(|o| *o != victim_owner)
-    });
+    wait_for(
+        "the survivor to own everything",
+        Duration::from_secs(60),
+        || {
+            let now = owners(&checkpoints);
+            now.len() == PARTITIONS as usize && now.values().all(|o| *o != victim_owner)
+        },
+    );
     let took = killed.elapsed();
     survivor.terminate();
     survivor.wait(Duration::from_secs(60));

@@ -657,6 +657,39 @@ outputs = { alerts = "out" }
     }
 
     #[test]
+    fn kafka_and_webhook_settings_are_checked_with_lines() {
+        let kafka = VALID.replace(
+            "kind = \"simulator\"",
+            "kind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"t\"\nfetch_max_wiat = \"1s\"",
+        );
+        let err = refuse(&kafka);
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("unknown field `fetch_max_wiat`"), "{err}");
+        let err = refuse(
+            &kafka
+                .replace("fetch_max_wiat = \"1s\"", "")
+                .replace("127.0.0.1:9092", "nohost"),
+        );
+        assert!(
+            err.contains("`sources.sim.brokers`: expected `host:port`, found `nohost`"),
+            "{err}"
+        );
+        let webhook = VALID.replace("kind = \"stdout\"", "kind = \"webhook\"\nurl = \"ftp://x\"");
+        let err = refuse(&webhook);
+        assert!(
+            err.contains("`sinks.out.url`: expected an http:// or https:// URL"),
+            "{err}"
+        );
+        let err = refuse(&format!(
+            "{VALID}\n[checkpoint.ownership]\nexpiry = \"2s\"\nrenew_interval = \"5s\"\n"
+        ));
+        assert!(
+            err.contains("`checkpoint.ownership.renew_interval`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_duration_and_syntax_errors_have_lines() {
         let err = refuse(&format!(
             "{VALID}\n[checkpoint]\ninterval = \"5 parsecs\"\n"
