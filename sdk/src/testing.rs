@@ -86,7 +86,9 @@ impl Backend for MemoryBackend {
             if writes.deletes[index] {
                 memory.state.remove(&key);
             } else {
-                memory.state.insert(key, writes.values[value_start..value_end].to_vec());
+                memory
+                    .state
+                    .insert(key, writes.values[value_start..value_end].to_vec());
             }
             (key_start, value_start) = (key_end, value_end);
         }

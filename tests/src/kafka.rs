@@ -30,11 +30,35 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The CA file of a TLS broker, for the helpers' own connections (a test binary talks to one
+/// kind of broker: see [`use_tls`]).
+static TLS_CA: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes the helpers of this test binary connect with TLS, trusting `ca_file`.
+pub fn use_tls(ca_file: &std::path::Path) {
+    *TLS_CA.lock().expect("lock") = Some(ca_file.to_path_buf());
+}
+
 async fn client(broker: &str) -> Client {
-    ClientBuilder::new(vec![broker.to_owned()])
-        .build()
-        .await
-        .expect("connect to the broker")
+    let mut builder = ClientBuilder::new(vec![broker.to_owned()]);
+    let ca = TLS_CA.lock().expect("lock").clone();
+    if let Some(ca) = ca {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca).expect("CA file") {
+            roots.add(cert.expect("certificate")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        builder = builder.tls_config(std::sync::Arc::new(config));
+    }
+    builder.build().await.expect("connect to the broker")
 }
 
 /// Creates `topic` with `partitions` partitions.
@@ -195,6 +219,8 @@ pub struct KafkaPipeline {
     pub checkpoint_interval: String,
     /// Directory of the dead-letter files, relative to the configuration.
     pub dead_letters: String,
+    /// Extra lines of the source (such as `tls = {...}`).
+    pub source_extra: String,
 }
 
 impl KafkaPipeline {
@@ -211,6 +237,7 @@ impl KafkaPipeline {
             batch_max_events: 256,
             checkpoint_interval: "200ms".to_owned(),
             dead_letters: "dead_letters".to_owned(),
+            source_extra: String::new(),
         }
     }
 
@@ -237,6 +264,7 @@ brokers = ["{broker}"]
 topic = "{topic}"
 stop_at_end = {stop_at_end}
 fetch_max_wait = "100ms"
+{source_extra}
 
 [sinks.raw_telemetry]
 kind = "delta"
@@ -268,6 +296,7 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
             broker = self.broker,
             topic = self.topic,
             stop_at_end = self.stop_at_end,
+            source_extra = self.source_extra,
             raw_table = self.raw_table,
             raw_table_extra = self.raw_table_extra,
             columns = crate::telemetry::RAW_TELEMETRY_COLUMNS,

@@ -12,6 +12,7 @@
 pub mod kafka;
 pub mod servers;
 pub mod telemetry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -98,9 +98,16 @@ pub fn tansu_binary() -> PathBuf {
 impl KafkaBroker {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> KafkaBroker {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        Self::start_advertising(port, port)
+    }
+
+    /// Starts a broker listening on `port` that tells clients to connect to `advertised` (a
+    /// proxy in front of it).
+    pub fn start_advertising(port: u16, advertised: u16) -> KafkaBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let server = spawn(
             &tansu_binary(),
             &[
@@ -108,7 +115,7 @@ impl KafkaBroker {
                 "--listener-url".to_owned(),
                 url.clone(),
                 "--advertised-listener-url".to_owned(),
-                url,
+                advertised_url,
                 "--storage-engine".to_owned(),
                 "memory://tansu/".to_owned(),
             ],

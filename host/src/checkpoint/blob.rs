@@ -312,7 +312,8 @@ impl CheckpointStore for BlobCheckpointStore {
                 }),
                 Err(
                     object_store::Error::Precondition { .. }
-                    | object_store::Error::AlreadyExists { .. },
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::NotFound { .. },
                 ) => {
                     tracing::debug!(blob, owner = %claim.owner, "ownership claim lost to another process");
                 }

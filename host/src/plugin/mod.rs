@@ -336,9 +336,15 @@ impl bindings::state::Host for StoreState {
         let (mut key_start, mut value_start) = (0usize, 0usize);
         for (index, &key_end) in writes.key_ends.iter().enumerate() {
             let key_end = key_end as usize;
-            let value_end = writes.value_ends.get(index).map_or(value_start, |&end| end as usize);
+            let value_end = writes
+                .value_ends
+                .get(index)
+                .map_or(value_start, |&end| end as usize);
             // Offsets come from the guest: ignore a malformed entry rather than panic.
-            let (Some(key), Some(value)) = (writes.keys.get(key_start..key_end), writes.values.get(value_start..value_end)) else {
+            let (Some(key), Some(value)) = (
+                writes.keys.get(key_start..key_end),
+                writes.values.get(value_start..value_end),
+            ) else {
                 tracing::warn!(
                     plugin = %self.settings.scope.plugin, index,
                     "plugin sent a state write with offsets outside its buffers; ignored"
