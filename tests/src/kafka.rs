@@ -40,7 +40,12 @@ pub fn use_tls(ca_file: &std::path::Path) {
 }
 
 async fn client(broker: &str) -> Client {
-    let mut builder = ClientBuilder::new(vec![broker.to_owned()]);
+    // A deadline: without one, rskafka retries a failing connection forever.
+    let mut builder =
+        ClientBuilder::new(vec![broker.to_owned()]).backoff_config(rskafka::BackoffConfig {
+            deadline: Some(Duration::from_secs(60)),
+            ..rskafka::BackoffConfig::default()
+        });
     let ca = TLS_CA.lock().expect("lock").clone();
     if let Some(ca) = ca {
         use rustls::pki_types::CertificateDer;

@@ -358,6 +358,22 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
         }
     }
+    // Two pipelines with one consumer scope would share checkpoints and ownership claims.
+    let mut scopes: std::collections::BTreeMap<String, &String> = std::collections::BTreeMap::new();
+    for (name, pipeline) in &config.pipelines {
+        let Some(source) = config.sources.get(&pipeline.source) else {
+            continue;
+        };
+        let scope = source.consumer_scope(&pipeline.source, name).prefix();
+        if let Some(other) = scopes.insert(scope.clone(), name) {
+            return Err(doc.error(
+                &["pipelines", name, "source"],
+                format!(
+                    "pipelines `{other}` and `{name}` read the same stream as the same consumer group (`{scope}`): give the source a `consumer_group` per pipeline"
+                ),
+            ));
+        }
+    }
     let ownership = &config.checkpoint.ownership;
     if ownership.expiry.get() < std::time::Duration::from_millis(500) {
         return Err(doc.error(

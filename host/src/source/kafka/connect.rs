@@ -46,12 +46,14 @@ pub(crate) async fn connect(
         });
     }
     let brokers = connection.brokers.join(", ");
-    let client = tokio::time::timeout(connection.timeout.get(), builder.build())
+    // A little beyond the retry deadline, so that the retries' own error (with its reason)
+    // is the one reported.
+    let client = tokio::time::timeout(connection.timeout.get() * 2, builder.build())
         .await
         .map_err(|_| {
             format!(
                 "no answer from the brokers ({brokers}) within {:?}",
-                connection.timeout.get()
+                connection.timeout.get() * 2
             )
         })?
         .map_err(|e| format!("cannot connect to the brokers ({brokers}): {e}"))?;
