@@ -396,6 +396,7 @@ impl PartitionWorker {
         let mut checkpoint = Checkpoint {
             position: Some(position),
             written_at: now_millis(),
+            source_offset: self.reader.source_offset(position),
             ..Checkpoint::default()
         };
         for slot in &mut self.sinks {
