@@ -60,6 +60,11 @@ pub struct EventHubsSourceConfig {
     /// How often each partition's consumer lag is refreshed from the partition properties.
     #[serde(default = "default_lag_interval")]
     pub lag_interval: ConfigDuration,
+    /// End each partition once it has been read up to the last sequence number its properties
+    /// reported, instead of waiting for more (for backfills, benchmarks and tests; the pipeline
+    /// ends when every partition has).
+    #[serde(default)]
+    pub stop_at_end: bool,
 }
 
 /// Where a partition without a checkpoint starts reading.
@@ -177,7 +182,10 @@ pub(super) fn validate_connection(
         keys.push(field);
         keys
     };
-    match (&connection.connection_string, &connection.connection_string_env) {
+    match (
+        &connection.connection_string,
+        &connection.connection_string_env,
+    ) {
         (Some(_), Some(_)) => {
             return Err(doc.error(
                 &key("connection_string_env"),
@@ -203,7 +211,9 @@ pub(super) fn validate_connection(
     {
         return Err(doc.error(
             &key("custom_endpoint"),
-            format!("expected an `amqp://host:port` or `amqps://host:port` URL, found `{endpoint}`"),
+            format!(
+                "expected an `amqp://host:port` or `amqps://host:port` URL, found `{endpoint}`"
+            ),
         ));
     }
     if connection.event_hub.as_deref() == Some("") {
@@ -229,7 +239,9 @@ pub(super) fn validate_source(
         ));
     }
     match &config.start_position {
-        StartPosition::EnqueuedTime(time) if chrono::DateTime::parse_from_rfc3339(time).is_err() => {
+        StartPosition::EnqueuedTime(time)
+            if chrono::DateTime::parse_from_rfc3339(time).is_err() =>
+        {
             return Err(doc.error(
                 &["sources", name, "start_position", "enqueued_time"],
                 format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{time}`"),
@@ -256,4 +268,42 @@ pub(super) fn validate_source(
         ));
     }
     Ok(())
+}
+
+impl EventHubsSourceConfig {
+    /// How a pipeline reading this hub is known in the checkpoint store: the namespace of the
+    /// connection string's `Endpoint`, the hub and the consumer group, as the Azure SDKs' event
+    /// processors name them, so that checkpoints move between Weir and an EventProcessorClient.
+    pub fn consumer_scope(&self) -> crate::checkpoint::ConsumerScope {
+        let text = match (&self.connection_string, &self.connection_string_env) {
+            (Some(text), _) => text.clone(),
+            (None, Some(variable)) => std::env::var(variable).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let field = |name: &str| {
+            text.split(';').find_map(|part| {
+                let (key, value) = part.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+        };
+        let namespace = field("Endpoint")
+            .map(|endpoint| {
+                let host = endpoint
+                    .split_once("://")
+                    .map_or(endpoint.as_str(), |(_, h)| h);
+                host.split(['/', ':']).next().unwrap_or(host).to_owned()
+            })
+            .unwrap_or_default();
+        crate::checkpoint::ConsumerScope {
+            namespace,
+            hub: self
+                .event_hub
+                .clone()
+                .or_else(|| field("EntityPath"))
+                .unwrap_or_default(),
+            consumer_group: self.consumer_group.clone(),
+        }
+    }
 }

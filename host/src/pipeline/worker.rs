@@ -395,8 +395,8 @@ impl PartitionWorker {
         let started = std::time::Instant::now();
         let mut checkpoint = Checkpoint {
             position: Some(position),
-            source_offset: self.reader.source_offset(position),
             written_at: now_millis(),
+            source_offset: self.reader.source_offset(position),
             ..Checkpoint::default()
         };
         for slot in &mut self.sinks {
@@ -421,6 +421,9 @@ impl PartitionWorker {
         self.metrics.add(names::CHECKPOINTS, &labels, 1);
         self.metrics
             .set(names::CHECKPOINT_POSITION, &labels, position as f64);
+        if let Some(lag) = self.reader.lag() {
+            self.metrics.set(names::SOURCE_LAG, &labels, lag as f64);
+        }
         tracing::debug!(
             pipeline = %self.settings.pipeline, partition = self.partition, position,
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"

@@ -6,11 +6,15 @@
 //! skips whatever a crash left beyond it. That is how each sink decides its guarantee:
 //! - Delta Lake: exactly once (a transaction action per pipeline and partition, version = position);
 //! - files: exactly once (each partition's file is truncated back to the checkpointed length);
-//! - stdout: at least once;
-//! - Event Hubs: at least once, with a deterministic message id per record.
+//! - stdout, Kafka, Event Hubs, webhooks: at least once (Kafka records, Event Hubs messages and
+//!   webhook requests carry a deterministic id so that receivers can drop repeats).
 
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod stdout;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 #[cfg(feature = "delta")]
 pub mod delta;
@@ -110,7 +114,25 @@ pub async fn build(
     config: &SinkConfig,
     loaded: &LoadedConfig,
 ) -> Result<Arc<dyn Sink>, SinkError> {
+    // Used only by builds without some connector.
+    #[allow(unused_variables)]
+    let unsupported = |feature: &str| SinkError {
+        sink: name.to_owned(),
+        pipeline: String::new(),
+        partition: 0,
+        reason: format!(
+            "this build of weir has no {feature} support: rebuild with `--features {feature}`"
+        ),
+    };
     Ok(match config {
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(kafka) => Arc::new(kafka::KafkaSink::connect(name, kafka, loaded).await?),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => return Err(unsupported("kafka")),
+        #[cfg(feature = "webhook")]
+        SinkConfig::Webhook(webhook) => Arc::new(webhook::WebhookSink::new(name, webhook)?),
+        #[cfg(not(feature = "webhook"))]
+        SinkConfig::Webhook(_) => return Err(unsupported("webhook")),
         SinkConfig::File(file) => Arc::new(file::FileSink::new(name, loaded.resolve(&file.path))),
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
         #[cfg(feature = "delta")]
@@ -120,24 +142,8 @@ pub async fn build(
             Arc::new(eventhubs::EventHubsSink::open(name, eventhubs).await?)
         }
         #[cfg(not(feature = "eventhubs"))]
-        SinkConfig::EventHubs(_) => {
-            return Err(SinkError {
-                sink: name.to_owned(),
-                pipeline: String::new(),
-                partition: 0,
-                reason: "this build of weir has no Azure Event Hubs support: rebuild with `--features eventhubs`".to_owned(),
-            });
-        }
+        SinkConfig::EventHubs(_) => return Err(unsupported("eventhubs")),
         #[cfg(not(feature = "delta"))]
-        SinkConfig::Delta(_) => {
-            return Err(SinkError {
-                sink: name.to_owned(),
-                pipeline: String::new(),
-                partition: 0,
-                reason:
-                    "this build of weir has no Delta Lake support: rebuild with `--features delta`"
-                        .to_owned(),
-            });
-        }
+        SinkConfig::Delta(_) => return Err(unsupported("delta")),
     })
 }

@@ -50,11 +50,9 @@ impl EventHubsSink {
         };
         let connection = Connection::resolve(&config.connection()).map_err(fail)?;
         let producer = connection.producer().await.map_err(fail)?;
-        let properties = tokio::time::timeout(
-            connection::OPEN_TIMEOUT,
-            producer.get_eventhub_properties(),
-        )
-        .await;
+        let properties =
+            tokio::time::timeout(connection::OPEN_TIMEOUT, producer.get_eventhub_properties())
+                .await;
         connection::close_producer(producer).await;
         let partition_ids = match properties {
             Ok(Ok(properties)) => properties.partition_ids,
@@ -261,8 +259,7 @@ impl EventHubsWriter {
                             self.connection.describe()
                         )));
                     }
-                    let backoff =
-                        Duration::from_millis(200u64 << failures.min(6)).min(MAX_BACKOFF);
+                    let backoff = Duration::from_millis(200u64 << failures.min(6)).min(MAX_BACKOFF);
                     tracing::warn!(
                         sink = %self.sink, pipeline = %self.scope.pipeline,
                         partition = self.scope.partition, %reason, attempt = failures,

@@ -40,11 +40,7 @@ fn scope(partition: u32) -> WriterScope {
 }
 
 fn record(position: u64, device: &str, n: usize) -> Event {
-    let mut event = Event::new(
-        0,
-        position,
-        format!(r#"{{"DeviceId":"{device}","n":{n}}}"#),
-    );
+    let mut event = Event::new(0, position, format!(r#"{{"DeviceId":"{device}","n":{n}}}"#));
     event.key = Some(device.as_bytes().to_vec().into());
     event.properties = vec![
         ("source".to_owned(), "test".to_owned()),
@@ -74,7 +70,11 @@ async fn records_go_by_key_in_order_with_deterministic_ids_and_properties() {
     }
     let refused = writer.write(records.clone()).await.expect("write");
     assert!(refused.is_empty());
-    assert_eq!(endpoint.all_events("alerts").expect("events").len(), 0, "buffered until flush");
+    assert_eq!(
+        endpoint.all_events("alerts").expect("events").len(),
+        0,
+        "buffered until flush"
+    );
     let progress = writer.flush().await.expect("flush");
     assert_eq!(progress["sent"], 30);
 
@@ -115,8 +115,7 @@ async fn records_go_by_key_in_order_with_deterministic_ids_and_properties() {
             .iter()
             .filter(|e| e.partition_key.as_deref() == Some(device.as_str()))
             .map(|e| {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&e.body()).expect("json body");
+                let body: serde_json::Value = serde_json::from_slice(&e.body()).expect("json body");
                 body["n"].as_u64().expect("n") as usize
             })
             .collect();
@@ -168,7 +167,7 @@ async fn records_go_by_partition_id_or_anywhere() {
         writer.flush().await.expect("flush");
     }
     assert!(
-        endpoint.events("alerts", 0).expect("events").len() >= 1,
+        !endpoint.events("alerts", 0).expect("events").is_empty(),
         "the service spreads keyless batches"
     );
     assert_eq!(EventHubsRouting::default(), EventHubsRouting::Key);
@@ -191,7 +190,11 @@ async fn large_flushes_split_into_batches_and_oversized_records_are_refused() {
     all.push(too_big);
     let refused = writer.write(all).await.expect("write");
     assert_eq!(refused.len(), 1);
-    assert!(refused[0].reason.contains("exceeds"), "{}", refused[0].reason);
+    assert!(
+        refused[0].reason.contains("exceeds"),
+        "{}",
+        refused[0].reason
+    );
     writer.flush().await.expect("flush");
     let stored = endpoint.events("alerts", 0).expect("events");
     assert_eq!(stored.len(), 25, "2.5 MB in batches of at most 1 MiB");
@@ -232,10 +235,7 @@ async fn busy_rejections_and_dropped_connections_are_retried_without_loss() {
         writer.flush().await.expect("flush after a fault");
     }
     let stored = endpoint.events("alerts", 0).expect("events");
-    let ids: BTreeSet<String> = stored
-        .iter()
-        .map(|e| e.message_id().expect("id"))
-        .collect();
+    let ids: BTreeSet<String> = stored.iter().map(|e| e.message_id().expect("id")).collect();
     assert_eq!(ids, expected, "every record arrived");
     assert_eq!(endpoint.stats().busy_rejections, 3);
 }

@@ -66,11 +66,6 @@ impl Connection {
         })
     }
 
-    /// The hub's name.
-    pub(crate) fn event_hub(&self) -> &str {
-        &self.event_hub
-    }
-
     /// The hub for people, without secrets: `hub` on `namespace` (via `custom endpoint`).
     pub(crate) fn describe(&self) -> String {
         match &self.custom_endpoint {
@@ -100,7 +95,8 @@ impl Connection {
         if let Some(endpoint) = &self.custom_endpoint {
             builder = builder.with_custom_endpoint(endpoint.clone());
         }
-        let opening = builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
+        let opening =
+            builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
         match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.describe())),
@@ -119,7 +115,8 @@ impl Connection {
         if let Some(endpoint) = &self.custom_endpoint {
             builder = builder.with_custom_endpoint(endpoint.clone());
         }
-        let opening = builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
+        let opening =
+            builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
         match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.describe())),
@@ -131,14 +128,14 @@ impl Connection {
     }
 }
 
-/// Installs one process-wide rustls crypto provider. The Event Hubs client builds its TLS
-/// configuration from the process default, and rustls refuses to pick one when several
-/// backends are compiled in (deltalake's and the Azure SDK's may differ).
+/// Installs one process-wide rustls crypto provider (ring, as the CLI does). The Event Hubs
+/// client builds its TLS configuration from the process default, and rustls refuses to pick one
+/// when several backends are compiled in (deltalake's and the Azure SDK's differ).
 pub(crate) fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // An error means another provider is already installed, which is just as good.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
 

@@ -40,11 +40,8 @@ impl EventHubsSource {
             .consumer(&config.consumer_group)
             .await
             .map_err(start_error)?;
-        let properties = tokio::time::timeout(
-            connection::OPEN_TIMEOUT,
-            client.get_eventhub_properties(),
-        )
-        .await;
+        let properties =
+            tokio::time::timeout(connection::OPEN_TIMEOUT, client.get_eventhub_properties()).await;
         connection::close_consumer(client).await;
         let properties = match properties {
             Ok(Ok(properties)) => properties,
@@ -106,6 +103,10 @@ impl Source for EventHubsSource {
 
     fn partition_count(&self) -> u32 {
         u32::try_from(self.partition_ids.len()).unwrap_or(u32::MAX)
+    }
+
+    fn partitions_open_independently(&self) -> bool {
+        true
     }
 
     async fn open(

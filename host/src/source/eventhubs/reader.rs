@@ -50,11 +50,19 @@ pub(super) struct ReaderSettings {
 /// Management requests run on a connection of their own: on a receiver's connection, a
 /// management request in flight while the client recovers the connection was seen to hold up
 /// the receiver's re-attach until the request timed out.
-#[derive(Debug)]
 pub(super) struct PropertiesClient {
     connection: Connection,
     consumer_group: String,
     client: tokio::sync::Mutex<Option<ConsumerClient>>,
+}
+
+impl std::fmt::Debug for PropertiesClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PropertiesClient")
+            .field("connection", &self.connection)
+            .field("consumer_group", &self.consumer_group)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long one partition-properties read may take.
@@ -140,11 +148,7 @@ impl EventHubsReader {
             begin: AtomicI64::new(UNKNOWN),
             last: AtomicI64::new(UNKNOWN),
         });
-        let refreshing = tokio::spawn(refresh_bounds(
-            settings.clone(),
-            id.clone(),
-            bounds.clone(),
-        ));
+        let refreshing = tokio::spawn(refresh_bounds(settings.clone(), id.clone(), bounds.clone()));
         let receiving = Receiving {
             settings: settings.clone(),
             partition: start.partition,
@@ -193,6 +197,9 @@ impl PartitionReader for EventHubsReader {
                 return Err(self.read_error("the reader already failed"));
             }
             match tokio::time::timeout(wait, self.queue.recv()).await {
+                Err(_) if self.settings.config.stop_at_end && self.at_end() => {
+                    return Ok(ReadOutcome::End);
+                }
                 Err(_) => return Ok(ReadOutcome::Idle),
                 Ok(None) => {
                     self.failed = true;
@@ -253,6 +260,22 @@ impl PartitionReader for EventHubsReader {
 }
 
 impl EventHubsReader {
+    /// Whether everything up to the last sequence number the partition properties reported was
+    /// delivered (an empty partition counts as read).
+    fn at_end(&self) -> bool {
+        let last = self.bounds.last.load(Ordering::Acquire);
+        let begin = self.bounds.begin.load(Ordering::Acquire);
+        if last == UNKNOWN {
+            return false;
+        }
+        match self.delivered {
+            Some(position) => i64::try_from(position).is_ok_and(|p| p >= last),
+            // Service convention: an empty partition reports a last sequence number below its
+            // beginning one.
+            None => begin != UNKNOWN && last < begin,
+        }
+    }
+
     fn read_error(&self, reason: &str) -> SourceError {
         SourceError::Read {
             source_name: self.settings.source_name.clone(),
@@ -346,7 +369,8 @@ impl Receiving {
         Ok(match (self.resume, &config.start_position) {
             (Resume::After(position), _) => ClientStartPosition {
                 location: StartLocation::SequenceNumber(
-                    i64::try_from(position).map_err(|_| format!("position {position} is not a sequence number"))?,
+                    i64::try_from(position)
+                        .map_err(|_| format!("position {position} is not a sequence number"))?,
                 ),
                 inclusive: false,
             },
@@ -384,7 +408,12 @@ impl Receiving {
     /// fails, and closes both.
     async fn receive_on_new_connection(&mut self) -> Ended {
         let config = &self.settings.config;
-        let client = match self.settings.connection.consumer(&config.consumer_group).await {
+        let client = match self
+            .settings
+            .connection
+            .consumer(&config.consumer_group)
+            .await
+        {
             Ok(client) => client,
             Err(reason) => {
                 return Ended::Reconnect {
@@ -564,10 +593,7 @@ fn to_event(received: &ReceivedEventData, partition: PartitionId, sequence: Posi
             .and_then(|since| i64::try_from(since.as_millis()).ok())
             .unwrap_or_else(now_millis),
         properties,
-        body: data
-            .body()
-            .map(Bytes::copy_from_slice)
-            .unwrap_or_default(),
+        body: data.body().map(Bytes::copy_from_slice).unwrap_or_default(),
     }
 }
 
@@ -592,7 +618,9 @@ fn property_text(value: &AmqpSimpleValue) -> String {
         AmqpSimpleValue::TimeStamp(time) => time
             .0
             .and_then(|t: SystemTime| t.duration_since(UNIX_EPOCH).ok())
-            .and_then(|d| chrono::DateTime::from_timestamp_millis(i64::try_from(d.as_millis()).ok()?))
+            .and_then(|d| {
+                chrono::DateTime::from_timestamp_millis(i64::try_from(d.as_millis()).ok()?)
+            })
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default(),
         AmqpSimpleValue::Binary(bytes) => String::from_utf8_lossy(bytes).into_owned(),

@@ -60,7 +60,10 @@ async fn read(reader: &mut dyn PartitionReader, count: usize) -> Vec<Event> {
             tokio::time::Instant::now() < deadline,
             "only {} of {count} events: {:?}",
             events.len(),
-            events.iter().map(|e: &Event| e.position).collect::<Vec<_>>()
+            events
+                .iter()
+                .map(|e: &Event| e.position)
+                .collect::<Vec<_>>()
         );
         match reader
             .next_batch(100, Duration::from_millis(200))
@@ -174,7 +177,10 @@ async fn a_checkpoint_resumes_after_its_sequence_number_and_lag_counts_the_rest(
     wait_for("lag 3", || reader.lag() == Some(3)).await;
     let events = read(reader.as_mut(), 3).await;
     assert_eq!(
-        events.iter().map(|e: &Event| e.position).collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|e: &Event| e.position)
+            .collect::<Vec<_>>(),
         [7, 8, 9]
     );
     read_nothing(reader.as_mut(), Duration::from_millis(300)).await;
@@ -200,7 +206,9 @@ async fn every_configured_start_position_is_honoured() {
             let mut config = config(endpoint, "telemetry");
             config.start_position = position;
             config.start_inclusive = inclusive;
-            let source = EventHubsSource::start("hub", &config).await.expect("source");
+            let source = EventHubsSource::start("hub", &config)
+                .await
+                .expect("source");
             let mut reader = open_one(&source, start(0, None)).await;
             read(reader.as_mut(), 1).await[0].position
         }
@@ -209,7 +217,10 @@ async fn every_configured_start_position_is_honoured() {
     assert_eq!(first_of(StartPosition::SequenceNumber(2), true).await, 2);
     assert_eq!(first_of(StartPosition::SequenceNumber(2), false).await, 3);
     let offset = stored[3].offset.to_string();
-    assert_eq!(first_of(StartPosition::Offset(offset.clone()), true).await, 3);
+    assert_eq!(
+        first_of(StartPosition::Offset(offset.clone()), true).await,
+        3
+    );
     assert_eq!(first_of(StartPosition::Offset(offset), false).await, 4);
     let time = chrono::DateTime::from_timestamp_millis(stored[0].enqueued_time)
         .expect("time")
@@ -219,9 +230,14 @@ async fn every_configured_start_position_is_honoured() {
     // Latest: only what arrives after the reader attached.
     let mut config = config(&endpoint, "telemetry");
     config.start_position = StartPosition::Latest;
-    let source = EventHubsSource::start("hub", &config).await.expect("source");
+    let source = EventHubsSource::start("hub", &config)
+        .await
+        .expect("source");
     let mut reader = open_one(&source, start(0, None)).await;
-    wait_for("the latest reader attached", || endpoint.consumers("telemetry") == 1).await;
+    wait_for("the latest reader attached", || {
+        endpoint.consumers("telemetry") == 1
+    })
+    .await;
     read_nothing(reader.as_mut(), Duration::from_millis(300)).await;
     endpoint
         .publish("telemetry", PublishTo::Partition(0), "new", &[])
@@ -236,7 +252,9 @@ async fn detaches_and_dropped_connections_lose_and_repeat_nothing() {
     let endpoint = endpoint(&[("telemetry", 2)]).await;
     let mut config = config(&endpoint, "telemetry");
     config.prefetch = 10;
-    let source = EventHubsSource::start("hub", &config).await.expect("source");
+    let source = EventHubsSource::start("hub", &config)
+        .await
+        .expect("source");
     let mut readers = source
         .open(vec![start(0, None), start(1, None)])
         .await
@@ -274,7 +292,10 @@ async fn detaches_and_dropped_connections_lose_and_repeat_nothing() {
         seen[partition].extend(events.iter().map(|e| e.position));
         read_nothing(reader.as_mut(), Duration::from_millis(300)).await;
         let expected: Vec<Position> = (0..published[partition] as u64).collect();
-        assert_eq!(seen[partition], expected, "partition {partition}: in order, once each");
+        assert_eq!(
+            seen[partition], expected,
+            "partition {partition}: in order, once each"
+        );
     }
     let stats = endpoint.stats();
     assert!(stats.forced_detaches >= 6, "{stats:?}");
