@@ -132,6 +132,7 @@ connection_string = "{alerts}"
 custom_endpoint = "{endpoint}"
 partition_by = "key"
 key_field = "DeviceId"
+send_timeout = "5s"
 
 [sinks.dead_letters]
 kind = "file"

@@ -153,3 +153,39 @@ fn link_detaches_and_connection_drops_mid_stream_lose_nothing() {
     assert_alerts_match(&endpoint.unique_json("alerts"), &expected);
     assert!(read_jsonl_dir(&dir.path().join("dead_letters")).is_empty());
 }
+
+#[test]
+fn the_readmes_azure_architecture_configuration_is_valid() {
+    // examples/azure.toml is the configuration the README shows for the seed's architecture.
+    let path = weir_tests::workspace_dir().join("examples/azure.toml");
+    let example = std::fs::read_to_string(&path).expect("example");
+    // The plugin as this build made it (the example names where `scripts/build-plugins` puts it).
+    let text = example.replace(
+        "../target/plugins/telemetry_anomaly.wasm",
+        &weir_tests::plugin_path("telemetry_anomaly")
+            .display()
+            .to_string(),
+    );
+    let loaded = weir::config::load_str(&text, &path, path.parent().expect("examples"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = &loaded.config;
+    assert!(matches!(
+        config.sources["telemetry"],
+        weir::config::SourceConfig::EventHubs(ref hub) if hub.partitions == Some(4)
+    ));
+    assert!(matches!(
+        config.sinks["alerts"],
+        weir::config::SinkConfig::EventHubs(_)
+    ));
+    assert!(matches!(
+        config.sinks["raw_telemetry"],
+        weir::config::SinkConfig::Delta(ref delta) if delta.path.starts_with("abfss://")
+    ));
+    assert!(config.checkpoint.azure_blob.is_some());
+    let readme =
+        std::fs::read_to_string(weir_tests::workspace_dir().join("README.md")).expect("README");
+    assert!(
+        readme.contains(example.trim()),
+        "the README shows examples/azure.toml as it is"
+    );
+}

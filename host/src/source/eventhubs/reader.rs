@@ -33,6 +33,8 @@ const QUEUED_CHUNKS: usize = 8;
 const MAX_FAILED_ATTEMPTS: u32 = 12;
 /// The longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a receiver waiting for events checks that the partition has none newer.
+const STALL_CHECK: Duration = Duration::from_secs(5);
 /// Marks a lag figure that is not known yet.
 const UNKNOWN: i64 = i64::MIN;
 
@@ -155,6 +157,7 @@ impl EventHubsReader {
             id,
             resume: start.after.map_or(Resume::Configured, Resume::After),
             sender,
+            bounds: bounds.clone(),
         };
         tokio::spawn(receiving.run());
         EventHubsReader {
@@ -316,9 +319,20 @@ struct Receiving {
     id: String,
     resume: Resume,
     sender: mpsc::Sender<Result<Vec<Event>, SourceError>>,
+    bounds: Arc<PartitionBounds>,
 }
 
 impl Receiving {
+    /// Whether the partition properties show events after the last one queued (a receiver
+    /// waiting for events then is stalled, not idle).
+    fn behind(&self) -> bool {
+        let Resume::After(last) = self.resume else {
+            return false;
+        };
+        let end = self.bounds.last.load(Ordering::Acquire);
+        end != UNKNOWN && i64::try_from(last).is_ok_and(|last| end > last)
+    }
+
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
@@ -461,9 +475,31 @@ impl Receiving {
             // queued event. The first event of a new receiver may follow a gap (expired events).
             let mut fresh = true;
             loop {
-                let first = tokio::select! {
-                    item = stream.next() => item,
-                    _ = self.sender.closed() => break Ended::ReaderGone,
+                // A link can die without the client noticing (seen after dropped connections):
+                // waiting while the partition properties show newer events, for two checks in a
+                // row, counts as a lost receiver.
+                let mut stalled_checks = 0;
+                let first = loop {
+                    tokio::select! {
+                        item = stream.next() => break Ok(item),
+                        _ = self.sender.closed() => break Err(Ended::ReaderGone),
+                        () = tokio::time::sleep(STALL_CHECK) => {
+                            stalled_checks = if self.behind() { stalled_checks + 1 } else { 0 };
+                            if stalled_checks >= 2 {
+                                break Err(Ended::Reconnect {
+                                    reason: format!(
+                                        "no event for {:?} although the partition holds newer ones",
+                                        STALL_CHECK * 2
+                                    ),
+                                    progressed,
+                                });
+                            }
+                        }
+                    }
+                };
+                let first = match first {
+                    Ok(item) => item,
+                    Err(ended) => break ended,
                 };
                 let mut items = vec![first];
                 while items.len() < CHUNK_EVENTS {
