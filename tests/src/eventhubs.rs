@@ -84,6 +84,8 @@ pub struct EventHubsPipeline {
     pub batch_max_events: usize,
     /// Extra lines of the source table.
     pub source_extra: String,
+    /// Checkpoint interval, as configuration text.
+    pub checkpoint_interval: String,
 }
 
 impl EventHubsPipeline {
@@ -96,6 +98,7 @@ impl EventHubsPipeline {
             stop_at_end: false,
             batch_max_events: 256,
             source_extra: String::new(),
+            checkpoint_interval: "200ms".to_owned(),
         }
     }
 
@@ -106,7 +109,7 @@ impl EventHubsPipeline {
             r#"
 [checkpoint]
 dir = "checkpoints"
-interval = "200ms"
+interval = "{interval}"
 ownership = {{ expiry = "2s", renew_interval = "400ms" }}
 
 [sources.telemetry]
@@ -156,6 +159,7 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
             source_extra = self.source_extra,
             columns = crate::telemetry::RAW_TELEMETRY_COLUMNS,
             batch = self.batch_max_events,
+            interval = self.checkpoint_interval,
             plugin = plugin.display(),
         );
         let path = dir.join("weir.toml");
