@@ -86,6 +86,8 @@ pub struct EventHubsPipeline {
     pub source_extra: String,
     /// Checkpoint interval, as configuration text.
     pub checkpoint_interval: String,
+    /// The `ownership` table of `[checkpoint]`, as configuration text.
+    pub ownership: String,
 }
 
 impl EventHubsPipeline {
@@ -99,18 +101,24 @@ impl EventHubsPipeline {
             batch_max_events: 256,
             source_extra: String::new(),
             checkpoint_interval: "200ms".to_owned(),
+            ownership: "{ expiry = \"2s\", renew_interval = \"400ms\" }".to_owned(),
         }
     }
 
     /// Writes the configuration as `<dir>/weir.toml` and returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
+        self.write_as(dir, "weir.toml")
+    }
+
+    /// Writes the configuration as `<dir>/<file>` and returns its path.
+    pub fn write_as(&self, dir: &Path, file: &str) -> PathBuf {
         let plugin = crate::plugin_path("telemetry_anomaly");
         let config = format!(
             r#"
 [checkpoint]
 dir = "checkpoints"
 interval = "{interval}"
-ownership = {{ expiry = "2s", renew_interval = "400ms" }}
+ownership = {ownership}
 
 [sources.telemetry]
 kind = "eventhubs"
@@ -160,9 +168,10 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
             columns = crate::telemetry::RAW_TELEMETRY_COLUMNS,
             batch = self.batch_max_events,
             interval = self.checkpoint_interval,
+            ownership = self.ownership,
             plugin = plugin.display(),
         );
-        let path = dir.join("weir.toml");
+        let path = dir.join(file);
         std::fs::write(&path, config).expect("write config");
         path
     }
