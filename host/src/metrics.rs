@@ -90,6 +90,10 @@ pub mod names {
     pub const CHECKPOINTS: &str = "weir_checkpoints_total";
     /// Last checkpointed position (labels: pipeline, partition).
     pub const CHECKPOINT_POSITION: &str = "weir_checkpoint_position";
+    /// Events in the partition not read yet, when the source knows its end (labels: pipeline,
+    /// partition), refreshed at each checkpoint: Event Hubs from the partition properties, Kafka
+    /// from the high watermark.
+    pub const SOURCE_LAG: &str = "weir_source_lag";
     /// Partitions this process owns, for sources shared through ownership claims (labels:
     /// pipeline).
     pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";

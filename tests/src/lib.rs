@@ -9,6 +9,7 @@
     reason = "test helpers: a failure is the test's failure"
 )]
 
+pub mod eventhubs;
 pub mod kafka;
 pub mod servers;
 pub mod telemetry;

@@ -93,7 +93,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
 }
 
 /// The text of a configuration file, for locating keys in error messages.
-struct Document<'a> {
+pub(super) struct Document<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -154,6 +154,8 @@ impl Document<'_> {
             ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
             ("sinks", "file") => check::<super::FileSinkConfig>(value),
             ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
+            ("sources", "eventhubs") => check::<super::EventHubsSourceConfig>(value),
+            ("sinks", "eventhubs") => check::<super::EventHubsSinkConfig>(value),
             _ => return None,
         };
         let err = result.err()?;
@@ -163,7 +165,7 @@ impl Document<'_> {
     }
 
     /// An error at the key path `keys`.
-    fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.error_at(self.span_of(&keys), &keys, message.into())
     }
@@ -299,6 +301,9 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                 format!("expected between 1 and 4096 partitions, found {partitions}"),
             ));
         }
+        if let SourceConfig::EventHubs(eventhubs) = source {
+            super::eventhubs::validate_source(doc, name, eventhubs)?;
+        }
         if let SourceConfig::Simulator(sim) = source {
             if sim.devices == 0 {
                 return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
@@ -345,6 +350,12 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                 }
             }
             _ => {}
+        }
+        if let SinkConfig::EventHubs(eventhubs) = sink {
+            super::eventhubs::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
+            if eventhubs.max_attempts == 0 {
+                return Err(doc.error(&["sinks", name, "max_attempts"], "expected at least 1"));
+            }
         }
     }
     for (name, source) in &config.sources {

@@ -6,6 +6,7 @@
 
 mod connectors;
 mod duration;
+mod eventhubs;
 mod load;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ pub use connectors::{
     KafkaSourceConfig, KafkaStart, KafkaTls, SaslMechanism, WebhookSinkConfig, expand_env,
 };
 pub use duration::ConfigDuration;
+pub use eventhubs::{
+    EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
+    StartPosition,
+};
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 
 /// A whole configuration file.
@@ -149,6 +154,9 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// An HTTP endpoint that accepts JSON events.
     Http(HttpSourceConfig),
+    /// An Azure Event Hub (or IoT Hub's Event Hubs-compatible endpoint).
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSourceConfig),
     /// A Kafka topic (or Event Hubs' Kafka endpoint).
     Kafka(KafkaSourceConfig),
 }
@@ -161,6 +169,7 @@ impl SourceConfig {
             SourceConfig::Simulator(c) => Some(c.partitions),
             SourceConfig::File(c) => Some(c.partitions),
             SourceConfig::Http(c) => Some(c.partitions),
+            SourceConfig::EventHubs(c) => c.partitions,
             SourceConfig::Kafka(_) => None,
         }
     }
@@ -186,6 +195,7 @@ impl SourceConfig {
                     .clone()
                     .unwrap_or_else(|| pipeline.to_owned()),
             },
+            SourceConfig::EventHubs(eventhubs) => eventhubs.consumer_scope(),
             _ => crate::checkpoint::ConsumerScope {
                 namespace: "weir".to_owned(),
                 hub: source.to_owned(),
@@ -327,6 +337,9 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     /// JSON POSTs to an HTTP endpoint.
     Webhook(WebhookSinkConfig),
+    /// An Azure Event Hub, at least once.
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSinkConfig),
 }
 
 /// A Delta Lake table with an explicit schema.

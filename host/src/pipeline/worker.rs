@@ -421,6 +421,9 @@ impl PartitionWorker {
         self.metrics.add(names::CHECKPOINTS, &labels, 1);
         self.metrics
             .set(names::CHECKPOINT_POSITION, &labels, position as f64);
+        if let Some(lag) = self.reader.lag() {
+            self.metrics.set(names::SOURCE_LAG, &labels, lag as f64);
+        }
         tracing::debug!(
             pipeline = %self.settings.pipeline, partition = self.partition, position,
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"

@@ -6,8 +6,8 @@
 //! skips whatever a crash left beyond it. That is how each sink decides its guarantee:
 //! - Delta Lake: exactly once (a transaction action per pipeline and partition, version = position);
 //! - files: exactly once (each partition's file is truncated back to the checkpointed length);
-//! - stdout, Kafka, webhooks: at least once (Kafka records and webhook requests carry a
-//!   deterministic id so that receivers can drop repeats).
+//! - stdout, Kafka, Event Hubs, webhooks: at least once (Kafka records, Event Hubs messages and
+//!   webhook requests carry a deterministic id so that receivers can drop repeats).
 
 pub mod file;
 #[cfg(feature = "kafka")]
@@ -18,6 +18,8 @@ pub mod webhook;
 
 #[cfg(feature = "delta")]
 pub mod delta;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 
 use std::sync::Arc;
 
@@ -135,6 +137,12 @@ pub async fn build(
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
         #[cfg(feature = "delta")]
         SinkConfig::Delta(delta) => Arc::new(delta::DeltaSink::open(name, delta, loaded).await?),
+        #[cfg(feature = "eventhubs")]
+        SinkConfig::EventHubs(eventhubs) => {
+            Arc::new(eventhubs::EventHubsSink::open(name, eventhubs).await?)
+        }
+        #[cfg(not(feature = "eventhubs"))]
+        SinkConfig::EventHubs(_) => return Err(unsupported("eventhubs")),
         #[cfg(not(feature = "delta"))]
         SinkConfig::Delta(_) => return Err(unsupported("delta")),
     })

@@ -6,6 +6,8 @@
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
 pub mod dispatch;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 pub mod file;
 pub mod http;
 #[cfg(feature = "kafka")]
@@ -159,6 +161,17 @@ pub async fn build(
                     .await
                     .map_err(start_error)?,
             )
+        }
+        #[cfg(feature = "eventhubs")]
+        SourceConfig::EventHubs(eventhubs) => {
+            Arc::new(eventhubs::EventHubsSource::start(name, eventhubs).await?)
+        }
+        #[cfg(not(feature = "eventhubs"))]
+        SourceConfig::EventHubs(_) => {
+            return Err(start_error(
+                "this build of weir has no Event Hubs support: rebuild with `--features eventhubs`"
+                    .to_owned(),
+            ));
         }
         #[cfg(feature = "kafka")]
         SourceConfig::Kafka(kafka) => {
