@@ -92,8 +92,15 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for (pipeline, workers) in &report.pipelines {
         let events: u64 = workers.iter().map(|w| w.events_in).sum();
         let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
+        let adjusted: u64 = workers.iter().map(|w| w.late_adjusted).sum();
+        let dropped: u64 = workers.iter().map(|w| w.late_dropped).sum();
+        let late = if adjusted + dropped > 0 {
+            format!(" ({adjusted} late events adjusted, {dropped} dropped)")
+        } else {
+            String::new()
+        };
         println!(
-            "pipeline `{pipeline}`: {events} events in, {dead} dead letters, {} partitions",
+            "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",
             workers.len()
         );
     }

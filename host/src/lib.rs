@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod event;
 pub mod json;
@@ -15,3 +16,4 @@ pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod time;

@@ -90,4 +90,17 @@ pub mod names {
     pub const CHECKPOINTS: &str = "weir_checkpoints_total";
     /// Last checkpointed position (labels: pipeline, partition).
     pub const CHECKPOINT_POSITION: &str = "weir_checkpoint_position";
+    /// Events beyond an event-time tolerance, adjusted or dropped (labels: pipeline, partition,
+    /// tolerance = `out_of_order` | `late_arrival`, policy = `adjust` | `drop`).
+    pub const LATE_EVENTS: &str = "weir_late_events_total";
+    /// A partition's watermark, in milliseconds since the Unix epoch (labels: pipeline, partition).
+    pub const WATERMARK: &str = "weir_watermark_ms";
+    /// The pipeline watermark: the minimum over the partitions that are not idle (labels:
+    /// pipeline).
+    pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_ms";
+    /// Events waiting in a partition's reorder buffer (labels: pipeline, partition).
+    pub const REORDER_BUFFERED: &str = "weir_reorder_buffered_events";
+    /// Times an idle partition advanced its watermark to the pipeline's (labels: pipeline,
+    /// partition).
+    pub const IDLE_ADVANCES: &str = "weir_idle_watermark_advances_total";
 }

@@ -379,6 +379,15 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     key,
                 ]
             };
+            if stage.name.starts_with('#') {
+                return Err(doc.error(
+                    &at("name"),
+                    format!(
+                        "stage name `{}` starts with `#`, which Weir keeps for its own state",
+                        stage.name
+                    ),
+                ));
+            }
             if !seen.insert(stage.name.as_str()) {
                 return Err(doc.error(
                     &at("name"),

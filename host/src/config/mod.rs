@@ -188,6 +188,11 @@ pub struct FileSourceConfig {
     /// Keep reading as the file grows, instead of ending at its end.
     #[serde(default)]
     pub follow: bool,
+    /// Top-level JSON field holding the time each event was enqueued (RFC 3339 text or epoch
+    /// milliseconds), for replaying a capture of a broker's stream with its arrival times; absent
+    /// (or unreadable in a line): the time the line is read.
+    #[serde(default)]
+    pub enqueued_time_field: Option<String>,
 }
 
 fn default_one_partition() -> u32 {
@@ -368,12 +373,60 @@ fn default_max_event_bytes() -> usize {
     1024 * 1024
 }
 
-/// Where an event's time comes from.
-#[derive(Debug, Clone, Deserialize)]
+/// Where an event's time comes from, and how out-of-order and late events are handled (Azure
+/// Stream Analytics' event-ordering settings). See [`crate::time`].
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
-    /// Top-level JSON field holding the event time (RFC 3339 text, or epoch milliseconds).
-    pub field: String,
+    /// Top-level JSON field holding the event time (RFC 3339 text, or epoch milliseconds), like
+    /// ASA's `TIMESTAMP BY`; absent: the time the event was enqueued or received.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// How far an event may fall behind the newest event time of its partition and still be
+    /// processed in event-time order: events wait in a per-partition reorder buffer until the
+    /// partition's watermark (newest event time minus this tolerance) passes them. An event
+    /// further behind is adjusted to the watermark or dropped, as `policy` says.
+    #[serde(default)]
+    pub out_of_order: Option<TolerancePolicy>,
+    /// How long after its event time an event may be enqueued: an event whose enqueued time is
+    /// later than its event time plus this tolerance is adjusted (its time becomes enqueued time
+    /// minus the tolerance) or dropped. Absent: no limit.
+    #[serde(default)]
+    pub late_arrival: Option<TolerancePolicy>,
+    /// A partition without events for this long stops holding the pipeline's watermark back, and
+    /// advances its own watermark to the pipeline's so that its windows and joins close. Absent:
+    /// partitions are never considered idle.
+    #[serde(default)]
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+impl EventTimeConfig {
+    /// Whether the pipeline asks for event ordering (a reorder buffer and late-event policies).
+    pub fn orders_events(&self) -> bool {
+        self.out_of_order.is_some() || self.late_arrival.is_some()
+    }
+}
+
+/// A tolerance and what happens to events beyond it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TolerancePolicy {
+    /// How far an event may be off.
+    pub tolerance: ConfigDuration,
+    /// What happens to an event beyond the tolerance; every such event is counted.
+    #[serde(default)]
+    pub policy: LatePolicy,
+}
+
+/// What happens to an event beyond a tolerance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Its event time is set to the tolerance's bound, and it is processed.
+    #[default]
+    Adjust,
+    /// It goes to the dead-letter sink with the kind `late`.
+    Drop,
 }
 
 /// Batching of events for the stages.
@@ -424,6 +477,13 @@ pub struct StageConfig {
     /// Longest one call may run (overrides `plugins.call_timeout`).
     #[serde(default)]
     pub call_timeout: Option<ConfigDuration>,
+}
+
+impl StageConfig {
+    /// Whether the stage works in event time, so that its pipeline needs a watermark.
+    pub fn is_time_based(&self) -> bool {
+        false
+    }
 }
 
 /// One destination or several.

@@ -2,6 +2,7 @@
 //! from its checkpoint, and run one worker task per partition.
 
 mod dead_letter;
+mod event_time;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use crate::plugin::{
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
 use crate::stage::WasmTransformStage;
+use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
@@ -249,6 +251,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             .collect();
         let readers = source.open(starts).await?;
         let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
+        let watermarks = PipelineWatermarks::new();
         for reader in readers {
             let partition = reader.partition();
             let checkpoint = restored
@@ -340,10 +343,22 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                     routes,
                 });
             }
+            let time = event_time::needs_clock(pipeline)
+                .then(|| {
+                    partition_time(
+                        pipeline_name,
+                        pipeline,
+                        partition,
+                        &checkpoint,
+                        &watermarks,
+                        &metrics,
+                    )
+                })
+                .transpose()?;
             let worker = PartitionWorker {
                 settings: WorkerSettings {
                     pipeline: pipeline_arc.clone(),
-                    event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
+                    event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
                     max_event_bytes: pipeline.max_event_bytes,
                     batch_max_events: pipeline.batch.max_events,
                     batch_max_wait: pipeline.batch.max_wait.get(),
@@ -359,6 +374,8 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 position: checkpoint.position,
                 checkpointed: checkpoint.position,
                 shutdown: shutdown.clone(),
+                time,
+                state_dirty: false,
             };
             workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
         }
@@ -369,6 +386,44 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
         sinks,
         metrics,
+    })
+}
+
+/// A partition's event time: its clock restored from the checkpoint, registered in the
+/// pipeline's watermarks.
+fn partition_time(
+    pipeline_name: &str,
+    pipeline: &PipelineConfig,
+    partition: u32,
+    checkpoint: &crate::checkpoint::Checkpoint,
+    watermarks: &Arc<PipelineWatermarks>,
+    metrics: &Metrics,
+) -> Result<event_time::PartitionTime, StartError> {
+    let settings = ClockSettings::from_config(pipeline.event_time.as_ref());
+    let clock = match checkpoint.stages.get(event_time::EVENT_TIME_STATE) {
+        Some(bytes) => EventClock::restore(settings, bytes).map_err(|e| StartError::Restore {
+            pipeline: pipeline_name.to_owned(),
+            partition,
+            stage: event_time::EVENT_TIME_STATE.to_owned(),
+            reason: e.to_string(),
+        })?,
+        None => EventClock::new(settings),
+    };
+    let handle = watermarks.register(partition);
+    handle.publish(clock.watermark(), false);
+    Ok(event_time::PartitionTime {
+        clock,
+        handle,
+        idle_timeout: pipeline
+            .event_time
+            .as_ref()
+            .and_then(|t| t.idle_timeout)
+            .map(|d| d.get()),
+        last_event_at: tokio::time::Instant::now(),
+        admitted: crate::time::Admitted::default(),
+        metrics: metrics.clone(),
+        pipeline: pipeline_name.into(),
+        partition,
     })
 }
 

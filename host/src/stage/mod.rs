@@ -9,6 +9,7 @@ mod transform;
 use std::sync::Arc;
 
 use crate::event::Event;
+use crate::time::Mark;
 
 pub use transform::WasmTransformStage;
 
@@ -63,6 +64,13 @@ pub trait Stage: Send {
 
     /// Processes one batch of events of this stage's partition, in order.
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError>;
+
+    /// The partition's watermark advanced (see [`crate::time`]), after the events given to
+    /// [`Stage::process`] in the same batch. A time-based stage closes what the marks pass, in
+    /// order; what it emits for a mark carries the mark's position. Other stages ignore marks.
+    fn watermarks(&mut self, _marks: &[Mark], _out: &mut StageOutput) -> Result<(), StageError> {
+        Ok(())
+    }
 
     /// The stage's state, to store in the partition's checkpoint.
     fn snapshot(&self) -> Vec<u8>;
