@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Plugin packages the tests load.
-const PLUGINS: &[&str] = &["telemetry-anomaly", "passthrough"];
+const PLUGINS: &[&str] = &[
+    "telemetry-anomaly",
+    "passthrough",
+    "telemetry-aggregates",
+    "device-health",
+    "window-collect",
+];
 
 fn main() {
     let manifest_dir =

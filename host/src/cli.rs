@@ -122,15 +122,16 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     for (pipeline, pipeline_config) in &loaded.config.pipelines {
         for stage in &pipeline_config.stages {
             let path = loaded.resolve(&stage.plugin);
+            let kind = pipeline::plugin_kind(stage);
             let plugin = engine
-                .load_transform(&path)
+                .load(&path, kind)
                 .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
             println!(
                 "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {}",
                 stage.name,
                 plugin.name(),
                 plugin.version(),
-                crate::plugin::bindings::TRANSFORM_WORLD
+                kind.world()
             );
         }
     }

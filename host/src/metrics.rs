@@ -103,4 +103,9 @@ pub mod names {
     /// Times an idle partition advanced its watermark to the pipeline's (labels: pipeline,
     /// partition).
     pub const IDLE_ADVANCES: &str = "weir_idle_watermark_advances_total";
+    /// Windows closed and finished (labels: pipeline, stage, partition).
+    pub const WINDOWS_CLOSED: &str = "weir_windows_closed_total";
+    /// Records that came for a window that had already closed (labels: pipeline, stage,
+    /// partition).
+    pub const WINDOW_LATE_EVENTS: &str = "weir_window_late_events_total";
 }

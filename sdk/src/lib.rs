@@ -130,6 +130,7 @@ pub mod testing;
 mod text;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+mod window;
 
 pub use context::{Context, Level};
 pub use error::{Error, Result};
@@ -137,6 +138,7 @@ pub use event::Event;
 pub use serde;
 pub use serde_json;
 pub use text::Text;
+pub use window::{Aggregate, Window};
 
 /// Marks the plugin's transform function: `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
 ///
@@ -157,41 +159,122 @@ pub use text::Text;
 /// ```
 pub use weir_sdk_macros::transform;
 
+/// Marks the `impl` of [`Aggregate`] for a plugin's accumulator type: the plugin is then a window
+/// aggregate (`weir:plugin/window-aggregate@0.1.0`).
+///
+/// ```
+/// use weir_sdk::prelude::*;
+///
+/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// struct Count(u64);
+///
+/// #[weir_sdk::window]
+/// impl Aggregate for Count {
+///     fn fold(&mut self, _event: &Event, _ctx: &mut Context) -> Result<()> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+///     fn finish(self, _window: &Window, ctx: &mut Context) -> Result<()> {
+///         ctx.emit("counts", &serde_json::json!({ "Count": self.0 }))
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// It goes on `impl Aggregate for YourType` (not generic). A crate has one plugin function or
+/// `impl`, of any kind. A method with the wrong signature is reported at your `impl` by the
+/// compiler, as for any trait:
+///
+/// ```compile_fail
+/// use weir_sdk::prelude::*;
+///
+/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// struct Count(u64);
+///
+/// #[weir_sdk::window]
+/// impl Aggregate for Count {
+///     fn fold(&mut self, _event: &Event) -> Result<()> { // error: the context is missing
+///         Ok(())
+///     }
+///     fn finish(self, _window: &Window, _ctx: &mut Context) -> Result<()> {
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use weir_sdk_macros::window;
+
 /// What a plugin usually needs: `use weir_sdk::prelude::*;`.
 ///
 /// The serde derives come from the plugin's own `serde` dependency (with its `derive` feature),
 /// which their generated code refers to.
 pub mod prelude {
-    pub use crate::{Context, Error, Event, Level, Result, Text, transform};
+    pub use crate::{Aggregate, Context, Error, Event, Level, Result, Text, Window, transform};
     pub use serde::{Deserialize, Serialize};
 }
 
 /// Shorter names for the generated types the SDK uses everywhere.
 mod bindings {
     pub(crate) use crate::__private::wit::weir::plugin::types::{
-        Emitted, EventBatch, OutputBatch, Property, Rejection,
+        Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Property,
+        Rejection,
     };
 }
 
-/// What the [`transform`] attribute's expansion refers to. Not a public API: it changes without
-/// notice.
+/// What the attribute macros' expansions refer to. Not a public API: it changes without notice.
+///
+/// The SDK generates bindings for the `sdk-imports` world only (the host's imports and the shared
+/// types). Each attribute macro generates, in the plugin's own crate, the bindings of its kind's
+/// world (`event-transform`, `window-aggregate`, `join-enrichment`), reusing these modules for
+/// everything but its export: a component then describes exactly the one world it implements.
 #[doc(hidden)]
 pub mod __private {
-    /// The guest bindings of the `event-transform` world, generated from the host's `wit/`.
+    pub use wit_bindgen;
+
+    /// The guest bindings of the `sdk-imports` world, generated from the host's `wit/`.
     #[allow(missing_docs)]
     pub mod wit {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "event-transform",
-            pub_export_macro: true,
-            export_macro_name: "export_event_transform",
-            default_bindings_module: "::weir_sdk::__private::wit",
+            world: "sdk-imports",
+            generate_unused_types: true,
         });
     }
 
-    pub use wit::export_event_transform;
-    pub use wit::exports::weir::plugin::transform::Guest;
     pub use wit::weir::plugin::types::{EventBatch, OutputBatch};
+
+    /// The bindings of one plugin world and their export, in the plugin's crate: what each
+    /// attribute macro expands to (with the WIT text embedded in the macro crate). Expanded from
+    /// this crate's macro, the generated glue (which needs `unsafe`) is not the plugin's own code.
+    #[doc(hidden)]
+    #[macro_export]
+    macro_rules! __weir_sdk_guest {
+        (world: $world:literal, wit: $wit:literal, export: { $($export:tt)* }) => {
+            #[cfg(target_arch = "wasm32")]
+            #[doc(hidden)]
+            mod __weir_sdk_guest {
+                ::weir_sdk::__private::wit_bindgen::generate!({
+                    inline: $wit,
+                    world: $world,
+                    runtime_path: "::weir_sdk::__private::wit_bindgen::rt",
+                    with: {
+                        "weir:plugin/types@0.1.0": ::weir_sdk::__private::wit::weir::plugin::types,
+                        "weir:plugin/log@0.1.0": ::weir_sdk::__private::wit::weir::plugin::log,
+                        "weir:plugin/metrics@0.1.0": ::weir_sdk::__private::wit::weir::plugin::metrics,
+                        "weir:plugin/state@0.1.0": ::weir_sdk::__private::wit::weir::plugin::state,
+                        "weir:plugin/config@0.1.0": ::weir_sdk::__private::wit::weir::plugin::config,
+                    },
+                    generate_all,
+                });
+
+                struct WeirSdkPlugin;
+
+                $($export)*
+
+                export!(WeirSdkPlugin);
+            }
+        };
+    }
+    pub use __weir_sdk_guest as guest;
 
     use crate::{Context, Event, Result};
 
@@ -207,4 +290,18 @@ pub mod __private {
     {
         crate::wasm::process_batch(batch, transform)
     }
+
+    /// Folds a batch into window accumulators: the body of the exported `fold`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn fold_windows<A: crate::Aggregate>(request: FoldRequest) -> FoldResponse {
+        crate::wasm::fold_windows::<A>(request)
+    }
+
+    /// Produces the outputs of closed windows: the body of the exported `finish`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn finish_windows<A: crate::Aggregate>(request: FinishRequest) -> OutputBatch {
+        crate::wasm::finish_windows::<A>(request)
+    }
+
+    pub use wit::weir::plugin::types::{FinishRequest, FoldRequest, FoldResponse};
 }

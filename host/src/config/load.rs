@@ -438,10 +438,86 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     }
                 }
             }
+            if let Some(window) = &stage.window {
+                validate_window(doc, &at("window"), window)?;
+            }
             if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
                 return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
             }
         }
+    }
+    Ok(())
+}
+
+/// A window needs the durations of its kind, and only those.
+fn validate_window(
+    doc: &Document<'_>,
+    at: &[&str],
+    window: &super::WindowConfig,
+) -> Result<(), ConfigError> {
+    use super::WindowKind;
+    let key = |name: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(name);
+        keys
+    };
+    let kind = match window.kind {
+        WindowKind::Tumbling => "tumbling",
+        WindowKind::Hopping => "hopping",
+        WindowKind::Sliding => "sliding",
+        WindowKind::Session => "session",
+    };
+    let (needed, allowed): (&[&str], &[&str]) = match window.kind {
+        WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
+        WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
+        WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
+    };
+    let given = [
+        ("size", window.size),
+        ("hop", window.hop),
+        ("gap", window.gap),
+        ("max_duration", window.max_duration),
+    ];
+    for (name, value) in given {
+        match value {
+            None if needed.contains(&name) => {
+                return Err(doc.error(
+                    at,
+                    format!("a {kind} window needs `{name}` (a duration such as \"5m\")"),
+                ));
+            }
+            Some(_) if !allowed.contains(&name) => {
+                return Err(doc.error(
+                    &key(name),
+                    format!(
+                        "a {kind} window has no `{name}` (it takes {})",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(duration) if duration.get().is_zero() => {
+                return Err(doc.error(&key(name), "expected a duration above zero"));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(size), Some(hop)) = (window.size, window.hop)
+        && hop.get() > size.get()
+    {
+        return Err(doc.error(
+            &key("hop"),
+            "the hop of a hopping window cannot be longer than its size (events would fall in no window)",
+        ));
+    }
+    if window.start_field == window.end_field {
+        return Err(doc.error(
+            &key("end_field"),
+            "the window's start and end need two different fields",
+        ));
     }
     Ok(())
 }

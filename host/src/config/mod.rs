@@ -477,12 +477,68 @@ pub struct StageConfig {
     /// Longest one call may run (overrides `plugins.call_timeout`).
     #[serde(default)]
     pub call_timeout: Option<ConfigDuration>,
+    /// Makes the stage a window aggregate: its plugin implements the `window-aggregate` world,
+    /// and this says how events are grouped and windowed.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+}
+
+/// How a window stage groups and windows events, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumbling`, `hopping`, `sliding` or `session`.
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
+    /// partition's events form one group. A missing field counts as `null`.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Length of a window (tumbling, hopping and sliding windows).
+    #[serde(default)]
+    pub size: Option<ConfigDuration>,
+    /// Distance between the starts of two consecutive hopping windows.
+    #[serde(default)]
+    pub hop: Option<ConfigDuration>,
+    /// A session window closes after this long without an event of its key (session windows).
+    #[serde(default)]
+    pub gap: Option<ConfigDuration>,
+    /// A session window is cut after this long, however busy its key (session windows).
+    #[serde(default)]
+    pub max_duration: Option<ConfigDuration>,
+    /// Field of every output record that the host sets to the window's start (RFC 3339).
+    #[serde(default = "default_window_start_field")]
+    pub start_field: String,
+    /// Field of every output record that the host sets to the window's end (RFC 3339).
+    #[serde(default = "default_window_end_field")]
+    pub end_field: String,
+}
+
+fn default_window_start_field() -> String {
+    "WindowStart".to_owned()
+}
+fn default_window_end_field() -> String {
+    "WindowEnd".to_owned()
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
+    Tumbling,
+    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
+    Hopping,
+    /// A window ending at every event: the key's events in `(t − size, t]`.
+    Sliding,
+    /// A key's events with no gap longer than `gap` between them.
+    Session,
 }
 
 impl StageConfig {
     /// Whether the stage works in event time, so that its pipeline needs a watermark.
     pub fn is_time_based(&self) -> bool {
-        false
+        self.window.is_some()
     }
 }
 

@@ -16,11 +16,12 @@ use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{
-    InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin,
+    InstanceSettings, KeyedState, Plugin, PluginEngine, PluginError, PluginKind, PluginScope,
+    PluginSlot,
 };
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
-use crate::stage::WasmTransformStage;
+use crate::stage::{Stage, WasmTransformStage, WindowSettings, WindowStage};
 use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
@@ -181,34 +182,34 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
 
     // Every plugin is compiled and checked against its world before anything is created, so a
     // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
-    let mut plugins: HashMap<PathBuf, Arc<TransformPlugin>> = HashMap::new();
+    let mut plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
             let path = loaded.resolve(&stage.plugin);
-            if plugins.contains_key(&path) {
+            let kind = plugin_kind(stage);
+            if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
-            let compiled =
-                tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
-                    .await
-                    .map_err(|e| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source: PluginError::Engine(format!("compilation task failed: {e}")),
-                    })?
-                    .map_err(|source| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source,
-                    })?;
+            let compiled = tokio::task::spawn_blocking(move || compiling.load(&compile_path, kind))
+                .await
+                .map_err(|e| StartError::Plugin {
+                    pipeline: pipeline_name.clone(),
+                    stage: stage.name.clone(),
+                    source: PluginError::Engine(format!("compilation task failed: {e}")),
+                })?
+                .map_err(|source| StartError::Plugin {
+                    pipeline: pipeline_name.clone(),
+                    stage: stage.name.clone(),
+                    source,
+                })?;
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
                 version = %compiled.version(), path = %path.display(), "plugin loaded"
             );
-            plugins.insert(path, compiled);
+            plugins.insert((path, kind), compiled);
         }
     }
 
@@ -284,18 +285,16 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
             for stage in &pipeline.stages {
                 let path = loaded.resolve(&stage.plugin);
-                let Some(plugin) = plugins.get(&path).cloned() else {
+                let Some(plugin) = plugins.get(&(path, plugin_kind(stage))).cloned() else {
                     continue;
                 };
-                let state = match checkpoint.stages.get(&stage.name) {
-                    Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
-                        pipeline: pipeline_name.clone(),
-                        partition,
-                        stage: stage.name.clone(),
-                        reason: e.to_string(),
-                    })?,
-                    None => KeyedState::default(),
+                let restore_error = |reason: String| StartError::Restore {
+                    pipeline: pipeline_name.clone(),
+                    partition,
+                    stage: stage.name.clone(),
+                    reason,
                 };
+                let snapshot = checkpoint.stages.get(&stage.name);
                 let config_json = match &stage.config {
                     Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
                     None => "{}".to_owned(),
@@ -333,13 +332,33 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         .collect();
                     routes.insert(output.as_str().into(), resolved);
                 }
+                let built: Box<dyn Stage> = match &stage.window {
+                    Some(window) => Box::new(
+                        WindowStage::new(
+                            stage.name.as_str().into(),
+                            WindowSettings::from_config(window),
+                            |keyed| PluginSlot::new(plugin, settings, keyed),
+                            snapshot.map(Vec::as_slice),
+                            metrics.clone(),
+                        )
+                        .map_err(|e| restore_error(e.to_string()))?,
+                    ),
+                    None => {
+                        let state = match snapshot {
+                            Some(bytes) => KeyedState::restore(bytes)
+                                .map_err(|e| restore_error(e.to_string()))?,
+                            None => KeyedState::default(),
+                        };
+                        Box::new(WasmTransformStage::new(
+                            stage.name.as_str().into(),
+                            plugin,
+                            settings,
+                            state,
+                        ))
+                    }
+                };
                 stage_slots.push(StageSlot {
-                    stage: Box::new(WasmTransformStage::new(
-                        stage.name.as_str().into(),
-                        plugin,
-                        settings,
-                        state,
-                    )),
+                    stage: built,
                     routes,
                 });
             }
@@ -387,6 +406,15 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         sinks,
         metrics,
     })
+}
+
+/// The kind of plugin (the world) a stage runs.
+pub fn plugin_kind(stage: &crate::config::StageConfig) -> PluginKind {
+    if stage.window.is_some() {
+        PluginKind::WindowAggregate
+    } else {
+        PluginKind::Transform
+    }
 }
 
 /// A partition's event time: its clock restored from the checkpoint, registered in the

@@ -350,6 +350,8 @@ impl PartitionWorker {
             for rejected in output.rejected.drain(..) {
                 let kind = if rejected.reason.starts_with("plugin trapped") {
                     DeadLetterKind::Trap
+                } else if rejected.reason.starts_with("late:") {
+                    DeadLetterKind::Late
                 } else {
                     DeadLetterKind::Rejected
                 };

@@ -9,8 +9,12 @@ wasmtime::component::bindgen!({
     world: "weir-host",
 });
 
+pub use self::exports::weir::plugin::aggregate;
 pub use self::exports::weir::plugin::transform;
-pub use self::weir::plugin::types::{Emitted, EventBatch, OutputBatch, Property, Rejection};
+pub use self::weir::plugin::types::{
+    Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Property,
+    Rejection, Window,
+};
 pub use self::weir::plugin::{config, log, metrics, state, types};
 
 /// The WIT package and version this host implements.
@@ -21,3 +25,9 @@ pub const TRANSFORM_WORLD: &str = "weir:plugin/event-transform@0.1.0";
 
 /// The export a per-event transform must provide.
 pub const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.1.0";
+
+/// The world a window aggregate implements.
+pub const AGGREGATE_WORLD: &str = "weir:plugin/window-aggregate@0.1.0";
+
+/// The export a window aggregate must provide.
+pub const AGGREGATE_EXPORT: &str = "weir:plugin/aggregate@0.1.0";

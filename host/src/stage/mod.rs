@@ -4,7 +4,9 @@
 //! host down: whatever the plugin does, the stage returns outputs and rejections, or an error that
 //! stops only its own partition worker.
 
+mod batch;
 mod transform;
+mod window;
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use crate::event::Event;
 use crate::time::Mark;
 
 pub use transform::WasmTransformStage;
+pub use window::{WindowSettings, WindowSpec, WindowStage};
 
 /// What a stage produced for one batch.
 #[derive(Debug, Default)]
@@ -36,7 +39,8 @@ impl StageOutput {
 pub struct Rejected {
     /// The event as the stage received it.
     pub event: Event,
-    /// Why it was refused.
+    /// Why it was refused. A reason starting with `plugin trapped` is recorded as a trap, one
+    /// starting with `late:` as a late event; others as a rejection.
     pub reason: String,
     /// Version of the plugin that refused it.
     pub plugin_version: Option<Arc<str>>,
