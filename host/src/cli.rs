@@ -87,6 +87,7 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .iter()
         .map(|(name, sink)| (name.clone(), sink.describe()))
         .collect();
+    let metrics = running.metrics().clone();
     let report = running.wait().await.context("pipeline failed")?;
     println!();
     for (pipeline, workers) in &report.pipelines {
@@ -94,11 +95,16 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
         let adjusted: u64 = workers.iter().map(|w| w.late_adjusted).sum();
         let dropped: u64 = workers.iter().map(|w| w.late_dropped).sum();
-        let late = if adjusted + dropped > 0 {
+        let mut late = if adjusted + dropped > 0 {
             format!(" ({adjusted} late events adjusted, {dropped} dropped)")
         } else {
             String::new()
         };
+        let duplicates =
+            metrics.total_where(crate::metrics::names::DUPLICATES, "pipeline", pipeline);
+        if duplicates > 0.0 {
+            late.push_str(&format!(", {duplicates} duplicates dropped"));
+        }
         println!(
             "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",
             workers.len()
@@ -121,8 +127,14 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     let engine = crate::plugin::PluginEngine::new()?;
     for (pipeline, pipeline_config) in &loaded.config.pipelines {
         for stage in &pipeline_config.stages {
-            let path = loaded.resolve(&stage.plugin);
-            let kind = pipeline::plugin_kind(stage);
+            let (Some(plugin), Some(kind)) = (&stage.plugin, pipeline::plugin_kind(stage)) else {
+                println!(
+                    "pipeline `{pipeline}`, stage `{}`: runs in the host",
+                    stage.name
+                );
+                continue;
+            };
+            let path = loaded.resolve(plugin);
             let plugin = engine
                 .load(&path, kind)
                 .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;

@@ -60,6 +60,21 @@ impl Metrics {
             .unwrap_or(0.0)
     }
 
+    /// The sum of `name` over the label sets that have `label` = `value`.
+    pub fn total_where(&self, name: &str, label: &str, value: &str) -> f64 {
+        self.inner
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .filter(|((n, labels), _)| {
+                        *n == name && labels.iter().any(|(k, v)| *k == label && v == value)
+                    })
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Every metric, for rendering.
     pub fn snapshot(&self) -> Vec<(MetricKey, f64)> {
         self.inner
@@ -103,6 +118,8 @@ pub mod names {
     /// Times an idle partition advanced its watermark to the pipeline's (labels: pipeline,
     /// partition).
     pub const IDLE_ADVANCES: &str = "weir_idle_watermark_advances_total";
+    /// Events a deduplication stage dropped (labels: pipeline, stage, partition).
+    pub const DUPLICATES: &str = "weir_duplicates_total";
     /// Windows closed and finished (labels: pipeline, stage, partition).
     pub const WINDOWS_CLOSED: &str = "weir_windows_closed_total";
     /// Records that came for a window that had already closed (labels: pipeline, stage,

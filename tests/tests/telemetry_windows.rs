@@ -113,14 +113,32 @@ fn five_minute_aggregates_equal_a_plain_fold_over_the_input() {
     let dir = tempfile::tempdir().expect("temp dir");
     let readings = ordered_readings(12, 160, 21);
     let input = dir.path().join("telemetry.jsonl");
-    // Up to 3 s out of order: within the example's 5 s tolerance, so nothing is late.
-    write_input(&input, &shuffle_within(&readings, 3000, 4), &[]);
+    // Up to 3 s out of order: within the example's 5 s tolerance, so nothing is late. About 1% of
+    // the readings are sent twice (the same EventId): the example's dedup stage drops the copies.
+    let shuffled = with_duplicates(&shuffle_within(&readings, 3000, 4), 100);
+    let copies = shuffled.len() - readings.len();
+    assert!(copies > 10);
+    write_input(&input, &shuffled, &[]);
     let config = aggregates_pipeline(dir.path(), &input, "500ms");
-    run_to_completion(&config, Duration::from_secs(180));
+    let log = run_to_completion(&config, Duration::from_secs(180));
+    assert!(
+        log.contains(&format!(", {copies} duplicates dropped")),
+        "the summary counts the duplicates: {log}"
+    );
     let table = read_delta(&dir.path().join("aggregated_metrics"));
     assert_eq!(table.partition_columns, ["WindowEndDate"]);
     assert_aggregates(&table.rows, &expected_aggregates(&readings));
     assert!(read_jsonl_dir(&dir.path().join("dead_letters")).is_empty());
+}
+
+/// `readings` with every `every`-th one sent a second time, a few readings later.
+fn with_duplicates(readings: &[Reading], every: usize) -> Vec<Reading> {
+    let mut out = readings.to_vec();
+    for index in (0..readings.len()).step_by(every).rev() {
+        let at = (index + 3).min(out.len());
+        out.insert(at, readings[index].clone());
+    }
+    out
 }
 
 /// Readings whose battery and signal vary by device, some devices sending rarely.
@@ -189,7 +207,11 @@ fn device_health_alerts_equal_a_plain_fold_over_the_input() {
     let dir = tempfile::tempdir().expect("temp dir");
     let readings = health_readings();
     let input = dir.path().join("telemetry.jsonl");
-    write_input(&input, &shuffle_within(&readings, 2000, 5), &[]);
+    write_input(
+        &input,
+        &with_duplicates(&shuffle_within(&readings, 2000, 5), 50),
+        &[],
+    );
     let config = adapt_example(
         "telemetry.toml",
         dir.path(),
@@ -240,7 +262,7 @@ fn device_health_alerts_equal_a_plain_fold_over_the_input() {
 #[test]
 fn killed_with_open_windows_and_restarted_gives_the_same_aggregates() {
     let readings = ordered_readings(60, 500, 33);
-    let shuffled = shuffle_within(&readings, 3000, 6);
+    let shuffled = with_duplicates(&shuffle_within(&readings, 3000, 6), 97);
     let reference = tempfile::tempdir().expect("temp dir");
     let input = reference.path().join("telemetry.jsonl");
     write_input(&input, &shuffled, &[]);

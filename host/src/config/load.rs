@@ -403,12 +403,59 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     ),
                 ));
             }
-            let plugin = loaded.resolve(&stage.plugin);
-            if !plugin.is_file() {
-                return Err(doc.error(
-                    &at("plugin"),
-                    format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
-                ));
+            match (&stage.plugin, &stage.dedup) {
+                (Some(_), Some(_)) => {
+                    return Err(doc.error(
+                        &at("plugin"),
+                        "a `dedup` stage runs in the host and takes no plugin",
+                    ));
+                }
+                (None, None) => {
+                    return Err(doc.error(
+                        &at("name"),
+                        format!(
+                            "stage `{}` needs a `plugin` (a `.wasm` component), unless it is a `dedup` stage",
+                            stage.name
+                        ),
+                    ));
+                }
+                (Some(plugin), None) => {
+                    let plugin = loaded.resolve(plugin);
+                    if !plugin.is_file() {
+                        return Err(doc.error(
+                            &at("plugin"),
+                            format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
+                        ));
+                    }
+                }
+                (None, Some(dedup)) => {
+                    if stage.window.is_some() || stage.config.is_some() {
+                        return Err(doc.error(
+                            &at("dedup"),
+                            "a `dedup` stage takes no `window` and no `config`",
+                        ));
+                    }
+                    if dedup.horizon.get().is_zero() {
+                        let mut keys = at("dedup");
+                        keys.push("horizon");
+                        return Err(doc.error(&keys, "expected a duration above zero"));
+                    }
+                    if let Some(output) = stage
+                        .outputs
+                        .keys()
+                        .find(|o| o.as_str() != crate::stage::DEDUP_OUTPUT)
+                    {
+                        let mut keys = at("outputs");
+                        keys.push(output.as_str());
+                        return Err(doc.error(
+                            &keys,
+                            format!(
+                                "a `dedup` stage has one output, `{}`",
+                                crate::stage::DEDUP_OUTPUT
+                            ),
+                        ));
+                    }
+                }
             }
             let later: Vec<&String> = pipeline.stages[index + 1..]
                 .iter()
@@ -645,6 +692,45 @@ outputs = { alerts = "out" }
         let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
         assert!(err.starts_with("weir.toml:14:"), "{err}");
         assert!(err.contains("missing.wasm does not exist"), "{err}");
+    }
+
+    #[test]
+    fn windows_and_dedup_stages_are_checked_with_their_key() {
+        let window = |table: &str| {
+            refuse(&VALID.replace(
+                "outputs = { alerts = \"out\" }",
+                &format!("outputs = {{ alerts = \"out\" }}\nwindow = {table}"),
+            ))
+        };
+        let err = window(r#"{ type = "tumbling" }"#);
+        assert!(
+            err.contains("`pipelines.p.stages[0].window`: a tumbling window needs `size`"),
+            "{err}"
+        );
+        let err = window(r#"{ type = "session", gap = "30s", hop = "1m" }"#);
+        assert!(
+            err.contains("`pipelines.p.stages[0].window.hop`: a session window has no `hop`"),
+            "{err}"
+        );
+        let err = window(r#"{ type = "hopping", size = "1m", hop = "2m" }"#);
+        assert!(err.contains("cannot be longer than its size"), "{err}");
+        let err = window(r#"{ type = "rolling", size = "1m" }"#);
+        assert!(err.contains("unknown variant `rolling`"), "{err}");
+
+        let dedup = VALID.replace(
+            "plugin = \"p.wasm\"\noutputs = { alerts = \"out\" }",
+            "dedup = { id_field = \"EventId\", horizon = \"10m\" }\noutputs = { events = \"out\" }",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        load_str(&dedup, Path::new("weir.toml"), dir.path())
+            .expect("a dedup stage needs no plugin");
+        let err = refuse(&dedup.replace("events = ", "kept = "));
+        assert!(
+            err.contains("a `dedup` stage has one output, `events`"),
+            "{err}"
+        );
+        let err = refuse(&VALID.replace("plugin = \"p.wasm\"\n", ""));
+        assert!(err.contains("needs a `plugin`"), "{err}");
     }
 
     #[test]

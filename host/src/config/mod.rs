@@ -463,8 +463,9 @@ fn default_batch_max_wait() -> ConfigDuration {
 pub struct StageConfig {
     /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
     pub name: String,
-    /// Path of the plugin component (`.wasm`).
-    pub plugin: PathBuf,
+    /// Path of the plugin component (`.wasm`); every stage has one except a `dedup` stage.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
     /// Routes: each output name of the plugin to one or more sinks or later stages.
     #[serde(default)]
     pub outputs: BTreeMap<String, Destinations>,
@@ -481,6 +482,20 @@ pub struct StageConfig {
     /// and this says how events are grouped and windowed.
     #[serde(default)]
     pub window: Option<WindowConfig>,
+    /// Makes the stage a deduplication stage (no plugin): it drops events whose id was seen
+    /// within the horizon and sends the others to its output `events`.
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
+}
+
+/// A deduplication stage's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Top-level field holding the event's id (text or a number).
+    pub id_field: String,
+    /// An event whose id was seen at most this much event time earlier (or later) is a duplicate.
+    pub horizon: ConfigDuration,
 }
 
 /// How a window stage groups and windows events, in event time.

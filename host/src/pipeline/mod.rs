@@ -3,6 +3,7 @@
 
 mod dead_letter;
 mod event_time;
+mod stages;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,16 +16,13 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
-use crate::plugin::{
-    InstanceSettings, KeyedState, Plugin, PluginEngine, PluginError, PluginKind, PluginScope,
-    PluginSlot,
-};
+use crate::plugin::{Plugin, PluginEngine, PluginError, PluginKind};
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
-use crate::stage::{Stage, WasmTransformStage, WindowSettings, WindowStage};
 use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+pub use stages::plugin_kind;
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
 pub use worker::{WorkerError, WorkerReport};
 
@@ -186,8 +184,10 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
-            let path = loaded.resolve(&stage.plugin);
-            let kind = plugin_kind(stage);
+            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+                continue;
+            };
+            let path = loaded.resolve(plugin);
             if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
@@ -283,39 +283,16 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
             let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
             let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+            let building = stages::StageBuilder {
+                loaded,
+                pipeline_name,
+                pipeline: &pipeline_arc,
+                partition,
+                checkpoint: &checkpoint,
+                plugins: &plugins,
+                metrics: &metrics,
+            };
             for stage in &pipeline.stages {
-                let path = loaded.resolve(&stage.plugin);
-                let Some(plugin) = plugins.get(&(path, plugin_kind(stage))).cloned() else {
-                    continue;
-                };
-                let restore_error = |reason: String| StartError::Restore {
-                    pipeline: pipeline_name.clone(),
-                    partition,
-                    stage: stage.name.clone(),
-                    reason,
-                };
-                let snapshot = checkpoint.stages.get(&stage.name);
-                let config_json = match &stage.config {
-                    Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
-                    None => "{}".to_owned(),
-                };
-                let settings = Arc::new(InstanceSettings {
-                    scope: PluginScope {
-                        pipeline: pipeline_arc.clone(),
-                        stage: stage.name.as_str().into(),
-                        partition,
-                        plugin: plugin.name().clone(),
-                        version: plugin.version().clone(),
-                    },
-                    config_json: config_json.into(),
-                    max_memory_bytes: stage
-                        .max_memory_bytes
-                        .unwrap_or(config.plugins.max_memory_bytes),
-                    call_timeout: stage
-                        .call_timeout
-                        .unwrap_or(config.plugins.call_timeout)
-                        .get(),
-                });
                 let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
                 for (output, destinations) in &stage.outputs {
                     let resolved = destinations
@@ -332,31 +309,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         .collect();
                     routes.insert(output.as_str().into(), resolved);
                 }
-                let built: Box<dyn Stage> = match &stage.window {
-                    Some(window) => Box::new(
-                        WindowStage::new(
-                            stage.name.as_str().into(),
-                            WindowSettings::from_config(window),
-                            |keyed| PluginSlot::new(plugin, settings, keyed),
-                            snapshot.map(Vec::as_slice),
-                            metrics.clone(),
-                        )
-                        .map_err(|e| restore_error(e.to_string()))?,
-                    ),
-                    None => {
-                        let state = match snapshot {
-                            Some(bytes) => KeyedState::restore(bytes)
-                                .map_err(|e| restore_error(e.to_string()))?,
-                            None => KeyedState::default(),
-                        };
-                        Box::new(WasmTransformStage::new(
-                            stage.name.as_str().into(),
-                            plugin,
-                            settings,
-                            state,
-                        ))
-                    }
-                };
+                let built = building.build(stage)?;
                 stage_slots.push(StageSlot {
                     stage: built,
                     routes,
@@ -406,15 +359,6 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         sinks,
         metrics,
     })
-}
-
-/// The kind of plugin (the world) a stage runs.
-pub fn plugin_kind(stage: &crate::config::StageConfig) -> PluginKind {
-    if stage.window.is_some() {
-        PluginKind::WindowAggregate
-    } else {
-        PluginKind::Transform
-    }
 }
 
 /// A partition's event time: its clock restored from the checkpoint, registered in the

@@ -5,6 +5,7 @@
 //! stops only its own partition worker.
 
 mod batch;
+mod dedup;
 mod transform;
 mod window;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crate::event::Event;
 use crate::time::Mark;
 
+pub use dedup::{DEDUP_OUTPUT, DedupStage};
 pub use transform::WasmTransformStage;
 pub use window::{WindowSettings, WindowSpec, WindowStage};
 
