@@ -11,6 +11,8 @@ const PLUGINS: &[&str] = &[
     "telemetry-aggregates",
     "device-health",
     "window-collect",
+    "booking-categorize",
+    "booking-join",
 ];
 
 fn main() {

@@ -100,10 +100,40 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        let duplicates =
-            metrics.total_where(crate::metrics::names::DUPLICATES, "pipeline", pipeline);
+        // What the pipeline's host-owned stages counted.
+        let count = |name: &str, label: Option<(&str, &str)>| -> f64 {
+            metrics
+                .snapshot()
+                .iter()
+                .filter(|((n, labels), _)| {
+                    *n == name
+                        && labels
+                            .iter()
+                            .any(|(k, v)| *k == "pipeline" && v == pipeline)
+                        && label.is_none_or(|(key, value)| {
+                            labels.iter().any(|(k, v)| *k == key && v == value)
+                        })
+                })
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let duplicates = count(crate::metrics::names::DUPLICATES, None);
         if duplicates > 0.0 {
             late.push_str(&format!(", {duplicates} duplicates dropped"));
+        }
+        let pairs = count(crate::metrics::names::JOIN_PAIRS, None);
+        let emitted = count(
+            crate::metrics::names::JOIN_UNMATCHED,
+            Some(("policy", "emit")),
+        );
+        let unmatched_dropped = count(
+            crate::metrics::names::JOIN_UNMATCHED,
+            Some(("policy", "drop")),
+        );
+        if pairs + emitted + unmatched_dropped > 0.0 {
+            late.push_str(&format!(
+                ", {pairs} joined pairs, {emitted} unmatched emitted alone, {unmatched_dropped} unmatched dropped"
+            ));
         }
         println!(
             "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",

@@ -120,6 +120,11 @@ pub mod names {
     pub const IDLE_ADVANCES: &str = "weir_idle_watermark_advances_total";
     /// Events a deduplication stage dropped (labels: pipeline, stage, partition).
     pub const DUPLICATES: &str = "weir_duplicates_total";
+    /// Pairs a join made (labels: pipeline, stage, partition).
+    pub const JOIN_PAIRS: &str = "weir_join_pairs_total";
+    /// Events a join found no match for within its bound (labels: pipeline, stage, partition,
+    /// side = `left` | `right`, policy = `emit` | `drop`).
+    pub const JOIN_UNMATCHED: &str = "weir_join_unmatched_total";
     /// Windows closed and finished (labels: pipeline, stage, partition).
     pub const WINDOWS_CLOSED: &str = "weir_windows_closed_total";
     /// Records that came for a window that had already closed (labels: pipeline, stage,

@@ -125,6 +125,7 @@
 mod context;
 mod error;
 mod event;
+mod join;
 mod runner;
 pub mod testing;
 mod text;
@@ -203,20 +204,46 @@ pub use weir_sdk_macros::transform;
 /// ```
 pub use weir_sdk_macros::window;
 
+/// Marks a join enrichment's function:
+/// `fn(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`.
+///
+/// The host joins a pipeline's two inputs on a key within a time bound and calls the function for
+/// every pair, with both events; an event that found no match within the bound comes alone (the
+/// other side `None`) when the pipeline's policy for its side is `emit`. Records go out through
+/// `ctx.emit`; an `Err` sends the pair (its left event, or the lone event) to the dead letters.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+///
+/// #[weir_sdk::join]
+/// fn enrich(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()> {
+///     let mut row: serde_json::Value = match left {
+///         Some(booking) => booking.value()?,
+///         None => return Ok(()), // a payment without its booking: nothing to write
+///     };
+///     row["Paid"] = right.is_some().into();
+///     ctx.emit("rows", &row)
+/// }
+/// # fn main() {}
+/// ```
+pub use weir_sdk_macros::join;
+
 /// What a plugin usually needs: `use weir_sdk::prelude::*;`.
 ///
 /// The serde derives come from the plugin's own `serde` dependency (with its `derive` feature),
 /// which their generated code refers to.
 pub mod prelude {
-    pub use crate::{Aggregate, Context, Error, Event, Level, Result, Text, Window, transform};
+    pub use crate::{
+        Aggregate, Context, Error, Event, Level, Result, Text, Window, join, transform,
+    };
     pub use serde::{Deserialize, Serialize};
 }
 
 /// Shorter names for the generated types the SDK uses everywhere.
 mod bindings {
     pub(crate) use crate::__private::wit::weir::plugin::types::{
-        Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Property,
-        Rejection,
+        Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinPair, JoinRequest,
+        OutputBatch, Property, Rejection,
     };
 }
 
@@ -303,5 +330,15 @@ pub mod __private {
         crate::wasm::finish_windows::<A>(request)
     }
 
-    pub use wit::weir::plugin::types::{FinishRequest, FoldRequest, FoldResponse};
+    pub use wit::weir::plugin::types::{FinishRequest, FoldRequest, FoldResponse, JoinRequest};
+
+    /// The type a join function must have; the attribute checks the author's function against
+    /// it, so that a mismatch is reported at the function.
+    pub type JoinFn = fn(Option<&Event<'_>>, Option<&Event<'_>>, &mut Context) -> Result<()>;
+
+    /// Enriches the pairs of one request: the body of the exported `enrich`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn join_pairs(request: JoinRequest, join: JoinFn) -> OutputBatch {
+        crate::wasm::join_pairs(request, join)
+    }
 }

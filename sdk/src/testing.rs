@@ -802,3 +802,107 @@ impl TestWindow {
         }
     }
 }
+
+/// Runs a join function natively, through the same code as its component: each call is one
+/// request from the host, with the pairs laid out as the host lays them out.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+/// use weir_sdk::testing::{JoinHarness, TestEvent};
+///
+/// fn enrich(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()> {
+///     let order = left.ok_or("a payment without its order")?.value()?;
+///     let paid = right.map(|p| p.value()).transpose()?;
+///     ctx.emit("rows", &serde_json::json!({
+///         "OrderId": order["OrderId"],
+///         "Amount": paid.map(|p| p["Amount"].clone()),
+///     }))
+/// }
+///
+/// let mut harness = JoinHarness::new(enrich);
+/// let order = TestEvent::new(r#"{"OrderId": "o1"}"#);
+/// let payment = TestEvent::new(r#"{"OrderId": "o1", "Amount": 12.5}"#);
+/// let outcome = harness.pair(Some(order.clone()), Some(payment.clone()));
+/// assert_eq!(outcome.json("rows")[0]["Amount"], 12.5);
+/// let outcome = harness.pair(Some(order), None);
+/// assert!(outcome.json("rows")[0]["Amount"].is_null());
+/// assert_eq!(harness.pair(None, Some(payment)).rejection(), Some("a payment without its order"));
+/// ```
+pub struct JoinHarness<F> {
+    runner: crate::join::JoinRunner,
+    memory: Rc<RefCell<Memory>>,
+    join: F,
+}
+
+impl<F> std::fmt::Debug for JoinHarness<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHarness").finish_non_exhaustive()
+    }
+}
+
+impl<F> JoinHarness<F>
+where
+    F: Fn(Option<&Event<'_>>, Option<&Event<'_>>, &mut Context) -> Result<()>,
+{
+    /// A harness for `join`, with empty keyed state and the configuration `{}`.
+    pub fn new(join: F) -> Self {
+        let memory = Rc::new(RefCell::new(Memory {
+            config: "{}".to_owned(),
+            ..Memory::default()
+        }));
+        JoinHarness {
+            runner: crate::join::JoinRunner::new(Context::new(Box::new(MemoryBackend(
+                memory.clone(),
+            )))),
+            memory,
+            join,
+        }
+    }
+
+    /// Sets the stage configuration (what the pipeline file's `config` table would give).
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.memory.borrow_mut().config = config.to_string();
+        self.runner.ctx.forget_config();
+        self
+    }
+
+    /// Enriches one pair (or one event alone).
+    pub fn pair(&mut self, left: Option<TestEvent>, right: Option<TestEvent>) -> Outcome {
+        self.pairs([(left, right)]).pop().unwrap_or_default()
+    }
+
+    /// Enriches several pairs in one request, as the host sends a batch's pairs.
+    ///
+    /// # Panics
+    /// When the output the runner produced is not what the host accepts (an SDK bug).
+    pub fn pairs(
+        &mut self,
+        pairs: impl IntoIterator<Item = (Option<TestEvent>, Option<TestEvent>)>,
+    ) -> Vec<Outcome> {
+        let mut events: Vec<TestEvent> = Vec::new();
+        let mut layout = Vec::new();
+        let mut push = |event: Option<TestEvent>| {
+            event.map(|event| {
+                events.push(event);
+                u32::try_from(events.len() - 1).unwrap_or(u32::MAX)
+            })
+        };
+        for (left, right) in pairs {
+            let left = push(left);
+            let right = push(right);
+            layout.push(crate::bindings::JoinPair { left, right });
+        }
+        let request = crate::bindings::JoinRequest {
+            events: batch_of(0, &events),
+            pairs: layout,
+        };
+        let slots = vec![TestEvent::default(); request.pairs.len()];
+        let output = self.runner.run(&request, &self.join);
+        decode(output, &slots)
+    }
+
+    /// All counters, summed over every call so far.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.memory.borrow().counters.clone()
+    }
+}

@@ -4,10 +4,13 @@
 use std::cell::RefCell;
 
 use crate::__private::wit::weir::plugin::{config, log, metrics, state};
-use crate::bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch};
+use crate::bindings::{
+    EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch,
+};
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
+use crate::join::JoinRunner;
 use crate::runner::Runner;
 use crate::window::{Aggregate, WindowRunner};
 
@@ -88,6 +91,21 @@ pub(crate) fn fold_windows<A: Aggregate>(request: FoldRequest) -> FoldResponse {
 pub(crate) fn finish_windows<A: Aggregate>(request: FinishRequest) -> OutputBatch {
     with_window_runner(|runner| {
         runner.finish::<A>(&request);
+        runner.ctx.take_output()
+    })
+}
+
+thread_local! {
+    /// The instance's join runner, kept like [`RUNNER`].
+    static JOIN_RUNNER: RefCell<Option<JoinRunner>> = const { RefCell::new(None) };
+}
+
+/// Enriches the pairs of one request; called by the export glue of [`crate::join`].
+pub(crate) fn join_pairs(request: JoinRequest, join: crate::__private::JoinFn) -> OutputBatch {
+    JOIN_RUNNER.with_borrow_mut(|runner| {
+        let runner =
+            runner.get_or_insert_with(|| JoinRunner::new(Context::new(Box::new(WasmHost))));
+        runner.run(&request, &join);
         runner.ctx.take_output()
     })
 }

@@ -9,6 +9,7 @@
     reason = "test helpers: a failure is the test's failure"
 )]
 
+pub mod bookings;
 pub mod examples;
 pub mod telemetry;
 

@@ -148,6 +148,7 @@ impl Document<'_> {
             ("sources", "simulator") => check::<super::SimulatorSourceConfig>(value),
             ("sources", "file") => check::<super::FileSourceConfig>(value),
             ("sources", "http") => check::<super::HttpSourceConfig>(value),
+            ("sources", "bookings") => check::<super::BookingsSourceConfig>(value),
             ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
             ("sinks", "file") => check::<super::FileSinkConfig>(value),
             ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
@@ -329,6 +330,40 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
         }
     }
+    for (name, source) in &config.sources {
+        if let SourceConfig::Bookings(bookings) = source {
+            for (key, ratio) in [
+                ("missing_payment_ratio", bookings.missing_payment_ratio),
+                ("late_payment_ratio", bookings.late_payment_ratio),
+                ("failed_payment_ratio", bookings.failed_payment_ratio),
+            ] {
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(doc.error(
+                        &["sources", name, key],
+                        format!("expected a fraction between 0 and 1, found {ratio}"),
+                    ));
+                }
+            }
+            for (key, duration) in [
+                ("booking_interval", bookings.booking_interval),
+                ("payment_deadline", bookings.payment_deadline),
+            ] {
+                if duration.get().as_millis() < 1000 {
+                    return Err(doc.error(&["sources", name, key], "expected at least one second"));
+                }
+            }
+            if let Some(start) = &bookings.start_time
+                && chrono::DateTime::parse_from_rfc3339(start).is_err()
+            {
+                return Err(doc.error(
+                    &["sources", name, "start_time"],
+                    format!(
+                        "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
+                    ),
+                ));
+            }
+        }
+    }
     for (name, sink) in &config.sinks {
         if let SinkConfig::Delta(delta) = sink {
             validate_delta(doc, name, delta)?;
@@ -429,10 +464,10 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     }
                 }
                 (None, Some(dedup)) => {
-                    if stage.window.is_some() || stage.config.is_some() {
+                    if stage.window.is_some() || stage.join.is_some() || stage.config.is_some() {
                         return Err(doc.error(
                             &at("dedup"),
-                            "a `dedup` stage takes no `window` and no `config`",
+                            "a `dedup` stage takes no `window`, `join` or `config`",
                         ));
                     }
                     if dedup.horizon.get().is_zero() {
@@ -465,7 +500,32 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                 for destination in destinations.names() {
                     let is_sink = config.sinks.contains_key(destination);
                     let is_later_stage = later.contains(&destination);
-                    if !is_sink && !is_later_stage {
+                    // A join's two inputs are addressed as `<stage>.left` and `<stage>.right`.
+                    let (target, port) = match destination.rsplit_once('.') {
+                        Some((stage_name, port @ ("left" | "right")))
+                            if later.iter().any(|s| *s == stage_name) =>
+                        {
+                            (stage_name, Some(port))
+                        }
+                        _ => (destination.as_str(), None),
+                    };
+                    let is_join = pipeline
+                        .stages
+                        .iter()
+                        .any(|s| s.name == target && s.join.is_some());
+                    if !is_sink && (is_later_stage || port.is_some()) && is_join != port.is_some() {
+                        let mut keys = at("outputs");
+                        keys.push(output.as_str());
+                        let message = if is_join {
+                            format!(
+                                "`{target}` is a join: route to one of its inputs, `{target}.left` or `{target}.right`"
+                            )
+                        } else {
+                            format!("`{target}` is not a join: it has one input, `{target}`")
+                        };
+                        return Err(doc.error(&keys, message));
+                    }
+                    if !is_sink && !is_later_stage && port.is_none() {
                         let mut keys = at("outputs");
                         keys.push(output.as_str());
                         let earlier = pipeline.stages[..=index]
@@ -487,6 +547,35 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
             if let Some(window) = &stage.window {
                 validate_window(doc, &at("window"), window)?;
+            }
+            if let Some(join) = &stage.join {
+                if stage.window.is_some() {
+                    return Err(doc.error(&at("join"), "a stage is a window or a join, not both"));
+                }
+                if join.within.get().is_zero() && join.before.is_none_or(|b| b.get().is_zero()) {
+                    let mut keys = at("join");
+                    keys.push("within");
+                    return Err(doc.error(
+                        &keys,
+                        "a join needs a time bound above zero (`within`, `before`)",
+                    ));
+                }
+                let fed = pipeline.stages[..index].iter().any(|s| {
+                    s.outputs.values().any(|d| {
+                        d.names()
+                            .iter()
+                            .any(|n| n.starts_with(&format!("{}.", stage.name)))
+                    })
+                });
+                if !fed {
+                    return Err(doc.error(
+                        &at("join"),
+                        format!(
+                            "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
+                            stage.name
+                        ),
+                    ));
+                }
             }
             if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
                 return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
@@ -731,6 +820,33 @@ outputs = { alerts = "out" }
         );
         let err = refuse(&VALID.replace("plugin = \"p.wasm\"\n", ""));
         assert!(err.contains("needs a `plugin`"), "{err}");
+    }
+
+    #[test]
+    fn a_join_is_fed_through_its_two_inputs() {
+        let two_stages = |route: &str| {
+            format!(
+                "{}\n[[pipelines.p.stages]]\nname = \"j\"\nplugin = \"p.wasm\"\njoin = {{ key = \"K\", within = \"2m\" }}\noutputs = {{ rows = \"out\" }}\n",
+                VALID.replace("alerts = \"out\"", route)
+            )
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        load_str(
+            &two_stages("a = \"j.left\", b = \"j.right\""),
+            Path::new("weir.toml"),
+            dir.path(),
+        )
+        .expect("routes to both inputs");
+        let err = refuse(&two_stages("a = \"j\""));
+        assert!(
+            err.contains("`j` is a join: route to one of its inputs, `j.left` or `j.right`"),
+            "{err}"
+        );
+        let err = refuse(&two_stages("a = \"out.left\""));
+        assert!(err.contains("is neither a sink"), "{err}");
+        let err = refuse(&two_stages("a = \"out\""));
+        assert!(err.contains("nothing routes to join `j`"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// An HTTP endpoint that accepts JSON events.
     Http(HttpSourceConfig),
+    /// The built-in booking platform simulator: bookings and their payments.
+    Bookings(BookingsSourceConfig),
 }
 
 impl SourceConfig {
@@ -113,6 +115,7 @@ impl SourceConfig {
             SourceConfig::Simulator(c) => c.partitions,
             SourceConfig::File(c) => c.partitions,
             SourceConfig::Http(c) => c.partitions,
+            SourceConfig::Bookings(c) => c.partitions,
         }
     }
 }
@@ -171,6 +174,64 @@ fn default_jump_ratio() -> f64 {
 }
 fn default_duplicate_ratio() -> f64 {
     0.001
+}
+
+/// A cinema, concert and theatre booking platform: a stream of bookings (an order with its seats)
+/// and a stream of payments, in one source, partitioned by `OrderId` so that an order's booking
+/// and payment meet in the same partition. Some payments come late, some never, some fail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingsSourceConfig {
+    /// Number of partitions; events are partitioned by `OrderId`.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Orders per second; 0 produces as fast as the pipeline consumes.
+    #[serde(default = "default_booking_rate")]
+    pub rate: u32,
+    /// Stop after this many orders (their payments included); absent runs until stopped.
+    #[serde(default)]
+    pub max_orders: Option<u64>,
+    /// Seed of the generator: the same seed gives the same events.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Event time of the first booking (RFC 3339). Absent: the time of the pipeline's first start,
+    /// kept in the checkpoint store so that a restart replays the same events.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// Event time between two bookings.
+    #[serde(default = "default_booking_interval")]
+    pub booking_interval: ConfigDuration,
+    /// A payment on time comes within this long after its booking; a late one after it.
+    #[serde(default = "default_payment_deadline")]
+    pub payment_deadline: ConfigDuration,
+    /// Fraction of orders never paid.
+    #[serde(default = "default_missing_payment_ratio")]
+    pub missing_payment_ratio: f64,
+    /// Fraction of payments made after the deadline (up to three times it).
+    #[serde(default = "default_late_payment_ratio")]
+    pub late_payment_ratio: f64,
+    /// Fraction of payments with the status `Failed`.
+    #[serde(default = "default_failed_payment_ratio")]
+    pub failed_payment_ratio: f64,
+}
+
+fn default_booking_rate() -> u32 {
+    200
+}
+fn default_booking_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(1_000)
+}
+fn default_payment_deadline() -> ConfigDuration {
+    ConfigDuration::from_millis(120_000)
+}
+fn default_missing_payment_ratio() -> f64 {
+    0.05
+}
+fn default_late_payment_ratio() -> f64 {
+    0.05
+}
+fn default_failed_payment_ratio() -> f64 {
+    0.05
 }
 
 /// Replay of a JSON Lines file, one event per line.
@@ -486,6 +547,51 @@ pub struct StageConfig {
     /// within the horizon and sends the others to its output `events`.
     #[serde(default)]
     pub dedup: Option<DedupConfig>,
+    /// Makes the stage an interval join: its plugin implements the `join-enrichment` world, and
+    /// earlier stages route to its two inputs as `<stage>.left` and `<stage>.right`.
+    #[serde(default)]
+    pub join: Option<JoinConfig>,
+}
+
+/// An interval join of two inputs on a key, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Top-level field holding the join key of left events (text or a number).
+    pub key: String,
+    /// Top-level field holding the join key of right events; defaults to `key`.
+    #[serde(default)]
+    pub right_key: Option<String>,
+    /// A right event joins a left event of the same key whose event time is at most this much
+    /// earlier than its own (ASA: `DATEDIFF(.., left, right) BETWEEN 0 AND within`).
+    pub within: ConfigDuration,
+    /// A right event may also be at most this much earlier than the left event (default: not at
+    /// all).
+    #[serde(default)]
+    pub before: Option<ConfigDuration>,
+    /// What happens to a left event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_left")]
+    pub unmatched_left: UnmatchedPolicy,
+    /// What happens to a right event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_right")]
+    pub unmatched_right: UnmatchedPolicy,
+}
+
+fn default_unmatched_left() -> UnmatchedPolicy {
+    UnmatchedPolicy::Emit
+}
+fn default_unmatched_right() -> UnmatchedPolicy {
+    UnmatchedPolicy::Drop
+}
+
+/// What a join does with an event that found no match within the bound; either way it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedPolicy {
+    /// The plugin is called with the event alone (the other side absent), like an outer join.
+    Emit,
+    /// The event is dropped.
+    Drop,
 }
 
 /// A deduplication stage's settings.
@@ -553,7 +659,7 @@ pub enum WindowKind {
 impl StageConfig {
     /// Whether the stage works in event time, so that its pipeline needs a watermark.
     pub fn is_time_based(&self) -> bool {
-        self.window.is_some()
+        self.window.is_some() || self.join.is_some()
     }
 }
 

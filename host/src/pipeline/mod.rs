@@ -300,11 +300,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         .iter()
                         .filter_map(|name| match sink_index(name) {
                             Some(index) => Some(Destination::Sink(index)),
-                            None => pipeline
-                                .stages
-                                .iter()
-                                .position(|s| &s.name == name)
-                                .map(Destination::Stage),
+                            None => stage_destination(pipeline, name),
                         })
                         .collect();
                     routes.insert(output.as_str().into(), resolved);
@@ -348,6 +344,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 shutdown: shutdown.clone(),
                 time,
                 state_dirty: false,
+                right_inputs: vec![Vec::new(); pipeline.stages.len()],
             };
             workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
         }
@@ -359,6 +356,21 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         sinks,
         metrics,
     })
+}
+
+/// The stage input a route names: a stage, or one of a join's inputs (`<stage>.left`,
+/// `<stage>.right`).
+fn stage_destination(pipeline: &PipelineConfig, name: &str) -> Option<Destination> {
+    let position = |stage: &str| pipeline.stages.iter().position(|s| s.name == stage);
+    match name.rsplit_once('.') {
+        Some((stage, "left")) if position(stage).is_some() => {
+            position(stage).map(Destination::Stage)
+        }
+        Some((stage, "right")) if position(stage).is_some() => {
+            position(stage).map(Destination::StageRight)
+        }
+        _ => position(name).map(Destination::Stage),
+    }
 }
 
 /// A partition's event time: its clock restored from the checkpoint, registered in the

@@ -1,5 +1,6 @@
 //! Building one partition's stage of each kind from its configuration: a per-event transform, a
-//! window aggregate or a deduplication, each restored from the partition's checkpoint.
+//! window aggregate, an interval join or a deduplication, each restored from the partition's
+//! checkpoint.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{LoadedConfig, StageConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{InstanceSettings, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot};
-use crate::stage::{DedupStage, Stage, WasmTransformStage, WindowSettings, WindowStage};
+use crate::stage::{
+    DedupStage, JoinSettings, JoinStage, Stage, WasmTransformStage, WindowSettings, WindowStage,
+};
 
 /// The kind of plugin (the world) a stage runs; `None` for a stage without a plugin.
 pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
@@ -18,6 +21,8 @@ pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
         None
     } else if stage.window.is_some() {
         Some(PluginKind::WindowAggregate)
+    } else if stage.join.is_some() {
+        Some(PluginKind::JoinEnrichment)
     } else {
         Some(PluginKind::Transform)
     }
@@ -88,6 +93,18 @@ impl StageBuilder<'_> {
                 .unwrap_or(config.plugins.call_timeout)
                 .get(),
         });
+        if let Some(join) = &stage.join {
+            return Ok(Box::new(
+                JoinStage::new(
+                    stage.name.as_str().into(),
+                    JoinSettings::from_config(join),
+                    |keyed| PluginSlot::new(plugin, settings, keyed),
+                    snapshot,
+                    self.metrics.clone(),
+                )
+                .map_err(|e| restore_error(e.to_string()))?,
+            ));
+        }
         Ok(match &stage.window {
             Some(window) => Box::new(
                 WindowStage::new(

@@ -26,6 +26,8 @@ pub(crate) enum Destination {
     Sink(usize),
     /// The stage with this index (always a later one).
     Stage(usize),
+    /// The second input (a join's `right`) of the stage with this index.
+    StageRight(usize),
 }
 
 /// A stage and the routes of its outputs.
@@ -109,6 +111,8 @@ pub(crate) struct PartitionWorker {
     /// Stage or clock state changed without a new position (an idle partition's watermark
     /// advanced, or the input ended): the next checkpoint must be written anyway.
     pub(crate) state_dirty: bool,
+    /// Records waiting for the second input (a join's `right`) of each stage.
+    pub(crate) right_inputs: Vec<Vec<Event>>,
 }
 
 impl PartitionWorker {
@@ -291,7 +295,12 @@ impl PartitionWorker {
         // Stages, in order; outputs go to sinks or to later stages' inputs.
         for index in 0..self.stages.len() {
             let mut input = std::mem::take(&mut stage_inputs[index]);
-            if input.is_empty() && marks.is_empty() {
+            let mut right = self
+                .right_inputs
+                .get_mut(index)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if input.is_empty() && right.is_empty() && marks.is_empty() {
                 stage_inputs[index] = input;
                 continue;
             }
@@ -299,12 +308,21 @@ impl PartitionWorker {
                 // Records from several upstream stages: keep partition order for stateful stages.
                 // (The sort is stable: events the clock released together keep event-time order.)
                 input.sort_by_key(|e| e.position);
+                right.sort_by_key(|e| e.position);
             }
             output.clear();
             let slot = &mut self.stages[index];
             if !input.is_empty() {
                 slot.stage.process(&input, output)?;
             }
+            if !right.is_empty() {
+                slot.stage.process_right(&right, output)?;
+                right.clear();
+                if let Some(slot) = self.right_inputs.get_mut(index) {
+                    *slot = right;
+                }
+            }
+            let slot = &mut self.stages[index];
             if !marks.is_empty() {
                 slot.stage.watermarks(&marks, output)?;
             }
@@ -328,9 +346,21 @@ impl PartitionWorker {
                             None => continue,
                         };
                         for destination in rest {
-                            route(*destination, record.clone(), &mut self.sinks, stage_inputs);
+                            route(
+                                *destination,
+                                record.clone(),
+                                &mut self.sinks,
+                                stage_inputs,
+                                &mut self.right_inputs,
+                            );
                         }
-                        route(*last, record, &mut self.sinks, stage_inputs);
+                        route(
+                            *last,
+                            record,
+                            &mut self.sinks,
+                            stage_inputs,
+                            &mut self.right_inputs,
+                        );
                     }
                     None => {
                         let reason = format!(
@@ -540,6 +570,7 @@ fn route(
     record: Event,
     sinks: &mut [SinkSlot],
     stage_inputs: &mut [Vec<Event>],
+    right_inputs: &mut [Vec<Event>],
 ) {
     match destination {
         Destination::Sink(index) => {
@@ -549,6 +580,11 @@ fn route(
         }
         Destination::Stage(index) => {
             if let Some(input) = stage_inputs.get_mut(index) {
+                input.push(record);
+            }
+        }
+        Destination::StageRight(index) => {
+            if let Some(input) = right_inputs.get_mut(index) {
                 input.push(record);
             }
         }

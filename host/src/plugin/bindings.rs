@@ -10,10 +10,11 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::weir::plugin::aggregate;
+pub use self::exports::weir::plugin::join;
 pub use self::exports::weir::plugin::transform;
 pub use self::weir::plugin::types::{
-    Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Property,
-    Rejection, Window,
+    Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinPair, JoinRequest,
+    OutputBatch, Property, Rejection, Window,
 };
 pub use self::weir::plugin::{config, log, metrics, state, types};
 
@@ -31,3 +32,9 @@ pub const AGGREGATE_WORLD: &str = "weir:plugin/window-aggregate@0.1.0";
 
 /// The export a window aggregate must provide.
 pub const AGGREGATE_EXPORT: &str = "weir:plugin/aggregate@0.1.0";
+
+/// The world a join enrichment implements.
+pub const JOIN_WORLD: &str = "weir:plugin/join-enrichment@0.1.0";
+
+/// The export a join enrichment must provide.
+pub const JOIN_EXPORT: &str = "weir:plugin/join@0.1.0";

@@ -27,7 +27,7 @@ pub use sandbox::PluginScope;
 pub use slot::PluginSlot;
 pub use state::{KeyedState, SnapshotError};
 
-use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch};
+use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch};
 
 /// The kinds of plugin: one WIT world each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +36,8 @@ pub enum PluginKind {
     Transform,
     /// A window aggregate (`window-aggregate`).
     WindowAggregate,
+    /// A join enrichment (`join-enrichment`).
+    JoinEnrichment,
 }
 
 impl PluginKind {
@@ -44,6 +46,7 @@ impl PluginKind {
         match self {
             PluginKind::Transform => bindings::TRANSFORM_WORLD,
             PluginKind::WindowAggregate => bindings::AGGREGATE_WORLD,
+            PluginKind::JoinEnrichment => bindings::JOIN_WORLD,
         }
     }
 
@@ -52,6 +55,7 @@ impl PluginKind {
         match self {
             PluginKind::Transform => (bindings::TRANSFORM_EXPORT, &["process"]),
             PluginKind::WindowAggregate => (bindings::AGGREGATE_EXPORT, &["fold", "finish"]),
+            PluginKind::JoinEnrichment => (bindings::JOIN_EXPORT, &["enrich"]),
         }
     }
 }
@@ -196,6 +200,9 @@ impl PluginEngine {
             PluginKind::WindowAggregate => Exports::Aggregate(
                 bindings::aggregate::GuestIndices::new(&pre).map_err(wrong_type)?,
             ),
+            PluginKind::JoinEnrichment => {
+                Exports::Join(bindings::join::GuestIndices::new(&pre).map_err(wrong_type)?)
+            }
         };
         Ok(Arc::new(Plugin {
             name: plugin_name(path).into(),
@@ -273,6 +280,7 @@ pub type TransformPlugin = Plugin;
 enum Exports {
     Transform(bindings::transform::GuestIndices),
     Aggregate(bindings::aggregate::GuestIndices),
+    Join(bindings::join::GuestIndices),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -421,6 +429,7 @@ pub type TransformInstance = PluginInstance;
 enum Guest {
     Transform(bindings::transform::Guest),
     Aggregate(bindings::aggregate::Guest),
+    Join(bindings::join::Guest),
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -471,6 +480,7 @@ impl PluginInstance {
             Exports::Aggregate(indices) => {
                 indices.load(&mut store, &instance).map(Guest::Aggregate)
             }
+            Exports::Join(indices) => indices.load(&mut store, &instance).map(Guest::Join),
         };
         let guest = match guest {
             Ok(guest) => guest,
@@ -509,6 +519,14 @@ impl PluginInstance {
     pub fn finish(&mut self, request: &FinishRequest) -> Result<OutputBatch, CallError> {
         self.call(|guest, store| match guest {
             Guest::Aggregate(guest) => Some(guest.call_finish(store, request)),
+            _ => None,
+        })
+    }
+
+    /// Calls a join enrichment's `enrich`.
+    pub fn enrich(&mut self, request: &JoinRequest) -> Result<OutputBatch, CallError> {
+        self.call(|guest, store| match guest {
+            Guest::Join(guest) => Some(guest.call_enrich(store, request)),
             _ => None,
         })
     }

@@ -6,6 +6,7 @@
 
 mod batch;
 mod dedup;
+mod join;
 mod transform;
 mod window;
 
@@ -15,6 +16,7 @@ use crate::event::Event;
 use crate::time::Mark;
 
 pub use dedup::{DEDUP_OUTPUT, DedupStage};
+pub use join::{JoinSettings, JoinStage};
 pub use transform::WasmTransformStage;
 pub use window::{WindowSettings, WindowSpec, WindowStage};
 
@@ -70,6 +72,12 @@ pub trait Stage: Send {
 
     /// Processes one batch of events of this stage's partition, in order.
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError>;
+
+    /// Processes one batch of the stage's second input (a join's `right`), after [`Stage::process`]
+    /// got the first input's records of the same batch. Stages with one input treat it as theirs.
+    fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.process(events, out)
+    }
 
     /// The partition's watermark advanced (see [`crate::time`]), after the events given to
     /// [`Stage::process`] in the same batch. A time-based stage closes what the marks pass, in

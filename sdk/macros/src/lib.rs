@@ -1,5 +1,5 @@
 //! Attribute macros of the Weir plugin SDK, one per kind of plugin. Use them through `weir-sdk`,
-//! which re-exports them: `#[weir_sdk::transform]`, `#[weir_sdk::window]`.
+//! which re-exports them: `#[weir_sdk::transform]`, `#[weir_sdk::window]`, `#[weir_sdk::join]`.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Ident, TokenStream as TokenStream2};
@@ -254,6 +254,159 @@ fn world_bindings(world: &str, export_impl: TokenStream2) -> TokenStream2 {
             wit: #WIT,
             export: { #export_impl }
         }
+    }
+}
+
+/// Marks a join enrichment's function,
+/// `fn(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`.
+///
+/// See `weir_sdk::join` for the documentation.
+#[proc_macro_attribute]
+pub fn join(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_join(attr.into(), item.into()).into()
+}
+
+fn expand_join(attr: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new_spanned(
+                &item,
+                "`#[weir_sdk::join]` goes on a function: `fn enrich(left: Option<&Event>, \
+                 right: Option<&Event>, ctx: &mut Context) -> Result<()>`",
+            );
+            return with_errors(item, error);
+        }
+    };
+    if !attr.is_empty() {
+        let error = syn::Error::new_spanned(&attr, "`#[weir_sdk::join]` takes no arguments");
+        return with_errors(item, error);
+    }
+    if let Err(error) = check_join_signature(&function) {
+        return with_errors(item, error);
+    }
+    let name = &function.sig.ident;
+    let span = name.span();
+    let check = quote_spanned! {span=>
+        const _: ::weir_sdk::__private::JoinFn = #name;
+    };
+    let once = only_one_plugin(span);
+    let guest = world_bindings(
+        "join-enrichment",
+        quote! {
+            impl exports::weir::plugin::join::Guest for WeirSdkPlugin {
+                fn enrich(request: ::weir_sdk::__private::JoinRequest) -> ::weir_sdk::__private::OutputBatch {
+                    ::weir_sdk::__private::join_pairs(request, super::#name)
+                }
+            }
+        },
+    );
+    quote! {
+        #function
+        #once
+        #check
+        #guest
+    }
+}
+
+/// The checks that read well for a join function; the exact types are then checked by the
+/// compiler against `JoinFn`, at the function's name.
+fn check_join_signature(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    let expected = format!(
+        "expected `fn {}(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`",
+        sig.ident
+    );
+    let mut errors: Vec<syn::Error> = Vec::new();
+    if let Some(asyncness) = &sig.asyncness {
+        errors.push(syn::Error::new_spanned(
+            asyncness,
+            format!("a join function cannot be `async`; {expected}"),
+        ));
+    }
+    if sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, GenericParam::Lifetime(_)))
+    {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            format!("a join function cannot be generic; {expected}"),
+        ));
+    }
+    let args: Vec<&FnArg> = sig.inputs.iter().collect();
+    match args.as_slice() {
+        [left, right, ctx] => {
+            for (arg, which) in [(left, "left"), (right, "right")] {
+                if !is_option_of_reference(arg) {
+                    errors.push(syn::Error::new_spanned(
+                        arg,
+                        format!(
+                            "the {which} event of a pair may be absent (an unmatched event comes \
+                             alone): `Option<&Event>`; {expected}"
+                        ),
+                    ));
+                }
+            }
+            if !is_reference_to(ctx, true, "Context") {
+                errors.push(syn::Error::new_spanned(
+                    *ctx,
+                    format!("the third argument of a join function is the context, `&mut Context`; {expected}"),
+                ));
+            }
+        }
+        _ => {
+            let found = format!(
+                "a join function takes three arguments, the left event, the right event and the \
+                 context, not {}; {expected}",
+                args.len()
+            );
+            if args.is_empty() {
+                errors.push(syn::Error::new(sig.paren_token.span.join(), found));
+            } else {
+                errors.push(syn::Error::new_spanned(&sig.inputs, found));
+            }
+        }
+    }
+    if let ReturnType::Default = &sig.output {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.close(),
+            format!("a join function returns `Result<()>`; {expected}"),
+        ));
+    }
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            for error in errors {
+                first.combine(error);
+            }
+            Err(first)
+        }
+    }
+}
+
+/// Whether `arg` is typed `Option<&T>`.
+fn is_option_of_reference(arg: &FnArg) -> bool {
+    let FnArg::Typed(arg) = arg else {
+        return false;
+    };
+    let Type::Path(path) = strip(&arg.ty) else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Option" {
+        return false;
+    }
+    match &last.arguments {
+        PathArguments::AngleBracketed(args) => matches!(
+            args.args.first(),
+            Some(GenericArgument::Type(Type::Reference(reference))) if reference.mutability.is_none()
+        ),
+        _ => false,
     }
 }
 
