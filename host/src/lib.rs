@@ -13,6 +13,7 @@ pub mod json;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod reference;
 pub mod sink;
 pub mod source;
 pub mod stage;

@@ -125,6 +125,8 @@ pub mod names {
     /// Events a join found no match for within its bound (labels: pipeline, stage, partition,
     /// side = `left` | `right`, policy = `emit` | `drop`).
     pub const JOIN_UNMATCHED: &str = "weir_join_unmatched_total";
+    /// Reference tables loaded again after their source changed (labels: pipeline, stage, table).
+    pub const REFERENCE_RELOADS: &str = "weir_reference_reloads_total";
     /// Windows closed and finished (labels: pipeline, stage, partition).
     pub const WINDOWS_CLOSED: &str = "weir_windows_closed_total";
     /// Records that came for a window that had already closed (labels: pipeline, stage,

@@ -289,6 +289,7 @@ pub mod __private {
                         "weir:plugin/metrics@0.1.0": ::weir_sdk::__private::wit::weir::plugin::metrics,
                         "weir:plugin/state@0.1.0": ::weir_sdk::__private::wit::weir::plugin::state,
                         "weir:plugin/config@0.1.0": ::weir_sdk::__private::wit::weir::plugin::config,
+                        "weir:plugin/reference@0.1.0": ::weir_sdk::__private::wit::weir::plugin::reference,
                     },
                     generate_all,
                 });

@@ -62,6 +62,8 @@ struct Memory {
     counters: BTreeMap<String, u64>,
     logs: Vec<LogRecord>,
     config: String,
+    /// Reference tables: rows (as JSON) by table and key.
+    reference: BTreeMap<(String, String), String>,
     /// Host calls made, to show that state is cached per batch.
     state_calls: u64,
 }
@@ -104,6 +106,22 @@ impl Backend for MemoryBackend {
     fn config(&mut self) -> String {
         self.0.borrow().config.clone()
     }
+
+    fn reference_lookup(&mut self, table: &str, key: &str) -> Option<String> {
+        self.0
+            .borrow()
+            .reference
+            .get(&(table.to_owned(), key.to_owned()))
+            .cloned()
+    }
+}
+
+/// Adds the row `row` under `key` to reference table `table` of `memory`.
+fn add_reference_row(memory: &RefCell<Memory>, table: &str, key: &str, row: &serde_json::Value) {
+    memory
+        .borrow_mut()
+        .reference
+        .insert((table.to_owned(), key.to_owned()), row.to_string());
 }
 
 /// Runs a transform natively over pre-built columnar batches: the entry point for benchmarks.
@@ -162,6 +180,13 @@ where
             .borrow_mut()
             .state
             .insert(key.as_bytes().to_vec(), json);
+        self
+    }
+
+    /// Adds a row to a reference table, as if the stage's `reference` configuration loaded it:
+    /// `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
         self
     }
 
@@ -468,6 +493,12 @@ where
         self
     }
 
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(mut self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        self.runner = self.runner.with_reference(table, key, row);
+        self
+    }
+
     /// Runs events as if they came from source partition `partition`.
     pub fn with_partition(mut self, partition: u32) -> Self {
         self.partition = partition;
@@ -708,6 +739,12 @@ impl<A: crate::Aggregate> WindowHarness<A> {
         self
     }
 
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
+        self
+    }
+
     /// Folds `events` into `accumulator` (a fresh one when `None`) in one call, as the host does
     /// with a batch: returns the new accumulator (read back from its serialised form) and the
     /// events refused (index, reason).
@@ -863,6 +900,12 @@ where
     pub fn with_config(mut self, config: serde_json::Value) -> Self {
         self.memory.borrow_mut().config = config.to_string();
         self.runner.ctx.forget_config();
+        self
+    }
+
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
         self
     }
 

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use crate::__private::wit::weir::plugin::{config, log, metrics, state};
+use crate::__private::wit::weir::plugin::{config, log, metrics, reference, state};
 use crate::bindings::{
     EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch,
 };
@@ -47,6 +47,10 @@ impl Backend for WasmHost {
 
     fn config(&mut self) -> String {
         config::get()
+    }
+
+    fn reference_lookup(&mut self, table: &str, key: &str) -> Option<String> {
+        reference::lookup(table, key)
     }
 }
 

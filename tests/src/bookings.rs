@@ -27,6 +27,8 @@ pub struct Order {
     pub time_ms: i64,
     /// The payment: delay after the booking (ms) and whether it failed.
     pub payment: Option<(i64, bool)>,
+    /// The venue (`V01`..`V08` are in the example's reference table, `V99` is not).
+    pub venue: String,
 }
 
 /// `orders` orders, one a second from [`BOOKINGS_BASE_MS`].
@@ -61,6 +63,10 @@ pub fn generated_orders(orders: usize, seed: u64) -> Vec<Order> {
                 seats: (0..seats).map(|s| (format!("R{}", s + 1), price)).collect(),
                 time_ms: BOOKINGS_BASE_MS + n as i64 * 1000,
                 payment,
+                venue: match (next() * 9.0) as usize {
+                    8 => "V99".to_owned(),
+                    v => format!("V0{}", v.min(7) + 1),
+                },
             }
         })
         .collect()
@@ -72,8 +78,8 @@ fn booking_json(order: &Order) -> Value {
         "CustomerId": format!("c-{}", order.order_id),
         "EventName": format!("Show {}", order.event_type),
         "EventType": order.event_type,
-        "VenueId": "V01",
-        "Venue": "Globe Theatre",
+        "VenueId": order.venue,
+        "Venue": format!("Venue {}", order.venue),
         "Seats": order.seats.iter().map(|(id, price)| json!({"SeatId": id, "Price": price})).collect::<Vec<_>>(),
         "Timestamp": timestamp(order.time_ms),
     })
@@ -121,9 +127,36 @@ fn category(event_type: &str) -> &'static str {
     }
 }
 
+/// The cities of the venues of the example's reference table `examples/reference/venues.csv`,
+/// read with Python's `csv` module (an independent reader).
+pub fn example_venue_cities() -> BTreeMap<String, String> {
+    const SCRIPT: &str = r#"
+import csv, json, sys
+with open(sys.argv[1], newline="") as f:
+    print(json.dumps({row["VenueId"]: row["City"] for row in csv.DictReader(f)}))
+"#;
+    let path = crate::workspace_dir().join("examples/reference/venues.csv");
+    let output = std::process::Command::new(crate::python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&path)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("venue cities")
+}
+
 /// The bookings fact by (OrderId, SeatId): each seat with its order's payment made within the
-/// bound (`0 ≤ payment − booking ≤ 2 min`), or without payment columns.
-pub fn expected_fact(orders: &[Order]) -> BTreeMap<(String, String), Value> {
+/// bound (`0 ≤ payment − booking ≤ 2 min`), or without payment columns; the venue's city from
+/// `cities`.
+pub fn expected_fact(
+    orders: &[Order],
+    cities: &BTreeMap<String, String>,
+) -> BTreeMap<(String, String), Value> {
     let mut rows = BTreeMap::new();
     for order in orders {
         let payment = order
@@ -141,6 +174,7 @@ pub fn expected_fact(orders: &[Order]) -> BTreeMap<(String, String), Value> {
                 "BookingHour": 18 + (order.time_ms - BOOKINGS_BASE_MS) / 3_600_000,
                 "BookingDate": timestamp(order.time_ms)[..10],
                 "Paid": payment.is_some_and(|(_, failed)| !failed),
+                "VenueCity": cities.get(&order.venue),
             });
             match payment {
                 Some((delay, failed)) => {

@@ -109,6 +109,17 @@ pub fn adapt_example(example: &str, dir: &Path, adapt: &Adapt<'_>) -> PathBuf {
             .expect("stages");
         for stage in stages {
             let stage = stage.as_table_mut().expect("stage table");
+            // Reference tables stay where the example keeps them.
+            if let Some(tables) = stage.get_mut("reference").and_then(Value::as_table_mut) {
+                for (_, table) in tables.iter_mut() {
+                    if let Some(table) = table.as_table_mut()
+                        && let Some(relative) = table.get("path").and_then(Value::as_str)
+                    {
+                        let absolute = path.parent().expect("examples directory").join(relative);
+                        table.insert("path".into(), Value::String(absolute.display().to_string()));
+                    }
+                }
+            }
             if let Some(plugin) = stage.get("plugin").and_then(Value::as_str) {
                 let stem = Path::new(plugin)
                     .file_stem()

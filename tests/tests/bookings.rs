@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use weir_tests::bookings::{JOIN_WITHIN_MS, Order, expected_fact, generated_orders, write_orders};
+use weir_tests::bookings::{
+    JOIN_WITHIN_MS, Order, example_venue_cities, expected_fact, generated_orders, write_orders,
+};
 use weir_tests::examples::{Adapt, adapt_example};
 use weir_tests::{WeirProcess, close, read_delta, read_jsonl_dir, run_to_completion};
 
@@ -28,7 +30,7 @@ fn bookings_pipeline(dir: &Path, input: &Path, checkpoint_interval: &str) -> Pat
 }
 
 fn assert_fact(rows: &[Value], orders: &[Order]) {
-    let expected = expected_fact(orders);
+    let expected = expected_fact(orders, &example_venue_cities());
     assert_eq!(rows.len(), expected.len(), "one row per seat");
     let mut seen = std::collections::BTreeSet::new();
     for row in rows {

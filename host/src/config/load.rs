@@ -577,6 +577,31 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     ));
                 }
             }
+            for (table, reference) in &stage.reference {
+                let mut keys = at("reference");
+                keys.push(table.as_str());
+                if stage.plugin.is_none() {
+                    return Err(doc.error(&keys, "only a stage with a plugin can look rows up"));
+                }
+                let path = loaded.resolve(&reference.path);
+                if !path.exists() {
+                    keys.push("path");
+                    return Err(doc.error(
+                        &keys,
+                        format!("reference table {} does not exist", path.display()),
+                    ));
+                }
+                if crate::reference::format_of(&path, reference.format).is_none() {
+                    keys.push("format");
+                    return Err(doc.error(
+                        &keys,
+                        format!(
+                            "cannot tell the format of {} from its name: set `format` to `csv`, `json` or `delta`",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
             if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
                 return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
             }
@@ -847,6 +872,26 @@ outputs = { alerts = "out" }
         assert!(err.contains("is neither a sink"), "{err}");
         let err = refuse(&two_stages("a = \"out\""));
         assert!(err.contains("nothing routes to join `j`"), "{err}");
+    }
+
+    #[test]
+    fn reference_tables_must_exist_and_have_a_known_format() {
+        let with = |table: &str| {
+            VALID.replace(
+                "outputs = { alerts = \"out\" }",
+                &format!("outputs = {{ alerts = \"out\" }}\nreference = {{ venues = {table} }}"),
+            )
+        };
+        let err = refuse(&with(r#"{ path = "missing.csv", key = "Id" }"#));
+        assert!(
+            err.contains("`pipelines.p.stages[0].reference.venues.path`: reference table"),
+            "{err}"
+        );
+        let err = refuse(&with(r#"{ path = "p.wasm", key = "Id" }"#));
+        assert!(
+            err.contains("set `format` to `csv`, `json` or `delta`"),
+            "{err}"
+        );
     }
 
     #[test]

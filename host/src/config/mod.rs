@@ -551,6 +551,43 @@ pub struct StageConfig {
     /// earlier stages route to its two inputs as `<stage>.left` and `<stage>.right`.
     #[serde(default)]
     pub join: Option<JoinConfig>,
+    /// Reference tables the stage's plugin looks rows up in by key, by name: loaded at start and
+    /// reloaded when they change.
+    #[serde(default)]
+    pub reference: BTreeMap<String, ReferenceTableConfig>,
+}
+
+/// A reference table: rows looked up by the value of one column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTableConfig {
+    /// A CSV file with a header row, a JSON file (an array of objects, or one object per line), or
+    /// the directory of a Delta table.
+    pub path: PathBuf,
+    /// The column whose value is the lookup key.
+    pub key: String,
+    /// `csv`, `json` or `delta`; absent: from the path (`.csv`, `.json` or `.jsonl`, a directory).
+    #[serde(default)]
+    pub format: Option<ReferenceFormat>,
+    /// How often the source is checked for changes; a changed one is loaded again.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: ConfigDuration,
+}
+
+fn default_reload_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+
+/// Formats of reference tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceFormat {
+    /// Comma-separated values with a header row; every value is text.
+    Csv,
+    /// A JSON array of objects, or JSON Lines.
+    Json,
+    /// A Delta table on a local path (needs the `delta` feature).
+    Delta,
 }
 
 /// An interval join of two inputs on a key, in event time.

@@ -63,6 +63,16 @@ pub enum StartError {
     /// The plugin engine could not be created.
     #[error(transparent)]
     Engine(PluginError),
+    /// A stage's reference table could not be loaded.
+    #[error("pipeline `{pipeline}`, stage `{stage}`: {source}")]
+    Reference {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// Why.
+        source: crate::reference::ReferenceError,
+    },
 }
 
 /// Why a run ended with an error.
@@ -250,6 +260,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 after: checkpoint.as_ref().and_then(|c| c.position),
             })
             .collect();
+        let references = stages::load_references(loaded, pipeline_name, pipeline, &metrics).await?;
         let readers = source.open(starts).await?;
         let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
         let watermarks = PipelineWatermarks::new();
@@ -290,6 +301,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 partition,
                 checkpoint: &checkpoint,
                 plugins: &plugins,
+                references: &references,
                 metrics: &metrics,
             };
             for stage in &pipeline.stages {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use super::StartError;
 use crate::checkpoint::Checkpoint;
-use crate::config::{LoadedConfig, StageConfig};
+use crate::config::{LoadedConfig, PipelineConfig, StageConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{InstanceSettings, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot};
+use crate::reference::ReferenceTables;
 use crate::stage::{
     DedupStage, JoinSettings, JoinStage, Stage, WasmTransformStage, WindowSettings, WindowStage,
 };
@@ -36,7 +37,49 @@ pub(crate) struct StageBuilder<'a> {
     pub(crate) partition: u32,
     pub(crate) checkpoint: &'a Checkpoint,
     pub(crate) plugins: &'a HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
+    /// Reference tables by stage name.
+    pub(crate) references: &'a HashMap<String, ReferenceTables>,
     pub(crate) metrics: &'a Metrics,
+}
+
+/// Loads the reference tables of every stage of `pipeline` (off the async threads) and starts
+/// watching them for changes; by stage name.
+pub(crate) async fn load_references(
+    loaded: &LoadedConfig,
+    pipeline_name: &str,
+    pipeline: &PipelineConfig,
+    metrics: &Metrics,
+) -> Result<HashMap<String, ReferenceTables>, StartError> {
+    let mut references = HashMap::new();
+    for stage in &pipeline.stages {
+        if stage.reference.is_empty() {
+            continue;
+        }
+        let configs = stage.reference.clone();
+        let resolver = loaded.clone();
+        let error = |reason: String| StartError::Reference {
+            pipeline: pipeline_name.to_owned(),
+            stage: stage.name.clone(),
+            source: crate::reference::ReferenceError {
+                table: String::new(),
+                path: PathBuf::new(),
+                reason,
+            },
+        };
+        let tables = tokio::task::spawn_blocking(move || {
+            ReferenceTables::load(&configs, |path| resolver.resolve(path))
+        })
+        .await
+        .map_err(|e| error(format!("the loading task failed: {e}")))?
+        .map_err(|source| StartError::Reference {
+            pipeline: pipeline_name.to_owned(),
+            stage: stage.name.clone(),
+            source,
+        })?;
+        tables.watch(&stage.reference, (pipeline_name, &stage.name), metrics);
+        references.insert(stage.name.clone(), tables);
+    }
+    Ok(references)
 }
 
 impl StageBuilder<'_> {
@@ -92,6 +135,11 @@ impl StageBuilder<'_> {
                 .call_timeout
                 .unwrap_or(config.plugins.call_timeout)
                 .get(),
+            reference: self
+                .references
+                .get(&stage.name)
+                .cloned()
+                .unwrap_or_else(ReferenceTables::none),
         });
         if let Some(join) = &stage.join {
             return Ok(Box::new(

@@ -16,7 +16,7 @@ pub use self::weir::plugin::types::{
     Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinPair, JoinRequest,
     OutputBatch, Property, Rejection, Window,
 };
-pub use self::weir::plugin::{config, log, metrics, state, types};
+pub use self::weir::plugin::{config, log, metrics, reference, state, types};
 
 /// The WIT package and version this host implements.
 pub const PACKAGE: &str = "weir:plugin@0.1.0";

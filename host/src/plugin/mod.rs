@@ -130,6 +130,7 @@ impl PluginEngine {
             bindings::metrics::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             bindings::state::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             bindings::config::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            bindings::reference::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             Ok(())
         };
         add(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -327,6 +328,8 @@ pub struct InstanceSettings {
     pub max_memory_bytes: u64,
     /// Longest one call may run.
     pub call_timeout: Duration,
+    /// The stage's reference tables, for the `reference` import.
+    pub reference: crate::reference::ReferenceTables,
 }
 
 /// What a store carries for its instance.
@@ -408,6 +411,15 @@ impl bindings::state::Host for StoreState {
 impl bindings::config::Host for StoreState {
     fn get(&mut self) -> String {
         self.settings.config_json.to_string()
+    }
+}
+
+impl bindings::reference::Host for StoreState {
+    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        self.settings
+            .reference
+            .lookup(&table, &key)
+            .map(|row| row.to_string())
     }
 }
 

@@ -12,6 +12,10 @@
 //! CROSS APPLY GetArrayElements(b.Seats) AS seat
 //! ```
 //!
+//! The venue's city comes from the reference table `venues` (the stage's `reference`
+//! configuration; Fabric Eventstream's "join with reference data"), looked up by `VenueId`;
+//! without it, `VenueCity` is empty.
+//!
 //! # Outputs
 //!
 //! - `seats`: one [`SeatRow`] per seat of a booking (an event with `Seats`).
@@ -62,6 +66,14 @@ pub struct Seat<'a> {
     pub price: f64,
 }
 
+/// A row of the reference table `venues`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Venue {
+    /// The city the venue is in.
+    pub city: String,
+}
+
 /// What tells a payment apart from a booking.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -88,6 +100,8 @@ pub struct SeatRow<'a> {
     pub venue_id: &'a str,
     /// The venue's name.
     pub venue: Option<&'a str>,
+    /// The venue's city, from the reference table `venues`.
+    pub venue_city: Option<String>,
     /// The seat.
     pub seat_id: &'a str,
     /// The seat's price.
@@ -142,6 +156,9 @@ pub fn categorize(event: &Event, ctx: &mut Context) -> Result<()> {
         return Err(Error::reject("a booking without seats"));
     }
     let (day, hour) = day_and_hour(event.time());
+    let venue_city = ctx
+        .lookup::<Venue>("venues", &booking.venue_id)?
+        .map(|venue| venue.city);
     for seat in &booking.seats {
         ctx.emit(
             "seats",
@@ -153,6 +170,7 @@ pub fn categorize(event: &Event, ctx: &mut Context) -> Result<()> {
                 category: category(&booking.event_type),
                 venue_id: &booking.venue_id,
                 venue: booking.venue.as_deref(),
+                venue_city: venue_city.clone(),
                 seat_id: &seat.seat_id,
                 seat_price: seat.price,
                 seat_count: booking.seats.len(),
@@ -173,7 +191,11 @@ mod tests {
 
     #[test]
     fn one_row_per_seat_with_category_day_and_hour() {
-        let mut harness = Harness::new(categorize);
+        let mut harness = Harness::new(categorize).with_reference(
+            "venues",
+            "V01",
+            weir_sdk::serde_json::json!({"VenueId": "V01", "City": "London"}),
+        );
         // 2026-11-22 is a Sunday.
         let booking = r#"{"OrderId":"o1","CustomerId":"c1","EventName":"Hamlet","EventType":"Play",
             "VenueId":"V01","Venue":"Globe","Seats":[{"SeatId":"A1","Price":40.0},{"SeatId":"A2","Price":40.0}],
@@ -186,6 +208,7 @@ mod tests {
         assert_eq!(rows[0]["BookingDayOfWeek"], "Sunday");
         assert_eq!(rows[0]["BookingHour"], 18);
         assert_eq!(rows[0]["SeatCount"], 2);
+        assert_eq!(rows[0]["VenueCity"], "London");
         let payment = r#"{"PaymentId":"p1","OrderId":"o1","Amount":80.0}"#;
         assert!(harness.run(payment).forwarded_to("payments"));
         assert!(harness.run(r#"{"OrderId":"o2"}"#).is_rejected());
