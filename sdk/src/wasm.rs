@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use crate::__private::wit::weir::plugin::{config, log, metrics, reference, state};
 use crate::bindings::{
-    EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch,
+    EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch, StateWrites,
 };
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
@@ -22,12 +22,8 @@ impl Backend for WasmHost {
         state::get(key)
     }
 
-    fn state_put(&mut self, key: &[u8], value: &[u8]) {
-        state::put(key, value);
-    }
-
-    fn state_delete(&mut self, key: &[u8]) {
-        state::delete(key);
+    fn state_write_batch(&mut self, writes: &StateWrites) {
+        state::write_batch(writes);
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {
