@@ -132,4 +132,9 @@ pub mod names {
     /// Records that came for a window that had already closed (labels: pipeline, stage,
     /// partition).
     pub const WINDOW_LATE_EVENTS: &str = "weir_window_late_events_total";
+    /// Partitions this process owns, for sources shared through ownership claims (labels:
+    /// pipeline).
+    pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";
+    /// Partitions acquired, lost or released (labels: pipeline, change).
+    pub const OWNERSHIP_CHANGES: &str = "weir_ownership_changes_total";
 }

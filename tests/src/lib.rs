@@ -11,7 +11,10 @@
 
 pub mod bookings;
 pub mod examples;
+pub mod kafka;
+pub mod servers;
 pub mod telemetry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

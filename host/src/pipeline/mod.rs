@@ -3,6 +3,7 @@
 
 mod dead_letter;
 mod event_time;
+mod ownership;
 mod stages;
 mod worker;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::plugin::{Plugin, PluginEngine, PluginError, PluginKind};
@@ -103,9 +104,14 @@ impl ShutdownHandle {
     }
 }
 
+/// A task that ends with the reports of the partition workers it ran.
+type WorkerTask = JoinHandle<Result<Vec<WorkerReport>, WorkerError>>;
+
 /// Pipelines that are running.
 pub struct Running {
-    workers: Vec<(String, JoinHandle<Result<WorkerReport, WorkerError>>)>,
+    /// Per pipeline, tasks that end with the reports of the workers they ran: one worker each for
+    /// pipelines whose partitions all open at start, an ownership manager for the others.
+    workers: Vec<(String, WorkerTask)>,
     shutdown: ShutdownHandle,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
@@ -155,11 +161,11 @@ impl Running {
                 })),
             };
             match outcome {
-                Ok(worker_report) => report
+                Ok(worker_reports) => report
                     .pipelines
                     .entry(pipeline)
                     .or_default()
-                    .push(worker_report),
+                    .extend(worker_reports),
                 Err(source) => {
                     tracing::error!(pipeline = %pipeline, error = %source, "partition worker failed; stopping");
                     self.shutdown.shutdown();
@@ -183,9 +189,7 @@ impl Running {
 pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, StartError> {
     let config = &loaded.config;
     let engine = PluginEngine::new().map_err(StartError::Engine)?;
-    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(
-        loaded.resolve(&config.checkpoint.dir),
-    ));
+    let checkpoints: Arc<dyn CheckpointStore> = crate::checkpoint::build(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a
@@ -248,6 +252,35 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
                 .await?;
         let partitions = source.partition_count();
+        let references = stages::load_references(loaded, pipeline_name, pipeline, &metrics).await?;
+        let context = Arc::new(PipelineContext {
+            name: pipeline_arc_of(pipeline_name),
+            pipeline: pipeline.clone(),
+            loaded: loaded.clone(),
+            sinks: sinks.clone(),
+            plugins: plugins.clone(),
+            references,
+            watermarks: PipelineWatermarks::new(),
+            checkpoints: checkpoints.clone(),
+            metrics: metrics.clone(),
+        });
+        if source.partitions_open_independently() {
+            // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
+            // that several processes share them (see `ownership`).
+            let manager = ownership::OwnershipManager::new(
+                context,
+                source,
+                &config.checkpoint.ownership,
+                shutdown.clone(),
+            );
+            tracing::info!(
+                pipeline = %pipeline_name, source = %pipeline.source, partitions,
+                owner = %manager.owner(), store = %checkpoints.describe(),
+                "pipeline started; partitions are claimed through the checkpoint store"
+            );
+            workers.push((pipeline_name.clone(), tokio::spawn(manager.run())));
+            continue;
+        }
         let mut restored = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions {
             restored.push(checkpoints.load(pipeline_name, partition).await?);
@@ -260,10 +293,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 after: checkpoint.as_ref().and_then(|c| c.position),
             })
             .collect();
-        let references = stages::load_references(loaded, pipeline_name, pipeline, &metrics).await?;
         let readers = source.open(starts).await?;
-        let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
-        let watermarks = PipelineWatermarks::new();
         for reader in readers {
             let partition = reader.partition();
             let checkpoint = restored
@@ -271,94 +301,11 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 .cloned()
                 .flatten()
                 .unwrap_or_default();
-            if let Some(position) = checkpoint.position {
-                tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
-            }
-            let sink_names = used_sinks(loaded, pipeline);
-            let mut sink_slots = Vec::with_capacity(sink_names.len());
-            let scope = WriterScope {
-                pipeline: pipeline_arc.clone(),
-                partition,
-            };
-            for name in &sink_names {
-                let Some(sink) = sinks.get(name) else {
-                    continue;
-                };
-                let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
-                sink_slots.push(SinkSlot {
-                    name: name.as_str().into(),
-                    writer,
-                    pending: Vec::new(),
-                });
-            }
-            let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
-            let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
-            let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
-            let building = stages::StageBuilder {
-                loaded,
-                pipeline_name,
-                pipeline: &pipeline_arc,
-                partition,
-                checkpoint: &checkpoint,
-                plugins: &plugins,
-                references: &references,
-                metrics: &metrics,
-            };
-            for stage in &pipeline.stages {
-                let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
-                for (output, destinations) in &stage.outputs {
-                    let resolved = destinations
-                        .names()
-                        .iter()
-                        .filter_map(|name| match sink_index(name) {
-                            Some(index) => Some(Destination::Sink(index)),
-                            None => stage_destination(pipeline, name),
-                        })
-                        .collect();
-                    routes.insert(output.as_str().into(), resolved);
-                }
-                let built = building.build(stage)?;
-                stage_slots.push(StageSlot {
-                    stage: built,
-                    routes,
-                });
-            }
-            let time = event_time::needs_clock(pipeline)
-                .then(|| {
-                    partition_time(
-                        pipeline_name,
-                        pipeline,
-                        partition,
-                        &checkpoint,
-                        &watermarks,
-                        &metrics,
-                    )
-                })
-                .transpose()?;
-            let worker = PartitionWorker {
-                settings: WorkerSettings {
-                    pipeline: pipeline_arc.clone(),
-                    event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
-                    max_event_bytes: pipeline.max_event_bytes,
-                    batch_max_events: pipeline.batch.max_events,
-                    batch_max_wait: pipeline.batch.max_wait.get(),
-                    checkpoint_interval: config.checkpoint.interval.get(),
-                },
-                partition,
-                reader,
-                stages: stage_slots,
-                sinks: sink_slots,
-                dead_letter_sink,
-                checkpoints: checkpoints.clone(),
-                metrics: metrics.clone(),
-                position: checkpoint.position,
-                checkpointed: checkpoint.position,
-                shutdown: shutdown.clone(),
-                time,
-                state_dirty: false,
-                right_inputs: vec![Vec::new(); pipeline.stages.len()],
-            };
-            workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
+            let worker = build_worker(&context, reader, checkpoint, shutdown.clone()).await?;
+            workers.push((
+                pipeline_name.clone(),
+                tokio::spawn(async move { worker.run().await.map(|report| vec![report]) }),
+            ));
         }
         tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
     }
@@ -420,6 +367,138 @@ fn partition_time(
         metrics: metrics.clone(),
         pipeline: pipeline_name.into(),
         partition,
+    })
+}
+
+fn pipeline_arc_of(name: &str) -> Arc<str> {
+    name.into()
+}
+
+/// What every partition worker of one pipeline is built from.
+pub(crate) struct PipelineContext {
+    /// The pipeline's name.
+    pub(crate) name: Arc<str>,
+    /// Its configuration.
+    pub(crate) pipeline: PipelineConfig,
+    /// The whole configuration (paths, plugin defaults, checkpoint cadence).
+    pub(crate) loaded: LoadedConfig,
+    /// Every sink of the process, by name.
+    pub(crate) sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// Compiled plugins, by resolved path and the world they are used as.
+    pub(crate) plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
+    /// Reference tables, by stage name (loaded once per pipeline, shared by its partitions).
+    pub(crate) references: HashMap<String, crate::reference::ReferenceTables>,
+    /// The pipeline's watermark: every partition's clock registers here.
+    pub(crate) watermarks: Arc<PipelineWatermarks>,
+    /// The checkpoint store.
+    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
+    /// The process's metrics.
+    pub(crate) metrics: Metrics,
+}
+
+/// Builds the worker of one partition of `context`'s pipeline: its sink writers (resumed from the
+/// checkpoint's sink progress), its stages (with the checkpointed state) and its routes. Every
+/// worker, started at launch or when a partition is acquired later, is built here.
+pub(crate) async fn build_worker(
+    context: &PipelineContext,
+    reader: Box<dyn crate::source::PartitionReader>,
+    checkpoint: crate::checkpoint::Checkpoint,
+    shutdown: watch::Receiver<bool>,
+) -> Result<PartitionWorker, StartError> {
+    let loaded = &context.loaded;
+    let config = &loaded.config;
+    let pipeline = &context.pipeline;
+    let pipeline_name: &str = &context.name;
+    let pipeline_arc = context.name.clone();
+    let plugins = &context.plugins;
+    let sinks = &context.sinks;
+    let partition = reader.partition();
+    if let Some(position) = checkpoint.position {
+        tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
+    }
+    let sink_names = used_sinks(loaded, pipeline);
+    let mut sink_slots = Vec::with_capacity(sink_names.len());
+    let scope = WriterScope {
+        pipeline: pipeline_arc.clone(),
+        partition,
+    };
+    for name in &sink_names {
+        let Some(sink) = sinks.get(name) else {
+            continue;
+        };
+        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+        sink_slots.push(SinkSlot {
+            name: name.as_str().into(),
+            writer,
+            pending: Vec::new(),
+        });
+    }
+    let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
+    let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
+    let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+    let building = stages::StageBuilder {
+        loaded,
+        pipeline_name,
+        pipeline: &pipeline_arc,
+        partition,
+        checkpoint: &checkpoint,
+        plugins,
+        references: &context.references,
+        metrics: &context.metrics,
+    };
+    for stage in &pipeline.stages {
+        let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
+        for (output, destinations) in &stage.outputs {
+            let resolved = destinations
+                .names()
+                .iter()
+                .filter_map(|name| match sink_index(name) {
+                    Some(index) => Some(Destination::Sink(index)),
+                    None => stage_destination(pipeline, name),
+                })
+                .collect();
+            routes.insert(output.as_str().into(), resolved);
+        }
+        let built = building.build(stage)?;
+        stage_slots.push(StageSlot {
+            stage: built,
+            routes,
+        });
+    }
+    let time = event_time::needs_clock(pipeline)
+        .then(|| {
+            partition_time(
+                pipeline_name,
+                pipeline,
+                partition,
+                &checkpoint,
+                &context.watermarks,
+                &context.metrics,
+            )
+        })
+        .transpose()?;
+    Ok(PartitionWorker {
+        settings: WorkerSettings {
+            pipeline: pipeline_arc.clone(),
+            event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
+            max_event_bytes: pipeline.max_event_bytes,
+            batch_max_events: pipeline.batch.max_events,
+            batch_max_wait: pipeline.batch.max_wait.get(),
+            checkpoint_interval: config.checkpoint.interval.get(),
+        },
+        partition,
+        reader,
+        stages: stage_slots,
+        sinks: sink_slots,
+        dead_letter_sink,
+        checkpoints: context.checkpoints.clone(),
+        metrics: context.metrics.clone(),
+        position: checkpoint.position,
+        checkpointed: checkpoint.position,
+        time,
+        state_dirty: false,
+        right_inputs: vec![Vec::new(); pipeline.stages.len()],
+        shutdown,
     })
 }
 
