@@ -1,8 +1,6 @@
 //! The plugin and the test the README shows, compiled and run here, so that the README stays true
 //! for someone who writes their first plugin from it.
 
-// The README shows the nested `if` a first plugin is written with, not a let chain.
-#[allow(clippy::collapsible_if)]
 mod plugin {
     include!("readme/plugin.rs");
 
