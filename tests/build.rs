@@ -5,7 +5,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Plugin packages the tests load.
-const PLUGINS: &[&str] = &["telemetry-anomaly", "passthrough"];
+const PLUGINS: &[&str] = &[
+    "telemetry-anomaly",
+    "passthrough",
+    "telemetry-aggregates",
+    "device-health",
+    "window-collect",
+    "booking-categorize",
+    "booking-join",
+];
 
 fn main() {
     let manifest_dir =

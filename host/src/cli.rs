@@ -96,13 +96,56 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .iter()
         .map(|(name, sink)| (name.clone(), sink.describe()))
         .collect();
+    let metrics = running.metrics().clone();
     let report = running.wait().await.context("pipeline failed")?;
     println!();
     for (pipeline, workers) in &report.pipelines {
         let events: u64 = workers.iter().map(|w| w.events_in).sum();
         let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
+        let adjusted: u64 = workers.iter().map(|w| w.late_adjusted).sum();
+        let dropped: u64 = workers.iter().map(|w| w.late_dropped).sum();
+        let mut late = if adjusted + dropped > 0 {
+            format!(" ({adjusted} late events adjusted, {dropped} dropped)")
+        } else {
+            String::new()
+        };
+        // What the pipeline's host-owned stages counted.
+        let count = |name: &str, label: Option<(&str, &str)>| -> f64 {
+            metrics
+                .snapshot()
+                .iter()
+                .filter(|((n, labels), _)| {
+                    *n == name
+                        && labels
+                            .iter()
+                            .any(|(k, v)| *k == "pipeline" && v == pipeline)
+                        && label.is_none_or(|(key, value)| {
+                            labels.iter().any(|(k, v)| *k == key && v == value)
+                        })
+                })
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let duplicates = count(crate::metrics::names::DUPLICATES, None);
+        if duplicates > 0.0 {
+            late.push_str(&format!(", {duplicates} duplicates dropped"));
+        }
+        let pairs = count(crate::metrics::names::JOIN_PAIRS, None);
+        let emitted = count(
+            crate::metrics::names::JOIN_UNMATCHED,
+            Some(("policy", "emit")),
+        );
+        let unmatched_dropped = count(
+            crate::metrics::names::JOIN_UNMATCHED,
+            Some(("policy", "drop")),
+        );
+        if pairs + emitted + unmatched_dropped > 0.0 {
+            late.push_str(&format!(
+                ", {pairs} joined pairs, {emitted} unmatched emitted alone, {unmatched_dropped} unmatched dropped"
+            ));
+        }
         println!(
-            "pipeline `{pipeline}`: {events} events in, {dead} dead letters, {} partitions",
+            "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",
             workers.len()
         );
     }
@@ -123,16 +166,23 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     let engine = crate::plugin::PluginEngine::new()?;
     for (pipeline, pipeline_config) in &loaded.config.pipelines {
         for stage in &pipeline_config.stages {
-            let path = loaded.resolve(&stage.plugin);
+            let (Some(plugin), Some(kind)) = (&stage.plugin, pipeline::plugin_kind(stage)) else {
+                println!(
+                    "pipeline `{pipeline}`, stage `{}`: runs in the host",
+                    stage.name
+                );
+                continue;
+            };
+            let path = loaded.resolve(plugin);
             let plugin = engine
-                .load_transform(&path)
+                .load(&path, kind)
                 .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
             println!(
                 "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {}",
                 stage.name,
                 plugin.name(),
                 plugin.version(),
-                crate::plugin::bindings::TRANSFORM_WORLD
+                kind.world()
             );
         }
     }

@@ -42,6 +42,104 @@ pub fn top_level_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldVa
     Ok(found)
 }
 
+/// The values of several top-level `fields` of the JSON object `body`, in the order asked for
+/// (`None` for an absent one), read in one pass; `Err` with a reason when `body` is not one
+/// well-formed JSON object.
+pub fn top_level_fields<'a>(
+    body: &'a [u8],
+    fields: &[String],
+) -> Result<Vec<Option<FieldValue<'a>>>, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let found = FieldsSeed { fields }
+        .deserialize(&mut deserializer)
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(found)
+}
+
+struct FieldsSeed<'f> {
+    fields: &'f [String],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Vec<Option<FieldValue<'de>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed<'_> {
+    type Value = Vec<Option<FieldValue<'de>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: Vec<Option<FieldValue<'de>>> = vec![None; self.fields.len()];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.fields.iter().position(|f| *f == key) {
+                Some(index) if found[index].is_none() => {
+                    found[index] = Some(map.next_value::<ScalarValue<'de>>()?.0);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The top-level keys of the JSON object `body`, in order; `Err` with a reason when `body` is not
+/// one well-formed JSON object.
+pub fn top_level_keys(body: &[u8]) -> Result<Vec<Cow<'_, str>>, String> {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let keys = deserializer
+        .deserialize_map(Keys)
+        .map_err(|e| format!("not a JSON object: {e}"))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(keys)
+}
+
+impl FieldValue<'_> {
+    /// The value as JSON text, for values that have one here (strings, numbers, null).
+    pub fn to_json(&self) -> Option<String> {
+        match self {
+            FieldValue::Text(text) => serde_json::to_string(text.as_ref()).ok(),
+            FieldValue::Number(n) => {
+                if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    Some(format!("{}", *n as i64))
+                } else {
+                    serde_json::Number::from_f64(*n).map(|n| n.to_string())
+                }
+            }
+            FieldValue::Null => Some("null".to_owned()),
+            FieldValue::Other => None,
+        }
+    }
+}
+
 struct FieldSeed<'f> {
     field: &'f str,
 }
@@ -156,6 +254,30 @@ mod tests {
         );
         assert_eq!(top_level_field(body, "missing"), Ok(None));
         assert_eq!(top_level_field(body, "a"), Ok(Some(FieldValue::Other)));
+    }
+
+    #[test]
+    fn several_fields_in_one_pass() {
+        let body = br#"{"b":2,"a":"x","c":{"b":3},"d":null}"#;
+        let fields: Vec<String> = ["a", "b", "d", "e"]
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect();
+        let found = top_level_fields(body, &fields).expect("object");
+        let json: Vec<Option<String>> = found
+            .iter()
+            .map(|v| v.as_ref().and_then(FieldValue::to_json))
+            .collect();
+        assert_eq!(
+            json,
+            [
+                Some("\"x\"".to_owned()),
+                Some("2".to_owned()),
+                Some("null".to_owned()),
+                None
+            ]
+        );
+        assert!(top_level_fields(b"[1]", &fields).is_err());
     }
 
     #[test]

@@ -6,12 +6,15 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod event;
 pub mod json;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod reference;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod time;

@@ -60,6 +60,21 @@ impl Metrics {
             .unwrap_or(0.0)
     }
 
+    /// The sum of `name` over the label sets that have `label` = `value`.
+    pub fn total_where(&self, name: &str, label: &str, value: &str) -> f64 {
+        self.inner
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .filter(|((n, labels), _)| {
+                        *n == name && labels.iter().any(|(k, v)| *k == label && v == value)
+                    })
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Every metric, for rendering.
     pub fn snapshot(&self) -> Vec<(MetricKey, f64)> {
         self.inner
@@ -94,6 +109,33 @@ pub mod names {
     /// partition), refreshed at each checkpoint: Event Hubs from the partition properties, Kafka
     /// from the high watermark.
     pub const SOURCE_LAG: &str = "weir_source_lag";
+    /// Events beyond an event-time tolerance, adjusted or dropped (labels: pipeline, partition,
+    /// tolerance = `out_of_order` | `late_arrival`, policy = `adjust` | `drop`).
+    pub const LATE_EVENTS: &str = "weir_late_events_total";
+    /// A partition's watermark, in milliseconds since the Unix epoch (labels: pipeline, partition).
+    pub const WATERMARK: &str = "weir_watermark_ms";
+    /// The pipeline watermark: the minimum over the partitions that are not idle (labels:
+    /// pipeline).
+    pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_ms";
+    /// Events waiting in a partition's reorder buffer (labels: pipeline, partition).
+    pub const REORDER_BUFFERED: &str = "weir_reorder_buffered_events";
+    /// Times an idle partition advanced its watermark to the pipeline's (labels: pipeline,
+    /// partition).
+    pub const IDLE_ADVANCES: &str = "weir_idle_watermark_advances_total";
+    /// Events a deduplication stage dropped (labels: pipeline, stage, partition).
+    pub const DUPLICATES: &str = "weir_duplicates_total";
+    /// Pairs a join made (labels: pipeline, stage, partition).
+    pub const JOIN_PAIRS: &str = "weir_join_pairs_total";
+    /// Events a join found no match for within its bound (labels: pipeline, stage, partition,
+    /// side = `left` | `right`, policy = `emit` | `drop`).
+    pub const JOIN_UNMATCHED: &str = "weir_join_unmatched_total";
+    /// Reference tables loaded again after their source changed (labels: pipeline, stage, table).
+    pub const REFERENCE_RELOADS: &str = "weir_reference_reloads_total";
+    /// Windows closed and finished (labels: pipeline, stage, partition).
+    pub const WINDOWS_CLOSED: &str = "weir_windows_closed_total";
+    /// Records that came for a window that had already closed (labels: pipeline, stage,
+    /// partition).
+    pub const WINDOW_LATE_EVENTS: &str = "weir_window_late_events_total";
     /// Partitions this process owns, for sources shared through ownership claims (labels:
     /// pipeline).
     pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";

@@ -39,6 +39,8 @@ pub(crate) trait Backend {
     fn log(&mut self, level: Level, message: &str, fields: &[(String, String)]);
     /// The stage's configuration as JSON text.
     fn config(&mut self) -> String;
+    /// The row of reference table `table` with key `key`, as JSON text.
+    fn reference_lookup(&mut self, table: &str, key: &str) -> Option<String>;
 }
 
 /// Everything a transform function can do besides reading its event.
@@ -257,6 +259,44 @@ impl Context {
                 json
             }
         })
+    }
+
+    // ----- Reference data -----
+
+    /// The row of reference table `table` (a table the stage's `reference` configuration names)
+    /// whose key column equals `key`, deserialized from JSON; `None` when there is no such row.
+    ///
+    /// The host loads reference tables (CSV, JSON or Delta) when the pipeline starts and again
+    /// when they change. Each call asks the host: look a key up once per event, not per field. A
+    /// row that does not deserialize as `T` rejects the event with ``reference table `TABLE`: ...``.
+    ///
+    /// ```
+    /// use weir_sdk::prelude::*;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(rename_all = "PascalCase")]
+    /// struct Venue {
+    ///     city: String,
+    /// }
+    ///
+    /// fn city(event: &Event, ctx: &mut Context) -> Result<Option<String>> {
+    ///     let venue_id = event.value()?["VenueId"].as_str().unwrap_or_default().to_owned();
+    ///     Ok(ctx.lookup::<Venue>("venues", &venue_id)?.map(|v| v.city))
+    /// }
+    /// # let _ = city;
+    /// ```
+    pub fn lookup<T: DeserializeOwned>(&mut self, table: &str, key: &str) -> Result<Option<T>> {
+        match self.backend.reference_lookup(table, key) {
+            None => Ok(None),
+            Some(row) => serde_json::from_str(&row)
+                .map(Some)
+                .map_err(|e| Error::from(e).context(format_args!("reference table `{table}`"))),
+        }
+    }
+
+    /// The row of reference table `table` with key `key`, as JSON text.
+    pub fn lookup_json(&mut self, table: &str, key: &str) -> Option<String> {
+        self.backend.reference_lookup(table, key)
     }
 
     // ----- Logs and counters -----

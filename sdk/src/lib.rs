@@ -125,11 +125,13 @@
 mod context;
 mod error;
 mod event;
+mod join;
 mod runner;
 pub mod testing;
 mod text;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+mod window;
 
 pub use context::{Context, Level};
 pub use error::{Error, Result};
@@ -137,6 +139,7 @@ pub use event::Event;
 pub use serde;
 pub use serde_json;
 pub use text::Text;
+pub use window::{Aggregate, Window};
 
 /// Marks the plugin's transform function: `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
 ///
@@ -157,12 +160,82 @@ pub use text::Text;
 /// ```
 pub use weir_sdk_macros::transform;
 
+/// Marks the `impl` of [`Aggregate`] for a plugin's accumulator type: the plugin is then a window
+/// aggregate (`weir:plugin/window-aggregate@0.1.0`).
+///
+/// ```
+/// use weir_sdk::prelude::*;
+///
+/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// struct Count(u64);
+///
+/// #[weir_sdk::window]
+/// impl Aggregate for Count {
+///     fn fold(&mut self, _event: &Event, _ctx: &mut Context) -> Result<()> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+///     fn finish(self, _window: &Window, ctx: &mut Context) -> Result<()> {
+///         ctx.emit("counts", &serde_json::json!({ "Count": self.0 }))
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// It goes on `impl Aggregate for YourType` (not generic). A crate has one plugin function or
+/// `impl`, of any kind. A method with the wrong signature is reported at your `impl` by the
+/// compiler, as for any trait:
+///
+/// ```compile_fail
+/// use weir_sdk::prelude::*;
+///
+/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// struct Count(u64);
+///
+/// #[weir_sdk::window]
+/// impl Aggregate for Count {
+///     fn fold(&mut self, _event: &Event) -> Result<()> { // error: the context is missing
+///         Ok(())
+///     }
+///     fn finish(self, _window: &Window, _ctx: &mut Context) -> Result<()> {
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use weir_sdk_macros::window;
+
+/// Marks a join enrichment's function:
+/// `fn(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`.
+///
+/// The host joins a pipeline's two inputs on a key within a time bound and calls the function for
+/// every pair, with both events; an event that found no match within the bound comes alone (the
+/// other side `None`) when the pipeline's policy for its side is `emit`. Records go out through
+/// `ctx.emit`; an `Err` sends the pair (its left event, or the lone event) to the dead letters.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+///
+/// #[weir_sdk::join]
+/// fn enrich(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()> {
+///     let mut row: serde_json::Value = match left {
+///         Some(booking) => booking.value()?,
+///         None => return Ok(()), // a payment without its booking: nothing to write
+///     };
+///     row["Paid"] = right.is_some().into();
+///     ctx.emit("rows", &row)
+/// }
+/// # fn main() {}
+/// ```
+pub use weir_sdk_macros::join;
+
 /// What a plugin usually needs: `use weir_sdk::prelude::*;`.
 ///
 /// The serde derives come from the plugin's own `serde` dependency (with its `derive` feature),
 /// which their generated code refers to.
 pub mod prelude {
-    pub use crate::{Context, Error, Event, Level, Result, Text, transform};
+    pub use crate::{
+        Aggregate, Context, Error, Event, Level, Result, Text, Window, join, transform,
+    };
     pub use serde::{Deserialize, Serialize};
 }
 
@@ -170,29 +243,67 @@ pub mod prelude {
 mod bindings {
     pub(crate) use crate::__private::wit::weir::plugin::state::Writes as StateWrites;
     pub(crate) use crate::__private::wit::weir::plugin::types::{
-        Emitted, EventBatch, OutputBatch, Property, Rejection,
+        Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinPair, JoinRequest,
+        OutputBatch, Property, Rejection,
     };
 }
 
-/// What the [`transform`] attribute's expansion refers to. Not a public API: it changes without
-/// notice.
+/// What the attribute macros' expansions refer to. Not a public API: it changes without notice.
+///
+/// The SDK generates bindings for the `sdk-imports` world only (the host's imports and the shared
+/// types). Each attribute macro generates, in the plugin's own crate, the bindings of its kind's
+/// world (`event-transform`, `window-aggregate`, `join-enrichment`), reusing these modules for
+/// everything but its export: a component then describes exactly the one world it implements.
 #[doc(hidden)]
 pub mod __private {
-    /// The guest bindings of the `event-transform` world, generated from the host's `wit/`.
+    pub use wit_bindgen;
+
+    /// The guest bindings of the `sdk-imports` world, generated from the host's `wit/`.
     #[allow(missing_docs)]
     pub mod wit {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "event-transform",
-            pub_export_macro: true,
-            export_macro_name: "export_event_transform",
-            default_bindings_module: "::weir_sdk::__private::wit",
+            world: "sdk-imports",
+            generate_unused_types: true,
         });
     }
 
-    pub use wit::export_event_transform;
-    pub use wit::exports::weir::plugin::transform::Guest;
     pub use wit::weir::plugin::types::{EventBatch, OutputBatch};
+
+    /// The bindings of one plugin world and their export, in the plugin's crate: what each
+    /// attribute macro expands to (with the WIT text embedded in the macro crate). Expanded from
+    /// this crate's macro, the generated glue (which needs `unsafe`) is not the plugin's own code.
+    #[doc(hidden)]
+    #[macro_export]
+    macro_rules! __weir_sdk_guest {
+        (world: $world:literal, wit: $wit:literal, export: { $($export:tt)* }) => {
+            #[cfg(target_arch = "wasm32")]
+            #[doc(hidden)]
+            mod __weir_sdk_guest {
+                ::weir_sdk::__private::wit_bindgen::generate!({
+                    inline: $wit,
+                    world: $world,
+                    runtime_path: "::weir_sdk::__private::wit_bindgen::rt",
+                    with: {
+                        "weir:plugin/types@0.1.0": ::weir_sdk::__private::wit::weir::plugin::types,
+                        "weir:plugin/log@0.1.0": ::weir_sdk::__private::wit::weir::plugin::log,
+                        "weir:plugin/metrics@0.1.0": ::weir_sdk::__private::wit::weir::plugin::metrics,
+                        "weir:plugin/state@0.1.0": ::weir_sdk::__private::wit::weir::plugin::state,
+                        "weir:plugin/config@0.1.0": ::weir_sdk::__private::wit::weir::plugin::config,
+                        "weir:plugin/reference@0.1.0": ::weir_sdk::__private::wit::weir::plugin::reference,
+                    },
+                    generate_all,
+                });
+
+                struct WeirSdkPlugin;
+
+                $($export)*
+
+                export!(WeirSdkPlugin);
+            }
+        };
+    }
+    pub use __weir_sdk_guest as guest;
 
     use crate::{Context, Event, Result};
 
@@ -207,5 +318,29 @@ pub mod __private {
         F: Fn(&Event<'_>, &mut Context) -> Result<()>,
     {
         crate::wasm::process_batch(batch, transform)
+    }
+
+    /// Folds a batch into window accumulators: the body of the exported `fold`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn fold_windows<A: crate::Aggregate>(request: FoldRequest) -> FoldResponse {
+        crate::wasm::fold_windows::<A>(request)
+    }
+
+    /// Produces the outputs of closed windows: the body of the exported `finish`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn finish_windows<A: crate::Aggregate>(request: FinishRequest) -> OutputBatch {
+        crate::wasm::finish_windows::<A>(request)
+    }
+
+    pub use wit::weir::plugin::types::{FinishRequest, FoldRequest, FoldResponse, JoinRequest};
+
+    /// The type a join function must have; the attribute checks the author's function against
+    /// it, so that a mismatch is reported at the function.
+    pub type JoinFn = fn(Option<&Event<'_>>, Option<&Event<'_>>, &mut Context) -> Result<()>;
+
+    /// Enriches the pairs of one request: the body of the exported `enrich`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn join_pairs(request: JoinRequest, join: JoinFn) -> OutputBatch {
+        crate::wasm::join_pairs(request, join)
     }
 }

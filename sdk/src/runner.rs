@@ -104,3 +104,92 @@ impl Runner {
         self.ctx.take_output()
     }
 }
+
+/// Random access to the events of a columnar batch (a window's members, a join's pairs), with the
+/// offsets computed once per batch and the buffers reused from batch to batch.
+#[derive(Debug, Default)]
+pub(crate) struct BatchIndex {
+    body_starts: Vec<usize>,
+    key_starts: Vec<usize>,
+    /// Per event, its range in `properties` (or in the sorted copy).
+    property_ranges: Vec<(usize, usize)>,
+    /// The batch's properties sorted by event, when the host did not send them sorted.
+    sorted_properties: Vec<Property>,
+    sorted: bool,
+}
+
+impl BatchIndex {
+    /// Indexes `batch`.
+    pub(crate) fn build(&mut self, batch: &EventBatch) {
+        let count = batch.body_ends.len();
+        self.body_starts.clear();
+        self.key_starts.clear();
+        self.property_ranges.clear();
+        let mut start = 0usize;
+        for &end in &batch.body_ends {
+            self.body_starts.push(start);
+            start = end as usize;
+        }
+        let mut start = 0usize;
+        for index in 0..count {
+            self.key_starts.push(start);
+            start = batch.key_ends.get(index).map_or(start, |&end| end as usize);
+        }
+        self.sorted = batch.properties.is_sorted_by_key(|p| p.event);
+        if !self.sorted {
+            self.sorted_properties.clear();
+            self.sorted_properties.extend_from_slice(&batch.properties);
+            self.sorted_properties.sort_by_key(|p| p.event);
+        }
+        let properties = if self.sorted {
+            &batch.properties
+        } else {
+            &self.sorted_properties
+        };
+        self.property_ranges.resize(count, (0, 0));
+        let mut next = 0;
+        for (index, range) in self.property_ranges.iter_mut().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            while properties.get(next).is_some_and(|p| p.event < index) {
+                next += 1;
+            }
+            let first = next;
+            while properties.get(next).is_some_and(|p| p.event == index) {
+                next += 1;
+            }
+            *range = (first, next);
+        }
+    }
+
+    /// Event `index` of `batch` (which must be the batch last given to [`BatchIndex::build`]);
+    /// `None` when the index or its offsets are out of range.
+    pub(crate) fn event<'a>(&'a self, batch: &'a EventBatch, index: u32) -> Option<Event<'a>> {
+        let i = index as usize;
+        let body = batch
+            .bodies
+            .get(*self.body_starts.get(i)?..*batch.body_ends.get(i)? as usize)?;
+        let key_end = batch
+            .key_ends
+            .get(i)
+            .map_or(*self.key_starts.get(i)?, |&end| end as usize);
+        let key = batch
+            .keys
+            .get(*self.key_starts.get(i)?..key_end)
+            .unwrap_or_default();
+        let (first, end) = *self.property_ranges.get(i)?;
+        let properties = if self.sorted {
+            &batch.properties
+        } else {
+            &self.sorted_properties
+        };
+        Some(Event {
+            body,
+            key,
+            properties: properties.get(first..end).unwrap_or_default(),
+            time: batch.event_times.get(i).copied().unwrap_or_default(),
+            enqueued_time: batch.enqueued_times.get(i).copied().unwrap_or_default(),
+            position: batch.positions.get(i).copied().unwrap_or_default(),
+            partition: batch.partition,
+        })
+    }
+}

@@ -63,6 +63,8 @@ struct Memory {
     counters: BTreeMap<String, u64>,
     logs: Vec<LogRecord>,
     config: String,
+    /// Reference tables: rows (as JSON) by table and key.
+    reference: BTreeMap<(String, String), String>,
     /// Host calls made, to show that state is cached per batch.
     state_calls: u64,
 }
@@ -111,6 +113,22 @@ impl Backend for MemoryBackend {
     fn config(&mut self) -> String {
         self.0.borrow().config.clone()
     }
+
+    fn reference_lookup(&mut self, table: &str, key: &str) -> Option<String> {
+        self.0
+            .borrow()
+            .reference
+            .get(&(table.to_owned(), key.to_owned()))
+            .cloned()
+    }
+}
+
+/// Adds the row `row` under `key` to reference table `table` of `memory`.
+fn add_reference_row(memory: &RefCell<Memory>, table: &str, key: &str, row: &serde_json::Value) {
+    memory
+        .borrow_mut()
+        .reference
+        .insert((table.to_owned(), key.to_owned()), row.to_string());
 }
 
 /// Runs a transform natively over pre-built columnar batches: the entry point for benchmarks.
@@ -169,6 +187,13 @@ where
             .borrow_mut()
             .state
             .insert(key.as_bytes().to_vec(), json);
+        self
+    }
+
+    /// Adds a row to a reference table, as if the stage's `reference` configuration loaded it:
+    /// `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
         self
     }
 
@@ -475,6 +500,12 @@ where
         self
     }
 
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(mut self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        self.runner = self.runner.with_reference(table, key, row);
+        self
+    }
+
     /// Runs events as if they came from source partition `partition`.
     pub fn with_partition(mut self, partition: u32) -> Self {
         self.partition = partition;
@@ -605,4 +636,323 @@ fn decode(output: &OutputBatch, events: &[TestEvent]) -> Vec<Outcome> {
         outcome.rejection = Some(rejection.reason.clone());
     }
     outcomes
+}
+
+/// One window for the [`WindowHarness`]: its key (a JSON object of the grouped fields) and bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestWindow {
+    /// The group's key, such as `{"DeviceId": "d1"}`.
+    pub key: serde_json::Value,
+    /// Start, inclusive, in milliseconds since the Unix epoch.
+    pub start: i64,
+    /// End, exclusive.
+    pub end: i64,
+}
+
+impl TestWindow {
+    /// The window `[start, end)` of the group `key`.
+    pub fn new(key: serde_json::Value, start: i64, end: i64) -> Self {
+        TestWindow { key, start, end }
+    }
+}
+
+/// What a window aggregate made of one window: its outputs, and the events it refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowOutcome {
+    /// What `finish` produced (its `rejection` is set when `finish` returned `Err`).
+    pub outcome: Outcome,
+    /// Events `fold` refused: their index in the input, and why.
+    pub rejected: Vec<(usize, String)>,
+}
+
+impl WindowOutcome {
+    /// The records sent to `output`, parsed as JSON.
+    ///
+    /// # Panics
+    /// When one of them is not JSON.
+    pub fn json(&self, output: &str) -> Vec<serde_json::Value> {
+        self.outcome.json(output)
+    }
+}
+
+/// Runs a window aggregate natively, through the same fold and finish code as its component:
+/// accumulators are serialised between calls exactly as the host stores them.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+/// use weir_sdk::testing::{TestEvent, TestWindow, WindowHarness};
+///
+/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// struct Total(f64);
+///
+/// impl Aggregate for Total {
+///     fn fold(&mut self, event: &Event, _ctx: &mut Context) -> Result<()> {
+///         self.0 += event.value()?["Amount"].as_f64().ok_or("no Amount")?;
+///         Ok(())
+///     }
+///     fn finish(self, _window: &Window, ctx: &mut Context) -> Result<()> {
+///         ctx.emit("totals", &serde_json::json!({ "Total": self.0 }))
+///     }
+/// }
+///
+/// let mut harness = WindowHarness::<Total>::new();
+/// let window = TestWindow::new(serde_json::json!({"Shop": "s1"}), 0, 60_000);
+/// let outcome = harness.window(&window, [
+///     TestEvent::new(r#"{"Amount": 2.5}"#).at(1_000),
+///     TestEvent::new(r#"{"Amount": 4}"#).at(2_000),
+///     TestEvent::new(r#"{}"#).at(3_000),
+/// ]);
+/// assert_eq!(outcome.json("totals")[0]["Total"], 6.5);
+/// assert_eq!(outcome.rejected, vec![(2, "no Amount".to_owned())]);
+/// ```
+pub struct WindowHarness<A> {
+    runner: crate::window::WindowRunner,
+    memory: Rc<RefCell<Memory>>,
+    _accumulator: std::marker::PhantomData<A>,
+}
+
+impl<A> std::fmt::Debug for WindowHarness<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowHarness").finish_non_exhaustive()
+    }
+}
+
+impl<A: crate::Aggregate> Default for WindowHarness<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: crate::Aggregate> WindowHarness<A> {
+    /// A harness with empty keyed state and the configuration `{}`.
+    pub fn new() -> Self {
+        let memory = Rc::new(RefCell::new(Memory {
+            config: "{}".to_owned(),
+            ..Memory::default()
+        }));
+        WindowHarness {
+            runner: crate::window::WindowRunner::new(Context::new(Box::new(MemoryBackend(
+                memory.clone(),
+            )))),
+            memory,
+            _accumulator: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets the stage configuration (what the pipeline file's `config` table would give).
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.memory.borrow_mut().config = config.to_string();
+        self.runner.ctx.forget_config();
+        self
+    }
+
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
+        self
+    }
+
+    /// Folds `events` into `accumulator` (a fresh one when `None`) in one call, as the host does
+    /// with a batch: returns the new accumulator (read back from its serialised form) and the
+    /// events refused (index, reason).
+    ///
+    /// # Panics
+    /// When the accumulator does not round-trip through JSON.
+    pub fn fold(
+        &mut self,
+        window: &TestWindow,
+        accumulator: Option<&A>,
+        events: impl IntoIterator<Item = TestEvent>,
+    ) -> (A, Vec<(usize, String)>) {
+        let events: Vec<TestEvent> = events.into_iter().collect();
+        let stored = match accumulator {
+            Some(accumulator) => match serde_json::to_vec(accumulator) {
+                Ok(bytes) => bytes,
+                Err(e) => panic!("the accumulator cannot be serialised: {e}"),
+            },
+            None => Vec::new(),
+        };
+        let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        let request = crate::bindings::FoldRequest {
+            events: batch_of(0, &events),
+            windows: vec![window.wit()],
+            accumulator_ends: vec![u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            accumulators: stored,
+            members: (0..count).collect(),
+            member_ends: vec![count],
+        };
+        let response = self.runner.fold::<A>(&request);
+        let accumulator = match serde_json::from_slice::<A>(&response.accumulators) {
+            Ok(accumulator) => accumulator,
+            Err(e) => panic!(
+                "the accumulator returned ({}) does not read back: {e}",
+                String::from_utf8_lossy(&response.accumulators)
+            ),
+        };
+        let rejected = response
+            .rejected
+            .into_iter()
+            .map(|r| (r.event as usize, r.reason))
+            .collect();
+        (accumulator, rejected)
+    }
+
+    /// Closes `window` with `accumulator`: what `finish` emits, or why it refused.
+    ///
+    /// # Panics
+    /// When the accumulator cannot be serialised, or the output is not what the host accepts.
+    pub fn finish(&mut self, window: &TestWindow, accumulator: &A) -> Outcome {
+        let stored = match serde_json::to_vec(accumulator) {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("the accumulator cannot be serialised: {e}"),
+        };
+        let request = crate::bindings::FinishRequest {
+            windows: vec![window.wit()],
+            accumulator_ends: vec![u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            accumulators: stored,
+        };
+        let output = self.runner.finish::<A>(&request);
+        decode(output, &[TestEvent::default()])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Folds `events` into a fresh accumulator and closes the window: the whole life of one
+    /// window, in one batch.
+    pub fn window(
+        &mut self,
+        window: &TestWindow,
+        events: impl IntoIterator<Item = TestEvent>,
+    ) -> WindowOutcome {
+        let (accumulator, rejected) = self.fold(window, None, events);
+        WindowOutcome {
+            outcome: self.finish(window, &accumulator),
+            rejected,
+        }
+    }
+
+    /// All counters, summed over every call so far.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.memory.borrow().counters.clone()
+    }
+}
+
+impl TestWindow {
+    fn wit(&self) -> crate::__private::wit::weir::plugin::types::Window {
+        crate::__private::wit::weir::plugin::types::Window {
+            key: self.key.to_string(),
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+/// Runs a join function natively, through the same code as its component: each call is one
+/// request from the host, with the pairs laid out as the host lays them out.
+///
+/// ```
+/// use weir_sdk::prelude::*;
+/// use weir_sdk::testing::{JoinHarness, TestEvent};
+///
+/// fn enrich(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()> {
+///     let order = left.ok_or("a payment without its order")?.value()?;
+///     let paid = right.map(|p| p.value()).transpose()?;
+///     ctx.emit("rows", &serde_json::json!({
+///         "OrderId": order["OrderId"],
+///         "Amount": paid.map(|p| p["Amount"].clone()),
+///     }))
+/// }
+///
+/// let mut harness = JoinHarness::new(enrich);
+/// let order = TestEvent::new(r#"{"OrderId": "o1"}"#);
+/// let payment = TestEvent::new(r#"{"OrderId": "o1", "Amount": 12.5}"#);
+/// let outcome = harness.pair(Some(order.clone()), Some(payment.clone()));
+/// assert_eq!(outcome.json("rows")[0]["Amount"], 12.5);
+/// let outcome = harness.pair(Some(order), None);
+/// assert!(outcome.json("rows")[0]["Amount"].is_null());
+/// assert_eq!(harness.pair(None, Some(payment)).rejection(), Some("a payment without its order"));
+/// ```
+pub struct JoinHarness<F> {
+    runner: crate::join::JoinRunner,
+    memory: Rc<RefCell<Memory>>,
+    join: F,
+}
+
+impl<F> std::fmt::Debug for JoinHarness<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHarness").finish_non_exhaustive()
+    }
+}
+
+impl<F> JoinHarness<F>
+where
+    F: Fn(Option<&Event<'_>>, Option<&Event<'_>>, &mut Context) -> Result<()>,
+{
+    /// A harness for `join`, with empty keyed state and the configuration `{}`.
+    pub fn new(join: F) -> Self {
+        let memory = Rc::new(RefCell::new(Memory {
+            config: "{}".to_owned(),
+            ..Memory::default()
+        }));
+        JoinHarness {
+            runner: crate::join::JoinRunner::new(Context::new(Box::new(MemoryBackend(
+                memory.clone(),
+            )))),
+            memory,
+            join,
+        }
+    }
+
+    /// Sets the stage configuration (what the pipeline file's `config` table would give).
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.memory.borrow_mut().config = config.to_string();
+        self.runner.ctx.forget_config();
+        self
+    }
+
+    /// Adds a row to a reference table: `ctx.lookup(table, key)` finds `row`.
+    pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
+        add_reference_row(&self.memory, table, key, &row);
+        self
+    }
+
+    /// Enriches one pair (or one event alone).
+    pub fn pair(&mut self, left: Option<TestEvent>, right: Option<TestEvent>) -> Outcome {
+        self.pairs([(left, right)]).pop().unwrap_or_default()
+    }
+
+    /// Enriches several pairs in one request, as the host sends a batch's pairs.
+    ///
+    /// # Panics
+    /// When the output the runner produced is not what the host accepts (an SDK bug).
+    pub fn pairs(
+        &mut self,
+        pairs: impl IntoIterator<Item = (Option<TestEvent>, Option<TestEvent>)>,
+    ) -> Vec<Outcome> {
+        let mut events: Vec<TestEvent> = Vec::new();
+        let mut layout = Vec::new();
+        let mut push = |event: Option<TestEvent>| {
+            event.map(|event| {
+                events.push(event);
+                u32::try_from(events.len() - 1).unwrap_or(u32::MAX)
+            })
+        };
+        for (left, right) in pairs {
+            let left = push(left);
+            let right = push(right);
+            layout.push(crate::bindings::JoinPair { left, right });
+        }
+        let request = crate::bindings::JoinRequest {
+            events: batch_of(0, &events),
+            pairs: layout,
+        };
+        let slots = vec![TestEvent::default(); request.pairs.len()];
+        let output = self.runner.run(&request, &self.join);
+        decode(output, &slots)
+    }
+
+    /// All counters, summed over every call so far.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.memory.borrow().counters.clone()
+    }
 }

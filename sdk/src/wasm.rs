@@ -3,12 +3,16 @@
 
 use std::cell::RefCell;
 
-use crate::__private::wit::weir::plugin::{config, log, metrics, state};
-use crate::bindings::{EventBatch, OutputBatch, StateWrites};
+use crate::__private::wit::weir::plugin::{config, log, metrics, reference, state};
+use crate::bindings::{
+    EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch, StateWrites,
+};
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
+use crate::join::JoinRunner;
 use crate::runner::Runner;
+use crate::window::{Aggregate, WindowRunner};
 
 /// The host, through the imports of the `event-transform` world.
 struct WasmHost;
@@ -40,6 +44,10 @@ impl Backend for WasmHost {
     fn config(&mut self) -> String {
         config::get()
     }
+
+    fn reference_lookup(&mut self, table: &str, key: &str) -> Option<String> {
+        reference::lookup(table, key)
+    }
 }
 
 thread_local! {
@@ -58,5 +66,46 @@ where
         let runner = runner.get_or_insert_with(|| Runner::new(Box::new(WasmHost)));
         runner.run(&batch, &transform);
         runner.take_output()
+    })
+}
+
+thread_local! {
+    /// The instance's window runner, kept like [`RUNNER`].
+    static WINDOW_RUNNER: RefCell<Option<WindowRunner>> = const { RefCell::new(None) };
+}
+
+fn with_window_runner<R>(f: impl FnOnce(&mut WindowRunner) -> R) -> R {
+    WINDOW_RUNNER.with_borrow_mut(|runner| {
+        let runner =
+            runner.get_or_insert_with(|| WindowRunner::new(Context::new(Box::new(WasmHost))));
+        f(runner)
+    })
+}
+
+/// Folds a batch into window accumulators; called by the export glue of [`crate::window`].
+pub(crate) fn fold_windows<A: Aggregate>(request: FoldRequest) -> FoldResponse {
+    with_window_runner(|runner| runner.fold::<A>(&request))
+}
+
+/// Produces closed windows' outputs; called by the export glue of [`crate::window`].
+pub(crate) fn finish_windows<A: Aggregate>(request: FinishRequest) -> OutputBatch {
+    with_window_runner(|runner| {
+        runner.finish::<A>(&request);
+        runner.ctx.take_output()
+    })
+}
+
+thread_local! {
+    /// The instance's join runner, kept like [`RUNNER`].
+    static JOIN_RUNNER: RefCell<Option<JoinRunner>> = const { RefCell::new(None) };
+}
+
+/// Enriches the pairs of one request; called by the export glue of [`crate::join`].
+pub(crate) fn join_pairs(request: JoinRequest, join: crate::__private::JoinFn) -> OutputBatch {
+    JOIN_RUNNER.with_borrow_mut(|runner| {
+        let runner =
+            runner.get_or_insert_with(|| JoinRunner::new(Context::new(Box::new(WasmHost))));
+        runner.run(&request, &join);
+        runner.ctx.take_output()
     })
 }

@@ -148,6 +148,7 @@ fn stage(plugin: &Arc<weir::plugin::TransformPlugin>) -> WasmTransformStage {
         config_json: "{}".into(),
         max_memory_bytes: 256 * 1024 * 1024,
         call_timeout: Duration::from_secs(5),
+        reference: weir::reference::ReferenceTables::none(),
     });
     WasmTransformStage::new(
         "anomaly".into(),

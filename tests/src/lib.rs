@@ -9,7 +9,9 @@
     reason = "test helpers: a failure is the test's failure"
 )]
 
+pub mod bookings;
 pub mod eventhubs;
+pub mod examples;
 pub mod kafka;
 pub mod servers;
 pub mod telemetry;
@@ -196,6 +198,20 @@ impl WeirProcess {
         }
     }
 
+    /// Waits until the log says a pipeline started `count` times in all (the log is appended to
+    /// across runs of the same configuration), at most `timeout`.
+    pub fn wait_for_start(&mut self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches("pipeline started").count() < count {
+            assert!(
+                Instant::now() < deadline && self.is_running(),
+                "weir did not start; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills it with SIGKILL, as a crash would.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -233,6 +249,14 @@ pub fn run_to_completion(config: &Path, timeout: Duration) -> String {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "weir exited with {status}; log:\n{text}");
     text
+}
+
+/// Milliseconds since the Unix epoch of a timestamp as the Python reader prints it
+/// (`2026-11-01 00:05:00+00:00`, with or without a fraction of a second).
+pub fn python_timestamp_ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z")
+        .unwrap_or_else(|e| panic!("timestamp `{text}`: {e}"))
+        .timestamp_millis()
 }
 
 /// Compares two floats from JSON within 1e-9.

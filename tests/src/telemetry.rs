@@ -161,6 +161,74 @@ pub fn generated_readings(devices: usize, per_device: usize, seed: u64) -> Vec<R
     readings
 }
 
+/// Readings in event-time order over the whole input: device `d` reads every 20 s at
+/// `step * 20 s + d * 100 ms`, sometimes falls silent for 6 minutes (a gap the rule must not bridge),
+/// with jumps and values past the limits mixed in. Unlike [`generated_readings`], the file order is
+/// the event-time order, so that the input can be shuffled within a known bound.
+pub fn ordered_readings(devices: usize, steps: usize, seed: u64) -> Vec<Reading> {
+    let mut rng = seed.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(3);
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut readings = Vec::with_capacity(devices * steps);
+    let mut temps: Vec<f64> = (0..devices).map(|d| 18.0 + (d % 12) as f64).collect();
+    let mut silent_until = vec![0usize; devices];
+    for step in 0..steps {
+        for device in 0..devices {
+            if step < silent_until[device] {
+                continue;
+            }
+            if next() < 0.01 {
+                silent_until[device] = step + 18; // 6 minutes without a reading
+            }
+            temps[device] += (next() - 0.5) * 2.0;
+            let mut temperature = temps[device];
+            let r = next();
+            if r < 0.05 {
+                temperature += if next() < 0.5 { -1.0 } else { 1.0 } * (16.0 + next() * 20.0);
+            } else if r < 0.052 {
+                temperature = 80.5 + next() * 10.0;
+            } else if r < 0.054 {
+                temperature = -0.5 - next() * 5.0;
+            }
+            let temperature = (temperature * 100.0).round() / 100.0;
+            let time = BASE_TIME_MS + step as i64 * 20_000 + device as i64 * 100;
+            readings.push(Reading::new(
+                &format!("device-{device:03}"),
+                time,
+                temperature,
+                &format!("ord-{seed}-{step}-{device}"),
+            ));
+        }
+    }
+    readings
+}
+
+/// `readings` shuffled so that no reading comes more than `max_delay_ms` of event time after a
+/// reading with a later time: each is sorted by its time plus a random delay below the bound.
+pub fn shuffle_within(readings: &[Reading], max_delay_ms: i64, seed: u64) -> Vec<Reading> {
+    let mut rng = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut keyed: Vec<(i64, usize)> = readings
+        .iter()
+        .enumerate()
+        .map(|(index, reading)| {
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let delay = ((rng >> 11) % max_delay_ms.max(1) as u64) as i64;
+            (reading.time_ms + delay, index)
+        })
+        .collect();
+    keyed.sort();
+    keyed
+        .into_iter()
+        .map(|(_, i)| readings[i].clone())
+        .collect()
+}
+
 /// An alert the rule must raise, derived here from the rule's text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpectedAlert {
@@ -299,6 +367,10 @@ pub struct PipelineOptions {
     pub batch_max_events: usize,
     /// Largest accepted event.
     pub max_event_bytes: usize,
+    /// The pipeline's `event_time` table, as inline TOML.
+    pub event_time: String,
+    /// Extra keys of the file source, as TOML lines.
+    pub source_extra: String,
 }
 
 impl Default for PipelineOptions {
@@ -308,6 +380,8 @@ impl Default for PipelineOptions {
             checkpoint_interval: "200ms",
             batch_max_events: 256,
             max_event_bytes: 4096,
+            event_time: r#"{ field = "Timestamp" }"#.to_owned(),
+            source_extra: String::new(),
         }
     }
 }
@@ -358,6 +432,7 @@ kind = "file"
 path = "{input}"
 partitions = {partitions}
 key_field = "DeviceId"
+{source_extra}
 
 [sinks.raw_telemetry]
 kind = "delta"
@@ -375,7 +450,7 @@ path = "dead_letters"
 
 [pipelines.telemetry]
 source = "telemetry"
-event_time = {{ field = "Timestamp" }}
+event_time = {event_time}
 dead_letter = "dead_letters"
 max_event_bytes = {max_event_bytes}
 batch = {{ max_events = {batch}, max_wait = "20ms" }}
@@ -391,6 +466,8 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
         max_event_bytes = options.max_event_bytes,
         batch = options.batch_max_events,
         plugin = plugin.display(),
+        event_time = options.event_time,
+        source_extra = options.source_extra,
         columns = RAW_TELEMETRY_COLUMNS,
     );
     let path = dir.join("weir.toml");

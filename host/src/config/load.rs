@@ -148,6 +148,7 @@ impl Document<'_> {
             ("sources", "simulator") => check::<super::SimulatorSourceConfig>(value),
             ("sources", "file") => check::<super::FileSourceConfig>(value),
             ("sources", "http") => check::<super::HttpSourceConfig>(value),
+            ("sources", "bookings") => check::<super::BookingsSourceConfig>(value),
             ("sources", "kafka") => check::<super::KafkaSourceConfig>(value),
             ("sinks", "kafka") => check::<super::KafkaSinkConfig>(value),
             ("sinks", "webhook") => check::<super::WebhookSinkConfig>(value),
@@ -337,6 +338,40 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
         }
     }
+    for (name, source) in &config.sources {
+        if let SourceConfig::Bookings(bookings) = source {
+            for (key, ratio) in [
+                ("missing_payment_ratio", bookings.missing_payment_ratio),
+                ("late_payment_ratio", bookings.late_payment_ratio),
+                ("failed_payment_ratio", bookings.failed_payment_ratio),
+            ] {
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(doc.error(
+                        &["sources", name, key],
+                        format!("expected a fraction between 0 and 1, found {ratio}"),
+                    ));
+                }
+            }
+            for (key, duration) in [
+                ("booking_interval", bookings.booking_interval),
+                ("payment_deadline", bookings.payment_deadline),
+            ] {
+                if duration.get().as_millis() < 1000 {
+                    return Err(doc.error(&["sources", name, key], "expected at least one second"));
+                }
+            }
+            if let Some(start) = &bookings.start_time
+                && chrono::DateTime::parse_from_rfc3339(start).is_err()
+            {
+                return Err(doc.error(
+                    &["sources", name, "start_time"],
+                    format!(
+                        "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
+                    ),
+                ));
+            }
+        }
+    }
     for (name, sink) in &config.sinks {
         match sink {
             SinkConfig::Delta(delta) => validate_delta(doc, name, delta)?,
@@ -445,6 +480,15 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     key,
                 ]
             };
+            if stage.name.starts_with('#') {
+                return Err(doc.error(
+                    &at("name"),
+                    format!(
+                        "stage name `{}` starts with `#`, which Weir keeps for its own state",
+                        stage.name
+                    ),
+                ));
+            }
             if !seen.insert(stage.name.as_str()) {
                 return Err(doc.error(
                     &at("name"),
@@ -460,12 +504,59 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     ),
                 ));
             }
-            let plugin = loaded.resolve(&stage.plugin);
-            if !plugin.is_file() {
-                return Err(doc.error(
-                    &at("plugin"),
-                    format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
-                ));
+            match (&stage.plugin, &stage.dedup) {
+                (Some(_), Some(_)) => {
+                    return Err(doc.error(
+                        &at("plugin"),
+                        "a `dedup` stage runs in the host and takes no plugin",
+                    ));
+                }
+                (None, None) => {
+                    return Err(doc.error(
+                        &at("name"),
+                        format!(
+                            "stage `{}` needs a `plugin` (a `.wasm` component), unless it is a `dedup` stage",
+                            stage.name
+                        ),
+                    ));
+                }
+                (Some(plugin), None) => {
+                    let plugin = loaded.resolve(plugin);
+                    if !plugin.is_file() {
+                        return Err(doc.error(
+                            &at("plugin"),
+                            format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
+                        ));
+                    }
+                }
+                (None, Some(dedup)) => {
+                    if stage.window.is_some() || stage.join.is_some() || stage.config.is_some() {
+                        return Err(doc.error(
+                            &at("dedup"),
+                            "a `dedup` stage takes no `window`, `join` or `config`",
+                        ));
+                    }
+                    if dedup.horizon.get().is_zero() {
+                        let mut keys = at("dedup");
+                        keys.push("horizon");
+                        return Err(doc.error(&keys, "expected a duration above zero"));
+                    }
+                    if let Some(output) = stage
+                        .outputs
+                        .keys()
+                        .find(|o| o.as_str() != crate::stage::DEDUP_OUTPUT)
+                    {
+                        let mut keys = at("outputs");
+                        keys.push(output.as_str());
+                        return Err(doc.error(
+                            &keys,
+                            format!(
+                                "a `dedup` stage has one output, `{}`",
+                                crate::stage::DEDUP_OUTPUT
+                            ),
+                        ));
+                    }
+                }
             }
             let later: Vec<&String> = pipeline.stages[index + 1..]
                 .iter()
@@ -475,7 +566,32 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                 for destination in destinations.names() {
                     let is_sink = config.sinks.contains_key(destination);
                     let is_later_stage = later.contains(&destination);
-                    if !is_sink && !is_later_stage {
+                    // A join's two inputs are addressed as `<stage>.left` and `<stage>.right`.
+                    let (target, port) = match destination.rsplit_once('.') {
+                        Some((stage_name, port @ ("left" | "right")))
+                            if later.iter().any(|s| *s == stage_name) =>
+                        {
+                            (stage_name, Some(port))
+                        }
+                        _ => (destination.as_str(), None),
+                    };
+                    let is_join = pipeline
+                        .stages
+                        .iter()
+                        .any(|s| s.name == target && s.join.is_some());
+                    if !is_sink && (is_later_stage || port.is_some()) && is_join != port.is_some() {
+                        let mut keys = at("outputs");
+                        keys.push(output.as_str());
+                        let message = if is_join {
+                            format!(
+                                "`{target}` is a join: route to one of its inputs, `{target}.left` or `{target}.right`"
+                            )
+                        } else {
+                            format!("`{target}` is not a join: it has one input, `{target}`")
+                        };
+                        return Err(doc.error(&keys, message));
+                    }
+                    if !is_sink && !is_later_stage && port.is_none() {
                         let mut keys = at("outputs");
                         keys.push(output.as_str());
                         let earlier = pipeline.stages[..=index]
@@ -495,10 +611,140 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     }
                 }
             }
+            if let Some(window) = &stage.window {
+                validate_window(doc, &at("window"), window)?;
+            }
+            if let Some(join) = &stage.join {
+                if stage.window.is_some() {
+                    return Err(doc.error(&at("join"), "a stage is a window or a join, not both"));
+                }
+                if join.within.get().is_zero() && join.before.is_none_or(|b| b.get().is_zero()) {
+                    let mut keys = at("join");
+                    keys.push("within");
+                    return Err(doc.error(
+                        &keys,
+                        "a join needs a time bound above zero (`within`, `before`)",
+                    ));
+                }
+                let fed = pipeline.stages[..index].iter().any(|s| {
+                    s.outputs.values().any(|d| {
+                        d.names()
+                            .iter()
+                            .any(|n| n.starts_with(&format!("{}.", stage.name)))
+                    })
+                });
+                if !fed {
+                    return Err(doc.error(
+                        &at("join"),
+                        format!(
+                            "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
+                            stage.name
+                        ),
+                    ));
+                }
+            }
+            for (table, reference) in &stage.reference {
+                let mut keys = at("reference");
+                keys.push(table.as_str());
+                if stage.plugin.is_none() {
+                    return Err(doc.error(&keys, "only a stage with a plugin can look rows up"));
+                }
+                let path = loaded.resolve(&reference.path);
+                if !path.exists() {
+                    keys.push("path");
+                    return Err(doc.error(
+                        &keys,
+                        format!("reference table {} does not exist", path.display()),
+                    ));
+                }
+                if crate::reference::format_of(&path, reference.format).is_none() {
+                    keys.push("format");
+                    return Err(doc.error(
+                        &keys,
+                        format!(
+                            "cannot tell the format of {} from its name: set `format` to `csv`, `json` or `delta`",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
             if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
                 return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
             }
         }
+    }
+    Ok(())
+}
+
+/// A window needs the durations of its kind, and only those.
+fn validate_window(
+    doc: &Document<'_>,
+    at: &[&str],
+    window: &super::WindowConfig,
+) -> Result<(), ConfigError> {
+    use super::WindowKind;
+    let key = |name: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(name);
+        keys
+    };
+    let kind = match window.kind {
+        WindowKind::Tumbling => "tumbling",
+        WindowKind::Hopping => "hopping",
+        WindowKind::Sliding => "sliding",
+        WindowKind::Session => "session",
+    };
+    let (needed, allowed): (&[&str], &[&str]) = match window.kind {
+        WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
+        WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
+        WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
+    };
+    let given = [
+        ("size", window.size),
+        ("hop", window.hop),
+        ("gap", window.gap),
+        ("max_duration", window.max_duration),
+    ];
+    for (name, value) in given {
+        match value {
+            None if needed.contains(&name) => {
+                return Err(doc.error(
+                    at,
+                    format!("a {kind} window needs `{name}` (a duration such as \"5m\")"),
+                ));
+            }
+            Some(_) if !allowed.contains(&name) => {
+                return Err(doc.error(
+                    &key(name),
+                    format!(
+                        "a {kind} window has no `{name}` (it takes {})",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(duration) if duration.get().is_zero() => {
+                return Err(doc.error(&key(name), "expected a duration above zero"));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(size), Some(hop)) = (window.size, window.hop)
+        && hop.get() > size.get()
+    {
+        return Err(doc.error(
+            &key("hop"),
+            "the hop of a hopping window cannot be longer than its size (events would fall in no window)",
+        ));
+    }
+    if window.start_field == window.end_field {
+        return Err(doc.error(
+            &key("end_field"),
+            "the window's start and end need two different fields",
+        ));
     }
     Ok(())
 }
@@ -681,6 +927,92 @@ outputs = { alerts = "out" }
         let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
         assert!(err.starts_with("weir.toml:14:"), "{err}");
         assert!(err.contains("missing.wasm does not exist"), "{err}");
+    }
+
+    #[test]
+    fn windows_and_dedup_stages_are_checked_with_their_key() {
+        let window = |table: &str| {
+            refuse(&VALID.replace(
+                "outputs = { alerts = \"out\" }",
+                &format!("outputs = {{ alerts = \"out\" }}\nwindow = {table}"),
+            ))
+        };
+        let err = window(r#"{ type = "tumbling" }"#);
+        assert!(
+            err.contains("`pipelines.p.stages[0].window`: a tumbling window needs `size`"),
+            "{err}"
+        );
+        let err = window(r#"{ type = "session", gap = "30s", hop = "1m" }"#);
+        assert!(
+            err.contains("`pipelines.p.stages[0].window.hop`: a session window has no `hop`"),
+            "{err}"
+        );
+        let err = window(r#"{ type = "hopping", size = "1m", hop = "2m" }"#);
+        assert!(err.contains("cannot be longer than its size"), "{err}");
+        let err = window(r#"{ type = "rolling", size = "1m" }"#);
+        assert!(err.contains("unknown variant `rolling`"), "{err}");
+
+        let dedup = VALID.replace(
+            "plugin = \"p.wasm\"\noutputs = { alerts = \"out\" }",
+            "dedup = { id_field = \"EventId\", horizon = \"10m\" }\noutputs = { events = \"out\" }",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        load_str(&dedup, Path::new("weir.toml"), dir.path())
+            .expect("a dedup stage needs no plugin");
+        let err = refuse(&dedup.replace("events = ", "kept = "));
+        assert!(
+            err.contains("a `dedup` stage has one output, `events`"),
+            "{err}"
+        );
+        let err = refuse(&VALID.replace("plugin = \"p.wasm\"\n", ""));
+        assert!(err.contains("needs a `plugin`"), "{err}");
+    }
+
+    #[test]
+    fn a_join_is_fed_through_its_two_inputs() {
+        let two_stages = |route: &str| {
+            format!(
+                "{}\n[[pipelines.p.stages]]\nname = \"j\"\nplugin = \"p.wasm\"\njoin = {{ key = \"K\", within = \"2m\" }}\noutputs = {{ rows = \"out\" }}\n",
+                VALID.replace("alerts = \"out\"", route)
+            )
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        load_str(
+            &two_stages("a = \"j.left\", b = \"j.right\""),
+            Path::new("weir.toml"),
+            dir.path(),
+        )
+        .expect("routes to both inputs");
+        let err = refuse(&two_stages("a = \"j\""));
+        assert!(
+            err.contains("`j` is a join: route to one of its inputs, `j.left` or `j.right`"),
+            "{err}"
+        );
+        let err = refuse(&two_stages("a = \"out.left\""));
+        assert!(err.contains("is neither a sink"), "{err}");
+        let err = refuse(&two_stages("a = \"out\""));
+        assert!(err.contains("nothing routes to join `j`"), "{err}");
+    }
+
+    #[test]
+    fn reference_tables_must_exist_and_have_a_known_format() {
+        let with = |table: &str| {
+            VALID.replace(
+                "outputs = { alerts = \"out\" }",
+                &format!("outputs = {{ alerts = \"out\" }}\nreference = {{ venues = {table} }}"),
+            )
+        };
+        let err = refuse(&with(r#"{ path = "missing.csv", key = "Id" }"#));
+        assert!(
+            err.contains("`pipelines.p.stages[0].reference.venues.path`: reference table"),
+            "{err}"
+        );
+        let err = refuse(&with(r#"{ path = "p.wasm", key = "Id" }"#));
+        assert!(
+            err.contains("set `format` to `csv`, `json` or `delta`"),
+            "{err}"
+        );
     }
 
     #[test]

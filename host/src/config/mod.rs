@@ -157,6 +157,8 @@ pub enum SourceConfig {
     /// An Azure Event Hub (or IoT Hub's Event Hubs-compatible endpoint).
     #[serde(rename = "eventhubs")]
     EventHubs(EventHubsSourceConfig),
+    /// The built-in booking platform simulator: bookings and their payments.
+    Bookings(BookingsSourceConfig),
     /// A Kafka topic (or Event Hubs' Kafka endpoint).
     Kafka(KafkaSourceConfig),
 }
@@ -170,6 +172,7 @@ impl SourceConfig {
             SourceConfig::File(c) => Some(c.partitions),
             SourceConfig::Http(c) => Some(c.partitions),
             SourceConfig::EventHubs(c) => c.partitions,
+            SourceConfig::Bookings(c) => Some(c.partitions),
             SourceConfig::Kafka(_) => None,
         }
     }
@@ -261,6 +264,64 @@ fn default_duplicate_ratio() -> f64 {
     0.001
 }
 
+/// A cinema, concert and theatre booking platform: a stream of bookings (an order with its seats)
+/// and a stream of payments, in one source, partitioned by `OrderId` so that an order's booking
+/// and payment meet in the same partition. Some payments come late, some never, some fail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingsSourceConfig {
+    /// Number of partitions; events are partitioned by `OrderId`.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Orders per second; 0 produces as fast as the pipeline consumes.
+    #[serde(default = "default_booking_rate")]
+    pub rate: u32,
+    /// Stop after this many orders (their payments included); absent runs until stopped.
+    #[serde(default)]
+    pub max_orders: Option<u64>,
+    /// Seed of the generator: the same seed gives the same events.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Event time of the first booking (RFC 3339). Absent: the time of the pipeline's first start,
+    /// kept in the checkpoint store so that a restart replays the same events.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// Event time between two bookings.
+    #[serde(default = "default_booking_interval")]
+    pub booking_interval: ConfigDuration,
+    /// A payment on time comes within this long after its booking; a late one after it.
+    #[serde(default = "default_payment_deadline")]
+    pub payment_deadline: ConfigDuration,
+    /// Fraction of orders never paid.
+    #[serde(default = "default_missing_payment_ratio")]
+    pub missing_payment_ratio: f64,
+    /// Fraction of payments made after the deadline (up to three times it).
+    #[serde(default = "default_late_payment_ratio")]
+    pub late_payment_ratio: f64,
+    /// Fraction of payments with the status `Failed`.
+    #[serde(default = "default_failed_payment_ratio")]
+    pub failed_payment_ratio: f64,
+}
+
+fn default_booking_rate() -> u32 {
+    200
+}
+fn default_booking_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(1_000)
+}
+fn default_payment_deadline() -> ConfigDuration {
+    ConfigDuration::from_millis(120_000)
+}
+fn default_missing_payment_ratio() -> f64 {
+    0.05
+}
+fn default_late_payment_ratio() -> f64 {
+    0.05
+}
+fn default_failed_payment_ratio() -> f64 {
+    0.05
+}
+
 /// Replay of a JSON Lines file, one event per line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,6 +337,11 @@ pub struct FileSourceConfig {
     /// Keep reading as the file grows, instead of ending at its end.
     #[serde(default)]
     pub follow: bool,
+    /// Top-level JSON field holding the time each event was enqueued (RFC 3339 text or epoch
+    /// milliseconds), for replaying a capture of a broker's stream with its arrival times; absent
+    /// (or unreadable in a line): the time the line is read.
+    #[serde(default)]
+    pub enqueued_time_field: Option<String>,
 }
 
 fn default_one_partition() -> u32 {
@@ -470,12 +536,60 @@ fn default_max_event_bytes() -> usize {
     1024 * 1024
 }
 
-/// Where an event's time comes from.
-#[derive(Debug, Clone, Deserialize)]
+/// Where an event's time comes from, and how out-of-order and late events are handled (Azure
+/// Stream Analytics' event-ordering settings). See [`crate::time`].
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
-    /// Top-level JSON field holding the event time (RFC 3339 text, or epoch milliseconds).
-    pub field: String,
+    /// Top-level JSON field holding the event time (RFC 3339 text, or epoch milliseconds), like
+    /// ASA's `TIMESTAMP BY`; absent: the time the event was enqueued or received.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// How far an event may fall behind the newest event time of its partition and still be
+    /// processed in event-time order: events wait in a per-partition reorder buffer until the
+    /// partition's watermark (newest event time minus this tolerance) passes them. An event
+    /// further behind is adjusted to the watermark or dropped, as `policy` says.
+    #[serde(default)]
+    pub out_of_order: Option<TolerancePolicy>,
+    /// How long after its event time an event may be enqueued: an event whose enqueued time is
+    /// later than its event time plus this tolerance is adjusted (its time becomes enqueued time
+    /// minus the tolerance) or dropped. Absent: no limit.
+    #[serde(default)]
+    pub late_arrival: Option<TolerancePolicy>,
+    /// A partition without events for this long stops holding the pipeline's watermark back, and
+    /// advances its own watermark to the pipeline's so that its windows and joins close. Absent:
+    /// partitions are never considered idle.
+    #[serde(default)]
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+impl EventTimeConfig {
+    /// Whether the pipeline asks for event ordering (a reorder buffer and late-event policies).
+    pub fn orders_events(&self) -> bool {
+        self.out_of_order.is_some() || self.late_arrival.is_some()
+    }
+}
+
+/// A tolerance and what happens to events beyond it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TolerancePolicy {
+    /// How far an event may be off.
+    pub tolerance: ConfigDuration,
+    /// What happens to an event beyond the tolerance; every such event is counted.
+    #[serde(default)]
+    pub policy: LatePolicy,
+}
+
+/// What happens to an event beyond a tolerance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Its event time is set to the tolerance's bound, and it is processed.
+    #[default]
+    Adjust,
+    /// It goes to the dead-letter sink with the kind `late`.
+    Drop,
 }
 
 /// Batching of events for the stages.
@@ -512,8 +626,9 @@ fn default_batch_max_wait() -> ConfigDuration {
 pub struct StageConfig {
     /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
     pub name: String,
-    /// Path of the plugin component (`.wasm`).
-    pub plugin: PathBuf,
+    /// Path of the plugin component (`.wasm`); every stage has one except a `dedup` stage.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
     /// Routes: each output name of the plugin to one or more sinks or later stages.
     #[serde(default)]
     pub outputs: BTreeMap<String, Destinations>,
@@ -526,6 +641,165 @@ pub struct StageConfig {
     /// Longest one call may run (overrides `plugins.call_timeout`).
     #[serde(default)]
     pub call_timeout: Option<ConfigDuration>,
+    /// Makes the stage a window aggregate: its plugin implements the `window-aggregate` world,
+    /// and this says how events are grouped and windowed.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// Makes the stage a deduplication stage (no plugin): it drops events whose id was seen
+    /// within the horizon and sends the others to its output `events`.
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
+    /// Makes the stage an interval join: its plugin implements the `join-enrichment` world, and
+    /// earlier stages route to its two inputs as `<stage>.left` and `<stage>.right`.
+    #[serde(default)]
+    pub join: Option<JoinConfig>,
+    /// Reference tables the stage's plugin looks rows up in by key, by name: loaded at start and
+    /// reloaded when they change.
+    #[serde(default)]
+    pub reference: BTreeMap<String, ReferenceTableConfig>,
+}
+
+/// A reference table: rows looked up by the value of one column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTableConfig {
+    /// A CSV file with a header row, a JSON file (an array of objects, or one object per line), or
+    /// the directory of a Delta table.
+    pub path: PathBuf,
+    /// The column whose value is the lookup key.
+    pub key: String,
+    /// `csv`, `json` or `delta`; absent: from the path (`.csv`, `.json` or `.jsonl`, a directory).
+    #[serde(default)]
+    pub format: Option<ReferenceFormat>,
+    /// How often the source is checked for changes; a changed one is loaded again.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: ConfigDuration,
+}
+
+fn default_reload_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+
+/// Formats of reference tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceFormat {
+    /// Comma-separated values with a header row; every value is text.
+    Csv,
+    /// A JSON array of objects, or JSON Lines.
+    Json,
+    /// A Delta table on a local path (needs the `delta` feature).
+    Delta,
+}
+
+/// An interval join of two inputs on a key, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Top-level field holding the join key of left events (text or a number).
+    pub key: String,
+    /// Top-level field holding the join key of right events; defaults to `key`.
+    #[serde(default)]
+    pub right_key: Option<String>,
+    /// A right event joins a left event of the same key whose event time is at most this much
+    /// earlier than its own (ASA: `DATEDIFF(.., left, right) BETWEEN 0 AND within`).
+    pub within: ConfigDuration,
+    /// A right event may also be at most this much earlier than the left event (default: not at
+    /// all).
+    #[serde(default)]
+    pub before: Option<ConfigDuration>,
+    /// What happens to a left event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_left")]
+    pub unmatched_left: UnmatchedPolicy,
+    /// What happens to a right event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_right")]
+    pub unmatched_right: UnmatchedPolicy,
+}
+
+fn default_unmatched_left() -> UnmatchedPolicy {
+    UnmatchedPolicy::Emit
+}
+fn default_unmatched_right() -> UnmatchedPolicy {
+    UnmatchedPolicy::Drop
+}
+
+/// What a join does with an event that found no match within the bound; either way it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedPolicy {
+    /// The plugin is called with the event alone (the other side absent), like an outer join.
+    Emit,
+    /// The event is dropped.
+    Drop,
+}
+
+/// A deduplication stage's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Top-level field holding the event's id (text or a number).
+    pub id_field: String,
+    /// An event whose id was seen at most this much event time earlier (or later) is a duplicate.
+    pub horizon: ConfigDuration,
+}
+
+/// How a window stage groups and windows events, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumbling`, `hopping`, `sliding` or `session`.
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
+    /// partition's events form one group. A missing field counts as `null`.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Length of a window (tumbling, hopping and sliding windows).
+    #[serde(default)]
+    pub size: Option<ConfigDuration>,
+    /// Distance between the starts of two consecutive hopping windows.
+    #[serde(default)]
+    pub hop: Option<ConfigDuration>,
+    /// A session window closes after this long without an event of its key (session windows).
+    #[serde(default)]
+    pub gap: Option<ConfigDuration>,
+    /// A session window is cut after this long, however busy its key (session windows).
+    #[serde(default)]
+    pub max_duration: Option<ConfigDuration>,
+    /// Field of every output record that the host sets to the window's start (RFC 3339).
+    #[serde(default = "default_window_start_field")]
+    pub start_field: String,
+    /// Field of every output record that the host sets to the window's end (RFC 3339).
+    #[serde(default = "default_window_end_field")]
+    pub end_field: String,
+}
+
+fn default_window_start_field() -> String {
+    "WindowStart".to_owned()
+}
+fn default_window_end_field() -> String {
+    "WindowEnd".to_owned()
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
+    Tumbling,
+    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
+    Hopping,
+    /// A window ending at every event: the key's events in `(t − size, t]`.
+    Sliding,
+    /// A key's events with no gap longer than `gap` between them.
+    Session,
+}
+
+impl StageConfig {
+    /// Whether the stage works in event time, so that its pipeline needs a watermark.
+    pub fn is_time_based(&self) -> bool {
+        self.window.is_some() || self.join.is_some()
+    }
 }
 
 /// One destination or several.

@@ -16,6 +16,9 @@ pub enum DeadLetterKind {
     Oversized,
     /// The event time could not be read.
     EventTime,
+    /// The event was beyond an event-time tolerance whose policy is `drop` (see [`crate::time`]),
+    /// or came for a window or join that had already closed.
+    Late,
     /// The plugin rejected the event.
     Rejected,
     /// The plugin trapped on the event (panic, deadline, memory limit).
@@ -33,6 +36,7 @@ impl DeadLetterKind {
             DeadLetterKind::Malformed => "malformed",
             DeadLetterKind::Oversized => "oversized",
             DeadLetterKind::EventTime => "event_time",
+            DeadLetterKind::Late => "late",
             DeadLetterKind::Rejected => "rejected",
             DeadLetterKind::Trap => "trap",
             DeadLetterKind::Unrouted => "unrouted",

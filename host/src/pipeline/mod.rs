@@ -2,7 +2,9 @@
 //! from its checkpoint, and run one worker task per partition.
 
 mod dead_letter;
+mod event_time;
 mod ownership;
+mod stages;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,14 +17,13 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
-use crate::plugin::{
-    InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin,
-};
+use crate::plugin::{Plugin, PluginEngine, PluginError, PluginKind};
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
-use crate::stage::WasmTransformStage;
+use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+pub use stages::plugin_kind;
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
 pub use worker::{WorkerError, WorkerReport};
 
@@ -63,6 +64,16 @@ pub enum StartError {
     /// The plugin engine could not be created.
     #[error(transparent)]
     Engine(PluginError),
+    /// A stage's reference table could not be loaded.
+    #[error("pipeline `{pipeline}`, stage `{stage}`: {source}")]
+    Reference {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// Why.
+        source: crate::reference::ReferenceError,
+    },
 }
 
 /// Why a run ended with an error.
@@ -183,34 +194,36 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
 
     // Every plugin is compiled and checked against its world before anything is created, so a
     // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
-    let mut plugins: HashMap<PathBuf, Arc<TransformPlugin>> = HashMap::new();
+    let mut plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
-            let path = loaded.resolve(&stage.plugin);
-            if plugins.contains_key(&path) {
+            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+                continue;
+            };
+            let path = loaded.resolve(plugin);
+            if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
-            let compiled =
-                tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
-                    .await
-                    .map_err(|e| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source: PluginError::Engine(format!("compilation task failed: {e}")),
-                    })?
-                    .map_err(|source| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source,
-                    })?;
+            let compiled = tokio::task::spawn_blocking(move || compiling.load(&compile_path, kind))
+                .await
+                .map_err(|e| StartError::Plugin {
+                    pipeline: pipeline_name.clone(),
+                    stage: stage.name.clone(),
+                    source: PluginError::Engine(format!("compilation task failed: {e}")),
+                })?
+                .map_err(|source| StartError::Plugin {
+                    pipeline: pipeline_name.clone(),
+                    stage: stage.name.clone(),
+                    source,
+                })?;
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
                 version = %compiled.version(), path = %path.display(), "plugin loaded"
             );
-            plugins.insert(path, compiled);
+            plugins.insert((path, kind), compiled);
         }
     }
 
@@ -239,12 +252,15 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
                 .await?;
         let partitions = source.partition_count();
+        let references = stages::load_references(loaded, pipeline_name, pipeline, &metrics).await?;
         let context = Arc::new(PipelineContext {
             name: pipeline_arc_of(pipeline_name),
             pipeline: pipeline.clone(),
             loaded: loaded.clone(),
             sinks: sinks.clone(),
             plugins: plugins.clone(),
+            references,
+            watermarks: PipelineWatermarks::new(),
             checkpoints: checkpoints.clone(),
             metrics: metrics.clone(),
         });
@@ -301,6 +317,59 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
     })
 }
 
+/// The stage input a route names: a stage, or one of a join's inputs (`<stage>.left`,
+/// `<stage>.right`).
+fn stage_destination(pipeline: &PipelineConfig, name: &str) -> Option<Destination> {
+    let position = |stage: &str| pipeline.stages.iter().position(|s| s.name == stage);
+    match name.rsplit_once('.') {
+        Some((stage, "left")) if position(stage).is_some() => {
+            position(stage).map(Destination::Stage)
+        }
+        Some((stage, "right")) if position(stage).is_some() => {
+            position(stage).map(Destination::StageRight)
+        }
+        _ => position(name).map(Destination::Stage),
+    }
+}
+
+/// A partition's event time: its clock restored from the checkpoint, registered in the
+/// pipeline's watermarks.
+fn partition_time(
+    pipeline_name: &str,
+    pipeline: &PipelineConfig,
+    partition: u32,
+    checkpoint: &crate::checkpoint::Checkpoint,
+    watermarks: &Arc<PipelineWatermarks>,
+    metrics: &Metrics,
+) -> Result<event_time::PartitionTime, StartError> {
+    let settings = ClockSettings::from_config(pipeline.event_time.as_ref());
+    let clock = match checkpoint.stages.get(event_time::EVENT_TIME_STATE) {
+        Some(bytes) => EventClock::restore(settings, bytes).map_err(|e| StartError::Restore {
+            pipeline: pipeline_name.to_owned(),
+            partition,
+            stage: event_time::EVENT_TIME_STATE.to_owned(),
+            reason: e.to_string(),
+        })?,
+        None => EventClock::new(settings),
+    };
+    let handle = watermarks.register(partition);
+    handle.publish(clock.watermark(), false);
+    Ok(event_time::PartitionTime {
+        clock,
+        handle,
+        idle_timeout: pipeline
+            .event_time
+            .as_ref()
+            .and_then(|t| t.idle_timeout)
+            .map(|d| d.get()),
+        last_event_at: tokio::time::Instant::now(),
+        admitted: crate::time::Admitted::default(),
+        metrics: metrics.clone(),
+        pipeline: pipeline_name.into(),
+        partition,
+    })
+}
+
 fn pipeline_arc_of(name: &str) -> Arc<str> {
     name.into()
 }
@@ -315,8 +384,12 @@ pub(crate) struct PipelineContext {
     pub(crate) loaded: LoadedConfig,
     /// Every sink of the process, by name.
     pub(crate) sinks: BTreeMap<String, Arc<dyn Sink>>,
-    /// Compiled plugins, by resolved path.
-    pub(crate) plugins: HashMap<PathBuf, Arc<TransformPlugin>>,
+    /// Compiled plugins, by resolved path and the world they are used as.
+    pub(crate) plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
+    /// Reference tables, by stage name (loaded once per pipeline, shared by its partitions).
+    pub(crate) references: HashMap<String, crate::reference::ReferenceTables>,
+    /// The pipeline's watermark: every partition's clock registers here.
+    pub(crate) watermarks: Arc<PipelineWatermarks>,
     /// The checkpoint store.
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,
     /// The process's metrics.
@@ -363,41 +436,17 @@ pub(crate) async fn build_worker(
     let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
     let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
     let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+    let building = stages::StageBuilder {
+        loaded,
+        pipeline_name,
+        pipeline: &pipeline_arc,
+        partition,
+        checkpoint: &checkpoint,
+        plugins,
+        references: &context.references,
+        metrics: &context.metrics,
+    };
     for stage in &pipeline.stages {
-        let path = loaded.resolve(&stage.plugin);
-        let Some(plugin) = plugins.get(&path).cloned() else {
-            continue;
-        };
-        let state = match checkpoint.stages.get(&stage.name) {
-            Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
-                pipeline: pipeline_name.to_owned(),
-                partition,
-                stage: stage.name.clone(),
-                reason: e.to_string(),
-            })?,
-            None => KeyedState::default(),
-        };
-        let config_json = match &stage.config {
-            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
-            None => "{}".to_owned(),
-        };
-        let settings = Arc::new(InstanceSettings {
-            scope: PluginScope {
-                pipeline: pipeline_arc.clone(),
-                stage: stage.name.as_str().into(),
-                partition,
-                plugin: plugin.name().clone(),
-                version: plugin.version().clone(),
-            },
-            config_json: config_json.into(),
-            max_memory_bytes: stage
-                .max_memory_bytes
-                .unwrap_or(config.plugins.max_memory_bytes),
-            call_timeout: stage
-                .call_timeout
-                .unwrap_or(config.plugins.call_timeout)
-                .get(),
-        });
         let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
         for (output, destinations) in &stage.outputs {
             let resolved = destinations
@@ -405,29 +454,33 @@ pub(crate) async fn build_worker(
                 .iter()
                 .filter_map(|name| match sink_index(name) {
                     Some(index) => Some(Destination::Sink(index)),
-                    None => pipeline
-                        .stages
-                        .iter()
-                        .position(|s| &s.name == name)
-                        .map(Destination::Stage),
+                    None => stage_destination(pipeline, name),
                 })
                 .collect();
             routes.insert(output.as_str().into(), resolved);
         }
+        let built = building.build(stage)?;
         stage_slots.push(StageSlot {
-            stage: Box::new(WasmTransformStage::new(
-                stage.name.as_str().into(),
-                plugin,
-                settings,
-                state,
-            )),
+            stage: built,
             routes,
         });
     }
+    let time = event_time::needs_clock(pipeline)
+        .then(|| {
+            partition_time(
+                pipeline_name,
+                pipeline,
+                partition,
+                &checkpoint,
+                &context.watermarks,
+                &context.metrics,
+            )
+        })
+        .transpose()?;
     Ok(PartitionWorker {
         settings: WorkerSettings {
             pipeline: pipeline_arc.clone(),
-            event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
+            event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
             max_event_bytes: pipeline.max_event_bytes,
             batch_max_events: pipeline.batch.max_events,
             batch_max_wait: pipeline.batch.max_wait.get(),
@@ -442,6 +495,9 @@ pub(crate) async fn build_worker(
         metrics: context.metrics.clone(),
         position: checkpoint.position,
         checkpointed: checkpoint.position,
+        time,
+        state_dirty: false,
+        right_inputs: vec![Vec::new(); pipeline.stages.len()],
         shutdown,
     })
 }

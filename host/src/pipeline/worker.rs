@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+use super::event_time::{EVENT_TIME_STATE, PartitionTime};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::json::{event_time_millis, top_level_field};
@@ -16,6 +17,7 @@ use crate::metrics::{Metrics, names};
 use crate::sink::SinkWriter;
 use crate::source::{PartitionReader, ReadOutcome};
 use crate::stage::{Stage, StageOutput};
+use crate::time::Mark;
 
 /// Where a stage output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub(crate) enum Destination {
     Sink(usize),
     /// The stage with this index (always a later one).
     Stage(usize),
+    /// The second input (a join's `right`) of the stage with this index.
+    StageRight(usize),
 }
 
 /// A stage and the routes of its outputs.
@@ -80,6 +84,10 @@ pub struct WorkerReport {
     pub dead_letters: u64,
     /// The last checkpointed position.
     pub checkpointed: Option<Position>,
+    /// Events whose time an event-time policy adjusted.
+    pub late_adjusted: u64,
+    /// Events an event-time policy dropped (they are among the dead letters too).
+    pub late_dropped: u64,
 }
 
 /// One partition worker.
@@ -98,6 +106,13 @@ pub(crate) struct PartitionWorker {
     /// The position of the last saved checkpoint.
     pub(crate) checkpointed: Option<Position>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Event time, when the pipeline orders events or has time-based stages.
+    pub(crate) time: Option<PartitionTime>,
+    /// Stage or clock state changed without a new position (an idle partition's watermark
+    /// advanced, or the input ended): the next checkpoint must be written anyway.
+    pub(crate) state_dirty: bool,
+    /// Records waiting for the second input (a join's `right`) of each stage.
+    pub(crate) right_inputs: Vec<Vec<Event>>,
 }
 
 impl PartitionWorker {
@@ -146,9 +161,23 @@ impl PartitionWorker {
                         self.position = last;
                     }
                 }
-                ReadOutcome::Idle => {}
+                ReadOutcome::Idle => {
+                    // An idle partition may follow the pipeline watermark: what that closes is
+                    // written and checkpointed at once.
+                    if self.time_advanced_while_idle() {
+                        self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                            .await?;
+                        self.checkpoint().await?;
+                        next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+                    }
+                }
                 ReadOutcome::End => {
                     tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "source partition ended");
+                    // A bounded input has ended: every window and join still open closes.
+                    if self.time_finished() {
+                        self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                            .await?;
+                    }
                     break;
                 }
             }
@@ -171,7 +200,6 @@ impl PartitionWorker {
         report: &mut WorkerReport,
     ) -> Result<(), WorkerError> {
         let pipeline = self.settings.pipeline.clone();
-        let dead_letter_sink = self.dead_letter_sink;
         let mut dead_letters: Vec<(DeadLetterKind, Event)> = Vec::new();
         let origin = DeadLetterOrigin {
             pipeline: &pipeline,
@@ -188,27 +216,116 @@ impl PartitionWorker {
         first_input.reserve(events.len());
         for mut event in events {
             match self.decode(&mut event) {
-                Ok(()) => first_input.push(event),
+                Ok(()) => match &mut self.time {
+                    Some(time) => time.admit(event),
+                    None => first_input.push(event),
+                },
                 Err((kind, reason)) => {
                     dead_letters.push((kind, dead_letter(&event, kind, &reason, origin)))
                 }
             }
         }
+        if let Some(time) = &mut self.time {
+            time.after_batch();
+        }
+        self.deliver(dead_letters, stage_inputs, output, report)
+            .await
+    }
+
+    /// An idle partition's watermark followed the pipeline's: marks (and released events) wait
+    /// in the clock's output for [`PartitionWorker::deliver`].
+    fn time_advanced_while_idle(&mut self) -> bool {
+        let position = self.position;
+        let advanced = self
+            .time
+            .as_mut()
+            .is_some_and(|time| time.on_idle(position));
+        self.state_dirty |= advanced;
+        advanced
+    }
+
+    /// The input has ended: the clock releases everything and closes everything downstream, at
+    /// the position just after the partition's last one (records that time alone produces must
+    /// not share a position with records already written; a bounded input has no next event).
+    fn time_finished(&mut self) -> bool {
+        let (Some(time), Some(position)) = (&mut self.time, self.position) else {
+            return false;
+        };
+        time.clock
+            .finish(position.saturating_add(1), &mut time.admitted);
+        self.state_dirty = true;
+        true
+    }
+
+    /// Runs what is waiting through the stages (the clock's released events and marks first) and
+    /// hands the records to the sink writers; `dead_letters` are those found before the stages.
+    async fn deliver(
+        &mut self,
+        mut dead_letters: Vec<(DeadLetterKind, Event)>,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let pipeline = self.settings.pipeline.clone();
+        let dead_letter_sink = self.dead_letter_sink;
+        let origin = DeadLetterOrigin {
+            pipeline: &pipeline,
+            stage: None,
+            sink: None,
+            plugin_version: None,
+        };
+        let mut marks: Vec<Mark> = Vec::new();
+        if let Some(time) = &mut self.time {
+            if let Some(first_input) = stage_inputs.first_mut() {
+                first_input.append(&mut time.admitted.released);
+            }
+            for late in time.admitted.dropped.drain(..) {
+                dead_letters.push((
+                    DeadLetterKind::Late,
+                    dead_letter(&late.event, DeadLetterKind::Late, &late.reason, origin),
+                ));
+            }
+            marks.append(&mut time.admitted.marks);
+            let admitted = &time.admitted;
+            report.late_adjusted += admitted.adjusted_out_of_order + admitted.adjusted_late_arrival;
+            report.late_dropped += admitted.dropped_out_of_order + admitted.dropped_late_arrival;
+            time.admitted.clear();
+        }
 
         // Stages, in order; outputs go to sinks or to later stages' inputs.
         for index in 0..self.stages.len() {
             let mut input = std::mem::take(&mut stage_inputs[index]);
-            if input.is_empty() {
+            let mut right = self
+                .right_inputs
+                .get_mut(index)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if input.is_empty() && right.is_empty() && marks.is_empty() {
                 stage_inputs[index] = input;
                 continue;
             }
             if index > 0 {
                 // Records from several upstream stages: keep partition order for stateful stages.
+                // (The sort is stable: events the clock released together keep event-time order.)
                 input.sort_by_key(|e| e.position);
+                right.sort_by_key(|e| e.position);
             }
             output.clear();
             let slot = &mut self.stages[index];
-            slot.stage.process(&input, output)?;
+            if !input.is_empty() {
+                slot.stage.process(&input, output)?;
+            }
+            if !right.is_empty() {
+                slot.stage.process_right(&right, output)?;
+                right.clear();
+                if let Some(slot) = self.right_inputs.get_mut(index) {
+                    *slot = right;
+                }
+            }
+            let slot = &mut self.stages[index];
+            if !marks.is_empty() {
+                slot.stage.watermarks(&marks, output)?;
+            }
             let stage_name = slot.stage.name().clone();
             for (name, plugin_counter) in slot.stage.take_counters() {
                 self.metrics.add(
@@ -229,9 +346,21 @@ impl PartitionWorker {
                             None => continue,
                         };
                         for destination in rest {
-                            route(*destination, record.clone(), &mut self.sinks, stage_inputs);
+                            route(
+                                *destination,
+                                record.clone(),
+                                &mut self.sinks,
+                                stage_inputs,
+                                &mut self.right_inputs,
+                            );
                         }
-                        route(*last, record, &mut self.sinks, stage_inputs);
+                        route(
+                            *last,
+                            record,
+                            &mut self.sinks,
+                            stage_inputs,
+                            &mut self.right_inputs,
+                        );
                     }
                     None => {
                         let reason = format!(
@@ -251,6 +380,8 @@ impl PartitionWorker {
             for rejected in output.rejected.drain(..) {
                 let kind = if rejected.reason.starts_with("plugin trapped") {
                     DeadLetterKind::Trap
+                } else if rejected.reason.starts_with("late:") {
+                    DeadLetterKind::Late
                 } else {
                     DeadLetterKind::Rejected
                 };
@@ -389,7 +520,7 @@ impl PartitionWorker {
         let Some(position) = self.position else {
             return Ok(());
         };
-        if self.checkpointed == Some(position) {
+        if self.checkpointed == Some(position) && !self.state_dirty {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -408,10 +539,16 @@ impl PartitionWorker {
                 .stages
                 .insert(slot.stage.name().to_string(), slot.stage.snapshot());
         }
+        if let Some(time) = &self.time {
+            checkpoint
+                .stages
+                .insert(EVENT_TIME_STATE.to_owned(), time.clock.snapshot());
+        }
         self.checkpoints
             .save(&self.settings.pipeline, self.partition, &checkpoint)
             .await?;
         self.checkpointed = Some(position);
+        self.state_dirty = false;
         self.reader.checkpointed(position);
         let partition_label = self.partition.to_string();
         let labels = [
@@ -437,6 +574,7 @@ fn route(
     record: Event,
     sinks: &mut [SinkSlot],
     stage_inputs: &mut [Vec<Event>],
+    right_inputs: &mut [Vec<Event>],
 ) {
     match destination {
         Destination::Sink(index) => {
@@ -446,6 +584,11 @@ fn route(
         }
         Destination::Stage(index) => {
             if let Some(input) = stage_inputs.get_mut(index) {
+                input.push(record);
+            }
+        }
+        Destination::StageRight(index) => {
+            if let Some(input) = right_inputs.get_mut(index) {
                 input.push(record);
             }
         }

@@ -1,11 +1,15 @@
-//! Loading, validating and calling WebAssembly plugins.
+//! Loading, validating and calling WebAssembly plugins, of every kind.
 //!
-//! A plugin is compiled once per process ([`PluginEngine::load_transform`]), pre-linked once into
-//! an `InstancePre`, and instantiated once per partition worker ([`TransformInstance`]). Every
-//! store gets a sandboxed WASI context, a memory limit and a per-call deadline (see [`sandbox`]).
+//! A plugin is compiled once per process and checked against the world of its kind
+//! ([`PluginEngine::load`], [`PluginKind`]), pre-linked once into an `InstancePre`, and
+//! instantiated once per partition worker ([`PluginInstance`]), lazily and again after a trap
+//! ([`PluginSlot`]). Every store gets a sandboxed WASI context, a memory limit and a per-call
+//! deadline (see [`sandbox`]). Every kind of stage calls its plugin through a [`PluginSlot`], so
+//! what happens between two calls (re-instantiation, and a swap of version) happens in one place.
 
 pub mod bindings;
 pub mod sandbox;
+mod slot;
 mod state;
 
 use std::collections::BTreeMap;
@@ -20,9 +24,41 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use sandbox::PluginScope;
+pub use slot::PluginSlot;
 pub use state::{KeyedState, SnapshotError};
 
-use bindings::{EventBatch, OutputBatch};
+use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch};
+
+/// The kinds of plugin: one WIT world each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    /// A per-event transform (`event-transform`).
+    Transform,
+    /// A window aggregate (`window-aggregate`).
+    WindowAggregate,
+    /// A join enrichment (`join-enrichment`).
+    JoinEnrichment,
+}
+
+impl PluginKind {
+    /// The world a plugin of this kind implements.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Transform => bindings::TRANSFORM_WORLD,
+            PluginKind::WindowAggregate => bindings::AGGREGATE_WORLD,
+            PluginKind::JoinEnrichment => bindings::JOIN_WORLD,
+        }
+    }
+
+    /// The interface it exports, and the functions that interface must have.
+    fn export(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            PluginKind::Transform => (bindings::TRANSFORM_EXPORT, &["process"]),
+            PluginKind::WindowAggregate => (bindings::AGGREGATE_EXPORT, &["fold", "finish"]),
+            PluginKind::JoinEnrichment => (bindings::JOIN_EXPORT, &["enrich"]),
+        }
+    }
+}
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +130,7 @@ impl PluginEngine {
             bindings::metrics::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             bindings::state::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             bindings::config::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
+            bindings::reference::add_to_linker::<_, HasSelf<StoreState>>(linker, |s| s)?;
             Ok(())
         };
         add(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -109,12 +146,8 @@ impl PluginEngine {
     }
 
     /// Reads, compiles and validates a per-event transform plugin.
-    pub fn load_transform(&self, path: &Path) -> Result<Arc<TransformPlugin>, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.transform_from_bytes(path, &bytes)
+    pub fn load_transform(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
+        self.load(path, PluginKind::Transform)
     }
 
     /// Compiles and validates a transform plugin from its bytes; `path` names it in errors.
@@ -122,40 +155,63 @@ impl PluginEngine {
         &self,
         path: &Path,
         bytes: &[u8],
-    ) -> Result<Arc<TransformPlugin>, PluginError> {
-        let world = bindings::TRANSFORM_WORLD;
+    ) -> Result<Arc<Plugin>, PluginError> {
+        self.from_bytes(path, bytes, PluginKind::Transform)
+    }
+
+    /// Reads, compiles and validates a plugin of `kind`.
+    pub fn load(&self, path: &Path, kind: PluginKind) -> Result<Arc<Plugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.from_bytes(path, &bytes, kind)
+    }
+
+    /// Compiles a plugin from its bytes and checks that it implements the world of `kind`;
+    /// `path` names it in errors.
+    pub fn from_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        kind: PluginKind,
+    ) -> Result<Arc<Plugin>, PluginError> {
         let wrong_world = |reason: String| PluginError::WrongWorld {
             path: path.to_path_buf(),
-            world: world.to_owned(),
+            world: kind.world().to_owned(),
             reason,
         };
         let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         })?;
-        check_export(
-            &self.engine,
-            &component,
-            bindings::TRANSFORM_EXPORT,
-            &["process"],
-        )
-        .map_err(&wrong_world)?;
+        let (export, functions) = kind.export();
+        check_export(&self.engine, &component, export, functions).map_err(&wrong_world)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| wrong_world(format!("its imports cannot be satisfied by Weir: {e:#}")))?;
-        let indices = bindings::transform::GuestIndices::new(&pre).map_err(|e| {
-            wrong_world(format!(
-                "export `{}` has the wrong type: {e:#}",
-                bindings::TRANSFORM_EXPORT
-            ))
-        })?;
-        Ok(Arc::new(TransformPlugin {
+        let wrong_type = |e: wasmtime::Error| {
+            wrong_world(format!("export `{export}` has the wrong type: {e:#}"))
+        };
+        let exports = match kind {
+            PluginKind::Transform => Exports::Transform(
+                bindings::transform::GuestIndices::new(&pre).map_err(wrong_type)?,
+            ),
+            PluginKind::WindowAggregate => Exports::Aggregate(
+                bindings::aggregate::GuestIndices::new(&pre).map_err(wrong_type)?,
+            ),
+            PluginKind::JoinEnrichment => {
+                Exports::Join(bindings::join::GuestIndices::new(&pre).map_err(wrong_type)?)
+            }
+        };
+        Ok(Arc::new(Plugin {
             name: plugin_name(path).into(),
             version: content_version(bytes).into(),
             path: path.to_path_buf(),
+            kind,
             pre,
-            indices,
+            exports,
         }))
     }
 }
@@ -208,26 +264,43 @@ pub fn content_version(bytes: &[u8]) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A compiled, validated per-event transform, ready to instantiate.
-pub struct TransformPlugin {
+/// A compiled plugin, validated against the world of its kind, ready to instantiate.
+pub struct Plugin {
     name: Arc<str>,
     version: Arc<str>,
     path: PathBuf,
+    kind: PluginKind,
     pre: InstancePre<StoreState>,
-    indices: bindings::transform::GuestIndices,
+    exports: Exports,
 }
 
-impl std::fmt::Debug for TransformPlugin {
+/// A per-event transform plugin (the name of [`Plugin`] before plugins had several kinds).
+pub type TransformPlugin = Plugin;
+
+/// Where the export of each kind of plugin is, found once per compiled plugin.
+enum Exports {
+    Transform(bindings::transform::GuestIndices),
+    Aggregate(bindings::aggregate::GuestIndices),
+    Join(bindings::join::GuestIndices),
+}
+
+impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformPlugin")
+        f.debug_struct("Plugin")
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("kind", &self.kind)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-impl TransformPlugin {
+impl Plugin {
+    /// Its kind (the world it implements).
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+
     /// Plugin name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
@@ -255,6 +328,8 @@ pub struct InstanceSettings {
     pub max_memory_bytes: u64,
     /// Longest one call may run.
     pub call_timeout: Duration,
+    /// The stage's reference tables, for the `reference` import.
+    pub reference: crate::reference::ReferenceTables,
 }
 
 /// What a store carries for its instance.
@@ -368,28 +443,48 @@ impl bindings::config::Host for StoreState {
     }
 }
 
+impl bindings::reference::Host for StoreState {
+    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        self.settings
+            .reference
+            .lookup(&table, &key)
+            .map(|row| row.to_string())
+    }
+}
+
 impl bindings::types::Host for StoreState {}
 
-/// One instance of a transform plugin, owned by one partition worker.
-pub struct TransformInstance {
-    plugin: Arc<TransformPlugin>,
+/// One instance of a plugin, owned by one partition worker.
+pub struct PluginInstance {
+    plugin: Arc<Plugin>,
     store: Store<StoreState>,
-    guest: bindings::transform::Guest,
+    guest: Guest,
     deadline_ticks: u64,
 }
 
-impl std::fmt::Debug for TransformInstance {
+/// A per-event transform's instance (the name of [`PluginInstance`] before plugins had several
+/// kinds).
+pub type TransformInstance = PluginInstance;
+
+/// The loaded export of an instance.
+enum Guest {
+    Transform(bindings::transform::Guest),
+    Aggregate(bindings::aggregate::Guest),
+    Join(bindings::join::Guest),
+}
+
+impl std::fmt::Debug for PluginInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformInstance")
+        f.debug_struct("PluginInstance")
             .field("plugin", &self.plugin)
             .finish_non_exhaustive()
     }
 }
 
-impl TransformInstance {
+impl PluginInstance {
     /// Instantiates `plugin` with `keyed` as its starting state.
     pub fn new(
-        plugin: Arc<TransformPlugin>,
+        plugin: Arc<Plugin>,
         settings: Arc<InstanceSettings>,
         keyed: KeyedState,
     ) -> Result<Self, CallError> {
@@ -415,15 +510,24 @@ impl TransformInstance {
         store.set_epoch_deadline(deadline_ticks);
         let error =
             |store: &mut Store<StoreState>, e: wasmtime::Error| call_error(&plugin, store, &e);
-        let instance = match plugin.pre.instantiate(&mut store) {
+        let instance = match sandbox::run_guest(|| plugin.pre.instantiate(&mut store)) {
             Ok(instance) => instance,
             Err(e) => return Err(error(&mut store, e)),
         };
-        let guest = match plugin.indices.load(&mut store, &instance) {
+        let guest = match &plugin.exports {
+            Exports::Transform(indices) => {
+                indices.load(&mut store, &instance).map(Guest::Transform)
+            }
+            Exports::Aggregate(indices) => {
+                indices.load(&mut store, &instance).map(Guest::Aggregate)
+            }
+            Exports::Join(indices) => indices.load(&mut store, &instance).map(Guest::Join),
+        };
+        let guest = match guest {
             Ok(guest) => guest,
             Err(e) => return Err(error(&mut store, e)),
         };
-        Ok(TransformInstance {
+        Ok(PluginInstance {
             plugin,
             store,
             guest,
@@ -432,22 +536,71 @@ impl TransformInstance {
     }
 
     /// The plugin this is an instance of.
-    pub fn plugin(&self) -> &Arc<TransformPlugin> {
+    pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }
 
-    /// Calls the plugin on one batch. State written during the call is kept only if it returns.
+    /// Calls a transform on one batch. State written during the call is kept only if it returns.
     pub fn process(&mut self, batch: &EventBatch) -> Result<OutputBatch, CallError> {
+        self.call(|guest, store| match guest {
+            Guest::Transform(guest) => Some(guest.call_process(store, batch)),
+            _ => None,
+        })
+    }
+
+    /// Calls a window aggregate's `fold`.
+    pub fn fold(&mut self, request: &FoldRequest) -> Result<FoldResponse, CallError> {
+        self.call(|guest, store| match guest {
+            Guest::Aggregate(guest) => Some(guest.call_fold(store, request)),
+            _ => None,
+        })
+    }
+
+    /// Calls a window aggregate's `finish`.
+    pub fn finish(&mut self, request: &FinishRequest) -> Result<OutputBatch, CallError> {
+        self.call(|guest, store| match guest {
+            Guest::Aggregate(guest) => Some(guest.call_finish(store, request)),
+            _ => None,
+        })
+    }
+
+    /// Calls a join enrichment's `enrich`.
+    pub fn enrich(&mut self, request: &JoinRequest) -> Result<OutputBatch, CallError> {
+        self.call(|guest, store| match guest {
+            Guest::Join(guest) => Some(guest.call_enrich(store, request)),
+            _ => None,
+        })
+    }
+
+    /// One call into the plugin under the deadline: keyed-state writes are committed if it
+    /// returns and discarded if it traps. `call` gives `None` when the plugin's kind has no such
+    /// function (a bug in the calling stage, reported as a failed call).
+    fn call<R>(
+        &mut self,
+        call: impl FnOnce(&Guest, &mut Store<StoreState>) -> Option<wasmtime::Result<R>> + Send,
+    ) -> Result<R, CallError>
+    where
+        R: Send,
+    {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        match self.guest.call_process(&mut self.store, batch) {
-            Ok(output) => {
+        let (guest, store) = (&self.guest, &mut self.store);
+        match sandbox::run_guest(|| call(guest, store)) {
+            Some(Ok(output)) => {
                 self.store.data_mut().keyed.commit();
                 Ok(output)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.store.data_mut().keyed.rollback();
                 Err(call_error(&self.plugin, &mut self.store, &e))
             }
+            None => Err(CallError {
+                plugin: self.plugin.name.clone(),
+                version: self.plugin.version.clone(),
+                reason: format!(
+                    "a {:?} plugin was called for a function of another kind of stage",
+                    self.plugin.kind
+                ),
+            }),
         }
     }
 
@@ -469,7 +622,7 @@ impl TransformInstance {
 
 /// Explains a failed call in the plugin author's terms.
 fn call_error(
-    plugin: &TransformPlugin,
+    plugin: &Plugin,
     store: &mut Store<StoreState>,
     error: &wasmtime::Error,
 ) -> CallError {

@@ -49,6 +49,27 @@ pub fn deadline_ticks(timeout: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
+/// Runs `call` (a call into a guest) where the guest may block.
+///
+/// A guest that writes to stdout or stderr (a Rust panic message, a `println!`) makes WASI's
+/// synchronous bindings `block_on` their tokio runtime, which panics on a thread that drives
+/// asynchronous tasks. On a multi-threaded runtime's worker the call therefore runs under
+/// `block_in_place`; on a current-thread runtime (tests) it runs on a scoped thread of its own;
+/// outside any runtime (benchmarks) it runs as it is.
+pub fn run_guest<R: Send>(call: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(call).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => call(),
+    }
+}
+
 /// Who a plugin instance runs for, attached to everything it logs.
 #[derive(Debug, Clone)]
 pub struct PluginScope {

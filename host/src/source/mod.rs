@@ -5,6 +5,7 @@
 //! (a file, the simulator, HTTP) read it once and spread events over partitions by key with a
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
+pub mod bookings;
 pub mod dispatch;
 #[cfg(feature = "eventhubs")]
 pub mod eventhubs;
@@ -142,6 +143,16 @@ pub async fn build(
             Arc::new(simulator::SimulatorSource::new(
                 name,
                 sim.clone(),
+                start_time,
+            ))
+        }
+        SourceConfig::Bookings(bookings) => {
+            let start_time = bookings::resolve_start_time(name, bookings, checkpoints.as_ref())
+                .await
+                .map_err(start_error)?;
+            Arc::new(bookings::BookingsSource::new(
+                name,
+                bookings.clone(),
                 start_time,
             ))
         }

@@ -4,13 +4,21 @@
 //! host down: whatever the plugin does, the stage returns outputs and rejections, or an error that
 //! stops only its own partition worker.
 
+mod batch;
+mod dedup;
+mod join;
 mod transform;
+mod window;
 
 use std::sync::Arc;
 
 use crate::event::Event;
+use crate::time::Mark;
 
+pub use dedup::{DEDUP_OUTPUT, DedupStage};
+pub use join::{JoinSettings, JoinStage};
 pub use transform::WasmTransformStage;
+pub use window::{WindowSettings, WindowSpec, WindowStage};
 
 /// What a stage produced for one batch.
 #[derive(Debug, Default)]
@@ -35,7 +43,8 @@ impl StageOutput {
 pub struct Rejected {
     /// The event as the stage received it.
     pub event: Event,
-    /// Why it was refused.
+    /// Why it was refused. A reason starting with `plugin trapped` is recorded as a trap, one
+    /// starting with `late:` as a late event; others as a rejection.
     pub reason: String,
     /// Version of the plugin that refused it.
     pub plugin_version: Option<Arc<str>>,
@@ -63,6 +72,19 @@ pub trait Stage: Send {
 
     /// Processes one batch of events of this stage's partition, in order.
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError>;
+
+    /// Processes one batch of the stage's second input (a join's `right`), after [`Stage::process`]
+    /// got the first input's records of the same batch. Stages with one input treat it as theirs.
+    fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.process(events, out)
+    }
+
+    /// The partition's watermark advanced (see [`crate::time`]), after the events given to
+    /// [`Stage::process`] in the same batch. A time-based stage closes what the marks pass, in
+    /// order; what it emits for a mark carries the mark's position. Other stages ignore marks.
+    fn watermarks(&mut self, _marks: &[Mark], _out: &mut StageOutput) -> Result<(), StageError> {
+        Ok(())
+    }
 
     /// The stage's state, to store in the partition's checkpoint.
     fn snapshot(&self) -> Vec<u8>;

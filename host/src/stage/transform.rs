@@ -4,19 +4,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::batch::{empty_batch, fill_batch};
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::event::Event;
-use crate::plugin::bindings::{EventBatch, OutputBatch, Property};
-use crate::plugin::{CallError, InstanceSettings, KeyedState, TransformInstance, TransformPlugin};
+use crate::plugin::bindings::{EventBatch, OutputBatch};
+use crate::plugin::{CallError, InstanceSettings, KeyedState, PluginSlot, TransformPlugin};
 
 /// Runs a transform plugin over batches, isolating poison events when a batch traps.
 pub struct WasmTransformStage {
     name: Arc<str>,
-    settings: Arc<InstanceSettings>,
-    instance: Option<TransformInstance>,
-    /// The state while no instance holds it (after a failed instantiation).
-    parked_state: KeyedState,
-    plugin: Arc<TransformPlugin>,
+    slot: PluginSlot,
     batch: EventBatch,
 }
 
@@ -24,7 +21,7 @@ impl std::fmt::Debug for WasmTransformStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmTransformStage")
             .field("name", &self.name)
-            .field("plugin", &self.plugin)
+            .field("plugin", self.slot.plugin())
             .finish_non_exhaustive()
     }
 }
@@ -39,72 +36,38 @@ impl WasmTransformStage {
     ) -> Self {
         WasmTransformStage {
             name,
-            settings,
-            instance: None,
-            parked_state: state,
-            plugin,
+            slot: PluginSlot::new(plugin, settings, state),
             batch: empty_batch(0),
         }
     }
 
     /// The plugin the stage runs.
     pub fn plugin(&self) -> &Arc<TransformPlugin> {
-        &self.plugin
+        self.slot.plugin()
     }
 
     /// The stage's keyed state.
     pub fn keyed_state(&self) -> &KeyedState {
-        match &self.instance {
-            Some(instance) => instance.keyed_state(),
-            None => &self.parked_state,
-        }
+        self.slot.keyed_state()
     }
 
     fn error(&self, reason: String) -> StageError {
+        let scope = &self.slot.settings().scope;
         StageError {
-            pipeline: self.settings.scope.pipeline.clone(),
+            pipeline: scope.pipeline.clone(),
             stage: self.name.clone(),
-            partition: self.settings.scope.partition,
+            partition: scope.partition,
             reason,
-        }
-    }
-
-    fn instance(&mut self) -> Result<&mut TransformInstance, StageError> {
-        if self.instance.is_none() {
-            let state = std::mem::take(&mut self.parked_state);
-            match TransformInstance::new(self.plugin.clone(), self.settings.clone(), state.clone())
-            {
-                Ok(instance) => self.instance = Some(instance),
-                Err(e) => {
-                    self.parked_state = state;
-                    return Err(self.error(format!("cannot instantiate plugin: {e}")));
-                }
-            }
-        }
-        self.instance.as_mut().ok_or_else(|| StageError {
-            pipeline: self.settings.scope.pipeline.clone(),
-            stage: self.name.clone(),
-            partition: self.settings.scope.partition,
-            reason: "no plugin instance".to_owned(),
-        })
-    }
-
-    /// Drops a trapped instance, keeping its committed state for the next one.
-    fn discard_instance(&mut self) {
-        if let Some(mut instance) = self.instance.take() {
-            self.parked_state = instance.take_keyed_state();
         }
     }
 
     fn call(&mut self, events: &[Event]) -> Result<Result<OutputBatch, CallError>, StageError> {
         fill_batch(&mut self.batch, events);
-        let batch = std::mem::replace(&mut self.batch, empty_batch(0));
-        let result = self.instance()?.process(&batch);
-        self.batch = batch;
-        if result.is_err() {
-            self.discard_instance();
+        let batch = &self.batch;
+        match self.slot.call(|instance| instance.process(batch)) {
+            Ok(result) => Ok(result),
+            Err(e) => Err(self.error(format!("cannot instantiate plugin: {e}"))),
         }
-        Ok(result)
     }
 }
 
@@ -119,15 +82,16 @@ impl Stage for WasmTransformStage {
         }
         match self.call(events)? {
             Ok(output) => {
-                if let Err(reason) = decode_output(output, events, self.plugin.version(), out) {
+                if let Err(reason) = decode_output(output, events, self.plugin().version(), out) {
                     return Err(self.error(reason));
                 }
                 Ok(())
             }
             Err(trap) => {
+                let scope = &self.slot.settings().scope;
                 tracing::warn!(
-                    pipeline = %self.settings.scope.pipeline, stage = %self.name,
-                    partition = self.settings.scope.partition, events = events.len(),
+                    pipeline = %scope.pipeline, stage = %self.name,
+                    partition = scope.partition, events = events.len(),
                     first_position = events[0].position, reason = %trap.reason,
                     "plugin trapped on a batch; retrying it event by event"
                 );
@@ -138,7 +102,7 @@ impl Stage for WasmTransformStage {
                     match self.call(single)? {
                         Ok(output) => {
                             if let Err(reason) =
-                                decode_output(output, single, self.plugin.version(), out)
+                                decode_output(output, single, self.plugin().version(), out)
                             {
                                 return Err(self.error(reason));
                             }
@@ -160,68 +124,12 @@ impl Stage for WasmTransformStage {
     }
 
     fn take_counters(&mut self) -> Vec<(String, u64)> {
-        match &mut self.instance {
-            Some(instance) => instance.take_counters().into_iter().collect(),
-            None => Vec::new(),
-        }
-    }
-}
-
-fn empty_batch(partition: u32) -> EventBatch {
-    EventBatch {
-        partition,
-        bodies: Vec::new(),
-        body_ends: Vec::new(),
-        positions: Vec::new(),
-        event_times: Vec::new(),
-        enqueued_times: Vec::new(),
-        keys: Vec::new(),
-        key_ends: Vec::new(),
-        properties: Vec::new(),
-    }
-}
-
-/// Lays `events` out in the columnar batch, reusing its buffers.
-fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
-    batch.partition = events.first().map_or(0, |e| e.partition);
-    for list in [&mut batch.bodies, &mut batch.keys] {
-        list.clear();
-    }
-    batch.body_ends.clear();
-    batch.key_ends.clear();
-    batch.positions.clear();
-    batch.event_times.clear();
-    batch.enqueued_times.clear();
-    batch.properties.clear();
-    batch
-        .bodies
-        .reserve(events.iter().map(|e| e.body.len()).sum());
-    for (index, event) in events.iter().enumerate() {
-        batch.bodies.extend_from_slice(&event.body);
-        batch
-            .body_ends
-            .push(u32::try_from(batch.bodies.len()).unwrap_or(u32::MAX));
-        if let Some(key) = &event.key {
-            batch.keys.extend_from_slice(key);
-        }
-        batch
-            .key_ends
-            .push(u32::try_from(batch.keys.len()).unwrap_or(u32::MAX));
-        batch.positions.push(event.position);
-        batch.event_times.push(event.time());
-        batch.enqueued_times.push(event.enqueued_time);
-        for (name, value) in &event.properties {
-            batch.properties.push(Property {
-                event: u32::try_from(index).unwrap_or(u32::MAX),
-                name: name.clone(),
-                value: value.clone(),
-            });
-        }
+        self.slot.take_counters().into_iter().collect()
     }
 }
 
 /// Turns a plugin's output into records and rejections, checking every index it gave.
-fn decode_output(
+pub(super) fn decode_output(
     output: OutputBatch,
     events: &[Event],
     version: &Arc<str>,

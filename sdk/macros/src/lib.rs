@@ -1,10 +1,12 @@
-//! Attribute macros of the Weir plugin SDK. Use them through `weir-sdk`, which re-exports them:
-//! `#[weir_sdk::transform]`.
+//! Attribute macros of the Weir plugin SDK, one per kind of plugin. Use them through `weir-sdk`,
+//! which re-exports them: `#[weir_sdk::transform]`, `#[weir_sdk::window]`, `#[weir_sdk::join]`.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Ident, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
-use syn::{FnArg, GenericArgument, GenericParam, ItemFn, PathArguments, ReturnType, Type};
+use syn::{
+    FnArg, GenericArgument, GenericParam, ItemFn, ItemImpl, PathArguments, ReturnType, Type,
+};
 
 /// Marks a plugin's transform function, `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
 ///
@@ -196,46 +198,288 @@ fn strip(ty: &Type) -> &Type {
 }
 
 /// The author's function, unchanged, followed by:
-/// - a crate-root marker that makes a second transform function in the crate an error at its name;
+/// - a crate-root marker that makes a second plugin in the crate an error at its name;
 /// - a check of the function against the exact type, reported at its name;
-/// - on Wasm only, the export of `weir:plugin/transform@0.1.0` running the function on each event.
+/// - on Wasm only, the world's bindings and the export of `weir:plugin/transform@0.1.0` running
+///   the function on each event.
 fn glue(function: &ItemFn) -> TokenStream2 {
     let name = &function.sig.ident;
     let span = name.span();
-    let marker = Ident::new("__weir_sdk_only_one_transform_function_per_crate", span);
     let check = quote_spanned! {span=>
         const _: ::weir_sdk::__private::TransformFn = #name;
     };
-    // Spanned at the function's name, so that a second transform function is reported there.
-    let once = quote_spanned! {span=>
-        /// Marks the crate's one `#[weir_sdk::transform]` function: a second one is an error here.
+    let once = only_one_plugin(span);
+    let guest = world_bindings(
+        "event-transform",
+        quote! {
+            impl exports::weir::plugin::transform::Guest for WeirSdkPlugin {
+                fn process(batch: ::weir_sdk::__private::EventBatch) -> ::weir_sdk::__private::OutputBatch {
+                    ::weir_sdk::__private::process_batch(batch, super::#name)
+                }
+            }
+        },
+    );
+    quote! {
+        #function
+        #once
+        #check
+        #guest
+    }
+}
+
+/// A crate-root marker, spanned at `span`, that makes a second plugin in the crate an error there:
+/// a component implements one world, with one plugin function or `impl`.
+fn only_one_plugin(span: proc_macro2::Span) -> TokenStream2 {
+    let marker = Ident::new("__weir_sdk_only_one_plugin_per_crate", span);
+    quote_spanned! {span=>
+        /// Marks the crate's one Weir plugin: a second one is an error here.
         #[doc(hidden)]
         #[macro_export]
         macro_rules! #marker {
             () => {};
         }
-    };
+    }
+}
+
+/// The contract, embedded at the SDK's build: the one `wit/` the host generates from too.
+const WIT: &str = include_str!("../../../wit/plugin.wit");
+
+/// On Wasm only: bindings of `world` generated in the plugin's crate (by the SDK's `__guest!`),
+/// reusing the SDK's modules for the shared types and the host's imports, so that the component
+/// describes exactly this world; `export_impl` implements its export on `WeirSdkPlugin`.
+fn world_bindings(world: &str, export_impl: TokenStream2) -> TokenStream2 {
     quote! {
-        #function
+        ::weir_sdk::__private::guest! {
+            world: #world,
+            wit: #WIT,
+            export: { #export_impl }
+        }
+    }
+}
 
-        #once
+/// Marks a join enrichment's function,
+/// `fn(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`.
+///
+/// See `weir_sdk::join` for the documentation.
+#[proc_macro_attribute]
+pub fn join(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_join(attr.into(), item.into()).into()
+}
 
-        #check
-
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            struct WeirSdkTransform;
-
-            impl ::weir_sdk::__private::Guest for WeirSdkTransform {
-                fn process(batch: ::weir_sdk::__private::EventBatch) -> ::weir_sdk::__private::OutputBatch {
-                    ::weir_sdk::__private::process_batch(batch, #name)
+fn expand_join(attr: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new_spanned(
+                &item,
+                "`#[weir_sdk::join]` goes on a function: `fn enrich(left: Option<&Event>, \
+                 right: Option<&Event>, ctx: &mut Context) -> Result<()>`",
+            );
+            return with_errors(item, error);
+        }
+    };
+    if !attr.is_empty() {
+        let error = syn::Error::new_spanned(&attr, "`#[weir_sdk::join]` takes no arguments");
+        return with_errors(item, error);
+    }
+    if let Err(error) = check_join_signature(&function) {
+        return with_errors(item, error);
+    }
+    let name = &function.sig.ident;
+    let span = name.span();
+    let check = quote_spanned! {span=>
+        const _: ::weir_sdk::__private::JoinFn = #name;
+    };
+    let once = only_one_plugin(span);
+    let guest = world_bindings(
+        "join-enrichment",
+        quote! {
+            impl exports::weir::plugin::join::Guest for WeirSdkPlugin {
+                fn enrich(request: ::weir_sdk::__private::JoinRequest) -> ::weir_sdk::__private::OutputBatch {
+                    ::weir_sdk::__private::join_pairs(request, super::#name)
                 }
             }
+        },
+    );
+    quote! {
+        #function
+        #once
+        #check
+        #guest
+    }
+}
 
-            ::weir_sdk::__private::export_event_transform!(
-                WeirSdkTransform with_types_in ::weir_sdk::__private::wit
+/// The checks that read well for a join function; the exact types are then checked by the
+/// compiler against `JoinFn`, at the function's name.
+fn check_join_signature(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    let expected = format!(
+        "expected `fn {}(left: Option<&Event>, right: Option<&Event>, ctx: &mut Context) -> Result<()>`",
+        sig.ident
+    );
+    let mut errors: Vec<syn::Error> = Vec::new();
+    if let Some(asyncness) = &sig.asyncness {
+        errors.push(syn::Error::new_spanned(
+            asyncness,
+            format!("a join function cannot be `async`; {expected}"),
+        ));
+    }
+    if sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, GenericParam::Lifetime(_)))
+    {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            format!("a join function cannot be generic; {expected}"),
+        ));
+    }
+    let args: Vec<&FnArg> = sig.inputs.iter().collect();
+    match args.as_slice() {
+        [left, right, ctx] => {
+            for (arg, which) in [(left, "left"), (right, "right")] {
+                if !is_option_of_reference(arg) {
+                    errors.push(syn::Error::new_spanned(
+                        arg,
+                        format!(
+                            "the {which} event of a pair may be absent (an unmatched event comes \
+                             alone): `Option<&Event>`; {expected}"
+                        ),
+                    ));
+                }
+            }
+            if !is_reference_to(ctx, true, "Context") {
+                errors.push(syn::Error::new_spanned(
+                    *ctx,
+                    format!("the third argument of a join function is the context, `&mut Context`; {expected}"),
+                ));
+            }
+        }
+        _ => {
+            let found = format!(
+                "a join function takes three arguments, the left event, the right event and the \
+                 context, not {}; {expected}",
+                args.len()
             );
-        };
+            if args.is_empty() {
+                errors.push(syn::Error::new(sig.paren_token.span.join(), found));
+            } else {
+                errors.push(syn::Error::new_spanned(&sig.inputs, found));
+            }
+        }
+    }
+    if let ReturnType::Default = &sig.output {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.close(),
+            format!("a join function returns `Result<()>`; {expected}"),
+        ));
+    }
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            for error in errors {
+                first.combine(error);
+            }
+            Err(first)
+        }
+    }
+}
+
+/// Whether `arg` is typed `Option<&T>`.
+fn is_option_of_reference(arg: &FnArg) -> bool {
+    let FnArg::Typed(arg) = arg else {
+        return false;
+    };
+    let Type::Path(path) = strip(&arg.ty) else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Option" {
+        return false;
+    }
+    match &last.arguments {
+        PathArguments::AngleBracketed(args) => matches!(
+            args.args.first(),
+            Some(GenericArgument::Type(Type::Reference(reference))) if reference.mutability.is_none()
+        ),
+        _ => false,
+    }
+}
+
+/// Marks the `impl Aggregate for Accumulator` of a window aggregate.
+///
+/// See `weir_sdk::window` for the documentation.
+#[proc_macro_attribute]
+pub fn window(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_window(attr.into(), item.into()).into()
+}
+
+fn expand_window(attr: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    const EXPECTED: &str = "`#[weir_sdk::window]` goes on the implementation of `Aggregate` for \
+         your accumulator: `impl Aggregate for MyAccumulator { fn fold(..) .. fn finish(..) .. }`";
+    let implementation = match syn::parse2::<ItemImpl>(item.clone()) {
+        Ok(implementation) => implementation,
+        Err(_) => {
+            let error = syn::Error::new_spanned(&item, EXPECTED);
+            return with_errors(item, error);
+        }
+    };
+    if !attr.is_empty() {
+        let error = syn::Error::new_spanned(&attr, "`#[weir_sdk::window]` takes no arguments");
+        return with_errors(item, error);
+    }
+    let Some((_, trait_path, _)) = &implementation.trait_ else {
+        let error = syn::Error::new_spanned(&implementation.self_ty, EXPECTED);
+        return with_errors(item, error);
+    };
+    if trait_path
+        .segments
+        .last()
+        .is_none_or(|segment| segment.ident != "Aggregate")
+    {
+        let error = syn::Error::new_spanned(
+            trait_path,
+            format!("{EXPECTED}; this implements another trait"),
+        );
+        return with_errors(item, error);
+    }
+    if !implementation.generics.params.is_empty() {
+        let error = syn::Error::new_spanned(
+            &implementation.generics,
+            "the accumulator of a window aggregate cannot be generic: the host calls one \
+             concrete type; implement `Aggregate` for a concrete type",
+        );
+        return with_errors(item, error);
+    }
+    let self_ty = &implementation.self_ty;
+    let span = syn::spanned::Spanned::span(self_ty);
+    let once = only_one_plugin(span);
+    let alias = quote_spanned! {span=>
+        #[doc(hidden)]
+        type __WeirSdkAccumulator = #self_ty;
+    };
+    let guest = world_bindings(
+        "window-aggregate",
+        quote! {
+            impl exports::weir::plugin::aggregate::Guest for WeirSdkPlugin {
+                fn fold(request: ::weir_sdk::__private::FoldRequest) -> ::weir_sdk::__private::FoldResponse {
+                    ::weir_sdk::__private::fold_windows::<super::__WeirSdkAccumulator>(request)
+                }
+                fn finish(request: ::weir_sdk::__private::FinishRequest) -> ::weir_sdk::__private::OutputBatch {
+                    ::weir_sdk::__private::finish_windows::<super::__WeirSdkAccumulator>(request)
+                }
+            }
+        },
+    );
+    quote! {
+        #implementation
+        #once
+        #alias
+        #guest
     }
 }
 
@@ -260,7 +504,7 @@ mod tests {
         ] {
             let out = expand(TokenStream2::new(), item).to_string();
             assert!(!out.contains("compile_error"), "{out}");
-            assert!(out.contains("export_event_transform"), "{out}");
+            assert!(out.contains("event-transform"), "{out}");
         }
     }
 

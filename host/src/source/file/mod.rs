@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 use super::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 use crate::config::FileSourceConfig;
 use crate::event::{Event, now_millis, partition_for_key};
-use crate::json::top_level_field;
+use crate::json::{event_time_millis, top_level_field};
 
 /// How often a followed file is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -135,7 +135,12 @@ async fn dispatch_line(
         None => partition_for_key(&offset.to_le_bytes(), partitions),
     };
     let mut event = Event::new(partition, offset, Bytes::copy_from_slice(body));
-    event.enqueued_time = now_millis();
+    event.enqueued_time = config
+        .enqueued_time_field
+        .as_deref()
+        .and_then(|field| top_level_field(body, field).ok().flatten())
+        .and_then(|value| event_time_millis(&value).ok())
+        .unwrap_or_else(now_millis);
     event.key = key.map(Bytes::from);
     dispatcher.send(event).await
 }
@@ -182,6 +187,7 @@ mod tests {
             partitions: 2,
             key_field: Some("k".into()),
             follow: false,
+            enqueued_time_field: None,
         };
         let source = FileSource::new("f", config);
         let all = read_all(

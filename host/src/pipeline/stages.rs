@@ -1,0 +1,183 @@
+//! Building one partition's stage of each kind from its configuration: a per-event transform, a
+//! window aggregate, an interval join or a deduplication, each restored from the partition's
+//! checkpoint.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::StartError;
+use crate::checkpoint::Checkpoint;
+use crate::config::{LoadedConfig, PipelineConfig, StageConfig};
+use crate::metrics::Metrics;
+use crate::plugin::{InstanceSettings, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot};
+use crate::reference::ReferenceTables;
+use crate::stage::{
+    DedupStage, JoinSettings, JoinStage, Stage, WasmTransformStage, WindowSettings, WindowStage,
+};
+
+/// The kind of plugin (the world) a stage runs; `None` for a stage without a plugin.
+pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
+    if stage.dedup.is_some() {
+        None
+    } else if stage.window.is_some() {
+        Some(PluginKind::WindowAggregate)
+    } else if stage.join.is_some() {
+        Some(PluginKind::JoinEnrichment)
+    } else {
+        Some(PluginKind::Transform)
+    }
+}
+
+/// What every stage of one pipeline partition is built from.
+pub(crate) struct StageBuilder<'a> {
+    pub(crate) loaded: &'a LoadedConfig,
+    pub(crate) pipeline_name: &'a str,
+    pub(crate) pipeline: &'a Arc<str>,
+    pub(crate) partition: u32,
+    pub(crate) checkpoint: &'a Checkpoint,
+    pub(crate) plugins: &'a HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
+    /// Reference tables by stage name.
+    pub(crate) references: &'a HashMap<String, ReferenceTables>,
+    pub(crate) metrics: &'a Metrics,
+}
+
+/// Loads the reference tables of every stage of `pipeline` (off the async threads) and starts
+/// watching them for changes; by stage name.
+pub(crate) async fn load_references(
+    loaded: &LoadedConfig,
+    pipeline_name: &str,
+    pipeline: &PipelineConfig,
+    metrics: &Metrics,
+) -> Result<HashMap<String, ReferenceTables>, StartError> {
+    let mut references = HashMap::new();
+    for stage in &pipeline.stages {
+        if stage.reference.is_empty() {
+            continue;
+        }
+        let configs = stage.reference.clone();
+        let resolver = loaded.clone();
+        let error = |reason: String| StartError::Reference {
+            pipeline: pipeline_name.to_owned(),
+            stage: stage.name.clone(),
+            source: crate::reference::ReferenceError {
+                table: String::new(),
+                path: PathBuf::new(),
+                reason,
+            },
+        };
+        let tables = tokio::task::spawn_blocking(move || {
+            ReferenceTables::load(&configs, |path| resolver.resolve(path))
+        })
+        .await
+        .map_err(|e| error(format!("the loading task failed: {e}")))?
+        .map_err(|source| StartError::Reference {
+            pipeline: pipeline_name.to_owned(),
+            stage: stage.name.clone(),
+            source,
+        })?;
+        tables.watch(&stage.reference, (pipeline_name, &stage.name), metrics);
+        references.insert(stage.name.clone(), tables);
+    }
+    Ok(references)
+}
+
+impl StageBuilder<'_> {
+    /// The stage `stage` describes, with its state restored from the checkpoint.
+    pub(crate) fn build(&self, stage: &StageConfig) -> Result<Box<dyn Stage>, StartError> {
+        let restore_error = |reason: String| StartError::Restore {
+            pipeline: self.pipeline_name.to_owned(),
+            partition: self.partition,
+            stage: stage.name.clone(),
+            reason,
+        };
+        let snapshot = self.checkpoint.stages.get(&stage.name).map(Vec::as_slice);
+        if let Some(dedup) = &stage.dedup {
+            let horizon = i64::try_from(dedup.horizon.get().as_millis()).unwrap_or(i64::MAX);
+            return Ok(Box::new(
+                DedupStage::new(
+                    stage.name.as_str().into(),
+                    self.pipeline.clone(),
+                    self.partition,
+                    dedup.id_field.clone(),
+                    horizon,
+                    snapshot,
+                    self.metrics.clone(),
+                )
+                .map_err(|e| restore_error(e.to_string()))?,
+            ));
+        }
+        let plugin = stage
+            .plugin
+            .as_ref()
+            .zip(plugin_kind(stage))
+            .and_then(|(path, kind)| self.plugins.get(&(self.loaded.resolve(path), kind)))
+            .cloned()
+            .ok_or_else(|| restore_error("its plugin was not loaded".to_owned()))?;
+        let config = &self.loaded.config;
+        let config_json = match &stage.config {
+            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
+            None => "{}".to_owned(),
+        };
+        let settings = Arc::new(InstanceSettings {
+            scope: PluginScope {
+                pipeline: self.pipeline.clone(),
+                stage: stage.name.as_str().into(),
+                partition: self.partition,
+                plugin: plugin.name().clone(),
+                version: plugin.version().clone(),
+            },
+            config_json: config_json.into(),
+            max_memory_bytes: stage
+                .max_memory_bytes
+                .unwrap_or(config.plugins.max_memory_bytes),
+            call_timeout: stage
+                .call_timeout
+                .unwrap_or(config.plugins.call_timeout)
+                .get(),
+            reference: self
+                .references
+                .get(&stage.name)
+                .cloned()
+                .unwrap_or_else(ReferenceTables::none),
+        });
+        if let Some(join) = &stage.join {
+            return Ok(Box::new(
+                JoinStage::new(
+                    stage.name.as_str().into(),
+                    JoinSettings::from_config(join),
+                    |keyed| PluginSlot::new(plugin, settings, keyed),
+                    snapshot,
+                    self.metrics.clone(),
+                )
+                .map_err(|e| restore_error(e.to_string()))?,
+            ));
+        }
+        Ok(match &stage.window {
+            Some(window) => Box::new(
+                WindowStage::new(
+                    stage.name.as_str().into(),
+                    WindowSettings::from_config(window),
+                    |keyed| PluginSlot::new(plugin, settings, keyed),
+                    snapshot,
+                    self.metrics.clone(),
+                )
+                .map_err(|e| restore_error(e.to_string()))?,
+            ),
+            None => {
+                let state = match snapshot {
+                    Some(bytes) => {
+                        KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?
+                    }
+                    None => KeyedState::default(),
+                };
+                Box::new(WasmTransformStage::new(
+                    stage.name.as_str().into(),
+                    plugin,
+                    settings,
+                    state,
+                ))
+            }
+        })
+    }
+}

@@ -1,0 +1,1053 @@
+//! The window stage: tumbling, hopping, sliding and session windows in event time, grouped by
+//! fields the pipeline names, with accumulators a window-aggregate plugin defines and the host
+//! keeps.
+//!
+//! - [`Stage::process`] assigns each event to its (key, window) groups and folds the batch into
+//!   the groups' accumulators in one call of the plugin's `fold` (sliding windows keep the key's
+//!   recent events instead and fold them when a window closes).
+//! - [`Stage::watermarks`] closes, mark by mark, the windows whose end the watermark passes, and
+//!   calls `finish` once for all of them; each output carries the position of the mark that closed
+//!   its window, the window's end (minus 1 ms) as event time, and the group's fields and the
+//!   window's bounds, set by the host.
+//! - Events arrive in event-time order (see [`crate::time`]), so folding a whole batch before
+//!   closing its marks' windows is exact: an event is never behind a window that closed before it.
+//!   An event for a window that has already closed (possible only for records of an earlier stage)
+//!   is refused as late.
+//! - A trap in `fold` or `finish` discards nothing the host holds: the call is retried one event
+//!   (one window) at a time, and only the event (window) that traps goes to the dead letters.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::batch::{empty_batch, fill_batch};
+use super::{Rejected, Stage, StageError, StageOutput};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::config::{WindowConfig, WindowKind};
+use crate::event::{Event, Position};
+use crate::json::{top_level_fields, top_level_keys};
+use crate::metrics::{Metrics, names};
+use crate::plugin::bindings::{
+    EventBatch, FinishRequest, FoldRequest, OutputBatch, Window as WitWindow,
+};
+use crate::plugin::{CallError, KeyedState, PluginSlot};
+use crate::time::{END_OF_INPUT, Mark, format_millis};
+
+/// What kind of windows a stage makes, with durations in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// `[k·size, (k+1)·size)`.
+    Tumbling {
+        /// Window length.
+        size: i64,
+    },
+    /// `[k·hop, k·hop + size)`.
+    Hopping {
+        /// Window length.
+        size: i64,
+        /// Distance between window starts.
+        hop: i64,
+    },
+    /// For each event time `t` of a key, `(t − size, t]`.
+    Sliding {
+        /// Window length.
+        size: i64,
+    },
+    /// A key's events with no gap longer than `gap`, cut after `max_duration`.
+    Session {
+        /// Longest quiet time inside a session.
+        gap: i64,
+        /// Longest session.
+        max_duration: Option<i64>,
+    },
+}
+
+/// A window stage's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSettings {
+    /// The windows.
+    pub spec: WindowSpec,
+    /// Fields making up the group key.
+    pub group_by: Vec<String>,
+    /// Output field for the window's start.
+    pub start_field: String,
+    /// Output field for the window's end.
+    pub end_field: String,
+}
+
+impl WindowSettings {
+    /// The settings a stage's `window` table gives (validated when the configuration loaded).
+    pub fn from_config(config: &WindowConfig) -> Self {
+        let millis = |d: Option<crate::config::ConfigDuration>| {
+            d.map_or(1, |d| {
+                i64::try_from(d.get().as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1)
+            })
+        };
+        let spec = match config.kind {
+            WindowKind::Tumbling => WindowSpec::Tumbling {
+                size: millis(config.size),
+            },
+            WindowKind::Hopping => WindowSpec::Hopping {
+                size: millis(config.size),
+                hop: millis(config.hop),
+            },
+            WindowKind::Sliding => WindowSpec::Sliding {
+                size: millis(config.size),
+            },
+            WindowKind::Session => WindowSpec::Session {
+                gap: millis(config.gap),
+                max_duration: config.max_duration.map(|d| millis(Some(d))),
+            },
+        };
+        WindowSettings {
+            spec,
+            group_by: config.group_by.clone(),
+            start_field: config.start_field.clone(),
+            end_field: config.end_field.clone(),
+        }
+    }
+}
+
+/// A group: a key (JSON object text) and the start of one of its windows.
+type GroupId = (Arc<str>, i64);
+
+/// An open window.
+#[derive(Debug, Clone, PartialEq)]
+struct OpenWindow {
+    end: i64,
+    /// Time of the newest event (session windows).
+    last_event: i64,
+    /// The plugin's accumulator; empty before the first fold.
+    accumulator: Vec<u8>,
+}
+
+/// Everything the stage keeps between batches (and in the checkpoint).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct WindowState {
+    windows: HashMap<GroupId, OpenWindow>,
+    /// Open windows in the order they close: (end, key, start).
+    closing: BTreeSet<(i64, Arc<str>, i64)>,
+    /// Session windows: the start of each key's current session.
+    sessions: HashMap<Arc<str>, i64>,
+    /// Sliding windows: each key's events of the last `size`, in time order.
+    recent: HashMap<Arc<str>, VecDeque<Event>>,
+    /// The last watermark (not counting the end of the input).
+    watermark: Option<i64>,
+}
+
+/// A window being folded: its id, its accumulator and its events (indices into a batch).
+struct FoldGroup {
+    id: GroupId,
+    end: i64,
+    accumulator: Vec<u8>,
+    members: Vec<u32>,
+}
+
+/// A window that closed, with the position of the mark that closed it.
+struct Closed {
+    id: GroupId,
+    window: OpenWindow,
+    position: Position,
+}
+
+/// The window stage of one partition.
+pub struct WindowStage {
+    name: Arc<str>,
+    settings: WindowSettings,
+    slot: PluginSlot,
+    state: WindowState,
+    metrics: Metrics,
+    batch: EventBatch,
+}
+
+impl std::fmt::Debug for WindowStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowStage")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field("open_windows", &self.state.windows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WindowStage {
+    /// A stage over `slot`'s window-aggregate plugin, starting from a checkpointed `snapshot`
+    /// (or from nothing).
+    pub fn new(
+        name: Arc<str>,
+        settings: WindowSettings,
+        slot: impl FnOnce(KeyedState) -> PluginSlot,
+        snapshot: Option<&[u8]>,
+        metrics: Metrics,
+    ) -> Result<Self, DecodeError> {
+        let (keyed, state) = match snapshot {
+            Some(bytes) => restore(bytes)?,
+            None => (KeyedState::default(), WindowState::default()),
+        };
+        Ok(WindowStage {
+            name,
+            settings,
+            slot: slot(keyed),
+            state,
+            metrics,
+            batch: empty_batch(0),
+        })
+    }
+
+    /// Windows open now.
+    pub fn open_windows(&self) -> usize {
+        self.state.windows.len()
+    }
+
+    fn error(&self, reason: String) -> StageError {
+        let scope = &self.slot.settings().scope;
+        StageError {
+            pipeline: scope.pipeline.clone(),
+            stage: self.name.clone(),
+            partition: scope.partition,
+            reason,
+        }
+    }
+
+    /// The group key of `event`: a JSON object of the grouped fields.
+    fn key(&self, event: &Event) -> Result<Arc<str>, String> {
+        if self.settings.group_by.is_empty() {
+            return Ok(Arc::from("{}"));
+        }
+        let values = top_level_fields(&event.body, &self.settings.group_by)?;
+        let mut key = String::with_capacity(64);
+        key.push('{');
+        for (index, (field, value)) in self.settings.group_by.iter().zip(values).enumerate() {
+            if index > 0 {
+                key.push(',');
+            }
+            key.push_str(&serde_json::to_string(field).unwrap_or_default());
+            key.push(':');
+            let json = match value {
+                None => "null".to_owned(),
+                Some(value) => value.to_json().ok_or_else(|| {
+                    format!("group-by field `{field}` is not a string, a number or null")
+                })?,
+            };
+            key.push_str(&json);
+        }
+        key.push('}');
+        Ok(Arc::from(key))
+    }
+
+    /// Opens the window `(key, start)` ending at `end` if it is not open yet.
+    fn open(&mut self, key: &Arc<str>, start: i64, end: i64, time: i64) {
+        let state = &mut self.state;
+        state
+            .windows
+            .entry((key.clone(), start))
+            .or_insert_with(|| {
+                state.closing.insert((end, key.clone(), start));
+                OpenWindow {
+                    end,
+                    last_event: time,
+                    accumulator: Vec::new(),
+                }
+            });
+    }
+
+    /// The session of `key` that an event at `time` belongs to (opening or extending one); its
+    /// start.
+    fn session(&mut self, key: &Arc<str>, time: i64, gap: i64, max_duration: Option<i64>) -> i64 {
+        let state = &mut self.state;
+        let cap = |start: i64, end: i64| {
+            max_duration.map_or(end, |max| end.min(start.saturating_add(max)))
+        };
+        if let Some(&start) = state.sessions.get(key)
+            && let Some(window) = state.windows.get_mut(&(key.clone(), start))
+        {
+            let within_gap = time <= window.last_event.saturating_add(gap);
+            let within_max = max_duration.is_none_or(|max| time < start.saturating_add(max));
+            if within_gap && within_max {
+                let last = window.last_event.max(time);
+                let end = cap(start, last.saturating_add(gap));
+                if end != window.end {
+                    state.closing.remove(&(window.end, key.clone(), start));
+                    state.closing.insert((end, key.clone(), start));
+                    window.end = end;
+                }
+                window.last_event = last;
+                return start;
+            }
+        }
+        // A new session; the previous one (if any) closes when the watermark passes its end.
+        let end = cap(time, time.saturating_add(gap));
+        state.sessions.insert(key.clone(), time);
+        state.windows.insert(
+            (key.clone(), time),
+            OpenWindow {
+                end,
+                last_event: time,
+                accumulator: Vec::new(),
+            },
+        );
+        state.closing.insert((end, key.clone(), time));
+        time
+    }
+
+    /// Whether a window ending at `end` has already closed.
+    fn closed_before(&self, end: i64) -> bool {
+        self.state.watermark.is_some_and(|w| end <= w)
+    }
+
+    /// Folds `groups` (members index `events`) through the plugin, isolating an event that traps.
+    /// Returns the new accumulators, in order; refused events go to `out`.
+    fn fold(
+        &mut self,
+        events: &[Event],
+        groups: &[FoldGroup],
+        out: &mut StageOutput,
+    ) -> Result<Vec<Vec<u8>>, StageError> {
+        let request = fold_request(&mut self.batch, events, groups, None);
+        let version = self.slot.plugin().version().clone();
+        match self.call(|instance| instance.fold(&request))? {
+            Ok(response) => {
+                let accumulators = split(&response.accumulators, &response.accumulator_ends)
+                    .filter(|accs| accs.len() == groups.len())
+                    .ok_or_else(|| {
+                        self.error(format!(
+                            "plugin returned {} accumulators for {} windows",
+                            response.accumulator_ends.len(),
+                            groups.len()
+                        ))
+                    })?;
+                let mut refused = BTreeSet::new();
+                for rejection in response.rejected {
+                    let Some(event) = events.get(rejection.event as usize) else {
+                        return Err(self.error(format!(
+                            "plugin rejected event {} of a batch of {}",
+                            rejection.event,
+                            events.len()
+                        )));
+                    };
+                    // An event of overlapping windows is refused once per window: report it once.
+                    if refused.insert(rejection.event) {
+                        out.rejected.push(Rejected {
+                            event: event.clone(),
+                            reason: rejection.reason,
+                            plugin_version: Some(version.clone()),
+                        });
+                    }
+                }
+                Ok(accumulators)
+            }
+            Err(trap) => {
+                let scope = &self.slot.settings().scope;
+                tracing::warn!(
+                    pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
+                    windows = groups.len(), reason = %trap.reason,
+                    "plugin trapped folding a batch; retrying it event by event"
+                );
+                self.fold_event_by_event(events, groups, out)
+            }
+        }
+    }
+
+    /// The retry after a trap: one call per event, with the windows it belongs to.
+    fn fold_event_by_event(
+        &mut self,
+        events: &[Event],
+        groups: &[FoldGroup],
+        out: &mut StageOutput,
+    ) -> Result<Vec<Vec<u8>>, StageError> {
+        let mut accumulators: Vec<Vec<u8>> = groups.iter().map(|g| g.accumulator.clone()).collect();
+        let mut order: Vec<u32> = groups
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .collect();
+        order.sort_unstable();
+        order.dedup();
+        for member in order {
+            let touched: Vec<usize> = groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.members.contains(&member))
+                .map(|(i, _)| i)
+                .collect();
+            let single: Vec<FoldGroup> = touched
+                .iter()
+                .map(|&i| FoldGroup {
+                    id: groups[i].id.clone(),
+                    end: groups[i].end,
+                    accumulator: accumulators[i].clone(),
+                    members: vec![member],
+                })
+                .collect();
+            let request = fold_request(&mut self.batch, events, &single, Some(member));
+            let version = self.slot.plugin().version().clone();
+            let event = &events[member as usize];
+            match self.call(|instance| instance.fold(&request))? {
+                Ok(response) => {
+                    if let Some(rejection) = response.rejected.into_iter().next() {
+                        out.rejected.push(Rejected {
+                            event: event.clone(),
+                            reason: rejection.reason,
+                            plugin_version: Some(version),
+                        });
+                    }
+                    if let Some(new) = split(&response.accumulators, &response.accumulator_ends)
+                        && new.len() == touched.len()
+                    {
+                        for (i, accumulator) in touched.iter().zip(new) {
+                            accumulators[*i] = accumulator;
+                        }
+                    }
+                }
+                Err(trap) => out.rejected.push(Rejected {
+                    event: event.clone(),
+                    reason: format!("plugin trapped: {}", trap.reason),
+                    plugin_version: Some(trap.version),
+                }),
+            }
+        }
+        Ok(accumulators)
+    }
+
+    fn call<R>(
+        &mut self,
+        call: impl FnOnce(&mut crate::plugin::PluginInstance) -> Result<R, CallError>,
+    ) -> Result<Result<R, CallError>, StageError> {
+        match self.slot.call(call) {
+            Ok(result) => Ok(result),
+            Err(e) => Err(self.error(format!("cannot instantiate plugin: {e}"))),
+        }
+    }
+
+    /// Produces the outputs of `closed` windows.
+    fn finish(&mut self, closed: &[Closed], out: &mut StageOutput) -> Result<(), StageError> {
+        let request = finish_request(closed.iter());
+        match self.call(|instance| instance.finish(&request))? {
+            Ok(output) => self.decode_finish(output, closed, out),
+            Err(trap) => {
+                let scope = &self.slot.settings().scope;
+                tracing::warn!(
+                    pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
+                    windows = closed.len(), reason = %trap.reason,
+                    "plugin trapped finishing windows; retrying them one by one"
+                );
+                for one in closed.chunks(1) {
+                    let request = finish_request(one.iter());
+                    match self.call(|instance| instance.finish(&request))? {
+                        Ok(output) => self.decode_finish(output, one, out)?,
+                        Err(trap) => out.rejected.push(Rejected {
+                            event: self.window_letter(&one[0]),
+                            reason: format!("plugin trapped: {}", trap.reason),
+                            plugin_version: Some(trap.version),
+                        }),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn decode_finish(
+        &self,
+        output: OutputBatch,
+        closed: &[Closed],
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
+        let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
+        let version = self.slot.plugin().version().clone();
+        let mut start = 0usize;
+        for emitted in output.emitted {
+            let window = closed.get(emitted.event as usize).ok_or_else(|| {
+                self.error(format!(
+                    "plugin emitted a record for window {} of {}",
+                    emitted.event,
+                    closed.len()
+                ))
+            })?;
+            let target = targets.get(emitted.target as usize).ok_or_else(|| {
+                self.error(format!(
+                    "plugin emitted to target {} of {}",
+                    emitted.target,
+                    targets.len()
+                ))
+            })?;
+            let end = emitted.payload_end as usize;
+            let payload = output.payloads.get(start..end).ok_or_else(|| {
+                self.error(format!(
+                    "plugin gave payload end {end} after {start} in a buffer of {}",
+                    output.payloads.len()
+                ))
+            })?;
+            start = end;
+            match self.complete(payload, window) {
+                Ok(body) => out
+                    .emitted
+                    .push((target.clone(), self.record(window, body))),
+                Err(reason) => out.rejected.push(Rejected {
+                    event: self.window_letter(window),
+                    reason,
+                    plugin_version: Some(version.clone()),
+                }),
+            }
+        }
+        for rejection in output.rejected {
+            let window = closed.get(rejection.event as usize).ok_or_else(|| {
+                self.error(format!(
+                    "plugin rejected window {} of {}",
+                    rejection.event,
+                    closed.len()
+                ))
+            })?;
+            out.rejected.push(Rejected {
+                event: self.window_letter(window),
+                reason: rejection.reason,
+                plugin_version: Some(version.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The window's bounds as its outputs show them: `[start, end)`, except sliding windows,
+    /// shown as `(end − size, end]` (the event time that made them and the size before it).
+    fn shown_bounds(&self, id: &GroupId, window: &OpenWindow) -> (i64, i64) {
+        match self.settings.spec {
+            WindowSpec::Sliding { size } => (window.end - 1 - size, window.end - 1),
+            _ => (id.1, window.end),
+        }
+    }
+
+    /// A plugin's output object with the group's fields and the window's bounds added (unless
+    /// the plugin set them itself). The fields are spliced into the object's text, so that the
+    /// plugin's own values reach the sinks byte for byte.
+    fn complete(&self, payload: &[u8], closed: &Closed) -> Result<Bytes, String> {
+        let keys = top_level_keys(payload).map_err(|e| {
+            format!(
+                "a window output must be a JSON object, to which the window's bounds are added: {e}"
+            )
+        })?;
+        let (start, end) = self.shown_bounds(&closed.id, &closed.window);
+        let mut added: Vec<(String, String)> = Vec::with_capacity(self.settings.group_by.len() + 2);
+        if let Ok(group) =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&closed.id.0)
+        {
+            for (field, value) in group {
+                added.push((field, value.to_string()));
+            }
+        }
+        for (field, time) in [
+            (&self.settings.start_field, start),
+            (&self.settings.end_field, end),
+        ] {
+            added.push((field.clone(), format!("\"{}\"", format_millis(time))));
+        }
+        let text = payload.trim_ascii();
+        // Checked above: the text is one object, `{...}`.
+        let inner = text
+            .get(1..text.len().saturating_sub(1))
+            .unwrap_or_default()
+            .trim_ascii();
+        let mut out = Vec::with_capacity(text.len() + 128);
+        out.push(b'{');
+        out.extend_from_slice(inner);
+        let mut first = inner.is_empty();
+        for (field, value) in added {
+            if keys.iter().any(|k| *k == field) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(serde_json::to_string(&field).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    }
+
+    /// The record of one output of a closed window.
+    fn record(&self, closed: &Closed, body: Bytes) -> Event {
+        let time = closed.window.end - 1;
+        Event {
+            partition: self.slot.settings().scope.partition,
+            position: closed.position,
+            key: None,
+            event_time: Some(time),
+            enqueued_time: time,
+            properties: Vec::new(),
+            body,
+        }
+    }
+
+    /// A dead letter standing for a window whose outputs could not be made.
+    fn window_letter(&self, closed: &Closed) -> Event {
+        let (start, end) = self.shown_bounds(&closed.id, &closed.window);
+        let key: serde_json::Value = serde_json::from_str(&closed.id.0).unwrap_or_default();
+        let accumulator = String::from_utf8_lossy(&closed.window.accumulator).into_owned();
+        let body = serde_json::json!({
+            "window": { "key": key, "start": format_millis(start), "end": format_millis(end) },
+            "accumulator": accumulator,
+        });
+        let mut record = self.record(closed, Bytes::from(body.to_string()));
+        record.key = Some(Bytes::from(closed.id.0.as_bytes().to_vec()));
+        record
+    }
+
+    fn late(&self, event: &Event, end: i64) -> Rejected {
+        Rejected {
+            event: event.clone(),
+            reason: format!(
+                "late: the window ending at {} closed when the watermark reached {}",
+                format_millis(end),
+                format_millis(self.state.watermark.unwrap_or(i64::MIN))
+            ),
+            plugin_version: None,
+        }
+    }
+
+    fn count(&self, name: &'static str, delta: u64) {
+        let scope = &self.slot.settings().scope;
+        self.metrics.add(
+            name,
+            &[
+                ("pipeline", &scope.pipeline),
+                ("stage", &self.name),
+                ("partition", &scope.partition.to_string()),
+            ],
+            delta,
+        );
+    }
+}
+
+/// Splits concatenated byte strings at `ends`.
+fn split(bytes: &[u8], ends: &[u32]) -> Option<Vec<Vec<u8>>> {
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(ends.len());
+    for &end in ends {
+        let end = end as usize;
+        out.push(bytes.get(start..end)?.to_vec());
+        start = end;
+    }
+    Some(out)
+}
+
+fn offset(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// A fold request for `groups` over `events` (or only event `only`, for the retry).
+fn fold_request(
+    batch: &mut EventBatch,
+    events: &[Event],
+    groups: &[FoldGroup],
+    only: Option<u32>,
+) -> FoldRequest {
+    let mut request = FoldRequest {
+        events: empty_batch(0),
+        windows: Vec::with_capacity(groups.len()),
+        accumulators: Vec::new(),
+        accumulator_ends: Vec::with_capacity(groups.len()),
+        members: Vec::new(),
+        member_ends: Vec::with_capacity(groups.len()),
+    };
+    match only {
+        Some(member) => {
+            fill_batch(batch, std::slice::from_ref(&events[member as usize]));
+        }
+        None => fill_batch(batch, events),
+    }
+    request.events = std::mem::replace(batch, empty_batch(0));
+    for group in groups {
+        request.windows.push(WitWindow {
+            key: group.id.0.to_string(),
+            start: group.id.1,
+            end: group.end,
+        });
+        request.accumulators.extend_from_slice(&group.accumulator);
+        request
+            .accumulator_ends
+            .push(offset(request.accumulators.len()));
+        match only {
+            Some(_) => request.members.push(0),
+            None => request.members.extend_from_slice(&group.members),
+        }
+        request.member_ends.push(offset(request.members.len()));
+    }
+    request
+}
+
+fn finish_request<'a>(closed: impl Iterator<Item = &'a Closed>) -> FinishRequest {
+    let mut request = FinishRequest {
+        windows: Vec::new(),
+        accumulators: Vec::new(),
+        accumulator_ends: Vec::new(),
+    };
+    for window in closed {
+        request.windows.push(WitWindow {
+            key: window.id.0.to_string(),
+            start: window.id.1,
+            end: window.window.end,
+        });
+        request
+            .accumulators
+            .extend_from_slice(&window.window.accumulator);
+        request
+            .accumulator_ends
+            .push(offset(request.accumulators.len()));
+    }
+    request
+}
+
+/// Starts of the tumbling or hopping windows that contain `time`, latest first.
+fn window_starts(time: i64, size: i64, hop: i64) -> impl Iterator<Item = i64> {
+    let last = time.div_euclid(hop) * hop;
+    (0..)
+        .map(move |k: i64| last - k * hop)
+        .take_while(move |start| start + size > time)
+}
+
+impl Stage for WindowStage {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        let mut groups: Vec<FoldGroup> = Vec::new();
+        let mut index: HashMap<GroupId, usize> = HashMap::new();
+        let mut late = 0u64;
+        for (member, event) in events.iter().enumerate() {
+            let member = offset(member);
+            let key = match self.key(event) {
+                Ok(key) => key,
+                Err(reason) => {
+                    out.rejected.push(Rejected {
+                        event: event.clone(),
+                        reason,
+                        plugin_version: None,
+                    });
+                    continue;
+                }
+            };
+            let time = event.time();
+            let mut windows: Vec<(i64, i64)> = Vec::with_capacity(2);
+            match self.settings.spec {
+                WindowSpec::Tumbling { size } => {
+                    windows.extend(window_starts(time, size, size).map(|s| (s, s + size)));
+                }
+                WindowSpec::Hopping { size, hop } => {
+                    windows.extend(window_starts(time, size, hop).map(|s| (s, s + size)));
+                }
+                WindowSpec::Sliding { size } => {
+                    let end = time.saturating_add(1);
+                    if self.closed_before(end) {
+                        late += 1;
+                        out.rejected.push(self.late(event, end));
+                        continue;
+                    }
+                    self.open(&key, end - size, end, time);
+                    let recent = self.state.recent.entry(key).or_default();
+                    let at = recent.partition_point(|e| e.time() <= time);
+                    recent.insert(at, event.clone());
+                    continue;
+                }
+                WindowSpec::Session { gap, max_duration } => {
+                    if self.closed_before(time.saturating_add(gap)) {
+                        late += 1;
+                        out.rejected
+                            .push(self.late(event, time.saturating_add(gap)));
+                        continue;
+                    }
+                    let start = self.session(&key, time, gap, max_duration);
+                    let end = self
+                        .state
+                        .windows
+                        .get(&(key.clone(), start))
+                        .map_or(start, |w| w.end);
+                    windows.push((start, end));
+                }
+            }
+            let mut any = false;
+            for (start, end) in windows {
+                if self.closed_before(end) {
+                    continue;
+                }
+                any = true;
+                self.open(&key, start, end, time);
+                let id = (key.clone(), start);
+                let slot = *index.entry(id.clone()).or_insert_with(|| {
+                    groups.push(FoldGroup {
+                        id,
+                        end,
+                        accumulator: Vec::new(),
+                        members: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+                groups[slot].members.push(member);
+            }
+            if !any {
+                late += 1;
+                out.rejected.push(self.late(event, time));
+            }
+        }
+        self.count(names::WINDOW_LATE_EVENTS, late);
+        if groups.is_empty() {
+            return Ok(());
+        }
+        for group in &mut groups {
+            if let Some(window) = self.state.windows.get(&group.id) {
+                group.accumulator.clone_from(&window.accumulator);
+                group.end = window.end;
+            }
+        }
+        let accumulators = self.fold(events, &groups, out)?;
+        for (group, accumulator) in groups.iter().zip(accumulators) {
+            if let Some(window) = self.state.windows.get_mut(&group.id) {
+                window.accumulator = accumulator;
+            }
+        }
+        Ok(())
+    }
+
+    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
+        let mut closed: Vec<Closed> = Vec::new();
+        for mark in marks {
+            while let Some(first) = self.state.closing.first()
+                && first.0 <= mark.watermark
+            {
+                let Some((_, key, start)) = self.state.closing.pop_first() else {
+                    break;
+                };
+                let id = (key, start);
+                let Some(window) = self.state.windows.remove(&id) else {
+                    continue;
+                };
+                if self.state.sessions.get(&id.0) == Some(&start) {
+                    self.state.sessions.remove(&id.0);
+                }
+                closed.push(Closed {
+                    id,
+                    window,
+                    position: mark.position,
+                });
+            }
+            if mark.watermark != END_OF_INPUT {
+                self.state.watermark = Some(
+                    self.state
+                        .watermark
+                        .map_or(mark.watermark, |w| w.max(mark.watermark)),
+                );
+            }
+        }
+        if let WindowSpec::Sliding { size } = self.settings.spec {
+            if !closed.is_empty() {
+                self.fold_sliding(&mut closed, out)?;
+            }
+            let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
+            let horizon = self.state.watermark.map(|w| w.saturating_sub(size));
+            self.state.recent.retain(|_, events| {
+                if ended {
+                    return false;
+                }
+                if let Some(horizon) = horizon {
+                    while events.front().is_some_and(|e| e.time() <= horizon) {
+                        events.pop_front();
+                    }
+                }
+                !events.is_empty()
+            });
+        }
+        if closed.is_empty() {
+            return Ok(());
+        }
+        self.count(names::WINDOWS_CLOSED, closed.len() as u64);
+        self.finish(&closed, out)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        snapshot(self.slot.keyed_state(), &self.state)
+    }
+
+    fn take_counters(&mut self) -> Vec<(String, u64)> {
+        self.slot.take_counters().into_iter().collect()
+    }
+}
+
+impl WindowStage {
+    /// Sliding windows fold their events when they close: each closed window's accumulator is
+    /// made from the key's recent events in `(end − 1 − size, end − 1]`.
+    fn fold_sliding(
+        &mut self,
+        closed: &mut [Closed],
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
+        let mut events: Vec<Event> = Vec::new();
+        let mut groups: Vec<FoldGroup> = Vec::with_capacity(closed.len());
+        for window in closed.iter() {
+            let (start, end) = (window.id.1, window.window.end);
+            let mut members = Vec::new();
+            if let Some(recent) = self.state.recent.get(&window.id.0) {
+                for event in recent {
+                    let time = event.time();
+                    if time >= start && time < end {
+                        members.push(offset(events.len()));
+                        events.push(event.clone());
+                    }
+                }
+            }
+            groups.push(FoldGroup {
+                id: window.id.clone(),
+                end,
+                accumulator: Vec::new(),
+                members,
+            });
+        }
+        let accumulators = self.fold(&events, &groups, out)?;
+        for (window, accumulator) in closed.iter_mut().zip(accumulators) {
+            window.window.accumulator = accumulator;
+        }
+        Ok(())
+    }
+}
+
+fn snapshot(keyed: &KeyedState, state: &WindowState) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(1);
+    w.bytes(&keyed.snapshot());
+    w.opt_i64(state.watermark);
+    w.len(state.closing.len());
+    for (end, key, start) in &state.closing {
+        let window = state.windows.get(&(key.clone(), *start));
+        w.str(key);
+        w.i64(*start);
+        w.i64(*end);
+        w.i64(window.map_or(*start, |w| w.last_event));
+        w.bytes(window.map_or(&[][..], |w| &w.accumulator));
+    }
+    let mut sessions: Vec<(&Arc<str>, &i64)> = state.sessions.iter().collect();
+    sessions.sort();
+    w.len(sessions.len());
+    for (key, start) in sessions {
+        w.str(key);
+        w.i64(*start);
+    }
+    let mut recent: Vec<(&Arc<str>, &VecDeque<Event>)> = state.recent.iter().collect();
+    recent.sort_by(|a, b| a.0.cmp(b.0));
+    w.len(recent.len());
+    for (key, events) in recent {
+        w.str(key);
+        w.len(events.len());
+        for event in events {
+            w.event(event);
+        }
+    }
+    w.finish()
+}
+
+fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
+    let mut r = Reader::new(bytes);
+    if r.u8("the window state's format version")? != 1 {
+        return Err(DecodeError {
+            offset: 0,
+            what: "window state format version 1",
+        });
+    }
+    let keyed_bytes = r.bytes("the plugin's keyed state")?;
+    let keyed = KeyedState::restore(keyed_bytes).map_err(|e| DecodeError {
+        offset: e.offset,
+        what: e.what,
+    })?;
+    let mut state = WindowState {
+        watermark: r.opt_i64("the stage's watermark")?,
+        ..WindowState::default()
+    };
+    let mut keys: HashMap<String, Arc<str>> = HashMap::new();
+    let mut intern = |text: &str| -> Arc<str> {
+        keys.entry(text.to_owned())
+            .or_insert_with(|| Arc::from(text))
+            .clone()
+    };
+    let windows = r.len("the number of open windows")?;
+    for _ in 0..windows {
+        let key = intern(r.str("a window's key")?);
+        let start = r.i64("a window's start")?;
+        let end = r.i64("a window's end")?;
+        let last_event = r.i64("a window's newest event time")?;
+        let accumulator = r.bytes("a window's accumulator")?.to_vec();
+        state.closing.insert((end, key.clone(), start));
+        state.windows.insert(
+            (key, start),
+            OpenWindow {
+                end,
+                last_event,
+                accumulator,
+            },
+        );
+    }
+    let sessions = r.len("the number of sessions")?;
+    for _ in 0..sessions {
+        let key = intern(r.str("a session's key")?);
+        let start = r.i64("a session's start")?;
+        state.sessions.insert(key, start);
+    }
+    let recent = r.len("the number of keys with recent events")?;
+    for _ in 0..recent {
+        let key = intern(r.str("a key")?);
+        let count = r.len("the number of recent events")?;
+        let mut events = VecDeque::with_capacity(count);
+        for _ in 0..count {
+            events.push_back(r.event()?);
+        }
+        state.recent.insert(key, events);
+    }
+    Ok((keyed, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tumbling_and_hopping_starts() {
+        let tumbling: Vec<i64> = window_starts(12, 5, 5).collect();
+        assert_eq!(tumbling, [10]);
+        let hopping: Vec<i64> = window_starts(12, 10, 5).collect();
+        assert_eq!(hopping, [10, 5]);
+        let negative: Vec<i64> = window_starts(-3, 10, 5).collect();
+        assert_eq!(negative, [-5, -10]);
+        assert_eq!(window_starts(10, 5, 5).collect::<Vec<_>>(), [10]);
+    }
+
+    #[test]
+    fn state_snapshot_round_trips() {
+        let mut state = WindowState {
+            watermark: Some(42),
+            ..WindowState::default()
+        };
+        let key: Arc<str> = Arc::from("{\"k\":1}");
+        state.windows.insert(
+            (key.clone(), 0),
+            OpenWindow {
+                end: 100,
+                last_event: 7,
+                accumulator: b"{\"n\":2}".to_vec(),
+            },
+        );
+        state.closing.insert((100, key.clone(), 0));
+        state.sessions.insert(key.clone(), 0);
+        let mut event = Event::new(1, 9, &b"{}"[..]);
+        event.event_time = Some(7);
+        state.recent.insert(key, VecDeque::from([event]));
+        let mut keyed = KeyedState::default();
+        keyed.put(b"a".to_vec(), b"b".to_vec());
+        keyed.commit();
+        let bytes = snapshot(&keyed, &state);
+        let (keyed_back, state_back) = restore(&bytes).expect("restore");
+        assert_eq!(keyed_back, keyed);
+        assert_eq!(state_back, state);
+        assert!(restore(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,426 @@
+//! One partition's event clock: late-arrival and out-of-order policies, the reorder buffer and the
+//! watermark. Pure code: events in, events and marks out.
+
+use std::collections::BTreeMap;
+
+use super::{END_OF_INPUT, Mark, format_duration, format_millis};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::config::{EventTimeConfig, LatePolicy};
+use crate::event::{Event, Position};
+
+/// A tolerance in milliseconds and the policy for events beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tolerance {
+    /// The tolerance.
+    pub millis: i64,
+    /// What happens beyond it.
+    pub policy: LatePolicy,
+}
+
+/// How a partition's clock treats its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSettings {
+    /// Out-of-order tolerance (0 and `adjust` when the pipeline sets none).
+    pub out_of_order: Tolerance,
+    /// Late-arrival tolerance, if any.
+    pub late_arrival: Option<Tolerance>,
+}
+
+impl ClockSettings {
+    /// The settings a pipeline's `event_time` table asks for.
+    pub fn from_config(config: Option<&EventTimeConfig>) -> Self {
+        let millis = |d: crate::config::ConfigDuration| {
+            i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX)
+        };
+        let tolerance = |t: &crate::config::TolerancePolicy| Tolerance {
+            millis: millis(t.tolerance),
+            policy: t.policy,
+        };
+        ClockSettings {
+            out_of_order: config
+                .and_then(|c| c.out_of_order.as_ref())
+                .map(tolerance)
+                .unwrap_or(Tolerance {
+                    millis: 0,
+                    policy: LatePolicy::Adjust,
+                }),
+            late_arrival: config.and_then(|c| c.late_arrival.as_ref()).map(tolerance),
+        }
+    }
+}
+
+/// An event dropped by a policy, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateEvent {
+    /// The event, as it arrived.
+    pub event: Event,
+    /// Which tolerance it exceeded and by how much.
+    pub reason: String,
+}
+
+/// What the clock made of some arriving events.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Events leaving the reorder buffer, in event-time order, each carrying the position of the
+    /// event whose arrival released it.
+    pub released: Vec<Event>,
+    /// Watermark advances, in order.
+    pub marks: Vec<Mark>,
+    /// Events dropped by a policy.
+    pub dropped: Vec<LateEvent>,
+    /// Events adjusted by the out-of-order policy.
+    pub adjusted_out_of_order: u64,
+    /// Events adjusted by the late-arrival policy.
+    pub adjusted_late_arrival: u64,
+    /// Events dropped by the out-of-order policy.
+    pub dropped_out_of_order: u64,
+    /// Events dropped by the late-arrival policy.
+    pub dropped_late_arrival: u64,
+}
+
+impl Admitted {
+    /// Empties it, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.released.clear();
+        self.marks.clear();
+        self.dropped.clear();
+        self.adjusted_out_of_order = 0;
+        self.adjusted_late_arrival = 0;
+        self.dropped_out_of_order = 0;
+        self.dropped_late_arrival = 0;
+    }
+}
+
+/// A partition's watermark and reorder buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventClock {
+    settings: ClockSettings,
+    /// The newest event time admitted.
+    max_time: Option<i64>,
+    /// No event with an earlier time reaches the stages any more.
+    watermark: Option<i64>,
+    /// Events waiting for the watermark, by (event time, source position).
+    buffer: BTreeMap<(i64, Position), Event>,
+}
+
+impl EventClock {
+    /// A clock that has seen nothing.
+    pub fn new(settings: ClockSettings) -> Self {
+        EventClock {
+            settings,
+            max_time: None,
+            watermark: None,
+            buffer: BTreeMap::new(),
+        }
+    }
+
+    /// The partition's watermark, once it has one.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Events waiting in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Takes one arriving event through the policies and the reorder buffer.
+    pub fn admit(&mut self, mut event: Event, out: &mut Admitted) {
+        let position = event.position;
+        let mut time = event.time();
+        if let Some(late) = self.settings.late_arrival {
+            let bound = event.enqueued_time.saturating_sub(late.millis);
+            if time < bound {
+                match late.policy {
+                    LatePolicy::Adjust => {
+                        out.adjusted_late_arrival += 1;
+                        time = bound;
+                        event.event_time = Some(bound);
+                    }
+                    LatePolicy::Drop => {
+                        out.dropped_late_arrival += 1;
+                        let reason = format!(
+                            "late arrival: event time {} is {} before its enqueued time {}, beyond the late-arrival tolerance of {}",
+                            format_millis(time),
+                            format_duration(event.enqueued_time.saturating_sub(time)),
+                            format_millis(event.enqueued_time),
+                            format_duration(late.millis)
+                        );
+                        out.dropped.push(LateEvent { event, reason });
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(watermark) = self.watermark
+            && time < watermark
+        {
+            let tolerance = self.settings.out_of_order;
+            match tolerance.policy {
+                LatePolicy::Adjust => {
+                    out.adjusted_out_of_order += 1;
+                    time = watermark;
+                    event.event_time = Some(watermark);
+                }
+                LatePolicy::Drop => {
+                    out.dropped_out_of_order += 1;
+                    let reason = format!(
+                        "out of order: event time {} is {} behind the partition's watermark {} (its newest event time minus the out-of-order tolerance of {})",
+                        format_millis(time),
+                        format_duration(watermark.saturating_sub(time)),
+                        format_millis(watermark),
+                        format_duration(tolerance.millis)
+                    );
+                    out.dropped.push(LateEvent { event, reason });
+                    return;
+                }
+            }
+        }
+        self.buffer.insert((time, position), event);
+        let newest = self.max_time.map_or(time, |m| m.max(time));
+        self.max_time = Some(newest);
+        let candidate = newest.saturating_sub(self.settings.out_of_order.millis);
+        if self.watermark.is_none_or(|w| candidate > w) {
+            self.advance(candidate, position, out);
+        } else if self.watermark.is_some_and(|w| time <= w) {
+            // An adjusted event sits at the watermark: it leaves at once.
+            self.release_through(time, position, out);
+        }
+    }
+
+    /// Advances the watermark to `watermark` (if that is later) without a new event: the
+    /// partition is idle and follows the pipeline's watermark. Released events and the mark carry
+    /// `position`, the partition's last one.
+    pub fn advance_to(&mut self, watermark: i64, position: Position, out: &mut Admitted) {
+        if self.watermark.is_none_or(|w| watermark > w) {
+            self.advance(watermark, position, out);
+        }
+    }
+
+    /// The bounded input has ended: every buffered event leaves, and a mark at
+    /// [`END_OF_INPUT`] closes everything downstream. The watermark itself stays where it was,
+    /// so that input appended later (a longer file on the next run) is not all late.
+    pub fn finish(&mut self, position: Position, out: &mut Admitted) {
+        for (_, mut event) in std::mem::take(&mut self.buffer) {
+            event.position = position;
+            out.released.push(event);
+        }
+        out.marks.push(Mark {
+            watermark: END_OF_INPUT,
+            position,
+        });
+    }
+
+    fn advance(&mut self, watermark: i64, position: Position, out: &mut Admitted) {
+        self.watermark = Some(watermark);
+        self.release_through(watermark, position, out);
+        out.marks.push(Mark {
+            watermark,
+            position,
+        });
+    }
+
+    /// Releases the buffered events with a time at or before `time`, in order.
+    fn release_through(&mut self, time: i64, position: Position, out: &mut Admitted) {
+        let rest = match time.checked_add(1) {
+            Some(after) => self.buffer.split_off(&(after, 0)),
+            None => BTreeMap::new(),
+        };
+        for (_, mut event) in std::mem::replace(&mut self.buffer, rest) {
+            event.position = position;
+            out.released.push(event);
+        }
+    }
+
+    /// The clock's state for the checkpoint: watermark, newest time and the buffered events.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(1);
+        w.opt_i64(self.max_time);
+        w.opt_i64(self.watermark);
+        w.len(self.buffer.len());
+        for ((time, _), event) in &self.buffer {
+            w.i64(*time);
+            w.event(event);
+        }
+        w.finish()
+    }
+
+    /// A clock with `settings` and the state a [`EventClock::snapshot`] saved.
+    pub fn restore(settings: ClockSettings, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("the event clock's format version")?;
+        if version != 1 {
+            return Err(DecodeError {
+                offset: 0,
+                what: "event clock format version 1",
+            });
+        }
+        let max_time = r.opt_i64("the newest event time")?;
+        let watermark = r.opt_i64("the watermark")?;
+        let count = r.len("the number of buffered events")?;
+        let mut buffer = BTreeMap::new();
+        for _ in 0..count {
+            let time = r.i64("a buffered event's time")?;
+            let event = r.event()?;
+            buffer.insert((time, event.position), event);
+        }
+        Ok(EventClock {
+            settings,
+            max_time,
+            watermark,
+            buffer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ooo: i64, policy: LatePolicy, late: Option<(i64, LatePolicy)>) -> ClockSettings {
+        ClockSettings {
+            out_of_order: Tolerance {
+                millis: ooo,
+                policy,
+            },
+            late_arrival: late.map(|(millis, policy)| Tolerance { millis, policy }),
+        }
+    }
+
+    fn event(position: u64, time: i64) -> Event {
+        let mut e = Event::new(0, position, format!("{{\"p\":{position}}}"));
+        e.event_time = Some(time);
+        e.enqueued_time = time;
+        e
+    }
+
+    fn admit_all(clock: &mut EventClock, events: &[(u64, i64)]) -> Admitted {
+        let mut out = Admitted::default();
+        for (p, t) in events {
+            clock.admit(event(*p, *t), &mut out);
+        }
+        out
+    }
+
+    fn released(out: &Admitted) -> Vec<(u64, i64)> {
+        out.released
+            .iter()
+            .map(|e| (e.position, e.time()))
+            .collect()
+    }
+
+    #[test]
+    fn without_tolerance_events_pass_at_once_and_late_ones_are_adjusted() {
+        let mut clock = EventClock::new(settings(0, LatePolicy::Adjust, None));
+        let out = admit_all(&mut clock, &[(1, 10), (2, 20), (3, 15), (4, 20)]);
+        // 15 is behind the watermark 20: adjusted to 20, released at its own position.
+        assert_eq!(released(&out), [(1, 10), (2, 20), (3, 20), (4, 20)]);
+        assert_eq!(out.adjusted_out_of_order, 1);
+        assert_eq!(
+            out.marks,
+            [
+                Mark {
+                    watermark: 10,
+                    position: 1
+                },
+                Mark {
+                    watermark: 20,
+                    position: 2
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn within_tolerance_events_leave_in_time_order_at_the_releasing_position() {
+        let mut clock = EventClock::new(settings(10, LatePolicy::Drop, None));
+        let out = admit_all(
+            &mut clock,
+            &[(1, 100), (2, 95), (3, 104), (4, 112), (5, 130)],
+        );
+        // Watermarks: 90, 94, 102, 120. Event 2 (95) and 1 (100) leave when 4 arrives (102);
+        // 3 (104) and 4 (112) when 5 arrives (120); 5 waits.
+        assert_eq!(released(&out), [(4, 95), (4, 100), (5, 104), (5, 112)]);
+        assert_eq!(clock.buffered(), 1);
+        assert!(out.dropped.is_empty());
+        let marks: Vec<(i64, u64)> = out
+            .marks
+            .iter()
+            .map(|m| (m.watermark, m.position))
+            .collect();
+        assert_eq!(marks, [(90, 1), (94, 3), (102, 4), (120, 5)]);
+        // Beyond the tolerance: dropped with the reason.
+        let out = admit_all(&mut clock, &[(6, 119)]);
+        assert_eq!(out.dropped.len(), 1);
+        assert_eq!(out.dropped_out_of_order, 1);
+        assert!(
+            out.dropped[0]
+                .reason
+                .contains("behind the partition's watermark"),
+            "{}",
+            out.dropped[0].reason
+        );
+        // End of input: everything leaves, a mark closes everything.
+        let mut out = Admitted::default();
+        clock.finish(7, &mut out);
+        assert_eq!(released(&out), [(7, 130)]);
+        assert_eq!(out.marks[0].watermark, END_OF_INPUT);
+        assert_eq!(clock.watermark(), Some(120), "the end is not remembered");
+    }
+
+    #[test]
+    fn late_arrivals_are_adjusted_or_dropped_before_ordering() {
+        let mut clock = EventClock::new(settings(
+            0,
+            LatePolicy::Adjust,
+            Some((50, LatePolicy::Adjust)),
+        ));
+        let mut e = event(1, 100);
+        e.enqueued_time = 200;
+        let mut out = Admitted::default();
+        clock.admit(e, &mut out);
+        assert_eq!(released(&out), [(1, 150)]);
+        assert_eq!(out.adjusted_late_arrival, 1);
+
+        let mut clock = EventClock::new(settings(
+            0,
+            LatePolicy::Adjust,
+            Some((50, LatePolicy::Drop)),
+        ));
+        let mut e = event(1, 100);
+        e.enqueued_time = 151;
+        let mut out = Admitted::default();
+        clock.admit(e, &mut out);
+        assert!(out.released.is_empty());
+        assert_eq!(out.dropped_late_arrival, 1);
+        assert!(out.dropped[0].reason.starts_with("late arrival"));
+    }
+
+    #[test]
+    fn an_idle_advance_releases_and_marks_at_the_given_position() {
+        let mut clock = EventClock::new(settings(30, LatePolicy::Adjust, None));
+        admit_all(&mut clock, &[(1, 100), (2, 110)]);
+        let mut out = Admitted::default();
+        clock.advance_to(105, 2, &mut out);
+        assert_eq!(released(&out), [(2, 100)]);
+        clock.advance_to(90, 2, &mut out);
+        assert_eq!(out.marks.len(), 1, "the watermark never goes back");
+        let out = admit_all(&mut clock, &[(3, 104)]);
+        assert_eq!(
+            released(&out),
+            [(3, 105)],
+            "behind the advanced watermark: adjusted"
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trips_with_buffered_events() {
+        let mut clock = EventClock::new(settings(10, LatePolicy::Adjust, None));
+        admit_all(&mut clock, &[(1, 100), (2, 95), (3, 104)]);
+        let bytes = clock.snapshot();
+        let restored = EventClock::restore(clock.settings, &bytes).expect("restore");
+        assert_eq!(restored, clock);
+        assert!(EventClock::restore(clock.settings, &bytes[..bytes.len() - 2]).is_err());
+    }
+}

@@ -1,0 +1,9 @@
+use weir_sdk::prelude::*;
+
+#[weir_sdk::join]
+fn enrich(left: Option<&String>, right: Option<&Event>, ctx: &mut Context) -> Result<()> {
+    let _ = (left, right, ctx);
+    Ok(())
+}
+
+fn main() {}
