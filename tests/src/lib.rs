@@ -266,3 +266,32 @@ pub fn close(a: &Value, b: &Value) -> bool {
         _ => a == b,
     }
 }
+
+/// The owner id a `weir` process claims partitions under, from its log's "partition acquired"
+/// lines (`owner=<id> previous_owner=<id>`: the log also names other processes' ids).
+pub fn logged_owner_id(log: &str) -> Option<String> {
+    strip_ansi(log)
+        .lines()
+        .filter(|line| line.contains("partition acquired"))
+        .find_map(|line| line.split(" owner=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// The text without terminal colour codes.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

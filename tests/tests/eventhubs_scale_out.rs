@@ -85,11 +85,8 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
     let victim = processes[0].take().expect("process a");
     let victim_log = victim.log_text();
     let owned = owners(&checkpoints);
-    let victim_owner = owned
-        .values()
-        .find(|owner| victim_log.contains(owner.as_str()))
-        .expect("the killed process logged its owner id")
-        .clone();
+    let victim_owner =
+        weir_tests::logged_owner_id(&victim_log).expect("the killed process logged its owner id");
     let victim_partitions: BTreeSet<String> = owned
         .into_iter()
         .filter(|(_, owner)| *owner == victim_owner)

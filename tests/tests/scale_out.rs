@@ -30,24 +30,6 @@ print(json.dumps({{o["partition_id"]: o.get("owner_id") or "" for o in store.lis
     serde_json::from_str(out.trim()).unwrap_or_default()
 }
 
-/// The text without terminal colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     let azurite = Azurite::start();
@@ -114,13 +96,8 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     });
     std::thread::sleep(Duration::from_millis(800));
     let victim = processes[0].take().expect("process a");
-    let victim_log = strip_ansi(&victim.log_text());
-    let victim_owner = victim_log
-        .lines()
-        .find_map(|l| l.split("owner=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the killed process logged its owner id")
-        .to_owned();
+    let victim_owner = weir_tests::logged_owner_id(&victim.log_text())
+        .expect("the killed process logged its owner id");
     let victim_partitions: BTreeSet<String> = owners(&azurite)
         .into_iter()
         .filter(|(_, owner)| *owner == victim_owner)
