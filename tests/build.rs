@@ -4,8 +4,21 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Plugin packages the tests load.
-const PLUGINS: &[&str] = &["telemetry-anomaly", "passthrough"];
+/// Plugin packages the tests load: the examples, and the test plugins of `tests/plugins/` (other
+/// versions of the anomaly rule, a version that always traps, and hostile plugins).
+const PLUGINS: &[&str] = &[
+    "telemetry-anomaly",
+    "passthrough",
+    "anomaly-v2",
+    "anomaly-v3",
+    "trap-always",
+    "hostile-loop",
+    "hostile-memory",
+    "hostile-panic",
+    "hostile-file",
+    "hostile-socket",
+    "hostile-env",
+];
 
 fn main() {
     let manifest_dir =
@@ -14,7 +27,7 @@ fn main() {
         .parent()
         .expect("tests/ sits in the workspace")
         .to_path_buf();
-    for watched in ["sdk", "plugins", "wit"] {
+    for watched in ["sdk", "plugins", "wit", "tests/plugins"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()

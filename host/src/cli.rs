@@ -73,21 +73,102 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How often the watcher looks at the plugin files.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let loaded = config::load(&config_path)?;
-    let running = pipeline::start(&loaded, Metrics::new()).await?;
+    let config = &loaded.config;
+    let services = pipeline::Services {
+        metrics: Metrics::new(),
+        ..pipeline::Services::default()
+    };
+    let running = pipeline::start_with(&loaded, services.clone()).await?;
+    // The service around the pipelines: admin API, plugin file watcher, health alerts.
+    let admin = match &config.admin {
+        Some(admin) => Some(
+            crate::admin::serve(
+                &admin.address,
+                crate::admin::resolve_token(admin.token.as_deref()),
+                admin.max_upload_bytes,
+                services.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let watcher = config.plugins.watch.then(|| {
+        tokio::spawn(crate::plugin::watch::watch(
+            services.plugins.clone(),
+            WATCH_POLL,
+            config.plugins.watch_settle.get(),
+        ))
+    });
+    let health = match &config.health {
+        Some(health) => {
+            let sink = match running.sinks().get(&health.sink) {
+                Some(sink) => sink.clone(),
+                None => {
+                    let sink_config = config
+                        .sinks
+                        .get(&health.sink)
+                        .context("the health sink is not defined")?;
+                    crate::sink::build(&health.sink, sink_config, &loaded).await?
+                }
+            };
+            Some(tokio::spawn(crate::health::run(
+                health.clone(),
+                sink,
+                running.checkpoints().clone(),
+                services.status.clone(),
+                services.metrics.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let shutdown = running.shutdown_handle();
+    let status = services.status.clone();
+    let stop_timeout = config.service.stop_timeout.get();
+    let (deadline_passed, deadline) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stop requested: draining, checkpointing and exiting");
+        tracing::info!(
+            timeout = ?stop_timeout,
+            "stop requested: draining, checkpointing and exiting"
+        );
+        status.set_stopping();
         shutdown.shutdown();
+        tokio::time::sleep(stop_timeout).await;
+        let _ = deadline_passed.send(());
     });
     let sinks: Vec<(String, String)> = running
         .sinks()
         .iter()
         .map(|(name, sink)| (name.clone(), sink.describe()))
         .collect();
-    let report = running.wait().await.context("pipeline failed")?;
+    let outcome = tokio::select! {
+        report = running.wait() => Some(report),
+        passed = deadline => match passed {
+            Ok(()) => None,
+            Err(_) => std::future::pending().await,
+        },
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some(health) = health {
+        health.abort();
+    }
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    let Some(report) = outcome else {
+        anyhow::bail!(
+            "the pipelines did not stop within {stop_timeout:?} (service.stop_timeout): exiting without their final checkpoints; the next start replays from the last ones"
+        );
+    };
+    let report = report.context("pipeline failed")?;
     println!();
     for (pipeline, workers) in &report.pipelines {
         let events: u64 = workers.iter().map(|w| w.events_in).sum();
@@ -119,13 +200,32 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
                 .load_transform(&path)
                 .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
             println!(
-                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {}",
+                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {} (memory limit {} bytes, call deadline {:?})",
                 stage.name,
                 plugin.name(),
                 plugin.version(),
-                crate::plugin::bindings::TRANSFORM_WORLD
+                crate::plugin::bindings::TRANSFORM_WORLD,
+                stage
+                    .max_memory_bytes
+                    .unwrap_or(loaded.config.plugins.max_memory_bytes),
+                stage
+                    .call_timeout
+                    .unwrap_or(loaded.config.plugins.call_timeout)
+                    .get()
             );
         }
+    }
+    if let Some(admin) = &loaded.config.admin {
+        let token = crate::admin::resolve_token(admin.token.as_deref());
+        println!(
+            "admin API on {}: uploads and rollbacks {}",
+            admin.address,
+            if token.is_some() {
+                "require the bearer token"
+            } else {
+                "are disabled (no admin.token nor WEIR_ADMIN_TOKEN)"
+            }
+        );
     }
     println!("{}: configuration is valid", config_path.display());
     Ok(())

@@ -4,10 +4,12 @@
 //! stages; sinks make the results durable; checkpoints record how far each partition got, written
 //! only after the sinks have made durable what they cover.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod pipeline;
@@ -15,3 +17,4 @@ pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod status;

@@ -14,12 +14,16 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
+use crate::plugin::slot::SlotSetup;
+use crate::plugin::store::VersionStore;
 use crate::plugin::{
-    InstanceSettings, KeyedState, PluginEngine, PluginError, PluginScope, TransformPlugin,
+    InstanceSettings, KeyedState, LoadedPlugin, PluginEngine, PluginError, PluginRegistry,
+    PluginScope, PluginSlot, RollbackPolicy, TransformPlugin,
 };
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
-use crate::stage::WasmTransformStage;
+use crate::stage::{StageTelemetry, WasmTransformStage};
+use crate::status::ServiceStatus;
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
@@ -92,12 +96,25 @@ impl ShutdownHandle {
     }
 }
 
+/// What a running process shares between its pipelines, the admin API and the health alerts.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// Counters, gauges and histograms.
+    pub metrics: Metrics,
+    /// Pipelines and partitions with their positions and lag.
+    pub status: ServiceStatus,
+    /// Every stage's plugin slot.
+    pub plugins: PluginRegistry,
+}
+
 /// Pipelines that are running.
 pub struct Running {
     workers: Vec<(String, JoinHandle<Result<WorkerReport, WorkerError>>)>,
     shutdown: ShutdownHandle,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
+    services: Services,
+    checkpoints: Arc<dyn CheckpointStore>,
 }
 
 impl std::fmt::Debug for Running {
@@ -122,6 +139,16 @@ impl Running {
     /// The sinks in use, by name.
     pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
         &self.sinks
+    }
+
+    /// What the pipelines share with the admin API and the health alerts.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The checkpoint store.
+    pub fn checkpoints(&self) -> &Arc<dyn CheckpointStore> {
+        &self.checkpoints
     }
 
     /// Waits for every worker. The first failure stops the others, which checkpoint and end.
@@ -170,8 +197,24 @@ impl Running {
 
 /// Builds everything `loaded` describes and starts one worker per partition.
 pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, StartError> {
+    start_with(
+        loaded,
+        Services {
+            metrics,
+            ..Services::default()
+        },
+    )
+    .await
+}
+
+/// Like [`start`], sharing `services` (the admin API and the health alerts read them).
+pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
-    let engine = PluginEngine::new().map_err(StartError::Engine)?;
+    let metrics = services.metrics.clone();
+    let store = VersionStore::new(loaded.resolve(&config.plugins.store_dir));
+    let engine = PluginEngine::new()
+        .map_err(StartError::Engine)?
+        .with_cache(&store.compiled_dir());
     let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(
         loaded.resolve(&config.checkpoint.dir),
     ));
@@ -179,7 +222,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
 
     // Every plugin is compiled and checked against its world before anything is created, so a
     // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
-    let mut plugins: HashMap<PathBuf, Arc<TransformPlugin>> = HashMap::new();
+    let mut plugins: HashMap<PathBuf, (Arc<TransformPlugin>, Arc<[u8]>)> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
@@ -189,24 +232,67 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
-            let compiled =
-                tokio::task::spawn_blocking(move || compiling.load_transform(&compile_path))
-                    .await
-                    .map_err(|e| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source: PluginError::Engine(format!("compilation task failed: {e}")),
-                    })?
-                    .map_err(|source| StartError::Plugin {
-                        pipeline: pipeline_name.clone(),
-                        stage: stage.name.clone(),
-                        source,
-                    })?;
+            let compiled = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&compile_path).map_err(|source| PluginError::Read {
+                    path: compile_path.clone(),
+                    source,
+                })?;
+                let plugin = TransformPlugin::load(&compiling, &compile_path, &bytes)?;
+                Ok::<_, PluginError>((plugin, Arc::<[u8]>::from(bytes)))
+            })
+            .await
+            .map_err(|e| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source: PluginError::Engine(format!("compilation task failed: {e}")),
+            })?
+            .map_err(|source| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source,
+            })?;
             tracing::info!(
-                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
-                version = %compiled.version(), path = %path.display(), "plugin loaded"
+                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                version = %compiled.0.version(), path = %path.display(), "plugin loaded"
             );
             plugins.insert(path, compiled);
+        }
+    }
+
+    // One plugin slot per stage: the version that runs, swapped at batch boundaries.
+    let policy = RollbackPolicy {
+        probation_events: config.plugins.rollback.probation_events,
+        max_trap_ratio: config.plugins.rollback.max_trap_ratio,
+        max_error_ratio: config.plugins.rollback.max_error_ratio,
+    };
+    let mut slots: HashMap<(String, String), Arc<PluginSlot<TransformPlugin>>> = HashMap::new();
+    for (pipeline_name, pipeline) in &config.pipelines {
+        for stage in &pipeline.stages {
+            let path = loaded.resolve(&stage.plugin);
+            let Some((plugin, bytes)) = plugins.get(&path).cloned() else {
+                continue;
+            };
+            let setup = SlotSetup {
+                pipeline: pipeline_name.as_str().into(),
+                stage: stage.name.as_str().into(),
+                file: path,
+                engine: engine.clone(),
+                store: Some(store.clone()),
+                policy,
+                metrics: metrics.clone(),
+            };
+            let slot_engine_bytes = bytes.clone();
+            let slot = tokio::task::spawn_blocking(move || {
+                PluginSlot::open(setup, plugin, &slot_engine_bytes)
+            })
+            .await
+            .map_err(|e| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source: PluginError::Engine(format!("plugin slot task failed: {e}")),
+            })?;
+            services.plugins.register(slot.clone());
+            slots.insert((pipeline_name.clone(), stage.name.clone()), slot);
         }
     }
 
@@ -249,6 +335,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             .collect();
         let readers = source.open(starts).await?;
         let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
+        let label_versions = records_plugin_versions(loaded, pipeline);
         for reader in readers {
             let partition = reader.partition();
             let checkpoint = restored
@@ -280,10 +367,13 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
             let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
             for stage in &pipeline.stages {
-                let path = loaded.resolve(&stage.plugin);
-                let Some(plugin) = plugins.get(&path).cloned() else {
+                let Some(slot) = slots
+                    .get(&(pipeline_name.clone(), stage.name.clone()))
+                    .cloned()
+                else {
                     continue;
                 };
+                let plugin = slot.active().plugin;
                 let state = match checkpoint.stages.get(&stage.name) {
                     Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
                         pipeline: pipeline_name.clone(),
@@ -330,12 +420,17 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                         .collect();
                     routes.insert(output.as_str().into(), resolved);
                 }
+                let telemetry = StageTelemetry {
+                    metrics: metrics.clone(),
+                    label_versions,
+                };
                 stage_slots.push(StageSlot {
-                    stage: Box::new(WasmTransformStage::new(
+                    stage: Box::new(WasmTransformStage::with_slot(
                         stage.name.as_str().into(),
-                        plugin,
+                        slot,
                         settings,
                         state,
+                        Some(telemetry),
                     )),
                     routes,
                 });
@@ -343,6 +438,7 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             let worker = PartitionWorker {
                 settings: WorkerSettings {
                     pipeline: pipeline_arc.clone(),
+                    source: pipeline.source.as_str().into(),
                     event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
                     max_event_bytes: pipeline.max_event_bytes,
                     batch_max_events: pipeline.batch.max_events,
@@ -359,16 +455,38 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
                 position: checkpoint.position,
                 checkpointed: checkpoint.position,
                 shutdown: shutdown.clone(),
+                status: services
+                    .status
+                    .partition(pipeline_name, &pipeline.source, partition),
+                max_event_time: None,
             };
             workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
         }
         tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
     }
+    services.status.set_ready(true);
     Ok(Running {
         workers,
         shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
         sinks,
         metrics,
+        services,
+        checkpoints,
+    })
+}
+
+/// Whether a sink of `pipeline` records which plugin version produced each record (a Delta
+/// column with `value = "plugin_version"`): only then do stages label their records.
+fn records_plugin_versions(loaded: &LoadedConfig, pipeline: &PipelineConfig) -> bool {
+    used_sinks(loaded, pipeline).iter().any(|name| {
+        matches!(
+            loaded.config.sinks.get(name),
+            Some(crate::config::SinkConfig::Delta(delta))
+                if delta
+                    .columns
+                    .iter()
+                    .any(|c| c.value == Some(crate::config::ColumnValue::PluginVersion))
+        )
     })
 }
 

@@ -1,12 +1,23 @@
-//! Loading, validating and calling WebAssembly plugins.
+//! Loading, validating, swapping and calling WebAssembly plugins.
 //!
-//! A plugin is compiled once per process ([`PluginEngine::load_transform`]), pre-linked once into
-//! an `InstancePre`, and instantiated once per partition worker ([`TransformInstance`]). Every
-//! store gets a sandboxed WASI context, a memory limit and a per-call deadline (see [`sandbox`]).
+//! A plugin is compiled once per process ([`PluginEngine::load_transform`]; its compiled form is
+//! cached on disk by [`cache`]), pre-linked once into an `InstancePre`, and instantiated once per
+//! partition worker ([`TransformInstance`]). Every store gets a sandboxed WASI context, a memory
+//! limit and a per-call deadline (see [`sandbox`]).
+//!
+//! Each stage's plugin lives in a [`PluginSlot`]: the version that runs, every version ever
+//! loaded (by content hash), and the probation of a new version. New versions come from the
+//! watched plugin file ([`watch`]) or the admin API; workers pick them up at their next batch
+//! boundary ([`slot`]).
 
 pub mod bindings;
+pub mod cache;
+pub mod registry;
 pub mod sandbox;
+pub mod slot;
 mod state;
+pub mod store;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,10 +27,15 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use registry::PluginRegistry;
 pub use sandbox::PluginScope;
+pub use slot::{
+    ActivationCause, ActivationInfo, CallTally, PluginSlot, RollbackPolicy, SlotControl,
+    SlotReport, SwapError, VersionInfo, VersionOrigin,
+};
 pub use state::{KeyedState, SnapshotError};
 
 use bindings::{EventBatch, OutputBatch};
@@ -58,6 +74,27 @@ pub enum PluginError {
     Engine(String),
 }
 
+/// A compiled, validated plugin of one kind of stage: what a [`PluginSlot`] holds. Each kind
+/// (per-event transform here; window aggregate and join enrichment alike) implements it, so
+/// that every stage kind gets hot swap, versions and rollback from the same slot.
+pub trait LoadedPlugin: Send + Sync + 'static {
+    /// The world the plugin implements, such as `weir:plugin/event-transform@0.1.0`.
+    fn world() -> &'static str
+    where
+        Self: Sized;
+
+    /// Compiles `bytes` and validates them against the world; `path` names the plugin.
+    fn load(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Arc<Self>, PluginError>
+    where
+        Self: Sized;
+
+    /// Plugin name.
+    fn name(&self) -> &Arc<str>;
+
+    /// Plugin version (content hash).
+    fn version(&self) -> &Arc<str>;
+}
+
 /// Why one call into a plugin failed. After any of these the instance must be replaced.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("plugin {plugin} version {version} trapped: {reason}")]
@@ -75,6 +112,7 @@ pub struct CallError {
 pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
+    cache: Option<Arc<cache::CompileCache>>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -100,7 +138,34 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             linker: Arc::new(linker),
+            cache: None,
         })
+    }
+
+    /// The same engine, keeping compiled forms under `dir` so that a restart does not recompile
+    /// (see [`cache::CompileCache`]).
+    pub fn with_cache(mut self, dir: &Path) -> Self {
+        self.cache = Some(Arc::new(cache::CompileCache::new(&self.engine, dir)));
+        self
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&cache::CompileCache> {
+        self.cache.as_deref()
+    }
+
+    /// Compiles `bytes` into a component, through the compile cache when there is one.
+    pub fn component(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })
+        };
+        match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, bytes, compile),
+            None => compile(),
+        }
     }
 
     /// The underlying wasmtime engine.
@@ -129,10 +194,7 @@ impl PluginEngine {
             world: world.to_owned(),
             reason,
         };
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
-            path: path.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = self.component(path, bytes)?;
         check_export(
             &self.engine,
             &component,
@@ -208,6 +270,24 @@ pub fn content_version(bytes: &[u8]) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+impl LoadedPlugin for TransformPlugin {
+    fn world() -> &'static str {
+        bindings::TRANSFORM_WORLD
+    }
+
+    fn load(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Arc<Self>, PluginError> {
+        engine.transform_from_bytes(path, bytes)
+    }
+
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn version(&self) -> &Arc<str> {
+        &self.version
+    }
+}
+
 /// A compiled, validated per-event transform, ready to instantiate.
 pub struct TransformPlugin {
     name: Arc<str>,
@@ -261,7 +341,7 @@ pub struct InstanceSettings {
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: sandbox::InstanceLimiter,
     settings: Arc<InstanceSettings>,
     last_stderr: sandbox::LastStderrLine,
     /// The stage's keyed state in this partition.
@@ -365,11 +445,7 @@ impl TransformInstance {
         keyed: KeyedState,
     ) -> Result<Self, CallError> {
         let last_stderr = sandbox::LastStderrLine::default();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .instances(16)
-            .build();
+        let limits = sandbox::InstanceLimiter::new(settings.max_memory_bytes);
         let deadline_ticks = sandbox::deadline_ticks(settings.call_timeout);
         let state = StoreState {
             wasi: sandbox::wasi_context(&settings.scope, &last_stderr),
@@ -407,19 +483,41 @@ impl TransformInstance {
         &self.plugin
     }
 
-    /// Calls the plugin on one batch. State written during the call is kept only if it returns.
+    /// Calls the plugin on one batch. State written during the call is kept only if it returns
+    /// an output that refers to events of the batch only; otherwise the call failed (and the
+    /// instance must be replaced, like after a trap).
     pub fn process(&mut self, batch: &EventBatch) -> Result<OutputBatch, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         match self.guest.call_process(&mut self.store, batch) {
-            Ok(output) => {
-                self.store.data_mut().keyed.commit();
-                Ok(output)
-            }
+            Ok(output) => match check_output(&output, batch.body_ends.len()) {
+                Ok(()) => {
+                    self.store.data_mut().keyed.commit();
+                    Ok(output)
+                }
+                Err(reason) => {
+                    self.store.data_mut().keyed.rollback();
+                    Err(CallError {
+                        plugin: self.plugin.name.clone(),
+                        version: self.plugin.version.clone(),
+                        reason: format!("invalid output: {reason}"),
+                    })
+                }
+            },
             Err(e) => {
                 self.store.data_mut().keyed.rollback();
                 Err(call_error(&self.plugin, &mut self.store, &e))
             }
         }
+    }
+
+    /// Hands the instance the keyed state to use in its next calls.
+    pub fn put_keyed_state(&mut self, state: KeyedState) {
+        self.store.data_mut().keyed = state;
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn memory_in_use(&self) -> usize {
+        self.store.data().limits.memory_in_use()
     }
 
     /// The keyed state (committed writes only).
@@ -438,14 +536,60 @@ impl TransformInstance {
     }
 }
 
+/// Checks that every index in a plugin's output refers to the batch of `events` events and to
+/// the output's own lists, so that a wrong or hostile plugin cannot make the host misbehave.
+pub fn check_output(output: &OutputBatch, events: usize) -> Result<(), String> {
+    let mut start = 0usize;
+    for emitted in &output.emitted {
+        if emitted.event as usize >= events {
+            return Err(format!(
+                "a record for event {} of a batch of {events}",
+                emitted.event
+            ));
+        }
+        if emitted.target as usize >= output.targets.len() {
+            return Err(format!(
+                "a record for target {} of {}",
+                emitted.target,
+                output.targets.len()
+            ));
+        }
+        let end = emitted.payload_end as usize;
+        if end < start || end > output.payloads.len() {
+            return Err(format!(
+                "payload end {end} after {start} in a buffer of {} bytes",
+                output.payloads.len()
+            ));
+        }
+        start = end;
+    }
+    for rejection in &output.rejected {
+        if rejection.event as usize >= events {
+            return Err(format!(
+                "a rejection of event {} of a batch of {events}",
+                rejection.event
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Explains a failed call in the plugin author's terms.
 fn call_error(
     plugin: &TransformPlugin,
     store: &mut Store<StoreState>,
     error: &wasmtime::Error,
 ) -> CallError {
+    let refusal = store.data_mut().limits.take_refusal();
     let data = store.data();
     let stderr = data.last_stderr.take();
+    if let Some(refusal) = refusal {
+        return CallError {
+            plugin: plugin.name.clone(),
+            version: plugin.version.clone(),
+            reason: refusal.to_string(),
+        };
+    }
     let reason = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "deadline exceeded: the call ran longer than {:?}",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::event::Event;
 
-pub use transform::WasmTransformStage;
+pub use transform::{PLUGIN_VERSION_PROPERTY, StageTelemetry, WasmTransformStage};
 
 /// What a stage produced for one batch.
 #[derive(Debug, Default)]
