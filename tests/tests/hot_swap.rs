@@ -227,4 +227,20 @@ fn swapped_by_file_and_api_under_load_every_event_once_with_its_version_and_stat
     }
     let letters: Vec<Value> = read_jsonl_dir(&paths.dead_letters);
     assert!(letters.is_empty(), "no dead letters: {letters:?}");
+
+    // A restart runs the version that was active at the stop (uploaded by API; the plugin file
+    // still holds v1, unchanged since it was last read), and lists every version again.
+    let skip = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+    let process = WeirProcess::run(&paths.config);
+    let admin = process.admin_address(skip, WAIT);
+    let report = plugin_report(&admin, "telemetry", "anomaly");
+    assert_eq!(report["active"], v2.as_str(), "{report}");
+    let last = report["activations"]
+        .as_array()
+        .and_then(|a| a.last().cloned())
+        .expect("activations");
+    assert_eq!(last["cause"], "resume");
+    assert_eq!(report["versions"].as_array().map(Vec::len), Some(3));
+    process.terminate();
+    assert!(process.wait(WAIT).success());
 }
