@@ -77,14 +77,17 @@ pub fn main() -> ExitCode {
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    // Listen for SIGTERM/SIGINT before anything starts, so that a stop requested during start-up
+    // is a graceful one too.
+    let stop_signal = StopSignal::listen();
     let loaded = config::load(&config_path)?;
     let config = &loaded.config;
     let services = pipeline::Services {
         metrics: Metrics::new(),
         ..pipeline::Services::default()
     };
-    let running = pipeline::start_with(&loaded, services.clone()).await?;
-    // The service around the pipelines: admin API, plugin file watcher, health alerts.
+    // The admin API first: it answers /healthz (and 503 on /readyz) while the pipelines start,
+    // and a port already in use is refused before anything runs.
     let admin = match &config.admin {
         Some(admin) => Some(
             crate::admin::serve(
@@ -97,6 +100,8 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let running = pipeline::start_with(&loaded, services.clone()).await?;
+    // The service around the pipelines: plugin file watcher, health alerts.
     let watcher = config.plugins.watch.then(|| {
         tokio::spawn(crate::plugin::watch::watch(
             services.plugins.clone(),
@@ -116,13 +121,18 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     crate::sink::build(&health.sink, sink_config, &loaded).await?
                 }
             };
-            Some(tokio::spawn(crate::health::run(
+            let monitor = crate::health::run(
                 health.clone(),
                 sink,
                 running.checkpoints().clone(),
                 services.status.clone(),
                 services.metrics.clone(),
-            )))
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = monitor.await {
+                    tracing::error!(error = %e, "health alerts stopped");
+                }
+            }))
         }
         None => None,
     };
@@ -132,7 +142,7 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let stop_timeout = config.service.stop_timeout.get();
     let (deadline_passed, deadline) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop_signal.wait().await;
         tracing::info!(
             timeout = ?stop_timeout,
             "stop requested: draining, checkpointing and exiting"
@@ -231,28 +241,43 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment it is created.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignal {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(terminate), Ok(interrupt)) => Some((terminate, interrupt)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops gracefully");
+                    None
+                }
+            };
+            StopSignal { signals }
         }
+        #[cfg(not(unix))]
+        StopSignal {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Resolves on SIGINT or SIGTERM.
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut terminate, mut interrupt)) = self.signals {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -301,8 +301,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.interval.get());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    // The first evaluation compares with zero: it covers everything since the pipelines started.
     let mut last = Instant::now();
-    monitor.evaluate(sample(&status), 0.0, "");
     loop {
         ticker.tick().await;
         let seconds = last.elapsed().as_secs_f64();

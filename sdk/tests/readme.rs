@@ -13,7 +13,13 @@ mod plugin {
 #[test]
 fn the_readme_shows_exactly_these_files() {
     let readme = include_str!("../../README.md");
-    for file in [include_str!("readme/plugin.rs"), include_str!("readme/test.rs")] {
-        assert!(readme.contains(file.trim()), "README.md must contain, verbatim:\n{file}");
+    for file in [
+        include_str!("readme/plugin.rs"),
+        include_str!("readme/test.rs"),
+    ] {
+        assert!(
+            readme.contains(file.trim()),
+            "README.md must contain, verbatim:\n{file}"
+        );
     }
 }

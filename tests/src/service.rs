@@ -211,6 +211,16 @@ impl Feeder {
         self.written.load(Ordering::Relaxed)
     }
 
+    /// Stops writing (after the chunk in progress) and returns how many readings were written:
+    /// the first that many of the readings given.
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("feeder thread");
+        }
+        self.written()
+    }
+
     /// Waits until every reading is written.
     pub fn join(mut self) -> usize {
         if let Some(thread) = self.thread.take() {
