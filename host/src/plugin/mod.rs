@@ -69,6 +69,15 @@ pub enum PluginError {
         /// What is missing or mistyped.
         reason: String,
     },
+    /// The component compiled and matches its world but cannot be instantiated (its start-up
+    /// traps or exceeds the limits).
+    #[error("plugin {} cannot be instantiated: {reason}", path.display())]
+    Instantiate {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why instantiation failed.
+        reason: String,
+    },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
@@ -93,6 +102,13 @@ pub trait LoadedPlugin: Send + Sync + 'static {
 
     /// Plugin version (content hash).
     fn version(&self) -> &Arc<str>;
+
+    /// Instantiates the plugin once and drops the instance, off the hot path, so that the first
+    /// batch of the new version does not pay for what the first instantiation of a freshly
+    /// compiled component costs. An error means the component cannot even be instantiated.
+    fn warm_up(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why one call into a plugin failed. After any of these the instance must be replaced.
@@ -285,6 +301,32 @@ impl LoadedPlugin for TransformPlugin {
 
     fn version(&self) -> &Arc<str> {
         &self.version
+    }
+
+    fn warm_up(&self) -> Result<(), String> {
+        // The default limits of a stage: a stage's own limits apply to its workers' instances.
+        let settings = Arc::new(InstanceSettings {
+            scope: PluginScope {
+                pipeline: "(warm-up)".into(),
+                stage: "(warm-up)".into(),
+                partition: 0,
+                plugin: self.name.clone(),
+                version: self.version.clone(),
+            },
+            config_json: "{}".into(),
+            max_memory_bytes: 256 * 1024 * 1024,
+            call_timeout: Duration::from_secs(5),
+        });
+        let plugin = Arc::new(TransformPlugin {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            path: self.path.clone(),
+            pre: self.pre.clone(),
+            indices: self.indices.clone(),
+        });
+        TransformInstance::new(plugin, settings, KeyedState::default())
+            .map(drop)
+            .map_err(|e| e.reason)
     }
 }
 

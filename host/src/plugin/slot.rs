@@ -801,6 +801,15 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
             VersionOrigin::File | VersionOrigin::Config => self.file.clone(),
         };
         let plugin = P::load(engine, &label, &bytes).map_err(|e| self.refused(origin, e))?;
+        if let Err(reason) = plugin.warm_up() {
+            return Err(self.refused(
+                origin,
+                PluginError::Instantiate {
+                    path: label,
+                    reason,
+                },
+            ));
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.put_bytes(&version, &bytes)
         {
