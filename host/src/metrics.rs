@@ -323,6 +323,11 @@ pub mod names {
     pub const BATCH_SECONDS: &str = "weir_batch_seconds";
     /// Health alerts raised or resolved (labels: alert, state).
     pub const HEALTH_ALERTS: &str = "weir_health_alerts_total";
+    /// Partitions this process owns, for sources shared through ownership claims (labels:
+    /// pipeline).
+    pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";
+    /// Partitions acquired, lost or released (labels: pipeline, change).
+    pub const OWNERSHIP_CHANGES: &str = "weir_ownership_changes_total";
 
     /// Every family, with its kind and help.
     pub const ALL: &[Descriptor] = &[
@@ -410,6 +415,16 @@ pub mod names {
             HEALTH_ALERTS,
             Kind::Counter,
             "Health alerts raised or resolved.",
+        ),
+        d(
+            OWNED_PARTITIONS,
+            Kind::Gauge,
+            "Partitions this process owns, for sources shared through ownership claims.",
+        ),
+        d(
+            OWNERSHIP_CHANGES,
+            Kind::Counter,
+            "Partitions acquired, lost or released.",
         ),
     ];
 

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::{Emitted, OutputBatch, Rejection};
+use crate::bindings::{Emitted, OutputBatch, Rejection, StateWrites};
 use crate::error::{Error, Result};
 
 /// Severity of a log record.
@@ -31,10 +31,8 @@ pub enum Level {
 pub(crate) trait Backend {
     /// The stored value of `key`.
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
-    /// Stores `value` under `key`.
-    fn state_put(&mut self, key: &[u8], value: &[u8]);
-    /// Removes `key`.
-    fn state_delete(&mut self, key: &[u8]);
+    /// Applies the writes of a batch, in order, in one call.
+    fn state_write_batch(&mut self, writes: &StateWrites);
     /// Adds `delta` to counter `name`.
     fn counter_add(&mut self, name: &str, delta: u64);
     /// Writes one log record.
@@ -54,9 +52,11 @@ pub(crate) trait Backend {
 ///   the stage outputs of the pipeline file.
 /// - **Keyed state** ([`get`](Context::get), [`put`](Context::put),
 ///   [`delete`](Context::delete)): values are stored as JSON by the host, per stage and
-///   partition, checkpointed with the source position. Within a batch they are cached in the
-///   plugin: the first `get` of a key asks the host, later ones do not, and the keys written are
-///   written back once each when the batch ends.
+///   partition, checkpointed with the source position. They are cached in the plugin instance:
+///   the first `get` of a key asks the host, later ones (in this batch or the next) do not, and
+///   the keys written in a batch reach the host in one call when the batch ends. The cache is
+///   always the host's state: only this instance writes it, and the host starts a new instance
+///   (with an empty cache) after a trap, a restore or a new plugin version.
 /// - **Configuration** ([`config`](Context::config)): the stage's `config` table, read once per
 ///   instance.
 /// - **Logs and counters** ([`log`](Context::log), [`info`](Context::info), ...,
@@ -318,10 +318,10 @@ impl Context {
 
     // ----- Driven by the runner -----
 
-    /// Starts a batch: empty outputs, empty state cache, no counts (all already so, unless the
-    /// previous batch panicked half-way in a native test).
+    /// Starts a batch: empty outputs, no counts, and a state cache without unwritten changes (all
+    /// already so, unless the previous batch panicked half-way in a native test).
     pub(crate) fn begin_batch(&mut self) {
-        self.state.clear();
+        self.state.discard_if_unflushed();
         self.counters.clear();
         self.out.targets.clear();
         self.out.payloads.clear();
@@ -357,8 +357,8 @@ impl Context {
         });
     }
 
-    /// Ends the batch: writes the state written back to the host, one call per key, and the
-    /// counters, one call per name.
+    /// Ends the batch: hands the keys written to the host in one call, and the counters, one call
+    /// per name.
     pub(crate) fn end_batch(&mut self) {
         self.state.flush(self.backend.as_mut());
         for (name, delta) in self.counters.drain(..) {
@@ -396,31 +396,60 @@ enum Cached {
 
 #[derive(Debug, Default)]
 struct Slot {
+    key: String,
     value: Cached,
-    /// Written in this batch: to be written back to the host.
+    /// Written since the last flush: to be written back to the host.
     dirty: bool,
 }
 
-/// The per-batch keyed-state cache, with an undo log for the current event.
+/// The instance's keyed-state cache, with an undo log for the current event.
 #[derive(Debug, Default)]
 struct StateCache {
     index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
     slots: Vec<Slot>,
+    /// Slots written since the last flush (a slot may appear once even if written many times).
+    dirty: Vec<usize>,
     /// Slots overwritten by the current event, with what they held before.
     undo: Vec<(usize, Slot)>,
     /// Value buffers to reuse.
     spare: Vec<Vec<u8>>,
+    /// The writes handed to the host at the end of a batch (buffers reused).
+    writes: StateWrites,
 }
 
 /// Most value buffers kept for reuse.
 const SPARE_BUFFERS: usize = 256;
+
+/// Most keys cached; past this the cache is emptied after a flush, which bounds the memory it
+/// takes in the instance (values are re-read from the host when needed).
+const MAX_CACHED_KEYS: usize = 65_536;
+
+impl Default for StateWrites {
+    fn default() -> Self {
+        StateWrites {
+            keys: Vec::new(),
+            key_ends: Vec::new(),
+            values: Vec::new(),
+            value_ends: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+}
+
+/// A `u32` offset into a buffer that crosses the WIT boundary (whose lists are u32-sized).
+fn offset(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
 
 impl StateCache {
     fn slot(&mut self, key: &str) -> usize {
         if let Some(&slot) = self.index.get(key) {
             return slot;
         }
-        self.slots.push(Slot::default());
+        self.slots.push(Slot {
+            key: key.to_owned(),
+            ..Slot::default()
+        });
         let slot = self.slots.len() - 1;
         self.index.insert(key.to_owned(), slot);
         slot
@@ -443,7 +472,16 @@ impl StateCache {
 
     fn write(&mut self, key: &str, value: Cached) {
         let index = self.slot(key);
-        let old = std::mem::replace(&mut self.slots[index], Slot { value, dirty: true });
+        let slot = &mut self.slots[index];
+        let old = Slot {
+            key: String::new(),
+            value: std::mem::replace(&mut slot.value, value),
+            dirty: slot.dirty,
+        };
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(index);
+        }
         self.undo.push((index, old));
     }
 
@@ -468,29 +506,61 @@ impl StateCache {
 
     fn rollback_event(&mut self) {
         while let Some((index, old)) = self.undo.pop() {
-            let new = std::mem::replace(&mut self.slots[index], old);
-            self.recycle(new.value);
+            let slot = &mut self.slots[index];
+            let new = std::mem::replace(&mut slot.value, old.value);
+            // A slot that was clean before the event is clean again (it stays listed in `dirty`,
+            // and the flush skips it).
+            slot.dirty = old.dirty;
+            self.recycle(new);
         }
     }
 
+    /// Hands every key written since the last flush to the host, in one call.
     fn flush(&mut self, backend: &mut dyn Backend) {
-        for (key, &index) in &self.index {
-            let slot = &self.slots[index];
-            if slot.dirty {
-                match &slot.value {
-                    Cached::Present(value) => backend.state_put(key.as_bytes(), value),
-                    Cached::Absent => backend.state_delete(key.as_bytes()),
-                    Cached::Unknown => {}
-                }
+        let writes = &mut self.writes;
+        writes.keys.clear();
+        writes.key_ends.clear();
+        writes.values.clear();
+        writes.value_ends.clear();
+        writes.deletes.clear();
+        for index in self.dirty.drain(..) {
+            let slot = &mut self.slots[index];
+            if !slot.dirty {
+                continue;
             }
+            slot.dirty = false;
+            let (value, delete): (&[u8], bool) = match &slot.value {
+                Cached::Present(value) => (value, false),
+                Cached::Absent => (&[], true),
+                Cached::Unknown => continue,
+            };
+            writes.keys.extend_from_slice(slot.key.as_bytes());
+            writes.key_ends.push(offset(writes.keys.len()));
+            writes.values.extend_from_slice(value);
+            writes.value_ends.push(offset(writes.values.len()));
+            writes.deletes.push(delete);
         }
-        self.clear();
+        if !writes.key_ends.is_empty() {
+            backend.state_write_batch(writes);
+        }
+        if self.slots.len() > MAX_CACHED_KEYS {
+            self.clear();
+        }
+    }
+
+    /// Forgets every cached key when the last batch did not end with a flush (a native test whose
+    /// transform panicked): its writes never reached the host, so the cache no longer matches it.
+    fn discard_if_unflushed(&mut self) {
+        if !self.dirty.is_empty() || !self.undo.is_empty() {
+            self.clear();
+        }
     }
 
     /// Forgets every cached key (keeping the buffers).
     fn clear(&mut self) {
         self.index.clear();
         self.undo.clear();
+        self.dirty.clear();
         while let Some(slot) = self.slots.pop() {
             self.recycle(slot.value);
         }

@@ -39,6 +39,7 @@ use serde::de::DeserializeOwned;
 pub use crate::__private::wit::weir::plugin::types::{
     Emitted, EventBatch, OutputBatch, Property, Rejection,
 };
+use crate::bindings::StateWrites;
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
@@ -75,16 +76,22 @@ impl Backend for MemoryBackend {
         memory.state.get(key).cloned()
     }
 
-    fn state_put(&mut self, key: &[u8], value: &[u8]) {
+    fn state_write_batch(&mut self, writes: &StateWrites) {
         let mut memory = self.0.borrow_mut();
         memory.state_calls += 1;
-        memory.state.insert(key.to_vec(), value.to_vec());
-    }
-
-    fn state_delete(&mut self, key: &[u8]) {
-        let mut memory = self.0.borrow_mut();
-        memory.state_calls += 1;
-        memory.state.remove(key);
+        let (mut key_start, mut value_start) = (0, 0);
+        for (index, &key_end) in writes.key_ends.iter().enumerate() {
+            let (key_end, value_end) = (key_end as usize, writes.value_ends[index] as usize);
+            let key = writes.keys[key_start..key_end].to_vec();
+            if writes.deletes[index] {
+                memory.state.remove(&key);
+            } else {
+                memory
+                    .state
+                    .insert(key, writes.values[value_start..value_end].to_vec());
+            }
+            (key_start, value_start) = (key_end, value_end);
+        }
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use crate::__private::wit::weir::plugin::{config, log, metrics, state};
-use crate::bindings::{EventBatch, OutputBatch};
+use crate::bindings::{EventBatch, OutputBatch, StateWrites};
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
@@ -18,12 +18,8 @@ impl Backend for WasmHost {
         state::get(key)
     }
 
-    fn state_put(&mut self, key: &[u8], value: &[u8]) {
-        state::put(key, value);
-    }
-
-    fn state_delete(&mut self, key: &[u8]) {
-        state::delete(key);
+    fn state_write_batch(&mut self, writes: &StateWrites) {
+        state::write_batch(writes);
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {

@@ -9,8 +9,11 @@
     reason = "test helpers: a failure is the test's failure"
 )]
 
+pub mod kafka;
+pub mod servers;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

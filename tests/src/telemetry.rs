@@ -327,6 +327,22 @@ pub struct PipelinePaths {
     pub checkpoints: PathBuf,
 }
 
+/// The columns of the `raw_telemetry` Delta table, as configuration text.
+pub const RAW_TELEMETRY_COLUMNS: &str = r#"columns = [
+  { name = "EventId", type = "string", nullable = false },
+  { name = "DeviceId", type = "string", nullable = false },
+  { name = "Location", type = "string" },
+  { name = "DeviceType", type = "string" },
+  { name = "Temperature", type = "double" },
+  { name = "Humidity", type = "double" },
+  { name = "Pressure", type = "double" },
+  { name = "BatteryLevel", type = "double" },
+  { name = "SignalStrength", type = "double" },
+  { name = "Timestamp", type = "timestamp" },
+  { name = "EventDate", type = "date", from = "Timestamp" },
+  { name = "IngestionTime", type = "timestamp", value = "ingestion_time" },
+]"#;
+
 /// Writes a configuration that reads `input` and runs the anomaly plugin into a `raw_telemetry`
 /// Delta table (partitioned by EventDate), JSON Lines alerts and dead letters, all under `dir`.
 pub fn anomaly_pipeline(dir: &Path, input: &Path, options: &PipelineOptions) -> PipelinePaths {
@@ -347,20 +363,7 @@ key_field = "DeviceId"
 kind = "delta"
 path = "delta/raw_telemetry"
 partition_by = ["EventDate"]
-columns = [
-  {{ name = "EventId", type = "string", nullable = false }},
-  {{ name = "DeviceId", type = "string", nullable = false }},
-  {{ name = "Location", type = "string" }},
-  {{ name = "DeviceType", type = "string" }},
-  {{ name = "Temperature", type = "double" }},
-  {{ name = "Humidity", type = "double" }},
-  {{ name = "Pressure", type = "double" }},
-  {{ name = "BatteryLevel", type = "double" }},
-  {{ name = "SignalStrength", type = "double" }},
-  {{ name = "Timestamp", type = "timestamp" }},
-  {{ name = "EventDate", type = "date", from = "Timestamp" }},
-  {{ name = "IngestionTime", type = "timestamp", value = "ingestion_time" }},
-]
+{columns}
 
 [sinks.alerts]
 kind = "file"
@@ -388,6 +391,7 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
         max_event_bytes = options.max_event_bytes,
         batch = options.batch_max_events,
         plugin = plugin.display(),
+        columns = RAW_TELEMETRY_COLUMNS,
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).expect("write config");

@@ -2,7 +2,8 @@
 //! gives the same Delta table and alerts as an uninterrupted run: every event exactly once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_tests::telemetry::{
@@ -17,6 +18,18 @@ fn alert_multiset(alerts: &[Value]) -> BTreeMap<String, usize> {
         *counts.entry(alert.to_string()).or_default() += 1;
     }
     counts
+}
+
+/// Number of commits in a Delta table's log (0 before it exists).
+fn delta_commits(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -43,17 +56,26 @@ fn killed_mid_stream_and_restarted_writes_every_event_exactly_once() {
 
     let crashed = tempfile::tempdir().expect("temp dir");
     let paths = anomaly_pipeline(crashed.path(), &input, &options);
+    // Kill it at several points, each after it has committed new output (so every restart has
+    // something to recover), with a little jitter so the kills land at different moments of a batch.
     let mut kills = 0;
-    let delays_ms = [700u64, 1100, 400, 1500, 900];
-    for delay in delays_ms {
+    let jitter_ms = [0u64, 130, 45, 260];
+    for jitter in jitter_ms {
+        let before = delta_commits(&paths.raw_table).max(1);
         let mut process = WeirProcess::run(&paths.config);
-        std::thread::sleep(Duration::from_millis(delay));
-        if process.is_running() {
-            process.kill9();
-            kills += 1;
-        } else {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while process.is_running()
+            && delta_commits(&paths.raw_table) <= before
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(jitter));
+        if !process.is_running() {
             break;
         }
+        process.kill9();
+        kills += 1;
     }
     run_to_completion(&paths.config, Duration::from_secs(300));
     let log = std::fs::read_to_string(paths.config.with_extension("log")).unwrap_or_default();

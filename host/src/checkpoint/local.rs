@@ -1,5 +1,10 @@
 //! Checkpoints as files in a local directory: `<dir>/<pipeline>/<partition>.ckpt`.
 //!
+//! Ownership records are `<dir>/<pipeline>/ownership/<partition>.json` (owner, time, version
+//! counter). A claim holds an exclusive lock on `<dir>/<pipeline>/ownership/.lock` while it
+//! compares versions and writes, so several processes on one machine (or on a shared file system
+//! with working locks) can share a pipeline's partitions without a cloud store.
+//!
 //! A file is `WEIRCKP1`, a little-endian u32 header length, the JSON header (position, sink
 //! progress, stage names and sizes), the stage states back to back, and a SHA-256 of everything
 //! before it. Files are written to a temporary name, synced and renamed, so a crash leaves either
@@ -13,10 +18,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Checkpoint, CheckpointError, CheckpointStore};
-use crate::event::PartitionId;
+use super::{Checkpoint, CheckpointError, CheckpointStore, Ownership};
+use crate::event::{PartitionId, now_millis};
 
-const MAGIC: &[u8; 8] = b"WEIRCKP1";
+pub(super) const MAGIC: &[u8; 8] = b"WEIRCKP1";
 
 /// A checkpoint store in a local directory.
 #[derive(Debug, Clone)]
@@ -43,6 +48,11 @@ impl LocalCheckpointStore {
         self.dir.join(pipeline).join(format!("{partition}.ckpt"))
     }
 
+    /// The directory of a pipeline's ownership records.
+    pub fn ownership_dir(&self, pipeline: &str) -> PathBuf {
+        self.dir.join(pipeline).join("ownership")
+    }
+
     fn meta_path(&self, key: &str) -> PathBuf {
         let safe: String = key
             .chars()
@@ -66,7 +76,7 @@ fn error(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
 }
 
 /// Encodes a checkpoint in the file format described in the module documentation.
-fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
+pub(super) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
     let header = Header {
         checkpoint: checkpoint.clone(),
         stage_sizes: checkpoint
@@ -94,7 +104,7 @@ fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
     Ok(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+pub(super) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let body_len = bytes.len().checked_sub(32).ok_or("file is too short")?;
     let (body, digest) = bytes.split_at(body_len);
     if Sha256::digest(body).as_slice() != digest {
@@ -132,6 +142,95 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// One ownership record as stored.
+#[derive(Serialize, Deserialize)]
+struct OwnershipRecord {
+    owner: String,
+    last_modified: i64,
+    version: u64,
+}
+
+fn read_record(dir: &Path, partition: PartitionId) -> Result<Option<OwnershipRecord>, String> {
+    let path = dir.join(format!("{partition}.json"));
+    match read_optional(&path) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn list_records(dir: &Path) -> Result<Vec<Ownership>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        let Some(partition) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<PartitionId>().ok())
+        else {
+            continue;
+        };
+        if let Some(record) = read_record(dir, partition)? {
+            out.push(Ownership {
+                partition,
+                owner: record.owner,
+                last_modified: record.last_modified,
+                version: Some(record.version.to_string()),
+            });
+        }
+    }
+    out.sort_by_key(|o| o.partition);
+    Ok(out)
+}
+
+/// Applies `claims` under the directory's lock; returns those that succeeded.
+fn claim_records(dir: &Path, claims: &[Ownership]) -> Result<Vec<Ownership>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| format!("cannot open the ownership lock: {e}"))?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock the ownership records: {e}"))?;
+    let mut won = Vec::new();
+    for claim in claims {
+        let current = read_record(dir, claim.partition)?;
+        let matches = match (&current, &claim.version) {
+            (None, None) => true,
+            (Some(record), Some(version)) => record.version.to_string() == *version,
+            _ => false,
+        };
+        if !matches {
+            continue;
+        }
+        let record = OwnershipRecord {
+            owner: claim.owner.clone(),
+            last_modified: now_millis(),
+            version: current.map_or(1, |r| r.version + 1),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        write_atomically(&dir.join(format!("{}.json", claim.partition)), &bytes)
+            .map_err(|e| e.to_string())?;
+        won.push(Ownership {
+            partition: claim.partition,
+            owner: record.owner,
+            last_modified: record.last_modified,
+            version: Some(record.version.to_string()),
+        });
+    }
+    // Dropping the file releases the lock.
+    Ok(won)
 }
 
 fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -203,11 +302,97 @@ impl CheckpointStore for LocalCheckpointStore {
         })
         .await
     }
+
+    async fn list_ownership(&self, pipeline: &str) -> Result<Vec<Ownership>, CheckpointError> {
+        let dir = self.ownership_dir(pipeline);
+        let owned = dir.clone();
+        blocking(&dir, move || list_records(&owned)).await
+    }
+
+    async fn claim_ownership(
+        &self,
+        pipeline: &str,
+        claims: &[Ownership],
+    ) -> Result<Vec<Ownership>, CheckpointError> {
+        let dir = self.ownership_dir(pipeline);
+        let owned = dir.clone();
+        let claims = claims.to_vec();
+        blocking(&dir, move || claim_records(&owned, &claims)).await
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.dir.display())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claim(partition: PartitionId, owner: &str, version: Option<&str>) -> Ownership {
+        Ownership {
+            partition,
+            owner: owner.to_owned(),
+            last_modified: 0,
+            version: version.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn ownership_claims_are_conditional_on_the_version_seen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalCheckpointStore::new(dir.path());
+        assert!(store.list_ownership("p").await.expect("list").is_empty());
+
+        // Two processes race for partition 0 with nothing seen: one wins.
+        let a = store
+            .claim_ownership("p", &[claim(0, "a", None), claim(1, "a", None)])
+            .await
+            .expect("claim");
+        assert_eq!(a.len(), 2);
+        let b = store
+            .claim_ownership("p", &[claim(0, "b", None)])
+            .await
+            .expect("claim");
+        assert!(b.is_empty(), "a record that exists cannot be created again");
+
+        // b steals partition 1 with the version it listed; a's renewal with its old version fails.
+        let listed = store.list_ownership("p").await.expect("list");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|o| (o.partition, o.owner.as_str()))
+                .collect::<Vec<_>>(),
+            [(0, "a"), (1, "a")]
+        );
+        let stolen = store
+            .claim_ownership("p", &[claim(1, "b", listed[1].version.as_deref())])
+            .await
+            .expect("steal");
+        assert_eq!(stolen.len(), 1);
+        assert_ne!(stolen[0].version, listed[1].version);
+        let renewed = store
+            .claim_ownership(
+                "p",
+                &[
+                    claim(0, "a", a[0].version.as_deref()),
+                    claim(1, "a", a[1].version.as_deref()),
+                ],
+            )
+            .await
+            .expect("renew");
+        assert_eq!(renewed.iter().map(|o| o.partition).collect::<Vec<_>>(), [0]);
+        let now = now_millis();
+        assert!(renewed[0].is_active(now, 10_000));
+        assert!(!renewed[0].is_active(now + 10_000, 10_000), "expired");
+
+        // A release leaves a record with no owner, which is never active.
+        let released = store
+            .claim_ownership("p", &[claim(0, "", renewed[0].version.as_deref())])
+            .await
+            .expect("release");
+        assert!(!released[0].is_active(now, 10_000));
+    }
 
     #[tokio::test]
     async fn checkpoints_round_trip_and_corruption_is_detected() {

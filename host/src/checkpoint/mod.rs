@@ -1,6 +1,15 @@
 //! Checkpoints: per pipeline partition, the source position, every stage's state and what every
 //! sink has made durable, written only after the sinks have flushed what it covers.
+//!
+//! The store also keeps **ownership claims** for sources whose partitions several processes share
+//! (Kafka, Event Hubs): one record per partition naming its owner, renewed while the owner runs and
+//! taken over by another process once it has not been renewed within the ownership expiry. Every
+//! claim is a conditional write against the version the claimer last saw, as in the Azure SDKs'
+//! event processors, so two processes never both win the same partition.
+//! [`crate::pipeline`]'s ownership loop balances the partitions over the processes.
 
+#[cfg(feature = "azure")]
+pub mod blob;
 mod local;
 
 use std::collections::BTreeMap;
@@ -12,6 +21,10 @@ use crate::event::{PartitionId, Position};
 use crate::sink::SinkProgress;
 
 pub use local::LocalCheckpointStore;
+
+use std::sync::Arc;
+
+use crate::config::LoadedConfig;
 
 /// Why the checkpoint store failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +50,58 @@ pub struct Checkpoint {
     /// When the checkpoint was written, in milliseconds since the Unix epoch.
     #[serde(default)]
     pub written_at: i64,
+    /// The source's own name for `position` when it has one besides it (an Event Hubs offset),
+    /// kept for other readers of the store such as the Azure SDKs' event processors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_offset: Option<String>,
+}
+
+/// Who reads a stream, as the Azure SDKs name it in their checkpoint store: the blob layout is
+/// `<namespace>/<hub>/<consumer group>/{checkpoint,ownership}/<partition>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConsumerScope {
+    /// The fully qualified namespace (`myns.servicebus.windows.net`) or, for Kafka, the cluster.
+    pub namespace: String,
+    /// The Event Hub or Kafka topic.
+    pub hub: String,
+    /// The consumer group.
+    pub consumer_group: String,
+}
+
+impl ConsumerScope {
+    /// The blob-name prefix of this scope: namespace, hub and group folded to ASCII lower case, as
+    /// the Azure SDKs do (Event Hubs treats those names case-insensitively).
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.namespace.to_ascii_lowercase(),
+            self.hub.to_ascii_lowercase(),
+            self.consumer_group.to_ascii_lowercase()
+        )
+    }
+}
+
+/// The ownership record of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The owner's id; empty when the partition was released.
+    pub owner: String,
+    /// When the record was last written (claimed, renewed or released), in milliseconds since the
+    /// Unix epoch.
+    pub last_modified: i64,
+    /// The record's version (a blob's ETag); `None` for a record that does not exist yet. A claim
+    /// carries the version its claimer saw and succeeds only if the record is still at it.
+    pub version: Option<String>,
+}
+
+impl Ownership {
+    /// Whether the record names a live owner at `now`: claimed by someone and renewed within
+    /// `expiry_ms`.
+    pub fn is_active(&self, now: i64, expiry_ms: i64) -> bool {
+        !self.owner.is_empty() && now.saturating_sub(self.last_modified) < expiry_ms
+    }
 }
 
 /// Where checkpoints live.
@@ -62,4 +127,63 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Stores a value for [`CheckpointStore::load_meta`].
     async fn save_meta(&self, key: &str, value: &str) -> Result<(), CheckpointError>;
+
+    /// Every ownership record of `pipeline`'s partitions (claimed, renewed or released).
+    async fn list_ownership(&self, pipeline: &str) -> Result<Vec<Ownership>, CheckpointError>;
+
+    /// Writes each of `claims` (a claim, a renewal, or a release with an empty owner) if its
+    /// record is still at `claim.version` (absent for `None`). Returns the claims that succeeded,
+    /// with their new version and time; a claim someone else won meanwhile is left out, not an
+    /// error.
+    async fn claim_ownership(
+        &self,
+        pipeline: &str,
+        claims: &[Ownership],
+    ) -> Result<Vec<Ownership>, CheckpointError>;
+
+    /// Where the store keeps its data, for people.
+    fn describe(&self) -> String;
+}
+
+/// The checkpoint store `loaded` configures: the local directory by default, Azure Blob Storage
+/// with `[checkpoint.azure_blob]`.
+pub fn build(loaded: &LoadedConfig) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+    let config = &loaded.config.checkpoint;
+    match &config.azure_blob {
+        None => Ok(Arc::new(LocalCheckpointStore::new(
+            loaded.resolve(&config.dir),
+        ))),
+        #[cfg(feature = "azure")]
+        Some(blob) => Ok(Arc::new(blob::BlobCheckpointStore::open(
+            blob,
+            consumer_scopes(loaded),
+        )?)),
+        #[cfg(not(feature = "azure"))]
+        Some(blob) => Err(CheckpointError {
+            location: blob.container.clone(),
+            reason: "this build of weir has no Azure support: rebuild with `--features azure`"
+                .to_owned(),
+        }),
+    }
+}
+
+/// The consumer scope of every pipeline: its source's namespace and stream, and its consumer
+/// group.
+pub fn consumer_scopes(loaded: &LoadedConfig) -> std::collections::HashMap<String, ConsumerScope> {
+    let config = &loaded.config;
+    config
+        .pipelines
+        .iter()
+        .map(|(name, pipeline)| {
+            let scope = match config.sources.get(&pipeline.source) {
+                Some(source) => source.consumer_scope(&pipeline.source, name),
+                None => ConsumerScope {
+                    namespace: "weir".to_owned(),
+                    hub: pipeline.source.clone(),
+                    consumer_group: name.clone(),
+                },
+            };
+            (name.clone(), scope)
+        })
+        .collect()
 }

@@ -148,6 +148,9 @@ impl Document<'_> {
             ("sources", "simulator") => check::<super::SimulatorSourceConfig>(value),
             ("sources", "file") => check::<super::FileSourceConfig>(value),
             ("sources", "http") => check::<super::HttpSourceConfig>(value),
+            ("sources", "kafka") => check::<super::KafkaSourceConfig>(value),
+            ("sinks", "kafka") => check::<super::KafkaSinkConfig>(value),
+            ("sinks", "webhook") => check::<super::WebhookSinkConfig>(value),
             ("sinks", "delta") => check::<super::DeltaSinkConfig>(value),
             ("sinks", "file") => check::<super::FileSinkConfig>(value),
             ("sinks", "stdout") => check::<super::StdoutSinkConfig>(value),
@@ -289,7 +292,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
         ));
     }
     for (name, source) in &config.sources {
-        let partitions = source.partitions();
+        let partitions = source.partitions().unwrap_or(1);
         if !(1..=4096).contains(&partitions) {
             return Err(doc.error(
                 &["sources", name, "partitions"],
@@ -330,9 +333,61 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
         }
     }
     for (name, sink) in &config.sinks {
-        if let SinkConfig::Delta(delta) = sink {
-            validate_delta(doc, name, delta)?;
+        match sink {
+            SinkConfig::Delta(delta) => validate_delta(doc, name, delta)?,
+            SinkConfig::Webhook(webhook) => validate_webhook(doc, name, webhook)?,
+            SinkConfig::Kafka(kafka) => {
+                validate_kafka(doc, &["sinks", name], &kafka.connection)?;
+                if kafka.batch_max_records == 0 {
+                    return Err(
+                        doc.error(&["sinks", name, "batch_max_records"], "expected at least 1")
+                    );
+                }
+            }
+            _ => {}
         }
+    }
+    for (name, source) in &config.sources {
+        if let SourceConfig::Kafka(kafka) = source {
+            validate_kafka(doc, &["sources", name], &kafka.connection)?;
+            if kafka.fetch_max_bytes < 1024 {
+                return Err(doc.error(
+                    &["sources", name, "fetch_max_bytes"],
+                    format!("expected at least 1024, found {}", kafka.fetch_max_bytes),
+                ));
+            }
+        }
+    }
+    // Two pipelines with one consumer scope would share checkpoints and ownership claims.
+    let mut scopes: std::collections::BTreeMap<String, &String> = std::collections::BTreeMap::new();
+    for (name, pipeline) in &config.pipelines {
+        let Some(source) = config.sources.get(&pipeline.source) else {
+            continue;
+        };
+        let scope = source.consumer_scope(&pipeline.source, name).prefix();
+        if let Some(other) = scopes.insert(scope.clone(), name) {
+            return Err(doc.error(
+                &["pipelines", name, "source"],
+                format!(
+                    "pipelines `{other}` and `{name}` read the same stream as the same consumer group (`{scope}`): give the source a `consumer_group` per pipeline"
+                ),
+            ));
+        }
+    }
+    let ownership = &config.checkpoint.ownership;
+    if ownership.expiry.get() < std::time::Duration::from_millis(500) {
+        return Err(doc.error(
+            &["checkpoint", "ownership", "expiry"],
+            "expected at least 500ms",
+        ));
+    }
+    if let Some(renew) = ownership.renew_interval
+        && (renew.get().is_zero() || renew.get() >= ownership.expiry.get())
+    {
+        return Err(doc.error(
+            &["checkpoint", "ownership", "renew_interval"],
+            "expected a duration above zero and shorter than `expiry`",
+        ));
     }
     validate_service(config, doc)?;
     for (name, pipeline) in &config.pipelines {
@@ -514,6 +569,61 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
     Ok(())
 }
 
+fn validate_kafka(
+    doc: &Document<'_>,
+    at: &[&str],
+    connection: &super::KafkaConnection,
+) -> Result<(), ConfigError> {
+    let key = |k: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(k);
+        keys
+    };
+    if connection.brokers.is_empty() {
+        return Err(doc.error(&key("brokers"), "expected at least one `host:port`"));
+    }
+    for broker in &connection.brokers {
+        let port = broker.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            return Err(doc.error(
+                &key("brokers"),
+                format!("expected `host:port`, found `{broker}`"),
+            ));
+        }
+    }
+    if connection.topic.trim().is_empty() {
+        return Err(doc.error(&key("topic"), "expected a topic name"));
+    }
+    Ok(())
+}
+
+fn validate_webhook(
+    doc: &Document<'_>,
+    name: &str,
+    webhook: &super::WebhookSinkConfig,
+) -> Result<(), ConfigError> {
+    let url = webhook.url.trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(doc.error(
+            &["sinks", name, "url"],
+            format!(
+                "expected an http:// or https:// URL, found `{}`",
+                webhook.url
+            ),
+        ));
+    }
+    if webhook.batch_max_records == 0 {
+        return Err(doc.error(&["sinks", name, "batch_max_records"], "expected at least 1"));
+    }
+    if webhook.max_backoff.get() < webhook.initial_backoff.get() {
+        return Err(doc.error(
+            &["sinks", name, "max_backoff"],
+            "expected at least `initial_backoff`",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_delta(
     doc: &Document<'_>,
     name: &str,
@@ -637,6 +747,39 @@ outputs = { alerts = "out" }
         let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
         assert!(err.starts_with("weir.toml:14:"), "{err}");
         assert!(err.contains("missing.wasm does not exist"), "{err}");
+    }
+
+    #[test]
+    fn kafka_and_webhook_settings_are_checked_with_lines() {
+        let kafka = VALID.replace(
+            "kind = \"simulator\"",
+            "kind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"t\"\nfetch_max_wiat = \"1s\"",
+        );
+        let err = refuse(&kafka);
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("unknown field `fetch_max_wiat`"), "{err}");
+        let err = refuse(
+            &kafka
+                .replace("fetch_max_wiat = \"1s\"", "")
+                .replace("127.0.0.1:9092", "nohost"),
+        );
+        assert!(
+            err.contains("`sources.sim.brokers`: expected `host:port`, found `nohost`"),
+            "{err}"
+        );
+        let webhook = VALID.replace("kind = \"stdout\"", "kind = \"webhook\"\nurl = \"ftp://x\"");
+        let err = refuse(&webhook);
+        assert!(
+            err.contains("`sinks.out.url`: expected an http:// or https:// URL"),
+            "{err}"
+        );
+        let err = refuse(&format!(
+            "{VALID}\n[checkpoint.ownership]\nexpiry = \"2s\"\nrenew_interval = \"5s\"\n"
+        ));
+        assert!(
+            err.contains("`checkpoint.ownership.renew_interval`"),
+            "{err}"
+        );
     }
 
     #[test]

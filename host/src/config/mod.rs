@@ -4,6 +4,7 @@
 //! key and what was expected (see [`load`]). Relative paths are resolved against the directory of
 //! the configuration file.
 
+mod connectors;
 mod duration;
 mod load;
 
@@ -12,6 +13,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use connectors::{
+    AzureBlobCheckpointConfig, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
+    KafkaSourceConfig, KafkaStart, KafkaTls, SaslMechanism, WebhookSinkConfig, expand_env,
+};
 pub use duration::ConfigDuration;
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 
@@ -136,6 +141,13 @@ pub struct CheckpointConfig {
     /// How often each partition flushes its sinks and writes a checkpoint.
     #[serde(default = "default_checkpoint_interval")]
     pub interval: ConfigDuration,
+    /// Keep checkpoints and ownership claims in Azure Blob Storage instead of `dir`, in the Azure
+    /// SDKs' event-processor layout (so several processes, and EventProcessorClients, share them).
+    #[serde(default)]
+    pub azure_blob: Option<AzureBlobCheckpointConfig>,
+    /// How processes share the partitions of Kafka and Event Hubs sources.
+    #[serde(default)]
+    pub ownership: OwnershipConfig,
 }
 
 impl Default for CheckpointConfig {
@@ -143,8 +155,41 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             dir: default_checkpoint_dir(),
             interval: default_checkpoint_interval(),
+            azure_blob: None,
+            ownership: OwnershipConfig::default(),
         }
     }
+}
+
+/// Partition ownership: each process claims partitions in the checkpoint store, renews its claims
+/// and takes over those of a process that stopped renewing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// A claim not renewed within this long is free for another process to take: the longest a
+    /// killed process's partitions wait. The Azure SDKs use 60 to 120 s.
+    #[serde(default = "default_ownership_expiry")]
+    pub expiry: ConfigDuration,
+    /// How often claims are renewed and partitions rebalanced; defaults to a third of `expiry`.
+    #[serde(default)]
+    pub renew_interval: Option<ConfigDuration>,
+    /// This process's owner id in the claims; defaults to a new random id at every start.
+    #[serde(default)]
+    pub owner_id: Option<String>,
+}
+
+impl Default for OwnershipConfig {
+    fn default() -> Self {
+        OwnershipConfig {
+            expiry: default_ownership_expiry(),
+            renew_interval: None,
+            owner_id: None,
+        }
+    }
+}
+
+fn default_ownership_expiry() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
 }
 
 fn default_checkpoint_dir() -> PathBuf {
@@ -258,15 +303,48 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// An HTTP endpoint that accepts JSON events.
     Http(HttpSourceConfig),
+    /// A Kafka topic (or Event Hubs' Kafka endpoint).
+    Kafka(KafkaSourceConfig),
 }
 
 impl SourceConfig {
-    /// The number of partitions the source is split into.
-    pub fn partitions(&self) -> u32 {
+    /// The number of partitions the source is split into, when the configuration says (a broker's
+    /// topic knows its own).
+    pub fn partitions(&self) -> Option<u32> {
         match self {
-            SourceConfig::Simulator(c) => c.partitions,
-            SourceConfig::File(c) => c.partitions,
-            SourceConfig::Http(c) => c.partitions,
+            SourceConfig::Simulator(c) => Some(c.partitions),
+            SourceConfig::File(c) => Some(c.partitions),
+            SourceConfig::Http(c) => Some(c.partitions),
+            SourceConfig::Kafka(_) => None,
+        }
+    }
+
+    /// How `pipeline`, reading this source (named `source`), is known in the checkpoint store.
+    pub fn consumer_scope(&self, source: &str, pipeline: &str) -> crate::checkpoint::ConsumerScope {
+        match self {
+            SourceConfig::Kafka(kafka) => crate::checkpoint::ConsumerScope {
+                namespace: kafka.namespace.clone().unwrap_or_else(|| {
+                    let first = kafka
+                        .connection
+                        .brokers
+                        .first()
+                        .map_or("kafka", String::as_str);
+                    first
+                        .rsplit_once(':')
+                        .map_or(first, |(host, _)| host)
+                        .to_owned()
+                }),
+                hub: kafka.connection.topic.clone(),
+                consumer_group: kafka
+                    .consumer_group
+                    .clone()
+                    .unwrap_or_else(|| pipeline.to_owned()),
+            },
+            _ => crate::checkpoint::ConsumerScope {
+                namespace: "weir".to_owned(),
+                hub: source.to_owned(),
+                consumer_group: pipeline.to_owned(),
+            },
         }
     }
 }
@@ -399,14 +477,25 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// Standard output, one JSON document per line.
     Stdout(StdoutSinkConfig),
+    /// A Kafka topic (or Event Hubs' Kafka endpoint).
+    Kafka(KafkaSinkConfig),
+    /// JSON POSTs to an HTTP endpoint.
+    Webhook(WebhookSinkConfig),
 }
 
 /// A Delta Lake table with an explicit schema.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaSinkConfig {
-    /// Table location: a local directory.
+    /// Table location: a local directory, or on Azure Data Lake Storage Gen2 / Blob Storage
+    /// `abfss://<container>@<account>.dfs.core.windows.net/<path>` or `az://<container>/<path>`.
     pub path: String,
+    /// Options of the table's object store (for Azure: `azure_storage_account_name`,
+    /// `azure_storage_account_key`, `azure_client_id`, `azure_storage_endpoint`, …); `${NAME}` in
+    /// a value is replaced by the environment variable `NAME`. Without credentials here, the
+    /// `AZURE_*` environment variables and managed identity are used.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
     /// Columns of the table, in order.
     pub columns: Vec<DeltaColumn>,
     /// Columns the table is partitioned by (each must be one of `columns`).

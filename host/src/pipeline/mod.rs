@@ -2,6 +2,7 @@
 //! from its checkpoint, and run one worker task per partition.
 
 mod dead_letter;
+mod ownership;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{CheckpointStore, LocalCheckpointStore};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::plugin::slot::SlotSetup;
@@ -107,9 +108,14 @@ pub struct Services {
     pub plugins: PluginRegistry,
 }
 
+/// A task that ends with the reports of the partition workers it ran.
+type WorkerTask = JoinHandle<Result<Vec<WorkerReport>, WorkerError>>;
+
 /// Pipelines that are running.
 pub struct Running {
-    workers: Vec<(String, JoinHandle<Result<WorkerReport, WorkerError>>)>,
+    /// Per pipeline, tasks that end with the reports of the workers they ran: one worker each for
+    /// pipelines whose partitions all open at start, an ownership manager for the others.
+    workers: Vec<(String, WorkerTask)>,
     shutdown: ShutdownHandle,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
@@ -171,11 +177,11 @@ impl Running {
                 })),
             };
             match outcome {
-                Ok(worker_report) => report
+                Ok(worker_reports) => report
                     .pipelines
                     .entry(pipeline)
                     .or_default()
-                    .push(worker_report),
+                    .extend(worker_reports),
                 Err(source) => {
                     tracing::error!(pipeline = %pipeline, error = %source, "partition worker failed; stopping");
                     self.shutdown.shutdown();
@@ -215,9 +221,7 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let engine = PluginEngine::new()
         .map_err(StartError::Engine)?
         .with_cache(&store.compiled_dir());
-    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(
-        loaded.resolve(&config.checkpoint.dir),
-    ));
+    let checkpoints: Arc<dyn CheckpointStore> = crate::checkpoint::build(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a
@@ -321,6 +325,38 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
                 .await?;
         let partitions = source.partition_count();
+        let context = Arc::new(PipelineContext {
+            name: pipeline_arc_of(pipeline_name),
+            pipeline: pipeline.clone(),
+            loaded: loaded.clone(),
+            sinks: sinks.clone(),
+            slots: slots
+                .iter()
+                .filter(|((p, _), _)| p == pipeline_name)
+                .map(|((_, stage), slot)| (stage.clone(), slot.clone()))
+                .collect(),
+            checkpoints: checkpoints.clone(),
+            metrics: metrics.clone(),
+            status: services.status.clone(),
+            label_versions: records_plugin_versions(loaded, pipeline),
+        });
+        if source.partitions_open_independently() {
+            // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
+            // that several processes share them (see `ownership`).
+            let manager = ownership::OwnershipManager::new(
+                context,
+                source,
+                &config.checkpoint.ownership,
+                shutdown.clone(),
+            );
+            tracing::info!(
+                pipeline = %pipeline_name, source = %pipeline.source, partitions,
+                owner = %manager.owner(), store = %checkpoints.describe(),
+                "pipeline started; partitions are claimed through the checkpoint store"
+            );
+            workers.push((pipeline_name.clone(), tokio::spawn(manager.run())));
+            continue;
+        }
         let mut restored = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions {
             restored.push(checkpoints.load(pipeline_name, partition).await?);
@@ -334,8 +370,6 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             })
             .collect();
         let readers = source.open(starts).await?;
-        let pipeline_arc: Arc<str> = pipeline_name.as_str().into();
-        let label_versions = records_plugin_versions(loaded, pipeline);
         for reader in readers {
             let partition = reader.partition();
             let checkpoint = restored
@@ -343,124 +377,11 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
                 .cloned()
                 .flatten()
                 .unwrap_or_default();
-            if let Some(position) = checkpoint.position {
-                tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
-            }
-            let sink_names = used_sinks(loaded, pipeline);
-            let mut sink_slots = Vec::with_capacity(sink_names.len());
-            let scope = WriterScope {
-                pipeline: pipeline_arc.clone(),
-                partition,
-            };
-            for name in &sink_names {
-                let Some(sink) = sinks.get(name) else {
-                    continue;
-                };
-                let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
-                sink_slots.push(SinkSlot {
-                    name: name.as_str().into(),
-                    writer,
-                    pending: Vec::new(),
-                });
-            }
-            let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
-            let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
-            let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
-            for stage in &pipeline.stages {
-                let Some(slot) = slots
-                    .get(&(pipeline_name.clone(), stage.name.clone()))
-                    .cloned()
-                else {
-                    continue;
-                };
-                let plugin = slot.active().plugin;
-                let state = match checkpoint.stages.get(&stage.name) {
-                    Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
-                        pipeline: pipeline_name.clone(),
-                        partition,
-                        stage: stage.name.clone(),
-                        reason: e.to_string(),
-                    })?,
-                    None => KeyedState::default(),
-                };
-                let config_json = match &stage.config {
-                    Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
-                    None => "{}".to_owned(),
-                };
-                let settings = Arc::new(InstanceSettings {
-                    scope: PluginScope {
-                        pipeline: pipeline_arc.clone(),
-                        stage: stage.name.as_str().into(),
-                        partition,
-                        plugin: plugin.name().clone(),
-                        version: plugin.version().clone(),
-                    },
-                    config_json: config_json.into(),
-                    max_memory_bytes: stage
-                        .max_memory_bytes
-                        .unwrap_or(config.plugins.max_memory_bytes),
-                    call_timeout: stage
-                        .call_timeout
-                        .unwrap_or(config.plugins.call_timeout)
-                        .get(),
-                });
-                let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
-                for (output, destinations) in &stage.outputs {
-                    let resolved = destinations
-                        .names()
-                        .iter()
-                        .filter_map(|name| match sink_index(name) {
-                            Some(index) => Some(Destination::Sink(index)),
-                            None => pipeline
-                                .stages
-                                .iter()
-                                .position(|s| &s.name == name)
-                                .map(Destination::Stage),
-                        })
-                        .collect();
-                    routes.insert(output.as_str().into(), resolved);
-                }
-                let telemetry = StageTelemetry {
-                    metrics: metrics.clone(),
-                    label_versions,
-                };
-                stage_slots.push(StageSlot {
-                    stage: Box::new(WasmTransformStage::with_slot(
-                        stage.name.as_str().into(),
-                        slot,
-                        settings,
-                        state,
-                        Some(telemetry),
-                    )),
-                    routes,
-                });
-            }
-            let worker = PartitionWorker {
-                settings: WorkerSettings {
-                    pipeline: pipeline_arc.clone(),
-                    source: pipeline.source.as_str().into(),
-                    event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
-                    max_event_bytes: pipeline.max_event_bytes,
-                    batch_max_events: pipeline.batch.max_events,
-                    batch_max_wait: pipeline.batch.max_wait.get(),
-                    checkpoint_interval: config.checkpoint.interval.get(),
-                },
-                partition,
-                reader,
-                stages: stage_slots,
-                sinks: sink_slots,
-                dead_letter_sink,
-                checkpoints: checkpoints.clone(),
-                metrics: metrics.clone(),
-                position: checkpoint.position,
-                checkpointed: checkpoint.position,
-                shutdown: shutdown.clone(),
-                status: services
-                    .status
-                    .partition(pipeline_name, &pipeline.source, partition),
-                max_event_time: None,
-            };
-            workers.push((pipeline_name.clone(), tokio::spawn(worker.run())));
+            let worker = build_worker(&context, reader, checkpoint, shutdown.clone()).await?;
+            workers.push((
+                pipeline_name.clone(),
+                tokio::spawn(async move { worker.run().await.map(|report| vec![report]) }),
+            ));
         }
         tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
     }
@@ -487,6 +408,166 @@ fn records_plugin_versions(loaded: &LoadedConfig, pipeline: &PipelineConfig) -> 
                     .iter()
                     .any(|c| c.value == Some(crate::config::ColumnValue::PluginVersion))
         )
+    })
+}
+
+fn pipeline_arc_of(name: &str) -> Arc<str> {
+    name.into()
+}
+
+/// What every partition worker of one pipeline is built from.
+pub(crate) struct PipelineContext {
+    /// The pipeline's name.
+    pub(crate) name: Arc<str>,
+    /// Its configuration.
+    pub(crate) pipeline: PipelineConfig,
+    /// The whole configuration (paths, plugin defaults, checkpoint cadence).
+    pub(crate) loaded: LoadedConfig,
+    /// Every sink of the process, by name.
+    pub(crate) sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// Each stage's plugin slot, by stage name: workers started at any time run the version
+    /// active then and swap with the others.
+    pub(crate) slots: HashMap<String, Arc<PluginSlot<TransformPlugin>>>,
+    /// The checkpoint store.
+    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
+    /// The process's metrics.
+    pub(crate) metrics: Metrics,
+    /// Where workers report their partition's state (admin API, health alerts).
+    pub(crate) status: ServiceStatus,
+    /// Whether stages label their records with the plugin version (see
+    /// [`records_plugin_versions`]).
+    pub(crate) label_versions: bool,
+}
+
+/// Builds the worker of one partition of `context`'s pipeline: its sink writers (resumed from the
+/// checkpoint's sink progress), its stages (with the checkpointed state) and its routes. Every
+/// worker, started at launch or when a partition is acquired later, is built here.
+pub(crate) async fn build_worker(
+    context: &PipelineContext,
+    reader: Box<dyn crate::source::PartitionReader>,
+    checkpoint: crate::checkpoint::Checkpoint,
+    shutdown: watch::Receiver<bool>,
+) -> Result<PartitionWorker, StartError> {
+    let loaded = &context.loaded;
+    let config = &loaded.config;
+    let pipeline = &context.pipeline;
+    let pipeline_name: &str = &context.name;
+    let pipeline_arc = context.name.clone();
+    let sinks = &context.sinks;
+    let partition = reader.partition();
+    if let Some(position) = checkpoint.position {
+        tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
+    }
+    let sink_names = used_sinks(loaded, pipeline);
+    let mut sink_slots = Vec::with_capacity(sink_names.len());
+    let scope = WriterScope {
+        pipeline: pipeline_arc.clone(),
+        partition,
+    };
+    for name in &sink_names {
+        let Some(sink) = sinks.get(name) else {
+            continue;
+        };
+        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+        sink_slots.push(SinkSlot {
+            name: name.as_str().into(),
+            writer,
+            pending: Vec::new(),
+        });
+    }
+    let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
+    let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
+    let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+    for stage in &pipeline.stages {
+        let Some(slot) = context.slots.get(&stage.name).cloned() else {
+            continue;
+        };
+        let plugin = slot.active().plugin;
+        let state = match checkpoint.stages.get(&stage.name) {
+            Some(bytes) => KeyedState::restore(bytes).map_err(|e| StartError::Restore {
+                pipeline: pipeline_name.to_owned(),
+                partition,
+                stage: stage.name.clone(),
+                reason: e.to_string(),
+            })?,
+            None => KeyedState::default(),
+        };
+        let config_json = match &stage.config {
+            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
+            None => "{}".to_owned(),
+        };
+        let settings = Arc::new(InstanceSettings {
+            scope: PluginScope {
+                pipeline: pipeline_arc.clone(),
+                stage: stage.name.as_str().into(),
+                partition,
+                plugin: plugin.name().clone(),
+                version: plugin.version().clone(),
+            },
+            config_json: config_json.into(),
+            max_memory_bytes: stage
+                .max_memory_bytes
+                .unwrap_or(config.plugins.max_memory_bytes),
+            call_timeout: stage
+                .call_timeout
+                .unwrap_or(config.plugins.call_timeout)
+                .get(),
+        });
+        let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
+        for (output, destinations) in &stage.outputs {
+            let resolved = destinations
+                .names()
+                .iter()
+                .filter_map(|name| match sink_index(name) {
+                    Some(index) => Some(Destination::Sink(index)),
+                    None => pipeline
+                        .stages
+                        .iter()
+                        .position(|s| &s.name == name)
+                        .map(Destination::Stage),
+                })
+                .collect();
+            routes.insert(output.as_str().into(), resolved);
+        }
+        let telemetry = StageTelemetry {
+            metrics: context.metrics.clone(),
+            label_versions: context.label_versions,
+        };
+        stage_slots.push(StageSlot {
+            stage: Box::new(WasmTransformStage::with_slot(
+                stage.name.as_str().into(),
+                slot,
+                settings,
+                state,
+                Some(telemetry),
+            )),
+            routes,
+        });
+    }
+    Ok(PartitionWorker {
+        settings: WorkerSettings {
+            pipeline: pipeline_arc.clone(),
+            source: pipeline.source.as_str().into(),
+            event_time_field: pipeline.event_time.as_ref().map(|t| t.field.clone()),
+            max_event_bytes: pipeline.max_event_bytes,
+            batch_max_events: pipeline.batch.max_events,
+            batch_max_wait: pipeline.batch.max_wait.get(),
+            checkpoint_interval: config.checkpoint.interval.get(),
+        },
+        partition,
+        reader,
+        stages: stage_slots,
+        sinks: sink_slots,
+        dead_letter_sink,
+        checkpoints: context.checkpoints.clone(),
+        metrics: context.metrics.clone(),
+        position: checkpoint.position,
+        checkpointed: checkpoint.position,
+        shutdown,
+        status: context
+            .status
+            .partition(pipeline_name, &pipeline.source, partition),
+        max_event_time: None,
     })
 }
 

@@ -475,6 +475,7 @@ impl PartitionWorker {
         let mut checkpoint = Checkpoint {
             position: Some(position),
             written_at: now_millis(),
+            source_offset: self.reader.source_offset(position),
             ..Checkpoint::default()
         };
         for slot in &mut self.sinks {

@@ -453,6 +453,35 @@ impl bindings::state::Host for StoreState {
     fn delete(&mut self, key: Vec<u8>) {
         self.keyed.delete(key);
     }
+
+    fn write_batch(&mut self, writes: bindings::state::Writes) {
+        let (mut key_start, mut value_start) = (0usize, 0usize);
+        for (index, &key_end) in writes.key_ends.iter().enumerate() {
+            let key_end = key_end as usize;
+            let value_end = writes
+                .value_ends
+                .get(index)
+                .map_or(value_start, |&end| end as usize);
+            // Offsets come from the guest: ignore a malformed entry rather than panic.
+            let (Some(key), Some(value)) = (
+                writes.keys.get(key_start..key_end),
+                writes.values.get(value_start..value_end),
+            ) else {
+                tracing::warn!(
+                    plugin = %self.settings.scope.plugin, index,
+                    "plugin sent a state write with offsets outside its buffers; ignored"
+                );
+                break;
+            };
+            if writes.deletes.get(index).copied().unwrap_or(false) {
+                self.keyed.delete(key.to_vec());
+            } else {
+                self.keyed.put(key.to_vec(), value.to_vec());
+            }
+            key_start = key_end;
+            value_start = value_end;
+        }
+    }
 }
 
 impl bindings::config::Host for StoreState {

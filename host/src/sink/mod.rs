@@ -6,10 +6,15 @@
 //! skips whatever a crash left beyond it. That is how each sink decides its guarantee:
 //! - Delta Lake: exactly once (a transaction action per pipeline and partition, version = position);
 //! - files: exactly once (each partition's file is truncated back to the checkpointed length);
-//! - stdout: at least once.
+//! - stdout, Kafka, webhooks: at least once (Kafka records and webhook requests carry a
+//!   deterministic id so that receivers can drop repeats).
 
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod stdout;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 #[cfg(feature = "delta")]
 pub mod delta;
@@ -107,21 +112,30 @@ pub async fn build(
     config: &SinkConfig,
     loaded: &LoadedConfig,
 ) -> Result<Arc<dyn Sink>, SinkError> {
+    // Used only by builds without some connector.
+    #[allow(unused_variables)]
+    let unsupported = |feature: &str| SinkError {
+        sink: name.to_owned(),
+        pipeline: String::new(),
+        partition: 0,
+        reason: format!(
+            "this build of weir has no {feature} support: rebuild with `--features {feature}`"
+        ),
+    };
     Ok(match config {
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(kafka) => Arc::new(kafka::KafkaSink::connect(name, kafka, loaded).await?),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => return Err(unsupported("kafka")),
+        #[cfg(feature = "webhook")]
+        SinkConfig::Webhook(webhook) => Arc::new(webhook::WebhookSink::new(name, webhook)?),
+        #[cfg(not(feature = "webhook"))]
+        SinkConfig::Webhook(_) => return Err(unsupported("webhook")),
         SinkConfig::File(file) => Arc::new(file::FileSink::new(name, loaded.resolve(&file.path))),
         SinkConfig::Stdout(_) => Arc::new(stdout::StdoutSink::new(name)),
         #[cfg(feature = "delta")]
         SinkConfig::Delta(delta) => Arc::new(delta::DeltaSink::open(name, delta, loaded).await?),
         #[cfg(not(feature = "delta"))]
-        SinkConfig::Delta(_) => {
-            return Err(SinkError {
-                sink: name.to_owned(),
-                pipeline: String::new(),
-                partition: 0,
-                reason:
-                    "this build of weir has no Delta Lake support: rebuild with `--features delta`"
-                        .to_owned(),
-            });
-        }
+        SinkConfig::Delta(_) => return Err(unsupported("delta")),
     })
 }

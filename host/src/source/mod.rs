@@ -8,6 +8,8 @@
 pub mod dispatch;
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod simulator;
 
 use std::path::Path;
@@ -74,6 +76,13 @@ pub trait Source: Send + Sync {
     /// How many partitions the source has.
     fn partition_count(&self) -> u32;
 
+    /// Whether each partition can be opened and closed on its own, at any time and in any process
+    /// (brokers such as Kafka and Event Hubs). Only such sources can share their partitions
+    /// between processes; the others are opened once, all partitions at a time.
+    fn partitions_open_independently(&self) -> bool {
+        false
+    }
+
     /// Opens readers for `starts`. Sources that dispatch one input over partitions must be given
     /// all their partitions in one call.
     async fn open(
@@ -99,6 +108,12 @@ pub trait PartitionReader: Send {
     /// Called after a checkpoint covering everything up to `position` was saved: the source may
     /// release what it kept for a replay (for example, old write-ahead log segments).
     fn checkpointed(&mut self, _position: Position) {}
+
+    /// The source's own name for `position` when it has one besides it (an Event Hubs offset),
+    /// recorded in the checkpoint for other readers of the store (the Azure SDKs' processors).
+    fn source_offset(&self, _position: Position) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the source `name` from its configuration.
@@ -144,6 +159,17 @@ pub async fn build(
                     .await
                     .map_err(start_error)?,
             )
+        }
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(kafka) => {
+            Arc::new(kafka::KafkaSource::connect(name, kafka, loaded).await?)
+        }
+        #[cfg(not(feature = "kafka"))]
+        SourceConfig::Kafka(_) => {
+            return Err(start_error(
+                "this build of weir has no Kafka support: rebuild with `--features kafka`"
+                    .to_owned(),
+            ));
         }
     })
 }

@@ -255,8 +255,8 @@ fn state_is_carried_across_batches_and_cached_within_one() {
     assert_eq!(alerts(&outcomes[2]), Vec::<Value>::new());
     assert_eq!(
         harness.state_calls(),
-        4,
-        "three readings of one device in a batch: one get, one put"
+        3,
+        "the device's state is cached from the first batch: one write call for the second"
     );
     assert_eq!(
         harness.state::<Value>("d1"),

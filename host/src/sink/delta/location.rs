@@ -1,59 +1,104 @@
 //! Where a table lives and how its storage is reached: the one place that knows about paths, URLs
-//! and storage options. Local directories only for now; remote stores (`az://`, `abfss://`) plug
-//! in here.
+//! and storage options. A table is a local directory (made durable with fsync), or, with the
+//! `azure` feature, a URL on Azure Data Lake Storage Gen2 or Blob Storage (`abfss://`, `abfs://`,
+//! `az://`, `azure://`, `adl://`), reached through deltalake's Azure object store with the sink's
+//! `storage_options` (an object store's PUT is durable when it returns).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use deltalake::kernel::Add;
 use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, ensure_table_uri};
 
-use crate::config::LoadedConfig;
+use crate::config::{LoadedConfig, expand_env};
+
+/// URL schemes of Azure storage that deltalake's Azure support registers.
+const AZURE_SCHEMES: [&str; 5] = ["abfss", "abfs", "az", "azure", "adl"];
 
 /// The location of one table.
 #[derive(Debug, Clone)]
 pub(super) struct Location {
-    /// The local directory of the table.
+    /// The local directory of the table, or none for a remote one.
     dir: PathBuf,
+    /// A remote table's URL and object-store options.
+    remote: Option<(url::Url, HashMap<String, String>)>,
 }
 
 impl Location {
-    /// Parses a configured `path`: a local directory (relative to the configuration file) or a
-    /// `file://` URL.
-    pub(super) fn parse(path: &str, loaded: &LoadedConfig) -> Result<Self, String> {
+    /// Parses a configured `path`: a local directory (relative to the configuration file), a
+    /// `file://` URL, or an Azure storage URL opened with `storage_options`.
+    pub(super) fn parse(
+        path: &str,
+        storage_options: &BTreeMap<String, String>,
+        loaded: &LoadedConfig,
+    ) -> Result<Self, String> {
         if let Some((scheme, rest)) = path.split_once("://") {
             if scheme.eq_ignore_ascii_case("file") && rest.starts_with('/') {
-                return Ok(Location {
-                    dir: PathBuf::from(rest),
-                });
+                return Ok(Location::local(Path::new(rest)));
+            }
+            if AZURE_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+                return Self::azure(path, storage_options);
             }
             return Err(format!(
-                "table path `{path}`: only local directories are supported for now, not `{scheme}://` locations"
+                "table path `{path}`: `{scheme}://` is not a supported location (local directories, `file://`, and Azure's {})",
+                AZURE_SCHEMES.map(|s| format!("`{s}://`")).join(", ")
             ));
         }
         if path.trim().is_empty() {
             return Err("the table path is empty".to_owned());
         }
+        Ok(Location::local(&loaded.resolve(Path::new(path))))
+    }
+
+    #[cfg(feature = "azure")]
+    fn azure(path: &str, storage_options: &BTreeMap<String, String>) -> Result<Self, String> {
+        let url = url::Url::parse(path).map_err(|e| format!("table path `{path}`: {e}"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "table path `{path}`: expected `abfss://<container>@<account>.dfs.core.windows.net/<path>` or `az://<container>/<path>`"
+            ));
+        }
+        let options = storage_options
+            .iter()
+            .map(|(k, v)| (k.clone(), expand_env(v)))
+            .collect();
         Ok(Location {
-            dir: loaded.resolve(Path::new(path)),
+            dir: PathBuf::new(),
+            remote: Some((url, options)),
         })
     }
 
-    /// A local directory (tests).
-    #[cfg(test)]
+    #[cfg(not(feature = "azure"))]
+    fn azure(path: &str, _storage_options: &BTreeMap<String, String>) -> Result<Self, String> {
+        Err(format!(
+            "table path `{path}`: this build of weir has no Azure support: rebuild with `--features azure`"
+        ))
+    }
+
+    /// A local directory.
     pub(super) fn local(dir: &Path) -> Self {
         Location {
             dir: dir.to_path_buf(),
+            remote: None,
         }
     }
 
     /// The location as users read it.
     pub(super) fn display(&self) -> String {
-        self.dir.display().to_string()
+        match &self.remote {
+            Some((url, _)) => url.to_string(),
+            None => self.dir.display().to_string(),
+        }
     }
 
-    /// The table at this location, not loaded yet (its directory is created if absent).
+    /// The table at this location, not loaded yet (a local directory is created if absent).
     pub(super) async fn table(&self) -> Result<DeltaTable, String> {
+        if let Some((url, options)) = &self.remote {
+            return DeltaTableBuilder::from_url(url.clone())
+                .map(|builder| builder.with_storage_options(options.clone()))
+                .and_then(|builder| builder.build())
+                .map_err(|e| format!("cannot open the table at {url}: {e}"));
+        }
         tokio::fs::create_dir_all(&self.dir).await.map_err(|e| {
             format!(
                 "cannot create the table directory {}: {e}",
@@ -70,6 +115,9 @@ impl Location {
     /// Makes the data files of `adds` durable before they are committed (local files are written
     /// through the page cache; an object store's PUT is durable when it returns).
     pub(super) async fn sync_data_files(&self, adds: &[Add]) -> Result<(), String> {
+        if self.remote.is_some() {
+            return Ok(());
+        }
         let files: Vec<PathBuf> = adds
             .iter()
             .map(|add| self.dir.join(percent_decode(&add.path)))
@@ -98,6 +146,9 @@ impl Location {
 
     /// Makes the log entry of `version` durable.
     pub(super) async fn sync_commit(&self, version: u64) -> Result<(), String> {
+        if self.remote.is_some() {
+            return Ok(());
+        }
         let log = self.dir.join("_delta_log");
         run_blocking(move || {
             sync_path(&log.join(format!("{version:020}.json")))?;
@@ -158,20 +209,31 @@ mod tests {
     }
 
     #[test]
-    fn refuses_remote_locations_for_now() {
+    fn parses_local_and_azure_locations() {
         let loaded = LoadedConfig {
             config: toml::from_str("").expect("an empty configuration"),
             path: PathBuf::from("/etc/weir/weir.toml"),
             base_dir: PathBuf::from("/etc/weir"),
         };
-        assert!(Location::parse("az://container/table", &loaded).is_err());
+        let none = BTreeMap::new();
         assert_eq!(
-            Location::parse("file:///tmp/t", &loaded).map(|l| l.display()),
+            Location::parse("file:///tmp/t", &none, &loaded).map(|l| l.display()),
             Ok("/tmp/t".to_owned())
         );
         assert_eq!(
-            Location::parse("t", &loaded).map(|l| l.display()),
+            Location::parse("t", &none, &loaded).map(|l| l.display()),
             Ok("/etc/weir/t".to_owned())
         );
+        let err = Location::parse("s3://bucket/t", &none, &loaded).expect_err("s3");
+        assert!(err.contains("`abfss://`"), "{err}");
+        #[cfg(feature = "azure")]
+        {
+            let adls = "abfss://lake@acct.dfs.core.windows.net/delta/raw";
+            assert_eq!(
+                Location::parse(adls, &none, &loaded).map(|l| l.display()),
+                Ok(adls.to_owned())
+            );
+            assert!(Location::parse("az:///no-container", &none, &loaded).is_err());
+        }
     }
 }

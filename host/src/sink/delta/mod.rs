@@ -35,7 +35,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use deltalake::arrow::compute::concat_batches;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
@@ -50,6 +52,10 @@ use crate::event::{Event, PartitionId, Position, now_millis};
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;
+
+/// How often a commit is redone after another writer committed rows of the same pipeline
+/// partition (two processes briefly reading one partition while its ownership moves).
+const CONFLICT_RETRIES: usize = 10;
 
 /// A Delta Lake table.
 pub struct DeltaSink {
@@ -73,8 +79,8 @@ impl DeltaSink {
         config: &DeltaSinkConfig,
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
-        let location =
-            Location::parse(&config.path, loaded).map_err(|reason| open_error(name, reason))?;
+        let location = Location::parse(&config.path, &config.storage_options, loaded)
+            .map_err(|reason| open_error(name, reason))?;
         Self::open_at(name, config, location).await
     }
 
@@ -102,6 +108,8 @@ impl DeltaSink {
                     table,
                     partition_by,
                     suspect: false,
+                    conflicted: false,
+                    txn_cache: HashMap::new(),
                 }),
             }),
         })
@@ -158,7 +166,7 @@ impl Sink for DeltaSink {
                 .await
                 .map_err(|e| scope.error(&shared.name, e))?;
             let position = committer
-                .txn_position(&app_id)
+                .known_txn(&app_id)
                 .await
                 .map_err(|e| scope.error(&shared.name, e))?;
             let durable = Durable {
@@ -308,6 +316,22 @@ impl Shared {
 
     async fn commit_buffered(&self) -> Result<(), String> {
         let mut committer = self.committer.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_once(&mut committer).await {
+                Err(reason) if committer.conflicted && attempt <= CONFLICT_RETRIES => {
+                    // Another writer committed positions of one of these partitions: the next
+                    // attempt reads what it committed and drops those rows from ours.
+                    tracing::info!(sink = %self.name, attempt, %reason, "concurrent commit for the same partition; committing again without what it covered");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn commit_once(&self, committer: &mut Committer) -> Result<(), String> {
+        committer.conflicted = false;
         let mut pending = self.take_buffered();
         if pending.is_empty() {
             return Ok(());
@@ -385,6 +409,12 @@ struct Committer {
     partition_by: Vec<String>,
     /// The last commit failed, perhaps after its log entry was written.
     suspect: bool,
+    /// The last commit failed because another writer committed a transaction of one of its app
+    /// ids first.
+    conflicted: bool,
+    /// Per app id, its transaction version in the table as of a table version, so that a commit
+    /// reads the log only when others' commits came in.
+    txn_cache: HashMap<String, (u64, Option<Position>)>,
 }
 
 fn delta_error(what: &'static str) -> impl Fn(DeltaTableError) -> String {
@@ -417,6 +447,21 @@ impl Committer {
         Ok(version.and_then(|v| Position::try_from(v).ok()))
     }
 
+    /// The transaction version of `app_id` in the loaded snapshot, read from the log only when
+    /// the snapshot changed since it was last known.
+    async fn known_txn(&mut self, app_id: &str) -> Result<Option<Position>, String> {
+        let version = self.version();
+        if let Some((at, position)) = self.txn_cache.get(app_id)
+            && *at == version
+        {
+            return Ok(*position);
+        }
+        let position = self.txn_position(app_id).await?;
+        self.txn_cache
+            .insert(app_id.to_owned(), (version, position));
+        Ok(position)
+    }
+
     /// Writes and commits `pending`; returns what the table then holds for each app id.
     async fn commit(
         &mut self,
@@ -427,20 +472,23 @@ impl Committer {
         let mut outcome = HashMap::new();
         if self.suspect {
             self.refresh().await?;
-            for p in pending.iter_mut() {
-                if let Some(done) = self.txn_position(&p.app_id).await? {
-                    p.retain_after(done)?;
-                    p.durable = p.durable.max(Some(done));
-                    outcome.insert(
-                        p.app_id.clone(),
-                        Durable {
-                            position: Some(done),
-                            table_version: self.version(),
-                        },
-                    );
-                }
-            }
             self.suspect = false;
+        }
+        // Drop the rows the table already holds: another process may have committed positions
+        // of a partition while it moved (its commits reach this table through a refresh, or
+        // through a commit of this process that landed after them).
+        for p in pending.iter_mut() {
+            if let Some(done) = self.known_txn(&p.app_id).await? {
+                p.retain_after(done)?;
+                p.durable = p.durable.max(Some(done));
+                outcome.insert(
+                    p.app_id.clone(),
+                    Durable {
+                        position: Some(done),
+                        table_version: self.version(),
+                    },
+                );
+            }
         }
         let rows: usize = pending.iter().map(Pending::rows).sum();
         if rows == 0 {
@@ -491,12 +539,13 @@ impl Committer {
             .table
             .snapshot()
             .map_err(delta_error("the table is not loaded"))?;
+        let read_version = snapshot.version();
         let properties = CommitProperties::default()
             .with_application_transactions(transactions)
             .with_max_retries(COMMIT_RETRIES)
             .with_metadata([
                 ("isBlindAppend".to_owned(), json!(true)),
-                ("readVersion".to_owned(), json!(snapshot.version())),
+                ("readVersion".to_owned(), json!(read_version)),
             ]);
         let files = adds.len();
         let actions = adds.into_iter().map(Action::Add).collect();
@@ -507,8 +556,28 @@ impl Committer {
             .await
             .map_err(delta_error("cannot prepare the commit"))?
             .await
-            .map_err(delta_error("commit failed"))?;
+            .map_err(|e| {
+                if matches!(
+                    &e,
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            CommitConflictError::ConcurrentTransaction
+                        )
+                    }
+                ) {
+                    self.conflicted = true;
+                }
+                format!("commit failed: {e}")
+            })?;
         let version = post_commit.version;
+        if version == read_version + 1 {
+            // Nobody else committed in between: what was known at the read version still holds.
+            for entry in self.txn_cache.values_mut() {
+                if entry.0 == read_version {
+                    entry.0 = version;
+                }
+            }
+        }
         // The commit is in the log from here on.
         shared.location.sync_commit(version).await?;
         match post_commit.await {
@@ -520,6 +589,8 @@ impl Committer {
             }
         }
         for (app_id, position) in committed {
+            self.txn_cache
+                .insert(app_id.clone(), (self.version(), Some(position)));
             outcome.insert(
                 app_id,
                 Durable {

@@ -1,0 +1,534 @@
+//! Sharing a pipeline's partitions between processes through ownership claims in the checkpoint
+//! store, with the load-balancing of the Azure SDKs' event processors:
+//!
+//! - every cycle (`renew_interval`, a third of the expiry by default) the manager lists the
+//!   claims, renews its own (a conditional write on the version it holds: a failed renewal means
+//!   another process took the partition), and counts the live owners (claims renewed within the
+//!   expiry);
+//! - it then aims at an even share: `partitions / owners`, one more for as many owners as the
+//!   division leaves over. Below its share it claims partitions nobody owns (never claimed,
+//!   released, or whose owner stopped renewing), and when none are left it steals from owners
+//!   above their share;
+//! - a partition acquired starts a worker that resumes from the partition's checkpoint (whoever
+//!   wrote it); a partition lost stops its worker, which finishes its batch and checkpoints; at
+//!   shutdown every worker stops and every claim is released, so the others take the partitions
+//!   at their next cycle instead of waiting for the expiry.
+//!
+//! A process that is killed keeps its claims until they expire: its partitions move within the
+//! expiry plus one cycle. While a stolen partition's old owner has not noticed yet, both may
+//! process it; the Delta sink's per-partition transactions make the second commit of the same
+//! positions a no-op, and at-least-once sinks carry deterministic ids.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{PipelineContext, WorkerError, WorkerReport, build_worker};
+use crate::checkpoint::Ownership;
+use crate::config::OwnershipConfig;
+use crate::event::{PartitionId, now_millis};
+use crate::metrics::names;
+use crate::source::{PartitionStart, Source};
+
+/// A partition this process owns and the worker reading it.
+struct Owned {
+    /// The claim as last written by this process.
+    claim: Ownership,
+    /// When the claim was last written successfully.
+    renewed_at: Instant,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<Result<WorkerReport, WorkerError>>,
+}
+
+/// Claims, renews, balances and releases the partitions of one pipeline, starting and stopping
+/// their workers.
+pub(crate) struct OwnershipManager {
+    context: Arc<PipelineContext>,
+    source: Arc<dyn Source>,
+    owner: String,
+    expiry: Duration,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+    partitions: u32,
+    owned: BTreeMap<PartitionId, Owned>,
+    /// Partitions whose worker reached the end of its partition here (sources that end).
+    ended: BTreeSet<PartitionId>,
+    reports: Vec<WorkerReport>,
+    /// Workers say here that they finished.
+    done_sender: mpsc::UnboundedSender<PartitionId>,
+    done: mpsc::UnboundedReceiver<PartitionId>,
+    random: u64,
+}
+
+/// Why a cycle could not use the store.
+type CycleResult = Result<(), WorkerError>;
+
+impl OwnershipManager {
+    pub(crate) fn new(
+        context: Arc<PipelineContext>,
+        source: Arc<dyn Source>,
+        config: &OwnershipConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let seed = seed();
+        let owner = config
+            .owner_id
+            .clone()
+            .unwrap_or_else(|| format!("weir-{}-{seed:016x}", std::process::id()));
+        let expiry = config.expiry.get();
+        let interval = config
+            .renew_interval
+            .map_or(expiry / 3, |interval| interval.get());
+        let (done_sender, done) = mpsc::unbounded_channel();
+        OwnershipManager {
+            partitions: source.partition_count(),
+            context,
+            source,
+            owner,
+            expiry,
+            interval,
+            shutdown,
+            owned: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            reports: Vec::new(),
+            done_sender,
+            done,
+            random: seed | 1,
+        }
+    }
+
+    /// This process's owner id.
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs until shutdown (or until every partition has ended here), then stops the workers,
+    /// releases the claims and returns the workers' reports.
+    pub(crate) async fn run(mut self) -> Result<Vec<WorkerReport>, WorkerError> {
+        let outcome = self.balance_until_stopped().await;
+        // Whatever ended the loop, the workers stop cleanly and the claims are given back.
+        let partitions: Vec<PartitionId> = self.owned.keys().copied().collect();
+        let stopped = self.stop_workers(&partitions, "shutdown").await;
+        outcome?;
+        stopped?;
+        self.reports.sort_by_key(|r| r.partition);
+        Ok(self.reports)
+    }
+
+    async fn balance_until_stopped(&mut self) -> CycleResult {
+        loop {
+            if *self.shutdown.borrow() {
+                return Ok(());
+            }
+            self.reap_finished().await?;
+            if self.ended.len() as u32 >= self.partitions {
+                tracing::info!(pipeline = %self.context.name, "every partition was read to its end");
+                return Ok(());
+            }
+            self.cycle().await?;
+            let next = Instant::now() + self.interval;
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                _ = self.shutdown.changed() => {}
+                Some(_) = self.done.recv() => {}
+            }
+        }
+    }
+
+    /// Collects the workers that ended by themselves: their partition reached its end, or they
+    /// failed (which stops the process, as in a pipeline without ownership).
+    async fn reap_finished(&mut self) -> CycleResult {
+        let finished: Vec<PartitionId> = self
+            .owned
+            .iter()
+            .filter(|(_, owned)| owned.handle.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in finished {
+            let Some(owned) = self.owned.remove(&partition) else {
+                continue;
+            };
+            let report = join(owned.handle, &self.context.name, partition).await?;
+            self.reports.push(report);
+            self.ended.insert(partition);
+            tracing::info!(pipeline = %self.context.name, partition, "partition read to its end; releasing it");
+            self.release(vec![owned.claim]).await;
+        }
+        Ok(())
+    }
+
+    /// One round of the protocol: see which claims are still ours, renew them, balance.
+    async fn cycle(&mut self) -> CycleResult {
+        let store = self.context.checkpoints.clone();
+        let pipeline = self.context.name.clone();
+        let expiry_ms = i64::try_from(self.expiry.as_millis()).unwrap_or(i64::MAX);
+        let records = match store.list_ownership(&pipeline).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(pipeline = %pipeline, %error, "cannot list ownership claims; retrying next cycle");
+                return self.drop_stale_claims().await;
+            }
+        };
+        let by_partition: HashMap<PartitionId, &Ownership> =
+            records.iter().map(|r| (r.partition, r)).collect();
+
+        // Claims someone else has written over.
+        let taken: Vec<PartitionId> = self
+            .owned
+            .keys()
+            .copied()
+            .filter(|p| by_partition.get(p).is_none_or(|r| r.owner != self.owner))
+            .collect();
+        if !taken.is_empty() {
+            self.stop_workers(&taken, "taken by another process")
+                .await?;
+        }
+
+        // Renew the rest, each at the version it was left at.
+        let renewals: Vec<Ownership> = self
+            .owned
+            .iter()
+            .map(|(partition, owned)| Ownership {
+                partition: *partition,
+                owner: self.owner.clone(),
+                last_modified: 0,
+                version: by_partition
+                    .get(partition)
+                    .and_then(|r| r.version.clone())
+                    .or_else(|| owned.claim.version.clone()),
+            })
+            .collect();
+        if !renewals.is_empty() {
+            match store.claim_ownership(&pipeline, &renewals).await {
+                Ok(won) => {
+                    let won: HashMap<PartitionId, Ownership> =
+                        won.into_iter().map(|o| (o.partition, o)).collect();
+                    let lost: Vec<PartitionId> = self
+                        .owned
+                        .keys()
+                        .copied()
+                        .filter(|p| !won.contains_key(p))
+                        .collect();
+                    for (partition, claim) in won {
+                        if let Some(owned) = self.owned.get_mut(&partition) {
+                            owned.claim = claim;
+                            owned.renewed_at = Instant::now();
+                        }
+                    }
+                    if !lost.is_empty() {
+                        self.stop_workers(&lost, "renewal lost to another process")
+                            .await?;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(pipeline = %pipeline, %error, "cannot renew ownership claims; retrying next cycle");
+                    return self.drop_stale_claims().await;
+                }
+            }
+        }
+
+        // Balance.
+        let now = now_millis();
+        let mut others: BTreeMap<&str, Vec<PartitionId>> = BTreeMap::new();
+        for record in &records {
+            if record.owner != self.owner
+                && record.is_active(now, expiry_ms)
+                && !self.owned.contains_key(&record.partition)
+            {
+                others
+                    .entry(record.owner.as_str())
+                    .or_default()
+                    .push(record.partition);
+            }
+        }
+        let owners = others.len() as u32 + 1;
+        let min = self.partitions / owners;
+        let extra = self.partitions % owners;
+        let max_share = min + u32::from(extra > 0);
+        let mine = self.owned.len() as u32;
+        let others_above_min = others.values().filter(|p| p.len() as u32 > min).count() as u32;
+        let target = if mine < min {
+            min
+        } else if extra > 0 && mine == min && others_above_min < extra {
+            min + 1
+        } else {
+            mine
+        };
+        let mut need = target.saturating_sub(mine) as usize;
+        if need == 0 {
+            self.report_owned();
+            return Ok(());
+        }
+        let mut free: Vec<PartitionId> = (0..self.partitions)
+            .filter(|p| {
+                !self.owned.contains_key(p)
+                    && !self.ended.contains(p)
+                    && by_partition
+                        .get(p)
+                        .is_none_or(|r| !r.is_active(now, expiry_ms))
+            })
+            .collect();
+        self.shuffle(&mut free);
+        let mut claims: Vec<Ownership> = free
+            .into_iter()
+            .take(need)
+            .map(|partition| Ownership {
+                partition,
+                owner: self.owner.clone(),
+                last_modified: 0,
+                version: by_partition.get(&partition).and_then(|r| r.version.clone()),
+            })
+            .collect();
+        need -= claims.len();
+        // Nothing free left: take from the owners above their share (or at it, while this
+        // process is below the minimum).
+        while need > 0 {
+            let limit = if (mine + claims.len() as u32) < min {
+                min
+            } else {
+                max_share
+            };
+            let Some((_, partitions)) = others
+                .iter_mut()
+                .filter(|(_, partitions)| partitions.len() as u32 > limit)
+                .max_by_key(|(_, partitions)| partitions.len())
+            else {
+                break;
+            };
+            let index = (self.next_random() % partitions.len() as u64) as usize;
+            let partition = partitions.swap_remove(index);
+            if self.ended.contains(&partition) {
+                continue;
+            }
+            claims.push(Ownership {
+                partition,
+                owner: self.owner.clone(),
+                last_modified: 0,
+                version: by_partition.get(&partition).and_then(|r| r.version.clone()),
+            });
+            need -= 1;
+        }
+        if claims.is_empty() {
+            self.report_owned();
+            return Ok(());
+        }
+        let won = match store.claim_ownership(&pipeline, &claims).await {
+            Ok(won) => won,
+            Err(error) => {
+                tracing::warn!(pipeline = %pipeline, %error, "cannot claim partitions; retrying next cycle");
+                return Ok(());
+            }
+        };
+        for claim in won {
+            let partition = claim.partition;
+            let previous = by_partition
+                .get(&partition)
+                .map(|r| r.owner.clone())
+                .filter(|owner| !owner.is_empty());
+            if let Err(reason) = self.start_worker(claim.clone()).await {
+                tracing::error!(pipeline = %pipeline, partition, %reason, "cannot start the partition's worker; releasing it");
+                self.release(vec![claim]).await;
+                continue;
+            }
+            self.count_change("acquired");
+            tracing::info!(
+                pipeline = %pipeline, partition, owner = %self.owner,
+                previous_owner = previous.as_deref().unwrap_or("(none)"),
+                "partition acquired"
+            );
+        }
+        self.report_owned();
+        Ok(())
+    }
+
+    /// Without the store, claims not renewed within the expiry may have been taken: stop them.
+    async fn drop_stale_claims(&mut self) -> CycleResult {
+        let stale: Vec<PartitionId> = self
+            .owned
+            .iter()
+            .filter(|(_, owned)| owned.renewed_at.elapsed() >= self.expiry)
+            .map(|(partition, _)| *partition)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.stop_workers(&stale, "claim expired while the store was unreachable")
+            .await
+    }
+
+    /// Opens the partition after its checkpoint and starts its worker.
+    async fn start_worker(&mut self, claim: Ownership) -> Result<(), String> {
+        let partition = claim.partition;
+        let context = &self.context;
+        let checkpoint = context
+            .checkpoints
+            .load(&context.name, partition)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let mut readers = self
+            .source
+            .open(vec![PartitionStart {
+                partition,
+                after: checkpoint.position,
+            }])
+            .await
+            .map_err(|e| e.to_string())?;
+        let reader = readers
+            .pop()
+            .ok_or_else(|| "the source opened no reader".to_owned())?;
+        let (stop, stop_receiver) = watch::channel(false);
+        let worker = build_worker(context, reader, checkpoint, stop_receiver)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = self.done_sender.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = worker.run().await;
+            let _ = done.send(partition);
+            outcome
+        });
+        self.owned.insert(
+            partition,
+            Owned {
+                claim,
+                renewed_at: Instant::now(),
+                stop,
+                handle,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops the workers of `partitions` (each finishes its batch and checkpoints) and forgets
+    /// their claims. A worker that fails while stopping fails the run only at shutdown: a
+    /// partition lost to another process is that process's now.
+    async fn stop_workers(&mut self, partitions: &[PartitionId], why: &str) -> CycleResult {
+        let mut stopping = Vec::new();
+        for partition in partitions {
+            if let Some(owned) = self.owned.remove(partition) {
+                owned.stop.send_replace(true);
+                stopping.push((*partition, owned));
+            }
+        }
+        let mut first_error = None;
+        for (partition, owned) in stopping {
+            match join(owned.handle, &self.context.name, partition).await {
+                Ok(report) => self.reports.push(report),
+                Err(error) if why == "shutdown" => {
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => {
+                    tracing::warn!(pipeline = %self.context.name, partition, %error, "the worker of a lost partition failed while stopping");
+                }
+            }
+            if why == "shutdown" {
+                self.release(vec![owned.claim]).await;
+            } else {
+                self.count_change("lost");
+                tracing::info!(pipeline = %self.context.name, partition, reason = why, "partition lost; its worker stopped");
+            }
+        }
+        self.report_owned();
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives claims back (empty owner), so others need not wait for the expiry.
+    async fn release(&self, claims: Vec<Ownership>) {
+        let releases: Vec<Ownership> = claims
+            .into_iter()
+            .map(|claim| Ownership {
+                owner: String::new(),
+                ..claim
+            })
+            .collect();
+        if releases.is_empty() {
+            return;
+        }
+        match self
+            .context
+            .checkpoints
+            .claim_ownership(&self.context.name, &releases)
+            .await
+        {
+            Ok(released) => {
+                for claim in &released {
+                    tracing::info!(pipeline = %self.context.name, partition = claim.partition, "partition released");
+                }
+                self.context.metrics.add(
+                    names::OWNERSHIP_CHANGES,
+                    &[("pipeline", &self.context.name), ("change", "released")],
+                    released.len() as u64,
+                );
+            }
+            Err(error) => {
+                tracing::warn!(pipeline = %self.context.name, %error, "cannot release ownership claims; they expire by themselves");
+            }
+        }
+    }
+
+    fn count_change(&self, change: &'static str) {
+        self.context.metrics.add(
+            names::OWNERSHIP_CHANGES,
+            &[("pipeline", &self.context.name), ("change", change)],
+            1,
+        );
+    }
+
+    fn report_owned(&self) {
+        self.context.metrics.set(
+            names::OWNED_PARTITIONS,
+            &[("pipeline", &self.context.name)],
+            self.owned.len() as f64,
+        );
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: spreads competing processes over different free partitions.
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x
+    }
+
+    fn shuffle(&mut self, items: &mut [PartitionId]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_random() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Waits for a worker task and turns a panic into a worker error.
+async fn join(
+    handle: JoinHandle<Result<WorkerReport, WorkerError>>,
+    pipeline: &str,
+    partition: PartitionId,
+) -> Result<WorkerReport, WorkerError> {
+    match handle.await {
+        Ok(outcome) => outcome,
+        Err(join_error) => Err(WorkerError::Stage(crate::stage::StageError {
+            pipeline: pipeline.into(),
+            stage: "(worker)".into(),
+            partition,
+            reason: format!("worker task failed: {join_error}"),
+        })),
+    }
+}
+
+/// A seed that differs between processes and starts.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_i64(now_millis());
+    hasher.finish()
+}

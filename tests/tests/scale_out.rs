@@ -1,0 +1,211 @@
+//! Scale-out: three `weir run` processes with the same configuration share the eight partitions
+//! of one Kafka topic through ownership claims in Blob Storage (Azurite). One is killed with
+//! SIGKILL while events arrive; the other two take its partitions once its claims expire and
+//! resume from its checkpoints. The Delta table (read by Python's deltalake) holds every event
+//! exactly once, and the alerts (deduplicated by their id header) are exactly the rule's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
+use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
+use weir_tests::{WeirProcess, read_delta};
+
+const NAMESPACE: &str = "scale.servicebus.windows.net";
+const EXPIRY_SECS: u64 = 3;
+
+/// Owner id per partition, as the Azure SDK's checkpoint store lists the live claims.
+fn owners(azurite: &Azurite) -> BTreeMap<String, String> {
+    let Ok(out) = azurite.try_python(&format!(
+        r#"
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+store = BlobCheckpointStore.from_connection_string(CONN, "checkpoints")
+print(json.dumps({{o["partition_id"]: o.get("owner_id") or "" for o in store.list_ownership("{NAMESPACE}", "telemetry", "weir")}}))
+"#
+    )) else {
+        return BTreeMap::new();
+    };
+    serde_json::from_str(out.trim()).unwrap_or_default()
+}
+
+/// The text without terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
+    let azurite = Azurite::start();
+    azurite.create_container("checkpoints");
+    let broker = KafkaBroker::start();
+    create_topic(&broker.address(), "telemetry", 8);
+    create_topic(&broker.address(), "alerts", 4);
+    let readings = generated_readings(32, 500, 21);
+    let records = telemetry_records(&readings, 8);
+    let (first, rest) = records.split_at(records.len() / 4);
+    produce(&broker.address(), "telemetry", first);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut pipeline = KafkaPipeline::new(&broker.address(), "telemetry");
+    pipeline.alerts_topic = Some("alerts".to_owned());
+    pipeline.checkpoint = format!(
+        "ownership = {{ expiry = \"{EXPIRY_SECS}s\", renew_interval = \"500ms\" }}\n\
+         azure_blob = {{ account = \"{AZURITE_ACCOUNT}\", container = \"checkpoints\", endpoint = \"{}\", options = {{ azure_storage_account_key = \"{AZURITE_KEY}\" }} }}",
+        azurite.blob_endpoint()
+    );
+    let configs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let path = pipeline.write(dir.path(), &format!("weir-{name}.toml"));
+            let text = std::fs::read_to_string(&path).expect("config");
+            let text = text.replace(
+                "fetch_max_wait = \"100ms\"",
+                &format!("fetch_max_wait = \"100ms\"\nnamespace = \"{NAMESPACE}\"\nconsumer_group = \"weir\""),
+            );
+            std::fs::write(&path, text).expect("config");
+            path
+        })
+        .collect();
+    let mut processes: Vec<Option<WeirProcess>> = configs
+        .iter()
+        .map(|config| Some(WeirProcess::run(config)))
+        .collect();
+
+    // Balanced: three owners, 3 + 3 + 2 partitions.
+    let mut owned = BTreeMap::new();
+    wait_for(
+        "three owners sharing eight partitions",
+        Duration::from_secs(120),
+        || {
+            owned = owners(&azurite);
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for owner in owned.values().filter(|o| !o.is_empty()) {
+                *counts.entry(owner.as_str()).or_default() += 1;
+            }
+            let mut shares: Vec<usize> = counts.values().copied().collect();
+            shares.sort_unstable();
+            owned.len() == 8 && shares == [2, 3, 3]
+        },
+    );
+
+    // Under load: the rest of the events arrive while one process is killed.
+    let address = broker.address();
+    let rest = rest.to_vec();
+    let producer = std::thread::spawn(move || {
+        for chunk in rest.chunks(1500) {
+            produce(&address, "telemetry", chunk);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let victim = processes[0].take().expect("process a");
+    let victim_log = strip_ansi(&victim.log_text());
+    let victim_owner = victim_log
+        .lines()
+        .find_map(|l| l.split("owner=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the killed process logged its owner id")
+        .to_owned();
+    let victim_partitions: BTreeSet<String> = owners(&azurite)
+        .into_iter()
+        .filter(|(_, owner)| *owner == victim_owner)
+        .map(|(partition, _)| partition)
+        .collect();
+    assert!(
+        !victim_partitions.is_empty(),
+        "{victim_owner} owned partitions"
+    );
+    victim.kill9();
+    let killed_at = Instant::now();
+
+    // Its partitions move to the survivors once its claims expire.
+    wait_for(
+        "the killed process's partitions to move",
+        Duration::from_secs(120),
+        || {
+            let now = owners(&azurite);
+            victim_partitions.iter().all(|p| {
+                now.get(p)
+                    .is_some_and(|owner| !owner.is_empty() && *owner != victim_owner)
+            })
+        },
+    );
+    let takeover = killed_at.elapsed();
+    println!(
+        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_SECS} s)",
+        takeover.as_secs_f64()
+    );
+    // Within the expiry plus a renewal cycle; the margin covers the listing through Python and
+    // a loaded machine.
+    assert!(
+        takeover < Duration::from_secs(EXPIRY_SECS + 6),
+        "takeover took {takeover:?}"
+    );
+    producer.join().expect("producer");
+
+    // The survivors catch up with everything.
+    let table_path = dir.path().join("delta/raw_telemetry");
+    wait_for("every event in the table", Duration::from_secs(300), || {
+        std::thread::sleep(Duration::from_secs(2));
+        read_delta(&table_path).rows.len() >= readings.len()
+    });
+    let survivor_logs: Vec<String> = processes
+        .iter()
+        .flatten()
+        .map(WeirProcess::log_text)
+        .collect();
+    for process in processes.iter().flatten() {
+        process.terminate();
+    }
+    for process in processes.into_iter().flatten() {
+        assert!(process.wait(Duration::from_secs(60)).success());
+    }
+    assert!(
+        survivor_logs
+            .iter()
+            .any(|l| l.contains("resuming from checkpoint")),
+        "the survivors resumed the killed process's partitions from its checkpoints"
+    );
+
+    let table = read_delta(&table_path);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in &table.rows {
+        *counts
+            .entry(row["EventId"].as_str().expect("EventId"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "rows written twice: {twice:?}");
+    assert_eq!(table.rows.len(), readings.len());
+    assert!(
+        readings
+            .iter()
+            .all(|r| counts.contains_key(r.event_id.as_str()))
+    );
+
+    let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
+    for record in read_all(&broker.address(), "alerts") {
+        let id = record.headers.get("weir-id").expect("id header").clone();
+        let alert: Value = serde_json::from_str(&record.value).expect("JSON alert");
+        if let Some(previous) = alerts.insert(id.clone(), alert.clone()) {
+            assert_eq!(previous, alert, "two different alerts share the id {id}");
+        }
+    }
+    let alerts: Vec<Value> = alerts.into_values().collect();
+    assert_alerts_match(&alerts, &expected_alerts(&readings));
+}
