@@ -114,6 +114,14 @@ pub fn events_in(address: &str, pipeline: &str) -> u64 {
         .sum()
 }
 
+/// Waits until `/readyz` answers 200: every pipeline started and its plugin slots registered (the
+/// admin API answers before that, while the pipelines start).
+pub fn wait_ready(address: &str, timeout: Duration) {
+    wait_until(timeout, "/readyz to answer 200", || {
+        http(address, "GET", "/readyz", None, b"").0 == 200
+    });
+}
+
 /// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

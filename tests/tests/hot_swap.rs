@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weir_tests::service::{
     Feeder, SwapOptions, TOKEN, events_in, http, install_atomically, plugin_report, swap_pipeline,
-    version_of, wait_until,
+    version_of, wait_ready, wait_until,
 };
 use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
@@ -227,6 +227,7 @@ fn swapped_by_file_and_api_under_load_every_event_once_with_its_version_and_stat
     let skip = std::fs::read_to_string(&log_path).unwrap_or_default().len();
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(skip, WAIT);
+    wait_ready(&admin, WAIT);
     let report = plugin_report(&admin, "telemetry", "anomaly");
     assert_eq!(report["active"], v2.as_str(), "{report}");
     let last = report["activations"]

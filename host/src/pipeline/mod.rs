@@ -236,6 +236,10 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
+            // How the file looked before it was read: the watcher compares later changes to it.
+            services
+                .plugins
+                .note_file_read(&path, crate::plugin::watch::fingerprint(&path));
             let compiled = tokio::task::spawn_blocking(move || {
                 let bytes = std::fs::read(&compile_path).map_err(|source| PluginError::Read {
                     path: compile_path.clone(),

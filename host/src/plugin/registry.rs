@@ -4,15 +4,20 @@
 //! over); the registry only hands out type-erased [`SlotControl`]s, so that every kind of stage
 //! is listed, swapped and rolled back the same way.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::slot::SlotControl;
+use super::watch::Fingerprint;
 
 /// The plugin slots of a process.
 #[derive(Clone, Default)]
 pub struct PluginRegistry {
     slots: Arc<RwLock<Vec<Arc<dyn SlotControl>>>>,
+    /// Each plugin file as it was when first read, so that the watcher also notices a file
+    /// replaced between that read and its own first look.
+    loaded: Arc<RwLock<HashMap<PathBuf, Option<Fingerprint>>>>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
@@ -65,6 +70,25 @@ impl PluginRegistry {
         files.sort();
         files.dedup();
         files
+    }
+
+    /// Notes how `file` looked just before it was read to load its first version (the first note
+    /// per file counts).
+    pub(crate) fn note_file_read(&self, file: &Path, seen: Option<Fingerprint>) {
+        self.loaded
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(file.to_path_buf())
+            .or_insert(seen);
+    }
+
+    /// How `file` looked when it was read at load, if that was noted.
+    pub(crate) fn fingerprint_at_load(&self, file: &Path) -> Option<Option<Fingerprint>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(file)
+            .copied()
     }
 
     /// The slots whose plugin file is `file`.

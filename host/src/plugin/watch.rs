@@ -19,13 +19,13 @@ use super::slot::{Offered, VersionOrigin};
 
 /// What identifies a file's content cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
+pub(crate) struct Fingerprint {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
 }
 
-fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
+pub(crate) fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
@@ -57,9 +57,10 @@ pub async fn watch(registry: PluginRegistry, poll: Duration, settle: Duration) {
         for path in registry.files() {
             let now = Instant::now();
             let current = fingerprint(&path);
-            let watched = files.entry(path.clone()).or_insert(Watched {
-                // The content present when watching starts is what the slots loaded.
-                handled: current,
+            let watched = files.entry(path.clone()).or_insert_with(|| Watched {
+                // What the slots loaded: the file as it was just before it was read at start
+                // (it may have been replaced since, before this first look).
+                handled: registry.fingerprint_at_load(&path).unwrap_or(current),
                 seen: None,
             });
             let Some(current) = current else {
