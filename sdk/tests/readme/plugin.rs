@@ -17,10 +17,10 @@ struct Last {
 #[weir_sdk::transform]
 fn process(event: &Event, ctx: &mut Context) -> Result<()> {
     let reading: Reading = event.json()?;              // a bad event is rejected with the reason
-    if let Some(last) = ctx.get::<Last>(&reading.device_id)? {
-        if (reading.temperature - last.temperature).abs() > 15.0 {
-            ctx.emit("alerts", &serde_json::json!({ "DeviceId": &*reading.device_id }))?;
-        }
+    if let Some(last) = ctx.get::<Last>(&reading.device_id)?
+        && (reading.temperature - last.temperature).abs() > 15.0
+    {
+        ctx.emit("alerts", &serde_json::json!({ "DeviceId": &*reading.device_id }))?;
     }
     ctx.put(&reading.device_id, &Last { temperature: reading.temperature, time: event.time() })?;
     ctx.forward("rows");                               // the input, unchanged, to output `rows`
