@@ -26,7 +26,7 @@ use crate::event::{Event, Position};
 use crate::json::{FieldValue, top_level_field};
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, JoinPair, JoinRequest, OutputBatch};
-use crate::plugin::{CallError, KeyedState, PluginSlot};
+use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark};
 
 /// An interval join's settings, durations in milliseconds.
@@ -115,7 +115,7 @@ struct Pending {
 pub struct JoinStage {
     name: Arc<str>,
     settings: JoinSettings,
-    slot: PluginSlot,
+    slot: InstanceSlot,
     state: JoinState,
     metrics: Metrics,
     batch: EventBatch,
@@ -137,7 +137,7 @@ impl JoinStage {
     pub fn new(
         name: Arc<str>,
         settings: JoinSettings,
-        slot: impl FnOnce(KeyedState) -> PluginSlot,
+        slot: impl FnOnce(KeyedState) -> InstanceSlot,
         snapshot: Option<&[u8]>,
         metrics: Metrics,
     ) -> Result<Self, DecodeError> {

@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{
     EventBatch, FinishRequest, FoldRequest, OutputBatch, Window as WitWindow,
 };
-use crate::plugin::{CallError, KeyedState, PluginSlot};
+use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark, format_millis};
 
 /// What kind of windows a stage makes, with durations in milliseconds.
@@ -157,7 +157,7 @@ struct Closed {
 pub struct WindowStage {
     name: Arc<str>,
     settings: WindowSettings,
-    slot: PluginSlot,
+    slot: InstanceSlot,
     state: WindowState,
     metrics: Metrics,
     batch: EventBatch,
@@ -179,7 +179,7 @@ impl WindowStage {
     pub fn new(
         name: Arc<str>,
         settings: WindowSettings,
-        slot: impl FnOnce(KeyedState) -> PluginSlot,
+        slot: impl FnOnce(KeyedState) -> InstanceSlot,
         snapshot: Option<&[u8]>,
         metrics: Metrics,
     ) -> Result<Self, DecodeError> {
