@@ -261,7 +261,8 @@ fn device_health_alerts_equal_a_plain_fold_over_the_input() {
 
 #[test]
 fn killed_with_open_windows_and_restarted_gives_the_same_aggregates() {
-    let readings = ordered_readings(60, 500, 33);
+    // Large enough that three kills land before the input ends, even when the stream runs fast.
+    let readings = ordered_readings(60, 1000, 33);
     let shuffled = with_duplicates(&shuffle_within(&readings, 3000, 6), 97);
     let reference = tempfile::tempdir().expect("temp dir");
     let input = reference.path().join("telemetry.jsonl");
