@@ -18,8 +18,8 @@ use weir::metrics::Metrics;
 use weir::plugin::slot::SlotSetup;
 use weir::plugin::store::VersionStore;
 use weir::plugin::{
-    InstanceSettings, KeyedState, LoadedPlugin, PluginEngine, PluginRegistry, PluginScope,
-    PluginSlot, RollbackPolicy, TransformPlugin,
+    InstanceSettings, KeyedState, PluginEngine, PluginRegistry, PluginScope, PluginSlot,
+    RollbackPolicy,
 };
 use weir::source::simulator::SimulatorSource;
 use weir::source::{PartitionStart, ReadOutcome, Source};
@@ -55,7 +55,7 @@ fn main() {
         .expect("engine")
         .with_cache(&store.compiled_dir());
     let bytes = std::fs::read(&file).expect("plugin");
-    let first = TransformPlugin::load(&engine, &file, &bytes).expect("plugin");
+    let first = engine.transform_from_bytes(&file, &bytes).expect("plugin");
     let slot = PluginSlot::open(
         SlotSetup {
             pipeline: "bench".into(),

@@ -83,7 +83,8 @@ fn bookings_fact_equals_the_join_of_seats_with_payments_within_two_minutes() {
 
 #[test]
 fn killed_with_pending_joins_and_restarted_gives_the_same_fact_table() {
-    let orders = generated_orders(7000, 9);
+    // Large enough that three kills land before the input ends, even when the stream runs fast.
+    let orders = generated_orders(14000, 9);
     let reference = tempfile::tempdir().expect("temp dir");
     let input = reference.path().join("bookings.jsonl");
     write_orders(&input, &orders);

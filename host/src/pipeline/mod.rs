@@ -292,18 +292,15 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
         max_trap_ratio: config.plugins.rollback.max_trap_ratio,
         max_error_ratio: config.plugins.rollback.max_error_ratio,
     };
-    // Per-event transform stages only: window and join stages run the version they start with.
+    // Every stage with a plugin has one: per-event transforms, window aggregates and joins.
     let mut slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         for stage in &pipeline.stages {
-            let (Some(plugin), Some(PluginKind::Transform)) = (&stage.plugin, plugin_kind(stage))
-            else {
+            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
                 continue;
             };
             let path = loaded.resolve(plugin);
-            let Some((plugin, bytes)) =
-                plugins.get(&(path.clone(), PluginKind::Transform)).cloned()
-            else {
+            let Some((plugin, bytes)) = plugins.get(&(path.clone(), kind)).cloned() else {
                 continue;
             };
             let setup = SlotSetup {
@@ -522,8 +519,8 @@ pub(crate) struct PipelineContext {
     pub(crate) references: HashMap<String, crate::reference::ReferenceTables>,
     /// The pipeline's watermark: every partition's clock registers here.
     pub(crate) watermarks: Arc<PipelineWatermarks>,
-    /// Each per-event transform stage's plugin slot, by stage name: workers started at any time
-    /// run the version active then and swap with the others.
+    /// Each plugin stage's version slot, by stage name: workers started at any time run the
+    /// version active then and swap with the others.
     pub(crate) slots: HashMap<String, Arc<PluginSlot<Plugin>>>,
     /// The checkpoint store.
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,

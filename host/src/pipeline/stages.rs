@@ -32,6 +32,20 @@ pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
     }
 }
 
+/// A window or join stage's instance slot, following the stage's version slot when it has one.
+fn instance_slot(
+    plugin: Arc<Plugin>,
+    settings: Arc<InstanceSettings>,
+    keyed: KeyedState,
+    versions: Option<Arc<PluginSlot<Plugin>>>,
+) -> InstanceSlot {
+    let slot = InstanceSlot::new(plugin, settings, keyed);
+    match versions {
+        Some(versions) => slot.following(versions),
+        None => slot,
+    }
+}
+
 /// What every stage of one pipeline partition is built from.
 pub(crate) struct StageBuilder<'a> {
     pub(crate) loaded: &'a LoadedConfig,
@@ -40,7 +54,7 @@ pub(crate) struct StageBuilder<'a> {
     pub(crate) partition: u32,
     pub(crate) checkpoint: &'a Checkpoint,
     pub(crate) plugins: &'a HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
-    /// Per-event transform stages' version slots by stage name (hot swap, probation, rollback).
+    /// Plugin stages' version slots by stage name (hot swap, probation, rollback).
     pub(crate) slots: &'a HashMap<String, Arc<PluginSlot<Plugin>>>,
     /// Reference tables by stage name.
     pub(crate) references: &'a HashMap<String, ReferenceTables>,
@@ -159,7 +173,7 @@ impl StageBuilder<'_> {
                 JoinStage::new(
                     stage.name.as_str().into(),
                     JoinSettings::from_config(join),
-                    |keyed| InstanceSlot::new(plugin, settings, keyed),
+                    |keyed| instance_slot(plugin, settings, keyed, slot),
                     snapshot,
                     self.metrics.clone(),
                 )
@@ -171,7 +185,7 @@ impl StageBuilder<'_> {
                 WindowStage::new(
                     stage.name.as_str().into(),
                     WindowSettings::from_config(window),
-                    |keyed| InstanceSlot::new(plugin, settings, keyed),
+                    |keyed| instance_slot(plugin, settings, keyed, slot),
                     snapshot,
                     self.metrics.clone(),
                 )

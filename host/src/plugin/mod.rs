@@ -117,17 +117,21 @@ pub enum PluginError {
     Engine(String),
 }
 
-/// A compiled, validated plugin of one kind of stage: what a [`PluginSlot`] holds. Each kind
-/// (per-event transform here; window aggregate and join enrichment alike) implements it, so
-/// that every stage kind gets hot swap, versions and rollback from the same slot.
+/// A compiled, validated plugin of one kind of stage: what a [`PluginSlot`] holds. [`Plugin`]
+/// implements it for every kind (per-event transform, window aggregate, join enrichment), so that
+/// every stage kind gets hot swap, versions and rollback from the same slot.
 pub trait LoadedPlugin: Send + Sync + 'static {
     /// The world the plugin implements, such as `weir:plugin/event-transform@0.1.0`.
-    fn world() -> &'static str
-    where
-        Self: Sized;
+    fn world(&self) -> &'static str;
 
-    /// Compiles `bytes` and validates them against the world; `path` names the plugin.
-    fn load(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Arc<Self>, PluginError>
+    /// Compiles `bytes` as another version of this plugin and validates them against the same
+    /// world; `path` names the new version.
+    fn load_version(
+        &self,
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<Self>, PluginError>
     where
         Self: Sized;
 
@@ -341,12 +345,17 @@ pub fn content_version(bytes: &[u8]) -> String {
 }
 
 impl LoadedPlugin for Plugin {
-    fn world() -> &'static str {
-        bindings::TRANSFORM_WORLD
+    fn world(&self) -> &'static str {
+        self.kind.world()
     }
 
-    fn load(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Arc<Self>, PluginError> {
-        engine.transform_from_bytes(path, bytes)
+    fn load_version(
+        &self,
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<Self>, PluginError> {
+        engine.from_bytes(path, bytes, self.kind)
     }
 
     fn name(&self) -> &Arc<str> {

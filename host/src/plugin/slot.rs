@@ -305,6 +305,8 @@ pub struct PluginSlot<P: LoadedPlugin> {
     policy: RollbackPolicy,
     metrics: Metrics,
     generation: AtomicU64,
+    /// The version the slot was opened with: new versions are loaded as its kind (its world).
+    template: Arc<P>,
     inner: Mutex<Inner<P>>,
 }
 
@@ -341,6 +343,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             policy: RollbackPolicy::default(),
             metrics: Metrics::new(),
             generation: AtomicU64::new(1),
+            template: plugin.clone(),
             inner: Mutex::new(Inner {
                 active: plugin.clone(),
                 fallback: None,
@@ -415,8 +418,11 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             let path = store.bytes_path(&record.active);
             match std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| P::load(&engine, &path, &b).map_err(|e| e.to_string()))
-            {
+                .and_then(|b| {
+                    configured
+                        .load_version(&engine, &path, &b)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(resumed) => {
                     if let Some(entry) = versions
                         .iter_mut()
@@ -455,6 +461,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             policy,
             metrics,
             generation: AtomicU64::new(1),
+            template: configured,
             inner: Mutex::new(Inner {
                 active,
                 fallback: None,
@@ -724,7 +731,7 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         SlotReport {
             pipeline: self.pipeline.to_string(),
             stage: self.stage.to_string(),
-            world: P::world().to_owned(),
+            world: self.template.world().to_owned(),
             file: self.file.display().to_string(),
             active: active.clone(),
             probation: match (&inner.probation, &inner.fallback) {
@@ -800,7 +807,10 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
             )),
             VersionOrigin::File | VersionOrigin::Config => self.file.clone(),
         };
-        let plugin = P::load(engine, &label, &bytes).map_err(|e| self.refused(origin, e))?;
+        let plugin = self
+            .template
+            .load_version(engine, &label, &bytes)
+            .map_err(|e| self.refused(origin, e))?;
         if let Err(reason) = plugin.warm_up() {
             return Err(self.refused(
                 origin,
@@ -896,8 +906,10 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
                         source,
                     })
                 })?;
-                let plugin =
-                    P::load(engine, &path, &bytes).map_err(|e| self.refused(info.origin, e))?;
+                let plugin = self
+                    .template
+                    .load_version(engine, &path, &bytes)
+                    .map_err(|e| self.refused(info.origin, e))?;
                 let mut inner = self.lock();
                 if let Some(entry) = inner.versions.iter_mut().find(|e| e.info.version == target) {
                     entry.compiled = Some(plugin.clone());
