@@ -274,7 +274,7 @@ fn killed_with_open_windows_and_restarted_gives_the_same_aggregates() {
     let crashed = tempfile::tempdir().expect("temp dir");
     let config = aggregates_pipeline(crashed.path(), &input, "150ms");
     let mut kills = 0;
-    for (round, delay) in [600u64, 400, 900, 300].into_iter().enumerate() {
+    for (round, delay) in [400u64, 300, 500, 300].into_iter().enumerate() {
         let mut process = WeirProcess::run(&config);
         process.wait_for_start(round + 1, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(delay));
