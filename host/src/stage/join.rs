@@ -161,6 +161,11 @@ impl JoinStage {
         self.state.waiting.len()
     }
 
+    /// The plugin version the stage ran last (it follows its version slot at batch boundaries).
+    pub fn plugin_version(&self) -> &Arc<str> {
+        self.slot.plugin().version()
+    }
+
     fn error(&self, reason: String) -> StageError {
         let scope = &self.slot.settings().scope;
         StageError {
