@@ -425,6 +425,57 @@ pub mod names {
             "Last checkpointed source position.",
         ),
         d(
+            SOURCE_LAG,
+            Kind::Gauge,
+            "Events in the partition not read yet, when the source knows its end.",
+        ),
+        d(
+            WATERMARK,
+            Kind::Gauge,
+            "A partition's watermark, in milliseconds since the Unix epoch.",
+        ),
+        d(
+            PIPELINE_WATERMARK,
+            Kind::Gauge,
+            "The pipeline watermark (minimum over the partitions that are not idle), in ms.",
+        ),
+        d(
+            REORDER_BUFFERED,
+            Kind::Gauge,
+            "Events waiting in a partition's reorder buffer.",
+        ),
+        d(
+            IDLE_ADVANCES,
+            Kind::Counter,
+            "Times an idle partition advanced its watermark to the pipeline's.",
+        ),
+        d(
+            DUPLICATES,
+            Kind::Counter,
+            "Events a deduplication stage dropped.",
+        ),
+        d(JOIN_PAIRS, Kind::Counter, "Pairs a join made."),
+        d(
+            JOIN_UNMATCHED,
+            Kind::Counter,
+            "Events a join found no match for within its bound.",
+        ),
+        d(
+            REFERENCE_RELOADS,
+            Kind::Counter,
+            "Reference tables loaded again after their source changed.",
+        ),
+        d(
+            WINDOWS_CLOSED,
+            Kind::Counter,
+            "Windows closed and finished.",
+        ),
+        d(
+            WINDOW_LATE_EVENTS,
+            Kind::Counter,
+            "Records that came for a window that had already closed.",
+        ),
+        d(
             CHECKPOINT_AGE,
             Kind::Gauge,
             "Seconds since the partition's last checkpoint.",
