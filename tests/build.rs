@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Plugin packages the tests load.
+/// Plugin packages the tests load: the examples, and the test plugins of `tests/plugins/` (other
+/// versions of the anomaly rule, a version that always traps, and hostile plugins).
 const PLUGINS: &[&str] = &[
     "telemetry-anomaly",
     "passthrough",
@@ -13,6 +14,15 @@ const PLUGINS: &[&str] = &[
     "window-collect",
     "booking-categorize",
     "booking-join",
+    "anomaly-v2",
+    "anomaly-v3",
+    "trap-always",
+    "hostile-loop",
+    "hostile-memory",
+    "hostile-panic",
+    "hostile-file",
+    "hostile-socket",
+    "hostile-env",
 ];
 
 fn main() {
@@ -22,7 +32,7 @@ fn main() {
         .parent()
         .expect("tests/ sits in the workspace")
         .to_path_buf();
-    for watched in ["sdk", "plugins", "wit"] {
+    for watched in ["sdk", "plugins", "wit", "tests/plugins"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()

@@ -82,14 +82,84 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How often the watcher looks at the plugin files.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    // Listen for SIGTERM/SIGINT before anything starts, so that a stop requested during start-up
+    // is a graceful one too.
+    let stop_signal = StopSignal::listen();
     let loaded = config::load(&config_path)?;
-    let running = pipeline::start(&loaded, Metrics::new()).await?;
+    let config = &loaded.config;
+    let services = pipeline::Services {
+        metrics: Metrics::new(),
+        ..pipeline::Services::default()
+    };
+    // The admin API first: it answers /healthz (and 503 on /readyz) while the pipelines start,
+    // and a port already in use is refused before anything runs.
+    let admin = match &config.admin {
+        Some(admin) => Some(
+            crate::admin::serve(
+                &admin.address,
+                crate::admin::resolve_token(admin.token.as_deref()),
+                admin.max_upload_bytes,
+                services.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let running = pipeline::start_with(&loaded, services.clone()).await?;
+    // The service around the pipelines: plugin file watcher, health alerts.
+    let watcher = config.plugins.watch.then(|| {
+        tokio::spawn(crate::plugin::watch::watch(
+            services.plugins.clone(),
+            WATCH_POLL,
+            config.plugins.watch_settle.get(),
+        ))
+    });
+    let health = match &config.health {
+        Some(health) => {
+            let sink = match running.sinks().get(&health.sink) {
+                Some(sink) => sink.clone(),
+                None => {
+                    let sink_config = config
+                        .sinks
+                        .get(&health.sink)
+                        .context("the health sink is not defined")?;
+                    crate::sink::build(&health.sink, sink_config, &loaded).await?
+                }
+            };
+            let monitor = crate::health::run(
+                health.clone(),
+                sink,
+                running.checkpoints().clone(),
+                services.status.clone(),
+                services.metrics.clone(),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = monitor.await {
+                    tracing::error!(error = %e, "health alerts stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
     let shutdown = running.shutdown_handle();
+    let status = services.status.clone();
+    let stop_timeout = config.service.stop_timeout.get();
+    let (deadline_passed, deadline) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested: draining, checkpointing and exiting");
+        stop_signal.wait().await;
+        tracing::info!(
+            timeout = ?stop_timeout,
+            "stop requested: draining, checkpointing and exiting"
+        );
+        status.set_stopping();
         shutdown.shutdown();
+        tokio::time::sleep(stop_timeout).await;
+        let _ = deadline_passed.send(());
     });
     let sinks: Vec<(String, String)> = running
         .sinks()
@@ -97,7 +167,28 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .map(|(name, sink)| (name.clone(), sink.describe()))
         .collect();
     let metrics = running.metrics().clone();
-    let report = running.wait().await.context("pipeline failed")?;
+    let outcome = tokio::select! {
+        report = running.wait() => Some(report),
+        passed = deadline => match passed {
+            Ok(()) => None,
+            Err(_) => std::future::pending().await,
+        },
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some(health) = health {
+        health.abort();
+    }
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    let Some(report) = outcome else {
+        anyhow::bail!(
+            "the pipelines did not stop within {stop_timeout:?} (service.stop_timeout): exiting without their final checkpoints; the next start replays from the last ones"
+        );
+    };
+    let report = report.context("pipeline failed")?;
     println!();
     for (pipeline, workers) in &report.pipelines {
         let events: u64 = workers.iter().map(|w| w.events_in).sum();
@@ -178,40 +269,74 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
                 .load(&path, kind)
                 .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
             println!(
-                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {}",
+                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {} (memory limit {} bytes, call deadline {:?})",
                 stage.name,
                 plugin.name(),
                 plugin.version(),
-                kind.world()
+                kind.world(),
+                stage
+                    .max_memory_bytes
+                    .unwrap_or(loaded.config.plugins.max_memory_bytes),
+                stage
+                    .call_timeout
+                    .unwrap_or(loaded.config.plugins.call_timeout)
+                    .get()
             );
         }
+    }
+    if let Some(admin) = &loaded.config.admin {
+        let token = crate::admin::resolve_token(admin.token.as_deref());
+        println!(
+            "admin API on {}: uploads and rollbacks {}",
+            admin.address,
+            if token.is_some() {
+                "require the bearer token"
+            } else {
+                "are disabled (no admin.token nor WEIR_ADMIN_TOKEN)"
+            }
+        );
     }
     println!("{}: configuration is valid", config_path.display());
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment it is created.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignal {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(terminate), Ok(interrupt)) => Some((terminate, interrupt)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops gracefully");
+                    None
+                }
+            };
+            StopSignal { signals }
         }
+        #[cfg(not(unix))]
+        StopSignal {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Resolves on SIGINT or SIGTERM.
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut terminate, mut interrupt)) = self.signals {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -4,11 +4,13 @@
 //! stages; sinks make the results durable; checkpoints record how far each partition got, written
 //! only after the sinks have made durable what they cover.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod pipeline;
@@ -17,4 +19,5 @@ pub mod reference;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod status;
 pub mod time;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use weir::config::{LatePolicy, UnmatchedPolicy};
 use weir::event::Event;
 use weir::metrics::Metrics;
-use weir::plugin::{InstanceSettings, PluginEngine, PluginKind, PluginScope, PluginSlot};
+use weir::plugin::{InstanceSettings, InstanceSlot, PluginEngine, PluginKind, PluginScope};
 use weir::reference::ReferenceTables;
 use weir::stage::{
     JoinSettings, JoinStage, Stage, StageOutput, WindowSettings, WindowSpec, WindowStage,
@@ -126,7 +126,7 @@ fn windows(engine: &PluginEngine) {
         let mut stage = WindowStage::new(
             "aggregates".into(),
             window,
-            |keyed| PluginSlot::new(plugin.clone(), slot_settings, keyed),
+            |keyed| InstanceSlot::new(plugin.clone(), slot_settings, keyed),
             None,
             Metrics::new(),
         )
@@ -256,7 +256,7 @@ fn join(engine: &PluginEngine) {
         let mut stage = JoinStage::new(
             "join".into(),
             join_settings,
-            |keyed| PluginSlot::new(plugin.clone(), slot_settings, keyed),
+            |keyed| InstanceSlot::new(plugin.clone(), slot_settings, keyed),
             None,
             Metrics::new(),
         )

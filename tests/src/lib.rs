@@ -14,6 +14,7 @@ pub mod eventhubs;
 pub mod examples;
 pub mod kafka;
 pub mod servers;
+pub mod service;
 pub mod telemetry;
 pub mod tls;
 
@@ -147,6 +148,11 @@ impl WeirProcess {
 
     /// Starts `weir <args> <config>`.
     pub fn spawn(args: &[&str], config: &Path) -> WeirProcess {
+        Self::spawn_with_env(args, config, &[])
+    }
+
+    /// Starts `weir <args> <config>` with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], config: &Path, env: &[(&str, &str)]) -> WeirProcess {
         let log = config.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -162,6 +168,7 @@ impl WeirProcess {
                     "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn".to_owned()
                 }),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log_file.try_clone().expect("log file")))
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -230,6 +237,34 @@ impl WeirProcess {
     /// Everything it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin API's address, once the process has logged it (panics after `timeout`). Only
+    /// lines logged by this process count (the log file is appended to across runs).
+    pub fn admin_address(&self, skip_bytes: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if let Some(rest) = log
+                .get(skip_bytes..)
+                .and_then(|l| l.split("admin API listening on http://").nth(1))
+            {
+                return rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not start its admin API; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Length of the log so far (to read only what comes after).
+    pub fn log_len(&self) -> usize {
+        self.log_text().len()
     }
 }
 

@@ -83,7 +83,8 @@ fn bookings_fact_equals_the_join_of_seats_with_payments_within_two_minutes() {
 
 #[test]
 fn killed_with_pending_joins_and_restarted_gives_the_same_fact_table() {
-    let orders = generated_orders(7000, 9);
+    // Large enough that three kills land before the input ends, even when the stream runs fast.
+    let orders = generated_orders(14000, 9);
     let reference = tempfile::tempdir().expect("temp dir");
     let input = reference.path().join("bookings.jsonl");
     write_orders(&input, &orders);
@@ -94,7 +95,7 @@ fn killed_with_pending_joins_and_restarted_gives_the_same_fact_table() {
     let crashed = tempfile::tempdir().expect("temp dir");
     let config = bookings_pipeline(crashed.path(), &input, "150ms");
     let mut kills = 0;
-    for (round, delay) in [500u64, 300, 800, 400].into_iter().enumerate() {
+    for (round, delay) in [400u64, 300, 500, 300].into_iter().enumerate() {
         let mut process = WeirProcess::run(&config);
         process.wait_for_start(round + 1, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(delay));

@@ -435,6 +435,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             "expected a duration above zero and shorter than `expiry`",
         ));
     }
+    validate_service(config, doc)?;
     for (name, pipeline) in &config.pipelines {
         if !config.sources.contains_key(&pipeline.source) {
             return Err(doc.error(
@@ -744,6 +745,82 @@ fn validate_window(
         return Err(doc.error(
             &key("end_field"),
             "the window's start and end need two different fields",
+        ));
+    }
+    Ok(())
+}
+
+/// The admin API, health alerts and rollback policy.
+fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if let Some(admin) = &config.admin
+        && admin.address.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(doc.error(
+            &["admin", "address"],
+            format!(
+                "expected an IP address and port such as `127.0.0.1:9464`, found `{}`",
+                admin.address
+            ),
+        ));
+    }
+    if let Some(admin) = &config.admin
+        && admin.token.as_deref().is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(doc.error(&["admin", "token"], "expected a non-empty token"));
+    }
+    if let Some(health) = &config.health {
+        if !config.sinks.contains_key(&health.sink) {
+            return Err(doc.error(
+                &["health", "sink"],
+                format!(
+                    "sink `{}` is not defined ({})",
+                    health.sink,
+                    one_of(config.sinks.keys())
+                ),
+            ));
+        }
+        for (key, ratio) in [
+            ("max_error_ratio", health.max_error_ratio),
+            ("min_throughput_ratio", health.min_throughput_ratio),
+        ] {
+            if let Some(ratio) = ratio
+                && !(0.0..=1.0).contains(&ratio)
+            {
+                return Err(doc.error(
+                    &["health", key],
+                    format!("expected a fraction between 0 and 1, found {ratio}"),
+                ));
+            }
+        }
+        if health.interval.get().is_zero() {
+            return Err(doc.error(&["health", "interval"], "expected a duration above zero"));
+        }
+        if health.baseline_intervals == 0 {
+            return Err(doc.error(&["health", "baseline_intervals"], "expected at least 1"));
+        }
+    }
+    let rollback = &config.plugins.rollback;
+    for (key, ratio) in [
+        ("max_trap_ratio", rollback.max_trap_ratio),
+        ("max_error_ratio", rollback.max_error_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(doc.error(
+                &["plugins", "rollback", key],
+                format!("expected a fraction between 0 and 1, found {ratio}"),
+            ));
+        }
+    }
+    if rollback.probation_events == 0 {
+        return Err(doc.error(
+            &["plugins", "rollback", "probation_events"],
+            "expected at least 1",
+        ));
+    }
+    if config.plugins.max_memory_bytes < 1024 * 1024 {
+        return Err(doc.error(
+            &["plugins", "max_memory_bytes"],
+            "expected at least 1048576 (1 MiB)",
         ));
     }
     Ok(())

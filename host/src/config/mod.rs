@@ -44,6 +44,96 @@ pub struct Config {
     /// Pipelines, by name: one source, a chain of stages, routes to sinks.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The admin HTTP API (health, readiness, metrics, pipelines, plugins, upload and rollback);
+    /// absent: no admin server.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Health alerts on consumer lag, error rate and throughput drop; absent: none.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// How the process behaves as a service.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// The admin HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port, logged at start).
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Bearer token that uploads and rollbacks require. Absent: the `WEIR_ADMIN_TOKEN` environment
+    /// variable; with neither, uploads and rollbacks are refused.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Largest plugin upload accepted, in bytes.
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: usize,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+fn default_max_upload_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+/// Health alerts: each threshold, when crossed, emits an alert event to `sink`, and a `resolved`
+/// event when it is no longer crossed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Sink that receives the alert events (JSON objects).
+    pub sink: String,
+    /// How often the thresholds are evaluated; rates are measured over this interval.
+    #[serde(default = "default_health_interval")]
+    pub interval: ConfigDuration,
+    /// Alert when a partition's consumer lag (in its source's units) is above this.
+    #[serde(default)]
+    pub max_lag: Option<u64>,
+    /// Alert when a pipeline's dead letters over its events in, over one interval, are above this
+    /// fraction.
+    #[serde(default)]
+    pub max_error_ratio: Option<f64>,
+    /// Alert when a pipeline's events per second over one interval fall below this fraction of
+    /// their average over the previous `baseline_intervals` intervals.
+    #[serde(default)]
+    pub min_throughput_ratio: Option<f64>,
+    /// Intervals averaged into the throughput baseline.
+    #[serde(default = "default_baseline_intervals")]
+    pub baseline_intervals: usize,
+}
+
+fn default_health_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+
+fn default_baseline_intervals() -> usize {
+    6
+}
+
+/// How the process behaves as a service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// On SIGTERM or SIGINT, the longest the process waits for its workers to drain, commit and
+    /// checkpoint before it gives up and exits with an error.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: ConfigDuration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            stop_timeout: default_stop_timeout(),
+        }
+    }
+}
+
+fn default_stop_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(30_000)
 }
 
 /// The checkpoint store and its cadence.
@@ -125,6 +215,19 @@ pub struct PluginDefaults {
     /// Longest a single call into a plugin (one batch) may run before it is interrupted.
     #[serde(default = "default_call_timeout")]
     pub call_timeout: ConfigDuration,
+    /// Watch each stage's plugin file and load it as a new version when it changes.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How long a changed plugin file must stay unchanged before it is loaded.
+    #[serde(default = "default_watch_settle")]
+    pub watch_settle: ConfigDuration,
+    /// Directory of the version store: every version by content hash, each stage's version
+    /// history, and the compiled forms (so that a restart does not recompile).
+    #[serde(default = "default_store_dir")]
+    pub store_dir: PathBuf,
+    /// When a new version is rolled back by itself.
+    #[serde(default)]
+    pub rollback: RollbackConfig,
 }
 
 impl Default for PluginDefaults {
@@ -132,8 +235,59 @@ impl Default for PluginDefaults {
         PluginDefaults {
             max_memory_bytes: default_max_memory_bytes(),
             call_timeout: default_call_timeout(),
+            watch: true,
+            watch_settle: default_watch_settle(),
+            store_dir: default_store_dir(),
+            rollback: RollbackConfig::default(),
         }
     }
+}
+
+fn default_watch_settle() -> ConfigDuration {
+    ConfigDuration::from_millis(200)
+}
+
+fn default_store_dir() -> PathBuf {
+    PathBuf::from("data/plugins")
+}
+
+/// The probation of a new plugin version: over its first `probation_events` events (all
+/// partitions together), it is rolled back to the version it replaced if more than
+/// `max_trap_ratio` of them trap, or more than `max_error_ratio` trap or are rejected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackConfig {
+    /// Events a new version is watched for.
+    #[serde(default = "default_probation_events")]
+    pub probation_events: u64,
+    /// Largest tolerated share of trapping events.
+    #[serde(default = "default_max_trap_ratio")]
+    pub max_trap_ratio: f64,
+    /// Largest tolerated share of trapping or rejected events.
+    #[serde(default = "default_max_error_ratio")]
+    pub max_error_ratio: f64,
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        RollbackConfig {
+            probation_events: default_probation_events(),
+            max_trap_ratio: default_max_trap_ratio(),
+            max_error_ratio: default_max_error_ratio(),
+        }
+    }
+}
+
+fn default_probation_events() -> u64 {
+    1000
+}
+
+fn default_max_trap_ratio() -> f64 {
+    0.05
+}
+
+fn default_max_error_ratio() -> f64 {
+    0.5
 }
 
 fn default_max_memory_bytes() -> u64 {
@@ -492,6 +646,9 @@ pub enum ColumnValue {
     Partition,
     /// The source position of the input event the record derives from.
     Position,
+    /// The version (content hash) of the plugin that produced the record; null for records no
+    /// plugin produced (dead letters of the decoding step).
+    PluginVersion,
 }
 
 /// JSON Lines files under a directory, one file per pipeline and partition

@@ -17,9 +17,15 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, PipelineConfig};
 use crate::metrics::Metrics;
-use crate::plugin::{Plugin, PluginEngine, PluginError, PluginKind};
+use crate::plugin::slot::SlotSetup;
+use crate::plugin::store::VersionStore;
+use crate::plugin::{
+    Plugin, PluginEngine, PluginError, PluginKind, PluginRegistry, PluginSlot, RollbackPolicy,
+};
 use crate::sink::{Sink, WriterScope};
 use crate::source::{PartitionStart, Source};
+use crate::stage::StageTelemetry;
+use crate::status::ServiceStatus;
 use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
 pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
@@ -104,6 +110,20 @@ impl ShutdownHandle {
     }
 }
 
+/// What a running process shares between its pipelines, the admin API and the health alerts.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// Counters, gauges and histograms.
+    pub metrics: Metrics,
+    /// Pipelines and partitions with their positions and lag.
+    pub status: ServiceStatus,
+    /// Every stage's plugin slot.
+    pub plugins: PluginRegistry,
+}
+
+/// A plugin compiled at start, with the bytes it was compiled from (its version slot stores them).
+type CompiledPlugin = (Arc<Plugin>, Arc<[u8]>);
+
 /// A task that ends with the reports of the partition workers it ran.
 type WorkerTask = JoinHandle<Result<Vec<WorkerReport>, WorkerError>>;
 
@@ -115,6 +135,8 @@ pub struct Running {
     shutdown: ShutdownHandle,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
+    services: Services,
+    checkpoints: Arc<dyn CheckpointStore>,
 }
 
 impl std::fmt::Debug for Running {
@@ -139,6 +161,16 @@ impl Running {
     /// The sinks in use, by name.
     pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
         &self.sinks
+    }
+
+    /// What the pipelines share with the admin API and the health alerts.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The checkpoint store.
+    pub fn checkpoints(&self) -> &Arc<dyn CheckpointStore> {
+        &self.checkpoints
     }
 
     /// Waits for every worker. The first failure stops the others, which checkpoint and end.
@@ -187,14 +219,30 @@ impl Running {
 
 /// Builds everything `loaded` describes and starts one worker per partition.
 pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, StartError> {
+    start_with(
+        loaded,
+        Services {
+            metrics,
+            ..Services::default()
+        },
+    )
+    .await
+}
+
+/// Like [`start`], sharing `services` (the admin API and the health alerts read them).
+pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
-    let engine = PluginEngine::new().map_err(StartError::Engine)?;
+    let metrics = services.metrics.clone();
+    let store = VersionStore::new(loaded.resolve(&config.plugins.store_dir));
+    let engine = PluginEngine::new()
+        .map_err(StartError::Engine)?
+        .with_cache(&store.compiled_dir());
     let checkpoints: Arc<dyn CheckpointStore> = crate::checkpoint::build(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a
     // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
-    let mut plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>> = HashMap::new();
+    let mut plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for stage in &pipeline.stages {
@@ -207,23 +255,75 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             }
             let compiling = engine.clone();
             let compile_path = path.clone();
-            let compiled = tokio::task::spawn_blocking(move || compiling.load(&compile_path, kind))
-                .await
-                .map_err(|e| StartError::Plugin {
-                    pipeline: pipeline_name.clone(),
-                    stage: stage.name.clone(),
-                    source: PluginError::Engine(format!("compilation task failed: {e}")),
-                })?
-                .map_err(|source| StartError::Plugin {
-                    pipeline: pipeline_name.clone(),
-                    stage: stage.name.clone(),
+            // How the file looked before it was read: the watcher compares later changes to it.
+            services
+                .plugins
+                .note_file_read(&path, crate::plugin::watch::fingerprint(&path));
+            let compiled = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&compile_path).map_err(|source| PluginError::Read {
+                    path: compile_path.clone(),
                     source,
                 })?;
+                let plugin = compiling.from_bytes(&compile_path, &bytes, kind)?;
+                Ok::<_, PluginError>((plugin, Arc::<[u8]>::from(bytes)))
+            })
+            .await
+            .map_err(|e| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source: PluginError::Engine(format!("compilation task failed: {e}")),
+            })?
+            .map_err(|source| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source,
+            })?;
             tracing::info!(
-                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.name(),
-                version = %compiled.version(), path = %path.display(), "plugin loaded"
+                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                version = %compiled.0.version(), path = %path.display(), "plugin loaded"
             );
             plugins.insert((path, kind), compiled);
+        }
+    }
+
+    // One plugin slot per stage: the version that runs, swapped at batch boundaries.
+    let policy = RollbackPolicy {
+        probation_events: config.plugins.rollback.probation_events,
+        max_trap_ratio: config.plugins.rollback.max_trap_ratio,
+        max_error_ratio: config.plugins.rollback.max_error_ratio,
+    };
+    // Every stage with a plugin has one: per-event transforms, window aggregates and joins.
+    let mut slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>> = HashMap::new();
+    for (pipeline_name, pipeline) in &config.pipelines {
+        for stage in &pipeline.stages {
+            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+                continue;
+            };
+            let path = loaded.resolve(plugin);
+            let Some((plugin, bytes)) = plugins.get(&(path.clone(), kind)).cloned() else {
+                continue;
+            };
+            let setup = SlotSetup {
+                pipeline: pipeline_name.as_str().into(),
+                stage: stage.name.as_str().into(),
+                file: path,
+                engine: engine.clone(),
+                store: Some(store.clone()),
+                policy,
+                metrics: metrics.clone(),
+            };
+            let slot_engine_bytes = bytes.clone();
+            let slot = tokio::task::spawn_blocking(move || {
+                PluginSlot::open(setup, plugin, &slot_engine_bytes)
+            })
+            .await
+            .map_err(|e| StartError::Plugin {
+                pipeline: pipeline_name.clone(),
+                stage: stage.name.clone(),
+                source: PluginError::Engine(format!("plugin slot task failed: {e}")),
+            })?;
+            services.plugins.register(slot.clone());
+            slots.insert((pipeline_name.clone(), stage.name.clone()), slot);
         }
     }
 
@@ -258,11 +358,21 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
             pipeline: pipeline.clone(),
             loaded: loaded.clone(),
             sinks: sinks.clone(),
-            plugins: plugins.clone(),
+            plugins: plugins
+                .iter()
+                .map(|(key, (plugin, _))| (key.clone(), plugin.clone()))
+                .collect(),
             references,
             watermarks: PipelineWatermarks::new(),
+            slots: slots
+                .iter()
+                .filter(|((p, _), _)| p == pipeline_name)
+                .map(|((_, stage), slot)| (stage.clone(), slot.clone()))
+                .collect(),
             checkpoints: checkpoints.clone(),
             metrics: metrics.clone(),
+            status: services.status.clone(),
+            label_versions: records_plugin_versions(loaded, pipeline),
         });
         if source.partitions_open_independently() {
             // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
@@ -309,11 +419,29 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
         }
         tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
     }
+    services.status.set_ready(true);
     Ok(Running {
         workers,
         shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
         sinks,
         metrics,
+        services,
+        checkpoints,
+    })
+}
+
+/// Whether a sink of `pipeline` records which plugin version produced each record (a Delta
+/// column with `value = "plugin_version"`): only then do stages label their records.
+fn records_plugin_versions(loaded: &LoadedConfig, pipeline: &PipelineConfig) -> bool {
+    used_sinks(loaded, pipeline).iter().any(|name| {
+        matches!(
+            loaded.config.sinks.get(name),
+            Some(crate::config::SinkConfig::Delta(delta))
+                if delta
+                    .columns
+                    .iter()
+                    .any(|c| c.value == Some(crate::config::ColumnValue::PluginVersion))
+        )
     })
 }
 
@@ -384,16 +512,25 @@ pub(crate) struct PipelineContext {
     pub(crate) loaded: LoadedConfig,
     /// Every sink of the process, by name.
     pub(crate) sinks: BTreeMap<String, Arc<dyn Sink>>,
-    /// Compiled plugins, by resolved path and the world they are used as.
+    /// Compiled plugins, by resolved path and the world they are used as (the version each
+    /// stage starts with).
     pub(crate) plugins: HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
     /// Reference tables, by stage name (loaded once per pipeline, shared by its partitions).
     pub(crate) references: HashMap<String, crate::reference::ReferenceTables>,
     /// The pipeline's watermark: every partition's clock registers here.
     pub(crate) watermarks: Arc<PipelineWatermarks>,
+    /// Each plugin stage's version slot, by stage name: workers started at any time run the
+    /// version active then and swap with the others.
+    pub(crate) slots: HashMap<String, Arc<PluginSlot<Plugin>>>,
     /// The checkpoint store.
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,
     /// The process's metrics.
     pub(crate) metrics: Metrics,
+    /// Where workers report their partition's state (admin API, health alerts).
+    pub(crate) status: ServiceStatus,
+    /// Whether stages label their records with the plugin version (see
+    /// [`records_plugin_versions`]).
+    pub(crate) label_versions: bool,
 }
 
 /// Builds the worker of one partition of `context`'s pipeline: its sink writers (resumed from the
@@ -410,7 +547,6 @@ pub(crate) async fn build_worker(
     let pipeline = &context.pipeline;
     let pipeline_name: &str = &context.name;
     let pipeline_arc = context.name.clone();
-    let plugins = &context.plugins;
     let sinks = &context.sinks;
     let partition = reader.partition();
     if let Some(position) = checkpoint.position {
@@ -442,9 +578,14 @@ pub(crate) async fn build_worker(
         pipeline: &pipeline_arc,
         partition,
         checkpoint: &checkpoint,
-        plugins,
+        plugins: &context.plugins,
+        slots: &context.slots,
         references: &context.references,
         metrics: &context.metrics,
+        telemetry: StageTelemetry {
+            metrics: context.metrics.clone(),
+            label_versions: context.label_versions,
+        },
     };
     for stage in &pipeline.stages {
         let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
@@ -480,6 +621,7 @@ pub(crate) async fn build_worker(
     Ok(PartitionWorker {
         settings: WorkerSettings {
             pipeline: pipeline_arc.clone(),
+            source: pipeline.source.as_str().into(),
             event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
             max_event_bytes: pipeline.max_event_bytes,
             batch_max_events: pipeline.batch.max_events,
@@ -499,6 +641,10 @@ pub(crate) async fn build_worker(
         state_dirty: false,
         right_inputs: vec![Vec::new(); pipeline.stages.len()],
         shutdown,
+        status: context
+            .status
+            .partition(pipeline_name, &pipeline.source, partition),
+        max_event_time: None,
     })
 }
 

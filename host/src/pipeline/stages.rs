@@ -10,10 +10,13 @@ use super::StartError;
 use crate::checkpoint::Checkpoint;
 use crate::config::{LoadedConfig, PipelineConfig, StageConfig};
 use crate::metrics::Metrics;
-use crate::plugin::{InstanceSettings, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot};
+use crate::plugin::{
+    InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot,
+};
 use crate::reference::ReferenceTables;
 use crate::stage::{
-    DedupStage, JoinSettings, JoinStage, Stage, WasmTransformStage, WindowSettings, WindowStage,
+    DedupStage, JoinSettings, JoinStage, Stage, StageTelemetry, WasmTransformStage, WindowSettings,
+    WindowStage,
 };
 
 /// The kind of plugin (the world) a stage runs; `None` for a stage without a plugin.
@@ -29,6 +32,20 @@ pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
     }
 }
 
+/// A window or join stage's instance slot, following the stage's version slot when it has one.
+fn instance_slot(
+    plugin: Arc<Plugin>,
+    settings: Arc<InstanceSettings>,
+    keyed: KeyedState,
+    versions: Option<Arc<PluginSlot<Plugin>>>,
+) -> InstanceSlot {
+    let slot = InstanceSlot::new(plugin, settings, keyed);
+    match versions {
+        Some(versions) => slot.following(versions),
+        None => slot,
+    }
+}
+
 /// What every stage of one pipeline partition is built from.
 pub(crate) struct StageBuilder<'a> {
     pub(crate) loaded: &'a LoadedConfig,
@@ -37,9 +54,13 @@ pub(crate) struct StageBuilder<'a> {
     pub(crate) partition: u32,
     pub(crate) checkpoint: &'a Checkpoint,
     pub(crate) plugins: &'a HashMap<(PathBuf, PluginKind), Arc<Plugin>>,
+    /// Plugin stages' version slots by stage name (hot swap, probation, rollback).
+    pub(crate) slots: &'a HashMap<String, Arc<PluginSlot<Plugin>>>,
     /// Reference tables by stage name.
     pub(crate) references: &'a HashMap<String, ReferenceTables>,
     pub(crate) metrics: &'a Metrics,
+    /// Where transform stages report their calls.
+    pub(crate) telemetry: StageTelemetry,
 }
 
 /// Loads the reference tables of every stage of `pipeline` (off the async threads) and starts
@@ -107,13 +128,19 @@ impl StageBuilder<'_> {
                 .map_err(|e| restore_error(e.to_string()))?,
             ));
         }
-        let plugin = stage
-            .plugin
-            .as_ref()
-            .zip(plugin_kind(stage))
-            .and_then(|(path, kind)| self.plugins.get(&(self.loaded.resolve(path), kind)))
-            .cloned()
-            .ok_or_else(|| restore_error("its plugin was not loaded".to_owned()))?;
+        let slot = self.slots.get(&stage.name).cloned();
+        // A stage with a version slot starts with the version active now (a worker started
+        // after a swap runs the new version).
+        let plugin = match &slot {
+            Some(slot) => Some(slot.active().plugin),
+            None => stage
+                .plugin
+                .as_ref()
+                .zip(plugin_kind(stage))
+                .and_then(|(path, kind)| self.plugins.get(&(self.loaded.resolve(path), kind)))
+                .cloned(),
+        }
+        .ok_or_else(|| restore_error("its plugin was not loaded".to_owned()))?;
         let config = &self.loaded.config;
         let config_json = match &stage.config {
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
@@ -146,7 +173,7 @@ impl StageBuilder<'_> {
                 JoinStage::new(
                     stage.name.as_str().into(),
                     JoinSettings::from_config(join),
-                    |keyed| PluginSlot::new(plugin, settings, keyed),
+                    |keyed| instance_slot(plugin, settings, keyed, slot),
                     snapshot,
                     self.metrics.clone(),
                 )
@@ -158,7 +185,7 @@ impl StageBuilder<'_> {
                 WindowStage::new(
                     stage.name.as_str().into(),
                     WindowSettings::from_config(window),
-                    |keyed| PluginSlot::new(plugin, settings, keyed),
+                    |keyed| instance_slot(plugin, settings, keyed, slot),
                     snapshot,
                     self.metrics.clone(),
                 )
@@ -171,12 +198,21 @@ impl StageBuilder<'_> {
                     }
                     None => KeyedState::default(),
                 };
-                Box::new(WasmTransformStage::new(
-                    stage.name.as_str().into(),
-                    plugin,
-                    settings,
-                    state,
-                ))
+                match slot {
+                    Some(slot) => Box::new(WasmTransformStage::with_slot(
+                        stage.name.as_str().into(),
+                        slot,
+                        settings,
+                        state,
+                        Some(self.telemetry.clone()),
+                    )),
+                    None => Box::new(WasmTransformStage::new(
+                        stage.name.as_str().into(),
+                        plugin,
+                        settings,
+                        state,
+                    )),
+                }
             }
         })
     }

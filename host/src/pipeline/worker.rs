@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, names};
 use crate::sink::SinkWriter;
 use crate::source::{PartitionReader, ReadOutcome};
 use crate::stage::{Stage, StageOutput};
+use crate::status::{PartitionHandle, PartitionState};
 use crate::time::Mark;
 
 /// Where a stage output goes.
@@ -64,6 +65,8 @@ pub enum WorkerError {
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerSettings {
     pub(crate) pipeline: Arc<str>,
+    /// The pipeline's source, for metric labels.
+    pub(crate) source: Arc<str>,
     pub(crate) event_time_field: Option<String>,
     pub(crate) max_event_bytes: usize,
     pub(crate) batch_max_events: usize,
@@ -113,11 +116,28 @@ pub(crate) struct PartitionWorker {
     pub(crate) state_dirty: bool,
     /// Records waiting for the second input (a join's `right`) of each stage.
     pub(crate) right_inputs: Vec<Vec<Event>>,
+    /// This partition's entry in the status registry (admin API, health alerts).
+    pub(crate) status: PartitionHandle,
+    /// The latest event time decoded, for the watermark delay.
+    pub(crate) max_event_time: Option<i64>,
 }
 
 impl PartitionWorker {
     /// Runs until the source ends or a shutdown is requested, then writes a final checkpoint.
-    pub(crate) async fn run(mut self) -> Result<WorkerReport, WorkerError> {
+    pub(crate) async fn run(self) -> Result<WorkerReport, WorkerError> {
+        let status = self.status.clone();
+        status.update(|s| s.state = PartitionState::Running);
+        let result = self.run_loop().await;
+        status.update(|s| {
+            s.state = match &result {
+                Ok(_) => PartitionState::Stopped,
+                Err(_) => PartitionState::Failed,
+            }
+        });
+        result
+    }
+
+    async fn run_loop(mut self) -> Result<WorkerReport, WorkerError> {
         let partition_label = self.partition.to_string();
         let mut report = WorkerReport {
             partition: self.partition,
@@ -146,20 +166,25 @@ impl PartitionWorker {
             {
                 ReadOutcome::Events(events) => {
                     let last = events.last().map(|e| e.position);
-                    report.events_in += events.len() as u64;
+                    let count = events.len() as u64;
+                    report.events_in += count;
                     self.metrics.add(
                         names::EVENTS_IN,
                         &[
                             ("pipeline", &self.settings.pipeline),
+                            ("source", &self.settings.source),
                             ("partition", &partition_label),
                         ],
-                        events.len() as u64,
+                        count,
                     );
+                    let started = std::time::Instant::now();
+                    let dead_before = report.dead_letters;
                     self.process_batch(events, &mut stage_inputs, &mut output, &mut report)
                         .await?;
                     if last.is_some() {
                         self.position = last;
                     }
+                    self.batch_done(started, count, report.dead_letters - dead_before);
                 }
                 ReadOutcome::Idle => {
                     // An idle partition may follow the pipeline watermark: what that closes is
@@ -191,6 +216,43 @@ impl PartitionWorker {
         Ok(report)
     }
 
+    /// Records a processed batch in the status registry and the metrics.
+    fn batch_done(&self, started: std::time::Instant, events: u64, dead_letters: u64) {
+        let pipeline = &*self.settings.pipeline;
+        let partition_label = self.partition.to_string();
+        let labels = [
+            ("pipeline", pipeline),
+            ("partition", partition_label.as_str()),
+        ];
+        self.metrics.observe(
+            names::BATCH_SECONDS,
+            &[("pipeline", pipeline)],
+            started.elapsed().as_secs_f64(),
+        );
+        let lag = self.reader.lag();
+        if let Some(lag) = lag {
+            self.metrics.set(names::CONSUMER_LAG, &labels, lag as f64);
+        }
+        let now = now_millis();
+        self.status.update(|s| {
+            s.position = self.position;
+            s.events_in += events;
+            s.dead_letters += dead_letters;
+            s.lag = lag;
+            s.last_batch_at = Some(now);
+            if let Some(time) = self.max_event_time {
+                s.max_event_time = Some(time);
+            }
+        });
+        if let Some(time) = self.max_event_time {
+            self.metrics.set(
+                names::WATERMARK_DELAY,
+                &labels,
+                (now - time).max(0) as f64 / 1000.0,
+            );
+        }
+    }
+
     /// Decodes a batch, runs it through the stages and hands the records to the sink writers.
     async fn process_batch(
         &mut self,
@@ -216,10 +278,14 @@ impl PartitionWorker {
         first_input.reserve(events.len());
         for mut event in events {
             match self.decode(&mut event) {
-                Ok(()) => match &mut self.time {
-                    Some(time) => time.admit(event),
-                    None => first_input.push(event),
-                },
+                Ok(()) => {
+                    let time = event.time();
+                    self.max_event_time = Some(self.max_event_time.map_or(time, |t| t.max(time)));
+                    match &mut self.time {
+                        Some(time) => time.admit(event),
+                        None => first_input.push(event),
+                    }
+                }
                 Err((kind, reason)) => {
                     dead_letters.push((kind, dead_letter(&event, kind, &reason, origin)))
                 }
@@ -312,11 +378,12 @@ impl PartitionWorker {
             }
             output.clear();
             let slot = &mut self.stages[index];
+            let events_in = input.len() + right.len();
             if !input.is_empty() {
-                slot.stage.process(&input, output)?;
+                run_blocking(|| slot.stage.process(&input, output))?;
             }
             if !right.is_empty() {
-                slot.stage.process_right(&right, output)?;
+                run_blocking(|| slot.stage.process_right(&right, output))?;
                 right.clear();
                 if let Some(slot) = self.right_inputs.get_mut(index) {
                     *slot = right;
@@ -324,9 +391,22 @@ impl PartitionWorker {
             }
             let slot = &mut self.stages[index];
             if !marks.is_empty() {
-                slot.stage.watermarks(&marks, output)?;
+                run_blocking(|| slot.stage.watermarks(&marks, output))?;
             }
             let stage_name = slot.stage.name().clone();
+            let partition_label = self.partition.to_string();
+            let stage_labels = [
+                ("pipeline", &*pipeline),
+                ("stage", &*stage_name),
+                ("partition", partition_label.as_str()),
+            ];
+            self.metrics
+                .add(names::STAGE_EVENTS_IN, &stage_labels, events_in as u64);
+            self.metrics.add(
+                names::STAGE_RECORDS_OUT,
+                &stage_labels,
+                output.emitted.len() as u64,
+            );
             for (name, plugin_counter) in slot.stage.take_counters() {
                 self.metrics.add(
                     names::PLUGIN_COUNTER,
@@ -550,6 +630,10 @@ impl PartitionWorker {
         self.checkpointed = Some(position);
         self.state_dirty = false;
         self.reader.checkpointed(position);
+        self.status.update(|s| {
+            s.checkpointed = Some(position);
+            s.checkpoint_written_at = Some(checkpoint.written_at);
+        });
         let partition_label = self.partition.to_string();
         let labels = [
             ("pipeline", &*self.settings.pipeline),
@@ -566,6 +650,16 @@ impl PartitionWorker {
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"
         );
         Ok(())
+    }
+}
+
+/// Runs a stage's batch, which is CPU-bound and may take up to the call deadline, telling a
+/// multi-threaded tokio runtime that this thread blocks: other tasks move to other threads, and
+/// WASI host calls that wait (a guest writing to stdout or stderr) can enter the runtime.
+fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

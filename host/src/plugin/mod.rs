@@ -1,16 +1,25 @@
-//! Loading, validating and calling WebAssembly plugins, of every kind.
+//! Loading, validating, swapping and calling WebAssembly plugins, of every kind.
 //!
 //! A plugin is compiled once per process and checked against the world of its kind
-//! ([`PluginEngine::load`], [`PluginKind`]), pre-linked once into an `InstancePre`, and
-//! instantiated once per partition worker ([`PluginInstance`]), lazily and again after a trap
-//! ([`PluginSlot`]). Every store gets a sandboxed WASI context, a memory limit and a per-call
-//! deadline (see [`sandbox`]). Every kind of stage calls its plugin through a [`PluginSlot`], so
-//! what happens between two calls (re-instantiation, and a swap of version) happens in one place.
+//! ([`PluginEngine::load`], [`PluginKind`]; its compiled form is cached on disk by [`cache`]),
+//! pre-linked once into an `InstancePre`, and instantiated once per partition worker
+//! ([`PluginInstance`]), lazily and again after a trap ([`InstanceSlot`]). Every store gets a
+//! sandboxed WASI context, a memory limit and a per-call deadline (see [`sandbox`]).
+//!
+//! Each stage's plugin lives in a [`PluginSlot`]: the version that runs, every version ever
+//! loaded (by content hash), and the probation of a new version. New versions come from the
+//! watched plugin file ([`watch`]) or the admin API; workers pick them up at their next batch
+//! boundary ([`slot`]).
 
 pub mod bindings;
+pub mod cache;
+mod instance_slot;
+pub mod registry;
 pub mod sandbox;
-mod slot;
+pub mod slot;
 mod state;
+pub mod store;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,11 +29,16 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use instance_slot::InstanceSlot;
+pub use registry::PluginRegistry;
 pub use sandbox::PluginScope;
-pub use slot::PluginSlot;
+pub use slot::{
+    ActivationCause, ActivationInfo, CallTally, PluginSlot, RollbackPolicy, SlotControl,
+    SlotReport, SwapError, VersionInfo, VersionOrigin,
+};
 pub use state::{KeyedState, SnapshotError};
 
 use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch};
@@ -89,9 +103,50 @@ pub enum PluginError {
         /// What is missing or mistyped.
         reason: String,
     },
+    /// The component compiled and matches its world but cannot be instantiated (its start-up
+    /// traps or exceeds the limits).
+    #[error("plugin {} cannot be instantiated: {reason}", path.display())]
+    Instantiate {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why instantiation failed.
+        reason: String,
+    },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
+}
+
+/// A compiled, validated plugin of one kind of stage: what a [`PluginSlot`] holds. [`Plugin`]
+/// implements it for every kind (per-event transform, window aggregate, join enrichment), so that
+/// every stage kind gets hot swap, versions and rollback from the same slot.
+pub trait LoadedPlugin: Send + Sync + 'static {
+    /// The world the plugin implements, such as `weir:plugin/event-transform@0.1.0`.
+    fn world(&self) -> &'static str;
+
+    /// Compiles `bytes` as another version of this plugin and validates them against the same
+    /// world; `path` names the new version.
+    fn load_version(
+        &self,
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<Self>, PluginError>
+    where
+        Self: Sized;
+
+    /// Plugin name.
+    fn name(&self) -> &Arc<str>;
+
+    /// Plugin version (content hash).
+    fn version(&self) -> &Arc<str>;
+
+    /// Instantiates the plugin once and drops the instance, off the hot path, so that the first
+    /// batch of the new version does not pay for what the first instantiation of a freshly
+    /// compiled component costs. An error means the component cannot even be instantiated.
+    fn warm_up(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why one call into a plugin failed. After any of these the instance must be replaced.
@@ -111,6 +166,7 @@ pub struct CallError {
 pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
+    cache: Option<Arc<cache::CompileCache>>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -137,7 +193,34 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             linker: Arc::new(linker),
+            cache: None,
         })
+    }
+
+    /// The same engine, keeping compiled forms under `dir` so that a restart does not recompile
+    /// (see [`cache::CompileCache`]).
+    pub fn with_cache(mut self, dir: &Path) -> Self {
+        self.cache = Some(Arc::new(cache::CompileCache::new(&self.engine, dir)));
+        self
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&cache::CompileCache> {
+        self.cache.as_deref()
+    }
+
+    /// Compiles `bytes` into a component, through the compile cache when there is one.
+    pub fn component(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })
+        };
+        match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, bytes, compile),
+            None => compile(),
+        }
     }
 
     /// The underlying wasmtime engine.
@@ -181,10 +264,7 @@ impl PluginEngine {
             world: kind.world().to_owned(),
             reason,
         };
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
-            path: path.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = self.component(path, bytes)?;
         let (export, functions) = kind.export();
         check_export(&self.engine, &component, export, functions).map_err(&wrong_world)?;
         let pre = self
@@ -264,6 +344,57 @@ pub fn content_version(bytes: &[u8]) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+impl LoadedPlugin for Plugin {
+    fn world(&self) -> &'static str {
+        self.kind.world()
+    }
+
+    fn load_version(
+        &self,
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<Self>, PluginError> {
+        engine.from_bytes(path, bytes, self.kind)
+    }
+
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn version(&self) -> &Arc<str> {
+        &self.version
+    }
+
+    fn warm_up(&self) -> Result<(), String> {
+        // The default limits of a stage: a stage's own limits apply to its workers' instances.
+        let settings = Arc::new(InstanceSettings {
+            scope: PluginScope {
+                pipeline: "(warm-up)".into(),
+                stage: "(warm-up)".into(),
+                partition: 0,
+                plugin: self.name.clone(),
+                version: self.version.clone(),
+            },
+            config_json: "{}".into(),
+            max_memory_bytes: 256 * 1024 * 1024,
+            call_timeout: Duration::from_secs(5),
+            reference: crate::reference::ReferenceTables::none(),
+        });
+        let plugin = Arc::new(Plugin {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            path: self.path.clone(),
+            kind: self.kind,
+            pre: self.pre.clone(),
+            exports: self.exports.clone(),
+        });
+        PluginInstance::new(plugin, settings, KeyedState::default())
+            .map(drop)
+            .map_err(|e| e.reason)
+    }
+}
+
 /// A compiled plugin, validated against the world of its kind, ready to instantiate.
 pub struct Plugin {
     name: Arc<str>,
@@ -278,6 +409,7 @@ pub struct Plugin {
 pub type TransformPlugin = Plugin;
 
 /// Where the export of each kind of plugin is, found once per compiled plugin.
+#[derive(Clone)]
 enum Exports {
     Transform(bindings::transform::GuestIndices),
     Aggregate(bindings::aggregate::GuestIndices),
@@ -336,7 +468,7 @@ pub struct InstanceSettings {
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: sandbox::InstanceLimiter,
     settings: Arc<InstanceSettings>,
     last_stderr: sandbox::LastStderrLine,
     /// The stage's keyed state in this partition.
@@ -489,11 +621,7 @@ impl PluginInstance {
         keyed: KeyedState,
     ) -> Result<Self, CallError> {
         let last_stderr = sandbox::LastStderrLine::default();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .instances(16)
-            .build();
+        let limits = sandbox::InstanceLimiter::new(settings.max_memory_bytes);
         let deadline_ticks = sandbox::deadline_ticks(settings.call_timeout);
         let state = StoreState {
             wasi: sandbox::wasi_context(&settings.scope, &last_stderr),
@@ -540,9 +668,13 @@ impl PluginInstance {
         &self.plugin
     }
 
-    /// Calls a transform on one batch. State written during the call is kept only if it returns.
+    /// Calls a transform on one batch. State written during the call is kept only if it returns
+    /// an output that refers to events of the batch only; otherwise the call failed (and the
+    /// instance must be replaced, like after a trap).
     pub fn process(&mut self, batch: &EventBatch) -> Result<OutputBatch, CallError> {
-        self.call(|guest, store| match guest {
+        let events = batch.body_ends.len();
+        let check = |output: &OutputBatch| check_output(output, events);
+        self.call(check, |guest, store| match guest {
             Guest::Transform(guest) => Some(guest.call_process(store, batch)),
             _ => None,
         })
@@ -550,33 +682,43 @@ impl PluginInstance {
 
     /// Calls a window aggregate's `fold`.
     pub fn fold(&mut self, request: &FoldRequest) -> Result<FoldResponse, CallError> {
-        self.call(|guest, store| match guest {
-            Guest::Aggregate(guest) => Some(guest.call_fold(store, request)),
-            _ => None,
-        })
+        self.call(
+            |_| Ok(()),
+            |guest, store| match guest {
+                Guest::Aggregate(guest) => Some(guest.call_fold(store, request)),
+                _ => None,
+            },
+        )
     }
 
     /// Calls a window aggregate's `finish`.
     pub fn finish(&mut self, request: &FinishRequest) -> Result<OutputBatch, CallError> {
-        self.call(|guest, store| match guest {
-            Guest::Aggregate(guest) => Some(guest.call_finish(store, request)),
-            _ => None,
-        })
+        self.call(
+            |_| Ok(()),
+            |guest, store| match guest {
+                Guest::Aggregate(guest) => Some(guest.call_finish(store, request)),
+                _ => None,
+            },
+        )
     }
 
     /// Calls a join enrichment's `enrich`.
     pub fn enrich(&mut self, request: &JoinRequest) -> Result<OutputBatch, CallError> {
-        self.call(|guest, store| match guest {
-            Guest::Join(guest) => Some(guest.call_enrich(store, request)),
-            _ => None,
-        })
+        self.call(
+            |_| Ok(()),
+            |guest, store| match guest {
+                Guest::Join(guest) => Some(guest.call_enrich(store, request)),
+                _ => None,
+            },
+        )
     }
 
     /// One call into the plugin under the deadline: keyed-state writes are committed if it
-    /// returns and discarded if it traps. `call` gives `None` when the plugin's kind has no such
+    /// returns an output that passes `check` and discarded otherwise. `call` gives `None` when the plugin's kind has no such
     /// function (a bug in the calling stage, reported as a failed call).
     fn call<R>(
         &mut self,
+        check: impl FnOnce(&R) -> Result<(), String>,
         call: impl FnOnce(&Guest, &mut Store<StoreState>) -> Option<wasmtime::Result<R>> + Send,
     ) -> Result<R, CallError>
     where
@@ -585,10 +727,20 @@ impl PluginInstance {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let (guest, store) = (&self.guest, &mut self.store);
         match sandbox::run_guest(|| call(guest, store)) {
-            Some(Ok(output)) => {
-                self.store.data_mut().keyed.commit();
-                Ok(output)
-            }
+            Some(Ok(output)) => match check(&output) {
+                Ok(()) => {
+                    self.store.data_mut().keyed.commit();
+                    Ok(output)
+                }
+                Err(reason) => {
+                    self.store.data_mut().keyed.rollback();
+                    Err(CallError {
+                        plugin: self.plugin.name.clone(),
+                        version: self.plugin.version.clone(),
+                        reason: format!("invalid output: {reason}"),
+                    })
+                }
+            },
             Some(Err(e)) => {
                 self.store.data_mut().keyed.rollback();
                 Err(call_error(&self.plugin, &mut self.store, &e))
@@ -602,6 +754,16 @@ impl PluginInstance {
                 ),
             }),
         }
+    }
+
+    /// Hands the instance the keyed state to use in its next calls.
+    pub fn put_keyed_state(&mut self, state: KeyedState) {
+        self.store.data_mut().keyed = state;
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn memory_in_use(&self) -> usize {
+        self.store.data().limits.memory_in_use()
     }
 
     /// The keyed state (committed writes only).
@@ -620,14 +782,60 @@ impl PluginInstance {
     }
 }
 
+/// Checks that every index in a plugin's output refers to the batch of `events` events and to
+/// the output's own lists, so that a wrong or hostile plugin cannot make the host misbehave.
+pub fn check_output(output: &OutputBatch, events: usize) -> Result<(), String> {
+    let mut start = 0usize;
+    for emitted in &output.emitted {
+        if emitted.event as usize >= events {
+            return Err(format!(
+                "a record for event {} of a batch of {events}",
+                emitted.event
+            ));
+        }
+        if emitted.target as usize >= output.targets.len() {
+            return Err(format!(
+                "a record for target {} of {}",
+                emitted.target,
+                output.targets.len()
+            ));
+        }
+        let end = emitted.payload_end as usize;
+        if end < start || end > output.payloads.len() {
+            return Err(format!(
+                "payload end {end} after {start} in a buffer of {} bytes",
+                output.payloads.len()
+            ));
+        }
+        start = end;
+    }
+    for rejection in &output.rejected {
+        if rejection.event as usize >= events {
+            return Err(format!(
+                "a rejection of event {} of a batch of {events}",
+                rejection.event
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Explains a failed call in the plugin author's terms.
 fn call_error(
     plugin: &Plugin,
     store: &mut Store<StoreState>,
     error: &wasmtime::Error,
 ) -> CallError {
+    let refusal = store.data_mut().limits.take_refusal();
     let data = store.data();
     let stderr = data.last_stderr.take();
+    if let Some(refusal) = refusal {
+        return CallError {
+            plugin: plugin.name.clone(),
+            version: plugin.version.clone(),
+            reason: refusal.to_string(),
+        };
+    }
     let reason = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "deadline exceeded: the call ran longer than {:?}",

@@ -1,6 +1,12 @@
-//! The sandbox in one place: engine settings, the deadline ticker, per-store limits, and a WASI
+//! The sandbox in one place: engine settings, the deadline ticker, per-instance limits, and a WASI
 //! context that grants nothing but clocks and randomness, with guest stdout/stderr sent to
 //! `tracing`.
+//!
+//! What a plugin can reach: its own linear memory (up to the stage's `max_memory_bytes`, counted
+//! over all of the instance's memories), the host imports of its world (log, counters, keyed
+//! state, its configuration), a clock and random bytes. No preopened directory, no environment
+//! variable, no argument, no socket or name lookup, an empty stdin. Each call runs under an epoch
+//! deadline (the stage's `call_timeout`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +76,116 @@ pub fn run_guest<R: Send>(call: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Most tables, instances and memories one plugin instance may create; a component built by the
+/// usual toolchains needs a handful of each.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+/// Most elements of one table (function references): far above what real guests use.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// A growth the limiter refused, kept to explain the trap in the plugin author's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryRefusal {
+    /// Bytes of linear memory the instance held, over all its memories.
+    pub in_use: usize,
+    /// Bytes the refused growth asked for.
+    pub requested: usize,
+    /// The limit.
+    pub max: usize,
+}
+
+impl std::fmt::Display for MemoryRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit exceeded: the instance held {} bytes and asked for {} more, above its limit of {} bytes (the stage's `max_memory_bytes`)",
+            self.in_use, self.requested, self.max
+        )
+    }
+}
+
+/// Limits one instance: linear memory in total over all its memories (a component may have
+/// several), table sizes and the number of instances, tables and memories. A refused memory growth
+/// traps at once (rather than returning -1 to the guest) and is remembered for the error message.
+#[derive(Debug)]
+pub struct InstanceLimiter {
+    max_memory_bytes: usize,
+    memory_in_use: usize,
+    refused: Option<MemoryRefusal>,
+}
+
+impl InstanceLimiter {
+    /// A limiter allowing `max_memory_bytes` of linear memory in total.
+    pub fn new(max_memory_bytes: u64) -> Self {
+        InstanceLimiter {
+            max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
+            memory_in_use: 0,
+            refused: None,
+        }
+    }
+
+    /// The last refused growth, if any, forgetting it.
+    pub fn take_refusal(&mut self) -> Option<MemoryRefusal> {
+        self.refused.take()
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory_in_use
+    }
+}
+
+impl wasmtime::ResourceLimiter for InstanceLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_in_use.saturating_add(growth);
+        if total > self.max_memory_bytes {
+            let refusal = MemoryRefusal {
+                in_use: self.memory_in_use,
+                requested: growth,
+                max: self.max_memory_bytes,
+            };
+            self.refused = Some(refusal);
+            return Err(wasmtime::Error::msg(refusal.to_string()));
+        }
+        self.memory_in_use = total;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The host could not provide memory the limit allowed: fail the call rather than let the
+        // guest continue with a failed allocation.
+        Err(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
 /// Who a plugin instance runs for, attached to everything it logs.
 #[derive(Debug, Clone)]
 pub struct PluginScope {
@@ -85,30 +201,73 @@ pub struct PluginScope {
     pub version: Arc<str>,
 }
 
-/// The last line a guest wrote to stderr, kept to explain its next trap (a Rust panic prints its
-/// message there before aborting).
+/// The last lines a guest wrote to stderr, kept to explain its next trap: a Rust panic prints
+/// `thread '..' panicked at FILE:LINE:COL:`, then its message, then a note about backtraces,
+/// before aborting.
 #[derive(Debug, Clone, Default)]
-pub struct LastStderrLine(Arc<Mutex<String>>);
+pub struct LastStderrLine(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+/// Lines of stderr kept.
+const KEPT_STDERR_LINES: usize = 8;
 
 impl LastStderrLine {
-    /// Takes the line, leaving it empty.
+    /// What the recent lines say, leaving none: a panic's message with its location, or the last
+    /// line.
     pub fn take(&self) -> String {
-        self.0
+        let lines: Vec<String> = self
+            .0
             .lock()
-            .map(|mut line| std::mem::take(&mut *line))
-            .unwrap_or_default()
+            .map(|mut lines| lines.drain(..).collect())
+            .unwrap_or_default();
+        explain_stderr(&lines)
     }
 
     fn set(&self, line: &str) {
-        if let Ok(mut last) = self.0.lock() {
-            line.clone_into(&mut last);
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == KEPT_STDERR_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.to_owned());
         }
     }
 }
 
+/// The panic message (with its location) in `lines`, else the last line that is not a note.
+fn explain_stderr(lines: &[String]) -> String {
+    if let Some(index) = lines.iter().rposition(|l| l.contains(" panicked at ")) {
+        let location = lines[index]
+            .split(" panicked at ")
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches(':');
+        let message: Vec<&str> = lines[index + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty() && !l.starts_with("note: "))
+            .collect();
+        return if message.is_empty() {
+            format!("(at {location})")
+        } else {
+            format!("{} (at {location})", message.join(" "))
+        };
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("note: "))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A WASI context with no preopened directory, no environment, no arguments and no network.
+///
+/// Each of these is also the builder's default; they are spelled out so that a change of default
+/// in a wasmtime upgrade cannot widen the sandbox unnoticed (the hostile-plugin tests check them).
 pub fn wasi_context(scope: &PluginScope, last_stderr: &LastStderrLine) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
+    // stdin stays closed (the default); every socket address is refused even if TCP or UDP were
+    // ever allowed.
+    builder.socket_addr_check(|_, _| Box::pin(async { false }));
     builder
         .stdout(GuestOutput::new(
             scope.clone(),
@@ -247,5 +406,43 @@ impl tokio::io::AsyncWrite for GuestOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_explained_by_its_message_and_location() {
+        let lines: Vec<String> = [
+            "thread '<unnamed>' panicked at src/lib.rs:20:9:",
+            "poison event at position 7",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            explain_stderr(&lines),
+            "poison event at position 7 (at src/lib.rs:20:9)"
+        );
+        assert_eq!(explain_stderr(&lines[1..2]), "poison event at position 7");
+    }
+
+    #[test]
+    fn the_limiter_counts_all_memories_together() {
+        use wasmtime::ResourceLimiter;
+        let mut limiter = InstanceLimiter::new(1000);
+        assert!(limiter.memory_growing(0, 600, None).is_ok());
+        assert!(limiter.memory_growing(0, 300, None).is_ok());
+        let err = limiter
+            .memory_growing(300, 500, None)
+            .expect_err("above the limit");
+        assert!(
+            err.to_string()
+                .contains("held 900 bytes and asked for 200 more"),
+            "{err}"
+        );
+        assert!(limiter.take_refusal().is_some());
     }
 }

@@ -1,94 +1,926 @@
-//! The instance a stage calls, kept between calls: instantiated on first use, discarded after a
-//! failed call (an instance that trapped cannot be entered again) and replaced at the next call,
-//! keeping the committed keyed state. Every kind of stage calls its plugin through a slot.
+//! A stage's plugin slot: the version that runs, every version ever loaded, and the probation of a
+//! new one.
+//!
+//! One slot per stage of a pipeline, shared by all of the stage's partition workers. A new version
+//! (from the watched file or the admin API) is compiled and validated against the stage's world
+//! off the hot path, then *activated*: the slot's generation counter moves, and each worker, at
+//! its next batch boundary, sees the new generation, drops its instance and instantiates the new
+//! version with the keyed state it holds. The batch in flight finishes on the old version.
+//!
+//! A version activated by a swap is on *probation* for its first `probation_events` events, summed
+//! over all partitions. Meanwhile the version it replaced stays at hand as the fallback: an event
+//! the new version traps on is processed again by the fallback, so a crashing version costs no
+//! event. If its trap ratio or its failure ratio (traps and rejections) passes the policy's limit,
+//! the slot rolls back to the fallback by itself, and says so (log, metric, admin API).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{CallError, InstanceSettings, KeyedState, Plugin, PluginInstance};
+use serde::{Deserialize, Serialize};
 
-/// A stage's plugin and its current instance in one partition worker.
-pub struct PluginSlot {
-    plugin: Arc<Plugin>,
-    settings: Arc<InstanceSettings>,
-    instance: Option<PluginInstance>,
-    /// The keyed state while no instance holds it (before the first call, after a failed call).
-    parked_state: KeyedState,
+use super::store::{MAX_ACTIVATIONS, StageRecord, VersionStore};
+use super::{LoadedPlugin, PluginEngine, PluginError, content_version};
+use crate::metrics::{Metrics, names};
+
+/// How a version reached Weir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionOrigin {
+    /// The stage's plugin file, read at start.
+    Config,
+    /// The stage's plugin file, changed while Weir ran (the plugins directory is watched).
+    File,
+    /// An upload to the admin API.
+    Api,
 }
 
-impl std::fmt::Debug for PluginSlot {
+/// One version of a stage's plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    /// Content hash: the first 12 hex digits of the SHA-256 of the component.
+    pub version: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Size of the component in bytes.
+    pub bytes: u64,
+    /// When it was first loaded (RFC 3339).
+    pub loaded_at: String,
+    /// How it came.
+    pub origin: VersionOrigin,
+}
+
+/// Why a version became the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCause {
+    /// The stage's configured plugin, at start.
+    Start,
+    /// The version that was active when the process last stopped, at start.
+    Resume,
+    /// A new plugin file in the watched directory.
+    File,
+    /// An upload to the admin API.
+    Api,
+    /// An operator's rollback through the admin API.
+    Rollback,
+    /// The slot's own rollback after the previous version failed its probation.
+    AutomaticRollback,
+}
+
+/// One activation of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationInfo {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The version activated.
+    pub version: String,
+    /// The version it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Why.
+    pub cause: ActivationCause,
+    /// Details, such as the failure ratio that caused an automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// When a new version is rolled back by itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollbackPolicy {
+    /// Events (over all partitions) a new version is watched for after its swap.
+    pub probation_events: u64,
+    /// Largest tolerated share of those events that trap.
+    pub max_trap_ratio: f64,
+    /// Largest tolerated share of those events that trap or are rejected.
+    pub max_error_ratio: f64,
+}
+
+impl Default for RollbackPolicy {
+    fn default() -> Self {
+        RollbackPolicy {
+            probation_events: 1000,
+            max_trap_ratio: 0.05,
+            max_error_ratio: 0.5,
+        }
+    }
+}
+
+/// What one call (a batch or a single event) did, as counted for a probation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTally {
+    /// Events handed to the version.
+    pub events: u64,
+    /// Events it rejected.
+    pub rejected: u64,
+    /// Events it trapped on.
+    pub trapped: u64,
+}
+
+/// Why an offered version or a rollback was refused. The running version keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The component does not compile, or does not implement the stage's world.
+    #[error("refused: {0}")]
+    Refused(PluginError),
+    /// No such version is known for the stage.
+    #[error(
+        "version `{version}` is not known for stage `{stage}` of pipeline `{pipeline}`; known: {known}"
+    )]
+    UnknownVersion {
+        /// Pipeline.
+        pipeline: String,
+        /// Stage.
+        stage: String,
+        /// The version asked for.
+        version: String,
+        /// The known versions.
+        known: String,
+    },
+    /// A rollback without a version, but no version ran before this one.
+    #[error("stage `{stage}` of pipeline `{pipeline}` has no previous version to roll back to")]
+    NoPrevious {
+        /// Pipeline.
+        pipeline: String,
+        /// Stage.
+        stage: String,
+    },
+    /// The slot's stage cannot take new versions (it was built around a fixed plugin).
+    #[error("stage `{stage}` of pipeline `{pipeline}` takes no new versions")]
+    Fixed {
+        /// Pipeline.
+        pipeline: String,
+        /// Stage.
+        stage: String,
+    },
+}
+
+/// The result of offering a version.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Offered {
+    /// It is now the active version.
+    Activated {
+        /// The version.
+        version: VersionInfo,
+    },
+    /// It was already the active version; nothing changed.
+    AlreadyActive {
+        /// The version.
+        version: VersionInfo,
+    },
+}
+
+/// The probation of the active version, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbationReport {
+    /// The version on probation.
+    pub version: String,
+    /// The version it falls back to.
+    pub fallback: String,
+    /// Events it has seen so far.
+    pub events: u64,
+    /// Of which rejected.
+    pub rejected: u64,
+    /// Of which trapped.
+    pub trapped: u64,
+    /// Events it must get through.
+    pub of: u64,
+}
+
+/// A version as listed by the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedVersion {
+    /// What is known of it.
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// `active`, `rolled_back` or `available`.
+    pub status: &'static str,
+}
+
+/// Everything the admin API shows of a slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotReport {
+    /// Pipeline.
+    pub pipeline: String,
+    /// Stage.
+    pub stage: String,
+    /// The world the stage's plugins implement.
+    pub world: String,
+    /// The stage's plugin file (watched).
+    pub file: String,
+    /// The active version.
+    pub active: String,
+    /// The active version's probation, if it is on one.
+    pub probation: Option<ProbationReport>,
+    /// Every known version, in load order.
+    pub versions: Vec<ListedVersion>,
+    /// The latest activations, oldest first.
+    pub activations: Vec<ActivationInfo>,
+}
+
+/// A slot as the admin API and the file watcher use it, whatever the stage's kind.
+pub trait SlotControl: Send + Sync {
+    /// Pipeline name.
+    fn pipeline(&self) -> &str;
+    /// Stage name.
+    fn stage(&self) -> &str;
+    /// The stage's plugin file.
+    fn file(&self) -> &Path;
+    /// The active version.
+    fn active_version(&self) -> String;
+    /// Everything known of the slot.
+    fn report(&self) -> SlotReport;
+    /// Compiles and validates `bytes` against the stage's world and activates them. Blocks while
+    /// compiling: call it off the async threads.
+    fn offer(&self, bytes: Vec<u8>, origin: VersionOrigin) -> Result<Offered, SwapError>;
+    /// Activates a known version (`None`: the one that ran before the active one). Blocks while
+    /// compiling, if the version must be loaded from the store.
+    fn rollback(&self, version: Option<&str>) -> Result<VersionInfo, SwapError>;
+}
+
+/// What a worker runs: the active version and, during its probation, the fallback.
+#[derive(Debug)]
+pub struct Active<P> {
+    /// The slot's generation this was read at.
+    pub generation: u64,
+    /// The version to run.
+    pub plugin: Arc<P>,
+    /// The version to run an event on when `plugin` traps on it (during probation only).
+    pub fallback: Option<Arc<P>>,
+}
+
+struct Entry<P> {
+    info: VersionInfo,
+    compiled: Option<Arc<P>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Probation {
+    events: u64,
+    rejected: u64,
+    trapped: u64,
+}
+
+struct Inner<P> {
+    active: Arc<P>,
+    fallback: Option<Arc<P>>,
+    probation: Option<Probation>,
+    versions: Vec<Entry<P>>,
+    activations: Vec<ActivationInfo>,
+    rolled_back: BTreeSet<String>,
+    /// Version of the plugin file's content as last read.
+    configured: String,
+}
+
+/// Everything a slot is built from.
+#[derive(Debug, Clone)]
+pub struct SlotSetup {
+    /// Pipeline name.
+    pub pipeline: Arc<str>,
+    /// Stage name.
+    pub stage: Arc<str>,
+    /// The stage's plugin file.
+    pub file: PathBuf,
+    /// Compiles new versions.
+    pub engine: PluginEngine,
+    /// Keeps versions across restarts; `None` keeps them in memory only.
+    pub store: Option<VersionStore>,
+    /// When a new version is rolled back.
+    pub policy: RollbackPolicy,
+    /// Where swaps, rollbacks and refusals are counted.
+    pub metrics: Metrics,
+}
+
+/// The plugin slot of one stage.
+pub struct PluginSlot<P: LoadedPlugin> {
+    pipeline: Arc<str>,
+    stage: Arc<str>,
+    file: PathBuf,
+    engine: Option<PluginEngine>,
+    store: Option<VersionStore>,
+    policy: RollbackPolicy,
+    metrics: Metrics,
+    generation: AtomicU64,
+    /// The version the slot was opened with: new versions are loaded as its kind (its world).
+    template: Arc<P>,
+    inner: Mutex<Inner<P>>,
+}
+
+impl<P: LoadedPlugin> std::fmt::Debug for PluginSlot<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginSlot")
-            .field("plugin", &self.plugin)
-            .field("instantiated", &self.instance.is_some())
+            .field("pipeline", &self.pipeline)
+            .field("stage", &self.stage)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
 
-impl PluginSlot {
-    /// A slot for `plugin`, starting from `state` (restored from a checkpoint, or empty).
-    pub fn new(plugin: Arc<Plugin>, settings: Arc<InstanceSettings>, state: KeyedState) -> Self {
-        PluginSlot {
-            plugin,
-            settings,
-            instance: None,
-            parked_state: state,
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl<P: LoadedPlugin> PluginSlot<P> {
+    /// A slot holding `plugin` for good: it takes no new versions (benchmarks, embedded use).
+    pub fn fixed(pipeline: Arc<str>, stage: Arc<str>, plugin: Arc<P>) -> Arc<Self> {
+        let info = VersionInfo {
+            version: plugin.version().to_string(),
+            plugin: plugin.name().to_string(),
+            bytes: 0,
+            loaded_at: now_text(),
+            origin: VersionOrigin::Config,
+        };
+        Arc::new(PluginSlot {
+            pipeline,
+            stage,
+            file: PathBuf::new(),
+            engine: None,
+            store: None,
+            policy: RollbackPolicy::default(),
+            metrics: Metrics::new(),
+            generation: AtomicU64::new(1),
+            template: plugin.clone(),
+            inner: Mutex::new(Inner {
+                active: plugin.clone(),
+                fallback: None,
+                probation: None,
+                activations: Vec::new(),
+                rolled_back: BTreeSet::new(),
+                configured: info.version.clone(),
+                versions: vec![Entry {
+                    info,
+                    compiled: Some(plugin),
+                }],
+            }),
+        })
+    }
+
+    /// Opens the slot of a stage: loads its configured plugin file (already compiled as
+    /// `configured`, from `bytes`), and, when the store says another version was running when the
+    /// process stopped and the file has not changed since, resumes that version.
+    pub fn open(setup: SlotSetup, configured: Arc<P>, bytes: &[u8]) -> Arc<Self> {
+        let SlotSetup {
+            pipeline,
+            stage,
+            file,
+            engine,
+            store,
+            policy,
+            metrics,
+        } = setup;
+        let configured_version = configured.version().to_string();
+        let record = store
+            .as_ref()
+            .and_then(|s| s.load_stage(&pipeline, &stage))
+            .unwrap_or_default();
+        if let Some(store) = &store
+            && let Err(e) = store.put_bytes(&configured_version, bytes)
+        {
+            tracing::warn!(store = %store.dir().display(), error = %e, "cannot keep the plugin version in the store");
         }
-    }
-
-    /// The plugin the slot runs.
-    pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
-    }
-
-    /// The instance's settings (scope, limits, configuration).
-    pub fn settings(&self) -> &Arc<InstanceSettings> {
-        &self.settings
-    }
-
-    /// The stage's keyed state (committed writes only).
-    pub fn keyed_state(&self) -> &KeyedState {
-        match &self.instance {
-            Some(instance) => instance.keyed_state(),
-            None => &self.parked_state,
+        let mut versions: Vec<Entry<P>> = record
+            .versions
+            .iter()
+            .map(|info| Entry {
+                info: info.clone(),
+                compiled: None,
+            })
+            .collect();
+        match versions
+            .iter_mut()
+            .find(|e| e.info.version == configured_version)
+        {
+            Some(entry) => entry.compiled = Some(configured.clone()),
+            None => versions.push(Entry {
+                info: VersionInfo {
+                    version: configured_version.clone(),
+                    plugin: configured.name().to_string(),
+                    bytes: bytes.len() as u64,
+                    loaded_at: now_text(),
+                    origin: VersionOrigin::Config,
+                },
+                compiled: Some(configured.clone()),
+            }),
         }
-    }
 
-    /// Calls `call` on the instance, instantiating it first if needed. The outer error means no
-    /// instance could be created (nothing ran); the inner one that the call failed, after which
-    /// the instance is discarded (its committed state is kept for the next one).
-    pub fn call<R>(
-        &mut self,
-        call: impl FnOnce(&mut PluginInstance) -> Result<R, CallError>,
-    ) -> Result<Result<R, CallError>, CallError> {
-        let instance = match &mut self.instance {
-            Some(instance) => instance,
-            empty => {
-                let state = std::mem::take(&mut self.parked_state);
-                match PluginInstance::new(self.plugin.clone(), self.settings.clone(), state.clone())
-                {
-                    Ok(instance) => empty.insert(instance),
-                    Err(e) => {
-                        self.parked_state = state;
-                        return Err(e);
+        // Resume what ran before the stop, if the configured file is still what it was then.
+        let mut active = configured.clone();
+        let mut cause = ActivationCause::Start;
+        if record.configured == configured_version
+            && !record.active.is_empty()
+            && record.active != configured_version
+            && let Some(store) = &store
+        {
+            let path = store.bytes_path(&record.active);
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    configured
+                        .load_version(&engine, &path, &b)
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(resumed) => {
+                    if let Some(entry) = versions
+                        .iter_mut()
+                        .find(|e| e.info.version == record.active)
+                    {
+                        entry.compiled = Some(resumed.clone());
                     }
+                    tracing::info!(
+                        pipeline = %pipeline, stage = %stage, version = %record.active,
+                        configured = %configured_version,
+                        "resuming the plugin version that was active at the last stop"
+                    );
+                    active = resumed;
+                    cause = ActivationCause::Resume;
+                }
+                Err(e) => tracing::warn!(
+                    pipeline = %pipeline, stage = %stage, version = %record.active, error = %e,
+                    "cannot resume the plugin version that was active at the last stop; running the configured file"
+                ),
+            }
+        }
+        let mut activations = record.activations.clone();
+        activations.push(ActivationInfo {
+            at: now_text(),
+            version: active.version().to_string(),
+            previous: None,
+            cause,
+            reason: None,
+        });
+        let slot = Arc::new(PluginSlot {
+            pipeline,
+            stage,
+            file,
+            engine: Some(engine),
+            store,
+            policy,
+            metrics,
+            generation: AtomicU64::new(1),
+            template: configured,
+            inner: Mutex::new(Inner {
+                active,
+                fallback: None,
+                probation: None,
+                versions,
+                activations,
+                rolled_back: record.rolled_back.iter().cloned().collect(),
+                configured: configured_version,
+            }),
+        });
+        {
+            let inner = slot.lock();
+            slot.persist(&inner);
+            slot.set_active_gauge(None, inner.active.version());
+        }
+        slot
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<P>> {
+        // A panic while holding the lock cannot leave the slot inconsistent in a way that matters
+        // more than stopping every worker would: carry on with the data.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves on every activation and at the end of a probation; a worker that saw another value
+    /// takes [`PluginSlot::active`] at its next batch boundary. One atomic load per batch.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// What to run now.
+    pub fn active(&self) -> Active<P> {
+        let inner = self.lock();
+        Active {
+            generation: self.generation(),
+            plugin: inner.active.clone(),
+            fallback: inner.fallback.clone(),
+        }
+    }
+
+    /// The stage's name.
+    pub fn stage_name(&self) -> &Arc<str> {
+        &self.stage
+    }
+
+    /// Counts what the version of `generation` did during its probation. Returns true when this
+    /// made the slot roll back (the caller then takes [`PluginSlot::active`] at once).
+    pub fn record(&self, generation: u64, tally: CallTally) -> bool {
+        let mut inner = self.lock();
+        if self.generation() != generation {
+            return false;
+        }
+        let Some(probation) = inner.probation.as_mut() else {
+            return false;
+        };
+        probation.events += tally.events;
+        probation.rejected += tally.rejected;
+        probation.trapped += tally.trapped;
+        let probation = *probation;
+        let window = self.policy.probation_events.max(1) as f64;
+        let failures = probation.trapped + probation.rejected;
+        let reason = if probation.trapped as f64 > self.policy.max_trap_ratio * window {
+            Some(format!(
+                "trapped on {} of its first {} events, above the limit of {} of {} (max_trap_ratio)",
+                probation.trapped,
+                probation.events,
+                self.policy.max_trap_ratio,
+                self.policy.probation_events
+            ))
+        } else if failures as f64 > self.policy.max_error_ratio * window {
+            Some(format!(
+                "failed (rejected {}, trapped {}) on {} of its first {} events, above the limit of {} of {} (max_error_ratio)",
+                probation.rejected,
+                probation.trapped,
+                failures,
+                probation.events,
+                self.policy.max_error_ratio,
+                self.policy.probation_events
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let Some(previous) = inner.fallback.clone() else {
+                return false;
+            };
+            let bad = inner.active.version().to_string();
+            tracing::error!(
+                pipeline = %self.pipeline, stage = %self.stage, version = %bad,
+                rolled_back_to = %previous.version(), reason = %reason,
+                "new plugin version failed its probation: rolled back automatically"
+            );
+            inner.rolled_back.insert(bad);
+            self.metrics.add(
+                names::PLUGIN_ROLLBACKS,
+                &[("pipeline", &self.pipeline), ("stage", &self.stage)],
+                1,
+            );
+            self.activate(
+                &mut inner,
+                previous,
+                ActivationCause::AutomaticRollback,
+                Some(reason),
+                false,
+            );
+            return true;
+        }
+        if probation.events >= self.policy.probation_events {
+            tracing::info!(
+                pipeline = %self.pipeline, stage = %self.stage, version = %inner.active.version(),
+                events = probation.events, rejected = probation.rejected, trapped = probation.trapped,
+                "plugin version passed its probation"
+            );
+            inner.probation = None;
+            inner.fallback = None;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        false
+    }
+
+    /// Makes `plugin` the active version. With `probation`, the replaced version stays as the
+    /// fallback until the new one has seen `probation_events` events.
+    fn activate(
+        &self,
+        inner: &mut Inner<P>,
+        plugin: Arc<P>,
+        cause: ActivationCause,
+        reason: Option<String>,
+        probation: bool,
+    ) {
+        let previous = std::mem::replace(&mut inner.active, plugin);
+        let previous_version = previous.version().to_string();
+        inner.fallback = probation.then_some(previous);
+        inner.probation = probation.then(Probation::default);
+        inner.activations.push(ActivationInfo {
+            at: now_text(),
+            version: inner.active.version().to_string(),
+            previous: Some(previous_version.clone()),
+            cause,
+            reason,
+        });
+        if inner.activations.len() > MAX_ACTIVATIONS {
+            let excess = inner.activations.len() - MAX_ACTIVATIONS;
+            inner.activations.drain(..excess);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let cause_label = match cause {
+            ActivationCause::Start => "start",
+            ActivationCause::Resume => "resume",
+            ActivationCause::File => "file",
+            ActivationCause::Api => "api",
+            ActivationCause::Rollback => "rollback",
+            ActivationCause::AutomaticRollback => "automatic_rollback",
+        };
+        self.metrics.add(
+            names::PLUGIN_SWAPS,
+            &[
+                ("pipeline", &self.pipeline),
+                ("stage", &self.stage),
+                ("cause", cause_label),
+            ],
+            1,
+        );
+        self.set_active_gauge(Some(&previous_version), inner.active.version());
+        tracing::info!(
+            pipeline = %self.pipeline, stage = %self.stage, version = %inner.active.version(),
+            previous = %previous_version, cause = cause_label,
+            "plugin version activated; partition workers switch at their next batch"
+        );
+        self.persist(inner);
+    }
+
+    fn set_active_gauge(&self, previous: Option<&str>, active: &str) {
+        if let Some(previous) = previous {
+            self.metrics.set(
+                names::PLUGIN_ACTIVE,
+                &[
+                    ("pipeline", &self.pipeline),
+                    ("stage", &self.stage),
+                    ("version", previous),
+                ],
+                0.0,
+            );
+        }
+        self.metrics.set(
+            names::PLUGIN_ACTIVE,
+            &[
+                ("pipeline", &self.pipeline),
+                ("stage", &self.stage),
+                ("version", active),
+            ],
+            1.0,
+        );
+    }
+
+    fn persist(&self, inner: &Inner<P>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let record = StageRecord {
+            configured: inner.configured.clone(),
+            active: inner.active.version().to_string(),
+            versions: inner.versions.iter().map(|e| e.info.clone()).collect(),
+            activations: inner.activations.clone(),
+            rolled_back: inner.rolled_back.iter().cloned().collect(),
+        };
+        if let Err(e) = store.save_stage(&self.pipeline, &self.stage, &record) {
+            tracing::warn!(
+                pipeline = %self.pipeline, stage = %self.stage, store = %store.dir().display(),
+                error = %e, "cannot record plugin versions in the store"
+            );
+        }
+    }
+
+    fn refused(&self, origin: VersionOrigin, error: PluginError) -> SwapError {
+        let origin_label = match origin {
+            VersionOrigin::Config => "config",
+            VersionOrigin::File => "file",
+            VersionOrigin::Api => "api",
+        };
+        self.metrics.add(
+            names::PLUGIN_REFUSED,
+            &[
+                ("pipeline", &self.pipeline),
+                ("stage", &self.stage),
+                ("origin", origin_label),
+            ],
+            1,
+        );
+        tracing::warn!(
+            pipeline = %self.pipeline, stage = %self.stage, origin = origin_label, error = %error,
+            "new plugin version refused; the running version keeps running"
+        );
+        SwapError::Refused(error)
+    }
+
+    fn fixed_error(&self) -> SwapError {
+        SwapError::Fixed {
+            pipeline: self.pipeline.to_string(),
+            stage: self.stage.to_string(),
+        }
+    }
+}
+
+impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
+    fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn active_version(&self) -> String {
+        self.lock().active.version().to_string()
+    }
+
+    fn report(&self) -> SlotReport {
+        let inner = self.lock();
+        let active = inner.active.version().to_string();
+        SlotReport {
+            pipeline: self.pipeline.to_string(),
+            stage: self.stage.to_string(),
+            world: self.template.world().to_owned(),
+            file: self.file.display().to_string(),
+            active: active.clone(),
+            probation: match (&inner.probation, &inner.fallback) {
+                (Some(p), Some(fallback)) => Some(ProbationReport {
+                    version: active.clone(),
+                    fallback: fallback.version().to_string(),
+                    events: p.events,
+                    rejected: p.rejected,
+                    trapped: p.trapped,
+                    of: self.policy.probation_events,
+                }),
+                _ => None,
+            },
+            versions: inner
+                .versions
+                .iter()
+                .map(|e| ListedVersion {
+                    info: e.info.clone(),
+                    status: if e.info.version == active {
+                        "active"
+                    } else if inner.rolled_back.contains(&e.info.version) {
+                        "rolled_back"
+                    } else {
+                        "available"
+                    },
+                })
+                .collect(),
+            activations: inner.activations.clone(),
+        }
+    }
+
+    fn offer(&self, bytes: Vec<u8>, origin: VersionOrigin) -> Result<Offered, SwapError> {
+        let Some(engine) = &self.engine else {
+            return Err(self.fixed_error());
+        };
+        let version = content_version(&bytes);
+        let cause = match origin {
+            VersionOrigin::Api => ActivationCause::Api,
+            VersionOrigin::File | VersionOrigin::Config => ActivationCause::File,
+        };
+        {
+            let mut inner = self.lock();
+            if origin == VersionOrigin::File && inner.configured != version {
+                inner.configured = version.clone();
+                self.persist(&inner);
+            }
+            if **inner.active.version() == *version {
+                let info = inner
+                    .versions
+                    .iter()
+                    .find(|e| e.info.version == version)
+                    .map(|e| e.info.clone());
+                if let Some(info) = info {
+                    return Ok(Offered::AlreadyActive { version: info });
                 }
             }
-        };
-        let result = call(instance);
-        if result.is_err()
-            && let Some(mut instance) = self.instance.take()
-        {
-            self.parked_state = instance.take_keyed_state();
+            // A version loaded before: no need to compile it again.
+            let known = inner
+                .versions
+                .iter()
+                .find(|e| e.info.version == version)
+                .and_then(|e| e.compiled.clone().map(|c| (c, e.info.clone())));
+            if let Some((plugin, info)) = known {
+                self.activate(&mut inner, plugin, cause, None, true);
+                return Ok(Offered::Activated { version: info });
+            }
         }
-        Ok(result)
+        // Compile and validate outside the lock: the workers keep running meanwhile.
+        let label = match origin {
+            VersionOrigin::Api => PathBuf::from(format!(
+                "(upload for stage `{}` of pipeline `{}`)",
+                self.stage, self.pipeline
+            )),
+            VersionOrigin::File | VersionOrigin::Config => self.file.clone(),
+        };
+        let plugin = self
+            .template
+            .load_version(engine, &label, &bytes)
+            .map_err(|e| self.refused(origin, e))?;
+        if let Err(reason) = plugin.warm_up() {
+            return Err(self.refused(
+                origin,
+                PluginError::Instantiate {
+                    path: label,
+                    reason,
+                },
+            ));
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.put_bytes(&version, &bytes)
+        {
+            tracing::warn!(store = %store.dir().display(), error = %e, "cannot keep the plugin version in the store");
+        }
+        let mut inner = self.lock();
+        let info = match inner
+            .versions
+            .iter_mut()
+            .find(|e| e.info.version == version)
+        {
+            Some(entry) => {
+                entry.compiled = Some(plugin.clone());
+                entry.info.clone()
+            }
+            None => {
+                let info = VersionInfo {
+                    version: version.clone(),
+                    plugin: plugin.name().to_string(),
+                    bytes: bytes.len() as u64,
+                    loaded_at: now_text(),
+                    origin,
+                };
+                inner.versions.push(Entry {
+                    info: info.clone(),
+                    compiled: Some(plugin.clone()),
+                });
+                info
+            }
+        };
+        if **inner.active.version() == *version {
+            return Ok(Offered::AlreadyActive { version: info });
+        }
+        self.activate(&mut inner, plugin, cause, None, true);
+        Ok(Offered::Activated { version: info })
     }
 
-    /// Counters the plugin added to since the last call of this.
-    pub fn take_counters(&mut self) -> BTreeMap<String, u64> {
-        match &mut self.instance {
-            Some(instance) => instance.take_counters(),
-            None => BTreeMap::new(),
+    fn rollback(&self, version: Option<&str>) -> Result<VersionInfo, SwapError> {
+        let Some(engine) = &self.engine else {
+            return Err(self.fixed_error());
+        };
+        let target = {
+            let inner = self.lock();
+            match version {
+                Some(v) => v.to_owned(),
+                None => inner
+                    .activations
+                    .iter()
+                    .rev()
+                    .find(|a| a.version == **inner.active.version())
+                    .and_then(|a| a.previous.clone())
+                    .ok_or_else(|| SwapError::NoPrevious {
+                        pipeline: self.pipeline.to_string(),
+                        stage: self.stage.to_string(),
+                    })?,
+            }
+        };
+        let (compiled, info) = {
+            let inner = self.lock();
+            let Some(entry) = inner.versions.iter().find(|e| e.info.version == target) else {
+                return Err(SwapError::UnknownVersion {
+                    pipeline: self.pipeline.to_string(),
+                    stage: self.stage.to_string(),
+                    version: target,
+                    known: inner
+                        .versions
+                        .iter()
+                        .map(|e| e.info.version.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            (entry.compiled.clone(), entry.info.clone())
+        };
+        let plugin = match compiled {
+            Some(plugin) => plugin,
+            None => {
+                // Known from an earlier run: load it from the store (its compiled form is cached).
+                let store = self.store.as_ref().ok_or_else(|| self.fixed_error())?;
+                let path = store.bytes_path(&target);
+                let bytes = std::fs::read(&path).map_err(|source| {
+                    SwapError::Refused(PluginError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+                })?;
+                let plugin = self
+                    .template
+                    .load_version(engine, &path, &bytes)
+                    .map_err(|e| self.refused(info.origin, e))?;
+                let mut inner = self.lock();
+                if let Some(entry) = inner.versions.iter_mut().find(|e| e.info.version == target) {
+                    entry.compiled = Some(plugin.clone());
+                }
+                plugin
+            }
+        };
+        let mut inner = self.lock();
+        if **inner.active.version() != *target {
+            self.activate(&mut inner, plugin, ActivationCause::Rollback, None, false);
         }
+        Ok(info)
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::fill_batch;
+use super::window::plugin_rejections;
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::config::{JoinConfig, UnmatchedPolicy};
@@ -26,7 +27,7 @@ use crate::event::{Event, Position};
 use crate::json::{FieldValue, top_level_field};
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, JoinPair, JoinRequest, OutputBatch};
-use crate::plugin::{CallError, KeyedState, PluginSlot};
+use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark};
 
 /// An interval join's settings, durations in milliseconds.
@@ -115,7 +116,7 @@ struct Pending {
 pub struct JoinStage {
     name: Arc<str>,
     settings: JoinSettings,
-    slot: PluginSlot,
+    slot: InstanceSlot,
     state: JoinState,
     metrics: Metrics,
     batch: EventBatch,
@@ -137,7 +138,7 @@ impl JoinStage {
     pub fn new(
         name: Arc<str>,
         settings: JoinSettings,
-        slot: impl FnOnce(KeyedState) -> PluginSlot,
+        slot: impl FnOnce(KeyedState) -> InstanceSlot,
         snapshot: Option<&[u8]>,
         metrics: Metrics,
     ) -> Result<Self, DecodeError> {
@@ -158,6 +159,11 @@ impl JoinStage {
     /// Events waiting for a match now.
     pub fn waiting(&self) -> usize {
         self.state.waiting.len()
+    }
+
+    /// The plugin version the stage ran last (it follows its version slot at batch boundaries).
+    pub fn plugin_version(&self) -> &Arc<str> {
+        self.slot.plugin().version()
     }
 
     fn error(&self, reason: String) -> StageError {
@@ -446,20 +452,39 @@ fn join_request(batch: &mut EventBatch, members: &[Event], pairs: &[Pending]) ->
     }
 }
 
+impl JoinStage {
+    /// One side's batch, at a batch boundary: the version manager's active version first, then
+    /// what the batch did counted for its probation.
+    fn arrive_batch(
+        &mut self,
+        side: Side,
+        events: &[Event],
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
+        self.slot.refresh();
+        let rejected_before = out.rejected.len();
+        let result = self.arrive(side, events, out);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
+        self.slot.tally(events.len() as u64, rejected);
+        result
+    }
+}
+
 impl Stage for JoinStage {
     fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive(Side::Left, events, out)
+        self.arrive_batch(Side::Left, events, out)
     }
 
     fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive(Side::Right, events, out)
+        self.arrive_batch(Side::Right, events, out)
     }
 
     fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
+        self.slot.refresh();
         let mut members: Vec<Event> = Vec::new();
         let mut alone: Vec<Pending> = Vec::new();
         let mut dropped = [0u64; 2];
@@ -515,7 +540,11 @@ impl Stage for JoinStage {
                 emitted[side as usize],
             );
         }
-        self.enrich(&members, &alone, out)
+        let rejected_before = out.rejected.len();
+        let result = self.enrich(&members, &alone, out);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
+        self.slot.tally(members.len() as u64, rejected);
+        result
     }
 
     fn snapshot(&self) -> Vec<u8> {

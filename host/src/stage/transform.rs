@@ -1,19 +1,110 @@
 //! The per-event transform stage: a batch in, records to named outputs and rejections out.
+//!
+//! The stage runs whatever version its [`PluginSlot`] holds: at the start of each batch (the
+//! worker's batch boundary) it compares the slot's generation with the one it runs, and on a
+//! change drops its instance and instantiates the new version with the keyed state it holds. A
+//! trap never leaves the stage: the instance is replaced and the batch is retried event by event,
+//! so that only the poison event goes to the dead letters (or, while the version is on probation,
+//! to the version it replaced).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::batch::{empty_batch, fill_batch};
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::event::Event;
+use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, OutputBatch};
-use crate::plugin::{CallError, InstanceSettings, KeyedState, PluginSlot, TransformPlugin};
+use crate::plugin::slot::{Active, CallTally};
+use crate::plugin::{
+    CallError, InstanceSettings, KeyedState, PluginScope, PluginSlot, TransformInstance,
+    TransformPlugin,
+};
+
+/// The record property that names the plugin version that produced a record (when the pipeline
+/// asks for it, see [`StageTelemetry::label_versions`]); a Delta column reads it with
+/// `value = "plugin_version"`.
+pub const PLUGIN_VERSION_PROPERTY: &str = "weir-plugin-version";
+
+/// Where a stage reports its calls, and whether it labels its records with their version.
+#[derive(Debug, Clone)]
+pub struct StageTelemetry {
+    /// The process's metrics.
+    pub metrics: Metrics,
+    /// Add the [`PLUGIN_VERSION_PROPERTY`] to every record (costs an allocation per record, so
+    /// only done when a sink reads it).
+    pub label_versions: bool,
+}
+
+/// One version's instance, created on first use and dropped after a trap.
+struct Runner {
+    plugin: Arc<TransformPlugin>,
+    settings: Arc<InstanceSettings>,
+    instance: Option<TransformInstance>,
+}
+
+impl Runner {
+    fn new(plugin: Arc<TransformPlugin>, base: &InstanceSettings) -> Self {
+        let mut settings = base.clone();
+        settings.scope = PluginScope {
+            plugin: plugin.name().clone(),
+            version: plugin.version().clone(),
+            ..settings.scope
+        };
+        Runner {
+            plugin,
+            settings: Arc::new(settings),
+            instance: None,
+        }
+    }
+
+    /// Calls the plugin on `batch` with `state`; the state comes back whatever happens (with the
+    /// call's writes only if it succeeded).
+    fn call(
+        &mut self,
+        batch: &EventBatch,
+        state: &mut KeyedState,
+    ) -> Result<OutputBatch, CallError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => {
+                let instance = TransformInstance::new(
+                    self.plugin.clone(),
+                    self.settings.clone(),
+                    KeyedState::default(),
+                )?;
+                self.instance.insert(instance)
+            }
+        };
+        instance.put_keyed_state(std::mem::take(state));
+        let result = instance.process(batch);
+        *state = instance.take_keyed_state();
+        if result.is_err() {
+            // After a trap the instance cannot be entered again.
+            self.instance = None;
+        }
+        result
+    }
+
+    fn version(&self) -> &Arc<str> {
+        self.plugin.version()
+    }
+}
 
 /// Runs a transform plugin over batches, isolating poison events when a batch traps.
 pub struct WasmTransformStage {
     name: Arc<str>,
-    slot: PluginSlot,
+    base: Arc<InstanceSettings>,
+    slot: Arc<PluginSlot<TransformPlugin>>,
+    generation: u64,
+    primary: Runner,
+    /// The version the primary replaced, while the primary is on probation.
+    fallback: Option<Runner>,
+    /// The keyed state between calls (instances hold it only during a call).
+    state: KeyedState,
+    telemetry: Option<StageTelemetry>,
     batch: EventBatch,
 }
 
@@ -21,53 +112,194 @@ impl std::fmt::Debug for WasmTransformStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmTransformStage")
             .field("name", &self.name)
-            .field("plugin", self.slot.plugin())
+            .field("plugin", &self.primary.plugin)
             .finish_non_exhaustive()
     }
 }
 
 impl WasmTransformStage {
-    /// A stage running `plugin`, starting from `state` (restored from a checkpoint, or empty).
+    /// A stage running `plugin` for good, starting from `state` (restored from a checkpoint, or
+    /// empty).
     pub fn new(
         name: Arc<str>,
         plugin: Arc<TransformPlugin>,
         settings: Arc<InstanceSettings>,
         state: KeyedState,
     ) -> Self {
+        let slot = PluginSlot::fixed(settings.scope.pipeline.clone(), name.clone(), plugin);
+        Self::with_slot(name, slot, settings, state, None)
+    }
+
+    /// A stage running whatever version `slot` holds, switching at batch boundaries. `settings`
+    /// gives the scope and limits (its plugin name and version are replaced by each version's).
+    pub fn with_slot(
+        name: Arc<str>,
+        slot: Arc<PluginSlot<TransformPlugin>>,
+        settings: Arc<InstanceSettings>,
+        state: KeyedState,
+        telemetry: Option<StageTelemetry>,
+    ) -> Self {
+        let Active {
+            generation,
+            plugin,
+            fallback,
+        } = slot.active();
         WasmTransformStage {
+            primary: Runner::new(plugin, &settings),
+            fallback: fallback.map(|f| Runner::new(f, &settings)),
             name,
-            slot: PluginSlot::new(plugin, settings, state),
+            base: settings,
+            slot,
+            generation,
+            state,
+            telemetry,
             batch: empty_batch(0),
         }
     }
 
-    /// The plugin the stage runs.
+    /// The plugin version the stage runs now.
     pub fn plugin(&self) -> &Arc<TransformPlugin> {
-        self.slot.plugin()
+        &self.primary.plugin
     }
 
     /// The stage's keyed state.
     pub fn keyed_state(&self) -> &KeyedState {
-        self.slot.keyed_state()
+        &self.state
     }
 
-    fn error(&self, reason: String) -> StageError {
-        let scope = &self.slot.settings().scope;
-        StageError {
-            pipeline: scope.pipeline.clone(),
-            stage: self.name.clone(),
-            partition: scope.partition,
-            reason,
+    /// Takes the slot's active version if it changed since the last batch.
+    fn refresh(&mut self) {
+        if self.slot.generation() == self.generation {
+            return;
+        }
+        let Active {
+            generation,
+            plugin,
+            fallback,
+        } = self.slot.active();
+        self.generation = generation;
+        if !Arc::ptr_eq(&plugin, &self.primary.plugin) {
+            tracing::debug!(
+                pipeline = %self.base.scope.pipeline, stage = %self.name,
+                partition = self.base.scope.partition, from = %self.primary.version(),
+                to = %plugin.version(), "switching plugin version at the batch boundary"
+            );
+            // The old version's instance may become the fallback: keep it warm.
+            let old = std::mem::replace(&mut self.primary, Runner::new(plugin, &self.base));
+            self.fallback = match fallback {
+                Some(f) if Arc::ptr_eq(&f, &old.plugin) => Some(old),
+                Some(f) => Some(Runner::new(f, &self.base)),
+                None => None,
+            };
+        } else {
+            self.fallback = match (fallback, self.fallback.take()) {
+                (Some(f), Some(runner)) if Arc::ptr_eq(&f, &runner.plugin) => Some(runner),
+                (Some(f), _) => Some(Runner::new(f, &self.base)),
+                (None, _) => None,
+            };
         }
     }
 
-    fn call(&mut self, events: &[Event]) -> Result<Result<OutputBatch, CallError>, StageError> {
+    fn call(&mut self, events: &[Event], fallback: bool) -> Result<OutputBatch, CallError> {
         fill_batch(&mut self.batch, events);
-        let batch = &self.batch;
-        match self.slot.call(|instance| instance.process(batch)) {
-            Ok(result) => Ok(result),
-            Err(e) => Err(self.error(format!("cannot instantiate plugin: {e}"))),
+        let runner = match (fallback, &mut self.fallback) {
+            (true, Some(runner)) => runner,
+            _ => &mut self.primary,
+        };
+        let started = Instant::now();
+        let result = runner.call(&self.batch, &mut self.state);
+        if let Some(telemetry) = &self.telemetry {
+            let labels = [
+                ("pipeline", &*self.base.scope.pipeline),
+                ("stage", &*self.name),
+            ];
+            telemetry.metrics.observe(
+                names::PLUGIN_CALL_SECONDS,
+                &labels,
+                started.elapsed().as_secs_f64(),
+            );
+            if let Err(error) = &result {
+                telemetry.metrics.add(
+                    names::PLUGIN_TRAPS,
+                    &[labels[0], labels[1], ("version", &error.version)],
+                    1,
+                );
+            }
         }
+        result
+    }
+
+    fn label_versions(&self) -> bool {
+        self.telemetry.as_ref().is_some_and(|t| t.label_versions)
+    }
+
+    /// Counts a call of the primary for its probation; true when the slot rolled back.
+    fn tally(&mut self, tally: CallTally) -> bool {
+        self.fallback.is_some() && self.slot.record(self.generation, tally)
+    }
+
+    /// Runs `events` one by one after their batch trapped: each event that traps again goes to
+    /// the fallback (during probation) or to the dead letters. Returns how many events it handled
+    /// before the slot rolled back, if it did.
+    fn isolate(&mut self, events: &[Event], out: &mut StageOutput) -> Option<usize> {
+        let label = self.label_versions();
+        for (index, event) in events.iter().enumerate() {
+            let single = std::slice::from_ref(event);
+            match self.call(single, false) {
+                Ok(output) => {
+                    let rejected_before = out.rejected.len();
+                    decode_output(output, single, self.primary.version(), label, out);
+                    let rejected = (out.rejected.len() - rejected_before) as u64;
+                    if self.tally(CallTally {
+                        events: 1,
+                        rejected,
+                        trapped: 0,
+                    }) {
+                        return Some(index + 1);
+                    }
+                }
+                Err(trap) => {
+                    let rolled_back = self.tally(CallTally {
+                        events: 1,
+                        rejected: 0,
+                        trapped: 1,
+                    });
+                    self.after_trap(event, trap, out);
+                    if rolled_back {
+                        return Some(index + 1);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The event the primary trapped on: to the fallback if there is one, else a dead letter.
+    fn after_trap(&mut self, event: &Event, trap: CallError, out: &mut StageOutput) {
+        let single = std::slice::from_ref(event);
+        let reason = if self.fallback.is_some() {
+            match self.call(single, true) {
+                Ok(output) => {
+                    let version = self
+                        .fallback
+                        .as_ref()
+                        .map_or_else(|| self.primary.version().clone(), |f| f.version().clone());
+                    decode_output(output, single, &version, self.label_versions(), out);
+                    return;
+                }
+                Err(second) => format!(
+                    "plugin trapped: {}; the previous version {} trapped too: {}",
+                    trap.reason, second.version, second.reason
+                ),
+            }
+        } else {
+            format!("plugin trapped: {}", trap.reason)
+        };
+        out.rejected.push(Rejected {
+            event: event.clone(),
+            reason,
+            plugin_version: Some(trap.version.clone()),
+        });
     }
 }
 
@@ -77,95 +309,100 @@ impl Stage for WasmTransformStage {
     }
 
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        match self.call(events)? {
-            Ok(output) => {
-                if let Err(reason) = decode_output(output, events, self.plugin().version(), out) {
-                    return Err(self.error(reason));
-                }
-                Ok(())
+        let mut events = events;
+        // At most a few rounds: a round ends early only when the slot rolls back, after which
+        // the version that runs is on no probation.
+        for _ in 0..4 {
+            if events.is_empty() {
+                return Ok(());
             }
-            Err(trap) => {
-                let scope = &self.slot.settings().scope;
-                tracing::warn!(
-                    pipeline = %scope.pipeline, stage = %self.name,
-                    partition = scope.partition, events = events.len(),
-                    first_position = events[0].position, reason = %trap.reason,
-                    "plugin trapped on a batch; retrying it event by event"
-                );
-                // Retry one event at a time: the poison event goes to the dead letters, the others
-                // proceed as if the batch had not failed.
-                for event in events {
-                    let single = std::slice::from_ref(event);
-                    match self.call(single)? {
-                        Ok(output) => {
-                            if let Err(reason) =
-                                decode_output(output, single, self.plugin().version(), out)
-                            {
-                                return Err(self.error(reason));
-                            }
-                        }
-                        Err(trap) => out.rejected.push(Rejected {
-                            event: event.clone(),
-                            reason: format!("plugin trapped: {}", trap.reason),
-                            plugin_version: Some(trap.version.clone()),
-                        }),
+            self.refresh();
+            match self.call(events, false) {
+                Ok(output) => {
+                    let rejected_before = out.rejected.len();
+                    decode_output(
+                        output,
+                        events,
+                        self.primary.version(),
+                        self.label_versions(),
+                        out,
+                    );
+                    let rejected = (out.rejected.len() - rejected_before) as u64;
+                    self.tally(CallTally {
+                        events: events.len() as u64,
+                        rejected,
+                        trapped: 0,
+                    });
+                    return Ok(());
+                }
+                Err(trap) => {
+                    tracing::warn!(
+                        pipeline = %self.base.scope.pipeline, stage = %self.name,
+                        partition = self.base.scope.partition, events = events.len(),
+                        first_position = events[0].position, version = %trap.version,
+                        reason = %trap.reason,
+                        "plugin trapped on a batch; retrying it event by event"
+                    );
+                    match self.isolate(events, out) {
+                        Some(done) => events = &events[done..],
+                        None => return Ok(()),
                     }
                 }
-                Ok(())
             }
         }
+        // Still events left after repeated rollbacks: finish them one by one, whatever happens.
+        self.refresh();
+        self.isolate(events, out);
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        self.keyed_state().snapshot()
+        self.state.snapshot()
     }
 
     fn take_counters(&mut self) -> Vec<(String, u64)> {
-        self.slot.take_counters().into_iter().collect()
+        let mut counters: Vec<(String, u64)> = Vec::new();
+        for runner in std::iter::once(&mut self.primary).chain(self.fallback.as_mut()) {
+            if let Some(instance) = &mut runner.instance {
+                counters.extend(instance.take_counters());
+            }
+        }
+        counters
     }
 }
 
-/// Turns a plugin's output into records and rejections, checking every index it gave.
-pub(super) fn decode_output(
+/// Turns a plugin's output (checked by [`crate::plugin::check_output`]) into records and
+/// rejections.
+fn decode_output(
     output: OutputBatch,
     events: &[Event],
     version: &Arc<str>,
+    label_versions: bool,
     out: &mut StageOutput,
-) -> Result<(), String> {
+) {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
     let mut start = 0usize;
     for emitted in output.emitted {
-        let event = events.get(emitted.event as usize).ok_or_else(|| {
-            format!(
-                "plugin emitted a record for event {} of a batch of {}",
-                emitted.event,
-                events.len()
-            )
-        })?;
-        let target = targets.get(emitted.target as usize).ok_or_else(|| {
-            format!(
-                "plugin emitted to target {} of {}",
-                emitted.target,
-                targets.len()
-            )
-        })?;
-        let end = emitted.payload_end as usize;
-        if end < start || end > payloads.len() {
-            return Err(format!(
-                "plugin gave payload end {end} after {start} in a buffer of {}",
-                payloads.len()
-            ));
-        }
+        // Indices were checked when the call returned; skip rather than panic should one not be.
+        let (Some(event), Some(target)) = (
+            events.get(emitted.event as usize),
+            targets.get(emitted.target as usize),
+        ) else {
+            continue;
+        };
+        let end = (emitted.payload_end as usize).clamp(start, payloads.len());
         let body = if emitted.forward {
             event.body.clone()
         } else {
             payloads.slice(start..end)
         };
         start = end;
+        let mut properties = event.properties.clone();
+        if label_versions {
+            properties.retain(|(name, _)| name != PLUGIN_VERSION_PROPERTY);
+            properties.push((PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string()));
+        }
         out.emitted.push((
             target.clone(),
             Event {
@@ -174,24 +411,19 @@ pub(super) fn decode_output(
                 key: event.key.clone(),
                 event_time: event.event_time,
                 enqueued_time: event.enqueued_time,
-                properties: event.properties.clone(),
+                properties,
                 body,
             },
         ));
     }
     for rejection in output.rejected {
-        let event = events.get(rejection.event as usize).ok_or_else(|| {
-            format!(
-                "plugin rejected event {} of a batch of {}",
-                rejection.event,
-                events.len()
-            )
-        })?;
+        let Some(event) = events.get(rejection.event as usize) else {
+            continue;
+        };
         out.rejected.push(Rejected {
             event: event.clone(),
             reason: rejection.reason,
             plugin_version: Some(version.clone()),
         });
     }
-    Ok(())
 }

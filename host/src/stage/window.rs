@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{
     EventBatch, FinishRequest, FoldRequest, OutputBatch, Window as WitWindow,
 };
-use crate::plugin::{CallError, KeyedState, PluginSlot};
+use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark, format_millis};
 
 /// What kind of windows a stage makes, with durations in milliseconds.
@@ -157,7 +157,7 @@ struct Closed {
 pub struct WindowStage {
     name: Arc<str>,
     settings: WindowSettings,
-    slot: PluginSlot,
+    slot: InstanceSlot,
     state: WindowState,
     metrics: Metrics,
     batch: EventBatch,
@@ -179,7 +179,7 @@ impl WindowStage {
     pub fn new(
         name: Arc<str>,
         settings: WindowSettings,
-        slot: impl FnOnce(KeyedState) -> PluginSlot,
+        slot: impl FnOnce(KeyedState) -> InstanceSlot,
         snapshot: Option<&[u8]>,
         metrics: Metrics,
     ) -> Result<Self, DecodeError> {
@@ -200,6 +200,11 @@ impl WindowStage {
     /// Windows open now.
     pub fn open_windows(&self) -> usize {
         self.state.windows.len()
+    }
+
+    /// The plugin version the stage ran last (it follows its version slot at batch boundaries).
+    pub fn plugin_version(&self) -> &Arc<str> {
+        self.slot.plugin().version()
     }
 
     fn error(&self, reason: String) -> StageError {
@@ -715,6 +720,86 @@ impl Stage for WindowStage {
     }
 
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.slot.refresh();
+        let rejected_before = out.rejected.len();
+        let result = self.fold_events(events, out);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
+        self.slot.tally(events.len() as u64, rejected);
+        result
+    }
+
+    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
+        self.slot.refresh();
+        let mut closed: Vec<Closed> = Vec::new();
+        for mark in marks {
+            while let Some(first) = self.state.closing.first()
+                && first.0 <= mark.watermark
+            {
+                let Some((_, key, start)) = self.state.closing.pop_first() else {
+                    break;
+                };
+                let id = (key, start);
+                let Some(window) = self.state.windows.remove(&id) else {
+                    continue;
+                };
+                if self.state.sessions.get(&id.0) == Some(&start) {
+                    self.state.sessions.remove(&id.0);
+                }
+                closed.push(Closed {
+                    id,
+                    window,
+                    position: mark.position,
+                });
+            }
+            if mark.watermark != END_OF_INPUT {
+                self.state.watermark = Some(
+                    self.state
+                        .watermark
+                        .map_or(mark.watermark, |w| w.max(mark.watermark)),
+                );
+            }
+        }
+        if let WindowSpec::Sliding { size } = self.settings.spec {
+            if !closed.is_empty() {
+                self.fold_sliding(&mut closed, out)?;
+            }
+            let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
+            let horizon = self.state.watermark.map(|w| w.saturating_sub(size));
+            self.state.recent.retain(|_, events| {
+                if ended {
+                    return false;
+                }
+                if let Some(horizon) = horizon {
+                    while events.front().is_some_and(|e| e.time() <= horizon) {
+                        events.pop_front();
+                    }
+                }
+                !events.is_empty()
+            });
+        }
+        if closed.is_empty() {
+            return Ok(());
+        }
+        self.count(names::WINDOWS_CLOSED, closed.len() as u64);
+        let rejected_before = out.rejected.len();
+        let result = self.finish(&closed, out);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
+        self.slot.tally(closed.len() as u64, rejected);
+        result
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        snapshot(self.slot.keyed_state(), &self.state)
+    }
+
+    fn take_counters(&mut self) -> Vec<(String, u64)> {
+        self.slot.take_counters().into_iter().collect()
+    }
+}
+
+impl WindowStage {
+    /// Assigns `events` to their windows and folds them into the windows' accumulators.
+    fn fold_events(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
         let mut groups: Vec<FoldGroup> = Vec::new();
         let mut index: HashMap<GroupId, usize> = HashMap::new();
         let mut late = 0u64;
@@ -812,71 +897,6 @@ impl Stage for WindowStage {
         Ok(())
     }
 
-    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        let mut closed: Vec<Closed> = Vec::new();
-        for mark in marks {
-            while let Some(first) = self.state.closing.first()
-                && first.0 <= mark.watermark
-            {
-                let Some((_, key, start)) = self.state.closing.pop_first() else {
-                    break;
-                };
-                let id = (key, start);
-                let Some(window) = self.state.windows.remove(&id) else {
-                    continue;
-                };
-                if self.state.sessions.get(&id.0) == Some(&start) {
-                    self.state.sessions.remove(&id.0);
-                }
-                closed.push(Closed {
-                    id,
-                    window,
-                    position: mark.position,
-                });
-            }
-            if mark.watermark != END_OF_INPUT {
-                self.state.watermark = Some(
-                    self.state
-                        .watermark
-                        .map_or(mark.watermark, |w| w.max(mark.watermark)),
-                );
-            }
-        }
-        if let WindowSpec::Sliding { size } = self.settings.spec {
-            if !closed.is_empty() {
-                self.fold_sliding(&mut closed, out)?;
-            }
-            let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
-            let horizon = self.state.watermark.map(|w| w.saturating_sub(size));
-            self.state.recent.retain(|_, events| {
-                if ended {
-                    return false;
-                }
-                if let Some(horizon) = horizon {
-                    while events.front().is_some_and(|e| e.time() <= horizon) {
-                        events.pop_front();
-                    }
-                }
-                !events.is_empty()
-            });
-        }
-        if closed.is_empty() {
-            return Ok(());
-        }
-        self.count(names::WINDOWS_CLOSED, closed.len() as u64);
-        self.finish(&closed, out)
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        snapshot(self.slot.keyed_state(), &self.state)
-    }
-
-    fn take_counters(&mut self) -> Vec<(String, u64)> {
-        self.slot.take_counters().into_iter().collect()
-    }
-}
-
-impl WindowStage {
     /// Sliding windows fold their events when they close: each closed window's accumulator is
     /// made from the key's recent events in `(end − 1 − size, end − 1]`.
     fn fold_sliding(
@@ -1004,6 +1024,14 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
         state.recent.insert(key, events);
     }
     Ok((keyed, state))
+}
+
+/// How many of `rejected` the plugin refused (not late events, not traps), for a probation.
+pub(super) fn plugin_rejections(rejected: &[Rejected]) -> u64 {
+    rejected
+        .iter()
+        .filter(|r| r.plugin_version.is_some() && !r.reason.starts_with("plugin trapped"))
+        .count() as u64
 }
 
 #[cfg(test)]

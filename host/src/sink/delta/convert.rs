@@ -132,6 +132,12 @@ impl RowConverter {
                         Some(Json::UInt(u64::from(record.partition)))
                     }
                     Source::Meta(ColumnValue::Position) => Some(Json::UInt(record.position)),
+                    Source::Meta(ColumnValue::PluginVersion) => record
+                        .properties
+                        .iter()
+                        .rev()
+                        .find(|(name, _)| name == crate::stage::PLUGIN_VERSION_PROPERTY)
+                        .map(|(_, version)| Json::Text(Cow::Borrowed(version.as_str()))),
                 };
                 self.cell(column, value)
             })
@@ -177,6 +183,7 @@ impl RowConverter {
             Source::Meta(ColumnValue::EventTime) => "event time".to_owned(),
             Source::Meta(ColumnValue::Partition) => "partition".to_owned(),
             Source::Meta(ColumnValue::Position) => "position".to_owned(),
+            Source::Meta(ColumnValue::PluginVersion) => "plugin version".to_owned(),
         }
     }
 }
@@ -211,6 +218,7 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
                 }
                 ColumnValue::Partition => &[ColumnType::Integer, ColumnType::Long],
                 ColumnValue::Position => &[ColumnType::Long],
+                ColumnValue::PluginVersion => &[ColumnType::String],
             };
             if !allowed.contains(&column.data_type) {
                 let allowed: Vec<&str> = allowed.iter().map(|t| type_name(*t)).collect();
@@ -262,6 +270,7 @@ fn value_name(value: ColumnValue) -> &'static str {
         ColumnValue::EventTime => "event_time",
         ColumnValue::Partition => "partition",
         ColumnValue::Position => "position",
+        ColumnValue::PluginVersion => "plugin_version",
     }
 }
 

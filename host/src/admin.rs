@@ -1,0 +1,349 @@
+//! The admin HTTP API: health, readiness, Prometheus metrics, pipelines with their partitions'
+//! positions and lag, plugins with their versions; uploads and rollbacks behind a bearer token.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 once every pipeline started, 503 while starting, stopping or after a worker failed |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /pipelines` | pipelines, partitions, positions, checkpoints, lag |
+//! | `GET /plugins` | every stage's plugin: active version, probation, versions, activations |
+//! | `GET /plugins/{pipeline}/{stage}` | one stage's plugin |
+//! | `POST /plugins/{pipeline}/{stage}` | upload a component (body: its bytes); token required |
+//! | `POST /plugins/{pipeline}/{stage}/rollback` | `{"version": "..."}` (or `{}`: the previous one); token required |
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::metrics::{MetricKey, names};
+use crate::pipeline::Services;
+use crate::plugin::{SlotControl, SwapError, VersionOrigin};
+
+/// The environment variable that holds the admin token when the configuration has none.
+pub const TOKEN_ENV: &str = "WEIR_ADMIN_TOKEN";
+
+/// Why the admin server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("admin API cannot listen on {address}: {reason}")]
+pub struct AdminError {
+    /// The configured address.
+    pub address: String,
+    /// Why.
+    pub reason: String,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    services: Services,
+    token: Option<String>,
+}
+
+/// A running admin server.
+#[derive(Debug)]
+pub struct AdminServer {
+    address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// The address it listens on (with the port chosen when the configuration said 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// The token from the configuration, else from [`TOKEN_ENV`]; `None` disables mutations.
+pub fn resolve_token(configured: Option<&str>) -> Option<String> {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var(TOKEN_ENV).ok())
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// Starts the admin server on `address`.
+pub async fn serve(
+    address: &str,
+    token: Option<String>,
+    max_upload_bytes: usize,
+    services: Services,
+) -> Result<AdminServer, AdminError> {
+    let error = |reason: String| AdminError {
+        address: address.to_owned(),
+        reason,
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    let bound = listener.local_addr().map_err(|e| error(e.to_string()))?;
+    if token.is_none() {
+        tracing::warn!(
+            "admin API: no token configured (admin.token or {TOKEN_ENV}); uploads and rollbacks are refused"
+        );
+    }
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/pipelines", get(pipelines))
+        .route("/plugins", get(plugins))
+        .route("/plugins/{pipeline}/{stage}", get(plugin).post(upload))
+        .route("/plugins/{pipeline}/{stage}/rollback", post(rollback))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
+        .with_state(AdminState { services, token });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!("admin API listening on http://{bound}");
+    Ok(AdminServer {
+        address: bound,
+        task,
+    })
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.services.status.is_ready() {
+        json_response(StatusCode::OK, json!({ "status": "ready" }))
+    } else {
+        let why = if state.services.status.is_stopping() {
+            "stopping"
+        } else {
+            "not ready"
+        };
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": why }))
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let now = crate::event::now_millis();
+    let mut extra: Vec<(MetricKey, f64)> = Vec::new();
+    for pipeline in state.services.status.pipelines() {
+        for partition in &pipeline.partitions {
+            if let Some(at) = partition.checkpoint_written_at {
+                let labels = vec![
+                    ("pipeline", pipeline.pipeline.clone()),
+                    ("partition", partition.partition.to_string()),
+                ];
+                extra.push((
+                    (names::CHECKPOINT_AGE, labels),
+                    (now - at).max(0) as f64 / 1000.0,
+                ));
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.services.metrics.render(&extra),
+    )
+        .into_response()
+}
+
+async fn pipelines(State(state): State<AdminState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        json!({ "pipelines": state.services.status.pipelines() }),
+    )
+}
+
+async fn plugins(State(state): State<AdminState>) -> Response {
+    let reports: Vec<_> = state
+        .services
+        .plugins
+        .all()
+        .iter()
+        .map(|slot| slot.report())
+        .collect();
+    json_response(StatusCode::OK, json!({ "plugins": reports }))
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP refusal itself, built at most once per request"
+)]
+fn find_slot(
+    state: &AdminState,
+    pipeline: &str,
+    stage: &str,
+) -> Result<std::sync::Arc<dyn SlotControl>, Response> {
+    state.services.plugins.find(pipeline, stage).ok_or_else(|| {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no stage `{stage}` in pipeline `{pipeline}`") }),
+        )
+    })
+}
+
+async fn plugin(
+    State(state): State<AdminState>,
+    Path((pipeline, stage)): Path<(String, String)>,
+) -> Response {
+    match find_slot(&state, &pipeline, &stage) {
+        Ok(slot) => json_response(StatusCode::OK, json!(slot.report())),
+        Err(response) => response,
+    }
+}
+
+/// Checks the bearer token; the refusal otherwise. Comparison takes the same time whatever the
+/// first differing byte.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP refusal itself, built at most once per request"
+)]
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &state.token else {
+        return Err(json_response(
+            StatusCode::FORBIDDEN,
+            json!({ "error": format!("changes are disabled: no admin token is configured (admin.token or {TOKEN_ENV})") }),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthorized = |why: &str| {
+        let mut response = json_response(StatusCode::UNAUTHORIZED, json!({ "error": why }));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        response
+    };
+    match given {
+        None => Err(unauthorized("a bearer token is required")),
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("wrong token")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (index, byte) in a.iter().enumerate() {
+        difference |= usize::from(byte ^ b.get(index).copied().unwrap_or(0));
+    }
+    difference == 0
+}
+
+fn swap_error(error: SwapError) -> Response {
+    let status = match &error {
+        SwapError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SwapError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+        SwapError::NoPrevious { .. } | SwapError::Fixed { .. } => StatusCode::CONFLICT,
+    };
+    json_response(status, json!({ "error": error.to_string() }))
+}
+
+async fn upload(
+    State(state): State<AdminState>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        tracing::warn!(pipeline = %pipeline, stage = %stage, "admin API: plugin upload refused (token)");
+        return refusal;
+    }
+    let slot = match find_slot(&state, &pipeline, &stage) {
+        Ok(slot) => slot,
+        Err(response) => return response,
+    };
+    let bytes = body.to_vec();
+    match tokio::task::spawn_blocking(move || slot.offer(bytes, VersionOrigin::Api)).await {
+        Ok(Ok(offered)) => json_response(StatusCode::OK, json!(offered)),
+        Ok(Err(error)) => swap_error(error),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("upload task failed: {e}") }),
+        ),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn rollback(
+    State(state): State<AdminState>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        tracing::warn!(pipeline = %pipeline, stage = %stage, "admin API: rollback refused (token)");
+        return refusal;
+    }
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest { version: None }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("expected {{\"version\": \"<version>\"}}: {e}") }),
+                );
+            }
+        }
+    };
+    let slot = match find_slot(&state, &pipeline, &stage) {
+        Ok(slot) => slot,
+        Err(response) => return response,
+    };
+    match tokio::task::spawn_blocking(move || slot.rollback(request.version.as_deref())).await {
+        Ok(Ok(version)) => json_response(
+            StatusCode::OK,
+            json!({ "outcome": "activated", "version": version }),
+        ),
+        Ok(Err(error)) => swap_error(error),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("rollback task failed: {e}") }),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret-longer"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,328 @@
+//! What a hot swap costs: batch latency of the anomaly stage around swaps against steady state,
+//! and the time from a new plugin file appearing in the watched directory to the first batch
+//! processed by the new version.
+//!
+//! One thread runs the stage over batches of simulated telemetry, as a partition worker does; the
+//! production file watcher (50 ms poll, 200 ms settle) runs on a tokio runtime beside it, and the
+//! new version compiles there, off the hot path, on the machine's other core.
+//!
+//! Run: `cargo bench -p weir-tests --bench swap` (release build).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir::config::SimulatorSourceConfig;
+use weir::event::Event;
+use weir::metrics::Metrics;
+use weir::plugin::slot::SlotSetup;
+use weir::plugin::store::VersionStore;
+use weir::plugin::{
+    InstanceSettings, KeyedState, PluginEngine, PluginRegistry, PluginScope, PluginSlot,
+    RollbackPolicy,
+};
+use weir::source::simulator::SimulatorSource;
+use weir::source::{PartitionStart, ReadOutcome, Source};
+use weir::stage::{Stage, StageOutput, WasmTransformStage};
+
+const BATCH: usize = 1024;
+const STEADY_BATCHES: usize = 3000;
+/// Batches measured on each side of the first batch of a new version.
+const AROUND: usize = 20;
+/// Activations of compiled versions measured in pairs.
+const PAIRED_SWAPS: usize = 200;
+
+fn main() {
+    let events = simulated_events(65_536);
+    let batches: Vec<Vec<Event>> = events.chunks(BATCH).map(<[Event]>::to_vec).collect();
+    println!(
+        "swap benchmark: batches of {BATCH} simulated telemetry events through the anomaly rule"
+    );
+    println!("machine: {}", machine());
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let file = plugins.join("anomaly.wasm");
+    let versions = [
+        weir_tests::plugin_path("telemetry_anomaly"),
+        weir_tests::plugin_path("anomaly_v2"),
+        weir_tests::plugin_path("anomaly_v3"),
+    ];
+    std::fs::copy(&versions[0], &file).expect("copy plugin");
+    let store = VersionStore::new(dir.path().join("store"));
+    let engine = PluginEngine::new()
+        .expect("engine")
+        .with_cache(&store.compiled_dir());
+    let bytes = std::fs::read(&file).expect("plugin");
+    let first = engine.transform_from_bytes(&file, &bytes).expect("plugin");
+    let slot = PluginSlot::open(
+        SlotSetup {
+            pipeline: "bench".into(),
+            stage: "anomaly".into(),
+            file: file.clone(),
+            engine: engine.clone(),
+            store: Some(store),
+            policy: RollbackPolicy::default(),
+            metrics: Metrics::new(),
+        },
+        first.clone(),
+        &bytes,
+    );
+    let registry = PluginRegistry::new();
+    registry.register(slot.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.spawn(weir::plugin::watch::watch(
+        registry,
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    ));
+
+    let settings = Arc::new(InstanceSettings {
+        scope: PluginScope {
+            pipeline: "bench".into(),
+            stage: "anomaly".into(),
+            partition: 0,
+            plugin: first.name().clone(),
+            version: first.version().clone(),
+        },
+        config_json: "{}".into(),
+        max_memory_bytes: 256 * 1024 * 1024,
+        call_timeout: Duration::from_secs(5),
+        reference: weir::reference::ReferenceTables::none(),
+    });
+    let control = slot.clone();
+    let mut stage = WasmTransformStage::with_slot(
+        "anomaly".into(),
+        slot,
+        settings,
+        KeyedState::default(),
+        None,
+    );
+    let mut out = StageOutput::default();
+    let mut next = 0usize;
+    let mut run_batch = |stage: &mut WasmTransformStage| -> (Duration, Arc<str>) {
+        let batch = &batches[next % batches.len()];
+        next += 1;
+        out.clear();
+        let started = Instant::now();
+        stage.process(batch, &mut out).expect("stage");
+        (started.elapsed(), stage.plugin().version().clone())
+    };
+
+    // Warm up, then steady state.
+    for _ in 0..300 {
+        run_batch(&mut stage);
+    }
+    let steady: Vec<Duration> = (0..STEADY_BATCHES)
+        .map(|_| run_batch(&mut stage).0)
+        .collect();
+    println!();
+    println!(
+        "steady state ({STEADY_BATCHES} batches): {}",
+        summary(&steady)
+    );
+    println!();
+    println!(
+        "{:<34} {:>11} {:>13} {:>13} {:>13} {:>13}",
+        "swap", "file->batch", "first new", "p50 after", "max after", "max around"
+    );
+
+    // Swaps by file: new versions (compiled), then one loaded before (from memory).
+    let plan: [(usize, &str); 3] = [
+        (1, "v1 -> v2 (file, compiled)"),
+        (2, "v2 -> v3 (file, compiled)"),
+        (0, "v3 -> v1 (file, known version)"),
+    ];
+    let mut worst_excess = Duration::ZERO;
+    let mut worst_first = Duration::ZERO;
+    let steady_p50 = percentile(&steady, 0.50);
+    let steady_p99 = percentile(&steady, 0.99);
+    for (target, label) in plan {
+        let expected =
+            weir::plugin::content_version(&std::fs::read(&versions[target]).expect("version"));
+        let mut before: Vec<Duration> = (0..AROUND).map(|_| run_batch(&mut stage).0).collect();
+        install(&versions[target], &file);
+        let appeared = Instant::now();
+        let mut during: Vec<Duration> = Vec::new();
+        let (first_new, to_first) = loop {
+            let (time, version) = run_batch(&mut stage);
+            if *version == *expected {
+                break (time, appeared.elapsed());
+            }
+            during.push(time);
+            assert!(
+                appeared.elapsed() < Duration::from_secs(60),
+                "the new version never arrived"
+            );
+        };
+        let after: Vec<Duration> = (0..AROUND).map(|_| run_batch(&mut stage).0).collect();
+        // Around the swap: the batches just before the file appeared, those while it was read and
+        // compiled, the first one on the new version, and those just after.
+        let mut around = Vec::new();
+        around.append(&mut before);
+        around.extend(during.iter().rev().take(AROUND));
+        around.push(first_new);
+        around.extend(&after);
+        let max = around.iter().max().copied().unwrap_or_default();
+        worst_excess = worst_excess.max(max.saturating_sub(steady_p99));
+        worst_first = worst_first.max(first_new.saturating_sub(steady_p50));
+        println!(
+            "{label:<34} {:>9.1}ms {:>13} {:>13} {:>13} {:>13}",
+            to_first.as_secs_f64() * 1e3,
+            micros(first_new),
+            micros(percentile(&after, 0.50)),
+            micros(after.iter().max().copied().unwrap_or_default()),
+            micros(max),
+        );
+        if !during.is_empty() {
+            println!(
+                "{:<34} {} over {} batches while the file settled and compiled",
+                "",
+                summary(&during),
+                during.len()
+            );
+        }
+    }
+    // The swap's own cost, paired to cancel the machine's noise: the batch just before an
+    // activation against the first batch after it, over many activations of versions already
+    // compiled (as an upload or a file of a known version, or a rollback, does).
+    let known: Vec<Vec<u8>> = versions[1..]
+        .iter()
+        .map(|p| std::fs::read(p).expect("version"))
+        .collect();
+    let mut differences: Vec<f64> = Vec::new();
+    let mut firsts: Vec<Duration> = Vec::new();
+    let mut befores: Vec<Duration> = Vec::new();
+    for round in 0..PAIRED_SWAPS {
+        for _ in 0..3 {
+            run_batch(&mut stage);
+        }
+        let (before, _) = run_batch(&mut stage);
+        use weir::plugin::SlotControl as _;
+        control
+            .offer(known[round % 2].clone(), weir::plugin::VersionOrigin::Api)
+            .expect("offer");
+        let (first, _) = run_batch(&mut stage);
+        differences.push(first.as_secs_f64() - before.as_secs_f64());
+        firsts.push(first);
+        befores.push(before);
+    }
+    differences.sort_by(f64::total_cmp);
+    let at = |q: f64| differences[((differences.len() - 1) as f64 * q).round() as usize] * 1e6;
+    println!();
+    println!(
+        "{PAIRED_SWAPS} swaps between compiled versions: first batch after a swap minus the batch just before it: p50 {:+.0} µs, p90 {:+.0} µs, p99 {:+.0} µs",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+    println!(
+        "  batches just before: {}; first batches after: {}",
+        summary(&befores),
+        summary(&firsts)
+    );
+    println!();
+    println!(
+        "first batch on a new version: at most {} above the steady p50; largest batch around a swap: {} above the steady p99 (target: under 1 ms above steady state)",
+        micros(worst_first),
+        micros(worst_excess)
+    );
+    println!(
+        "load average while measuring: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "file->batch includes the watcher's 200 ms settle time (plugins.watch_settle) and its 50 ms poll"
+    );
+}
+
+fn install(from: &Path, to: &Path) {
+    let temporary = to.with_extension("wasm.partial");
+    std::fs::copy(from, &temporary).expect("copy");
+    std::fs::rename(&temporary, to).expect("rename");
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn summary(samples: &[Duration]) -> String {
+    format!(
+        "p50 {}, p99 {}, max {}",
+        micros(percentile(samples, 0.50)),
+        micros(percentile(samples, 0.99)),
+        micros(samples.iter().max().copied().unwrap_or_default())
+    )
+}
+
+/// Events from Weir's own telemetry simulator (1,000 devices), in one partition's order.
+fn simulated_events(count: u64) -> Vec<Event> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let text = format!(
+            "partitions = 1\ndevices = 1000\nrate = 0\nmax_events = {count}\nseed = 7\nduplicate_ratio = 0.0\n"
+        );
+        let config: SimulatorSourceConfig = toml::from_str(&text).expect("simulator config");
+        let source = SimulatorSource::new("bench", config, 1_795_305_600_000);
+        let mut readers = source
+            .open(vec![PartitionStart {
+                partition: 0,
+                after: None,
+            }])
+            .await
+            .expect("open simulator");
+        let mut events = Vec::new();
+        loop {
+            match readers[0]
+                .next_batch(4096, Duration::from_millis(50))
+                .await
+                .expect("read")
+            {
+                ReadOutcome::Events(batch) => events.extend(batch),
+                ReadOutcome::Idle => {}
+                ReadOutcome::End => break,
+            }
+        }
+        events
+    })
+}
+
+/// CPU model and core count, for the README's figures.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
