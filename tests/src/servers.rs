@@ -231,7 +231,12 @@ impl Azurite {
 
     /// Runs a Python snippet like [`Azurite::python`]; the error is its stderr.
     pub fn try_python(&self, script: &str) -> Result<String, String> {
-        let full = format!("import json, sys\nCONN = sys.argv[1]\n{script}");
+        // `os._exit` after the script skips the interpreter's teardown, where native threads of
+        // the Azure and Delta libraries were seen to abort the process after the script's work
+        // was done; an exception in the script still exits non-zero before reaching it.
+        let full = format!(
+            "import json, os, sys\nCONN = sys.argv[1]\n{script}\nsys.stdout.flush()\nsys.stderr.flush()\nos._exit(0)\n"
+        );
         let output = Command::new(python())
             .arg("-c")
             .arg(full)
