@@ -45,6 +45,13 @@ pub fn adapt_example(example: &str, dir: &Path, adapt: &Adapt<'_>) -> PathBuf {
             ),
         ])),
     );
+    // The plugin version store too: the examples keep it under the demo's data directory.
+    if let Some(plugins) = config.get_mut("plugins").and_then(Value::as_table_mut) {
+        plugins.insert(
+            "store_dir".to_owned(),
+            Value::String(dir.join("plugins").display().to_string()),
+        );
+    }
     let sources = config
         .get_mut("sources")
         .and_then(Value::as_table_mut)
