@@ -330,3 +330,20 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// Stops every process still running with SIGTERM and checks each exits cleanly; returns their
+/// logs, read before the stop.
+pub fn stop_all(processes: Vec<Option<WeirProcess>>) -> Vec<String> {
+    let logs = processes
+        .iter()
+        .flatten()
+        .map(WeirProcess::log_text)
+        .collect();
+    for process in processes.iter().flatten() {
+        process.terminate();
+    }
+    for process in processes.into_iter().flatten() {
+        assert!(process.wait(std::time::Duration::from_secs(60)).success());
+    }
+    logs
+}

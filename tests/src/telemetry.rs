@@ -480,3 +480,27 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
         checkpoints: dir.join("checkpoints"),
     }
 }
+
+/// Asserts that the Delta rows hold every reading exactly once (by `EventId`): none written
+/// twice, none missing.
+pub fn assert_each_reading_once(rows: &[Value], readings: &[Reading]) {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for row in rows {
+        *counts
+            .entry(row["EventId"].as_str().expect("EventId"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "rows written twice: {twice:?}");
+    assert_eq!(rows.len(), readings.len(), "every event is in the table");
+    let missing: Vec<_> = readings
+        .iter()
+        .filter(|r| !counts.contains_key(r.event_id.as_str()))
+        .map(|r| r.event_id.as_str())
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "events missing from the table: {missing:?}"
+    );
+}

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use weir_tests::eventhubs::{EventHubsPipeline, TestEndpoint, keyed_records};
 use weir_tests::servers::wait_for;
-use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
+use weir_tests::telemetry::{
+    assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
+};
 use weir_tests::{WeirProcess, read_delta};
 
 const EXPIRY_MS: i64 = 3_000;
@@ -125,17 +127,7 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
     wait_for("every alert", Duration::from_secs(120), || {
         endpoint.unique_json("alerts").len() >= expected.len()
     });
-    let survivor_logs: Vec<String> = processes
-        .iter()
-        .flatten()
-        .map(WeirProcess::log_text)
-        .collect();
-    for process in processes.iter().flatten() {
-        process.terminate();
-    }
-    for process in processes.into_iter().flatten() {
-        assert!(process.wait(Duration::from_secs(60)).success());
-    }
+    let survivor_logs = weir_tests::stop_all(processes);
     assert!(
         survivor_logs
             .iter()
@@ -143,20 +135,6 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
         "the survivors resumed the killed process's partitions from its checkpoints"
     );
 
-    let table = read_delta(&table_path);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for row in &table.rows {
-        *counts
-            .entry(row["EventId"].as_str().expect("EventId"))
-            .or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "rows written twice: {twice:?}");
-    assert_eq!(table.rows.len(), readings.len());
-    assert!(
-        readings
-            .iter()
-            .all(|r| counts.contains_key(r.event_id.as_str()))
-    );
+    assert_each_reading_once(&read_delta(&table_path).rows, &readings);
     assert_alerts_match(&endpoint.unique_json("alerts"), &expected);
 }

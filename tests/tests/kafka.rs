@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
 use weir_tests::servers::{KafkaBroker, wait_for};
-use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
+use weir_tests::telemetry::{
+    assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
+};
 use weir_tests::{WeirProcess, read_delta, read_jsonl_dir, run_to_completion};
 
 #[test]
@@ -61,28 +63,10 @@ fn killed_mid_stream_and_restarted_on_kafka_loses_and_duplicates_nothing_in_delt
     assert!(log.contains("resuming from checkpoint"), "{log}");
 
     // Delta: every event exactly once.
-    let table = read_delta(&dir.path().join("delta/raw_telemetry"));
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for row in &table.rows {
-        *counts
-            .entry(row["EventId"].as_str().expect("EventId"))
-            .or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "rows written twice: {twice:?}");
-    assert_eq!(
-        table.rows.len(),
-        readings.len(),
-        "every event is in the table"
+    assert_each_reading_once(
+        &read_delta(&dir.path().join("delta/raw_telemetry")).rows,
+        &readings,
     );
-    for reading in &readings {
-        assert_eq!(
-            counts.get(reading.event_id.as_str()),
-            Some(&1),
-            "{}",
-            reading.event_id
-        );
-    }
 
     // Alerts on Kafka: at least once; repeats carry the same id and the same payload.
     let produced = read_all(&broker.address(), "alerts");

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
-use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
+use weir_tests::telemetry::{
+    assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
+};
 use weir_tests::{WeirProcess, read_delta};
 
 const NAMESPACE: &str = "scale.servicebus.windows.net";
@@ -141,17 +143,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         std::thread::sleep(Duration::from_secs(2));
         read_delta(&table_path).rows.len() >= readings.len()
     });
-    let survivor_logs: Vec<String> = processes
-        .iter()
-        .flatten()
-        .map(WeirProcess::log_text)
-        .collect();
-    for process in processes.iter().flatten() {
-        process.terminate();
-    }
-    for process in processes.into_iter().flatten() {
-        assert!(process.wait(Duration::from_secs(60)).success());
-    }
+    let survivor_logs = weir_tests::stop_all(processes);
     assert!(
         survivor_logs
             .iter()
@@ -159,21 +151,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         "the survivors resumed the killed process's partitions from its checkpoints"
     );
 
-    let table = read_delta(&table_path);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for row in &table.rows {
-        *counts
-            .entry(row["EventId"].as_str().expect("EventId"))
-            .or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "rows written twice: {twice:?}");
-    assert_eq!(table.rows.len(), readings.len());
-    assert!(
-        readings
-            .iter()
-            .all(|r| counts.contains_key(r.event_id.as_str()))
-    );
+    assert_each_reading_once(&read_delta(&table_path).rows, &readings);
 
     let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
     for record in read_all(&broker.address(), "alerts") {
