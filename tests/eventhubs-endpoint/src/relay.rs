@@ -40,6 +40,9 @@ pub(crate) const ANSWER_HOLD: Duration = Duration::from_millis(250);
 /// Bytes buffered between the relay and the AMQP engine, each way (a frame is at most 256 KiB).
 const ENGINE_BUFFER: usize = 512 * 1024;
 
+/// Room made in a buffer before each read (a `Vec` otherwise grows 64 bytes at a time).
+const READ_SIZE: usize = 64 * 1024;
+
 /// Descriptor codes of the performatives the relay looks at (AMQP 1.0, part 2.7).
 const BEGIN: u64 = 0x11;
 const DETACH: u64 = 0x16;
@@ -219,10 +222,12 @@ async fn client_to_engine(
 ) {
     let mut framer = Framer::default();
     loop {
+        framer.buffer.reserve(READ_SIZE);
         match socket.read_buf(&mut framer.buffer).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        let mut out = Vec::new();
         for unit in framer.units() {
             // Book-keep before the engine sees the frame, so that its answer finds it counted.
             match unit.kind {
@@ -244,9 +249,10 @@ async fn client_to_engine(
                 }
                 Kind::Begin { .. } | Kind::Other => {}
             }
-            if engine.write_all(&unit.bytes).await.is_err() {
-                return;
-            }
+            out.extend_from_slice(&unit.bytes);
+        }
+        if !out.is_empty() && engine.write_all(&out).await.is_err() {
+            return;
         }
     }
     let _ = engine.shutdown().await;
@@ -270,6 +276,7 @@ async fn engine_to_client(
     let mut ended_open = true;
     loop {
         let deadline = queue.front().and_then(|o| o.hold_until);
+        framer.buffer.reserve(READ_SIZE);
         tokio::select! {
             read = engine.read_buf(&mut framer.buffer) => {
                 match read {
@@ -329,27 +336,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Writes the frames at the front of the queue that are not held (all of them with `all`).
+/// Writes the frames at the front of the queue that are not held (all of them with `all`), in
+/// one write: the engine writes each frame on its own, and a consumer's events come a frame each.
 /// False when the client's socket is gone.
 async fn flush(
     queue: &mut VecDeque<Outgoing>,
     socket: &mut (impl AsyncWrite + Unpin),
     all: bool,
 ) -> bool {
-    let mut wrote = false;
+    let now = Instant::now();
+    let mut out = Vec::new();
     while queue
         .front()
-        .is_some_and(|o| all || o.hold_until.is_none_or(|t| t <= Instant::now()))
+        .is_some_and(|o| all || o.hold_until.is_none_or(|t| t <= now))
     {
         let Some(outgoing) = queue.pop_front() else {
             break;
         };
-        if socket.write_all(&outgoing.unit.bytes).await.is_err() {
-            return false;
+        if out.is_empty() {
+            out = outgoing.unit.bytes;
+        } else {
+            out.extend_from_slice(&outgoing.unit.bytes);
         }
-        wrote = true;
     }
-    !wrote || socket.flush().await.is_ok()
+    out.is_empty() || (socket.write_all(&out).await.is_ok() && socket.flush().await.is_ok())
 }
 
 #[cfg(test)]
