@@ -379,6 +379,8 @@ impl PartitionWorker {
             output.clear();
             let slot = &mut self.stages[index];
             let events_in = input.len() + right.len();
+            // The stage's calls below are one batch: it switches plugin versions only here.
+            slot.stage.batch_boundary();
             if !input.is_empty() {
                 run_blocking(|| slot.stage.process(&input, output))?;
             }
