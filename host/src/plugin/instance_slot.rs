@@ -130,14 +130,18 @@ impl InstanceSlot {
                 instance,
             })
         };
-        let kept = self.fallback.take();
+        // The wanted fallback is the replaced version or the one kept so far; the other
+        // instances are freed off this thread (see `plugin::retire`).
+        let mut candidates: Vec<Fallback> = [previous, self.fallback.take()]
+            .into_iter()
+            .flatten()
+            .collect();
         self.fallback = active.fallback.map(|wanted| {
-            match [previous, kept]
-                .into_iter()
-                .flatten()
-                .find(|f| Arc::ptr_eq(&f.plugin, &wanted))
+            match candidates
+                .iter()
+                .position(|f| Arc::ptr_eq(&f.plugin, &wanted))
             {
-                Some(fallback) => fallback,
+                Some(found) => candidates.swap_remove(found),
                 None => Fallback {
                     settings: settings_for(&self.settings, &wanted),
                     plugin: wanted,
@@ -145,6 +149,9 @@ impl InstanceSlot {
                 },
             }
         });
+        for replaced in candidates {
+            super::retire::retire(replaced);
+        }
     }
 
     /// Reports what calls of the running version did, for its probation: `tally.events` events
