@@ -14,6 +14,12 @@
 //!   shutdown every worker stops and every claim is released, so the others take the partitions
 //!   at their next cycle instead of waiting for the expiry.
 //!
+//! A worker whose partition another reader took (an Event Hubs reader with a higher owner level,
+//! outside Weir's claims) stops and checkpoints; its claim is released and the partition is not
+//! claimed again here for one expiry, after which the balancing may claim it again. A reader
+//! refused again gives it up again, and the pause doubles each time the partition is lost
+//! without an event read, up to [`MAX_TAKEN_PAUSE`] (or the expiry, if longer).
+//!
 //! A process that is killed keeps its claims until they expire: its partitions move within the
 //! expiry plus one cycle. While a stolen partition's old owner has not noticed yet, both may
 //! process it; the Delta sink's per-partition transactions make the second commit of the same
@@ -33,6 +39,10 @@ use crate::config::OwnershipConfig;
 use crate::event::{PartitionId, now_millis};
 use crate::metrics::names;
 use crate::source::{PartitionStart, Source};
+
+/// The longest pause before claiming again a partition another reader keeps taking (the Azure SDKs'
+/// ownership expiry: their processors retry a partition about as often).
+const MAX_TAKEN_PAUSE: Duration = Duration::from_secs(120);
 
 /// A partition this process owns and the worker reading it.
 struct Owned {
@@ -57,6 +67,10 @@ pub(crate) struct OwnershipManager {
     owned: BTreeMap<PartitionId, Owned>,
     /// Partitions whose worker reached the end of its partition here (sources that end).
     ended: BTreeSet<PartitionId>,
+    /// Partitions another reader took, and until when they are not claimed again.
+    taken_until: BTreeMap<PartitionId, Instant>,
+    /// Partitions another reader took, and the pause before the next claim.
+    taken_pause: BTreeMap<PartitionId, Duration>,
     reports: Vec<WorkerReport>,
     /// Workers say here that they finished.
     done_sender: mpsc::UnboundedSender<PartitionId>,
@@ -94,6 +108,8 @@ impl OwnershipManager {
             shutdown,
             owned: BTreeMap::new(),
             ended: BTreeSet::new(),
+            taken_until: BTreeMap::new(),
+            taken_pause: BTreeMap::new(),
             reports: Vec::new(),
             done_sender,
             done,
@@ -139,8 +155,9 @@ impl OwnershipManager {
         }
     }
 
-    /// Collects the workers that ended by themselves: their partition reached its end, or they
-    /// failed (which stops the process, as in a pipeline without ownership).
+    /// Collects the workers that ended by themselves: their partition reached its end, another
+    /// reader took it, or they failed (which stops the process, as in a pipeline without
+    /// ownership).
     async fn reap_finished(&mut self) -> CycleResult {
         let finished: Vec<PartitionId> = self
             .owned
@@ -153,9 +170,27 @@ impl OwnershipManager {
                 continue;
             };
             let report = join(owned.handle, &self.context.name, partition).await?;
+            if let Some(reason) = &report.lost {
+                // A worker that read nothing was refused at once: wait longer before the next try.
+                let pause = match self.taken_pause.get(&partition) {
+                    Some(previous) if report.events_in == 0 => {
+                        (*previous * 2).min(MAX_TAKEN_PAUSE.max(self.expiry))
+                    }
+                    _ => self.expiry,
+                };
+                self.taken_pause.insert(partition, pause);
+                self.taken_until.insert(partition, Instant::now() + pause);
+                tracing::warn!(
+                    pipeline = %self.context.name, partition, %reason,
+                    claim_again_in_ms = pause.as_millis() as u64,
+                    "partition taken by another reader; its worker checkpointed and stopped; releasing it"
+                );
+                self.count_change("lost");
+            } else {
+                self.ended.insert(partition);
+                tracing::info!(pipeline = %self.context.name, partition, "partition read to its end; releasing it");
+            }
             self.reports.push(report);
-            self.ended.insert(partition);
-            tracing::info!(pipeline = %self.context.name, partition, "partition read to its end; releasing it");
             self.release(vec![owned.claim]).await;
         }
         Ok(())
@@ -263,10 +298,13 @@ impl OwnershipManager {
             self.report_owned();
             return Ok(());
         }
+        let now_instant = Instant::now();
+        self.taken_until.retain(|_, until| *until > now_instant);
         let mut free: Vec<PartitionId> = (0..self.partitions)
             .filter(|p| {
                 !self.owned.contains_key(p)
                     && !self.ended.contains(p)
+                    && !self.taken_until.contains_key(p)
                     && by_partition
                         .get(p)
                         .is_none_or(|r| !r.is_active(now, expiry_ms))
@@ -301,7 +339,7 @@ impl OwnershipManager {
             };
             let index = (self.next_random() % partitions.len() as u64) as usize;
             let partition = partitions.swap_remove(index);
-            if self.ended.contains(&partition) {
+            if self.ended.contains(&partition) || self.taken_until.contains_key(&partition) {
                 continue;
             }
             claims.push(Ownership {

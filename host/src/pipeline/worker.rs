@@ -91,6 +91,9 @@ pub struct WorkerReport {
     pub late_adjusted: u64,
     /// Events an event-time policy dropped (they are among the dead letters too).
     pub late_dropped: u64,
+    /// Why the worker gave its partition up before the end, when another reader took it (an
+    /// Event Hubs reader with a higher owner level).
+    pub lost: Option<String>,
 }
 
 /// One partition worker.
@@ -159,11 +162,22 @@ impl PartitionWorker {
                 .batch_max_wait
                 .min(until_checkpoint)
                 .max(Duration::from_millis(1));
-            match self
+            let read = match self
                 .reader
                 .next_batch(self.settings.batch_max_events, wait)
-                .await?
+                .await
             {
+                Ok(read) => read,
+                // Another reader took the partition: stop reading it, and checkpoint what was
+                // processed (below); the process goes on with its other partitions.
+                Err(crate::source::SourceError::Lost { reason, .. }) => {
+                    tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "partition taken by another reader; stopping its worker");
+                    report.lost = Some(reason);
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            match read {
                 ReadOutcome::Events(events) => {
                     let last = events.last().map(|e| e.position);
                     let count = events.len() as u64;

@@ -40,6 +40,17 @@ pub enum SourceError {
         /// What happened.
         reason: String,
     },
+    /// Another reader took the partition (an Event Hubs reader with a higher owner level): this
+    /// process stops reading it, but the partition goes on and may be claimed again later.
+    #[error("source `{source_name}`, partition {partition} was taken by another reader: {reason}")]
+    Lost {
+        /// Source name.
+        source_name: String,
+        /// Partition taken.
+        partition: PartitionId,
+        /// What the source said.
+        reason: String,
+    },
     /// The source could not start.
     #[error("source `{source_name}` cannot start: {reason}")]
     Start {

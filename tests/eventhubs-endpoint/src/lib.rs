@@ -20,6 +20,7 @@
 //! endpoint: `ConsumerClient::builder().with_custom_endpoint(endpoint.custom_endpoint())` and any
 //! connection string naming the hub, such as [`Endpoint::connection_string`].
 
+mod relay;
 mod selector;
 mod server;
 mod store;

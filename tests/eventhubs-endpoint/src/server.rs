@@ -54,7 +54,8 @@ pub(crate) async fn listen(listener: tokio::net::TcpListener, shared: Arc<Shared
                     return;
                 }
             };
-            serve_connection(shared.clone(), stream).await;
+            // Through the relay that holds back answers to the client's detaches (see `relay`).
+            serve_connection(shared.clone(), crate::relay::spawn(stream)).await;
             shared.remove_connection(id);
         });
     }
@@ -93,7 +94,7 @@ impl ReplyRoutes {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::io::DuplexStream) {
     let acceptor = ConnectionAcceptor::builder()
         .container_id("weir-eventhubs-endpoint")
         .sasl_acceptor(SaslAnonymousMechanism::new())

@@ -17,13 +17,6 @@ use weir_eventhubs_endpoint::{Endpoint, EndpointConfig, PublishTo};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-// Known defect: on a loaded machine these scenarios fail now and then (about one run in four,
-// even one scenario per process) with "Connection dropped: Connection must have been closed" or
-// "Illegal session state" on the client's first call to a fresh endpoint. Weir's own Event Hubs
-// tests (tests/tests/eventhubs*.rs) ride through it because Weir's source reconnects; these
-// direct client calls do not retry. Until the endpoint side is found, they run only on demand:
-// `cargo test -p weir-eventhubs-endpoint --test real_client -- --ignored`.
-
 /// Runs a test on the one runtime all tests of this file share, one test at a time (a runtime per
 /// test made later tests fail more often; a Weir process has one runtime, as here).
 fn on_shared_runtime(test: impl std::future::Future<Output = ()>) {
@@ -112,7 +105,6 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 #[test]
-#[ignore = "flaky: the client's first call now and then fails with \"Connection dropped\" (see the note at the top)"]
 fn hub_and_partition_properties_come_from_management() {
     on_shared_runtime(async {
         let endpoint = endpoint(&[("telemetry", 4)]).await;
@@ -158,7 +150,6 @@ fn hub_and_partition_properties_come_from_management() {
 }
 
 #[test]
-#[ignore = "flaky: the client's first call now and then fails with \"Connection dropped\" (see the note at the top)"]
 fn producers_send_to_partitions_by_id_by_key_and_round_robin() {
     on_shared_runtime(async {
         let endpoint = endpoint(&[("orders", 3)]).await;
@@ -242,7 +233,6 @@ fn producers_send_to_partitions_by_id_by_key_and_round_robin() {
 }
 
 #[test]
-#[ignore = "flaky: the client's first call now and then fails with \"Connection dropped\" (see the note at the top)"]
 fn consumers_start_where_their_position_says_with_every_annotation() {
     on_shared_runtime(async {
         let endpoint = endpoint(&[("telemetry", 2)]).await;
@@ -403,7 +393,6 @@ fn consumers_start_where_their_position_says_with_every_annotation() {
 }
 
 #[test]
-#[ignore = "flaky: the client's first call now and then fails with \"Connection dropped\" (see the note at the top)"]
 fn a_higher_owner_level_takes_the_partition_and_a_lower_one_is_refused() {
     on_shared_runtime(async {
         let endpoint = endpoint(&[("telemetry", 1)]).await;
@@ -485,7 +474,6 @@ fn a_higher_owner_level_takes_the_partition_and_a_lower_one_is_refused() {
 }
 
 #[test]
-#[ignore = "flaky: the client's first call now and then fails with \"Connection dropped\" (see the note at the top)"]
 fn the_client_rides_through_detaches_dropped_connections_and_busy_rejections() {
     on_shared_runtime(async {
         let endpoint = endpoint(&[("telemetry", 1)]).await;

@@ -53,7 +53,8 @@ impl EventHubsSink {
         let properties =
             tokio::time::timeout(connection::OPEN_TIMEOUT, producer.get_eventhub_properties())
                 .await;
-        connection::close_producer(producer).await;
+        // Closing waits for the service's answers: nothing here needs them.
+        tokio::spawn(connection::close_producer(producer));
         let partition_ids = match properties {
             Ok(Ok(properties)) => properties.partition_ids,
             Ok(Err(e)) => {

@@ -42,7 +42,8 @@ impl EventHubsSource {
             .map_err(start_error)?;
         let properties =
             tokio::time::timeout(connection::OPEN_TIMEOUT, client.get_eventhub_properties()).await;
-        connection::close_consumer(client).await;
+        // Closing waits for the service's answers: nothing here needs them.
+        tokio::spawn(connection::close_consumer(client));
         let properties = match properties {
             Ok(Ok(properties)) => properties,
             Ok(Err(e)) => {

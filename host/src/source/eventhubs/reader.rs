@@ -128,6 +128,8 @@ pub(super) struct EventHubsReader {
     delivered_offset: Option<String>,
     bounds: Arc<PartitionBounds>,
     failed: bool,
+    /// The error that ended the receiving task, until it is reported.
+    failure: Option<SourceError>,
     refreshing: tokio::task::JoinHandle<()>,
 }
 
@@ -169,6 +171,7 @@ impl EventHubsReader {
             delivered_offset: None,
             bounds,
             failed: false,
+            failure: None,
             refreshing,
         }
     }
@@ -196,6 +199,9 @@ impl PartitionReader for EventHubsReader {
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
         if self.pending.is_empty() {
+            if let Some(error) = self.failure.take() {
+                return Err(error);
+            }
             if self.failed {
                 return Err(self.read_error("the reader already failed"));
             }
@@ -222,7 +228,7 @@ impl PartitionReader for EventHubsReader {
                 Ok(Err(error)) => {
                     // Deliver what came before the error; the next call reports it.
                     self.failed = true;
-                    tracing::error!(source = %self.settings.source_name, partition = self.partition, %error, "Event Hubs partition failed");
+                    self.failure = Some(error);
                     break;
                 }
                 Err(_) => break,
@@ -304,6 +310,9 @@ enum Ended {
     ReaderGone,
     /// A failure nothing will fix: report it and stop.
     Fatal(String),
+    /// A reader with a higher owner level took the partition: report it and stop (the worker
+    /// gives the partition up; the process goes on).
+    Lost(String),
     /// A failure a new connection may fix.
     Reconnect {
         reason: String,
@@ -342,6 +351,10 @@ impl Receiving {
                     self.fail(reason).await;
                     return;
                 }
+                Ended::Lost(reason) => {
+                    self.lose(reason).await;
+                    return;
+                }
                 Ended::Reconnect { reason, progressed } => {
                     failures = if progressed { 1 } else { failures + 1 };
                     reason
@@ -370,6 +383,22 @@ impl Receiving {
         let _ = self
             .sender
             .send(Err(SourceError::Read {
+                source_name: self.settings.source_name.clone(),
+                partition: self.partition,
+                reason,
+            }))
+            .await;
+    }
+
+    async fn lose(&self, reason: String) {
+        tracing::warn!(
+            source = %self.settings.source_name, partition = self.partition,
+            new_owner_level = ?new_owner_level(&reason), %reason,
+            "Event Hubs partition taken by a reader with a higher owner level; giving it up"
+        );
+        let _ = self
+            .sender
+            .send(Err(SourceError::Lost {
                 source_name: self.settings.source_name.clone(),
                 partition: self.partition,
                 reason,
@@ -458,6 +487,9 @@ impl Receiving {
             .await
         {
             Ok(receiver) => receiver,
+            Err(e) if matches!(e.kind, ErrorKind::ConsumerDisconnected(_)) => {
+                return self.classify(&e, false);
+            }
             Err(e) => {
                 return Ended::Reconnect {
                     reason: format!("cannot open a receiver on partition {}: {e}", self.id),
@@ -569,9 +601,9 @@ impl Receiving {
 
     fn classify(&self, error: &EventHubsError, progressed: bool) -> Ended {
         if matches!(error.kind, ErrorKind::ConsumerDisconnected(_)) {
-            return Ended::Fatal(format!(
-                "partition {} was taken by another reader of consumer group `{}` with a higher owner level (epoch): {error}",
-                self.id, self.settings.config.consumer_group
+            return Ended::Lost(format!(
+                "a reader of consumer group `{}` with a higher owner level (epoch) holds it: {error}",
+                self.settings.config.consumer_group
             ));
         }
         Ended::Reconnect {
@@ -579,6 +611,14 @@ impl Receiving {
             progressed,
         }
     }
+}
+
+/// The owner level (epoch) of the reader that took a partition, as the service's message says it:
+/// "New receiver ... with higher epoch of '5' is created hence current receiver ... is getting
+/// disconnected" (or "... created with epoch of '5' ..." when an attach is refused).
+fn new_owner_level(message: &str) -> Option<i64> {
+    let (_, after) = message.split_once("epoch of '")?;
+    after.split('\'').next()?.parse().ok()
 }
 
 /// Refreshes the partition's first and last sequence numbers, for the consumer lag.
@@ -661,5 +701,27 @@ fn property_text(value: &AmqpSimpleValue) -> String {
             .unwrap_or_default(),
         AmqpSimpleValue::Binary(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_owner_level;
+
+    #[test]
+    fn the_new_owner_level_is_read_from_the_services_message() {
+        assert_eq!(
+            new_owner_level(
+                "New receiver 'nil' with higher epoch of '5' is created hence current receiver 'nil' with epoch '0' is getting disconnected."
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            new_owner_level(
+                "At least one receiver for the endpoint is created with epoch of '12', and so non-epoch or lower epoch receiver is not allowed"
+            ),
+            Some(12)
+        );
+        assert_eq!(new_owner_level("link stolen"), None);
     }
 }

@@ -335,6 +335,10 @@ async fn a_reader_with_a_higher_owner_level_takes_the_partition() {
             Ok(_) => {}
         }
     };
+    assert!(
+        matches!(error, SourceError::Lost { partition: 0, .. }),
+        "displaced, not failed: {error:?}"
+    );
     assert!(error.to_string().contains("higher owner level"), "{error}");
 }
 
