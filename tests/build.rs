@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Plugin packages the tests load: the examples, and the test plugins of `tests/plugins/` (other
-/// versions of the anomaly rule, a version that always traps, and hostile plugins).
+/// versions of the anomaly rule, versions that always trap, and hostile plugins).
 const PLUGINS: &[&str] = &[
     "telemetry-anomaly",
     "passthrough",
@@ -17,6 +17,8 @@ const PLUGINS: &[&str] = &[
     "anomaly-v2",
     "anomaly-v3",
     "trap-always",
+    "window-trap-always",
+    "join-trap-always",
     "hostile-loop",
     "hostile-memory",
     "hostile-panic",

@@ -303,7 +303,8 @@ pub mod names {
     /// 1 for the active version of each stage, 0 for versions that were (labels: pipeline, stage,
     /// version).
     pub const PLUGIN_ACTIVE: &str = "weir_plugin_active";
-    /// Events whose time was adjusted by the late-arrival policy (labels: pipeline, partition).
+    /// Events whose time an `adjust` policy changed, out of order or arriving late (labels:
+    /// pipeline, partition).
     pub const ADJUSTED_EVENTS: &str = "weir_adjusted_events_total";
     /// Wall-clock time minus the partition's watermark, in seconds (labels: pipeline, partition).
     pub const WATERMARK_DELAY: &str = "weir_watermark_delay_seconds";
@@ -411,7 +412,7 @@ pub mod names {
         d(
             ADJUSTED_EVENTS,
             Kind::Counter,
-            "Events whose time the late-arrival policy adjusted.",
+            "Events whose event time an adjust policy changed (out of order or arriving late).",
         ),
         d(
             WATERMARK_DELAY,

@@ -33,6 +33,8 @@ pub(crate) trait Backend {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
     /// Applies the writes of a batch, in order, in one call.
     fn state_write_batch(&mut self, writes: &StateWrites);
+    /// The keys the stage wrote last (before this instance existed), with their values now.
+    fn state_recent_writes(&mut self) -> StateWrites;
     /// Adds `delta` to counter `name`.
     fn counter_add(&mut self, name: &str, delta: u64);
     /// Writes one log record.
@@ -58,7 +60,8 @@ pub(crate) trait Backend {
 ///   the first `get` of a key asks the host, later ones (in this batch or the next) do not, and
 ///   the keys written in a batch reach the host in one call when the batch ends. The cache is
 ///   always the host's state: only this instance writes it, and the host starts a new instance
-///   (with an empty cache) after a trap, a restore or a new plugin version.
+///   after a trap, a restore or a new plugin version. A new instance's cache starts with the keys
+///   the stage wrote last (one host call), so a hot swap does not re-read them one by one.
 /// - **Configuration** ([`config`](Context::config)): the stage's `config` table, read once per
 ///   instance.
 /// - **Logs and counters** ([`log`](Context::log), [`info`](Context::info), ...,
@@ -78,6 +81,8 @@ pub struct Context {
     /// Size of the last batch's payloads, to size the next buffer once.
     payloads_hint: usize,
     state: StateCache,
+    /// Whether the cache has had its start from the host's recent writes (once per instance).
+    cache_started: bool,
     counters: Vec<(String, u64)>,
     config_json: Option<String>,
     config_typed: Vec<(TypeId, Box<dyn Any>)>,
@@ -112,6 +117,7 @@ impl Context {
             emitted_mark: 0,
             payloads_hint: 0,
             state: StateCache::default(),
+            cache_started: false,
             counters: Vec::new(),
             config_json: None,
             config_typed: Vec::new(),
@@ -362,6 +368,14 @@ impl Context {
     /// already so, unless the previous batch panicked half-way in a native test).
     pub(crate) fn begin_batch(&mut self) {
         self.state.discard_if_unflushed();
+        if !self.cache_started {
+            // A new instance (first start, hot swap, replacement after a trap): one host call
+            // fills the cache with the keys the stage wrote last, so that the first batch does
+            // not ask for each of them on its own.
+            self.cache_started = true;
+            let recent = self.backend.state_recent_writes();
+            self.state.prefill(&recent);
+        }
         self.counters.clear();
         self.out.targets.clear();
         self.out.payloads.clear();
@@ -484,6 +498,45 @@ fn offset(len: usize) -> u32 {
 }
 
 impl StateCache {
+    /// Caches `entries` (values the host holds now; a delete marks a key without one) for the
+    /// keys not cached yet, up to the cache's bound.
+    fn prefill(&mut self, entries: &StateWrites) {
+        let (mut key_start, mut value_start) = (0usize, 0usize);
+        for (index, &key_end) in entries.key_ends.iter().enumerate() {
+            let key_end = key_end as usize;
+            let value_end = entries
+                .value_ends
+                .get(index)
+                .map_or(value_start, |&end| end as usize);
+            let key = entries.keys.get(key_start..key_end);
+            let value = entries.values.get(value_start..value_end);
+            (key_start, value_start) = (key_end, value_end);
+            if self.slots.len() >= MAX_CACHED_KEYS {
+                break;
+            }
+            // Keys the SDK writes are strings; anything else is left for `get` to ask about.
+            let (Some(Ok(key)), Some(value)) = (key.map(std::str::from_utf8), value) else {
+                continue;
+            };
+            if self.index.contains_key(key) {
+                continue;
+            }
+            let value = if entries.deletes.get(index).copied().unwrap_or(false) {
+                Cached::Absent
+            } else {
+                let mut buffer = self.buffer();
+                buffer.extend_from_slice(value);
+                Cached::Present(buffer)
+            };
+            self.slots.push(Slot {
+                key: key.to_owned(),
+                value,
+                dirty: false,
+            });
+            self.index.insert(key.to_owned(), self.slots.len() - 1);
+        }
+    }
+
     fn slot(&mut self, key: &str) -> usize {
         if let Some(&slot) = self.index.get(key) {
             return slot;

@@ -67,6 +67,8 @@ struct Memory {
     reference: BTreeMap<(String, String), String>,
     /// Host calls made, to show that state is cached per batch.
     state_calls: u64,
+    /// The keys of the last batch's writes, as the host remembers them for a new instance.
+    recent: Vec<Vec<u8>>,
 }
 
 struct MemoryBackend(Rc<RefCell<Memory>>);
@@ -81,10 +83,12 @@ impl Backend for MemoryBackend {
     fn state_write_batch(&mut self, writes: &StateWrites) {
         let mut memory = self.0.borrow_mut();
         memory.state_calls += 1;
+        memory.recent.clear();
         let (mut key_start, mut value_start) = (0, 0);
         for (index, &key_end) in writes.key_ends.iter().enumerate() {
             let (key_end, value_end) = (key_end as usize, writes.value_ends[index] as usize);
             let key = writes.keys[key_start..key_end].to_vec();
+            memory.recent.push(key.clone());
             if writes.deletes[index] {
                 memory.state.remove(&key);
             } else {
@@ -94,6 +98,23 @@ impl Backend for MemoryBackend {
             }
             (key_start, value_start) = (key_end, value_end);
         }
+    }
+
+    fn state_recent_writes(&mut self) -> StateWrites {
+        // Not counted in `state_calls`: a new instance makes this call once, whatever it does.
+        let memory = self.0.borrow();
+        let mut entries = StateWrites::default();
+        for key in &memory.recent {
+            let value = memory.state.get(key);
+            entries.keys.extend_from_slice(key);
+            entries.key_ends.push(entries.keys.len() as u32);
+            entries
+                .values
+                .extend_from_slice(value.map_or(&[][..], Vec::as_slice));
+            entries.value_ends.push(entries.values.len() as u32);
+            entries.deletes.push(value.is_none());
+        }
+        entries
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {
@@ -195,6 +216,13 @@ where
     pub fn with_reference(self, table: &str, key: &str, row: serde_json::Value) -> Self {
         add_reference_row(&self.memory, table, key, &row);
         self
+    }
+
+    /// Replaces the plugin instance with a new one over the same host state, as the host does at
+    /// a hot swap or after a trap: the configuration and the state cache start again (the cache
+    /// from the keys the last batch wrote).
+    pub fn new_instance(&mut self) {
+        self.runner = Runner::new(Box::new(MemoryBackend(self.memory.clone())));
     }
 
     /// Runs one batch and returns its output, as the Wasm export would return it to the host.
@@ -489,6 +517,12 @@ where
     pub fn with_config(mut self, config: serde_json::Value) -> Self {
         self.runner = self.runner.with_config(config);
         self
+    }
+
+    /// Replaces the plugin instance with a new one over the same keyed state, as the host does at
+    /// a hot swap or after a trap (see [`NativeRunner::new_instance`]).
+    pub fn new_instance(&mut self) {
+        self.runner.new_instance();
     }
 
     /// Stores `value` (as JSON) under `key` in the keyed state, as if an earlier batch had.

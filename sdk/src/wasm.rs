@@ -26,6 +26,10 @@ impl Backend for WasmHost {
         state::write_batch(writes);
     }
 
+    fn state_recent_writes(&mut self) -> StateWrites {
+        state::recent_writes()
+    }
+
     fn counter_add(&mut self, name: &str, delta: u64) {
         metrics::counter_add(name, delta);
     }

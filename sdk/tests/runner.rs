@@ -124,6 +124,47 @@ fn state_is_cached_per_batch_and_written_back_once_per_key() {
     assert_eq!(harness.state::<Tally>("b"), Some(Tally { count: 2 }));
 }
 
+#[test]
+fn a_new_instance_starts_with_the_keys_written_last() {
+    let mut harness = Harness::new(tally);
+    harness.run_batch(vec![
+        TestEvent::new("{}").key("a"),
+        TestEvent::new("{}").key("a"),
+        TestEvent::new("{}").key("b"),
+        TestEvent::new("{}").key("c"),
+    ]);
+    // `a` is at 2, `b` and `c` at 1; then only `b` is written: it reaches 3 and is deleted.
+    harness.run_batch(vec![
+        TestEvent::new("{}").key("b"),
+        TestEvent::new("{}").key("b"),
+    ]);
+    let calls = harness.state_calls();
+
+    // As at a hot swap: the new instance knows that `b` (written last) has no value without
+    // asking the host, and asks for `c` and `a` (written earlier) once each.
+    harness.new_instance();
+    let outcomes = harness.run_batch(vec![
+        TestEvent::new("{}").key("b"),
+        TestEvent::new("{}").key("c"),
+        TestEvent::new("{}").key("a"),
+    ]);
+    let counts: Vec<Value> = outcomes
+        .iter()
+        .flat_map(|o| o.json("tallies"))
+        .map(|t| t["count"].clone())
+        .collect();
+    assert_eq!(
+        counts,
+        [1, 2, 3],
+        "the state carried over to the new instance"
+    );
+    assert_eq!(
+        harness.state_calls(),
+        calls + 3,
+        "gets of `c` and `a`, then the writes"
+    );
+}
+
 fn write_blind_then_reject(event: &Event, ctx: &mut Context) -> Result<()> {
     if event.body() == b"write" {
         ctx.put("k", "new")?;

@@ -226,6 +226,16 @@ fn main() {
         summary(&befores),
         summary(&firsts)
     );
+    // The same percentiles of the two groups, measured side by side under the same load: what
+    // a swap adds at the median and in the tail.
+    let excess = |q: f64| {
+        (percentile(&firsts, q).as_secs_f64() - percentile(&befores, q).as_secs_f64()) * 1e6
+    };
+    println!(
+        "  first batches after minus batches just before, percentile by percentile: p50 {:+.0} µs, p99 {:+.0} µs (target: under +1,000 µs)",
+        excess(0.5),
+        excess(0.99)
+    );
     println!();
     println!(
         "first batch on a new version: at most {} above the steady p50; largest batch around a swap: {} above the steady p99 (target: under 1 ms above steady state)",

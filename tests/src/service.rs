@@ -258,6 +258,8 @@ pub struct SwapOptions {
     pub max_trap_ratio: f64,
     /// Checkpoint interval, as configuration text.
     pub checkpoint_interval: &'static str,
+    /// The pipeline's `event_time` table, as configuration text.
+    pub event_time: &'static str,
 }
 
 impl Default for SwapOptions {
@@ -267,6 +269,7 @@ impl Default for SwapOptions {
             probation_events: 400,
             max_trap_ratio: 0.05,
             checkpoint_interval: "300ms",
+            event_time: r#"{ field = "Timestamp" }"#,
         }
     }
 }
@@ -358,7 +361,7 @@ path = "dead_letters"
 
 [pipelines.telemetry]
 source = "telemetry"
-event_time = {{ field = "Timestamp" }}
+event_time = {event_time}
 dead_letter = "dead_letters"
 batch = {{ max_events = 64, max_wait = "20ms" }}
 
@@ -371,6 +374,7 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
         probation = options.probation_events,
         trap_ratio = options.max_trap_ratio,
         partitions = options.partitions,
+        event_time = options.event_time,
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).expect("write config");

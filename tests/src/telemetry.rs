@@ -1,7 +1,7 @@
 //! Telemetry test data, the anomaly rule re-derived from its specification (not from the plugin),
 //! and a pipeline configuration that runs the anomaly plugin into Delta and JSON Lines.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -503,4 +503,86 @@ pub fn assert_each_reading_once(rows: &[Value], readings: &[Reading]) {
         missing.is_empty(),
         "events missing from the table: {missing:?}"
     );
+}
+
+/// Length of the telemetry aggregates' tumbling windows.
+pub const FIVE_MINUTES: i64 = 300_000;
+
+/// One expected row of the 5-minute aggregates, by (DeviceId, WindowStart).
+#[derive(Debug, Default)]
+pub struct Aggregate {
+    /// `Location` of the device.
+    pub location: String,
+    /// `DeviceType` of the device.
+    pub device_type: String,
+    /// Readings in the window.
+    pub count: u64,
+    /// Sum of their temperatures.
+    pub temperature_sum: f64,
+    /// Lowest temperature.
+    pub min: f64,
+    /// Highest temperature.
+    pub max: f64,
+    /// Sum of their humidities.
+    pub humidity_sum: f64,
+    /// Sum of their pressures.
+    pub pressure_sum: f64,
+}
+
+/// `GROUP BY DeviceId, Location, DeviceType, TumblingWindow(minute, 5)`, folded plainly.
+pub fn expected_aggregates(readings: &[Reading]) -> BTreeMap<(String, i64), Aggregate> {
+    let mut groups: BTreeMap<(String, i64), Aggregate> = BTreeMap::new();
+    for r in readings {
+        let start = r.time_ms.div_euclid(FIVE_MINUTES) * FIVE_MINUTES;
+        let group = groups
+            .entry((r.device.clone(), start))
+            .or_insert_with(|| Aggregate {
+                location: r.location.clone(),
+                device_type: r.device_type.clone(),
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                ..Aggregate::default()
+            });
+        group.count += 1;
+        group.temperature_sum += r.temperature;
+        group.min = group.min.min(r.temperature);
+        group.max = group.max.max(r.temperature);
+        group.humidity_sum += r.humidity;
+        group.pressure_sum += r.pressure;
+    }
+    groups
+}
+
+/// Checks the aggregate rows (as read back from Delta) against the fold: one row per device and
+/// window, each exactly (floats within 1e-9).
+pub fn assert_aggregate_rows(rows: &[Value], expected: &BTreeMap<(String, i64), Aggregate>) {
+    assert_eq!(rows.len(), expected.len(), "one row per device and window");
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        let device = row["DeviceId"].as_str().expect("DeviceId").to_owned();
+        let start = crate::python_timestamp_ms(row["WindowStart"].as_str().expect("WindowStart"));
+        let end = crate::python_timestamp_ms(row["WindowEnd"].as_str().expect("WindowEnd"));
+        assert_eq!(end - start, FIVE_MINUTES, "{row}");
+        let want = expected
+            .get(&(device.clone(), start))
+            .unwrap_or_else(|| panic!("unexpected row {row}"));
+        let n = want.count as f64;
+        let checks = [
+            ("Location", json!(want.location)),
+            ("DeviceType", json!(want.device_type)),
+            ("EventCount", json!(want.count)),
+            ("AvgTemperature", json!(want.temperature_sum / n)),
+            ("MinTemperature", json!(want.min)),
+            ("MaxTemperature", json!(want.max)),
+            ("AvgHumidity", json!(want.humidity_sum / n)),
+            ("AvgPressure", json!(want.pressure_sum / n)),
+        ];
+        for (field, value) in checks {
+            assert!(
+                crate::close(&row[field], &value),
+                "{field}: {row} vs {value}"
+            );
+        }
+        assert!(seen.insert((device, start)), "row twice: {row}");
+    }
 }

@@ -10,7 +10,7 @@ use weir_tests::service::{
     Family, Feeder, SwapOptions, TOKEN, events_in, get_json, http, parse_prometheus, swap_pipeline,
     version_of, wait_until,
 };
-use weir_tests::telemetry::generated_readings;
+use weir_tests::telemetry::{BASE_TIME_MS, Reading, generated_readings, ordered_readings};
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -19,8 +19,27 @@ const WAIT: Duration = Duration::from_secs(180);
 fn changes_without_the_right_token_are_refused_and_change_nothing_and_metrics_parse() {
     let dir = tempfile::tempdir().expect("temp dir");
     let v1_path = plugin_path("telemetry_anomaly");
-    let paths = swap_pipeline(dir.path(), &v1_path, &SwapOptions::default());
-    let readings = generated_readings(20, 25, 3);
+    // Events more than 30 s behind their partition's newest are adjusted.
+    let options = SwapOptions {
+        event_time: r#"{ field = "Timestamp", out_of_order = { tolerance = "30s", policy = "adjust" } }"#,
+        ..SwapOptions::default()
+    };
+    let paths = swap_pipeline(dir.path(), &v1_path, &options);
+    // In event-time order, but for three readings of known devices from before their first (each
+    // device reads every 20 s for 25 steps, so its partition has seen 8 minutes past these):
+    // those are adjusted, wherever their device's partition is.
+    let mut readings = ordered_readings(20, 25, 3);
+    let late: Vec<Reading> = (0..3)
+        .map(|device| {
+            Reading::new(
+                &format!("device-{device:03}"),
+                BASE_TIME_MS - 60_000,
+                21.0,
+                &format!("late-{device}"),
+            )
+        })
+        .collect();
+    readings.extend(late.iter().cloned());
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(0, WAIT);
     let feeder = Feeder::start(
@@ -33,16 +52,16 @@ fn changes_without_the_right_token_are_refused_and_change_nothing_and_metrics_pa
     wait_until(WAIT, "every event processed", || {
         events_in(&admin, "telemetry") == total
     });
-    wait_until(WAIT, "every partition checkpointed", || {
+    wait_until(WAIT, "every partition checkpointed and caught up", || {
         let pipelines = get_json(&admin, "/pipelines");
         let partitions = pipelines["pipelines"][0]["partitions"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         partitions.len() == 4
-            && partitions
-                .iter()
-                .all(|p| p["checkpointed"] == p["position"] && !p["position"].is_null())
+            && partitions.iter().all(|p| {
+                p["checkpointed"] == p["position"] && !p["position"].is_null() && p["lag"] == 0
+            })
     });
     assert_eq!(http(&admin, "GET", "/healthz", None, b"").0, 200);
     assert_eq!(http(&admin, "GET", "/readyz", None, b"").0, 200);
@@ -149,6 +168,28 @@ fn changes_without_the_right_token_are_refused_and_change_nothing_and_metrics_pa
         by_name["weir_checkpoint_age_seconds"].2.len() == 4,
         "a checkpoint age per partition"
     );
+    let adjusted: f64 = by_name["weir_adjusted_events"]
+        .2
+        .iter()
+        .filter(|s| s.0 == "weir_adjusted_events_total")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(
+        adjusted as usize,
+        late.len(),
+        "the late readings were adjusted"
+    );
+    let late_adjusted: f64 = by_name["weir_late_events"]
+        .2
+        .iter()
+        .filter(|s| s.1["policy"] == "adjust")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(late_adjusted, adjusted, "both families count them");
+    // The file source knows its end: a lag per partition, nothing left once all is read.
+    let lags = &by_name["weir_consumer_lag"].2;
+    assert_eq!(lags.len(), 4, "a consumer lag per partition: {lags:?}");
+    assert!(lags.iter().all(|s| s.2 == 0.0), "{lags:?}");
     let active = &by_name["weir_plugin_active"].2;
     assert!(
         active

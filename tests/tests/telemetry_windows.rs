@@ -10,87 +10,28 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_tests::examples::{Adapt, adapt_example};
-use weir_tests::telemetry::{Reading, ordered_readings, shuffle_within, timestamp, write_input};
+use weir_tests::telemetry::{
+    Aggregate, Reading, assert_aggregate_rows, expected_aggregates, ordered_readings,
+    shuffle_within, timestamp, write_input,
+};
 use weir_tests::{
     WeirProcess, close, python_timestamp_ms, read_delta, read_jsonl_dir, run_to_completion,
 };
 
-const FIVE_MINUTES: i64 = 300_000;
 const TEN_MINUTES: i64 = 600_000;
 
-/// One expected row of `aggregated_metrics`, by (DeviceId, WindowStart).
-#[derive(Debug, Default)]
-struct Aggregate {
-    location: String,
-    device_type: String,
-    count: u64,
-    temperature_sum: f64,
-    min: f64,
-    max: f64,
-    humidity_sum: f64,
-    pressure_sum: f64,
-}
-
-/// `GROUP BY DeviceId, Location, DeviceType, TumblingWindow(minute, 5)`, folded plainly.
-fn expected_aggregates(readings: &[Reading]) -> BTreeMap<(String, i64), Aggregate> {
-    let mut groups: BTreeMap<(String, i64), Aggregate> = BTreeMap::new();
-    for r in readings {
-        let start = r.time_ms.div_euclid(FIVE_MINUTES) * FIVE_MINUTES;
-        let group = groups
-            .entry((r.device.clone(), start))
-            .or_insert_with(|| Aggregate {
-                location: r.location.clone(),
-                device_type: r.device_type.clone(),
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                ..Aggregate::default()
-            });
-        group.count += 1;
-        group.temperature_sum += r.temperature;
-        group.min = group.min.min(r.temperature);
-        group.max = group.max.max(r.temperature);
-        group.humidity_sum += r.humidity;
-        group.pressure_sum += r.pressure;
-    }
-    groups
-}
-
-/// Checks the Delta rows against the fold, exactly (floats within 1e-9).
+/// Checks the Delta rows against the fold, and that the table is partitioned by the date of
+/// `WindowEnd`.
 fn assert_aggregates(rows: &[Value], expected: &BTreeMap<(String, i64), Aggregate>) {
-    assert_eq!(rows.len(), expected.len(), "one row per device and window");
-    let mut seen = BTreeMap::new();
     for row in rows {
-        let device = row["DeviceId"].as_str().expect("DeviceId").to_owned();
-        let start = python_timestamp_ms(row["WindowStart"].as_str().expect("WindowStart"));
         let end = python_timestamp_ms(row["WindowEnd"].as_str().expect("WindowEnd"));
-        assert_eq!(end - start, FIVE_MINUTES, "{row}");
         assert_eq!(
             row["WindowEndDate"].as_str(),
             Some(&timestamp(end)[..10]),
             "partitioned by the date of WindowEnd: {row}"
         );
-        let want = expected
-            .get(&(device.clone(), start))
-            .unwrap_or_else(|| panic!("unexpected row {row}"));
-        let n = want.count as f64;
-        let checks = [
-            ("Location", json!(want.location)),
-            ("DeviceType", json!(want.device_type)),
-            ("EventCount", json!(want.count)),
-            ("AvgTemperature", json!(want.temperature_sum / n)),
-            ("MinTemperature", json!(want.min)),
-            ("MaxTemperature", json!(want.max)),
-            ("AvgHumidity", json!(want.humidity_sum / n)),
-            ("AvgPressure", json!(want.pressure_sum / n)),
-        ];
-        for (field, value) in checks {
-            assert!(close(&row[field], &value), "{field}: {row} vs {value}");
-        }
-        assert!(
-            seen.insert((device, start), ()).is_none(),
-            "row twice: {row}"
-        );
     }
+    assert_aggregate_rows(rows, expected);
 }
 
 fn aggregates_pipeline(dir: &Path, input: &Path, checkpoint_interval: &str) -> std::path::PathBuf {

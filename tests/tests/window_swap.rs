@@ -2,6 +2,11 @@
 //! follows its version slot switches to a version offered while windows are open (or join sides
 //! wait for their match), at a batch boundary, and produces exactly the rows of a stage that never
 //! swapped; a component of another world is refused for the window stage and changes nothing.
+//!
+//! Probation: a window or join version that traps on everything is offered; every fold, window
+//! fire and pair it traps on is made again by the version it replaced (the outputs, labelled with
+//! the version that made them, are exactly the reference's), and with the default policy it is
+//! rolled back by itself. What both versions trap on goes to the dead letters with both reasons.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,8 @@ use weir::plugin::{
 };
 use weir::reference::ReferenceTables;
 use weir::stage::{
-    JoinSettings, JoinStage, Stage, StageOutput, WindowSettings, WindowSpec, WindowStage,
+    JoinSettings, JoinStage, PLUGIN_VERSION_PROPERTY, Stage, StageOutput, WindowSettings,
+    WindowSpec, WindowStage,
 };
 use weir::time::{Admitted, ClockSettings, END_OF_INPUT, EventClock, Mark, Tolerance};
 
@@ -95,7 +101,36 @@ fn another_version(bytes: &[u8]) -> Vec<u8> {
 
 /// Runs every step through `stage` (one batch per step, through an event clock), calling
 /// `between` before each batch; returns the rows it emitted, as text, in order.
-fn run(stage: &mut WindowStage, mut between: impl FnMut(usize, &mut WindowStage)) -> Vec<String> {
+fn run(stage: &mut WindowStage, between: impl FnMut(usize, &mut WindowStage)) -> Vec<String> {
+    run_labelled(stage, between, |_, _| {})
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect()
+}
+
+/// The version label of an output record.
+fn label(event: &Event) -> Option<String> {
+    event
+        .properties
+        .iter()
+        .find(|(name, _)| name == PLUGIN_VERSION_PROPERTY)
+        .map(|(_, version)| version.clone())
+}
+
+/// [`run`], also calling `mid` inside each batch (after its events, before its watermarks), and
+/// returning each row with the version label it carries.
+fn run_labelled(
+    stage: &mut WindowStage,
+    mut between: impl FnMut(usize, &mut WindowStage),
+    mut mid: impl FnMut(usize, &mut WindowStage),
+) -> Vec<(String, Option<String>)> {
+    let text = |(target, e): (Arc<str>, Event)| {
+        let version = label(&e);
+        (
+            format!("{target} {}", String::from_utf8_lossy(&e.body)),
+            version,
+        )
+    };
     let mut clock = EventClock::new(ClockSettings {
         out_of_order: Tolerance {
             millis: 0,
@@ -112,18 +147,16 @@ fn run(stage: &mut WindowStage, mut between: impl FnMut(usize, &mut WindowStage)
             clock.admit(event, &mut admitted);
         }
         out.clear();
+        stage.batch_boundary();
         stage
             .process(&admitted.released, &mut out)
             .expect("process");
+        mid(step, stage);
         stage
             .watermarks(&admitted.marks, &mut out)
             .expect("watermarks");
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
-        rows.extend(
-            out.emitted
-                .drain(..)
-                .map(|(target, e)| format!("{target} {}", String::from_utf8_lossy(&e.body))),
-        );
+        rows.extend(out.emitted.drain(..).map(text));
         admitted.clear();
     }
     out.clear();
@@ -131,12 +164,10 @@ fn run(stage: &mut WindowStage, mut between: impl FnMut(usize, &mut WindowStage)
         watermark: END_OF_INPUT,
         position: (STEPS * DEVICES) as u64,
     }];
+    stage.batch_boundary();
     stage.watermarks(&end, &mut out).expect("end of input");
-    rows.extend(
-        out.emitted
-            .drain(..)
-            .map(|(target, e)| format!("{target} {}", String::from_utf8_lossy(&e.body))),
-    );
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    rows.extend(out.emitted.drain(..).map(text));
     rows
 }
 
@@ -221,6 +252,17 @@ fn version_slot(
     plugin: &Arc<Plugin>,
     bytes: &[u8],
 ) -> Arc<PluginSlot<Plugin>> {
+    version_slot_with(engine, path, plugin, bytes, RollbackPolicy::default())
+}
+
+/// [`version_slot`] with another rollback policy.
+fn version_slot_with(
+    engine: &PluginEngine,
+    path: &std::path::Path,
+    plugin: &Arc<Plugin>,
+    bytes: &[u8],
+    policy: RollbackPolicy,
+) -> Arc<PluginSlot<Plugin>> {
     PluginSlot::open(
         SlotSetup {
             pipeline: "test".into(),
@@ -228,13 +270,20 @@ fn version_slot(
             file: path.to_path_buf(),
             engine: engine.clone(),
             store: None,
-            policy: RollbackPolicy::default(),
+            policy,
             metrics: Metrics::new(),
         },
         plugin.clone(),
         bytes,
     )
 }
+
+/// A probation that never ends nor rolls back within a test: every trap goes to the fallback.
+const ENDLESS_PROBATION: RollbackPolicy = RollbackPolicy {
+    probation_events: 1_000_000,
+    max_trap_ratio: 2.0,
+    max_error_ratio: 2.0,
+};
 
 const ORDERS: usize = 300;
 
@@ -289,12 +338,14 @@ fn run_join(stage: &mut JoinStage, mut between: impl FnMut(usize, &mut JoinStage
     let mut rows = Vec::new();
     for batch in seats().chunks(50) {
         out.clear();
+        stage.batch_boundary();
         stage.process(batch, &mut out).expect("seats");
         assert!(out.emitted.is_empty() && out.rejected.is_empty());
     }
     for (index, batch) in payments().chunks(50).enumerate() {
         between(index, stage);
         out.clear();
+        stage.batch_boundary();
         stage.process_right(batch, &mut out).expect("payments");
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
         rows.extend(
@@ -355,4 +406,272 @@ fn join_stage_swaps_at_a_batch_boundary_with_its_waiting_bookings_kept() {
     );
     assert_eq!(swapped.plugin_version().as_ref(), v2.as_str());
     assert_eq!(got, want, "the same rows as without the swap");
+}
+
+/// The telemetry-aggregates component (v1) and the window version that traps on everything.
+fn aggregates_and_trap(
+    engine: &PluginEngine,
+) -> (std::path::PathBuf, Vec<u8>, Arc<Plugin>, Vec<u8>) {
+    let path = weir_tests::plugin_path("telemetry_aggregates");
+    let bytes = std::fs::read(&path).expect("telemetry-aggregates");
+    let v1 = engine
+        .from_bytes(&path, &bytes, PluginKind::WindowAggregate)
+        .expect("v1");
+    let trap = std::fs::read(weir_tests::plugin_path("window_trap_always")).expect("trap");
+    (path, bytes, v1, trap)
+}
+
+#[test]
+fn window_swap_offered_inside_a_batch_waits_for_the_next_batch_boundary() {
+    let engine = PluginEngine::new().expect("engine");
+    let path = weir_tests::plugin_path("telemetry_aggregates");
+    let bytes = std::fs::read(&path).expect("telemetry-aggregates");
+    let v1 = engine
+        .from_bytes(&path, &bytes, PluginKind::WindowAggregate)
+        .expect("v1");
+    let v2_bytes = another_version(&bytes);
+    let v2 = content_version(&v2_bytes);
+    let slot = version_slot(&engine, &path, &v1, &bytes);
+    let mut stage = window_stage(|keyed| {
+        InstanceSlot::new(v1.clone(), settings(&v1), keyed).following(slot.clone())
+    })
+    .with_version_labels(true);
+    // The first windows close at step 30 (their end, 5 minutes, is passed by that step's
+    // readings); v2 is offered between that batch's events and its watermarks.
+    let rows = run_labelled(
+        &mut stage,
+        |_, _| {},
+        |step, _| {
+            if step == 30 {
+                match slot.offer(v2_bytes.clone(), VersionOrigin::Api) {
+                    Ok(Offered::Activated { .. }) => {}
+                    other => panic!("v2 offered: {other:?}"),
+                }
+            }
+        },
+    );
+    assert_eq!(rows.len(), DEVICES * 3);
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|(_, version)| version.as_deref().expect("every output names its version"))
+        .collect();
+    // Outputs in close order: the first window of every device closed in the batch of the offer
+    // (made by v1, the version that batch started with), the others later (made by v2).
+    let v1_version = v1.version().to_string();
+    assert_eq!(labels[..DEVICES], vec![v1_version.as_str(); DEVICES][..]);
+    assert_eq!(labels[DEVICES..], vec![v2.as_str(); DEVICES * 2][..]);
+}
+
+#[test]
+fn window_version_that_traps_on_probation_hands_every_fold_and_fire_to_the_previous_one() {
+    let engine = PluginEngine::new().expect("engine");
+    let (path, bytes, v1, trap) = aggregates_and_trap(&engine);
+    let bad = content_version(&trap);
+    let mut reference = window_stage(|keyed| InstanceSlot::new(v1.clone(), settings(&v1), keyed));
+    let want = run(&mut reference, |_, _| {});
+
+    let slot = version_slot_with(&engine, &path, &v1, &bytes, ENDLESS_PROBATION);
+    let mut stage = window_stage(|keyed| {
+        InstanceSlot::new(v1.clone(), settings(&v1), keyed).following(slot.clone())
+    })
+    .with_version_labels(true);
+    let rows = run_labelled(
+        &mut stage,
+        |step, stage| {
+            if step == 45 {
+                match slot.offer(trap.clone(), VersionOrigin::Api) {
+                    Ok(Offered::Activated { .. }) => {}
+                    other => panic!("the trapping version offered: {other:?}"),
+                }
+            }
+            if step > 45 {
+                assert_eq!(stage.plugin_version().as_ref(), bad.as_str());
+            }
+        },
+        |_, _| {},
+    );
+    // `run_labelled` asserts that nothing was rejected: no dead letter.
+    let got: Vec<&String> = rows.iter().map(|(row, _)| row).collect();
+    assert_eq!(got, want.iter().collect::<Vec<_>>(), "the reference's rows");
+    for (row, version) in &rows {
+        assert_eq!(
+            version.as_deref(),
+            Some(v1.version().as_ref()),
+            "{row}: made by the previous version"
+        );
+    }
+    // Every event of steps 45.. (12 per step) trapped once in its fold, and so did every window
+    // that closed after the swap (the second and third of every device).
+    let probation = slot
+        .report()
+        .probation
+        .expect("the trapping version is still on probation");
+    let expected = ((STEPS - 45) * DEVICES + 2 * DEVICES) as u64;
+    assert_eq!(
+        (probation.events, probation.trapped, probation.rejected),
+        (expected, expected, 0)
+    );
+}
+
+#[test]
+fn window_version_that_traps_on_everything_is_rolled_back_by_itself_without_losing_an_event() {
+    let engine = PluginEngine::new().expect("engine");
+    let (path, bytes, v1, trap) = aggregates_and_trap(&engine);
+    let bad = content_version(&trap);
+    let mut reference = window_stage(|keyed| InstanceSlot::new(v1.clone(), settings(&v1), keyed));
+    let want = run(&mut reference, |_, _| {});
+
+    let slot = version_slot(&engine, &path, &v1, &bytes);
+    let mut stage = window_stage(|keyed| {
+        InstanceSlot::new(v1.clone(), settings(&v1), keyed).following(slot.clone())
+    })
+    .with_version_labels(true);
+    let rows = run_labelled(
+        &mut stage,
+        |step, _| {
+            if step == 40 {
+                match slot.offer(trap.clone(), VersionOrigin::Api) {
+                    Ok(Offered::Activated { .. }) => {}
+                    other => panic!("the trapping version offered: {other:?}"),
+                }
+            }
+        },
+        |_, _| {},
+    );
+    let got: Vec<&String> = rows.iter().map(|(row, _)| row).collect();
+    assert_eq!(got, want.iter().collect::<Vec<_>>(), "the reference's rows");
+    assert!(
+        rows.iter()
+            .all(|(_, version)| version.as_deref() == Some(v1.version().as_ref())),
+        "the trapping version made no output"
+    );
+    let report = slot.report();
+    assert_eq!(report.active, v1.version().as_ref());
+    let rollback = report
+        .activations
+        .iter()
+        .find(|a| a.cause == weir::plugin::slot::ActivationCause::AutomaticRollback)
+        .expect("an automatic rollback");
+    assert_eq!(rollback.previous.as_deref(), Some(bad.as_str()));
+    assert_eq!(stage.plugin_version().as_ref(), v1.version().as_ref());
+}
+
+#[test]
+fn window_event_both_versions_trap_on_goes_to_the_dead_letters_with_both_reasons() {
+    let engine = PluginEngine::new().expect("engine");
+    let path = weir_tests::plugin_path("window_collect");
+    let bytes = std::fs::read(&path).expect("window-collect");
+    let v1 = engine
+        .from_bytes(&path, &bytes, PluginKind::WindowAggregate)
+        .expect("v1");
+    let trap = std::fs::read(weir_tests::plugin_path("window_trap_always")).expect("trap");
+    let bad = content_version(&trap);
+    let slot = version_slot_with(&engine, &path, &v1, &bytes, ENDLESS_PROBATION);
+    let window = WindowSettings {
+        spec: WindowSpec::Tumbling { size: 1000 },
+        group_by: vec!["Key".into()],
+        start_field: "WindowStart".into(),
+        end_field: "WindowEnd".into(),
+    };
+    let mut stage = WindowStage::new(
+        "collect".into(),
+        window,
+        |keyed| InstanceSlot::new(v1.clone(), settings(&v1), keyed).following(slot.clone()),
+        None,
+        Metrics::new(),
+    )
+    .expect("window stage")
+    .with_version_labels(true);
+    match slot.offer(trap, VersionOrigin::Api) {
+        Ok(Offered::Activated { .. }) => {}
+        other => panic!("the trapping version offered: {other:?}"),
+    }
+    // Five events of one window; the third asks window-collect (the previous version) to panic.
+    let events: Vec<Event> = (0..5u64)
+        .map(|n| {
+            let panic = n == 2;
+            let body = format!(r#"{{"Id":"e{n}","Key":"k","Value":{n},"Panic":{panic}}}"#);
+            let mut event = Event::new(3, 100 + n, body);
+            event.event_time = Some(BASE + n as i64);
+            event
+        })
+        .collect();
+    let mut out = StageOutput::default();
+    stage.batch_boundary();
+    stage.process(&events, &mut out).expect("process");
+    stage
+        .watermarks(
+            &[Mark {
+                watermark: END_OF_INPUT,
+                position: 105,
+            }],
+            &mut out,
+        )
+        .expect("close");
+    assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
+    let letter = &out.rejected[0];
+    assert_eq!((letter.event.partition, letter.event.position), (3, 102));
+    assert_eq!(letter.plugin_version.as_deref(), Some(bad.as_str()));
+    assert!(
+        letter.reason.starts_with("plugin trapped: ")
+            && letter.reason.contains(&format!(
+                "the previous version {} trapped too",
+                v1.version()
+            ))
+            && letter.reason.contains("asked to panic by event e2"),
+        "{}",
+        letter.reason
+    );
+    // The window, folded and fired by the previous version, holds the four other events once.
+    assert_eq!(out.emitted.len(), 1);
+    let (_, record) = &out.emitted[0];
+    let row: serde_json::Value = serde_json::from_slice(&record.body).expect("row");
+    assert_eq!(row["Count"], 4);
+    assert_eq!(row["Ids"], serde_json::json!(["e0", "e1", "e3", "e4"]));
+    assert_eq!(label(record).as_deref(), Some(v1.version().as_ref()));
+}
+
+#[test]
+fn join_version_that_traps_on_everything_is_rolled_back_and_its_pairs_enriched_by_the_previous_one()
+{
+    let engine = PluginEngine::new().expect("engine");
+    let path = weir_tests::plugin_path("booking_join");
+    let bytes = std::fs::read(&path).expect("booking-join");
+    let v1 = engine
+        .from_bytes(&path, &bytes, PluginKind::JoinEnrichment)
+        .expect("v1");
+    let trap = std::fs::read(weir_tests::plugin_path("join_trap_always")).expect("trap");
+    let bad = content_version(&trap);
+    let mut reference = join_stage(|keyed| InstanceSlot::new(v1.clone(), settings(&v1), keyed));
+    let want = run_join(&mut reference, |_, _| {});
+
+    let slot = version_slot(&engine, &path, &v1, &bytes);
+    let mut stage = join_stage(|keyed| {
+        InstanceSlot::new(v1.clone(), settings(&v1), keyed).following(slot.clone())
+    })
+    .with_version_labels(true);
+    let mut versions_seen = Vec::new();
+    let got = run_join(&mut stage, |index, stage| {
+        versions_seen.push(stage.plugin_version().to_string());
+        if index == 1 {
+            match slot.offer(trap.clone(), VersionOrigin::Api) {
+                Ok(Offered::Activated { .. }) => {}
+                other => panic!("the trapping version offered: {other:?}"),
+            }
+        }
+    });
+    // `run_join` asserts that nothing was rejected: no pair lost.
+    assert_eq!(got, want, "the reference's rows");
+    assert!(
+        versions_seen.contains(&bad),
+        "the trapping version ran: {versions_seen:?}"
+    );
+    let report = slot.report();
+    assert_eq!(report.active, v1.version().as_ref(), "rolled back");
+    assert!(
+        report
+            .activations
+            .iter()
+            .any(|a| a.cause == weir::plugin::slot::ActivationCause::AutomaticRollback)
+    );
 }

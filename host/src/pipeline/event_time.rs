@@ -85,6 +85,13 @@ impl PartitionTime {
                 count,
             );
         }
+        // Adjusted events, whichever tolerance adjusted them, in one family of their own (the
+        // family an operator looks for; `weir_late_events_total` breaks them down).
+        self.metrics.add(
+            names::ADJUSTED_EVENTS,
+            &[("pipeline", &self.pipeline), ("partition", &partition)],
+            self.admitted.adjusted_out_of_order + self.admitted.adjusted_late_arrival,
+        );
         self.publish(false);
     }
 

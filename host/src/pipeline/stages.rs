@@ -59,7 +59,8 @@ pub(crate) struct StageBuilder<'a> {
     /// Reference tables by stage name.
     pub(crate) references: &'a HashMap<String, ReferenceTables>,
     pub(crate) metrics: &'a Metrics,
-    /// Where transform stages report their calls.
+    /// Where transform stages report their calls; whether every plugin stage labels its records
+    /// with their version.
     pub(crate) telemetry: StageTelemetry,
 }
 
@@ -177,7 +178,8 @@ impl StageBuilder<'_> {
                     snapshot,
                     self.metrics.clone(),
                 )
-                .map_err(|e| restore_error(e.to_string()))?,
+                .map_err(|e| restore_error(e.to_string()))?
+                .with_version_labels(self.telemetry.label_versions),
             ));
         }
         Ok(match &stage.window {
@@ -189,7 +191,8 @@ impl StageBuilder<'_> {
                     snapshot,
                     self.metrics.clone(),
                 )
-                .map_err(|e| restore_error(e.to_string()))?,
+                .map_err(|e| restore_error(e.to_string()))?
+                .with_version_labels(self.telemetry.label_versions),
             ),
             None => {
                 let state = match snapshot {

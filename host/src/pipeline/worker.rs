@@ -201,6 +201,9 @@ impl PartitionWorker {
                     self.batch_done(started, count, report.dead_letters - dead_before);
                 }
                 ReadOutcome::Idle => {
+                    // Lag changes without events too (a partition catches up when the source
+                    // finds nothing more for it).
+                    self.report_idle_lag();
                     // An idle partition may follow the pipeline watermark: what that closes is
                     // written and checkpointed at once.
                     if self.time_advanced_while_idle() {
@@ -228,6 +231,23 @@ impl PartitionWorker {
         self.checkpoint().await?;
         report.checkpointed = self.checkpointed;
         Ok(report)
+    }
+
+    /// Refreshes the partition's consumer lag (metric and status) while no events come.
+    fn report_idle_lag(&self) {
+        let Some(lag) = self.reader.lag() else {
+            return;
+        };
+        let partition_label = self.partition.to_string();
+        self.metrics.set(
+            names::CONSUMER_LAG,
+            &[
+                ("pipeline", &*self.settings.pipeline),
+                ("partition", partition_label.as_str()),
+            ],
+            lag as f64,
+        );
+        self.status.update(|s| s.lag = Some(lag));
     }
 
     /// Records a processed batch in the status registry and the metrics.
@@ -393,6 +413,8 @@ impl PartitionWorker {
             output.clear();
             let slot = &mut self.stages[index];
             let events_in = input.len() + right.len();
+            // The stage's calls below are one batch: it switches plugin versions only here.
+            slot.stage.batch_boundary();
             if !input.is_empty() {
                 run_blocking(|| slot.stage.process(&input, output))?;
             }

@@ -3,9 +3,12 @@
 //! keeping the committed keyed state. Window and join stages call their plugin through one.
 //!
 //! An instance slot may follow a stage's version manager ([`PluginSlot`]): at
-//! [`InstanceSlot::refresh`] (a batch boundary) it takes the version active there, handing the
-//! committed keyed state to the new version's instance, and it reports what each batch did for
-//! the new version's probation ([`InstanceSlot::tally`]).
+//! [`InstanceSlot::refresh`] (a batch boundary of the partition worker) it takes the version
+//! active there, handing the committed keyed state to the new version's instance. While that
+//! version is on probation, the version it replaced stays at hand as the *fallback*
+//! ([`InstanceSlot::call_fallback`]): the stage calls it again with the very request the new
+//! version trapped on. The stage reports what each call did for the probation
+//! ([`InstanceSlot::tally`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub struct InstanceSlot {
     parked_state: KeyedState,
     /// The stage's version manager, when the stage follows one.
     versions: Option<Versions>,
+    /// The version the running one replaced, while the running one is on probation.
+    fallback: Option<Fallback>,
 }
 
 /// The version manager an instance slot follows, and what it has seen of it.
@@ -31,8 +36,14 @@ struct Versions {
     slot: Arc<PluginSlot<Plugin>>,
     /// The manager's generation the running version was taken at.
     generation: u64,
-    /// Calls that failed since the last [`InstanceSlot::tally`].
-    failed_calls: u64,
+}
+
+/// The previous version during a probation, with its instance (kept warm between calls, without
+/// keyed state: the state moves in for each call and back out).
+struct Fallback {
+    plugin: Arc<Plugin>,
+    settings: Arc<InstanceSettings>,
+    instance: Option<PluginInstance>,
 }
 
 impl std::fmt::Debug for InstanceSlot {
@@ -40,8 +51,23 @@ impl std::fmt::Debug for InstanceSlot {
         f.debug_struct("InstanceSlot")
             .field("plugin", &self.plugin)
             .field("instantiated", &self.instance.is_some())
+            .field(
+                "fallback",
+                &self.fallback.as_ref().map(|f| f.plugin.version().clone()),
+            )
             .finish_non_exhaustive()
     }
+}
+
+/// `base` with the scope of `plugin` (its name and version).
+fn settings_for(base: &InstanceSettings, plugin: &Plugin) -> Arc<InstanceSettings> {
+    let mut settings = base.clone();
+    settings.scope = PluginScope {
+        plugin: plugin.name().clone(),
+        version: plugin.version().clone(),
+        ..settings.scope
+    };
+    Arc::new(settings)
 }
 
 impl InstanceSlot {
@@ -53,6 +79,7 @@ impl InstanceSlot {
             instance: None,
             parked_state: state,
             versions: None,
+            fallback: None,
         }
     }
 
@@ -62,15 +89,16 @@ impl InstanceSlot {
         self.versions = Some(Versions {
             slot: versions,
             generation: 0,
-            failed_calls: 0,
         });
         self.refresh();
         self
     }
 
-    /// At a batch boundary: takes the version the version manager holds now, if it changed. The
-    /// committed keyed state moves to the new version's instance (created at the next call);
-    /// what the stage holds itself (windows, buffered join sides) is untouched.
+    /// At a batch boundary (or right after an automatic rollback): takes the version the version
+    /// manager holds now, and its fallback, if they changed. The committed keyed state moves to
+    /// the new version's instance (created at the next call); what the stage holds itself
+    /// (windows, buffered join sides) is untouched. Between two refreshes the slot runs one
+    /// version, whatever the manager does meanwhile.
     pub fn refresh(&mut self) {
         let Some(versions) = &mut self.versions else {
             return;
@@ -80,53 +108,85 @@ impl InstanceSlot {
         }
         let active = versions.slot.active();
         versions.generation = active.generation;
-        versions.failed_calls = 0;
-        if Arc::ptr_eq(&active.plugin, &self.plugin) {
-            return;
-        }
-        tracing::debug!(
-            pipeline = %self.settings.scope.pipeline, stage = %self.settings.scope.stage,
-            partition = self.settings.scope.partition, from = %self.plugin.version(),
-            to = %active.plugin.version(), "switching plugin version at the batch boundary"
-        );
-        if let Some(mut instance) = self.instance.take() {
-            self.parked_state = instance.take_keyed_state();
-        }
-        let mut settings = (*self.settings).clone();
-        settings.scope = PluginScope {
-            plugin: active.plugin.name().clone(),
-            version: active.plugin.version().clone(),
-            ..settings.scope
+        let previous = if Arc::ptr_eq(&active.plugin, &self.plugin) {
+            None
+        } else {
+            tracing::debug!(
+                pipeline = %self.settings.scope.pipeline, stage = %self.settings.scope.stage,
+                partition = self.settings.scope.partition, from = %self.plugin.version(),
+                to = %active.plugin.version(), "switching plugin version at the batch boundary"
+            );
+            let mut instance = self.instance.take();
+            if let Some(instance) = &mut instance {
+                self.parked_state = instance.take_keyed_state();
+            }
+            let settings = settings_for(&self.settings, &active.plugin);
+            let plugin = std::mem::replace(&mut self.plugin, active.plugin);
+            let settings = std::mem::replace(&mut self.settings, settings);
+            // The replaced version may become the fallback: its instance stays warm.
+            Some(Fallback {
+                plugin,
+                settings,
+                instance,
+            })
         };
-        self.settings = Arc::new(settings);
-        self.plugin = active.plugin;
+        // The wanted fallback is the replaced version or the one kept so far; the other
+        // instances are freed off this thread (see `plugin::retire`).
+        let mut candidates: Vec<Fallback> = [previous, self.fallback.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.fallback = active.fallback.map(|wanted| {
+            match candidates
+                .iter()
+                .position(|f| Arc::ptr_eq(&f.plugin, &wanted))
+            {
+                Some(found) => candidates.swap_remove(found),
+                None => Fallback {
+                    settings: settings_for(&self.settings, &wanted),
+                    plugin: wanted,
+                    instance: None,
+                },
+            }
+        });
+        for replaced in candidates {
+            super::retire::retire(replaced);
+        }
     }
 
-    /// Reports a batch of `events` events, `rejected` of them refused by the plugin, for the
-    /// probation of the running version (the calls that failed since the last tally count as
-    /// trapped events). True when this made the version manager roll back; the stage switches
-    /// at its next [`InstanceSlot::refresh`].
-    pub fn tally(&mut self, events: u64, rejected: u64) -> bool {
-        let Some(versions) = &mut self.versions else {
-            return false;
-        };
-        let trapped = std::mem::take(&mut versions.failed_calls);
-        if events == 0 && rejected == 0 && trapped == 0 {
+    /// Reports what calls of the running version did, for its probation: `tally.events` events
+    /// (or windows, or pairs) handed to it, of which it rejected `tally.rejected` and trapped on
+    /// `tally.trapped`. When this makes the version manager roll back, the slot switches at once
+    /// (the version it falls back to is the one that ran before, so nothing is mixed within a
+    /// batch that was not already) and this returns true.
+    pub fn tally(&mut self, tally: CallTally) -> bool {
+        if self.fallback.is_none() || tally == CallTally::default() {
             return false;
         }
-        versions.slot.record(
+        let Some(versions) = &self.versions else {
+            return false;
+        };
+        let rolled_back = versions.slot.record(
             versions.generation,
             CallTally {
-                events: events.max(trapped),
-                rejected,
-                trapped,
+                events: tally.events.max(tally.trapped),
+                ..tally
             },
-        )
+        );
+        if rolled_back {
+            self.refresh();
+        }
+        rolled_back
     }
 
     /// The plugin the slot runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    /// The version a call the running version traps on is given to, during its probation.
+    pub fn fallback_version(&self) -> Option<&Arc<str>> {
+        self.fallback.as_ref().map(|f| f.plugin.version())
     }
 
     /// The instance's settings (scope, limits, configuration).
@@ -164,22 +224,71 @@ impl InstanceSlot {
             }
         };
         let result = call(instance);
-        if result.is_err() {
-            if let Some(versions) = &mut self.versions {
-                versions.failed_calls += 1;
-            }
-            if let Some(mut instance) = self.instance.take() {
-                self.parked_state = instance.take_keyed_state();
-            }
+        if result.is_err()
+            && let Some(mut instance) = self.instance.take()
+        {
+            self.parked_state = instance.take_keyed_state();
         }
         Ok(result)
     }
 
-    /// Counters the plugin added to since the last call of this.
-    pub fn take_counters(&mut self) -> BTreeMap<String, u64> {
+    /// Calls `call` on the fallback version, with the stage's keyed state (the same committed
+    /// state the running version's failed call started from: a failed call commits nothing).
+    /// `None` when there is no fallback (no probation); otherwise like [`InstanceSlot::call`].
+    pub fn call_fallback<R>(
+        &mut self,
+        call: impl FnOnce(&mut PluginInstance) -> Result<R, CallError>,
+    ) -> Option<Result<Result<R, CallError>, CallError>> {
+        let fallback = self.fallback.as_mut()?;
+        let state = match &mut self.instance {
+            Some(instance) => instance.take_keyed_state(),
+            None => std::mem::take(&mut self.parked_state),
+        };
+        let instance = match &mut fallback.instance {
+            Some(instance) => {
+                instance.put_keyed_state(state);
+                instance
+            }
+            empty => match PluginInstance::new(
+                fallback.plugin.clone(),
+                fallback.settings.clone(),
+                state.clone(),
+            ) {
+                Ok(instance) => empty.insert(instance),
+                Err(e) => {
+                    self.return_state(state);
+                    return Some(Err(e));
+                }
+            },
+        };
+        let result = call(instance);
+        let state = instance.take_keyed_state();
+        if result.is_err() {
+            fallback.instance = None;
+        }
+        self.return_state(state);
+        Some(Ok(result))
+    }
+
+    /// Puts the keyed state back where [`InstanceSlot::call_fallback`] took it from.
+    fn return_state(&mut self, state: KeyedState) {
         match &mut self.instance {
+            Some(instance) => instance.put_keyed_state(state),
+            None => self.parked_state = state,
+        }
+    }
+
+    /// Counters the plugin (and its fallback) added to since the last call of this.
+    pub fn take_counters(&mut self) -> BTreeMap<String, u64> {
+        let mut counters = match &mut self.instance {
             Some(instance) => instance.take_counters(),
             None => BTreeMap::new(),
+        };
+        if let Some(instance) = self.fallback.as_mut().and_then(|f| f.instance.as_mut()) {
+            for (name, count) in instance.take_counters() {
+                *counters.entry(name).or_default() += count;
+            }
         }
+        counters
     }
 }

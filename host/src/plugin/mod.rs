@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod cache;
 mod instance_slot;
 pub mod registry;
+pub mod retire;
 pub mod sandbox;
 pub mod slot;
 mod state;
@@ -537,6 +538,33 @@ impl bindings::state::Host for StoreState {
 
     fn delete(&mut self, key: Vec<u8>) {
         self.keyed.delete(key);
+    }
+
+    fn recent_writes(&mut self) -> bindings::state::Writes {
+        let mut entries = bindings::state::Writes {
+            keys: Vec::new(),
+            key_ends: Vec::new(),
+            values: Vec::new(),
+            value_ends: Vec::new(),
+            deletes: Vec::new(),
+        };
+        // The WIT lists are u32-sized: stop before an offset would not fit.
+        let fits = |len: usize| u32::try_from(len).ok();
+        for key in self.keyed.recent_keys() {
+            let value = self.keyed.committed(key);
+            let (Some(key_end), Some(value_end)) = (
+                fits(entries.keys.len() + key.len()),
+                fits(entries.values.len() + value.map_or(0, <[u8]>::len)),
+            ) else {
+                break;
+            };
+            entries.keys.extend_from_slice(key);
+            entries.key_ends.push(key_end);
+            entries.values.extend_from_slice(value.unwrap_or_default());
+            entries.value_ends.push(value_end);
+            entries.deletes.push(value.is_none());
+        }
+        entries
     }
 
     fn write_batch(&mut self, writes: bindings::state::Writes) {

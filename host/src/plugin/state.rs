@@ -4,10 +4,57 @@ use std::collections::HashMap;
 
 /// Key/value state with call-level transactions: writes made during a plugin call are pending
 /// until the call returns ([`KeyedState::commit`]); a trap discards them ([`KeyedState::rollback`]).
-#[derive(Debug, Default, Clone, PartialEq)]
+///
+/// It also remembers which keys the last call that wrote anything committed
+/// ([`KeyedState::recent_keys`]): a new instance of the stage's plugin (a hot swap, or a
+/// replacement after a trap) fills its cache from them in one call, instead of asking for each
+/// key on its first batch.
+#[derive(Debug, Default, Clone)]
 pub struct KeyedState {
     committed: HashMap<Vec<u8>, Vec<u8>>,
     pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    recent: RecentKeys,
+}
+
+/// Two states are equal when they hold the same values; which keys were written last is a cache
+/// hint, not state.
+impl PartialEq for KeyedState {
+    fn eq(&self, other: &Self) -> bool {
+        self.committed == other.committed && self.pending == other.pending
+    }
+}
+
+/// Most keys remembered as recently written: a batch's worth and more (a new instance reads
+/// the values of all of them in one call).
+const MAX_RECENT_KEYS: usize = 16_384;
+
+/// The keys the last committing call wrote, concatenated (no allocation per key, so that keeping
+/// them costs a copy of their bytes per call).
+#[derive(Debug, Default, Clone)]
+struct RecentKeys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl RecentKeys {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, key: &[u8]) {
+        if self.ends.len() < MAX_RECENT_KEYS {
+            self.bytes.extend_from_slice(key);
+            self.ends.push(self.bytes.len());
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .filter_map(|(start, end)| self.bytes.get(start..end))
+    }
 }
 
 /// Why a state snapshot could not be read back.
@@ -41,7 +88,11 @@ impl KeyedState {
 
     /// Applies the pending writes.
     pub fn commit(&mut self) {
+        if !self.pending.is_empty() {
+            self.recent.clear();
+        }
         for (key, value) in self.pending.drain() {
+            self.recent.push(&key);
             match value {
                 Some(value) => {
                     self.committed.insert(key, value);
@@ -56,6 +107,17 @@ impl KeyedState {
     /// Forgets the pending writes.
     pub fn rollback(&mut self) {
         self.pending.clear();
+    }
+
+    /// The keys the last call that wrote anything committed (at most a bounded number of them),
+    /// in no particular order.
+    pub fn recent_keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.recent.iter()
+    }
+
+    /// The committed value under `key` (not seeing pending writes).
+    pub fn committed(&self, key: &[u8]) -> Option<&[u8]> {
+        self.committed.get(key).map(Vec::as_slice)
     }
 
     /// Number of committed keys.
@@ -112,6 +174,7 @@ impl KeyedState {
         Ok(KeyedState {
             committed,
             pending: HashMap::new(),
+            recent: RecentKeys::default(),
         })
     }
 }
@@ -135,6 +198,33 @@ mod tests {
         state.rollback();
         assert_eq!(state.get(b"a"), Some(&b"1"[..]));
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn remembers_the_keys_of_the_last_committing_call() {
+        let mut state = KeyedState::default();
+        state.put(b"a".to_vec(), b"1".to_vec());
+        state.put(b"b".to_vec(), b"2".to_vec());
+        state.commit();
+        let mut recent: Vec<&[u8]> = state.recent_keys().collect();
+        recent.sort_unstable();
+        assert_eq!(recent, [&b"a"[..], &b"b"[..]]);
+        // A call that writes nothing keeps them; one that writes replaces them.
+        state.commit();
+        assert_eq!(state.recent_keys().count(), 2);
+        state.delete(b"a".to_vec());
+        state.rollback();
+        state.commit();
+        assert_eq!(
+            state.recent_keys().count(),
+            2,
+            "a rolled-back write is not recent"
+        );
+        state.delete(b"b".to_vec());
+        state.commit();
+        assert_eq!(state.recent_keys().collect::<Vec<_>>(), [&b"b"[..]]);
+        assert_eq!(state.committed(b"b"), None);
+        assert_eq!(state.committed(b"a"), Some(&b"1"[..]));
     }
 
     #[test]

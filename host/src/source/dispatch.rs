@@ -1,5 +1,13 @@
 //! Spreading one unpartitioned input over partitions by key.
+//!
+//! An input whose end the producer knows (a file: its size) can report each partition's lag
+//! through an [`InputProgress`]: the part of the input from the first position the partition has
+//! not read yet to the input's end, in the input's units (bytes for a file). A partition whose
+//! channel is empty has read everything the producer dispatched, so it is behind only by what the
+//! producer has not read yet: an idle partition does not look behind.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +18,45 @@ use crate::event::{Event, PartitionId, Position};
 
 /// Events waiting per partition before the producer is made to wait (backpressure).
 const CHANNEL_DEPTH: usize = 8192;
+
+/// How far a producer has got through an input whose end it knows, shared with the readers
+/// for their [`PartitionReader::lag`].
+#[derive(Debug, Default)]
+pub struct InputProgress {
+    /// Where the producer's reading stands: everything before it was sent (or skipped).
+    dispatched: AtomicU64,
+    /// The input's end, as last seen.
+    end: AtomicU64,
+}
+
+impl InputProgress {
+    /// Progress of an input that ends at `end`, read from `start`.
+    pub fn new(start: u64, end: u64) -> Arc<Self> {
+        Arc::new(InputProgress {
+            dispatched: AtomicU64::new(start),
+            end: AtomicU64::new(end.max(start)),
+        })
+    }
+
+    /// Everything before `position` has been sent to its partition (call after the send).
+    pub fn dispatched_through(&self, position: u64) {
+        self.dispatched.fetch_max(position, Ordering::Release);
+        self.end.fetch_max(position, Ordering::Release);
+    }
+
+    /// The input was seen to end at `end` (it may grow; it is never taken to shrink).
+    pub fn end_seen(&self, end: u64) {
+        self.end.fetch_max(end, Ordering::Release);
+    }
+
+    fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+}
 
 /// The producing side: one channel per partition. A producer reads its input once, from
 /// [`Dispatcher::resume_from`], and sends every event to the partition its key hashes to; each
@@ -26,6 +73,17 @@ impl Dispatcher {
         source_name: &str,
         partitions: u32,
         starts: &[PartitionStart],
+    ) -> Result<(Dispatcher, Vec<Box<dyn PartitionReader>>), SourceError> {
+        Self::with_progress(source_name, partitions, starts, None)
+    }
+
+    /// [`Dispatcher::new`] for an input whose end the producer knows: the readers report their
+    /// lag from `progress`, which the producer keeps up to date.
+    pub fn with_progress(
+        source_name: &str,
+        partitions: u32,
+        starts: &[PartitionStart],
+        progress: Option<Arc<InputProgress>>,
     ) -> Result<(Dispatcher, Vec<Box<dyn PartitionReader>>), SourceError> {
         let mut covered: Vec<Option<PartitionStart>> = vec![None; partitions as usize];
         for start in starts {
@@ -64,6 +122,8 @@ impl Dispatcher {
                 after: start.after,
                 receiver,
                 ended: false,
+                progress: progress.clone(),
+                read_through: start.after.unwrap_or(0),
             }));
         }
         // The input is re-read from the oldest position any partition still needs.
@@ -120,11 +180,40 @@ struct ChannelReader {
     after: Option<Position>,
     receiver: mpsc::Receiver<Result<Event, SourceError>>,
     ended: bool,
+    /// The producer's progress, when it knows the input's end.
+    progress: Option<Arc<InputProgress>>,
+    /// Where this partition's reading stands in the input: nothing before it is left for it.
+    read_through: u64,
 }
 
 impl ChannelReader {
     fn wanted(&self, event: &Event) -> bool {
         self.after.is_none_or(|after| event.position > after)
+    }
+
+    /// Where the producer stood before a look at the channel: if the channel is then found
+    /// empty, everything the producer sent before that point was taken by this reader.
+    fn producer_position(&self) -> Option<u64> {
+        self.progress.as_ref().map(|p| p.dispatched())
+    }
+
+    /// The channel was found empty (or closed) after the producer stood at `position`.
+    fn drained(&mut self, position: Option<u64>) {
+        if let Some(position) = position {
+            self.read_through = self.read_through.max(position);
+        }
+    }
+
+    /// `event` was taken from the channel: its line (its body and the line end, at least) is
+    /// read.
+    fn took(&mut self, event: &Event) {
+        if self.progress.is_some() {
+            let end = event
+                .position
+                .saturating_add(event.body.len() as u64)
+                .saturating_add(1);
+            self.read_through = self.read_through.max(end);
+        }
     }
 }
 
@@ -132,6 +221,13 @@ impl ChannelReader {
 impl PartitionReader for ChannelReader {
     fn partition(&self) -> PartitionId {
         self.partition
+    }
+
+    /// What the input holds beyond what this partition has read, when the producer knows the
+    /// input's end.
+    fn lag(&self) -> Option<u64> {
+        let progress = self.progress.as_ref()?;
+        Some(progress.end().saturating_sub(self.read_through))
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
@@ -142,14 +238,21 @@ impl PartitionReader for ChannelReader {
         let deadline = tokio::time::Instant::now() + wait;
         // Wait for the first wanted event.
         while events.is_empty() {
+            let producer = self.producer_position();
             match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Err(_) => return Ok(ReadOutcome::Idle),
+                Err(_) => {
+                    // Nothing came since the producer stood there: all it sent was taken.
+                    self.drained(producer);
+                    return Ok(ReadOutcome::Idle);
+                }
                 Ok(None) => {
+                    self.drained(self.producer_position());
                     self.ended = true;
                     return Ok(ReadOutcome::End);
                 }
                 Ok(Some(event)) => {
                     let event = event?;
+                    self.took(&event);
                     if self.wanted(&event) {
                         events.push(event);
                     }
@@ -158,16 +261,22 @@ impl PartitionReader for ChannelReader {
         }
         // Then take what is already there, without waiting.
         while events.len() < max {
+            let producer = self.producer_position();
             match self.receiver.try_recv() {
                 Ok(event) => {
                     let event = event?;
+                    self.took(&event);
                     if self.wanted(&event) {
                         events.push(event);
                     }
                 }
-                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.drained(producer);
+                    break;
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     // Deliver what we have; the next call reports the end.
+                    self.drained(producer);
                     break;
                 }
             }

@@ -12,6 +12,11 @@
 //! Pairs carry the later of their two events' positions, events emitted alone the position of the
 //! mark that expired them; both are decided by the partition's events alone, so a replay after a
 //! crash makes the same records with the same positions.
+//!
+//! A trap in `enrich` is retried pair by pair; while a new version is on probation, a pair it
+//! traps on is enriched by the version it replaced (see [`super::fallback`]), and only a pair both
+//! trap on goes to the dead letters. The stage follows its version slot at batch boundaries
+//! ([`Stage::batch_boundary`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::fill_batch;
+use super::fallback::{TrapCounter, call_with_fallback};
+use super::transform::PLUGIN_VERSION_PROPERTY;
 use super::window::plugin_rejections;
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
@@ -27,6 +34,7 @@ use crate::event::{Event, Position};
 use crate::json::{FieldValue, top_level_field};
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, JoinPair, JoinRequest, OutputBatch};
+use crate::plugin::slot::CallTally;
 use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark};
 
@@ -119,6 +127,12 @@ pub struct JoinStage {
     slot: InstanceSlot,
     state: JoinState,
     metrics: Metrics,
+    traps: TrapCounter,
+    /// Add the [`PLUGIN_VERSION_PROPERTY`] to every output.
+    label_versions: bool,
+    /// Pairs the running version trapped on in the current call of the stage, for its
+    /// probation.
+    trapped: u64,
     batch: EventBatch,
 }
 
@@ -146,14 +160,29 @@ impl JoinStage {
             Some(bytes) => restore(bytes)?,
             None => (KeyedState::default(), JoinState::default()),
         };
+        let slot = slot(keyed);
         Ok(JoinStage {
+            traps: TrapCounter {
+                metrics: metrics.clone(),
+                pipeline: slot.settings().scope.pipeline.clone(),
+                stage: name.clone(),
+            },
             name,
             settings,
-            slot: slot(keyed),
+            slot,
             state,
             metrics,
+            label_versions: false,
+            trapped: 0,
             batch: super::batch::empty_batch(0),
         })
+    }
+
+    /// The same stage, adding the [`PLUGIN_VERSION_PROPERTY`] (the version that enriched it) to
+    /// every output when `label` is set.
+    pub fn with_version_labels(mut self, label: bool) -> Self {
+        self.label_versions = label;
+        self
     }
 
     /// Events waiting for a match now.
@@ -211,7 +240,7 @@ impl JoinStage {
         side: Side,
         events: &[Event],
         out: &mut StageOutput,
-    ) -> Result<(), StageError> {
+    ) -> Result<u64, StageError> {
         let (within, before) = (self.settings.within, self.settings.before);
         let other = match side {
             Side::Left => Side::Right,
@@ -296,7 +325,8 @@ impl JoinStage {
             );
         }
         self.count(names::JOIN_PAIRS, &[], pairs.len() as u64);
-        self.enrich(&members, &pairs, out)
+        self.enrich(&members, &pairs, out)?;
+        Ok(pairs.len() as u64)
     }
 
     /// Calls the plugin on `pairs` (indices into `members`), isolating a pair that traps.
@@ -311,23 +341,32 @@ impl JoinStage {
         }
         let request = join_request(&mut self.batch, members, pairs);
         match self.call(|instance| instance.enrich(&request))? {
-            Ok(output) => self.decode(output, members, pairs, out),
+            Ok(output) => {
+                let version = self.slot.plugin().version().clone();
+                self.decode(output, members, pairs, &version, out)
+            }
             Err(trap) => {
+                self.traps.count(&trap.version);
                 let scope = &self.slot.settings().scope;
                 tracing::warn!(
                     pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    pairs = pairs.len(), reason = %trap.reason,
+                    pairs = pairs.len(), version = %trap.version, reason = %trap.reason,
                     "plugin trapped enriching pairs; retrying them one by one"
                 );
                 for pair in pairs {
                     let one = std::slice::from_ref(pair);
                     let request = join_request(&mut self.batch, members, one);
-                    match self.call(|instance| instance.enrich(&request))? {
-                        Ok(output) => self.decode(output, members, one, out)?,
-                        Err(trap) => out.rejected.push(Rejected {
+                    let attempt = call_with_fallback(&mut self.slot, &self.traps, |instance| {
+                        instance.enrich(&request)
+                    })
+                    .map_err(|e| self.error(format!("cannot instantiate plugin: {e}")))?;
+                    self.trapped += u64::from(attempt.trapped);
+                    match attempt.result {
+                        Ok(output) => self.decode(output, members, one, &attempt.version, out)?,
+                        Err(reason) => out.rejected.push(Rejected {
                             event: pair_letter(members, pair),
-                            reason: format!("plugin trapped: {}", trap.reason),
-                            plugin_version: Some(trap.version),
+                            reason,
+                            plugin_version: Some(attempt.version),
                         }),
                     }
                 }
@@ -346,15 +385,16 @@ impl JoinStage {
         }
     }
 
+    /// The outputs `version` made for `pairs`.
     fn decode(
         &self,
         output: OutputBatch,
         members: &[Event],
         pairs: &[Pending],
+        version: &Arc<str>,
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
         let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
-        let version = self.slot.plugin().version().clone();
         let payloads = Bytes::from(output.payloads);
         let mut start = 0usize;
         for emitted in output.emitted {
@@ -393,6 +433,11 @@ impl JoinStage {
                 .map(Event::time)
                 .max()
                 .unwrap_or_else(|| anchor.time());
+            let properties = if self.label_versions {
+                vec![(PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string())]
+            } else {
+                Vec::new()
+            };
             out.emitted.push((
                 target.clone(),
                 Event {
@@ -401,7 +446,7 @@ impl JoinStage {
                     key: anchor.key.clone(),
                     event_time: Some(time),
                     enqueued_time: anchor.enqueued_time,
-                    properties: Vec::new(),
+                    properties,
                     body,
                 },
             ));
@@ -453,38 +498,41 @@ fn join_request(batch: &mut EventBatch, members: &[Event], pairs: &[Pending]) ->
 }
 
 impl JoinStage {
-    /// One side's batch, at a batch boundary: the version manager's active version first, then
-    /// what the batch did counted for its probation.
+    /// One side's batch, with what it made the running version do counted for its probation.
     fn arrive_batch(
         &mut self,
         side: Side,
         events: &[Event],
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
-        self.slot.refresh();
+        self.counted(out, |stage, out| stage.arrive(side, events, out))
+    }
+
+    /// Runs `work`, which enriches pairs, and reports to the version slot how many pairs the
+    /// running version got, refused and trapped on.
+    fn counted(
+        &mut self,
+        out: &mut StageOutput,
+        work: impl FnOnce(&mut Self, &mut StageOutput) -> Result<u64, StageError>,
+    ) -> Result<(), StageError> {
         let rejected_before = out.rejected.len();
-        let result = self.arrive(side, events, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
-        self.slot.tally(events.len() as u64, rejected);
-        result
-    }
-}
-
-impl Stage for JoinStage {
-    fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive_batch(Side::Left, events, out)
+        let version = self.slot.plugin().version().clone();
+        self.trapped = 0;
+        let result = work(self, out);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
+        let trapped = std::mem::take(&mut self.trapped);
+        let pairs = result.as_ref().map_or(trapped, |pairs| *pairs);
+        self.slot.tally(CallTally {
+            events: pairs,
+            rejected,
+            trapped,
+        });
+        result.map(|_| ())
     }
 
-    fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive_batch(Side::Right, events, out)
-    }
-
-    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        self.slot.refresh();
+    /// Lets go of the waiting events `marks` rule out further matches for, enriching the unmatched
+    /// ones alone where the side's policy says so; how many it enriched.
+    fn expire(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<u64, StageError> {
         let mut members: Vec<Event> = Vec::new();
         let mut alone: Vec<Pending> = Vec::new();
         let mut dropped = [0u64; 2];
@@ -540,11 +588,30 @@ impl Stage for JoinStage {
                 emitted[side as usize],
             );
         }
-        let rejected_before = out.rejected.len();
-        let result = self.enrich(&members, &alone, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
-        self.slot.tally(members.len() as u64, rejected);
-        result
+        self.enrich(&members, &alone, out)?;
+        Ok(alone.len() as u64)
+    }
+}
+
+impl Stage for JoinStage {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn batch_boundary(&mut self) {
+        self.slot.refresh();
+    }
+
+    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.arrive_batch(Side::Left, events, out)
+    }
+
+    fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.arrive_batch(Side::Right, events, out)
+    }
+
+    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
+        self.counted(out, |stage, out| stage.expire(marks, out))
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -6,6 +6,7 @@
 
 mod batch;
 mod dedup;
+mod fallback;
 mod join;
 mod transform;
 mod window;
@@ -69,6 +70,12 @@ pub struct StageError {
 pub trait Stage: Send {
     /// The stage's name in its pipeline.
     fn name(&self) -> &Arc<str>;
+
+    /// The partition worker starts a batch: the calls that follow, until the next boundary, are
+    /// one batch (its events, its right-hand events, its watermarks). Window and join stages,
+    /// which get several calls per batch, take their version slot's active version here and
+    /// nowhere else, so that a batch in flight finishes on the version it started with.
+    fn batch_boundary(&mut self) {}
 
     /// Processes one batch of events of this stage's partition, in order.
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError>;

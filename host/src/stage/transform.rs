@@ -17,6 +17,7 @@ use super::{Rejected, Stage, StageError, StageOutput};
 use crate::event::Event;
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, OutputBatch};
+use crate::plugin::retire::retire;
 use crate::plugin::slot::{Active, CallTally};
 use crate::plugin::{
     CallError, InstanceSettings, KeyedState, PluginScope, PluginSlot, TransformInstance,
@@ -184,18 +185,32 @@ impl WasmTransformStage {
                 partition = self.base.scope.partition, from = %self.primary.version(),
                 to = %plugin.version(), "switching plugin version at the batch boundary"
             );
-            // The old version's instance may become the fallback: keep it warm.
+            // The old version's instance may become the fallback: keep it warm. Replaced
+            // instances are freed off this thread (see `plugin::retire`).
             let old = std::mem::replace(&mut self.primary, Runner::new(plugin, &self.base));
-            self.fallback = match fallback {
+            let fallback = match fallback {
                 Some(f) if Arc::ptr_eq(&f, &old.plugin) => Some(old),
-                Some(f) => Some(Runner::new(f, &self.base)),
-                None => None,
+                Some(f) => {
+                    retire(old);
+                    Some(Runner::new(f, &self.base))
+                }
+                None => {
+                    retire(old);
+                    None
+                }
             };
+            if let Some(replaced) = std::mem::replace(&mut self.fallback, fallback) {
+                retire(replaced);
+            }
         } else {
             self.fallback = match (fallback, self.fallback.take()) {
                 (Some(f), Some(runner)) if Arc::ptr_eq(&f, &runner.plugin) => Some(runner),
-                (Some(f), _) => Some(Runner::new(f, &self.base)),
-                (None, _) => None,
+                (f, replaced) => {
+                    if let Some(replaced) = replaced {
+                        retire(replaced);
+                    }
+                    f.map(|f| Runner::new(f, &self.base))
+                }
             };
         }
     }

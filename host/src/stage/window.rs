@@ -15,6 +15,10 @@
 //!   is refused as late.
 //! - A trap in `fold` or `finish` discards nothing the host holds: the call is retried one event
 //!   (one window) at a time, and only the event (window) that traps goes to the dead letters.
+//!   While a new version is on probation, an event (window) it traps on is folded (finished) by
+//!   the version it replaced, with the same accumulators (see [`super::fallback`]); only if that
+//!   traps too does it go to the dead letters.
+//! - The stage follows its version slot at batch boundaries ([`Stage::batch_boundary`]).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +26,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::{empty_batch, fill_batch};
+use super::fallback::{TrapCounter, call_with_fallback};
+use super::transform::PLUGIN_VERSION_PROPERTY;
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::config::{WindowConfig, WindowKind};
@@ -31,6 +37,7 @@ use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{
     EventBatch, FinishRequest, FoldRequest, OutputBatch, Window as WitWindow,
 };
+use crate::plugin::slot::CallTally;
 use crate::plugin::{CallError, InstanceSlot, KeyedState};
 use crate::time::{END_OF_INPUT, Mark, format_millis};
 
@@ -160,6 +167,12 @@ pub struct WindowStage {
     slot: InstanceSlot,
     state: WindowState,
     metrics: Metrics,
+    traps: TrapCounter,
+    /// Add the [`PLUGIN_VERSION_PROPERTY`] to every output.
+    label_versions: bool,
+    /// Events (windows) the running version trapped on in the current call of the stage, for
+    /// its probation.
+    trapped: u64,
     batch: EventBatch,
 }
 
@@ -187,14 +200,29 @@ impl WindowStage {
             Some(bytes) => restore(bytes)?,
             None => (KeyedState::default(), WindowState::default()),
         };
+        let slot = slot(keyed);
         Ok(WindowStage {
+            traps: TrapCounter {
+                metrics: metrics.clone(),
+                pipeline: slot.settings().scope.pipeline.clone(),
+                stage: name.clone(),
+            },
             name,
             settings,
-            slot: slot(keyed),
+            slot,
             state,
             metrics,
+            label_versions: false,
+            trapped: 0,
             batch: empty_batch(0),
         })
+    }
+
+    /// The same stage, adding the [`PLUGIN_VERSION_PROPERTY`] (the version whose `finish` made
+    /// it) to every output when `label` is set.
+    pub fn with_version_labels(mut self, label: bool) -> Self {
+        self.label_versions = label;
+        self
     }
 
     /// Windows open now.
@@ -345,10 +373,11 @@ impl WindowStage {
                 Ok(accumulators)
             }
             Err(trap) => {
+                self.traps.count(&trap.version);
                 let scope = &self.slot.settings().scope;
                 tracing::warn!(
                     pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    windows = groups.len(), reason = %trap.reason,
+                    windows = groups.len(), version = %trap.version, reason = %trap.reason,
                     "plugin trapped folding a batch; retrying it event by event"
                 );
                 self.fold_event_by_event(events, groups, out)
@@ -356,7 +385,8 @@ impl WindowStage {
         }
     }
 
-    /// The retry after a trap: one call per event, with the windows it belongs to.
+    /// The retry after a trap: one call per event, with the windows it belongs to (on the
+    /// previous version too, during a probation).
     fn fold_event_by_event(
         &mut self,
         events: &[Event],
@@ -387,15 +417,18 @@ impl WindowStage {
                 })
                 .collect();
             let request = fold_request(&mut self.batch, events, &single, Some(member));
-            let version = self.slot.plugin().version().clone();
-            let event = &events[member as usize];
-            match self.call(|instance| instance.fold(&request))? {
+            let Some(event) = events.get(member as usize) else {
+                continue;
+            };
+            let attempt = self.attempt(|instance| instance.fold(&request))?;
+            self.trapped += u64::from(attempt.trapped);
+            match attempt.result {
                 Ok(response) => {
                     if let Some(rejection) = response.rejected.into_iter().next() {
                         out.rejected.push(Rejected {
                             event: event.clone(),
                             reason: rejection.reason,
-                            plugin_version: Some(version),
+                            plugin_version: Some(attempt.version),
                         });
                     }
                     if let Some(new) = split(&response.accumulators, &response.accumulator_ends)
@@ -406,14 +439,23 @@ impl WindowStage {
                         }
                     }
                 }
-                Err(trap) => out.rejected.push(Rejected {
+                Err(reason) => out.rejected.push(Rejected {
                     event: event.clone(),
-                    reason: format!("plugin trapped: {}", trap.reason),
-                    plugin_version: Some(trap.version),
+                    reason,
+                    plugin_version: Some(attempt.version),
                 }),
             }
         }
         Ok(accumulators)
+    }
+
+    /// One isolated call, on the previous version too if the running one traps (probation).
+    fn attempt<R>(
+        &mut self,
+        call: impl Fn(&mut crate::plugin::PluginInstance) -> Result<R, CallError>,
+    ) -> Result<super::fallback::Attempt<R>, StageError> {
+        call_with_fallback(&mut self.slot, &self.traps, call)
+            .map_err(|e| self.error(format!("cannot instantiate plugin: {e}")))
     }
 
     fn call<R>(
@@ -430,23 +472,33 @@ impl WindowStage {
     fn finish(&mut self, closed: &[Closed], out: &mut StageOutput) -> Result<(), StageError> {
         let request = finish_request(closed.iter());
         match self.call(|instance| instance.finish(&request))? {
-            Ok(output) => self.decode_finish(output, closed, out),
+            Ok(output) => {
+                let version = self.slot.plugin().version().clone();
+                self.decode_finish(output, closed, &version, out)
+            }
             Err(trap) => {
+                self.traps.count(&trap.version);
                 let scope = &self.slot.settings().scope;
                 tracing::warn!(
                     pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    windows = closed.len(), reason = %trap.reason,
+                    windows = closed.len(), version = %trap.version, reason = %trap.reason,
                     "plugin trapped finishing windows; retrying them one by one"
                 );
                 for one in closed.chunks(1) {
                     let request = finish_request(one.iter());
-                    match self.call(|instance| instance.finish(&request))? {
-                        Ok(output) => self.decode_finish(output, one, out)?,
-                        Err(trap) => out.rejected.push(Rejected {
-                            event: self.window_letter(&one[0]),
-                            reason: format!("plugin trapped: {}", trap.reason),
-                            plugin_version: Some(trap.version),
-                        }),
+                    let attempt = self.attempt(|instance| instance.finish(&request))?;
+                    self.trapped += u64::from(attempt.trapped);
+                    match attempt.result {
+                        Ok(output) => self.decode_finish(output, one, &attempt.version, out)?,
+                        Err(reason) => {
+                            for window in one {
+                                out.rejected.push(Rejected {
+                                    event: self.window_letter(window),
+                                    reason: reason.clone(),
+                                    plugin_version: Some(attempt.version.clone()),
+                                });
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -454,14 +506,15 @@ impl WindowStage {
         }
     }
 
+    /// The outputs `version`'s `finish` made for `closed`.
     fn decode_finish(
         &self,
         output: OutputBatch,
         closed: &[Closed],
+        version: &Arc<str>,
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
         let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
-        let version = self.slot.plugin().version().clone();
         let mut start = 0usize;
         for emitted in output.emitted {
             let window = closed.get(emitted.event as usize).ok_or_else(|| {
@@ -487,9 +540,15 @@ impl WindowStage {
             })?;
             start = end;
             match self.complete(payload, window) {
-                Ok(body) => out
-                    .emitted
-                    .push((target.clone(), self.record(window, body))),
+                Ok(body) => {
+                    let mut record = self.record(window, body);
+                    if self.label_versions {
+                        record
+                            .properties
+                            .push((PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string()));
+                    }
+                    out.emitted.push((target.clone(), record));
+                }
                 Err(reason) => out.rejected.push(Rejected {
                     event: self.window_letter(window),
                     reason,
@@ -719,17 +778,30 @@ impl Stage for WindowStage {
         &self.name
     }
 
-    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+    fn batch_boundary(&mut self) {
         self.slot.refresh();
+    }
+
+    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
         let rejected_before = out.rejected.len();
+        let version = self.slot.plugin().version().clone();
+        self.trapped = 0;
         let result = self.fold_events(events, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
-        self.slot.tally(events.len() as u64, rejected);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
+        // Sliding windows fold their events when they close, not here.
+        let handed = match self.settings.spec {
+            WindowSpec::Sliding { .. } => 0,
+            _ => (events.len() as u64)
+                .saturating_sub(host_rejections(&out.rejected[rejected_before..])),
+        };
+        self.tally(handed, rejected);
         result
     }
 
     fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        self.slot.refresh();
+        let rejected_before = out.rejected.len();
+        let version = self.slot.plugin().version().clone();
+        self.trapped = 0;
         let mut closed: Vec<Closed> = Vec::new();
         for mark in marks {
             while let Some(first) = self.state.closing.first()
@@ -781,10 +853,9 @@ impl Stage for WindowStage {
             return Ok(());
         }
         self.count(names::WINDOWS_CLOSED, closed.len() as u64);
-        let rejected_before = out.rejected.len();
         let result = self.finish(&closed, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..]);
-        self.slot.tally(closed.len() as u64, rejected);
+        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
+        self.tally(closed.len() as u64, rejected);
         result
     }
 
@@ -798,6 +869,17 @@ impl Stage for WindowStage {
 }
 
 impl WindowStage {
+    /// Reports what the running version did in this call of the stage for its probation: `events`
+    /// events (windows) handed to it, `rejected` refused, and the ones it trapped on.
+    fn tally(&mut self, events: u64, rejected: u64) {
+        let trapped = std::mem::take(&mut self.trapped);
+        self.slot.tally(CallTally {
+            events,
+            rejected,
+            trapped,
+        });
+    }
+
     /// Assigns `events` to their windows and folds them into the windows' accumulators.
     fn fold_events(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
         let mut groups: Vec<FoldGroup> = Vec::new();
@@ -1026,11 +1108,22 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
     Ok((keyed, state))
 }
 
-/// How many of `rejected` the plugin refused (not late events, not traps), for a probation.
-pub(super) fn plugin_rejections(rejected: &[Rejected]) -> u64 {
+/// How many of `rejected` the plugin's `version` refused (not late events, not traps, not what
+/// the previous version refused during a probation), for the probation.
+pub(super) fn plugin_rejections(rejected: &[Rejected], version: &Arc<str>) -> u64 {
     rejected
         .iter()
-        .filter(|r| r.plugin_version.is_some() && !r.reason.starts_with("plugin trapped"))
+        .filter(|r| {
+            r.plugin_version.as_ref() == Some(version) && !r.reason.starts_with("plugin trapped")
+        })
+        .count() as u64
+}
+
+/// How many of `rejected` the host refused before any plugin saw them (late, no key).
+pub(super) fn host_rejections(rejected: &[Rejected]) -> u64 {
+    rejected
+        .iter()
+        .filter(|r| r.plugin_version.is_none())
         .count() as u64
 }
 

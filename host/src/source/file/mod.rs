@@ -1,4 +1,8 @@
 //! Replay of a JSON Lines file: one event per line, positioned by the byte offset of its line.
+//!
+//! The file source knows its end (the file's size, checked again at each poll while following),
+//! so each partition reports its lag in bytes: from the first line it has not read to the end of
+//! the file (see [`InputProgress`]).
 
 use std::time::Duration;
 
@@ -6,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 
+use super::dispatch::InputProgress;
 use super::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 use crate::config::FileSourceConfig;
 use crate::event::{Event, now_millis, partition_for_key};
@@ -45,17 +50,41 @@ impl Source for FileSource {
         &self,
         starts: Vec<PartitionStart>,
     ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
-        let (dispatcher, readers) = Dispatcher::new(&self.name, self.config.partitions, &starts)?;
         let file = tokio::fs::File::open(&self.config.path)
             .await
             .map_err(|e| SourceError::Start {
                 source_name: self.name.clone(),
                 reason: format!("cannot open {}: {e}", self.config.path.display()),
             })?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| SourceError::Start {
+                source_name: self.name.clone(),
+                reason: format!(
+                    "cannot read the size of {}: {e}",
+                    self.config.path.display()
+                ),
+            })?
+            .len();
+        // The producer starts where the partition furthest behind resumes; the readers' lag is
+        // measured from there until they have read more.
+        let start = starts
+            .iter()
+            .map(|s| s.after.unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let progress = InputProgress::new(start, size);
+        let (dispatcher, readers) = Dispatcher::with_progress(
+            &self.name,
+            self.config.partitions,
+            &starts,
+            Some(progress.clone()),
+        )?;
         let name = self.name.clone();
         let config = self.config.clone();
         tokio::spawn(async move {
-            if let Err(reason) = read_lines(file, &config, &dispatcher).await {
+            if let Err(reason) = read_lines(file, &config, &dispatcher, &progress).await {
                 tracing::error!(source = %name, %reason, "file source failed");
                 dispatcher
                     .fail(|partition| SourceError::Read {
@@ -74,6 +103,7 @@ async fn read_lines(
     file: tokio::fs::File,
     config: &FileSourceConfig,
     dispatcher: &Dispatcher,
+    progress: &InputProgress,
 ) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = dispatcher.resume_from().unwrap_or(0);
@@ -92,11 +122,16 @@ async fn read_lines(
             if !config.follow {
                 if !line.is_empty() {
                     dispatch_line(config, dispatcher, offset, &line).await;
+                    progress.dispatched_through(offset + line.len() as u64);
                 }
                 return Ok(());
             }
             if dispatcher.is_closed() {
                 return Ok(());
+            }
+            // The file may have grown beyond what the buffer holds: its size is its end.
+            if let Ok(metadata) = reader.get_ref().metadata().await {
+                progress.end_seen(metadata.len());
             }
             tokio::time::sleep(FOLLOW_POLL).await;
             continue;
@@ -106,6 +141,7 @@ async fn read_lines(
         if !dispatch_line(config, dispatcher, line_offset, &line).await {
             return Ok(());
         }
+        progress.dispatched_through(offset);
         line.clear();
     }
 }
@@ -234,5 +270,90 @@ mod tests {
             rest.iter().map(|e| e.position).collect::<Vec<_>>(),
             [all[2].position, all[3].position]
         );
+    }
+
+    /// Reads `reader` in short waits until its lag is `want` (panics after 20 s); the events read.
+    async fn read_until_lag(reader: &mut Box<dyn PartitionReader>, want: u64) -> Vec<Event> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        while reader.lag() != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {}: lag {:?}, expected {want}",
+                reader.partition(),
+                reader.lag()
+            );
+            if let ReadOutcome::Events(batch) = reader
+                .next_batch(100, Duration::from_millis(50))
+                .await
+                .expect("read")
+            {
+                events.extend(batch);
+            }
+        }
+        events
+    }
+
+    #[tokio::test]
+    async fn each_partition_reports_the_bytes_it_has_not_read_up_to_the_end_of_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("in.jsonl");
+        // Two keys of different partitions.
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+        let first = &keys[0];
+        let second = keys
+            .iter()
+            .find(|k| partition_for_key(k.as_bytes(), 2) != partition_for_key(first.as_bytes(), 2))
+            .expect("a key of the other partition");
+        let line = |key: &str, n: u32| format!("{{\"k\":\"{key}\",\"n\":{n}}}\n");
+        let text = [line(first, 1), line(second, 2), line(first, 3)].concat();
+        std::fs::write(&path, &text).expect("write input");
+        let size = text.len() as u64;
+        let config = FileSourceConfig {
+            path: path.clone(),
+            partitions: 2,
+            key_field: Some("k".into()),
+            follow: true,
+            enqueued_time_field: None,
+        };
+        let source = FileSource::new("f", config);
+        let starts = (0..2)
+            .map(|partition| PartitionStart {
+                partition,
+                after: None,
+            })
+            .collect();
+        let mut readers = source.open(starts).await.expect("open");
+        let a = partition_for_key(first.as_bytes(), 2) as usize;
+        let b = 1 - a;
+        // Nothing read yet: the whole file is ahead of each partition.
+        assert_eq!(readers[a].lag(), Some(size));
+        assert_eq!(readers[b].lag(), Some(size));
+        // Read to the end: no lag, whether the file's last line was the partition's or not.
+        assert_eq!(read_until_lag(&mut readers[a], 0).await.len(), 2);
+        assert_eq!(readers[b].lag(), Some(size), "b has read nothing");
+        assert_eq!(read_until_lag(&mut readers[b], 0).await.len(), 1);
+
+        // A line for `a` appended: both partitions are behind by it until they read on (`b`
+        // catches up as soon as it finds nothing for it).
+        let appended = line(first, 4);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, appended.as_bytes()))
+            .expect("append");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while readers[a].lag() != Some(appended.len() as u64) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lag {:?} after the append",
+                readers[a].lag()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(read_until_lag(&mut readers[b], 0).await.is_empty());
+        let read = read_until_lag(&mut readers[a], 0).await;
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].position, size);
     }
 }
