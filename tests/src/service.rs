@@ -388,3 +388,43 @@ outputs = {{ alerts = "alerts", rows = "raw_telemetry" }}
         checkpoints: dir.join("checkpoints"),
     }
 }
+
+/// Checks what the admin API and `/metrics` report after stage `pipeline`/`stage` rolled back by
+/// itself from `bad` to `good`: the activation with its cause and reason, the bad version listed
+/// as rolled back, and the rollback counted once.
+pub fn assert_automatic_rollback_reported(
+    admin: &str,
+    pipeline: &str,
+    stage: &str,
+    good: &str,
+    bad: &str,
+) -> String {
+    let report = plugin_report(admin, pipeline, stage);
+    let rollback = report["activations"]
+        .as_array()
+        .expect("activations")
+        .iter()
+        .find(|a| a["cause"] == "automatic_rollback")
+        .expect("rollback")
+        .clone();
+    assert_eq!(rollback["version"], good);
+    assert_eq!(rollback["previous"], bad);
+    let reason = rollback["reason"].as_str().expect("reason");
+    assert!(reason.contains("trapped on"), "{reason}");
+    let bad_status = report["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|v| v["version"] == bad)
+        .expect("the bad version is listed")["status"]
+        .clone();
+    assert_eq!(bad_status, "rolled_back");
+    let (_, metrics) = http(admin, "GET", "/metrics", None, b"");
+    assert!(
+        metrics.contains(&format!(
+            "weir_plugin_rollbacks_total{{pipeline=\"{pipeline}\",stage=\"{stage}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    metrics
+}

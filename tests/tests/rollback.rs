@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use weir_tests::service::{
-    Feeder, SwapOptions, TOKEN, events_in, http, plugin_report, swap_pipeline, version_of,
-    wait_until,
+    Feeder, SwapOptions, TOKEN, assert_automatic_rollback_reported, events_in, http, plugin_report,
+    swap_pipeline, version_of, wait_until,
 };
 use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
@@ -68,31 +68,7 @@ fn a_version_that_traps_on_every_event_is_rolled_back_by_itself_and_no_event_is_
             .is_some_and(|a| a.iter().any(|a| a["cause"] == "automatic_rollback"))
     });
     assert_eq!(active(&admin), good);
-    let report = plugin_report(&admin, "telemetry", "anomaly");
-    let rollback = report["activations"]
-        .as_array()
-        .expect("activations")
-        .iter()
-        .find(|a| a["cause"] == "automatic_rollback")
-        .expect("rollback")
-        .clone();
-    assert_eq!(rollback["version"], good.as_str());
-    assert_eq!(rollback["previous"], bad.as_str());
-    let reason = rollback["reason"].as_str().expect("reason");
-    assert!(reason.contains("trapped on"), "{reason}");
-    let bad_status = report["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .find(|v| v["version"] == bad.as_str())
-        .expect("the bad version is listed")["status"]
-        .clone();
-    assert_eq!(bad_status, "rolled_back");
-    let (_, metrics) = http(&admin, "GET", "/metrics", None, b"");
-    assert!(
-        metrics.contains("weir_plugin_rollbacks_total{pipeline=\"telemetry\",stage=\"anomaly\"} 1"),
-        "{metrics}"
-    );
+    assert_automatic_rollback_reported(&admin, "telemetry", "anomaly", &good, &bad);
     assert!(
         process
             .log_text()

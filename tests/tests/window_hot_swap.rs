@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weir_tests::service::{
-    Feeder, TOKEN, events_in, get_json, http, install_atomically, plugin_report, version_of,
-    wait_until,
+    Feeder, TOKEN, assert_automatic_rollback_reported, events_in, get_json, http,
+    install_atomically, plugin_report, version_of, wait_until,
 };
 use weir_tests::telemetry::{
     Reading, assert_aggregate_rows, expected_aggregates, ordered_readings,
@@ -351,33 +351,7 @@ fn window_version_that_traps_on_every_event_is_rolled_back_by_itself_and_no_even
             .is_some_and(|a| a.iter().any(|a| a["cause"] == "automatic_rollback"))
     });
     assert_eq!(active(&admin), good);
-    let report = plugin_report(&admin, PIPELINE, STAGE);
-    let rollback = report["activations"]
-        .as_array()
-        .expect("activations")
-        .iter()
-        .find(|a| a["cause"] == "automatic_rollback")
-        .expect("rollback")
-        .clone();
-    assert_eq!(rollback["version"], good.as_str());
-    assert_eq!(rollback["previous"], bad.as_str());
-    let reason = rollback["reason"].as_str().expect("reason");
-    assert!(reason.contains("trapped on"), "{reason}");
-    let bad_status = report["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .find(|v| v["version"] == bad.as_str())
-        .expect("the bad version is listed")["status"]
-        .clone();
-    assert_eq!(bad_status, "rolled_back");
-    let (_, metrics) = http(&admin, "GET", "/metrics", None, b"");
-    assert!(
-        metrics.contains(&format!(
-            "weir_plugin_rollbacks_total{{pipeline=\"{PIPELINE}\",stage=\"{STAGE}\"}} 1"
-        )),
-        "{metrics}"
-    );
+    let metrics = assert_automatic_rollback_reported(&admin, PIPELINE, STAGE, &good, &bad);
     assert!(
         metrics.contains(&format!(
             "weir_plugin_traps_total{{pipeline=\"{PIPELINE}\",stage=\"{STAGE}\",version=\"{bad}\"}}"
