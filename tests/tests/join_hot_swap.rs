@@ -294,8 +294,7 @@ fn assert_pairs_straddle_each_swap(
 }
 
 #[test]
-fn join_plugin_swapped_by_file_and_api_under_load_keeps_its_pending_sides_and_names_each_rows_version()
- {
+fn join_plugin_swapped_by_file_and_api_under_load_keeps_waiting_sides_and_names_versions() {
     let dir = tempfile::tempdir().expect("temp dir");
     let v1_path = plugin_path("booking_join");
     let v1_bytes = std::fs::read(&v1_path).expect("booking-join");
