@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::slot::CallTally;
+use super::standby::{Prepare, Standby};
 use super::{CallError, InstanceSettings, KeyedState, Plugin, PluginInstance, PluginSlot};
 
 /// A stage's plugin and its current instance in one partition worker.
@@ -27,6 +28,9 @@ pub struct InstanceSlot {
     versions: Option<Versions>,
     /// The version the running one replaced, while the running one is on probation.
     fallback: Option<Fallback>,
+    /// Where the version manager leaves an instance of the next version, made ready before it
+    /// is activated (see `plugin::standby`; no rehearsal batch here).
+    standby: Option<Arc<Standby>>,
 }
 
 /// The version manager an instance slot follows, and what it has seen of it.
@@ -67,12 +71,17 @@ impl InstanceSlot {
             parked_state: state,
             versions: None,
             fallback: None,
+            standby: None,
         }
     }
 
     /// The same slot following `versions`: it runs the version active there now, and switches at
     /// each [`InstanceSlot::refresh`] when another becomes active.
     pub fn following(mut self, versions: Arc<PluginSlot<Plugin>>) -> Self {
+        let standby = Standby::new(self.settings.clone());
+        let prepare: Arc<dyn Prepare<Plugin>> = standby.clone();
+        versions.add_standby(Arc::downgrade(&prepare));
+        self.standby = Some(standby);
         self.versions = Some(Versions {
             slot: versions,
             generation: 0,
@@ -83,7 +92,8 @@ impl InstanceSlot {
 
     /// At a batch boundary (or right after an automatic rollback): takes the version the version
     /// manager holds now, and its fallback, if they changed. The committed keyed state moves to
-    /// the new version's instance (created at the next call); what the stage holds itself
+    /// the new version's instance (made ready by the version manager, or created at the next
+    /// call); what the stage holds itself
     /// (windows, buffered join sides) is untouched. Between two refreshes the slot runs one
     /// version, whatever the manager does meanwhile.
     pub fn refresh(&mut self) {
@@ -110,6 +120,10 @@ impl InstanceSlot {
             let settings = self.settings.for_plugin(&active.plugin);
             let plugin = std::mem::replace(&mut self.plugin, active.plugin);
             let settings = std::mem::replace(&mut self.settings, settings);
+            if let Some(mut ready) = self.standby.as_ref().and_then(|s| s.take(&self.plugin)) {
+                ready.put_keyed_state(std::mem::take(&mut self.parked_state));
+                self.instance = Some(ready);
+            }
             // The replaced version may become the fallback: its instance stays warm.
             Some(Fallback {
                 plugin,
