@@ -19,6 +19,8 @@ const PLUGINS: &[&str] = &[
     "trap-always",
     "window-trap-always",
     "join-trap-always",
+    "tally",
+    "tally-trap-marked",
     "hostile-loop",
     "hostile-memory",
     "hostile-panic",

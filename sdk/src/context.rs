@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::{Emitted, OutputBatch, Rejection, StateWrites};
+use crate::bindings::{CacheStart, Emitted, OutputBatch, Rejection, StateWrites};
 use crate::error::{Error, Result};
 
 /// Severity of a log record.
@@ -33,8 +33,9 @@ pub(crate) trait Backend {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
     /// Applies the writes of a batch, in order, in one call.
     fn state_write_batch(&mut self, writes: &StateWrites);
-    /// The keys the stage wrote last (before this instance existed), with their values now.
-    fn state_recent_writes(&mut self) -> StateWrites;
+    /// `None` when this instance's cache still matches the host's state; otherwise what to start
+    /// the cache again from.
+    fn state_check_cache(&mut self) -> Option<CacheStart>;
     /// Adds `delta` to counter `name`.
     fn counter_add(&mut self, name: &str, delta: u64);
     /// Writes one log record.
@@ -59,9 +60,11 @@ pub(crate) trait Backend {
 ///   partition, checkpointed with the source position. They are cached in the plugin instance:
 ///   the first `get` of a key asks the host, later ones (in this batch or the next) do not, and
 ///   the keys written in a batch reach the host in one call when the batch ends. The cache is
-///   always the host's state: only this instance writes it, and the host starts a new instance
-///   after a trap, a restore or a new plugin version. A new instance's cache starts with the keys
-///   the stage wrote last (one host call), so a hot swap does not re-read them one by one.
+///   always the host's state: at the start of each batch one host call says whether another
+///   instance wrote the state since (a hot swap, a version's fallback, a replacement after a
+///   trap, a restore); if so the cache starts again, from the whole state when it is small (at
+///   most 16,384 keys) or else the keys the stage wrote last, so that a hot swap does not
+///   re-read them one by one.
 /// - **Configuration** ([`config`](Context::config)): the stage's `config` table, read once per
 ///   instance.
 /// - **Logs and counters** ([`log`](Context::log), [`info`](Context::info), ...,
@@ -81,8 +84,6 @@ pub struct Context {
     /// Size of the last batch's payloads, to size the next buffer once.
     payloads_hint: usize,
     state: StateCache,
-    /// Whether the cache has had its start from the host's recent writes (once per instance).
-    cache_started: bool,
     counters: Vec<(String, u64)>,
     config_json: Option<String>,
     config_typed: Vec<(TypeId, Box<dyn Any>)>,
@@ -117,7 +118,6 @@ impl Context {
             emitted_mark: 0,
             payloads_hint: 0,
             state: StateCache::default(),
-            cache_started: false,
             counters: Vec::new(),
             config_json: None,
             config_typed: Vec::new(),
@@ -368,13 +368,13 @@ impl Context {
     /// already so, unless the previous batch panicked half-way in a native test).
     pub(crate) fn begin_batch(&mut self) {
         self.state.discard_if_unflushed();
-        if !self.cache_started {
-            // A new instance (first start, hot swap, replacement after a trap): one host call
-            // fills the cache with the keys the stage wrote last, so that the first batch does
-            // not ask for each of them on its own.
-            self.cache_started = true;
-            let recent = self.backend.state_recent_writes();
-            self.state.prefill(&recent);
+        // One host call per batch says whether the cache still holds: it does not in a new
+        // instance (first start, hot swap, replacement after a trap) nor after another instance
+        // wrote the state (the version this one replaced or falls back on). The cache then starts
+        // again from what the host hands over (see `Context`), so that this batch does not ask
+        // for each key.
+        if let Some(start) = self.backend.state_check_cache() {
+            self.state.restart(&start);
         }
         self.counters.clear();
         self.out.targets.clear();
@@ -454,6 +454,8 @@ struct Slot {
     value: Cached,
     /// Written since the last flush: to be written back to the host.
     dirty: bool,
+    /// Handed over by the host in the current restart (see [`StateCache::restart`]).
+    fresh: bool,
 }
 
 /// The instance's keyed-state cache, with an undo log for the current event.
@@ -469,6 +471,9 @@ struct StateCache {
     spare: Vec<Vec<u8>>,
     /// The writes handed to the host at the end of a batch (buffers reused).
     writes: StateWrites,
+    /// Whether the cache holds every key that has a value (the host handed the whole state
+    /// over): a key not cached then has none, without asking.
+    complete: bool,
 }
 
 /// Most value buffers kept for reuse.
@@ -497,41 +502,112 @@ fn offset(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-impl StateCache {
-    /// Caches `entries` (values the host holds now; a delete marks a key without one) for the
-    /// keys not cached yet, up to the cache's bound.
-    fn prefill(&mut self, entries: &StateWrites) {
-        let (mut key_start, mut value_start) = (0usize, 0usize);
-        for (index, &key_end) in entries.key_ends.iter().enumerate() {
+/// The entries of `writes`: each key with its value, `None` for a delete. Offsets come from the
+/// host; an entry whose offsets fall outside the buffers ends the list.
+fn entries(writes: &StateWrites) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    let mut starts = (0usize, 0usize);
+    writes
+        .key_ends
+        .iter()
+        .enumerate()
+        .map_while(move |(index, &key_end)| {
+            let (key_start, value_start) = starts;
             let key_end = key_end as usize;
-            let value_end = entries
+            let value_end = writes
                 .value_ends
                 .get(index)
                 .map_or(value_start, |&end| end as usize);
-            let key = entries.keys.get(key_start..key_end);
-            let value = entries.values.get(value_start..value_end);
-            (key_start, value_start) = (key_end, value_end);
+            starts = (key_end, value_end);
+            let key = writes.keys.get(key_start..key_end)?;
+            let value = writes.values.get(value_start..value_end)?;
+            let delete = writes.deletes.get(index).copied().unwrap_or(false);
+            Some((key, (!delete).then_some(value)))
+        })
+}
+
+impl StateCache {
+    /// Starts the cache again from what the host handed over: the whole state (the cached keys
+    /// and their buffers are reused, a key not handed over has no value), or some keys (the
+    /// rest is forgotten, to be asked for).
+    fn restart(&mut self, start: &CacheStart) {
+        if !start.whole {
+            self.clear();
+            self.prefill(&start.entries);
+            return;
+        }
+        self.undo.clear();
+        self.dirty.clear();
+        for slot in &mut self.slots {
+            slot.fresh = false;
+            slot.dirty = false;
+        }
+        let mut complete = true;
+        for (key, value) in entries(&start.entries) {
+            // Keys the SDK writes are strings; anything else is left for `get` to ask about.
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            if !self.index.contains_key(key) && self.slots.len() >= MAX_CACHED_KEYS {
+                complete = false;
+                continue;
+            }
+            let index = self.slot(key);
+            let old = std::mem::take(&mut self.slots[index].value);
+            let new = match (value, old) {
+                (None, old) => {
+                    self.recycle(old);
+                    Cached::Absent
+                }
+                (Some(value), Cached::Present(mut buffer)) => {
+                    buffer.clear();
+                    buffer.extend_from_slice(value);
+                    Cached::Present(buffer)
+                }
+                (Some(value), _) => {
+                    let mut buffer = self.buffer();
+                    buffer.extend_from_slice(value);
+                    Cached::Present(buffer)
+                }
+            };
+            let slot = &mut self.slots[index];
+            slot.value = new;
+            slot.fresh = true;
+        }
+        for index in 0..self.slots.len() {
+            if !self.slots[index].fresh {
+                let old = std::mem::replace(&mut self.slots[index].value, Cached::Absent);
+                self.recycle(old);
+            }
+        }
+        self.complete = complete;
+    }
+
+    /// Caches `entries` (values the host holds now; a delete marks a key without one) for the
+    /// keys not cached yet, up to the cache's bound.
+    fn prefill(&mut self, entries_now: &StateWrites) {
+        for (key, value) in entries(entries_now) {
             if self.slots.len() >= MAX_CACHED_KEYS {
                 break;
             }
             // Keys the SDK writes are strings; anything else is left for `get` to ask about.
-            let (Some(Ok(key)), Some(value)) = (key.map(std::str::from_utf8), value) else {
+            let Ok(key) = std::str::from_utf8(key) else {
                 continue;
             };
             if self.index.contains_key(key) {
                 continue;
             }
-            let value = if entries.deletes.get(index).copied().unwrap_or(false) {
-                Cached::Absent
-            } else {
-                let mut buffer = self.buffer();
-                buffer.extend_from_slice(value);
-                Cached::Present(buffer)
+            let value = match value {
+                None => Cached::Absent,
+                Some(value) => {
+                    let mut buffer = self.buffer();
+                    buffer.extend_from_slice(value);
+                    Cached::Present(buffer)
+                }
             };
             self.slots.push(Slot {
                 key: key.to_owned(),
                 value,
-                dirty: false,
+                ..Slot::default()
             });
             self.index.insert(key.to_owned(), self.slots.len() - 1);
         }
@@ -554,9 +630,13 @@ impl StateCache {
         let index = self.slot(key);
         let slot = &mut self.slots[index];
         if matches!(slot.value, Cached::Unknown) {
-            slot.value = match backend.state_get(key.as_bytes()) {
-                Some(value) => Cached::Present(value),
-                None => Cached::Absent,
+            slot.value = if self.complete {
+                Cached::Absent
+            } else {
+                match backend.state_get(key.as_bytes()) {
+                    Some(value) => Cached::Present(value),
+                    None => Cached::Absent,
+                }
             };
         }
         match &slot.value {
@@ -572,6 +652,7 @@ impl StateCache {
             key: String::new(),
             value: std::mem::replace(&mut slot.value, value),
             dirty: slot.dirty,
+            fresh: false,
         };
         if !slot.dirty {
             slot.dirty = true;
@@ -653,6 +734,7 @@ impl StateCache {
 
     /// Forgets every cached key (keeping the buffers).
     fn clear(&mut self) {
+        self.complete = false;
         self.index.clear();
         self.undo.clear();
         self.dirty.clear();

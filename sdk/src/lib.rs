@@ -241,7 +241,9 @@ pub mod prelude {
 
 /// Shorter names for the generated types the SDK uses everywhere.
 mod bindings {
-    pub(crate) use crate::__private::wit::weir::plugin::state::Writes as StateWrites;
+    pub(crate) use crate::__private::wit::weir::plugin::state::{
+        CacheStart, Writes as StateWrites,
+    };
     pub(crate) use crate::__private::wit::weir::plugin::types::{
         Emitted, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinPair, JoinRequest,
         OutputBatch, Property, Rejection,

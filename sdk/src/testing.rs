@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 pub use crate::__private::wit::weir::plugin::types::{
     Emitted, EventBatch, OutputBatch, Property, Rejection,
 };
-use crate::bindings::StateWrites;
+use crate::bindings::{CacheStart, StateWrites};
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
@@ -69,9 +69,28 @@ struct Memory {
     state_calls: u64,
     /// The keys of the last batch's writes, as the host remembers them for a new instance.
     recent: Vec<Vec<u8>>,
+    /// The backend (instance) whose cache matches the state, 0 when none does.
+    cache_holder: u64,
+    /// Ids handed to backends so far.
+    instances: u64,
 }
 
-struct MemoryBackend(Rc<RefCell<Memory>>);
+/// Most keys a state may have for a stale cache to start again from all of it (as the host).
+const WHOLE_STATE_TO_CACHE: usize = 16_384;
+
+/// The host's side of one instance: the shared memory and this instance's id.
+struct MemoryBackend(Rc<RefCell<Memory>>, u64);
+
+impl MemoryBackend {
+    fn new(memory: &Rc<RefCell<Memory>>) -> Self {
+        let id = {
+            let mut memory = memory.borrow_mut();
+            memory.instances += 1;
+            memory.instances
+        };
+        MemoryBackend(memory.clone(), id)
+    }
+}
 
 impl Backend for MemoryBackend {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
@@ -100,11 +119,21 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn state_recent_writes(&mut self) -> StateWrites {
-        // Not counted in `state_calls`: a new instance makes this call once, whatever it does.
-        let memory = self.0.borrow();
+    fn state_check_cache(&mut self) -> Option<CacheStart> {
+        // Not counted in `state_calls`: made once per batch, whatever the batch does.
+        let mut memory = self.0.borrow_mut();
+        if std::mem::replace(&mut memory.cache_holder, self.1) == self.1 {
+            return None;
+        }
+        // As the host does: the whole state when it is small, else the keys written last.
+        let whole = memory.state.len() <= WHOLE_STATE_TO_CACHE;
+        let keys: Vec<&Vec<u8>> = if whole {
+            memory.state.keys().collect()
+        } else {
+            memory.recent.iter().collect()
+        };
         let mut entries = StateWrites::default();
-        for key in &memory.recent {
+        for key in keys {
             let value = memory.state.get(key);
             entries.keys.extend_from_slice(key);
             entries.key_ends.push(entries.keys.len() as u32);
@@ -114,7 +143,7 @@ impl Backend for MemoryBackend {
             entries.value_ends.push(entries.values.len() as u32);
             entries.deletes.push(value.is_none());
         }
-        entries
+        Some(CacheStart { entries, whole })
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {
@@ -182,7 +211,7 @@ where
             ..Memory::default()
         }));
         NativeRunner {
-            runner: Runner::new(Box::new(MemoryBackend(memory.clone()))),
+            runner: Runner::new(Box::new(MemoryBackend::new(&memory))),
             memory,
             transform,
         }
@@ -204,10 +233,11 @@ where
             Ok(json) => json,
             Err(e) => panic!("cannot serialise the state of `{key}`: {e}"),
         };
-        self.memory
-            .borrow_mut()
-            .state
-            .insert(key.as_bytes().to_vec(), json);
+        let mut memory = self.memory.borrow_mut();
+        memory.state.insert(key.as_bytes().to_vec(), json);
+        // Written behind the instance's back: its cache no longer holds.
+        memory.cache_holder = 0;
+        drop(memory);
         self
     }
 
@@ -222,7 +252,7 @@ where
     /// a hot swap or after a trap: the configuration and the state cache start again (the cache
     /// from the keys the last batch wrote).
     pub fn new_instance(&mut self) {
-        self.runner = Runner::new(Box::new(MemoryBackend(self.memory.clone())));
+        self.runner = Runner::new(Box::new(MemoryBackend::new(&self.memory)));
     }
 
     /// Runs one batch and returns its output, as the Wasm export would return it to the host.
@@ -765,8 +795,8 @@ impl<A: crate::Aggregate> WindowHarness<A> {
             ..Memory::default()
         }));
         WindowHarness {
-            runner: crate::window::WindowRunner::new(Context::new(Box::new(MemoryBackend(
-                memory.clone(),
+            runner: crate::window::WindowRunner::new(Context::new(Box::new(MemoryBackend::new(
+                &memory,
             )))),
             memory,
             _accumulator: std::marker::PhantomData,
@@ -929,8 +959,8 @@ where
             ..Memory::default()
         }));
         JoinHarness {
-            runner: crate::join::JoinRunner::new(Context::new(Box::new(MemoryBackend(
-                memory.clone(),
+            runner: crate::join::JoinRunner::new(Context::new(Box::new(MemoryBackend::new(
+                &memory,
             )))),
             memory,
             join,

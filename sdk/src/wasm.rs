@@ -5,7 +5,8 @@ use std::cell::RefCell;
 
 use crate::__private::wit::weir::plugin::{config, log, metrics, reference, state};
 use crate::bindings::{
-    EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch, StateWrites,
+    CacheStart, EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch,
+    StateWrites,
 };
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
@@ -26,8 +27,8 @@ impl Backend for WasmHost {
         state::write_batch(writes);
     }
 
-    fn state_recent_writes(&mut self) -> StateWrites {
-        state::recent_writes()
+    fn state_check_cache(&mut self) -> Option<CacheStart> {
+        state::check_cache()
     }
 
     fn counter_add(&mut self, name: &str, delta: u64) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_sdk::testing::{
-    EventBatch, Harness, LogRecord, NativeRunner, Property, TestEvent, batch_of,
+    EventBatch, Harness, LogRecord, NativeRunner, Outcome, Property, TestEvent, batch_of,
 };
 use weir_sdk::{Context, Error, Event, Level, Result};
 
@@ -89,6 +89,15 @@ fn tally(event: &Event, ctx: &mut Context) -> Result<()> {
     ctx.emit("tallies", &tally)
 }
 
+/// The counts the `tally` transform emitted, in order.
+fn tally_counts(outcomes: &[Outcome]) -> Vec<Value> {
+    outcomes
+        .iter()
+        .flat_map(|o| o.json("tallies"))
+        .map(|t| t["count"].clone())
+        .collect()
+}
+
 #[test]
 fn state_is_cached_per_batch_and_written_back_once_per_key() {
     let mut harness = Harness::new(tally);
@@ -99,15 +108,12 @@ fn state_is_cached_per_batch_and_written_back_once_per_key() {
         TestEvent::new("{}").key("a"),
         TestEvent::new("{}"),
     ]);
-    let counts: Vec<Value> = outcomes
-        .iter()
-        .flat_map(|o| o.json("tallies"))
-        .map(|t| t["count"].clone())
-        .collect();
+    let counts = tally_counts(&outcomes);
     assert_eq!(counts, [1, 1, 2, 3]);
     assert_eq!(outcomes[4].rejection(), Some("no key"));
-    // Two keys: two gets, then one call with the batch's writes (delete `a`, put `b`).
-    assert_eq!(harness.state_calls(), 3);
+    // The state is small (empty here): the instance's first check of its cache hands all of it
+    // over, so no key is asked for; then one call with the batch's writes (delete `a`, put `b`).
+    assert_eq!(harness.state_calls(), 1);
     assert_eq!(harness.state::<Tally>("a"), None);
     assert_eq!(harness.state::<Tally>("b"), Some(Tally { count: 1 }));
     assert_eq!(
@@ -120,12 +126,41 @@ fn state_is_cached_per_batch_and_written_back_once_per_key() {
     // reaches the host in one call.
     let outcomes = harness.run_batch(vec![TestEvent::new("{}").key("b")]);
     assert_eq!(outcomes[0].json("tallies"), [json!({"count": 2})]);
-    assert_eq!(harness.state_calls(), 4);
+    assert_eq!(harness.state_calls(), 2);
     assert_eq!(harness.state::<Tally>("b"), Some(Tally { count: 2 }));
 }
 
 #[test]
-fn a_new_instance_starts_with_the_keys_written_last() {
+fn a_large_state_is_asked_for_key_by_key_once() {
+    // Past 16,384 keys the host hands over only the keys written last: the others are asked
+    // for, once per key while the instance lives.
+    let mut harness = Harness::new(tally);
+    for i in 0..16_400 {
+        harness = harness.with_state(&format!("other-{i}"), &Tally { count: 1 });
+    }
+    harness = harness.with_state("a", &Tally { count: 1 });
+    let outcomes = harness.run_batch(vec![
+        TestEvent::new("{}").key("a"),
+        TestEvent::new("{}").key("new"),
+        TestEvent::new("{}").key("new"),
+    ]);
+    let counts = tally_counts(&outcomes);
+    assert_eq!(counts, [2, 1, 2]);
+    assert_eq!(
+        harness.state_calls(),
+        3,
+        "gets of `a` and `new`, then the writes"
+    );
+    harness.run_batch(vec![TestEvent::new("{}").key("new")]);
+    assert_eq!(
+        harness.state_calls(),
+        4,
+        "`new` was cached: only the writes"
+    );
+}
+
+#[test]
+fn a_new_instance_starts_with_the_state_in_its_cache() {
     let mut harness = Harness::new(tally);
     harness.run_batch(vec![
         TestEvent::new("{}").key("a"),
@@ -140,29 +175,33 @@ fn a_new_instance_starts_with_the_keys_written_last() {
     ]);
     let calls = harness.state_calls();
 
-    // As at a hot swap: the new instance knows that `b` (written last) has no value without
-    // asking the host, and asks for `c` and `a` (written earlier) once each.
+    // As at a hot swap: the new instance's cache starts with the (small) state, handed over in
+    // the one call that says the cache must start again: it asks the host for no key.
     harness.new_instance();
     let outcomes = harness.run_batch(vec![
         TestEvent::new("{}").key("b"),
         TestEvent::new("{}").key("c"),
         TestEvent::new("{}").key("a"),
     ]);
-    let counts: Vec<Value> = outcomes
-        .iter()
-        .flat_map(|o| o.json("tallies"))
-        .map(|t| t["count"].clone())
-        .collect();
+    let counts = tally_counts(&outcomes);
     assert_eq!(
         counts,
         [1, 2, 3],
         "the state carried over to the new instance"
     );
-    assert_eq!(
-        harness.state_calls(),
-        calls + 3,
-        "gets of `c` and `a`, then the writes"
-    );
+    assert_eq!(harness.state_calls(), calls + 1, "only the writes");
+}
+
+#[test]
+fn a_cache_another_instance_wrote_past_starts_again() {
+    // A harness whose state an earlier "batch" set behind the instance's back: the instance must
+    // not keep what it cached before.
+    let mut harness = Harness::new(tally);
+    harness.run_batch(vec![TestEvent::new("{}").key("a")]);
+    let mut harness = harness.with_state("a", &json!({"count": 10}));
+    let outcomes = harness.run_batch(vec![TestEvent::new("{}").key("a")]);
+    let counts = tally_counts(&outcomes);
+    assert_eq!(counts, [11]);
 }
 
 fn write_blind_then_reject(event: &Event, ctx: &mut Context) -> Result<()> {

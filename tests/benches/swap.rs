@@ -126,6 +126,21 @@ fn main() {
         "steady state ({STEADY_BATCHES} batches): {}",
         summary(&steady)
     );
+    // The machine's own noise, for the paired figures below: each steady batch minus the one
+    // before it.
+    let mut steady_steps: Vec<f64> = steady
+        .windows(2)
+        .map(|pair| pair[1].as_secs_f64() - pair[0].as_secs_f64())
+        .collect();
+    steady_steps.sort_by(f64::total_cmp);
+    let step_at =
+        |q: f64| steady_steps[((steady_steps.len() - 1) as f64 * q).round() as usize] * 1e6;
+    println!(
+        "  each steady batch minus the one before it (no swap, the machine's noise): p50 {:+.0} µs, p90 {:+.0} µs, p99 {:+.0} µs",
+        step_at(0.5),
+        step_at(0.9),
+        step_at(0.99)
+    );
     println!();
     println!(
         "{:<34} {:>11} {:>13} {:>13} {:>13} {:>13}",
@@ -172,12 +187,17 @@ fn main() {
         worst_excess = worst_excess.max(max.saturating_sub(steady_p99));
         worst_first = worst_first.max(first_new.saturating_sub(steady_p50));
         println!(
-            "{label:<34} {:>9.1}ms {:>13} {:>13} {:>13} {:>13}",
+            "{label:<34} {:>9.1}ms {:>13} {:>13} {:>13} {:>13}{}",
             to_first.as_secs_f64() * 1e3,
             micros(first_new),
             micros(percentile(&after, 0.50)),
             micros(after.iter().max().copied().unwrap_or_default()),
             micros(max),
+            if stage.started_prepared() {
+                ""
+            } else {
+                "  (not on a ready instance)"
+            },
         );
         if !during.is_empty() {
             println!(
@@ -198,6 +218,7 @@ fn main() {
     let mut differences: Vec<f64> = Vec::new();
     let mut firsts: Vec<Duration> = Vec::new();
     let mut befores: Vec<Duration> = Vec::new();
+    let mut prepared = 0usize;
     for round in 0..PAIRED_SWAPS {
         for _ in 0..3 {
             run_batch(&mut stage);
@@ -208,6 +229,7 @@ fn main() {
             .offer(known[round % 2].clone(), weir::plugin::VersionOrigin::Api)
             .expect("offer");
         let (first, _) = run_batch(&mut stage);
+        prepared += usize::from(stage.started_prepared());
         differences.push(first.as_secs_f64() - before.as_secs_f64());
         firsts.push(first);
         befores.push(before);
@@ -225,6 +247,9 @@ fn main() {
         "  batches just before: {}; first batches after: {}",
         summary(&befores),
         summary(&firsts)
+    );
+    println!(
+        "  first batches on an instance made ready before the switch (plugin::standby): {prepared} of {PAIRED_SWAPS}"
     );
     // The same percentiles of the two groups, measured side by side under the same load: what
     // a swap adds at the median and in the tail.

@@ -97,22 +97,51 @@ fn payment_json(order: &Order, delay: i64, failed: bool) -> Value {
     })
 }
 
-/// Writes the orders' bookings and payments as JSON Lines in arrival order: a payment arrives
-/// with the first booking made at or after its own time (up to a second out of order).
-pub fn write_orders(path: &Path, orders: &[Order]) {
-    let mut arrivals: Vec<(i64, usize, Value)> = Vec::new();
+/// One line of the input: an order's booking or its payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    /// Index of the order in the orders given.
+    pub order: usize,
+    /// Whether it is the order's payment (else its booking).
+    pub payment: bool,
+    /// The event, as a JSON document.
+    pub line: String,
+}
+
+/// The orders' bookings and payments in arrival order: a payment arrives with the first booking
+/// made at or after its own time (up to a second out of order), always after its own booking.
+pub fn arrivals(orders: &[Order]) -> Vec<Arrival> {
+    let mut arrivals: Vec<(i64, usize, Arrival)> = Vec::new();
     for (n, order) in orders.iter().enumerate() {
-        arrivals.push((order.time_ms, 0, booking_json(order)));
+        let booking = Arrival {
+            order: n,
+            payment: false,
+            line: booking_json(order).to_string(),
+        };
+        arrivals.push((order.time_ms, 0, booking));
         if let Some((delay, failed)) = order.payment {
             let at = order.time_ms + delay;
             let slot = (at - BOOKINGS_BASE_MS + 999).div_euclid(1000) * 1000 + BOOKINGS_BASE_MS;
-            arrivals.push((slot, 1 + n, payment_json(order, delay, failed)));
+            let payment = Arrival {
+                order: n,
+                payment: true,
+                line: payment_json(order, delay, failed).to_string(),
+            };
+            arrivals.push((slot, 1 + n, payment));
         }
     }
     arrivals.sort_by_key(|(slot, order, _)| (*slot, *order));
+    arrivals
+        .into_iter()
+        .map(|(_, _, arrival)| arrival)
+        .collect()
+}
+
+/// Writes the orders' bookings and payments as JSON Lines in arrival order (see [`arrivals`]).
+pub fn write_orders(path: &Path, orders: &[Order]) {
     let mut text = String::new();
-    for (_, _, value) in arrivals {
-        text.push_str(&value.to_string());
+    for arrival in arrivals(orders) {
+        text.push_str(&arrival.line);
         text.push('\n');
     }
     std::fs::write(path, text).expect("write orders");
@@ -198,4 +227,31 @@ pub fn expected_fact(
         }
     }
     rows
+}
+
+/// Checks that `rows` (read from the fact table) are exactly the bookings fact of `orders`: one
+/// row per seat, each once, with the expected values in every column [`expected_fact`] gives.
+pub fn assert_fact(rows: &[Value], orders: &[Order]) {
+    let expected = expected_fact(orders, &example_venue_cities());
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        let key = (
+            row["OrderId"].as_str().expect("OrderId").to_owned(),
+            row["SeatId"].as_str().expect("SeatId").to_owned(),
+        );
+        let want = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected row {row}"));
+        for (field, value) in want.as_object().expect("object") {
+            assert!(crate::close(&row[field], value), "{field}: {row} vs {want}");
+        }
+        assert!(seen.insert(key), "row twice: {row}");
+    }
+    let missing: Vec<&(String, String)> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} seats missing: {missing:?}",
+        missing.len(),
+        expected.len()
+    );
 }

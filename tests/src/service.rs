@@ -2,6 +2,7 @@
 //! independently (SHA-256 of the file), a steady feeder of telemetry into a followed file, and a
 //! pipeline configuration with the admin API and plugin-version columns.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -182,6 +183,13 @@ pub struct Feeder {
 impl Feeder {
     /// Starts appending `readings` to `path`, `chunk` lines every `every`.
     pub fn start(path: &Path, readings: Vec<Reading>, chunk: usize, every: Duration) -> Feeder {
+        let lines = readings.iter().map(Reading::to_json).collect();
+        Feeder::start_lines(path, lines, chunk, every)
+    }
+
+    /// Starts appending `lines` (JSON documents, one a line) to `path`, `chunk` lines every
+    /// `every`.
+    pub fn start_lines(path: &Path, lines: Vec<String>, chunk: usize, every: Duration) -> Feeder {
         let written = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let path: PathBuf = path.to_path_buf();
@@ -192,13 +200,13 @@ impl Feeder {
                 .append(true)
                 .open(&path)
                 .expect("open input");
-            for group in readings.chunks(chunk) {
+            for group in lines.chunks(chunk) {
                 if thread_stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let mut text = String::new();
-                for reading in group {
-                    text.push_str(&reading.to_json());
+                for line in group {
+                    text.push_str(line);
                     text.push('\n');
                 }
                 file.write_all(text.as_bytes()).expect("append input");
@@ -214,13 +222,13 @@ impl Feeder {
         }
     }
 
-    /// Readings written so far.
+    /// Lines (readings) written so far.
     pub fn written(&self) -> usize {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// Stops writing (after the chunk in progress) and returns how many readings were written:
-    /// the first that many of the readings given.
+    /// Stops writing (after the chunk in progress) and returns how many lines (readings) were
+    /// written: the first that many of those given.
     pub fn stop(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -229,7 +237,7 @@ impl Feeder {
         self.written()
     }
 
-    /// Waits until every reading is written.
+    /// Waits until every line (reading) is written.
     pub fn join(mut self) -> usize {
         if let Some(thread) = self.thread.take() {
             thread.join().expect("feeder thread");
@@ -427,4 +435,82 @@ pub fn assert_automatic_rollback_reported(
         "{metrics}"
     );
     metrics
+}
+
+/// `bytes` (a component) with a custom section named `weir-test-version` holding `tag`: the same
+/// code under another content hash, that is, another version.
+pub fn another_version(bytes: &[u8], tag: &[u8]) -> Vec<u8> {
+    let name = b"weir-test-version";
+    let size = 1 + name.len() + tag.len();
+    assert!(size < 128, "one-byte LEB128 sizes");
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    out.push(size as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(tag);
+    out
+}
+
+/// The version `stage` of `pipeline` runs now, from the admin API.
+pub fn active_version(admin: &str, pipeline: &str, stage: &str) -> String {
+    plugin_report(admin, pipeline, stage)["active"]
+        .as_str()
+        .expect("active")
+        .to_owned()
+}
+
+/// Waits until `pipeline` read `count` more events than it had when called.
+pub fn wait_for_more_events(admin: &str, pipeline: &str, count: u64, timeout: Duration) {
+    let start = events_in(admin, pipeline);
+    wait_until(timeout, "more events", || {
+        events_in(admin, pipeline) >= start + count
+    });
+}
+
+/// Records `stage` (of any pipeline) emitted so far, from `/metrics`.
+pub fn stage_records_out(admin: &str, stage: &str) -> u64 {
+    let (status, text) = http(admin, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    text.lines()
+        .filter(|line| {
+            line.starts_with("weir_stage_records_out_total{")
+                && line.contains(&format!("stage=\"{stage}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The plugin version of every row (its `PluginVersion` column), checked to be one of `known`;
+/// and, per partition (`Partition`), the versions in `Position` order must be a subsequence of
+/// `order` (a partition switches only forward, at batch boundaries). Returns the versions used.
+pub fn versions_by_row(rows: &[Value], known: &[&str], order: &[&str]) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    let mut by_partition: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+    for row in rows {
+        let version = row["PluginVersion"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a row without its version: {row}"))
+            .to_owned();
+        assert!(known.contains(&version.as_str()), "unknown version: {row}");
+        by_partition
+            .entry(row["Partition"].as_i64().expect("Partition"))
+            .or_default()
+            .push((row["Position"].as_i64().expect("Position"), version.clone()));
+        used.insert(version);
+    }
+    for (partition, mut rows) in by_partition {
+        rows.sort();
+        let mut next = 0;
+        for (position, version) in &rows {
+            match order[next..].iter().position(|v| v == version) {
+                Some(offset) => next += offset,
+                None => panic!(
+                    "partition {partition}: version {version} at position {position} after {:?}",
+                    &order[..=next]
+                ),
+            }
+        }
+    }
+    used
 }

@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use weir_tests::bookings::{
-    JOIN_WITHIN_MS, Order, example_venue_cities, expected_fact, generated_orders, write_orders,
-};
+use weir_tests::bookings::{JOIN_WITHIN_MS, Order, assert_fact, generated_orders, write_orders};
 use weir_tests::examples::{Adapt, adapt_example};
-use weir_tests::{WeirProcess, close, read_delta, read_jsonl_dir, run_to_completion};
+use weir_tests::{WeirProcess, read_delta, read_jsonl_dir, run_to_completion};
 
 fn bookings_pipeline(dir: &Path, input: &Path, checkpoint_interval: &str) -> PathBuf {
     adapt_example(
@@ -27,25 +25,6 @@ fn bookings_pipeline(dir: &Path, input: &Path, checkpoint_interval: &str) -> Pat
             batch_max_events: 128,
         },
     )
-}
-
-fn assert_fact(rows: &[Value], orders: &[Order]) {
-    let expected = expected_fact(orders, &example_venue_cities());
-    assert_eq!(rows.len(), expected.len(), "one row per seat");
-    let mut seen = std::collections::BTreeSet::new();
-    for row in rows {
-        let key = (
-            row["OrderId"].as_str().expect("OrderId").to_owned(),
-            row["SeatId"].as_str().expect("SeatId").to_owned(),
-        );
-        let want = expected
-            .get(&key)
-            .unwrap_or_else(|| panic!("unexpected row {row}"));
-        for (field, value) in want.as_object().expect("object") {
-            assert!(close(&row[field], value), "{field}: {row} vs {want}");
-        }
-        assert!(seen.insert(key), "row twice: {row}");
-    }
 }
 
 #[test]

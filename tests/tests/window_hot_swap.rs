@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
 use weir_tests::service::{
-    Feeder, TOKEN, assert_automatic_rollback_reported, events_in, get_json, http,
-    install_atomically, plugin_report, version_of, wait_until,
+    self, Feeder, TOKEN, active_version, another_version, assert_automatic_rollback_reported,
+    events_in, get_json, http, install_atomically, plugin_report, stage_records_out, version_of,
+    versions_by_row, wait_until,
 };
 use weir_tests::telemetry::{
     Reading, assert_aggregate_rows, expected_aggregates, ordered_readings,
@@ -116,46 +116,12 @@ outputs = {{ rows = "aggregated_metrics" }}
     }
 }
 
-/// `bytes` (a component) with a custom section named `weir-test-version` holding `tag`: the same
-/// code under another content hash, that is, another version.
-fn another_version(bytes: &[u8], tag: &[u8]) -> Vec<u8> {
-    let name = b"weir-test-version";
-    let size = 1 + name.len() + tag.len();
-    assert!(size < 128, "one-byte LEB128 sizes");
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    out.push(size as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(tag);
-    out
-}
-
 fn active(admin: &str) -> String {
-    plugin_report(admin, PIPELINE, STAGE)["active"]
-        .as_str()
-        .expect("active")
-        .to_owned()
+    active_version(admin, PIPELINE, STAGE)
 }
 
 fn wait_for_more_events(admin: &str, count: u64) {
-    let start = events_in(admin, PIPELINE);
-    wait_until(WAIT, "more events", || {
-        events_in(admin, PIPELINE) >= start + count
-    });
-}
-
-/// Records the stage emitted so far, from `/metrics`.
-fn records_out(admin: &str) -> u64 {
-    let (status, text) = http(admin, "GET", "/metrics", None, b"");
-    assert_eq!(status, 200);
-    text.lines()
-        .filter(|line| {
-            line.starts_with("weir_stage_records_out_total{")
-                && line.contains(&format!("stage=\"{STAGE}\""))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    service::wait_for_more_events(admin, PIPELINE, count, WAIT);
 }
 
 /// Stops the feeder, then appends one reading per device an hour after the last one: every
@@ -193,43 +159,10 @@ fn stop_and_close_every_window(
     std::io::Write::write_all(&mut file, flush.as_bytes()).expect("append the flush");
     let windows = expected_aggregates(&readings).len() as u64;
     wait_until(WAIT, "every window of the readings closed", || {
-        events_in(admin, PIPELINE) == (total + DEVICES) as u64 && records_out(admin) >= windows
+        events_in(admin, PIPELINE) == (total + DEVICES) as u64
+            && stage_records_out(admin, STAGE) >= windows
     });
     readings
-}
-
-/// The plugin version of every row, checked to be one of `known`; and, per partition, the
-/// versions in position order must be a subsequence of `order` (a partition switches only
-/// forward, at batch boundaries).
-fn versions_by_row(rows: &[Value], known: &[&str], order: &[&str]) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    let mut by_partition: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
-    for row in rows {
-        let version = row["PluginVersion"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a row without its version: {row}"))
-            .to_owned();
-        assert!(known.contains(&version.as_str()), "unknown version: {row}");
-        by_partition
-            .entry(row["Partition"].as_i64().expect("Partition"))
-            .or_default()
-            .push((row["Position"].as_i64().expect("Position"), version.clone()));
-        used.insert(version);
-    }
-    for (partition, mut rows) in by_partition {
-        rows.sort();
-        let mut next = 0;
-        for (position, version) in &rows {
-            match order[next..].iter().position(|v| v == version) {
-                Some(offset) => next += offset,
-                None => panic!(
-                    "partition {partition}: version {version} at position {position} after {:?}",
-                    &order[..=next]
-                ),
-            }
-        }
-    }
-    used
 }
 
 #[test]

@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::slot::CallTally;
-use super::{
-    CallError, InstanceSettings, KeyedState, Plugin, PluginInstance, PluginScope, PluginSlot,
-};
+use super::{CallError, InstanceSettings, KeyedState, Plugin, PluginInstance, PluginSlot};
 
 /// A stage's plugin and its current instance in one partition worker.
 pub struct InstanceSlot {
@@ -57,17 +55,6 @@ impl std::fmt::Debug for InstanceSlot {
             )
             .finish_non_exhaustive()
     }
-}
-
-/// `base` with the scope of `plugin` (its name and version).
-fn settings_for(base: &InstanceSettings, plugin: &Plugin) -> Arc<InstanceSettings> {
-    let mut settings = base.clone();
-    settings.scope = PluginScope {
-        plugin: plugin.name().clone(),
-        version: plugin.version().clone(),
-        ..settings.scope
-    };
-    Arc::new(settings)
 }
 
 impl InstanceSlot {
@@ -120,7 +107,7 @@ impl InstanceSlot {
             if let Some(instance) = &mut instance {
                 self.parked_state = instance.take_keyed_state();
             }
-            let settings = settings_for(&self.settings, &active.plugin);
+            let settings = self.settings.for_plugin(&active.plugin);
             let plugin = std::mem::replace(&mut self.plugin, active.plugin);
             let settings = std::mem::replace(&mut self.settings, settings);
             // The replaced version may become the fallback: its instance stays warm.
@@ -143,7 +130,7 @@ impl InstanceSlot {
             {
                 Some(found) => candidates.swap_remove(found),
                 None => Fallback {
-                    settings: settings_for(&self.settings, &wanted),
+                    settings: self.settings.for_plugin(&wanted),
                     plugin: wanted,
                     instance: None,
                 },

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod retire;
 pub mod sandbox;
 pub mod slot;
+pub mod standby;
 mod state;
 pub mod store;
 pub mod watch;
@@ -465,6 +466,19 @@ pub struct InstanceSettings {
     pub reference: crate::reference::ReferenceTables,
 }
 
+impl InstanceSettings {
+    /// These settings with the scope of `plugin` (its name and version).
+    pub fn for_plugin(&self, plugin: &Plugin) -> Arc<InstanceSettings> {
+        let mut settings = self.clone();
+        settings.scope = PluginScope {
+            plugin: plugin.name().clone(),
+            version: plugin.version().clone(),
+            ..settings.scope
+        };
+        Arc::new(settings)
+    }
+}
+
 /// What a store carries for its instance.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -476,7 +490,36 @@ pub struct StoreState {
     pub keyed: KeyedState,
     /// Counters the plugin added to since they were last taken.
     pub counters: BTreeMap<String, u64>,
+    /// Process-unique id of this instance, for [`KeyedState::claim_cache`].
+    instance_id: u64,
+    /// Drop the plugin's log records (while it warms up on a throwaway batch).
+    quiet: bool,
 }
+
+/// Appends a write of `key` (`None`: a delete) to `writes`; false when an offset would not fit
+/// the WIT's u32-sized lists.
+fn push_write(writes: &mut bindings::state::Writes, key: &[u8], value: Option<&[u8]>) -> bool {
+    let (Some(key_end), Some(value_end)) = (
+        u32::try_from(writes.keys.len() + key.len()).ok(),
+        u32::try_from(writes.values.len() + value.map_or(0, <[u8]>::len)).ok(),
+    ) else {
+        return false;
+    };
+    writes.keys.extend_from_slice(key);
+    writes.key_ends.push(key_end);
+    writes.values.extend_from_slice(value.unwrap_or_default());
+    writes.value_ends.push(value_end);
+    writes.deletes.push(value.is_none());
+    true
+}
+
+/// Most keys, and bytes of keys and values, a state may have for `check-cache` to hand an
+/// instance all of it (the WIT says 16,384 keys).
+const WHOLE_STATE_KEYS: usize = 16_384;
+const WHOLE_STATE_BYTES: usize = 8 << 20;
+
+/// The next [`StoreState::instance_id`] (0 means no instance).
+static NEXT_INSTANCE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -495,6 +538,9 @@ impl bindings::log::Host for StoreState {
         fields: Vec<(String, String)>,
     ) {
         use bindings::log::Level;
+        if self.quiet {
+            return;
+        }
         let s = &self.settings.scope;
         let fields = if fields.is_empty() {
             String::new()
@@ -540,7 +586,10 @@ impl bindings::state::Host for StoreState {
         self.keyed.delete(key);
     }
 
-    fn recent_writes(&mut self) -> bindings::state::Writes {
+    fn check_cache(&mut self) -> Option<bindings::state::CacheStart> {
+        if self.keyed.claim_cache(self.instance_id) {
+            return None;
+        }
         let mut entries = bindings::state::Writes {
             keys: Vec::new(),
             key_ends: Vec::new(),
@@ -548,23 +597,33 @@ impl bindings::state::Host for StoreState {
             value_ends: Vec::new(),
             deletes: Vec::new(),
         };
-        // The WIT lists are u32-sized: stop before an offset would not fit.
-        let fits = |len: usize| u32::try_from(len).ok();
-        for key in self.keyed.recent_keys() {
-            let value = self.keyed.committed(key);
-            let (Some(key_end), Some(value_end)) = (
-                fits(entries.keys.len() + key.len()),
-                fits(entries.values.len() + value.map_or(0, <[u8]>::len)),
-            ) else {
-                break;
-            };
-            entries.keys.extend_from_slice(key);
-            entries.key_ends.push(key_end);
-            entries.values.extend_from_slice(value.unwrap_or_default());
-            entries.value_ends.push(value_end);
-            entries.deletes.push(value.is_none());
+        // A small state goes whole: the instance then asks for nothing in its first batches.
+        // A large one would cost more to copy than its misses: the keys written last go.
+        let mut whole = self.keyed.len() <= WHOLE_STATE_KEYS;
+        if whole {
+            for (key, value) in self.keyed.committed_entries() {
+                if entries.keys.len() + entries.values.len() > WHOLE_STATE_BYTES
+                    || !push_write(&mut entries, key, Some(value))
+                {
+                    whole = false;
+                    break;
+                }
+            }
         }
-        entries
+        if !whole {
+            for list in [&mut entries.keys, &mut entries.values] {
+                list.clear();
+            }
+            entries.key_ends.clear();
+            entries.value_ends.clear();
+            entries.deletes.clear();
+            for key in self.keyed.recent_keys() {
+                if !push_write(&mut entries, key, self.keyed.committed(key)) {
+                    break;
+                }
+            }
+        }
+        Some(bindings::state::CacheStart { entries, whole })
     }
 
     fn write_batch(&mut self, writes: bindings::state::Writes) {
@@ -659,6 +718,8 @@ impl PluginInstance {
             last_stderr,
             keyed,
             counters: BTreeMap::new(),
+            instance_id: NEXT_INSTANCE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            quiet: false,
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -782,6 +843,22 @@ impl PluginInstance {
                 ),
             }),
         }
+    }
+
+    /// Runs a transform once on `batch` and throws the result away, so that a new instance
+    /// touches the memory a batch needs before its first real batch (at a hot swap, this runs
+    /// off the worker's thread). It runs on empty throwaway state, its log records and counters
+    /// are dropped, and its state cache starts again at the first real call (see
+    /// [`KeyedState::claim_cache`]). An error means the instance cannot be used.
+    pub fn rehearse(&mut self, batch: &EventBatch) -> Result<(), CallError> {
+        let state = self.take_keyed_state();
+        self.store.data_mut().quiet = true;
+        let result = self.process(batch).map(drop);
+        let data = self.store.data_mut();
+        data.quiet = false;
+        data.counters.clear();
+        data.keyed = state;
+        result
     }
 
     /// Hands the instance the keyed state to use in its next calls.

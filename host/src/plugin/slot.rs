@@ -16,9 +16,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Serialize};
+
+use super::standby::Prepare;
 
 use super::store::{MAX_ACTIVATIONS, StageRecord, VersionStore};
 use super::{LoadedPlugin, PluginEngine, PluginError, content_version};
@@ -308,6 +310,8 @@ pub struct PluginSlot<P: LoadedPlugin> {
     /// The version the slot was opened with: new versions are loaded as its kind (its world).
     template: Arc<P>,
     inner: Mutex<Inner<P>>,
+    /// The workers' standbys, asked to make each new version ready before it is activated.
+    standbys: Mutex<Vec<Weak<dyn Prepare<P>>>>,
 }
 
 impl<P: LoadedPlugin> std::fmt::Debug for PluginSlot<P> {
@@ -343,6 +347,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             policy: RollbackPolicy::default(),
             metrics: Metrics::new(),
             generation: AtomicU64::new(1),
+            standbys: Mutex::new(Vec::new()),
             template: plugin.clone(),
             inner: Mutex::new(Inner {
                 active: plugin.clone(),
@@ -461,6 +466,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             policy,
             metrics,
             generation: AtomicU64::new(1),
+            standbys: Mutex::new(Vec::new()),
             template: configured,
             inner: Mutex::new(Inner {
                 active,
@@ -486,6 +492,33 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a worker's standby: before the slot activates a version from a file or the admin API,
+    /// the standby makes an instance of it ready (see [`super::standby`]). Dropped standbys are
+    /// forgotten.
+    pub fn add_standby(&self, standby: Weak<dyn Prepare<P>>) {
+        let mut standbys = self
+            .standbys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        standbys.retain(|s| s.strong_count() > 0);
+        standbys.push(standby);
+    }
+
+    /// Asks every live standby to make `plugin` ready, on this thread (off the hot path).
+    fn prepare_standbys(&self, plugin: &Arc<P>) {
+        let standbys: Vec<Arc<dyn Prepare<P>>> = {
+            let mut standbys = self
+                .standbys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            standbys.retain(|s| s.strong_count() > 0);
+            standbys.iter().filter_map(Weak::upgrade).collect()
+        };
+        for standby in standbys {
+            standby.prepare(plugin);
+        }
     }
 
     /// Moves on every activation and at the end of a probation; a worker that saw another value
@@ -795,6 +828,12 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
                 .find(|e| e.info.version == version)
                 .and_then(|e| e.compiled.clone().map(|c| (c, e.info.clone())));
             if let Some((plugin, info)) = known {
+                drop(inner);
+                self.prepare_standbys(&plugin);
+                let mut inner = self.lock();
+                if **inner.active.version() == *version {
+                    return Ok(Offered::AlreadyActive { version: info });
+                }
                 self.activate(&mut inner, plugin, cause, None, true);
                 return Ok(Offered::Activated { version: info });
             }
@@ -825,6 +864,7 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         {
             tracing::warn!(store = %store.dir().display(), error = %e, "cannot keep the plugin version in the store");
         }
+        self.prepare_standbys(&plugin);
         let mut inner = self.lock();
         let info = match inner
             .versions
@@ -917,6 +957,9 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
                 plugin
             }
         };
+        if **self.lock().active.version() != *target {
+            self.prepare_standbys(&plugin);
+        }
         let mut inner = self.lock();
         if **inner.active.version() != *target {
             self.activate(&mut inner, plugin, ActivationCause::Rollback, None, false);

@@ -9,15 +9,21 @@ use std::collections::HashMap;
 /// ([`KeyedState::recent_keys`]): a new instance of the stage's plugin (a hot swap, or a
 /// replacement after a trap) fills its cache from them in one call, instead of asking for each
 /// key on its first batch.
+///
+/// And it remembers which plugin instance may hold a cache of it ([`KeyedState::claim_cache`]):
+/// the state moves between instances (a hot swap, the fallback of a version on probation, a
+/// replacement after a trap), and an instance whose cache another one wrote past must drop it.
 #[derive(Debug, Default, Clone)]
 pub struct KeyedState {
     committed: HashMap<Vec<u8>, Vec<u8>>,
     pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
     recent: RecentKeys,
+    /// The instance whose cache matches this state (0: none).
+    cache_holder: u64,
 }
 
-/// Two states are equal when they hold the same values; which keys were written last is a cache
-/// hint, not state.
+/// Two states are equal when they hold the same values; which keys were written last and which
+/// instance caches them are hints, not state.
 impl PartialEq for KeyedState {
     fn eq(&self, other: &Self) -> bool {
         self.committed == other.committed && self.pending == other.pending
@@ -104,15 +110,30 @@ impl KeyedState {
         }
     }
 
-    /// Forgets the pending writes.
+    /// Forgets the pending writes. The instance that made them may have cached them: it no
+    /// longer holds the state.
     pub fn rollback(&mut self) {
         self.pending.clear();
+        self.cache_holder = 0;
+    }
+
+    /// Makes `instance` (a process-unique id, never 0) the one whose cache matches the state, and
+    /// says whether it already was: when it was not, its cache must start again.
+    pub fn claim_cache(&mut self, instance: u64) -> bool {
+        std::mem::replace(&mut self.cache_holder, instance) == instance
     }
 
     /// The keys the last call that wrote anything committed (at most a bounded number of them),
     /// in no particular order.
     pub fn recent_keys(&self) -> impl Iterator<Item = &[u8]> {
         self.recent.iter()
+    }
+
+    /// Every committed key and value, in no particular order.
+    pub fn committed_entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.committed
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_slice()))
     }
 
     /// The committed value under `key` (not seeing pending writes).
@@ -175,6 +196,7 @@ impl KeyedState {
             committed,
             pending: HashMap::new(),
             recent: RecentKeys::default(),
+            cache_holder: 0,
         })
     }
 }
@@ -225,6 +247,21 @@ mod tests {
         assert_eq!(state.recent_keys().collect::<Vec<_>>(), [&b"b"[..]]);
         assert_eq!(state.committed(b"b"), None);
         assert_eq!(state.committed(b"a"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn only_the_instance_that_claimed_the_cache_keeps_it() {
+        let mut state = KeyedState::default();
+        assert!(!state.claim_cache(1), "a new state has no cache holder");
+        assert!(state.claim_cache(1));
+        assert!(!state.claim_cache(2), "another instance took it");
+        assert!(!state.claim_cache(1), "the first instance must start again");
+        state.put(b"a".to_vec(), b"1".to_vec());
+        state.rollback();
+        assert!(
+            !state.claim_cache(1),
+            "a rolled-back call may have cached what it wrote"
+        );
     }
 
     #[test]

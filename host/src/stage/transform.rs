@@ -19,9 +19,9 @@ use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, OutputBatch};
 use crate::plugin::retire::retire;
 use crate::plugin::slot::{Active, CallTally};
+use crate::plugin::standby::{Prepare, SampleClock, Standby};
 use crate::plugin::{
-    CallError, InstanceSettings, KeyedState, PluginScope, PluginSlot, TransformInstance,
-    TransformPlugin,
+    CallError, InstanceSettings, KeyedState, PluginSlot, TransformInstance, TransformPlugin,
 };
 
 /// The record property that names the plugin version that produced a record (when the pipeline
@@ -44,20 +44,17 @@ struct Runner {
     plugin: Arc<TransformPlugin>,
     settings: Arc<InstanceSettings>,
     instance: Option<TransformInstance>,
+    /// Whether the instance was made ready off the worker's thread (see `plugin::standby`).
+    prepared: bool,
 }
 
 impl Runner {
     fn new(plugin: Arc<TransformPlugin>, base: &InstanceSettings) -> Self {
-        let mut settings = base.clone();
-        settings.scope = PluginScope {
-            plugin: plugin.name().clone(),
-            version: plugin.version().clone(),
-            ..settings.scope
-        };
         Runner {
+            settings: base.for_plugin(&plugin),
             plugin,
-            settings: Arc::new(settings),
             instance: None,
+            prepared: false,
         }
     }
 
@@ -107,6 +104,9 @@ pub struct WasmTransformStage {
     state: KeyedState,
     telemetry: Option<StageTelemetry>,
     batch: EventBatch,
+    /// Where the slot leaves a ready instance of the next version (see `plugin::standby`).
+    standby: Arc<Standby>,
+    sample_clock: SampleClock,
 }
 
 impl std::fmt::Debug for WasmTransformStage {
@@ -140,6 +140,9 @@ impl WasmTransformStage {
         state: KeyedState,
         telemetry: Option<StageTelemetry>,
     ) -> Self {
+        let standby = Standby::new(settings.clone());
+        let prepare: Arc<dyn Prepare<TransformPlugin>> = standby.clone();
+        slot.add_standby(Arc::downgrade(&prepare));
         let Active {
             generation,
             plugin,
@@ -147,6 +150,8 @@ impl WasmTransformStage {
         } = slot.active();
         WasmTransformStage {
             primary: Runner::new(plugin, &settings),
+            standby,
+            sample_clock: SampleClock::default(),
             fallback: fallback.map(|f| Runner::new(f, &settings)),
             name,
             base: settings,
@@ -161,6 +166,12 @@ impl WasmTransformStage {
     /// The plugin version the stage runs now.
     pub fn plugin(&self) -> &Arc<TransformPlugin> {
         &self.primary.plugin
+    }
+
+    /// Whether the version the stage runs started on an instance made ready before the switch
+    /// (see `plugin::standby`), rather than one instantiated at its first batch.
+    pub fn started_prepared(&self) -> bool {
+        self.primary.prepared
     }
 
     /// The stage's keyed state.
@@ -185,9 +196,13 @@ impl WasmTransformStage {
                 partition = self.base.scope.partition, from = %self.primary.version(),
                 to = %plugin.version(), "switching plugin version at the batch boundary"
             );
+            // The slot may have made an instance ready off this thread (see `plugin::standby`).
+            let mut primary = Runner::new(plugin, &self.base);
+            primary.instance = self.standby.take(&primary.plugin);
+            primary.prepared = primary.instance.is_some();
             // The old version's instance may become the fallback: keep it warm. Replaced
             // instances are freed off this thread (see `plugin::retire`).
-            let old = std::mem::replace(&mut self.primary, Runner::new(plugin, &self.base));
+            let old = std::mem::replace(&mut self.primary, primary);
             let fallback = match fallback {
                 Some(f) if Arc::ptr_eq(&f, &old.plugin) => Some(old),
                 Some(f) => {
@@ -334,6 +349,9 @@ impl Stage for WasmTransformStage {
             self.refresh();
             match self.call(events, false) {
                 Ok(output) => {
+                    if self.sample_clock.due(events.len()) {
+                        self.standby.keep_sample(&self.batch);
+                    }
                     let rejected_before = out.rejected.len();
                     decode_output(
                         output,
