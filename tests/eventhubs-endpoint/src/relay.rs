@@ -31,6 +31,10 @@
 //!   in 40 here, depending on the load).
 //! - A detach with `closed: false` only comes from a client waiting for the answer (a dropped link
 //!   closes), so its answer goes out at once.
+//! - Likewise, once the client has sent `Close`, only the endpoint's `Close` goes out: the
+//!   client's `fe2o3-amqp` takes any other frame then for an illegal state and fails its `close()`
+//!   ("Illegal local state"), which the start-position scenario hit once it no longer waited for
+//!   held answers.
 //! - An answer to a closing detach (`closed: true`) is held until the client ends that session,
 //!   for at most [`ANSWER_HOLD`]: a client that closes a link and waits for the answer gets it
 //!   then. Frames after a held one wait behind it, so the order on the connection is kept.
@@ -97,6 +101,13 @@ impl Kind {
     /// A frame on a session's channel that is moot once the client has ended that session.
     fn is_for_links(self) -> bool {
         matches!(self, Kind::Link | Kind::Detach { .. })
+    }
+
+    /// A performative that is moot once the client has sent `Close`: a client in that state
+    /// takes any frame but `close` for an illegal state (`ConnectionEngine::on_incoming` in
+    /// `fe2o3-amqp` 0.16.2, `connection/engine.rs`) and its `close()` returns that error.
+    fn is_moot_after_close(self) -> bool {
+        !matches!(self, Kind::Close | Kind::Other)
     }
 }
 
@@ -231,6 +242,8 @@ struct Sessions {
     /// The endpoint's channel → the session, until the endpoint's `End` goes out.
     by_endpoint_channel: HashMap<u16, Session>,
     next_id: u64,
+    /// The client sent `Close`: only the endpoint's `Close` still means something to it.
+    client_closed: bool,
 }
 
 /// What the client ended, as `engine_to_client` learns it.
@@ -269,7 +282,10 @@ impl Sessions {
                 session.unanswered_closes = 0;
                 Some(Ended::Session(session.id))
             }
-            Kind::Close => Some(Ended::Connection),
+            Kind::Close => {
+                self.client_closed = true;
+                Some(Ended::Connection)
+            }
             Kind::Begin { .. } | Kind::Link | Kind::Detach { .. } | Kind::Other => None,
         }
     }
@@ -277,6 +293,9 @@ impl Sessions {
     /// Books a frame from the endpoint and says what becomes of it.
     fn on_endpoint_frame(&mut self, unit: &Unit) -> Verdict {
         let channel = unit.channel;
+        if self.client_closed && unit.kind.is_moot_after_close() {
+            return Verdict::Drop;
+        }
         match unit.kind {
             Kind::Begin {
                 remote_channel: Some(client_channel),
@@ -439,8 +458,8 @@ async fn engine_to_client(
                     queue.retain(|o| o.session != Some(id) || !o.unit.kind.is_for_links());
                 }
                 Some(Ended::Connection) => {
-                    // The client closed the connection: the answers it waited for are moot.
-                    queue.retain(|o| o.hold_until.is_none());
+                    // The client closed the connection: all but the endpoint's `Close` is moot.
+                    queue.retain(|o| !o.unit.kind.is_moot_after_close());
                 }
                 None => ended_open = false,
             },
@@ -498,7 +517,7 @@ async fn flush(
 mod tests {
     use super::*;
     use fe2o3_amqp::types::definitions::{Error as AmqpError, ErrorCondition, Handle};
-    use fe2o3_amqp::types::performatives::{End, Flow};
+    use fe2o3_amqp::types::performatives::{Close, End, Flow};
 
     fn frame(channel: u16, body: Vec<u8>) -> Vec<u8> {
         let mut frame = Vec::new();
@@ -745,6 +764,38 @@ mod tests {
                 hold: false
             }
         );
+    }
+
+    #[test]
+    fn after_the_clients_close_only_the_endpoints_close_goes_out() {
+        let (mut sessions, _) = one_session();
+        assert_eq!(
+            sessions.on_client_frame(&unit(
+                0,
+                serde_amqp::to_vec(&Close { error: None }).expect("encode")
+            )),
+            Some(Ended::Connection)
+        );
+        assert_eq!(sessions.on_endpoint_frame(&unit(7, end())), Verdict::Drop);
+        assert_eq!(sessions.on_endpoint_frame(&unit(7, flow())), Verdict::Drop);
+        assert_eq!(
+            sessions.on_endpoint_frame(&unit(7, begin(Some(4)))),
+            Verdict::Drop
+        );
+        assert_eq!(
+            sessions.on_endpoint_frame(&unit(
+                0,
+                serde_amqp::to_vec(&Close { error: None }).expect("encode")
+            )),
+            SEND
+        );
+        // An empty (heartbeat) frame.
+        let heartbeat = Unit {
+            bytes: vec![0, 0, 0, 8, 2, 0, 0, 0],
+            channel: 0,
+            kind: Kind::Other,
+        };
+        assert_eq!(sessions.on_endpoint_frame(&heartbeat), SEND);
     }
 
     /// Reads from `stream` until `want` bytes came, or fails after a generous wait.
