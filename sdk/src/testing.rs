@@ -292,7 +292,8 @@ where
             .collect()
     }
 
-    /// How many state calls (`get`, `put`, `delete`) reached the host so far.
+    /// How many state calls reached the host so far: `get`s and batch writes (not the cache check
+    /// made once per batch).
     pub fn state_calls(&self) -> u64 {
         self.memory.borrow().state_calls
     }
@@ -625,7 +626,8 @@ where
         self.runner.state_keys()
     }
 
-    /// How many state calls (`get`, `put`, `delete`) reached the host so far.
+    /// How many state calls reached the host so far: `get`s and batch writes (not the cache check
+    /// made once per batch).
     pub fn state_calls(&self) -> u64 {
         self.runner.state_calls()
     }

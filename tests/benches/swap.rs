@@ -224,10 +224,16 @@ fn main() {
             run_batch(&mut stage);
         }
         let (before, _) = run_batch(&mut stage);
+        // Offered from another thread, as the admin API does: the new instance is made ready
+        // there, not on the worker's thread.
         use weir::plugin::SlotControl as _;
-        control
-            .offer(known[round % 2].clone(), weir::plugin::VersionOrigin::Api)
-            .expect("offer");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| control.offer(known[round % 2].clone(), weir::plugin::VersionOrigin::Api))
+                .join()
+        })
+        .expect("offering thread")
+        .expect("offer");
         let (first, _) = run_batch(&mut stage);
         prepared += usize::from(stage.started_prepared());
         differences.push(first.as_secs_f64() - before.as_secs_f64());

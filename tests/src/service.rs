@@ -452,6 +452,35 @@ pub fn another_version(bytes: &[u8], tag: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Uploads `bytes` as a new version of `stage` of `pipeline` through the admin API (with
+/// [`TOKEN`]) and checks the answer: accepted and activated (the upload answers once it is).
+pub fn upload_activated(admin: &str, pipeline: &str, stage: &str, bytes: &[u8]) {
+    let (status, body) = http(
+        admin,
+        "POST",
+        &format!("/plugins/{pipeline}/{stage}"),
+        Some(TOKEN),
+        bytes,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"outcome\":\"activated\""), "{body}");
+}
+
+/// Each version in an admin API plugin report, with how it was loaded (`config`, `file`, `api`).
+pub fn version_origins(report: &Value) -> BTreeMap<String, String> {
+    report["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().expect("version").to_owned(),
+                v["origin"].as_str().expect("origin").to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The version `stage` of `pipeline` runs now, from the admin API.
 pub fn active_version(admin: &str, pipeline: &str, stage: &str) -> String {
     plugin_report(admin, pipeline, stage)["active"]

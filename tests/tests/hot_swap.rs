@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weir_tests::service::{
     Feeder, SwapOptions, TOKEN, events_in, http, install_atomically, plugin_report, swap_pipeline,
-    version_of, wait_ready, wait_until,
+    upload_activated, version_of, version_origins, wait_ready, wait_until,
 };
 use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
@@ -67,15 +67,12 @@ fn swapped_by_file_and_api_under_load_every_event_once_with_its_version_and_stat
     wait_for_more_events(&admin, 400);
 
     // 2. By the admin API.
-    let (status, body) = http(
+    upload_activated(
         &admin,
-        "POST",
-        "/plugins/telemetry/anomaly",
-        Some(TOKEN),
+        "telemetry",
+        "anomaly",
         &std::fs::read(&v3_path).expect("v3"),
     );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"outcome\":\"activated\""), "{body}");
     assert_eq!(active(&admin), v3, "the upload answers once activated");
     wait_for_more_events(&admin, 400);
 
@@ -117,17 +114,7 @@ fn swapped_by_file_and_api_under_load_every_event_once_with_its_version_and_stat
     assert!(status.success(), "graceful stop: {log}");
 
     // The version list: every version by hash, with how it came.
-    let origins: BTreeMap<String, String> = report["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_str().expect("version").to_owned(),
-                v["origin"].as_str().expect("origin").to_owned(),
-            )
-        })
-        .collect();
+    let origins = version_origins(&report);
     assert_eq!(origins.get(&v1).map(String::as_str), Some("config"));
     assert_eq!(origins.get(&v2).map(String::as_str), Some("file"));
     assert_eq!(origins.get(&v3).map(String::as_str), Some("api"));

@@ -22,8 +22,8 @@ use weir_tests::bookings::{
 use weir_tests::examples::{Adapt, adapt_example};
 use weir_tests::service::{
     self, Feeder, TOKEN, active_version, another_version, assert_automatic_rollback_reported,
-    events_in, get_json, http, install_atomically, plugin_report, stage_records_out, version_of,
-    versions_by_row, wait_ready, wait_until,
+    events_in, get_json, http, install_atomically, plugin_report, stage_records_out,
+    upload_activated, version_of, version_origins, versions_by_row, wait_ready, wait_until,
 };
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
 
@@ -330,15 +330,12 @@ fn join_plugin_swapped_by_file_and_api_under_load_keeps_waiting_sides_and_names_
     wait_for_more_events(&admin, 1200);
 
     // 2. By the admin API.
-    let (status, body) = http(
+    upload_activated(
         &admin,
-        "POST",
-        &format!("/plugins/{PIPELINE}/{STAGE}"),
-        Some(TOKEN),
+        PIPELINE,
+        STAGE,
         &std::fs::read(&v3_path).expect("v3"),
     );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"outcome\":\"activated\""), "{body}");
     assert_eq!(
         active_version(&admin, PIPELINE, STAGE),
         v3,
@@ -358,24 +355,14 @@ fn join_plugin_swapped_by_file_and_api_under_load_keeps_waiting_sides_and_names_
     process.terminate();
     assert!(process.wait(WAIT).success(), "graceful stop");
 
-    let origins: BTreeMap<&str, &str> = report["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_str().expect("version"),
-                v["origin"].as_str().expect("origin"),
-            )
-        })
-        .collect();
+    let origins = version_origins(&report);
     assert_eq!(
         origins,
         BTreeMap::from([
-            (v1.as_str(), "config"),
-            (v2.as_str(), "file"),
-            (v3.as_str(), "api"),
-            (v4.as_str(), "file"),
+            (v1.clone(), "config".to_owned()),
+            (v2.clone(), "file".to_owned()),
+            (v3.clone(), "api".to_owned()),
+            (v4.clone(), "file".to_owned()),
         ])
     );
     assert_eq!(report["world"], "weir:plugin/join-enrichment@0.1.0");

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use weir_tests::service::{
     self, Feeder, TOKEN, active_version, another_version, assert_automatic_rollback_reported,
-    events_in, get_json, http, install_atomically, plugin_report, stage_records_out, version_of,
-    versions_by_row, wait_until,
+    events_in, get_json, http, install_atomically, plugin_report, stage_records_out,
+    upload_activated, version_of, version_origins, versions_by_row, wait_until,
 };
 use weir_tests::telemetry::{
     Reading, assert_aggregate_rows, expected_aggregates, ordered_readings,
@@ -204,15 +204,7 @@ fn window_plugin_swapped_by_file_and_api_under_load_keeps_its_windows_and_names_
     wait_for_more_events(&admin, 1600);
 
     // 2. By the admin API.
-    let (status, body) = http(
-        &admin,
-        "POST",
-        &format!("/plugins/{PIPELINE}/{STAGE}"),
-        Some(TOKEN),
-        &v3_bytes,
-    );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"outcome\":\"activated\""), "{body}");
+    upload_activated(&admin, PIPELINE, STAGE, &v3_bytes);
     assert_eq!(active(&admin), v3, "the upload answers once activated");
     wait_for_more_events(&admin, 1600);
 
@@ -221,23 +213,13 @@ fn window_plugin_swapped_by_file_and_api_under_load_keeps_its_windows_and_names_
     process.terminate();
     assert!(process.wait(WAIT).success(), "graceful stop");
 
-    let origins: BTreeMap<&str, &str> = report["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_str().expect("version"),
-                v["origin"].as_str().expect("origin"),
-            )
-        })
-        .collect();
+    let origins = version_origins(&report);
     assert_eq!(
         origins,
         BTreeMap::from([
-            (v1.as_str(), "config"),
-            (v2.as_str(), "file"),
-            (v3.as_str(), "api")
+            (v1.clone(), "config".to_owned()),
+            (v2.clone(), "file".to_owned()),
+            (v3.clone(), "api".to_owned())
         ])
     );
     assert_eq!(report["world"], "weir:plugin/window-aggregate@0.1.0");

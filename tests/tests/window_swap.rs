@@ -25,6 +25,7 @@ use weir::stage::{
     WindowSpec, WindowStage,
 };
 use weir::time::{Admitted, ClockSettings, END_OF_INPUT, EventClock, Mark, Tolerance};
+use weir_tests::service::another_version;
 
 const DEVICES: usize = 12;
 /// Readings per device, 10 s apart: 15 minutes of event time, three 5-minute windows each.
@@ -81,22 +82,6 @@ fn readings(step: usize) -> Vec<Event> {
             event
         })
         .collect()
-}
-
-/// The component `bytes` with a custom section appended: the same code, another content hash
-/// (another version).
-fn another_version(bytes: &[u8]) -> Vec<u8> {
-    let name = b"weir-test-version";
-    let payload = b"2";
-    let size = 1 + name.len() + payload.len();
-    assert!(size < 128 && name.len() < 128, "one-byte LEB128 sizes");
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    out.push(size as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Runs every step through `stage` (one batch per step, through an event clock), calling
@@ -179,7 +164,7 @@ fn window_stage_swaps_at_a_batch_boundary_with_its_open_windows_kept() {
     let v1 = engine
         .from_bytes(&path, &bytes, PluginKind::WindowAggregate)
         .expect("v1");
-    let v2_bytes = another_version(&bytes);
+    let v2_bytes = another_version(&bytes, b"2");
     let v2 = content_version(&v2_bytes);
     assert_ne!(v1.version().as_ref(), v2, "two versions");
 
@@ -365,7 +350,7 @@ fn join_stage_swaps_at_a_batch_boundary_with_its_waiting_bookings_kept() {
     let v1 = engine
         .from_bytes(&path, &bytes, PluginKind::JoinEnrichment)
         .expect("v1");
-    let v2_bytes = another_version(&bytes);
+    let v2_bytes = another_version(&bytes, b"2");
     let v2 = content_version(&v2_bytes);
 
     let mut reference = join_stage(|keyed| InstanceSlot::new(v1.clone(), settings(&v1), keyed));
@@ -429,7 +414,7 @@ fn window_swap_offered_inside_a_batch_waits_for_the_next_batch_boundary() {
     let v1 = engine
         .from_bytes(&path, &bytes, PluginKind::WindowAggregate)
         .expect("v1");
-    let v2_bytes = another_version(&bytes);
+    let v2_bytes = another_version(&bytes, b"2");
     let v2 = content_version(&v2_bytes);
     let slot = version_slot(&engine, &path, &v1, &bytes);
     let mut stage = window_stage(|keyed| {

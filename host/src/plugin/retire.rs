@@ -1,4 +1,5 @@
-//! Frees replaced plugin instances away from the partition workers.
+//! Frees replaced plugin instances away from the partition workers (and does the little other
+//! work they must not wait for, in order, on the same thread).
 //!
 //! Dropping an instance unmaps its linear memory and sandbox, which takes the kernel a while
 //! (page freeing, TLB shootdowns on the other cores). At a hot swap that would land in the first
@@ -8,36 +9,46 @@
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Sender};
 
-/// Something to drop later.
-type Retired = Box<dyn Send>;
+/// Something to do later: drop a value, or write a record.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The background thread's inbox (none when the thread could not be started).
-static RETIRED: OnceLock<Option<Sender<Retired>>> = OnceLock::new();
+static JOBS: OnceLock<Option<Sender<Job>>> = OnceLock::new();
 
 /// Drops `value` on the background thread, or here when that thread is not running.
 pub fn retire<T: Send + 'static>(value: T) {
-    let inbox = RETIRED.get_or_init(|| {
-        let (sender, receiver) = mpsc::channel::<Retired>();
+    later(move || drop(value));
+}
+
+/// Runs `job` on the background thread, after the jobs handed over before it (or here when that
+/// thread is not running). For work a partition worker must not wait for.
+pub fn later(job: impl FnOnce() + Send + 'static) {
+    let inbox = JOBS.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("weir-retire".to_owned())
             .spawn(move || {
-                // Each received value is dropped at the end of its iteration.
-                for retired in receiver {
-                    drop(retired);
+                for job in receiver {
+                    job();
                 }
             });
         match spawned {
             Ok(_) => Some(sender),
             Err(err) => {
-                tracing::warn!(error = %err, "cannot start the instance-freeing thread: replaced plugin instances are freed by their workers");
+                tracing::warn!(error = %err, "cannot start the background thread: replaced plugin instances are freed by their workers");
                 None
             }
         }
     });
-    let value: Retired = Box::new(value);
-    if let Some(sender) = inbox {
-        // A send fails only when the thread is gone; the value then comes back and drops here.
-        let _ = sender.send(value);
+    let job: Job = Box::new(job);
+    match inbox {
+        // A send fails only when the thread is gone; the job then comes back: run it here.
+        Some(sender) => {
+            if let Err(returned) = sender.send(job) {
+                (returned.0)();
+            }
+        }
+        None => job(),
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Serialize};
 
+use super::retire::later;
 use super::standby::Prepare;
 
 use super::store::{MAX_ACTIVATIONS, StageRecord, VersionStore};
@@ -276,6 +277,8 @@ struct Inner<P> {
     rolled_back: BTreeSet<String>,
     /// Version of the plugin file's content as last read.
     configured: String,
+    /// Number of the last [`PendingRecord`] taken.
+    record_seq: u64,
 }
 
 /// Everything a slot is built from.
@@ -312,6 +315,48 @@ pub struct PluginSlot<P: LoadedPlugin> {
     inner: Mutex<Inner<P>>,
     /// The workers' standbys, asked to make each new version ready before it is activated.
     standbys: Mutex<Vec<Weak<dyn Prepare<P>>>>,
+    /// Writes the stage's record to the store (none without a store).
+    records: Option<RecordWriter>,
+}
+
+/// A stage record to write, numbered so that an older one never overwrites a newer one.
+#[must_use = "a taken record is to be written (after the slot's lock is released)"]
+struct PendingRecord {
+    seq: u64,
+    record: StageRecord,
+}
+
+/// Writes stage records to the store, outside the slot's lock: a partition worker takes that lock
+/// at every batch, and a write can take long on a busy disk.
+#[derive(Clone)]
+struct RecordWriter {
+    store: VersionStore,
+    pipeline: Arc<str>,
+    stage: Arc<str>,
+    /// Number of the last record written.
+    written: Arc<Mutex<u64>>,
+}
+
+impl RecordWriter {
+    fn write(&self, pending: PendingRecord) {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.seq <= *written {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .save_stage(&self.pipeline, &self.stage, &pending.record)
+        {
+            tracing::warn!(
+                pipeline = %self.pipeline, stage = %self.stage, store = %self.store.dir().display(),
+                error = %e, "cannot record plugin versions in the store"
+            );
+        }
+        *written = pending.seq;
+    }
 }
 
 impl<P: LoadedPlugin> std::fmt::Debug for PluginSlot<P> {
@@ -348,6 +393,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             metrics: Metrics::new(),
             generation: AtomicU64::new(1),
             standbys: Mutex::new(Vec::new()),
+            records: None,
             template: plugin.clone(),
             inner: Mutex::new(Inner {
                 active: plugin.clone(),
@@ -356,6 +402,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
                 activations: Vec::new(),
                 rolled_back: BTreeSet::new(),
                 configured: info.version.clone(),
+                record_seq: 0,
                 versions: vec![Entry {
                     info,
                     compiled: Some(plugin),
@@ -457,6 +504,12 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             cause,
             reason: None,
         });
+        let records = store.clone().map(|store| RecordWriter {
+            store,
+            pipeline: pipeline.clone(),
+            stage: stage.clone(),
+            written: Arc::new(Mutex::new(0)),
+        });
         let slot = Arc::new(PluginSlot {
             pipeline,
             stage,
@@ -467,6 +520,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             metrics,
             generation: AtomicU64::new(1),
             standbys: Mutex::new(Vec::new()),
+            records,
             template: configured,
             inner: Mutex::new(Inner {
                 active,
@@ -476,13 +530,15 @@ impl<P: LoadedPlugin> PluginSlot<P> {
                 activations,
                 rolled_back: record.rolled_back.iter().cloned().collect(),
                 configured: configured_version,
+                record_seq: 0,
             }),
         });
-        {
-            let inner = slot.lock();
-            slot.persist(&inner);
+        let pending = {
+            let mut inner = slot.lock();
             slot.set_active_gauge(None, inner.active.version());
-        }
+            slot.take_record(&mut inner)
+        };
+        slot.write_record(pending);
         slot
     }
 
@@ -506,7 +562,8 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         standbys.push(standby);
     }
 
-    /// Asks every live standby to make `plugin` ready, on this thread (off the hot path).
+    /// Asks every live standby to make `plugin` ready, on this thread (off the hot path), until
+    /// one fails.
     fn prepare_standbys(&self, plugin: &Arc<P>) {
         let standbys: Vec<Arc<dyn Prepare<P>>> = {
             let mut standbys = self
@@ -517,7 +574,9 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             standbys.iter().filter_map(Weak::upgrade).collect()
         };
         for standby in standbys {
-            standby.prepare(plugin);
+            if !standby.prepare(plugin) {
+                break;
+            }
         }
     }
 
@@ -595,13 +654,18 @@ impl<P: LoadedPlugin> PluginSlot<P> {
                 &[("pipeline", &self.pipeline), ("stage", &self.stage)],
                 1,
             );
-            self.activate(
+            let pending = self.activate(
                 &mut inner,
                 previous,
                 ActivationCause::AutomaticRollback,
                 Some(reason),
                 false,
             );
+            drop(inner);
+            // This runs on a partition worker: the record is written on the background thread.
+            if let (Some(writer), Some(pending)) = (self.records.clone(), pending) {
+                later(move || writer.write(pending));
+            }
             return true;
         }
         if probation.events >= self.policy.probation_events {
@@ -618,7 +682,8 @@ impl<P: LoadedPlugin> PluginSlot<P> {
     }
 
     /// Makes `plugin` the active version. With `probation`, the replaced version stays as the
-    /// fallback until the new one has seen `probation_events` events.
+    /// fallback until the new one has seen `probation_events` events. Returns the stage's record,
+    /// to write once the lock is released.
     fn activate(
         &self,
         inner: &mut Inner<P>,
@@ -626,7 +691,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         cause: ActivationCause,
         reason: Option<String>,
         probation: bool,
-    ) {
+    ) -> Option<PendingRecord> {
         let previous = std::mem::replace(&mut inner.active, plugin);
         let previous_version = previous.version().to_string();
         inner.fallback = probation.then_some(previous);
@@ -666,7 +731,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             previous = %previous_version, cause = cause_label,
             "plugin version activated; partition workers switch at their next batch"
         );
-        self.persist(inner);
+        self.take_record(inner)
     }
 
     fn set_active_gauge(&self, previous: Option<&str>, active: &str) {
@@ -692,22 +757,26 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         );
     }
 
-    fn persist(&self, inner: &Inner<P>) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        let record = StageRecord {
-            configured: inner.configured.clone(),
-            active: inner.active.version().to_string(),
-            versions: inner.versions.iter().map(|e| e.info.clone()).collect(),
-            activations: inner.activations.clone(),
-            rolled_back: inner.rolled_back.iter().cloned().collect(),
-        };
-        if let Err(e) = store.save_stage(&self.pipeline, &self.stage, &record) {
-            tracing::warn!(
-                pipeline = %self.pipeline, stage = %self.stage, store = %store.dir().display(),
-                error = %e, "cannot record plugin versions in the store"
-            );
+    /// The stage's record as it is now, to write once the lock is released.
+    fn take_record(&self, inner: &mut Inner<P>) -> Option<PendingRecord> {
+        self.records.as_ref()?;
+        inner.record_seq += 1;
+        Some(PendingRecord {
+            seq: inner.record_seq,
+            record: StageRecord {
+                configured: inner.configured.clone(),
+                active: inner.active.version().to_string(),
+                versions: inner.versions.iter().map(|e| e.info.clone()).collect(),
+                activations: inner.activations.clone(),
+                rolled_back: inner.rolled_back.iter().cloned().collect(),
+            },
+        })
+    }
+
+    /// Writes a record taken by [`Self::take_record`], on this thread.
+    fn write_record(&self, pending: Option<PendingRecord>) {
+        if let (Some(writer), Some(pending)) = (&self.records, pending) {
+            writer.write(pending);
         }
     }
 
@@ -805,12 +874,20 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
             VersionOrigin::Api => ActivationCause::Api,
             VersionOrigin::File | VersionOrigin::Config => ActivationCause::File,
         };
+        if origin == VersionOrigin::File {
+            let pending = {
+                let mut inner = self.lock();
+                if inner.configured == version {
+                    None
+                } else {
+                    inner.configured = version.clone();
+                    self.take_record(&mut inner)
+                }
+            };
+            self.write_record(pending);
+        }
         {
-            let mut inner = self.lock();
-            if origin == VersionOrigin::File && inner.configured != version {
-                inner.configured = version.clone();
-                self.persist(&inner);
-            }
+            let inner = self.lock();
             if **inner.active.version() == *version {
                 let info = inner
                     .versions
@@ -834,7 +911,9 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
                 if **inner.active.version() == *version {
                     return Ok(Offered::AlreadyActive { version: info });
                 }
-                self.activate(&mut inner, plugin, cause, None, true);
+                let pending = self.activate(&mut inner, plugin, cause, None, true);
+                drop(inner);
+                self.write_record(pending);
                 return Ok(Offered::Activated { version: info });
             }
         }
@@ -893,7 +972,9 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         if **inner.active.version() == *version {
             return Ok(Offered::AlreadyActive { version: info });
         }
-        self.activate(&mut inner, plugin, cause, None, true);
+        let pending = self.activate(&mut inner, plugin, cause, None, true);
+        drop(inner);
+        self.write_record(pending);
         Ok(Offered::Activated { version: info })
     }
 
@@ -960,10 +1041,15 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         if **self.lock().active.version() != *target {
             self.prepare_standbys(&plugin);
         }
-        let mut inner = self.lock();
-        if **inner.active.version() != *target {
-            self.activate(&mut inner, plugin, ActivationCause::Rollback, None, false);
-        }
+        let pending = {
+            let mut inner = self.lock();
+            if **inner.active.version() == *target {
+                None
+            } else {
+                self.activate(&mut inner, plugin, ActivationCause::Rollback, None, false)
+            }
+        };
+        self.write_record(pending);
         Ok(info)
     }
 }

@@ -22,7 +22,10 @@ use super::{InstanceSettings, KeyedState, Plugin, PluginInstance};
 /// Something that makes instances of a version ready before the workers run it.
 pub trait Prepare<P>: Send + Sync {
     /// Makes an instance of `plugin` ready (called off the hot path, before the activation).
-    fn prepare(&self, plugin: &Arc<P>);
+    /// False when the version failed (it trapped or ran out of time on the rehearsal batch): the
+    /// slot then asks no other worker to rehearse it, so that a version that loops costs the
+    /// activation one call deadline, not one per partition.
+    fn prepare(&self, plugin: &Arc<P>) -> bool;
 }
 
 /// How often a worker renews the batch its new instances rehearse on.
@@ -103,13 +106,13 @@ impl Standby {
 }
 
 impl Prepare<Plugin> for Standby {
-    fn prepare(&self, plugin: &Arc<Plugin>) {
+    fn prepare(&self, plugin: &Arc<Plugin>) -> bool {
         let settings = self.base.for_plugin(plugin);
         let mut instance =
             match PluginInstance::new(plugin.clone(), settings, KeyedState::default()) {
                 Ok(instance) => instance,
                 // The worker will instantiate it itself, and meet the same error there.
-                Err(_) => return,
+                Err(_) => return false,
             };
         let sample = lock(&self.sample).clone();
         if let Some(sample) = sample
@@ -119,13 +122,14 @@ impl Prepare<Plugin> for Standby {
                 pipeline = %self.base.scope.pipeline, stage = %self.base.scope.stage,
                 partition = self.base.scope.partition, version = %plugin.version(),
                 reason = %error.reason,
-                "the new version failed its rehearsal batch; the worker will instantiate it at its first batch"
+                "the new version failed its rehearsal batch; the workers will instantiate it at their first batch"
             );
-            return;
+            return false;
         }
         let replaced = lock(&self.ready).replace(instance);
         if let Some(replaced) = replaced {
             retire(replaced);
         }
+        true
     }
 }
