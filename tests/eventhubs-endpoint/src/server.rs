@@ -85,12 +85,23 @@ impl ReplyRoutes {
             .insert(address, sender);
     }
 
+    /// The live route to `address`: a link that ended leaves none.
     fn get(&self, address: &str) -> Option<mpsc::Sender<Message<Body<Value>>>> {
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(address)
+            .filter(|route| !route.is_closed())
             .cloned()
+    }
+
+    /// Removes the route to `address` if it is still `sender`'s (a newer link with the same
+    /// address, such as the next `$cbs` client's, keeps its own).
+    fn remove(&self, address: &str, sender: &mpsc::Sender<Message<Body<Value>>>) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.get(address).is_some_and(|r| r.same_channel(sender)) {
+            routes.remove(address);
+        }
     }
 }
 
@@ -290,7 +301,8 @@ async fn serve_outgoing(
                 return;
             };
             let (replies, mut pending) = mpsc::channel(16);
-            routes.insert(reply_to, replies);
+            routes.insert(reply_to.clone(), replies.clone());
+            let mut closed = true;
             loop {
                 tokio::select! {
                     reply = pending.recv() => {
@@ -301,15 +313,19 @@ async fn serve_outgoing(
                         }
                     }
                     detached = sender.on_detach() => {
-                        if !closed_by_remote(&detached) {
-                            let _ = sender.detach().await;
-                            return;
-                        }
+                        closed = closed_by_remote(&detached);
                         break;
                     }
                 }
             }
-            let _ = sender.close().await;
+            // Replies to this address now wait for the client's next reply link.
+            routes.remove(&reply_to, &replies);
+            drop(pending);
+            if closed {
+                let _ = sender.close().await;
+            } else {
+                let _ = sender.detach().await;
+            }
         }
         Some(Node::Consumer {
             hub,
@@ -627,12 +643,18 @@ fn store_transfer(
     Ok(())
 }
 
-async fn deliver_reply(routes: &ReplyRoutes, reply_to: &str, reply: Message<Body<Value>>) {
-    // The client attaches its reply link before it sends; allow a moment for the race anyway.
+async fn deliver_reply(routes: &ReplyRoutes, reply_to: &str, mut reply: Message<Body<Value>>) {
+    // The client attaches its reply link before it sends, but the link's task may not have
+    // registered its route yet, and the `$cbs` client uses one reply address for every link:
+    // a reply must not go to the route of an earlier link that has ended (it was lost there, and
+    // the client waited for its put-token answer forever). Allow a moment for the live route.
     for _ in 0..100 {
         if let Some(route) = routes.get(reply_to) {
-            let _ = route.send(reply).await;
-            return;
+            match route.send(reply).await {
+                Ok(()) => return,
+                // The link ended meanwhile.
+                Err(mpsc::error::SendError(back)) => reply = back,
+            }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
