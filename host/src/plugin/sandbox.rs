@@ -26,6 +26,10 @@ pub fn engine() -> wasmtime::Result<Engine> {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
+    // One compiling thread: a new version compiles beside running partition workers, and on a
+    // small machine a compile spread over every core slows their batches several-fold. It takes
+    // longer, off the hot path, and only once per version (the compiled form is cached on disk).
+    config.parallel_compilation(false);
     let engine = Engine::new(&config)?;
     start_epoch_ticker(&engine);
     Ok(engine)
