@@ -1053,3 +1053,48 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(active: &str) -> StageRecord {
+        StageRecord {
+            configured: "configured".to_owned(),
+            active: active.to_owned(),
+            versions: Vec::new(),
+            activations: Vec::new(),
+            rolled_back: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_older_record_never_overwrites_a_newer_one() {
+        // Records are taken under the slot's lock and written after it, possibly by two threads
+        // (an activation's, and the background thread for an automatic rollback).
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = VersionStore::new(dir.path().to_path_buf());
+        let writer = RecordWriter {
+            store: store.clone(),
+            pipeline: "p".into(),
+            stage: "s".into(),
+            written: Arc::new(Mutex::new(0)),
+        };
+        writer.write(PendingRecord {
+            seq: 2,
+            record: record("newer"),
+        });
+        writer.write(PendingRecord {
+            seq: 1,
+            record: record("older"),
+        });
+        let active = store.load_stage("p", "s").map(|r| r.active);
+        assert_eq!(active.as_deref(), Some("newer"));
+        writer.write(PendingRecord {
+            seq: 3,
+            record: record("newest"),
+        });
+        let active = store.load_stage("p", "s").map(|r| r.active);
+        assert_eq!(active.as_deref(), Some("newest"));
+    }
+}
