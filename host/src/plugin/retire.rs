@@ -8,27 +8,43 @@
 
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
 
-/// Something to do later: drop a value, or write a record.
-type Job = Box<dyn FnOnce() + Send>;
+/// Something to do later (drop a value, or write a record), and when at the earliest.
+type Job = (Option<Instant>, Box<dyn FnOnce() + Send>);
+
+/// How long a replaced instance waits before it is freed: unmapping its memory interrupts the
+/// other cores (TLB shootdown), and right after a swap one of them runs the new version's first
+/// batch.
+const FREE_AFTER: Duration = Duration::from_millis(20);
 
 /// The background thread's inbox (none when the thread could not be started).
 static JOBS: OnceLock<Option<Sender<Job>>> = OnceLock::new();
 
 /// Drops `value` on the background thread, or here when that thread is not running.
 pub fn retire<T: Send + 'static>(value: T) {
-    later(move || drop(value));
+    send((
+        Some(Instant::now() + FREE_AFTER),
+        Box::new(move || drop(value)),
+    ));
 }
 
 /// Runs `job` on the background thread, after the jobs handed over before it (or here when that
 /// thread is not running). For work a partition worker must not wait for.
 pub fn later(job: impl FnOnce() + Send + 'static) {
+    send((None, Box::new(job)));
+}
+
+fn send(job: Job) {
     let inbox = JOBS.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("weir-retire".to_owned())
             .spawn(move || {
-                for job in receiver {
+                for (not_before, job) in receiver {
+                    if let Some(wait) = not_before.and_then(|t| t.checked_duration_since(Instant::now())) {
+                        std::thread::sleep(wait);
+                    }
                     job();
                 }
             });
@@ -40,15 +56,14 @@ pub fn later(job: impl FnOnce() + Send + 'static) {
             }
         }
     });
-    let job: Job = Box::new(job);
     match inbox {
         // A send fails only when the thread is gone; the job then comes back: run it here.
         Some(sender) => {
             if let Err(returned) = sender.send(job) {
-                (returned.0)();
+                (returned.0.1)();
             }
         }
-        None => job(),
+        None => (job.1)(),
     }
 }
 
