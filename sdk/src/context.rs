@@ -504,7 +504,7 @@ fn offset(len: usize) -> u32 {
 
 /// The entries of `writes`: each key with its value, `None` for a delete. Offsets come from the
 /// host; an entry whose offsets fall outside the buffers ends the list.
-fn entries(writes: &StateWrites) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+fn write_entries(writes: &StateWrites) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     let mut starts = (0usize, 0usize);
     writes
         .key_ends
@@ -542,7 +542,7 @@ impl StateCache {
             slot.dirty = false;
         }
         let mut complete = true;
-        for (key, value) in entries(&start.entries) {
+        for (key, value) in write_entries(&start.entries) {
             // Keys the SDK writes are strings; anything else is left for `get` to ask about.
             let Ok(key) = std::str::from_utf8(key) else {
                 continue;
@@ -584,8 +584,8 @@ impl StateCache {
 
     /// Caches `entries` (values the host holds now; a delete marks a key without one) for the
     /// keys not cached yet, up to the cache's bound.
-    fn prefill(&mut self, entries_now: &StateWrites) {
-        for (key, value) in entries(entries_now) {
+    fn prefill(&mut self, entries: &StateWrites) {
+        for (key, value) in write_entries(entries) {
             if self.slots.len() >= MAX_CACHED_KEYS {
                 break;
             }

@@ -76,7 +76,7 @@ struct Memory {
 }
 
 /// Most keys a state may have for a stale cache to start again from all of it (as the host).
-const WHOLE_STATE_TO_CACHE: usize = 16_384;
+const WHOLE_STATE_KEYS: usize = 16_384;
 
 /// The host's side of one instance: the shared memory and this instance's id.
 struct MemoryBackend(Rc<RefCell<Memory>>, u64);
@@ -126,7 +126,7 @@ impl Backend for MemoryBackend {
             return None;
         }
         // As the host does: the whole state when it is small, else the keys written last.
-        let whole = memory.state.len() <= WHOLE_STATE_TO_CACHE;
+        let whole = memory.state.len() <= WHOLE_STATE_KEYS;
         let keys: Vec<&Vec<u8>> = if whole {
             memory.state.keys().collect()
         } else {

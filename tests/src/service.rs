@@ -282,6 +282,38 @@ impl Default for SwapOptions {
     }
 }
 
+/// Lays out a hot-swap test's files: `initial` copied to the watched `<dir>/plugins/<plugin>`,
+/// and an empty followed input `<dir>/<input>`. Returns their paths, in that order.
+pub fn plugin_and_input(
+    dir: &Path,
+    plugin: &str,
+    initial: &Path,
+    input: &str,
+) -> (PathBuf, PathBuf) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let plugin = plugins.join(plugin);
+    std::fs::copy(initial, &plugin).expect("copy plugin");
+    let input = dir.join(input);
+    std::fs::write(&input, "").expect("input");
+    (plugin, input)
+}
+
+/// Paths of a pipeline under test whose output is one Delta table.
+#[derive(Debug, Clone)]
+pub struct StagePaths {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The followed input file.
+    pub input: PathBuf,
+    /// The stage's plugin file (watched).
+    pub plugin: PathBuf,
+    /// The Delta table.
+    pub table: PathBuf,
+    /// Dead letters.
+    pub dead_letters: PathBuf,
+}
+
 /// Paths of a [`swap_pipeline`].
 #[derive(Debug, Clone)]
 pub struct SwapPaths {
@@ -305,12 +337,7 @@ pub struct SwapPaths {
 /// version: `initial`, copied into `<dir>/plugins/anomaly.wasm`, the watched file) into two Delta
 /// tables that record which plugin version produced each row; admin API on a free port.
 pub fn swap_pipeline(dir: &Path, initial: &Path, options: &SwapOptions) -> SwapPaths {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("plugins dir");
-    let plugin = plugins.join("anomaly.wasm");
-    std::fs::copy(initial, &plugin).expect("copy plugin");
-    let input = dir.join("telemetry.jsonl");
-    std::fs::write(&input, "").expect("input");
+    let (plugin, input) = plugin_and_input(dir, "anomaly.wasm", initial, "telemetry.jsonl");
     let config = format!(
         r#"
 [checkpoint]

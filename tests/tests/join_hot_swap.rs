@@ -12,7 +12,7 @@
 //! metric, admin API), and no pair is lost or doubled.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,9 +21,10 @@ use weir_tests::bookings::{
 };
 use weir_tests::examples::{Adapt, adapt_example};
 use weir_tests::service::{
-    self, Feeder, TOKEN, active_version, another_version, assert_automatic_rollback_reported,
-    events_in, get_json, http, install_atomically, plugin_report, stage_records_out,
-    upload_activated, version_of, version_origins, versions_by_row, wait_ready, wait_until,
+    self, Feeder, StagePaths, TOKEN, active_version, another_version,
+    assert_automatic_rollback_reported, events_in, get_json, http, install_atomically,
+    plugin_and_input, plugin_report, stage_records_out, upload_activated, version_of,
+    version_origins, versions_by_row, wait_ready, wait_until,
 };
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir};
 
@@ -33,25 +34,11 @@ const STAGE: &str = "join";
 /// Orders appended after the stream, an hour later, to close every partition's pending joins.
 const FLUSH_ORDERS: usize = 64;
 
-/// Paths of [`join_pipeline`].
-struct Paths {
-    config: PathBuf,
-    input: PathBuf,
-    plugin: PathBuf,
-    table: PathBuf,
-    dead_letters: PathBuf,
-}
-
 /// The bookings example over a followed `bookings.jsonl` in 4 partitions, its join running
 /// `initial` (copied to the watched `plugins/join.wasm`), the fact table also recording the
 /// plugin version, partition and position of each row; admin API on a free port.
-fn join_pipeline(dir: &Path, initial: &Path, probation_events: i64) -> Paths {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("plugins dir");
-    let plugin = plugins.join("join.wasm");
-    std::fs::copy(initial, &plugin).expect("copy plugin");
-    let input = dir.join("bookings.jsonl");
-    std::fs::write(&input, "").expect("input");
+fn join_pipeline(dir: &Path, initial: &Path, probation_events: i64) -> StagePaths {
+    let (plugin, input) = plugin_and_input(dir, "join.wasm", initial, "bookings.jsonl");
     let path = adapt_example(
         "bookings.toml",
         dir,
@@ -113,7 +100,7 @@ rollback = {{ probation_events = {probation_events}, max_trap_ratio = 0.05, max_
         toml::Value::String(plugin.display().to_string()),
     );
     std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
-    Paths {
+    StagePaths {
         config: path,
         input,
         plugin,
@@ -191,7 +178,7 @@ fn wait_for_more_events(admin: &str, count: u64) {
 fn stop_and_close_every_join(
     feeder: Feeder,
     stream: &Stream,
-    paths: &Paths,
+    paths: &StagePaths,
     admin: &str,
 ) -> (Vec<Order>, usize) {
     let written = feeder.stop();

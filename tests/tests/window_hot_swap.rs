@@ -10,13 +10,14 @@
 //! the slot rolls it back by itself (log, metric, admin API), and no event is lost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use weir_tests::service::{
-    self, Feeder, TOKEN, active_version, another_version, assert_automatic_rollback_reported,
-    events_in, get_json, http, install_atomically, plugin_report, stage_records_out,
-    upload_activated, version_of, version_origins, versions_by_row, wait_until,
+    self, Feeder, StagePaths, TOKEN, active_version, another_version,
+    assert_automatic_rollback_reported, events_in, get_json, http, install_atomically,
+    plugin_and_input, plugin_report, stage_records_out, upload_activated, version_of,
+    version_origins, versions_by_row, wait_until,
 };
 use weir_tests::telemetry::{
     Reading, assert_aggregate_rows, expected_aggregates, ordered_readings,
@@ -28,25 +29,11 @@ const DEVICES: usize = 40;
 const PIPELINE: &str = "telemetry";
 const STAGE: &str = "aggregates";
 
-/// Paths of [`window_pipeline`].
-struct Paths {
-    config: PathBuf,
-    input: PathBuf,
-    plugin: PathBuf,
-    table: PathBuf,
-    dead_letters: PathBuf,
-}
-
 /// A pipeline following `telemetry.jsonl` over 4 partitions into the 5-minute aggregates of
 /// `initial` (copied to the watched `plugins/aggregates.wasm`), written to Delta with the plugin
 /// version, partition and position of each row; admin API on a free port.
-fn window_pipeline(dir: &Path, initial: &Path, probation_events: u64) -> Paths {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("plugins dir");
-    let plugin = plugins.join("aggregates.wasm");
-    std::fs::copy(initial, &plugin).expect("copy plugin");
-    let input = dir.join("telemetry.jsonl");
-    std::fs::write(&input, "").expect("input");
+fn window_pipeline(dir: &Path, initial: &Path, probation_events: u64) -> StagePaths {
+    let (plugin, input) = plugin_and_input(dir, "aggregates.wasm", initial, "telemetry.jsonl");
     let config = format!(
         r#"
 [checkpoint]
@@ -107,7 +94,7 @@ outputs = {{ rows = "aggregated_metrics" }}
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).expect("write config");
-    Paths {
+    StagePaths {
         config: path,
         input,
         plugin,
@@ -130,7 +117,7 @@ fn wait_for_more_events(admin: &str, count: u64) {
 fn stop_and_close_every_window(
     feeder: Feeder,
     pool: &[Reading],
-    paths: &Paths,
+    paths: &StagePaths,
     admin: &str,
 ) -> Vec<Reading> {
     let total = feeder.stop();

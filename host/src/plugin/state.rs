@@ -6,9 +6,9 @@ use std::collections::HashMap;
 /// until the call returns ([`KeyedState::commit`]); a trap discards them ([`KeyedState::rollback`]).
 ///
 /// It also remembers which keys the last call that wrote anything committed
-/// ([`KeyedState::recent_keys`]): a new instance of the stage's plugin (a hot swap, or a
-/// replacement after a trap) fills its cache from them in one call, instead of asking for each
-/// key on its first batch.
+/// ([`KeyedState::recent_keys`]): when the state is too large to hand over whole, an instance
+/// whose cache must start again (a hot swap, a replacement after a trap) fills it from them in
+/// one call, instead of asking for each key on its first batch.
 ///
 /// And it remembers which plugin instance may hold a cache of it ([`KeyedState::claim_cache`]):
 /// the state moves between instances (a hot swap, the fallback of a version on probation, a
