@@ -128,9 +128,10 @@ fn failover(broker: &KafkaBroker, round: usize) -> Duration {
             .collect()
     };
     let victim_owner = split[&victim_partitions[0]].clone();
-    // Whichever process holds `victim_owner` is killed: try `a`, else `b`.
-    let a_log = a.log_text();
-    let (victim, survivor) = if a_log.contains(&victim_owner) {
+    // Whichever process holds `victim_owner` is killed: `a` if that is the id it claims under
+    // (its log also names the other's id, as the previous owner of a partition it took).
+    let a_owner = weir_tests::logged_owner_id(&a.log_text());
+    let (victim, survivor) = if a_owner.as_deref() == Some(victim_owner.as_str()) {
         (a, b)
     } else {
         (b, a)
