@@ -165,9 +165,7 @@ with open(sys.argv[1], newline="") as f:
     print(json.dumps({row["VenueId"]: row["City"] for row in csv.DictReader(f)}))
 "#;
     let path = crate::workspace_dir().join("examples/reference/venues.csv");
-    let output = std::process::Command::new(crate::python())
-        .arg("-c")
-        .arg(SCRIPT)
+    let output = crate::python_command(SCRIPT)
         .arg(&path)
         .output()
         .expect("run python");

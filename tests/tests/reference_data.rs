@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir_tests::{WeirProcess, plugin_path, python, read_jsonl_dir, run_to_completion};
+use weir_tests::{WeirProcess, plugin_path, python_command, read_jsonl_dir, run_to_completion};
 
 fn booking(order: &str, venue: &str) -> String {
     json!({
@@ -150,9 +150,7 @@ frame = pandas.DataFrame({"VenueId": ["V01", "V02", "V08"], "City": ["London", "
 write_deltalake(sys.argv[1], frame, partition_by=["Country"])
 "#;
     let table = dir.path().join("venues_delta");
-    let status = std::process::Command::new(python())
-        .arg("-c")
-        .arg(script)
+    let status = python_command(script)
         .arg(&table)
         .status()
         .expect("run python");

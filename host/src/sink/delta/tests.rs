@@ -188,9 +188,15 @@ fn run_python(script: &str, args: &[&str]) -> Value {
          an interpreter that has them",
         python.display()
     );
+    // `os._exit` after flushing skips the interpreter's teardown, where pyarrow's native threads
+    // were seen to abort the process ("terminate called without an active exception") after the
+    // script's work was done; an exception in the script still exits non-zero before it.
+    let guarded = format!(
+        "{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n"
+    );
     let output = Command::new(&python)
         .arg("-c")
-        .arg(script)
+        .arg(guarded)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
