@@ -132,8 +132,8 @@ fn versions_that_take_turns_on_a_key_never_read_a_stale_count() {
         None,
     );
 
-    // v1 alone. The larger first batch is what a new version rehearses on, on throwaway state:
-    // there it counts `a` to 2, where the real count is 3.
+    // v1 alone. The larger first batch is what a new version rehearses on, on a throwaway copy
+    // of the state taken after it: there it counts `a` to 4, where the real count is 3.
     let first = events(0, &[("a", false), ("a", false), ("b", false)]);
     let second = events(3, &[("a", false)]);
     let mut got = run(&mut stage, &first);

@@ -496,6 +496,21 @@ pub struct StoreState {
     quiet: bool,
 }
 
+/// Empty writes with room for `keys` keys of `key_bytes` and values of `value_bytes` in all.
+fn writes_with_capacity(
+    keys: usize,
+    key_bytes: usize,
+    value_bytes: usize,
+) -> bindings::state::Writes {
+    bindings::state::Writes {
+        keys: Vec::with_capacity(key_bytes),
+        key_ends: Vec::with_capacity(keys),
+        values: Vec::with_capacity(value_bytes),
+        value_ends: Vec::with_capacity(keys),
+        deletes: Vec::with_capacity(keys),
+    }
+}
+
 /// Appends a write of `key` (`None`: a delete) to `writes`; false when an offset would not fit
 /// the WIT's u32-sized lists.
 fn push_write(writes: &mut bindings::state::Writes, key: &[u8], value: Option<&[u8]>) -> bool {
@@ -517,6 +532,12 @@ fn push_write(writes: &mut bindings::state::Writes, key: &[u8], value: Option<&[
 /// instance all of it (the WIT says 16,384 keys).
 const WHOLE_STATE_KEYS: usize = 16_384;
 const WHOLE_STATE_BYTES: usize = 8 << 20;
+
+/// Whether a state of `keys` keys and `bytes` bytes of keys and values is handed to a new
+/// instance whole.
+pub(crate) fn goes_whole(keys: usize, bytes: usize) -> bool {
+    keys <= WHOLE_STATE_KEYS && bytes <= WHOLE_STATE_BYTES
+}
 
 /// The next [`StoreState::instance_id`] (0 means no instance).
 static NEXT_INSTANCE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -590,21 +611,19 @@ impl bindings::state::Host for StoreState {
         if self.keyed.claim_cache(self.instance_id) {
             return None;
         }
-        let mut entries = bindings::state::Writes {
-            keys: Vec::new(),
-            key_ends: Vec::new(),
-            values: Vec::new(),
-            value_ends: Vec::new(),
-            deletes: Vec::new(),
-        };
         // A small state goes whole: the instance then asks for nothing in its first batches.
         // A large one would cost more to copy than its misses: the keys written last go.
-        let mut whole = self.keyed.len() <= WHOLE_STATE_KEYS;
+        let (keys, key_bytes, value_bytes) = self.keyed.committed_sizes();
+        let mut whole = goes_whole(keys, key_bytes + value_bytes);
+        // Sized once from the lengths, so that the copy does not grow them as it goes.
+        let mut entries = if whole {
+            writes_with_capacity(keys, key_bytes, value_bytes)
+        } else {
+            writes_with_capacity(0, 0, 0)
+        };
         if whole {
             for (key, value) in self.keyed.committed_entries() {
-                if entries.keys.len() + entries.values.len() > WHOLE_STATE_BYTES
-                    || !push_write(&mut entries, key, Some(value))
-                {
+                if !push_write(&mut entries, key, Some(value)) {
                     whole = false;
                     break;
                 }
@@ -847,11 +866,11 @@ impl PluginInstance {
 
     /// Runs a transform once on `batch` and throws the result away, so that a new instance
     /// touches the memory a batch needs before its first real batch (at a hot swap, this runs
-    /// off the worker's thread). It runs on empty throwaway state, its log records and counters
-    /// are dropped, and its state cache starts again at the first real call (see
+    /// off the worker's thread). It runs on `throwaway` state (a copy, or empty), its log records
+    /// and counters are dropped, and its state cache starts again at the first real call (see
     /// [`KeyedState::claim_cache`]). An error means the instance cannot be used.
-    pub fn rehearse(&mut self, batch: &EventBatch) -> Result<(), CallError> {
-        let state = self.take_keyed_state();
+    pub fn rehearse(&mut self, batch: &EventBatch, throwaway: KeyedState) -> Result<(), CallError> {
+        let state = std::mem::replace(&mut self.store.data_mut().keyed, throwaway);
         self.store.data_mut().quiet = true;
         let result = self.process(batch).map(drop);
         let data = self.store.data_mut();

@@ -8,16 +8,17 @@
 //! batch of that worker, on the activating thread. The worker takes the ready instance at its next
 //! batch boundary and runs its first batch on warm memory.
 //!
-//! The rehearsal's output is thrown away; it runs on empty throwaway state, and the instance's
-//! state cache starts again at its first real call (the `check-cache` import), so nothing of it
-//! can reach an output or the state.
+//! The rehearsal's output is thrown away; it runs on a throwaway copy of the worker's state (taken
+//! with the sample batch, when the state is small enough to be handed over whole; else on empty
+//! state), and the instance's state cache starts again at its first real call (the `check-cache`
+//! import), so nothing of it can reach an output or the state.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::bindings::EventBatch;
 use super::retire::retire;
-use super::{InstanceSettings, KeyedState, Plugin, PluginInstance};
+use super::{InstanceSettings, KeyedState, Plugin, PluginInstance, goes_whole};
 
 /// Something that makes instances of a version ready before the workers run it.
 pub trait Prepare<P>: Send + Sync {
@@ -34,7 +35,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 /// One partition worker's ready instance of the next version, and the batch to rehearse on.
 pub struct Standby {
     base: Arc<InstanceSettings>,
-    sample: Mutex<Option<EventBatch>>,
+    sample: Mutex<Option<(EventBatch, KeyedState)>>,
     ready: Mutex<Option<PluginInstance>>,
 }
 
@@ -85,10 +86,20 @@ impl Standby {
         })
     }
 
-    /// Keeps a copy of `batch` for the next version to rehearse on (see [`SampleClock`] for how
-    /// often the worker does this).
-    pub fn keep_sample(&self, batch: &EventBatch) {
-        *lock(&self.sample) = Some(batch.clone());
+    /// Keeps a copy of `batch`, and of `state` when it is small, for the next version to rehearse
+    /// on (see [`SampleClock`] for how often the worker does this).
+    pub fn keep_sample(&self, batch: &EventBatch, state: &KeyedState) {
+        // A state small enough to be handed to a new instance whole is copied too: the rehearsal
+        // then takes the paths a real batch takes (the state is there), and the instance's cache
+        // and heap grow to their real size before its first real batch. A larger one would cost
+        // the worker too much to copy; the rehearsal then runs on empty state.
+        let (keys, key_bytes, value_bytes) = state.committed_sizes();
+        let state = if goes_whole(keys, key_bytes + value_bytes) {
+            state.detached_copy()
+        } else {
+            KeyedState::default()
+        };
+        *lock(&self.sample) = Some((batch.clone(), state));
     }
 
     /// The ready instance of `plugin`, if there is one.
@@ -115,8 +126,8 @@ impl Prepare<Plugin> for Standby {
                 Err(_) => return false,
             };
         let sample = lock(&self.sample).clone();
-        if let Some(sample) = sample
-            && let Err(error) = instance.rehearse(&sample)
+        if let Some((sample, state)) = sample
+            && let Err(error) = instance.rehearse(&sample, state)
         {
             tracing::debug!(
                 pipeline = %self.base.scope.pipeline, stage = %self.base.scope.stage,

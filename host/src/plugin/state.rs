@@ -141,6 +141,24 @@ impl KeyedState {
         self.committed.get(key).map(Vec::as_slice)
     }
 
+    /// A copy of the committed state that no instance caches.
+    pub fn detached_copy(&self) -> KeyedState {
+        KeyedState {
+            committed: self.committed.clone(),
+            ..KeyedState::default()
+        }
+    }
+
+    /// Number of committed keys, and the bytes of their keys and of their values.
+    pub fn committed_sizes(&self) -> (usize, usize, usize) {
+        // Reads the lengths in the map's own table, without visiting the keys and values.
+        self.committed
+            .iter()
+            .fold((0, 0, 0), |(n, k, v), (key, value)| {
+                (n + 1, k + key.len(), v + value.len())
+            })
+    }
+
     /// Number of committed keys.
     pub fn len(&self) -> usize {
         self.committed.len()

@@ -4,7 +4,7 @@ use crate::event::Event;
 use crate::plugin::bindings::{EventBatch, Property};
 
 /// An empty batch of `partition`.
-pub(crate) fn empty_batch(partition: u32) -> EventBatch {
+pub fn empty_batch(partition: u32) -> EventBatch {
     EventBatch {
         partition,
         bodies: Vec::new(),
@@ -19,7 +19,7 @@ pub(crate) fn empty_batch(partition: u32) -> EventBatch {
 }
 
 /// Lays `events` out in the columnar batch, reusing its buffers.
-pub(crate) fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
+pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
     batch.partition = events.first().map_or(0, |e| e.partition);
     for list in [&mut batch.bodies, &mut batch.keys] {
         list.clear();

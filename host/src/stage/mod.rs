@@ -4,7 +4,7 @@
 //! host down: whatever the plugin does, the stage returns outputs and rejections, or an error that
 //! stops only its own partition worker.
 
-mod batch;
+pub mod batch;
 mod dedup;
 mod fallback;
 mod join;

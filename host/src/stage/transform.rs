@@ -350,7 +350,7 @@ impl Stage for WasmTransformStage {
             match self.call(events, false) {
                 Ok(output) => {
                     if self.sample_clock.due(events.len()) {
-                        self.standby.keep_sample(&self.batch);
+                        self.standby.keep_sample(&self.batch, &self.state);
                     }
                     let rejected_before = out.rejected.len();
                     decode_output(
