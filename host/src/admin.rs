@@ -278,7 +278,7 @@ async fn upload(
         Err(response) => return response,
     };
     let bytes = body.to_vec();
-    match tokio::task::spawn_blocking(move || slot.offer(bytes, VersionOrigin::Api)).await {
+    match crate::plugin::loading::run_load(move || slot.offer(bytes, VersionOrigin::Api)).await {
         Ok(Ok(offered)) => json_response(StatusCode::OK, json!(offered)),
         Ok(Err(error)) => swap_error(error),
         Err(e) => json_response(
@@ -322,7 +322,8 @@ async fn rollback(
         Ok(slot) => slot,
         Err(response) => return response,
     };
-    match tokio::task::spawn_blocking(move || slot.rollback(request.version.as_deref())).await {
+    match crate::plugin::loading::run_load(move || slot.rollback(request.version.as_deref())).await
+    {
         Ok(Ok(version)) => json_response(
             StatusCode::OK,
             json!({ "outcome": "activated", "version": version }),

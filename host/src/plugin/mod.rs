@@ -14,6 +14,7 @@
 pub mod bindings;
 pub mod cache;
 mod instance_slot;
+pub mod loading;
 pub mod registry;
 pub mod retire;
 pub mod sandbox;

@@ -85,7 +85,7 @@ pub async fn watch(registry: PluginRegistry, poll: Duration, settle: Duration) {
             watched.seen = None;
             let slots = registry.by_file(&path);
             let read_path = path.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = super::loading::run_load(move || {
                 let bytes = std::fs::read(&read_path)?;
                 let mut results = Vec::new();
                 for slot in slots {
