@@ -76,10 +76,29 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once. Many of our errors already end with their cause's text
+/// (`cannot read configuration x.toml: No such file or directory`); anyhow's `{:#}` would add the
+/// cause again.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !previous.ends_with(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        previous = message;
+    }
+    text
 }
 
 /// How often the watcher looks at the plugin files.
@@ -338,5 +357,25 @@ impl StopSignal {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn an_error_that_ends_with_its_cause_names_it_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(crate::config::ConfigError::Read {
+            path: "weir.toml".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_text(&error),
+            "cannot read configuration weir.toml: no such file"
+        );
+        let wrapped = anyhow::Error::msg("no such file").context("starting");
+        assert_eq!(error_text(&wrapped), "starting: no such file");
     }
 }

@@ -279,11 +279,28 @@ impl WeirProcess {
     }
 }
 
+/// Log lines of a process a failing test shows.
+const LOG_LINES_ON_FAILURE: usize = 300;
+
 impl Drop for WeirProcess {
     fn drop(&mut self) {
         // Never leave a process behind, whatever the test did.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test's temporary directory, and the log in it, go with it: show the end of
+        // the log where the test's output is kept (the harness prints it with the failure).
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+            eprintln!(
+                "--- last {} lines of the log of weir process {} ({}) ---\n{}\n--- end of log ---",
+                tail.len(),
+                self.child.id(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
