@@ -56,6 +56,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -275,7 +277,7 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     let loaded = config::load(&config_path)?;
     let engine = crate::plugin::PluginEngine::new()?;
     for (pipeline, pipeline_config) in &loaded.config.pipelines {
-        for stage in &pipeline_config.stages {
+        for (index, stage) in pipeline_config.stages.iter().enumerate() {
             let (Some(plugin), Some(kind)) = (&stage.plugin, pipeline::plugin_kind(stage)) else {
                 println!(
                     "pipeline `{pipeline}`, stage `{}`: runs in the host",
@@ -284,9 +286,13 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
                 continue;
             };
             let path = loaded.resolve(plugin);
-            let plugin = engine
-                .load(&path, kind)
-                .with_context(|| format!("pipeline `{pipeline}`, stage `{}`", stage.name))?;
+            let plugin = engine.load(&path, kind).with_context(|| {
+                format!(
+                    "{}: pipeline `{pipeline}`, stage `{}`",
+                    pipeline::stage_plugin_location(&loaded, pipeline, index),
+                    stage.name
+                )
+            })?;
             println!(
                 "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {} (memory limit {} bytes, call deadline {:?})",
                 stage.name,

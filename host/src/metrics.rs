@@ -74,6 +74,15 @@ impl Metrics {
         self.with(|r| *r.values.entry(key(name, labels)).or_default() += delta as f64);
     }
 
+    /// Makes counter `name` with `labels` appear at 0 until it counts something, so that a
+    /// dashboard or an alert rule sees the series from the start (Prometheus' advice for
+    /// label values known in advance).
+    pub fn declare(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        self.with(|r| {
+            r.values.entry(key(name, labels)).or_default();
+        });
+    }
+
     /// Sets gauge `name` with `labels` to `value`.
     pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         self.with(|r| r.values.insert(key(name, labels), value));
@@ -312,10 +321,6 @@ pub mod names {
     pub const CHECKPOINTS: &str = "weir_checkpoints_total";
     /// Last checkpointed position (labels: pipeline, partition).
     pub const CHECKPOINT_POSITION: &str = "weir_checkpoint_position";
-    /// Events in the partition not read yet, when the source knows its end (labels: pipeline,
-    /// partition), refreshed at each checkpoint: Event Hubs from the partition properties, Kafka
-    /// from the high watermark.
-    pub const SOURCE_LAG: &str = "weir_source_lag";
     /// Events beyond an event-time tolerance, adjusted or dropped (labels: pipeline, partition,
     /// tolerance = `out_of_order` | `late_arrival`, policy = `adjust` | `drop`).
     pub const LATE_EVENTS: &str = "weir_late_events_total";
@@ -424,11 +429,6 @@ pub mod names {
             CHECKPOINT_POSITION,
             Kind::Gauge,
             "Last checkpointed source position.",
-        ),
-        d(
-            SOURCE_LAG,
-            Kind::Gauge,
-            "Events in the partition not read yet, when the source knows its end.",
         ),
         d(
             WATERMARK,

@@ -142,6 +142,51 @@ fn changes_without_the_right_token_are_refused_and_change_nothing_and_metrics_pa
             .unwrap_or_else(|| panic!("no family {name} in:\n{text}"));
         assert_eq!(family.1, kind, "{name}");
     }
+    // Counters whose label values are known at start are there from the start, at 0.
+    let sample = |family: &str, sample: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        by_name.get(family).and_then(|f| {
+            f.2.iter()
+                .find(|s| s.0 == sample && labels.iter().all(|(k, v)| s.1[*k] == *v))
+                .map(|s| s.2)
+        })
+    };
+    let stage = [("pipeline", "telemetry"), ("stage", "anomaly")];
+    assert_eq!(
+        sample(
+            "weir_plugin_rollbacks",
+            "weir_plugin_rollbacks_total",
+            &stage
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            "weir_plugin_refused",
+            "weir_plugin_refused_total",
+            &[stage[0], stage[1], ("origin", "file")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            "weir_plugin_refused",
+            "weir_plugin_refused_total",
+            &[stage[0], stage[1], ("origin", "api")]
+        ),
+        Some(1.0),
+        "the invalid upload: {text}"
+    );
+    assert_eq!(
+        sample(
+            "weir_dead_letters",
+            "weir_dead_letters_total",
+            &[("pipeline", "telemetry"), ("kind", "unrouted")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
     let events: f64 = by_name["weir_events_in"]
         .2
         .iter()

@@ -167,3 +167,46 @@ fn bad_input_goes_to_the_dead_letters_with_a_reason_and_nothing_else_is_lost() {
     assert_eq!(table.rows.len(), good.len());
     assert_alerts_match(&read_jsonl_dir(&paths.alerts), &expected_alerts(&good));
 }
+
+#[test]
+fn records_for_an_output_with_no_route_are_dead_letters_naming_the_stage_and_version() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut readings, _) = hand_checked_scenario();
+    readings.extend(generated_readings(20, 40, 11));
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let paths = anomaly_pipeline(dir.path(), &input, &PipelineOptions::default());
+    // The plugin's `alerts` output is routed under a misspelt name: its records have no route.
+    let config = std::fs::read_to_string(&paths.config).expect("config");
+    let misrouted = config.replace(
+        r#"outputs = { alerts = "alerts","#,
+        r#"outputs = { alert = "alerts","#,
+    );
+    assert_ne!(config, misrouted, "the test changed the routes");
+    std::fs::write(&paths.config, misrouted).expect("config");
+
+    run_to_completion(&paths.config, Duration::from_secs(120));
+
+    let version = weir::plugin::content_version(
+        &std::fs::read(weir_tests::plugin_path("telemetry_anomaly")).expect("plugin"),
+    );
+    let expected = expected_alerts(&readings);
+    assert!(!expected.is_empty(), "the input raises alerts");
+    let dead = read_jsonl_dir(&paths.dead_letters);
+    assert_eq!(dead.len(), expected.len(), "one dead letter per alert");
+    for letter in &dead {
+        assert_eq!(letter["kind"], "unrouted", "{letter}");
+        assert_eq!(letter["stage"], "anomaly", "{letter}");
+        assert_eq!(letter["plugin_version"], version.as_str(), "{letter}");
+        let reason = letter["reason"].as_str().expect("reason");
+        assert!(reason.contains("output `alerts`"), "{reason}");
+    }
+    // The alerts themselves are in the dead letters' bodies, and the rows went on to Delta.
+    let bodies: Vec<Value> = dead
+        .iter()
+        .map(|l| serde_json::from_str(l["body"].as_str().expect("body")).expect("alert JSON"))
+        .collect();
+    assert_alerts_match(&bodies, &expected);
+    assert!(read_jsonl_dir(&paths.alerts).is_empty());
+    assert_eq!(read_delta(&paths.raw_table).rows.len(), readings.len());
+}

@@ -54,6 +54,15 @@ fn a_component_without_the_transform_export_is_refused_naming_it() {
     )
     .expect("write");
 
+    // Where the configuration names it: the stage's `plugin` key.
+    let config_text = std::fs::read_to_string(&paths.config).expect("config");
+    let line = config_text
+        .lines()
+        .position(|l| l.starts_with("plugin = "))
+        .expect("a plugin line")
+        + 1;
+    let configured_at = format!("{}:{line}:1", paths.config.display());
+
     let process = WeirProcess::spawn(&["validate", "--config"], &paths.config);
     let status = process.wait(Duration::from_secs(60));
     assert!(!status.success());
@@ -62,11 +71,25 @@ fn a_component_without_the_transform_export_is_refused_naming_it() {
         log.contains("does not implement world `weir:plugin/event-transform@0.1.0`: missing export `weir:plugin/transform@0.1.0`"),
         "{log}"
     );
+    assert!(
+        log.contains(&format!(
+            "{configured_at}: pipeline `telemetry`, stage `anomaly`"
+        )),
+        "validate names the file and line: {log}"
+    );
 
+    let log_before = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
     let process = WeirProcess::run(&paths.config);
     let status = process.wait(Duration::from_secs(60));
     assert!(!status.success(), "run refuses it too");
     assert!(!paths.raw_table.exists(), "nothing ran");
+    let log = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
+    assert!(
+        log[log_before.len()..].contains(&format!(
+            "{configured_at}: pipeline `telemetry`, stage `anomaly`"
+        )),
+        "run names the file and line: {log}"
+    );
 }
 
 #[test]
@@ -83,5 +106,37 @@ fn validate_accepts_the_anomaly_plugin() {
         log.contains("implements weir:plugin/event-transform@0.1.0"),
         "{log}"
     );
+    assert!(log.contains("configuration is valid"), "{log}");
+}
+
+#[test]
+fn the_readmes_configuration_example_is_valid() {
+    // The first TOML block under "## Configuration" is a whole configuration a user copies.
+    let readme =
+        std::fs::read_to_string(weir_tests::workspace_dir().join("README.md")).expect("README");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("a Configuration section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML block in the Configuration section");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Its plugin where the example says, relative to the file.
+    let plugins = dir.path().join("target/plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::copy(
+        weir_tests::plugin_path("telemetry_anomaly"),
+        plugins.join("telemetry_anomaly.wasm"),
+    )
+    .expect("copy plugin");
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, example).expect("write example");
+    let process = WeirProcess::spawn(&["validate", "--config"], &config);
+    let status = process.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(config.with_extension("log")).expect("log");
+    assert!(status.success(), "the README's example is refused:\n{log}");
     assert!(log.contains("configuration is valid"), "{log}");
 }

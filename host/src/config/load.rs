@@ -44,9 +44,25 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     /// Directory that relative paths in the file are resolved against.
     pub base_dir: PathBuf,
+    /// The file's text, to locate keys in errors found after loading (empty: unknown).
+    pub text: std::sync::Arc<str>,
 }
 
 impl LoadedConfig {
+    /// Where `keys` (such as `["pipelines", "p", "stages", "0", "plugin"]`) is in the file, as
+    /// `file:line:column`, for errors found after loading (a plugin refused at start).
+    pub fn location(&self, keys: &[&str]) -> String {
+        let doc = Document {
+            text: &self.text,
+            path: &self.path,
+        };
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let (line, column) = doc
+            .span_of(&keys)
+            .map_or((1, 1), |span| line_and_column(&self.text, span.start));
+        format!("{}:{line}:{column}", self.path.display())
+    }
+
     /// `path` made absolute against the configuration file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
@@ -87,6 +103,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
         config,
         path: path.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
+        text: text.into(),
     };
     validate(&loaded, &doc)?;
     Ok(loaded)
@@ -526,7 +543,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
                     if !plugin.is_file() {
                         return Err(doc.error(
                             &at("plugin"),
-                            format!("plugin file {} does not exist (build plugins with `scripts/build-plugins`)", plugin.display()),
+                            format!("plugin file {} does not exist (a plugin is built with `cargo build --release --target wasm32-wasip2`; the repository's own with `scripts/build-plugins`)", plugin.display()),
                         ));
                     }
                 }

@@ -30,6 +30,18 @@ pub enum DeadLetterKind {
 }
 
 impl DeadLetterKind {
+    /// Every kind.
+    pub const ALL: [DeadLetterKind; 8] = [
+        DeadLetterKind::Malformed,
+        DeadLetterKind::Oversized,
+        DeadLetterKind::EventTime,
+        DeadLetterKind::Late,
+        DeadLetterKind::Rejected,
+        DeadLetterKind::Trap,
+        DeadLetterKind::Unrouted,
+        DeadLetterKind::SinkRefused,
+    ];
+
     /// The label used in metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -37,14 +37,16 @@ pub use worker::{WorkerError, WorkerReport};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A plugin was refused.
-    #[error("pipeline `{pipeline}`, stage `{stage}`: {source}")]
+    #[error("{configured_at}: pipeline `{pipeline}`, stage `{stage}`: {source}")]
     Plugin {
+        /// Where the configuration names the plugin (`file:line:column`).
+        configured_at: String,
         /// Pipeline name.
         pipeline: String,
         /// Stage name.
         stage: String,
-        /// Why.
-        source: PluginError,
+        /// Why (boxed: the other variants are small).
+        source: Box<PluginError>,
     },
     /// A source could not start.
     #[error(transparent)]
@@ -229,6 +231,17 @@ pub async fn start(loaded: &LoadedConfig, metrics: Metrics) -> Result<Running, S
     .await
 }
 
+/// Where the configuration names the plugin of stage `index` of `pipeline`.
+pub fn stage_plugin_location(loaded: &LoadedConfig, pipeline: &str, index: usize) -> String {
+    loaded.location(&[
+        "pipelines",
+        pipeline,
+        "stages",
+        &index.to_string(),
+        "plugin",
+    ])
+}
+
 /// Like [`start`], sharing `services` (the admin API and the health alerts read them).
 pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
@@ -245,7 +258,7 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let mut plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
-        for stage in &pipeline.stages {
+        for (index, stage) in pipeline.stages.iter().enumerate() {
             let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
                 continue;
             };
@@ -269,14 +282,16 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             })
             .await
             .map_err(|e| StartError::Plugin {
+                configured_at: stage_plugin_location(loaded, pipeline_name, index),
                 pipeline: pipeline_name.clone(),
                 stage: stage.name.clone(),
-                source: PluginError::Engine(format!("compilation task failed: {e}")),
+                source: Box::new(PluginError::Engine(format!("compilation task failed: {e}"))),
             })?
             .map_err(|source| StartError::Plugin {
+                configured_at: stage_plugin_location(loaded, pipeline_name, index),
                 pipeline: pipeline_name.clone(),
                 stage: stage.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
@@ -318,9 +333,10 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             })
             .await
             .map_err(|e| StartError::Plugin {
+                configured_at: loaded.path.display().to_string(),
                 pipeline: pipeline_name.clone(),
                 stage: stage.name.clone(),
-                source: PluginError::Engine(format!("plugin slot task failed: {e}")),
+                source: Box::new(PluginError::Engine(format!("plugin slot task failed: {e}"))),
             })?;
             services.plugins.register(slot.clone());
             slots.insert((pipeline_name.clone(), stage.name.clone()), slot);
@@ -618,6 +634,17 @@ pub(crate) async fn build_worker(
             )
         })
         .transpose()?;
+    let partition_label = partition.to_string();
+    for kind in DeadLetterKind::ALL {
+        context.metrics.declare(
+            crate::metrics::names::DEAD_LETTERS,
+            &[
+                ("pipeline", pipeline_name),
+                ("partition", &partition_label),
+                ("kind", kind.label()),
+            ],
+        );
+    }
     Ok(PartitionWorker {
         settings: WorkerSettings {
             pipeline: pipeline_arc.clone(),

@@ -454,6 +454,7 @@ impl PartitionWorker {
                     plugin_counter,
                 );
             }
+            let running_version = slot.stage.running_version();
             for (target, record) in output.emitted.drain(..) {
                 match slot.routes.get(&target) {
                     Some(destinations) => {
@@ -482,8 +483,16 @@ impl PartitionWorker {
                         let reason = format!(
                             "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
                         );
+                        // The version that made the record, if it says; else the one running.
+                        let version = record
+                            .properties
+                            .iter()
+                            .find(|(name, _)| name == crate::stage::PLUGIN_VERSION_PROPERTY)
+                            .map(|(_, version)| version.as_str())
+                            .or(running_version.as_deref());
                         let at = DeadLetterOrigin {
                             stage: Some(&stage_name),
+                            plugin_version: version,
                             ..origin
                         };
                         dead_letters.push((
@@ -678,9 +687,6 @@ impl PartitionWorker {
         self.metrics.add(names::CHECKPOINTS, &labels, 1);
         self.metrics
             .set(names::CHECKPOINT_POSITION, &labels, position as f64);
-        if let Some(lag) = self.reader.lag() {
-            self.metrics.set(names::SOURCE_LAG, &labels, lag as f64);
-        }
         tracing::debug!(
             pipeline = %self.settings.pipeline, partition = self.partition, position,
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"

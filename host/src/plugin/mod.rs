@@ -217,7 +217,15 @@ impl PluginEngine {
         let compile = || {
             Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
                 path: path.to_path_buf(),
-                reason: format!("{e:#}"),
+                // Bytes that are not a binary are parsed as WebAssembly text, whose parse error
+                // alone ("expected `(`") would not tell a user they sent the wrong file.
+                reason: if bytes.starts_with(b"\0asm") {
+                    format!("{e:#}")
+                } else {
+                    format!(
+                        "it is not a WebAssembly binary (those start with the bytes `\\0asm`) nor WebAssembly text: {e:#}"
+                    )
+                },
             })
         };
         match &self.cache {
@@ -358,7 +366,16 @@ impl LoadedPlugin for Plugin {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Arc<Self>, PluginError> {
-        engine.from_bytes(path, bytes, self.kind)
+        let loaded = engine.from_bytes(path, bytes, self.kind)?;
+        // Every version of a stage's plugin goes by the stage's plugin name, however it came
+        // (an upload has no file name of its own).
+        Ok(match Arc::try_unwrap(loaded) {
+            Ok(mut plugin) => {
+                plugin.name = self.name.clone();
+                Arc::new(plugin)
+            }
+            Err(shared) => shared,
+        })
     }
 
     fn name(&self) -> &Arc<str> {

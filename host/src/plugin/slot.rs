@@ -536,10 +536,31 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         let pending = {
             let mut inner = slot.lock();
             slot.set_active_gauge(None, inner.active.version());
+            slot.declare_counters(inner.active.version());
             slot.take_record(&mut inner)
         };
         slot.write_record(pending);
         slot
+    }
+
+    /// The slot's counters at 0 from the start, for the label values known now.
+    fn declare_counters(&self, active: &str) {
+        let stage = [("pipeline", &*self.pipeline), ("stage", &*self.stage)];
+        self.metrics.declare(names::PLUGIN_ROLLBACKS, &stage);
+        for origin in ["file", "api"] {
+            self.metrics.declare(
+                names::PLUGIN_REFUSED,
+                &[stage[0], stage[1], ("origin", origin)],
+            );
+        }
+        for cause in ["file", "api", "rollback", "automatic_rollback"] {
+            self.metrics
+                .declare(names::PLUGIN_SWAPS, &[stage[0], stage[1], ("cause", cause)]);
+        }
+        self.metrics.declare(
+            names::PLUGIN_TRAPS,
+            &[stage[0], stage[1], ("version", active)],
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<P>> {

@@ -96,6 +96,12 @@ pub trait Stage: Send {
     /// The stage's state, to store in the partition's checkpoint.
     fn snapshot(&self) -> Vec<u8>;
 
+    /// The plugin version the stage runs now, if it runs a plugin (dead letters about what the
+    /// stage emitted name it when the record does not carry its version).
+    fn running_version(&self) -> Option<Arc<str>> {
+        None
+    }
+
     /// Counters the stage's plugin added to since the last call, to fold into metrics.
     fn take_counters(&mut self) -> Vec<(String, u64)> {
         Vec::new()

@@ -338,6 +338,10 @@ impl Stage for WasmTransformStage {
         &self.name
     }
 
+    fn running_version(&self) -> Option<Arc<str>> {
+        Some(self.primary.version().clone())
+    }
+
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
         let mut events = events;
         // At most a few rounds: a round ends early only when the slot rolls back, after which

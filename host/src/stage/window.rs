@@ -778,6 +778,10 @@ impl Stage for WindowStage {
         &self.name
     }
 
+    fn running_version(&self) -> Option<Arc<str>> {
+        Some(self.slot.plugin().version().clone())
+    }
+
     fn batch_boundary(&mut self) {
         self.slot.refresh();
     }

@@ -214,6 +214,7 @@ mod tests {
             config: toml::from_str("").expect("an empty configuration"),
             path: PathBuf::from("/etc/weir/weir.toml"),
             base_dir: PathBuf::from("/etc/weir"),
+            text: "".into(),
         };
         let none = BTreeMap::new();
         assert_eq!(
