@@ -9,8 +9,7 @@
 //! batch boundary and runs its first batch on warm memory.
 //!
 //! The rehearsal's output is thrown away; it runs on a throwaway copy of the worker's state (taken
-//! with the sample batch, when the state is small enough to be handed over whole; else on empty
-//! state), and the instance's state cache starts again at its first real call (the `check-cache`
+//! with the sample batch, when the state is small; else on empty state), and the instance's state cache starts again at its first real call (the `check-cache`
 //! import), so nothing of it can reach an output or the state.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::bindings::EventBatch;
 use super::retire::retire;
-use super::{InstanceSettings, KeyedState, Plugin, PluginInstance, goes_whole};
+use super::{InstanceSettings, KeyedState, Plugin, PluginInstance};
 
 /// Something that makes instances of a version ready before the workers run it.
 pub trait Prepare<P>: Send + Sync {
@@ -31,6 +30,10 @@ pub trait Prepare<P>: Send + Sync {
 
 /// How often a worker renews the batch its new instances rehearse on.
 const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+
+/// Most keys, and bytes of keys and values, of a state the worker copies for the rehearsal.
+const SAMPLE_STATE_KEYS: usize = 4_096;
+const SAMPLE_STATE_BYTES: usize = 1 << 20;
 
 /// One partition worker's ready instance of the next version, and the batch to rehearse on.
 pub struct Standby {
@@ -89,12 +92,14 @@ impl Standby {
     /// Keeps a copy of `batch`, and of `state` when it is small, for the next version to rehearse
     /// on (see [`SampleClock`] for how often the worker does this).
     pub fn keep_sample(&self, batch: &EventBatch, state: &KeyedState) {
-        // A state small enough to be handed to a new instance whole is copied too: the rehearsal
-        // then takes the paths a real batch takes (the state is there), and the instance's cache
-        // and heap grow to their real size before its first real batch. A larger one would cost
-        // the worker too much to copy; the rehearsal then runs on empty state.
+        // A small state is copied too: the rehearsal then takes the paths a real batch takes (the
+        // state is there), and the instance's cache and heap grow to their real size before its
+        // first real batch. The copy is made on the worker's thread, so a larger state is not
+        // copied (at most [`SAMPLE_STATE_KEYS`] keys and [`SAMPLE_STATE_BYTES`] cost the worker
+        // a few tenths of a millisecond every [`SAMPLE_EVERY`]); the rehearsal then runs on
+        // empty state.
         let (keys, key_bytes, value_bytes) = state.committed_sizes();
-        let state = if goes_whole(keys, key_bytes + value_bytes) {
+        let state = if keys <= SAMPLE_STATE_KEYS && key_bytes + value_bytes <= SAMPLE_STATE_BYTES {
             state.detached_copy()
         } else {
             KeyedState::default()
