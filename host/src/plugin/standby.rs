@@ -5,12 +5,13 @@
 //! machines we measured). At a hot swap that would land in the first batch on the new version.
 //! So when a slot activates a version from the watcher or the admin API, it first asks each of the
 //! stage's [`Standby`]s (one per partition worker) to instantiate it and run it once on a recent
-//! batch of that worker, on the activating thread. The worker takes the ready instance at its next
-//! batch boundary and runs its first batch on warm memory.
+//! batch of that worker, on the loading thread (see `plugin::loading`). The worker takes the ready
+//! instance at its next batch boundary and runs its first batch on warm memory.
 //!
-//! The rehearsal's output is thrown away; it runs on a throwaway copy of the worker's state (taken
-//! with the sample batch, when the state is small; else on empty state), and the instance's state cache starts again at its first real call (the `check-cache`
-//! import), so nothing of it can reach an output or the state.
+//! The rehearsal's output is thrown away. It runs on a throwaway copy of the worker's state
+//! (taken with the sample batch when the state is small, else on empty state), and the instance's
+//! state cache starts again at its first real call (the `check-cache` import), so nothing of it
+//! can reach an output or the state.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
