@@ -484,12 +484,8 @@ impl PartitionWorker {
                             "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
                         );
                         // The version that made the record, if it says; else the one running.
-                        let version = record
-                            .properties
-                            .iter()
-                            .find(|(name, _)| name == crate::stage::PLUGIN_VERSION_PROPERTY)
-                            .map(|(_, version)| version.as_str())
-                            .or(running_version.as_deref());
+                        let version =
+                            crate::stage::labelled_version(&record).or(running_version.as_deref());
                         let at = DeadLetterOrigin {
                             stage: Some(&stage_name),
                             plugin_version: version,

@@ -270,6 +270,16 @@ impl PluginEngine {
         bytes: &[u8],
         kind: PluginKind,
     ) -> Result<Arc<Plugin>, PluginError> {
+        self.compile_plugin(path, bytes, kind).map(Arc::new)
+    }
+
+    /// [`PluginEngine::from_bytes`], before it is shared (named after `path`'s file).
+    fn compile_plugin(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        kind: PluginKind,
+    ) -> Result<Plugin, PluginError> {
         let wrong_world = |reason: String| PluginError::WrongWorld {
             path: path.to_path_buf(),
             world: kind.world().to_owned(),
@@ -296,14 +306,14 @@ impl PluginEngine {
                 Exports::Join(bindings::join::GuestIndices::new(&pre).map_err(wrong_type)?)
             }
         };
-        Ok(Arc::new(Plugin {
+        Ok(Plugin {
             name: plugin_name(path).into(),
             version: content_version(bytes).into(),
             path: path.to_path_buf(),
             kind,
             pre,
             exports,
-        }))
+        })
     }
 }
 
@@ -366,16 +376,11 @@ impl LoadedPlugin for Plugin {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Arc<Self>, PluginError> {
-        let loaded = engine.from_bytes(path, bytes, self.kind)?;
+        let mut plugin = engine.compile_plugin(path, bytes, self.kind)?;
         // Every version of a stage's plugin goes by the stage's plugin name, however it came
         // (an upload has no file name of its own).
-        Ok(match Arc::try_unwrap(loaded) {
-            Ok(mut plugin) => {
-                plugin.name = self.name.clone();
-                Arc::new(plugin)
-            }
-            Err(shared) => shared,
-        })
+        plugin.name = self.name.clone();
+        Ok(Arc::new(plugin))
     }
 
     fn name(&self) -> &Arc<str> {
@@ -551,12 +556,6 @@ fn push_write(writes: &mut bindings::state::Writes, key: &[u8], value: Option<&[
 const WHOLE_STATE_KEYS: usize = 16_384;
 const WHOLE_STATE_BYTES: usize = 8 << 20;
 
-/// Whether a state of `keys` keys and `bytes` bytes of keys and values is handed to a new
-/// instance whole.
-pub(crate) fn goes_whole(keys: usize, bytes: usize) -> bool {
-    keys <= WHOLE_STATE_KEYS && bytes <= WHOLE_STATE_BYTES
-}
-
 /// The next [`StoreState::instance_id`] (0 means no instance).
 static NEXT_INSTANCE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -631,14 +630,14 @@ impl bindings::state::Host for StoreState {
         }
         // A small state goes whole: the instance then asks for nothing in its first batches.
         // A large one would cost more to copy than its misses: the keys written last go.
-        let (keys, key_bytes, value_bytes) = self.keyed.committed_sizes();
-        let mut whole = goes_whole(keys, key_bytes + value_bytes);
+        // The sizes only for a state that may go whole: summing them visits every key.
+        let sizes = (self.keyed.len() <= WHOLE_STATE_KEYS)
+            .then(|| self.keyed.committed_sizes())
+            .filter(|(_, key_bytes, value_bytes)| key_bytes + value_bytes <= WHOLE_STATE_BYTES);
+        let mut whole = sizes.is_some();
         // Sized once from the lengths, so that the copy does not grow them as it goes.
-        let mut entries = if whole {
-            writes_with_capacity(keys, key_bytes, value_bytes)
-        } else {
-            writes_with_capacity(0, 0, 0)
-        };
+        let (keys, key_bytes, value_bytes) = sizes.unwrap_or_default();
+        let mut entries = writes_with_capacity(keys, key_bytes, value_bytes);
         if whole {
             for (key, value) in self.keyed.committed_entries() {
                 if !push_write(&mut entries, key, Some(value)) {

@@ -99,8 +99,12 @@ impl Standby {
         // copied (at most [`SAMPLE_STATE_KEYS`] keys and [`SAMPLE_STATE_BYTES`] cost the worker
         // a few tenths of a millisecond every [`SAMPLE_EVERY`]); the rehearsal then runs on
         // empty state.
-        let (keys, key_bytes, value_bytes) = state.committed_sizes();
-        let state = if keys <= SAMPLE_STATE_KEYS && key_bytes + value_bytes <= SAMPLE_STATE_BYTES {
+        // The sizes only for a state that may be copied: summing them visits every key.
+        let small = state.len() <= SAMPLE_STATE_KEYS && {
+            let (_, key_bytes, value_bytes) = state.committed_sizes();
+            key_bytes + value_bytes <= SAMPLE_STATE_BYTES
+        };
+        let state = if small {
             state.detached_copy()
         } else {
             KeyedState::default()

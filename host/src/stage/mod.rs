@@ -18,7 +18,9 @@ use crate::time::Mark;
 
 pub use dedup::{DEDUP_OUTPUT, DedupStage};
 pub use join::{JoinSettings, JoinStage};
-pub use transform::{PLUGIN_VERSION_PROPERTY, StageTelemetry, WasmTransformStage};
+pub use transform::{
+    PLUGIN_VERSION_PROPERTY, StageTelemetry, WasmTransformStage, labelled_version,
+};
 pub use window::{WindowSettings, WindowSpec, WindowStage};
 
 /// What a stage produced for one batch.

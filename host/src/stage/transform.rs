@@ -29,6 +29,16 @@ use crate::plugin::{
 /// `value = "plugin_version"`.
 pub const PLUGIN_VERSION_PROPERTY: &str = "weir-plugin-version";
 
+/// The plugin version `record` is labelled with ([`PLUGIN_VERSION_PROPERTY`]), if it is.
+pub fn labelled_version(record: &Event) -> Option<&str> {
+    record
+        .properties
+        .iter()
+        .rev()
+        .find(|(name, _)| name == PLUGIN_VERSION_PROPERTY)
+        .map(|(_, version)| version.as_str())
+}
+
 /// Where a stage reports its calls, and whether it labels its records with their version.
 #[derive(Debug, Clone)]
 pub struct StageTelemetry {

@@ -132,12 +132,10 @@ impl RowConverter {
                         Some(Json::UInt(u64::from(record.partition)))
                     }
                     Source::Meta(ColumnValue::Position) => Some(Json::UInt(record.position)),
-                    Source::Meta(ColumnValue::PluginVersion) => record
-                        .properties
-                        .iter()
-                        .rev()
-                        .find(|(name, _)| name == crate::stage::PLUGIN_VERSION_PROPERTY)
-                        .map(|(_, version)| Json::Text(Cow::Borrowed(version.as_str()))),
+                    Source::Meta(ColumnValue::PluginVersion) => {
+                        crate::stage::labelled_version(record)
+                            .map(|version| Json::Text(Cow::Borrowed(version)))
+                    }
                 };
                 self.cell(column, value)
             })
