@@ -506,13 +506,18 @@ fn a_delta_table_on_an_abfss_url_is_written_to_azurite_and_read_back() {
     }
 
     // Python's deltalake reads both tables at their abfss:// URLs: every event once.
+    let tables = runs
+        .iter()
+        .map(|(table, _, _)| format!("(\"{table}\", \"{}\")", url(table)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let read = azurite.python(&format!(
         r#"
 from deltalake import DeltaTable
 from azure.storage.blob import ContainerClient
 options = {{"account_name": "{AZURITE_ACCOUNT}", "account_key": "{AZURITE_KEY}", "azure_storage_endpoint": "{endpoint}", "allow_http": "true"}}
 out = {{}}
-for name, url in {tables}:
+for name, url in [{tables}]:
     table = DeltaTable(url, storage_options=options)
     out[name] = {{"ids": table.to_pyarrow_table().column("EventId").to_pylist(),
         "partition_by": table.metadata().partition_columns}}
@@ -521,13 +526,6 @@ out["logs"] = sorted(n for n in names if "/_delta_log/" in n and n.endswith(".js
 print(json.dumps(out))
 "#,
         endpoint = azurite.blob_endpoint(),
-        tables = format!(
-            "[{}]",
-            runs.iter()
-                .map(|(table, _, _)| format!("(\"{table}\", \"{}\")", url(table)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
     ));
     let read: Value = serde_json::from_str(read.trim()).expect("JSON");
     for (table, _, _) in &runs {

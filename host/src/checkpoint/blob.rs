@@ -7,9 +7,9 @@
 //!   conditional writes (`If-Match` on the ETag seen, `If-None-Match: *` for a new blob).
 //! - `<namespace>/<hub>/<group>/checkpoint/<partition>`: metadata `sequencenumber` (Weir's
 //!   position: the Event Hubs sequence number or Kafka offset of the last event covered) and
-//!   `offset` (the source's offset of that event, left out when unknown); the body holds Weir's own checkpoint (stage state, sink progress), which the SDKs
-//!   ignore. A checkpoint an SDK wrote (no Weir body, or a body behind the metadata) resumes
-//!   after its `sequencenumber`.
+//!   `offset` (the source's offset of that event, left out when unknown); the body holds Weir's
+//!   own checkpoint (stage state, sink progress), which the SDKs ignore. A checkpoint an SDK wrote
+//!   (no Weir body, or a body behind the metadata) resumes after its `sequencenumber`.
 //! - `weir/meta/<key>`: small values sources keep across restarts.
 //!
 //! Namespace, hub and group are folded to lower case as the SDKs do.
