@@ -13,6 +13,7 @@ pub mod bookings;
 pub mod eventhubs;
 pub mod examples;
 pub mod kafka;
+pub mod kafka_proxies;
 pub mod servers;
 pub mod service;
 pub mod telemetry;
