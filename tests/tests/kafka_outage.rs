@@ -211,14 +211,20 @@ fn the_kafka_sink_retries_through_a_broker_outage_and_loses_no_alert() {
     process.terminate();
     let status = process.wait(Duration::from_secs(120));
     assert!(status.success(), "weir exited with {status}:\n{log}");
+    // A produce met the outage: either the client's own retries outlasted it (rskafka backs off
+    // within a request), or they gave up and the sink reconnected and produced the batch again.
+    let retried_by_sink =
+        log.contains("Kafka produce failed; reconnecting and producing the batch again");
     assert!(
-        log.contains("Kafka produce failed; reconnecting and producing the batch again"),
+        retried_by_sink || log.contains("request_name=\"produce\""),
         "the sink met the outage:\n{log}"
     );
-    assert!(
-        log.contains("Kafka broker reachable again; producing on"),
-        "the sink produced on after the outage:\n{log}"
-    );
+    if retried_by_sink {
+        assert!(
+            log.contains("Kafka broker reachable again; producing on"),
+            "the sink produced on after the outage:\n{log}"
+        );
+    }
 
     let mut by_id: BTreeMap<String, String> = BTreeMap::new();
     for record in read_all(&address, "alerts") {
