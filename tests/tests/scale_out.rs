@@ -1,14 +1,21 @@
 //! Scale-out: three `weir run` processes with the same configuration share the eight partitions
 //! of one Kafka topic through ownership claims in Blob Storage (Azurite). One is killed with
-//! SIGKILL while events arrive; the other two take its partitions once its claims expire and
-//! resume from its checkpoints. The Delta table (read by Python's deltalake) holds every event
-//! exactly once, and the alerts (deduplicated by their id header) are exactly the rule's.
+//! SIGKILL while events arrive; the other two take its partitions once its claims expire (within
+//! the expiry plus a balancing cycle, see `weir_tests::scale_out`) and resume from its
+//! checkpoints. The Delta table (read by Python's deltalake, each row with its source partition
+//! and offset) holds every event exactly once, and each of the killed process's partitions
+//! continues right after the last row it wrote, which is at or past its last checkpoint. The
+//! alerts (deduplicated by their id header) are exactly the rule's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::scale_out::{
+    add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
+    assert_takeover_by_expiry, checkpoint_positions, last_checkpoints,
+};
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
 use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
@@ -16,7 +23,8 @@ use weir_tests::telemetry::{
 use weir_tests::{WeirProcess, read_delta};
 
 const NAMESPACE: &str = "scale.servicebus.windows.net";
-const EXPIRY_SECS: u64 = 3;
+const EXPIRY_MS: u64 = 3_000;
+const RENEW_MS: u64 = 500;
 
 /// Owner id per partition, as the Azure SDK's checkpoint store lists the live claims.
 fn owners(azurite: &Azurite) -> BTreeMap<String, String> {
@@ -48,7 +56,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     let mut pipeline = KafkaPipeline::new(&broker.address(), "telemetry");
     pipeline.alerts_topic = Some("alerts".to_owned());
     pipeline.checkpoint = format!(
-        "ownership = {{ expiry = \"{EXPIRY_SECS}s\", renew_interval = \"500ms\" }}\n\
+        "ownership = {{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"{RENEW_MS}ms\" }}\n\
          azure_blob = {{ account = \"{AZURITE_ACCOUNT}\", container = \"checkpoints\", endpoint = \"{}\", options = {{ azure_storage_account_key = \"{AZURITE_KEY}\" }} }}",
         azurite.blob_endpoint()
     );
@@ -62,6 +70,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
                 &format!("fetch_max_wait = \"100ms\"\nnamespace = \"{NAMESPACE}\"\nconsumer_group = \"weir\""),
             );
             std::fs::write(&path, text).expect("config");
+            add_source_columns(&path);
             path
         })
         .collect();
@@ -87,16 +96,29 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         },
     );
 
-    // Under load: the rest of the events arrive while one process is killed.
+    // Under load: the rest of the events arrive while one process is killed, once every
+    // partition has a checkpoint (on a loaded machine the first batches may take a while).
+    let mut chunks: Vec<Vec<(i32, String, String)>> =
+        rest.chunks(1500).map(<[_]>::to_vec).collect();
+    produce(&broker.address(), "telemetry", &chunks.remove(0));
+    let all_partitions: BTreeSet<u32> = (0..8).collect();
+    wait_for(
+        "a checkpoint per partition",
+        Duration::from_secs(180),
+        || {
+            checkpoint_positions(&configs[0], &all_partitions)
+                .values()
+                .all(Option::is_some)
+        },
+    );
     let address = broker.address();
-    let rest = rest.to_vec();
     let producer = std::thread::spawn(move || {
-        for chunk in rest.chunks(1500) {
-            produce(&address, "telemetry", chunk);
+        for chunk in chunks {
+            produce(&address, "telemetry", &chunk);
             std::thread::sleep(Duration::from_millis(150));
         }
     });
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(300));
     let victim = processes[0].take().expect("process a");
     let victim_owner = weir_tests::logged_owner_id(&victim.log_text())
         .expect("the killed process logged its owner id");
@@ -111,6 +133,15 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     );
     victim.kill9();
     let killed_at = Instant::now();
+    let killed_at_ms = chrono::Utc::now().timestamp_millis();
+    // Its last checkpoints: nobody writes them until its claims expire.
+    let victim_checkpoints = last_checkpoints(
+        &configs[0],
+        &victim_partitions
+            .iter()
+            .map(|p| p.parse().expect("partition"))
+            .collect(),
+    );
 
     // Its partitions move to the survivors once its claims expire.
     wait_for(
@@ -126,14 +157,13 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     );
     let takeover = killed_at.elapsed();
     println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_SECS} s)",
+        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms)",
         takeover.as_secs_f64()
     );
-    // Within the expiry plus a renewal cycle; the margin covers the listing through Python and
-    // a loaded machine.
-    assert!(
-        takeover < Duration::from_secs(EXPIRY_SECS + 6),
-        "takeover took {takeover:?}"
+    assert_takeover_by_expiry(
+        takeover,
+        Duration::from_millis(EXPIRY_MS),
+        Duration::from_millis(RENEW_MS),
     );
     producer.join().expect("producer");
 
@@ -143,15 +173,26 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         std::thread::sleep(Duration::from_secs(2));
         read_delta(&table_path).rows.len() >= readings.len()
     });
-    let survivor_logs = weir_tests::stop_all(processes);
-    assert!(
-        survivor_logs
-            .iter()
-            .any(|l| l.contains("resuming from checkpoint")),
-        "the survivors resumed the killed process's partitions from its checkpoints"
-    );
+    weir_tests::stop_all(processes);
 
-    assert_each_reading_once(&read_delta(&table_path).rows, &readings);
+    let rows = read_delta(&table_path).rows;
+    assert_each_reading_once(&rows, &readings);
+    // Every offset of every partition once (the offsets as the broker holds them), and a clean
+    // handover of the victim's partitions.
+    let mut source: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for record in read_all(&broker.address(), "telemetry") {
+        source
+            .entry(u32::try_from(record.partition).expect("partition"))
+            .or_default()
+            .push(u64::try_from(record.offset).expect("offset"));
+    }
+    for offsets in source.values_mut() {
+        offsets.sort_unstable();
+    }
+    assert_each_position_once(&rows, &source);
+    let handovers =
+        assert_continued_after_checkpoints(&rows, &source, &victim_checkpoints, killed_at_ms);
+    println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
 
     let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
     for record in read_all(&broker.address(), "alerts") {
