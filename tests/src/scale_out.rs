@@ -13,19 +13,74 @@ use serde_json::Value;
 /// loaded 2-core machine.
 pub const TAKEOVER_SLACK: Duration = Duration::from_secs(10);
 
-/// Asserts that the partitions of a process killed `takeover` ago moved because its claims
-/// expired: a killed process renewed its claims at most one `renew_interval` before it died, so
-/// they expire between `expiry - renew_interval` and `expiry` after the kill (one second earlier
-/// in Blob Storage, whose `Last-Modified` has a one-second resolution); a survivor notices at its
-/// next balancing cycle (`renew_interval`). A takeover sooner than that would mean claims were
-/// taken while still live; much later, that the expiry did not free them.
-pub fn assert_takeover_by_expiry(takeover: Duration, expiry: Duration, renew_interval: Duration) {
-    let earliest = expiry.saturating_sub(renew_interval + Duration::from_secs(1));
+/// Asserts that each partition of a killed process moved because its claim expired.
+///
+/// `renewed` is when the killed process last renewed each claim, as the store records it (read
+/// just after the kill); `moved` is when the test first saw each partition owned by another
+/// process (milliseconds since the epoch). Survivors take a claim once the store's time of it is
+/// `expiry` old, so a partition cannot move sooner than `expiry` after its last renewal (sooner
+/// would mean a live claim was taken). A killed process renewed at most one `renew_interval`
+/// before it died and a survivor notices the expiry at its next balancing cycle, so every
+/// partition moves within `expiry + renew_interval` of the kill; `TAKEOVER_SLACK` covers the
+/// claim writes and the test's polling on a loaded machine (much later would mean the expiry did
+/// not free them).
+pub fn assert_takeover_by_expiry(
+    renewed: &BTreeMap<u32, i64>,
+    moved: &BTreeMap<u32, i64>,
+    killed_at_ms: i64,
+    expiry: Duration,
+    renew_interval: Duration,
+) {
+    let expiry_ms = i64::try_from(expiry.as_millis()).expect("expiry");
     let latest = expiry + renew_interval + TAKEOVER_SLACK;
-    assert!(
-        takeover >= earliest && takeover <= latest,
-        "takeover {takeover:?} after the kill: expected between {earliest:?} and {latest:?} (expiry {expiry:?}, renewal every {renew_interval:?})"
-    );
+    let latest_ms = i64::try_from(latest.as_millis()).expect("bound");
+    assert!(!renewed.is_empty(), "no partition to take over");
+    for (partition, &renewed_at) in renewed {
+        let moved_at = *moved
+            .get(partition)
+            .unwrap_or_else(|| panic!("partition {partition} was not seen moving"));
+        assert!(
+            moved_at - renewed_at >= expiry_ms,
+            "partition {partition} moved {} ms after its claim was last renewed: before the expiry ({expiry:?})",
+            moved_at - renewed_at
+        );
+        assert!(
+            moved_at - killed_at_ms <= latest_ms,
+            "partition {partition} moved {} ms after the kill: expected within {latest:?} (expiry {expiry:?} + renewal every {renew_interval:?} + {TAKEOVER_SLACK:?})",
+            moved_at - killed_at_ms
+        );
+    }
+}
+
+/// Each partition's claim in the checkpoint store the configuration at `config` names: the
+/// owner id and when the store says it was last written (milliseconds since the epoch, as the
+/// survivors see it). Read in-process: fast, just after a kill.
+pub fn claims(config: &Path) -> BTreeMap<u32, (String, i64)> {
+    let (runtime, store) = open_store(config);
+    runtime.block_on(async {
+        store
+            .list_ownership("telemetry")
+            .await
+            .expect("list ownership")
+            .into_iter()
+            .map(|claim| (claim.partition, (claim.owner, claim.last_modified)))
+            .collect()
+    })
+}
+
+fn open_store(
+    config: &Path,
+) -> (
+    tokio::runtime::Runtime,
+    std::sync::Arc<dyn weir::checkpoint::CheckpointStore>,
+) {
+    let loaded = weir::config::load(config).expect("config");
+    let store = weir::checkpoint::build(&loaded).expect("checkpoint store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (runtime, store)
 }
 
 /// The columns the scale-out tests add to the raw table: each row's source partition and position.
@@ -49,12 +104,7 @@ pub fn checkpoint_positions(
     config: &Path,
     partitions: &BTreeSet<u32>,
 ) -> BTreeMap<u32, Option<u64>> {
-    let loaded = weir::config::load(config).expect("config");
-    let store = weir::checkpoint::build(&loaded).expect("checkpoint store");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (runtime, store) = open_store(config);
     runtime.block_on(async {
         let mut out = BTreeMap::new();
         for &partition in partitions {

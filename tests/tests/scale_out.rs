@@ -14,7 +14,7 @@ use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
 use weir_tests::scale_out::{
     add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
-    assert_takeover_by_expiry, checkpoint_positions, last_checkpoints,
+    assert_takeover_by_expiry, checkpoint_positions, claims, last_checkpoints,
 };
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
 use weir_tests::telemetry::{
@@ -142,26 +142,52 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
             .map(|p| p.parse().expect("partition"))
             .collect(),
     );
+    // When it last renewed each claim, as the store (and so the survivors) see it.
+    let claims_at_kill = claims(&configs[0]);
+    let renewed: BTreeMap<u32, i64> = victim_checkpoints
+        .keys()
+        .map(|partition| {
+            let (owner, renewed_at) = claims_at_kill
+                .get(partition)
+                .unwrap_or_else(|| panic!("partition {partition} has no claim"));
+            assert_eq!(*owner, victim_owner, "partition {partition} at the kill");
+            (*partition, *renewed_at)
+        })
+        .collect();
 
     // Its partitions move to the survivors once its claims expire.
+    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
     wait_for(
         "the killed process's partitions to move",
         Duration::from_secs(120),
         || {
             let now = owners(&azurite);
-            victim_partitions.iter().all(|p| {
-                now.get(p)
+            let seen_at = chrono::Utc::now().timestamp_millis();
+            for p in &victim_partitions {
+                if now
+                    .get(p)
                     .is_some_and(|owner| !owner.is_empty() && *owner != victim_owner)
-            })
+                {
+                    moved
+                        .entry(p.parse().expect("partition"))
+                        .or_insert(seen_at);
+                }
+            }
+            moved.len() == victim_partitions.len()
         },
     );
-    let takeover = killed_at.elapsed();
     println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms)",
-        takeover.as_secs_f64()
+        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms); ms after the last renewal: {:?}",
+        killed_at.elapsed().as_secs_f64(),
+        moved
+            .iter()
+            .map(|(p, at)| (p, at - renewed[p]))
+            .collect::<Vec<_>>()
     );
     assert_takeover_by_expiry(
-        takeover,
+        &renewed,
+        &moved,
+        killed_at_ms,
         Duration::from_millis(EXPIRY_MS),
         Duration::from_millis(RENEW_MS),
     );
