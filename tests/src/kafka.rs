@@ -39,6 +39,14 @@ pub fn use_tls(ca_file: &std::path::Path) {
     *TLS_CA.lock().expect("lock") = Some(ca_file.to_path_buf());
 }
 
+/// The SASL PLAIN user and password of the helpers' own connections (see [`use_sasl_plain`]).
+static SASL_PLAIN: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+/// Makes the helpers of this test binary authenticate with SASL PLAIN.
+pub fn use_sasl_plain(username: &str, password: &str) {
+    *SASL_PLAIN.lock().expect("lock") = Some((username.to_owned(), password.to_owned()));
+}
+
 async fn client(broker: &str) -> Client {
     // A deadline: without one, rskafka retries a failing connection forever.
     let mut builder =
@@ -62,6 +70,12 @@ async fn client(broker: &str) -> Client {
         .with_root_certificates(roots)
         .with_no_client_auth();
         builder = builder.tls_config(std::sync::Arc::new(config));
+    }
+    let sasl = SASL_PLAIN.lock().expect("lock").clone();
+    if let Some((username, password)) = sasl {
+        builder = builder.sasl_config(rskafka::client::SaslConfig::Plain(
+            rskafka::client::Credentials::new(username, password),
+        ));
     }
     builder.build().await.expect("connect to the broker")
 }
@@ -226,6 +240,8 @@ pub struct KafkaPipeline {
     pub dead_letters: String,
     /// Extra lines of the source (such as `tls = {...}`).
     pub source_extra: String,
+    /// Extra lines of the Kafka alerts sink, when `alerts_topic` is set.
+    pub sink_extra: String,
 }
 
 impl KafkaPipeline {
@@ -243,6 +259,7 @@ impl KafkaPipeline {
             checkpoint_interval: "200ms".to_owned(),
             dead_letters: "dead_letters".to_owned(),
             source_extra: String::new(),
+            sink_extra: String::new(),
         }
     }
 
@@ -251,8 +268,8 @@ impl KafkaPipeline {
         let plugin = crate::plugin_path("telemetry_anomaly");
         let alerts = match &self.alerts_topic {
             Some(topic) => format!(
-                "kind = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\nkey_field = \"DeviceId\"",
-                self.broker
+                "kind = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\nkey_field = \"DeviceId\"\n{}",
+                self.broker, self.sink_extra
             ),
             None => "kind = \"file\"\npath = \"alerts\"".to_owned(),
         };

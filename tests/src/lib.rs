@@ -13,6 +13,7 @@ pub mod bookings;
 pub mod eventhubs;
 pub mod examples;
 pub mod kafka;
+pub mod kafka_proxies;
 pub mod scale_out;
 pub mod servers;
 pub mod service;

@@ -160,12 +160,14 @@ fn the_readmes_azure_architecture_configuration_is_valid() {
     let path = weir_tests::workspace_dir().join("examples/azure.toml");
     let example = std::fs::read_to_string(&path).expect("example");
     // The plugin as this build made it (the example names where `scripts/build-plugins` puts it).
-    let text = example.replace(
-        "../target/plugins/telemetry_anomaly.wasm",
-        &weir_tests::plugin_path("telemetry_anomaly")
-            .display()
-            .to_string(),
-    );
+    let text = ["telemetry_anomaly", "telemetry_aggregates"]
+        .into_iter()
+        .fold(example.clone(), |text, plugin| {
+            text.replace(
+                &format!("../target/plugins/{plugin}.wasm"),
+                &weir_tests::plugin_path(plugin).display().to_string(),
+            )
+        });
     let loaded = weir::config::load_str(&text, &path, path.parent().expect("examples"))
         .unwrap_or_else(|e| panic!("{e}"));
     let config = &loaded.config;
@@ -181,6 +183,17 @@ fn the_readmes_azure_architecture_configuration_is_valid() {
         config.sinks["raw_telemetry"],
         weir::config::SinkConfig::Delta(ref delta) if delta.path.starts_with("abfss://")
     ));
+    assert!(matches!(
+        config.sinks["aggregated_metrics"],
+        weir::config::SinkConfig::Delta(ref delta) if delta.path.starts_with("abfss://")
+    ));
+    // The aggregates: a window stage on the same hub, as a consumer group of their own.
+    let aggregates = &config.pipelines["aggregates"];
+    assert!(matches!(
+        config.sources[&aggregates.source],
+        weir::config::SourceConfig::EventHubs(ref hub) if hub.event_hub.as_deref() == Some("telemetry")
+    ));
+    assert!(aggregates.stages.iter().any(|stage| stage.window.is_some()));
     assert!(config.checkpoint.azure_blob.is_some());
     let readme =
         std::fs::read_to_string(weir_tests::workspace_dir().join("README.md")).expect("README");

@@ -7,9 +7,9 @@
 //!   conditional writes (`If-Match` on the ETag seen, `If-None-Match: *` for a new blob).
 //! - `<namespace>/<hub>/<group>/checkpoint/<partition>`: metadata `sequencenumber` (Weir's
 //!   position: the Event Hubs sequence number or Kafka offset of the last event covered) and
-//!   `offset`; the body holds Weir's own checkpoint (stage state, sink progress), which the SDKs
-//!   ignore. A checkpoint an SDK wrote (no Weir body, or a body behind the metadata) resumes
-//!   after its `sequencenumber`.
+//!   `offset` (the source's offset of that event, left out when unknown); the body holds Weir's
+//!   own checkpoint (stage state, sink progress), which the SDKs ignore. A checkpoint an SDK wrote
+//!   (no Weir body, or a body behind the metadata) resumes after its `sequencenumber`.
 //! - `weir/meta/<key>`: small values sources keep across restarts.
 //!
 //! Namespace, hub and group are folded to lower case as the SDKs do.
@@ -197,11 +197,12 @@ impl CheckpointStore for BlobCheckpointStore {
                 Attribute::Metadata(SEQUENCE_NUMBER.into()),
                 position.to_string().into(),
             );
-            let offset = checkpoint
-                .source_offset
-                .clone()
-                .unwrap_or_else(|| position.to_string());
-            attributes.insert(Attribute::Metadata(OFFSET.into()), offset.into());
+        }
+        // Only the source's own offset: a sequence number in its place would send an SDK
+        // processor resuming from `offset` to the wrong event. The worker carries the offset of a
+        // resumed position forward, so it is unknown only when no event or checkpoint named it.
+        if let Some(offset) = &checkpoint.source_offset {
+            attributes.insert(Attribute::Metadata(OFFSET.into()), offset.clone().into());
         }
         let options = PutOptions {
             attributes,

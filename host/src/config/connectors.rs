@@ -24,10 +24,17 @@ pub struct KafkaConnection {
     /// Longest wait for a broker's answer before the request is retried or fails.
     #[serde(default = "default_kafka_timeout")]
     pub timeout: ConfigDuration,
+    /// Longest the brokers may stay unreachable (a restart, a network outage) while the source
+    /// reconnects and the sink retries, with backoff, before the pipeline fails.
+    #[serde(default = "default_kafka_max_outage")]
+    pub max_outage: ConfigDuration,
 }
 
 fn default_kafka_timeout() -> ConfigDuration {
     ConfigDuration::from_millis(30_000)
+}
+fn default_kafka_max_outage() -> ConfigDuration {
+    ConfigDuration::from_millis(300_000)
 }
 
 /// TLS settings of a Kafka connection.
@@ -62,9 +69,11 @@ pub enum SaslMechanism {
     /// PLAIN: user name and password, in the clear (use it with TLS).
     #[default]
     Plain,
-    /// SCRAM-SHA-256.
+    /// SCRAM-SHA-256 (`kebab-case` alone would spell it `scram-sha256`).
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     /// SCRAM-SHA-512.
+    #[serde(rename = "scram-sha-512")]
     ScramSha512,
 }
 

@@ -178,7 +178,27 @@ impl Document<'_> {
         };
         let err = result.err()?;
         let mut full = keys.to_vec();
-        full.extend(path_segments(err.path()));
+        let inner_keys = path_segments(err.path());
+        // The Kafka connection is `flatten`ed, which hides the path of an error inside its
+        // nested tables: look into them one by one.
+        if inner_keys.is_empty() && kind.as_ref() == "kafka" {
+            for table in ["sasl", "tls"] {
+                let Some(value) = find(fields, table) else {
+                    continue;
+                };
+                let value = toml::de::ValueDeserializer::from(value.clone());
+                let nested = match table {
+                    "sasl" => check::<super::KafkaSasl>(value),
+                    _ => check::<super::KafkaTls>(value),
+                };
+                if let Err(nested) = nested {
+                    full.push(table.to_owned());
+                    full.extend(path_segments(nested.path()));
+                    return Some((full, nested.into_inner()));
+                }
+            }
+        }
+        full.extend(inner_keys);
         Some((full, err.into_inner()))
     }
 
@@ -394,7 +414,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             SinkConfig::Delta(delta) => validate_delta(doc, name, delta)?,
             SinkConfig::Webhook(webhook) => validate_webhook(doc, name, webhook)?,
             SinkConfig::Kafka(kafka) => {
-                validate_kafka(doc, &["sinks", name], &kafka.connection)?;
+                validate_kafka(loaded, doc, &["sinks", name], &kafka.connection)?;
                 if kafka.batch_max_records == 0 {
                     return Err(
                         doc.error(&["sinks", name, "batch_max_records"], "expected at least 1")
@@ -415,7 +435,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
     }
     for (name, source) in &config.sources {
         if let SourceConfig::Kafka(kafka) = source {
-            validate_kafka(doc, &["sources", name], &kafka.connection)?;
+            validate_kafka(loaded, doc, &["sources", name], &kafka.connection)?;
             if kafka.fetch_max_bytes < 1024 {
                 return Err(doc.error(
                     &["sources", name, "fetch_max_bytes"],
@@ -847,6 +867,7 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
 }
 
 fn validate_kafka(
+    loaded: &LoadedConfig,
     doc: &Document<'_>,
     at: &[&str],
     connection: &super::KafkaConnection,
@@ -856,6 +877,36 @@ fn validate_kafka(
         keys.push(k);
         keys
     };
+    let nested = |table: &'static str, k: &'static str| {
+        let mut keys = at.to_vec();
+        keys.extend([table, k]);
+        keys
+    };
+    if let Some(sasl) = &connection.sasl {
+        if sasl.username.trim().is_empty() {
+            return Err(doc.error(
+                &nested("sasl", "username"),
+                "expected a user name (Event Hubs: `$ConnectionString`)",
+            ));
+        }
+        if sasl.password.is_empty() {
+            return Err(doc.error(
+                &nested("sasl", "password"),
+                "expected a password (Event Hubs: the connection string, or `${NAME}` for an environment variable)",
+            ));
+        }
+    }
+    if let Some(ca_file) = connection.tls.as_ref().and_then(|tls| tls.ca_file.as_ref())
+        && !loaded.resolve(ca_file).is_file()
+    {
+        return Err(doc.error(
+            &nested("tls", "ca_file"),
+            format!(
+                "expected a PEM file of certificate authorities, found no file at {}",
+                loaded.resolve(ca_file).display()
+            ),
+        ));
+    }
     if connection.brokers.is_empty() {
         return Err(doc.error(&key("brokers"), "expected at least one `host:port`"));
     }
@@ -1299,6 +1350,100 @@ outputs = { alerts = "out" }
                 "expected `{key}`: {expectation}, got: {err}\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn kafka_sasl_and_tls_settings_load_and_are_checked_with_lines() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        std::fs::write(dir.path().join("ca.pem"), b"").expect("CA placeholder");
+        let kafka = |settings: &str| {
+            VALID.replace(
+                "kind = \"simulator\"",
+                &format!(
+                    "kind = \"kafka\"\nbrokers = [\"ns.servicebus.windows.net:9093\"]\ntopic = \"t\"\n{settings}"
+                ),
+            )
+        };
+        // Event Hubs' Kafka endpoint: TLS with the system's roots, SASL PLAIN.
+        let text = kafka(
+            "tls = {}\nsasl = { mechanism = \"plain\", username = \"$ConnectionString\", password = \"${EH_CONNECTION}\" }\nmax_outage = \"2m\"",
+        );
+        let loaded = load_str(&text, Path::new("weir.toml"), dir.path()).expect("valid");
+        let SourceConfig::Kafka(source) = &loaded.config.sources["sim"] else {
+            panic!("a Kafka source");
+        };
+        let connection = &source.connection;
+        let sasl = connection.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.mechanism, super::super::SaslMechanism::Plain);
+        assert_eq!(sasl.username, "$ConnectionString");
+        assert_eq!(
+            sasl.password, "${EH_CONNECTION}",
+            "expanded at connect, not at load"
+        );
+        assert!(connection.tls.as_ref().is_some_and(|t| t.ca_file.is_none()));
+        assert_eq!(
+            connection.max_outage.get(),
+            std::time::Duration::from_secs(120)
+        );
+        // The mechanism defaults to PLAIN; SCRAM is spelled as in Kafka's configuration.
+        let text = kafka(
+            "tls = { ca_file = \"ca.pem\" }\n[sources.sim.sasl]\nusername = \"u\"\npassword = \"p\"",
+        );
+        let loaded = load_str(&text, Path::new("weir.toml"), dir.path()).expect("valid");
+        let SourceConfig::Kafka(source) = &loaded.config.sources["sim"] else {
+            panic!("a Kafka source");
+        };
+        assert_eq!(
+            source.connection.sasl.as_ref().map(|s| s.mechanism),
+            Some(super::super::SaslMechanism::Plain)
+        );
+        let text =
+            kafka("sasl = { mechanism = \"scram-sha-512\", username = \"u\", password = \"p\" }");
+        load_str(&text, Path::new("weir.toml"), dir.path()).expect("SCRAM is valid");
+
+        // Errors name file, line and key.
+        let err = refuse(&kafka(
+            "sasl = { mechanism = \"PLAIN-TEXT\", username = \"u\", password = \"p\" }",
+        ));
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("sources.sim.sasl.mechanism"), "{err}");
+        assert!(err.contains("unknown variant `PLAIN-TEXT`"), "{err}");
+        assert!(
+            err.contains("`plain`, `scram-sha-256`, `scram-sha-512`"),
+            "{err}"
+        );
+        let err = refuse(&kafka("sasl = { username = \"u\" }"));
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("missing field `password`"), "{err}");
+        let err = refuse(&kafka(
+            "sasl = { username = \"u\", password = \"p\", mechanizm = \"plain\" }",
+        ));
+        assert!(err.contains("unknown field `mechanizm`"), "{err}");
+        let err = refuse(&kafka("sasl = { username = \" \", password = \"p\" }"));
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(
+            err.contains("`sources.sim.sasl.username`: expected a user name"),
+            "{err}"
+        );
+        let err = refuse(&kafka("sasl = { username = \"u\", password = \"\" }"));
+        assert!(
+            err.contains("`sources.sim.sasl.password`: expected a password"),
+            "{err}"
+        );
+        let err = refuse(&kafka("tls = { ca_file = \"missing.pem\" }"));
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("`sources.sim.tls.ca_file`"), "{err}");
+        assert!(err.contains("missing.pem"), "{err}");
+        let err = refuse(&kafka("tls = { cafile = \"ca.pem\" }"));
+        assert!(err.contains("unknown field `cafile`"), "{err}");
+        // The sink has the same settings.
+        let sink = VALID.replace(
+            "kind = \"stdout\"",
+            "kind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"t\"\nsasl = { username = \"\", password = \"p\" }",
+        );
+        let err = refuse(&sink);
+        assert!(err.contains("`sinks.out.sasl.username`"), "{err}");
     }
 
     #[test]

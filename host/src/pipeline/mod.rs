@@ -664,6 +664,7 @@ pub(crate) async fn build_worker(
         metrics: context.metrics.clone(),
         position: checkpoint.position,
         checkpointed: checkpoint.position,
+        checkpointed_offset: checkpoint.source_offset.clone(),
         time,
         state_dirty: false,
         right_inputs: vec![Vec::new(); pipeline.stages.len()],

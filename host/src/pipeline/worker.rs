@@ -111,6 +111,11 @@ pub(crate) struct PartitionWorker {
     pub(crate) position: Option<Position>,
     /// The position of the last saved checkpoint.
     pub(crate) checkpointed: Option<Position>,
+    /// The source's offset of `checkpointed` (an Event Hubs offset), from the checkpoint loaded at
+    /// start or the last one saved: a checkpoint re-saved at that position before any new event
+    /// (an idle watermark advance, the input's end, after a restart or a takeover) keeps it,
+    /// since the reader only knows the offsets of the events it read.
+    pub(crate) checkpointed_offset: Option<String>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Event time, when the pipeline orders events or has time-based stages.
     pub(crate) time: Option<PartitionTime>,
@@ -648,7 +653,11 @@ impl PartitionWorker {
         let mut checkpoint = Checkpoint {
             position: Some(position),
             written_at: now_millis(),
-            source_offset: self.reader.source_offset(position),
+            source_offset: self.reader.source_offset(position).or_else(|| {
+                (self.checkpointed == Some(position))
+                    .then(|| self.checkpointed_offset.clone())
+                    .flatten()
+            }),
             ..Checkpoint::default()
         };
         for slot in &mut self.sinks {
@@ -669,6 +678,7 @@ impl PartitionWorker {
             .save(&self.settings.pipeline, self.partition, &checkpoint)
             .await?;
         self.checkpointed = Some(position);
+        self.checkpointed_offset = checkpoint.source_offset.take();
         self.state_dirty = false;
         self.reader.checkpointed(position);
         self.status.update(|s| {
@@ -726,3 +736,7 @@ fn route(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

@@ -123,8 +123,10 @@ pub trait PartitionReader: Send {
     /// release what it kept for a replay (for example, old write-ahead log segments).
     fn checkpointed(&mut self, _position: Position) {}
 
-    /// The source's own name for `position` when it has one besides it (an Event Hubs offset),
-    /// recorded in the checkpoint for other readers of the store (the Azure SDKs' processors).
+    /// The source's own name for `position` when it has one (an Event Hubs offset, a Kafka
+    /// offset), recorded in the checkpoint for other readers of the store (the Azure SDKs'
+    /// processors); `None` when the reader does not know it (the worker then keeps the one of a
+    /// position it resumed from).
     fn source_offset(&self, _position: Position) -> Option<String> {
         None
     }

@@ -74,6 +74,16 @@ impl StoredEvent {
             .unwrap_or_default()
     }
 
+    /// Message annotation `name` as receivers get it, as text (`x-opt-offset` is a string there;
+    /// a number is printed).
+    pub fn annotation(&self, name: &str) -> Option<String> {
+        message_annotation(&self.message, name).map(|value| match value {
+            Value::String(text) => text.clone(),
+            Value::Long(n) => n.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+
     /// The message id, when it is a string.
     pub fn message_id(&self) -> Option<String> {
         use fe2o3_amqp::types::messaging::MessageId;

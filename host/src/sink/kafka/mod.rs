@@ -3,6 +3,10 @@
 //! produces the records after the last checkpoint again. Every record carries a deterministic id
 //! header (`weir-id`: pipeline, partition, source position and output index) so that consumers
 //! can drop the repeats.
+//!
+//! A produce request that fails after rskafka's own retries (a broker restart, a network outage)
+//! is sent again with backoff, for up to the connection's `max_outage`, before the pipeline fails;
+//! a repeat this may cause carries the same id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -210,17 +214,38 @@ impl KafkaWriter {
                 .partition_client(target)
                 .await
                 .map_err(|e| self.error(e))?;
-            let mut records = records.into_iter().peekable();
-            while records.peek().is_some() {
-                let chunk: Vec<Record> = records.by_ref().take(batch).collect();
-                let count = chunk.len() as u64;
-                client
-                    .produce(chunk, Compression::NoCompression)
-                    .await
-                    .map_err(|e| {
-                        self.error(format!("produce to partition {target} failed: {e}"))
-                    })?;
-                self.produced += count;
+            let mut outage = connect::Outage::new(self.shared.config.connection.max_outage.get());
+            for chunk in records.chunks(batch.max(1)) {
+                loop {
+                    match client
+                        .produce(chunk.to_vec(), Compression::NoCompression)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) => {
+                            let reason = format!("produce to partition {target} failed: {e}");
+                            let (backoff, attempt) = outage
+                                .failed()
+                                .map_err(|gave_up| self.error(format!("{reason}; {gave_up}")))?;
+                            tracing::warn!(
+                                sink = %self.shared.name, pipeline = %self.scope.pipeline,
+                                partition = self.scope.partition, %reason, attempt,
+                                retry_in_ms = backoff.as_millis() as u64,
+                                "Kafka produce failed; reconnecting and producing the batch again"
+                            );
+                            tokio::time::sleep(backoff).await;
+                        }
+                    }
+                }
+                if let Some((lasted, failures)) = outage.succeeded() {
+                    tracing::info!(
+                        sink = %self.shared.name, pipeline = %self.scope.pipeline,
+                        partition = self.scope.partition, failures,
+                        outage_ms = lasted.as_millis() as u64,
+                        "Kafka broker reachable again; producing on"
+                    );
+                }
+                self.produced += chunk.len() as u64;
             }
         }
         Ok(())

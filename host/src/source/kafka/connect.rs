@@ -56,7 +56,22 @@ pub(crate) async fn connect(
                 connection.timeout.get() * 2
             )
         })?
-        .map_err(|e| format!("cannot connect to the brokers ({brokers}): {e}"))?;
+        .map_err(|e| {
+            let reason = format!("cannot connect to the brokers ({brokers}): {e}");
+            match &connection.sasl {
+                // rskafka retries a refused authentication until its deadline; say what to fix.
+                Some(sasl) if reason.contains("Sasl") => format!(
+                    "{reason} (SASL `{}` as user `{}` was refused: check `sasl.username` and `sasl.password`)",
+                    match sasl.mechanism {
+                        SaslMechanism::Plain => "plain",
+                        SaslMechanism::ScramSha256 => "scram-sha-256",
+                        SaslMechanism::ScramSha512 => "scram-sha-512",
+                    },
+                    sasl.username
+                ),
+                _ => reason,
+            }
+        })?;
     let topics = tokio::time::timeout(connection.timeout.get(), client.list_topics())
         .await
         .map_err(|_| format!("no topic list from the brokers ({brokers})"))?
@@ -108,4 +123,79 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Longest wait between two attempts while the brokers are unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The failures in a row of one partition's requests: how long to back off before the next
+/// attempt, and when to give up (after the connection's `max_outage`). Shared by the source's
+/// readers and the sink's writers, so that both ride out a broker restart the same way.
+#[derive(Debug)]
+pub(crate) struct Outage {
+    max_outage: Duration,
+    /// When the first failure in a row happened, and how many there were.
+    since: Option<(std::time::Instant, u32)>,
+}
+
+impl Outage {
+    /// No failure yet; gives up after `max_outage` of failures in a row.
+    pub(crate) fn new(max_outage: Duration) -> Self {
+        Outage {
+            max_outage,
+            since: None,
+        }
+    }
+
+    /// Whether the last request failed.
+    pub(crate) fn ongoing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Counts a failed request: the wait before the next attempt (200 ms doubling up to 5 s),
+    /// or `Err` with how long the failures have lasted once that exceeds `max_outage`.
+    pub(crate) fn failed(&mut self) -> Result<(Duration, u32), String> {
+        let (since, failures) = self.since.get_or_insert((std::time::Instant::now(), 0));
+        *failures += 1;
+        let elapsed = since.elapsed();
+        if elapsed > self.max_outage {
+            return Err(format!(
+                "unreachable for {:.1} s, {failures} attempts (`max_outage` is {:?})",
+                elapsed.as_secs_f64(),
+                self.max_outage
+            ));
+        }
+        let backoff = Duration::from_millis(200u64 << (*failures - 1).min(5)).min(MAX_BACKOFF);
+        Ok((backoff, *failures))
+    }
+
+    /// Counts a successful request: how long the outage it ends lasted, and its failures.
+    pub(crate) fn succeeded(&mut self) -> Option<(Duration, u32)> {
+        self.since
+            .take()
+            .map(|(since, failures)| (since.elapsed(), failures))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_gives_up_after_max_outage() {
+        let mut outage = Outage::new(Duration::from_secs(3600));
+        let waits: Vec<u128> = (0..8)
+            .map(|_| outage.failed().expect("within max_outage").0.as_millis())
+            .collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert!(outage.ongoing());
+        assert_eq!(outage.succeeded().map(|(_, failures)| failures), Some(8));
+        assert!(!outage.ongoing());
+        assert_eq!(outage.succeeded(), None);
+
+        let mut outage = Outage::new(Duration::ZERO);
+        outage.since = Some((std::time::Instant::now() - Duration::from_millis(5), 0));
+        let err = outage.failed().expect_err("beyond max_outage");
+        assert!(err.contains("1 attempts (`max_outage` is 0ns)"), "{err}");
+    }
 }

@@ -5,6 +5,11 @@
 //!
 //! An event's position is its Kafka offset; its key, timestamp and headers become the event's
 //! key, enqueued time and properties.
+//!
+//! A broker that goes away (a restart, a network outage) does not stop the pipeline: a reader
+//! whose fetch fails after rskafka's own retries (the connection's `timeout`) logs a warning,
+//! backs off and fetches again from the offset it stopped at, reconnecting, for up to the
+//! connection's `max_outage`.
 
 pub(crate) mod connect;
 
@@ -114,6 +119,7 @@ impl KafkaSource {
             fetch_max_bytes: self.config.fetch_max_bytes,
             fetch_max_wait: self.config.fetch_max_wait.get(),
             stop_at_end: self.config.stop_at_end,
+            outage: connect::Outage::new(self.config.connection.max_outage.get()),
         })
     }
 }
@@ -158,6 +164,8 @@ struct KafkaReader {
     fetch_max_bytes: i32,
     fetch_max_wait: Duration,
     stop_at_end: bool,
+    /// Fetches failed in a row (the broker is away).
+    outage: connect::Outage,
 }
 
 impl KafkaReader {
@@ -182,10 +190,15 @@ impl KafkaReader {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
             }) => return self.recover_out_of_range().await,
-            Err(e) => {
-                return Err(self.error(format!("fetch at offset {} failed: {e}", self.next_offset)));
-            }
+            Err(e) => return self.back_off(e).await,
         };
+        if let Some((lasted, failures)) = self.outage.succeeded() {
+            tracing::info!(
+                source = %self.source_name, partition = self.partition,
+                offset = self.next_offset, failures, outage_ms = lasted.as_millis() as u64,
+                "Kafka broker reachable again; reading on"
+            );
+        }
         self.high_watermark = Some(high_watermark);
         for record in records {
             // A compressed batch may start before the requested offset.
@@ -212,6 +225,25 @@ impl KafkaReader {
             });
         }
         Ok(())
+    }
+
+    /// A fetch failed after rskafka's retries: waits before the next attempt (which reconnects
+    /// and fetches from the same offset, so nothing is skipped or read twice), or fails the
+    /// partition once the broker has been away longer than `max_outage`.
+    async fn back_off(&mut self, error: KafkaError) -> Result<(), SourceError> {
+        let reason = format!("fetch at offset {} failed: {error}", self.next_offset);
+        match self.outage.failed() {
+            Ok((backoff, attempt)) => {
+                tracing::warn!(
+                    source = %self.source_name, partition = self.partition, %reason, attempt,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "Kafka fetch failed; reconnecting and fetching from the same offset"
+                );
+                tokio::time::sleep(backoff).await;
+                Ok(())
+            }
+            Err(gave_up) => Err(self.error(format!("{reason}; {gave_up}"))),
+        }
     }
 
     /// The offset to read is no longer (retention) or not yet (a recreated topic) on the broker.
@@ -253,9 +285,11 @@ impl PartitionReader for KafkaReader {
             self.fetch(wait).await?;
         }
         if self.buffered.is_empty() {
-            let at_end = self
-                .high_watermark
-                .is_some_and(|end| self.next_offset >= end);
+            // During an outage the last known end is stale: the partition may have grown.
+            let at_end = !self.outage.ongoing()
+                && self
+                    .high_watermark
+                    .is_some_and(|end| self.next_offset >= end);
             return Ok(if self.stop_at_end && at_end {
                 ReadOutcome::End
             } else {
@@ -272,5 +306,11 @@ impl PartitionReader for KafkaReader {
         u64::try_from(unread)
             .ok()
             .map(|n| n + self.buffered.len() as u64)
+    }
+
+    /// A Kafka offset is the position itself; naming it keeps the `offset` metadata of a Blob
+    /// checkpoint in the Azure SDKs' layout (which requires it) for a Kafka source too.
+    fn source_offset(&self, position: Position) -> Option<String> {
+        Some(position.to_string())
     }
 }
