@@ -1,15 +1,22 @@
 //! Scale-out on Event Hubs: three `weir run` processes with the same configuration share the eight
 //! partitions of one hub (the test endpoint, through the real client) through ownership claims in
 //! the local checkpoint store. One is killed with SIGKILL while events arrive; the others take its
-//! partitions once its claims expire and resume from its checkpoints. The Delta table (read by
-//! Python's deltalake) holds every event exactly once; the alerts on the second hub, deduplicated
-//! by message id, are exactly the rule's.
+//! partitions once its claims expire (within the expiry plus a balancing cycle, see
+//! `weir_tests::scale_out`) and resume from its checkpoints: in the Delta table (read by Python's
+//! deltalake, each row with its source partition and sequence number) every event is there
+//! exactly once, each of its partitions continues right after the last row it wrote, and the
+//! alerts sent after the kill restart right after its last checkpoint. The alerts on the second
+//! hub, deduplicated by message id, are exactly the rule's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weir_tests::eventhubs::{EventHubsPipeline, TestEndpoint, keyed_records};
+use weir_tests::scale_out::{
+    add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
+    assert_takeover_by_expiry, claims, last_checkpoints,
+};
 use weir_tests::servers::wait_for;
 use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
@@ -17,6 +24,7 @@ use weir_tests::telemetry::{
 use weir_tests::{WeirProcess, read_delta};
 
 const EXPIRY_MS: i64 = 3_000;
+const RENEW_MS: i64 = 500;
 
 /// Owner per partition, from the local store's ownership records (only live claims).
 fn owners(checkpoints: &Path) -> BTreeMap<String, String> {
@@ -48,23 +56,28 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
 
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pipeline = EventHubsPipeline::new(&endpoint, "telemetry", "alerts");
-    pipeline.ownership = "{ expiry = \"3s\", renew_interval = \"500ms\" }".to_owned();
-    let mut processes: Vec<Option<WeirProcess>> = ["a", "b", "c"]
+    pipeline.ownership =
+        format!("{{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"{RENEW_MS}ms\" }}");
+    let configs: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|name| {
-            Some(WeirProcess::run(
-                &pipeline.write_as(dir.path(), &format!("weir-{name}.toml")),
-            ))
+            let config = pipeline.write_as(dir.path(), &format!("weir-{name}.toml"));
+            add_source_columns(&config);
+            config
         })
         .collect();
-    let checkpoints = dir.path().join("checkpoints");
+    let mut processes: Vec<Option<WeirProcess>> = configs
+        .iter()
+        .map(|config| Some(WeirProcess::run(config)))
+        .collect();
+    let checkpoint_dir = dir.path().join("checkpoints");
 
     // Balanced: three owners, 3 + 3 + 2 partitions.
     wait_for(
         "three owners sharing eight partitions",
         Duration::from_secs(180),
         || {
-            let owned = owners(&checkpoints);
+            let owned = owners(&checkpoint_dir);
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for owner in owned.values() {
                 *counts.entry(owner.as_str()).or_default() += 1;
@@ -82,39 +95,77 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
     wait_for(
         "a checkpoint per partition",
         Duration::from_secs(180),
-        || (0..8).all(|p| checkpoints.join(format!("telemetry/{p}.ckpt")).is_file()),
+        || (0..8).all(|p| checkpoint_dir.join(format!("telemetry/{p}.ckpt")).is_file()),
+    );
+    // Killed while it holds live claims (a process starting many workers at once was seen to
+    // renew late and lose its claims for a moment).
+    let victim_owner =
+        weir_tests::logged_owner_id(&processes[0].as_ref().expect("process a").log_text())
+            .expect("the killed process logged its owner id");
+    wait_for(
+        "the process to kill to hold live claims",
+        Duration::from_secs(120),
+        || {
+            owners(&checkpoint_dir)
+                .values()
+                .any(|owner| *owner == victim_owner)
+        },
     );
     let victim = processes[0].take().expect("process a");
-    let victim_log = victim.log_text();
-    let owned = owners(&checkpoints);
-    let victim_owner =
-        weir_tests::logged_owner_id(&victim_log).expect("the killed process logged its owner id");
-    let victim_partitions: BTreeSet<String> = owned
-        .into_iter()
-        .filter(|(_, owner)| *owner == victim_owner)
-        .map(|(partition, _)| partition)
-        .collect();
     victim.kill9();
     let killed_at = Instant::now();
+    let killed_at_ms = chrono::Utc::now().timestamp_millis();
+    // Its partitions are the claims it holds in the store (nobody else writes them until they
+    // expire), with their last renewal as the store (and so the survivors) see it, and its last
+    // checkpoints.
+    let claims_at_kill = claims(&configs[0]);
+    let renewed: BTreeMap<u32, i64> = claims_at_kill
+        .iter()
+        .filter(|(_, (owner, _))| *owner == victim_owner)
+        .map(|(partition, (_, renewed_at))| (*partition, *renewed_at))
+        .collect();
+    let victim_partitions: BTreeSet<u32> = renewed.keys().copied().collect();
+    assert!(
+        !victim_partitions.is_empty(),
+        "{victim_owner} owned no partition at the kill: {claims_at_kill:?}"
+    );
+    let victim_checkpoints = last_checkpoints(&configs[0], &victim_partitions);
     for chunk in chunks {
         endpoint.publish_keyed("telemetry", chunk);
         std::thread::sleep(Duration::from_millis(150));
     }
-
-    // Its partitions move to the survivors once its claims expire.
+    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
     wait_for(
         "the killed process's partitions to move",
         Duration::from_secs(120),
         || {
-            let now = owners(&checkpoints);
-            victim_partitions
-                .iter()
-                .all(|p| now.get(p).is_some_and(|owner| *owner != victim_owner))
+            let now = owners(&checkpoint_dir);
+            let seen_at = chrono::Utc::now().timestamp_millis();
+            for &p in &victim_partitions {
+                if now
+                    .get(&p.to_string())
+                    .is_some_and(|owner| *owner != victim_owner)
+                {
+                    moved.entry(p).or_insert(seen_at);
+                }
+            }
+            moved.len() == victim_partitions.len()
         },
     );
     println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry 3 s)",
-        killed_at.elapsed().as_secs_f64()
+        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms); ms after the last renewal: {:?}",
+        killed_at.elapsed().as_secs_f64(),
+        moved
+            .iter()
+            .map(|(p, at)| (p, at - renewed[p]))
+            .collect::<Vec<_>>()
+    );
+    assert_takeover_by_expiry(
+        &renewed,
+        &moved,
+        killed_at_ms,
+        Duration::from_millis(EXPIRY_MS as u64),
+        Duration::from_millis(RENEW_MS as u64),
     );
 
     // The survivors catch up with everything.
@@ -127,14 +178,68 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
     wait_for("every alert", Duration::from_secs(120), || {
         endpoint.unique_json("alerts").len() >= expected.len()
     });
-    let survivor_logs = weir_tests::stop_all(processes);
-    assert!(
-        survivor_logs
-            .iter()
-            .any(|l| l.contains("resuming from checkpoint")),
-        "the survivors resumed the killed process's partitions from its checkpoints"
-    );
+    weir_tests::stop_all(processes);
 
-    assert_each_reading_once(&read_delta(&table_path).rows, &readings);
+    let rows = read_delta(&table_path).rows;
+    assert_each_reading_once(&rows, &readings);
+    // Every sequence number of every partition once, and a clean handover of the victim's.
+    let source: BTreeMap<u32, Vec<u64>> = (0..8)
+        .map(|p| {
+            let positions = endpoint
+                .endpoint
+                .events("telemetry", p)
+                .expect("events")
+                .iter()
+                .map(|e| e.sequence_number as u64)
+                .collect();
+            (p as u32, positions)
+        })
+        .collect();
+    assert_each_position_once(&rows, &source);
+    let handovers =
+        assert_continued_after_checkpoints(&rows, &source, &victim_checkpoints, killed_at_ms);
+    println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
+
+    // The survivors read each of the victim's partitions from just after its checkpoint: the
+    // alerts they sent for it (ids `telemetry/<partition>/<sequence number>/<n>`, enqueued after
+    // the kill) are all past the checkpoint, and every alert the victim had sent past its
+    // checkpoint was sent again.
+    let alerts = endpoint.events("alerts");
+    for (&partition, &checkpoint) in &victim_checkpoints {
+        let mut sent_before: BTreeSet<String> = BTreeSet::new();
+        let mut sent_after: BTreeSet<String> = BTreeSet::new();
+        for alert in &alerts {
+            let id = alert.message_id().expect("alert id");
+            let mut parts = id.split('/');
+            let (Some("telemetry"), Some(p), Some(position)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                panic!("unexpected alert id {id}");
+            };
+            if p.parse::<u32>().expect("partition") != partition {
+                continue;
+            }
+            let position: u64 = position.parse().expect("position");
+            if alert.enqueued_time > killed_at_ms {
+                assert!(
+                    position > checkpoint,
+                    "partition {partition}: alert {id} sent again after the kill, but the checkpoint was at {checkpoint}"
+                );
+                sent_after.insert(id);
+            } else if position > checkpoint {
+                sent_before.insert(id);
+            }
+        }
+        println!(
+            "partition {partition}: {} alerts past the checkpoint {checkpoint} sent before the kill, {} after it",
+            sent_before.len(),
+            sent_after.len()
+        );
+        let missing: Vec<_> = sent_before.difference(&sent_after).collect();
+        assert!(
+            missing.is_empty(),
+            "partition {partition}: alerts past the checkpoint {checkpoint} not sent again: {missing:?}"
+        );
+    }
     assert_alerts_match(&endpoint.unique_json("alerts"), &expected);
 }

@@ -1,14 +1,21 @@
 //! Scale-out: three `weir run` processes with the same configuration share the eight partitions
 //! of one Kafka topic through ownership claims in Blob Storage (Azurite). One is killed with
-//! SIGKILL while events arrive; the other two take its partitions once its claims expire and
-//! resume from its checkpoints. The Delta table (read by Python's deltalake) holds every event
-//! exactly once, and the alerts (deduplicated by their id header) are exactly the rule's.
+//! SIGKILL while events arrive; the other two take its partitions once its claims expire (within
+//! the expiry plus a balancing cycle, see `weir_tests::scale_out`) and resume from its
+//! checkpoints. The Delta table (read by Python's deltalake, each row with its source partition
+//! and offset) holds every event exactly once, and each of the killed process's partitions
+//! continues right after the last row it wrote, which is at or past its last checkpoint. The
+//! alerts (deduplicated by their id header) are exactly the rule's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::scale_out::{
+    add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
+    assert_takeover_by_expiry, checkpoint_positions, claims, last_checkpoints,
+};
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
 use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
@@ -16,7 +23,8 @@ use weir_tests::telemetry::{
 use weir_tests::{WeirProcess, read_delta};
 
 const NAMESPACE: &str = "scale.servicebus.windows.net";
-const EXPIRY_SECS: u64 = 3;
+const EXPIRY_MS: u64 = 3_000;
+const RENEW_MS: u64 = 500;
 
 /// Owner id per partition, as the Azure SDK's checkpoint store lists the live claims.
 fn owners(azurite: &Azurite) -> BTreeMap<String, String> {
@@ -48,7 +56,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     let mut pipeline = KafkaPipeline::new(&broker.address(), "telemetry");
     pipeline.alerts_topic = Some("alerts".to_owned());
     pipeline.checkpoint = format!(
-        "ownership = {{ expiry = \"{EXPIRY_SECS}s\", renew_interval = \"500ms\" }}\n\
+        "ownership = {{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"{RENEW_MS}ms\" }}\n\
          azure_blob = {{ account = \"{AZURITE_ACCOUNT}\", container = \"checkpoints\", endpoint = \"{}\", options = {{ azure_storage_account_key = \"{AZURITE_KEY}\" }} }}",
         azurite.blob_endpoint()
     );
@@ -62,6 +70,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
                 &format!("fetch_max_wait = \"100ms\"\nnamespace = \"{NAMESPACE}\"\nconsumer_group = \"weir\""),
             );
             std::fs::write(&path, text).expect("config");
+            add_source_columns(&path);
             path
         })
         .collect();
@@ -87,53 +96,94 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         },
     );
 
-    // Under load: the rest of the events arrive while one process is killed.
+    // Under load: the rest of the events arrive while one process is killed, once every
+    // partition has a checkpoint (on a loaded machine the first batches may take a while).
+    let mut chunks: Vec<Vec<(i32, String, String)>> =
+        rest.chunks(1500).map(<[_]>::to_vec).collect();
+    produce(&broker.address(), "telemetry", &chunks.remove(0));
+    let all_partitions: BTreeSet<u32> = (0..8).collect();
+    wait_for(
+        "a checkpoint per partition",
+        Duration::from_secs(180),
+        || {
+            checkpoint_positions(&configs[0], &all_partitions)
+                .values()
+                .all(Option::is_some)
+        },
+    );
     let address = broker.address();
-    let rest = rest.to_vec();
     let producer = std::thread::spawn(move || {
-        for chunk in rest.chunks(1500) {
-            produce(&address, "telemetry", chunk);
+        for chunk in chunks {
+            produce(&address, "telemetry", &chunk);
             std::thread::sleep(Duration::from_millis(150));
         }
     });
-    std::thread::sleep(Duration::from_millis(800));
-    let victim = processes[0].take().expect("process a");
-    let victim_owner = weir_tests::logged_owner_id(&victim.log_text())
-        .expect("the killed process logged its owner id");
-    let victim_partitions: BTreeSet<String> = owners(&azurite)
-        .into_iter()
-        .filter(|(_, owner)| *owner == victim_owner)
-        .map(|(partition, _)| partition)
-        .collect();
-    assert!(
-        !victim_partitions.is_empty(),
-        "{victim_owner} owned partitions"
+    std::thread::sleep(Duration::from_millis(300));
+    // Killed while it holds live claims (a process starting many workers at once was seen to
+    // renew late and lose its claims for a moment).
+    let victim_owner =
+        weir_tests::logged_owner_id(&processes[0].as_ref().expect("process a").log_text())
+            .expect("the killed process logged its owner id");
+    wait_for(
+        "the process to kill to hold live claims",
+        Duration::from_secs(120),
+        || {
+            owners(&azurite)
+                .values()
+                .any(|owner| *owner == victim_owner)
+        },
     );
+    let victim = processes[0].take().expect("process a");
     victim.kill9();
     let killed_at = Instant::now();
-
-    // Its partitions move to the survivors once its claims expire.
+    let killed_at_ms = chrono::Utc::now().timestamp_millis();
+    // Its partitions are the claims it holds in the store (nobody else writes them until they
+    // expire), with their last renewal as the store (and so the survivors) see it, and its last
+    // checkpoints.
+    let claims_at_kill = claims(&configs[0]);
+    let renewed: BTreeMap<u32, i64> = claims_at_kill
+        .iter()
+        .filter(|(_, (owner, _))| *owner == victim_owner)
+        .map(|(partition, (_, renewed_at))| (*partition, *renewed_at))
+        .collect();
+    let victim_partitions: BTreeSet<u32> = renewed.keys().copied().collect();
+    assert!(
+        !victim_partitions.is_empty(),
+        "{victim_owner} owned no partition at the kill: {claims_at_kill:?}"
+    );
+    let victim_checkpoints = last_checkpoints(&configs[0], &victim_partitions);
+    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
     wait_for(
         "the killed process's partitions to move",
         Duration::from_secs(120),
         || {
             let now = owners(&azurite);
-            victim_partitions.iter().all(|p| {
-                now.get(p)
+            let seen_at = chrono::Utc::now().timestamp_millis();
+            for &p in &victim_partitions {
+                if now
+                    .get(&p.to_string())
                     .is_some_and(|owner| !owner.is_empty() && *owner != victim_owner)
-            })
+                {
+                    moved.entry(p).or_insert(seen_at);
+                }
+            }
+            moved.len() == victim_partitions.len()
         },
     );
-    let takeover = killed_at.elapsed();
     println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_SECS} s)",
-        takeover.as_secs_f64()
+        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms); ms after the last renewal: {:?}",
+        killed_at.elapsed().as_secs_f64(),
+        moved
+            .iter()
+            .map(|(p, at)| (p, at - renewed[p]))
+            .collect::<Vec<_>>()
     );
-    // Within the expiry plus a renewal cycle; the margin covers the listing through Python and
-    // a loaded machine.
-    assert!(
-        takeover < Duration::from_secs(EXPIRY_SECS + 6),
-        "takeover took {takeover:?}"
+    assert_takeover_by_expiry(
+        &renewed,
+        &moved,
+        killed_at_ms,
+        Duration::from_millis(EXPIRY_MS),
+        Duration::from_millis(RENEW_MS),
     );
     producer.join().expect("producer");
 
@@ -143,15 +193,26 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         std::thread::sleep(Duration::from_secs(2));
         read_delta(&table_path).rows.len() >= readings.len()
     });
-    let survivor_logs = weir_tests::stop_all(processes);
-    assert!(
-        survivor_logs
-            .iter()
-            .any(|l| l.contains("resuming from checkpoint")),
-        "the survivors resumed the killed process's partitions from its checkpoints"
-    );
+    weir_tests::stop_all(processes);
 
-    assert_each_reading_once(&read_delta(&table_path).rows, &readings);
+    let rows = read_delta(&table_path).rows;
+    assert_each_reading_once(&rows, &readings);
+    // Every offset of every partition once (the offsets as the broker holds them), and a clean
+    // handover of the victim's partitions.
+    let mut source: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for record in read_all(&broker.address(), "telemetry") {
+        source
+            .entry(u32::try_from(record.partition).expect("partition"))
+            .or_default()
+            .push(u64::try_from(record.offset).expect("offset"));
+    }
+    for offsets in source.values_mut() {
+        offsets.sort_unstable();
+    }
+    assert_each_position_once(&rows, &source);
+    let handovers =
+        assert_continued_after_checkpoints(&rows, &source, &victim_checkpoints, killed_at_ms);
+    println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
 
     let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
     for record in read_all(&broker.address(), "alerts") {

@@ -217,7 +217,10 @@ pub(super) fn validate_connection(
         ));
     }
     if connection.event_hub.as_deref() == Some("") {
-        return Err(doc.error(&key("event_hub"), "expected a hub name"));
+        return Err(doc.error(
+            &key("event_hub"),
+            "expected an Event Hub name (or no `event_hub`, when the connection string has `EntityPath`)",
+        ));
     }
     Ok(())
 }
@@ -230,7 +233,10 @@ pub(super) fn validate_source(
 ) -> Result<(), super::ConfigError> {
     validate_connection(doc, &["sources", name], &config.connection())?;
     if config.prefetch == 0 {
-        return Err(doc.error(&["sources", name, "prefetch"], "expected at least 1"));
+        return Err(doc.error(
+            &["sources", name, "prefetch"],
+            "expected at least 1 event (the events fetched ahead per partition), found 0",
+        ));
     }
     if config.consumer_group.is_empty() {
         return Err(doc.error(
@@ -256,7 +262,7 @@ pub(super) fn validate_source(
         StartPosition::Offset(offset) if offset.is_empty() => {
             return Err(doc.error(
                 &["sources", name, "start_position", "offset"],
-                "expected an offset",
+                "expected an offset (an event's `x-opt-offset`, such as `4294967296`), found an empty string",
             ));
         }
         _ => {}

@@ -426,7 +426,10 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
         if let SinkConfig::EventHubs(eventhubs) = sink {
             super::eventhubs::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
             if eventhubs.max_attempts == 0 {
-                return Err(doc.error(&["sinks", name, "max_attempts"], "expected at least 1"));
+                return Err(doc.error(
+                    &["sinks", name, "max_attempts"],
+                    "expected at least 1 attempt per batch",
+                ));
             }
         }
     }
@@ -1191,6 +1194,162 @@ outputs = { alerts = "out" }
             err.contains("`checkpoint.ownership.renew_interval`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn event_hubs_settings_are_refused_with_file_line_key_and_expectation() {
+        const CONNECTION: &str = "connection_string = \"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath=hub\"";
+        // The source's settings start on line 4: line 2 is `[sources.sim]`, line 3 its kind.
+        let source = |settings: &str| {
+            VALID.replace(
+                "kind = \"simulator\"",
+                &format!("kind = \"eventhubs\"\n{settings}"),
+            )
+        };
+        // The sink's settings start on line 7: line 5 is `[sinks.out]`, line 6 its kind.
+        let sink = |settings: &str| {
+            VALID.replace(
+                "kind = \"stdout\"",
+                &format!("kind = \"eventhubs\"\n{settings}"),
+            )
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        for valid in [
+            source(CONNECTION),
+            source(&format!(
+                "{CONNECTION}\ncustom_endpoint = \"amqp://127.0.0.1:5672\"\nstart_position = {{ enqueued_time = \"2026-01-01T00:00:00.5Z\" }}"
+            )),
+            sink(CONNECTION),
+        ] {
+            load_str(&valid, Path::new("weir.toml"), dir.path())
+                .unwrap_or_else(|err| panic!("{err}\n{valid}"));
+        }
+
+        // (configuration, line, key, expectation)
+        let cases = [
+            (
+                source(&format!("{CONNECTION}\nconnection_string_env = \"HUB\"")),
+                5,
+                "sources.sim.connection_string_env",
+                "give either `connection_string` or `connection_string_env`, not both",
+            ),
+            (
+                source("event_hub = \"hub\""),
+                2,
+                "sources.sim",
+                "expected `connection_string` (or `connection_string_env`",
+            ),
+            (
+                source("connection_string = \"SharedAccessKey=s\""),
+                4,
+                "sources.sim.connection_string",
+                "expected `Endpoint=sb://<namespace>/;SharedAccessKeyName=...;SharedAccessKey=...`",
+            ),
+            (
+                source(&format!(
+                    "{CONNECTION}\ncustom_endpoint = \"http://127.0.0.1:5672\""
+                )),
+                5,
+                "sources.sim.custom_endpoint",
+                "expected an `amqp://host:port` or `amqps://host:port` URL, found `http://127.0.0.1:5672`",
+            ),
+            (
+                source(&format!("{CONNECTION}\nevent_hub = \"\"")),
+                5,
+                "sources.sim.event_hub",
+                "expected an Event Hub name",
+            ),
+            (
+                source(&format!(
+                    "{CONNECTION}\nstart_position = {{ enqueued_time = \"yesterday\" }}"
+                )),
+                5,
+                "sources.sim.start_position.enqueued_time",
+                "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `yesterday`",
+            ),
+            (
+                source(&format!(
+                    "{CONNECTION}\nstart_position = {{ sequence_number = -1 }}"
+                )),
+                5,
+                "sources.sim.start_position.sequence_number",
+                "expected a sequence number of 0 or more, found -1",
+            ),
+            (
+                source(&format!(
+                    "{CONNECTION}\nstart_position = {{ offset = \"\" }}"
+                )),
+                5,
+                "sources.sim.start_position.offset",
+                "expected an offset",
+            ),
+            (
+                source(&format!("{CONNECTION}\nstart_position = \"newest\"")),
+                5,
+                "sources.sim.start_position",
+                "unknown variant `newest`",
+            ),
+            (
+                source(&format!("{CONNECTION}\n\nprefetch = 0")),
+                6,
+                "sources.sim.prefetch",
+                "expected at least 1 event",
+            ),
+            (
+                source(&format!("{CONNECTION}\nconsumer_group = \"\"")),
+                5,
+                "sources.sim.consumer_group",
+                "expected a consumer group name (the default one is `$Default`)",
+            ),
+            (
+                source(&format!("{CONNECTION}\nlag_interval = \"0s\"")),
+                5,
+                "sources.sim.lag_interval",
+                "expected a duration above zero",
+            ),
+            (
+                source(&format!("{CONNECTION}\nowner_levl = 1")),
+                5,
+                "sources.sim.owner_levl",
+                "unknown field `owner_levl`",
+            ),
+            (
+                sink(&format!("{CONNECTION}\nconnection_string_env = \"HUB\"")),
+                8,
+                "sinks.out.connection_string_env",
+                "give either `connection_string` or `connection_string_env`, not both",
+            ),
+            (
+                sink(&format!(
+                    "{CONNECTION}\ncustom_endpoint = \"127.0.0.1:5672\""
+                )),
+                8,
+                "sinks.out.custom_endpoint",
+                "expected an `amqp://host:port` or `amqps://host:port` URL",
+            ),
+            (
+                sink(&format!("{CONNECTION}\nmax_attempts = 0")),
+                8,
+                "sinks.out.max_attempts",
+                "expected at least 1 attempt",
+            ),
+            (
+                sink(&format!("{CONNECTION}\npartition_by = \"device\"")),
+                8,
+                "sinks.out.partition_by",
+                "unknown variant `device`",
+            ),
+        ];
+        for (text, line, key, expectation) in cases {
+            let err = refuse(&text);
+            let at = format!("weir.toml:{line}:");
+            assert!(err.starts_with(&at), "expected {at}, got: {err}\n{text}");
+            assert!(
+                err.contains(&format!("`{key}`: {expectation}")),
+                "expected `{key}`: {expectation}, got: {err}\n{text}"
+            );
+        }
     }
 
     #[test]

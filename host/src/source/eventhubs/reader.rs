@@ -253,7 +253,25 @@ impl PartitionReader for EventHubsReader {
                     last - begin + 1
                 }
                 StartPosition::Latest => 0,
-                _ => return None,
+                // The first event to read is known by number: count from it (or from the
+                // partition's beginning, when older events have expired).
+                StartPosition::SequenceNumber(start) => {
+                    let first = if self.settings.config.start_inclusive {
+                        start
+                    } else {
+                        start.saturating_add(1)
+                    };
+                    let begin = self.bounds.begin.load(Ordering::Acquire);
+                    let first = if begin == UNKNOWN {
+                        first
+                    } else {
+                        first.max(begin)
+                    };
+                    last.saturating_sub(first).saturating_add(1)
+                }
+                // An offset or a time does not say how many events follow it: unknown until
+                // the first event is read (the README says so).
+                StartPosition::Offset(_) | StartPosition::EnqueuedTime(_) => return None,
             },
         };
         Some(u64::try_from(lag).unwrap_or(0))

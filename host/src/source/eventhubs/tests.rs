@@ -192,6 +192,36 @@ async fn a_checkpoint_resumes_after_its_sequence_number_and_lag_counts_the_rest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_before_the_first_event_counts_from_a_configured_sequence_number() {
+    let endpoint = endpoint(&[("telemetry", 1)]).await;
+    for i in 0..10 {
+        endpoint
+            .publish("telemetry", PublishTo::Partition(0), format!("e{i}"), &[])
+            .expect("publish");
+    }
+    let lag_before_reading = |start_at: i64, inclusive: bool| {
+        let endpoint = &endpoint;
+        async move {
+            let mut config = config(endpoint, "telemetry");
+            config.start_position = StartPosition::SequenceNumber(start_at);
+            config.start_inclusive = inclusive;
+            let source = EventHubsSource::start("hub", &config)
+                .await
+                .expect("source");
+            let reader = open_one(&source, start(0, None)).await;
+            wait_for("a lag figure", || reader.lag().is_some()).await;
+            reader.lag()
+        }
+    };
+    // Sequence numbers 0..=9: from 4 inclusive, 4..=9 are left; exclusive, 5..=9; past the
+    // end, nothing.
+    assert_eq!(lag_before_reading(4, true).await, Some(6));
+    assert_eq!(lag_before_reading(4, false).await, Some(5));
+    assert_eq!(lag_before_reading(9, false).await, Some(0));
+    assert_eq!(lag_before_reading(20, true).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_configured_start_position_is_honoured() {
     let endpoint = endpoint(&[("telemetry", 1)]).await;
     for i in 0..5 {
@@ -222,10 +252,43 @@ async fn every_configured_start_position_is_honoured() {
         3
     );
     assert_eq!(first_of(StartPosition::Offset(offset), false).await, 4);
-    let time = chrono::DateTime::from_timestamp_millis(stored[0].enqueued_time)
-        .expect("time")
-        .to_rfc3339();
-    assert_eq!(first_of(StartPosition::EnqueuedTime(time), true).await, 0);
+
+    // Enqueued time: a second batch, enqueued at least 2 ms after the first, and a start time
+    // between the two, so that a reader ignoring the time filter would read the first batch.
+    let first_batch_time = stored.last().expect("stored").enqueued_time;
+    wait_for("the clock to pass the first batch", || {
+        chrono::Utc::now().timestamp_millis() > first_batch_time + 2
+    })
+    .await;
+    for i in 5..8 {
+        endpoint
+            .publish("telemetry", PublishTo::Partition(0), format!("e{i}"), &[])
+            .expect("publish");
+    }
+    let stored = endpoint.events("telemetry", 0).expect("stored");
+    let second_batch_time = stored[5].enqueued_time;
+    assert!(
+        second_batch_time >= first_batch_time + 2,
+        "{first_batch_time} {second_batch_time}"
+    );
+    let between = |millis: i64| {
+        chrono::DateTime::from_timestamp_millis(millis)
+            .expect("time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    // Inclusive and exclusive alike, a time between the batches starts at the second one.
+    let time = between(first_batch_time + 1);
+    assert_eq!(
+        first_of(StartPosition::EnqueuedTime(time.clone()), true).await,
+        5
+    );
+    assert_eq!(first_of(StartPosition::EnqueuedTime(time), false).await, 5);
+    // Exactly the second batch's first time: inclusive starts at that event.
+    let time = between(second_batch_time);
+    assert_eq!(
+        first_of(StartPosition::EnqueuedTime(time.clone()), true).await,
+        5
+    );
 
     // Latest: only what arrives after the reader attached.
     let mut config = config(&endpoint, "telemetry");
@@ -243,7 +306,7 @@ async fn every_configured_start_position_is_honoured() {
         .publish("telemetry", PublishTo::Partition(0), "new", &[])
         .expect("publish");
     let events = read(reader.as_mut(), 1).await;
-    assert_eq!(events[0].position, 5);
+    assert_eq!(events[0].position, 8);
     assert_eq!(events[0].body, "new".as_bytes());
 }
 
