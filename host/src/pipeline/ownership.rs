@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::worker::PartitionWorker;
 use super::{PipelineContext, WorkerError, WorkerReport, build_worker};
 use crate::checkpoint::Ownership;
 use crate::config::OwnershipConfig;
@@ -51,7 +52,18 @@ struct Owned {
     /// When the claim was last written successfully.
     renewed_at: Instant,
     stop: watch::Sender<bool>,
-    handle: JoinHandle<Result<WorkerReport, WorkerError>>,
+    /// The task that opens the partition after its checkpoint, then runs its worker. Opening
+    /// (a connection, the plugins' instances) can take seconds: it runs beside the manager, so
+    /// that the claims are renewed meanwhile.
+    handle: JoinHandle<WorkerOutcome>,
+}
+
+/// How a partition's task ended.
+enum WorkerOutcome {
+    /// The partition could not be opened: the claim is given back, to be tried again.
+    NotStarted(String),
+    /// The worker ran and stopped, or failed.
+    Ran(Result<WorkerReport, WorkerError>),
 }
 
 /// Claims, renews, balances and releases the partitions of one pipeline, starting and stopping
@@ -169,7 +181,13 @@ impl OwnershipManager {
             let Some(owned) = self.owned.remove(&partition) else {
                 continue;
             };
-            let report = join(owned.handle, &self.context.name, partition).await?;
+            let report = match join(owned.handle, &self.context.name, partition).await {
+                Some(outcome) => outcome?,
+                None => {
+                    self.release(vec![owned.claim]).await;
+                    continue;
+                }
+            };
             if let Some(reason) = &report.lost {
                 // A worker that read nothing was refused at once: wait longer before the next try.
                 let pause = match self.taken_pause.get(&partition) {
@@ -367,11 +385,7 @@ impl OwnershipManager {
                 .get(&partition)
                 .map(|r| r.owner.clone())
                 .filter(|owner| !owner.is_empty());
-            if let Err(reason) = self.start_worker(claim.clone()).await {
-                tracing::error!(pipeline = %pipeline, partition, %reason, "cannot start the partition's worker; releasing it");
-                self.release(vec![claim]).await;
-                continue;
-            }
+            self.start_worker(claim);
             self.count_change("acquired");
             tracing::info!(
                 pipeline = %pipeline, partition, owner = %self.owner,
@@ -398,34 +412,20 @@ impl OwnershipManager {
             .await
     }
 
-    /// Opens the partition after its checkpoint and starts its worker.
-    async fn start_worker(&mut self, claim: Ownership) -> Result<(), String> {
+    /// Starts the partition's task: it opens the partition after its checkpoint and runs its
+    /// worker. The claim counts as owned (and is renewed) from now on.
+    fn start_worker(&mut self, claim: Ownership) {
         let partition = claim.partition;
-        let context = &self.context;
-        let checkpoint = context
-            .checkpoints
-            .load(&context.name, partition)
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        let mut readers = self
-            .source
-            .open(vec![PartitionStart {
-                partition,
-                after: checkpoint.position,
-            }])
-            .await
-            .map_err(|e| e.to_string())?;
-        let reader = readers
-            .pop()
-            .ok_or_else(|| "the source opened no reader".to_owned())?;
+        let context = self.context.clone();
+        let source = self.source.clone();
         let (stop, stop_receiver) = watch::channel(false);
-        let worker = build_worker(context, reader, checkpoint, stop_receiver)
-            .await
-            .map_err(|e| e.to_string())?;
         let done = self.done_sender.clone();
         let handle = tokio::spawn(async move {
-            let outcome = worker.run().await;
+            let outcome =
+                match open_worker(&context, source.as_ref(), partition, stop_receiver).await {
+                    Ok(worker) => WorkerOutcome::Ran(worker.run().await),
+                    Err(reason) => WorkerOutcome::NotStarted(reason),
+                };
             let _ = done.send(partition);
             outcome
         });
@@ -438,7 +438,6 @@ impl OwnershipManager {
                 handle,
             },
         );
-        Ok(())
     }
 
     /// Stops the workers of `partitions` (each finishes its batch and checkpoints) and forgets
@@ -455,11 +454,12 @@ impl OwnershipManager {
         let mut first_error = None;
         for (partition, owned) in stopping {
             match join(owned.handle, &self.context.name, partition).await {
-                Ok(report) => self.reports.push(report),
-                Err(error) if why == "shutdown" => {
+                None => {}
+                Some(Ok(report)) => self.reports.push(report),
+                Some(Err(error)) if why == "shutdown" => {
                     first_error.get_or_insert(error);
                 }
-                Err(error) => {
+                Some(Err(error)) => {
                     tracing::warn!(pipeline = %self.context.name, partition, %error, "the worker of a lost partition failed while stopping");
                 }
             }
@@ -545,20 +545,53 @@ impl OwnershipManager {
     }
 }
 
-/// Waits for a worker task and turns a panic into a worker error.
+/// Opens `partition` after its checkpoint and builds its worker.
+async fn open_worker(
+    context: &PipelineContext,
+    source: &dyn Source,
+    partition: PartitionId,
+    stop: watch::Receiver<bool>,
+) -> Result<PartitionWorker, String> {
+    let checkpoint = context
+        .checkpoints
+        .load(&context.name, partition)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let mut readers = source
+        .open(vec![PartitionStart {
+            partition,
+            after: checkpoint.position,
+        }])
+        .await
+        .map_err(|e| e.to_string())?;
+    let reader = readers
+        .pop()
+        .ok_or_else(|| "the source opened no reader".to_owned())?;
+    build_worker(context, reader, checkpoint, stop)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Waits for a partition's task: `None` when the partition could not be opened (logged here),
+/// else the worker's outcome, a panic turned into a worker error.
 async fn join(
-    handle: JoinHandle<Result<WorkerReport, WorkerError>>,
+    handle: JoinHandle<WorkerOutcome>,
     pipeline: &str,
     partition: PartitionId,
-) -> Result<WorkerReport, WorkerError> {
+) -> Option<Result<WorkerReport, WorkerError>> {
     match handle.await {
-        Ok(outcome) => outcome,
-        Err(join_error) => Err(WorkerError::Stage(crate::stage::StageError {
+        Ok(WorkerOutcome::Ran(outcome)) => Some(outcome),
+        Ok(WorkerOutcome::NotStarted(reason)) => {
+            tracing::error!(pipeline = %pipeline, partition, %reason, "cannot start the partition's worker; releasing it");
+            None
+        }
+        Err(join_error) => Some(Err(WorkerError::Stage(crate::stage::StageError {
             pipeline: pipeline.into(),
             stage: "(worker)".into(),
             partition,
             reason: format!("worker task failed: {join_error}"),
-        })),
+        }))),
     }
 }
 
