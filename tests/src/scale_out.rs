@@ -4,9 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::WeirProcess;
+use crate::servers::wait_for;
 
 /// Slack on top of the expiry and one balancing cycle: the time a survivor takes to list and
 /// write the claims, and the test to see them (the Kafka test lists them through Python), on a
@@ -50,6 +53,100 @@ pub fn assert_takeover_by_expiry(
             moved_at - killed_at_ms
         );
     }
+}
+
+/// A process killed while it held claims: what the store held for it at that moment.
+pub struct Kill {
+    /// The owner id it claimed under.
+    pub owner: String,
+    /// When it was killed.
+    pub at: Instant,
+    /// The same, in milliseconds since the epoch.
+    pub at_ms: i64,
+    /// Its claims' last renewals, as the store records them.
+    pub renewed: BTreeMap<u32, i64>,
+    /// Its partitions: the claims it held (nobody else writes them until they expire).
+    pub partitions: BTreeSet<u32>,
+    /// Its partitions' last checkpointed positions.
+    pub checkpoints: BTreeMap<u32, u64>,
+}
+
+/// Kills `process` (SIGKILL) once `owners` (partition to live owner, read independently of Weir)
+/// shows it holding a claim, and reads its claims and checkpoints from the store `config` names
+/// right after. Killing it while it holds live claims keeps the test from passing vacuously.
+pub fn kill_while_claiming(
+    process: WeirProcess,
+    config: &Path,
+    owners: impl Fn() -> BTreeMap<String, String>,
+) -> Kill {
+    let owner = crate::logged_owner_id(&process.log_text())
+        .expect("the killed process logged its owner id");
+    wait_for(
+        "the process to kill to hold live claims",
+        Duration::from_secs(120),
+        || owners().values().any(|o| *o == owner),
+    );
+    process.kill9();
+    let at = Instant::now();
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let claims_at_kill = claims(config);
+    let renewed: BTreeMap<u32, i64> = claims_at_kill
+        .iter()
+        .filter(|(_, (o, _))| *o == owner)
+        .map(|(partition, (_, renewed_at))| (*partition, *renewed_at))
+        .collect();
+    let partitions: BTreeSet<u32> = renewed.keys().copied().collect();
+    assert!(
+        !partitions.is_empty(),
+        "{owner} owned no partition at the kill: {claims_at_kill:?}"
+    );
+    let checkpoints = last_checkpoints(config, &partitions);
+    Kill {
+        owner,
+        at,
+        at_ms,
+        renewed,
+        partitions,
+        checkpoints,
+    }
+}
+
+/// Waits until `owners` shows every partition of `kill` owned by another process, then asserts
+/// with [`assert_takeover_by_expiry`] that they moved because the claims expired.
+pub fn assert_taken_over(
+    kill: &Kill,
+    owners: impl Fn() -> BTreeMap<String, String>,
+    expiry: Duration,
+    renew_interval: Duration,
+) {
+    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
+    wait_for(
+        "the killed process's partitions to move",
+        Duration::from_secs(120),
+        || {
+            let now = owners();
+            let seen_at = chrono::Utc::now().timestamp_millis();
+            for &p in &kill.partitions {
+                if now
+                    .get(&p.to_string())
+                    .is_some_and(|owner| !owner.is_empty() && *owner != kill.owner)
+                {
+                    moved.entry(p).or_insert(seen_at);
+                }
+            }
+            moved.len() == kill.partitions.len()
+        },
+    );
+    println!(
+        "partitions {:?} taken over {:.1} s after the kill (expiry {expiry:?}, renewal every {renew_interval:?}); ms after the last renewal: {:?}",
+        kill.partitions,
+        kill.at.elapsed().as_secs_f64(),
+        moved
+            .iter()
+            .map(|(p, at)| (p, at - kill.renewed[p]))
+            .collect::<Vec<_>>()
+    );
+    assert_takeover_by_expiry(&kill.renewed, &moved, kill.at_ms, expiry, renew_interval);
 }
 
 /// Each partition's claim in the checkpoint store the configuration at `config` names: the

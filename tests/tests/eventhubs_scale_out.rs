@@ -10,12 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir_tests::eventhubs::{EventHubsPipeline, TestEndpoint, keyed_records};
 use weir_tests::scale_out::{
     add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
-    assert_takeover_by_expiry, claims, last_checkpoints,
+    assert_taken_over, kill_while_claiming,
 };
 use weir_tests::servers::wait_for;
 use weir_tests::telemetry::{
@@ -97,73 +97,16 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
         Duration::from_secs(180),
         || (0..8).all(|p| checkpoint_dir.join(format!("telemetry/{p}.ckpt")).is_file()),
     );
-    // Killed while it holds live claims (a process starting many workers at once was seen to
-    // renew late and lose its claims for a moment).
-    let victim_owner =
-        weir_tests::logged_owner_id(&processes[0].as_ref().expect("process a").log_text())
-            .expect("the killed process logged its owner id");
-    wait_for(
-        "the process to kill to hold live claims",
-        Duration::from_secs(120),
-        || {
-            owners(&checkpoint_dir)
-                .values()
-                .any(|owner| *owner == victim_owner)
-        },
-    );
-    let victim = processes[0].take().expect("process a");
-    victim.kill9();
-    let killed_at = Instant::now();
-    let killed_at_ms = chrono::Utc::now().timestamp_millis();
-    // Its partitions are the claims it holds in the store (nobody else writes them until they
-    // expire), with their last renewal as the store (and so the survivors) see it, and its last
-    // checkpoints.
-    let claims_at_kill = claims(&configs[0]);
-    let renewed: BTreeMap<u32, i64> = claims_at_kill
-        .iter()
-        .filter(|(_, (owner, _))| *owner == victim_owner)
-        .map(|(partition, (_, renewed_at))| (*partition, *renewed_at))
-        .collect();
-    let victim_partitions: BTreeSet<u32> = renewed.keys().copied().collect();
-    assert!(
-        !victim_partitions.is_empty(),
-        "{victim_owner} owned no partition at the kill: {claims_at_kill:?}"
-    );
-    let victim_checkpoints = last_checkpoints(&configs[0], &victim_partitions);
+    let kill = kill_while_claiming(processes[0].take().expect("process a"), &configs[0], || {
+        owners(&checkpoint_dir)
+    });
     for chunk in chunks {
         endpoint.publish_keyed("telemetry", chunk);
         std::thread::sleep(Duration::from_millis(150));
     }
-    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
-    wait_for(
-        "the killed process's partitions to move",
-        Duration::from_secs(120),
-        || {
-            let now = owners(&checkpoint_dir);
-            let seen_at = chrono::Utc::now().timestamp_millis();
-            for &p in &victim_partitions {
-                if now
-                    .get(&p.to_string())
-                    .is_some_and(|owner| *owner != victim_owner)
-                {
-                    moved.entry(p).or_insert(seen_at);
-                }
-            }
-            moved.len() == victim_partitions.len()
-        },
-    );
-    println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms); ms after the last renewal: {:?}",
-        killed_at.elapsed().as_secs_f64(),
-        moved
-            .iter()
-            .map(|(p, at)| (p, at - renewed[p]))
-            .collect::<Vec<_>>()
-    );
-    assert_takeover_by_expiry(
-        &renewed,
-        &moved,
-        killed_at_ms,
+    assert_taken_over(
+        &kill,
+        || owners(&checkpoint_dir),
         Duration::from_millis(EXPIRY_MS as u64),
         Duration::from_millis(RENEW_MS as u64),
     );
@@ -197,7 +140,7 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
         .collect();
     assert_each_position_once(&rows, &source);
     let handovers =
-        assert_continued_after_checkpoints(&rows, &source, &victim_checkpoints, killed_at_ms);
+        assert_continued_after_checkpoints(&rows, &source, &kill.checkpoints, kill.at_ms);
     println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
 
     // The survivors read each of the victim's partitions from just after its checkpoint: the
@@ -205,7 +148,7 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
     // the kill) are all past the checkpoint, and every alert the victim had sent past its
     // checkpoint was sent again.
     let alerts = endpoint.events("alerts");
-    for (&partition, &checkpoint) in &victim_checkpoints {
+    for (&partition, &checkpoint) in &kill.checkpoints {
         let mut sent_before: BTreeSet<String> = BTreeSet::new();
         let mut sent_after: BTreeSet<String> = BTreeSet::new();
         for alert in &alerts {
@@ -220,7 +163,7 @@ fn three_processes_share_eight_event_hubs_partitions_and_survive_one_being_kille
                 continue;
             }
             let position: u64 = position.parse().expect("position");
-            if alert.enqueued_time > killed_at_ms {
+            if alert.enqueued_time > kill.at_ms {
                 assert!(
                     position > checkpoint,
                     "partition {partition}: alert {id} sent again after the kill, but the checkpoint was at {checkpoint}"

@@ -8,13 +8,13 @@
 //! alerts (deduplicated by their id header) are exactly the rule's.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
 use weir_tests::scale_out::{
     add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
-    assert_takeover_by_expiry, checkpoint_positions, claims, last_checkpoints,
+    assert_taken_over, checkpoint_positions, kill_while_claiming,
 };
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, KafkaBroker, wait_for};
 use weir_tests::telemetry::{
@@ -119,69 +119,12 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    // Killed while it holds live claims (a process starting many workers at once was seen to
-    // renew late and lose its claims for a moment).
-    let victim_owner =
-        weir_tests::logged_owner_id(&processes[0].as_ref().expect("process a").log_text())
-            .expect("the killed process logged its owner id");
-    wait_for(
-        "the process to kill to hold live claims",
-        Duration::from_secs(120),
-        || {
-            owners(&azurite)
-                .values()
-                .any(|owner| *owner == victim_owner)
-        },
-    );
-    let victim = processes[0].take().expect("process a");
-    victim.kill9();
-    let killed_at = Instant::now();
-    let killed_at_ms = chrono::Utc::now().timestamp_millis();
-    // Its partitions are the claims it holds in the store (nobody else writes them until they
-    // expire), with their last renewal as the store (and so the survivors) see it, and its last
-    // checkpoints.
-    let claims_at_kill = claims(&configs[0]);
-    let renewed: BTreeMap<u32, i64> = claims_at_kill
-        .iter()
-        .filter(|(_, (owner, _))| *owner == victim_owner)
-        .map(|(partition, (_, renewed_at))| (*partition, *renewed_at))
-        .collect();
-    let victim_partitions: BTreeSet<u32> = renewed.keys().copied().collect();
-    assert!(
-        !victim_partitions.is_empty(),
-        "{victim_owner} owned no partition at the kill: {claims_at_kill:?}"
-    );
-    let victim_checkpoints = last_checkpoints(&configs[0], &victim_partitions);
-    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
-    wait_for(
-        "the killed process's partitions to move",
-        Duration::from_secs(120),
-        || {
-            let now = owners(&azurite);
-            let seen_at = chrono::Utc::now().timestamp_millis();
-            for &p in &victim_partitions {
-                if now
-                    .get(&p.to_string())
-                    .is_some_and(|owner| !owner.is_empty() && *owner != victim_owner)
-                {
-                    moved.entry(p).or_insert(seen_at);
-                }
-            }
-            moved.len() == victim_partitions.len()
-        },
-    );
-    println!(
-        "partitions {victim_partitions:?} taken over {:.1} s after the kill (expiry {EXPIRY_MS} ms, renewal every {RENEW_MS} ms); ms after the last renewal: {:?}",
-        killed_at.elapsed().as_secs_f64(),
-        moved
-            .iter()
-            .map(|(p, at)| (p, at - renewed[p]))
-            .collect::<Vec<_>>()
-    );
-    assert_takeover_by_expiry(
-        &renewed,
-        &moved,
-        killed_at_ms,
+    let kill = kill_while_claiming(processes[0].take().expect("process a"), &configs[0], || {
+        owners(&azurite)
+    });
+    assert_taken_over(
+        &kill,
+        || owners(&azurite),
         Duration::from_millis(EXPIRY_MS),
         Duration::from_millis(RENEW_MS),
     );
@@ -211,7 +154,7 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
     }
     assert_each_position_once(&rows, &source);
     let handovers =
-        assert_continued_after_checkpoints(&rows, &source, &victim_checkpoints, killed_at_ms);
+        assert_continued_after_checkpoints(&rows, &source, &kill.checkpoints, kill.at_ms);
     println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
 
     let mut alerts: BTreeMap<String, Value> = BTreeMap::new();

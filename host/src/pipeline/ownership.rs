@@ -603,3 +603,7 @@ fn seed() -> u64 {
     hasher.write_i64(now_millis());
     hasher.finish()
 }
+
+#[cfg(test)]
+#[path = "ownership_tests.rs"]
+mod tests;

@@ -47,7 +47,8 @@ impl PartitionReader for ResumedReader {
     }
 }
 
-fn context(store: Arc<dyn CheckpointStore>) -> PipelineContext {
+/// A pipeline `p` of no stages over a file source, its checkpoints in `store`.
+pub(crate) fn context(store: Arc<dyn CheckpointStore>) -> PipelineContext {
     let config: Config = toml::from_str(
         r#"
 [sources.input]
