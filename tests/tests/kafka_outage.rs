@@ -69,14 +69,21 @@ fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates
     let status = process.wait(Duration::from_secs(120));
     assert!(status.success(), "weir exited with {status}:\n{log}");
 
+    // The readers met the outage: either the client's own retries outlasted it (rskafka's
+    // nested retries were seen to ride out 20 s now and then), or they gave up and the source
+    // reconnected and fetched again from the same offset.
+    let refetched =
+        log.contains("Kafka fetch failed; reconnecting and fetching from the same offset");
     assert!(
-        log.contains("Kafka fetch failed; reconnecting and fetching from the same offset"),
-        "the source saw the outage and reconnected:\n{log}"
+        refetched || log.contains("request_name=\"fetch_records\""),
+        "the source saw the outage:\n{log}"
     );
-    assert!(
-        log.contains("Kafka broker reachable again; reading on"),
-        "the source read on after the outage:\n{log}"
-    );
+    if refetched {
+        assert!(
+            log.contains("Kafka broker reachable again; reading on"),
+            "the source read on after the outage:\n{log}"
+        );
+    }
     assert!(!log.contains("partition worker failed"), "{log}");
     // The readers rode it out: no partition changed hands (a handover would resume from the
     // checkpoint, which is not what this test is about).
@@ -101,7 +108,12 @@ fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates
     assert_alerts_match(&alerts, &expected_alerts(&readings));
     assert!(read_jsonl_dir(&dir.path().join("dead_letters")).is_empty());
     eprintln!(
-        "outage cut {cut} connections; the sink {} a failed produce",
+        "outage cut {cut} connections; the source {} its fetches; the sink {} a failed produce",
+        if refetched {
+            "reconnected and repeated"
+        } else {
+            "rode it out in the client's retries of"
+        },
         if log.contains("Kafka produce failed") {
             "retried"
         } else {
