@@ -133,6 +133,29 @@ pub fn produce(broker: &str, topic: &str, records: &[(i32, String, String)]) {
     });
 }
 
+/// The JSON records Weir produced to `topic`, one per `weir-id` header. Kafka outputs are at
+/// least once: a repeat must carry the same id and the same payload (panics otherwise).
+pub fn unique_json(broker: &str, topic: &str) -> Vec<serde_json::Value> {
+    let mut by_id: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for record in read_all(broker, topic) {
+        let id = record
+            .headers
+            .get("weir-id")
+            .expect("every record Weir produces has an id")
+            .clone();
+        if let Some(previous) = by_id.insert(id.clone(), record.value.clone()) {
+            assert_eq!(
+                previous, record.value,
+                "two different records share the id {id}"
+            );
+        }
+    }
+    by_id
+        .values()
+        .map(|v| serde_json::from_str(v).expect("JSON record"))
+        .collect()
+}
+
 /// Every record of every partition of `topic`.
 pub fn read_all(broker: &str, topic: &str) -> Vec<ReadRecord> {
     runtime().block_on(async {

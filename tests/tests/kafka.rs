@@ -3,11 +3,12 @@
 //! Python's deltalake) holds every event exactly once, and the alerts produced to a Kafka topic
 //! are the rule's, each at least once with repeats recognisable by their id header.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::kafka::{
+    KafkaPipeline, create_topic, produce, read_all, telemetry_records, unique_json,
+};
 use weir_tests::servers::{KafkaBroker, wait_for};
 use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
@@ -68,21 +69,9 @@ fn killed_mid_stream_and_restarted_on_kafka_loses_and_duplicates_nothing_in_delt
         &readings,
     );
 
-    // Alerts on Kafka: at least once; repeats carry the same id and the same payload.
-    let produced = read_all(&broker.address(), "alerts");
-    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-    for record in &produced {
-        let id = record
-            .headers
-            .get("weir-id")
-            .expect("every alert has an id")
-            .clone();
-        if let Some(previous) = by_id.insert(id.clone(), record.value.clone()) {
-            assert_eq!(
-                previous, record.value,
-                "two different alerts share the id {id}"
-            );
-        }
+    // Alerts on Kafka: at least once; repeats carry the same id and the same payload, keyed by
+    // the device.
+    for record in read_all(&broker.address(), "alerts") {
         let alert: Value = serde_json::from_str(&record.value).expect("JSON alert");
         assert_eq!(
             record.key.as_deref(),
@@ -90,10 +79,9 @@ fn killed_mid_stream_and_restarted_on_kafka_loses_and_duplicates_nothing_in_delt
             "the key is the DeviceId"
         );
     }
-    let alerts: Vec<Value> = by_id
-        .values()
-        .map(|v| serde_json::from_str(v).expect("JSON alert"))
-        .collect();
-    assert_alerts_match(&alerts, &expected_alerts(&readings));
+    assert_alerts_match(
+        &unique_json(&broker.address(), "alerts"),
+        &expected_alerts(&readings),
+    );
     assert!(read_jsonl_dir(&dir.path().join("dead_letters")).is_empty());
 }

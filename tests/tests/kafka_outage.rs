@@ -5,11 +5,11 @@
 //! and resumes from its last offset, the sink produces again, and the Delta table (read by
 //! Python's deltalake) holds every event exactly once.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::kafka::{
+    KafkaPipeline, create_topic, produce, read_all, telemetry_records, unique_json,
+};
 use weir_tests::kafka_proxies::FaultProxy;
 use weir_tests::servers::{KafkaBroker, free_port, wait_for};
 use weir_tests::telemetry::{
@@ -91,21 +91,10 @@ fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates
     assert_each_reading_once(&read_delta(&table).rows, &readings);
 
     // Alerts on Kafka: at least once; repeats carry the same id and the same payload.
-    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-    for record in read_all(&address, "alerts") {
-        let id = record.headers.get("weir-id").expect("an id header").clone();
-        if let Some(previous) = by_id.insert(id.clone(), record.value.clone()) {
-            assert_eq!(
-                previous, record.value,
-                "two different alerts share the id {id}"
-            );
-        }
-    }
-    let alerts: Vec<Value> = by_id
-        .values()
-        .map(|v| serde_json::from_str(v).expect("JSON alert"))
-        .collect();
-    assert_alerts_match(&alerts, &expected_alerts(&readings));
+    assert_alerts_match(
+        &unique_json(&address, "alerts"),
+        &expected_alerts(&readings),
+    );
     assert!(read_jsonl_dir(&dir.path().join("dead_letters")).is_empty());
     eprintln!(
         "outage cut {cut} connections; the source {} its fetches; the sink {} a failed produce",
@@ -238,21 +227,7 @@ fn the_kafka_sink_retries_through_a_broker_outage_and_loses_no_alert() {
         );
     }
 
-    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-    for record in read_all(&address, "alerts") {
-        let id = record.headers.get("weir-id").expect("an id header").clone();
-        if let Some(previous) = by_id.insert(id.clone(), record.value.clone()) {
-            assert_eq!(
-                previous, record.value,
-                "two different alerts share the id {id}"
-            );
-        }
-    }
-    let alerts: Vec<Value> = by_id
-        .values()
-        .map(|v| serde_json::from_str(v).expect("JSON alert"))
-        .collect();
-    assert_alerts_match(&alerts, &expected_all);
+    assert_alerts_match(&unique_json(&address, "alerts"), &expected_all);
     assert_each_reading_once(&read_delta(&paths.raw_table).rows, &readings);
     assert!(read_jsonl_dir(&paths.dead_letters).is_empty());
 }

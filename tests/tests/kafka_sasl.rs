@@ -4,12 +4,10 @@
 //! loopback) that speaks the Kafka protocol's SASL exchange (see `weir_tests::kafka_proxies` for
 //! why not tansu itself); a wrong password is refused at start with the reason.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
 use weir_tests::kafka::{
-    KafkaPipeline, create_topic, produce, read_all, telemetry_records, use_sasl_plain,
+    KafkaPipeline, create_topic, produce, telemetry_records, unique_json, use_sasl_plain,
 };
 use weir_tests::kafka_proxies::SaslPlainGateway;
 use weir_tests::servers::{KafkaBroker, free_port};
@@ -62,14 +60,9 @@ fn the_kafka_source_and_sink_authenticate_with_sasl_plain_and_a_wrong_password_i
         &read_delta(&dir.path().join("delta/raw_telemetry")).rows,
         &readings,
     );
-    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-    for record in read_all(&address, "alerts") {
-        let id = record.headers.get("weir-id").expect("an id header").clone();
-        by_id.insert(id, serde_json::from_str(&record.value).expect("JSON alert"));
-    }
     let expected = expected_alerts(&readings);
     assert!(!expected.is_empty(), "the readings raise alerts");
-    assert_alerts_match(&by_id.into_values().collect::<Vec<_>>(), &expected);
+    assert_alerts_match(&unique_json(&address, "alerts"), &expected);
 
     // A wrong password: refused at start, with the reason.
     pipeline.source_extra = format!(

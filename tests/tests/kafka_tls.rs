@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use serde_json::Value;
 use weir_tests::kafka::{
-    KafkaPipeline, create_topic, produce, read_all, telemetry_records, use_tls,
+    KafkaPipeline, create_topic, produce, telemetry_records, unique_json, use_tls,
 };
 use weir_tests::servers::{KafkaBroker, free_port};
 use weir_tests::telemetry::{assert_alerts_match, expected_alerts, generated_readings};
@@ -41,14 +38,9 @@ fn the_kafka_source_and_sink_go_through_tls_and_refuse_an_untrusted_certificate(
     assert_eq!(table.rows.len(), readings.len());
 
     // The alerts the sink produced through TLS, read back (through TLS) by the test's client.
-    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-    for record in read_all(&address, "alerts") {
-        let id = record.headers.get("weir-id").expect("an id header").clone();
-        by_id.insert(id, serde_json::from_str(&record.value).expect("JSON alert"));
-    }
     let expected = expected_alerts(&readings);
     assert!(!expected.is_empty(), "the readings raise alerts");
-    assert_alerts_match(&by_id.into_values().collect::<Vec<_>>(), &expected);
+    assert_alerts_match(&unique_json(&address, "alerts"), &expected);
 
     // The system's roots do not include the test CA: the sink (connected first), then the
     // source, each refused alone.

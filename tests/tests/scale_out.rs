@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::Value;
-use weir_tests::kafka::{KafkaPipeline, create_topic, produce, read_all, telemetry_records};
+use weir_tests::kafka::{
+    KafkaPipeline, create_topic, produce, read_all, telemetry_records, unique_json,
+};
 use weir_tests::scale_out::{
     add_source_columns, assert_continued_after_checkpoints, assert_each_position_once,
     assert_taken_over, checkpoint_positions, kill_while_claiming,
@@ -157,14 +158,8 @@ fn three_processes_share_eight_partitions_and_survive_one_being_killed() {
         assert_continued_after_checkpoints(&rows, &source, &kill.checkpoints, kill.at_ms);
     println!("handovers (checkpoint, last row before the kill, first row after): {handovers:?}");
 
-    let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
-    for record in read_all(&broker.address(), "alerts") {
-        let id = record.headers.get("weir-id").expect("id header").clone();
-        let alert: Value = serde_json::from_str(&record.value).expect("JSON alert");
-        if let Some(previous) = alerts.insert(id.clone(), alert.clone()) {
-            assert_eq!(previous, alert, "two different alerts share the id {id}");
-        }
-    }
-    let alerts: Vec<Value> = alerts.into_values().collect();
-    assert_alerts_match(&alerts, &expected_alerts(&readings));
+    assert_alerts_match(
+        &unique_json(&broker.address(), "alerts"),
+        &expected_alerts(&readings),
+    );
 }
