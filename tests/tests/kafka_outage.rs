@@ -5,6 +5,7 @@
 //! and resumes from its last offset, the sink produces again, and the Delta table (read by
 //! Python's deltalake) holds every event exactly once.
 
+use std::path::Path;
 use std::time::Duration;
 
 use weir_tests::kafka::{
@@ -16,6 +17,43 @@ use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
 };
 use weir_tests::{WeirProcess, read_delta, read_jsonl_dir};
+
+/// Once the Delta table at `table` holds `rows` rows, stops `process` and returns its log; it
+/// must have exited cleanly.
+fn stop_when_complete(process: WeirProcess, table: &Path, rows: usize) -> String {
+    // Each look starts Python: not too often.
+    wait_for("every reading in Delta", Duration::from_secs(300), || {
+        let done = read_delta(table).rows.len() >= rows;
+        if !done {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        done
+    });
+    let log = process.log_text();
+    process.terminate();
+    let status = process.wait(Duration::from_secs(120));
+    assert!(status.success(), "weir exited with {status}:\n{log}");
+    log
+}
+
+/// Asserts that Weir met the outage on `request` (`fetch_records` or `produce`): either the
+/// client's own retries outlasted it (rskafka's nested retries were seen to ride out 20 s now
+/// and then), or they gave up and Weir logged `gave_up`, reconnected and logged `recovered`.
+/// Returns whether Weir's own retry ran.
+fn assert_met_outage(log: &str, request: &str, gave_up: &str, recovered: &str) -> bool {
+    let retried = log.contains(gave_up);
+    assert!(
+        retried || log.contains(&format!("request_name=\"{request}\"")),
+        "no {request} request met the outage:\n{log}"
+    );
+    if retried {
+        assert!(
+            log.contains(recovered),
+            "no `{recovered}` after `{gave_up}`:\n{log}"
+        );
+    }
+    retried
+}
 
 #[test]
 fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates() {
@@ -56,34 +94,13 @@ fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates
     produce(&address, "telemetry", second);
 
     let table = dir.path().join("delta/raw_telemetry");
-    // Each look starts Python: not too often.
-    wait_for("every reading in Delta", Duration::from_secs(300), || {
-        let done = read_delta(&table).rows.len() >= readings.len();
-        if !done {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        done
-    });
-    let log = process.log_text();
-    process.terminate();
-    let status = process.wait(Duration::from_secs(120));
-    assert!(status.success(), "weir exited with {status}:\n{log}");
-
-    // The readers met the outage: either the client's own retries outlasted it (rskafka's
-    // nested retries were seen to ride out 20 s now and then), or they gave up and the source
-    // reconnected and fetched again from the same offset.
-    let refetched =
-        log.contains("Kafka fetch failed; reconnecting and fetching from the same offset");
-    assert!(
-        refetched || log.contains("request_name=\"fetch_records\""),
-        "the source saw the outage:\n{log}"
+    let log = stop_when_complete(process, &table, readings.len());
+    let refetched = assert_met_outage(
+        &log,
+        "fetch_records",
+        "Kafka fetch failed; reconnecting and fetching from the same offset",
+        "Kafka broker reachable again; reading on",
     );
-    if refetched {
-        assert!(
-            log.contains("Kafka broker reachable again; reading on"),
-            "the source read on after the outage:\n{log}"
-        );
-    }
     assert!(!log.contains("partition worker failed"), "{log}");
     // The readers rode it out: no partition changed hands (a handover would resume from the
     // checkpoint, which is not what this test is about).
@@ -201,31 +218,13 @@ fn the_kafka_sink_retries_through_a_broker_outage_and_loses_no_alert() {
             done
         },
     );
-    wait_for("every reading in Delta", Duration::from_secs(300), || {
-        let done = read_delta(&paths.raw_table).rows.len() >= readings.len();
-        if !done {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        done
-    });
-    let log = process.log_text();
-    process.terminate();
-    let status = process.wait(Duration::from_secs(120));
-    assert!(status.success(), "weir exited with {status}:\n{log}");
-    // A produce met the outage: either the client's own retries outlasted it (rskafka backs off
-    // within a request), or they gave up and the sink reconnected and produced the batch again.
-    let retried_by_sink =
-        log.contains("Kafka produce failed; reconnecting and producing the batch again");
-    assert!(
-        retried_by_sink || log.contains("request_name=\"produce\""),
-        "the sink met the outage:\n{log}"
+    let log = stop_when_complete(process, &paths.raw_table, readings.len());
+    assert_met_outage(
+        &log,
+        "produce",
+        "Kafka produce failed; reconnecting and producing the batch again",
+        "Kafka broker reachable again; producing on",
     );
-    if retried_by_sink {
-        assert!(
-            log.contains("Kafka broker reachable again; producing on"),
-            "the sink produced on after the outage:\n{log}"
-        );
-    }
 
     assert_alerts_match(&unique_json(&address, "alerts"), &expected_all);
     assert_each_reading_once(&read_delta(&paths.raw_table).rows, &readings);
