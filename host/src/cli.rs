@@ -11,8 +11,14 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::pipeline;
 
-/// Logs at info, without the Delta libraries' per-commit chatter (override with `WEIR_LOG`).
-const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn";
+/// Logs at info, without the client libraries' chatter (override with `WEIR_LOG`): the Delta
+/// libraries' per-commit lines and the error they log for a concurrent commit (which the Delta
+/// sink redoes, saying so itself); the Event Hubs client's per-link lines, and the AMQP engine's
+/// errors when a connection is closed under it (a partition moving to another process). Weir
+/// logs the failures that matter itself, with their context.
+const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,\
+    deltalake_core::kernel::transaction=off,buoyant_kernel=warn,azure_messaging_eventhubs=warn,\
+    azure_core_amqp=warn,fe2o3_amqp=off";
 
 /// Weir: a stream host whose business logic runs as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -368,7 +374,26 @@ impl StopSignal {
 
 #[cfg(test)]
 mod tests {
-    use super::error_text;
+    use super::{DEFAULT_LOG_FILTER, error_text};
+
+    #[test]
+    fn the_default_log_filter_parses_and_keeps_weirs_own_lines() {
+        // `EnvFilter::new` drops a directive it cannot parse without a word.
+        let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER)
+            .unwrap_or_else(|e| panic!("{DEFAULT_LOG_FILTER}: {e}"));
+        let text = filter.to_string();
+        for directive in [
+            "deltalake_core::kernel::transaction=off",
+            "fe2o3_amqp=off",
+            "azure_messaging_eventhubs=warn",
+        ] {
+            assert!(text.contains(directive), "{directive} in {text}");
+        }
+        assert_eq!(
+            filter.max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::INFO)
+        );
+    }
 
     #[test]
     fn an_error_that_ends_with_its_cause_names_it_once() {
