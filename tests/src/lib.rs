@@ -316,6 +316,17 @@ pub fn run_to_completion(config: &Path, timeout: Duration) -> String {
     text
 }
 
+/// Waits until `dir` (a pipeline's directory in the local checkpoint store) holds a checkpoint.
+pub fn wait_for_first_checkpoint(dir: &Path, timeout: Duration) {
+    servers::wait_for("a first checkpoint", timeout, || {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
+        })
+    });
+}
+
 /// Milliseconds since the Unix epoch of a timestamp as the Python reader prints it
 /// (`2026-11-01 00:05:00+00:00`, with or without a fraction of a second).
 pub fn python_timestamp_ms(text: &str) -> i64 {

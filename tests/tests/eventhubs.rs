@@ -90,14 +90,10 @@ fn link_detaches_and_connection_drops_mid_stream_lose_nothing() {
     pipeline.batch_max_events = 64;
     let config = pipeline.write(dir.path());
     let process = WeirProcess::run(&config);
-    let checkpoints = dir.path().join("checkpoints/telemetry");
-    wait_for("a first checkpoint", Duration::from_secs(180), || {
-        std::fs::read_dir(&checkpoints).is_ok_and(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
-        })
-    });
+    weir_tests::wait_for_first_checkpoint(
+        &dir.path().join("checkpoints/telemetry"),
+        Duration::from_secs(180),
+    );
 
     // The rest arrives in chunks; between chunks, every consumer link is detached by the
     // service, or every connection (receivers' and the alerts producers') is dropped.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use weir_tests::kafka::{
     KafkaPipeline, create_topic, produce, read_all, telemetry_records, unique_json,
 };
-use weir_tests::servers::{KafkaBroker, wait_for};
+use weir_tests::servers::KafkaBroker;
 use weir_tests::telemetry::{
     assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
 };
@@ -30,14 +30,10 @@ fn killed_mid_stream_and_restarted_on_kafka_loses_and_duplicates_nothing_in_delt
     pipeline.alerts_topic = Some("alerts".to_owned());
     let config = pipeline.write(dir.path(), "weir.toml");
     let process = WeirProcess::run(&config);
-    let checkpoints = dir.path().join("checkpoints/telemetry");
-    wait_for("a first checkpoint", Duration::from_secs(120), || {
-        std::fs::read_dir(&checkpoints).is_ok_and(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
-        })
-    });
+    weir_tests::wait_for_first_checkpoint(
+        &dir.path().join("checkpoints/telemetry"),
+        Duration::from_secs(120),
+    );
     // The second half arrives while the process runs; it is killed in the middle of it.
     let address = broker.address();
     let second = second.to_vec();

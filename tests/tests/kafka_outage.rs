@@ -55,6 +55,15 @@ fn assert_met_outage(log: &str, request: &str, gave_up: &str, recovered: &str) -
     retried
 }
 
+/// How many distinct alerts (by `weir-id`) are on the broker's `alerts` topic.
+fn alert_ids(address: &str) -> usize {
+    read_all(address, "alerts")
+        .into_iter()
+        .filter_map(|r| r.headers.get("weir-id").cloned())
+        .collect::<std::collections::BTreeSet<String>>()
+        .len()
+}
+
 #[test]
 fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates() {
     let proxy_port = free_port();
@@ -78,14 +87,10 @@ fn the_kafka_source_and_sink_ride_out_a_broker_outage_without_loss_or_duplicates
     pipeline.sink_extra = pipeline.source_extra.clone();
     let config = pipeline.write(dir.path(), "weir.toml");
     let process = WeirProcess::run(&config);
-    let checkpoints = dir.path().join("checkpoints/telemetry");
-    wait_for("a first checkpoint", Duration::from_secs(120), || {
-        std::fs::read_dir(&checkpoints).is_ok_and(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with(".ckpt"))
-        })
-    });
+    weir_tests::wait_for_first_checkpoint(
+        &dir.path().join("checkpoints/telemetry"),
+        Duration::from_secs(120),
+    );
 
     // The outage: every open connection cut, new ones refused for 20 s.
     let cut = proxy.outage(Duration::from_secs(20));
@@ -170,11 +175,7 @@ fn the_kafka_sink_retries_through_a_broker_outage_and_loses_no_alert() {
 
     // The first half's alerts are on the broker.
     wait_for("the first half's alerts", Duration::from_secs(180), || {
-        let ids: std::collections::BTreeSet<String> = read_all(&address, "alerts")
-            .into_iter()
-            .filter_map(|r| r.headers.get("weir-id").cloned())
-            .collect();
-        let done = ids.len() >= expected_first.len();
+        let done = alert_ids(&address) >= expected_first.len();
         if !done {
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -207,11 +208,7 @@ fn the_kafka_sink_retries_through_a_broker_outage_and_loses_no_alert() {
         "every alert on the broker",
         Duration::from_secs(300),
         || {
-            let ids: std::collections::BTreeSet<String> = read_all(&address, "alerts")
-                .into_iter()
-                .filter_map(|r| r.headers.get("weir-id").cloned())
-                .collect();
-            let done = ids.len() >= expected_all.len();
+            let done = alert_ids(&address) >= expected_all.len();
             if !done {
                 std::thread::sleep(Duration::from_millis(500));
             }

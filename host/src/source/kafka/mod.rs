@@ -7,9 +7,9 @@
 //! key, enqueued time and properties.
 //!
 //! A broker that goes away (a restart, a network outage) does not stop the pipeline: a reader
-//! whose fetch fails after rskafka's own retries (the connection's `timeout`) logs a warning,
-//! backs off and fetches again from the offset it stopped at, reconnecting, for up to the
-//! connection's `max_outage`.
+//! whose fetch fails after rskafka's own retries (at least the connection's `timeout`) logs a
+//! warning, backs off and fetches again from the offset it stopped at, reconnecting, for up to
+//! the connection's `max_outage`.
 
 pub(crate) mod connect;
 
