@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::retire::later;
 use super::standby::Prepare;
+use probation::Verdict;
 
 use super::store::{MAX_ACTIVATIONS, StageRecord, VersionStore};
 use super::{LoadedPlugin, PluginEngine, PluginError, content_version};
@@ -635,71 +636,59 @@ impl<P: LoadedPlugin> PluginSlot<P> {
         probation.events += tally.events;
         probation.rejected += tally.rejected;
         probation.trapped += tally.trapped;
-        let probation = *probation;
-        let window = self.policy.probation_events.max(1) as f64;
-        let failures = probation.trapped + probation.rejected;
-        let reason = if probation.trapped as f64 > self.policy.max_trap_ratio * window {
-            Some(format!(
-                "trapped on {} of its first {} events, above the limit of {} of {} (max_trap_ratio)",
-                probation.trapped,
-                probation.events,
-                self.policy.max_trap_ratio,
-                self.policy.probation_events
-            ))
-        } else if failures as f64 > self.policy.max_error_ratio * window {
-            Some(format!(
-                "failed (rejected {}, trapped {}) on {} of its first {} events, above the limit of {} of {} (max_error_ratio)",
-                probation.rejected,
-                probation.trapped,
-                failures,
-                probation.events,
-                self.policy.max_error_ratio,
-                self.policy.probation_events
-            ))
-        } else {
-            None
+        let so_far = CallTally {
+            events: probation.events,
+            rejected: probation.rejected,
+            trapped: probation.trapped,
         };
-        if let Some(reason) = reason {
-            let Some(previous) = inner.fallback.clone() else {
-                return false;
-            };
-            let bad = inner.active.version().to_string();
-            tracing::error!(
-                pipeline = %self.pipeline, stage = %self.stage, version = %bad,
-                rolled_back_to = %previous.version(), reason = %reason,
-                "new plugin version failed its probation: rolled back automatically"
-            );
-            inner.rolled_back.insert(bad);
-            self.metrics.add(
-                names::PLUGIN_ROLLBACKS,
-                &[("pipeline", &self.pipeline), ("stage", &self.stage)],
-                1,
-            );
-            let pending = self.activate(
-                &mut inner,
-                previous,
-                ActivationCause::AutomaticRollback,
-                Some(reason),
-                false,
-            );
-            drop(inner);
-            // This runs on a partition worker: the record is written on the background thread.
-            if let (Some(writer), Some(pending)) = (self.records.clone(), pending) {
-                later(move || writer.write(pending));
+        match probation::verdict(&self.policy, so_far) {
+            Verdict::Probing => false,
+            Verdict::Passed => {
+                tracing::info!(
+                    pipeline = %self.pipeline, stage = %self.stage, version = %inner.active.version(),
+                    events = so_far.events, rejected = so_far.rejected, trapped = so_far.trapped,
+                    "plugin version passed its probation"
+                );
+                inner.probation = None;
+                inner.fallback = None;
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                false
             }
-            return true;
+            Verdict::Failed(failure) => self.roll_back(inner, failure.to_string()),
         }
-        if probation.events >= self.policy.probation_events {
-            tracing::info!(
-                pipeline = %self.pipeline, stage = %self.stage, version = %inner.active.version(),
-                events = probation.events, rejected = probation.rejected, trapped = probation.trapped,
-                "plugin version passed its probation"
-            );
-            inner.probation = None;
-            inner.fallback = None;
-            self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Rolls a version that failed its probation back to its fallback. Returns false when there
+    /// is none (the version then stays on probation).
+    fn roll_back(&self, mut inner: MutexGuard<'_, Inner<P>>, reason: String) -> bool {
+        let Some(previous) = inner.fallback.clone() else {
+            return false;
+        };
+        let bad = inner.active.version().to_string();
+        tracing::error!(
+            pipeline = %self.pipeline, stage = %self.stage, version = %bad,
+            rolled_back_to = %previous.version(), reason = %reason,
+            "new plugin version failed its probation: rolled back automatically"
+        );
+        inner.rolled_back.insert(bad);
+        self.metrics.add(
+            names::PLUGIN_ROLLBACKS,
+            &[("pipeline", &self.pipeline), ("stage", &self.stage)],
+            1,
+        );
+        let pending = self.activate(
+            &mut inner,
+            previous,
+            ActivationCause::AutomaticRollback,
+            Some(reason),
+            false,
+        );
+        drop(inner);
+        // This runs on a partition worker: the record is written on the background thread.
+        if let (Some(writer), Some(pending)) = (self.records.clone(), pending) {
+            later(move || writer.write(pending));
         }
-        false
+        true
     }
 
     /// Makes `plugin` the active version. With `probation`, the replaced version stays as the
@@ -1074,6 +1063,9 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         Ok(info)
     }
 }
+
+#[path = "probation.rs"]
+mod probation;
 
 #[cfg(test)]
 mod tests {
