@@ -87,7 +87,7 @@ pub(crate) struct OwnershipManager {
     /// Workers say here that they finished.
     done_sender: mpsc::UnboundedSender<PartitionId>,
     done: mpsc::UnboundedReceiver<PartitionId>,
-    random: u64,
+    random: plan::Xorshift,
 }
 
 /// Why a cycle could not use the store.
@@ -125,7 +125,7 @@ impl OwnershipManager {
             reports: Vec::new(),
             done_sender,
             done,
-            random: seed | 1,
+            random: plan::Xorshift(seed | 1),
         }
     }
 
@@ -216,173 +216,116 @@ impl OwnershipManager {
 
     /// One round of the protocol: see which claims are still ours, renew them, balance.
     async fn cycle(&mut self) -> CycleResult {
-        let store = self.context.checkpoints.clone();
-        let pipeline = self.context.name.clone();
-        let expiry_ms = i64::try_from(self.expiry.as_millis()).unwrap_or(i64::MAX);
-        let records = match store.list_ownership(&pipeline).await {
+        let records = match self
+            .context
+            .checkpoints
+            .list_ownership(&self.context.name)
+            .await
+        {
             Ok(records) => records,
             Err(error) => {
-                tracing::warn!(pipeline = %pipeline, %error, "cannot list ownership claims; retrying next cycle");
+                tracing::warn!(pipeline = %self.context.name, %error, "cannot list ownership claims; retrying next cycle");
                 return self.drop_stale_claims().await;
             }
         };
-        let by_partition: HashMap<PartitionId, &Ownership> =
-            records.iter().map(|r| (r.partition, r)).collect();
-
-        // Claims someone else has written over.
-        let taken: Vec<PartitionId> = self
-            .owned
-            .keys()
-            .copied()
-            .filter(|p| by_partition.get(p).is_none_or(|r| r.owner != self.owner))
-            .collect();
+        let held: Vec<Ownership> = self.owned.values().map(|o| o.claim.clone()).collect();
+        let plan::Renewal { taken, renew } = plan::renewal(&self.owner, &records, &held);
         if !taken.is_empty() {
             self.stop_workers(&taken, "taken by another process")
                 .await?;
         }
-
-        // Renew the rest, each at the version it was left at.
-        let renewals: Vec<Ownership> = self
-            .owned
-            .iter()
-            .map(|(partition, owned)| Ownership {
-                partition: *partition,
-                owner: self.owner.clone(),
-                last_modified: 0,
-                version: by_partition
-                    .get(partition)
-                    .and_then(|r| r.version.clone())
-                    .or_else(|| owned.claim.version.clone()),
-            })
-            .collect();
-        if !renewals.is_empty() {
-            match store.claim_ownership(&pipeline, &renewals).await {
-                Ok(won) => {
-                    let won: HashMap<PartitionId, Ownership> =
-                        won.into_iter().map(|o| (o.partition, o)).collect();
-                    let lost: Vec<PartitionId> = self
-                        .owned
-                        .keys()
-                        .copied()
-                        .filter(|p| !won.contains_key(p))
-                        .collect();
-                    for (partition, claim) in won {
-                        if let Some(owned) = self.owned.get_mut(&partition) {
-                            owned.claim = claim;
-                            owned.renewed_at = Instant::now();
-                        }
-                    }
-                    if !lost.is_empty() {
-                        self.stop_workers(&lost, "renewal lost to another process")
-                            .await?;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(pipeline = %pipeline, %error, "cannot renew ownership claims; retrying next cycle");
-                    return self.drop_stale_claims().await;
-                }
-            }
+        if !self.renew(renew).await? {
+            return self.drop_stale_claims().await;
         }
+        self.balance(&records).await;
+        Ok(())
+    }
 
-        // Balance.
-        let now = now_millis();
-        let mut others: BTreeMap<&str, Vec<PartitionId>> = BTreeMap::new();
-        for record in &records {
-            if record.owner != self.owner
-                && record.is_active(now, expiry_ms)
-                && !self.owned.contains_key(&record.partition)
-            {
-                others
-                    .entry(record.owner.as_str())
-                    .or_default()
-                    .push(record.partition);
-            }
+    /// Writes `renewals` (the claims still ours) again and stops the workers of those another
+    /// process took meanwhile. Returns false when the store could not be written.
+    async fn renew(&mut self, renewals: Vec<Ownership>) -> Result<bool, WorkerError> {
+        if renewals.is_empty() {
+            return Ok(true);
         }
-        let owners = others.len() as u32 + 1;
-        let min = self.partitions / owners;
-        let extra = self.partitions % owners;
-        let max_share = min + u32::from(extra > 0);
-        let mine = self.owned.len() as u32;
-        let others_above_min = others.values().filter(|p| p.len() as u32 > min).count() as u32;
-        let target = if mine < min {
-            min
-        } else if extra > 0 && mine == min && others_above_min < extra {
-            min + 1
-        } else {
-            mine
+        let won = match self
+            .context
+            .checkpoints
+            .claim_ownership(&self.context.name, &renewals)
+            .await
+        {
+            Ok(won) => won,
+            Err(error) => {
+                tracing::warn!(pipeline = %self.context.name, %error, "cannot renew ownership claims; retrying next cycle");
+                return Ok(false);
+            }
         };
-        let mut need = target.saturating_sub(mine) as usize;
-        if need == 0 {
-            self.report_owned();
-            return Ok(());
+        let won: HashMap<PartitionId, Ownership> =
+            won.into_iter().map(|o| (o.partition, o)).collect();
+        let lost: Vec<PartitionId> = self
+            .owned
+            .keys()
+            .copied()
+            .filter(|p| !won.contains_key(p))
+            .collect();
+        for (partition, claim) in won {
+            if let Some(owned) = self.owned.get_mut(&partition) {
+                owned.claim = claim;
+                owned.renewed_at = Instant::now();
+            }
         }
+        if !lost.is_empty() {
+            self.stop_workers(&lost, "renewal lost to another process")
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Claims what the plan says (see [`plan::claims`]) and starts the won partitions' workers.
+    async fn balance(&mut self, records: &[Ownership]) {
         let now_instant = Instant::now();
         self.taken_until.retain(|_, until| *until > now_instant);
-        let mut free: Vec<PartitionId> = (0..self.partitions)
-            .filter(|p| {
-                !self.owned.contains_key(p)
-                    && !self.ended.contains(p)
-                    && !self.taken_until.contains_key(p)
-                    && by_partition
-                        .get(p)
-                        .is_none_or(|r| !r.is_active(now, expiry_ms))
-            })
-            .collect();
-        self.shuffle(&mut free);
-        let mut claims: Vec<Ownership> = free
-            .into_iter()
-            .take(need)
-            .map(|partition| Ownership {
-                partition,
-                owner: self.owner.clone(),
-                last_modified: 0,
-                version: by_partition.get(&partition).and_then(|r| r.version.clone()),
-            })
-            .collect();
-        need -= claims.len();
-        // Nothing free left: take from the owners above their share (or at it, while this
-        // process is below the minimum).
-        while need > 0 {
-            let limit = if (mine + claims.len() as u32) < min {
-                min
-            } else {
-                max_share
-            };
-            let Some((_, partitions)) = others
-                .iter_mut()
-                .filter(|(_, partitions)| partitions.len() as u32 > limit)
-                .max_by_key(|(_, partitions)| partitions.len())
-            else {
-                break;
-            };
-            let index = (self.next_random() % partitions.len() as u64) as usize;
-            let partition = partitions.swap_remove(index);
-            if self.ended.contains(&partition) || self.taken_until.contains_key(&partition) {
-                continue;
-            }
-            claims.push(Ownership {
-                partition,
-                owner: self.owner.clone(),
-                last_modified: 0,
-                version: by_partition.get(&partition).and_then(|r| r.version.clone()),
-            });
-            need -= 1;
+        let owned: BTreeSet<PartitionId> = self.owned.keys().copied().collect();
+        let paused: BTreeSet<PartitionId> = self.taken_until.keys().copied().collect();
+        let view = plan::View {
+            owner: &self.owner,
+            partitions: self.partitions,
+            records,
+            owned: &owned,
+            ended: &self.ended,
+            paused: &paused,
+            now: now_millis(),
+            expiry_ms: i64::try_from(self.expiry.as_millis()).unwrap_or(i64::MAX),
+        };
+        let random = &mut self.random;
+        let claims = plan::claims(&view, &mut || random.next());
+        if !claims.is_empty() && !self.claim(records, &claims).await {
+            return;
         }
-        if claims.is_empty() {
-            self.report_owned();
-            return Ok(());
-        }
-        let won = match store.claim_ownership(&pipeline, &claims).await {
+        self.report_owned();
+    }
+
+    /// Writes `claims` and starts a worker for each partition won. Returns false when the store
+    /// could not be written.
+    async fn claim(&mut self, records: &[Ownership], claims: &[Ownership]) -> bool {
+        let pipeline = self.context.name.clone();
+        let won = match self
+            .context
+            .checkpoints
+            .claim_ownership(&pipeline, claims)
+            .await
+        {
             Ok(won) => won,
             Err(error) => {
                 tracing::warn!(pipeline = %pipeline, %error, "cannot claim partitions; retrying next cycle");
-                return Ok(());
+                return false;
             }
         };
         for claim in won {
             let partition = claim.partition;
-            let previous = by_partition
-                .get(&partition)
+            // The last record of the partition, as the plan read them.
+            let previous = records
+                .iter()
+                .rfind(|r| r.partition == partition)
                 .map(|r| r.owner.clone())
                 .filter(|owner| !owner.is_empty());
             self.start_worker(claim);
@@ -393,8 +336,7 @@ impl OwnershipManager {
                 "partition acquired"
             );
         }
-        self.report_owned();
-        Ok(())
+        true
     }
 
     /// Without the store, claims not renewed within the expiry may have been taken: stop them.
@@ -526,23 +468,6 @@ impl OwnershipManager {
             self.owned.len() as f64,
         );
     }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: spreads competing processes over different free partitions.
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x
-    }
-
-    fn shuffle(&mut self, items: &mut [PartitionId]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next_random() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 /// Opens `partition` after its checkpoint and builds its worker.
@@ -603,6 +528,9 @@ fn seed() -> u64 {
     hasher.write_i64(now_millis());
     hasher.finish()
 }
+
+#[path = "ownership_plan.rs"]
+mod plan;
 
 #[cfg(test)]
 #[path = "ownership_tests.rs"]
