@@ -10,6 +10,7 @@ mod fallback;
 mod join;
 mod transform;
 mod window;
+mod window_assign;
 
 use std::sync::Arc;
 

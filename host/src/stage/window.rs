@@ -28,10 +28,11 @@ use bytes::Bytes;
 use super::batch::{empty_batch, fill_batch};
 use super::fallback::{TrapCounter, call_with_fallback};
 use super::transform::PLUGIN_VERSION_PROPERTY;
+use super::window_assign::{Closed, GroupId, OpenWindow, Refusal, WindowState};
 use super::{Rejected, Stage, StageError, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::config::{WindowConfig, WindowKind};
-use crate::event::{Event, Position};
+use crate::event::Event;
 use crate::json::{top_level_fields, top_level_keys};
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{
@@ -118,46 +119,12 @@ impl WindowSettings {
     }
 }
 
-/// A group: a key (JSON object text) and the start of one of its windows.
-type GroupId = (Arc<str>, i64);
-
-/// An open window.
-#[derive(Debug, Clone, PartialEq)]
-struct OpenWindow {
-    end: i64,
-    /// Time of the newest event (session windows).
-    last_event: i64,
-    /// The plugin's accumulator; empty before the first fold.
-    accumulator: Vec<u8>,
-}
-
-/// Everything the stage keeps between batches (and in the checkpoint).
-#[derive(Debug, Default, Clone, PartialEq)]
-struct WindowState {
-    windows: HashMap<GroupId, OpenWindow>,
-    /// Open windows in the order they close: (end, key, start).
-    closing: BTreeSet<(i64, Arc<str>, i64)>,
-    /// Session windows: the start of each key's current session.
-    sessions: HashMap<Arc<str>, i64>,
-    /// Sliding windows: each key's events of the last `size`, in time order.
-    recent: HashMap<Arc<str>, VecDeque<Event>>,
-    /// The last watermark (not counting the end of the input).
-    watermark: Option<i64>,
-}
-
 /// A window being folded: its id, its accumulator and its events (indices into a batch).
 struct FoldGroup {
     id: GroupId,
     end: i64,
     accumulator: Vec<u8>,
     members: Vec<u32>,
-}
-
-/// A window that closed, with the position of the mark that closed it.
-struct Closed {
-    id: GroupId,
-    window: OpenWindow,
-    position: Position,
 }
 
 /// The window stage of one partition.
@@ -243,92 +210,6 @@ impl WindowStage {
             partition: scope.partition,
             reason,
         }
-    }
-
-    /// The group key of `event`: a JSON object of the grouped fields.
-    fn key(&self, event: &Event) -> Result<Arc<str>, String> {
-        if self.settings.group_by.is_empty() {
-            return Ok(Arc::from("{}"));
-        }
-        let values = top_level_fields(&event.body, &self.settings.group_by)?;
-        let mut key = String::with_capacity(64);
-        key.push('{');
-        for (index, (field, value)) in self.settings.group_by.iter().zip(values).enumerate() {
-            if index > 0 {
-                key.push(',');
-            }
-            key.push_str(&serde_json::to_string(field).unwrap_or_default());
-            key.push(':');
-            let json = match value {
-                None => "null".to_owned(),
-                Some(value) => value.to_json().ok_or_else(|| {
-                    format!("group-by field `{field}` is not a string, a number or null")
-                })?,
-            };
-            key.push_str(&json);
-        }
-        key.push('}');
-        Ok(Arc::from(key))
-    }
-
-    /// Opens the window `(key, start)` ending at `end` if it is not open yet.
-    fn open(&mut self, key: &Arc<str>, start: i64, end: i64, time: i64) {
-        let state = &mut self.state;
-        state
-            .windows
-            .entry((key.clone(), start))
-            .or_insert_with(|| {
-                state.closing.insert((end, key.clone(), start));
-                OpenWindow {
-                    end,
-                    last_event: time,
-                    accumulator: Vec::new(),
-                }
-            });
-    }
-
-    /// The session of `key` that an event at `time` belongs to (opening or extending one); its
-    /// start.
-    fn session(&mut self, key: &Arc<str>, time: i64, gap: i64, max_duration: Option<i64>) -> i64 {
-        let state = &mut self.state;
-        let cap = |start: i64, end: i64| {
-            max_duration.map_or(end, |max| end.min(start.saturating_add(max)))
-        };
-        if let Some(&start) = state.sessions.get(key)
-            && let Some(window) = state.windows.get_mut(&(key.clone(), start))
-        {
-            let within_gap = time <= window.last_event.saturating_add(gap);
-            let within_max = max_duration.is_none_or(|max| time < start.saturating_add(max));
-            if within_gap && within_max {
-                let last = window.last_event.max(time);
-                let end = cap(start, last.saturating_add(gap));
-                if end != window.end {
-                    state.closing.remove(&(window.end, key.clone(), start));
-                    state.closing.insert((end, key.clone(), start));
-                    window.end = end;
-                }
-                window.last_event = last;
-                return start;
-            }
-        }
-        // A new session; the previous one (if any) closes when the watermark passes its end.
-        let end = cap(time, time.saturating_add(gap));
-        state.sessions.insert(key.clone(), time);
-        state.windows.insert(
-            (key.clone(), time),
-            OpenWindow {
-                end,
-                last_event: time,
-                accumulator: Vec::new(),
-            },
-        );
-        state.closing.insert((end, key.clone(), time));
-        time
-    }
-
-    /// Whether a window ending at `end` has already closed.
-    fn closed_before(&self, end: i64) -> bool {
-        self.state.watermark.is_some_and(|w| end <= w)
     }
 
     /// Folds `groups` (members index `events`) through the plugin, isolating an event that traps.
@@ -765,12 +646,30 @@ fn finish_request<'a>(closed: impl Iterator<Item = &'a Closed>) -> FinishRequest
     request
 }
 
-/// Starts of the tumbling or hopping windows that contain `time`, latest first.
-fn window_starts(time: i64, size: i64, hop: i64) -> impl Iterator<Item = i64> {
-    let last = time.div_euclid(hop) * hop;
-    (0..)
-        .map(move |k: i64| last - k * hop)
-        .take_while(move |start| start + size > time)
+/// The group key of `event`: a JSON object of the grouped fields.
+fn group_key(group_by: &[String], event: &Event) -> Result<Arc<str>, String> {
+    if group_by.is_empty() {
+        return Ok(Arc::from("{}"));
+    }
+    let values = top_level_fields(&event.body, group_by)?;
+    let mut key = String::with_capacity(64);
+    key.push('{');
+    for (index, (field, value)) in group_by.iter().zip(values).enumerate() {
+        if index > 0 {
+            key.push(',');
+        }
+        key.push_str(&serde_json::to_string(field).unwrap_or_default());
+        key.push(':');
+        let json = match value {
+            None => "null".to_owned(),
+            Some(value) => value.to_json().ok_or_else(|| {
+                format!("group-by field `{field}` is not a string, a number or null")
+            })?,
+        };
+        key.push_str(&json);
+    }
+    key.push('}');
+    Ok(Arc::from(key))
 }
 
 impl Stage for WindowStage {
@@ -806,52 +705,13 @@ impl Stage for WindowStage {
         let rejected_before = out.rejected.len();
         let version = self.slot.plugin().version().clone();
         self.trapped = 0;
-        let mut closed: Vec<Closed> = Vec::new();
-        for mark in marks {
-            while let Some(first) = self.state.closing.first()
-                && first.0 <= mark.watermark
-            {
-                let Some((_, key, start)) = self.state.closing.pop_first() else {
-                    break;
-                };
-                let id = (key, start);
-                let Some(window) = self.state.windows.remove(&id) else {
-                    continue;
-                };
-                if self.state.sessions.get(&id.0) == Some(&start) {
-                    self.state.sessions.remove(&id.0);
-                }
-                closed.push(Closed {
-                    id,
-                    window,
-                    position: mark.position,
-                });
-            }
-            if mark.watermark != END_OF_INPUT {
-                self.state.watermark = Some(
-                    self.state
-                        .watermark
-                        .map_or(mark.watermark, |w| w.max(mark.watermark)),
-                );
-            }
-        }
+        let mut closed = self.state.close(marks);
         if let WindowSpec::Sliding { size } = self.settings.spec {
             if !closed.is_empty() {
                 self.fold_sliding(&mut closed, out)?;
             }
             let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
-            let horizon = self.state.watermark.map(|w| w.saturating_sub(size));
-            self.state.recent.retain(|_, events| {
-                if ended {
-                    return false;
-                }
-                if let Some(horizon) = horizon {
-                    while events.front().is_some_and(|e| e.time() <= horizon) {
-                        events.pop_front();
-                    }
-                }
-                !events.is_empty()
-            });
+            self.state.forget_recent(size, ended);
         }
         if closed.is_empty() {
             return Ok(());
@@ -886,94 +746,46 @@ impl WindowStage {
 
     /// Assigns `events` to their windows and folds them into the windows' accumulators.
     fn fold_events(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        let mut groups: Vec<FoldGroup> = Vec::new();
-        let mut index: HashMap<GroupId, usize> = HashMap::new();
+        let group_by = &self.settings.group_by;
+        let assigned = self.state.assign(self.settings.spec, events, |event| {
+            group_key(group_by, event)
+        });
         let mut late = 0u64;
-        for (member, event) in events.iter().enumerate() {
-            let member = offset(member);
-            let key = match self.key(event) {
-                Ok(key) => key,
-                Err(reason) => {
-                    out.rejected.push(Rejected {
-                        event: event.clone(),
-                        reason,
-                        plugin_version: None,
-                    });
-                    continue;
-                }
+        for (member, refusal) in assigned.refused {
+            let Some(event) = events.get(member as usize) else {
+                continue;
             };
-            let time = event.time();
-            let mut windows: Vec<(i64, i64)> = Vec::with_capacity(2);
-            match self.settings.spec {
-                WindowSpec::Tumbling { size } => {
-                    windows.extend(window_starts(time, size, size).map(|s| (s, s + size)));
+            match refusal {
+                Refusal::NoKey(reason) => out.rejected.push(Rejected {
+                    event: event.clone(),
+                    reason,
+                    plugin_version: None,
+                }),
+                Refusal::Late { end } => {
+                    late += 1;
+                    out.rejected.push(self.late(event, end));
                 }
-                WindowSpec::Hopping { size, hop } => {
-                    windows.extend(window_starts(time, size, hop).map(|s| (s, s + size)));
-                }
-                WindowSpec::Sliding { size } => {
-                    let end = time.saturating_add(1);
-                    if self.closed_before(end) {
-                        late += 1;
-                        out.rejected.push(self.late(event, end));
-                        continue;
-                    }
-                    self.open(&key, end - size, end, time);
-                    let recent = self.state.recent.entry(key).or_default();
-                    let at = recent.partition_point(|e| e.time() <= time);
-                    recent.insert(at, event.clone());
-                    continue;
-                }
-                WindowSpec::Session { gap, max_duration } => {
-                    if self.closed_before(time.saturating_add(gap)) {
-                        late += 1;
-                        out.rejected
-                            .push(self.late(event, time.saturating_add(gap)));
-                        continue;
-                    }
-                    let start = self.session(&key, time, gap, max_duration);
-                    let end = self
-                        .state
-                        .windows
-                        .get(&(key.clone(), start))
-                        .map_or(start, |w| w.end);
-                    windows.push((start, end));
-                }
-            }
-            let mut any = false;
-            for (start, end) in windows {
-                if self.closed_before(end) {
-                    continue;
-                }
-                any = true;
-                self.open(&key, start, end, time);
-                let id = (key.clone(), start);
-                let slot = *index.entry(id.clone()).or_insert_with(|| {
-                    groups.push(FoldGroup {
-                        id,
-                        end,
-                        accumulator: Vec::new(),
-                        members: Vec::new(),
-                    });
-                    groups.len() - 1
-                });
-                groups[slot].members.push(member);
-            }
-            if !any {
-                late += 1;
-                out.rejected.push(self.late(event, time));
             }
         }
         self.count(names::WINDOW_LATE_EVENTS, late);
-        if groups.is_empty() {
+        if assigned.groups.is_empty() {
             return Ok(());
         }
-        for group in &mut groups {
-            if let Some(window) = self.state.windows.get(&group.id) {
-                group.accumulator.clone_from(&window.accumulator);
-                group.end = window.end;
-            }
-        }
+        // A window's accumulator and end as they are now (a session may have grown since its
+        // first event of the batch).
+        let groups: Vec<FoldGroup> = assigned
+            .groups
+            .into_iter()
+            .map(|group| {
+                let window = self.state.windows.get(&group.id);
+                FoldGroup {
+                    end: window.map_or(group.end, |w| w.end),
+                    accumulator: window.map(|w| w.accumulator.clone()).unwrap_or_default(),
+                    id: group.id,
+                    members: group.members,
+                }
+            })
+            .collect();
         let accumulators = self.fold(events, &groups, out)?;
         for (group, accumulator) in groups.iter().zip(accumulators) {
             if let Some(window) = self.state.windows.get_mut(&group.id) {
@@ -1134,17 +946,6 @@ pub(super) fn host_rejections(rejected: &[Rejected]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tumbling_and_hopping_starts() {
-        let tumbling: Vec<i64> = window_starts(12, 5, 5).collect();
-        assert_eq!(tumbling, [10]);
-        let hopping: Vec<i64> = window_starts(12, 10, 5).collect();
-        assert_eq!(hopping, [10, 5]);
-        let negative: Vec<i64> = window_starts(-3, 10, 5).collect();
-        assert_eq!(negative, [-5, -10]);
-        assert_eq!(window_starts(10, 5, 5).collect::<Vec<_>>(), [10]);
-    }
 
     #[test]
     fn state_snapshot_round_trips() {

@@ -1,0 +1,791 @@
+//! Window assignment and closing: which (key, window) groups an event belongs to, which windows
+//! that opens or extends, and which windows a watermark closes, in order. Pure code: events,
+//! keys and marks in; groups, refusals and closed windows out. The window stage
+//! ([`super::window`]) keeps this state between batches and calls the plugin on what it gives.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::window::WindowSpec;
+use crate::event::{Event, Position};
+use crate::time::{END_OF_INPUT, Mark};
+
+/// A group: a key (JSON object text) and the start of one of its windows.
+pub(super) type GroupId = (Arc<str>, i64);
+
+/// An open window.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct OpenWindow {
+    /// Where it ends (exclusive).
+    pub(super) end: i64,
+    /// Time of the newest event (session windows).
+    pub(super) last_event: i64,
+    /// The plugin's accumulator; empty before the first fold.
+    pub(super) accumulator: Vec<u8>,
+}
+
+/// Everything the stage keeps between batches (and in the checkpoint).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct WindowState {
+    /// The open windows.
+    pub(super) windows: HashMap<GroupId, OpenWindow>,
+    /// Open windows in the order they close: (end, key, start).
+    pub(super) closing: BTreeSet<(i64, Arc<str>, i64)>,
+    /// Session windows: the start of each key's current session.
+    pub(super) sessions: HashMap<Arc<str>, i64>,
+    /// Sliding windows: each key's events of the last `size`, in time order.
+    pub(super) recent: HashMap<Arc<str>, VecDeque<Event>>,
+    /// The last watermark (not counting the end of the input).
+    pub(super) watermark: Option<i64>,
+}
+
+/// A window that closed, with the position of the mark that closed it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Closed {
+    /// Its group.
+    pub(super) id: GroupId,
+    /// The window as it was when it closed.
+    pub(super) window: OpenWindow,
+    /// The position of the mark that closed it.
+    pub(super) position: Position,
+}
+
+/// The events of a batch that go into one window: its id, its end when the first of them was
+/// assigned (a session may grow later in the batch), and their indices in the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Group {
+    /// The group.
+    pub(super) id: GroupId,
+    /// The window's end.
+    pub(super) end: i64,
+    /// Indices of the events in the batch, in order.
+    pub(super) members: Vec<u32>,
+}
+
+/// Why an event was not assigned to any window.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Refusal {
+    /// Its group key could not be made.
+    NoKey(String),
+    /// Its window (ending at `end`) has already closed.
+    Late {
+        /// The end reported: the closed window's, or the event's time when all of its windows
+        /// have closed.
+        end: i64,
+    },
+}
+
+/// What a batch's assignment came to.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Assigned {
+    /// The groups to fold, in the order their first event came.
+    pub(super) groups: Vec<Group>,
+    /// The events refused, by index in the batch, in order.
+    pub(super) refused: Vec<(u32, Refusal)>,
+}
+
+/// What became of one event.
+#[derive(Debug, PartialEq)]
+enum Assignment {
+    /// The windows `(start, end)` it goes into, opened if new.
+    Windows(Vec<(i64, i64)>),
+    /// Sliding windows: kept among its key's recent events, folded when its window closes.
+    Kept,
+    /// Too late, see [`Refusal::Late`].
+    Late {
+        /// The end reported.
+        end: i64,
+    },
+}
+
+impl WindowState {
+    /// Assigns `events` (with the group key `key` makes of each) to the windows of `spec`,
+    /// opening or extending windows and sessions as they come.
+    pub(super) fn assign(
+        &mut self,
+        spec: WindowSpec,
+        events: &[Event],
+        key: impl Fn(&Event) -> Result<Arc<str>, String>,
+    ) -> Assigned {
+        let mut assigned = Assigned::default();
+        let mut index: HashMap<GroupId, usize> = HashMap::new();
+        for (member, event) in events.iter().enumerate() {
+            let member = u32::try_from(member).unwrap_or(u32::MAX);
+            let key = match key(event) {
+                Ok(key) => key,
+                Err(reason) => {
+                    assigned.refused.push((member, Refusal::NoKey(reason)));
+                    continue;
+                }
+            };
+            match self.assign_one(spec, &key, event) {
+                Assignment::Windows(windows) => {
+                    for (start, end) in windows {
+                        let id = (key.clone(), start);
+                        let groups = &mut assigned.groups;
+                        let slot = *index.entry(id.clone()).or_insert_with(|| {
+                            groups.push(Group {
+                                id,
+                                end,
+                                members: Vec::new(),
+                            });
+                            groups.len() - 1
+                        });
+                        groups[slot].members.push(member);
+                    }
+                }
+                Assignment::Kept => {}
+                Assignment::Late { end } => {
+                    assigned.refused.push((member, Refusal::Late { end }));
+                }
+            }
+        }
+        assigned
+    }
+
+    /// The windows of `key` that `event` goes into.
+    fn assign_one(&mut self, spec: WindowSpec, key: &Arc<str>, event: &Event) -> Assignment {
+        let time = event.time();
+        let windows: Vec<(i64, i64)> = match spec {
+            WindowSpec::Tumbling { size } => window_starts(time, size, size)
+                .map(|s| (s, s + size))
+                .collect(),
+            WindowSpec::Hopping { size, hop } => window_starts(time, size, hop)
+                .map(|s| (s, s + size))
+                .collect(),
+            WindowSpec::Sliding { size } => {
+                let end = time.saturating_add(1);
+                if self.closed_before(end) {
+                    return Assignment::Late { end };
+                }
+                self.open(key, end - size, end, time);
+                let recent = self.recent.entry(key.clone()).or_default();
+                let at = recent.partition_point(|e| e.time() <= time);
+                recent.insert(at, event.clone());
+                return Assignment::Kept;
+            }
+            WindowSpec::Session { gap, max_duration } => {
+                if self.closed_before(time.saturating_add(gap)) {
+                    return Assignment::Late {
+                        end: time.saturating_add(gap),
+                    };
+                }
+                let start = self.session(key, time, gap, max_duration);
+                let end = self
+                    .windows
+                    .get(&(key.clone(), start))
+                    .map_or(start, |w| w.end);
+                vec![(start, end)]
+            }
+        };
+        let mut open = Vec::with_capacity(windows.len());
+        for (start, end) in windows {
+            if self.closed_before(end) {
+                continue;
+            }
+            self.open(key, start, end, time);
+            open.push((start, end));
+        }
+        if open.is_empty() {
+            Assignment::Late { end: time }
+        } else {
+            Assignment::Windows(open)
+        }
+    }
+
+    /// Opens the window `(key, start)` ending at `end` if it is not open yet.
+    fn open(&mut self, key: &Arc<str>, start: i64, end: i64, time: i64) {
+        let closing = &mut self.closing;
+        self.windows.entry((key.clone(), start)).or_insert_with(|| {
+            closing.insert((end, key.clone(), start));
+            OpenWindow {
+                end,
+                last_event: time,
+                accumulator: Vec::new(),
+            }
+        });
+    }
+
+    /// The session of `key` that an event at `time` belongs to (opening or extending one); its
+    /// start.
+    fn session(&mut self, key: &Arc<str>, time: i64, gap: i64, max_duration: Option<i64>) -> i64 {
+        let cap = |start: i64, end: i64| {
+            max_duration.map_or(end, |max| end.min(start.saturating_add(max)))
+        };
+        if let Some(&start) = self.sessions.get(key)
+            && let Some(window) = self.windows.get_mut(&(key.clone(), start))
+        {
+            let within_gap = time <= window.last_event.saturating_add(gap);
+            let within_max = max_duration.is_none_or(|max| time < start.saturating_add(max));
+            if within_gap && within_max {
+                let last = window.last_event.max(time);
+                let end = cap(start, last.saturating_add(gap));
+                if end != window.end {
+                    self.closing.remove(&(window.end, key.clone(), start));
+                    self.closing.insert((end, key.clone(), start));
+                    window.end = end;
+                }
+                window.last_event = last;
+                return start;
+            }
+        }
+        // A new session; the previous one (if any) closes when the watermark passes its end.
+        let end = cap(time, time.saturating_add(gap));
+        self.sessions.insert(key.clone(), time);
+        self.windows.insert(
+            (key.clone(), time),
+            OpenWindow {
+                end,
+                last_event: time,
+                accumulator: Vec::new(),
+            },
+        );
+        self.closing.insert((end, key.clone(), time));
+        time
+    }
+
+    /// Whether a window ending at `end` has already closed.
+    fn closed_before(&self, end: i64) -> bool {
+        self.watermark.is_some_and(|w| end <= w)
+    }
+
+    /// Closes, mark by mark, the windows whose end the mark's watermark reaches, in the order
+    /// they close (end, then key, then start), each with the position of the mark that closed
+    /// it; moves the watermark forward (never back, and not to the end of the input).
+    pub(super) fn close(&mut self, marks: &[Mark]) -> Vec<Closed> {
+        let mut closed: Vec<Closed> = Vec::new();
+        for mark in marks {
+            while let Some(first) = self.closing.first()
+                && first.0 <= mark.watermark
+            {
+                let Some((_, key, start)) = self.closing.pop_first() else {
+                    break;
+                };
+                let id = (key, start);
+                let Some(window) = self.windows.remove(&id) else {
+                    continue;
+                };
+                if self.sessions.get(&id.0) == Some(&start) {
+                    self.sessions.remove(&id.0);
+                }
+                closed.push(Closed {
+                    id,
+                    window,
+                    position: mark.position,
+                });
+            }
+            if mark.watermark != END_OF_INPUT {
+                self.watermark = Some(
+                    self.watermark
+                        .map_or(mark.watermark, |w| w.max(mark.watermark)),
+                );
+            }
+        }
+        closed
+    }
+
+    /// Sliding windows: forgets the recent events no window can hold any more (at or before the
+    /// watermark minus `size`), and all of them once the input `ended`.
+    pub(super) fn forget_recent(&mut self, size: i64, ended: bool) {
+        let horizon = self.watermark.map(|w| w.saturating_sub(size));
+        self.recent.retain(|_, events| {
+            if ended {
+                return false;
+            }
+            if let Some(horizon) = horizon {
+                while events.front().is_some_and(|e| e.time() <= horizon) {
+                    events.pop_front();
+                }
+            }
+            !events.is_empty()
+        });
+    }
+}
+
+/// Starts of the tumbling or hopping windows that contain `time`, latest first.
+fn window_starts(time: i64, size: i64, hop: i64) -> impl Iterator<Item = i64> {
+    let last = time.div_euclid(hop) * hop;
+    (0..)
+        .map(move |k: i64| last - k * hop)
+        .take_while(move |start| start + size > time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event whose body is its group key (see [`key`]) at `time`.
+    fn event(position: u64, key: &str, time: i64) -> Event {
+        let mut event = Event::new(0, position, key.as_bytes().to_vec());
+        event.event_time = Some(time);
+        event
+    }
+
+    /// The body is the key; `!` has none.
+    fn key(event: &Event) -> Result<Arc<str>, String> {
+        match std::str::from_utf8(&event.body) {
+            Ok("!") => Err("no key".to_owned()),
+            Ok(key) => Ok(Arc::from(key)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn events(events: &[(&str, i64)]) -> Vec<Event> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, (key, time))| event(i as u64 + 1, key, *time))
+            .collect()
+    }
+
+    /// The open windows as (key, start, end), in the order they close; checks that the closing
+    /// order and the windows agree.
+    fn open_windows(state: &WindowState) -> Vec<(String, i64, i64)> {
+        assert_eq!(state.closing.len(), state.windows.len());
+        state
+            .closing
+            .iter()
+            .map(|(end, key, start)| {
+                let window = state.windows.get(&(key.clone(), *start));
+                assert_eq!(
+                    window.map(|w| w.end),
+                    Some(*end),
+                    "closing order of {key} {start}"
+                );
+                (key.to_string(), *start, *end)
+            })
+            .collect()
+    }
+
+    type Groups = &'static [(&'static str, i64, i64, &'static [u32])];
+
+    struct Case {
+        name: &'static str,
+        spec: WindowSpec,
+        watermark: Option<i64>,
+        events: &'static [(&'static str, i64)],
+        /// (key, start, end when first assigned, members).
+        groups: Groups,
+        /// (event, refusal): `Some(end)` late, `None` no key.
+        refused: &'static [(u32, Option<i64>)],
+        /// Open windows afterwards, in the order they close.
+        open: &'static [(&'static str, i64, i64)],
+        /// Sliding windows: each key's recent event times afterwards.
+        recent: &'static [(&'static str, &'static [i64])],
+    }
+
+    const TUMBLING: WindowSpec = WindowSpec::Tumbling { size: 10 };
+    const HOPPING: WindowSpec = WindowSpec::Hopping { size: 10, hop: 5 };
+    const SLIDING: WindowSpec = WindowSpec::Sliding { size: 10 };
+    const SESSION: WindowSpec = WindowSpec::Session {
+        gap: 10,
+        max_duration: None,
+    };
+
+    #[test]
+    fn events_are_assigned_to_their_windows() {
+        let cases = [
+            Case {
+                name: "tumbling: one window per event, grouped by key and start",
+                spec: TUMBLING,
+                watermark: None,
+                events: &[("a", 3), ("a", 12), ("b", 7), ("a", 9)],
+                groups: &[
+                    ("a", 0, 10, &[0, 3]),
+                    ("a", 10, 20, &[1]),
+                    ("b", 0, 10, &[2]),
+                ],
+                refused: &[],
+                open: &[("a", 0, 10), ("b", 0, 10), ("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "tumbling: an event at a window's end starts the next; times before 1970",
+                spec: TUMBLING,
+                watermark: None,
+                events: &[("a", 10), ("a", -3)],
+                groups: &[("a", 10, 20, &[0]), ("a", -10, 0, &[1])],
+                refused: &[],
+                open: &[("a", -10, 0), ("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "tumbling: late when its window ended at or before the watermark",
+                spec: TUMBLING,
+                watermark: Some(20),
+                events: &[("a", 15), ("a", 20), ("a", 19)],
+                groups: &[("a", 20, 30, &[1])],
+                refused: &[(0, Some(15)), (2, Some(19))],
+                open: &[("a", 20, 30)],
+                recent: &[],
+            },
+            Case {
+                name: "tumbling: a window ending just after the watermark is still open",
+                spec: TUMBLING,
+                watermark: Some(19),
+                events: &[("a", 15)],
+                groups: &[("a", 10, 20, &[0])],
+                refused: &[],
+                open: &[("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "hopping: every window containing the event, latest first",
+                spec: HOPPING,
+                watermark: None,
+                events: &[("a", 12), ("a", 14)],
+                groups: &[("a", 10, 20, &[0, 1]), ("a", 5, 15, &[0, 1])],
+                refused: &[],
+                open: &[("a", 5, 15), ("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "hopping: only the windows still open; late when none is",
+                spec: HOPPING,
+                watermark: Some(15),
+                events: &[("a", 12), ("a", 9)],
+                groups: &[("a", 10, 20, &[0])],
+                refused: &[(1, Some(9))],
+                open: &[("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "sliding: a window (t - size, t] per event, the event kept in time order",
+                spec: SLIDING,
+                watermark: None,
+                events: &[("a", 5), ("a", 3), ("b", 5)],
+                groups: &[],
+                refused: &[],
+                open: &[("a", -6, 4), ("a", -4, 6), ("b", -4, 6)],
+                recent: &[("a", &[3, 5]), ("b", &[5])],
+            },
+            Case {
+                name: "sliding: late when its window ends at or before the watermark",
+                spec: SLIDING,
+                watermark: Some(10),
+                events: &[("a", 9), ("a", 10)],
+                groups: &[],
+                refused: &[(0, Some(10))],
+                open: &[("a", 1, 11)],
+                recent: &[("a", &[10])],
+            },
+            Case {
+                name: "session: extended within the gap, a new one after it, per key",
+                spec: SESSION,
+                watermark: None,
+                events: &[("a", 0), ("a", 5), ("a", 20), ("b", 3)],
+                groups: &[
+                    ("a", 0, 10, &[0, 1]),
+                    ("a", 20, 30, &[2]),
+                    ("b", 3, 13, &[3]),
+                ],
+                refused: &[],
+                open: &[("b", 3, 13), ("a", 0, 15), ("a", 20, 30)],
+                recent: &[],
+            },
+            Case {
+                name: "session: an event exactly at the gap still extends it",
+                spec: SESSION,
+                watermark: None,
+                events: &[("a", 0), ("a", 10), ("a", 21)],
+                groups: &[("a", 0, 10, &[0, 1]), ("a", 21, 31, &[2])],
+                refused: &[],
+                open: &[("a", 0, 20), ("a", 21, 31)],
+                recent: &[],
+            },
+            Case {
+                name: "session: an earlier event joins the current session without moving it",
+                spec: SESSION,
+                watermark: None,
+                events: &[("a", 10), ("a", 4)],
+                groups: &[("a", 10, 20, &[0, 1])],
+                refused: &[],
+                open: &[("a", 10, 20)],
+                recent: &[],
+            },
+            Case {
+                name: "session: cut at max_duration, the next event starts a new one",
+                spec: WindowSpec::Session {
+                    gap: 10,
+                    max_duration: Some(12),
+                },
+                watermark: None,
+                events: &[("a", 0), ("a", 8), ("a", 11), ("a", 12)],
+                groups: &[("a", 0, 10, &[0, 1, 2]), ("a", 12, 22, &[3])],
+                refused: &[],
+                open: &[("a", 0, 12), ("a", 12, 22)],
+                recent: &[],
+            },
+            Case {
+                name: "session: late when event time plus gap is at or before the watermark",
+                spec: WindowSpec::Session {
+                    gap: 5,
+                    max_duration: None,
+                },
+                watermark: Some(20),
+                events: &[("a", 15), ("a", 16)],
+                groups: &[("a", 16, 21, &[1])],
+                refused: &[(0, Some(20))],
+                open: &[("a", 16, 21)],
+                recent: &[],
+            },
+            Case {
+                name: "session: opened, then refused when max_duration ends it before the watermark",
+                spec: WindowSpec::Session {
+                    gap: 10,
+                    max_duration: Some(1),
+                },
+                watermark: Some(5),
+                events: &[("a", 3)],
+                groups: &[],
+                refused: &[(0, Some(3))],
+                open: &[("a", 3, 4)],
+                recent: &[],
+            },
+            Case {
+                name: "an event without a key is refused; the others keep their indices",
+                spec: TUMBLING,
+                watermark: None,
+                events: &[("a", 1), ("!", 2), ("a", 3)],
+                groups: &[("a", 0, 10, &[0, 2])],
+                refused: &[(1, None)],
+                open: &[("a", 0, 10)],
+                recent: &[],
+            },
+            Case {
+                name: "nothing to assign",
+                spec: SESSION,
+                watermark: Some(0),
+                events: &[],
+                groups: &[],
+                refused: &[],
+                open: &[],
+                recent: &[],
+            },
+        ];
+        for case in &cases {
+            let mut state = WindowState {
+                watermark: case.watermark,
+                ..WindowState::default()
+            };
+            let assigned = state.assign(case.spec, &events(case.events), key);
+            let groups: Vec<(String, i64, i64, Vec<u32>)> = assigned
+                .groups
+                .iter()
+                .map(|g| (g.id.0.to_string(), g.id.1, g.end, g.members.clone()))
+                .collect();
+            let expected: Vec<(String, i64, i64, Vec<u32>)> = case
+                .groups
+                .iter()
+                .map(|(k, start, end, members)| (k.to_string(), *start, *end, members.to_vec()))
+                .collect();
+            assert_eq!(groups, expected, "{}: groups", case.name);
+            let refused: Vec<(u32, Option<i64>)> = assigned
+                .refused
+                .iter()
+                .map(|(member, refusal)| match refusal {
+                    Refusal::Late { end } => (*member, Some(*end)),
+                    Refusal::NoKey(_) => (*member, None),
+                })
+                .collect();
+            assert_eq!(refused, case.refused, "{}: refused", case.name);
+            let open: Vec<(String, i64, i64)> = case
+                .open
+                .iter()
+                .map(|(k, start, end)| (k.to_string(), *start, *end))
+                .collect();
+            assert_eq!(open_windows(&state), open, "{}: open windows", case.name);
+            let mut recent: Vec<(String, Vec<i64>)> = state
+                .recent
+                .iter()
+                .map(|(k, events)| (k.to_string(), events.iter().map(Event::time).collect()))
+                .collect();
+            recent.sort();
+            let expected: Vec<(String, Vec<i64>)> = case
+                .recent
+                .iter()
+                .map(|(k, times)| (k.to_string(), times.to_vec()))
+                .collect();
+            assert_eq!(recent, expected, "{}: recent events", case.name);
+            assert_eq!(state.watermark, case.watermark, "{}: watermark", case.name);
+        }
+    }
+
+    struct CloseCase {
+        name: &'static str,
+        spec: WindowSpec,
+        events: &'static [(&'static str, i64)],
+        /// (watermark, position).
+        marks: &'static [(i64, u64)],
+        /// (key, start, end, position of the closing mark), in order.
+        closed: &'static [(&'static str, i64, i64, u64)],
+        /// The watermark afterwards.
+        watermark: Option<i64>,
+        /// Windows still open.
+        left: usize,
+    }
+
+    #[test]
+    fn watermarks_close_windows_in_order() {
+        let cases = [
+            CloseCase {
+                name: "a mark before the end closes nothing",
+                spec: TUMBLING,
+                events: &[("a", 3)],
+                marks: &[(9, 1)],
+                closed: &[],
+                watermark: Some(9),
+                left: 1,
+            },
+            CloseCase {
+                name: "a mark at the end closes it",
+                spec: TUMBLING,
+                events: &[("a", 3)],
+                marks: &[(10, 1)],
+                closed: &[("a", 0, 10, 1)],
+                watermark: Some(10),
+                left: 0,
+            },
+            CloseCase {
+                name: "by end, then key, each with the position of the mark that closed it",
+                spec: TUMBLING,
+                events: &[("b", 3), ("a", 3), ("a", 13), ("b", 25)],
+                marks: &[(10, 1), (20, 2)],
+                closed: &[("a", 0, 10, 1), ("b", 0, 10, 1), ("a", 10, 20, 2)],
+                watermark: Some(20),
+                left: 1,
+            },
+            CloseCase {
+                name: "hopping windows close one by one",
+                spec: HOPPING,
+                events: &[("a", 12)],
+                marks: &[(15, 4), (19, 5), (20, 6)],
+                closed: &[("a", 5, 15, 4), ("a", 10, 20, 6)],
+                watermark: Some(20),
+                left: 0,
+            },
+            CloseCase {
+                name: "a mark behind the watermark does not move it back",
+                spec: TUMBLING,
+                events: &[("a", 25)],
+                marks: &[(20, 1), (15, 2)],
+                closed: &[],
+                watermark: Some(20),
+                left: 1,
+            },
+            CloseCase {
+                name: "the end of the input closes everything and leaves the watermark",
+                spec: TUMBLING,
+                events: &[("a", 3), ("b", 25)],
+                marks: &[(END_OF_INPUT, 7)],
+                closed: &[("a", 0, 10, 7), ("b", 20, 30, 7)],
+                watermark: None,
+                left: 0,
+            },
+            CloseCase {
+                name: "sessions close at their last event plus the gap",
+                spec: SESSION,
+                events: &[("a", 0), ("a", 8), ("b", 5)],
+                marks: &[(15, 1), (18, 2)],
+                closed: &[("b", 5, 15, 1), ("a", 0, 18, 2)],
+                watermark: Some(18),
+                left: 0,
+            },
+            CloseCase {
+                name: "no marks",
+                spec: SESSION,
+                events: &[("a", 0)],
+                marks: &[],
+                closed: &[],
+                watermark: None,
+                left: 1,
+            },
+        ];
+        for case in &cases {
+            let mut state = WindowState::default();
+            state.assign(case.spec, &events(case.events), key);
+            let marks: Vec<Mark> = case
+                .marks
+                .iter()
+                .map(|(watermark, position)| Mark {
+                    watermark: *watermark,
+                    position: *position,
+                })
+                .collect();
+            let closed: Vec<(String, i64, i64, u64)> = state
+                .close(&marks)
+                .into_iter()
+                .map(|c| (c.id.0.to_string(), c.id.1, c.window.end, c.position))
+                .collect();
+            let expected: Vec<(String, i64, i64, u64)> = case
+                .closed
+                .iter()
+                .map(|(k, start, end, position)| (k.to_string(), *start, *end, *position))
+                .collect();
+            assert_eq!(closed, expected, "{}: closed", case.name);
+            assert_eq!(state.watermark, case.watermark, "{}: watermark", case.name);
+            assert_eq!(
+                open_windows(&state).len(),
+                case.left,
+                "{}: still open",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_closed_session_is_forgotten_unless_a_newer_one_is_current() {
+        let mut state = WindowState::default();
+        state.assign(SESSION, &events(&[("a", 0), ("a", 30), ("b", 0)]), key);
+        let closed = state.close(&[Mark {
+            watermark: 10,
+            position: 1,
+        }]);
+        assert_eq!(closed.len(), 2, "a's first session and b's");
+        assert_eq!(
+            state.sessions.get("a"),
+            Some(&30),
+            "a's current session stays"
+        );
+        assert_eq!(state.sessions.get("b"), None, "b's session is gone");
+        // The next event of b starts a new session, even within the gap of the closed one.
+        let assigned = state.assign(SESSION, &events(&[("b", 9)]), key);
+        let starts: Vec<i64> = assigned.groups.iter().map(|g| g.id.1).collect();
+        assert_eq!(starts, [9]);
+    }
+
+    #[test]
+    fn recent_events_are_forgotten_behind_the_horizon() {
+        let mut state = WindowState::default();
+        state.assign(SLIDING, &events(&[("a", 1), ("a", 5), ("b", 2)]), key);
+        state.close(&[Mark {
+            watermark: 12,
+            position: 1,
+        }]);
+        state.forget_recent(10, false);
+        let times: Vec<i64> = state.recent.get("a").map_or(Vec::new(), |events| {
+            events.iter().map(Event::time).collect()
+        });
+        assert_eq!(times, [5], "at or before 12 - 10 is forgotten");
+        assert!(
+            !state.recent.contains_key("b"),
+            "a key left with nothing is dropped"
+        );
+        state.forget_recent(10, true);
+        assert!(
+            state.recent.is_empty(),
+            "the end of the input forgets everything"
+        );
+    }
+
+    #[test]
+    fn tumbling_and_hopping_starts() {
+        let tumbling: Vec<i64> = window_starts(12, 5, 5).collect();
+        assert_eq!(tumbling, [10]);
+        let hopping: Vec<i64> = window_starts(12, 10, 5).collect();
+        assert_eq!(hopping, [10, 5]);
+        let negative: Vec<i64> = window_starts(-3, 10, 5).collect();
+        assert_eq!(negative, [-5, -10]);
+        assert_eq!(window_starts(10, 5, 5).collect::<Vec<_>>(), [10]);
+    }
+}
