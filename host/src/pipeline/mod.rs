@@ -245,7 +245,6 @@ pub fn stage_plugin_location(loaded: &LoadedConfig, pipeline: &str, index: usize
 /// Like [`start`], sharing `services` (the admin API and the health alerts read them).
 pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
-    let metrics = services.metrics.clone();
     let store = VersionStore::new(loaded.resolve(&config.plugins.store_dir));
     let engine = PluginEngine::new()
         .map_err(StartError::Engine)?
@@ -254,10 +253,57 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a
-    // refused plugin leaves no table or file behind. Each is compiled once, off the async threads.
-    let mut plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin> = HashMap::new();
+    // refused plugin leaves no table or file behind.
+    let plugins = compile_plugins(loaded, &engine, &services).await?;
+    let slots = open_slots(loaded, &plugins, &engine, &store, &services).await?;
+    let shared = Shared {
+        sinks: build_sinks(loaded).await?,
+        plugins,
+        slots,
+        checkpoints,
+        metrics: services.metrics.clone(),
+        status: services.status.clone(),
+        shutdown,
+    };
+
+    let mut workers = Vec::new();
     for (pipeline_name, pipeline) in &config.pipelines {
-        // Compile each plugin once, off the async threads.
+        let tasks = start_pipeline(loaded, &shared, pipeline_name, pipeline).await?;
+        workers.extend(tasks.into_iter().map(|task| (pipeline_name.clone(), task)));
+    }
+    services.status.set_ready(true);
+    Ok(Running {
+        workers,
+        shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
+        sinks: shared.sinks,
+        metrics: shared.metrics,
+        services,
+        checkpoints: shared.checkpoints,
+    })
+}
+
+/// What the pipelines of a process share, built once at start.
+struct Shared {
+    /// Every stage plugin, by file and kind, compiled once.
+    plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin>,
+    /// Every stage's plugin slot, by pipeline and stage name.
+    slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>>,
+    /// Every sink any pipeline uses, by name.
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    metrics: Metrics,
+    status: ServiceStatus,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Compiles each stage plugin once (per file and kind), off the async threads.
+async fn compile_plugins(
+    loaded: &LoadedConfig,
+    engine: &PluginEngine,
+    services: &Services,
+) -> Result<HashMap<(PathBuf, PluginKind), CompiledPlugin>, StartError> {
+    let mut plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin> = HashMap::new();
+    for (pipeline_name, pipeline) in &loaded.config.pipelines {
         for (index, stage) in pipeline.stages.iter().enumerate() {
             let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
                 continue;
@@ -266,33 +312,19 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
-            let compiling = engine.clone();
-            let compile_path = path.clone();
             // How the file looked before it was read: the watcher compares later changes to it.
             services
                 .plugins
                 .note_file_read(&path, crate::plugin::watch::fingerprint(&path));
-            let compiled = tokio::task::spawn_blocking(move || {
-                let bytes = std::fs::read(&compile_path).map_err(|source| PluginError::Read {
-                    path: compile_path.clone(),
-                    source,
-                })?;
-                let plugin = compiling.from_bytes(&compile_path, &bytes, kind)?;
-                Ok::<_, PluginError>((plugin, Arc::<[u8]>::from(bytes)))
-            })
-            .await
-            .map_err(|e| StartError::Plugin {
-                configured_at: stage_plugin_location(loaded, pipeline_name, index),
-                pipeline: pipeline_name.clone(),
-                stage: stage.name.clone(),
-                source: Box::new(PluginError::Engine(format!("compilation task failed: {e}"))),
-            })?
-            .map_err(|source| StartError::Plugin {
+            let refused = |source: PluginError| StartError::Plugin {
                 configured_at: stage_plugin_location(loaded, pipeline_name, index),
                 pipeline: pipeline_name.clone(),
                 stage: stage.name.clone(),
                 source: Box::new(source),
-            })?;
+            };
+            let compiled = compile_plugin(engine.clone(), path.clone(), kind)
+                .await
+                .map_err(refused)?;
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
                 version = %compiled.0.version(), path = %path.display(), "plugin loaded"
@@ -300,14 +332,42 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             plugins.insert((path, kind), compiled);
         }
     }
+    Ok(plugins)
+}
 
-    // One plugin slot per stage: the version that runs, swapped at batch boundaries.
+/// Reads and compiles the plugin at `path` on a blocking thread.
+async fn compile_plugin(
+    engine: PluginEngine,
+    path: PathBuf,
+    kind: PluginKind,
+) -> Result<CompiledPlugin, PluginError> {
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let plugin = engine.from_bytes(&path, &bytes, kind)?;
+        Ok::<_, PluginError>((plugin, Arc::<[u8]>::from(bytes)))
+    })
+    .await
+    .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))?
+}
+
+/// One plugin slot per stage with a plugin (per-event transforms, window aggregates and joins):
+/// the version that runs, swapped at batch boundaries.
+async fn open_slots(
+    loaded: &LoadedConfig,
+    plugins: &HashMap<(PathBuf, PluginKind), CompiledPlugin>,
+    engine: &PluginEngine,
+    store: &VersionStore,
+    services: &Services,
+) -> Result<HashMap<(String, String), Arc<PluginSlot<Plugin>>>, StartError> {
+    let config = &loaded.config;
     let policy = RollbackPolicy {
         probation_events: config.plugins.rollback.probation_events,
         max_trap_ratio: config.plugins.rollback.max_trap_ratio,
         max_error_ratio: config.plugins.rollback.max_error_ratio,
     };
-    // Every stage with a plugin has one: per-event transforms, window aggregates and joins.
     let mut slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         for stage in &pipeline.stages {
@@ -325,25 +385,26 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
                 engine: engine.clone(),
                 store: Some(store.clone()),
                 policy,
-                metrics: metrics.clone(),
+                metrics: services.metrics.clone(),
             };
-            let slot_engine_bytes = bytes.clone();
-            let slot = tokio::task::spawn_blocking(move || {
-                PluginSlot::open(setup, plugin, &slot_engine_bytes)
-            })
-            .await
-            .map_err(|e| StartError::Plugin {
-                configured_at: loaded.path.display().to_string(),
-                pipeline: pipeline_name.clone(),
-                stage: stage.name.clone(),
-                source: Box::new(PluginError::Engine(format!("plugin slot task failed: {e}"))),
-            })?;
+            let slot = tokio::task::spawn_blocking(move || PluginSlot::open(setup, plugin, &bytes))
+                .await
+                .map_err(|e| StartError::Plugin {
+                    configured_at: loaded.path.display().to_string(),
+                    pipeline: pipeline_name.clone(),
+                    stage: stage.name.clone(),
+                    source: Box::new(PluginError::Engine(format!("plugin slot task failed: {e}"))),
+                })?;
             services.plugins.register(slot.clone());
             slots.insert((pipeline_name.clone(), stage.name.clone()), slot);
         }
     }
+    Ok(slots)
+}
 
-    // Sinks used by any pipeline, built once and shared.
+/// The sinks used by any pipeline, built once and shared.
+async fn build_sinks(loaded: &LoadedConfig) -> Result<BTreeMap<String, Arc<dyn Sink>>, StartError> {
+    let config = &loaded.config;
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     for pipeline in config.pipelines.values() {
         for name in used_sinks(loaded, pipeline) {
@@ -355,95 +416,111 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
             }
         }
     }
+    Ok(sinks)
+}
 
-    let mut workers = Vec::new();
-    for (pipeline_name, pipeline) in &config.pipelines {
-        let source_config = config.sources.get(&pipeline.source).ok_or_else(|| {
-            crate::source::SourceError::Start {
-                source_name: pipeline.source.clone(),
-                reason: "not defined".to_owned(),
-            }
-        })?;
-        let source: Arc<dyn Source> =
-            crate::source::build(&pipeline.source, source_config, loaded, checkpoints.clone())
-                .await?;
-        let partitions = source.partition_count();
-        let references = stages::load_references(loaded, pipeline_name, pipeline, &metrics).await?;
-        let context = Arc::new(PipelineContext {
-            name: pipeline_arc_of(pipeline_name),
-            pipeline: pipeline.clone(),
-            loaded: loaded.clone(),
-            sinks: sinks.clone(),
-            plugins: plugins
-                .iter()
-                .map(|(key, (plugin, _))| (key.clone(), plugin.clone()))
-                .collect(),
-            references,
-            watermarks: PipelineWatermarks::new(),
-            slots: slots
-                .iter()
-                .filter(|((p, _), _)| p == pipeline_name)
-                .map(|((_, stage), slot)| (stage.clone(), slot.clone()))
-                .collect(),
-            checkpoints: checkpoints.clone(),
-            metrics: metrics.clone(),
-            status: services.status.clone(),
-            label_versions: records_plugin_versions(loaded, pipeline),
-        });
-        if source.partitions_open_independently() {
-            // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
-            // that several processes share them (see `ownership`).
-            let manager = ownership::OwnershipManager::new(
-                context,
-                source,
-                &config.checkpoint.ownership,
-                shutdown.clone(),
-            );
-            tracing::info!(
-                pipeline = %pipeline_name, source = %pipeline.source, partitions,
-                owner = %manager.owner(), store = %checkpoints.describe(),
-                "pipeline started; partitions are claimed through the checkpoint store"
-            );
-            workers.push((pipeline_name.clone(), tokio::spawn(manager.run())));
-            continue;
+/// Builds the source and context of one pipeline and starts its tasks: an ownership manager
+/// for a source whose partitions open one by one, else one worker per partition.
+async fn start_pipeline(
+    loaded: &LoadedConfig,
+    shared: &Shared,
+    pipeline_name: &str,
+    pipeline: &PipelineConfig,
+) -> Result<Vec<WorkerTask>, StartError> {
+    let source_config = loaded.config.sources.get(&pipeline.source).ok_or_else(|| {
+        crate::source::SourceError::Start {
+            source_name: pipeline.source.clone(),
+            reason: "not defined".to_owned(),
         }
-        let mut restored = Vec::with_capacity(partitions as usize);
-        for partition in 0..partitions {
-            restored.push(checkpoints.load(pipeline_name, partition).await?);
-        }
-        let starts = restored
+    })?;
+    let source: Arc<dyn Source> = crate::source::build(
+        &pipeline.source,
+        source_config,
+        loaded,
+        shared.checkpoints.clone(),
+    )
+    .await?;
+    let partitions = source.partition_count();
+    let references =
+        stages::load_references(loaded, pipeline_name, pipeline, &shared.metrics).await?;
+    let context = Arc::new(PipelineContext {
+        name: pipeline_arc_of(pipeline_name),
+        pipeline: pipeline.clone(),
+        loaded: loaded.clone(),
+        sinks: shared.sinks.clone(),
+        plugins: shared
+            .plugins
             .iter()
-            .enumerate()
-            .map(|(partition, checkpoint)| PartitionStart {
-                partition: u32::try_from(partition).unwrap_or(u32::MAX),
-                after: checkpoint.as_ref().and_then(|c| c.position),
-            })
-            .collect();
-        let readers = source.open(starts).await?;
-        for reader in readers {
-            let partition = reader.partition();
-            let checkpoint = restored
-                .get(partition as usize)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
-            let worker = build_worker(&context, reader, checkpoint, shutdown.clone()).await?;
-            workers.push((
-                pipeline_name.clone(),
-                tokio::spawn(async move { worker.run().await.map(|report| vec![report]) }),
-            ));
-        }
-        tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
+            .map(|(key, (plugin, _))| (key.clone(), plugin.clone()))
+            .collect(),
+        references,
+        watermarks: PipelineWatermarks::new(),
+        slots: shared
+            .slots
+            .iter()
+            .filter(|((p, _), _)| p == pipeline_name)
+            .map(|((_, stage), slot)| (stage.clone(), slot.clone()))
+            .collect(),
+        checkpoints: shared.checkpoints.clone(),
+        metrics: shared.metrics.clone(),
+        status: shared.status.clone(),
+        label_versions: records_plugin_versions(loaded, pipeline),
+    });
+    if source.partitions_open_independently() {
+        // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
+        // that several processes share them (see `ownership`).
+        let manager = ownership::OwnershipManager::new(
+            context,
+            source,
+            &loaded.config.checkpoint.ownership,
+            shared.shutdown.clone(),
+        );
+        tracing::info!(
+            pipeline = %pipeline_name, source = %pipeline.source, partitions,
+            owner = %manager.owner(), store = %shared.checkpoints.describe(),
+            "pipeline started; partitions are claimed through the checkpoint store"
+        );
+        return Ok(vec![tokio::spawn(manager.run())]);
     }
-    services.status.set_ready(true);
-    Ok(Running {
-        workers,
-        shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
-        sinks,
-        metrics,
-        services,
-        checkpoints,
-    })
+    let workers = start_partitions(&context, source.as_ref(), shared).await?;
+    tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
+    Ok(workers)
+}
+
+/// Opens every partition of `source` after its checkpoint and starts its worker.
+async fn start_partitions(
+    context: &PipelineContext,
+    source: &dyn Source,
+    shared: &Shared,
+) -> Result<Vec<WorkerTask>, StartError> {
+    let partitions = source.partition_count();
+    let mut restored = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        restored.push(shared.checkpoints.load(&context.name, partition).await?);
+    }
+    let starts = restored
+        .iter()
+        .enumerate()
+        .map(|(partition, checkpoint)| PartitionStart {
+            partition: u32::try_from(partition).unwrap_or(u32::MAX),
+            after: checkpoint.as_ref().and_then(|c| c.position),
+        })
+        .collect();
+    let readers = source.open(starts).await?;
+    let mut workers = Vec::with_capacity(readers.len());
+    for reader in readers {
+        let partition = reader.partition();
+        let checkpoint = restored
+            .get(partition as usize)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let worker = build_worker(context, reader, checkpoint, shared.shutdown.clone()).await?;
+        workers.push(tokio::spawn(async move {
+            worker.run().await.map(|report| vec![report])
+        }));
+    }
+    Ok(workers)
 }
 
 /// Whether a sink of `pipeline` records which plugin version produced each record (a Delta
