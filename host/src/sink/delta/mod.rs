@@ -38,7 +38,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -469,14 +469,49 @@ impl Committer {
         pending: &mut [Pending],
     ) -> Result<HashMap<String, Durable>, String> {
         let started = Instant::now();
-        let mut outcome = HashMap::new();
         if self.suspect {
             self.refresh().await?;
             self.suspect = false;
         }
-        // Drop the rows the table already holds: another process may have committed positions
-        // of a partition while it moved (its commits reach this table through a refresh, or
-        // through a commit of this process that landed after them).
+        let mut outcome = self.drop_committed(pending).await?;
+        let rows: usize = pending.iter().map(Pending::rows).sum();
+        if rows == 0 {
+            return Ok(outcome);
+        }
+        let adds = self.write_files(shared, pending).await?;
+        let written = started.elapsed();
+        let Transactions { actions, committed } = transactions(pending)?;
+        let files = adds.len();
+        let version = self.commit_log(shared, adds, actions).await?;
+        for (app_id, position) in committed {
+            self.txn_cache
+                .insert(app_id.clone(), (self.version(), Some(position)));
+            outcome.insert(
+                app_id,
+                Durable {
+                    position: Some(position),
+                    table_version: version,
+                },
+            );
+        }
+        let millis = |d: std::time::Duration| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
+        tracing::debug!(
+            sink = %shared.name, rows, files, version,
+            duration_ms = millis(started.elapsed()), data_files_ms = millis(written),
+            "committed to the Delta table"
+        );
+        Ok(outcome)
+    }
+
+    /// Drops from `pending` the rows the table already holds: another process may have committed
+    /// positions of a partition while it moved (its commits reach this table through a refresh,
+    /// or through a commit of this process that landed after them). Returns what the table holds
+    /// for the app ids it has a transaction of.
+    async fn drop_committed(
+        &mut self,
+        pending: &mut [Pending],
+    ) -> Result<HashMap<String, Durable>, String> {
+        let mut outcome = HashMap::new();
         for p in pending.iter_mut() {
             if let Some(done) = self.known_txn(&p.app_id).await? {
                 p.retain_after(done)?;
@@ -490,11 +525,12 @@ impl Committer {
                 );
             }
         }
-        let rows: usize = pending.iter().map(Pending::rows).sum();
-        if rows == 0 {
-            return Ok(outcome);
-        }
+        Ok(outcome)
+    }
 
+    /// Writes the rows of `pending` as data files (made durable where the location needs it);
+    /// returns their add actions.
+    async fn write_files(&self, shared: &Shared, pending: &[Pending]) -> Result<Vec<Add>, String> {
         let batch = concat_batches(
             shared.converter.schema(),
             pending
@@ -513,23 +549,16 @@ impl Committer {
             .await
             .map_err(delta_error("cannot write data files"))?;
         shared.location.sync_data_files(&adds).await?;
-        let written = started.elapsed();
+        Ok(adds)
+    }
 
-        let now = now_millis();
-        let mut transactions = Vec::new();
-        let mut committed = Vec::new();
-        for p in pending.iter().filter(|p| !p.chunks.is_empty()) {
-            let position = p.max_position().max(p.durable).unwrap_or(0);
-            let version = i64::try_from(position).map_err(|_| {
-                format!("position {position} is beyond a Delta transaction version")
-            })?;
-            transactions.push(Transaction::new_with_last_update(
-                &p.app_id,
-                version,
-                Some(now),
-            ));
-            committed.push((p.app_id.clone(), position));
-        }
+    /// Commits `adds` with `transactions` to the table's log; returns the table version made.
+    async fn commit_log(
+        &mut self,
+        shared: &Shared,
+        adds: Vec<Add>,
+        transactions: Vec<Transaction>,
+    ) -> Result<u64, String> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
@@ -547,7 +576,6 @@ impl Committer {
                 ("isBlindAppend".to_owned(), json!(true)),
                 ("readVersion".to_owned(), json!(read_version)),
             ]);
-        let files = adds.len();
         let actions = adds.into_iter().map(Action::Add).collect();
         let post_commit = CommitBuilder::from(properties)
             .with_actions(actions)
@@ -588,25 +616,36 @@ impl Committer {
                 self.refresh().await?;
             }
         }
-        for (app_id, position) in committed {
-            self.txn_cache
-                .insert(app_id.clone(), (self.version(), Some(position)));
-            outcome.insert(
-                app_id,
-                Durable {
-                    position: Some(position),
-                    table_version: version,
-                },
-            );
-        }
-        let millis = |d: std::time::Duration| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
-        tracing::debug!(
-            sink = %shared.name, rows, files, version,
-            duration_ms = millis(started.elapsed()), data_files_ms = millis(written),
-            "committed to the Delta table"
-        );
-        Ok(outcome)
+        Ok(version)
     }
+}
+
+/// The transactions of a commit, and the position each app id commits.
+struct Transactions {
+    actions: Vec<Transaction>,
+    committed: Vec<(String, Position)>,
+}
+
+/// The transaction of each app id of `pending` that has rows left: its highest position, or
+/// what the table held already if higher.
+fn transactions(pending: &[Pending]) -> Result<Transactions, String> {
+    let now = now_millis();
+    let mut transactions = Transactions {
+        actions: Vec::new(),
+        committed: Vec::new(),
+    };
+    for p in pending.iter().filter(|p| !p.chunks.is_empty()) {
+        let position = p.max_position().max(p.durable).unwrap_or(0);
+        let version = i64::try_from(position)
+            .map_err(|_| format!("position {position} is beyond a Delta transaction version"))?;
+        transactions.actions.push(Transaction::new_with_last_update(
+            &p.app_id,
+            version,
+            Some(now),
+        ));
+        transactions.committed.push((p.app_id.clone(), position));
+    }
+    Ok(transactions)
 }
 
 /// The writer of one pipeline partition.
