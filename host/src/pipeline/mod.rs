@@ -259,10 +259,10 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     for (pipeline_name, pipeline) in &config.pipelines {
         // Compile each plugin once, off the async threads.
         for (index, stage) in pipeline.stages.iter().enumerate() {
-            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+            let (Some(plugin), Some(kind)) = (stage.plugin(), plugin_kind(stage)) else {
                 continue;
             };
-            let path = loaded.resolve(plugin);
+            let path = loaded.resolve(&plugin.path);
             if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
@@ -311,10 +311,10 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let mut slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         for stage in &pipeline.stages {
-            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+            let (Some(plugin), Some(kind)) = (stage.plugin(), plugin_kind(stage)) else {
                 continue;
             };
-            let path = loaded.resolve(plugin);
+            let path = loaded.resolve(&plugin.path);
             let Some((plugin, bytes)) = plugins.get(&(path.clone(), kind)).cloned() else {
                 continue;
             };
