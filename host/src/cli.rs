@@ -284,14 +284,15 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
     let engine = crate::plugin::PluginEngine::new()?;
     for (pipeline, pipeline_config) in &loaded.config.pipelines {
         for (index, stage) in pipeline_config.stages.iter().enumerate() {
-            let (Some(plugin), Some(kind)) = (&stage.plugin, pipeline::plugin_kind(stage)) else {
+            let (Some(plugin_stage), Some(kind)) = (stage.plugin(), pipeline::plugin_kind(stage))
+            else {
                 println!(
                     "pipeline `{pipeline}`, stage `{}`: runs in the host",
                     stage.name
                 );
                 continue;
             };
-            let path = loaded.resolve(plugin);
+            let path = loaded.resolve(&plugin_stage.path);
             let plugin = engine.load(&path, kind).with_context(|| {
                 format!(
                     "{}: pipeline `{pipeline}`, stage `{}`",
@@ -305,10 +306,10 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
                 plugin.name(),
                 plugin.version(),
                 kind.world(),
-                stage
+                plugin_stage
                     .max_memory_bytes
                     .unwrap_or(loaded.config.plugins.max_memory_bytes),
-                stage
+                plugin_stage
                     .call_timeout
                     .unwrap_or(loaded.config.plugins.call_timeout)
                     .get()

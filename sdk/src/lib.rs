@@ -260,11 +260,13 @@ mod bindings {
 pub mod __private {
     pub use wit_bindgen;
 
-    /// The guest bindings of the `sdk-imports` world, generated from the host's `wit/`.
+    /// The guest bindings of the `sdk-imports` world, generated from this crate's copy of the
+    /// host's `wit/plugin.wit` (`sdk/wit/`, kept equal to it by `scripts/sync-wit` and the test
+    /// `wit_copies`), so that the crate builds outside this repository too.
     #[allow(missing_docs)]
     pub mod wit {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit",
             world: "sdk-imports",
             generate_unused_types: true,
         });

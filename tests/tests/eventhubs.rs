@@ -189,7 +189,12 @@ fn the_readmes_azure_architecture_configuration_is_valid() {
         config.sources[&aggregates.source],
         weir::config::SourceConfig::EventHubs(ref hub) if hub.event_hub.as_deref() == Some("telemetry")
     ));
-    assert!(aggregates.stages.iter().any(|stage| stage.window.is_some()));
+    assert!(
+        aggregates
+            .stages
+            .iter()
+            .any(|stage| matches!(stage.kind, weir::config::StageKind::Window { .. }))
+    );
     assert!(config.checkpoint.azure_blob.is_some());
     let readme =
         std::fs::read_to_string(weir_tests::workspace_dir().join("README.md")).expect("README");

@@ -1,12 +1,12 @@
 //! Reading a configuration file and refusing a bad one with the file, line, key and expectation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, SinkConfig, SourceConfig};
+use super::{Config, PipelineConfig, SinkConfig, SourceConfig, StageConfig};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -99,13 +99,18 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
             None => doc.toml_error(err.inner(), &keys),
         }
     })?;
-    let loaded = LoadedConfig {
+    let mut loaded = LoadedConfig {
         config,
         path: path.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
         text: text.into(),
     };
-    validate(&loaded, &doc)?;
+    let mut stages = validate(&loaded, &doc)?;
+    // Past loading, a stage is its one resolved kind: the tables as written are dropped.
+    for (name, pipeline) in &mut loaded.config.pipelines {
+        pipeline.stage_tables = Vec::new();
+        pipeline.stages = stages.remove(name).unwrap_or_default();
+    }
     Ok(loaded)
 }
 
@@ -313,7 +318,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn one_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
+pub(super) fn one_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
     if names.is_empty() {
         "none are defined".to_owned()
@@ -322,8 +327,12 @@ fn one_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// Cross-references and ranges that types alone cannot express.
-fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+/// Cross-references and ranges that types alone cannot express, section by section in the order
+/// below (the first error found is the one reported); returns each pipeline's resolved stages.
+fn validate(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+) -> Result<BTreeMap<String, Vec<StageConfig>>, ConfigError> {
     let config = &loaded.config;
     if config.pipelines.is_empty() {
         return Err(doc.error(
@@ -331,6 +340,25 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             "no pipeline is defined: expected at least one `[pipelines.<name>]` table",
         ));
     }
+    validate_sources(doc, config)?;
+    validate_sinks(loaded, doc)?;
+    validate_kafka_sources(loaded, doc)?;
+    validate_consumer_scopes(doc, config)?;
+    validate_checkpoint(doc, config)?;
+    validate_service(config, doc)?;
+    let mut stages = BTreeMap::new();
+    for (name, pipeline) in &config.pipelines {
+        validate_pipeline(doc, config, name, pipeline)?;
+        stages.insert(
+            name.clone(),
+            super::stage::resolve_stages(loaded, doc, name, pipeline)?,
+        );
+    }
+    Ok(stages)
+}
+
+/// Partition counts, then each generator's settings.
+fn validate_sources(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
     for (name, source) in &config.sources {
         let partitions = source.partitions().unwrap_or(1);
         if !(1..=4096).contains(&partitions) {
@@ -343,73 +371,94 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             super::eventhubs::validate_source(doc, name, eventhubs)?;
         }
         if let SourceConfig::Simulator(sim) = source {
-            if sim.devices == 0 {
-                return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
-            }
-            for (key, ratio) in [
-                ("jump_ratio", sim.jump_ratio),
-                ("duplicate_ratio", sim.duplicate_ratio),
-            ] {
-                if !(0.0..=1.0).contains(&ratio) {
-                    return Err(doc.error(
-                        &["sources", name, key],
-                        format!("expected a fraction between 0 and 1, found {ratio}"),
-                    ));
-                }
-            }
-            if let Some(start) = &sim.start_time
-                && chrono::DateTime::parse_from_rfc3339(start).is_err()
-            {
-                return Err(doc.error(
-                    &["sources", name, "start_time"],
-                    format!(
-                        "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
-                    ),
-                ));
-            }
-            if sim.reading_interval.get().is_zero() {
-                return Err(doc.error(
-                    &["sources", name, "reading_interval"],
-                    "expected a duration above zero",
-                ));
-            }
+            validate_simulator(doc, name, sim)?;
         }
     }
     for (name, source) in &config.sources {
         if let SourceConfig::Bookings(bookings) = source {
-            for (key, ratio) in [
-                ("missing_payment_ratio", bookings.missing_payment_ratio),
-                ("late_payment_ratio", bookings.late_payment_ratio),
-                ("failed_payment_ratio", bookings.failed_payment_ratio),
-            ] {
-                if !(0.0..=1.0).contains(&ratio) {
-                    return Err(doc.error(
-                        &["sources", name, key],
-                        format!("expected a fraction between 0 and 1, found {ratio}"),
-                    ));
-                }
-            }
-            for (key, duration) in [
-                ("booking_interval", bookings.booking_interval),
-                ("payment_deadline", bookings.payment_deadline),
-            ] {
-                if duration.get().as_millis() < 1000 {
-                    return Err(doc.error(&["sources", name, key], "expected at least one second"));
-                }
-            }
-            if let Some(start) = &bookings.start_time
-                && chrono::DateTime::parse_from_rfc3339(start).is_err()
-            {
-                return Err(doc.error(
-                    &["sources", name, "start_time"],
-                    format!(
-                        "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
-                    ),
-                ));
-            }
+            validate_bookings(doc, name, bookings)?;
         }
     }
-    for (name, sink) in &config.sinks {
+    Ok(())
+}
+
+/// The telemetry simulator: devices, fractions, start time and interval.
+fn validate_simulator(
+    doc: &Document<'_>,
+    name: &str,
+    sim: &super::SimulatorSourceConfig,
+) -> Result<(), ConfigError> {
+    if sim.devices == 0 {
+        return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
+    }
+    for (key, ratio) in [
+        ("jump_ratio", sim.jump_ratio),
+        ("duplicate_ratio", sim.duplicate_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(doc.error(
+                &["sources", name, key],
+                format!("expected a fraction between 0 and 1, found {ratio}"),
+            ));
+        }
+    }
+    if let Some(start) = &sim.start_time
+        && chrono::DateTime::parse_from_rfc3339(start).is_err()
+    {
+        return Err(doc.error(
+            &["sources", name, "start_time"],
+            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
+        ));
+    }
+    if sim.reading_interval.get().is_zero() {
+        return Err(doc.error(
+            &["sources", name, "reading_interval"],
+            "expected a duration above zero",
+        ));
+    }
+    Ok(())
+}
+
+/// The bookings generator: fractions, intervals and start time.
+fn validate_bookings(
+    doc: &Document<'_>,
+    name: &str,
+    bookings: &super::BookingsSourceConfig,
+) -> Result<(), ConfigError> {
+    for (key, ratio) in [
+        ("missing_payment_ratio", bookings.missing_payment_ratio),
+        ("late_payment_ratio", bookings.late_payment_ratio),
+        ("failed_payment_ratio", bookings.failed_payment_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(doc.error(
+                &["sources", name, key],
+                format!("expected a fraction between 0 and 1, found {ratio}"),
+            ));
+        }
+    }
+    for (key, duration) in [
+        ("booking_interval", bookings.booking_interval),
+        ("payment_deadline", bookings.payment_deadline),
+    ] {
+        if duration.get().as_millis() < 1000 {
+            return Err(doc.error(&["sources", name, key], "expected at least one second"));
+        }
+    }
+    if let Some(start) = &bookings.start_time
+        && chrono::DateTime::parse_from_rfc3339(start).is_err()
+    {
+        return Err(doc.error(
+            &["sources", name, "start_time"],
+            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// Each sink's settings.
+fn validate_sinks(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    for (name, sink) in &loaded.config.sinks {
         match sink {
             SinkConfig::Delta(delta) => validate_delta(doc, name, delta)?,
             SinkConfig::Webhook(webhook) => validate_webhook(doc, name, webhook)?,
@@ -433,7 +482,12 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
         }
     }
-    for (name, source) in &config.sources {
+    Ok(())
+}
+
+/// Each Kafka source's connection and fetch size.
+fn validate_kafka_sources(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    for (name, source) in &loaded.config.sources {
         if let SourceConfig::Kafka(kafka) = source {
             validate_kafka(loaded, doc, &["sources", name], &kafka.connection)?;
             if kafka.fetch_max_bytes < 1024 {
@@ -444,8 +498,12 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             }
         }
     }
-    // Two pipelines with one consumer scope would share checkpoints and ownership claims.
-    let mut scopes: std::collections::BTreeMap<String, &String> = std::collections::BTreeMap::new();
+    Ok(())
+}
+
+/// Two pipelines with one consumer scope would share checkpoints and ownership claims.
+fn validate_consumer_scopes(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
+    let mut scopes: BTreeMap<String, &String> = BTreeMap::new();
     for (name, pipeline) in &config.pipelines {
         let Some(source) = config.sources.get(&pipeline.source) else {
             continue;
@@ -460,6 +518,11 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             ));
         }
     }
+    Ok(())
+}
+
+/// The ownership claims' expiry and renewal.
+fn validate_checkpoint(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
     let ownership = &config.checkpoint.ownership;
     if ownership.expiry.get() < std::time::Duration::from_millis(500) {
         return Err(doc.error(
@@ -475,316 +538,46 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             "expected a duration above zero and shorter than `expiry`",
         ));
     }
-    validate_service(config, doc)?;
-    for (name, pipeline) in &config.pipelines {
-        if !config.sources.contains_key(&pipeline.source) {
-            return Err(doc.error(
-                &["pipelines", name, "source"],
-                format!(
-                    "source `{}` is not defined ({})",
-                    pipeline.source,
-                    one_of(config.sources.keys())
-                ),
-            ));
-        }
-        if !config.sinks.contains_key(&pipeline.dead_letter) {
-            return Err(doc.error(
-                &["pipelines", name, "dead_letter"],
-                format!(
-                    "sink `{}` is not defined ({})",
-                    pipeline.dead_letter,
-                    one_of(config.sinks.keys())
-                ),
-            ));
-        }
-        if pipeline.batch.max_events == 0 {
-            return Err(doc.error(
-                &["pipelines", name, "batch", "max_events"],
-                "expected at least 1",
-            ));
-        }
-        if pipeline.stages.is_empty() {
-            return Err(doc.error(
-                &["pipelines", name, "stages"],
-                "expected at least one stage (`[[pipelines.<name>.stages]]`)",
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for (index, stage) in pipeline.stages.iter().enumerate() {
-            let index_key = index.to_string();
-            let at = |key: &'static str| {
-                vec![
-                    "pipelines",
-                    name.as_str(),
-                    "stages",
-                    index_key.as_str(),
-                    key,
-                ]
-            };
-            if stage.name.starts_with('#') {
-                return Err(doc.error(
-                    &at("name"),
-                    format!(
-                        "stage name `{}` starts with `#`, which Weir keeps for its own state",
-                        stage.name
-                    ),
-                ));
-            }
-            if !seen.insert(stage.name.as_str()) {
-                return Err(doc.error(
-                    &at("name"),
-                    format!("stage name `{}` is used twice in this pipeline", stage.name),
-                ));
-            }
-            if config.sinks.contains_key(&stage.name) {
-                return Err(doc.error(
-                    &at("name"),
-                    format!(
-                        "stage name `{}` is also a sink name: routes would be ambiguous",
-                        stage.name
-                    ),
-                ));
-            }
-            match (&stage.plugin, &stage.dedup) {
-                (Some(_), Some(_)) => {
-                    return Err(doc.error(
-                        &at("plugin"),
-                        "a `dedup` stage runs in the host and takes no plugin",
-                    ));
-                }
-                (None, None) => {
-                    return Err(doc.error(
-                        &at("name"),
-                        format!(
-                            "stage `{}` needs a `plugin` (a `.wasm` component), unless it is a `dedup` stage",
-                            stage.name
-                        ),
-                    ));
-                }
-                (Some(plugin), None) => {
-                    let plugin = loaded.resolve(plugin);
-                    if !plugin.is_file() {
-                        return Err(doc.error(
-                            &at("plugin"),
-                            format!("plugin file {} does not exist (a plugin is built with `cargo build --release --target wasm32-wasip2`; the repository's own with `scripts/build-plugins`)", plugin.display()),
-                        ));
-                    }
-                }
-                (None, Some(dedup)) => {
-                    if stage.window.is_some() || stage.join.is_some() || stage.config.is_some() {
-                        return Err(doc.error(
-                            &at("dedup"),
-                            "a `dedup` stage takes no `window`, `join` or `config`",
-                        ));
-                    }
-                    if dedup.horizon.get().is_zero() {
-                        let mut keys = at("dedup");
-                        keys.push("horizon");
-                        return Err(doc.error(&keys, "expected a duration above zero"));
-                    }
-                    if let Some(output) = stage
-                        .outputs
-                        .keys()
-                        .find(|o| o.as_str() != crate::stage::DEDUP_OUTPUT)
-                    {
-                        let mut keys = at("outputs");
-                        keys.push(output.as_str());
-                        return Err(doc.error(
-                            &keys,
-                            format!(
-                                "a `dedup` stage has one output, `{}`",
-                                crate::stage::DEDUP_OUTPUT
-                            ),
-                        ));
-                    }
-                }
-            }
-            let later: Vec<&String> = pipeline.stages[index + 1..]
-                .iter()
-                .map(|s| &s.name)
-                .collect();
-            for (output, destinations) in &stage.outputs {
-                for destination in destinations.names() {
-                    let is_sink = config.sinks.contains_key(destination);
-                    let is_later_stage = later.contains(&destination);
-                    // A join's two inputs are addressed as `<stage>.left` and `<stage>.right`.
-                    let (target, port) = match destination.rsplit_once('.') {
-                        Some((stage_name, port @ ("left" | "right")))
-                            if later.iter().any(|s| *s == stage_name) =>
-                        {
-                            (stage_name, Some(port))
-                        }
-                        _ => (destination.as_str(), None),
-                    };
-                    let is_join = pipeline
-                        .stages
-                        .iter()
-                        .any(|s| s.name == target && s.join.is_some());
-                    if !is_sink && (is_later_stage || port.is_some()) && is_join != port.is_some() {
-                        let mut keys = at("outputs");
-                        keys.push(output.as_str());
-                        let message = if is_join {
-                            format!(
-                                "`{target}` is a join: route to one of its inputs, `{target}.left` or `{target}.right`"
-                            )
-                        } else {
-                            format!("`{target}` is not a join: it has one input, `{target}`")
-                        };
-                        return Err(doc.error(&keys, message));
-                    }
-                    if !is_sink && !is_later_stage && port.is_none() {
-                        let mut keys = at("outputs");
-                        keys.push(output.as_str());
-                        let earlier = pipeline.stages[..=index]
-                            .iter()
-                            .any(|s| &s.name == destination);
-                        let message = if earlier {
-                            format!(
-                                "`{destination}` is this stage or an earlier one: outputs may only go to sinks or later stages"
-                            )
-                        } else {
-                            format!(
-                                "`{destination}` is neither a sink ({}) nor a later stage of this pipeline",
-                                one_of(config.sinks.keys())
-                            )
-                        };
-                        return Err(doc.error(&keys, message));
-                    }
-                }
-            }
-            if let Some(window) = &stage.window {
-                validate_window(doc, &at("window"), window)?;
-            }
-            if let Some(join) = &stage.join {
-                if stage.window.is_some() {
-                    return Err(doc.error(&at("join"), "a stage is a window or a join, not both"));
-                }
-                if join.within.get().is_zero() && join.before.is_none_or(|b| b.get().is_zero()) {
-                    let mut keys = at("join");
-                    keys.push("within");
-                    return Err(doc.error(
-                        &keys,
-                        "a join needs a time bound above zero (`within`, `before`)",
-                    ));
-                }
-                let fed = pipeline.stages[..index].iter().any(|s| {
-                    s.outputs.values().any(|d| {
-                        d.names()
-                            .iter()
-                            .any(|n| n.starts_with(&format!("{}.", stage.name)))
-                    })
-                });
-                if !fed {
-                    return Err(doc.error(
-                        &at("join"),
-                        format!(
-                            "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
-                            stage.name
-                        ),
-                    ));
-                }
-            }
-            for (table, reference) in &stage.reference {
-                let mut keys = at("reference");
-                keys.push(table.as_str());
-                if stage.plugin.is_none() {
-                    return Err(doc.error(&keys, "only a stage with a plugin can look rows up"));
-                }
-                let path = loaded.resolve(&reference.path);
-                if !path.exists() {
-                    keys.push("path");
-                    return Err(doc.error(
-                        &keys,
-                        format!("reference table {} does not exist", path.display()),
-                    ));
-                }
-                if crate::reference::format_of(&path, reference.format).is_none() {
-                    keys.push("format");
-                    return Err(doc.error(
-                        &keys,
-                        format!(
-                            "cannot tell the format of {} from its name: set `format` to `csv`, `json` or `delta`",
-                            path.display()
-                        ),
-                    ));
-                }
-            }
-            if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
-                return Err(doc.error(&at("max_memory_bytes"), "expected at least 1048576 (1 MiB)"));
-            }
-        }
-    }
     Ok(())
 }
 
-/// A window needs the durations of its kind, and only those.
-fn validate_window(
+/// A pipeline's source and dead-letter sink exist, its batches hold events, it has stages.
+fn validate_pipeline(
     doc: &Document<'_>,
-    at: &[&str],
-    window: &super::WindowConfig,
+    config: &Config,
+    name: &str,
+    pipeline: &PipelineConfig,
 ) -> Result<(), ConfigError> {
-    use super::WindowKind;
-    let key = |name: &'static str| {
-        let mut keys = at.to_vec();
-        keys.push(name);
-        keys
-    };
-    let kind = match window.kind {
-        WindowKind::Tumbling => "tumbling",
-        WindowKind::Hopping => "hopping",
-        WindowKind::Sliding => "sliding",
-        WindowKind::Session => "session",
-    };
-    let (needed, allowed): (&[&str], &[&str]) = match window.kind {
-        WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
-        WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
-        WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
-    };
-    let given = [
-        ("size", window.size),
-        ("hop", window.hop),
-        ("gap", window.gap),
-        ("max_duration", window.max_duration),
-    ];
-    for (name, value) in given {
-        match value {
-            None if needed.contains(&name) => {
-                return Err(doc.error(
-                    at,
-                    format!("a {kind} window needs `{name}` (a duration such as \"5m\")"),
-                ));
-            }
-            Some(_) if !allowed.contains(&name) => {
-                return Err(doc.error(
-                    &key(name),
-                    format!(
-                        "a {kind} window has no `{name}` (it takes {})",
-                        allowed
-                            .iter()
-                            .map(|a| format!("`{a}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-            Some(duration) if duration.get().is_zero() => {
-                return Err(doc.error(&key(name), "expected a duration above zero"));
-            }
-            _ => {}
-        }
-    }
-    if let (Some(size), Some(hop)) = (window.size, window.hop)
-        && hop.get() > size.get()
-    {
+    if !config.sources.contains_key(&pipeline.source) {
         return Err(doc.error(
-            &key("hop"),
-            "the hop of a hopping window cannot be longer than its size (events would fall in no window)",
+            &["pipelines", name, "source"],
+            format!(
+                "source `{}` is not defined ({})",
+                pipeline.source,
+                one_of(config.sources.keys())
+            ),
         ));
     }
-    if window.start_field == window.end_field {
+    if !config.sinks.contains_key(&pipeline.dead_letter) {
         return Err(doc.error(
-            &key("end_field"),
-            "the window's start and end need two different fields",
+            &["pipelines", name, "dead_letter"],
+            format!(
+                "sink `{}` is not defined ({})",
+                pipeline.dead_letter,
+                one_of(config.sinks.keys())
+            ),
+        ));
+    }
+    if pipeline.batch.max_events == 0 {
+        return Err(doc.error(
+            &["pipelines", name, "batch", "max_events"],
+            "expected at least 1",
+        ));
+    }
+    if pipeline.stage_tables.is_empty() {
+        return Err(doc.error(
+            &["pipelines", name, "stages"],
+            "expected at least one stage (`[[pipelines.<name>.stages]]`)",
         ));
     }
     Ok(())

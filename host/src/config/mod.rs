@@ -8,6 +8,7 @@ mod connectors;
 mod duration;
 mod eventhubs;
 mod load;
+mod stage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +25,11 @@ pub use eventhubs::{
     StartPosition,
 };
 pub use load::{ConfigError, LoadedConfig, load, load_str};
+use stage::StageTable;
+pub use stage::{
+    DedupConfig, Destinations, JoinConfig, PluginStage, ReferenceFormat, ReferenceTableConfig,
+    StageConfig, StageKind, UnmatchedPolicy, WindowConfig, WindowKind,
+};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -684,8 +690,13 @@ pub struct PipelineConfig {
     /// How events are grouped into batches for the stages.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// The `[[pipelines.<name>.stages]]` tables as written: loading checks them and resolves
+    /// them into `stages` (and empties this).
+    #[serde(rename = "stages")]
+    stage_tables: Vec<StageTable>,
     /// The stages, in order: source events enter the first one; each stage routes its outputs to
-    /// sinks or to later stages.
+    /// sinks or to later stages. Filled by [`load`] from the file's stage tables.
+    #[serde(skip)]
     pub stages: Vec<StageConfig>,
 }
 
@@ -775,206 +786,4 @@ fn default_batch_max_events() -> usize {
 }
 fn default_batch_max_wait() -> ConfigDuration {
     ConfigDuration::from_millis(100)
-}
-
-/// A Wasm stage of a pipeline.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageConfig {
-    /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
-    pub name: String,
-    /// Path of the plugin component (`.wasm`); every stage has one except a `dedup` stage.
-    #[serde(default)]
-    pub plugin: Option<PathBuf>,
-    /// Routes: each output name of the plugin to one or more sinks or later stages.
-    #[serde(default)]
-    pub outputs: BTreeMap<String, Destinations>,
-    /// The stage's own settings, handed to the plugin as JSON.
-    #[serde(default)]
-    pub config: Option<toml::Table>,
-    /// Largest linear memory of one instance, in bytes (overrides `plugins.max_memory_bytes`).
-    #[serde(default)]
-    pub max_memory_bytes: Option<u64>,
-    /// Longest one call may run (overrides `plugins.call_timeout`).
-    #[serde(default)]
-    pub call_timeout: Option<ConfigDuration>,
-    /// Makes the stage a window aggregate: its plugin implements the `window-aggregate` world,
-    /// and this says how events are grouped and windowed.
-    #[serde(default)]
-    pub window: Option<WindowConfig>,
-    /// Makes the stage a deduplication stage (no plugin): it drops events whose id was seen
-    /// within the horizon and sends the others to its output `events`.
-    #[serde(default)]
-    pub dedup: Option<DedupConfig>,
-    /// Makes the stage an interval join: its plugin implements the `join-enrichment` world, and
-    /// earlier stages route to its two inputs as `<stage>.left` and `<stage>.right`.
-    #[serde(default)]
-    pub join: Option<JoinConfig>,
-    /// Reference tables the stage's plugin looks rows up in by key, by name: loaded at start and
-    /// reloaded when they change.
-    #[serde(default)]
-    pub reference: BTreeMap<String, ReferenceTableConfig>,
-}
-
-/// A reference table: rows looked up by the value of one column.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReferenceTableConfig {
-    /// A CSV file with a header row, a JSON file (an array of objects, or one object per line), or
-    /// the directory of a Delta table.
-    pub path: PathBuf,
-    /// The column whose value is the lookup key.
-    pub key: String,
-    /// `csv`, `json` or `delta`; absent: from the path (`.csv`, `.json` or `.jsonl`, a directory).
-    #[serde(default)]
-    pub format: Option<ReferenceFormat>,
-    /// How often the source is checked for changes; a changed one is loaded again.
-    #[serde(default = "default_reload_interval")]
-    pub reload_interval: ConfigDuration,
-}
-
-fn default_reload_interval() -> ConfigDuration {
-    ConfigDuration::from_millis(10_000)
-}
-
-/// Formats of reference tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReferenceFormat {
-    /// Comma-separated values with a header row; every value is text.
-    Csv,
-    /// A JSON array of objects, or JSON Lines.
-    Json,
-    /// A Delta table on a local path (needs the `delta` feature).
-    Delta,
-}
-
-/// An interval join of two inputs on a key, in event time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinConfig {
-    /// Top-level field holding the join key of left events (text or a number).
-    pub key: String,
-    /// Top-level field holding the join key of right events; defaults to `key`.
-    #[serde(default)]
-    pub right_key: Option<String>,
-    /// A right event joins a left event of the same key whose event time is at most this much
-    /// earlier than its own (ASA: `DATEDIFF(.., left, right) BETWEEN 0 AND within`).
-    pub within: ConfigDuration,
-    /// A right event may also be at most this much earlier than the left event (default: not at
-    /// all).
-    #[serde(default)]
-    pub before: Option<ConfigDuration>,
-    /// What happens to a left event still without a match once the bound has passed.
-    #[serde(default = "default_unmatched_left")]
-    pub unmatched_left: UnmatchedPolicy,
-    /// What happens to a right event still without a match once the bound has passed.
-    #[serde(default = "default_unmatched_right")]
-    pub unmatched_right: UnmatchedPolicy,
-}
-
-fn default_unmatched_left() -> UnmatchedPolicy {
-    UnmatchedPolicy::Emit
-}
-fn default_unmatched_right() -> UnmatchedPolicy {
-    UnmatchedPolicy::Drop
-}
-
-/// What a join does with an event that found no match within the bound; either way it is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnmatchedPolicy {
-    /// The plugin is called with the event alone (the other side absent), like an outer join.
-    Emit,
-    /// The event is dropped.
-    Drop,
-}
-
-/// A deduplication stage's settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DedupConfig {
-    /// Top-level field holding the event's id (text or a number).
-    pub id_field: String,
-    /// An event whose id was seen at most this much event time earlier (or later) is a duplicate.
-    pub horizon: ConfigDuration,
-}
-
-/// How a window stage groups and windows events, in event time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowConfig {
-    /// `tumbling`, `hopping`, `sliding` or `session`.
-    #[serde(rename = "type")]
-    pub kind: WindowKind,
-    /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
-    /// partition's events form one group. A missing field counts as `null`.
-    #[serde(default)]
-    pub group_by: Vec<String>,
-    /// Length of a window (tumbling, hopping and sliding windows).
-    #[serde(default)]
-    pub size: Option<ConfigDuration>,
-    /// Distance between the starts of two consecutive hopping windows.
-    #[serde(default)]
-    pub hop: Option<ConfigDuration>,
-    /// A session window closes after this long without an event of its key (session windows).
-    #[serde(default)]
-    pub gap: Option<ConfigDuration>,
-    /// A session window is cut after this long, however busy its key (session windows).
-    #[serde(default)]
-    pub max_duration: Option<ConfigDuration>,
-    /// Field of every output record that the host sets to the window's start (RFC 3339).
-    #[serde(default = "default_window_start_field")]
-    pub start_field: String,
-    /// Field of every output record that the host sets to the window's end (RFC 3339).
-    #[serde(default = "default_window_end_field")]
-    pub end_field: String,
-}
-
-fn default_window_start_field() -> String {
-    "WindowStart".to_owned()
-}
-fn default_window_end_field() -> String {
-    "WindowEnd".to_owned()
-}
-
-/// The kinds of window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WindowKind {
-    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
-    Tumbling,
-    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
-    Hopping,
-    /// A window ending at every event: the key's events in `(t − size, t]`.
-    Sliding,
-    /// A key's events with no gap longer than `gap` between them.
-    Session,
-}
-
-impl StageConfig {
-    /// Whether the stage works in event time, so that its pipeline needs a watermark.
-    pub fn is_time_based(&self) -> bool {
-        self.window.is_some() || self.join.is_some()
-    }
-}
-
-/// One destination or several.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Destinations {
-    /// A single sink or stage name.
-    One(String),
-    /// Several sink or stage names.
-    Many(Vec<String>),
-}
-
-impl Destinations {
-    /// The destination names.
-    pub fn names(&self) -> &[String] {
-        match self {
-            Destinations::One(name) => std::slice::from_ref(name),
-            Destinations::Many(names) => names,
-        }
-    }
 }

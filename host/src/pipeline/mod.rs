@@ -305,10 +305,10 @@ async fn compile_plugins(
     let mut plugins: HashMap<(PathBuf, PluginKind), CompiledPlugin> = HashMap::new();
     for (pipeline_name, pipeline) in &loaded.config.pipelines {
         for (index, stage) in pipeline.stages.iter().enumerate() {
-            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+            let (Some(plugin), Some(kind)) = (stage.plugin(), plugin_kind(stage)) else {
                 continue;
             };
-            let path = loaded.resolve(plugin);
+            let path = loaded.resolve(&plugin.path);
             if plugins.contains_key(&(path.clone(), kind)) {
                 continue;
             }
@@ -371,10 +371,10 @@ async fn open_slots(
     let mut slots: HashMap<(String, String), Arc<PluginSlot<Plugin>>> = HashMap::new();
     for (pipeline_name, pipeline) in &config.pipelines {
         for stage in &pipeline.stages {
-            let (Some(plugin), Some(kind)) = (&stage.plugin, plugin_kind(stage)) else {
+            let (Some(plugin), Some(kind)) = (stage.plugin(), plugin_kind(stage)) else {
                 continue;
             };
-            let path = loaded.resolve(plugin);
+            let path = loaded.resolve(&plugin.path);
             let Some((plugin, bytes)) = plugins.get(&(path.clone(), kind)).cloned() else {
                 continue;
             };

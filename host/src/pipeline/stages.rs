@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::StartError;
 use crate::checkpoint::Checkpoint;
-use crate::config::{LoadedConfig, PipelineConfig, StageConfig};
+use crate::config::{LoadedConfig, PipelineConfig, StageConfig, StageKind};
 use crate::metrics::Metrics;
 use crate::plugin::{
     InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot,
@@ -21,14 +21,11 @@ use crate::stage::{
 
 /// The kind of plugin (the world) a stage runs; `None` for a stage without a plugin.
 pub fn plugin_kind(stage: &StageConfig) -> Option<PluginKind> {
-    if stage.dedup.is_some() {
-        None
-    } else if stage.window.is_some() {
-        Some(PluginKind::WindowAggregate)
-    } else if stage.join.is_some() {
-        Some(PluginKind::JoinEnrichment)
-    } else {
-        Some(PluginKind::Transform)
+    match stage.kind {
+        StageKind::Transform { .. } => Some(PluginKind::Transform),
+        StageKind::Window { .. } => Some(PluginKind::WindowAggregate),
+        StageKind::Join { .. } => Some(PluginKind::JoinEnrichment),
+        StageKind::Dedup { .. } => None,
     }
 }
 
@@ -74,10 +71,10 @@ pub(crate) async fn load_references(
 ) -> Result<HashMap<String, ReferenceTables>, StartError> {
     let mut references = HashMap::new();
     for stage in &pipeline.stages {
-        if stage.reference.is_empty() {
+        let Some(plugin) = stage.plugin().filter(|p| !p.reference.is_empty()) else {
             continue;
-        }
-        let configs = stage.reference.clone();
+        };
+        let configs = plugin.reference.clone();
         let resolver = loaded.clone();
         let error = |reason: String| StartError::Reference {
             pipeline: pipeline_name.to_owned(),
@@ -98,7 +95,7 @@ pub(crate) async fn load_references(
             stage: stage.name.clone(),
             source,
         })?;
-        tables.watch(&stage.reference, (pipeline_name, &stage.name), metrics);
+        tables.watch(&plugin.reference, (pipeline_name, &stage.name), metrics);
         references.insert(stage.name.clone(), tables);
     }
     Ok(references)
@@ -114,36 +111,41 @@ impl StageBuilder<'_> {
             reason,
         };
         let snapshot = self.checkpoint.stages.get(&stage.name).map(Vec::as_slice);
-        if let Some(dedup) = &stage.dedup {
-            let horizon = i64::try_from(dedup.horizon.get().as_millis()).unwrap_or(i64::MAX);
-            return Ok(Box::new(
-                DedupStage::new(
-                    stage.name.as_str().into(),
-                    self.pipeline.clone(),
-                    self.partition,
-                    dedup.id_field.clone(),
-                    horizon,
-                    snapshot,
-                    self.metrics.clone(),
-                )
-                .map_err(|e| restore_error(e.to_string()))?,
-            ));
-        }
+        let plugin_stage = match &stage.kind {
+            StageKind::Transform { plugin }
+            | StageKind::Window { plugin, .. }
+            | StageKind::Join { plugin, .. } => plugin,
+            StageKind::Dedup { dedup } => {
+                let horizon = i64::try_from(dedup.horizon.get().as_millis()).unwrap_or(i64::MAX);
+                return Ok(Box::new(
+                    DedupStage::new(
+                        stage.name.as_str().into(),
+                        self.pipeline.clone(),
+                        self.partition,
+                        dedup.id_field.clone(),
+                        horizon,
+                        snapshot,
+                        self.metrics.clone(),
+                    )
+                    .map_err(|e| restore_error(e.to_string()))?,
+                ));
+            }
+        };
         let slot = self.slots.get(&stage.name).cloned();
         // A stage with a version slot starts with the version active now (a worker started
         // after a swap runs the new version).
         let plugin = match &slot {
             Some(slot) => Some(slot.active().plugin),
-            None => stage
-                .plugin
-                .as_ref()
-                .zip(plugin_kind(stage))
-                .and_then(|(path, kind)| self.plugins.get(&(self.loaded.resolve(path), kind)))
+            None => plugin_kind(stage)
+                .and_then(|kind| {
+                    let path = self.loaded.resolve(&plugin_stage.path);
+                    self.plugins.get(&(path, kind))
+                })
                 .cloned(),
         }
         .ok_or_else(|| restore_error("its plugin was not loaded".to_owned()))?;
         let config = &self.loaded.config;
-        let config_json = match &stage.config {
+        let config_json = match &plugin_stage.config {
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
             None => "{}".to_owned(),
         };
@@ -156,10 +158,10 @@ impl StageBuilder<'_> {
                 version: plugin.version().clone(),
             },
             config_json: config_json.into(),
-            max_memory_bytes: stage
+            max_memory_bytes: plugin_stage
                 .max_memory_bytes
                 .unwrap_or(config.plugins.max_memory_bytes),
-            call_timeout: stage
+            call_timeout: plugin_stage
                 .call_timeout
                 .unwrap_or(config.plugins.call_timeout)
                 .get(),
@@ -169,7 +171,7 @@ impl StageBuilder<'_> {
                 .cloned()
                 .unwrap_or_else(ReferenceTables::none),
         });
-        if let Some(join) = &stage.join {
+        if let StageKind::Join { join, .. } = &stage.kind {
             return Ok(Box::new(
                 JoinStage::new(
                     stage.name.as_str().into(),
@@ -182,8 +184,8 @@ impl StageBuilder<'_> {
                 .with_version_labels(self.telemetry.label_versions),
             ));
         }
-        Ok(match &stage.window {
-            Some(window) => Box::new(
+        Ok(match &stage.kind {
+            StageKind::Window { window, .. } => Box::new(
                 WindowStage::new(
                     stage.name.as_str().into(),
                     WindowSettings::from_config(window),
@@ -194,7 +196,8 @@ impl StageBuilder<'_> {
                 .map_err(|e| restore_error(e.to_string()))?
                 .with_version_labels(self.telemetry.label_versions),
             ),
-            None => {
+            // A transform: dedup and join stages were built above.
+            _ => {
                 let state = match snapshot {
                     Some(bytes) => {
                         KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?

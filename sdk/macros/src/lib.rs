@@ -241,8 +241,10 @@ fn only_one_plugin(span: proc_macro2::Span) -> TokenStream2 {
     }
 }
 
-/// The contract, embedded at the SDK's build: the one `wit/` the host generates from too.
-const WIT: &str = include_str!("../../../wit/plugin.wit");
+/// The contract, embedded at the SDK's build: this crate's copy of the host's `wit/plugin.wit`
+/// (kept equal to it by `scripts/sync-wit` and the SDK's test `wit_copies`), inside the crate so
+/// that it builds outside this repository too.
+const WIT: &str = include_str!("../wit/plugin.wit");
 
 /// On Wasm only: bindings of `world` generated in the plugin's crate (by the SDK's `__guest!`),
 /// reusing the SDK's modules for the shared types and the host's imports, so that the component

@@ -5,7 +5,7 @@
 //! Price}], Timestamp}`; payments `{PaymentId, OrderId, Method, Amount, Status, Timestamp}` with
 //! `Status` `Succeeded` or `Failed`. Each event carries the property `stream` (`bookings` or
 //! `payments`), as it would coming from two Event Hubs. Some orders are never paid, some are paid
-//! after the payment deadline, some payments fail (see [`model`]). Everything is a pure function of
+//! after the payment deadline, some payments fail (see `model`). Everything is a pure function of
 //! the seed and the order number, and positions follow the stream's order, so a restart after a
 //! crash regenerates exactly the events after the oldest checkpoint.
 

@@ -1,6 +1,6 @@
 //! The HTTP ingest endpoint: `POST /events` with one JSON event, a JSON array of events, or NDJSON.
 //!
-//! Accepted events are appended to a write-ahead log per partition (see [`wal`]) and synced before
+//! Accepted events are appended to a write-ahead log per partition (see `wal`) and synced before
 //! the `202 Accepted` reply, so an acknowledged event survives a crash. Readers tail their
 //! partition's log; an event's position is the byte offset of its frame in that log.
 //!

@@ -1,0 +1,778 @@
+//! A pipeline's stages: the `[[pipelines.<name>.stages]]` tables as written, their checks, and
+//! what loading resolves each into: a [`StageConfig`] whose [`StageKind`] is exactly one of a
+//! per-event transform, a window aggregate, an interval join or a deduplication. The file's table
+//! has a key for every kind; which combinations make sense is checked here, once, so that a stage
+//! of two kinds (or of none) cannot be represented past loading.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::load::{ConfigError, Document, LoadedConfig, one_of};
+use super::{ConfigDuration, PipelineConfig};
+
+/// A stage of a pipeline, as loaded: its name, its routes and what kind of stage it is.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
+    pub name: String,
+    /// Routes: each output name of the stage to one or more sinks or later stages.
+    pub outputs: BTreeMap<String, Destinations>,
+    /// What the stage is, with the settings of that kind.
+    pub kind: StageKind,
+}
+
+/// The kinds of stage, each with its own settings.
+#[derive(Debug, Clone)]
+pub enum StageKind {
+    /// A per-event transform: its plugin implements the `event-transform` world.
+    Transform {
+        /// The plugin and its instances' settings.
+        plugin: PluginStage,
+    },
+    /// A window aggregate: its plugin implements the `window-aggregate` world.
+    Window {
+        /// The plugin and its instances' settings.
+        plugin: PluginStage,
+        /// How events are grouped and windowed.
+        window: WindowConfig,
+    },
+    /// An interval join: its plugin implements the `join-enrichment` world, and earlier stages
+    /// route to its two inputs as `<stage>.left` and `<stage>.right`.
+    Join {
+        /// The plugin and its instances' settings.
+        plugin: PluginStage,
+        /// The key and the time bound of the join.
+        join: JoinConfig,
+    },
+    /// A deduplication, run by the host without a plugin: it drops events whose id was seen
+    /// within the horizon and sends the others to its output `events`.
+    Dedup {
+        /// The id field and the horizon.
+        dedup: DedupConfig,
+    },
+}
+
+/// The plugin of a stage that runs one, and what its instances get.
+#[derive(Debug, Clone)]
+pub struct PluginStage {
+    /// Path of the plugin component (`.wasm`), as written (relative to the configuration file).
+    pub path: PathBuf,
+    /// The stage's own settings, handed to the plugin as JSON.
+    pub config: Option<toml::Table>,
+    /// Largest linear memory of one instance, in bytes (overrides `plugins.max_memory_bytes`).
+    pub max_memory_bytes: Option<u64>,
+    /// Longest one call may run (overrides `plugins.call_timeout`).
+    pub call_timeout: Option<ConfigDuration>,
+    /// Reference tables the plugin looks rows up in by key, by name: loaded at start and
+    /// reloaded when they change.
+    pub reference: BTreeMap<String, ReferenceTableConfig>,
+}
+
+impl StageKind {
+    /// The stage's plugin; `None` for a stage the host runs alone (a deduplication).
+    pub fn plugin(&self) -> Option<&PluginStage> {
+        match self {
+            StageKind::Transform { plugin }
+            | StageKind::Window { plugin, .. }
+            | StageKind::Join { plugin, .. } => Some(plugin),
+            StageKind::Dedup { .. } => None,
+        }
+    }
+}
+
+impl StageConfig {
+    /// The stage's plugin; `None` for a stage the host runs alone (a deduplication).
+    pub fn plugin(&self) -> Option<&PluginStage> {
+        self.kind.plugin()
+    }
+
+    /// Whether the stage works in event time, so that its pipeline needs a watermark.
+    pub fn is_time_based(&self) -> bool {
+        matches!(self.kind, StageKind::Window { .. } | StageKind::Join { .. })
+    }
+}
+
+/// A `[[pipelines.<name>.stages]]` table as written in the file: every key of every kind of stage.
+/// Loading checks which combinations make sense and resolves it into a [`StageConfig`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StageTable {
+    /// Name of the stage, unique in its pipeline; it scopes the stage's keyed state.
+    pub(super) name: String,
+    /// Path of the plugin component (`.wasm`); every stage has one except a `dedup` stage.
+    #[serde(default)]
+    pub(super) plugin: Option<PathBuf>,
+    /// Routes: each output name of the plugin to one or more sinks or later stages.
+    #[serde(default)]
+    pub(super) outputs: BTreeMap<String, Destinations>,
+    /// The stage's own settings, handed to the plugin as JSON.
+    #[serde(default)]
+    pub(super) config: Option<toml::Table>,
+    /// Largest linear memory of one instance, in bytes (overrides `plugins.max_memory_bytes`).
+    #[serde(default)]
+    pub(super) max_memory_bytes: Option<u64>,
+    /// Longest one call may run (overrides `plugins.call_timeout`).
+    #[serde(default)]
+    pub(super) call_timeout: Option<ConfigDuration>,
+    /// Makes the stage a window aggregate: its plugin implements the `window-aggregate` world,
+    /// and this says how events are grouped and windowed.
+    #[serde(default)]
+    pub(super) window: Option<WindowConfig>,
+    /// Makes the stage a deduplication stage (no plugin): it drops events whose id was seen
+    /// within the horizon and sends the others to its output `events`.
+    #[serde(default)]
+    pub(super) dedup: Option<DedupConfig>,
+    /// Makes the stage an interval join: its plugin implements the `join-enrichment` world, and
+    /// earlier stages route to its two inputs as `<stage>.left` and `<stage>.right`.
+    #[serde(default)]
+    pub(super) join: Option<JoinConfig>,
+    /// Reference tables the stage's plugin looks rows up in by key, by name: loaded at start and
+    /// reloaded when they change.
+    #[serde(default)]
+    pub(super) reference: BTreeMap<String, ReferenceTableConfig>,
+}
+
+/// A reference table: rows looked up by the value of one column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTableConfig {
+    /// A CSV file with a header row, a JSON file (an array of objects, or one object per line), or
+    /// the directory of a Delta table.
+    pub path: PathBuf,
+    /// The column whose value is the lookup key.
+    pub key: String,
+    /// `csv`, `json` or `delta`; absent: from the path (`.csv`, `.json` or `.jsonl`, a directory).
+    #[serde(default)]
+    pub format: Option<ReferenceFormat>,
+    /// How often the source is checked for changes; a changed one is loaded again.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: ConfigDuration,
+}
+
+fn default_reload_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+
+/// Formats of reference tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceFormat {
+    /// Comma-separated values with a header row; every value is text.
+    Csv,
+    /// A JSON array of objects, or JSON Lines.
+    Json,
+    /// A Delta table on a local path (needs the `delta` feature).
+    Delta,
+}
+
+/// An interval join of two inputs on a key, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Top-level field holding the join key of left events (text or a number).
+    pub key: String,
+    /// Top-level field holding the join key of right events; defaults to `key`.
+    #[serde(default)]
+    pub right_key: Option<String>,
+    /// A right event joins a left event of the same key whose event time is at most this much
+    /// earlier than its own (ASA: `DATEDIFF(.., left, right) BETWEEN 0 AND within`).
+    pub within: ConfigDuration,
+    /// A right event may also be at most this much earlier than the left event (default: not at
+    /// all).
+    #[serde(default)]
+    pub before: Option<ConfigDuration>,
+    /// What happens to a left event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_left")]
+    pub unmatched_left: UnmatchedPolicy,
+    /// What happens to a right event still without a match once the bound has passed.
+    #[serde(default = "default_unmatched_right")]
+    pub unmatched_right: UnmatchedPolicy,
+}
+
+fn default_unmatched_left() -> UnmatchedPolicy {
+    UnmatchedPolicy::Emit
+}
+fn default_unmatched_right() -> UnmatchedPolicy {
+    UnmatchedPolicy::Drop
+}
+
+/// What a join does with an event that found no match within the bound; either way it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedPolicy {
+    /// The plugin is called with the event alone (the other side absent), like an outer join.
+    Emit,
+    /// The event is dropped.
+    Drop,
+}
+
+/// A deduplication stage's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Top-level field holding the event's id (text or a number).
+    pub id_field: String,
+    /// An event whose id was seen at most this much event time earlier (or later) is a duplicate.
+    pub horizon: ConfigDuration,
+}
+
+/// How a window stage groups and windows events, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumbling`, `hopping`, `sliding` or `session`.
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
+    /// partition's events form one group. A missing field counts as `null`.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Length of a window (tumbling, hopping and sliding windows).
+    #[serde(default)]
+    pub size: Option<ConfigDuration>,
+    /// Distance between the starts of two consecutive hopping windows.
+    #[serde(default)]
+    pub hop: Option<ConfigDuration>,
+    /// A session window closes after this long without an event of its key (session windows).
+    #[serde(default)]
+    pub gap: Option<ConfigDuration>,
+    /// A session window is cut after this long, however busy its key (session windows).
+    #[serde(default)]
+    pub max_duration: Option<ConfigDuration>,
+    /// Field of every output record that the host sets to the window's start (RFC 3339).
+    #[serde(default = "default_window_start_field")]
+    pub start_field: String,
+    /// Field of every output record that the host sets to the window's end (RFC 3339).
+    #[serde(default = "default_window_end_field")]
+    pub end_field: String,
+}
+
+fn default_window_start_field() -> String {
+    "WindowStart".to_owned()
+}
+fn default_window_end_field() -> String {
+    "WindowEnd".to_owned()
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
+    Tumbling,
+    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
+    Hopping,
+    /// A window ending at every event: the key's events in `(t − size, t]`.
+    Sliding,
+    /// A key's events with no gap longer than `gap` between them.
+    Session,
+}
+
+/// One destination or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Destinations {
+    /// A single sink or stage name.
+    One(String),
+    /// Several sink or stage names.
+    Many(Vec<String>),
+}
+
+impl Destinations {
+    /// The destination names.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Destinations::One(name) => std::slice::from_ref(name),
+            Destinations::Many(names) => names,
+        }
+    }
+}
+
+/// The keys of one stage table, for errors: `pipelines.<pipeline>.stages[<index>]...`.
+struct StageKeys<'a> {
+    pipeline: &'a str,
+    index: String,
+}
+
+impl StageKeys<'_> {
+    /// The keys of `key` in the stage's table.
+    fn at<'k>(&'k self, key: &'k str) -> Vec<&'k str> {
+        vec![
+            "pipelines",
+            self.pipeline,
+            "stages",
+            self.index.as_str(),
+            key,
+        ]
+    }
+
+    /// The keys of `inner` in the stage's table `key`.
+    fn inside<'k>(&'k self, key: &'k str, inner: &'k str) -> Vec<&'k str> {
+        let mut keys = self.at(key);
+        keys.push(inner);
+        keys
+    }
+}
+
+/// What runs a stage: a plugin, or the host's deduplication.
+enum Runner<'s> {
+    Plugin(&'s PathBuf),
+    Dedup(&'s DedupConfig),
+}
+
+/// How a stage treats time: event by event, in windows, or joining two inputs within a bound.
+enum Timing<'s> {
+    Events,
+    Window(&'s WindowConfig),
+    Join(&'s JoinConfig),
+}
+
+/// Checks the stage tables of pipeline `name` in order, each in the steps below, and resolves
+/// each into its [`StageConfig`].
+pub(super) fn resolve_stages(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    name: &str,
+    pipeline: &PipelineConfig,
+) -> Result<Vec<StageConfig>, ConfigError> {
+    let tables = &pipeline.stage_tables;
+    let mut seen = BTreeSet::new();
+    let mut stages = Vec::with_capacity(tables.len());
+    for (index, stage) in tables.iter().enumerate() {
+        let keys = StageKeys {
+            pipeline: name,
+            index: index.to_string(),
+        };
+        check_name(loaded, doc, &keys, stage, &mut seen)?;
+        let runner = runner(loaded, doc, &keys, stage)?;
+        check_routes(loaded, doc, &keys, tables, index)?;
+        let timing = timing(doc, &keys, tables, index)?;
+        check_references(loaded, doc, &keys, stage)?;
+        if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
+            return Err(doc.error(
+                &keys.at("max_memory_bytes"),
+                "expected at least 1048576 (1 MiB)",
+            ));
+        }
+        stages.push(resolve(stage, runner, timing));
+    }
+    Ok(stages)
+}
+
+/// The stage's name is its own, unique in the pipeline and no sink's.
+fn check_name<'s>(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stage: &'s StageTable,
+    seen: &mut BTreeSet<&'s str>,
+) -> Result<(), ConfigError> {
+    if stage.name.starts_with('#') {
+        return Err(doc.error(
+            &keys.at("name"),
+            format!(
+                "stage name `{}` starts with `#`, which Weir keeps for its own state",
+                stage.name
+            ),
+        ));
+    }
+    if !seen.insert(stage.name.as_str()) {
+        return Err(doc.error(
+            &keys.at("name"),
+            format!("stage name `{}` is used twice in this pipeline", stage.name),
+        ));
+    }
+    if loaded.config.sinks.contains_key(&stage.name) {
+        return Err(doc.error(
+            &keys.at("name"),
+            format!(
+                "stage name `{}` is also a sink name: routes would be ambiguous",
+                stage.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A stage has a plugin file that exists, or is a `dedup` stage with a horizon and its one output.
+fn runner<'s>(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stage: &'s StageTable,
+) -> Result<Runner<'s>, ConfigError> {
+    match (&stage.plugin, &stage.dedup) {
+        (Some(_), Some(_)) => Err(doc.error(
+            &keys.at("plugin"),
+            "a `dedup` stage runs in the host and takes no plugin",
+        )),
+        (None, None) => Err(doc.error(
+            &keys.at("name"),
+            format!(
+                "stage `{}` needs a `plugin` (a `.wasm` component), unless it is a `dedup` stage",
+                stage.name
+            ),
+        )),
+        (Some(plugin), None) => {
+            let path = loaded.resolve(plugin);
+            if !path.is_file() {
+                return Err(doc.error(
+                    &keys.at("plugin"),
+                    format!("plugin file {} does not exist (a plugin is built with `cargo build --release --target wasm32-wasip2`; the repository's own with `scripts/build-plugins`)", path.display()),
+                ));
+            }
+            Ok(Runner::Plugin(plugin))
+        }
+        (None, Some(dedup)) => {
+            if stage.window.is_some() || stage.join.is_some() || stage.config.is_some() {
+                return Err(doc.error(
+                    &keys.at("dedup"),
+                    "a `dedup` stage takes no `window`, `join` or `config`",
+                ));
+            }
+            if dedup.horizon.get().is_zero() {
+                return Err(doc.error(
+                    &keys.inside("dedup", "horizon"),
+                    "expected a duration above zero",
+                ));
+            }
+            if let Some(output) = stage
+                .outputs
+                .keys()
+                .find(|o| o.as_str() != crate::stage::DEDUP_OUTPUT)
+            {
+                return Err(doc.error(
+                    &keys.inside("outputs", output),
+                    format!(
+                        "a `dedup` stage has one output, `{}`",
+                        crate::stage::DEDUP_OUTPUT
+                    ),
+                ));
+            }
+            Ok(Runner::Dedup(dedup))
+        }
+    }
+}
+
+/// Every output of stage `index` goes to sinks or later stages, and to a join through one of its
+/// two inputs (`<join>.left`, `<join>.right`) only.
+fn check_routes(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stages: &[StageTable],
+    index: usize,
+) -> Result<(), ConfigError> {
+    let sinks = &loaded.config.sinks;
+    let later: Vec<&String> = stages[index + 1..].iter().map(|s| &s.name).collect();
+    for (output, destinations) in &stages[index].outputs {
+        for destination in destinations.names() {
+            let is_sink = sinks.contains_key(destination);
+            let is_later_stage = later.contains(&destination);
+            // A join's two inputs are addressed as `<stage>.left` and `<stage>.right`.
+            let (target, port) = match destination.rsplit_once('.') {
+                Some((stage_name, port @ ("left" | "right")))
+                    if later.iter().any(|s| *s == stage_name) =>
+                {
+                    (stage_name, Some(port))
+                }
+                _ => (destination.as_str(), None),
+            };
+            let is_join = stages.iter().any(|s| s.name == target && s.join.is_some());
+            if !is_sink && (is_later_stage || port.is_some()) && is_join != port.is_some() {
+                let message = if is_join {
+                    format!(
+                        "`{target}` is a join: route to one of its inputs, `{target}.left` or `{target}.right`"
+                    )
+                } else {
+                    format!("`{target}` is not a join: it has one input, `{target}`")
+                };
+                return Err(doc.error(&keys.inside("outputs", output), message));
+            }
+            if !is_sink && !is_later_stage && port.is_none() {
+                let earlier = stages[..=index].iter().any(|s| &s.name == destination);
+                let message = if earlier {
+                    format!(
+                        "`{destination}` is this stage or an earlier one: outputs may only go to sinks or later stages"
+                    )
+                } else {
+                    format!(
+                        "`{destination}` is neither a sink ({}) nor a later stage of this pipeline",
+                        one_of(sinks.keys())
+                    )
+                };
+                return Err(doc.error(&keys.inside("outputs", output), message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A window has the durations of its kind; a join is not also a window, has a time bound and is
+/// fed by an earlier stage.
+fn timing<'s>(
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stages: &'s [StageTable],
+    index: usize,
+) -> Result<Timing<'s>, ConfigError> {
+    let stage = &stages[index];
+    if let Some(window) = &stage.window {
+        validate_window(doc, &keys.at("window"), window)?;
+    }
+    let Some(join) = &stage.join else {
+        return Ok(stage.window.as_ref().map_or(Timing::Events, Timing::Window));
+    };
+    if stage.window.is_some() {
+        return Err(doc.error(&keys.at("join"), "a stage is a window or a join, not both"));
+    }
+    if join.within.get().is_zero() && join.before.is_none_or(|b| b.get().is_zero()) {
+        return Err(doc.error(
+            &keys.inside("join", "within"),
+            "a join needs a time bound above zero (`within`, `before`)",
+        ));
+    }
+    let fed = stages[..index].iter().any(|s| {
+        s.outputs.values().any(|d| {
+            d.names()
+                .iter()
+                .any(|n| n.starts_with(&format!("{}.", stage.name)))
+        })
+    });
+    if !fed {
+        return Err(doc.error(
+            &keys.at("join"),
+            format!(
+                "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
+                stage.name
+            ),
+        ));
+    }
+    Ok(Timing::Join(join))
+}
+
+/// Reference tables belong to a stage with a plugin, exist, and have a format Weir can tell.
+fn check_references(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stage: &StageTable,
+) -> Result<(), ConfigError> {
+    for (table, reference) in &stage.reference {
+        let mut keys = keys.inside("reference", table);
+        if stage.plugin.is_none() {
+            return Err(doc.error(&keys, "only a stage with a plugin can look rows up"));
+        }
+        let path = loaded.resolve(&reference.path);
+        if !path.exists() {
+            keys.push("path");
+            return Err(doc.error(
+                &keys,
+                format!("reference table {} does not exist", path.display()),
+            ));
+        }
+        if crate::reference::format_of(&path, reference.format).is_none() {
+            keys.push("format");
+            return Err(doc.error(
+                &keys,
+                format!(
+                    "cannot tell the format of {} from its name: set `format` to `csv`, `json` or `delta`",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The checked table as the one kind of stage it is.
+fn resolve(stage: &StageTable, runner: Runner<'_>, timing: Timing<'_>) -> StageConfig {
+    let kind = match runner {
+        // A `dedup` stage has no window or join: `runner` refused them.
+        Runner::Dedup(dedup) => StageKind::Dedup {
+            dedup: dedup.clone(),
+        },
+        Runner::Plugin(path) => {
+            let plugin = PluginStage {
+                path: path.clone(),
+                config: stage.config.clone(),
+                max_memory_bytes: stage.max_memory_bytes,
+                call_timeout: stage.call_timeout,
+                reference: stage.reference.clone(),
+            };
+            match timing {
+                Timing::Events => StageKind::Transform { plugin },
+                Timing::Window(window) => StageKind::Window {
+                    plugin,
+                    window: window.clone(),
+                },
+                Timing::Join(join) => StageKind::Join {
+                    plugin,
+                    join: join.clone(),
+                },
+            }
+        }
+    };
+    StageConfig {
+        name: stage.name.clone(),
+        outputs: stage.outputs.clone(),
+        kind,
+    }
+}
+
+/// A window needs the durations of its kind, and only those.
+fn validate_window(
+    doc: &Document<'_>,
+    at: &[&str],
+    window: &WindowConfig,
+) -> Result<(), ConfigError> {
+    let key = |name: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(name);
+        keys
+    };
+    let kind = match window.kind {
+        WindowKind::Tumbling => "tumbling",
+        WindowKind::Hopping => "hopping",
+        WindowKind::Sliding => "sliding",
+        WindowKind::Session => "session",
+    };
+    let (needed, allowed): (&[&str], &[&str]) = match window.kind {
+        WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
+        WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
+        WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
+    };
+    let given = [
+        ("size", window.size),
+        ("hop", window.hop),
+        ("gap", window.gap),
+        ("max_duration", window.max_duration),
+    ];
+    for (name, value) in given {
+        match value {
+            None if needed.contains(&name) => {
+                return Err(doc.error(
+                    at,
+                    format!("a {kind} window needs `{name}` (a duration such as \"5m\")"),
+                ));
+            }
+            Some(_) if !allowed.contains(&name) => {
+                return Err(doc.error(
+                    &key(name),
+                    format!(
+                        "a {kind} window has no `{name}` (it takes {})",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(duration) if duration.get().is_zero() => {
+                return Err(doc.error(&key(name), "expected a duration above zero"));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(size), Some(hop)) = (window.size, window.hop)
+        && hop.get() > size.get()
+    {
+        return Err(doc.error(
+            &key("hop"),
+            "the hop of a hopping window cannot be longer than its size (events would fall in no window)",
+        ));
+    }
+    if window.start_field == window.end_field {
+        return Err(doc.error(
+            &key("end_field"),
+            "the window's start and end need two different fields",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const FOUR_KINDS: &str = r#"
+[sources.sim]
+kind = "simulator"
+
+[sinks.out]
+kind = "stdout"
+
+[pipelines.p]
+source = "sim"
+dead_letter = "out"
+
+[[pipelines.p.stages]]
+name = "unique"
+dedup = { id_field = "EventId", horizon = "10m" }
+outputs = { events = "t" }
+
+[[pipelines.p.stages]]
+name = "t"
+plugin = "p.wasm"
+config = { threshold = 3 }
+max_memory_bytes = 2097152
+outputs = { a = "w", b = "j.left", c = "j.right" }
+
+[[pipelines.p.stages]]
+name = "w"
+plugin = "p.wasm"
+window = { type = "tumbling", size = "5m" }
+outputs = { rows = "out" }
+
+[[pipelines.p.stages]]
+name = "j"
+plugin = "p.wasm"
+join = { key = "K", within = "2m" }
+outputs = { rows = "out" }
+"#;
+
+    #[test]
+    fn each_stage_table_resolves_into_its_one_kind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let loaded = super::super::load_str(FOUR_KINDS, Path::new("weir.toml"), dir.path())
+            .expect("a valid configuration");
+        let pipeline = &loaded.config.pipelines["p"];
+        assert!(
+            pipeline.stage_tables.is_empty(),
+            "the tables as written are dropped"
+        );
+        let [dedup, transform, window, join] = pipeline.stages.as_slice() else {
+            panic!("four stages expected: {:?}", pipeline.stages);
+        };
+        assert!(
+            matches!(&dedup.kind, StageKind::Dedup { dedup } if dedup.id_field == "EventId"),
+            "{dedup:?}"
+        );
+        assert!(dedup.plugin().is_none() && !dedup.is_time_based());
+        let StageKind::Transform { plugin } = &transform.kind else {
+            panic!("a transform: {transform:?}");
+        };
+        assert_eq!(plugin.path, Path::new("p.wasm"));
+        assert_eq!(plugin.max_memory_bytes, Some(2_097_152));
+        assert!(
+            plugin
+                .config
+                .as_ref()
+                .is_some_and(|c| c.contains_key("threshold"))
+        );
+        assert!(!transform.is_time_based());
+        assert_eq!(transform.outputs["b"].names(), ["j.left"]);
+        assert!(
+            matches!(&window.kind, StageKind::Window { window, .. } if window.kind == WindowKind::Tumbling)
+        );
+        assert!(window.is_time_based() && window.plugin().is_some());
+        assert!(matches!(&join.kind, StageKind::Join { join, .. } if join.key == "K"));
+        assert!(join.is_time_based() && join.plugin().is_some());
+    }
+}
