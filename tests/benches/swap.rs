@@ -23,7 +23,7 @@ use weir::plugin::{
     InstanceSettings, KeyedState, PluginEngine, PluginRegistry, PluginScope, PluginSlot,
     RollbackPolicy, SlotControl as _, VersionOrigin,
 };
-use weir::source::simulator::SimulatorSource;
+use weir::generators::telemetry::SimulatorSource;
 use weir::source::{PartitionStart, ReadOutcome, Source};
 use weir::stage::{Stage, StageOutput, WasmTransformStage};
 

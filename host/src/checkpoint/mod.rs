@@ -8,8 +8,6 @@
 //! event processors, so two processes never both win the same partition.
 //! [`crate::pipeline`]'s ownership loop balances the partitions over the processes.
 
-#[cfg(feature = "azure")]
-pub mod blob;
 mod local;
 
 use std::collections::BTreeMap;
@@ -21,6 +19,7 @@ use crate::event::{PartitionId, Position};
 use crate::sink::SinkProgress;
 
 pub use local::LocalCheckpointStore;
+pub(crate) use local::{MAGIC, decode, encode};
 
 use std::sync::Arc;
 
@@ -154,7 +153,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<Arc<dyn CheckpointStore>, Checkpoi
             loaded.resolve(&config.dir),
         ))),
         #[cfg(feature = "azure")]
-        Some(blob) => Ok(Arc::new(blob::BlobCheckpointStore::open(
+        Some(blob) => Ok(Arc::new(crate::connectors::azure_blob::checkpoint::BlobCheckpointStore::open(
             blob,
             consumer_scopes(loaded),
         )?)),

@@ -110,7 +110,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
 }
 
 /// The text of a configuration file, for locating keys in error messages.
-pub(super) struct Document<'a> {
+pub(crate) struct Document<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -203,7 +203,7 @@ impl Document<'_> {
     }
 
     /// An error at the key path `keys`.
-    pub(super) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.error_at(self.span_of(&keys), &keys, message.into())
     }
@@ -340,7 +340,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             ));
         }
         if let SourceConfig::EventHubs(eventhubs) = source {
-            super::eventhubs::validate_source(doc, name, eventhubs)?;
+            crate::connectors::eventhubs::config::validate_source(doc, name, eventhubs)?;
         }
         if let SourceConfig::Simulator(sim) = source {
             if sim.devices == 0 {
@@ -424,7 +424,7 @@ fn validate(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError
             _ => {}
         }
         if let SinkConfig::EventHubs(eventhubs) = sink {
-            super::eventhubs::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
+            crate::connectors::eventhubs::config::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
             if eventhubs.max_attempts == 0 {
                 return Err(doc.error(
                     &["sinks", name, "max_attempts"],

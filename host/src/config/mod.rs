@@ -4,9 +4,7 @@
 //! key and what was expected (see [`load`]). Relative paths are resolved against the directory of
 //! the configuration file.
 
-mod connectors;
 mod duration;
-mod eventhubs;
 mod load;
 
 use std::collections::BTreeMap;
@@ -14,15 +12,16 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use connectors::{
+pub use crate::connectors::kafka::config::{
     AzureBlobCheckpointConfig, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
     KafkaSourceConfig, KafkaStart, KafkaTls, SaslMechanism, WebhookSinkConfig, expand_env,
 };
 pub use duration::ConfigDuration;
-pub use eventhubs::{
+pub use crate::connectors::eventhubs::config::{
     EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
     StartPosition,
 };
+pub(crate) use load::Document;
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 
 /// A whole configuration file.

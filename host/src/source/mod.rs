@@ -5,15 +5,7 @@
 //! (a file, the simulator, HTTP) read it once and spread events over partitions by key with a
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
-pub mod bookings;
 pub mod dispatch;
-#[cfg(feature = "eventhubs")]
-pub mod eventhubs;
-pub mod file;
-pub mod http;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod simulator;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +15,13 @@ use async_trait::async_trait;
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, SourceConfig};
+#[cfg(feature = "eventhubs")]
+use crate::connectors::eventhubs::source as eventhubs;
+use crate::connectors::file::source as file;
+use crate::connectors::http::source as http;
+#[cfg(feature = "kafka")]
+use crate::connectors::kafka::source as kafka;
+use crate::generators::{bookings, telemetry as simulator};
 use crate::event::{Event, PartitionId, Position};
 
 pub use dispatch::Dispatcher;

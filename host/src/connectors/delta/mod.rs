@@ -1,0 +1,5 @@
+//! Delta Lake: a table, local or on Azure Data Lake Storage, written exactly once (sink). The
+//! reference-data reader of Delta tables lives in [`crate::reference`].
+
+#[cfg(feature = "delta")]
+pub mod sink;

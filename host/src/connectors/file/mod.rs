@@ -1,0 +1,5 @@
+//! JSON Lines files: a file replayed (or followed) as a source, and one file per pipeline
+//! partition as an exactly-once sink.
+
+pub mod sink;
+pub mod source;

@@ -1,0 +1,23 @@
+//! Connectors: one folder per external system, each holding its configuration types and their
+//! validation, its client code, its source and its sink.
+//!
+//! - [`kafka`]: a Kafka topic (or Event Hubs' Kafka endpoint), source and sink;
+//! - [`eventhubs`]: an Azure Event Hub (or IoT Hub's compatible endpoint), source and sink;
+//! - [`http`]: an HTTP endpoint that accepts events (source);
+//! - [`file`]: JSON Lines files, source and sink;
+//! - [`stdout`]: standard output (sink);
+//! - [`delta`]: a Delta Lake table, local or on Azure (sink);
+//! - [`webhook`]: JSON POSTs to an HTTP endpoint (sink);
+//! - [`azure_blob`]: the Azure Blob Storage checkpoint store.
+//!
+//! [`crate::source`] and [`crate::sink`] hold the traits every connector implements and pick one
+//! by configuration; the demo generators live apart, in [`crate::generators`].
+
+pub mod azure_blob;
+pub mod delta;
+pub mod eventhubs;
+pub mod file;
+pub mod http;
+pub mod kafka;
+pub mod stdout;
+pub mod webhook;

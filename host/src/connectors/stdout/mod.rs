@@ -1,0 +1,3 @@
+//! Standard output, one JSON document per line (sink).
+
+pub mod sink;
