@@ -6,3 +6,13 @@
 
 pub mod bookings;
 pub mod telemetry;
+
+/// Default number of partitions of a generator.
+fn default_partitions() -> u32 {
+    4
+}
+
+/// Default seed of a generator.
+fn default_seed() -> u64 {
+    1
+}

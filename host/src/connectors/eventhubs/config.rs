@@ -276,6 +276,22 @@ pub(crate) fn validate_source(
     Ok(())
 }
 
+/// Checks an Event Hubs sink.
+pub(crate) fn validate_sink(
+    doc: &crate::config::Document<'_>,
+    name: &str,
+    config: &EventHubsSinkConfig,
+) -> Result<(), crate::config::ConfigError> {
+    validate_connection(doc, &["sinks", name], &config.connection())?;
+    if config.max_attempts == 0 {
+        return Err(doc.error(
+            &["sinks", name, "max_attempts"],
+            "expected at least 1 attempt per batch",
+        ));
+    }
+    Ok(())
+}
+
 impl EventHubsSourceConfig {
     /// How a pipeline reading this hub is known in the checkpoint store: the namespace of the
     /// connection string's `Endpoint`, the hub and the consumer group, as the Azure SDKs' event

@@ -1,11 +1,10 @@
-//! Configuration of the broker and cloud connectors: Kafka, webhooks and Azure Blob Storage.
+//! Configuration of the Kafka source and sink.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigDuration;
+use crate::config::{ConfigDuration, ConfigError, Document, LoadedConfig};
 
 /// How to reach a Kafka cluster (or a Kafka-compatible endpoint such as Event Hubs' or Redpanda).
 #[derive(Debug, Clone, Deserialize)]
@@ -161,106 +160,94 @@ pub enum KafkaPartitioning {
     SourcePartition,
 }
 
-/// An HTTP endpoint that receives records as JSON POSTs (Logic Apps, Fabric custom endpoints,
-/// Teams or Slack incoming webhooks). At least once: a record is retried with backoff and goes to
-/// the pipeline's dead letters when every attempt failed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSinkConfig {
-    /// The URL to POST to.
-    pub url: String,
-    /// Extra request headers (for example `Authorization`); `${NAME}` in a value is replaced by
-    /// the environment variable `NAME`.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Records per request: 1 posts each record as one JSON object; more posts JSON arrays.
-    #[serde(default = "default_webhook_batch")]
-    pub batch_max_records: usize,
-    /// Longest one request may take.
-    #[serde(default = "default_webhook_timeout")]
-    pub timeout: ConfigDuration,
-    /// Attempts after the first one before the records are dead-lettered.
-    #[serde(default = "default_webhook_retries")]
-    pub max_retries: u32,
-    /// Wait before the first retry; each further retry waits twice as long, up to `max_backoff`.
-    /// A `Retry-After` header from the server is honoured up to `max_backoff`.
-    #[serde(default = "default_webhook_backoff")]
-    pub initial_backoff: ConfigDuration,
-    /// Longest wait between two attempts.
-    #[serde(default = "default_webhook_max_backoff")]
-    pub max_backoff: ConfigDuration,
-}
-
-fn default_webhook_batch() -> usize {
-    1
-}
-fn default_webhook_timeout() -> ConfigDuration {
-    ConfigDuration::from_millis(10_000)
-}
-fn default_webhook_retries() -> u32 {
-    5
-}
-fn default_webhook_backoff() -> ConfigDuration {
-    ConfigDuration::from_millis(200)
-}
-fn default_webhook_max_backoff() -> ConfigDuration {
-    ConfigDuration::from_millis(10_000)
-}
-
-/// Checkpoints and ownership claims in an Azure Blob Storage container, in the Azure SDKs'
-/// event-processor layout.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AzureBlobCheckpointConfig {
-    /// The storage account (also read from `AZURE_STORAGE_ACCOUNT_NAME`).
-    #[serde(default)]
-    pub account: Option<String>,
-    /// The container (it must exist).
-    pub container: String,
-    /// The Blob service URL, for emulators and sovereign clouds (for Azurite:
-    /// `http://127.0.0.1:10000/devstoreaccount1`); defaults to the public cloud's.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Further `object_store` Azure options (`azure_storage_account_key`, `azure_client_id`,
-    /// `azure_storage_sas_key`, `azure_allow_http`, …); `${NAME}` in a value is replaced by the
-    /// environment variable `NAME`. Without credentials here, the `AZURE_*` environment variables
-    /// and managed identity are used.
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
-/// Replaces every `${NAME}` in `value` by the environment variable `NAME` (empty when unset).
-pub fn expand_env(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) => {
-                out.push_str(&std::env::var(&after[..end]).unwrap_or_default());
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
+/// Checks what types cannot in a Kafka connection at `at`: SASL credentials, the CA file, the
+/// brokers and the topic.
+pub(crate) fn validate_connection(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    at: &[&str],
+    connection: &KafkaConnection,
+) -> Result<(), ConfigError> {
+    let key = |k: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(k);
+        keys
+    };
+    let nested = |table: &'static str, k: &'static str| {
+        let mut keys = at.to_vec();
+        keys.extend([table, k]);
+        keys
+    };
+    if let Some(sasl) = &connection.sasl {
+        if sasl.username.trim().is_empty() {
+            return Err(doc.error(
+                &nested("sasl", "username"),
+                "expected a user name (Event Hubs: `$ConnectionString`)",
+            ));
+        }
+        if sasl.password.is_empty() {
+            return Err(doc.error(
+                &nested("sasl", "password"),
+                "expected a password (Event Hubs: the connection string, or `${NAME}` for an environment variable)",
+            ));
         }
     }
-    out.push_str(rest);
-    out
+    if let Some(ca_file) = connection.tls.as_ref().and_then(|tls| tls.ca_file.as_ref())
+        && !loaded.resolve(ca_file).is_file()
+    {
+        return Err(doc.error(
+            &nested("tls", "ca_file"),
+            format!(
+                "expected a PEM file of certificate authorities, found no file at {}",
+                loaded.resolve(ca_file).display()
+            ),
+        ));
+    }
+    if connection.brokers.is_empty() {
+        return Err(doc.error(&key("brokers"), "expected at least one `host:port`"));
+    }
+    for broker in &connection.brokers {
+        let port = broker.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            return Err(doc.error(
+                &key("brokers"),
+                format!("expected `host:port`, found `{broker}`"),
+            ));
+        }
+    }
+    if connection.topic.trim().is_empty() {
+        return Err(doc.error(&key("topic"), "expected a topic name"));
+    }
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_variables_are_expanded() {
-        // PATH is set in every test environment; an unknown variable expands to nothing.
-        let path = std::env::var("PATH").expect("PATH is set");
-        assert_eq!(expand_env("a${PATH}b"), format!("a{path}b"));
-        assert_eq!(expand_env("${WEIR_SURELY_UNSET_VARIABLE}x"), "x");
-        assert_eq!(expand_env("no ${ closing"), "no ${ closing");
+/// Checks a Kafka source.
+pub(crate) fn validate_source(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    name: &str,
+    kafka: &KafkaSourceConfig,
+) -> Result<(), ConfigError> {
+    validate_connection(loaded, doc, &["sources", name], &kafka.connection)?;
+    if kafka.fetch_max_bytes < 1024 {
+        return Err(doc.error(
+            &["sources", name, "fetch_max_bytes"],
+            format!("expected at least 1024, found {}", kafka.fetch_max_bytes),
+        ));
     }
+    Ok(())
+}
+
+/// Checks a Kafka sink.
+pub(crate) fn validate_sink(
+    loaded: &LoadedConfig,
+    doc: &Document<'_>,
+    name: &str,
+    kafka: &KafkaSinkConfig,
+) -> Result<(), ConfigError> {
+    validate_connection(loaded, doc, &["sinks", name], &kafka.connection)?;
+    if kafka.batch_max_records == 0 {
+        return Err(doc.error(&["sinks", name, "batch_max_records"], "expected at least 1"));
+    }
+    Ok(())
 }

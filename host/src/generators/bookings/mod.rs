@@ -9,6 +9,7 @@
 //! the seed and the order number, and positions follow the stream's order, so a restart after a
 //! crash regenerates exactly the events after the oldest checkpoint.
 
+pub mod config;
 mod model;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! second time, identical, at `2r + 1`. After a crash the generator restarts from the oldest
 //! checkpointed position and regenerates exactly the same events.
 
+pub mod config;
 mod model;
 #[cfg(test)]
 mod tests;
