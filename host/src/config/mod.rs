@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::event::ConsumerScope;
+
 pub use crate::connectors::azure_blob::config::AzureBlobCheckpointConfig;
 pub use crate::connectors::delta::config::{ColumnType, ColumnValue, DeltaColumn, DeltaSinkConfig};
 pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
@@ -63,6 +65,23 @@ pub struct Config {
     /// How the process behaves as a service.
     #[serde(default)]
     pub service: ServiceConfig,
+}
+
+impl Config {
+    /// The consumer scope of every pipeline: its source's namespace and stream, and its consumer
+    /// group.
+    pub fn consumer_scopes(&self) -> std::collections::HashMap<String, ConsumerScope> {
+        self.pipelines
+            .iter()
+            .map(|(name, pipeline)| {
+                let scope = match self.sources.get(&pipeline.source) {
+                    Some(source) => source.consumer_scope(&pipeline.source, name),
+                    None => ConsumerScope::local(&pipeline.source, name),
+                };
+                (name.clone(), scope)
+            })
+            .collect()
+    }
 }
 
 /// The admin HTTP API.
@@ -340,33 +359,13 @@ impl SourceConfig {
         }
     }
 
-    /// How `pipeline`, reading this source (named `source`), is known in the checkpoint store.
-    pub fn consumer_scope(&self, source: &str, pipeline: &str) -> crate::checkpoint::ConsumerScope {
+    /// How `pipeline`, reading this source (named `source`), is known in the checkpoint store:
+    /// brokers say their own scope, other sources are in Weir's namespace.
+    pub fn consumer_scope(&self, source: &str, pipeline: &str) -> ConsumerScope {
         match self {
-            SourceConfig::Kafka(kafka) => crate::checkpoint::ConsumerScope {
-                namespace: kafka.namespace.clone().unwrap_or_else(|| {
-                    let first = kafka
-                        .connection
-                        .brokers
-                        .first()
-                        .map_or("kafka", String::as_str);
-                    first
-                        .rsplit_once(':')
-                        .map_or(first, |(host, _)| host)
-                        .to_owned()
-                }),
-                hub: kafka.connection.topic.clone(),
-                consumer_group: kafka
-                    .consumer_group
-                    .clone()
-                    .unwrap_or_else(|| pipeline.to_owned()),
-            },
+            SourceConfig::Kafka(kafka) => kafka.consumer_scope(pipeline),
             SourceConfig::EventHubs(eventhubs) => eventhubs.consumer_scope(),
-            _ => crate::checkpoint::ConsumerScope {
-                namespace: "weir".to_owned(),
-                hub: source.to_owned(),
-                consumer_group: pipeline.to_owned(),
-            },
+            _ => ConsumerScope::local(source, pipeline),
         }
     }
 }

@@ -21,3 +21,30 @@ pub mod http;
 pub mod kafka;
 pub mod stdout;
 pub mod webhook;
+
+use std::sync::Arc;
+
+use crate::checkpoint::{CheckpointError, CheckpointStore, LocalCheckpointStore};
+use crate::config::LoadedConfig;
+
+/// The checkpoint store `loaded` configures: the local directory by default, Azure Blob Storage
+/// with `[checkpoint.azure_blob]`.
+pub fn checkpoint_store(loaded: &LoadedConfig) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+    let config = &loaded.config.checkpoint;
+    match &config.azure_blob {
+        None => Ok(Arc::new(LocalCheckpointStore::new(
+            loaded.resolve(&config.dir),
+        ))),
+        #[cfg(feature = "azure")]
+        Some(blob) => Ok(Arc::new(azure_blob::checkpoint::BlobCheckpointStore::open(
+            blob,
+            loaded.config.consumer_scopes(),
+        )?)),
+        #[cfg(not(feature = "azure"))]
+        Some(blob) => Err(CheckpointError {
+            location: blob.container.clone(),
+            reason: "this build of weir has no Azure support: rebuild with `--features azure`"
+                .to_owned(),
+        }),
+    }
+}

@@ -26,8 +26,7 @@ use crate::connectors::stdout::sink as stdout;
 use crate::connectors::webhook::sink as webhook;
 use crate::event::{Event, PartitionId};
 
-/// What a sink recorded as durable for one partition, kept in the partition's checkpoint.
-pub type SinkProgress = serde_json::Value;
+pub use crate::checkpoint::SinkProgress;
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]

@@ -296,7 +296,7 @@ impl EventHubsSourceConfig {
     /// How a pipeline reading this hub is known in the checkpoint store: the namespace of the
     /// connection string's `Endpoint`, the hub and the consumer group, as the Azure SDKs' event
     /// processors name them, so that checkpoints move between Weir and an EventProcessorClient.
-    pub fn consumer_scope(&self) -> crate::checkpoint::ConsumerScope {
+    pub fn consumer_scope(&self) -> crate::event::ConsumerScope {
         let text = match (&self.connection_string, &self.connection_string_env) {
             (Some(text), _) => text.clone(),
             (None, Some(variable)) => std::env::var(variable).unwrap_or_default(),
@@ -318,7 +318,7 @@ impl EventHubsSourceConfig {
                 host.split(['/', ':']).next().unwrap_or(host).to_owned()
             })
             .unwrap_or_default();
-        crate::checkpoint::ConsumerScope {
+        crate::event::ConsumerScope {
             namespace,
             hub: self
                 .event_hub

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::{ConfigDuration, ConfigError, Document, LoadedConfig};
+use crate::event::ConsumerScope;
 
 /// How to reach a Kafka cluster (or a Kafka-compatible endpoint such as Event Hubs' or Redpanda).
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +105,32 @@ pub struct KafkaSourceConfig {
     /// backfills, benchmarks and tests; the pipeline ends when every partition has).
     #[serde(default)]
     pub stop_at_end: bool,
+}
+
+impl KafkaSourceConfig {
+    /// How `pipeline`, reading this topic, is known in the checkpoint store: `namespace` (by
+    /// default the first broker's host), the topic, and `consumer_group` (by default the
+    /// pipeline's name).
+    pub fn consumer_scope(&self, pipeline: &str) -> ConsumerScope {
+        ConsumerScope {
+            namespace: self.namespace.clone().unwrap_or_else(|| {
+                let first = self
+                    .connection
+                    .brokers
+                    .first()
+                    .map_or("kafka", String::as_str);
+                first
+                    .rsplit_once(':')
+                    .map_or(first, |(host, _)| host)
+                    .to_owned()
+            }),
+            hub: self.connection.topic.clone(),
+            consumer_group: self
+                .consumer_group
+                .clone()
+                .unwrap_or_else(|| pipeline.to_owned()),
+        }
+    }
 }
 
 fn default_fetch_max_bytes() -> i32 {
