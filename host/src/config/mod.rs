@@ -17,6 +17,10 @@ use crate::event::ConsumerScope;
 
 pub use crate::connectors::azure_blob::config::AzureBlobCheckpointConfig;
 pub use crate::connectors::delta::config::{ColumnType, ColumnValue, DeltaColumn, DeltaSinkConfig};
+pub use crate::connectors::eventhubs::config::{
+    EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
+    StartPosition,
+};
 pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
 pub use crate::connectors::http::config::HttpSourceConfig;
 pub use crate::connectors::kafka::config::{
@@ -29,10 +33,6 @@ pub use crate::generators::bookings::config::BookingsSourceConfig;
 pub use crate::generators::telemetry::config::SimulatorSourceConfig;
 pub use duration::ConfigDuration;
 pub use env::expand_env;
-pub use crate::connectors::eventhubs::config::{
-    EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
-    StartPosition,
-};
 pub(crate) use load::Document;
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 

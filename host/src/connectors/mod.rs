@@ -29,7 +29,9 @@ use crate::config::LoadedConfig;
 
 /// The checkpoint store `loaded` configures: the local directory by default, Azure Blob Storage
 /// with `[checkpoint.azure_blob]`.
-pub fn checkpoint_store(loaded: &LoadedConfig) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+pub fn checkpoint_store(
+    loaded: &LoadedConfig,
+) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
     let config = &loaded.config.checkpoint;
     match &config.azure_blob {
         None => Ok(Arc::new(LocalCheckpointStore::new(

@@ -21,8 +21,8 @@ use crate::connectors::file::source as file;
 use crate::connectors::http::source as http;
 #[cfg(feature = "kafka")]
 use crate::connectors::kafka::source as kafka;
-use crate::generators::{bookings, telemetry as simulator};
 use crate::event::{Event, PartitionId, Position};
+use crate::generators::{bookings, telemetry as simulator};
 
 pub use dispatch::Dispatcher;
 

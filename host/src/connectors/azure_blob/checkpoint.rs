@@ -25,8 +25,8 @@ use object_store::{
     PutPayload, UpdateVersion,
 };
 
-use crate::checkpoint::{MAGIC, decode, encode};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ConsumerScope, Ownership};
+use crate::checkpoint::{MAGIC, decode, encode};
 use crate::config::{AzureBlobCheckpointConfig, expand_env};
 use crate::event::{PartitionId, Position, now_millis};
 

@@ -54,7 +54,6 @@ pub struct DeltaColumn {
     pub nullable: bool,
 }
 
-
 /// Types a Delta column can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,7 +90,6 @@ pub enum ColumnValue {
     /// plugin produced (dead letters of the decoding step).
     PluginVersion,
 }
-
 
 fn default_true() -> bool {
     true

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 use crate::event::Event;
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// Files under a directory: `<dir>/<pipeline>-<partition>.jsonl`.
 #[derive(Debug)]

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 
-use crate::source::dispatch::InputProgress;
-use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 use crate::config::FileSourceConfig;
 use crate::event::{Event, now_millis, partition_for_key};
 use crate::json::{event_time_millis, top_level_field};
+use crate::source::dispatch::InputProgress;
+use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 
 /// How often a followed file is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);

@@ -17,11 +17,11 @@ use rskafka::record::Record;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use super::client;
 use crate::config::{KafkaPartitioning, KafkaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::json::top_level_field;
-use super::client;
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// Name of the header holding a record's deterministic id.
 pub const ID_HEADER: &str = "weir-id";

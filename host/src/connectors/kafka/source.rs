@@ -11,8 +11,6 @@
 //! warning, backs off and fetches again from the offset it stopped at, reconnecting, for up to
 //! the connection's `max_outage`.
 
-
-
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +20,10 @@ use bytes::Bytes;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 
-use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
 use super::client;
 use crate::config::{KafkaSourceConfig, KafkaStart, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
+use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
 
 /// A Kafka topic as a source.
 pub struct KafkaSource {

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 use crate::event::Event;
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// Prints records to standard output.
 #[derive(Debug)]

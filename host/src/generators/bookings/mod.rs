@@ -19,10 +19,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 use crate::checkpoint::CheckpointStore;
 use crate::config::BookingsSourceConfig;
 use crate::event::{Event, Position, now_millis, partition_for_key};
+use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
 use model::Model;
 
 /// How often a paced simulator sends the slots that have come due.

@@ -79,9 +79,7 @@ pub(crate) fn validate(
     {
         return Err(doc.error(
             &["sources", name, "start_time"],
-            format!(
-                "expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"
-            ),
+            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
         ));
     }
     if sim.reading_interval.get().is_zero() {

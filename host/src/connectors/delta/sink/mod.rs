@@ -46,9 +46,9 @@ use serde_json::json;
 
 use self::convert::RowConverter;
 use self::location::Location;
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 use crate::config::{DeltaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position, now_millis};
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;

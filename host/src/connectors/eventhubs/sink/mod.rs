@@ -18,11 +18,11 @@ use azure_messaging_eventhubs::models::EventData;
 use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
 use serde_json::json;
 
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 use crate::config::{EventHubsRouting, EventHubsSinkConfig};
+use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::event::{Event, Position};
 use crate::json::top_level_field;
-use crate::connectors::eventhubs::connection::{self, Connection};
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// The longest pause between two attempts at a batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

@@ -8,16 +8,15 @@
 //! event it queued, so a detached link or a dropped connection loses nothing and duplicates
 //! nothing.
 
-
 mod reader;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::source::{PartitionReader, PartitionStart, Source, SourceError};
 use crate::config::EventHubsSourceConfig;
 use crate::connectors::eventhubs::connection::{self, Connection};
+use crate::source::{PartitionReader, PartitionStart, Source, SourceError};
 pub use reader::OFFSET_PROPERTY;
 
 /// An Event Hub, read partition by partition.

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::config::{EventHubsSourceConfig, StartPosition};
+use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::source::{PartitionReader, PartitionStart, ReadOutcome, SourceError};
 

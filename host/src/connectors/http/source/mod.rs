@@ -32,10 +32,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
 use crate::config::HttpSourceConfig;
 use crate::event::{Event, PartitionId, Position, now_millis, partition_for_key};
 use crate::json::top_level_field;
+use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
 use wal::{Append, Cursor, PartitionLog};
 
 /// Prefix of the request headers kept as event properties.

@@ -14,9 +14,9 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::json;
 
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 use crate::config::{WebhookSinkConfig, expand_env};
 use crate::event::{Event, Position};
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
 
 /// The header that carries a request's deterministic id.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
