@@ -68,18 +68,15 @@ pub(crate) fn validate(
     name: &str,
     bookings: &BookingsSourceConfig,
 ) -> Result<(), ConfigError> {
-    for (key, ratio) in [
-        ("missing_payment_ratio", bookings.missing_payment_ratio),
-        ("late_payment_ratio", bookings.late_payment_ratio),
-        ("failed_payment_ratio", bookings.failed_payment_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(doc.error(
-                &["sources", name, key],
-                format!("expected a fraction between 0 and 1, found {ratio}"),
-            ));
-        }
-    }
+    crate::generators::validate_fractions(
+        doc,
+        name,
+        &[
+            ("missing_payment_ratio", bookings.missing_payment_ratio),
+            ("late_payment_ratio", bookings.late_payment_ratio),
+            ("failed_payment_ratio", bookings.failed_payment_ratio),
+        ],
+    )?;
     for (key, duration) in [
         ("booking_interval", bookings.booking_interval),
         ("payment_deadline", bookings.payment_deadline),
@@ -88,13 +85,6 @@ pub(crate) fn validate(
             return Err(doc.error(&["sources", name, key], "expected at least one second"));
         }
     }
-    if let Some(start) = &bookings.start_time
-        && chrono::DateTime::parse_from_rfc3339(start).is_err()
-    {
-        return Err(doc.error(
-            &["sources", name, "start_time"],
-            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
-        ));
-    }
+    crate::generators::validate_start_time(doc, name, bookings.start_time.as_deref())?;
     Ok(())
 }

@@ -12,21 +12,16 @@
 pub mod config;
 mod model;
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::BookingsSourceConfig;
 use crate::event::{Event, Position, now_millis, partition_for_key};
-use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
+use crate::generators::pacing::{self, GeneratorSource, Output, Steps};
 use model::Model;
-
-/// How often a paced simulator sends the slots that have come due.
-const PACING_TICK: Duration = Duration::from_millis(10);
 
 /// The event time of the first booking: the configured `start_time`; else the one saved for this
 /// source in the checkpoint store; else now (to the whole second), saved there so that a restart
@@ -36,36 +31,13 @@ pub async fn resolve_start_time(
     config: &BookingsSourceConfig,
     checkpoints: &dyn CheckpointStore,
 ) -> Result<i64, String> {
-    if let Some(text) = &config.start_time {
-        return chrono::DateTime::parse_from_rfc3339(text.trim())
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| format!("start_time `{text}` is not an RFC 3339 timestamp: {e}"));
-    }
     let key = format!("bookings-{name}-start-time");
-    let saved = checkpoints
-        .load_meta(&key)
-        .await
-        .map_err(|e| format!("cannot read the saved start time: {e}"))?;
-    if let Some(saved) = saved {
-        return saved.trim().parse::<i64>().map_err(|e| {
-            format!("the start time saved under `{key}` is `{saved}`, not epoch milliseconds: {e}")
-        });
-    }
-    let now = now_millis().div_euclid(1000) * 1000;
-    checkpoints
-        .save_meta(&key, &now.to_string())
-        .await
-        .map_err(|e| format!("cannot save the start time: {e}"))?;
-    Ok(now)
+    let start = pacing::resolve_start_time(&key, config.start_time.as_deref(), checkpoints).await?;
+    Ok(start.millis)
 }
 
 /// The booking platform.
-#[derive(Debug)]
-pub struct BookingsSource {
-    name: String,
-    config: BookingsSourceConfig,
-    model: Arc<Model>,
-}
+pub type BookingsSource = GeneratorSource<Model>;
 
 impl BookingsSource {
     /// A simulator whose first booking is at `start_time` (epoch milliseconds).
@@ -84,110 +56,43 @@ impl BookingsSource {
             late_ratio: config.late_payment_ratio,
             failed_ratio: config.failed_payment_ratio,
         };
-        BookingsSource {
+        GeneratorSource {
             name: name.to_owned(),
-            config,
+            partitions: config.partitions,
+            rate: config.rate,
+            limit: config.max_orders,
             model: Arc::new(model),
         }
     }
 }
 
-#[async_trait]
-impl Source for BookingsSource {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn partition_count(&self) -> u32 {
-        self.config.partitions
-    }
-
-    async fn open(
-        &self,
-        starts: Vec<PartitionStart>,
-    ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
-        let (dispatcher, readers) = Dispatcher::new(&self.name, self.config.partitions, &starts)?;
-        let producer = Producer {
-            model: Arc::clone(&self.model),
-            rate: self.config.rate,
-            max_orders: self.config.max_orders,
-            after: dispatcher.resume_from(),
-            partitions: self.config.partitions,
-            dispatcher,
-        };
-        tokio::spawn(producer.run());
-        Ok(readers)
-    }
-}
-
-/// The task generating slots into the dispatcher.
-struct Producer {
-    model: Arc<Model>,
-    rate: u32,
-    max_orders: Option<u64>,
-    /// Positions up to this one are already covered by every partition's checkpoint.
-    after: Option<Position>,
-    partitions: u32,
-    dispatcher: Dispatcher,
-}
-
-impl Producer {
-    async fn run(self) {
-        let width = self.model.slot_width();
-        let mut slot = self.after.map_or(0, |p| p / width);
+impl Steps for Model {
+    fn steps(&self, after: Option<Position>, limit: Option<u64>) -> Range<u64> {
+        let width = self.slot_width();
+        let first = after.map_or(0, |p| p / width);
         // The last slot that still carries a payment of the last order.
-        let end = self.max_orders.map_or(u64::MAX, |orders| {
-            orders.saturating_add(self.model.max_slots_late())
+        let end = limit.map_or(u64::MAX, |orders| {
+            orders.saturating_add(self.max_slots_late())
         });
-        if self.rate == 0 {
-            while slot < end {
-                if !self.emit(slot).await {
-                    return;
-                }
-                slot += 1;
-            }
-            return;
-        }
-        let rate = u64::from(self.rate);
-        let mut ticks = tokio::time::interval(PACING_TICK);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let started = Instant::now();
-        let mut paced: u64 = 0;
-        while slot < end {
-            ticks.tick().await;
-            if self.dispatcher.is_closed() {
-                return;
-            }
-            let due =
-                u64::try_from(started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000)
-                    .unwrap_or(u64::MAX);
-            paced = paced.max(due.saturating_sub(rate));
-            while paced < due && slot < end {
-                if !self.emit(slot).await {
-                    return;
-                }
-                paced += 1;
-                slot += 1;
-            }
-        }
+        first..end
     }
 
     /// Sends slot `slot`: its booking, then the payments due in it. False once nobody reads.
-    async fn emit(&self, slot: u64) -> bool {
-        let model = &self.model;
+    async fn emit(&self, slot: u64, limit: Option<u64>, out: &Output) -> bool {
+        let model = self;
         let width = model.slot_width();
-        let orders = self.max_orders.unwrap_or(u64::MAX);
+        let orders = limit.unwrap_or(u64::MAX);
         if slot < orders {
             let body = model.booking_body(slot);
-            if !self
-                .send(
-                    slot,
-                    slot.saturating_mul(width),
-                    body,
-                    "bookings",
-                    model.booking_time(slot),
-                )
-                .await
+            if !send(
+                out,
+                slot,
+                slot.saturating_mul(width),
+                body,
+                "bookings",
+                model.booking_time(slot),
+            )
+            .await
             {
                 return false;
             }
@@ -207,53 +112,55 @@ impl Producer {
             }
             let body = model.payment_body(order, &payment);
             let time = model.booking_time(order) + payment.delay;
-            if !self
-                .send(
-                    order,
-                    slot.saturating_mul(width) + late,
-                    body,
-                    "payments",
-                    time,
-                )
-                .await
+            if !send(
+                out,
+                order,
+                slot.saturating_mul(width) + late,
+                body,
+                "payments",
+                time,
+            )
+            .await
             {
                 return false;
             }
         }
         true
     }
+}
 
-    /// Sends one event of order `order` at `position`; false once every reader is gone.
-    async fn send(
-        &self,
-        order: u64,
-        position: Position,
-        body: String,
-        stream: &str,
-        time: i64,
-    ) -> bool {
-        if self.after.is_some_and(|after| position <= after) {
-            return true;
-        }
-        let key = Model::order_id(order);
-        let event = Event {
-            partition: partition_for_key(key.as_bytes(), self.partitions),
-            position,
-            key: Some(Bytes::from(key)),
-            event_time: Some(time),
-            enqueued_time: now_millis(),
-            properties: vec![("stream".to_owned(), stream.to_owned())],
-            body: Bytes::from(body),
-        };
-        self.dispatcher.send(event).await || !self.dispatcher.is_closed()
+/// Sends one event of order `order` at `position`; false once every reader is gone.
+async fn send(
+    out: &Output,
+    order: u64,
+    position: Position,
+    body: String,
+    stream: &str,
+    time: i64,
+) -> bool {
+    if !out.wanted(position) {
+        return true;
     }
+    let key = Model::order_id(order);
+    let event = Event {
+        partition: partition_for_key(key.as_bytes(), out.partitions()),
+        position,
+        key: Some(Bytes::from(key)),
+        event_time: Some(time),
+        enqueued_time: now_millis(),
+        properties: vec![("stream".to_owned(), stream.to_owned())],
+        body: Bytes::from(body),
+    };
+    out.send(event).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::ConfigDuration;
-    use crate::source::ReadOutcome;
+    use crate::source::{PartitionStart, ReadOutcome, Source};
 
     fn config(max_orders: u64) -> BookingsSourceConfig {
         BookingsSourceConfig {

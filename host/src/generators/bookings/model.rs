@@ -8,6 +8,7 @@
 //! stream: `slot · (K + 1)` for the booking, `slot · (K + 1) + k` for a payment `k` slots late,
 //! where `K` is the latest a payment can be.
 
+use crate::generators::random::{hash, unit};
 use crate::time::format_millis;
 
 /// Events of the catalogue: name, type, venue id.
@@ -55,26 +56,9 @@ mod tag {
     pub(super) const METHOD: u64 = 11;
 }
 
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A hash of `(seed, order, tag)` (splitmix64's finaliser, as the telemetry simulator uses).
-fn hash(seed: u64, order: u64, tag: u64) -> u64 {
-    mix64(mix64(seed ^ tag.wrapping_mul(GOLDEN)) ^ order.wrapping_add(GOLDEN))
-}
-
-fn unit(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// The parameters of one booking simulation, durations in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Model {
+pub struct Model {
     pub(crate) seed: u64,
     pub(crate) start_time: i64,
     pub(crate) interval: i64,

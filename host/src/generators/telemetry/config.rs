@@ -63,25 +63,15 @@ pub(crate) fn validate(
     if sim.devices == 0 {
         return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
     }
-    for (key, ratio) in [
-        ("jump_ratio", sim.jump_ratio),
-        ("duplicate_ratio", sim.duplicate_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(doc.error(
-                &["sources", name, key],
-                format!("expected a fraction between 0 and 1, found {ratio}"),
-            ));
-        }
-    }
-    if let Some(start) = &sim.start_time
-        && chrono::DateTime::parse_from_rfc3339(start).is_err()
-    {
-        return Err(doc.error(
-            &["sources", name, "start_time"],
-            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
-        ));
-    }
+    crate::generators::validate_fractions(
+        doc,
+        name,
+        &[
+            ("jump_ratio", sim.jump_ratio),
+            ("duplicate_ratio", sim.duplicate_ratio),
+        ],
+    )?;
+    crate::generators::validate_start_time(doc, name, sim.start_time.as_deref())?;
     if sim.reading_interval.get().is_zero() {
         return Err(doc.error(
             &["sources", name, "reading_interval"],

@@ -9,6 +9,7 @@ use std::f64::consts::TAU;
 use bytes::Bytes;
 
 use crate::event::partition_for_key;
+use crate::generators::random::{hash, unit};
 
 /// Cities the devices are spread over.
 const LOCATIONS: [&str; 10] = [
@@ -68,25 +69,6 @@ const BATTERY_REPLACED_AT: f64 = 5.0;
 const TEMPERATURE_PERIOD_MS: f64 = 6.0 * 3_600_000.0;
 /// Period of the humidity and pressure drift (a day).
 const WEATHER_PERIOD_MS: f64 = 24.0 * 3_600_000.0;
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// splitmix64's finaliser: a bijection on u64 with good avalanche.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A hash of `(seed, counter, tag)`. For a fixed seed and tag it is a bijection of `counter`.
-fn hash(seed: u64, counter: u64, tag: u64) -> u64 {
-    mix64(mix64(seed ^ tag.wrapping_mul(GOLDEN)) ^ counter.wrapping_add(GOLDEN))
-}
-
-/// A uniform number in `[0, 1)` from a hash.
-fn unit(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
 
 /// A uniform number in `[low, high)` for `(seed, counter, tag)`.
 fn uniform(seed: u64, counter: u64, tag: u64, low: f64, high: f64) -> f64 {
@@ -153,7 +135,7 @@ impl Device {
 
 /// The parameters of one simulation.
 #[derive(Debug, Clone)]
-pub(crate) struct Model {
+pub struct Model {
     pub(crate) seed: u64,
     pub(crate) devices: Vec<Device>,
     pub(crate) start_time: i64,

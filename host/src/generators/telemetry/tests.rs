@@ -4,7 +4,7 @@ use super::*;
 use crate::checkpoint::LocalCheckpointStore;
 use crate::config::ConfigDuration;
 use crate::event::partition_for_key;
-use crate::source::ReadOutcome;
+use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source};
 
 /// 2026-11-22T10:00:00Z.
 const START: i64 = 1_795_341_600_000;
