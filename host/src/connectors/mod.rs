@@ -4,7 +4,7 @@
 //! - [`kafka`]: a Kafka topic (or Event Hubs' Kafka endpoint), source and sink;
 //! - [`eventhubs`]: an Azure Event Hub (or IoT Hub's compatible endpoint), source and sink;
 //! - [`http`]: an HTTP endpoint that accepts events (source);
-//! - [`file`]: JSON Lines files, source and sink;
+//! - [`file`](mod@file): JSON Lines files, source and sink;
 //! - [`stdout`]: standard output (sink);
 //! - [`delta`]: a Delta Lake table, local or on Azure (sink);
 //! - [`webhook`]: JSON POSTs to an HTTP endpoint (sink);
