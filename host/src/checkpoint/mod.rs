@@ -19,6 +19,8 @@ use crate::event::{PartitionId, Position};
 
 pub use crate::event::ConsumerScope;
 pub use local::LocalCheckpointStore;
+// The Azure Blob store keeps checkpoints in the local store's encoding.
+#[cfg(feature = "azure")]
 pub(crate) use local::{MAGIC, decode, encode};
 
 /// What a sink recorded as durable for one partition, kept in the partition's checkpoint: each
