@@ -2,7 +2,7 @@
 //!
 //! A [`Source`] opens one [`PartitionReader`] per partition this process owns, each resuming
 //! after the position its checkpoint recorded. Sources whose input is not partitioned by nature
-//! (a file, the simulator, HTTP) read it once and spread events over partitions by key with a
+//! (a file, a generator, HTTP) read it once and spread events over partitions by key with a
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
 pub mod dispatch;
@@ -22,7 +22,7 @@ use crate::connectors::http::source as http;
 #[cfg(feature = "kafka")]
 use crate::connectors::kafka::source as kafka;
 use crate::event::{Event, PartitionId, Position};
-use crate::generators::{bookings, telemetry as simulator};
+use crate::generators::{bookings, telemetry};
 
 pub use dispatch::Dispatcher;
 
@@ -149,10 +149,10 @@ pub async fn build(
             Arc::new(file::FileSource::new(name, file))
         }
         SourceConfig::Simulator(sim) => {
-            let start_time = simulator::resolve_start_time(name, sim, checkpoints.as_ref())
+            let start_time = telemetry::resolve_start_time(name, sim, checkpoints.as_ref())
                 .await
                 .map_err(start_error)?;
-            Arc::new(simulator::SimulatorSource::new(
+            Arc::new(telemetry::SimulatorSource::new(
                 name,
                 sim.clone(),
                 start_time,
