@@ -90,3 +90,38 @@ mod tests {
         assert_eq!(partition_for_key(b"", 1), 0);
     }
 }
+
+/// Who reads a stream, as the Azure SDKs name it in their checkpoint store: the blob layout is
+/// `<namespace>/<hub>/<consumer group>/{checkpoint,ownership}/<partition>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConsumerScope {
+    /// The fully qualified namespace (`myns.servicebus.windows.net`) or, for Kafka, the cluster.
+    pub namespace: String,
+    /// The Event Hub or Kafka topic.
+    pub hub: String,
+    /// The consumer group.
+    pub consumer_group: String,
+}
+
+impl ConsumerScope {
+    /// The scope of `pipeline` reading `source`, a source that is no shared stream (a file, HTTP,
+    /// a generator): in Weir's own namespace, the source's name as the stream.
+    pub fn local(source: &str, pipeline: &str) -> Self {
+        ConsumerScope {
+            namespace: "weir".to_owned(),
+            hub: source.to_owned(),
+            consumer_group: pipeline.to_owned(),
+        }
+    }
+
+    /// The blob-name prefix of this scope: namespace, hub and group folded to ASCII lower case, as
+    /// the Azure SDKs do (Event Hubs treats those names case-insensitively).
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.namespace.to_ascii_lowercase(),
+            self.hub.to_ascii_lowercase(),
+            self.consumer_group.to_ascii_lowercase()
+        )
+    }
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use weir::config::SimulatorSourceConfig;
 use weir::event::Event;
+use weir::generators::telemetry::SimulatorSource;
 use weir::metrics::Metrics;
 use weir::plugin::loading::spawn_load;
 use weir::plugin::slot::SlotSetup;
@@ -23,7 +24,6 @@ use weir::plugin::{
     InstanceSettings, KeyedState, PluginEngine, PluginRegistry, PluginScope, PluginSlot,
     RollbackPolicy, SlotControl as _, VersionOrigin,
 };
-use weir::source::simulator::SimulatorSource;
 use weir::source::{PartitionStart, ReadOutcome, Source};
 use weir::stage::{Stage, StageOutput, WasmTransformStage};
 

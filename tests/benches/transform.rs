@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use weir::config::SimulatorSourceConfig;
 use weir::event::Event;
+use weir::generators::telemetry::SimulatorSource;
 use weir::plugin::{InstanceSettings, KeyedState, PluginEngine, PluginScope};
-use weir::source::simulator::SimulatorSource;
 use weir::source::{PartitionStart, ReadOutcome, Source};
 use weir::stage::{Stage, StageOutput, WasmTransformStage};
 use weir_sdk::testing::{NativeRunner, TestEvent, batch_of};

@@ -172,7 +172,7 @@ fn open_store(
     std::sync::Arc<dyn weir::checkpoint::CheckpointStore>,
 ) {
     let loaded = weir::config::load(config).expect("config");
-    let store = weir::checkpoint::build(&loaded).expect("checkpoint store");
+    let store = weir::connectors::checkpoint_store(&loaded).expect("checkpoint store");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

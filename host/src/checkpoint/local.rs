@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{Checkpoint, CheckpointError, CheckpointStore, Ownership};
 use crate::event::{PartitionId, now_millis};
 
-pub(super) const MAGIC: &[u8; 8] = b"WEIRCKP1";
+pub(crate) const MAGIC: &[u8; 8] = b"WEIRCKP1";
 
 /// A checkpoint store in a local directory.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ fn error(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
 }
 
 /// Encodes a checkpoint in the file format described in the module documentation.
-pub(super) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
+pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Error> {
     let header = Header {
         checkpoint: checkpoint.clone(),
         stage_sizes: checkpoint
@@ -104,7 +104,7 @@ pub(super) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Err
     Ok(out)
 }
 
-pub(super) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let body_len = bytes.len().checked_sub(32).ok_or("file is too short")?;
     let (body, digest) = bytes.split_at(body_len);
     if Sha256::digest(body).as_slice() != digest {

@@ -8,8 +8,6 @@
 //! event processors, so two processes never both win the same partition.
 //! [`crate::pipeline`]'s ownership loop balances the partitions over the processes.
 
-#[cfg(feature = "azure")]
-pub mod blob;
 mod local;
 
 use std::collections::BTreeMap;
@@ -18,13 +16,16 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{PartitionId, Position};
-use crate::sink::SinkProgress;
 
+pub use crate::event::ConsumerScope;
 pub use local::LocalCheckpointStore;
+// The Azure Blob store keeps checkpoints in the local store's encoding.
+#[cfg(feature = "azure")]
+pub(crate) use local::{MAGIC, decode, encode};
 
-use std::sync::Arc;
-
-use crate::config::LoadedConfig;
+/// What a sink recorded as durable for one partition, kept in the partition's checkpoint: each
+/// sink decides its shape, and gets it back when its writer is reopened.
+pub type SinkProgress = serde_json::Value;
 
 /// Why the checkpoint store failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,31 +55,6 @@ pub struct Checkpoint {
     /// kept for other readers of the store such as the Azure SDKs' event processors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_offset: Option<String>,
-}
-
-/// Who reads a stream, as the Azure SDKs name it in their checkpoint store: the blob layout is
-/// `<namespace>/<hub>/<consumer group>/{checkpoint,ownership}/<partition>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ConsumerScope {
-    /// The fully qualified namespace (`myns.servicebus.windows.net`) or, for Kafka, the cluster.
-    pub namespace: String,
-    /// The Event Hub or Kafka topic.
-    pub hub: String,
-    /// The consumer group.
-    pub consumer_group: String,
-}
-
-impl ConsumerScope {
-    /// The blob-name prefix of this scope: namespace, hub and group folded to ASCII lower case, as
-    /// the Azure SDKs do (Event Hubs treats those names case-insensitively).
-    pub fn prefix(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.namespace.to_ascii_lowercase(),
-            self.hub.to_ascii_lowercase(),
-            self.consumer_group.to_ascii_lowercase()
-        )
-    }
 }
 
 /// The ownership record of one partition.
@@ -143,47 +119,4 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Where the store keeps its data, for people.
     fn describe(&self) -> String;
-}
-
-/// The checkpoint store `loaded` configures: the local directory by default, Azure Blob Storage
-/// with `[checkpoint.azure_blob]`.
-pub fn build(loaded: &LoadedConfig) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
-    let config = &loaded.config.checkpoint;
-    match &config.azure_blob {
-        None => Ok(Arc::new(LocalCheckpointStore::new(
-            loaded.resolve(&config.dir),
-        ))),
-        #[cfg(feature = "azure")]
-        Some(blob) => Ok(Arc::new(blob::BlobCheckpointStore::open(
-            blob,
-            consumer_scopes(loaded),
-        )?)),
-        #[cfg(not(feature = "azure"))]
-        Some(blob) => Err(CheckpointError {
-            location: blob.container.clone(),
-            reason: "this build of weir has no Azure support: rebuild with `--features azure`"
-                .to_owned(),
-        }),
-    }
-}
-
-/// The consumer scope of every pipeline: its source's namespace and stream, and its consumer
-/// group.
-pub fn consumer_scopes(loaded: &LoadedConfig) -> std::collections::HashMap<String, ConsumerScope> {
-    let config = &loaded.config;
-    config
-        .pipelines
-        .iter()
-        .map(|(name, pipeline)| {
-            let scope = match config.sources.get(&pipeline.source) {
-                Some(source) => source.consumer_scope(&pipeline.source, name),
-                None => ConsumerScope {
-                    namespace: "weir".to_owned(),
-                    hub: pipeline.source.clone(),
-                    consumer_group: name.clone(),
-                },
-            };
-            (name.clone(), scope)
-        })
-        .collect()
 }

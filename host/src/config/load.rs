@@ -1,6 +1,6 @@
 //! Reading a configuration file and refusing a bad one with the file, line, key and expectation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -115,7 +115,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
 }
 
 /// The text of a configuration file, for locating keys in error messages.
-pub(super) struct Document<'a> {
+pub(crate) struct Document<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -208,7 +208,7 @@ impl Document<'_> {
     }
 
     /// An error at the key path `keys`.
-    pub(super) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.error_at(self.span_of(&keys), &keys, message.into())
     }
@@ -368,90 +368,16 @@ fn validate_sources(doc: &Document<'_>, config: &Config) -> Result<(), ConfigErr
             ));
         }
         if let SourceConfig::EventHubs(eventhubs) = source {
-            super::eventhubs::validate_source(doc, name, eventhubs)?;
+            crate::connectors::eventhubs::config::validate_source(doc, name, eventhubs)?;
         }
         if let SourceConfig::Simulator(sim) = source {
-            validate_simulator(doc, name, sim)?;
+            crate::generators::telemetry::config::validate(doc, name, sim)?;
         }
     }
     for (name, source) in &config.sources {
         if let SourceConfig::Bookings(bookings) = source {
-            validate_bookings(doc, name, bookings)?;
+            crate::generators::bookings::config::validate(doc, name, bookings)?;
         }
-    }
-    Ok(())
-}
-
-/// The telemetry simulator: devices, fractions, start time and interval.
-fn validate_simulator(
-    doc: &Document<'_>,
-    name: &str,
-    sim: &super::SimulatorSourceConfig,
-) -> Result<(), ConfigError> {
-    if sim.devices == 0 {
-        return Err(doc.error(&["sources", name, "devices"], "expected at least 1 device"));
-    }
-    for (key, ratio) in [
-        ("jump_ratio", sim.jump_ratio),
-        ("duplicate_ratio", sim.duplicate_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(doc.error(
-                &["sources", name, key],
-                format!("expected a fraction between 0 and 1, found {ratio}"),
-            ));
-        }
-    }
-    if let Some(start) = &sim.start_time
-        && chrono::DateTime::parse_from_rfc3339(start).is_err()
-    {
-        return Err(doc.error(
-            &["sources", name, "start_time"],
-            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
-        ));
-    }
-    if sim.reading_interval.get().is_zero() {
-        return Err(doc.error(
-            &["sources", name, "reading_interval"],
-            "expected a duration above zero",
-        ));
-    }
-    Ok(())
-}
-
-/// The bookings generator: fractions, intervals and start time.
-fn validate_bookings(
-    doc: &Document<'_>,
-    name: &str,
-    bookings: &super::BookingsSourceConfig,
-) -> Result<(), ConfigError> {
-    for (key, ratio) in [
-        ("missing_payment_ratio", bookings.missing_payment_ratio),
-        ("late_payment_ratio", bookings.late_payment_ratio),
-        ("failed_payment_ratio", bookings.failed_payment_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(doc.error(
-                &["sources", name, key],
-                format!("expected a fraction between 0 and 1, found {ratio}"),
-            ));
-        }
-    }
-    for (key, duration) in [
-        ("booking_interval", bookings.booking_interval),
-        ("payment_deadline", bookings.payment_deadline),
-    ] {
-        if duration.get().as_millis() < 1000 {
-            return Err(doc.error(&["sources", name, key], "expected at least one second"));
-        }
-    }
-    if let Some(start) = &bookings.start_time
-        && chrono::DateTime::parse_from_rfc3339(start).is_err()
-    {
-        return Err(doc.error(
-            &["sources", name, "start_time"],
-            format!("expected an RFC 3339 time such as `2026-01-01T00:00:00Z`, found `{start}`"),
-        ));
     }
     Ok(())
 }
@@ -460,26 +386,19 @@ fn validate_bookings(
 fn validate_sinks(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
     for (name, sink) in &loaded.config.sinks {
         match sink {
-            SinkConfig::Delta(delta) => validate_delta(doc, name, delta)?,
-            SinkConfig::Webhook(webhook) => validate_webhook(doc, name, webhook)?,
+            SinkConfig::Delta(delta) => {
+                crate::connectors::delta::config::validate_sink(doc, name, delta)?;
+            }
+            SinkConfig::Webhook(webhook) => {
+                crate::connectors::webhook::config::validate_sink(doc, name, webhook)?;
+            }
             SinkConfig::Kafka(kafka) => {
-                validate_kafka(loaded, doc, &["sinks", name], &kafka.connection)?;
-                if kafka.batch_max_records == 0 {
-                    return Err(
-                        doc.error(&["sinks", name, "batch_max_records"], "expected at least 1")
-                    );
-                }
+                crate::connectors::kafka::config::validate_sink(loaded, doc, name, kafka)?;
             }
             _ => {}
         }
         if let SinkConfig::EventHubs(eventhubs) = sink {
-            super::eventhubs::validate_connection(doc, &["sinks", name], &eventhubs.connection())?;
-            if eventhubs.max_attempts == 0 {
-                return Err(doc.error(
-                    &["sinks", name, "max_attempts"],
-                    "expected at least 1 attempt per batch",
-                ));
-            }
+            crate::connectors::eventhubs::config::validate_sink(doc, name, eventhubs)?;
         }
     }
     Ok(())
@@ -489,13 +408,7 @@ fn validate_sinks(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), Confi
 fn validate_kafka_sources(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
     for (name, source) in &loaded.config.sources {
         if let SourceConfig::Kafka(kafka) = source {
-            validate_kafka(loaded, doc, &["sources", name], &kafka.connection)?;
-            if kafka.fetch_max_bytes < 1024 {
-                return Err(doc.error(
-                    &["sources", name, "fetch_max_bytes"],
-                    format!("expected at least 1024, found {}", kafka.fetch_max_bytes),
-                ));
-            }
+            crate::connectors::kafka::config::validate_source(loaded, doc, name, kafka)?;
         }
     }
     Ok(())
@@ -655,127 +568,6 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
             &["plugins", "max_memory_bytes"],
             "expected at least 1048576 (1 MiB)",
         ));
-    }
-    Ok(())
-}
-
-fn validate_kafka(
-    loaded: &LoadedConfig,
-    doc: &Document<'_>,
-    at: &[&str],
-    connection: &super::KafkaConnection,
-) -> Result<(), ConfigError> {
-    let key = |k: &'static str| {
-        let mut keys = at.to_vec();
-        keys.push(k);
-        keys
-    };
-    let nested = |table: &'static str, k: &'static str| {
-        let mut keys = at.to_vec();
-        keys.extend([table, k]);
-        keys
-    };
-    if let Some(sasl) = &connection.sasl {
-        if sasl.username.trim().is_empty() {
-            return Err(doc.error(
-                &nested("sasl", "username"),
-                "expected a user name (Event Hubs: `$ConnectionString`)",
-            ));
-        }
-        if sasl.password.is_empty() {
-            return Err(doc.error(
-                &nested("sasl", "password"),
-                "expected a password (Event Hubs: the connection string, or `${NAME}` for an environment variable)",
-            ));
-        }
-    }
-    if let Some(ca_file) = connection.tls.as_ref().and_then(|tls| tls.ca_file.as_ref())
-        && !loaded.resolve(ca_file).is_file()
-    {
-        return Err(doc.error(
-            &nested("tls", "ca_file"),
-            format!(
-                "expected a PEM file of certificate authorities, found no file at {}",
-                loaded.resolve(ca_file).display()
-            ),
-        ));
-    }
-    if connection.brokers.is_empty() {
-        return Err(doc.error(&key("brokers"), "expected at least one `host:port`"));
-    }
-    for broker in &connection.brokers {
-        let port = broker.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
-        if !matches!(port, Some(Ok(_))) {
-            return Err(doc.error(
-                &key("brokers"),
-                format!("expected `host:port`, found `{broker}`"),
-            ));
-        }
-    }
-    if connection.topic.trim().is_empty() {
-        return Err(doc.error(&key("topic"), "expected a topic name"));
-    }
-    Ok(())
-}
-
-fn validate_webhook(
-    doc: &Document<'_>,
-    name: &str,
-    webhook: &super::WebhookSinkConfig,
-) -> Result<(), ConfigError> {
-    let url = webhook.url.trim();
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(doc.error(
-            &["sinks", name, "url"],
-            format!(
-                "expected an http:// or https:// URL, found `{}`",
-                webhook.url
-            ),
-        ));
-    }
-    if webhook.batch_max_records == 0 {
-        return Err(doc.error(&["sinks", name, "batch_max_records"], "expected at least 1"));
-    }
-    if webhook.max_backoff.get() < webhook.initial_backoff.get() {
-        return Err(doc.error(
-            &["sinks", name, "max_backoff"],
-            "expected at least `initial_backoff`",
-        ));
-    }
-    Ok(())
-}
-
-fn validate_delta(
-    doc: &Document<'_>,
-    name: &str,
-    delta: &super::DeltaSinkConfig,
-) -> Result<(), ConfigError> {
-    if delta.columns.is_empty() {
-        return Err(doc.error(&["sinks", name, "columns"], "expected at least one column"));
-    }
-    let mut seen = BTreeSet::new();
-    for (index, column) in delta.columns.iter().enumerate() {
-        let index_key = index.to_string();
-        if !seen.insert(column.name.as_str()) {
-            return Err(doc.error(
-                &["sinks", name, "columns", &index_key, "name"],
-                format!("column `{}` is defined twice", column.name),
-            ));
-        }
-        if column.from.is_some() && column.value.is_some() {
-            return Err(doc.error(
-                &["sinks", name, "columns", &index_key],
-                "a column takes its value either `from` a field or from a metadata `value`, not both",
-            ));
-        }
-    }
-    for (index, partition_column) in delta.partition_by.iter().enumerate() {
-        if !seen.contains(partition_column.as_str()) {
-            return Err(doc.error(
-                &["sinks", name, "partition_by", &index.to_string()],
-                format!("partition column `{partition_column}` is not one of the table's columns"),
-            ));
-        }
     }
     Ok(())
 }

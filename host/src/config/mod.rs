@@ -4,9 +4,8 @@
 //! key and what was expected (see [`load`]). Relative paths are resolved against the directory of
 //! the configuration file.
 
-mod connectors;
 mod duration;
-mod eventhubs;
+mod env;
 mod load;
 mod stage;
 
@@ -15,15 +14,27 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use connectors::{
-    AzureBlobCheckpointConfig, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
-    KafkaSourceConfig, KafkaStart, KafkaTls, SaslMechanism, WebhookSinkConfig, expand_env,
-};
-pub use duration::ConfigDuration;
-pub use eventhubs::{
+use crate::event::ConsumerScope;
+
+pub use crate::connectors::azure_blob::config::AzureBlobCheckpointConfig;
+pub use crate::connectors::delta::config::{ColumnType, ColumnValue, DeltaColumn, DeltaSinkConfig};
+pub use crate::connectors::eventhubs::config::{
     EventHubsConnectionConfig, EventHubsRouting, EventHubsSinkConfig, EventHubsSourceConfig,
     StartPosition,
 };
+pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
+pub use crate::connectors::http::config::HttpSourceConfig;
+pub use crate::connectors::kafka::config::{
+    KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig, KafkaSourceConfig, KafkaStart,
+    KafkaTls, SaslMechanism,
+};
+pub use crate::connectors::stdout::config::StdoutSinkConfig;
+pub use crate::connectors::webhook::config::WebhookSinkConfig;
+pub use crate::generators::bookings::config::BookingsSourceConfig;
+pub use crate::generators::telemetry::config::SimulatorSourceConfig;
+pub use duration::ConfigDuration;
+pub use env::expand_env;
+pub(crate) use load::Document;
 pub use load::{ConfigError, LoadedConfig, load, load_str};
 use stage::StageTable;
 pub use stage::{
@@ -60,6 +71,23 @@ pub struct Config {
     /// How the process behaves as a service.
     #[serde(default)]
     pub service: ServiceConfig,
+}
+
+impl Config {
+    /// The consumer scope of every pipeline: its source's namespace and stream, and its consumer
+    /// group.
+    pub fn consumer_scopes(&self) -> std::collections::HashMap<String, ConsumerScope> {
+        self.pipelines
+            .iter()
+            .map(|(name, pipeline)| {
+                let scope = match self.sources.get(&pipeline.source) {
+                    Some(source) => source.consumer_scope(&pipeline.source, name),
+                    None => ConsumerScope::local(&pipeline.source, name),
+                };
+                (name.clone(), scope)
+            })
+            .collect()
+    }
 }
 
 /// The admin HTTP API.
@@ -337,216 +365,15 @@ impl SourceConfig {
         }
     }
 
-    /// How `pipeline`, reading this source (named `source`), is known in the checkpoint store.
-    pub fn consumer_scope(&self, source: &str, pipeline: &str) -> crate::checkpoint::ConsumerScope {
+    /// How `pipeline`, reading this source (named `source`), is known in the checkpoint store:
+    /// brokers say their own scope, other sources are in Weir's namespace.
+    pub fn consumer_scope(&self, source: &str, pipeline: &str) -> ConsumerScope {
         match self {
-            SourceConfig::Kafka(kafka) => crate::checkpoint::ConsumerScope {
-                namespace: kafka.namespace.clone().unwrap_or_else(|| {
-                    let first = kafka
-                        .connection
-                        .brokers
-                        .first()
-                        .map_or("kafka", String::as_str);
-                    first
-                        .rsplit_once(':')
-                        .map_or(first, |(host, _)| host)
-                        .to_owned()
-                }),
-                hub: kafka.connection.topic.clone(),
-                consumer_group: kafka
-                    .consumer_group
-                    .clone()
-                    .unwrap_or_else(|| pipeline.to_owned()),
-            },
+            SourceConfig::Kafka(kafka) => kafka.consumer_scope(pipeline),
             SourceConfig::EventHubs(eventhubs) => eventhubs.consumer_scope(),
-            _ => crate::checkpoint::ConsumerScope {
-                namespace: "weir".to_owned(),
-                hub: source.to_owned(),
-                consumer_group: pipeline.to_owned(),
-            },
+            _ => ConsumerScope::local(source, pipeline),
         }
     }
-}
-
-/// The telemetry simulator: devices reporting temperature, humidity, pressure, battery and signal.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatorSourceConfig {
-    /// Number of partitions; events are partitioned by `DeviceId`.
-    #[serde(default = "default_partitions")]
-    pub partitions: u32,
-    /// Number of simulated devices.
-    #[serde(default = "default_devices")]
-    pub devices: u32,
-    /// Events per second over all devices; 0 produces as fast as the pipeline consumes.
-    #[serde(default = "default_rate")]
-    pub rate: u32,
-    /// Stop after this many readings (duplicates not counted); absent runs until stopped.
-    #[serde(default)]
-    pub max_events: Option<u64>,
-    /// Seed of the generator: the same seed gives the same events.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    /// Event time of the first reading (RFC 3339). Absent: the time of the pipeline's first start,
-    /// kept in the checkpoint store so that a restart replays the same events.
-    #[serde(default)]
-    pub start_time: Option<String>,
-    /// Event time between two readings of the same device.
-    #[serde(default = "default_reading_interval")]
-    pub reading_interval: ConfigDuration,
-    /// Fraction of readings with a sudden temperature jump.
-    #[serde(default = "default_jump_ratio")]
-    pub jump_ratio: f64,
-    /// Fraction of readings sent twice, as the streaming-at-scale samples inject.
-    #[serde(default = "default_duplicate_ratio")]
-    pub duplicate_ratio: f64,
-}
-
-fn default_partitions() -> u32 {
-    4
-}
-fn default_devices() -> u32 {
-    20
-}
-fn default_rate() -> u32 {
-    1000
-}
-fn default_seed() -> u64 {
-    1
-}
-fn default_reading_interval() -> ConfigDuration {
-    ConfigDuration::from_millis(10_000)
-}
-fn default_jump_ratio() -> f64 {
-    0.05
-}
-fn default_duplicate_ratio() -> f64 {
-    0.001
-}
-
-/// A cinema, concert and theatre booking platform: a stream of bookings (an order with its seats)
-/// and a stream of payments, in one source, partitioned by `OrderId` so that an order's booking
-/// and payment meet in the same partition. Some payments come late, some never, some fail.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BookingsSourceConfig {
-    /// Number of partitions; events are partitioned by `OrderId`.
-    #[serde(default = "default_partitions")]
-    pub partitions: u32,
-    /// Orders per second; 0 produces as fast as the pipeline consumes.
-    #[serde(default = "default_booking_rate")]
-    pub rate: u32,
-    /// Stop after this many orders (their payments included); absent runs until stopped.
-    #[serde(default)]
-    pub max_orders: Option<u64>,
-    /// Seed of the generator: the same seed gives the same events.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    /// Event time of the first booking (RFC 3339). Absent: the time of the pipeline's first start,
-    /// kept in the checkpoint store so that a restart replays the same events.
-    #[serde(default)]
-    pub start_time: Option<String>,
-    /// Event time between two bookings.
-    #[serde(default = "default_booking_interval")]
-    pub booking_interval: ConfigDuration,
-    /// A payment on time comes within this long after its booking; a late one after it.
-    #[serde(default = "default_payment_deadline")]
-    pub payment_deadline: ConfigDuration,
-    /// Fraction of orders never paid.
-    #[serde(default = "default_missing_payment_ratio")]
-    pub missing_payment_ratio: f64,
-    /// Fraction of payments made after the deadline (up to three times it).
-    #[serde(default = "default_late_payment_ratio")]
-    pub late_payment_ratio: f64,
-    /// Fraction of payments with the status `Failed`.
-    #[serde(default = "default_failed_payment_ratio")]
-    pub failed_payment_ratio: f64,
-}
-
-fn default_booking_rate() -> u32 {
-    200
-}
-fn default_booking_interval() -> ConfigDuration {
-    ConfigDuration::from_millis(1_000)
-}
-fn default_payment_deadline() -> ConfigDuration {
-    ConfigDuration::from_millis(120_000)
-}
-fn default_missing_payment_ratio() -> f64 {
-    0.05
-}
-fn default_late_payment_ratio() -> f64 {
-    0.05
-}
-fn default_failed_payment_ratio() -> f64 {
-    0.05
-}
-
-/// Replay of a JSON Lines file, one event per line.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// The file to read.
-    pub path: PathBuf,
-    /// Number of partitions the lines are spread over.
-    #[serde(default = "default_one_partition")]
-    pub partitions: u32,
-    /// Top-level JSON field whose value is the partition key; absent spreads lines round-robin.
-    #[serde(default)]
-    pub key_field: Option<String>,
-    /// Keep reading as the file grows, instead of ending at its end.
-    #[serde(default)]
-    pub follow: bool,
-    /// Top-level JSON field holding the time each event was enqueued (RFC 3339 text or epoch
-    /// milliseconds), for replaying a capture of a broker's stream with its arrival times; absent
-    /// (or unreadable in a line): the time the line is read.
-    #[serde(default)]
-    pub enqueued_time_field: Option<String>,
-}
-
-fn default_one_partition() -> u32 {
-    1
-}
-
-/// An HTTP ingest endpoint: `POST /events` with one JSON event or NDJSON.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSourceConfig {
-    /// Address to listen on.
-    #[serde(default = "default_http_address")]
-    pub address: String,
-    /// Number of partitions.
-    #[serde(default = "default_one_partition")]
-    pub partitions: u32,
-    /// Request header carrying the partition key.
-    #[serde(default = "default_key_header")]
-    pub key_header: String,
-    /// Top-level JSON field used as partition key when the header is absent.
-    #[serde(default)]
-    pub key_field: Option<String>,
-    /// Directory of the write-ahead log that makes accepted events durable before the reply.
-    #[serde(default)]
-    pub wal_dir: Option<PathBuf>,
-    /// Largest request body accepted, in bytes.
-    #[serde(default = "default_max_request_bytes")]
-    pub max_request_bytes: usize,
-    /// Size at which a write-ahead log segment is closed and a new one started, in bytes. Whole
-    /// segments below every reader's checkpoint are deleted.
-    #[serde(default = "default_wal_segment_bytes")]
-    pub wal_segment_bytes: u64,
-}
-
-fn default_http_address() -> String {
-    "127.0.0.1:8080".to_owned()
-}
-fn default_key_header() -> String {
-    "x-partition-key".to_owned()
-}
-fn default_max_request_bytes() -> usize {
-    16 * 1024 * 1024
-}
-fn default_wal_segment_bytes() -> u64 {
-    64 * 1024 * 1024
 }
 
 /// One sink. `kind` selects the connector.
@@ -567,111 +394,6 @@ pub enum SinkConfig {
     #[serde(rename = "eventhubs")]
     EventHubs(EventHubsSinkConfig),
 }
-
-/// A Delta Lake table with an explicit schema.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeltaSinkConfig {
-    /// Table location: a local directory, or on Azure Data Lake Storage Gen2 / Blob Storage
-    /// `abfss://<container>@<account>.dfs.core.windows.net/<path>` or `az://<container>/<path>`.
-    pub path: String,
-    /// Options of the table's object store (for Azure: `azure_storage_account_name`,
-    /// `azure_storage_account_key`, `azure_client_id`, `azure_storage_endpoint`, …); `${NAME}` in
-    /// a value is replaced by the environment variable `NAME`. Without credentials here, the
-    /// `AZURE_*` environment variables and managed identity are used.
-    #[serde(default)]
-    pub storage_options: BTreeMap<String, String>,
-    /// Columns of the table, in order.
-    pub columns: Vec<DeltaColumn>,
-    /// Columns the table is partitioned by (each must be one of `columns`).
-    #[serde(default)]
-    pub partition_by: Vec<String>,
-    /// Commit early once this many rows are buffered (a checkpoint always commits).
-    #[serde(default = "default_max_buffered_rows")]
-    pub max_buffered_rows: usize,
-}
-
-fn default_max_buffered_rows() -> usize {
-    200_000
-}
-
-/// One column of a Delta table and where its value comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeltaColumn {
-    /// Column name.
-    pub name: String,
-    /// Column type.
-    #[serde(rename = "type")]
-    pub data_type: ColumnType,
-    /// Top-level field of the record's JSON that fills the column; defaults to `name`.
-    #[serde(default)]
-    pub from: Option<String>,
-    /// Fill the column from the record's metadata instead of its JSON.
-    #[serde(default)]
-    pub value: Option<ColumnValue>,
-    /// Whether the column may be null; a non-nullable column missing from a record sends the
-    /// record to the dead-letter sink.
-    #[serde(default = "default_true")]
-    pub nullable: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// Types a Delta column can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// UTF-8 text.
-    String,
-    /// 64-bit signed integer.
-    Long,
-    /// 32-bit signed integer.
-    Integer,
-    /// 64-bit float.
-    Double,
-    /// Boolean.
-    Boolean,
-    /// Instant with microsecond precision, UTC (from RFC 3339 text or epoch milliseconds).
-    Timestamp,
-    /// Calendar date (from `YYYY-MM-DD`, or the UTC date of a timestamp).
-    Date,
-}
-
-/// Record metadata a column can be filled from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnValue {
-    /// When the sink received the record.
-    IngestionTime,
-    /// The event time of the input event the record derives from.
-    EventTime,
-    /// The source partition.
-    Partition,
-    /// The source position of the input event the record derives from.
-    Position,
-    /// The version (content hash) of the plugin that produced the record; null for records no
-    /// plugin produced (dead letters of the decoding step).
-    PluginVersion,
-}
-
-/// JSON Lines files under a directory, one file per pipeline and partition
-/// (`<path>/<pipeline>-<partition>.jsonl`), truncated back to the last checkpoint on recovery so
-/// that every record is written exactly once.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// Directory of the files.
-    pub path: PathBuf,
-}
-
-/// Standard output. At-least-once: records after the last checkpoint are printed again after a
-/// crash.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {}
 
 /// A pipeline: events of one source through a chain of stages into sinks.
 #[derive(Debug, Clone, Deserialize)]
@@ -786,4 +508,8 @@ fn default_batch_max_events() -> usize {
 }
 fn default_batch_max_wait() -> ConfigDuration {
     ConfigDuration::from_millis(100)
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -249,7 +249,7 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let engine = PluginEngine::new()
         .map_err(StartError::Engine)?
         .with_cache(&store.compiled_dir());
-    let checkpoints: Arc<dyn CheckpointStore> = crate::checkpoint::build(loaded)?;
+    let checkpoints: Arc<dyn CheckpointStore> = crate::connectors::checkpoint_store(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a

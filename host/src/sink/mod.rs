@@ -9,27 +9,24 @@
 //! - stdout, Kafka, Event Hubs, webhooks: at least once (Kafka records, Event Hubs messages and
 //!   webhook requests carry a deterministic id so that receivers can drop repeats).
 
-pub mod file;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod stdout;
-#[cfg(feature = "webhook")]
-pub mod webhook;
-
-#[cfg(feature = "delta")]
-pub mod delta;
-#[cfg(feature = "eventhubs")]
-pub mod eventhubs;
-
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::config::{LoadedConfig, SinkConfig};
+#[cfg(feature = "delta")]
+use crate::connectors::delta::sink as delta;
+#[cfg(feature = "eventhubs")]
+use crate::connectors::eventhubs::sink as eventhubs;
+use crate::connectors::file::sink as file;
+#[cfg(feature = "kafka")]
+use crate::connectors::kafka::sink as kafka;
+use crate::connectors::stdout::sink as stdout;
+#[cfg(feature = "webhook")]
+use crate::connectors::webhook::sink as webhook;
 use crate::event::{Event, PartitionId};
 
-/// What a sink recorded as durable for one partition, kept in the partition's checkpoint.
-pub type SinkProgress = serde_json::Value;
+pub use crate::checkpoint::SinkProgress;
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]

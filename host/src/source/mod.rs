@@ -2,18 +2,10 @@
 //!
 //! A [`Source`] opens one [`PartitionReader`] per partition this process owns, each resuming
 //! after the position its checkpoint recorded. Sources whose input is not partitioned by nature
-//! (a file, the simulator, HTTP) read it once and spread events over partitions by key with a
+//! (a file, a generator, HTTP) read it once and spread events over partitions by key with a
 //! [`Dispatcher`]; brokers (Event Hubs, Kafka) read their partitions directly.
 
-pub mod bookings;
 pub mod dispatch;
-#[cfg(feature = "eventhubs")]
-pub mod eventhubs;
-pub mod file;
-pub mod http;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod simulator;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +15,14 @@ use async_trait::async_trait;
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, SourceConfig};
+#[cfg(feature = "eventhubs")]
+use crate::connectors::eventhubs::source as eventhubs;
+use crate::connectors::file::source as file;
+use crate::connectors::http::source as http;
+#[cfg(feature = "kafka")]
+use crate::connectors::kafka::source as kafka;
 use crate::event::{Event, PartitionId, Position};
+use crate::generators::{bookings, telemetry};
 
 pub use dispatch::Dispatcher;
 
@@ -150,10 +149,10 @@ pub async fn build(
             Arc::new(file::FileSource::new(name, file))
         }
         SourceConfig::Simulator(sim) => {
-            let start_time = simulator::resolve_start_time(name, sim, checkpoints.as_ref())
+            let start_time = telemetry::resolve_start_time(name, sim, checkpoints.as_ref())
                 .await
                 .map_err(start_error)?;
-            Arc::new(simulator::SimulatorSource::new(
+            Arc::new(telemetry::SimulatorSource::new(
                 name,
                 sim.clone(),
                 start_time,

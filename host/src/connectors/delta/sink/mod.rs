@@ -1,0 +1,760 @@
+//! Delta Lake tables, exactly once.
+//!
+//! One [`DeltaSink`] per configured table. All the writers of a table (one per pipeline partition)
+//! share one buffer of converted rows and one committer:
+//!
+//! - [`SinkWriter::write`] converts records to arrow rows (refusing those that do not fit the
+//!   schema) and adds them to the shared buffer; once the buffer holds `max_buffered_rows` rows,
+//!   everything buffered is committed.
+//! - [`SinkWriter::flush`] commits everything buffered (every partition's rows) when the calling
+//!   partition has rows buffered, and returns that partition's progress
+//!   `{"position": <highest position in the table or null>, "table_version": <delta version>}`.
+//!   Commits are serialized; a flush with nothing of its own buffered makes no commit.
+//! - Every commit carries, for each (pipeline, partition) with rows in it, a transaction action
+//!   with app id `weir/{pipeline}/{sink}/{partition}` and version = the highest source position
+//!   of that partition's rows in the table. [`Sink::open_writer`] reads that version back and the
+//!   writer skips every record at or below it: a replay from an older checkpoint never writes a
+//!   row twice, whatever the checkpoint says.
+//! - Commits are blind appends: a concurrent commit by another writer of the same table makes
+//!   the commit retry at the next version instead of failing. A commit whose outcome is unknown
+//!   (an error after the log entry may have been written) is resolved on the next attempt by
+//!   dropping the rows whose positions the table's transactions already cover.
+
+mod convert;
+mod location;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use deltalake::arrow::compute::concat_batches;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use serde_json::json;
+
+use self::convert::RowConverter;
+use self::location::Location;
+use crate::config::{DeltaSinkConfig, LoadedConfig};
+use crate::event::{Event, PartitionId, Position, now_millis};
+use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+
+/// How often one commit retries at a later version when other writers commit first.
+const COMMIT_RETRIES: usize = 50;
+
+/// How often a commit is redone after another writer committed rows of the same pipeline
+/// partition (two processes briefly reading one partition while its ownership moves).
+const CONFLICT_RETRIES: usize = 10;
+
+/// A Delta Lake table.
+pub struct DeltaSink {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaSink")
+            .field("name", &self.shared.name)
+            .field("location", &self.shared.location.display())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeltaSink {
+    /// Opens the table at `config.path` (relative to the configuration file), creating it with
+    /// the configured columns and partitioning if absent; an existing table must match them.
+    pub async fn open(
+        name: &str,
+        config: &DeltaSinkConfig,
+        loaded: &LoadedConfig,
+    ) -> Result<Self, SinkError> {
+        let location = Location::parse(&config.path, &config.storage_options, loaded)
+            .map_err(|reason| open_error(name, reason))?;
+        Self::open_at(name, config, location).await
+    }
+
+    async fn open_at(
+        name: &str,
+        config: &DeltaSinkConfig,
+        location: Location,
+    ) -> Result<Self, SinkError> {
+        let fail = |reason: String| open_error(name, reason);
+        convert::validate(config).map_err(fail)?;
+        let (table, schema) = table::open_or_create(name, config, &location)
+            .await
+            .map_err(fail)?;
+        let converter = RowConverter::new(config, schema).map_err(fail)?;
+        let partition_by = config.partition_by.clone();
+        Ok(DeltaSink {
+            shared: Arc::new(Shared {
+                name: name.to_owned(),
+                location,
+                converter,
+                max_buffered_rows: config.max_buffered_rows,
+                next_epoch: AtomicU64::new(1),
+                buffer: Mutex::new(Buffer::default()),
+                committer: tokio::sync::Mutex::new(Committer {
+                    table,
+                    partition_by,
+                    suspect: false,
+                    conflicted: false,
+                    txn_cache: HashMap::new(),
+                }),
+            }),
+        })
+    }
+}
+
+fn open_error(name: &str, reason: String) -> SinkError {
+    SinkError {
+        sink: name.to_owned(),
+        pipeline: String::new(),
+        partition: 0,
+        reason,
+    }
+}
+
+/// The application id of the transaction actions of one pipeline partition writing to one sink.
+pub fn app_id(pipeline: &str, sink: &str, partition: PartitionId) -> String {
+    format!("weir/{pipeline}/{sink}/{partition}")
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn describe(&self) -> String {
+        format!("Delta table {}", self.shared.location.display())
+    }
+
+    async fn open_writer(
+        &self,
+        scope: &WriterScope,
+        progress: Option<&SinkProgress>,
+    ) -> Result<Box<dyn SinkWriter>, SinkError> {
+        let shared = &self.shared;
+        let app_id = app_id(&scope.pipeline, &shared.name, scope.partition);
+        let epoch = shared.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let durable = {
+            // No commit runs while the partition's state is read and reset.
+            let mut committer = shared.committer.lock().await;
+            {
+                let mut buffer = shared.lock_buffer();
+                if let Some(old) = buffer.parts.remove(&app_id)
+                    && old.rows > 0
+                {
+                    // An earlier writer's rows beyond its checkpoint: the replay writes them again.
+                    buffer.rows -= old.rows;
+                    tracing::info!(sink = %shared.name, app_id, rows = old.rows, "dropping uncommitted rows of a reopened partition");
+                }
+            }
+            committer
+                .refresh()
+                .await
+                .map_err(|e| scope.error(&shared.name, e))?;
+            let position = committer
+                .known_txn(&app_id)
+                .await
+                .map_err(|e| scope.error(&shared.name, e))?;
+            let durable = Durable {
+                position,
+                table_version: committer.version(),
+            };
+            shared.lock_buffer().parts.insert(
+                app_id.clone(),
+                Part {
+                    epoch,
+                    chunks: Vec::new(),
+                    rows: 0,
+                    in_flight: 0,
+                    durable,
+                },
+            );
+            durable
+        };
+        let recorded = progress
+            .and_then(|p| p.get("position"))
+            .and_then(serde_json::Value::as_u64);
+        if let Some(recorded) = recorded
+            && durable.position.is_none_or(|p| p < recorded)
+        {
+            tracing::warn!(
+                sink = %shared.name, app_id, recorded, in_table = ?durable.position,
+                "the checkpoint records more than the table holds for this partition: was the table replaced?"
+            );
+        }
+        tracing::debug!(sink = %shared.name, app_id, skip_through = ?durable.position, "opened a Delta writer");
+        Ok(Box::new(DeltaWriter {
+            shared: Arc::clone(shared),
+            scope: scope.clone(),
+            app_id,
+            epoch,
+            skip_through: durable.position,
+        }))
+    }
+}
+
+/// State shared by every writer of one table.
+struct Shared {
+    name: String,
+    location: Location,
+    converter: RowConverter,
+    max_buffered_rows: usize,
+    next_epoch: AtomicU64,
+    buffer: Mutex<Buffer>,
+    committer: tokio::sync::Mutex<Committer>,
+}
+
+/// Rows waiting for a commit, per app id.
+#[derive(Default)]
+struct Buffer {
+    parts: HashMap<String, Part>,
+    /// Rows over all parts.
+    rows: usize,
+}
+
+/// One pipeline partition's rows and what the table holds for it.
+struct Part {
+    /// The writer that owns it; an older writer of the same partition is refused.
+    epoch: u64,
+    chunks: Vec<Chunk>,
+    rows: usize,
+    /// Rows taken by the commit in progress.
+    in_flight: usize,
+    durable: Durable,
+}
+
+/// What the table holds for one app id.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Durable {
+    /// The highest position committed (the transaction version), `None` before the first commit.
+    position: Option<Position>,
+    /// The table version that committed it (or the version read when the writer opened).
+    table_version: u64,
+}
+
+/// Converted rows of one write call.
+struct Chunk {
+    batch: RecordBatch,
+    positions: Vec<Position>,
+}
+
+/// Rows of one app id taken out of the buffer for a commit.
+struct Pending {
+    app_id: String,
+    epoch: u64,
+    chunks: Vec<Chunk>,
+    /// The position already in the table for this app id.
+    durable: Option<Position>,
+}
+
+impl Pending {
+    fn rows(&self) -> usize {
+        self.chunks.iter().map(|c| c.positions.len()).sum()
+    }
+
+    fn max_position(&self) -> Option<Position> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.positions.iter().copied())
+            .max()
+    }
+
+    /// Drops the rows at or below `position` (already in the table).
+    fn retain_after(&mut self, position: Position) -> Result<(), String> {
+        let mut kept = Vec::with_capacity(self.chunks.len());
+        for chunk in self.chunks.drain(..) {
+            if chunk.positions.iter().all(|p| *p > position) {
+                kept.push(chunk);
+            } else if chunk.positions.iter().any(|p| *p > position) {
+                let mask: deltalake::arrow::array::BooleanArray = chunk
+                    .positions
+                    .iter()
+                    .map(|p| Some(*p > position))
+                    .collect();
+                let batch = deltalake::arrow::compute::filter_record_batch(&chunk.batch, &mask)
+                    .map_err(|e| format!("cannot filter buffered rows: {e}"))?;
+                let positions = chunk
+                    .positions
+                    .into_iter()
+                    .filter(|p| *p > position)
+                    .collect();
+                kept.push(Chunk { batch, positions });
+            }
+        }
+        self.chunks = kept;
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock_buffer(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits everything buffered, if anything; one commit at a time. The commit runs as its own
+    /// task, so a caller that stops waiting does not abandon it halfway.
+    async fn commit(self: &Arc<Self>) -> Result<(), String> {
+        let shared = Arc::clone(self);
+        tokio::spawn(async move { shared.commit_buffered().await })
+            .await
+            .map_err(|e| format!("the commit task failed: {e}"))?
+    }
+
+    async fn commit_buffered(&self) -> Result<(), String> {
+        let mut committer = self.committer.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_once(&mut committer).await {
+                Err(reason) if committer.conflicted && attempt <= CONFLICT_RETRIES => {
+                    // Another writer committed positions of one of these partitions: the next
+                    // attempt reads what it committed and drops those rows from ours.
+                    tracing::info!(sink = %self.name, attempt, %reason, "concurrent commit for the same partition; committing again without what it covered");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn commit_once(&self, committer: &mut Committer) -> Result<(), String> {
+        committer.conflicted = false;
+        let mut pending = self.take_buffered();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        match committer.commit(self, &mut pending).await {
+            Ok(outcome) => {
+                let mut buffer = self.lock_buffer();
+                for p in &pending {
+                    if let Some(part) = buffer.parts.get_mut(&p.app_id)
+                        && part.epoch == p.epoch
+                    {
+                        part.in_flight = 0;
+                    }
+                }
+                for (app_id, durable) in outcome {
+                    if let Some(part) = buffer.parts.get_mut(&app_id) {
+                        part.durable = durable;
+                    }
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                // The outcome may be unknown: the next attempt checks what the table holds.
+                committer.suspect = true;
+                self.restore(pending);
+                Err(reason)
+            }
+        }
+    }
+
+    fn take_buffered(&self) -> Vec<Pending> {
+        let mut buffer = self.lock_buffer();
+        let mut pending = Vec::new();
+        for (app_id, part) in &mut buffer.parts {
+            if part.rows > 0 {
+                pending.push(Pending {
+                    app_id: app_id.clone(),
+                    epoch: part.epoch,
+                    chunks: std::mem::take(&mut part.chunks),
+                    durable: part.durable.position,
+                });
+                part.in_flight = part.rows;
+                part.rows = 0;
+            }
+        }
+        buffer.rows = 0;
+        pending
+    }
+
+    /// Puts the rows of a failed commit back in front of what was buffered meanwhile.
+    fn restore(&self, pending: Vec<Pending>) {
+        let mut guard = self.lock_buffer();
+        let buffer = &mut *guard;
+        for p in pending {
+            let rows = p.rows();
+            match buffer.parts.get_mut(&p.app_id) {
+                Some(part) if part.epoch == p.epoch => {
+                    let mut chunks = p.chunks;
+                    chunks.append(&mut part.chunks);
+                    part.chunks = chunks;
+                    part.in_flight = 0;
+                    part.rows += rows;
+                    buffer.rows += rows;
+                }
+                // The partition was reopened: its replay writes these rows again.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The table, owned by whoever commits.
+struct Committer {
+    table: DeltaTable,
+    partition_by: Vec<String>,
+    /// The last commit failed, perhaps after its log entry was written.
+    suspect: bool,
+    /// The last commit failed because another writer committed a transaction of one of its app
+    /// ids first.
+    conflicted: bool,
+    /// Per app id, its transaction version in the table as of a table version, so that a commit
+    /// reads the log only when others' commits came in.
+    txn_cache: HashMap<String, (u64, Option<Position>)>,
+}
+
+fn delta_error(what: &'static str) -> impl Fn(DeltaTableError) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+impl Committer {
+    fn version(&self) -> u64 {
+        self.table.version().unwrap_or(0)
+    }
+
+    /// Catches up with commits made by others.
+    async fn refresh(&mut self) -> Result<(), String> {
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(delta_error("cannot read the table's log"))
+    }
+
+    /// The transaction version of `app_id` in the loaded snapshot, as a position.
+    async fn txn_position(&self, app_id: &str) -> Result<Option<Position>, String> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(delta_error("the table is not loaded"))?;
+        let version = snapshot
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(delta_error("cannot read the table's transactions"))?;
+        Ok(version.and_then(|v| Position::try_from(v).ok()))
+    }
+
+    /// The transaction version of `app_id` in the loaded snapshot, read from the log only when
+    /// the snapshot changed since it was last known.
+    async fn known_txn(&mut self, app_id: &str) -> Result<Option<Position>, String> {
+        let version = self.version();
+        if let Some((at, position)) = self.txn_cache.get(app_id)
+            && *at == version
+        {
+            return Ok(*position);
+        }
+        let position = self.txn_position(app_id).await?;
+        self.txn_cache
+            .insert(app_id.to_owned(), (version, position));
+        Ok(position)
+    }
+
+    /// Writes and commits `pending`; returns what the table then holds for each app id.
+    async fn commit(
+        &mut self,
+        shared: &Shared,
+        pending: &mut [Pending],
+    ) -> Result<HashMap<String, Durable>, String> {
+        let started = Instant::now();
+        if self.suspect {
+            self.refresh().await?;
+            self.suspect = false;
+        }
+        let mut outcome = self.drop_committed(pending).await?;
+        let rows: usize = pending.iter().map(Pending::rows).sum();
+        if rows == 0 {
+            return Ok(outcome);
+        }
+        let adds = self.write_files(shared, pending).await?;
+        let written = started.elapsed();
+        let Transactions { actions, committed } = transactions(pending)?;
+        let files = adds.len();
+        let version = self.commit_log(shared, adds, actions).await?;
+        for (app_id, position) in committed {
+            self.txn_cache
+                .insert(app_id.clone(), (self.version(), Some(position)));
+            outcome.insert(
+                app_id,
+                Durable {
+                    position: Some(position),
+                    table_version: version,
+                },
+            );
+        }
+        let millis = |d: std::time::Duration| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
+        tracing::debug!(
+            sink = %shared.name, rows, files, version,
+            duration_ms = millis(started.elapsed()), data_files_ms = millis(written),
+            "committed to the Delta table"
+        );
+        Ok(outcome)
+    }
+
+    /// Drops from `pending` the rows the table already holds: another process may have committed
+    /// positions of a partition while it moved (its commits reach this table through a refresh,
+    /// or through a commit of this process that landed after them). Returns what the table holds
+    /// for the app ids it has a transaction of.
+    async fn drop_committed(
+        &mut self,
+        pending: &mut [Pending],
+    ) -> Result<HashMap<String, Durable>, String> {
+        let mut outcome = HashMap::new();
+        for p in pending.iter_mut() {
+            if let Some(done) = self.known_txn(&p.app_id).await? {
+                p.retain_after(done)?;
+                p.durable = p.durable.max(Some(done));
+                outcome.insert(
+                    p.app_id.clone(),
+                    Durable {
+                        position: Some(done),
+                        table_version: self.version(),
+                    },
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes the rows of `pending` as data files (made durable where the location needs it);
+    /// returns their add actions.
+    async fn write_files(&self, shared: &Shared, pending: &[Pending]) -> Result<Vec<Add>, String> {
+        let batch = concat_batches(
+            shared.converter.schema(),
+            pending
+                .iter()
+                .flat_map(|p| p.chunks.iter().map(|c| &c.batch)),
+        )
+        .map_err(|e| format!("cannot assemble the buffered rows: {e}"))?;
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(delta_error("cannot write to the table"))?;
+        writer
+            .write(batch)
+            .await
+            .map_err(delta_error("cannot write data files"))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(delta_error("cannot write data files"))?;
+        shared.location.sync_data_files(&adds).await?;
+        Ok(adds)
+    }
+
+    /// Commits `adds` with `transactions` to the table's log; returns the table version made.
+    async fn commit_log(
+        &mut self,
+        shared: &Shared,
+        adds: Vec<Add>,
+        transactions: Vec<Transaction>,
+    ) -> Result<u64, String> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
+            predicate: None,
+        };
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(delta_error("the table is not loaded"))?;
+        let read_version = snapshot.version();
+        let properties = CommitProperties::default()
+            .with_application_transactions(transactions)
+            .with_max_retries(COMMIT_RETRIES)
+            .with_metadata([
+                ("isBlindAppend".to_owned(), json!(true)),
+                ("readVersion".to_owned(), json!(read_version)),
+            ]);
+        let actions = adds.into_iter().map(Action::Add).collect();
+        let post_commit = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .into_prepared_commit_future()
+            .await
+            .map_err(delta_error("cannot prepare the commit"))?
+            .await
+            .map_err(|e| {
+                if matches!(
+                    &e,
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            CommitConflictError::ConcurrentTransaction
+                        )
+                    }
+                ) {
+                    self.conflicted = true;
+                }
+                format!("commit failed: {e}")
+            })?;
+        let version = post_commit.version;
+        if version == read_version + 1 {
+            // Nobody else committed in between: what was known at the read version still holds.
+            for entry in self.txn_cache.values_mut() {
+                if entry.0 == read_version {
+                    entry.0 = version;
+                }
+            }
+        }
+        // The commit is in the log from here on.
+        shared.location.sync_commit(version).await?;
+        match post_commit.await {
+            Ok(finalized) => self.table.state = Some(finalized.snapshot()),
+            Err(e) => {
+                // A failed checkpoint or log cleanup leaves the commit itself in place.
+                tracing::warn!(sink = %shared.name, version, error = %e, "post-commit work on the Delta table failed");
+                self.refresh().await?;
+            }
+        }
+        Ok(version)
+    }
+}
+
+/// The transactions of a commit, and the position each app id commits.
+struct Transactions {
+    actions: Vec<Transaction>,
+    committed: Vec<(String, Position)>,
+}
+
+/// The transaction of each app id of `pending` that has rows left: its highest position, or
+/// what the table held already if higher.
+fn transactions(pending: &[Pending]) -> Result<Transactions, String> {
+    let now = now_millis();
+    let mut transactions = Transactions {
+        actions: Vec::new(),
+        committed: Vec::new(),
+    };
+    for p in pending.iter().filter(|p| !p.chunks.is_empty()) {
+        let position = p.max_position().max(p.durable).unwrap_or(0);
+        let version = i64::try_from(position)
+            .map_err(|_| format!("position {position} is beyond a Delta transaction version"))?;
+        transactions.actions.push(Transaction::new_with_last_update(
+            &p.app_id,
+            version,
+            Some(now),
+        ));
+        transactions.committed.push((p.app_id.clone(), position));
+    }
+    Ok(transactions)
+}
+
+/// The writer of one pipeline partition.
+struct DeltaWriter {
+    shared: Arc<Shared>,
+    scope: WriterScope,
+    app_id: String,
+    epoch: u64,
+    /// Records at or below this position are in the table already.
+    skip_through: Option<Position>,
+}
+
+impl Drop for DeltaWriter {
+    /// Rows this writer buffered but never flushed lie beyond its partition's checkpoint: whoever
+    /// takes the partition over replays them.
+    fn drop(&mut self) {
+        let mut guard = self.shared.lock_buffer();
+        let buffer = &mut *guard;
+        if buffer
+            .parts
+            .get(&self.app_id)
+            .is_some_and(|part| part.epoch == self.epoch)
+            && let Some(part) = buffer.parts.remove(&self.app_id)
+        {
+            buffer.rows -= part.rows;
+        }
+    }
+}
+
+impl DeltaWriter {
+    fn error(&self, reason: impl Into<String>) -> SinkError {
+        self.scope.error(&self.shared.name, reason)
+    }
+
+    fn superseded(&self) -> SinkError {
+        self.error("this writer was replaced by a newer writer of the same partition")
+    }
+}
+
+#[async_trait]
+impl SinkWriter for DeltaWriter {
+    async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
+        let ingestion_time = now_millis();
+        let mut refused = Vec::new();
+        let mut skipped = 0usize;
+        let mut batch = self.shared.converter.batch(records.len());
+        for record in records {
+            if self
+                .skip_through
+                .is_some_and(|done| record.position <= done)
+            {
+                skipped += 1;
+                continue;
+            }
+            if let Err(reason) = batch.push(&record, ingestion_time) {
+                refused.push(Refused { record, reason });
+            }
+        }
+        if skipped > 0 {
+            tracing::debug!(sink = %self.shared.name, app_id = %self.app_id, skipped, "skipped records the table already holds");
+        }
+        if batch.len() == 0 {
+            return Ok(refused);
+        }
+        let (batch, positions) = batch.finish().map_err(|e| self.error(e))?;
+        let rows = positions.len();
+        let commit_now = {
+            let mut guard = self.shared.lock_buffer();
+            let buffer = &mut *guard;
+            let part = match buffer.parts.get_mut(&self.app_id) {
+                Some(part) if part.epoch == self.epoch => part,
+                _ => return Err(self.superseded()),
+            };
+            part.chunks.push(Chunk { batch, positions });
+            part.rows += rows;
+            buffer.rows += rows;
+            buffer.rows >= self.shared.max_buffered_rows
+        };
+        if commit_now {
+            self.shared.commit().await.map_err(|e| self.error(e))?;
+        }
+        Ok(refused)
+    }
+
+    async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
+        let waiting = {
+            let buffer = self.shared.lock_buffer();
+            match buffer.parts.get(&self.app_id) {
+                // Rows another partition's commit has taken count too: that commit must end first.
+                Some(part) if part.epoch == self.epoch => part.rows + part.in_flight,
+                _ => return Err(self.superseded()),
+            }
+        };
+        if waiting > 0 {
+            self.shared.commit().await.map_err(|e| self.error(e))?;
+        }
+        let buffer = self.shared.lock_buffer();
+        let durable = match buffer.parts.get(&self.app_id) {
+            Some(part) if part.epoch == self.epoch && part.rows + part.in_flight == 0 => {
+                part.durable
+            }
+            Some(part) if part.epoch == self.epoch => {
+                return Err(self.error(format!(
+                    "{} rows are still waiting for a commit",
+                    part.rows + part.in_flight
+                )));
+            }
+            _ => return Err(self.superseded()),
+        };
+        Ok(json!({ "position": durable.position, "table_version": durable.table_version }))
+    }
+}

@@ -1,0 +1,5 @@
+//! HTTP ingest: an endpoint that accepts JSON events and makes them durable in a write-ahead log
+//! before it answers.
+
+pub mod config;
+pub mod source;

@@ -1,0 +1,4 @@
+//! Standard output, one JSON document per line (sink).
+
+pub mod config;
+pub mod sink;
