@@ -430,9 +430,6 @@ pub struct Plugin {
     exports: Exports,
 }
 
-/// A per-event transform plugin (the name of [`Plugin`] before plugins had several kinds).
-pub type TransformPlugin = Plugin;
-
 /// Where the export of each kind of plugin is, found once per compiled plugin.
 #[derive(Clone)]
 enum Exports {
@@ -716,10 +713,6 @@ pub struct PluginInstance {
     guest: Guest,
     deadline_ticks: u64,
 }
-
-/// A per-event transform's instance (the name of [`PluginInstance`] before plugins had several
-/// kinds).
-pub type TransformInstance = PluginInstance;
 
 /// The loaded export of an instance.
 enum Guest {

@@ -6,8 +6,8 @@
 
 pub mod batch;
 mod dedup;
-mod fallback;
 mod join;
+mod plugin_stage;
 mod transform;
 mod window;
 
@@ -17,11 +17,12 @@ use crate::event::Event;
 use crate::time::Mark;
 
 pub use dedup::{DEDUP_OUTPUT, DedupStage};
-pub use join::{JoinSettings, JoinStage};
+pub use join::{JoinSettings, JoinStage, Joins};
+pub use plugin_stage::{PluginCore, PluginStage, Restored, StageKind, StatefulKind, Turn};
 pub use transform::{
-    PLUGIN_VERSION_PROPERTY, StageTelemetry, WasmTransformStage, labelled_version,
+    PLUGIN_VERSION_PROPERTY, StageTelemetry, Transform, WasmTransformStage, labelled_version,
 };
-pub use window::{WindowSettings, WindowSpec, WindowStage};
+pub use window::{WindowSettings, WindowSpec, WindowStage, Windows};
 
 /// What a stage produced for one batch.
 #[derive(Debug, Default)]
@@ -38,6 +39,22 @@ impl StageOutput {
     pub fn clear(&mut self) {
         self.emitted.clear();
         self.rejected.clear();
+    }
+
+    /// What the host read from `event` (a key, an id), or, when it could not, `None` with the
+    /// event refused for the reason (before any plugin saw it).
+    pub fn checked<T>(&mut self, event: &Event, read: Result<T, String>) -> Option<T> {
+        match read {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.rejected.push(Rejected {
+                    event: event.clone(),
+                    reason,
+                    plugin_version: None,
+                });
+                None
+            }
+        }
     }
 }
 
