@@ -874,3 +874,7 @@ pub(super) fn read_answer(output: OutputBatch, units: usize, noun: &str) -> Resu
     }
     Ok((records, rejected))
 }
+
+#[cfg(test)]
+#[path = "plugin_stage_tests.rs"]
+mod tests;
