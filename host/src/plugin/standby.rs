@@ -142,7 +142,7 @@ impl Prepare<Plugin> for Standby {
             tracing::debug!(
                 pipeline = %self.base.scope.pipeline, stage = %self.base.scope.stage,
                 partition = self.base.scope.partition, version = %plugin.version(),
-                reason = %error.reason,
+                reason = %error.kind,
                 "the new version failed its rehearsal batch; the workers will instantiate it at their first batch"
             );
             return false;

@@ -49,6 +49,7 @@ impl StageOutput {
             Err(reason) => {
                 self.rejected.push(Rejected {
                     event: event.clone(),
+                    kind: RejectionKind::Unreadable,
                     reason,
                     plugin_version: None,
                 });
@@ -63,17 +64,47 @@ impl StageOutput {
 pub struct Rejected {
     /// The event as the stage received it.
     pub event: Event,
-    /// Why it was refused. A reason starting with `plugin trapped` is recorded as a trap, one
-    /// starting with `late:` as a late event; others as a rejection.
+    /// What kind of refusal it is (it decides the dead letter's kind).
+    pub kind: RejectionKind,
+    /// Why it was refused, in words (the dead letter's reason).
     pub reason: String,
     /// Version of the plugin that refused it.
     pub plugin_version: Option<Arc<str>>,
 }
 
-/// A stage failed in a way that retrying the batch cannot fix (for example, its plugin cannot be
+/// Why a stage refused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The plugin refused it.
+    Plugin,
+    /// The plugin's output for it cannot be used (for example, a window output that is not a
+    /// JSON object).
+    InvalidOutput,
+    /// The plugin trapped on it (and, during a probation, the previous version too).
+    Trap,
+    /// It came for a window that had already closed.
+    Late,
+    /// The host could not read what the stage needs from it (a group or join key, an id), before
+    /// any plugin saw it.
+    Unreadable,
+}
+
+impl RejectionKind {
+    /// Whether the plugin refused the event itself (counted against its probation).
+    pub fn by_plugin(self) -> bool {
+        matches!(self, RejectionKind::Plugin | RejectionKind::InvalidOutput)
+    }
+
+    /// Whether the host refused the event before any plugin saw it.
+    pub fn by_host(self) -> bool {
+        matches!(self, RejectionKind::Late | RejectionKind::Unreadable)
+    }
+}
+
+/// A stage failed in a way that retrying the batch does not fix (for example, its plugin cannot be
 /// instantiated). The partition worker stops without checkpointing the batch.
 #[derive(Debug, thiserror::Error)]
-#[error("stage `{stage}` of pipeline `{pipeline}`, partition {partition}: {reason}")]
+#[error("stage `{stage}` of pipeline `{pipeline}`, partition {partition}: {failure}")]
 pub struct StageError {
     /// Pipeline name.
     pub pipeline: Arc<str>,
@@ -82,7 +113,60 @@ pub struct StageError {
     /// Partition.
     pub partition: u32,
     /// What happened.
-    pub reason: String,
+    pub failure: StageFailure,
+}
+
+impl StageError {
+    /// The error for a partition worker's task of `pipeline` that ended abnormally (it panicked
+    /// or was cancelled).
+    pub fn worker_task(pipeline: Arc<str>, partition: u32, error: &tokio::task::JoinError) -> Self {
+        StageError {
+            pipeline,
+            stage: "(worker)".into(),
+            partition,
+            failure: StageFailure::WorkerTask {
+                error: error.to_string(),
+                cancelled: error.is_cancelled(),
+            },
+        }
+    }
+
+    /// Whether running the partition again (from its last checkpoint) can help; an operator
+    /// otherwise fixes the plugin or its limits first.
+    pub fn retryable(&self) -> bool {
+        self.failure.retryable()
+    }
+}
+
+/// What made a stage fail.
+#[derive(Debug, thiserror::Error)]
+pub enum StageFailure {
+    /// The stage's plugin cannot be instantiated.
+    #[error("cannot instantiate plugin: {0}")]
+    Instantiate(crate::plugin::CallError),
+    /// The plugin's answer does not fit its request (it names a window or pair that was not
+    /// asked for, or gives the wrong number of accumulators).
+    #[error("{0}")]
+    InvalidAnswer(String),
+    /// The partition worker's task ended abnormally.
+    #[error("worker task failed: {error}")]
+    WorkerTask {
+        /// What the runtime said.
+        error: String,
+        /// Whether it was cancelled (rather than panicked).
+        cancelled: bool,
+    },
+}
+
+impl StageFailure {
+    /// See [`StageError::retryable`].
+    pub fn retryable(&self) -> bool {
+        match self {
+            StageFailure::Instantiate(error) => error.retryable(),
+            StageFailure::InvalidAnswer(_) => false,
+            StageFailure::WorkerTask { cancelled, .. } => *cancelled,
+        }
+    }
 }
 
 /// One step of a pipeline, run by one partition worker.
@@ -124,5 +208,73 @@ pub trait Stage: Send {
     /// Counters the stage's plugin added to since the last call, to fold into metrics.
     fn take_counters(&mut self) -> Vec<(String, u64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::DeadLetterKind;
+    use crate::plugin::{CallError, CallFailure};
+
+    #[test]
+    fn each_rejection_kind_has_its_dead_letter_kind() {
+        let expected = [
+            (RejectionKind::Plugin, DeadLetterKind::Rejected),
+            (RejectionKind::InvalidOutput, DeadLetterKind::Rejected),
+            (RejectionKind::Trap, DeadLetterKind::Trap),
+            (RejectionKind::Late, DeadLetterKind::Late),
+            (RejectionKind::Unreadable, DeadLetterKind::Rejected),
+        ];
+        for (kind, letter) in expected {
+            assert_eq!(DeadLetterKind::from(kind), letter, "{kind:?}");
+        }
+        // Whatever its words: a plugin's reason starting like a trap is still the plugin's.
+        let mut out = StageOutput::default();
+        assert_eq!(
+            out.checked::<()>(&Event::new(0, 1, ""), Err("late: no".into())),
+            None
+        );
+        assert_eq!(out.rejected[0].kind, RejectionKind::Unreadable);
+    }
+
+    #[test]
+    fn stage_errors_read_as_before_and_say_whether_to_retry() {
+        let error = |failure| StageError {
+            pipeline: "p".into(),
+            stage: "s".into(),
+            partition: 3,
+            failure,
+        };
+        let call = CallError {
+            plugin: "agg".into(),
+            version: "v1".into(),
+            kind: CallFailure::Instantiation {
+                error: "start-up failed".into(),
+            },
+        };
+        let instantiate = error(StageFailure::Instantiate(call));
+        assert_eq!(
+            instantiate.to_string(),
+            "stage `s` of pipeline `p`, partition 3: cannot instantiate plugin: plugin agg version v1 trapped: start-up failed"
+        );
+        assert!(!instantiate.retryable());
+        let answer = error(StageFailure::InvalidAnswer(
+            "plugin rejected window 4 of 2".into(),
+        ));
+        assert_eq!(
+            answer.to_string(),
+            "stage `s` of pipeline `p`, partition 3: plugin rejected window 4 of 2"
+        );
+        assert!(!answer.retryable());
+        let task = error(StageFailure::WorkerTask {
+            error: "task 7 panicked".into(),
+            cancelled: false,
+        });
+        assert_eq!(
+            task.to_string(),
+            "stage `s` of pipeline `p`, partition 3: worker task failed: task 7 panicked"
+        );
+        assert!(!task.retryable());
     }
 }

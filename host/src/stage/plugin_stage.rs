@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Rejected, Stage, StageError, StageOutput};
+use super::{Rejected, RejectionKind, Stage, StageError, StageFailure, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, Position};
 use crate::metrics::{Metrics, names};
@@ -395,10 +395,16 @@ impl<'a> Answers<'a> {
         self.out.emitted.push((target, record));
     }
 
-    /// Refuses `event` (the version that answered refused it, or its answer for it is unusable).
+    /// Refuses `event`: the version that answered refused it.
     pub(super) fn reject(&mut self, event: Event, reason: String) {
+        self.refuse(event, RejectionKind::Plugin, reason);
+    }
+
+    /// Refuses `event` for a `kind` of reason found in the answer.
+    pub(super) fn refuse(&mut self, event: Event, kind: RejectionKind, reason: String) {
         self.out.rejected.push(Rejected {
             event,
+            kind,
             reason,
             plugin_version: Some(self.version.clone()),
         });
@@ -509,12 +515,12 @@ impl PluginCore {
     }
 
     /// A failure of this stage.
-    pub(super) fn error(&self, reason: String) -> StageError {
+    pub(super) fn error(&self, failure: StageFailure) -> StageError {
         StageError {
             pipeline: self.slot.settings().scope.pipeline.clone(),
             stage: self.name.clone(),
             partition: self.partition(),
-            reason,
+            failure,
         }
     }
 
@@ -577,7 +583,7 @@ impl PluginCore {
             (Ok(result), _) => result,
             (Err(e), WhenNotInstantiated::Trap) => Err(e),
             (Err(e), WhenNotInstantiated::StageFails) => {
-                return Err(self.error(format!("cannot instantiate plugin: {e}")));
+                return Err(self.error(StageFailure::Instantiate(e)));
             }
         };
         if let Err(trap) = &result {
@@ -608,7 +614,7 @@ impl PluginCore {
             self.timed(started);
         }
         let result = match second {
-            None => Err(format!("plugin trapped: {}", trap.reason)),
+            None => Err(format!("plugin trapped: {}", trap.kind)),
             Some(Ok(Ok(answer))) => {
                 let version = self
                     .slot
@@ -632,7 +638,7 @@ impl PluginCore {
                 }
                 WhenNotInstantiated::StageFails => Err(format!(
                     "plugin trapped: {}; the previous version {} could not be instantiated: {}",
-                    trap.reason, second.version, second.reason
+                    trap.kind, second.version, second.kind
                 )),
             },
         };
@@ -659,7 +665,7 @@ impl PluginCore {
                     answer,
                     &mut Answers::new(&version, self.label_versions, out),
                 )
-                .map_err(|reason| self.error(reason))?;
+                .map_err(|reason| self.error(StageFailure::InvalidAnswer(reason)))?;
                 Ok(Ran::Whole)
             }
             Err(trap) => {
@@ -689,11 +695,12 @@ impl PluginCore {
                         answer,
                         &mut Answers::new(&attempt.version, self.label_versions, out),
                     )
-                    .map_err(|reason| self.error(reason))?,
+                    .map_err(|reason| self.error(StageFailure::InvalidAnswer(reason)))?,
                 Err(reason) => {
                     for event in call.dead_letters(unit) {
                         out.rejected.push(Rejected {
                             event,
+                            kind: RejectionKind::Trap,
                             reason: reason.clone(),
                             plugin_version: Some(attempt.version.clone()),
                         });
@@ -716,7 +723,7 @@ impl PluginCore {
     fn warn(&self, call: Trapped, trap: &CallError) {
         let scope = &self.slot.settings().scope;
         let (pipeline, stage, partition) = (&scope.pipeline, &self.name, scope.partition);
-        let (version, reason) = (&trap.version, &trap.reason);
+        let (version, reason) = (&trap.version, &trap.kind);
         match call {
             Trapped::Events {
                 events,
@@ -789,7 +796,7 @@ impl PluginCore {
 fn trapped_too(trap: &CallError, second: &CallError) -> String {
     format!(
         "plugin trapped: {}; the previous version {} trapped too: {}",
-        trap.reason, second.version, second.reason
+        trap.kind, second.version, second.kind
     )
 }
 
@@ -798,18 +805,13 @@ fn trapped_too(trap: &CallError, second: &CallError) -> String {
 fn plugin_rejections(rejected: &[Rejected], version: &Arc<str>) -> u64 {
     rejected
         .iter()
-        .filter(|r| {
-            r.plugin_version.as_ref() == Some(version) && !r.reason.starts_with("plugin trapped")
-        })
+        .filter(|r| r.plugin_version.as_ref() == Some(version) && r.kind.by_plugin())
         .count() as u64
 }
 
 /// How many of `rejected` the host refused before any plugin saw them (late, no key).
 pub(super) fn host_rejections(rejected: &[Rejected]) -> u64 {
-    rejected
-        .iter()
-        .filter(|r| r.plugin_version.is_none())
-        .count() as u64
+    rejected.iter().filter(|r| r.kind.by_host()).count() as u64
 }
 
 /// One record of a window or join plugin's answer: the unit it is for, its output and its body.

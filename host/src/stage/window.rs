@@ -33,7 +33,7 @@ use super::plugin_stage::{
     read_snapshot_start, restored, write_snapshot_start,
 };
 use super::transform::PLUGIN_VERSION_PROPERTY;
-use super::{Rejected, StageError, StageOutput};
+use super::{Rejected, RejectionKind, StageError, StageOutput};
 use crate::codec::DecodeError;
 use crate::config::{WindowConfig, WindowKind};
 use crate::event::{Event, Position};
@@ -409,6 +409,7 @@ impl Windows {
     fn late(&self, event: &Event, end: i64) -> Rejected {
         Rejected {
             event: event.clone(),
+            kind: RejectionKind::Late,
             reason: format!(
                 "late: the window ending at {} closed when the watermark reached {}",
                 format_millis(end),
@@ -574,7 +575,11 @@ impl PluginCall for FinishCall<'_> {
                     }
                     to.emit(target, record);
                 }
-                Err(reason) => to.reject(windows.window_letter(self.partition, window), reason),
+                Err(reason) => to.refuse(
+                    windows.window_letter(self.partition, window),
+                    RejectionKind::InvalidOutput,
+                    reason,
+                ),
             }
         }
         for (unit, reason) in rejected {
