@@ -113,7 +113,7 @@ pub enum PluginError {
         /// The plugin file.
         path: PathBuf,
         /// Why instantiation failed.
-        reason: String,
+        reason: CallFailure,
     },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
@@ -147,7 +147,7 @@ pub trait LoadedPlugin: Send + Sync + 'static {
     /// Instantiates the plugin once and drops the instance, off the hot path, so that the first
     /// batch of the new version does not pay for what the first instantiation of a freshly
     /// compiled component costs. An error means the component cannot even be instantiated.
-    fn warm_up(&self) -> Result<(), String> {
+    fn warm_up(&self) -> Result<(), CallFailure> {
         Ok(())
     }
 }
@@ -471,7 +471,7 @@ impl LoadedPlugin for Plugin {
         &self.version
     }
 
-    fn warm_up(&self) -> Result<(), String> {
+    fn warm_up(&self) -> Result<(), CallFailure> {
         // The default limits of a stage: a stage's own limits apply to its workers' instances.
         let settings = Arc::new(InstanceSettings {
             scope: PluginScope {
@@ -496,7 +496,7 @@ impl LoadedPlugin for Plugin {
         });
         PluginInstance::new(plugin, settings, KeyedState::default())
             .map(drop)
-            .map_err(|e| e.kind.to_string())
+            .map_err(|e| e.kind)
     }
 }
 

@@ -177,3 +177,28 @@ pub async fn build(
         SinkConfig::Delta(_) => return Err(unsupported("delta")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_error_reads_as_before_and_says_whether_to_retry() {
+        let scope = WriterScope {
+            pipeline: "p".into(),
+            partition: 2,
+        };
+        let error = scope.error("out", "connection reset");
+        assert_eq!(
+            error.to_string(),
+            "sink `out` (pipeline `p`, partition 2): connection reset"
+        );
+        assert!(error.retryable());
+        let misconfigured = SinkError {
+            kind: SinkErrorKind::Misconfigured,
+            ..error
+        };
+        assert!(!misconfigured.retryable());
+        assert!(!SinkErrorKind::Unsupported.retryable());
+    }
+}

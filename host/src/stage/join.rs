@@ -26,9 +26,9 @@ use bytes::Bytes;
 use super::batch::{empty_batch, fill_batch};
 use super::plugin_stage::Restored;
 use super::plugin_stage::{
-    AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat, StageKind,
-    StatefulKind, Trapped, Turn, Units, laid_out, read_answer, read_snapshot_start, restored,
-    write_snapshot_start,
+    AnswerError, AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat,
+    StageKind, StatefulKind, Trapped, Turn, Units, laid_out, read_answer, read_snapshot_start,
+    restored, write_snapshot_start,
 };
 use super::transform::PLUGIN_VERSION_PROPERTY;
 use super::{StageError, StageOutput};
@@ -370,7 +370,7 @@ impl PluginCall for EnrichCall<'_> {
         instance.enrich(&self.request)
     }
 
-    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), String> {
+    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
         let (members, pairs) = (self.members, self.laid_out);
         let (records, rejected) = read_answer(output, pairs.len(), "pair")?;
         for AnswerRecord { unit, target, body } in records {
@@ -379,7 +379,7 @@ impl PluginCall for EnrichCall<'_> {
                 .left
                 .or(pair.right)
                 .and_then(|i| members.get(i))
-                .ok_or_else(|| "a pair without events".to_owned())?;
+                .ok_or(AnswerError::PairWithoutEvents)?;
             let time = [pair.left, pair.right]
                 .into_iter()
                 .flatten()

@@ -18,7 +18,9 @@ use crate::time::Mark;
 
 pub use dedup::{DEDUP_OUTPUT, DedupStage};
 pub use join::{JoinSettings, JoinStage, Joins};
-pub use plugin_stage::{PluginCore, PluginStage, Restored, StageKind, StatefulKind, Turn};
+pub use plugin_stage::{
+    AnswerError, PluginCore, PluginStage, Restored, StageKind, StatefulKind, Turn,
+};
 pub use transform::{
     PLUGIN_VERSION_PROPERTY, StageTelemetry, Transform, WasmTransformStage, labelled_version,
 };
@@ -147,7 +149,7 @@ pub enum StageFailure {
     /// The plugin's answer does not fit its request (it names a window or pair that was not
     /// asked for, or gives the wrong number of accumulators).
     #[error("{0}")]
-    InvalidAnswer(String),
+    InvalidAnswer(plugin_stage::AnswerError),
     /// The partition worker's task ended abnormally.
     #[error("worker task failed: {error}")]
     WorkerTask {
@@ -260,7 +262,11 @@ mod tests {
         );
         assert!(!instantiate.retryable());
         let answer = error(StageFailure::InvalidAnswer(
-            "plugin rejected window 4 of 2".into(),
+            plugin_stage::AnswerError::Rejection {
+                noun: "window",
+                index: 4,
+                units: "2".into(),
+            },
         ));
         assert_eq!(
             answer.to_string(),

@@ -357,7 +357,7 @@ pub(super) trait PluginCall {
 
     /// Reads the answer to the request laid out last into `to`. An error means the answer cannot
     /// be used (the stage fails).
-    fn read(&mut self, answer: Self::Answer, to: &mut Answers<'_>) -> Result<(), String>;
+    fn read(&mut self, answer: Self::Answer, to: &mut Answers<'_>) -> Result<(), AnswerError>;
 
     /// The dead letters standing for `unit` when no version could handle it.
     fn dead_letters(&self, unit: usize) -> Vec<Event>;
@@ -827,35 +827,87 @@ pub(super) struct AnswerRecord {
 /// The records of an answer, and its rejections by unit.
 pub(super) type Answer = (Vec<AnswerRecord>, Vec<(usize, String)>);
 
+/// What in a plugin's answer does not fit the request it answers (the stage fails: the plugin
+/// broke its contract, and the host cannot tell what it meant).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// A record for a unit (a window, a pair) that was not asked for.
+    #[error("plugin emitted a record for {noun} {index} of {units}")]
+    RecordFor {
+        /// What the units are (`window`, `pair`).
+        noun: &'static str,
+        /// The unit it named.
+        index: u32,
+        /// How many there were.
+        units: usize,
+    },
+    /// A record for an output the answer does not list.
+    #[error("plugin emitted to target {index} of {targets}")]
+    Target {
+        /// The output it named.
+        index: u32,
+        /// How many the answer lists.
+        targets: usize,
+    },
+    /// A record's payload end outside the payload buffer, or before the previous one's.
+    #[error("plugin gave payload end {end} after {start} in a buffer of {len}")]
+    PayloadEnd {
+        /// The end it gave.
+        end: usize,
+        /// Where the record's payload starts.
+        start: usize,
+        /// The buffer's length.
+        len: usize,
+    },
+    /// A rejection of a unit (a window, a pair, an event) that was not asked for.
+    #[error("plugin rejected {noun} {index} of {units}")]
+    Rejection {
+        /// What the units are (`window`, `pair`, `event`).
+        noun: &'static str,
+        /// The unit it named.
+        index: u32,
+        /// How many there were, in words (`2`, `a batch of 2`).
+        units: String,
+    },
+    /// Not one accumulator per window folded.
+    #[error("plugin returned {accumulators} accumulators for {windows} windows")]
+    Accumulators {
+        /// How many it returned.
+        accumulators: usize,
+        /// How many windows were folded.
+        windows: usize,
+    },
+    /// A pair with neither event (a bug of the stage rather than of the plugin).
+    #[error("a pair without events")]
+    PairWithoutEvents,
+}
+
 /// The records and rejections of a window or join plugin's `output` for a call of `units` units,
-/// with every index checked; an error says what does not fit, naming a unit `noun` (`window`,
-/// `pair`).
-pub(super) fn read_answer(output: OutputBatch, units: usize, noun: &str) -> Result<Answer, String> {
+/// with every index checked; an error names a unit `noun` (`window`, `pair`).
+pub(super) fn read_answer(
+    output: OutputBatch,
+    units: usize,
+    noun: &'static str,
+) -> Result<Answer, AnswerError> {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
     let mut records = Vec::with_capacity(output.emitted.len());
     let mut start = 0usize;
     for emitted in output.emitted {
-        let unit = emitted.event as usize;
+        let (unit, index) = (emitted.event as usize, emitted.event);
         if unit >= units {
-            return Err(format!(
-                "plugin emitted a record for {noun} {} of {units}",
-                emitted.event
-            ));
+            return Err(AnswerError::RecordFor { noun, index, units });
         }
-        let target = targets.get(emitted.target as usize).ok_or_else(|| {
-            format!(
-                "plugin emitted to target {} of {}",
-                emitted.target,
-                targets.len()
-            )
-        })?;
+        let target = targets
+            .get(emitted.target as usize)
+            .ok_or(AnswerError::Target {
+                index: emitted.target,
+                targets: targets.len(),
+            })?;
         let end = emitted.payload_end as usize;
         if end < start || end > payloads.len() {
-            return Err(format!(
-                "plugin gave payload end {end} after {start} in a buffer of {}",
-                payloads.len()
-            ));
+            let len = payloads.len();
+            return Err(AnswerError::PayloadEnd { end, start, len });
         }
         records.push(AnswerRecord {
             unit,
@@ -867,10 +919,11 @@ pub(super) fn read_answer(output: OutputBatch, units: usize, noun: &str) -> Resu
     let mut rejected = Vec::with_capacity(output.rejected.len());
     for rejection in output.rejected {
         if rejection.event as usize >= units {
-            return Err(format!(
-                "plugin rejected {noun} {} of {units}",
-                rejection.event
-            ));
+            return Err(AnswerError::Rejection {
+                noun,
+                index: rejection.event,
+                units: units.to_string(),
+            });
         }
         rejected.push((rejection.event as usize, rejection.reason));
     }

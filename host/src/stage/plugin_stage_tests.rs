@@ -201,3 +201,52 @@ fn a_rollback_switches_at_once_within_the_batch() {
     assert_ne!(stage.plugin_version(), &new_version);
     assert_eq!(stage.plugin_version(), slot.active().plugin.version());
 }
+
+#[test]
+fn answer_errors_read_as_before() {
+    use crate::stage::AnswerError;
+    let cases = [
+        (
+            AnswerError::RecordFor {
+                noun: "window",
+                index: 3,
+                units: 2,
+            },
+            "plugin emitted a record for window 3 of 2",
+        ),
+        (
+            AnswerError::Target {
+                index: 1,
+                targets: 1,
+            },
+            "plugin emitted to target 1 of 1",
+        ),
+        (
+            AnswerError::PayloadEnd {
+                end: 9,
+                start: 4,
+                len: 8,
+            },
+            "plugin gave payload end 9 after 4 in a buffer of 8",
+        ),
+        (
+            AnswerError::Rejection {
+                noun: "event",
+                index: 5,
+                units: "a batch of 2".into(),
+            },
+            "plugin rejected event 5 of a batch of 2",
+        ),
+        (
+            AnswerError::Accumulators {
+                accumulators: 1,
+                windows: 2,
+            },
+            "plugin returned 1 accumulators for 2 windows",
+        ),
+        (AnswerError::PairWithoutEvents, "a pair without events"),
+    ];
+    for (error, text) in cases {
+        assert_eq!(error.to_string(), text);
+    }
+}

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use super::StageError;
 use super::batch::{empty_batch, fill_batch};
 use super::plugin_stage::{
-    Answers, PluginCall, PluginCore, PluginStage, Ran, StageKind, Tallied, Trapped, Turn, Units,
-    WhenNotInstantiated, laid_out,
+    AnswerError, Answers, PluginCall, PluginCore, PluginStage, Ran, StageKind, Tallied, Trapped,
+    Turn, Units, WhenNotInstantiated, laid_out,
 };
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -177,7 +177,7 @@ impl PluginCall for EventsCall<'_> {
         instance.process(self.batch)
     }
 
-    fn read(&mut self, answer: OutputBatch, to: &mut Answers<'_>) -> Result<(), String> {
+    fn read(&mut self, answer: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
         decode_output(answer, self.laid_out, to);
         Ok(())
     }

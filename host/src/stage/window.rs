@@ -28,8 +28,8 @@ use bytes::Bytes;
 use super::batch::{empty_batch, fill_batch};
 use super::plugin_stage::Restored;
 use super::plugin_stage::{
-    AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat, StageKind,
-    StatefulKind, Trapped, Turn, Units, host_rejections, laid_out, read_answer,
+    AnswerError, AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat,
+    StageKind, StatefulKind, Trapped, Turn, Units, host_rejections, laid_out, read_answer,
     read_snapshot_start, restored, write_snapshot_start,
 };
 use super::transform::PLUGIN_VERSION_PROPERTY;
@@ -487,7 +487,7 @@ impl PluginCall for FoldCall<'_> {
         instance.fold(&self.request)
     }
 
-    fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), String> {
+    fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), AnswerError> {
         let Some(unit) = self.unit else {
             return self.read_all(response, to);
         };
@@ -512,24 +512,25 @@ impl PluginCall for FoldCall<'_> {
 
 impl FoldCall<'_> {
     /// The answer to the batch's call: every window's accumulator, and the events refused.
-    fn read_all(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), String> {
+    fn read_all(
+        &mut self,
+        response: FoldResponse,
+        to: &mut Answers<'_>,
+    ) -> Result<(), AnswerError> {
         self.accumulators = split(&response.accumulators, &response.accumulator_ends)
             .filter(|accs| accs.len() == self.groups.len())
-            .ok_or_else(|| {
-                format!(
-                    "plugin returned {} accumulators for {} windows",
-                    response.accumulator_ends.len(),
-                    self.groups.len()
-                )
+            .ok_or(AnswerError::Accumulators {
+                accumulators: response.accumulator_ends.len(),
+                windows: self.groups.len(),
             })?;
         let mut refused = BTreeSet::new();
         for rejection in response.rejected {
             let Some(event) = self.events.get(rejection.event as usize) else {
-                return Err(format!(
-                    "plugin rejected event {} of a batch of {}",
-                    rejection.event,
-                    self.events.len()
-                ));
+                return Err(AnswerError::Rejection {
+                    noun: "event",
+                    index: rejection.event,
+                    units: format!("a batch of {}", self.events.len()),
+                });
             };
             // An event of overlapping windows is refused once per window: report it once.
             if refused.insert(rejection.event) {
@@ -559,7 +560,7 @@ impl PluginCall for FinishCall<'_> {
         self.request = finish_request(self.laid_out.iter());
     }
 
-    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), String> {
+    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
         let (windows, closed) = (self.windows, self.laid_out);
         let (records, rejected) = read_answer(output, closed.len(), "window")?;
         for AnswerRecord { unit, target, body } in records {
