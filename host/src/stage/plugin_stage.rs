@@ -164,14 +164,7 @@ impl<K: StatefulKind> PluginStage<K> {
         metrics: Metrics,
     ) -> Result<Self, DecodeError> {
         let (keyed, kind) = K::restore(settings, snapshot)?;
-        let core = PluginCore::new(
-            name,
-            slot(keyed),
-            Some(metrics),
-            false,
-            WhenNotInstantiated::StageFails,
-            Tallied::PerStageCall,
-        );
+        let core = PluginCore::new(name, slot(keyed), Some(metrics), CallPolicy::STATEFUL);
         Ok(PluginStage { core, kind })
     }
 }
@@ -261,6 +254,35 @@ pub(super) fn write_snapshot_start(keyed: &KeyedState) -> Writer {
     w.u8(1);
     w.bytes(&keyed.snapshot());
     w
+}
+
+/// How a stage kind's plugin calls go, where the kinds differ.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CallPolicy {
+    /// Time every call (`weir_plugin_call_seconds`).
+    pub(super) time_calls: bool,
+    /// What an instance that cannot be created means.
+    pub(super) not_instantiated: WhenNotInstantiated,
+    /// When the probation is told.
+    pub(super) tallied: Tallied,
+}
+
+impl CallPolicy {
+    /// Window and join stages: their state depends on every call, so a plugin that cannot be
+    /// instantiated fails the stage; the probation is told once per call of the stage.
+    pub(super) const STATEFUL: CallPolicy = CallPolicy {
+        time_calls: false,
+        not_instantiated: WhenNotInstantiated::StageFails,
+        tallied: Tallied::PerStageCall,
+    };
+
+    /// Per-event transforms: calls are timed, an instance that cannot be created is a trap of
+    /// the event, and every event of a retry is told to the probation.
+    pub(super) const TRANSFORM: CallPolicy = CallPolicy {
+        time_calls: true,
+        not_instantiated: WhenNotInstantiated::Trap,
+        tallied: Tallied::EachUnit,
+    };
 }
 
 /// What a plugin instance that cannot be created means for the stage.
@@ -451,11 +473,9 @@ impl Probe {
 pub struct PluginCore {
     name: Arc<str>,
     slot: InstanceSlot,
-    /// Where failed calls are counted (and calls timed, with `time_calls`).
+    /// Where failed calls are counted (and calls timed, if the policy says so).
     metrics: Option<Metrics>,
-    time_calls: bool,
-    not_instantiated: WhenNotInstantiated,
-    tallied: Tallied,
+    policy: CallPolicy,
     label_versions: bool,
     /// Units the running version trapped on in the current call of the stage, for its probation
     /// ([`Tallied::PerStageCall`]).
@@ -472,23 +492,19 @@ impl std::fmt::Debug for PluginCore {
 }
 
 impl PluginCore {
-    /// The core of stage `name` calling its plugin through `slot`. `metrics` counts failed calls
-    /// (and times every call when `time_calls`).
+    /// The core of stage `name` calling its plugin through `slot` as `policy` says; `metrics`
+    /// counts failed calls (and times calls, if the policy says so).
     pub(super) fn new(
         name: Arc<str>,
         slot: InstanceSlot,
         metrics: Option<Metrics>,
-        time_calls: bool,
-        not_instantiated: WhenNotInstantiated,
-        tallied: Tallied,
+        policy: CallPolicy,
     ) -> Self {
         PluginCore {
             name,
             slot,
             metrics,
-            time_calls,
-            not_instantiated,
-            tallied,
+            policy,
             label_versions: false,
             trapped: 0,
         }
@@ -558,7 +574,7 @@ impl PluginCore {
 
     /// Times a call that started at `started`, if the stage asks for it.
     fn timed(&self, started: Instant) {
-        if let (true, Some(metrics)) = (self.time_calls, &self.metrics) {
+        if let (true, Some(metrics)) = (self.policy.time_calls, &self.metrics) {
             metrics.observe(
                 names::PLUGIN_CALL_SECONDS,
                 &[
@@ -579,7 +595,7 @@ impl PluginCore {
         let started = Instant::now();
         let result = self.slot.call(call);
         self.timed(started);
-        let result = match (result, self.not_instantiated) {
+        let result = match (result, self.policy.not_instantiated) {
             (Ok(result), _) => result,
             (Err(e), WhenNotInstantiated::Trap) => Err(e),
             (Err(e), WhenNotInstantiated::StageFails) => {
@@ -631,7 +647,7 @@ impl PluginCore {
                 self.count_trap(&second.version);
                 Err(trapped_too(&trap, &second))
             }
-            Some(Err(second)) => match self.not_instantiated {
+            Some(Err(second)) => match self.policy.not_instantiated {
                 WhenNotInstantiated::Trap => {
                     self.count_trap(&second.version);
                     Err(trapped_too(&trap, &second))
@@ -708,7 +724,7 @@ impl PluginCore {
                 }
             }
             let trapped = u64::from(attempt.trapped);
-            match self.tallied {
+            match self.policy.tallied {
                 Tallied::PerStageCall => self.trapped += trapped,
                 Tallied::EachUnit => {
                     if self.tally(&probe, out, 1, trapped) {

@@ -86,8 +86,14 @@ fn versions(out: &StageOutput) -> Vec<String> {
         .collect()
 }
 
-/// A stage following a slot that runs `tally`, with `tally_trap_marked` offered under `policy`.
-fn swapped(policy: RollbackPolicy) -> Option<(WasmTransformStage, Arc<PluginSlot<Plugin>>)> {
+/// A stage following a slot that runs `tally`, with `tally_trap_marked` offered on a probation
+/// of 1,000 events that fails above `max_trap_ratio`.
+fn swapped(max_trap_ratio: f64) -> Option<(WasmTransformStage, Arc<PluginSlot<Plugin>>)> {
+    let policy = RollbackPolicy {
+        probation_events: 1_000,
+        max_trap_ratio,
+        max_error_ratio: 2.0,
+    };
     let engine = PluginEngine::new().expect("engine");
     let (v1, v1_bytes) = load(&engine, "tally")?;
     let (_, v2_bytes) = load(&engine, "tally_trap_marked")?;
@@ -157,12 +163,8 @@ fn a_trap_sends_only_its_event_to_the_dead_letters() {
 
 #[test]
 fn during_probation_an_event_the_new_version_traps_on_goes_to_the_previous_one() {
-    let policy = RollbackPolicy {
-        probation_events: 1_000_000,
-        max_trap_ratio: 2.0,
-        max_error_ratio: 2.0,
-    };
-    let Some((mut stage, _slot)) = swapped(policy) else {
+    // A probation no trap can fail.
+    let Some((mut stage, _slot)) = swapped(2.0) else {
         return;
     };
     let batch = events(0, &[("a", false), ("a", true), ("b", false)]);
@@ -182,12 +184,7 @@ fn during_probation_an_event_the_new_version_traps_on_goes_to_the_previous_one()
 #[test]
 fn a_rollback_switches_at_once_within_the_batch() {
     // The first trap fails the probation.
-    let policy = RollbackPolicy {
-        probation_events: 1_000,
-        max_trap_ratio: 0.0,
-        max_error_ratio: 2.0,
-    };
-    let Some((mut stage, slot)) = swapped(policy) else {
+    let Some((mut stage, slot)) = swapped(0.0) else {
         return;
     };
     let new_version = slot.active().plugin.version().clone();

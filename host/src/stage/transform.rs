@@ -15,8 +15,8 @@ use bytes::Bytes;
 use super::StageError;
 use super::batch::{empty_batch, fill_batch};
 use super::plugin_stage::{
-    AnswerError, Answers, PluginCall, PluginCore, PluginStage, Ran, StageKind, Tallied, Trapped,
-    Turn, Units, WhenNotInstantiated, laid_out,
+    AnswerError, Answers, CallPolicy, PluginCall, PluginCore, PluginStage, Ran, StageKind, Trapped,
+    Turn, Units, laid_out,
 };
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -86,14 +86,8 @@ impl PluginStage<Transform> {
         let instances =
             InstanceSlot::new(plugin.clone(), settings.for_plugin(&plugin), state).following(slot);
         let label = telemetry.as_ref().is_some_and(|t| t.label_versions);
-        let core = PluginCore::new(
-            name,
-            instances,
-            telemetry.map(|t| t.metrics),
-            true,
-            WhenNotInstantiated::Trap,
-            Tallied::EachUnit,
-        );
+        let metrics = telemetry.map(|t| t.metrics);
+        let core = PluginCore::new(name, instances, metrics, CallPolicy::TRANSFORM);
         PluginStage::from_parts(
             core,
             Transform {
