@@ -59,7 +59,7 @@ pub struct SampleClock {
 
 impl SampleClock {
     /// Whether a batch of `events` events should become the new sample: the first batch, a
-    /// larger one than the sample, or any once the sample is [`SAMPLE_EVERY`] old.
+    /// larger one than the sample, or any once the sample is `SAMPLE_EVERY` (30 s) old.
     pub fn due(&mut self, events: usize) -> bool {
         let due = match self.taken {
             None => events > 0,

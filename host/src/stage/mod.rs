@@ -3,6 +3,12 @@
 //! A stage is plain synchronous code over a batch of one partition's events. It never takes the
 //! host down: whatever the plugin does, the stage returns outputs and rejections, or an error that
 //! stops only its own partition worker.
+//!
+//! The stages that run a plugin (per-event transform, window aggregate, interval join) are one
+//! [`PluginStage`] each, parameterised by their kind: the shared core (`plugin_stage`) runs the
+//! plugin's instances, hot swap, probation, fallback and trap isolation; a kind adds how it lays
+//! out a call and reads the answer. A refused event carries a [`RejectionKind`], which decides its
+//! dead letter's kind; its reason is words for people.
 
 pub mod batch;
 mod dedup;
@@ -177,9 +183,10 @@ pub trait Stage: Send {
     fn name(&self) -> &Arc<str>;
 
     /// The partition worker starts a batch: the calls that follow, until the next boundary, are
-    /// one batch (its events, its right-hand events, its watermarks). Window and join stages,
-    /// which get several calls per batch, take their version slot's active version here and
-    /// nowhere else, so that a batch in flight finishes on the version it started with.
+    /// one batch (its events, its right-hand events, its watermarks). Plugin stages take their
+    /// version slot's active version here (window and join stages, which get several calls per
+    /// batch, nowhere else), so that a batch in flight finishes on the version it started with;
+    /// a transform, called once per batch, also looks at the start of each call.
     fn batch_boundary(&mut self) {}
 
     /// Processes one batch of events of this stage's partition, in order.
