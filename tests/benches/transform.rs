@@ -136,7 +136,7 @@ fn best_of(mut round: impl FnMut() -> (Duration, usize)) -> (Duration, usize) {
         .expect("at least one round")
 }
 
-fn stage(plugin: &Arc<weir::plugin::TransformPlugin>) -> WasmTransformStage {
+fn stage(plugin: &Arc<weir::plugin::Plugin>) -> WasmTransformStage {
     let settings = Arc::new(InstanceSettings {
         scope: PluginScope {
             pipeline: "bench".into(),

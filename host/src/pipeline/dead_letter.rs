@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::event::Event;
+use crate::stage::RejectionKind;
 
 /// Why an event went to the dead-letter sink, as a short label for metrics and searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,6 +54,19 @@ impl DeadLetterKind {
             DeadLetterKind::Trap => "trap",
             DeadLetterKind::Unrouted => "unrouted",
             DeadLetterKind::SinkRefused => "sink_refused",
+        }
+    }
+}
+
+impl From<RejectionKind> for DeadLetterKind {
+    /// The dead letter's kind for an event a stage refused.
+    fn from(kind: RejectionKind) -> Self {
+        match kind {
+            RejectionKind::Trap => DeadLetterKind::Trap,
+            RejectionKind::Late => DeadLetterKind::Late,
+            RejectionKind::Plugin | RejectionKind::InvalidOutput | RejectionKind::Unreadable => {
+                DeadLetterKind::Rejected
+            }
         }
     }
 }

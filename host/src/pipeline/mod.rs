@@ -187,12 +187,11 @@ impl Running {
             let (pipeline, _) = workers.swap_remove(index);
             let outcome = match result {
                 Ok(outcome) => outcome,
-                Err(join_error) => Err(WorkerError::Stage(crate::stage::StageError {
-                    pipeline: pipeline.as_str().into(),
-                    stage: "(worker)".into(),
-                    partition: 0,
-                    reason: format!("worker task failed: {join_error}"),
-                })),
+                Err(join_error) => Err(WorkerError::Stage(crate::stage::StageError::worker_task(
+                    pipeline.as_str().into(),
+                    0,
+                    &join_error,
+                ))),
             };
             match outcome {
                 Ok(worker_reports) => report

@@ -511,12 +511,9 @@ async fn join(
             tracing::error!(pipeline = %pipeline, partition, %reason, "cannot start the partition's worker; releasing it");
             None
         }
-        Err(join_error) => Some(Err(WorkerError::Stage(crate::stage::StageError {
-            pipeline: pipeline.into(),
-            stage: "(worker)".into(),
-            partition,
-            reason: format!("worker task failed: {join_error}"),
-        }))),
+        Err(join_error) => Some(Err(WorkerError::Stage(
+            crate::stage::StageError::worker_task(pipeline.into(), partition, &join_error),
+        ))),
     }
 }
 

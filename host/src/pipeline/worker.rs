@@ -504,13 +504,7 @@ impl PartitionWorker {
                 }
             }
             for rejected in output.rejected.drain(..) {
-                let kind = if rejected.reason.starts_with("plugin trapped") {
-                    DeadLetterKind::Trap
-                } else if rejected.reason.starts_with("late:") {
-                    DeadLetterKind::Late
-                } else {
-                    DeadLetterKind::Rejected
-                };
+                let kind = DeadLetterKind::from(rejected.kind);
                 let at = DeadLetterOrigin {
                     stage: Some(&stage_name),
                     plugin_version: rejected.plugin_version.as_deref(),

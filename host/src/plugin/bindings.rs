@@ -1,7 +1,7 @@
 //! The one place where the host generates its side of the plugin contract from `wit/`.
 //!
 //! The `weir-host` world is the union of every plugin world, so each kind of stage looks up only
-//! the export it needs (see [`super::TransformPlugin`]) and every stage shares the same import
+//! the export it needs (see [`super::Plugin`]) and every stage shares the same import
 //! implementations.
 
 wasmtime::component::bindgen!({

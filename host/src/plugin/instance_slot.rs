@@ -1,6 +1,7 @@
 //! The instance a stage calls, kept between calls: instantiated on first use, discarded after a
 //! failed call (an instance that trapped cannot be entered again) and replaced at the next call,
-//! keeping the committed keyed state. Window and join stages call their plugin through one.
+//! keeping the committed keyed state. Every plugin stage (transform, window, join) calls its
+//! plugin through one (see `stage::plugin_stage`).
 //!
 //! An instance slot may follow a stage's version manager ([`PluginSlot`]): at
 //! [`InstanceSlot::refresh`] (a batch boundary of the partition worker) it takes the version
@@ -13,8 +14,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::bindings::EventBatch;
 use super::slot::CallTally;
-use super::standby::{Prepare, Standby};
+use super::standby::{Prepare, SampleClock, Standby};
 use super::{CallError, InstanceSettings, KeyedState, Plugin, PluginInstance, PluginSlot};
 
 /// A stage's plugin and its current instance in one partition worker.
@@ -29,8 +31,13 @@ pub struct InstanceSlot {
     /// The version the running one replaced, while the running one is on probation.
     fallback: Option<Fallback>,
     /// Where the version manager leaves an instance of the next version, made ready before it
-    /// is activated (see `plugin::standby`; no rehearsal batch here).
+    /// is activated (see `plugin::standby`), rehearsed on the sample the stage keeps there (see
+    /// [`InstanceSlot::keep_sample`]).
     standby: Option<Arc<Standby>>,
+    /// When the stage last handed the standby a sample.
+    sample_clock: SampleClock,
+    /// Whether the running version started on an instance the standby made ready.
+    prepared: bool,
 }
 
 /// The version manager an instance slot follows, and what it has seen of it.
@@ -72,6 +79,8 @@ impl InstanceSlot {
             versions: None,
             fallback: None,
             standby: None,
+            sample_clock: SampleClock::default(),
+            prepared: false,
         }
     }
 
@@ -120,9 +129,11 @@ impl InstanceSlot {
             let settings = self.settings.for_plugin(&active.plugin);
             let plugin = std::mem::replace(&mut self.plugin, active.plugin);
             let settings = std::mem::replace(&mut self.settings, settings);
+            self.prepared = false;
             if let Some(mut ready) = self.standby.as_ref().and_then(|s| s.take(&self.plugin)) {
                 ready.put_keyed_state(std::mem::take(&mut self.parked_state));
                 self.instance = Some(ready);
+                self.prepared = true;
             }
             // The replaced version may become the fallback: its instance stays warm.
             Some(Fallback {
@@ -185,6 +196,27 @@ impl InstanceSlot {
         &self.plugin
     }
 
+    /// Whether the running version started on an instance made ready before the switch (see
+    /// `plugin::standby`), rather than one instantiated at its first call.
+    pub fn started_prepared(&self) -> bool {
+        self.prepared
+    }
+
+    /// Hands the standby `batch` (of `events` events, just run) and the keyed state now as the
+    /// sample the next version rehearses on, when the [`SampleClock`] says it is time. Only
+    /// per-event transforms rehearse (see `plugin::standby`).
+    pub fn keep_sample(&mut self, batch: &EventBatch, events: usize) {
+        if let Some(standby) = &self.standby
+            && self.sample_clock.due(events)
+        {
+            let state = match &self.instance {
+                Some(instance) => instance.keyed_state(),
+                None => &self.parked_state,
+            };
+            standby.keep_sample(batch, state);
+        }
+    }
+
     /// The version a call the running version traps on is given to, during its probation.
     pub fn fallback_version(&self) -> Option<&Arc<str>> {
         self.fallback.as_ref().map(|f| f.plugin.version())
@@ -213,15 +245,15 @@ impl InstanceSlot {
         let instance = match &mut self.instance {
             Some(instance) => instance,
             empty => {
-                let state = std::mem::take(&mut self.parked_state);
-                match PluginInstance::new(self.plugin.clone(), self.settings.clone(), state.clone())
-                {
-                    Ok(instance) => empty.insert(instance),
-                    Err(e) => {
-                        self.parked_state = state;
-                        return Err(e);
-                    }
-                }
+                // The state moves in after instantiation, so that a failed one keeps it here
+                // without a copy.
+                let mut instance = PluginInstance::new(
+                    self.plugin.clone(),
+                    self.settings.clone(),
+                    KeyedState::default(),
+                )?;
+                instance.put_keyed_state(std::mem::take(&mut self.parked_state));
+                empty.insert(instance)
             }
         };
         let result = call(instance);
@@ -253,9 +285,12 @@ impl InstanceSlot {
             empty => match PluginInstance::new(
                 fallback.plugin.clone(),
                 fallback.settings.clone(),
-                state.clone(),
+                KeyedState::default(),
             ) {
-                Ok(instance) => empty.insert(instance),
+                Ok(mut instance) => {
+                    instance.put_keyed_state(state);
+                    empty.insert(instance)
+                }
                 Err(e) => {
                     self.return_state(state);
                     return Some(Err(e));

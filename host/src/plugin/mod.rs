@@ -113,7 +113,7 @@ pub enum PluginError {
         /// The plugin file.
         path: PathBuf,
         /// Why instantiation failed.
-        reason: String,
+        reason: CallFailure,
     },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
@@ -147,21 +147,101 @@ pub trait LoadedPlugin: Send + Sync + 'static {
     /// Instantiates the plugin once and drops the instance, off the hot path, so that the first
     /// batch of the new version does not pay for what the first instantiation of a freshly
     /// compiled component costs. An error means the component cannot even be instantiated.
-    fn warm_up(&self) -> Result<(), String> {
+    fn warm_up(&self) -> Result<(), CallFailure> {
         Ok(())
     }
 }
 
-/// Why one call into a plugin failed. After any of these the instance must be replaced.
+/// Why one call into a plugin (or its instantiation) failed. After any of these the instance
+/// must be replaced.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {plugin} version {version} trapped: {reason}")]
+#[error("plugin {plugin} version {version} trapped: {kind}")]
 pub struct CallError {
     /// Plugin name.
     pub plugin: Arc<str>,
     /// Plugin version (content hash).
     pub version: Arc<str>,
-    /// What happened: a panic message, the deadline, the memory limit, or the trap code.
-    pub reason: String,
+    /// What happened.
+    pub kind: CallFailure,
+}
+
+impl CallError {
+    /// Whether calling again (on a new instance) can help: only when the call ran out of time or
+    /// the host could not provide memory the limit allows, which a busy machine may cause.
+    pub fn retryable(&self) -> bool {
+        self.kind.retryable()
+    }
+}
+
+/// What made a plugin call fail, in the plugin author's terms. `Display` is the reason dead
+/// letters and logs give.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallFailure {
+    /// The call ran past its deadline (the stage's `call_timeout`).
+    #[error("deadline exceeded: the call ran longer than {timeout:?}")]
+    Deadline {
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The instance asked for more linear memory than its limit allows.
+    #[error("{0}")]
+    MemoryLimit(sandbox::MemoryRefusal),
+    /// Growing linear memory failed below the limit (the host could not provide it).
+    #[error("memory limit of {limit} bytes exceeded: {error}")]
+    MemoryGrowth {
+        /// The instance's limit.
+        limit: u64,
+        /// What wasmtime said.
+        error: String,
+    },
+    /// The guest panicked.
+    #[error("panic: {message}")]
+    Panic {
+        /// The panic message with its location, from the guest's stderr.
+        message: String,
+    },
+    /// The guest trapped.
+    #[error("trap: {code}{}", stderr.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    Trap {
+        /// The trap code.
+        code: Trap,
+        /// The guest's last words on stderr, when they explain the trap.
+        stderr: Option<String>,
+    },
+    /// The call returned an output that refers to what is not there.
+    #[error("invalid output: {what}")]
+    InvalidOutput {
+        /// What was wrong.
+        what: String,
+    },
+    /// The plugin could not be instantiated (its start-up failed other than by the causes above).
+    #[error("{error}")]
+    Instantiation {
+        /// What wasmtime said.
+        error: String,
+    },
+    /// The call failed other than by the causes above.
+    #[error("{error}")]
+    Other {
+        /// What wasmtime said.
+        error: String,
+    },
+    /// A stage called a function of another kind of plugin (a bug in the stage).
+    #[error("a {kind:?} plugin was called for a function of another kind of stage")]
+    WrongKind {
+        /// The plugin's kind.
+        kind: PluginKind,
+    },
+}
+
+impl CallFailure {
+    /// Whether calling again can help (see [`CallError::retryable`]).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CallFailure::Deadline { .. } | CallFailure::MemoryGrowth { .. }
+        )
+    }
 }
 
 /// Compiles plugins and holds what every instance shares.
@@ -391,7 +471,7 @@ impl LoadedPlugin for Plugin {
         &self.version
     }
 
-    fn warm_up(&self) -> Result<(), String> {
+    fn warm_up(&self) -> Result<(), CallFailure> {
         // The default limits of a stage: a stage's own limits apply to its workers' instances.
         let settings = Arc::new(InstanceSettings {
             scope: PluginScope {
@@ -416,7 +496,7 @@ impl LoadedPlugin for Plugin {
         });
         PluginInstance::new(plugin, settings, KeyedState::default())
             .map(drop)
-            .map_err(|e| e.reason)
+            .map_err(|e| e.kind)
     }
 }
 
@@ -429,9 +509,6 @@ pub struct Plugin {
     pre: InstancePre<StoreState>,
     exports: Exports,
 }
-
-/// A per-event transform plugin (the name of [`Plugin`] before plugins had several kinds).
-pub type TransformPlugin = Plugin;
 
 /// Where the export of each kind of plugin is, found once per compiled plugin.
 #[derive(Clone)]
@@ -717,10 +794,6 @@ pub struct PluginInstance {
     deadline_ticks: u64,
 }
 
-/// A per-event transform's instance (the name of [`PluginInstance`] before plugins had several
-/// kinds).
-pub type TransformInstance = PluginInstance;
-
 /// The loaded export of an instance.
 enum Guest {
     Transform(bindings::transform::Guest),
@@ -761,8 +834,9 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks);
-        let error =
-            |store: &mut Store<StoreState>, e: wasmtime::Error| call_error(&plugin, store, &e);
+        let error = |store: &mut Store<StoreState>, e: wasmtime::Error| {
+            call_error(&plugin, store, &e, Stage::Instantiation)
+        };
         let instance = match sandbox::run_guest(|| plugin.pre.instantiate(&mut store)) {
             Ok(instance) => instance,
             Err(e) => return Err(error(&mut store, e)),
@@ -857,26 +931,25 @@ impl PluginInstance {
                     self.store.data_mut().keyed.commit();
                     Ok(output)
                 }
-                Err(reason) => {
+                Err(what) => {
                     self.store.data_mut().keyed.rollback();
                     Err(CallError {
                         plugin: self.plugin.name.clone(),
                         version: self.plugin.version.clone(),
-                        reason: format!("invalid output: {reason}"),
+                        kind: CallFailure::InvalidOutput { what },
                     })
                 }
             },
             Some(Err(e)) => {
                 self.store.data_mut().keyed.rollback();
-                Err(call_error(&self.plugin, &mut self.store, &e))
+                Err(call_error(&self.plugin, &mut self.store, &e, Stage::Call))
             }
             None => Err(CallError {
                 plugin: self.plugin.name.clone(),
                 version: self.plugin.version.clone(),
-                reason: format!(
-                    "a {:?} plugin was called for a function of another kind of stage",
-                    self.plugin.kind
-                ),
+                kind: CallFailure::WrongKind {
+                    kind: self.plugin.kind,
+                },
             }),
         }
     }
@@ -961,52 +1034,62 @@ pub fn check_output(output: &OutputBatch, events: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a failure happened while instantiating or in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Instantiation,
+    Call,
+}
+
 /// Explains a failed call in the plugin author's terms.
 fn call_error(
     plugin: &Plugin,
     store: &mut Store<StoreState>,
     error: &wasmtime::Error,
+    during: Stage,
 ) -> CallError {
-    let refusal = store.data_mut().limits.take_refusal();
+    let limits = &mut store.data_mut().limits;
+    let (refusal, grow_failed) = (limits.take_refusal(), limits.take_grow_failure());
     let data = store.data();
     let stderr = data.last_stderr.take();
-    if let Some(refusal) = refusal {
-        return CallError {
-            plugin: plugin.name.clone(),
-            version: plugin.version.clone(),
-            reason: refusal.to_string(),
-        };
-    }
-    let reason = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "deadline exceeded: the call ran longer than {:?}",
-            data.settings.call_timeout
-        ),
-        Some(Trap::UnreachableCodeReached) if !stderr.is_empty() => format!("panic: {stderr}"),
-        Some(trap) => {
-            if matches!(trap, Trap::HeapMisaligned | Trap::MemoryOutOfBounds) || stderr.is_empty() {
-                format!("trap: {trap}")
-            } else {
-                format!("trap: {trap} ({stderr})")
+    let kind = if let Some(refusal) = refusal {
+        CallFailure::MemoryLimit(refusal)
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallFailure::Deadline {
+                timeout: data.settings.call_timeout,
+            },
+            Some(Trap::UnreachableCodeReached) if !stderr.is_empty() => {
+                CallFailure::Panic { message: stderr }
             }
-        }
-        None => {
-            let text = format!("{error:#}");
-            if text.contains("memory") && text.contains("limit")
-                || text.contains("forcing trap when growing memory")
-            {
-                format!(
-                    "memory limit of {} bytes exceeded: {text}",
-                    data.settings.max_memory_bytes
-                )
-            } else {
-                text
-            }
+            Some(&code) => CallFailure::Trap {
+                code,
+                // The guest's words explain an abort, not a wild memory access.
+                stderr: (!matches!(code, Trap::HeapMisaligned | Trap::MemoryOutOfBounds)
+                    && !stderr.is_empty())
+                .then_some(stderr),
+            },
+            None if grow_failed => CallFailure::MemoryGrowth {
+                limit: data.settings.max_memory_bytes,
+                error: format!("{error:#}"),
+            },
+            None => match during {
+                Stage::Instantiation => CallFailure::Instantiation {
+                    error: format!("{error:#}"),
+                },
+                Stage::Call => CallFailure::Other {
+                    error: format!("{error:#}"),
+                },
+            },
         }
     };
     CallError {
         plugin: plugin.name.clone(),
         version: plugin.version.clone(),
-        reason,
+        kind,
     }
 }
+
+#[cfg(test)]
+#[path = "call_error_tests.rs"]
+mod call_error_tests;

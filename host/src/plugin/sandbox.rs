@@ -117,6 +117,8 @@ pub struct InstanceLimiter {
     max_memory_bytes: usize,
     memory_in_use: usize,
     refused: Option<MemoryRefusal>,
+    /// A memory growth below the limit failed (the host could not provide it).
+    grow_failed: bool,
 }
 
 impl InstanceLimiter {
@@ -126,12 +128,19 @@ impl InstanceLimiter {
             max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
             memory_in_use: 0,
             refused: None,
+            grow_failed: false,
         }
     }
 
     /// The last refused growth, if any, forgetting it.
     pub fn take_refusal(&mut self) -> Option<MemoryRefusal> {
         self.refused.take()
+    }
+
+    /// Whether a memory growth the limit allowed failed since the last call of this, forgetting
+    /// it.
+    pub fn take_grow_failure(&mut self) -> bool {
+        std::mem::take(&mut self.grow_failed)
     }
 
     /// Bytes of linear memory the instance holds.
@@ -165,6 +174,7 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         // The host could not provide memory the limit allowed: fail the call rather than let the
         // guest continue with a failed allocation.
+        self.grow_failed = true;
         Err(error)
     }
 

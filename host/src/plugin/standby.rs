@@ -59,7 +59,7 @@ pub struct SampleClock {
 
 impl SampleClock {
     /// Whether a batch of `events` events should become the new sample: the first batch, a
-    /// larger one than the sample, or any once the sample is `SAMPLE_EVERY` old.
+    /// larger one than the sample, or any once the sample is `SAMPLE_EVERY` (30 s) old.
     pub fn due(&mut self, events: usize) -> bool {
         let due = match self.taken {
             None => events > 0,
@@ -142,7 +142,7 @@ impl Prepare<Plugin> for Standby {
             tracing::debug!(
                 pipeline = %self.base.scope.pipeline, stage = %self.base.scope.stage,
                 partition = self.base.scope.partition, version = %plugin.version(),
-                reason = %error.reason,
+                reason = %error.kind,
                 "the new version failed its rehearsal batch; the workers will instantiate it at their first batch"
             );
             return false;

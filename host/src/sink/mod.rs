@@ -38,8 +38,36 @@ pub struct SinkError {
     pub pipeline: String,
     /// Partition writing to it.
     pub partition: PartitionId,
+    /// What kind of failure it is.
+    pub kind: SinkErrorKind,
     /// What happened.
     pub reason: String,
+}
+
+impl SinkError {
+    /// Whether trying again (a restart of the partition from its last checkpoint) can help, or
+    /// an operator must change something first.
+    pub fn retryable(&self) -> bool {
+        self.kind.retryable()
+    }
+}
+
+/// What kind of failure a [`SinkError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// The destination failed or could not be reached (a connection, a request, a commit).
+    Unavailable,
+    /// The sink's configuration cannot work (for example, a header that is not valid HTTP).
+    Misconfigured,
+    /// This build of weir lacks the sink's connector.
+    Unsupported,
+}
+
+impl SinkErrorKind {
+    /// See [`SinkError::retryable`].
+    pub fn retryable(self) -> bool {
+        matches!(self, SinkErrorKind::Unavailable)
+    }
 }
 
 /// Who a writer writes for.
@@ -52,12 +80,13 @@ pub struct WriterScope {
 }
 
 impl WriterScope {
-    /// A [`SinkError`] for sink `sink` in this scope.
+    /// A [`SinkError`] for sink `sink` in this scope: the destination failed.
     pub fn error(&self, sink: &str, reason: impl Into<String>) -> SinkError {
         SinkError {
             sink: sink.to_owned(),
             pipeline: self.pipeline.to_string(),
             partition: self.partition,
+            kind: SinkErrorKind::Unavailable,
             reason: reason.into(),
         }
     }
@@ -117,6 +146,7 @@ pub async fn build(
         sink: name.to_owned(),
         pipeline: String::new(),
         partition: 0,
+        kind: SinkErrorKind::Unsupported,
         reason: format!(
             "this build of weir has no {feature} support: rebuild with `--features {feature}`"
         ),
@@ -143,4 +173,29 @@ pub async fn build(
         #[cfg(not(feature = "delta"))]
         SinkConfig::Delta(_) => return Err(unsupported("delta")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_error_reads_as_before_and_says_whether_to_retry() {
+        let scope = WriterScope {
+            pipeline: "p".into(),
+            partition: 2,
+        };
+        let error = scope.error("out", "connection reset");
+        assert_eq!(
+            error.to_string(),
+            "sink `out` (pipeline `p`, partition 2): connection reset"
+        );
+        assert!(error.retryable());
+        let misconfigured = SinkError {
+            kind: SinkErrorKind::Misconfigured,
+            ..error
+        };
+        assert!(!misconfigured.retryable());
+        assert!(!SinkErrorKind::Unsupported.retryable());
+    }
 }

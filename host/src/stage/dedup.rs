@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{Rejected, Stage, StageError, StageOutput};
+use super::{Stage, StageError, StageOutput};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::event::Event;
 use crate::json::{FieldValue, top_level_field};
@@ -128,20 +128,12 @@ impl Stage for DedupStage {
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
         let mut duplicates = 0u64;
         for event in events {
-            let id = match self.id(event) {
-                Ok(Some(id)) => id,
-                Ok(None) => {
-                    out.emitted.push((self.output.clone(), event.clone()));
-                    continue;
-                }
-                Err(reason) => {
-                    out.rejected.push(Rejected {
-                        event: event.clone(),
-                        reason,
-                        plugin_version: None,
-                    });
-                    continue;
-                }
+            let Some(id) = out.checked(event, self.id(event)) else {
+                continue;
+            };
+            let Some(id) = id else {
+                out.emitted.push((self.output.clone(), event.clone()));
+                continue;
             };
             let time = event.time();
             if let Some(&seen) = self.seen.get(&id)

@@ -14,28 +14,31 @@
 //! crash makes the same records with the same positions.
 //!
 //! A trap in `enrich` is retried pair by pair; while a new version is on probation, a pair it
-//! traps on is enriched by the version it replaced (see [`super::fallback`]), and only a pair both
+//! traps on is enriched by the version it replaced (see [`super::plugin_stage`]), and only a pair both
 //! trap on goes to the dead letters. The stage follows its version slot at batch boundaries
-//! ([`Stage::batch_boundary`]).
+//! ([`Stage::batch_boundary`](super::Stage::batch_boundary)).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::batch::fill_batch;
-use super::fallback::{TrapCounter, call_with_fallback};
+use super::batch::{empty_batch, fill_batch};
+use super::plugin_stage::Restored;
+use super::plugin_stage::{
+    AnswerError, AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat,
+    StageKind, StatefulKind, Trapped, Turn, Units, laid_out, read_answer, read_snapshot_start,
+    restored, write_snapshot_start,
+};
 use super::transform::PLUGIN_VERSION_PROPERTY;
-use super::window::plugin_rejections;
-use super::{Rejected, Stage, StageError, StageOutput};
-use crate::codec::{DecodeError, Reader, Writer};
+use super::{StageError, StageOutput};
+use crate::codec::DecodeError;
 use crate::config::{JoinConfig, UnmatchedPolicy};
 use crate::event::{Event, Position};
 use crate::json::{FieldValue, top_level_field};
-use crate::metrics::{Metrics, names};
+use crate::metrics::names;
 use crate::plugin::bindings::{EventBatch, JoinPair, JoinRequest, OutputBatch};
-use crate::plugin::slot::CallTally;
-use crate::plugin::{CallError, InstanceSlot, KeyedState};
+use crate::plugin::{CallError, KeyedState, PluginInstance};
 use crate::time::{END_OF_INPUT, Mark};
 
 /// An interval join's settings, durations in milliseconds.
@@ -120,103 +123,32 @@ struct Pending {
     position: Position,
 }
 
-/// The interval join of one partition.
-pub struct JoinStage {
-    name: Arc<str>,
+/// The interval-join kind of [`PluginStage`]: both inputs' waiting events, and how they pair.
+pub struct Joins {
     settings: JoinSettings,
-    slot: InstanceSlot,
     state: JoinState,
-    metrics: Metrics,
-    traps: TrapCounter,
-    /// Add the [`PLUGIN_VERSION_PROPERTY`] to every output.
-    label_versions: bool,
-    /// Pairs the running version trapped on in the current call of the stage, for its
-    /// probation.
-    trapped: u64,
-    batch: EventBatch,
 }
 
-impl std::fmt::Debug for JoinStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinStage")
-            .field("name", &self.name)
-            .field("settings", &self.settings)
-            .field("waiting", &self.state.waiting.len())
-            .finish_non_exhaustive()
-    }
-}
+/// The interval join of one partition.
+pub type JoinStage = PluginStage<Joins>;
 
-impl JoinStage {
-    /// A join over `slot`'s join-enrichment plugin, starting from a checkpointed `snapshot` (or
-    /// from nothing).
-    pub fn new(
-        name: Arc<str>,
-        settings: JoinSettings,
-        slot: impl FnOnce(KeyedState) -> InstanceSlot,
-        snapshot: Option<&[u8]>,
-        metrics: Metrics,
-    ) -> Result<Self, DecodeError> {
-        let (keyed, state) = match snapshot {
-            Some(bytes) => restore(bytes)?,
-            None => (KeyedState::default(), JoinState::default()),
-        };
-        let slot = slot(keyed);
-        Ok(JoinStage {
-            traps: TrapCounter {
-                metrics: metrics.clone(),
-                pipeline: slot.settings().scope.pipeline.clone(),
-                stage: name.clone(),
-            },
-            name,
-            settings,
-            slot,
-            state,
-            metrics,
-            label_versions: false,
-            trapped: 0,
-            batch: super::batch::empty_batch(0),
-        })
-    }
-
-    /// The same stage, adding the [`PLUGIN_VERSION_PROPERTY`] (the version that enriched it) to
-    /// every output when `label` is set.
-    pub fn with_version_labels(mut self, label: bool) -> Self {
-        self.label_versions = label;
-        self
-    }
-
+impl PluginStage<Joins> {
     /// Events waiting for a match now.
     pub fn waiting(&self) -> usize {
-        self.state.waiting.len()
+        self.kind().state.waiting.len()
     }
+}
 
-    /// The plugin version the stage ran last (it follows its version slot at batch boundaries).
-    pub fn plugin_version(&self) -> &Arc<str> {
-        self.slot.plugin().version()
+impl StatefulKind for Joins {
+    type Settings = JoinSettings;
+
+    fn restore(settings: Self::Settings, snapshot: Option<&[u8]>) -> Restored<Self> {
+        let (keyed, state) = restored(snapshot, restore)?;
+        Ok((keyed, Joins { settings, state }))
     }
+}
 
-    fn error(&self, reason: String) -> StageError {
-        let scope = &self.slot.settings().scope;
-        StageError {
-            pipeline: scope.pipeline.clone(),
-            stage: self.name.clone(),
-            partition: scope.partition,
-            reason,
-        }
-    }
-
-    fn count(&self, name: &'static str, extra: &[(&'static str, &str)], delta: u64) {
-        let scope = &self.slot.settings().scope;
-        let partition = scope.partition.to_string();
-        let mut labels: Vec<(&'static str, &str)> = vec![
-            ("pipeline", &scope.pipeline),
-            ("stage", &self.name),
-            ("partition", &partition),
-        ];
-        labels.extend_from_slice(extra);
-        self.metrics.add(name, &labels, delta);
-    }
-
+impl Joins {
     fn key(&self, side: Side, event: &Event) -> Result<Arc<str>, String> {
         let field = match side {
             Side::Left => &self.settings.left_key,
@@ -237,6 +169,7 @@ impl JoinStage {
     /// joins, then waits for later matches.
     fn arrive(
         &mut self,
+        core: &mut PluginCore,
         side: Side,
         events: &[Event],
         out: &mut StageOutput,
@@ -249,16 +182,8 @@ impl JoinStage {
         let mut pairs: Vec<Pending> = Vec::new();
         let mut members: Vec<Event> = Vec::new();
         for event in events {
-            let key = match self.key(side, event) {
-                Ok(key) => key,
-                Err(reason) => {
-                    out.rejected.push(Rejected {
-                        event: event.clone(),
-                        reason,
-                        plugin_version: None,
-                    });
-                    continue;
-                }
+            let Some(key) = out.checked(event, self.key(side, event)) else {
+                continue;
             };
             let time = event.time();
             // Left at l, right at r: l - before <= r <= l + within.
@@ -324,14 +249,15 @@ impl JoinStage {
                 ),
             );
         }
-        self.count(names::JOIN_PAIRS, &[], pairs.len() as u64);
-        self.enrich(&members, &pairs, out)?;
+        core.count(names::JOIN_PAIRS, &[], pairs.len() as u64);
+        self.enrich(core, &members, &pairs, out)?;
         Ok(pairs.len() as u64)
     }
 
     /// Calls the plugin on `pairs` (indices into `members`), isolating a pair that traps.
     fn enrich(
         &mut self,
+        core: &mut PluginCore,
         members: &[Event],
         pairs: &[Pending],
         out: &mut StageOutput,
@@ -339,200 +265,28 @@ impl JoinStage {
         if pairs.is_empty() {
             return Ok(());
         }
-        let request = join_request(&mut self.batch, members, pairs);
-        match self.call(|instance| instance.enrich(&request))? {
-            Ok(output) => {
-                let version = self.slot.plugin().version().clone();
-                self.decode(output, members, pairs, &version, out)
-            }
-            Err(trap) => {
-                self.traps.count(&trap.version);
-                let scope = &self.slot.settings().scope;
-                tracing::warn!(
-                    pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    pairs = pairs.len(), version = %trap.version, reason = %trap.reason,
-                    "plugin trapped enriching pairs; retrying them one by one"
-                );
-                for pair in pairs {
-                    let one = std::slice::from_ref(pair);
-                    let request = join_request(&mut self.batch, members, one);
-                    let attempt = call_with_fallback(&mut self.slot, &self.traps, |instance| {
-                        instance.enrich(&request)
-                    })
-                    .map_err(|e| self.error(format!("cannot instantiate plugin: {e}")))?;
-                    self.trapped += u64::from(attempt.trapped);
-                    match attempt.result {
-                        Ok(output) => self.decode(output, members, one, &attempt.version, out)?,
-                        Err(reason) => out.rejected.push(Rejected {
-                            event: pair_letter(members, pair),
-                            reason,
-                            plugin_version: Some(attempt.version),
-                        }),
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn call<R: Send>(
-        &mut self,
-        call: impl FnOnce(&mut crate::plugin::PluginInstance) -> Result<R, CallError>,
-    ) -> Result<Result<R, CallError>, StageError> {
-        match self.slot.call(call) {
-            Ok(result) => Ok(result),
-            Err(e) => Err(self.error(format!("cannot instantiate plugin: {e}"))),
-        }
-    }
-
-    /// The outputs `version` made for `pairs`.
-    fn decode(
-        &self,
-        output: OutputBatch,
-        members: &[Event],
-        pairs: &[Pending],
-        version: &Arc<str>,
-        out: &mut StageOutput,
-    ) -> Result<(), StageError> {
-        let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
-        let payloads = Bytes::from(output.payloads);
-        let mut start = 0usize;
-        for emitted in output.emitted {
-            let pair = pairs.get(emitted.event as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin emitted a record for pair {} of {}",
-                    emitted.event,
-                    pairs.len()
-                ))
-            })?;
-            let target = targets.get(emitted.target as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin emitted to target {} of {}",
-                    emitted.target,
-                    targets.len()
-                ))
-            })?;
-            let end = emitted.payload_end as usize;
-            if end < start || end > payloads.len() {
-                return Err(self.error(format!(
-                    "plugin gave payload end {end} after {start} in a buffer of {}",
-                    payloads.len()
-                )));
-            }
-            let body = payloads.slice(start..end);
-            start = end;
-            let anchor = pair
-                .left
-                .or(pair.right)
-                .and_then(|i| members.get(i))
-                .ok_or_else(|| self.error("a pair without events".to_owned()))?;
-            let time = [pair.left, pair.right]
-                .into_iter()
-                .flatten()
-                .filter_map(|i| members.get(i))
-                .map(Event::time)
-                .max()
-                .unwrap_or_else(|| anchor.time());
-            let properties = if self.label_versions {
-                vec![(PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string())]
-            } else {
-                Vec::new()
-            };
-            out.emitted.push((
-                target.clone(),
-                Event {
-                    partition: anchor.partition,
-                    position: pair.position,
-                    key: anchor.key.clone(),
-                    event_time: Some(time),
-                    enqueued_time: anchor.enqueued_time,
-                    properties,
-                    body,
-                },
-            ));
-        }
-        for rejection in output.rejected {
-            let pair = pairs.get(rejection.event as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin rejected pair {} of {}",
-                    rejection.event,
-                    pairs.len()
-                ))
-            })?;
-            out.rejected.push(Rejected {
-                event: pair_letter(members, pair),
-                reason: rejection.reason,
-                plugin_version: Some(version.clone()),
-            });
-        }
+        let mut call = EnrichCall {
+            members,
+            pairs,
+            laid_out: pairs,
+            batch: empty_batch(0),
+            request: JoinRequest {
+                events: empty_batch(0),
+                pairs: Vec::new(),
+            },
+        };
+        core.run(&mut call, Trapped::Enrich { pairs: pairs.len() }, out)?;
         Ok(())
-    }
-}
-
-/// The dead letter standing for a pair: its left event (or its right one, alone), with the
-/// position the pair's records would have carried.
-fn pair_letter(members: &[Event], pair: &Pending) -> Event {
-    let mut event = pair
-        .left
-        .or(pair.right)
-        .and_then(|i| members.get(i))
-        .cloned()
-        .unwrap_or_else(|| Event::new(0, pair.position, Bytes::new()));
-    event.position = pair.position;
-    event
-}
-
-fn join_request(batch: &mut EventBatch, members: &[Event], pairs: &[Pending]) -> JoinRequest {
-    fill_batch(batch, members);
-    let offset = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-    JoinRequest {
-        events: std::mem::replace(batch, super::batch::empty_batch(0)),
-        pairs: pairs
-            .iter()
-            .map(|p| JoinPair {
-                left: p.left.map(offset),
-                right: p.right.map(offset),
-            })
-            .collect(),
-    }
-}
-
-impl JoinStage {
-    /// One side's batch, with what it made the running version do counted for its probation.
-    fn arrive_batch(
-        &mut self,
-        side: Side,
-        events: &[Event],
-        out: &mut StageOutput,
-    ) -> Result<(), StageError> {
-        self.counted(out, |stage, out| stage.arrive(side, events, out))
-    }
-
-    /// Runs `work`, which enriches pairs, and reports to the version slot how many pairs the
-    /// running version got, refused and trapped on.
-    fn counted(
-        &mut self,
-        out: &mut StageOutput,
-        work: impl FnOnce(&mut Self, &mut StageOutput) -> Result<u64, StageError>,
-    ) -> Result<(), StageError> {
-        let rejected_before = out.rejected.len();
-        let version = self.slot.plugin().version().clone();
-        self.trapped = 0;
-        let result = work(self, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
-        let trapped = std::mem::take(&mut self.trapped);
-        let pairs = result.as_ref().map_or(trapped, |pairs| *pairs);
-        self.slot.tally(CallTally {
-            events: pairs,
-            rejected,
-            trapped,
-        });
-        result.map(|_| ())
     }
 
     /// Lets go of the waiting events `marks` rule out further matches for, enriching the unmatched
     /// ones alone where the side's policy says so; how many it enriched.
-    fn expire(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<u64, StageError> {
+    fn expire(
+        &mut self,
+        core: &mut PluginCore,
+        marks: &[Mark],
+        out: &mut StageOutput,
+    ) -> Result<u64, StageError> {
         let mut members: Vec<Event> = Vec::new();
         let mut alone: Vec<Pending> = Vec::new();
         let mut dropped = [0u64; 2];
@@ -577,51 +331,140 @@ impl JoinStage {
             }
         }
         for side in [Side::Left, Side::Right] {
-            self.count(
+            core.count(
                 names::JOIN_UNMATCHED,
                 &[("side", side.label()), ("policy", "drop")],
                 dropped[side as usize],
             );
-            self.count(
+            core.count(
                 names::JOIN_UNMATCHED,
                 &[("side", side.label()), ("policy", "emit")],
                 emitted[side as usize],
             );
         }
-        self.enrich(&members, &alone, out)?;
+        self.enrich(core, &members, &alone, out)?;
         Ok(alone.len() as u64)
     }
 }
 
-impl Stage for JoinStage {
-    fn name(&self) -> &Arc<str> {
-        &self.name
+/// An `enrich` call: the pairs at once, or, after a trap, one by one.
+struct EnrichCall<'a> {
+    members: &'a [Event],
+    pairs: &'a [Pending],
+    /// The pairs the request laid out last.
+    laid_out: &'a [Pending],
+    /// The batch layout the request is filled from.
+    batch: EventBatch,
+    request: JoinRequest,
+}
+
+impl PluginCall for EnrichCall<'_> {
+    type Answer = OutputBatch;
+
+    fn lay_out(&mut self, units: Units) {
+        self.laid_out = laid_out(self.pairs, units);
+        self.request = join_request(&mut self.batch, self.members, self.laid_out);
     }
 
-    fn running_version(&self) -> Option<Arc<str>> {
-        Some(self.slot.plugin().version().clone())
+    fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
+        instance.enrich(&self.request)
     }
 
-    fn batch_boundary(&mut self) {
-        self.slot.refresh();
+    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
+        let (members, pairs) = (self.members, self.laid_out);
+        let (records, rejected) = read_answer(output, pairs.len(), "pair")?;
+        for AnswerRecord { unit, target, body } in records {
+            let pair = &pairs[unit];
+            let anchor = pair
+                .left
+                .or(pair.right)
+                .and_then(|i| members.get(i))
+                .ok_or(AnswerError::PairWithoutEvents)?;
+            let time = [pair.left, pair.right]
+                .into_iter()
+                .flatten()
+                .filter_map(|i| members.get(i))
+                .map(Event::time)
+                .max()
+                .unwrap_or_else(|| anchor.time());
+            let properties = if to.label_versions() {
+                vec![(PLUGIN_VERSION_PROPERTY.to_owned(), to.version().to_string())]
+            } else {
+                Vec::new()
+            };
+            to.emit(
+                target,
+                Event {
+                    partition: anchor.partition,
+                    position: pair.position,
+                    key: anchor.key.clone(),
+                    event_time: Some(time),
+                    enqueued_time: anchor.enqueued_time,
+                    properties,
+                    body,
+                },
+            );
+        }
+        for (unit, reason) in rejected {
+            to.reject(pair_letter(members, &pairs[unit]), reason);
+        }
+        Ok(())
     }
 
-    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive_batch(Side::Left, events, out)
+    fn dead_letters(&self, unit: usize) -> Vec<Event> {
+        self.pairs
+            .get(unit)
+            .map(|pair| pair_letter(self.members, pair))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The dead letter standing for a pair: its left event (or its right one, alone), with the
+/// position the pair's records would have carried.
+fn pair_letter(members: &[Event], pair: &Pending) -> Event {
+    let mut event = pair
+        .left
+        .or(pair.right)
+        .and_then(|i| members.get(i))
+        .cloned()
+        .unwrap_or_else(|| Event::new(0, pair.position, Bytes::new()));
+    event.position = pair.position;
+    event
+}
+
+fn join_request(batch: &mut EventBatch, members: &[Event], pairs: &[Pending]) -> JoinRequest {
+    fill_batch(batch, members);
+    let offset = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    JoinRequest {
+        events: std::mem::replace(batch, empty_batch(0)),
+        pairs: pairs
+            .iter()
+            .map(|p| JoinPair {
+                left: p.left.map(offset),
+                right: p.right.map(offset),
+            })
+            .collect(),
+    }
+}
+
+impl StageKind for Joins {
+    const NAME: &'static str = "JoinStage";
+
+    fn process(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
+        turn.counted(|core, out| self.arrive(core, Side::Left, events, out))
     }
 
-    fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        self.arrive_batch(Side::Right, events, out)
+    fn process_right(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
+        turn.counted(|core, out| self.arrive(core, Side::Right, events, out))
     }
 
-    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        self.counted(out, |stage, out| stage.expire(marks, out))
+    fn watermarks(&mut self, turn: Turn<'_>, marks: &[Mark]) -> Result<(), StageError> {
+        turn.counted(|core, out| self.expire(core, marks, out))
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u8(1);
-        w.bytes(&self.slot.keyed_state().snapshot());
+    fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
+        let mut w = write_snapshot_start(keyed);
         w.u64(self.state.next_id);
         w.len(self.state.expiry.len());
         for (expires, id) in &self.state.expiry {
@@ -638,24 +481,20 @@ impl Stage for JoinStage {
         w.finish()
     }
 
-    fn take_counters(&mut self) -> Vec<(String, u64)> {
-        self.slot.take_counters().into_iter().collect()
+    fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
+        f.field("settings", &self.settings)
+            .field("waiting", &self.state.waiting.len());
     }
 }
 
+/// How the join state's format version is named in decoding errors.
+const SNAPSHOT: SnapshotFormat = SnapshotFormat {
+    field: "the join state's format version",
+    expected: "join state format version 1",
+};
+
 fn restore(bytes: &[u8]) -> Result<(KeyedState, JoinState), DecodeError> {
-    let mut r = Reader::new(bytes);
-    if r.u8("the join state's format version")? != 1 {
-        return Err(DecodeError {
-            offset: 0,
-            what: "join state format version 1",
-        });
-    }
-    let keyed_bytes = r.bytes("the plugin's keyed state")?;
-    let keyed = KeyedState::restore(keyed_bytes).map_err(|e| DecodeError {
-        offset: e.offset,
-        what: e.what,
-    })?;
+    let (mut r, keyed) = read_snapshot_start(bytes, &SNAPSHOT)?;
     let mut state = JoinState {
         next_id: r.u64("the next waiting id")?,
         ..JoinState::default()
@@ -694,6 +533,7 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, JoinState), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Writer;
 
     #[test]
     fn state_snapshot_round_trips() {

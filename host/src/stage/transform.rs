@@ -1,27 +1,28 @@
 //! The per-event transform stage: a batch in, records to named outputs and rejections out.
 //!
-//! The stage runs whatever version its [`PluginSlot`] holds: at the start of each batch (the
-//! worker's batch boundary) it compares the slot's generation with the one it runs, and on a
-//! change drops its instance and instantiates the new version with the keyed state it holds. A
-//! trap never leaves the stage: the instance is replaced and the batch is retried event by event,
-//! so that only the poison event goes to the dead letters (or, while the version is on probation,
-//! to the version it replaced).
+//! The stage runs whatever version its [`PluginSlot`] holds (see [`super::plugin_stage`]): at the
+//! start of each batch it takes the slot's active version if it changed, on an instance made ready
+//! off the worker's thread when there is one, with the keyed state it holds. The hot path is one
+//! call per batch. A trap never leaves the stage: the instance is replaced and the batch is
+//! retried event by event, so that only the poison event goes to the dead letters (or, while the
+//! version is on probation, to the version it replaced); each event of that retry counts for the
+//! probation, and when the slot rolls back the rest of the batch runs on the version rolled back to.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::StageError;
 use super::batch::{empty_batch, fill_batch};
-use super::{Rejected, Stage, StageError, StageOutput};
+use super::plugin_stage::{
+    AnswerError, Answers, CallPolicy, PluginCall, PluginCore, PluginStage, Ran, StageKind, Trapped,
+    Turn, Units, laid_out,
+};
 use crate::event::Event;
-use crate::metrics::{Metrics, names};
+use crate::metrics::Metrics;
 use crate::plugin::bindings::{EventBatch, OutputBatch};
-use crate::plugin::retire::retire;
-use crate::plugin::slot::{Active, CallTally};
-use crate::plugin::standby::{Prepare, SampleClock, Standby};
 use crate::plugin::{
-    CallError, InstanceSettings, KeyedState, PluginSlot, TransformInstance, TransformPlugin,
+    CallError, InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginInstance, PluginSlot,
 };
 
 /// The record property that names the plugin version that produced a record (when the pipeline
@@ -49,91 +50,22 @@ pub struct StageTelemetry {
     pub label_versions: bool,
 }
 
-/// One version's instance, created on first use and dropped after a trap.
-struct Runner {
-    plugin: Arc<TransformPlugin>,
-    settings: Arc<InstanceSettings>,
-    instance: Option<TransformInstance>,
-    /// Whether the instance was made ready off the worker's thread (see `plugin::standby`).
-    prepared: bool,
-}
-
-impl Runner {
-    fn new(plugin: Arc<TransformPlugin>, base: &InstanceSettings) -> Self {
-        Runner {
-            settings: base.for_plugin(&plugin),
-            plugin,
-            instance: None,
-            prepared: false,
-        }
-    }
-
-    /// Calls the plugin on `batch` with `state`; the state comes back whatever happens (with the
-    /// call's writes only if it succeeded).
-    fn call(
-        &mut self,
-        batch: &EventBatch,
-        state: &mut KeyedState,
-    ) -> Result<OutputBatch, CallError> {
-        let instance = match &mut self.instance {
-            Some(instance) => instance,
-            None => {
-                let instance = TransformInstance::new(
-                    self.plugin.clone(),
-                    self.settings.clone(),
-                    KeyedState::default(),
-                )?;
-                self.instance.insert(instance)
-            }
-        };
-        instance.put_keyed_state(std::mem::take(state));
-        let result = instance.process(batch);
-        *state = instance.take_keyed_state();
-        if result.is_err() {
-            // After a trap the instance cannot be entered again.
-            self.instance = None;
-        }
-        result
-    }
-
-    fn version(&self) -> &Arc<str> {
-        self.plugin.version()
-    }
+/// The per-event transform kind of [`PluginStage`]: one call per batch, its state is the
+/// plugin's keyed state alone.
+pub struct Transform {
+    /// The batch layout, its buffers reused from batch to batch.
+    batch: EventBatch,
 }
 
 /// Runs a transform plugin over batches, isolating poison events when a batch traps.
-pub struct WasmTransformStage {
-    name: Arc<str>,
-    base: Arc<InstanceSettings>,
-    slot: Arc<PluginSlot<TransformPlugin>>,
-    generation: u64,
-    primary: Runner,
-    /// The version the primary replaced, while the primary is on probation.
-    fallback: Option<Runner>,
-    /// The keyed state between calls (instances hold it only during a call).
-    state: KeyedState,
-    telemetry: Option<StageTelemetry>,
-    batch: EventBatch,
-    /// Where the slot leaves a ready instance of the next version (see `plugin::standby`).
-    standby: Arc<Standby>,
-    sample_clock: SampleClock,
-}
+pub type WasmTransformStage = PluginStage<Transform>;
 
-impl std::fmt::Debug for WasmTransformStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmTransformStage")
-            .field("name", &self.name)
-            .field("plugin", &self.primary.plugin)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WasmTransformStage {
+impl PluginStage<Transform> {
     /// A stage running `plugin` for good, starting from `state` (restored from a checkpoint, or
     /// empty).
     pub fn new(
         name: Arc<str>,
-        plugin: Arc<TransformPlugin>,
+        plugin: Arc<Plugin>,
         settings: Arc<InstanceSettings>,
         state: KeyedState,
     ) -> Self {
@@ -145,214 +77,32 @@ impl WasmTransformStage {
     /// gives the scope and limits (its plugin name and version are replaced by each version's).
     pub fn with_slot(
         name: Arc<str>,
-        slot: Arc<PluginSlot<TransformPlugin>>,
+        slot: Arc<PluginSlot<Plugin>>,
         settings: Arc<InstanceSettings>,
         state: KeyedState,
         telemetry: Option<StageTelemetry>,
     ) -> Self {
-        let standby = Standby::new(settings.clone());
-        let prepare: Arc<dyn Prepare<TransformPlugin>> = standby.clone();
-        slot.add_standby(Arc::downgrade(&prepare));
-        let Active {
-            generation,
-            plugin,
-            fallback,
-        } = slot.active();
-        WasmTransformStage {
-            primary: Runner::new(plugin, &settings),
-            standby,
-            sample_clock: SampleClock::default(),
-            fallback: fallback.map(|f| Runner::new(f, &settings)),
-            name,
-            base: settings,
-            slot,
-            generation,
-            state,
-            telemetry,
-            batch: empty_batch(0),
-        }
-    }
-
-    /// The plugin version the stage runs now.
-    pub fn plugin(&self) -> &Arc<TransformPlugin> {
-        &self.primary.plugin
-    }
-
-    /// Whether the version the stage runs started on an instance made ready before the switch
-    /// (see `plugin::standby`), rather than one instantiated at its first batch.
-    pub fn started_prepared(&self) -> bool {
-        self.primary.prepared
-    }
-
-    /// The stage's keyed state.
-    pub fn keyed_state(&self) -> &KeyedState {
-        &self.state
-    }
-
-    /// Takes the slot's active version if it changed since the last batch.
-    fn refresh(&mut self) {
-        if self.slot.generation() == self.generation {
-            return;
-        }
-        let Active {
-            generation,
-            plugin,
-            fallback,
-        } = self.slot.active();
-        self.generation = generation;
-        if !Arc::ptr_eq(&plugin, &self.primary.plugin) {
-            tracing::debug!(
-                pipeline = %self.base.scope.pipeline, stage = %self.name,
-                partition = self.base.scope.partition, from = %self.primary.version(),
-                to = %plugin.version(), "switching plugin version at the batch boundary"
-            );
-            // The slot may have made an instance ready off this thread (see `plugin::standby`).
-            let mut primary = Runner::new(plugin, &self.base);
-            primary.instance = self.standby.take(&primary.plugin);
-            primary.prepared = primary.instance.is_some();
-            // The old version's instance may become the fallback: keep it warm. Replaced
-            // instances are freed off this thread (see `plugin::retire`).
-            let old = std::mem::replace(&mut self.primary, primary);
-            let fallback = match fallback {
-                Some(f) if Arc::ptr_eq(&f, &old.plugin) => Some(old),
-                Some(f) => {
-                    retire(old);
-                    Some(Runner::new(f, &self.base))
-                }
-                None => {
-                    retire(old);
-                    None
-                }
-            };
-            if let Some(replaced) = std::mem::replace(&mut self.fallback, fallback) {
-                retire(replaced);
-            }
-        } else {
-            self.fallback = match (fallback, self.fallback.take()) {
-                (Some(f), Some(runner)) if Arc::ptr_eq(&f, &runner.plugin) => Some(runner),
-                (f, replaced) => {
-                    if let Some(replaced) = replaced {
-                        retire(replaced);
-                    }
-                    f.map(|f| Runner::new(f, &self.base))
-                }
-            };
-        }
-    }
-
-    fn call(&mut self, events: &[Event], fallback: bool) -> Result<OutputBatch, CallError> {
-        fill_batch(&mut self.batch, events);
-        let runner = match (fallback, &mut self.fallback) {
-            (true, Some(runner)) => runner,
-            _ => &mut self.primary,
-        };
-        let started = Instant::now();
-        let result = runner.call(&self.batch, &mut self.state);
-        if let Some(telemetry) = &self.telemetry {
-            let labels = [
-                ("pipeline", &*self.base.scope.pipeline),
-                ("stage", &*self.name),
-            ];
-            telemetry.metrics.observe(
-                names::PLUGIN_CALL_SECONDS,
-                &labels,
-                started.elapsed().as_secs_f64(),
-            );
-            if let Err(error) = &result {
-                telemetry.metrics.add(
-                    names::PLUGIN_TRAPS,
-                    &[labels[0], labels[1], ("version", &error.version)],
-                    1,
-                );
-            }
-        }
-        result
-    }
-
-    fn label_versions(&self) -> bool {
-        self.telemetry.as_ref().is_some_and(|t| t.label_versions)
-    }
-
-    /// Counts a call of the primary for its probation; true when the slot rolled back.
-    fn tally(&mut self, tally: CallTally) -> bool {
-        self.fallback.is_some() && self.slot.record(self.generation, tally)
-    }
-
-    /// Runs `events` one by one after their batch trapped: each event that traps again goes to
-    /// the fallback (during probation) or to the dead letters. Returns how many events it handled
-    /// before the slot rolled back, if it did.
-    fn isolate(&mut self, events: &[Event], out: &mut StageOutput) -> Option<usize> {
-        let label = self.label_versions();
-        for (index, event) in events.iter().enumerate() {
-            let single = std::slice::from_ref(event);
-            match self.call(single, false) {
-                Ok(output) => {
-                    let rejected_before = out.rejected.len();
-                    decode_output(output, single, self.primary.version(), label, out);
-                    let rejected = (out.rejected.len() - rejected_before) as u64;
-                    if self.tally(CallTally {
-                        events: 1,
-                        rejected,
-                        trapped: 0,
-                    }) {
-                        return Some(index + 1);
-                    }
-                }
-                Err(trap) => {
-                    let rolled_back = self.tally(CallTally {
-                        events: 1,
-                        rejected: 0,
-                        trapped: 1,
-                    });
-                    self.after_trap(event, trap, out);
-                    if rolled_back {
-                        return Some(index + 1);
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    /// The event the primary trapped on: to the fallback if there is one, else a dead letter.
-    fn after_trap(&mut self, event: &Event, trap: CallError, out: &mut StageOutput) {
-        let single = std::slice::from_ref(event);
-        let reason = if self.fallback.is_some() {
-            match self.call(single, true) {
-                Ok(output) => {
-                    let version = self
-                        .fallback
-                        .as_ref()
-                        .map_or_else(|| self.primary.version().clone(), |f| f.version().clone());
-                    decode_output(output, single, &version, self.label_versions(), out);
-                    return;
-                }
-                Err(second) => format!(
-                    "plugin trapped: {}; the previous version {} trapped too: {}",
-                    trap.reason, second.version, second.reason
-                ),
-            }
-        } else {
-            format!("plugin trapped: {}", trap.reason)
-        };
-        out.rejected.push(Rejected {
-            event: event.clone(),
-            reason,
-            plugin_version: Some(trap.version.clone()),
-        });
+        let plugin = slot.active().plugin;
+        let instances =
+            InstanceSlot::new(plugin.clone(), settings.for_plugin(&plugin), state).following(slot);
+        let label = telemetry.as_ref().is_some_and(|t| t.label_versions);
+        let metrics = telemetry.map(|t| t.metrics);
+        let core = PluginCore::new(name, instances, metrics, CallPolicy::TRANSFORM);
+        PluginStage::from_parts(
+            core,
+            Transform {
+                batch: empty_batch(0),
+            },
+        )
+        .with_version_labels(label)
     }
 }
 
-impl Stage for WasmTransformStage {
-    fn name(&self) -> &Arc<str> {
-        &self.name
-    }
+impl StageKind for Transform {
+    const NAME: &'static str = "WasmTransformStage";
 
-    fn running_version(&self) -> Option<Arc<str>> {
-        Some(self.primary.version().clone())
-    }
-
-    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+    fn process(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
+        let Turn { core, out } = turn;
         let mut events = events;
         // At most a few rounds: a round ends early only when the slot rolls back, after which
         // the version that runs is on no probation.
@@ -360,73 +110,80 @@ impl Stage for WasmTransformStage {
             if events.is_empty() {
                 return Ok(());
             }
-            self.refresh();
-            match self.call(events, false) {
-                Ok(output) => {
-                    if self.sample_clock.due(events.len()) {
-                        self.standby.keep_sample(&self.batch, &self.state);
-                    }
-                    let rejected_before = out.rejected.len();
-                    decode_output(
-                        output,
-                        events,
-                        self.primary.version(),
-                        self.label_versions(),
-                        out,
-                    );
-                    let rejected = (out.rejected.len() - rejected_before) as u64;
-                    self.tally(CallTally {
-                        events: events.len() as u64,
-                        rejected,
-                        trapped: 0,
-                    });
+            core.refresh();
+            let probe = core.probe_now(out);
+            let mut call = EventsCall::new(events, &mut self.batch);
+            let what = Trapped::Events {
+                events: events.len(),
+                first_position: events[0].position,
+            };
+            match core.run(&mut call, what, out)? {
+                Ran::Whole => {
+                    core.keep_sample(&self.batch, events.len());
+                    core.tally(&probe, out, events.len() as u64, 0);
                     return Ok(());
                 }
-                Err(trap) => {
-                    tracing::warn!(
-                        pipeline = %self.base.scope.pipeline, stage = %self.name,
-                        partition = self.base.scope.partition, events = events.len(),
-                        first_position = events[0].position, version = %trap.version,
-                        reason = %trap.reason,
-                        "plugin trapped on a batch; retrying it event by event"
-                    );
-                    match self.isolate(events, out) {
-                        Some(done) => events = &events[done..],
-                        None => return Ok(()),
-                    }
-                }
+                Ran::Isolated(Some(done)) => events = &events[done..],
+                Ran::Isolated(None) => return Ok(()),
             }
         }
         // Still events left after repeated rollbacks: finish them one by one, whatever happens.
-        self.refresh();
-        self.isolate(events, out);
+        core.refresh();
+        let mut call = EventsCall::new(events, &mut self.batch);
+        core.isolate(&mut call, events.len(), out)?;
         Ok(())
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.state.snapshot()
+    fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
+        keyed.snapshot()
     }
 
-    fn take_counters(&mut self) -> Vec<(String, u64)> {
-        let mut counters: Vec<(String, u64)> = Vec::new();
-        for runner in std::iter::once(&mut self.primary).chain(self.fallback.as_mut()) {
-            if let Some(instance) = &mut runner.instance {
-                counters.extend(instance.take_counters());
-            }
+    fn describe(&self, _f: &mut std::fmt::DebugStruct<'_, '_>) {}
+}
+
+/// A transform's call: the batch's events, all at once or one by one.
+struct EventsCall<'a> {
+    events: &'a [Event],
+    batch: &'a mut EventBatch,
+    /// The events the request laid out last.
+    laid_out: &'a [Event],
+}
+
+impl<'a> EventsCall<'a> {
+    fn new(events: &'a [Event], batch: &'a mut EventBatch) -> Self {
+        EventsCall {
+            events,
+            batch,
+            laid_out: events,
         }
-        counters
+    }
+}
+
+impl PluginCall for EventsCall<'_> {
+    type Answer = OutputBatch;
+
+    fn lay_out(&mut self, units: Units) {
+        self.laid_out = laid_out(self.events, units);
+        fill_batch(self.batch, self.laid_out);
+    }
+
+    fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
+        instance.process(self.batch)
+    }
+
+    fn read(&mut self, answer: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
+        decode_output(answer, self.laid_out, to);
+        Ok(())
+    }
+
+    fn dead_letters(&self, unit: usize) -> Vec<Event> {
+        self.events.get(unit).cloned().into_iter().collect()
     }
 }
 
 /// Turns a plugin's output (checked by [`crate::plugin::check_output`]) into records and
 /// rejections.
-fn decode_output(
-    output: OutputBatch,
-    events: &[Event],
-    version: &Arc<str>,
-    label_versions: bool,
-    out: &mut StageOutput,
-) {
+fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
     let mut start = 0usize;
@@ -446,11 +203,11 @@ fn decode_output(
         };
         start = end;
         let mut properties = event.properties.clone();
-        if label_versions {
+        if to.label_versions() {
             properties.retain(|(name, _)| name != PLUGIN_VERSION_PROPERTY);
-            properties.push((PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string()));
+            properties.push((PLUGIN_VERSION_PROPERTY.to_owned(), to.version().to_string()));
         }
-        out.emitted.push((
+        to.emit(
             target.clone(),
             Event {
                 partition: event.partition,
@@ -461,16 +218,11 @@ fn decode_output(
                 properties,
                 body,
             },
-        ));
+        );
     }
     for rejection in output.rejected {
-        let Some(event) = events.get(rejection.event as usize) else {
-            continue;
-        };
-        out.rejected.push(Rejected {
-            event: event.clone(),
-            reason: rejection.reason,
-            plugin_version: Some(version.clone()),
-        });
+        if let Some(event) = events.get(rejection.event as usize) {
+            to.reject(event.clone(), rejection.reason);
+        }
     }
 }

@@ -2,10 +2,10 @@
 //! fields the pipeline names, with accumulators a window-aggregate plugin defines and the host
 //! keeps.
 //!
-//! - [`Stage::process`] assigns each event to its (key, window) groups and folds the batch into
+//! - [`Stage::process`](super::Stage::process) assigns each event to its (key, window) groups and folds the batch into
 //!   the groups' accumulators in one call of the plugin's `fold` (sliding windows keep the key's
 //!   recent events instead and fold them when a window closes).
-//! - [`Stage::watermarks`] closes, mark by mark, the windows whose end the watermark passes, and
+//! - [`Stage::watermarks`](super::Stage::watermarks) closes, mark by mark, the windows whose end the watermark passes, and
 //!   calls `finish` once for all of them; each output carries the position of the mark that closed
 //!   its window, the window's end (minus 1 ms) as event time, and the group's fields and the
 //!   window's bounds, set by the host.
@@ -16,9 +16,9 @@
 //! - A trap in `fold` or `finish` discards nothing the host holds: the call is retried one event
 //!   (one window) at a time, and only the event (window) that traps goes to the dead letters.
 //!   While a new version is on probation, an event (window) it traps on is folded (finished) by
-//!   the version it replaced, with the same accumulators (see [`super::fallback`]); only if that
+//!   the version it replaced, with the same accumulators (see [`super::plugin_stage`]); only if that
 //!   traps too does it go to the dead letters.
-//! - The stage follows its version slot at batch boundaries ([`Stage::batch_boundary`]).
+//! - The stage follows its version slot at batch boundaries ([`Stage::batch_boundary`](super::Stage::batch_boundary)).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,20 +26,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::{empty_batch, fill_batch};
-use super::fallback::{TrapCounter, call_with_fallback};
+use super::plugin_stage::Restored;
+use super::plugin_stage::{
+    AnswerError, AnswerRecord, Answers, PluginCall, PluginCore, PluginStage, SnapshotFormat,
+    StageKind, StatefulKind, Trapped, Turn, Units, host_rejections, laid_out, read_answer,
+    read_snapshot_start, restored, write_snapshot_start,
+};
 use super::transform::PLUGIN_VERSION_PROPERTY;
 use super::window_assign::{Closed, GroupId, OpenWindow, Refusal, WindowState};
-use super::{Rejected, Stage, StageError, StageOutput};
-use crate::codec::{DecodeError, Reader, Writer};
+use super::{Rejected, RejectionKind, StageError, StageOutput};
+use crate::codec::DecodeError;
 use crate::config::{WindowConfig, WindowKind};
 use crate::event::Event;
 use crate::json::{top_level_fields, top_level_keys};
-use crate::metrics::{Metrics, names};
+use crate::metrics::names;
 use crate::plugin::bindings::{
-    EventBatch, FinishRequest, FoldRequest, OutputBatch, Window as WitWindow,
+    EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Window as WitWindow,
 };
-use crate::plugin::slot::CallTally;
-use crate::plugin::{CallError, InstanceSlot, KeyedState};
+use crate::plugin::{CallError, KeyedState, PluginInstance};
 use crate::time::{END_OF_INPUT, Mark, format_millis};
 
 /// What kind of windows a stage makes, with durations in milliseconds.
@@ -127,330 +131,73 @@ struct FoldGroup {
     members: Vec<u32>,
 }
 
-/// The window stage of one partition.
-pub struct WindowStage {
-    name: Arc<str>,
+/// The window-aggregate kind of [`PluginStage`]: the open windows, their accumulators and how
+/// events are assigned to them.
+pub struct Windows {
     settings: WindowSettings,
-    slot: InstanceSlot,
     state: WindowState,
-    metrics: Metrics,
-    traps: TrapCounter,
-    /// Add the [`PLUGIN_VERSION_PROPERTY`] to every output.
-    label_versions: bool,
-    /// Events (windows) the running version trapped on in the current call of the stage, for
-    /// its probation.
-    trapped: u64,
-    batch: EventBatch,
 }
 
-impl std::fmt::Debug for WindowStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowStage")
-            .field("name", &self.name)
-            .field("settings", &self.settings)
-            .field("open_windows", &self.state.windows.len())
-            .finish_non_exhaustive()
+/// The window stage of one partition.
+pub type WindowStage = PluginStage<Windows>;
+
+impl StatefulKind for Windows {
+    type Settings = WindowSettings;
+
+    fn restore(settings: Self::Settings, snapshot: Option<&[u8]>) -> Restored<Self> {
+        let (keyed, state) = restored(snapshot, restore)?;
+        Ok((keyed, Windows { settings, state }))
     }
 }
 
-impl WindowStage {
-    /// A stage over `slot`'s window-aggregate plugin, starting from a checkpointed `snapshot`
-    /// (or from nothing).
-    pub fn new(
-        name: Arc<str>,
-        settings: WindowSettings,
-        slot: impl FnOnce(KeyedState) -> InstanceSlot,
-        snapshot: Option<&[u8]>,
-        metrics: Metrics,
-    ) -> Result<Self, DecodeError> {
-        let (keyed, state) = match snapshot {
-            Some(bytes) => restore(bytes)?,
-            None => (KeyedState::default(), WindowState::default()),
-        };
-        let slot = slot(keyed);
-        Ok(WindowStage {
-            traps: TrapCounter {
-                metrics: metrics.clone(),
-                pipeline: slot.settings().scope.pipeline.clone(),
-                stage: name.clone(),
-            },
-            name,
-            settings,
-            slot,
-            state,
-            metrics,
-            label_versions: false,
-            trapped: 0,
-            batch: empty_batch(0),
-        })
-    }
-
-    /// The same stage, adding the [`PLUGIN_VERSION_PROPERTY`] (the version whose `finish` made
-    /// it) to every output when `label` is set.
-    pub fn with_version_labels(mut self, label: bool) -> Self {
-        self.label_versions = label;
-        self
-    }
-
+impl PluginStage<Windows> {
     /// Windows open now.
     pub fn open_windows(&self) -> usize {
-        self.state.windows.len()
+        self.kind().state.windows.len()
     }
+}
 
-    /// The plugin version the stage ran last (it follows its version slot at batch boundaries).
-    pub fn plugin_version(&self) -> &Arc<str> {
-        self.slot.plugin().version()
-    }
-
-    fn error(&self, reason: String) -> StageError {
-        let scope = &self.slot.settings().scope;
-        StageError {
-            pipeline: scope.pipeline.clone(),
-            stage: self.name.clone(),
-            partition: scope.partition,
-            reason,
-        }
-    }
-
+impl Windows {
     /// Folds `groups` (members index `events`) through the plugin, isolating an event that traps.
     /// Returns the new accumulators, in order; refused events go to `out`.
     fn fold(
         &mut self,
+        core: &mut PluginCore,
         events: &[Event],
         groups: &[FoldGroup],
         out: &mut StageOutput,
     ) -> Result<Vec<Vec<u8>>, StageError> {
-        let request = fold_request(&mut self.batch, events, groups, None);
-        let version = self.slot.plugin().version().clone();
-        match self.call(|instance| instance.fold(&request))? {
-            Ok(response) => {
-                let accumulators = split(&response.accumulators, &response.accumulator_ends)
-                    .filter(|accs| accs.len() == groups.len())
-                    .ok_or_else(|| {
-                        self.error(format!(
-                            "plugin returned {} accumulators for {} windows",
-                            response.accumulator_ends.len(),
-                            groups.len()
-                        ))
-                    })?;
-                let mut refused = BTreeSet::new();
-                for rejection in response.rejected {
-                    let Some(event) = events.get(rejection.event as usize) else {
-                        return Err(self.error(format!(
-                            "plugin rejected event {} of a batch of {}",
-                            rejection.event,
-                            events.len()
-                        )));
-                    };
-                    // An event of overlapping windows is refused once per window: report it once.
-                    if refused.insert(rejection.event) {
-                        out.rejected.push(Rejected {
-                            event: event.clone(),
-                            reason: rejection.reason,
-                            plugin_version: Some(version.clone()),
-                        });
-                    }
-                }
-                Ok(accumulators)
-            }
-            Err(trap) => {
-                self.traps.count(&trap.version);
-                let scope = &self.slot.settings().scope;
-                tracing::warn!(
-                    pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    windows = groups.len(), version = %trap.version, reason = %trap.reason,
-                    "plugin trapped folding a batch; retrying it event by event"
-                );
-                self.fold_event_by_event(events, groups, out)
-            }
-        }
-    }
-
-    /// The retry after a trap: one call per event, with the windows it belongs to (on the
-    /// previous version too, during a probation).
-    fn fold_event_by_event(
-        &mut self,
-        events: &[Event],
-        groups: &[FoldGroup],
-        out: &mut StageOutput,
-    ) -> Result<Vec<Vec<u8>>, StageError> {
-        let mut accumulators: Vec<Vec<u8>> = groups.iter().map(|g| g.accumulator.clone()).collect();
-        let mut order: Vec<u32> = groups
-            .iter()
-            .flat_map(|g| g.members.iter().copied())
-            .collect();
-        order.sort_unstable();
-        order.dedup();
-        for member in order {
-            let touched: Vec<usize> = groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.members.contains(&member))
-                .map(|(i, _)| i)
-                .collect();
-            let single: Vec<FoldGroup> = touched
-                .iter()
-                .map(|&i| FoldGroup {
-                    id: groups[i].id.clone(),
-                    end: groups[i].end,
-                    accumulator: accumulators[i].clone(),
-                    members: vec![member],
-                })
-                .collect();
-            let request = fold_request(&mut self.batch, events, &single, Some(member));
-            let Some(event) = events.get(member as usize) else {
-                continue;
-            };
-            let attempt = self.attempt(|instance| instance.fold(&request))?;
-            self.trapped += u64::from(attempt.trapped);
-            match attempt.result {
-                Ok(response) => {
-                    if let Some(rejection) = response.rejected.into_iter().next() {
-                        out.rejected.push(Rejected {
-                            event: event.clone(),
-                            reason: rejection.reason,
-                            plugin_version: Some(attempt.version),
-                        });
-                    }
-                    if let Some(new) = split(&response.accumulators, &response.accumulator_ends)
-                        && new.len() == touched.len()
-                    {
-                        for (i, accumulator) in touched.iter().zip(new) {
-                            accumulators[*i] = accumulator;
-                        }
-                    }
-                }
-                Err(reason) => out.rejected.push(Rejected {
-                    event: event.clone(),
-                    reason,
-                    plugin_version: Some(attempt.version),
-                }),
-            }
-        }
-        Ok(accumulators)
-    }
-
-    /// One isolated call, on the previous version too if the running one traps (probation).
-    fn attempt<R>(
-        &mut self,
-        call: impl Fn(&mut crate::plugin::PluginInstance) -> Result<R, CallError>,
-    ) -> Result<super::fallback::Attempt<R>, StageError> {
-        call_with_fallback(&mut self.slot, &self.traps, call)
-            .map_err(|e| self.error(format!("cannot instantiate plugin: {e}")))
-    }
-
-    fn call<R>(
-        &mut self,
-        call: impl FnOnce(&mut crate::plugin::PluginInstance) -> Result<R, CallError>,
-    ) -> Result<Result<R, CallError>, StageError> {
-        match self.slot.call(call) {
-            Ok(result) => Ok(result),
-            Err(e) => Err(self.error(format!("cannot instantiate plugin: {e}"))),
-        }
+        let mut call = FoldCall {
+            events,
+            groups,
+            batch: empty_batch(0),
+            request: empty_fold_request(),
+            order: Vec::new(),
+            unit: None,
+            touched: Vec::new(),
+            accumulators: Vec::new(),
+        };
+        let windows = groups.len();
+        core.run(&mut call, Trapped::Fold { windows }, out)?;
+        Ok(call.accumulators)
     }
 
     /// Produces the outputs of `closed` windows.
-    fn finish(&mut self, closed: &[Closed], out: &mut StageOutput) -> Result<(), StageError> {
-        let request = finish_request(closed.iter());
-        match self.call(|instance| instance.finish(&request))? {
-            Ok(output) => {
-                let version = self.slot.plugin().version().clone();
-                self.decode_finish(output, closed, &version, out)
-            }
-            Err(trap) => {
-                self.traps.count(&trap.version);
-                let scope = &self.slot.settings().scope;
-                tracing::warn!(
-                    pipeline = %scope.pipeline, stage = %self.name, partition = scope.partition,
-                    windows = closed.len(), version = %trap.version, reason = %trap.reason,
-                    "plugin trapped finishing windows; retrying them one by one"
-                );
-                for one in closed.chunks(1) {
-                    let request = finish_request(one.iter());
-                    let attempt = self.attempt(|instance| instance.finish(&request))?;
-                    self.trapped += u64::from(attempt.trapped);
-                    match attempt.result {
-                        Ok(output) => self.decode_finish(output, one, &attempt.version, out)?,
-                        Err(reason) => {
-                            for window in one {
-                                out.rejected.push(Rejected {
-                                    event: self.window_letter(window),
-                                    reason: reason.clone(),
-                                    plugin_version: Some(attempt.version.clone()),
-                                });
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// The outputs `version`'s `finish` made for `closed`.
-    fn decode_finish(
+    fn finish(
         &self,
-        output: OutputBatch,
+        core: &mut PluginCore,
         closed: &[Closed],
-        version: &Arc<str>,
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
-        let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
-        let mut start = 0usize;
-        for emitted in output.emitted {
-            let window = closed.get(emitted.event as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin emitted a record for window {} of {}",
-                    emitted.event,
-                    closed.len()
-                ))
-            })?;
-            let target = targets.get(emitted.target as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin emitted to target {} of {}",
-                    emitted.target,
-                    targets.len()
-                ))
-            })?;
-            let end = emitted.payload_end as usize;
-            let payload = output.payloads.get(start..end).ok_or_else(|| {
-                self.error(format!(
-                    "plugin gave payload end {end} after {start} in a buffer of {}",
-                    output.payloads.len()
-                ))
-            })?;
-            start = end;
-            match self.complete(payload, window) {
-                Ok(body) => {
-                    let mut record = self.record(window, body);
-                    if self.label_versions {
-                        record
-                            .properties
-                            .push((PLUGIN_VERSION_PROPERTY.to_owned(), version.to_string()));
-                    }
-                    out.emitted.push((target.clone(), record));
-                }
-                Err(reason) => out.rejected.push(Rejected {
-                    event: self.window_letter(window),
-                    reason,
-                    plugin_version: Some(version.clone()),
-                }),
-            }
-        }
-        for rejection in output.rejected {
-            let window = closed.get(rejection.event as usize).ok_or_else(|| {
-                self.error(format!(
-                    "plugin rejected window {} of {}",
-                    rejection.event,
-                    closed.len()
-                ))
-            })?;
-            out.rejected.push(Rejected {
-                event: self.window_letter(window),
-                reason: rejection.reason,
-                plugin_version: Some(version.clone()),
-            });
-        }
+        let mut call = FinishCall {
+            windows: self,
+            partition: core.partition(),
+            closed,
+            laid_out: closed,
+            request: finish_request([].iter()),
+        };
+        let windows = closed.len();
+        core.run(&mut call, Trapped::Finish { windows }, out)?;
         Ok(())
     }
 
@@ -463,7 +210,6 @@ impl WindowStage {
         }
     }
 
-    /// A plugin's output object with the group's fields and the window's bounds added (unless
     /// the plugin set them itself). The fields are spliced into the object's text, so that the
     /// plugin's own values reach the sinks byte for byte.
     fn complete(&self, payload: &[u8], closed: &Closed) -> Result<Bytes, String> {
@@ -514,10 +260,10 @@ impl WindowStage {
     }
 
     /// The record of one output of a closed window.
-    fn record(&self, closed: &Closed, body: Bytes) -> Event {
+    fn record(&self, partition: u32, closed: &Closed, body: Bytes) -> Event {
         let time = closed.window.end - 1;
         Event {
-            partition: self.slot.settings().scope.partition,
+            partition,
             position: closed.position,
             key: None,
             event_time: Some(time),
@@ -528,7 +274,7 @@ impl WindowStage {
     }
 
     /// A dead letter standing for a window whose outputs could not be made.
-    fn window_letter(&self, closed: &Closed) -> Event {
+    fn window_letter(&self, partition: u32, closed: &Closed) -> Event {
         let (start, end) = self.shown_bounds(&closed.id, &closed.window);
         let key: serde_json::Value = serde_json::from_str(&closed.id.0).unwrap_or_default();
         let accumulator = String::from_utf8_lossy(&closed.window.accumulator).into_owned();
@@ -536,7 +282,7 @@ impl WindowStage {
             "window": { "key": key, "start": format_millis(start), "end": format_millis(end) },
             "accumulator": accumulator,
         });
-        let mut record = self.record(closed, Bytes::from(body.to_string()));
+        let mut record = self.record(partition, closed, Bytes::from(body.to_string()));
         record.key = Some(Bytes::from(closed.id.0.as_bytes().to_vec()));
         record
     }
@@ -544,6 +290,7 @@ impl WindowStage {
     fn late(&self, event: &Event, end: i64) -> Rejected {
         Rejected {
             event: event.clone(),
+            kind: RejectionKind::Late,
             reason: format!(
                 "late: the window ending at {} closed when the watermark reached {}",
                 format_millis(end),
@@ -552,18 +299,187 @@ impl WindowStage {
             plugin_version: None,
         }
     }
+}
 
-    fn count(&self, name: &'static str, delta: u64) {
-        let scope = &self.slot.settings().scope;
-        self.metrics.add(
-            name,
-            &[
-                ("pipeline", &scope.pipeline),
-                ("stage", &self.name),
-                ("partition", &scope.partition.to_string()),
-            ],
-            delta,
-        );
+/// A `fold` call: the batch's windows at once, or, after a trap, one event with its windows.
+struct FoldCall<'a> {
+    events: &'a [Event],
+    groups: &'a [FoldGroup],
+    /// The batch layout the request is filled from.
+    batch: EventBatch,
+    request: FoldRequest,
+    /// The members of the batch in order, one unit each in the retry.
+    order: Vec<u32>,
+    /// The unit laid out last, in the retry.
+    unit: Option<usize>,
+    /// The groups the event laid out last belongs to.
+    touched: Vec<usize>,
+    /// The groups' accumulators as folded so far.
+    accumulators: Vec<Vec<u8>>,
+}
+
+impl PluginCall for FoldCall<'_> {
+    type Answer = FoldResponse;
+
+    fn isolate(&mut self, _windows: usize) -> usize {
+        self.accumulators = self.groups.iter().map(|g| g.accumulator.clone()).collect();
+        self.order = self
+            .groups
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .filter(|&member| (member as usize) < self.events.len())
+            .collect();
+        self.order.sort_unstable();
+        self.order.dedup();
+        self.order.len()
+    }
+
+    fn lay_out(&mut self, units: Units) {
+        self.unit = match units {
+            Units::All => None,
+            Units::One(unit) => Some(unit),
+        };
+        let Units::One(unit) = units else {
+            self.request = fold_request(&mut self.batch, self.events, self.groups, None);
+            return;
+        };
+        let member = self.order[unit];
+        self.touched = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.members.contains(&member))
+            .map(|(i, _)| i)
+            .collect();
+        let single: Vec<FoldGroup> = self
+            .touched
+            .iter()
+            .map(|&i| FoldGroup {
+                id: self.groups[i].id.clone(),
+                end: self.groups[i].end,
+                accumulator: self.accumulators[i].clone(),
+                members: vec![member],
+            })
+            .collect();
+        self.request = fold_request(&mut self.batch, self.events, &single, Some(member));
+    }
+
+    fn call(&self, instance: &mut PluginInstance) -> Result<FoldResponse, CallError> {
+        instance.fold(&self.request)
+    }
+
+    fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), AnswerError> {
+        let Some(unit) = self.unit else {
+            return self.read_all(response, to);
+        };
+        let event = &self.events[self.order[unit] as usize];
+        if let Some(rejection) = response.rejected.into_iter().next() {
+            to.reject(event.clone(), rejection.reason);
+        }
+        if let Some(new) = split(&response.accumulators, &response.accumulator_ends)
+            && new.len() == self.touched.len()
+        {
+            for (i, accumulator) in self.touched.iter().zip(new) {
+                self.accumulators[*i] = accumulator;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, unit: usize) -> Vec<Event> {
+        vec![self.events[self.order[unit] as usize].clone()]
+    }
+}
+
+impl FoldCall<'_> {
+    /// The answer to the batch's call: every window's accumulator, and the events refused.
+    fn read_all(
+        &mut self,
+        response: FoldResponse,
+        to: &mut Answers<'_>,
+    ) -> Result<(), AnswerError> {
+        self.accumulators = split(&response.accumulators, &response.accumulator_ends)
+            .filter(|accs| accs.len() == self.groups.len())
+            .ok_or(AnswerError::Accumulators {
+                accumulators: response.accumulator_ends.len(),
+                windows: self.groups.len(),
+            })?;
+        let mut refused = BTreeSet::new();
+        for rejection in response.rejected {
+            let Some(event) = self.events.get(rejection.event as usize) else {
+                return Err(AnswerError::Rejection {
+                    noun: "event",
+                    index: rejection.event,
+                    units: format!("a batch of {}", self.events.len()),
+                });
+            };
+            // An event of overlapping windows is refused once per window: report it once.
+            if refused.insert(rejection.event) {
+                to.reject(event.clone(), rejection.reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `finish` call: the closed windows at once, or, after a trap, one by one.
+struct FinishCall<'a> {
+    windows: &'a Windows,
+    /// The partition of the records.
+    partition: u32,
+    closed: &'a [Closed],
+    /// The windows the request laid out last.
+    laid_out: &'a [Closed],
+    request: FinishRequest,
+}
+
+impl PluginCall for FinishCall<'_> {
+    type Answer = OutputBatch;
+
+    fn lay_out(&mut self, units: Units) {
+        self.laid_out = laid_out(self.closed, units);
+        self.request = finish_request(self.laid_out.iter());
+    }
+
+    fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
+        let (windows, closed) = (self.windows, self.laid_out);
+        let (records, rejected) = read_answer(output, closed.len(), "window")?;
+        for AnswerRecord { unit, target, body } in records {
+            let window = &closed[unit];
+            match windows.complete(&body, window) {
+                Ok(body) => {
+                    let mut record = windows.record(self.partition, window, body);
+                    if to.label_versions() {
+                        let version = to.version().to_string();
+                        record
+                            .properties
+                            .push((PLUGIN_VERSION_PROPERTY.to_owned(), version));
+                    }
+                    to.emit(target, record);
+                }
+                Err(reason) => to.refuse(
+                    windows.window_letter(self.partition, window),
+                    RejectionKind::InvalidOutput,
+                    reason,
+                ),
+            }
+        }
+        for (unit, reason) in rejected {
+            to.reject(windows.window_letter(self.partition, &closed[unit]), reason);
+        }
+        Ok(())
+    }
+
+    fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
+        instance.finish(&self.request)
+    }
+
+    fn dead_letters(&self, unit: usize) -> Vec<Event> {
+        self.closed
+            .get(unit)
+            .map(|window| self.windows.window_letter(self.partition, window))
+            .into_iter()
+            .collect()
     }
 }
 
@@ -591,12 +507,10 @@ fn fold_request(
     only: Option<u32>,
 ) -> FoldRequest {
     let mut request = FoldRequest {
-        events: empty_batch(0),
         windows: Vec::with_capacity(groups.len()),
-        accumulators: Vec::new(),
         accumulator_ends: Vec::with_capacity(groups.len()),
-        members: Vec::new(),
         member_ends: Vec::with_capacity(groups.len()),
+        ..empty_fold_request()
     };
     match only {
         Some(member) => {
@@ -672,43 +586,41 @@ fn group_key(group_by: &[String], event: &Event) -> Result<Arc<str>, String> {
     Ok(Arc::from(key))
 }
 
-impl Stage for WindowStage {
-    fn name(&self) -> &Arc<str> {
-        &self.name
+/// A fold request for nothing.
+fn empty_fold_request() -> FoldRequest {
+    FoldRequest {
+        events: empty_batch(0),
+        windows: Vec::new(),
+        accumulators: Vec::new(),
+        accumulator_ends: Vec::new(),
+        members: Vec::new(),
+        member_ends: Vec::new(),
     }
+}
 
-    fn running_version(&self) -> Option<Arc<str>> {
-        Some(self.slot.plugin().version().clone())
-    }
+impl StageKind for Windows {
+    const NAME: &'static str = "WindowStage";
 
-    fn batch_boundary(&mut self) {
-        self.slot.refresh();
-    }
-
-    fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        let rejected_before = out.rejected.len();
-        let version = self.slot.plugin().version().clone();
-        self.trapped = 0;
-        let result = self.fold_events(events, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
+    fn process(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
+        let Turn { core, out } = turn;
+        let probe = core.probe(out);
+        let result = self.fold_events(core, events, out);
         // Sliding windows fold their events when they close, not here.
         let handed = match self.settings.spec {
             WindowSpec::Sliding { .. } => 0,
-            _ => (events.len() as u64)
-                .saturating_sub(host_rejections(&out.rejected[rejected_before..])),
+            _ => (events.len() as u64).saturating_sub(host_rejections(probe.since(out))),
         };
-        self.tally(handed, rejected);
+        core.report(&probe, out, Some(handed));
         result
     }
 
-    fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        let rejected_before = out.rejected.len();
-        let version = self.slot.plugin().version().clone();
-        self.trapped = 0;
+    fn watermarks(&mut self, turn: Turn<'_>, marks: &[Mark]) -> Result<(), StageError> {
+        let Turn { core, out } = turn;
+        let probe = core.probe(out);
         let mut closed = self.state.close(marks);
         if let WindowSpec::Sliding { size } = self.settings.spec {
             if !closed.is_empty() {
-                self.fold_sliding(&mut closed, out)?;
+                self.fold_sliding(core, &mut closed, out)?;
             }
             let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
             self.state.forget_recent(size, ended);
@@ -716,36 +628,30 @@ impl Stage for WindowStage {
         if closed.is_empty() {
             return Ok(());
         }
-        self.count(names::WINDOWS_CLOSED, closed.len() as u64);
-        let result = self.finish(&closed, out);
-        let rejected = plugin_rejections(&out.rejected[rejected_before..], &version);
-        self.tally(closed.len() as u64, rejected);
+        core.count(names::WINDOWS_CLOSED, &[], closed.len() as u64);
+        let result = self.finish(core, &closed, out);
+        core.report(&probe, out, Some(closed.len() as u64));
         result
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        snapshot(self.slot.keyed_state(), &self.state)
+    fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
+        snapshot(keyed, &self.state)
     }
 
-    fn take_counters(&mut self) -> Vec<(String, u64)> {
-        self.slot.take_counters().into_iter().collect()
+    fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
+        f.field("settings", &self.settings)
+            .field("open_windows", &self.state.windows.len());
     }
 }
 
-impl WindowStage {
-    /// Reports what the running version did in this call of the stage for its probation: `events`
-    /// events (windows) handed to it, `rejected` refused, and the ones it trapped on.
-    fn tally(&mut self, events: u64, rejected: u64) {
-        let trapped = std::mem::take(&mut self.trapped);
-        self.slot.tally(CallTally {
-            events,
-            rejected,
-            trapped,
-        });
-    }
-
+impl Windows {
     /// Assigns `events` to their windows and folds them into the windows' accumulators.
-    fn fold_events(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+    fn fold_events(
+        &mut self,
+        core: &mut PluginCore,
+        events: &[Event],
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
         let group_by = &self.settings.group_by;
         let assigned = self.state.assign(self.settings.spec, events, |event| {
             group_key(group_by, event)
@@ -758,6 +664,7 @@ impl WindowStage {
             match refusal {
                 Refusal::NoKey(reason) => out.rejected.push(Rejected {
                     event: event.clone(),
+                    kind: RejectionKind::Unreadable,
                     reason,
                     plugin_version: None,
                 }),
@@ -767,7 +674,7 @@ impl WindowStage {
                 }
             }
         }
-        self.count(names::WINDOW_LATE_EVENTS, late);
+        core.count(names::WINDOW_LATE_EVENTS, &[], late);
         if assigned.groups.is_empty() {
             return Ok(());
         }
@@ -786,7 +693,7 @@ impl WindowStage {
                 }
             })
             .collect();
-        let accumulators = self.fold(events, &groups, out)?;
+        let accumulators = self.fold(core, events, &groups, out)?;
         for (group, accumulator) in groups.iter().zip(accumulators) {
             if let Some(window) = self.state.windows.get_mut(&group.id) {
                 window.accumulator = accumulator;
@@ -799,6 +706,7 @@ impl WindowStage {
     /// made from the key's recent events in `(end − 1 − size, end − 1]`.
     fn fold_sliding(
         &mut self,
+        core: &mut PluginCore,
         closed: &mut [Closed],
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
@@ -823,7 +731,7 @@ impl WindowStage {
                 members,
             });
         }
-        let accumulators = self.fold(&events, &groups, out)?;
+        let accumulators = self.fold(core, &events, &groups, out)?;
         for (window, accumulator) in closed.iter_mut().zip(accumulators) {
             window.window.accumulator = accumulator;
         }
@@ -831,10 +739,14 @@ impl WindowStage {
     }
 }
 
+/// How the window state's format version is named in decoding errors.
+const SNAPSHOT: SnapshotFormat = SnapshotFormat {
+    field: "the window state's format version",
+    expected: "window state format version 1",
+};
+
 fn snapshot(keyed: &KeyedState, state: &WindowState) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.u8(1);
-    w.bytes(&keyed.snapshot());
+    let mut w = write_snapshot_start(keyed);
     w.opt_i64(state.watermark);
     w.len(state.closing.len());
     for (end, key, start) in &state.closing {
@@ -866,18 +778,7 @@ fn snapshot(keyed: &KeyedState, state: &WindowState) -> Vec<u8> {
 }
 
 fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
-    let mut r = Reader::new(bytes);
-    if r.u8("the window state's format version")? != 1 {
-        return Err(DecodeError {
-            offset: 0,
-            what: "window state format version 1",
-        });
-    }
-    let keyed_bytes = r.bytes("the plugin's keyed state")?;
-    let keyed = KeyedState::restore(keyed_bytes).map_err(|e| DecodeError {
-        offset: e.offset,
-        what: e.what,
-    })?;
+    let (mut r, keyed) = read_snapshot_start(bytes, &SNAPSHOT)?;
     let mut state = WindowState {
         watermark: r.opt_i64("the stage's watermark")?,
         ..WindowState::default()
@@ -922,25 +823,6 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
         state.recent.insert(key, events);
     }
     Ok((keyed, state))
-}
-
-/// How many of `rejected` the plugin's `version` refused (not late events, not traps, not what
-/// the previous version refused during a probation), for the probation.
-pub(super) fn plugin_rejections(rejected: &[Rejected], version: &Arc<str>) -> u64 {
-    rejected
-        .iter()
-        .filter(|r| {
-            r.plugin_version.as_ref() == Some(version) && !r.reason.starts_with("plugin trapped")
-        })
-        .count() as u64
-}
-
-/// How many of `rejected` the host refused before any plugin saw them (late, no key).
-pub(super) fn host_rejections(rejected: &[Rejected]) -> u64 {
-    rejected
-        .iter()
-        .filter(|r| r.plugin_version.is_none())
-        .count() as u64
 }
 
 #[cfg(test)]

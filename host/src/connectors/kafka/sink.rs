@@ -62,6 +62,7 @@ impl KafkaSink {
                 sink: name.to_owned(),
                 pipeline: String::new(),
                 partition: 0,
+                kind: crate::sink::SinkErrorKind::Unavailable,
                 reason,
             })?;
         let client = connected.client;

@@ -3,7 +3,7 @@
 //!
 //! Reading `r` (0, 1, 2, ...) comes from device `r % devices` at event time
 //! `start_time + r * reading_interval / devices`, and everything in it is a pure function of the
-//! seed and `r` (see [`model`]). Its position is `2r`; a reading chosen as a duplicate is sent a
+//! seed and `r` (see `model`). Its position is `2r`; a reading chosen as a duplicate is sent a
 //! second time, identical, at `2r + 1`. After a crash the generator restarts from the oldest
 //! checkpointed position and regenerates exactly the same events.
 

@@ -121,6 +121,7 @@ fn open_error(name: &str, reason: String) -> SinkError {
         sink: name.to_owned(),
         pipeline: String::new(),
         partition: 0,
+        kind: crate::sink::SinkErrorKind::Unavailable,
         reason,
     }
 }

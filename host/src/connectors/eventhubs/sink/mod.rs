@@ -46,6 +46,7 @@ impl EventHubsSink {
             sink: name.to_owned(),
             pipeline: String::new(),
             partition: 0,
+            kind: crate::sink::SinkErrorKind::Unavailable,
             reason,
         };
         let connection = Connection::resolve(&config.connection()).map_err(fail)?;

@@ -49,6 +49,7 @@ impl WebhookSink {
             sink: name.to_owned(),
             pipeline: String::new(),
             partition: 0,
+            kind: crate::sink::SinkErrorKind::Misconfigured,
             reason,
         };
         let mut headers = HeaderMap::new();
