@@ -634,70 +634,15 @@ pub(crate) async fn build_worker(
     checkpoint: crate::checkpoint::Checkpoint,
     shutdown: watch::Receiver<bool>,
 ) -> Result<PartitionWorker, StartError> {
-    let loaded = &context.loaded;
-    let config = &loaded.config;
     let pipeline = &context.pipeline;
     let pipeline_name: &str = &context.name;
-    let pipeline_arc = context.name.clone();
-    let sinks = &context.sinks;
     let partition = reader.partition();
     if let Some(position) = checkpoint.position {
         tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
     }
-    let sink_names = used_sinks(loaded, pipeline);
-    let mut sink_slots = Vec::with_capacity(sink_names.len());
-    let scope = WriterScope {
-        pipeline: pipeline_arc.clone(),
-        partition,
-    };
-    for name in &sink_names {
-        let Some(sink) = sinks.get(name) else {
-            continue;
-        };
-        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
-        sink_slots.push(SinkSlot {
-            name: name.as_str().into(),
-            writer,
-            pending: Vec::new(),
-        });
-    }
-    let sink_index = |name: &str| sink_slots.iter().position(|s| &*s.name == name);
-    let dead_letter_sink = sink_index(&pipeline.dead_letter).unwrap_or(0);
-    let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
-    let building = stages::StageBuilder {
-        loaded,
-        pipeline_name,
-        pipeline: &pipeline_arc,
-        partition,
-        checkpoint: &checkpoint,
-        plugins: &context.plugins,
-        slots: &context.slots,
-        references: &context.references,
-        metrics: &context.metrics,
-        telemetry: StageTelemetry {
-            metrics: context.metrics.clone(),
-            label_versions: context.label_versions,
-        },
-    };
-    for stage in &pipeline.stages {
-        let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
-        for (output, destinations) in &stage.outputs {
-            let resolved = destinations
-                .names()
-                .iter()
-                .filter_map(|name| match sink_index(name) {
-                    Some(index) => Some(Destination::Sink(index)),
-                    None => stage_destination(pipeline, name),
-                })
-                .collect();
-            routes.insert(output.as_str().into(), resolved);
-        }
-        let built = building.build(stage)?;
-        stage_slots.push(StageSlot {
-            stage: built,
-            routes,
-        });
-    }
+    let sink_slots = open_sink_writers(context, partition, &checkpoint).await?;
+    let dead_letter_sink = sink_index(&sink_slots, &pipeline.dead_letter).unwrap_or(0);
+    let stage_slots = build_stages(context, partition, &checkpoint, &sink_slots)?;
     let time = event_time::needs_clock(pipeline)
         .then(|| {
             partition_time(
@@ -710,27 +655,9 @@ pub(crate) async fn build_worker(
             )
         })
         .transpose()?;
-    let partition_label = partition.to_string();
-    for kind in DeadLetterKind::ALL {
-        context.metrics.declare(
-            crate::metrics::names::DEAD_LETTERS,
-            &[
-                ("pipeline", pipeline_name),
-                ("partition", &partition_label),
-                ("kind", kind.label()),
-            ],
-        );
-    }
+    declare_dead_letter_kinds(&context.metrics, pipeline_name, partition);
     Ok(PartitionWorker {
-        settings: WorkerSettings {
-            pipeline: pipeline_arc.clone(),
-            source: pipeline.source.as_str().into(),
-            event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
-            max_event_bytes: pipeline.max_event_bytes,
-            batch_max_events: pipeline.batch.max_events,
-            batch_max_wait: pipeline.batch.max_wait.get(),
-            checkpoint_interval: config.checkpoint.interval.get(),
-        },
+        settings: worker_settings(context),
         partition,
         reader,
         stages: stage_slots,
@@ -750,6 +677,115 @@ pub(crate) async fn build_worker(
             .partition(pipeline_name, &pipeline.source, partition),
         max_event_time: None,
     })
+}
+
+/// Opens a writer of `partition` on every sink the pipeline uses, resumed from the progress
+/// `checkpoint` holds for it.
+async fn open_sink_writers(
+    context: &PipelineContext,
+    partition: u32,
+    checkpoint: &crate::checkpoint::Checkpoint,
+) -> Result<Vec<SinkSlot>, StartError> {
+    let sink_names = used_sinks(&context.loaded, &context.pipeline);
+    let mut sink_slots = Vec::with_capacity(sink_names.len());
+    let scope = WriterScope {
+        pipeline: context.name.clone(),
+        partition,
+    };
+    for name in &sink_names {
+        let Some(sink) = context.sinks.get(name) else {
+            continue;
+        };
+        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+        sink_slots.push(SinkSlot {
+            name: name.as_str().into(),
+            writer,
+            pending: Vec::new(),
+        });
+    }
+    Ok(sink_slots)
+}
+
+/// The index in `sink_slots` of the sink named `name`.
+fn sink_index(sink_slots: &[SinkSlot], name: &str) -> Option<usize> {
+    sink_slots.iter().position(|s| &*s.name == name)
+}
+
+/// Builds the pipeline's stages for `partition`, with their checkpointed state and the routes of
+/// their outputs to `sink_slots` or later stages.
+fn build_stages(
+    context: &PipelineContext,
+    partition: u32,
+    checkpoint: &crate::checkpoint::Checkpoint,
+    sink_slots: &[SinkSlot],
+) -> Result<Vec<StageSlot>, StartError> {
+    let pipeline = &context.pipeline;
+    let building = stages::StageBuilder {
+        loaded: &context.loaded,
+        pipeline_name: &context.name,
+        pipeline: &context.name,
+        partition,
+        checkpoint,
+        plugins: &context.plugins,
+        slots: &context.slots,
+        references: &context.references,
+        metrics: &context.metrics,
+        telemetry: StageTelemetry {
+            metrics: context.metrics.clone(),
+            label_versions: context.label_versions,
+        },
+    };
+    let mut stage_slots = Vec::with_capacity(pipeline.stages.len());
+    for stage in &pipeline.stages {
+        let mut routes: HashMap<Arc<str>, Vec<Destination>> = HashMap::new();
+        for (output, destinations) in &stage.outputs {
+            let resolved = destinations
+                .names()
+                .iter()
+                .filter_map(|name| match sink_index(sink_slots, name) {
+                    Some(index) => Some(Destination::Sink(index)),
+                    None => stage_destination(pipeline, name),
+                })
+                .collect();
+            routes.insert(output.as_str().into(), resolved);
+        }
+        let built = building.build(stage)?;
+        stage_slots.push(StageSlot {
+            stage: built,
+            routes,
+        });
+    }
+    Ok(stage_slots)
+}
+
+/// Declares the dead-letter counter of every kind for `partition`, so each reads 0 before its
+/// first dead letter.
+fn declare_dead_letter_kinds(metrics: &Metrics, pipeline_name: &str, partition: u32) {
+    let partition_label = partition.to_string();
+    for kind in DeadLetterKind::ALL {
+        metrics.declare(
+            crate::metrics::names::DEAD_LETTERS,
+            &[
+                ("pipeline", pipeline_name),
+                ("partition", &partition_label),
+                ("kind", kind.label()),
+            ],
+        );
+    }
+}
+
+/// A worker's settings, from its pipeline and the process's checkpoint cadence.
+fn worker_settings(context: &PipelineContext) -> WorkerSettings {
+    let pipeline = &context.pipeline;
+    WorkerSettings {
+        pipeline: context.name.clone(),
+        source: pipeline.source.as_str().into(),
+        event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
+        max_event_bytes: pipeline.max_event_bytes,
+        batch_max_events: pipeline.batch.max_events,
+        batch_max_wait: pipeline.batch.max_wait.get(),
+        checkpoint_interval: context.loaded.config.checkpoint.interval.get(),
+    }
 }
 
 /// Sinks a pipeline writes to: its dead-letter sink first, then every sink its stages route to.

@@ -371,162 +371,233 @@ impl PartitionWorker {
         output: &mut StageOutput,
         report: &mut WorkerReport,
     ) -> Result<(), WorkerError> {
-        let pipeline = self.settings.pipeline.clone();
-        let dead_letter_sink = self.dead_letter_sink;
+        let marks = self.take_clock_output(stage_inputs, &mut dead_letters, report);
+        // Stages, in order; outputs go to sinks or to later stages' inputs.
+        for index in 0..self.stages.len() {
+            self.run_stage(index, stage_inputs, &marks, output, &mut dead_letters)?;
+        }
+        self.write_to_sinks(&mut dead_letters, report).await?;
+        self.write_dead_letters(dead_letters, report).await
+    }
+
+    /// Moves what the clock released to the first stage's input and its dropped events to the
+    /// dead letters, counts what its policy adjusted or dropped, and returns its marks.
+    fn take_clock_output(
+        &mut self,
+        stage_inputs: &mut [Vec<Event>],
+        dead_letters: &mut Vec<(DeadLetterKind, Event)>,
+        report: &mut WorkerReport,
+    ) -> Vec<Mark> {
+        let mut marks: Vec<Mark> = Vec::new();
+        let Some(time) = &mut self.time else {
+            return marks;
+        };
         let origin = DeadLetterOrigin {
-            pipeline: &pipeline,
+            pipeline: &self.settings.pipeline,
             stage: None,
             sink: None,
             plugin_version: None,
         };
-        let mut marks: Vec<Mark> = Vec::new();
-        if let Some(time) = &mut self.time {
-            if let Some(first_input) = stage_inputs.first_mut() {
-                first_input.append(&mut time.admitted.released);
-            }
-            for late in time.admitted.dropped.drain(..) {
-                dead_letters.push((
-                    DeadLetterKind::Late,
-                    dead_letter(&late.event, DeadLetterKind::Late, &late.reason, origin),
-                ));
-            }
-            marks.append(&mut time.admitted.marks);
-            let admitted = &time.admitted;
-            report.late_adjusted += admitted.adjusted_out_of_order + admitted.adjusted_late_arrival;
-            report.late_dropped += admitted.dropped_out_of_order + admitted.dropped_late_arrival;
-            time.admitted.clear();
+        if let Some(first_input) = stage_inputs.first_mut() {
+            first_input.append(&mut time.admitted.released);
         }
+        for late in time.admitted.dropped.drain(..) {
+            dead_letters.push((
+                DeadLetterKind::Late,
+                dead_letter(&late.event, DeadLetterKind::Late, &late.reason, origin),
+            ));
+        }
+        marks.append(&mut time.admitted.marks);
+        let admitted = &time.admitted;
+        report.late_adjusted += admitted.adjusted_out_of_order + admitted.adjusted_late_arrival;
+        report.late_dropped += admitted.dropped_out_of_order + admitted.dropped_late_arrival;
+        time.admitted.clear();
+        marks
+    }
 
-        // Stages, in order; outputs go to sinks or to later stages' inputs.
-        for index in 0..self.stages.len() {
-            let mut input = std::mem::take(&mut stage_inputs[index]);
-            let mut right = self
-                .right_inputs
-                .get_mut(index)
-                .map(std::mem::take)
-                .unwrap_or_default();
-            if input.is_empty() && right.is_empty() && marks.is_empty() {
-                stage_inputs[index] = input;
-                continue;
+    /// Runs stage `index` on what waits for it (both inputs and `marks`), counts it, and sends
+    /// its records on: to their routes, or, refused or unrouted, to the dead letters.
+    fn run_stage(
+        &mut self,
+        index: usize,
+        stage_inputs: &mut [Vec<Event>],
+        marks: &[Mark],
+        output: &mut StageOutput,
+        dead_letters: &mut Vec<(DeadLetterKind, Event)>,
+    ) -> Result<(), WorkerError> {
+        let mut input = std::mem::take(&mut stage_inputs[index]);
+        let mut right = self
+            .right_inputs
+            .get_mut(index)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if input.is_empty() && right.is_empty() && marks.is_empty() {
+            stage_inputs[index] = input;
+            return Ok(());
+        }
+        if index > 0 {
+            // Records from several upstream stages: keep partition order for stateful stages.
+            // (The sort is stable: events the clock released together keep event-time order.)
+            input.sort_by_key(|e| e.position);
+            right.sort_by_key(|e| e.position);
+        }
+        output.clear();
+        let events_in = input.len() + right.len();
+        self.call_stage(index, &input, right, marks, output)?;
+        self.count_stage(index, events_in, output.emitted.len());
+        self.route_emitted(index, output, stage_inputs, dead_letters);
+        self.dead_letter_rejected(index, output, dead_letters);
+        input.clear();
+        stage_inputs[index] = input;
+        Ok(())
+    }
+
+    /// Calls stage `index` as one batch: its left input, its right input (whose buffer goes back
+    /// for the next batch), then the marks.
+    fn call_stage(
+        &mut self,
+        index: usize,
+        input: &[Event],
+        mut right: Vec<Event>,
+        marks: &[Mark],
+        output: &mut StageOutput,
+    ) -> Result<(), WorkerError> {
+        let slot = &mut self.stages[index];
+        // The stage's calls below are one batch: it switches plugin versions only here.
+        slot.stage.batch_boundary();
+        if !input.is_empty() {
+            run_blocking(|| slot.stage.process(input, output))?;
+        }
+        if !right.is_empty() {
+            run_blocking(|| slot.stage.process_right(&right, output))?;
+            right.clear();
+            if let Some(slot) = self.right_inputs.get_mut(index) {
+                *slot = right;
             }
-            if index > 0 {
-                // Records from several upstream stages: keep partition order for stateful stages.
-                // (The sort is stable: events the clock released together keep event-time order.)
-                input.sort_by_key(|e| e.position);
-                right.sort_by_key(|e| e.position);
-            }
-            output.clear();
-            let slot = &mut self.stages[index];
-            let events_in = input.len() + right.len();
-            // The stage's calls below are one batch: it switches plugin versions only here.
-            slot.stage.batch_boundary();
-            if !input.is_empty() {
-                run_blocking(|| slot.stage.process(&input, output))?;
-            }
-            if !right.is_empty() {
-                run_blocking(|| slot.stage.process_right(&right, output))?;
-                right.clear();
-                if let Some(slot) = self.right_inputs.get_mut(index) {
-                    *slot = right;
-                }
-            }
-            let slot = &mut self.stages[index];
-            if !marks.is_empty() {
-                run_blocking(|| slot.stage.watermarks(&marks, output))?;
-            }
-            let stage_name = slot.stage.name().clone();
-            let partition_label = self.partition.to_string();
-            let stage_labels = [
-                ("pipeline", &*pipeline),
-                ("stage", &*stage_name),
-                ("partition", partition_label.as_str()),
-            ];
-            self.metrics
-                .add(names::STAGE_EVENTS_IN, &stage_labels, events_in as u64);
+        }
+        let slot = &mut self.stages[index];
+        if !marks.is_empty() {
+            run_blocking(|| slot.stage.watermarks(marks, output))?;
+        }
+        Ok(())
+    }
+
+    /// Counts what stage `index` took in and emitted, and adds its plugin's own counters.
+    fn count_stage(&mut self, index: usize, events_in: usize, emitted: usize) {
+        let pipeline = &*self.settings.pipeline;
+        let slot = &mut self.stages[index];
+        let stage_name = slot.stage.name().clone();
+        let partition_label = self.partition.to_string();
+        let stage_labels = [
+            ("pipeline", pipeline),
+            ("stage", &*stage_name),
+            ("partition", partition_label.as_str()),
+        ];
+        self.metrics
+            .add(names::STAGE_EVENTS_IN, &stage_labels, events_in as u64);
+        self.metrics
+            .add(names::STAGE_RECORDS_OUT, &stage_labels, emitted as u64);
+        for (name, plugin_counter) in slot.stage.take_counters() {
             self.metrics.add(
-                names::STAGE_RECORDS_OUT,
-                &stage_labels,
-                output.emitted.len() as u64,
+                names::PLUGIN_COUNTER,
+                &[
+                    ("pipeline", pipeline),
+                    ("stage", &stage_name),
+                    ("name", &name),
+                ],
+                plugin_counter,
             );
-            for (name, plugin_counter) in slot.stage.take_counters() {
-                self.metrics.add(
-                    names::PLUGIN_COUNTER,
-                    &[
-                        ("pipeline", &pipeline),
-                        ("stage", &stage_name),
-                        ("name", &name),
-                    ],
-                    plugin_counter,
+        }
+    }
+
+    /// Sends each record stage `index` emitted to every destination of its output; a record
+    /// sent to an output with no route becomes a dead letter.
+    fn route_emitted(
+        &mut self,
+        index: usize,
+        output: &mut StageOutput,
+        stage_inputs: &mut [Vec<Event>],
+        dead_letters: &mut Vec<(DeadLetterKind, Event)>,
+    ) {
+        let slot = &self.stages[index];
+        let stage_name = slot.stage.name().clone();
+        let running_version = slot.stage.running_version();
+        for (target, record) in output.emitted.drain(..) {
+            let Some(destinations) = slot.routes.get(&target) else {
+                let reason = format!(
+                    "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
                 );
-            }
-            let running_version = slot.stage.running_version();
-            for (target, record) in output.emitted.drain(..) {
-                match slot.routes.get(&target) {
-                    Some(destinations) => {
-                        let (last, rest) = match destinations.split_last() {
-                            Some(split) => split,
-                            None => continue,
-                        };
-                        for destination in rest {
-                            route(
-                                *destination,
-                                record.clone(),
-                                &mut self.sinks,
-                                stage_inputs,
-                                &mut self.right_inputs,
-                            );
-                        }
-                        route(
-                            *last,
-                            record,
-                            &mut self.sinks,
-                            stage_inputs,
-                            &mut self.right_inputs,
-                        );
-                    }
-                    None => {
-                        let reason = format!(
-                            "stage `{stage_name}` emitted to output `{target}`, which has no route in the pipeline configuration"
-                        );
-                        // The version that made the record, if it says; else the one running.
-                        let version =
-                            crate::stage::labelled_version(&record).or(running_version.as_deref());
-                        let at = DeadLetterOrigin {
-                            stage: Some(&stage_name),
-                            plugin_version: version,
-                            ..origin
-                        };
-                        dead_letters.push((
-                            DeadLetterKind::Unrouted,
-                            dead_letter(&record, DeadLetterKind::Unrouted, &reason, at),
-                        ));
-                    }
-                }
-            }
-            for rejected in output.rejected.drain(..) {
-                let kind = DeadLetterKind::from(rejected.kind);
+                // The version that made the record, if it says; else the one running.
+                let version =
+                    crate::stage::labelled_version(&record).or(running_version.as_deref());
                 let at = DeadLetterOrigin {
+                    pipeline: &self.settings.pipeline,
                     stage: Some(&stage_name),
-                    plugin_version: rejected.plugin_version.as_deref(),
-                    ..origin
+                    sink: None,
+                    plugin_version: version,
                 };
                 dead_letters.push((
-                    kind,
-                    dead_letter(&rejected.event, kind, &rejected.reason, at),
+                    DeadLetterKind::Unrouted,
+                    dead_letter(&record, DeadLetterKind::Unrouted, &reason, at),
                 ));
-            }
-            input.clear();
-            stage_inputs[index] = input;
-        }
-
-        // Sinks; records a sink refuses become dead letters too.
-        let partition_label = self.partition.to_string();
-        for index in 0..self.sinks.len() {
-            if index == dead_letter_sink {
                 continue;
+            };
+            let Some((last, rest)) = destinations.split_last() else {
+                continue;
+            };
+            for destination in rest {
+                route(
+                    *destination,
+                    record.clone(),
+                    &mut self.sinks,
+                    stage_inputs,
+                    &mut self.right_inputs,
+                );
             }
-            let slot = &mut self.sinks[index];
-            if slot.pending.is_empty() {
+            route(
+                *last,
+                record,
+                &mut self.sinks,
+                stage_inputs,
+                &mut self.right_inputs,
+            );
+        }
+    }
+
+    /// Turns the events stage `index` refused into dead letters of their kind.
+    fn dead_letter_rejected(
+        &self,
+        index: usize,
+        output: &mut StageOutput,
+        dead_letters: &mut Vec<(DeadLetterKind, Event)>,
+    ) {
+        let stage_name = self.stages[index].stage.name();
+        for rejected in output.rejected.drain(..) {
+            let kind = DeadLetterKind::from(rejected.kind);
+            let at = DeadLetterOrigin {
+                pipeline: &self.settings.pipeline,
+                stage: Some(stage_name),
+                sink: None,
+                plugin_version: rejected.plugin_version.as_deref(),
+            };
+            dead_letters.push((
+                kind,
+                dead_letter(&rejected.event, kind, &rejected.reason, at),
+            ));
+        }
+    }
+
+    /// Hands each sink (but the dead-letter sink) the records waiting for it; records a sink
+    /// refuses become dead letters too.
+    async fn write_to_sinks(
+        &mut self,
+        dead_letters: &mut Vec<(DeadLetterKind, Event)>,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let pipeline = &*self.settings.pipeline;
+        let partition_label = self.partition.to_string();
+        for (index, slot) in self.sinks.iter_mut().enumerate() {
+            if index == self.dead_letter_sink || slot.pending.is_empty() {
                 continue;
             }
             let records = std::mem::take(&mut slot.pending);
@@ -537,7 +608,7 @@ impl PartitionWorker {
             self.metrics.add(
                 names::RECORDS_OUT,
                 &[
-                    ("pipeline", &pipeline),
+                    ("pipeline", pipeline),
                     ("partition", &partition_label),
                     ("sink", &slot.name),
                 ],
@@ -545,8 +616,10 @@ impl PartitionWorker {
             );
             for refusal in refused {
                 let at = DeadLetterOrigin {
+                    pipeline,
+                    stage: None,
                     sink: Some(&slot.name),
-                    ..origin
+                    plugin_version: None,
                 };
                 dead_letters.push((
                     DeadLetterKind::SinkRefused,
@@ -559,7 +632,19 @@ impl PartitionWorker {
                 ));
             }
         }
-        let slot = &mut self.sinks[dead_letter_sink];
+        Ok(())
+    }
+
+    /// Hands the dead-letter sink the records routed to it and `dead_letters`, counting each
+    /// kind; a record it refuses has nowhere further to go and is logged.
+    async fn write_dead_letters(
+        &mut self,
+        dead_letters: Vec<(DeadLetterKind, Event)>,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let pipeline = &*self.settings.pipeline;
+        let partition_label = self.partition.to_string();
+        let slot = &mut self.sinks[self.dead_letter_sink];
         // Records a pipeline routes to the dead-letter sink on purpose count as "routed".
         let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
         if !slot.pending.is_empty() {
@@ -570,32 +655,33 @@ impl PartitionWorker {
             *kinds.entry(kind.label()).or_default() += 1;
             records.push(record);
         }
-        if !records.is_empty() {
-            for (kind, count) in kinds {
-                self.metrics.add(
-                    names::DEAD_LETTERS,
-                    &[
-                        ("pipeline", &pipeline),
-                        ("partition", &partition_label),
-                        ("kind", kind),
-                    ],
-                    count,
-                );
-            }
-            report.dead_letters += records.len() as u64;
-            let count = records.len() as u64;
-            let refused = slot.writer.write(records).await?;
-            *report.records_out.entry(slot.name.to_string()).or_default() +=
-                count - refused.len() as u64;
-            for refusal in refused {
-                // Nowhere further to send it: say so loudly, with the record, rather than drop it silently.
-                tracing::error!(
-                    pipeline = %pipeline, partition = self.partition, sink = %slot.name,
-                    position = refusal.record.position, reason = %refusal.reason,
-                    record = %String::from_utf8_lossy(&refusal.record.body),
-                    "the dead-letter sink refused a record"
-                );
-            }
+        if records.is_empty() {
+            return Ok(());
+        }
+        for (kind, count) in kinds {
+            self.metrics.add(
+                names::DEAD_LETTERS,
+                &[
+                    ("pipeline", pipeline),
+                    ("partition", &partition_label),
+                    ("kind", kind),
+                ],
+                count,
+            );
+        }
+        report.dead_letters += records.len() as u64;
+        let count = records.len() as u64;
+        let refused = slot.writer.write(records).await?;
+        *report.records_out.entry(slot.name.to_string()).or_default() +=
+            count - refused.len() as u64;
+        for refusal in refused {
+            // Nowhere further to send it: say so loudly, with the record, rather than drop it silently.
+            tracing::error!(
+                pipeline = %pipeline, partition = self.partition, sink = %slot.name,
+                position = refusal.record.position, reason = %refusal.reason,
+                record = %String::from_utf8_lossy(&refusal.record.body),
+                "the dead-letter sink refused a record"
+            );
         }
         Ok(())
     }
