@@ -45,6 +45,17 @@ pub struct SinkError {
 }
 
 impl SinkError {
+    /// A [`SinkError`] of `kind` while sink `sink` opens, before any pipeline writes to it.
+    pub fn opening(kind: SinkErrorKind, sink: &str, reason: impl Into<String>) -> SinkError {
+        SinkError {
+            sink: sink.to_owned(),
+            pipeline: String::new(),
+            partition: 0,
+            kind,
+            reason: reason.into(),
+        }
+    }
+
     /// Whether trying again (a restart of the partition from its last checkpoint) can help, or
     /// an operator must change something first.
     pub fn retryable(&self) -> bool {
@@ -57,10 +68,14 @@ impl SinkError {
 pub enum SinkErrorKind {
     /// The destination failed or could not be reached (a connection, a request, a commit).
     Unavailable,
-    /// The sink's configuration cannot work (for example, a header that is not valid HTTP).
+    /// The sink's configuration cannot work (for example, a header that is not valid HTTP, or a
+    /// Delta table whose columns differ from the configured ones).
     Misconfigured,
     /// This build of weir lacks the sink's connector.
     Unsupported,
+    /// A newer writer of the same partition replaced this one (the partition was opened again):
+    /// this writer is done, and the newer one carries on.
+    Superseded,
 }
 
 impl SinkErrorKind {
@@ -82,11 +97,21 @@ pub struct WriterScope {
 impl WriterScope {
     /// A [`SinkError`] for sink `sink` in this scope: the destination failed.
     pub fn error(&self, sink: &str, reason: impl Into<String>) -> SinkError {
+        self.error_of(SinkErrorKind::Unavailable, sink, reason)
+    }
+
+    /// A [`SinkError`] of `kind` for sink `sink` in this scope.
+    pub fn error_of(
+        &self,
+        kind: SinkErrorKind,
+        sink: &str,
+        reason: impl Into<String>,
+    ) -> SinkError {
         SinkError {
             sink: sink.to_owned(),
             pipeline: self.pipeline.to_string(),
             partition: self.partition,
-            kind: SinkErrorKind::Unavailable,
+            kind,
             reason: reason.into(),
         }
     }
@@ -98,8 +123,34 @@ impl WriterScope {
 pub struct Refused {
     /// The record.
     pub record: Event,
-    /// Why.
+    /// Why, as a kind.
+    pub kind: RefusalKind,
+    /// Why, in words (the dead letter's reason).
     pub reason: String,
+}
+
+/// Why a sink refused a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The record is not the JSON the sink must read (to post it, or to take its fields).
+    Malformed,
+    /// The record is larger than the destination takes.
+    TooLarge,
+    /// A value of the record does not fit the destination's schema (a missing value for a
+    /// column that is not nullable, a value of the wrong type).
+    Schema,
+    /// The destination answered that it will not take the record (an HTTP 4xx answer).
+    RejectedByDestination,
+    /// The destination did not take the record after every attempt (unreachable, or failing).
+    Undelivered,
+}
+
+impl RefusalKind {
+    /// Whether sending the record again, unchanged, can succeed: only when the destination
+    /// failed to take it, not when the record itself is what it refused.
+    pub fn retryable(self) -> bool {
+        matches!(self, RefusalKind::Undelivered)
+    }
 }
 
 /// A configured sink, shared by every pipeline partition that writes to it.
@@ -142,14 +193,14 @@ pub async fn build(
 ) -> Result<Arc<dyn Sink>, SinkError> {
     // Used only by builds without some connector.
     #[allow(unused_variables)]
-    let unsupported = |feature: &str| SinkError {
-        sink: name.to_owned(),
-        pipeline: String::new(),
-        partition: 0,
-        kind: SinkErrorKind::Unsupported,
-        reason: format!(
-            "this build of weir has no {feature} support: rebuild with `--features {feature}`"
-        ),
+    let unsupported = |feature: &str| {
+        SinkError::opening(
+            SinkErrorKind::Unsupported,
+            name,
+            format!(
+                "this build of weir has no {feature} support: rebuild with `--features {feature}`"
+            ),
+        )
     };
     Ok(match config {
         #[cfg(feature = "kafka")]
@@ -197,5 +248,42 @@ mod tests {
         };
         assert!(!misconfigured.retryable());
         assert!(!SinkErrorKind::Unsupported.retryable());
+    }
+
+    #[test]
+    fn an_error_while_opening_reads_as_before_and_a_superseded_writer_is_not_retried() {
+        let error = SinkError::opening(SinkErrorKind::Misconfigured, "lake", "bad columns");
+        assert_eq!(
+            error.to_string(),
+            "sink `lake` (pipeline ``, partition 0): bad columns"
+        );
+        assert!(!error.retryable());
+        let scope = WriterScope {
+            pipeline: "p".into(),
+            partition: 1,
+        };
+        let superseded = scope.error_of(
+            SinkErrorKind::Superseded,
+            "lake",
+            "this writer was replaced by a newer writer of the same partition",
+        );
+        assert_eq!(
+            superseded.to_string(),
+            "sink `lake` (pipeline `p`, partition 1): this writer was replaced by a newer writer of the same partition"
+        );
+        assert!(!superseded.retryable());
+    }
+
+    #[test]
+    fn only_an_undelivered_record_is_worth_sending_again() {
+        assert!(RefusalKind::Undelivered.retryable());
+        for kind in [
+            RefusalKind::Malformed,
+            RefusalKind::TooLarge,
+            RefusalKind::Schema,
+            RefusalKind::RejectedByDestination,
+        ] {
+            assert!(!kind.retryable(), "{kind:?}");
+        }
     }
 }

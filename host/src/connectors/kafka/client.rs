@@ -19,11 +19,37 @@ pub(crate) struct Connected {
     pub(crate) partitions: u32,
 }
 
+/// Why connecting to a Kafka cluster failed.
+#[derive(Debug)]
+pub(crate) struct ConnectError {
+    /// Whether the configuration must change first (a CA file, refused credentials, a topic that
+    /// does not exist), rather than the brokers being out of reach for now.
+    pub(crate) misconfigured: bool,
+    /// What happened.
+    pub(crate) reason: String,
+}
+
+impl ConnectError {
+    fn misconfigured(reason: String) -> Self {
+        ConnectError {
+            misconfigured: true,
+            reason,
+        }
+    }
+
+    fn unavailable(reason: String) -> Self {
+        ConnectError {
+            misconfigured: false,
+            reason,
+        }
+    }
+}
+
 /// Connects to `connection.brokers` and reads the topic's partition count.
 pub(crate) async fn connect(
     connection: &KafkaConnection,
     loaded: &LoadedConfig,
-) -> Result<Connected, String> {
+) -> Result<Connected, ConnectError> {
     let mut builder = ClientBuilder::new(connection.brokers.clone())
         .client_id("weir")
         .backoff_config(BackoffConfig {
@@ -35,7 +61,8 @@ pub(crate) async fn connect(
         });
     if let Some(tls) = &connection.tls {
         let ca_file = tls.ca_file.as_deref().map(|p| loaded.resolve(p));
-        builder = builder.tls_config(Arc::new(tls_config(ca_file.as_deref())?));
+        let tls = tls_config(ca_file.as_deref()).map_err(ConnectError::misconfigured)?;
+        builder = builder.tls_config(Arc::new(tls));
     }
     if let Some(sasl) = &connection.sasl {
         let credentials = Credentials::new(sasl.username.clone(), expand_env(&sasl.password));
@@ -51,16 +78,18 @@ pub(crate) async fn connect(
     let client = tokio::time::timeout(connection.timeout.get() * 2, builder.build())
         .await
         .map_err(|_| {
-            format!(
+            ConnectError::unavailable(format!(
                 "no answer from the brokers ({brokers}) within {:?}",
                 connection.timeout.get() * 2
-            )
+            ))
         })?
         .map_err(|e| {
             let reason = format!("cannot connect to the brokers ({brokers}): {e}");
             match &connection.sasl {
                 // rskafka retries a refused authentication until its deadline; say what to fix.
-                Some(sasl) if reason.contains("Sasl") => format!(
+                // Its typed cause is hidden behind an error list that only displays, so the
+                // words are all there is to read.
+                Some(sasl) if reason.contains("Sasl") => ConnectError::misconfigured(format!(
                     "{reason} (SASL `{}` as user `{}` was refused: check `sasl.username` and `sasl.password`)",
                     match sasl.mechanism {
                         SaslMechanism::Plain => "plain",
@@ -68,26 +97,33 @@ pub(crate) async fn connect(
                         SaslMechanism::ScramSha512 => "scram-sha-512",
                     },
                     sasl.username
-                ),
-                _ => reason,
+                )),
+                _ => ConnectError::unavailable(reason),
             }
         })?;
     let topics = tokio::time::timeout(connection.timeout.get(), client.list_topics())
         .await
-        .map_err(|_| format!("no topic list from the brokers ({brokers})"))?
-        .map_err(|e| format!("cannot list the topics on {brokers}: {e}"))?;
+        .map_err(|_| {
+            ConnectError::unavailable(format!("no topic list from the brokers ({brokers})"))
+        })?
+        .map_err(|e| {
+            ConnectError::unavailable(format!("cannot list the topics on {brokers}: {e}"))
+        })?;
     let topic = topics
         .iter()
         .find(|t| t.name == connection.topic)
         .ok_or_else(|| {
-            format!(
+            ConnectError::misconfigured(format!(
                 "topic `{}` does not exist on {brokers} (Weir does not create topics)",
                 connection.topic
-            )
+            ))
         })?;
     let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
     if partitions == 0 {
-        return Err(format!("topic `{}` has no partitions", connection.topic));
+        return Err(ConnectError::misconfigured(format!(
+            "topic `{}` has no partitions",
+            connection.topic
+        )));
     }
     Ok(Connected { client, partitions })
 }

@@ -21,7 +21,9 @@ use super::client;
 use crate::config::{KafkaPartitioning, KafkaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::json::top_level_field;
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{
+    RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
+};
 
 /// Name of the header holding a record's deterministic id.
 pub const ID_HEADER: &str = "weir-id";
@@ -58,12 +60,13 @@ impl KafkaSink {
     ) -> Result<Self, SinkError> {
         let connected = client::connect(&config.connection, loaded)
             .await
-            .map_err(|reason| SinkError {
-                sink: name.to_owned(),
-                pipeline: String::new(),
-                partition: 0,
-                kind: crate::sink::SinkErrorKind::Unavailable,
-                reason,
+            .map_err(|e| {
+                let kind = if e.misconfigured {
+                    SinkErrorKind::Misconfigured
+                } else {
+                    SinkErrorKind::Unavailable
+                };
+                SinkError::opening(kind, name, e.reason)
             })?;
         let client = connected.client;
         Ok(KafkaSink {
@@ -272,6 +275,7 @@ impl SinkWriter for KafkaWriter {
                 }
                 Err(reason) => refused.push(Refused {
                     record: event,
+                    kind: RefusalKind::Malformed,
                     reason,
                 }),
             }

@@ -52,9 +52,9 @@ impl KafkaSource {
     ) -> Result<Self, SourceError> {
         let connected = client::connect(&config.connection, loaded)
             .await
-            .map_err(|reason| SourceError::Start {
+            .map_err(|e| SourceError::Start {
                 source_name: name.to_owned(),
-                reason,
+                reason: e.reason,
             })?;
         tracing::info!(
             source = %name, topic = %config.connection.topic, partitions = connected.partitions,

@@ -23,6 +23,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
 use crate::event::{Event, Position};
+use crate::sink::RefusalKind;
 
 /// Converts records into arrow rows for one table.
 #[derive(Debug)]
@@ -115,11 +116,16 @@ impl RowConverter {
     }
 
     /// The cells of one record, or why it is refused.
-    fn cells<'a>(&self, record: &'a Event, ingestion_time: i64) -> Result<Vec<Cell<'a>>, String> {
+    fn cells<'a>(
+        &self,
+        record: &'a Event,
+        ingestion_time: i64,
+    ) -> Result<Vec<Cell<'a>>, (RefusalKind, String)> {
         let values = if self.fields.is_empty() {
             Vec::new()
         } else {
-            extract_fields(&record.body, &self.fields)?
+            extract_fields(&record.body, &self.fields)
+                .map_err(|reason| (RefusalKind::Malformed, reason))?
         };
         self.columns
             .iter()
@@ -138,6 +144,7 @@ impl RowConverter {
                     }
                 };
                 self.cell(column, value)
+                    .map_err(|reason| (RefusalKind::Schema, reason))
             })
             .collect()
     }
@@ -390,7 +397,11 @@ pub(super) struct BatchBuilder<'c> {
 
 impl BatchBuilder<'_> {
     /// Adds `record` as a row, or returns why it is refused (the batch is then unchanged).
-    pub(super) fn push(&mut self, record: &Event, ingestion_time: i64) -> Result<(), String> {
+    pub(super) fn push(
+        &mut self,
+        record: &Event,
+        ingestion_time: i64,
+    ) -> Result<(), (RefusalKind, String)> {
         let cells = self.converter.cells(record, ingestion_time)?;
         for (builder, cell) in self.builders.iter_mut().zip(cells) {
             builder.append(cell);

@@ -48,7 +48,7 @@ use self::convert::RowConverter;
 use self::location::Location;
 use crate::config::{DeltaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position, now_millis};
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope};
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;
@@ -80,7 +80,7 @@ impl DeltaSink {
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
         let location = Location::parse(&config.path, &config.storage_options, loaded)
-            .map_err(|reason| open_error(name, reason))?;
+            .map_err(|reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason))?;
         Self::open_at(name, config, location).await
     }
 
@@ -89,12 +89,13 @@ impl DeltaSink {
         config: &DeltaSinkConfig,
         location: Location,
     ) -> Result<Self, SinkError> {
-        let fail = |reason: String| open_error(name, reason);
-        convert::validate(config).map_err(fail)?;
+        let misconfigured =
+            |reason: String| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
+        convert::validate(config).map_err(misconfigured)?;
         let (table, schema) = table::open_or_create(name, config, &location)
             .await
-            .map_err(fail)?;
-        let converter = RowConverter::new(config, schema).map_err(fail)?;
+            .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
+        let converter = RowConverter::new(config, schema).map_err(misconfigured)?;
         let partition_by = config.partition_by.clone();
         Ok(DeltaSink {
             shared: Arc::new(Shared {
@@ -113,16 +114,6 @@ impl DeltaSink {
                 }),
             }),
         })
-    }
-}
-
-fn open_error(name: &str, reason: String) -> SinkError {
-    SinkError {
-        sink: name.to_owned(),
-        pipeline: String::new(),
-        partition: 0,
-        kind: crate::sink::SinkErrorKind::Unavailable,
-        reason,
     }
 }
 
@@ -682,7 +673,11 @@ impl DeltaWriter {
     }
 
     fn superseded(&self) -> SinkError {
-        self.error("this writer was replaced by a newer writer of the same partition")
+        self.scope.error_of(
+            SinkErrorKind::Superseded,
+            &self.shared.name,
+            "this writer was replaced by a newer writer of the same partition",
+        )
     }
 }
 
@@ -701,8 +696,12 @@ impl SinkWriter for DeltaWriter {
                 skipped += 1;
                 continue;
             }
-            if let Err(reason) = batch.push(&record, ingestion_time) {
-                refused.push(Refused { record, reason });
+            if let Err((kind, reason)) = batch.push(&record, ingestion_time) {
+                refused.push(Refused {
+                    record,
+                    kind,
+                    reason,
+                });
             }
         }
         if skipped > 0 {

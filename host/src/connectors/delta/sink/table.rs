@@ -10,6 +10,7 @@ use deltalake::writer::RecordBatchWriter;
 use super::convert::type_name;
 use super::location::Location;
 use crate::config::{ColumnType, DeltaSinkConfig};
+use crate::sink::SinkErrorKind;
 
 /// The Delta type of a configured column type.
 pub(super) fn delta_type(data_type: ColumnType) -> DataType {
@@ -25,17 +26,20 @@ pub(super) fn delta_type(data_type: ColumnType) -> DataType {
 }
 
 /// Opens the table at `location`, creating it if absent; returns it loaded, with its arrow schema.
+/// An existing table whose columns differ from the configured ones is `Misconfigured`; every
+/// other failure is the storage's (`Unavailable`).
 pub(super) async fn open_or_create(
     name: &str,
     config: &DeltaSinkConfig,
     location: &Location,
-) -> Result<(DeltaTable, SchemaRef), String> {
+) -> Result<(DeltaTable, SchemaRef), (SinkErrorKind, String)> {
+    let unavailable = |reason: String| (SinkErrorKind::Unavailable, reason);
     let at = location.display();
-    let mut table = location.table().await?;
+    let mut table = location.table().await.map_err(unavailable)?;
     let exists = table
         .verify_deltatable_existence()
         .await
-        .map_err(|e| format!("cannot read the table at {at}: {e}"))?;
+        .map_err(|e| unavailable(format!("cannot read the table at {at}: {e}")))?;
     if !exists {
         let columns: Vec<StructField> = config
             .columns
@@ -50,21 +54,26 @@ pub(super) async fn open_or_create(
             .with_partition_columns(config.partition_by.clone())
             .with_save_mode(SaveMode::Ignore)
             .await
-            .map_err(|e| format!("cannot create the table at {at}: {e}"))?;
+            .map_err(|e| unavailable(format!("cannot create the table at {at}: {e}")))?;
         if table.version() == Some(0) {
-            location.sync_commit(0).await?;
+            location.sync_commit(0).await.map_err(unavailable)?;
             tracing::info!(sink = %name, table = %at, "created the Delta table");
         }
     }
     table
         .load()
         .await
-        .map_err(|e| format!("cannot load the table at {at}: {e}"))?;
+        .map_err(|e| unavailable(format!("cannot load the table at {at}: {e}")))?;
     check_schema(config, &table).map_err(|difference| {
-        format!("the existing table at {at} does not match the configured columns: {difference}")
+        (
+            SinkErrorKind::Misconfigured,
+            format!(
+                "the existing table at {at} does not match the configured columns: {difference}"
+            ),
+        )
     })?;
     let writer = RecordBatchWriter::for_table(&table)
-        .map_err(|e| format!("cannot write to the table at {at}: {e}"))?;
+        .map_err(|e| unavailable(format!("cannot write to the table at {at}: {e}")))?;
     Ok((table, writer.arrow_schema()))
 }
 

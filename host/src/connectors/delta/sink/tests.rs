@@ -21,6 +21,7 @@ use super::location::Location;
 use super::*;
 use crate::config::{ColumnType, DeltaSinkConfig};
 use crate::event::Event;
+use crate::sink::RefusalKind;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -452,7 +453,30 @@ fn converter(toml_body: &str) -> RowConverter {
 /// The reason `body` is refused, or `None` if it converts.
 fn refusal(converter: &RowConverter, body: &str) -> Option<String> {
     let mut batch = converter.batch(1);
-    batch.push(&Event::new(0, 0, body.to_owned()), 0).err()
+    batch
+        .push(&Event::new(0, 0, body.to_owned()), 0)
+        .err()
+        .map(|(_, reason)| reason)
+}
+
+#[test]
+fn a_refusal_says_whether_the_body_or_the_schema_is_at_fault() {
+    let c = converter(TELEMETRY);
+    let kind = |body: &str| {
+        let mut batch = c.batch(1);
+        batch
+            .push(&Event::new(0, 0, body.to_owned()), 0)
+            .err()
+            .map(|(kind, _)| kind)
+    };
+    assert_eq!(kind(r#"{"DeviceId":"d""#), Some(RefusalKind::Malformed));
+    assert_eq!(kind("[1]"), Some(RefusalKind::Malformed));
+    assert_eq!(
+        kind(r#"{"DeviceId":"d","Temperature":"hot"}"#),
+        Some(RefusalKind::Schema)
+    );
+    assert_eq!(kind(r#"{"DeviceId":null}"#), Some(RefusalKind::Schema));
+    assert_eq!(kind(r#"{"DeviceId":"d"}"#), None);
 }
 
 #[test]

@@ -22,7 +22,9 @@ use crate::config::{EventHubsRouting, EventHubsSinkConfig};
 use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::event::{Event, Position};
 use crate::json::top_level_field;
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{
+    RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
+};
 
 /// The longest pause between two attempts at a batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -42,14 +44,10 @@ pub struct EventHubsSink {
 impl EventHubsSink {
     /// Connects to the hub once, to check the configuration and learn its partitions.
     pub async fn open(name: &str, config: &EventHubsSinkConfig) -> Result<Self, SinkError> {
-        let fail = |reason: String| SinkError {
-            sink: name.to_owned(),
-            pipeline: String::new(),
-            partition: 0,
-            kind: crate::sink::SinkErrorKind::Unavailable,
-            reason,
-        };
-        let connection = Connection::resolve(&config.connection()).map_err(fail)?;
+        let fail = |reason: String| SinkError::opening(SinkErrorKind::Unavailable, name, reason);
+        // The connection string and hub name come from the configuration alone.
+        let connection = Connection::resolve(&config.connection())
+            .map_err(|reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason))?;
         let producer = connection.producer().await.map_err(fail)?;
         let properties =
             tokio::time::timeout(connection::OPEN_TIMEOUT, producer.get_eventhub_properties())
@@ -311,7 +309,11 @@ impl SinkWriter for EventHubsWriter {
                     "record of {} bytes exceeds the {MAX_RECORD_BYTES} bytes an Event Hubs event may hold",
                     record.body.len()
                 );
-                refused.push(Refused { record, reason });
+                refused.push(Refused {
+                    record,
+                    kind: RefusalKind::TooLarge,
+                    reason,
+                });
                 continue;
             }
             self.pending.push((message_id, record));

@@ -10,7 +10,7 @@ use weir_eventhubs_endpoint::{Endpoint, EndpointConfig, StoredEvent};
 use super::EventHubsSink;
 use crate::config::{EventHubsRouting, EventHubsSinkConfig};
 use crate::event::Event;
-use crate::sink::{Sink, WriterScope};
+use crate::sink::{RefusalKind, Sink, WriterScope};
 
 async fn endpoint(hubs: &[(&str, u32)]) -> Endpoint {
     Endpoint::start(EndpointConfig::with_hubs(hubs))
@@ -195,6 +195,7 @@ async fn large_flushes_split_into_batches_and_oversized_records_are_refused() {
         "{}",
         refused[0].reason
     );
+    assert_eq!(refused[0].kind, RefusalKind::TooLarge);
     writer.flush().await.expect("flush");
     let stored = endpoint.events("alerts", 0).expect("events");
     assert_eq!(stored.len(), 25, "2.5 MB in batches of at most 1 MiB");

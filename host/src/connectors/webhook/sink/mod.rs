@@ -16,7 +16,9 @@ use serde_json::json;
 
 use crate::config::{WebhookSinkConfig, expand_env};
 use crate::event::{Event, Position};
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{
+    RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
+};
 
 /// The header that carries a request's deterministic id.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -45,13 +47,7 @@ impl std::fmt::Debug for WebhookSink {
 impl WebhookSink {
     /// A sink posting to `config.url`.
     pub fn new(name: &str, config: &WebhookSinkConfig) -> Result<Self, SinkError> {
-        let fail = |reason: String| SinkError {
-            sink: name.to_owned(),
-            pipeline: String::new(),
-            partition: 0,
-            kind: crate::sink::SinkErrorKind::Misconfigured,
-            reason,
-        };
+        let fail = |reason: String| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (key, value) in &config.headers {
@@ -178,7 +174,7 @@ impl WebhookWriter {
     }
 
     /// Posts `body` until it is delivered or every attempt failed; the error is the reason.
-    async fn deliver(&self, body: &[u8], id: &str) -> Result<(), String> {
+    async fn deliver(&self, body: &[u8], id: &str) -> Result<(), (RefusalKind, String)> {
         let config = &self.shared.config;
         let mut backoff = config.initial_backoff.get();
         let mut attempts = 0u32;
@@ -187,17 +183,20 @@ impl WebhookWriter {
             let (reason, retry_after) = match self.attempt(body, id).await {
                 Attempt::Delivered => return Ok(()),
                 Attempt::Fail(reason) => {
-                    return Err(format!(
-                        "webhook {} refused the request: {reason}",
-                        config.url
+                    return Err((
+                        RefusalKind::RejectedByDestination,
+                        format!("webhook {} refused the request: {reason}", config.url),
                     ));
                 }
                 Attempt::Retry(reason, retry_after) => (reason, retry_after),
             };
             if attempts > config.max_retries {
-                return Err(format!(
-                    "webhook {} failed {attempts} times; last: {reason}",
-                    config.url
+                return Err((
+                    RefusalKind::Undelivered,
+                    format!(
+                        "webhook {} failed {attempts} times; last: {reason}",
+                        config.url
+                    ),
                 ));
             }
             let wait = retry_after
@@ -226,6 +225,7 @@ impl SinkWriter for WebhookWriter {
             } else {
                 refused.push(Refused {
                     record,
+                    kind: RefusalKind::Malformed,
                     reason: "the record is not one JSON value, so it cannot be posted".to_owned(),
                 });
             }
@@ -254,10 +254,11 @@ impl SinkWriter for WebhookWriter {
             };
             match self.deliver(&body, &id).await {
                 Ok(()) => self.delivered += chunk.len() as u64,
-                Err(reason) => {
+                Err((kind, reason)) => {
                     tracing::error!(sink = %self.shared.name, id, %reason, "webhook delivery failed; dead-lettering");
                     refused.extend(chunk.into_iter().map(|(_, record)| Refused {
                         record,
+                        kind,
                         reason: reason.clone(),
                     }));
                 }

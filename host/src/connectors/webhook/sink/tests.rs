@@ -155,6 +155,7 @@ async fn records_are_dead_lettered_after_the_last_retry_or_at_once_when_refused(
         refused[0].reason
     );
     assert!(refused[0].reason.contains("500"), "{}", refused[0].reason);
+    assert_eq!(refused[0].kind, RefusalKind::Undelivered);
     assert_eq!(seen(&script).len(), 3);
 
     // A 400 is not retried: the request itself is wrong.
@@ -171,6 +172,7 @@ async fn records_are_dead_lettered_after_the_last_retry_or_at_once_when_refused(
         "{}",
         refused[0].reason
     );
+    assert_eq!(refused[0].kind, RefusalKind::RejectedByDestination);
     assert_eq!(seen(&script).len(), 2);
 
     // A record that is not JSON is refused without a request.
@@ -180,6 +182,7 @@ async fn records_are_dead_lettered_after_the_last_retry_or_at_once_when_refused(
         .await
         .expect("write");
     assert!(refused[0].reason.contains("not one JSON value"));
+    assert_eq!(refused[0].kind, RefusalKind::Malformed);
 }
 
 async fn writer_for_unreachable() -> Box<dyn SinkWriter> {
