@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Checkpoint, CheckpointError, CheckpointStore, Ownership};
+use super::{Checkpoint, CheckpointError, CheckpointErrorKind, CheckpointStore, Ownership};
 use crate::event::{PartitionId, now_millis};
 
 pub(crate) const MAGIC: &[u8; 8] = b"WEIRCKP1";
@@ -69,10 +69,11 @@ impl LocalCheckpointStore {
 }
 
 fn error(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
-    CheckpointError {
-        location: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    CheckpointError::new(
+        CheckpointErrorKind::Unavailable,
+        path.display().to_string(),
+        reason,
+    )
 }
 
 /// Encodes a checkpoint in the file format described in the module documentation.
@@ -260,12 +261,19 @@ impl CheckpointStore for LocalCheckpointStore {
     ) -> Result<Option<Checkpoint>, CheckpointError> {
         let path = self.path(pipeline, partition);
         let owned = path.clone();
-        blocking(&path, move || match read_optional(&owned) {
-            Ok(None) => Ok(None),
-            Ok(Some(bytes)) => decode(&bytes).map(Some),
+        let decoded = blocking(&path, move || match read_optional(&owned) {
+            Ok(bytes) => Ok(bytes.map(|bytes| decode(&bytes))),
             Err(e) => Err(e.to_string()),
         })
-        .await
+        .await?;
+        // The file was read: one that does not decode reads the same way next time.
+        decoded.transpose().map_err(|reason| {
+            CheckpointError::new(
+                CheckpointErrorKind::Unreadable,
+                path.display().to_string(),
+                reason,
+            )
+        })
     }
 
     async fn save(
@@ -433,6 +441,8 @@ mod tests {
         std::fs::write(&path, bytes).expect("corrupt");
         let err = store.load("p", 3).await.expect_err("corrupt file");
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        assert_eq!(err.kind, CheckpointErrorKind::Unreadable);
+        assert!(!err.retryable());
 
         store
             .save_meta("sim/start", "2026-01-01T00:00:00Z")

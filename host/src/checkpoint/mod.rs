@@ -33,8 +33,53 @@ pub type SinkProgress = serde_json::Value;
 pub struct CheckpointError {
     /// The file or blob concerned.
     pub location: String,
+    /// What kind of failure it is.
+    pub kind: CheckpointErrorKind,
     /// What happened.
     pub reason: String,
+}
+
+impl CheckpointError {
+    /// A failure of `kind` at `location`.
+    pub fn new(
+        kind: CheckpointErrorKind,
+        location: impl Into<String>,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        CheckpointError {
+            location: location.into(),
+            kind,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether trying again (a restart of the partition) can help, or an operator must change
+    /// something first.
+    pub fn retryable(&self) -> bool {
+        self.kind.retryable()
+    }
+}
+
+/// What kind of failure a [`CheckpointError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointErrorKind {
+    /// The store failed or could not be reached (a file system, Blob Storage).
+    Unavailable,
+    /// A record the store holds cannot be read (a corrupt file, a checksum that does not match):
+    /// reading it again gives the same answer.
+    Unreadable,
+    /// The store's configuration cannot work (an unknown option, a container that cannot be
+    /// configured).
+    Misconfigured,
+    /// This build of weir lacks the store's support.
+    Unsupported,
+}
+
+impl CheckpointErrorKind {
+    /// See [`CheckpointError::retryable`].
+    pub fn retryable(self) -> bool {
+        matches!(self, CheckpointErrorKind::Unavailable)
+    }
 }
 
 /// The recovery point of one pipeline partition.
@@ -119,4 +164,33 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Where the store keeps its data, for people.
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_error_reads_as_before_and_says_whether_to_retry() {
+        let error = CheckpointError::new(
+            CheckpointErrorKind::Unavailable,
+            "/data/p/0.ckpt",
+            "disk full",
+        );
+        assert_eq!(
+            error.to_string(),
+            "checkpoint store /data/p/0.ckpt: disk full"
+        );
+        assert!(error.retryable());
+        for kind in [
+            CheckpointErrorKind::Unreadable,
+            CheckpointErrorKind::Misconfigured,
+            CheckpointErrorKind::Unsupported,
+        ] {
+            assert!(
+                !CheckpointError::new(kind, "x", "y").retryable(),
+                "{kind:?}"
+            );
+        }
+    }
 }

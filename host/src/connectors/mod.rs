@@ -43,10 +43,10 @@ pub fn checkpoint_store(
             loaded.config.consumer_scopes(),
         )?)),
         #[cfg(not(feature = "azure"))]
-        Some(blob) => Err(CheckpointError {
-            location: blob.container.clone(),
-            reason: "this build of weir has no Azure support: rebuild with `--features azure`"
-                .to_owned(),
-        }),
+        Some(blob) => Err(CheckpointError::new(
+            crate::checkpoint::CheckpointErrorKind::Unsupported,
+            blob.container.clone(),
+            "this build of weir has no Azure support: rebuild with `--features azure`",
+        )),
     }
 }

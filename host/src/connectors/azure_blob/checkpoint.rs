@@ -25,7 +25,9 @@ use object_store::{
     PutPayload, UpdateVersion,
 };
 
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, ConsumerScope, Ownership};
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointErrorKind, CheckpointStore, ConsumerScope, Ownership,
+};
 use crate::checkpoint::{MAGIC, decode, encode};
 use crate::config::{AzureBlobCheckpointConfig, expand_env};
 use crate::event::{PartitionId, Position, now_millis};
@@ -55,9 +57,12 @@ impl BlobCheckpointStore {
         config: &AzureBlobCheckpointConfig,
         scopes: HashMap<String, ConsumerScope>,
     ) -> Result<Self, CheckpointError> {
-        let fail = |reason: String| CheckpointError {
-            location: format!("container `{}`", config.container),
-            reason,
+        let fail = |reason: String| {
+            CheckpointError::new(
+                CheckpointErrorKind::Misconfigured,
+                format!("container `{}`", config.container),
+                reason,
+            )
         };
         let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(&config.container);
         if let Some(account) = &config.account {
@@ -102,10 +107,16 @@ impl BlobCheckpointStore {
     }
 
     fn error(&self, blob: &str, reason: impl std::fmt::Display) -> CheckpointError {
-        CheckpointError {
-            location: format!("blob {}/{blob}", self.container),
-            reason: reason.to_string(),
-        }
+        self.error_of(CheckpointErrorKind::Unavailable, blob, reason)
+    }
+
+    fn error_of(
+        &self,
+        kind: CheckpointErrorKind,
+        blob: &str,
+        reason: impl std::fmt::Display,
+    ) -> CheckpointError {
+        CheckpointError::new(kind, format!("blob {}/{blob}", self.container), reason)
     }
 
     /// The blob's metadata, ETag and Last-Modified time, or `None` when it does not exist.
@@ -155,11 +166,14 @@ impl CheckpointStore for BlobCheckpointStore {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .and_then(|n| Position::try_from(n).ok());
         let offset = metadata(&attributes, OFFSET).map(str::to_owned);
-        let weir = if body.starts_with(MAGIC) {
-            Some(decode(&body).map_err(|reason| self.error(&blob, reason))?)
-        } else {
-            None
-        };
+        let weir =
+            if body.starts_with(MAGIC) {
+                Some(decode(&body).map_err(|reason| {
+                    self.error_of(CheckpointErrorKind::Unreadable, &blob, reason)
+                })?)
+            } else {
+                None
+            };
         Ok(match (weir, sequence_number) {
             (Some(checkpoint), Some(n)) if checkpoint.position != Some(n) => {
                 // An Azure SDK processor checkpointed after Weir did (it keeps the body).
