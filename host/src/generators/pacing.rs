@@ -12,7 +12,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::checkpoint::CheckpointStore;
 use crate::event::{Event, Position, now_millis};
-use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
+use crate::source::{
+    Dispatcher, PartitionReader, PartitionStart, Source, SourceError, SourceErrorKind,
+};
 
 /// How often a paced generator sends the steps that have come due.
 const PACING_TICK: Duration = Duration::from_millis(10);
@@ -194,12 +196,9 @@ impl<M: Steps> Source for GeneratorSource<M> {
         &self,
         starts: Vec<PartitionStart>,
     ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
-        self.model
-            .check(self.partitions)
-            .map_err(|reason| SourceError::Start {
-                source_name: self.name.clone(),
-                reason,
-            })?;
+        self.model.check(self.partitions).map_err(|reason| {
+            SourceError::start(SourceErrorKind::Misconfigured, &self.name, reason)
+        })?;
         let (dispatcher, readers) = Dispatcher::new(&self.name, self.partitions, &starts)?;
         let after = dispatcher.resume_from();
         self.model.starting(&self.name, after);

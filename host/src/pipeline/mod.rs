@@ -427,10 +427,11 @@ async fn start_pipeline(
     pipeline: &PipelineConfig,
 ) -> Result<Vec<WorkerTask>, StartError> {
     let source_config = loaded.config.sources.get(&pipeline.source).ok_or_else(|| {
-        crate::source::SourceError::Start {
-            source_name: pipeline.source.clone(),
-            reason: "not defined".to_owned(),
-        }
+        crate::source::SourceError::start(
+            crate::source::SourceErrorKind::Misconfigured,
+            &pipeline.source,
+            "not defined",
+        )
     })?;
     let source: Arc<dyn Source> = crate::source::build(
         &pipeline.source,

@@ -61,6 +61,19 @@ pub enum WorkerError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
+impl WorkerError {
+    /// Whether restarting the partition from its last checkpoint can help, or an operator must
+    /// change something first.
+    pub fn retryable(&self) -> bool {
+        match self {
+            WorkerError::Source(e) => e.retryable(),
+            WorkerError::Stage(e) => e.retryable(),
+            WorkerError::Sink(e) => e.retryable(),
+            WorkerError::Checkpoint(e) => e.retryable(),
+        }
+    }
+}
+
 /// Settings of a worker that come from its pipeline.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerSettings {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{PartitionReader, PartitionStart, ReadOutcome, SourceError};
+use super::{PartitionReader, PartitionStart, ReadOutcome, SourceError, SourceErrorKind};
 use crate::event::{Event, PartitionId, Position};
 
 /// Events waiting per partition before the producer is made to wait (backpressure).
@@ -90,13 +90,14 @@ impl Dispatcher {
             match covered.get_mut(start.partition as usize) {
                 Some(slot) => *slot = Some(*start),
                 None => {
-                    return Err(SourceError::Start {
-                        source_name: source_name.to_owned(),
-                        reason: format!(
+                    return Err(SourceError::start(
+                        SourceErrorKind::Misconfigured,
+                        source_name,
+                        format!(
                             "partition {} does not exist (the source has {partitions})",
                             start.partition
                         ),
-                    });
+                    ));
                 }
             }
         }
@@ -105,11 +106,14 @@ impl Dispatcher {
         let mut resume_from: Option<Position> = None;
         let mut from_start = false;
         for (partition, start) in covered.into_iter().enumerate() {
-            let start = start.ok_or_else(|| SourceError::Start {
-                source_name: source_name.to_owned(),
-                reason: format!(
-                    "partition {partition} was not opened: this source reads one input for all its partitions, so one process must own them all"
-                ),
+            let start = start.ok_or_else(|| {
+                SourceError::start(
+                    SourceErrorKind::Misconfigured,
+                    source_name,
+                    format!(
+                        "partition {partition} was not opened: this source reads one input for all its partitions, so one process must own them all"
+                    ),
+                )
             })?;
             match start.after {
                 Some(after) => resume_from = Some(resume_from.map_or(after, |r| r.min(after))),

@@ -36,6 +36,8 @@ pub enum SourceError {
         source_name: String,
         /// Partition being read.
         partition: PartitionId,
+        /// What kind of failure it is.
+        kind: SourceErrorKind,
         /// What happened.
         reason: String,
     },
@@ -55,9 +57,80 @@ pub enum SourceError {
     Start {
         /// Source name.
         source_name: String,
+        /// What kind of failure it is.
+        kind: SourceErrorKind,
         /// What happened.
         reason: String,
     },
+}
+
+impl SourceError {
+    /// Reading `partition` of `source_name` failed, for a reason of `kind`.
+    pub fn read(
+        kind: SourceErrorKind,
+        source_name: impl Into<String>,
+        partition: PartitionId,
+        reason: impl Into<String>,
+    ) -> Self {
+        SourceError::Read {
+            source_name: source_name.into(),
+            partition,
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// `source_name` could not start, for a reason of `kind`.
+    pub fn start(
+        kind: SourceErrorKind,
+        source_name: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        SourceError::Start {
+            source_name: source_name.into(),
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> SourceErrorKind {
+        match self {
+            SourceError::Read { kind, .. } | SourceError::Start { kind, .. } => *kind,
+            SourceError::Lost { .. } => SourceErrorKind::Lost,
+        }
+    }
+
+    /// Whether trying again (a restart of the partition from its last checkpoint) can help, or
+    /// an operator must change something first.
+    pub fn retryable(&self) -> bool {
+        self.kind().retryable()
+    }
+}
+
+/// What kind of failure a [`SourceError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The input failed or could not be reached (a broker, a hub, a file system).
+    Unavailable,
+    /// The source's configuration cannot work (a source that is not defined, a partition it
+    /// does not have, a connection string that does not parse, a topic that does not exist).
+    Misconfigured,
+    /// This build of weir lacks the source's connector.
+    Unsupported,
+    /// The input cannot be read from where the checkpoint says (an offset beyond the end of a
+    /// recreated topic): reading again gives the same answer.
+    Unreadable,
+    /// Another reader took the partition ([`SourceError::Lost`]): reading it again here would
+    /// take it back from its new owner.
+    Lost,
+}
+
+impl SourceErrorKind {
+    /// See [`SourceError::retryable`].
+    pub fn retryable(self) -> bool {
+        matches!(self, SourceErrorKind::Unavailable)
+    }
 }
 
 /// Where a partition reader starts.
@@ -138,10 +211,11 @@ pub async fn build(
     loaded: &LoadedConfig,
     checkpoints: Arc<dyn CheckpointStore>,
 ) -> Result<Arc<dyn Source>, SourceError> {
-    let start_error = |reason: String| SourceError::Start {
-        source_name: name.to_owned(),
-        reason,
-    };
+    let start_error =
+        |reason: String| SourceError::start(SourceErrorKind::Unavailable, name, reason);
+    // Used only by builds without some connector.
+    #[allow(unused_variables)]
+    let unsupported = |reason: &str| SourceError::start(SourceErrorKind::Unsupported, name, reason);
     Ok(match config {
         SourceConfig::File(file) => {
             let mut file = file.clone();
@@ -191,9 +265,8 @@ pub async fn build(
         }
         #[cfg(not(feature = "eventhubs"))]
         SourceConfig::EventHubs(_) => {
-            return Err(start_error(
-                "this build of weir has no Event Hubs support: rebuild with `--features eventhubs`"
-                    .to_owned(),
+            return Err(unsupported(
+                "this build of weir has no Event Hubs support: rebuild with `--features eventhubs`",
             ));
         }
         #[cfg(feature = "kafka")]
@@ -202,10 +275,39 @@ pub async fn build(
         }
         #[cfg(not(feature = "kafka"))]
         SourceConfig::Kafka(_) => {
-            return Err(start_error(
-                "this build of weir has no Kafka support: rebuild with `--features kafka`"
-                    .to_owned(),
+            return Err(unsupported(
+                "this build of weir has no Kafka support: rebuild with `--features kafka`",
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_error_reads_as_before_and_says_whether_to_retry() {
+        let read = SourceError::read(SourceErrorKind::Unavailable, "in", 3, "broker away");
+        assert_eq!(read.to_string(), "source `in`, partition 3: broker away");
+        assert!(read.retryable());
+        let start = SourceError::start(SourceErrorKind::Misconfigured, "in", "not defined");
+        assert_eq!(start.to_string(), "source `in` cannot start: not defined");
+        assert_eq!(start.kind(), SourceErrorKind::Misconfigured);
+        assert!(!start.retryable());
+        let lost = SourceError::Lost {
+            source_name: "in".to_owned(),
+            partition: 1,
+            reason: "owner level 2".to_owned(),
+        };
+        assert_eq!(
+            lost.to_string(),
+            "source `in`, partition 1 was taken by another reader: owner level 2"
+        );
+        assert_eq!(lost.kind(), SourceErrorKind::Lost);
+        assert!(!lost.retryable());
+        for kind in [SourceErrorKind::Unsupported, SourceErrorKind::Unreadable] {
+            assert!(!kind.retryable(), "{kind:?}");
+        }
+    }
 }

@@ -14,7 +14,9 @@ use crate::config::FileSourceConfig;
 use crate::event::{Event, now_millis, partition_for_key};
 use crate::json::{event_time_millis, top_level_field};
 use crate::source::dispatch::InputProgress;
-use crate::source::{Dispatcher, PartitionReader, PartitionStart, Source, SourceError};
+use crate::source::{
+    Dispatcher, PartitionReader, PartitionStart, Source, SourceError, SourceErrorKind,
+};
 
 /// How often a followed file is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -52,19 +54,32 @@ impl Source for FileSource {
     ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
         let file = tokio::fs::File::open(&self.config.path)
             .await
-            .map_err(|e| SourceError::Start {
-                source_name: self.name.clone(),
-                reason: format!("cannot open {}: {e}", self.config.path.display()),
+            .map_err(|e| {
+                // A file that is not there or may not be read: the configuration must change.
+                let kind = match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        SourceErrorKind::Misconfigured
+                    }
+                    _ => SourceErrorKind::Unavailable,
+                };
+                SourceError::start(
+                    kind,
+                    &self.name,
+                    format!("cannot open {}: {e}", self.config.path.display()),
+                )
             })?;
         let size = file
             .metadata()
             .await
-            .map_err(|e| SourceError::Start {
-                source_name: self.name.clone(),
-                reason: format!(
-                    "cannot read the size of {}: {e}",
-                    self.config.path.display()
-                ),
+            .map_err(|e| {
+                SourceError::start(
+                    SourceErrorKind::Unavailable,
+                    &self.name,
+                    format!(
+                        "cannot read the size of {}: {e}",
+                        self.config.path.display()
+                    ),
+                )
             })?
             .len();
         // The producer starts where the partition furthest behind resumes; the readers' lag is
@@ -87,10 +102,8 @@ impl Source for FileSource {
             if let Err(reason) = read_lines(file, &config, &dispatcher, &progress).await {
                 tracing::error!(source = %name, %reason, "file source failed");
                 dispatcher
-                    .fail(|partition| SourceError::Read {
-                        source_name: name.clone(),
-                        partition,
-                        reason: reason.clone(),
+                    .fail(|partition| {
+                        SourceError::read(SourceErrorKind::Unavailable, &name, partition, &reason)
                     })
                     .await;
             }

@@ -23,7 +23,9 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use super::client;
 use crate::config::{KafkaSourceConfig, KafkaStart, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
-use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
+use crate::source::{
+    PartitionReader, PartitionStart, ReadOutcome, Source, SourceError, SourceErrorKind,
+};
 
 /// A Kafka topic as a source.
 pub struct KafkaSource {
@@ -52,9 +54,13 @@ impl KafkaSource {
     ) -> Result<Self, SourceError> {
         let connected = client::connect(&config.connection, loaded)
             .await
-            .map_err(|e| SourceError::Start {
-                source_name: name.to_owned(),
-                reason: e.reason,
+            .map_err(|e| {
+                let kind = if e.misconfigured {
+                    SourceErrorKind::Misconfigured
+                } else {
+                    SourceErrorKind::Unavailable
+                };
+                SourceError::start(kind, name, e.reason)
             })?;
         tracing::info!(
             source = %name, topic = %config.connection.topic, partitions = connected.partitions,
@@ -69,17 +75,15 @@ impl KafkaSource {
     }
 
     fn read_error(&self, partition: PartitionId, reason: impl Into<String>) -> SourceError {
-        SourceError::Read {
-            source_name: self.name.clone(),
-            partition,
-            reason: reason.into(),
-        }
+        SourceError::read(SourceErrorKind::Unavailable, &self.name, partition, reason)
     }
 
     async fn open_one(&self, start: PartitionStart) -> Result<KafkaReader, SourceError> {
         let partition = start.partition;
         if partition >= self.partitions {
-            return Err(self.read_error(
+            return Err(SourceError::read(
+                SourceErrorKind::Misconfigured,
+                &self.name,
                 partition,
                 format!("the topic has only {} partitions", self.partitions),
             ));
@@ -169,11 +173,11 @@ struct KafkaReader {
 
 impl KafkaReader {
     fn error(&self, reason: impl Into<String>) -> SourceError {
-        SourceError::Read {
-            source_name: self.source_name.clone(),
-            partition: self.partition,
-            reason: reason.into(),
-        }
+        self.error_of(SourceErrorKind::Unavailable, reason)
+    }
+
+    fn error_of(&self, kind: SourceErrorKind, reason: impl Into<String>) -> SourceError {
+        SourceError::read(kind, &self.source_name, self.partition, reason)
     }
 
     /// Fetches from `next_offset` into `buffered`.
@@ -266,10 +270,13 @@ impl KafkaReader {
             .get_offset(OffsetAt::Latest)
             .await
             .map_err(|e| self.error(format!("cannot read the latest offset: {e}")))?;
-        Err(self.error(format!(
-            "offset {} lies beyond the partition's end ({latest}): was the topic recreated? Remove the pipeline's checkpoints to start over",
-            self.next_offset
-        )))
+        Err(self.error_of(
+            SourceErrorKind::Unreadable,
+            format!(
+                "offset {} lies beyond the partition's end ({latest}): was the topic recreated? Remove the pipeline's checkpoints to start over",
+                self.next_offset
+            ),
+        ))
     }
 }
 

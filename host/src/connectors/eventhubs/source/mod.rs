@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::config::EventHubsSourceConfig;
 use crate::connectors::eventhubs::connection::{self, Connection};
-use crate::source::{PartitionReader, PartitionStart, Source, SourceError};
+use crate::source::{PartitionReader, PartitionStart, Source, SourceError, SourceErrorKind};
 pub use reader::OFFSET_PROPERTY;
 
 /// An Event Hub, read partition by partition.
@@ -30,11 +30,11 @@ pub struct EventHubsSource {
 impl EventHubsSource {
     /// Connects to the hub and reads its partitions.
     pub async fn start(name: &str, config: &EventHubsSourceConfig) -> Result<Self, SourceError> {
-        let start_error = |reason: String| SourceError::Start {
-            source_name: name.to_owned(),
-            reason,
-        };
-        let connection = Connection::resolve(&config.connection()).map_err(start_error)?;
+        let start_error =
+            |reason: String| SourceError::start(SourceErrorKind::Unavailable, name, reason);
+        // The connection string and hub name come from the configuration alone.
+        let connection = Connection::resolve(&config.connection())
+            .map_err(|reason| SourceError::start(SourceErrorKind::Misconfigured, name, reason))?;
         let client = connection
             .consumer(&config.consumer_group)
             .await
@@ -116,14 +116,15 @@ impl Source for EventHubsSource {
         let mut readers: Vec<Box<dyn PartitionReader>> = Vec::with_capacity(starts.len());
         for start in starts {
             let Some(id) = self.partition_ids.get(start.partition as usize) else {
-                return Err(SourceError::Start {
-                    source_name: self.name.clone(),
-                    reason: format!(
+                return Err(SourceError::start(
+                    SourceErrorKind::Misconfigured,
+                    &self.name,
+                    format!(
                         "partition {} does not exist (the hub has {})",
                         start.partition,
                         self.partition_ids.len()
                     ),
-                });
+                ));
             };
             readers.push(Box::new(reader::EventHubsReader::open(
                 self.settings.clone(),

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::config::{EventHubsSourceConfig, StartPosition};
 use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::event::{Event, PartitionId, Position, now_millis};
-use crate::source::{PartitionReader, PartitionStart, ReadOutcome, SourceError};
+use crate::source::{PartitionReader, PartitionStart, ReadOutcome, SourceError, SourceErrorKind};
 
 /// The property that carries an event's Event Hubs offset (its sequence number is the position).
 pub const OFFSET_PROPERTY: &str = "x-opt-offset";
@@ -304,11 +304,12 @@ impl EventHubsReader {
     }
 
     fn read_error(&self, reason: &str) -> SourceError {
-        SourceError::Read {
-            source_name: self.settings.source_name.clone(),
-            partition: self.partition,
-            reason: reason.to_owned(),
-        }
+        SourceError::read(
+            SourceErrorKind::Unavailable,
+            &self.settings.source_name,
+            self.partition,
+            reason,
+        )
     }
 }
 
@@ -400,11 +401,12 @@ impl Receiving {
         tracing::error!(source = %self.settings.source_name, partition = self.partition, %reason, "Event Hubs partition failed");
         let _ = self
             .sender
-            .send(Err(SourceError::Read {
-                source_name: self.settings.source_name.clone(),
-                partition: self.partition,
+            .send(Err(SourceError::read(
+                SourceErrorKind::Unavailable,
+                &self.settings.source_name,
+                self.partition,
                 reason,
-            }))
+            )))
             .await;
     }
 

@@ -35,7 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::HttpSourceConfig;
 use crate::event::{Event, PartitionId, Position, now_millis, partition_for_key};
 use crate::json::top_level_field;
-use crate::source::{PartitionReader, PartitionStart, ReadOutcome, Source, SourceError};
+use crate::source::{
+    PartitionReader, PartitionStart, ReadOutcome, Source, SourceError, SourceErrorKind,
+};
 use wal::{Append, Cursor, PartitionLog};
 
 /// Prefix of the request headers kept as event properties.
@@ -272,16 +274,16 @@ impl Source for HttpSource {
     ) -> Result<Vec<Box<dyn PartitionReader>>, SourceError> {
         let mut readers: Vec<Box<dyn PartitionReader>> = Vec::with_capacity(starts.len());
         for start in starts {
-            let log =
-                self.logs
-                    .get(start.partition as usize)
-                    .ok_or_else(|| SourceError::Start {
-                        source_name: self.name.clone(),
-                        reason: format!(
-                            "partition {} does not exist (the source has {})",
-                            start.partition, self.config.partitions
-                        ),
-                    })?;
+            let log = self.logs.get(start.partition as usize).ok_or_else(|| {
+                SourceError::start(
+                    SourceErrorKind::Misconfigured,
+                    &self.name,
+                    format!(
+                        "partition {} does not exist (the source has {})",
+                        start.partition, self.config.partitions
+                    ),
+                )
+            })?;
             readers.push(Box::new(
                 WalReader::open(&self.name, Arc::clone(log), start.after).await?,
             ));
@@ -332,12 +334,15 @@ impl WalReader {
                     (next, cursor)
                 })
                 .await
-                .map_err(|e| SourceError::Start {
-                    source_name: source_name.to_owned(),
-                    reason: format!(
-                        "partition {}: finding the resume point failed: {e}",
-                        log.partition
-                    ),
+                .map_err(|e| {
+                    SourceError::start(
+                        SourceErrorKind::Unavailable,
+                        source_name,
+                        format!(
+                            "partition {}: finding the resume point failed: {e}",
+                            log.partition
+                        ),
+                    )
                 })?;
                 cursor = returned;
                 found
@@ -355,11 +360,12 @@ impl WalReader {
     }
 
     fn error(&self, reason: String) -> SourceError {
-        SourceError::Read {
-            source_name: self.source_name.clone(),
-            partition: self.log.partition,
+        SourceError::read(
+            SourceErrorKind::Unavailable,
+            &self.source_name,
+            self.log.partition,
             reason,
-        }
+        )
     }
 
     /// Reads what is durable, on a blocking thread.
