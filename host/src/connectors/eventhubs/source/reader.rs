@@ -328,7 +328,7 @@ enum Ended {
     /// The reader was dropped: stop.
     ReaderGone,
     /// A failure nothing will fix: report it and stop.
-    Fatal(String),
+    Fatal(SourceErrorKind, String),
     /// A reader with a higher owner level took the partition: report it and stop (the worker
     /// gives the partition up; the process goes on).
     Lost(String),
@@ -366,8 +366,8 @@ impl Receiving {
         loop {
             let reason = match self.receive_on_new_connection().await {
                 Ended::ReaderGone => return,
-                Ended::Fatal(reason) => {
-                    self.fail(reason).await;
+                Ended::Fatal(kind, reason) => {
+                    self.fail_as(kind, reason).await;
                     return;
                 }
                 Ended::Lost(reason) => {
@@ -398,11 +398,15 @@ impl Receiving {
     }
 
     async fn fail(&self, reason: String) {
+        self.fail_as(SourceErrorKind::Unavailable, reason).await;
+    }
+
+    async fn fail_as(&self, kind: SourceErrorKind, reason: String) {
         tracing::error!(source = %self.settings.source_name, partition = self.partition, %reason, "Event Hubs partition failed");
         let _ = self
             .sender
             .send(Err(SourceError::read(
-                SourceErrorKind::Unavailable,
+                kind,
                 &self.settings.source_name,
                 self.partition,
                 reason,
@@ -426,15 +430,19 @@ impl Receiving {
             .await;
     }
 
-    fn start_position(&self) -> Result<ClientStartPosition, String> {
+    /// Where to start receiving; a position that cannot be one is `Unreadable` (a checkpoint's)
+    /// or `Misconfigured` (the configuration's).
+    fn start_position(&self) -> Result<ClientStartPosition, (SourceErrorKind, String)> {
         let config = &self.settings.config;
         let inclusive = config.start_inclusive;
         Ok(match (self.resume, &config.start_position) {
             (Resume::After(position), _) => ClientStartPosition {
-                location: StartLocation::SequenceNumber(
-                    i64::try_from(position)
-                        .map_err(|_| format!("position {position} is not a sequence number"))?,
-                ),
+                location: StartLocation::SequenceNumber(i64::try_from(position).map_err(|_| {
+                    (
+                        SourceErrorKind::Unreadable,
+                        format!("position {position} is not a sequence number"),
+                    )
+                })?),
                 inclusive: false,
             },
             (Resume::Configured, StartPosition::Earliest) => ClientStartPosition {
@@ -454,8 +462,12 @@ impl Receiving {
                 inclusive,
             },
             (Resume::Configured, StartPosition::EnqueuedTime(time)) => {
-                let time = chrono::DateTime::parse_from_rfc3339(time)
-                    .map_err(|e| format!("start_position.enqueued_time `{time}`: {e}"))?;
+                let time = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
+                    (
+                        SourceErrorKind::Misconfigured,
+                        format!("start_position.enqueued_time `{time}`: {e}"),
+                    )
+                })?;
                 let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
                 ClientStartPosition {
                     location: StartLocation::EnqueuedTime(
@@ -494,7 +506,7 @@ impl Receiving {
         let config = &self.settings.config;
         let start = match self.start_position() {
             Ok(start) => start,
-            Err(reason) => return Ended::Fatal(reason),
+            Err((kind, reason)) => return Ended::Fatal(kind, reason),
         };
         let options = OpenReceiverOptions {
             owner_level: config.owner_level,
