@@ -30,6 +30,16 @@ pub(crate) struct ConnectError {
 }
 
 impl ConnectError {
+    /// The caller's kind of failure: `misconfigured` when the configuration is at fault, else
+    /// `unavailable`.
+    pub(crate) fn kind<K>(&self, misconfigured: K, unavailable: K) -> K {
+        if self.misconfigured {
+            misconfigured
+        } else {
+            unavailable
+        }
+    }
+
     fn misconfigured(reason: String) -> Self {
         ConnectError {
             misconfigured: true,

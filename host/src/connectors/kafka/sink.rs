@@ -61,11 +61,7 @@ impl KafkaSink {
         let connected = client::connect(&config.connection, loaded)
             .await
             .map_err(|e| {
-                let kind = if e.misconfigured {
-                    SinkErrorKind::Misconfigured
-                } else {
-                    SinkErrorKind::Unavailable
-                };
+                let kind = e.kind(SinkErrorKind::Misconfigured, SinkErrorKind::Unavailable);
                 SinkError::opening(kind, name, e.reason)
             })?;
         let client = connected.client;

@@ -55,11 +55,7 @@ impl KafkaSource {
         let connected = client::connect(&config.connection, loaded)
             .await
             .map_err(|e| {
-                let kind = if e.misconfigured {
-                    SourceErrorKind::Misconfigured
-                } else {
-                    SourceErrorKind::Unavailable
-                };
+                let kind = e.kind(SourceErrorKind::Misconfigured, SourceErrorKind::Unavailable);
                 SourceError::start(kind, name, e.reason)
             })?;
         tracing::info!(
