@@ -4,3 +4,12 @@
 pub mod config;
 pub mod sink;
 pub mod source;
+
+/// Whether an I/O failure on a configured path is the configuration's (a path that is not there,
+/// or that weir may not read or write) rather than the storage's.
+fn misconfigured(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+    )
+}

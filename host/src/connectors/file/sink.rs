@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 use crate::event::Event;
-use crate::sink::{Refused, Sink, SinkError, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope};
 
 /// Files under a directory: `<dir>/<pipeline>-<partition>.jsonl`.
 #[derive(Debug)]
@@ -58,7 +58,12 @@ impl Sink for FileSink {
         progress: Option<&SinkProgress>,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
         let fail = |what: &str, e: std::io::Error| {
-            scope.error(&self.name, format!("{what} {}: {e}", self.dir.display()))
+            let kind = match super::misconfigured(&e) {
+                true => SinkErrorKind::Misconfigured,
+                false => SinkErrorKind::Unavailable,
+            };
+            let reason = format!("{what} {}: {e}", self.dir.display());
+            scope.error_of(kind, &self.name, reason)
         };
         tokio::fs::create_dir_all(&self.dir)
             .await

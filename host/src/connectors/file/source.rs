@@ -55,12 +55,9 @@ impl Source for FileSource {
         let file = tokio::fs::File::open(&self.config.path)
             .await
             .map_err(|e| {
-                // A file that is not there or may not be read: the configuration must change.
-                let kind = match e.kind() {
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                        SourceErrorKind::Misconfigured
-                    }
-                    _ => SourceErrorKind::Unavailable,
+                let kind = match super::misconfigured(&e) {
+                    true => SourceErrorKind::Misconfigured,
+                    false => SourceErrorKind::Unavailable,
                 };
                 SourceError::start(
                     kind,
@@ -217,6 +214,34 @@ mod tests {
         }
         events.sort_by_key(|e| e.position);
         events
+    }
+
+    #[tokio::test]
+    async fn a_missing_input_file_is_the_configuration_s_fault() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = FileSourceConfig {
+            path: dir.path().join("absent.jsonl"),
+            partitions: 1,
+            key_field: None,
+            follow: false,
+            enqueued_time_field: None,
+        };
+        let source = FileSource::new("f", config);
+        let start = PartitionStart {
+            partition: 0,
+            after: None,
+        };
+        let Err(error) = source.open(vec![start]).await else {
+            panic!("an absent file opens");
+        };
+        assert!(
+            error
+                .to_string()
+                .starts_with("source `f` cannot start: cannot open "),
+            "{error}"
+        );
+        assert_eq!(error.kind(), SourceErrorKind::Misconfigured);
+        assert!(!error.retryable());
     }
 
     #[tokio::test]
