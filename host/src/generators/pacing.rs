@@ -35,19 +35,26 @@ pub(crate) async fn resolve_start_time(
     key: &str,
     configured: Option<&str>,
     checkpoints: &dyn CheckpointStore,
-) -> Result<StartTime, String> {
+) -> Result<StartTime, (SourceErrorKind, String)> {
     if let Some(text) = configured {
         return chrono::DateTime::parse_from_rfc3339(text.trim())
             .map(|t| StartTime {
                 millis: t.timestamp_millis(),
                 chosen: false,
             })
-            .map_err(|e| format!("start_time `{text}` is not an RFC 3339 timestamp: {e}"));
+            .map_err(|e| {
+                (
+                    SourceErrorKind::Misconfigured,
+                    format!("start_time `{text}` is not an RFC 3339 timestamp: {e}"),
+                )
+            });
     }
-    let saved = checkpoints
-        .load_meta(key)
-        .await
-        .map_err(|e| format!("cannot read the saved start time: {e}"))?;
+    let saved = checkpoints.load_meta(key).await.map_err(|e| {
+        (
+            e.kind.into(),
+            format!("cannot read the saved start time: {e}"),
+        )
+    })?;
     if let Some(saved) = saved {
         return saved
             .trim()
@@ -57,8 +64,11 @@ pub(crate) async fn resolve_start_time(
                 chosen: false,
             })
             .map_err(|e| {
-                format!(
-                    "the start time saved under `{key}` is `{saved}`, not epoch milliseconds: {e}"
+                (
+                    SourceErrorKind::Unreadable,
+                    format!(
+                        "the start time saved under `{key}` is `{saved}`, not epoch milliseconds: {e}"
+                    ),
                 )
             });
     }
@@ -66,7 +76,7 @@ pub(crate) async fn resolve_start_time(
     checkpoints
         .save_meta(key, &now.to_string())
         .await
-        .map_err(|e| format!("cannot save the start time: {e}"))?;
+        .map_err(|e| (e.kind.into(), format!("cannot save the start time: {e}")))?;
     Ok(StartTime {
         millis: now,
         chosen: true,

@@ -126,6 +126,19 @@ pub enum SourceErrorKind {
     Lost,
 }
 
+impl From<crate::checkpoint::CheckpointErrorKind> for SourceErrorKind {
+    /// The kind of a source's failure to read or write what it keeps in the checkpoint store.
+    fn from(kind: crate::checkpoint::CheckpointErrorKind) -> Self {
+        use crate::checkpoint::CheckpointErrorKind as Store;
+        match kind {
+            Store::Unavailable => SourceErrorKind::Unavailable,
+            Store::Unreadable => SourceErrorKind::Unreadable,
+            Store::Misconfigured => SourceErrorKind::Misconfigured,
+            Store::Unsupported => SourceErrorKind::Unsupported,
+        }
+    }
+}
+
 impl SourceErrorKind {
     /// See [`SourceError::retryable`].
     pub fn retryable(self) -> bool {
@@ -225,7 +238,7 @@ pub async fn build(
         SourceConfig::Simulator(sim) => {
             let start_time = telemetry::resolve_start_time(name, sim, checkpoints.as_ref())
                 .await
-                .map_err(start_error)?;
+                .map_err(|(kind, reason)| SourceError::start(kind, name, reason))?;
             Arc::new(telemetry::SimulatorSource::new(
                 name,
                 sim.clone(),
@@ -235,7 +248,7 @@ pub async fn build(
         SourceConfig::Bookings(bookings) => {
             let start_time = bookings::resolve_start_time(name, bookings, checkpoints.as_ref())
                 .await
-                .map_err(start_error)?;
+                .map_err(|(kind, reason)| SourceError::start(kind, name, reason))?;
             Arc::new(bookings::BookingsSource::new(
                 name,
                 bookings.clone(),

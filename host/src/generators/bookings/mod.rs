@@ -21,6 +21,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::BookingsSourceConfig;
 use crate::event::{Event, Position, now_millis, partition_for_key};
 use crate::generators::pacing::{self, GeneratorSource, Output, Steps};
+use crate::source::SourceErrorKind;
 use model::Model;
 
 /// The event time of the first booking: the configured `start_time`; else the one saved for this
@@ -30,7 +31,7 @@ pub async fn resolve_start_time(
     name: &str,
     config: &BookingsSourceConfig,
     checkpoints: &dyn CheckpointStore,
-) -> Result<i64, String> {
+) -> Result<i64, (SourceErrorKind, String)> {
     let key = format!("bookings-{name}-start-time");
     let start = pacing::resolve_start_time(&key, config.start_time.as_deref(), checkpoints).await?;
     Ok(start.millis)

@@ -21,6 +21,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::SimulatorSourceConfig;
 use crate::event::{Event, Position, now_millis};
 use crate::generators::pacing::{self, GeneratorSource, Output, Steps};
+use crate::source::SourceErrorKind;
 use model::{Device, Model};
 
 /// The checkpoint-store key under which the start time of simulator `name` is kept.
@@ -35,7 +36,7 @@ pub async fn resolve_start_time(
     name: &str,
     config: &SimulatorSourceConfig,
     checkpoints: &dyn CheckpointStore,
-) -> Result<i64, String> {
+) -> Result<i64, (SourceErrorKind, String)> {
     let start = pacing::resolve_start_time(
         &start_time_key(name),
         config.start_time.as_deref(),

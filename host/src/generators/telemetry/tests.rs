@@ -370,6 +370,10 @@ async fn the_start_time_is_configured_or_persisted_and_reused() {
     );
     fixed.start_time = Some("yesterday".into());
     assert!(resolve_start_time("sim", &fixed, &store).await.is_err());
+    let (kind, _) = resolve_start_time("sim", &fixed, &store)
+        .await
+        .expect_err("not a time");
+    assert_eq!(kind, crate::source::SourceErrorKind::Misconfigured);
 }
 
 #[tokio::test]
