@@ -224,8 +224,6 @@ pub async fn build(
     loaded: &LoadedConfig,
     checkpoints: Arc<dyn CheckpointStore>,
 ) -> Result<Arc<dyn Source>, SourceError> {
-    let start_error =
-        |reason: String| SourceError::start(SourceErrorKind::Unavailable, name, reason);
     // Used only by builds without some connector.
     #[allow(unused_variables)]
     let unsupported = |reason: &str| SourceError::start(SourceErrorKind::Unsupported, name, reason);
@@ -269,7 +267,7 @@ pub async fn build(
             Arc::new(
                 http::HttpSource::start(name, http)
                     .await
-                    .map_err(start_error)?,
+                    .map_err(|(kind, reason)| SourceError::start(kind, name, reason))?,
             )
         }
         #[cfg(feature = "eventhubs")]

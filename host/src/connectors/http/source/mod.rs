@@ -17,7 +17,7 @@ mod wal;
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,26 +74,25 @@ struct Ingest {
 
 impl HttpSource {
     /// Opens (and repairs) the write-ahead log in `config.wal_dir`, then starts listening on
-    /// `config.address` (port 0 picks a free port: see [`HttpSource::local_addr`]).
-    pub async fn start(name: &str, config: HttpSourceConfig) -> Result<Self, String> {
-        let wal_dir = config
-            .wal_dir
-            .clone()
-            .ok_or_else(|| "no `wal_dir` for the write-ahead log".to_owned())?;
-        if config.partitions == 0 {
-            return Err("`partitions` must be at least 1".to_owned());
-        }
-        if config.wal_segment_bytes == 0 {
-            return Err("`wal_segment_bytes` must be at least 1".to_owned());
-        }
-        let key_header = HeaderName::from_bytes(config.key_header.to_ascii_lowercase().as_bytes())
-            .map_err(|e| {
-                format!(
-                    "`key_header` `{}` is not a header name: {e}",
-                    config.key_header
-                )
-            })?;
+    /// `config.address` (port 0 picks a free port: see [`HttpSource::local_addr`]). Settings that
+    /// cannot work are `Misconfigured`; the log or the listener failing is `Unavailable`.
+    pub async fn start(
+        name: &str,
+        config: HttpSourceConfig,
+    ) -> Result<Self, (SourceErrorKind, String)> {
+        let (wal_dir, key_header) =
+            checked_settings(&config).map_err(|reason| (SourceErrorKind::Misconfigured, reason))?;
+        Self::start_checked(name, config, wal_dir, key_header)
+            .await
+            .map_err(|reason| (SourceErrorKind::Unavailable, reason))
+    }
 
+    async fn start_checked(
+        name: &str,
+        config: HttpSourceConfig,
+        wal_dir: PathBuf,
+        key_header: HeaderName,
+    ) -> Result<Self, String> {
         let dir_lock = Arc::new(lock_dir(&wal_dir).await?);
         let partitions = config.partitions;
         let segment_bytes = config.wal_segment_bytes;
@@ -206,6 +205,28 @@ impl Drop for HttpSource {
         // Stops the server gracefully; the writers end once the requests in flight are done.
         drop(self.stop.take());
     }
+}
+
+/// The log directory and the key header of `config`, or why they cannot work.
+fn checked_settings(config: &HttpSourceConfig) -> Result<(PathBuf, HeaderName), String> {
+    let wal_dir = config
+        .wal_dir
+        .clone()
+        .ok_or_else(|| "no `wal_dir` for the write-ahead log".to_owned())?;
+    if config.partitions == 0 {
+        return Err("`partitions` must be at least 1".to_owned());
+    }
+    if config.wal_segment_bytes == 0 {
+        return Err("`wal_segment_bytes` must be at least 1".to_owned());
+    }
+    let key_header = HeaderName::from_bytes(config.key_header.to_ascii_lowercase().as_bytes())
+        .map_err(|e| {
+            format!(
+                "`key_header` `{}` is not a header name: {e}",
+                config.key_header
+            )
+        })?;
+    Ok((wal_dir, key_header))
 }
 
 /// Takes the exclusive lock of the log directory, waiting a little for a previous owner.

@@ -592,18 +592,18 @@ async fn bad_settings_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), 1);
     cfg.wal_dir = None;
-    assert!(
-        HttpSource::start("http", cfg)
-            .await
-            .expect_err("no wal_dir")
-            .contains("wal_dir")
-    );
+    let (kind, reason) = HttpSource::start("http", cfg)
+        .await
+        .expect_err("no wal_dir");
+    assert!(reason.contains("wal_dir"));
+    assert_eq!(kind, SourceErrorKind::Misconfigured);
     let mut cfg = config(dir.path(), 1);
     cfg.address = "not an address".to_owned();
     assert!(
         HttpSource::start("http", cfg)
             .await
             .expect_err("bad address")
+            .1
             .contains("cannot listen")
     );
     // The failed start let go of the log.
