@@ -581,6 +581,15 @@ fn partition_time(
         })?,
         None => EventClock::new(settings),
     };
+    let partition_label = partition.to_string();
+    metrics.declare(
+        crate::metrics::names::OUT_OF_ORDER_WARNINGS,
+        &[
+            ("pipeline", pipeline_name),
+            ("source", &pipeline.source),
+            ("partition", &partition_label),
+        ],
+    );
     let handle = watermarks.register(partition);
     handle.publish(clock.watermark(), false);
     Ok(event_time::PartitionTime {
@@ -595,7 +604,9 @@ fn partition_time(
         admitted: crate::time::Admitted::default(),
         metrics: metrics.clone(),
         pipeline: pipeline_name.into(),
+        source: pipeline.source.as_str().into(),
         partition,
+        disorder: crate::time::DisorderWatch::from_config(pipeline.event_time.as_ref()),
     })
 }
 
