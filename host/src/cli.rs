@@ -308,10 +308,23 @@ fn pipeline_summary(
         let share = samples(names::OUT_OF_ORDER_SHARE)
             .find(|((_, l), _)| label(l, "source") == source && label(l, "partition") == partition)
             .map_or(0.0, |(_, share)| *share);
-        lines.push(format!(
-            "warning: pipeline `{pipeline}`, source `{source}`, partition {partition}: {} of the events arrived behind the watermark and were adjusted or dropped (windows and joins miss them), more than the {} allowed by `pipelines.{pipeline}.event_time.max_out_of_order_share`",
+        let (said, allowed_said) = (
             crate::time::format_share(share),
             crate::time::format_share(allowed),
+        );
+        let setting = format!("`pipelines.{pipeline}.event_time.max_out_of_order_share`");
+        // The share may have gone over the allowed one during the run and come back under it.
+        let what = if share > allowed {
+            format!(
+                "{said} of the events arrived behind the watermark and were adjusted or dropped (windows and joins miss them), more than the {allowed_said} allowed by {setting}"
+            )
+        } else {
+            format!(
+                "for a while, more of the events than the {allowed_said} allowed by {setting} arrived behind the watermark and were adjusted or dropped (windows and joins miss them); {said} over the whole run"
+            )
+        };
+        lines.push(format!(
+            "warning: pipeline `{pipeline}`, source `{source}`, partition {partition}: {what}"
         ));
     }
     lines
@@ -478,6 +491,13 @@ mod tests {
         assert_eq!(
             lines[1],
             "warning: pipeline `p`, source `readings`, partition 1: 10% of the events arrived behind the watermark and were adjusted or dropped (windows and joins miss them), more than the 1% allowed by `pipelines.p.event_time.max_out_of_order_share`"
+        );
+        // Over the allowed share for a while, under it by the end.
+        metrics.set(names::OUT_OF_ORDER_SHARE, &labels("1"), 0.008);
+        let lines = pipeline_summary("p", &workers, &metrics.snapshot(), 0.01);
+        assert_eq!(
+            lines[1],
+            "warning: pipeline `p`, source `readings`, partition 1: for a while, more of the events than the 1% allowed by `pipelines.p.event_time.max_out_of_order_share` arrived behind the watermark and were adjusted or dropped (windows and joins miss them); 0.80% over the whole run"
         );
     }
 
