@@ -356,8 +356,7 @@ impl PartitionWorker {
         let (Some(time), Some(position)) = (&mut self.time, self.position) else {
             return false;
         };
-        time.clock
-            .finish(position.saturating_add(1), &mut time.admitted);
+        time.finish(position.saturating_add(1));
         self.state_dirty = true;
         true
     }
