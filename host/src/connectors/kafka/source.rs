@@ -277,18 +277,10 @@ impl KafkaReader {
     /// same way, the first offset after it decodes), and moves on past it.
     async fn skip_undecodable(&mut self, error: KafkaError) -> Result<(), SourceError> {
         let first = self.next_offset;
-        let end = self
-            .client
-            .get_offset(OffsetAt::Latest)
-            .await
-            .map_err(|e| self.error(format!("cannot read the latest offset: {e}")))?;
-        // `bad` fails to decode; `good` decodes (or is the partition's end).
+        // `bad` fails to decode; `good` decodes (or lies at or beyond the partition's end).
         let (mut bad, mut step) = (first, 1i64);
         let mut good = loop {
             let probe = bad.saturating_add(step);
-            if probe >= end {
-                break end;
-            }
             match self.probe(probe).await {
                 Ok(true) => break probe,
                 Ok(false) => (bad, step) = (probe, step.saturating_mul(2)),
@@ -304,8 +296,10 @@ impl KafkaReader {
             }
         }
         let reason = format!(
-            "{}; offsets {first}..={bad} set aside",
-            self.fault_reason(client::Fault::Undecodable, &error)
+            "cannot read topic `{}` partition {} at offsets {first}..={bad}: {}: {error}; set aside",
+            self.topic,
+            self.partition,
+            client::Fault::Undecodable
         );
         tracing::warn!(
             source = %self.source_name, topic = %self.topic, partition = self.partition,
@@ -325,17 +319,33 @@ impl KafkaReader {
     }
 
     /// Whether the batch holding `offset` decodes; an error other than an undecodable batch is
-    /// returned as such.
+    /// returned as such. A fetch of one byte gets exactly that batch from Kafka (KIP-74); a
+    /// broker that answers such a fetch with nothing (tansu) is asked again for a full fetch,
+    /// whose answer may also hold the batches after it.
     async fn probe(&self, offset: i64) -> Result<bool, KafkaError> {
-        match self
-            .client
-            .fetch_records(offset, 1..PROBE_MAX_BYTES + 1, 0)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if client::classify(&e) == client::Fault::Undecodable => Ok(false),
-            Err(e) => Err(e),
+        // tansu answers a fetch that may not wait with no topic at all; the data is there, so
+        // a waiting fetch returns at once all the same.
+        let wait_ms = i32::try_from(self.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        for max_bytes in [PROBE_MAX_BYTES, self.fetch_max_bytes.max(PROBE_MAX_BYTES)] {
+            match self
+                .client
+                .fetch_records(offset, 1..max_bytes.saturating_add(1), wait_ms)
+                .await
+            {
+                Ok((records, _)) if !records.is_empty() => return Ok(true),
+                // Nothing for so few bytes: ask for more.
+                Ok(_) | Err(KafkaError::InvalidResponse(_)) if max_bytes == PROBE_MAX_BYTES => {}
+                // The end of the partition lies before `offset`: nothing there to decode.
+                Ok(_)
+                | Err(KafkaError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => return Ok(true),
+                Err(e) if client::classify(&e) == client::Fault::Undecodable => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
+        Ok(true)
     }
 
     /// A fetch failed after rskafka's retries: waits before the next attempt (which reconnects
