@@ -250,8 +250,9 @@ fn an_undecodable_batch_is_dead_lettered_with_its_offsets_when_so_configured() {
             "on_undecodable = \"dead_letter\"",
             "\"files\"",
         );
+    let config = write_config(dir.path(), &config);
     let started = Instant::now();
-    run_to_completion(&write_config(dir.path(), &config), Duration::from_secs(60));
+    run_to_completion(&config, Duration::from_secs(60));
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(proxy.corrupted() > 0, "the proxy corrupted a batch");
     // Every batch of the topic is corrupt: the dead letters cover every offset once, in ranges
@@ -279,4 +280,12 @@ fn an_undecodable_batch_is_dead_lettered_with_its_offsets_when_so_configured() {
     covered.sort_unstable();
     assert_eq!(covered, (0..EVENTS as u64).collect::<Vec<_>>());
     assert!(read_jsonl_dir(&dir.path().join("out")).is_empty());
+
+    // The checkpoint moved past the batches: a second run sets nothing aside again.
+    let log = run_to_completion(&config, Duration::from_secs(60));
+    assert!(log.contains("resuming from checkpoint"), "{log}");
+    assert_eq!(
+        read_jsonl_dir(&dir.path().join("dead_letters")).len(),
+        letters.len()
+    );
 }
