@@ -282,8 +282,17 @@ fn an_undecodable_batch_is_dead_lettered_with_its_offsets_when_so_configured() {
     assert!(read_jsonl_dir(&dir.path().join("out")).is_empty());
 
     // The checkpoint moved past the batches: a second run sets nothing aside again.
+    let first_run = std::fs::read_to_string(config.with_extension("log")).expect("log");
     let log = run_to_completion(&config, Duration::from_secs(60));
-    assert!(log.contains("resuming from checkpoint"), "{log}");
+    let second_run = &log[first_run.len()..];
+    assert!(
+        second_run.contains("resuming from checkpoint"),
+        "{second_run}"
+    );
+    assert!(
+        !second_run.contains("cannot be decoded"),
+        "nothing read again:\n{second_run}"
+    );
     assert_eq!(
         read_jsonl_dir(&dir.path().join("dead_letters")).len(),
         letters.len()
