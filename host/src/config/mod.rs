@@ -25,8 +25,8 @@ pub use crate::connectors::eventhubs::config::{
 pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
 pub use crate::connectors::http::config::HttpSourceConfig;
 pub use crate::connectors::kafka::config::{
-    KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig, KafkaSourceConfig, KafkaStart,
-    KafkaTls, SaslMechanism,
+    KafkaCompression, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
+    KafkaSourceConfig, KafkaStart, KafkaTls, KafkaUndecodable, SaslMechanism,
 };
 pub use crate::connectors::stdout::config::StdoutSinkConfig;
 pub use crate::connectors::webhook::config::WebhookSinkConfig;

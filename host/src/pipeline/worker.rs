@@ -218,6 +218,35 @@ impl PartitionWorker {
                         next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                 }
+                ReadOutcome::Undecodable {
+                    first,
+                    last,
+                    reason,
+                } => {
+                    // What is known of data that cannot be decoded goes to the dead letters, at
+                    // its first position; the checkpoint moves past it.
+                    let origin = DeadLetterOrigin {
+                        pipeline: &self.settings.pipeline,
+                        stage: None,
+                        sink: None,
+                        plugin_version: None,
+                    };
+                    let kind = DeadLetterKind::Undecodable;
+                    let letter = dead_letter(
+                        &Event::new(self.partition, first, ""),
+                        kind,
+                        &reason,
+                        origin,
+                    );
+                    self.deliver(
+                        vec![(kind, letter)],
+                        &mut stage_inputs,
+                        &mut output,
+                        &mut report,
+                    )
+                    .await?;
+                    self.position = Some(last);
+                }
                 ReadOutcome::End => {
                     tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "source partition ended");
                     // A bounded input has ended: every window and join still open closes.
