@@ -217,55 +217,17 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let report = report.context("pipeline failed")?;
     println!();
+    let snapshot = metrics.snapshot();
     for (pipeline, workers) in &report.pipelines {
-        let events: u64 = workers.iter().map(|w| w.events_in).sum();
-        let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
-        let adjusted: u64 = workers.iter().map(|w| w.late_adjusted).sum();
-        let dropped: u64 = workers.iter().map(|w| w.late_dropped).sum();
-        let mut late = if adjusted + dropped > 0 {
-            format!(" ({adjusted} late events adjusted, {dropped} dropped)")
-        } else {
-            String::new()
-        };
-        // What the pipeline's host-owned stages counted.
-        let count = |name: &str, label: Option<(&str, &str)>| -> f64 {
-            metrics
-                .snapshot()
-                .iter()
-                .filter(|((n, labels), _)| {
-                    *n == name
-                        && labels
-                            .iter()
-                            .any(|(k, v)| *k == "pipeline" && v == pipeline)
-                        && label.is_none_or(|(key, value)| {
-                            labels.iter().any(|(k, v)| *k == key && v == value)
-                        })
-                })
-                .map(|(_, v)| v)
-                .sum()
-        };
-        let duplicates = count(crate::metrics::names::DUPLICATES, None);
-        if duplicates > 0.0 {
-            late.push_str(&format!(", {duplicates} duplicates dropped"));
+        let allowed = crate::time::DisorderWatch::max_share_of(
+            config
+                .pipelines
+                .get(pipeline)
+                .and_then(|p| p.event_time.as_ref()),
+        );
+        for line in pipeline_summary(pipeline, workers, &snapshot, allowed) {
+            println!("{line}");
         }
-        let pairs = count(crate::metrics::names::JOIN_PAIRS, None);
-        let emitted = count(
-            crate::metrics::names::JOIN_UNMATCHED,
-            Some(("policy", "emit")),
-        );
-        let unmatched_dropped = count(
-            crate::metrics::names::JOIN_UNMATCHED,
-            Some(("policy", "drop")),
-        );
-        if pairs + emitted + unmatched_dropped > 0.0 {
-            late.push_str(&format!(
-                ", {pairs} joined pairs, {emitted} unmatched emitted alone, {unmatched_dropped} unmatched dropped"
-            ));
-        }
-        println!(
-            "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",
-            workers.len()
-        );
     }
     for (name, place) in &sinks {
         let written: u64 = report
@@ -277,6 +239,104 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         println!("sink `{name}`: {written} records -> {place}");
     }
     Ok(())
+}
+
+/// The end-of-run summary of `pipeline`: one line of counts, then one line per partition whose
+/// share of events behind the watermark went over `allowed` (from the metrics in `snapshot`).
+fn pipeline_summary(
+    pipeline: &str,
+    workers: &[pipeline::WorkerReport],
+    snapshot: &[(crate::metrics::MetricKey, f64)],
+    allowed: f64,
+) -> Vec<String> {
+    use crate::metrics::names;
+    let events: u64 = workers.iter().map(|w| w.events_in).sum();
+    let dead: u64 = workers.iter().map(|w| w.dead_letters).sum();
+    let adjusted: u64 = workers.iter().map(|w| w.late_adjusted).sum();
+    let dropped: u64 = workers.iter().map(|w| w.late_dropped).sum();
+    let mut late = if adjusted + dropped > 0 {
+        format!(" ({adjusted} late events adjusted, {dropped} dropped)")
+    } else {
+        String::new()
+    };
+    // What the pipeline's samples of `name` add up to (only those with `label`, if given).
+    let samples = |name: &'static str| {
+        snapshot.iter().filter(move |((n, labels), _)| {
+            *n == name
+                && labels
+                    .iter()
+                    .any(|(k, v)| *k == "pipeline" && v == pipeline)
+        })
+    };
+    let count = |name: &'static str, label: Option<(&str, &str)>| -> u64 {
+        // Counters hold whole numbers; summed from 0 up (an empty f64 sum is -0, printed `-0`).
+        let total = samples(name)
+            .filter(|((_, labels), _)| {
+                label.is_none_or(|(key, value)| labels.iter().any(|(k, v)| *k == key && v == value))
+            })
+            .fold(0.0, |sum, (_, value)| sum + value);
+        whole(total)
+    };
+    let duplicates = count(names::DUPLICATES, None);
+    if duplicates > 0 {
+        late.push_str(&format!(", {duplicates} duplicates dropped"));
+    }
+    let pairs = count(names::JOIN_PAIRS, None);
+    let emitted = count(names::JOIN_UNMATCHED, Some(("policy", "emit")));
+    let unmatched_dropped = count(names::JOIN_UNMATCHED, Some(("policy", "drop")));
+    if pairs + emitted + unmatched_dropped > 0 {
+        late.push_str(&format!(
+            ", {pairs} joined pairs, {emitted} unmatched emitted alone, {unmatched_dropped} unmatched dropped"
+        ));
+    }
+    let mut lines = vec![format!(
+        "pipeline `{pipeline}`: {events} events in, {dead} dead letters{late}, {} partitions",
+        workers.len()
+    )];
+    let label = |labels: &[(&'static str, String)], key: &str| {
+        labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    for ((_, labels), warnings) in samples(names::OUT_OF_ORDER_WARNINGS) {
+        if *warnings <= 0.0 {
+            continue;
+        }
+        let (source, partition) = (label(labels, "source"), label(labels, "partition"));
+        let share = samples(names::OUT_OF_ORDER_SHARE)
+            .find(|((_, l), _)| label(l, "source") == source && label(l, "partition") == partition)
+            .map_or(0.0, |(_, share)| *share);
+        let (said, allowed_said) = (
+            crate::time::format_share(share),
+            crate::time::format_share(allowed),
+        );
+        let setting = format!("`pipelines.{pipeline}.event_time.max_out_of_order_share`");
+        // The share may have gone over the allowed one during the run and come back under it.
+        let what = if share > allowed {
+            format!(
+                "{said} of the events arrived behind the watermark and were adjusted or dropped (windows and joins miss them), more than the {allowed_said} allowed by {setting}"
+            )
+        } else {
+            format!(
+                "for a while, more of the events than the {allowed_said} allowed by {setting} arrived behind the watermark and were adjusted or dropped (windows and joins miss them); {said} over the whole run"
+            )
+        };
+        lines.push(format!(
+            "warning: pipeline `{pipeline}`, source `{source}`, partition {partition}: {what}"
+        ));
+    }
+    lines
+}
+
+/// A counter's value as a whole number (negative and fractional noise dropped).
+fn whole(value: f64) -> u64 {
+    if value.is_finite() && value > 0.0 {
+        value.round() as u64
+    } else {
+        0
+    }
 }
 
 async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
@@ -375,7 +435,71 @@ impl StopSignal {
 
 #[cfg(test)]
 mod tests {
-    use super::{DEFAULT_LOG_FILTER, error_text};
+    use super::{DEFAULT_LOG_FILTER, error_text, pipeline_summary};
+    use crate::metrics::{Metrics, names};
+    use crate::pipeline::WorkerReport;
+
+    #[test]
+    fn the_summary_counts_joins_without_a_negative_zero() {
+        let metrics = Metrics::new();
+        let labels = [("pipeline", "p"), ("stage", "join"), ("partition", "0")];
+        metrics.add(names::JOIN_PAIRS, &labels, 7);
+        // Unmatched events dropped, none emitted alone: no sample with `policy = emit`.
+        metrics.add(
+            names::JOIN_UNMATCHED,
+            &[
+                ("pipeline", "p"),
+                ("stage", "join"),
+                ("partition", "0"),
+                ("side", "left"),
+                ("policy", "drop"),
+            ],
+            2,
+        );
+        // Another pipeline's pairs are not this one's.
+        metrics.add(names::JOIN_PAIRS, &[("pipeline", "q")], 100);
+        let workers = [WorkerReport {
+            events_in: 12,
+            ..WorkerReport::default()
+        }];
+        let lines = pipeline_summary("p", &workers, &metrics.snapshot(), 0.01);
+        assert_eq!(
+            lines,
+            [
+                "pipeline `p`: 12 events in, 0 dead letters, 7 joined pairs, 0 unmatched emitted alone, 2 unmatched dropped, 1 partitions"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_summary_names_partitions_with_too_many_events_behind_the_watermark() {
+        let metrics = Metrics::new();
+        let labels = |partition| {
+            [
+                ("pipeline", "p"),
+                ("source", "readings"),
+                ("partition", partition),
+            ]
+        };
+        metrics.declare(names::OUT_OF_ORDER_WARNINGS, &labels("0"));
+        metrics.set(names::OUT_OF_ORDER_SHARE, &labels("0"), 0.004);
+        metrics.add(names::OUT_OF_ORDER_WARNINGS, &labels("1"), 1);
+        metrics.set(names::OUT_OF_ORDER_SHARE, &labels("1"), 0.1);
+        let workers = [WorkerReport::default(), WorkerReport::default()];
+        let lines = pipeline_summary("p", &workers, &metrics.snapshot(), 0.01);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[1],
+            "warning: pipeline `p`, source `readings`, partition 1: 10% of the events arrived behind the watermark and were adjusted or dropped (windows and joins miss them), more than the 1% allowed by `pipelines.p.event_time.max_out_of_order_share`"
+        );
+        // Over the allowed share for a while, under it by the end.
+        metrics.set(names::OUT_OF_ORDER_SHARE, &labels("1"), 0.008);
+        let lines = pipeline_summary("p", &workers, &metrics.snapshot(), 0.01);
+        assert_eq!(
+            lines[1],
+            "warning: pipeline `p`, source `readings`, partition 1: for a while, more of the events than the 1% allowed by `pipelines.p.event_time.max_out_of_order_share` arrived behind the watermark and were adjusted or dropped (windows and joins miss them); 0.80% over the whole run"
+        );
+    }
 
     #[test]
     fn the_default_log_filter_parses_and_keeps_weirs_own_lines() {

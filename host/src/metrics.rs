@@ -324,6 +324,13 @@ pub mod names {
     /// Events beyond an event-time tolerance, adjusted or dropped (labels: pipeline, partition,
     /// tolerance = `out_of_order` | `late_arrival`, policy = `adjust` | `drop`).
     pub const LATE_EVENTS: &str = "weir_late_events_total";
+    /// The share (0 to 1) of a partition's events since the worker started that arrived behind
+    /// its watermark and were adjusted or dropped by the out-of-order policy (labels: pipeline,
+    /// source, partition).
+    pub const OUT_OF_ORDER_SHARE: &str = "weir_out_of_order_share";
+    /// Times that share went over the pipeline's `event_time.max_out_of_order_share` (labels:
+    /// pipeline, source, partition); each is logged as a warning.
+    pub const OUT_OF_ORDER_WARNINGS: &str = "weir_out_of_order_warnings_total";
     /// A partition's watermark, in milliseconds since the Unix epoch (labels: pipeline, partition).
     pub const WATERMARK: &str = "weir_watermark_ms";
     /// The pipeline watermark: the minimum over the partitions that are not idle (labels:
@@ -429,6 +436,16 @@ pub mod names {
             CHECKPOINT_POSITION,
             Kind::Gauge,
             "Last checkpointed source position.",
+        ),
+        d(
+            OUT_OF_ORDER_SHARE,
+            Kind::Gauge,
+            "Share of a partition's events that arrived behind its watermark (adjusted or dropped).",
+        ),
+        d(
+            OUT_OF_ORDER_WARNINGS,
+            Kind::Counter,
+            "Times a partition's share of events behind its watermark went over event_time.max_out_of_order_share.",
         ),
         d(
             WATERMARK,

@@ -535,6 +535,7 @@ fn simulated_events(count: u64) -> Vec<Event> {
                 ReadOutcome::Events(batch) => events.extend(batch),
                 ReadOutcome::Idle => {}
                 ReadOutcome::End => break,
+                ReadOutcome::Undecodable { .. } => panic!("the simulator's data always decodes"),
             }
         }
         events

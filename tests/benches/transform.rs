@@ -190,6 +190,9 @@ fn simulated_events() -> Vec<Event> {
                     ReadOutcome::Events(batch) => events.extend(batch),
                     ReadOutcome::Idle => {}
                     ReadOutcome::End => open[index] = false,
+                    ReadOutcome::Undecodable { .. } => {
+                        panic!("the simulator's data always decodes")
+                    }
                 }
             }
         }

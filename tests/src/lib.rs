@@ -14,6 +14,7 @@ pub mod eventhubs;
 pub mod examples;
 pub mod kafka;
 pub mod kafka_proxies;
+pub mod librdkafka;
 pub mod scale_out;
 pub mod servers;
 pub mod service;

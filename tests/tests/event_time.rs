@@ -215,3 +215,142 @@ fn events_beyond_a_tolerance_are_adjusted_or_dropped_and_counted() {
         "the summary counts them:\n{log}"
     );
 }
+
+/// A followed input with every tenth event an hour behind the others, through a passthrough stage
+/// with a 1-second out-of-order tolerance (`adjust`), the admin API on a free port; returns the
+/// configuration's path.
+fn disorder_config(dir: &Path, max_share: Option<f64>) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("dir");
+    let base = BASE_TIME_MS;
+    let input: String = (0..1000_i64)
+        .map(|i| {
+            // 100 of 1000 far behind the watermark: adjusted, and counted.
+            let behind = if i % 10 == 9 { 3_600_000 } else { 0 };
+            format!(
+                "{}\n",
+                serde_json::json!({ "id": format!("e{i}"), "ts": base + i * 1000 - behind })
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("readings.jsonl"), input).expect("input");
+    let share = max_share.map_or(String::new(), |s| format!(", max_out_of_order_share = {s}"));
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "200ms"
+
+[admin]
+address = "127.0.0.1:0"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+follow = true
+
+[sinks.out]
+kind = "file"
+path = "out"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.disorder]
+source = "readings"
+event_time = {{ field = "ts", out_of_order = {{ tolerance = "1s", policy = "adjust" }}{share} }}
+dead_letter = "dead_letters"
+batch = {{ max_events = 64, max_wait = "20ms" }}
+
+[[pipelines.disorder.stages]]
+name = "forward"
+plugin = "{plugin}"
+outputs = {{ out = "out" }}
+"#,
+        plugin = weir_tests::plugin_path("passthrough").display(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+/// Runs [`disorder_config`] until every event is read, then returns `/metrics`' out-of-order
+/// samples (share, warnings) of partition 0 and the whole log after a SIGTERM.
+fn run_disorder(dir: &Path, max_share: Option<f64>) -> (f64, f64, String) {
+    use weir_tests::service::{events_in, http, parse_prometheus, wait_until};
+    let config = disorder_config(dir, max_share);
+    let mut weir = weir_tests::WeirProcess::run(&config);
+    weir.wait_for_start(1, Duration::from_secs(120));
+    let admin = weir.admin_address(0, Duration::from_secs(60));
+    wait_until(Duration::from_secs(120), "every event read", || {
+        events_in(&admin, "disorder") == 1000
+    });
+    let (status, text) = http(&admin, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    let sample = |family: &str| {
+        parse_prometheus(&text)
+            .into_iter()
+            .filter(|(name, _, _)| name == family)
+            .flat_map(|(_, _, samples)| samples)
+            .find(|(_, labels, _)| {
+                labels["pipeline"] == "disorder"
+                    && labels["source"] == "readings"
+                    && labels["partition"] == "0"
+            })
+            .map(|(_, _, value)| value)
+            .unwrap_or_else(|| panic!("no {family} sample of partition 0 in:\n{text}"))
+    };
+    let share = sample("weir_out_of_order_share");
+    // prometheus_client names a counter family without its `_total`.
+    let warnings = sample("weir_out_of_order_warnings");
+    weir.terminate();
+    assert!(weir.wait(Duration::from_secs(60)).success());
+    let log = std::fs::read_to_string(config.with_extension("log")).expect("log");
+    (share, warnings, weir_tests::strip_ansi(&log))
+}
+
+/// Issue 13: a tenth of the input far out of order, which silently spoils windows and joins,
+/// is said loudly: a warning naming the pipeline, source, partition, share and setting, the
+/// share and a warning count in `/metrics`, and a line in the end-of-run summary. Allowing that
+/// share silences the warning, not the metric.
+#[test]
+fn a_tenth_of_the_input_behind_the_watermark_is_a_warning_a_metric_and_a_summary_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (share, warnings, log) = run_disorder(&dir.path().join("default"), None);
+    assert!((share - 0.1).abs() < 1e-9, "share {share}");
+    assert_eq!(warnings, 1.0);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("arrived behind its watermark"))
+        .unwrap_or_else(|| panic!("no warning in the log:\n{log}"));
+    for part in [
+        "pipeline=disorder",
+        "source=readings",
+        "partition=0",
+        "allowed=1%",
+        "setting=pipelines.disorder.event_time.max_out_of_order_share",
+    ] {
+        assert!(warning.contains(part), "`{part}` missing from: {warning}");
+    }
+    // Said as soon as enough events arrived to judge: the share then, over 1%.
+    let said: f64 = warning
+        .split(" share=")
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no share in: {warning}"));
+    assert!(said > 1.0, "{warning}");
+    assert!(
+        log.contains(
+            "warning: pipeline `disorder`, source `readings`, partition 0: 10% of the events arrived behind the watermark"
+        ),
+        "no summary line:\n{log}"
+    );
+    assert!(log.contains("100 late events adjusted, 0 dropped"), "{log}");
+
+    let (share, warnings, log) = run_disorder(&dir.path().join("allowed"), Some(0.2));
+    assert!((share - 0.1).abs() < 1e-9, "share {share}");
+    assert_eq!(warnings, 0.0, "declared at 0");
+    assert!(!log.contains("arrived behind its watermark"), "{log}");
+    assert!(!log.contains("warning: pipeline"), "{log}");
+}

@@ -454,7 +454,8 @@ fn validate_checkpoint(doc: &Document<'_>, config: &Config) -> Result<(), Config
     Ok(())
 }
 
-/// A pipeline's source and dead-letter sink exist, its batches hold events, it has stages.
+/// A pipeline's source and dead-letter sink exist, its out-of-order share is one, its batches
+/// hold events, it has stages.
 fn validate_pipeline(
     doc: &Document<'_>,
     config: &Config,
@@ -479,6 +480,17 @@ fn validate_pipeline(
                 pipeline.dead_letter,
                 one_of(config.sinks.keys())
             ),
+        ));
+    }
+    if let Some(share) = pipeline
+        .event_time
+        .as_ref()
+        .and_then(|t| t.max_out_of_order_share)
+        && !(0.0..=1.0).contains(&share)
+    {
+        return Err(doc.error(
+            &["pipelines", name, "event_time", "max_out_of_order_share"],
+            format!("expected a share from 0 to 1 (0.01 is 1%), found {share}"),
         ));
     }
     if pipeline.batch.max_events == 0 {
@@ -660,6 +672,33 @@ outputs = { alerts = "out" }
         let err = refuse(&VALID.replace("p.wasm", "missing.wasm"));
         assert!(err.starts_with("weir.toml:14:"), "{err}");
         assert!(err.contains("missing.wasm does not exist"), "{err}");
+    }
+
+    #[test]
+    fn the_out_of_order_share_is_a_share_with_file_line_and_key() {
+        let with = |share: &str| {
+            VALID.replace(
+                "dead_letter = \"out\"",
+                &format!(
+                    "dead_letter = \"out\"\nevent_time = {{ field = \"ts\", max_out_of_order_share = {share} }}"
+                ),
+            )
+        };
+        let err = refuse(&with("1.5"));
+        assert!(err.starts_with("weir.toml:11:"), "{err}");
+        assert!(
+            err.contains("`pipelines.p.event_time.max_out_of_order_share`: expected a share from 0 to 1 (0.01 is 1%), found 1.5"),
+            "{err}"
+        );
+        assert!(refuse(&with("-0.1")).contains("found -0.1"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let loaded = load_str(&with("0.05"), Path::new("weir.toml"), dir.path()).expect("valid");
+        let event_time = loaded.config.pipelines["p"].event_time.clone();
+        assert_eq!(
+            event_time.and_then(|t| t.max_out_of_order_share),
+            Some(0.05)
+        );
     }
 
     #[test]

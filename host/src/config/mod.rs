@@ -25,8 +25,8 @@ pub use crate::connectors::eventhubs::config::{
 pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
 pub use crate::connectors::http::config::HttpSourceConfig;
 pub use crate::connectors::kafka::config::{
-    KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig, KafkaSourceConfig, KafkaStart,
-    KafkaTls, SaslMechanism,
+    KafkaCompression, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
+    KafkaSourceConfig, KafkaStart, KafkaTls, KafkaUndecodable, SaslMechanism,
 };
 pub use crate::connectors::stdout::config::StdoutSinkConfig;
 pub use crate::connectors::webhook::config::WebhookSinkConfig;
@@ -451,6 +451,13 @@ pub struct EventTimeConfig {
     /// partitions are never considered idle.
     #[serde(default)]
     pub idle_timeout: Option<ConfigDuration>,
+    /// The share of a partition's events, from 0 to 1, that may arrive behind its watermark (and
+    /// be adjusted or dropped by the out-of-order policy) before Weir warns: such events miss the
+    /// windows and joins they belong to. Over it, the run logs a warning naming the pipeline,
+    /// source, partition and share, counts it in `weir_out_of_order_warnings_total`, and its
+    /// summary says it. Absent: 0.01 (1%); 1 never warns.
+    #[serde(default)]
+    pub max_out_of_order_share: Option<f64>,
 }
 
 impl EventTimeConfig {

@@ -28,11 +28,14 @@ pub enum DeadLetterKind {
     Unrouted,
     /// A sink could not take the record.
     SinkRefused,
+    /// The source could not decode the data at these positions (a corrupt Kafka record batch);
+    /// the dead letter names them and the cause, without a body.
+    Undecodable,
 }
 
 impl DeadLetterKind {
     /// Every kind.
-    pub const ALL: [DeadLetterKind; 8] = [
+    pub const ALL: [DeadLetterKind; 9] = [
         DeadLetterKind::Malformed,
         DeadLetterKind::Oversized,
         DeadLetterKind::EventTime,
@@ -41,6 +44,7 @@ impl DeadLetterKind {
         DeadLetterKind::Trap,
         DeadLetterKind::Unrouted,
         DeadLetterKind::SinkRefused,
+        DeadLetterKind::Undecodable,
     ];
 
     /// The label used in metrics.
@@ -54,6 +58,7 @@ impl DeadLetterKind {
             DeadLetterKind::Trap => "trap",
             DeadLetterKind::Unrouted => "unrouted",
             DeadLetterKind::SinkRefused => "sink_refused",
+            DeadLetterKind::Undecodable => "undecodable",
         }
     }
 }

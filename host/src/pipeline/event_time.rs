@@ -1,5 +1,6 @@
 //! A partition worker's event time: its [`EventClock`], its entry in the pipeline watermark, idle
-//! detection, and the metrics of all three.
+//! detection, the watch over events behind the watermark, and the metrics and warnings of all
+//! four.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 use crate::config::{LatePolicy, PipelineConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::metrics::{Metrics, names};
-use crate::time::{Admitted, EventClock, WatermarkHandle};
+use crate::time::{Admitted, Disorder, DisorderWatch, EventClock, WatermarkHandle, format_share};
 
 /// The checkpoint entry (among the stages' states) that holds the event clock. Stage names may
 /// not start with `#`, so it cannot collide with one.
@@ -34,7 +35,11 @@ pub(crate) struct PartitionTime {
     pub(crate) admitted: Admitted,
     pub(crate) metrics: Metrics,
     pub(crate) pipeline: Arc<str>,
+    /// The source the partition's events come from (named in the disorder warning).
+    pub(crate) source: Arc<str>,
     pub(crate) partition: PartitionId,
+    /// How many of the partition's events arrived behind the watermark.
+    pub(crate) disorder: DisorderWatch,
 }
 
 impl PartitionTime {
@@ -92,7 +97,51 @@ impl PartitionTime {
             &[("pipeline", &self.pipeline), ("partition", &partition)],
             self.admitted.adjusted_out_of_order + self.admitted.adjusted_late_arrival,
         );
+        let verdict = self.disorder.record(&self.admitted);
+        self.disorder_counted(verdict);
         self.publish(false);
+    }
+
+    /// The bounded input has ended: the clock releases everything and closes everything
+    /// downstream at `position`, and the share of events behind the watermark is judged on
+    /// whatever arrived.
+    pub(crate) fn finish(&mut self, position: Position) {
+        self.clock.finish(position, &mut self.admitted);
+        let verdict = self.disorder.finish();
+        self.disorder_counted(verdict);
+    }
+
+    /// Publishes the share of events behind the watermark, and warns when it has gone over the
+    /// allowed one.
+    fn disorder_counted(&self, verdict: Option<Disorder>) {
+        let partition = self.partition.to_string();
+        let labels = [
+            ("pipeline", &*self.pipeline),
+            ("source", &*self.source),
+            ("partition", &*partition),
+        ];
+        self.metrics
+            .set(names::OUT_OF_ORDER_SHARE, &labels, self.disorder.share());
+        let Some(disorder) = verdict else {
+            return;
+        };
+        self.metrics.add(names::OUT_OF_ORDER_WARNINGS, &labels, 1);
+        tracing::warn!(
+            pipeline = %self.pipeline,
+            source = %self.source,
+            partition = self.partition,
+            share = %format_share(disorder.share),
+            behind = disorder.behind,
+            events = disorder.arrived,
+            allowed = %format_share(disorder.max_share),
+            setting = %format!("pipelines.{}.event_time.max_out_of_order_share", self.pipeline),
+            "{} of the partition's events arrived behind its watermark and were adjusted or \
+             dropped, more than the {} allowed: windows and joins miss them. Sort the input, \
+             raise `event_time.out_of_order.tolerance` so that the reorder buffer waits for them, \
+             or raise `event_time.max_out_of_order_share` to accept this share",
+            format_share(disorder.share),
+            format_share(disorder.max_share),
+        );
     }
 
     /// When a read found nothing: if the partition has been idle for the idle timeout, it stops

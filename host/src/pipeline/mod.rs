@@ -134,6 +134,9 @@ pub struct Running {
     /// Per pipeline, tasks that end with the reports of the workers they ran: one worker each for
     /// pipelines whose partitions all open at start, an ownership manager for the others.
     workers: Vec<(String, WorkerTask)>,
+    /// Every pipeline's source, held until the workers have ended: some sources serve their input
+    /// only while they live (the HTTP source's server stops when it is dropped).
+    sources: Vec<Arc<dyn Source>>,
     shutdown: ShutdownHandle,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
@@ -180,6 +183,8 @@ impl Running {
         let mut report = RunReport::default();
         let mut first_error = None;
         let mut workers = self.workers;
+        // Dropped only when every worker has ended (see `sources`).
+        let _sources = self.sources;
         while !workers.is_empty() {
             // Poll whichever finishes first, so a failure stops the rest promptly.
             let handles = workers.iter_mut().map(|(_, handle)| handle);
@@ -266,13 +271,16 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     };
 
     let mut workers = Vec::new();
+    let mut sources = Vec::with_capacity(config.pipelines.len());
     for (pipeline_name, pipeline) in &config.pipelines {
-        let tasks = start_pipeline(loaded, &shared, pipeline_name, pipeline).await?;
+        let (source, tasks) = start_pipeline(loaded, &shared, pipeline_name, pipeline).await?;
+        sources.push(source);
         workers.extend(tasks.into_iter().map(|task| (pipeline_name.clone(), task)));
     }
     services.status.set_ready(true);
     Ok(Running {
         workers,
+        sources,
         shutdown: ShutdownHandle(Arc::new(shutdown_sender)),
         sinks: shared.sinks,
         metrics: shared.metrics,
@@ -419,13 +427,14 @@ async fn build_sinks(loaded: &LoadedConfig) -> Result<BTreeMap<String, Arc<dyn S
 }
 
 /// Builds the source and context of one pipeline and starts its tasks: an ownership manager
-/// for a source whose partitions open one by one, else one worker per partition.
+/// for a source whose partitions open one by one, else one worker per partition. Returns the
+/// source with the tasks: the caller keeps it alive as long as they run.
 async fn start_pipeline(
     loaded: &LoadedConfig,
     shared: &Shared,
     pipeline_name: &str,
     pipeline: &PipelineConfig,
-) -> Result<Vec<WorkerTask>, StartError> {
+) -> Result<(Arc<dyn Source>, Vec<WorkerTask>), StartError> {
     let source_config = loaded.config.sources.get(&pipeline.source).ok_or_else(|| {
         crate::source::SourceError::start(
             crate::source::SourceErrorKind::Misconfigured,
@@ -471,7 +480,7 @@ async fn start_pipeline(
         // that several processes share them (see `ownership`).
         let manager = ownership::OwnershipManager::new(
             context,
-            source,
+            source.clone(),
             &loaded.config.checkpoint.ownership,
             shared.shutdown.clone(),
         );
@@ -480,11 +489,11 @@ async fn start_pipeline(
             owner = %manager.owner(), store = %shared.checkpoints.describe(),
             "pipeline started; partitions are claimed through the checkpoint store"
         );
-        return Ok(vec![tokio::spawn(manager.run())]);
+        return Ok((source, vec![tokio::spawn(manager.run())]));
     }
     let workers = start_partitions(&context, source.as_ref(), shared).await?;
     tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
-    Ok(workers)
+    Ok((source, workers))
 }
 
 /// Opens every partition of `source` after its checkpoint and starts its worker.
@@ -573,6 +582,15 @@ fn partition_time(
         })?,
         None => EventClock::new(settings),
     };
+    let partition_label = partition.to_string();
+    metrics.declare(
+        crate::metrics::names::OUT_OF_ORDER_WARNINGS,
+        &[
+            ("pipeline", pipeline_name),
+            ("source", &pipeline.source),
+            ("partition", &partition_label),
+        ],
+    );
     let handle = watermarks.register(partition);
     handle.publish(clock.watermark(), false);
     Ok(event_time::PartitionTime {
@@ -587,7 +605,9 @@ fn partition_time(
         admitted: crate::time::Admitted::default(),
         metrics: metrics.clone(),
         pipeline: pipeline_name.into(),
+        source: pipeline.source.as_str().into(),
         partition,
+        disorder: crate::time::DisorderWatch::from_config(pipeline.event_time.as_ref()),
     })
 }
 

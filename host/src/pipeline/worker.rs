@@ -231,6 +231,35 @@ impl PartitionWorker {
                         next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                 }
+                ReadOutcome::Undecodable {
+                    first,
+                    last,
+                    reason,
+                } => {
+                    // What is known of data that cannot be decoded goes to the dead letters, at
+                    // its first position; the checkpoint moves past it.
+                    let origin = DeadLetterOrigin {
+                        pipeline: &self.settings.pipeline,
+                        stage: None,
+                        sink: None,
+                        plugin_version: None,
+                    };
+                    let kind = DeadLetterKind::Undecodable;
+                    let letter = dead_letter(
+                        &Event::new(self.partition, first, ""),
+                        kind,
+                        &reason,
+                        origin,
+                    );
+                    self.deliver(
+                        vec![(kind, letter)],
+                        &mut stage_inputs,
+                        &mut output,
+                        &mut report,
+                    )
+                    .await?;
+                    self.position = Some(last);
+                }
                 ReadOutcome::End => {
                     tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "source partition ended");
                     // A bounded input has ended: every window and join still open closes.
@@ -369,8 +398,7 @@ impl PartitionWorker {
         let (Some(time), Some(position)) = (&mut self.time, self.position) else {
             return false;
         };
-        time.clock
-            .finish(position.saturating_add(1), &mut time.admitted);
+        time.finish(position.saturating_add(1));
         self.state_dirty = true;
         true
     }

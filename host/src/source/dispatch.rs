@@ -321,6 +321,7 @@ mod tests {
                     }
                     ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
                     ReadOutcome::End => break,
+                    ReadOutcome::Undecodable { .. } => panic!("events are never undecodable"),
                 }
             }
         }

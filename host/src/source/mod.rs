@@ -164,6 +164,16 @@ pub enum ReadOutcome {
     Idle,
     /// The partition has ended and will never produce again (a file read to its end).
     End,
+    /// Positions `first..=last` hold data that can never be decoded (a corrupt Kafka record
+    /// batch): the worker dead-letters what is known of them and reads on after `last`.
+    Undecodable {
+        /// First position of the data.
+        first: Position,
+        /// Last position of the data.
+        last: Position,
+        /// Why it cannot be decoded, naming where it is.
+        reason: String,
+    },
 }
 
 /// An event source.

@@ -76,6 +76,8 @@ pub struct Admitted {
     pub dropped_out_of_order: u64,
     /// Events dropped by the late-arrival policy.
     pub dropped_late_arrival: u64,
+    /// Events that arrived (every event taken through [`EventClock::admit`]).
+    pub arrived: u64,
 }
 
 impl Admitted {
@@ -88,6 +90,12 @@ impl Admitted {
         self.adjusted_late_arrival = 0;
         self.dropped_out_of_order = 0;
         self.dropped_late_arrival = 0;
+        self.arrived = 0;
+    }
+
+    /// Events that arrived behind the watermark, adjusted or dropped by the out-of-order policy.
+    pub fn behind_watermark(&self) -> u64 {
+        self.adjusted_out_of_order + self.dropped_out_of_order
     }
 }
 
@@ -126,6 +134,7 @@ impl EventClock {
 
     /// Takes one arriving event through the policies and the reorder buffer.
     pub fn admit(&mut self, mut event: Event, out: &mut Admitted) {
+        out.arrived += 1;
         let position = event.position;
         let mut time = event.time();
         if let Some(late) = self.settings.late_arrival {
@@ -271,6 +280,106 @@ impl EventClock {
             watermark,
             buffer,
         })
+    }
+}
+
+/// The share of a partition's events behind the watermark above which a run is warned about, when
+/// the pipeline's `event_time.max_out_of_order_share` does not say: 1%.
+pub const DEFAULT_MAX_OUT_OF_ORDER_SHARE: f64 = 0.01;
+
+/// Events a partition must have received before its share is judged while it runs: one event
+/// behind the watermark among the first few says nothing yet. The end of a bounded input judges
+/// whatever arrived.
+pub const DISORDER_MIN_EVENTS: u64 = 100;
+
+/// How much of a partition's input arrived behind its watermark (adjusted or dropped by the
+/// out-of-order policy): such events miss the windows and joins they belong to, so more than
+/// `max_share` of them is said loudly. Pure: counts in, verdicts out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisorderWatch {
+    max_share: f64,
+    arrived: u64,
+    behind: u64,
+    /// Whether the share is over `max_share` since the last verdict: a verdict is given when it
+    /// goes over, not again while it stays there.
+    over: bool,
+}
+
+/// The share of a partition's events behind its watermark went over the allowed one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Disorder {
+    /// Events that arrived behind the watermark.
+    pub behind: u64,
+    /// Events that arrived.
+    pub arrived: u64,
+    /// `behind / arrived`.
+    pub share: f64,
+    /// The share allowed.
+    pub max_share: f64,
+}
+
+impl DisorderWatch {
+    /// The watch a pipeline's `event_time` table asks for.
+    pub fn from_config(config: Option<&EventTimeConfig>) -> Self {
+        DisorderWatch::new(Self::max_share_of(config))
+    }
+
+    /// The share a pipeline's `event_time` table allows (the default when it says none).
+    pub fn max_share_of(config: Option<&EventTimeConfig>) -> f64 {
+        config
+            .and_then(|c| c.max_out_of_order_share)
+            .unwrap_or(DEFAULT_MAX_OUT_OF_ORDER_SHARE)
+    }
+
+    /// A watch that allows `max_share` (0 to 1) of the events behind the watermark.
+    pub fn new(max_share: f64) -> Self {
+        DisorderWatch {
+            max_share,
+            arrived: 0,
+            behind: 0,
+            over: false,
+        }
+    }
+
+    /// Counts what the clock admitted since the last call; returns the verdict when the share
+    /// has just gone over the allowed one (once [`DISORDER_MIN_EVENTS`] events have arrived).
+    pub fn record(&mut self, admitted: &Admitted) -> Option<Disorder> {
+        self.arrived += admitted.arrived;
+        self.behind += admitted.behind_watermark();
+        self.judge(DISORDER_MIN_EVENTS)
+    }
+
+    /// The bounded input has ended: judges the share of whatever arrived.
+    pub fn finish(&mut self) -> Option<Disorder> {
+        self.judge(1)
+    }
+
+    /// Events behind the watermark over events arrived, 0 before any arrived.
+    pub fn share(&self) -> f64 {
+        if self.arrived == 0 {
+            0.0
+        } else {
+            self.behind as f64 / self.arrived as f64
+        }
+    }
+
+    /// Whether the share is over the allowed one (with enough events to say so).
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    fn judge(&mut self, min_events: u64) -> Option<Disorder> {
+        let over = self.arrived >= min_events && self.share() > self.max_share;
+        let verdict = (over && !self.over).then_some(Disorder {
+            behind: self.behind,
+            arrived: self.arrived,
+            share: self.share(),
+            max_share: self.max_share,
+        });
+        if self.arrived >= min_events {
+            self.over = over;
+        }
+        verdict
     }
 }
 
@@ -422,5 +531,63 @@ mod tests {
         let restored = EventClock::restore(clock.settings, &bytes).expect("restore");
         assert_eq!(restored, clock);
         assert!(EventClock::restore(clock.settings, &bytes[..bytes.len() - 2]).is_err());
+    }
+
+    /// What the clock admitted: `arrived` events, `behind` of them behind the watermark.
+    fn batch(arrived: u64, adjusted: u64, dropped: u64) -> Admitted {
+        Admitted {
+            arrived,
+            adjusted_out_of_order: adjusted,
+            dropped_out_of_order: dropped,
+            ..Admitted::default()
+        }
+    }
+
+    #[test]
+    fn the_clock_counts_arrivals_and_events_behind_the_watermark() {
+        let mut clock = EventClock::new(settings(0, LatePolicy::Adjust, None));
+        let out = admit_all(&mut clock, &[(1, 10), (2, 20), (3, 15), (4, 5), (5, 30)]);
+        assert_eq!(out.arrived, 5);
+        assert_eq!(out.behind_watermark(), 2);
+        let mut clock = EventClock::new(settings(0, LatePolicy::Drop, None));
+        let out = admit_all(&mut clock, &[(1, 10), (2, 20), (3, 15)]);
+        assert_eq!((out.arrived, out.behind_watermark()), (3, 1));
+    }
+
+    #[test]
+    fn a_share_over_the_allowed_one_is_reported_once_when_it_goes_over() {
+        let mut watch = DisorderWatch::new(DEFAULT_MAX_OUT_OF_ORDER_SHARE);
+        // Exactly 1% is allowed.
+        assert_eq!(watch.record(&batch(100, 1, 0)), None);
+        assert!(!watch.is_over());
+        // 3 of 200: 1.5%, over.
+        let verdict = watch.record(&batch(100, 1, 1)).expect("over 1%");
+        assert_eq!((verdict.behind, verdict.arrived), (3, 200));
+        assert!((verdict.share - 0.015).abs() < 1e-12);
+        assert!((verdict.max_share - 0.01).abs() < 1e-12);
+        assert!(watch.is_over());
+        // Still over: no second verdict.
+        assert_eq!(watch.record(&batch(100, 2, 0)), None);
+        // Back under (5 of 1000), then over again: a new verdict.
+        assert_eq!(watch.record(&batch(700, 0, 0)), None);
+        assert!(!watch.is_over());
+        assert!(watch.record(&batch(100, 20, 0)).is_some());
+    }
+
+    #[test]
+    fn a_few_events_are_not_judged_until_the_input_ends() {
+        let mut watch = DisorderWatch::new(0.05);
+        // 1 of 10 is 10%, but too few to say while the input goes on.
+        assert_eq!(watch.record(&batch(10, 1, 0)), None);
+        assert_eq!(watch.record(&batch(40, 4, 0)), None);
+        let verdict = watch.finish().expect("10% over 5% at the end");
+        assert_eq!((verdict.behind, verdict.arrived), (5, 50));
+        assert_eq!(watch.finish(), None, "said once");
+        // Nothing arrived, or all in order: nothing to say.
+        assert_eq!(DisorderWatch::new(0.0).finish(), None);
+        let mut ordered = DisorderWatch::new(0.0);
+        ordered.record(&batch(500, 0, 0));
+        assert_eq!(ordered.finish(), None);
+        assert_eq!(ordered.share(), 0.0);
     }
 }

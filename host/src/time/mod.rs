@@ -23,6 +23,11 @@
 //! replay (skip what the table's transaction version covers) relies on. Everything the clock
 //! decides depends only on the partition's events, so a replay after a crash decides the same.
 //!
+//! **Disorder.** Events behind the watermark miss the windows and joins they belong to. A
+//! [`DisorderWatch`] per partition compares their share with the pipeline's
+//! `event_time.max_out_of_order_share` (default 1%): over it, the worker warns once, names the
+//! setting, and counts it in the metrics; the end-of-run summary says it again.
+//!
 //! **Pipeline watermark.** Each worker publishes its watermark in the pipeline's
 //! [`PipelineWatermarks`]: the pipeline watermark is the minimum over the partitions this process
 //! runs, leaving out partitions idle for longer than the idle timeout. An idle partition advances
@@ -33,7 +38,10 @@
 mod clock;
 mod watermarks;
 
-pub use clock::{Admitted, ClockSettings, EventClock, LateEvent, Tolerance};
+pub use clock::{
+    Admitted, ClockSettings, DEFAULT_MAX_OUT_OF_ORDER_SHARE, DISORDER_MIN_EVENTS, Disorder,
+    DisorderWatch, EventClock, LateEvent, Tolerance,
+};
 pub use watermarks::{PipelineWatermarks, WatermarkHandle};
 
 use crate::event::Position;
@@ -68,5 +76,32 @@ pub fn format_duration(millis: i64) -> String {
         format!("{}s", millis / 1000)
     } else {
         format!("{millis}ms")
+    }
+}
+
+/// A share (0 to 1) as a percentage for messages: `1%`, `12.5%`, `0.25%`.
+pub fn format_share(share: f64) -> String {
+    let percent = share * 100.0;
+    if (percent - percent.round()).abs() < 0.005 {
+        format!("{percent:.0}%")
+    } else if percent < 1.0 {
+        format!("{percent:.2}%")
+    } else {
+        format!("{percent:.1}%")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_share;
+
+    #[test]
+    fn shares_read_as_percentages() {
+        assert_eq!(format_share(0.01), "1%");
+        assert_eq!(format_share(0.125), "12.5%");
+        assert_eq!(format_share(0.0025), "0.25%");
+        assert_eq!(format_share(0.1), "10%");
+        assert_eq!(format_share(0.0), "0%");
+        assert_eq!(format_share(1.0), "100%");
     }
 }

@@ -209,6 +209,9 @@ mod tests {
                     ReadOutcome::Events(batch) => events.extend(batch),
                     ReadOutcome::Idle => panic!("file source idled before its end"),
                     ReadOutcome::End => break,
+                    ReadOutcome::Undecodable { .. } => {
+                        panic!("this source never has undecodable data")
+                    }
                 }
             }
         }

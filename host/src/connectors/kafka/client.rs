@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
+use rskafka::client::partition::Compression;
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::config::{KafkaConnection, LoadedConfig, SaslMechanism, expand_env};
+use crate::config::{KafkaCompression, KafkaConnection, LoadedConfig, SaslMechanism, expand_env};
 
 /// A connected client and the topic's partition count.
 pub(crate) struct Connected {
@@ -171,6 +173,76 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
+/// rskafka's codec for a configured one.
+pub(crate) fn codec(compression: KafkaCompression) -> Compression {
+    match compression {
+        KafkaCompression::None => Compression::NoCompression,
+        KafkaCompression::Gzip => Compression::Gzip,
+        KafkaCompression::Snappy => Compression::Snappy,
+        KafkaCompression::Lz4 => Compression::Lz4,
+        KafkaCompression::Zstd => Compression::Zstd,
+    }
+}
+
+/// What kind of fault a failed Kafka request met, which decides whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The broker or the network is away (or busy): retried with backoff up to `max_outage`.
+    Outage,
+    /// The records could not be decoded: a corrupt batch, a codec the client or the broker does
+    /// not know. The same bytes come back on every attempt.
+    Undecodable,
+    /// The client is not allowed to do this.
+    Unauthorized,
+    /// The topic or partition does not exist (after rskafka's own retries).
+    UnknownTopic,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::Outage => "a broker or network outage",
+            Fault::Undecodable => "a record batch that cannot be decoded",
+            Fault::Unauthorized => "an authorization failure",
+            Fault::UnknownTopic => "a topic or partition that does not exist",
+        })
+    }
+}
+
+/// Tells the faults that retrying cannot fix from outages, in one place for the source and the
+/// sink. What is not known to be permanent is an outage, so that a new kind of transient error
+/// keeps today's retries rather than stopping a pipeline.
+pub(crate) fn classify(error: &KafkaError) -> Fault {
+    match error {
+        // The response arrived whole but its body did not parse: the records are at fault (a
+        // connection cut mid-response is an IO or framing error, not this).
+        KafkaError::Request(
+            RequestError::ReadVersionedError(_) | RequestError::TooMuchData { .. },
+        ) => Fault::Undecodable,
+        KafkaError::ServerError { protocol_error, .. } => match protocol_error {
+            ProtocolError::CorruptMessage
+            | ProtocolError::InvalidRecord
+            | ProtocolError::UnsupportedCompressionType
+            | ProtocolError::UnsupportedForMessageFormat => Fault::Undecodable,
+            ProtocolError::TopicAuthorizationFailed
+            | ProtocolError::ClusterAuthorizationFailed
+            | ProtocolError::GroupAuthorizationFailed
+            | ProtocolError::TransactionalIdAuthorizationFailed
+            | ProtocolError::SaslAuthenticationFailed => Fault::Unauthorized,
+            // rskafka has already retried these for the connection's `timeout`.
+            ProtocolError::UnknownTopicOrPartition
+            | ProtocolError::UnknownTopicId
+            | ProtocolError::InvalidTopicException => Fault::UnknownTopic,
+            _ => Fault::Outage,
+        },
+        // rskafka's retries ran out: the last error decides.
+        KafkaError::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => source
+            .downcast_ref::<KafkaError>()
+            .map_or(Fault::Outage, classify),
+        _ => Fault::Outage,
+    }
+}
+
 /// Longest wait between two attempts while the brokers are unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -225,7 +297,87 @@ impl Outage {
 
 #[cfg(test)]
 mod tests {
+    use rskafka::client::error::RequestContext;
+
     use super::*;
+
+    fn server(protocol_error: ProtocolError) -> KafkaError {
+        KafkaError::ServerError {
+            protocol_error,
+            error_message: None,
+            request: RequestContext::Partition("t".to_owned(), 0),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    fn retries_ran_out(last: KafkaError) -> KafkaError {
+        KafkaError::RetryFailed(rskafka::BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(30),
+            source: Box::new(last),
+        })
+    }
+
+    #[test]
+    fn outages_are_retried() {
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for error in [
+            KafkaError::Timeout,
+            KafkaError::Request(RequestError::IO(cut)),
+            KafkaError::InvalidResponse("Expected a single topic in response, got 0".to_owned()),
+            server(ProtocolError::LeaderNotAvailable),
+            server(ProtocolError::NotLeaderOrFollower),
+            server(ProtocolError::RequestTimedOut),
+            retries_ran_out(server(ProtocolError::LeaderNotAvailable)),
+            retries_ran_out(KafkaError::Timeout),
+        ] {
+            assert_eq!(classify(&error), Fault::Outage, "{error}");
+        }
+    }
+
+    #[test]
+    fn batches_that_cannot_be_decoded_are_told_apart() {
+        // The client's own decoding errors cannot be built outside rskafka; the codec tests
+        // (tests/tests/kafka_codecs.rs) meet them through a proxy that corrupts a batch.
+        for error in [
+            server(ProtocolError::CorruptMessage),
+            server(ProtocolError::UnsupportedCompressionType),
+            server(ProtocolError::InvalidRecord),
+        ] {
+            assert_eq!(classify(&error), Fault::Undecodable, "{error}");
+        }
+    }
+
+    #[test]
+    fn authorization_failures_are_told_apart() {
+        for error in [
+            server(ProtocolError::TopicAuthorizationFailed),
+            server(ProtocolError::ClusterAuthorizationFailed),
+            server(ProtocolError::SaslAuthenticationFailed),
+        ] {
+            assert_eq!(classify(&error), Fault::Unauthorized, "{error}");
+        }
+    }
+
+    #[test]
+    fn unknown_topics_and_partitions_are_told_apart_once_retries_ran_out() {
+        for error in [
+            server(ProtocolError::UnknownTopicOrPartition),
+            retries_ran_out(server(ProtocolError::UnknownTopicOrPartition)),
+            server(ProtocolError::UnknownTopicId),
+        ] {
+            assert_eq!(classify(&error), Fault::UnknownTopic, "{error}");
+        }
+    }
+
+    #[test]
+    fn every_configured_codec_is_built_in() {
+        assert_eq!(codec(KafkaCompression::None), Compression::NoCompression);
+        assert_eq!(codec(KafkaCompression::Gzip), Compression::Gzip);
+        assert_eq!(codec(KafkaCompression::Snappy), Compression::Snappy);
+        assert_eq!(codec(KafkaCompression::Lz4), Compression::Lz4);
+        assert_eq!(codec(KafkaCompression::Zstd), Compression::Zstd);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_bound_and_gives_up_after_max_outage() {

@@ -105,6 +105,12 @@ pub struct KafkaSourceConfig {
     /// backfills, benchmarks and tests; the pipeline ends when every partition has).
     #[serde(default)]
     pub stop_at_end: bool,
+    /// What a record batch that cannot be decoded (a corrupt batch, a codec the client does not
+    /// know) does: `stop` the partition's reading with an error naming the topic, partition,
+    /// offset and cause (the default), or `dead_letter` what can be identified of it (topic,
+    /// partition, offset range, cause) and read on after it.
+    #[serde(default)]
+    pub on_undecodable: KafkaUndecodable,
 }
 
 impl KafkaSourceConfig {
@@ -151,6 +157,18 @@ pub enum KafkaStart {
     Latest,
 }
 
+/// What the Kafka source does with a record batch it cannot decode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaUndecodable {
+    /// Stop reading the partition, naming the topic, partition, offset and cause.
+    #[default]
+    Stop,
+    /// Write the batch's topic, partition, offset range and cause to the dead letters and read
+    /// on after it.
+    DeadLetter,
+}
+
 /// A Kafka topic written to; at least once, every record carrying a deterministic id header.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +188,27 @@ pub struct KafkaSinkConfig {
     /// Records sent in one produce request per partition, at most.
     #[serde(default = "default_kafka_batch")]
     pub batch_max_records: usize,
+    /// The codec of the record batches written: `none`, `gzip`, `snappy`, `lz4` or `zstd`
+    /// (default `none`; the source reads all five).
+    #[serde(default)]
+    pub compression: KafkaCompression,
+}
+
+/// A Kafka record batch codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy (Kafka's framing, as the Java client writes it).
+    Snappy,
+    /// LZ4 (frame format).
+    Lz4,
+    /// Zstandard.
+    Zstd,
 }
 
 fn default_kafka_batch() -> usize {
@@ -277,4 +316,91 @@ pub(crate) fn validate_sink(
         return Err(doc.error(&["sinks", name, "batch_max_records"], "expected at least 1"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{SinkConfig, SourceConfig, load_str};
+
+    const KAFKA: &str = r#"
+[sources.in]
+kind = "kafka"
+brokers = ["127.0.0.1:9092"]
+topic = "in"
+SOURCE
+
+[sinks.out]
+kind = "kafka"
+brokers = ["127.0.0.1:9092"]
+topic = "out"
+SINK
+
+[pipelines.p]
+source = "in"
+dead_letter = "out"
+
+[[pipelines.p.stages]]
+name = "s"
+plugin = "p.wasm"
+outputs = { alerts = "out" }
+"#;
+
+    fn load(source: &str, sink: &str) -> Result<LoadedConfig, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let text = KAFKA.replace("SOURCE", source).replace("SINK", sink);
+        load_str(&text, Path::new("weir.toml"), dir.path()).map_err(|e| e.to_string())
+    }
+
+    fn settings(loaded: &LoadedConfig) -> (KafkaUndecodable, KafkaCompression) {
+        let SourceConfig::Kafka(source) = &loaded.config.sources["in"] else {
+            panic!("a Kafka source");
+        };
+        let SinkConfig::Kafka(sink) = &loaded.config.sinks["out"] else {
+            panic!("a Kafka sink");
+        };
+        (source.on_undecodable, sink.compression)
+    }
+
+    #[test]
+    fn codecs_and_the_undecodable_policy_load_with_their_defaults() {
+        let loaded = load("", "").expect("valid");
+        assert_eq!(
+            settings(&loaded),
+            (KafkaUndecodable::Stop, KafkaCompression::None)
+        );
+        for (name, codec) in [
+            ("none", KafkaCompression::None),
+            ("gzip", KafkaCompression::Gzip),
+            ("snappy", KafkaCompression::Snappy),
+            ("lz4", KafkaCompression::Lz4),
+            ("zstd", KafkaCompression::Zstd),
+        ] {
+            let loaded = load(
+                "on_undecodable = \"dead_letter\"",
+                &format!("compression = \"{name}\""),
+            )
+            .expect("valid");
+            assert_eq!(settings(&loaded), (KafkaUndecodable::DeadLetter, codec));
+        }
+    }
+
+    #[test]
+    fn unknown_codecs_and_policies_are_refused_with_line_and_key() {
+        let err = load("", "compression = \"brotli\"").expect_err("unknown codec");
+        assert!(err.starts_with("weir.toml:12:"), "{err}");
+        assert!(err.contains("`sinks.out.compression`"), "{err}");
+        assert!(err.contains("unknown variant `brotli`"), "{err}");
+        assert!(
+            err.contains("`none`, `gzip`, `snappy`, `lz4`, `zstd`"),
+            "{err}"
+        );
+        let err = load("on_undecodable = \"skip\"", "").expect_err("unknown policy");
+        assert!(err.starts_with("weir.toml:6:"), "{err}");
+        assert!(err.contains("`sources.in.on_undecodable`"), "{err}");
+        assert!(err.contains("expected `stop` or `dead_letter`"), "{err}");
+    }
 }

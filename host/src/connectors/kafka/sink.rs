@@ -6,13 +6,16 @@
 //!
 //! A produce request that fails after rskafka's own retries (a broker restart, a network outage)
 //! is sent again with backoff, for up to the connection's `max_outage`, before the pipeline fails;
-//! a repeat this may cause carries the same id.
+//! a repeat this may cause carries the same id. A refusal that retrying cannot fix (authorization,
+//! a topic or partition that does not exist, a codec the broker does not take) fails at once.
+//!
+//! Record batches are written in the sink's `compression` codec (`none` by default).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -215,15 +218,20 @@ impl KafkaWriter {
                 .await
                 .map_err(|e| self.error(e))?;
             let mut outage = client::Outage::new(self.shared.config.connection.max_outage.get());
+            let compression = client::codec(self.shared.config.compression);
             for chunk in records.chunks(batch.max(1)) {
                 loop {
-                    match client
-                        .produce(chunk.to_vec(), Compression::NoCompression)
-                        .await
-                    {
+                    match client.produce(chunk.to_vec(), compression).await {
                         Ok(_) => break,
                         Err(e) => {
                             let reason = format!("produce to partition {target} failed: {e}");
+                            let fault = client::classify(&e);
+                            if fault != client::Fault::Outage {
+                                // Retrying cannot fix it: say so now, not after `max_outage`.
+                                return Err(self.error(format!(
+                                    "{reason} ({fault}, which retrying cannot fix)"
+                                )));
+                            }
                             let (backoff, attempt) = outage
                                 .failed()
                                 .map_err(|gave_up| self.error(format!("{reason}; {gave_up}")))?;

@@ -10,6 +10,13 @@
 //! whose fetch fails after rskafka's own retries (at least the connection's `timeout`) logs a
 //! warning, backs off and fetches again from the offset it stopped at, reconnecting, for up to
 //! the connection's `max_outage`.
+//!
+//! A fault that retrying cannot fix stops the partition's reading at once, with an error naming
+//! the topic, partition, offset and cause: an authorization failure, a topic or partition that
+//! does not exist, and (with `on_undecodable = "stop"`, the default) a record batch that cannot be
+//! decoded. With `on_undecodable = "dead_letter"`, such a batch's offset range and cause go to
+//! the dead letters and the reading goes on after it. Every codec Kafka defines (none, gzip,
+//! snappy, lz4, zstd) is read.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,7 +28,7 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 
 use super::client;
-use crate::config::{KafkaSourceConfig, KafkaStart, LoadedConfig};
+use crate::config::{KafkaSourceConfig, KafkaStart, KafkaUndecodable, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::source::{
     PartitionReader, PartitionStart, ReadOutcome, Source, SourceError, SourceErrorKind,
@@ -110,6 +117,7 @@ impl KafkaSource {
         };
         Ok(KafkaReader {
             source_name: self.name.clone(),
+            topic: self.config.connection.topic.clone(),
             partition,
             client,
             next_offset,
@@ -119,6 +127,8 @@ impl KafkaSource {
             fetch_max_wait: self.config.fetch_max_wait.get(),
             stop_at_end: self.config.stop_at_end,
             outage: client::Outage::new(self.config.connection.max_outage.get()),
+            on_undecodable: self.config.on_undecodable,
+            undecodable: None,
         })
     }
 }
@@ -152,6 +162,7 @@ impl Source for KafkaSource {
 /// Reads one Kafka partition.
 struct KafkaReader {
     source_name: String,
+    topic: String,
     partition: PartitionId,
     client: PartitionClient,
     /// The offset of the next record to fetch.
@@ -165,7 +176,14 @@ struct KafkaReader {
     stop_at_end: bool,
     /// Fetches failed in a row (the broker is away).
     outage: client::Outage,
+    on_undecodable: KafkaUndecodable,
+    /// A batch that cannot be decoded and was skipped, to be handed out as such next.
+    undecodable: Option<ReadOutcome>,
 }
+
+/// Bytes a probe fetch asks for: the broker still sends the first batch whole (KIP-74), and
+/// only that one, so that the probe decodes or fails on that batch alone.
+const PROBE_MAX_BYTES: i32 = 1;
 
 impl KafkaReader {
     fn error(&self, reason: impl Into<String>) -> SourceError {
@@ -189,7 +207,7 @@ impl KafkaReader {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
             }) => return self.recover_out_of_range().await,
-            Err(e) => return self.back_off(e).await,
+            Err(e) => return self.fetch_failed(e).await,
         };
         if let Some((lasted, failures)) = self.outage.succeeded() {
             tracing::info!(
@@ -224,6 +242,110 @@ impl KafkaReader {
             });
         }
         Ok(())
+    }
+
+    /// A fetch failed after rskafka's retries: an outage is retried (see [`Self::back_off`]);
+    /// a fault that retrying cannot fix stops the partition, or for a batch that cannot be
+    /// decoded with `on_undecodable = "dead_letter"`, is skipped and handed out as such.
+    async fn fetch_failed(&mut self, error: KafkaError) -> Result<(), SourceError> {
+        let fault = client::classify(&error);
+        match fault {
+            client::Fault::Outage => self.back_off(error).await,
+            client::Fault::Undecodable if self.on_undecodable == KafkaUndecodable::DeadLetter => {
+                self.skip_undecodable(error).await
+            }
+            _ => Err(self.error(self.fault_reason(fault, &error))),
+        }
+    }
+
+    /// Names the topic, partition, offset and cause of a fault retrying cannot fix.
+    fn fault_reason(&self, fault: client::Fault, error: &KafkaError) -> String {
+        let hint = match fault {
+            client::Fault::Undecodable => {
+                " (set `on_undecodable = \"dead_letter\"` to set such batches aside and read on)"
+            }
+            _ => "",
+        };
+        format!(
+            "cannot read topic `{}` partition {} at offset {}: {fault}, which retrying cannot fix: {error}{hint}",
+            self.topic, self.partition, self.next_offset
+        )
+    }
+
+    /// The batch at `next_offset` cannot be decoded: finds where it ends, by probing fetches of
+    /// one batch each (a doubling step, then bisection: every offset of the batch fails the
+    /// same way, the first offset after it decodes), and moves on past it.
+    async fn skip_undecodable(&mut self, error: KafkaError) -> Result<(), SourceError> {
+        let first = self.next_offset;
+        // `bad` fails to decode; `good` decodes (or lies at or beyond the partition's end).
+        let (mut bad, mut step) = (first, 1i64);
+        let mut good = loop {
+            let probe = bad.saturating_add(step);
+            match self.probe(probe).await {
+                Ok(true) => break probe,
+                Ok(false) => (bad, step) = (probe, step.saturating_mul(2)),
+                Err(e) => return self.back_off(e).await,
+            }
+        };
+        while good - bad > 1 {
+            let mid = bad + (good - bad) / 2;
+            match self.probe(mid).await {
+                Ok(true) => good = mid,
+                Ok(false) => bad = mid,
+                Err(e) => return self.back_off(e).await,
+            }
+        }
+        let reason = format!(
+            "cannot read topic `{}` partition {} at offsets {first}..={bad}: {}: {error}; set aside",
+            self.topic,
+            self.partition,
+            client::Fault::Undecodable
+        );
+        tracing::warn!(
+            source = %self.source_name, topic = %self.topic, partition = self.partition,
+            first, last = bad, %reason,
+            "Kafka record batch cannot be decoded; dead-lettering it and reading on"
+        );
+        let (Ok(first), Ok(last)) = (Position::try_from(first), Position::try_from(bad)) else {
+            return Err(self.error(reason));
+        };
+        self.next_offset = good;
+        self.undecodable = Some(ReadOutcome::Undecodable {
+            first,
+            last,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Whether the batch holding `offset` decodes; an error other than an undecodable batch is
+    /// returned as such. A fetch of one byte gets exactly that batch from Kafka (KIP-74); a
+    /// broker that answers such a fetch with nothing (tansu) is asked again for a full fetch,
+    /// whose answer may also hold the batches after it.
+    async fn probe(&self, offset: i64) -> Result<bool, KafkaError> {
+        // tansu answers a fetch that may not wait with no topic at all; the data is there, so
+        // a waiting fetch returns at once all the same.
+        let wait_ms = i32::try_from(self.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        for max_bytes in [PROBE_MAX_BYTES, self.fetch_max_bytes.max(PROBE_MAX_BYTES)] {
+            match self
+                .client
+                .fetch_records(offset, 1..max_bytes.saturating_add(1), wait_ms)
+                .await
+            {
+                Ok((records, _)) if !records.is_empty() => return Ok(true),
+                // Nothing for so few bytes: ask for more.
+                Ok(_) | Err(KafkaError::InvalidResponse(_)) if max_bytes == PROBE_MAX_BYTES => {}
+                // The end of the partition lies before `offset`: nothing there to decode.
+                Ok(_)
+                | Err(KafkaError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => return Ok(true),
+                Err(e) if client::classify(&e) == client::Fault::Undecodable => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// A fetch failed after rskafka's retries: waits before the next attempt (which reconnects
@@ -285,6 +407,9 @@ impl PartitionReader for KafkaReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
         if self.buffered.is_empty() {
             self.fetch(wait).await?;
+        }
+        if let Some(undecodable) = self.undecodable.take() {
+            return Ok(undecodable);
         }
         if self.buffered.is_empty() {
             // During an outage the last known end is stale: the partition may have grown.

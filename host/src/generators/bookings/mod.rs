@@ -194,6 +194,9 @@ mod tests {
                     ReadOutcome::Events(batch) => events.extend(batch),
                     ReadOutcome::Idle => panic!("the simulator idled before its end"),
                     ReadOutcome::End => break,
+                    ReadOutcome::Undecodable { .. } => {
+                        panic!("this source never has undecodable data")
+                    }
                 }
             }
         }

@@ -45,6 +45,7 @@ async fn read_all(mut readers: Vec<Box<dyn PartitionReader>>) -> Vec<Event> {
                 }
                 ReadOutcome::Idle => panic!("simulator idled before max_events"),
                 ReadOutcome::End => break,
+                ReadOutcome::Undecodable { .. } => panic!("this source never has undecodable data"),
             }
         }
     }
@@ -414,6 +415,7 @@ async fn simulator_throughput() {
                 ReadOutcome::Events(events) => total += events.len(),
                 ReadOutcome::Idle => {}
                 ReadOutcome::End => open[i] = false,
+                ReadOutcome::Undecodable { .. } => panic!("this source never has undecodable data"),
             }
         }
     }

@@ -73,6 +73,7 @@ async fn read(reader: &mut dyn PartitionReader, count: usize) -> Vec<Event> {
             ReadOutcome::Events(batch) => events.extend(batch),
             ReadOutcome::Idle => {}
             ReadOutcome::End => panic!("an Event Hubs partition never ends"),
+            ReadOutcome::Undecodable { .. } => panic!("this source never has undecodable data"),
         }
     }
     events

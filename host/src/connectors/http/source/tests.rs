@@ -98,6 +98,7 @@ async fn drain(readers: &mut [Box<dyn PartitionReader>]) -> Vec<Vec<Event>> {
                 }
                 ReadOutcome::Idle => break,
                 ReadOutcome::End => panic!("the HTTP source never ends"),
+                ReadOutcome::Undecodable { .. } => panic!("this source never has undecodable data"),
             }
         }
         out.push(events);
