@@ -1,6 +1,6 @@
 //! Calendar helpers for event times: date, year, month, day, day of week, hour, minute, truncation
 //! to an interval, RFC 3339 and epoch-millisecond parsing, and the equivalents of Stream
-//! Analytics' `DATEPART`, `DATENAME` and `DATEDIFF`.
+//! Analytics' `DATEPART`, `DATENAME`, `DATEDIFF` and `DATEADD`.
 //!
 //! Everything is UTC and needs no clock: a [`Timestamp`] is a count of milliseconds since the Unix
 //! epoch (the unit of [`Event::time`](crate::Event::time)), and the calendar is computed from it
@@ -491,8 +491,8 @@ impl Timestamp {
     /// The start of the calendar `part` that contains this instant: the first of its year,
     /// quarter or month, midnight of its day, the Sunday that starts its week (as
     /// [`Timestamp::week`] counts weeks), the start of its hour, minute or second.
-    /// [`DatePart::DayOfYear`] and [`DatePart::Weekday`] are days; [`DatePart::Millisecond`]
-    /// leaves the instant as it is.
+    /// [`DatePart::DayOfYear`] and [`DatePart::Weekday`] are days; [`DatePart::Millisecond`] and
+    /// [`DatePart::Microsecond`] leave the instant as it is.
     pub fn truncate_to(self, part: DatePart) -> Timestamp {
         let date = self.date();
         let first_of = |month| Date {
@@ -513,7 +513,7 @@ impl Timestamp {
             DatePart::Hour => self.truncate(Duration::from_secs(3600)),
             DatePart::Minute => self.truncate(Duration::from_secs(60)),
             DatePart::Second => self.truncate(Duration::from_secs(1)),
-            DatePart::Millisecond => self,
+            DatePart::Millisecond | DatePart::Microsecond => self,
         }
     }
 
@@ -764,7 +764,7 @@ impl<'a> Parser<'a> {
 /// them. Parsed (case-insensitively) from the names and abbreviations Stream Analytics accepts:
 /// `year`/`yy`/`yyyy`, `quarter`/`qq`/`q`, `month`/`mm`/`m`, `dayofyear`/`dy`/`y`, `day`/`dd`/`d`,
 /// `week`/`wk`/`ww`, `weekday`/`dw`/`w`, `hour`/`hh`, `minute`/`mi`/`n`, `second`/`ss`/`s`,
-/// `millisecond`/`ms`.
+/// `millisecond`/`ms`, `microsecond`/`mcs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DatePart {
     /// The year.
@@ -789,6 +789,9 @@ pub enum DatePart {
     Second,
     /// The millisecond, 0 to 999.
     Millisecond,
+    /// The microsecond, 0 to 999,999: always a whole number of milliseconds, the precision of a
+    /// [`Timestamp`].
+    Microsecond,
 }
 
 impl FromStr for DatePart {
@@ -807,6 +810,7 @@ impl FromStr for DatePart {
             "minute" | "mi" | "n" => DatePart::Minute,
             "second" | "ss" | "s" => DatePart::Second,
             "millisecond" | "ms" => DatePart::Millisecond,
+            "microsecond" | "mcs" => DatePart::Microsecond,
             _ => return Err(TimeError::UnknownDatePart(quoted(name))),
         })
     }
@@ -826,6 +830,7 @@ pub fn datepart(part: DatePart, t: Timestamp) -> i64 {
         DatePart::Minute => i64::from(t.minute()),
         DatePart::Second => i64::from(t.second()),
         DatePart::Millisecond => i64::from(t.millisecond()),
+        DatePart::Microsecond => i64::from(t.millisecond()) * 1000,
     }
 }
 
@@ -843,7 +848,8 @@ pub fn datename(part: DatePart, t: Timestamp) -> String {
 /// (negative when `end` is earlier), as Stream Analytics and T-SQL count them. It counts
 /// boundaries crossed, not whole intervals elapsed: from 23:59 to 00:01 the next day is 1 day,
 /// from December 31 to January 1 is 1 year, and from a Saturday to the next day is 1 week (weeks
-/// start on Sunday). [`DatePart::DayOfYear`] and [`DatePart::Weekday`] count days.
+/// start on Sunday). [`DatePart::DayOfYear`] and [`DatePart::Weekday`] count days. A difference
+/// too large for an `i64` (microseconds over ±292,000 years) is the largest or smallest `i64`.
 pub fn datediff(part: DatePart, start: Timestamp, end: Timestamp) -> i64 {
     let months = |t: Timestamp| {
         let date = t.date();
@@ -865,5 +871,44 @@ pub fn datediff(part: DatePart, start: Timestamp, end: Timestamp) -> i64 {
         DatePart::Second => units(end, MS_PER_SECOND) - units(start, MS_PER_SECOND),
         // Differences of two i64 may not fit: saturate rather than wrap.
         DatePart::Millisecond => end.0.saturating_sub(start.0),
+        DatePart::Microsecond => end.0.saturating_sub(start.0).saturating_mul(1000),
+    }
+}
+
+/// `DATEADD(part, number, t)`: `t` moved by `number` of `part`, or `None` past the range of a
+/// [`Timestamp`]. Years, quarters and months move the calendar date and keep the time of day; a
+/// day that the target month lacks becomes its last day (January 31 plus one month is February
+/// 28 or 29), as Stream Analytics and T-SQL do. Weeks are 7 days; [`DatePart::DayOfYear`] and
+/// [`DatePart::Weekday`] are days; a microsecond counts only in whole milliseconds (rounded
+/// toward zero).
+pub fn dateadd(part: DatePart, number: i64, t: Timestamp) -> Option<Timestamp> {
+    let add_months = |months: i64| {
+        let date = t.date();
+        let index = (i64::from(date.year) * 12 + i64::from(date.month) - 1).checked_add(months)?;
+        let year = i32::try_from(index.div_euclid(12)).ok()?;
+        // 1 to 12 by construction.
+        let month = index.rem_euclid(12) as u32 + 1;
+        let day = date.day.min(days_in_month(year, month));
+        let days = Date { year, month, day }.days_since_epoch();
+        days.checked_mul(MS_PER_DAY)?
+            .checked_add(t.millis_of_day())
+            .map(Timestamp)
+    };
+    let add = |unit: i64| {
+        number
+            .checked_mul(unit)
+            .and_then(|millis| t.checked_add_millis(millis))
+    };
+    match part {
+        DatePart::Year => add_months(number.checked_mul(12)?),
+        DatePart::Quarter => add_months(number.checked_mul(3)?),
+        DatePart::Month => add_months(number),
+        DatePart::Week => add(7 * MS_PER_DAY),
+        DatePart::DayOfYear | DatePart::Day | DatePart::Weekday => add(MS_PER_DAY),
+        DatePart::Hour => add(MS_PER_HOUR),
+        DatePart::Minute => add(MS_PER_MINUTE),
+        DatePart::Second => add(MS_PER_SECOND),
+        DatePart::Millisecond => add(1),
+        DatePart::Microsecond => t.checked_add_millis(number / 1000),
     }
 }

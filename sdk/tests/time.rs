@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use chrono::{
-    DateTime, Datelike, DurationRound, FixedOffset, NaiveDate, SecondsFormat, TimeDelta, Timelike,
-    Utc,
+    DateTime, Datelike, DurationRound, FixedOffset, Months, NaiveDate, SecondsFormat, TimeDelta,
+    Timelike, Utc,
 };
 use weir_sdk::time::{
-    Date, DatePart, TimeError, Timestamp, Weekday, datediff, datename, datepart, days_in_month,
-    is_leap_year,
+    Date, DatePart, TimeError, Timestamp, Weekday, dateadd, datediff, datename, datepart,
+    days_in_month, is_leap_year,
 };
 
 /// The README's example of the time helpers in a plugin.
@@ -71,7 +71,7 @@ mod readme {
     }
 }
 
-const ALL_PARTS: [DatePart; 11] = [
+const ALL_PARTS: [DatePart; 12] = [
     DatePart::Year,
     DatePart::Quarter,
     DatePart::Month,
@@ -83,6 +83,7 @@ const ALL_PARTS: [DatePart; 11] = [
     DatePart::Minute,
     DatePart::Second,
     DatePart::Millisecond,
+    DatePart::Microsecond,
 ];
 
 /// A deterministic generator (SplitMix64), so a failure is reproducible.
@@ -245,6 +246,7 @@ fn datepart_and_datename_match_chrono() {
             i64::from(c.minute()),
             i64::from(c.second()),
             i64::from(c.nanosecond() / 1_000_000),
+            i64::from(c.nanosecond() / 1_000),
         ];
         for (part, expected) in ALL_PARTS.into_iter().zip(expected) {
             assert_eq!(datepart(part, t), expected, "{part:?} of {c}");
@@ -285,6 +287,7 @@ fn chrono_datediff(part: DatePart, a: DateTime<Utc>, b: DateTime<Utc>) -> i64 {
             - truncated(a, TimeDelta::seconds(1)))
         .num_seconds(),
         DatePart::Millisecond => (b - a).num_milliseconds(),
+        DatePart::Microsecond => (b - a).num_microseconds().expect("in range"),
     }
 }
 
@@ -841,6 +844,8 @@ fn date_part_names_as_stream_analytics_spells_them() {
         ("s", DatePart::Second),
         ("millisecond", DatePart::Millisecond),
         ("ms", DatePart::Millisecond),
+        ("microsecond", DatePart::Microsecond),
+        ("MCS", DatePart::Microsecond),
     ];
     for (name, part) in names {
         assert_eq!(name.parse::<DatePart>(), Ok(part), "{name}");
@@ -873,6 +878,8 @@ fn far_instants_do_not_panic() {
     for millis in [i64::MIN, i64::MIN + 1, i64::MAX, i64::MAX - 1] {
         let t = Timestamp::from_epoch_millis(millis);
         for part in ALL_PARTS {
+            let _ = dateadd(part, 1, t);
+            let _ = dateadd(part, -1, t);
             let _ = datepart(part, t);
             let _ = datename(part, t);
             let _ = datediff(part, t, Timestamp::EPOCH);
@@ -882,4 +889,124 @@ fn far_instants_do_not_panic() {
         let _ = t.truncate(Duration::MAX);
         let _ = t.truncate(Duration::from_secs(86_400));
     }
+}
+
+/// DATEADD with chrono: months through `checked_add_months` (which also clamps to the month's
+/// last day), everything else as a duration.
+fn chrono_dateadd(part: DatePart, number: i64, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let months = |n: i64| {
+        let count = Months::new(u32::try_from(n.unsigned_abs()).ok()?);
+        if n < 0 {
+            t.checked_sub_months(count)
+        } else {
+            t.checked_add_months(count)
+        }
+    };
+    match part {
+        DatePart::Year => months(number * 12),
+        DatePart::Quarter => months(number * 3),
+        DatePart::Month => months(number),
+        DatePart::Week => t.checked_add_signed(TimeDelta::weeks(number)),
+        DatePart::DayOfYear | DatePart::Day | DatePart::Weekday => {
+            t.checked_add_signed(TimeDelta::days(number))
+        }
+        DatePart::Hour => t.checked_add_signed(TimeDelta::hours(number)),
+        DatePart::Minute => t.checked_add_signed(TimeDelta::minutes(number)),
+        DatePart::Second => t.checked_add_signed(TimeDelta::seconds(number)),
+        DatePart::Millisecond => t.checked_add_signed(TimeDelta::milliseconds(number)),
+        DatePart::Microsecond => t.checked_add_signed(TimeDelta::milliseconds(number / 1000)),
+    }
+}
+
+#[test]
+fn dateadd_matches_chrono() {
+    let mut numbers = Numbers(7);
+    for (i, millis) in instants().into_iter().step_by(3).enumerate() {
+        let part = ALL_PARTS[i % ALL_PARTS.len()];
+        let number = match i % 3 {
+            0 => numbers.between(-3, 4),
+            1 => numbers.between(-200, 200),
+            _ => numbers.between(-100_000, 100_000),
+        };
+        let number = if matches!(part, DatePart::Year | DatePart::Quarter) {
+            number % 500
+        } else {
+            number
+        };
+        let t = Timestamp::from_epoch_millis(millis);
+        let c = chrono_of(millis);
+        assert_eq!(
+            dateadd(part, number, t).map(Timestamp::epoch_millis),
+            chrono_dateadd(part, number, c).map(|c| c.timestamp_millis()),
+            "DATEADD({part:?}, {number}, {c})"
+        );
+    }
+}
+
+#[test]
+fn dateadd_keeps_the_last_day_of_a_shorter_month() {
+    let t = |text: &str| Timestamp::parse(text).expect("valid");
+    let add = |part, number, text| dateadd(part, number, t(text)).map(|t| t.to_string());
+    let cases = [
+        (
+            DatePart::Month,
+            1,
+            "2026-01-31T10:00:00Z",
+            "2026-02-28T10:00:00Z",
+        ),
+        (
+            DatePart::Month,
+            1,
+            "2024-01-31T10:00:00Z",
+            "2024-02-29T10:00:00Z",
+        ),
+        (
+            DatePart::Year,
+            1,
+            "2000-02-29T00:00:00Z",
+            "2001-02-28T00:00:00Z",
+        ),
+        (
+            DatePart::Year,
+            -100,
+            "2000-02-29T00:00:00Z",
+            "1900-02-28T00:00:00Z",
+        ),
+        (
+            DatePart::Quarter,
+            -1,
+            "2026-05-31T00:00:00Z",
+            "2026-02-28T00:00:00Z",
+        ),
+        (
+            DatePart::Week,
+            1,
+            "2026-11-22T18:30:00Z",
+            "2026-11-29T18:30:00Z",
+        ),
+        (
+            DatePart::Hour,
+            2,
+            "2026-11-22T23:30:00Z",
+            "2026-11-23T01:30:00Z",
+        ),
+        (
+            DatePart::Microsecond,
+            2500,
+            "2026-11-22T23:30:00Z",
+            "2026-11-22T23:30:00.002Z",
+        ),
+    ];
+    for (part, number, start, expected) in cases {
+        assert_eq!(
+            add(part, number, start).as_deref(),
+            Some(expected),
+            "{part:?} {number} {start}"
+        );
+    }
+    let last = Timestamp::from_epoch_millis(i64::MAX);
+    assert_eq!(dateadd(DatePart::Millisecond, 1, last), None);
+    assert_eq!(dateadd(DatePart::Year, 1, last), None);
+    assert_eq!(dateadd(DatePart::Year, i64::MAX, Timestamp::EPOCH), None);
+    assert_eq!(dateadd(DatePart::Day, i64::MIN, Timestamp::EPOCH), None);
 }
