@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use crate::bindings::Property;
 use crate::error::Result;
+use crate::time::Timestamp;
 
 /// One input event.
 ///
@@ -89,6 +90,43 @@ impl<'a> Event<'a> {
         self.time
     }
 
+    /// Event time as a [`Timestamp`], for its calendar parts (UTC):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weir_sdk::prelude::*;
+    ///
+    /// fn day_and_hour(event: &Event) -> (&'static str, u32) {
+    ///     let time = event.timestamp();
+    ///     (time.weekday_name(), time.hour()) // ("Sunday", 18)
+    /// }
+    ///
+    /// fn five_minute_bucket(event: &Event) -> String {
+    ///     event.timestamp().truncate(Duration::from_secs(300)).to_string() // "2026-11-22T18:30:00Z"
+    /// }
+    /// # let _ = (day_and_hour, five_minute_bucket);
+    /// ```
+    pub fn timestamp(&self) -> Timestamp {
+        Timestamp::from_epoch_millis(self.time)
+    }
+
+    /// The top-level body field `name` read as a timestamp: an RFC 3339 string (or any text
+    /// [`Timestamp::parse`] reads) or a number of epoch milliseconds.
+    ///
+    /// Rejects the event with the reason when the body is not a JSON object, the field is
+    /// missing (``missing field `ShowTime` ``), or its value is not a timestamp
+    /// (`ShowTime: invalid timestamp "soon": expected RFC 3339, ...`). To read several fields at once, put a
+    /// [`Timestamp`] field in the struct given to [`Event::json`] instead.
+    pub fn field_time(&self, name: &str) -> Result<Timestamp> {
+        let mut deserializer = serde_json::Deserializer::from_slice(self.body);
+        let found =
+            serde::de::DeserializeSeed::deserialize(FieldValue { name }, &mut deserializer)?;
+        deserializer.end()?;
+        let value = found.ok_or_else(|| crate::Error::reject(format!("missing field `{name}`")))?;
+        // Read outside serde, so the reason names the field rather than a column of the body.
+        Timestamp::from_json(&value).map_err(|error| crate::Error::from(error).context(name))
+    }
+
     /// When the event entered Weir or its broker, in milliseconds since the Unix epoch.
     pub fn enqueued_time(&self) -> i64 {
         self.enqueued_time
@@ -118,5 +156,65 @@ impl<'a> Event<'a> {
         self.properties
             .iter()
             .map(|p| (p.name.as_str(), p.value.as_str()))
+    }
+}
+
+/// Finds one field of a JSON object and takes its value, skipping the others without building
+/// them.
+struct FieldValue<'n> {
+    name: &'n str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldValue<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldValue<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_it) = map.next_key_seed(KeyIs(self.name))? {
+            if is_it && found.is_none() {
+                found = Some(map.next_value::<serde_json::Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Compares an object key with a name, without allocating for it (unless it has escapes).
+struct KeyIs<'n>(&'n str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }

@@ -129,6 +129,7 @@ mod join;
 mod runner;
 pub mod testing;
 mod text;
+pub mod time;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 mod window;
@@ -233,6 +234,7 @@ pub use weir_sdk_macros::join;
 /// The serde derives come from the plugin's own `serde` dependency (with its `derive` feature),
 /// which their generated code refers to.
 pub mod prelude {
+    pub use crate::time::{DatePart, Timestamp, Weekday};
     pub use crate::{
         Aggregate, Context, Error, Event, Level, Result, Text, Window, join, transform,
     };

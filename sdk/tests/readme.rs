@@ -16,6 +16,7 @@ fn the_readme_shows_exactly_these_files() {
     for file in [
         include_str!("readme/plugin.rs"),
         include_str!("readme/test.rs"),
+        include_str!("readme/time.rs"),
     ] {
         assert!(
             readme.contains(file.trim()),

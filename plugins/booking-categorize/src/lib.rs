@@ -126,21 +126,11 @@ pub fn category(event_type: &str) -> &'static str {
     }
 }
 
-const DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-
-/// Day of the week and hour (UTC) of a time in milliseconds since the Unix epoch (a Thursday).
+/// Day of the week (its name, as `DATENAME(weekday, ...)` gives it) and hour (UTC) of a time in
+/// milliseconds since the Unix epoch.
 pub fn day_and_hour(millis: i64) -> (&'static str, i64) {
-    let days = millis.div_euclid(86_400_000);
-    let day = DAYS[(days + 3).rem_euclid(7) as usize];
-    (day, millis.div_euclid(3_600_000).rem_euclid(24))
+    let time = Timestamp::from_epoch_millis(millis);
+    (time.weekday_name(), i64::from(time.hour()))
 }
 
 /// Splits a booking into seat rows; forwards a payment.
