@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::StartError;
 use crate::checkpoint::Checkpoint;
-use crate::config::{LoadedConfig, PipelineConfig, StageConfig, StageKind};
+use crate::config::{LoadedConfig, PipelineConfig, PluginStage, StageConfig, StageKind};
 use crate::metrics::Metrics;
 use crate::plugin::{
     InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot,
@@ -101,25 +101,34 @@ pub(crate) async fn load_references(
     Ok(references)
 }
 
+/// A plugin stage's parts: the version it starts with, its instance settings and the version
+/// slot it follows (if it is hot-swappable).
+struct PluginParts {
+    plugin: Arc<Plugin>,
+    settings: Arc<InstanceSettings>,
+    slot: Option<Arc<PluginSlot<Plugin>>>,
+}
+
+impl PluginParts {
+    /// A window or join stage's instance slot, from `keyed` (its restored keyed state).
+    fn instance_slot(self, keyed: KeyedState) -> InstanceSlot {
+        instance_slot(self.plugin, self.settings, keyed, self.slot)
+    }
+}
+
 impl StageBuilder<'_> {
     /// The stage `stage` describes, with its state restored from the checkpoint.
     pub(crate) fn build(&self, stage: &StageConfig) -> Result<Box<dyn Stage>, StartError> {
-        let restore_error = |reason: String| StartError::Restore {
-            pipeline: self.pipeline_name.to_owned(),
-            partition: self.partition,
-            stage: stage.name.clone(),
-            reason,
-        };
+        let name: Arc<str> = stage.name.as_str().into();
         let snapshot = self.checkpoint.stages.get(&stage.name).map(Vec::as_slice);
-        let plugin_stage = match &stage.kind {
-            StageKind::Transform { plugin }
-            | StageKind::Window { plugin, .. }
-            | StageKind::Join { plugin, .. } => plugin,
+        let restore_error = |reason: String| self.restore_error(stage, reason);
+        let labels = self.telemetry.label_versions;
+        Ok(match &stage.kind {
             StageKind::Dedup { dedup } => {
                 let horizon = i64::try_from(dedup.horizon.get().as_millis()).unwrap_or(i64::MAX);
-                return Ok(Box::new(
+                Box::new(
                     DedupStage::new(
-                        stage.name.as_str().into(),
+                        name,
                         self.pipeline.clone(),
                         self.partition,
                         dedup.id_field.clone(),
@@ -128,12 +137,82 @@ impl StageBuilder<'_> {
                         self.metrics.clone(),
                     )
                     .map_err(|e| restore_error(e.to_string()))?,
-                ));
+                )
             }
-        };
+            StageKind::Join { plugin, join } => {
+                let parts = self.plugin_parts(stage, plugin)?;
+                Box::new(
+                    JoinStage::new(
+                        name,
+                        JoinSettings::from_config(join),
+                        |keyed| parts.instance_slot(keyed),
+                        snapshot,
+                        self.metrics.clone(),
+                    )
+                    .map_err(|e| restore_error(e.to_string()))?
+                    .with_version_labels(labels),
+                )
+            }
+            StageKind::Window { plugin, window } => {
+                let parts = self.plugin_parts(stage, plugin)?;
+                Box::new(
+                    WindowStage::new(
+                        name,
+                        WindowSettings::from_config(window),
+                        |keyed| parts.instance_slot(keyed),
+                        snapshot,
+                        self.metrics.clone(),
+                    )
+                    .map_err(|e| restore_error(e.to_string()))?
+                    .with_version_labels(labels),
+                )
+            }
+            StageKind::Transform { plugin } => {
+                let parts = self.plugin_parts(stage, plugin)?;
+                let state = match snapshot {
+                    Some(bytes) => {
+                        KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?
+                    }
+                    None => KeyedState::default(),
+                };
+                match parts.slot {
+                    Some(slot) => Box::new(WasmTransformStage::with_slot(
+                        name,
+                        slot,
+                        parts.settings,
+                        state,
+                        Some(self.telemetry.clone()),
+                    )),
+                    None => Box::new(WasmTransformStage::new(
+                        name,
+                        parts.plugin,
+                        parts.settings,
+                        state,
+                    )),
+                }
+            }
+        })
+    }
+
+    /// Why `stage` could not be restored or built.
+    fn restore_error(&self, stage: &StageConfig, reason: String) -> StartError {
+        StartError::Restore {
+            pipeline: self.pipeline_name.to_owned(),
+            partition: self.partition,
+            stage: stage.name.clone(),
+            reason,
+        }
+    }
+
+    /// The plugin a plugin stage starts with and its instance settings. A stage with a version
+    /// slot starts with the version active now (a worker started after a swap runs the new
+    /// version).
+    fn plugin_parts(
+        &self,
+        stage: &StageConfig,
+        plugin_stage: &PluginStage,
+    ) -> Result<PluginParts, StartError> {
         let slot = self.slots.get(&stage.name).cloned();
-        // A stage with a version slot starts with the version active now (a worker started
-        // after a swap runs the new version).
         let plugin = match &slot {
             Some(slot) => Some(slot.active().plugin),
             None => plugin_kind(stage)
@@ -143,7 +222,7 @@ impl StageBuilder<'_> {
                 })
                 .cloned(),
         }
-        .ok_or_else(|| restore_error("its plugin was not loaded".to_owned()))?;
+        .ok_or_else(|| self.restore_error(stage, "its plugin was not loaded".to_owned()))?;
         let config = &self.loaded.config;
         let config_json = match &plugin_stage.config {
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
@@ -171,55 +250,10 @@ impl StageBuilder<'_> {
                 .cloned()
                 .unwrap_or_else(ReferenceTables::none),
         });
-        if let StageKind::Join { join, .. } = &stage.kind {
-            return Ok(Box::new(
-                JoinStage::new(
-                    stage.name.as_str().into(),
-                    JoinSettings::from_config(join),
-                    |keyed| instance_slot(plugin, settings, keyed, slot),
-                    snapshot,
-                    self.metrics.clone(),
-                )
-                .map_err(|e| restore_error(e.to_string()))?
-                .with_version_labels(self.telemetry.label_versions),
-            ));
-        }
-        Ok(match &stage.kind {
-            StageKind::Window { window, .. } => Box::new(
-                WindowStage::new(
-                    stage.name.as_str().into(),
-                    WindowSettings::from_config(window),
-                    |keyed| instance_slot(plugin, settings, keyed, slot),
-                    snapshot,
-                    self.metrics.clone(),
-                )
-                .map_err(|e| restore_error(e.to_string()))?
-                .with_version_labels(self.telemetry.label_versions),
-            ),
-            // A transform: dedup and join stages were built above.
-            _ => {
-                let state = match snapshot {
-                    Some(bytes) => {
-                        KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?
-                    }
-                    None => KeyedState::default(),
-                };
-                match slot {
-                    Some(slot) => Box::new(WasmTransformStage::with_slot(
-                        stage.name.as_str().into(),
-                        slot,
-                        settings,
-                        state,
-                        Some(self.telemetry.clone()),
-                    )),
-                    None => Box::new(WasmTransformStage::new(
-                        stage.name.as_str().into(),
-                        plugin,
-                        settings,
-                        state,
-                    )),
-                }
-            }
+        Ok(PluginParts {
+            plugin,
+            settings,
+            slot,
         })
     }
 }

@@ -159,7 +159,6 @@ impl PartitionWorker {
     }
 
     async fn run_loop(mut self) -> Result<WorkerReport, WorkerError> {
-        let partition_label = self.partition.to_string();
         let mut report = WorkerReport {
             partition: self.partition,
             checkpointed: self.checkpointed,
@@ -174,49 +173,13 @@ impl PartitionWorker {
                 tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "stopping: shutdown requested");
                 break;
             }
-            let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
-            let wait = self
-                .settings
-                .batch_max_wait
-                .min(until_checkpoint)
-                .max(Duration::from_millis(1));
-            let read = match self
-                .reader
-                .next_batch(self.settings.batch_max_events, wait)
-                .await
-            {
-                Ok(read) => read,
-                // Another reader took the partition: stop reading it, and checkpoint what was
-                // processed (below); the process goes on with its other partitions.
-                Err(crate::source::SourceError::Lost { reason, .. }) => {
-                    tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "partition taken by another reader; stopping its worker");
-                    report.lost = Some(reason);
-                    break;
-                }
-                Err(error) => return Err(error.into()),
+            let Some(read) = self.read_next(next_checkpoint, &mut report).await? else {
+                break;
             };
             match read {
                 ReadOutcome::Events(events) => {
-                    let last = events.last().map(|e| e.position);
-                    let count = events.len() as u64;
-                    report.events_in += count;
-                    self.metrics.add(
-                        names::EVENTS_IN,
-                        &[
-                            ("pipeline", &self.settings.pipeline),
-                            ("source", &self.settings.source),
-                            ("partition", &partition_label),
-                        ],
-                        count,
-                    );
-                    let started = std::time::Instant::now();
-                    let dead_before = report.dead_letters;
-                    self.process_batch(events, &mut stage_inputs, &mut output, &mut report)
+                    self.on_events(events, &mut stage_inputs, &mut output, &mut report)
                         .await?;
-                    if last.is_some() {
-                        self.position = last;
-                    }
-                    self.batch_done(started, count, report.dead_letters - dead_before);
                 }
                 ReadOutcome::Idle => {
                     // Lag changes without events too (a partition catches up when the source
@@ -236,28 +199,9 @@ impl PartitionWorker {
                     last,
                     reason,
                 } => {
-                    // What is known of data that cannot be decoded goes to the dead letters, at
-                    // its first position; the checkpoint moves past it.
-                    let origin = DeadLetterOrigin {
-                        pipeline: &self.settings.pipeline,
-                        stage: None,
-                        sink: None,
-                        plugin_version: None,
-                    };
-                    let kind = DeadLetterKind::Undecodable;
-                    let letter = dead_letter(
-                        &Event::new(self.partition, first, ""),
-                        kind,
-                        &reason,
-                        origin,
-                    );
-                    self.deliver(
-                        vec![(kind, letter)],
-                        &mut stage_inputs,
-                        &mut output,
-                        &mut report,
-                    )
-                    .await?;
+                    let letter = self.undecodable_letter(first, &reason);
+                    self.deliver(vec![letter], &mut stage_inputs, &mut output, &mut report)
+                        .await?;
                     self.position = Some(last);
                 }
                 ReadOutcome::End => {
@@ -278,6 +222,82 @@ impl PartitionWorker {
         self.checkpoint().await?;
         report.checkpointed = self.checkpointed;
         Ok(report)
+    }
+
+    /// Waits for the next batch, at most until the batch wait or the next checkpoint is due.
+    /// `None` when another reader took the partition: the worker stops reading it, and
+    /// checkpoints what was processed; the process goes on with its other partitions.
+    async fn read_next(
+        &mut self,
+        next_checkpoint: Instant,
+        report: &mut WorkerReport,
+    ) -> Result<Option<ReadOutcome>, WorkerError> {
+        let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
+        let wait = self
+            .settings
+            .batch_max_wait
+            .min(until_checkpoint)
+            .max(Duration::from_millis(1));
+        match self
+            .reader
+            .next_batch(self.settings.batch_max_events, wait)
+            .await
+        {
+            Ok(read) => Ok(Some(read)),
+            Err(crate::source::SourceError::Lost { reason, .. }) => {
+                tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "partition taken by another reader; stopping its worker");
+                report.lost = Some(reason);
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Counts a batch the source read, runs it through the stages into the sinks and moves the
+    /// partition's position to its last event.
+    async fn on_events(
+        &mut self,
+        events: Vec<Event>,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let last = events.last().map(|e| e.position);
+        let count = events.len() as u64;
+        report.events_in += count;
+        let partition_label = self.partition.to_string();
+        self.metrics.add(
+            names::EVENTS_IN,
+            &[
+                ("pipeline", &self.settings.pipeline),
+                ("source", &self.settings.source),
+                ("partition", &partition_label),
+            ],
+            count,
+        );
+        let started = std::time::Instant::now();
+        let dead_before = report.dead_letters;
+        self.process_batch(events, stage_inputs, output, report)
+            .await?;
+        if last.is_some() {
+            self.position = last;
+        }
+        self.batch_done(started, count, report.dead_letters - dead_before);
+        Ok(())
+    }
+
+    /// What is known of data that cannot be decoded, as a dead letter at its first position (the
+    /// checkpoint then moves past it).
+    fn undecodable_letter(&self, first: Position, reason: &str) -> (DeadLetterKind, Event) {
+        let origin = DeadLetterOrigin {
+            pipeline: &self.settings.pipeline,
+            stage: None,
+            sink: None,
+            plugin_version: None,
+        };
+        let kind = DeadLetterKind::Undecodable;
+        let letter = dead_letter(&Event::new(self.partition, first, ""), kind, reason, origin);
+        (kind, letter)
     }
 
     /// Refreshes the partition's consumer lag (metric and status) while no events come.
