@@ -332,9 +332,13 @@ async fn compile_plugins(
             let compiled = compile_plugin(engine.clone(), path.clone(), kind)
                 .await
                 .map_err(refused)?;
+            let package = compiled.0.package();
             tracing::info!(
                 pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
-                version = %compiled.0.version(), path = %path.display(), "plugin loaded"
+                version = %compiled.0.version(), path = %path.display(),
+                name = package.map_or("", |p| p.name.as_str()),
+                crate_version = package.map_or("", |p| p.version.as_str()),
+                "plugin loaded"
             );
             plugins.insert((path, kind), compiled);
         }
