@@ -332,14 +332,18 @@ async fn compile_plugins(
             let compiled = compile_plugin(engine.clone(), path.clone(), kind)
                 .await
                 .map_err(refused)?;
-            let package = compiled.0.package();
-            tracing::info!(
-                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
-                version = %compiled.0.version(), path = %path.display(),
-                name = package.map_or("", |p| p.name.as_str()),
-                crate_version = package.map_or("", |p| p.version.as_str()),
-                "plugin loaded"
-            );
+            // With the crate's name and version when `weir plugin build` recorded them.
+            match compiled.0.package() {
+                Some(package) => tracing::info!(
+                    pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                    version = %compiled.0.version(), path = %path.display(),
+                    name = %package.name, crate_version = %package.version, "plugin loaded"
+                ),
+                None => tracing::info!(
+                    pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                    version = %compiled.0.version(), path = %path.display(), "plugin loaded"
+                ),
+            }
             plugins.insert((path, kind), compiled);
         }
     }
