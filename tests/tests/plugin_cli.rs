@@ -2,7 +2,8 @@
 //! for each kind a new crate passes its own tests as written (`cargo test`: the harness and its
 //! test case), builds into a component the host accepts for its world (`weir validate`), and the
 //! host shows the crate's name and version beside the content hash (`weir validate`, the "plugin
-//! loaded" log line, `GET /plugins`). A bad name and a directory with files are refused.
+//! loaded" log line, `GET /plugins`). A bad name and a directory with files are refused, and so is
+//! a component that is not of the kind its crate names.
 //!
 //! The three crates share one target directory (the one the workspace's tests build their plugins
 //! in, `tests/build.rs`), so they compile the SDK's dependencies once, or not at all.
@@ -125,6 +126,26 @@ fn new_plugins_of_every_kind_test_build_validate_and_name_their_crate() {
     assert!(process.is_running());
     process.terminate();
     process.wait(Duration::from_secs(30));
+
+    // A crate whose component is not of the kind its manifest names is refused by the build.
+    let transform = outside.path().join("my-transform");
+    let manifest = std::fs::read_to_string(transform.join("Cargo.toml")).expect("manifest");
+    std::fs::write(
+        transform.join("Cargo.toml"),
+        manifest.replace("kind = \"transform\"", "kind = \"window\""),
+    )
+    .expect("write manifest");
+    let out = weir(&home, &target)
+        .args(["plugin", "build"])
+        .arg(&transform)
+        .output()
+        .expect("run weir");
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("does not implement world `weir:plugin/window-aggregate@0.1.0`"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -209,8 +209,6 @@ pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
         path: built.clone(),
         source,
     })?;
-    let engine = PluginEngine::new()?;
-    let kind = check(&engine, &built, &bytes, info.kind)?;
     let package_info = PackageInfo {
         name: info.name.clone(),
         version: info.version.clone(),
@@ -226,8 +224,11 @@ pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
         source,
     })?;
     let path = out_dir.join(format!("{}.wasm", info.lib_name));
-    // Checked once more as the host will load it: with the section, from the file.
-    let plugin = engine.from_bytes(&path, &with_section, kind)?;
+    // Checked as the host will load it: with the section (which must not change what the
+    // component is), before it is written where a stage may point; errors name cargo's file.
+    let engine = PluginEngine::new()?;
+    let kind = check(&engine, &built, &with_section, info.kind)?;
+    let hash = crate::plugin::content_version(&with_section);
     std::fs::write(&path, &with_section).map_err(|source| PluginCliError::Write {
         path: path.clone(),
         source,
@@ -236,7 +237,7 @@ pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
         world: kind.world(),
         package: package_info,
         bytes: with_section.len() as u64,
-        hash: plugin.version().to_string(),
+        hash,
         path,
     })
 }
