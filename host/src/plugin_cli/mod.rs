@@ -22,20 +22,20 @@ pub enum PluginCommand {
     /// Write a new plugin crate: a small working example of its kind, a native test and a test
     /// case. It builds anywhere on disk, with the SDK this `weir` carries.
     New {
-        /// The crate's name (letters, digits, `-` and `_`; not starting with a digit).
+        /// The crate's name (letters, digits, `-` and `_`, starting with a letter).
         name: String,
         /// The kind of stage it is for.
         #[arg(long, value_enum)]
         kind: Kind,
         /// Where to write it (default: `./NAME`); must not exist or be empty.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Depend on the SDK of a Weir checkout (its `sdk/` directory) instead of the one this
         /// `weir` carries.
-        #[arg(long, conflicts_with = "sdk_git")]
+        #[arg(long, value_name = "PATH", conflicts_with = "sdk_git")]
         sdk: Option<PathBuf>,
         /// Depend on the SDK from a git repository of Weir.
-        #[arg(long)]
+        #[arg(long, value_name = "URL")]
         sdk_git: Option<String>,
     },
     /// Build a plugin crate into a component for `wasm32-wasip2` (release), check it against the
