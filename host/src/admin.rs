@@ -7,7 +7,7 @@
 //! | `GET /readyz` | 200 once every pipeline started, 503 while starting, stopping or after a worker failed |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /pipelines` | pipelines, partitions, positions, checkpoints, lag |
-//! | `GET /plugins` | every stage's plugin: active version, probation, versions, activations |
+//! | `GET /plugins` | every stage's plugin: active version (and its crate's `name` and `crate_version`), probation, versions, activations |
 //! | `GET /plugins/{pipeline}/{stage}` | one stage's plugin |
 //! | `POST /plugins/{pipeline}/{stage}` | upload a component (body: its bytes); token required |
 //! | `POST /plugins/{pipeline}/{stage}/rollback` | `{"version": "..."}` (or `{}`: the previous one); token required |
@@ -181,9 +181,25 @@ async fn plugins(State(state): State<AdminState>) -> Response {
         .plugins
         .all()
         .iter()
-        .map(|slot| slot.report())
+        .map(|slot| with_active_crate(slot.report()))
         .collect();
     json_response(StatusCode::OK, json!({ "plugins": reports }))
+}
+
+/// A slot's report as JSON, with the crate name and version of its active version beside
+/// `active` (the content hash), when the component records them (`weir plugin build`).
+fn with_active_crate(report: crate::plugin::SlotReport) -> serde_json::Value {
+    let active = report
+        .versions
+        .iter()
+        .find(|v| v.info.version == report.active)
+        .map(|v| (v.info.name.clone(), v.info.crate_version.clone()));
+    let mut value = json!(report);
+    if let (Some((Some(name), Some(version))), Some(object)) = (active, value.as_object_mut()) {
+        object.insert("name".into(), json!(name));
+        object.insert("crate_version".into(), json!(version));
+    }
+    value
 }
 
 #[allow(
@@ -208,7 +224,7 @@ async fn plugin(
     Path((pipeline, stage)): Path<(String, String)>,
 ) -> Response {
     match find_slot(&state, &pipeline, &stage) {
-        Ok(slot) => json_response(StatusCode::OK, json!(slot.report())),
+        Ok(slot) => json_response(StatusCode::OK, with_active_crate(slot.report())),
         Err(response) => response,
     }
 }

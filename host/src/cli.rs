@@ -1,4 +1,5 @@
-//! The `weir` command line: `weir run` and `weir validate`.
+//! The `weir` command line: `weir run`, `weir validate` and `weir plugin` (see
+//! [`crate::plugin_cli`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::pipeline;
+use crate::plugin_cli::{self, PluginCommand};
 
 /// Logs at info, without the client libraries' chatter (override with `WEIR_LOG`): the Delta
 /// libraries' per-commit lines and the error they log for a concurrent commit (which the Delta
@@ -41,6 +43,11 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Write, build and check plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
     },
 }
 
@@ -79,6 +86,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Validate { config } => validate(config).await,
+            // Blocking (cargo, one compilation) on the main thread, which nothing else needs.
+            Command::Plugin { command } => plugin_command(command),
         }
     });
     match result {
@@ -107,6 +116,53 @@ fn error_text(error: &anyhow::Error) -> String {
         previous = message;
     }
     text
+}
+
+/// Runs a `weir plugin` command.
+fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New {
+            name,
+            kind,
+            dir,
+            sdk,
+            sdk_git,
+        } => {
+            let sdk = match (sdk, sdk_git) {
+                (Some(path), _) => plugin_cli::SdkSource::Path(path),
+                (None, Some(url)) => plugin_cli::SdkSource::Git(url),
+                (None, None) => plugin_cli::SdkSource::embedded()?,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let plugin = plugin_cli::NewPlugin {
+                name,
+                kind,
+                dir,
+                sdk,
+            };
+            let files = plugin_cli::new(&plugin)?;
+            println!(
+                "created {} plugin `{}` in {}:",
+                kind.name(),
+                plugin.name,
+                plugin.dir.display()
+            );
+            for file in files {
+                println!("  {}", file.display());
+            }
+            println!(
+                "next: cd {} && cargo test && weir plugin build",
+                plugin.dir.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let built = plugin_cli::build(&dir)?;
+            println!("{built}");
+            Ok(())
+        }
+    }
 }
 
 /// How often the watcher looks at the plugin files.
@@ -360,8 +416,13 @@ async fn validate(config_path: PathBuf) -> anyhow::Result<()> {
                     stage.name
                 )
             })?;
+            // The crate it was built from, when `weir plugin build` recorded it.
+            let package = plugin
+                .package()
+                .map(|p| format!(", built from crate {} {}", p.name, p.version))
+                .unwrap_or_default();
             println!(
-                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {} (memory limit {} bytes, call deadline {:?})",
+                "pipeline `{pipeline}`, stage `{}`: plugin {} version {} implements {} (memory limit {} bytes, call deadline {:?}){package}",
                 stage.name,
                 plugin.name(),
                 plugin.version(),

@@ -17,6 +17,7 @@ pub mod json;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugin_cli;
 pub mod reference;
 pub mod sink;
 pub mod source;

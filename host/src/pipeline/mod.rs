@@ -332,10 +332,18 @@ async fn compile_plugins(
             let compiled = compile_plugin(engine.clone(), path.clone(), kind)
                 .await
                 .map_err(refused)?;
-            tracing::info!(
-                pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
-                version = %compiled.0.version(), path = %path.display(), "plugin loaded"
-            );
+            // With the crate's name and version when `weir plugin build` recorded them.
+            match compiled.0.package() {
+                Some(package) => tracing::info!(
+                    pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                    version = %compiled.0.version(), path = %path.display(),
+                    name = %package.name, crate_version = %package.version, "plugin loaded"
+                ),
+                None => tracing::info!(
+                    pipeline = %pipeline_name, stage = %stage.name, plugin = %compiled.0.name(),
+                    version = %compiled.0.version(), path = %path.display(), "plugin loaded"
+                ),
+            }
             plugins.insert((path, kind), compiled);
         }
     }

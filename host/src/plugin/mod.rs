@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod cache;
 mod instance_slot;
 pub mod loading;
+pub mod package;
 pub mod registry;
 pub mod retire;
 pub mod sandbox;
@@ -143,6 +144,11 @@ pub trait LoadedPlugin: Send + Sync + 'static {
 
     /// Plugin version (content hash).
     fn version(&self) -> &Arc<str>;
+
+    /// The crate it was built from, when its component records it (`weir plugin build`).
+    fn package(&self) -> Option<&package::PackageInfo> {
+        None
+    }
 
     /// Instantiates the plugin once and drops the instance, off the hot path, so that the first
     /// batch of the new version does not pay for what the first instantiation of a freshly
@@ -389,6 +395,7 @@ impl PluginEngine {
         Ok(Plugin {
             name: plugin_name(path).into(),
             version: content_version(bytes).into(),
+            package: package::read(bytes).map(Arc::new),
             path: path.to_path_buf(),
             kind,
             pre,
@@ -471,6 +478,10 @@ impl LoadedPlugin for Plugin {
         &self.version
     }
 
+    fn package(&self) -> Option<&package::PackageInfo> {
+        self.package.as_deref()
+    }
+
     fn warm_up(&self) -> Result<(), CallFailure> {
         // The default limits of a stage: a stage's own limits apply to its workers' instances.
         let settings = Arc::new(InstanceSettings {
@@ -489,6 +500,7 @@ impl LoadedPlugin for Plugin {
         let plugin = Arc::new(Plugin {
             name: self.name.clone(),
             version: self.version.clone(),
+            package: self.package.clone(),
             path: self.path.clone(),
             kind: self.kind,
             pre: self.pre.clone(),
@@ -504,6 +516,8 @@ impl LoadedPlugin for Plugin {
 pub struct Plugin {
     name: Arc<str>,
     version: Arc<str>,
+    /// The crate it was built from, when `weir plugin build` recorded it.
+    package: Option<Arc<package::PackageInfo>>,
     path: PathBuf,
     kind: PluginKind,
     pre: InstancePre<StoreState>,
@@ -523,6 +537,7 @@ impl std::fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("package", &self.package)
             .field("kind", &self.kind)
             .field("path", &self.path)
             .finish_non_exhaustive()
@@ -543,6 +558,11 @@ impl Plugin {
     /// Plugin version (content hash).
     pub fn version(&self) -> &Arc<str> {
         &self.version
+    }
+
+    /// The crate it was built from (name and version), when its component records it.
+    pub fn package(&self) -> Option<&package::PackageInfo> {
+        self.package.as_deref()
     }
 
     /// The file it was loaded from.

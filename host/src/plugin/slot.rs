@@ -54,6 +54,21 @@ pub struct VersionInfo {
     pub loaded_at: String,
     /// How it came.
     pub origin: VersionOrigin,
+    /// The name of the crate it was built from, when its component records it
+    /// (`weir plugin build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The version of that crate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crate_version: Option<String>,
+}
+
+/// The crate name and version `plugin` records, if it does.
+fn crate_of<P: LoadedPlugin>(plugin: &P) -> (Option<String>, Option<String>) {
+    match plugin.package() {
+        Some(package) => (Some(package.name.clone()), Some(package.version.clone())),
+        None => (None, None),
+    }
 }
 
 /// Why a version became the active one.
@@ -377,12 +392,15 @@ fn now_text() -> String {
 impl<P: LoadedPlugin> PluginSlot<P> {
     /// A slot holding `plugin` for good: it takes no new versions (benchmarks, embedded use).
     pub fn fixed(pipeline: Arc<str>, stage: Arc<str>, plugin: Arc<P>) -> Arc<Self> {
+        let (name, crate_version) = crate_of(&*plugin);
         let info = VersionInfo {
             version: plugin.version().to_string(),
             plugin: plugin.name().to_string(),
             bytes: 0,
             loaded_at: now_text(),
             origin: VersionOrigin::Config,
+            name,
+            crate_version,
         };
         Arc::new(PluginSlot {
             pipeline,
@@ -455,6 +473,8 @@ impl<P: LoadedPlugin> PluginSlot<P> {
                     bytes: bytes.len() as u64,
                     loaded_at: now_text(),
                     origin: VersionOrigin::Config,
+                    name: crate_of(&*configured).0,
+                    crate_version: crate_of(&*configured).1,
                 },
                 compiled: Some(configured.clone()),
             }),
@@ -965,12 +985,15 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
                 entry.info.clone()
             }
             None => {
+                let (name, crate_version) = crate_of(&*plugin);
                 let info = VersionInfo {
                     version: version.clone(),
                     plugin: plugin.name().to_string(),
                     bytes: bytes.len() as u64,
                     loaded_at: now_text(),
                     origin,
+                    name,
+                    crate_version,
                 };
                 inner.versions.push(Entry {
                     info: info.clone(),
