@@ -7,7 +7,7 @@ use super::{Kind, PluginCliError, sdk};
 /// Where a new crate finds `weir-sdk`.
 #[derive(Debug, Clone)]
 pub enum SdkSource {
-    /// The SDK this `weir` carries, unpacked under this directory (see [`sdk::default_root`]).
+    /// The SDK this `weir` carries, unpacked under this directory (see `sdk::default_root`).
     Embedded(PathBuf),
     /// The `sdk/` directory of a Weir checkout.
     Path(PathBuf),
