@@ -222,7 +222,7 @@ pub struct DedupConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// `tumbling`, `hopping`, `sliding` or `session`.
+    /// `tumbling`, `hopping`, `sliding`, `session` or `snapshot`.
     #[serde(rename = "type")]
     pub kind: WindowKind,
     /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
@@ -293,6 +293,9 @@ pub enum WindowKind {
     Sliding,
     /// A key's events with no gap longer than `gap` between them.
     Session,
+    /// A key's events with the same timestamp (Stream Analytics' `GROUP BY System.Timestamp()`):
+    /// the window is that instant, in both semantics.
+    Snapshot,
 }
 
 /// One destination or several.
@@ -663,11 +666,13 @@ fn validate_window(
         WindowKind::Hopping => "hopping",
         WindowKind::Sliding => "sliding",
         WindowKind::Session => "session",
+        WindowKind::Snapshot => "snapshot",
     };
     let (needed, allowed): (&[&str], &[&str]) = match window.kind {
         WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
         WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
         WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
+        WindowKind::Snapshot => (&[], &[]),
     };
     let given = [
         ("size", window.size),
@@ -688,11 +693,15 @@ fn validate_window(
                     &key(name),
                     format!(
                         "a {kind} window has no `{name}` (it takes {})",
-                        allowed
-                            .iter()
-                            .map(|a| format!("`{a}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        if allowed.is_empty() {
+                            "no duration".to_owned()
+                        } else {
+                            allowed
+                                .iter()
+                                .map(|a| format!("`{a}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
                     ),
                 ));
             }
@@ -864,6 +873,10 @@ outputs = { rows = "out" }
             (
                 r#"{ type = "hopping", size = "1h", hop = "10m", offset = "10m", semantics = "stream_analytics" }"#,
                 "the offset of a window must be shorter than its hop",
+            ),
+            (
+                r#"{ type = "snapshot", size = "1h" }"#,
+                "a snapshot window has no `size` (it takes no duration)",
             ),
             (
                 r#"{ type = "tumbling", size = "1h", semantics = "asa" }"#,

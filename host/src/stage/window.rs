@@ -75,6 +75,8 @@ pub enum WindowSpec {
     },
     /// Azure Stream Analytics' windows, bounds `(start, end]`.
     StreamAnalytics(AsaWindow),
+    /// A key's events at the same instant `t` (either semantics), held as `[t, t + 1)`.
+    Snapshot,
 }
 
 /// Azure Stream Analytics' windows, with durations in milliseconds. Their bounds are
@@ -133,6 +135,7 @@ impl WindowSpec {
     /// [`Windows::shown_bounds`]).
     pub(super) fn shown(self, start: i64, end: i64) -> (i64, i64) {
         match self {
+            WindowSpec::Snapshot => (start, start),
             WindowSpec::StreamAnalytics(AsaWindow::Session { .. }) => (start, end - 1),
             WindowSpec::StreamAnalytics(_) => (start - 1, end - 1),
             _ => (start, end),
@@ -185,6 +188,15 @@ impl WindowSettings {
                     timeout: millis(config.gap),
                     max_duration: config.max_duration.map(|d| millis(Some(d))),
                 },
+                // The same instant in both semantics.
+                WindowKind::Snapshot => {
+                    return WindowSettings {
+                        spec: WindowSpec::Snapshot,
+                        group_by: config.group_by.clone(),
+                        start_field: config.start_field.clone(),
+                        end_field: config.end_field.clone(),
+                    };
+                }
             };
             return WindowSettings {
                 spec: WindowSpec::StreamAnalytics(asa),
@@ -208,6 +220,7 @@ impl WindowSettings {
                 gap: millis(config.gap),
                 max_duration: config.max_duration.map(|d| millis(Some(d))),
             },
+            WindowKind::Snapshot => WindowSpec::Snapshot,
         };
         WindowSettings {
             spec,
@@ -973,6 +986,7 @@ mod tests {
             (0, 20),
             "first event at 0, last at 10"
         );
+        assert_eq!(WindowSpec::Snapshot.shown(7, 8), (7, 7), "the instant 7");
         let weir = WindowSpec::Tumbling { size: 10 };
         assert_eq!(weir.shown(0, 10), (0, 10));
     }

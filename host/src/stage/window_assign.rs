@@ -154,6 +154,7 @@ impl WindowState {
                 .map(|s| (s, s + size))
                 .collect(),
             WindowSpec::StreamAnalytics(asa) => return self.assign_asa(asa, key, event),
+            WindowSpec::Snapshot => vec![(time, time.saturating_add(1))],
             WindowSpec::Sliding { size } => {
                 let end = time.saturating_add(1);
                 if self.closed_before(end) {
@@ -900,6 +901,16 @@ mod tests {
                 groups: &[],
                 refused: &[(0, Some(3))],
                 open: &[("a", 3, 4)],
+                recent: &[],
+            },
+            Case {
+                name: "snapshot: the events of one instant, per key",
+                spec: WindowSpec::Snapshot,
+                watermark: Some(5),
+                events: &[("a", 5), ("b", 5), ("a", 5), ("a", 6), ("a", 4)],
+                groups: &[("a", 5, 6, &[0, 2]), ("b", 5, 6, &[1]), ("a", 6, 7, &[3])],
+                refused: &[(4, Some(4))],
+                open: &[("a", 5, 6), ("b", 5, 6), ("a", 6, 7)],
                 recent: &[],
             },
             Case {
