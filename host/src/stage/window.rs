@@ -1,14 +1,17 @@
-//! The window stage: tumbling, hopping, sliding and session windows in event time, grouped by
+//! The window stage: tumbling, hopping, sliding, session and snapshot windows in event time,
+//! under Weir's semantics or Azure Stream Analytics' ([`WindowSpec`], [`AsaWindow`]), grouped by
 //! fields the pipeline names, with accumulators a window-aggregate plugin defines and the host
-//! keeps.
+//! keeps. Every window is held as a half-open `[start, end)` of whole milliseconds (ASA's
+//! `(s, e]` as `[s + 1, e + 1)`), so assignment, closing and lateness are one code.
 //!
 //! - [`Stage::process`](super::Stage::process) assigns each event to its (key, window) groups and folds the batch into
 //!   the groups' accumulators in one call of the plugin's `fold` (sliding windows keep the key's
 //!   recent events instead and fold them when a window closes).
 //! - [`Stage::watermarks`](super::Stage::watermarks) closes, mark by mark, the windows whose end the watermark passes, and
 //!   calls `finish` once for all of them; each output carries the position of the mark that closed
-//!   its window, the window's end (minus 1 ms) as event time, and the group's fields and the
-//!   window's bounds, set by the host.
+//!   its window, the window's last instant as event time (the held end minus 1 ms: ASA's
+//!   `System.Timestamp()`, the window's end, under its semantics), and the group's fields and the
+//!   window's bounds as the semantics show them, set by the host.
 //! - Events arrive in event-time order (see [`crate::time`]), so folding a whole batch before
 //!   closing its marks' windows is exact: an event is never behind a window that closed before it.
 //!   An event for a window that has already closed (possible only for records of an earlier stage)
@@ -128,8 +131,10 @@ impl WindowSpec {
         }
     }
 
-    /// The bounds a window held as `[start, end)` has in these semantics, as outputs and the
-    /// plugin see them: Stream Analytics' `(start, end]` is `[start + 1, end + 1)` held, except
+    /// The bounds a window held as `[start, end)` has in these semantics, as outputs show them
+    /// (the plugin's `window` record carries the held bounds, start inclusive and end exclusive,
+    /// as the WIT contract says): Stream Analytics' `(start, end]` is `[start + 1, end + 1)`
+    /// held, except
     /// that a session's start is its first event's time (included) or the check point it went
     /// on from. Weir's windows show what they hold (sliding windows aside, see
     /// [`Windows::shown_bounds`]).
@@ -276,7 +281,6 @@ impl Windows {
         out: &mut StageOutput,
     ) -> Result<Vec<Vec<u8>>, StageError> {
         let mut call = FoldCall {
-            spec: self.settings.spec,
             events,
             groups,
             batch: empty_batch(0),
@@ -303,7 +307,7 @@ impl Windows {
             partition: core.partition(),
             closed,
             laid_out: closed,
-            request: finish_request(self.settings.spec, [].iter()),
+            request: finish_request([].iter()),
         };
         let windows = closed.len();
         core.run(&mut call, Trapped::Finish { windows }, out)?;
@@ -413,8 +417,6 @@ impl Windows {
 
 /// A `fold` call: the batch's windows at once, or, after a trap, one event with its windows.
 struct FoldCall<'a> {
-    /// The windows' semantics, for the bounds the plugin sees.
-    spec: WindowSpec,
     events: &'a [Event],
     groups: &'a [FoldGroup],
     /// The batch layout the request is filled from.
@@ -452,7 +454,7 @@ impl PluginCall for FoldCall<'_> {
             Units::One(unit) => Some(unit),
         };
         let Units::One(unit) = units else {
-            self.request = fold_request(self.spec, &mut self.batch, self.events, self.groups, None);
+            self.request = fold_request(&mut self.batch, self.events, self.groups, None);
             return;
         };
         let member = self.order[unit];
@@ -473,13 +475,7 @@ impl PluginCall for FoldCall<'_> {
                 members: vec![member],
             })
             .collect();
-        self.request = fold_request(
-            self.spec,
-            &mut self.batch,
-            self.events,
-            &single,
-            Some(member),
-        );
+        self.request = fold_request(&mut self.batch, self.events, &single, Some(member));
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<FoldResponse, CallError> {
@@ -556,7 +552,7 @@ impl PluginCall for FinishCall<'_> {
 
     fn lay_out(&mut self, units: Units) {
         self.laid_out = laid_out(self.closed, units);
-        self.request = finish_request(self.windows.settings.spec, self.laid_out.iter());
+        self.request = finish_request(self.laid_out.iter());
     }
 
     fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
@@ -619,7 +615,6 @@ fn offset(len: usize) -> u32 {
 
 /// A fold request for `groups` over `events` (or only event `only`, for the retry).
 fn fold_request(
-    spec: WindowSpec,
     batch: &mut EventBatch,
     events: &[Event],
     groups: &[FoldGroup],
@@ -639,11 +634,10 @@ fn fold_request(
     }
     request.events = std::mem::replace(batch, empty_batch(0));
     for group in groups {
-        let (start, end) = spec.shown(group.id.1, group.end);
         request.windows.push(WitWindow {
             key: group.id.0.to_string(),
-            start,
-            end,
+            start: group.id.1,
+            end: group.end,
         });
         request.accumulators.extend_from_slice(&group.accumulator);
         request
@@ -658,18 +652,17 @@ fn fold_request(
     request
 }
 
-fn finish_request<'a>(spec: WindowSpec, closed: impl Iterator<Item = &'a Closed>) -> FinishRequest {
+fn finish_request<'a>(closed: impl Iterator<Item = &'a Closed>) -> FinishRequest {
     let mut request = FinishRequest {
         windows: Vec::new(),
         accumulators: Vec::new(),
         accumulator_ends: Vec::new(),
     };
     for window in closed {
-        let (start, end) = spec.shown(window.id.1, window.window.end);
         request.windows.push(WitWindow {
             key: window.id.0.to_string(),
-            start,
-            end,
+            start: window.id.1,
+            end: window.window.end,
         });
         request
             .accumulators
