@@ -235,7 +235,8 @@ pub struct WindowConfig {
     /// Distance between the starts of two consecutive hopping windows.
     #[serde(default)]
     pub hop: Option<ConfigDuration>,
-    /// A session window closes after this long without an event of its key (session windows).
+    /// A session window closes after this long without an event of its key (session windows;
+    /// ASA's timeout).
     #[serde(default)]
     pub gap: Option<ConfigDuration>,
     /// A session window is cut after this long, however busy its key (session windows); under
@@ -285,13 +286,17 @@ pub enum WindowSemantics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
-    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
+    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)` (Stream Analytics':
+    /// `(offset + k·size, offset + (k+1)·size]`).
     Tumbling,
-    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
+    /// Fixed-size windows every `hop`: an event falls in about `size / hop` of them (Weir's
+    /// starts, Stream Analytics' ends fall on multiples of `hop`).
     Hopping,
-    /// A window ending at every event: the key's events in `(t − size, t]`.
+    /// A window ending at every event: the key's events in `(t − size, t]` (Stream Analytics':
+    /// also where each event leaves, at `t + size`).
     Sliding,
-    /// A key's events with no gap longer than `gap` between them.
+    /// A key's events with no gap of `gap` or more between them (Stream Analytics': no gap of
+    /// more than `gap`).
     Session,
     /// A key's events with the same timestamp (Stream Analytics' `GROUP BY System.Timestamp()`):
     /// the window is that instant, in both semantics.
