@@ -529,11 +529,30 @@ pub struct Aggregate {
     pub pressure_sum: f64,
 }
 
-/// `GROUP BY DeviceId, Location, DeviceType, TumblingWindow(minute, 5)`, folded plainly.
+/// `GROUP BY DeviceId, Location, DeviceType, TumblingWindow(minute, 5)`, folded plainly with
+/// Weir's windows `[start, end)`.
 pub fn expected_aggregates(readings: &[Reading]) -> BTreeMap<(String, i64), Aggregate> {
+    aggregates_by(readings, |time| {
+        time.div_euclid(FIVE_MINUTES) * FIVE_MINUTES
+    })
+}
+
+/// The same with Stream Analytics' windows `(start, end]`: a reading exactly on a fifth minute
+/// belongs to the window ending there.
+pub fn expected_asa_aggregates(readings: &[Reading]) -> BTreeMap<(String, i64), Aggregate> {
+    aggregates_by(readings, |time| {
+        (time - 1).div_euclid(FIVE_MINUTES) * FIVE_MINUTES
+    })
+}
+
+/// The 5-minute aggregates, each reading in the window starting at `start(time)`.
+fn aggregates_by(
+    readings: &[Reading],
+    start: impl Fn(i64) -> i64,
+) -> BTreeMap<(String, i64), Aggregate> {
     let mut groups: BTreeMap<(String, i64), Aggregate> = BTreeMap::new();
     for r in readings {
-        let start = r.time_ms.div_euclid(FIVE_MINUTES) * FIVE_MINUTES;
+        let start = start(r.time_ms);
         let group = groups
             .entry((r.device.clone(), start))
             .or_insert_with(|| Aggregate {

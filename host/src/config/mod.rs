@@ -39,7 +39,7 @@ pub use load::{ConfigError, LoadedConfig, load, load_str};
 use stage::StageTable;
 pub use stage::{
     DedupConfig, Destinations, JoinConfig, PluginStage, ReferenceFormat, ReferenceTableConfig,
-    StageConfig, StageKind, UnmatchedPolicy, WindowConfig, WindowKind,
+    StageConfig, StageKind, UnmatchedPolicy, WindowConfig, WindowKind, WindowSemantics,
 };
 
 /// A whole configuration file.

@@ -222,7 +222,7 @@ pub struct DedupConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// `tumbling`, `hopping`, `sliding` or `session`.
+    /// `tumbling`, `hopping`, `sliding`, `session` or `snapshot`.
     #[serde(rename = "type")]
     pub kind: WindowKind,
     /// Top-level fields whose values make up the group key (ASA's `GROUP BY`); absent: the
@@ -235,12 +235,22 @@ pub struct WindowConfig {
     /// Distance between the starts of two consecutive hopping windows.
     #[serde(default)]
     pub hop: Option<ConfigDuration>,
-    /// A session window closes after this long without an event of its key (session windows).
+    /// A session window closes after this long without an event of its key (session windows;
+    /// ASA's timeout).
     #[serde(default)]
     pub gap: Option<ConfigDuration>,
-    /// A session window is cut after this long, however busy its key (session windows).
+    /// A session window is cut after this long, however busy its key (session windows); under
+    /// `stream_analytics` semantics, checked at multiples of it (see [`WindowSemantics`]).
     #[serde(default)]
     pub max_duration: Option<ConfigDuration>,
+    /// Whose window semantics: Weir's own (`weir`, the default) or Azure Stream Analytics'
+    /// (`stream_analytics`).
+    #[serde(default)]
+    pub semantics: WindowSemantics,
+    /// Stream Analytics' offset argument of a tumbling or hopping window: window ends fall on
+    /// the Unix epoch plus `offset` plus multiples of the hop (`stream_analytics` semantics only).
+    #[serde(default)]
+    pub offset: Option<ConfigDuration>,
     /// Field of every output record that the host sets to the window's start (RFC 3339).
     #[serde(default = "default_window_start_field")]
     pub start_field: String,
@@ -256,18 +266,41 @@ fn default_window_end_field() -> String {
     "WindowEnd".to_owned()
 }
 
+/// Whose window semantics a window stage follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowSemantics {
+    /// Weir's own: windows `[start, end)` aligned to the Unix epoch; a sliding window per event;
+    /// a session ends at a gap of `gap` or more, cut at `max_duration` after its first event.
+    #[default]
+    Weir,
+    /// Azure Stream Analytics': windows `(start, end]` with ASA's offset; tumbling and hopping
+    /// windows end on the epoch plus `offset` plus multiples of the hop; a sliding window when an
+    /// event enters and when one leaves; a session ends at a gap of more than `gap` and is cut
+    /// at the first multiple of `max_duration` (since the epoch) at least `max_duration` after
+    /// its start, where the next session opens.
+    StreamAnalytics,
+}
+
 /// The kinds of window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
-    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)`.
+    /// Fixed-size windows one after the other: `[k·size, (k+1)·size)` (Stream Analytics':
+    /// `(offset + k·size, offset + (k+1)·size]`).
     Tumbling,
-    /// Fixed-size windows starting every `hop`: an event falls in `size / hop` of them.
+    /// Fixed-size windows every `hop`: an event falls in about `size / hop` of them (Weir's
+    /// starts, Stream Analytics' ends fall on multiples of `hop`).
     Hopping,
-    /// A window ending at every event: the key's events in `(t − size, t]`.
+    /// A window ending at every event: the key's events in `(t − size, t]` (Stream Analytics':
+    /// also where each event leaves, at `t + size`).
     Sliding,
-    /// A key's events with no gap longer than `gap` between them.
+    /// A key's events with no gap of `gap` or more between them (Stream Analytics': no gap of
+    /// more than `gap`).
     Session,
+    /// A key's events with the same timestamp (Stream Analytics' `GROUP BY System.Timestamp()`):
+    /// the window is that instant, in both semantics.
+    Snapshot,
 }
 
 /// One destination or several.
@@ -638,11 +671,13 @@ fn validate_window(
         WindowKind::Hopping => "hopping",
         WindowKind::Sliding => "sliding",
         WindowKind::Session => "session",
+        WindowKind::Snapshot => "snapshot",
     };
     let (needed, allowed): (&[&str], &[&str]) = match window.kind {
         WindowKind::Tumbling | WindowKind::Sliding => (&["size"], &["size"]),
         WindowKind::Hopping => (&["size", "hop"], &["size", "hop"]),
         WindowKind::Session => (&["gap"], &["gap", "max_duration"]),
+        WindowKind::Snapshot => (&[], &[]),
     };
     let given = [
         ("size", window.size),
@@ -663,11 +698,15 @@ fn validate_window(
                     &key(name),
                     format!(
                         "a {kind} window has no `{name}` (it takes {})",
-                        allowed
-                            .iter()
-                            .map(|a| format!("`{a}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        if allowed.is_empty() {
+                            "no duration".to_owned()
+                        } else {
+                            allowed
+                                .iter()
+                                .map(|a| format!("`{a}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
                     ),
                 ));
             }
@@ -675,6 +714,27 @@ fn validate_window(
                 return Err(doc.error(&key(name), "expected a duration above zero"));
             }
             _ => {}
+        }
+    }
+    if let Some(offset) = window.offset {
+        if window.semantics != WindowSemantics::StreamAnalytics {
+            return Err(doc.error(
+                &key("offset"),
+                "`offset` is Stream Analytics' window argument: it needs `semantics = \"stream_analytics\"`",
+            ));
+        }
+        if !matches!(window.kind, WindowKind::Tumbling | WindowKind::Hopping) {
+            return Err(doc.error(
+                &key("offset"),
+                format!("a {kind} window has no `offset` (only tumbling and hopping windows do)"),
+            ));
+        }
+        let hop = window.hop.or(window.size).map(|d| d.get());
+        if hop.is_some_and(|hop| offset.get() >= hop) {
+            return Err(doc.error(
+                &key("offset"),
+                "the offset of a window must be shorter than its hop (tumbling: its size)",
+            ));
         }
     }
     if let (Some(size), Some(hop)) = (window.size, window.hop)
@@ -774,5 +834,63 @@ outputs = { rows = "out" }
         assert!(window.is_time_based() && window.plugin().is_some());
         assert!(matches!(&join.kind, StageKind::Join { join, .. } if join.key == "K"));
         assert!(join.is_time_based() && join.plugin().is_some());
+    }
+
+    /// The window table of `FOUR_KINDS` replaced by `table`: the loaded window, or the error.
+    fn with_window(table: &str) -> Result<WindowConfig, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let text = FOUR_KINDS.replace(r#"{ type = "tumbling", size = "5m" }"#, table);
+        let loaded = super::super::load_str(&text, Path::new("weir.toml"), dir.path())
+            .map_err(|e| e.to_string())?;
+        loaded.config.pipelines["p"]
+            .stages
+            .iter()
+            .find_map(|stage| match &stage.kind {
+                StageKind::Window { window, .. } => Some(window.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| "no window stage".to_owned())
+    }
+
+    #[test]
+    fn window_semantics_default_to_weir_and_offset_is_stream_analytics_only() {
+        let weir = with_window(r#"{ type = "tumbling", size = "5m" }"#).expect("weir");
+        assert_eq!(weir.semantics, WindowSemantics::Weir);
+        let asa = with_window(
+            r#"{ type = "tumbling", size = "1h", offset = "15m", semantics = "stream_analytics" }"#,
+        )
+        .expect("asa");
+        assert_eq!(asa.semantics, WindowSemantics::StreamAnalytics);
+        assert_eq!(
+            asa.offset.map(|d| d.get()),
+            Some(std::time::Duration::from_secs(900))
+        );
+        let cases = [
+            (
+                r#"{ type = "tumbling", size = "1h", offset = "15m" }"#,
+                "weir.toml:27:44: `pipelines.p.stages[2].window.offset`: `offset` is Stream Analytics' window argument",
+            ),
+            (
+                r#"{ type = "sliding", size = "1h", offset = "15m", semantics = "stream_analytics" }"#,
+                "a sliding window has no `offset`",
+            ),
+            (
+                r#"{ type = "hopping", size = "1h", hop = "10m", offset = "10m", semantics = "stream_analytics" }"#,
+                "the offset of a window must be shorter than its hop",
+            ),
+            (
+                r#"{ type = "snapshot", size = "1h" }"#,
+                "a snapshot window has no `size` (it takes no duration)",
+            ),
+            (
+                r#"{ type = "tumbling", size = "1h", semantics = "asa" }"#,
+                "unknown variant `asa`",
+            ),
+        ];
+        for (table, expected) in cases {
+            let err = with_window(table).expect_err(table);
+            assert!(err.contains(expected), "{table}: {err}");
+        }
     }
 }

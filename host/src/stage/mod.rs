@@ -31,7 +31,7 @@ pub use plugin_stage::{
 pub use transform::{
     PLUGIN_VERSION_PROPERTY, StageTelemetry, Transform, WasmTransformStage, labelled_version,
 };
-pub use window::{WindowSettings, WindowSpec, WindowStage, Windows};
+pub use window::{AsaWindow, WindowSettings, WindowSpec, WindowStage, Windows};
 
 /// What a stage produced for one batch.
 #[derive(Debug, Default)]

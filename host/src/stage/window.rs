@@ -1,14 +1,17 @@
-//! The window stage: tumbling, hopping, sliding and session windows in event time, grouped by
+//! The window stage: tumbling, hopping, sliding, session and snapshot windows in event time,
+//! under Weir's semantics or Azure Stream Analytics' ([`WindowSpec`], [`AsaWindow`]), grouped by
 //! fields the pipeline names, with accumulators a window-aggregate plugin defines and the host
-//! keeps.
+//! keeps. Every window is held as a half-open `[start, end)` of whole milliseconds (ASA's
+//! `(s, e]` as `[s + 1, e + 1)`), so assignment, closing and lateness are one code.
 //!
 //! - [`Stage::process`](super::Stage::process) assigns each event to its (key, window) groups and folds the batch into
 //!   the groups' accumulators in one call of the plugin's `fold` (sliding windows keep the key's
 //!   recent events instead and fold them when a window closes).
 //! - [`Stage::watermarks`](super::Stage::watermarks) closes, mark by mark, the windows whose end the watermark passes, and
 //!   calls `finish` once for all of them; each output carries the position of the mark that closed
-//!   its window, the window's end (minus 1 ms) as event time, and the group's fields and the
-//!   window's bounds, set by the host.
+//!   its window, the window's last instant as event time (the held end minus 1 ms: ASA's
+//!   `System.Timestamp()`, the window's end, under its semantics), and the group's fields and the
+//!   window's bounds as the semantics show them, set by the host.
 //! - Events arrive in event-time order (see [`crate::time`]), so folding a whole batch before
 //!   closing its marks' windows is exact: an event is never behind a window that closed before it.
 //!   An event for a window that has already closed (possible only for records of an earlier stage)
@@ -36,7 +39,7 @@ use super::transform::PLUGIN_VERSION_PROPERTY;
 use super::window_assign::{Closed, GroupId, OpenWindow, Refusal, WindowState};
 use super::{Rejected, RejectionKind, StageError, StageOutput};
 use crate::codec::DecodeError;
-use crate::config::{WindowConfig, WindowKind};
+use crate::config::{WindowConfig, WindowKind, WindowSemantics};
 use crate::event::Event;
 use crate::json::{top_level_fields, top_level_keys};
 use crate::metrics::names;
@@ -66,13 +69,83 @@ pub enum WindowSpec {
         /// Window length.
         size: i64,
     },
-    /// A key's events with no gap longer than `gap`, cut after `max_duration`.
+    /// A key's events with gaps shorter than `gap`, cut `max_duration` after its first event.
     Session {
-        /// Longest quiet time inside a session.
+        /// A gap this long or longer ends a session.
         gap: i64,
         /// Longest session.
         max_duration: Option<i64>,
     },
+    /// Azure Stream Analytics' windows, bounds `(start, end]`.
+    StreamAnalytics(AsaWindow),
+    /// A key's events at the same instant `t` (either semantics), held as `[t, t + 1)`.
+    Snapshot,
+}
+
+/// Azure Stream Analytics' windows, with durations in milliseconds. Their bounds are
+/// `(start, end]`; the host keeps each as the equal half-open `[start + 1, end + 1)` of whole
+/// milliseconds, so closing and lateness work as for Weir's windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsaWindow {
+    /// `(e − size, e]` for every `e = offset + k·size`.
+    Tumbling {
+        /// Window length.
+        size: i64,
+        /// Where the ends fall, after the epoch (below `size`).
+        offset: i64,
+    },
+    /// `(e − size, e]` for every `e = offset + k·hop`: the ends are aligned, so with a hop that
+    /// does not divide the size the starts are not.
+    Hopping {
+        /// Window length.
+        size: i64,
+        /// Distance between window ends.
+        hop: i64,
+        /// Where the ends fall, after the epoch (below `hop`).
+        offset: i64,
+    },
+    /// `(t − size, t]` for every `t` at which an event of the key enters (its time) or leaves
+    /// (its time plus `size`); windows left empty make no output.
+    Sliding {
+        /// Window length.
+        size: i64,
+    },
+    /// A key's events with gaps of at most `timeout`; cut at the first multiple of
+    /// `max_duration` (since the epoch) at least `max_duration` after the session's start, where
+    /// the next session starts if the events go on within `timeout`.
+    Session {
+        /// A gap longer than this ends a session.
+        timeout: i64,
+        /// The maximum duration, and the distance between its check points.
+        max_duration: Option<i64>,
+    },
+}
+
+impl WindowSpec {
+    /// Sliding windows (either semantics): their size.
+    pub(super) fn sliding_size(self) -> Option<i64> {
+        match self {
+            WindowSpec::Sliding { size }
+            | WindowSpec::StreamAnalytics(AsaWindow::Sliding { size }) => Some(size),
+            _ => None,
+        }
+    }
+
+    /// The bounds a window held as `[start, end)` has in these semantics, as outputs show them
+    /// (the plugin's `window` record carries the held bounds, start inclusive and end exclusive,
+    /// as the WIT contract says): Stream Analytics' `(start, end]` is `[start + 1, end + 1)`
+    /// held, except
+    /// that a session's start is its first event's time (included) or the check point it went
+    /// on from. Weir's windows show what they hold (sliding windows aside, see
+    /// [`Windows::shown_bounds`]).
+    pub(super) fn shown(self, start: i64, end: i64) -> (i64, i64) {
+        match self {
+            WindowSpec::Snapshot => (start, start),
+            WindowSpec::StreamAnalytics(AsaWindow::Session { .. }) => (start, end - 1),
+            WindowSpec::StreamAnalytics(_) => (start - 1, end - 1),
+            _ => (start, end),
+        }
+    }
 }
 
 /// A window stage's settings.
@@ -98,6 +171,45 @@ impl WindowSettings {
                     .max(1)
             })
         };
+        if config.semantics == WindowSemantics::StreamAnalytics {
+            // Unlike the lengths, an offset may be zero.
+            let offset = config.offset.map_or(0, |d| {
+                i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX)
+            });
+            let asa = match config.kind {
+                WindowKind::Tumbling => AsaWindow::Tumbling {
+                    size: millis(config.size),
+                    offset,
+                },
+                WindowKind::Hopping => AsaWindow::Hopping {
+                    size: millis(config.size),
+                    hop: millis(config.hop),
+                    offset,
+                },
+                WindowKind::Sliding => AsaWindow::Sliding {
+                    size: millis(config.size),
+                },
+                WindowKind::Session => AsaWindow::Session {
+                    timeout: millis(config.gap),
+                    max_duration: config.max_duration.map(|d| millis(Some(d))),
+                },
+                // The same instant in both semantics.
+                WindowKind::Snapshot => {
+                    return WindowSettings {
+                        spec: WindowSpec::Snapshot,
+                        group_by: config.group_by.clone(),
+                        start_field: config.start_field.clone(),
+                        end_field: config.end_field.clone(),
+                    };
+                }
+            };
+            return WindowSettings {
+                spec: WindowSpec::StreamAnalytics(asa),
+                group_by: config.group_by.clone(),
+                start_field: config.start_field.clone(),
+                end_field: config.end_field.clone(),
+            };
+        }
         let spec = match config.kind {
             WindowKind::Tumbling => WindowSpec::Tumbling {
                 size: millis(config.size),
@@ -113,6 +225,7 @@ impl WindowSettings {
                 gap: millis(config.gap),
                 max_duration: config.max_duration.map(|d| millis(Some(d))),
             },
+            WindowKind::Snapshot => WindowSpec::Snapshot,
         };
         WindowSettings {
             spec,
@@ -202,11 +315,12 @@ impl Windows {
     }
 
     /// The window's bounds as its outputs show them: `[start, end)`, except sliding windows,
-    /// shown as `(end − size, end]` (the event time that made them and the size before it).
+    /// shown as `(end − size, end]` (the event time that made them and the size before it), and
+    /// Stream Analytics' windows, `(start, end]` (see [`WindowSpec::shown`]).
     fn shown_bounds(&self, id: &GroupId, window: &OpenWindow) -> (i64, i64) {
         match self.settings.spec {
             WindowSpec::Sliding { size } => (window.end - 1 - size, window.end - 1),
-            _ => (id.1, window.end),
+            spec => spec.shown(id.1, window.end),
         }
     }
 
@@ -606,9 +720,9 @@ impl StageKind for Windows {
         let probe = core.probe(out);
         let result = self.fold_events(core, events, out);
         // Sliding windows fold their events when they close, not here.
-        let handed = match self.settings.spec {
-            WindowSpec::Sliding { .. } => 0,
-            _ => (events.len() as u64).saturating_sub(host_rejections(probe.since(out))),
+        let handed = match self.settings.spec.sliding_size() {
+            Some(_) => 0,
+            None => (events.len() as u64).saturating_sub(host_rejections(probe.since(out))),
         };
         core.report(&probe, out, Some(handed));
         result
@@ -617,13 +731,19 @@ impl StageKind for Windows {
     fn watermarks(&mut self, turn: Turn<'_>, marks: &[Mark]) -> Result<(), StageError> {
         let Turn { core, out } = turn;
         let probe = core.probe(out);
-        let mut closed = self.state.close(marks);
-        if let WindowSpec::Sliding { size } = self.settings.spec {
+        let spec = self.settings.spec;
+        let mut closed = self.state.close(spec, marks);
+        if let Some(size) = spec.sliding_size() {
             if !closed.is_empty() {
                 self.fold_sliding(core, &mut closed, out)?;
             }
             let ended = marks.iter().any(|m| m.watermark == END_OF_INPUT);
             self.state.forget_recent(size, ended);
+        }
+        if let WindowSpec::StreamAnalytics(AsaWindow::Session { .. }) = spec {
+            // A session opened at a check point that no event followed holds nothing: like a
+            // `GROUP BY` group without events, it makes no output.
+            closed.retain(|c| !c.window.accumulator.is_empty());
         }
         if closed.is_empty() {
             return Ok(());
@@ -707,9 +827,23 @@ impl Windows {
     fn fold_sliding(
         &mut self,
         core: &mut PluginCore,
-        closed: &mut [Closed],
+        closed: &mut Vec<Closed>,
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
+        if let WindowSpec::StreamAnalytics(_) = self.settings.spec {
+            // Stream Analytics' windows at an event's exit may be left empty: they make no
+            // output (a `GROUP BY` group without events).
+            let recent = &self.state.recent;
+            closed.retain(|window| {
+                let (start, end) = (window.id.1, window.window.end);
+                recent.get(&window.id.0).is_some_and(|events| {
+                    events.iter().any(|e| e.time() >= start && e.time() < end)
+                })
+            });
+            if closed.is_empty() {
+                return Ok(());
+            }
+        }
         let mut events: Vec<Event> = Vec::new();
         let mut groups: Vec<FoldGroup> = Vec::with_capacity(closed.len());
         for window in closed.iter() {
@@ -828,6 +962,27 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_analytics_windows_show_their_inclusive_end() {
+        let tumbling = WindowSpec::StreamAnalytics(AsaWindow::Tumbling {
+            size: 10,
+            offset: 0,
+        });
+        assert_eq!(tumbling.shown(1, 11), (0, 10), "(0, 10] held as [1, 11)");
+        let session = WindowSpec::StreamAnalytics(AsaWindow::Session {
+            timeout: 10,
+            max_duration: None,
+        });
+        assert_eq!(
+            session.shown(0, 21),
+            (0, 20),
+            "first event at 0, last at 10"
+        );
+        assert_eq!(WindowSpec::Snapshot.shown(7, 8), (7, 7), "the instant 7");
+        let weir = WindowSpec::Tumbling { size: 10 };
+        assert_eq!(weir.shown(0, 10), (0, 10));
+    }
 
     #[test]
     fn state_snapshot_round_trips() {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::window::WindowSpec;
+use super::window::{AsaWindow, WindowSpec};
 use crate::event::{Event, Position};
 use crate::time::{END_OF_INPUT, Mark};
 
@@ -147,12 +147,14 @@ impl WindowState {
     fn assign_one(&mut self, spec: WindowSpec, key: &Arc<str>, event: &Event) -> Assignment {
         let time = event.time();
         let windows: Vec<(i64, i64)> = match spec {
-            WindowSpec::Tumbling { size } => window_starts(time, size, size)
+            WindowSpec::Tumbling { size } => window_starts(time, size, size, 0)
                 .map(|s| (s, s + size))
                 .collect(),
-            WindowSpec::Hopping { size, hop } => window_starts(time, size, hop)
+            WindowSpec::Hopping { size, hop } => window_starts(time, size, hop, 0)
                 .map(|s| (s, s + size))
                 .collect(),
+            WindowSpec::StreamAnalytics(asa) => return self.assign_asa(asa, key, event),
+            WindowSpec::Snapshot => vec![(time, time.saturating_add(1))],
             WindowSpec::Sliding { size } => {
                 let end = time.saturating_add(1);
                 if self.closed_before(end) {
@@ -215,7 +217,9 @@ impl WindowState {
         if let Some(&start) = self.sessions.get(key)
             && let Some(window) = self.windows.get_mut(&(key.clone(), start))
         {
-            let within_gap = time <= window.last_event.saturating_add(gap);
+            // A gap of `gap` or more ends the session: an event exactly `gap` after the last
+            // one is at the session's (exclusive) end, so it starts a new session.
+            let within_gap = time < window.last_event.saturating_add(gap);
             let within_max = max_duration.is_none_or(|max| time < start.saturating_add(max));
             if within_gap && within_max {
                 let last = window.last_event.max(time);
@@ -244,6 +248,114 @@ impl WindowState {
         time
     }
 
+    /// Stream Analytics' windows of `key` that `event` goes into, as [`Self::assign_one`].
+    /// Bounds `(s, e]` are kept as `[s + 1, e + 1)`.
+    fn assign_asa(&mut self, asa: AsaWindow, key: &Arc<str>, event: &Event) -> Assignment {
+        let time = event.time();
+        let windows: Vec<(i64, i64)> = match asa {
+            AsaWindow::Tumbling { size, offset } => asa_windows(time, size, size, offset).collect(),
+            AsaWindow::Hopping { size, hop, offset } => {
+                asa_windows(time, size, hop, offset).collect()
+            }
+            AsaWindow::Sliding { size } => {
+                // The window the event enters, ending at its time, and the one it leaves,
+                // ending `size` later.
+                let end = time.saturating_add(1);
+                if self.closed_before(end) {
+                    return Assignment::Late { end: time };
+                }
+                self.open(key, end - size, end, time);
+                self.open(key, end, end.saturating_add(size), time);
+                let recent = self.recent.entry(key.clone()).or_default();
+                let at = recent.partition_point(|e| e.time() <= time);
+                recent.insert(at, event.clone());
+                return Assignment::Kept;
+            }
+            AsaWindow::Session {
+                timeout,
+                max_duration,
+            } => {
+                let end = time.saturating_add(timeout);
+                if self.closed_before(end.saturating_add(1)) {
+                    return Assignment::Late { end };
+                }
+                let start = self.asa_session(key, time, timeout, max_duration);
+                let end = self
+                    .windows
+                    .get(&(key.clone(), start))
+                    .map_or(start, |w| w.end);
+                vec![(start, end)]
+            }
+        };
+        let mut open = Vec::with_capacity(windows.len());
+        for (start, end) in windows {
+            if self.closed_before(end) {
+                continue;
+            }
+            self.open(key, start, end, time);
+            open.push((start, end));
+        }
+        if open.is_empty() {
+            Assignment::Late { end: time }
+        } else {
+            Assignment::Windows(open)
+        }
+    }
+
+    /// Stream Analytics' session of `key` that an event at `time` belongs to (opening or
+    /// extending one); its start. A session `(start, end]` keeps events at most `timeout`
+    /// apart and is cut at its check point ([`asa_cut`]); an event past the check point but
+    /// within `timeout` of the last one opens the next session at the last check point
+    /// before it.
+    fn asa_session(
+        &mut self,
+        key: &Arc<str>,
+        time: i64,
+        timeout: i64,
+        max_duration: Option<i64>,
+    ) -> i64 {
+        // The held end: the (inclusive) end plus 1 ms.
+        let end = |start: i64, last: i64| {
+            let natural = last.saturating_add(timeout);
+            max_duration
+                .map_or(natural, |max| natural.min(asa_cut(start, max)))
+                .saturating_add(1)
+        };
+        let mut start = time;
+        if let Some(&current) = self.sessions.get(key)
+            && let Some(window) = self.windows.get_mut(&(key.clone(), current))
+            && time <= window.last_event.saturating_add(timeout)
+        {
+            if max_duration.is_none_or(|max| time <= asa_cut(current, max)) {
+                let last = window.last_event.max(time);
+                let new_end = end(current, last);
+                if new_end != window.end {
+                    self.closing.remove(&(window.end, key.clone(), current));
+                    self.closing.insert((new_end, key.clone(), current));
+                    window.end = new_end;
+                }
+                window.last_event = last;
+                return current;
+            }
+            if let Some(max) = max_duration {
+                // The last check point before `time`; the windows between (if any) are empty.
+                start = time.saturating_sub(1).div_euclid(max).saturating_mul(max);
+            }
+        }
+        let window_end = end(start, time);
+        self.sessions.insert(key.clone(), start);
+        self.windows.insert(
+            (key.clone(), start),
+            OpenWindow {
+                end: window_end,
+                last_event: time,
+                accumulator: Vec::new(),
+            },
+        );
+        self.closing.insert((window_end, key.clone(), start));
+        start
+    }
+
     /// Whether a window ending at `end` has already closed.
     fn closed_before(&self, end: i64) -> bool {
         self.watermark.is_some_and(|w| end <= w)
@@ -252,7 +364,7 @@ impl WindowState {
     /// Closes, mark by mark, the windows whose end the mark's watermark reaches, in the order
     /// they close (end, then key, then start), each with the position of the mark that closed
     /// it; moves the watermark forward (never back, and not to the end of the input).
-    pub(super) fn close(&mut self, marks: &[Mark]) -> Vec<Closed> {
+    pub(super) fn close(&mut self, spec: WindowSpec, marks: &[Mark]) -> Vec<Closed> {
         let mut closed: Vec<Closed> = Vec::new();
         for mark in marks {
             while let Some(first) = self.closing.first()
@@ -267,6 +379,7 @@ impl WindowState {
                 };
                 if self.sessions.get(&id.0) == Some(&start) {
                     self.sessions.remove(&id.0);
+                    self.continue_session(spec, &id, &window);
                 }
                 closed.push(Closed {
                     id,
@@ -282,6 +395,35 @@ impl WindowState {
             }
         }
         closed
+    }
+
+    /// Stream Analytics' sessions: a session cut at its check point while events could still
+    /// follow within the timeout goes on as the next session, opened at the check point with
+    /// no event yet (it makes no output unless an event comes).
+    fn continue_session(&mut self, spec: WindowSpec, id: &GroupId, window: &OpenWindow) {
+        let WindowSpec::StreamAnalytics(AsaWindow::Session {
+            timeout,
+            max_duration: Some(max),
+        }) = spec
+        else {
+            return;
+        };
+        let cut = asa_cut(id.1, max);
+        let natural = window.last_event.saturating_add(timeout);
+        if window.end != cut.saturating_add(1) || natural <= cut {
+            return;
+        }
+        let end = natural.min(asa_cut(cut, max)).saturating_add(1);
+        self.sessions.insert(id.0.clone(), cut);
+        self.windows.insert(
+            (id.0.clone(), cut),
+            OpenWindow {
+                end,
+                last_event: window.last_event,
+                accumulator: Vec::new(),
+            },
+        );
+        self.closing.insert((end, id.0.clone(), cut));
     }
 
     /// Sliding windows: forgets the recent events no window can hold any more (at or before the
@@ -302,12 +444,31 @@ impl WindowState {
     }
 }
 
-/// Starts of the tumbling or hopping windows that contain `time`, latest first.
-fn window_starts(time: i64, size: i64, hop: i64) -> impl Iterator<Item = i64> {
-    let last = time.div_euclid(hop) * hop;
+/// Starts of the tumbling or hopping windows `[start, start + size)` that contain `time`,
+/// latest first, the starts falling on `align` plus multiples of `hop`.
+fn window_starts(time: i64, size: i64, hop: i64, align: i64) -> impl Iterator<Item = i64> {
+    let last = align + (time - align).div_euclid(hop) * hop;
     (0..)
         .map(move |k: i64| last - k * hop)
         .take_while(move |start| start + size > time)
+}
+
+/// Stream Analytics' tumbling or hopping windows `(e − size, e]` containing `time`, their ends
+/// `e` on `offset` plus multiples of `hop`, as held: `(e − size + 1, e + 1)`, latest first.
+fn asa_windows(time: i64, size: i64, hop: i64, offset: i64) -> impl Iterator<Item = (i64, i64)> {
+    // `(e − size, e]` is `[e − size + 1, e + 1)`: starts on `offset + 1 − size` plus hops.
+    let align = (offset + 1 - size).rem_euclid(hop);
+    window_starts(time, size, hop, align).map(move |s| (s, s + size))
+}
+
+/// Stream Analytics' check point of a session starting at `start`: the first multiple of `max`
+/// (since the epoch) at least `max` after `start`. A session still going there ends there.
+pub(super) fn asa_cut(start: i64, max: i64) -> i64 {
+    let at_least = start.saturating_add(max);
+    at_least
+        .saturating_add(max - 1)
+        .div_euclid(max)
+        .saturating_mul(max)
 }
 
 #[cfg(test)]
@@ -381,6 +542,25 @@ mod tests {
         gap: 10,
         max_duration: None,
     };
+
+    const ASA_TUMBLING: WindowSpec = WindowSpec::StreamAnalytics(AsaWindow::Tumbling {
+        size: 10,
+        offset: 0,
+    });
+    const ASA_HOPPING: WindowSpec = WindowSpec::StreamAnalytics(AsaWindow::Hopping {
+        size: 10,
+        hop: 5,
+        offset: 0,
+    });
+    const ASA_SLIDING: WindowSpec = WindowSpec::StreamAnalytics(AsaWindow::Sliding { size: 10 });
+    const ASA_SESSION: WindowSpec = WindowSpec::StreamAnalytics(AsaWindow::Session {
+        timeout: 10,
+        max_duration: None,
+    });
+    const ASA_SESSION_MAX: WindowSpec = WindowSpec::StreamAnalytics(AsaWindow::Session {
+        timeout: 10,
+        max_duration: Some(20),
+    });
 
     #[test]
     fn events_are_assigned_to_their_windows() {
@@ -484,13 +664,194 @@ mod tests {
                 recent: &[],
             },
             Case {
-                name: "session: an event exactly at the gap still extends it",
+                name: "session: an event exactly `gap` after the last starts a new session",
                 spec: SESSION,
                 watermark: None,
                 events: &[("a", 0), ("a", 10), ("a", 21)],
-                groups: &[("a", 0, 10, &[0, 1]), ("a", 21, 31, &[2])],
+                groups: &[("a", 0, 10, &[0]), ("a", 10, 20, &[1]), ("a", 21, 31, &[2])],
                 refused: &[],
-                open: &[("a", 0, 20), ("a", 21, 31)],
+                open: &[("a", 0, 10), ("a", 10, 20), ("a", 21, 31)],
+                recent: &[],
+            },
+            Case {
+                name: "session: an event 1 ms short of the gap extends it",
+                spec: SESSION,
+                watermark: None,
+                events: &[("a", 0), ("a", 9)],
+                groups: &[("a", 0, 10, &[0, 1])],
+                refused: &[],
+                open: &[("a", 0, 19)],
+                recent: &[],
+            },
+            // Stream Analytics' windows `(s, e]` are held as `[s + 1, e + 1)`.
+            Case {
+                name: "asa tumbling: an event on a boundary ends its window, (0,10] (10,20]",
+                spec: ASA_TUMBLING,
+                watermark: None,
+                events: &[("a", 10), ("a", 11), ("a", 20), ("a", 0)],
+                groups: &[
+                    ("a", 1, 11, &[0]),
+                    ("a", 11, 21, &[1, 2]),
+                    ("a", -9, 1, &[3]),
+                ],
+                refused: &[],
+                open: &[("a", -9, 1), ("a", 1, 11), ("a", 11, 21)],
+                recent: &[],
+            },
+            Case {
+                name: "asa tumbling: the offset moves the ends, (3,13] (13,23]",
+                spec: WindowSpec::StreamAnalytics(AsaWindow::Tumbling {
+                    size: 10,
+                    offset: 3,
+                }),
+                watermark: None,
+                events: &[("a", 13), ("a", 14), ("a", 4), ("a", 3)],
+                groups: &[
+                    ("a", 4, 14, &[0, 2]),
+                    ("a", 14, 24, &[1]),
+                    ("a", -6, 4, &[3]),
+                ],
+                refused: &[],
+                open: &[("a", -6, 4), ("a", 4, 14), ("a", 14, 24)],
+                recent: &[],
+            },
+            Case {
+                name: "asa tumbling: an event at the watermark still ends its open window",
+                spec: ASA_TUMBLING,
+                watermark: Some(10),
+                events: &[("a", 10)],
+                groups: &[("a", 1, 11, &[0])],
+                refused: &[],
+                open: &[("a", 1, 11)],
+                recent: &[],
+            },
+            Case {
+                name: "asa tumbling: late once the watermark passed the end",
+                spec: ASA_TUMBLING,
+                watermark: Some(11),
+                events: &[("a", 10), ("a", 11)],
+                groups: &[("a", 11, 21, &[1])],
+                refused: &[(0, Some(10))],
+                open: &[("a", 11, 21)],
+                recent: &[],
+            },
+            Case {
+                name: "asa hopping: every window (e - 10, e] with e >= t, e a multiple of 5",
+                spec: ASA_HOPPING,
+                watermark: None,
+                events: &[("a", 10), ("a", 11)],
+                groups: &[
+                    ("a", 6, 16, &[0, 1]),
+                    ("a", 1, 11, &[0]),
+                    ("a", 11, 21, &[1]),
+                ],
+                refused: &[],
+                open: &[("a", 1, 11), ("a", 6, 16), ("a", 11, 21)],
+                recent: &[],
+            },
+            Case {
+                name: "asa hopping: a hop not dividing the size keeps the ends aligned",
+                spec: WindowSpec::StreamAnalytics(AsaWindow::Hopping {
+                    size: 10,
+                    hop: 4,
+                    offset: 0,
+                }),
+                watermark: None,
+                events: &[("a", 10), ("a", 12)],
+                // (2,12] (6,16] for 10; (6,16] (10,20] and (2,12] for 12.
+                groups: &[
+                    ("a", 7, 17, &[0, 1]),
+                    ("a", 3, 13, &[0, 1]),
+                    ("a", 11, 21, &[1]),
+                ],
+                refused: &[],
+                open: &[("a", 3, 13), ("a", 7, 17), ("a", 11, 21)],
+                recent: &[],
+            },
+            Case {
+                name: "asa sliding: a window where each event enters and where it leaves",
+                spec: ASA_SLIDING,
+                watermark: None,
+                events: &[("a", 5), ("a", 3)],
+                // (-5,5] and (5,15] for 5; (-7,3] and (3,13] for 3.
+                groups: &[],
+                refused: &[],
+                open: &[("a", -6, 4), ("a", -4, 6), ("a", 4, 14), ("a", 6, 16)],
+                recent: &[("a", &[3, 5])],
+            },
+            Case {
+                name: "asa sliding: an event leaving where another enters shares its window",
+                spec: ASA_SLIDING,
+                watermark: None,
+                events: &[("a", 0), ("a", 10)],
+                groups: &[],
+                refused: &[],
+                open: &[("a", -9, 1), ("a", 1, 11), ("a", 11, 21)],
+                recent: &[("a", &[0, 10])],
+            },
+            Case {
+                name: "asa sliding: late when the window it enters has closed",
+                spec: ASA_SLIDING,
+                watermark: Some(10),
+                events: &[("a", 9), ("a", 10)],
+                groups: &[],
+                refused: &[(0, Some(9))],
+                open: &[("a", 1, 11), ("a", 11, 21)],
+                recent: &[("a", &[10])],
+            },
+            Case {
+                name: "asa session: an event exactly `timeout` after the last extends it",
+                spec: ASA_SESSION,
+                watermark: None,
+                events: &[("a", 0), ("a", 10), ("a", 21)],
+                groups: &[("a", 0, 11, &[0, 1]), ("a", 21, 32, &[2])],
+                refused: &[],
+                open: &[("a", 0, 21), ("a", 21, 32)],
+                recent: &[],
+            },
+            Case {
+                name: "asa session: cut exactly at max_duration from a start on a check point",
+                spec: WindowSpec::StreamAnalytics(AsaWindow::Session {
+                    timeout: 10,
+                    max_duration: Some(20),
+                }),
+                watermark: None,
+                events: &[("a", 0), ("a", 10), ("a", 20), ("a", 30)],
+                // (0..20] is cut at the check point 20, the event at 20 in it; 30 opens (20, 40].
+                groups: &[("a", 0, 11, &[0, 1, 2]), ("a", 20, 41, &[3])],
+                refused: &[],
+                open: &[("a", 0, 21), ("a", 20, 41)],
+                recent: &[],
+            },
+            Case {
+                name: "asa session: checked at multiples of max_duration, the next at the check point",
+                spec: WindowSpec::StreamAnalytics(AsaWindow::Session {
+                    timeout: 10,
+                    max_duration: Some(20),
+                }),
+                watermark: None,
+                events: &[
+                    ("a", 5),
+                    ("a", 15),
+                    ("a", 25),
+                    ("a", 35),
+                    ("a", 40),
+                    ("a", 45),
+                ],
+                // Started at 5, first checked at 40 (the first multiple of 20 at least 20 later).
+                groups: &[("a", 5, 16, &[0, 1, 2, 3, 4]), ("a", 40, 56, &[5])],
+                refused: &[],
+                open: &[("a", 5, 41), ("a", 40, 56)],
+                recent: &[],
+            },
+            Case {
+                name: "asa session: late when event time plus timeout is behind the watermark",
+                spec: ASA_SESSION,
+                watermark: Some(20),
+                events: &[("a", 9), ("a", 10)],
+                groups: &[("a", 10, 21, &[1])],
+                refused: &[(0, Some(19))],
+                open: &[("a", 10, 21)],
                 recent: &[],
             },
             Case {
@@ -540,6 +901,16 @@ mod tests {
                 groups: &[],
                 refused: &[(0, Some(3))],
                 open: &[("a", 3, 4)],
+                recent: &[],
+            },
+            Case {
+                name: "snapshot: the events of one instant, per key",
+                spec: WindowSpec::Snapshot,
+                watermark: Some(5),
+                events: &[("a", 5), ("b", 5), ("a", 5), ("a", 6), ("a", 4)],
+                groups: &[("a", 5, 6, &[0, 2]), ("b", 5, 6, &[1]), ("a", 6, 7, &[3])],
+                refused: &[(4, Some(4))],
+                open: &[("a", 5, 6), ("b", 5, 6), ("a", 6, 7)],
                 recent: &[],
             },
             Case {
@@ -692,6 +1063,33 @@ mod tests {
                 left: 0,
             },
             CloseCase {
+                name: "asa tumbling: (0,10] closes once the watermark passes 10",
+                spec: ASA_TUMBLING,
+                events: &[("a", 10)],
+                marks: &[(10, 1), (11, 2)],
+                closed: &[("a", 1, 11, 2)],
+                watermark: Some(11),
+                left: 0,
+            },
+            CloseCase {
+                name: "asa session: cut at its check point, it goes on there with no event yet",
+                spec: ASA_SESSION_MAX,
+                events: &[("a", 0), ("a", 10), ("a", 20)],
+                marks: &[(21, 1), (31, 2)],
+                closed: &[("a", 0, 21, 1), ("a", 20, 31, 2)],
+                watermark: Some(31),
+                left: 0,
+            },
+            CloseCase {
+                name: "asa session: ended by its timeout before the check point, it does not go on",
+                spec: ASA_SESSION_MAX,
+                events: &[("a", 0), ("a", 5)],
+                marks: &[(16, 1)],
+                closed: &[("a", 0, 16, 1)],
+                watermark: Some(16),
+                left: 0,
+            },
+            CloseCase {
                 name: "no marks",
                 spec: SESSION,
                 events: &[("a", 0)],
@@ -713,7 +1111,7 @@ mod tests {
                 })
                 .collect();
             let closed: Vec<(String, i64, i64, u64)> = state
-                .close(&marks)
+                .close(case.spec, &marks)
                 .into_iter()
                 .map(|c| (c.id.0.to_string(), c.id.1, c.window.end, c.position))
                 .collect();
@@ -737,10 +1135,13 @@ mod tests {
     fn a_closed_session_is_forgotten_unless_a_newer_one_is_current() {
         let mut state = WindowState::default();
         state.assign(SESSION, &events(&[("a", 0), ("a", 30), ("b", 0)]), key);
-        let closed = state.close(&[Mark {
-            watermark: 10,
-            position: 1,
-        }]);
+        let closed = state.close(
+            SESSION,
+            &[Mark {
+                watermark: 10,
+                position: 1,
+            }],
+        );
         assert_eq!(closed.len(), 2, "a's first session and b's");
         assert_eq!(
             state.sessions.get("a"),
@@ -755,13 +1156,54 @@ mod tests {
     }
 
     #[test]
+    fn an_asa_session_cut_at_its_check_point_goes_on_from_there() {
+        let mut state = WindowState::default();
+        state.assign(
+            ASA_SESSION_MAX,
+            &events(&[("a", 0), ("a", 10), ("a", 20)]),
+            key,
+        );
+        let closed = state.close(
+            ASA_SESSION_MAX,
+            &[Mark {
+                watermark: 21,
+                position: 1,
+            }],
+        );
+        assert_eq!(closed.len(), 1, "(0, 20] closed at its check point");
+        // 25 is within the timeout of 20: it joins the session opened at the check point 20.
+        let assigned = state.assign(ASA_SESSION_MAX, &events(&[("a", 25)]), key);
+        let groups: Vec<(i64, i64)> = assigned.groups.iter().map(|g| (g.id.1, g.end)).collect();
+        assert_eq!(groups, [(20, 36)]);
+        // After the timeout, a new session starts at the event.
+        let assigned = state.assign(ASA_SESSION_MAX, &events(&[("a", 36)]), key);
+        let starts: Vec<i64> = assigned.groups.iter().map(|g| g.id.1).collect();
+        assert_eq!(starts, [36]);
+    }
+
+    #[test]
+    fn asa_check_points_are_multiples_of_max_duration() {
+        assert_eq!(
+            asa_cut(0, 20),
+            20,
+            "a start on a check point: max_duration later"
+        );
+        assert_eq!(asa_cut(1, 20), 40, "up to twice max_duration");
+        assert_eq!(asa_cut(20, 20), 40);
+        assert_eq!(asa_cut(-5, 20), 20);
+    }
+
+    #[test]
     fn recent_events_are_forgotten_behind_the_horizon() {
         let mut state = WindowState::default();
         state.assign(SLIDING, &events(&[("a", 1), ("a", 5), ("b", 2)]), key);
-        state.close(&[Mark {
-            watermark: 12,
-            position: 1,
-        }]);
+        state.close(
+            SLIDING,
+            &[Mark {
+                watermark: 12,
+                position: 1,
+            }],
+        );
         state.forget_recent(10, false);
         let times: Vec<i64> = state.recent.get("a").map_or(Vec::new(), |events| {
             events.iter().map(Event::time).collect()
@@ -780,12 +1222,12 @@ mod tests {
 
     #[test]
     fn tumbling_and_hopping_starts() {
-        let tumbling: Vec<i64> = window_starts(12, 5, 5).collect();
+        let tumbling: Vec<i64> = window_starts(12, 5, 5, 0).collect();
         assert_eq!(tumbling, [10]);
-        let hopping: Vec<i64> = window_starts(12, 10, 5).collect();
+        let hopping: Vec<i64> = window_starts(12, 10, 5, 0).collect();
         assert_eq!(hopping, [10, 5]);
-        let negative: Vec<i64> = window_starts(-3, 10, 5).collect();
+        let negative: Vec<i64> = window_starts(-3, 10, 5, 0).collect();
         assert_eq!(negative, [-5, -10]);
-        assert_eq!(window_starts(10, 5, 5).collect::<Vec<_>>(), [10]);
+        assert_eq!(window_starts(10, 5, 5, 0).collect::<Vec<_>>(), [10]);
     }
 }
