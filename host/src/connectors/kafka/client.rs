@@ -212,6 +212,9 @@ impl std::fmt::Display for Fault {
 /// Tells the faults that retrying cannot fix from outages, in one place for the source and the
 /// sink. What is not known to be permanent is an outage, so that a new kind of transient error
 /// keeps today's retries rather than stopping a pipeline.
+/// How rskafka renders a refused SASL handshake (`ConnectionError::SaslFailed`).
+const SASL_REFUSED: &str = "Sasl handshake failed";
+
 pub(crate) fn classify(error: &KafkaError) -> Fault {
     match error {
         // The response arrived whole but its body did not parse: the records are at fault (a
@@ -235,6 +238,16 @@ pub(crate) fn classify(error: &KafkaError) -> Fault {
             | ProtocolError::InvalidTopicException => Fault::UnknownTopic,
             _ => Fault::Outage,
         },
+        // A (re)connection whose SASL handshake the broker refused: credentials that worked at
+        // start were changed or revoked; retrying with the same ones cannot help.
+        KafkaError::Connection(rskafka::ConnectionError::SaslFailed(_)) => Fault::Unauthorized,
+        // The same refusal met by rskafka's own connection retries: it keeps each attempt's
+        // error only as text (a private list), so its rendering is what can be read.
+        KafkaError::Connection(rskafka::ConnectionError::RetryFailed(retries))
+            if retries.to_string().contains(SASL_REFUSED) =>
+        {
+            Fault::Unauthorized
+        }
         // rskafka's retries ran out: the last error decides.
         KafkaError::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => source
             .downcast_ref::<KafkaError>()
@@ -330,6 +343,16 @@ mod tests {
             server(ProtocolError::RequestTimedOut),
             retries_ran_out(server(ProtocolError::LeaderNotAvailable)),
             retries_ran_out(KafkaError::Timeout),
+            // Reconnections that found no broker (not a refusal) stay an outage.
+            KafkaError::Connection(rskafka::ConnectionError::RetryFailed(
+                rskafka::BackoffError::DeadlineExceded {
+                    deadline: Duration::from_secs(30),
+                    source: Box::new(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "refused",
+                    )),
+                },
+            )),
         ] {
             assert_eq!(classify(&error), Fault::Outage, "{error}");
         }
@@ -354,6 +377,18 @@ mod tests {
             server(ProtocolError::TopicAuthorizationFailed),
             server(ProtocolError::ClusterAuthorizationFailed),
             server(ProtocolError::SaslAuthenticationFailed),
+            KafkaError::Connection(rskafka::ConnectionError::SaslFailed(
+                rskafka::SaslError::UnsupportedSaslMechanism,
+            )),
+            // A reconnection refused while rskafka retried it.
+            KafkaError::Connection(rskafka::ConnectionError::RetryFailed(
+                rskafka::BackoffError::DeadlineExceded {
+                    deadline: Duration::from_secs(30),
+                    source: Box::new(rskafka::ConnectionError::SaslFailed(
+                        rskafka::SaslError::UnsupportedSaslMechanism,
+                    )),
+                },
+            )),
         ] {
             assert_eq!(classify(&error), Fault::Unauthorized, "{error}");
         }
