@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 use weir_tests::examples::{Adapt, adapt_example};
 use weir_tests::telemetry::{
-    Aggregate, BASE_TIME_MS, FIVE_MINUTES, Reading, assert_aggregate_rows, write_input,
+    BASE_TIME_MS, FIVE_MINUTES, Reading, assert_aggregate_rows, expected_aggregates,
+    expected_asa_aggregates, write_input,
 };
 use weir_tests::{read_delta, run_to_completion};
 
@@ -37,40 +38,6 @@ fn readings() -> Vec<Reading> {
         }
     }
     readings
-}
-
-/// The 5-minute aggregates folded plainly, each reading in the window whose start `start` gives,
-/// by (DeviceId, WindowStart).
-fn fold(readings: &[Reading], start: impl Fn(i64) -> i64) -> BTreeMap<(String, i64), Aggregate> {
-    let mut groups: BTreeMap<(String, i64), Aggregate> = BTreeMap::new();
-    for r in readings {
-        let group = groups
-            .entry((r.device.clone(), start(r.time_ms)))
-            .or_insert_with(|| Aggregate {
-                location: r.location.clone(),
-                device_type: r.device_type.clone(),
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                ..Aggregate::default()
-            });
-        group.count += 1;
-        group.temperature_sum += r.temperature;
-        group.min = group.min.min(r.temperature);
-        group.max = group.max.max(r.temperature);
-        group.humidity_sum += r.humidity;
-        group.pressure_sum += r.pressure;
-    }
-    groups
-}
-
-/// `(start, end]`: a reading exactly on a boundary ends the window before it.
-fn asa_start(time: i64) -> i64 {
-    (time - 1).div_euclid(FIVE_MINUTES) * FIVE_MINUTES
-}
-
-/// `[start, end)`.
-fn weir_start(time: i64) -> i64 {
-    time.div_euclid(FIVE_MINUTES) * FIVE_MINUTES
 }
 
 /// The example's aggregates pipeline on `input`, its window under `semantics` (`"keep"`: as the
@@ -149,8 +116,8 @@ fn stream_analytics_tumbling_windows_end_at_boundary_readings() {
 
     let asa = run(Some("stream_analytics"), &readings);
     let weir = run(Some("weir"), &readings);
-    let asa_expected = fold(&readings, asa_start);
-    let weir_expected = fold(&readings, weir_start);
+    let asa_expected = expected_asa_aggregates(&readings);
+    let weir_expected = expected_aggregates(&readings);
     assert_aggregate_rows(&asa, &asa_expected);
     assert_aggregate_rows(&weir, &weir_expected);
     // The folds differ exactly at the boundary readings: the ASA fold is Weir's fold of the
@@ -165,7 +132,7 @@ fn stream_analytics_tumbling_windows_end_at_boundary_readings() {
             r
         })
         .collect();
-    assert_aggregate_rows(&asa, &fold(&moved, weir_start));
+    assert_aggregate_rows(&asa, &expected_aggregates(&moved));
 
     // Odd devices (no reading on a boundary) get the same rows; even devices' rows all differ.
     let (asa, weir) = (by_window(&asa), by_window(&weir));
@@ -200,7 +167,7 @@ fn the_example_aggregates_follow_stream_analytics_and_the_default_is_weir() {
         .filter(|r| r.device.ends_with('0'))
         .collect();
     let rows = run(Some("keep"), &readings);
-    assert_aggregate_rows(&rows, &fold(&readings, asa_start));
+    assert_aggregate_rows(&rows, &expected_asa_aggregates(&readings));
     let rows = run(None, &readings);
-    assert_aggregate_rows(&rows, &fold(&readings, weir_start));
+    assert_aggregate_rows(&rows, &expected_aggregates(&readings));
 }

@@ -161,9 +161,7 @@ impl WindowState {
                     return Assignment::Late { end };
                 }
                 self.open(key, end - size, end, time);
-                let recent = self.recent.entry(key.clone()).or_default();
-                let at = recent.partition_point(|e| e.time() <= time);
-                recent.insert(at, event.clone());
+                self.keep_recent(key, event);
                 return Assignment::Kept;
             }
             WindowSpec::Session { gap, max_duration } => {
@@ -173,13 +171,28 @@ impl WindowState {
                     };
                 }
                 let start = self.session(key, time, gap, max_duration);
-                let end = self
-                    .windows
-                    .get(&(key.clone(), start))
-                    .map_or(start, |w| w.end);
-                vec![(start, end)]
+                self.session_window(key, start)
             }
         };
+        self.open_all(key, windows, time)
+    }
+
+    /// Opens the window `(key, start)` ending at `end` if it is not open yet.
+    fn open(&mut self, key: &Arc<str>, start: i64, end: i64, time: i64) {
+        let closing = &mut self.closing;
+        self.windows.entry((key.clone(), start)).or_insert_with(|| {
+            closing.insert((end, key.clone(), start));
+            OpenWindow {
+                end,
+                last_event: time,
+                accumulator: Vec::new(),
+            }
+        });
+    }
+
+    /// Opens those of `windows` (start, end) of `key` that have not closed yet, for an event at
+    /// `time`; the event is late when none is left.
+    fn open_all(&mut self, key: &Arc<str>, windows: Vec<(i64, i64)>, time: i64) -> Assignment {
         let mut open = Vec::with_capacity(windows.len());
         for (start, end) in windows {
             if self.closed_before(end) {
@@ -195,17 +208,35 @@ impl WindowState {
         }
     }
 
-    /// Opens the window `(key, start)` ending at `end` if it is not open yet.
-    fn open(&mut self, key: &Arc<str>, start: i64, end: i64, time: i64) {
-        let closing = &mut self.closing;
-        self.windows.entry((key.clone(), start)).or_insert_with(|| {
-            closing.insert((end, key.clone(), start));
+    /// Sliding windows: keeps `event` among `key`'s recent events, in time order.
+    fn keep_recent(&mut self, key: &Arc<str>, event: &Event) {
+        let time = event.time();
+        let recent = self.recent.entry(key.clone()).or_default();
+        let at = recent.partition_point(|e| e.time() <= time);
+        recent.insert(at, event.clone());
+    }
+
+    /// The session window of `key` starting at `start`, with its end as it is now.
+    fn session_window(&self, key: &Arc<str>, start: i64) -> Vec<(i64, i64)> {
+        let end = self
+            .windows
+            .get(&(key.clone(), start))
+            .map_or(start, |w| w.end);
+        vec![(start, end)]
+    }
+
+    /// Opens `key`'s current session at `start`, ending at `end`, its newest event at `last`.
+    fn start_session(&mut self, key: &Arc<str>, start: i64, end: i64, last: i64) {
+        self.sessions.insert(key.clone(), start);
+        self.windows.insert(
+            (key.clone(), start),
             OpenWindow {
                 end,
-                last_event: time,
+                last_event: last,
                 accumulator: Vec::new(),
-            }
-        });
+            },
+        );
+        self.closing.insert((end, key.clone(), start));
     }
 
     /// The session of `key` that an event at `time` belongs to (opening or extending one); its
@@ -224,27 +255,12 @@ impl WindowState {
             if within_gap && within_max {
                 let last = window.last_event.max(time);
                 let end = cap(start, last.saturating_add(gap));
-                if end != window.end {
-                    self.closing.remove(&(window.end, key.clone(), start));
-                    self.closing.insert((end, key.clone(), start));
-                    window.end = end;
-                }
-                window.last_event = last;
+                extend(&mut self.closing, window, (key, start), end, last);
                 return start;
             }
         }
         // A new session; the previous one (if any) closes when the watermark passes its end.
-        let end = cap(time, time.saturating_add(gap));
-        self.sessions.insert(key.clone(), time);
-        self.windows.insert(
-            (key.clone(), time),
-            OpenWindow {
-                end,
-                last_event: time,
-                accumulator: Vec::new(),
-            },
-        );
-        self.closing.insert((end, key.clone(), time));
+        self.start_session(key, time, cap(time, time.saturating_add(gap)), time);
         time
     }
 
@@ -266,9 +282,7 @@ impl WindowState {
                 }
                 self.open(key, end - size, end, time);
                 self.open(key, end, end.saturating_add(size), time);
-                let recent = self.recent.entry(key.clone()).or_default();
-                let at = recent.partition_point(|e| e.time() <= time);
-                recent.insert(at, event.clone());
+                self.keep_recent(key, event);
                 return Assignment::Kept;
             }
             AsaWindow::Session {
@@ -280,26 +294,10 @@ impl WindowState {
                     return Assignment::Late { end };
                 }
                 let start = self.asa_session(key, time, timeout, max_duration);
-                let end = self
-                    .windows
-                    .get(&(key.clone(), start))
-                    .map_or(start, |w| w.end);
-                vec![(start, end)]
+                self.session_window(key, start)
             }
         };
-        let mut open = Vec::with_capacity(windows.len());
-        for (start, end) in windows {
-            if self.closed_before(end) {
-                continue;
-            }
-            self.open(key, start, end, time);
-            open.push((start, end));
-        }
-        if open.is_empty() {
-            Assignment::Late { end: time }
-        } else {
-            Assignment::Windows(open)
-        }
+        self.open_all(key, windows, time)
     }
 
     /// Stream Analytics' session of `key` that an event at `time` belongs to (opening or
@@ -328,13 +326,13 @@ impl WindowState {
         {
             if max_duration.is_none_or(|max| time <= asa_cut(current, max)) {
                 let last = window.last_event.max(time);
-                let new_end = end(current, last);
-                if new_end != window.end {
-                    self.closing.remove(&(window.end, key.clone(), current));
-                    self.closing.insert((new_end, key.clone(), current));
-                    window.end = new_end;
-                }
-                window.last_event = last;
+                extend(
+                    &mut self.closing,
+                    window,
+                    (key, current),
+                    end(current, last),
+                    last,
+                );
                 return current;
             }
             if let Some(max) = max_duration {
@@ -342,17 +340,7 @@ impl WindowState {
                 start = time.saturating_sub(1).div_euclid(max).saturating_mul(max);
             }
         }
-        let window_end = end(start, time);
-        self.sessions.insert(key.clone(), start);
-        self.windows.insert(
-            (key.clone(), start),
-            OpenWindow {
-                end: window_end,
-                last_event: time,
-                accumulator: Vec::new(),
-            },
-        );
-        self.closing.insert((window_end, key.clone(), start));
+        self.start_session(key, start, end(start, time), time);
         start
     }
 
@@ -414,16 +402,7 @@ impl WindowState {
             return;
         }
         let end = natural.min(asa_cut(cut, max)).saturating_add(1);
-        self.sessions.insert(id.0.clone(), cut);
-        self.windows.insert(
-            (id.0.clone(), cut),
-            OpenWindow {
-                end,
-                last_event: window.last_event,
-                accumulator: Vec::new(),
-            },
-        );
-        self.closing.insert((end, id.0.clone(), cut));
+        self.start_session(&id.0, cut, end, window.last_event);
     }
 
     /// Sliding windows: forgets the recent events no window can hold any more (at or before the
@@ -442,6 +421,23 @@ impl WindowState {
             !events.is_empty()
         });
     }
+}
+
+/// Moves the open window `(key, start)` to end at `end`, keeping the closing order in step, with
+/// its newest event at `last`.
+fn extend(
+    closing: &mut BTreeSet<(i64, Arc<str>, i64)>,
+    window: &mut OpenWindow,
+    (key, start): (&Arc<str>, i64),
+    end: i64,
+    last: i64,
+) {
+    if end != window.end {
+        closing.remove(&(window.end, key.clone(), start));
+        closing.insert((end, key.clone(), start));
+        window.end = end;
+    }
+    window.last_event = last;
 }
 
 /// Starts of the tumbling or hopping windows `[start, start + size)` that contain `time`,
