@@ -379,6 +379,7 @@ impl Windows {
         Event {
             partition,
             position: closed.position,
+            source: crate::event::no_source(),
             key: None,
             event_time: Some(time),
             enqueued_time: time,
