@@ -132,6 +132,16 @@ pub(super) struct StageTable {
     /// reloaded when they change.
     #[serde(default)]
     pub(super) reference: BTreeMap<String, ReferenceTableConfig>,
+    /// Sources of the pipeline whose events enter this stage (one name or a list); a source no
+    /// stage names (here, or as a join's `left` or `right`) enters the first stage.
+    #[serde(default)]
+    pub(super) input: Option<Destinations>,
+    /// A join's left input, read straight from this source of the pipeline.
+    #[serde(default)]
+    pub(super) left: Option<String>,
+    /// A join's right input, read straight from this source of the pipeline.
+    #[serde(default)]
+    pub(super) right: Option<String>,
 }
 
 /// A reference table: rows looked up by the value of one column.
@@ -381,6 +391,7 @@ pub(super) fn resolve_stages(
         check_name(loaded, doc, &keys, stage, &mut seen)?;
         let runner = runner(loaded, doc, &keys, stage)?;
         check_routes(loaded, doc, &keys, tables, index)?;
+        check_source_inputs(doc, &keys, pipeline, stage)?;
         let timing = timing(doc, &keys, tables, index)?;
         check_references(loaded, doc, &keys, stage)?;
         if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
@@ -543,6 +554,93 @@ fn check_routes(
     Ok(())
 }
 
+/// The sources a stage reads straight from (`input`, a join's `left` and `right`) are sources of
+/// the pipeline, and a join reads them through its two inputs, any other stage through its one.
+fn check_source_inputs(
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    pipeline: &PipelineConfig,
+    stage: &StageTable,
+) -> Result<(), ConfigError> {
+    let is_join = stage.join.is_some();
+    let named = stage
+        .input
+        .iter()
+        .flat_map(|input| input.names().iter().map(|name| ("input", name)))
+        .chain(stage.left.iter().map(|name| ("left", name)))
+        .chain(stage.right.iter().map(|name| ("right", name)));
+    for (key, source) in named {
+        if key == "input" && is_join {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{}` is a join: a source enters it as its `left` or its `right`",
+                    stage.name
+                ),
+            ));
+        }
+        if key != "input" && !is_join {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{key}` belongs to a join stage; `{}` is not a join: a source enters it through `input`",
+                    stage.name
+                ),
+            ));
+        }
+        if !pipeline.sources.contains(source) {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{source}` is not a source of this pipeline (its sources: {})",
+                    pipeline
+                        .sources
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where each source of a pipeline enters its stages: the stages that name it (as `input`,
+/// `left` or `right`), else the first stage.
+pub(super) fn source_entries(
+    pipeline: &PipelineConfig,
+) -> BTreeMap<String, Vec<super::SourceEntry>> {
+    use super::SourceEntry;
+    let mut entries = BTreeMap::new();
+    for source in &pipeline.sources {
+        let mut found = Vec::new();
+        for (stage, table) in pipeline.stage_tables.iter().enumerate() {
+            let as_input = table
+                .input
+                .as_ref()
+                .is_some_and(|input| input.names().contains(source));
+            if as_input || table.left.as_ref() == Some(source) {
+                found.push(SourceEntry {
+                    stage,
+                    right: false,
+                });
+            }
+            if table.right.as_ref() == Some(source) {
+                found.push(SourceEntry { stage, right: true });
+            }
+        }
+        if found.is_empty() {
+            found.push(SourceEntry {
+                stage: 0,
+                right: false,
+            });
+        }
+        entries.insert(source.clone(), found);
+    }
+    entries
+}
+
 /// A window has the durations of its kind; a join is not also a window, has a time bound and is
 /// fed by an earlier stage.
 fn timing<'s>(
@@ -567,18 +665,20 @@ fn timing<'s>(
             "a join needs a time bound above zero (`within`, `before`)",
         ));
     }
-    let fed = stages[..index].iter().any(|s| {
-        s.outputs.values().any(|d| {
-            d.names()
-                .iter()
-                .any(|n| n.starts_with(&format!("{}.", stage.name)))
-        })
-    });
+    let from_sources = stage.left.is_some() || stage.right.is_some();
+    let fed = from_sources
+        || stages[..index].iter().any(|s| {
+            s.outputs.values().any(|d| {
+                d.names()
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{}.", stage.name)))
+            })
+        });
     if !fed {
         return Err(doc.error(
             &keys.at("join"),
             format!(
-                "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
+                "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`, or its `left` and `right` name sources of the pipeline",
                 stage.name
             ),
         ));

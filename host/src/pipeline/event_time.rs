@@ -10,11 +10,16 @@ use tokio::time::Instant;
 use crate::config::{LatePolicy, PipelineConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::metrics::{Metrics, names};
-use crate::time::{Admitted, Disorder, DisorderWatch, EventClock, WatermarkHandle, format_share};
+use crate::time::{
+    Admitted, Disorder, DisorderWatch, EventClock, SourceMerge, WatermarkHandle, format_share,
+};
 
 /// The checkpoint entry (among the stages' states) that holds the event clock. Stage names may
 /// not start with `#`, so it cannot collide with one.
 pub(crate) const EVENT_TIME_STATE: &str = "#event-time";
+
+/// The checkpoint entry that holds the merge of a pipeline with several sources.
+pub(crate) const SOURCES_TIME_STATE: &str = "#sources-time";
 
 /// Whether a pipeline's events go through an event clock: it asks for event ordering, or one of
 /// its stages works in event time (windows and joins need a watermark).
@@ -22,8 +27,19 @@ pub(crate) fn needs_clock(pipeline: &PipelineConfig) -> bool {
     pipeline
         .event_time
         .as_ref()
-        .is_some_and(|t| t.orders_events())
+        .is_some_and(|t| t.orders_events() || t.sources.values().any(|s| s.orders_events()))
         || pipeline.stages.iter().any(|s| s.is_time_based())
+        // Several sources are merged in event time, deterministically (see `SourceMerge`).
+        || pipeline.sources.len() > 1
+}
+
+/// The event time of a partition with several sources: their merge and when each was last heard.
+pub(crate) struct SourcesTime {
+    pub(crate) merge: SourceMerge,
+    /// Each source's idle timeout.
+    pub(crate) idle_timeouts: Vec<Option<Duration>>,
+    /// When each source last delivered events.
+    pub(crate) last_event_at: Vec<Instant>,
 }
 
 /// One partition's event time.
@@ -40,13 +56,53 @@ pub(crate) struct PartitionTime {
     pub(crate) partition: PartitionId,
     /// How many of the partition's events arrived behind the watermark.
     pub(crate) disorder: DisorderWatch,
+    /// With several sources: their clocks and merge (`clock` is then unused).
+    pub(crate) sources: Option<SourcesTime>,
 }
 
 impl PartitionTime {
-    /// Takes one decoded event through the clock.
-    pub(crate) fn admit(&mut self, event: Event) {
+    /// Takes one decoded event of input `input` through its clock.
+    pub(crate) fn admit(&mut self, input: usize, event: Event) {
         self.last_event_at = Instant::now();
-        self.clock.admit(event, &mut self.admitted);
+        match &mut self.sources {
+            Some(sources) => {
+                if let Some(at) = sources.last_event_at.get_mut(input) {
+                    *at = Instant::now();
+                }
+                sources.merge.admit(input, event, &mut self.admitted);
+            }
+            None => self.clock.admit(event, &mut self.admitted),
+        }
+    }
+
+    /// The partition's watermark.
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        match &self.sources {
+            Some(sources) => sources.merge.watermark(),
+            None => self.clock.watermark(),
+        }
+    }
+
+    /// The last position of the merged sequence, with several sources.
+    pub(crate) fn sequence(&self) -> Option<Position> {
+        self.sources.as_ref().map(|s| s.merge.sequence())
+    }
+
+    /// The state for the checkpoint, under its entry name.
+    pub(crate) fn snapshot(&self) -> (&'static str, Vec<u8>) {
+        match &self.sources {
+            Some(sources) => (SOURCES_TIME_STATE, sources.merge.snapshot()),
+            None => (EVENT_TIME_STATE, self.clock.snapshot()),
+        }
+    }
+
+    /// Input `input` (of several) has ended: its events are let go and it holds nothing back;
+    /// after the last one, everything closes.
+    pub(crate) fn source_ended(&mut self, input: usize) {
+        if let Some(sources) = &mut self.sources {
+            sources.merge.source_ended(input, &mut self.admitted);
+            self.publish(false);
+        }
     }
 
     /// After the events of a batch: counts what the policies did and publishes the watermark.
@@ -148,6 +204,9 @@ impl PartitionTime {
     /// holding the pipeline watermark back and follows it. Returns whether the watermark moved
     /// (marks and released events are then in `admitted`, attributed to `position`).
     pub(crate) fn on_idle(&mut self, position: Option<Position>) -> bool {
+        if self.sources.is_some() {
+            return self.sources_idle();
+        }
         let Some(timeout) = self.idle_timeout else {
             return false;
         };
@@ -188,8 +247,43 @@ impl PartitionTime {
         advanced
     }
 
+    /// With several sources, when a read found nothing: each source quiet for its idle timeout
+    /// stops holding the partition back; when all are, the partition follows the pipeline
+    /// watermark. Returns whether that released events or marks into `admitted`.
+    fn sources_idle(&mut self) -> bool {
+        let Some(sources) = &mut self.sources else {
+            return false;
+        };
+        let mut moved = false;
+        let mut all_idle = true;
+        for (input, timeout) in sources.idle_timeouts.iter().enumerate() {
+            let quiet = sources
+                .last_event_at
+                .get(input)
+                .is_some_and(|at| timeout.is_some_and(|t| at.elapsed() >= t));
+            if quiet {
+                moved |= sources.merge.set_idle(input, true, &mut self.admitted);
+            }
+            all_idle &= quiet || sources.merge.is_idle(input);
+        }
+        if all_idle {
+            self.publish(true);
+            if let Some(pipeline_watermark) = self.handle.pipeline_watermark()
+                && let Some(sources) = &mut self.sources
+            {
+                moved |= sources
+                    .merge
+                    .advance_to(pipeline_watermark, &mut self.admitted);
+            }
+        }
+        if moved {
+            self.publish(all_idle);
+        }
+        moved
+    }
+
     fn publish(&self, idle: bool) {
-        let watermark = self.clock.watermark();
+        let watermark = self.watermark();
         self.handle.publish(watermark, idle);
         let partition = self.partition.to_string();
         let labels = [("pipeline", &*self.pipeline), ("partition", &*partition)];
@@ -197,11 +291,12 @@ impl PartitionTime {
             self.metrics
                 .set(names::WATERMARK, &labels, watermark as f64);
         }
-        self.metrics.set(
-            names::REORDER_BUFFERED,
-            &labels,
-            self.clock.buffered() as f64,
-        );
+        let buffered = match &self.sources {
+            Some(sources) => sources.merge.buffered(),
+            None => self.clock.buffered(),
+        };
+        self.metrics
+            .set(names::REORDER_BUFFERED, &labels, buffered as f64);
         if let Some(pipeline_watermark) = self.handle.pipeline_watermark() {
             self.metrics.set(
                 names::PIPELINE_WATERMARK,

@@ -132,6 +132,14 @@ impl EventClock {
         self.buffer.len()
     }
 
+    /// Names `source` as the source of the events waiting in the reorder buffer (a checkpoint
+    /// does not keep it: a clock reads one source).
+    pub fn set_source(&mut self, source: &std::sync::Arc<str>) {
+        for event in self.buffer.values_mut() {
+            event.source = source.clone();
+        }
+    }
+
     /// Takes one arriving event through the policies and the reorder buffer.
     pub fn admit(&mut self, mut event: Event, out: &mut Admitted) {
         out.arrived += 1;

@@ -36,12 +36,14 @@
 //! section for what it means after a crash).
 
 mod clock;
+mod merge;
 mod watermarks;
 
 pub use clock::{
     Admitted, ClockSettings, DEFAULT_MAX_OUT_OF_ORDER_SHARE, DISORDER_MIN_EVENTS, Disorder,
     DisorderWatch, EventClock, LateEvent, Tolerance,
 };
+pub use merge::{SourceMark, SourceMerge, partition_watermark};
 pub use watermarks::{PipelineWatermarks, WatermarkHandle};
 
 use crate::event::Position;
