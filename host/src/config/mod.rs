@@ -458,12 +458,27 @@ pub struct EventTimeConfig {
     /// summary says it. Absent: 0.01 (1%); 1 never warns.
     #[serde(default)]
     pub max_out_of_order_share: Option<f64>,
+    /// Whose time semantics the pipeline follows: Weir's own (`weir`, the default) or Azure
+    /// Stream Analytics' (`stream_analytics`). Under `stream_analytics`, an absent
+    /// `late_arrival` is ASA's default (5 s, `adjust`), an absent `out_of_order` is ASA's (0 s,
+    /// `adjust`), the pipeline's window stages default to `stream_analytics` windows, and when
+    /// every partition has been idle for `idle_timeout` the watermark follows the wall clock
+    /// less the late-arrival tolerance (see [`crate::time::quiet_watermark`]).
+    #[serde(default)]
+    pub semantics: Option<WindowSemantics>,
 }
 
 impl EventTimeConfig {
     /// Whether the pipeline asks for event ordering (a reorder buffer and late-event policies).
     pub fn orders_events(&self) -> bool {
-        self.out_of_order.is_some() || self.late_arrival.is_some()
+        self.out_of_order.is_some() || self.late_arrival.is_some() || self.is_stream_analytics()
+    }
+
+    /// Whether the pipeline follows Stream Analytics' time semantics (`semantics =
+    /// "stream_analytics"`): ASA's event-ordering defaults and a watermark that follows the wall
+    /// clock when every partition is idle.
+    pub fn is_stream_analytics(&self) -> bool {
+        self.semantics == Some(WindowSemantics::StreamAnalytics)
     }
 }
 

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use crate::config::{LatePolicy, PipelineConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::metrics::{Metrics, names};
-use crate::time::{Admitted, Disorder, DisorderWatch, EventClock, WatermarkHandle, format_share};
+use crate::time::{
+    Admitted, Disorder, DisorderWatch, EventClock, WatermarkHandle, format_share, quiet_watermark,
+};
 
 /// The checkpoint entry (among the stages' states) that holds the event clock. Stage names may
 /// not start with `#`, so it cannot collide with one.
@@ -31,6 +33,9 @@ pub(crate) struct PartitionTime {
     pub(crate) clock: EventClock,
     pub(crate) handle: WatermarkHandle,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Under Stream Analytics semantics, the late-arrival tolerance (ms): when every partition is
+    /// idle, the watermark follows the wall clock less it (see [`quiet_watermark`]).
+    pub(crate) quiet_late_arrival: Option<i64>,
     pub(crate) last_event_at: Instant,
     pub(crate) admitted: Admitted,
     pub(crate) metrics: Metrics,
@@ -155,8 +160,7 @@ impl PartitionTime {
             return false;
         }
         self.publish(true);
-        let (Some(pipeline_watermark), Some(position)) =
-            (self.handle.pipeline_watermark(), position)
+        let (Some(pipeline_watermark), Some(position)) = (self.followed_watermark(), position)
         else {
             return false;
         };
@@ -186,6 +190,21 @@ impl PartitionTime {
             self.publish(true);
         }
         advanced
+    }
+
+    /// The watermark an idle partition follows: the pipeline's, or, when the whole pipeline is
+    /// quiet under Stream Analytics semantics, the wall clock less the late-arrival tolerance.
+    fn followed_watermark(&self) -> Option<i64> {
+        let pipeline = self.handle.pipeline_watermark();
+        let quiet = self.quiet_late_arrival.and_then(|late| {
+            quiet_watermark(
+                crate::event::now_millis(),
+                late,
+                self.handle.every_partition_idle(),
+                pipeline,
+            )
+        });
+        quiet.or(pipeline)
     }
 
     fn publish(&self, idle: bool) {

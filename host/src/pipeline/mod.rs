@@ -609,6 +609,11 @@ fn partition_time(
             .as_ref()
             .and_then(|t| t.idle_timeout)
             .map(|d| d.get()),
+        quiet_late_arrival: pipeline
+            .event_time
+            .as_ref()
+            .is_some_and(crate::config::EventTimeConfig::is_stream_analytics)
+            .then(|| settings.late_arrival.map_or(0, |late| late.millis)),
         last_event_at: tokio::time::Instant::now(),
         admitted: crate::time::Admitted::default(),
         metrics: metrics.clone(),
