@@ -18,6 +18,18 @@ use crate::time::{
 /// not start with `#`, so it cannot collide with one.
 pub(crate) const EVENT_TIME_STATE: &str = "#event-time";
 
+/// The checkpoint entry of an idle advance decided but maybe not yet written: the watermark (8
+/// bytes, big-endian). An idle advance is taken from the wall clock, so a replay would decide
+/// another one; saved before its outputs are written, it is repeated as it was after a crash,
+/// and the sinks recognise its outputs (see [`crate::sink::SinkWriter::checkpointed`]).
+pub(crate) const IDLE_ADVANCE_STATE: &str = "#idle-advance";
+
+/// The idle advance a checkpoint holds, if any.
+pub(crate) fn pending_idle_advance(checkpoint: &crate::checkpoint::Checkpoint) -> Option<i64> {
+    let bytes = checkpoint.stages.get(IDLE_ADVANCE_STATE)?;
+    Some(i64::from_be_bytes(bytes.as_slice().try_into().ok()?))
+}
+
 /// Whether a pipeline's events go through an event clock: it asks for event ordering, or one of
 /// its stages works in event time (windows and joins need a watermark).
 pub(crate) fn needs_clock(pipeline: &PipelineConfig) -> bool {
@@ -150,29 +162,26 @@ impl PartitionTime {
     }
 
     /// When a read found nothing: if the partition has been idle for the idle timeout, it stops
-    /// holding the pipeline watermark back and follows it. Returns whether the watermark moved
-    /// (marks and released events are then in `admitted`, attributed to `position`).
-    pub(crate) fn on_idle(&mut self, position: Option<Position>) -> bool {
-        let Some(timeout) = self.idle_timeout else {
-            return false;
-        };
+    /// holding the pipeline watermark back and may follow it. Returns the watermark to advance to
+    /// (then applied by [`PartitionTime::advance_idle`]), `None` when it stays.
+    pub(crate) fn idle_target(&mut self, position: Option<Position>) -> Option<i64> {
+        let timeout = self.idle_timeout?;
         if self.last_event_at.elapsed() < timeout {
-            return false;
+            return None;
         }
         self.publish(true);
-        let (Some(pipeline_watermark), Some(position)) = (self.followed_watermark(), position)
-        else {
-            return false;
-        };
-        if self
-            .clock
-            .watermark()
-            .is_some_and(|own| own >= pipeline_watermark)
-        {
-            return false;
+        position?;
+        let target = self.followed_watermark()?;
+        if self.clock.watermark().is_some_and(|own| own >= target) {
+            return None;
         }
-        self.clock
-            .advance_to(pipeline_watermark, position, &mut self.admitted);
+        Some(target)
+    }
+
+    /// Advances the idle partition's watermark to `target`. Returns whether it moved (marks and
+    /// released events are then in `admitted`, attributed to `position`).
+    pub(crate) fn advance_idle(&mut self, target: i64, position: Position) -> bool {
+        self.clock.advance_to(target, position, &mut self.admitted);
         let advanced = !self.admitted.marks.is_empty();
         if advanced {
             self.metrics.add(
@@ -184,7 +193,7 @@ impl PartitionTime {
                 1,
             );
             tracing::debug!(
-                pipeline = %self.pipeline, partition = self.partition, watermark = pipeline_watermark,
+                pipeline = %self.pipeline, partition = self.partition, watermark = target,
                 "idle partition follows the pipeline watermark"
             );
             self.publish(true);
