@@ -510,6 +510,14 @@ pub struct EventTimeConfig {
     /// a key a source's table leaves out is the pipeline's.
     #[serde(default)]
     pub sources: BTreeMap<String, EventTimeConfig>,
+    /// Whose time semantics the pipeline follows: Weir's own (`weir`, the default) or Azure
+    /// Stream Analytics' (`stream_analytics`). Under `stream_analytics`, an absent
+    /// `late_arrival` is ASA's default (5 s, `adjust`), an absent `out_of_order` is ASA's (0 s,
+    /// `adjust`), the pipeline's window stages default to `stream_analytics` windows, and when
+    /// every partition has been idle for `idle_timeout` the watermark follows the wall clock
+    /// less the late-arrival tolerance (see [`crate::time::quiet_watermark`]).
+    #[serde(default)]
+    pub semantics: Option<WindowSemantics>,
 }
 
 impl EventTimeConfig {
@@ -524,12 +532,20 @@ impl EventTimeConfig {
                 .max_out_of_order_share
                 .or(shared.max_out_of_order_share),
             sources: BTreeMap::new(),
+            semantics: self.semantics.or(shared.semantics),
         }
     }
 
     /// Whether the pipeline asks for event ordering (a reorder buffer and late-event policies).
     pub fn orders_events(&self) -> bool {
-        self.out_of_order.is_some() || self.late_arrival.is_some()
+        self.out_of_order.is_some() || self.late_arrival.is_some() || self.is_stream_analytics()
+    }
+
+    /// Whether the pipeline follows Stream Analytics' time semantics (`semantics =
+    /// "stream_analytics"`): ASA's event-ordering defaults and a watermark that follows the wall
+    /// clock when every partition is idle.
+    pub fn is_stream_analytics(&self) -> bool {
+        self.semantics == Some(WindowSemantics::StreamAnalytics)
     }
 }
 

@@ -253,10 +253,11 @@ pub struct WindowConfig {
     /// `stream_analytics` semantics, checked at multiples of it (see [`WindowSemantics`]).
     #[serde(default)]
     pub max_duration: Option<ConfigDuration>,
-    /// Whose window semantics: Weir's own (`weir`, the default) or Azure Stream Analytics'
-    /// (`stream_analytics`).
+    /// Whose window semantics: Weir's own (`weir`) or Azure Stream Analytics'
+    /// (`stream_analytics`). Absent: the pipeline's `event_time.semantics` (loading fills it in;
+    /// read it with [`WindowConfig::semantics`]).
     #[serde(default)]
-    pub semantics: WindowSemantics,
+    pub semantics: Option<WindowSemantics>,
     /// Stream Analytics' offset argument of a tumbling or hopping window: window ends fall on
     /// the Unix epoch plus `offset` plus multiples of the hop (`stream_analytics` semantics only).
     #[serde(default)]
@@ -267,6 +268,13 @@ pub struct WindowConfig {
     /// Field of every output record that the host sets to the window's end (RFC 3339).
     #[serde(default = "default_window_end_field")]
     pub end_field: String,
+}
+
+impl WindowConfig {
+    /// Whose window semantics the stage follows: its own `semantics`, else Weir's.
+    pub fn semantics(&self) -> WindowSemantics {
+        self.semantics.unwrap_or_default()
+    }
 }
 
 fn default_window_start_field() -> String {
@@ -392,7 +400,7 @@ pub(super) fn resolve_stages(
         let runner = runner(loaded, doc, &keys, stage)?;
         check_routes(loaded, doc, &keys, tables, index)?;
         check_source_inputs(doc, &keys, pipeline, stage)?;
-        let timing = timing(doc, &keys, tables, index)?;
+        let timing = timing(doc, &keys, tables, index, pipeline_semantics(pipeline))?;
         check_references(loaded, doc, &keys, stage)?;
         if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
             return Err(doc.error(
@@ -400,9 +408,22 @@ pub(super) fn resolve_stages(
                 "expected at least 1048576 (1 MiB)",
             ));
         }
-        stages.push(resolve(stage, runner, timing));
+        let mut resolved = resolve(stage, runner, timing);
+        if let StageKind::Window { window, .. } = &mut resolved.kind {
+            window.semantics = window.semantics.or(Some(pipeline_semantics(pipeline)));
+        }
+        stages.push(resolved);
     }
     Ok(stages)
+}
+
+/// The semantics a window stage that names none follows: the pipeline's `event_time.semantics`.
+fn pipeline_semantics(pipeline: &PipelineConfig) -> WindowSemantics {
+    pipeline
+        .event_time
+        .as_ref()
+        .and_then(|t| t.semantics)
+        .unwrap_or_default()
 }
 
 /// The stage's name is its own, unique in the pipeline and no sink's.
@@ -648,10 +669,13 @@ fn timing<'s>(
     keys: &StageKeys<'_>,
     stages: &'s [StageTable],
     index: usize,
+    inherited: WindowSemantics,
 ) -> Result<Timing<'s>, ConfigError> {
     let stage = &stages[index];
     if let Some(window) = &stage.window {
-        validate_window(doc, &keys.at("window"), window)?;
+        let mut window = window.clone();
+        window.semantics = window.semantics.or(Some(inherited));
+        validate_window(doc, &keys.at("window"), &window)?;
     }
     let Some(join) = &stage.join else {
         return Ok(stage.window.as_ref().map_or(Timing::Events, Timing::Window));
@@ -817,7 +841,7 @@ fn validate_window(
         }
     }
     if let Some(offset) = window.offset {
-        if window.semantics != WindowSemantics::StreamAnalytics {
+        if window.semantics() != WindowSemantics::StreamAnalytics {
             return Err(doc.error(
                 &key("offset"),
                 "`offset` is Stream Analytics' window argument: it needs `semantics = \"stream_analytics\"`",
@@ -938,9 +962,20 @@ outputs = { rows = "out" }
 
     /// The window table of `FOUR_KINDS` replaced by `table`: the loaded window, or the error.
     fn with_window(table: &str) -> Result<WindowConfig, String> {
+        with_window_in(table, "")
+    }
+
+    /// As [`with_window`], with `pipeline_keys` (lines, each ending with a newline) added to the
+    /// pipeline's table.
+    fn with_window_in(table: &str, pipeline_keys: &str) -> Result<WindowConfig, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
-        let text = FOUR_KINDS.replace(r#"{ type = "tumbling", size = "5m" }"#, table);
+        let text = FOUR_KINDS
+            .replace(r#"{ type = "tumbling", size = "5m" }"#, table)
+            .replace(
+                "dead_letter = \"out\"\n",
+                &format!("dead_letter = \"out\"\n{pipeline_keys}"),
+            );
         let loaded = super::super::load_str(&text, Path::new("weir.toml"), dir.path())
             .map_err(|e| e.to_string())?;
         loaded.config.pipelines["p"]
@@ -956,12 +991,12 @@ outputs = { rows = "out" }
     #[test]
     fn window_semantics_default_to_weir_and_offset_is_stream_analytics_only() {
         let weir = with_window(r#"{ type = "tumbling", size = "5m" }"#).expect("weir");
-        assert_eq!(weir.semantics, WindowSemantics::Weir);
+        assert_eq!(weir.semantics(), WindowSemantics::Weir);
         let asa = with_window(
             r#"{ type = "tumbling", size = "1h", offset = "15m", semantics = "stream_analytics" }"#,
         )
         .expect("asa");
-        assert_eq!(asa.semantics, WindowSemantics::StreamAnalytics);
+        assert_eq!(asa.semantics(), WindowSemantics::StreamAnalytics);
         assert_eq!(
             asa.offset.map(|d| d.get()),
             Some(std::time::Duration::from_secs(900))
@@ -992,5 +1027,28 @@ outputs = { rows = "out" }
             let err = with_window(table).expect_err(table);
             assert!(err.contains(expected), "{table}: {err}");
         }
+    }
+
+    #[test]
+    fn a_window_without_semantics_follows_the_pipeline_s_event_time_semantics() {
+        let asa_pipeline = "event_time = { semantics = \"stream_analytics\" }\n";
+        let inherited = with_window_in(
+            r#"{ type = "tumbling", size = "1h", offset = "15m" }"#,
+            asa_pipeline,
+        )
+        .expect("inherits stream_analytics, so the offset is allowed");
+        assert_eq!(inherited.semantics(), WindowSemantics::StreamAnalytics);
+        let own = with_window_in(
+            r#"{ type = "tumbling", size = "1h", semantics = "weir" }"#,
+            asa_pipeline,
+        )
+        .expect("a stage's own semantics win");
+        assert_eq!(own.semantics(), WindowSemantics::Weir);
+        let err = with_window_in(
+            r#"{ type = "tumbling", size = "1h" }"#,
+            "event_time = { semantics = \"asa\" }\n",
+        )
+        .expect_err("unknown semantics");
+        assert!(err.contains("unknown variant `asa`"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use crate::event::{Event, PartitionId, Position};
 use crate::metrics::{Metrics, names};
 use crate::time::{
     Admitted, Disorder, DisorderWatch, EventClock, SourceMerge, WatermarkHandle, format_share,
+    quiet_watermark,
 };
 
 /// The checkpoint entry (among the stages' states) that holds the event clock. Stage names may
@@ -20,6 +21,18 @@ pub(crate) const EVENT_TIME_STATE: &str = "#event-time";
 
 /// The checkpoint entry that holds the merge of a pipeline with several sources.
 pub(crate) const SOURCES_TIME_STATE: &str = "#sources-time";
+
+/// The checkpoint entry of an idle advance decided but maybe not yet written: the watermark (8
+/// bytes, big-endian). An idle advance is taken from the wall clock, so a replay would decide
+/// another one; saved before its outputs are written, it is repeated as it was after a crash,
+/// and the sinks recognise its outputs (see [`crate::sink::SinkWriter::checkpointed`]).
+pub(crate) const IDLE_ADVANCE_STATE: &str = "#idle-advance";
+
+/// The idle advance a checkpoint holds, if any.
+pub(crate) fn pending_idle_advance(checkpoint: &crate::checkpoint::Checkpoint) -> Option<i64> {
+    let bytes = checkpoint.stages.get(IDLE_ADVANCE_STATE)?;
+    Some(i64::from_be_bytes(bytes.as_slice().try_into().ok()?))
+}
 
 /// Whether a pipeline's events go through an event clock: it asks for event ordering, or one of
 /// its stages works in event time (windows and joins need a watermark).
@@ -42,11 +55,21 @@ pub(crate) struct SourcesTime {
     pub(crate) last_event_at: Vec<Instant>,
 }
 
+impl SourcesTime {
+    /// Whether every source is idle (quiet for its idle timeout, or ended).
+    fn all_idle(&self) -> bool {
+        (0..self.idle_timeouts.len()).all(|input| self.merge.is_idle(input))
+    }
+}
+
 /// One partition's event time.
 pub(crate) struct PartitionTime {
     pub(crate) clock: EventClock,
     pub(crate) handle: WatermarkHandle,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Under Stream Analytics semantics, the late-arrival tolerance (ms): when every partition is
+    /// idle, the watermark follows the wall clock less it (see [`quiet_watermark`]).
+    pub(crate) quiet_late_arrival: Option<i64>,
     pub(crate) last_event_at: Instant,
     pub(crate) admitted: Admitted,
     pub(crate) metrics: Metrics,
@@ -201,33 +224,39 @@ impl PartitionTime {
     }
 
     /// When a read found nothing: if the partition has been idle for the idle timeout, it stops
-    /// holding the pipeline watermark back and follows it. Returns whether the watermark moved
-    /// (marks and released events are then in `admitted`, attributed to `position`).
-    pub(crate) fn on_idle(&mut self, position: Option<Position>) -> bool {
-        if self.sources.is_some() {
-            return self.sources_idle();
-        }
-        let Some(timeout) = self.idle_timeout else {
-            return false;
-        };
-        if self.last_event_at.elapsed() < timeout {
-            return false;
+    /// holding the pipeline watermark back and may follow it. Returns the watermark to advance to
+    /// (then applied by [`PartitionTime::advance_idle`]), `None` when it stays. With several
+    /// sources, the partition is idle when all of them are (see
+    /// [`PartitionTime::release_quiet_sources`]).
+    pub(crate) fn idle_target(&mut self, position: Option<Position>) -> Option<i64> {
+        if let Some(sources) = &self.sources {
+            if !sources.all_idle() {
+                return None;
+            }
+        } else {
+            let timeout = self.idle_timeout?;
+            if self.last_event_at.elapsed() < timeout {
+                return None;
+            }
         }
         self.publish(true);
-        let (Some(pipeline_watermark), Some(position)) =
-            (self.handle.pipeline_watermark(), position)
-        else {
-            return false;
-        };
-        if self
-            .clock
-            .watermark()
-            .is_some_and(|own| own >= pipeline_watermark)
-        {
-            return false;
+        position?;
+        let target = self.followed_watermark()?;
+        if self.watermark().is_some_and(|own| own >= target) {
+            return None;
         }
-        self.clock
-            .advance_to(pipeline_watermark, position, &mut self.admitted);
+        Some(target)
+    }
+
+    /// Advances the idle partition's watermark to `target`. Returns whether it moved (marks and
+    /// released events are then in `admitted`, attributed to `position`).
+    pub(crate) fn advance_idle(&mut self, target: i64, position: Position) -> bool {
+        match &mut self.sources {
+            Some(sources) => {
+                sources.merge.advance_to(target, &mut self.admitted);
+            }
+            None => self.clock.advance_to(target, position, &mut self.admitted),
+        }
         let advanced = !self.admitted.marks.is_empty();
         if advanced {
             self.metrics.add(
@@ -239,7 +268,7 @@ impl PartitionTime {
                 1,
             );
             tracing::debug!(
-                pipeline = %self.pipeline, partition = self.partition, watermark = pipeline_watermark,
+                pipeline = %self.pipeline, partition = self.partition, watermark = target,
                 "idle partition follows the pipeline watermark"
             );
             self.publish(true);
@@ -248,14 +277,14 @@ impl PartitionTime {
     }
 
     /// With several sources, when a read found nothing: each source quiet for its idle timeout
-    /// stops holding the partition back; when all are, the partition follows the pipeline
-    /// watermark. Returns whether that released events or marks into `admitted`.
-    fn sources_idle(&mut self) -> bool {
+    /// stops holding the partition back. Returns whether that released events or marks into
+    /// `admitted`; whether the whole partition then follows the pipeline is
+    /// [`PartitionTime::idle_target`]'s decision.
+    pub(crate) fn release_quiet_sources(&mut self) -> bool {
         let Some(sources) = &mut self.sources else {
             return false;
         };
         let mut moved = false;
-        let mut all_idle = true;
         for (input, timeout) in sources.idle_timeouts.iter().enumerate() {
             let quiet = sources
                 .last_event_at
@@ -264,22 +293,27 @@ impl PartitionTime {
             if quiet {
                 moved |= sources.merge.set_idle(input, true, &mut self.admitted);
             }
-            all_idle &= quiet || sources.merge.is_idle(input);
         }
-        if all_idle {
-            self.publish(true);
-            if let Some(pipeline_watermark) = self.handle.pipeline_watermark()
-                && let Some(sources) = &mut self.sources
-            {
-                moved |= sources
-                    .merge
-                    .advance_to(pipeline_watermark, &mut self.admitted);
-            }
-        }
+        let all_idle = sources.all_idle();
         if moved {
             self.publish(all_idle);
         }
         moved
+    }
+
+    /// The watermark an idle partition follows: the pipeline's, or, when the whole pipeline is
+    /// quiet under Stream Analytics semantics, the wall clock less the late-arrival tolerance.
+    fn followed_watermark(&self) -> Option<i64> {
+        let pipeline = self.handle.pipeline_watermark();
+        let quiet = self.quiet_late_arrival.and_then(|late| {
+            quiet_watermark(
+                crate::event::now_millis(),
+                late,
+                self.handle.every_partition_idle(),
+                pipeline,
+            )
+        });
+        quiet.or(pipeline)
     }
 
     fn publish(&self, idle: bool) {

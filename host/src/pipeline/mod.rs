@@ -710,6 +710,11 @@ fn partition_time(
             .as_ref()
             .and_then(|t| t.idle_timeout)
             .map(|d| d.get()),
+        quiet_late_arrival: pipeline
+            .event_time
+            .as_ref()
+            .is_some_and(crate::config::EventTimeConfig::is_stream_analytics)
+            .then(|| settings.late_arrival.map_or(0, |late| late.millis)),
         last_event_at: tokio::time::Instant::now(),
         admitted: crate::time::Admitted::default(),
         metrics: metrics.clone(),
@@ -859,6 +864,7 @@ pub(crate) async fn build_worker(
             .status
             .partition(pipeline_name, &pipeline.source_label(), partition),
         max_event_time: None,
+        pending_idle_advance: event_time::pending_idle_advance(&checkpoint),
     })
 }
 
@@ -879,7 +885,16 @@ async fn open_sink_writers(
         let Some(sink) = context.sinks.get(name) else {
             continue;
         };
-        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+        let mut progress = checkpoint.sinks.get(name).cloned();
+        if event_time::pending_idle_advance(checkpoint).is_some()
+            && let Some(serde_json::Value::Object(fields)) = &mut progress
+        {
+            fields.insert(
+                crate::sink::IDLE_ADVANCE_PENDING.to_owned(),
+                serde_json::Value::Bool(true),
+            );
+        }
+        let writer = sink.open_writer(&scope, progress.as_ref()).await?;
         sink_slots.push(SinkSlot {
             name: name.as_str().into(),
             writer,

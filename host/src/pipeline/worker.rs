@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
-use super::event_time::PartitionTime;
+use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
 use super::inputs::Inputs;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::event::{Event, PartitionId, Position, now_millis};
@@ -144,6 +144,9 @@ pub(crate) struct PartitionWorker {
     pub(crate) status: PartitionHandle,
     /// The latest event time decoded, for the watermark delay.
     pub(crate) max_event_time: Option<i64>,
+    /// An idle advance decided and checkpointed but not yet written (restored from a checkpoint
+    /// taken just before it: the run repeats it first).
+    pub(crate) pending_idle_advance: Option<i64>,
 }
 
 impl PartitionWorker {
@@ -170,6 +173,11 @@ impl PartitionWorker {
         let mut stage_inputs: Vec<Vec<Event>> =
             (0..self.stages.len()).map(|_| Vec::new()).collect();
         let mut output = StageOutput::default();
+        if let Some(target) = self.pending_idle_advance {
+            // Checkpointed, then a crash: repeat it as it was decided.
+            self.idle_advance(target, &mut stage_inputs, &mut output, &mut report)
+                .await?;
+        }
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         loop {
             if *self.shutdown.borrow() {
@@ -201,15 +209,27 @@ impl PartitionWorker {
                     // Lag changes without events too (a partition catches up when the source
                     // finds nothing more for it).
                     self.report_idle_lag();
-                    // An idle partition may follow the pipeline watermark: what that closes is
-                    // written and checkpointed at once.
-                    if self.time_advanced_while_idle() {
+                    // An idle partition may follow the pipeline watermark (or the wall clock):
+                    // what that closes is written and checkpointed at once.
+                    if self
+                        .time
+                        .as_mut()
+                        .is_some_and(PartitionTime::release_quiet_sources)
+                    {
+                        // A quiet source stopped holding the others back: what that lets go is
+                        // written and checkpointed at once.
                         self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
                             .await?;
-                        if self.inputs.several() {
-                            self.position = self.time.as_ref().and_then(PartitionTime::sequence);
-                        }
+                        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+                        self.state_dirty = true;
                         self.checkpoint().await?;
+                        next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+                    }
+                    let position = self.position;
+                    let target = self.time.as_mut().and_then(|t| t.idle_target(position));
+                    if let Some(target) = target {
+                        self.idle_advance(target, &mut stage_inputs, &mut output, &mut report)
+                            .await?;
                         next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                 }
@@ -437,16 +457,41 @@ impl PartitionWorker {
             .await
     }
 
-    /// An idle partition's watermark followed the pipeline's: marks (and released events) wait
-    /// in the clock's output for [`PartitionWorker::deliver`].
-    fn time_advanced_while_idle(&mut self) -> bool {
-        let position = self.position;
-        let advanced = self
+    /// Moves an idle partition's watermark to `target` without a new event. The decision comes
+    /// from other partitions or the wall clock, which a replay would not repeat: it is
+    /// checkpointed first, then what it closes is written and checkpointed, so that a crash in
+    /// between repeats this advance and each sink finds its outputs written once.
+    async fn idle_advance(
+        &mut self,
+        target: i64,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let Some(position) = self.position else {
+            return Ok(());
+        };
+        // Repeating one restored from the checkpoint: it is saved already, and saving again would
+        // tell the sinks that its records are new before they know whether they hold them.
+        if self.pending_idle_advance.is_none() {
+            self.pending_idle_advance = Some(target);
+            self.state_dirty = true;
+            self.checkpoint().await?;
+        }
+        self.pending_idle_advance = None;
+        if self
             .time
             .as_mut()
-            .is_some_and(|time| time.on_idle(position));
-        self.state_dirty |= advanced;
-        advanced
+            .is_some_and(|time| time.advance_idle(target, position))
+        {
+            self.deliver(Vec::new(), stage_inputs, output, report)
+                .await?;
+            if self.inputs.several() {
+                self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+            }
+        }
+        self.state_dirty = true;
+        self.checkpoint().await
     }
 
     /// The input has ended: the clock releases everything and closes everything downstream, at
@@ -896,6 +941,11 @@ impl PartitionWorker {
             let (entry, state) = time.snapshot();
             checkpoint.stages.insert(entry.to_owned(), state);
         }
+        if let Some(target) = self.pending_idle_advance {
+            checkpoint
+                .stages
+                .insert(IDLE_ADVANCE_STATE.to_owned(), target.to_be_bytes().to_vec());
+        }
         self.checkpoints
             .save(&self.settings.pipeline, self.partition, &checkpoint)
             .await?;
@@ -906,6 +956,9 @@ impl PartitionWorker {
             self.inputs.checkpointed(&checkpoint.sources);
         } else if let Some(input) = self.inputs.inputs.first_mut() {
             input.reader.checkpointed(position);
+        }
+        for slot in &mut self.sinks {
+            slot.writer.checkpointed(position);
         }
         self.status.update(|s| {
             s.checkpointed = Some(position);
