@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+pub use super::types::{ColumnType, StructMember};
 use crate::config::{ConfigError, Document};
 
 /// A Delta Lake table with an explicit schema.
@@ -39,7 +40,9 @@ fn default_max_buffered_rows() -> usize {
 pub struct DeltaColumn {
     /// Column name.
     pub name: String,
-    /// Column type.
+    /// Column type, spelled as Spark SQL's DDL spells it: `string`, `long`, `integer`, `short`,
+    /// `byte`, `double`, `float`, `boolean`, `binary`, `timestamp`, `timestamp_ntz`, `date`,
+    /// `decimal(p,s)`, `array<T>`, `map<K,V>`, `struct<name:T,...>`, nested to any depth.
     #[serde(rename = "type")]
     pub data_type: ColumnType,
     /// Top-level field of the record's JSON that fills the column; defaults to `name`.
@@ -48,30 +51,25 @@ pub struct DeltaColumn {
     /// Fill the column from the record's metadata instead of its JSON.
     #[serde(default)]
     pub value: Option<ColumnValue>,
+    /// Derive the column from the timestamp the value holds (RFC 3339 text or epoch
+    /// milliseconds): `date` (its UTC date, a `date` column) or `hour` (its UTC hour of the day,
+    /// 0 to 23, an `integer` column). Meant for `partition_by`.
+    #[serde(default)]
+    pub derive: Option<Derive>,
     /// Whether the column may be null; a non-nullable column missing from a record sends the
     /// record to the dead-letter sink.
     #[serde(default = "default_true")]
     pub nullable: bool,
 }
 
-/// Types a Delta column can have.
+/// A part of a timestamp a column can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// UTF-8 text.
-    String,
-    /// 64-bit signed integer.
-    Long,
-    /// 32-bit signed integer.
-    Integer,
-    /// 64-bit float.
-    Double,
-    /// Boolean.
-    Boolean,
-    /// Instant with microsecond precision, UTC (from RFC 3339 text or epoch milliseconds).
-    Timestamp,
-    /// Calendar date (from `YYYY-MM-DD`, or the UTC date of a timestamp).
+pub enum Derive {
+    /// The UTC date.
     Date,
+    /// The UTC hour of the day, 0 to 23.
+    Hour,
 }
 
 /// Record metadata a column can be filled from.

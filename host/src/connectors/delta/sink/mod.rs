@@ -21,7 +21,9 @@
 //!   dropping the rows whose positions the table's transactions already cover.
 
 mod convert;
+mod json_tree;
 mod location;
+mod nested;
 mod table;
 #[cfg(test)]
 mod tests;

@@ -3,26 +3,53 @@
 
 use deltalake::DeltaTable;
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::kernel::{DataType, StructField};
+use deltalake::kernel::{ArrayType, DataType, MapType, StructField, StructType};
 use deltalake::protocol::SaveMode;
 use deltalake::writer::RecordBatchWriter;
 
-use super::convert::type_name;
 use super::location::Location;
 use crate::config::{ColumnType, DeltaSinkConfig};
 use crate::sink::SinkErrorKind;
 
 /// The Delta type of a configured column type.
-pub(super) fn delta_type(data_type: ColumnType) -> DataType {
-    match data_type {
+pub(super) fn delta_type(data_type: &ColumnType) -> Result<DataType, String> {
+    Ok(match data_type {
         ColumnType::String => DataType::STRING,
         ColumnType::Long => DataType::LONG,
         ColumnType::Integer => DataType::INTEGER,
+        ColumnType::Short => DataType::SHORT,
+        ColumnType::Byte => DataType::BYTE,
         ColumnType::Double => DataType::DOUBLE,
+        ColumnType::Float => DataType::FLOAT,
         ColumnType::Boolean => DataType::BOOLEAN,
+        ColumnType::Binary => DataType::BINARY,
         ColumnType::Timestamp => DataType::TIMESTAMP,
+        ColumnType::TimestampNtz => DataType::TIMESTAMP_NTZ,
         ColumnType::Date => DataType::DATE,
-    }
+        ColumnType::Decimal { precision, scale } => {
+            DataType::decimal(*precision, *scale).map_err(|e| format!("type {data_type}: {e}"))?
+        }
+        // Spark's DDL makes array elements and map values nullable.
+        ColumnType::Array(element) => ArrayType::new(delta_type(element)?, true).into(),
+        ColumnType::Map(key, value) => {
+            MapType::new(delta_type(key)?, delta_type(value)?, true).into()
+        }
+        ColumnType::Struct(members) => {
+            let fields = members
+                .iter()
+                .map(|m| {
+                    Ok(StructField::new(
+                        m.name.clone(),
+                        delta_type(&m.data_type)?,
+                        m.nullable,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            StructType::try_new(fields)
+                .map_err(|e| format!("type {data_type}: {e}"))?
+                .into()
+        }
+    })
 }
 
 /// Opens the table at `location`, creating it if absent; returns it loaded, with its arrow schema.
@@ -41,11 +68,18 @@ pub(super) async fn open_or_create(
         .await
         .map_err(|e| unavailable(format!("cannot read the table at {at}: {e}")))?;
     if !exists {
-        let columns: Vec<StructField> = config
+        let columns = config
             .columns
             .iter()
-            .map(|c| StructField::new(c.name.clone(), delta_type(c.data_type), c.nullable))
-            .collect();
+            .map(|c| {
+                Ok(StructField::new(
+                    c.name.clone(),
+                    delta_type(&c.data_type)?,
+                    c.nullable,
+                ))
+            })
+            .collect::<Result<Vec<StructField>, String>>()
+            .map_err(|e| (SinkErrorKind::Misconfigured, e))?;
         // `Ignore`: a table another process created meanwhile is kept, and checked below.
         table = table
             .create()
@@ -117,12 +151,12 @@ pub(super) fn check_schema(config: &DeltaSinkConfig, table: &DeltaTable) -> Resu
                 )
             });
         }
-        if field.data_type() != &delta_type(column.data_type) {
+        if Ok(field.data_type()) != delta_type(&column.data_type).as_ref() {
             return Err(format!(
                 "column `{}` is {} in the table but {} in the configuration",
                 column.name,
                 field.data_type(),
-                type_name(column.data_type)
+                column.data_type
             ));
         }
         if !field.is_nullable() && column.nullable {

@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::compute::concat_batches;
-use deltalake::arrow::datatypes::{
-    DataType as ArrowType, Field, Int32Type, Int64Type, Schema, TimeUnit,
-};
+use deltalake::arrow::datatypes::{Int32Type, Int64Type, Schema};
 use deltalake::kernel::engine::arrow_data::ArrowEngineData;
 use serde_json::{Value, json};
 
@@ -424,25 +422,16 @@ fn converts_each_type() {
 }
 
 fn arrow_schema(config: &DeltaSinkConfig) -> Arc<Schema> {
-    let fields: Vec<Field> = config
-        .columns
-        .iter()
-        .map(|c| {
-            let data_type = match c.data_type {
-                ColumnType::String => ArrowType::Utf8,
-                ColumnType::Long => ArrowType::Int64,
-                ColumnType::Integer => ArrowType::Int32,
-                ColumnType::Double => ArrowType::Float64,
-                ColumnType::Boolean => ArrowType::Boolean,
-                ColumnType::Timestamp => {
-                    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-                }
-                ColumnType::Date => ArrowType::Date32,
-            };
-            Field::new(c.name.clone(), data_type, c.nullable)
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
+    use deltalake::kernel::engine::arrow_conversion::TryIntoArrow as _;
+    let fields = config.columns.iter().map(|c| {
+        deltalake::kernel::StructField::new(
+            c.name.clone(),
+            super::table::delta_type(&c.data_type).expect("a Delta type"),
+            c.nullable,
+        )
+    });
+    let schema = deltalake::kernel::StructType::try_new(fields).expect("a schema");
+    Arc::new((&schema).try_into_arrow().expect("an arrow schema"))
 }
 
 fn converter(toml_body: &str) -> RowConverter {
