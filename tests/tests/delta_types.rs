@@ -1,5 +1,6 @@
 //! The Delta type system through `weir run` (issue 16): a table with every type the sink writes,
-//! nested columns included, read back by the Python `deltalake` package equal to the input,
+//! nested columns included, read back by the Python `deltalake` package and by polars equal to
+//! the input,
 //! decimals exact to the last digit; an out-of-range decimal and a wrong nested type dead-lettered
 //! with the column named; a misspelt type refused at start with file, line and key.
 
@@ -181,9 +182,9 @@ fn records() -> Vec<(Value, Option<Value>)> {
     ]
 }
 
-/// Reads the table with Python `deltalake` (through pyarrow), every value in a JSON form that
-/// keeps decimals as their exact text and binary as base64.
-fn read_table(table: &Path) -> (Vec<Value>, Value) {
+/// Reads the table with Python `deltalake` (through pyarrow) and with polars, every value in a
+/// JSON form that keeps decimals as their exact text and binary as base64.
+fn read_table(table: &Path) -> (Vec<Value>, Vec<Value>, Value) {
     const SCRIPT: &str = r#"
 import base64, datetime, decimal, json, sys
 from deltalake import DeltaTable
@@ -198,7 +199,9 @@ def plain(v):
     return v
 rows = [plain(r) for r in t.to_pyarrow_table().to_pylist()]
 schema = json.loads(t.schema().to_json())
-print(json.dumps({"rows": rows, "schema": schema, "partitions": t.metadata().partition_columns,
+import polars
+polars_rows = [plain(r) for r in polars.read_delta(sys.argv[1]).to_dicts()]
+print(json.dumps({"rows": rows, "polars_rows": polars_rows, "schema": schema, "partitions": t.metadata().partition_columns,
                   "protocol": [t.protocol().min_reader_version, t.protocol().min_writer_version,
                                t.protocol().writer_features]}))
 "#;
@@ -212,9 +215,23 @@ print(json.dumps({"rows": rows, "schema": schema, "partitions": t.metadata().par
         String::from_utf8_lossy(&output.stderr)
     );
     let value: Value = serde_json::from_slice(&output.stdout).expect("json");
-    let mut rows = value["rows"].as_array().expect("rows").clone();
-    rows.sort_by_key(|r| r["id"].as_i64());
-    (rows, value)
+    let sorted = |key: &str| {
+        let mut rows = value[key].as_array().expect("rows").clone();
+        rows.sort_by_key(|r| r["id"].as_i64());
+        rows
+    };
+    (sorted("rows"), sorted("polars_rows"), value)
+}
+
+/// `[[key, value], ...]` as `{key: value, ...}` (null stays null).
+fn pairs_to_object(value: &mut Value) {
+    if let Value::Array(pairs) = value {
+        let object = pairs
+            .iter()
+            .map(|pair| (pair[0].as_str().expect("a key").to_owned(), pair[1].clone()))
+            .collect();
+        *value = Value::Object(object);
+    }
 }
 
 #[test]
@@ -229,9 +246,23 @@ fn every_type_written_by_weir_run_reads_back_equal() {
     let config = config(dir.path(), COLUMNS);
     run_to_completion(&config, Duration::from_secs(120));
 
-    let (rows, table) = read_table(&dir.path().join("delta/all_types"));
+    let (rows, polars_rows, table) = read_table(&dir.path().join("delta/all_types"));
     let expected: Vec<Value> = records.iter().filter_map(|(_, e)| e.clone()).collect();
-    assert_eq!(rows, expected, "rows as the Python reader sees them");
+    assert_eq!(
+        rows, expected,
+        "rows as the Python deltalake reader sees them"
+    );
+    // polars shows a map as an object, pyarrow as a list of pairs.
+    let mut expected_by_polars = expected.clone();
+    for row in &mut expected_by_polars {
+        pairs_to_object(&mut row["counts"]);
+        if let Some(inner) = row["deep"]["inner"].as_object_mut()
+            && let Some(notes) = inner.get_mut("notes")
+        {
+            pairs_to_object(notes);
+        }
+    }
+    assert_eq!(polars_rows, expected_by_polars, "rows as polars sees them");
     assert_eq!(table["partitions"], json!(["day", "hour"]));
     // The Delta types are the ones spelt in the configuration.
     let types: Vec<(String, Value)> = table["schema"]["fields"]

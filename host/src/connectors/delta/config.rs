@@ -28,6 +28,35 @@ pub struct DeltaSinkConfig {
     /// Commit early once this many rows are buffered (a checkpoint always commits).
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
+    /// Parquet compression of the data files: `zstd` (the default), `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// A data file is closed and the next one started once it holds this many bytes, so one
+    /// commit may write several files per table partition; absent: one file per table partition
+    /// per commit.
+    #[serde(default)]
+    pub target_file_size: Option<u64>,
+    /// The most rows in one parquet row group (parquet's default when absent: 1,048,576).
+    #[serde(default)]
+    pub row_group_rows: Option<usize>,
+    /// Table properties set when the sink creates the table (for example
+    /// `"delta.logRetentionDuration" = "interval 7 days"`); a key Delta does not know refuses the
+    /// start. An existing table keeps its own.
+    #[serde(default)]
+    pub table_properties: BTreeMap<String, String>,
+}
+
+/// Parquet compression codecs of the Delta sink's data files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Zstandard (level 3): smaller files than snappy for about the same write cost.
+    #[default]
+    Zstd,
+    /// Snappy, parquet's most common codec.
+    Snappy,
+    /// Uncompressed.
+    None,
 }
 
 fn default_max_buffered_rows() -> usize {

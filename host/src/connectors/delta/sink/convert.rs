@@ -290,6 +290,9 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
     if config.max_buffered_rows == 0 {
         return Err("`max_buffered_rows` must be at least 1".to_owned());
     }
+    if config.row_group_rows == Some(0) {
+        return Err("`row_group_rows` must be at least 1".to_owned());
+    }
     let mut names = HashSet::new();
     for column in &config.columns {
         if column.name.is_empty() {

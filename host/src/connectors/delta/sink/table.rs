@@ -86,6 +86,12 @@ pub(super) async fn open_or_create(
             .with_table_name(name)
             .with_columns(columns)
             .with_partition_columns(config.partition_by.clone())
+            .with_configuration(
+                config
+                    .table_properties
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Some(value.clone()))),
+            )
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(|e| unavailable(format!("cannot create the table at {at}: {e}")))?;

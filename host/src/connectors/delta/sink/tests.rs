@@ -1074,6 +1074,78 @@ print(json.dumps({"partitions": partitions, "rows": rows, "columns": dt.metadata
     );
 }
 
+/// The compression codec and row groups of every data file added by commit `version`.
+fn data_files(table: &Path, version: u64) -> Vec<(String, usize)> {
+    use deltalake::parquet::file::reader::{FileReader as _, SerializedFileReader};
+    commits(table)[&version]
+        .iter()
+        .filter_map(|a| a.get("add"))
+        .map(|add| {
+            let path = table.join(add["path"].as_str().expect("a path"));
+            let file = std::fs::File::open(&path).expect("a data file");
+            let reader = SerializedFileReader::new(file).expect("a parquet file");
+            let metadata = reader.metadata();
+            let codec = metadata.row_group(0).column(0).compression().to_string();
+            (codec, metadata.num_row_groups())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_settings_compression_row_groups_file_size_and_table_properties() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Default: zstd, one file per commit.
+    let table = dir.path().join("default");
+    let sink = open(&table, TELEMETRY).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    let files = data_files(&table, 1);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].0.starts_with("ZSTD"), "{files:?}");
+
+    // snappy, 10-row row groups, table properties at creation.
+    let table = dir.path().join("snappy");
+    let settings = format!(
+        "compression = \"snappy\"\nrow_group_rows = 10\ntable_properties = {{ \"delta.logRetentionDuration\" = \"interval 7 days\" }}\n{TELEMETRY}"
+    );
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    assert_eq!(data_files(&table, 1), vec![("SNAPPY".to_owned(), 10)]);
+    let created = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json"))
+        .expect("the first commit");
+    assert!(
+        created.contains(r#""delta.logRetentionDuration":"interval 7 days""#),
+        "{created}"
+    );
+
+    // Uncompressed, and a small target file size: one commit, several files.
+    let table = dir.path().join("small-files");
+    let settings =
+        format!("compression = \"none\"\ntarget_file_size = 1\nrow_group_rows = 20\n{TELEMETRY}");
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    let files = data_files(&table, 1);
+    assert!(files.len() > 1, "{files:?}");
+    assert!(
+        files.iter().all(|(codec, _)| codec == "UNCOMPRESSED"),
+        "{files:?}"
+    );
+    assert_eq!(read_with_rust(&table).await.num_rows(), 100);
+
+    // An unknown Delta property refuses the start.
+    let settings = format!("table_properties = {{ \"delta.noSuchThing\" = \"1\" }}\n{TELEMETRY}");
+    let config = sink_config(&dir.path().join("bad"), &settings);
+    let err = DeltaSink::open_at("delta", &config, Location::local(&dir.path().join("bad")))
+        .await
+        .expect_err("an unknown property");
+    assert!(err.to_string().contains("delta.noSuchThing"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. An existing table that does not match the configuration
 
