@@ -20,9 +20,12 @@ pub struct DeltaSinkConfig {
     /// `AZURE_*` environment variables and managed identity are used.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
-    /// Columns of the table, in order.
+    /// Columns of the table, in order. Omitted: the existing table's columns, each filled from
+    /// the top-level field of its name (the start is refused if the table does not exist).
+    #[serde(default)]
     pub columns: Vec<DeltaColumn>,
-    /// Columns the table is partitioned by (each must be one of `columns`).
+    /// Columns the table is partitioned by (each must be one of `columns`); with `columns`
+    /// omitted, the existing table's partitioning when this is empty.
     #[serde(default)]
     pub partition_by: Vec<String>,
     /// Commit early once this many rows are buffered (a checkpoint always commits).
@@ -130,7 +133,8 @@ pub(crate) fn validate_sink(
     delta: &DeltaSinkConfig,
 ) -> Result<(), ConfigError> {
     if delta.columns.is_empty() {
-        return Err(doc.error(&["sinks", name, "columns"], "expected at least one column"));
+        // Taken from the existing table when the sink opens (refused there if it does not exist).
+        return Ok(());
     }
     let mut seen = BTreeSet::new();
     for (index, column) in delta.columns.iter().enumerate() {

@@ -96,6 +96,16 @@ impl DeltaSink {
     ) -> Result<Self, SinkError> {
         let misconfigured =
             |reason: String| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
+        let resolved;
+        let config = if config.columns.is_empty() {
+            resolved = table::columns_from_table(config, &location)
+                .await
+                .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
+            tracing::info!(sink = %name, columns = resolved.columns.len(), "took the columns from the existing Delta table");
+            &resolved
+        } else {
+            config
+        };
         convert::validate(config).map_err(misconfigured)?;
         let (table, schema) = table::open_or_create(name, config, &location)
             .await

@@ -1231,6 +1231,65 @@ async fn refuses_an_existing_table_with_another_schema() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_are_taken_from_an_existing_table_and_differences_listed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let none = DeltaSink::open_at("delta", &sink_config(&table, ""), Location::local(&table))
+        .await
+        .expect_err("no table, no columns")
+        .to_string();
+    assert!(
+        none.contains("no `columns` are configured and there is no table"),
+        "{none}"
+    );
+
+    let readings_only = "partition_by = [\"DeviceId\"]\n[[columns]]\nname = \"DeviceId\"\ntype = \"string\"\nnullable = false\n[[columns]]\nname = \"Temperature\"\ntype = \"decimal(6,1)\"\n[[columns]]\nname = \"Timestamp\"\ntype = \"timestamp\"\n";
+    drop(open(&table, readings_only).await);
+    // Reopened without columns: the table's, each from the field of its name; its partitioning.
+    let sink = open(&table, "").await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..10)).await;
+    let refused = w
+        .write(vec![Event::new(0, 10, r#"{"Temperature":1.5}"#)])
+        .await
+        .expect("write");
+    assert_eq!(
+        refused[0].reason,
+        "column `DeviceId` is not nullable, but the record has no field `DeviceId`"
+    );
+    w.flush().await.expect("flush");
+    let batch = read_with_rust(&table).await;
+    assert_eq!(batch.num_rows(), 10);
+    let commit = &commits(&table)[&1];
+    assert!(
+        commit
+            .iter()
+            .filter_map(|a| a.get("add"))
+            .all(|add| add["partitionValues"]["DeviceId"] == "device-0")
+    );
+
+    // Both given and different: every difference listed.
+    let different = "[[columns]]\nname = \"DeviceId\"\ntype = \"string\"\n[[columns]]\nname = \"Temperature\"\ntype = \"double\"\n[[columns]]\nname = \"Humidity\"\ntype = \"double\"\n";
+    let error = DeltaSink::open_at(
+        "delta",
+        &sink_config(&table, different),
+        Location::local(&table),
+    )
+    .await
+    .expect_err("a different schema")
+    .to_string();
+    for difference in [
+        "column `DeviceId` is not nullable in the table but nullable in the configuration",
+        "column `Temperature` is decimal(6,1) in the table but double in the configuration",
+        "the table has no column `Humidity` (column 3 of the table is `Timestamp`)",
+        "the table has a column `Timestamp` that the configuration does not list",
+        "the table is partitioned by [`DeviceId`] but the configuration has `partition_by = []`",
+    ] {
+        assert!(error.contains(difference), "{difference}: {error}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timing (not an assertion): `cargo test -p weir --lib connectors::delta::sink::tests::commit_timings -- --ignored --nocapture`
 
