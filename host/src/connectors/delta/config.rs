@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+pub use super::types::{ColumnType, StructMember};
 use crate::config::{ConfigError, Document};
 
 /// A Delta Lake table with an explicit schema.
@@ -19,14 +20,46 @@ pub struct DeltaSinkConfig {
     /// `AZURE_*` environment variables and managed identity are used.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
-    /// Columns of the table, in order.
+    /// Columns of the table, in order. Omitted: the existing table's columns, each filled from
+    /// the top-level field of its name (the start is refused if the table does not exist).
+    #[serde(default)]
     pub columns: Vec<DeltaColumn>,
-    /// Columns the table is partitioned by (each must be one of `columns`).
+    /// Columns the table is partitioned by (each must be one of `columns`); with `columns`
+    /// omitted, the existing table's partitioning when this is empty.
     #[serde(default)]
     pub partition_by: Vec<String>,
     /// Commit early once this many rows are buffered (a checkpoint always commits).
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
+    /// Parquet compression of the data files: `zstd` (the default), `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// A data file is closed and the next one started once it holds this many bytes, so one
+    /// commit may write several files per table partition; absent: one file per table partition
+    /// per commit.
+    #[serde(default)]
+    pub target_file_size: Option<u64>,
+    /// The most rows in one parquet row group (parquet's default when absent: 1,048,576).
+    #[serde(default)]
+    pub row_group_rows: Option<usize>,
+    /// Table properties set when the sink creates the table (for example
+    /// `"delta.logRetentionDuration" = "interval 7 days"`); a key Delta does not know refuses the
+    /// start. An existing table keeps its own.
+    #[serde(default)]
+    pub table_properties: BTreeMap<String, String>,
+}
+
+/// Parquet compression codecs of the Delta sink's data files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Zstandard (level 3): smaller files than snappy for about the same write cost.
+    #[default]
+    Zstd,
+    /// Snappy, parquet's most common codec.
+    Snappy,
+    /// Uncompressed.
+    None,
 }
 
 fn default_max_buffered_rows() -> usize {
@@ -39,7 +72,9 @@ fn default_max_buffered_rows() -> usize {
 pub struct DeltaColumn {
     /// Column name.
     pub name: String,
-    /// Column type.
+    /// Column type, spelled as Spark SQL's DDL spells it: `string`, `long`, `integer`, `short`,
+    /// `byte`, `double`, `float`, `boolean`, `binary`, `timestamp`, `timestamp_ntz`, `date`,
+    /// `decimal(p,s)`, `array<T>`, `map<K,V>`, `struct<name:T,...>`, nested to any depth.
     #[serde(rename = "type")]
     pub data_type: ColumnType,
     /// Top-level field of the record's JSON that fills the column; defaults to `name`.
@@ -48,30 +83,25 @@ pub struct DeltaColumn {
     /// Fill the column from the record's metadata instead of its JSON.
     #[serde(default)]
     pub value: Option<ColumnValue>,
+    /// Derive the column from the timestamp the value holds (RFC 3339 text or epoch
+    /// milliseconds): `date` (its UTC date, a `date` column) or `hour` (its UTC hour of the day,
+    /// 0 to 23, an `integer` column). Meant for `partition_by`.
+    #[serde(default)]
+    pub derive: Option<Derive>,
     /// Whether the column may be null; a non-nullable column missing from a record sends the
     /// record to the dead-letter sink.
     #[serde(default = "default_true")]
     pub nullable: bool,
 }
 
-/// Types a Delta column can have.
+/// A part of a timestamp a column can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// UTF-8 text.
-    String,
-    /// 64-bit signed integer.
-    Long,
-    /// 32-bit signed integer.
-    Integer,
-    /// 64-bit float.
-    Double,
-    /// Boolean.
-    Boolean,
-    /// Instant with microsecond precision, UTC (from RFC 3339 text or epoch milliseconds).
-    Timestamp,
-    /// Calendar date (from `YYYY-MM-DD`, or the UTC date of a timestamp).
+pub enum Derive {
+    /// The UTC date.
     Date,
+    /// The UTC hour of the day, 0 to 23.
+    Hour,
 }
 
 /// Record metadata a column can be filled from.
@@ -103,7 +133,8 @@ pub(crate) fn validate_sink(
     delta: &DeltaSinkConfig,
 ) -> Result<(), ConfigError> {
     if delta.columns.is_empty() {
-        return Err(doc.error(&["sinks", name, "columns"], "expected at least one column"));
+        // Taken from the existing table when the sink opens (refused there if it does not exist).
+        return Ok(());
     }
     let mut seen = BTreeSet::new();
     for (index, column) in delta.columns.iter().enumerate() {

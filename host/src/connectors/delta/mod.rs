@@ -4,3 +4,4 @@
 pub mod config;
 #[cfg(feature = "delta")]
 pub mod sink;
+pub mod types;

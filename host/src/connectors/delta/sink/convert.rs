@@ -6,6 +6,10 @@
 //! are kept. A value that does not fit its column, a null or missing value in a non-nullable
 //! column, or a body that is not one JSON object refuses the whole record, with a reason that names
 //! the column; nothing here panics on record contents.
+//!
+//! Decimal and nested (array, map, struct) columns are filled from the JSON tree read by
+//! [`json_tree`](super::json_tree), which keeps numbers as written so that decimals are exact; a
+//! table without such columns keeps the faster path that reads only the fields it needs.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -17,11 +21,14 @@ use deltalake::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::json_tree::{self, Node};
+use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
+use crate::connectors::delta::config::Derive;
 use crate::event::{Event, Position};
 use crate::sink::RefusalKind;
 
@@ -33,6 +40,8 @@ pub(super) struct RowConverter {
     fields: Vec<String>,
     /// The table's arrow schema (same columns, same order).
     schema: SchemaRef,
+    /// Some column read from the JSON needs the whole tree (decimal or nested).
+    tree: bool,
 }
 
 #[derive(Debug)]
@@ -41,6 +50,30 @@ struct ColumnSpec {
     data_type: ColumnType,
     nullable: bool,
     source: Source,
+    derive: Option<Derive>,
+    /// No later column reads the same field.
+    last_reader: bool,
+}
+
+/// A column's value before conversion: a scalar read by the fast path or metadata, or a part of
+/// the JSON tree.
+#[derive(Clone)]
+enum Input<'a> {
+    Json(Json<'a>),
+    Node(Node<'a>),
+}
+
+impl<'a> Input<'a> {
+    fn is_null(&self) -> bool {
+        matches!(self, Input::Json(Json::Null) | Input::Node(Node::Null))
+    }
+
+    fn into_json(self) -> Json<'a> {
+        match self {
+            Input::Json(json) => json,
+            Input::Node(node) => nested::node_json(&node),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +90,7 @@ impl RowConverter {
         validate(config)?;
         let mut fields: Vec<String> = Vec::new();
         let mut columns = Vec::with_capacity(config.columns.len());
+        let mut tree = false;
         for column in &config.columns {
             let source = match column.value {
                 Some(value) => Source::Meta(value),
@@ -69,15 +103,26 @@ impl RowConverter {
                             fields.len() - 1
                         }
                     };
+                    tree |= column.data_type.needs_tree();
                     Source::Field(index)
                 }
             };
             columns.push(ColumnSpec {
                 name: column.name.clone(),
-                data_type: column.data_type,
+                data_type: column.data_type.clone(),
                 nullable: column.nullable,
                 source,
+                derive: column.derive,
+                last_reader: true,
             });
+        }
+        for index in 0..columns.len() {
+            let source = columns[index].source;
+            if let Source::Field(field) = source {
+                columns[index].last_reader = !columns[index + 1..]
+                    .iter()
+                    .any(|c| matches!(c.source, Source::Field(f) if f == field));
+            }
         }
         if schema.fields().len() != columns.len() {
             return Err(format!(
@@ -90,6 +135,7 @@ impl RowConverter {
             columns,
             fields,
             schema,
+            tree,
         })
     }
 
@@ -105,7 +151,7 @@ impl RowConverter {
             .iter()
             .zip(self.schema.fields().iter())
             .map(|(column, field)| {
-                ColumnBuilder::new(column.data_type, field.data_type(), capacity)
+                ColumnBuilder::new(&column.data_type, field.data_type(), capacity)
             })
             .collect();
         BatchBuilder {
@@ -121,26 +167,33 @@ impl RowConverter {
         record: &'a Event,
         ingestion_time: i64,
     ) -> Result<Vec<Cell<'a>>, (RefusalKind, String)> {
-        let values = if self.fields.is_empty() {
-            Vec::new()
-        } else {
-            extract_fields(&record.body, &self.fields)
-                .map_err(|reason| (RefusalKind::Malformed, reason))?
-        };
+        let mut values = self
+            .field_values(&record.body)
+            .map_err(|reason| (RefusalKind::Malformed, reason))?;
         self.columns
             .iter()
             .map(|column| {
                 let value = match column.source {
-                    Source::Field(index) => values.get(index).cloned().flatten(),
-                    Source::Meta(ColumnValue::IngestionTime) => Some(Json::Int(ingestion_time)),
-                    Source::Meta(ColumnValue::EventTime) => record.event_time.map(Json::Int),
-                    Source::Meta(ColumnValue::Partition) => {
-                        Some(Json::UInt(u64::from(record.partition)))
+                    // The last column reading a field takes its value; earlier ones copy it.
+                    Source::Field(index) if column.last_reader => {
+                        values.get_mut(index).and_then(Option::take)
                     }
-                    Source::Meta(ColumnValue::Position) => Some(Json::UInt(record.position)),
+                    Source::Field(index) => values.get(index).cloned().flatten(),
+                    Source::Meta(ColumnValue::IngestionTime) => {
+                        Some(Input::Json(Json::Int(ingestion_time)))
+                    }
+                    Source::Meta(ColumnValue::EventTime) => {
+                        record.event_time.map(|t| Input::Json(Json::Int(t)))
+                    }
+                    Source::Meta(ColumnValue::Partition) => {
+                        Some(Input::Json(Json::UInt(u64::from(record.partition))))
+                    }
+                    Source::Meta(ColumnValue::Position) => {
+                        Some(Input::Json(Json::UInt(record.position)))
+                    }
                     Source::Meta(ColumnValue::PluginVersion) => {
                         crate::stage::labelled_version(record)
-                            .map(|version| Json::Text(Cow::Borrowed(version)))
+                            .map(|version| Input::Json(Json::Text(Cow::Borrowed(version))))
                     }
                 };
                 self.cell(column, value)
@@ -149,10 +202,36 @@ impl RowConverter {
             .collect()
     }
 
-    fn cell<'a>(&self, column: &ColumnSpec, value: Option<Json<'a>>) -> Result<Cell<'a>, String> {
+    /// The values of the fields the columns read, in [`RowConverter::fields`] order.
+    fn field_values<'a>(&self, body: &'a [u8]) -> Result<Vec<Option<Input<'a>>>, String> {
+        if self.fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.tree {
+            let values = extract_fields(body, &self.fields)?;
+            return Ok(values.into_iter().map(|v| v.map(Input::Json)).collect());
+        }
+        let text = std::str::from_utf8(body).map_err(|e| format!("malformed JSON: {e}"))?;
+        let Node::Object(members) =
+            json_tree::parse(text).map_err(|e| format!("malformed JSON: {e}"))?
+        else {
+            return Err("malformed JSON: expected a JSON object".to_owned());
+        };
+        let mut values: Vec<Option<Input<'a>>> = Vec::new();
+        values.resize_with(self.fields.len(), || None);
+        for (key, value) in members {
+            if let Some(index) = self.fields.iter().position(|f| *f == key) {
+                values[index] = Some(Input::Node(value));
+            }
+        }
+        Ok(values)
+    }
+
+    fn cell<'a>(&self, column: &ColumnSpec, value: Option<Input<'a>>) -> Result<Cell<'a>, String> {
         let value = match value {
-            Some(Json::Null) | None if column.nullable => return Ok(Cell::Null),
-            Some(Json::Null) => {
+            Some(v) if v.is_null() && column.nullable => return Ok(Cell::Null),
+            None if column.nullable => return Ok(Cell::Null),
+            Some(v) if v.is_null() => {
                 return Err(format!(
                     "column `{}` is not nullable, but {} is null",
                     column.name,
@@ -168,12 +247,22 @@ impl RowConverter {
             }
             Some(value) => value,
         };
-        convert(column.data_type, value).map_err(|found| {
-            format!(
-                "column `{}` expects {}, found {found}",
-                column.name,
-                expectation(column.data_type)
-            )
+        if let (Input::Node(node), true) = (&value, column.data_type.needs_tree()) {
+            return nested::convert_node(&column.data_type, node)
+                .map_err(|mismatch| mismatch.reason(&column.name));
+        }
+        let value = match column.derive {
+            Some(derive) => derived(derive, &value.into_json()).ok_or_else(|| {
+                format!(
+                    "column `{}` is derived from a timestamp (RFC 3339 text or epoch milliseconds), found {}",
+                    column.name,
+                    self.origin(column)
+                )
+            })?,
+            None => value.into_json(),
+        };
+        convert_ref(&column.data_type, value).map_err(|found| {
+            Mismatch::new(expectation(&column.data_type), found).reason(&column.name)
         })
     }
 
@@ -201,6 +290,9 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
     if config.max_buffered_rows == 0 {
         return Err("`max_buffered_rows` must be at least 1".to_owned());
     }
+    if config.row_group_rows == Some(0) {
+        return Err("`row_group_rows` must be at least 1".to_owned());
+    }
     let mut names = HashSet::new();
     for column in &config.columns {
         if column.name.is_empty() {
@@ -217,25 +309,30 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
             ));
         }
         if let Some(value) = column.value {
-            let allowed: &[ColumnType] = match value {
-                ColumnValue::IngestionTime | ColumnValue::EventTime => {
-                    &[ColumnType::Timestamp, ColumnType::Date, ColumnType::Long]
-                }
-                ColumnValue::Partition => &[ColumnType::Integer, ColumnType::Long],
-                ColumnValue::Position => &[ColumnType::Long],
-                ColumnValue::PluginVersion => &[ColumnType::String],
+            let allowed: Vec<ColumnType> = match value {
+                ColumnValue::IngestionTime | ColumnValue::EventTime => vec![
+                    ColumnType::Timestamp,
+                    ColumnType::TimestampNtz,
+                    ColumnType::Date,
+                    ColumnType::Long,
+                ],
+                ColumnValue::Partition => vec![ColumnType::Integer, ColumnType::Long],
+                ColumnValue::Position => vec![ColumnType::Long],
+                ColumnValue::PluginVersion => vec![ColumnType::String],
             };
-            if !allowed.contains(&column.data_type) {
-                let allowed: Vec<&str> = allowed.iter().map(|t| type_name(*t)).collect();
+            // A derived column holds the part of the timestamp, checked below.
+            if column.derive.is_none() && !allowed.contains(&column.data_type) {
+                let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
                 return Err(format!(
                     "column `{}` takes `value = \"{}\"`, which fits type {}, not {}",
                     column.name,
                     value_name(value),
                     allowed.join(" or "),
-                    type_name(column.data_type)
+                    column.data_type
                 ));
             }
         }
+        validate_derive(column.derive, &column.name, &column.data_type)?;
     }
     let mut partitions = HashSet::new();
     for partition in &config.partition_by {
@@ -247,6 +344,16 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
         if !partitions.insert(partition.as_str()) {
             return Err(format!("`partition_by` names `{partition}` twice"));
         }
+        if let Some(column) = config.columns.iter().find(|c| &c.name == partition)
+            && (column.data_type.needs_tree()
+                && !matches!(column.data_type, ColumnType::Decimal { .. })
+                || column.data_type == ColumnType::Binary)
+        {
+            return Err(format!(
+                "`partition_by` names `{partition}`, a {} column: partition columns must be of a simple type",
+                column.data_type
+            ));
+        }
     }
     if partitions.len() == names.len() {
         return Err(
@@ -256,17 +363,33 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Configuration spelling of a column type.
-pub(super) fn type_name(data_type: ColumnType) -> &'static str {
-    match data_type {
-        ColumnType::String => "string",
-        ColumnType::Long => "long",
-        ColumnType::Integer => "integer",
-        ColumnType::Double => "double",
-        ColumnType::Boolean => "boolean",
-        ColumnType::Timestamp => "timestamp",
-        ColumnType::Date => "date",
+/// A derived column's type must hold what it derives.
+fn validate_derive(
+    derive: Option<Derive>,
+    name: &str,
+    data_type: &ColumnType,
+) -> Result<(), String> {
+    let (wanted, spelled) = match derive {
+        None => return Ok(()),
+        Some(Derive::Date) => (ColumnType::Date, "date"),
+        Some(Derive::Hour) => (ColumnType::Integer, "hour"),
+    };
+    if *data_type != wanted {
+        return Err(format!(
+            "column `{name}` has `derive = \"{spelled}\"`, which fits type {wanted}, not {data_type}"
+        ));
     }
+    Ok(())
+}
+
+/// The part of the timestamp `value` holds that `derive` names, as the JSON its column converts.
+fn derived(derive: Derive, value: &Json<'_>) -> Option<Json<'static>> {
+    let micros = timestamp_micros(value)?;
+    let at = DateTime::from_timestamp_micros(micros)?;
+    Some(match derive {
+        Derive::Date => Json::Int(micros.div_euclid(1000)),
+        Derive::Hour => Json::Int(i64::from(chrono::Timelike::hour(&at))),
+    })
 }
 
 fn value_name(value: ColumnValue) -> &'static str {
@@ -279,16 +402,28 @@ fn value_name(value: ColumnValue) -> &'static str {
     }
 }
 
-fn expectation(data_type: ColumnType) -> &'static str {
-    match data_type {
+/// What a column of `data_type` takes, for reasons.
+pub(super) fn expectation(data_type: &ColumnType) -> Cow<'static, str> {
+    Cow::Borrowed(match data_type {
         ColumnType::String => "a string",
         ColumnType::Long => "a long",
         ColumnType::Integer => "an integer",
+        ColumnType::Short => "a short (-32768 to 32767)",
+        ColumnType::Byte => "a byte (-128 to 127)",
         ColumnType::Double => "a double",
+        ColumnType::Float => "a float",
         ColumnType::Boolean => "a boolean",
+        ColumnType::Binary => "binary data (base64 text)",
         ColumnType::Timestamp => "a timestamp (RFC 3339 text or epoch milliseconds)",
+        ColumnType::TimestampNtz => {
+            "a timestamp_ntz (YYYY-MM-DDTHH:MM:SS[.ffffff] text without a zone, or epoch milliseconds)"
+        }
         ColumnType::Date => "a date (YYYY-MM-DD, RFC 3339 text or epoch milliseconds)",
-    }
+        ColumnType::Decimal { .. } | ColumnType::Array(_) | ColumnType::Map(..) => {
+            return Cow::Owned(format!("a {data_type}"));
+        }
+        ColumnType::Struct(_) => return Cow::Owned(format!("a {data_type} (a JSON object)")),
+    })
 }
 
 /// One converted value.
@@ -304,10 +439,60 @@ pub(super) enum Cell<'a> {
     Micros(i64),
     /// Days since 1970-01-01.
     Days(i32),
+    Short(i16),
+    Byte(i8),
+    Float(f32),
+    Binary(Vec<u8>),
+    /// The unscaled value of a decimal (its column's type carries the scale).
+    Decimal(i128),
+    /// An array's elements.
+    List(Vec<Cell<'a>>),
+    /// A map's entries.
+    Map(Vec<(Cell<'a>, Cell<'a>)>),
+    /// A struct's fields, in the type's order.
+    Struct(Vec<Cell<'a>>),
+}
+
+impl Cell<'_> {
+    /// The same value, owning its text.
+    pub(super) fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Null => Cell::Null,
+            Cell::Text(text) => Cell::Text(Cow::Owned(text.into_owned())),
+            Cell::Long(v) => Cell::Long(v),
+            Cell::Integer(v) => Cell::Integer(v),
+            Cell::Double(v) => Cell::Double(v),
+            Cell::Boolean(v) => Cell::Boolean(v),
+            Cell::Micros(v) => Cell::Micros(v),
+            Cell::Days(v) => Cell::Days(v),
+            Cell::Short(v) => Cell::Short(v),
+            Cell::Byte(v) => Cell::Byte(v),
+            Cell::Float(v) => Cell::Float(v),
+            Cell::Binary(v) => Cell::Binary(v),
+            Cell::Decimal(v) => Cell::Decimal(v),
+            Cell::List(items) => Cell::List(items.into_iter().map(Cell::into_owned).collect()),
+            Cell::Map(entries) => Cell::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+            ),
+            Cell::Struct(fields) => {
+                Cell::Struct(fields.into_iter().map(Cell::into_owned).collect())
+            }
+        }
+    }
 }
 
 /// Converts a non-null JSON value to `data_type`; the error describes what was found.
+#[cfg(test)]
 pub(super) fn convert(data_type: ColumnType, value: Json<'_>) -> Result<Cell<'_>, String> {
+    convert_ref(&data_type, value)
+}
+
+/// [`convert`] of a borrowed type. Decimal and nested types take the JSON tree
+/// ([`nested::convert_node`]); a scalar found for them is refused.
+pub(super) fn convert_ref<'a>(data_type: &ColumnType, value: Json<'a>) -> Result<Cell<'a>, String> {
     let cell = match (data_type, &value) {
         (ColumnType::String, Json::Text(_)) => match value {
             Json::Text(text) => return Ok(Cell::Text(text)),
@@ -326,6 +511,28 @@ pub(super) fn convert(data_type: ColumnType, value: Json<'_>) -> Result<Cell<'_>
         (ColumnType::Boolean, _) => None,
         (ColumnType::Timestamp, value) => timestamp_micros(value).map(Cell::Micros),
         (ColumnType::Date, value) => date_days(value).map(Cell::Days),
+        (ColumnType::Short, value) => whole_number(value)
+            .and_then(|n| i16::try_from(n).ok())
+            .map(Cell::Short),
+        (ColumnType::Byte, value) => whole_number(value)
+            .and_then(|n| i8::try_from(n).ok())
+            .map(Cell::Byte),
+        (ColumnType::Float, value) => float32(value).map(Cell::Float),
+        (ColumnType::Binary, Json::Text(text)) => nested::base64(text).map(Cell::Binary),
+        (ColumnType::Binary, _) => None,
+        (ColumnType::TimestampNtz, value) => timestamp_ntz_micros(value).map(Cell::Micros),
+        (ColumnType::Decimal { precision, scale }, Json::Text(text)) => {
+            return nested::decimal(text, *precision, *scale)
+                .map(Cell::Decimal)
+                .map_err(|why| format!("{value} ({why})"));
+        }
+        (
+            ColumnType::Decimal { .. }
+            | ColumnType::Array(_)
+            | ColumnType::Map(..)
+            | ColumnType::Struct(_),
+            _,
+        ) => None,
     };
     cell.ok_or_else(|| value.to_string())
 }
@@ -366,6 +573,33 @@ fn timestamp_micros(value: &Json<'_>) -> Option<i64> {
         Json::Text(text) => DateTime::parse_from_rfc3339(text.trim())
             .ok()
             .map(|t| t.timestamp_micros()),
+        _ => millis_to_micros(value),
+    }
+}
+
+/// A number as a finite 32-bit float (refused when beyond its range).
+fn float32(value: &Json<'_>) -> Option<f32> {
+    let wide = match *value {
+        Json::Int(n) => n as f64,
+        Json::UInt(n) => n as f64,
+        Json::Float(n) => n,
+        _ => return None,
+    };
+    let narrow = wide as f32;
+    narrow.is_finite().then_some(narrow)
+}
+
+/// A wall-clock time without a zone, as microseconds since 1970-01-01T00:00:00: from
+/// `YYYY-MM-DDTHH:MM:SS[.f]` (or with a space) text, or epoch milliseconds read as UTC.
+fn timestamp_ntz_micros(value: &Json<'_>) -> Option<i64> {
+    match value {
+        Json::Text(text) => {
+            let text = text.trim();
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|t| t.and_utc().timestamp_micros())
+        }
         _ => millis_to_micros(value),
     }
 }
@@ -421,7 +655,8 @@ impl BatchBuilder<'_> {
             .builders
             .into_iter()
             .map(ColumnBuilder::finish)
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot assemble an arrow batch: {e}"))?;
         let batch = RecordBatch::try_new(Arc::clone(&self.converter.schema), arrays)
             .map_err(|e| format!("cannot assemble an arrow batch: {e}"))?;
         Ok((batch, self.positions))
@@ -436,14 +671,12 @@ enum ColumnBuilder {
     Boolean(BooleanBuilder),
     Micros(TimestampMicrosecondBuilder),
     Days(Date32Builder),
+    /// Every other type: cells kept until the batch is assembled by [`nested::build_array`].
+    Cells(Vec<Cell<'static>>, ArrowType),
 }
 
 impl ColumnBuilder {
-    fn new(
-        data_type: ColumnType,
-        arrow_type: &deltalake::arrow::datatypes::DataType,
-        capacity: usize,
-    ) -> Self {
+    fn new(data_type: &ColumnType, arrow_type: &ArrowType, capacity: usize) -> Self {
         match data_type {
             ColumnType::String => {
                 ColumnBuilder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
@@ -458,6 +691,7 @@ impl ColumnBuilder {
                     .with_data_type(arrow_type.clone()),
             ),
             ColumnType::Date => ColumnBuilder::Days(Date32Builder::with_capacity(capacity)),
+            _ => ColumnBuilder::Cells(Vec::with_capacity(capacity), arrow_type.clone()),
         }
     }
 
@@ -472,6 +706,7 @@ impl ColumnBuilder {
             (ColumnBuilder::Boolean(b), Cell::Boolean(v)) => b.append_value(v),
             (ColumnBuilder::Micros(b), Cell::Micros(v)) => b.append_value(v),
             (ColumnBuilder::Days(b), Cell::Days(v)) => b.append_value(v),
+            (ColumnBuilder::Cells(cells, _), cell) => cells.push(cell.into_owned()),
             (ColumnBuilder::Text(b), _) => b.append_null(),
             (ColumnBuilder::Long(b), _) => b.append_null(),
             (ColumnBuilder::Integer(b), _) => b.append_null(),
@@ -482,8 +717,8 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(self) -> ArrayRef {
-        match self {
+    fn finish(self) -> Result<ArrayRef, String> {
+        Ok(match self {
             ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Long(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Integer(mut b) => Arc::new(b.finish()),
@@ -491,7 +726,8 @@ impl ColumnBuilder {
             ColumnBuilder::Boolean(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Micros(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Days(mut b) => Arc::new(b.finish()),
-        }
+            ColumnBuilder::Cells(cells, data_type) => nested::build_array(&data_type, cells)?,
+        })
     }
 }
 

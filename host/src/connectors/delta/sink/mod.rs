@@ -26,7 +26,9 @@
 //!   dropping the rows whose positions the table's transactions already cover.
 
 mod convert;
+mod json_tree;
 mod location;
+mod nested;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -52,11 +54,14 @@ use serde_json::json;
 use self::convert::RowConverter;
 use self::location::Location;
 use crate::config::{DeltaSinkConfig, LoadedConfig};
+use crate::connectors::delta::config::Compression;
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::sink::{
     IDLE_ADVANCE_PENDING, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
     WriterScope,
 };
+use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;
@@ -99,6 +104,16 @@ impl DeltaSink {
     ) -> Result<Self, SinkError> {
         let misconfigured =
             |reason: String| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
+        let resolved;
+        let config = if config.columns.is_empty() {
+            resolved = table::columns_from_table(config, &location)
+                .await
+                .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
+            tracing::info!(sink = %name, columns = resolved.columns.len(), "took the columns from the existing Delta table");
+            &resolved
+        } else {
+            config
+        };
         convert::validate(config).map_err(misconfigured)?;
         let (table, schema) = table::open_or_create(name, config, &location)
             .await
@@ -111,6 +126,7 @@ impl DeltaSink {
                 location,
                 converter,
                 max_buffered_rows: config.max_buffered_rows,
+                files: FileSettings::new(config),
                 next_epoch: AtomicU64::new(1),
                 buffer: Mutex::new(Buffer::default()),
                 committer: tokio::sync::Mutex::new(Committer {
@@ -242,9 +258,40 @@ struct Shared {
     location: Location,
     converter: RowConverter,
     max_buffered_rows: usize,
+    files: FileSettings,
     next_epoch: AtomicU64,
     buffer: Mutex<Buffer>,
     committer: tokio::sync::Mutex<Committer>,
+}
+
+/// How data files are written.
+struct FileSettings {
+    properties: WriterProperties,
+    /// Bytes after which a file is closed; 0: one file per table partition per commit.
+    target_size: u64,
+    /// Rows written at a time when files roll over at a target size.
+    slice_rows: usize,
+}
+
+impl FileSettings {
+    fn new(config: &DeltaSinkConfig) -> Self {
+        let compression = match config.compression {
+            Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+            Compression::Snappy => ParquetCompression::SNAPPY,
+            Compression::None => ParquetCompression::UNCOMPRESSED,
+        };
+        let mut properties = WriterProperties::builder()
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            .set_compression(compression);
+        if let Some(rows) = config.row_group_rows {
+            properties = properties.set_max_row_group_row_count(Some(rows));
+        }
+        FileSettings {
+            properties: properties.build(),
+            target_size: config.target_file_size.unwrap_or(0),
+            slice_rows: config.row_group_rows.unwrap_or(8192).min(8192),
+        }
+    }
 }
 
 /// Rows waiting for a commit, per app id.
@@ -600,11 +647,24 @@ impl Committer {
         )
         .map_err(|e| format!("cannot assemble the buffered rows: {e}"))?;
         let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(delta_error("cannot write to the table"))?;
-        writer
-            .write(batch)
-            .await
-            .map_err(delta_error("cannot write data files"))?;
+            .map_err(delta_error("cannot write to the table"))?
+            .with_writer_properties(shared.files.properties.clone())
+            .with_target_file_size(shared.files.target_size);
+        // A file rolls over to the next only between two writes: with a target size, write in
+        // slices.
+        let step = match shared.files.target_size {
+            0 => batch.num_rows().max(1),
+            _ => shared.files.slice_rows,
+        };
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let rows = step.min(batch.num_rows() - offset);
+            writer
+                .write(batch.slice(offset, rows))
+                .await
+                .map_err(delta_error("cannot write data files"))?;
+            offset += rows;
+        }
         let adds = writer
             .flush()
             .await

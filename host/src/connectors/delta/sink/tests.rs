@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::compute::concat_batches;
-use deltalake::arrow::datatypes::{
-    DataType as ArrowType, Field, Int32Type, Int64Type, Schema, TimeUnit,
-};
+use deltalake::arrow::datatypes::{Int32Type, Int64Type, Schema};
 use deltalake::kernel::engine::arrow_data::ArrowEngineData;
 use serde_json::{Value, json};
 
@@ -424,25 +422,16 @@ fn converts_each_type() {
 }
 
 fn arrow_schema(config: &DeltaSinkConfig) -> Arc<Schema> {
-    let fields: Vec<Field> = config
-        .columns
-        .iter()
-        .map(|c| {
-            let data_type = match c.data_type {
-                ColumnType::String => ArrowType::Utf8,
-                ColumnType::Long => ArrowType::Int64,
-                ColumnType::Integer => ArrowType::Int32,
-                ColumnType::Double => ArrowType::Float64,
-                ColumnType::Boolean => ArrowType::Boolean,
-                ColumnType::Timestamp => {
-                    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-                }
-                ColumnType::Date => ArrowType::Date32,
-            };
-            Field::new(c.name.clone(), data_type, c.nullable)
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
+    use deltalake::kernel::engine::arrow_conversion::TryIntoArrow as _;
+    let fields = config.columns.iter().map(|c| {
+        deltalake::kernel::StructField::new(
+            c.name.clone(),
+            super::table::delta_type(&c.data_type).expect("a Delta type"),
+            c.nullable,
+        )
+    });
+    let schema = deltalake::kernel::StructType::try_new(fields).expect("a schema");
+    Arc::new((&schema).try_into_arrow().expect("an arrow schema"))
 }
 
 fn converter(toml_body: &str) -> RowConverter {
@@ -1144,6 +1133,78 @@ print(json.dumps({"partitions": partitions, "rows": rows, "columns": dt.metadata
     );
 }
 
+/// The compression codec and row groups of every data file added by commit `version`.
+fn data_files(table: &Path, version: u64) -> Vec<(String, usize)> {
+    use deltalake::parquet::file::reader::{FileReader as _, SerializedFileReader};
+    commits(table)[&version]
+        .iter()
+        .filter_map(|a| a.get("add"))
+        .map(|add| {
+            let path = table.join(add["path"].as_str().expect("a path"));
+            let file = std::fs::File::open(&path).expect("a data file");
+            let reader = SerializedFileReader::new(file).expect("a parquet file");
+            let metadata = reader.metadata();
+            let codec = metadata.row_group(0).column(0).compression().to_string();
+            (codec, metadata.num_row_groups())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_settings_compression_row_groups_file_size_and_table_properties() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Default: zstd, one file per commit.
+    let table = dir.path().join("default");
+    let sink = open(&table, TELEMETRY).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    let files = data_files(&table, 1);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].0.starts_with("ZSTD"), "{files:?}");
+
+    // snappy, 10-row row groups, table properties at creation.
+    let table = dir.path().join("snappy");
+    let settings = format!(
+        "compression = \"snappy\"\nrow_group_rows = 10\ntable_properties = {{ \"delta.logRetentionDuration\" = \"interval 7 days\" }}\n{TELEMETRY}"
+    );
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    assert_eq!(data_files(&table, 1), vec![("SNAPPY".to_owned(), 10)]);
+    let created = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json"))
+        .expect("the first commit");
+    assert!(
+        created.contains(r#""delta.logRetentionDuration":"interval 7 days""#),
+        "{created}"
+    );
+
+    // Uncompressed, and a small target file size: one commit, several files.
+    let table = dir.path().join("small-files");
+    let settings =
+        format!("compression = \"none\"\ntarget_file_size = 1\nrow_group_rows = 20\n{TELEMETRY}");
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..100)).await;
+    w.flush().await.expect("flush");
+    let files = data_files(&table, 1);
+    assert!(files.len() > 1, "{files:?}");
+    assert!(
+        files.iter().all(|(codec, _)| codec == "UNCOMPRESSED"),
+        "{files:?}"
+    );
+    assert_eq!(read_with_rust(&table).await.num_rows(), 100);
+
+    // An unknown Delta property refuses the start.
+    let settings = format!("table_properties = {{ \"delta.noSuchThing\" = \"1\" }}\n{TELEMETRY}");
+    let config = sink_config(&dir.path().join("bad"), &settings);
+    let err = DeltaSink::open_at("delta", &config, Location::local(&dir.path().join("bad")))
+        .await
+        .expect_err("an unknown property");
+    assert!(err.to_string().contains("delta.noSuchThing"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. An existing table that does not match the configuration
 
@@ -1227,6 +1288,65 @@ async fn refuses_an_existing_table_with_another_schema() {
         error.starts_with("sink `delta`"),
         "the error names the sink: {error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_are_taken_from_an_existing_table_and_differences_listed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let none = DeltaSink::open_at("delta", &sink_config(&table, ""), Location::local(&table))
+        .await
+        .expect_err("no table, no columns")
+        .to_string();
+    assert!(
+        none.contains("no `columns` are configured and there is no table"),
+        "{none}"
+    );
+
+    let readings_only = "partition_by = [\"DeviceId\"]\n[[columns]]\nname = \"DeviceId\"\ntype = \"string\"\nnullable = false\n[[columns]]\nname = \"Temperature\"\ntype = \"decimal(6,1)\"\n[[columns]]\nname = \"Timestamp\"\ntype = \"timestamp\"\n";
+    drop(open(&table, readings_only).await);
+    // Reopened without columns: the table's, each from the field of its name; its partitioning.
+    let sink = open(&table, "").await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..10)).await;
+    let refused = w
+        .write(vec![Event::new(0, 10, r#"{"Temperature":1.5}"#)])
+        .await
+        .expect("write");
+    assert_eq!(
+        refused[0].reason,
+        "column `DeviceId` is not nullable, but the record has no field `DeviceId`"
+    );
+    w.flush().await.expect("flush");
+    let batch = read_with_rust(&table).await;
+    assert_eq!(batch.num_rows(), 10);
+    let commit = &commits(&table)[&1];
+    assert!(
+        commit
+            .iter()
+            .filter_map(|a| a.get("add"))
+            .all(|add| add["partitionValues"]["DeviceId"] == "device-0")
+    );
+
+    // Both given and different: every difference listed.
+    let different = "[[columns]]\nname = \"DeviceId\"\ntype = \"string\"\n[[columns]]\nname = \"Temperature\"\ntype = \"double\"\n[[columns]]\nname = \"Humidity\"\ntype = \"double\"\n";
+    let error = DeltaSink::open_at(
+        "delta",
+        &sink_config(&table, different),
+        Location::local(&table),
+    )
+    .await
+    .expect_err("a different schema")
+    .to_string();
+    for difference in [
+        "column `DeviceId` is not nullable in the table but nullable in the configuration",
+        "column `Temperature` is decimal(6,1) in the table but double in the configuration",
+        "the table has no column `Humidity` (column 3 of the table is `Timestamp`)",
+        "the table has a column `Timestamp` that the configuration does not list",
+        "the table is partitioned by [`DeviceId`] but the configuration has `partition_by = []`",
+    ] {
+        assert!(error.contains(difference), "{difference}: {error}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
