@@ -426,12 +426,25 @@ async fn build_sinks(loaded: &LoadedConfig) -> Result<BTreeMap<String, Arc<dyn S
             if !sinks.contains_key(&name)
                 && let Some(sink_config) = config.sinks.get(&name)
             {
-                let sink = crate::sink::build(&name, sink_config, loaded).await?;
+                let sink = crate::sink::build(&name, sink_config, loaded)
+                    .await
+                    .map_err(|e| e.used_by(&pipelines_using(loaded, &name)))?;
                 sinks.insert(name, sink);
             }
         }
     }
     Ok(sinks)
+}
+
+/// The pipelines that write to sink `sink` (an error while it opens names them).
+fn pipelines_using<'a>(loaded: &'a LoadedConfig, sink: &str) -> Vec<&'a str> {
+    loaded
+        .config
+        .pipelines
+        .iter()
+        .filter(|(_, pipeline)| used_sinks(loaded, pipeline).iter().any(|n| n == sink))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// Builds the source and context of one pipeline and starts its tasks: an ownership manager
