@@ -183,9 +183,7 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let admin = match &config.admin {
         Some(admin) => Some(
             crate::admin::serve(
-                &admin.address,
-                crate::admin::resolve_token(admin.token.as_deref()),
-                admin.max_upload_bytes,
+                &crate::admin::AdminSettings::from_config(admin, &loaded),
                 services.clone(),
             )
             .await?,

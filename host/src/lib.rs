@@ -15,6 +15,7 @@ pub mod generators;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_cli;

@@ -104,6 +104,17 @@ pub struct AdminConfig {
     /// Largest plugin upload accepted, in bytes.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: usize,
+    /// Bearer token that reads (`/metrics`, `/pipelines`, `/plugins`) require; the write token
+    /// is accepted too. Absent: the `WEIR_ADMIN_READ_TOKEN` environment variable; with neither,
+    /// reads are open. `/healthz` and `/readyz` stay open for probes.
+    #[serde(default)]
+    pub read_token: Option<String>,
+    /// TLS of the admin API (certificate and key files, read again when they change).
+    #[serde(default)]
+    pub tls: Option<crate::net::TlsConfig>,
+    /// Serve plain HTTP on an address other than loopback (tokens in the clear).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_admin_address() -> String {

@@ -468,6 +468,7 @@ async fn start_pipeline(
         source_config,
         loaded,
         shared.checkpoints.clone(),
+        &shared.metrics,
     )
     .await?;
     let partitions = source.partition_count();
