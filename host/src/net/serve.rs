@@ -11,12 +11,17 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{Metrics, names};
+
+/// How long a refused connection is read from before it is closed.
+const LINGER: Duration = Duration::from_millis(250);
+/// Refused plain connections answered at once, at most.
+const MAX_REFUSALS: usize = 1024;
 
 /// How a listener serves.
 #[derive(Clone)]
@@ -58,8 +63,12 @@ pub async fn serve(
 ) {
     let options = Arc::new(options);
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    // Refusals cost a task each (and a handshake under TLS): as many again at most.
-    let refusals = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    // Refusals cost a task each for a moment (and a handshake under TLS): bounded too.
+    let refusals = Arc::new(Semaphore::new(if options.tls.is_some() {
+        options.max_connections.max(1)
+    } else {
+        MAX_REFUSALS
+    }));
     let graceful = GracefulShutdown::new();
     let labels = [("listener", options.name.as_str())];
     options
@@ -96,12 +105,18 @@ pub async fn serve(
                 options
                     .metrics
                     .add(names::HTTP_CONNECTIONS_REFUSED, &labels, 1);
-                if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
-                    let options = Arc::clone(&options);
-                    tokio::spawn(async move {
-                        refuse(stream, &options).await;
-                        drop(permit);
-                    });
+                match Arc::clone(&refusals).try_acquire_owned() {
+                    Ok(permit) => {
+                        let options = Arc::clone(&options);
+                        tokio::spawn(async move {
+                            refuse(stream, &options).await;
+                            drop(permit);
+                        });
+                    }
+                    // Past that, a plain connection still gets its answer if the socket takes it
+                    // at once; a TLS one is closed.
+                    Err(_) if options.tls.is_none() => refuse_now(stream, options.retry_after_secs),
+                    Err(_) => {}
                 }
             }
         }
@@ -172,27 +187,56 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
+/// The reply to a connection over the limit.
+fn refusal(retry_after_secs: u64) -> String {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {retry_after_secs}\r\nContent-Type: application/json\r\n\
+         Content-Length: 33\r\nConnection: close\r\n\r\n{{\"error\":\"too many connections\"}}\n"
+    )
+}
+
+/// Answers a plain connection over the limit without waiting: what the socket takes at once,
+/// then what the client sent is read as far as it is there, and the connection is closed.
+fn refuse_now(stream: TcpStream, retry_after_secs: u64) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let _ = stream.write(refusal(retry_after_secs).as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
 /// Answers a connection over the limit with `503` and `Retry-After`, then closes it.
 async fn refuse(stream: TcpStream, options: &ServeOptions) {
-    let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: 33\r\nConnection: close\r\n\r\n{{\"error\":\"too many connections\"}}\n",
-        options.retry_after_secs
-    );
+    let reply = refusal(options.retry_after_secs);
     let write = async {
         match &options.tls {
-            None => {
-                let mut stream = stream;
-                let _ = stream.write_all(reply.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            }
+            None => answer_and_close(stream, reply.as_bytes()).await,
             Some(acceptor) => {
-                if let Some(mut tls) = handshake(acceptor, stream, options).await {
-                    let _ = tls.write_all(reply.as_bytes()).await;
-                    let _ = tls.shutdown().await;
+                if let Some(tls) = handshake(acceptor, stream, options).await {
+                    answer_and_close(tls, reply.as_bytes()).await;
                 }
             }
         }
     };
     let _ = tokio::time::timeout(options.header_timeout, write).await;
+}
+
+/// Writes `reply`, closes the writing side, and reads what the client had sent for a moment:
+/// closing a socket with unread bytes resets the connection, and the client would lose the reply.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, reply: &[u8]) {
+    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
