@@ -577,6 +577,14 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
             return Err(doc.error(&["health", "baseline_intervals"], "expected at least 1"));
         }
     }
+    if let Err((index, reason)) =
+        crate::plugin::signature::TrustedKeys::parse(&config.plugins.trusted_keys)
+    {
+        return Err(doc.error(
+            &["plugins", "trusted_keys", &index.to_string()],
+            format!("expected an Ed25519 public key in base64: {reason}"),
+        ));
+    }
     let rollback = &config.plugins.rollback;
     for (key, ratio) in [
         ("max_trap_ratio", rollback.max_trap_ratio),

@@ -273,6 +273,10 @@ pub struct PluginDefaults {
     /// When a new version is rolled back by itself.
     #[serde(default)]
     pub rollback: RollbackConfig,
+    /// Ed25519 public keys (base64): when any is set, a component runs only if signed by one of
+    /// them (at start, from the plugins directory and by upload alike). Empty: any component.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for PluginDefaults {
@@ -284,6 +288,7 @@ impl Default for PluginDefaults {
             watch_settle: default_watch_settle(),
             store_dir: default_store_dir(),
             rollback: RollbackConfig::default(),
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -250,9 +250,13 @@ pub fn stage_plugin_location(loaded: &LoadedConfig, pipeline: &str, index: usize
 pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
     let store = VersionStore::new(loaded.resolve(&config.plugins.store_dir));
+    // Keys were checked when the configuration was loaded.
+    let trusted = crate::plugin::signature::TrustedKeys::parse(&config.plugins.trusted_keys)
+        .unwrap_or_default();
     let engine = PluginEngine::new()
         .map_err(StartError::Engine)?
-        .with_cache(&store.compiled_dir());
+        .with_cache(&store.compiled_dir())
+        .with_trusted_keys(trusted);
     let checkpoints: Arc<dyn CheckpointStore> = crate::connectors::checkpoint_store(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
