@@ -19,6 +19,8 @@ pub mod net;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_cli;
+#[cfg(test)]
+mod proptests;
 pub mod reference;
 pub mod sink;
 pub mod source;

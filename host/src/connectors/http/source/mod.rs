@@ -18,6 +18,8 @@
 
 mod body;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 mod wal;
 
