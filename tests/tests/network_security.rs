@@ -2,7 +2,8 @@
 //! through the binary and a configuration file.
 //!
 //! - TLS on the HTTP source and the admin API with a test certificate the test makes (`openssl`);
-//!   a plain-HTTP request to a TLS port gets no HTTP answer; a plain address beyond loopback
+//!   a renewed certificate is served without a restart; a plain-HTTP request to a TLS port gets
+//!   no HTTP answer; a plain address beyond loopback
 //!   without `allow_plain_http` is refused at start with file, line and key.
 //! - Ingest credentials: none, a wrong one and a rotated-out one are `401` and nothing of theirs
 //!   is written; a valid one is `202` and its event reaches the sink; refusals are counted.
@@ -337,6 +338,30 @@ fn tls_on_the_source_and_the_admin_api_with_a_read_token() {
             "listener=\"admin\""
         ) >= 8.0
     );
+
+    // A renewed certificate (from another CA) is served without a restart once its files change.
+    let renewed = dir.path().join("renewed");
+    std::fs::create_dir_all(&renewed).expect("dir");
+    let (new_ca, new_cert, new_key) = test_certificates(&renewed);
+    for (from, to) in [(&new_key, &key), (&new_cert, &cert)] {
+        let partial = to.with_extension("partial");
+        std::fs::copy(from, &partial).expect("copy");
+        std::fs::rename(&partial, to).expect("rename");
+    }
+    let new_client = tls_client(&new_ca);
+    let healthz = |client: &Arc<rustls::ClientConfig>| {
+        let connection = rustls::ClientConnection::new(
+            Arc::clone(client),
+            ServerName::try_from("localhost").expect("name"),
+        )
+        .expect("TLS client");
+        let stream = rustls::StreamOwned::new(connection, plain(source_port));
+        exchange(stream, source_port, "GET", "/healthz", &[], b"").map(|r| r.status)
+    };
+    wait_for("the renewed certificate", Duration::from_secs(30), || {
+        healthz(&new_client) == Some(200)
+    });
+    assert_eq!(healthz(&client), None, "the old CA still verifies");
     weir.terminate();
 }
 
