@@ -11,6 +11,9 @@
 //! | `GET /plugins/{pipeline}/{stage}` | one stage's plugin |
 //! | `POST /plugins/{pipeline}/{stage}` | upload a component (body: its bytes); token required |
 //! | `POST /plugins/{pipeline}/{stage}/rollback` | `{"version": "..."}` (or `{}`: the previous one); token required |
+//!
+//! Reads other than `/healthz` and `/readyz` require `Authorization: Bearer READ_TOKEN` (or the
+//! write token) when a read token is configured. TLS and the limits of [`crate::net`] apply.
 
 use std::net::SocketAddr;
 
@@ -28,6 +31,47 @@ use crate::plugin::{SlotControl, SwapError, VersionOrigin};
 
 /// The environment variable that holds the admin token when the configuration has none.
 pub const TOKEN_ENV: &str = "WEIR_ADMIN_TOKEN";
+/// The environment variable that holds the read token when the configuration has none.
+pub const READ_TOKEN_ENV: &str = "WEIR_ADMIN_READ_TOKEN";
+/// Connections the admin API serves at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Time an admin client has to send a request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How the admin server runs: its address, tokens, upload limit and TLS.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `host:port`.
+    pub address: String,
+    /// The write token; `None` disables uploads and rollbacks.
+    pub token: Option<String>,
+    /// The read token; `None` leaves reads open.
+    pub read_token: Option<String>,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// TLS (paths resolved).
+    pub tls: Option<crate::net::TlsConfig>,
+    /// Whether plain HTTP is allowed beyond loopback.
+    pub allow_plain_http: bool,
+}
+
+impl AdminSettings {
+    /// The settings of `config`, tokens resolved from the environment and paths from the
+    /// configuration file's directory.
+    pub fn from_config(
+        config: &crate::config::AdminConfig,
+        loaded: &crate::config::LoadedConfig,
+    ) -> AdminSettings {
+        AdminSettings {
+            address: config.address.clone(),
+            token: resolve_token(config.token.as_deref()),
+            read_token: resolve_read_token(config.read_token.as_deref()),
+            max_upload_bytes: config.max_upload_bytes,
+            tls: config.tls.as_ref().map(|tls| tls.resolved(loaded)),
+            allow_plain_http: config.allow_plain_http,
+        }
+    }
+}
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +87,7 @@ pub struct AdminError {
 struct AdminState {
     services: Services,
     token: Option<String>,
+    read_token: Option<String>,
 }
 
 /// A running admin server.
@@ -50,6 +95,7 @@ struct AdminState {
 pub struct AdminServer {
     address: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl AdminServer {
@@ -58,9 +104,10 @@ impl AdminServer {
         self.address
     }
 
-    /// Stops serving.
+    /// Stops serving (requests in flight get a second to finish).
     pub fn stop(self) {
-        self.task.abort();
+        drop(self.stop);
+        drop(self.task);
     }
 }
 
@@ -72,45 +119,95 @@ pub fn resolve_token(configured: Option<&str>) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-/// Starts the admin server on `address`.
+/// The read token from the configuration, else from [`READ_TOKEN_ENV`]; `None` leaves reads open.
+pub fn resolve_read_token(configured: Option<&str>) -> Option<String> {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var(READ_TOKEN_ENV).ok())
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// Starts the admin server.
 pub async fn serve(
-    address: &str,
-    token: Option<String>,
-    max_upload_bytes: usize,
+    settings: &AdminSettings,
     services: Services,
 ) -> Result<AdminServer, AdminError> {
+    let address = settings.address.as_str();
     let error = |reason: String| AdminError {
         address: address.to_owned(),
         reason,
     };
+    let listener = crate::net::ListenerConfig {
+        address,
+        tls: settings.tls.as_ref(),
+        allow_plain_http: settings.allow_plain_http,
+    };
+    if let Some(refusal) = listener.refusal() {
+        return Err(error(refusal));
+    }
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(crate::net::tls::acceptor)
+        .transpose()
+        .map_err(error)?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| error(e.to_string()))?;
     let bound = listener.local_addr().map_err(|e| error(e.to_string()))?;
+    let token = settings.token.clone();
     if token.is_none() {
         tracing::warn!(
             "admin API: no token configured (admin.token or {TOKEN_ENV}); uploads and rollbacks are refused"
         );
     }
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let services_metrics = services.metrics.clone();
+    let state = AdminState {
+        services,
+        token,
+        read_token: settings.read_token.clone(),
+    };
+    // Everything but the probes sits behind the read token (when there is one).
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
         .route("/plugins", get(plugins))
         .route("/plugins/{pipeline}/{stage}", get(plugin).post(upload))
         .route("/plugins/{pipeline}/{stage}/rollback", post(rollback))
-        .layer(DefaultBodyLimit::max(max_upload_bytes))
-        .with_state(AdminState { services, token });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
-    tracing::info!("admin API listening on http://{bound}");
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_guard,
+        ));
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .layer(DefaultBodyLimit::max(settings.max_upload_bytes))
+        .with_state(state);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = crate::net::ServeOptions {
+        name: "admin".to_owned(),
+        tls,
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        retry_after_secs: 1,
+        metrics: services_metrics,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::net::serve(
+        listener,
+        router,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+        std::time::Duration::from_secs(1),
+    ));
+    tracing::info!("admin API listening on {scheme}://{bound}");
     Ok(AdminServer {
         address: bound,
         task,
+        stop,
     })
 }
 
@@ -260,6 +357,55 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
         Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(unauthorized("wrong token")),
     }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// With a read token configured, a request must carry it or the write token: `401` otherwise,
+/// counted, with nothing more said.
+async fn read_guard(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(read_token) = &state.read_token else {
+        return next.run(request).await;
+    };
+    let given = bearer(request.headers());
+    let accepted = given.is_some_and(|given| {
+        let read = constant_time_eq(given.as_bytes(), read_token.as_bytes());
+        let write = state
+            .token
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(given.as_bytes(), t.as_bytes()));
+        read | write
+    });
+    if accepted {
+        return next.run(request).await;
+    }
+    let reason = if given.is_some() {
+        "invalid"
+    } else {
+        "missing"
+    };
+    state.services.metrics.add(
+        names::HTTP_AUTH_REFUSED,
+        &[("listener", "admin"), ("reason", reason)],
+        1,
+    );
+    let mut response = json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

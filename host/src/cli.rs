@@ -156,10 +156,22 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        PluginCommand::Build { dir } => {
+        PluginCommand::Build { dir, sign } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-            let built = plugin_cli::build(&dir)?;
+            let built = plugin_cli::build_signed(&dir, sign.as_deref())?;
             println!("{built}");
+            Ok(())
+        }
+        PluginCommand::Keygen { out } => {
+            println!("{}", plugin_cli::keygen(&out)?);
+            Ok(())
+        }
+        PluginCommand::Sign {
+            file,
+            key,
+            detached,
+        } => {
+            println!("{}", plugin_cli::sign_file(&file, &key, detached)?);
             Ok(())
         }
     }
@@ -183,9 +195,7 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let admin = match &config.admin {
         Some(admin) => Some(
             crate::admin::serve(
-                &admin.address,
-                crate::admin::resolve_token(admin.token.as_deref()),
-                admin.max_upload_bytes,
+                &crate::admin::AdminSettings::from_config(admin, &loaded),
                 services.clone(),
             )
             .await?,

@@ -15,9 +15,12 @@ pub mod generators;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_cli;
+#[cfg(test)]
+mod proptests;
 pub mod reference;
 pub mod sink;
 pub mod source;

@@ -369,6 +369,16 @@ pub mod names {
     pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";
     /// Partitions acquired, lost or released (labels: pipeline, change).
     pub const OWNERSHIP_CHANGES: &str = "weir_ownership_changes_total";
+    /// Connections over a listener's `max_connections`, answered 503 and closed (labels:
+    /// listener = `admin` | `source:NAME`).
+    pub const HTTP_CONNECTIONS_REFUSED: &str = "weir_http_connections_refused_total";
+    /// TLS handshakes that failed or timed out (labels: listener).
+    pub const HTTP_TLS_FAILURES: &str = "weir_http_tls_failures_total";
+    /// Requests refused for their credential (labels: listener, reason = `missing` | `invalid`).
+    pub const HTTP_AUTH_REFUSED: &str = "weir_http_auth_refused_total";
+    /// Ingest requests refused by a limit (labels: source, reason = `body_timeout` |
+    /// `wal_busy` | `backlog`).
+    pub const HTTP_REQUESTS_LIMITED: &str = "weir_http_requests_limited_total";
 
     /// Every family, with its kind and help.
     pub const ALL: &[Descriptor] = &[
@@ -522,6 +532,26 @@ pub mod names {
             OWNERSHIP_CHANGES,
             Kind::Counter,
             "Partitions acquired, lost or released.",
+        ),
+        d(
+            HTTP_CONNECTIONS_REFUSED,
+            Kind::Counter,
+            "Connections over a listener's max_connections, answered 503 with Retry-After.",
+        ),
+        d(
+            HTTP_TLS_FAILURES,
+            Kind::Counter,
+            "TLS handshakes that failed or timed out (plain HTTP sent to a TLS port, for one).",
+        ),
+        d(
+            HTTP_AUTH_REFUSED,
+            Kind::Counter,
+            "Requests refused 401 for a missing or invalid credential.",
+        ),
+        d(
+            HTTP_REQUESTS_LIMITED,
+            Kind::Counter,
+            "Ingest requests refused by a limit: a slow body (408), the log writer busy (503), the log full (429).",
         ),
     ];
 

@@ -413,6 +413,9 @@ fn validate_sources(doc: &Document<'_>, config: &Config) -> Result<(), ConfigErr
         if let SourceConfig::Simulator(sim) = source {
             crate::generators::telemetry::config::validate(doc, name, sim)?;
         }
+        if let SourceConfig::Http(http) = source {
+            crate::connectors::http::config::validate_source(doc, name, http)?;
+        }
     }
     for (name, source) in &config.sources {
         if let SourceConfig::Bookings(bookings) = source {
@@ -625,6 +628,23 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
     {
         return Err(doc.error(&["admin", "token"], "expected a non-empty token"));
     }
+    if let Some(admin) = &config.admin {
+        let listener = crate::net::ListenerConfig {
+            address: &admin.address,
+            tls: admin.tls.as_ref(),
+            allow_plain_http: admin.allow_plain_http,
+        };
+        if let Some(refusal) = listener.refusal() {
+            return Err(doc.error(&["admin", "address"], refusal));
+        }
+        if admin
+            .read_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(doc.error(&["admin", "read_token"], "expected a non-empty token"));
+        }
+    }
     if let Some(health) = &config.health {
         if !config.sinks.contains_key(&health.sink) {
             return Err(doc.error(
@@ -655,6 +675,14 @@ fn validate_service(config: &super::Config, doc: &Document<'_>) -> Result<(), Co
         if health.baseline_intervals == 0 {
             return Err(doc.error(&["health", "baseline_intervals"], "expected at least 1"));
         }
+    }
+    if let Err((index, reason)) =
+        crate::plugin::signature::TrustedKeys::parse(&config.plugins.trusted_keys)
+    {
+        return Err(doc.error(
+            &["plugins", "trusted_keys", &index.to_string()],
+            format!("expected an Ed25519 public key in base64: {reason}"),
+        ));
     }
     let rollback = &config.plugins.rollback;
     for (key, ratio) in [

@@ -107,6 +107,17 @@ pub struct AdminConfig {
     /// Largest plugin upload accepted, in bytes.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: usize,
+    /// Bearer token that reads (`/metrics`, `/pipelines`, `/plugins`) require; the write token
+    /// is accepted too. Absent: the `WEIR_ADMIN_READ_TOKEN` environment variable; with neither,
+    /// reads are open. `/healthz` and `/readyz` stay open for probes.
+    #[serde(default)]
+    pub read_token: Option<String>,
+    /// TLS of the admin API (certificate and key files, read again when they change).
+    #[serde(default)]
+    pub tls: Option<crate::net::TlsConfig>,
+    /// Serve plain HTTP on an address other than loopback (tokens in the clear).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_admin_address() -> String {
@@ -265,6 +276,10 @@ pub struct PluginDefaults {
     /// When a new version is rolled back by itself.
     #[serde(default)]
     pub rollback: RollbackConfig,
+    /// Ed25519 public keys (base64): when any is set, a component runs only if signed by one of
+    /// them (at start, from the plugins directory and by upload alike). Empty: any component.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for PluginDefaults {
@@ -276,6 +291,7 @@ impl Default for PluginDefaults {
             watch_settle: default_watch_settle(),
             store_dir: default_store_dir(),
             rollback: RollbackConfig::default(),
+            trusted_keys: Vec::new(),
         }
     }
 }

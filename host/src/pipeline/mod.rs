@@ -251,9 +251,13 @@ pub fn stage_plugin_location(loaded: &LoadedConfig, pipeline: &str, index: usize
 pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Running, StartError> {
     let config = &loaded.config;
     let store = VersionStore::new(loaded.resolve(&config.plugins.store_dir));
+    // Keys were checked when the configuration was loaded.
+    let trusted = crate::plugin::signature::TrustedKeys::parse(&config.plugins.trusted_keys)
+        .unwrap_or_default();
     let engine = PluginEngine::new()
         .map_err(StartError::Engine)?
-        .with_cache(&store.compiled_dir());
+        .with_cache(&store.compiled_dir())
+        .with_trusted_keys(trusted);
     let checkpoints: Arc<dyn CheckpointStore> = crate::connectors::checkpoint_store(loaded)?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
@@ -427,12 +431,25 @@ async fn build_sinks(loaded: &LoadedConfig) -> Result<BTreeMap<String, Arc<dyn S
             if !sinks.contains_key(&name)
                 && let Some(sink_config) = config.sinks.get(&name)
             {
-                let sink = crate::sink::build(&name, sink_config, loaded).await?;
+                let sink = crate::sink::build(&name, sink_config, loaded)
+                    .await
+                    .map_err(|e| e.used_by(&pipelines_using(loaded, &name)))?;
                 sinks.insert(name, sink);
             }
         }
     }
     Ok(sinks)
+}
+
+/// The pipelines that write to sink `sink` (an error while it opens names them).
+fn pipelines_using<'a>(loaded: &'a LoadedConfig, sink: &str) -> Vec<&'a str> {
+    loaded
+        .config
+        .pipelines
+        .iter()
+        .filter(|(_, pipeline)| used_sinks(loaded, pipeline).iter().any(|n| n == sink))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// Builds the sources and context of one pipeline and starts its tasks: an ownership manager
@@ -454,7 +471,14 @@ async fn start_pipeline(
             )
         })?;
         sources.push(
-            crate::source::build(name, source_config, loaded, shared.checkpoints.clone()).await?,
+            crate::source::build(
+                name,
+                source_config,
+                loaded,
+                shared.checkpoints.clone(),
+                &shared.metrics,
+            )
+            .await?,
         );
     }
     check_co_partitioned(loaded, pipeline_name, &sources)?;

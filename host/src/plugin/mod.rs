@@ -19,6 +19,7 @@ pub mod package;
 pub mod registry;
 pub mod retire;
 pub mod sandbox;
+pub mod signature;
 pub mod slot;
 pub mod standby;
 mod state;
@@ -119,6 +120,14 @@ pub enum PluginError {
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
+    /// `plugins.trusted_keys` is set and the component is not signed by one of them.
+    #[error("plugin {} is not trusted: {reason}", path.display())]
+    Untrusted {
+        /// The plugin file (or the upload).
+        path: PathBuf,
+        /// Why.
+        reason: signature::Untrusted,
+    },
 }
 
 /// A compiled, validated plugin of one kind of stage: what a [`PluginSlot`] holds. [`Plugin`]
@@ -256,6 +265,8 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     cache: Option<Arc<cache::CompileCache>>,
+    /// Keys components must be signed by; empty: any component is compiled.
+    trusted: Arc<signature::TrustedKeys>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -283,7 +294,14 @@ impl PluginEngine {
             engine,
             linker: Arc::new(linker),
             cache: None,
+            trusted: Arc::default(),
         })
+    }
+
+    /// This engine, compiling only components signed by one of `keys` (see [`signature`]).
+    pub fn with_trusted_keys(mut self, keys: signature::TrustedKeys) -> Self {
+        self.trusted = Arc::new(keys);
+        self
     }
 
     /// The same engine, keeping compiled forms under `dir` so that a restart does not recompile
@@ -371,6 +389,18 @@ impl PluginEngine {
             world: kind.world().to_owned(),
             reason,
         };
+        // Before anything of an untrusted component is compiled.
+        let side = if self.trusted.is_empty() {
+            None
+        } else {
+            signature::read_side_file(path)
+        };
+        self.trusted
+            .verify(bytes, side.as_deref())
+            .map_err(|reason| PluginError::Untrusted {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         let component = self.component(path, bytes)?;
         let (export, functions) = kind.export();
         check_export(&self.engine, &component, export, functions).map_err(&wrong_world)?;

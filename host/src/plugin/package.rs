@@ -36,23 +36,50 @@ pub fn read(bytes: &[u8]) -> Option<PackageInfo> {
 /// `bytes` with every [`SECTION`] section removed and one holding `info` appended. `None` when
 /// `bytes` are not a well-formed WebAssembly binary.
 pub fn embed(bytes: &[u8], info: &PackageInfo) -> Option<Vec<u8>> {
-    let sections = sections(bytes)?;
-    let mut out = bytes.get(..8)?.to_vec();
-    for section in sections {
-        match section {
-            Section::Custom { name, .. } if name == SECTION => {}
-            Section::Custom { raw, .. } | Section::Other { raw } => out.extend_from_slice(raw),
-        }
-    }
     let payload = serde_json::to_vec(info).ok()?;
+    embed_section(bytes, SECTION, &payload)
+}
+
+/// `bytes` with every custom section named `section` removed and one holding `payload` appended.
+/// `None` when `bytes` are not a well-formed WebAssembly binary.
+pub(crate) fn embed_section(bytes: &[u8], section: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = without_section(bytes, section)?;
     let mut content = Vec::new();
-    leb128(&mut content, SECTION.len());
-    content.extend_from_slice(SECTION.as_bytes());
-    content.extend_from_slice(&payload);
+    leb128(&mut content, section.len());
+    content.extend_from_slice(section.as_bytes());
+    content.extend_from_slice(payload);
     out.push(0);
     leb128(&mut out, content.len());
     out.extend_from_slice(&content);
     Some(out)
+}
+
+/// `bytes` with every custom section named `section` removed, the rest in order. `None` when
+/// `bytes` are not a well-formed WebAssembly binary.
+pub(crate) fn without_section(bytes: &[u8], section: &str) -> Option<Vec<u8>> {
+    let sections = sections(bytes)?;
+    let mut out = bytes.get(..8)?.to_vec();
+    for found in sections {
+        match found {
+            Section::Custom { name, .. } if name == section => {}
+            Section::Custom { raw, .. } | Section::Other { raw } => out.extend_from_slice(raw),
+        }
+    }
+    Some(out)
+}
+
+/// The payloads of the custom sections named `section`. `None` when `bytes` are not a
+/// well-formed WebAssembly binary.
+pub(crate) fn section_payloads<'a>(bytes: &'a [u8], section: &str) -> Option<Vec<&'a [u8]>> {
+    Some(
+        sections(bytes)?
+            .into_iter()
+            .filter_map(|found| match found {
+                Section::Custom { name, payload, .. } if name == section => Some(payload),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// One top-level section, with its raw bytes (id and size included).

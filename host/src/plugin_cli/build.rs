@@ -6,6 +6,7 @@ use std::process::Command;
 
 use super::{Kind, PluginCliError};
 use crate::plugin::package::{self, PackageInfo};
+use crate::plugin::signature;
 use crate::plugin::{PluginEngine, PluginKind};
 
 /// The Rust target components are built for.
@@ -181,6 +182,20 @@ fn check(
 
 /// Builds the plugin crate in `dir` (see the module doc).
 pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
+    build_signed(dir, None)
+}
+
+/// Reads a private key file.
+fn read_key(path: &Path) -> Result<String, PluginCliError> {
+    std::fs::read_to_string(path).map_err(|source| PluginCliError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// [`build`], then signs the component with the private key in `key` when given (see
+/// [`crate::plugin::signature`]).
+pub fn build_signed(dir: &Path, key: Option<&Path>) -> Result<Built, PluginCliError> {
     let info = crate_info(dir)?;
     if target_installed(dir) == Some(false) {
         return Err(PluginCliError::MissingTarget);
@@ -228,6 +243,14 @@ pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
     // component is), before it is written where a stage may point; errors name cargo's file.
     let engine = PluginEngine::new()?;
     let kind = check(&engine, &built, &with_section, info.kind)?;
+    let with_section = match key {
+        Some(key) => {
+            signature::sign(&with_section, &read_key(key)?)
+                .map_err(PluginCliError::Sign)?
+                .0
+        }
+        None => with_section,
+    };
     let hash = crate::plugin::content_version(&with_section);
     std::fs::write(&path, &with_section).map_err(|source| PluginCliError::Write {
         path: path.clone(),
@@ -240,4 +263,63 @@ pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
         hash,
         path,
     })
+}
+
+/// `weir plugin keygen`: writes a new private key to `out` (which must not exist) and its public
+/// key to `out.pub`; returns what to tell the user.
+pub fn keygen(out: &Path) -> Result<String, PluginCliError> {
+    let (private, public) = signature::generate().map_err(PluginCliError::Sign)?;
+    let write = |path: &Path, text: &str, new: bool| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true);
+        if new {
+            options.create_new(true);
+        } else {
+            options.create(true).truncate(true);
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, if new { 0o600 } else { 0o644 });
+        std::io::Write::write_all(&mut options.open(path)?, format!("{text}\n").as_bytes())
+    };
+    write(out, &private, true).map_err(|source| PluginCliError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let public_path = signature::side_file(out).with_extension("pub");
+    write(&public_path, &public, false).map_err(|source| PluginCliError::Write {
+        path: public_path.clone(),
+        source,
+    })?;
+    Ok(format!(
+        "private key: {} (keep it secret)\npublic key:  {} in {}\nadd it to the host's configuration: [plugins] trusted_keys = [\"{public}\"]",
+        out.display(),
+        public,
+        public_path.display()
+    ))
+}
+
+/// `weir plugin sign`: signs the component `file` in place, or into `file.sig` when `detached`;
+/// returns what to tell the user.
+pub fn sign_file(file: &Path, key: &Path, detached: bool) -> Result<String, PluginCliError> {
+    let bytes = std::fs::read(file).map_err(|source| PluginCliError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let private = read_key(key)?;
+    let (target, contents) = if detached {
+        let text = signature::detached(&bytes, &private).map_err(PluginCliError::Sign)?;
+        (signature::side_file(file), format!("{text}\n").into_bytes())
+    } else {
+        let (signed, _) = signature::sign(&bytes, &private).map_err(PluginCliError::Sign)?;
+        (file.to_path_buf(), signed)
+    };
+    // Written beside and renamed, so a watching host never reads half a file.
+    let partial = target.with_extension("partial");
+    std::fs::write(&partial, &contents)
+        .and_then(|()| std::fs::rename(&partial, &target))
+        .map_err(|source| PluginCliError::Write {
+            path: target.clone(),
+            source,
+        })?;
+    Ok(format!("signed {} ({})", file.display(), target.display()))
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 
-pub use build::{Built, build};
+pub use build::{Built, build, build_signed, keygen, sign_file};
 pub use new::{NewPlugin, SdkSource, new};
 
 use crate::plugin::PluginKind;
@@ -43,6 +43,29 @@ pub enum PluginCommand {
     Build {
         /// The plugin crate (default: the current directory).
         dir: Option<PathBuf>,
+        /// Sign the component with this private key (from `weir plugin keygen`), for hosts with
+        /// `plugins.trusted_keys`.
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing components: the private key in FILE, the public key
+    /// (for `plugins.trusted_keys`) in FILE.pub and on the standard output.
+    Keygen {
+        /// Where to write the private key; must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign an existing component (built by any toolchain) in place, or beside it in
+    /// `FILE.sig` with `--detached`.
+    Sign {
+        /// The component.
+        file: PathBuf,
+        /// The private key (from `weir plugin keygen`).
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// Write the signature to `FILE.sig` instead of into the component.
+        #[arg(long)]
+        detached: bool,
     },
 }
 
@@ -152,6 +175,9 @@ pub enum PluginCliError {
     /// The component does not implement the world of its kind.
     #[error("{0}")]
     Plugin(#[from] crate::plugin::PluginError),
+    /// A component could not be signed, or a key made.
+    #[error("{0}")]
+    Sign(String),
     /// The component implements none of the worlds (its kind is not in its manifest).
     #[error(
         "{} implements none of Weir's worlds (set `kind` in [package.metadata.weir] to see why): {reasons}",

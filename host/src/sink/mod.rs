@@ -30,14 +30,14 @@ pub use crate::checkpoint::SinkProgress;
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]
-#[error("sink `{sink}` (pipeline `{pipeline}`, partition {partition}): {reason}")]
+#[error("sink `{sink}` ({}): {reason}", self.scope())]
 pub struct SinkError {
     /// Sink name.
     pub sink: String,
-    /// Pipeline writing to it.
+    /// Pipeline writing to it (while the sink opens: the pipelines that use it, once known).
     pub pipeline: String,
-    /// Partition writing to it.
-    pub partition: PartitionId,
+    /// Partition writing to it; `None` while the sink opens, before any partition writes.
+    pub partition: Option<PartitionId>,
     /// What kind of failure it is.
     pub kind: SinkErrorKind,
     /// What happened.
@@ -50,9 +50,29 @@ impl SinkError {
         SinkError {
             sink: sink.to_owned(),
             pipeline: String::new(),
-            partition: 0,
+            partition: None,
             kind,
             reason: reason.into(),
+        }
+    }
+
+    /// This error, naming the pipelines that use the sink (for an error while it opens).
+    pub fn used_by(mut self, pipelines: &[&str]) -> SinkError {
+        if self.pipeline.is_empty() {
+            self.pipeline = pipelines.join("`, `");
+        }
+        self
+    }
+
+    /// Who met the error: the pipeline and the partition, or the pipelines that use the sink.
+    fn scope(&self) -> String {
+        match (self.partition, self.pipeline.is_empty()) {
+            (Some(partition), _) => format!("pipeline `{}`, partition {partition}", self.pipeline),
+            (None, true) => "while opening".to_owned(),
+            (None, false) if self.pipeline.contains('`') => {
+                format!("pipelines `{}`", self.pipeline)
+            }
+            (None, false) => format!("pipeline `{}`", self.pipeline),
         }
     }
 
@@ -110,7 +130,7 @@ impl WriterScope {
         SinkError {
             sink: sink.to_owned(),
             pipeline: self.pipeline.to_string(),
-            partition: self.partition,
+            partition: Some(self.partition),
             kind,
             reason: reason.into(),
         }
@@ -263,13 +283,22 @@ mod tests {
     }
 
     #[test]
-    fn an_error_while_opening_reads_as_before_and_a_superseded_writer_is_not_retried() {
+    fn an_error_while_opening_names_its_pipelines_and_a_superseded_writer_is_not_retried() {
         let error = SinkError::opening(SinkErrorKind::Misconfigured, "lake", "bad columns");
         assert_eq!(
             error.to_string(),
-            "sink `lake` (pipeline ``, partition 0): bad columns"
+            "sink `lake` (while opening): bad columns"
         );
+        // Issue 19: a failed start named its pipeline as empty (`pipeline ``).
         assert!(!error.retryable());
+        let named = error.used_by(&["telemetry"]);
+        assert_eq!(
+            named.to_string(),
+            "sink `lake` (pipeline `telemetry`): bad columns"
+        );
+        let shared =
+            SinkError::opening(SinkErrorKind::Unavailable, "lake", "down").used_by(&["a", "b"]);
+        assert_eq!(shared.to_string(), "sink `lake` (pipelines `a`, `b`): down");
         let scope = WriterScope {
             pipeline: "p".into(),
             partition: 1,

@@ -233,6 +233,7 @@ pub async fn build(
     config: &SourceConfig,
     loaded: &LoadedConfig,
     checkpoints: Arc<dyn CheckpointStore>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Arc<dyn Source>, SourceError> {
     // Used only by builds without some connector.
     #[allow(unused_variables)]
@@ -274,8 +275,12 @@ pub async fn build(
                     .as_deref()
                     .map_or(default_wal, |dir: &Path| loaded.resolve(dir)),
             );
+            http.tls = http.tls.as_ref().map(|tls| tls.resolved(loaded));
+            if let Some(auth) = &mut http.auth {
+                auth.tokens_file = auth.tokens_file.as_deref().map(|f| loaded.resolve(f));
+            }
             Arc::new(
-                http::HttpSource::start(name, http)
+                http::HttpSource::start(name, http, metrics.clone())
                     .await
                     .map_err(|(kind, reason)| SourceError::start(kind, name, reason))?,
             )

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::config::ConfigDuration;
+use crate::net::TlsConfig;
+
 /// An HTTP ingest endpoint: `POST /events` with one JSON event or NDJSON.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +33,75 @@ pub struct HttpSourceConfig {
     /// segments below every reader's checkpoint are deleted.
     #[serde(default = "default_wal_segment_bytes")]
     pub wal_segment_bytes: u64,
+    /// TLS (certificate and key files, read again when they change). Absent: plain HTTP, which
+    /// is refused on an address other than loopback unless `allow_plain_http` is set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on an address other than loopback (events and credentials in the clear).
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// Credentials a request must carry. Absent: none is asked for.
+    #[serde(default)]
+    pub auth: Option<IngestAuthConfig>,
+    /// Connections served at once; more are answered `503` with `Retry-After` and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's head (and, on a kept-alive connection, the next
+    /// one); past it the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: ConfigDuration,
+    /// Time a client has to send a request's body once its head is in; past it, `408`.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: ConfigDuration,
+    /// Bytes one partition's write-ahead log may hold before the pipeline has checkpointed them;
+    /// past it, requests are answered `429` with `Retry-After` until it has.
+    #[serde(default = "default_max_wal_bytes")]
+    pub max_wal_bytes: u64,
+    /// Requests waiting for one partition's log writer; past it, `503` with `Retry-After`.
+    #[serde(default = "default_wal_queue")]
+    pub wal_queue: usize,
+    /// What `Retry-After` says to a refused client.
+    #[serde(default = "default_retry_after")]
+    pub retry_after: ConfigDuration,
+}
+
+/// Credentials of the HTTP source: a request carries one as `Authorization: Bearer CREDENTIAL`
+/// or in the `key_header` header. Refusals are `401` and say no more.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestAuthConfig {
+    /// Credentials accepted (changing them needs a restart; `${VAR}` reads the environment).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// A file of credentials, one a line (blank lines and `#` comments skipped), read again when
+    /// it changes: credentials rotate without a restart. Relative to the configuration file.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// The header that carries a shared key, as an alternative to `Authorization: Bearer`.
+    #[serde(default = "default_key_header_auth")]
+    pub key_header: String,
+}
+
+fn default_key_header_auth() -> String {
+    "x-api-key".to_owned()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
+}
+fn default_body_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(30_000)
+}
+fn default_max_wal_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_wal_queue() -> usize {
+    1024
+}
+fn default_retry_after() -> ConfigDuration {
+    ConfigDuration::from_millis(1_000)
 }
 
 fn default_http_address() -> String {
@@ -47,4 +119,48 @@ fn default_wal_segment_bytes() -> u64 {
 
 fn default_one_partition() -> u32 {
     1
+}
+
+/// What types alone cannot say: plain HTTP beyond loopback without the opt-in, credentials that
+/// are missing, limits of zero.
+pub(crate) fn validate_source(
+    doc: &crate::config::Document<'_>,
+    name: &str,
+    config: &HttpSourceConfig,
+) -> Result<(), crate::config::ConfigError> {
+    let listener = crate::net::ListenerConfig {
+        address: &config.address,
+        tls: config.tls.as_ref(),
+        allow_plain_http: config.allow_plain_http,
+    };
+    if let Some(refusal) = listener.refusal() {
+        return Err(doc.error(&["sources", name, "address"], refusal));
+    }
+    if let Some(auth) = &config.auth
+        && auth.tokens.iter().all(|t| t.trim().is_empty())
+        && auth.tokens_file.is_none()
+    {
+        return Err(doc.error(
+            &["sources", name, "auth"],
+            "expected `tokens` (one or more credentials) or a `tokens_file`",
+        ));
+    }
+    for (key, value) in [
+        ("max_connections", config.max_connections as u64),
+        ("wal_queue", config.wal_queue as u64),
+        ("max_wal_bytes", config.max_wal_bytes),
+    ] {
+        if value == 0 {
+            return Err(doc.error(&["sources", name, key], "expected at least 1, found 0"));
+        }
+    }
+    for (key, value) in [
+        ("header_timeout", config.header_timeout),
+        ("body_timeout", config.body_timeout),
+    ] {
+        if value.get().is_zero() {
+            return Err(doc.error(&["sources", name, key], "expected a duration above zero"));
+        }
+    }
+    Ok(())
 }

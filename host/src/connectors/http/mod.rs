@@ -1,5 +1,6 @@
 //! HTTP ingest: an endpoint that accepts JSON events and makes them durable in a write-ahead log
 //! before it answers.
 
+pub(crate) mod auth;
 pub mod config;
 pub mod source;

@@ -7,10 +7,18 @@
 //! - Partition key: the `key_header` header if present, else the top-level `key_field` of the
 //!   event if configured, else none (the partition is then chosen by a stable hash of the body).
 //! - Properties: request headers `x-weir-prop-NAME` become property `NAME` of every event.
-//! - Replies: `202 {"accepted": n}`; `400` for an empty or unreadable body; `413` for a body over
-//!   `max_request_bytes`; `503` when the log cannot be written. `GET /healthz` answers `200`.
+//! - Replies: `202 {"accepted": n}`; `400` for an empty or unreadable body; `401` without an
+//!   accepted credential (when `auth` is configured); `408` for a body slower than
+//!   `body_timeout`; `413` for a body over `max_request_bytes`; `429` (with `Retry-After`) while a
+//!   partition's log holds more than `max_wal_bytes` the pipeline has not checkpointed; `503`
+//!   (with `Retry-After`) when the log writer has `wal_queue` requests waiting already, or when
+//!   the log cannot be written. `GET /healthz` answers `200`.
+//! - Connections: at most `max_connections` (more are answered `503` and closed), each with
+//!   `header_timeout` to send a request head; TLS when configured (see [`crate::net`]).
 
 mod body;
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 mod wal;
@@ -24,17 +32,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::auth::Credentials;
 use crate::config::HttpSourceConfig;
 use crate::event::{Event, PartitionId, Position, now_millis, partition_for_key};
 use crate::json::top_level_field;
+use crate::metrics::{Metrics, names};
+use crate::net::{ListenerConfig, ServeOptions};
 use crate::source::{
     PartitionReader, PartitionStart, ReadOutcome, Source, SourceError, SourceErrorKind,
 };
@@ -42,8 +52,6 @@ use wal::{Append, Cursor, PartitionLog};
 
 /// Prefix of the request headers kept as event properties.
 const PROPERTY_HEADER_PREFIX: &str = "x-weir-prop-";
-/// Append requests waiting per partition before request handlers wait.
-const WRITER_QUEUE: usize = 1024;
 /// How long a new source waits for a previous one on the same log to let go of it.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long a stop waits for requests in flight.
@@ -70,19 +78,38 @@ struct Ingest {
     key_field: Option<String>,
     max_request_bytes: usize,
     writers: Vec<mpsc::Sender<Append>>,
+    /// Each partition's log, to bound what it holds.
+    logs: Vec<Arc<PartitionLog>>,
+    credentials: Option<Credentials>,
+    body_timeout: Duration,
+    max_wal_bytes: u64,
+    retry_after: HeaderValue,
+    metrics: Metrics,
+}
+
+/// What is checked before anything opens: the log directory, the key header, the credentials
+/// and TLS.
+struct Checked {
+    wal_dir: PathBuf,
+    key_header: HeaderName,
+    credentials: Option<Credentials>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl HttpSource {
     /// Opens (and repairs) the write-ahead log in `config.wal_dir`, then starts listening on
     /// `config.address` (port 0 picks a free port: see [`HttpSource::local_addr`]). Settings that
     /// cannot work are `Misconfigured`; the log or the listener failing is `Unavailable`.
+    /// Paths in `config` (`wal_dir`, `tls`, `auth.tokens_file`) are used as they are: the caller
+    /// resolves them. Refusals and limits are counted in `metrics`.
     pub async fn start(
         name: &str,
         config: HttpSourceConfig,
+        metrics: Metrics,
     ) -> Result<Self, (SourceErrorKind, String)> {
-        let (wal_dir, key_header) =
+        let checked =
             checked_settings(&config).map_err(|reason| (SourceErrorKind::Misconfigured, reason))?;
-        Self::start_checked(name, config, wal_dir, key_header)
+        Self::start_checked(name, config, checked, metrics)
             .await
             .map_err(|reason| (SourceErrorKind::Unavailable, reason))
     }
@@ -90,9 +117,15 @@ impl HttpSource {
     async fn start_checked(
         name: &str,
         config: HttpSourceConfig,
-        wal_dir: PathBuf,
-        key_header: HeaderName,
+        checked: Checked,
+        metrics: Metrics,
     ) -> Result<Self, String> {
+        let Checked {
+            wal_dir,
+            key_header,
+            credentials,
+            tls,
+        } = checked;
         let dir_lock = Arc::new(lock_dir(&wal_dir).await?);
         let partitions = config.partitions;
         let segment_bytes = config.wal_segment_bytes;
@@ -123,7 +156,7 @@ impl HttpSource {
         let mut senders = Vec::with_capacity(opened.len());
         let mut writers = Vec::with_capacity(opened.len());
         for (log, writer) in opened {
-            let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+            let (sender, receiver) = mpsc::channel(config.wal_queue.max(1));
             let thread = std::thread::Builder::new()
                 .name(format!("weir-wal-{}", log.partition))
                 .spawn(move || writer.run(receiver))
@@ -140,29 +173,38 @@ impl HttpSource {
             key_field: config.key_field.clone(),
             max_request_bytes: config.max_request_bytes,
             writers: senders,
+            logs: logs.clone(),
+            credentials,
+            body_timeout: config.body_timeout.get(),
+            max_wal_bytes: config.max_wal_bytes,
+            retry_after: HeaderValue::from(retry_after_secs(&config)),
+            metrics: metrics.clone(),
         });
         let app = Router::new()
             .route("/events", post(post_events))
             .route("/healthz", get(healthz))
             .with_state(ingest);
         let (stop, stopped) = oneshot::channel::<()>();
-        let source_name = name.to_owned();
-        // Replies are small: send them at once rather than waiting for an acknowledgement.
-        let listener = listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let options = ServeOptions {
+            name: format!("source:{name}"),
+            tls,
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout.get(),
+            retry_after_secs: retry_after_secs(&config),
+            metrics,
+        };
+        let server = tokio::spawn(crate::net::serve(
+            listener,
+            app,
+            options,
+            async move {
                 // A dropped sender stops the server as well.
                 let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(source = %source_name, error = %e, "HTTP source server failed");
-            }
-        });
-        tracing::info!(source = %name, address = %local_addr, "HTTP source listening");
+            },
+            STOP_WAIT,
+        ));
+        tracing::info!(source = %name, address = %local_addr, scheme, "HTTP source listening");
         Ok(HttpSource {
             name: name.to_owned(),
             config,
@@ -207,8 +249,13 @@ impl Drop for HttpSource {
     }
 }
 
-/// The log directory and the key header of `config`, or why they cannot work.
-fn checked_settings(config: &HttpSourceConfig) -> Result<(PathBuf, HeaderName), String> {
+/// Whole seconds for `Retry-After` (at least 1).
+fn retry_after_secs(config: &HttpSourceConfig) -> u64 {
+    config.retry_after.get().as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// What `config` needs before anything opens, or why it cannot work.
+fn checked_settings(config: &HttpSourceConfig) -> Result<Checked, String> {
     let wal_dir = config
         .wal_dir
         .clone()
@@ -219,6 +266,19 @@ fn checked_settings(config: &HttpSourceConfig) -> Result<(PathBuf, HeaderName), 
     if config.wal_segment_bytes == 0 {
         return Err("`wal_segment_bytes` must be at least 1".to_owned());
     }
+    if config.max_connections == 0 || config.wal_queue == 0 || config.max_wal_bytes == 0 {
+        return Err(
+            "`max_connections`, `wal_queue` and `max_wal_bytes` must be at least 1".to_owned(),
+        );
+    }
+    let listener = ListenerConfig {
+        address: &config.address,
+        tls: config.tls.as_ref(),
+        allow_plain_http: config.allow_plain_http,
+    };
+    if let Some(refusal) = listener.refusal() {
+        return Err(refusal);
+    }
     let key_header = HeaderName::from_bytes(config.key_header.to_ascii_lowercase().as_bytes())
         .map_err(|e| {
             format!(
@@ -226,7 +286,21 @@ fn checked_settings(config: &HttpSourceConfig) -> Result<(PathBuf, HeaderName), 
                 config.key_header
             )
         })?;
-    Ok((wal_dir, key_header))
+    let credentials = match &config.auth {
+        Some(auth) => Some(Credentials::new(auth, auth.tokens_file.clone())?),
+        None => None,
+    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::net::tls::acceptor)
+        .transpose()?;
+    Ok(Checked {
+        wal_dir,
+        key_header,
+        credentials,
+        tls,
+    })
 }
 
 /// Takes the exclusive lock of the log directory, waiting a little for a previous owner.
@@ -481,6 +555,9 @@ async fn healthz() -> Response {
 }
 
 async fn post_events(State(ingest): State<Arc<Ingest>>, request: Request) -> Response {
+    if let Err(refusal) = ingest.authorize(request.headers()) {
+        return refusal;
+    }
     match ingest.accept(request).await {
         Ok(accepted) => json_reply(
             StatusCode::ACCEPTED,
@@ -492,12 +569,77 @@ async fn post_events(State(ingest): State<Arc<Ingest>>, request: Request) -> Res
             } else {
                 tracing::debug!(source = %ingest.source_name, %status, %reason, "HTTP ingest refused a request");
             }
-            json_reply(status, serde_json::json!({ "error": reason }))
+            let mut reply = json_reply(status, serde_json::json!({ "error": reason }));
+            if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                reply
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, ingest.retry_after.clone());
+            }
+            reply
         }
     }
 }
 
 impl Ingest {
+    /// The `401` for a request without an accepted credential, counted; says nothing more.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the HTTP refusal itself, built at most once per request"
+    )]
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        credentials.check(headers).map_err(|refusal| {
+            let listener = format!("source:{}", self.source_name);
+            self.metrics.add(
+                names::HTTP_AUTH_REFUSED,
+                &[("listener", &listener), ("reason", refusal.label())],
+                1,
+            );
+            let mut reply = json_reply(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": "unauthorized" }),
+            );
+            reply
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            reply
+        })
+    }
+
+    /// Counts a request refused by a limit.
+    fn limited(&self, reason: &'static str) {
+        self.metrics.add(
+            names::HTTP_REQUESTS_LIMITED,
+            &[("source", &self.source_name), ("reason", reason)],
+            1,
+        );
+    }
+
+    /// `429` when a partition that `frames` go to holds more than `max_wal_bytes` on disk.
+    fn check_backlog(&self, frames: &[Vec<u8>]) -> Result<(), Refusal> {
+        for (partition, frames) in frames.iter().enumerate() {
+            let Some(log) = self.logs.get(partition) else {
+                continue;
+            };
+            let held = log.durable_end().saturating_sub(log.first_offset());
+            if !frames.is_empty() && held > self.max_wal_bytes {
+                self.limited("backlog");
+                return Err((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "partition {partition}: the pipeline is behind (the write-ahead log holds more than {} bytes)",
+                        self.max_wal_bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
     /// Makes the request's events durable; returns how many there were.
     async fn accept(&self, request: Request) -> Result<usize, Refusal> {
         let (parts, body) = request.into_parts();
@@ -539,6 +681,7 @@ impl Ingest {
                 .map_err(|reason| (StatusCode::PAYLOAD_TOO_LARGE, reason))?;
         }
 
+        self.check_backlog(&frames)?;
         let mut pending = Vec::new();
         for (partition, frames) in frames.into_iter().enumerate() {
             if frames.is_empty() {
@@ -546,8 +689,18 @@ impl Ingest {
             }
             let (done, durable) = oneshot::channel();
             let writer = &self.writers[partition];
-            if writer.send(Append { frames, done }).await.is_err() {
-                return Err(unavailable(partition, "the log writer has stopped"));
+            match writer.try_send(Append { frames, done }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.limited("wal_busy");
+                    return Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("partition {partition}: the write-ahead log is busy"),
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(unavailable(partition, "the log writer has stopped"));
+                }
             }
             pending.push((partition, durable));
         }
@@ -561,8 +714,25 @@ impl Ingest {
         Ok(events.len())
     }
 
-    /// The whole body, refused with 413 past `max_request_bytes`.
+    /// The whole body, refused with 413 past `max_request_bytes` and 408 past `body_timeout`.
     async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<Bytes, Refusal> {
+        match tokio::time::timeout(self.body_timeout, self.read_body_untimed(headers, body)).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.limited("body_timeout");
+                Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body took longer than {:?}", self.body_timeout),
+                ))
+            }
+        }
+    }
+
+    async fn read_body_untimed(
         &self,
         headers: &HeaderMap,
         body: axum::body::Body,

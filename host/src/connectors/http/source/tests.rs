@@ -12,6 +12,15 @@ fn config(dir: &Path, partitions: u32) -> HttpSourceConfig {
         wal_dir: Some(dir.to_path_buf()),
         max_request_bytes: 1 << 20,
         wal_segment_bytes: 64 << 20,
+        tls: None,
+        allow_plain_http: false,
+        auth: None,
+        max_connections: 1024,
+        header_timeout: crate::config::ConfigDuration::from_millis(10_000),
+        body_timeout: crate::config::ConfigDuration::from_millis(30_000),
+        max_wal_bytes: 1 << 30,
+        wal_queue: 1024,
+        retry_after: crate::config::ConfigDuration::from_millis(1_000),
     }
 }
 
@@ -126,7 +135,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn accepts_single_array_ndjson_and_pretty_printed_bodies() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("start");
     let mut readers = source.open(all(1, None)).await.expect("open");
@@ -203,7 +212,9 @@ async fn keys_come_from_the_header_then_the_field_then_a_hash_of_the_body() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), 4);
     cfg.key_field = Some("DeviceId".to_owned());
-    let source = HttpSource::start("http", cfg).await.expect("start");
+    let source = HttpSource::start("http", cfg, Metrics::new())
+        .await
+        .expect("start");
     let mut readers = source.open(all(4, None)).await.expect("open");
 
     let lines: Vec<String> = (0..40)
@@ -260,7 +271,9 @@ async fn oversized_and_empty_bodies_are_refused_and_health_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), 1);
     cfg.max_request_bytes = 1000;
-    let source = HttpSource::start("http", cfg).await.expect("start");
+    let source = HttpSource::start("http", cfg, Metrics::new())
+        .await
+        .expect("start");
     let mut readers = source.open(all(1, None)).await.expect("open");
 
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
@@ -311,7 +324,7 @@ async fn oversized_and_empty_bodies_are_refused_and_health_answers() {
 #[tokio::test]
 async fn prefixed_headers_become_properties() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("start");
     let mut readers = source.open(all(1, None)).await.expect("open");
@@ -340,7 +353,7 @@ async fn prefixed_headers_become_properties() {
 #[tokio::test]
 async fn a_waiting_reader_wakes_on_new_events_and_reports_lag() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("start");
     let mut readers = source.open(all(1, None)).await.expect("open");
@@ -385,7 +398,7 @@ async fn a_waiting_reader_wakes_on_new_events_and_reports_lag() {
 async fn concurrent_requests_are_all_durable_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let source = Arc::new(
-        HttpSource::start("http", config(dir.path(), 2))
+        HttpSource::start("http", config(dir.path(), 2), Metrics::new())
             .await
             .expect("start"),
     );
@@ -415,7 +428,7 @@ async fn concurrent_requests_are_all_durable_once() {
 #[tokio::test]
 async fn events_survive_a_restart_and_readers_resume_after_their_checkpoint() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("start");
     let lines: Vec<String> = (0..10).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
@@ -426,7 +439,7 @@ async fn events_survive_a_restart_and_readers_resume_after_their_checkpoint() {
     drop(readers);
     source.shutdown().await;
 
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("restart");
     let checkpoint = before[3].position;
@@ -454,7 +467,7 @@ async fn events_survive_a_restart_and_readers_resume_after_their_checkpoint() {
 #[tokio::test]
 async fn a_torn_tail_is_truncated_on_start() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("start");
     assert_eq!(
@@ -483,7 +496,7 @@ async fn a_torn_tail_is_truncated_on_start() {
         drop(file);
         assert!(std::fs::metadata(&segment).expect("segment").len() > intact);
 
-        let source = HttpSource::start("http", config(dir.path(), 1))
+        let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
             .await
             .expect("restart");
         assert_eq!(
@@ -496,7 +509,7 @@ async fn a_torn_tail_is_truncated_on_start() {
         assert_eq!(bodies(&events), [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
         source.shutdown().await;
     }
-    let source = HttpSource::start("http", config(dir.path(), 1))
+    let source = HttpSource::start("http", config(dir.path(), 1), Metrics::new())
         .await
         .expect("restart");
     assert_eq!(accepted(&source, r#"{"n":3}"#, &[]).await, 1);
@@ -515,7 +528,9 @@ async fn checkpoints_release_whole_segments_below_every_reader() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), 1);
     cfg.wal_segment_bytes = 150;
-    let source = HttpSource::start("http", cfg.clone()).await.expect("start");
+    let source = HttpSource::start("http", cfg.clone(), Metrics::new())
+        .await
+        .expect("start");
     let lines: Vec<String> = (0..30)
         .map(|i| format!(r#"{{"n":{i:02},"pad":"xxxxxxxxxx"}}"#))
         .collect();
@@ -582,7 +597,9 @@ async fn checkpoints_release_whole_segments_below_every_reader() {
     source.shutdown().await;
 
     // After a restart, a reader resumes right after the checkpoint.
-    let source = HttpSource::start("http", cfg).await.expect("restart");
+    let source = HttpSource::start("http", cfg, Metrics::new())
+        .await
+        .expect("restart");
     let mut readers = source.open(all(1, Some(checkpoint))).await.expect("open");
     assert_eq!(bodies(&drain(&mut readers).await.remove(0)), lines[25..]);
     source.shutdown().await;
@@ -593,22 +610,29 @@ async fn bad_settings_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), 1);
     cfg.wal_dir = None;
-    let (kind, reason) = HttpSource::start("http", cfg)
+    let (kind, reason) = HttpSource::start("http", cfg, Metrics::new())
         .await
         .expect_err("no wal_dir");
     assert!(reason.contains("wal_dir"));
     assert_eq!(kind, SourceErrorKind::Misconfigured);
     let mut cfg = config(dir.path(), 1);
     cfg.address = "not an address".to_owned();
+    // Issue 19: plain HTTP beyond loopback needs the opt-in.
+    let (kind, reason) = HttpSource::start("http", cfg.clone(), Metrics::new())
+        .await
+        .expect_err("plain HTTP beyond loopback");
+    assert_eq!(kind, SourceErrorKind::Misconfigured);
+    assert!(reason.contains("allow_plain_http"), "{reason}");
+    cfg.allow_plain_http = true;
     assert!(
-        HttpSource::start("http", cfg)
+        HttpSource::start("http", cfg, Metrics::new())
             .await
             .expect_err("bad address")
             .1
             .contains("cannot listen")
     );
     // The failed start let go of the log.
-    let source = HttpSource::start("http", config(dir.path(), 2))
+    let source = HttpSource::start("http", config(dir.path(), 2), Metrics::new())
         .await
         .expect("start");
     let starts = vec![PartitionStart {
@@ -634,7 +658,11 @@ async fn http_ingest_throughput() {
     let mut cfg = config(dir.path(), 4);
     cfg.key_field = Some("DeviceId".to_owned());
     cfg.max_request_bytes = 16 << 20;
-    let source = Arc::new(HttpSource::start("http", cfg).await.expect("start"));
+    let source = Arc::new(
+        HttpSource::start("http", cfg, Metrics::new())
+            .await
+            .expect("start"),
+    );
     let body: String = (0..1000)
         .map(|i| {
             format!(
