@@ -162,7 +162,35 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             println!("{built}");
             Ok(())
         }
+        PluginCommand::Test { path, bless } => plugin_test(path, bless),
     }
+}
+
+/// `weir plugin test`: runs the cases and prints each one's verdict and diff.
+fn plugin_test(path: Option<PathBuf>, bless: bool) -> anyhow::Result<()> {
+    let path = path.unwrap_or_else(|| PathBuf::from("."));
+    let target = plugin_cli::target(&path)?;
+    let results = plugin_cli::test(&target, bless)?;
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    for result in &results {
+        if result.passed() {
+            let verb = if bless { "blessed" } else { "ok" };
+            println!("case {}: {verb}", result.name);
+        } else {
+            println!("case {}: FAILED ({})", result.name, result.dir.display());
+            print!("{}", result.diff());
+        }
+    }
+    if failed > 0 {
+        println!("to accept these outputs as expected: weir plugin test --bless");
+        return Err(plugin_cli::PluginCliError::TestsFailed {
+            failed,
+            total: results.len(),
+        }
+        .into());
+    }
+    println!("{} case(s) passed", results.len());
+    Ok(())
 }
 
 /// How often the watcher looks at the plugin files.

@@ -190,6 +190,100 @@ fn a_bad_name_and_a_directory_with_files_are_refused() {
     );
 }
 
+/// For each kind: its crate, an edit of the plugin's logic, the field of the first record it
+/// changes, and the output and case that record is in.
+const EDITS: [(&str, &str, &str, &str, &str, &str); 3] = [
+    (
+        "transform",
+        "tested-transform",
+        "\"To\": reading.temperature,",
+        "\"To\": reading.temperature + 1.0,",
+        "field `To`: expected 40.0, got 41.0",
+        "alerts",
+    ),
+    (
+        "window",
+        "tested-window",
+        "\"EventCount\": self.count,",
+        "\"EventCount\": self.count + 1,",
+        "field `EventCount`: expected 3, got 4",
+        "rows",
+    ),
+    (
+        "join",
+        "tested-join",
+        "row[\"Paid\"] = payment.is_some().into();",
+        "row[\"Paid\"] = payment.is_none().into();",
+        "field `Paid`: expected true, got false",
+        "rows",
+    ),
+];
+
+#[test]
+fn weir_plugin_test_runs_the_cases_through_the_host_fails_with_a_diff_and_blesses() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    for (kind, name, logic, edited, field_diff, output) in EDITS {
+        let dir = outside.path().join(name);
+        let out = weir(&home, &target)
+            .args(["plugin", "new", name, "--kind", kind, "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run weir");
+        assert_success(&out, "weir plugin new");
+        let test = |bless: bool| {
+            let mut command = weir(&home, &target);
+            command.args(["plugin", "test"]).arg(&dir);
+            if bless {
+                command.arg("--bless");
+            }
+            command.output().expect("run weir")
+        };
+        let out = test(false);
+        assert_success(&out, "weir plugin test");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("1 case(s) passed"), "{text}");
+
+        let lib = dir.join("src/lib.rs");
+        let source = std::fs::read_to_string(&lib).expect("lib.rs");
+        assert!(source.contains(logic), "{kind}: `{logic}` in the template");
+        std::fs::write(&lib, source.replace(logic, edited)).expect("edit lib.rs");
+        let out = test(false);
+        assert!(!out.status.success(), "{kind}: the edited plugin must fail");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let output_line = format!("output `{output}`");
+        for expected in ["FAILED", &output_line, "record 1:", field_diff] {
+            assert!(text.contains(expected), "{kind}: `{expected}` in:\n{text}");
+        }
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(error.contains("1 of 1 test case(s) failed"), "{error}");
+
+        let out = test(true);
+        assert_success(&out, "weir plugin test --bless");
+        let out = test(false);
+        assert_success(&out, "weir plugin test after --bless");
+        // The same case gives the same outputs on every run: the file did not change.
+        let rows = dir.join(format!(
+            "cases/{}/expected/{output}.jsonl",
+            match kind {
+                "transform" => "temperature-jump",
+                "window" => "one-minute",
+                _ => "paid-and-unpaid",
+            }
+        ));
+        let blessed = std::fs::read_to_string(&rows).expect("blessed records");
+        // The blessed record holds the edited value: `field `F`: expected A, got B` → `"F":B`.
+        let field = field_diff.split('`').nth(1).expect("a field");
+        let value = field_diff.rsplit("got ").next().expect("a value");
+        let written = format!("\"{field}\":{value}");
+        assert!(blessed.contains(&written), "`{written}` in {blessed}");
+        let out = test(true);
+        assert_success(&out, "weir plugin test --bless again");
+        assert_eq!(std::fs::read_to_string(&rows).expect("rows"), blessed);
+    }
+}
+
 /// `weir` with the SDK unpacked under `home` and cargo building into `target`.
 fn weir(home: &Path, target: &Path) -> Command {
     let mut command = Command::new(weir_tests::weir_binary());

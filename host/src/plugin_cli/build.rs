@@ -156,7 +156,7 @@ fn target_installed(dir: &Path) -> Option<bool> {
 }
 
 /// Checks `bytes` against the world of `kind`, or, without one, finds the world they implement.
-fn check(
+pub(super) fn check(
     engine: &PluginEngine,
     path: &Path,
     bytes: &[u8],
@@ -179,8 +179,16 @@ fn check(
     })
 }
 
+/// The kind the crate in `dir` names in `[package.metadata.weir]`, if any.
+pub(super) fn crate_kind(dir: &Path) -> Result<Option<Kind>, PluginCliError> {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok(crate_info(dir)?.kind)
+}
+
 /// Builds the plugin crate in `dir` (see the module doc).
 pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
+    // cargo runs in `dir`: a relative `--manifest-path` would be taken from there.
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let info = crate_info(dir)?;
     if target_installed(dir) == Some(false) {
         return Err(PluginCliError::MissingTarget);

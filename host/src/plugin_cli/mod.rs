@@ -6,6 +6,7 @@
 mod build;
 mod new;
 mod sdk;
+mod test;
 
 use std::path::PathBuf;
 
@@ -13,6 +14,9 @@ use clap::{Subcommand, ValueEnum};
 
 pub use build::{Built, build};
 pub use new::{NewPlugin, SdkSource, new};
+pub use test::{
+    CaseResult, CaseSettings, DEAD_LETTERS, Outputs, TestTarget, run_case, target, test,
+};
 
 use crate::plugin::PluginKind;
 
@@ -43,6 +47,16 @@ pub enum PluginCommand {
     Build {
         /// The plugin crate (default: the current directory).
         dir: Option<PathBuf>,
+    },
+    /// Run a built component through the host's own stage code over each test case of its crate
+    /// (`cases/`), and compare what each output got with what the case expects.
+    Test {
+        /// The plugin crate (built first) or a built `.wasm` file (default: the current
+        /// directory).
+        path: Option<PathBuf>,
+        /// Write what each output got as the case's expectation.
+        #[arg(long)]
+        bless: bool,
     },
 }
 
@@ -148,6 +162,28 @@ pub enum PluginCliError {
     Cargo {
         /// The crate's directory.
         dir: PathBuf,
+    },
+    /// No test case was found.
+    #[error("no test case in {} (one directory per case, see `cases/README.md` of a new plugin)", dir.display())]
+    NoCases {
+        /// Where cases were looked for.
+        dir: PathBuf,
+    },
+    /// A test case cannot be read or run.
+    #[error("{}: {reason}", path.display())]
+    BadCase {
+        /// The case's file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Some test cases gave other outputs than they expect.
+    #[error("{failed} of {total} test case(s) failed")]
+    TestsFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
     },
     /// The component does not implement the world of its kind.
     #[error("{0}")]
