@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -163,6 +164,37 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PluginCommand::Test { path, bless } => plugin_test(path, bless),
+        PluginCommand::Deploy {
+            file,
+            to,
+            token,
+            stage,
+            wait,
+        } => {
+            let remote = plugin_cli::remote_of(to, token)?;
+            plugin_cli::deploy(&remote, &file, &stage, Duration::from_secs(wait))?;
+            Ok(())
+        }
+        PluginCommand::List { admin } => {
+            print!("{}", plugin_cli::list(&admin.remote()?)?);
+            Ok(())
+        }
+        PluginCommand::Status { admin, stage } => {
+            print!("{}", plugin_cli::status(&admin.remote()?, &stage)?);
+            Ok(())
+        }
+        PluginCommand::Rollback {
+            admin,
+            stage,
+            version,
+        } => {
+            let remote = admin.remote()?;
+            println!(
+                "{}",
+                plugin_cli::rollback(&remote, &stage, version.as_deref())?
+            );
+            Ok(())
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! it (see [`crate::plugin::package`]).
 
 mod build;
+mod deploy;
 mod new;
+mod remote;
 mod sdk;
 mod test;
 
@@ -13,7 +15,9 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 
 pub use build::{Built, build};
+pub use deploy::{Deployed, StageRef, deploy, list, rollback, stage_report, status, table};
 pub use new::{NewPlugin, SdkSource, new};
+pub use remote::{Answer, Remote};
 pub use test::{
     CaseResult, CaseSettings, DEAD_LETTERS, Outputs, TestTarget, run_case, target, test,
 };
@@ -58,6 +62,83 @@ pub enum PluginCommand {
         #[arg(long)]
         bless: bool,
     },
+    /// Upload a component to a stage of a running host (its admin API) and wait for the outcome:
+    /// activated (once through its probation), refused, or rolled back after its probation.
+    Deploy {
+        /// The component (`weir plugin build` says where it is).
+        file: PathBuf,
+        /// The admin API's URL, such as `http://127.0.0.1:9464` (default: `WEIR_ADMIN_URL`, else
+        /// that one).
+        #[arg(long, visible_alias = "admin", value_name = "URL")]
+        to: Option<String>,
+        /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+        /// How long to wait for the end of the probation, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// List every stage's plugin of a running host.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// One stage's plugin of a running host: its versions and latest activations.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+    },
+    /// Activate an earlier version of a stage's plugin (default: the one before the active one).
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+        /// The version to activate (its content hash, as `weir plugin status` lists it).
+        #[arg(long = "to", value_name = "VERSION")]
+        version: Option<String>,
+    },
+}
+
+/// Where a running host's admin API is, and its token.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's URL, such as `http://127.0.0.1:9464` (default: `WEIR_ADMIN_URL`, else
+    /// that one).
+    #[arg(long = "admin", value_name = "URL")]
+    pub url: Option<String>,
+    /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// The environment variable naming the admin API's URL when no flag does.
+pub const ADMIN_URL_ENV: &str = "WEIR_ADMIN_URL";
+
+/// The admin API's URL when neither a flag nor [`ADMIN_URL_ENV`] names one.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
+
+impl AdminArgs {
+    /// The admin API these arguments name (flags first, then the environment).
+    pub fn remote(&self) -> Result<Remote, PluginCliError> {
+        remote_of(self.url.clone(), self.token.clone())
+    }
+}
+
+/// The admin API at `url` with `token`, each from the environment when not given.
+pub fn remote_of(url: Option<String>, token: Option<String>) -> Result<Remote, PluginCliError> {
+    let url = url
+        .or_else(|| std::env::var(ADMIN_URL_ENV).ok())
+        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned());
+    let token = token.or_else(|| std::env::var(crate::admin::TOKEN_ENV).ok());
+    Remote::new(&url, token)
 }
 
 /// A kind of plugin, as `--kind` names it.
@@ -184,6 +265,50 @@ pub enum PluginCliError {
         failed: usize,
         /// How many ran.
         total: usize,
+    },
+    /// An admin URL cannot be used.
+    #[error("admin URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request to the admin API failed.
+    #[error("{url}: {reason}")]
+    Remote {
+        /// The URL requested.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The admin API refused the request.
+    #[error("refused (HTTP {status}): {reason}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The host's reason.
+        reason: String,
+    },
+    /// The host rolled the deployed version back after its probation.
+    #[error(
+        "rolled back: {version} failed its probation and the host went back to {back_to}: {reason}"
+    )]
+    RolledBack {
+        /// The deployed version.
+        version: String,
+        /// The version active again.
+        back_to: String,
+        /// The reason the host recorded.
+        reason: String,
+    },
+    /// Another version was activated while the deploy waited.
+    #[error("{version} is no longer active: {by} was activated meanwhile")]
+    Replaced {
+        /// The deployed version.
+        version: String,
+        /// The version active now.
+        by: String,
     },
     /// The component does not implement the world of its kind.
     #[error("{0}")]
