@@ -30,6 +30,34 @@ use crate::plugin::{
 /// `value = "plugin_version"`.
 pub const PLUGIN_VERSION_PROPERTY: &str = "weir-plugin-version";
 
+/// The record property that names the versions of every plugin stage a record went through, as
+/// `stage@crate-version+hash` (or `stage@hash` for a component without a crate version), comma
+/// separated, in pipeline order; a Delta column reads it with `value = "plugin_versions"`.
+pub const PLUGIN_VERSIONS_PROPERTY: &str = "weir-plugin-versions";
+
+/// The lineage `record` is labelled with ([`PLUGIN_VERSIONS_PROPERTY`]), if it is.
+pub fn labelled_lineage(record: &Event) -> Option<&str> {
+    record
+        .properties
+        .iter()
+        .rev()
+        .find(|(name, _)| name == PLUGIN_VERSIONS_PROPERTY)
+        .map(|(_, lineage)| lineage.as_str())
+}
+
+/// The lineage of a record made from records of lineages `upstream`: their entries, each once,
+/// in order, then `entry`.
+pub fn lineage<'a>(upstream: impl IntoIterator<Item = &'a str>, entry: &str) -> String {
+    let mut entries: Vec<&str> = Vec::new();
+    for part in upstream.into_iter().flat_map(|l| l.split(',')) {
+        if !part.is_empty() && part != entry && !entries.contains(&part) {
+            entries.push(part);
+        }
+    }
+    entries.push(entry);
+    entries.join(",")
+}
+
 /// The plugin version `record` is labelled with ([`PLUGIN_VERSION_PROPERTY`]), if it is.
 pub fn labelled_version(record: &Event) -> Option<&str> {
     record
@@ -203,10 +231,7 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
         };
         start = end;
         let mut properties = event.properties.clone();
-        if to.label_versions() {
-            properties.retain(|(name, _)| name != PLUGIN_VERSION_PROPERTY);
-            properties.push((PLUGIN_VERSION_PROPERTY.to_owned(), to.version().to_string()));
-        }
+        to.label(&mut properties, labelled_lineage(event));
         to.emit(
             target.clone(),
             Event {

@@ -142,6 +142,10 @@ impl RowConverter {
                         crate::stage::labelled_version(record)
                             .map(|version| Json::Text(Cow::Borrowed(version)))
                     }
+                    Source::Meta(ColumnValue::PluginVersions) => {
+                        crate::stage::labelled_lineage(record)
+                            .map(|lineage| Json::Text(Cow::Borrowed(lineage)))
+                    }
                 };
                 self.cell(column, value)
                     .map_err(|reason| (RefusalKind::Schema, reason))
@@ -189,6 +193,7 @@ impl RowConverter {
             Source::Meta(ColumnValue::Partition) => "partition".to_owned(),
             Source::Meta(ColumnValue::Position) => "position".to_owned(),
             Source::Meta(ColumnValue::PluginVersion) => "plugin version".to_owned(),
+            Source::Meta(ColumnValue::PluginVersions) => "plugin versions".to_owned(),
         }
     }
 }
@@ -223,7 +228,7 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
                 }
                 ColumnValue::Partition => &[ColumnType::Integer, ColumnType::Long],
                 ColumnValue::Position => &[ColumnType::Long],
-                ColumnValue::PluginVersion => &[ColumnType::String],
+                ColumnValue::PluginVersion | ColumnValue::PluginVersions => &[ColumnType::String],
             };
             if !allowed.contains(&column.data_type) {
                 let allowed: Vec<&str> = allowed.iter().map(|t| type_name(*t)).collect();
@@ -276,6 +281,7 @@ fn value_name(value: ColumnValue) -> &'static str {
         ColumnValue::Partition => "partition",
         ColumnValue::Position => "position",
         ColumnValue::PluginVersion => "plugin_version",
+        ColumnValue::PluginVersions => "plugin_versions",
     }
 }
 
