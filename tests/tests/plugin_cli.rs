@@ -442,3 +442,289 @@ fn shared_target_dir() -> PathBuf {
         .expect("the test binary sits in <target>/<profile>/deps/")
         .join("wasm-plugins")
 }
+
+/// A built crate: its component and content hash.
+struct Component {
+    file: PathBuf,
+    hash: String,
+}
+
+/// `weir plugin new NAME --kind KIND` under `root`, then `weir plugin build`.
+fn new_and_build(home: &Path, target: &Path, root: &Path, name: &str, kind: &str) -> Component {
+    let dir = root.join(name);
+    let out = weir(home, target)
+        .args(["plugin", "new", name, "--kind", kind, "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin new");
+    build_crate(home, target, &dir)
+}
+
+/// `weir plugin build DIR`.
+fn build_crate(home: &Path, target: &Path, dir: &Path) -> Component {
+    let out = weir(home, target)
+        .args(["plugin", "build"])
+        .arg(dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin build");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Copied out: the next build of a crate of the same name writes the same file.
+    let built = PathBuf::from(field(&text, "file:"));
+    let hash = field(&text, "hash:");
+    let file = dir.join(format!("{hash}.wasm"));
+    std::fs::copy(&built, &file).expect("copy the component");
+    Component { file, hash }
+}
+
+/// A two-stage pipeline over a followed input: `categorize` (the template transform) forwards
+/// every reading to `enrich` (another), whose rows go to a Delta table that records the versions
+/// of both stages; alerts to files; admin API on a free port with [`weir_tests::service::TOKEN`]
+/// and a short probation.
+fn two_stage_config(dir: &Path, categorize: &Component, enrich: &Component) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&categorize.file, dir.join("plugins/categorize.wasm")).expect("copy");
+    std::fs::copy(&enrich.file, dir.join("plugins/enrich.wasm")).expect("copy");
+    std::fs::write(dir.join("readings.jsonl"), "").expect("input");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[plugins]
+watch = false
+rollback = {{ probation_events = 100, max_trap_ratio = 0.05, max_error_ratio = 0.5 }}
+
+[admin]
+address = "127.0.0.1:0"
+token = "{token}"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+partitions = 2
+key_field = "DeviceId"
+follow = true
+
+[sinks.rows]
+kind = "delta"
+path = "delta/rows"
+columns = [
+  {{ name = "EventId", type = "string", nullable = false }},
+  {{ name = "DeviceId", type = "string" }},
+  {{ name = "PluginVersion", type = "string", value = "plugin_version" }},
+  {{ name = "PluginVersions", type = "string", value = "plugin_versions" }},
+]
+
+[sinks.alerts]
+kind = "file"
+path = "alerts"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.telemetry]
+source = "readings"
+dead_letter = "dead_letters"
+batch = {{ max_events = 32, max_wait = "20ms" }}
+
+[[pipelines.telemetry.stages]]
+name = "categorize"
+plugin = "plugins/categorize.wasm"
+outputs = {{ rows = "enrich", alerts = "alerts" }}
+
+[[pipelines.telemetry.stages]]
+name = "enrich"
+plugin = "plugins/enrich.wasm"
+outputs = {{ rows = "rows", alerts = "alerts" }}
+"#,
+        token = weir_tests::service::TOKEN,
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+/// `weir plugin deploy FILE --to http://ADMIN --stage telemetry/categorize`, the token from the
+/// environment.
+fn deploy(home: &Path, target: &Path, admin: &str, file: &Path) -> Output {
+    weir(home, target)
+        .args(["plugin", "deploy"])
+        .arg(file)
+        .args([
+            "--to",
+            &format!("http://{admin}"),
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .env("WEIR_ADMIN_TOKEN", weir_tests::service::TOKEN)
+        .output()
+        .expect("run weir plugin deploy")
+}
+
+/// The distinct `PluginVersions` of the Delta table's rows.
+fn lineages(table: &Path) -> std::collections::BTreeSet<String> {
+    if !table.join("_delta_log").is_dir() {
+        return Default::default();
+    }
+    weir_tests::read_delta(table)
+        .rows
+        .iter()
+        .filter_map(|row| row["PluginVersions"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_version() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let categorize = new_and_build(&home, &target, root, "categorize", "transform");
+    let enrich = new_and_build(&home, &target, root, "enrich", "transform");
+    let window = new_and_build(&home, &target, root, "deploy-window", "window");
+    // Version 0.2.0 of categorize: the same logic, another crate version.
+    let manifest = root.join("categorize/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
+    )
+    .expect("write manifest");
+    let categorize_2 = build_crate(&home, &target, &root.join("categorize"));
+    assert_ne!(categorize.hash, categorize_2.hash);
+
+    let run_dir = root.join("run");
+    let config = two_stage_config(&run_dir, &categorize, &enrich);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
+        .iter()
+        .map(weir_tests::telemetry::Reading::to_json)
+        .collect();
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings,
+        20,
+        Duration::from_millis(20),
+    );
+    let table = run_dir.join("delta/rows");
+    let first = format!(
+        "categorize@0.1.0+{},enrich@0.1.0+{}",
+        categorize.hash, enrich.hash
+    );
+    weir_tests::service::wait_until(WAIT, "rows naming both stages' versions", || {
+        lineages(&table).contains(&first)
+    });
+
+    // Activated: the deploy waits for the probation, then the rows name the new version.
+    let out = deploy(&home, &target, &admin, &categorize_2.file);
+    assert_success(&out, "weir plugin deploy");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "activated: categorize 0.2.0 ({}) on stage telemetry/categorize passed its probation",
+        categorize_2.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    let second = format!(
+        "categorize@0.2.0+{},enrich@0.1.0+{}",
+        categorize_2.hash, enrich.hash
+    );
+    weir_tests::service::wait_until(WAIT, "rows of the new version", || {
+        lineages(&table).contains(&second)
+    });
+
+    // Refused: a component of another kind; the running version keeps running.
+    let out = deploy(&home, &target, &admin, &window.file);
+    assert!(!out.status.success(), "a window component is refused");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("refused (HTTP 422)"), "{error}");
+    assert!(
+        error.contains("does not implement world `weir:plugin/event-transform@0.1.0`"),
+        "{error}"
+    );
+
+    // Rolled back: a version that traps on every event fails its probation.
+    let out = deploy(
+        &home,
+        &target,
+        &admin,
+        &weir_tests::plugin_path("trap_always"),
+    );
+    assert!(!out.status.success(), "a rolled-back deploy fails");
+    let error = String::from_utf8_lossy(&out.stderr);
+    let trap = weir_tests::service::version_of(&weir_tests::plugin_path("trap_always"));
+    let expected = format!(
+        "rolled back: {trap} failed its probation and the host went back to categorize 0.2.0 ({})",
+        categorize_2.hash
+    );
+    assert!(error.contains(&expected), "`{expected}` in:\n{error}");
+    assert!(error.contains("trap"), "the reason: {error}");
+
+    // The tables: every stage, then one stage's versions and activations.
+    let out = weir(&home, &target)
+        .args(["plugin", "list", "--admin", &admin])
+        .output()
+        .expect("run weir plugin list");
+    assert_success(&out, "weir plugin list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("STAGE"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("telemetry/categorize "))
+        .unwrap_or_else(|| panic!("a row for the stage in:\n{text}"));
+    for cell in [categorize_2.hash.as_str(), "categorize", "0.2.0"] {
+        assert!(row.contains(cell), "`{cell}` in `{row}`");
+    }
+    let out = weir(&home, &target)
+        .args([
+            "plugin",
+            "status",
+            "--admin",
+            &admin,
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .output()
+        .expect("run weir plugin status");
+    assert_success(&out, "weir plugin status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("rolled_back"), "{text}");
+    assert!(text.contains("automatic_rollback"), "{text}");
+
+    // An operator goes back to the first version.
+    let out = weir(&home, &target)
+        .args([
+            "plugin",
+            "rollback",
+            "--admin",
+            &admin,
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .args([
+            "--to",
+            &categorize.hash,
+            "--token",
+            weir_tests::service::TOKEN,
+        ])
+        .output()
+        .expect("run weir plugin rollback");
+    assert_success(&out, "weir plugin rollback");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "rolled back: stage telemetry/categorize runs categorize 0.1.0 ({})",
+        categorize.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    feeder.stop();
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
