@@ -170,9 +170,29 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             token,
             stage,
             wait,
+            shadow,
+            activate_if_equal,
         } => {
             let remote = plugin_cli::remote_of(to, token)?;
-            plugin_cli::deploy(&remote, &file, &stage, Duration::from_secs(wait))?;
+            let wait = Duration::from_secs(wait);
+            if let Some(events) = shadow {
+                let report = plugin_cli::shadow(&remote, &file, &stage, events, wait)?;
+                if !activate_if_equal {
+                    println!(
+                        "nothing was activated (add --activate-if-equal to activate an equal version)"
+                    );
+                    return Ok(());
+                }
+                if report["equal"] != true {
+                    return Err(plugin_cli::PluginCliError::NotEqual {
+                        reason: "the shadow run found differences or did not end (see its report)"
+                            .into(),
+                    }
+                    .into());
+                }
+                println!("the versions agree: activating");
+            }
+            plugin_cli::deploy(&remote, &file, &stage, wait)?;
             Ok(())
         }
         PluginCommand::List { admin } => {

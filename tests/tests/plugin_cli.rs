@@ -728,3 +728,237 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     process.terminate();
     process.wait(WAIT);
 }
+
+/// The partition of `key` among `partitions`, as Weir computes it (FNV-1a 64).
+fn partition_of(key: &str, partitions: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash % partitions
+}
+
+/// Readings of four devices, two per partition of two, in turn; each device's `Seq` counts its
+/// own readings, so that any 10 consecutive readings of a device hold one whose `Seq` ends in 3.
+fn shadow_readings(count: usize) -> Vec<String> {
+    let mut devices: Vec<String> = Vec::new();
+    for partition in 0..2 {
+        devices.extend(
+            (0..)
+                .map(|i| format!("device-{i}"))
+                .filter(|d| partition_of(d, 2) == partition)
+                .filter(|d| !devices.contains(d))
+                .take(2)
+                .collect::<Vec<_>>(),
+        );
+    }
+    (0..count)
+        .map(|n| {
+            let device = &devices[n % devices.len()];
+            serde_json::json!({
+                "EventId": format!("e{n}"),
+                "DeviceId": device,
+                "Temperature": 20.0,
+                "Seq": n / devices.len(),
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// The rows of the Delta table: (EventId, PluginVersions).
+fn delta_rows(table: &Path) -> Vec<(String, String)> {
+    if !table.join("_delta_log").is_dir() {
+        return Vec::new();
+    }
+    weir_tests::read_delta(table)
+        .rows
+        .iter()
+        .map(|row| {
+            let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
+            (text("EventId"), text("PluginVersions"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_shadow_deploy_reports_the_share_that_differs_and_activates_only_an_equal_version() {
+    const WAIT: Duration = Duration::from_secs(240);
+    // A multiple of 20: in any 240 consecutive readings of a partition (two devices in turn),
+    // exactly 24 have a `Seq` ending in 3.
+    const SHADOW: u64 = 240;
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let active = new_and_build(&home, &target, root, "shadowed", "transform");
+    let enrich = new_and_build(&home, &target, root, "shadow-enrich", "transform");
+    let crate_dir = root.join("shadowed");
+    let lib = crate_dir.join("src/lib.rs");
+    let manifest = crate_dir.join("Cargo.toml");
+    let (source, cargo) = (
+        std::fs::read_to_string(&lib).expect("lib.rs"),
+        std::fs::read_to_string(&manifest).expect("manifest"),
+    );
+    // A version that changes the rows of readings whose `Seq` ends in 3: a tenth of them.
+    let forward = "    ctx.forward(\"rows\");\n";
+    assert!(source.contains(forward), "the template forwards its rows");
+    let variant = source.replacen(
+        forward,
+        r#"    let mut row: serde_json::Value = event.value()?;
+    if row["Seq"].as_u64().is_some_and(|seq| seq % 10 == 3) {
+        row["Variant"] = 2.into();
+        ctx.emit("rows", &row)?;
+    } else {
+        ctx.forward("rows");
+    }
+"#,
+        1,
+    );
+    std::fs::write(&lib, variant).expect("write lib.rs");
+    std::fs::write(
+        &manifest,
+        cargo.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
+    )
+    .expect("manifest");
+    let differing = build_crate(&home, &target, &crate_dir);
+    // A version that behaves the same: the same logic, another crate version.
+    std::fs::write(&lib, &source).expect("write lib.rs");
+    std::fs::write(
+        &manifest,
+        cargo.replacen("version = \"0.1.0\"", "version = \"0.1.1\"", 1),
+    )
+    .expect("manifest");
+    let same = build_crate(&home, &target, &crate_dir);
+
+    let run_dir = root.join("run");
+    let config = two_stage_config(&run_dir, &active, &enrich);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let readings = shadow_readings(16_000);
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings.clone(),
+        8,
+        Duration::from_millis(20),
+    );
+    let table = run_dir.join("delta/rows");
+    weir_tests::service::wait_until(WAIT, "the first rows", || !delta_rows(&table).is_empty());
+
+    let shadow_deploy = |component: &Component, activate: bool| {
+        let mut command = weir(&home, &target);
+        command
+            .args(["plugin", "deploy"])
+            .arg(&component.file)
+            .args(["--to", &admin, "--stage", "telemetry/categorize"])
+            .args(["--token", weir_tests::service::TOKEN])
+            .args(["--shadow", &SHADOW.to_string()]);
+        if activate {
+            command.arg("--activate-if-equal");
+        }
+        command.output().expect("run weir plugin deploy --shadow")
+    };
+
+    // A version differing on a tenth of the events: the report says so, and nothing changes.
+    let out = shadow_deploy(&differing, false);
+    assert_success(&out, "weir plugin deploy --shadow");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows = text
+        .lines()
+        .find(|l| l.starts_with("rows "))
+        .unwrap_or_else(|| panic!("a row for output `rows` in:\n{text}"));
+    let cells: Vec<&str> = rows.split_whitespace().collect();
+    assert_eq!(cells, ["rows", "480", "480", "48"], "{text}");
+    assert!(
+        text.contains("verdict: 48 of 480 record(s) differ"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was activated"), "{text}");
+    let pair = text
+        .split("output `rows`, partition ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a first differing pair in:\n{text}"));
+    let mut lines = pair.lines().skip(1);
+    let active_body = lines.next().and_then(|l| l.trim().strip_prefix("active: "));
+    let shadow_body = lines.next().and_then(|l| l.trim().strip_prefix("shadow: "));
+    let (Some(active_body), Some(shadow_body)) = (active_body, shadow_body) else {
+        panic!("the pair's records in:\n{text}");
+    };
+    let active_row: serde_json::Value = serde_json::from_str(active_body).expect("active row");
+    let shadow_row: serde_json::Value = serde_json::from_str(shadow_body).expect("shadow row");
+    assert_eq!(
+        active_row["Seq"].as_u64().map(|s| s % 10),
+        Some(3),
+        "{text}"
+    );
+    assert_eq!(shadow_row["Variant"], 2, "{text}");
+    assert_eq!(shadow_row["EventId"], active_row["EventId"], "{text}");
+    let report = get_json(&admin, "/plugins/telemetry/categorize");
+    assert_eq!(
+        report["active"],
+        active.hash.as_str(),
+        "nothing changed: {report}"
+    );
+    assert_eq!(
+        report["activations"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    // The same behaviour with --activate-if-equal: activated once the run agrees.
+    let out = shadow_deploy(&same, true);
+    assert_success(&out, "weir plugin deploy --shadow --activate-if-equal");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("verdict: the two versions agree on every record"),
+        "{text}"
+    );
+    let expected = format!(
+        "activated: shadowed 0.1.1 ({}) on stage telemetry/categorize passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    // No event lost or duplicated around either: every reading is one row, made by the first
+    // version or the one activated, never by the version that ran in the shadow.
+    let written = feeder.stop();
+    weir_tests::service::wait_until(WAIT, "every reading in the table", || {
+        delta_rows(&table).len() >= written
+    });
+    let rows = delta_rows(&table);
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(rows.len(), written, "no duplicate");
+    assert_eq!(ids.len(), written, "no duplicate");
+    for reading in &readings[..written] {
+        let reading: serde_json::Value = serde_json::from_str(reading).expect("json");
+        let id = reading["EventId"].as_str().expect("id");
+        assert!(ids.contains(id), "{id} is lost");
+    }
+    let lineages: std::collections::BTreeSet<&str> =
+        rows.iter().map(|(_, lineage)| lineage.as_str()).collect();
+    for version in [&active, &same] {
+        let expected = format!(
+            "{}+{},enrich@0.1.0+{}",
+            if version.hash == active.hash {
+                "categorize@0.1.0"
+            } else {
+                "categorize@0.1.1"
+            },
+            version.hash,
+            enrich.hash
+        );
+        assert!(
+            lineages.contains(expected.as_str()),
+            "{expected} in {lineages:?}"
+        );
+    }
+    assert!(
+        lineages.iter().all(|l| !l.contains(&differing.hash)),
+        "{lineages:?}"
+    );
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}

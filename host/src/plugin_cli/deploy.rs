@@ -203,6 +203,129 @@ fn not_active(report: &Value, hash: &str, name: &str) -> PluginCliError {
     }
 }
 
+/// Runs `file` in the shadow of `stage`'s active version on the next `events` events of each
+/// partition (nothing is activated nor delivered), waits up to `wait` for the run to end and
+/// prints its report; returns it.
+pub fn shadow(
+    remote: &Remote,
+    file: &Path,
+    stage: &StageRef,
+    events: u64,
+    wait: Duration,
+) -> Result<Value, PluginCliError> {
+    let bytes = std::fs::read(file).map_err(|source| PluginCliError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let before = stage_report(remote, stage)?;
+    let active = before["active"].as_str().unwrap_or("?").to_owned();
+    let path = format!("{}/shadow", stage.path());
+    let answer = remote.post_bytes(&format!("{path}?events={events}"), &bytes)?;
+    if answer.status != 200 {
+        return Err(PluginCliError::Refused {
+            status: answer.status,
+            reason: answer.error(),
+        });
+    }
+    let id = answer.body["id"].clone();
+    println!(
+        "shadow run of {} beside {} on stage {stage}: the next {events} events of each partition, outputs compared, not delivered",
+        label(&answer.body),
+        listed(&before, &active).map_or(active.clone(), label),
+    );
+    let started = Instant::now();
+    let report = loop {
+        let answer = remote.get(&path)?;
+        if answer.status != 200 {
+            return Err(PluginCliError::Refused {
+                status: answer.status,
+                reason: answer.error(),
+            });
+        }
+        if answer.body["id"] != id {
+            return Err(PluginCliError::Remote {
+                url: format!("{}{path}", remote.url()),
+                reason: "another shadow run started meanwhile".into(),
+            });
+        }
+        if answer.body["done"] == true || started.elapsed() >= wait {
+            break answer.body;
+        }
+        std::thread::sleep(POLL);
+    };
+    print!("{}", shadow_text(&report));
+    Ok(report)
+}
+
+/// A shadow run's report for people: progress, a table of outputs, the first differing pairs
+/// and the verdict.
+pub fn shadow_text(report: &Value) -> String {
+    let mut text = String::new();
+    let empty = serde_json::Map::new();
+    let partitions = report["partitions"].as_object().unwrap_or(&empty);
+    for (partition, progress) in partitions {
+        let state = match (&progress["failed"], progress["done"].as_bool()) {
+            (Value::String(reason), _) => format!("stopped: {reason}"),
+            (_, Some(true)) => "done".to_owned(),
+            _ => "still running".to_owned(),
+        };
+        text.push_str(&format!(
+            "  partition {partition}: {} of {} events, {state}
+",
+            progress["events"], report["events_per_partition"]
+        ));
+    }
+    let outputs = report["outputs"].as_object().unwrap_or(&empty);
+    let rows: Vec<Vec<String>> = outputs
+        .iter()
+        .map(|(name, o)| {
+            vec![
+                name.clone(),
+                cell(&o["active"]),
+                cell(&o["shadow"]),
+                cell(&o["differing"]),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(&["OUTPUT", "ACTIVE", "SHADOW", "DIFFERING"], &rows));
+    let mut pairs = String::new();
+    for (name, output) in outputs {
+        for pair in output["first_differences"].as_array().into_iter().flatten() {
+            pairs.push_str(&format!(
+                "  output `{name}`, partition {}, position {}:\n    active: {}\n    shadow: {}\n",
+                pair["partition"],
+                pair["position"],
+                pair["active"].as_str().unwrap_or("(nothing)"),
+                pair["shadow"].as_str().unwrap_or("(nothing)"),
+            ));
+        }
+    }
+    if !pairs.is_empty() {
+        text.push_str("\nfirst differing pairs:\n");
+        text.push_str(&pairs);
+    }
+    let differing: u64 = outputs
+        .values()
+        .filter_map(|o| o["differing"].as_u64())
+        .sum();
+    let compared: u64 = outputs
+        .values()
+        .filter_map(|o| Some(o["active"].as_u64()?.max(o["shadow"].as_u64()?)))
+        .sum();
+    let verdict = if report["equal"] == true {
+        "the two versions agree on every record".to_owned()
+    } else if report["done"] != true {
+        format!("the run did not end in time ({differing} record(s) differ so far)")
+    } else if differing == 0 {
+        "the candidate stopped on some partitions (see above)".to_owned()
+    } else {
+        format!("{differing} of {compared} record(s) differ")
+    };
+    text.push_str(&format!("\nverdict: {verdict}\n"));
+    text
+}
+
 /// A table: a header and rows, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

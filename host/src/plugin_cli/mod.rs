@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 
 pub use build::{Built, build};
-pub use deploy::{Deployed, StageRef, deploy, list, rollback, stage_report, status, table};
+pub use deploy::{
+    Deployed, StageRef, deploy, list, rollback, shadow, shadow_text, stage_report, status, table,
+};
 pub use new::{NewPlugin, SdkSource, new};
 pub use remote::{Answer, Remote};
 pub use test::{
@@ -77,9 +79,18 @@ pub enum PluginCommand {
         /// The stage, as `PIPELINE/STAGE`.
         #[arg(long, value_name = "PIPELINE/STAGE")]
         stage: StageRef,
-        /// How long to wait for the end of the probation, in seconds.
+        /// How long to wait for the end of the probation (or of the shadow run), in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         wait: u64,
+        /// First run the component beside the active version on the next N live events of each
+        /// partition, on a copy of the state, without delivering its outputs, and report how
+        /// their outputs differ. Without `--activate-if-equal`, nothing is activated.
+        #[arg(long, value_name = "N")]
+        shadow: Option<u64>,
+        /// With `--shadow`: activate the component (and wait for its probation) only when no
+        /// record differs.
+        #[arg(long, requires = "shadow")]
+        activate_if_equal: bool,
     },
     /// List every stage's plugin of a running host.
     List {
@@ -300,6 +311,12 @@ pub enum PluginCliError {
         /// The version active again.
         back_to: String,
         /// The reason the host recorded.
+        reason: String,
+    },
+    /// A shadow run found differences (or did not end), so the component was not activated.
+    #[error("not activated: {reason}")]
+    NotEqual {
+        /// What the shadow run found.
         reason: String,
     },
     /// Another version was activated while the deploy waited.

@@ -534,6 +534,11 @@ impl PluginCore {
         self.slot.plugin().version()
     }
 
+    /// The instance slot: its keyed state, settings and the version slot's shadow runs.
+    pub(super) fn instances(&self) -> &InstanceSlot {
+        &self.slot
+    }
+
     /// This stage's entry in the lineage of the records `version` makes, when records are
     /// labelled: `stage@crate-version+hash` when the running version records its crate's
     /// version (`weir plugin build`), else `stage@hash`.
