@@ -11,6 +11,8 @@
 //! | `GET /plugins/{pipeline}/{stage}` | one stage's plugin |
 //! | `POST /plugins/{pipeline}/{stage}` | upload a component (body: its bytes); token required |
 //! | `POST /plugins/{pipeline}/{stage}/rollback` | `{"version": "..."}` (or `{}`: the previous one); token required |
+//! | `POST /plugins/{pipeline}/{stage}/shadow?events=N` | run a component (body: its bytes) beside the active version on the next N events of each partition, without delivering its outputs; token required |
+//! | `GET /plugins/{pipeline}/{stage}/shadow` | the latest shadow run: progress per partition, records and differences per output |
 //!
 //! Reads other than `/healthz` and `/readyz` require `Authorization: Bearer READ_TOKEN` (or the
 //! write token) when a read token is configured. TLS and the limits of [`crate::net`] apply.
@@ -174,6 +176,10 @@ pub async fn serve(
         .route("/plugins", get(plugins))
         .route("/plugins/{pipeline}/{stage}", get(plugin).post(upload))
         .route("/plugins/{pipeline}/{stage}/rollback", post(rollback))
+        .route(
+            "/plugins/{pipeline}/{stage}/shadow",
+            get(shadow_report).post(start_shadow),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_guard,
@@ -446,6 +452,86 @@ async fn upload(
         Err(e) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({ "error": format!("upload task failed: {e}") }),
+        ),
+    }
+}
+
+/// The `events` of a shadow request's query (`?events=N`, at least 1).
+fn shadow_events(uri: &axum::http::Uri) -> Result<u64, String> {
+    let value = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("events="))
+        .ok_or("expected ?events=N: the events of each partition to run both versions on")?;
+    match value.parse::<u64>() {
+        Ok(events) if events > 0 => Ok(events),
+        _ => Err(format!(
+            "expected ?events=N with N at least 1, found `{value}`"
+        )),
+    }
+}
+
+async fn start_shadow(
+    State(state): State<AdminState>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        tracing::warn!(pipeline = %pipeline, stage = %stage, "admin API: shadow run refused (token)");
+        return refusal;
+    }
+    let events = match shadow_events(&uri) {
+        Ok(events) => events,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({ "error": e })),
+    };
+    let slot = match find_slot(&state, &pipeline, &stage) {
+        Ok(slot) => slot,
+        Err(response) => return response,
+    };
+    if !slot.report().world.contains("event-transform") {
+        return json_response(
+            StatusCode::CONFLICT,
+            json!({ "error": format!("stage `{stage}` of pipeline `{pipeline}` is not a per-event transform: shadow runs compare transforms only") }),
+        );
+    }
+    // The partitions this process runs now: each runs both versions on its next events.
+    let partitions: Vec<u32> = state
+        .services
+        .status
+        .pipelines()
+        .iter()
+        .filter(|p| p.pipeline == pipeline)
+        .flat_map(|p| p.partitions.iter().map(|p| p.partition))
+        .collect();
+    let bytes = body.to_vec();
+    match crate::plugin::loading::run_load(move || slot.start_shadow(bytes, events, &partitions))
+        .await
+    {
+        Ok(Ok(report)) => json_response(StatusCode::OK, json!(report)),
+        Ok(Err(error)) => swap_error(error),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("shadow task failed: {e}") }),
+        ),
+    }
+}
+
+async fn shadow_report(
+    State(state): State<AdminState>,
+    Path((pipeline, stage)): Path<(String, String)>,
+) -> Response {
+    let slot = match find_slot(&state, &pipeline, &stage) {
+        Ok(slot) => slot,
+        Err(response) => return response,
+    };
+    match slot.shadow_report() {
+        Some(report) => json_response(StatusCode::OK, json!(report)),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no shadow run for stage `{stage}` of pipeline `{pipeline}`") }),
         ),
     }
 }

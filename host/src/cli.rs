@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -174,7 +175,86 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             println!("{}", plugin_cli::sign_file(&file, &key, detached)?);
             Ok(())
         }
+        PluginCommand::Test { path, bless } => plugin_test(path, bless),
+        PluginCommand::Deploy {
+            file,
+            to,
+            token,
+            stage,
+            wait,
+            shadow,
+            activate_if_equal,
+        } => {
+            let remote = plugin_cli::remote_of(to, token)?;
+            let wait = Duration::from_secs(wait);
+            if let Some(events) = shadow {
+                let report = plugin_cli::shadow(&remote, &file, &stage, events, wait)?;
+                if !activate_if_equal {
+                    println!(
+                        "nothing was activated (add --activate-if-equal to activate an equal version)"
+                    );
+                    return Ok(());
+                }
+                if report["equal"] != true {
+                    return Err(plugin_cli::PluginCliError::NotEqual {
+                        reason: "the shadow run found differences or did not end (see its report)"
+                            .into(),
+                    }
+                    .into());
+                }
+                println!("the versions agree: activating");
+            }
+            plugin_cli::deploy(&remote, &file, &stage, wait)?;
+            Ok(())
+        }
+        PluginCommand::List { admin } => {
+            print!("{}", plugin_cli::list(&admin.remote()?)?);
+            Ok(())
+        }
+        PluginCommand::Status { admin, stage } => {
+            print!("{}", plugin_cli::status(&admin.remote()?, &stage)?);
+            Ok(())
+        }
+        PluginCommand::Rollback {
+            admin,
+            stage,
+            version,
+        } => {
+            let remote = admin.remote()?;
+            println!(
+                "{}",
+                plugin_cli::rollback(&remote, &stage, version.as_deref())?
+            );
+            Ok(())
+        }
     }
+}
+
+/// `weir plugin test`: runs the cases and prints each one's verdict and diff.
+fn plugin_test(path: Option<PathBuf>, bless: bool) -> anyhow::Result<()> {
+    let path = path.unwrap_or_else(|| PathBuf::from("."));
+    let target = plugin_cli::target(&path)?;
+    let results = plugin_cli::test(&target, bless)?;
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    for result in &results {
+        if result.passed() {
+            let verb = if bless { "blessed" } else { "ok" };
+            println!("case {}: {verb}", result.name);
+        } else {
+            println!("case {}: FAILED ({})", result.name, result.dir.display());
+            print!("{}", result.diff());
+        }
+    }
+    if failed > 0 {
+        println!("to accept these outputs as expected: weir plugin test --bless");
+        return Err(plugin_cli::PluginCliError::TestsFailed {
+            failed,
+            total: results.len(),
+        }
+        .into());
+    }
+    println!("{} case(s) passed", results.len());
+    Ok(())
 }
 
 /// How often the watcher looks at the plugin files.

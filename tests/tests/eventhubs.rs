@@ -186,7 +186,7 @@ fn the_readmes_azure_architecture_configuration_is_valid() {
     // The aggregates: a window stage on the same hub, as a consumer group of their own.
     let aggregates = &config.pipelines["aggregates"];
     assert!(matches!(
-        config.sources[&aggregates.source],
+        config.sources[&aggregates.sources[0]],
         weir::config::SourceConfig::EventHubs(ref hub) if hub.event_hub.as_deref() == Some("telemetry")
     ));
     assert!(

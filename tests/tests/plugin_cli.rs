@@ -190,6 +190,100 @@ fn a_bad_name_and_a_directory_with_files_are_refused() {
     );
 }
 
+/// For each kind: its crate, an edit of the plugin's logic, the field of the first record it
+/// changes, and the output and case that record is in.
+const EDITS: [(&str, &str, &str, &str, &str, &str); 3] = [
+    (
+        "transform",
+        "tested-transform",
+        "\"To\": reading.temperature,",
+        "\"To\": reading.temperature + 1.0,",
+        "field `To`: expected 40.0, got 41.0",
+        "alerts",
+    ),
+    (
+        "window",
+        "tested-window",
+        "\"EventCount\": self.count,",
+        "\"EventCount\": self.count + 1,",
+        "field `EventCount`: expected 3, got 4",
+        "rows",
+    ),
+    (
+        "join",
+        "tested-join",
+        "row[\"Paid\"] = payment.is_some().into();",
+        "row[\"Paid\"] = payment.is_none().into();",
+        "field `Paid`: expected true, got false",
+        "rows",
+    ),
+];
+
+#[test]
+fn weir_plugin_test_runs_the_cases_through_the_host_fails_with_a_diff_and_blesses() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    for (kind, name, logic, edited, field_diff, output) in EDITS {
+        let dir = outside.path().join(name);
+        let out = weir(&home, &target)
+            .args(["plugin", "new", name, "--kind", kind, "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run weir");
+        assert_success(&out, "weir plugin new");
+        let test = |bless: bool| {
+            let mut command = weir(&home, &target);
+            command.args(["plugin", "test"]).arg(&dir);
+            if bless {
+                command.arg("--bless");
+            }
+            command.output().expect("run weir")
+        };
+        let out = test(false);
+        assert_success(&out, "weir plugin test");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("1 case(s) passed"), "{text}");
+
+        let lib = dir.join("src/lib.rs");
+        let source = std::fs::read_to_string(&lib).expect("lib.rs");
+        assert!(source.contains(logic), "{kind}: `{logic}` in the template");
+        std::fs::write(&lib, source.replace(logic, edited)).expect("edit lib.rs");
+        let out = test(false);
+        assert!(!out.status.success(), "{kind}: the edited plugin must fail");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let output_line = format!("output `{output}`");
+        for expected in ["FAILED", &output_line, "record 1:", field_diff] {
+            assert!(text.contains(expected), "{kind}: `{expected}` in:\n{text}");
+        }
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(error.contains("1 of 1 test case(s) failed"), "{error}");
+
+        let out = test(true);
+        assert_success(&out, "weir plugin test --bless");
+        let out = test(false);
+        assert_success(&out, "weir plugin test after --bless");
+        // The same case gives the same outputs on every run: the file did not change.
+        let rows = dir.join(format!(
+            "cases/{}/expected/{output}.jsonl",
+            match kind {
+                "transform" => "temperature-jump",
+                "window" => "one-minute",
+                _ => "paid-and-unpaid",
+            }
+        ));
+        let blessed = std::fs::read_to_string(&rows).expect("blessed records");
+        // The blessed record holds the edited value: `field `F`: expected A, got B` → `"F":B`.
+        let field = field_diff.split('`').nth(1).expect("a field");
+        let value = field_diff.rsplit("got ").next().expect("a value");
+        let written = format!("\"{field}\":{value}");
+        assert!(blessed.contains(&written), "`{written}` in {blessed}");
+        let out = test(true);
+        assert_success(&out, "weir plugin test --bless again");
+        assert_eq!(std::fs::read_to_string(&rows).expect("rows"), blessed);
+    }
+}
+
 /// `weir` with the SDK unpacked under `home` and cargo building into `target`.
 fn weir(home: &Path, target: &Path) -> Command {
     let mut command = Command::new(weir_tests::weir_binary());
@@ -347,4 +441,524 @@ fn shared_target_dir() -> PathBuf {
         .nth(3)
         .expect("the test binary sits in <target>/<profile>/deps/")
         .join("wasm-plugins")
+}
+
+/// A built crate: its component and content hash.
+struct Component {
+    file: PathBuf,
+    hash: String,
+}
+
+/// `weir plugin new NAME --kind KIND` under `root`, then `weir plugin build`.
+fn new_and_build(home: &Path, target: &Path, root: &Path, name: &str, kind: &str) -> Component {
+    let dir = root.join(name);
+    let out = weir(home, target)
+        .args(["plugin", "new", name, "--kind", kind, "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin new");
+    build_crate(home, target, &dir)
+}
+
+/// `weir plugin build DIR`.
+fn build_crate(home: &Path, target: &Path, dir: &Path) -> Component {
+    let out = weir(home, target)
+        .args(["plugin", "build"])
+        .arg(dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin build");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Copied out: the next build of a crate of the same name writes the same file.
+    let built = PathBuf::from(field(&text, "file:"));
+    let hash = field(&text, "hash:");
+    let file = dir.join(format!("{hash}.wasm"));
+    std::fs::copy(&built, &file).expect("copy the component");
+    Component { file, hash }
+}
+
+/// A two-stage pipeline over a followed input: `categorize` (the template transform) forwards
+/// every reading to `enrich` (another), whose rows go to a Delta table that records the versions
+/// of both stages; alerts to files; admin API on a free port with [`weir_tests::service::TOKEN`]
+/// and a short probation.
+fn two_stage_config(dir: &Path, categorize: &Component, enrich: &Component) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&categorize.file, dir.join("plugins/categorize.wasm")).expect("copy");
+    std::fs::copy(&enrich.file, dir.join("plugins/enrich.wasm")).expect("copy");
+    std::fs::write(dir.join("readings.jsonl"), "").expect("input");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[plugins]
+watch = false
+rollback = {{ probation_events = 100, max_trap_ratio = 0.05, max_error_ratio = 0.5 }}
+
+[admin]
+address = "127.0.0.1:0"
+token = "{token}"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+partitions = 2
+key_field = "DeviceId"
+follow = true
+
+[sinks.rows]
+kind = "delta"
+path = "delta/rows"
+columns = [
+  {{ name = "EventId", type = "string", nullable = false }},
+  {{ name = "DeviceId", type = "string" }},
+  {{ name = "PluginVersion", type = "string", value = "plugin_version" }},
+  {{ name = "PluginVersions", type = "string", value = "plugin_versions" }},
+]
+
+[sinks.alerts]
+kind = "file"
+path = "alerts"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.telemetry]
+source = "readings"
+dead_letter = "dead_letters"
+batch = {{ max_events = 32, max_wait = "20ms" }}
+
+[[pipelines.telemetry.stages]]
+name = "categorize"
+plugin = "plugins/categorize.wasm"
+outputs = {{ rows = "enrich", alerts = "alerts" }}
+
+[[pipelines.telemetry.stages]]
+name = "enrich"
+plugin = "plugins/enrich.wasm"
+outputs = {{ rows = "rows", alerts = "alerts" }}
+"#,
+        token = weir_tests::service::TOKEN,
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+/// `weir plugin deploy FILE --to http://ADMIN --stage telemetry/categorize`, the token from the
+/// environment.
+fn deploy(home: &Path, target: &Path, admin: &str, file: &Path) -> Output {
+    weir(home, target)
+        .args(["plugin", "deploy"])
+        .arg(file)
+        .args([
+            "--to",
+            &format!("http://{admin}"),
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .env("WEIR_ADMIN_TOKEN", weir_tests::service::TOKEN)
+        .output()
+        .expect("run weir plugin deploy")
+}
+
+/// The distinct `PluginVersions` of the Delta table's rows.
+fn lineages(table: &Path) -> std::collections::BTreeSet<String> {
+    if !table.join("_delta_log").is_dir() {
+        return Default::default();
+    }
+    weir_tests::read_delta(table)
+        .rows
+        .iter()
+        .filter_map(|row| row["PluginVersions"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_version() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let categorize = new_and_build(&home, &target, root, "categorize", "transform");
+    let enrich = new_and_build(&home, &target, root, "enrich", "transform");
+    let window = new_and_build(&home, &target, root, "deploy-window", "window");
+    // Version 0.2.0 of categorize: the same logic, another crate version.
+    let manifest = root.join("categorize/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
+    )
+    .expect("write manifest");
+    let categorize_2 = build_crate(&home, &target, &root.join("categorize"));
+    assert_ne!(categorize.hash, categorize_2.hash);
+
+    let run_dir = root.join("run");
+    let config = two_stage_config(&run_dir, &categorize, &enrich);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
+        .iter()
+        .map(weir_tests::telemetry::Reading::to_json)
+        .collect();
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings,
+        20,
+        Duration::from_millis(20),
+    );
+    let table = run_dir.join("delta/rows");
+    let first = format!(
+        "categorize@0.1.0+{},enrich@0.1.0+{}",
+        categorize.hash, enrich.hash
+    );
+    weir_tests::service::wait_until(WAIT, "rows naming both stages' versions", || {
+        lineages(&table).contains(&first)
+    });
+
+    // Activated: the deploy waits for the probation, then the rows name the new version.
+    let out = deploy(&home, &target, &admin, &categorize_2.file);
+    assert_success(&out, "weir plugin deploy");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "activated: categorize 0.2.0 ({}) on stage telemetry/categorize passed its probation",
+        categorize_2.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    let second = format!(
+        "categorize@0.2.0+{},enrich@0.1.0+{}",
+        categorize_2.hash, enrich.hash
+    );
+    weir_tests::service::wait_until(WAIT, "rows of the new version", || {
+        lineages(&table).contains(&second)
+    });
+
+    // Refused: a component of another kind; the running version keeps running.
+    let out = deploy(&home, &target, &admin, &window.file);
+    assert!(!out.status.success(), "a window component is refused");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("refused (HTTP 422)"), "{error}");
+    assert!(
+        error.contains("does not implement world `weir:plugin/event-transform@0.1.0`"),
+        "{error}"
+    );
+
+    // Rolled back: a version that traps on every event fails its probation.
+    let out = deploy(
+        &home,
+        &target,
+        &admin,
+        &weir_tests::plugin_path("trap_always"),
+    );
+    assert!(!out.status.success(), "a rolled-back deploy fails");
+    let error = String::from_utf8_lossy(&out.stderr);
+    let trap = weir_tests::service::version_of(&weir_tests::plugin_path("trap_always"));
+    let expected = format!(
+        "rolled back: {trap} failed its probation and the host went back to categorize 0.2.0 ({})",
+        categorize_2.hash
+    );
+    assert!(error.contains(&expected), "`{expected}` in:\n{error}");
+    assert!(error.contains("trap"), "the reason: {error}");
+
+    // The tables: every stage, then one stage's versions and activations.
+    let out = weir(&home, &target)
+        .args(["plugin", "list", "--admin", &admin])
+        .output()
+        .expect("run weir plugin list");
+    assert_success(&out, "weir plugin list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("STAGE"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("telemetry/categorize "))
+        .unwrap_or_else(|| panic!("a row for the stage in:\n{text}"));
+    for cell in [categorize_2.hash.as_str(), "categorize", "0.2.0"] {
+        assert!(row.contains(cell), "`{cell}` in `{row}`");
+    }
+    let out = weir(&home, &target)
+        .args([
+            "plugin",
+            "status",
+            "--admin",
+            &admin,
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .output()
+        .expect("run weir plugin status");
+    assert_success(&out, "weir plugin status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("rolled_back"), "{text}");
+    assert!(text.contains("automatic_rollback"), "{text}");
+
+    // An operator goes back to the first version.
+    let out = weir(&home, &target)
+        .args([
+            "plugin",
+            "rollback",
+            "--admin",
+            &admin,
+            "--stage",
+            "telemetry/categorize",
+        ])
+        .args([
+            "--to",
+            &categorize.hash,
+            "--token",
+            weir_tests::service::TOKEN,
+        ])
+        .output()
+        .expect("run weir plugin rollback");
+    assert_success(&out, "weir plugin rollback");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "rolled back: stage telemetry/categorize runs categorize 0.1.0 ({})",
+        categorize.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    feeder.stop();
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
+
+/// The partition of `key` among `partitions`, as Weir computes it (FNV-1a 64).
+fn partition_of(key: &str, partitions: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash % partitions
+}
+
+/// Readings of four devices, two per partition of two, in turn; each device's `Seq` counts its
+/// own readings, so that any 10 consecutive readings of a device hold one whose `Seq` ends in 3.
+fn shadow_readings(count: usize) -> Vec<String> {
+    let mut devices: Vec<String> = Vec::new();
+    for partition in 0..2 {
+        devices.extend(
+            (0..)
+                .map(|i| format!("device-{i}"))
+                .filter(|d| partition_of(d, 2) == partition)
+                .filter(|d| !devices.contains(d))
+                .take(2)
+                .collect::<Vec<_>>(),
+        );
+    }
+    (0..count)
+        .map(|n| {
+            let device = &devices[n % devices.len()];
+            serde_json::json!({
+                "EventId": format!("e{n}"),
+                "DeviceId": device,
+                "Temperature": 20.0,
+                "Seq": n / devices.len(),
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// The rows of the Delta table: (EventId, PluginVersions).
+fn delta_rows(table: &Path) -> Vec<(String, String)> {
+    if !table.join("_delta_log").is_dir() {
+        return Vec::new();
+    }
+    weir_tests::read_delta(table)
+        .rows
+        .iter()
+        .map(|row| {
+            let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
+            (text("EventId"), text("PluginVersions"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_shadow_deploy_reports_the_share_that_differs_and_activates_only_an_equal_version() {
+    const WAIT: Duration = Duration::from_secs(240);
+    // A multiple of 20: in any 240 consecutive readings of a partition (two devices in turn),
+    // exactly 24 have a `Seq` ending in 3.
+    const SHADOW: u64 = 240;
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let active = new_and_build(&home, &target, root, "shadowed", "transform");
+    let enrich = new_and_build(&home, &target, root, "shadow-enrich", "transform");
+    let crate_dir = root.join("shadowed");
+    let lib = crate_dir.join("src/lib.rs");
+    let manifest = crate_dir.join("Cargo.toml");
+    let (source, cargo) = (
+        std::fs::read_to_string(&lib).expect("lib.rs"),
+        std::fs::read_to_string(&manifest).expect("manifest"),
+    );
+    // A version that changes the rows of readings whose `Seq` ends in 3: a tenth of them.
+    let forward = "    ctx.forward(\"rows\");\n";
+    assert!(source.contains(forward), "the template forwards its rows");
+    let variant = source.replacen(
+        forward,
+        r#"    let mut row: serde_json::Value = event.value()?;
+    if row["Seq"].as_u64().is_some_and(|seq| seq % 10 == 3) {
+        row["Variant"] = 2.into();
+        ctx.emit("rows", &row)?;
+    } else {
+        ctx.forward("rows");
+    }
+"#,
+        1,
+    );
+    std::fs::write(&lib, variant).expect("write lib.rs");
+    std::fs::write(
+        &manifest,
+        cargo.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
+    )
+    .expect("manifest");
+    let differing = build_crate(&home, &target, &crate_dir);
+    // A version that behaves the same: the same logic, another crate version.
+    std::fs::write(&lib, &source).expect("write lib.rs");
+    std::fs::write(
+        &manifest,
+        cargo.replacen("version = \"0.1.0\"", "version = \"0.1.1\"", 1),
+    )
+    .expect("manifest");
+    let same = build_crate(&home, &target, &crate_dir);
+
+    let run_dir = root.join("run");
+    let config = two_stage_config(&run_dir, &active, &enrich);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let readings = shadow_readings(16_000);
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings.clone(),
+        8,
+        Duration::from_millis(20),
+    );
+    let table = run_dir.join("delta/rows");
+    weir_tests::service::wait_until(WAIT, "the first rows", || !delta_rows(&table).is_empty());
+
+    let shadow_deploy = |component: &Component, activate: bool| {
+        let mut command = weir(&home, &target);
+        command
+            .args(["plugin", "deploy"])
+            .arg(&component.file)
+            .args(["--to", &admin, "--stage", "telemetry/categorize"])
+            .args(["--token", weir_tests::service::TOKEN])
+            .args(["--shadow", &SHADOW.to_string()]);
+        if activate {
+            command.arg("--activate-if-equal");
+        }
+        command.output().expect("run weir plugin deploy --shadow")
+    };
+
+    // A version differing on a tenth of the events: the report says so, and nothing changes.
+    let out = shadow_deploy(&differing, false);
+    assert_success(&out, "weir plugin deploy --shadow");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows = text
+        .lines()
+        .find(|l| l.starts_with("rows "))
+        .unwrap_or_else(|| panic!("a row for output `rows` in:\n{text}"));
+    let cells: Vec<&str> = rows.split_whitespace().collect();
+    assert_eq!(cells, ["rows", "480", "480", "48"], "{text}");
+    assert!(
+        text.contains("verdict: 48 of 480 record(s) differ"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was activated"), "{text}");
+    let pair = text
+        .split("output `rows`, partition ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a first differing pair in:\n{text}"));
+    let mut lines = pair.lines().skip(1);
+    let active_body = lines.next().and_then(|l| l.trim().strip_prefix("active: "));
+    let shadow_body = lines.next().and_then(|l| l.trim().strip_prefix("shadow: "));
+    let (Some(active_body), Some(shadow_body)) = (active_body, shadow_body) else {
+        panic!("the pair's records in:\n{text}");
+    };
+    let active_row: serde_json::Value = serde_json::from_str(active_body).expect("active row");
+    let shadow_row: serde_json::Value = serde_json::from_str(shadow_body).expect("shadow row");
+    assert_eq!(
+        active_row["Seq"].as_u64().map(|s| s % 10),
+        Some(3),
+        "{text}"
+    );
+    assert_eq!(shadow_row["Variant"], 2, "{text}");
+    assert_eq!(shadow_row["EventId"], active_row["EventId"], "{text}");
+    let report = get_json(&admin, "/plugins/telemetry/categorize");
+    assert_eq!(
+        report["active"],
+        active.hash.as_str(),
+        "nothing changed: {report}"
+    );
+    assert_eq!(
+        report["activations"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    // The same behaviour with --activate-if-equal: activated once the run agrees.
+    let out = shadow_deploy(&same, true);
+    assert_success(&out, "weir plugin deploy --shadow --activate-if-equal");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("verdict: the two versions agree on every record"),
+        "{text}"
+    );
+    let expected = format!(
+        "activated: shadowed 0.1.1 ({}) on stage telemetry/categorize passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    // No event lost or duplicated around either: every reading is one row, made by the first
+    // version or the one activated, never by the version that ran in the shadow.
+    let written = feeder.stop();
+    weir_tests::service::wait_until(WAIT, "every reading in the table", || {
+        delta_rows(&table).len() >= written
+    });
+    let rows = delta_rows(&table);
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(rows.len(), written, "no duplicate");
+    assert_eq!(ids.len(), written, "no duplicate");
+    for reading in &readings[..written] {
+        let reading: serde_json::Value = serde_json::from_str(reading).expect("json");
+        let id = reading["EventId"].as_str().expect("id");
+        assert!(ids.contains(id), "{id} is lost");
+    }
+    let lineages: std::collections::BTreeSet<&str> =
+        rows.iter().map(|(_, lineage)| lineage.as_str()).collect();
+    for version in [&active, &same] {
+        let expected = format!(
+            "{}+{},enrich@0.1.0+{}",
+            if version.hash == active.hash {
+                "categorize@0.1.0"
+            } else {
+                "categorize@0.1.1"
+            },
+            version.hash,
+            enrich.hash
+        );
+        assert!(
+            lineages.contains(expected.as_str()),
+            "{expected} in {lineages:?}"
+        );
+    }
+    assert!(
+        lineages.iter().all(|l| !l.contains(&differing.hash)),
+        "{lineages:?}"
+    );
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
 }

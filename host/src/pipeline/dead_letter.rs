@@ -88,6 +88,17 @@ struct Envelope<'a> {
     sink: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plugin_version: Option<&'a str>,
+    /// The plugin's name: its crate's (`weir plugin build`), else its file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin: Option<&'a str>,
+    /// The version of the plugin's crate, when its component records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_crate_version: Option<&'a str>,
+    /// The versions of the plugin stages the event went through, this one last
+    /// (`stage@crate-version+hash,...`): the stages before it when records are labelled (a sink
+    /// reads `plugin_version` or `plugin_versions`), else this one alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_versions: Option<String>,
     partition: u32,
     position: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +126,43 @@ pub struct DeadLetterOrigin<'a> {
     pub sink: Option<&'a str>,
     /// Version of the plugin involved, if any.
     pub plugin_version: Option<&'a str>,
+    /// The plugin involved, if any (its name, crate version and lineage entry).
+    pub plugin: Option<&'a LetterPlugin>,
+}
+
+/// The plugin of the stage that refused an event, as its dead letter names it.
+#[derive(Debug, Clone)]
+pub struct LetterPlugin {
+    /// Its name: its crate's, else its file's.
+    pub name: String,
+    /// Its crate's version, when its component records it.
+    pub crate_version: Option<String>,
+    /// Its content hash.
+    pub version: String,
+}
+
+impl LetterPlugin {
+    /// The plugin `stage` runs now, if it runs one.
+    pub fn of(stage: &dyn crate::stage::Stage) -> Option<LetterPlugin> {
+        let plugin = stage.running_plugin()?;
+        let package = plugin.package();
+        Some(LetterPlugin {
+            name: package.map_or_else(|| plugin.name().to_string(), |p| p.name.clone()),
+            crate_version: package.map(|p| p.version.clone()),
+            version: plugin.version().to_string(),
+        })
+    }
+
+    /// Its entry in a lineage when `version` made the record (`stage@crate-version+hash`, or
+    /// `stage@hash` for another version or a component without a crate version).
+    fn entry(&self, stage: &str, version: &str) -> String {
+        match &self.crate_version {
+            Some(crate_version) if version == self.version => {
+                format!("{stage}@{crate_version}+{version}")
+            }
+            _ => format!("{stage}@{version}"),
+        }
+    }
 }
 
 /// The dead-letter record for `event`: same partition, position and times, body = envelope JSON.
@@ -125,6 +173,17 @@ pub fn dead_letter(
     origin: DeadLetterOrigin<'_>,
 ) -> Event {
     let text = std::str::from_utf8(&event.body).ok();
+    // The plugin is named only for the version it runs (a fallback's letter names its hash).
+    let plugin = origin
+        .plugin
+        .filter(|p| origin.plugin_version.is_none_or(|v| v == p.version));
+    let plugin_versions = match (origin.stage, origin.plugin_version, origin.plugin) {
+        (Some(stage), Some(version), Some(plugin)) => Some(crate::stage::lineage(
+            crate::stage::labelled_lineage(event),
+            &plugin.entry(stage, version),
+        )),
+        _ => crate::stage::labelled_lineage(event).map(str::to_owned),
+    };
     let envelope = Envelope {
         kind,
         reason,
@@ -132,6 +191,9 @@ pub fn dead_letter(
         stage: origin.stage,
         sink: origin.sink,
         plugin_version: origin.plugin_version,
+        plugin: plugin.map(|p| p.name.as_str()),
+        plugin_crate_version: plugin.and_then(|p| p.crate_version.as_deref()),
+        plugin_versions,
         partition: event.partition,
         position: event.position,
         event_time: event.event_time,
@@ -176,6 +238,7 @@ mod tests {
             stage: Some("anomaly"),
             sink: None,
             plugin_version: Some("abc123"),
+            plugin: None,
         };
         let letter = dead_letter(
             &event,
@@ -199,5 +262,54 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
         assert_eq!(value["body_hex"], "ff00");
         assert!(value.get("body").is_none());
+    }
+
+    #[test]
+    fn a_letter_names_the_plugin_and_the_versions_the_event_went_through() {
+        let mut event = Event::new(0, 5, &b"{}"[..]);
+        event.properties.push((
+            crate::stage::PLUGIN_VERSIONS_PROPERTY.to_owned(),
+            "categorize@1.2.0+aaaaaaaaaaaa".to_owned(),
+        ));
+        let plugin = LetterPlugin {
+            name: "booking-join".into(),
+            crate_version: Some("0.3.0".into()),
+            version: "bbbbbbbbbbbb".into(),
+        };
+        let origin = DeadLetterOrigin {
+            pipeline: "bookings",
+            stage: Some("join"),
+            sink: None,
+            plugin_version: Some("bbbbbbbbbbbb"),
+            plugin: Some(&plugin),
+        };
+        let letter = dead_letter(&event, DeadLetterKind::Rejected, "no seat", origin);
+        let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
+        assert_eq!(value["plugin"], "booking-join");
+        assert_eq!(value["plugin_crate_version"], "0.3.0");
+        assert_eq!(
+            value["plugin_versions"],
+            "categorize@1.2.0+aaaaaaaaaaaa,join@0.3.0+bbbbbbbbbbbb"
+        );
+        // A letter of the fallback version names its hash only.
+        let origin = DeadLetterOrigin {
+            plugin_version: Some("cccccccccccc"),
+            ..origin
+        };
+        let letter = dead_letter(&event, DeadLetterKind::Trap, "trapped", origin);
+        let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
+        assert!(value.get("plugin").is_none(), "{value}");
+        assert_eq!(
+            value["plugin_versions"],
+            "categorize@1.2.0+aaaaaaaaaaaa,join@cccccccccccc"
+        );
+    }
+
+    #[test]
+    fn a_lineage_keeps_each_entry_once_in_order() {
+        use crate::stage::lineage;
+        assert_eq!(lineage(["a@1", "b@2,a@1"], "c@3"), "a@1,b@2,c@3");
+        assert_eq!(lineage(None, "c@3"), "c@3");
+        assert_eq!(lineage(["c@3"], "c@3"), "c@3");
     }
 }

@@ -29,7 +29,7 @@ use crate::stage::StageTelemetry;
 use crate::status::ServiceStatus;
 use crate::time::{ClockSettings, EventClock, PipelineWatermarks};
 
-pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+pub use dead_letter::{DeadLetterKind, DeadLetterOrigin, LetterPlugin, dead_letter};
 pub use stages::plugin_kind;
 use worker::{Destination, PartitionWorker, SinkSlot, StageSlot, WorkerSettings};
 pub use worker::{WorkerError, WorkerReport};
@@ -645,7 +645,13 @@ fn records_plugin_versions(loaded: &LoadedConfig, pipeline: &PipelineConfig) -> 
                 if delta
                     .columns
                     .iter()
-                    .any(|c| c.value == Some(crate::config::ColumnValue::PluginVersion))
+                    .any(|c| matches!(
+                        c.value,
+                        Some(
+                            crate::config::ColumnValue::PluginVersion
+                                | crate::config::ColumnValue::PluginVersions
+                        )
+                    ))
         )
     })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
+use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, LetterPlugin, dead_letter};
 use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
 use super::inputs::Inputs;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
@@ -346,6 +346,7 @@ impl PartitionWorker {
             stage: None,
             sink: None,
             plugin_version: None,
+            plugin: None,
         };
         let kind = DeadLetterKind::Undecodable;
         let letter = dead_letter(&Event::new(self.partition, first, ""), kind, reason, origin);
@@ -422,6 +423,7 @@ impl PartitionWorker {
             stage: None,
             sink: None,
             plugin_version: None,
+            plugin: None,
         };
 
         // Decode: size limit and event time; what fails goes to the dead letters.
@@ -541,6 +543,7 @@ impl PartitionWorker {
             stage: None,
             sink: None,
             plugin_version: None,
+            plugin: None,
         };
         if self.source_routes.is_empty() {
             if let Some(first_input) = stage_inputs.first_mut() {
@@ -696,6 +699,7 @@ impl PartitionWorker {
         let slot = &self.stages[index];
         let stage_name = slot.stage.name().clone();
         let running_version = slot.stage.running_version();
+        let letter_plugin = LetterPlugin::of(slot.stage.as_ref());
         for (target, record) in output.emitted.drain(..) {
             let Some(destinations) = slot.routes.get(&target) else {
                 let reason = format!(
@@ -709,6 +713,7 @@ impl PartitionWorker {
                     stage: Some(&stage_name),
                     sink: None,
                     plugin_version: version,
+                    plugin: letter_plugin.as_ref(),
                 };
                 dead_letters.push((
                     DeadLetterKind::Unrouted,
@@ -746,6 +751,7 @@ impl PartitionWorker {
         dead_letters: &mut Vec<(DeadLetterKind, Event)>,
     ) {
         let stage_name = self.stages[index].stage.name();
+        let letter_plugin = LetterPlugin::of(self.stages[index].stage.as_ref());
         for rejected in output.rejected.drain(..) {
             let kind = DeadLetterKind::from(rejected.kind);
             let at = DeadLetterOrigin {
@@ -753,6 +759,7 @@ impl PartitionWorker {
                 stage: Some(stage_name),
                 sink: None,
                 plugin_version: rejected.plugin_version.as_deref(),
+                plugin: letter_plugin.as_ref(),
             };
             dead_letters.push((
                 kind,
@@ -794,6 +801,7 @@ impl PartitionWorker {
                     stage: None,
                     sink: Some(&slot.name),
                     plugin_version: None,
+                    plugin: None,
                 };
                 dead_letters.push((
                     DeadLetterKind::SinkRefused,

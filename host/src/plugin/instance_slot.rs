@@ -222,6 +222,19 @@ impl InstanceSlot {
         self.fallback.as_ref().map(|f| f.plugin.version())
     }
 
+    /// The generation of the version slot's shadow runs (0 without a version slot): it changes
+    /// when a run starts.
+    pub fn shadow_generation(&self) -> u64 {
+        self.versions
+            .as_ref()
+            .map_or(0, |v| v.slot.shadows().generation())
+    }
+
+    /// The version slot's current shadow run, if any (see [`super::shadow`]).
+    pub fn shadow_run(&self) -> Option<Arc<super::shadow::ShadowRun<Plugin>>> {
+        self.versions.as_ref()?.slot.shadows().current()
+    }
+
     /// The instance's settings (scope, limits, configuration).
     pub fn settings(&self) -> &Arc<InstanceSettings> {
         &self.settings

@@ -19,6 +19,7 @@ pub mod package;
 pub mod registry;
 pub mod retire;
 pub mod sandbox;
+pub mod shadow;
 pub mod signature;
 pub mod slot;
 pub mod standby;

@@ -259,6 +259,17 @@ pub trait SlotControl: Send + Sync {
     /// Activates a known version (`None`: the one that ran before the active one). Blocks while
     /// compiling, if the version must be loaded from the store.
     fn rollback(&self, version: Option<&str>) -> Result<VersionInfo, SwapError>;
+    /// Compiles and validates `bytes` against the stage's world and runs them in the shadow of
+    /// the active version on the next `events` events of each of `partitions` (see
+    /// [`super::shadow`]); nothing is activated. Blocks while compiling.
+    fn start_shadow(
+        &self,
+        bytes: Vec<u8>,
+        events: u64,
+        partitions: &[u32],
+    ) -> Result<super::shadow::ShadowReport, SwapError>;
+    /// The latest shadow run, if any.
+    fn shadow_report(&self) -> Option<super::shadow::ShadowReport>;
 }
 
 /// What a worker runs: the active version and, during its probation, the fallback.
@@ -333,6 +344,8 @@ pub struct PluginSlot<P: LoadedPlugin> {
     standbys: Mutex<Vec<Weak<dyn Prepare<P>>>>,
     /// Writes the stage's record to the store (none without a store).
     records: Option<RecordWriter>,
+    /// A candidate version running in the shadow of the active one, if any.
+    shadows: super::shadow::ShadowBoard<P>,
 }
 
 /// A stage record to write, numbered so that an older one never overwrites a newer one.
@@ -390,6 +403,11 @@ fn now_text() -> String {
 }
 
 impl<P: LoadedPlugin> PluginSlot<P> {
+    /// The slot's shadow runs (see [`super::shadow`]).
+    pub fn shadows(&self) -> &super::shadow::ShadowBoard<P> {
+        &self.shadows
+    }
+
     /// A slot holding `plugin` for good: it takes no new versions (benchmarks, embedded use).
     pub fn fixed(pipeline: Arc<str>, stage: Arc<str>, plugin: Arc<P>) -> Arc<Self> {
         let (name, crate_version) = crate_of(&*plugin);
@@ -413,6 +431,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             generation: AtomicU64::new(1),
             standbys: Mutex::new(Vec::new()),
             records: None,
+            shadows: Default::default(),
             template: plugin.clone(),
             inner: Mutex::new(Inner {
                 active: plugin.clone(),
@@ -542,6 +561,7 @@ impl<P: LoadedPlugin> PluginSlot<P> {
             generation: AtomicU64::new(1),
             standbys: Mutex::new(Vec::new()),
             records,
+            shadows: Default::default(),
             template: configured,
             inner: Mutex::new(Inner {
                 active,
@@ -1009,6 +1029,44 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         drop(inner);
         self.write_record(pending);
         Ok(Offered::Activated { version: info })
+    }
+
+    fn start_shadow(
+        &self,
+        bytes: Vec<u8>,
+        events: u64,
+        partitions: &[u32],
+    ) -> Result<super::shadow::ShadowReport, SwapError> {
+        let Some(engine) = &self.engine else {
+            return Err(self.fixed_error());
+        };
+        let label = PathBuf::from(format!(
+            "(shadow for stage `{}` of pipeline `{}`)",
+            self.stage, self.pipeline
+        ));
+        let plugin = self
+            .template
+            .load_version(engine, &label, &bytes)
+            .map_err(|e| self.refused(VersionOrigin::Api, e))?;
+        if let Err(reason) = plugin.warm_up() {
+            let error = PluginError::Instantiate {
+                path: label,
+                reason,
+            };
+            return Err(self.refused(VersionOrigin::Api, error));
+        }
+        let id = self.shadows.generation() + 1;
+        let run = super::shadow::ShadowRun::new(id, plugin, events, partitions);
+        let run = self.shadows.start(run);
+        tracing::info!(
+            pipeline = %self.pipeline, stage = %self.stage, version = %run.plugin().version(),
+            events_per_partition = events, "shadow run started"
+        );
+        Ok(run.report())
+    }
+
+    fn shadow_report(&self) -> Option<super::shadow::ShadowReport> {
+        self.shadows.current().map(|run| run.report())
     }
 
     fn rollback(&self, version: Option<&str>) -> Result<VersionInfo, SwapError> {

@@ -157,7 +157,7 @@ fn target_installed(dir: &Path) -> Option<bool> {
 }
 
 /// Checks `bytes` against the world of `kind`, or, without one, finds the world they implement.
-fn check(
+pub(super) fn check(
     engine: &PluginEngine,
     path: &Path,
     bytes: &[u8],
@@ -180,6 +180,12 @@ fn check(
     })
 }
 
+/// The kind the crate in `dir` names in `[package.metadata.weir]`, if any.
+pub(super) fn crate_kind(dir: &Path) -> Result<Option<Kind>, PluginCliError> {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok(crate_info(dir)?.kind)
+}
+
 /// Builds the plugin crate in `dir` (see the module doc).
 pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
     build_signed(dir, None)
@@ -196,6 +202,8 @@ fn read_key(path: &Path) -> Result<String, PluginCliError> {
 /// [`build`], then signs the component with the private key in `key` when given (see
 /// [`crate::plugin::signature`]).
 pub fn build_signed(dir: &Path, key: Option<&Path>) -> Result<Built, PluginCliError> {
+    // cargo runs in `dir`: a relative `--manifest-path` would be taken from there.
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let info = crate_info(dir)?;
     if target_installed(dir) == Some(false) {
         return Err(PluginCliError::MissingTarget);

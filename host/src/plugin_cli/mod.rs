@@ -4,15 +4,25 @@
 //! it (see [`crate::plugin::package`]).
 
 mod build;
+mod deploy;
 mod new;
+mod remote;
 mod sdk;
+mod test;
 
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 
 pub use build::{Built, build, build_signed, keygen, sign_file};
+pub use deploy::{
+    Deployed, StageRef, deploy, list, rollback, shadow, shadow_text, stage_report, status, table,
+};
 pub use new::{NewPlugin, SdkSource, new};
+pub use remote::{Answer, Remote};
+pub use test::{
+    CaseResult, CaseSettings, DEAD_LETTERS, Outputs, TestTarget, run_case, target, test,
+};
 
 use crate::plugin::PluginKind;
 
@@ -67,6 +77,102 @@ pub enum PluginCommand {
         #[arg(long)]
         detached: bool,
     },
+    /// Run a built component through the host's own stage code over each test case of its crate
+    /// (`cases/`), and compare what each output got with what the case expects.
+    Test {
+        /// The plugin crate (built first) or a built `.wasm` file (default: the current
+        /// directory).
+        path: Option<PathBuf>,
+        /// Write what each output got as the case's expectation.
+        #[arg(long)]
+        bless: bool,
+    },
+    /// Upload a component to a stage of a running host (its admin API) and wait for the outcome:
+    /// activated (once through its probation), refused, or rolled back after its probation.
+    Deploy {
+        /// The component (`weir plugin build` says where it is).
+        file: PathBuf,
+        /// The admin API's URL, such as `http://127.0.0.1:9464` (default: `WEIR_ADMIN_URL`, else
+        /// that one).
+        #[arg(long, visible_alias = "admin", value_name = "URL")]
+        to: Option<String>,
+        /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+        /// How long to wait for the end of the probation (or of the shadow run), in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        wait: u64,
+        /// First run the component beside the active version on the next N live events of each
+        /// partition, on a copy of the state, without delivering its outputs, and report how
+        /// their outputs differ. Without `--activate-if-equal`, nothing is activated.
+        #[arg(long, value_name = "N")]
+        shadow: Option<u64>,
+        /// With `--shadow`: activate the component (and wait for its probation) only when no
+        /// record differs.
+        #[arg(long, requires = "shadow")]
+        activate_if_equal: bool,
+    },
+    /// List every stage's plugin of a running host.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// One stage's plugin of a running host: its versions and latest activations.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+    },
+    /// Activate an earlier version of a stage's plugin (default: the one before the active one).
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stage, as `PIPELINE/STAGE`.
+        #[arg(long, value_name = "PIPELINE/STAGE")]
+        stage: StageRef,
+        /// The version to activate (its content hash, as `weir plugin status` lists it).
+        #[arg(long = "to", value_name = "VERSION")]
+        version: Option<String>,
+    },
+}
+
+/// Where a running host's admin API is, and its token.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's URL, such as `http://127.0.0.1:9464` (default: `WEIR_ADMIN_URL`, else
+    /// that one).
+    #[arg(long = "admin", value_name = "URL")]
+    pub url: Option<String>,
+    /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// The environment variable naming the admin API's URL when no flag does.
+pub const ADMIN_URL_ENV: &str = "WEIR_ADMIN_URL";
+
+/// The admin API's URL when neither a flag nor [`ADMIN_URL_ENV`] names one.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
+
+impl AdminArgs {
+    /// The admin API these arguments name (flags first, then the environment).
+    pub fn remote(&self) -> Result<Remote, PluginCliError> {
+        remote_of(self.url.clone(), self.token.clone())
+    }
+}
+
+/// The admin API at `url` with `token`, each from the environment when not given.
+pub fn remote_of(url: Option<String>, token: Option<String>) -> Result<Remote, PluginCliError> {
+    let url = url
+        .or_else(|| std::env::var(ADMIN_URL_ENV).ok())
+        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned());
+    let token = token.or_else(|| std::env::var(crate::admin::TOKEN_ENV).ok());
+    Remote::new(&url, token)
 }
 
 /// A kind of plugin, as `--kind` names it.
@@ -171,6 +277,78 @@ pub enum PluginCliError {
     Cargo {
         /// The crate's directory.
         dir: PathBuf,
+    },
+    /// No test case was found.
+    #[error("no test case in {} (one directory per case, see `cases/README.md` of a new plugin)", dir.display())]
+    NoCases {
+        /// Where cases were looked for.
+        dir: PathBuf,
+    },
+    /// A test case cannot be read or run.
+    #[error("{}: {reason}", path.display())]
+    BadCase {
+        /// The case's file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Some test cases gave other outputs than they expect.
+    #[error("{failed} of {total} test case(s) failed")]
+    TestsFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
+    },
+    /// An admin URL cannot be used.
+    #[error("admin URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request to the admin API failed.
+    #[error("{url}: {reason}")]
+    Remote {
+        /// The URL requested.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The admin API refused the request.
+    #[error("refused (HTTP {status}): {reason}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The host's reason.
+        reason: String,
+    },
+    /// The host rolled the deployed version back after its probation.
+    #[error(
+        "rolled back: {version} failed its probation and the host went back to {back_to}: {reason}"
+    )]
+    RolledBack {
+        /// The deployed version.
+        version: String,
+        /// The version active again.
+        back_to: String,
+        /// The reason the host recorded.
+        reason: String,
+    },
+    /// A shadow run found differences (or did not end), so the component was not activated.
+    #[error("not activated: {reason}")]
+    NotEqual {
+        /// What the shadow run found.
+        reason: String,
+    },
+    /// Another version was activated while the deploy waited.
+    #[error("{version} is no longer active: {by} was activated meanwhile")]
+    Replaced {
+        /// The deployed version.
+        version: String,
+        /// The version active now.
+        by: String,
     },
     /// The component does not implement the world of its kind.
     #[error("{0}")]

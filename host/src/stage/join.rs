@@ -30,7 +30,7 @@ use super::plugin_stage::{
     StageKind, StatefulKind, Trapped, Turn, Units, laid_out, read_answer, read_snapshot_start,
     restored, write_snapshot_start,
 };
-use super::transform::PLUGIN_VERSION_PROPERTY;
+use super::transform::labelled_lineage;
 use super::{StageError, StageOutput};
 use crate::codec::DecodeError;
 use crate::config::{JoinConfig, UnmatchedPolicy};
@@ -387,11 +387,13 @@ impl PluginCall for EnrichCall<'_> {
                 .map(Event::time)
                 .max()
                 .unwrap_or_else(|| anchor.time());
-            let properties = if to.label_versions() {
-                vec![(PLUGIN_VERSION_PROPERTY.to_owned(), to.version().to_string())]
-            } else {
-                Vec::new()
-            };
+            let mut properties = Vec::new();
+            let upstream = [pair.left, pair.right]
+                .into_iter()
+                .flatten()
+                .filter_map(|i| members.get(i))
+                .filter_map(labelled_lineage);
+            to.label(&mut properties, upstream);
             to.emit(
                 target,
                 Event {

@@ -29,7 +29,8 @@ pub use plugin_stage::{
     AnswerError, PluginCore, PluginStage, Restored, StageKind, StatefulKind, Turn,
 };
 pub use transform::{
-    PLUGIN_VERSION_PROPERTY, StageTelemetry, Transform, WasmTransformStage, labelled_version,
+    PLUGIN_VERSION_PROPERTY, PLUGIN_VERSIONS_PROPERTY, StageTelemetry, Transform,
+    WasmTransformStage, labelled_lineage, labelled_version, lineage,
 };
 pub use window::{AsaWindow, WindowSettings, WindowSpec, WindowStage, Windows};
 
@@ -212,6 +213,11 @@ pub trait Stage: Send {
     /// The plugin version the stage runs now, if it runs a plugin (dead letters about what the
     /// stage emitted name it when the record does not carry its version).
     fn running_version(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    /// The plugin the stage runs now, if it runs one (dead letters name it).
+    fn running_plugin(&self) -> Option<Arc<crate::plugin::Plugin>> {
         None
     }
 

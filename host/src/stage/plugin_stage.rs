@@ -201,6 +201,10 @@ impl<K: StageKind> Stage for PluginStage<K> {
         Some(self.core.version().clone())
     }
 
+    fn running_plugin(&self) -> Option<Arc<Plugin>> {
+        Some(self.core.slot.plugin().clone())
+    }
+
     fn take_counters(&mut self) -> Vec<(String, u64)> {
         self.core.slot.take_counters().into_iter().collect()
     }
@@ -389,27 +393,42 @@ pub(super) trait PluginCall {
 /// answered.
 pub(super) struct Answers<'a> {
     version: &'a Arc<str>,
-    label_versions: bool,
+    /// The stage's entry in a record's lineage (`stage@crate-version+hash`), when records are
+    /// labelled.
+    entry: Option<String>,
     out: &'a mut StageOutput,
 }
 
 impl<'a> Answers<'a> {
-    fn new(version: &'a Arc<str>, label_versions: bool, out: &'a mut StageOutput) -> Self {
+    fn new(version: &'a Arc<str>, entry: Option<String>, out: &'a mut StageOutput) -> Self {
         Answers {
             version,
-            label_versions,
+            entry,
             out,
         }
     }
 
-    /// The version that answered.
-    pub(super) fn version(&self) -> &Arc<str> {
-        self.version
-    }
-
-    /// Whether records carry the version that made them (the [`super::PLUGIN_VERSION_PROPERTY`]).
-    pub(super) fn label_versions(&self) -> bool {
-        self.label_versions
+    /// Labels a record this version made from `upstream` (the events it derives from) with the
+    /// version (the [`super::PLUGIN_VERSION_PROPERTY`]) and its lineage, the versions of every
+    /// stage it went through (the [`super::PLUGIN_VERSIONS_PROPERTY`]); nothing when records are
+    /// not labelled.
+    pub(super) fn label<'e>(
+        &self,
+        properties: &mut Vec<(String, String)>,
+        upstream: impl IntoIterator<Item = &'e str>,
+    ) {
+        let Some(entry) = &self.entry else {
+            return;
+        };
+        let lineage = super::transform::lineage(upstream, entry);
+        properties.retain(|(name, _)| {
+            name != super::PLUGIN_VERSION_PROPERTY && name != super::PLUGIN_VERSIONS_PROPERTY
+        });
+        properties.push((
+            super::PLUGIN_VERSION_PROPERTY.to_owned(),
+            self.version.to_string(),
+        ));
+        properties.push((super::PLUGIN_VERSIONS_PROPERTY.to_owned(), lineage));
     }
 
     /// Sends `record` to the stage output `target`.
@@ -513,6 +532,27 @@ impl PluginCore {
     /// The version the stage runs now.
     pub(super) fn version(&self) -> &Arc<str> {
         self.slot.plugin().version()
+    }
+
+    /// The instance slot: its keyed state, settings and the version slot's shadow runs.
+    pub(super) fn instances(&self) -> &InstanceSlot {
+        &self.slot
+    }
+
+    /// This stage's entry in the lineage of the records `version` makes, when records are
+    /// labelled: `stage@crate-version+hash` when the running version records its crate's
+    /// version (`weir plugin build`), else `stage@hash`.
+    fn lineage_entry(&self, version: &Arc<str>) -> Option<String> {
+        if !self.label_versions {
+            return None;
+        }
+        let plugin = self.slot.plugin();
+        Some(match plugin.package() {
+            Some(package) if plugin.version() == version => {
+                format!("{}@{}+{version}", self.name, package.version)
+            }
+            _ => format!("{}@{version}", self.name),
+        })
     }
 
     /// The partition the stage runs for.
@@ -679,7 +719,7 @@ impl PluginCore {
                 let version = self.version().clone();
                 call.read(
                     answer,
-                    &mut Answers::new(&version, self.label_versions, out),
+                    &mut Answers::new(&version, self.lineage_entry(&version), out),
                 )
                 .map_err(|reason| self.error(StageFailure::InvalidAnswer(reason)))?;
                 Ok(Ran::Whole)
@@ -709,7 +749,11 @@ impl PluginCore {
                 Ok(answer) => call
                     .read(
                         answer,
-                        &mut Answers::new(&attempt.version, self.label_versions, out),
+                        &mut Answers::new(
+                            &attempt.version,
+                            self.lineage_entry(&attempt.version),
+                            out,
+                        ),
                     )
                     .map_err(|reason| self.error(StageFailure::InvalidAnswer(reason)))?,
                 Err(reason) => {

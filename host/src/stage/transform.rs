@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::StageError;
+use super::StageOutput;
 use super::batch::{empty_batch, fill_batch};
 use super::plugin_stage::{
     AnswerError, Answers, CallPolicy, PluginCall, PluginCore, PluginStage, Ran, StageKind, Trapped,
@@ -21,6 +22,7 @@ use super::plugin_stage::{
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::plugin::bindings::{EventBatch, OutputBatch};
+use crate::plugin::shadow::{REJECTED_OUTPUT, ShadowOutputs, ShadowRecord, ShadowRun};
 use crate::plugin::{
     CallError, InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginInstance, PluginSlot,
 };
@@ -29,6 +31,34 @@ use crate::plugin::{
 /// asks for it, see [`StageTelemetry::label_versions`]); a Delta column reads it with
 /// `value = "plugin_version"`.
 pub const PLUGIN_VERSION_PROPERTY: &str = "weir-plugin-version";
+
+/// The record property that names the versions of every plugin stage a record went through, as
+/// `stage@crate-version+hash` (or `stage@hash` for a component without a crate version), comma
+/// separated, in pipeline order; a Delta column reads it with `value = "plugin_versions"`.
+pub const PLUGIN_VERSIONS_PROPERTY: &str = "weir-plugin-versions";
+
+/// The lineage `record` is labelled with ([`PLUGIN_VERSIONS_PROPERTY`]), if it is.
+pub fn labelled_lineage(record: &Event) -> Option<&str> {
+    record
+        .properties
+        .iter()
+        .rev()
+        .find(|(name, _)| name == PLUGIN_VERSIONS_PROPERTY)
+        .map(|(_, lineage)| lineage.as_str())
+}
+
+/// The lineage of a record made from records of lineages `upstream`: their entries, each once,
+/// in order, then `entry`.
+pub fn lineage<'a>(upstream: impl IntoIterator<Item = &'a str>, entry: &str) -> String {
+    let mut entries: Vec<&str> = Vec::new();
+    for part in upstream.into_iter().flat_map(|l| l.split(',')) {
+        if !part.is_empty() && part != entry && !entries.contains(&part) {
+            entries.push(part);
+        }
+    }
+    entries.push(entry);
+    entries.join(",")
+}
 
 /// The plugin version `record` is labelled with ([`PLUGIN_VERSION_PROPERTY`]), if it is.
 pub fn labelled_version(record: &Event) -> Option<&str> {
@@ -54,6 +84,19 @@ pub struct StageTelemetry {
 /// plugin's keyed state alone.
 pub struct Transform {
     /// The batch layout, its buffers reused from batch to batch.
+    batch: EventBatch,
+    /// A candidate version running in the shadow of the active one on this partition.
+    shadow: Option<Shadowing>,
+    /// The shadow runs' generation last looked at.
+    shadow_generation: u64,
+}
+
+/// This partition's part of a shadow run (see [`crate::plugin::shadow`]): the candidate's
+/// instance, on its own copy of the keyed state, and how many events it got.
+struct Shadowing {
+    run: Arc<ShadowRun<Plugin>>,
+    instance: PluginInstance,
+    seen: u64,
     batch: EventBatch,
 }
 
@@ -92,6 +135,8 @@ impl PluginStage<Transform> {
             core,
             Transform {
                 batch: empty_batch(0),
+                shadow: None,
+                shadow_generation: 0,
             },
         )
         .with_version_labels(label)
@@ -103,6 +148,63 @@ impl StageKind for Transform {
 
     fn process(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
         let Turn { core, out } = turn;
+        self.look_for_shadow(core);
+        let (emitted, rejected) = (out.emitted.len(), out.rejected.len());
+        self.run_active(core, out, events)?;
+        if let Some(shadow) = &mut self.shadow
+            && shadow.compare(core.partition(), events, out, emitted, rejected)
+        {
+            self.shadow = None;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
+        keyed.snapshot()
+    }
+
+    fn describe(&self, _f: &mut std::fmt::DebugStruct<'_, '_>) {}
+}
+
+impl Transform {
+    /// Starts this partition's part of a shadow run that started since the last batch: the
+    /// candidate's instance on a copy of the keyed state as it is now.
+    fn look_for_shadow(&mut self, core: &PluginCore) {
+        let slot = core.instances();
+        let generation = slot.shadow_generation();
+        if generation == self.shadow_generation {
+            return;
+        }
+        self.shadow_generation = generation;
+        self.shadow = None;
+        let Some(run) = slot.shadow_run() else {
+            return;
+        };
+        let plugin = run.plugin().clone();
+        let settings = slot.settings().for_plugin(&plugin);
+        match PluginInstance::new(plugin, settings, slot.keyed_state().clone()) {
+            Ok(instance) => {
+                self.shadow = Some(Shadowing {
+                    run,
+                    instance,
+                    seen: 0,
+                    batch: empty_batch(0),
+                });
+            }
+            Err(e) => run.fail(
+                core.partition(),
+                format!("cannot be instantiated: {}", e.kind),
+            ),
+        }
+    }
+
+    /// Runs the active version on `events`.
+    fn run_active(
+        &mut self,
+        core: &mut PluginCore,
+        out: &mut StageOutput,
+        events: &[Event],
+    ) -> Result<(), StageError> {
         let mut events = events;
         // At most a few rounds: a round ends early only when the slot rolls back, after which
         // the version that runs is on no probation.
@@ -133,12 +235,105 @@ impl StageKind for Transform {
         core.isolate(&mut call, events.len(), out)?;
         Ok(())
     }
+}
 
-    fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
-        keyed.snapshot()
+impl Shadowing {
+    /// Runs the candidate on the events of `events` it still needs and records what it made
+    /// beside what the active version made of them (`out` past `emitted` and `rejected`).
+    /// Returns whether this partition's part of the run is over.
+    fn compare(
+        &mut self,
+        partition: u32,
+        events: &[Event],
+        out: &StageOutput,
+        emitted: usize,
+        rejected: usize,
+    ) -> bool {
+        let wanted = self.run.events().saturating_sub(self.seen);
+        let count = events
+            .len()
+            .min(usize::try_from(wanted).unwrap_or(usize::MAX));
+        let (Some(first), Some(last)) = (events.first(), events.get(count.wrapping_sub(1))) else {
+            return wanted == 0;
+        };
+        let events = &events[..count];
+        fill_batch(&mut self.batch, events);
+        let shadow = match self.instance.process(&self.batch) {
+            Ok(output) => shadow_outputs(output, events),
+            Err(e) => {
+                self.run
+                    .fail(partition, format!("the candidate trapped: {}", e.kind));
+                return true;
+            }
+        };
+        let range = first.position..=last.position;
+        let mut active = ShadowOutputs::new();
+        for (target, record) in out.emitted.get(emitted..).unwrap_or_default() {
+            if range.contains(&record.position) {
+                active
+                    .entry(target.to_string())
+                    .or_default()
+                    .push(shadow_record(record.position, &record.body));
+            }
+        }
+        for refused in out.rejected.get(rejected..).unwrap_or_default() {
+            if range.contains(&refused.event.position) {
+                active
+                    .entry(REJECTED_OUTPUT.to_owned())
+                    .or_default()
+                    .push(shadow_record(
+                        refused.event.position,
+                        refused.reason.as_bytes(),
+                    ));
+            }
+        }
+        self.run.record(partition, count as u64, &active, &shadow);
+        self.seen += count as u64;
+        self.seen >= self.run.events()
     }
+}
 
-    fn describe(&self, _f: &mut std::fmt::DebugStruct<'_, '_>) {}
+/// A record of a shadow comparison.
+fn shadow_record(position: u64, body: &[u8]) -> ShadowRecord {
+    ShadowRecord {
+        position,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+/// What the candidate made of `events`, by output (its rejections under [`REJECTED_OUTPUT`]).
+fn shadow_outputs(output: OutputBatch, events: &[Event]) -> ShadowOutputs {
+    let mut outputs = ShadowOutputs::new();
+    let mut start = 0usize;
+    for emitted in &output.emitted {
+        let end = (emitted.payload_end as usize).clamp(start, output.payloads.len());
+        let (Some(event), Some(target)) = (
+            events.get(emitted.event as usize),
+            output.targets.get(emitted.target as usize),
+        ) else {
+            start = end;
+            continue;
+        };
+        let body = if emitted.forward {
+            &event.body[..]
+        } else {
+            &output.payloads[start..end]
+        };
+        start = end;
+        outputs
+            .entry(target.clone())
+            .or_default()
+            .push(shadow_record(event.position, body));
+    }
+    for refused in &output.rejected {
+        if let Some(event) = events.get(refused.event as usize) {
+            outputs
+                .entry(REJECTED_OUTPUT.to_owned())
+                .or_default()
+                .push(shadow_record(event.position, refused.reason.as_bytes()));
+        }
+    }
+    outputs
 }
 
 /// A transform's call: the batch's events, all at once or one by one.
@@ -203,10 +398,7 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
         };
         start = end;
         let mut properties = event.properties.clone();
-        if to.label_versions() {
-            properties.retain(|(name, _)| name != PLUGIN_VERSION_PROPERTY);
-            properties.push((PLUGIN_VERSION_PROPERTY.to_owned(), to.version().to_string()));
-        }
+        to.label(&mut properties, labelled_lineage(event));
         to.emit(
             target.clone(),
             Event {

@@ -35,7 +35,7 @@ use super::plugin_stage::{
     StageKind, StatefulKind, Trapped, Turn, Units, host_rejections, laid_out, read_answer,
     read_snapshot_start, restored, write_snapshot_start,
 };
-use super::transform::PLUGIN_VERSION_PROPERTY;
+use super::transform::labelled_lineage;
 use super::window_assign::{Closed, GroupId, OpenWindow, Refusal, WindowState};
 use super::{Rejected, RejectionKind, StageError, StageOutput};
 use crate::codec::DecodeError;
@@ -249,6 +249,10 @@ struct FoldGroup {
 pub struct Windows {
     settings: WindowSettings,
     state: WindowState,
+    /// The lineage of the latest event the stage received (its rows name it before their own
+    /// version): the versions of the stages upstream. Not checkpointed: after a restart, known
+    /// again from the next event.
+    upstream: Option<String>,
 }
 
 /// The window stage of one partition.
@@ -259,7 +263,14 @@ impl StatefulKind for Windows {
 
     fn restore(settings: Self::Settings, snapshot: Option<&[u8]>) -> Restored<Self> {
         let (keyed, state) = restored(snapshot, restore)?;
-        Ok((keyed, Windows { settings, state }))
+        Ok((
+            keyed,
+            Windows {
+                settings,
+                state,
+                upstream: None,
+            },
+        ))
     }
 }
 
@@ -564,12 +575,7 @@ impl PluginCall for FinishCall<'_> {
             match windows.complete(&body, window) {
                 Ok(body) => {
                     let mut record = windows.record(self.partition, window, body);
-                    if to.label_versions() {
-                        let version = to.version().to_string();
-                        record
-                            .properties
-                            .push((PLUGIN_VERSION_PROPERTY.to_owned(), version));
-                    }
+                    to.label(&mut record.properties, windows.upstream.as_deref());
                     to.emit(target, record);
                 }
                 Err(reason) => to.refuse(
@@ -718,6 +724,9 @@ impl StageKind for Windows {
 
     fn process(&mut self, turn: Turn<'_>, events: &[Event]) -> Result<(), StageError> {
         let Turn { core, out } = turn;
+        if let Some(lineage) = events.iter().rev().find_map(labelled_lineage) {
+            self.upstream = Some(lineage.to_owned());
+        }
         let probe = core.probe(out);
         let result = self.fold_events(core, events, out);
         // Sliding windows fold their events when they close, not here.

@@ -119,6 +119,10 @@ pub enum ColumnValue {
     /// The version (content hash) of the plugin that produced the record; null for records no
     /// plugin produced (dead letters of the decoding step).
     PluginVersion,
+    /// The versions of every plugin stage the record went through, in pipeline order:
+    /// `stage@crate-version+hash,...` (`stage@hash` for a component without a crate version);
+    /// null for records no plugin produced.
+    PluginVersions,
 }
 
 fn default_true() -> bool {

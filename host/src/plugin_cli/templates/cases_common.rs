@@ -106,6 +106,13 @@ fn the_cases_give_their_expected_outputs() {
     for case in cases {
         let input: Vec<InputLine> = jsonl(&case.join("input.jsonl"));
         let got = run_case(&input, case_config(&case));
-        assert_eq!(got, expected(&case), "case {}", case.display());
+        let mut want = expected(&case);
+        // Fields the host's stage adds to every record (`weir plugin test` checks them).
+        for record in want.values_mut().flatten() {
+            if let Some(fields) = record.as_object_mut() {
+                fields.retain(|field, _| !HOST_FIELDS.contains(&field.as_str()));
+            }
+        }
+        assert_eq!(got, want, "case {}", case.display());
     }
 }

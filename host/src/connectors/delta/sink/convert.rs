@@ -195,6 +195,10 @@ impl RowConverter {
                         crate::stage::labelled_version(record)
                             .map(|version| Input::Json(Json::Text(Cow::Borrowed(version))))
                     }
+                    Source::Meta(ColumnValue::PluginVersions) => {
+                        crate::stage::labelled_lineage(record)
+                            .map(|lineage| Input::Json(Json::Text(Cow::Borrowed(lineage))))
+                    }
                 };
                 self.cell(column, value)
                     .map_err(|reason| (RefusalKind::Schema, reason))
@@ -278,6 +282,7 @@ impl RowConverter {
             Source::Meta(ColumnValue::Partition) => "partition".to_owned(),
             Source::Meta(ColumnValue::Position) => "position".to_owned(),
             Source::Meta(ColumnValue::PluginVersion) => "plugin version".to_owned(),
+            Source::Meta(ColumnValue::PluginVersions) => "plugin versions".to_owned(),
         }
     }
 }
@@ -318,7 +323,9 @@ pub(super) fn validate(config: &DeltaSinkConfig) -> Result<(), String> {
                 ],
                 ColumnValue::Partition => vec![ColumnType::Integer, ColumnType::Long],
                 ColumnValue::Position => vec![ColumnType::Long],
-                ColumnValue::PluginVersion => vec![ColumnType::String],
+                ColumnValue::PluginVersion | ColumnValue::PluginVersions => {
+                    vec![ColumnType::String]
+                }
             };
             // A derived column holds the part of the timestamp, checked below.
             if column.derive.is_none() && !allowed.contains(&column.data_type) {
@@ -399,6 +406,7 @@ fn value_name(value: ColumnValue) -> &'static str {
         ColumnValue::Partition => "partition",
         ColumnValue::Position => "position",
         ColumnValue::PluginVersion => "plugin_version",
+        ColumnValue::PluginVersions => "plugin_versions",
     }
 }
 

@@ -20,6 +20,9 @@ fn a_window_gives_its_count_average_and_highest_temperature() {
     assert_eq!(row["MaxTemperature"], 30.0);
 }
 
+/// Fields the host adds to the records of the stage, which the native harness does not: a window's bounds (the stage's `start_field` and `end_field`).
+const HOST_FIELDS: &[&str] = &["WindowStart", "WindowEnd"];
+
 /// Runs a case's events as one window (the case's events all fall in one window of one group).
 fn run_case(input: &[InputLine], config: serde_json::Value) -> Outputs {
     let mut harness = WindowHarness::<Temperatures>::new().with_config(config);
