@@ -65,11 +65,17 @@ pub fn script_plugin(dir: &str, kind: PluginKind) -> PathBuf {
 /// configuration's `[plugins] store_dir`.
 pub fn plugin_store(dir: &Path) -> PathBuf {
     let store = dir.join("plugin-store");
-    std::fs::create_dir_all(&store).expect("plugin store");
+    link_compile_cache(&store);
+    store
+}
+
+/// Makes the plugin store `store` (a configuration's `[plugins] store_dir`, created if needed)
+/// use the shared compile cache.
+pub fn link_compile_cache(store: &Path) {
+    std::fs::create_dir_all(store).expect("plugin store");
     std::fs::create_dir_all(compiled_dir()).expect("compile cache");
     let link = store.join("compiled");
     if !link.exists() {
         std::os::unix::fs::symlink(compiled_dir(), &link).expect("link the compile cache");
     }
-    store
 }
