@@ -368,3 +368,134 @@ fn a_stage_swapped_from_rust_to_python_to_javascript_and_back_keeps_its_state_un
         "no dead letters"
     );
 }
+
+/// Events of the hostile runs, and the ones marked poison.
+const HOSTILE_EVENTS: usize = 20;
+const POISON: [usize; 2] = [7, 13];
+
+/// Runs the hostile Python plugin `plugin` (a directory of `tests/python-plugins/`) beside a
+/// healthy Rust anomaly pipeline in one process, to completion under `limits` (stage keys);
+/// checks the host stayed up and the healthy pipeline is complete. Returns the hostile
+/// pipeline's dead letters, its outputs, and the log.
+fn hostile(plugin: &str, limits: &str) -> (Vec<Value>, Vec<Value>, String) {
+    let component = script_plugin(
+        &format!("tests/python-plugins/{plugin}"),
+        PluginKind::Transform,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hostile_input = dir.path().join("hostile.jsonl");
+    let text: String = (0..HOSTILE_EVENTS)
+        .map(|n| format!("{{\"n\":{n},\"poison\":{}}}\n", POISON.contains(&n)))
+        .collect();
+    std::fs::write(&hostile_input, text).expect("input");
+    let readings = generated_readings(10, 40, 9);
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let rust = plugin_path("telemetry_anomaly");
+    let rust_outputs = ANOMALY_OUTPUTS.replace("PIPELINE", "healthy");
+    let path = config(dir.path(), &input, &[("healthy", &rust, &rust_outputs)]);
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(&format!(
+        r#"
+[sources.hostile]
+kind = "file"
+path = "{input}"
+
+[sinks.hostile_out]
+kind = "file"
+path = "{dir}/hostile_out"
+
+[pipelines.hostile]
+source = "hostile"
+dead_letter = "dead_letters"
+batch = {{ max_events = 8, max_wait = "20ms" }}
+
+[[pipelines.hostile.stages]]
+name = "hostile"
+plugin = "{plugin}"
+outputs = {{ out = "hostile_out" }}
+{limits}
+"#,
+        input = hostile_input.display(),
+        dir = dir.path().display(),
+        plugin = component.display(),
+    ));
+    std::fs::write(&path, text).expect("config");
+    let log = run_to_completion(&path, Duration::from_secs(600));
+    let healthy = read_jsonl_dir(&dir.path().join("healthy_rows"));
+    assert_eq!(
+        healthy.len(),
+        readings.len(),
+        "the healthy pipeline is complete"
+    );
+    assert_alerts_match(
+        &read_jsonl_dir(&dir.path().join("healthy_alerts")),
+        &expected_alerts(&readings),
+    );
+    let letters = read_jsonl_dir(&dir.path().join("dead_letters"))
+        .into_iter()
+        .filter(|l| l["pipeline"] == "hostile")
+        .collect();
+    (
+        letters,
+        read_jsonl_dir(&dir.path().join("hostile_out")),
+        log,
+    )
+}
+
+/// Only the poison events are dead letters, of `kind` with `reason`; the others went through.
+fn only_poison(letters: &[Value], out: &[Value], kind: &str, reason: &str) {
+    assert_eq!(letters.len(), POISON.len(), "{letters:#?}");
+    for letter in letters {
+        assert_eq!(letter["kind"], kind, "{letter}");
+        assert!(letter["plugin_version"].is_string(), "{letter}");
+        let text = letter["reason"].as_str().expect("reason");
+        assert!(
+            text.contains(reason),
+            "reason `{text}` should say `{reason}`"
+        );
+        let body: Value =
+            serde_json::from_str(letter["body"].as_str().expect("body")).expect("json");
+        assert_eq!(body["poison"], true, "only poison events: {letter}");
+    }
+    assert_eq!(out.len(), HOSTILE_EVENTS - POISON.len());
+    assert!(out.iter().all(|e| e["poison"] == false));
+}
+
+/// The limits the hostile runs set: a short deadline, and memory for CPython plus a little.
+const PYTHON_LIMITS: &str = "call_timeout = \"500ms\"\nmax_memory_bytes = 134217728";
+
+#[test]
+fn a_python_plugin_that_loops_forever_is_interrupted_at_the_call_deadline() {
+    let (letters, out, _) = hostile("hostile-loop", PYTHON_LIMITS);
+    only_poison(
+        &letters,
+        &out,
+        "trap",
+        "deadline exceeded: the call ran longer than 500ms",
+    );
+}
+
+#[test]
+fn a_python_plugin_that_allocates_without_bound_is_stopped_at_the_memory_limit() {
+    let (letters, out, log) = hostile("hostile-memory", PYTHON_LIMITS);
+    only_poison(&letters, &out, "trap", "memory limit exceeded");
+    assert!(log.contains("limit of 134217728 bytes"), "{log}");
+}
+
+#[test]
+fn a_python_plugin_that_raises_on_a_poison_event_rejects_only_that_event() {
+    let (letters, out, _) = hostile("hostile-raise", PYTHON_LIMITS);
+    only_poison(
+        &letters,
+        &out,
+        "rejected",
+        "RuntimeError: hostile-raise: poison event at position",
+    );
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("plugin.py:")),
+        "{letters:?}"
+    );
+}
