@@ -152,3 +152,29 @@ def test_a_harness_test_with_a_wrong_expectation_fails(tmp_path):
                              str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1, result.stdout
     assert "1 failed" in result.stdout
+
+
+def test_bodies_are_parsed_one_by_one_from_the_batch_text():
+    def parse(event, ctx):
+        ctx.emit("rows", event.json())
+
+    outcome = Harness(parse).run_batch([b'{"a":"x', b'"}', b' {"b": 1} ', "{\"c\": \"\u00e9\"}"])
+    # A truncated body does not borrow the next one's text.
+    assert [index for index, _ in outcome.rejections] == [0, 1]
+    assert outcome.json("rows") == [{"b": 1}, {"c": "\u00e9"}]
+
+
+def test_state_values_are_copies_and_must_be_json():
+    def keep(event, ctx):
+        value = ctx.get("k", {"n": 0})
+        value["n"] += 1  # changed but not put: the state keeps what was stored
+        if event.json().get("put"):
+            ctx.put("k", value)
+        if event.json().get("nan"):
+            ctx.put("k", {"n": float("nan")})
+
+    harness = Harness(keep)
+    harness.run_batch([{"put": True}, {}, {}, {"put": True}])
+    assert harness.state == {"k": {"n": 2}}
+    assert "cannot serialise keyed state `k`" in harness.run({"nan": True}).rejection
+    assert harness.state == {"k": {"n": 2}}

@@ -47,6 +47,9 @@ __all__ = [
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
+# The C scanner behind `json.loads`: it parses a value at an offset of a string, so every body is
+# parsed straight from the batch's text, without slicing it out or detecting its encoding.
+_scan = json.JSONDecoder().scan_once
 
 
 class Reject(Exception):
@@ -134,13 +137,11 @@ def join(function):
 class Event:
     """One input event: its body (JSON, parsed on demand), key, times, partition and source."""
 
-    __slots__ = ("body", "key", "time", "enqueued_time", "position", "partition", "source",
-                 "_properties", "_json")
+    __slots__ = ("key", "time", "enqueued_time", "position", "partition", "source",
+                 "_properties", "_json", "_bodies", "_text", "_start", "_end")
 
     def __init__(self, body, key=None, time=0, enqueued_time=0, position=0, partition=0,
-                 source=None, properties=None):
-        #: The body as the source delivered it (bytes, usually one JSON object).
-        self.body = body
+                 source=None, properties=None, _text=None, _start=0, _end=None):
         #: The partition key (str), or None when the event has none.
         self.key = key
         #: Event time, milliseconds since the Unix epoch (the pipeline's TIMESTAMP BY).
@@ -155,21 +156,43 @@ class Event:
         self.source = source
         self._properties = properties
         self._json = _UNPARSED
+        # The body is `_bodies[_start:_end]`; `_text` is all the batch's bodies decoded, when they
+        # are ASCII (byte offsets are then character offsets).
+        self._bodies = body
+        self._text = _text
+        self._start = _start
+        self._end = len(body) if _end is None else _end
+
+    @property
+    def body(self):
+        """The body as the source delivered it (bytes, usually one JSON object)."""
+        return self._bodies[self._start:self._end]
 
     def json(self):
         """The body parsed from JSON (cached); malformed JSON rejects the event."""
         value = self._json
         if value is _UNPARSED:
-            try:
-                value = _loads(self.body)
-            except ValueError as error:
-                raise Reject(f"malformed JSON: {error}") from None
+            text = self._text
+            if text is not None:
+                try:
+                    value, stop = _scan(text, self._start)
+                    if stop != self._end:
+                        value = _UNPARSED  # Whitespace or garbage after it: see below.
+                except (StopIteration, ValueError):
+                    value = _UNPARSED
+            if value is _UNPARSED:
+                try:
+                    value = _loads(self.body)
+                except ValueError as error:
+                    raise Reject(f"malformed JSON: {error}") from None
             self._json = value
         return value
 
     @property
     def text(self):
         """The body as text; rejects the event when it is not UTF-8."""
+        if self._text is not None:
+            return self._text[self._start:self._end]
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -270,26 +293,19 @@ class Context:
     # ----- Keyed state -----
 
     def get(self, key, default=None):
-        """The value stored under `key` (parsed from JSON), or `default`."""
-        data = self._state.read(self._host, key)
-        if data is None:
-            return default
-        try:
-            return _loads(data)
-        except ValueError as error:
-            raise Reject(f"keyed state `{key}`: {error}") from None
+        """The value stored under `key` (as parsed from JSON), or `default`. The value is the
+        caller's copy: change it, then `put` it."""
+        value = self._state.read(self._host, key)
+        return default if value is _ABSENT else _copy(value)
 
     def put(self, key, value):
-        """Stores `value`, as JSON, under `key` (reaches the host when the batch ends)."""
-        try:
-            data = _dumps(value)
-        except (TypeError, ValueError) as error:
-            raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
-        self._state.write(key, data.encode("utf-8"))
+        """Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch
+        ends; a value that is not JSON rejects the event now)."""
+        self._state.write(key, _stored(key, value))
 
     def delete(self, key):
         """Removes `key` from the keyed state."""
-        self._state.write(key, None)
+        self._state.write(key, _ABSENT)
 
     # ----- Configuration and reference data -----
 
@@ -393,9 +409,9 @@ def _reason(error):
 
 # ----- Keyed state cache -----
 
-_ABSENT = None
 #: Most keys cached; past this the cache is emptied after a flush, bounding the instance's memory.
 MAX_CACHED_KEYS = 65_536
+_INF = float("inf")
 
 
 def _entries(writes):
@@ -412,54 +428,110 @@ def _entries(writes):
         yield key, value
 
 
+def _copy(value):
+    """A copy of a JSON value that the caller may change without changing the cache: cheap for
+    scalars and flat objects and lists, a JSON round trip otherwise."""
+    kind = type(value)
+    if kind is dict:
+        for item in value.values():
+            if type(item) in (dict, list):
+                return _loads(_dumps(value))
+        return value.copy()
+    if kind is list:
+        for item in value:
+            if type(item) in (dict, list):
+                return _loads(_dumps(value))
+        return value.copy()
+    return value
+
+
+def _stored(key, value):
+    """`value` as the cache keeps it for `put`: a copy, checked to be JSON (no NaN, no infinity,
+    only JSON types), so that writing it back at the end of the batch cannot fail."""
+    kind = type(value)
+    if kind is dict:
+        for name, item in value.items():
+            item_kind = type(item)
+            if type(name) is not str or not (
+                    item_kind is str or item_kind is int or item is None or item_kind is bool
+                    or (item_kind is float and item - item == 0.0)):
+                break
+        else:
+            return value.copy()
+    elif value is None or kind is str or kind is int or kind is bool or (
+            kind is float and value - value == 0.0):
+        return value
+    try:
+        return _loads(_dumps(value))
+    except (TypeError, ValueError) as error:
+        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+
+
 class _StateCache:
-    """The instance's keyed-state cache (key -> JSON bytes, None for no value), with an undo log
-    for the current event. Every key read is asked of the host once, unless the host handed the
-    whole state over (`complete`); every key written reaches the host in one `write-batch` call at
-    the end of the batch."""
+    """The instance's keyed-state cache, with an undo log for the current event.
+
+    Values are kept parsed (`values`: key -> value, `_ABSENT` for no value), or as the JSON bytes
+    the host handed over until first read (`raw`). A key read is asked of the host once, unless
+    the host handed the whole state over (`complete`). A written key is serialised once, when the
+    batch ends, and every key written reaches the host in one `write-batch` call."""
 
     def __init__(self):
         self.values = {}
+        self.raw = {}
         self.complete = False
-        self.dirty = {}
+        self.dirty = set()
         self.undo = None
 
     def restart(self, start):
         self.values = {}
-        self.dirty = {}
+        self.raw = {}
+        self.dirty = set()
         for key, value in _entries(start.entries):
             try:
-                self.values[key.decode("utf-8")] = value
+                self.raw[key.decode("utf-8")] = value
             except UnicodeDecodeError:
                 continue  # Keys the SDKs write are text: anything else is asked for.
-        self.complete = bool(start.whole) and len(self.values) <= MAX_CACHED_KEYS
+        self.complete = bool(start.whole) and len(self.raw) <= MAX_CACHED_KEYS
 
     def read(self, host, key):
+        """The cached value of `key` (not a copy), or `_ABSENT`."""
         values = self.values
-        if key in values:
-            return values[key]
-        value = None if self.complete else host.state_get(key.encode("utf-8"))
+        value = values.get(key, _UNKNOWN)
+        if value is not _UNKNOWN:
+            return value
+        data = self.raw.pop(key, _UNKNOWN)
+        if data is _UNKNOWN:
+            data = None if self.complete else host.state_get(key.encode("utf-8"))
+        if data is None:
+            value = _ABSENT
+        else:
+            try:
+                value = _loads(data)
+            except ValueError as error:
+                raise Reject(f"keyed state `{key}`: {error}") from None
         values[key] = value
         return value
 
     def write(self, key, value):
         undo = self.undo
         if undo is not None and key not in undo:
-            undo[key] = (self.values.get(key, _MISSING), self.dirty.get(key, _MISSING))
+            undo[key] = (self.values.get(key, _UNKNOWN), key in self.dirty)
+        self.raw.pop(key, None)
         self.values[key] = value
-        self.dirty[key] = True
+        self.dirty.add(key)
 
     def begin_event(self):
-        self.undo = {}
+        if self.undo is None or self.undo:
+            self.undo = {}
 
     def rollback_event(self):
         for key, (value, dirty) in (self.undo or {}).items():
-            if value is _MISSING:
+            if value is _UNKNOWN:
                 self.values.pop(key, None)
             else:
                 self.values[key] = value
-            if dirty is _MISSING:
-                self.dirty.pop(key, None)
+            if not dirty:
+                self.dirty.discard(key)
         self.undo = {}
 
     def flush(self, host):
@@ -472,17 +544,18 @@ class _StateCache:
             deletes = []
             current = self.values
             for key in self.dirty:
-                value = current.get(key)
+                value = current.get(key, _ABSENT)
                 keys += key.encode("utf-8")
                 key_ends.append(len(keys))
-                if value is not None:
-                    values += value
+                if value is not _ABSENT:
+                    values += _dumps(value).encode("utf-8")
                 value_ends.append(len(values))
-                deletes.append(value is None)
-            self.dirty = {}
+                deletes.append(value is _ABSENT)
+            self.dirty = set()
             host.state_write_batch(bytes(keys), key_ends, bytes(values), value_ends, deletes)
-        if len(self.values) > MAX_CACHED_KEYS:
+        if len(self.values) + len(self.raw) > MAX_CACHED_KEYS:
             self.values = {}
+            self.raw = {}
             self.complete = False
 
     def discard_unflushed(self):
@@ -490,12 +563,14 @@ class _StateCache:
         function raised past the runner): its writes never reached the host."""
         if self.dirty or self.undo:
             self.values = {}
-            self.dirty = {}
+            self.raw = {}
+            self.dirty = set()
             self.complete = False
         self.undo = None
 
 
-_MISSING = object()
+_UNKNOWN = object()
+_ABSENT = object()
 
 
 # ----- Runners: one pass over a batch in the WIT layout -----
@@ -521,21 +596,23 @@ def _batch_properties(batch):
 def batch_events(batch):
     """The events of a batch in the WIT layout, as `Event`s, in order."""
     bodies, keys = batch.bodies, batch.keys
+    text = None
+    if bodies.isascii():
+        text = bodies.decode("ascii")
     key_ends = batch.key_ends
     times, enqueued, positions = batch.event_times, batch.enqueued_times, batch.positions
     partition = batch.partition
     sources = _batch_sources(batch)
     properties = _batch_properties(batch) if batch.properties else None
     events = []
+    append = events.append
     body_start = key_start = 0
     for index, body_end in enumerate(batch.body_ends):
         key_end = key_ends[index]
         key = keys[key_start:key_end].decode("utf-8", "replace") if key_end > key_start else None
-        event = Event(bodies[body_start:body_end], key, times[index], enqueued[index],
-                      positions[index], partition,
-                      sources[index] if sources is not None and index < len(sources) else None,
-                      properties.get(index) if properties else None)
-        events.append(event)
+        append(Event(bodies, key, times[index], enqueued[index], positions[index], partition,
+                     sources[index] if sources is not None and index < len(sources) else None,
+                     properties.get(index) if properties else None, text, body_start, body_end))
         body_start, key_start = body_end, key_end
     return events
 
@@ -544,9 +621,15 @@ def run_transform(ctx, function, batch):
     """Runs `function` over every event of `batch`; returns (targets, payloads, emitted, rejected)
     with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
     ctx._begin_batch()
-    begin, reject = ctx._begin_event, ctx._reject
+    reject, state = ctx._reject, ctx._state
+    emitted, payloads = ctx._emitted, ctx._payloads
     for index, event in enumerate(batch_events(batch)):
-        begin(index, event.position)
+        # `Context._begin_event`, inlined: it runs once per event.
+        ctx._event = index
+        ctx._position = event.position
+        ctx._marks = (len(payloads), len(emitted))
+        if state.undo is None or state.undo:
+            state.undo = {}
         try:
             function(event, ctx)
         except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
