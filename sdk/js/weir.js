@@ -189,109 +189,177 @@ function* entries(writes) {
   }
 }
 
+/** A copy of a JSON value the caller may change without changing the cache. */
+function copy(value) {
+  if (value === null || typeof value !== "object") return value;
+  if (Array.isArray(value)) {
+    for (const item of value) if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
+    return value.slice();
+  }
+  for (const key in value) {
+    const item = value[key];
+    if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
+  }
+  return { ...value };
+}
+
+/** `value` as the cache keeps it for `put`: a copy of what JSON keeps of it (cheap for flat
+ * objects of numbers, strings, booleans and nulls), checked to be serialisable. */
+function stored(key, value) {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)
+    && Object.getPrototypeOf(value) === Object.prototype) {
+    let flat = true;
+    for (const name in value) {
+      const item = value[name];
+      const kind = typeof item;
+      if (!(kind === "string" || kind === "boolean" || item === null
+        || (kind === "number" && Number.isFinite(item)))) {
+        flat = false;
+        break;
+      }
+    }
+    if (flat) return { ...value };
+  }
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (error) {
+    throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
+  }
+  if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
+  return JSON.parse(text);
+}
+
+const ABSENT = Symbol("absent");
+
 /**
- * The instance's keyed-state cache (key -> JSON text, null for no value), with an undo log for the
- * current event. A key read is asked of the host once, unless the host handed the whole state over;
- * the keys written reach the host in one `write-batch` call at the end of the batch.
+ * The instance's keyed-state cache, with an undo log for the current event. Values are kept
+ * parsed (`values`: key -> value, ABSENT for none) or as the JSON text the host handed over until
+ * first read (`raw`). A key read is asked of the host once, unless the host handed the whole state
+ * over; a written key is serialised once, when the batch ends, and the keys written reach the host
+ * in one `write-batch` call.
  */
 class StateCache {
   constructor() {
     this.values = new Map();
+    this.raw = new Map();
     this.complete = false;
     this.dirty = new Set();
     this.undo = null;
+    this.inEvent = false;
   }
 
   restart(start) {
     this.values = new Map();
+    this.raw = new Map();
     this.dirty = new Set();
-    for (const [key, value] of entries(start.entries)) this.values.set(key, value);
-    this.complete = Boolean(start.whole) && this.values.size <= MAX_CACHED_KEYS;
+    for (const [key, value] of entries(start.entries)) this.raw.set(key, value);
+    this.complete = Boolean(start.whole) && this.raw.size <= MAX_CACHED_KEYS;
   }
 
+  /** The cached value of `key` (not a copy), or ABSENT. */
   read(host, key) {
-    const values = this.values;
-    const cached = values.get(key);
+    const cached = this.values.get(key);
     if (cached !== undefined) return cached;
-    let value = null;
-    if (!this.complete) {
+    let text = this.raw.get(key);
+    if (text !== undefined) {
+      this.raw.delete(key);
+    } else if (this.complete) {
+      text = null;
+    } else {
       const bytes = host.stateGet(encoder.encode(key));
-      value = bytes == null ? null : decoder.decode(bytes);
+      text = bytes == null ? null : decoder.decode(bytes);
     }
-    values.set(key, value);
+    let value = ABSENT;
+    if (text !== null) {
+      try {
+        value = JSON.parse(text);
+      } catch (error) {
+        throw new Reject(`keyed state \`${key}\`: ${error.message}`);
+      }
+    }
+    this.values.set(key, value);
     return value;
   }
 
   write(key, value) {
-    const undo = this.undo;
-    if (undo !== null && !undo.has(key)) {
-      undo.set(key, [this.values.has(key) ? this.values.get(key) : MISSING, this.dirty.has(key)]);
+    if (this.inEvent) {
+      if (this.undo === null) this.undo = new Map();
+      if (!this.undo.has(key)) {
+        this.undo.set(key, [this.values.has(key) ? this.values.get(key) : MISSING, this.dirty.has(key)]);
+      }
     }
+    this.raw.delete(key);
     this.values.set(key, value);
     this.dirty.add(key);
   }
 
   beginEvent() {
-    this.undo = new Map();
+    this.inEvent = true;
+    this.undo = null;
   }
 
   rollbackEvent() {
-    for (const [key, [value, dirty]] of this.undo || []) {
-      if (value === MISSING) this.values.delete(key);
-      else this.values.set(key, value);
-      if (!dirty) this.dirty.delete(key);
+    if (this.undo !== null) {
+      for (const [key, [value, dirty]] of this.undo) {
+        if (value === MISSING) this.values.delete(key);
+        else this.values.set(key, value);
+        if (!dirty) this.dirty.delete(key);
+      }
     }
-    this.undo = new Map();
+    this.undo = null;
   }
 
   flush(host) {
+    this.inEvent = false;
     this.undo = null;
     if (this.dirty.size > 0) {
-      const keys = [];
-      const values = [];
+      let keys = "";
+      let values = "";
       const keyEnds = new Uint32Array(this.dirty.size);
       const valueEnds = new Uint32Array(this.dirty.size);
       const deletes = [];
+      const keyParts = [];
+      const valueParts = [];
       let keyLength = 0;
       let valueLength = 0;
       let i = 0;
       for (const key of this.dirty) {
         const value = this.values.get(key);
         const keyBytes = encoder.encode(key);
-        keys.push(keyBytes);
+        keyParts.push(keyBytes);
         keyLength += keyBytes.length;
         keyEnds[i] = keyLength;
-        if (value != null) {
-          const valueBytes = encoder.encode(value);
-          values.push(valueBytes);
+        if (value !== ABSENT && value !== undefined) {
+          const valueBytes = encoder.encode(JSON.stringify(value));
+          valueParts.push(valueBytes);
           valueLength += valueBytes.length;
         }
         valueEnds[i] = valueLength;
-        deletes.push(value == null);
+        deletes.push(value === ABSENT || value === undefined);
         i++;
       }
+      keys = concat(keyParts, keyLength);
+      values = concat(valueParts, valueLength);
       this.dirty = new Set();
-      host.stateWriteBatch({
-        keys: concat(keys, keyLength),
-        keyEnds,
-        values: concat(values, valueLength),
-        valueEnds,
-        deletes,
-      });
+      host.stateWriteBatch({ keys, keyEnds, values, valueEnds, deletes });
     }
-    if (this.values.size > MAX_CACHED_KEYS) {
+    if (this.values.size + this.raw.size > MAX_CACHED_KEYS) {
       this.values = new Map();
+      this.raw = new Map();
       this.complete = false;
     }
   }
 
   discardUnflushed() {
-    if (this.dirty.size > 0 || (this.undo && this.undo.size > 0)) {
+    if (this.dirty.size > 0 || this.undo !== null) {
       this.values = new Map();
+      this.raw = new Map();
       this.dirty = new Set();
       this.complete = false;
     }
     this.undo = null;
+    this.inEvent = false;
   }
 }
 
@@ -398,27 +466,21 @@ export class Context {
 
   // ----- Keyed state -----
 
-  /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. */
+  /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
+   * value is the caller's copy: change it, then `put` it. */
   get(key, fallback = undefined) {
-    const text = this._state.read(this._host, key);
-    if (text === null) return fallback;
-    try {
-      return JSON.parse(text);
-    } catch (error) {
-      throw new Reject(`keyed state \`${key}\`: ${error.message}`);
-    }
+    const value = this._state.read(this._host, key);
+    return value === ABSENT ? fallback : copy(value);
   }
 
-  /** Stores `value`, as JSON, under `key` (reaches the host when the batch ends). */
+  /** Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch ends). */
   put(key, value) {
-    const text = JSON.stringify(value);
-    if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
-    this._state.write(key, text);
+    this._state.write(key, stored(key, value));
   }
 
   /** Removes `key` from the keyed state. */
   delete(key) {
-    this._state.write(key, null);
+    this._state.write(key, ABSENT);
   }
 
   // ----- Configuration and reference data -----
@@ -532,6 +594,11 @@ export function batchEvents(batch) {
     if (decoded.length === bodies.length) text = decoded;
   }
   const keys = batch.keys;
+  let keyText = null;
+  if (keys.length > 0) {
+    const decoded = decoder.decode(keys);
+    if (decoded.length === keys.length) keyText = decoded;
+  }
   const names = batch.sources;
   const sourceOf = batch.eventSources;
   const hasSources = names && names.length > 0 && sourceOf && sourceOf.length > 0;
@@ -549,7 +616,8 @@ export function batchEvents(batch) {
   for (let i = 0; i < events.length; i++) {
     const bodyEnd = Number(batch.bodyEnds[i]);
     const keyEnd = Number(batch.keyEnds[i]);
-    const key = keyEnd > keyStart ? decoder.decode(keys.subarray(keyStart, keyEnd)) : null;
+    const key = keyEnd <= keyStart ? null
+      : keyText !== null ? keyText.slice(keyStart, keyEnd) : decoder.decode(keys.subarray(keyStart, keyEnd));
     events[i] = new Event(text, bodies, bodyStart, bodyEnd, key,
       Number(batch.eventTimes[i]), Number(batch.enqueuedTimes[i]), Number(batch.positions[i]),
       batch.partition, hasSources ? (names[sourceOf[i]] ?? null) : null,
