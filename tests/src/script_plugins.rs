@@ -3,15 +3,29 @@
 //! skips componentizing), then compiled once into a compile cache that every test's plugin store
 //! links to (a Python or JavaScript component takes tens of seconds to compile in a debug build).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use weir::plugin::{PluginEngine, PluginKind};
 
-/// One build and compile at a time in a test process: the tests that share a plugin wait for the
-/// first to build it rather than build it again beside it.
-static BUILDING: Mutex<()> = Mutex::new(());
+/// One build and compile of each plugin at a time in a test process: the tests that share a
+/// plugin wait for the first to build it rather than build it again beside it (different plugins
+/// build side by side).
+static BUILDING: Mutex<Option<HashMap<String, Arc<Mutex<()>>>>> = Mutex::new(None);
+
+/// The lock of plugin `dir`.
+fn build_lock(dir: &str) -> Arc<Mutex<()>> {
+    let mut locks = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks
+        .get_or_insert_with(HashMap::new)
+        .entry(dir.to_owned())
+        .or_default()
+        .clone()
+}
 
 /// Where built components, their cache and the shared compile cache live: beside the Rust test
 /// plugins, under the target directory.
