@@ -47,9 +47,8 @@ fn compiled_dir() -> PathBuf {
 /// `plugins/python/telemetry-anomaly`), built if its inputs changed, and compiled into the shared
 /// compile cache as a plugin of `kind`.
 pub fn script_plugin(dir: &str, kind: PluginKind) -> PathBuf {
-    let _one_at_a_time = BUILDING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = build_lock(dir);
+    let _one_at_a_time = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let name = dir.trim_end_matches('/').replace(['/', '-'], "_");
     let out = root().join(format!("{name}.wasm"));
     let workspace = crate::workspace_dir();
