@@ -218,6 +218,7 @@ impl<'a> Reader<'a> {
         let body = Bytes::copy_from_slice(self.bytes("an event's body")?);
         Ok(Event {
             partition,
+            source: crate::event::no_source(),
             position,
             key,
             event_time,

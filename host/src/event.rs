@@ -1,5 +1,7 @@
 //! The unit of data that flows from sources through stages to sinks.
 
+use std::sync::{Arc, LazyLock};
+
 use bytes::Bytes;
 
 /// Index of a partition within a source (0-based).
@@ -16,6 +18,9 @@ pub type Position = u64;
 pub struct Event {
     /// The partition the event belongs to.
     pub partition: PartitionId,
+    /// The name of the source the event was read from (the pipeline's name for it in the
+    /// configuration); set by the partition worker when it reads the event, empty before.
+    pub source: Arc<str>,
     /// Its position in that partition.
     pub position: Position,
     /// The partition key, when the source has one.
@@ -35,6 +40,7 @@ impl Event {
     pub fn new(partition: PartitionId, position: Position, body: impl Into<Bytes>) -> Self {
         Event {
             partition,
+            source: no_source(),
             position,
             key: None,
             event_time: None,
@@ -48,6 +54,13 @@ impl Event {
     pub fn time(&self) -> i64 {
         self.event_time.unwrap_or(self.enqueued_time)
     }
+}
+
+/// The source name of an event not read from a source yet (empty), shared rather than allocated
+/// per event.
+pub fn no_source() -> Arc<str> {
+    static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -20,6 +20,7 @@ pub struct Event<'a> {
     pub(crate) enqueued_time: i64,
     pub(crate) position: u64,
     pub(crate) partition: u32,
+    pub(crate) source: &'a str,
 }
 
 impl<'a> Event<'a> {
@@ -140,6 +141,13 @@ impl<'a> Event<'a> {
     /// The source partition the event comes from.
     pub fn partition(&self) -> u32 {
         self.partition
+    }
+
+    /// The name of the source the event comes from, as the pipeline's configuration names it
+    /// (`bookings`, `payments`): a pipeline with several sources tells them apart by it. Empty
+    /// when the host did not say (a record made by an earlier stage from no single event).
+    pub fn source(&self) -> &'a str {
+        self.source
     }
 
     /// The value of application property `name` (an Event Hubs property, a Kafka header, an HTTP

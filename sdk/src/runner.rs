@@ -86,6 +86,7 @@ impl Runner {
                 enqueued_time: batch.enqueued_times.get(index).copied().unwrap_or_default(),
                 position,
                 partition: batch.partition,
+                source: source_of(batch, index),
             };
             let result = transform(&event, ctx);
             ctx.end_event(result);
@@ -190,6 +191,17 @@ impl BatchIndex {
             enqueued_time: batch.enqueued_times.get(i).copied().unwrap_or_default(),
             position: batch.positions.get(i).copied().unwrap_or_default(),
             partition: batch.partition,
+            source: source_of(batch, i),
         })
     }
+}
+
+/// The source name of event `index` of `batch`; empty when the batch does not say (a host older
+/// than the `sources` lists, or an index out of range).
+fn source_of(batch: &EventBatch, index: usize) -> &str {
+    batch
+        .event_sources
+        .get(index)
+        .and_then(|&source| batch.sources.get(usize::from(source)))
+        .map_or("", String::as_str)
 }

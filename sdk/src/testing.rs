@@ -324,6 +324,9 @@ pub struct TestEvent {
     pub properties: Vec<(String, String)>,
     /// Source position; `None` lets the harness number events in the order it sees them.
     pub position: Option<u64>,
+    /// The name of the source the event comes from (what [`Event::source`] returns); empty by
+    /// default.
+    pub source: String,
 }
 
 impl TestEvent {
@@ -369,6 +372,12 @@ impl TestEvent {
         self.position = Some(position);
         self
     }
+
+    /// From the source named `source` (a pipeline with several sources tells them apart by it).
+    pub fn from_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
 }
 
 impl From<&str> for TestEvent {
@@ -403,6 +412,8 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
         keys: Vec::new(),
         key_ends: Vec::with_capacity(events.len()),
         properties: Vec::new(),
+        sources: Vec::new(),
+        event_sources: Vec::with_capacity(events.len()),
     };
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);
@@ -414,6 +425,17 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
         batch.positions.push(event.position.unwrap_or(index as u64));
         batch.event_times.push(event.time);
         batch.enqueued_times.push(event.enqueued_time);
+        let source = match batch.sources.iter().position(|s| *s == event.source) {
+            Some(found) => found,
+            None => {
+                batch.sources.push(event.source.clone());
+                batch.sources.len() - 1
+            }
+        };
+        match u16::try_from(source) {
+            Ok(source) => batch.event_sources.push(source),
+            Err(_) => panic!("a batch is limited to 65,536 source names"),
+        }
         for (name, value) in &event.properties {
             batch.properties.push(Property {
                 event: offset(index),

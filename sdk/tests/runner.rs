@@ -359,6 +359,8 @@ fn a_batch_with_bad_offsets_rejects_the_events_it_cannot_read() {
         keys: Vec::new(),
         key_ends: vec![0, 0, 0],
         properties: Vec::new(),
+        sources: Vec::new(),
+        event_sources: Vec::new(),
     };
     let mut runner = NativeRunner::new(emit_then_maybe_reject);
     let output = runner.process(&batch);
@@ -497,4 +499,39 @@ fn a_panicking_batch_writes_nothing_like_a_trapped_one() {
     harness.run("third");
     assert_eq!(harness.state::<String>("k").as_deref(), Some("third"));
     assert_eq!(harness.counter("calls"), 2);
+}
+
+/// Routes each event to an output named after its source.
+fn by_source(event: &Event, ctx: &mut Context) -> Result<()> {
+    ctx.forward(event.source());
+    Ok(())
+}
+
+#[test]
+fn each_event_reads_the_source_it_came_from() {
+    let mut harness = Harness::new(by_source);
+    let outcomes = harness.run_batch(vec![
+        TestEvent::new("b1").from_source("bookings"),
+        TestEvent::new("p1").from_source("payments"),
+        TestEvent::new("b2").from_source("bookings"),
+    ]);
+    assert!(outcomes[0].forwarded_to("bookings"));
+    assert!(outcomes[1].forwarded_to("payments"));
+    assert!(outcomes[2].forwarded_to("bookings"));
+    let batch = batch_of(
+        0,
+        &[
+            TestEvent::new("x").from_source("payments"),
+            TestEvent::new("y").from_source("bookings"),
+        ],
+    );
+    assert_eq!(batch.sources, ["payments", "bookings"]);
+    assert_eq!(batch.event_sources, [0, 1]);
+    // A batch that names no sources (an older host) reads as an empty source name.
+    let mut batch = batch;
+    batch.sources.clear();
+    batch.event_sources.clear();
+    let mut runner = NativeRunner::new(by_source);
+    let output = runner.process(&batch);
+    assert_eq!(output.targets, [""]);
 }

@@ -100,6 +100,22 @@ pub struct Checkpoint {
     /// kept for other readers of the store such as the Azure SDKs' event processors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_offset: Option<String>,
+    /// A pipeline with several sources: each source's position (and offset), by source name,
+    /// each resumed after its own. `position` is then the partition's own sequence of merged
+    /// events (see [`crate::time::SourceMerge`]), which sinks see as positions. Empty for a
+    /// pipeline with one source, whose position is `position` (as checkpoints always had it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourcePosition>,
+}
+
+/// Where one source of a pipeline partition with several stands in a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// The last position of the source whose effects are covered; its reader resumes after it.
+    pub position: Option<Position>,
+    /// The source's own name for `position` when it has one (an Event Hubs offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
 }
 
 /// The ownership record of one partition.

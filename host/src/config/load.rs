@@ -105,13 +105,53 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
         base_dir: base_dir.to_path_buf(),
         text: text.into(),
     };
+    for (name, pipeline) in &mut loaded.config.pipelines {
+        pipeline.sources = source_names(&doc, name, pipeline)?;
+    }
     let mut stages = validate(&loaded, &doc)?;
     // Past loading, a stage is its one resolved kind: the tables as written are dropped.
     for (name, pipeline) in &mut loaded.config.pipelines {
+        pipeline.source_entries = super::stage::source_entries(pipeline);
         pipeline.stage_tables = Vec::new();
         pipeline.stages = stages.remove(name).unwrap_or_default();
     }
     Ok(loaded)
+}
+
+/// A pipeline's sources: its `source`, or its `sources` (one of the two, each name once).
+fn source_names(
+    doc: &Document<'_>,
+    name: &str,
+    pipeline: &PipelineConfig,
+) -> Result<Vec<String>, ConfigError> {
+    match (&pipeline.one_source, &pipeline.source_list) {
+        (Some(_), Some(_)) => Err(doc.error(
+            &["pipelines", name, "sources"],
+            "a pipeline names its sources once: `source = \"<name>\"` for one, or `sources = [..]` for several, not both",
+        )),
+        (None, None) => Err(doc.error(
+            &["pipelines", name],
+            "missing field `source`: expected `source = \"<name>\"`, or `sources = [..]` for several",
+        )),
+        (Some(one), None) => Ok(vec![one.clone()]),
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(doc.error(
+                    &["pipelines", name, "sources"],
+                    "expected at least one source",
+                ));
+            }
+            for (index, source) in list.iter().enumerate() {
+                if list[..index].contains(source) {
+                    return Err(doc.error(
+                        &["pipelines", name, "sources", &index.to_string()],
+                        format!("source `{source}` is named twice"),
+                    ));
+                }
+            }
+            Ok(list.clone())
+        }
+    }
 }
 
 /// The text of a configuration file, for locating keys in error messages.
@@ -418,13 +458,21 @@ fn validate_kafka_sources(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(
 fn validate_consumer_scopes(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
     let mut scopes: BTreeMap<String, &String> = BTreeMap::new();
     for (name, pipeline) in &config.pipelines {
-        let Some(source) = config.sources.get(&pipeline.source) else {
+        let Some(first) = pipeline.sources.first() else {
             continue;
         };
-        let scope = source.consumer_scope(&pipeline.source, name).prefix();
+        let Some(source) = config.sources.get(first) else {
+            continue;
+        };
+        let scope = source.consumer_scope(first, name).prefix();
         if let Some(other) = scopes.insert(scope.clone(), name) {
+            let key = if pipeline.one_source.is_some() {
+                "source"
+            } else {
+                "sources"
+            };
             return Err(doc.error(
-                &["pipelines", name, "source"],
+                &["pipelines", name, key],
                 format!(
                     "pipelines `{other}` and `{name}` read the same stream as the same consumer group (`{scope}`): give the source a `consumer_group` per pipeline"
                 ),
@@ -462,16 +510,24 @@ fn validate_pipeline(
     name: &str,
     pipeline: &PipelineConfig,
 ) -> Result<(), ConfigError> {
-    if !config.sources.contains_key(&pipeline.source) {
-        return Err(doc.error(
-            &["pipelines", name, "source"],
-            format!(
-                "source `{}` is not defined ({})",
-                pipeline.source,
-                one_of(config.sources.keys())
-            ),
-        ));
+    for (index, source) in pipeline.sources.iter().enumerate() {
+        if !config.sources.contains_key(source) {
+            let index = index.to_string();
+            let keys: &[&str] = if pipeline.one_source.is_some() {
+                &["pipelines", name, "source"]
+            } else {
+                &["pipelines", name, "sources", &index]
+            };
+            return Err(doc.error(
+                keys,
+                format!(
+                    "source `{source}` is not defined ({})",
+                    one_of(config.sources.keys())
+                ),
+            ));
+        }
     }
+    validate_source_event_times(doc, name, pipeline)?;
     if !config.sinks.contains_key(&pipeline.dead_letter) {
         return Err(doc.error(
             &["pipelines", name, "dead_letter"],
@@ -504,6 +560,49 @@ fn validate_pipeline(
             &["pipelines", name, "stages"],
             "expected at least one stage (`[[pipelines.<name>.stages]]`)",
         ));
+    }
+    Ok(())
+}
+
+/// A pipeline's `event_time.sources` tables name its sources, and hold no tables of their own.
+fn validate_source_event_times(
+    doc: &Document<'_>,
+    name: &str,
+    pipeline: &PipelineConfig,
+) -> Result<(), ConfigError> {
+    let Some(event_time) = &pipeline.event_time else {
+        return Ok(());
+    };
+    for (source, own) in &event_time.sources {
+        let keys = ["pipelines", name, "event_time", "sources", source.as_str()];
+        if !pipeline.sources.contains(source) {
+            return Err(doc.error(
+                &keys,
+                format!(
+                    "`{source}` is not a source of this pipeline (its sources: {})",
+                    pipeline
+                        .sources
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if !own.sources.is_empty() {
+            return Err(doc.error(
+                &[&keys[..], &["sources"]].concat(),
+                "a source's event-time table holds its own settings, not other sources'",
+            ));
+        }
+        if let Some(share) = own.max_out_of_order_share
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(doc.error(
+                &[&keys[..], &["max_out_of_order_share"]].concat(),
+                format!("expected a share from 0 to 1 (0.01 is 1%), found {share}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -622,6 +721,121 @@ outputs = { alerts = "out" }
         assert_eq!(
             loaded.config.pipelines["p"].stages[0].outputs["alerts"].names(),
             ["out"]
+        );
+    }
+
+    /// `VALID` with a second simulator `pay` and the pipeline reading `sources`, then `extra`
+    /// appended.
+    fn two_sources(sources: &str, extra: &str) -> String {
+        VALID
+            .replace(
+                "[sinks.out]",
+                "[sources.pay]\nkind = \"simulator\"\n\n[sinks.out]",
+            )
+            .replace("source = \"sim\"", &format!("sources = {sources}"))
+            + extra
+    }
+
+    fn load_ok(text: &str) -> LoadedConfig {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        load_str(text, Path::new("weir.toml"), dir.path()).expect("valid")
+    }
+
+    #[test]
+    fn a_pipeline_reads_several_sources_each_with_its_event_time() {
+        let loaded = load_ok(&two_sources(
+            r#"["sim", "pay"]"#,
+            "\n[pipelines.p.event_time]\nfield = \"ts\"\nidle_timeout = \"5s\"\n\
+             [pipelines.p.event_time.sources.pay]\nfield = \"paid_at\"\n",
+        ));
+        let pipeline = &loaded.config.pipelines["p"];
+        assert_eq!(pipeline.sources, ["sim", "pay"]);
+        assert_eq!(pipeline.source_label(), "sim+pay");
+        let own = |s: &str| pipeline.event_time_of(s).expect("event time");
+        assert_eq!(own("sim").field.as_deref(), Some("ts"));
+        assert_eq!(own("pay").field.as_deref(), Some("paid_at"));
+        // A key the source's table leaves out is the pipeline's.
+        assert_eq!(
+            own("pay").idle_timeout.map(|d| d.get()),
+            Some(std::time::Duration::from_secs(5))
+        );
+        // Both enter the first stage by default (a union).
+        let first = [crate::config::SourceEntry {
+            stage: 0,
+            right: false,
+        }];
+        assert_eq!(pipeline.source_entries["sim"], first);
+        assert_eq!(pipeline.source_entries["pay"], first);
+        // One source stays `source = ".."`.
+        assert_eq!(load_ok(VALID).config.pipelines["p"].sources, ["sim"]);
+    }
+
+    #[test]
+    fn bad_sources_are_refused_with_file_line_and_key() {
+        let err = refuse(&two_sources(r#"["sim", "nope"]"#, ""));
+        assert!(
+            err.starts_with("weir.toml:12:19:")
+                && err.contains(
+                    "`pipelines.p.sources[1]`: source `nope` is not defined (defined: `pay`, `sim`)"
+                ),
+            "{err}"
+        );
+        let err =
+            refuse(&VALID.replace("source = \"sim\"", "source = \"sim\"\nsources = [\"sim\"]"));
+        assert!(
+            err.contains("`pipelines.p.sources`: a pipeline names its sources once"),
+            "{err}"
+        );
+        let err = refuse(&two_sources(r#"["sim", "sim"]"#, ""));
+        assert!(err.contains("source `sim` is named twice"), "{err}");
+        let err = refuse(&two_sources(
+            r#"["sim", "pay"]"#,
+            "\n[pipelines.p.event_time.sources.other]\nfield = \"t\"\n",
+        ));
+        assert!(
+            err.contains("`pipelines.p.event_time.sources.other`: `other` is not a source of this pipeline (its sources: `sim`, `pay`)"),
+            "{err}"
+        );
+        // A stage's `input` names a source of the pipeline; `left` belongs to joins.
+        let err = refuse(&two_sources(r#"["sim", "pay"]"#, "").replace(
+            "outputs = { alerts = \"out\" }",
+            "outputs = { alerts = \"out\" }\ninput = \"other\"",
+        ));
+        assert!(
+            err.contains("`pipelines.p.stages[0].input`: `other` is not a source of this pipeline"),
+            "{err}"
+        );
+        let err = refuse(&two_sources(r#"["sim", "pay"]"#, "").replace(
+            "outputs = { alerts = \"out\" }",
+            "outputs = { alerts = \"out\" }\nleft = \"sim\"",
+        ));
+        assert!(
+            err.contains("`pipelines.p.stages[0].left`: `left` belongs to a join stage"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_join_reads_its_sides_straight_from_sources() {
+        let join = "\njoin = { key = \"id\", within = \"2m\" }\nleft = \"sim\"\nright = \"pay\"";
+        let text = two_sources(r#"["sim", "pay"]"#, "").replace(
+            "outputs = { alerts = \"out\" }",
+            &format!("outputs = {{ alerts = \"out\" }}{join}"),
+        );
+        let pipeline = load_ok(&text).config.pipelines["p"].clone();
+        assert_eq!(
+            pipeline.source_entries["pay"],
+            [crate::config::SourceEntry {
+                stage: 0,
+                right: true
+            }]
+        );
+        let err = refuse(&text.replace("right = \"pay\"", "right = \"payments\""));
+        assert!(
+            err.starts_with("weir.toml:")
+                && err.contains("`pipelines.p.stages[0].right`: `payments` is not a source of this pipeline (its sources: `sim`, `pay`)"),
+            "{err}"
         );
     }
 

@@ -80,9 +80,12 @@ impl Config {
         self.pipelines
             .iter()
             .map(|(name, pipeline)| {
-                let scope = match self.sources.get(&pipeline.source) {
-                    Some(source) => source.consumer_scope(&pipeline.source, name),
-                    None => ConsumerScope::local(&pipeline.source, name),
+                // A pipeline with several sources keeps its checkpoints and claims under its
+                // first source's scope: a claim covers every source of the partition.
+                let first = pipeline.sources.first().map_or("", String::as_str);
+                let scope = match self.sources.get(first) {
+                    Some(source) => source.consumer_scope(first, name),
+                    None => ConsumerScope::local(first, name),
                 };
                 (name.clone(), scope)
             })
@@ -399,8 +402,22 @@ pub enum SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Name of the source.
-    pub source: String,
+    /// Name of the source of a pipeline with one (`source = "x"`); a pipeline with several names
+    /// them in `sources` instead. Read through [`PipelineConfig::sources`].
+    #[serde(default, rename = "source")]
+    one_source: Option<String>,
+    /// Names of the sources of a pipeline with several (`sources = ["bookings", "payments"]`).
+    /// They must be co-partitioned (the same partition count and key hashing): pipeline partition
+    /// *i* reads partition *i* of each, in one worker. Read through [`PipelineConfig::sources`].
+    #[serde(default, rename = "sources")]
+    source_list: Option<Vec<String>>,
+    /// The pipeline's sources in order: its `source`, or its `sources`. Filled by [`load`].
+    #[serde(skip)]
+    pub sources: Vec<String>,
+    /// Where each source's events enter the stages, by source name: the stages that name it as
+    /// their `input` or as a join's `left` or `right`, else the first stage. Filled by [`load`].
+    #[serde(skip)]
+    pub source_entries: BTreeMap<String, Vec<SourceEntry>>,
     /// Where event time comes from; absent uses the time the event was enqueued or received.
     #[serde(default)]
     pub event_time: Option<EventTimeConfig>,
@@ -420,6 +437,36 @@ pub struct PipelineConfig {
     /// sinks or to later stages. Filled by [`load`] from the file's stage tables.
     #[serde(skip)]
     pub stages: Vec<StageConfig>,
+}
+
+/// Where a source's events enter a pipeline's stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceEntry {
+    /// Index of the stage.
+    pub stage: usize,
+    /// Whether they enter the stage's second input (a join's `right`).
+    pub right: bool,
+}
+
+impl PipelineConfig {
+    /// The pipeline's sources for people and metric labels: its one source, or its sources
+    /// joined by `+` (`bookings+payments`).
+    pub fn source_label(&self) -> String {
+        self.sources.join("+")
+    }
+
+    /// The event-time settings of `source`: the pipeline's `event_time`, with what its
+    /// `event_time.sources.<source>` table sets instead.
+    pub fn event_time_of(&self, source: &str) -> Option<EventTimeConfig> {
+        let shared = self.event_time.as_ref()?;
+        Some(match shared.sources.get(source) {
+            Some(own) => own.over(shared),
+            None => EventTimeConfig {
+                sources: BTreeMap::new(),
+                ..shared.clone()
+            },
+        })
+    }
 }
 
 fn default_max_event_bytes() -> usize {
@@ -458,12 +505,47 @@ pub struct EventTimeConfig {
     /// summary says it. Absent: 0.01 (1%); 1 never warns.
     #[serde(default)]
     pub max_out_of_order_share: Option<f64>,
+    /// A pipeline with several sources: each source's own settings, by source name, with the
+    /// keys above (`[pipelines.<name>.event_time.sources.bookings]`, `field = "booking_time"`);
+    /// a key a source's table leaves out is the pipeline's.
+    #[serde(default)]
+    pub sources: BTreeMap<String, EventTimeConfig>,
+    /// Whose time semantics the pipeline follows: Weir's own (`weir`, the default) or Azure
+    /// Stream Analytics' (`stream_analytics`). Under `stream_analytics`, an absent
+    /// `late_arrival` is ASA's default (5 s, `adjust`), an absent `out_of_order` is ASA's (0 s,
+    /// `adjust`), the pipeline's window stages default to `stream_analytics` windows, and when
+    /// every partition has been idle for `idle_timeout` the watermark follows the wall clock
+    /// less the late-arrival tolerance (see [`crate::time::quiet_watermark`]).
+    #[serde(default)]
+    pub semantics: Option<WindowSemantics>,
 }
 
 impl EventTimeConfig {
+    /// These settings, with `shared`'s where these set none.
+    fn over(&self, shared: &EventTimeConfig) -> EventTimeConfig {
+        EventTimeConfig {
+            field: self.field.clone().or_else(|| shared.field.clone()),
+            out_of_order: self.out_of_order.or(shared.out_of_order),
+            late_arrival: self.late_arrival.or(shared.late_arrival),
+            idle_timeout: self.idle_timeout.or(shared.idle_timeout),
+            max_out_of_order_share: self
+                .max_out_of_order_share
+                .or(shared.max_out_of_order_share),
+            sources: BTreeMap::new(),
+            semantics: self.semantics.or(shared.semantics),
+        }
+    }
+
     /// Whether the pipeline asks for event ordering (a reorder buffer and late-event policies).
     pub fn orders_events(&self) -> bool {
-        self.out_of_order.is_some() || self.late_arrival.is_some()
+        self.out_of_order.is_some() || self.late_arrival.is_some() || self.is_stream_analytics()
+    }
+
+    /// Whether the pipeline follows Stream Analytics' time semantics (`semantics =
+    /// "stream_analytics"`): ASA's event-ordering defaults and a watermark that follows the wall
+    /// clock when every partition is idle.
+    pub fn is_stream_analytics(&self) -> bool {
+        self.semantics == Some(WindowSemantics::StreamAnalytics)
     }
 }
 

@@ -132,6 +132,16 @@ pub(super) struct StageTable {
     /// reloaded when they change.
     #[serde(default)]
     pub(super) reference: BTreeMap<String, ReferenceTableConfig>,
+    /// Sources of the pipeline whose events enter this stage (one name or a list); a source no
+    /// stage names (here, or as a join's `left` or `right`) enters the first stage.
+    #[serde(default)]
+    pub(super) input: Option<Destinations>,
+    /// A join's left input, read straight from this source of the pipeline.
+    #[serde(default)]
+    pub(super) left: Option<String>,
+    /// A join's right input, read straight from this source of the pipeline.
+    #[serde(default)]
+    pub(super) right: Option<String>,
 }
 
 /// A reference table: rows looked up by the value of one column.
@@ -243,10 +253,11 @@ pub struct WindowConfig {
     /// `stream_analytics` semantics, checked at multiples of it (see [`WindowSemantics`]).
     #[serde(default)]
     pub max_duration: Option<ConfigDuration>,
-    /// Whose window semantics: Weir's own (`weir`, the default) or Azure Stream Analytics'
-    /// (`stream_analytics`).
+    /// Whose window semantics: Weir's own (`weir`) or Azure Stream Analytics'
+    /// (`stream_analytics`). Absent: the pipeline's `event_time.semantics` (loading fills it in;
+    /// read it with [`WindowConfig::semantics`]).
     #[serde(default)]
-    pub semantics: WindowSemantics,
+    pub semantics: Option<WindowSemantics>,
     /// Stream Analytics' offset argument of a tumbling or hopping window: window ends fall on
     /// the Unix epoch plus `offset` plus multiples of the hop (`stream_analytics` semantics only).
     #[serde(default)]
@@ -257,6 +268,13 @@ pub struct WindowConfig {
     /// Field of every output record that the host sets to the window's end (RFC 3339).
     #[serde(default = "default_window_end_field")]
     pub end_field: String,
+}
+
+impl WindowConfig {
+    /// Whose window semantics the stage follows: its own `semantics`, else Weir's.
+    pub fn semantics(&self) -> WindowSemantics {
+        self.semantics.unwrap_or_default()
+    }
 }
 
 fn default_window_start_field() -> String {
@@ -381,7 +399,8 @@ pub(super) fn resolve_stages(
         check_name(loaded, doc, &keys, stage, &mut seen)?;
         let runner = runner(loaded, doc, &keys, stage)?;
         check_routes(loaded, doc, &keys, tables, index)?;
-        let timing = timing(doc, &keys, tables, index)?;
+        check_source_inputs(doc, &keys, pipeline, stage)?;
+        let timing = timing(doc, &keys, tables, index, pipeline_semantics(pipeline))?;
         check_references(loaded, doc, &keys, stage)?;
         if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
             return Err(doc.error(
@@ -389,9 +408,22 @@ pub(super) fn resolve_stages(
                 "expected at least 1048576 (1 MiB)",
             ));
         }
-        stages.push(resolve(stage, runner, timing));
+        let mut resolved = resolve(stage, runner, timing);
+        if let StageKind::Window { window, .. } = &mut resolved.kind {
+            window.semantics = window.semantics.or(Some(pipeline_semantics(pipeline)));
+        }
+        stages.push(resolved);
     }
     Ok(stages)
+}
+
+/// The semantics a window stage that names none follows: the pipeline's `event_time.semantics`.
+fn pipeline_semantics(pipeline: &PipelineConfig) -> WindowSemantics {
+    pipeline
+        .event_time
+        .as_ref()
+        .and_then(|t| t.semantics)
+        .unwrap_or_default()
 }
 
 /// The stage's name is its own, unique in the pipeline and no sink's.
@@ -543,6 +575,93 @@ fn check_routes(
     Ok(())
 }
 
+/// The sources a stage reads straight from (`input`, a join's `left` and `right`) are sources of
+/// the pipeline, and a join reads them through its two inputs, any other stage through its one.
+fn check_source_inputs(
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    pipeline: &PipelineConfig,
+    stage: &StageTable,
+) -> Result<(), ConfigError> {
+    let is_join = stage.join.is_some();
+    let named = stage
+        .input
+        .iter()
+        .flat_map(|input| input.names().iter().map(|name| ("input", name)))
+        .chain(stage.left.iter().map(|name| ("left", name)))
+        .chain(stage.right.iter().map(|name| ("right", name)));
+    for (key, source) in named {
+        if key == "input" && is_join {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{}` is a join: a source enters it as its `left` or its `right`",
+                    stage.name
+                ),
+            ));
+        }
+        if key != "input" && !is_join {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{key}` belongs to a join stage; `{}` is not a join: a source enters it through `input`",
+                    stage.name
+                ),
+            ));
+        }
+        if !pipeline.sources.contains(source) {
+            return Err(doc.error(
+                &keys.at(key),
+                format!(
+                    "`{source}` is not a source of this pipeline (its sources: {})",
+                    pipeline
+                        .sources
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where each source of a pipeline enters its stages: the stages that name it (as `input`,
+/// `left` or `right`), else the first stage.
+pub(super) fn source_entries(
+    pipeline: &PipelineConfig,
+) -> BTreeMap<String, Vec<super::SourceEntry>> {
+    use super::SourceEntry;
+    let mut entries = BTreeMap::new();
+    for source in &pipeline.sources {
+        let mut found = Vec::new();
+        for (stage, table) in pipeline.stage_tables.iter().enumerate() {
+            let as_input = table
+                .input
+                .as_ref()
+                .is_some_and(|input| input.names().contains(source));
+            if as_input || table.left.as_ref() == Some(source) {
+                found.push(SourceEntry {
+                    stage,
+                    right: false,
+                });
+            }
+            if table.right.as_ref() == Some(source) {
+                found.push(SourceEntry { stage, right: true });
+            }
+        }
+        if found.is_empty() {
+            found.push(SourceEntry {
+                stage: 0,
+                right: false,
+            });
+        }
+        entries.insert(source.clone(), found);
+    }
+    entries
+}
+
 /// A window has the durations of its kind; a join is not also a window, has a time bound and is
 /// fed by an earlier stage.
 fn timing<'s>(
@@ -550,10 +669,13 @@ fn timing<'s>(
     keys: &StageKeys<'_>,
     stages: &'s [StageTable],
     index: usize,
+    inherited: WindowSemantics,
 ) -> Result<Timing<'s>, ConfigError> {
     let stage = &stages[index];
     if let Some(window) = &stage.window {
-        validate_window(doc, &keys.at("window"), window)?;
+        let mut window = window.clone();
+        window.semantics = window.semantics.or(Some(inherited));
+        validate_window(doc, &keys.at("window"), &window)?;
     }
     let Some(join) = &stage.join else {
         return Ok(stage.window.as_ref().map_or(Timing::Events, Timing::Window));
@@ -567,18 +689,20 @@ fn timing<'s>(
             "a join needs a time bound above zero (`within`, `before`)",
         ));
     }
-    let fed = stages[..index].iter().any(|s| {
-        s.outputs.values().any(|d| {
-            d.names()
-                .iter()
-                .any(|n| n.starts_with(&format!("{}.", stage.name)))
-        })
-    });
+    let from_sources = stage.left.is_some() || stage.right.is_some();
+    let fed = from_sources
+        || stages[..index].iter().any(|s| {
+            s.outputs.values().any(|d| {
+                d.names()
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{}.", stage.name)))
+            })
+        });
     if !fed {
         return Err(doc.error(
             &keys.at("join"),
             format!(
-                "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`",
+                "nothing routes to join `{0}`: earlier stages route to `{0}.left` and `{0}.right`, or its `left` and `right` name sources of the pipeline",
                 stage.name
             ),
         ));
@@ -717,7 +841,7 @@ fn validate_window(
         }
     }
     if let Some(offset) = window.offset {
-        if window.semantics != WindowSemantics::StreamAnalytics {
+        if window.semantics() != WindowSemantics::StreamAnalytics {
             return Err(doc.error(
                 &key("offset"),
                 "`offset` is Stream Analytics' window argument: it needs `semantics = \"stream_analytics\"`",
@@ -838,9 +962,20 @@ outputs = { rows = "out" }
 
     /// The window table of `FOUR_KINDS` replaced by `table`: the loaded window, or the error.
     fn with_window(table: &str) -> Result<WindowConfig, String> {
+        with_window_in(table, "")
+    }
+
+    /// As [`with_window`], with `pipeline_keys` (lines, each ending with a newline) added to the
+    /// pipeline's table.
+    fn with_window_in(table: &str, pipeline_keys: &str) -> Result<WindowConfig, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
-        let text = FOUR_KINDS.replace(r#"{ type = "tumbling", size = "5m" }"#, table);
+        let text = FOUR_KINDS
+            .replace(r#"{ type = "tumbling", size = "5m" }"#, table)
+            .replace(
+                "dead_letter = \"out\"\n",
+                &format!("dead_letter = \"out\"\n{pipeline_keys}"),
+            );
         let loaded = super::super::load_str(&text, Path::new("weir.toml"), dir.path())
             .map_err(|e| e.to_string())?;
         loaded.config.pipelines["p"]
@@ -856,12 +991,12 @@ outputs = { rows = "out" }
     #[test]
     fn window_semantics_default_to_weir_and_offset_is_stream_analytics_only() {
         let weir = with_window(r#"{ type = "tumbling", size = "5m" }"#).expect("weir");
-        assert_eq!(weir.semantics, WindowSemantics::Weir);
+        assert_eq!(weir.semantics(), WindowSemantics::Weir);
         let asa = with_window(
             r#"{ type = "tumbling", size = "1h", offset = "15m", semantics = "stream_analytics" }"#,
         )
         .expect("asa");
-        assert_eq!(asa.semantics, WindowSemantics::StreamAnalytics);
+        assert_eq!(asa.semantics(), WindowSemantics::StreamAnalytics);
         assert_eq!(
             asa.offset.map(|d| d.get()),
             Some(std::time::Duration::from_secs(900))
@@ -892,5 +1027,28 @@ outputs = { rows = "out" }
             let err = with_window(table).expect_err(table);
             assert!(err.contains(expected), "{table}: {err}");
         }
+    }
+
+    #[test]
+    fn a_window_without_semantics_follows_the_pipeline_s_event_time_semantics() {
+        let asa_pipeline = "event_time = { semantics = \"stream_analytics\" }\n";
+        let inherited = with_window_in(
+            r#"{ type = "tumbling", size = "1h", offset = "15m" }"#,
+            asa_pipeline,
+        )
+        .expect("inherits stream_analytics, so the offset is allowed");
+        assert_eq!(inherited.semantics(), WindowSemantics::StreamAnalytics);
+        let own = with_window_in(
+            r#"{ type = "tumbling", size = "1h", semantics = "weir" }"#,
+            asa_pipeline,
+        )
+        .expect("a stage's own semantics win");
+        assert_eq!(own.semantics(), WindowSemantics::Weir);
+        let err = with_window_in(
+            r#"{ type = "tumbling", size = "1h" }"#,
+            "event_time = { semantics = \"asa\" }\n",
+        )
+        .expect_err("unknown semantics");
+        assert!(err.contains("unknown variant `asa`"), "{err}");
     }
 }

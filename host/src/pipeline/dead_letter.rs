@@ -154,6 +154,7 @@ pub fn dead_letter(
     Event {
         partition: event.partition,
         position: event.position,
+        source: event.source.clone(),
         key: event.key.clone(),
         event_time: event.event_time,
         enqueued_time: event.enqueued_time,

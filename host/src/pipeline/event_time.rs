@@ -10,11 +10,29 @@ use tokio::time::Instant;
 use crate::config::{LatePolicy, PipelineConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::metrics::{Metrics, names};
-use crate::time::{Admitted, Disorder, DisorderWatch, EventClock, WatermarkHandle, format_share};
+use crate::time::{
+    Admitted, Disorder, DisorderWatch, EventClock, SourceMerge, WatermarkHandle, format_share,
+    quiet_watermark,
+};
 
 /// The checkpoint entry (among the stages' states) that holds the event clock. Stage names may
 /// not start with `#`, so it cannot collide with one.
 pub(crate) const EVENT_TIME_STATE: &str = "#event-time";
+
+/// The checkpoint entry that holds the merge of a pipeline with several sources.
+pub(crate) const SOURCES_TIME_STATE: &str = "#sources-time";
+
+/// The checkpoint entry of an idle advance decided but maybe not yet written: the watermark (8
+/// bytes, big-endian). An idle advance is taken from the wall clock, so a replay would decide
+/// another one; saved before its outputs are written, it is repeated as it was after a crash,
+/// and the sinks recognise its outputs (see [`crate::sink::SinkWriter::checkpointed`]).
+pub(crate) const IDLE_ADVANCE_STATE: &str = "#idle-advance";
+
+/// The idle advance a checkpoint holds, if any.
+pub(crate) fn pending_idle_advance(checkpoint: &crate::checkpoint::Checkpoint) -> Option<i64> {
+    let bytes = checkpoint.stages.get(IDLE_ADVANCE_STATE)?;
+    Some(i64::from_be_bytes(bytes.as_slice().try_into().ok()?))
+}
 
 /// Whether a pipeline's events go through an event clock: it asks for event ordering, or one of
 /// its stages works in event time (windows and joins need a watermark).
@@ -22,8 +40,26 @@ pub(crate) fn needs_clock(pipeline: &PipelineConfig) -> bool {
     pipeline
         .event_time
         .as_ref()
-        .is_some_and(|t| t.orders_events())
+        .is_some_and(|t| t.orders_events() || t.sources.values().any(|s| s.orders_events()))
         || pipeline.stages.iter().any(|s| s.is_time_based())
+        // Several sources are merged in event time, deterministically (see `SourceMerge`).
+        || pipeline.sources.len() > 1
+}
+
+/// The event time of a partition with several sources: their merge and when each was last heard.
+pub(crate) struct SourcesTime {
+    pub(crate) merge: SourceMerge,
+    /// Each source's idle timeout.
+    pub(crate) idle_timeouts: Vec<Option<Duration>>,
+    /// When each source last delivered events.
+    pub(crate) last_event_at: Vec<Instant>,
+}
+
+impl SourcesTime {
+    /// Whether every source is idle (quiet for its idle timeout, or ended).
+    fn all_idle(&self) -> bool {
+        (0..self.idle_timeouts.len()).all(|input| self.merge.is_idle(input))
+    }
 }
 
 /// One partition's event time.
@@ -31,6 +67,9 @@ pub(crate) struct PartitionTime {
     pub(crate) clock: EventClock,
     pub(crate) handle: WatermarkHandle,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Under Stream Analytics semantics, the late-arrival tolerance (ms): when every partition is
+    /// idle, the watermark follows the wall clock less it (see [`quiet_watermark`]).
+    pub(crate) quiet_late_arrival: Option<i64>,
     pub(crate) last_event_at: Instant,
     pub(crate) admitted: Admitted,
     pub(crate) metrics: Metrics,
@@ -40,13 +79,53 @@ pub(crate) struct PartitionTime {
     pub(crate) partition: PartitionId,
     /// How many of the partition's events arrived behind the watermark.
     pub(crate) disorder: DisorderWatch,
+    /// With several sources: their clocks and merge (`clock` is then unused).
+    pub(crate) sources: Option<SourcesTime>,
 }
 
 impl PartitionTime {
-    /// Takes one decoded event through the clock.
-    pub(crate) fn admit(&mut self, event: Event) {
+    /// Takes one decoded event of input `input` through its clock.
+    pub(crate) fn admit(&mut self, input: usize, event: Event) {
         self.last_event_at = Instant::now();
-        self.clock.admit(event, &mut self.admitted);
+        match &mut self.sources {
+            Some(sources) => {
+                if let Some(at) = sources.last_event_at.get_mut(input) {
+                    *at = Instant::now();
+                }
+                sources.merge.admit(input, event, &mut self.admitted);
+            }
+            None => self.clock.admit(event, &mut self.admitted),
+        }
+    }
+
+    /// The partition's watermark.
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        match &self.sources {
+            Some(sources) => sources.merge.watermark(),
+            None => self.clock.watermark(),
+        }
+    }
+
+    /// The last position of the merged sequence, with several sources.
+    pub(crate) fn sequence(&self) -> Option<Position> {
+        self.sources.as_ref().map(|s| s.merge.sequence())
+    }
+
+    /// The state for the checkpoint, under its entry name.
+    pub(crate) fn snapshot(&self) -> (&'static str, Vec<u8>) {
+        match &self.sources {
+            Some(sources) => (SOURCES_TIME_STATE, sources.merge.snapshot()),
+            None => (EVENT_TIME_STATE, self.clock.snapshot()),
+        }
+    }
+
+    /// Input `input` (of several) has ended: its events are let go and it holds nothing back;
+    /// after the last one, everything closes.
+    pub(crate) fn source_ended(&mut self, input: usize) {
+        if let Some(sources) = &mut self.sources {
+            sources.merge.source_ended(input, &mut self.admitted);
+            self.publish(false);
+        }
     }
 
     /// After the events of a batch: counts what the policies did and publishes the watermark.
@@ -145,30 +224,39 @@ impl PartitionTime {
     }
 
     /// When a read found nothing: if the partition has been idle for the idle timeout, it stops
-    /// holding the pipeline watermark back and follows it. Returns whether the watermark moved
-    /// (marks and released events are then in `admitted`, attributed to `position`).
-    pub(crate) fn on_idle(&mut self, position: Option<Position>) -> bool {
-        let Some(timeout) = self.idle_timeout else {
-            return false;
-        };
-        if self.last_event_at.elapsed() < timeout {
-            return false;
+    /// holding the pipeline watermark back and may follow it. Returns the watermark to advance to
+    /// (then applied by [`PartitionTime::advance_idle`]), `None` when it stays. With several
+    /// sources, the partition is idle when all of them are (see
+    /// [`PartitionTime::release_quiet_sources`]).
+    pub(crate) fn idle_target(&mut self, position: Option<Position>) -> Option<i64> {
+        if let Some(sources) = &self.sources {
+            if !sources.all_idle() {
+                return None;
+            }
+        } else {
+            let timeout = self.idle_timeout?;
+            if self.last_event_at.elapsed() < timeout {
+                return None;
+            }
         }
         self.publish(true);
-        let (Some(pipeline_watermark), Some(position)) =
-            (self.handle.pipeline_watermark(), position)
-        else {
-            return false;
-        };
-        if self
-            .clock
-            .watermark()
-            .is_some_and(|own| own >= pipeline_watermark)
-        {
-            return false;
+        position?;
+        let target = self.followed_watermark()?;
+        if self.watermark().is_some_and(|own| own >= target) {
+            return None;
         }
-        self.clock
-            .advance_to(pipeline_watermark, position, &mut self.admitted);
+        Some(target)
+    }
+
+    /// Advances the idle partition's watermark to `target`. Returns whether it moved (marks and
+    /// released events are then in `admitted`, attributed to `position`).
+    pub(crate) fn advance_idle(&mut self, target: i64, position: Position) -> bool {
+        match &mut self.sources {
+            Some(sources) => {
+                sources.merge.advance_to(target, &mut self.admitted);
+            }
+            None => self.clock.advance_to(target, position, &mut self.admitted),
+        }
         let advanced = !self.admitted.marks.is_empty();
         if advanced {
             self.metrics.add(
@@ -180,7 +268,7 @@ impl PartitionTime {
                 1,
             );
             tracing::debug!(
-                pipeline = %self.pipeline, partition = self.partition, watermark = pipeline_watermark,
+                pipeline = %self.pipeline, partition = self.partition, watermark = target,
                 "idle partition follows the pipeline watermark"
             );
             self.publish(true);
@@ -188,8 +276,48 @@ impl PartitionTime {
         advanced
     }
 
+    /// With several sources, when a read found nothing: each source quiet for its idle timeout
+    /// stops holding the partition back. Returns whether that released events or marks into
+    /// `admitted`; whether the whole partition then follows the pipeline is
+    /// [`PartitionTime::idle_target`]'s decision.
+    pub(crate) fn release_quiet_sources(&mut self) -> bool {
+        let Some(sources) = &mut self.sources else {
+            return false;
+        };
+        let mut moved = false;
+        for (input, timeout) in sources.idle_timeouts.iter().enumerate() {
+            let quiet = sources
+                .last_event_at
+                .get(input)
+                .is_some_and(|at| timeout.is_some_and(|t| at.elapsed() >= t));
+            if quiet {
+                moved |= sources.merge.set_idle(input, true, &mut self.admitted);
+            }
+        }
+        let all_idle = sources.all_idle();
+        if moved {
+            self.publish(all_idle);
+        }
+        moved
+    }
+
+    /// The watermark an idle partition follows: the pipeline's, or, when the whole pipeline is
+    /// quiet under Stream Analytics semantics, the wall clock less the late-arrival tolerance.
+    fn followed_watermark(&self) -> Option<i64> {
+        let pipeline = self.handle.pipeline_watermark();
+        let quiet = self.quiet_late_arrival.and_then(|late| {
+            quiet_watermark(
+                crate::event::now_millis(),
+                late,
+                self.handle.every_partition_idle(),
+                pipeline,
+            )
+        });
+        quiet.or(pipeline)
+    }
+
     fn publish(&self, idle: bool) {
-        let watermark = self.clock.watermark();
+        let watermark = self.watermark();
         self.handle.publish(watermark, idle);
         let partition = self.partition.to_string();
         let labels = [("pipeline", &*self.pipeline), ("partition", &*partition)];
@@ -197,11 +325,12 @@ impl PartitionTime {
             self.metrics
                 .set(names::WATERMARK, &labels, watermark as f64);
         }
-        self.metrics.set(
-            names::REORDER_BUFFERED,
-            &labels,
-            self.clock.buffered() as f64,
-        );
+        let buffered = match &self.sources {
+            Some(sources) => sources.merge.buffered(),
+            None => self.clock.buffered(),
+        };
+        self.metrics
+            .set(names::REORDER_BUFFERED, &labels, buffered as f64);
         if let Some(pipeline_watermark) = self.handle.pipeline_watermark() {
             self.metrics.set(
                 names::PIPELINE_WATERMARK,

@@ -3,6 +3,7 @@
 
 mod dead_letter;
 mod event_time;
+mod inputs;
 mod ownership;
 mod stages;
 mod worker;
@@ -273,8 +274,8 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
     let mut workers = Vec::new();
     let mut sources = Vec::with_capacity(config.pipelines.len());
     for (pipeline_name, pipeline) in &config.pipelines {
-        let (source, tasks) = start_pipeline(loaded, &shared, pipeline_name, pipeline).await?;
-        sources.push(source);
+        let (built, tasks) = start_pipeline(loaded, &shared, pipeline_name, pipeline).await?;
+        sources.extend(built);
         workers.extend(tasks.into_iter().map(|task| (pipeline_name.clone(), task)));
     }
     services.status.set_ready(true);
@@ -434,30 +435,31 @@ async fn build_sinks(loaded: &LoadedConfig) -> Result<BTreeMap<String, Arc<dyn S
     Ok(sinks)
 }
 
-/// Builds the source and context of one pipeline and starts its tasks: an ownership manager
-/// for a source whose partitions open one by one, else one worker per partition. Returns the
-/// source with the tasks: the caller keeps it alive as long as they run.
+/// Builds the sources and context of one pipeline and starts its tasks: an ownership manager
+/// when every source's partitions open one by one, else one worker per partition. Returns the
+/// sources with the tasks: the caller keeps them alive as long as they run.
 async fn start_pipeline(
     loaded: &LoadedConfig,
     shared: &Shared,
     pipeline_name: &str,
     pipeline: &PipelineConfig,
-) -> Result<(Arc<dyn Source>, Vec<WorkerTask>), StartError> {
-    let source_config = loaded.config.sources.get(&pipeline.source).ok_or_else(|| {
-        crate::source::SourceError::start(
-            crate::source::SourceErrorKind::Misconfigured,
-            &pipeline.source,
-            "not defined",
-        )
-    })?;
-    let source: Arc<dyn Source> = crate::source::build(
-        &pipeline.source,
-        source_config,
-        loaded,
-        shared.checkpoints.clone(),
-    )
-    .await?;
-    let partitions = source.partition_count();
+) -> Result<(Vec<Arc<dyn Source>>, Vec<WorkerTask>), StartError> {
+    let mut sources: Vec<Arc<dyn Source>> = Vec::with_capacity(pipeline.sources.len());
+    for name in &pipeline.sources {
+        let source_config = loaded.config.sources.get(name).ok_or_else(|| {
+            crate::source::SourceError::start(
+                crate::source::SourceErrorKind::Misconfigured,
+                name,
+                "not defined",
+            )
+        })?;
+        sources.push(
+            crate::source::build(name, source_config, loaded, shared.checkpoints.clone()).await?,
+        );
+    }
+    check_co_partitioned(loaded, pipeline_name, &sources)?;
+    let partitions = sources.first().map_or(0, |s| s.partition_count());
+    let source_label = pipeline.source_label();
     let references =
         stages::load_references(loaded, pipeline_name, pipeline, &shared.metrics).await?;
     let context = Arc::new(PipelineContext {
@@ -483,56 +485,125 @@ async fn start_pipeline(
         status: shared.status.clone(),
         label_versions: records_plugin_versions(loaded, pipeline),
     });
-    if source.partitions_open_independently() {
+    if sources.iter().all(|s| s.partitions_open_independently()) {
         // Brokers: partitions are claimed in the checkpoint store and opened one by one, so
-        // that several processes share them (see `ownership`).
+        // that several processes share them (see `ownership`); a claim covers partition i of
+        // every source of the pipeline.
         let manager = ownership::OwnershipManager::new(
             context,
-            source.clone(),
+            sources.clone(),
             &loaded.config.checkpoint.ownership,
             shared.shutdown.clone(),
         );
         tracing::info!(
-            pipeline = %pipeline_name, source = %pipeline.source, partitions,
+            pipeline = %pipeline_name, source = %source_label, partitions,
             owner = %manager.owner(), store = %shared.checkpoints.describe(),
             "pipeline started; partitions are claimed through the checkpoint store"
         );
-        return Ok((source, vec![tokio::spawn(manager.run())]));
+        return Ok((sources, vec![tokio::spawn(manager.run())]));
     }
-    let workers = start_partitions(&context, source.as_ref(), shared).await?;
-    tracing::info!(pipeline = %pipeline_name, source = %pipeline.source, partitions, "pipeline started");
-    Ok((source, workers))
+    let workers = start_partitions(&context, &sources, shared).await?;
+    tracing::info!(pipeline = %pipeline_name, source = %source_label, partitions, "pipeline started");
+    Ok((sources, workers))
 }
 
-/// Opens every partition of `source` after its checkpoint and starts its worker.
+/// The sources of a pipeline are co-partitioned, as Stream Analytics requires of the inputs of a
+/// parallel join: the same partition count, and keys spread over partitions the same way (by
+/// Weir for the inputs it dispatches, by the producers for brokers).
+fn check_co_partitioned(
+    loaded: &LoadedConfig,
+    pipeline_name: &str,
+    sources: &[Arc<dyn Source>],
+) -> Result<(), StartError> {
+    let Some(first) = sources.first() else {
+        return Ok(());
+    };
+    let at = || loaded.location(&["pipelines", pipeline_name, "sources"]);
+    let refused = |reason: String| {
+        crate::source::SourceError::start(
+            crate::source::SourceErrorKind::Misconfigured,
+            first.name(),
+            reason,
+        )
+    };
+    for other in &sources[1..] {
+        if other.partition_count() != first.partition_count() {
+            return Err(refused(format!(
+                "{}: the sources of pipeline `{pipeline_name}` must be co-partitioned: `{}` has {} partitions, `{}` has {}",
+                at(),
+                first.name(),
+                first.partition_count(),
+                other.name(),
+                other.partition_count()
+            ))
+            .into());
+        }
+        if other.partitions_open_independently() != first.partitions_open_independently() {
+            return Err(refused(format!(
+                "{}: the sources of pipeline `{pipeline_name}` must spread keys over partitions the same way: `{}` is partitioned by {}, `{}` by {}",
+                at(),
+                first.name(),
+                key_hashing(first.as_ref()),
+                other.name(),
+                key_hashing(other.as_ref())
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Who decides a key's partition in `source`, for people.
+fn key_hashing(source: &dyn Source) -> &'static str {
+    if source.partitions_open_independently() {
+        "its producers (a broker's partitions)"
+    } else {
+        "Weir (FNV-1a of the key)"
+    }
+}
+
+/// Opens every partition of every source after its checkpoint and starts each partition's
+/// worker, which reads partition i of each source.
 async fn start_partitions(
     context: &PipelineContext,
-    source: &dyn Source,
+    sources: &[Arc<dyn Source>],
     shared: &Shared,
 ) -> Result<Vec<WorkerTask>, StartError> {
-    let partitions = source.partition_count();
+    let partitions = sources.first().map_or(0, |s| s.partition_count());
     let mut restored = Vec::with_capacity(partitions as usize);
     for partition in 0..partitions {
-        restored.push(shared.checkpoints.load(&context.name, partition).await?);
+        restored.push(
+            shared
+                .checkpoints
+                .load(&context.name, partition)
+                .await?
+                .unwrap_or_default(),
+        );
     }
-    let starts = restored
-        .iter()
-        .enumerate()
-        .map(|(partition, checkpoint)| PartitionStart {
-            partition: u32::try_from(partition).unwrap_or(u32::MAX),
-            after: checkpoint.as_ref().and_then(|c| c.position),
-        })
-        .collect();
-    let readers = source.open(starts).await?;
+    // Per partition, its reader of each source, in the pipeline's order of its sources.
+    let mut readers: Vec<Vec<Box<dyn crate::source::PartitionReader>>> =
+        (0..partitions).map(|_| Vec::new()).collect();
+    for source in sources {
+        let starts = restored
+            .iter()
+            .enumerate()
+            .map(|(partition, checkpoint)| PartitionStart {
+                partition: u32::try_from(partition).unwrap_or(u32::MAX),
+                after: inputs::resume_after(checkpoint, sources.len(), source.name()),
+            })
+            .collect();
+        for reader in source.open(starts).await? {
+            if let Some(slot) = readers.get_mut(reader.partition() as usize) {
+                slot.push(reader);
+            }
+        }
+    }
     let mut workers = Vec::with_capacity(readers.len());
-    for reader in readers {
-        let partition = reader.partition();
-        let checkpoint = restored
-            .get(partition as usize)
-            .cloned()
-            .flatten()
-            .unwrap_or_default();
-        let worker = build_worker(context, reader, checkpoint, shared.shutdown.clone()).await?;
+    for (partition, checkpoint) in readers.into_iter().zip(restored) {
+        if partition.is_empty() {
+            continue;
+        }
+        let worker = build_worker(context, partition, checkpoint, shared.shutdown.clone()).await?;
         workers.push(tokio::spawn(async move {
             worker.run().await.map(|report| vec![report])
         }));
@@ -570,6 +641,23 @@ fn stage_destination(pipeline: &PipelineConfig, name: &str) -> Option<Destinatio
     }
 }
 
+/// Where the events of `source` enter the stages (see [`PipelineConfig::source_entries`]).
+fn source_destinations(pipeline: &PipelineConfig, source: &str) -> Vec<Destination> {
+    let entries = pipeline.source_entries.get(source);
+    let first = [crate::config::SourceEntry {
+        stage: 0,
+        right: false,
+    }];
+    entries
+        .map_or(&first[..], Vec::as_slice)
+        .iter()
+        .map(|entry| match entry.right {
+            true => Destination::StageRight(entry.stage),
+            false => Destination::Stage(entry.stage),
+        })
+        .collect()
+}
+
 /// A partition's event time: its clock restored from the checkpoint, registered in the
 /// pipeline's watermarks.
 fn partition_time(
@@ -580,28 +668,41 @@ fn partition_time(
     watermarks: &Arc<PipelineWatermarks>,
     metrics: &Metrics,
 ) -> Result<event_time::PartitionTime, StartError> {
+    let restore_error = |entry: &str, e: crate::codec::DecodeError| StartError::Restore {
+        pipeline: pipeline_name.to_owned(),
+        partition,
+        stage: entry.to_owned(),
+        reason: e.to_string(),
+    };
+    let source_label = pipeline.source_label();
     let settings = ClockSettings::from_config(pipeline.event_time.as_ref());
-    let clock = match checkpoint.stages.get(event_time::EVENT_TIME_STATE) {
-        Some(bytes) => EventClock::restore(settings, bytes).map_err(|e| StartError::Restore {
-            pipeline: pipeline_name.to_owned(),
-            partition,
-            stage: event_time::EVENT_TIME_STATE.to_owned(),
-            reason: e.to_string(),
-        })?,
+    let mut clock = match checkpoint.stages.get(event_time::EVENT_TIME_STATE) {
+        Some(bytes) => EventClock::restore(settings, bytes)
+            .map_err(|e| restore_error(event_time::EVENT_TIME_STATE, e))?,
         None => EventClock::new(settings),
     };
+    clock.set_source(&Arc::from(source_label.as_str()));
+    let sources = (pipeline.sources.len() > 1)
+        .then(|| sources_time(pipeline, checkpoint))
+        .transpose()
+        .map_err(|e| restore_error(event_time::SOURCES_TIME_STATE, e))?;
     let partition_label = partition.to_string();
     metrics.declare(
         crate::metrics::names::OUT_OF_ORDER_WARNINGS,
         &[
             ("pipeline", pipeline_name),
-            ("source", &pipeline.source),
+            ("source", &source_label),
             ("partition", &partition_label),
         ],
     );
     let handle = watermarks.register(partition);
-    handle.publish(clock.watermark(), false);
+    let watermark = match &sources {
+        Some(sources) => sources.merge.watermark(),
+        None => clock.watermark(),
+    };
+    handle.publish(watermark, false);
     Ok(event_time::PartitionTime {
+        sources,
         clock,
         handle,
         idle_timeout: pipeline
@@ -609,13 +710,48 @@ fn partition_time(
             .as_ref()
             .and_then(|t| t.idle_timeout)
             .map(|d| d.get()),
+        quiet_late_arrival: pipeline
+            .event_time
+            .as_ref()
+            .is_some_and(crate::config::EventTimeConfig::is_stream_analytics)
+            .then(|| settings.late_arrival.map_or(0, |late| late.millis)),
         last_event_at: tokio::time::Instant::now(),
         admitted: crate::time::Admitted::default(),
         metrics: metrics.clone(),
         pipeline: pipeline_name.into(),
-        source: pipeline.source.as_str().into(),
+        source: source_label.as_str().into(),
         partition,
         disorder: crate::time::DisorderWatch::from_config(pipeline.event_time.as_ref()),
+    })
+}
+
+/// The merge of a partition's sources, each with its own event-time settings, restored from the
+/// checkpoint when it holds one.
+fn sources_time(
+    pipeline: &PipelineConfig,
+    checkpoint: &crate::checkpoint::Checkpoint,
+) -> Result<event_time::SourcesTime, crate::codec::DecodeError> {
+    let own: Vec<Option<crate::config::EventTimeConfig>> = pipeline
+        .sources
+        .iter()
+        .map(|s| pipeline.event_time_of(s))
+        .collect();
+    let settings: Vec<ClockSettings> = own
+        .iter()
+        .map(|c| ClockSettings::from_config(c.as_ref()))
+        .collect();
+    let names: Vec<Arc<str>> = pipeline.sources.iter().map(|s| s.as_str().into()).collect();
+    let merge = match checkpoint.stages.get(event_time::SOURCES_TIME_STATE) {
+        Some(bytes) => crate::time::SourceMerge::restore(&settings, &names, bytes)?,
+        None => crate::time::SourceMerge::new(&settings),
+    };
+    Ok(event_time::SourcesTime {
+        merge,
+        idle_timeouts: own
+            .iter()
+            .map(|c| c.as_ref().and_then(|t| t.idle_timeout).map(|d| d.get()))
+            .collect(),
+        last_event_at: vec![tokio::time::Instant::now(); names.len()],
     })
 }
 
@@ -659,13 +795,13 @@ pub(crate) struct PipelineContext {
 /// worker, started at launch or when a partition is acquired later, is built here.
 pub(crate) async fn build_worker(
     context: &PipelineContext,
-    reader: Box<dyn crate::source::PartitionReader>,
+    readers: Vec<Box<dyn crate::source::PartitionReader>>,
     checkpoint: crate::checkpoint::Checkpoint,
     shutdown: watch::Receiver<bool>,
 ) -> Result<PartitionWorker, StartError> {
     let pipeline = &context.pipeline;
     let pipeline_name: &str = &context.name;
-    let partition = reader.partition();
+    let partition = readers.first().map_or(0, |r| r.partition());
     if let Some(position) = checkpoint.position {
         tracing::info!(pipeline = %pipeline_name, partition, position, "resuming from checkpoint");
     }
@@ -685,10 +821,33 @@ pub(crate) async fn build_worker(
         })
         .transpose()?;
     declare_dead_letter_kinds(&context.metrics, pipeline_name, partition);
+    let several = pipeline.sources.len() > 1;
+    let source_routes = if several {
+        pipeline
+            .sources
+            .iter()
+            .map(|source| source_destinations(pipeline, source))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let inputs = readers
+        .into_iter()
+        .zip(&pipeline.sources)
+        .map(|(reader, name)| inputs::Input {
+            name: name.as_str().into(),
+            reader,
+            event_time_field: pipeline.event_time_of(name).and_then(|t| t.field),
+            position: checkpoint.sources.get(name).and_then(|s| s.position),
+            offset: checkpoint.sources.get(name).and_then(|s| s.offset.clone()),
+            ended: false,
+        })
+        .collect();
     Ok(PartitionWorker {
         settings: worker_settings(context),
         partition,
-        reader,
+        inputs: inputs::Inputs::new(inputs),
+        source_routes,
         stages: stage_slots,
         sinks: sink_slots,
         dead_letter_sink,
@@ -703,8 +862,9 @@ pub(crate) async fn build_worker(
         shutdown,
         status: context
             .status
-            .partition(pipeline_name, &pipeline.source, partition),
+            .partition(pipeline_name, &pipeline.source_label(), partition),
         max_event_time: None,
+        pending_idle_advance: event_time::pending_idle_advance(&checkpoint),
     })
 }
 
@@ -725,7 +885,16 @@ async fn open_sink_writers(
         let Some(sink) = context.sinks.get(name) else {
             continue;
         };
-        let writer = sink.open_writer(&scope, checkpoint.sinks.get(name)).await?;
+        let mut progress = checkpoint.sinks.get(name).cloned();
+        if event_time::pending_idle_advance(checkpoint).is_some()
+            && let Some(serde_json::Value::Object(fields)) = &mut progress
+        {
+            fields.insert(
+                crate::sink::IDLE_ADVANCE_PENDING.to_owned(),
+                serde_json::Value::Bool(true),
+            );
+        }
+        let writer = sink.open_writer(&scope, progress.as_ref()).await?;
         sink_slots.push(SinkSlot {
             name: name.as_str().into(),
             writer,
@@ -808,8 +977,7 @@ fn worker_settings(context: &PipelineContext) -> WorkerSettings {
     let pipeline = &context.pipeline;
     WorkerSettings {
         pipeline: context.name.clone(),
-        source: pipeline.source.as_str().into(),
-        event_time_field: pipeline.event_time.as_ref().and_then(|t| t.field.clone()),
+        source: pipeline.source_label().into(),
         max_event_bytes: pipeline.max_event_bytes,
         batch_max_events: pipeline.batch.max_events,
         batch_max_wait: pipeline.batch.max_wait.get(),

@@ -70,7 +70,8 @@ enum WorkerOutcome {
 /// their workers.
 pub(crate) struct OwnershipManager {
     context: Arc<PipelineContext>,
-    source: Arc<dyn Source>,
+    /// The pipeline's sources: a claimed partition opens partition i of each.
+    sources: Vec<Arc<dyn Source>>,
     owner: String,
     expiry: Duration,
     interval: Duration,
@@ -96,7 +97,7 @@ type CycleResult = Result<(), WorkerError>;
 impl OwnershipManager {
     pub(crate) fn new(
         context: Arc<PipelineContext>,
-        source: Arc<dyn Source>,
+        sources: Vec<Arc<dyn Source>>,
         config: &OwnershipConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -111,9 +112,9 @@ impl OwnershipManager {
             .map_or(expiry / 3, |interval| interval.get());
         let (done_sender, done) = mpsc::unbounded_channel();
         OwnershipManager {
-            partitions: source.partition_count(),
+            partitions: sources.first().map_or(0, |s| s.partition_count()),
             context,
-            source,
+            sources,
             owner,
             expiry,
             interval,
@@ -359,15 +360,14 @@ impl OwnershipManager {
     fn start_worker(&mut self, claim: Ownership) {
         let partition = claim.partition;
         let context = self.context.clone();
-        let source = self.source.clone();
+        let sources = self.sources.clone();
         let (stop, stop_receiver) = watch::channel(false);
         let done = self.done_sender.clone();
         let handle = tokio::spawn(async move {
-            let outcome =
-                match open_worker(&context, source.as_ref(), partition, stop_receiver).await {
-                    Ok(worker) => WorkerOutcome::Ran(worker.run().await),
-                    Err(reason) => WorkerOutcome::NotStarted(reason),
-                };
+            let outcome = match open_worker(&context, &sources, partition, stop_receiver).await {
+                Ok(worker) => WorkerOutcome::Ran(worker.run().await),
+                Err(reason) => WorkerOutcome::NotStarted(reason),
+            };
             let _ = done.send(partition);
             outcome
         });
@@ -473,7 +473,7 @@ impl OwnershipManager {
 /// Opens `partition` after its checkpoint and builds its worker.
 async fn open_worker(
     context: &PipelineContext,
-    source: &dyn Source,
+    sources: &[Arc<dyn Source>],
     partition: PartitionId,
     stop: watch::Receiver<bool>,
 ) -> Result<PartitionWorker, String> {
@@ -483,17 +483,18 @@ async fn open_worker(
         .await
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
-    let mut readers = source
-        .open(vec![PartitionStart {
-            partition,
-            after: checkpoint.position,
-        }])
-        .await
-        .map_err(|e| e.to_string())?;
-    let reader = readers
-        .pop()
-        .ok_or_else(|| "the source opened no reader".to_owned())?;
-    build_worker(context, reader, checkpoint, stop)
+    let mut readers = Vec::with_capacity(sources.len());
+    for source in sources {
+        let after = super::inputs::resume_after(&checkpoint, sources.len(), source.name());
+        let reader = source
+            .open(vec![PartitionStart { partition, after }])
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .ok_or_else(|| format!("source `{}` opened no reader", source.name()))?;
+        readers.push(reader);
+    }
+    build_worker(context, readers, checkpoint, stop)
         .await
         .map_err(|e| e.to_string())
 }

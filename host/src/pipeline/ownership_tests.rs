@@ -85,7 +85,7 @@ async fn claims_are_renewed_while_partitions_open() {
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let manager = OwnershipManager::new(
         Arc::new(context(store.clone())),
-        source,
+        vec![source],
         &config,
         shutdown_receiver,
     );

@@ -9,13 +9,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, dead_letter};
-use super::event_time::{EVENT_TIME_STATE, PartitionTime};
+use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
+use super::inputs::Inputs;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::json::{event_time_millis, top_level_field};
 use crate::metrics::{Metrics, names};
 use crate::sink::SinkWriter;
-use crate::source::{PartitionReader, ReadOutcome};
+use crate::source::ReadOutcome;
 use crate::stage::{Stage, StageOutput};
 use crate::status::{PartitionHandle, PartitionState};
 use crate::time::Mark;
@@ -78,9 +79,8 @@ impl WorkerError {
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerSettings {
     pub(crate) pipeline: Arc<str>,
-    /// The pipeline's source, for metric labels.
+    /// The pipeline's source, for metric labels (its sources joined by `+` when it has several).
     pub(crate) source: Arc<str>,
-    pub(crate) event_time_field: Option<String>,
     pub(crate) max_event_bytes: usize,
     pub(crate) batch_max_events: usize,
     pub(crate) batch_max_wait: Duration,
@@ -113,7 +113,10 @@ pub struct WorkerReport {
 pub(crate) struct PartitionWorker {
     pub(crate) settings: WorkerSettings,
     pub(crate) partition: PartitionId,
-    pub(crate) reader: Box<dyn PartitionReader>,
+    /// Partition `partition` of each of the pipeline's sources.
+    pub(crate) inputs: Inputs,
+    /// With several sources: where each input's events enter the stages.
+    pub(crate) source_routes: Vec<Vec<Destination>>,
     pub(crate) stages: Vec<StageSlot>,
     pub(crate) sinks: Vec<SinkSlot>,
     /// Index in `sinks` of the dead-letter sink.
@@ -141,6 +144,9 @@ pub(crate) struct PartitionWorker {
     pub(crate) status: PartitionHandle,
     /// The latest event time decoded, for the watermark delay.
     pub(crate) max_event_time: Option<i64>,
+    /// An idle advance decided and checkpointed but not yet written (restored from a checkpoint
+    /// taken just before it: the run repeats it first).
+    pub(crate) pending_idle_advance: Option<i64>,
 }
 
 impl PartitionWorker {
@@ -167,30 +173,63 @@ impl PartitionWorker {
         let mut stage_inputs: Vec<Vec<Event>> =
             (0..self.stages.len()).map(|_| Vec::new()).collect();
         let mut output = StageOutput::default();
+        if let Some(target) = self.pending_idle_advance {
+            // Checkpointed, then a crash: repeat it as it was decided.
+            self.idle_advance(target, &mut stage_inputs, &mut output, &mut report)
+                .await?;
+        }
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         loop {
             if *self.shutdown.borrow() {
                 tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "stopping: shutdown requested");
                 break;
             }
-            let Some(read) = self.read_next(next_checkpoint, &mut report).await? else {
+            let Some((input, read)) = self.read_next(next_checkpoint, &mut report).await? else {
                 break;
             };
             match read {
                 ReadOutcome::Events(events) => {
-                    self.on_events(events, &mut stage_inputs, &mut output, &mut report)
+                    self.on_events(input, events, &mut stage_inputs, &mut output, &mut report)
                         .await?;
+                }
+                ReadOutcome::End if self.inputs.several() => {
+                    tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, source = %self.inputs.inputs[input].name, "source partition ended");
+                    if let Some(time) = &mut self.time {
+                        time.source_ended(input);
+                    }
+                    self.state_dirty = true;
+                    self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                        .await?;
+                    self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+                    if self.inputs.all_ended() {
+                        break;
+                    }
                 }
                 ReadOutcome::Idle => {
                     // Lag changes without events too (a partition catches up when the source
                     // finds nothing more for it).
                     self.report_idle_lag();
-                    // An idle partition may follow the pipeline watermark: what that closes is
-                    // written and checkpointed at once.
-                    if self.time_advanced_while_idle() {
+                    // An idle partition may follow the pipeline watermark (or the wall clock):
+                    // what that closes is written and checkpointed at once.
+                    if self
+                        .time
+                        .as_mut()
+                        .is_some_and(PartitionTime::release_quiet_sources)
+                    {
+                        // A quiet source stopped holding the others back: what that lets go is
+                        // written and checkpointed at once.
                         self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
                             .await?;
+                        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+                        self.state_dirty = true;
                         self.checkpoint().await?;
+                        next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
+                    }
+                    let position = self.position;
+                    let target = self.time.as_mut().and_then(|t| t.idle_target(position));
+                    if let Some(target) = target {
+                        self.idle_advance(target, &mut stage_inputs, &mut output, &mut report)
+                            .await?;
                         next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                 }
@@ -202,7 +241,12 @@ impl PartitionWorker {
                     let letter = self.undecodable_letter(first, &reason);
                     self.deliver(vec![letter], &mut stage_inputs, &mut output, &mut report)
                         .await?;
-                    self.position = Some(last);
+                    if self.inputs.several() {
+                        self.inputs.inputs[input].position = Some(last);
+                        self.state_dirty = true;
+                    } else {
+                        self.position = Some(last);
+                    }
                 }
                 ReadOutcome::End => {
                     tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "source partition ended");
@@ -231,18 +275,14 @@ impl PartitionWorker {
         &mut self,
         next_checkpoint: Instant,
         report: &mut WorkerReport,
-    ) -> Result<Option<ReadOutcome>, WorkerError> {
+    ) -> Result<Option<(usize, ReadOutcome)>, WorkerError> {
         let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
         let wait = self
             .settings
             .batch_max_wait
             .min(until_checkpoint)
             .max(Duration::from_millis(1));
-        match self
-            .reader
-            .next_batch(self.settings.batch_max_events, wait)
-            .await
-        {
+        match self.inputs.read(self.settings.batch_max_events, wait).await {
             Ok(read) => Ok(Some(read)),
             Err(crate::source::SourceError::Lost { reason, .. }) => {
                 tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, "partition taken by another reader; stopping its worker");
@@ -257,6 +297,7 @@ impl PartitionWorker {
     /// partition's position to its last event.
     async fn on_events(
         &mut self,
+        input: usize,
         events: Vec<Event>,
         stage_inputs: &mut [Vec<Event>],
         output: &mut StageOutput,
@@ -266,20 +307,31 @@ impl PartitionWorker {
         let count = events.len() as u64;
         report.events_in += count;
         let partition_label = self.partition.to_string();
+        let source = match self.inputs.several() {
+            true => self.inputs.inputs[input].name.clone(),
+            false => self.settings.source.clone(),
+        };
         self.metrics.add(
             names::EVENTS_IN,
             &[
                 ("pipeline", &self.settings.pipeline),
-                ("source", &self.settings.source),
+                ("source", &source),
                 ("partition", &partition_label),
             ],
             count,
         );
         let started = std::time::Instant::now();
         let dead_before = report.dead_letters;
-        self.process_batch(events, stage_inputs, output, report)
+        self.process_batch(input, events, stage_inputs, output, report)
             .await?;
-        if last.is_some() {
+        if self.inputs.several() {
+            // The source's own position moved; the partition's is the merged sequence.
+            if last.is_some() {
+                self.inputs.inputs[input].position = last;
+            }
+            self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+            self.state_dirty = true;
+        } else if last.is_some() {
             self.position = last;
         }
         self.batch_done(started, count, report.dead_letters - dead_before);
@@ -302,7 +354,7 @@ impl PartitionWorker {
 
     /// Refreshes the partition's consumer lag (metric and status) while no events come.
     fn report_idle_lag(&self) {
-        let Some(lag) = self.reader.lag() else {
+        let Some(lag) = self.inputs.lag() else {
             return;
         };
         let partition_label = self.partition.to_string();
@@ -330,7 +382,7 @@ impl PartitionWorker {
             &[("pipeline", pipeline)],
             started.elapsed().as_secs_f64(),
         );
-        let lag = self.reader.lag();
+        let lag = self.inputs.lag();
         if let Some(lag) = lag {
             self.metrics.set(names::CONSUMER_LAG, &labels, lag as f64);
         }
@@ -357,6 +409,7 @@ impl PartitionWorker {
     /// Decodes a batch, runs it through the stages and hands the records to the sink writers.
     async fn process_batch(
         &mut self,
+        input: usize,
         events: Vec<Event>,
         stage_inputs: &mut [Vec<Event>],
         output: &mut StageOutput,
@@ -377,13 +430,18 @@ impl PartitionWorker {
             return Ok(());
         };
         first_input.reserve(events.len());
+        let (source, field) = match self.inputs.inputs.get(input) {
+            Some(read) => (read.name.clone(), read.event_time_field.clone()),
+            None => (self.settings.source.clone(), None),
+        };
         for mut event in events {
-            match self.decode(&mut event) {
+            event.source = source.clone();
+            match self.decode(&mut event, field.as_deref()) {
                 Ok(()) => {
                     let time = event.time();
                     self.max_event_time = Some(self.max_event_time.map_or(time, |t| t.max(time)));
                     match &mut self.time {
-                        Some(time) => time.admit(event),
+                        Some(time) => time.admit(input, event),
                         None => first_input.push(event),
                     }
                 }
@@ -399,16 +457,41 @@ impl PartitionWorker {
             .await
     }
 
-    /// An idle partition's watermark followed the pipeline's: marks (and released events) wait
-    /// in the clock's output for [`PartitionWorker::deliver`].
-    fn time_advanced_while_idle(&mut self) -> bool {
-        let position = self.position;
-        let advanced = self
+    /// Moves an idle partition's watermark to `target` without a new event. The decision comes
+    /// from other partitions or the wall clock, which a replay would not repeat: it is
+    /// checkpointed first, then what it closes is written and checkpointed, so that a crash in
+    /// between repeats this advance and each sink finds its outputs written once.
+    async fn idle_advance(
+        &mut self,
+        target: i64,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        let Some(position) = self.position else {
+            return Ok(());
+        };
+        // Repeating one restored from the checkpoint: it is saved already, and saving again would
+        // tell the sinks that its records are new before they know whether they hold them.
+        if self.pending_idle_advance.is_none() {
+            self.pending_idle_advance = Some(target);
+            self.state_dirty = true;
+            self.checkpoint().await?;
+        }
+        self.pending_idle_advance = None;
+        if self
             .time
             .as_mut()
-            .is_some_and(|time| time.on_idle(position));
-        self.state_dirty |= advanced;
-        advanced
+            .is_some_and(|time| time.advance_idle(target, position))
+        {
+            self.deliver(Vec::new(), stage_inputs, output, report)
+                .await?;
+            if self.inputs.several() {
+                self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+            }
+        }
+        self.state_dirty = true;
+        self.checkpoint().await
     }
 
     /// The input has ended: the clock releases everything and closes everything downstream, at
@@ -459,8 +542,38 @@ impl PartitionWorker {
             sink: None,
             plugin_version: None,
         };
-        if let Some(first_input) = stage_inputs.first_mut() {
-            first_input.append(&mut time.admitted.released);
+        if self.source_routes.is_empty() {
+            if let Some(first_input) = stage_inputs.first_mut() {
+                first_input.append(&mut time.admitted.released);
+            }
+        } else {
+            for event in time.admitted.released.drain(..) {
+                let routes = self
+                    .inputs
+                    .inputs
+                    .iter()
+                    .position(|i| i.name == event.source)
+                    .and_then(|index| self.source_routes.get(index));
+                let Some((last, rest)) = routes.and_then(|r| r.split_last()) else {
+                    continue;
+                };
+                for destination in rest {
+                    route(
+                        *destination,
+                        event.clone(),
+                        &mut self.sinks,
+                        stage_inputs,
+                        &mut self.right_inputs,
+                    );
+                }
+                route(
+                    *last,
+                    event,
+                    &mut self.sinks,
+                    stage_inputs,
+                    &mut self.right_inputs,
+                );
+            }
         }
         for late in time.admitted.dropped.drain(..) {
             dead_letters.push((
@@ -748,7 +861,11 @@ impl PartitionWorker {
     }
 
     /// Checks the size limit and reads the event time.
-    fn decode(&self, event: &mut Event) -> Result<(), (DeadLetterKind, String)> {
+    fn decode(
+        &self,
+        event: &mut Event,
+        field: Option<&str>,
+    ) -> Result<(), (DeadLetterKind, String)> {
         if event.body.len() > self.settings.max_event_bytes {
             return Err((
                 DeadLetterKind::Oversized,
@@ -759,7 +876,7 @@ impl PartitionWorker {
                 ),
             ));
         }
-        if let Some(field) = &self.settings.event_time_field {
+        if let Some(field) = field {
             match top_level_field(&event.body, field) {
                 Err(reason) => return Err((DeadLetterKind::Malformed, reason)),
                 Ok(None) => {
@@ -791,14 +908,24 @@ impl PartitionWorker {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let several = self.inputs.several();
+        let single_offset = match self.inputs.inputs.first() {
+            Some(input) if !several => input.reader.source_offset(position),
+            _ => None,
+        };
         let mut checkpoint = Checkpoint {
             position: Some(position),
             written_at: now_millis(),
-            source_offset: self.reader.source_offset(position).or_else(|| {
-                (self.checkpointed == Some(position))
+            source_offset: single_offset.or_else(|| {
+                (!several && self.checkpointed == Some(position))
                     .then(|| self.checkpointed_offset.clone())
                     .flatten()
             }),
+            sources: if several {
+                self.inputs.positions()
+            } else {
+                BTreeMap::new()
+            },
             ..Checkpoint::default()
         };
         for slot in &mut self.sinks {
@@ -811,9 +938,13 @@ impl PartitionWorker {
                 .insert(slot.stage.name().to_string(), slot.stage.snapshot());
         }
         if let Some(time) = &self.time {
+            let (entry, state) = time.snapshot();
+            checkpoint.stages.insert(entry.to_owned(), state);
+        }
+        if let Some(target) = self.pending_idle_advance {
             checkpoint
                 .stages
-                .insert(EVENT_TIME_STATE.to_owned(), time.clock.snapshot());
+                .insert(IDLE_ADVANCE_STATE.to_owned(), target.to_be_bytes().to_vec());
         }
         self.checkpoints
             .save(&self.settings.pipeline, self.partition, &checkpoint)
@@ -821,7 +952,14 @@ impl PartitionWorker {
         self.checkpointed = Some(position);
         self.checkpointed_offset = checkpoint.source_offset.take();
         self.state_dirty = false;
-        self.reader.checkpointed(position);
+        if several {
+            self.inputs.checkpointed(&checkpoint.sources);
+        } else if let Some(input) = self.inputs.inputs.first_mut() {
+            input.reader.checkpointed(position);
+        }
+        for slot in &mut self.sinks {
+            slot.writer.checkpointed(position);
+        }
         self.status.update(|s| {
             s.checkpointed = Some(position);
             s.checkpoint_written_at = Some(checkpoint.written_at);

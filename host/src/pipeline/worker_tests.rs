@@ -62,7 +62,9 @@ stages = []
 "#,
     )
     .expect("configuration");
-    let pipeline = config.pipelines.get("p").expect("pipeline p").clone();
+    let mut pipeline = config.pipelines.get("p").expect("pipeline p").clone();
+    // What loading resolves from `source`.
+    pipeline.sources = vec!["input".to_owned()];
     PipelineContext {
         name: "p".into(),
         pipeline,
@@ -98,7 +100,7 @@ async fn resave(loaded: Checkpoint, reader: ResumedReader) -> Checkpoint {
     let (_stop, shutdown) = watch::channel(false);
     let mut worker = build_worker(
         &context(store.clone()),
-        Box::new(reader),
+        vec![Box::new(reader)],
         restored,
         shutdown,
     )

@@ -24,7 +24,7 @@ use crate::connectors::kafka::sink as kafka;
 use crate::connectors::stdout::sink as stdout;
 #[cfg(feature = "webhook")]
 use crate::connectors::webhook::sink as webhook;
-use crate::event::{Event, PartitionId};
+use crate::event::{Event, PartitionId, Position};
 
 pub use crate::checkpoint::SinkProgress;
 
@@ -183,7 +183,19 @@ pub trait SinkWriter: Send {
 
     /// Makes everything written so far durable, and returns the progress to checkpoint.
     async fn flush(&mut self) -> Result<SinkProgress, SinkError>;
+
+    /// The partition's checkpoint at `position` is saved: every record written from now on was
+    /// produced after it (a sink that skips a replay's records up to some position stops
+    /// skipping once a checkpoint covers that position).
+    fn checkpointed(&mut self, position: Position) {
+        let _ = position;
+    }
 }
+
+/// A key the pipeline adds (`true`) to the progress a sink writer is reopened with when the
+/// checkpoint was saved just before an idle advance: the replay repeats that advance first, its
+/// records at the checkpoint's own position (see the Delta sink).
+pub const IDLE_ADVANCE_PENDING: &str = "idle_advance_pending";
 
 /// Builds the sink `name` from its configuration.
 pub async fn build(

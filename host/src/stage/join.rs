@@ -396,6 +396,7 @@ impl PluginCall for EnrichCall<'_> {
                 target,
                 Event {
                     partition: anchor.partition,
+                    source: anchor.source.clone(),
                     position: pair.position,
                     key: anchor.key.clone(),
                     event_time: Some(time),

@@ -212,6 +212,7 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
             Event {
                 partition: event.partition,
                 position: event.position,
+                source: event.source.clone(),
                 key: event.key.clone(),
                 event_time: event.event_time,
                 enqueued_time: event.enqueued_time,

@@ -171,7 +171,7 @@ impl WindowSettings {
                     .max(1)
             })
         };
-        if config.semantics == WindowSemantics::StreamAnalytics {
+        if config.semantics() == WindowSemantics::StreamAnalytics {
             // Unlike the lengths, an offset may be zero.
             let offset = config.offset.map_or(0, |d| {
                 i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX)
@@ -379,6 +379,7 @@ impl Windows {
         Event {
             partition,
             position: closed.position,
+            source: crate::event::no_source(),
             key: None,
             event_time: Some(time),
             enqueued_time: time,

@@ -17,12 +17,21 @@ pub struct Tolerance {
     pub policy: LatePolicy,
 }
 
+/// Stream Analytics' default late-arrival tolerance (5 s, `adjust`), applied under
+/// `semantics = "stream_analytics"` when the pipeline sets none.
+pub const ASA_LATE_ARRIVAL: Tolerance = Tolerance {
+    millis: 5_000,
+    policy: LatePolicy::Adjust,
+};
+
 /// How a partition's clock treats its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockSettings {
-    /// Out-of-order tolerance (0 and `adjust` when the pipeline sets none).
+    /// Out-of-order tolerance (0 and `adjust` when the pipeline sets none, Stream Analytics'
+    /// default too).
     pub out_of_order: Tolerance,
-    /// Late-arrival tolerance, if any.
+    /// Late-arrival tolerance, if any (under `stream_analytics` semantics, [`ASA_LATE_ARRIVAL`]
+    /// when the pipeline sets none).
     pub late_arrival: Option<Tolerance>,
 }
 
@@ -44,7 +53,14 @@ impl ClockSettings {
                     millis: 0,
                     policy: LatePolicy::Adjust,
                 }),
-            late_arrival: config.and_then(|c| c.late_arrival.as_ref()).map(tolerance),
+            late_arrival: config
+                .and_then(|c| c.late_arrival.as_ref())
+                .map(tolerance)
+                .or_else(|| {
+                    config
+                        .is_some_and(EventTimeConfig::is_stream_analytics)
+                        .then_some(ASA_LATE_ARRIVAL)
+                }),
         }
     }
 }
@@ -130,6 +146,14 @@ impl EventClock {
     /// Events waiting in the reorder buffer.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Names `source` as the source of the events waiting in the reorder buffer (a checkpoint
+    /// does not keep it: a clock reads one source).
+    pub fn set_source(&mut self, source: &std::sync::Arc<str>) {
+        for event in self.buffer.values_mut() {
+            event.source = source.clone();
+        }
     }
 
     /// Takes one arriving event through the policies and the reorder buffer.
@@ -417,6 +441,37 @@ mod tests {
             .iter()
             .map(|e| (e.position, e.time()))
             .collect()
+    }
+
+    #[test]
+    fn stream_analytics_semantics_default_to_asa_s_event_ordering_policies() {
+        let asa: EventTimeConfig =
+            toml::from_str(r#"semantics = "stream_analytics""#).expect("event_time");
+        let settings = ClockSettings::from_config(Some(&asa));
+        assert_eq!(settings.late_arrival, Some(ASA_LATE_ARRIVAL));
+        assert_eq!(ASA_LATE_ARRIVAL.millis, 5_000);
+        assert_eq!(
+            settings.out_of_order,
+            Tolerance {
+                millis: 0,
+                policy: LatePolicy::Adjust
+            }
+        );
+        assert!(asa.orders_events());
+        // A tolerance the pipeline sets wins; Weir's semantics have no late-arrival default.
+        let own: EventTimeConfig = toml::from_str(
+            r#"semantics = "stream_analytics"
+late_arrival = { tolerance = "1m", policy = "drop" }"#,
+        )
+        .expect("event_time");
+        let late = ClockSettings::from_config(Some(&own)).late_arrival;
+        assert_eq!(
+            late.map(|l| (l.millis, l.policy)),
+            Some((60_000, LatePolicy::Drop))
+        );
+        let weir: EventTimeConfig = toml::from_str(r#"field = "Time""#).expect("event_time");
+        assert_eq!(ClockSettings::from_config(Some(&weir)).late_arrival, None);
+        assert_eq!(ClockSettings::from_config(None).late_arrival, None);
     }
 
     #[test]

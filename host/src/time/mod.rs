@@ -32,16 +32,26 @@
 //! [`PipelineWatermarks`]: the pipeline watermark is the minimum over the partitions this process
 //! runs, leaving out partitions idle for longer than the idle timeout. An idle partition advances
 //! its own watermark to the pipeline's, so its windows and joins close although it receives
-//! nothing. That is the one decision taken from the wall clock (see the README's *Event time*
+//! nothing. That is one decision taken from the wall clock (see the README's *Event time*
 //! section for what it means after a crash).
+//!
+//! **Quiet pipelines** (Stream Analytics semantics). When every partition has been idle for the
+//! idle timeout, nothing moves the pipeline watermark any more; Stream Analytics then lets it
+//! follow the wall clock less the late-arrival tolerance, so the last windows and joins of a
+//! stream that went quiet close ([`quiet_watermark`]). That is the other decision taken from the
+//! wall clock.
 
 mod clock;
+mod merge;
+mod quiet;
 mod watermarks;
 
 pub use clock::{
-    Admitted, ClockSettings, DEFAULT_MAX_OUT_OF_ORDER_SHARE, DISORDER_MIN_EVENTS, Disorder,
-    DisorderWatch, EventClock, LateEvent, Tolerance,
+    ASA_LATE_ARRIVAL, Admitted, ClockSettings, DEFAULT_MAX_OUT_OF_ORDER_SHARE, DISORDER_MIN_EVENTS,
+    Disorder, DisorderWatch, EventClock, LateEvent, Tolerance,
 };
+pub use merge::{SourceMark, SourceMerge, partition_watermark};
+pub use quiet::{QUIET_STEP_MILLIS, quiet_watermark};
 pub use watermarks::{PipelineWatermarks, WatermarkHandle};
 
 use crate::event::Position;

@@ -55,6 +55,12 @@ impl PipelineWatermarks {
         }
     }
 
+    /// Whether every registered partition is idle (and at least one is registered).
+    pub fn every_idle(&self) -> bool {
+        let partitions = self.lock();
+        !partitions.is_empty() && partitions.values().all(|p| p.idle)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, PartitionWatermark>> {
         self.partitions
             .lock()
@@ -75,6 +81,11 @@ impl WatermarkHandle {
         self.registry
             .lock()
             .insert(self.partition, PartitionWatermark { watermark, idle });
+    }
+
+    /// Whether every partition of the pipeline in this process is idle.
+    pub fn every_partition_idle(&self) -> bool {
+        self.registry.every_idle()
     }
 
     /// The pipeline watermark (see [`PipelineWatermarks::current`]).
@@ -109,13 +120,16 @@ mod tests {
             Some(100),
             "an idle partition is left out"
         );
+        assert!(!registry.every_idle(), "partition 0 is busy");
         a.publish(Some(120), true);
         assert_eq!(
             registry.current(),
             Some(120),
             "all idle: the newest watermark"
         );
+        assert!(registry.every_idle());
         let c = registry.register(2);
+        assert!(!registry.every_idle(), "a new partition is not idle");
         assert_eq!(registry.current(), None, "a new partition holds it back");
         drop(c);
         drop(b);

@@ -230,6 +230,7 @@ impl KafkaReader {
             self.buffered.push_back(Event {
                 partition: self.partition,
                 position,
+                source: crate::event::no_source(),
                 key: record.key.map(Bytes::from),
                 event_time: None,
                 enqueued_time: record.timestamp.timestamp_millis(),

@@ -145,6 +145,7 @@ async fn send(
     let key = Model::order_id(order);
     let event = Event {
         partition: partition_for_key(key.as_bytes(), out.partitions()),
+        source: crate::event::no_source(),
         position,
         key: Some(Bytes::from(key)),
         event_time: Some(time),

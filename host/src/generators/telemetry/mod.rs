@@ -117,6 +117,7 @@ impl Steps for Model {
         let enqueued_time = now_millis();
         let event = |position| Event {
             partition: device.partition,
+            source: crate::event::no_source(),
             position,
             key: Some(device.key.clone()),
             event_time: Some(reading.time),

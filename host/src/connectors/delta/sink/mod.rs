@@ -15,6 +15,11 @@
 //!   of that partition's rows in the table. [`Sink::open_writer`] reads that version back and the
 //!   writer skips every record at or below it: a replay from an older checkpoint never writes a
 //!   row twice, whatever the checkpoint says.
+//! - An idle advance (time alone closing windows, no new event) writes records at the
+//!   partition's last position, which the table may already hold: the writer stops skipping once
+//!   a checkpoint at or after its skip position is saved ([`SinkWriter::checkpointed`]), and a
+//!   replay that repeats an advance checkpointed just before its records were written learns
+//!   from the log whether they were committed ([`IDLE_ADVANCE_PENDING`]).
 //! - Commits are blind appends: a concurrent commit by another writer of the same table makes
 //!   the commit retry at the next version instead of failing. A commit whose outcome is unknown
 //!   (an error after the log entry may have been written) is resolved on the next attempt by
@@ -48,7 +53,10 @@ use self::convert::RowConverter;
 use self::location::Location;
 use crate::config::{DeltaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position, now_millis};
-use crate::sink::{Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope};
+use crate::sink::{
+    IDLE_ADVANCE_PENDING, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
+    WriterScope,
+};
 
 /// How often one commit retries at a later version when other writers commit first.
 const COMMIT_RETRIES: usize = 50;
@@ -188,14 +196,43 @@ impl Sink for DeltaSink {
                 "the checkpoint records more than the table holds for this partition: was the table replaced?"
             );
         }
-        tracing::debug!(sink = %shared.name, app_id, skip_through = ?durable.position, "opened a Delta writer");
+        let skip_through = skip_through(shared, &app_id, durable, progress)
+            .await
+            .map_err(|e| scope.error(&shared.name, e))?;
+        tracing::debug!(sink = %shared.name, app_id, skip_through = ?skip_through, "opened a Delta writer");
         Ok(Box::new(DeltaWriter {
             shared: Arc::clone(shared),
             scope: scope.clone(),
             app_id,
             epoch,
-            skip_through: durable.position,
+            skip_through,
         }))
+    }
+}
+
+/// What a writer reopened from `progress` (its checkpoint's) skips: the records at or below the
+/// position the table holds for it. One exception: a checkpoint saved just before an idle
+/// advance (`"idle_advance_pending": true`, added by the pipeline) at the position the table
+/// holds. The replay repeats that advance first, and its records carry that same position: they
+/// are in the table only if a commit of this partition came after the checkpoint's table version,
+/// and are written otherwise.
+async fn skip_through(
+    shared: &Shared,
+    app_id: &str,
+    durable: Durable,
+    progress: Option<&SinkProgress>,
+) -> Result<Option<Position>, String> {
+    let field = |name: &str| progress.and_then(|p| p.get(name));
+    let recorded = field("position").and_then(serde_json::Value::as_u64);
+    let since = field("table_version").and_then(serde_json::Value::as_u64);
+    let pending = field(IDLE_ADVANCE_PENDING).and_then(serde_json::Value::as_bool);
+    match (durable.position, recorded, since, pending) {
+        (Some(in_table), Some(recorded), Some(since), Some(true)) if in_table == recorded => {
+            let committer = shared.committer.lock().await;
+            let written = committer.committed_since(app_id, since).await?;
+            Ok(written.then_some(in_table))
+        }
+        (in_table, ..) => Ok(in_table),
     }
 }
 
@@ -426,6 +463,29 @@ impl Committer {
             .map_err(delta_error("cannot read the table's log"))
     }
 
+    /// Whether a commit after table version `since` carries a transaction of `app_id`.
+    async fn committed_since(&self, app_id: &str, since: u64) -> Result<bool, String> {
+        let log_store = self.table.log_store();
+        for version in since.saturating_add(1)..=self.version() {
+            let Some(bytes) = log_store
+                .read_commit_entry(version as deltalake::kernel::Version)
+                .await
+                .map_err(delta_error("cannot read a commit of the table's log"))?
+            else {
+                continue;
+            };
+            let carries = bytes.split(|b| *b == b'\n').any(|line| {
+                serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .is_some_and(|action| action["txn"]["appId"] == app_id)
+            });
+            if carries {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The transaction version of `app_id` in the loaded snapshot, as a position.
     async fn txn_position(&self, app_id: &str) -> Result<Option<Position>, String> {
         let snapshot = self
@@ -461,11 +521,12 @@ impl Committer {
         pending: &mut [Pending],
     ) -> Result<HashMap<String, Durable>, String> {
         let started = Instant::now();
-        if self.suspect {
+        let suspect = self.suspect;
+        if suspect {
             self.refresh().await?;
             self.suspect = false;
         }
-        let mut outcome = self.drop_committed(pending).await?;
+        let mut outcome = self.drop_committed(pending, suspect).await?;
         let rows: usize = pending.iter().map(Pending::rows).sum();
         if rows == 0 {
             return Ok(outcome);
@@ -499,14 +560,22 @@ impl Committer {
     /// positions of a partition while it moved (its commits reach this table through a refresh,
     /// or through a commit of this process that landed after them). Returns what the table holds
     /// for the app ids it has a transaction of.
+    ///
+    /// The table holding exactly what this partition last committed (`durable`) says nothing
+    /// about the rows waiting: rows at that very position are an idle advance's, written after
+    /// it (see [`SinkWriter::checkpointed`]). Only after a commit whose outcome is unknown
+    /// (`suspect`) do they count as held, since that commit may have been theirs.
     async fn drop_committed(
         &mut self,
         pending: &mut [Pending],
+        suspect: bool,
     ) -> Result<HashMap<String, Durable>, String> {
         let mut outcome = HashMap::new();
         for p in pending.iter_mut() {
             if let Some(done) = self.known_txn(&p.app_id).await? {
-                p.retain_after(done)?;
+                if suspect || p.durable.is_none_or(|own| done > own) {
+                    p.retain_after(done)?;
+                }
                 p.durable = p.durable.max(Some(done));
                 outcome.insert(
                     p.app_id.clone(),
@@ -756,5 +825,12 @@ impl SinkWriter for DeltaWriter {
             _ => return Err(self.superseded()),
         };
         Ok(json!({ "position": durable.position, "table_version": durable.table_version }))
+    }
+
+    /// Records produced after a checkpoint that covers `skip_through` are new: stop skipping.
+    fn checkpointed(&mut self, position: Position) {
+        if self.skip_through.is_some_and(|done| done <= position) {
+            self.skip_through = None;
+        }
     }
 }

@@ -713,6 +713,65 @@ async fn replay_after_crash_writes_every_row_once() {
     );
 }
 
+/// `progress` as a checkpoint saved just before an idle advance hands it back on a restart.
+fn pending_advance(progress: &Value) -> Value {
+    let mut progress = progress.clone();
+    progress[crate::sink::IDLE_ADVANCE_PENDING] = json!(true);
+    progress
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_advance_records_at_the_checkpointed_position_are_written_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("telemetry");
+    let sink = open(&table, TELEMETRY).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..10)).await;
+    // Advance A: its checkpoint first, then its record at the last position 9, committed; the
+    // process dies before the checkpoint after it.
+    let before_a = w.flush().await.expect("flush");
+    w.checkpointed(9);
+    write_all(&mut w, vec![reading(0, 9)]).await;
+    w.flush().await.expect("flush");
+    drop(w);
+
+    // The replay repeats A: the log says its record is in the table, so it is skipped...
+    let mut w = writer(&sink, 0, Some(&pending_advance(&before_a))).await;
+    write_all(&mut w, vec![reading(0, 9)]).await;
+    w.flush().await.expect("flush");
+    w.checkpointed(9);
+    // ...and advance B, after a checkpoint, is written although the table holds position 9.
+    let before_b = w.flush().await.expect("flush");
+    w.checkpointed(9);
+    write_all(&mut w, vec![reading(0, 9)]).await;
+    let after_b = w.flush().await.expect("flush");
+    w.checkpointed(9);
+    // Advance C: checkpointed, then the process dies before its record is committed.
+    let before_c = w.flush().await.expect("flush");
+    assert_eq!(before_c, after_b);
+    w.checkpointed(9);
+    write_all(&mut w, vec![reading(0, 9)]).await;
+    drop(w);
+    assert_ne!(before_b["table_version"], before_c["table_version"]);
+
+    // The replay repeats C: no commit of this partition after its checkpoint, so it is written.
+    let mut w = writer(&sink, 0, Some(&pending_advance(&before_c))).await;
+    write_all(&mut w, vec![reading(0, 9)]).await;
+    let last = w.flush().await.expect("flush");
+    drop(w);
+    // A restart without a pending advance skips what the table holds, as always.
+    let mut w = writer(&sink, 0, Some(&last)).await;
+    write_all(&mut w, readings(0, 5..10)).await;
+    w.flush().await.expect("flush");
+
+    let mut expected = expected_keys(&[(0, 0..10)]);
+    // A, B and C once each.
+    expected.extend([(0, 9); 3]);
+    expected.sort_unstable();
+    let rows = read_with_rust(&table).await;
+    assert_eq!(row_keys(&rows), expected);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Partitions writing and flushing concurrently
 

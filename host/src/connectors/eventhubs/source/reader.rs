@@ -690,6 +690,7 @@ fn to_event(received: &ReceivedEventData, partition: PartitionId, sequence: Posi
     Event {
         partition,
         position: sequence,
+        source: crate::event::no_source(),
         key: received
             .partition_key()
             .as_ref()

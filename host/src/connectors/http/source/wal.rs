@@ -145,6 +145,7 @@ fn decode_frame(frame: &[u8], partition: PartitionId, position: Position) -> Res
     let body = Bytes::copy_from_slice(rest);
     Ok(Event {
         partition,
+        source: crate::event::no_source(),
         position,
         key,
         event_time: None,
