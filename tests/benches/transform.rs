@@ -3,7 +3,10 @@
 //!    output decoding, keyed state through host imports, epoch deadline on);
 //! 2. as the same Rust function called natively (`weir_sdk::testing::NativeRunner`: the same
 //!    runner code and batch layout, state in memory);
-//! 3. as the pass-through component through the host's stage (the cost of the boundary alone).
+//! 3. as the pass-through component through the host's stage (the cost of the boundary alone);
+//! 4. as the Python and the JavaScript components of the same rule (`plugins/python/`,
+//!    `plugins/js/`, built with `scripts/build-plugin`) through the host's stage, with their
+//!    compile and instantiate times and the linear memory an instance holds.
 //!
 //! Run: `cargo bench -p weir-tests --bench transform` (release build). One thread does all the
 //! work, so the figures are per core.
@@ -14,7 +17,9 @@ use std::time::{Duration, Instant};
 use weir::config::SimulatorSourceConfig;
 use weir::event::Event;
 use weir::generators::telemetry::SimulatorSource;
-use weir::plugin::{InstanceSettings, KeyedState, PluginEngine, PluginScope};
+use weir::plugin::{
+    InstanceSettings, KeyedState, PluginEngine, PluginInstance, PluginKind, PluginScope,
+};
 use weir::source::{PartitionStart, ReadOutcome, Source};
 use weir::stage::{Stage, StageOutput, WasmTransformStage};
 use weir_sdk::testing::{NativeRunner, TestEvent, batch_of};
@@ -101,6 +106,19 @@ fn main() {
         wasm.1, native.1,
         "the Wasm and native paths must produce the same records"
     );
+    let scripts: Vec<(&str, ScriptFigures)> = [
+        ("Python", "plugins/python/telemetry-anomaly"),
+        ("JavaScript", "plugins/js/telemetry-anomaly"),
+    ]
+    .into_iter()
+    .map(|(language, dir)| (language, script_figures(dir, &batches)))
+    .collect();
+    for (language, figures) in &scripts {
+        assert_eq!(
+            figures.run.1, wasm.1,
+            "the {language} plugin must produce the Rust plugin's records"
+        );
+    }
     let n = events.len() as f64;
     println!();
     println!(
@@ -111,6 +129,11 @@ fn main() {
         ("anomaly rule, Wasm component via host stage", wasm),
         ("anomaly rule, same Rust function natively", native),
         ("pass-through component via host stage", pass),
+        ("anomaly rule, Python component via stage", scripts[0].1.run),
+        (
+            "anomaly rule, JavaScript component via stage",
+            scripts[1].1.run,
+        ),
     ] {
         let secs = time.as_secs_f64();
         println!(
@@ -126,6 +149,75 @@ fn main() {
         n / wasm.0.as_secs_f64()
     );
     println!("(best of {ROUNDS} rounds each; state starts empty every round)");
+    println!();
+    for (language, figures) in &scripts {
+        println!(
+            "{language} component: {} bytes, compile {:.2} s, instantiate {:.1} ms, linear memory {} KiB after instantiation, {} KiB after a run; {:.0} events/s (goal: 50,000 per core)",
+            figures.bytes,
+            figures.compile.as_secs_f64(),
+            figures.instantiate.as_secs_f64() * 1e3,
+            figures.memory_start / 1024,
+            figures.memory_after / 1024,
+            n / figures.run.0.as_secs_f64(),
+        );
+    }
+}
+
+/// What the benchmark measures of a Python or JavaScript plugin.
+struct ScriptFigures {
+    bytes: u64,
+    compile: Duration,
+    instantiate: Duration,
+    memory_start: usize,
+    memory_after: usize,
+    run: (Duration, usize),
+}
+
+/// Builds the plugin in `dir` (cached by content hash), compiles it without the compile cache,
+/// instantiates it, and runs the batches through the host's stage (fewer rounds: it is slow).
+fn script_figures(dir: &str, batches: &[Vec<Event>]) -> ScriptFigures {
+    let path = weir_tests::script_plugins::script_plugin(dir, PluginKind::Transform);
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let started = Instant::now();
+    let plugin = PluginEngine::new()
+        .expect("engine")
+        .load_transform(&path)
+        .expect("the plugin loads");
+    let compile = started.elapsed();
+    let settings = settings(&plugin);
+    let started = Instant::now();
+    let instance = PluginInstance::new(plugin.clone(), settings.clone(), KeyedState::default())
+        .expect("instantiates");
+    let instantiate = started.elapsed();
+    let memory_start = instance.memory_in_use();
+    let rounds = 2;
+    let run = (0..rounds)
+        .map(|_| {
+            let mut stage = stage(&plugin);
+            let mut out = StageOutput::default();
+            let started = Instant::now();
+            let mut records = 0;
+            for batch in batches {
+                out.clear();
+                stage.process(batch, &mut out).expect("stage");
+                records += out.emitted.len();
+            }
+            (started.elapsed(), records)
+        })
+        .min_by_key(|(time, _)| *time)
+        .expect("a round");
+    let mut after = PluginInstance::new(plugin, settings, KeyedState::default()).expect("instance");
+    let mut layout = weir::stage::batch::empty_batch(0);
+    weir::stage::batch::fill_batch(&mut layout, &batches[0]);
+    after.process(&layout).expect("a batch");
+    ScriptFigures {
+        bytes,
+        compile,
+        instantiate,
+        memory_start,
+        memory_after: after.memory_in_use(),
+        run,
+    }
 }
 
 /// Runs `round` ROUNDS times and keeps the fastest.
@@ -137,7 +229,17 @@ fn best_of(mut round: impl FnMut() -> (Duration, usize)) -> (Duration, usize) {
 }
 
 fn stage(plugin: &Arc<weir::plugin::Plugin>) -> WasmTransformStage {
-    let settings = Arc::new(InstanceSettings {
+    WasmTransformStage::new(
+        "anomaly".into(),
+        plugin.clone(),
+        settings(plugin),
+        KeyedState::default(),
+    )
+}
+
+/// The sandbox settings of the benchmark's stages (the defaults of `[plugins]`).
+fn settings(plugin: &Arc<weir::plugin::Plugin>) -> Arc<InstanceSettings> {
+    Arc::new(InstanceSettings {
         scope: PluginScope {
             pipeline: "bench".into(),
             stage: "anomaly".into(),
@@ -149,13 +251,7 @@ fn stage(plugin: &Arc<weir::plugin::Plugin>) -> WasmTransformStage {
         max_memory_bytes: 256 * 1024 * 1024,
         call_timeout: Duration::from_secs(5),
         reference: weir::reference::ReferenceTables::none(),
-    });
-    WasmTransformStage::new(
-        "anomaly".into(),
-        plugin.clone(),
-        settings,
-        KeyedState::default(),
-    )
+    })
 }
 
 /// Events from Weir's own telemetry simulator (1,000 devices, about 5% temperature jumps).

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod kafka_proxies;
 pub mod librdkafka;
 pub mod scale_out;
+pub mod script_plugins;
 pub mod servers;
 pub mod service;
 pub mod telemetry;

@@ -1,0 +1,756 @@
+// Write Weir stream plugins in JavaScript, built into WebAssembly components with componentize-js.
+//
+//     import { transform } from "weir";
+//
+//     transform((event, ctx) => {
+//       const reading = event.json();            // the body as an object; malformed JSON rejects
+//       if (reading.Temperature > 80) ctx.emit("alerts", { DeviceId: reading.DeviceId });
+//       ctx.forward("rows");                     // the input, unchanged and uncopied
+//     });
+//
+// - `transform(fn)`: `fn(event, ctx)`, called for every event.
+// - `window({ init, fold, finish })`: a window aggregate. `init()` gives a new window's
+//   accumulator, `fold(acc, event, ctx)` returns it with the event folded in, `finish(acc, window,
+//   ctx)` emits a closed window's outputs. Accumulators are stored as JSON.
+// - `join(fn)`: `fn(left, right, ctx)`, called for every joined pair (a side is null when alone).
+//
+// Throwing `new Reject(reason)` (or any other error) rejects the event: what it emitted and wrote to
+// keyed state is discarded, and it goes to the dead-letter sink with the reason. Keyed state is
+// stored as JSON text under string keys, the form of the Rust and Python SDKs, so a stage can be
+// swapped between languages with its state. The WIT batch layout is hidden: a batch is walked once,
+// keyed state is cached in the instance, checked with one `check-cache` call per batch and written
+// back with one `write-batch` call. `weir/testing` runs the same runners under `node --test`.
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Rejects the current event with a reason (it goes to the dead-letter sink). */
+export class Reject extends Error {
+  constructor(reason) {
+    super(reason);
+    this.name = "Reject";
+  }
+}
+
+/** Severity of a log record (the WIT `level` enum). */
+export const Level = Object.freeze({
+  TRACE: "trace",
+  DEBUG: "debug",
+  INFO: "info",
+  WARN: "warn",
+  ERROR: "error",
+});
+
+// ----- Registration -----
+
+/** The functions the plugin module registered. */
+export const PLUGIN = {
+  transform: null,
+  window: null,
+  join: null,
+  kind() {
+    if (this.transform) return "transform";
+    if (this.window) return "window";
+    if (this.join) return "join";
+    return null;
+  },
+};
+
+function register(slot, value) {
+  if (PLUGIN[slot] && PLUGIN[slot] !== value) {
+    throw new TypeError(`a plugin registers one ${slot}`);
+  }
+  PLUGIN[slot] = value;
+  if (["transform", "window", "join"].filter((k) => PLUGIN[k]).length > 1) {
+    throw new TypeError("a plugin is of one kind: transform, window or join");
+  }
+  return value;
+}
+
+/** Registers the plugin's transform function: `fn(event, ctx)`, called for every event. */
+export function transform(fn) {
+  if (typeof fn !== "function") throw new TypeError("transform(fn) takes a function");
+  return register("transform", fn);
+}
+
+/** Registers a window aggregate: `{ init(), fold(acc, event, ctx), finish(acc, window, ctx) }`. */
+export function window(aggregate) {
+  if (!aggregate || typeof aggregate.fold !== "function") {
+    throw new TypeError("window({ init, fold, finish }) needs at least `fold`");
+  }
+  return register("window", aggregate);
+}
+
+/** Registers a join enrichment: `fn(left, right, ctx)`, one side null when an event is alone. */
+export function join(fn) {
+  if (typeof fn !== "function") throw new TypeError("join(fn) takes a function");
+  return register("join", fn);
+}
+
+// ----- Events -----
+
+const UNPARSED = Symbol("unparsed");
+
+/** One input event: its body (JSON, parsed on demand), key, times, partition and source. */
+export class Event {
+  constructor(batchText, bodies, start, end, key, time, enqueuedTime, position, partition,
+    source, properties) {
+    this._text = batchText;
+    this._bodies = bodies;
+    this._start = start;
+    this._end = end;
+    this._json = UNPARSED;
+    /** The partition key, or null. */
+    this.key = key;
+    /** Event time, milliseconds since the Unix epoch (the pipeline's TIMESTAMP BY). */
+    this.time = time;
+    /** When the event entered Weir or its broker, milliseconds since the Unix epoch. */
+    this.enqueuedTime = enqueuedTime;
+    /** Position (offset or sequence number) in its source partition. */
+    this.position = position;
+    /** The source partition. */
+    this.partition = partition;
+    /** The name of the source the event comes from, when the host says (else null). */
+    this.source = source;
+    this._properties = properties;
+  }
+
+  /** The body as bytes (a view into the batch). */
+  get body() {
+    return this._bodies.subarray(this._start, this._end);
+  }
+
+  /** The body as text. */
+  get text() {
+    return this._text !== null
+      ? this._text.slice(this._start, this._end)
+      : decoder.decode(this.body);
+  }
+
+  /** The body parsed from JSON (cached); malformed JSON rejects the event. */
+  json() {
+    if (this._json === UNPARSED) {
+      try {
+        this._json = JSON.parse(this.text);
+      } catch (error) {
+        throw new Reject(`malformed JSON: ${error.message}`);
+      }
+    }
+    return this._json;
+  }
+
+  /** The value of application property `name`, or null. */
+  property(name) {
+    for (const [key, value] of this._properties || []) if (key === name) return value;
+    return null;
+  }
+
+  /** Application properties (Event Hubs properties, Kafka or HTTP headers) as an object. */
+  get properties() {
+    return Object.fromEntries(this._properties || []);
+  }
+}
+
+/** A closed window: its group's key (an object of the grouped fields) and bounds (ms). */
+export class Window {
+  constructor(keyJson, start, end) {
+    /** The group's key as JSON text. */
+    this.keyJson = keyJson;
+    /** Start, inclusive, ms since the Unix epoch. */
+    this.start = start;
+    /** End, exclusive, ms since the Unix epoch. */
+    this.end = end;
+  }
+
+  /** The group's key as an object. */
+  get key() {
+    return this.keyJson ? JSON.parse(this.keyJson) : {};
+  }
+}
+
+// ----- Keyed state cache -----
+
+/** Most keys cached; past this the cache is emptied after a flush. */
+export const MAX_CACHED_KEYS = 65536;
+const MISSING = Symbol("missing");
+
+/** (key, value or null) of a WIT `writes` record, values as JSON text. */
+function* entries(writes) {
+  let keyStart = 0;
+  let valueStart = 0;
+  for (let i = 0; i < writes.keyEnds.length; i++) {
+    const keyEnd = Number(writes.keyEnds[i]);
+    const valueEnd = Number(writes.valueEnds[i]);
+    const key = decoder.decode(writes.keys.subarray(keyStart, keyEnd));
+    const value = writes.deletes[i] ? null : decoder.decode(writes.values.subarray(valueStart, valueEnd));
+    keyStart = keyEnd;
+    valueStart = valueEnd;
+    yield [key, value];
+  }
+}
+
+/** A copy of a JSON value the caller may change without changing the cache. */
+function copy(value) {
+  if (value === null || typeof value !== "object") return value;
+  if (Array.isArray(value)) {
+    for (const item of value) if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
+    return value.slice();
+  }
+  for (const key in value) {
+    const item = value[key];
+    if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
+  }
+  return { ...value };
+}
+
+/** `value` as the cache keeps it for `put`: a copy of what JSON keeps of it (cheap for flat
+ * objects of numbers, strings, booleans and nulls), checked to be serialisable. */
+function stored(key, value) {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)
+    && Object.getPrototypeOf(value) === Object.prototype) {
+    let flat = true;
+    for (const name in value) {
+      const item = value[name];
+      const kind = typeof item;
+      if (!(kind === "string" || kind === "boolean" || item === null
+        || (kind === "number" && Number.isFinite(item)))) {
+        flat = false;
+        break;
+      }
+    }
+    if (flat) return { ...value };
+  }
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (error) {
+    throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
+  }
+  if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
+  return JSON.parse(text);
+}
+
+const ABSENT = Symbol("absent");
+
+/**
+ * The instance's keyed-state cache, with an undo log for the current event. Values are kept
+ * parsed (`values`: key -> value, ABSENT for none) or as the JSON text the host handed over until
+ * first read (`raw`). A key read is asked of the host once, unless the host handed the whole state
+ * over; a written key is serialised once, when the batch ends, and the keys written reach the host
+ * in one `write-batch` call.
+ */
+class StateCache {
+  constructor() {
+    this.values = new Map();
+    this.raw = new Map();
+    this.complete = false;
+    this.dirty = new Set();
+    this.undo = null;
+    this.inEvent = false;
+  }
+
+  restart(start) {
+    this.values = new Map();
+    this.raw = new Map();
+    this.dirty = new Set();
+    for (const [key, value] of entries(start.entries)) this.raw.set(key, value);
+    this.complete = Boolean(start.whole) && this.raw.size <= MAX_CACHED_KEYS;
+  }
+
+  /** The cached value of `key` (not a copy), or ABSENT. */
+  read(host, key) {
+    const cached = this.values.get(key);
+    if (cached !== undefined) return cached;
+    let text = this.raw.get(key);
+    if (text !== undefined) {
+      this.raw.delete(key);
+    } else if (this.complete) {
+      text = null;
+    } else {
+      const bytes = host.stateGet(encoder.encode(key));
+      text = bytes == null ? null : decoder.decode(bytes);
+    }
+    let value = ABSENT;
+    if (text !== null) {
+      try {
+        value = JSON.parse(text);
+      } catch (error) {
+        throw new Reject(`keyed state \`${key}\`: ${error.message}`);
+      }
+    }
+    this.values.set(key, value);
+    return value;
+  }
+
+  write(key, value) {
+    if (this.inEvent) {
+      if (this.undo === null) this.undo = new Map();
+      if (!this.undo.has(key)) {
+        this.undo.set(key, [this.values.has(key) ? this.values.get(key) : MISSING, this.dirty.has(key)]);
+      }
+    }
+    this.raw.delete(key);
+    this.values.set(key, value);
+    this.dirty.add(key);
+  }
+
+  beginEvent() {
+    this.inEvent = true;
+    this.undo = null;
+  }
+
+  rollbackEvent() {
+    if (this.undo !== null) {
+      for (const [key, [value, dirty]] of this.undo) {
+        if (value === MISSING) this.values.delete(key);
+        else this.values.set(key, value);
+        if (!dirty) this.dirty.delete(key);
+      }
+    }
+    this.undo = null;
+  }
+
+  flush(host) {
+    this.inEvent = false;
+    this.undo = null;
+    if (this.dirty.size > 0) {
+      let keys = "";
+      let values = "";
+      const keyEnds = new Uint32Array(this.dirty.size);
+      const valueEnds = new Uint32Array(this.dirty.size);
+      const deletes = [];
+      const keyParts = [];
+      const valueParts = [];
+      let keyLength = 0;
+      let valueLength = 0;
+      let i = 0;
+      for (const key of this.dirty) {
+        const value = this.values.get(key);
+        const keyBytes = encoder.encode(key);
+        keyParts.push(keyBytes);
+        keyLength += keyBytes.length;
+        keyEnds[i] = keyLength;
+        if (value !== ABSENT && value !== undefined) {
+          const valueBytes = encoder.encode(JSON.stringify(value));
+          valueParts.push(valueBytes);
+          valueLength += valueBytes.length;
+        }
+        valueEnds[i] = valueLength;
+        deletes.push(value === ABSENT || value === undefined);
+        i++;
+      }
+      keys = concat(keyParts, keyLength);
+      values = concat(valueParts, valueLength);
+      this.dirty = new Set();
+      host.stateWriteBatch({ keys, keyEnds, values, valueEnds, deletes });
+    }
+    if (this.values.size + this.raw.size > MAX_CACHED_KEYS) {
+      this.values = new Map();
+      this.raw = new Map();
+      this.complete = false;
+    }
+  }
+
+  discardUnflushed() {
+    if (this.dirty.size > 0 || this.undo !== null) {
+      this.values = new Map();
+      this.raw = new Map();
+      this.dirty = new Set();
+      this.complete = false;
+    }
+    this.undo = null;
+    this.inEvent = false;
+  }
+}
+
+function concat(parts, length) {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+// ----- The context -----
+
+/** A growable byte buffer for the batch's payloads. */
+class Payloads {
+  constructor() {
+    this.bytes = new Uint8Array(64 * 1024);
+    this.length = 0;
+  }
+
+  reserve(extra) {
+    if (this.length + extra > this.bytes.length) {
+      const bigger = new Uint8Array(Math.max(this.bytes.length * 2, this.length + extra));
+      bigger.set(this.bytes.subarray(0, this.length));
+      this.bytes = bigger;
+    }
+  }
+
+  pushText(text) {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit.
+    this.reserve(text.length * 3);
+    const { written } = encoder.encodeInto(text, this.bytes.subarray(this.length));
+    this.length += written;
+  }
+
+  pushBytes(bytes) {
+    this.reserve(bytes.length);
+    this.bytes.set(bytes, this.length);
+    this.length += bytes.length;
+  }
+
+  view() {
+    return this.bytes.subarray(0, this.length);
+  }
+}
+
+/**
+ * What a plugin function can do besides reading its event: emit records, keep keyed state, read
+ * its configuration and reference data, count and log. One lives as long as the instance.
+ */
+export class Context {
+  constructor(host) {
+    this._host = host;
+    this._state = new StateCache();
+    this._config = null;
+    this._counters = new Map();
+    this._targets = new Map();
+    this._targetNames = [];
+    this._payloads = new Payloads();
+    this._emitted = [];
+    this._rejected = [];
+    this._event = 0;
+    this._position = 0;
+    this._marks = [0, 0];
+  }
+
+  // ----- Outputs -----
+
+  /** Sends `value`, serialised as JSON, to output `output`. */
+  emit(output, value) {
+    let text;
+    try {
+      text = JSON.stringify(value);
+    } catch (error) {
+      throw new Reject(`cannot serialise a record for output \`${output}\`: ${error.message}`);
+    }
+    this._payloads.pushText(text);
+    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: false });
+  }
+
+  /** Sends `data` (a string or bytes) unchanged to output `output`. */
+  emitRaw(output, data) {
+    if (typeof data === "string") this._payloads.pushText(data);
+    else this._payloads.pushBytes(data);
+    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: false });
+  }
+
+  /** Sends the input event's body unchanged to output `output` (nothing is copied). */
+  forward(output) {
+    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: true });
+  }
+
+  _target(name) {
+    let index = this._targets.get(name);
+    if (index === undefined) {
+      index = this._targetNames.length;
+      this._targets.set(name, index);
+      this._targetNames.push(name);
+    }
+    return index;
+  }
+
+  // ----- Keyed state -----
+
+  /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
+   * value is the caller's copy: change it, then `put` it. */
+  get(key, fallback = undefined) {
+    const value = this._state.read(this._host, key);
+    return value === ABSENT ? fallback : copy(value);
+  }
+
+  /** Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch ends). */
+  put(key, value) {
+    this._state.write(key, stored(key, value));
+  }
+
+  /** Removes `key` from the keyed state. */
+  delete(key) {
+    this._state.write(key, ABSENT);
+  }
+
+  // ----- Configuration and reference data -----
+
+  /** The stage's `config` table as an object (`{}` when absent), read once per instance. */
+  get config() {
+    if (this._config === null) {
+      const text = this._host.config() || "{}";
+      try {
+        this._config = text.trim() ? JSON.parse(text) : {};
+      } catch (error) {
+        throw new Reject(`invalid stage config: ${error.message}`);
+      }
+    }
+    return this._config;
+  }
+
+  /** The row of reference table `table` whose key is `key`, as an object; null when none. */
+  lookup(table, key) {
+    const row = this._host.referenceLookup(table, String(key));
+    return row == null ? null : JSON.parse(row);
+  }
+
+  // ----- Logs and counters -----
+
+  /** Adds `delta` (default 1) to counter `name` (summed in the plugin, sent once per batch). */
+  counter(name, delta = 1) {
+    this._counters.set(name, (this._counters.get(name) || 0) + delta);
+  }
+
+  /** Writes a log record into the host's logs, with the event's position and `fields`. */
+  log(level, message, fields = {}) {
+    const pairs = [["position", String(this._position)]];
+    for (const [key, value] of Object.entries(fields)) pairs.push([key, String(value)]);
+    this._host.log(level, String(message), pairs);
+  }
+
+  trace(message, fields) { this.log(Level.TRACE, message, fields); }
+  debug(message, fields) { this.log(Level.DEBUG, message, fields); }
+  info(message, fields) { this.log(Level.INFO, message, fields); }
+  warn(message, fields) { this.log(Level.WARN, message, fields); }
+  error(message, fields) { this.log(Level.ERROR, message, fields); }
+
+  // ----- Driven by the runners -----
+
+  _beginBatch() {
+    this._state.discardUnflushed();
+    const start = this._host.stateCheckCache();
+    if (start != null) this._state.restart(start);
+    this._counters = new Map();
+    this._targets = new Map();
+    this._targetNames = [];
+    this._payloads.length = 0;
+    this._emitted = [];
+    this._rejected = [];
+  }
+
+  _beginEvent(index, position) {
+    this._event = index;
+    this._position = position;
+    this._marks = [this._payloads.length, this._emitted.length];
+    this._state.beginEvent();
+  }
+
+  _reject(reason) {
+    this._payloads.length = this._marks[0];
+    this._emitted.length = this._marks[1];
+    this._state.rollbackEvent();
+    this._rejected.push({ event: this._event, reason });
+  }
+
+  _endBatch() {
+    this._state.flush(this._host);
+    for (const [name, delta] of this._counters) {
+      if (delta > 0) this._host.counterAdd(name, delta);
+    }
+    this._counters = new Map();
+  }
+
+  /** The batch's output in the WIT `output-batch` shape. */
+  _output() {
+    return {
+      targets: this._targetNames,
+      payloads: this._payloads.view(),
+      emitted: this._emitted,
+      rejected: this._rejected,
+    };
+  }
+}
+
+/** The dead-letter reason of an error thrown by the author's function. */
+function reason(error) {
+  if (error instanceof Reject) return error.message;
+  if (error instanceof Error) {
+    const frame = (error.stack || "").split("\n").find((line) => /:\d+:\d+/.test(line));
+    const where = frame ? ` (at ${frame.trim().replace(/^at /, "")})` : "";
+    return `${error.name}: ${error.message}${where}`;
+  }
+  return String(error);
+}
+
+// ----- Runners: one pass over a batch in the WIT layout -----
+
+/** The events of a batch in the WIT layout (camelCase fields, as componentize-js gives them). */
+export function batchEvents(batch) {
+  const bodies = batch.bodies;
+  // One decode for the batch: when it is ASCII, byte offsets are character offsets.
+  let text = null;
+  if (bodies.length > 0) {
+    const decoded = decoder.decode(bodies);
+    if (decoded.length === bodies.length) text = decoded;
+  }
+  const keys = batch.keys;
+  let keyText = null;
+  if (keys.length > 0) {
+    const decoded = decoder.decode(keys);
+    if (decoded.length === keys.length) keyText = decoded;
+  }
+  const names = batch.sources;
+  const sourceOf = batch.eventSources;
+  const hasSources = names && names.length > 0 && sourceOf && sourceOf.length > 0;
+  let properties = null;
+  if (batch.properties && batch.properties.length > 0) {
+    properties = new Map();
+    for (const p of batch.properties) {
+      if (!properties.has(p.event)) properties.set(p.event, []);
+      properties.get(p.event).push([p.name, p.value]);
+    }
+  }
+  const events = new Array(batch.bodyEnds.length);
+  let bodyStart = 0;
+  let keyStart = 0;
+  for (let i = 0; i < events.length; i++) {
+    const bodyEnd = Number(batch.bodyEnds[i]);
+    const keyEnd = Number(batch.keyEnds[i]);
+    const key = keyEnd <= keyStart ? null
+      : keyText !== null ? keyText.slice(keyStart, keyEnd) : decoder.decode(keys.subarray(keyStart, keyEnd));
+    events[i] = new Event(text, bodies, bodyStart, bodyEnd, key,
+      Number(batch.eventTimes[i]), Number(batch.enqueuedTimes[i]), Number(batch.positions[i]),
+      batch.partition, hasSources ? (names[sourceOf[i]] ?? null) : null,
+      properties ? properties.get(i) || null : null);
+    bodyStart = bodyEnd;
+    keyStart = keyEnd;
+  }
+  return events;
+}
+
+/** Runs `fn` over every event of `batch`; returns the WIT `output-batch`. */
+export function runTransform(ctx, fn, batch) {
+  ctx._beginBatch();
+  const events = batchEvents(batch);
+  for (let i = 0; i < events.length; i++) {
+    ctx._beginEvent(i, events[i].position);
+    try {
+      fn(events[i], ctx);
+    } catch (error) {
+      ctx._reject(reason(error));
+    }
+  }
+  ctx._endBatch();
+  return ctx._output();
+}
+
+function ranges(data, ends) {
+  const out = [];
+  let start = 0;
+  for (const end of ends) {
+    out.push(data.subarray ? data.subarray(start, Number(end)) : data.slice(start, Number(end)));
+    start = Number(end);
+  }
+  return out;
+}
+
+/** A copy of `acc` to restore if a fold throws. */
+function snapshot(acc) {
+  if (acc === null || typeof acc !== "object") return acc;
+  if (!Array.isArray(acc) && Object.values(acc).every((v) => v === null || typeof v !== "object")) {
+    return { ...acc };
+  }
+  return JSON.parse(JSON.stringify(acc));
+}
+
+/** Folds a request's events into its groups' accumulators; returns the WIT `fold-response`. */
+export function runFold(ctx, request, aggregate = PLUGIN.window) {
+  const init = aggregate.init || (() => ({}));
+  ctx._beginBatch();
+  const events = batchEvents(request.events);
+  const members = ranges(request.members, request.memberEnds);
+  const out = new Payloads();
+  const ends = [];
+  const stored = ranges(request.accumulators, request.accumulatorEnds);
+  for (let group = 0; group < stored.length; group++) {
+    const window = request.windows[group];
+    const groupMembers = members[group] || [];
+    let acc;
+    try {
+      acc = stored[group].length > 0 ? JSON.parse(decoder.decode(stored[group])) : init();
+    } catch (error) {
+      for (const member of groupMembers) {
+        ctx._beginEvent(member, 0);
+        ctx._reject(`the accumulator of window ${window.start}..${window.end} of ${window.key} cannot be read: ${error.message}`);
+      }
+      out.pushBytes(stored[group]);
+      ends.push(out.length);
+      continue;
+    }
+    for (const member of groupMembers) {
+      const event = events[member];
+      if (event === undefined) {
+        ctx._beginEvent(member, 0);
+        ctx._reject(`invalid request: no event ${member} in the batch`);
+        continue;
+      }
+      ctx._beginEvent(member, event.position);
+      const before = snapshot(acc);
+      try {
+        const result = aggregate.fold(acc, event, ctx);
+        if (result !== undefined) acc = result;
+      } catch (error) {
+        acc = before;
+        ctx._reject(reason(error));
+      }
+    }
+    out.pushText(JSON.stringify(acc));
+    ends.push(out.length);
+  }
+  ctx._endBatch();
+  if (ctx._emitted.length > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
+  return { accumulators: out.view(), accumulatorEnds: ends, rejected: ctx._rejected };
+}
+
+/** Produces the outputs of closed windows; returns the WIT `output-batch`, indexed by window. */
+export function runFinish(ctx, request, aggregate = PLUGIN.window) {
+  const init = aggregate.init || (() => ({}));
+  ctx._beginBatch();
+  const stored = ranges(request.accumulators, request.accumulatorEnds);
+  for (let i = 0; i < stored.length; i++) {
+    const window = request.windows[i];
+    ctx._beginEvent(i, 0);
+    try {
+      const acc = stored[i].length > 0 ? JSON.parse(decoder.decode(stored[i])) : init();
+      if (aggregate.finish) {
+        aggregate.finish(acc, new Window(window.key, Number(window.start), Number(window.end)), ctx);
+      }
+    } catch (error) {
+      ctx._reject(reason(error));
+    }
+  }
+  ctx._endBatch();
+  return ctx._output();
+}
+
+/** Calls the join function per pair; returns the WIT `output-batch`, indexed by pair. */
+export function runJoin(ctx, request, fn = PLUGIN.join) {
+  ctx._beginBatch();
+  const events = batchEvents(request.events);
+  request.pairs.forEach((pair, i) => {
+    const left = pair.left != null ? events[pair.left] ?? null : null;
+    const right = pair.right != null ? events[pair.right] ?? null : null;
+    ctx._beginEvent(i, Math.max(left ? left.position : 0, right ? right.position : 0));
+    if ((!left && !right) || (pair.left != null && !left) || (pair.right != null && !right)) {
+      ctx._reject(`invalid request: pair ${i} names no event of the batch`);
+      return;
+    }
+    try {
+      fn(left, right, ctx);
+    } catch (error) {
+      ctx._reject(reason(error));
+    }
+  });
+  ctx._endBatch();
+  return ctx._output();
+}

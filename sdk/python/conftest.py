@@ -1,0 +1,6 @@
+"""Puts the SDK on the path of its own tests."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,753 @@
+"""Write Weir stream plugins in Python, built into WebAssembly components with componentize-py.
+
+A plugin is a module with one function under a decorator:
+
+    import weir
+
+    @weir.transform
+    def process(event, ctx):
+        reading = event.json()                  # the body as a dict; malformed JSON rejects
+        if reading["Temperature"] > 80:
+            ctx.emit("alerts", {"DeviceId": reading["DeviceId"]})
+        ctx.forward("rows")                     # the input, unchanged and uncopied
+
+- `@weir.transform`: `fn(event, ctx)`, called for every event.
+- `@weir.init`, `@weir.fold`, `@weir.finish`: a window aggregate. `init()` gives a new window's
+  accumulator, `fold(acc, event, ctx)` returns it with the event folded in, `finish(acc, window,
+  ctx)` emits the outputs of a closed window. Accumulators are stored as JSON.
+- `@weir.join`: `fn(left, right, ctx)`, called for every joined pair (a side is `None` when an
+  event comes alone).
+
+Raising `weir.Reject(reason)` (or any other `Exception`) rejects the event: what it emitted and
+wrote to keyed state is discarded and it goes to the dead-letter sink with the reason. Keyed state
+is stored as compact JSON text under string keys, the form the Rust SDK stores, so a stage can be
+swapped between a Rust, a Python and a JavaScript version with its state.
+
+The batch layout of the WIT contract is hidden: the runners here walk a batch once, the keyed state
+is cached in the instance and reaches the host in one `write-batch` call per batch, and
+`check-cache` tells at the start of each batch whether the cache still holds (see `_StateCache`).
+`weir.testing` runs the same runners natively, without building a component.
+"""
+
+import json
+import sys
+
+__all__ = [
+    "Context",
+    "Event",
+    "Level",
+    "Reject",
+    "Window",
+    "finish",
+    "fold",
+    "init",
+    "join",
+    "transform",
+]
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_loads = json.loads
+# The C scanner behind `json.loads`: it parses a value at an offset of a string, so every body is
+# parsed straight from the batch's text, without slicing it out or detecting its encoding.
+_scan = json.JSONDecoder().scan_once
+
+
+class Reject(Exception):
+    """Rejects the current event with a reason (it goes to the dead-letter sink)."""
+
+
+class Level:
+    """Severity of a log record."""
+
+    TRACE = 0
+    DEBUG = 1
+    INFO = 2
+    WARN = 3
+    ERROR = 4
+
+
+# ----- Registration -----
+
+
+class _Plugin:
+    """The functions a plugin module registered, by kind."""
+
+    def __init__(self):
+        self.transform = None
+        self.init = None
+        self.fold = None
+        self.finish = None
+        self.join = None
+
+    def kind(self):
+        """`transform`, `window` or `join`: the kind of plugin registered (None if none)."""
+        if self.transform is not None:
+            return "transform"
+        if self.fold is not None or self.finish is not None or self.init is not None:
+            return "window"
+        if self.join is not None:
+            return "join"
+        return None
+
+
+PLUGIN = _Plugin()
+
+
+def _register(slot, function):
+    if not callable(function):
+        raise TypeError(f"@weir.{slot} goes on a function")
+    if getattr(PLUGIN, slot) is not None and getattr(PLUGIN, slot) is not function:
+        raise TypeError(f"a plugin has one @weir.{slot} function")
+    setattr(PLUGIN, slot, function)
+    window = any(f is not None for f in (PLUGIN.init, PLUGIN.fold, PLUGIN.finish))
+    if (PLUGIN.transform is not None) + window + (PLUGIN.join is not None) > 1:
+        raise TypeError("a plugin is of one kind: transform, window (init/fold/finish) or join")
+    return function
+
+
+def transform(function):
+    """Marks the plugin's transform function: `fn(event, ctx)`, called for every event."""
+    return _register("transform", function)
+
+
+def init(function):
+    """Marks a window aggregate's `init()`: the accumulator of a window with no event yet."""
+    return _register("init", function)
+
+
+def fold(function):
+    """Marks a window aggregate's `fold(acc, event, ctx)`: returns the accumulator with the event
+    folded in (or None after changing `acc` in place)."""
+    return _register("fold", function)
+
+
+def finish(function):
+    """Marks a window aggregate's `finish(acc, window, ctx)`: emits a closed window's outputs."""
+    return _register("finish", function)
+
+
+def join(function):
+    """Marks a join enrichment's function: `fn(left, right, ctx)`, one side None when alone."""
+    return _register("join", function)
+
+
+# ----- Events -----
+
+
+class Event:
+    """One input event: its body (JSON, parsed on demand), key, times, partition and source."""
+
+    __slots__ = ("key", "time", "enqueued_time", "position", "partition", "source",
+                 "_properties", "_json", "_bodies", "_text", "_start", "_end")
+
+    def __init__(self, body, key=None, time=0, enqueued_time=0, position=0, partition=0,
+                 source=None, properties=None, _text=None, _start=0, _end=None):
+        #: The partition key (str), or None when the event has none.
+        self.key = key
+        #: Event time, milliseconds since the Unix epoch (the pipeline's TIMESTAMP BY).
+        self.time = time
+        #: When the event entered Weir or its broker, milliseconds since the Unix epoch.
+        self.enqueued_time = enqueued_time
+        #: Position (offset or sequence number) in its source partition.
+        self.position = position
+        #: The source partition.
+        self.partition = partition
+        #: The name of the source the event comes from, when the host says (else None).
+        self.source = source
+        self._properties = properties
+        self._json = _UNPARSED
+        # The body is `_bodies[_start:_end]`; `_text` is all the batch's bodies decoded, when they
+        # are ASCII (byte offsets are then character offsets).
+        self._bodies = body
+        self._text = _text
+        self._start = _start
+        self._end = len(body) if _end is None else _end
+
+    @property
+    def body(self):
+        """The body as the source delivered it (bytes, usually one JSON object)."""
+        return self._bodies[self._start:self._end]
+
+    def json(self):
+        """The body parsed from JSON (cached); malformed JSON rejects the event."""
+        value = self._json
+        if value is _UNPARSED:
+            text = self._text
+            if text is not None:
+                try:
+                    value, stop = _scan(text, self._start)
+                    if stop != self._end:
+                        value = _UNPARSED  # Whitespace or garbage after it: see below.
+                except (StopIteration, ValueError):
+                    value = _UNPARSED
+            if value is _UNPARSED:
+                try:
+                    value = _loads(self.body)
+                except ValueError as error:
+                    raise Reject(f"malformed JSON: {error}") from None
+            self._json = value
+        return value
+
+    @property
+    def text(self):
+        """The body as text; rejects the event when it is not UTF-8."""
+        if self._text is not None:
+            return self._text[self._start:self._end]
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise Reject(f"not valid UTF-8: {error}") from None
+
+    @property
+    def properties(self):
+        """Application properties (Event Hubs properties, Kafka or HTTP headers) as a dict."""
+        return dict(self._properties or ())
+
+    def property(self, name):
+        """The value of application property `name`, or None."""
+        for key, value in self._properties or ():
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self):
+        return f"Event(position={self.position}, key={self.key!r}, body={self.body[:60]!r})"
+
+
+_UNPARSED = object()
+
+
+class Window:
+    """A closed window: its group's key (a dict of the grouped fields) and bounds (ms)."""
+
+    __slots__ = ("key_json", "start", "end")
+
+    def __init__(self, key_json, start, end):
+        #: The group's key as JSON text, such as `{"DeviceId":"device-001"}`.
+        self.key_json = key_json
+        #: Start of the window, inclusive, ms since the Unix epoch.
+        self.start = start
+        #: End of the window, exclusive, ms since the Unix epoch.
+        self.end = end
+
+    @property
+    def key(self):
+        """The group's key as a dict."""
+        return _loads(self.key_json) if self.key_json else {}
+
+    def __repr__(self):
+        return f"Window({self.key_json}, {self.start}, {self.end})"
+
+
+# ----- The context -----
+
+
+class Context:
+    """What a plugin function can do besides reading its event: emit records, keep keyed state,
+    read its configuration and reference data, count and log. One lives as long as the instance."""
+
+    def __init__(self, host):
+        self._host = host
+        self._state = _StateCache()
+        self._config = None
+        self._counters = {}
+        self._targets = {}
+        self._target_names = []
+        self._payloads = bytearray()
+        self._emitted = []
+        self._rejected = []
+        self._event = 0
+        self._position = 0
+        self._marks = (0, 0)
+
+    # ----- Outputs -----
+
+    def emit(self, output, value):
+        """Sends `value`, serialised as JSON, to output `output`."""
+        try:
+            data = _dumps(value).encode("utf-8")
+        except (TypeError, ValueError) as error:
+            raise Reject(f"cannot serialise a record for output `{output}`: {error}") from None
+        self.emit_raw(output, data)
+
+    def emit_raw(self, output, data):
+        """Sends `data` (bytes or str) unchanged to output `output`."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        payloads = self._payloads
+        payloads += data
+        self._emitted.append((self._event, self._target(output), len(payloads), False))
+
+    def forward(self, output):
+        """Sends the input event's body unchanged to output `output` (nothing is copied)."""
+        self._emitted.append((self._event, self._target(output), len(self._payloads), True))
+
+    def _target(self, name):
+        index = self._targets.get(name)
+        if index is None:
+            index = len(self._target_names)
+            self._targets[name] = index
+            self._target_names.append(name)
+        return index
+
+    # ----- Keyed state -----
+
+    def get(self, key, default=None):
+        """The value stored under `key` (as parsed from JSON), or `default`. The value is the
+        caller's copy: change it, then `put` it."""
+        value = self._state.read(self._host, key)
+        return default if value is _ABSENT else _copy(value)
+
+    def put(self, key, value):
+        """Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch
+        ends; a value that is not JSON rejects the event now)."""
+        self._state.write(key, _stored(key, value))
+
+    def delete(self, key):
+        """Removes `key` from the keyed state."""
+        self._state.write(key, _ABSENT)
+
+    # ----- Configuration and reference data -----
+
+    @property
+    def config(self):
+        """The stage's `config` table as a dict (`{}` when absent), read once per instance."""
+        if self._config is None:
+            text = self._host.config() or "{}"
+            try:
+                self._config = _loads(text) if text.strip() else {}
+            except ValueError as error:
+                raise Reject(f"invalid stage config: {error}") from None
+        return self._config
+
+    def lookup(self, table, key):
+        """The row of reference table `table` whose key is `key`, as a dict; None when none."""
+        row = self._host.reference_lookup(table, str(key))
+        return None if row is None else _loads(row)
+
+    # ----- Logs and counters -----
+
+    def counter(self, name, delta=1):
+        """Adds `delta` to counter `name` (summed in the plugin, sent once per batch)."""
+        self._counters[name] = self._counters.get(name, 0) + delta
+
+    def log(self, level, message, **fields):
+        """Writes a log record into the host's logs, with the event's position and `fields`."""
+        pairs = [("position", str(self._position))]
+        pairs.extend((k, str(v)) for k, v in fields.items())
+        self._host.log(level, str(message), pairs)
+
+    def trace(self, message, **fields):
+        """Logs at TRACE."""
+        self.log(Level.TRACE, message, **fields)
+
+    def debug(self, message, **fields):
+        """Logs at DEBUG."""
+        self.log(Level.DEBUG, message, **fields)
+
+    def info(self, message, **fields):
+        """Logs at INFO."""
+        self.log(Level.INFO, message, **fields)
+
+    def warn(self, message, **fields):
+        """Logs at WARN."""
+        self.log(Level.WARN, message, **fields)
+
+    def error(self, message, **fields):
+        """Logs at ERROR."""
+        self.log(Level.ERROR, message, **fields)
+
+    # ----- Driven by the runners -----
+
+    def _begin_batch(self):
+        self._state.discard_unflushed()
+        start = self._host.state_check_cache()
+        if start is not None:
+            self._state.restart(start)
+        self._counters = {}
+        self._targets = {}
+        self._target_names = []
+        self._payloads = bytearray()
+        self._emitted = []
+        self._rejected = []
+
+    def _begin_event(self, index, position):
+        self._event = index
+        self._position = position
+        self._marks = (len(self._payloads), len(self._emitted))
+        self._state.begin_event()
+
+    def _reject(self, reason):
+        payloads_mark, emitted_mark = self._marks
+        del self._payloads[payloads_mark:]
+        del self._emitted[emitted_mark:]
+        self._state.rollback_event()
+        self._rejected.append((self._event, reason))
+
+    def _end_batch(self):
+        self._state.flush(self._host)
+        for name, delta in self._counters.items():
+            if delta > 0:
+                self._host.counter_add(name, delta)
+        self._counters = {}
+
+
+def _reason(error):
+    """The dead-letter reason of an exception raised by the author's function."""
+    if isinstance(error, Reject):
+        return str(error)
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        return f"missing field `{error.args[0]}`"
+    where = ""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+    return f"{type(error).__name__}: {error}{where}"
+
+
+# ----- Keyed state cache -----
+
+#: Most keys cached; past this the cache is emptied after a flush, bounding the instance's memory.
+MAX_CACHED_KEYS = 65_536
+_INF = float("inf")
+
+
+def _entries(writes):
+    """(key, value or None) of a WIT `writes` record."""
+    keys, values = writes.keys, writes.values
+    key_start = value_start = 0
+    deletes = writes.deletes
+    value_ends = writes.value_ends
+    for index, key_end in enumerate(writes.key_ends):
+        value_end = value_ends[index]
+        key = keys[key_start:key_end]
+        value = None if deletes[index] else bytes(values[value_start:value_end])
+        key_start, value_start = key_end, value_end
+        yield key, value
+
+
+def _copy(value):
+    """A copy of a JSON value that the caller may change without changing the cache: cheap for
+    scalars and flat objects and lists, a JSON round trip otherwise."""
+    kind = type(value)
+    if kind is dict:
+        for item in value.values():
+            if type(item) in (dict, list):
+                return _loads(_dumps(value))
+        return value.copy()
+    if kind is list:
+        for item in value:
+            if type(item) in (dict, list):
+                return _loads(_dumps(value))
+        return value.copy()
+    return value
+
+
+def _stored(key, value):
+    """`value` as the cache keeps it for `put`: a copy, checked to be JSON (no NaN, no infinity,
+    only JSON types), so that writing it back at the end of the batch cannot fail."""
+    kind = type(value)
+    if kind is dict:
+        for name, item in value.items():
+            item_kind = type(item)
+            if type(name) is not str or not (
+                    item_kind is str or item_kind is int or item is None or item_kind is bool
+                    or (item_kind is float and item - item == 0.0)):
+                break
+        else:
+            return value.copy()
+    elif value is None or kind is str or kind is int or kind is bool or (
+            kind is float and value - value == 0.0):
+        return value
+    try:
+        return _loads(_dumps(value))
+    except (TypeError, ValueError) as error:
+        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+
+
+class _StateCache:
+    """The instance's keyed-state cache, with an undo log for the current event.
+
+    Values are kept parsed (`values`: key -> value, `_ABSENT` for no value), or as the JSON bytes
+    the host handed over until first read (`raw`). A key read is asked of the host once, unless
+    the host handed the whole state over (`complete`). A written key is serialised once, when the
+    batch ends, and every key written reaches the host in one `write-batch` call."""
+
+    def __init__(self):
+        self.values = {}
+        self.raw = {}
+        self.complete = False
+        self.dirty = set()
+        self.undo = None
+
+    def restart(self, start):
+        self.values = {}
+        self.raw = {}
+        self.dirty = set()
+        for key, value in _entries(start.entries):
+            try:
+                self.raw[key.decode("utf-8")] = value
+            except UnicodeDecodeError:
+                continue  # Keys the SDKs write are text: anything else is asked for.
+        self.complete = bool(start.whole) and len(self.raw) <= MAX_CACHED_KEYS
+
+    def read(self, host, key):
+        """The cached value of `key` (not a copy), or `_ABSENT`."""
+        values = self.values
+        value = values.get(key, _UNKNOWN)
+        if value is not _UNKNOWN:
+            return value
+        data = self.raw.pop(key, _UNKNOWN)
+        if data is _UNKNOWN:
+            data = None if self.complete else host.state_get(key.encode("utf-8"))
+        if data is None:
+            value = _ABSENT
+        else:
+            try:
+                value = _loads(data)
+            except ValueError as error:
+                raise Reject(f"keyed state `{key}`: {error}") from None
+        values[key] = value
+        return value
+
+    def write(self, key, value):
+        undo = self.undo
+        if undo is not None and key not in undo:
+            undo[key] = (self.values.get(key, _UNKNOWN), key in self.dirty)
+        self.raw.pop(key, None)
+        self.values[key] = value
+        self.dirty.add(key)
+
+    def begin_event(self):
+        if self.undo is None or self.undo:
+            self.undo = {}
+
+    def rollback_event(self):
+        for key, (value, dirty) in (self.undo or {}).items():
+            if value is _UNKNOWN:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = value
+            if not dirty:
+                self.dirty.discard(key)
+        self.undo = {}
+
+    def flush(self, host):
+        self.undo = None
+        if self.dirty:
+            keys = bytearray()
+            key_ends = []
+            values = bytearray()
+            value_ends = []
+            deletes = []
+            current = self.values
+            for key in self.dirty:
+                value = current.get(key, _ABSENT)
+                keys += key.encode("utf-8")
+                key_ends.append(len(keys))
+                if value is not _ABSENT:
+                    values += _dumps(value).encode("utf-8")
+                value_ends.append(len(values))
+                deletes.append(value is _ABSENT)
+            self.dirty = set()
+            host.state_write_batch(bytes(keys), key_ends, bytes(values), value_ends, deletes)
+        if len(self.values) + len(self.raw) > MAX_CACHED_KEYS:
+            self.values = {}
+            self.raw = {}
+            self.complete = False
+
+    def discard_unflushed(self):
+        """Forgets everything when the last batch did not end with a flush (a native test whose
+        function raised past the runner): its writes never reached the host."""
+        if self.dirty or self.undo:
+            self.values = {}
+            self.raw = {}
+            self.dirty = set()
+            self.complete = False
+        self.undo = None
+
+
+_UNKNOWN = object()
+_ABSENT = object()
+
+
+# ----- Runners: one pass over a batch in the WIT layout -----
+
+
+def _batch_sources(batch):
+    """Per event, the name of its source, when the batch carries `sources`/`event-sources`."""
+    names = getattr(batch, "sources", None)
+    indices = getattr(batch, "event_sources", None)
+    if not names or not indices:
+        return None
+    return [names[i] if i < len(names) else None for i in indices]
+
+
+def _batch_properties(batch):
+    """Per event index, its [(name, value)] (only events that have any)."""
+    found = {}
+    for prop in batch.properties:
+        found.setdefault(prop.event, []).append((prop.name, prop.value))
+    return found
+
+
+def batch_events(batch):
+    """The events of a batch in the WIT layout, as `Event`s, in order."""
+    bodies, keys = batch.bodies, batch.keys
+    text = None
+    if bodies.isascii():
+        text = bodies.decode("ascii")
+    key_ends = batch.key_ends
+    times, enqueued, positions = batch.event_times, batch.enqueued_times, batch.positions
+    partition = batch.partition
+    sources = _batch_sources(batch)
+    properties = _batch_properties(batch) if batch.properties else None
+    events = []
+    append = events.append
+    body_start = key_start = 0
+    for index, body_end in enumerate(batch.body_ends):
+        key_end = key_ends[index]
+        key = keys[key_start:key_end].decode("utf-8", "replace") if key_end > key_start else None
+        append(Event(bodies, key, times[index], enqueued[index], positions[index], partition,
+                     sources[index] if sources is not None and index < len(sources) else None,
+                     properties.get(index) if properties else None, text, body_start, body_end))
+        body_start, key_start = body_end, key_end
+    return events
+
+
+def run_transform(ctx, function, batch):
+    """Runs `function` over every event of `batch`; returns (targets, payloads, emitted, rejected)
+    with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
+    ctx._begin_batch()
+    reject, state = ctx._reject, ctx._state
+    emitted, payloads = ctx._emitted, ctx._payloads
+    for index, event in enumerate(batch_events(batch)):
+        # `Context._begin_event`, inlined: it runs once per event.
+        ctx._event = index
+        ctx._position = event.position
+        ctx._marks = (len(payloads), len(emitted))
+        if state.undo is None or state.undo:
+            state.undo = {}
+        try:
+            function(event, ctx)
+        except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
+            reject(_reason(error))
+    ctx._end_batch()
+    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+
+
+def _ranges(data, ends):
+    start = 0
+    for end in ends:
+        yield data[start:end]
+        start = end
+
+
+def _snapshot(acc):
+    """A copy of `acc` to restore if a fold raises (cheap for flat accumulators)."""
+    if isinstance(acc, dict):
+        if all(v is None or isinstance(v, (int, float, str, bool)) for v in acc.values()):
+            return dict(acc)
+    elif acc is None or isinstance(acc, (int, float, str, bool)):
+        return acc
+    return _loads(_dumps(acc))
+
+
+def run_fold(ctx, request, plugin=PLUGIN):
+    """Folds a request's events into its groups' accumulators; returns (accumulators bytes,
+    accumulator_ends, rejected). `plugin` has the `init`, `fold` and `finish` functions."""
+    fold_function = plugin.fold
+    init_function = plugin.init or dict
+    ctx._begin_batch()
+    events = batch_events(request.events)
+    out = bytearray()
+    ends = []
+    members = list(_ranges(request.members, request.member_ends))
+    for group, stored in enumerate(_ranges(request.accumulators, request.accumulator_ends)):
+        window = request.windows[group]
+        group_members = members[group] if group < len(members) else []
+        try:
+            acc = _loads(stored) if stored else init_function()
+        except ValueError as error:
+            for member in group_members:
+                ctx._begin_event(member, 0)
+                ctx._reject(f"the accumulator of window {window.start}..{window.end} of "
+                            f"{window.key} cannot be read: {error}")
+            out += stored
+            ends.append(len(out))
+            continue
+        for member in group_members:
+            if member >= len(events):
+                ctx._begin_event(member, 0)
+                ctx._reject(f"invalid request: no event {member} in the batch")
+                continue
+            event = events[member]
+            ctx._begin_event(member, event.position)
+            before = _snapshot(acc)
+            try:
+                result = fold_function(acc, event, ctx)
+                if result is not None:
+                    acc = result
+            except Exception as error:
+                acc = before
+                ctx._reject(_reason(error))
+        try:
+            out += _dumps(acc).encode("utf-8")
+        except (TypeError, ValueError) as error:
+            out += stored
+            for member in group_members:
+                ctx._begin_event(member, 0)
+                ctx._reject(f"cannot serialise the accumulator: {error}")
+        ends.append(len(out))
+    ctx._end_batch()
+    if ctx._emitted:
+        ctx.warn("records emitted during `fold` are discarded: emit them in `finish`")
+    return bytes(out), ends, ctx._rejected
+
+
+def run_finish(ctx, request, plugin=PLUGIN):
+    """Produces the outputs of closed windows; returns (targets, payloads, emitted, rejected),
+    indexed by window."""
+    finish_function = plugin.finish
+    init_function = plugin.init or dict
+    ctx._begin_batch()
+    for index, stored in enumerate(_ranges(request.accumulators, request.accumulator_ends)):
+        window = request.windows[index]
+        ctx._begin_event(index, 0)
+        try:
+            acc = _loads(stored) if stored else init_function()
+            if finish_function is not None:
+                finish_function(acc, Window(window.key, window.start, window.end), ctx)
+        except Exception as error:
+            ctx._reject(_reason(error))
+    ctx._end_batch()
+    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+
+
+def run_join(ctx, request, join_function=None):
+    """Calls the join function per pair; returns (targets, payloads, emitted, rejected), indexed
+    by pair."""
+    join_function = join_function or PLUGIN.join
+    ctx._begin_batch()
+    events = batch_events(request.events)
+    for index, pair in enumerate(request.pairs):
+        left = events[pair.left] if pair.left is not None and pair.left < len(events) else None
+        right = events[pair.right] if pair.right is not None and pair.right < len(events) else None
+        position = max((e.position for e in (left, right) if e is not None), default=0)
+        ctx._begin_event(index, position)
+        if (left is None and right is None) or (pair.left is not None and left is None) or (
+                pair.right is not None and right is None):
+            ctx._reject(f"invalid request: pair {index} names no event of the batch")
+            continue
+        try:
+            join_function(left, right, ctx)
+        except Exception as error:
+            ctx._reject(_reason(error))
+    ctx._end_batch()
+    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+
+
+def _version():
+    return f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -1,0 +1,79 @@
+"""The component side: the host's imports as the SDK's host, and the bodies of the exports.
+
+Imported only inside a component built by componentize-py (the build command generates the entry
+module that subclasses the world's export and calls these functions); `weir.testing` replaces the
+host with memory for native tests.
+"""
+
+from wit_world.imports import config, log, metrics, reference, state, types
+
+import weir
+
+_LEVELS = {
+    weir.Level.TRACE: log.Level.TRACE,
+    weir.Level.DEBUG: log.Level.DEBUG,
+    weir.Level.INFO: log.Level.INFO,
+    weir.Level.WARN: log.Level.WARN,
+    weir.Level.ERROR: log.Level.ERROR,
+}
+
+
+class _Host:
+    """The host, through the imports every plugin world has."""
+
+    state_get = staticmethod(state.get)
+    state_check_cache = staticmethod(state.check_cache)
+    counter_add = staticmethod(metrics.counter_add)
+    config = staticmethod(config.get)
+    reference_lookup = staticmethod(reference.lookup)
+
+    @staticmethod
+    def state_write_batch(keys, key_ends, values, value_ends, deletes):
+        state.write_batch(state.Writes(keys, key_ends, values, value_ends, deletes))
+
+    @staticmethod
+    def log(level, message, fields):
+        log.write(_LEVELS.get(level, log.Level.INFO), message, fields)
+
+
+_CTX = None
+
+
+def _ctx():
+    global _CTX
+    if _CTX is None:
+        _CTX = weir.Context(_Host)
+    return _CTX
+
+
+def _output(result):
+    targets, payloads, emitted, rejected = result
+    Emitted, Rejection = types.Emitted, types.Rejection
+    return types.OutputBatch(
+        list(targets),
+        payloads,
+        [Emitted(e, t, end, f) for e, t, end, f in emitted],
+        [Rejection(e, reason) for e, reason in rejected],
+    )
+
+
+def process(batch):
+    """The body of `transform.process`."""
+    return _output(weir.run_transform(_ctx(), weir.PLUGIN.transform, batch))
+
+
+def fold(request):
+    """The body of `aggregate.fold`."""
+    accumulators, ends, rejected = weir.run_fold(_ctx(), request)
+    return types.FoldResponse(accumulators, ends,
+                              [types.Rejection(e, reason) for e, reason in rejected])
+
+
+def finish(request):
+    """The body of `aggregate.finish`."""
+    return _output(weir.run_finish(_ctx(), request))
+
+
+def enrich(request):
+    """The body of `join.enrich`."""
+    return _output(weir.run_join(_ctx(), request))

@@ -1,0 +1,313 @@
+"""Run a plugin's functions natively (pytest), through the same runners as the component.
+
+    from weir.testing import Harness
+
+    def test_alerts_when_too_hot():
+        harness = Harness(process, config={"max_temperature": 80})
+        outcome = harness.run({"DeviceId": "d1", "Temperature": 91.5})
+        assert outcome.json("alerts")[0]["Temperature"] == 91.5
+        assert outcome.forwarded_to("rows")
+        assert harness.run(b"{oops").rejection.startswith("malformed JSON")
+
+The harness lays events out in a batch exactly as the host does (bodies and keys concatenated,
+one list per field), runs it through the runner the component's export runs (the same state
+cache, the same rollback of a rejected event, the same output encoding), and decodes the output as
+the host does. Keyed state, counters, logs, the stage config and reference tables live in memory;
+keyed state is kept as the host keeps it, JSON text per key.
+"""
+
+import json
+from types import SimpleNamespace
+
+import weir
+
+__all__ = ["Harness", "JoinHarness", "Outcome", "TestEvent", "WindowHarness"]
+
+#: Most keys a state may have for a stale cache to start again from all of it (as the host).
+WHOLE_STATE_KEYS = 16_384
+
+
+class TestEvent:
+    """One input event for a harness: a body (dict/list → JSON, str, or bytes) and metadata."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, body, key=None, time=0, enqueued_time=None, properties=None, source=None):
+        if isinstance(body, (dict, list, int, float, bool)) or body is None:
+            body = json.dumps(body)
+        self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        self.key = key
+        self.time = time
+        self.enqueued_time = time if enqueued_time is None else enqueued_time
+        self.properties = dict(properties or {})
+        self.source = source
+
+
+def _event(value):
+    return value if isinstance(value, TestEvent) else TestEvent(value)
+
+
+class _Memory:
+    """The host's side in memory: committed state (bytes → JSON bytes) and what it tracks."""
+
+    def __init__(self, config, state, reference):
+        self.state = {k.encode(): json.dumps(v, separators=(",", ":")).encode()
+                      for k, v in (state or {}).items()}
+        self.counters = {}
+        self.logs = []
+        self.config = json.dumps(config or {})
+        self.reference = {(t, str(k)): json.dumps(row) for (t, k), row in (reference or {}).items()}
+        self.recent = []
+        self.cache_holder = 0
+        self.instances = 0
+        self.state_calls = 0
+
+
+class _MemoryHost:
+    """One instance's view of the memory host (the imports of the component)."""
+
+    def __init__(self, memory):
+        memory.instances += 1
+        self.memory = memory
+        self.id = memory.instances
+
+    def state_get(self, key):
+        self.memory.state_calls += 1
+        return self.memory.state.get(bytes(key))
+
+    def state_write_batch(self, keys, key_ends, values, value_ends, deletes):
+        memory = self.memory
+        memory.state_calls += 1
+        memory.recent = []
+        key_start = value_start = 0
+        for index, key_end in enumerate(key_ends):
+            key = bytes(keys[key_start:key_end])
+            memory.recent.append(key)
+            if deletes[index]:
+                memory.state.pop(key, None)
+            else:
+                memory.state[key] = bytes(values[value_start:value_ends[index]])
+            key_start, value_start = key_end, value_ends[index]
+
+    def state_check_cache(self):
+        memory = self.memory
+        if memory.cache_holder == self.id:
+            return None
+        memory.cache_holder = self.id
+        whole = len(memory.state) <= WHOLE_STATE_KEYS
+        keys = list(memory.state) if whole else list(memory.recent)
+        entries = SimpleNamespace(keys=b"", key_ends=[], values=b"", value_ends=[], deletes=[])
+        key_buffer, value_buffer = bytearray(), bytearray()
+        for key in keys:
+            value = memory.state.get(key)
+            key_buffer += key
+            entries.key_ends.append(len(key_buffer))
+            value_buffer += value or b""
+            entries.value_ends.append(len(value_buffer))
+            entries.deletes.append(value is None)
+        entries.keys, entries.values = bytes(key_buffer), bytes(value_buffer)
+        return SimpleNamespace(entries=entries, whole=whole)
+
+    def counter_add(self, name, delta):
+        self.memory.counters[name] = self.memory.counters.get(name, 0) + delta
+
+    def log(self, level, message, fields):
+        self.memory.logs.append((level, message, list(fields)))
+
+    def config(self):
+        return self.memory.config
+
+    def reference_lookup(self, table, key):
+        return self.memory.reference.get((table, key))
+
+
+def _batch(events, partition=0, first_position=0):
+    """`events` in the WIT batch layout, as the host lays them out."""
+    bodies, keys = bytearray(), bytearray()
+    batch = SimpleNamespace(partition=partition, body_ends=[], positions=[], event_times=[],
+                            enqueued_times=[], key_ends=[], properties=[], sources=[],
+                            event_sources=[])
+    for index, event in enumerate(events):
+        bodies += event.body
+        batch.body_ends.append(len(bodies))
+        keys += (event.key or "").encode("utf-8")
+        batch.key_ends.append(len(keys))
+        batch.positions.append(first_position + index)
+        batch.event_times.append(event.time)
+        batch.enqueued_times.append(event.enqueued_time)
+        for name, value in event.properties.items():
+            batch.properties.append(SimpleNamespace(event=index, name=name, value=value))
+        source = event.source or ""
+        if source not in batch.sources:
+            batch.sources.append(source)
+        batch.event_sources.append(batch.sources.index(source))
+    if all(not event.source for event in events):
+        batch.sources, batch.event_sources = [], []
+    batch.bodies, batch.keys = bytes(bodies), bytes(keys)
+    return batch
+
+
+class Outcome:
+    """What the plugin produced for one run: records per output, and rejections."""
+
+    def __init__(self, result, inputs):
+        targets, payloads, emitted, rejected = result
+        self.records = []  # (input index, output, bytes, forwarded)
+        start = 0
+        for event, target, end, forward in emitted:
+            if forward:
+                data = inputs[event]
+            else:
+                data = payloads[start:end]
+                start = end
+            self.records.append((event, targets[target], bytes(data), forward))
+        #: (input index, reason) of every rejected input.
+        self.rejections = list(rejected)
+
+    def outputs(self):
+        """The names of the outputs that received records."""
+        return sorted({output for _, output, _, _ in self.records})
+
+    def raw(self, output):
+        """The records sent to `output`, as bytes."""
+        return [data for _, name, data, _ in self.records if name == output]
+
+    def json(self, output):
+        """The records sent to `output`, parsed from JSON."""
+        return [json.loads(data) for data in self.raw(output)]
+
+    def forwarded_to(self, output):
+        """Whether an input was forwarded unchanged to `output`."""
+        return any(name == output and forward for _, name, _, forward in self.records)
+
+    @property
+    def rejection(self):
+        """The reason the (first) input was rejected, or None."""
+        return self.rejections[0][1] if self.rejections else None
+
+
+class _Base:
+    def __init__(self, config=None, state=None, reference=None):
+        self._memory = _Memory(config, state, reference)
+        self._ctx = weir.Context(_MemoryHost(self._memory))
+        self._position = 0
+
+    def new_instance(self):
+        """Replaces the plugin instance (as a hot swap or a trap does): its cache starts again."""
+        self._ctx = weir.Context(_MemoryHost(self._memory))
+
+    @property
+    def state(self):
+        """The committed keyed state, parsed: {key: value}."""
+        return {k.decode(): json.loads(v) for k, v in self._memory.state.items()}
+
+    @property
+    def state_json(self):
+        """The committed keyed state as the host stores it: {key: JSON text}."""
+        return {k.decode(): v.decode() for k, v in self._memory.state.items()}
+
+    @property
+    def counters(self):
+        """Counters summed so far."""
+        return dict(self._memory.counters)
+
+    @property
+    def logs(self):
+        """(level, message, fields) of every log record."""
+        return list(self._memory.logs)
+
+    @property
+    def state_calls(self):
+        """Calls to the host's keyed state (`get` and `write-batch`) so far."""
+        return self._memory.state_calls
+
+
+class Harness(_Base):
+    """Runs a transform function (`@weir.transform`) on events."""
+
+    def __init__(self, function, config=None, state=None, reference=None):
+        super().__init__(config, state, reference)
+        self.function = function
+
+    def run(self, event):
+        """Runs one event (a TestEvent, or a body: dict, str or bytes) as a batch of one."""
+        return self.run_batch([event])
+
+    def run_batch(self, events):
+        """Runs the events as one batch."""
+        events = [_event(e) for e in events]
+        batch = _batch(events, first_position=self._position)
+        self._position += len(events)
+        result = weir.run_transform(self._ctx, self.function, batch)
+        return Outcome(result, [e.body for e in events])
+
+
+class WindowHarness(_Base):
+    """Folds and finishes a window aggregate (`@weir.init/fold/finish`) as the host does: one
+    fold call per batch, the accumulator stored as JSON between calls. The functions are the
+    ones the module registered with `@weir.init/fold/finish`, unless given here."""
+
+    def __init__(self, config=None, state=None, reference=None, init=None, fold=None,
+                 finish=None):
+        super().__init__(config, state, reference)
+        self._plugin = SimpleNamespace(init=init or weir.PLUGIN.init,
+                                       fold=fold or weir.PLUGIN.fold,
+                                       finish=finish or weir.PLUGIN.finish)
+        #: JSON text of each window's accumulator, by (key JSON, start, end).
+        self.accumulators = {}
+
+    def fold(self, key, start, end, events):
+        """Folds `events` into the window (key: dict of the grouped fields); returns the
+        rejections as (index, reason)."""
+        events = [_event(e) for e in events]
+        window_key = json.dumps(key, separators=(",", ":"))
+        stored = self.accumulators.get((window_key, start, end), b"")
+        request = SimpleNamespace(
+            events=_batch(events, first_position=self._position),
+            windows=[SimpleNamespace(key=window_key, start=start, end=end)],
+            accumulators=stored, accumulator_ends=[len(stored)],
+            members=list(range(len(events))), member_ends=[len(events)])
+        self._position += len(events)
+        accumulators, ends, rejected = weir.run_fold(self._ctx, request, self._plugin)
+        self.accumulators[(window_key, start, end)] = accumulators[:ends[0]]
+        return list(rejected)
+
+    def accumulator(self, key, start, end):
+        """The window's accumulator, parsed (None before any fold)."""
+        stored = self.accumulators.get((json.dumps(key, separators=(",", ":")), start, end))
+        return json.loads(stored) if stored else None
+
+    def finish(self, key, start, end):
+        """Closes the window: its outputs (an Outcome; `rejection` when finish raised)."""
+        window_key = json.dumps(key, separators=(",", ":"))
+        stored = self.accumulators.pop((window_key, start, end), b"")
+        request = SimpleNamespace(windows=[SimpleNamespace(key=window_key, start=start, end=end)],
+                                  accumulators=stored, accumulator_ends=[len(stored)])
+        return Outcome(weir.run_finish(self._ctx, request, self._plugin), [b""])
+
+    def window(self, key, start, end, events):
+        """Folds `events` in one batch and closes the window: its Outcome."""
+        self.fold(key, start, end, events)
+        return self.finish(key, start, end)
+
+
+class JoinHarness(_Base):
+    """Runs a join function (`@weir.join`) on pairs."""
+
+    def __init__(self, function, config=None, state=None, reference=None):
+        super().__init__(config, state, reference)
+        self.function = function
+
+    def pair(self, left, right):
+        """Enriches one pair (either side may be None): its Outcome (forwards decode to the
+        left event's body, else the right's)."""
+        events, pair = [], SimpleNamespace(left=None, right=None)
+        for side in ("left", "right"):
+            value = left if side == "left" else right
+            if value is not None:
+                setattr(pair, side, len(events))
+                events.append(_event(value))
+        request = SimpleNamespace(events=_batch(events, first_position=self._position),
+                                  pairs=[pair])
+        self._position += len(events)
+        return Outcome(weir.run_join(self._ctx, request, self.function), [events[0].body])

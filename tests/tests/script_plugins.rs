@@ -1,0 +1,501 @@
+//! Plugins written in Python and JavaScript (issue 17), through the `weir` binary: the anomaly
+//! rule in both languages gives exactly the Rust plugin's alerts on the same input, and the
+//! device-health window aggregate in Python gives exactly the Rust one's alerts (the languages run
+//! side by side in one process, one pipeline each, reading the same file); and a running stage
+//! swapped from Rust to Python to JavaScript and back under load keeps its keyed state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use weir::plugin::PluginKind;
+use weir_tests::script_plugins::{link_compile_cache, plugin_store, script_plugin};
+use weir_tests::service::{
+    Feeder, SwapOptions, TOKEN, events_in, http, plugin_report, swap_pipeline, version_of,
+    wait_until,
+};
+use weir_tests::telemetry::{
+    assert_alerts_match, assert_each_reading_once, expected_alerts, generated_readings,
+    hand_checked_scenario, ordered_readings, write_input,
+};
+use weir_tests::{WeirProcess, close, plugin_path, read_delta, read_jsonl_dir, run_to_completion};
+
+/// A file source, and per (pipeline name, plugin, stage extra) a pipeline with its own sinks
+/// `<name>_alerts` and `<name>_rows`.
+fn config(dir: &Path, input: &Path, pipelines: &[(&str, &Path, &str)]) -> std::path::PathBuf {
+    let mut text = format!(
+        r#"
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "300ms"
+
+[plugins]
+store_dir = "{store}"
+
+[sources.telemetry]
+kind = "file"
+path = "{input}"
+partitions = 2
+key_field = "DeviceId"
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+"#,
+        dir = dir.display(),
+        store = plugin_store(dir).display(),
+        input = input.display(),
+    );
+    for (name, plugin, extra) in pipelines {
+        text.push_str(&format!(
+            r#"
+[sinks.{name}_alerts]
+kind = "file"
+path = "{dir}/{name}_alerts"
+
+[sinks.{name}_rows]
+kind = "file"
+path = "{dir}/{name}_rows"
+
+[pipelines.{name}]
+source = "telemetry"
+event_time = {{ field = "Timestamp" }}
+dead_letter = "dead_letters"
+batch = {{ max_events = 256, max_wait = "20ms" }}
+
+[[pipelines.{name}.stages]]
+name = "rule"
+plugin = "{plugin}"
+{extra}
+"#,
+            dir = dir.display(),
+            plugin = plugin.display(),
+        ));
+    }
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+const ANOMALY_OUTPUTS: &str = r#"outputs = { alerts = "PIPELINE_alerts", rows = "PIPELINE_rows" }"#;
+
+/// Alerts by the key `key` gives each; panics on a key seen twice.
+fn by_key(alerts: Vec<Value>, key: impl Fn(&Value) -> String) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for alert in alerts {
+        let id = key(&alert);
+        assert!(
+            out.insert(id.clone(), alert).is_none(),
+            "two alerts for {id}"
+        );
+    }
+    out
+}
+
+/// `actual` has exactly the alerts of `reference`, field by field (floats within 1e-9).
+fn assert_same_alerts(
+    language: &str,
+    actual: &BTreeMap<String, Value>,
+    reference: &BTreeMap<String, Value>,
+) {
+    let left: Vec<&String> = actual.keys().collect();
+    let right: Vec<&String> = reference.keys().collect();
+    assert_eq!(left, right, "{language}: the alerts of the Rust plugin");
+    for (id, want) in reference {
+        let got = &actual[id];
+        let fields = want.as_object().expect("alert object");
+        assert_eq!(
+            got.as_object().map(|o| o.len()),
+            Some(fields.len()),
+            "{got} vs {want}"
+        );
+        for (field, value) in fields {
+            assert!(
+                close(&got[field], value),
+                "{language} {id}: {field} is {} but Rust says {value}",
+                got[field]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_anomaly_rule_in_python_and_javascript_gives_exactly_the_rust_plugins_alerts() {
+    let python = script_plugin("plugins/python/telemetry-anomaly", PluginKind::Transform);
+    let javascript = script_plugin("plugins/js/telemetry-anomaly", PluginKind::Transform);
+    let rust = plugin_path("telemetry_anomaly");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut readings, _) = hand_checked_scenario();
+    readings.extend(generated_readings(40, 60, 17));
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(
+        &input,
+        &readings,
+        &[
+            r#"{"DeviceId":"d-bad","Temperature":"hot","Timestamp":"2026-11-01T00:00:00.000Z","EventId":"bad"}"#,
+        ],
+    );
+    let outputs = |name: &str| ANOMALY_OUTPUTS.replace("PIPELINE", name);
+    let (rust_out, python_out, js_out) = (outputs("rust"), outputs("python"), outputs("js"));
+    let config = config(
+        dir.path(),
+        &input,
+        &[
+            ("rust", &rust, &rust_out),
+            ("python", &python, &python_out),
+            ("js", &javascript, &js_out),
+        ],
+    );
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    let read = |name: &str| {
+        by_key(
+            read_jsonl_dir(&dir.path().join(format!("{name}_alerts"))),
+            |a| a["EventId"].as_str().expect("EventId").to_owned(),
+        )
+    };
+    let reference = read("rust");
+    assert!(
+        reference.len() > 100,
+        "the input raises alerts: {}",
+        reference.len()
+    );
+    assert_alerts_match(
+        &reference.values().cloned().collect::<Vec<_>>(),
+        &expected_alerts(&readings),
+    );
+    assert_same_alerts("Python", &read("python"), &reference);
+    assert_same_alerts("JavaScript", &read("js"), &reference);
+    for name in ["rust", "python", "js"] {
+        let rows = read_jsonl_dir(&dir.path().join(format!("{name}_rows")));
+        assert_eq!(
+            rows.len(),
+            readings.len(),
+            "{name}: every valid reading forwarded"
+        );
+    }
+    // The malformed reading is rejected by each, with its reason.
+    let letters = read_jsonl_dir(&dir.path().join("dead_letters"));
+    for name in ["rust", "python", "js"] {
+        let mine: Vec<&Value> = letters.iter().filter(|l| l["pipeline"] == name).collect();
+        assert_eq!(mine.len(), 1, "{name}: {letters:#?}");
+        assert_eq!(mine[0]["kind"], "rejected", "{name}: {}", mine[0]);
+    }
+}
+
+#[test]
+fn device_health_in_python_gives_exactly_the_rust_window_aggregates_alerts() {
+    let python = script_plugin("plugins/python/device-health", PluginKind::WindowAggregate);
+    let rust = plugin_path("device_health");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut readings = ordered_readings(10, 150, 8);
+    // Devices 7 to 9 send one reading in four (too few a window); battery and signal vary.
+    readings.retain(|r| {
+        let device: usize = r.device[7..].parse().expect("device number");
+        let step: usize = r
+            .event_id
+            .rsplit('-')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        device < 7 || step.is_multiple_of(4)
+    });
+    for (index, reading) in readings.iter_mut().enumerate() {
+        let device: f64 = reading.device[7..].parse().expect("device number");
+        reading.battery = (95.0 - device * 10.0 - (index % 7) as f64).max(1.0);
+        reading.signal = -55.0 - device * 3.5 - (index % 5) as f64;
+    }
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let window = |name: &str| {
+        format!(
+            r#"window = {{ type = "tumbling", size = "10m", group_by = ["DeviceId", "Location"] }}
+outputs = {{ alerts = "{name}_alerts" }}
+config = {{ min_messages = 10, min_battery = 20.0, min_signal = -80.0 }}"#
+        )
+    };
+    let (rust_window, python_window) = (window("rust"), window("python"));
+    let config = config(
+        dir.path(),
+        &input,
+        &[
+            ("rust", &rust, &rust_window),
+            ("python", &python, &python_window),
+        ],
+    );
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    let read = |name: &str| {
+        by_key(
+            read_jsonl_dir(&dir.path().join(format!("{name}_alerts"))),
+            |a| format!("{} {}", a["DeviceId"], a["WindowStart"]),
+        )
+    };
+    let reference = read("rust");
+    let severities: Vec<&Value> = reference.values().map(|a| &a["Severity"]).collect();
+    for severity in ["Critical", "Medium"] {
+        assert!(
+            severities.iter().any(|s| *s == severity),
+            "the input raises {severity}: {severities:?}"
+        );
+    }
+    assert_same_alerts("Python", &read("python"), &reference);
+}
+
+/// Waits for `count` more events than now.
+fn wait_for_more_events(admin: &str, count: u64) {
+    let start = events_in(admin, "telemetry");
+    wait_until(SWAP_WAIT, "more events", || {
+        events_in(admin, "telemetry") >= start + count
+    });
+}
+
+const SWAP_WAIT: Duration = Duration::from_secs(300);
+
+#[test]
+fn a_stage_swapped_from_rust_to_python_to_javascript_and_back_keeps_its_state_under_load() {
+    let rust = plugin_path("telemetry_anomaly");
+    let python = script_plugin("plugins/python/telemetry-anomaly", PluginKind::Transform);
+    let javascript = script_plugin("plugins/js/telemetry-anomaly", PluginKind::Transform);
+    let (v_rust, v_python, v_js) = (
+        version_of(&rust),
+        version_of(&python),
+        version_of(&javascript),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let paths = swap_pipeline(dir.path(), &rust, &SwapOptions::default());
+    link_compile_cache(&dir.path().join("data/plugins"));
+    let pool = generated_readings(40, 1000, 23);
+    let process = WeirProcess::run(&paths.config);
+    let admin = process.admin_address(0, SWAP_WAIT);
+    let feeder = Feeder::start(&paths.input, pool.clone(), 40, Duration::from_millis(25));
+    wait_for_more_events(&admin, 400);
+
+    // Rust -> Python -> JavaScript -> Rust, each by the admin API, under load.
+    let order = [
+        v_rust.clone(),
+        v_python.clone(),
+        v_js.clone(),
+        v_rust.clone(),
+    ];
+    for (component, version) in [(&python, &v_python), (&javascript, &v_js), (&rust, &v_rust)] {
+        let bytes = std::fs::read(component).expect("component");
+        let (status, body) = http(
+            &admin,
+            "POST",
+            "/plugins/telemetry/anomaly",
+            Some(TOKEN),
+            &bytes,
+        );
+        assert_eq!(status, 200, "{body}");
+        let active = plugin_report(&admin, "telemetry", "anomaly")["active"].clone();
+        assert_eq!(active, version.as_str(), "the upload answers once active");
+        wait_for_more_events(&admin, 400);
+    }
+    let total = feeder.stop();
+    assert!(total < pool.len(), "the stream flowed through every swap");
+    let readings = &pool[..total];
+    wait_until(SWAP_WAIT, "every event processed", || {
+        events_in(&admin, "telemetry") == total as u64
+    });
+    process.terminate();
+    let status = process.wait(SWAP_WAIT);
+    let log = std::fs::read_to_string(paths.config.with_extension("log")).unwrap_or_default();
+    assert!(status.success(), "graceful stop: {log}");
+
+    // Every event exactly once in Delta, naming the version (the language) that processed it.
+    let rows = read_delta(&paths.raw_table).rows;
+    assert_each_reading_once(&rows, readings);
+    let mut by_partition: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+    let mut row_versions: BTreeMap<String, String> = BTreeMap::new();
+    for row in &rows {
+        let version = row["PluginVersion"]
+            .as_str()
+            .expect("PluginVersion")
+            .to_owned();
+        assert!(order.contains(&version), "unknown version {version}");
+        by_partition
+            .entry(row["Partition"].as_i64().expect("Partition"))
+            .or_default()
+            .push((row["Position"].as_i64().expect("Position"), version.clone()));
+        row_versions.insert(
+            row["EventId"].as_str().expect("EventId").to_owned(),
+            version,
+        );
+    }
+    let used: std::collections::BTreeSet<&String> = row_versions.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "Rust, Python and JavaScript each processed events: {used:?}"
+    );
+    for (partition, mut rows) in by_partition {
+        rows.sort();
+        let mut runs: Vec<&String> = Vec::new();
+        for (_, version) in &rows {
+            if runs.last() != Some(&version) {
+                runs.push(version);
+            }
+        }
+        let mut next = 0;
+        for run in &runs {
+            match order[next..].iter().position(|v| v == *run) {
+                Some(offset) => next += offset + 1,
+                None => panic!(
+                    "partition {partition}: versions ran as {runs:?}, not in the order of the swaps"
+                ),
+            }
+        }
+    }
+
+    // Exactly the rule's alerts over the whole stream: the state carried across languages (a lost
+    // state would miss alerts after a swap, a misread one would add spurious ones).
+    let alerts = read_delta(&paths.alerts_table).rows;
+    assert_alerts_match(&alerts, &expected_alerts(readings));
+    for alert in &alerts {
+        let id = alert["EventId"].as_str().expect("EventId");
+        assert_eq!(
+            alert["PluginVersion"].as_str(),
+            row_versions.get(id).map(String::as_str),
+            "alert {id} comes from the version that processed its reading"
+        );
+    }
+    assert!(
+        read_jsonl_dir(&paths.dead_letters).is_empty(),
+        "no dead letters"
+    );
+}
+
+/// Events of the hostile runs, and the ones marked poison.
+const HOSTILE_EVENTS: usize = 20;
+const POISON: [usize; 2] = [7, 13];
+
+/// Runs the hostile Python plugin `plugin` (a directory of `tests/python-plugins/`) beside a
+/// healthy Rust anomaly pipeline in one process, to completion under `limits` (stage keys);
+/// checks the host stayed up and the healthy pipeline is complete. Returns the hostile
+/// pipeline's dead letters, its outputs, and the log.
+fn hostile(plugin: &str, limits: &str) -> (Vec<Value>, Vec<Value>, String) {
+    let component = script_plugin(
+        &format!("tests/python-plugins/{plugin}"),
+        PluginKind::Transform,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hostile_input = dir.path().join("hostile.jsonl");
+    let text: String = (0..HOSTILE_EVENTS)
+        .map(|n| format!("{{\"n\":{n},\"poison\":{}}}\n", POISON.contains(&n)))
+        .collect();
+    std::fs::write(&hostile_input, text).expect("input");
+    let readings = generated_readings(10, 40, 9);
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let rust = plugin_path("telemetry_anomaly");
+    let rust_outputs = ANOMALY_OUTPUTS.replace("PIPELINE", "healthy");
+    let path = config(dir.path(), &input, &[("healthy", &rust, &rust_outputs)]);
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(&format!(
+        r#"
+[sources.hostile]
+kind = "file"
+path = "{input}"
+
+[sinks.hostile_out]
+kind = "file"
+path = "{dir}/hostile_out"
+
+[pipelines.hostile]
+source = "hostile"
+dead_letter = "dead_letters"
+batch = {{ max_events = 8, max_wait = "20ms" }}
+
+[[pipelines.hostile.stages]]
+name = "hostile"
+plugin = "{plugin}"
+outputs = {{ out = "hostile_out" }}
+{limits}
+"#,
+        input = hostile_input.display(),
+        dir = dir.path().display(),
+        plugin = component.display(),
+    ));
+    std::fs::write(&path, text).expect("config");
+    let log = run_to_completion(&path, Duration::from_secs(600));
+    let healthy = read_jsonl_dir(&dir.path().join("healthy_rows"));
+    assert_eq!(
+        healthy.len(),
+        readings.len(),
+        "the healthy pipeline is complete"
+    );
+    assert_alerts_match(
+        &read_jsonl_dir(&dir.path().join("healthy_alerts")),
+        &expected_alerts(&readings),
+    );
+    let letters = read_jsonl_dir(&dir.path().join("dead_letters"))
+        .into_iter()
+        .filter(|l| l["pipeline"] == "hostile")
+        .collect();
+    (
+        letters,
+        read_jsonl_dir(&dir.path().join("hostile_out")),
+        log,
+    )
+}
+
+/// Only the poison events are dead letters, of `kind` with `reason`; the others went through.
+fn only_poison(letters: &[Value], out: &[Value], kind: &str, reason: &str) {
+    assert_eq!(letters.len(), POISON.len(), "{letters:#?}");
+    for letter in letters {
+        assert_eq!(letter["kind"], kind, "{letter}");
+        assert!(letter["plugin_version"].is_string(), "{letter}");
+        let text = letter["reason"].as_str().expect("reason");
+        assert!(
+            text.contains(reason),
+            "reason `{text}` should say `{reason}`"
+        );
+        let body: Value =
+            serde_json::from_str(letter["body"].as_str().expect("body")).expect("json");
+        assert_eq!(body["poison"], true, "only poison events: {letter}");
+    }
+    assert_eq!(out.len(), HOSTILE_EVENTS - POISON.len());
+    assert!(out.iter().all(|e| e["poison"] == false));
+}
+
+/// The limits the hostile runs set: a short deadline, and memory for CPython plus a little.
+const PYTHON_LIMITS: &str = "call_timeout = \"500ms\"\nmax_memory_bytes = 134217728";
+
+#[test]
+fn a_python_plugin_that_loops_forever_is_interrupted_at_the_call_deadline() {
+    let (letters, out, _) = hostile("hostile-loop", PYTHON_LIMITS);
+    only_poison(
+        &letters,
+        &out,
+        "trap",
+        "deadline exceeded: the call ran longer than 500ms",
+    );
+}
+
+#[test]
+fn a_python_plugin_that_allocates_without_bound_is_stopped_at_the_memory_limit() {
+    let (letters, out, log) = hostile("hostile-memory", PYTHON_LIMITS);
+    only_poison(&letters, &out, "trap", "memory limit exceeded");
+    assert!(log.contains("limit of 134217728 bytes"), "{log}");
+}
+
+#[test]
+fn a_python_plugin_that_raises_on_a_poison_event_rejects_only_that_event() {
+    let (letters, out, _) = hostile("hostile-raise", PYTHON_LIMITS);
+    only_poison(
+        &letters,
+        &out,
+        "rejected",
+        "RuntimeError: hostile-raise: poison event at position",
+    );
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("plugin.py:")),
+        "{letters:?}"
+    );
+}
