@@ -126,6 +126,7 @@ mod context;
 mod error;
 mod event;
 mod join;
+pub mod lag;
 mod runner;
 pub mod testing;
 mod text;

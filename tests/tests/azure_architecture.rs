@@ -12,7 +12,7 @@ use weir_tests::eventhubs::{TestEndpoint, keyed_records};
 use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, wait_for};
 use weir_tests::telemetry::{
     FIVE_MINUTES, Reading, assert_aggregate_rows, assert_alerts_match, assert_each_reading_once,
-    expected_aggregates, expected_alerts, ordered_readings,
+    expected_alerts, expected_asa_aggregates, ordered_readings,
 };
 
 /// The example's text with its plugins, storage account and hubs pointed at this build and the
@@ -118,7 +118,8 @@ fn the_readmes_azure_architecture_runs_against_event_hubs_and_azure_storage() {
     );
 
     let lake = format!("abfss://lake@{AZURITE_ACCOUNT}.dfs.core.windows.net/telemetry");
-    let expected_windows = expected_aggregates(&readings);
+    // Stream Analytics' windows (start, end], as the example's aggregates stage has them.
+    let expected_windows = expected_asa_aggregates(&readings);
     let deadline = Instant::now() + Duration::from_secs(300);
     let (raw, aggregates) = loop {
         let raw = read_azure_table(&azurite, &format!("{lake}/raw_telemetry"));

@@ -3,7 +3,8 @@
 //! computed here by a plain fold over the same readings: 5-minute aggregates into the Delta table
 //! `aggregated_metrics` (read back with Python's `deltalake`; Stream Analytics' windows
 //! `(start, end]`, as the example sets them, with device 0 reading on the boundaries), and
-//! 10-minute device health alerts.
+//! 10-minute device health alerts (Stream Analytics' windows too, device 0 reading on every tenth
+//! minute).
 //! Then crash recovery: `weir` killed with SIGKILL while windows are open gives the same table.
 
 use std::collections::BTreeMap;
@@ -99,6 +100,11 @@ fn health_readings() -> Vec<Reading> {
         device < 7 || step.is_multiple_of(4)
     });
     for r in &mut readings {
+        if r.device == "device-007" {
+            // On the 20 s grid itself (not 700 ms after it): every 20 minutes, a reading of this
+            // rarely sending (so alerting) device falls exactly on a window boundary.
+            r.time_ms -= 700;
+        }
         let device: f64 = r.device[7..].parse().expect("device number");
         let minutes = (r.time_ms - weir_tests::telemetry::BASE_TIME_MS) as f64 / 60_000.0;
         r.battery = ((100.0 - device * 11.0 - minutes * 0.2) * 100.0).round() / 100.0;
@@ -107,11 +113,23 @@ fn health_readings() -> Vec<Reading> {
     readings
 }
 
-/// The seed's device-health rule, folded plainly: alerts by (DeviceId, WindowStart).
+/// The seed's device-health rule, folded plainly with Stream Analytics' windows `(start, end]`
+/// (a reading exactly on a tenth minute ends the window before it): alerts by (DeviceId,
+/// WindowStart).
 fn expected_health(readings: &[Reading]) -> BTreeMap<(String, i64), Value> {
+    health_fold(readings, |time| {
+        (time - 1).div_euclid(TEN_MINUTES) * TEN_MINUTES
+    })
+}
+
+/// The device-health rule with each reading in the window starting at `start_of(time)`.
+fn health_fold(
+    readings: &[Reading],
+    start_of: impl Fn(i64) -> i64,
+) -> BTreeMap<(String, i64), Value> {
     let mut groups: BTreeMap<(String, i64), (String, u64, f64, f64)> = BTreeMap::new();
     for r in readings {
-        let start = r.time_ms.div_euclid(TEN_MINUTES) * TEN_MINUTES;
+        let start = start_of(r.time_ms);
         let group = groups
             .entry((r.device.clone(), start))
             .or_insert_with(|| (r.location.clone(), 0, 0.0, 0.0));
@@ -149,6 +167,19 @@ fn expected_health(readings: &[Reading]) -> BTreeMap<(String, i64), Value> {
 fn device_health_alerts_equal_a_plain_fold_over_the_input() {
     let dir = tempfile::tempdir().expect("temp dir");
     let readings = health_readings();
+    let on_boundaries = readings
+        .iter()
+        .filter(|r| r.time_ms % TEN_MINUTES == 0)
+        .count();
+    assert!(
+        on_boundaries >= 3,
+        "readings on window boundaries: {on_boundaries}"
+    );
+    // The bounds matter for these readings: Weir's [start, end) would give other alerts.
+    assert_ne!(
+        expected_health(&readings),
+        health_fold(&readings, |time| time.div_euclid(TEN_MINUTES) * TEN_MINUTES)
+    );
     let input = dir.path().join("telemetry.jsonl");
     write_input(
         &input,

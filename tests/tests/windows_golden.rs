@@ -22,6 +22,7 @@ fn golden_config(
     batch: usize,
     extra_event_time: &str,
     follow: bool,
+    extra_source: &str,
 ) -> PathBuf {
     let config = format!(
         r#"
@@ -35,6 +36,7 @@ path = "{input}"
 partitions = {partitions}
 key_field = "Key"
 follow = {follow}
+{extra_source}
 
 [sinks.windows]
 kind = "file"
@@ -144,6 +146,14 @@ fn every_window_type_with_out_of_order_and_late_events_under_both_policies() {
             .expect("case.toml is TOML");
         let window = settings["window"].as_str().expect("window");
         let tolerance = settings["tolerance"].as_str().expect("tolerance");
+        // Optional: more `event_time` keys (`{policy}` is the run's policy) and source keys.
+        let optional = |key: &str| {
+            settings
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .unwrap_or("")
+        };
+        let (event_time, source) = (optional("event_time"), optional("source"));
         for policy in ["adjust", "drop"] {
             let expected_file = case.join(format!("expected.{policy}.jsonl"));
             if !expected_file.is_file() {
@@ -162,8 +172,9 @@ fn every_window_type_with_out_of_order_and_late_events_under_both_policies() {
                     policy,
                     partitions,
                     batch,
-                    "",
+                    &event_time.replace("{policy}", policy),
                     false,
+                    source,
                 );
                 run_to_completion(&config, Duration::from_secs(120));
                 assert_same_outputs(
@@ -241,6 +252,7 @@ fn an_idle_partition_follows_the_pipeline_watermark_and_closes_its_windows() {
         64,
         "",
         true,
+        "",
     );
     let mut process = WeirProcess::run(&config);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -284,6 +296,7 @@ fn an_idle_partition_follows_the_pipeline_watermark_and_closes_its_windows() {
         64,
         r#"idle_timeout = "500ms""#,
         true,
+        "",
     );
     let mut process = WeirProcess::run(&config);
     let deadline = Instant::now() + Duration::from_secs(60);

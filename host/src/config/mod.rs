@@ -510,8 +510,9 @@ pub struct EventTimeConfig {
     #[serde(default)]
     pub late_arrival: Option<TolerancePolicy>,
     /// A partition without events for this long stops holding the pipeline's watermark back, and
-    /// advances its own watermark to the pipeline's so that its windows and joins close. Absent:
-    /// partitions are never considered idle.
+    /// advances its own watermark to the pipeline's so that its windows and joins close. Under
+    /// `stream_analytics` semantics, once every partition is idle the watermark follows the wall
+    /// clock less the late-arrival tolerance. Absent: partitions are never considered idle.
     #[serde(default)]
     pub idle_timeout: Option<ConfigDuration>,
     /// The share of a partition's events, from 0 to 1, that may arrive behind its watermark (and

@@ -462,7 +462,8 @@ impl PartitionWorker {
     /// Moves an idle partition's watermark to `target` without a new event. The decision comes
     /// from other partitions or the wall clock, which a replay would not repeat: it is
     /// checkpointed first, then what it closes is written and checkpointed, so that a crash in
-    /// between repeats this advance and each sink finds its outputs written once.
+    /// between repeats this advance and each sink finds its outputs written once. An advance
+    /// that closes nothing leaves its state to the next regular checkpoint.
     async fn idle_advance(
         &mut self,
         target: i64,
@@ -481,6 +482,9 @@ impl PartitionWorker {
             self.checkpoint().await?;
         }
         self.pending_idle_advance = None;
+        self.state_dirty = true;
+        let records = |report: &WorkerReport| report.records_out.values().sum::<u64>();
+        let before = records(report);
         if self
             .time
             .as_mut()
@@ -492,7 +496,11 @@ impl PartitionWorker {
                 self.position = self.time.as_ref().and_then(PartitionTime::sequence);
             }
         }
-        self.state_dirty = true;
+        // Nothing written (nothing closed yet): the next regular checkpoint covers the new
+        // watermark, and a crash before it repeats an advance that writes nothing.
+        if records(report) == before {
+            return Ok(());
+        }
         self.checkpoint().await
     }
 

@@ -1,6 +1,7 @@
 //! The worker's checkpoints name the source's offset of their position: a checkpoint saved again at
 //! a resumed position before any new event (after a restart or a takeover, when an idle watermark
-//! advance or the input's end dirties the state) keeps the offset the loaded checkpoint had.
+//! advance or the input's end dirties the state) keeps the offset the loaded checkpoint had. An idle
+//! advance checkpointed just before a crash is repeated as decided when the worker starts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -160,4 +161,80 @@ async fn the_readers_offset_of_its_position_wins_and_none_is_invented() {
     // Nobody knew the offset: none is recorded (never the sequence number in its place).
     let saved = resave(loaded(41, None), ResumedReader { known: Vec::new() }).await;
     assert_eq!(saved.source_offset, None);
+}
+
+/// A reader whose partition has ended (a bounded input read to its end before the restart).
+struct EndedReader;
+
+#[async_trait]
+impl PartitionReader for EndedReader {
+    fn partition(&self) -> PartitionId {
+        0
+    }
+
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+        _wait: Duration,
+    ) -> Result<ReadOutcome, SourceError> {
+        Ok(ReadOutcome::End)
+    }
+
+    fn source_offset(&self, _position: Position) -> Option<String> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn an_idle_advance_checkpointed_before_a_crash_is_repeated_first_and_then_cleared() {
+    use crate::pipeline::event_time::{EVENT_TIME_STATE, IDLE_ADVANCE_STATE};
+    use crate::time::{ClockSettings, EventClock};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir.path()));
+    let mut context = context(store.clone());
+    let dead_letters = crate::connectors::file::sink::FileSink::new(
+        "dead_letters",
+        dir.path().join("dead_letters"),
+    );
+    context
+        .sinks
+        .insert("dead_letters".to_owned(), Arc::new(dead_letters));
+    context.pipeline.event_time =
+        Some(toml::from_str(r#"semantics = "stream_analytics""#).expect("event_time"));
+    let settings = ClockSettings::from_config(context.pipeline.event_time.as_ref());
+    // The checkpoint a crashed run saved just before its idle advance to 90 s: its clock still
+    // at 60 s, the advance pending.
+    let mut clock = EventClock::new(settings);
+    let mut admitted = crate::time::Admitted::default();
+    let mut event = crate::event::Event::new(0, 41, "{}");
+    event.event_time = Some(60_000);
+    event.enqueued_time = 60_000;
+    clock.admit(event, &mut admitted);
+    let mut checkpoint = loaded(41, None);
+    checkpoint
+        .stages
+        .insert(EVENT_TIME_STATE.to_owned(), clock.snapshot());
+    checkpoint.stages.insert(
+        IDLE_ADVANCE_STATE.to_owned(),
+        90_000i64.to_be_bytes().to_vec(),
+    );
+    let (_stop, shutdown) = watch::channel(false);
+    let worker = build_worker(&context, Box::new(EndedReader), checkpoint, shutdown)
+        .await
+        .expect("worker");
+    assert_eq!(worker.pending_idle_advance, Some(90_000));
+    worker.run().await.expect("run");
+
+    let saved = store
+        .load("p", 0)
+        .await
+        .expect("load")
+        .expect("a checkpoint");
+    assert!(
+        !saved.stages.contains_key(IDLE_ADVANCE_STATE),
+        "done: no longer pending"
+    );
+    let clock = EventClock::restore(settings, &saved.stages[EVENT_TIME_STATE]).expect("clock");
+    assert_eq!(clock.watermark(), Some(90_000), "repeated as decided");
 }

@@ -34,6 +34,7 @@
 //! field of the wrong type (see [`Reading`]) is rejected with the reason, and goes to the
 //! dead-letter sink instead of `rows`.
 
+use weir_sdk::lag::{Lag, Timed};
 use weir_sdk::prelude::*;
 
 /// The rule's settings: the stage's `config` table. Each one has the seed rule's value as its
@@ -115,6 +116,12 @@ pub struct LastReading {
     pub time: i64,
 }
 
+impl Timed for LastReading {
+    fn time(&self) -> i64 {
+        self.time
+    }
+}
+
 /// How bad an anomaly is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Severity {
@@ -158,10 +165,19 @@ pub fn process(event: &Event, ctx: &mut Context) -> Result<()> {
     let reading: Reading = event.json()?;
     let now = event.time();
 
-    let stored: Option<LastReading> = ctx.get(&reading.device_id)?;
     let window_ms =
         i64::try_from(thresholds.lag_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let previous = stored.filter(|last| (0..=window_ms).contains(&now.saturating_sub(last.time)));
+    // LAG(Temperature) OVER (PARTITION BY DeviceId LIMIT DURATION(second, 300)), counting a
+    // reading exactly 300 s older as this rule always has (Stream Analytics' own bound leaves it
+    // out, see `weir_sdk::lag`).
+    let latest = LastReading {
+        temperature: reading.temperature,
+        time: now,
+    };
+    let step = Lag::limit_duration(window_ms)
+        .inclusive()
+        .step(ctx, &reading.device_id, latest)?;
+    let previous = step.previous;
 
     if let Some(severity) = anomaly(&thresholds, reading.temperature, previous) {
         let alert = Alert {
@@ -179,13 +195,7 @@ pub fn process(event: &Event, ctx: &mut Context) -> Result<()> {
         ctx.counter("alerts", 1);
     }
 
-    if stored.is_none_or(|last| last.time <= now) {
-        let latest = LastReading {
-            temperature: reading.temperature,
-            time: now,
-        };
-        ctx.put(&reading.device_id, &latest)?;
-    } else {
+    if !step.stored {
         ctx.counter("out_of_order_readings", 1);
     }
 
