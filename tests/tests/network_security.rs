@@ -675,3 +675,209 @@ fn slow_clients_and_a_flood_are_refused_with_retry_after_and_nothing_accepted_is
     );
     weir.terminate();
 }
+
+/// Base64url without padding (JWT parts).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    output.stdout
+}
+
+/// An RSA key made with `openssl` in `dir/name.pem`, and its JWK (`kid` = `name`).
+fn rsa_key(dir: &Path, name: &str) -> Value {
+    let file = format!("{name}.pem");
+    openssl(dir, &["genrsa", "-out", &file, "2048"]);
+    let modulus = String::from_utf8(openssl(dir, &["rsa", "-in", &file, "-noout", "-modulus"]))
+        .expect("modulus text");
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    json!({ "kid": name, "kty": "RSA", "use": "sig", "n": base64url(&n), "e": "AQAB" })
+}
+
+/// An RS256 JWT with `claims`, signed by `dir/key.pem` and naming key `kid`.
+fn jwt(dir: &Path, key: &str, kid: &str, claims: &Value) -> String {
+    let header = json!({ "alg": "RS256", "typ": "JWT", "kid": kid });
+    let input = format!(
+        "{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    );
+    std::fs::write(dir.join("input"), &input).expect("write input");
+    let signature = openssl(
+        dir,
+        &["dgst", "-sha256", "-sign", &format!("{key}.pem"), "input"],
+    );
+    format!("{input}.{}", base64url(&signature))
+}
+
+/// Serves `body` as JSON to every request on 127.0.0.1 until the test ends.
+fn serve_json(body: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn entra_tokens_are_checked_for_signature_tenant_audience_and_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path();
+    let signing = rsa_key(keys, "signing");
+    rsa_key(keys, "stranger");
+    let jwks_port = serve_json(json!({ "keys": [signing] }).to_string());
+    let port = free_port();
+    let (tenant, audience) = ("11111111-2222-3333-4444-555555555555", "api://weir-ingest");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "address = \"127.0.0.1:{port}\"\n[sources.ingest.auth.entra]\ntenant = \"{tenant}\"\n\
+             audience = \"{audience}\"\njwks_url = \"http://127.0.0.1:{jwks_port}/keys\""
+        ),
+        Some("address = \"127.0.0.1:0\""),
+        "200ms",
+    );
+    let mut weir = WeirProcess::run(&config);
+    weir.wait_for_start(1, Duration::from_secs(120));
+    let admin = weir.admin_address(0, Duration::from_secs(60));
+    let now = chrono::Utc::now().timestamp();
+    let claims = |tid: &str, aud: &str, exp: i64| {
+        json!({
+            "iss": format!("https://login.microsoftonline.com/{tid}/v2.0"),
+            "aud": aud, "tid": tid, "exp": exp, "nbf": now - 10, "sub": "device-writer",
+        })
+    };
+    let good = jwt(
+        keys,
+        "signing",
+        "signing",
+        &claims(tenant, audience, now + 600),
+    );
+    let cases = [
+        ("entra-valid", good.clone(), 202),
+        (
+            "entra-other-audience",
+            jwt(
+                keys,
+                "signing",
+                "signing",
+                &claims(tenant, "api://other", now + 600),
+            ),
+            403,
+        ),
+        (
+            "entra-other-tenant",
+            jwt(
+                keys,
+                "signing",
+                "signing",
+                &claims("other-tenant", audience, now + 600),
+            ),
+            403,
+        ),
+        (
+            "entra-expired",
+            jwt(
+                keys,
+                "signing",
+                "signing",
+                &claims(tenant, audience, now - 3600),
+            ),
+            401,
+        ),
+        (
+            "entra-forged",
+            jwt(
+                keys,
+                "stranger",
+                "signing",
+                &claims(tenant, audience, now + 600),
+            ),
+            401,
+        ),
+        (
+            "entra-unknown-key",
+            jwt(
+                keys,
+                "stranger",
+                "stranger",
+                &claims(tenant, audience, now + 600),
+            ),
+            401,
+        ),
+        (
+            "entra-garbage",
+            "eyJhbGciOiJSUzI1NiJ9.e30.AAAA".to_owned(),
+            401,
+        ),
+    ];
+    for (id, token, expected) in &cases {
+        let header = format!("Bearer {token}");
+        let body = json!({ "id": id }).to_string();
+        let reply = http(
+            port,
+            "POST",
+            "/events",
+            &[("Authorization", &header)],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.status, *expected, "{id}: {}", reply.body);
+    }
+    let sink = dir.path().join("events");
+    wait_for_ids(
+        &sink,
+        &BTreeSet::from(["entra-valid".to_owned()]),
+        &mut weir,
+    );
+    let written: BTreeSet<String> = sink_ids(&sink).into_iter().collect();
+    assert_eq!(written, BTreeSet::from(["entra-valid".to_owned()]));
+    let log = wal_bytes(dir.path());
+    for (id, _, expected) in &cases {
+        assert_eq!(contains(&log, id), *expected == 202, "{id} in the log");
+    }
+    let metrics = weir_tests::service::http(&admin, "GET", "/metrics", None, b"").1;
+    let refusals = |reason: &str| {
+        metric(
+            &metrics,
+            "weir_http_auth_refused_total",
+            &format!("reason=\"{reason}\""),
+        )
+    };
+    assert_eq!(refusals("forbidden"), 2.0, "{metrics}");
+    assert_eq!(refusals("invalid"), 4.0, "{metrics}");
+    weir.terminate();
+}
