@@ -910,3 +910,50 @@ fn entra_tokens_are_checked_for_signature_tenant_audience_and_time() {
     assert_eq!(refusals("invalid"), 4.0, "{metrics}");
     weir.terminate();
 }
+
+/// Issue 19: the error of a failed start named its pipeline as empty (`pipeline ``); it names the
+/// pipelines that use the sink now, and still no secret of the connection string.
+#[test]
+fn a_failed_start_names_its_pipeline_and_no_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "c2VjcmV0LXNob3VsZC1ub3QtbGVhaw==";
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+
+[sources.ingest]
+kind = "http"
+address = "127.0.0.1:0"
+
+[sinks.alerts]
+kind = "eventhubs"
+connection_string = "Endpoint=sb://127.0.0.1/;SharedAccessKeyName=k;SharedAccessKey={secret};EntityPath=alerts"
+custom_endpoint = "amqp://127.0.0.1:1"
+
+[sinks.dead]
+kind = "stdout"
+
+[pipelines.telemetry]
+source = "ingest"
+dead_letter = "dead"
+
+[[pipelines.telemetry.stages]]
+name = "forward"
+plugin = "{plugin}"
+outputs = {{ out = "alerts" }}
+"#,
+        plugin = plugin_path("passthrough").display(),
+    );
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    let status = WeirProcess::run(&path).wait(Duration::from_secs(120));
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("weir.log")).expect("log");
+    assert!(
+        log.contains("sink `alerts` (pipeline `telemetry`)"),
+        "{log}"
+    );
+    assert!(!log.contains("pipeline ``"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+}
