@@ -57,12 +57,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The build holds two rustls crypto providers (ring for Kafka and webhooks, aws-lc-rs through
     // deltalake), so rustls cannot pick one by itself: choose before any connection is made.
-    #[cfg(any(
-        feature = "kafka",
-        feature = "webhook",
-        feature = "azure",
-        feature = "eventhubs"
-    ))]
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -23,7 +23,7 @@ pub use crate::connectors::eventhubs::config::{
     StartPosition,
 };
 pub use crate::connectors::file::config::{FileSinkConfig, FileSourceConfig};
-pub use crate::connectors::http::config::HttpSourceConfig;
+pub use crate::connectors::http::config::{EntraConfig, HttpSourceConfig, IngestAuthConfig};
 pub use crate::connectors::kafka::config::{
     KafkaCompression, KafkaConnection, KafkaPartitioning, KafkaSasl, KafkaSinkConfig,
     KafkaSourceConfig, KafkaStart, KafkaTls, KafkaUndecodable, SaslMechanism,

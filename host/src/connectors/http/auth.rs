@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderName, header};
 use sha2::{Digest, Sha256};
 
 use super::config::IngestAuthConfig;
+use super::entra::{EntraValidator, TokenRefusal, looks_like_jwt};
 use crate::config::expand_env;
 
 type Hash = [u8; 32];
@@ -20,6 +21,8 @@ pub(crate) enum AuthRefusal {
     Missing,
     /// A credential that is not (or no longer) accepted.
     Invalid,
+    /// A genuine Entra token for another tenant or audience (`403`).
+    Forbidden,
 }
 
 impl AuthRefusal {
@@ -28,6 +31,7 @@ impl AuthRefusal {
         match self {
             AuthRefusal::Missing => "missing",
             AuthRefusal::Invalid => "invalid",
+            AuthRefusal::Forbidden => "forbidden",
         }
     }
 }
@@ -39,6 +43,7 @@ pub(crate) struct Credentials {
     file: Option<PathBuf>,
     from_file: Mutex<FileCredentials>,
     key_header: HeaderName,
+    entra: Option<EntraValidator>,
 }
 
 #[derive(Debug, Default)]
@@ -96,14 +101,16 @@ impl Credentials {
             from_file.stamp = file_stamp(path);
             from_file.hashes = read_file(path)?;
         }
-        if inline.is_empty() && file.is_none() {
-            return Err("`auth` needs `tokens` or a `tokens_file`".to_owned());
+        let entra = config.entra.as_ref().map(EntraValidator::new).transpose()?;
+        if inline.is_empty() && file.is_none() && entra.is_none() {
+            return Err("`auth` needs `tokens`, a `tokens_file` or `entra`".to_owned());
         }
         Ok(Credentials {
             inline,
             file,
             from_file: Mutex::new(from_file),
             key_header,
+            entra,
         })
     }
 
@@ -126,19 +133,35 @@ impl Credentials {
         })
     }
 
-    /// Whether `headers` carry an accepted credential.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AuthRefusal> {
-        let given = hash(self.given(headers).ok_or(AuthRefusal::Missing)?);
+    /// Whether `headers` carry an accepted credential: a shared key or token, else an Entra
+    /// token when configured.
+    pub(crate) async fn check(&self, headers: &HeaderMap) -> Result<(), AuthRefusal> {
+        let given = self.given(headers).ok_or(AuthRefusal::Missing)?;
+        if self.is_shared_key(given) {
+            return Ok(());
+        }
+        match (&self.entra, std::str::from_utf8(given)) {
+            (Some(entra), Ok(token)) if looks_like_jwt(token) => {
+                entra.validate(token).await.map_err(|refusal| {
+                    tracing::debug!(?refusal, "HTTP source: Entra token refused");
+                    match refusal {
+                        TokenRefusal::Invalid(_) => AuthRefusal::Invalid,
+                        TokenRefusal::Forbidden(_) => AuthRefusal::Forbidden,
+                    }
+                })
+            }
+            _ => Err(AuthRefusal::Invalid),
+        }
+    }
+
+    fn is_shared_key(&self, given: &[u8]) -> bool {
+        let given = hash(given);
         let mut found = self.inline.iter().fold(false, |f, h| f | eq(h, &given));
         if self.file.is_some() {
             let file = self.current_file();
             found |= file.iter().fold(false, |f, h| f | eq(h, &given));
         }
-        if found {
-            Ok(())
-        } else {
-            Err(AuthRefusal::Invalid)
-        }
+        found
     }
 
     /// The file's credentials, read again if the file changed since (a file that cannot be read
@@ -184,8 +207,8 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn bearer_and_key_header_and_rotation_through_the_file() {
+    #[tokio::test]
+    async fn bearer_and_key_header_and_rotation_through_the_file() {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("keys");
         std::fs::write(&file, "# keys\nold\n\nnew\n").expect("write");
@@ -193,29 +216,36 @@ mod tests {
             tokens: vec!["inline".into()],
             tokens_file: Some(file.clone()),
             key_header: "X-Api-Key".into(),
+            entra: None,
         };
         let credentials = Credentials::new(&config, Some(file.clone())).expect("credentials");
-        let check = |h: HeaderMap| credentials.check(&h);
-        assert_eq!(check(HeaderMap::new()), Err(AuthRefusal::Missing));
-        assert_eq!(check(headers("authorization", "Bearer inline")), Ok(()));
-        assert_eq!(check(headers("authorization", "bearer old")), Ok(()));
-        assert_eq!(check(headers("x-api-key", "new")), Ok(()));
+        let check = |h: HeaderMap| {
+            let credentials = &credentials;
+            async move { credentials.check(&h).await }
+        };
+        assert_eq!(check(HeaderMap::new()).await, Err(AuthRefusal::Missing));
         assert_eq!(
-            check(headers("x-api-key", "wrong")),
+            check(headers("authorization", "Bearer inline")).await,
+            Ok(())
+        );
+        assert_eq!(check(headers("authorization", "bearer old")).await, Ok(()));
+        assert_eq!(check(headers("x-api-key", "new")).await, Ok(()));
+        assert_eq!(
+            check(headers("x-api-key", "wrong")).await,
             Err(AuthRefusal::Invalid)
         );
         assert_eq!(
-            check(headers("authorization", "Basic old")),
+            check(headers("authorization", "Basic old")).await,
             Err(AuthRefusal::Missing)
         );
         std::fs::write(&file, "newer\n").expect("rotate");
         assert_eq!(
-            check(headers("x-api-key", "old")),
+            check(headers("x-api-key", "old")).await,
             Err(AuthRefusal::Invalid)
         );
-        assert_eq!(check(headers("x-api-key", "newer")), Ok(()));
+        assert_eq!(check(headers("x-api-key", "newer")).await, Ok(()));
         std::fs::remove_file(&file).expect("remove");
-        assert_eq!(check(headers("x-api-key", "newer")), Ok(()));
+        assert_eq!(check(headers("x-api-key", "newer")).await, Ok(()));
     }
 
     #[test]
@@ -224,6 +254,7 @@ mod tests {
             tokens: vec![" ".into()],
             tokens_file: None,
             key_header: "x-api-key".into(),
+            entra: None,
         };
         assert!(Credentials::new(&config, None).is_err());
     }

@@ -80,6 +80,26 @@ pub struct IngestAuthConfig {
     /// The header that carries a shared key, as an alternative to `Authorization: Bearer`.
     #[serde(default = "default_key_header_auth")]
     pub key_header: String,
+    /// Microsoft Entra ID access tokens (`Authorization: Bearer <JWT>`) accepted as well.
+    #[serde(default)]
+    pub entra: Option<EntraConfig>,
+}
+
+/// Microsoft Entra ID tokens: RS256, signed by a key of the tenant's key set, issued by the tenant
+/// (v1 or v2 issuer), for `audience`, and not expired. A genuine token for another tenant or
+/// audience is `403`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    /// The tenant (directory) id.
+    pub tenant: String,
+    /// The audience the token must be for: the application id URI or client id of the ingest
+    /// API's app registration.
+    pub audience: String,
+    /// Where the tenant's signing keys are (default:
+    /// `https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
 }
 
 fn default_key_header_auth() -> String {
@@ -139,11 +159,22 @@ pub(crate) fn validate_source(
     if let Some(auth) = &config.auth
         && auth.tokens.iter().all(|t| t.trim().is_empty())
         && auth.tokens_file.is_none()
+        && auth.entra.is_none()
     {
         return Err(doc.error(
             &["sources", name, "auth"],
-            "expected `tokens` (one or more credentials) or a `tokens_file`",
+            "expected `tokens` (one or more credentials), a `tokens_file` or `entra`",
         ));
+    }
+    if let Some(entra) = config.auth.as_ref().and_then(|a| a.entra.as_ref()) {
+        for (key, value) in [("tenant", &entra.tenant), ("audience", &entra.audience)] {
+            if value.trim().is_empty() {
+                return Err(doc.error(
+                    &["sources", name, "auth", "entra", key],
+                    "expected a non-empty value",
+                ));
+            }
+        }
     }
     for (key, value) in [
         ("max_connections", config.max_connections as u64),

@@ -3,4 +3,5 @@
 
 pub(crate) mod auth;
 pub mod config;
+mod entra;
 pub mod source;

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::Credentials;
+use super::auth::{AuthRefusal, Credentials};
 use crate::config::HttpSourceConfig;
 use crate::event::{Event, PartitionId, Position, now_millis, partition_for_key};
 use crate::json::top_level_field;
@@ -555,7 +555,7 @@ async fn healthz() -> Response {
 }
 
 async fn post_events(State(ingest): State<Arc<Ingest>>, request: Request) -> Response {
-    if let Err(refusal) = ingest.authorize(request.headers()) {
+    if let Err(refusal) = ingest.authorize(request.headers()).await {
         return refusal;
     }
     match ingest.accept(request).await {
@@ -589,17 +589,23 @@ impl Ingest {
         clippy::result_large_err,
         reason = "the error is the HTTP refusal itself, built at most once per request"
     )]
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    async fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
         let Some(credentials) = &self.credentials else {
             return Ok(());
         };
-        credentials.check(headers).map_err(|refusal| {
+        credentials.check(headers).await.map_err(|refusal| {
             let listener = format!("source:{}", self.source_name);
             self.metrics.add(
                 names::HTTP_AUTH_REFUSED,
                 &[("listener", &listener), ("reason", refusal.label())],
                 1,
             );
+            if refusal == AuthRefusal::Forbidden {
+                return json_reply(
+                    StatusCode::FORBIDDEN,
+                    serde_json::json!({ "error": "forbidden" }),
+                );
+            }
             let mut reply = json_reply(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({ "error": "unauthorized" }),
