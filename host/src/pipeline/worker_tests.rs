@@ -220,7 +220,7 @@ async fn an_idle_advance_checkpointed_before_a_crash_is_repeated_first_and_then_
         90_000i64.to_be_bytes().to_vec(),
     );
     let (_stop, shutdown) = watch::channel(false);
-    let worker = build_worker(&context, Box::new(EndedReader), checkpoint, shutdown)
+    let worker = build_worker(&context, vec![Box::new(EndedReader)], checkpoint, shutdown)
         .await
         .expect("worker");
     assert_eq!(worker.pending_idle_advance, Some(90_000));
