@@ -962,3 +962,47 @@ fn a_shadow_deploy_reports_the_share_that_differs_and_activates_only_an_equal_ve
     process.terminate();
     process.wait(WAIT);
 }
+
+#[test]
+fn a_missing_wasm_target_is_reported_with_the_command_that_adds_it() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let dir = outside.path().join("no-target");
+    let out = weir(&home, &target)
+        .args(["plugin", "new", "no-target", "--kind", "transform", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin new");
+    // A toolchain whose sysroot has no standard library for wasm32-wasip2: a `rustc` that
+    // answers `--print sysroot` with an empty directory and passes everything else on.
+    let sysroot = outside.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu")).expect("mkdir");
+    let rustc = outside.path().join("fake-rustc");
+    std::fs::write(
+        &rustc,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = \"--print\" ] && [ \"$2\" = \"sysroot\" ]; then echo '{}'; exit 0; fi\nexec rustc \"$@\"\n",
+            sysroot.display()
+        ),
+    )
+    .expect("write fake rustc");
+    let mut permissions = std::fs::metadata(&rustc).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&rustc, permissions).expect("chmod");
+    let out = weir(&home, &target)
+        .args(["plugin", "build"])
+        .arg(&dir)
+        .env("RUSTC", &rustc)
+        .output()
+        .expect("run weir");
+    assert!(!out.status.success(), "the build must stop");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains(
+            "the Rust target `wasm32-wasip2` is not installed; add it with: rustup target add wasm32-wasip2"
+        ),
+        "{error}"
+    );
+}
