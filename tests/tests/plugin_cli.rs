@@ -603,10 +603,15 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     let mut process = WeirProcess::run(&config);
     let admin = process.admin_address(0, WAIT);
     wait_ready(&admin, WAIT);
-    let readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
+    let mut readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
         .iter()
         .map(weir_tests::telemetry::Reading::to_json)
         .collect();
+    // One reading the first stage refuses: its dead letter names the plugin and the versions.
+    readings.insert(
+        10,
+        r#"{"EventId":"bad-1","DeviceId":"device-x"}"#.to_owned(),
+    );
     let feeder = weir_tests::service::Feeder::start_lines(
         &run_dir.join("readings.jsonl"),
         readings,
@@ -621,6 +626,16 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     weir_tests::service::wait_until(WAIT, "rows naming both stages' versions", || {
         lineages(&table).contains(&first)
     });
+    weir_tests::service::wait_until(WAIT, "the dead letter", || {
+        !weir_tests::read_jsonl_dir(&run_dir.join("dead_letters")).is_empty()
+    });
+    let letters = weir_tests::read_jsonl_dir(&run_dir.join("dead_letters"));
+    let letter = &letters[0];
+    assert_eq!(letter["reason"], "missing field `Temperature`", "{letter}");
+    assert_eq!(letter["plugin"], "categorize", "{letter}");
+    assert_eq!(letter["plugin_crate_version"], "0.1.0", "{letter}");
+    let expected = format!("categorize@0.1.0+{}", categorize.hash);
+    assert_eq!(letter["plugin_versions"], expected.as_str(), "{letter}");
 
     // Activated: the deploy waits for the probation, then the rows name the new version.
     let out = deploy(&home, &target, &admin, &categorize_2.file);
