@@ -227,7 +227,10 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
 /// `weir plugin test`: runs the cases and prints each one's verdict and diff.
 fn plugin_test(path: Option<PathBuf>, bless: bool) -> anyhow::Result<()> {
     let path = path.unwrap_or_else(|| PathBuf::from("."));
-    let target = plugin_cli::target(&path)?;
+    let (target, built) = plugin_cli::target(&path)?;
+    if let Some(built) = built {
+        println!("{built}");
+    }
     let results = plugin_cli::test(&target, bless)?;
     let failed = results.iter().filter(|r| !r.passed()).count();
     for result in &results {

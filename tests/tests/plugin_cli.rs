@@ -603,10 +603,15 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     let mut process = WeirProcess::run(&config);
     let admin = process.admin_address(0, WAIT);
     wait_ready(&admin, WAIT);
-    let readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
+    let mut readings: Vec<String> = weir_tests::telemetry::generated_readings(20, 2000, 3)
         .iter()
         .map(weir_tests::telemetry::Reading::to_json)
         .collect();
+    // One reading the first stage refuses: its dead letter names the plugin and the versions.
+    readings.insert(
+        10,
+        r#"{"EventId":"bad-1","DeviceId":"device-x"}"#.to_owned(),
+    );
     let feeder = weir_tests::service::Feeder::start_lines(
         &run_dir.join("readings.jsonl"),
         readings,
@@ -621,6 +626,16 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     weir_tests::service::wait_until(WAIT, "rows naming both stages' versions", || {
         lineages(&table).contains(&first)
     });
+    weir_tests::service::wait_until(WAIT, "the dead letter", || {
+        !weir_tests::read_jsonl_dir(&run_dir.join("dead_letters")).is_empty()
+    });
+    let letters = weir_tests::read_jsonl_dir(&run_dir.join("dead_letters"));
+    let letter = &letters[0];
+    assert_eq!(letter["reason"], "missing field `Temperature`", "{letter}");
+    assert_eq!(letter["plugin"], "categorize", "{letter}");
+    assert_eq!(letter["plugin_crate_version"], "0.1.0", "{letter}");
+    let expected = format!("categorize@0.1.0+{}", categorize.hash);
+    assert_eq!(letter["plugin_versions"], expected.as_str(), "{letter}");
 
     // Activated: the deploy waits for the probation, then the rows name the new version.
     let out = deploy(&home, &target, &admin, &categorize_2.file);
@@ -961,4 +976,48 @@ fn a_shadow_deploy_reports_the_share_that_differs_and_activates_only_an_equal_ve
     assert!(process.is_running());
     process.terminate();
     process.wait(WAIT);
+}
+
+#[test]
+fn a_missing_wasm_target_is_reported_with_the_command_that_adds_it() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let dir = outside.path().join("no-target");
+    let out = weir(&home, &target)
+        .args(["plugin", "new", "no-target", "--kind", "transform", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin new");
+    // A toolchain whose sysroot has no standard library for wasm32-wasip2: a `rustc` that
+    // answers `--print sysroot` with an empty directory and passes everything else on.
+    let sysroot = outside.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu")).expect("mkdir");
+    let rustc = outside.path().join("fake-rustc");
+    std::fs::write(
+        &rustc,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = \"--print\" ] && [ \"$2\" = \"sysroot\" ]; then echo '{}'; exit 0; fi\nexec rustc \"$@\"\n",
+            sysroot.display()
+        ),
+    )
+    .expect("write fake rustc");
+    let mut permissions = std::fs::metadata(&rustc).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&rustc, permissions).expect("chmod");
+    let out = weir(&home, &target)
+        .args(["plugin", "build"])
+        .arg(&dir)
+        .env("RUSTC", &rustc)
+        .output()
+        .expect("run weir");
+    assert!(!out.status.success(), "the build must stop");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains(
+            "the Rust target `wasm32-wasip2` is not installed; add it with: rustup target add wasm32-wasip2"
+        ),
+        "{error}"
+    );
 }

@@ -160,6 +160,13 @@ pub(crate) struct Document<'a> {
     path: &'a Path,
 }
 
+impl<'a> Document<'a> {
+    /// The document `text`, read from `path`.
+    pub(crate) fn new(text: &'a str, path: &'a Path) -> Self {
+        Document { text, path }
+    }
+}
+
 impl Document<'_> {
     fn toml_error(&self, err: &toml::de::Error, keys: &[String]) -> ConfigError {
         let message = err.message().trim().to_owned();

@@ -40,6 +40,7 @@ use stage::StageTable;
 pub use stage::{
     DedupConfig, Destinations, JoinConfig, PluginStage, ReferenceFormat, ReferenceTableConfig,
     StageConfig, StageKind, UnmatchedPolicy, WindowConfig, WindowKind, WindowSemantics,
+    check_case_timing,
 };
 
 /// A whole configuration file.

@@ -779,6 +779,32 @@ fn resolve(stage: &StageTable, runner: Runner<'_>, timing: Timing<'_>) -> StageC
     }
 }
 
+/// Checks the `window` and `join` tables of a plugin's test case (`weir plugin test`) as a
+/// pipeline's stage is checked, locating errors in `text`, the case's file at `path`.
+pub fn check_case_timing(
+    text: &str,
+    path: &std::path::Path,
+    window: Option<&WindowConfig>,
+    join: Option<&JoinConfig>,
+) -> Result<(), ConfigError> {
+    let doc = Document::new(text, path);
+    if let Some(window) = window {
+        validate_window(&doc, &["window"], window)?;
+    }
+    if let Some(join) = join {
+        if window.is_some() {
+            return Err(doc.error(&["join"], "a stage is a window or a join, not both"));
+        }
+        if join.within.get().is_zero() && join.before.is_none_or(|b| b.get().is_zero()) {
+            return Err(doc.error(
+                &["join", "within"],
+                "a join needs a time bound above zero (`within`, `before`)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A window needs the durations of its kind, and only those.
 fn validate_window(
     doc: &Document<'_>,

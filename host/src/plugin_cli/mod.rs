@@ -1,7 +1,9 @@
 //! `weir plugin`: the plugin author's commands. `new` writes a plugin crate of one kind (with a
 //! native harness test and a test case), `build` compiles it into a component, checks it against
 //! the world of its kind with the host's own loader and records the crate's name and version in
-//! it (see [`crate::plugin::package`]).
+//! it (see [`crate::plugin::package`]), `test` runs the component through the host's stage code
+//! over the crate's cases, `deploy` (optionally after a shadow run), `list`, `status` and
+//! `rollback` work on a running host through its admin API.
 
 mod build;
 mod deploy;
@@ -356,6 +358,9 @@ pub enum PluginCliError {
     /// A component could not be signed, or a key made.
     #[error("{0}")]
     Sign(String),
+    /// A test case's settings are not a stage's.
+    #[error("{0}")]
+    CaseSettings(#[from] crate::config::ConfigError),
     /// The component implements none of the worlds (its kind is not in its manifest).
     #[error(
         "{} implements none of Weir's worlds (set `kind` in [package.metadata.weir] to see why): {reasons}",

@@ -175,9 +175,10 @@ pub struct TestTarget {
     pub kind: Option<Kind>,
 }
 
-/// The component and cases of `path`: a plugin crate (built first) or a built `.wasm` file,
-/// whose cases are found in the crate it was built in (the nearest `cases/` above it).
-pub fn target(path: &Path) -> Result<TestTarget, PluginCliError> {
+/// The component and cases of `path`: a plugin crate (built first; what the build made comes
+/// back too) or a built `.wasm` file, whose cases are found in the crate it was built in (the
+/// nearest `cases/` above it).
+pub fn target(path: &Path) -> Result<(TestTarget, Option<super::Built>), PluginCliError> {
     if path.is_file() {
         let cases = path
             .ancestors()
@@ -187,19 +188,20 @@ pub fn target(path: &Path) -> Result<TestTarget, PluginCliError> {
             .ok_or_else(|| PluginCliError::NoCases {
                 dir: path.to_path_buf(),
             })?;
-        return Ok(TestTarget {
+        let target = TestTarget {
             wasm: path.to_path_buf(),
             kind: None,
             cases,
-        });
+        };
+        return Ok((target, None));
     }
     let built = super::build(path)?;
-    println!("{built}");
-    Ok(TestTarget {
-        wasm: built.path,
+    let target = TestTarget {
+        wasm: built.path.clone(),
         cases: path.join("cases"),
         kind: super::build::crate_kind(path)?,
-    })
+    };
+    Ok((target, Some(built)))
 }
 
 /// Runs every case of `target` (see the module doc); with `bless`, writes what each output got
@@ -345,7 +347,16 @@ fn read_settings(case: &Path) -> Result<CaseSettings, PluginCliError> {
     if !path.is_file() {
         return Ok(CaseSettings::default());
     }
-    toml::from_str(&read_text(&path)?).map_err(|e| case_error(&path, e.message()))
+    let text = read_text(&path)?;
+    let settings: CaseSettings =
+        toml::from_str(&text).map_err(|e| case_error(&path, e.to_string().trim()))?;
+    crate::config::check_case_timing(
+        &text,
+        &path,
+        settings.window.as_ref(),
+        settings.join.as_ref(),
+    )?;
+    Ok(settings)
 }
 
 /// The stage the case's settings make for `plugin`, as `weir run` builds it (no checkpoint).
@@ -574,4 +585,51 @@ impl CaseRun<'_> {
 fn body_json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_names_the_output_the_record_and_the_field() {
+        let outputs = |records: &[serde_json::Value]| {
+            let mut outputs = Outputs::new();
+            outputs.insert("rows".to_owned(), records.to_vec());
+            outputs
+        };
+        let result = CaseResult {
+            name: "c".into(),
+            dir: PathBuf::from("cases/c"),
+            got: outputs(&[serde_json::json!({"a": 1}), serde_json::json!({"a": 5})]),
+            expected: outputs(&[
+                serde_json::json!({"a": 1}),
+                serde_json::json!({"a": 2, "b": 3}),
+            ]),
+        };
+        assert!(!result.passed());
+        assert_eq!(
+            result.diff(),
+            "  output `rows`: expected 2 record(s), got 2\n    record 2:\n      expected: {\"a\":2,\"b\":3}\n      got:      {\"a\":5}\n      field `a`: expected 2, got 5\n      field `b`: expected 3, got (absent)\n"
+        );
+    }
+
+    #[test]
+    fn case_settings_are_checked_like_a_stage_and_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |text: &str| std::fs::write(dir.path().join("case.toml"), text).expect("write");
+        write("# a case\nwindow = { type = \"hopping\", size = \"1m\" }\n");
+        let error = read_settings(dir.path()).expect_err("no hop").to_string();
+        assert!(error.contains("case.toml"), "{error}");
+        assert!(error.contains("case.toml:2:1: `window`"), "{error}");
+        assert!(error.contains("a hopping window needs `hop`"), "{error}");
+        write("confi = {}\n");
+        let error = read_settings(dir.path())
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("unknown field `confi`"), "{error}");
+        write("config = { max_jump = 3 }\n");
+        let settings = read_settings(dir.path()).expect("a transform's case");
+        assert!(settings.config.is_some() && settings.window.is_none());
+    }
 }
