@@ -1,0 +1,344 @@
+//! Pipelines with several sources, through `weir run`: bookings and payments as two sources (two
+//! files), joined in event time within 2 minutes into the Delta table `bookings_fact`, which
+//! equals the join derived relationally from the same orders; the same when the payments pause
+//! for far longer than the join's bound; the same row for row after SIGKILLs; and what is refused
+//! at start, with file, line and key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use weir_tests::bookings::{
+    Order, assert_fact, example_venue_cities, expected_fact, generated_orders, streams,
+};
+use weir_tests::servers::wait_for;
+use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir, run_to_completion};
+
+/// What a test varies in the two-source bookings pipeline.
+struct Setup<'a> {
+    /// The payments source is followed (`follow = true`).
+    follow_payments: bool,
+    checkpoint_interval: &'a str,
+    partitions: (u32, u32),
+}
+
+const DEFAULT: Setup<'static> = Setup {
+    follow_payments: false,
+    checkpoint_interval: "500ms",
+    partitions: (4, 4),
+};
+
+/// `dir/weir.toml`: the bookings workload of `examples/bookings.toml` reading bookings and
+/// payments from two files: bookings enter the categorize stage, payments the join's right input
+/// directly, each source with its own event-time table.
+fn two_source_pipeline(dir: &Path, setup: &Setup<'_>) -> PathBuf {
+    let categorize = plugin_path("booking_categorize");
+    let join = plugin_path("booking_join");
+    let venues = weir_tests::workspace_dir().join("examples/reference/venues.csv");
+    let fact_columns = fact_columns();
+    let text = format!(
+        r#"[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "{interval}"
+
+[plugins]
+store_dir = "{dir}/plugins"
+
+[sources.bookings]
+kind = "file"
+path = "{dir}/bookings.jsonl"
+partitions = {bookings_partitions}
+key_field = "OrderId"
+
+[sources.payments]
+kind = "file"
+path = "{dir}/payments.jsonl"
+partitions = {payments_partitions}
+key_field = "OrderId"
+follow = {follow}
+
+[sinks.bookings_fact]
+kind = "delta"
+path = "{dir}/bookings_fact"
+partition_by = ["BookingDate"]
+columns = [
+{fact_columns}
+]
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+
+[pipelines.bookings]
+sources = ["bookings", "payments"]
+dead_letter = "dead_letters"
+batch = {{ max_events = 128, max_wait = "20ms" }}
+
+[pipelines.bookings.event_time.sources.bookings]
+field = "Timestamp"
+
+# Payments arrive up to a second out of order.
+[pipelines.bookings.event_time.sources.payments]
+field = "Timestamp"
+out_of_order = {{ tolerance = "5s", policy = "adjust" }}
+
+[[pipelines.bookings.stages]]
+name = "categorize"
+plugin = "{categorize}"
+input = "bookings"
+outputs = {{ seats = "join.left" }}
+reference = {{ venues = {{ path = "{venues}", key = "VenueId" }} }}
+
+[[pipelines.bookings.stages]]
+name = "join"
+plugin = "{join}"
+right = "payments"
+join = {{ key = "OrderId", within = "2m", unmatched_left = "emit", unmatched_right = "drop" }}
+outputs = {{ rows = "bookings_fact" }}
+"#,
+        dir = dir.display(),
+        interval = setup.checkpoint_interval,
+        bookings_partitions = setup.partitions.0,
+        payments_partitions = setup.partitions.1,
+        follow = setup.follow_payments,
+        categorize = categorize.display(),
+        join = join.display(),
+        venues = venues.display(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The fact table's columns, as `examples/bookings.toml` has them.
+fn fact_columns() -> String {
+    let example = weir_tests::workspace_dir().join("examples/bookings.toml");
+    let text = std::fs::read_to_string(example).expect("read example");
+    let config: toml::Table = text.parse().expect("example is TOML");
+    let columns = config["sinks"]["bookings_fact"]["columns"]
+        .as_array()
+        .expect("columns");
+    columns
+        .iter()
+        .map(|c| format!("  {c},"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write input");
+}
+
+/// Writes the orders' two streams into `dir`.
+fn write_streams(dir: &Path, orders: &[Order]) -> (Vec<String>, Vec<String>) {
+    let (bookings, payments) = streams(orders);
+    write_lines(&dir.join("bookings.jsonl"), &bookings);
+    write_lines(&dir.join("payments.jsonl"), &payments);
+    (bookings, payments)
+}
+
+#[test]
+fn two_sources_joined_give_the_fact_of_a_plain_fold_over_both_inputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let orders = generated_orders(1200, 5);
+    write_streams(dir.path(), &orders);
+    let config = two_source_pipeline(dir.path(), &DEFAULT);
+    let log = run_to_completion(&config, Duration::from_secs(180));
+    let table = read_delta(&dir.path().join("bookings_fact"));
+    assert_fact(&table.rows, &orders);
+    assert!(
+        read_jsonl_dir(&dir.path().join("dead_letters")).is_empty(),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_source_pausing_longer_than_the_join_bound_holds_the_watermark_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let orders = generated_orders(900, 11);
+    let (_, payments) = write_streams(dir.path(), &orders);
+    // Only the first third of the payments at first: the bookings run ahead by many times the
+    // join's 2 minutes (in event time) while the payments pause.
+    let first = payments.len() / 3;
+    write_lines(&dir.path().join("payments.jsonl"), &payments[..first]);
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            follow_payments: true,
+            ..DEFAULT
+        },
+    );
+    let process = WeirProcess::run(&config);
+    // Long enough for every booking to be read (a few thousand lines).
+    std::thread::sleep(Duration::from_secs(4));
+    // What was written meanwhile is right: no booking was given up on (written unpaid) while
+    // its payment was still to come.
+    let table = dir.path().join("bookings_fact");
+    if table.join("_delta_log").exists() {
+        let expected = expected_fact(&orders, &example_venue_cities());
+        let rows = read_delta(&table).rows;
+        assert!(
+            rows.len() < expected.len(),
+            "the paused payments were not all read"
+        );
+        for row in rows {
+            let key = (
+                row["OrderId"].as_str().expect("OrderId").to_owned(),
+                row["SeatId"].as_str().expect("SeatId").to_owned(),
+            );
+            assert_eq!(
+                row["PaymentId"], expected[&key]["PaymentId"],
+                "a booking was written before its paused payment came: {row}"
+            );
+        }
+    }
+    // The rest of the payments, then far later ones for orders that do not exist (64 of them,
+    // reaching every partition), so that each partition's payments watermark passes every
+    // booking's bound (a followed file never ends). The join drops them (`unmatched_right =
+    // "drop"`).
+    let mut rest: Vec<String> = payments[first..].to_vec();
+    // Two rounds further apart than the payments' 5 s tolerance, so that the first is released.
+    for at in ["2026-11-23T18:00:00Z", "2026-11-23T18:00:10Z"] {
+        for n in 0..64 {
+            rest.push(format!(
+                r#"{{"PaymentId":"p-x{n}","OrderId":"x{n}","Method":"Card","Amount":1.0,"Status":"Succeeded","Timestamp":"{at}"}}"#
+            ));
+        }
+    }
+    let mut appended = rest.join("\n");
+    appended.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("payments.jsonl"))
+        .expect("open payments");
+    std::io::Write::write_all(&mut file, appended.as_bytes()).expect("append payments");
+    let seats: usize = orders.iter().map(|o| o.seats.len()).sum();
+    wait_for(
+        "every seat in the fact table",
+        Duration::from_secs(120),
+        || table.join("_delta_log").exists() && read_delta(&table).rows.len() >= seats,
+    );
+    process.terminate();
+    let log = process.log_text();
+    let status = process.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert_fact(&read_delta(&table).rows, &orders);
+}
+
+#[test]
+fn killed_several_times_the_two_source_table_equals_the_uninterrupted_run() {
+    let orders = generated_orders(12000, 13);
+    let setup = Setup {
+        checkpoint_interval: "150ms",
+        ..DEFAULT
+    };
+    let reference = tempfile::tempdir().expect("temp dir");
+    write_streams(reference.path(), &orders);
+    let config = two_source_pipeline(reference.path(), &setup);
+    run_to_completion(&config, Duration::from_secs(300));
+    let mut reference_rows = read_delta(&reference.path().join("bookings_fact")).rows;
+
+    let crashed = tempfile::tempdir().expect("temp dir");
+    write_streams(crashed.path(), &orders);
+    let config = two_source_pipeline(crashed.path(), &setup);
+    let mut kills = 0;
+    for (round, delay) in [400u64, 300, 500, 300].into_iter().enumerate() {
+        let mut process = WeirProcess::run(&config);
+        process.wait_for_start(round + 1, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(delay));
+        if !process.is_running() {
+            break;
+        }
+        process.kill9();
+        kills += 1;
+    }
+    assert!(kills >= 2, "the run ended before it could be killed twice");
+    run_to_completion(&config, Duration::from_secs(300));
+    let mut rows = read_delta(&crashed.path().join("bookings_fact")).rows;
+    let key = |row: &serde_json::Value| (row["OrderId"].to_string(), row["SeatId"].to_string());
+    reference_rows.sort_by_key(key);
+    rows.sort_by_key(key);
+    assert_eq!(
+        rows.len(),
+        reference_rows.len(),
+        "rows lost or written twice"
+    );
+    assert_eq!(rows, reference_rows, "the table differs row for row");
+    assert_fact(&rows, &orders);
+}
+
+/// Runs `weir run` on `config` and returns its log once it has exited with a failure.
+fn refused(config: &Path) -> String {
+    let mut process = WeirProcess::run(config);
+    wait_for("weir to exit", Duration::from_secs(60), || {
+        !process.is_running()
+    });
+    let text = process.log_text();
+    let status = process.wait(Duration::from_secs(5));
+    assert!(!status.success(), "weir should refuse to start:\n{text}");
+    text
+}
+
+/// The line of `config` that holds `needle`, as `weir.toml:<line>:`.
+fn line_of(config: &Path, needle: &str) -> String {
+    let text = std::fs::read_to_string(config).expect("config");
+    let line = text
+        .lines()
+        .position(|l| l.contains(needle))
+        .expect("the line");
+    format!("weir.toml:{}:", line + 1)
+}
+
+#[test]
+fn mismatched_partitions_unknown_sources_and_sourceless_join_sides_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_streams(dir.path(), &generated_orders(10, 1));
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            partitions: (4, 2),
+            ..DEFAULT
+        },
+    );
+    let log = refused(&config);
+    assert!(
+        log.contains(&line_of(&config, "sources = ["))
+            && log.contains("`pipelines.bookings.sources`")
+            && log.contains("`bookings` has 4 partitions, `payments` has 2"),
+        "{log}"
+    );
+
+    let config = two_source_pipeline(dir.path(), &DEFAULT);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            r#"sources = ["bookings", "payments"]"#,
+            r#"sources = ["bookings", "payment"]"#,
+        ),
+    )
+    .expect("write");
+    let log = refused(&config);
+    assert!(
+        log.contains(&line_of(&config, "sources = ["))
+            && log.contains("`pipelines.bookings.sources[1]`: source `payment` is not defined"),
+        "{log}"
+    );
+
+    std::fs::write(
+        &config,
+        text.replace(r#"right = "payments""#, r#"right = "payment""#),
+    )
+    .expect("write");
+    let log = refused(&config);
+    assert!(
+        log.contains(&line_of(&config, "right = "))
+            && log.contains(
+                "`pipelines.bookings.stages[1].right`: `payment` is not a source of this pipeline (its sources: `bookings`, `payments`)"
+            ),
+        "{log}"
+    );
+}
