@@ -10,6 +10,7 @@ use std::time::Duration;
 use weir_tests::bookings::{
     Order, assert_fact, example_venue_cities, expected_fact, generated_orders, streams,
 };
+use weir_tests::eventhubs::TestEndpoint;
 use weir_tests::servers::wait_for;
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir, run_to_completion};
 
@@ -19,12 +20,15 @@ struct Setup<'a> {
     follow_payments: bool,
     checkpoint_interval: &'a str,
     partitions: (u32, u32),
+    /// The two source tables, in place of the two files (two hubs of the test endpoint).
+    sources: Option<&'a str>,
 }
 
 const DEFAULT: Setup<'static> = Setup {
     follow_payments: false,
     checkpoint_interval: "500ms",
     partitions: (4, 4),
+    sources: None,
 };
 
 /// `dir/weir.toml`: the bookings workload of `examples/bookings.toml` reading bookings and
@@ -104,6 +108,14 @@ outputs = {{ rows = "bookings_fact" }}
         join = join.display(),
         venues = venues.display(),
     );
+    let text = match setup.sources {
+        Some(sources) => {
+            let start = text.find("[sources.bookings]").expect("sources");
+            let end = text.find("[sinks.bookings_fact]").expect("sinks");
+            format!("{}{sources}\n\n{}", &text[..start], &text[end..])
+        }
+        None => text,
+    };
     let path = dir.join("weir.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -339,6 +351,58 @@ fn mismatched_partitions_unknown_sources_and_sourceless_join_sides_are_refused()
             && log.contains(
                 "`pipelines.bookings.stages[1].right`: `payment` is not a source of this pipeline (its sources: `bookings`, `payments`)"
             ),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_hubs_joined_give_the_fact_of_a_plain_fold_over_both_inputs() {
+    let endpoint = TestEndpoint::start(&[("bookingstopic", 4), ("paymentstopic", 4)]);
+    let orders = generated_orders(600, 17);
+    let (bookings, payments) = streams(&orders);
+    let keyed = |lines: &[String]| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                let key = value["OrderId"].as_str().expect("OrderId").to_owned();
+                (key, line.clone())
+            })
+            .collect()
+    };
+    endpoint.publish_keyed("bookingstopic", &keyed(&bookings));
+    endpoint.publish_keyed("paymentstopic", &keyed(&payments));
+    let hub = |name: &str, hub: &str| {
+        format!(
+            r#"[sources.{name}]
+kind = "eventhubs"
+connection_string = "{connection}"
+custom_endpoint = "{custom}"
+consumer_group = "$Default"
+start_position = "earliest"
+stop_at_end = true
+"#,
+            connection = endpoint.endpoint.connection_string(hub),
+            custom = endpoint.endpoint.custom_endpoint(),
+        )
+    };
+    let sources = format!(
+        "{}\n{}",
+        hub("bookings", "bookingstopic"),
+        hub("payments", "paymentstopic")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            sources: Some(&sources),
+            ..DEFAULT
+        },
+    );
+    let log = run_to_completion(&config, Duration::from_secs(240));
+    assert_fact(&read_delta(&dir.path().join("bookings_fact")).rows, &orders);
+    assert!(
+        read_jsonl_dir(&dir.path().join("dead_letters")).is_empty(),
         "{log}"
     );
 }
