@@ -406,3 +406,172 @@ stop_at_end = true
         "{log}"
     );
 }
+
+/// Owner per pipeline partition, from the local store's ownership records (only live claims).
+fn owners(checkpoints: &Path, expiry_ms: i64) -> std::collections::BTreeMap<String, String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let Ok(entries) = std::fs::read_dir(checkpoints.join("bookings/ownership")) else {
+        return std::collections::BTreeMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let partition = name.strip_suffix(".json")?.to_owned();
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let owner = record["owner"].as_str()?.to_owned();
+            let fresh = now - record["last_modified"].as_i64()? < expiry_ms;
+            (fresh && !owner.is_empty()).then_some((partition, owner))
+        })
+        .collect()
+}
+
+/// `(OrderId, line)` of each line, for publishing keyed by order.
+fn keyed(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            let key = value["OrderId"].as_str().expect("OrderId").to_owned();
+            (key, line.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn three_processes_share_two_hubs_by_pipeline_partition_and_survive_one_being_killed() {
+    const EXPIRY_MS: i64 = 3_000;
+    let endpoint = TestEndpoint::start(&[("bookingstopic", 4), ("paymentstopic", 4)]);
+    let orders = generated_orders(3000, 23);
+    let (bookings, payments) = streams(&orders);
+    let (bookings, payments) = (keyed(&bookings), keyed(&payments));
+    let tenth = |records: &[(String, String)], n: usize| {
+        let size = records.len().div_ceil(10);
+        records
+            .chunks(size)
+            .nth(n)
+            .map(<[(String, String)]>::to_vec)
+            .unwrap_or_default()
+    };
+    let publish = |n: usize| {
+        endpoint.publish_keyed("bookingstopic", &tenth(&bookings, n));
+        endpoint.publish_keyed("paymentstopic", &tenth(&payments, n));
+    };
+    publish(0);
+    let hub = |name: &str, hub: &str| {
+        format!(
+            r#"[sources.{name}]
+kind = "eventhubs"
+connection_string = "{connection}"
+custom_endpoint = "{custom}"
+consumer_group = "$Default"
+start_position = "earliest"
+"#,
+            connection = endpoint.endpoint.connection_string(hub),
+            custom = endpoint.endpoint.custom_endpoint(),
+        )
+    };
+    let sources = format!(
+        "{}\n{}",
+        hub("bookings", "bookingstopic"),
+        hub("payments", "paymentstopic")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            sources: Some(&sources),
+            checkpoint_interval: "200ms",
+            ..DEFAULT
+        },
+    );
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[plugins]",
+        &format!(
+            "ownership = {{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"500ms\" }}\n\n[plugins]"
+        ),
+    );
+    let configs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(format!("weir-{name}.toml"));
+            std::fs::write(&path, &text).expect("write config");
+            path
+        })
+        .collect();
+    let mut processes: Vec<Option<WeirProcess>> = configs
+        .iter()
+        .map(|config| Some(WeirProcess::run(config)))
+        .collect();
+    let checkpoints = dir.path().join("checkpoints");
+    // Shared: three owners of the four pipeline partitions.
+    wait_for(
+        "three owners of four partitions",
+        Duration::from_secs(180),
+        || {
+            let owned = owners(&checkpoints, EXPIRY_MS);
+            let distinct: std::collections::BTreeSet<&String> = owned.values().collect();
+            owned.len() == 4 && distinct.len() == 3
+        },
+    );
+    publish(1);
+    wait_for(
+        "a checkpoint per partition",
+        Duration::from_secs(180),
+        || (0..4).all(|p| checkpoints.join(format!("bookings/{p}.ckpt")).is_file()),
+    );
+    // Kill one while it holds claims, with more of both streams arriving.
+    let victim = processes[0].take().expect("process a");
+    let owner = weir_tests::logged_owner_id(&victim.log_text()).expect("owner id");
+    wait_for(
+        "the victim to hold a claim",
+        Duration::from_secs(120),
+        || {
+            owners(&checkpoints, EXPIRY_MS)
+                .values()
+                .any(|o| *o == owner)
+        },
+    );
+    publish(2);
+    victim.kill9();
+    for n in 3..10 {
+        publish(n);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Far later bookings (without seats) and payments of orders that do not exist, on every
+    // partition of both hubs, so that every partition's watermark passes every booking's bound.
+    for at in ["2026-11-23T18:00:00Z", "2026-11-23T18:00:10Z"] {
+        let mut late_bookings = Vec::new();
+        let mut late_payments = Vec::new();
+        for n in 0..64 {
+            late_bookings.push((
+                format!("x{n}"),
+                format!(
+                    r#"{{"OrderId":"x{n}","CustomerId":"c","EventName":"e","EventType":"Concert","VenueId":"V01","Venue":"v","Seats":[],"Timestamp":"{at}"}}"#
+                ),
+            ));
+            late_payments.push((
+                format!("x{n}"),
+                format!(
+                    r#"{{"PaymentId":"p-x{n}","OrderId":"x{n}","Method":"Card","Amount":1.0,"Status":"Succeeded","Timestamp":"{at}"}}"#
+                ),
+            ));
+        }
+        endpoint.publish_keyed("bookingstopic", &late_bookings);
+        endpoint.publish_keyed("paymentstopic", &late_payments);
+    }
+    let seats: usize = orders.iter().map(|o| o.seats.len()).sum();
+    let table = dir.path().join("bookings_fact");
+    wait_for(
+        "every seat in the fact table",
+        Duration::from_secs(300),
+        || {
+            std::thread::sleep(Duration::from_secs(1));
+            table.join("_delta_log").exists() && read_delta(&table).rows.len() >= seats
+        },
+    );
+    weir_tests::stop_all(processes);
+    // Nothing lost, nothing twice, every row as the relational join has it.
+    assert_fact(&read_delta(&table).rows, &orders);
+}
