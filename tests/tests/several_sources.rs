@@ -11,7 +11,7 @@ use weir_tests::bookings::{
     Order, assert_fact, example_venue_cities, expected_fact, generated_orders, streams,
 };
 use weir_tests::eventhubs::TestEndpoint;
-use weir_tests::servers::wait_for;
+use weir_tests::servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, wait_for};
 use weir_tests::{WeirProcess, plugin_path, read_delta, read_jsonl_dir, run_to_completion};
 
 /// What a test varies in the two-source bookings pipeline.
@@ -407,23 +407,14 @@ stop_at_end = true
     );
 }
 
-/// Owner per pipeline partition, from the local store's ownership records (only live claims).
-fn owners(checkpoints: &Path, expiry_ms: i64) -> std::collections::BTreeMap<String, String> {
+/// Owner per pipeline partition of pipeline `bookings`, from the store `config` names (only live
+/// claims).
+fn owners(config: &Path, expiry_ms: i64) -> std::collections::BTreeMap<u32, String> {
     let now = chrono::Utc::now().timestamp_millis();
-    let Ok(entries) = std::fs::read_dir(checkpoints.join("bookings/ownership")) else {
-        return std::collections::BTreeMap::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let partition = name.strip_suffix(".json")?.to_owned();
-            let text = std::fs::read_to_string(entry.path()).ok()?;
-            let record: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let owner = record["owner"].as_str()?.to_owned();
-            let fresh = now - record["last_modified"].as_i64()? < expiry_ms;
-            (fresh && !owner.is_empty()).then_some((partition, owner))
-        })
+    weir_tests::scale_out::claims_of(config, "bookings")
+        .into_iter()
+        .filter(|(_, (owner, renewed))| !owner.is_empty() && now - renewed < expiry_ms)
+        .map(|(partition, (owner, _))| (partition, owner))
         .collect()
 }
 
@@ -441,6 +432,24 @@ fn keyed(lines: &[String]) -> Vec<(String, String)> {
 
 #[test]
 fn three_processes_share_two_hubs_by_pipeline_partition_and_survive_one_being_killed() {
+    scale_out_over_two_hubs(None);
+}
+
+#[test]
+fn the_same_with_claims_and_checkpoints_in_blob_storage() {
+    let azurite = Azurite::start();
+    azurite.create_container("checkpoints");
+    let store = format!(
+        "azure_blob = {{ account = \"{AZURITE_ACCOUNT}\", container = \"checkpoints\", endpoint = \"{}\", options = {{ azure_storage_account_key = \"{AZURITE_KEY}\" }} }}",
+        azurite.blob_endpoint()
+    );
+    scale_out_over_two_hubs(Some(&store));
+}
+
+/// Three processes read the two hubs of the bookings pipeline, claims and checkpoints in the
+/// local store or in `store` (a `[checkpoint]` key); one is killed under load; the table is the
+/// relational fact.
+fn scale_out_over_two_hubs(store: Option<&str>) {
     const EXPIRY_MS: i64 = 3_000;
     let endpoint = TestEndpoint::start(&[("bookingstopic", 4), ("paymentstopic", 4)]);
     let orders = generated_orders(3000, 23);
@@ -489,7 +498,8 @@ start_position = "earliest"
     let text = std::fs::read_to_string(&config).expect("config").replace(
         "[plugins]",
         &format!(
-            "ownership = {{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"500ms\" }}\n\n[plugins]"
+            "ownership = {{ expiry = \"{EXPIRY_MS}ms\", renew_interval = \"500ms\" }}\n{}\n\n[plugins]",
+            store.unwrap_or_default()
         ),
     );
     let configs: Vec<PathBuf> = ["a", "b", "c"]
@@ -504,13 +514,13 @@ start_position = "earliest"
         .iter()
         .map(|config| Some(WeirProcess::run(config)))
         .collect();
-    let checkpoints = dir.path().join("checkpoints");
+    let owners = || owners(&configs[1], EXPIRY_MS);
     // Shared: three owners of the four pipeline partitions.
     wait_for(
         "three owners of four partitions",
         Duration::from_secs(180),
         || {
-            let owned = owners(&checkpoints, EXPIRY_MS);
+            let owned = owners();
             let distinct: std::collections::BTreeSet<&String> = owned.values().collect();
             owned.len() == 4 && distinct.len() == 3
         },
@@ -519,7 +529,15 @@ start_position = "earliest"
     wait_for(
         "a checkpoint per partition",
         Duration::from_secs(180),
-        || (0..4).all(|p| checkpoints.join(format!("bookings/{p}.ckpt")).is_file()),
+        || {
+            weir_tests::scale_out::checkpoint_positions_of(
+                &configs[1],
+                "bookings",
+                &(0..4).collect(),
+            )
+            .values()
+            .all(Option::is_some)
+        },
     );
     // Kill one while it holds claims, with more of both streams arriving.
     let victim = processes[0].take().expect("process a");
@@ -527,11 +545,7 @@ start_position = "earliest"
     wait_for(
         "the victim to hold a claim",
         Duration::from_secs(120),
-        || {
-            owners(&checkpoints, EXPIRY_MS)
-                .values()
-                .any(|o| *o == owner)
-        },
+        || owners().values().any(|o| *o == owner),
     );
     publish(2);
     victim.kill9();
@@ -571,7 +585,17 @@ start_position = "earliest"
             table.join("_delta_log").exists() && read_delta(&table).rows.len() >= seats
         },
     );
-    weir_tests::stop_all(processes);
+    for process in processes.iter().flatten() {
+        process.terminate();
+    }
+    for (process, config) in processes.into_iter().zip(&configs) {
+        let Some(process) = process else {
+            continue;
+        };
+        let status = process.wait(Duration::from_secs(60));
+        let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+        assert!(status.success(), "a process failed ({status}):\n{log}");
+    }
     // Nothing lost, nothing twice, every row as the relational join has it.
     assert_fact(&read_delta(&table).rows, &orders);
 }
