@@ -599,3 +599,66 @@ start_position = "earliest"
     // Nothing lost, nothing twice, every row as the relational join has it.
     assert_fact(&read_delta(&table).rows, &orders);
 }
+
+#[test]
+fn a_plugin_reads_each_events_source_and_all_sources_enter_the_first_stage_by_default() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = |source: &str, count: usize| -> Vec<String> {
+        (0..count)
+            .map(|n| {
+                format!(
+                    r#"{{"id":"{source}-{n}","key":"k{}","at":{}}}"#,
+                    n % 7,
+                    1000 * n
+                )
+            })
+            .collect()
+    };
+    write_lines(&dir.path().join("a.jsonl"), &lines("a", 300));
+    write_lines(&dir.path().join("b.jsonl"), &lines("b", 200));
+    let config = dir.path().join("weir.toml");
+    let source = |name: &str| {
+        format!(
+            "[sources.{name}]\nkind = \"file\"\npath = \"{name}.jsonl\"\npartitions = 2\nkey_field = \"key\"\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"[checkpoint]
+dir = "checkpoints"
+
+{}
+{}
+[sinks.out]
+kind = "file"
+path = "out"
+
+[pipelines.tag]
+sources = ["a", "b"]
+dead_letter = "out"
+event_time = {{ field = "at" }}
+
+[[pipelines.tag.stages]]
+name = "tag"
+plugin = "{}"
+outputs = {{ tagged = "out" }}
+"#,
+            source("a"),
+            source("b"),
+            plugin_path("source_tag").display()
+        ),
+    )
+    .expect("write config");
+    run_to_completion(&config, Duration::from_secs(120));
+    let records = read_jsonl_dir(&dir.path().join("out"));
+    assert_eq!(records.len(), 500, "every event of both sources, once");
+    for record in &records {
+        let id = record["event"]["id"].as_str().expect("id");
+        let source = record["source"].as_str().expect("source");
+        assert!(
+            id.starts_with(&format!("{source}-")),
+            "{id} is tagged with source {source}"
+        );
+    }
+}
