@@ -21,6 +21,7 @@ const PLUGINS: &[&str] = &[
     "join-trap-always",
     "tally",
     "tally-trap-marked",
+    "source-tag",
     "hostile-loop",
     "hostile-memory",
     "hostile-panic",

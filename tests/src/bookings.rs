@@ -147,6 +147,17 @@ pub fn write_orders(path: &Path, orders: &[Order]) {
     std::fs::write(path, text).expect("write orders");
 }
 
+/// The orders' bookings and payments as two streams, each in its arrival order (see
+/// [`arrivals`]): the bookings' lines, then the payments' lines, as two sources would carry them.
+pub fn streams(orders: &[Order]) -> (Vec<String>, Vec<String>) {
+    let (payments, bookings): (Vec<Arrival>, Vec<Arrival>) =
+        arrivals(orders).into_iter().partition(|a| a.payment);
+    (
+        bookings.into_iter().map(|a| a.line).collect(),
+        payments.into_iter().map(|a| a.line).collect(),
+    )
+}
+
 fn category(event_type: &str) -> &'static str {
     match event_type {
         "Concert" => "Music",

@@ -100,6 +100,17 @@ pub fn adapt_example(example: &str, dir: &Path, adapt: &Adapt<'_>) -> PathBuf {
     );
     for (_, pipeline) in pipelines.iter_mut() {
         let pipeline = pipeline.as_table_mut().expect("pipeline table");
+        // Every source now reads the one input: a pipeline of several becomes a pipeline of its
+        // first (its stages, which take all sources as one union, see the same events once).
+        if let Some(first) = pipeline
+            .remove("sources")
+            .and_then(|s| s.as_array().and_then(|a| a.first().cloned()))
+        {
+            pipeline.insert("source".into(), first);
+            if let Some(event_time) = pipeline.get_mut("event_time").and_then(Value::as_table_mut) {
+                event_time.remove("sources");
+            }
+        }
         pipeline.insert(
             "batch".into(),
             Value::Table(Table::from_iter([

@@ -153,10 +153,15 @@ pub fn assert_taken_over(
 /// owner id and when the store says it was last written (milliseconds since the epoch, as the
 /// survivors see it). Read in-process: fast, just after a kill.
 pub fn claims(config: &Path) -> BTreeMap<u32, (String, i64)> {
+    claims_of(config, "telemetry")
+}
+
+/// [`claims`] of pipeline `pipeline`.
+pub fn claims_of(config: &Path, pipeline: &str) -> BTreeMap<u32, (String, i64)> {
     let (runtime, store) = open_store(config);
     runtime.block_on(async {
         store
-            .list_ownership("telemetry")
+            .list_ownership(pipeline)
             .await
             .expect("list ownership")
             .into_iter()
@@ -201,14 +206,20 @@ pub fn checkpoint_positions(
     config: &Path,
     partitions: &BTreeSet<u32>,
 ) -> BTreeMap<u32, Option<u64>> {
+    checkpoint_positions_of(config, "telemetry", partitions)
+}
+
+/// [`checkpoint_positions`] of pipeline `pipeline`.
+pub fn checkpoint_positions_of(
+    config: &Path,
+    pipeline: &str,
+    partitions: &BTreeSet<u32>,
+) -> BTreeMap<u32, Option<u64>> {
     let (runtime, store) = open_store(config);
     runtime.block_on(async {
         let mut out = BTreeMap::new();
         for &partition in partitions {
-            let checkpoint = store
-                .load("telemetry", partition)
-                .await
-                .expect("checkpoint");
+            let checkpoint = store.load(pipeline, partition).await.expect("checkpoint");
             out.insert(partition, checkpoint.and_then(|c| c.position));
         }
         out

@@ -403,6 +403,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn several_sources_positions_round_trip_and_old_checkpoints_have_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalCheckpointStore::new(dir.path());
+        let mut checkpoint = Checkpoint {
+            position: Some(9),
+            ..Checkpoint::default()
+        };
+        checkpoint.sources.insert(
+            "bookings".into(),
+            super::super::SourcePosition {
+                position: Some(4096),
+                offset: None,
+            },
+        );
+        checkpoint.sources.insert(
+            "payments".into(),
+            super::super::SourcePosition {
+                position: Some(17),
+                offset: Some("8192".into()),
+            },
+        );
+        store.save("p", 0, &checkpoint).await.expect("save");
+        assert_eq!(
+            store.load("p", 0).await.expect("load"),
+            Some(checkpoint.clone())
+        );
+        // A checkpoint of one source, as written before pipelines had several: no `sources`.
+        let header: serde_json::Value =
+            serde_json::to_value(Checkpoint::default()).expect("header");
+        assert!(header.get("sources").is_none(), "{header}");
+        let old: Checkpoint =
+            serde_json::from_str(r#"{"position": 41, "sinks": {}, "written_at": 1}"#)
+                .expect("an old checkpoint reads");
+        assert_eq!(old.position, Some(41));
+        assert!(old.sources.is_empty());
+    }
+
+    #[tokio::test]
     async fn checkpoints_round_trip_and_corruption_is_detected() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = LocalCheckpointStore::new(dir.path());

@@ -107,6 +107,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedConfig
     };
     for (name, pipeline) in &mut loaded.config.pipelines {
         pipeline.sources = source_names(&doc, name, pipeline)?;
+        pipeline.source = pipeline.sources.first().cloned().unwrap_or_default();
     }
     let mut stages = validate(&loaded, &doc)?;
     // Past loading, a stage is its one resolved kind: the tables as written are dropped.

@@ -431,6 +431,10 @@ pub struct PipelineConfig {
     /// The pipeline's sources in order: its `source`, or its `sources`. Filled by [`load`].
     #[serde(skip)]
     pub sources: Vec<String>,
+    /// The pipeline's first source: its only one when it names one with `source = ".."`. Filled
+    /// by [`load`]; code that handles several sources reads `sources`.
+    #[serde(skip)]
+    pub source: String,
     /// Where each source's events enter the stages, by source name: the stages that name it as
     /// their `input` or as a join's `left` or `right`, else the first stage. Filled by [`load`].
     #[serde(skip)]

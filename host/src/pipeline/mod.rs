@@ -553,7 +553,7 @@ fn check_co_partitioned(
     for other in &sources[1..] {
         if other.partition_count() != first.partition_count() {
             return Err(refused(format!(
-                "{}: the sources of pipeline `{pipeline_name}` must be co-partitioned: `{}` has {} partitions, `{}` has {}",
+                "{}: `pipelines.{pipeline_name}.sources`: the sources of pipeline `{pipeline_name}` must be co-partitioned: `{}` has {} partitions, `{}` has {}",
                 at(),
                 first.name(),
                 first.partition_count(),
@@ -564,7 +564,7 @@ fn check_co_partitioned(
         }
         if other.partitions_open_independently() != first.partitions_open_independently() {
             return Err(refused(format!(
-                "{}: the sources of pipeline `{pipeline_name}` must spread keys over partitions the same way: `{}` is partitioned by {}, `{}` by {}",
+                "{}: `pipelines.{pipeline_name}.sources`: the sources of pipeline `{pipeline_name}` must spread keys over partitions the same way: `{}` is partitioned by {}, `{}` by {}",
                 at(),
                 first.name(),
                 key_hashing(first.as_ref()),

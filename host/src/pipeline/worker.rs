@@ -191,6 +191,13 @@ impl PartitionWorker {
                 ReadOutcome::Events(events) => {
                     self.on_events(input, events, &mut stage_inputs, &mut output, &mut report)
                         .await?;
+                    // With several sources, one that stays quiet while another delivers stops
+                    // holding the partition back after its idle timeout too.
+                    if self.inputs.several() && self.time_advanced_while_idle() {
+                        self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                            .await?;
+                        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+                    }
                 }
                 ReadOutcome::End if self.inputs.several() => {
                     tracing::info!(pipeline = %self.settings.pipeline, partition = self.partition, source = %self.inputs.inputs[input].name, "source partition ended");

@@ -66,6 +66,7 @@ stages = []
     let mut pipeline = config.pipelines.get("p").expect("pipeline p").clone();
     // What loading resolves from `source`.
     pipeline.sources = vec!["input".to_owned()];
+    pipeline.source = "input".to_owned();
     PipelineContext {
         name: "p".into(),
         pipeline,

@@ -41,10 +41,15 @@ pub struct SourceMark {
 /// (`None` while one of them has no watermark yet, or when all are idle); [`END_OF_INPUT`] when
 /// every source has ended.
 pub fn partition_watermark(sources: &[SourceMark]) -> Option<i64> {
-    if sources.iter().all(|s| s.ended) {
+    watermark_over(sources.iter().copied())
+}
+
+/// [`partition_watermark`] over an iterator (no allocation per event).
+fn watermark_over(sources: impl Iterator<Item = SourceMark> + Clone) -> Option<i64> {
+    if sources.clone().all(|s| s.ended) {
         return Some(END_OF_INPUT);
     }
-    let mut active = sources.iter().filter(|s| !s.idle && !s.ended).peekable();
+    let mut active = sources.filter(|s| !s.idle && !s.ended).peekable();
     active.peek()?;
     let mut lowest = i64::MAX;
     for source in active {
@@ -227,16 +232,12 @@ impl SourceMerge {
 
     /// Releases the events before the partition's watermark; whether anything was released.
     fn release(&mut self, out: &mut Admitted) -> bool {
-        let marks: Vec<SourceMark> = self
-            .sources
-            .iter()
-            .map(|s| SourceMark {
-                watermark: s.clock.watermark(),
-                idle: s.idle,
-                ended: s.ended,
-            })
-            .collect();
-        match partition_watermark(&marks) {
+        let marks = self.sources.iter().map(|s| SourceMark {
+            watermark: s.clock.watermark(),
+            idle: s.idle,
+            ended: s.ended,
+        });
+        match watermark_over(marks) {
             Some(END_OF_INPUT) => self.release_before(i64::MAX, out) | self.release_last(out),
             Some(watermark) => self.release_before(watermark, out),
             None => false,

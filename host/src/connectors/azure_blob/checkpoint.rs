@@ -206,7 +206,11 @@ impl CheckpointStore for BlobCheckpointStore {
         let blob = self.blob_name(pipeline, "checkpoint", partition);
         let body = encode(checkpoint).map_err(|e| self.error(&blob, e))?;
         let mut attributes = Attributes::new();
-        if let Some(position) = checkpoint.position {
+        // A pipeline of several sources has no one sequence number an SDK processor could resume
+        // from (its position is the merged sequence; each hub's is in the body): none is written.
+        if checkpoint.sources.is_empty()
+            && let Some(position) = checkpoint.position
+        {
             attributes.insert(
                 Attribute::Metadata(SEQUENCE_NUMBER.into()),
                 position.to_string().into(),

@@ -41,6 +41,36 @@ pub struct BookingsSourceConfig {
     /// Fraction of payments with the status `Failed`.
     #[serde(default = "default_failed_payment_ratio")]
     pub failed_payment_ratio: f64,
+    /// Which of the platform's two streams this source carries: `both` (one source, each event
+    /// with its `stream` property), or `bookings` or `payments` alone, so that two sources with
+    /// the same seed and `start_time` are the platform's two streams, as two Event Hubs carry
+    /// them (an order's booking and payment land in the same partition of each).
+    #[serde(default)]
+    pub stream: BookingsStream,
+}
+
+/// The streams a booking platform simulator source carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookingsStream {
+    /// Bookings and payments, in one stream.
+    #[default]
+    Both,
+    /// Bookings only.
+    Bookings,
+    /// Payments only.
+    Payments,
+}
+
+impl BookingsStream {
+    /// Whether an event of stream `name` (`bookings` or `payments`) belongs here.
+    pub fn carries(self, name: &str) -> bool {
+        match self {
+            BookingsStream::Both => true,
+            BookingsStream::Bookings => name == "bookings",
+            BookingsStream::Payments => name == "payments",
+        }
+    }
 }
 
 fn default_booking_rate() -> u32 {

@@ -22,6 +22,7 @@ use crate::config::BookingsSourceConfig;
 use crate::event::{Event, Position, now_millis, partition_for_key};
 use crate::generators::pacing::{self, GeneratorSource, Output, Steps};
 use crate::source::SourceErrorKind;
+use config::BookingsStream;
 use model::Model;
 
 /// The event time of the first booking: the configured `start_time`; else the one saved for this
@@ -56,6 +57,7 @@ impl BookingsSource {
             missing_ratio: config.missing_payment_ratio,
             late_ratio: config.late_payment_ratio,
             failed_ratio: config.failed_payment_ratio,
+            stream: config.stream,
         };
         GeneratorSource {
             name: name.to_owned(),
@@ -87,6 +89,7 @@ impl Steps for Model {
             let body = model.booking_body(slot);
             if !send(
                 out,
+                model.stream,
                 slot,
                 slot.saturating_mul(width),
                 body,
@@ -115,6 +118,7 @@ impl Steps for Model {
             let time = model.booking_time(order) + payment.delay;
             if !send(
                 out,
+                model.stream,
                 order,
                 slot.saturating_mul(width) + late,
                 body,
@@ -133,13 +137,14 @@ impl Steps for Model {
 /// Sends one event of order `order` at `position`; false once every reader is gone.
 async fn send(
     out: &Output,
+    carries: BookingsStream,
     order: u64,
     position: Position,
     body: String,
     stream: &str,
     time: i64,
 ) -> bool {
-    if !out.wanted(position) {
+    if !out.wanted(position) || !carries.carries(stream) {
         return true;
     }
     let key = Model::order_id(order);
@@ -176,6 +181,7 @@ mod tests {
             missing_payment_ratio: 0.1,
             late_payment_ratio: 0.1,
             failed_payment_ratio: 0.1,
+            stream: BookingsStream::Both,
         }
     }
 
@@ -255,5 +261,39 @@ mod tests {
                 .collect::<Vec<_>>(),
             expected
         );
+    }
+
+    #[tokio::test]
+    async fn two_sources_with_one_seed_are_the_platforms_two_streams() {
+        let both = read_all(
+            &BookingsSource::new("b", config(200), 1_800_000_000_000),
+            None,
+        )
+        .await;
+        let only = |stream| {
+            BookingsSource::new(
+                "s",
+                BookingsSourceConfig {
+                    stream,
+                    ..config(200)
+                },
+                1_800_000_000_000,
+            )
+        };
+        let bookings = read_all(&only(BookingsStream::Bookings), None).await;
+        let payments = read_all(&only(BookingsStream::Payments), None).await;
+        assert!(bookings.iter().all(|e| e.properties[0].1 == "bookings"));
+        assert!(payments.iter().all(|e| e.properties[0].1 == "payments"));
+        let mut split: Vec<_> = bookings
+            .iter()
+            .chain(&payments)
+            .map(|e| (e.partition, e.position, e.body.clone()))
+            .collect();
+        split.sort_by_key(|(_, position, _)| *position);
+        let whole: Vec<_> = both
+            .iter()
+            .map(|e| (e.partition, e.position, e.body.clone()))
+            .collect();
+        assert_eq!(split, whole, "the same events, in the same partitions");
     }
 }

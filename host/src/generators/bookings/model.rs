@@ -66,6 +66,8 @@ pub struct Model {
     pub(crate) missing_ratio: f64,
     pub(crate) late_ratio: f64,
     pub(crate) failed_ratio: f64,
+    /// The streams this source carries.
+    pub(crate) stream: super::config::BookingsStream,
 }
 
 /// One seat of a booking.
@@ -210,6 +212,7 @@ mod tests {
             missing_ratio: 0.05,
             late_ratio: 0.05,
             failed_ratio: 0.05,
+            stream: super::super::config::BookingsStream::Both,
         }
     }
 
