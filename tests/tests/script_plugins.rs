@@ -499,3 +499,73 @@ fn a_python_plugin_that_raises_on_a_poison_event_rejects_only_that_event() {
         "{letters:?}"
     );
 }
+
+#[test]
+fn python_and_javascript_plugins_see_the_source_of_each_event() {
+    let python = script_plugin("tests/python-plugins/source-tag", PluginKind::Transform);
+    let javascript = script_plugin("tests/js-plugins/source-tag", PluginKind::Transform);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (source, first) in [("left", 0), ("right", 100)] {
+        let text: String = (first..first + 30)
+            .map(|n| format!("{{\"n\":{n},\"id\":\"k{}\"}}\n", n % 3))
+            .collect();
+        std::fs::write(dir.path().join(format!("{source}.jsonl")), text).expect("input");
+    }
+    let mut text = format!(
+        r#"
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "300ms"
+
+[plugins]
+store_dir = "{store}"
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+"#,
+        dir = dir.path().display(),
+        store = plugin_store(dir.path()).display(),
+    );
+    for source in ["left", "right"] {
+        text.push_str(&format!(
+            "\n[sources.{source}]\nkind = \"file\"\npath = \"{}/{source}.jsonl\"\npartitions = 1\nkey_field = \"id\"\n",
+            dir.path().display()
+        ));
+    }
+    for (name, plugin) in [("python", &python), ("js", &javascript)] {
+        text.push_str(&format!(
+            r#"
+[sinks.{name}_out]
+kind = "file"
+path = "{dir}/{name}_out"
+
+[pipelines.{name}]
+sources = ["left", "right"]
+dead_letter = "dead_letters"
+
+[[pipelines.{name}.stages]]
+name = "tag"
+plugin = "{plugin}"
+outputs = {{ out = "{name}_out" }}
+"#,
+            dir = dir.path().display(),
+            plugin = plugin.display(),
+        ));
+    }
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, text).expect("config");
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    for name in ["python", "js"] {
+        let records = read_jsonl_dir(&dir.path().join(format!("{name}_out")));
+        assert_eq!(records.len(), 60, "{name}: every event of both sources");
+        for record in &records {
+            let n = record["n"].as_u64().expect("n");
+            let want = if n < 100 { "left" } else { "right" };
+            assert_eq!(record["source"], want, "{name}: {record}");
+            assert_eq!(record["key"], format!("k{}", n % 3), "{name}: {record}");
+        }
+    }
+}
