@@ -569,3 +569,20 @@ outputs = {{ out = "{name}_out" }}
         }
     }
 }
+
+#[test]
+fn weir_plugin_build_points_a_python_or_javascript_plugin_to_its_build_command() {
+    for dir in [
+        "plugins/python/telemetry-anomaly",
+        "plugins/js/telemetry-anomaly",
+    ] {
+        let output = std::process::Command::new(weir_tests::weir_binary())
+            .args(["plugin", "build"])
+            .arg(weir_tests::workspace_dir().join(dir))
+            .output()
+            .expect("run weir");
+        assert!(!output.status.success(), "{dir}: not a crate");
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("scripts/build-plugin DIR"), "{dir}: {text}");
+    }
+}
