@@ -186,8 +186,9 @@ fn the_anomaly_rule_in_python_and_javascript_gives_exactly_the_rust_plugins_aler
 }
 
 #[test]
-fn device_health_in_python_gives_exactly_the_rust_window_aggregates_alerts() {
+fn device_health_in_python_and_javascript_gives_exactly_the_rust_window_aggregates_alerts() {
     let python = script_plugin("plugins/python/device-health", PluginKind::WindowAggregate);
+    let javascript = script_plugin("plugins/js/device-health", PluginKind::WindowAggregate);
     let rust = plugin_path("device_health");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut readings = ordered_readings(10, 150, 8);
@@ -216,13 +217,14 @@ outputs = {{ alerts = "{name}_alerts" }}
 config = {{ min_messages = 10, min_battery = 20.0, min_signal = -80.0 }}"#
         )
     };
-    let (rust_window, python_window) = (window("rust"), window("python"));
+    let (rust_window, python_window, js_window) = (window("rust"), window("python"), window("js"));
     let config = config(
         dir.path(),
         &input,
         &[
             ("rust", &rust, &rust_window),
             ("python", &python, &python_window),
+            ("js", &javascript, &js_window),
         ],
     );
 
@@ -243,6 +245,7 @@ config = {{ min_messages = 10, min_battery = 20.0, min_signal = -80.0 }}"#
         );
     }
     assert_same_alerts("Python", &read("python"), &reference);
+    assert_same_alerts("JavaScript", &read("js"), &reference);
 }
 
 /// Waits for `count` more events than now.
