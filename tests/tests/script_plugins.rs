@@ -186,8 +186,9 @@ fn the_anomaly_rule_in_python_and_javascript_gives_exactly_the_rust_plugins_aler
 }
 
 #[test]
-fn device_health_in_python_gives_exactly_the_rust_window_aggregates_alerts() {
+fn device_health_in_python_and_javascript_gives_exactly_the_rust_window_aggregates_alerts() {
     let python = script_plugin("plugins/python/device-health", PluginKind::WindowAggregate);
+    let javascript = script_plugin("plugins/js/device-health", PluginKind::WindowAggregate);
     let rust = plugin_path("device_health");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut readings = ordered_readings(10, 150, 8);
@@ -216,13 +217,14 @@ outputs = {{ alerts = "{name}_alerts" }}
 config = {{ min_messages = 10, min_battery = 20.0, min_signal = -80.0 }}"#
         )
     };
-    let (rust_window, python_window) = (window("rust"), window("python"));
+    let (rust_window, python_window, js_window) = (window("rust"), window("python"), window("js"));
     let config = config(
         dir.path(),
         &input,
         &[
             ("rust", &rust, &rust_window),
             ("python", &python, &python_window),
+            ("js", &javascript, &js_window),
         ],
     );
 
@@ -243,6 +245,7 @@ config = {{ min_messages = 10, min_battery = 20.0, min_signal = -80.0 }}"#
         );
     }
     assert_same_alerts("Python", &read("python"), &reference);
+    assert_same_alerts("JavaScript", &read("js"), &reference);
 }
 
 /// Waits for `count` more events than now.
@@ -498,4 +501,91 @@ fn a_python_plugin_that_raises_on_a_poison_event_rejects_only_that_event() {
             .is_some_and(|r| r.contains("plugin.py:")),
         "{letters:?}"
     );
+}
+
+#[test]
+fn python_and_javascript_plugins_see_the_source_of_each_event() {
+    let python = script_plugin("tests/python-plugins/source-tag", PluginKind::Transform);
+    let javascript = script_plugin("tests/js-plugins/source-tag", PluginKind::Transform);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (source, first) in [("left", 0), ("right", 100)] {
+        let text: String = (first..first + 30)
+            .map(|n| format!("{{\"n\":{n},\"id\":\"k{}\"}}\n", n % 3))
+            .collect();
+        std::fs::write(dir.path().join(format!("{source}.jsonl")), text).expect("input");
+    }
+    let mut text = format!(
+        r#"
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "300ms"
+
+[plugins]
+store_dir = "{store}"
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+"#,
+        dir = dir.path().display(),
+        store = plugin_store(dir.path()).display(),
+    );
+    for source in ["left", "right"] {
+        text.push_str(&format!(
+            "\n[sources.{source}]\nkind = \"file\"\npath = \"{}/{source}.jsonl\"\npartitions = 1\nkey_field = \"id\"\n",
+            dir.path().display()
+        ));
+    }
+    for (name, plugin) in [("python", &python), ("js", &javascript)] {
+        text.push_str(&format!(
+            r#"
+[sinks.{name}_out]
+kind = "file"
+path = "{dir}/{name}_out"
+
+[pipelines.{name}]
+sources = ["left", "right"]
+dead_letter = "dead_letters"
+
+[[pipelines.{name}.stages]]
+name = "tag"
+plugin = "{plugin}"
+outputs = {{ out = "{name}_out" }}
+"#,
+            dir = dir.path().display(),
+            plugin = plugin.display(),
+        ));
+    }
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, text).expect("config");
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    for name in ["python", "js"] {
+        let records = read_jsonl_dir(&dir.path().join(format!("{name}_out")));
+        assert_eq!(records.len(), 60, "{name}: every event of both sources");
+        for record in &records {
+            let n = record["n"].as_u64().expect("n");
+            let want = if n < 100 { "left" } else { "right" };
+            assert_eq!(record["source"], want, "{name}: {record}");
+            assert_eq!(record["key"], format!("k{}", n % 3), "{name}: {record}");
+        }
+    }
+}
+
+#[test]
+fn weir_plugin_build_points_a_python_or_javascript_plugin_to_its_build_command() {
+    for dir in [
+        "plugins/python/telemetry-anomaly",
+        "plugins/js/telemetry-anomaly",
+    ] {
+        let output = std::process::Command::new(weir_tests::weir_binary())
+            .args(["plugin", "build"])
+            .arg(weir_tests::workspace_dir().join(dir))
+            .output()
+            .expect("run weir");
+        assert!(!output.status.success(), "{dir}: not a crate");
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("scripts/build-plugin DIR"), "{dir}: {text}");
+    }
 }

@@ -75,7 +75,16 @@ fn crate_info(dir: &Path) -> Result<CrateInfo, PluginCliError> {
     };
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        return Err(not_a_crate("it has no Cargo.toml".into()));
+        // A Python or JavaScript plugin is built by its toolchain, not by cargo.
+        let script = ["plugin.py", "plugin.js"]
+            .into_iter()
+            .find(|file| dir.join(file).is_file());
+        return Err(not_a_crate(match script {
+            Some(file) => format!(
+                "it has no Cargo.toml but a {file}: build a Python or JavaScript plugin with `scripts/build-plugin DIR` of a Weir checkout"
+            ),
+            None => "it has no Cargo.toml".into(),
+        }));
     }
     let out = output(
         Command::new(cargo())
