@@ -31,6 +31,17 @@ pub struct DeltaSinkConfig {
     /// Commit early once this many rows are buffered (a checkpoint always commits).
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
+    /// `fixed` (the default): the table's columns stay as they are. `evolve`: a record's new
+    /// top-level fields become new nullable columns, added in a metadata commit before the
+    /// record's row is written (as Spark's `mergeSchema` does), their types inferred from the
+    /// record's values.
+    #[serde(default)]
+    pub schema: SchemaMode,
+    /// With `schema = "fixed"`, a record with top-level fields no column reads: `ignore` (the
+    /// default: the fields are dropped, and counted) or `refuse` (the record goes to the dead
+    /// letters with the fields named).
+    #[serde(default)]
+    pub extra_fields: ExtraFields,
     /// Parquet compression of the data files: `zstd` (the default), `snappy` or `none`.
     #[serde(default)]
     pub compression: Compression,
@@ -47,6 +58,28 @@ pub struct DeltaSinkConfig {
     /// start. An existing table keeps its own.
     #[serde(default)]
     pub table_properties: BTreeMap<String, String>,
+}
+
+/// Whether the Delta sink changes the table's schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// The columns stay as they are.
+    #[default]
+    Fixed,
+    /// New top-level fields become new nullable columns.
+    Evolve,
+}
+
+/// What a fixed-schema Delta sink does with fields no column reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraFields {
+    /// Drop them (counted).
+    #[default]
+    Ignore,
+    /// Refuse the record.
+    Refuse,
 }
 
 /// Parquet compression codecs of the Delta sink's data files.
