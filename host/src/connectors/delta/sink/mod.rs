@@ -23,6 +23,7 @@
 mod convert;
 mod json_tree;
 mod location;
+mod maintenance;
 mod nested;
 mod table;
 #[cfg(test)]
@@ -49,7 +50,7 @@ use serde_json::json;
 use self::convert::{Pushed, RowConverter};
 use self::location::Location;
 use crate::config::{DeltaSinkConfig, LoadedConfig};
-use crate::connectors::delta::config::{Compression, SchemaMode};
+use crate::connectors::delta::config::{Compression, DeltaMaintenance, SchemaMode};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::sink::{Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope};
 use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
@@ -114,28 +115,31 @@ impl DeltaSink {
             .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
         let converter = Arc::new(RowConverter::new(config, schema).map_err(misconfigured)?);
         let partition_by = config.partition_by.clone();
-        Ok(DeltaSink {
-            shared: Arc::new(Shared {
-                name: name.to_owned(),
-                location,
-                schema: tokio::sync::RwLock::new(TableSchema {
-                    config: config.clone(),
-                    converter,
-                }),
-                ignored_extra_fields: AtomicU64::new(0),
-                max_buffered_rows: config.max_buffered_rows,
-                files: FileSettings::new(config),
-                next_epoch: AtomicU64::new(1),
-                buffer: Mutex::new(Buffer::default()),
-                committer: tokio::sync::Mutex::new(Committer {
-                    table,
-                    partition_by,
-                    suspect: false,
-                    conflicted: false,
-                    txn_cache: HashMap::new(),
-                }),
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            location,
+            schema: tokio::sync::RwLock::new(TableSchema {
+                config: config.clone(),
+                converter,
             }),
-        })
+            ignored_extra_fields: AtomicU64::new(0),
+            maintenance: config.maintenance.clone(),
+            maintenance_counts: maintenance::MaintenanceCounts::default(),
+            max_buffered_rows: config.max_buffered_rows,
+            files: FileSettings::new(config),
+            next_epoch: AtomicU64::new(1),
+            buffer: Mutex::new(Buffer::default()),
+            committer: tokio::sync::Mutex::new(Committer {
+                table,
+                partition_by,
+                suspect: false,
+                conflicted: false,
+                txn_cache: HashMap::new(),
+                commits: 0,
+            }),
+        });
+        maintenance::spawn(&shared);
+        Ok(DeltaSink { shared })
     }
 }
 
@@ -231,6 +235,8 @@ struct Shared {
     /// Records whose fields no column reads were written without them (`extra_fields =
     /// "ignore"`).
     ignored_extra_fields: AtomicU64,
+    maintenance: DeltaMaintenance,
+    maintenance_counts: maintenance::MaintenanceCounts,
     max_buffered_rows: usize,
     files: FileSettings,
     next_epoch: AtomicU64,
@@ -549,6 +555,8 @@ struct Committer {
     /// Per app id, its transaction version in the table as of a table version, so that a commit
     /// reads the log only when others' commits came in.
     txn_cache: HashMap<String, (u64, Option<Position>)>,
+    /// Commits made by this sink, for log checkpoints every `checkpoint_every` of them.
+    commits: u64,
 }
 
 fn delta_error(what: &'static str) -> impl Fn(DeltaTableError) -> String {
@@ -724,6 +732,8 @@ impl Committer {
             .map_err(delta_error("the table is not loaded"))?;
         let read_version = snapshot.version();
         let properties = CommitProperties::default()
+            // Checkpoints follow `maintenance.checkpoint_every` (below), not the table's interval.
+            .with_create_checkpoint(false)
             .with_application_transactions(transactions)
             .with_max_retries(COMMIT_RETRIES)
             .with_metadata([
@@ -768,6 +778,23 @@ impl Committer {
                 // A failed checkpoint or log cleanup leaves the commit itself in place.
                 tracing::warn!(sink = %shared.name, version, error = %e, "post-commit work on the Delta table failed");
                 self.refresh().await?;
+            }
+        }
+        self.commits += 1;
+        let every = shared.maintenance.checkpoint_every;
+        if every > 0 && self.commits.is_multiple_of(every) {
+            match deltalake::checkpoints::create_checkpoint(&self.table, None).await {
+                Ok(()) => {
+                    shared
+                        .maintenance_counts
+                        .checkpoints
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(sink = %shared.name, version, "wrote a log checkpoint");
+                }
+                // The commit stands; the next checkpoint covers it.
+                Err(e) => {
+                    tracing::warn!(sink = %shared.name, version, error = %e, "cannot write a log checkpoint")
+                }
             }
         }
         Ok(version)

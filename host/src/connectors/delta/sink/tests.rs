@@ -1411,6 +1411,141 @@ fn fixed_schema_ignores_or_refuses_extra_fields() {
     );
 }
 
+/// Data files under the table's directory (referenced or not).
+fn parquet_files(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("a directory")
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("_delta_log") {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_keep_every_row_and_the_transactions() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let settings = format!(
+        "maintenance = {{ interval = \"1h\", compact_min_age = \"0ms\", compact_min_files = 2, vacuum_retention = \"0ms\", checkpoint_every = 5 }}\n{BY_DATE}"
+    );
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    // 20 commits of 5 rows, spread over two dates: 2 small files per commit.
+    for commit in 0..20u64 {
+        let records = (0..5u64)
+            .map(|i| {
+                let position = commit * 5 + i;
+                let day = 1 + position % 2;
+                Event::new(
+                    0,
+                    position,
+                    format!(
+                        r#"{{"DeviceId":"d{position}","Timestamp":"2024-05-0{day}T10:00:00Z"}}"#
+                    ),
+                )
+            })
+            .collect();
+        write_all(&mut w, records).await;
+        w.flush().await.expect("flush");
+    }
+    let before = read_with_rust(&table).await;
+    assert_eq!(before.num_rows(), 100);
+    assert_eq!(parquet_files(&table), 40);
+    let checkpoints = std::fs::read_dir(table.join("_delta_log"))
+        .expect("log")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".checkpoint.parquet")
+        })
+        .count();
+    assert_eq!(checkpoints, 4, "a checkpoint every 5 commits");
+    assert_eq!(
+        sink.shared
+            .maintenance_counts
+            .checkpoints
+            .load(Ordering::Relaxed),
+        4
+    );
+
+    maintenance::run_once(&sink.shared)
+        .await
+        .expect("maintenance");
+    let counts = &sink.shared.maintenance_counts;
+    assert_eq!(counts.compactions.load(Ordering::Relaxed), 1);
+    assert_eq!(counts.files_compacted.load(Ordering::Relaxed), 40);
+    assert_eq!(
+        counts.files_written.load(Ordering::Relaxed),
+        2,
+        "one file per date"
+    );
+    assert_eq!(counts.files_vacuumed.load(Ordering::Relaxed), 40);
+    assert_eq!(parquet_files(&table), 2);
+    let after = read_with_rust(&table).await;
+    let sorted = |batch: &RecordBatch| {
+        let mut rows: Vec<(i64, String)> = longs(batch, "Position")
+            .into_iter()
+            .zip(
+                batch
+                    .column_by_name("DeviceId")
+                    .expect("DeviceId")
+                    .as_string::<i32>()
+                    .iter(),
+            )
+            .map(|(p, d)| (p.expect("position"), d.expect("device").to_owned()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(sorted(&before), sorted(&after));
+    let operations: Vec<(String, Vec<Value>)> = commits(&table)
+        .into_values()
+        .skip(20)
+        .map(|actions| {
+            let info = actions
+                .iter()
+                .find_map(|a| a.get("commitInfo"))
+                .expect("commit info");
+            (
+                info["operation"].as_str().expect("an operation").to_owned(),
+                actions,
+            )
+        })
+        .collect();
+    let names: Vec<&str> = operations.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, vec!["OPTIMIZE", "VACUUM START", "VACUUM END"]);
+    let optimize = &operations[0].1;
+    assert!(
+        optimize
+            .iter()
+            .filter_map(|a| a.get("add"))
+            .all(|add| add["dataChange"] == false)
+    );
+    assert!(optimize.iter().all(|a| a.get("txn").is_none()));
+
+    // The stream goes on: the transaction still skips what the table holds.
+    drop(w);
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 95..110)).await;
+    w.flush().await.expect("flush");
+    let py = run_python(
+        "import json, sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nprint(json.dumps(sorted(t.to_pandas()['Position'].tolist())))",
+        &[&table.display().to_string()],
+    );
+    assert_eq!(py, json!((0..110).collect::<Vec<u64>>()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timing (not an assertion): `cargo test -p weir --lib connectors::delta::sink::tests::commit_timings -- --ignored --nocapture`
 
