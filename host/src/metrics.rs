@@ -369,6 +369,10 @@ pub mod names {
     pub const OWNED_PARTITIONS: &str = "weir_owned_partitions";
     /// Partitions acquired, lost or released (labels: pipeline, change).
     pub const OWNERSHIP_CHANGES: &str = "weir_ownership_changes_total";
+    /// What a Delta sink did to its table besides appending rows (labels: sink, action:
+    /// `compactions`, `files_compacted`, `files_written`, `compaction_conflicts`, `checkpoints`,
+    /// `files_vacuumed`, `columns_added`, `extra_fields_ignored`).
+    pub const DELTA_MAINTENANCE: &str = "weir_delta_maintenance_total";
 
     /// Every family, with its kind and help.
     pub const ALL: &[Descriptor] = &[
@@ -522,6 +526,11 @@ pub mod names {
             OWNERSHIP_CHANGES,
             Kind::Counter,
             "Partitions acquired, lost or released.",
+        ),
+        d(
+            DELTA_MAINTENANCE,
+            Kind::Counter,
+            "What a Delta sink did to its table besides appending rows.",
         ),
     ];
 

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
@@ -31,22 +31,68 @@ use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use super::Shared;
 use crate::connectors::delta::config::DeltaMaintenance;
 use crate::event::now_millis;
+use crate::metrics::Metrics;
+use crate::metrics::names::DELTA_MAINTENANCE;
 
-/// What maintenance did, for `/metrics` and the logs.
+/// What the sink did to its table besides appending rows, as the `action` label of
+/// `weir_delta_maintenance_total` names it.
+pub(super) const ACTIONS: [&str; 8] = [
+    "compactions",
+    "files_compacted",
+    "files_written",
+    "compaction_conflicts",
+    "checkpoints",
+    "files_vacuumed",
+    "columns_added",
+    "extra_fields_ignored",
+];
+
+/// Counts of [`ACTIONS`], kept by the sink and added to the process's metrics once attached.
 #[derive(Debug, Default)]
 pub(super) struct MaintenanceCounts {
-    /// Compaction commits.
-    pub(super) compactions: AtomicU64,
-    /// Small files removed by compaction.
-    pub(super) files_compacted: AtomicU64,
-    /// Files compaction wrote.
-    pub(super) files_written: AtomicU64,
-    /// Compactions given up because another writer changed the same files first.
-    pub(super) conflicts: AtomicU64,
-    /// Log checkpoints written.
-    pub(super) checkpoints: AtomicU64,
-    /// Data files deleted by VACUUM.
-    pub(super) files_vacuumed: AtomicU64,
+    counts: [AtomicU64; ACTIONS.len()],
+    metrics: OnceLock<(Metrics, String)>,
+}
+
+impl MaintenanceCounts {
+    /// Adds `n` to `action` (one of [`ACTIONS`]).
+    pub(super) fn add(&self, action: &'static str, n: u64) {
+        if let Some(index) = ACTIONS.iter().position(|a| *a == action) {
+            self.counts[index].fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some((metrics, sink)) = self.metrics.get() {
+            metrics.add(DELTA_MAINTENANCE, &[("sink", sink), ("action", action)], n);
+        }
+    }
+
+    /// The count of `action` so far.
+    #[cfg(test)]
+    pub(super) fn get(&self, action: &str) -> u64 {
+        ACTIONS
+            .iter()
+            .position(|a| *a == action)
+            .map_or(0, |index| self.counts[index].load(Ordering::Relaxed))
+    }
+
+    /// Reports to `metrics` from now on (what was counted before too), every action declared.
+    pub(super) fn attach(&self, metrics: &Metrics, sink: &str) {
+        if self
+            .metrics
+            .set((metrics.clone(), sink.to_owned()))
+            .is_err()
+        {
+            return;
+        }
+        for (index, action) in ACTIONS.iter().enumerate() {
+            let labels = [("sink", sink), ("action", *action)];
+            metrics.declare(DELTA_MAINTENANCE, &labels);
+            metrics.add(
+                DELTA_MAINTENANCE,
+                &labels,
+                self.counts[index].load(Ordering::Relaxed),
+            );
+        }
+    }
 }
 
 /// Starts the background maintenance of the sink's table; it ends when the sink is dropped.
@@ -184,16 +230,16 @@ pub(super) async fn compact(shared: &Shared, table: &DeltaTable) -> Result<u64, 
     match committed {
         Ok(finalized) => {
             shared.location.sync_commit(finalized.version()).await?;
-            counts.compactions.fetch_add(1, Ordering::Relaxed);
-            counts.files_compacted.fetch_add(removed, Ordering::Relaxed);
-            counts.files_written.fetch_add(written, Ordering::Relaxed);
+            counts.add("compactions", 1);
+            counts.add("files_compacted", removed);
+            counts.add("files_written", written);
             tracing::info!(sink = %shared.name, version = finalized.version(), removed, written, "compacted small files of the Delta table");
             Ok(removed)
         }
         Err(e) => {
             // Another writer removed some of these files first: the files written here are
             // unreferenced, and VACUUM deletes them.
-            counts.conflicts.fetch_add(1, Ordering::Relaxed);
+            counts.add("compaction_conflicts", 1);
             tracing::info!(sink = %shared.name, error = %e, "compaction not committed; the next run tries again");
             Ok(0)
         }
@@ -292,10 +338,7 @@ async fn vacuum(shared: &Shared, table: DeltaTable) -> Result<(), String> {
         .map_err(|e| format!("VACUUM failed: {e}"))?;
     let deleted = metrics.files_deleted.len() as u64;
     if deleted > 0 {
-        shared
-            .maintenance_counts
-            .files_vacuumed
-            .fetch_add(deleted, Ordering::Relaxed);
+        shared.maintenance_counts.add("files_vacuumed", deleted);
         tracing::info!(sink = %shared.name, deleted, "vacuumed removed files of the Delta table");
     }
     Ok(())

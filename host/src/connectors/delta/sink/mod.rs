@@ -122,7 +122,6 @@ impl DeltaSink {
                 config: config.clone(),
                 converter,
             }),
-            ignored_extra_fields: AtomicU64::new(0),
             maintenance: config.maintenance.clone(),
             maintenance_counts: maintenance::MaintenanceCounts::default(),
             max_buffered_rows: config.max_buffered_rows,
@@ -156,6 +155,12 @@ impl Sink for DeltaSink {
 
     fn describe(&self) -> String {
         format!("Delta table {}", self.shared.location.display())
+    }
+
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        self.shared
+            .maintenance_counts
+            .attach(metrics, &self.shared.name);
     }
 
     async fn open_writer(
@@ -232,9 +237,6 @@ struct Shared {
     /// The columns and their converter; replaced when the table evolves (writers convert under
     /// the read lock, so no rows of the old schema are buffered after an evolution).
     schema: tokio::sync::RwLock<TableSchema>,
-    /// Records whose fields no column reads were written without them (`extra_fields =
-    /// "ignore"`).
-    ignored_extra_fields: AtomicU64,
     maintenance: DeltaMaintenance,
     maintenance_counts: maintenance::MaintenanceCounts,
     max_buffered_rows: usize,
@@ -491,6 +493,8 @@ impl Shared {
             committer.table = table;
             let version = committer.version();
             self.location.sync_commit(version).await?;
+            self.maintenance_counts
+                .add("columns_added", added.len() as u64);
             tracing::info!(sink = %self.name, version, columns = ?added, "the table gained new columns (schema = \"evolve\")");
         }
         let config = table::with_table_columns(&schema.config, &committer.table)?;
@@ -785,10 +789,7 @@ impl Committer {
         if every > 0 && self.commits.is_multiple_of(every) {
             match deltalake::checkpoints::create_checkpoint(&self.table, None).await {
                 Ok(()) => {
-                    shared
-                        .maintenance_counts
-                        .checkpoints
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared.maintenance_counts.add("checkpoints", 1);
                     tracing::debug!(sink = %shared.name, version, "wrote a log checkpoint");
                 }
                 // The commit stands; the next checkpoint covers it.
@@ -917,8 +918,8 @@ impl SinkWriter for DeltaWriter {
             }
             if ignored > 0 {
                 self.shared
-                    .ignored_extra_fields
-                    .fetch_add(ignored, Ordering::Relaxed);
+                    .maintenance_counts
+                    .add("extra_fields_ignored", ignored);
                 tracing::debug!(sink = %self.shared.name, records = ignored, "wrote records without their fields the table has no column for");
             }
             if batch.len() > 0 {
