@@ -379,6 +379,10 @@ pub mod names {
     /// Ingest requests refused by a limit (labels: source, reason = `body_timeout` |
     /// `wal_busy` | `backlog`).
     pub const HTTP_REQUESTS_LIMITED: &str = "weir_http_requests_limited_total";
+    /// What a Delta sink did to its table besides appending rows (labels: sink, action:
+    /// `compactions`, `files_compacted`, `files_written`, `compaction_conflicts`, `checkpoints`,
+    /// `files_vacuumed`, `columns_added`, `extra_fields_ignored`).
+    pub const DELTA_MAINTENANCE: &str = "weir_delta_maintenance_total";
 
     /// Every family, with its kind and help.
     pub const ALL: &[Descriptor] = &[
@@ -552,6 +556,11 @@ pub mod names {
             HTTP_REQUESTS_LIMITED,
             Kind::Counter,
             "Ingest requests refused by a limit: a slow body (408), the log writer busy (503), the log full (429).",
+        ),
+        d(
+            DELTA_MAINTENANCE,
+            Kind::Counter,
+            "What a Delta sink did to its table besides appending rows.",
         ),
     ];
 

@@ -274,6 +274,9 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
         status: services.status.clone(),
         shutdown,
     };
+    for sink in shared.sinks.values() {
+        sink.attach_metrics(&shared.metrics);
+    }
 
     let mut workers = Vec::new();
     let mut sources = Vec::with_capacity(config.pipelines.len());

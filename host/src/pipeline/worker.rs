@@ -193,7 +193,13 @@ impl PartitionWorker {
                         .await?;
                     // With several sources, one that stays quiet while another delivers stops
                     // holding the partition back after its idle timeout too.
-                    if self.inputs.several() && self.time_advanced_while_idle() {
+                    if self.inputs.several()
+                        && self
+                            .time
+                            .as_mut()
+                            .is_some_and(PartitionTime::release_quiet_sources)
+                    {
+                        self.state_dirty = true;
                         self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
                             .await?;
                         self.position = self.time.as_ref().and_then(PartitionTime::sequence);

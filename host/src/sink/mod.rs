@@ -184,6 +184,10 @@ pub trait Sink: Send + Sync {
         format!("sink `{}`", self.name())
     }
 
+    /// Hands the sink the process's metrics, for counters of its own; called once, after the
+    /// sink is built.
+    fn attach_metrics(&self, _metrics: &crate::metrics::Metrics) {}
+
     /// Opens the writer of one pipeline partition. `progress` is what the partition's last
     /// checkpoint recorded for this sink (`None` without a checkpoint): anything the sink holds
     /// beyond it will be written again by the replay, so the sink undoes or skips it.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 pub use super::types::{ColumnType, StructMember};
-use crate::config::{ConfigError, Document};
+use crate::config::{ConfigDuration, ConfigError, Document};
 
 /// A Delta Lake table with an explicit schema.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +31,17 @@ pub struct DeltaSinkConfig {
     /// Commit early once this many rows are buffered (a checkpoint always commits).
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
+    /// `fixed` (the default): the table's columns stay as they are. `evolve`: a record's new
+    /// top-level fields become new nullable columns, added in a metadata commit before the
+    /// record's row is written (as Spark's `mergeSchema` does), their types inferred from the
+    /// record's values.
+    #[serde(default)]
+    pub schema: SchemaMode,
+    /// With `schema = "fixed"`, a record with top-level fields no column reads: `ignore` (the
+    /// default: the fields are dropped, and counted) or `refuse` (the record goes to the dead
+    /// letters with the fields named).
+    #[serde(default)]
+    pub extra_fields: ExtraFields,
     /// Parquet compression of the data files: `zstd` (the default), `snappy` or `none`.
     #[serde(default)]
     pub compression: Compression,
@@ -47,6 +58,103 @@ pub struct DeltaSinkConfig {
     /// start. An existing table keeps its own.
     #[serde(default)]
     pub table_properties: BTreeMap<String, String>,
+    /// Table maintenance while streaming: compaction of small files, log checkpoints, vacuum.
+    #[serde(default)]
+    pub maintenance: DeltaMaintenance,
+}
+
+/// Table maintenance run by the Delta sink beside the stream's commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaMaintenance {
+    /// How often compaction and vacuum run.
+    #[serde(default = "default_maintenance_interval")]
+    pub interval: ConfigDuration,
+    /// Rewrite small data files into files of about `compact_target_size`, as Delta's OPTIMIZE
+    /// does (a commit that removes and adds files without changing data).
+    #[serde(default = "default_true")]
+    pub compact: bool,
+    /// The size compaction aims at; files of at least three quarters of it are left alone.
+    #[serde(default = "default_compact_target_size")]
+    pub compact_target_size: u64,
+    /// Files younger than this are left for a later run, so that the partitions the stream is
+    /// writing are compacted once it has moved past them.
+    #[serde(default = "default_compact_min_age")]
+    pub compact_min_age: ConfigDuration,
+    /// The fewest small files of one table partition worth a rewrite.
+    #[serde(default = "default_compact_min_files")]
+    pub compact_min_files: usize,
+    /// Write a log checkpoint every this many commits of the sink; 0: never.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Delete data files that were removed from the table (by compaction or by others) more than
+    /// `vacuum_retention` ago.
+    #[serde(default = "default_true")]
+    pub vacuum: bool,
+    /// How long removed files are kept for readers of older versions (Delta's default: 7 days).
+    #[serde(default = "default_vacuum_retention")]
+    pub vacuum_retention: ConfigDuration,
+}
+
+impl Default for DeltaMaintenance {
+    fn default() -> Self {
+        DeltaMaintenance {
+            interval: default_maintenance_interval(),
+            compact: true,
+            compact_target_size: default_compact_target_size(),
+            compact_min_age: default_compact_min_age(),
+            compact_min_files: default_compact_min_files(),
+            checkpoint_every: default_checkpoint_every(),
+            vacuum: true,
+            vacuum_retention: default_vacuum_retention(),
+        }
+    }
+}
+
+fn default_maintenance_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(5 * 60_000)
+}
+
+fn default_compact_target_size() -> u64 {
+    128 * 1024 * 1024
+}
+
+fn default_compact_min_age() -> ConfigDuration {
+    ConfigDuration::from_millis(5 * 60_000)
+}
+
+fn default_compact_min_files() -> usize {
+    10
+}
+
+fn default_checkpoint_every() -> u64 {
+    100
+}
+
+fn default_vacuum_retention() -> ConfigDuration {
+    ConfigDuration::from_millis(7 * 24 * 3_600_000)
+}
+
+/// Whether the Delta sink changes the table's schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// The columns stay as they are.
+    #[default]
+    Fixed,
+    /// New top-level fields become new nullable columns.
+    Evolve,
+}
+
+/// What a fixed-schema Delta sink does with fields no column reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraFields {
+    /// Drop them (counted).
+    #[default]
+    Ignore,
+    /// Refuse the record.
+    Refuse,
 }
 
 /// Parquet compression codecs of the Delta sink's data files.

@@ -28,7 +28,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use super::json_tree::{self, Node};
 use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
-use crate::connectors::delta::config::Derive;
+use crate::connectors::delta::config::{Derive, ExtraFields, SchemaMode};
 use crate::event::{Event, Position};
 use crate::sink::RefusalKind;
 
@@ -42,6 +42,23 @@ pub(super) struct RowConverter {
     schema: SchemaRef,
     /// Some column read from the JSON needs the whole tree (decimal or nested).
     tree: bool,
+    /// The names of the columns and of the fields they read: a field of one of these names
+    /// (compared as Delta compares column names, ignoring case) is not new.
+    other_names: Vec<String>,
+    schema_mode: SchemaMode,
+    extra_fields: ExtraFields,
+}
+
+/// What [`BatchBuilder::push`] did with a record.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Pushed {
+    /// Added as a row; it has no field that no column reads.
+    Row,
+    /// Added as a row without its fields that no column reads (`extra_fields = "ignore"`).
+    Ignored,
+    /// Not added: it has these new non-null fields, which `schema = "evolve"` adds as columns
+    /// first.
+    Evolve(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -131,17 +148,21 @@ impl RowConverter {
                 columns.len()
             ));
         }
+        let other_names = config
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(fields.iter().cloned())
+            .collect();
         Ok(RowConverter {
             columns,
             fields,
             schema,
             tree,
+            other_names,
+            schema_mode: config.schema,
+            extra_fields: config.extra_fields,
         })
-    }
-
-    /// The table's arrow schema.
-    pub(super) fn schema(&self) -> &SchemaRef {
-        &self.schema
     }
 
     /// An empty batch of rows.
@@ -166,11 +187,12 @@ impl RowConverter {
         &self,
         record: &'a Event,
         ingestion_time: i64,
-    ) -> Result<Vec<Cell<'a>>, (RefusalKind, String)> {
-        let mut values = self
+    ) -> Result<(Vec<Cell<'a>>, Vec<String>), (RefusalKind, String)> {
+        let (mut values, extras) = self
             .field_values(&record.body)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
-        self.columns
+        let cells = self
+            .columns
             .iter()
             .map(|column| {
                 let value = match column.source {
@@ -203,17 +225,31 @@ impl RowConverter {
                 self.cell(column, value)
                     .map_err(|reason| (RefusalKind::Schema, reason))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((cells, extras))
+    }
+
+    /// Whether `key`, a top-level field no column reads, is new to the table.
+    fn is_new(&self, key: &str) -> bool {
+        !self.other_names.iter().any(|n| n.eq_ignore_ascii_case(key))
     }
 
     /// The values of the fields the columns read, in [`RowConverter::fields`] order.
-    fn field_values<'a>(&self, body: &'a [u8]) -> Result<Vec<Option<Input<'a>>>, String> {
+    /// The values of the fields the columns read, and the names of the record's other
+    /// non-null top-level fields that are new to the table.
+    #[allow(clippy::type_complexity)]
+    fn field_values<'a>(
+        &self,
+        body: &'a [u8],
+    ) -> Result<(Vec<Option<Input<'a>>>, Vec<String>), String> {
         if self.fields.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         if !self.tree {
-            let values = extract_fields(body, &self.fields)?;
-            return Ok(values.into_iter().map(|v| v.map(Input::Json)).collect());
+            let (values, mut extras) = extract_fields_and_extras(body, &self.fields)?;
+            extras.retain(|key| self.is_new(key));
+            let values = values.into_iter().map(|v| v.map(Input::Json)).collect();
+            return Ok((values, extras));
         }
         let text = std::str::from_utf8(body).map_err(|e| format!("malformed JSON: {e}"))?;
         let Node::Object(members) =
@@ -223,12 +259,17 @@ impl RowConverter {
         };
         let mut values: Vec<Option<Input<'a>>> = Vec::new();
         values.resize_with(self.fields.len(), || None);
+        let mut extras = Vec::new();
         for (key, value) in members {
-            if let Some(index) = self.fields.iter().position(|f| *f == key) {
-                values[index] = Some(Input::Node(value));
+            match self.fields.iter().position(|f| *f == key) {
+                Some(index) => values[index] = Some(Input::Node(value)),
+                None if value != Node::Null && self.is_new(&key) => {
+                    extras.push(key.into_owned());
+                }
+                None => {}
             }
         }
-        Ok(values)
+        Ok((values, extras))
     }
 
     fn cell<'a>(&self, column: &ColumnSpec, value: Option<Input<'a>>) -> Result<Cell<'a>, String> {
@@ -638,18 +679,42 @@ pub(super) struct BatchBuilder<'c> {
 }
 
 impl BatchBuilder<'_> {
-    /// Adds `record` as a row, or returns why it is refused (the batch is then unchanged).
+    /// Adds `record` as a row, or returns why it is refused (the batch is then unchanged). A
+    /// record with new fields is added without them, refused, or left out for the table to
+    /// evolve first, as configured.
     pub(super) fn push(
         &mut self,
         record: &Event,
         ingestion_time: i64,
-    ) -> Result<(), (RefusalKind, String)> {
-        let cells = self.converter.cells(record, ingestion_time)?;
+    ) -> Result<Pushed, (RefusalKind, String)> {
+        let (cells, mut extras) = self.converter.cells(record, ingestion_time)?;
+        let pushed = match (
+            extras.is_empty(),
+            self.converter.schema_mode,
+            self.converter.extra_fields,
+        ) {
+            (true, _, _) => Pushed::Row,
+            (false, SchemaMode::Evolve, _) => {
+                extras.dedup();
+                return Ok(Pushed::Evolve(extras));
+            }
+            (false, SchemaMode::Fixed, ExtraFields::Refuse) => {
+                let names: Vec<String> = extras.iter().map(|n| format!("`{n}`")).collect();
+                return Err((
+                    RefusalKind::Schema,
+                    format!(
+                        "the record has fields the table has no column for: {} (`extra_fields = \"refuse\"`)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            (false, SchemaMode::Fixed, ExtraFields::Ignore) => Pushed::Ignored,
+        };
         for (builder, cell) in self.builders.iter_mut().zip(cells) {
             builder.append(cell);
         }
         self.positions.push(record.position);
-        Ok(())
+        Ok(pushed)
     }
 
     /// Number of rows so far.
@@ -778,10 +843,11 @@ impl fmt::Display for Json<'_> {
 
 /// The values of the top-level `fields` of the JSON object `body` (`None` where absent), or why
 /// `body` is not one well-formed JSON object.
-pub(super) fn extract_fields<'a>(
+#[allow(clippy::type_complexity)]
+pub(super) fn extract_fields_and_extras<'a>(
     body: &'a [u8],
     fields: &[String],
-) -> Result<Vec<Option<Json<'a>>>, String> {
+) -> Result<(Vec<Option<Json<'a>>>, Vec<String>), String> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let values = FieldsSeed { fields }
         .deserialize(&mut deserializer)
@@ -797,7 +863,7 @@ struct FieldsSeed<'f> {
 }
 
 impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
-    type Value = Vec<Option<Json<'de>>>;
+    type Value = (Vec<Option<Json<'de>>>, Vec<String>);
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -805,7 +871,7 @@ impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for FieldsSeed<'_> {
-    type Value = Vec<Option<Json<'de>>>;
+    type Value = (Vec<Option<Json<'de>>>, Vec<String>);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -813,15 +879,19 @@ impl<'de> Visitor<'de> for FieldsSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values = vec![None; self.fields.len()];
+        let mut extras = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match self.fields.iter().position(|f| *f == key) {
                 Some(index) => values[index] = Some(map.next_value::<Json<'de>>()?),
+                // Containers are skipped inside `Json`'s own visitor.
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    if map.next_value::<Json<'de>>()? != Json::Null {
+                        extras.push(key.into_owned());
+                    }
                 }
             }
         }
-        Ok(values)
+        Ok((values, extras))
     }
 }
 

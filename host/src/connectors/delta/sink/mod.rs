@@ -28,6 +28,7 @@
 mod convert;
 mod json_tree;
 mod location;
+mod maintenance;
 mod nested;
 mod table;
 #[cfg(test)]
@@ -45,16 +46,16 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
-use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::kernel::{Action, Add, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::json;
 
-use self::convert::RowConverter;
+use self::convert::{Pushed, RowConverter};
 use self::location::Location;
 use crate::config::{DeltaSinkConfig, LoadedConfig};
-use crate::connectors::delta::config::Compression;
+use crate::connectors::delta::config::{Compression, DeltaMaintenance, SchemaMode};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::sink::{
     IDLE_ADVANCE_PENDING, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
@@ -105,11 +106,13 @@ impl DeltaSink {
         let misconfigured =
             |reason: String| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
         let resolved;
-        let config = if config.columns.is_empty() {
+        let config = if config.columns.is_empty() || config.schema == SchemaMode::Evolve {
             resolved = table::columns_from_table(config, &location)
                 .await
                 .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
-            tracing::info!(sink = %name, columns = resolved.columns.len(), "took the columns from the existing Delta table");
+            if resolved.columns.len() > config.columns.len() {
+                tracing::info!(sink = %name, columns = resolved.columns.len(), "took the columns from the existing Delta table");
+            }
             &resolved
         } else {
             config
@@ -118,26 +121,32 @@ impl DeltaSink {
         let (table, schema) = table::open_or_create(name, config, &location)
             .await
             .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
-        let converter = RowConverter::new(config, schema).map_err(misconfigured)?;
+        let converter = Arc::new(RowConverter::new(config, schema).map_err(misconfigured)?);
         let partition_by = config.partition_by.clone();
-        Ok(DeltaSink {
-            shared: Arc::new(Shared {
-                name: name.to_owned(),
-                location,
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            location,
+            schema: tokio::sync::RwLock::new(TableSchema {
+                config: config.clone(),
                 converter,
-                max_buffered_rows: config.max_buffered_rows,
-                files: FileSettings::new(config),
-                next_epoch: AtomicU64::new(1),
-                buffer: Mutex::new(Buffer::default()),
-                committer: tokio::sync::Mutex::new(Committer {
-                    table,
-                    partition_by,
-                    suspect: false,
-                    conflicted: false,
-                    txn_cache: HashMap::new(),
-                }),
             }),
-        })
+            maintenance: config.maintenance.clone(),
+            maintenance_counts: maintenance::MaintenanceCounts::default(),
+            max_buffered_rows: config.max_buffered_rows,
+            files: FileSettings::new(config),
+            next_epoch: AtomicU64::new(1),
+            buffer: Mutex::new(Buffer::default()),
+            committer: tokio::sync::Mutex::new(Committer {
+                table,
+                partition_by,
+                suspect: false,
+                conflicted: false,
+                txn_cache: HashMap::new(),
+                commits: 0,
+            }),
+        });
+        maintenance::spawn(&shared);
+        Ok(DeltaSink { shared })
     }
 }
 
@@ -154,6 +163,12 @@ impl Sink for DeltaSink {
 
     fn describe(&self) -> String {
         format!("Delta table {}", self.shared.location.display())
+    }
+
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        self.shared
+            .maintenance_counts
+            .attach(metrics, &self.shared.name);
     }
 
     async fn open_writer(
@@ -256,12 +271,22 @@ async fn skip_through(
 struct Shared {
     name: String,
     location: Location,
-    converter: RowConverter,
+    /// The columns and their converter; replaced when the table evolves (writers convert under
+    /// the read lock, so no rows of the old schema are buffered after an evolution).
+    schema: tokio::sync::RwLock<TableSchema>,
+    maintenance: DeltaMaintenance,
+    maintenance_counts: maintenance::MaintenanceCounts,
     max_buffered_rows: usize,
     files: FileSettings,
     next_epoch: AtomicU64,
     buffer: Mutex<Buffer>,
     committer: tokio::sync::Mutex<Committer>,
+}
+
+/// The table's columns as the sink writes them.
+struct TableSchema {
+    config: DeltaSinkConfig,
+    converter: Arc<RowConverter>,
 }
 
 /// How data files are written.
@@ -438,6 +463,86 @@ impl Shared {
         }
     }
 
+    /// Adds the new fields `names` of `record` to the table as nullable columns, their types
+    /// inferred from the record, in a metadata commit. Everything buffered is committed first,
+    /// and no writer converts meanwhile (the schema's write lock), so every buffered chunk has
+    /// one schema. A column another process added first is taken as the table has it. A crash
+    /// after the metadata commit leaves a table with a new empty column, which the restart
+    /// takes into its columns; the replay then writes the rows exactly once as before.
+    async fn evolve(self: &Arc<Self>, record: &Event, names: &[String]) -> Result<(), String> {
+        let mut schema = self.schema.write().await;
+        let body = std::str::from_utf8(&record.body).map_err(|e| format!("malformed JSON: {e}"))?;
+        let Ok(json_tree::Node::Object(members)) = json_tree::parse(body) else {
+            return Err("malformed JSON: expected a JSON object".to_owned());
+        };
+        let known = |name: &str| {
+            schema
+                .config
+                .columns
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(name))
+        };
+        let mut fields: Vec<StructField> = Vec::new();
+        for name in names {
+            if known(name) || fields.iter().any(|f| f.name().eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            let Some(data_type) =
+                json_tree::Node::member(&members, name).and_then(nested::infer_type)
+            else {
+                continue;
+            };
+            fields.push(StructField::new(
+                name.clone(),
+                table::delta_type(&data_type)?,
+                true,
+            ));
+        }
+        if fields.is_empty() {
+            // Another writer added them meanwhile.
+            return Ok(());
+        }
+        drop(members);
+        self.commit().await?;
+        let mut committer = self.committer.lock().await;
+        committer.refresh().await?;
+        let in_table = |name: &str| {
+            committer.table.snapshot().is_ok_and(|s| {
+                s.schema()
+                    .fields()
+                    .any(|f| f.name().eq_ignore_ascii_case(name))
+            })
+        };
+        let missing: Vec<StructField> =
+            fields.into_iter().filter(|f| !in_table(f.name())).collect();
+        if !missing.is_empty() {
+            let added: Vec<String> = missing
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
+            let table = committer
+                .table
+                .clone()
+                .add_columns()
+                .with_fields(missing)
+                .await
+                .map_err(delta_error("cannot add the new columns"))?;
+            committer.table = table;
+            let version = committer.version();
+            self.location.sync_commit(version).await?;
+            self.maintenance_counts
+                .add("columns_added", added.len() as u64);
+            tracing::info!(sink = %self.name, version, columns = ?added, "the table gained new columns (schema = \"evolve\")");
+        }
+        let config = table::with_table_columns(&schema.config, &committer.table)?;
+        let arrow = RecordBatchWriter::for_table(&committer.table)
+            .map_err(delta_error("cannot write to the table"))?
+            .arrow_schema();
+        schema.converter = Arc::new(RowConverter::new(&config, arrow)?);
+        schema.config = config;
+        Ok(())
+    }
+
     fn take_buffered(&self) -> Vec<Pending> {
         let mut buffer = self.lock_buffer();
         let mut pending = Vec::new();
@@ -491,6 +596,8 @@ struct Committer {
     /// Per app id, its transaction version in the table as of a table version, so that a commit
     /// reads the log only when others' commits came in.
     txn_cache: HashMap<String, (u64, Option<Position>)>,
+    /// Commits made by this sink, for log checkpoints every `checkpoint_every` of them.
+    commits: u64,
 }
 
 fn delta_error(what: &'static str) -> impl Fn(DeltaTableError) -> String {
@@ -639,8 +746,15 @@ impl Committer {
     /// Writes the rows of `pending` as data files (made durable where the location needs it);
     /// returns their add actions.
     async fn write_files(&self, shared: &Shared, pending: &[Pending]) -> Result<Vec<Add>, String> {
+        // Every buffered chunk has the schema of the table's latest evolution (see `evolve`).
+        let Some(schema) = pending
+            .iter()
+            .find_map(|p| p.chunks.first().map(|c| c.batch.schema()))
+        else {
+            return Ok(Vec::new());
+        };
         let batch = concat_batches(
-            shared.converter.schema(),
+            &schema,
             pending
                 .iter()
                 .flat_map(|p| p.chunks.iter().map(|c| &c.batch)),
@@ -691,6 +805,8 @@ impl Committer {
             .map_err(delta_error("the table is not loaded"))?;
         let read_version = snapshot.version();
         let properties = CommitProperties::default()
+            // Checkpoints follow `maintenance.checkpoint_every` (below), not the table's interval.
+            .with_create_checkpoint(false)
             .with_application_transactions(transactions)
             .with_max_retries(COMMIT_RETRIES)
             .with_metadata([
@@ -735,6 +851,20 @@ impl Committer {
                 // A failed checkpoint or log cleanup leaves the commit itself in place.
                 tracing::warn!(sink = %shared.name, version, error = %e, "post-commit work on the Delta table failed");
                 self.refresh().await?;
+            }
+        }
+        self.commits += 1;
+        let every = shared.maintenance.checkpoint_every;
+        if every > 0 && self.commits.is_multiple_of(every) {
+            match deltalake::checkpoints::create_checkpoint(&self.table, None).await {
+                Ok(()) => {
+                    shared.maintenance_counts.add("checkpoints", 1);
+                    tracing::debug!(sink = %shared.name, version, "wrote a log checkpoint");
+                }
+                // The commit stands; the next checkpoint covers it.
+                Err(e) => {
+                    tracing::warn!(sink = %shared.name, version, error = %e, "cannot write a log checkpoint")
+                }
             }
         }
         Ok(version)
@@ -797,6 +927,21 @@ impl Drop for DeltaWriter {
 }
 
 impl DeltaWriter {
+    /// Adds converted rows to this partition's buffer; true when the buffer is full.
+    fn buffer(&self, batch: RecordBatch, positions: Vec<Position>) -> Result<bool, SinkError> {
+        let rows = positions.len();
+        let mut guard = self.shared.lock_buffer();
+        let buffer = &mut *guard;
+        let part = match buffer.parts.get_mut(&self.app_id) {
+            Some(part) if part.epoch == self.epoch => part,
+            _ => return Err(self.superseded()),
+        };
+        part.chunks.push(Chunk { batch, positions });
+        part.rows += rows;
+        buffer.rows += rows;
+        Ok(buffer.rows >= self.shared.max_buffered_rows)
+    }
+
     fn error(&self, reason: impl Into<String>) -> SinkError {
         self.scope.error(&self.shared.name, reason)
     }
@@ -815,44 +960,50 @@ impl SinkWriter for DeltaWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
         let ingestion_time = now_millis();
         let mut refused = Vec::new();
-        let mut skipped = 0usize;
-        let mut batch = self.shared.converter.batch(records.len());
-        for record in records {
-            if self
-                .skip_through
-                .is_some_and(|done| record.position <= done)
-            {
-                skipped += 1;
-                continue;
+        let mut records: std::collections::VecDeque<Event> = records
+            .into_iter()
+            .filter(|record| self.skip_through.is_none_or(|done| record.position > done))
+            .collect();
+        let mut commit_now = false;
+        while !records.is_empty() {
+            let schema = self.shared.schema.read().await;
+            let mut batch = schema.converter.batch(records.len());
+            let mut ignored = 0u64;
+            let mut evolve = None;
+            while let Some(record) = records.pop_front() {
+                match batch.push(&record, ingestion_time) {
+                    Ok(Pushed::Row) => {}
+                    Ok(Pushed::Ignored) => ignored += 1,
+                    Ok(Pushed::Evolve(names)) => {
+                        evolve = Some((record, names));
+                        break;
+                    }
+                    Err((kind, reason)) => refused.push(Refused {
+                        record,
+                        kind,
+                        reason,
+                    }),
+                }
             }
-            if let Err((kind, reason)) = batch.push(&record, ingestion_time) {
-                refused.push(Refused {
-                    record,
-                    kind,
-                    reason,
-                });
+            if ignored > 0 {
+                self.shared
+                    .maintenance_counts
+                    .add("extra_fields_ignored", ignored);
+                tracing::debug!(sink = %self.shared.name, records = ignored, "wrote records without their fields the table has no column for");
+            }
+            if batch.len() > 0 {
+                let (batch, positions) = batch.finish().map_err(|e| self.error(e))?;
+                commit_now |= self.buffer(batch, positions)?;
+            }
+            drop(schema);
+            if let Some((record, names)) = evolve {
+                self.shared
+                    .evolve(&record, &names)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                records.push_front(record);
             }
         }
-        if skipped > 0 {
-            tracing::debug!(sink = %self.shared.name, app_id = %self.app_id, skipped, "skipped records the table already holds");
-        }
-        if batch.len() == 0 {
-            return Ok(refused);
-        }
-        let (batch, positions) = batch.finish().map_err(|e| self.error(e))?;
-        let rows = positions.len();
-        let commit_now = {
-            let mut guard = self.shared.lock_buffer();
-            let buffer = &mut *guard;
-            let part = match buffer.parts.get_mut(&self.app_id) {
-                Some(part) if part.epoch == self.epoch => part,
-                _ => return Err(self.superseded()),
-            };
-            part.chunks.push(Chunk { batch, positions });
-            part.rows += rows;
-            buffer.rows += rows;
-            buffer.rows >= self.shared.max_buffered_rows
-        };
         if commit_now {
             self.shared.commit().await.map_err(|e| self.error(e))?;
         }

@@ -202,6 +202,45 @@ fn map_key(key_type: &ColumnType, key: &str) -> Result<Cell<'static>, Mismatch> 
     convert_node(key_type, &node).map(Cell::into_owned)
 }
 
+/// The type `schema = "evolve"` gives a new field, from its first non-null value: text is a
+/// `string`, a number with a point or an exponent a `double`, other numbers `long`, objects
+/// structs of their non-null members, arrays of their first non-null element's type (`string`
+/// when there is none). `None` for null and for objects with no non-null member.
+pub(super) fn infer_type(node: &Node<'_>) -> Option<ColumnType> {
+    Some(match node {
+        Node::Null => return None,
+        Node::Bool(_) => ColumnType::Boolean,
+        Node::Number(text) if text.contains(['.', 'e', 'E']) => ColumnType::Double,
+        Node::Number(_) => ColumnType::Long,
+        Node::Text(_) => ColumnType::String,
+        Node::Array(items) => ColumnType::Array(Box::new(
+            items
+                .iter()
+                .find_map(infer_type)
+                .unwrap_or(ColumnType::String),
+        )),
+        Node::Object(members) => {
+            let mut fields: Vec<crate::connectors::delta::config::StructMember> = Vec::new();
+            for (name, value) in members {
+                if fields.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
+                    continue;
+                }
+                if let Some(data_type) = infer_type(value) {
+                    fields.push(crate::connectors::delta::config::StructMember {
+                        name: name.clone().into_owned(),
+                        data_type,
+                        nullable: true,
+                    });
+                }
+            }
+            if fields.is_empty() {
+                return None;
+            }
+            ColumnType::Struct(fields)
+        }
+    })
+}
+
 /// The unscaled value of decimal text (a JSON number or string: sign, digits, point, exponent)
 /// at `scale`, read digit by digit, never through a float. Digits beyond the scale that are not
 /// zeros are refused rather than rounded: money is not rounded silently.

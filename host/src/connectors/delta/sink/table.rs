@@ -9,7 +9,7 @@ use deltalake::writer::RecordBatchWriter;
 
 use super::location::Location;
 use crate::config::{ColumnType, DeltaColumn, DeltaSinkConfig};
-use crate::connectors::delta::config::StructMember;
+use crate::connectors::delta::config::{SchemaMode, StructMember};
 use crate::sink::SinkErrorKind;
 
 /// The Delta type of a configured column type.
@@ -99,7 +99,9 @@ pub(super) fn column_type(data_type: &DataType) -> Result<ColumnType, String> {
 }
 
 /// `config` with the columns (and, if not configured, the partitioning) of the existing table,
-/// for a sink configured without `columns`.
+/// for a sink configured without `columns`; for `schema = "evolve"`, the configured columns
+/// followed by those the table gained since (a table that does not exist yet is created as
+/// configured).
 pub(super) async fn columns_from_table(
     config: &DeltaSinkConfig,
     location: &Location,
@@ -111,6 +113,10 @@ pub(super) async fn columns_from_table(
         .verify_deltatable_existence()
         .await
         .map_err(|e| unavailable(format!("cannot read the table at {at}: {e}")))?;
+    let evolving = config.schema == SchemaMode::Evolve && !config.columns.is_empty();
+    if !exists && evolving {
+        return Ok(config.clone());
+    }
     if !exists {
         return Err((
             SinkErrorKind::Misconfigured,
@@ -127,9 +133,10 @@ pub(super) async fn columns_from_table(
         .snapshot()
         .map_err(|e| unavailable(format!("cannot read the table at {at}: {e}")))?;
     let mut resolved = config.clone();
-    resolved.columns = snapshot
+    let table_columns: Vec<DeltaColumn> = snapshot
         .schema()
         .fields()
+        .filter(|field| !config.columns.iter().any(|c| c.name == *field.name()))
         .map(|field| {
             let data_type = column_type(field.data_type()).map_err(|why| {
                 (
@@ -147,8 +154,36 @@ pub(super) async fn columns_from_table(
             })
         })
         .collect::<Result<_, _>>()?;
-    if resolved.partition_by.is_empty() {
+    resolved.columns.extend(table_columns);
+    if resolved.partition_by.is_empty() && !evolving {
         resolved.partition_by = snapshot.metadata().partition_columns().to_vec();
+    }
+    Ok(resolved)
+}
+
+/// `config` followed by the columns of `table` it does not list, each filled from the field of
+/// its name.
+pub(super) fn with_table_columns(
+    config: &DeltaSinkConfig,
+    table: &DeltaTable,
+) -> Result<DeltaSinkConfig, String> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| format!("cannot read the table's schema: {e}"))?;
+    let mut resolved = config.clone();
+    for field in snapshot.schema().fields() {
+        if config.columns.iter().any(|c| c.name == *field.name()) {
+            continue;
+        }
+        resolved.columns.push(DeltaColumn {
+            name: field.name().clone(),
+            data_type: column_type(field.data_type())
+                .map_err(|why| format!("column `{}`: {why}", field.name()))?,
+            from: None,
+            value: None,
+            derive: None,
+            nullable: field.is_nullable(),
+        });
     }
     Ok(resolved)
 }

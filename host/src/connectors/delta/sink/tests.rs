@@ -1349,6 +1349,252 @@ async fn columns_are_taken_from_an_existing_table_and_differences_listed() {
     }
 }
 
+const EVOLVING: &str = "schema = \"evolve\"\n[[columns]]\nname = \"id\"\ntype = \"long\"\nnullable = false\n[[columns]]\nname = \"Name\"\ntype = \"string\"\n";
+
+const PY_ROWS: &str = r#"
+import json, sys
+from deltalake import DeltaTable
+t = DeltaTable(sys.argv[1])
+rows = sorted(t.to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
+print(json.dumps({"columns": [f.name for f in t.schema().fields], "rows": rows}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolve_adds_new_fields_as_nullable_columns() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let sink = open(&table, EVOLVING).await;
+    let mut w = writer(&sink, 0, None).await;
+    let records = vec![
+        Event::new(0, 0, r#"{"id":0,"Name":"a"}"#),
+        Event::new(
+            0,
+            1,
+            r#"{"id":1,"Name":"b","price":1.5,"seat":{"no":"1A","row":3},"tags":["x"]}"#,
+        ),
+        // A field that is null, and one that differs from a column's name only in case: not new.
+        Event::new(0, 2, r#"{"id":2,"later":null,"name":"c","price":2}"#),
+        Event::new(0, 3, r#"{"id":3,"count":7}"#),
+    ];
+    write_all(&mut w, records).await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(
+        py["columns"],
+        json!(["id", "Name", "price", "seat", "tags", "count"])
+    );
+    assert_eq!(
+        py["rows"],
+        json!([
+            {"id": 0, "Name": "a", "price": null, "seat": null, "tags": null, "count": null},
+            {"id": 1, "Name": "b", "price": 1.5, "seat": {"no": "1A", "row": 3}, "tags": ["x"], "count": null},
+            {"id": 2, "Name": null, "price": 2.0, "seat": null, "tags": null, "count": null},
+            {"id": 3, "Name": null, "price": null, "seat": null, "tags": null, "count": 7},
+        ])
+    );
+    // Metadata commits between the data commits, each adding the columns of one record.
+    let operations: Vec<String> = commits(&table)
+        .values()
+        .filter_map(|actions| actions.iter().find_map(|a| a.get("commitInfo")))
+        .map(|info| info["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        operations,
+        vec!["WRITE", "ADD COLUMN", "WRITE", "ADD COLUMN", "WRITE"],
+        "{operations:?}"
+    );
+    drop(w);
+    drop(sink);
+
+    // Reopened with the original configuration: the new columns are taken from the table.
+    let sink = open(&table, EVOLVING).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, vec![Event::new(0, 4, r#"{"id":4,"count":8}"#)]).await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(py["rows"][4]["count"], json!(8));
+    // A fixed schema with the original columns no longer matches the table.
+    let fixed = EVOLVING.replace("schema = \"evolve\"", "");
+    let error = DeltaSink::open_at(
+        "delta",
+        &sink_config(&table, &fixed),
+        Location::local(&table),
+    )
+    .await
+    .expect_err("the table has more columns")
+    .to_string();
+    assert!(
+        error.contains("the table has a column `price` that the configuration does not list"),
+        "{error}"
+    );
+}
+
+#[test]
+fn fixed_schema_ignores_or_refuses_extra_fields() {
+    let columns = "[[columns]]\nname = \"id\"\ntype = \"long\"\n[[columns]]\nname = \"At\"\ntype = \"date\"\nfrom = \"time\"\n";
+    let push = |config: &str, body: &str| {
+        let c = converter(config);
+        let mut batch = c.batch(1);
+        batch.push(&Event::new(0, 0, body.to_owned()), 0)
+    };
+    let ignore = push(
+        columns,
+        r#"{"id":1,"time":"2026-01-01","At":"x","extra":1,"none":null}"#,
+    );
+    assert_eq!(ignore, Ok(super::convert::Pushed::Ignored));
+    assert_eq!(
+        push(columns, r#"{"id":1,"time":"2026-01-01","none":null}"#),
+        Ok(super::convert::Pushed::Row)
+    );
+    let refuse = format!("extra_fields = \"refuse\"\n{columns}");
+    assert_eq!(
+        push(&refuse, r#"{"id":1,"extra":1,"more":[2]}"#),
+        Err((
+            RefusalKind::Schema,
+            "the record has fields the table has no column for: `extra`, `more` (`extra_fields = \"refuse\"`)".to_owned()
+        ))
+    );
+    // The same with a table read through the JSON tree (a decimal column).
+    let refuse_tree = format!("{refuse}[[columns]]\nname = \"d\"\ntype = \"decimal(4,2)\"\n");
+    assert!(
+        push(&refuse_tree, r#"{"id":1,"d":"1.5","extra":{"a":1}}"#)
+            .is_err_and(|(_, reason)| reason.contains("`extra`"))
+    );
+    let evolve = format!("schema = \"evolve\"\n{columns}");
+    assert_eq!(
+        push(&evolve, r#"{"id":1,"new":true,"NEW":false}"#),
+        Ok(super::convert::Pushed::Evolve(vec![
+            "new".to_owned(),
+            "NEW".to_owned()
+        ]))
+    );
+}
+
+/// Data files under the table's directory (referenced or not).
+fn parquet_files(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("a directory")
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("_delta_log") {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_keep_every_row_and_the_transactions() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let settings = format!(
+        "maintenance = {{ interval = \"1h\", compact_min_age = \"0ms\", compact_min_files = 2, vacuum_retention = \"0ms\", checkpoint_every = 5 }}\n{BY_DATE}"
+    );
+    let sink = open(&table, &settings).await;
+    let mut w = writer(&sink, 0, None).await;
+    // 20 commits of 5 rows, spread over two dates: 2 small files per commit.
+    for commit in 0..20u64 {
+        let records = (0..5u64)
+            .map(|i| {
+                let position = commit * 5 + i;
+                let day = 1 + position % 2;
+                Event::new(
+                    0,
+                    position,
+                    format!(
+                        r#"{{"DeviceId":"d{position}","Timestamp":"2024-05-0{day}T10:00:00Z"}}"#
+                    ),
+                )
+            })
+            .collect();
+        write_all(&mut w, records).await;
+        w.flush().await.expect("flush");
+    }
+    let before = read_with_rust(&table).await;
+    assert_eq!(before.num_rows(), 100);
+    assert_eq!(parquet_files(&table), 40);
+    let checkpoints = std::fs::read_dir(table.join("_delta_log"))
+        .expect("log")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".checkpoint.parquet")
+        })
+        .count();
+    assert_eq!(checkpoints, 4, "a checkpoint every 5 commits");
+    assert_eq!(sink.shared.maintenance_counts.get("checkpoints"), 4);
+
+    maintenance::run_once(&sink.shared)
+        .await
+        .expect("maintenance");
+    let counts = &sink.shared.maintenance_counts;
+    assert_eq!(counts.get("compactions"), 1);
+    assert_eq!(counts.get("files_compacted"), 40);
+    assert_eq!(counts.get("files_written"), 2, "one file per date");
+    assert_eq!(counts.get("files_vacuumed"), 40);
+    assert_eq!(parquet_files(&table), 2);
+    let after = read_with_rust(&table).await;
+    let sorted = |batch: &RecordBatch| {
+        let mut rows: Vec<(i64, String)> = longs(batch, "Position")
+            .into_iter()
+            .zip(
+                batch
+                    .column_by_name("DeviceId")
+                    .expect("DeviceId")
+                    .as_string::<i32>()
+                    .iter(),
+            )
+            .map(|(p, d)| (p.expect("position"), d.expect("device").to_owned()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(sorted(&before), sorted(&after));
+    let operations: Vec<(String, Vec<Value>)> = commits(&table)
+        .into_values()
+        .skip(20)
+        .map(|actions| {
+            let info = actions
+                .iter()
+                .find_map(|a| a.get("commitInfo"))
+                .expect("commit info");
+            (
+                info["operation"].as_str().expect("an operation").to_owned(),
+                actions,
+            )
+        })
+        .collect();
+    let names: Vec<&str> = operations.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, vec!["OPTIMIZE", "VACUUM START", "VACUUM END"]);
+    let optimize = &operations[0].1;
+    assert!(
+        optimize
+            .iter()
+            .filter_map(|a| a.get("add"))
+            .all(|add| add["dataChange"] == false)
+    );
+    assert!(optimize.iter().all(|a| a.get("txn").is_none()));
+
+    // The stream goes on: the transaction still skips what the table holds.
+    drop(w);
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 95..110)).await;
+    w.flush().await.expect("flush");
+    let py = run_python(
+        "import json, sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nprint(json.dumps(sorted(t.to_pandas()['Position'].tolist())))",
+        &[&table.display().to_string()],
+    );
+    assert_eq!(py, json!((0..110).collect::<Vec<u64>>()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timing (not an assertion): `cargo test -p weir --lib connectors::delta::sink::tests::commit_timings -- --ignored --nocapture`
 
