@@ -589,3 +589,106 @@ fn weir_plugin_build_points_a_python_or_javascript_plugin_to_its_build_command()
         assert!(text.contains("scripts/build-plugin DIR"), "{dir}: {text}");
     }
 }
+
+#[test]
+fn a_python_join_enriches_the_pairs_the_host_makes() {
+    let python = script_plugin(
+        "tests/python-plugins/join-pairs",
+        PluginKind::JoinEnrichment,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = 1_793_491_200_000_i64;
+    let left: String = (0..10)
+        .map(|n| format!("{{\"n\":{n},\"id\":\"k{n}\",\"t\":{}}}\n", base + n * 1000))
+        .collect();
+    let right: String = (0..10)
+        .filter(|n| n % 2 == 0)
+        .map(|n| {
+            format!(
+                "{{\"n\":{},\"id\":\"k{n}\",\"t\":{}}}\n",
+                100 + n,
+                base + n * 1000 + 500
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("left.jsonl"), left).expect("left");
+    std::fs::write(dir.path().join("right.jsonl"), right).expect("right");
+    let text = format!(
+        r#"
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "300ms"
+
+[plugins]
+store_dir = "{store}"
+
+[sources.left]
+kind = "file"
+path = "{dir}/left.jsonl"
+partitions = 1
+key_field = "id"
+
+[sources.right]
+kind = "file"
+path = "{dir}/right.jsonl"
+partitions = 1
+key_field = "id"
+
+[sinks.rows]
+kind = "file"
+path = "{dir}/rows"
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+
+[pipelines.pairs]
+sources = ["left", "right"]
+event_time = {{ field = "t" }}
+dead_letter = "dead_letters"
+
+[[pipelines.pairs.stages]]
+name = "join"
+plugin = "{plugin}"
+left = "left"
+right = "right"
+join = {{ key = "id", within = "1m", unmatched_left = "emit", unmatched_right = "drop" }}
+outputs = {{ rows = "rows" }}
+"#,
+        dir = dir.path().display(),
+        store = plugin_store(dir.path()).display(),
+        plugin = python.display(),
+    );
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, text).expect("config");
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    let mut rows: Vec<(i64, Option<i64>, Value)> = read_jsonl_dir(&dir.path().join("rows"))
+        .into_iter()
+        .map(|r| {
+            (
+                r["left"].as_i64().expect("left"),
+                r["right"].as_i64(),
+                r["sources"].clone(),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|(left, _, _)| *left);
+    let pairs: Vec<(i64, Option<i64>)> = rows.iter().map(|(l, r, _)| (*l, *r)).collect();
+    let expected: Vec<(i64, Option<i64>)> = (0..10)
+        .map(|n| (n, (n % 2 == 0).then_some(100 + n)))
+        .collect();
+    assert_eq!(
+        pairs, expected,
+        "every left event, with its right one when it has one"
+    );
+    for (left, right, sources) in &rows {
+        let want = if right.is_some() {
+            serde_json::json!(["left", "right"])
+        } else {
+            serde_json::json!(["left"])
+        };
+        assert_eq!(sources, &want, "pair of {left}");
+    }
+}
