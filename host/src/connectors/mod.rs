@@ -15,6 +15,7 @@
 
 pub mod azure_blob;
 pub mod delta;
+pub mod entra;
 pub mod eventhubs;
 pub mod file;
 pub mod http;
