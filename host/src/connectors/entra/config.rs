@@ -244,6 +244,35 @@ pub(crate) fn validate(
     }
 }
 
+/// Checks a `credential` table of a storage connector (the Blob checkpoint store, a Delta table):
+/// as [`validate`], and refuses `client_certificate`, which object_store cannot sign in with.
+pub(crate) fn validate_storage(
+    doc: &Document<'_>,
+    at: &[&str],
+    credential: &EntraCredential,
+) -> Result<(), ConfigError> {
+    validate(doc, at, credential)?;
+    if let Err(reason) = credential.storage_options() {
+        let mut keys = at.to_vec();
+        keys.push("kind");
+        return Err(doc.error(&keys, reason));
+    }
+    Ok(())
+}
+
+/// `options` with the credential's object_store options added (the explicit `options` win).
+pub fn with_storage_credential(
+    credential: Option<&EntraCredential>,
+    options: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut merged = match credential {
+        Some(credential) => credential.storage_options()?,
+        None => BTreeMap::new(),
+    };
+    merged.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

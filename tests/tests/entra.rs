@@ -1,0 +1,172 @@
+//! Microsoft Entra ID sign-in through `weir run`: the Event Hubs source and sink sign in to the
+//! Event Hubs-compatible test endpoint, which accepts only the bearer token that a local token
+//! service (HTTPS, OAuth2 client credentials) hands to the right client; one side uses a client
+//! secret, the other a federated token file (workload identity). A wrong secret is refused at
+//! start with what to check.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use weir_eventhubs_endpoint::{EndpointConfig, PublishTo};
+use weir_tests::eventhubs::TestEndpoint;
+use weir_tests::tls::test_certificates;
+use weir_tests::token_service::{TokenService, TokenServiceConfig};
+use weir_tests::{WeirProcess, plugin_path};
+
+const TENANT: &str = "00000000-0000-0000-0000-00000000beef";
+const CLIENT: &str = "weir-test-client";
+const SECRET: &str = "the-right-secret";
+const FEDERATED: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3ZWlyIn0.";
+const ACCESS_TOKEN: &str = "entra-access-token-for-weir";
+const EVENTS: usize = 40;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    tokens: TokenService,
+    endpoint: TestEndpoint,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = test_certificates(dir.path());
+    let tokens = TokenService::start(
+        TokenServiceConfig {
+            tenant_id: TENANT.to_owned(),
+            client_id: CLIENT.to_owned(),
+            client_secret: SECRET.to_owned(),
+            federated_token: FEDERATED.to_owned(),
+            access_token: ACCESS_TOKEN.to_owned(),
+        },
+        &cert,
+        &key,
+    );
+    let endpoint = TestEndpoint::start_with(EndpointConfig {
+        bearer_token: Some(ACCESS_TOKEN.to_owned()),
+        ..EndpointConfig::with_hubs(&[("input", 2), ("output", 2)])
+    });
+    std::fs::write(dir.path().join("federated-token"), FEDERATED).expect("token file");
+    Setup {
+        dir,
+        ca,
+        tokens,
+        endpoint,
+    }
+}
+
+/// A pipeline from hub `input` (client secret) through a passthrough plugin to hub `output`
+/// (federated token file).
+fn write_config(setup: &Setup) -> PathBuf {
+    let endpoint = setup.endpoint.endpoint.custom_endpoint();
+    let authority = &setup.tokens.authority_host;
+    let token_file = setup.dir.path().join("federated-token");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "200ms"
+
+[sources.input]
+kind = "eventhubs"
+namespace = "weir-test.servicebus.windows.net"
+event_hub = "input"
+custom_endpoint = "{endpoint}"
+stop_at_end = true
+credential = {{ kind = "client_secret", tenant_id = "{TENANT}", client_id = "{CLIENT}", client_secret_env = "WEIR_TEST_CLIENT_SECRET", authority_host = "{authority}" }}
+
+[sinks.output]
+kind = "eventhubs"
+namespace = "weir-test.servicebus.windows.net"
+event_hub = "output"
+custom_endpoint = "{endpoint}"
+credential = {{ kind = "workload_identity", tenant_id = "{TENANT}", client_id = "{CLIENT}", token_file = "{token_file}", authority_host = "{authority}" }}
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.p]
+source = "input"
+dead_letter = "dead_letters"
+
+[[pipelines.p.stages]]
+name = "forward"
+plugin = "{plugin}"
+outputs = {{ out = "output" }}
+"#,
+        token_file = token_file.display(),
+        plugin = plugin_path("passthrough").display(),
+    );
+    let path = setup.dir.path().join("weir.toml");
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+fn run(config: &Path, ca: &Path, secret: &str) -> (bool, String) {
+    let ca = ca.display().to_string();
+    let process = WeirProcess::spawn_with_env(
+        &["run", "--config"],
+        config,
+        &[
+            ("WEIR_TEST_CLIENT_SECRET", secret),
+            // The token service's certificate, trusted as a system root would be.
+            ("SSL_CERT_FILE", ca.as_str()),
+        ],
+    );
+    let log = config.with_extension("log");
+    let status = process.wait(Duration::from_secs(120));
+    (
+        status.success(),
+        std::fs::read_to_string(log).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn event_hubs_source_and_sink_sign_in_with_a_client_secret_and_a_federated_token() {
+    let setup = setup();
+    for n in 0..EVENTS {
+        let body = format!(r#"{{"DeviceId":"d{}","Reading":{n}}}"#, n % 4);
+        setup
+            .endpoint
+            .endpoint
+            .publish("input", PublishTo::Partition(n % 2), body, &[])
+            .expect("publish");
+    }
+    let config = write_config(&setup);
+    let (ok, log) = run(&config, &setup.ca, SECRET);
+    assert!(ok, "weir failed:\n{log}");
+
+    let written = setup.endpoint.unique_json("output");
+    let mut readings: Vec<i64> = written
+        .iter()
+        .map(|v| v["Reading"].as_i64().expect("Reading"))
+        .collect();
+    readings.sort_unstable();
+    assert_eq!(readings, (0..EVENTS as i64).collect::<Vec<_>>(), "{log}");
+    let grants = setup.tokens.grants.lock().expect("grants").clone();
+    assert!(grants.contains(&"secret".to_owned()), "{grants:?}");
+    assert!(grants.contains(&"assertion".to_owned()), "{grants:?}");
+    assert!(!grants.contains(&"refused".to_owned()), "{grants:?}");
+    // The source's positions were checkpointed.
+    let checkpoints = setup.dir.path().join("checkpoints");
+    assert!(
+        std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()),
+        "no checkpoint in {}",
+        checkpoints.display()
+    );
+}
+
+#[test]
+fn a_wrong_client_secret_is_refused_at_start_with_what_to_check() {
+    let setup = setup();
+    let config = write_config(&setup);
+    let (ok, log) = run(&config, &setup.ca, "a-wrong-secret");
+    assert!(!ok, "weir must refuse a wrong secret:\n{log}");
+    assert!(log.contains("Entra ID sign-in (client_secret)"), "{log}");
+    assert!(
+        log.contains("the secret in `WEIR_TEST_CLIENT_SECRET`"),
+        "{log}"
+    );
+    assert!(log.contains("AADSTS7000215"), "{log}");
+    assert!(setup.endpoint.events("output").is_empty());
+}
