@@ -222,3 +222,42 @@ fn answer(
         }
     }
 }
+
+/// An access token shaped as Entra ID's for Azure Storage (a JWT with issuer
+/// `https://sts.windows.net/<tenant>/`, audience `https://storage.azure.com`, valid for an hour),
+/// unsigned: Azurite's `--oauth basic` checks everything but the signature.
+pub fn storage_jwt(tenant_id: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header = serde_json::json!({ "alg": "RS256", "typ": "JWT" });
+    let claims = serde_json::json!({
+        "iss": format!("https://sts.windows.net/{tenant_id}/"),
+        "aud": "https://storage.azure.com",
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
+        "sub": "weir-test", "tid": tenant_id,
+    });
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    )
+}
+
+/// Base64url without padding.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}

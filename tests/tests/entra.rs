@@ -2,27 +2,31 @@
 //! Event Hubs-compatible test endpoint, which accepts only the bearer token that a local token
 //! service (HTTPS, OAuth2 client credentials) hands to the right client; one side uses a client
 //! secret, the other a federated token file (workload identity). A wrong secret is refused at
-//! start with what to check.
+//! start with what to check. The Blob checkpoint store signs in to Azurite over HTTPS with a
+//! bearer token (`--oauth basic`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir_eventhubs_endpoint::{EndpointConfig, PublishTo};
 use weir_tests::eventhubs::TestEndpoint;
+use weir_tests::servers::Azurite;
 use weir_tests::tls::test_certificates;
-use weir_tests::token_service::{TokenService, TokenServiceConfig};
+use weir_tests::token_service::{TokenService, TokenServiceConfig, storage_jwt};
 use weir_tests::{WeirProcess, plugin_path};
 
 const TENANT: &str = "00000000-0000-0000-0000-00000000beef";
 const CLIENT: &str = "weir-test-client";
 const SECRET: &str = "the-right-secret";
 const FEDERATED: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3ZWlyIn0.";
-const ACCESS_TOKEN: &str = "entra-access-token-for-weir";
 const EVENTS: usize = 40;
 
 struct Setup {
     dir: tempfile::TempDir,
     ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    access_token: String,
     tokens: TokenService,
     endpoint: TestEndpoint,
 }
@@ -30,25 +34,29 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = test_certificates(dir.path());
+    let access_token = storage_jwt(TENANT);
     let tokens = TokenService::start(
         TokenServiceConfig {
             tenant_id: TENANT.to_owned(),
             client_id: CLIENT.to_owned(),
             client_secret: SECRET.to_owned(),
             federated_token: FEDERATED.to_owned(),
-            access_token: ACCESS_TOKEN.to_owned(),
+            access_token: access_token.clone(),
         },
         &cert,
         &key,
     );
     let endpoint = TestEndpoint::start_with(EndpointConfig {
-        bearer_token: Some(ACCESS_TOKEN.to_owned()),
+        bearer_token: Some(access_token.clone()),
         ..EndpointConfig::with_hubs(&[("input", 2), ("output", 2)])
     });
     std::fs::write(dir.path().join("federated-token"), FEDERATED).expect("token file");
     Setup {
         dir,
         ca,
+        cert,
+        key,
+        access_token,
         tokens,
         endpoint,
     }
@@ -56,7 +64,7 @@ fn setup() -> Setup {
 
 /// A pipeline from hub `input` (client secret) through a passthrough plugin to hub `output`
 /// (federated token file).
-fn write_config(setup: &Setup) -> PathBuf {
+fn write_config(setup: &Setup, checkpoint: &str) -> PathBuf {
     let endpoint = setup.endpoint.endpoint.custom_endpoint();
     let authority = &setup.tokens.authority_host;
     let token_file = setup.dir.path().join("federated-token");
@@ -65,6 +73,7 @@ fn write_config(setup: &Setup) -> PathBuf {
 [checkpoint]
 dir = "checkpoints"
 interval = "200ms"
+{checkpoint}
 
 [sources.input]
 kind = "eventhubs"
@@ -132,7 +141,7 @@ fn event_hubs_source_and_sink_sign_in_with_a_client_secret_and_a_federated_token
             .publish("input", PublishTo::Partition(n % 2), body, &[])
             .expect("publish");
     }
-    let config = write_config(&setup);
+    let config = write_config(&setup, "");
     let (ok, log) = run(&config, &setup.ca, SECRET);
     assert!(ok, "weir failed:\n{log}");
 
@@ -159,7 +168,7 @@ fn event_hubs_source_and_sink_sign_in_with_a_client_secret_and_a_federated_token
 #[test]
 fn a_wrong_client_secret_is_refused_at_start_with_what_to_check() {
     let setup = setup();
-    let config = write_config(&setup);
+    let config = write_config(&setup, "");
     let (ok, log) = run(&config, &setup.ca, "a-wrong-secret");
     assert!(!ok, "weir must refuse a wrong secret:\n{log}");
     assert!(log.contains("Entra ID sign-in (client_secret)"), "{log}");
@@ -169,4 +178,62 @@ fn a_wrong_client_secret_is_refused_at_start_with_what_to_check() {
     );
     assert!(log.contains("AADSTS7000215"), "{log}");
     assert!(setup.endpoint.events("output").is_empty());
+}
+
+#[test]
+fn blob_checkpoints_sign_in_to_azurite_with_a_bearer_token() {
+    let setup = setup();
+    let azurite = Azurite::start_oauth(&setup.cert, &setup.key);
+    let endpoint = azurite.https_blob_endpoint();
+    // The container, made with the same bearer token (Python's standard library, trusting the
+    // test CA).
+    let create = format!(
+        "import ssl, urllib.request\nctx = ssl.create_default_context(cafile={ca:?})\nreq = urllib.request.Request({url:?}, method='PUT', headers={{'Authorization': 'Bearer ' + {token:?}, 'x-ms-version': '2021-08-06', 'Content-Length': '0'}})\nprint(urllib.request.urlopen(req, context=ctx).status)",
+        ca = setup.ca.display().to_string(),
+        url = format!("{endpoint}/checkpoints?restype=container"),
+        token = setup.access_token,
+    );
+    let output = weir_tests::python_command(&create)
+        .output()
+        .expect("python");
+    assert!(
+        output.status.success(),
+        "create the container: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for n in 0..EVENTS {
+        let body = format!(r#"{{"DeviceId":"d{}","Reading":{n}}}"#, n % 4);
+        setup
+            .endpoint
+            .endpoint
+            .publish("input", PublishTo::Partition(n % 2), body, &[])
+            .expect("publish");
+    }
+    let checkpoint = format!(
+        r#"[checkpoint.azure_blob]
+account = "devstoreaccount1"
+container = "checkpoints"
+endpoint = "{endpoint}"
+credential = {{ kind = "client_secret", tenant_id = "{TENANT}", client_id = "{CLIENT}", client_secret_env = "WEIR_TEST_CLIENT_SECRET", authority_host = "{authority}" }}
+"#,
+        authority = setup.tokens.authority_host,
+    );
+    let config = write_config(&setup, &checkpoint);
+    let (ok, log) = run(&config, &setup.ca, SECRET);
+    assert!(ok, "weir failed:\n{log}");
+    assert_eq!(setup.endpoint.unique_json("output").len(), EVENTS, "{log}");
+
+    // The checkpoints are in the container, listed with the bearer token.
+    let list = format!(
+        "import ssl, urllib.request\nctx = ssl.create_default_context(cafile={ca:?})\nreq = urllib.request.Request({url:?}, headers={{'Authorization': 'Bearer ' + {token:?}, 'x-ms-version': '2021-08-06'}})\nprint(urllib.request.urlopen(req, context=ctx).read().decode())",
+        ca = setup.ca.display().to_string(),
+        url = format!("{endpoint}/checkpoints?restype=container&comp=list"),
+        token = setup.access_token,
+    );
+    let output = weir_tests::python_command(&list).output().expect("python");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listing.contains("/checkpoint/"),
+        "no checkpoint blob:\n{listing}\n{log}"
+    );
 }
