@@ -65,6 +65,11 @@ fn setup() -> Setup {
 /// A pipeline from hub `input` (client secret) through a passthrough plugin to hub `output`
 /// (federated token file).
 fn write_config(setup: &Setup, checkpoint: &str) -> PathBuf {
+    write_config_with(setup, checkpoint, "", "\"output\"")
+}
+
+/// As [`write_config`], with `extra` sinks and the stage's `out` going to `outputs`.
+fn write_config_with(setup: &Setup, checkpoint: &str, extra: &str, outputs: &str) -> PathBuf {
     let endpoint = setup.endpoint.endpoint.custom_endpoint();
     let authority = &setup.tokens.authority_host;
     let token_file = setup.dir.path().join("federated-token");
@@ -93,6 +98,7 @@ credential = {{ kind = "workload_identity", tenant_id = "{TENANT}", client_id = 
 [sinks.dead_letters]
 kind = "file"
 path = "dead_letters"
+{extra}
 
 [pipelines.p]
 source = "input"
@@ -101,7 +107,7 @@ dead_letter = "dead_letters"
 [[pipelines.p.stages]]
 name = "forward"
 plugin = "{plugin}"
-outputs = {{ out = "output" }}
+outputs = {{ out = {outputs} }}
 "#,
         token_file = token_file.display(),
         plugin = plugin_path("passthrough").display(),
@@ -180,27 +186,37 @@ fn a_wrong_client_secret_is_refused_at_start_with_what_to_check() {
     assert!(setup.endpoint.events("output").is_empty());
 }
 
-#[test]
-fn blob_checkpoints_sign_in_to_azurite_with_a_bearer_token() {
-    let setup = setup();
-    let azurite = Azurite::start_oauth(&setup.cert, &setup.key);
-    let endpoint = azurite.https_blob_endpoint();
-    // The container, made with the same bearer token (Python's standard library, trusting the
-    // test CA).
-    let create = format!(
-        "import ssl, urllib.request\nctx = ssl.create_default_context(cafile={ca:?})\nreq = urllib.request.Request({url:?}, method='PUT', headers={{'Authorization': 'Bearer ' + {token:?}, 'x-ms-version': '2021-08-06', 'Content-Length': '0'}})\nprint(urllib.request.urlopen(req, context=ctx).status)",
+/// A Blob REST request to Azurite with the bearer token (Python's standard library, trusting the
+/// test CA); returns the response body.
+fn blob_request(setup: &Setup, method: &str, url: &str) -> String {
+    let script = format!(
+        "import ssl, urllib.request\nctx = ssl.create_default_context(cafile={ca:?})\nreq = urllib.request.Request({url:?}, method={method:?}, headers={{'Authorization': 'Bearer ' + {token:?}, 'x-ms-version': '2021-08-06', 'Content-Length': '0'}})\nprint(urllib.request.urlopen(req, context=ctx).read().decode())",
         ca = setup.ca.display().to_string(),
-        url = format!("{endpoint}/checkpoints?restype=container"),
         token = setup.access_token,
     );
-    let output = weir_tests::python_command(&create)
+    let output = weir_tests::python_command(&script)
         .output()
         .expect("python");
     assert!(
         output.status.success(),
-        "create the container: {}",
+        "{method} {url}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn blob_checkpoints_and_a_delta_table_sign_in_to_azurite_with_a_bearer_token() {
+    let setup = setup();
+    let azurite = Azurite::start_oauth(&setup.cert, &setup.key);
+    let endpoint = azurite.https_blob_endpoint();
+    // The containers, made with the same bearer token.
+    blob_request(
+        &setup,
+        "PUT",
+        &format!("{endpoint}/checkpoints?restype=container"),
+    );
+    blob_request(&setup, "PUT", &format!("{endpoint}/lake?restype=container"));
     for n in 0..EVENTS {
         let body = format!(r#"{{"DeviceId":"d{}","Reading":{n}}}"#, n % 4);
         setup
@@ -218,22 +234,46 @@ credential = {{ kind = "client_secret", tenant_id = "{TENANT}", client_id = "{CL
 "#,
         authority = setup.tokens.authority_host,
     );
-    let config = write_config(&setup, &checkpoint);
+    let lake = format!(
+        r#"
+[sinks.lake]
+kind = "delta"
+path = "az://lake/readings"
+storage_options = {{ azure_storage_account_name = "devstoreaccount1", azure_storage_endpoint = "{endpoint}" }}
+credential = {{ kind = "workload_identity", tenant_id = "{TENANT}", client_id = "{CLIENT}", token_file = "{token_file}", authority_host = "{authority}" }}
+columns = [{{ name = "DeviceId", type = "string" }}, {{ name = "Reading", type = "long" }}]
+"#,
+        token_file = setup.dir.path().join("federated-token").display(),
+        authority = setup.tokens.authority_host,
+    );
+    let config = write_config_with(&setup, &checkpoint, &lake, r#"["output", "lake"]"#);
     let (ok, log) = run(&config, &setup.ca, SECRET);
     assert!(ok, "weir failed:\n{log}");
     assert_eq!(setup.endpoint.unique_json("output").len(), EVENTS, "{log}");
+    let grants = setup.tokens.grants.lock().expect("grants").clone();
+    assert!(!grants.contains(&"refused".to_owned()), "{grants:?}");
 
-    // The checkpoints are in the container, listed with the bearer token.
-    let list = format!(
-        "import ssl, urllib.request\nctx = ssl.create_default_context(cafile={ca:?})\nreq = urllib.request.Request({url:?}, headers={{'Authorization': 'Bearer ' + {token:?}, 'x-ms-version': '2021-08-06'}})\nprint(urllib.request.urlopen(req, context=ctx).read().decode())",
-        ca = setup.ca.display().to_string(),
-        url = format!("{endpoint}/checkpoints?restype=container&comp=list"),
-        token = setup.access_token,
+    // The checkpoints and the table are in their containers, listed with the bearer token.
+    let listing = blob_request(
+        &setup,
+        "GET",
+        &format!("{endpoint}/checkpoints?restype=container&comp=list"),
     );
-    let output = weir_tests::python_command(&list).output().expect("python");
-    let listing = String::from_utf8_lossy(&output.stdout);
     assert!(
         listing.contains("/checkpoint/"),
         "no checkpoint blob:\n{listing}\n{log}"
+    );
+    let listing = blob_request(
+        &setup,
+        "GET",
+        &format!("{endpoint}/lake?restype=container&comp=list"),
+    );
+    assert!(
+        listing.contains("readings/_delta_log/00000000000000000000.json"),
+        "no Delta log:\n{listing}\n{log}"
+    );
+    assert!(
+        listing.contains(".parquet"),
+        "no data file:\n{listing}\n{log}"
     );
 }
