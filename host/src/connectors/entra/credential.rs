@@ -236,3 +236,92 @@ impl ClientAssertion for CertificateAssertion {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throw-away RSA certificate and PKCS#8 key made with `openssl`, in one PEM file.
+    fn certificate(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let path = dir.join("sp.pem");
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=weir-test-sp",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        if !status.success() {
+            return None;
+        }
+        let key = std::fs::read_to_string(dir.join("key.pem")).ok()?;
+        let cert = std::fs::read_to_string(dir.join("cert.pem")).ok()?;
+        std::fs::write(&path, format!("{cert}{key}")).ok()?;
+        Some(path)
+    }
+
+    #[test]
+    fn a_certificate_signs_a_client_assertion_entra_id_accepts_the_shape_of() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(path) = certificate(dir.path()) else {
+            eprintln!("openssl is not available: skipped");
+            return;
+        };
+        let assertion = CertificateAssertion::load(
+            &path.display().to_string(),
+            "tenant",
+            "client",
+            Some("https://login.example/"),
+        )
+        .expect("load");
+        let jwt = assertion.sign().expect("sign");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3, "{jwt}");
+        let decode = |part: &str| -> serde_json::Value {
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+        };
+        let header = decode(parts[0]);
+        let claims = decode(parts[1]);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["x5t"].as_str().map(str::len), Some(27));
+        assert_eq!(
+            claims["aud"],
+            "https://login.example/tenant/oauth2/v2.0/token"
+        );
+        assert_eq!(claims["iss"], "client");
+        assert_eq!(claims["sub"], "client");
+        // The signature verifies with the certificate's public key.
+        let public = assertion.key.public().as_ref().to_vec();
+        let signature = URL_SAFE_NO_PAD.decode(parts[2]).expect("signature");
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            public,
+        )
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .expect("a valid RS256 signature");
+    }
+
+    #[test]
+    fn a_certificate_file_without_a_key_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("nokey.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let err = CertificateAssertion::load(&path.display().to_string(), "t", "c", None)
+            .err()
+            .expect("refused");
+        assert!(err.contains("PRIVATE KEY"), "{err}");
+    }
+}
