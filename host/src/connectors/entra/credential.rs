@@ -320,8 +320,7 @@ mod tests {
         )
         .expect("write");
         let err = CertificateAssertion::load(&path.display().to_string(), "t", "c", None)
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(err.contains("PRIVATE KEY"), "{err}");
     }
 }
