@@ -17,13 +17,18 @@ pub struct TestEndpoint {
 impl TestEndpoint {
     /// Starts an endpoint on a free port of 127.0.0.1 serving `hubs` (name, partitions).
     pub fn start(hubs: &[(&str, u32)]) -> TestEndpoint {
+        Self::start_with(EndpointConfig::with_hubs(hubs))
+    }
+
+    /// Starts an endpoint with `config`.
+    pub fn start_with(config: EndpointConfig) -> TestEndpoint {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
         let endpoint = runtime
-            .block_on(Endpoint::start(EndpointConfig::with_hubs(hubs)))
+            .block_on(Endpoint::start(config))
             .expect("start the Event Hubs test endpoint");
         TestEndpoint { endpoint, runtime }
     }

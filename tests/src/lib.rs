@@ -21,6 +21,7 @@ pub mod servers;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod token_service;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

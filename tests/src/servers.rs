@@ -161,33 +161,48 @@ pub fn azurite_binary() -> PathBuf {
 impl Azurite {
     /// Starts Azurite on a port the system picks and waits until it listens.
     pub fn start() -> Azurite {
+        Self::start_with(&[], "http")
+    }
+
+    /// Starts Azurite over HTTPS with `cert`/`key`, checking bearer tokens (`--oauth basic`:
+    /// format, lifetime, issuer and audience, not the signature).
+    pub fn start_oauth(cert: &Path, key: &Path) -> Azurite {
+        let args = [
+            "--cert".to_owned(),
+            cert.display().to_string(),
+            "--key".to_owned(),
+            key.display().to_string(),
+            "--oauth".to_owned(),
+            "basic".to_owned(),
+        ];
+        Self::start_with(&args, "https")
+    }
+
+    /// Starts Azurite with `extra` arguments, listening on `scheme`.
+    fn start_with(extra: &[String], scheme: &str) -> Azurite {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("azurite.log");
-        let server = spawn(
-            &azurite_binary(),
-            &[
-                "--blobHost".to_owned(),
-                "127.0.0.1".to_owned(),
-                "--blobPort".to_owned(),
-                "0".to_owned(),
-                "--location".to_owned(),
-                dir.path().display().to_string(),
-                "--skipApiVersionCheck".to_owned(),
-                "--loose".to_owned(),
-                "--disableTelemetry".to_owned(),
-            ],
-            log,
-        );
+        let mut args = extra.to_vec();
+        args.extend([
+            "--blobHost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--blobPort".to_owned(),
+            "0".to_owned(),
+            "--location".to_owned(),
+            dir.path().display().to_string(),
+            "--skipApiVersionCheck".to_owned(),
+            "--loose".to_owned(),
+            "--disableTelemetry".to_owned(),
+        ]);
+        let server = spawn(&azurite_binary(), &args, log);
+        let listening =
+            format!("Azurite Blob service successfully listens on {scheme}://127.0.0.1:");
         let mut port = 0;
         wait_for("Azurite to listen", Duration::from_secs(60), || {
             let text = server.log_text();
             port = text
                 .lines()
-                .find_map(|line| {
-                    line.strip_prefix(
-                        "Azurite Blob service successfully listens on http://127.0.0.1:",
-                    )
-                })
+                .find_map(|line| line.strip_prefix(listening.as_str()))
                 .and_then(|p| p.trim().parse().ok())
                 .unwrap_or(0);
             port != 0
@@ -197,6 +212,11 @@ impl Azurite {
             port,
             _dir: dir,
         }
+    }
+
+    /// The Blob service URL of the development account over HTTPS (with [`Azurite::start_oauth`]).
+    pub fn https_blob_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
     }
 
     /// The Blob service URL of the development account (no trailing slash).

@@ -495,6 +495,18 @@ fn validate_consumer_scopes(doc: &Document<'_>, config: &Config) -> Result<(), C
 
 /// The ownership claims' expiry and renewal.
 fn validate_checkpoint(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
+    if let Some(credential) = config
+        .checkpoint
+        .azure_blob
+        .as_ref()
+        .and_then(|blob| blob.credential.as_ref())
+    {
+        crate::connectors::entra::config::validate_storage(
+            doc,
+            &["checkpoint", "azure_blob", "credential"],
+            credential,
+        )?;
+    }
     let ownership = &config.checkpoint.ownership;
     if ownership.expiry.get() < std::time::Duration::from_millis(500) {
         return Err(doc.error(

@@ -8,13 +8,15 @@
 //! - [`stdout`]: standard output (sink);
 //! - [`delta`]: a Delta Lake table, local or on Azure (sink);
 //! - [`webhook`]: JSON POSTs to an HTTP endpoint (sink);
-//! - [`azure_blob`]: the Azure Blob Storage checkpoint store.
+//! - [`azure_blob`]: the Azure Blob Storage checkpoint store;
+//! - [`entra`]: Microsoft Entra ID sign-in, shared by the Azure connectors.
 //!
 //! [`crate::source`] and [`crate::sink`] hold the traits every connector implements and pick one
 //! by configuration; the demo generators live apart, in [`crate::generators`].
 
 pub mod azure_blob;
 pub mod delta;
+pub mod entra;
 pub mod eventhubs;
 pub mod file;
 pub mod http;

@@ -2,7 +2,7 @@
 //!
 //! It is an AMQP 1.0 listener (on `fe2o3-amqp`'s acceptor) that serves enough of the Event Hubs
 //! protocol for the real `azure_messaging_eventhubs` client:
-//! - SASL ANONYMOUS, and `$cbs` put-token (any token is accepted);
+//! - SASL ANONYMOUS, and `$cbs` put-token (any token is accepted, or only one bearer token);
 //! - `$management` reads of hub properties (`com.microsoft:eventhub`) and partition properties
 //!   (`com.microsoft:partition`);
 //! - producers sending to `<hub>` (by partition key, or round robin) and to
@@ -94,6 +94,9 @@ pub struct EndpointConfig {
     /// transfer, and then waits forever (seen on loopback with no delay, and once with 5 ms on
     /// a loaded machine).
     pub settle_delay: Duration,
+    /// The only token a `$cbs` put-token may carry, as a bearer token (`jwt`, as Entra ID
+    /// sign-in sends it); absent: any token of any type is accepted.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for EndpointConfig {
@@ -103,6 +106,7 @@ impl Default for EndpointConfig {
             hubs: Vec::new(),
             max_message_size: 1024 * 1024,
             settle_delay: Duration::from_millis(20),
+            bearer_token: None,
         }
     }
 }

@@ -681,8 +681,7 @@ fn respond(shared: &Shared, request: &Message<Body<Value>>) -> Message<Body<Valu
         .and_then(|p| p.message_id.clone());
     let operation = property_text(request, "operation").unwrap_or_default();
     let (status, description, body) = match operation {
-        // Any token is good enough for a test endpoint.
-        "put-token" => (202, "Accepted".to_owned(), Value::Null),
+        "put-token" => put_token(shared, request),
         "READ" => read(shared, request),
         other => (
             501,
@@ -691,6 +690,28 @@ fn respond(shared: &Shared, request: &Message<Body<Value>>) -> Message<Body<Valu
         ),
     };
     reply(status, &description, body, correlation)
+}
+
+/// A `$cbs` put-token: any token is good enough for a test endpoint, unless it is configured
+/// with the one bearer token it accepts (Entra ID sign-in tests).
+fn put_token(shared: &Shared, request: &Message<Body<Value>>) -> (i32, String, Value) {
+    let Some(expected) = &shared.config.bearer_token else {
+        return (202, "Accepted".to_owned(), Value::Null);
+    };
+    let kind = property_text(request, "type").unwrap_or_default();
+    let token = match &request.body {
+        Body::Value(AmqpValue(Value::String(token))) => token.as_str(),
+        _ => "",
+    };
+    if kind == "jwt" && token == expected {
+        (202, "Accepted".to_owned(), Value::Null)
+    } else {
+        (
+            401,
+            format!("Unauthorized: expected the test bearer token (type `jwt`), got type `{kind}`"),
+            Value::Null,
+        )
+    }
 }
 
 fn reply(

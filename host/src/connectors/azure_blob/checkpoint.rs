@@ -74,7 +74,12 @@ impl BlobCheckpointStore {
             }
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
         }
-        for (key, value) in &config.options {
+        let options = crate::connectors::entra::config::with_storage_credential(
+            config.credential.as_ref(),
+            &config.options,
+        )
+        .map_err(fail)?;
+        for (key, value) in &options {
             let key: AzureConfigKey = key
                 .parse()
                 .map_err(|e| fail(format!("unknown option `{key}`: {e}")))?;

@@ -24,4 +24,9 @@ pub struct AzureBlobCheckpointConfig {
     /// and managed identity are used.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Sign in with Microsoft Entra ID: `{ kind = "managed_identity" | "workload_identity" |
+    /// "client_secret" | "azure_cli", ... }` (the identity needs the role "Storage Blob Data
+    /// Contributor" on the container).
+    #[serde(default)]
+    pub credential: Option<crate::connectors::entra::EntraCredential>,
 }

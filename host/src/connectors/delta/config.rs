@@ -20,6 +20,11 @@ pub struct DeltaSinkConfig {
     /// `AZURE_*` environment variables and managed identity are used.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
+    /// Sign in to Azure Storage or Fabric OneLake with Microsoft Entra ID: `{ kind =
+    /// "managed_identity" | "workload_identity" | "client_secret" | "azure_cli", ... }`; its
+    /// options join `storage_options` (which win).
+    #[serde(default)]
+    pub credential: Option<crate::connectors::entra::EntraCredential>,
     /// Columns of the table, in order. Omitted: the existing table's columns, each filled from
     /// the top-level field of its name (the start is refused if the table does not exist).
     #[serde(default)]
@@ -244,6 +249,13 @@ pub(crate) fn validate_sink(
     name: &str,
     delta: &DeltaSinkConfig,
 ) -> Result<(), ConfigError> {
+    if let Some(credential) = &delta.credential {
+        crate::connectors::entra::config::validate_storage(
+            doc,
+            &["sinks", name, "credential"],
+            credential,
+        )?;
+    }
     if delta.columns.is_empty() {
         // Taken from the existing table when the sink opens (refused there if it does not exist).
         return Ok(());
@@ -273,4 +285,14 @@ pub(crate) fn validate_sink(
         }
     }
     Ok(())
+}
+
+impl DeltaSinkConfig {
+    /// `storage_options` with the `credential`'s options added.
+    pub fn storage_options_with_credential(&self) -> Result<BTreeMap<String, String>, String> {
+        crate::connectors::entra::config::with_storage_credential(
+            self.credential.as_ref(),
+            &self.storage_options,
+        )
+    }
 }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::config::ConfigDuration;
+use crate::connectors::entra::EntraCredential;
 
 /// How to reach an Event Hub, as both the source and the sink configure it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub struct EventHubsConnectionConfig {
     pub event_hub: Option<String>,
     /// Address to connect to instead of the namespace.
     pub custom_endpoint: Option<String>,
+    /// Fully qualified namespace, for Entra ID sign-in.
+    pub namespace: Option<String>,
+    /// Entra ID credential, instead of a connection string.
+    pub credential: Option<EntraCredential>,
 }
 
 /// An Event Hub read partition by partition: each Event Hubs partition is a Weir partition, and
@@ -36,6 +41,14 @@ pub struct EventHubsSourceConfig {
     /// endpoint): `amqp://127.0.0.1:5672` (plain) or `amqps://host:port` (TLS).
     #[serde(default)]
     pub custom_endpoint: Option<String>,
+    /// Fully qualified namespace (`<namespace>.servicebus.windows.net`), with `credential`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Sign in with Microsoft Entra ID instead of a connection string (with `namespace` and
+    /// `event_hub`): `{ kind = "managed_identity" | "workload_identity" | "client_secret" |
+    /// "client_certificate" | "azure_cli", ... }`.
+    #[serde(default)]
+    pub credential: Option<EntraCredential>,
     /// Consumer group to read as.
     #[serde(default = "default_consumer_group")]
     pub consumer_group: String,
@@ -118,6 +131,14 @@ pub struct EventHubsSinkConfig {
     /// endpoint): `amqp://127.0.0.1:5672` (plain) or `amqps://host:port` (TLS).
     #[serde(default)]
     pub custom_endpoint: Option<String>,
+    /// Fully qualified namespace (`<namespace>.servicebus.windows.net`), with `credential`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Sign in with Microsoft Entra ID instead of a connection string (with `namespace` and
+    /// `event_hub`): `{ kind = "managed_identity" | "workload_identity" | "client_secret" |
+    /// "client_certificate" | "azure_cli", ... }`.
+    #[serde(default)]
+    pub credential: Option<EntraCredential>,
     /// How records are spread over the hub's partitions.
     #[serde(default)]
     pub partition_by: EventHubsRouting,
@@ -144,6 +165,8 @@ macro_rules! connection_of {
                     connection_string_env: self.connection_string_env.clone(),
                     event_hub: self.event_hub.clone(),
                     custom_endpoint: self.custom_endpoint.clone(),
+                    namespace: self.namespace.clone(),
+                    credential: self.credential.clone(),
                 }
             }
         }
@@ -182,6 +205,15 @@ pub(crate) fn validate_connection(
         keys.push(field);
         keys
     };
+    if let Some(credential) = &connection.credential {
+        return validate_entra(doc, at, connection, credential);
+    }
+    if connection.namespace.is_some() {
+        return Err(doc.error(
+            &key("namespace"),
+            "`namespace` goes with a `credential` table (Entra ID sign-in); with a connection string the namespace is its `Endpoint`",
+        ));
+    }
     match (
         &connection.connection_string,
         &connection.connection_string_env,
@@ -195,7 +227,7 @@ pub(crate) fn validate_connection(
         (None, None) => {
             return Err(doc.error(
                 at,
-                "expected `connection_string` (or `connection_string_env`, the name of an environment variable holding it)",
+                "expected `connection_string` (or `connection_string_env`, the name of an environment variable holding it), or a `credential` table (Entra ID sign-in) with `namespace`",
             ));
         }
         (Some(text), None) if !text.to_ascii_lowercase().contains("endpoint=") => {
@@ -206,6 +238,67 @@ pub(crate) fn validate_connection(
         }
         _ => {}
     }
+    validate_endpoint_and_hub(doc, at, connection)
+}
+
+/// With a `credential`: no connection string, a namespace and a hub, a usable credential.
+fn validate_entra(
+    doc: &crate::config::Document<'_>,
+    at: &[&str],
+    connection: &EventHubsConnectionConfig,
+    credential: &EntraCredential,
+) -> Result<(), crate::config::ConfigError> {
+    let key = |field: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(field);
+        keys
+    };
+    if connection.connection_string.is_some() || connection.connection_string_env.is_some() {
+        let field = if connection.connection_string.is_some() {
+            "connection_string"
+        } else {
+            "connection_string_env"
+        };
+        return Err(doc.error(
+            &key(field),
+            "give either a connection string or a `credential` table (Entra ID sign-in), not both",
+        ));
+    }
+    match connection.namespace.as_deref() {
+        None | Some("") => {
+            return Err(doc.error(
+                at,
+                "expected `namespace` (`<namespace>.servicebus.windows.net`) with a `credential` table",
+            ));
+        }
+        Some(namespace) if namespace.contains("://") || namespace.contains('/') => {
+            return Err(doc.error(
+                &key("namespace"),
+                format!("expected a host name such as `<namespace>.servicebus.windows.net`, found `{namespace}`"),
+            ));
+        }
+        Some(_) => {}
+    }
+    if connection.event_hub.is_none() {
+        return Err(doc.error(at, "expected `event_hub` with a `credential` table"));
+    }
+    let mut credential_at = at.to_vec();
+    credential_at.push("credential");
+    crate::connectors::entra::config::validate(doc, &credential_at, credential)?;
+    validate_endpoint_and_hub(doc, at, connection)
+}
+
+/// A plausible custom endpoint and a non-empty hub name.
+fn validate_endpoint_and_hub(
+    doc: &crate::config::Document<'_>,
+    at: &[&str],
+    connection: &EventHubsConnectionConfig,
+) -> Result<(), crate::config::ConfigError> {
+    let key = |field: &'static str| {
+        let mut keys = at.to_vec();
+        keys.push(field);
+        keys
+    };
     if let Some(endpoint) = &connection.custom_endpoint
         && !(endpoint.starts_with("amqp://") || endpoint.starts_with("amqps://"))
     {
@@ -310,7 +403,10 @@ impl EventHubsSourceConfig {
                     .then(|| value.trim().to_owned())
             })
         };
-        let namespace = field("Endpoint")
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| field("Endpoint"))
             .map(|endpoint| {
                 let host = endpoint
                     .split_once("://")

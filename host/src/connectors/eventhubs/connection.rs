@@ -1,22 +1,37 @@
 //! Opening Event Hubs clients from Weir's configuration, for the source and the sink.
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use azure_messaging_eventhubs::{ConnectionString, ConsumerClient, ProducerClient, RetryOptions};
 
+use azure_core::credentials::TokenCredential;
+
 use crate::config::EventHubsConnectionConfig;
+use crate::connectors::entra::EntraCredential;
+
+/// The Entra ID scope of Event Hubs' data plane.
+const EVENTHUBS_SCOPE: &str = "https://eventhubs.azure.net/.default";
+
+/// How a connection signs in.
+#[derive(Clone)]
+enum SignIn {
+    /// A SAS connection string (it holds the key).
+    ConnectionString(String),
+    /// A Microsoft Entra ID credential.
+    Entra(EntraCredential, Arc<dyn TokenCredential>),
+}
 
 /// How long opening a client may take before it counts as failed.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long closing a client may take; after it, the client is dropped.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A resolved connection: the connection string (read from the environment if configured so),
-/// the hub, and the optional custom endpoint.
+/// A resolved connection: the connection string (read from the environment if configured so) or
+/// the Entra ID credential, the hub, and the optional custom endpoint.
 #[derive(Clone)]
 pub(crate) struct Connection {
-    connection_string: String,
+    sign_in: SignIn,
     event_hub: String,
     namespace: String,
     custom_endpoint: Option<String>,
@@ -37,6 +52,9 @@ impl Connection {
     /// Reads the connection string (inline or from its environment variable) and works out the
     /// hub's name.
     pub(crate) fn resolve(config: &EventHubsConnectionConfig) -> Result<Connection, String> {
+        if let Some(credential) = &config.credential {
+            return Self::resolve_entra(config, credential);
+        }
         let connection_string = match (&config.connection_string, &config.connection_string_env) {
             (Some(text), _) => text.clone(),
             (None, Some(variable)) => std::env::var(variable).map_err(|_| {
@@ -59,11 +77,42 @@ impl Connection {
         };
         install_crypto_provider();
         Ok(Connection {
-            connection_string,
+            sign_in: SignIn::ConnectionString(connection_string),
             event_hub,
             namespace: parsed.fully_qualified_namespace,
             custom_endpoint: config.custom_endpoint.clone(),
         })
+    }
+
+    /// A connection signing in with `credential` to the configured namespace and hub.
+    fn resolve_entra(
+        config: &EventHubsConnectionConfig,
+        credential: &EntraCredential,
+    ) -> Result<Connection, String> {
+        let (Some(namespace), Some(event_hub)) = (&config.namespace, &config.event_hub) else {
+            return Err("Entra ID sign-in needs `namespace` and `event_hub`".to_owned());
+        };
+        install_crypto_provider();
+        let token_credential = crate::connectors::entra::credential::build(credential)?;
+        Ok(Connection {
+            sign_in: SignIn::Entra(credential.clone(), token_credential),
+            event_hub: event_hub.clone(),
+            namespace: namespace.clone(),
+            custom_endpoint: config.custom_endpoint.clone(),
+        })
+    }
+
+    /// Signs in once with an Entra ID credential, so that a wrong one is reported with what to
+    /// check (the AMQP client would only retry); nothing to do with a connection string.
+    async fn check_sign_in(&self) -> Result<(), String> {
+        match &self.sign_in {
+            SignIn::ConnectionString(_) => Ok(()),
+            SignIn::Entra(config, credential) => {
+                crate::connectors::entra::credential::check(config, credential, EVENTHUBS_SCOPE)
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", self.describe()))
+            }
+        }
     }
 
     /// The hub for people, without secrets: `hub` on `namespace` (via `custom endpoint`).
@@ -95,8 +144,21 @@ impl Connection {
         if let Some(endpoint) = &self.custom_endpoint {
             builder = builder.with_custom_endpoint(endpoint.clone());
         }
-        let opening =
-            builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
+        self.check_sign_in().await?;
+        let opening = async {
+            match &self.sign_in {
+                SignIn::ConnectionString(text) => {
+                    builder
+                        .open_with_connection_string(text, Some(&self.event_hub))
+                        .await
+                }
+                SignIn::Entra(_, credential) => {
+                    builder
+                        .open(&self.namespace, self.event_hub.clone(), credential.clone())
+                        .await
+                }
+            }
+        };
         match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.describe())),
@@ -115,8 +177,21 @@ impl Connection {
         if let Some(endpoint) = &self.custom_endpoint {
             builder = builder.with_custom_endpoint(endpoint.clone());
         }
-        let opening =
-            builder.open_with_connection_string(&self.connection_string, Some(&self.event_hub));
+        self.check_sign_in().await?;
+        let opening = async {
+            match &self.sign_in {
+                SignIn::ConnectionString(text) => {
+                    builder
+                        .open_with_connection_string(text, Some(&self.event_hub))
+                        .await
+                }
+                SignIn::Entra(_, credential) => {
+                    builder
+                        .open(&self.namespace, &self.event_hub, credential.clone())
+                        .await
+                }
+            }
+        };
         match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.describe())),

@@ -93,8 +93,12 @@ impl DeltaSink {
         config: &DeltaSinkConfig,
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
-        let location = Location::parse(&config.path, &config.storage_options, loaded)
-            .map_err(|reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason))?;
+        let misconfigured = |reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
+        let storage_options = config
+            .storage_options_with_credential()
+            .map_err(misconfigured)?;
+        let location =
+            Location::parse(&config.path, &storage_options, loaded).map_err(misconfigured)?;
         Self::open_at(name, config, location).await
     }
 

@@ -1,0 +1,9 @@
+//! Microsoft Entra ID sign-in for the Azure connectors (Event Hubs, the Blob checkpoint store,
+//! Delta tables on ADLS Gen2 and Fabric OneLake): the `credential` table they share, and the
+//! credential it builds through the Azure SDK's identity crate.
+
+pub mod config;
+#[cfg(feature = "eventhubs")]
+pub mod credential;
+
+pub use config::EntraCredential;
