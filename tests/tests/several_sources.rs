@@ -1,8 +1,10 @@
 //! Pipelines with several sources, through `weir run`: bookings and payments as two sources (two
 //! files), joined in event time within 2 minutes into the Delta table `bookings_fact`, which
 //! equals the join derived relationally from the same orders; the same when the payments pause
-//! for far longer than the join's bound; the same row for row after SIGKILLs; and what is refused
-//! at start, with file, line and key.
+//! for far longer than the join's bound; the same row for row after SIGKILLs; the same from two
+//! hubs of the Event Hubs test endpoint, from two Kafka topics (tansu on loopback) and from a hub
+//! and a topic; the example's two simulators as one simulator of both streams; and what is
+//! refused at start, with file, line and key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -661,4 +663,212 @@ outputs = {{ tagged = "out" }}
             "{id} is tagged with source {source}"
         );
     }
+}
+
+/// The `[sources.NAME]` table of a Kafka topic on `broker`, read to its end.
+fn kafka_source(name: &str, broker: &str, topic: &str) -> String {
+    format!(
+        r#"[sources.{name}]
+kind = "kafka"
+brokers = ["{broker}"]
+topic = "{topic}"
+stop_at_end = true
+fetch_max_wait = "100ms"
+"#
+    )
+}
+
+/// `(partition, OrderId, line)` of each line, the partition taken from `partition_of` the order.
+fn partitioned(lines: &[String], partition_of: impl Fn(&str) -> i32) -> Vec<(i32, String, String)> {
+    keyed(lines)
+        .into_iter()
+        .map(|(key, line)| (partition_of(&key), key, line))
+        .collect()
+}
+
+/// Runs the two-source bookings pipeline with `sources` in place of the two files, to the end of
+/// its inputs, and checks its fact table against the plain fold over `orders`.
+fn assert_two_source_fact(sources: &str, orders: &[Order]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            sources: Some(sources),
+            ..DEFAULT
+        },
+    );
+    let log = run_to_completion(&config, Duration::from_secs(240));
+    assert_fact(&read_delta(&dir.path().join("bookings_fact")).rows, orders);
+    assert!(
+        read_jsonl_dir(&dir.path().join("dead_letters")).is_empty(),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_kafka_topics_joined_give_the_fact_of_a_plain_fold_over_both_inputs() {
+    let broker = weir_tests::servers::KafkaBroker::start();
+    let address = broker.address();
+    weir_tests::kafka::create_topic(&address, "bookingstopic", 4);
+    weir_tests::kafka::create_topic(&address, "paymentstopic", 4);
+    let orders = generated_orders(600, 23);
+    let (bookings, payments) = streams(&orders);
+    // The producers of both topics spread orders the same way (co-partitioned, as a join needs).
+    let partition_of = |key: &str| {
+        let hash = key.bytes().fold(2_166_136_261u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(16_777_619)
+        });
+        (hash % 4) as i32
+    };
+    weir_tests::kafka::produce(
+        &address,
+        "bookingstopic",
+        &partitioned(&bookings, partition_of),
+    );
+    weir_tests::kafka::produce(
+        &address,
+        "paymentstopic",
+        &partitioned(&payments, partition_of),
+    );
+    let sources = format!(
+        "{}\n{}",
+        kafka_source("bookings", &address, "bookingstopic"),
+        kafka_source("payments", &address, "paymentstopic")
+    );
+    assert_two_source_fact(&sources, &orders);
+}
+
+#[test]
+fn a_hub_and_a_topic_joined_give_the_fact_of_a_plain_fold_over_both_inputs() {
+    let endpoint = TestEndpoint::start(&[("bookingstopic", 4)]);
+    let broker = weir_tests::servers::KafkaBroker::start();
+    let address = broker.address();
+    weir_tests::kafka::create_topic(&address, "paymentstopic", 4);
+    let orders = generated_orders(600, 29);
+    let (bookings, payments) = streams(&orders);
+    endpoint.publish_keyed("bookingstopic", &keyed(&bookings));
+    // The payments' producer puts each order in the partition the hub hashed it to.
+    let mut hub_partition = std::collections::BTreeMap::new();
+    for partition in 0..4 {
+        let events = endpoint
+            .endpoint
+            .events("bookingstopic", partition)
+            .expect("hub events");
+        for event in events {
+            if let Some(key) = event.partition_key {
+                hub_partition.insert(key, partition as i32);
+            }
+        }
+    }
+    let partition_of = |key: &str| hub_partition.get(key).copied().unwrap_or(0);
+    weir_tests::kafka::produce(
+        &address,
+        "paymentstopic",
+        &partitioned(&payments, partition_of),
+    );
+    let hub = format!(
+        r#"[sources.bookings]
+kind = "eventhubs"
+connection_string = "{connection}"
+custom_endpoint = "{custom}"
+consumer_group = "$Default"
+start_position = "earliest"
+stop_at_end = true
+"#,
+        connection = endpoint.endpoint.connection_string("bookingstopic"),
+        custom = endpoint.endpoint.custom_endpoint(),
+    );
+    let sources = format!(
+        "{hub}\n{}",
+        kafka_source("payments", &address, "paymentstopic")
+    );
+    assert_two_source_fact(&sources, &orders);
+}
+
+/// `examples/bookings.toml` as written (two bookings simulators, one per stream, one seed), its
+/// outputs and checkpoints in `dir`, plugins from the test build and `orders` orders; with
+/// `one_source`, its single-source form instead: one simulator carrying both streams.
+fn simulated_bookings(dir: &Path, orders: i64, one_source: bool) -> PathBuf {
+    use toml::{Table, Value};
+    let example = weir_tests::workspace_dir().join("examples/bookings.toml");
+    let text = std::fs::read_to_string(&example).expect("read example");
+    let mut config: Table = text.parse().expect("example is TOML");
+    let at = |name: &str| Value::String(dir.join(name).display().to_string());
+    config["checkpoint"]["dir"] = at("checkpoints");
+    config["checkpoint"]["interval"] = Value::String("500ms".into());
+    config["plugins"]["store_dir"] = at("plugins");
+    let sources = config["sources"].as_table_mut().expect("sources");
+    for (_, source) in sources.iter_mut() {
+        source["max_orders"] = Value::Integer(orders);
+        source["rate"] = Value::Integer(50_000);
+    }
+    if one_source {
+        sources.remove("payments");
+        sources["bookings"]["stream"] = Value::String("both".into());
+    }
+    for (name, sink) in config["sinks"].as_table_mut().expect("sinks").iter_mut() {
+        sink["path"] = at(name);
+    }
+    let pipeline = config["pipelines"]["bookings"]
+        .as_table_mut()
+        .expect("pipeline");
+    if one_source {
+        pipeline.remove("sources");
+        pipeline.insert("source".into(), Value::String("bookings".into()));
+    }
+    for stage in pipeline["stages"].as_array_mut().expect("stages") {
+        let plugin = stage["plugin"].as_str().expect("plugin").to_owned();
+        let stem = Path::new(&plugin)
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        stage["plugin"] = Value::String(plugin_path(&stem).display().to_string());
+        if let Some(tables) = stage.get_mut("reference").and_then(Value::as_table_mut) {
+            for (_, table) in tables.iter_mut() {
+                let relative = table["path"].as_str().expect("path").to_owned();
+                let absolute = example.parent().expect("examples").join(relative);
+                table["path"] = Value::String(absolute.display().to_string());
+            }
+        }
+    }
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, toml::to_string(&config).expect("TOML")).expect("write config");
+    path
+}
+
+/// The rows of a table as sorted JSON texts (a multiset).
+fn sorted_rows(rows: &[serde_json::Value]) -> Vec<String> {
+    let mut rows: Vec<String> = rows.iter().map(ToString::to_string).collect();
+    rows.sort_unstable();
+    rows
+}
+
+#[test]
+fn the_example_two_simulators_give_the_fact_table_of_one_simulator_carrying_both_streams() {
+    let two = tempfile::tempdir().expect("temp dir");
+    run_to_completion(
+        &simulated_bookings(two.path(), 3000, false),
+        Duration::from_secs(240),
+    );
+    let one = tempfile::tempdir().expect("temp dir");
+    run_to_completion(
+        &simulated_bookings(one.path(), 3000, true),
+        Duration::from_secs(240),
+    );
+    let from_two = sorted_rows(&read_delta(&two.path().join("bookings_fact")).rows);
+    let from_one = sorted_rows(&read_delta(&one.path().join("bookings_fact")).rows);
+    assert!(from_two.len() > 3000, "{} rows", from_two.len());
+    let paid = from_two
+        .iter()
+        .filter(|r| r.contains("\"Paid\":true"))
+        .count();
+    assert!(
+        paid > 0 && paid < from_two.len(),
+        "{paid} of {} paid",
+        from_two.len()
+    );
+    eprintln!("{} fact rows, {paid} paid", from_two.len());
+    assert_eq!(from_two.len(), from_one.len());
+    assert!(from_two == from_one, "the two runs' fact tables differ");
 }
