@@ -19,7 +19,7 @@ pub struct DecodeError {
 }
 
 /// Appends values to a buffer.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Writer {
     buf: Vec<u8>,
 }

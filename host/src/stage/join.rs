@@ -470,6 +470,7 @@ impl StageKind for Joins {
         let mut w = write_snapshot_start(keyed);
         w.u64(self.state.next_id);
         w.len(self.state.expiry.len());
+        let mut sources = Vec::with_capacity(self.state.expiry.len());
         for (expires, id) in &self.state.expiry {
             let Some((side, waiting)) = self.state.waiting.get(id) else {
                 continue;
@@ -480,6 +481,13 @@ impl StageKind for Joins {
             w.u8(u8::from(waiting.matched));
             w.str(&waiting.key);
             w.event(&waiting.event);
+            sources.push(&waiting.event.source);
+        }
+        // The waiting events' sources, in the same order, after them: state written before
+        // pipelines had several sources ends here, and still restores.
+        w.len(sources.len());
+        for source in sources {
+            w.str(source);
         }
         w.finish()
     }
@@ -503,8 +511,10 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, JoinState), DecodeError> {
         ..JoinState::default()
     };
     let count = r.len("the number of waiting events")?;
+    let mut order = Vec::with_capacity(count);
     for _ in 0..count {
         let id = r.u64("a waiting event's id")?;
+        order.push(id);
         let expires = r.i64("a waiting event's expiry")?;
         let side = match r.u8("a waiting event's side")? {
             0 => Side::Left,
@@ -530,6 +540,15 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, JoinState), DecodeError> {
             ),
         );
     }
+    if !r.is_empty() {
+        let sources = r.len("the number of waiting events' sources")?;
+        for id in order.iter().take(sources) {
+            let source: Arc<str> = Arc::from(r.str("a waiting event's source")?);
+            if let Some((_, waiting)) = state.waiting.get_mut(id) {
+                waiting.event.source = source;
+            }
+        }
+    }
     Ok((keyed, state))
 }
 
@@ -544,6 +563,7 @@ mod tests {
         let key: Arc<str> = Arc::from("order-1");
         let mut event = Event::new(0, 4, &b"{\"OrderId\":\"order-1\"}"[..]);
         event.event_time = Some(1000);
+        event.source = Arc::from("payments");
         state.waiting.insert(
             7,
             (
@@ -571,7 +591,13 @@ mod tests {
         w.u8(1);
         w.str(&waiting.key);
         w.event(&waiting.event);
+        // State written before several sources: the events' sources are unknown.
+        let (_, old) = restore(&w.clone().finish()).expect("restore an old snapshot");
+        assert_eq!(&*old.waiting[&7].1.event.source, "");
+        w.len(1);
+        w.str("payments");
         let (_, restored) = restore(&w.finish()).expect("restore");
         assert_eq!(restored, state);
+        assert_eq!(&*restored.waiting[&7].1.event.source, "payments");
     }
 }

@@ -1495,7 +1495,7 @@ async fn compaction_and_vacuum_keep_every_row_and_the_transactions() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let table = dir.path().join("t");
     let settings = format!(
-        "maintenance = {{ interval = \"1h\", compact_min_age = \"0ms\", compact_min_files = 2, vacuum_retention = \"0ms\", checkpoint_every = 5 }}\n{BY_DATE}"
+        "maintenance = {{ interval = \"1h\", compact = true, vacuum = true, compact_min_age = \"0ms\", compact_min_files = 2, vacuum_retention = \"0ms\", checkpoint_every = 5 }}\n{BY_DATE}"
     );
     let sink = open(&table, &settings).await;
     let mut w = writer(&sink, 0, None).await;
