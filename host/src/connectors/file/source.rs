@@ -146,8 +146,10 @@ async fn read_lines(
             tokio::time::sleep(FOLLOW_POLL).await;
             continue;
         }
+        // `read` counts only this call's bytes: a line found half written at the last poll was
+        // read in two calls, and its offset and length are the whole line's.
         let line_offset = offset;
-        offset += read as u64;
+        offset += line.len() as u64;
         if !dispatch_line(config, dispatcher, line_offset, &line).await {
             return Ok(());
         }
@@ -311,6 +313,68 @@ mod tests {
             rest.iter().map(|e| e.position).collect::<Vec<_>>(),
             [all[2].position, all[3].position]
         );
+    }
+
+    #[tokio::test]
+    async fn a_followed_line_read_half_written_keeps_the_byte_offsets_of_the_lines_after_it() {
+        // A writer that writes a line in pieces (as `writeln!` on a `File` does) is seen half
+        // way: the line's offset and the next lines' must still be their byte offsets, or a
+        // restart seeks elsewhere and writes lines again at other positions.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("in.jsonl");
+        let first = "{\"n\":1}\n";
+        let (head, tail) = ("{\"n\":2,\"pad\":\"", "xxxxxxxx\"}\n");
+        let third = "{\"n\":3}\n";
+        std::fs::write(&path, format!("{first}{head}")).expect("write input");
+        let config = FileSourceConfig {
+            path: path.clone(),
+            partitions: 1,
+            key_field: None,
+            follow: true,
+            enqueued_time_field: None,
+        };
+        let source = FileSource::new("f", config);
+        let start = PartitionStart {
+            partition: 0,
+            after: None,
+        };
+        let mut readers = source.open(vec![start]).await.expect("open");
+        let size = (first.len() + head.len()) as u64;
+        // The first line is read, the half line waits.
+        assert_eq!(read_events(&mut readers[0], 1).await.len(), 1);
+        // Past a poll, the rest of the line and a third one arrive.
+        tokio::time::sleep(FOLLOW_POLL * 2).await;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, format!("{tail}{third}").as_bytes())
+            })
+            .expect("append");
+        let read = read_events(&mut readers[0], 2).await;
+        let positions: Vec<u64> = read.iter().map(|e| e.position).collect();
+        let second_at = first.len() as u64;
+        let third_at = size + tail.len() as u64;
+        assert_eq!(positions, [second_at, third_at]);
+        let text = std::fs::read_to_string(&path).expect("read input");
+        assert_eq!(&text[third_at as usize..], third);
+    }
+
+    /// Reads `reader` in short waits until it has given `count` events (panics after 20 s).
+    async fn read_events(reader: &mut Box<dyn PartitionReader>, count: usize) -> Vec<Event> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        while events.len() < count {
+            assert!(std::time::Instant::now() < deadline, "{events:?}");
+            if let ReadOutcome::Events(batch) = reader
+                .next_batch(100, Duration::from_millis(50))
+                .await
+                .expect("read")
+            {
+                events.extend(batch);
+            }
+        }
+        events
     }
 
     /// Reads `reader` in short waits until its lag is `want` (panics after 20 s); the events read.
