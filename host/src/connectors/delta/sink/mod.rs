@@ -20,6 +20,10 @@
 //!   a checkpoint at or after its skip position is saved ([`SinkWriter::checkpointed`]), and a
 //!   replay that repeats an advance checkpointed just before its records were written learns
 //!   from the log whether they were committed ([`IDLE_ADVANCE_PENDING`]).
+//! - The skip position is the partition's, shared by its writer and the commits: a commit that
+//!   finds positions of the partition committed by another writer (another process that owned it
+//!   until just now) drops those rows and raises the skip position to theirs, since this writer's
+//!   replay makes those positions again until its checkpoint passes them.
 //! - Commits are blind appends: a concurrent commit by another writer of the same table makes
 //!   the commit retry at the next version instead of failing. A commit whose outcome is unknown
 //!   (an error after the log entry may have been written) is resolved on the next attempt by
@@ -183,7 +187,7 @@ impl Sink for DeltaSink {
         let shared = &self.shared;
         let app_id = app_id(&scope.pipeline, &shared.name, scope.partition);
         let epoch = shared.next_epoch.fetch_add(1, Ordering::Relaxed);
-        let durable = {
+        let (durable, skip_through) = {
             // No commit runs while the partition's state is read and reset.
             let mut committer = shared.committer.lock().await;
             {
@@ -208,6 +212,9 @@ impl Sink for DeltaSink {
                 position,
                 table_version: committer.version(),
             };
+            let skip_through = skip_through(&committer, &app_id, durable, progress)
+                .await
+                .map_err(|e| scope.error(&shared.name, e))?;
             shared.lock_buffer().parts.insert(
                 app_id.clone(),
                 Part {
@@ -216,9 +223,10 @@ impl Sink for DeltaSink {
                     rows: 0,
                     in_flight: 0,
                     durable,
+                    skip_through,
                 },
             );
-            durable
+            (durable, skip_through)
         };
         let recorded = progress
             .and_then(|p| p.get("position"))
@@ -231,16 +239,12 @@ impl Sink for DeltaSink {
                 "the checkpoint records more than the table holds for this partition: was the table replaced?"
             );
         }
-        let skip_through = skip_through(shared, &app_id, durable, progress)
-            .await
-            .map_err(|e| scope.error(&shared.name, e))?;
         tracing::debug!(sink = %shared.name, app_id, skip_through = ?skip_through, "opened a Delta writer");
         Ok(Box::new(DeltaWriter {
             shared: Arc::clone(shared),
             scope: scope.clone(),
             app_id,
             epoch,
-            skip_through,
         }))
     }
 }
@@ -252,7 +256,7 @@ impl Sink for DeltaSink {
 /// are in the table only if a commit of this partition came after the checkpoint's table version,
 /// and are written otherwise.
 async fn skip_through(
-    shared: &Shared,
+    committer: &Committer,
     app_id: &str,
     durable: Durable,
     progress: Option<&SinkProgress>,
@@ -263,7 +267,6 @@ async fn skip_through(
     let pending = field(IDLE_ADVANCE_PENDING).and_then(serde_json::Value::as_bool);
     match (durable.position, recorded, since, pending) {
         (Some(in_table), Some(recorded), Some(since), Some(true)) if in_table == recorded => {
-            let committer = shared.committer.lock().await;
             let written = committer.committed_since(app_id, since).await?;
             Ok(written.then_some(in_table))
         }
@@ -340,6 +343,10 @@ struct Part {
     /// Rows taken by the commit in progress.
     in_flight: usize,
     durable: Durable,
+    /// Records at or below this position are in the table by an earlier run's or another
+    /// process's commits, and this writer's replay makes them again: they are skipped until a
+    /// checkpoint at or past it is saved (see [`DeltaWriter::checkpointed`]).
+    skip_through: Option<Position>,
 }
 
 /// What the table holds for one app id.
@@ -364,6 +371,11 @@ struct Pending {
     chunks: Vec<Chunk>,
     /// The position already in the table for this app id.
     durable: Option<Position>,
+    /// The partition's skip position when the rows were taken (see [`Part::skip_through`]).
+    skip_through: Option<Position>,
+    /// The position of another writer's commit of this app id that the commit found: the
+    /// partition's skip position rises to it.
+    another_writer: Option<Position>,
 }
 
 impl Pending {
@@ -449,6 +461,7 @@ impl Shared {
                         && part.epoch == p.epoch
                     {
                         part.in_flight = 0;
+                        part.skip_through = part.skip_through.max(p.another_writer);
                     }
                 }
                 for (app_id, durable) in outcome {
@@ -557,6 +570,8 @@ impl Shared {
                     epoch: part.epoch,
                     chunks: std::mem::take(&mut part.chunks),
                     durable: part.durable.position,
+                    skip_through: part.skip_through,
+                    another_writer: None,
                 });
                 part.in_flight = part.rows;
                 part.rows = 0;
@@ -578,6 +593,7 @@ impl Shared {
                     chunks.append(&mut part.chunks);
                     part.chunks = chunks;
                     part.in_flight = 0;
+                    part.skip_through = part.skip_through.max(p.another_writer);
                     part.rows += rows;
                     buffer.rows += rows;
                 }
@@ -719,10 +735,17 @@ impl Committer {
     /// or through a commit of this process that landed after them). Returns what the table holds
     /// for the app ids it has a transaction of.
     ///
-    /// The table holding exactly what this partition last committed (`durable`) says nothing
-    /// about the rows waiting: rows at that very position are an idle advance's, written after
-    /// it (see [`SinkWriter::checkpointed`]). Only after a commit whose outcome is unknown
-    /// (`suspect`) do they count as held, since that commit may have been theirs.
+    /// - Rows at or below the partition's skip position are dropped: they are a replay of what
+    ///   the table holds ([`Part::skip_through`]).
+    /// - A transaction beyond what this partition knew it held (`durable`) is another writer's:
+    ///   its rows are dropped, and the skip position rises to it, because this writer's replay
+    ///   goes on making those positions until its checkpoint passes them. (Taking that position
+    ///   as this partition's own, as the commit below does, must not make the replay's later rows
+    ///   at or below it look new.)
+    /// - The table holding exactly what this partition last committed says nothing about the
+    ///   rows waiting: rows at that very position are an idle advance's, written after it (see
+    ///   [`SinkWriter::checkpointed`]). Only after a commit whose outcome is unknown (`suspect`)
+    ///   do they count as held, since that commit may have been theirs.
     async fn drop_committed(
         &mut self,
         pending: &mut [Pending],
@@ -730,9 +753,16 @@ impl Committer {
     ) -> Result<HashMap<String, Durable>, String> {
         let mut outcome = HashMap::new();
         for p in pending.iter_mut() {
+            if let Some(skip) = p.skip_through {
+                p.retain_after(skip)?;
+            }
             if let Some(done) = self.known_txn(&p.app_id).await? {
-                if suspect || p.durable.is_none_or(|own| done > own) {
+                let another_writer = p.durable.is_none_or(|own| done > own);
+                if suspect || another_writer {
                     p.retain_after(done)?;
+                }
+                if another_writer {
+                    p.another_writer = Some(done);
                 }
                 p.durable = p.durable.max(Some(done));
                 outcome.insert(
@@ -909,8 +939,6 @@ struct DeltaWriter {
     scope: WriterScope,
     app_id: String,
     epoch: u64,
-    /// Records at or below this position are in the table already.
-    skip_through: Option<Position>,
 }
 
 impl Drop for DeltaWriter {
@@ -931,6 +959,17 @@ impl Drop for DeltaWriter {
 }
 
 impl DeltaWriter {
+    /// The partition's skip position ([`Part::skip_through`]); `None` for a replaced writer
+    /// (which [`DeltaWriter::buffer`] refuses).
+    fn skip_through(&self) -> Option<Position> {
+        let buffer = self.shared.lock_buffer();
+        buffer
+            .parts
+            .get(&self.app_id)
+            .filter(|part| part.epoch == self.epoch)
+            .and_then(|part| part.skip_through)
+    }
+
     /// Adds converted rows to this partition's buffer; true when the buffer is full.
     fn buffer(&self, batch: RecordBatch, positions: Vec<Position>) -> Result<bool, SinkError> {
         let rows = positions.len();
@@ -964,9 +1003,10 @@ impl SinkWriter for DeltaWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
         let ingestion_time = now_millis();
         let mut refused = Vec::new();
+        let skip_through = self.skip_through();
         let mut records: std::collections::VecDeque<Event> = records
             .into_iter()
-            .filter(|record| self.skip_through.is_none_or(|done| record.position > done))
+            .filter(|record| skip_through.is_none_or(|done| record.position > done))
             .collect();
         let mut commit_now = false;
         while !records.is_empty() {
@@ -1044,8 +1084,12 @@ impl SinkWriter for DeltaWriter {
 
     /// Records produced after a checkpoint that covers `skip_through` are new: stop skipping.
     fn checkpointed(&mut self, position: Position) {
-        if self.skip_through.is_some_and(|done| done <= position) {
-            self.skip_through = None;
+        let mut buffer = self.shared.lock_buffer();
+        if let Some(part) = buffer.parts.get_mut(&self.app_id)
+            && part.epoch == self.epoch
+            && part.skip_through.is_some_and(|done| done <= position)
+        {
+            part.skip_through = None;
         }
     }
 }

@@ -997,6 +997,63 @@ async fn two_owners_of_one_partition_never_write_a_row_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_skips_its_replay_up_to_the_old_owners_commit_until_its_checkpoint_passes_it() {
+    // The interleaving the scale-out tests of issue 13 found: process B takes a partition over
+    // while A still writes it. B's first commit conflicts with A's commit of positions 0..=9 and
+    // is redone without them, so B's partition holds 9 from then on; B's checkpoint after that
+    // flush is at its own position 3, and its replay goes on making positions 4..=9, which A
+    // committed. The rule "rows at or below what this partition holds are dropped only when the
+    // table holds more" (kept for idle advances) took them as new and wrote them twice.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let old = open(&table, TELEMETRY).await;
+    let new = open(&table, TELEMETRY).await;
+    let mut a = writer(&old, 0, None).await;
+    let mut b = writer(&new, 0, None).await;
+    write_all(&mut a, readings(0, 0..10)).await;
+    a.flush().await.expect("the old owner commits 0..=9");
+    write_all(&mut b, readings(0, 0..4)).await;
+    let progress = b
+        .flush()
+        .await
+        .expect("the conflicting commit is redone without 0..=9");
+    assert_eq!(progress_position(&progress), Some(9));
+    b.checkpointed(3);
+    write_all(&mut b, readings(0, 4..12)).await;
+    b.flush().await.expect("the new owner commits 10 and 11");
+    assert_eq!(
+        row_keys(&read_with_rust(&table).await),
+        expected_keys(&[(0, 0..12)]),
+        "positions 4..=9 once"
+    );
+
+    // The same when B learns of A's commit through a commit of another partition (no conflict):
+    // A commits 12..=15, B's partition 1 commits after it, B's replay of 12..=15 is skipped.
+    let mut other = writer(&new, 1, None).await;
+    write_all(&mut a, readings(0, 12..16)).await;
+    a.flush().await.expect("the old owner commits 12..=15");
+    write_all(&mut other, readings(1, 0..2)).await;
+    other.flush().await.expect("partition 1 commits");
+    write_all(&mut b, readings(0, 12..14)).await;
+    assert_eq!(
+        progress_position(&b.flush().await.expect("nothing new")),
+        Some(15)
+    );
+    b.checkpointed(13);
+    write_all(&mut b, readings(0, 14..17)).await;
+    b.flush().await.expect("the new owner commits 16");
+    // Once B's checkpoint passes A's position, a record at B's position is new (an idle
+    // advance's), as before.
+    b.checkpointed(16);
+    write_all(&mut b, vec![reading(0, 16)]).await;
+    b.flush().await.expect("the idle advance's record");
+    let mut expected = expected_keys(&[(0, 0..17), (1, 0..2)]);
+    expected.push((0, 16));
+    expected.sort_unstable();
+    assert_eq!(row_keys(&read_with_rust(&table).await), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_records_are_returned_and_the_rest_written() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let table = dir.path().join("t");
