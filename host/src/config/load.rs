@@ -465,29 +465,35 @@ fn validate_kafka_sources(loaded: &LoadedConfig, doc: &Document<'_>) -> Result<(
     Ok(())
 }
 
-/// Two pipelines with one consumer scope would share checkpoints and ownership claims.
+/// Two pipelines with one consumer scope would share checkpoints and ownership claims, or take
+/// each other's readers: every source of each pipeline is compared, not only the first (whose
+/// scope holds a several-source pipeline's checkpoints).
 fn validate_consumer_scopes(doc: &Document<'_>, config: &Config) -> Result<(), ConfigError> {
     let mut scopes: BTreeMap<String, &String> = BTreeMap::new();
     for (name, pipeline) in &config.pipelines {
-        let Some(first) = pipeline.sources.first() else {
-            continue;
-        };
-        let Some(source) = config.sources.get(first) else {
-            continue;
-        };
-        let scope = source.consumer_scope(first, name).prefix();
-        if let Some(other) = scopes.insert(scope.clone(), name) {
-            let key = if pipeline.one_source.is_some() {
-                "source"
-            } else {
-                "sources"
+        let mut own: Vec<String> = Vec::new();
+        for source_name in &pipeline.sources {
+            let Some(source) = config.sources.get(source_name) else {
+                continue;
             };
-            return Err(doc.error(
-                &["pipelines", name, key],
-                format!(
-                    "pipelines `{other}` and `{name}` read the same stream as the same consumer group (`{scope}`): give the source a `consumer_group` per pipeline"
-                ),
-            ));
+            let scope = source.consumer_scope(source_name, name).prefix();
+            if let Some(other) = scopes.get(&scope) {
+                let key = if pipeline.one_source.is_some() {
+                    "source"
+                } else {
+                    "sources"
+                };
+                return Err(doc.error(
+                    &["pipelines", name, key],
+                    format!(
+                        "pipelines `{other}` and `{name}` read the same stream as the same consumer group (`{scope}`): give the source a `consumer_group` per pipeline"
+                    ),
+                ));
+            }
+            own.push(scope);
+        }
+        for scope in own {
+            scopes.insert(scope, name);
         }
     }
     Ok(())
@@ -1330,6 +1336,39 @@ outputs = { alerts = "out" }
         );
         let err = refuse(&sink);
         assert!(err.contains("`sinks.out.sasl.username`"), "{err}");
+    }
+
+    #[test]
+    fn two_pipelines_may_not_share_the_consumer_scope_of_any_of_their_sources() {
+        let hub = |name: &str, hub: &str| {
+            format!(
+                "[sources.{name}]\nkind = \"eventhubs\"\nconnection_string = \"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath={hub}\"\n"
+            )
+        };
+        let config = |second_group: &str| {
+            format!(
+                "{}{}[sinks.out]\nkind = \"stdout\"\n\n[pipelines.joined]\nsources = [\"bookings\", \"payments\"]\ndead_letter = \"out\"\n\n[[pipelines.joined.stages]]\nname = \"s\"\nplugin = \"p.wasm\"\noutputs = {{ alerts = \"out\" }}\n\n{}[pipelines.audit]\nsource = \"payments_again\"\ndead_letter = \"out\"\n\n[[pipelines.audit.stages]]\nname = \"s\"\nplugin = \"p.wasm\"\noutputs = {{ alerts = \"out\" }}\n",
+                hub("bookings", "bookingstopic"),
+                hub("payments", "paymentstopic"),
+                hub("payments_again", "paymentstopic") + second_group,
+            )
+        };
+        // One pipeline reads the other's second source as the same consumer group: refused,
+        // although their first sources differ.
+        let err = refuse(&config(""));
+        assert!(
+            err.contains("`pipelines.joined.sources`")
+                && err.contains(
+                    "pipelines `audit` and `joined` read the same stream as the same consumer group"
+                ),
+            "{err}"
+        );
+        // With a consumer group of its own it loads.
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin placeholder");
+        let text = config("consumer_group = \"audit\"\n");
+        load_str(&text, Path::new("weir.toml"), dir.path())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
     }
 
     #[test]
