@@ -101,6 +101,13 @@ struct Envelope<'a> {
     plugin_versions: Option<String>,
     partition: u32,
     position: u64,
+    /// With several sources, for an event set aside before their merge (it could not be
+    /// decoded, or its source's clock dropped it): its source, and its position in that source
+    /// (`position` is then the partition's merged position when it was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_position: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_time: Option<i64>,
     enqueued_time: i64,
@@ -172,6 +179,30 @@ pub fn dead_letter(
     reason: &str,
     origin: DeadLetterOrigin<'_>,
 ) -> Event {
+    letter(event, kind, reason, origin, None)
+}
+
+/// The dead-letter record for `event` of a pipeline with several sources, set aside before their
+/// merge gave it a position of the partition: its position is `merged`, the partition's position
+/// when it was read (the positions of the partition's other records and dead letters, which
+/// sinks such as Delta order by), and the envelope keeps its source and its position there.
+pub(crate) fn dead_letter_before_merge(
+    event: &Event,
+    kind: DeadLetterKind,
+    reason: &str,
+    origin: DeadLetterOrigin<'_>,
+    merged: crate::event::Position,
+) -> Event {
+    letter(event, kind, reason, origin, Some(merged))
+}
+
+fn letter(
+    event: &Event,
+    kind: DeadLetterKind,
+    reason: &str,
+    origin: DeadLetterOrigin<'_>,
+    merged: Option<crate::event::Position>,
+) -> Event {
     let text = std::str::from_utf8(&event.body).ok();
     // The plugin is named only for the version it runs (a fallback's letter names its hash).
     let plugin = origin
@@ -195,7 +226,9 @@ pub fn dead_letter(
         plugin_crate_version: plugin.and_then(|p| p.crate_version.as_deref()),
         plugin_versions,
         partition: event.partition,
-        position: event.position,
+        position: merged.unwrap_or(event.position),
+        source: merged.map(|_| &*event.source),
+        source_position: merged.map(|_| event.position),
         event_time: event.event_time,
         enqueued_time: event.enqueued_time,
         dead_lettered_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -215,7 +248,7 @@ pub fn dead_letter(
     });
     Event {
         partition: event.partition,
-        position: event.position,
+        position: merged.unwrap_or(event.position),
         source: event.source.clone(),
         key: event.key.clone(),
         event_time: event.event_time,
@@ -262,6 +295,31 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
         assert_eq!(value["body_hex"], "ff00");
         assert!(value.get("body").is_none());
+    }
+
+    #[test]
+    fn a_letter_set_aside_before_the_merge_has_the_merged_position_and_its_source_s() {
+        let mut event = Event::new(1, 90_210, &b"{\"a\":"[..]);
+        event.source = "payments".into();
+        let origin = DeadLetterOrigin {
+            pipeline: "bookings",
+            stage: None,
+            sink: None,
+            plugin_version: None,
+            plugin: None,
+        };
+        let letter =
+            dead_letter_before_merge(&event, DeadLetterKind::Malformed, "bad JSON", origin, 41);
+        let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
+        assert_eq!(letter.position, 41);
+        assert_eq!(value["position"], 41);
+        assert_eq!(value["source"], "payments");
+        assert_eq!(value["source_position"], 90_210);
+        // A letter of one source keeps its envelope as it was.
+        let letter = dead_letter(&event, DeadLetterKind::Malformed, "bad JSON", origin);
+        let value: serde_json::Value = serde_json::from_slice(&letter.body).expect("json");
+        assert_eq!(value["position"], 90_210);
+        assert!(value.get("source").is_none() && value.get("source_position").is_none());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::dead_letter::{DeadLetterKind, DeadLetterOrigin, LetterPlugin, dead_letter};
+use super::dead_letter::{
+    DeadLetterKind, DeadLetterOrigin, LetterPlugin, dead_letter, dead_letter_before_merge,
+};
 use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
 use super::inputs::Inputs;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
@@ -251,7 +253,7 @@ impl PartitionWorker {
                     last,
                     reason,
                 } => {
-                    let letter = self.undecodable_letter(first, &reason);
+                    let letter = self.undecodable_letter(input, first, &reason);
                     self.deliver(vec![letter], &mut stage_inputs, &mut output, &mut report)
                         .await?;
                     if self.inputs.several() {
@@ -353,7 +355,12 @@ impl PartitionWorker {
 
     /// What is known of data that cannot be decoded, as a dead letter at its first position (the
     /// checkpoint then moves past it).
-    fn undecodable_letter(&self, first: Position, reason: &str) -> (DeadLetterKind, Event) {
+    fn undecodable_letter(
+        &self,
+        input: usize,
+        first: Position,
+        reason: &str,
+    ) -> (DeadLetterKind, Event) {
         let origin = DeadLetterOrigin {
             pipeline: &self.settings.pipeline,
             stage: None,
@@ -362,7 +369,16 @@ impl PartitionWorker {
             plugin: None,
         };
         let kind = DeadLetterKind::Undecodable;
-        let letter = dead_letter(&Event::new(self.partition, first, ""), kind, reason, origin);
+        let mut event = Event::new(self.partition, first, "");
+        let letter = match self.time.as_ref().and_then(PartitionTime::sequence) {
+            Some(merged) => {
+                if let Some(read) = self.inputs.inputs.get(input) {
+                    event.source = read.name.clone();
+                }
+                dead_letter_before_merge(&event, kind, reason, origin, merged)
+            }
+            None => dead_letter(&event, kind, reason, origin),
+        };
         (kind, letter)
     }
 
@@ -461,7 +477,14 @@ impl PartitionWorker {
                     }
                 }
                 Err((kind, reason)) => {
-                    dead_letters.push((kind, dead_letter(&event, kind, &reason, origin)))
+                    let merged = self.time.as_ref().and_then(PartitionTime::sequence);
+                    let letter = match merged {
+                        Some(merged) => {
+                            dead_letter_before_merge(&event, kind, &reason, origin, merged)
+                        }
+                        None => dead_letter(&event, kind, &reason, origin),
+                    };
+                    dead_letters.push((kind, letter));
                 }
             }
         }
@@ -599,11 +622,15 @@ impl PartitionWorker {
                 );
             }
         }
+        // With several sources, a source's clock drops events before their merge numbers them.
+        let merged = time.sequence();
         for late in time.admitted.dropped.drain(..) {
-            dead_letters.push((
-                DeadLetterKind::Late,
-                dead_letter(&late.event, DeadLetterKind::Late, &late.reason, origin),
-            ));
+            let (event, kind, reason) = (&late.event, DeadLetterKind::Late, &late.reason);
+            let letter = match merged {
+                Some(merged) => dead_letter_before_merge(event, kind, reason, origin, merged),
+                None => dead_letter(event, kind, reason, origin),
+            };
+            dead_letters.push((kind, letter));
         }
         marks.append(&mut time.admitted.marks);
         let admitted = &time.admitted;
