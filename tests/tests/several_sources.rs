@@ -413,19 +413,11 @@ fn keyed(lines: &[String]) -> Vec<(String, String)> {
 }
 
 #[test]
-#[ignore = "finds a joined row written twice in about half the runs (2026-12-06): the Delta \
-            sink keeps rows at the position it last committed (DeltaWriter::checkpointed, \
-            Committer::drop_committed), and a new owner's replay re-makes join rows at that \
-            position; with the older rule (always drop rows the table holds) 5 of 5 runs passed"]
 fn three_processes_share_two_hubs_by_pipeline_partition_and_survive_one_being_killed() {
     scale_out_over_two_hubs(None);
 }
 
 #[test]
-#[ignore = "finds a joined row written twice in about half the runs (2026-12-06): the Delta \
-            sink keeps rows at the position it last committed (DeltaWriter::checkpointed, \
-            Committer::drop_committed), and a new owner's replay re-makes join rows at that \
-            position; with the older rule (always drop rows the table holds) 5 of 5 runs passed"]
 fn the_same_with_claims_and_checkpoints_in_blob_storage() {
     let azurite = Azurite::start();
     azurite.create_container("checkpoints");
@@ -638,6 +630,70 @@ outputs = {{ tagged = "out" }}
             "{id} is tagged with source {source}"
         );
     }
+}
+
+#[test]
+fn a_line_that_cannot_be_decoded_is_a_dead_letter_at_the_merged_position_naming_its_source() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = |source: &str, count: usize| -> Vec<String> {
+        (0..count)
+            .map(|n| format!(r#"{{"id":"{source}-{n}","key":"k","at":{}}}"#, 1000 * n))
+            .collect()
+    };
+    write_lines(&dir.path().join("a.jsonl"), &lines("a", 40));
+    let mut b = lines("b", 30);
+    // Far into b, at a byte offset larger than any merged position.
+    b.insert(20, "{not json".to_owned());
+    let bad_at: usize = b[..20].iter().map(|line| line.len() + 1).sum();
+    write_lines(&dir.path().join("b.jsonl"), &b);
+    let config = dir.path().join("weir.toml");
+    let source = |name: &str| {
+        format!("[sources.{name}]\nkind = \"file\"\npath = \"{name}.jsonl\"\nkey_field = \"key\"\n")
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"[checkpoint]
+dir = "checkpoints"
+
+{}
+{}
+[sinks.out]
+kind = "file"
+path = "out"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.tag]
+sources = ["a", "b"]
+dead_letter = "dead_letters"
+event_time = {{ field = "at" }}
+
+[[pipelines.tag.stages]]
+name = "tag"
+plugin = "{}"
+outputs = {{ tagged = "out" }}
+"#,
+            source("a"),
+            source("b"),
+            plugin_path("source_tag").display()
+        ),
+    )
+    .expect("write config");
+    run_to_completion(&config, Duration::from_secs(120));
+    assert_eq!(read_jsonl_dir(&dir.path().join("out")).len(), 70);
+    let letters = read_jsonl_dir(&dir.path().join("dead_letters"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["kind"], "malformed", "{letter}");
+    assert_eq!(letter["source"], "b", "{letter}");
+    assert_eq!(letter["source_position"], bad_at, "{letter}");
+    // The partition's merged position when it was read: among the 70 merged events' positions,
+    // the domain the dead-letter sink's other records are in.
+    let position = letter["position"].as_u64().expect("position");
+    assert!(position <= 70, "{letter}");
 }
 
 /// The `[sources.NAME]` table of a Kafka topic on `broker`, read to its end.

@@ -76,9 +76,8 @@ pub struct DeltaMaintenance {
     #[serde(default = "default_maintenance_interval")]
     pub interval: ConfigDuration,
     /// Rewrite small data files into files of about `compact_target_size`, as Delta's OPTIMIZE
-    /// does (a commit that removes and adds files without changing data). Off by default: its
-    /// crash test once found a row written twice (see the README).
-    #[serde(default)]
+    /// does (a commit that removes and adds files without changing data).
+    #[serde(default = "default_true")]
     pub compact: bool,
     /// The size compaction aims at; files of at least three quarters of it are left alone.
     #[serde(default = "default_compact_target_size")]
@@ -94,8 +93,8 @@ pub struct DeltaMaintenance {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
     /// Delete data files that were removed from the table (by compaction or by others) more than
-    /// `vacuum_retention` ago. Off by default, with compaction.
-    #[serde(default)]
+    /// `vacuum_retention` ago.
+    #[serde(default = "default_true")]
     pub vacuum: bool,
     /// How long removed files are kept for readers of older versions (Delta's default: 7 days).
     #[serde(default = "default_vacuum_retention")]
@@ -106,12 +105,12 @@ impl Default for DeltaMaintenance {
     fn default() -> Self {
         DeltaMaintenance {
             interval: default_maintenance_interval(),
-            compact: false,
+            compact: true,
             compact_target_size: default_compact_target_size(),
             compact_min_age: default_compact_min_age(),
             compact_min_files: default_compact_min_files(),
             checkpoint_every: default_checkpoint_every(),
-            vacuum: false,
+            vacuum: true,
             vacuum_retention: default_vacuum_retention(),
         }
     }
