@@ -25,6 +25,7 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::constraints::Constraint;
 use super::json_tree::{self, Node};
 use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
@@ -47,6 +48,10 @@ pub(super) struct RowConverter {
     other_names: Vec<String>,
     schema_mode: SchemaMode,
     extra_fields: ExtraFields,
+    /// The table's CHECK constraints, checked on every row.
+    constraints: Vec<Constraint>,
+    /// The columns' types, in order, for the constraints.
+    types: Vec<ColumnType>,
 }
 
 /// What [`BatchBuilder::push`] did with a record.
@@ -162,7 +167,15 @@ impl RowConverter {
             other_names,
             schema_mode: config.schema,
             extra_fields: config.extra_fields,
+            constraints: Vec::new(),
+            types: config.columns.iter().map(|c| c.data_type.clone()).collect(),
         })
+    }
+
+    /// The converter refusing rows that break one of `constraints`.
+    pub(super) fn with_constraints(mut self, constraints: Vec<Constraint>) -> Self {
+        self.constraints = constraints;
+        self
     }
 
     /// An empty batch of rows.
@@ -225,7 +238,12 @@ impl RowConverter {
                 self.cell(column, value)
                     .map_err(|reason| (RefusalKind::Schema, reason))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<Cell<'a>>, _>>()?;
+        for constraint in &self.constraints {
+            constraint
+                .check(&cells, &self.types)
+                .map_err(|reason| (RefusalKind::Schema, reason))?;
+        }
         Ok((cells, extras))
     }
 

@@ -25,6 +25,7 @@
 //!   (an error after the log entry may have been written) is resolved on the next attempt by
 //!   dropping the rows whose positions the table's transactions already cover.
 
+mod constraints;
 mod convert;
 mod json_tree;
 mod location;
@@ -125,7 +126,14 @@ impl DeltaSink {
         let (table, schema) = table::open_or_create(name, config, &location)
             .await
             .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
-        let converter = Arc::new(RowConverter::new(config, schema).map_err(misconfigured)?);
+        let constraints =
+            constraints::read(&table, &column_types(config)).map_err(misconfigured)?;
+        let checks_constraints = constraints::has_checks(&table);
+        let converter = Arc::new(
+            RowConverter::new(config, schema)
+                .map_err(misconfigured)?
+                .with_constraints(constraints),
+        );
         let partition_by = config.partition_by.clone();
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -143,6 +151,7 @@ impl DeltaSink {
             committer: tokio::sync::Mutex::new(Committer {
                 table,
                 partition_by,
+                checks_constraints,
                 suspect: false,
                 conflicted: false,
                 txn_cache: HashMap::new(),
@@ -152,6 +161,15 @@ impl DeltaSink {
         maintenance::spawn(&shared);
         Ok(DeltaSink { shared })
     }
+}
+
+/// The name and type of each column, in order.
+fn column_types(config: &DeltaSinkConfig) -> Vec<(String, crate::config::ColumnType)> {
+    config
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.data_type.clone()))
+        .collect()
 }
 
 /// The application id of the transaction actions of one pipeline partition writing to one sink.
@@ -542,7 +560,9 @@ impl Shared {
         let arrow = RecordBatchWriter::for_table(&committer.table)
             .map_err(delta_error("cannot write to the table"))?
             .arrow_schema();
-        schema.converter = Arc::new(RowConverter::new(&config, arrow)?);
+        let constraints = constraints::read(&committer.table, &column_types(&config))?;
+        schema.converter =
+            Arc::new(RowConverter::new(&config, arrow)?.with_constraints(constraints));
         schema.config = config;
         Ok(())
     }
@@ -592,6 +612,8 @@ impl Shared {
 struct Committer {
     table: DeltaTable,
     partition_by: Vec<String>,
+    /// The table has CHECK constraints or invariants, which the converter evaluates.
+    checks_constraints: bool,
     /// The last commit failed, perhaps after its log entry was written.
     suspect: bool,
     /// The last commit failed because another writer committed a transaction of one of its app
@@ -818,9 +840,19 @@ impl Committer {
                 ("readVersion".to_owned(), json!(read_version)),
             ]);
         let actions = adds.into_iter().map(Action::Add).collect();
+        // delta-rs without DataFusion refuses to commit to a table with CHECK constraints or
+        // invariants, which it cannot evaluate; this sink evaluates them on every row
+        // (`constraints`), so it commits without the read snapshot, which skips that check: the
+        // commit then goes to the latest version, checked for conflicts from there.
+        let read_snapshot: Option<&dyn deltalake::kernel::transaction::TableReference> =
+            if self.checks_constraints {
+                None
+            } else {
+                Some(snapshot)
+            };
         let post_commit = CommitBuilder::from(properties)
             .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
+            .build(read_snapshot, self.table.log_store(), operation)
             .into_prepared_commit_future()
             .await
             .map_err(delta_error("cannot prepare the commit"))?

@@ -248,6 +248,17 @@ pub(super) async fn open_or_create(
             ),
         )
     })?;
+    let unsupported = super::constraints::unsupported_features(&table).map_err(unavailable)?;
+    if !unsupported.is_empty() {
+        let named: Vec<String> = unsupported.iter().map(|f| format!("`{f}`")).collect();
+        return Err((
+            SinkErrorKind::Misconfigured,
+            format!(
+                "the table at {at} uses writer features this sink cannot append under: {}",
+                named.join(", ")
+            ),
+        ));
+    }
     let writer = RecordBatchWriter::for_table(&table)
         .map_err(|e| unavailable(format!("cannot write to the table at {at}: {e}")))?;
     Ok((table, writer.arrow_schema()))
