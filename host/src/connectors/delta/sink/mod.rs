@@ -47,7 +47,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
-use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -485,63 +485,30 @@ impl Shared {
         }
     }
 
-    /// Adds the new fields `names` of `record` to the table as nullable columns, their types
-    /// inferred from the record, in a metadata commit. Everything buffered is committed first,
-    /// and no writer converts meanwhile (the schema's write lock), so every buffered chunk has
-    /// one schema. A column another process added first is taken as the table has it. A crash
-    /// after the metadata commit leaves a table with a new empty column, which the restart
-    /// takes into its columns; the replay then writes the rows exactly once as before.
-    async fn evolve(self: &Arc<Self>, record: &Event, names: &[String]) -> Result<(), String> {
+    /// Adds the new fields of `record` to the table as nullable columns, and its new members
+    /// inside struct columns as nullable nested fields, their types inferred from the record, in
+    /// a metadata commit. Everything buffered is committed first, and no writer converts
+    /// meanwhile (the schema's write lock), so every buffered chunk has one schema. What another
+    /// process added first is taken as the table has it. A crash after the metadata commit
+    /// leaves a table with new empty columns or fields, which the restart takes into its
+    /// columns; the replay then writes the rows exactly once as before.
+    /// Returns whether the table changed (or another writer's change was taken).
+    async fn evolve(self: &Arc<Self>, record: &Event) -> Result<bool, String> {
         let mut schema = self.schema.write().await;
         let body = std::str::from_utf8(&record.body).map_err(|e| format!("malformed JSON: {e}"))?;
         let Ok(json_tree::Node::Object(members)) = json_tree::parse(body) else {
             return Err("malformed JSON: expected a JSON object".to_owned());
         };
-        let known = |name: &str| {
-            schema
-                .config
-                .columns
-                .iter()
-                .any(|c| c.name.eq_ignore_ascii_case(name))
-        };
-        let mut fields: Vec<StructField> = Vec::new();
-        for name in names {
-            if known(name) || fields.iter().any(|f| f.name().eq_ignore_ascii_case(name)) {
-                continue;
-            }
-            let Some(data_type) =
-                json_tree::Node::member(&members, name).and_then(nested::infer_type)
-            else {
-                continue;
-            };
-            fields.push(StructField::new(
-                name.clone(),
-                table::delta_type(&data_type)?,
-                true,
-            ));
+        if table::evolution(&schema.config, &members)?.0.is_empty() {
+            // Another writer added them meanwhile, or they have no type to give (`{}`).
+            return Ok(false);
         }
-        if fields.is_empty() {
-            // Another writer added them meanwhile.
-            return Ok(());
-        }
-        drop(members);
         self.commit().await?;
         let mut committer = self.committer.lock().await;
         committer.refresh().await?;
-        let in_table = |name: &str| {
-            committer.table.snapshot().is_ok_and(|s| {
-                s.schema()
-                    .fields()
-                    .any(|f| f.name().eq_ignore_ascii_case(name))
-            })
-        };
-        let missing: Vec<StructField> =
-            fields.into_iter().filter(|f| !in_table(f.name())).collect();
+        let current = table::with_table_columns(&schema.config, &committer.table)?;
+        let (missing, added) = table::evolution(&current, &members)?;
         if !missing.is_empty() {
-            let added: Vec<String> = missing
-                .iter()
-                .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                .collect();
             let table = committer
                 .table
                 .clone()
@@ -563,8 +530,15 @@ impl Shared {
         let constraints = constraints::read(&committer.table, &column_types(&config))?;
         schema.converter =
             Arc::new(RowConverter::new(&config, arrow)?.with_constraints(constraints));
+        let shape = |c: &DeltaSinkConfig| {
+            c.columns
+                .iter()
+                .map(|c| (c.name.clone(), c.data_type.clone()))
+                .collect::<Vec<_>>()
+        };
+        let changed = shape(&config) != shape(&schema.config);
         schema.config = config;
-        Ok(())
+        Ok(changed)
     }
 
     fn take_buffered(&self) -> Vec<Pending> {
@@ -1001,17 +975,25 @@ impl SinkWriter for DeltaWriter {
             .filter(|record| self.skip_through.is_none_or(|done| record.position > done))
             .collect();
         let mut commit_now = false;
+        // The position of a record to write without its new fields (see `evolve`).
+        let mut as_is: Option<Position> = None;
         while !records.is_empty() {
             let schema = self.shared.schema.read().await;
             let mut batch = schema.converter.batch(records.len());
             let mut ignored = 0u64;
             let mut evolve = None;
             while let Some(record) = records.pop_front() {
-                match batch.push(&record, ingestion_time) {
+                let pushed = match as_is.take() {
+                    Some(position) if position == record.position => {
+                        batch.push_without_new(&record, ingestion_time)
+                    }
+                    _ => batch.push(&record, ingestion_time),
+                };
+                match pushed {
                     Ok(Pushed::Row) => {}
                     Ok(Pushed::Ignored) => ignored += 1,
-                    Ok(Pushed::Evolve(names)) => {
-                        evolve = Some((record, names));
+                    Ok(Pushed::Evolve(_)) => {
+                        evolve = Some(record);
                         break;
                     }
                     Err((kind, reason)) => refused.push(Refused {
@@ -1032,11 +1014,16 @@ impl SinkWriter for DeltaWriter {
                 commit_now |= self.buffer(batch, positions)?;
             }
             drop(schema);
-            if let Some((record, names)) = evolve {
-                self.shared
-                    .evolve(&record, &names)
+            if let Some(record) = evolve {
+                let changed = self
+                    .shared
+                    .evolve(&record)
                     .await
                     .map_err(|e| self.error(e))?;
+                if !changed {
+                    // Nothing to add for it: written without the fields, or it would come back.
+                    as_is = Some(record.position);
+                }
                 records.push_front(record);
             }
         }

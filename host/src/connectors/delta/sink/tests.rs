@@ -1470,6 +1470,104 @@ fn fixed_schema_ignores_or_refuses_extra_fields() {
     );
 }
 
+const NESTED: &str = "[[columns]]\nname = \"id\"\ntype = \"long\"\nnullable = false\n[[columns]]\nname = \"seat\"\ntype = \"struct<no:string>\"\n[[columns]]\nname = \"legs\"\ntype = \"array<struct<from:string>>\"\n[[columns]]\nname = \"fares\"\ntype = \"map<string,struct<amount:double>>\"\n";
+
+#[test]
+fn fixed_schema_treats_new_nested_members_as_extra_fields() {
+    let push = |config: &str, body: &str| {
+        let c = converter(config);
+        let mut batch = c.batch(1);
+        batch.push(&Event::new(0, 0, body.to_owned()), 0)
+    };
+    let plain = r#"{"id":1,"seat":{"no":"1A","NO":"x","n":null,"e":{}},"legs":[{"from":"A"}],"fares":{"x":{"amount":1}}}"#;
+    assert_eq!(push(NESTED, plain), Ok(super::convert::Pushed::Row));
+    let body = r#"{"id":1,"seat":{"no":"1A","zone":"B"},"legs":[{"from":"A"},{"from":"B","to":"C"}],"fares":{"x":{"amount":1,"currency":"EUR"}}}"#;
+    assert_eq!(push(NESTED, body), Ok(super::convert::Pushed::Ignored));
+    let refuse = format!("extra_fields = \"refuse\"\n{NESTED}");
+    assert_eq!(
+        push(&refuse, body),
+        Err((
+            RefusalKind::Schema,
+            "the record has fields the table has no column for: `seat.zone`, `legs[].to`, `fares{}.currency` (`extra_fields = \"refuse\"`)".to_owned()
+        ))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolve_adds_new_nested_members_as_nullable_fields() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let evolving = format!("schema = \"evolve\"\n{NESTED}");
+    let sink = open(&table, &evolving).await;
+    let mut w = writer(&sink, 0, None).await;
+    let records = vec![
+        Event::new(0, 0, r#"{"id":0,"seat":{"no":"1A"},"legs":[{"from":"A"}]}"#),
+        Event::new(
+            0,
+            1,
+            r#"{"id":1,"seat":{"no":"2B","zone":"front","pos":{"x":1}},"legs":[{"from":"A"},{"from":"B","to":"C"}],"fares":{"adult":{"amount":9.5,"currency":"EUR"}}}"#,
+        ),
+        // Nothing to type in `e`: written without it.
+        Event::new(0, 2, r#"{"id":2,"seat":{"no":"3C","e":{}},"empty":{}}"#),
+    ];
+    write_all(&mut w, records).await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(py["columns"], json!(["id", "seat", "legs", "fares"]));
+    assert_eq!(
+        py["rows"],
+        json!([
+            {"id": 0, "seat": {"no": "1A", "zone": null, "pos": null}, "legs": [{"from": "A", "to": null}], "fares": null},
+            {"id": 1, "seat": {"no": "2B", "zone": "front", "pos": {"x": 1}}, "legs": [{"from": "A", "to": null}, {"from": "B", "to": "C"}], "fares": [["adult", {"amount": 9.5, "currency": "EUR"}]]},
+            {"id": 2, "seat": {"no": "3C", "zone": null, "pos": null}, "legs": null, "fares": null},
+        ])
+    );
+    let schema = commits(&table)
+        .values()
+        .flat_map(|actions| {
+            actions
+                .iter()
+                .filter_map(|a| a["metaData"]["schemaString"].as_str())
+        })
+        .last()
+        .map(|s| serde_json::from_str::<Value>(s).expect("schema"))
+        .expect("a metadata action");
+    assert_eq!(
+        schema["fields"][1]["type"]["fields"][1],
+        json!({"name": "zone", "type": "string", "nullable": true, "metadata": {}})
+    );
+    drop(w);
+    drop(sink);
+    // Reopened with the original configuration: the nested fields are taken from the table.
+    let sink = open(&table, &evolving).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(
+        &mut w,
+        vec![Event::new(
+            0,
+            3,
+            r#"{"id":3,"seat":{"no":"4D","zone":"back"}}"#,
+        )],
+    )
+    .await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(
+        py["rows"][3]["seat"],
+        json!({"no": "4D", "zone": "back", "pos": null})
+    );
+    let operations: Vec<String> = commits(&table)
+        .values()
+        .filter_map(|actions| actions.iter().find_map(|a| a.get("commitInfo")))
+        .map(|info| info["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        operations,
+        vec!["WRITE", "ADD COLUMN", "WRITE", "WRITE"],
+        "{operations:?}"
+    );
+}
+
 /// Data files under the table's directory (referenced or not).
 fn parquet_files(dir: &Path) -> usize {
     let mut count = 0;
