@@ -163,3 +163,178 @@ print(json.dumps(DeltaTable(sys.argv[1]).metadata().configuration))
         "{log}"
     );
 }
+
+/// A table with the constraints a data engineer writes: some added through Python `deltalake`
+/// (which stores them rewritten: `IN` as `OR`s, `BETWEEN` as two comparisons, casts as `::`,
+/// `seat.row` as `get_field`), and some in the words Spark keeps, put in the log as Databricks
+/// writes it (an `ALTER TABLE ... ADD CONSTRAINT` commit's metadata).
+const CREATE_WITH_CONSTRAINTS: &str = r#"
+import glob, json, sys
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+seat = pa.struct([pa.field("no", pa.string()), pa.field("row", pa.int64())])
+schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("price", pa.decimal128(10, 2)),
+                    pa.field("qty", pa.int32()), pa.field("kind", pa.string()), pa.field("day", pa.date32()),
+                    pa.field("lo", pa.float64()), pa.field("hi", pa.float64()), pa.field("seat", seat)])
+write_deltalake(sys.argv[1], pa.Table.from_pylist([], schema=schema))
+DeltaTable(sys.argv[1]).alter.add_constraint({
+    "qty_and_kind": "qty BETWEEN 1 AND 10 AND (kind IN ('adult', 'child') OR kind IS NULL)",
+    "recent": "day >= '2020-01-01'",
+    "seat_row": "seat.row > 0 OR seat IS NULL",
+})
+spark = {
+    "delta.constraints.amount_limit": "price * qty <= 100.00 OR kind = 'child'",
+    "delta.constraints.range_order": "NOT (lo > hi) AND hi - lo < 10",
+    "delta.constraints.kind_code": "kind NOT LIKE 'x%' AND length(kind) <= 8",
+    "delta.constraints.this_decade": "day BETWEEN DATE '2020-01-01' AND DATE '2029-12-31'",
+    "delta.constraints.seat_no": "seat IS NULL OR seat.no IN ('1A', '2B', '3C')",
+}
+last = sorted(glob.glob(sys.argv[1] + "/_delta_log/*.json"))[-1]
+actions = [json.loads(line) for line in open(last)]
+for action in actions:
+    if "metaData" in action:
+        action["metaData"]["configuration"].update(spark)
+open(last, "w").write("".join(json.dumps(a) + "\n" for a in actions))
+print(json.dumps(DeltaTable(sys.argv[1]).metadata().configuration))
+"#;
+
+#[test]
+fn constraints_as_spark_and_delta_rs_write_them_are_evaluated_and_breaking_records_dead_lettered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = dir.path().join("constrained");
+    let configuration = python(CREATE_WITH_CONSTRAINTS, &table);
+    assert_eq!(
+        configuration["delta.constraints.qty_and_kind"],
+        "qty >= 1 AND qty <= 10 AND (kind = 'adult' OR kind = 'child' OR kind IS NULL)",
+        "{configuration}"
+    );
+    let good = json!({"id": 1, "price": "19.99", "qty": 5, "kind": "adult", "day": "2026-05-01",
+                      "lo": 1.5, "hi": 2.5, "seat": {"no": "2B", "row": 4}});
+    let with = |id: i64, field: &str, value: Value| {
+        let mut record = good.clone();
+        record["id"] = json!(id);
+        record[field] = value;
+        record
+    };
+    let cases = [
+        (
+            {
+                let mut r = with(2, "qty", json!(11));
+                r["price"] = json!("1.00");
+                r
+            },
+            Some("qty_and_kind"),
+        ),
+        (with(3, "kind", json!("senior")), Some("qty_and_kind")),
+        // Null satisfies `qty_and_kind` (`OR kind IS NULL`) but not `kind_code`.
+        (with(4, "kind", Value::Null), Some("kind_code")),
+        (with(5, "price", json!("20.01")), Some("amount_limit")),
+        (
+            {
+                let mut r = with(6, "price", json!("20.01"));
+                r["kind"] = json!("child");
+                r
+            },
+            None,
+        ),
+        (with(7, "lo", json!(3.0)), Some("range_order")),
+        (with(8, "hi", json!(12.0)), Some("range_order")),
+        (with(9, "day", json!("2019-12-31")), Some("recent")),
+        (with(10, "day", json!("2030-01-01")), Some("this_decade")),
+        (
+            with(11, "seat", json!({"no": "1A", "row": 0})),
+            Some("seat_row"),
+        ),
+        (
+            with(12, "seat", json!({"no": "9Z", "row": 1})),
+            Some("seat_no"),
+        ),
+        (with(13, "seat", Value::Null), None),
+        // A record breaking several constraints names the first (by name) it breaks; here the
+        // `OR` keeps `amount_limit` despite the null.
+        (
+            {
+                let mut r = with(14, "qty", Value::Null);
+                r["kind"] = json!("child");
+                r
+            },
+            Some("qty_and_kind"),
+        ),
+        (with(15, "price", json!("0.01")), None),
+    ];
+    let mut lines = format!("{good}\n");
+    for (record, _) in &cases {
+        lines.push_str(&format!("{record}\n"));
+    }
+    std::fs::write(dir.path().join("input.jsonl"), lines).expect("input");
+    let config = config(dir.path(), "constrained");
+    run_to_completion(&config, Duration::from_secs(120));
+
+    let rows = python(READ, &table);
+    let written: Vec<i64> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    let mut expected_written = vec![1];
+    expected_written.extend(
+        cases
+            .iter()
+            .filter(|(_, broken)| broken.is_none())
+            .map(|(r, _)| r["id"].as_i64().expect("id")),
+    );
+    assert_eq!(written, expected_written);
+    let letters: Vec<(i64, String)> = read_jsonl_dir(&dir.path().join("dead_letters"))
+        .iter()
+        .map(|l| {
+            let body: Value =
+                serde_json::from_str(l["body"].as_str().expect("body")).expect("json");
+            (
+                body["id"].as_i64().expect("id"),
+                l["reason"].as_str().expect("reason").to_owned(),
+            )
+        })
+        .collect();
+    let mut letters = letters;
+    letters.sort();
+    let expected_letters: Vec<(i64, String)> = cases
+        .iter()
+        .filter_map(|(record, broken)| {
+            let name = (*broken)?;
+            let sql = configuration[format!("delta.constraints.{name}")]
+                .as_str()
+                .expect("constraint");
+            Some((
+                record["id"].as_i64().expect("id"),
+                format!("the row breaks the table's check constraint `{name}` ({sql})"),
+            ))
+        })
+        .collect();
+    assert_eq!(letters, expected_letters);
+}
+
+#[test]
+fn a_constraint_beyond_the_grammar_refuses_the_start_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = dir.path().join("beyond");
+    python(
+        &CREATE_WITH_CONSTRAINTS.replace(
+            "\"NOT (lo > hi) AND hi - lo < 10\"",
+            "\"regexp_like(kind, '^[a-z]+$')\"",
+        ),
+        &table,
+    );
+    std::fs::write(dir.path().join("input.jsonl"), "{\"id\":1}\n").expect("input");
+    let config = config(dir.path(), "beyond");
+    let process = WeirProcess::run(&config);
+    let status = process.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(
+            "check constraint `range_order` (`regexp_like(kind, '^[a-z]+$')`) is beyond what this writer evaluates: the function `regexp_like`"
+        ),
+        "{log}"
+    );
+}

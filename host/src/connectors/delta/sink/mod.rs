@@ -25,6 +25,7 @@
 //!   (an error after the log entry may have been written) is resolved on the next attempt by
 //!   dropping the rows whose positions the table's transactions already cover.
 
+mod check_sql;
 mod constraints;
 mod convert;
 mod json_tree;
