@@ -21,8 +21,8 @@ pub struct DeltaSinkConfig {
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
     /// Sign in to Azure Storage or Fabric OneLake with Microsoft Entra ID: `{ kind =
-    /// "managed_identity" | "workload_identity" | "client_secret" | "azure_cli", ... }`; its
-    /// options join `storage_options` (which win).
+    /// "managed_identity" | "workload_identity" | "client_secret" | "client_certificate" |
+    /// "azure_cli", ... }`, through the Azure SDK's identity crate (checked at start).
     #[serde(default)]
     pub credential: Option<crate::connectors::entra::EntraCredential>,
     /// Columns of the table, in order. Omitted: the existing table's columns, each filled from
@@ -286,14 +286,4 @@ pub(crate) fn validate_sink(
         }
     }
     Ok(())
-}
-
-impl DeltaSinkConfig {
-    /// `storage_options` with the `credential`'s options added.
-    pub fn storage_options_with_credential(&self) -> Result<BTreeMap<String, String>, String> {
-        crate::connectors::entra::config::with_storage_credential(
-            self.credential.as_ref(),
-            &self.storage_options,
-        )
-    }
 }

@@ -96,11 +96,10 @@ impl DeltaSink {
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
         let misconfigured = |reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
-        let storage_options = config
-            .storage_options_with_credential()
+        let location = Location::parse(&config.path, &config.storage_options, loaded)
+            .and_then(|location| location.with_credential(config.credential.as_ref()))
             .map_err(misconfigured)?;
-        let location =
-            Location::parse(&config.path, &storage_options, loaded).map_err(misconfigured)?;
+        location.check_sign_in().await.map_err(misconfigured)?;
         Self::open_at(name, config, location).await
     }
 
