@@ -94,9 +94,11 @@ pub struct DeltaMaintenance {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
     /// Delete data files that were removed from the table (by compaction or by others) more than
-    /// `vacuum_retention` ago. Off by default, with compaction.
+    /// `vacuum_retention` ago: `true` (or `"removed"`); `"full"` also deletes the data files no
+    /// version of the table references (left by crashed writes) once older than the retention.
+    /// Off (`false`) by default, with compaction.
     #[serde(default)]
-    pub vacuum: bool,
+    pub vacuum: Vacuum,
     /// How long removed files are kept for readers of older versions (Delta's default: 7 days).
     #[serde(default = "default_vacuum_retention")]
     pub vacuum_retention: ConfigDuration,
@@ -111,7 +113,7 @@ impl Default for DeltaMaintenance {
             compact_min_age: default_compact_min_age(),
             compact_min_files: default_compact_min_files(),
             checkpoint_every: default_checkpoint_every(),
-            vacuum: false,
+            vacuum: Vacuum::Off,
             vacuum_retention: default_vacuum_retention(),
         }
     }
@@ -139,6 +141,41 @@ fn default_checkpoint_every() -> u64 {
 
 fn default_vacuum_retention() -> ConfigDuration {
     ConfigDuration::from_millis(7 * 24 * 3_600_000)
+}
+
+/// What VACUUM deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Vacuum {
+    /// Nothing: VACUUM does not run.
+    #[default]
+    Off,
+    /// The files removed from the table more than the retention ago (`true`, `"removed"`).
+    Removed,
+    /// Those, and the files no version references, once older than the retention (`"full"`).
+    Full,
+}
+
+impl<'de> Deserialize<'de> for Vacuum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Vacuum;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`true`, `false`, `\"removed\"` or `\"full\"`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Vacuum, E> {
+                Ok(if on { Vacuum::Removed } else { Vacuum::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, mode: &str) -> Result<Vacuum, E> {
+                match mode {
+                    "removed" => Ok(Vacuum::Removed),
+                    "full" => Ok(Vacuum::Full),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Whether the Delta sink changes the table's schema.

@@ -1568,6 +1568,29 @@ async fn evolve_adds_new_nested_members_as_nullable_fields() {
     );
 }
 
+#[test]
+fn vacuum_takes_a_flag_or_a_mode() {
+    use crate::connectors::delta::config::Vacuum;
+    let vacuum = |value: &str| {
+        toml::from_str::<DeltaMaintenanceProbe>(&format!("vacuum = {value}"))
+            .map(|probe| probe.maintenance.vacuum)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(vacuum("false"), Ok(Vacuum::Off));
+    assert_eq!(vacuum("true"), Ok(Vacuum::Removed));
+    assert_eq!(vacuum("\"removed\""), Ok(Vacuum::Removed));
+    assert_eq!(vacuum("\"full\""), Ok(Vacuum::Full));
+    let error = vacuum("\"everything\"").expect_err("unknown mode");
+    assert!(error.contains("`\"full\"`"), "{error}");
+}
+
+/// A `maintenance` table on its own.
+#[derive(serde::Deserialize)]
+struct DeltaMaintenanceProbe {
+    #[serde(flatten)]
+    maintenance: crate::connectors::delta::config::DeltaMaintenance,
+}
+
 /// Data files under the table's directory (referenced or not).
 fn parquet_files(dir: &Path) -> usize {
     let mut count = 0;
