@@ -6,6 +6,8 @@
 //! constraint outside it refuses the start, naming it, rather than being ignored. As in Delta
 //! (Spark and delta-rs alike), a row whose constraint evaluates to null breaks it.
 
+use deltalake::kernel::StructTypeExt as _;
+
 use super::check_sql::{self, Expr};
 use super::convert::Cell;
 use crate::config::ColumnType;
@@ -83,16 +85,18 @@ pub(super) fn has_checks(table: &deltalake::DeltaTable) -> bool {
     })
 }
 
-/// A CHECK constraint of the table.
+/// A CHECK constraint or invariant of the table.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Constraint {
+    /// What it is, for reasons: ``check constraint `name` `` or ``invariant on `column` ``.
     name: String,
     sql: String,
     expr: Expr,
 }
 
-/// The table's CHECK constraints (`delta.constraints.<name>` properties), read against `columns`
-/// (the sink's columns, in order), or the first one this writer cannot evaluate.
+/// The table's CHECK constraints (`delta.constraints.<name>` properties) and invariants (a
+/// column's `delta.invariants`), read against `columns` (the sink's columns, in order), or the
+/// first one this writer cannot evaluate.
 pub(super) fn read(
     table: &deltalake::DeltaTable,
     columns: &[(String, ColumnType)],
@@ -114,7 +118,26 @@ pub(super) fn read(
             )
         })?;
         constraints.push(Constraint {
-            name: name.to_owned(),
+            name: format!("check constraint `{name}`"),
+            sql: sql.clone(),
+            expr,
+        });
+    }
+    // Invariants (writer version 2): an expression in a column's `delta.invariants` metadata.
+    let mut invariants = snapshot
+        .schema()
+        .get_invariants()
+        .map_err(|e| format!("cannot read the table's invariants: {e}"))?;
+    invariants.sort_by(|a, b| a.field_name.cmp(&b.field_name));
+    for invariant in invariants {
+        let (path, sql) = (&invariant.field_name, &invariant.invariant_sql);
+        let expr = check_sql::parse(sql, columns).map_err(|why| {
+            format!(
+                "the invariant on `{path}` (`{sql}`) is beyond what this writer evaluates: {why}"
+            )
+        })?;
+        constraints.push(Constraint {
+            name: format!("invariant on `{path}`"),
             sql: sql.clone(),
             expr,
         });
@@ -130,7 +153,7 @@ impl Constraint {
             Ok(())
         } else {
             Err(format!(
-                "the row breaks the table's check constraint `{}` ({})",
+                "the row breaks the table's {} ({})",
                 self.name, self.sql
             ))
         }
@@ -159,7 +182,7 @@ mod tests {
 
     fn holds(sql: &str, cells: &[Cell<'_>]) -> bool {
         let constraint = Constraint {
-            name: "c".to_owned(),
+            name: "check constraint `c`".to_owned(),
             sql: sql.to_owned(),
             expr: check_sql::parse(sql, &columns()).expect("parses"),
         };

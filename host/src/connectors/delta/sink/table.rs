@@ -403,7 +403,8 @@ fn column_differences(config: &DeltaSinkConfig, fields: &[&StructField]) -> Vec<
             });
             continue;
         };
-        if Ok(field.data_type()) != delta_type(&column.data_type).as_ref() {
+        // Compared as column types: nested fields' metadata (comments, invariants) is not type.
+        if column_type(field.data_type()).as_ref() != Ok(&column.data_type) {
             differences.push(format!(
                 "column `{}` is {} in the table but {} in the configuration",
                 column.name,

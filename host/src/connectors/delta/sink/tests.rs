@@ -1591,6 +1591,77 @@ struct DeltaMaintenanceProbe {
     maintenance: crate::connectors::delta::config::DeltaMaintenance,
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_of_the_table_are_honoured() {
+    use deltalake::kernel::{DataType, MetadataValue, StructField};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table_dir = dir.path().join("t");
+    let invariant = |sql: &str| {
+        [(
+            "delta.invariants",
+            MetadataValue::String(json!({"expression": {"expression": sql}}).to_string()),
+        )]
+    };
+    let seat =
+        deltalake::kernel::StructType::try_new([
+            StructField::new("row", DataType::LONG, true).with_metadata(invariant("seat.row > 0"))
+        ])
+        .expect("struct");
+    let table = Location::local(&table_dir)
+        .table()
+        .await
+        .expect("table")
+        .create()
+        .with_columns([
+            StructField::new("id", DataType::LONG, false),
+            StructField::new("qty", DataType::INTEGER, true)
+                .with_metadata(invariant("qty BETWEEN 1 AND 10")),
+            StructField::new("seat", DataType::Struct(Box::new(seat)), true),
+        ])
+        .await
+        .expect("create");
+    drop(table);
+    let sink = open(&table_dir, "").await;
+    let mut w = writer(&sink, 0, None).await;
+    let refused = w
+        .write(vec![
+            Event::new(0, 0, r#"{"id":0,"qty":1,"seat":{"row":1}}"#),
+            Event::new(0, 1, r#"{"id":1,"qty":11}"#),
+            Event::new(0, 2, r#"{"id":2,"qty":2,"seat":{"row":0}}"#),
+            Event::new(0, 3, r#"{"id":3,"qty":3,"seat":{"row":5}}"#),
+            // A null makes the invariant null, which breaks it, as with CHECK constraints.
+            Event::new(0, 4, r#"{"id":4,"qty":3}"#),
+        ])
+        .await
+        .expect("write");
+    let reasons: Vec<(u64, String)> = refused
+        .iter()
+        .map(|r| (r.record.position, r.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                1,
+                "the row breaks the table's invariant on `qty` (qty BETWEEN 1 AND 10)".to_owned()
+            ),
+            (
+                2,
+                "the row breaks the table's invariant on `seat.row` (seat.row > 0)".to_owned()
+            ),
+            (
+                4,
+                "the row breaks the table's invariant on `seat.row` (seat.row > 0)".to_owned()
+            ),
+        ]
+    );
+    w.flush().await.expect("flush");
+    assert_eq!(
+        longs(&read_with_rust(&table_dir).await, "id"),
+        [Some(0), Some(3)]
+    );
+}
+
 /// Data files under the table's directory (referenced or not).
 fn parquet_files(dir: &Path) -> usize {
     let mut count = 0;
