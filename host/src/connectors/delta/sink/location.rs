@@ -92,7 +92,7 @@ impl Location {
     /// The location signing in with the Entra ID `credential` (through the identity crate),
     /// if one is configured; only a remote table takes one.
     pub(super) fn with_credential(
-        mut self,
+        self,
         credential: Option<&crate::connectors::entra::EntraCredential>,
     ) -> Result<Self, String> {
         let Some(credential) = credential else {
@@ -104,14 +104,26 @@ impl Location {
                 self.display()
             ));
         }
-        #[cfg(feature = "azure")]
-        {
-            self.credential = Some(crate::connectors::entra::storage::StorageCredential::new(
-                credential,
-            )?);
-        }
-        #[cfg(not(feature = "azure"))]
-        let _ = credential;
+        self.signed_in(credential)
+    }
+
+    #[cfg(feature = "azure")]
+    fn signed_in(
+        mut self,
+        credential: &crate::connectors::entra::EntraCredential,
+    ) -> Result<Self, String> {
+        self.credential = Some(crate::connectors::entra::storage::StorageCredential::new(
+            credential,
+        )?);
+        Ok(self)
+    }
+
+    /// Without Azure support there are no remote tables to sign in to.
+    #[cfg(not(feature = "azure"))]
+    fn signed_in(
+        self,
+        _credential: &crate::connectors::entra::EntraCredential,
+    ) -> Result<Self, String> {
         Ok(self)
     }
 
