@@ -1,7 +1,9 @@
 //! A local Microsoft Entra ID token service for sign-in tests: HTTPS on 127.0.0.1 (the identity
 //! crate refuses a plain-HTTP authority host), answering `POST /<tenant>/oauth2/v2.0/token` with
 //! the OAuth2 client-credentials grant, by client secret or by client assertion (a federated
-//! token), as `login.microsoftonline.com` does. Tokens go only to the configured client.
+//! token, or a JWT signed with the client's certificate), as `login.microsoftonline.com` does,
+//! and `GET /msi/token` as an App Service managed identity endpoint does (`IDENTITY_ENDPOINT`,
+//! with the `IDENTITY_HEADER` secret). Tokens go only to the configured client.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,13 +25,19 @@ pub struct TokenServiceConfig {
     pub federated_token: String,
     /// The access token handed out.
     pub access_token: String,
+    /// A PEM file with the client's certificate and its PKCS#8 RSA key: client assertions signed
+    /// with it (RS256, its SHA-1 thumbprint as `x5t`) are accepted.
+    pub certificate: Option<std::path::PathBuf>,
+    /// The secret a managed identity request must carry in `X-IDENTITY-HEADER`.
+    pub identity_header: Option<String>,
 }
 
 /// A running token service; it stops when dropped.
 pub struct TokenService {
     /// `https://127.0.0.1:<port>`.
     pub authority_host: String,
-    /// The grants issued and refused, in order: `secret`, `assertion`, `refused`.
+    /// The grants issued and refused, in order: `secret`, `assertion`, `certificate`,
+    /// `managed_identity <resource>`, `refused`.
     pub grants: Arc<Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -133,7 +141,11 @@ where
             }
         }
     };
-    let (status, answer) = answer(&head, &body, config, seen);
+    let (status, answer) = if head.starts_with("GET /msi/token") {
+        managed_identity(&head, config, seen)
+    } else {
+        answer(&head, &body, config, seen)
+    };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
@@ -189,7 +201,13 @@ fn answer(
     } else if field("client_assertion_type")
         == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     {
-        (field("client_assertion") == config.federated_token).then_some("assertion")
+        if field("client_assertion") == config.federated_token {
+            Some("assertion")
+        } else {
+            let audience = format!("{}{expected_path}", authority_of(head));
+            certificate_assertion(field("client_assertion"), &audience, config)
+                .then_some("certificate")
+        }
     } else {
         None
     };
@@ -221,6 +239,153 @@ fn answer(
             )
         }
     }
+}
+
+/// `https://<Host header>`: the authority the client addressed.
+fn authority_of(head: &str) -> String {
+    let host = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("host").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("https://{host}")
+}
+
+/// Whether `jwt` is a client assertion signed with the configured certificate's key: RS256, the
+/// certificate's SHA-1 thumbprint as `x5t`, issuer and subject the client, audience the token
+/// endpoint, not expired.
+fn certificate_assertion(jwt: &str, audience: &str, config: &TokenServiceConfig) -> bool {
+    let Some(path) = &config.certificate else {
+        return false;
+    };
+    let Ok(pem) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let (Some(certificate), Some(key)) = (
+        pem_block(&pem, "CERTIFICATE"),
+        pem_block(&pem, "PRIVATE KEY"),
+    ) else {
+        return false;
+    };
+    let Ok(key) = ring::rsa::KeyPair::from_pkcs8(&key) else {
+        return false;
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return false;
+    };
+    let json = |part: &str| -> serde_json::Value {
+        decode_base64(part)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    let (header_json, claims_json) = (json(header), json(claims));
+    let thumbprint = base64url(
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certificate).as_ref(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signed = decode_base64(signature).is_some_and(|signature| {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            key.public().as_ref(),
+        )
+        .verify(format!("{header}.{claims}").as_bytes(), &signature)
+        .is_ok()
+    });
+    signed
+        && header_json["alg"] == "RS256"
+        && header_json["x5t"] == thumbprint.as_str()
+        && claims_json["iss"] == config.client_id.as_str()
+        && claims_json["sub"] == config.client_id.as_str()
+        && claims_json["aud"] == audience
+        && claims_json["exp"].as_i64().is_some_and(|exp| exp > now)
+}
+
+/// The bytes of the first PEM block labelled `label`.
+fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&format!("-----END {label}-----"))?;
+    decode_base64(&pem[start..stop].split_whitespace().collect::<String>())
+}
+
+/// Base64, standard or URL-safe, padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut bits, mut held) = (0u32, 0);
+    for c in text.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            out.push((bits >> held) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Answers an App Service managed identity token request: `GET
+/// /msi/token?api-version=2019-08-01&resource=...[&client_id=...]` with the secret header.
+fn managed_identity(
+    head: &str,
+    config: &TokenServiceConfig,
+    seen: &Mutex<Vec<String>>,
+) -> (&'static str, String) {
+    let target = head.split_whitespace().nth(1).unwrap_or("");
+    let query = form(target.split_once('?').map_or("", |(_, q)| q));
+    let header = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-identity-header")
+            .then(|| v.trim().to_owned())
+    });
+    let client_ok = query
+        .get("client_id")
+        .is_none_or(|id| *id == config.client_id);
+    let granted = config.identity_header.is_some()
+        && header == config.identity_header
+        && client_ok
+        && query.get("api-version").is_some_and(|v| v == "2019-08-01")
+        && query
+            .get("resource")
+            .is_some_and(|r| r.starts_with("https://"));
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if !granted {
+        seen.push("refused".to_owned());
+        return (
+            "400 Bad Request",
+            serde_json::json!({"error": "invalid_request"}).to_string(),
+        );
+    }
+    seen.push(format!(
+        "managed_identity {}",
+        query.get("resource").map_or("", String::as_str)
+    ));
+    let expires_on = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    (
+        "200 OK",
+        serde_json::json!({
+            "access_token": config.access_token,
+            "expires_on": expires_on.to_string(),
+            "resource": query.get("resource"),
+            "token_type": "Bearer",
+        })
+        .to_string(),
+    )
 }
 
 /// An access token shaped as Entra ID's for Azure Storage (a JWT with issuer

@@ -3,7 +3,9 @@
 //! service (HTTPS, OAuth2 client credentials) hands to the right client; one side uses a client
 //! secret, the other a federated token file (workload identity). A wrong secret is refused at
 //! start with what to check. The Blob checkpoint store signs in to Azurite over HTTPS with a
-//! bearer token (`--oauth basic`).
+//! bearer token (`--oauth basic`). Every credential kind (client secret, certificate, federated
+//! token, managed identity, Azure CLI) reads from and writes to the hubs, checkpoints to Blob
+//! Storage and writes a Delta table there; a wrong storage secret is refused at start.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +22,7 @@ const CLIENT: &str = "weir-test-client";
 const SECRET: &str = "the-right-secret";
 const FEDERATED: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3ZWlyIn0.";
 const EVENTS: usize = 40;
+const IDENTITY_HEADER: &str = "the-identity-header-secret";
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -35,6 +38,13 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = test_certificates(dir.path());
     let access_token = storage_jwt(TENANT);
+    // The service principal's certificate and key, in one PEM file.
+    let pem = format!(
+        "{}{}",
+        std::fs::read_to_string(&cert).expect("cert"),
+        std::fs::read_to_string(&key).expect("key")
+    );
+    std::fs::write(dir.path().join("sp.pem"), pem).expect("sp.pem");
     let tokens = TokenService::start(
         TokenServiceConfig {
             tenant_id: TENANT.to_owned(),
@@ -42,6 +52,8 @@ fn setup() -> Setup {
             client_secret: SECRET.to_owned(),
             federated_token: FEDERATED.to_owned(),
             access_token: access_token.clone(),
+            certificate: Some(dir.path().join("sp.pem")),
+            identity_header: Some(IDENTITY_HEADER.to_owned()),
         },
         &cert,
         &key,
@@ -276,4 +288,265 @@ columns = [{{ name = "DeviceId", type = "string" }}, {{ name = "Reading", type =
         listing.contains(".parquet"),
         "no data file:\n{listing}\n{log}"
     );
+}
+
+/// A pipeline where every Azure client signs in with `credential`: the Event Hubs source and
+/// sink, the Blob checkpoint store and a Delta table on Azurite.
+fn write_all_azure_config(setup: &Setup, endpoint: &str, credential: &str) -> PathBuf {
+    let hub = setup.endpoint.endpoint.custom_endpoint();
+    let config = format!(
+        r#"
+[checkpoint]
+interval = "200ms"
+
+[checkpoint.azure_blob]
+account = "devstoreaccount1"
+container = "checkpoints"
+endpoint = "{endpoint}"
+credential = {credential}
+
+[sources.input]
+kind = "eventhubs"
+namespace = "weir-test.servicebus.windows.net"
+event_hub = "input"
+custom_endpoint = "{hub}"
+stop_at_end = true
+credential = {credential}
+
+[sinks.output]
+kind = "eventhubs"
+namespace = "weir-test.servicebus.windows.net"
+event_hub = "output"
+custom_endpoint = "{hub}"
+credential = {credential}
+
+[sinks.lake]
+kind = "delta"
+path = "az://lake/readings"
+storage_options = {{ azure_storage_account_name = "devstoreaccount1", azure_storage_endpoint = "{endpoint}" }}
+credential = {credential}
+columns = [{{ name = "DeviceId", type = "string" }}, {{ name = "Reading", type = "long" }}]
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.p]
+source = "input"
+dead_letter = "dead_letters"
+
+[[pipelines.p.stages]]
+name = "forward"
+plugin = "{plugin}"
+outputs = {{ out = ["output", "lake"] }}
+"#,
+        plugin = plugin_path("passthrough").display(),
+    );
+    let path = setup.dir.path().join("weir.toml");
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+/// Runs `weir` with the test CA trusted and `env` set; returns whether it succeeded, and its log.
+fn run_with(config: &Path, ca: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let ca = ca.display().to_string();
+    let mut all = vec![("SSL_CERT_FILE", ca.as_str())];
+    all.extend_from_slice(env);
+    let process = WeirProcess::spawn_with_env(&["run", "--config"], config, &all);
+    let status = process.wait(Duration::from_secs(120));
+    (
+        status.success(),
+        std::fs::read_to_string(config.with_extension("log")).unwrap_or_default(),
+    )
+}
+
+/// Publishes the readings, runs `weir` signing in everywhere with the credential `sign_in` gives
+/// for the setup (with its environment variables), and checks what it read, wrote and
+/// checkpointed; returns the token service's grants.
+fn reads_writes_and_checkpoints_with(
+    sign_in: impl FnOnce(&Setup) -> (String, Vec<(&'static str, String)>),
+) -> Vec<String> {
+    let setup = setup();
+    let azurite = Azurite::start_oauth(&setup.cert, &setup.key);
+    let endpoint = azurite.https_blob_endpoint();
+    blob_request(
+        &setup,
+        "PUT",
+        &format!("{endpoint}/checkpoints?restype=container"),
+    );
+    blob_request(&setup, "PUT", &format!("{endpoint}/lake?restype=container"));
+    for n in 0..EVENTS {
+        let body = format!(r#"{{"DeviceId":"d{}","Reading":{n}}}"#, n % 4);
+        setup
+            .endpoint
+            .endpoint
+            .publish("input", PublishTo::Partition(n % 2), body, &[])
+            .expect("publish");
+    }
+    let (credential, env) = sign_in(&setup);
+    let config = write_all_azure_config(&setup, &endpoint, &credential);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, log) = run_with(&config, &setup.ca, &env);
+    assert!(ok, "weir failed:\n{log}");
+    let mut readings: Vec<i64> = setup
+        .endpoint
+        .unique_json("output")
+        .iter()
+        .map(|v| v["Reading"].as_i64().expect("Reading"))
+        .collect();
+    readings.sort_unstable();
+    assert_eq!(readings, (0..EVENTS as i64).collect::<Vec<_>>(), "{log}");
+    let checkpoints = blob_request(
+        &setup,
+        "GET",
+        &format!("{endpoint}/checkpoints?restype=container&comp=list"),
+    );
+    assert!(
+        checkpoints.contains("/checkpoint/0"),
+        "{checkpoints}\n{log}"
+    );
+    assert!(
+        checkpoints.contains("/checkpoint/1"),
+        "{checkpoints}\n{log}"
+    );
+    let lake = blob_request(
+        &setup,
+        "GET",
+        &format!("{endpoint}/lake?restype=container&comp=list"),
+    );
+    assert!(
+        lake.contains("readings/_delta_log/00000000000000000001.json") && lake.contains(".parquet"),
+        "no Delta commit:\n{lake}\n{log}"
+    );
+    let grants = setup.tokens.grants.lock().expect("grants").clone();
+    assert!(!grants.contains(&"refused".to_owned()), "{grants:?}");
+    grants
+}
+
+#[test]
+fn a_service_principal_certificate_signs_in_to_event_hubs_blob_checkpoints_and_delta() {
+    let grants = reads_writes_and_checkpoints_with(|setup| {
+        let credential = format!(
+            r#"{{ kind = "client_certificate", tenant_id = "{TENANT}", client_id = "{CLIENT}", certificate_path = "{pem}", authority_host = "{authority}" }}"#,
+            pem = setup.dir.path().join("sp.pem").display(),
+            authority = setup.tokens.authority_host,
+        );
+        (credential, Vec::new())
+    });
+    assert!(!grants.is_empty());
+    assert!(grants.iter().all(|g| g == "certificate"), "{grants:?}");
+}
+
+#[test]
+fn a_managed_identity_signs_in_to_event_hubs_blob_checkpoints_and_delta() {
+    let grants = reads_writes_and_checkpoints_with(|setup| {
+        let credential = format!(r#"{{ kind = "managed_identity", client_id = "{CLIENT}" }}"#);
+        let env = vec![
+            (
+                "IDENTITY_ENDPOINT",
+                format!("{}/msi/token", setup.tokens.authority_host),
+            ),
+            ("IDENTITY_HEADER", IDENTITY_HEADER.to_owned()),
+        ];
+        (credential, env)
+    });
+    for resource in ["https://storage.azure.com", "https://eventhubs.azure.net"] {
+        assert!(
+            grants.contains(&format!("managed_identity {resource}")),
+            "{grants:?}"
+        );
+    }
+}
+
+#[test]
+fn the_azure_cli_signs_in_to_event_hubs_blob_checkpoints_and_delta() {
+    // A fake `az` first on PATH, answering `az account get-access-token` as the real one does,
+    // and noting each call.
+    let bin = tempfile::tempdir().expect("bin dir");
+    let calls = bin.path().join("calls");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> {calls}\nexp=$(( $(date +%s) + 3600 ))\nprintf '{{\"accessToken\": \"%s\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": %s, \"subscription\": \"s\", \"tenant\": \"{TENANT}\", \"tokenType\": \"Bearer\"}}\\n' \"$WEIR_TEST_CLI_TOKEN\" \"$exp\"\n",
+        calls = calls.display()
+    );
+    let az = bin.path().join("az");
+    std::fs::write(&az, script).expect("az");
+    let status = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&az)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let grants = reads_writes_and_checkpoints_with(|setup| {
+        let credential = format!(r#"{{ kind = "azure_cli", tenant_id = "{TENANT}" }}"#);
+        let env = vec![
+            ("PATH", path),
+            ("WEIR_TEST_CLI_TOKEN", setup.access_token.clone()),
+        ];
+        (credential, env)
+    });
+    assert!(
+        grants.is_empty(),
+        "the CLI, not the token service: {grants:?}"
+    );
+    let calls = std::fs::read_to_string(&calls).expect("az was called");
+    for scope in [
+        "https://storage.azure.com/.default",
+        "https://eventhubs.azure.net/.default",
+    ] {
+        assert!(
+            calls.contains(&format!(
+                "account get-access-token -o json --scope {scope} --tenant {TENANT}"
+            )),
+            "{calls}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_storage_secret_is_refused_at_start_with_what_to_check() {
+    let setup = setup();
+    let credential = format!(
+        r#"{{ kind = "client_secret", tenant_id = "{TENANT}", client_id = "{CLIENT}", client_secret_env = "WEIR_TEST_CLIENT_SECRET", authority_host = "{}" }}"#,
+        setup.tokens.authority_host
+    );
+    std::fs::write(setup.dir.path().join("input.jsonl"), "{\"a\":1}\n").expect("input");
+    // Nothing listens at the storage endpoint: the sign-in is refused before any request.
+    let storage = "https://127.0.0.1:9/devstoreaccount1";
+    let checkpoint = format!(
+        "[checkpoint.azure_blob]\naccount = \"devstoreaccount1\"\ncontainer = \"c\"\nendpoint = \"{storage}\"\ncredential = {credential}\n"
+    );
+    let lake = format!(
+        "kind = \"delta\"\npath = \"az://lake/t\"\nstorage_options = {{ azure_storage_account_name = \"devstoreaccount1\", azure_storage_endpoint = \"{storage}\" }}\ncredential = {credential}\ncolumns = [{{ name = \"a\", type = \"long\" }}]\n"
+    );
+    for (checkpoint, sink, what) in [
+        (checkpoint.as_str(), "kind = \"stdout\"\n", "container `c`"),
+        ("", lake.as_str(), "cannot reach the table at az://lake/t"),
+    ] {
+        let config = format!(
+            "[checkpoint]\ndir = \"checkpoints\"\n{checkpoint}\n[sources.input]\nkind = \"file\"\npath = \"input.jsonl\"\n\n[sinks.out]\n{sink}\n[sinks.dead_letters]\nkind = \"stdout\"\n\n[pipelines.p]\nsource = \"input\"\ndead_letter = \"dead_letters\"\n\n[[pipelines.p.stages]]\nname = \"forward\"\nplugin = \"{plugin}\"\noutputs = {{ out = \"out\" }}\n",
+            plugin = plugin_path("passthrough").display(),
+        );
+        let path = setup.dir.path().join("storage.toml");
+        std::fs::write(&path, config).expect("config");
+        let _ = std::fs::remove_file(path.with_extension("log"));
+        let (ok, log) = run_with(
+            &path,
+            &setup.ca,
+            &[("WEIR_TEST_CLIENT_SECRET", "a-wrong-secret")],
+        );
+        assert!(!ok, "weir must refuse a wrong storage secret:\n{log}");
+        for expected in [
+            what,
+            "Entra ID sign-in (client_secret) for `https://storage.azure.com/.default` failed",
+            "AADSTS7000215",
+            "the secret in `WEIR_TEST_CLIENT_SECRET`",
+        ] {
+            assert!(log.contains(expected), "{expected}:\n{log}");
+        }
+    }
 }

@@ -29,6 +29,23 @@ use std::sync::Arc;
 use crate::checkpoint::{CheckpointError, CheckpointStore, LocalCheckpointStore};
 use crate::config::LoadedConfig;
 
+/// [`checkpoint_store`], having signed in once with its Entra ID credential (if any), so that a
+/// wrong one refuses the start with what to check.
+pub async fn open_checkpoint_store(
+    loaded: &LoadedConfig,
+) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+    #[cfg(feature = "azure")]
+    if let Some(blob) = &loaded.config.checkpoint.azure_blob {
+        let store = azure_blob::checkpoint::BlobCheckpointStore::open(
+            blob,
+            loaded.config.consumer_scopes(),
+        )?;
+        store.check_sign_in().await?;
+        return Ok(Arc::new(store));
+    }
+    checkpoint_store(loaded)
+}
+
 /// The checkpoint store `loaded` configures: the local directory by default, Azure Blob Storage
 /// with `[checkpoint.azure_blob]`.
 pub fn checkpoint_store(

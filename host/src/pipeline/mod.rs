@@ -258,7 +258,8 @@ pub async fn start_with(loaded: &LoadedConfig, services: Services) -> Result<Run
         .map_err(StartError::Engine)?
         .with_cache(&store.compiled_dir())
         .with_trusted_keys(trusted);
-    let checkpoints: Arc<dyn CheckpointStore> = crate::connectors::checkpoint_store(loaded)?;
+    let checkpoints: Arc<dyn CheckpointStore> =
+        crate::connectors::open_checkpoint_store(loaded).await?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     // Every plugin is compiled and checked against its world before anything is created, so a

@@ -30,6 +30,7 @@ use crate::checkpoint::{
 };
 use crate::checkpoint::{MAGIC, decode, encode};
 use crate::config::{AzureBlobCheckpointConfig, expand_env};
+use crate::connectors::entra::storage::StorageCredential;
 use crate::event::{PartitionId, Position, now_millis};
 
 const OWNER_ID: &str = "ownerid";
@@ -41,6 +42,8 @@ pub struct BlobCheckpointStore {
     store: Arc<dyn ObjectStore>,
     container: String,
     scopes: HashMap<String, ConsumerScope>,
+    /// The Entra ID credential the store signs in with, if configured.
+    credential: Option<StorageCredential>,
 }
 
 impl std::fmt::Debug for BlobCheckpointStore {
@@ -74,12 +77,15 @@ impl BlobCheckpointStore {
             }
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
         }
-        let options = crate::connectors::entra::config::with_storage_credential(
-            config.credential.as_ref(),
-            &config.options,
-        )
-        .map_err(fail)?;
-        for (key, value) in &options {
+        let credential = match &config.credential {
+            Some(credential) => {
+                let credential = StorageCredential::new(credential).map_err(fail)?;
+                builder = builder.with_credentials(credential.provider());
+                Some(credential)
+            }
+            None => None,
+        };
+        for (key, value) in &config.options {
             let key: AzureConfigKey = key
                 .parse()
                 .map_err(|e| fail(format!("unknown option `{key}`: {e}")))?;
@@ -92,7 +98,23 @@ impl BlobCheckpointStore {
             store: Arc::new(store),
             container: config.container.clone(),
             scopes,
+            credential,
         })
+    }
+
+    /// Signs in once with the configured Entra ID credential, if any, so that a wrong one
+    /// refuses the start with what to check.
+    pub async fn check_sign_in(&self) -> Result<(), CheckpointError> {
+        match &self.credential {
+            Some(credential) => credential.check().await.map_err(|reason| {
+                CheckpointError::new(
+                    CheckpointErrorKind::Misconfigured,
+                    format!("container `{}`", self.container),
+                    reason,
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     fn scope(&self, pipeline: &str) -> ConsumerScope {

@@ -25,7 +25,8 @@ pub struct AzureBlobCheckpointConfig {
     #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// Sign in with Microsoft Entra ID: `{ kind = "managed_identity" | "workload_identity" |
-    /// "client_secret" | "azure_cli", ... }` (the identity needs the role "Storage Blob Data
+    /// "client_secret" | "client_certificate" | "azure_cli", ... }`, through the Azure SDK's
+    /// identity crate, checked at start (the identity needs the role "Storage Blob Data
     /// Contributor" on the container).
     #[serde(default)]
     pub credential: Option<crate::connectors::entra::EntraCredential>,

@@ -21,8 +21,8 @@ pub struct DeltaSinkConfig {
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
     /// Sign in to Azure Storage or Fabric OneLake with Microsoft Entra ID: `{ kind =
-    /// "managed_identity" | "workload_identity" | "client_secret" | "azure_cli", ... }`; its
-    /// options join `storage_options` (which win).
+    /// "managed_identity" | "workload_identity" | "client_secret" | "client_certificate" |
+    /// "azure_cli", ... }`, through the Azure SDK's identity crate (checked at start).
     #[serde(default)]
     pub credential: Option<crate::connectors::entra::EntraCredential>,
     /// Columns of the table, in order. Omitted: the existing table's columns, each filled from
@@ -93,9 +93,11 @@ pub struct DeltaMaintenance {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
     /// Delete data files that were removed from the table (by compaction or by others) more than
-    /// `vacuum_retention` ago.
-    #[serde(default = "default_true")]
-    pub vacuum: bool,
+    /// `vacuum_retention` ago: `true` (or `"removed"`, the default); `"full"` also deletes the
+    /// data files no version of the table references (left by crashed writes) once older than
+    /// the retention; `false` turns VACUUM off.
+    #[serde(default)]
+    pub vacuum: Vacuum,
     /// How long removed files are kept for readers of older versions (Delta's default: 7 days).
     #[serde(default = "default_vacuum_retention")]
     pub vacuum_retention: ConfigDuration,
@@ -110,7 +112,7 @@ impl Default for DeltaMaintenance {
             compact_min_age: default_compact_min_age(),
             compact_min_files: default_compact_min_files(),
             checkpoint_every: default_checkpoint_every(),
-            vacuum: true,
+            vacuum: Vacuum::default(),
             vacuum_retention: default_vacuum_retention(),
         }
     }
@@ -138,6 +140,41 @@ fn default_checkpoint_every() -> u64 {
 
 fn default_vacuum_retention() -> ConfigDuration {
     ConfigDuration::from_millis(7 * 24 * 3_600_000)
+}
+
+/// What VACUUM deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Vacuum {
+    /// Nothing: VACUUM does not run.
+    Off,
+    /// The files removed from the table more than the retention ago (`true`, `"removed"`).
+    #[default]
+    Removed,
+    /// Those, and the files no version references, once older than the retention (`"full"`).
+    Full,
+}
+
+impl<'de> Deserialize<'de> for Vacuum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Vacuum;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`true`, `false`, `\"removed\"` or `\"full\"`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Vacuum, E> {
+                Ok(if on { Vacuum::Removed } else { Vacuum::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, mode: &str) -> Result<Vacuum, E> {
+                match mode {
+                    "removed" => Ok(Vacuum::Removed),
+                    "full" => Ok(Vacuum::Full),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Whether the Delta sink changes the table's schema.
@@ -285,14 +322,4 @@ pub(crate) fn validate_sink(
         }
     }
     Ok(())
-}
-
-impl DeltaSinkConfig {
-    /// `storage_options` with the `credential`'s options added.
-    pub fn storage_options_with_credential(&self) -> Result<BTreeMap<String, String>, String> {
-        crate::connectors::entra::config::with_storage_credential(
-            self.credential.as_ref(),
-            &self.storage_options,
-        )
-    }
 }

@@ -1,8 +1,6 @@
 //! The `credential` table of an Azure connector: which Microsoft Entra ID credential signs in,
 //! with its fields. Secrets are read from environment variables, never written in the file.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Document};
@@ -88,72 +86,6 @@ impl EntraCredential {
             EntraCredential::ClientCertificate { .. } => "check `tenant_id`, `client_id` and that the certificate is uploaded to the application".to_owned(),
             EntraCredential::AzureCli { .. } => "check `az login` (and `az account show`) in the account Weir runs as".to_owned(),
         }
-    }
-
-    /// The credential as `object_store` Azure options (used by the Blob checkpoint store and
-    /// Delta tables): every kind but `client_certificate`, which object_store cannot sign in
-    /// with. Secrets are read from their environment variables here.
-    pub fn storage_options(&self) -> Result<BTreeMap<String, String>, String> {
-        let mut options = BTreeMap::new();
-        let mut put = |key: &str, value: Option<&String>| {
-            if let Some(value) = value {
-                options.insert(key.to_owned(), value.clone());
-            }
-        };
-        match self {
-            EntraCredential::ManagedIdentity { client_id } => {
-                put("azure_client_id", client_id.as_ref());
-            }
-            EntraCredential::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                token_file,
-                authority_host,
-            } => {
-                let from_env = |name: &str| std::env::var(name).ok();
-                put(
-                    "azure_tenant_id",
-                    tenant_id
-                        .clone()
-                        .or_else(|| from_env("AZURE_TENANT_ID"))
-                        .as_ref(),
-                );
-                put(
-                    "azure_client_id",
-                    client_id
-                        .clone()
-                        .or_else(|| from_env("AZURE_CLIENT_ID"))
-                        .as_ref(),
-                );
-                put(
-                    "azure_federated_token_file",
-                    token_file
-                        .clone()
-                        .or_else(|| from_env("AZURE_FEDERATED_TOKEN_FILE"))
-                        .as_ref(),
-                );
-                put("azure_authority_host", authority_host.as_ref());
-            }
-            EntraCredential::ClientSecret {
-                tenant_id,
-                client_id,
-                client_secret_env,
-                authority_host,
-            } => {
-                let secret = read_secret(client_secret_env)?;
-                put("azure_tenant_id", Some(tenant_id));
-                put("azure_client_id", Some(client_id));
-                put("azure_client_secret", Some(&secret));
-                put("azure_authority_host", authority_host.as_ref());
-            }
-            EntraCredential::ClientCertificate { .. } => {
-                return Err("a `client_certificate` credential signs in to Event Hubs only; for Blob Storage and Delta tables use `client_secret`, `workload_identity`, `managed_identity` or `azure_cli`".to_owned());
-            }
-            EntraCredential::AzureCli { .. } => {
-                options.insert("azure_use_azure_cli".to_owned(), "true".to_owned());
-            }
-        }
-        Ok(options)
     }
 }
 
@@ -245,32 +177,13 @@ pub(crate) fn validate(
 }
 
 /// Checks a `credential` table of a storage connector (the Blob checkpoint store, a Delta table):
-/// as [`validate`], and refuses `client_certificate`, which object_store cannot sign in with.
+/// as [`validate`]; every kind signs in to storage through the identity crate.
 pub(crate) fn validate_storage(
     doc: &Document<'_>,
     at: &[&str],
     credential: &EntraCredential,
 ) -> Result<(), ConfigError> {
-    validate(doc, at, credential)?;
-    if let Err(reason) = credential.storage_options() {
-        let mut keys = at.to_vec();
-        keys.push("kind");
-        return Err(doc.error(&keys, reason));
-    }
-    Ok(())
-}
-
-/// `options` with the credential's object_store options added (the explicit `options` win).
-pub fn with_storage_credential(
-    credential: Option<&EntraCredential>,
-    options: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut merged = match credential {
-        Some(credential) => credential.storage_options()?,
-        None => BTreeMap::new(),
-    };
-    merged.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(merged)
+    validate(doc, at, credential)
 }
 
 #[cfg(test)]
@@ -371,25 +284,5 @@ outputs = {{ alerts = "out" }}
         ))
         .expect_err("both");
         assert!(err.contains("not both"), "{err}");
-    }
-
-    #[test]
-    fn storage_options_follow_object_store_keys() {
-        let credential = super::EntraCredential::WorkloadIdentity {
-            tenant_id: Some("t".to_owned()),
-            client_id: Some("c".to_owned()),
-            token_file: Some("/token".to_owned()),
-            authority_host: Some("https://login.local".to_owned()),
-        };
-        let options = credential.storage_options().expect("options");
-        assert_eq!(options["azure_federated_token_file"], "/token");
-        assert_eq!(options["azure_authority_host"], "https://login.local");
-        assert_eq!(options["azure_tenant_id"], "t");
-        assert_eq!(options["azure_client_id"], "c");
-        let cli = super::EntraCredential::AzureCli { tenant_id: None };
-        assert_eq!(
-            cli.storage_options().expect("cli")["azure_use_azure_cli"],
-            "true"
-        );
     }
 }

@@ -3,7 +3,9 @@
 //! credential it builds through the Azure SDK's identity crate.
 
 pub mod config;
-#[cfg(feature = "eventhubs")]
+#[cfg(any(feature = "eventhubs", feature = "azure"))]
 pub mod credential;
+#[cfg(feature = "azure")]
+pub mod storage;
 
 pub use config::EntraCredential;

@@ -25,6 +25,7 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::constraints::Constraint;
 use super::json_tree::{self, Node};
 use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
@@ -47,6 +48,10 @@ pub(super) struct RowConverter {
     other_names: Vec<String>,
     schema_mode: SchemaMode,
     extra_fields: ExtraFields,
+    /// The table's CHECK constraints, checked on every row.
+    constraints: Vec<Constraint>,
+    /// The columns' types, in order, for the constraints.
+    types: Vec<ColumnType>,
 }
 
 /// What [`BatchBuilder::push`] did with a record.
@@ -70,6 +75,8 @@ struct ColumnSpec {
     derive: Option<Derive>,
     /// No later column reads the same field.
     last_reader: bool,
+    /// A struct sits inside the column's type: its values may carry members it has no field for.
+    nests_struct: bool,
 }
 
 /// A column's value before conversion: a scalar read by the fast path or metadata, or a part of
@@ -131,6 +138,7 @@ impl RowConverter {
                 source,
                 derive: column.derive,
                 last_reader: true,
+                nests_struct: column.value.is_none() && nested::has_struct(&column.data_type),
             });
         }
         for index in 0..columns.len() {
@@ -162,7 +170,15 @@ impl RowConverter {
             other_names,
             schema_mode: config.schema,
             extra_fields: config.extra_fields,
+            constraints: Vec::new(),
+            types: config.columns.iter().map(|c| c.data_type.clone()).collect(),
         })
+    }
+
+    /// The converter refusing rows that break one of `constraints`.
+    pub(super) fn with_constraints(mut self, constraints: Vec<Constraint>) -> Self {
+        self.constraints = constraints;
+        self
     }
 
     /// An empty batch of rows.
@@ -188,9 +204,10 @@ impl RowConverter {
         record: &'a Event,
         ingestion_time: i64,
     ) -> Result<(Vec<Cell<'a>>, Vec<String>), (RefusalKind, String)> {
-        let (mut values, extras) = self
+        let (mut values, mut extras) = self
             .field_values(&record.body)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
+        self.nested_extras(&values, &mut extras);
         let cells = self
             .columns
             .iter()
@@ -225,8 +242,26 @@ impl RowConverter {
                 self.cell(column, value)
                     .map_err(|reason| (RefusalKind::Schema, reason))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<Cell<'a>>, _>>()?;
+        for constraint in &self.constraints {
+            constraint
+                .check(&cells, &self.types)
+                .map_err(|reason| (RefusalKind::Schema, reason))?;
+        }
         Ok((cells, extras))
+    }
+
+    /// Adds to `extras` the members inside the values of struct-typed columns that their types
+    /// have no field for (`seat.zone`), which `schema` and `extra_fields` treat as new fields.
+    fn nested_extras(&self, values: &[Option<Input<'_>>], extras: &mut Vec<String>) {
+        for column in self.columns.iter().filter(|c| c.nests_struct) {
+            if let Source::Field(index) = column.source
+                && let Some(Some(Input::Node(node))) = values.get(index)
+            {
+                let mut path = self.fields[index].clone();
+                nested::new_members(&column.data_type, node, &mut path, extras);
+            }
+        }
     }
 
     /// Whether `key`, a top-level field no column reads, is new to the table.
@@ -715,6 +750,25 @@ impl BatchBuilder<'_> {
         }
         self.positions.push(record.position);
         Ok(pushed)
+    }
+
+    /// Adds `record` as a row without its new fields, whatever the configuration says of them
+    /// (for a record whose new fields an evolution could give no type).
+    pub(super) fn push_without_new(
+        &mut self,
+        record: &Event,
+        ingestion_time: i64,
+    ) -> Result<Pushed, (RefusalKind, String)> {
+        let (cells, extras) = self.converter.cells(record, ingestion_time)?;
+        for (builder, cell) in self.builders.iter_mut().zip(cells) {
+            builder.append(cell);
+        }
+        self.positions.push(record.position);
+        Ok(if extras.is_empty() {
+            Pushed::Row
+        } else {
+            Pushed::Ignored
+        })
     }
 
     /// Number of rows so far.

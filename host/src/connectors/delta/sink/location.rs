@@ -22,6 +22,9 @@ pub(super) struct Location {
     dir: PathBuf,
     /// A remote table's URL and object-store options.
     remote: Option<(url::Url, HashMap<String, String>)>,
+    /// The Entra ID credential a remote table is reached with, if configured.
+    #[cfg(feature = "azure")]
+    credential: Option<crate::connectors::entra::storage::StorageCredential>,
 }
 
 impl Location {
@@ -65,6 +68,7 @@ impl Location {
         Ok(Location {
             dir: PathBuf::new(),
             remote: Some((url, options)),
+            credential: None,
         })
     }
 
@@ -80,7 +84,60 @@ impl Location {
         Location {
             dir: dir.to_path_buf(),
             remote: None,
+            #[cfg(feature = "azure")]
+            credential: None,
         }
+    }
+
+    /// The location signing in with the Entra ID `credential` (through the identity crate),
+    /// if one is configured; only a remote table takes one.
+    pub(super) fn with_credential(
+        self,
+        credential: Option<&crate::connectors::entra::EntraCredential>,
+    ) -> Result<Self, String> {
+        let Some(credential) = credential else {
+            return Ok(self);
+        };
+        if self.remote.is_none() {
+            return Err(format!(
+                "a `credential` signs in to Azure storage, but the table at {} is a local directory",
+                self.display()
+            ));
+        }
+        self.signed_in(credential)
+    }
+
+    #[cfg(feature = "azure")]
+    fn signed_in(
+        mut self,
+        credential: &crate::connectors::entra::EntraCredential,
+    ) -> Result<Self, String> {
+        self.credential = Some(crate::connectors::entra::storage::StorageCredential::new(
+            credential,
+        )?);
+        Ok(self)
+    }
+
+    /// Without Azure support there are no remote tables to sign in to.
+    #[cfg(not(feature = "azure"))]
+    fn signed_in(
+        self,
+        _credential: &crate::connectors::entra::EntraCredential,
+    ) -> Result<Self, String> {
+        Ok(self)
+    }
+
+    /// Signs in once with the configured credential, so that a wrong one refuses the start
+    /// with what to check.
+    pub(super) async fn check_sign_in(&self) -> Result<(), String> {
+        #[cfg(feature = "azure")]
+        if let Some(credential) = &self.credential {
+            return credential
+                .check()
+                .await
+                .map_err(|e| format!("cannot reach the table at {}: {e}", self.display()));
+        }
+        Ok(())
     }
 
     /// The location as users read it.
@@ -94,6 +151,11 @@ impl Location {
     /// The table at this location, not loaded yet (a local directory is created if absent).
     pub(super) async fn table(&self) -> Result<DeltaTable, String> {
         if let Some((url, options)) = &self.remote {
+            #[cfg(feature = "azure")]
+            if let Some(credential) = &self.credential {
+                return signed_in_table(url, options, credential)
+                    .map_err(|e| format!("cannot open the table at {url}: {e}"));
+            }
             return DeltaTableBuilder::from_url(url.clone())
                 .map(|builder| builder.with_storage_options(options.clone()))
                 .and_then(|builder| builder.build())
@@ -156,6 +218,35 @@ impl Location {
         })
         .await
     }
+}
+
+/// The table at `url` on an Azure object store that signs in with `credential` (its other
+/// `options`, such as the account or the endpoint, apply as usual).
+#[cfg(feature = "azure")]
+fn signed_in_table(
+    url: &url::Url,
+    options: &HashMap<String, String>,
+    credential: &crate::connectors::entra::storage::StorageCredential,
+) -> Result<DeltaTable, String> {
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    let mut builder = MicrosoftAzureBuilder::new()
+        .with_url(url.to_string())
+        .with_credentials(credential.provider());
+    for (key, value) in options {
+        // Options that are not the Azure store's (deltalake's own) are left to deltalake.
+        if let Ok(key) = key.to_ascii_lowercase().parse::<AzureConfigKey>() {
+            builder = builder.with_config(key, value.clone());
+        }
+    }
+    let store = builder.build().map_err(|e| e.to_string())?;
+    DeltaTableBuilder::from_url(url.clone())
+        .map(|builder| {
+            builder
+                .with_storage_backend(std::sync::Arc::new(store), url.clone())
+                .with_storage_options(options.clone())
+        })
+        .and_then(|builder| builder.build())
+        .map_err(|e| e.to_string())
 }
 
 async fn run_blocking(

@@ -29,20 +29,21 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 
 use super::Shared;
-use crate::connectors::delta::config::DeltaMaintenance;
+use crate::connectors::delta::config::{DeltaMaintenance, Vacuum};
 use crate::event::now_millis;
 use crate::metrics::Metrics;
 use crate::metrics::names::DELTA_MAINTENANCE;
 
 /// What the sink did to its table besides appending rows, as the `action` label of
 /// `weir_delta_maintenance_total` names it.
-pub(super) const ACTIONS: [&str; 8] = [
+pub(super) const ACTIONS: [&str; 9] = [
     "compactions",
     "files_compacted",
     "files_written",
     "compaction_conflicts",
     "checkpoints",
     "files_vacuumed",
+    "orphan_files_vacuumed",
     "columns_added",
     "extra_fields_ignored",
 ];
@@ -98,7 +99,7 @@ impl MaintenanceCounts {
 /// Starts the background maintenance of the sink's table; it ends when the sink is dropped.
 pub(super) fn spawn(shared: &Arc<Shared>) {
     let settings = shared.maintenance.clone();
-    if !settings.compact && !settings.vacuum {
+    if !settings.compact && settings.vacuum == Vacuum::Off {
         return;
     }
     let weak = Arc::downgrade(shared);
@@ -132,7 +133,7 @@ pub(super) async fn run_once(shared: &Shared) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot read the table's log: {e}"))?;
     }
-    if settings.vacuum {
+    if settings.vacuum != Vacuum::Off {
         vacuum(shared, table).await?;
     }
     Ok(())
@@ -322,14 +323,17 @@ fn with_table_columns(
         .map_err(|e| format!("cannot rebuild the rows of a data file: {e}"))
 }
 
-/// Deletes the files removed from the table more than the retention ago. (Files no version
-/// references, left by a crash, are left alone: telling them from the files of a commit in
-/// progress would take a retention longer than any commit, which a short test retention is not.)
+/// Deletes the files removed from the table more than the retention ago; with `vacuum =
+/// "full"`, then also the files no version references (left by crashed writes, or by a
+/// compaction whose commit lost) once older than the retention. That second pass runs holding
+/// the committer, on the table as of then, so that no file this process has written and not yet
+/// committed can be taken for an orphan; another process's such files are safe as long as the
+/// retention is longer than its writes take to commit.
 async fn vacuum(shared: &Shared, table: DeltaTable) -> Result<(), String> {
     let retention = chrono::Duration::milliseconds(
         i64::try_from(shared.maintenance.vacuum_retention.get().as_millis()).unwrap_or(i64::MAX),
     );
-    let (_, metrics) = table
+    let (table, metrics) = table
         .vacuum()
         .with_retention_period(retention)
         .with_enforce_retention_duration(false)
@@ -340,6 +344,30 @@ async fn vacuum(shared: &Shared, table: DeltaTable) -> Result<(), String> {
     if deleted > 0 {
         shared.maintenance_counts.add("files_vacuumed", deleted);
         tracing::info!(sink = %shared.name, deleted, "vacuumed removed files of the Delta table");
+    }
+    if shared.maintenance.vacuum != Vacuum::Full {
+        return Ok(());
+    }
+    let committer = shared.committer.lock().await;
+    let mut table = table;
+    table
+        .update_incremental(None)
+        .await
+        .map_err(|e| format!("cannot read the table's log: {e}"))?;
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .with_mode(VacuumMode::Full)
+        .await
+        .map_err(|e| format!("VACUUM (full) failed: {e}"))?;
+    drop(committer);
+    let orphans = metrics.files_deleted.len() as u64;
+    if orphans > 0 {
+        shared
+            .maintenance_counts
+            .add("orphan_files_vacuumed", orphans);
+        tracing::info!(sink = %shared.name, deleted = orphans, files = ?metrics.files_deleted, "vacuumed data files no version of the Delta table references");
     }
     Ok(())
 }

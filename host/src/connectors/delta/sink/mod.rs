@@ -29,6 +29,8 @@
 //!   (an error after the log entry may have been written) is resolved on the next attempt by
 //!   dropping the rows whose positions the table's transactions already cover.
 
+mod check_sql;
+mod constraints;
 mod convert;
 mod json_tree;
 mod location;
@@ -50,7 +52,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
-use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -98,11 +100,10 @@ impl DeltaSink {
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
         let misconfigured = |reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
-        let storage_options = config
-            .storage_options_with_credential()
+        let location = Location::parse(&config.path, &config.storage_options, loaded)
+            .and_then(|location| location.with_credential(config.credential.as_ref()))
             .map_err(misconfigured)?;
-        let location =
-            Location::parse(&config.path, &storage_options, loaded).map_err(misconfigured)?;
+        location.check_sign_in().await.map_err(misconfigured)?;
         Self::open_at(name, config, location).await
     }
 
@@ -129,7 +130,14 @@ impl DeltaSink {
         let (table, schema) = table::open_or_create(name, config, &location)
             .await
             .map_err(|(kind, reason)| SinkError::opening(kind, name, reason))?;
-        let converter = Arc::new(RowConverter::new(config, schema).map_err(misconfigured)?);
+        let constraints =
+            constraints::read(&table, &column_types(config)).map_err(misconfigured)?;
+        let checks_constraints = constraints::has_checks(&table);
+        let converter = Arc::new(
+            RowConverter::new(config, schema)
+                .map_err(misconfigured)?
+                .with_constraints(constraints),
+        );
         let partition_by = config.partition_by.clone();
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -147,6 +155,7 @@ impl DeltaSink {
             committer: tokio::sync::Mutex::new(Committer {
                 table,
                 partition_by,
+                checks_constraints,
                 suspect: false,
                 conflicted: false,
                 txn_cache: HashMap::new(),
@@ -156,6 +165,15 @@ impl DeltaSink {
         maintenance::spawn(&shared);
         Ok(DeltaSink { shared })
     }
+}
+
+/// The name and type of each column, in order.
+fn column_types(config: &DeltaSinkConfig) -> Vec<(String, crate::config::ColumnType)> {
+    config
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.data_type.clone()))
+        .collect()
 }
 
 /// The application id of the transaction actions of one pipeline partition writing to one sink.
@@ -480,63 +498,30 @@ impl Shared {
         }
     }
 
-    /// Adds the new fields `names` of `record` to the table as nullable columns, their types
-    /// inferred from the record, in a metadata commit. Everything buffered is committed first,
-    /// and no writer converts meanwhile (the schema's write lock), so every buffered chunk has
-    /// one schema. A column another process added first is taken as the table has it. A crash
-    /// after the metadata commit leaves a table with a new empty column, which the restart
-    /// takes into its columns; the replay then writes the rows exactly once as before.
-    async fn evolve(self: &Arc<Self>, record: &Event, names: &[String]) -> Result<(), String> {
+    /// Adds the new fields of `record` to the table as nullable columns, and its new members
+    /// inside struct columns as nullable nested fields, their types inferred from the record, in
+    /// a metadata commit. Everything buffered is committed first, and no writer converts
+    /// meanwhile (the schema's write lock), so every buffered chunk has one schema. What another
+    /// process added first is taken as the table has it. A crash after the metadata commit
+    /// leaves a table with new empty columns or fields, which the restart takes into its
+    /// columns; the replay then writes the rows exactly once as before.
+    /// Returns whether the table changed (or another writer's change was taken).
+    async fn evolve(self: &Arc<Self>, record: &Event) -> Result<bool, String> {
         let mut schema = self.schema.write().await;
         let body = std::str::from_utf8(&record.body).map_err(|e| format!("malformed JSON: {e}"))?;
         let Ok(json_tree::Node::Object(members)) = json_tree::parse(body) else {
             return Err("malformed JSON: expected a JSON object".to_owned());
         };
-        let known = |name: &str| {
-            schema
-                .config
-                .columns
-                .iter()
-                .any(|c| c.name.eq_ignore_ascii_case(name))
-        };
-        let mut fields: Vec<StructField> = Vec::new();
-        for name in names {
-            if known(name) || fields.iter().any(|f| f.name().eq_ignore_ascii_case(name)) {
-                continue;
-            }
-            let Some(data_type) =
-                json_tree::Node::member(&members, name).and_then(nested::infer_type)
-            else {
-                continue;
-            };
-            fields.push(StructField::new(
-                name.clone(),
-                table::delta_type(&data_type)?,
-                true,
-            ));
+        if table::evolution(&schema.config, &members)?.0.is_empty() {
+            // Another writer added them meanwhile, or they have no type to give (`{}`).
+            return Ok(false);
         }
-        if fields.is_empty() {
-            // Another writer added them meanwhile.
-            return Ok(());
-        }
-        drop(members);
         self.commit().await?;
         let mut committer = self.committer.lock().await;
         committer.refresh().await?;
-        let in_table = |name: &str| {
-            committer.table.snapshot().is_ok_and(|s| {
-                s.schema()
-                    .fields()
-                    .any(|f| f.name().eq_ignore_ascii_case(name))
-            })
-        };
-        let missing: Vec<StructField> =
-            fields.into_iter().filter(|f| !in_table(f.name())).collect();
+        let current = table::with_table_columns(&schema.config, &committer.table)?;
+        let (missing, added) = table::evolution(&current, &members)?;
         if !missing.is_empty() {
-            let added: Vec<String> = missing
-                .iter()
-                .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                .collect();
             let table = committer
                 .table
                 .clone()
@@ -555,9 +540,18 @@ impl Shared {
         let arrow = RecordBatchWriter::for_table(&committer.table)
             .map_err(delta_error("cannot write to the table"))?
             .arrow_schema();
-        schema.converter = Arc::new(RowConverter::new(&config, arrow)?);
+        let constraints = constraints::read(&committer.table, &column_types(&config))?;
+        schema.converter =
+            Arc::new(RowConverter::new(&config, arrow)?.with_constraints(constraints));
+        let shape = |c: &DeltaSinkConfig| {
+            c.columns
+                .iter()
+                .map(|c| (c.name.clone(), c.data_type.clone()))
+                .collect::<Vec<_>>()
+        };
+        let changed = shape(&config) != shape(&schema.config);
         schema.config = config;
-        Ok(())
+        Ok(changed)
     }
 
     fn take_buffered(&self) -> Vec<Pending> {
@@ -608,6 +602,8 @@ impl Shared {
 struct Committer {
     table: DeltaTable,
     partition_by: Vec<String>,
+    /// The table has CHECK constraints or invariants, which the converter evaluates.
+    checks_constraints: bool,
     /// The last commit failed, perhaps after its log entry was written.
     suspect: bool,
     /// The last commit failed because another writer committed a transaction of one of its app
@@ -848,9 +844,19 @@ impl Committer {
                 ("readVersion".to_owned(), json!(read_version)),
             ]);
         let actions = adds.into_iter().map(Action::Add).collect();
+        // delta-rs without DataFusion refuses to commit to a table with CHECK constraints or
+        // invariants, which it cannot evaluate; this sink evaluates them on every row
+        // (`constraints`), so it commits without the read snapshot, which skips that check: the
+        // commit then goes to the latest version, checked for conflicts from there.
+        let read_snapshot: Option<&dyn deltalake::kernel::transaction::TableReference> =
+            if self.checks_constraints {
+                None
+            } else {
+                Some(snapshot)
+            };
         let post_commit = CommitBuilder::from(properties)
             .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
+            .build(read_snapshot, self.table.log_store(), operation)
             .into_prepared_commit_future()
             .await
             .map_err(delta_error("cannot prepare the commit"))?
@@ -1009,17 +1015,25 @@ impl SinkWriter for DeltaWriter {
             .filter(|record| skip_through.is_none_or(|done| record.position > done))
             .collect();
         let mut commit_now = false;
+        // The position of a record to write without its new fields (see `evolve`).
+        let mut as_is: Option<Position> = None;
         while !records.is_empty() {
             let schema = self.shared.schema.read().await;
             let mut batch = schema.converter.batch(records.len());
             let mut ignored = 0u64;
             let mut evolve = None;
             while let Some(record) = records.pop_front() {
-                match batch.push(&record, ingestion_time) {
+                let pushed = match as_is.take() {
+                    Some(position) if position == record.position => {
+                        batch.push_without_new(&record, ingestion_time)
+                    }
+                    _ => batch.push(&record, ingestion_time),
+                };
+                match pushed {
                     Ok(Pushed::Row) => {}
                     Ok(Pushed::Ignored) => ignored += 1,
-                    Ok(Pushed::Evolve(names)) => {
-                        evolve = Some((record, names));
+                    Ok(Pushed::Evolve(_)) => {
+                        evolve = Some(record);
                         break;
                     }
                     Err((kind, reason)) => refused.push(Refused {
@@ -1040,11 +1054,16 @@ impl SinkWriter for DeltaWriter {
                 commit_now |= self.buffer(batch, positions)?;
             }
             drop(schema);
-            if let Some((record, names)) = evolve {
-                self.shared
-                    .evolve(&record, &names)
+            if let Some(record) = evolve {
+                let changed = self
+                    .shared
+                    .evolve(&record)
                     .await
                     .map_err(|e| self.error(e))?;
+                if !changed {
+                    // Nothing to add for it: written without the fields, or it would come back.
+                    as_is = Some(record.position);
+                }
                 records.push_front(record);
             }
         }

@@ -15,6 +15,7 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, TimeUnit};
 use super::convert::{Cell, Json, convert_ref, expectation};
 use super::json_tree::Node;
 use crate::config::ColumnType;
+use crate::connectors::delta::config::StructMember;
 
 /// A step from a column's value into a nested one.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +240,135 @@ pub(super) fn infer_type(node: &Node<'_>) -> Option<ColumnType> {
             ColumnType::Struct(fields)
         }
     })
+}
+
+/// Whether a struct sits somewhere inside `data_type` (only then can a value carry members the
+/// type has no field for).
+pub(super) fn has_struct(data_type: &ColumnType) -> bool {
+    match data_type {
+        ColumnType::Struct(_) => true,
+        ColumnType::Array(element) => has_struct(element),
+        ColumnType::Map(key, value) => has_struct(key) || has_struct(value),
+        _ => false,
+    }
+}
+
+/// The struct field of `fields` that a JSON member `name` fills: the one of that exact name, else
+/// one differing only in case (Delta compares names ignoring case, so such a member is not new).
+fn field_for<'f>(fields: &'f [StructMember], name: &str) -> Option<&'f StructMember> {
+    fields
+        .iter()
+        .find(|f| f.name == name)
+        .or_else(|| fields.iter().find(|f| f.name.eq_ignore_ascii_case(name)))
+}
+
+/// Appends to `found` the paths of the non-null members of `node` that the structs inside
+/// `data_type` have no field for, each once: `seat.zone`, `seats[].price` (a member of an array's
+/// element), `prices{}.currency` (of a map's value). `path` is the value's own path.
+pub(super) fn new_members(
+    data_type: &ColumnType,
+    node: &Node<'_>,
+    path: &mut String,
+    found: &mut Vec<String>,
+) {
+    let len = path.len();
+    match (data_type, node) {
+        (ColumnType::Struct(fields), Node::Object(members)) => {
+            for (name, value) in members {
+                path.push('.');
+                path.push_str(name);
+                match field_for(fields, name) {
+                    Some(field) => new_members(&field.data_type, value, path, found),
+                    // A member with no type to give it (null, `{}`) is not new.
+                    None if infer_type(value).is_some() && !found.contains(path) => {
+                        found.push(path.clone());
+                    }
+                    None => {}
+                }
+                path.truncate(len);
+            }
+        }
+        (ColumnType::Array(element), Node::Array(items)) if has_struct(element) => {
+            path.push_str("[]");
+            for item in items {
+                new_members(element, item, path, found);
+            }
+            path.truncate(len);
+        }
+        (ColumnType::Map(_, value_type), Node::Object(members)) if has_struct(value_type) => {
+            path.push_str("{}");
+            for (_, value) in members {
+                new_members(value_type, value, path, found);
+            }
+            path.truncate(len);
+        }
+        _ => {}
+    }
+}
+
+/// `data_type` with the new members of `node` (see [`new_members`]) added to its structs as
+/// nullable fields after the existing ones, their types inferred ([`infer_type`]), as Spark's
+/// `mergeSchema` adds them.
+pub(super) fn with_new_members(data_type: &ColumnType, node: &Node<'_>) -> ColumnType {
+    match (data_type, node) {
+        (ColumnType::Struct(fields), Node::Object(members)) => {
+            let mut merged = fields.clone();
+            for (name, value) in members {
+                match merged.iter().position(|f| f.name == *name).or_else(|| {
+                    merged
+                        .iter()
+                        .position(|f| f.name.eq_ignore_ascii_case(name))
+                }) {
+                    Some(index) => {
+                        merged[index].data_type = with_new_members(&merged[index].data_type, value);
+                    }
+                    None => {
+                        if let Some(data_type) = infer_type(value) {
+                            merged.push(StructMember {
+                                name: name.clone().into_owned(),
+                                data_type,
+                                nullable: true,
+                            });
+                        }
+                    }
+                }
+            }
+            ColumnType::Struct(merged)
+        }
+        (ColumnType::Array(element), Node::Array(items)) => ColumnType::Array(Box::new(
+            items
+                .iter()
+                .fold((**element).clone(), |t, item| with_new_members(&t, item)),
+        )),
+        (ColumnType::Map(key, value_type), Node::Object(members)) => ColumnType::Map(
+            key.clone(),
+            Box::new(
+                members
+                    .iter()
+                    .fold((**value_type).clone(), |t, (_, v)| with_new_members(&t, v)),
+            ),
+        ),
+        (other, _) => other.clone(),
+    }
+}
+
+/// Whether `wider` is `narrower` with fields added after the existing ones of its structs (as a
+/// nested evolution leaves a column's type).
+pub(super) fn extends(wider: &ColumnType, narrower: &ColumnType) -> bool {
+    match (wider, narrower) {
+        (ColumnType::Struct(w), ColumnType::Struct(n)) => {
+            n.len() <= w.len()
+                && n.iter().zip(w).all(|(n, w)| {
+                    n.name == w.name
+                        && n.nullable == w.nullable
+                        && extends(&w.data_type, &n.data_type)
+                })
+                && w[n.len()..].iter().all(|f| f.nullable)
+        }
+        (ColumnType::Array(w), ColumnType::Array(n)) => extends(w, n),
+        (ColumnType::Map(wk, wv), ColumnType::Map(nk, nv)) => wk == nk && extends(wv, nv),
+        (w, n) => w == n,
+    }
 }
 
 /// The unscaled value of decimal text (a JSON number or string: sign, digits, point, exponent)

@@ -7,7 +7,11 @@ use deltalake::kernel::{ArrayType, DataType, MapType, StructField, StructType};
 use deltalake::protocol::SaveMode;
 use deltalake::writer::RecordBatchWriter;
 
+use std::borrow::Cow;
+
+use super::json_tree::Node;
 use super::location::Location;
+use super::nested;
 use crate::config::{ColumnType, DeltaColumn, DeltaSinkConfig};
 use crate::connectors::delta::config::{SchemaMode, StructMember};
 use crate::sink::SinkErrorKind;
@@ -155,6 +159,9 @@ pub(super) async fn columns_from_table(
         })
         .collect::<Result<_, _>>()?;
     resolved.columns.extend(table_columns);
+    if evolving {
+        take_extended_types(&mut resolved, snapshot.schema().fields());
+    }
     if resolved.partition_by.is_empty() && !evolving {
         resolved.partition_by = snapshot.metadata().partition_columns().to_vec();
     }
@@ -171,6 +178,7 @@ pub(super) fn with_table_columns(
         .snapshot()
         .map_err(|e| format!("cannot read the table's schema: {e}"))?;
     let mut resolved = config.clone();
+    take_extended_types(&mut resolved, snapshot.schema().fields());
     for field in snapshot.schema().fields() {
         if config.columns.iter().any(|c| c.name == *field.name()) {
             continue;
@@ -186,6 +194,76 @@ pub(super) fn with_table_columns(
         });
     }
     Ok(resolved)
+}
+
+/// Gives each column of `config` whose struct type the table's column of its name extends with
+/// nested fields (added by an evolution) the table's type.
+fn take_extended_types<'f>(
+    config: &mut DeltaSinkConfig,
+    fields: impl Iterator<Item = &'f StructField>,
+) {
+    for field in fields {
+        let Some(column) = config.columns.iter_mut().find(|c| c.name == *field.name()) else {
+            continue;
+        };
+        if let Ok(table_type) = column_type(field.data_type())
+            && table_type != column.data_type
+            && nested::extends(&table_type, &column.data_type)
+        {
+            column.data_type = table_type;
+        }
+    }
+}
+
+/// What a metadata commit adds to the table of `config` for a record with the top-level
+/// `members`: its new non-null top-level fields as nullable columns, and the columns whose
+/// struct types gain its new nested members (the whole column with the members added, which
+/// Delta merges into the table's schema). Also the added paths with their types, for the log.
+pub(super) fn evolution(
+    config: &DeltaSinkConfig,
+    members: &[(Cow<'_, str>, Node<'_>)],
+) -> Result<(Vec<StructField>, Vec<String>), String> {
+    let mut fields: Vec<StructField> = Vec::new();
+    let mut added = Vec::new();
+    for column in config.columns.iter().filter(|c| c.value.is_none()) {
+        let from = column.from.as_deref().unwrap_or(&column.name);
+        let Some(node) = Node::member(members, from) else {
+            continue;
+        };
+        let mut paths = Vec::new();
+        nested::new_members(&column.data_type, node, &mut from.to_owned(), &mut paths);
+        if paths.is_empty() {
+            continue;
+        }
+        let merged = nested::with_new_members(&column.data_type, node);
+        fields.push(StructField::new(
+            column.name.clone(),
+            delta_type(&merged)?,
+            column.nullable,
+        ));
+        added.extend(paths);
+    }
+    let known = |name: &str| {
+        config.columns.iter().any(|c| {
+            c.name.eq_ignore_ascii_case(name)
+                || c.value.is_none() && c.from.as_deref().is_some_and(|f| f == name)
+        })
+    };
+    for (name, value) in members {
+        if known(name) || fields.iter().any(|f| f.name().eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let Some(data_type) = nested::infer_type(value) else {
+            continue;
+        };
+        added.push(format!("{name}: {data_type}"));
+        fields.push(StructField::new(
+            name.clone().into_owned(),
+            delta_type(&data_type)?,
+            true,
+        ));
+    }
+    Ok((fields, added))
 }
 
 /// Opens the table at `location`, creating it if absent; returns it loaded, with its arrow schema.
@@ -248,6 +326,17 @@ pub(super) async fn open_or_create(
             ),
         )
     })?;
+    let unsupported = super::constraints::unsupported_features(&table).map_err(unavailable)?;
+    if !unsupported.is_empty() {
+        let named: Vec<String> = unsupported.iter().map(|f| format!("`{f}`")).collect();
+        return Err((
+            SinkErrorKind::Misconfigured,
+            format!(
+                "the table at {at} uses writer features this sink cannot append under: {}",
+                named.join(", ")
+            ),
+        ));
+    }
     let writer = RecordBatchWriter::for_table(&table)
         .map_err(|e| unavailable(format!("cannot write to the table at {at}: {e}")))?;
     Ok((table, writer.arrow_schema()))
@@ -314,7 +403,8 @@ fn column_differences(config: &DeltaSinkConfig, fields: &[&StructField]) -> Vec<
             });
             continue;
         };
-        if Ok(field.data_type()) != delta_type(&column.data_type).as_ref() {
+        // Compared as column types: nested fields' metadata (comments, invariants) is not type.
+        if column_type(field.data_type()).as_ref() != Ok(&column.data_type) {
             differences.push(format!(
                 "column `{}` is {} in the table but {} in the configuration",
                 column.name,

@@ -1527,6 +1527,198 @@ fn fixed_schema_ignores_or_refuses_extra_fields() {
     );
 }
 
+const NESTED: &str = "[[columns]]\nname = \"id\"\ntype = \"long\"\nnullable = false\n[[columns]]\nname = \"seat\"\ntype = \"struct<no:string>\"\n[[columns]]\nname = \"legs\"\ntype = \"array<struct<from:string>>\"\n[[columns]]\nname = \"fares\"\ntype = \"map<string,struct<amount:double>>\"\n";
+
+#[test]
+fn fixed_schema_treats_new_nested_members_as_extra_fields() {
+    let push = |config: &str, body: &str| {
+        let c = converter(config);
+        let mut batch = c.batch(1);
+        batch.push(&Event::new(0, 0, body.to_owned()), 0)
+    };
+    let plain = r#"{"id":1,"seat":{"no":"1A","NO":"x","n":null,"e":{}},"legs":[{"from":"A"}],"fares":{"x":{"amount":1}}}"#;
+    assert_eq!(push(NESTED, plain), Ok(super::convert::Pushed::Row));
+    let body = r#"{"id":1,"seat":{"no":"1A","zone":"B"},"legs":[{"from":"A"},{"from":"B","to":"C"}],"fares":{"x":{"amount":1,"currency":"EUR"}}}"#;
+    assert_eq!(push(NESTED, body), Ok(super::convert::Pushed::Ignored));
+    let refuse = format!("extra_fields = \"refuse\"\n{NESTED}");
+    assert_eq!(
+        push(&refuse, body),
+        Err((
+            RefusalKind::Schema,
+            "the record has fields the table has no column for: `seat.zone`, `legs[].to`, `fares{}.currency` (`extra_fields = \"refuse\"`)".to_owned()
+        ))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolve_adds_new_nested_members_as_nullable_fields() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let evolving = format!("schema = \"evolve\"\n{NESTED}");
+    let sink = open(&table, &evolving).await;
+    let mut w = writer(&sink, 0, None).await;
+    let records = vec![
+        Event::new(0, 0, r#"{"id":0,"seat":{"no":"1A"},"legs":[{"from":"A"}]}"#),
+        Event::new(
+            0,
+            1,
+            r#"{"id":1,"seat":{"no":"2B","zone":"front","pos":{"x":1}},"legs":[{"from":"A"},{"from":"B","to":"C"}],"fares":{"adult":{"amount":9.5,"currency":"EUR"}}}"#,
+        ),
+        // Nothing to type in `e`: written without it.
+        Event::new(0, 2, r#"{"id":2,"seat":{"no":"3C","e":{}},"empty":{}}"#),
+    ];
+    write_all(&mut w, records).await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(py["columns"], json!(["id", "seat", "legs", "fares"]));
+    assert_eq!(
+        py["rows"],
+        json!([
+            {"id": 0, "seat": {"no": "1A", "zone": null, "pos": null}, "legs": [{"from": "A", "to": null}], "fares": null},
+            {"id": 1, "seat": {"no": "2B", "zone": "front", "pos": {"x": 1}}, "legs": [{"from": "A", "to": null}, {"from": "B", "to": "C"}], "fares": [["adult", {"amount": 9.5, "currency": "EUR"}]]},
+            {"id": 2, "seat": {"no": "3C", "zone": null, "pos": null}, "legs": null, "fares": null},
+        ])
+    );
+    let schema = commits(&table)
+        .values()
+        .flat_map(|actions| {
+            actions
+                .iter()
+                .filter_map(|a| a["metaData"]["schemaString"].as_str())
+        })
+        .last()
+        .map(|s| serde_json::from_str::<Value>(s).expect("schema"))
+        .expect("a metadata action");
+    assert_eq!(
+        schema["fields"][1]["type"]["fields"][1],
+        json!({"name": "zone", "type": "string", "nullable": true, "metadata": {}})
+    );
+    drop(w);
+    drop(sink);
+    // Reopened with the original configuration: the nested fields are taken from the table.
+    let sink = open(&table, &evolving).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(
+        &mut w,
+        vec![Event::new(
+            0,
+            3,
+            r#"{"id":3,"seat":{"no":"4D","zone":"back"}}"#,
+        )],
+    )
+    .await;
+    w.flush().await.expect("flush");
+    let py = run_python(PY_ROWS, &[&table.display().to_string()]);
+    assert_eq!(
+        py["rows"][3]["seat"],
+        json!({"no": "4D", "zone": "back", "pos": null})
+    );
+    let operations: Vec<String> = commits(&table)
+        .values()
+        .filter_map(|actions| actions.iter().find_map(|a| a.get("commitInfo")))
+        .map(|info| info["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        operations,
+        vec!["WRITE", "ADD COLUMN", "WRITE", "WRITE"],
+        "{operations:?}"
+    );
+}
+
+#[test]
+fn vacuum_takes_a_flag_or_a_mode() {
+    use crate::connectors::delta::config::Vacuum;
+    let vacuum = |value: &str| {
+        toml::from_str::<DeltaMaintenanceProbe>(&format!("vacuum = {value}"))
+            .map(|probe| probe.maintenance.vacuum)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(vacuum("false"), Ok(Vacuum::Off));
+    assert_eq!(vacuum("true"), Ok(Vacuum::Removed));
+    assert_eq!(vacuum("\"removed\""), Ok(Vacuum::Removed));
+    assert_eq!(vacuum("\"full\""), Ok(Vacuum::Full));
+    let error = vacuum("\"everything\"").expect_err("unknown mode");
+    assert!(error.contains("`\"full\"`"), "{error}");
+}
+
+/// A `maintenance` table on its own.
+#[derive(serde::Deserialize)]
+struct DeltaMaintenanceProbe {
+    #[serde(flatten)]
+    maintenance: crate::connectors::delta::config::DeltaMaintenance,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_of_the_table_are_honoured() {
+    use deltalake::kernel::{DataType, MetadataValue, StructField};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table_dir = dir.path().join("t");
+    let invariant = |sql: &str| {
+        [(
+            "delta.invariants",
+            MetadataValue::String(json!({"expression": {"expression": sql}}).to_string()),
+        )]
+    };
+    let seat =
+        deltalake::kernel::StructType::try_new([
+            StructField::new("row", DataType::LONG, true).with_metadata(invariant("seat.row > 0"))
+        ])
+        .expect("struct");
+    let table = Location::local(&table_dir)
+        .table()
+        .await
+        .expect("table")
+        .create()
+        .with_columns([
+            StructField::new("id", DataType::LONG, false),
+            StructField::new("qty", DataType::INTEGER, true)
+                .with_metadata(invariant("qty BETWEEN 1 AND 10")),
+            StructField::new("seat", DataType::Struct(Box::new(seat)), true),
+        ])
+        .await
+        .expect("create");
+    drop(table);
+    let sink = open(&table_dir, "").await;
+    let mut w = writer(&sink, 0, None).await;
+    let refused = w
+        .write(vec![
+            Event::new(0, 0, r#"{"id":0,"qty":1,"seat":{"row":1}}"#),
+            Event::new(0, 1, r#"{"id":1,"qty":11}"#),
+            Event::new(0, 2, r#"{"id":2,"qty":2,"seat":{"row":0}}"#),
+            Event::new(0, 3, r#"{"id":3,"qty":3,"seat":{"row":5}}"#),
+            // A null makes the invariant null, which breaks it, as with CHECK constraints.
+            Event::new(0, 4, r#"{"id":4,"qty":3}"#),
+        ])
+        .await
+        .expect("write");
+    let reasons: Vec<(u64, String)> = refused
+        .iter()
+        .map(|r| (r.record.position, r.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                1,
+                "the row breaks the table's invariant on `qty` (qty BETWEEN 1 AND 10)".to_owned()
+            ),
+            (
+                2,
+                "the row breaks the table's invariant on `seat.row` (seat.row > 0)".to_owned()
+            ),
+            (
+                4,
+                "the row breaks the table's invariant on `seat.row` (seat.row > 0)".to_owned()
+            ),
+        ]
+    );
+    w.flush().await.expect("flush");
+    assert_eq!(
+        longs(&read_with_rust(&table_dir).await, "id"),
+        [Some(0), Some(3)]
+    );
+}
+
 /// Data files under the table's directory (referenced or not).
 fn parquet_files(dir: &Path) -> usize {
     let mut count = 0;
