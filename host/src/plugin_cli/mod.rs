@@ -112,6 +112,10 @@ pub enum PluginCommand {
         /// their outputs differ. Without `--activate-if-equal`, nothing is activated.
         #[arg(long, value_name = "N")]
         shadow: Option<u64>,
+        /// With `--shadow`: end the run after this long even if some partitions got fewer than N
+        /// events (they are reported as partly covered, or not covered); default: `--wait`.
+        #[arg(long, value_name = "SECONDS", requires = "shadow")]
+        shadow_for: Option<u64>,
         /// With `--shadow`: activate the component (and wait for its probation) only when no
         /// record differs.
         #[arg(long, requires = "shadow")]
