@@ -1635,3 +1635,205 @@ fn a_join_stage_shadow_run_compares_pairs_and_activates_only_an_equal_version() 
     process.terminate();
     process.wait(WAIT);
 }
+
+#[test]
+fn plugin_commands_speak_https_and_a_shadow_run_without_events_on_a_partition_ends_at_its_bound() {
+    const WAIT: Duration = Duration::from_secs(240);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let (ca, cert, key) = weir_tests::tls::test_certificates(root);
+    let categorize = new_and_build(&home, &target, root, "categorize", "transform");
+    let enrich = new_and_build(&home, &target, root, "enrich", "transform");
+    let manifest = root.join("categorize/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("version = \"0.1.0\"", "version = \"0.1.1\"", 1),
+    )
+    .expect("write manifest");
+    let same = build_crate(&home, &target, &root.join("categorize"));
+
+    let run_dir = root.join("run");
+    let tls = format!(
+        "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let config = two_stage_config_with(&run_dir, &categorize, &enrich, &tls);
+    let mut process = WeirProcess::run(&config);
+    let marker = "admin API listening on https://";
+    let mut port = String::new();
+    weir_tests::service::wait_until(WAIT, "the admin API over https", || {
+        let log = process.log_text();
+        port = log
+            .split(marker)
+            .nth(1)
+            .map(|rest| rest.chars().take_while(|c| *c != '\n').collect())
+            .unwrap_or_default();
+        !port.is_empty()
+    });
+    let url = format!("https://{}", port.trim());
+    // Readings of the devices of partition 0 only: partition 1 gets none.
+    let devices: Vec<String> = (0..)
+        .map(|i| format!("device-{i}"))
+        .filter(|d| partition_of(d, 2) == 0)
+        .take(2)
+        .collect();
+    let readings: Vec<String> = (0..20_000)
+        .map(|n| {
+            serde_json::json!({
+                "EventId": format!("e{n}"), "DeviceId": devices[n % 2], "Temperature": 20.0,
+            })
+            .to_string()
+        })
+        .collect();
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings,
+        8,
+        Duration::from_millis(20),
+    );
+    let plugin = |args: &[&str], ca_file: Option<&Path>| {
+        let mut command = weir(&home, &target);
+        command.arg("plugin").args(args);
+        if let Some(ca_file) = ca_file {
+            command.env("WEIR_ADMIN_CA_FILE", ca_file);
+        }
+        command.output().expect("run weir plugin")
+    };
+    let ca_flag = ca.display().to_string();
+    // Once the pipelines started, the stage is listed.
+    weir_tests::service::wait_until(WAIT, "weir plugin list over https", || {
+        let out = plugin(&["list", "--admin", &url, "--ca-file", &ca_flag], None);
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("telemetry/categorize")
+    });
+
+    // Without the private CA, the server's certificate is not trusted.
+    let out = plugin(&["list", "--admin", &url], None);
+    assert!(!out.status.success(), "an unknown CA must be refused");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    // With it (from the environment): the table.
+    let out = plugin(&["list", "--admin", &url], Some(&ca));
+    assert_success(&out, "weir plugin list over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("telemetry/categorize ") && l.contains(&categorize.hash)),
+        "{text}"
+    );
+    // The token is checked as over plain HTTP.
+    let out = plugin(
+        &[
+            "rollback",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--token",
+            "wrong",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("refused (HTTP 401)"), "{error}");
+
+    // A shadow run of 50 events per partition, bounded to 5 s: partition 1 gets no events, so
+    // the run ends at its bound, says partition 1 was not covered, and the version that agreed
+    // on what was compared is activated.
+    let started = std::time::Instant::now();
+    let out = plugin(
+        &[
+            "deploy",
+            &same.file.display().to_string(),
+            "--to",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--token",
+            weir_tests::service::TOKEN,
+            "--shadow",
+            "50",
+            "--shadow-for",
+            "5",
+            "--activate-if-equal",
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin deploy --shadow over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for expected in [
+        "the next 50 events of each partition (for 5 s at most)",
+        "partition 0: 50 of 50 events, done",
+        "partition 1: 0 of 50 events, no events before the time bound: not covered",
+        "the run ended at its time bound (5 s)",
+        "verdict: the two versions agree on every record compared (some partitions not fully covered, see above)",
+    ] {
+        assert!(text.contains(expected), "`{expected}` in:\n{text}");
+    }
+    let expected = format!(
+        "activated: categorize 0.1.1 ({}) on stage telemetry/categorize passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the run ended at its bound, not at --wait ({:?})",
+        started.elapsed()
+    );
+
+    // Status and rollback over https.
+    let out = plugin(
+        &[
+            "status",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin status over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&same.hash) && text.contains(&categorize.hash),
+        "{text}"
+    );
+    let out = plugin(
+        &[
+            "rollback",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--to",
+            &categorize.hash,
+            "--token",
+            weir_tests::service::TOKEN,
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin rollback over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "rolled back: stage telemetry/categorize runs categorize 0.1.0 ({})",
+        categorize.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    feeder.stop();
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
