@@ -1837,3 +1837,140 @@ fn plugin_commands_speak_https_and_a_shadow_run_without_events_on_a_partition_en
     process.terminate();
     process.wait(WAIT);
 }
+
+#[test]
+fn window_rows_name_their_upstream_versions_after_a_sigkill_before_the_next_event() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_dir = dir.path();
+    let (route, minute) = (
+        weir_tests::plugin_path("passthrough"),
+        weir_tests::plugin_path("window_collect"),
+    );
+    let lineage = format!(
+        "route@{},minute@{}",
+        weir_tests::service::version_of(&route),
+        weir_tests::service::version_of(&minute)
+    );
+    std::fs::create_dir_all(run_dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&route, run_dir.join("plugins/route.wasm")).expect("copy");
+    std::fs::copy(&minute, run_dir.join("plugins/minute.wasm")).expect("copy");
+    let input = run_dir.join("readings.jsonl");
+    std::fs::write(&input, "").expect("input");
+    let config = run_dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[admin]
+address = "127.0.0.1:0"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+partitions = 2
+key_field = "DeviceId"
+follow = true
+
+[sinks.rows]
+kind = "delta"
+path = "delta/rows"
+columns = [
+  { name = "DeviceId", type = "string", nullable = false },
+  { name = "WindowStart", type = "string" },
+  { name = "PluginVersions", type = "string", value = "plugin_versions" },
+]
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.lineage]
+source = "readings"
+dead_letter = "dead_letters"
+event_time = { field = "Time", idle_timeout = "2s" }
+batch = { max_events = 16, max_wait = "20ms" }
+
+[[pipelines.lineage.stages]]
+name = "route"
+plugin = "plugins/route.wasm"
+outputs = { out = "minute" }
+
+[[pipelines.lineage.stages]]
+name = "minute"
+plugin = "plugins/minute.wasm"
+window = { type = "tumbling", size = "1m", group_by = ["DeviceId"] }
+outputs = { windows = "rows" }
+"#,
+    )
+    .expect("write config");
+    // A device of each partition; a minute starting at `start`.
+    let device = |partition: u64| {
+        (0..)
+            .map(|i| format!("device-{i}"))
+            .find(|d| partition_of(d, 2) == partition)
+            .expect("a device")
+    };
+    let (quiet, busy) = (device(0), device(1));
+    let start: i64 = 28_333_334 * 60_000;
+    let reading = |device: &str, second: i64| {
+        serde_json::json!({
+            "Id": format!("{device}-{second}"), "DeviceId": device, "Value": 1,
+            "Time": start + second * 1000,
+        })
+        .to_string()
+    };
+    let table = run_dir.join("delta/rows");
+    let rows = || {
+        if !table.join("_delta_log").is_dir() {
+            return Vec::new();
+        }
+        weir_tests::read_delta(&table).rows
+    };
+
+    // Both devices in the first 50 s of the minute: their windows stay open.
+    let process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let first: Vec<String> = (0..=10)
+        .flat_map(|k| [reading(&quiet, k * 5), reading(&busy, k * 5)])
+        .collect();
+    append(&input, &first);
+    weir_tests::service::wait_until(WAIT, "every reading read", || {
+        weir_tests::service::events_in(&admin, "lineage") >= first.len() as u64
+    });
+    // Checkpoints every 300 ms cover them; then a crash.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rows().is_empty(), "no window closed yet: {:?}", rows());
+    process.kill9();
+
+    // After the restart only the busy device's partition gets readings, past the minute: its
+    // window closes, and the quiet partition's too once it is idle (its watermark follows the
+    // pipeline's), with no event of its own since the restart.
+    let skip = std::fs::metadata(config.with_extension("log")).map_or(0, |m| m.len() as usize);
+    let process = WeirProcess::run(&config);
+    let admin = process.admin_address(skip, WAIT);
+    wait_ready(&admin, WAIT);
+    let later: Vec<String> = (70..=80).step_by(5).map(|s| reading(&busy, s)).collect();
+    append(&input, &later);
+    weir_tests::service::wait_until(WAIT, "both windows' rows", || rows().len() >= 2);
+    assert_eq!(
+        weir_tests::service::events_in(&admin, "lineage"),
+        later.len() as u64,
+        "nothing of before the crash was read again"
+    );
+    let rows = rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["PluginVersions"], lineage.as_str(), "{row}");
+    }
+    assert!(
+        rows.iter().any(|r| r["DeviceId"] == quiet.as_str()),
+        "{rows:?}"
+    );
+    process.terminate();
+    process.wait(WAIT);
+}
