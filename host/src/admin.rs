@@ -508,14 +508,22 @@ async fn start_shadow(
         Ok(slot) => slot,
         Err(response) => return response,
     };
-    // The partitions this process runs now: each runs both versions on its next events.
+    // The partitions this process runs now (not those it stopped, or lost to another
+    // process): each runs both versions on its next events.
     let partitions: Vec<u32> = state
         .services
         .status
         .pipelines()
         .iter()
         .filter(|p| p.pipeline == pipeline)
-        .flat_map(|p| p.partitions.iter().map(|p| p.partition))
+        .flat_map(|p| p.partitions.iter())
+        .filter(|p| {
+            matches!(
+                p.state,
+                crate::status::PartitionState::Starting | crate::status::PartitionState::Running
+            )
+        })
+        .map(|p| p.partition)
         .collect();
     let bytes = body.to_vec();
     match crate::plugin::loading::run_load(move || {

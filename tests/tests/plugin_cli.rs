@@ -1974,3 +1974,133 @@ outputs = { windows = "rows" }
     process.terminate();
     process.wait(WAIT);
 }
+
+/// The partitions of `pipeline` the process at `admin` runs now.
+fn owned_partitions(admin: &str, pipeline: &str) -> std::collections::BTreeSet<u64> {
+    let (status, body) = weir_tests::service::http(admin, "GET", "/pipelines", None, b"");
+    if status != 200 {
+        return Default::default();
+    }
+    let pipelines: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    pipelines["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["pipeline"] == pipeline)
+        .flat_map(|p| p["partitions"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["state"] == "running")
+        .filter_map(|p| p["partition"].as_u64())
+        .collect()
+}
+
+#[test]
+fn partitions_a_process_acquires_during_a_shadow_run_take_part_and_are_reported() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let broker = weir_tests::servers::KafkaBroker::start();
+    weir_tests::kafka::create_topic(&broker.address(), "telemetry", 4);
+    let readings = weir_tests::telemetry::generated_readings(16, 4000, 5);
+    let records = weir_tests::kafka::telemetry_records(&readings, 4);
+    let (first, rest) = records.split_at(400);
+    weir_tests::kafka::produce(&broker.address(), "telemetry", first);
+
+    // Two processes sharing the topic's four partitions through claims in one checkpoint
+    // directory, each with its admin API.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = weir_tests::kafka::KafkaPipeline::new(&broker.address(), "telemetry");
+    let configs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let path = pipeline.write(dir.path(), &format!("weir-{name}.toml"));
+            let mut text = std::fs::read_to_string(&path).expect("config");
+            text.push_str(&format!(
+                "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{}\"\n",
+                weir_tests::service::TOKEN
+            ));
+            std::fs::write(&path, text).expect("config");
+            path
+        })
+        .collect();
+    let a = WeirProcess::run(&configs[0]);
+    let b = WeirProcess::run(&configs[1]);
+    let (admin_a, admin_b) = (a.admin_address(0, WAIT), b.admin_address(0, WAIT));
+    weir_tests::service::wait_until(WAIT, "two partitions each", || {
+        owned_partitions(&admin_a, "telemetry").len() == 2
+            && owned_partitions(&admin_b, "telemetry").len() == 2
+    });
+    let of_b = owned_partitions(&admin_b, "telemetry");
+    let address = broker.address();
+    let rest = rest.to_vec();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let producer = std::thread::spawn(move || {
+        for chunk in rest.chunks(200) {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            weir_tests::kafka::produce(&address, "telemetry", chunk);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    // A shadow run on process a, bounded to 20 s, of more events than arrive meanwhile; process b
+    // dies and a takes its partitions over: they join the run.
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let candidate = Component {
+        file: weir_tests::plugin_path("anomaly_v2"),
+        hash: weir_tests::service::version_of(&weir_tests::plugin_path("anomaly_v2")),
+    };
+    let child = weir(&home, &target)
+        .args(["plugin", "deploy"])
+        .arg(&candidate.file)
+        .args(["--to", &admin_a, "--stage", "telemetry/anomaly"])
+        .args(["--token", weir_tests::service::TOKEN])
+        .args(["--shadow", "1000000", "--shadow-for", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir plugin deploy --shadow");
+    wait_for_shadow_run(&admin_a, "telemetry", "anomaly", &candidate.hash);
+    b.kill9();
+    weir_tests::service::wait_until(WAIT, "a owning every partition", || {
+        owned_partitions(&admin_a, "telemetry").len() == 4
+    });
+    let out = child.wait_with_output().expect("deploy --shadow");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().expect("producer");
+    assert_success(&out, "weir plugin deploy --shadow");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("the run ended at its time bound (20 s)"),
+        "{text}"
+    );
+    let report = get_json(&admin_a, "/plugins/telemetry/anomaly/shadow");
+    for partition in 0..4u64 {
+        let progress = &report["partitions"][partition.to_string()];
+        let line = text
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("partition {partition}:"))
+            })
+            .unwrap_or_else(|| panic!("partition {partition} in:\n{text}"));
+        assert!(
+            progress["events"].as_u64().is_some_and(|n| n > 0),
+            "partition {partition} took part: {report}"
+        );
+        let late = of_b.contains(&partition);
+        assert_eq!(
+            progress["joined_late"] == true,
+            late,
+            "{partition}: {report}"
+        );
+        assert_eq!(
+            line.contains("(acquired after the run started)"),
+            late,
+            "{line}"
+        );
+    }
+    a.terminate();
+    a.wait(WAIT);
+}

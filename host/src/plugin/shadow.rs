@@ -234,10 +234,12 @@ impl<P> ShadowRun<P> {
                 joined_late: true,
                 ..PartitionProgress::default()
             });
-        if progress.done {
+        // A partition handed off and acquired again goes on where it stopped.
+        if progress.done && !progress.handed_off {
             return None;
         }
         progress.handed_off = false;
+        progress.done = false;
         Some(progress.events)
     }
 
@@ -507,6 +509,10 @@ mod tests {
         assert_eq!(run.join(5), Some(0), "a partition acquired late joins");
         run.record(5, 1, &ShadowOutputs::new(), &ShadowOutputs::new());
         // Its stage is made again (the partition came back): it goes on where it stopped.
+        assert_eq!(run.join(5), Some(1));
+        run.leave(5);
+        assert!(run.report().partitions[&5].handed_off);
+        // Acquired again: it goes on; then handed off for good.
         assert_eq!(run.join(5), Some(1));
         run.leave(5);
         run.record(0, 2, &ShadowOutputs::new(), &ShadowOutputs::new());
