@@ -11,7 +11,7 @@
 //! | `GET /plugins/{pipeline}/{stage}` | one stage's plugin |
 //! | `POST /plugins/{pipeline}/{stage}` | upload a component (body: its bytes); token required |
 //! | `POST /plugins/{pipeline}/{stage}/rollback` | `{"version": "..."}` (or `{}`: the previous one); token required |
-//! | `POST /plugins/{pipeline}/{stage}/shadow?events=N` | run a component (body: its bytes) beside the active version on the next N events of each partition, without delivering its outputs; token required |
+//! | `POST /plugins/{pipeline}/{stage}/shadow?events=N[&within=SECONDS]` | run a component (body: its bytes) beside the active version (of a transform, window or join stage) on the next N events of each partition, on a copy of the stage's state, without delivering its outputs; the run ends after SECONDS at the latest; token required |
 //! | `GET /plugins/{pipeline}/{stage}/shadow` | the latest shadow run: progress per partition, records and differences per output |
 //!
 //! Reads other than `/healthz` and `/readyz` require `Authorization: Bearer READ_TOKEN` (or the
@@ -456,20 +456,37 @@ async fn upload(
     }
 }
 
-/// The `events` of a shadow request's query (`?events=N`, at least 1).
-fn shadow_events(uri: &axum::http::Uri) -> Result<u64, String> {
-    let value = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("events="))
+/// The `events` of a shadow request's query (`?events=N`, at least 1) and its time bound
+/// (`&within=SECONDS`, optional).
+fn shadow_events(uri: &axum::http::Uri) -> Result<(u64, Option<std::time::Duration>), String> {
+    let query = |name: &str| {
+        uri.query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let value = query("events")
         .ok_or("expected ?events=N: the events of each partition to run both versions on")?;
-    match value.parse::<u64>() {
-        Ok(events) if events > 0 => Ok(events),
-        _ => Err(format!(
-            "expected ?events=N with N at least 1, found `{value}`"
-        )),
-    }
+    let events = match value.parse::<u64>() {
+        Ok(events) if events > 0 => events,
+        _ => {
+            return Err(format!(
+                "expected ?events=N with N at least 1, found `{value}`"
+            ));
+        }
+    };
+    let within = match query("within") {
+        None => None,
+        Some(value) => match value.parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Some(std::time::Duration::from_secs(seconds)),
+            _ => {
+                return Err(format!(
+                    "expected &within=SECONDS with SECONDS at least 1, found `{value}`"
+                ));
+            }
+        },
+    };
+    Ok((events, within))
 }
 
 async fn start_shadow(
@@ -483,32 +500,36 @@ async fn start_shadow(
         tracing::warn!(pipeline = %pipeline, stage = %stage, "admin API: shadow run refused (token)");
         return refusal;
     }
-    let events = match shadow_events(&uri) {
-        Ok(events) => events,
+    let (events, within) = match shadow_events(&uri) {
+        Ok(query) => query,
         Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({ "error": e })),
     };
     let slot = match find_slot(&state, &pipeline, &stage) {
         Ok(slot) => slot,
         Err(response) => return response,
     };
-    if !slot.report().world.contains("event-transform") {
-        return json_response(
-            StatusCode::CONFLICT,
-            json!({ "error": format!("stage `{stage}` of pipeline `{pipeline}` is not a per-event transform: shadow runs compare transforms only") }),
-        );
-    }
-    // The partitions this process runs now: each runs both versions on its next events.
+    // The partitions this process runs now (not those it stopped, or lost to another
+    // process): each runs both versions on its next events.
     let partitions: Vec<u32> = state
         .services
         .status
         .pipelines()
         .iter()
         .filter(|p| p.pipeline == pipeline)
-        .flat_map(|p| p.partitions.iter().map(|p| p.partition))
+        .flat_map(|p| p.partitions.iter())
+        .filter(|p| {
+            matches!(
+                p.state,
+                crate::status::PartitionState::Starting | crate::status::PartitionState::Running
+            )
+        })
+        .map(|p| p.partition)
         .collect();
     let bytes = body.to_vec();
-    match crate::plugin::loading::run_load(move || slot.start_shadow(bytes, events, &partitions))
-        .await
+    match crate::plugin::loading::run_load(move || {
+        slot.start_shadow(bytes, events, &partitions, within)
+    })
+    .await
     {
         Ok(Ok(report)) => json_response(StatusCode::OK, json!(report)),
         Ok(Err(error)) => swap_error(error),

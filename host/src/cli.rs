@@ -174,15 +174,18 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             file,
             to,
             token,
+            ca_file,
             stage,
             wait,
             shadow,
+            shadow_for,
             activate_if_equal,
         } => {
-            let remote = plugin_cli::remote_of(to, token)?;
+            let remote = plugin_cli::remote_of(to, token, ca_file)?;
+            let within = Duration::from_secs(shadow_for.unwrap_or(wait));
             let wait = Duration::from_secs(wait);
             if let Some(events) = shadow {
-                let report = plugin_cli::shadow(&remote, &file, &stage, events, wait)?;
+                let report = plugin_cli::shadow(&remote, &file, &stage, events, within)?;
                 if !activate_if_equal {
                     println!(
                         "nothing was activated (add --activate-if-equal to activate an equal version)"

@@ -483,6 +483,16 @@ fn build_crate(home: &Path, target: &Path, dir: &Path) -> Component {
 /// of both stages; alerts to files; admin API on a free port with [`weir_tests::service::TOKEN`]
 /// and a short probation.
 fn two_stage_config(dir: &Path, categorize: &Component, enrich: &Component) -> PathBuf {
+    two_stage_config_with(dir, categorize, enrich, "")
+}
+
+/// [`two_stage_config`] with more keys in its `[admin]` table (`admin`, such as a `tls` table).
+fn two_stage_config_with(
+    dir: &Path,
+    categorize: &Component,
+    enrich: &Component,
+    admin: &str,
+) -> PathBuf {
     std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
     std::fs::copy(&categorize.file, dir.join("plugins/categorize.wasm")).expect("copy");
     std::fs::copy(&enrich.file, dir.join("plugins/enrich.wasm")).expect("copy");
@@ -500,6 +510,7 @@ rollback = {{ probation_events = 100, max_trap_ratio = 0.05, max_error_ratio = 0
 [admin]
 address = "127.0.0.1:0"
 token = "{token}"
+{admin}
 
 [sources.readings]
 kind = "file"
@@ -1020,4 +1031,1076 @@ fn a_missing_wasm_target_is_reported_with_the_command_that_adds_it() {
         ),
         "{error}"
     );
+}
+
+/// Appends `lines` to the input file at `path`.
+fn append(path: &Path, lines: &[String]) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open input");
+    let mut text = lines.join("\n");
+    text.push('\n');
+    file.write_all(text.as_bytes()).expect("append");
+}
+
+/// Starts `weir plugin deploy FILE --shadow N` on `stage` (over `url`, with `extra` flags),
+/// activating if equal when `activate` is set.
+fn spawn_shadow(
+    home: &Path,
+    target: &Path,
+    url: &str,
+    stage: &str,
+    component: &Component,
+    events: u64,
+    activate: bool,
+) -> std::process::Child {
+    let mut command = weir(home, target);
+    command
+        .args(["plugin", "deploy"])
+        .arg(&component.file)
+        .args(["--to", url, "--stage", stage])
+        .args(["--token", weir_tests::service::TOKEN])
+        .args(["--shadow", &events.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if activate {
+        command.arg("--activate-if-equal");
+    }
+    command.spawn().expect("run weir plugin deploy --shadow")
+}
+
+/// Waits until the shadow run of `hash` on `pipeline/stage` has started.
+fn wait_for_shadow_run(admin: &str, pipeline: &str, stage: &str, hash: &str) {
+    let path = format!("/plugins/{pipeline}/{stage}/shadow");
+    weir_tests::service::wait_until(Duration::from_secs(120), "the shadow run", || {
+        let (status, body) = weir_tests::service::http(admin, "GET", &path, None, b"");
+        status == 200
+            && serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|report| report["version"] == hash)
+    });
+}
+
+/// Waits until the shadow run on `pipeline/stage` has ended.
+fn wait_for_shadow_end(admin: &str, pipeline: &str, stage: &str) {
+    let path = format!("/plugins/{pipeline}/{stage}/shadow");
+    weir_tests::service::wait_until(Duration::from_secs(120), "the shadow run's end", || {
+        get_json(admin, &path)["done"] == true
+    });
+}
+
+/// The cells of the line of output `name` in a shadow report's table.
+fn output_row(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("a row for output `{name}` in:\n{text}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The active and shadow records of the first differing pair of output `name`.
+fn first_pair(text: &str, name: &str) -> (serde_json::Value, serde_json::Value) {
+    let pair = text
+        .split(&format!("output `{name}`, partition "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a first differing pair in:\n{text}"));
+    let mut lines = pair.lines().skip(1);
+    let active = lines.next().and_then(|l| l.trim().strip_prefix("active: "));
+    let shadow = lines.next().and_then(|l| l.trim().strip_prefix("shadow: "));
+    let (Some(active), Some(shadow)) = (active, shadow) else {
+        panic!("the pair's records in:\n{text}");
+    };
+    (
+        serde_json::from_str(active).expect("active record"),
+        serde_json::from_str(shadow).expect("shadow record"),
+    )
+}
+
+/// The first event time of the window tests, on a whole even second.
+const BASE_TIME: i64 = 1_700_000_000_000;
+
+/// Readings of two devices for each second of `seconds`: five per device, 200 ms apart.
+fn window_readings(seconds: std::ops::Range<i64>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for second in seconds {
+        for step in 0..5 {
+            for device in ["d1", "d2"] {
+                lines.push(
+                    serde_json::json!({
+                        "DeviceId": device,
+                        "Time": BASE_TIME + second * 1000 + step * 200,
+                        "Temperature": 20.0 + step as f64,
+                    })
+                    .to_string(),
+                );
+            }
+        }
+    }
+    lines
+}
+
+/// One partition read from a followed file, event time from `Time`, through a window stage of
+/// one-second tumbling windows per device (the component in `plugins/minute.wasm`) to files.
+fn window_shadow_config(dir: &Path, minute: &Component) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&minute.file, dir.join("plugins/minute.wasm")).expect("copy");
+    std::fs::write(dir.join("readings.jsonl"), "").expect("input");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[plugins]
+watch = false
+rollback = {{ probation_events = 20, max_trap_ratio = 0.05, max_error_ratio = 0.5 }}
+
+[admin]
+address = "127.0.0.1:0"
+token = "{token}"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+partitions = 1
+key_field = "DeviceId"
+follow = true
+
+[sinks.rows]
+kind = "file"
+path = "rows"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.minute]
+source = "readings"
+dead_letter = "dead_letters"
+event_time = {{ field = "Time" }}
+batch = {{ max_events = 16, max_wait = "20ms" }}
+
+[[pipelines.minute.stages]]
+name = "minute"
+plugin = "plugins/minute.wasm"
+window = {{ type = "tumbling", size = "1s", group_by = ["DeviceId"] }}
+outputs = {{ rows = "rows" }}
+"#,
+        token = weir_tests::service::TOKEN,
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+/// The template window plugin's `finish`, and a version of it that marks the rows of windows
+/// starting on an even second.
+const WINDOW_FINISH: &str = r#"    fn finish(self, _window: &Window, ctx: &mut Context) -> Result<()> {
+        ctx.emit(
+            "rows",
+            &serde_json::json!({
+                "EventCount": self.count,
+                "AvgTemperature": self.sum / self.count.max(1) as f64,
+                "MaxTemperature": self.max,
+            }),
+        )
+    }"#;
+const WINDOW_FINISH_VARIANT: &str = r#"    fn finish(self, window: &Window, ctx: &mut Context) -> Result<()> {
+        let mut row = serde_json::json!({
+            "EventCount": self.count,
+            "AvgTemperature": self.sum / self.count.max(1) as f64,
+            "MaxTemperature": self.max,
+        });
+        if (window.start() / 1000) % 2 == 0 {
+            row["Variant"] = 2.into();
+        }
+        ctx.emit("rows", &row)
+    }"#;
+
+/// Builds the crate at `dir` twice more: with `logic` replaced by `variant` as 0.2.0, and as
+/// written as 0.1.1 (another version that behaves the same); leaves it as written.
+fn variant_and_same(
+    home: &Path,
+    target: &Path,
+    dir: &Path,
+    logic: &str,
+    variant: &str,
+) -> (Component, Component) {
+    let lib = dir.join("src/lib.rs");
+    let manifest = dir.join("Cargo.toml");
+    let (source, cargo) = (
+        std::fs::read_to_string(&lib).expect("lib.rs"),
+        std::fs::read_to_string(&manifest).expect("manifest"),
+    );
+    assert!(source.contains(logic), "`{logic}` in the template");
+    std::fs::write(&lib, source.replacen(logic, variant, 1)).expect("write lib.rs");
+    let version = |v: &str| cargo.replacen("version = \"0.1.0\"", &format!("version = \"{v}\""), 1);
+    std::fs::write(&manifest, version("0.2.0")).expect("manifest");
+    let differing = build_crate(home, target, dir);
+    std::fs::write(&lib, &source).expect("write lib.rs");
+    std::fs::write(&manifest, version("0.1.1")).expect("manifest");
+    let same = build_crate(home, target, dir);
+    std::fs::write(&manifest, &cargo).expect("manifest");
+    (differing, same)
+}
+
+#[test]
+fn a_window_stage_shadow_run_compares_window_rows_and_activates_only_an_equal_version() {
+    const WAIT: Duration = Duration::from_secs(240);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let active = new_and_build(&home, &target, root, "minute", "window");
+    let (differing, same) = variant_and_same(
+        &home,
+        &target,
+        &root.join("minute"),
+        WINDOW_FINISH,
+        WINDOW_FINISH_VARIANT,
+    );
+    let run_dir = root.join("run");
+    let config = window_shadow_config(&run_dir, &active);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let url = format!("http://{admin}");
+    let input = run_dir.join("readings.jsonl");
+    let rows_dir = run_dir.join("rows");
+    let rows = || weir_tests::read_jsonl_dir(&rows_dir);
+
+    // Seconds 0 to 4: the windows of seconds 0 to 3 close; that of second 4 stays open.
+    append(&input, &window_readings(0..5));
+    weir_tests::service::wait_until(WAIT, "the first windows", || rows().len() >= 8);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rows().len(), 8, "{:?}", rows());
+
+    // A version that marks the rows of windows on even seconds, in the shadow of the next 100
+    // events (seconds 5 to 14): the windows of seconds 4 to 13 close meanwhile, on a copy of the
+    // open window of second 4; 20 rows, 10 of them (seconds 4, 6, 8, 10, 12) differ.
+    let child = spawn_shadow(
+        &home,
+        &target,
+        &url,
+        "minute/minute",
+        &differing,
+        100,
+        false,
+    );
+    wait_for_shadow_run(&admin, "minute", "minute", &differing.hash);
+    append(&input, &window_readings(5..15));
+    let out = child.wait_with_output().expect("deploy --shadow");
+    assert_success(&out, "weir plugin deploy --shadow (window)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        output_row(&text, "rows"),
+        ["rows", "20", "20", "10"],
+        "{text}"
+    );
+    assert!(
+        text.contains("partition 0: 100 of 100 events, done"),
+        "{text}"
+    );
+    assert!(
+        text.contains("verdict: 10 of 20 record(s) differ"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was activated"), "{text}");
+    let (active_row, shadow_row) = first_pair(&text, "rows");
+    assert_eq!(active_row["Variant"], serde_json::Value::Null, "{text}");
+    assert_eq!(shadow_row["Variant"], 2, "{text}");
+    for field in ["DeviceId", "WindowStart", "EventCount"] {
+        assert_eq!(shadow_row[field], active_row[field], "{field}: {text}");
+    }
+    assert_eq!(active_row["EventCount"], 5, "{text}");
+    let report = get_json(&admin, "/plugins/minute/minute");
+    assert_eq!(report["active"], active.hash.as_str(), "{report}");
+    assert_eq!(report["activations"].as_array().map(Vec::len), Some(1));
+
+    // The same behaviour, another version: activated once the run agrees, then through its
+    // probation while readings go on.
+    let child = spawn_shadow(&home, &target, &url, "minute/minute", &same, 100, true);
+    wait_for_shadow_run(&admin, "minute", "minute", &same.hash);
+    append(&input, &window_readings(15..25));
+    wait_for_shadow_end(&admin, "minute", "minute");
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &input,
+        window_readings(25..400),
+        10,
+        Duration::from_millis(50),
+    );
+    let out = child
+        .wait_with_output()
+        .expect("deploy --shadow --activate-if-equal");
+    let written = feeder.stop();
+    assert_success(
+        &out,
+        "weir plugin deploy --shadow --activate-if-equal (window)",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        output_row(&text, "rows"),
+        ["rows", "20", "20", "0"],
+        "{text}"
+    );
+    assert!(
+        text.contains("verdict: the two versions agree on every record"),
+        "{text}"
+    );
+    let expected = format!(
+        "activated: minute 0.1.1 ({}) on stage minute/minute passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    // No reading lost or counted twice around either run: every window before the last second
+    // written is one row per device, of its five readings; none made by the shadowed versions.
+    let last = 25 + (written as i64 - 1) / 10;
+    weir_tests::service::wait_until(WAIT, "every closed window", || {
+        rows().len() >= 2 * last as usize
+    });
+    let rows = rows();
+    let mut windows = std::collections::BTreeMap::new();
+    for row in &rows {
+        assert_eq!(row["EventCount"], 5, "{row}");
+        assert_eq!(row["Variant"], serde_json::Value::Null, "{row}");
+        let key = (row["DeviceId"].to_string(), row["WindowStart"].to_string());
+        *windows.entry(key).or_insert(0) += 1;
+    }
+    assert!(
+        windows.values().all(|n| *n == 1),
+        "a window twice: {windows:?}"
+    );
+    assert_eq!(windows.len(), rows.len());
+    assert!(rows.len() >= 2 * last as usize, "{} rows", rows.len());
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
+
+/// Orders for the join tests: a seat and, 100 ms later, its payment, one second apart.
+struct Orders {
+    /// The next order's number.
+    next: u64,
+    /// Its event time.
+    time: i64,
+}
+
+impl Orders {
+    /// The next `per_partition` orders of each of two partitions (seat lines, payment lines,
+    /// order ids); in each partition every fifth order is marked (`"Mark": true`).
+    fn take(&mut self, per_partition: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let (mut seats, mut payments, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        let mut taken = [0usize; 2];
+        while taken.iter().any(|n| *n < per_partition) {
+            let id = format!("o{}", self.next);
+            self.next += 1;
+            let partition = partition_of(&id, 2) as usize;
+            if taken[partition] == per_partition {
+                continue;
+            }
+            let mark = taken[partition] % 5 == 0;
+            taken[partition] += 1;
+            seats.push(
+                serde_json::json!({
+                    "OrderId": id, "SeatId": format!("S{}", self.next), "Time": self.time,
+                    "Mark": mark,
+                })
+                .to_string(),
+            );
+            payments.push(
+                serde_json::json!({ "OrderId": id, "Amount": 40.0, "Time": self.time + 100 })
+                    .to_string(),
+            );
+            ids.push(id);
+            self.time += 1000;
+        }
+        (seats, payments, ids)
+    }
+}
+
+/// A transform that routes payments (events with an `Amount`) to output `payments` and the rest
+/// to output `seats`.
+const ROUTER: &str = r#"use weir_sdk::prelude::*;
+
+#[weir_sdk::transform]
+pub fn route(event: &Event, ctx: &mut Context) -> Result<()> {
+    let value: serde_json::Value = event.value()?;
+    ctx.forward(if value.get("Amount").is_some() { "payments" } else { "seats" });
+    Ok(())
+}
+"#;
+
+/// One followed file of seats and payments, two partitions keyed by order: the stage `route`
+/// (`plugins/route.wasm`) sends seats to the left and payments to the right of the join stage
+/// `pairs` (`plugins/pairs.wasm`), which joins them within two minutes; rows to files.
+fn join_shadow_config(dir: &Path, route: &Component, pairs: &Component) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&route.file, dir.join("plugins/route.wasm")).expect("copy");
+    std::fs::copy(&pairs.file, dir.join("plugins/pairs.wasm")).expect("copy");
+    std::fs::write(dir.join("orders.jsonl"), "").expect("input");
+    let config = format!(
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[plugins]
+watch = false
+rollback = {{ probation_events = 20, max_trap_ratio = 0.05, max_error_ratio = 0.5 }}
+
+[admin]
+address = "127.0.0.1:0"
+token = "{token}"
+
+[sources.orders]
+kind = "file"
+path = "orders.jsonl"
+partitions = 2
+key_field = "OrderId"
+follow = true
+
+[sinks.rows]
+kind = "file"
+path = "rows"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.orders]
+source = "orders"
+dead_letter = "dead_letters"
+event_time = {{ field = "Time" }}
+batch = {{ max_events = 32, max_wait = "20ms" }}
+
+[[pipelines.orders.stages]]
+name = "route"
+plugin = "plugins/route.wasm"
+outputs = {{ seats = "pairs.left", payments = "pairs.right" }}
+
+[[pipelines.orders.stages]]
+name = "pairs"
+plugin = "plugins/pairs.wasm"
+join = {{ key = "OrderId", within = "2m", unmatched_left = "emit", unmatched_right = "drop" }}
+outputs = {{ rows = "rows" }}
+"#,
+        token = weir_tests::service::TOKEN,
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+#[test]
+fn a_join_stage_shadow_run_compares_pairs_and_activates_only_an_equal_version() {
+    const WAIT: Duration = Duration::from_secs(240);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let active = new_and_build(&home, &target, root, "pairs", "join");
+    let paid = "    row[\"Paid\"] = payment.is_some().into();\n";
+    let (differing, same) = variant_and_same(
+        &home,
+        &target,
+        &root.join("pairs"),
+        paid,
+        &format!(
+            "{paid}    if row[\"Mark\"] == true {{\n        row[\"Variant\"] = 2.into();\n    }}\n"
+        ),
+    );
+    let route_dir = root.join("route");
+    let out = weir(&home, &target)
+        .args(["plugin", "new", "route", "--kind", "transform", "--dir"])
+        .arg(&route_dir)
+        .output()
+        .expect("run weir");
+    assert_success(&out, "weir plugin new");
+    std::fs::write(route_dir.join("src/lib.rs"), ROUTER).expect("write the router");
+    let route = build_crate(&home, &target, &route_dir);
+    let run_dir = root.join("run");
+    let config = join_shadow_config(&run_dir, &route, &active);
+    let mut process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let url = format!("http://{admin}");
+    let input = run_dir.join("orders.jsonl");
+    let rows_dir = run_dir.join("rows");
+    let rows = || weir_tests::read_jsonl_dir(&rows_dir);
+    let mut orders = Orders {
+        next: 0,
+        time: BASE_TIME,
+    };
+    let mut all_ids = Vec::new();
+    let mut feed = |orders: &mut Orders, per_partition: usize| {
+        let (seats, payments, ids) = orders.take(per_partition);
+        // Each order's seat, then its payment.
+        let lines: Vec<String> = seats
+            .into_iter()
+            .zip(payments)
+            .flat_map(|(s, p)| [s, p])
+            .collect();
+        append(&input, &lines);
+        all_ids.extend(ids);
+        all_ids.len()
+    };
+
+    // 20 orders per partition, each paid: 40 rows.
+    let fed = feed(&mut orders, 20);
+    weir_tests::service::wait_until(WAIT, "the first rows", || rows().len() >= fed);
+
+    // A version that marks the rows of marked orders, in the shadow of the next 100 events of
+    // each partition (50 orders: 50 pairs, 10 marked): 100 rows, 20 differ.
+    let child = spawn_shadow(&home, &target, &url, "orders/pairs", &differing, 100, false);
+    wait_for_shadow_run(&admin, "orders", "pairs", &differing.hash);
+    feed(&mut orders, 50);
+    let out = child.wait_with_output().expect("deploy --shadow");
+    assert_success(&out, "weir plugin deploy --shadow (join)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        output_row(&text, "rows"),
+        ["rows", "100", "100", "20"],
+        "{text}"
+    );
+    for partition in 0..2 {
+        let line = format!("partition {partition}: 100 of 100 events, done");
+        assert!(text.contains(&line), "`{line}` in:\n{text}");
+    }
+    assert!(
+        text.contains("verdict: 20 of 100 record(s) differ"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was activated"), "{text}");
+    let (active_row, shadow_row) = first_pair(&text, "rows");
+    assert_eq!(active_row["Mark"], true, "{text}");
+    assert_eq!(active_row["Variant"], serde_json::Value::Null, "{text}");
+    assert_eq!(shadow_row["Variant"], 2, "{text}");
+    assert_eq!(shadow_row["OrderId"], active_row["OrderId"], "{text}");
+    assert_eq!(active_row["Paid"], true, "{text}");
+    let report = get_json(&admin, "/plugins/orders/pairs");
+    assert_eq!(report["active"], active.hash.as_str(), "{report}");
+    assert_eq!(report["activations"].as_array().map(Vec::len), Some(1));
+
+    // The same behaviour, another version: activated once the run agrees, then through its
+    // probation while orders go on.
+    let child = spawn_shadow(&home, &target, &url, "orders/pairs", &same, 100, true);
+    wait_for_shadow_run(&admin, "orders", "pairs", &same.hash);
+    feed(&mut orders, 50);
+    wait_for_shadow_end(&admin, "orders", "pairs");
+    let mut child = child;
+    while child.try_wait().expect("deploy").is_none() {
+        feed(&mut orders, 5);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child
+        .wait_with_output()
+        .expect("deploy --shadow --activate-if-equal");
+    assert_success(
+        &out,
+        "weir plugin deploy --shadow --activate-if-equal (join)",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        output_row(&text, "rows"),
+        ["rows", "100", "100", "0"],
+        "{text}"
+    );
+    let expected = format!(
+        "activated: pairs 0.1.1 ({}) on stage orders/pairs passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+
+    // No order lost or joined twice around either run, none by the shadowed versions.
+    let fed = all_ids.len();
+    weir_tests::service::wait_until(WAIT, "a row for every order", || rows().len() >= fed);
+    std::thread::sleep(Duration::from_millis(500));
+    let rows = rows();
+    let ids: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["OrderId"].as_str()).collect();
+    assert_eq!(rows.len(), fed, "one row per order");
+    assert_eq!(ids.len(), fed, "no order twice");
+    for id in &all_ids {
+        assert!(ids.contains(id.as_str()), "{id} is lost");
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r["Paid"] == true && r["Variant"].is_null())
+    );
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
+
+#[test]
+fn plugin_commands_speak_https_and_a_shadow_run_without_events_on_a_partition_ends_at_its_bound() {
+    const WAIT: Duration = Duration::from_secs(240);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let root = outside.path();
+    let (ca, cert, key) = weir_tests::tls::test_certificates(root);
+    let categorize = new_and_build(&home, &target, root, "categorize", "transform");
+    let enrich = new_and_build(&home, &target, root, "enrich", "transform");
+    let manifest = root.join("categorize/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("version = \"0.1.0\"", "version = \"0.1.1\"", 1),
+    )
+    .expect("write manifest");
+    let same = build_crate(&home, &target, &root.join("categorize"));
+
+    let run_dir = root.join("run");
+    let tls = format!(
+        "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let config = two_stage_config_with(&run_dir, &categorize, &enrich, &tls);
+    let mut process = WeirProcess::run(&config);
+    let marker = "admin API listening on https://";
+    let mut port = String::new();
+    weir_tests::service::wait_until(WAIT, "the admin API over https", || {
+        let log = process.log_text();
+        port = log
+            .split(marker)
+            .nth(1)
+            .map(|rest| rest.chars().take_while(|c| *c != '\n').collect())
+            .unwrap_or_default();
+        !port.is_empty()
+    });
+    let url = format!("https://{}", port.trim());
+    // Readings of the devices of partition 0 only: partition 1 gets none.
+    let devices: Vec<String> = (0..)
+        .map(|i| format!("device-{i}"))
+        .filter(|d| partition_of(d, 2) == 0)
+        .take(2)
+        .collect();
+    let readings: Vec<String> = (0..20_000)
+        .map(|n| {
+            serde_json::json!({
+                "EventId": format!("e{n}"), "DeviceId": devices[n % 2], "Temperature": 20.0,
+            })
+            .to_string()
+        })
+        .collect();
+    let feeder = weir_tests::service::Feeder::start_lines(
+        &run_dir.join("readings.jsonl"),
+        readings,
+        8,
+        Duration::from_millis(20),
+    );
+    let plugin = |args: &[&str], ca_file: Option<&Path>| {
+        let mut command = weir(&home, &target);
+        command.arg("plugin").args(args);
+        if let Some(ca_file) = ca_file {
+            command.env("WEIR_ADMIN_CA_FILE", ca_file);
+        }
+        command.output().expect("run weir plugin")
+    };
+    let ca_flag = ca.display().to_string();
+    // Once the pipelines started, the stage is listed.
+    weir_tests::service::wait_until(WAIT, "weir plugin list over https", || {
+        let out = plugin(&["list", "--admin", &url, "--ca-file", &ca_flag], None);
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("telemetry/categorize")
+    });
+
+    // Without the private CA, the server's certificate is not trusted.
+    let out = plugin(&["list", "--admin", &url], None);
+    assert!(!out.status.success(), "an unknown CA must be refused");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    // With it (from the environment): the table.
+    let out = plugin(&["list", "--admin", &url], Some(&ca));
+    assert_success(&out, "weir plugin list over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("telemetry/categorize ") && l.contains(&categorize.hash)),
+        "{text}"
+    );
+    // The token is checked as over plain HTTP.
+    let out = plugin(
+        &[
+            "rollback",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--token",
+            "wrong",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("refused (HTTP 401)"), "{error}");
+
+    // A shadow run of 50 events per partition, bounded to 5 s: partition 1 gets no events, so
+    // the run ends at its bound, says partition 1 was not covered, and the version that agreed
+    // on what was compared is activated.
+    let started = std::time::Instant::now();
+    let out = plugin(
+        &[
+            "deploy",
+            &same.file.display().to_string(),
+            "--to",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--token",
+            weir_tests::service::TOKEN,
+            "--shadow",
+            "50",
+            "--shadow-for",
+            "5",
+            "--activate-if-equal",
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin deploy --shadow over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for expected in [
+        "the next 50 events of each partition (for 5 s at most)",
+        "partition 0: 50 of 50 events, done",
+        "partition 1: 0 of 50 events, no events before the time bound: not covered",
+        "the run ended at its time bound (5 s)",
+        "verdict: the two versions agree on every record compared (some partitions not fully covered, see above)",
+    ] {
+        assert!(text.contains(expected), "`{expected}` in:\n{text}");
+    }
+    let expected = format!(
+        "activated: categorize 0.1.1 ({}) on stage telemetry/categorize passed its probation",
+        same.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the run ended at its bound, not at --wait ({:?})",
+        started.elapsed()
+    );
+
+    // Status and rollback over https.
+    let out = plugin(
+        &[
+            "status",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin status over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&same.hash) && text.contains(&categorize.hash),
+        "{text}"
+    );
+    let out = plugin(
+        &[
+            "rollback",
+            "--admin",
+            &url,
+            "--ca-file",
+            &ca_flag,
+            "--stage",
+            "telemetry/categorize",
+            "--to",
+            &categorize.hash,
+            "--token",
+            weir_tests::service::TOKEN,
+        ],
+        None,
+    );
+    assert_success(&out, "weir plugin rollback over https");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "rolled back: stage telemetry/categorize runs categorize 0.1.0 ({})",
+        categorize.hash
+    );
+    assert!(text.contains(&expected), "`{expected}` in:\n{text}");
+    feeder.stop();
+    assert!(process.is_running());
+    process.terminate();
+    process.wait(WAIT);
+}
+
+#[test]
+fn window_rows_name_their_upstream_versions_after_a_sigkill_before_the_next_event() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_dir = dir.path();
+    let (route, minute) = (
+        weir_tests::plugin_path("passthrough"),
+        weir_tests::plugin_path("window_collect"),
+    );
+    let lineage = format!(
+        "route@{},minute@{}",
+        weir_tests::service::version_of(&route),
+        weir_tests::service::version_of(&minute)
+    );
+    std::fs::create_dir_all(run_dir.join("plugins")).expect("plugins dir");
+    std::fs::copy(&route, run_dir.join("plugins/route.wasm")).expect("copy");
+    std::fs::copy(&minute, run_dir.join("plugins/minute.wasm")).expect("copy");
+    let input = run_dir.join("readings.jsonl");
+    std::fs::write(&input, "").expect("input");
+    let config = run_dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+[checkpoint]
+dir = "checkpoints"
+interval = "300ms"
+
+[admin]
+address = "127.0.0.1:0"
+
+[sources.readings]
+kind = "file"
+path = "readings.jsonl"
+partitions = 2
+key_field = "DeviceId"
+follow = true
+
+[sinks.rows]
+kind = "delta"
+path = "delta/rows"
+columns = [
+  { name = "DeviceId", type = "string", nullable = false },
+  { name = "WindowStart", type = "string" },
+  { name = "PluginVersions", type = "string", value = "plugin_versions" },
+]
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.lineage]
+source = "readings"
+dead_letter = "dead_letters"
+event_time = { field = "Time", idle_timeout = "2s" }
+batch = { max_events = 16, max_wait = "20ms" }
+
+[[pipelines.lineage.stages]]
+name = "route"
+plugin = "plugins/route.wasm"
+outputs = { out = "minute" }
+
+[[pipelines.lineage.stages]]
+name = "minute"
+plugin = "plugins/minute.wasm"
+window = { type = "tumbling", size = "1m", group_by = ["DeviceId"] }
+outputs = { windows = "rows" }
+"#,
+    )
+    .expect("write config");
+    // A device of each partition; a minute starting at `start`.
+    let device = |partition: u64| {
+        (0..)
+            .map(|i| format!("device-{i}"))
+            .find(|d| partition_of(d, 2) == partition)
+            .expect("a device")
+    };
+    let (quiet, busy) = (device(0), device(1));
+    let start: i64 = 28_333_334 * 60_000;
+    let reading = |device: &str, second: i64| {
+        serde_json::json!({
+            "Id": format!("{device}-{second}"), "DeviceId": device, "Value": 1,
+            "Time": start + second * 1000,
+        })
+        .to_string()
+    };
+    let table = run_dir.join("delta/rows");
+    let rows = || {
+        if !table.join("_delta_log").is_dir() {
+            return Vec::new();
+        }
+        weir_tests::read_delta(&table).rows
+    };
+
+    // Both devices in the first 50 s of the minute: their windows stay open.
+    let process = WeirProcess::run(&config);
+    let admin = process.admin_address(0, WAIT);
+    wait_ready(&admin, WAIT);
+    let first: Vec<String> = (0..=10)
+        .flat_map(|k| [reading(&quiet, k * 5), reading(&busy, k * 5)])
+        .collect();
+    append(&input, &first);
+    weir_tests::service::wait_until(WAIT, "every reading read", || {
+        weir_tests::service::events_in(&admin, "lineage") >= first.len() as u64
+    });
+    // Checkpoints every 300 ms cover them; then a crash.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rows().is_empty(), "no window closed yet: {:?}", rows());
+    process.kill9();
+
+    // After the restart only the busy device's partition gets readings, past the minute: its
+    // window closes, and the quiet partition's too once it is idle (its watermark follows the
+    // pipeline's), with no event of its own since the restart.
+    let skip = std::fs::metadata(config.with_extension("log")).map_or(0, |m| m.len() as usize);
+    let process = WeirProcess::run(&config);
+    let admin = process.admin_address(skip, WAIT);
+    wait_ready(&admin, WAIT);
+    let later: Vec<String> = (70..=80).step_by(5).map(|s| reading(&busy, s)).collect();
+    append(&input, &later);
+    weir_tests::service::wait_until(WAIT, "both windows' rows", || rows().len() >= 2);
+    assert_eq!(
+        weir_tests::service::events_in(&admin, "lineage"),
+        later.len() as u64,
+        "nothing of before the crash was read again"
+    );
+    let rows = rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["PluginVersions"], lineage.as_str(), "{row}");
+    }
+    assert!(
+        rows.iter().any(|r| r["DeviceId"] == quiet.as_str()),
+        "{rows:?}"
+    );
+    process.terminate();
+    process.wait(WAIT);
+}
+
+/// The partitions of `pipeline` the process at `admin` runs now.
+fn owned_partitions(admin: &str, pipeline: &str) -> std::collections::BTreeSet<u64> {
+    let (status, body) = weir_tests::service::http(admin, "GET", "/pipelines", None, b"");
+    if status != 200 {
+        return Default::default();
+    }
+    let pipelines: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    pipelines["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["pipeline"] == pipeline)
+        .flat_map(|p| p["partitions"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["state"] == "running")
+        .filter_map(|p| p["partition"].as_u64())
+        .collect()
+}
+
+#[test]
+fn partitions_a_process_acquires_during_a_shadow_run_take_part_and_are_reported() {
+    const WAIT: Duration = Duration::from_secs(180);
+    let broker = weir_tests::servers::KafkaBroker::start();
+    weir_tests::kafka::create_topic(&broker.address(), "telemetry", 4);
+    let readings = weir_tests::telemetry::generated_readings(16, 4000, 5);
+    let records = weir_tests::kafka::telemetry_records(&readings, 4);
+    let (first, rest) = records.split_at(400);
+    weir_tests::kafka::produce(&broker.address(), "telemetry", first);
+
+    // Two processes sharing the topic's four partitions through claims in one checkpoint
+    // directory, each with its admin API.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = weir_tests::kafka::KafkaPipeline::new(&broker.address(), "telemetry");
+    let configs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let path = pipeline.write(dir.path(), &format!("weir-{name}.toml"));
+            let mut text = std::fs::read_to_string(&path).expect("config");
+            text.push_str(&format!(
+                "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{}\"\n",
+                weir_tests::service::TOKEN
+            ));
+            std::fs::write(&path, text).expect("config");
+            path
+        })
+        .collect();
+    let a = WeirProcess::run(&configs[0]);
+    let b = WeirProcess::run(&configs[1]);
+    let (admin_a, admin_b) = (a.admin_address(0, WAIT), b.admin_address(0, WAIT));
+    weir_tests::service::wait_until(WAIT, "two partitions each", || {
+        owned_partitions(&admin_a, "telemetry").len() == 2
+            && owned_partitions(&admin_b, "telemetry").len() == 2
+    });
+    let of_b = owned_partitions(&admin_b, "telemetry");
+    let address = broker.address();
+    let rest = rest.to_vec();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let producer = std::thread::spawn(move || {
+        for chunk in rest.chunks(200) {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            weir_tests::kafka::produce(&address, "telemetry", chunk);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    // A shadow run on process a, bounded to 20 s, of more events than arrive meanwhile; process b
+    // dies and a takes its partitions over: they join the run.
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let target = shared_target_dir();
+    let candidate = Component {
+        file: weir_tests::plugin_path("anomaly_v2"),
+        hash: weir_tests::service::version_of(&weir_tests::plugin_path("anomaly_v2")),
+    };
+    let child = weir(&home, &target)
+        .args(["plugin", "deploy"])
+        .arg(&candidate.file)
+        .args(["--to", &admin_a, "--stage", "telemetry/anomaly"])
+        .args(["--token", weir_tests::service::TOKEN])
+        .args(["--shadow", "1000000", "--shadow-for", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir plugin deploy --shadow");
+    wait_for_shadow_run(&admin_a, "telemetry", "anomaly", &candidate.hash);
+    b.kill9();
+    weir_tests::service::wait_until(WAIT, "a owning every partition", || {
+        owned_partitions(&admin_a, "telemetry").len() == 4
+    });
+    let out = child.wait_with_output().expect("deploy --shadow");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().expect("producer");
+    assert_success(&out, "weir plugin deploy --shadow");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("the run ended at its time bound (20 s)"),
+        "{text}"
+    );
+    let report = get_json(&admin_a, "/plugins/telemetry/anomaly/shadow");
+    for partition in 0..4u64 {
+        let progress = &report["partitions"][partition.to_string()];
+        let line = text
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("partition {partition}:"))
+            })
+            .unwrap_or_else(|| panic!("partition {partition} in:\n{text}"));
+        assert!(
+            progress["events"].as_u64().is_some_and(|n| n > 0),
+            "partition {partition} took part: {report}"
+        );
+        let late = of_b.contains(&partition);
+        assert_eq!(
+            progress["joined_late"] == true,
+            late,
+            "{partition}: {report}"
+        );
+        assert_eq!(
+            line.contains("(acquired after the run started)"),
+            late,
+            "{line}"
+        );
+    }
+    a.terminate();
+    a.wait(WAIT);
 }

@@ -261,12 +261,14 @@ pub trait SlotControl: Send + Sync {
     fn rollback(&self, version: Option<&str>) -> Result<VersionInfo, SwapError>;
     /// Compiles and validates `bytes` against the stage's world and runs them in the shadow of
     /// the active version on the next `events` events of each of `partitions` (see
-    /// [`super::shadow`]); nothing is activated. Blocks while compiling.
+    /// [`super::shadow`]), ending after `within` at the latest; nothing is activated. Blocks
+    /// while compiling.
     fn start_shadow(
         &self,
         bytes: Vec<u8>,
         events: u64,
         partitions: &[u32],
+        within: Option<std::time::Duration>,
     ) -> Result<super::shadow::ShadowReport, SwapError>;
     /// The latest shadow run, if any.
     fn shadow_report(&self) -> Option<super::shadow::ShadowReport>;
@@ -1036,6 +1038,7 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
         bytes: Vec<u8>,
         events: u64,
         partitions: &[u32],
+        within: Option<std::time::Duration>,
     ) -> Result<super::shadow::ShadowReport, SwapError> {
         let Some(engine) = &self.engine else {
             return Err(self.fixed_error());
@@ -1056,7 +1059,7 @@ impl<P: LoadedPlugin> SlotControl for PluginSlot<P> {
             return Err(self.refused(VersionOrigin::Api, error));
         }
         let id = self.shadows.generation() + 1;
-        let run = super::shadow::ShadowRun::new(id, plugin, events, partitions);
+        let run = super::shadow::ShadowRun::new(id, plugin, events, partitions, within);
         let run = self.shadows.start(run);
         tracing::info!(
             pipeline = %self.pipeline, stage = %self.stage, version = %run.plugin().version(),

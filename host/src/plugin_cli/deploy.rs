@@ -203,15 +203,18 @@ fn not_active(report: &Value, hash: &str, name: &str) -> PluginCliError {
     }
 }
 
+/// How long after a shadow run's time bound `deploy` still waits for its final report.
+const SHADOW_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs `file` in the shadow of `stage`'s active version on the next `events` events of each
-/// partition (nothing is activated nor delivered), waits up to `wait` for the run to end and
-/// prints its report; returns it.
+/// partition (nothing is activated nor delivered), for `within` at most (the host ends the run
+/// then, with what it compared), waits for the run to end and prints its report; returns it.
 pub fn shadow(
     remote: &Remote,
     file: &Path,
     stage: &StageRef,
     events: u64,
-    wait: Duration,
+    within: Duration,
 ) -> Result<Value, PluginCliError> {
     let bytes = std::fs::read(file).map_err(|source| PluginCliError::Read {
         path: file.to_path_buf(),
@@ -220,7 +223,8 @@ pub fn shadow(
     let before = stage_report(remote, stage)?;
     let active = before["active"].as_str().unwrap_or("?").to_owned();
     let path = format!("{}/shadow", stage.path());
-    let answer = remote.post_bytes(&format!("{path}?events={events}"), &bytes)?;
+    let seconds = within.as_secs().max(1);
+    let answer = remote.post_bytes(&format!("{path}?events={events}&within={seconds}"), &bytes)?;
     if answer.status != 200 {
         return Err(PluginCliError::Refused {
             status: answer.status,
@@ -229,7 +233,7 @@ pub fn shadow(
     }
     let id = answer.body["id"].clone();
     println!(
-        "shadow run of {} beside {} on stage {stage}: the next {events} events of each partition, outputs compared, not delivered",
+        "shadow run of {} beside {} on stage {stage}: the next {events} events of each partition (for {seconds} s at most), outputs compared, not delivered",
         label(&answer.body),
         listed(&before, &active).map_or(active.clone(), label),
     );
@@ -248,7 +252,9 @@ pub fn shadow(
                 reason: "another shadow run started meanwhile".into(),
             });
         }
-        if answer.body["done"] == true || started.elapsed() >= wait {
+        if answer.body["done"] == true
+            || started.elapsed() >= Duration::from_secs(seconds) + SHADOW_GRACE
+        {
             break answer.body;
         }
         std::thread::sleep(POLL);
@@ -263,16 +269,36 @@ pub fn shadow_text(report: &Value) -> String {
     let mut text = String::new();
     let empty = serde_json::Map::new();
     let partitions = report["partitions"].as_object().unwrap_or(&empty);
+    let (ended, timed_out) = (report["done"] == true, report["timed_out"] == true);
     for (partition, progress) in partitions {
-        let state = match (&progress["failed"], progress["done"].as_bool()) {
+        let (seen, wanted) = (
+            progress["events"].as_u64().unwrap_or(0),
+            report["events_per_partition"].as_u64().unwrap_or(0),
+        );
+        let mut state = match (&progress["failed"], progress["done"].as_bool()) {
             (Value::String(reason), _) => format!("stopped: {reason}"),
+            (_, Some(true)) if progress["handed_off"] == true => {
+                format!("handed to another process: covered for {seen} events")
+            }
             (_, Some(true)) => "done".to_owned(),
+            _ if ended && seen == 0 => "no events before the time bound: not covered".to_owned(),
+            _ if ended && seen < wanted => {
+                format!("ended at the time bound: covered for {seen} events")
+            }
+            _ if ended => "ended at the time bound before the watermark passed its events".into(),
             _ => "still running".to_owned(),
         };
+        if progress["joined_late"] == true {
+            state.push_str(" (acquired after the run started)");
+        }
         text.push_str(&format!(
-            "  partition {partition}: {} of {} events, {state}
-",
-            progress["events"], report["events_per_partition"]
+            "  partition {partition}: {seen} of {wanted} events, {state}\n"
+        ));
+    }
+    if timed_out {
+        text.push_str(&format!(
+            "  the run ended at its time bound ({} s)\n",
+            report["within_seconds"]
         ));
     }
     let outputs = report["outputs"].as_object().unwrap_or(&empty);
@@ -313,8 +339,12 @@ pub fn shadow_text(report: &Value) -> String {
         .values()
         .filter_map(|o| Some(o["active"].as_u64()?.max(o["shadow"].as_u64()?)))
         .sum();
-    let verdict = if report["equal"] == true {
+    let verdict = if report["equal"] == true && timed_out {
+        "the two versions agree on every record compared (some partitions not fully covered, see above)".to_owned()
+    } else if report["equal"] == true {
         "the two versions agree on every record".to_owned()
+    } else if ended && compared == 0 && differing == 0 {
+        "nothing was compared: no partition got events before the time bound".to_owned()
     } else if report["done"] != true {
         format!("the run did not end in time ({differing} record(s) differ so far)")
     } else if differing == 0 {

@@ -101,6 +101,10 @@ pub enum PluginCommand {
         /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
         #[arg(long, value_name = "TOKEN")]
         token: Option<String>,
+        /// Over https: trust the server certificates this CA (PEM) signed, instead of the
+        /// system's roots (default: `WEIR_ADMIN_CA_FILE`).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         /// The stage, as `PIPELINE/STAGE`.
         #[arg(long, value_name = "PIPELINE/STAGE")]
         stage: StageRef,
@@ -112,6 +116,10 @@ pub enum PluginCommand {
         /// their outputs differ. Without `--activate-if-equal`, nothing is activated.
         #[arg(long, value_name = "N")]
         shadow: Option<u64>,
+        /// With `--shadow`: end the run after this long even if some partitions got fewer than N
+        /// events (they are reported as partly covered, or not covered); default: `--wait`.
+        #[arg(long, value_name = "SECONDS", requires = "shadow")]
+        shadow_for: Option<u64>,
         /// With `--shadow`: activate the component (and wait for its probation) only when no
         /// record differs.
         #[arg(long, requires = "shadow")]
@@ -153,10 +161,17 @@ pub struct AdminArgs {
     /// The admin token, sent as a bearer token (default: `WEIR_ADMIN_TOKEN`).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Over https: trust the server certificates this CA (PEM) signed, instead of the system's
+    /// roots (default: `WEIR_ADMIN_CA_FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The environment variable naming the admin API's URL when no flag does.
 pub const ADMIN_URL_ENV: &str = "WEIR_ADMIN_URL";
+
+/// The environment variable naming the CA file for an https admin API when no flag does.
+pub const ADMIN_CA_FILE_ENV: &str = "WEIR_ADMIN_CA_FILE";
 
 /// The admin API's URL when neither a flag nor [`ADMIN_URL_ENV`] names one.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
@@ -164,17 +179,23 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
 impl AdminArgs {
     /// The admin API these arguments name (flags first, then the environment).
     pub fn remote(&self) -> Result<Remote, PluginCliError> {
-        remote_of(self.url.clone(), self.token.clone())
+        remote_of(self.url.clone(), self.token.clone(), self.ca_file.clone())
     }
 }
 
-/// The admin API at `url` with `token`, each from the environment when not given.
-pub fn remote_of(url: Option<String>, token: Option<String>) -> Result<Remote, PluginCliError> {
+/// The admin API at `url` with `token` and, over https, `ca_file`, each from the environment
+/// when not given.
+pub fn remote_of(
+    url: Option<String>,
+    token: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<Remote, PluginCliError> {
     let url = url
         .or_else(|| std::env::var(ADMIN_URL_ENV).ok())
         .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned());
     let token = token.or_else(|| std::env::var(crate::admin::TOKEN_ENV).ok());
-    Remote::new(&url, token)
+    let ca_file = ca_file.or_else(|| std::env::var_os(ADMIN_CA_FILE_ENV).map(PathBuf::from));
+    Remote::new(&url, token, ca_file.as_deref())
 }
 
 /// A kind of plugin, as `--kind` names it.

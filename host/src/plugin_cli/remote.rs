@@ -1,10 +1,17 @@
 //! A small client of a running host's admin API (see [`crate::admin`]), for `weir plugin deploy`,
-//! `list`, `status` and `rollback`: plain HTTP/1.1, one request per connection, the token as a
-//! bearer header on every request (reads too, for a host that guards them).
+//! `list`, `status` and `rollback`: HTTP/1.1, over TLS for an `https://` URL (the admin API's
+//! `tls` table), one request per connection, the token as a bearer header on every request (reads
+//! too, for a host that guards them). Over https the server's certificate is checked against a CA
+//! file when one is given (a private CA), else against the system's roots.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::PluginCliError;
 
@@ -16,6 +23,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Remote {
     /// `host:port`.
     authority: String,
+    /// Over https: the TLS settings and the name the certificate must have.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// A path prefix (empty, or starting with `/` without a trailing one).
     prefix: String,
     /// The bearer token.
@@ -42,22 +51,27 @@ impl Answer {
 }
 
 impl Remote {
-    /// The admin API at `url` (`http://host:port`, or `host:port`), with `token`.
-    pub fn new(url: &str, token: Option<String>) -> Result<Remote, PluginCliError> {
+    /// The admin API at `url` (`http://host:port`, `https://host:port`, or `host:port`), with
+    /// `token`; over https, the server's certificate is checked against `ca_file` (PEM) when
+    /// given, else against the system's roots.
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<Remote, PluginCliError> {
         let bad = |reason: &str| PluginCliError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => {
-                return Err(bad(
-                    "https is not supported: the admin API listens on plain HTTP (put it behind a tunnel or a proxy on the host)",
-                ));
-            }
+        let (https, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
             Some((scheme, _)) => return Err(bad(&format!("unknown scheme `{scheme}`"))),
-            None => url,
+            None => (false, url),
         };
+        if ca_file.is_some() && !https {
+            return Err(bad("a CA file is for https URLs"));
+        }
         let (authority, prefix) = match rest.find('/') {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
@@ -65,8 +79,18 @@ impl Remote {
         if authority.is_empty() || !authority.contains(':') {
             return Err(bad("expected host and port, such as http://127.0.0.1:9464"));
         }
+        let tls = match https {
+            false => None,
+            true => {
+                let host = host_of(authority);
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|e| bad(&format!("`{host}` is not a host name: {e}")))?;
+                Some((Arc::new(tls_config(ca_file).map_err(|e| bad(&e))?), name))
+            }
+        };
         Ok(Remote {
             authority: authority.to_owned(),
+            tls,
             prefix: prefix.to_owned(),
             token: token.filter(|t| !t.trim().is_empty()),
         })
@@ -74,7 +98,8 @@ impl Remote {
 
     /// The base URL, for messages.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.authority, self.prefix)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority, self.prefix)
     }
 
     /// `GET path`.
@@ -112,12 +137,19 @@ impl Remote {
             url: format!("{}{path}", self.url()),
             reason,
         };
-        let mut stream = TcpStream::connect(&self.authority)
+        let tcp = TcpStream::connect(&self.authority)
             .map_err(|e| failed(format!("cannot connect: {e}")))?;
-        stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
+        tcp.set_read_timeout(Some(REQUEST_TIMEOUT))
+            .and_then(|()| tcp.set_write_timeout(Some(REQUEST_TIMEOUT)))
             .map_err(|e| failed(e.to_string()))?;
+        let mut stream: Box<dyn ReadWrite> = match &self.tls {
+            None => Box::new(tcp),
+            Some((config, name)) => {
+                let connection = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(|e| failed(format!("TLS: {e}")))?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        };
         let mut head = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
             self.prefix,
@@ -133,11 +165,61 @@ impl Remote {
             .and_then(|()| stream.write_all(body))
             .map_err(|e| failed(format!("cannot send: {e}")))?;
         let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .map_err(|e| failed(format!("cannot read the answer: {e}")))?;
+        match stream.read_to_end(&mut response) {
+            Ok(_) => {}
+            // A TLS peer that closes without a close_notify, after its whole answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+            Err(e) => return Err(failed(format!("cannot read the answer: {e}"))),
+        }
         parse_response(&response).map_err(failed)
     }
+}
+
+/// A connection, plain or over TLS.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
+/// The host of `host:port` (`[::1]:80` gives `::1`).
+fn host_of(authority: &str) -> &str {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// TLS settings trusting the certificates of `ca_file` (PEM), or the system's roots.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(match ca_file {
+            Some(path) => format!("no certificate in the CA file {}", path.display()),
+            None => {
+                "no system root certificate found (give the server's CA with --ca-file)".to_owned()
+            }
+        });
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Status and JSON body of an HTTP/1.1 response (with a length, chunked, or to the end).
@@ -198,19 +280,23 @@ mod tests {
 
     #[test]
     fn urls_are_read_or_refused_with_the_reason() {
-        let remote = Remote::new("http://127.0.0.1:9464/", None).expect("plain");
+        let remote = Remote::new("http://127.0.0.1:9464/", None, None).expect("plain");
         assert_eq!(remote.url(), "http://127.0.0.1:9464");
-        let remote = Remote::new("localhost:80/weir", Some(" ".into())).expect("no scheme");
+        let remote = Remote::new("localhost:80/weir", Some(" ".into()), None).expect("no scheme");
         assert_eq!(remote.url(), "http://localhost:80/weir");
         assert!(remote.token.is_none());
-        for (bad, why) in [
-            ("https://x:1", "https is not supported"),
-            ("ftp://x:1", "unknown scheme"),
-            ("http://x", "expected host and port"),
+        let missing = Path::new("/nonexistent/ca.pem");
+        for (bad, ca_file, why) in [
+            ("ftp://x:1", None, "unknown scheme"),
+            ("http://x", None, "expected host and port"),
+            ("http://x:1", Some(missing), "a CA file is for https URLs"),
+            ("https://x:1", Some(missing), "cannot read the CA file"),
         ] {
-            let error = Remote::new(bad, None).expect_err(bad).to_string();
+            let error = Remote::new(bad, None, ca_file).expect_err(bad).to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
+        assert_eq!(host_of("[::1]:9464"), "::1");
+        assert_eq!(host_of("127.0.0.1:9464"), "127.0.0.1");
     }
 
     #[test]

@@ -496,6 +496,13 @@ impl StageKind for Joins {
         f.field("settings", &self.settings)
             .field("waiting", &self.state.waiting.len());
     }
+
+    fn shadow_copy(&self) -> Option<Self> {
+        Some(Joins {
+            settings: self.settings.clone(),
+            state: self.state.clone(),
+        })
+    }
 }
 
 /// How the join state's format version is named in decoding errors.

@@ -32,6 +32,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, Position};
 use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, OutputBatch};
+use crate::plugin::shadow::{REJECTED_OUTPUT, ShadowOutputs, ShadowRecord, ShadowRun};
 use crate::plugin::slot::CallTally;
 use crate::plugin::{CallError, InstanceSlot, KeyedState, Plugin, PluginInstance};
 use crate::time::Mark;
@@ -57,6 +58,16 @@ pub trait StageKind: Send {
 
     /// The stage's state with the plugin's `keyed` state, for the checkpoint.
     fn snapshot(&self, keyed: &KeyedState) -> Vec<u8>;
+
+    /// A copy of the kind's state for a shadow run (see [`crate::plugin::shadow`]): the candidate
+    /// runs on it beside the active version. `None`: the kind runs its shadow runs itself (the
+    /// per-event transform, on a copy of the keyed state alone).
+    fn shadow_copy(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 
     /// What the debug output shows of the kind's state.
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>);
@@ -91,6 +102,38 @@ impl Turn<'_> {
 pub struct PluginStage<K> {
     core: PluginCore,
     kind: K,
+    /// This partition's part of a shadow run, for kinds that copy their state for it
+    /// ([`StageKind::shadow_copy`]).
+    shadow: Option<KindShadow<K>>,
+    /// The shadow runs' generation last looked at.
+    shadow_generation: u64,
+}
+
+/// This partition's part of a shadow run of a window or join stage: the candidate's core and a
+/// copy of the kind's state, fed the same events and watermarks as the active version.
+struct KindShadow<K> {
+    run: Arc<ShadowRun<Plugin>>,
+    core: PluginCore,
+    kind: K,
+    /// Events of the run this partition got so far.
+    seen: u64,
+}
+
+impl<K> Drop for KindShadow<K> {
+    fn drop(&mut self) {
+        // Gone before its part was done: the partition was handed off, or the stage stopped.
+        if self.seen < self.run.events() {
+            self.run.leave(self.core.partition());
+        }
+    }
+}
+
+/// Which of a stage's calls a shadow run follows.
+#[derive(Clone, Copy)]
+enum ShadowedCall<'a> {
+    Left(&'a [Event]),
+    Right(&'a [Event]),
+    Marks(&'a [Mark]),
 }
 
 impl<K: StageKind> std::fmt::Debug for PluginStage<K> {
@@ -105,7 +148,12 @@ impl<K: StageKind> std::fmt::Debug for PluginStage<K> {
 impl<K> PluginStage<K> {
     /// A stage of kind `kind` calling its plugin through `core`.
     pub(super) fn from_parts(core: PluginCore, kind: K) -> Self {
-        PluginStage { core, kind }
+        PluginStage {
+            core,
+            kind,
+            shadow: None,
+            shadow_generation: 0,
+        }
     }
 
     /// The kind's own part.
@@ -165,8 +213,157 @@ impl<K: StatefulKind> PluginStage<K> {
     ) -> Result<Self, DecodeError> {
         let (keyed, kind) = K::restore(settings, snapshot)?;
         let core = PluginCore::new(name, slot(keyed), Some(metrics), CallPolicy::STATEFUL);
-        Ok(PluginStage { core, kind })
+        Ok(PluginStage::from_parts(core, kind))
     }
+}
+
+impl<K: StageKind> PluginStage<K> {
+    /// Starts this partition's part of a shadow run that started since the last call, when the
+    /// kind copies its state for it: the candidate, on a copy of the keyed state and of the
+    /// kind's state as they are now.
+    fn look_for_shadow(&mut self) {
+        let slot = self.core.instances();
+        let generation = slot.shadow_generation();
+        if generation == self.shadow_generation {
+            if self.shadow.as_ref().is_some_and(|s| s.run.is_over()) {
+                self.shadow = None;
+            }
+            return;
+        }
+        self.shadow_generation = generation;
+        self.shadow = None;
+        let Some(run) = slot.shadow_run() else {
+            return;
+        };
+        let Some(kind) = self.kind.shadow_copy() else {
+            return;
+        };
+        let partition = self.core.partition();
+        let Some(seen) = run.join(partition) else {
+            return;
+        };
+        let plugin = run.plugin().clone();
+        let instances = InstanceSlot::new(
+            plugin.clone(),
+            slot.settings().for_plugin(&plugin),
+            slot.keyed_state().clone(),
+        );
+        let mut core = PluginCore::new(self.core.name.clone(), instances, None, self.core.policy);
+        core.label_versions = self.core.label_versions;
+        self.shadow = Some(KindShadow {
+            run,
+            core,
+            kind,
+            seen,
+        });
+    }
+
+    /// Runs `call` on the active version, and, during a shadow run, on the candidate too,
+    /// recording what each made. A partition's part takes whole batches, and ends with the first
+    /// watermarks after its N-th event (so the windows and unmatched join events those marks
+    /// close are compared too); until then the candidate gets every call the active version gets.
+    fn shadowed(
+        &mut self,
+        call: ShadowedCall<'_>,
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
+        self.look_for_shadow();
+        if self.shadow.is_none() {
+            return self.call_kind(call, out);
+        }
+        let (emitted, rejected) = (out.emitted.len(), out.rejected.len());
+        let result = self.call_kind(call, out);
+        if result.is_ok() && self.compare(call, out, emitted, rejected) {
+            self.shadow = None;
+        }
+        result
+    }
+
+    /// Runs the candidate on `call` and records what it made beside what the active version
+    /// made (`out` past `emitted` and `rejected`). Whether this partition's part is over.
+    fn compare(
+        &mut self,
+        call: ShadowedCall<'_>,
+        out: &StageOutput,
+        emitted: usize,
+        rejected: usize,
+    ) -> bool {
+        let Some(shadow) = &mut self.shadow else {
+            return true;
+        };
+        let partition = shadow.core.partition();
+        let mut made = StageOutput::default();
+        let turn = Turn {
+            core: &mut shadow.core,
+            out: &mut made,
+        };
+        let (result, events) = match call {
+            ShadowedCall::Left(events) => (shadow.kind.process(turn, events), events.len()),
+            ShadowedCall::Right(events) => (shadow.kind.process_right(turn, events), events.len()),
+            ShadowedCall::Marks(marks) => (shadow.kind.watermarks(turn, marks), 0),
+        };
+        if let Err(e) = result {
+            shadow.seen = shadow.run.events();
+            shadow
+                .run
+                .fail(partition, format!("the candidate failed: {}", e.failure));
+            return true;
+        }
+        let active = shadow_outputs(
+            out.emitted.get(emitted..).unwrap_or_default(),
+            out.rejected.get(rejected..).unwrap_or_default(),
+        );
+        let candidate = shadow_outputs(&made.emitted, &made.rejected);
+        shadow
+            .run
+            .record(partition, events as u64, &active, &candidate);
+        shadow.seen += events as u64;
+        let complete = shadow.seen >= shadow.run.events() && matches!(call, ShadowedCall::Marks(_));
+        if complete {
+            shadow.run.complete(partition);
+        }
+        complete || shadow.run.is_over()
+    }
+
+    /// The kind's own handling of `call`.
+    fn call_kind(
+        &mut self,
+        call: ShadowedCall<'_>,
+        out: &mut StageOutput,
+    ) -> Result<(), StageError> {
+        let core = &mut self.core;
+        let turn = Turn { core, out };
+        match call {
+            ShadowedCall::Left(events) => self.kind.process(turn, events),
+            ShadowedCall::Right(events) => self.kind.process_right(turn, events),
+            ShadowedCall::Marks(marks) => self.kind.watermarks(turn, marks),
+        }
+    }
+}
+
+/// Records and rejections of a stage call, by output, for a shadow comparison (rejections under
+/// [`REJECTED_OUTPUT`], by their reason).
+fn shadow_outputs(emitted: &[(Arc<str>, Event)], rejected: &[Rejected]) -> ShadowOutputs {
+    let mut outputs = ShadowOutputs::new();
+    for (target, record) in emitted {
+        outputs
+            .entry(target.to_string())
+            .or_default()
+            .push(ShadowRecord {
+                position: record.position,
+                body: String::from_utf8_lossy(&record.body).into_owned(),
+            });
+    }
+    for refused in rejected {
+        outputs
+            .entry(REJECTED_OUTPUT.to_owned())
+            .or_default()
+            .push(ShadowRecord {
+                position: refused.event.position,
+                body: refused.reason.clone(),
+            });
+    }
+    outputs
 }
 
 impl<K: StageKind> Stage for PluginStage<K> {
@@ -179,18 +376,15 @@ impl<K: StageKind> Stage for PluginStage<K> {
     }
 
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        let core = &mut self.core;
-        self.kind.process(Turn { core, out }, events)
+        self.shadowed(ShadowedCall::Left(events), out)
     }
 
     fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
-        let core = &mut self.core;
-        self.kind.process_right(Turn { core, out }, events)
+        self.shadowed(ShadowedCall::Right(events), out)
     }
 
     fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        let core = &mut self.core;
-        self.kind.watermarks(Turn { core, out }, marks)
+        self.shadowed(ShadowedCall::Marks(marks), out)
     }
 
     fn snapshot(&self) -> Vec<u8> {

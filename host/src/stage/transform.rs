@@ -95,9 +95,19 @@ pub struct Transform {
 /// instance, on its own copy of the keyed state, and how many events it got.
 struct Shadowing {
     run: Arc<ShadowRun<Plugin>>,
+    partition: u32,
     instance: PluginInstance,
     seen: u64,
     batch: EventBatch,
+}
+
+impl Drop for Shadowing {
+    fn drop(&mut self) {
+        // Gone before its part was done: the partition was handed off, or the stage stopped.
+        if self.seen < self.run.events() {
+            self.run.leave(self.partition);
+        }
+    }
 }
 
 /// Runs a transform plugin over batches, isolating poison events when a batch traps.
@@ -173,11 +183,17 @@ impl Transform {
         let slot = core.instances();
         let generation = slot.shadow_generation();
         if generation == self.shadow_generation {
+            if self.shadow.as_ref().is_some_and(|s| s.run.is_over()) {
+                self.shadow = None;
+            }
             return;
         }
         self.shadow_generation = generation;
         self.shadow = None;
         let Some(run) = slot.shadow_run() else {
+            return;
+        };
+        let Some(seen) = run.join(core.partition()) else {
             return;
         };
         let plugin = run.plugin().clone();
@@ -186,8 +202,9 @@ impl Transform {
             Ok(instance) => {
                 self.shadow = Some(Shadowing {
                     run,
+                    partition: core.partition(),
                     instance,
-                    seen: 0,
+                    seen,
                     batch: empty_batch(0),
                 });
             }
@@ -261,6 +278,7 @@ impl Shadowing {
         let shadow = match self.instance.process(&self.batch) {
             Ok(output) => shadow_outputs(output, events),
             Err(e) => {
+                self.seen = self.run.events();
                 self.run
                     .fail(partition, format!("the candidate trapped: {}", e.kind));
                 return true;
@@ -289,7 +307,11 @@ impl Shadowing {
         }
         self.run.record(partition, count as u64, &active, &shadow);
         self.seen += count as u64;
-        self.seen >= self.run.events()
+        if self.seen >= self.run.events() {
+            self.run.complete(partition);
+            return true;
+        }
+        self.run.is_over()
     }
 }
 

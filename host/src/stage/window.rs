@@ -250,8 +250,8 @@ pub struct Windows {
     settings: WindowSettings,
     state: WindowState,
     /// The lineage of the latest event the stage received (its rows name it before their own
-    /// version): the versions of the stages upstream. Not checkpointed: after a restart, known
-    /// again from the next event.
+    /// version): the versions of the stages upstream. Checkpointed with the windows, so that
+    /// rows a restored window makes before the next event still name them.
     upstream: Option<String>,
 }
 
@@ -262,13 +262,13 @@ impl StatefulKind for Windows {
     type Settings = WindowSettings;
 
     fn restore(settings: Self::Settings, snapshot: Option<&[u8]>) -> Restored<Self> {
-        let (keyed, state) = restored(snapshot, restore)?;
+        let (keyed, (state, upstream)) = restored(snapshot, restore)?;
         Ok((
             keyed,
             Windows {
                 settings,
                 state,
-                upstream: None,
+                upstream,
             },
         ))
     }
@@ -765,7 +765,15 @@ impl StageKind for Windows {
     }
 
     fn snapshot(&self, keyed: &KeyedState) -> Vec<u8> {
-        snapshot(keyed, &self.state)
+        snapshot(keyed, &self.state, self.upstream.as_deref())
+    }
+
+    fn shadow_copy(&self) -> Option<Self> {
+        Some(Windows {
+            settings: self.settings.clone(),
+            state: self.state.clone(),
+            upstream: self.upstream.clone(),
+        })
     }
 
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
@@ -889,7 +897,9 @@ const SNAPSHOT: SnapshotFormat = SnapshotFormat {
     expected: "window state format version 1",
 };
 
-fn snapshot(keyed: &KeyedState, state: &WindowState) -> Vec<u8> {
+/// The stage's state: the keyed state, the windows, and the upstream lineage after them (state
+/// written before lineage was kept ends before it, and still restores).
+fn snapshot(keyed: &KeyedState, state: &WindowState, upstream: Option<&str>) -> Vec<u8> {
     let mut w = write_snapshot_start(keyed);
     w.opt_i64(state.watermark);
     w.len(state.closing.len());
@@ -918,10 +928,16 @@ fn snapshot(keyed: &KeyedState, state: &WindowState) -> Vec<u8> {
             w.event(event);
         }
     }
+    if let Some(upstream) = upstream {
+        w.str(upstream);
+    }
     w.finish()
 }
 
-fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
+/// The window state and the upstream lineage, as [`snapshot`] wrote them.
+type WindowSnapshot = (WindowState, Option<String>);
+
+fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowSnapshot), DecodeError> {
     let (mut r, keyed) = read_snapshot_start(bytes, &SNAPSHOT)?;
     let mut state = WindowState {
         watermark: r.opt_i64("the stage's watermark")?,
@@ -966,7 +982,12 @@ fn restore(bytes: &[u8]) -> Result<(KeyedState, WindowState), DecodeError> {
         }
         state.recent.insert(key, events);
     }
-    Ok((keyed, state))
+    let upstream = if r.is_empty() {
+        None
+    } else {
+        Some(r.str("the upstream stages' versions")?.to_owned())
+    };
+    Ok((keyed, (state, upstream)))
 }
 
 #[cfg(test)]
@@ -1017,10 +1038,17 @@ mod tests {
         let mut keyed = KeyedState::default();
         keyed.put(b"a".to_vec(), b"b".to_vec());
         keyed.commit();
-        let bytes = snapshot(&keyed, &state);
-        let (keyed_back, state_back) = restore(&bytes).expect("restore");
+        let bytes = snapshot(&keyed, &state, None);
+        let (keyed_back, (state_back, upstream)) = restore(&bytes).expect("restore");
         assert_eq!(keyed_back, keyed);
         assert_eq!(state_back, state);
+        assert_eq!(upstream, None);
         assert!(restore(&bytes[..bytes.len() - 1]).is_err());
+        // With the upstream lineage after the windows; state without it still restores (above).
+        let lineage = "route@0.1.0+abc,clean@def";
+        let with = snapshot(&keyed, &state, Some(lineage));
+        let (_, (state_back, upstream)) = restore(&with).expect("restore with lineage");
+        assert_eq!(state_back, state);
+        assert_eq!(upstream.as_deref(), Some(lineage));
     }
 }
