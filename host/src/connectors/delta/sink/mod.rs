@@ -707,8 +707,11 @@ impl Committer {
         let files = adds.len();
         let version = self.commit_log(shared, adds, actions).await?;
         for (app_id, position) in committed {
+            // Known as of the commit's own version: when the table was read further (a failed
+            // post-commit step refreshes it), another writer may have committed this app id
+            // since, and the next commit reads the log again.
             self.txn_cache
-                .insert(app_id.clone(), (self.version(), Some(position)));
+                .insert(app_id.clone(), (version, Some(position)));
             outcome.insert(
                 app_id,
                 Durable {
