@@ -243,6 +243,100 @@ fn a_source_pausing_longer_than_the_join_bound_holds_the_watermark_back() {
 }
 
 #[test]
+fn when_every_source_goes_quiet_the_last_events_are_not_held_back() {
+    // Both files followed (they never end), each source idle after 1 s: once both are quiet, the
+    // merge lets go of what their clocks released, so every paid seat reaches the table without
+    // new input (unpaid bookings wait for time to pass their bound, as with one source).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut orders = generated_orders(300, 23);
+    // A last order, booked and paid after every other event: its booking and its payment are
+    // each source's last event, the ones a merge of quiet sources could hold back.
+    let latest = orders
+        .iter()
+        .map(|o| o.time_ms + o.payment.map_or(0, |(delay, _)| delay.max(0)))
+        .max()
+        .expect("orders");
+    let mut last = generated_orders(1, 29).remove(0);
+    last.order_id = "o-99999".into();
+    last.venue = "V01".into();
+    last.time_ms = latest + 60_000;
+    last.payment = Some((1_000, false));
+    orders.push(last);
+    write_streams(dir.path(), &orders);
+    let config = two_source_pipeline(
+        dir.path(),
+        &Setup {
+            follow_payments: true,
+            // One partition: no other partition's watermark for the quiet one to follow.
+            partitions: (1, 1),
+            ..DEFAULT
+        },
+    );
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text
+        .replace(
+            "key_field = \"OrderId\"\n\n[sources.payments]",
+            "key_field = \"OrderId\"\nfollow = true\n\n[sources.payments]",
+        )
+        .replace(
+            "[pipelines.bookings.event_time.sources.bookings]\nfield = \"Timestamp\"",
+            "[pipelines.bookings.event_time.sources.bookings]\nfield = \"Timestamp\"\nidle_timeout = \"1s\"",
+        )
+        .replace(
+            "out_of_order = { tolerance = \"5s\", policy = \"adjust\" }",
+            "idle_timeout = \"1s\"",
+        );
+    assert_eq!(text.matches("idle_timeout").count(), 2, "{text}");
+    assert_eq!(text.matches("follow = true").count(), 2, "{text}");
+    std::fs::write(&config, text).expect("write config");
+    let expected = expected_fact(&orders, &example_venue_cities());
+    let paid: Vec<_> = expected
+        .iter()
+        .filter(|(_, row)| !row["PaymentId"].is_null())
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert!(paid.len() > 100, "the orders have paid seats");
+    let process = WeirProcess::run(&config);
+    let table = dir.path().join("bookings_fact");
+    let has_every_paid_seat = || {
+        if !table.join("_delta_log").exists() {
+            return false;
+        }
+        let keys: std::collections::BTreeSet<(String, String)> = read_delta(&table)
+            .rows
+            .iter()
+            .map(|row| {
+                (
+                    row["OrderId"].as_str().unwrap_or_default().to_owned(),
+                    row["SeatId"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        paid.iter().all(|key| keys.contains(key))
+    };
+    wait_for(
+        "every paid seat in the fact table while both inputs are quiet",
+        Duration::from_secs(45),
+        has_every_paid_seat,
+    );
+    process.terminate();
+    let log = process.log_text();
+    let status = process.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let rows = read_delta(&table).rows;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in &rows {
+        let key = (
+            row["OrderId"].as_str().expect("OrderId").to_owned(),
+            row["SeatId"].as_str().expect("SeatId").to_owned(),
+        );
+        let want = &expected[&key];
+        assert_eq!(row["PaymentId"], want["PaymentId"], "{row} vs {want}");
+        assert!(seen.insert(key), "written twice: {row}");
+    }
+}
+
+#[test]
 fn killed_several_times_the_two_source_table_equals_the_uninterrupted_run() {
     let orders = generated_orders(12000, 13);
     let setup = Setup {

@@ -4,7 +4,8 @@
 //!
 //! **The partition's watermark** is the minimum of its sources' watermarks
 //! ([`partition_watermark`]): a source without one yet holds it back, an ended source does not,
-//! and neither does a source the worker has marked idle (after its idle timeout).
+//! and neither does a source the worker has marked idle (after its idle timeout). When every source
+//! still open is idle, whatever their clocks have let go is released.
 //!
 //! **A deterministic merge.** Events leave the sources' clocks in each source's event-time order;
 //! the merge holds them and releases, in `(event time, source, order within the source)` order,
@@ -240,8 +241,18 @@ impl SourceMerge {
         match watermark_over(marks) {
             Some(END_OF_INPUT) => self.release_before(i64::MAX, out) | self.release_last(out),
             Some(watermark) => self.release_before(watermark, out),
+            // Every source still open is idle: none can deliver anything before what its clock
+            // let go, so all of that goes on, as a quiet partition of one source lets its last
+            // events go (otherwise a two-source join's last pair waits for new input forever).
+            None if self.all_open_idle() => self.release_last(out),
             None => false,
         }
+    }
+
+    /// Whether every source that has not ended is idle (and at least one has not ended).
+    fn all_open_idle(&self) -> bool {
+        let mut open = self.sources.iter().filter(|s| !s.ended).peekable();
+        open.peek().is_some() && open.all(|s| s.idle)
     }
 
     /// Releases the events with a time before `watermark`, each after a mark at its time when
@@ -499,6 +510,44 @@ mod tests {
         // The partition's watermark is a's, 200: b's event (now at 100) goes, a's at 200 waits.
         let bodies: Vec<_> = out.released.iter().map(|e| e.body.clone()).collect();
         assert_eq!(bodies, ["b1"]);
+    }
+
+    #[test]
+    fn when_every_source_is_idle_what_their_clocks_let_go_is_released() {
+        let mut merge = SourceMerge::new(&[settings(0), settings(0)]);
+        let mut out = Admitted::default();
+        merge.admit(0, event("a", 1, 100), &mut out);
+        merge.admit(1, event("b", 1, 150), &mut out);
+        merge.admit(0, event("a", 2, 200), &mut out);
+        let bodies = |out: &Admitted| -> Vec<_> {
+            out.released
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+                .collect()
+        };
+        assert_eq!(
+            bodies(&out),
+            ["a1"],
+            "b's watermark 150 holds b1 and a2 back"
+        );
+        out.clear();
+        assert!(!merge.set_idle(0, true, &mut out), "b is still active");
+        assert!(
+            merge.set_idle(1, true, &mut out),
+            "now every source is idle"
+        );
+        assert_eq!(bodies(&out), ["b1", "a2"], "released in merged order");
+        assert_eq!(merge.sequence(), 3);
+        out.clear();
+        // A source coming back behind what was released is adjusted (by its own clock and to
+        // the partition's last mark), as before.
+        assert!(!merge.set_idle(1, false, &mut out));
+        merge.admit(1, event("b", 2, 120), &mut out);
+        assert!(out.adjusted_out_of_order >= 1);
+        assert!(
+            out.released.is_empty(),
+            "a is idle, b's watermark is still 150"
+        );
     }
 
     #[test]
