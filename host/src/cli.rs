@@ -119,6 +119,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::New {
             name,
             kind,
+            lang,
             dir,
             sdk,
             sdk_git,
@@ -132,6 +133,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             let plugin = plugin_cli::NewPlugin {
                 name,
                 kind,
+                lang,
                 dir,
                 sdk,
             };
@@ -145,8 +147,13 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             for file in files {
                 println!("  {}", file.display());
             }
+            let native = match lang {
+                plugin_cli::Lang::Rust => "cargo test",
+                plugin_cli::Lang::Python => "python -m pytest",
+                plugin_cli::Lang::Javascript => "node --test",
+            };
             println!(
-                "next: cd {} && cargo test && weir plugin build",
+                "next: cd {} && {native} && weir plugin test",
                 plugin.dir.display()
             );
             Ok(())
