@@ -523,7 +523,9 @@ export class Context {
 
   /** Sends the input event's body unchanged to output `output` (nothing is copied). */
   forward(output) {
-    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: true });
+    let target = this._targets.get(output);
+    if (target === undefined) target = this._target(output);
+    this._emitted.push({ event: this._event, target, payloadEnd: this._payloads.length, forward: true });
   }
 
   _target(name) {
@@ -541,7 +543,8 @@ export class Context {
   /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
    * value is the caller's copy: change it, then `put` it. */
   get(key, fallback = undefined) {
-    const value = this._state.read(this._host, key);
+    let value = this._state.values.get(key);
+    if (value === undefined) value = this._state.read(this._host, key);
     return value === ABSENT ? fallback : copy(value);
   }
 
