@@ -147,15 +147,12 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             for file in files {
                 println!("  {}", file.display());
             }
-            let native = match lang {
-                plugin_cli::Lang::Rust => "cargo test",
-                plugin_cli::Lang::Python => "python -m pytest",
-                plugin_cli::Lang::Javascript => "node --test",
+            let next = match lang {
+                plugin_cli::Lang::Rust => "cargo test && weir plugin build",
+                plugin_cli::Lang::Python => "python -m pytest && weir plugin test",
+                plugin_cli::Lang::Javascript => "node --test && weir plugin test",
             };
-            println!(
-                "next: cd {} && {native} && weir plugin test",
-                plugin.dir.display()
-            );
+            println!("next: cd {} && {next}", plugin.dir.display());
             Ok(())
         }
         PluginCommand::Build { dir, sign } => {
