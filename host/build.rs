@@ -1,4 +1,5 @@
-//! Embeds the plugin SDK's sources (`sdk/` and `sdk/macros/`: their `src/` and `wit/`) in the
+//! Embeds the plugin SDK's sources (`sdk/` and `sdk/macros/`: their `src/` and `wit/`; the Python
+//! SDK's `sdk/python/weir/*.py`; the JavaScript SDK's `sdk/js/*.js` and its `package.json`) in the
 //! `weir` binary, so that `weir plugin new` can unpack them for a plugin crate anywhere on disk
 //! (the SDK is not on crates.io). Writes `$OUT_DIR/sdk_files.rs`: a list of (path inside the
 //! unpacked SDK, contents).
@@ -18,12 +19,20 @@ fn main() {
         ("sdk/macros/src", "weir-sdk-macros/src"),
         ("sdk/macros/wit", "weir-sdk-macros/wit"),
     ];
+    // (directory, where it goes, which of its files: `None` for all, recursively)
+    let trees = trees.into_iter().map(|(from, to)| (from, to, None)).chain([
+        ("sdk/python/weir", "python/weir", Some(&[".py"][..])),
+        ("sdk/js", "js", Some(&[".js", "package.json"][..])),
+    ]);
     let mut entries = Vec::new();
-    for (from, to) in trees {
+    for (from, to, only) in trees {
         let dir = root.join(from);
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut files = Vec::new();
-        walk(&dir, &mut files);
+        match only {
+            None => walk(&dir, &mut files),
+            Some(suffixes) => files.extend(top_level(&dir, suffixes)),
+        }
         files.sort();
         for file in files {
             // Directories are watched for added and removed files; each file for its contents.
@@ -57,6 +66,22 @@ fn main() {
 
 fn env_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name}"))
+}
+
+/// The files directly in `dir` whose names end with one of `suffixes` (not `node_modules`, not
+/// tests, not the lockfile).
+fn top_level(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    entries
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            path.is_file()
+                && name.is_some_and(|n| {
+                    suffixes.iter().any(|s| n.ends_with(s)) && !n.contains(".test.")
+                })
+        })
+        .collect()
 }
 
 /// Every file under `dir`, recursively.

@@ -119,6 +119,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::New {
             name,
             kind,
+            lang,
             dir,
             sdk,
             sdk_git,
@@ -132,6 +133,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             let plugin = plugin_cli::NewPlugin {
                 name,
                 kind,
+                lang,
                 dir,
                 sdk,
             };
@@ -145,10 +147,12 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             for file in files {
                 println!("  {}", file.display());
             }
-            println!(
-                "next: cd {} && cargo test && weir plugin build",
-                plugin.dir.display()
-            );
+            let next = match lang {
+                plugin_cli::Lang::Rust => "cargo test && weir plugin build",
+                plugin_cli::Lang::Python => "python -m pytest && weir plugin test",
+                plugin_cli::Lang::Javascript => "node --test && weir plugin test",
+            };
+            println!("next: cd {} && {next}", plugin.dir.display());
             Ok(())
         }
         PluginCommand::Build { dir, sign } => {

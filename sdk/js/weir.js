@@ -91,40 +91,91 @@ export function join(fn) {
 
 const UNPARSED = Symbol("unparsed");
 
-/** One input event: its body (JSON, parsed on demand), key, times, partition and source. */
+/** What the events of one batch share: the WIT batch, its bodies decoded once (when they are
+ * ASCII, byte offsets are then character offsets), and its sources and properties. */
+class Batch {
+  constructor(wit) {
+    this.wit = wit;
+    const bodies = wit.bodies;
+    this.text = null;
+    if (bodies.length > 0) {
+      const decoded = decoder.decode(bodies);
+      if (decoded.length === bodies.length) this.text = decoded;
+    }
+    this.keyText = undefined;
+    this.properties = undefined;
+    const names = wit.sources;
+    this.sources = names && names.length > 0 && wit.eventSources && wit.eventSources.length > 0
+      ? names : null;
+  }
+
+  start(index) {
+    return index === 0 ? 0 : Number(this.wit.bodyEnds[index - 1]);
+  }
+}
+
+/**
+ * One input event: its body (JSON, parsed on demand), key, times, partition and source. Events
+ * are made for every event of every batch, so an event holds its time and its place in the
+ * batch, and reads the rest from the batch when asked.
+ */
 export class Event {
-  constructor(batchText, bodies, start, end, key, time, enqueuedTime, position, partition,
-    source, properties) {
-    this._text = batchText;
-    this._bodies = bodies;
+  constructor(batch, index, start, end, time) {
+    this._batch = batch;
+    this._index = index;
     this._start = start;
     this._end = end;
     this._json = UNPARSED;
-    /** The partition key, or null. */
-    this.key = key;
     /** Event time, milliseconds since the Unix epoch (the pipeline's TIMESTAMP BY). */
     this.time = time;
-    /** When the event entered Weir or its broker, milliseconds since the Unix epoch. */
-    this.enqueuedTime = enqueuedTime;
-    /** Position (offset or sequence number) in its source partition. */
-    this.position = position;
-    /** The source partition. */
-    this.partition = partition;
-    /** The name of the source the event comes from, when the host says (else null). */
-    this.source = source;
-    this._properties = properties;
+  }
+
+  /** The partition key, or null. */
+  get key() {
+    const batch = this._batch;
+    const wit = batch.wit;
+    const end = Number(wit.keyEnds[this._index]);
+    const start = this._index === 0 ? 0 : Number(wit.keyEnds[this._index - 1]);
+    if (end <= start) return null;
+    if (batch.keyText === undefined) {
+      const decoded = decoder.decode(wit.keys);
+      batch.keyText = decoded.length === wit.keys.length ? decoded : null;
+    }
+    return batch.keyText !== null
+      ? batch.keyText.slice(start, end)
+      : decoder.decode(wit.keys.subarray(start, end));
+  }
+
+  /** When the event entered Weir or its broker, milliseconds since the Unix epoch. */
+  get enqueuedTime() {
+    return Number(this._batch.wit.enqueuedTimes[this._index]);
+  }
+
+  /** Position (offset or sequence number) in its source partition. */
+  get position() {
+    return Number(this._batch.wit.positions[this._index]);
+  }
+
+  /** The source partition. */
+  get partition() {
+    return this._batch.wit.partition;
+  }
+
+  /** The name of the source the event comes from, when the host says (else null). */
+  get source() {
+    const names = this._batch.sources;
+    return names === null ? null : (names[this._batch.wit.eventSources[this._index]] ?? null);
   }
 
   /** The body as bytes (a view into the batch). */
   get body() {
-    return this._bodies.subarray(this._start, this._end);
+    return this._batch.wit.bodies.subarray(this._start, this._end);
   }
 
   /** The body as text. */
   get text() {
-    return this._text !== null
-      ? this._text.slice(this._start, this._end)
-      : decoder.decode(this.body);
+    const text = this._batch.text;
+    return text !== null ? text.slice(this._start, this._end) : decoder.decode(this.body);
   }
 
   /** The body parsed from JSON (cached); malformed JSON rejects the event. */
@@ -139,15 +190,31 @@ export class Event {
     return this._json;
   }
 
+  _propertyPairs() {
+    const batch = this._batch;
+    if (batch.properties === undefined) {
+      batch.properties = null;
+      const list = batch.wit.properties;
+      if (list && list.length > 0) {
+        batch.properties = new Map();
+        for (const p of list) {
+          if (!batch.properties.has(p.event)) batch.properties.set(p.event, []);
+          batch.properties.get(p.event).push([p.name, p.value]);
+        }
+      }
+    }
+    return (batch.properties && batch.properties.get(this._index)) || [];
+  }
+
   /** The value of application property `name`, or null. */
   property(name) {
-    for (const [key, value] of this._properties || []) if (key === name) return value;
+    for (const [key, value] of this._propertyPairs()) if (key === name) return value;
     return null;
   }
 
   /** Application properties (Event Hubs properties, Kafka or HTTP headers) as an object. */
   get properties() {
-    return Object.fromEntries(this._properties || []);
+    return Object.fromEntries(this._propertyPairs());
   }
 }
 
@@ -203,23 +270,10 @@ function copy(value) {
   return { ...value };
 }
 
-/** `value` as the cache keeps it for `put`: a copy of what JSON keeps of it (cheap for flat
- * objects of numbers, strings, booleans and nulls), checked to be serialisable. */
+/** The JSON text of `value` for `put` (serialising checks that it can be stored, now), and the
+ * copy the cache keeps: shallow for a flat object of strings, finite numbers, booleans and nulls
+ * (what JSON keeps of it), else parsed back from the text. */
 function stored(key, value) {
-  if (value !== null && typeof value === "object" && !Array.isArray(value)
-    && Object.getPrototypeOf(value) === Object.prototype) {
-    let flat = true;
-    for (const name in value) {
-      const item = value[name];
-      const kind = typeof item;
-      if (!(kind === "string" || kind === "boolean" || item === null
-        || (kind === "number" && Number.isFinite(item)))) {
-        flat = false;
-        break;
-      }
-    }
-    if (flat) return { ...value };
-  }
   let text;
   try {
     text = JSON.stringify(value);
@@ -227,7 +281,19 @@ function stored(key, value) {
     throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
   }
   if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
-  return JSON.parse(text);
+  if (value !== null && typeof value === "object" && !Array.isArray(value)
+    && Object.getPrototypeOf(value) === Object.prototype) {
+    for (const name in value) {
+      const item = value[name];
+      const kind = typeof item;
+      if (!(kind === "string" || kind === "boolean" || item === null
+        || (kind === "number" && Number.isFinite(item)))) {
+        return [JSON.parse(text), text];
+      }
+    }
+    return [{ ...value }, text];
+  }
+  return [JSON.parse(text), text];
 }
 
 const ABSENT = Symbol("absent");
@@ -236,15 +302,15 @@ const ABSENT = Symbol("absent");
  * The instance's keyed-state cache, with an undo log for the current event. Values are kept
  * parsed (`values`: key -> value, ABSENT for none) or as the JSON text the host handed over until
  * first read (`raw`). A key read is asked of the host once, unless the host handed the whole state
- * over; a written key is serialised once, when the batch ends, and the keys written reach the host
- * in one `write-batch` call.
+ * over. A written key keeps the JSON text it was serialised to when written (`texts`: key ->
+ * text, "" for a delete), and the keys written reach the host in one `write-batch` call.
  */
 class StateCache {
   constructor() {
     this.values = new Map();
     this.raw = new Map();
     this.complete = false;
-    this.dirty = new Set();
+    this.texts = new Map();
     this.undo = null;
     this.inEvent = false;
   }
@@ -252,7 +318,7 @@ class StateCache {
   restart(start) {
     this.values = new Map();
     this.raw = new Map();
-    this.dirty = new Set();
+    this.texts = new Map();
     for (const [key, value] of entries(start.entries)) this.raw.set(key, value);
     this.complete = Boolean(start.whole) && this.raw.size <= MAX_CACHED_KEYS;
   }
@@ -282,16 +348,21 @@ class StateCache {
     return value;
   }
 
-  write(key, value) {
+  /** Sets `key` to `value` with its JSON `text` (ABSENT and "" to delete it). */
+  write(key, value, text) {
     if (this.inEvent) {
       if (this.undo === null) this.undo = new Map();
       if (!this.undo.has(key)) {
-        this.undo.set(key, [this.values.has(key) ? this.values.get(key) : MISSING, this.dirty.has(key)]);
+        this.undo.set(key, [
+          this.values.has(key) ? this.values.get(key) : MISSING,
+          this.texts.has(key) ? this.texts.get(key) : MISSING,
+          this.raw.has(key) ? this.raw.get(key) : MISSING,
+        ]);
       }
     }
-    this.raw.delete(key);
+    if (this.raw.size > 0) this.raw.delete(key);
     this.values.set(key, value);
-    this.dirty.add(key);
+    this.texts.set(key, text);
   }
 
   beginEvent() {
@@ -301,10 +372,12 @@ class StateCache {
 
   rollbackEvent() {
     if (this.undo !== null) {
-      for (const [key, [value, dirty]] of this.undo) {
+      for (const [key, [value, text, raw]] of this.undo) {
         if (value === MISSING) this.values.delete(key);
         else this.values.set(key, value);
-        if (!dirty) this.dirty.delete(key);
+        if (text === MISSING) this.texts.delete(key);
+        else this.texts.set(key, text);
+        if (raw !== MISSING) this.raw.set(key, raw);
       }
     }
     this.undo = null;
@@ -313,36 +386,24 @@ class StateCache {
   flush(host) {
     this.inEvent = false;
     this.undo = null;
-    if (this.dirty.size > 0) {
-      let keys = "";
-      let values = "";
-      const keyEnds = new Uint32Array(this.dirty.size);
-      const valueEnds = new Uint32Array(this.dirty.size);
-      const deletes = [];
-      const keyParts = [];
-      const valueParts = [];
-      let keyLength = 0;
-      let valueLength = 0;
+    const count = this.texts.size;
+    if (count > 0) {
+      // One string of keys and one of values, each encoded once (a batch writes about one key
+      // per event); when a string is ASCII its lengths are its byte lengths.
+      const keys = new Array(count);
+      const values = new Array(count);
+      const deletes = new Array(count);
       let i = 0;
-      for (const key of this.dirty) {
-        const value = this.values.get(key);
-        const keyBytes = encoder.encode(key);
-        keyParts.push(keyBytes);
-        keyLength += keyBytes.length;
-        keyEnds[i] = keyLength;
-        if (value !== ABSENT && value !== undefined) {
-          const valueBytes = encoder.encode(JSON.stringify(value));
-          valueParts.push(valueBytes);
-          valueLength += valueBytes.length;
-        }
-        valueEnds[i] = valueLength;
-        deletes.push(value === ABSENT || value === undefined);
+      for (const [key, text] of this.texts) {
+        keys[i] = key;
+        values[i] = text;
+        deletes[i] = text === "";
         i++;
       }
-      keys = concat(keyParts, keyLength);
-      values = concat(valueParts, valueLength);
-      this.dirty = new Set();
-      host.stateWriteBatch({ keys, keyEnds, values, valueEnds, deletes });
+      const [keyBytes, keyEnds] = joined(keys);
+      const [valueBytes, valueEnds] = joined(values);
+      this.texts = new Map();
+      host.stateWriteBatch({ keys: keyBytes, keyEnds, values: valueBytes, valueEnds, deletes });
     }
     if (this.values.size + this.raw.size > MAX_CACHED_KEYS) {
       this.values = new Map();
@@ -352,10 +413,10 @@ class StateCache {
   }
 
   discardUnflushed() {
-    if (this.dirty.size > 0 || this.undo !== null) {
+    if (this.texts.size > 0 || this.undo !== null) {
       this.values = new Map();
       this.raw = new Map();
-      this.dirty = new Set();
+      this.texts = new Map();
       this.complete = false;
     }
     this.undo = null;
@@ -363,14 +424,24 @@ class StateCache {
   }
 }
 
-function concat(parts, length) {
-  const out = new Uint8Array(length);
+/** `parts` concatenated as UTF-8, with the end offset of each. */
+function joined(parts) {
+  const text = parts.join("");
+  const bytes = encoder.encode(text);
+  const ends = new Uint32Array(parts.length);
   let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
+  if (bytes.length === text.length) {
+    for (let i = 0; i < parts.length; i++) {
+      at += parts[i].length;
+      ends[i] = at;
+    }
+  } else {
+    for (let i = 0; i < parts.length; i++) {
+      at += encoder.encode(parts[i]).length;
+      ends[i] = at;
+    }
   }
-  return out;
+  return [bytes, ends];
 }
 
 // ----- The context -----
@@ -424,8 +495,9 @@ export class Context {
     this._emitted = [];
     this._rejected = [];
     this._event = 0;
+    // The current event's position, or null: then it is `_positions[_event]`.
     this._position = 0;
-    this._marks = [0, 0];
+    this._positions = [];
   }
 
   // ----- Outputs -----
@@ -451,7 +523,9 @@ export class Context {
 
   /** Sends the input event's body unchanged to output `output` (nothing is copied). */
   forward(output) {
-    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: true });
+    let target = this._targets.get(output);
+    if (target === undefined) target = this._target(output);
+    this._emitted.push({ event: this._event, target, payloadEnd: this._payloads.length, forward: true });
   }
 
   _target(name) {
@@ -469,18 +543,20 @@ export class Context {
   /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
    * value is the caller's copy: change it, then `put` it. */
   get(key, fallback = undefined) {
-    const value = this._state.read(this._host, key);
+    let value = this._state.values.get(key);
+    if (value === undefined) value = this._state.read(this._host, key);
     return value === ABSENT ? fallback : copy(value);
   }
 
   /** Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch ends). */
   put(key, value) {
-    this._state.write(key, stored(key, value));
+    const [copy, text] = stored(key, value);
+    this._state.write(key, copy, text);
   }
 
   /** Removes `key` from the keyed state. */
   delete(key) {
-    this._state.write(key, ABSENT);
+    this._state.write(key, ABSENT, "");
   }
 
   // ----- Configuration and reference data -----
@@ -513,7 +589,9 @@ export class Context {
 
   /** Writes a log record into the host's logs, with the event's position and `fields`. */
   log(level, message, fields = {}) {
-    const pairs = [["position", String(this._position)]];
+    const position = this._position !== null
+      ? this._position : Number(this._positions[this._event]);
+    const pairs = [["position", String(position)]];
     for (const [key, value] of Object.entries(fields)) pairs.push([key, String(value)]);
     this._host.log(level, String(message), pairs);
   }
@@ -541,13 +619,17 @@ export class Context {
   _beginEvent(index, position) {
     this._event = index;
     this._position = position;
-    this._marks = [this._payloads.length, this._emitted.length];
     this._state.beginEvent();
   }
 
   _reject(reason) {
-    this._payloads.length = this._marks[0];
-    this._emitted.length = this._marks[1];
+    // What the event emitted is at the end of `_emitted`, its payloads after the previous
+    // record's.
+    const emitted = this._emitted;
+    let keep = emitted.length;
+    while (keep > 0 && emitted[keep - 1].event === this._event) keep--;
+    emitted.length = keep;
+    this._payloads.length = keep > 0 ? emitted[keep - 1].payloadEnd : 0;
     this._state.rollbackEvent();
     this._rejected.push({ event: this._event, reason });
   }
@@ -585,45 +667,16 @@ function reason(error) {
 // ----- Runners: one pass over a batch in the WIT layout -----
 
 /** The events of a batch in the WIT layout (camelCase fields, as componentize-js gives them). */
-export function batchEvents(batch) {
-  const bodies = batch.bodies;
-  // One decode for the batch: when it is ASCII, byte offsets are character offsets.
-  let text = null;
-  if (bodies.length > 0) {
-    const decoded = decoder.decode(bodies);
-    if (decoded.length === bodies.length) text = decoded;
-  }
-  const keys = batch.keys;
-  let keyText = null;
-  if (keys.length > 0) {
-    const decoded = decoder.decode(keys);
-    if (decoded.length === keys.length) keyText = decoded;
-  }
-  const names = batch.sources;
-  const sourceOf = batch.eventSources;
-  const hasSources = names && names.length > 0 && sourceOf && sourceOf.length > 0;
-  let properties = null;
-  if (batch.properties && batch.properties.length > 0) {
-    properties = new Map();
-    for (const p of batch.properties) {
-      if (!properties.has(p.event)) properties.set(p.event, []);
-      properties.get(p.event).push([p.name, p.value]);
-    }
-  }
-  const events = new Array(batch.bodyEnds.length);
-  let bodyStart = 0;
-  let keyStart = 0;
+export function batchEvents(wit) {
+  const batch = new Batch(wit);
+  const ends = wit.bodyEnds;
+  const times = wit.eventTimes;
+  const events = new Array(ends.length);
+  let start = 0;
   for (let i = 0; i < events.length; i++) {
-    const bodyEnd = Number(batch.bodyEnds[i]);
-    const keyEnd = Number(batch.keyEnds[i]);
-    const key = keyEnd <= keyStart ? null
-      : keyText !== null ? keyText.slice(keyStart, keyEnd) : decoder.decode(keys.subarray(keyStart, keyEnd));
-    events[i] = new Event(text, bodies, bodyStart, bodyEnd, key,
-      Number(batch.eventTimes[i]), Number(batch.enqueuedTimes[i]), Number(batch.positions[i]),
-      batch.partition, hasSources ? (names[sourceOf[i]] ?? null) : null,
-      properties ? properties.get(i) || null : null);
-    bodyStart = bodyEnd;
-    keyStart = keyEnd;
+    const end = Number(ends[i]);
+    events[i] = new Event(batch, i, start, end, Number(times[i]));
+    start = end;
   }
   return events;
 }
@@ -631,9 +684,16 @@ export function batchEvents(batch) {
 /** Runs `fn` over every event of `batch`; returns the WIT `output-batch`. */
 export function runTransform(ctx, fn, batch) {
   ctx._beginBatch();
+  ctx._position = null;
+  ctx._positions = batch.positions;
   const events = batchEvents(batch);
+  const state = ctx._state;
   for (let i = 0; i < events.length; i++) {
-    ctx._beginEvent(i, events[i].position);
+    // `_beginEvent`, reduced to what must happen per event: what a rejection rolls back is
+    // found from `_emitted` and the state's undo log.
+    ctx._event = i;
+    state.inEvent = true;
+    state.undo = null;
     try {
       fn(events[i], ctx);
     } catch (error) {

@@ -574,7 +574,8 @@ outputs = {{ out = "{name}_out" }}
 }
 
 #[test]
-fn weir_plugin_build_points_a_python_or_javascript_plugin_to_its_build_command() {
+fn weir_plugin_build_of_a_python_or_javascript_plugin_without_a_manifest_points_to_its_build_command()
+ {
     for dir in [
         "plugins/python/telemetry-anomaly",
         "plugins/js/telemetry-anomaly",
@@ -584,7 +585,7 @@ fn weir_plugin_build_points_a_python_or_javascript_plugin_to_its_build_command()
             .arg(weir_tests::workspace_dir().join(dir))
             .output()
             .expect("run weir");
-        assert!(!output.status.success(), "{dir}: not a crate");
+        assert!(!output.status.success(), "{dir}: no manifest");
         let text = String::from_utf8_lossy(&output.stderr);
         assert!(text.contains("scripts/build-plugin DIR"), "{dir}: {text}");
     }
@@ -691,4 +692,233 @@ outputs = {{ rows = "rows" }}
         };
         assert_eq!(sources, &want, "pair of {left}");
     }
+}
+
+/// `weir` with the toolchains of this checkout and an SDK home of its own.
+fn weir_cli(home: &Path) -> std::process::Command {
+    let workspace = weir_tests::workspace_dir();
+    let mut command = std::process::Command::new(weir_tests::weir_binary());
+    command
+        .env("WEIR_HOME", home)
+        .env(
+            "WEIR_COMPONENTIZE_PY",
+            workspace.join(".venv/bin/componentize-py"),
+        )
+        .env(
+            "WEIR_COMPONENTIZE_JS",
+            workspace.join("sdk/js/node_modules/.bin/componentize-js"),
+        );
+    command
+}
+
+/// Runs `command`; its exit status and its standard output and error together.
+fn outcome(command: &mut std::process::Command) -> (bool, String) {
+    let output = command.output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `weir plugin new --lang LANG` writes, outside the repository, a plugin whose native tests pass
+/// as written (pytest, `node --test`) and whose case passes through `weir plugin test` (which
+/// builds it with the language's toolchain, naming it in the component); with `edit` applied to
+/// its module, the case fails with a diff naming the field, and passes again once blessed.
+fn new_build_test(lang: &str, kind: &str, edit: Option<(&str, &str)>) {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let home = outside.path().join("weir-home");
+    let name = format!("my-{lang}-{kind}");
+    let dir = outside.path().join(&name);
+    let (ok, text) = outcome(
+        weir_cli(&home)
+            .args([
+                "plugin", "new", &name, "--kind", kind, "--lang", lang, "--dir",
+            ])
+            .arg(&dir),
+    );
+    assert!(ok, "{text}");
+    let (module, native) = if lang == "python" {
+        let mut pytest = std::process::Command::new(weir_tests::python());
+        pytest.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]);
+        ("plugin.py", pytest)
+    } else {
+        let mut node = std::process::Command::new("node");
+        node.arg("--test");
+        ("plugin.js", node)
+    };
+    let mut native = native;
+    let (ok, text) = outcome(native.current_dir(&dir));
+    assert!(ok, "{name}: the native tests pass as written: {text}");
+
+    let test = |bless: bool| {
+        let mut command = weir_cli(&home);
+        command.args(["plugin", "test"]).arg(&dir);
+        if bless {
+            command.arg("--bless");
+        }
+        outcome(&mut command)
+    };
+    let (ok, text) = test(false);
+    assert!(ok, "{name}: {text}");
+    assert!(text.contains("1 case(s) passed"), "{text}");
+    assert!(text.contains(&format!("name:    {name}")), "{text}");
+    let wasm = dir
+        .join("target/weir")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let package = weir::plugin::package::read(&std::fs::read(&wasm).expect("the component"))
+        .expect("the component names its plugin");
+    assert_eq!(
+        (package.name.as_str(), package.version.as_str()),
+        (name.as_str(), "0.1.0")
+    );
+
+    let Some((from, to)) = edit else { return };
+    let path = dir.join(module);
+    let code = std::fs::read_to_string(&path).expect("module");
+    assert!(code.contains(from), "{code}");
+    std::fs::write(&path, code.replace(from, to)).expect("edit");
+    let (ok, text) = test(false);
+    assert!(!ok, "{name}: the edited logic fails its case: {text}");
+    assert!(
+        text.contains("FAILED") && text.contains("field `To`: expected 40.0, got 41"),
+        "{text}"
+    );
+    let (ok, text) = test(true);
+    assert!(ok && text.contains("blessed"), "{text}");
+    let (ok, text) = test(false);
+    assert!(ok, "{name}: blessed: {text}");
+}
+
+#[test]
+fn weir_plugin_new_build_and_test_a_python_transform() {
+    new_build_test(
+        "python",
+        "transform",
+        Some(("\"To\": temperature}", "\"To\": temperature + 1}")),
+    );
+}
+
+#[test]
+fn weir_plugin_new_build_and_test_a_javascript_transform() {
+    new_build_test(
+        "javascript",
+        "transform",
+        Some(("To: temperature }", "To: temperature + 1 }")),
+    );
+}
+
+#[test]
+fn weir_plugin_new_build_and_test_a_python_window() {
+    new_build_test("python", "window", None);
+}
+
+#[test]
+fn the_bookings_join_in_javascript_gives_exactly_the_rust_joins_rows() {
+    use weir_tests::bookings::{example_venue_cities, expected_fact, generated_orders, streams};
+    let javascript = script_plugin("plugins/js/booking-join", PluginKind::JoinEnrichment);
+    let rust = plugin_path("booking_join");
+    let categorize = plugin_path("booking_categorize");
+    let venues = weir_tests::workspace_dir().join("examples/reference/venues.csv");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let orders = generated_orders(80, 29);
+    let (bookings, payments) = streams(&orders);
+    let lines = |lines: &[String]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(dir.path().join("bookings.jsonl"), lines(&bookings)).expect("bookings");
+    std::fs::write(dir.path().join("payments.jsonl"), lines(&payments)).expect("payments");
+    let mut text = format!(
+        r#"
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "300ms"
+
+[plugins]
+store_dir = "{store}"
+
+[sources.bookings]
+kind = "file"
+path = "{dir}/bookings.jsonl"
+partitions = 2
+key_field = "OrderId"
+
+[sources.payments]
+kind = "file"
+path = "{dir}/payments.jsonl"
+partitions = 2
+key_field = "OrderId"
+
+[sinks.dead_letters]
+kind = "file"
+path = "{dir}/dead_letters"
+"#,
+        dir = dir.path().display(),
+        store = plugin_store(dir.path()).display(),
+    );
+    for (name, join) in [("rust", &rust), ("js", &javascript)] {
+        text.push_str(&format!(
+            r#"
+[sinks.{name}_rows]
+kind = "file"
+path = "{dir}/{name}_rows"
+
+[pipelines.{name}]
+sources = ["bookings", "payments"]
+dead_letter = "dead_letters"
+batch = {{ max_events = 64, max_wait = "20ms" }}
+
+[pipelines.{name}.event_time.sources.bookings]
+field = "Timestamp"
+
+[pipelines.{name}.event_time.sources.payments]
+field = "Timestamp"
+out_of_order = {{ tolerance = "5s", policy = "adjust" }}
+
+[[pipelines.{name}.stages]]
+name = "categorize"
+plugin = "{categorize}"
+input = "bookings"
+outputs = {{ seats = "join.left" }}
+reference = {{ venues = {{ path = "{venues}", key = "VenueId" }} }}
+
+[[pipelines.{name}.stages]]
+name = "join"
+plugin = "{join}"
+right = "payments"
+join = {{ key = "OrderId", within = "2m", unmatched_left = "emit", unmatched_right = "drop" }}
+outputs = {{ rows = "{name}_rows" }}
+"#,
+            dir = dir.path().display(),
+            categorize = categorize.display(),
+            venues = venues.display(),
+            join = join.display(),
+        ));
+    }
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, text).expect("config");
+
+    run_to_completion(&config, Duration::from_secs(600));
+
+    let read = |name: &str| {
+        by_key(
+            read_jsonl_dir(&dir.path().join(format!("{name}_rows"))),
+            |row| format!("{}/{}", row["OrderId"], row["SeatId"]),
+        )
+    };
+    let reference = read("rust");
+    // The Rust rows are the fact derived from the orders (but `BookingDate`, which the Delta
+    // sink derives from `BookingTime`: these are file sinks).
+    let expected = expected_fact(&orders, &example_venue_cities());
+    assert_eq!(reference.len(), expected.len(), "one row per seat");
+    for ((order, seat), want) in &expected {
+        let got = &reference[&format!("\"{order}\"/\"{seat}\"")];
+        for (field, value) in want.as_object().expect("object") {
+            if field != "BookingDate" {
+                assert!(close(&got[field], value), "{field}: {got} vs {want}");
+            }
+        }
+    }
+    assert_same_alerts("JavaScript", &read("js"), &reference);
+    let letters = read_jsonl_dir(&dir.path().join("dead_letters"));
+    assert!(letters.is_empty(), "{letters:#?}");
 }

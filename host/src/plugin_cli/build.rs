@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::script::Lang;
 use super::{Kind, PluginCliError};
 use crate::plugin::package::{self, PackageInfo};
 use crate::plugin::signature;
@@ -189,13 +190,18 @@ pub(super) fn check(
     })
 }
 
-/// The kind the crate in `dir` names in `[package.metadata.weir]`, if any.
+/// The kind the crate in `dir` names in `[package.metadata.weir]` (a Python or JavaScript
+/// plugin: in its manifest), if any.
 pub(super) fn crate_kind(dir: &Path) -> Result<Option<Kind>, PluginCliError> {
     let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if Lang::of(dir) != Lang::Rust {
+        return super::script::kind(dir).map(Some);
+    }
     Ok(crate_info(dir)?.kind)
 }
 
-/// Builds the plugin crate in `dir` (see the module doc).
+/// Builds the plugin in `dir` (see the module doc; a Python or JavaScript one with its toolchain,
+/// see [`super::script`]).
 pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
     build_signed(dir, None)
 }
@@ -213,6 +219,9 @@ fn read_key(path: &Path) -> Result<String, PluginCliError> {
 pub fn build_signed(dir: &Path, key: Option<&Path>) -> Result<Built, PluginCliError> {
     // cargo runs in `dir`: a relative `--manifest-path` would be taken from there.
     let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if Lang::of(dir) != Lang::Rust {
+        return super::script::build(dir, key);
+    }
     let info = crate_info(dir)?;
     if target_installed(dir) == Some(false) {
         return Err(PluginCliError::MissingTarget);
@@ -260,6 +269,18 @@ pub fn build_signed(dir: &Path, key: Option<&Path>) -> Result<Built, PluginCliEr
     // component is), before it is written where a stage may point; errors name cargo's file.
     let engine = PluginEngine::new()?;
     let kind = check(&engine, &built, &with_section, info.kind)?;
+    finish(with_section, package_info, kind, key, path)
+}
+
+/// Signs the checked component `with_section` (of `kind`) with `key` when given and writes it to
+/// `path`: the end of every build, whatever the language.
+pub(super) fn finish(
+    with_section: Vec<u8>,
+    package_info: PackageInfo,
+    kind: PluginKind,
+    key: Option<&Path>,
+    path: PathBuf,
+) -> Result<Built, PluginCliError> {
     let with_section = match key {
         Some(key) => {
             signature::sign(&with_section, &read_key(key)?)

@@ -9,6 +9,7 @@ mod build;
 mod deploy;
 mod new;
 mod remote;
+mod script;
 mod sdk;
 mod test;
 
@@ -22,6 +23,7 @@ pub use deploy::{
 };
 pub use new::{NewPlugin, SdkSource, new};
 pub use remote::{Answer, Remote};
+pub use script::Lang;
 pub use test::{
     CaseResult, CaseSettings, DEAD_LETTERS, Outputs, TestTarget, run_case, target, test,
 };
@@ -31,14 +33,20 @@ use crate::plugin::PluginKind;
 /// The subcommands of `weir plugin`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Write a new plugin crate: a small working example of its kind, a native test and a test
-    /// case. It builds anywhere on disk, with the SDK this `weir` carries.
+    /// Write a new plugin crate (or a Python or JavaScript plugin directory): a small working
+    /// example of its kind, a native test and a test case. It builds anywhere on disk, with the
+    /// SDK this `weir` carries.
     New {
         /// The crate's name (letters, digits, `-` and `_`, starting with a letter).
         name: String,
         /// The kind of stage it is for.
         #[arg(long, value_enum)]
         kind: Kind,
+        /// The language to write it in (Python and JavaScript plugins are built with
+        /// componentize-py and componentize-js, which a Weir checkout's `scripts/setup`
+        /// installs).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
         /// Where to write it (default: `./NAME`); must not exist or be empty.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
@@ -50,8 +58,9 @@ pub enum PluginCommand {
         #[arg(long, value_name = "URL")]
         sdk_git: Option<String>,
     },
-    /// Build a plugin crate into a component for `wasm32-wasip2` (release), check it against the
-    /// world of its kind and record its crate name and version in it.
+    /// Build a plugin crate into a component for `wasm32-wasip2` (release), or a Python or
+    /// JavaScript plugin with componentize-py or componentize-js, check it against the world of
+    /// its kind and record its name and version in it.
     Build {
         /// The plugin crate (default: the current directory).
         dir: Option<PathBuf>,
@@ -372,6 +381,14 @@ pub enum PluginCliError {
         version: String,
         /// The version active now.
         by: String,
+    },
+    /// componentize-py or componentize-js failed (its messages went to the terminal).
+    #[error("{tool} failed ({status})")]
+    Toolchain {
+        /// The tool that ran.
+        tool: String,
+        /// How it ended.
+        status: String,
     },
     /// The component does not implement the world of its kind.
     #[error("{0}")]

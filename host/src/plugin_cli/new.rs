@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Kind, PluginCliError, sdk};
+use super::{Kind, Lang, PluginCliError, sdk};
 
 /// Where a new crate finds `weir-sdk`.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct NewPlugin {
     pub name: String,
     /// Its kind.
     pub kind: Kind,
+    /// Its language.
+    pub lang: Lang,
     /// Where to write it.
     pub dir: PathBuf,
     /// Where it finds the SDK.
@@ -279,7 +281,8 @@ codegen-units = 1
     )
 }
 
-/// Writes the crate `plugin` describes; returns the files written, relative to its directory.
+/// Writes the crate (or Python or JavaScript plugin) `plugin` describes; returns the files
+/// written, relative to its directory.
 pub fn new(plugin: &NewPlugin) -> Result<Vec<PathBuf>, PluginCliError> {
     check_name(&plugin.name)?;
     let dir = &plugin.dir;
@@ -297,6 +300,16 @@ pub fn new(plugin: &NewPlugin) -> Result<Vec<PathBuf>, PluginCliError> {
         }
     }
     let template = template(plugin.kind);
+    if plugin.lang != Lang::Rust {
+        let mut files = script_files(plugin)?;
+        files.push(("cases/README.md".into(), CASES_README.to_owned()));
+        files.extend(case_files(&template));
+        write_files(dir, &files)?;
+        if plugin.lang == Lang::Javascript {
+            link_js_sdk(plugin)?;
+        }
+        return Ok(files.into_iter().map(|(file, _)| file).collect());
+    }
     let crate_ident = plugin.name.replace('-', "_");
     let mut files: Vec<(PathBuf, String)> = vec![
         (
@@ -318,13 +331,28 @@ pub fn new(plugin: &NewPlugin) -> Result<Vec<PathBuf>, PluginCliError> {
         ),
         ("cases/README.md".into(), CASES_README.to_owned()),
     ];
-    for (file, text) in template.case_files {
-        files.push((
-            Path::new("cases").join(template.case).join(file),
-            (*text).to_owned(),
-        ));
-    }
-    for (file, text) in &files {
+    files.extend(case_files(&template));
+    write_files(dir, &files)?;
+    Ok(files.into_iter().map(|(file, _)| file).collect())
+}
+
+/// The test case of a kind's template, as files under `cases/`.
+fn case_files(template: &Template) -> Vec<(PathBuf, String)> {
+    template
+        .case_files
+        .iter()
+        .map(|(file, text)| {
+            (
+                Path::new("cases").join(template.case).join(file),
+                (*text).to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Writes `files` (paths relative to `dir`).
+fn write_files(dir: &Path, files: &[(PathBuf, String)]) -> Result<(), PluginCliError> {
+    for (file, text) in files {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| PluginCliError::Write {
@@ -334,7 +362,143 @@ pub fn new(plugin: &NewPlugin) -> Result<Vec<PathBuf>, PluginCliError> {
         }
         std::fs::write(&path, text).map_err(|source| PluginCliError::Write { path, source })?;
     }
-    Ok(files.into_iter().map(|(file, _)| file).collect())
+    Ok(())
+}
+
+/// The plugin's code and its native test, per kind and language: (module, test).
+fn script_template(kind: Kind, lang: Lang) -> (&'static str, &'static str) {
+    match (lang, kind) {
+        (Lang::Python, Kind::Transform) => (
+            include_str!("templates/python/transform.py"),
+            include_str!("templates/python/test_transform.py"),
+        ),
+        (Lang::Python, Kind::Window) => (
+            include_str!("templates/python/window.py"),
+            include_str!("templates/python/test_window.py"),
+        ),
+        (Lang::Python, Kind::Join) => (
+            include_str!("templates/python/join.py"),
+            include_str!("templates/python/test_join.py"),
+        ),
+        (_, Kind::Transform) => (
+            include_str!("templates/js/transform.js"),
+            include_str!("templates/js/transform.test.js"),
+        ),
+        (_, Kind::Window) => (
+            include_str!("templates/js/window.js"),
+            include_str!("templates/js/window.test.js"),
+        ),
+        (_, Kind::Join) => (
+            include_str!("templates/js/join.js"),
+            include_str!("templates/js/join.test.js"),
+        ),
+    }
+}
+
+/// The directory of the SDK of `plugin`'s language (unpacking the embedded one if need be).
+fn script_sdk(plugin: &NewPlugin) -> Result<PathBuf, PluginCliError> {
+    let root = match &plugin.sdk {
+        SdkSource::Embedded(root) => sdk::unpack_all(root)?,
+        SdkSource::Path(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        SdkSource::Git(_) => {
+            return Err(PluginCliError::NotACrate {
+                dir: plugin.dir.clone(),
+                reason: "--sdk-git is for Rust crates: a Python or JavaScript plugin uses the SDK this `weir` carries, or --sdk DIR (a checkout's `sdk/`)".into(),
+            });
+        }
+    };
+    Ok(root.join(if plugin.lang == Lang::Python {
+        "python"
+    } else {
+        "js"
+    }))
+}
+
+/// The files of a new Python or JavaScript plugin: its manifest (name, version, kind), module,
+/// native test and what makes that test find the SDK.
+fn script_files(plugin: &NewPlugin) -> Result<Vec<(PathBuf, String)>, PluginCliError> {
+    let (module, test) = script_template(plugin.kind, plugin.lang);
+    let (name, kind) = (&plugin.name, plugin.kind.name());
+    Ok(match plugin.lang {
+        Lang::Python => {
+            let sdk = python_string(&script_sdk(plugin)?.display().to_string());
+            vec![
+                (
+                    "pyproject.toml".into(),
+                    format!(
+                        r#"[project]
+name = "{name}"
+version = "0.1.0"
+requires-python = ">=3.11"
+
+# The world `weir plugin build` checks the component against.
+[tool.weir]
+kind = "{kind}"
+"#
+                    ),
+                ),
+                ("plugin.py".into(), module.to_owned()),
+                ("test_plugin.py".into(), test.to_owned()),
+                (
+                    "conftest.py".into(),
+                    format!(
+                        r#"# Puts the Weir SDK that `weir plugin new` unpacked on the path of the native tests
+# (`python -m pytest`); the component gets the same SDK from `weir plugin build`.
+import sys
+
+sys.path.insert(0, {sdk})
+"#
+                    ),
+                ),
+                (".gitignore".into(), "/target\n__pycache__/\n".to_owned()),
+            ]
+        }
+        _ => vec![
+            (
+                "package.json".into(),
+                format!(
+                    r#"{{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {{ "test": "node --test" }},
+  "weir": {{ "kind": "{kind}" }}
+}}
+"#
+                ),
+            ),
+            ("plugin.js".into(), module.to_owned()),
+            ("plugin.test.js".into(), test.to_owned()),
+            (".gitignore".into(), "/target\n/node_modules\n".to_owned()),
+        ],
+    })
+}
+
+/// A string as a Python string literal.
+fn python_string(text: &str) -> String {
+    // JSON's escapes are Python's for the characters a path holds.
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+/// `node_modules/weir` of a new JavaScript plugin: the SDK, so that `import ... from "weir"`
+/// (and `"weir/testing"`) resolve under `node --test`.
+fn link_js_sdk(plugin: &NewPlugin) -> Result<(), PluginCliError> {
+    let sdk = script_sdk(plugin)?;
+    let modules = plugin.dir.join("node_modules");
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PluginCliError::Write { path, source }
+    };
+    std::fs::create_dir_all(&modules).map_err(write_error(&modules))?;
+    let link = modules.join("weir");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&sdk, &link).map_err(write_error(&link))?;
+    #[cfg(not(unix))]
+    {
+        let _ = (&sdk, &link);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,6 +531,7 @@ mod tests {
         let plugin = |dir: PathBuf| NewPlugin {
             name: "my-rule".into(),
             kind: Kind::Window,
+            lang: Lang::Rust,
             dir,
             sdk: SdkSource::Git("https://example.invalid/weir".into()),
         };

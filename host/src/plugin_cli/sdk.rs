@@ -83,6 +83,13 @@ pub(crate) fn default_root() -> Result<PathBuf, PluginCliError> {
 /// Unpacks the SDK under `root` (once: a directory named after its version and content hash is
 /// reused) and returns the directory of the unpacked `weir-sdk` crate.
 pub(crate) fn unpack(root: &Path) -> Result<PathBuf, PluginCliError> {
+    Ok(unpack_all(root)?.join("weir-sdk"))
+}
+
+/// Unpacks the SDKs under `root` (see [`unpack`]) and returns the directory holding them all:
+/// `weir-sdk/` and `weir-sdk-macros/` (Rust, with the contract in `weir-sdk/wit/`), `python/`
+/// (the package `weir`) and `js/` (the module `weir.js` and its harness).
+pub(crate) fn unpack_all(root: &Path) -> Result<PathBuf, PluginCliError> {
     let files = files();
     let mut digest = Sha256::new();
     for (path, text) in &files {
@@ -99,7 +106,7 @@ pub(crate) fn unpack(root: &Path) -> Result<PathBuf, PluginCliError> {
         .collect();
     let dir = root.join(format!("{VERSION}-{hash}"));
     if dir.join("weir-sdk").join("Cargo.toml").is_file() {
-        return Ok(dir.join("weir-sdk"));
+        return Ok(dir);
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -123,7 +130,7 @@ pub(crate) fn unpack(root: &Path) -> Result<PathBuf, PluginCliError> {
             return Err(PluginCliError::Write { path: dir, source });
         }
     }
-    Ok(dir.join("weir-sdk"))
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -100,7 +100,14 @@ pub struct CaseResult {
 impl CaseResult {
     /// Whether every output got what the case expects.
     pub fn passed(&self) -> bool {
-        self.got == self.expected
+        let empty = Vec::new();
+        let names: std::collections::BTreeSet<&String> =
+            self.got.keys().chain(self.expected.keys()).collect();
+        names.into_iter().all(|name| {
+            let got = self.got.get(name).unwrap_or(&empty);
+            let want = self.expected.get(name).unwrap_or(&empty);
+            got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same(g, w))
+        })
     }
 
     /// A readable diff of what differs, one block per output, naming each differing record.
@@ -112,7 +119,7 @@ impl CaseResult {
         for name in names {
             let got = self.got.get(name).unwrap_or(&empty);
             let want = self.expected.get(name).unwrap_or(&empty);
-            if got == want {
+            if got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same(g, w)) {
                 continue;
             }
             text.push_str(&format!(
@@ -122,7 +129,7 @@ impl CaseResult {
             ));
             for index in 0..got.len().max(want.len()) {
                 match (want.get(index), got.get(index)) {
-                    (Some(w), Some(g)) if w == g => {}
+                    (Some(w), Some(g)) if same(w, g) => {}
                     (Some(w), Some(g)) => text.push_str(&format!(
                         "    record {}:\n      expected: {w}\n      got:      {g}\n{}",
                         index + 1,
@@ -144,6 +151,22 @@ impl CaseResult {
     }
 }
 
+/// Whether two JSON values are the same, numbers by value: `20` and `20.0` are one JSON number
+/// (a JavaScript plugin writes the first, a Rust or Python one the second).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// The fields two JSON objects disagree on, one line each (nothing for other values).
 fn field_diff(want: &serde_json::Value, got: &serde_json::Value) -> String {
     let (Some(want), Some(got)) = (want.as_object(), got.as_object()) else {
@@ -153,7 +176,10 @@ fn field_diff(want: &serde_json::Value, got: &serde_json::Value) -> String {
     let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_owned(), |v| v.to_string());
     fields
         .into_iter()
-        .filter(|f| want.get(*f) != got.get(*f))
+        .filter(|f| match (want.get(*f), got.get(*f)) {
+            (Some(w), Some(g)) => !same(w, g),
+            (w, g) => w != g,
+        })
         .map(|f| {
             format!(
                 "      field `{f}`: expected {}, got {}\n",
@@ -173,6 +199,9 @@ pub struct TestTarget {
     pub cases: PathBuf,
     /// The kind its crate names, if it does.
     pub kind: Option<Kind>,
+    /// Where compiled forms are kept, if anywhere (a Python or JavaScript component takes
+    /// seconds to compile, and its build compiled it already).
+    pub compile_cache: Option<PathBuf>,
 }
 
 /// The component and cases of `path`: a plugin crate (built first; what the build made comes
@@ -192,6 +221,7 @@ pub fn target(path: &Path) -> Result<(TestTarget, Option<super::Built>), PluginC
             wasm: path.to_path_buf(),
             kind: None,
             cases,
+            compile_cache: None,
         };
         return Ok((target, None));
     }
@@ -200,6 +230,8 @@ pub fn target(path: &Path) -> Result<(TestTarget, Option<super::Built>), PluginC
         wasm: built.path.clone(),
         cases: path.join("cases"),
         kind: super::build::crate_kind(path)?,
+        compile_cache: (super::Lang::of(path) != super::Lang::Rust)
+            .then(|| super::script::compile_cache(path)),
     };
     Ok((target, Some(built)))
 }
@@ -207,7 +239,10 @@ pub fn target(path: &Path) -> Result<(TestTarget, Option<super::Built>), PluginC
 /// Runs every case of `target` (see the module doc); with `bless`, writes what each output got
 /// as its expectation.
 pub fn test(target: &TestTarget, bless: bool) -> Result<Vec<CaseResult>, PluginCliError> {
-    let engine = PluginEngine::new()?;
+    let engine = match &target.compile_cache {
+        Some(dir) => PluginEngine::new()?.with_cache(dir),
+        None => PluginEngine::new()?,
+    };
     let bytes = std::fs::read(&target.wasm).map_err(|source| PluginCliError::Read {
         path: target.wasm.clone(),
         source,

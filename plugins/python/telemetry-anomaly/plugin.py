@@ -24,41 +24,46 @@ _thresholds = (None, None)
 
 
 def thresholds(ctx):
-    """The stage's config over the defaults, worked out once per instance; an unknown setting
-    rejects (a misspelt threshold must not go unnoticed)."""
+    """The stage's config over the defaults, worked out once per instance (the context lives as
+    long as the instance); an unknown setting rejects (a misspelt threshold must not go
+    unnoticed)."""
     global _thresholds
-    config = ctx.config
-    if _thresholds[0] is not config:
+    if _thresholds[0] is not ctx:
+        config = ctx.config
         unknown = set(config) - set(DEFAULTS)
         if unknown:
             raise weir.Reject(f"invalid stage config: unknown field `{sorted(unknown)[0]}`")
-        _thresholds = (config, {**DEFAULTS, **config})
+        _thresholds = (ctx, {**DEFAULTS, **config})
     return _thresholds[1]
 
 
-def number(reading, field):
-    value = reading[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise weir.Reject(f"invalid type: {field} is {value!r}, expected a number")
-    return value
+NUMBER = (int, float)  # `type(x) in NUMBER`: not bool, which JSON keeps apart
 
 
-def text(reading, field):
-    value = reading[field]
-    if not isinstance(value, str):
-        raise weir.Reject(f"invalid type: {field} is {value!r}, expected a string")
-    return value
+def invalid(reading):
+    """Why a reading with all four fields has a field of the wrong type."""
+    for field, expected in (("DeviceId", "string"), ("Temperature", "number"),
+                            ("Timestamp", "string"), ("EventId", "string")):
+        value = reading[field]
+        if (type(value) in NUMBER) != (expected == "number") or (
+                expected == "string" and type(value) is not str):
+            return f"invalid type: {field} is {value!r}, expected a {expected}"
+    return "invalid reading"
 
 
 @weir.transform
 def process(event, ctx):
-    t = thresholds(ctx)
+    # The checks are written out rather than in helpers: this runs for every event, and a
+    # function call is much of the cost of a line of Python inside a component.
+    t = _thresholds[1] if _thresholds[0] is ctx else thresholds(ctx)
     reading = event.json()
-    device = text(reading, "DeviceId")
-    temperature = number(reading, "Temperature")
-    timestamp = text(reading, "Timestamp")
-    event_id = text(reading, "EventId")
-    location = reading.get("Location")
+    device = reading["DeviceId"]
+    temperature = reading["Temperature"]
+    timestamp = reading["Timestamp"]
+    event_id = reading["EventId"]
+    if not (type(device) is str and type(temperature) in NUMBER and type(timestamp) is str
+            and type(event_id) is str):
+        raise weir.Reject(invalid(reading))
     now = event.time
 
     stored = ctx.get(device)
@@ -75,7 +80,7 @@ def process(event, ctx):
     if severity is not None:
         ctx.emit("alerts", {
             "DeviceId": device,
-            "Location": location,
+            "Location": reading.get("Location"),
             "Temperature": temperature,
             "PrevTemperature": previous,
             "TempDelta": temperature - previous if previous is not None else None,

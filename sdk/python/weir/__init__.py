@@ -31,6 +31,11 @@ is cached in the instance and reaches the host in one `write-batch` call per bat
 
 import json
 import sys
+from collections import namedtuple
+from itertools import accumulate as _accumulate
+from itertools import repeat as _repeat
+from operator import itemgetter as _itemgetter
+from operator import not_ as _not
 
 __all__ = [
     "Context",
@@ -45,8 +50,38 @@ __all__ = [
     "transform",
 ]
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _loads = json.loads
+
+
+def _c_dumps():
+    """`_ENCODER.encode` without its two Python frames per value: the C encoder `encode` itself
+    uses, made once per call. Used only when it gives `encode`'s text on a sample (it is an
+    internal of the `json` module), else `encode` is."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+
+        make, default, join = c_make_encoder, _ENCODER.default, "".join
+
+        def dumps(value):
+            return join(make({}, default, encode_basestring, None, ":", ",", False, False,
+                             False)(value, 0))
+
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": -0.1}}
+        if dumps(sample) != _ENCODER.encode(sample):
+            return _ENCODER.encode
+        for bad in (float("nan"), {1j: 1}, object()):
+            try:
+                dumps([bad])
+            except (TypeError, ValueError):
+                continue
+            return _ENCODER.encode
+        return dumps
+    except Exception:  # noqa: BLE001 - any surprise: the public encoder
+        return _ENCODER.encode
+
+
+_dumps = _c_dumps()
 # The C scanner behind `json.loads`: it parses a value at an offset of a string, so every body is
 # parsed straight from the batch's text, without slicing it out or detecting its encoding.
 _scan = json.JSONDecoder().scan_once
@@ -134,78 +169,121 @@ def join(function):
 # ----- Events -----
 
 
-class Event:
-    """One input event: its body (JSON, parsed on demand), key, times, partition and source."""
+class _Batch:
+    """What the events of one batch share: the WIT batch, its bodies decoded once (when they are
+    ASCII, byte offsets are then character offsets) and each body once parsed."""
 
-    __slots__ = ("key", "time", "enqueued_time", "position", "partition", "source",
-                 "_properties", "_json", "_bodies", "_text", "_start", "_end")
+    __slots__ = ("wit", "text", "starts", "parsed", "sources", "properties")
 
-    def __init__(self, body, key=None, time=0, enqueued_time=0, position=0, partition=0,
-                 source=None, properties=None, _text=None, _start=0, _end=None):
-        #: The partition key (str), or None when the event has none.
-        self.key = key
-        #: Event time, milliseconds since the Unix epoch (the pipeline's TIMESTAMP BY).
-        self.time = time
-        #: When the event entered Weir or its broker, milliseconds since the Unix epoch.
-        self.enqueued_time = enqueued_time
-        #: Position (offset or sequence number) in its source partition.
-        self.position = position
-        #: The source partition.
-        self.partition = partition
-        #: The name of the source the event comes from, when the host says (else None).
-        self.source = source
-        self._properties = properties
-        self._json = _UNPARSED
-        # The body is `_bodies[_start:_end]`; `_text` is all the batch's bodies decoded, when they
-        # are ASCII (byte offsets are then character offsets).
-        self._bodies = body
-        self._text = _text
-        self._start = _start
-        self._end = len(body) if _end is None else _end
+    def __init__(self, wit):
+        self.wit = wit
+        bodies = wit.bodies
+        self.text = bodies.decode("ascii") if bodies.isascii() else None
+        ends = wit.body_ends
+        self.starts = [0, *ends[:-1]] if ends else []
+        self.parsed = [_UNPARSED] * len(ends)
+        self.sources = None
+        self.properties = None
+
+
+_time = property(_itemgetter(0), doc="Event time, milliseconds since the Unix epoch (the "
+                 "pipeline's TIMESTAMP BY).")
+
+
+class Event(tuple):
+    """One input event: its body (JSON, parsed on demand), key, times, partition and source.
+
+    Events are made for every event of every batch, so an event is a small immutable tuple
+    (made without running Python code) and everything but its time is read from its batch when
+    asked for."""
+
+    __slots__ = ()
+
+    time = _time
+
+    @property
+    def key(self):
+        """The partition key (str), or None when the event has none."""
+        wit, index = self[1].wit, self[2]
+        end = wit.key_ends[index]
+        start = wit.key_ends[index - 1] if index else 0
+        return wit.keys[start:end].decode("utf-8", "replace") if end > start else None
+
+    @property
+    def enqueued_time(self):
+        """When the event entered Weir or its broker, milliseconds since the Unix epoch."""
+        return self[1].wit.enqueued_times[self[2]]
+
+    @property
+    def position(self):
+        """Position (offset or sequence number) in its source partition."""
+        return self[1].wit.positions[self[2]]
+
+    @property
+    def partition(self):
+        """The source partition."""
+        return self[1].wit.partition
+
+    @property
+    def source(self):
+        """The name of the source the event comes from, when the host says (else None)."""
+        batch = self[1]
+        if batch.sources is None:
+            batch.sources = _batch_sources(batch.wit) or ()
+        return batch.sources[self[2]] if self[2] < len(batch.sources) else None
 
     @property
     def body(self):
         """The body as the source delivered it (bytes, usually one JSON object)."""
-        return self._bodies[self._start:self._end]
+        batch, index = self[1], self[2]
+        return batch.wit.bodies[batch.starts[index]:batch.wit.body_ends[index]]
 
     def json(self):
         """The body parsed from JSON (cached); malformed JSON rejects the event."""
-        value = self._json
+        batch, index = self[1], self[2]
+        value = batch.parsed[index]
         if value is _UNPARSED:
-            text = self._text
+            text, start, end = batch.text, batch.starts[index], batch.wit.body_ends[index]
             if text is not None:
                 try:
-                    value, stop = _scan(text, self._start)
-                    if stop != self._end:
+                    value, stop = _scan(text, start)
+                    if stop != end:
                         value = _UNPARSED  # Whitespace or garbage after it: see below.
                 except (StopIteration, ValueError):
                     value = _UNPARSED
             if value is _UNPARSED:
                 try:
-                    value = _loads(self.body)
+                    value = _loads(batch.wit.bodies[start:end])
                 except ValueError as error:
                     raise Reject(f"malformed JSON: {error}") from None
-            self._json = value
+            batch.parsed[index] = value
         return value
 
     @property
     def text(self):
         """The body as text; rejects the event when it is not UTF-8."""
-        if self._text is not None:
-            return self._text[self._start:self._end]
+        batch, index = self[1], self[2]
+        if batch.text is not None:
+            return batch.text[batch.starts[index]:batch.wit.body_ends[index]]
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError as error:
             raise Reject(f"not valid UTF-8: {error}") from None
 
+    def _property_pairs(self):
+        batch = self[1]
+        if batch.properties is None:
+            batch.properties = _batch_properties(batch.wit)
+        return batch.properties.get(self[2], ())
+
     @property
     def properties(self):
         """Application properties (Event Hubs properties, Kafka or HTTP headers) as a dict."""
-        return dict(self._properties or ())
+        return dict(self._property_pairs())
 
     def property(self, name):
         """The value of application property `name`, or None."""
-        for key, value in self._properties or ():
+        for key, value in self._property_pairs():
             if key == name:
                 return value
         return None
@@ -241,6 +319,10 @@ class Window:
 
 # ----- The context -----
 
+#: One record of an `output-batch` (the WIT `emitted` record: componentize-py reads its fields by
+#: name), made without running Python code.
+_Emitted = namedtuple("Emitted", "event target payload_end forward")
+
 
 class Context:
     """What a plugin function can do besides reading its event: emit records, keep keyed state,
@@ -257,8 +339,9 @@ class Context:
         self._emitted = []
         self._rejected = []
         self._event = 0
+        # The current event's position, or None: then it is `_positions[_event]`.
         self._position = 0
-        self._marks = (0, 0)
+        self._positions = ()
 
     # ----- Outputs -----
 
@@ -276,11 +359,18 @@ class Context:
             data = data.encode("utf-8")
         payloads = self._payloads
         payloads += data
-        self._emitted.append((self._event, self._target(output), len(payloads), False))
+        target = self._targets.get(output)
+        if target is None:
+            target = self._target(output)
+        self._emitted.append(_new_tuple(_Emitted, (self._event, target, len(payloads), False)))
 
     def forward(self, output):
         """Sends the input event's body unchanged to output `output` (nothing is copied)."""
-        self._emitted.append((self._event, self._target(output), len(self._payloads), True))
+        target = self._targets.get(output)
+        if target is None:
+            target = self._target(output)
+        self._emitted.append(
+            _new_tuple(_Emitted, (self._event, target, len(self._payloads), True)))
 
     def _target(self, name):
         index = self._targets.get(name)
@@ -295,17 +385,45 @@ class Context:
     def get(self, key, default=None):
         """The value stored under `key` (as parsed from JSON), or `default`. The value is the
         caller's copy: change it, then `put` it."""
-        value = self._state.read(self._host, key)
-        return default if value is _ABSENT else _copy(value)
+        # The common cases inline: called once or more per event.
+        state = self._state
+        value = state.values.get(key, _UNKNOWN)
+        if value is _UNKNOWN:
+            value = state.read(self._host, key)
+        if value is _ABSENT:
+            return default
+        if type(value) is dict and _CONTAINERS.isdisjoint(map(type, value.values())):
+            return value.copy()
+        return _copy(value)
 
     def put(self, key, value):
         """Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch
         ends; a value that is not JSON rejects the event now)."""
-        self._state.write(key, _stored(key, value))
+        # `_stored` and `_StateCache.write`, inline for a flat object: called once per event.
+        if type(value) is not dict:
+            self._state.write(key, *_stored(key, value))
+            return
+        try:
+            text = _dumps(value)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
+            value = value.copy()
+        else:
+            value = _loads(text)
+        state = self._state
+        undo = state.undo
+        if undo is not None and key not in undo:
+            undo[key] = (state.values.get(key, _UNKNOWN), state.texts.get(key, _UNKNOWN),
+                         state.raw.get(key, _UNKNOWN))
+        if state.raw:
+            state.raw.pop(key, None)
+        state.values[key] = value
+        state.texts[key] = text
 
     def delete(self, key):
         """Removes `key` from the keyed state."""
-        self._state.write(key, _ABSENT)
+        self._state.write(key, _ABSENT, "")
 
     # ----- Configuration and reference data -----
 
@@ -333,7 +451,10 @@ class Context:
 
     def log(self, level, message, **fields):
         """Writes a log record into the host's logs, with the event's position and `fields`."""
-        pairs = [("position", str(self._position))]
+        position = self._position
+        if position is None:
+            position = self._positions[self._event]
+        pairs = [("position", str(position))]
         pairs.extend((k, str(v)) for k, v in fields.items())
         self._host.log(level, str(message), pairs)
 
@@ -374,13 +495,17 @@ class Context:
     def _begin_event(self, index, position):
         self._event = index
         self._position = position
-        self._marks = (len(self._payloads), len(self._emitted))
         self._state.begin_event()
 
     def _reject(self, reason):
-        payloads_mark, emitted_mark = self._marks
-        del self._payloads[payloads_mark:]
-        del self._emitted[emitted_mark:]
+        # What the event emitted is at the end of `_emitted`, with its payloads after the
+        # previous record's.
+        emitted, event = self._emitted, self._event
+        keep = len(emitted)
+        while keep and emitted[keep - 1][0] == event:
+            keep -= 1
+        del emitted[keep:]
+        del self._payloads[emitted[keep - 1][2] if keep else 0:]
         self._state.rollback_event()
         self._rejected.append((self._event, reason))
 
@@ -433,38 +558,37 @@ def _copy(value):
     scalars and flat objects and lists, a JSON round trip otherwise."""
     kind = type(value)
     if kind is dict:
-        for item in value.values():
-            if type(item) in (dict, list):
-                return _loads(_dumps(value))
-        return value.copy()
+        if _CONTAINERS.isdisjoint(map(type, value.values())):
+            return value.copy()
+        return _loads(_dumps(value))
     if kind is list:
-        for item in value:
-            if type(item) in (dict, list):
-                return _loads(_dumps(value))
-        return value.copy()
+        if _CONTAINERS.isdisjoint(map(type, value)):
+            return value.copy()
+        return _loads(_dumps(value))
     return value
 
 
+_CONTAINERS = frozenset((dict, list))
+#: Types a flat object's values may have for a shallow copy to be what JSON keeps of it.
+_FLAT = frozenset((str, int, float, bool, type(None)))
+_TEXT = frozenset((str,))
+
+
 def _stored(key, value):
-    """`value` as the cache keeps it for `put`: a copy, checked to be JSON (no NaN, no infinity,
-    only JSON types), so that writing it back at the end of the batch cannot fail."""
+    """`value` as the cache keeps it for `put`, with its JSON text: serialising it checks that it
+    is JSON (no NaN, no infinity, only JSON types) now, and the text is what the host gets at
+    the end of the batch. The copy is shallow for a flat object, else parsed from the text."""
+    try:
+        text = _dumps(value)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
     kind = type(value)
     if kind is dict:
-        for name, item in value.items():
-            item_kind = type(item)
-            if type(name) is not str or not (
-                    item_kind is str or item_kind is int or item is None or item_kind is bool
-                    or (item_kind is float and item - item == 0.0)):
-                break
-        else:
-            return value.copy()
-    elif value is None or kind is str or kind is int or kind is bool or (
-            kind is float and value - value == 0.0):
-        return value
-    try:
-        return _loads(_dumps(value))
-    except (TypeError, ValueError) as error:
-        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
+            return value.copy(), text
+    elif kind in _FLAT:
+        return value, text
+    return _loads(text), text
 
 
 class _StateCache:
@@ -472,20 +596,21 @@ class _StateCache:
 
     Values are kept parsed (`values`: key -> value, `_ABSENT` for no value), or as the JSON bytes
     the host handed over until first read (`raw`). A key read is asked of the host once, unless
-    the host handed the whole state over (`complete`). A written key is serialised once, when the
-    batch ends, and every key written reaches the host in one `write-batch` call."""
+    the host handed the whole state over (`complete`). A written key keeps the JSON text it was
+    serialised to when written (`texts`: key -> text, "" for a delete), and every key written
+    reaches the host in one `write-batch` call when the batch ends."""
 
     def __init__(self):
         self.values = {}
         self.raw = {}
         self.complete = False
-        self.dirty = set()
+        self.texts = {}
         self.undo = None
 
     def restart(self, start):
         self.values = {}
         self.raw = {}
-        self.dirty = set()
+        self.texts = {}
         for key, value in _entries(start.entries):
             try:
                 self.raw[key.decode("utf-8")] = value
@@ -512,47 +637,51 @@ class _StateCache:
         values[key] = value
         return value
 
-    def write(self, key, value):
+    def write(self, key, value, text):
+        """Sets `key` to `value` (`_ABSENT` with text "" to delete it)."""
         undo = self.undo
         if undo is not None and key not in undo:
-            undo[key] = (self.values.get(key, _UNKNOWN), key in self.dirty)
+            undo[key] = (self.values.get(key, _UNKNOWN), self.texts.get(key, _UNKNOWN),
+                         self.raw.get(key, _UNKNOWN))
         self.raw.pop(key, None)
         self.values[key] = value
-        self.dirty.add(key)
+        self.texts[key] = text
 
     def begin_event(self):
         if self.undo is None or self.undo:
             self.undo = {}
 
     def rollback_event(self):
-        for key, (value, dirty) in (self.undo or {}).items():
+        values, texts = self.values, self.texts
+        for key, (value, text, raw) in (self.undo or {}).items():
             if value is _UNKNOWN:
-                self.values.pop(key, None)
+                values.pop(key, None)
             else:
-                self.values[key] = value
-            if not dirty:
-                self.dirty.discard(key)
+                values[key] = value
+            if text is _UNKNOWN:
+                texts.pop(key, None)
+            else:
+                texts[key] = text
+            if raw is not _UNKNOWN:
+                self.raw[key] = raw
         self.undo = {}
 
     def flush(self, host):
         self.undo = None
-        if self.dirty:
-            keys = bytearray()
-            key_ends = []
-            values = bytearray()
-            value_ends = []
-            deletes = []
-            current = self.values
-            for key in self.dirty:
-                value = current.get(key, _ABSENT)
-                keys += key.encode("utf-8")
-                key_ends.append(len(keys))
-                if value is not _ABSENT:
-                    values += _dumps(value).encode("utf-8")
-                value_ends.append(len(values))
-                deletes.append(value is _ABSENT)
-            self.dirty = set()
-            host.state_write_batch(bytes(keys), key_ends, bytes(values), value_ends, deletes)
+        texts = self.texts
+        if texts:
+            # Columns built by C loops (`map`, `accumulate`): a batch writes about one key per
+            # event.
+            keys, values = list(texts), list(texts.values())
+            key_text, value_text = "".join(keys), "".join(values)
+            key_ends = list(_accumulate(map(len, keys if key_text.isascii()
+                                            else map(_utf8, keys))))
+            value_ends = list(_accumulate(map(len, values if value_text.isascii()
+                                              else map(_utf8, values))))
+            deletes = list(map(_not, values))
+            self.texts = {}
+            host.state_write_batch(key_text.encode("utf-8"), key_ends,
+                                   value_text.encode("utf-8"), value_ends, deletes)
         if len(self.values) + len(self.raw) > MAX_CACHED_KEYS:
             self.values = {}
             self.raw = {}
@@ -561,14 +690,15 @@ class _StateCache:
     def discard_unflushed(self):
         """Forgets everything when the last batch did not end with a flush (a native test whose
         function raised past the runner): its writes never reached the host."""
-        if self.dirty or self.undo:
+        if self.texts or self.undo:
             self.values = {}
             self.raw = {}
-            self.dirty = set()
+            self.texts = {}
             self.complete = False
         self.undo = None
 
 
+_utf8 = str.encode
 _UNKNOWN = object()
 _ABSENT = object()
 
@@ -595,45 +725,34 @@ def _batch_properties(batch):
 
 def batch_events(batch):
     """The events of a batch in the WIT layout, as `Event`s, in order."""
-    bodies, keys = batch.bodies, batch.keys
-    text = None
-    if bodies.isascii():
-        text = bodies.decode("ascii")
-    key_ends = batch.key_ends
-    times, enqueued, positions = batch.event_times, batch.enqueued_times, batch.positions
-    partition = batch.partition
-    sources = _batch_sources(batch)
-    properties = _batch_properties(batch) if batch.properties else None
-    events = []
-    append = events.append
-    body_start = key_start = 0
-    for index, body_end in enumerate(batch.body_ends):
-        key_end = key_ends[index]
-        key = keys[key_start:key_end].decode("utf-8", "replace") if key_end > key_start else None
-        append(Event(bodies, key, times[index], enqueued[index], positions[index], partition,
-                     sources[index] if sources is not None and index < len(sources) else None,
-                     properties.get(index) if properties else None, text, body_start, body_end))
-        body_start, key_start = body_end, key_end
-    return events
+    shared = _Batch(batch)
+    count = len(batch.body_ends)
+    # `tuple.__new__` over zipped columns: no Python code runs per event.
+    return list(map(_new_tuple, _repeat(Event, count),
+                    zip(batch.event_times, _repeat(shared, count), range(count))))
+
+
+_new_tuple = tuple.__new__
 
 
 def run_transform(ctx, function, batch):
     """Runs `function` over every event of `batch`; returns (targets, payloads, emitted, rejected)
     with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
     ctx._begin_batch()
-    reject, state = ctx._reject, ctx._state
-    emitted, payloads = ctx._emitted, ctx._payloads
-    for index, event in enumerate(batch_events(batch)):
-        # `Context._begin_event`, inlined: it runs once per event.
+    ctx._position, ctx._positions = None, batch.positions
+    state = ctx._state
+    index = 0
+    for event in batch_events(batch):
+        # `Context._begin_event`, reduced to what must happen per event: what a rejection
+        # rolls back is found from `_emitted` and the state's undo log.
         ctx._event = index
-        ctx._position = event.position
-        ctx._marks = (len(payloads), len(emitted))
         if state.undo is None or state.undo:
             state.undo = {}
         try:
             function(event, ctx)
         except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
-            reject(_reason(error))
+            ctx._reject(_reason(error))
+        index += 1
     ctx._end_batch()
     return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
 

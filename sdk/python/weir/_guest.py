@@ -5,6 +5,8 @@ module that subclasses the world's export and calls these functions); `weir.test
 host with memory for native tests.
 """
 
+import gc
+
 from wit_world.imports import config, log, metrics, reference, state, types
 
 import weir
@@ -43,17 +45,31 @@ def _ctx():
     global _CTX
     if _CTX is None:
         _CTX = weir.Context(_Host)
+        _tune_gc()
     return _CTX
+
+
+def _tune_gc():
+    """Makes the cyclic garbage collector cheaper for a stream of short-lived objects.
+
+    Everything alive before the first call (the interpreter's modules, the SDK, the plugin) is
+    moved out of the collector's sight for good (`gc.freeze`), and a collection starts after
+    50,000 allocations rather than 2,000: with the defaults, collections took a fifth of a
+    component's time on the anomaly rule. Reference counting still frees every acyclic object at
+    once; cycles are still collected, less often."""
+    gc.freeze()
+    gc.set_threshold(50_000)
 
 
 def _output(result):
     targets, payloads, emitted, rejected = result
-    Emitted, Rejection = types.Emitted, types.Rejection
+    # `emitted` holds named tuples with the fields of the WIT `emitted` record, which is all
+    # componentize-py reads of a record: they go as they are.
     return types.OutputBatch(
         list(targets),
         payloads,
-        [Emitted(e, t, end, f) for e, t, end, f in emitted],
-        [Rejection(e, reason) for e, reason in rejected],
+        emitted,
+        [types.Rejection(e, reason) for e, reason in rejected],
     )
 
 
