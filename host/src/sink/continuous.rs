@@ -254,11 +254,7 @@ mod tests {
         }
     }
 
-    fn start(
-        fail_on: Option<u32>,
-        pause: Duration,
-        batching: Batching,
-    ) -> (Continuous<u32>, Sent) {
+    fn start(fail_on: Option<u32>, pause: Duration, batching: Batching) -> (Continuous<u32>, Sent) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let transport = Recorder {
             sent: Arc::clone(&sent),
