@@ -26,12 +26,21 @@ use weir_tests::kafka::{KafkaPipeline, create_topic};
 use weir_tests::servers::KafkaBroker;
 use weir_tests::telemetry::Reading;
 
-/// Offered events per second.
-const RATE: f64 = 100_000.0;
+/// Offered events per second (`LATENCY_RATE` overrides it, to try the benchmark out on a debug
+/// build).
+fn rate() -> f64 {
+    env_number("LATENCY_RATE").unwrap_or(100_000.0)
+}
 /// Not measured: start-up of the flow, first Delta commits.
 const WARMUP: Duration = Duration::from_secs(5);
-/// Measured.
-const MEASURE: Duration = Duration::from_secs(30);
+/// Measured (`LATENCY_SECONDS` overrides it).
+fn measured_for() -> Duration {
+    Duration::from_secs_f64(env_number("LATENCY_SECONDS").unwrap_or(30.0))
+}
+
+fn env_number(name: &str) -> Option<f64> {
+    std::env::var(name).ok()?.parse().ok()
+}
 const PARTITIONS: usize = 2;
 const DEVICES: u64 = 1_000;
 /// One reading in this many is hot (95 °C).
@@ -99,7 +108,7 @@ struct Measured {
     duplicates: usize,
 }
 
-/// Offers readings at [`RATE`] for [`WARMUP`] + [`MEASURE`] and collects the alerts' latencies
+/// Offers readings at [`rate`] for [`WARMUP`] + [`measured_for`] and collects the alerts' latencies
 /// (those of readings offered after the warm-up).
 fn measure(
     offer: impl FnOnce() -> Box<dyn Offer> + Send + 'static,
@@ -113,14 +122,15 @@ fn measure(
         let mut generator = Generator { seq: 0 };
         let mut sent = 0u64;
         let begin = Instant::now();
-        while begin.elapsed() < WARMUP + MEASURE {
-            let due = (begin.elapsed().as_secs_f64() * RATE) as u64;
+        let (rate, measure) = (rate(), measured_for());
+        while begin.elapsed() < WARMUP + measure {
+            let due = (begin.elapsed().as_secs_f64() * rate) as u64;
             if due <= sent {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             // At most 20 ms of events at once, so that a slow offer does not turn into bursts.
-            let count = (due - sent).min((RATE / 50.0) as u64) as usize;
+            let count = (due - sent).min((rate / 50.0).max(1.0) as u64) as usize;
             let stamp = micros_now();
             offer.offer(generator.batch(count, stamp), stamp);
             sent += count as u64;
@@ -203,12 +213,51 @@ fn summary(latencies: &mut [u64]) -> String {
     )
 }
 
+/// Starts `weir run`, logging each checkpoint's duration (the Delta commit included).
+fn start(config: &std::path::Path) -> WeirProcess {
+    let log = "info,weir::pipeline::worker=debug,deltalake=warn,deltalake_core=warn,\
+        deltalake_core::kernel::transaction=off,buoyant_kernel=warn,azure_messaging_eventhubs=warn,\
+        azure_core_amqp=warn,fe2o3_amqp=off";
+    WeirProcess::spawn_with_env(&["run", "--config"], config, &[("WEIR_LOG", log)])
+}
+
+/// The durations of the checkpoints `process` logged, in ms: while one runs (the Delta commit
+/// with it), its partition reads nothing.
+fn checkpoint_durations(process: &WeirProcess) -> String {
+    let log = weir_tests::strip_ansi(&process.log_text());
+    let mut durations: Vec<u64> = log
+        .lines()
+        .filter(|line| line.contains("checkpoint saved"))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("elapsed_ms=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    durations.sort_unstable();
+    let at = |p: f64| {
+        durations
+            .get(((durations.len() as f64 * p) as usize).min(durations.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    format!(
+        "{} checkpoints (each partition's, the Delta commit and the alerts' acknowledgements included): p50 {} ms, max {} ms",
+        durations.len(),
+        at(0.5),
+        durations.last().copied().unwrap_or(0)
+    )
+}
+
 fn report(name: &str, mut measured: Measured, delta_commits: usize) {
     println!(
-        "latency, {name}: offered {:.0} events/s ({} events in {:.1} s; goal {RATE:.0}), {} Delta commits of the raw table; event -> alert {}; duplicates {}",
+        "latency, {name}: offered {:.0} events/s ({} events in {:.1} s; goal {:.0}), {} Delta commits of the raw table; event -> alert {}; duplicates {}",
         measured.offered as f64 / measured.offered_for.as_secs_f64(),
         measured.offered,
         measured.offered_for.as_secs_f64(),
+        rate(),
         delta_commits,
         summary(&mut measured.alerts),
         measured.duplicates
@@ -335,7 +384,7 @@ fn kafka() {
     pipeline.batch_max_events = 1024;
     pipeline.checkpoint_interval = "5s".to_owned();
     let config = pipeline.write(dir.path(), "weir.toml");
-    let mut process = WeirProcess::run(&config);
+    let mut process = start(&config);
     process.wait_for_start(1, Duration::from_secs(300));
 
     let offer_address = address.clone();
@@ -374,6 +423,7 @@ fn kafka() {
         })
     };
     let measured = measure(offer, poll);
+    println!("{}", checkpoint_durations(&process));
     process.kill9();
     report(
         "Kafka in -> anomaly -> Kafka out + raw Delta every 5 s",
@@ -439,7 +489,7 @@ fn eventhubs(routing: &str) {
         &format!("partition_by = \"{routing}\""),
     );
     std::fs::write(&config, text).expect("config");
-    let mut process = WeirProcess::run(&config);
+    let mut process = start(&config);
     process.wait_for_start(1, Duration::from_secs(300));
     let offer_endpoint = Arc::clone(&endpoint);
     let poll_endpoint = Arc::clone(&endpoint);
@@ -453,6 +503,7 @@ fn eventhubs(routing: &str) {
         },
     );
     // A sink that fell behind would make a graceful stop wait for it: the figures are taken.
+    println!("{}", checkpoint_durations(&process));
     process.kill9();
     report(
         &format!(
