@@ -49,6 +49,21 @@ impl TestEndpoint {
         }
     }
 
+    /// Publishes `bodies` to partition `partition` of `hub`, in order.
+    pub fn publish_to_partition(&self, hub: &str, partition: usize, bodies: &[String]) {
+        let _guard = self.runtime.enter();
+        for body in bodies {
+            self.endpoint
+                .publish(
+                    hub,
+                    PublishTo::Partition(partition),
+                    body.as_bytes().to_vec(),
+                    &[],
+                )
+                .expect("publish");
+        }
+    }
+
     /// Every event of `hub`, all partitions.
     pub fn events(&self, hub: &str) -> Vec<StoredEvent> {
         self.endpoint.all_events(hub).expect("events")

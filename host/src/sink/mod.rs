@@ -8,6 +8,10 @@
 //! - files: exactly once (each partition's file is truncated back to the checkpointed length);
 //! - stdout, Kafka, Event Hubs, webhooks: at least once (Kafka records, Event Hubs messages and
 //!   webhook requests carry a deterministic id so that receivers can drop repeats).
+//!
+//! At-least-once sinks deliver as records are written, not at the checkpoint: webhooks within
+//! `write`, Kafka and Event Hubs through a sender task of each writer ([`continuous`]), whose
+//! acknowledgements `flush` waits for. Exactly-once sinks batch until the checkpoint's flush.
 
 use std::sync::Arc;
 
@@ -28,8 +32,10 @@ use crate::event::{Event, PartitionId, Position};
 
 pub use crate::checkpoint::SinkProgress;
 
+pub mod continuous;
+
 /// Why a sink failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("sink `{sink}` ({}): {reason}", self.scope())]
 pub struct SinkError {
     /// Sink name.
@@ -201,11 +207,13 @@ pub trait Sink: Send + Sync {
 /// Writes one pipeline partition's records to a sink.
 #[async_trait]
 pub trait SinkWriter: Send {
-    /// Takes the records of one batch, in order; the sink may buffer them until
-    /// [`SinkWriter::flush`]. Records it cannot take are returned, with the reason.
+    /// Takes the records of one batch, in order; the sink may send them at once or buffer them
+    /// until [`SinkWriter::flush`]. Records it cannot take are returned, with the reason.
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError>;
 
-    /// Makes everything written so far durable, and returns the progress to checkpoint.
+    /// Makes everything written so far durable (or, for a sink that sends as it is written,
+    /// waits for the acknowledgements of everything written so far), and returns the progress
+    /// to checkpoint.
     async fn flush(&mut self) -> Result<SinkProgress, SinkError>;
 
     /// The partition's checkpoint at `position` is saved: every record written from now on was

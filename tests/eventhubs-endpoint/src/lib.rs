@@ -420,6 +420,30 @@ impl Endpoint {
         Ok(target.all().iter().map(|e| (**e).clone()).collect())
     }
 
+    /// Up to `max` events of a partition from its `first` (0-based index), in order: what a
+    /// reader polling the partition has not seen yet.
+    pub fn events_from(
+        &self,
+        hub: &str,
+        partition: usize,
+        first: usize,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, EndpointError> {
+        let hub_ref = self.hub(hub)?;
+        let target = hub_ref
+            .partitions
+            .get(partition)
+            .ok_or_else(|| EndpointError::NotFound {
+                hub: hub.to_owned(),
+                partition: Some(partition),
+            })?;
+        Ok(target
+            .read(first, max)
+            .iter()
+            .map(|e| (**e).clone())
+            .collect())
+    }
+
     /// Every event of every partition of `hub`, partition by partition.
     pub fn all_events(&self, hub: &str) -> Result<Vec<StoredEvent>, EndpointError> {
         let hub_ref = self.hub(hub)?;

@@ -153,6 +153,10 @@ pub struct EventHubsSinkConfig {
     /// Attempts per batch before the pipeline fails (each after a growing pause).
     #[serde(default = "default_send_attempts")]
     pub max_attempts: u32,
+    /// Longest an idle writer waits for more records before it sends what it has (records are
+    /// sent as they are written, not at checkpoints; default 5 ms).
+    #[serde(default = "default_linger")]
+    pub linger: ConfigDuration,
 }
 
 macro_rules! connection_of {
@@ -189,6 +193,9 @@ fn default_lag_interval() -> ConfigDuration {
 }
 fn default_send_timeout() -> ConfigDuration {
     ConfigDuration::from_millis(30_000)
+}
+fn default_linger() -> ConfigDuration {
+    ConfigDuration::from_millis(5)
 }
 fn default_send_attempts() -> u32 {
     8

@@ -192,6 +192,14 @@ pub struct KafkaSinkConfig {
     /// (default `none`; the source reads all five).
     #[serde(default)]
     pub compression: KafkaCompression,
+    /// Longest an idle writer waits for more records before it produces what it has (records
+    /// are produced as they are written, not at checkpoints; default 5 ms).
+    #[serde(default = "default_linger")]
+    pub linger: ConfigDuration,
+}
+
+fn default_linger() -> ConfigDuration {
+    ConfigDuration::from_millis(5)
 }
 
 /// A Kafka record batch codec.

@@ -1,5 +1,7 @@
-//! A Kafka topic as a sink: at least once. Records are produced in batches per target partition
-//! and acknowledged by the leader before a checkpoint covers them; after a crash, the replay
+//! A Kafka topic as a sink: at least once. Records are produced as they are written (a writer's
+//! own task sends them, lingering at most `linger` for more when idle; see
+//! [`crate::sink::continuous`]) in batches per target partition, and a checkpoint waits until the
+//! leader acknowledged every record it covers; after a crash, the replay
 //! produces the records after the last checkpoint again. Every record carries a deterministic id
 //! header (`weir-id`: pipeline, partition, source position and output index) so that consumers
 //! can drop the repeats.
@@ -24,6 +26,7 @@ use super::client;
 use crate::config::{KafkaPartitioning, KafkaSinkConfig, LoadedConfig};
 use crate::event::{Event, PartitionId, Position};
 use crate::json::top_level_field;
+use crate::sink::continuous::{Batching, Continuous, Transport};
 use crate::sink::{
     RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
 };
@@ -133,10 +136,20 @@ impl Sink for KafkaSink {
         scope: &WriterScope,
         _progress: Option<&SinkProgress>,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
+        let config = &self.shared.config;
+        let batching = Batching {
+            linger: config.linger.get(),
+            max_batch: config.batch_max_records.max(1),
+            max_buffered: MAX_BUFFERED_RECORDS.max(config.batch_max_records),
+        };
+        let transport = KafkaTransport {
+            shared: Arc::clone(&self.shared),
+            scope: scope.clone(),
+        };
         Ok(Box::new(KafkaWriter {
             shared: Arc::clone(&self.shared),
             scope: scope.clone(),
-            pending: BTreeMap::new(),
+            sender: Continuous::start(transport, batching, scope, &self.shared.name),
             last_position: None,
             output_index: 0,
             produced: 0,
@@ -144,25 +157,25 @@ impl Sink for KafkaSink {
     }
 }
 
-/// The writer of one pipeline partition.
+/// Records a writer holds unacknowledged at most before its `write` waits.
+const MAX_BUFFERED_RECORDS: usize = 32_768;
+
+/// The writer of one pipeline partition: records are produced as they are written, by its
+/// [`Continuous`] sender; a flush waits for the broker's acknowledgements.
 struct KafkaWriter {
     shared: Arc<Shared>,
     scope: WriterScope,
-    /// Records waiting to be produced, per target partition.
-    pending: BTreeMap<u32, Vec<Record>>,
+    /// Sends `(target partition, record)` pairs.
+    sender: Continuous<(u32, Record)>,
     /// The source position of the last record, and how many records came from it: the output
     /// index in the id header.
     last_position: Option<Position>,
     output_index: u32,
-    /// Records produced since the writer opened.
+    /// Records handed to the sender since the writer opened (acknowledged at each flush).
     produced: u64,
 }
 
 impl KafkaWriter {
-    fn error(&self, reason: impl Into<String>) -> SinkError {
-        self.scope.error(&self.shared.name, reason)
-    }
-
     fn record(&mut self, event: &Event) -> Result<Record, String> {
         if self.last_position == Some(event.position) {
             self.output_index += 1;
@@ -200,82 +213,93 @@ impl KafkaWriter {
             timestamp,
         })
     }
+}
 
-    /// Produces the pending records of `partition` (or of every partition), in order.
-    async fn produce(&mut self, only: Option<u32>) -> Result<(), SinkError> {
-        let targets: Vec<u32> = match only {
-            Some(p) => vec![p],
-            None => self.pending.keys().copied().collect(),
-        };
-        let batch = self.shared.config.batch_max_records;
-        for target in targets {
-            let Some(records) = self.pending.remove(&target) else {
-                continue;
-            };
-            let client = self
-                .shared
-                .partition_client(target)
-                .await
-                .map_err(|e| self.error(e))?;
-            let mut outage = client::Outage::new(self.shared.config.connection.max_outage.get());
-            let compression = client::codec(self.shared.config.compression);
-            for chunk in records.chunks(batch.max(1)) {
-                loop {
-                    match client.produce(chunk.to_vec(), compression).await {
-                        Ok(_) => break,
-                        Err(e) => {
-                            let reason = format!("produce to partition {target} failed: {e}");
-                            let fault = client::classify(&e);
-                            if fault != client::Fault::Outage {
-                                // Retrying cannot fix it: say so now, not after `max_outage`.
-                                return Err(self.error(format!(
-                                    "{reason} ({fault}, which retrying cannot fix)"
-                                )));
-                            }
-                            let (backoff, attempt) = outage
-                                .failed()
-                                .map_err(|gave_up| self.error(format!("{reason}; {gave_up}")))?;
-                            tracing::warn!(
-                                sink = %self.shared.name, pipeline = %self.scope.pipeline,
-                                partition = self.scope.partition, %reason, attempt,
-                                retry_in_ms = backoff.as_millis() as u64,
-                                "Kafka produce failed; reconnecting and producing the batch again"
-                            );
-                            tokio::time::sleep(backoff).await;
-                        }
-                    }
-                }
-                if let Some((lasted, failures)) = outage.succeeded() {
-                    tracing::info!(
-                        sink = %self.shared.name, pipeline = %self.scope.pipeline,
-                        partition = self.scope.partition, failures,
-                        outage_ms = lasted.as_millis() as u64,
-                        "Kafka broker reachable again; producing on"
-                    );
-                }
-                self.produced += chunk.len() as u64;
-            }
+/// Produces a writer's records: each target partition's in order, the partitions at once.
+struct KafkaTransport {
+    shared: Arc<Shared>,
+    scope: WriterScope,
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    type Record = (u32, Record);
+
+    async fn send(&mut self, records: Vec<(u32, Record)>) -> Result<(), SinkError> {
+        let mut by_target: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for (target, record) in records {
+            by_target.entry(target).or_default().push(record);
         }
+        let produces = by_target
+            .into_iter()
+            .map(|(target, records)| produce(&self.shared, &self.scope, target, records));
+        futures::future::try_join_all(produces).await?;
         Ok(())
     }
+}
+
+/// Produces `records` to partition `target`, in order, in requests of at most
+/// `batch_max_records`; a request that fails for a broker outage is sent again with backoff.
+async fn produce(
+    shared: &Shared,
+    scope: &WriterScope,
+    target: u32,
+    records: Vec<Record>,
+) -> Result<(), SinkError> {
+    let error = |reason: String| scope.error(&shared.name, reason);
+    let client = shared.partition_client(target).await.map_err(error)?;
+    let mut outage = client::Outage::new(shared.config.connection.max_outage.get());
+    let compression = client::codec(shared.config.compression);
+    for chunk in records.chunks(shared.config.batch_max_records.max(1)) {
+        loop {
+            match client.produce(chunk.to_vec(), compression).await {
+                Ok(_) => break,
+                Err(e) => {
+                    let reason = format!("produce to partition {target} failed: {e}");
+                    let fault = client::classify(&e);
+                    if fault != client::Fault::Outage {
+                        // Retrying cannot fix it: say so now, not after `max_outage`.
+                        return Err(error(format!(
+                            "{reason} ({fault}, which retrying cannot fix)"
+                        )));
+                    }
+                    let (backoff, attempt) = outage
+                        .failed()
+                        .map_err(|gave_up| error(format!("{reason}; {gave_up}")))?;
+                    tracing::warn!(
+                        sink = %shared.name, pipeline = %scope.pipeline,
+                        partition = scope.partition, %reason, attempt,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "Kafka produce failed; reconnecting and producing the batch again"
+                    );
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        if let Some((lasted, failures)) = outage.succeeded() {
+            tracing::info!(
+                sink = %shared.name, pipeline = %scope.pipeline,
+                partition = scope.partition, failures,
+                outage_ms = lasted.as_millis() as u64,
+                "Kafka broker reachable again; producing on"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl SinkWriter for KafkaWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
         let mut refused = Vec::new();
-        let mut full = Vec::new();
+        let mut ready = Vec::with_capacity(records.len());
         for event in records {
             match self.record(&event) {
                 Ok(record) => {
                     let target = self
                         .shared
                         .target(record.key.as_deref(), self.scope.partition);
-                    let pending = self.pending.entry(target).or_default();
-                    pending.push(record);
-                    if pending.len() >= self.shared.config.batch_max_records {
-                        full.push(target);
-                    }
+                    ready.push((target, record));
                 }
                 Err(reason) => refused.push(Refused {
                     record: event,
@@ -284,15 +308,13 @@ impl SinkWriter for KafkaWriter {
                 }),
             }
         }
-        full.dedup();
-        for target in full {
-            self.produce(Some(target)).await?;
-        }
+        self.produced += ready.len() as u64;
+        self.sender.send(ready).await?;
         Ok(refused)
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        self.produce(None).await?;
+        self.sender.barrier().await?;
         Ok(json!({ "produced": self.produced }))
     }
 }

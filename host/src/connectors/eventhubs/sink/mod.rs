@@ -1,9 +1,11 @@
 //! Azure Event Hubs sink: records sent in batches, by partition key or partition id, at least
 //! once.
 //!
-//! Each pipeline partition has its own producer (one AMQP connection). Records are buffered
-//! until the checkpoint's flush, then grouped by destination (a key, a partition, or none) in
-//! record order and sent as batches as large as the hub accepts. A batch that fails or is not
+//! Each pipeline partition has its own producer (one AMQP connection). Records are sent as they
+//! are written (a writer's own task sends them, lingering at most `linger` for more when idle;
+//! see [`crate::sink::continuous`]), grouped by destination (a key, a partition, or none) in
+//! record order, in batches as large as the hub accepts; a checkpoint waits until the hub
+//! accepted every record it covers. A batch that fails or is not
 //! accepted within `send_timeout` is sent again on a new connection; a crash replays from the
 //! last checkpoint. Either way a record can arrive twice, so every record carries a
 //! deterministic message id, `<pipeline>/<partition>/<position>/<n>` (the n-th record the
@@ -22,6 +24,7 @@ use crate::config::{EventHubsRouting, EventHubsSinkConfig};
 use crate::connectors::eventhubs::connection::{self, Connection};
 use crate::event::{Event, Position};
 use crate::json::top_level_field;
+use crate::sink::continuous::{Batching, Continuous, Transport};
 use crate::sink::{
     RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
 };
@@ -108,18 +111,32 @@ impl Sink for EventHubsSink {
         scope: &WriterScope,
         progress: Option<&SinkProgress>,
     ) -> Result<Box<dyn SinkWriter>, SinkError> {
-        Ok(Box::new(EventHubsWriter {
+        let transport = EventHubsTransport {
             sink: self.name.clone(),
             scope: scope.clone(),
             connection: self.connection.clone(),
             config: self.config.clone(),
             partition_ids: self.partition_ids.clone(),
             producer: None,
-            pending: Vec::new(),
+        };
+        let batching = Batching {
+            linger: self.config.linger.get(),
+            max_batch: MAX_BATCH_RECORDS,
+            max_buffered: MAX_BUFFERED_RECORDS,
+        };
+        Ok(Box::new(EventHubsWriter {
+            scope: scope.clone(),
+            sender: Continuous::start(transport, batching, scope, &self.name),
             sent: recorded_sent(progress),
         }))
     }
 }
+
+/// Records sent at once by an idle writer, without lingering (a batch the hub takes holds about
+/// this many telemetry records).
+const MAX_BATCH_RECORDS: usize = 1024;
+/// Records a writer holds unacknowledged at most before its `write` waits.
+const MAX_BUFFERED_RECORDS: usize = 32_768;
 
 /// Where a group of records goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -129,20 +146,28 @@ enum Destination {
     Any,
 }
 
+/// The writer of one pipeline partition: records are sent as they are written, by its
+/// [`Continuous`] sender; a flush waits until the hub accepted them.
 struct EventHubsWriter {
+    scope: WriterScope,
+    /// Sends records with their message ids.
+    sender: Continuous<(String, Event)>,
+    /// Records sent by this pipeline partition since it started writing here (acknowledged at
+    /// each flush).
+    sent: u64,
+}
+
+/// Sends a writer's records over its own producer (one AMQP connection).
+struct EventHubsTransport {
     sink: String,
     scope: WriterScope,
     connection: Connection,
     config: EventHubsSinkConfig,
     partition_ids: Arc<Vec<String>>,
     producer: Option<ProducerClient>,
-    /// Records to send at the next flush, with their message ids.
-    pending: Vec<(String, Event)>,
-    /// Records sent by this pipeline partition since it started writing here.
-    sent: u64,
 }
 
-impl EventHubsWriter {
+impl EventHubsTransport {
     fn error(&self, reason: impl Into<String>) -> SinkError {
         self.scope.error(&self.sink, reason)
     }
@@ -248,7 +273,6 @@ impl EventHubsWriter {
             match self.send_one_batch(destination, &records[next..]).await {
                 Ok(count) => {
                     next += count;
-                    self.sent += count as u64;
                     failures = 0;
                 }
                 Err(reason) => {
@@ -294,6 +318,7 @@ fn to_event_data(message_id: &str, record: &Event) -> EventData {
 impl SinkWriter for EventHubsWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
         let mut refused = Vec::new();
+        let mut accepted = Vec::with_capacity(records.len());
         // The n-th record of the input event at a position: outputs of one input event arrive
         // in one write, in order, so the numbering is the same when a replay produces them again.
         let mut ordinal: HashMap<Position, u32> = HashMap::new();
@@ -316,32 +341,41 @@ impl SinkWriter for EventHubsWriter {
                 });
                 continue;
             }
-            self.pending.push((message_id, record));
+            accepted.push((message_id, record));
         }
+        self.sent += accepted.len() as u64;
+        self.sender.send(accepted).await?;
         Ok(refused)
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        let pending = std::mem::take(&mut self.pending);
-        if !pending.is_empty() {
-            // Group by destination, keeping record order within each group.
-            let mut order: Vec<Destination> = Vec::new();
-            let mut groups: HashMap<Destination, Vec<(String, Event)>> = HashMap::new();
-            for entry in pending {
-                let destination = self.destination(&entry.1);
-                let group = groups.entry(destination.clone()).or_insert_with(|| {
-                    order.push(destination);
-                    Vec::new()
-                });
-                group.push(entry);
-            }
-            for destination in order {
-                if let Some(records) = groups.remove(&destination) {
-                    self.send_group(&destination, &records).await?;
-                }
+        self.sender.barrier().await?;
+        Ok(json!({ "sent": self.sent }))
+    }
+}
+
+#[async_trait]
+impl Transport for EventHubsTransport {
+    type Record = (String, Event);
+
+    async fn send(&mut self, records: Vec<(String, Event)>) -> Result<(), SinkError> {
+        // Group by destination, keeping record order within each group.
+        let mut order: Vec<Destination> = Vec::new();
+        let mut groups: HashMap<Destination, Vec<(String, Event)>> = HashMap::new();
+        for entry in records {
+            let destination = self.destination(&entry.1);
+            let group = groups.entry(destination.clone()).or_insert_with(|| {
+                order.push(destination);
+                Vec::new()
+            });
+            group.push(entry);
+        }
+        for destination in order {
+            if let Some(records) = groups.remove(&destination) {
+                self.send_group(&destination, &records).await?;
             }
         }
-        Ok(json!({ "sent": self.sent }))
+        Ok(())
     }
 }
 
