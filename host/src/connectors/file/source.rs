@@ -171,9 +171,10 @@ async fn read_lines(
             if !dispatch_line(config, dispatcher, line_offset, lines.slice(start..end)).await {
                 return Ok(());
             }
-            progress.dispatched_through(offset);
             start = end;
         }
+        // Once per read rather than per line: the readers load it for every event they take.
+        progress.dispatched_through(offset);
     }
 }
 
