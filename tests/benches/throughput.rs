@@ -15,7 +15,7 @@
 //! hold. Knobs: `WEIR_BENCH_EVENTS` (default 1,000,000), `WEIR_BENCH_ONLY` (a comma-separated
 //! list of the names above), `WEIR_BENCH_BINARY` (another `weir` binary, to compare builds on
 //! the same machine in the same minutes; several separated by commas are run in turn, round by
-//! round).
+//! round), `WEIR_BENCH_PLUGIN_DIR` (where the `.wasm` plugins are, instead of this build's).
 //!
 //! Run: `scripts/bench` (all of issue 15's benchmarks) or
 //! `cargo bench -p weir-tests --bench throughput` (release build).
@@ -85,10 +85,12 @@ fn main() {
             pipeline.stop_at_end = true;
             pipeline.batch_max_events = BATCH;
             pipeline.checkpoint_interval = "5s".to_owned();
-            (
-                pipeline.write(dir, "weir.toml"),
-                Check::DeltaRows("delta/raw_telemetry"),
-            )
+            let config = pipeline.write(dir, "weir.toml");
+            let text = std::fs::read_to_string(&config).expect("read config");
+            let built = plugin_path("telemetry_anomaly").display().to_string();
+            let chosen = plugin("telemetry_anomaly").display().to_string();
+            std::fs::write(&config, text.replace(&built, &chosen)).expect("write config");
+            (config, Check::DeltaRows("delta/raw_telemetry"))
         });
     }
 }
@@ -318,7 +320,7 @@ path = "delta/raw_telemetry"
 partition_by = ["EventDate"]
 {RAW_TELEMETRY_COLUMNS}
 "#,
-                    plugin = plugin_path("telemetry_anomaly").display()
+                    plugin = plugin("telemetry_anomaly").display()
                 )
                 .expect("format");
                 Check::DeltaRows("delta/raw_telemetry")
@@ -336,7 +338,7 @@ outputs = {{ out = "copy" }}
 kind = "file"
 path = "copy"
 "#,
-                    plugin = plugin_path("passthrough").display()
+                    plugin = plugin("passthrough").display()
                 )
                 .expect("format");
                 Check::JsonLines("copy")
@@ -370,7 +372,7 @@ columns = [
   {{ name = "WindowEndDate", type = "date", from = "WindowEnd" }},
 ]
 "#,
-                    plugin = plugin_path("telemetry_aggregates").display()
+                    plugin = plugin("telemetry_aggregates").display()
                 )
                 .expect("format");
                 Check::Aggregates("delta/aggregated_metrics")
@@ -442,6 +444,18 @@ fn binaries() -> Vec<PathBuf> {
             })
             .collect(),
         _ => vec![weir_binary()],
+    }
+}
+
+/// The compiled plugin `name`: from `WEIR_BENCH_PLUGIN_DIR` when set, else this build's.
+fn plugin(name: &str) -> PathBuf {
+    match std::env::var_os("WEIR_BENCH_PLUGIN_DIR") {
+        Some(dir) => {
+            let path = PathBuf::from(dir).join(format!("{name}.wasm"));
+            assert!(path.is_file(), "no plugin at {}", path.display());
+            path
+        }
+        None => plugin_path(name),
     }
 }
 
