@@ -120,28 +120,29 @@ struct FileWriter {
 #[async_trait]
 impl SinkWriter for FileWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
+        // The batch's lines are gathered first and handed to the file in one write.
+        let size: usize = records.iter().map(|r| r.body.len() + 1).sum();
+        let mut lines = Vec::with_capacity(size);
         for record in records {
             // A JSON document can hold a raw newline only as whitespace: flatten it so that one
             // record stays one line.
-            let body: std::borrow::Cow<'_, [u8]> = if record.body.contains(&b'\n') {
-                record
-                    .body
-                    .iter()
-                    .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
-                    .collect()
+            if record.body.contains(&b'\n') {
+                lines.extend(
+                    record
+                        .body
+                        .iter()
+                        .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }),
+                );
             } else {
-                std::borrow::Cow::Borrowed(&record.body[..])
-            };
-            self.file
-                .write_all(&body)
-                .await
-                .map_err(|e| self.scope.error(&self.sink, format!("write failed: {e}")))?;
-            self.file
-                .write_all(b"\n")
-                .await
-                .map_err(|e| self.scope.error(&self.sink, format!("write failed: {e}")))?;
-            self.length += body.len() as u64 + 1;
+                lines.extend_from_slice(&record.body);
+            }
+            lines.push(b'\n');
         }
+        self.file
+            .write_all(&lines)
+            .await
+            .map_err(|e| self.scope.error(&self.sink, format!("write failed: {e}")))?;
+        self.length += lines.len() as u64;
         Ok(Vec::new())
     }
 

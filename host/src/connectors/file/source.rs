@@ -4,15 +4,16 @@
 //! so each partition reports its lag in bytes: from the first line it has not read to the end of
 //! the file (see [`InputProgress`]).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::config::FileSourceConfig;
 use crate::event::{Event, now_millis, partition_for_key};
-use crate::json::{event_time_millis, top_level_field};
+use crate::json::{FieldValue, event_time_millis, top_level_field};
 use crate::source::dispatch::InputProgress;
 use crate::source::{
     Dispatcher, PartitionReader, PartitionStart, Source, SourceError, SourceErrorKind,
@@ -109,52 +110,71 @@ impl Source for FileSource {
     }
 }
 
+/// Bytes read from the file at a time. Events are slices of these reads (no copy per event); an
+/// event kept long (a join's buffer) keeps its read's bytes alive, so reads stay small.
+const READ_CHUNK: usize = 64 * 1024;
+
 async fn read_lines(
-    file: tokio::fs::File,
+    mut file: tokio::fs::File,
     config: &FileSourceConfig,
     dispatcher: &Dispatcher,
     progress: &InputProgress,
 ) -> Result<(), String> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = dispatcher.resume_from().unwrap_or(0);
-    reader
-        .seek(std::io::SeekFrom::Start(offset))
+    file.seek(std::io::SeekFrom::Start(offset))
         .await
         .map_err(|e| format!("cannot seek to byte {offset}: {e}"))?;
-    let mut line = Vec::with_capacity(1024);
+    // Bytes read but not dispatched yet: the start of a line whose end has not been read.
+    let mut pending = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let read = reader
-            .read_until(b'\n', &mut line)
+        if pending.capacity() - pending.len() < READ_CHUNK / 4 {
+            pending.reserve(READ_CHUNK);
+        }
+        let read = file
+            .read_buf(&mut pending)
             .await
             .map_err(|e| format!("read error at byte {offset}: {e}"))?;
-        if read == 0 || (config.follow && line.last() != Some(&b'\n')) {
+        if read == 0 {
             // End of file, or a line still being written.
             if !config.follow {
-                if !line.is_empty() {
-                    dispatch_line(config, dispatcher, offset, &line).await;
-                    progress.dispatched_through(offset + line.len() as u64);
+                if !pending.is_empty() {
+                    let line = pending.split().freeze();
+                    let length = line.len() as u64;
+                    dispatch_line(config, dispatcher, offset, line).await;
+                    progress.dispatched_through(offset + length);
                 }
                 return Ok(());
             }
             if dispatcher.is_closed() {
                 return Ok(());
             }
-            // The file may have grown beyond what the buffer holds: its size is its end.
-            if let Ok(metadata) = reader.get_ref().metadata().await {
+            // The file may have grown beyond what was read: its size is its end.
+            if let Ok(metadata) = file.metadata().await {
                 progress.end_seen(metadata.len());
             }
             tokio::time::sleep(FOLLOW_POLL).await;
             continue;
         }
-        // `read` counts only this call's bytes: a line found half written at the last poll was
-        // read in two calls, and its offset and length are the whole line's.
-        let line_offset = offset;
-        offset += line.len() as u64;
-        if !dispatch_line(config, dispatcher, line_offset, &line).await {
-            return Ok(());
+        // Every complete line read so far, in one shared buffer.
+        let Some(last_end) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let lines = pending.split_to(last_end + 1).freeze();
+        let mut start = 0;
+        while start < lines.len() {
+            let end = lines[start..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(lines.len(), |at| start + at + 1);
+            let line_offset = offset;
+            offset += (end - start) as u64;
+            if !dispatch_line(config, dispatcher, line_offset, lines.slice(start..end)).await {
+                return Ok(());
+            }
+            start = end;
         }
+        // Once per read rather than per line: the readers load it for every event they take.
         progress.dispatched_through(offset);
-        line.clear();
     }
 }
 
@@ -163,10 +183,17 @@ async fn dispatch_line(
     config: &FileSourceConfig,
     dispatcher: &Dispatcher,
     offset: u64,
-    line: &[u8],
+    line: Bytes,
 ) -> bool {
-    let body = line.strip_suffix(b"\n").unwrap_or(line);
-    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let mut length = line.len();
+    if line[..length].ends_with(b"\n") {
+        length -= 1;
+    }
+    if line[..length].ends_with(b"\r") {
+        length -= 1;
+    }
+    let line = line.slice(..length);
+    let body = &line[..];
     if body.iter().all(u8::is_ascii_whitespace) {
         return true;
     }
@@ -177,19 +204,23 @@ async fn dispatch_line(
         .key_field
         .as_deref()
         .and_then(|field| top_level_field(body, field).ok().flatten())
-        .and_then(|value| value.key_bytes());
+        .and_then(|value| match value {
+            // A key as written in the line: a slice of it, not a copy.
+            FieldValue::Text(Cow::Borrowed(text)) => Some(line.slice_ref(text.as_bytes())),
+            value => value.key_bytes().map(Bytes::from),
+        });
     let partition = match &key {
         Some(key) => partition_for_key(key, partitions),
         None => partition_for_key(&offset.to_le_bytes(), partitions),
     };
-    let mut event = Event::new(partition, offset, Bytes::copy_from_slice(body));
+    let mut event = Event::new(partition, offset, line.clone());
     event.enqueued_time = config
         .enqueued_time_field
         .as_deref()
         .and_then(|field| top_level_field(body, field).ok().flatten())
         .and_then(|value| event_time_millis(&value).ok())
         .unwrap_or_else(now_millis);
-    event.key = key.map(Bytes::from);
+    event.key = key;
     dispatcher.send(event).await
 }
 

@@ -31,6 +31,8 @@ use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
 use crate::connectors::delta::config::{Derive, ExtraFields, SchemaMode};
 use crate::event::{Event, Position};
+use crate::json::scan::{self, Scanned};
+use crate::json::timestamp::rfc3339_micros;
 use crate::sink::RefusalKind;
 
 /// Converts records into arrow rows for one table.
@@ -281,7 +283,10 @@ impl RowConverter {
             return Ok((Vec::new(), Vec::new()));
         }
         if !self.tree {
-            let (values, mut extras) = extract_fields_and_extras(body, &self.fields)?;
+            let (values, mut extras) = match scan_fields_and_extras(body, &self.fields) {
+                Some(found) => found,
+                None => extract_fields_and_extras(body, &self.fields)?,
+            };
             extras.retain(|key| self.is_new(key));
             let values = values.into_iter().map(|v| v.map(Input::Json)).collect();
             return Ok((values, extras));
@@ -654,9 +659,11 @@ fn millis_to_micros(value: &Json<'_>) -> Option<i64> {
 /// A timestamp from RFC 3339 text or epoch milliseconds, as UTC microseconds.
 fn timestamp_micros(value: &Json<'_>) -> Option<i64> {
     match value {
-        Json::Text(text) => DateTime::parse_from_rfc3339(text.trim())
-            .ok()
-            .map(|t| t.timestamp_micros()),
+        Json::Text(text) => rfc3339_micros(text.trim()).or_else(|| {
+            DateTime::parse_from_rfc3339(text.trim())
+                .ok()
+                .map(|t| t.timestamp_micros())
+        }),
         _ => millis_to_micros(value),
     }
 }
@@ -691,6 +698,10 @@ fn timestamp_ntz_micros(value: &Json<'_>) -> Option<i64> {
 /// A date from `YYYY-MM-DD`, or the UTC date of RFC 3339 text or epoch milliseconds.
 fn date_days(value: &Json<'_>) -> Option<i32> {
     let date = match value {
+        // The common RFC 3339 form, which is no plain date.
+        Json::Text(text) if let Some(micros) = rfc3339_micros(text.trim()) => {
+            return i32::try_from(micros.div_euclid(86_400_000_000)).ok();
+        }
         Json::Text(text) => {
             let text = text.trim();
             match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -895,6 +906,42 @@ impl fmt::Display for Json<'_> {
     }
 }
 
+/// [`extract_fields_and_extras`] by one fast pass ([`scan`]), with the same answer; `None` when
+/// the body is left to serde_json (an escape in a string, a number out of range, malformed JSON),
+/// whose answer or error then counts.
+#[allow(clippy::type_complexity)]
+fn scan_fields_and_extras<'a>(
+    body: &'a [u8],
+    fields: &[String],
+) -> Option<(Vec<Option<Json<'a>>>, Vec<String>)> {
+    let mut values: Vec<Option<Json<'a>>> = vec![None; fields.len()];
+    let mut extras = Vec::new();
+    let mut numbers_read = true;
+    let plain = scan::members(body, |key, value| {
+        let value = match value {
+            Scanned::Text(text) => Json::Text(Cow::Borrowed(text)),
+            // serde_json reads the number (integer or not, its range) exactly as in a body.
+            Scanned::Number(text) => match serde_json::from_slice::<Json<'_>>(text) {
+                Ok(number) => number,
+                Err(_) => {
+                    numbers_read = false;
+                    Json::Null
+                }
+            },
+            Scanned::Bool(b) => Json::Bool(b),
+            Scanned::Null => Json::Null,
+            Scanned::Array => Json::Array,
+            Scanned::Object => Json::Object,
+        };
+        match fields.iter().position(|f| f == key) {
+            Some(index) => values[index] = Some(value),
+            None if value != Json::Null => extras.push(key.to_owned()),
+            None => {}
+        }
+    });
+    (plain && numbers_read).then_some((values, extras))
+}
+
 /// The values of the top-level `fields` of the JSON object `body` (`None` where absent), or why
 /// `body` is not one well-formed JSON object.
 #[allow(clippy::type_complexity)]
@@ -1019,5 +1066,43 @@ impl<'de> de::Deserialize<'de> for Json<'de> {
             }
         }
         deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever the fast pass answers, serde_json answers the same (fields, extras, order).
+        #[test]
+        fn the_fast_pass_reads_fields_and_extras_as_serde_json_does(
+            body in r#"\{("[a-d]{1,2}":([0-9.eE+\-]{1,6}|"[a-c\\]{0,3}"|null|true|\[[0-9,]{0,5}\]|\{\}),?){0,5}\}"#,
+        ) {
+            let fields = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+            if let Some(fast) = scan_fields_and_extras(body.as_bytes(), &fields) {
+                let slow = extract_fields_and_extras(body.as_bytes(), &fields);
+                proptest::prop_assert_eq!(Ok(fast), slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_pass_reads_a_telemetry_event() {
+        let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Big":1e400,"Extra":{"x":1}}"#;
+        let fields = vec!["DeviceId".to_owned(), "Humidity".to_owned()];
+        // A number out of range is serde_json's to refuse.
+        assert_eq!(scan_fields_and_extras(body, &fields), None);
+        assert!(extract_fields_and_extras(body, &fields).is_err());
+        let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Gone":null}"#;
+        let (values, extras) = scan_fields_and_extras(body, &fields).expect("plain");
+        assert_eq!(
+            values,
+            [
+                Some(Json::Text(Cow::Borrowed("device-1"))),
+                Some(Json::UInt(45))
+            ]
+        );
+        assert_eq!(extras, ["Temperature"]);
     }
 }
