@@ -1036,6 +1036,11 @@ impl PluginInstance {
         &self.store.data().keyed
     }
 
+    /// The keyed state, to take its changes or expire keys (between calls).
+    pub fn keyed_state_mut(&mut self) -> &mut KeyedState {
+        &mut self.store.data_mut().keyed
+    }
+
     /// Takes the keyed state out, to move it into a replacement instance.
     pub fn take_keyed_state(&mut self) -> KeyedState {
         std::mem::take(&mut self.store.data_mut().keyed)

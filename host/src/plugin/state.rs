@@ -27,7 +27,7 @@ use std::collections::HashMap;
 pub struct KeyedState {
     committed: HashMap<Vec<u8>, Stored>,
     /// This call's writes: a value and its time-to-live (`None`: the stage's), or a delete.
-    pending: HashMap<Vec<u8>, Option<(Vec<u8>, Option<i64>)>>,
+    pending: HashMap<Vec<u8>, Option<PendingPut>>,
     recent: RecentKeys,
     /// The instance whose cache matches this state (0: none).
     cache_holder: u64,
@@ -37,6 +37,10 @@ pub struct KeyedState {
     /// Time-to-live settings and the event time of writes.
     ttl: Ttl,
 }
+
+/// A value written during a call, with the time-to-live it was written with (`None`: the
+/// stage's).
+type PendingPut = (Vec<u8>, Option<i64>);
 
 /// A committed value with its expiry.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,8 +293,9 @@ impl KeyedState {
         if !self.pending.is_empty() {
             self.recent.clear();
         }
-        let pending = std::mem::take(&mut self.pending);
-        for (key, value) in pending {
+        // Taken out and put back, keeping its capacity from call to call.
+        let mut pending = std::mem::take(&mut self.pending);
+        for (key, value) in pending.drain() {
             self.recent.push(&key);
             match value {
                 Some((value, ttl)) => {
@@ -307,6 +312,7 @@ impl KeyedState {
                 }
             }
         }
+        self.pending = pending;
     }
 
     /// Stores a committed value, remembering that the key changed.
