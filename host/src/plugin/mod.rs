@@ -790,6 +790,10 @@ impl bindings::state::Host for StoreState {
         Some(bindings::state::CacheStart { entries, whole })
     }
 
+    fn set_ttl(&mut self, ttl_ms: u64) {
+        self.keyed.set_call_ttl(ttl_ms);
+    }
+
     fn write_batch(&mut self, writes: bindings::state::Writes) {
         let (mut key_start, mut value_start) = (0usize, 0usize);
         for (index, &key_end) in writes.key_ends.iter().enumerate() {
