@@ -127,7 +127,7 @@ fn measure(keys: usize) {
     state.set_stage_ttl(Some(TTL_MS));
     let mut time = BASE_TIME;
     for device in 0..keys {
-        if device % 1024 == 0 {
+        if device.is_multiple_of(1024) {
             state.commit();
             time += 1;
             state.advance_write_time(time);
@@ -152,7 +152,7 @@ fn measure(keys: usize) {
             time += 10;
             state.advance_write_time(time);
             state.put(key(device), reading(21.5, time));
-            if device % 512 == 0 {
+            if device.is_multiple_of(512) {
                 state.commit();
             }
         }
