@@ -12,6 +12,9 @@
 
 use std::collections::HashMap;
 
+/// The hasher of the committed keys: fast, and seeded per process (keys come from events).
+type Hasher = foldhash::fast::RandomState;
+
 /// Key/value state with call-level transactions: writes made during a plugin call are pending
 /// until the call returns ([`KeyedState::commit`]); a trap discards them ([`KeyedState::rollback`]).
 ///
@@ -25,7 +28,7 @@ use std::collections::HashMap;
 /// replacement after a trap), and an instance whose cache another one wrote past must drop it.
 #[derive(Debug, Default, Clone)]
 pub struct KeyedState {
-    committed: HashMap<Vec<u8>, Stored>,
+    committed: HashMap<Vec<u8>, Stored, Hasher>,
     /// This call's writes: a value and its time-to-live (`None`: the stage's), or a delete.
     pending: HashMap<Vec<u8>, Option<PendingPut>>,
     recent: RecentKeys,
@@ -185,6 +188,25 @@ impl<'a> ChangeReader<'a> {
         let len = self.u32(what)?;
         self.take(len, what)
     }
+}
+
+/// How many records the changes `bytes` hold (as far as they read; the count only sizes a map).
+fn count_changes(bytes: &[u8]) -> usize {
+    let mut r = ChangeReader { bytes, offset: 1 };
+    let mut count = 0;
+    while r.offset < bytes.len() {
+        let Ok(tag) = r.take(1, "") else { break };
+        let skip = |r: &mut ChangeReader<'_>| r.part("").map(drop);
+        let ok = match tag[0] {
+            TAG_PUT => skip(&mut r).and_then(|()| r.i64("")).and_then(|_| skip(&mut r)),
+            _ => skip(&mut r),
+        };
+        if ok.is_err() {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 fn push_part(out: &mut Vec<u8>, part: &[u8]) {
@@ -450,6 +472,10 @@ impl KeyedState {
                 what: "changes format version 1",
             });
         }
+        if self.committed.is_empty() {
+            // A base: sized once rather than grown (and rehashed) key by key.
+            self.committed.reserve(count_changes(bytes));
+        }
         while r.offset < bytes.len() {
             let tag = r.take(1, "a change")?[0];
             let key = r.part("a key")?;
@@ -526,7 +552,7 @@ impl KeyedState {
                 what: e.what,
             });
         }
-        let mut committed = HashMap::new();
+        let mut committed = HashMap::default();
         let mut r = ChangeReader { bytes, offset: 0 };
         while r.offset < bytes.len() {
             let key = r.part("a key")?.to_vec();
