@@ -198,7 +198,9 @@ fn count_changes(bytes: &[u8]) -> usize {
         let Ok(tag) = r.take(1, "") else { break };
         let skip = |r: &mut ChangeReader<'_>| r.part("").map(drop);
         let ok = match tag[0] {
-            TAG_PUT => skip(&mut r).and_then(|()| r.i64("")).and_then(|_| skip(&mut r)),
+            TAG_PUT => skip(&mut r)
+                .and_then(|()| r.i64(""))
+                .and_then(|_| skip(&mut r)),
             _ => skip(&mut r),
         };
         if ok.is_err() {
