@@ -33,6 +33,9 @@ pub(crate) trait Backend {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
     /// Applies the writes of a batch, in order, in one call.
     fn state_write_batch(&mut self, writes: &StateWrites);
+    /// Sets the time-to-live of the keys written next in this call, in milliseconds of event
+    /// time (0: the stage's).
+    fn state_set_ttl(&mut self, ttl_ms: u64);
     /// `None` when this instance's cache still matches the host's state; otherwise what to start
     /// the cache again from.
     fn state_check_cache(&mut self) -> Option<CacheStart>;
@@ -214,6 +217,30 @@ impl Context {
     /// The write is cached and reaches the host once, when the batch ends; it is discarded if the
     /// event is rejected or the batch traps.
     pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.put_expiring(key, value, 0)
+    }
+
+    /// Stores `value` like [`put`](Context::put), to expire `ttl` of event time after this
+    /// write: once the partition's watermark passes the event time the stage was at when it wrote
+    /// the key (its latest event's) plus `ttl`, the host removes the key from the state and from
+    /// its checkpoints, unless it was written again meanwhile. This replaces the stage's
+    /// `state_ttl` for this write.
+    pub fn put_with_ttl<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.put_expiring(key, value, ttl_ms)
+    }
+
+    fn put_expiring<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        ttl: u64,
+    ) -> Result<()> {
         let mut buffer = self.state.buffer();
         if let Err(e) = serde_json::to_writer(&mut buffer, value) {
             self.state.recycle(Cached::Present(buffer));
@@ -221,13 +248,13 @@ impl Context {
                 "cannot serialise keyed state `{key}`: {e}"
             )));
         }
-        self.state.write(key, Cached::Present(buffer));
+        self.state.write(key, Cached::Present(buffer), ttl);
         Ok(())
     }
 
     /// Removes `key` from the keyed state (cached like [`put`](Context::put)).
     pub fn delete(&mut self, key: &str) {
-        self.state.write(key, Cached::Absent);
+        self.state.write(key, Cached::Absent, 0);
     }
 
     // ----- Configuration -----
@@ -454,6 +481,8 @@ struct Slot {
     value: Cached,
     /// Written since the last flush: to be written back to the host.
     dirty: bool,
+    /// The time-to-live of the last write, in milliseconds of event time (0: the stage's).
+    ttl: u64,
     /// Handed over by the host in the current restart (see [`StateCache::restart`]).
     fresh: bool,
 }
@@ -474,6 +503,15 @@ struct StateCache {
     /// Whether the cache holds every key that has a value (the host handed the whole state
     /// over): a key not cached then has none, without asking.
     complete: bool,
+}
+
+/// Empties `writes`, keeping its buffers.
+fn clear_writes(writes: &mut StateWrites) {
+    writes.keys.clear();
+    writes.key_ends.clear();
+    writes.values.clear();
+    writes.value_ends.clear();
+    writes.deletes.clear();
 }
 
 /// Most value buffers kept for reuse.
@@ -645,13 +683,14 @@ impl StateCache {
         }
     }
 
-    fn write(&mut self, key: &str, value: Cached) {
+    fn write(&mut self, key: &str, value: Cached, ttl: u64) {
         let index = self.slot(key);
         let slot = &mut self.slots[index];
         let old = Slot {
             key: String::new(),
             value: std::mem::replace(&mut slot.value, value),
             dirty: slot.dirty,
+            ttl: std::mem::replace(&mut slot.ttl, ttl),
             fresh: false,
         };
         if !slot.dirty {
@@ -687,18 +726,19 @@ impl StateCache {
             // A slot that was clean before the event is clean again (it stays listed in `dirty`,
             // and the flush skips it).
             slot.dirty = old.dirty;
+            slot.ttl = old.ttl;
             self.recycle(new);
         }
     }
 
-    /// Hands every key written since the last flush to the host, in one call.
+    /// Hands every key written since the last flush to the host, in one call (one per
+    /// time-to-live, when writes have several).
     fn flush(&mut self, backend: &mut dyn Backend) {
         let writes = &mut self.writes;
-        writes.keys.clear();
-        writes.key_ends.clear();
-        writes.values.clear();
-        writes.value_ends.clear();
-        writes.deletes.clear();
+        clear_writes(writes);
+        // The time-to-live the host applies to the writes it is handed (0: the stage's): writes
+        // with another one go in a call of their own, after the host is told it.
+        let mut host_ttl = 0;
         for index in self.dirty.drain(..) {
             let slot = &mut self.slots[index];
             if !slot.dirty {
@@ -710,6 +750,14 @@ impl StateCache {
                 Cached::Absent => (&[], true),
                 Cached::Unknown => continue,
             };
+            if slot.ttl != host_ttl && !delete {
+                if !writes.key_ends.is_empty() {
+                    backend.state_write_batch(writes);
+                    clear_writes(writes);
+                }
+                host_ttl = slot.ttl;
+                backend.state_set_ttl(host_ttl);
+            }
             writes.keys.extend_from_slice(slot.key.as_bytes());
             writes.key_ends.push(offset(writes.keys.len()));
             writes.values.extend_from_slice(value);
@@ -718,6 +766,9 @@ impl StateCache {
         }
         if !writes.key_ends.is_empty() {
             backend.state_write_batch(writes);
+        }
+        if host_ttl != 0 {
+            backend.state_set_ttl(0);
         }
         if self.slots.len() > MAX_CACHED_KEYS {
             self.clear();

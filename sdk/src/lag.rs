@@ -16,6 +16,13 @@
 //! itself does not say what happens exactly at `d`: [`Bound::Inclusive`] (`0 ≤ t − t0 ≤ d`) is
 //! there for rules that promised to count it.
 //!
+//! # Expiry
+//!
+//! Each key is stored with a time-to-live of the limit ([`Context::put_with_ttl`]): once the
+//! partition's watermark has passed a stored value's write by more than the limit, no event to
+//! come can count it, and the host removes the key from the state and its checkpoints. A state
+//! of a million devices then holds only those heard from within the limit.
+//!
 //! ```
 //! use weir_sdk::lag::{Lag, Timed};
 //! # use weir_sdk::prelude::*;
@@ -117,7 +124,14 @@ impl Lag {
         let replace = stored.as_ref().is_none_or(|last| last.time() <= now);
         let previous = stored.filter(|last| self.counts(last.time(), now));
         if replace {
-            ctx.put(key, &current)?;
+            // Once the watermark is past the limit, the stored value counts for no event to come
+            // (no event earlier than the watermark reaches the stage): the host may forget it.
+            let ttl = std::time::Duration::from_millis(u64::try_from(self.limit).unwrap_or(0));
+            if ttl.is_zero() {
+                ctx.put(key, &current)?;
+            } else {
+                ctx.put_with_ttl(key, &current, ttl)?;
+            }
         }
         Ok(Step {
             previous,
@@ -200,6 +214,11 @@ mod tests {
         assert_eq!(late["Stored"], false);
         // ...and does not replace the newest.
         assert_eq!(run(4.0, 2 * MINUTE)["Prev"], 3.0);
+        assert_eq!(
+            harness.state_ttl("k"),
+            Some(std::time::Duration::from_millis(MINUTE as u64)),
+            "kept no longer than the limit"
+        );
     }
 
     #[test]

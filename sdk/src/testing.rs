@@ -71,6 +71,10 @@ struct Memory {
     recent: Vec<Vec<u8>>,
     /// The backend (instance) whose cache matches the state, 0 when none does.
     cache_holder: u64,
+    /// The time-to-live the plugin set for its next writes, in milliseconds (0: the stage's).
+    ttl: u64,
+    /// The time-to-live each key was last written with, when the plugin gave one.
+    ttls: BTreeMap<Vec<u8>, u64>,
     /// Ids handed to backends so far.
     instances: u64,
 }
@@ -108,6 +112,12 @@ impl Backend for MemoryBackend {
             let (key_end, value_end) = (key_end as usize, writes.value_ends[index] as usize);
             let key = writes.keys[key_start..key_end].to_vec();
             memory.recent.push(key.clone());
+            let ttl = memory.ttl;
+            if writes.deletes[index] || ttl == 0 {
+                memory.ttls.remove(&key);
+            } else {
+                memory.ttls.insert(key.clone(), ttl);
+            }
             if writes.deletes[index] {
                 memory.state.remove(&key);
             } else {
@@ -117,6 +127,10 @@ impl Backend for MemoryBackend {
             }
             (key_start, value_start) = (key_end, value_end);
         }
+    }
+
+    fn state_set_ttl(&mut self, ttl_ms: u64) {
+        self.0.borrow_mut().ttl = ttl_ms;
     }
 
     fn state_check_cache(&mut self) -> Option<CacheStart> {
@@ -280,6 +294,16 @@ where
     /// The keyed state under `key`, as the stored JSON bytes.
     pub fn state_bytes(&self, key: &str) -> Option<Vec<u8>> {
         self.memory.borrow().state.get(key.as_bytes()).cloned()
+    }
+
+    /// The time-to-live `key` was last written with ([`Context::put_with_ttl`]); `None` for a
+    /// key written without one (the stage's `state_ttl` applies) or not in the state.
+    pub fn state_ttl(&self, key: &str) -> Option<std::time::Duration> {
+        let memory = self.memory.borrow();
+        memory
+            .ttls
+            .get(key.as_bytes())
+            .map(|&ms| std::time::Duration::from_millis(ms))
     }
 
     /// The keys in the keyed state, sorted.
@@ -641,6 +665,12 @@ where
     /// The keyed state under `key`, as the stored JSON bytes.
     pub fn state_bytes(&self, key: &str) -> Option<Vec<u8>> {
         self.runner.state_bytes(key)
+    }
+
+    /// The time-to-live `key` was last written with ([`Context::put_with_ttl`]); `None` for a
+    /// key written without one (the stage's `state_ttl` applies) or not in the state.
+    pub fn state_ttl(&self, key: &str) -> Option<std::time::Duration> {
+        self.runner.state_ttl(key)
     }
 
     /// The keys in the keyed state, sorted.

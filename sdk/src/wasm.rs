@@ -27,6 +27,10 @@ impl Backend for WasmHost {
         state::write_batch(writes);
     }
 
+    fn state_set_ttl(&mut self, ttl_ms: u64) {
+        state::set_ttl(ttl_ms);
+    }
+
     fn state_check_cache(&mut self) -> Option<CacheStart> {
         state::check_cache()
     }

@@ -8,7 +8,10 @@
 //! A file is `WEIRCKP1`, a little-endian u32 header length, the JSON header (position, sink
 //! progress, stage names and sizes), the stage states back to back, and a SHA-256 of everything
 //! before it. Files are written to a temporary name, synced and renamed, so a crash leaves either
-//! the old checkpoint or the new one, never half of one.
+//! the old checkpoint or the new one, never half of one. A checkpoint that lists state files of
+//! incremental keyed state (see [`super::IncrementalState`]) starts `WEIRCKP2` instead (an older
+//! Weir refuses it rather than restore without them); the files are
+//! `<dir>/<pipeline>/<partition>.state/<name>`, written the same way, each with its SHA-256.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,6 +25,8 @@ use super::{Checkpoint, CheckpointError, CheckpointErrorKind, CheckpointStore, O
 use crate::event::{PartitionId, now_millis};
 
 pub(crate) const MAGIC: &[u8; 8] = b"WEIRCKP1";
+/// The magic of a checkpoint that lists state files.
+pub(crate) const MAGIC_V2: &[u8; 8] = b"WEIRCKP2";
 
 /// A checkpoint store in a local directory.
 #[derive(Debug, Clone)]
@@ -46,6 +51,11 @@ impl LocalCheckpointStore {
     /// The file of one partition's checkpoint.
     pub fn path(&self, pipeline: &str, partition: PartitionId) -> PathBuf {
         self.dir.join(pipeline).join(format!("{partition}.ckpt"))
+    }
+
+    /// The directory of one partition's state files.
+    pub fn state_dir(&self, pipeline: &str, partition: PartitionId) -> PathBuf {
+        self.dir.join(pipeline).join(format!("{partition}.state"))
     }
 
     /// The directory of a pipeline's ownership records.
@@ -89,7 +99,11 @@ pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, serde_json::Err
     let header = serde_json::to_vec(&header)?;
     let states: usize = checkpoint.stages.values().map(Vec::len).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + states + 32);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(if checkpoint.state_files.is_empty() {
+        MAGIC
+    } else {
+        MAGIC_V2
+    });
     // A header beyond 4 GiB would need that many sinks; saturate rather than wrap.
     out.extend_from_slice(
         &u32::try_from(header.len())
@@ -113,6 +127,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     }
     let rest = body
         .strip_prefix(&MAGIC[..])
+        .or_else(|| body.strip_prefix(&MAGIC_V2[..]))
         .ok_or("not a Weir checkpoint (bad magic)")?;
     let (len, rest) = rest.split_at_checked(4).ok_or("truncated header length")?;
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -129,6 +144,26 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     }
     checkpoint.stages = stages;
     Ok(checkpoint)
+}
+
+/// A state file's bytes followed by their SHA-256.
+pub(crate) fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
+    let digest = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+/// A state file's bytes, checked against the SHA-256 [`seal`] added.
+pub(crate) fn unseal(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or("state file is too short")?;
+    if Sha256::digest(&bytes[..body_len]).as_slice() != &bytes[body_len..] {
+        return Err("checksum mismatch: the state file is corrupt".to_owned());
+    }
+    bytes.truncate(body_len);
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, sync, rename, sync the directory.
@@ -267,13 +302,68 @@ impl CheckpointStore for LocalCheckpointStore {
         })
         .await?;
         // The file was read: one that does not decode reads the same way next time.
-        decoded.transpose().map_err(|reason| {
+        let mut checkpoint = decoded.transpose().map_err(|reason| {
+            CheckpointError::new(
+                CheckpointErrorKind::Unreadable,
+                path.display().to_string(),
+                reason,
+            )
+        })?;
+        if let Some(checkpoint) = &mut checkpoint {
+            super::incremental::read_files(self, pipeline, partition, checkpoint).await?;
+        }
+        Ok(checkpoint)
+    }
+
+    async fn write_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), CheckpointError> {
+        let path = self.state_dir(pipeline, partition).join(name);
+        let owned = path.clone();
+        blocking(&path, move || {
+            write_atomically(&owned, &seal(bytes)).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn read_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+    ) -> Result<Vec<u8>, CheckpointError> {
+        let path = self.state_dir(pipeline, partition).join(name);
+        let owned = path.clone();
+        let bytes = blocking(&path, move || {
+            std::fs::read(&owned).map_err(|e| e.to_string())
+        })
+        .await?;
+        unseal(bytes).map_err(|reason| {
             CheckpointError::new(
                 CheckpointErrorKind::Unreadable,
                 path.display().to_string(),
                 reason,
             )
         })
+    }
+
+    async fn delete_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+    ) -> Result<(), CheckpointError> {
+        let path = self.state_dir(pipeline, partition).join(name);
+        let owned = path.clone();
+        blocking(&path, move || match std::fs::remove_file(&owned) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        })
+        .await
     }
 
     async fn save(
@@ -284,11 +374,14 @@ impl CheckpointStore for LocalCheckpointStore {
     ) -> Result<(), CheckpointError> {
         let path = self.path(pipeline, partition);
         let bytes = encode(checkpoint).map_err(|e| error(&path, e))?;
+        super::incremental::write_files(self, pipeline, partition, checkpoint).await?;
         let owned = path.clone();
         blocking(&path, move || {
             write_atomically(&owned, &bytes).map_err(|e| e.to_string())
         })
-        .await
+        .await?;
+        super::incremental::drop_files(self, pipeline, partition, checkpoint).await;
+        Ok(())
     }
 
     async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError> {
@@ -490,5 +583,147 @@ mod tests {
             store.load_meta("sim/start").await.expect("meta").as_deref(),
             Some("2026-01-01T00:00:00Z")
         );
+    }
+
+    /// Keyed state with changes `puts` (key, value) and `deletes` on top of `state`.
+    fn change(state: &mut crate::plugin::KeyedState, puts: &[(&str, &str)], deletes: &[&str]) {
+        for (key, value) in puts {
+            state.put(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+        }
+        for key in deletes {
+            state.delete(key.as_bytes().to_vec());
+        }
+        state.commit();
+    }
+
+    /// Saves a checkpoint at `position` of stage `s`'s changes as `inc` plans them.
+    fn save_incremental(
+        inc: &mut super::super::IncrementalState,
+        state: &mut crate::plugin::KeyedState,
+        position: u64,
+    ) -> Checkpoint {
+        inc.begin();
+        let mut checkpoint = Checkpoint {
+            position: Some(position),
+            ..Checkpoint::default()
+        };
+        let write = inc.next_write("s");
+        let bytes = state.take_changes(write == super::super::StateWrite::Base);
+        inc.add(&mut checkpoint, "s", write, bytes);
+        checkpoint
+    }
+
+    async fn restored(store: &LocalCheckpointStore) -> (Checkpoint, crate::plugin::KeyedState) {
+        let loaded = store
+            .load("p", 0)
+            .await
+            .expect("load")
+            .expect("a checkpoint");
+        let parts = loaded.state_parts.get("s").expect("state files");
+        let state = crate::plugin::KeyedState::from_changes(parts.iter().map(Vec::as_slice))
+            .expect("state");
+        (loaded, state)
+    }
+
+    #[tokio::test]
+    async fn incremental_state_restores_from_base_and_deltas_and_survives_crashes() {
+        use super::super::{IncrementalState, MAX_DELTAS};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalCheckpointStore::new(dir.path());
+        let mut inc = IncrementalState::new(&Checkpoint::default());
+        let mut state = crate::plugin::KeyedState::default();
+        let keys: Vec<String> = (0..1000).map(|i| format!("device-{i}")).collect();
+        let puts: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "20.5")).collect();
+        change(&mut state, &puts, &[]);
+        let first = save_incremental(&mut inc, &mut state, 1);
+        store.save("p", 0, &first).await.expect("save");
+        inc.saved();
+        let base_bytes = std::fs::metadata(store.state_dir("p", 0).join(&first.state_writes[0].0))
+            .expect("base")
+            .len();
+
+        // A delta holds only what changed: a few keys, not the thousand.
+        change(
+            &mut state,
+            &[("device-1", "30"), ("new", "1")],
+            &["device-2"],
+        );
+        let second = save_incremental(&mut inc, &mut state, 2);
+        store.save("p", 0, &second).await.expect("save");
+        inc.saved();
+        let delta_bytes = second.state_writes[0].1.len() as u64;
+        assert!(
+            delta_bytes * 50 < base_bytes,
+            "{delta_bytes} of {base_bytes}"
+        );
+        let (loaded, back) = restored(&store).await;
+        assert_eq!(loaded.position, Some(2));
+        assert_eq!(back, state);
+        let raw = std::fs::read(store.path("p", 0)).expect("record");
+        assert!(
+            raw.starts_with(MAGIC_V2),
+            "a record listing state files is version 2"
+        );
+
+        // A crash after the delta was written, before the record: the delta is never read.
+        let mut crashed = state.clone();
+        change(&mut crashed, &[("device-3", "99")], &[]);
+        let lost = save_incremental(&mut inc, &mut crashed, 3);
+        let (name, bytes) = &lost.state_writes[0];
+        store
+            .write_state_file("p", 0, name, bytes[..bytes.len() / 2].to_vec())
+            .await
+            .expect("a torn delta");
+        let (loaded, back) = restored(&store).await;
+        assert_eq!(loaded.position, Some(2));
+        assert_eq!(back, state, "the torn delta is not applied");
+
+        // The worker restarted from that record goes on with deltas under new names.
+        let mut inc = IncrementalState::new(&loaded);
+        let mut state = back;
+        for position in 3..2 + MAX_DELTAS as u64 {
+            change(&mut state, &[("device-4", &position.to_string())], &[]);
+            let next = save_incremental(&mut inc, &mut state, position);
+            assert!(!next.state_writes.iter().any(|(n, _)| n == name));
+            store.save("p", 0, &next).await.expect("save");
+            inc.saved();
+        }
+        assert_eq!(restored(&store).await.1, state);
+        // Compaction: a new base, and the files before it deleted once the record is written.
+        change(&mut state, &[("fresh", "1")], &[]);
+        let compacted = save_incremental(&mut inc, &mut state, 100);
+        assert!(compacted.state_writes[0].0.ends_with(".base"));
+        // A crash mid-compaction (base written, no record): the old files still restore.
+        store
+            .write_state_file(
+                "p",
+                0,
+                &compacted.state_writes[0].0,
+                compacted.state_writes[0].1.clone(),
+            )
+            .await
+            .expect("base");
+        let (before, back) = restored(&store).await;
+        assert_eq!(before.state_files["s"].len(), MAX_DELTAS + 1);
+        assert_eq!(back.committed(b"fresh"), None);
+        store.save("p", 0, &compacted).await.expect("save");
+        inc.saved();
+        let (loaded, back) = restored(&store).await;
+        assert_eq!(loaded.state_files["s"].len(), 1);
+        assert_eq!(back, state);
+        let files = std::fs::read_dir(store.state_dir("p", 0))
+            .expect("dir")
+            .count();
+        // The new base, and the torn delta of the crash (nothing lists it; it is never read).
+        assert_eq!(files, 2);
+
+        // A state file that does not match its checksum is refused, not half applied.
+        let path = store.state_dir("p", 0).join(&loaded.state_files["s"][0]);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[3] ^= 0xff;
+        std::fs::write(&path, bytes).expect("corrupt");
+        let err = store.load("p", 0).await.expect_err("corrupt state file");
+        assert_eq!(err.kind, CheckpointErrorKind::Unreadable);
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 }

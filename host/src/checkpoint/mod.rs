@@ -8,6 +8,7 @@
 //! event processors, so two processes never both win the same partition.
 //! [`crate::pipeline`]'s ownership loop balances the partitions over the processes.
 
+mod incremental;
 mod local;
 
 use std::collections::BTreeMap;
@@ -18,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use crate::event::{PartitionId, Position};
 
 pub use crate::event::ConsumerScope;
+pub use incremental::{IncrementalState, MAX_DELTAS, StateWrite};
 pub use local::LocalCheckpointStore;
 // The Azure Blob store keeps checkpoints in the local store's encoding.
 #[cfg(feature = "azure")]
-pub(crate) use local::{MAGIC, decode, encode};
+pub(crate) use incremental::{drop_files, read_files, safe_name, write_files};
+#[cfg(feature = "azure")]
+pub(crate) use local::{MAGIC, MAGIC_V2, decode, encode, seal, unseal};
 
 /// What a sink recorded as durable for one partition, kept in the partition's checkpoint: each
 /// sink decides its shape, and gets it back when its writer is reopened.
@@ -106,6 +110,27 @@ pub struct Checkpoint {
     /// pipeline with one source, whose position is `position` (as checkpoints always had it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, SourcePosition>,
+    /// Per stage name, the files of its keyed state checkpointed incrementally (see
+    /// [`IncrementalState`]): its base, then its deltas in order. Such a stage has no entry in
+    /// `stages`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub state_files: BTreeMap<String, Vec<String>>,
+    /// The sequence number of the last state file named.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_seq: u64,
+    /// Saving: the state files to write (name, bytes) before the record that lists them.
+    #[serde(skip)]
+    pub state_writes: Vec<(String, Vec<u8>)>,
+    /// Saving: the state files to delete once the record no longer lists them.
+    #[serde(skip)]
+    pub state_drops: Vec<String>,
+    /// Loaded: per stage name, the contents of its `state_files`, in order.
+    #[serde(skip)]
+    pub state_parts: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where one source of a pipeline partition with several stands in a checkpoint.
@@ -144,19 +169,47 @@ impl Ownership {
 /// Where checkpoints live.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
-    /// The last checkpoint of `pipeline`'s `partition`, if any.
+    /// The last checkpoint of `pipeline`'s `partition`, if any, with the state files it lists
+    /// read into [`Checkpoint::state_parts`].
     async fn load(
         &self,
         pipeline: &str,
         partition: PartitionId,
     ) -> Result<Option<Checkpoint>, CheckpointError>;
 
-    /// Replaces the checkpoint of `pipeline`'s `partition`, atomically.
+    /// Replaces the checkpoint of `pipeline`'s `partition`, atomically: first the state files it
+    /// adds ([`Checkpoint::state_writes`]), then its record, then the files it drops.
     async fn save(
         &self,
         pipeline: &str,
         partition: PartitionId,
         checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError>;
+
+    /// Writes one state file of `pipeline`'s `partition` (see [`IncrementalState`]), whole or
+    /// not at all.
+    async fn write_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), CheckpointError>;
+
+    /// Reads one state file written by [`CheckpointStore::write_state_file`].
+    async fn read_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+    ) -> Result<Vec<u8>, CheckpointError>;
+
+    /// Deletes one state file (one that does not exist is not an error).
+    async fn delete_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
     ) -> Result<(), CheckpointError>;
 
     /// A small value kept for a source across restarts (for example the simulator's start time).

@@ -68,6 +68,10 @@ pub struct PluginStage {
     /// Reference tables the plugin looks rows up in by key, by name: loaded at start and
     /// reloaded when they change.
     pub reference: BTreeMap<String, ReferenceTableConfig>,
+    /// Time-to-live of the plugin's keyed state in event time: a key expires once the
+    /// partition's watermark passes its last write plus this (`None`: keys never expire unless
+    /// the plugin gives them a time-to-live).
+    pub state_ttl: Option<ConfigDuration>,
 }
 
 impl StageKind {
@@ -88,9 +92,11 @@ impl StageConfig {
         self.kind.plugin()
     }
 
-    /// Whether the stage works in event time, so that its pipeline needs a watermark.
+    /// Whether the stage works in event time, so that its pipeline needs a watermark (a window,
+    /// a join, or a stage whose keyed state expires).
     pub fn is_time_based(&self) -> bool {
         matches!(self.kind, StageKind::Window { .. } | StageKind::Join { .. })
+            || self.plugin().is_some_and(|p| p.state_ttl.is_some())
     }
 }
 
@@ -132,6 +138,10 @@ pub(super) struct StageTable {
     /// reloaded when they change.
     #[serde(default)]
     pub(super) reference: BTreeMap<String, ReferenceTableConfig>,
+    /// Time-to-live of the plugin's keyed state in event time (`"5m"`): a key expires once the
+    /// partition's watermark passes its last write plus this.
+    #[serde(default)]
+    pub(super) state_ttl: Option<ConfigDuration>,
     /// Sources of the pipeline whose events enter this stage (one name or a list); a source no
     /// stage names (here, or as a join's `left` or `right`) enters the first stage.
     #[serde(default)]
@@ -402,6 +412,7 @@ pub(super) fn resolve_stages(
         check_source_inputs(doc, &keys, pipeline, stage)?;
         let timing = timing(doc, &keys, tables, index, pipeline_semantics(pipeline))?;
         check_references(loaded, doc, &keys, stage)?;
+        check_state_ttl(doc, &keys, stage)?;
         if stage.max_memory_bytes.is_some_and(|m| m < 1024 * 1024) {
             return Err(doc.error(
                 &keys.at("max_memory_bytes"),
@@ -710,6 +721,28 @@ fn timing<'s>(
     Ok(Timing::Join(join))
 }
 
+/// A state time-to-live belongs to a stage with a plugin (whose keyed state it expires) and is
+/// longer than zero.
+fn check_state_ttl(
+    doc: &Document<'_>,
+    keys: &StageKeys<'_>,
+    stage: &StageTable,
+) -> Result<(), ConfigError> {
+    let Some(ttl) = stage.state_ttl else {
+        return Ok(());
+    };
+    if stage.plugin.is_none() {
+        return Err(doc.error(
+            &keys.at("state_ttl"),
+            "only a stage with a plugin keeps keyed state to expire",
+        ));
+    }
+    if ttl.get().is_zero() {
+        return Err(doc.error(&keys.at("state_ttl"), "must be longer than zero"));
+    }
+    Ok(())
+}
+
 /// Reference tables belong to a stage with a plugin, exist, and have a format Weir can tell.
 fn check_references(
     loaded: &LoadedConfig,
@@ -758,6 +791,7 @@ fn resolve(stage: &StageTable, runner: Runner<'_>, timing: Timing<'_>) -> StageC
                 max_memory_bytes: stage.max_memory_bytes,
                 call_timeout: stage.call_timeout,
                 reference: stage.reference.clone(),
+                state_ttl: stage.state_ttl,
             };
             match timing {
                 Timing::Events => StageKind::Transform { plugin },

@@ -889,6 +889,7 @@ pub(crate) async fn build_worker(
         metrics: context.metrics.clone(),
         position: checkpoint.position,
         checkpointed: checkpoint.position,
+        incremental: crate::checkpoint::IncrementalState::new(&checkpoint),
         checkpointed_offset: checkpoint.source_offset.clone(),
         time,
         state_dirty: false,

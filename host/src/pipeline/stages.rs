@@ -107,11 +107,14 @@ struct PluginParts {
     plugin: Arc<Plugin>,
     settings: Arc<InstanceSettings>,
     slot: Option<Arc<PluginSlot<Plugin>>>,
+    /// The keyed state's time-to-live, in milliseconds.
+    state_ttl: Option<i64>,
 }
 
 impl PluginParts {
     /// A window or join stage's instance slot, from `keyed` (its restored keyed state).
-    fn instance_slot(self, keyed: KeyedState) -> InstanceSlot {
+    fn instance_slot(self, mut keyed: KeyedState) -> InstanceSlot {
+        keyed.set_stage_ttl(self.state_ttl);
         instance_slot(self.plugin, self.settings, keyed, self.slot)
     }
 }
@@ -169,12 +172,16 @@ impl StageBuilder<'_> {
             }
             StageKind::Transform { plugin } => {
                 let parts = self.plugin_parts(stage, plugin)?;
-                let state = match snapshot {
-                    Some(bytes) => {
+                let files = self.checkpoint.state_parts.get(&stage.name);
+                let mut state = match (files, snapshot) {
+                    (Some(files), _) => KeyedState::from_changes(files.iter().map(Vec::as_slice))
+                        .map_err(|e| restore_error(e.to_string()))?,
+                    (None, Some(bytes)) => {
                         KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?
                     }
-                    None => KeyedState::default(),
+                    (None, None) => KeyedState::default(),
                 };
+                state.set_stage_ttl(parts.state_ttl);
                 match parts.slot {
                     Some(slot) => Box::new(WasmTransformStage::with_slot(
                         name,
@@ -254,6 +261,9 @@ impl StageBuilder<'_> {
             plugin,
             settings,
             slot,
+            state_ttl: plugin_stage
+                .state_ttl
+                .map(|ttl| i64::try_from(ttl.get().as_millis()).unwrap_or(i64::MAX)),
         })
     }
 }

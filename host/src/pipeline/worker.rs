@@ -13,7 +13,7 @@ use super::dead_letter::{
 };
 use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
 use super::inputs::Inputs;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointStore, IncrementalState, StateWrite};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::json::{event_time_millis, top_level_field};
 use crate::metrics::{Metrics, names};
@@ -129,6 +129,8 @@ pub(crate) struct PartitionWorker {
     pub(crate) position: Option<Position>,
     /// The position of the last saved checkpoint.
     pub(crate) checkpointed: Option<Position>,
+    /// The state files of the stages that checkpoint incrementally.
+    pub(crate) incremental: IncrementalState,
     /// The source's offset of `checkpointed` (an Event Hubs offset), from the checkpoint loaded at
     /// start or the last one saved: a checkpoint re-saved at that position before any new event
     /// (an idle watermark advance, the input's end, after a restart or a takeover) keeps it,
@@ -955,6 +957,22 @@ impl PartitionWorker {
         Ok(())
     }
 
+    /// Adds every stage's state to `checkpoint`: its keyed state's changes (or whole state) as a
+    /// state file for a stage that checkpoints incrementally, else its snapshot.
+    fn add_stage_states(&mut self, checkpoint: &mut Checkpoint) {
+        self.incremental.begin();
+        for slot in &mut self.stages {
+            let name = slot.stage.name().to_string();
+            let write = self.incremental.next_write(&name);
+            match slot.stage.take_state_changes(write == StateWrite::Base) {
+                Some(bytes) => self.incremental.add(checkpoint, &name, write, bytes),
+                None => {
+                    checkpoint.stages.insert(name, slot.stage.snapshot());
+                }
+            }
+        }
+    }
+
     /// Flushes every sink, then saves the checkpoint covering what they made durable.
     async fn checkpoint(&mut self) -> Result<(), WorkerError> {
         let Some(position) = self.position else {
@@ -988,11 +1006,7 @@ impl PartitionWorker {
             let progress = slot.writer.flush().await?;
             checkpoint.sinks.insert(slot.name.to_string(), progress);
         }
-        for slot in &self.stages {
-            checkpoint
-                .stages
-                .insert(slot.stage.name().to_string(), slot.stage.snapshot());
-        }
+        self.add_stage_states(&mut checkpoint);
         if let Some(time) = &self.time {
             let (entry, state) = time.snapshot();
             checkpoint.stages.insert(entry.to_owned(), state);
@@ -1005,6 +1019,7 @@ impl PartitionWorker {
         self.checkpoints
             .save(&self.settings.pipeline, self.partition, &checkpoint)
             .await?;
+        self.incremental.saved();
         self.checkpointed = Some(position);
         self.checkpointed_offset = checkpoint.source_offset.take();
         self.state_dirty = false;

@@ -248,6 +248,14 @@ impl InstanceSlot {
         }
     }
 
+    /// The stage's keyed state, to take its changes or expire keys (between calls).
+    pub fn keyed_state_mut(&mut self) -> &mut KeyedState {
+        match &mut self.instance {
+            Some(instance) => instance.keyed_state_mut(),
+            None => &mut self.parked_state,
+        }
+    }
+
     /// Calls `call` on the instance, instantiating it first if needed. The outer error means no
     /// instance could be created (nothing ran); the inner one that the call failed, after which
     /// the instance is discarded (its committed state is kept for the next one).

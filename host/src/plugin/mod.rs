@@ -790,6 +790,10 @@ impl bindings::state::Host for StoreState {
         Some(bindings::state::CacheStart { entries, whole })
     }
 
+    fn set_ttl(&mut self, ttl_ms: u64) {
+        self.keyed.set_call_ttl(ttl_ms);
+    }
+
     fn write_batch(&mut self, writes: bindings::state::Writes) {
         let (mut key_start, mut value_start) = (0usize, 0usize);
         for (index, &key_end) in writes.key_ends.iter().enumerate() {
@@ -1034,6 +1038,11 @@ impl PluginInstance {
     /// The keyed state (committed writes only).
     pub fn keyed_state(&self) -> &KeyedState {
         &self.store.data().keyed
+    }
+
+    /// The keyed state, to take its changes or expire keys (between calls).
+    pub fn keyed_state_mut(&mut self) -> &mut KeyedState {
+        &mut self.store.data_mut().keyed
     }
 
     /// Takes the keyed state out, to move it into a replacement instance.

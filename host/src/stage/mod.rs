@@ -210,6 +210,14 @@ pub trait Stage: Send {
     /// The stage's state, to store in the partition's checkpoint.
     fn snapshot(&self) -> Vec<u8>;
 
+    /// For a stage whose state is all keyed state, checkpointed incrementally (see
+    /// [`crate::checkpoint::IncrementalState`]): the keys changed since the last call, or with
+    /// `whole` the whole state, in the keyed state's changes format. `None`: the stage's
+    /// [`Stage::snapshot`] holds its state.
+    fn take_state_changes(&mut self, _whole: bool) -> Option<Vec<u8>> {
+        None
+    }
+
     /// The plugin version the stage runs now, if it runs a plugin (dead letters about what the
     /// stage emitted name it when the record does not carry its version).
     fn running_version(&self) -> Option<Arc<str>> {

@@ -35,7 +35,7 @@ use crate::plugin::bindings::{EventBatch, OutputBatch};
 use crate::plugin::shadow::{REJECTED_OUTPUT, ShadowOutputs, ShadowRecord, ShadowRun};
 use crate::plugin::slot::CallTally;
 use crate::plugin::{CallError, InstanceSlot, KeyedState, Plugin, PluginInstance};
-use crate::time::Mark;
+use crate::time::{END_OF_INPUT, Mark};
 
 /// What is particular to one kind of plugin stage: its state and how it runs a batch, with the
 /// shared [`PluginCore`] for every plugin call.
@@ -68,6 +68,10 @@ pub trait StageKind: Send {
     {
         None
     }
+
+    /// Whether the kind's state is the plugin's keyed state alone, so that its checkpoints can
+    /// hold only what changed (see [`Stage::take_state_changes`]).
+    const KEYED_ONLY: bool = false;
 
     /// What the debug output shows of the kind's state.
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>);
@@ -376,19 +380,40 @@ impl<K: StageKind> Stage for PluginStage<K> {
     }
 
     fn process(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.core.writes_at(events);
         self.shadowed(ShadowedCall::Left(events), out)
     }
 
     fn process_right(&mut self, events: &[Event], out: &mut StageOutput) -> Result<(), StageError> {
+        self.core.writes_at(events);
         self.shadowed(ShadowedCall::Right(events), out)
     }
 
     fn watermarks(&mut self, marks: &[Mark], out: &mut StageOutput) -> Result<(), StageError> {
-        self.shadowed(ShadowedCall::Marks(marks), out)
+        let last = marks
+            .last()
+            .map(|m| m.watermark)
+            .filter(|&w| w != END_OF_INPUT);
+        if let Some(watermark) = last {
+            self.core
+                .slot
+                .keyed_state_mut()
+                .advance_write_time(watermark);
+        }
+        self.shadowed(ShadowedCall::Marks(marks), out)?;
+        // The end of a bounded input expires nothing: the state is kept for what may follow it.
+        if let Some(watermark) = last {
+            self.core.slot.keyed_state_mut().expire(watermark);
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<u8> {
         self.kind.snapshot(self.core.slot.keyed_state())
+    }
+
+    fn take_state_changes(&mut self, whole: bool) -> Option<Vec<u8>> {
+        K::KEYED_ONLY.then(|| self.core.slot.keyed_state_mut().take_changes(whole))
     }
 
     fn running_version(&self) -> Option<Arc<str>> {
@@ -720,6 +745,14 @@ impl PluginCore {
             policy,
             label_versions: false,
             trapped: 0,
+        }
+    }
+
+    /// The stage is handed `events`: keys written from now on expire after the latest of their
+    /// event times (plus their time-to-live).
+    fn writes_at(&mut self, events: &[Event]) {
+        if let Some(latest) = events.iter().map(Event::time).max() {
+            self.slot.keyed_state_mut().advance_write_time(latest);
         }
     }
 

@@ -173,6 +173,8 @@ impl StageKind for Transform {
         keyed.snapshot()
     }
 
+    const KEYED_ONLY: bool = true;
+
     fn describe(&self, _f: &mut std::fmt::DebugStruct<'_, '_>) {}
 }
 

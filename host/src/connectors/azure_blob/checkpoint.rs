@@ -28,7 +28,9 @@ use object_store::{
 use crate::checkpoint::{
     Checkpoint, CheckpointError, CheckpointErrorKind, CheckpointStore, ConsumerScope, Ownership,
 };
-use crate::checkpoint::{MAGIC, decode, encode};
+use crate::checkpoint::{
+    MAGIC, MAGIC_V2, decode, drop_files, encode, read_files, safe_name, write_files,
+};
 use crate::config::{AzureBlobCheckpointConfig, expand_env};
 use crate::connectors::entra::storage::StorageCredential;
 use crate::event::{PartitionId, Position, now_millis};
@@ -133,6 +135,16 @@ impl BlobCheckpointStore {
         format!("{}/{kind}/{partition}", self.scope(pipeline).prefix())
     }
 
+    /// The blob of one state file of `pipeline`'s `partition` (see
+    /// [`crate::checkpoint::IncrementalState`]).
+    pub fn state_blob(&self, pipeline: &str, partition: PartitionId, name: &str) -> String {
+        format!(
+            "{}/state/{partition}/{}",
+            self.scope(pipeline).prefix(),
+            safe_name_keep_dots(name)
+        )
+    }
+
     fn error(&self, blob: &str, reason: impl std::fmt::Display) -> CheckpointError {
         self.error_of(CheckpointErrorKind::Unavailable, blob, reason)
     }
@@ -167,6 +179,11 @@ impl BlobCheckpointStore {
     }
 }
 
+/// A state file's name as written by the checkpoint module (letters, digits, `-`, `_`, `.`).
+fn safe_name_keep_dots(name: &str) -> String {
+    name.split('.').map(safe_name).collect::<Vec<_>>().join(".")
+}
+
 fn metadata<'a>(attributes: &'a Attributes, key: &str) -> Option<&'a str> {
     attributes.iter().find_map(|(k, v)| match k {
         Attribute::Metadata(name) if name.eq_ignore_ascii_case(key) => Some(v.as_ref()),
@@ -194,7 +211,7 @@ impl CheckpointStore for BlobCheckpointStore {
             .and_then(|n| Position::try_from(n).ok());
         let offset = metadata(&attributes, OFFSET).map(str::to_owned);
         let weir =
-            if body.starts_with(MAGIC) {
+            if body.starts_with(MAGIC) || body.starts_with(MAGIC_V2) {
                 Some(decode(&body).map_err(|reason| {
                     self.error_of(CheckpointErrorKind::Unreadable, &blob, reason)
                 })?)
@@ -214,7 +231,10 @@ impl CheckpointStore for BlobCheckpointStore {
                     ..Checkpoint::default()
                 })
             }
-            (Some(checkpoint), _) => Some(checkpoint),
+            (Some(mut checkpoint), _) => {
+                read_files(self, pipeline, partition, &mut checkpoint).await?;
+                Some(checkpoint)
+            }
             (None, Some(n)) => Some(Checkpoint {
                 position: Some(n),
                 source_offset: offset,
@@ -253,11 +273,59 @@ impl CheckpointStore for BlobCheckpointStore {
             attributes,
             ..PutOptions::default()
         };
+        write_files(self, pipeline, partition, checkpoint).await?;
         self.store
             .put_opts(&Path::from(blob.as_str()), PutPayload::from(body), options)
             .await
             .map_err(|e| self.error(&blob, e))?;
+        drop_files(self, pipeline, partition, checkpoint).await;
         Ok(())
+    }
+
+    async fn write_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), CheckpointError> {
+        let blob = self.state_blob(pipeline, partition, name);
+        let sealed = crate::checkpoint::seal(bytes);
+        self.store
+            .put(&Path::from(blob.as_str()), PutPayload::from(sealed))
+            .await
+            .map_err(|e| self.error(&blob, e))?;
+        Ok(())
+    }
+
+    async fn read_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+    ) -> Result<Vec<u8>, CheckpointError> {
+        let blob = self.state_blob(pipeline, partition, name);
+        let result = self
+            .store
+            .get(&Path::from(blob.as_str()))
+            .await
+            .map_err(|e| self.error(&blob, e))?;
+        let bytes = result.bytes().await.map_err(|e| self.error(&blob, e))?;
+        crate::checkpoint::unseal(bytes.to_vec())
+            .map_err(|reason| self.error_of(CheckpointErrorKind::Unreadable, &blob, reason))
+    }
+
+    async fn delete_state_file(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+        name: &str,
+    ) -> Result<(), CheckpointError> {
+        let blob = self.state_blob(pipeline, partition, name);
+        match self.store.delete(&Path::from(blob.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&blob, e)),
+        }
     }
 
     async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError> {

@@ -1,0 +1,310 @@
+//! Incremental checkpoints of keyed state: a checkpoint writes only the keys put or deleted since
+//! the one before it, as a *delta* file, next to the checkpoint record; from time to time it
+//! writes the whole state instead, as a new *base*, and the files before it are deleted.
+//!
+//! The checkpoint record (the manifest) lists, per stage, the state files that make its state:
+//! its base, then its deltas in order ([`Checkpoint::state_files`]). Restoring reads them in that
+//! order and applies each to the state the ones before it gave.
+//!
+//! Every step is safe to crash at:
+//!
+//! - A state file is written whole or not at all (a local file is written to a temporary name,
+//!   synced and renamed; a blob is one upload), **before** the record that lists it. A crash
+//!   before the record is written leaves the previous record, which does not list the new file:
+//!   a torn or orphaned delta is never read, so nothing is applied twice or half.
+//! - File names carry a sequence number and the id of the worker's run, so a file is never
+//!   written twice under one name, even by a worker started again after a crash from the same
+//!   record.
+//! - Files a new record no longer lists (those a compaction replaced) are deleted only **after**
+//!   the record is written; a crash before that leaves files nothing reads (at most one
+//!   compaction's worth).
+//!
+//! The record's format is version 2 (`WEIRCKP2`) when it lists state files, so an older Weir
+//! refuses it rather than start from empty state; records of version 1 (the whole state in the
+//! record) are still read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::event::PartitionId;
+
+/// At most this many deltas follow a base: the next checkpoint compacts.
+pub const MAX_DELTAS: usize = 16;
+
+/// A worker's record of its stages' state files, and when to compact them.
+#[derive(Debug, Clone)]
+pub struct IncrementalState {
+    /// Unique to this run of the worker, in every file name it writes.
+    run: String,
+    /// The sequence number of the next file.
+    seq: u64,
+    /// Per stage, its files as the last saved checkpoint lists them.
+    stages: BTreeMap<String, StageFiles>,
+    /// The files of the checkpoint being saved, until it is saved.
+    in_flight: Option<BTreeMap<String, StageFiles>>,
+    /// The last save was prepared but not confirmed: the changes it took are lost to the next
+    /// delta, so the next checkpoint writes bases.
+    must_compact: bool,
+}
+
+/// The state files of one stage.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct StageFiles {
+    files: Vec<String>,
+    /// Bytes of the base.
+    base_bytes: u64,
+    /// Bytes of the deltas after it.
+    delta_bytes: u64,
+}
+
+/// Whether a stage's next checkpoint writes its whole state (a base) or its changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWrite {
+    /// The whole state, replacing the stage's files.
+    Base,
+    /// The changes since the last checkpoint, after the stage's files.
+    Delta,
+}
+
+impl IncrementalState {
+    /// The files the checkpoint `restored` from lists (none for a new partition).
+    pub fn new(restored: &Checkpoint) -> Self {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let run = format!(
+            "{:x}{:x}{:x}",
+            crate::event::now_millis(),
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        );
+        let stages = restored
+            .state_files
+            .iter()
+            .map(|(stage, files)| {
+                (
+                    stage.clone(),
+                    StageFiles {
+                        files: files.clone(),
+                        // Sizes are not kept: a restored stage compacts after MAX_DELTAS.
+                        base_bytes: u64::MAX,
+                        delta_bytes: 0,
+                    },
+                )
+            })
+            .collect();
+        IncrementalState {
+            run,
+            seq: restored.state_seq,
+            stages,
+            in_flight: None,
+            must_compact: false,
+        }
+    }
+
+    /// Which write `stage`'s next checkpoint makes: a base for a stage without files, after a
+    /// save that failed, or when its deltas reached [`MAX_DELTAS`] or the size of its base.
+    pub fn next_write(&self, stage: &str) -> StateWrite {
+        match self.stages.get(stage) {
+            Some(files)
+                if !self.must_compact
+                    && files.files.len() <= MAX_DELTAS
+                    && files.delta_bytes < files.base_bytes =>
+            {
+                StateWrite::Delta
+            }
+            _ => StateWrite::Base,
+        }
+    }
+
+    /// Adds `stage`'s `bytes` (what [`IncrementalState::next_write`] said to write) to
+    /// `checkpoint`: the file to write before its record, and the files its record lists.
+    pub fn add(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        stage: &str,
+        write: StateWrite,
+        bytes: Vec<u8>,
+    ) {
+        self.seq += 1;
+        let kind = match write {
+            StateWrite::Base => "base",
+            StateWrite::Delta => "delta",
+        };
+        let name = format!("{}.{:010}-{}.{kind}", safe_name(stage), self.seq, self.run);
+        let size = bytes.len() as u64;
+        let files = match (write, self.stages.get(stage)) {
+            (StateWrite::Delta, Some(previous)) => {
+                let mut files = previous.clone();
+                files.files.push(name.clone());
+                files.delta_bytes += size;
+                files
+            }
+            _ => StageFiles {
+                files: vec![name.clone()],
+                base_bytes: size,
+                delta_bytes: 0,
+            },
+        };
+        checkpoint
+            .state_files
+            .insert(stage.to_owned(), files.files.clone());
+        let mut in_flight = self.in_flight.take().unwrap_or_default();
+        in_flight.insert(stage.to_owned(), files);
+        checkpoint.state_seq = self.seq;
+        checkpoint.state_writes.push((name, bytes));
+        checkpoint.state_drops = self.dropped(&in_flight);
+        self.in_flight = Some(in_flight);
+    }
+
+    /// Files the last saved checkpoint lists that `next` does not.
+    fn dropped(&self, next: &BTreeMap<String, StageFiles>) -> Vec<String> {
+        self.stages
+            .iter()
+            .flat_map(|(stage, files)| {
+                let kept = next
+                    .get(stage)
+                    .map(|f| f.files.as_slice())
+                    .unwrap_or_default();
+                files
+                    .files
+                    .iter()
+                    .filter(|f| !kept.contains(f))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Starts a checkpoint: a save that was prepared and never confirmed makes this one
+    /// write bases (the changes it took are in no saved file).
+    pub fn begin(&mut self) {
+        if self.in_flight.take().is_some() {
+            self.must_compact = true;
+        }
+    }
+
+    /// The checkpoint prepared since [`IncrementalState::begin`] was saved: its files are the
+    /// stages' files now.
+    pub fn saved(&mut self) {
+        if let Some(stages) = self.in_flight.take() {
+            self.stages = stages;
+        } else {
+            self.stages.clear();
+        }
+        self.must_compact = false;
+    }
+}
+
+/// `name` with only letters, digits, `-` and `_` (others become `_`), for file and blob names.
+pub(crate) fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes the state files `checkpoint` adds, before its record.
+pub(crate) async fn write_files<S: CheckpointStore + ?Sized>(
+    store: &S,
+    pipeline: &str,
+    partition: PartitionId,
+    checkpoint: &Checkpoint,
+) -> Result<(), CheckpointError> {
+    for (name, bytes) in &checkpoint.state_writes {
+        store
+            .write_state_file(pipeline, partition, name, bytes.clone())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the files `checkpoint`'s record no longer lists, after it was written. A failure is
+/// logged: nothing reads those files any more.
+pub(crate) async fn drop_files<S: CheckpointStore + ?Sized>(
+    store: &S,
+    pipeline: &str,
+    partition: PartitionId,
+    checkpoint: &Checkpoint,
+) {
+    for name in &checkpoint.state_drops {
+        if let Err(e) = store.delete_state_file(pipeline, partition, name).await {
+            tracing::warn!(pipeline, partition, file = %name, error = %e,
+                "cannot delete a state file no checkpoint lists any more");
+        }
+    }
+}
+
+/// Reads the state files `checkpoint`'s record lists into [`Checkpoint::state_parts`].
+pub(crate) async fn read_files<S: CheckpointStore + ?Sized>(
+    store: &S,
+    pipeline: &str,
+    partition: PartitionId,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), CheckpointError> {
+    for (stage, files) in &checkpoint.state_files {
+        let mut parts = Vec::with_capacity(files.len());
+        for name in files {
+            parts.push(store.read_state_file(pipeline, partition, name).await?);
+        }
+        checkpoint.state_parts.insert(stage.clone(), parts);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(inc: &mut IncrementalState, changes: &[(&str, StateWrite, &[u8])]) -> Checkpoint {
+        inc.begin();
+        let mut c = Checkpoint::default();
+        for (stage, write, bytes) in changes {
+            assert_eq!(inc.next_write(stage), *write, "{stage}");
+            inc.add(&mut c, stage, *write, bytes.to_vec());
+        }
+        c
+    }
+
+    #[test]
+    fn deltas_follow_a_base_until_compaction_and_a_failed_save_compacts() {
+        let mut inc = IncrementalState::new(&Checkpoint::default());
+        let big = vec![0u8; 1000];
+        let first = checkpoint(&mut inc, &[("s", StateWrite::Base, &big)]);
+        assert_eq!(first.state_files["s"].len(), 1);
+        assert!(first.state_drops.is_empty());
+        inc.saved();
+        let mut last = first.clone();
+        for n in 0..MAX_DELTAS {
+            last = checkpoint(&mut inc, &[("s", StateWrite::Delta, b"d")]);
+            assert_eq!(last.state_files["s"].len(), n + 2);
+            assert!(last.state_drops.is_empty());
+            inc.saved();
+        }
+        // Enough deltas: a base, and every earlier file is dropped after the record.
+        let compacted = checkpoint(&mut inc, &[("s", StateWrite::Base, &big)]);
+        assert_eq!(compacted.state_files["s"].len(), 1);
+        assert_eq!(compacted.state_drops, last.state_files["s"]);
+        inc.saved();
+        // Deltas as large as the base compact too.
+        let _ = checkpoint(&mut inc, &[("s", StateWrite::Delta, &big)]);
+        inc.saved();
+        let _ = checkpoint(&mut inc, &[("s", StateWrite::Base, b"b")]);
+        // Never saved: the next checkpoint writes bases, keeping the saved files until then.
+        let retry = checkpoint(&mut inc, &[("s", StateWrite::Base, b"b")]);
+        assert_eq!(retry.state_files["s"].len(), 1);
+        assert_eq!(retry.state_drops.len(), 2);
+        inc.saved();
+
+        // A worker restored from the record goes on with deltas and never reuses a name.
+        let mut restored = IncrementalState::new(&retry);
+        let next = checkpoint(&mut restored, &[("s", StateWrite::Delta, b"d")]);
+        assert_eq!(next.state_files["s"][0], retry.state_files["s"][0]);
+        assert_ne!(next.state_writes[0].0, retry.state_writes[0].0);
+        assert!(next.state_seq > retry.state_seq);
+    }
+}

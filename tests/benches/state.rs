@@ -1,0 +1,223 @@
+//! Keyed state at scale, through the host's own keyed state and local checkpoint store: for 1M and
+//! 10M device keys (the anomaly rule's state: one JSON reading per device),
+//!
+//! - **checkpoint bytes per interval**: what a checkpoint wrote before incremental checkpoints
+//!   (the whole state, every interval) against a delta of the keys an interval changed (100,000
+//!   readings per interval, on random devices), and the base a compaction writes;
+//! - **resident memory** of the state (the process's resident set grown while building it);
+//! - **restart**: from a stopped process to the state ready for the first event, that is
+//!   loading the checkpoint record and its state files (base and deltas) and rebuilding the state.
+//!
+//! Run: `cargo bench -p weir-tests --bench state` (release). `--keys=N` measures one size.
+//! Each size runs in a process of its own, so that one's freed memory does not hide the other's.
+
+use std::time::{Duration, Instant};
+
+use weir::checkpoint::{
+    Checkpoint, CheckpointStore, IncrementalState, LocalCheckpointStore, StateWrite,
+};
+use weir::plugin::KeyedState;
+
+/// Readings per checkpoint interval (100,000 events/s with a 1 s interval, or 20,000 events/s
+/// with the 5 s default).
+const CHANGED_PER_INTERVAL: usize = 100_000;
+/// Deltas written after the base before the restart is measured.
+const INTERVALS: usize = 4;
+/// 2026-11-01T00:00:00Z.
+const BASE_TIME: i64 = 1_793_491_200_000;
+/// The anomaly rule's look-back, as its keys' time-to-live.
+const TTL_MS: i64 = 300_000;
+
+fn main() {
+    let keys = std::env::args().find_map(|a| a.strip_prefix("--keys=").map(str::to_owned));
+    match keys.and_then(|k| k.parse::<usize>().ok()) {
+        Some(keys) => measure(keys),
+        None => {
+            println!("# keyed state at scale ({})", machine());
+            let exe = std::env::current_exe().expect("bench executable");
+            for keys in [1_000_000, 10_000_000] {
+                let status = std::process::Command::new(&exe)
+                    .arg(format!("--keys={keys}"))
+                    .arg("--bench")
+                    .status()
+                    .expect("run one size");
+                assert!(status.success(), "{keys} keys: {status}");
+            }
+        }
+    }
+}
+
+/// The machine, its load and the commit measured.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{} cores of {cpu}, load average {load}, commit {commit}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+/// The process's resident set, in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A reading as the anomaly plugin stores it.
+fn reading(temperature: f64, time: i64) -> Vec<u8> {
+    format!(r#"{{"temperature":{temperature:.2},"time":{time}}}"#).into_bytes()
+}
+
+fn key(device: usize) -> Vec<u8> {
+    format!("device-{device:08}").into_bytes()
+}
+
+/// A deterministic pseudo-random sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 17
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn measure(keys: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = LocalCheckpointStore::new(dir.path());
+
+    // The state of `keys` devices, written in batches as a stage would.
+    let before = rss();
+    let mut state = KeyedState::default();
+    state.set_stage_ttl(Some(TTL_MS));
+    let mut time = BASE_TIME;
+    for device in 0..keys {
+        if device.is_multiple_of(1024) {
+            state.commit();
+            time += 1;
+            state.advance_write_time(time);
+        }
+        state.put(key(device), reading(20.0 + (device % 7) as f64, time));
+    }
+    state.commit();
+    let resident = rss().saturating_sub(before);
+
+    // Before incremental checkpoints: the whole state in the record, every interval.
+    let whole = state.snapshot().len() as u64;
+
+    // A base, then deltas of the readings of one interval each.
+    let mut incremental = IncrementalState::new(&Checkpoint::default());
+    let (base_bytes, base_time) = save(&runtime, &store, &mut incremental, &mut state, 1);
+    let mut rng = Rng(7);
+    let mut delta_bytes = Vec::new();
+    let mut delta_times = Vec::new();
+    for interval in 0..INTERVALS {
+        for _ in 0..CHANGED_PER_INTERVAL {
+            let device = rng.next() as usize % keys;
+            time += 10;
+            state.advance_write_time(time);
+            state.put(key(device), reading(21.5, time));
+            if device.is_multiple_of(512) {
+                state.commit();
+            }
+        }
+        state.commit();
+        let (bytes, took) = save(&runtime, &store, &mut incremental, &mut state, 2 + interval);
+        delta_bytes.push(bytes);
+        delta_times.push(took);
+    }
+
+    // Restart: the record, its base and deltas read, and the state rebuilt.
+    let started = Instant::now();
+    let loaded = runtime
+        .block_on(store.load("state", 0))
+        .expect("load")
+        .expect("a checkpoint");
+    let read = started.elapsed();
+    let parts = loaded.state_parts.get("anomaly").expect("state files");
+    let restored =
+        KeyedState::from_changes(parts.iter().map(Vec::as_slice)).expect("state restores");
+    let restart = started.elapsed();
+    assert_eq!(restored.len(), state.len());
+
+    let delta = delta_bytes.iter().sum::<u64>() / delta_bytes.len() as u64;
+    let delta_time = delta_times.iter().sum::<Duration>() / delta_times.len() as u32;
+    println!(
+        "keys {keys}: checkpoint bytes per interval ({CHANGED_PER_INTERVAL} readings): whole state {} \
+         -> delta {} ({:.1}x less; {:.0} ms to write); compaction base {} ({:.0} ms); \
+         resident memory {} ({} bytes per key); restart to the first event {:.0} ms \
+         (read {:.0} ms, rebuild {:.0} ms, base and {INTERVALS} deltas)",
+        mb(whole),
+        mb(delta),
+        whole as f64 / delta.max(1) as f64,
+        delta_time.as_secs_f64() * 1e3,
+        mb(base_bytes),
+        base_time.as_secs_f64() * 1e3,
+        mb(resident),
+        resident / keys as u64,
+        restart.as_secs_f64() * 1e3,
+        read.as_secs_f64() * 1e3,
+        (restart - read).as_secs_f64() * 1e3,
+    );
+}
+
+/// Saves a checkpoint of stage `anomaly` as `incremental` plans it; its state file's bytes and the
+/// time taken (changes taken, file and record written and synced).
+fn save(
+    runtime: &tokio::runtime::Runtime,
+    store: &LocalCheckpointStore,
+    incremental: &mut IncrementalState,
+    state: &mut KeyedState,
+    position: usize,
+) -> (u64, Duration) {
+    let started = Instant::now();
+    incremental.begin();
+    let mut checkpoint = Checkpoint {
+        position: Some(position as u64),
+        ..Checkpoint::default()
+    };
+    let write = incremental.next_write("anomaly");
+    let bytes = state.take_changes(write == StateWrite::Base);
+    let size = bytes.len() as u64;
+    incremental.add(&mut checkpoint, "anomaly", write, bytes);
+    runtime
+        .block_on(store.save("state", 0, &checkpoint))
+        .expect("save");
+    incremental.saved();
+    (size, started.elapsed())
+}

@@ -1,0 +1,149 @@
+//! Keyed state at scale: incremental checkpoints (a base and deltas of the keys changed) and keys
+//! that expire in event time, through `weir run` killed with SIGKILL several times. The restarted
+//! run must restore its state exactly: the same alerts as an uninterrupted run (a lost key would
+//! miss an alert; a key restored twice or from a stale delta would raise a spurious one).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_tests::telemetry::{
+    PipelineOptions, anomaly_pipeline, assert_alerts_match, expected_alerts, ordered_readings,
+    write_input,
+};
+use weir_tests::{WeirProcess, read_jsonl_dir, run_to_completion};
+
+fn multiset(alerts: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for alert in alerts {
+        *counts.entry(alert.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// The names of every state file under a checkpoint directory.
+fn state_files(checkpoints: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(pipelines) = std::fs::read_dir(checkpoints) else {
+        return names;
+    };
+    for pipeline in pipelines.filter_map(Result::ok) {
+        let Ok(entries) = std::fs::read_dir(pipeline.path()) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if entry.path().extension().is_some_and(|e| e == "state")
+                && let Ok(files) = std::fs::read_dir(entry.path())
+            {
+                names.extend(
+                    files
+                        .filter_map(Result::ok)
+                        .map(|f| f.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
+    // 3,000 devices, each silent now and then for 6 minutes: their keys expire (the rule looks
+    // back 5 minutes) and come back.
+    let readings = ordered_readings(3_000, 30, 11);
+    let options = PipelineOptions {
+        partitions: 2,
+        checkpoint_interval: "100ms",
+        batch_max_events: 512,
+        event_time:
+            r#"{ field = "Timestamp", out_of_order = { tolerance = "5s", policy = "adjust" } }"#
+                .to_owned(),
+        ..PipelineOptions::default()
+    };
+
+    let uninterrupted = tempfile::tempdir().expect("temp dir");
+    let input = uninterrupted.path().join("telemetry.jsonl");
+    write_input(&input, &readings, &[]);
+    let reference = anomaly_pipeline(uninterrupted.path(), &input, &options);
+    run_to_completion(&reference.config, Duration::from_secs(300));
+    let reference_alerts = read_jsonl_dir(&reference.alerts);
+    assert_alerts_match(&reference_alerts, &expected_alerts(&readings));
+
+    let crashed = tempfile::tempdir().expect("temp dir");
+    let paths = anomaly_pipeline(crashed.path(), &input, &options);
+    let mut kills = 0;
+    let mut deltas_seen = false;
+    for jitter in [0u64, 170, 60, 240, 20] {
+        let before = state_files(&paths.checkpoints);
+        let mut process = WeirProcess::run(&paths.config);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Killed once it has written new state files since it started (something to recover).
+        while process.is_running()
+            && state_files(&paths.checkpoints)
+                .iter()
+                .all(|f| before.contains(f))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(jitter));
+        deltas_seen |= state_files(&paths.checkpoints)
+            .iter()
+            .any(|f| f.ends_with(".delta"));
+        if !process.is_running() {
+            break;
+        }
+        process.kill9();
+        kills += 1;
+    }
+    run_to_completion(&paths.config, Duration::from_secs(300));
+    assert!(
+        kills >= 2,
+        "the process finished before it could be killed twice ({kills}); the input is too small"
+    );
+    assert!(
+        deltas_seen,
+        "checkpoints wrote deltas: {:?}",
+        state_files(&paths.checkpoints)
+    );
+    let alerts = read_jsonl_dir(&paths.alerts);
+    assert_eq!(
+        multiset(&alerts),
+        multiset(&reference_alerts),
+        "after {kills} kills"
+    );
+    assert!(read_jsonl_dir(&paths.dead_letters).is_empty());
+
+    // Devices silent for more than 5 minutes of event time before the end left the state.
+    let devices: std::collections::BTreeSet<&str> =
+        readings.iter().map(|r| r.device.as_str()).collect();
+    let kept = kept_keys(&paths.checkpoints);
+    assert!(
+        kept > devices.len() / 2 && kept < devices.len(),
+        "{kept} keys kept of {} devices",
+        devices.len()
+    );
+}
+
+/// Keys in the anomaly stage's checkpointed state, over both partitions.
+fn kept_keys(checkpoints: &Path) -> usize {
+    use weir::checkpoint::CheckpointStore as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = weir::checkpoint::LocalCheckpointStore::new(checkpoints);
+    (0..2)
+        .map(|partition| {
+            let checkpoint = runtime
+                .block_on(store.load("telemetry", partition))
+                .expect("load")
+                .expect("a checkpoint");
+            let parts = checkpoint.state_parts.get("anomaly").expect("state files");
+            weir::plugin::KeyedState::from_changes(parts.iter().map(Vec::as_slice))
+                .expect("state")
+                .len()
+        })
+        .sum()
+}
