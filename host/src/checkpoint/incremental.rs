@@ -18,6 +18,11 @@
 //! - Files a new record no longer lists (those a compaction replaced) are deleted only **after**
 //!   the record is written; a crash before that leaves files nothing reads (at most one
 //!   compaction's worth).
+//! - A run lists and deletes only files it wrote itself: its first checkpoint after a restore
+//!   writes a new base, and the files it restored from are left in place. While a partition
+//!   changes hands, the previous owner may still save a record or two (ownership is not fenced
+//!   per write), and whichever record is the latest must list only files its writer has not
+//!   deleted. The cost: one base and its deltas left behind per restart or handover.
 //!
 //! The record's format is version 2 (`WEIRCKP2`) when it lists state files, so an older Weir
 //! refuses it rather than start from empty state; records of version 1 (the whole state in the
@@ -77,7 +82,7 @@ impl IncrementalState {
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         );
-        let stages = restored
+        let stages: BTreeMap<String, StageFiles> = restored
             .state_files
             .iter()
             .map(|(stage, files)| {
@@ -95,9 +100,10 @@ impl IncrementalState {
         IncrementalState {
             run,
             seq: restored.state_seq,
+            // Restored files are another run's: the first save writes this run's own base.
+            must_compact: !stages.is_empty(),
             stages,
             in_flight: None,
-            must_compact: false,
         }
     }
 
@@ -156,7 +162,15 @@ impl IncrementalState {
         self.in_flight = Some(in_flight);
     }
 
-    /// Files the last saved checkpoint lists that `next` does not.
+    /// Whether this run wrote the file `name`.
+    fn own(&self, name: &str) -> bool {
+        name.strip_suffix(".base")
+            .or_else(|| name.strip_suffix(".delta"))
+            .and_then(|stem| stem.rsplit_once('-'))
+            .is_some_and(|(_, run)| run == self.run)
+    }
+
+    /// Files of this run the last saved checkpoint lists that `next` does not.
     fn dropped(&self, next: &BTreeMap<String, StageFiles>) -> Vec<String> {
         self.stages
             .iter()
@@ -168,7 +182,7 @@ impl IncrementalState {
                 files
                     .files
                     .iter()
-                    .filter(|f| !kept.contains(f))
+                    .filter(|f| !kept.contains(f) && self.own(f))
                     .cloned()
                     .collect::<Vec<_>>()
             })
@@ -300,11 +314,23 @@ mod tests {
         assert_eq!(retry.state_drops.len(), 2);
         inc.saved();
 
-        // A worker restored from the record goes on with deltas and never reuses a name.
+        // A worker restored from the record (after a restart, or a new owner while the old one
+        // may still save) writes its own base first, never reuses a name, and never deletes
+        // the files it restored from: they are another run's.
         let mut restored = IncrementalState::new(&retry);
-        let next = checkpoint(&mut restored, &[("s", StateWrite::Delta, b"d")]);
-        assert_eq!(next.state_files["s"][0], retry.state_files["s"][0]);
+        let next = checkpoint(&mut restored, &[("s", StateWrite::Base, b"b")]);
+        assert_eq!(next.state_files["s"].len(), 1);
+        assert_ne!(next.state_files["s"][0], retry.state_files["s"][0]);
         assert_ne!(next.state_writes[0].0, retry.state_writes[0].0);
+        assert!(next.state_drops.is_empty(), "{:?}", next.state_drops);
         assert!(next.state_seq > retry.state_seq);
+        restored.saved();
+        // Then deltas after its own base; its own files are dropped at its next compaction.
+        let delta = checkpoint(&mut restored, &[("s", StateWrite::Delta, b"d")]);
+        assert_eq!(delta.state_files["s"].len(), 2);
+        restored.saved();
+        restored.must_compact = true;
+        let compacted = checkpoint(&mut restored, &[("s", StateWrite::Base, b"b")]);
+        assert_eq!(compacted.state_drops, delta.state_files["s"]);
     }
 }

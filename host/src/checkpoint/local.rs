@@ -678,13 +678,17 @@ mod tests {
         assert_eq!(loaded.position, Some(2));
         assert_eq!(back, state, "the torn delta is not applied");
 
-        // The worker restarted from that record goes on with deltas under new names.
+        // The worker restarted from that record writes its own base first (it never lists or
+        // deletes another run's files), then deltas, all under new names.
         let mut inc = IncrementalState::new(&loaded);
         let mut state = back;
-        for position in 3..2 + MAX_DELTAS as u64 {
+        for position in 3..=3 + MAX_DELTAS as u64 {
             change(&mut state, &[("device-4", &position.to_string())], &[]);
             let next = save_incremental(&mut inc, &mut state, position);
             assert!(!next.state_writes.iter().any(|(n, _)| n == name));
+            let kind = if position == 3 { ".base" } else { ".delta" };
+            assert!(next.state_writes[0].0.ends_with(kind), "{position}");
+            assert!(next.state_drops.is_empty());
             store.save("p", 0, &next).await.expect("save");
             inc.saved();
         }
@@ -714,8 +718,9 @@ mod tests {
         let files = std::fs::read_dir(store.state_dir("p", 0))
             .expect("dir")
             .count();
-        // The new base, and the torn delta of the crash (nothing lists it; it is never read).
-        assert_eq!(files, 2);
+        // The new base, the torn delta of the crash (nothing lists it; it is never read), and
+        // the previous run's base and delta, which this run leaves in place.
+        assert_eq!(files, 4);
 
         // A state file that does not match its checksum is refused, not half applied.
         let path = store.state_dir("p", 0).join(&loaded.state_files["s"][0]);
