@@ -276,24 +276,36 @@ impl PartitionTime {
         advanced
     }
 
-    /// With several sources, when a read found nothing: each source quiet for its idle timeout
-    /// stops holding the partition back. Returns whether that released events or marks into
-    /// `admitted`; whether the whole partition then follows the pipeline is
-    /// [`PartitionTime::idle_target`]'s decision.
-    pub(crate) fn release_quiet_sources(&mut self) -> bool {
+    /// With several sources: marks each source quiet for its idle timeout as idle, so that it
+    /// stops holding the partition back. Returns whether a mark changed; what the marks let go is
+    /// released by [`PartitionTime::release_marked`], after the worker has checkpointed the marks.
+    /// Whether the whole partition then follows the pipeline is [`PartitionTime::idle_target`]'s
+    /// decision.
+    pub(crate) fn mark_quiet_sources(&mut self) -> bool {
         let Some(sources) = &mut self.sources else {
             return false;
         };
-        let mut moved = false;
+        let mut marked = false;
         for (input, timeout) in sources.idle_timeouts.iter().enumerate() {
             let quiet = sources
                 .last_event_at
                 .get(input)
                 .is_some_and(|at| timeout.is_some_and(|t| at.elapsed() >= t));
             if quiet {
-                moved |= sources.merge.set_idle(input, true, &mut self.admitted);
+                marked |= sources.merge.mark_idle(input, true);
             }
         }
+        marked
+    }
+
+    /// With several sources: releases what the sources' idle marks let go (also right after a
+    /// restore, for marks checkpointed before a crash). Returns whether that released events or
+    /// marks into `admitted`.
+    pub(crate) fn release_marked(&mut self) -> bool {
+        let Some(sources) = &mut self.sources else {
+            return false;
+        };
+        let moved = sources.merge.release_pending(&mut self.admitted);
         let all_idle = sources.all_idle();
         if moved {
             self.publish(all_idle);

@@ -182,6 +182,9 @@ impl PartitionWorker {
             self.idle_advance(target, &mut stage_inputs, &mut output, &mut report)
                 .await?;
         }
+        // Idle marks of several sources checkpointed, then a crash: let go what they let go.
+        self.release_marked(&mut stage_inputs, &mut output, &mut report)
+            .await?;
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         loop {
             if *self.shutdown.borrow() {
@@ -201,12 +204,11 @@ impl PartitionWorker {
                         && self
                             .time
                             .as_mut()
-                            .is_some_and(PartitionTime::release_quiet_sources)
+                            .is_some_and(PartitionTime::mark_quiet_sources)
                     {
-                        self.state_dirty = true;
-                        self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                        self.release_quiet(&mut stage_inputs, &mut output, &mut report)
                             .await?;
-                        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+                        next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                 }
                 ReadOutcome::End if self.inputs.several() => {
@@ -231,15 +233,12 @@ impl PartitionWorker {
                     if self
                         .time
                         .as_mut()
-                        .is_some_and(PartitionTime::release_quiet_sources)
+                        .is_some_and(PartitionTime::mark_quiet_sources)
                     {
                         // A quiet source stopped holding the others back: what that lets go is
                         // written and checkpointed at once.
-                        self.deliver(Vec::new(), &mut stage_inputs, &mut output, &mut report)
+                        self.release_quiet(&mut stage_inputs, &mut output, &mut report)
                             .await?;
-                        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
-                        self.state_dirty = true;
-                        self.checkpoint().await?;
                         next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
                     }
                     let position = self.position;
@@ -495,6 +494,43 @@ impl PartitionWorker {
         }
         self.deliver(dead_letters, stage_inputs, output, report)
             .await
+    }
+
+    /// A quiet source stopped holding the others back (its idle mark is set): the mark is
+    /// checkpointed first, then what it lets go is numbered, written and checkpointed, so that a
+    /// crash in between repeats the same release (the checkpoint holds the marks and the events
+    /// waiting in the merge) and each sink finds its outputs written once.
+    async fn release_quiet(
+        &mut self,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        self.state_dirty = true;
+        self.checkpoint().await?;
+        self.release_marked(stage_inputs, output, report).await
+    }
+
+    /// Releases what the idle marks of several sources let go, and writes and checkpoints it.
+    async fn release_marked(
+        &mut self,
+        stage_inputs: &mut [Vec<Event>],
+        output: &mut StageOutput,
+        report: &mut WorkerReport,
+    ) -> Result<(), WorkerError> {
+        if !self.inputs.several()
+            || !self
+                .time
+                .as_mut()
+                .is_some_and(PartitionTime::release_marked)
+        {
+            return Ok(());
+        }
+        self.deliver(Vec::new(), stage_inputs, output, report)
+            .await?;
+        self.position = self.time.as_ref().and_then(PartitionTime::sequence);
+        self.state_dirty = true;
+        self.checkpoint().await
     }
 
     /// Moves an idle partition's watermark to `target` without a new event. The decision comes

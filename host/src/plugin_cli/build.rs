@@ -201,7 +201,7 @@ pub(super) fn crate_kind(dir: &Path) -> Result<Option<Kind>, PluginCliError> {
 }
 
 /// Builds the plugin in `dir` (see the module doc; a Python or JavaScript one with its toolchain,
-/// see [`super::script`]).
+/// see the `script` module).
 pub fn build(dir: &Path) -> Result<Built, PluginCliError> {
     build_signed(dir, None)
 }

@@ -143,6 +143,14 @@ impl SourceMerge {
     /// Marks source `source` idle (it stops holding the partition back) or active again; returns
     /// whether that released anything into `out`.
     pub fn set_idle(&mut self, source: usize, idle: bool, out: &mut Admitted) -> bool {
+        self.mark_idle(source, idle) && self.release(out)
+    }
+
+    /// Marks source `source` idle or active again without releasing anything yet (see
+    /// [`SourceMerge::release_pending`]); returns whether the mark changed. The worker saves the
+    /// marks in a checkpoint before what they let go is numbered, so that a replay after a crash
+    /// numbers the same events the same way.
+    pub fn mark_idle(&mut self, source: usize, idle: bool) -> bool {
         let Some(entry) = self.sources.get_mut(source) else {
             return false;
         };
@@ -150,6 +158,11 @@ impl SourceMerge {
             return false;
         }
         entry.idle = idle;
+        true
+    }
+
+    /// Releases what the sources' marks let go; whether anything was released.
+    pub fn release_pending(&mut self, out: &mut Admitted) -> bool {
         self.release(out)
     }
 
