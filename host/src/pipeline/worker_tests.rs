@@ -1,7 +1,8 @@
 //! The worker's checkpoints name the source's offset of their position: a checkpoint saved again at
 //! a resumed position before any new event (after a restart or a takeover, when an idle watermark
 //! advance or the input's end dirties the state) keeps the offset the loaded checkpoint had. An idle
-//! advance checkpointed just before a crash is repeated as decided when the worker starts.
+//! advance checkpointed just before a crash is repeated as decided when the worker starts, and so
+//! is what the idle marks of several sources, checkpointed just before a crash, let go.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -238,4 +239,111 @@ async fn an_idle_advance_checkpointed_before_a_crash_is_repeated_first_and_then_
     );
     let clock = EventClock::restore(settings, &saved.stages[EVENT_TIME_STATE]).expect("clock");
     assert_eq!(clock.watermark(), Some(90_000), "repeated as decided");
+}
+
+/// A reader that finds nothing, as a followed input that has gone quiet.
+struct QuietReader;
+
+#[async_trait]
+impl PartitionReader for QuietReader {
+    fn partition(&self) -> PartitionId {
+        0
+    }
+
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+        wait: Duration,
+    ) -> Result<ReadOutcome, SourceError> {
+        tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+        Ok(ReadOutcome::Idle)
+    }
+
+    fn source_offset(&self, _position: Position) -> Option<String> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn idle_marks_checkpointed_before_a_crash_let_their_events_go_first() {
+    use crate::pipeline::event_time::SOURCES_TIME_STATE;
+    use crate::time::{Admitted, ClockSettings, SourceMerge};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir.path()));
+    let mut context = context(store.clone());
+    let dead_letters = crate::connectors::file::sink::FileSink::new(
+        "dead_letters",
+        dir.path().join("dead_letters"),
+    );
+    context
+        .sinks
+        .insert("dead_letters".to_owned(), Arc::new(dead_letters));
+    let other: crate::config::SourceConfig = toml::from_str(
+        r#"
+kind = "file"
+path = "other.jsonl"
+"#,
+    )
+    .expect("source");
+    context
+        .loaded
+        .config
+        .sources
+        .insert("other".to_owned(), other);
+    context.pipeline.sources = vec!["input".to_owned(), "other".to_owned()];
+    context.pipeline.event_time = Some(toml::from_str(r#"field = "t""#).expect("event_time"));
+    let settings = ClockSettings::from_config(context.pipeline.event_time.as_ref());
+    // The checkpoint a crashed run saved with both sources just marked idle: three events read,
+    // one released (sequence 1), two waiting in the merge for what the marks let go.
+    let mut merge = SourceMerge::new(&[settings, settings]);
+    let mut admitted = Admitted::default();
+    for (source, name, time) in [(0, "input", 100), (1, "other", 150), (0, "input", 200)] {
+        let mut event = crate::event::Event::new(0, time as u64, "{}");
+        event.event_time = Some(time);
+        event.source = name.into();
+        merge.admit(source, event, &mut admitted);
+    }
+    assert_eq!(merge.sequence(), 1);
+    assert!(merge.mark_idle(0, true) && merge.mark_idle(1, true));
+    assert_eq!(merge.buffered(), 2, "marks alone release nothing");
+    let mut checkpoint = loaded(1, None);
+    checkpoint
+        .stages
+        .insert(SOURCES_TIME_STATE.to_owned(), merge.snapshot());
+    let (stop, shutdown) = watch::channel(false);
+    let worker = build_worker(
+        &context,
+        vec![Box::new(QuietReader), Box::new(QuietReader)],
+        checkpoint,
+        shutdown,
+    )
+    .await
+    .expect("worker");
+    let running = tokio::spawn(worker.run());
+    let mut saved = None;
+    for _ in 0..200 {
+        saved = store.load("p", 0).await.expect("load");
+        if saved.as_ref().is_some_and(|c| c.position == Some(3)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).expect("stop");
+    running.await.expect("join").expect("run");
+    let saved = saved.expect("a checkpoint");
+    assert_eq!(
+        saved.position,
+        Some(3),
+        "the two waiting events were let go, numbered 2 and 3, and checkpointed"
+    );
+    let names: Vec<Arc<str>> = vec!["input".into(), "other".into()];
+    let merge = SourceMerge::restore(
+        &[settings, settings],
+        &names,
+        &saved.stages[SOURCES_TIME_STATE],
+    )
+    .expect("merge");
+    assert_eq!(merge.buffered(), 0);
+    assert_eq!(merge.sequence(), 3);
 }
