@@ -166,11 +166,18 @@ pub(crate) fn unseal(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, sync, rename, sync the directory.
+/// Writes `bytes` to `path` atomically: temporary file, sync, rename, sync the directory. The
+/// temporary name is unique to this process and write: while a partition changes hands, its
+/// previous owner may still save the same file, and a shared temporary name would let one
+/// process rename the other's half-written bytes into place, or find its own file gone.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".{}-{write}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
     {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
