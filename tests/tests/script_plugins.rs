@@ -271,7 +271,9 @@ fn a_stage_swapped_from_rust_to_python_to_javascript_and_back_keeps_its_state_un
     let dir = tempfile::tempdir().expect("temp dir");
     let paths = swap_pipeline(dir.path(), &rust, &SwapOptions::default());
     link_compile_cache(&dir.path().join("data/plugins"));
-    let pool = generated_readings(40, 1000, 23);
+    // Enough for minutes of feeding: under a loaded CI each swap compiles a large component,
+    // and the stream must still flow after the last one.
+    let pool = generated_readings(40, 10_000, 23);
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(0, SWAP_WAIT);
     let feeder = Feeder::start(&paths.input, pool.clone(), 40, Duration::from_millis(25));
