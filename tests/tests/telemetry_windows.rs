@@ -236,7 +236,7 @@ fn device_health_alerts_equal_a_plain_fold_over_the_input() {
 #[test]
 fn killed_with_open_windows_and_restarted_gives_the_same_aggregates() {
     // Large enough that three kills land before the input ends, even when the stream runs fast.
-    let readings = ordered_readings(60, 1000, 33);
+    let readings = ordered_readings(60, 3000, 33);
     let shuffled = with_duplicates(&shuffle_within(&readings, 3000, 6), 97);
     let reference = tempfile::tempdir().expect("temp dir");
     let input = reference.path().join("telemetry.jsonl");
@@ -248,7 +248,7 @@ fn killed_with_open_windows_and_restarted_gives_the_same_aggregates() {
     let crashed = tempfile::tempdir().expect("temp dir");
     let config = aggregates_pipeline(crashed.path(), &input, "150ms");
     let mut kills = 0;
-    for (round, delay) in [400u64, 300, 500, 300].into_iter().enumerate() {
+    for (round, delay) in [300u64, 250, 350, 250].into_iter().enumerate() {
         let mut process = WeirProcess::run(&config);
         process.wait_for_start(round + 1, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(delay));
