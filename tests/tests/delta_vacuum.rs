@@ -147,12 +147,8 @@ fn full_vacuum_deletes_old_unreferenced_files_and_keeps_every_row() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, text) = http(&admin, "GET", "/metrics", None, b"");
-    process.terminate();
-    process.wait(Duration::from_secs(60));
-    assert_eq!(status, 200);
-    let counted = |action: &str| -> Option<f64> {
-        parse_prometheus(&text)
+    let counted = |text: &str, action: &str| -> Option<f64> {
+        parse_prometheus(text)
             .iter()
             .flat_map(|(_, _, samples)| samples.iter())
             .find(|(name, labels, _)| {
@@ -162,6 +158,21 @@ fn full_vacuum_deletes_old_unreferenced_files_and_keeps_every_row() {
             })
             .map(|(_, _, v)| *v)
     };
+    // The file goes before the vacuum's count is added: wait for the count too, so the metrics
+    // read is not a race with the end of the pass.
+    let text = loop {
+        let (status, text) = http(&admin, "GET", "/metrics", None, b"");
+        assert_eq!(status, 200);
+        if counted(&text, "orphan_files_vacuumed").is_some_and(|n| n >= 1.0)
+            || Instant::now() >= deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    process.terminate();
+    process.wait(Duration::from_secs(60));
+    let counted = |action: &str| counted(&text, action);
     assert_eq!(counted("orphan_files_vacuumed"), Some(1.0), "{text}");
     assert_eq!(counted("files_vacuumed"), Some(0.0), "{text}");
     assert!(
