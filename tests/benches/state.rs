@@ -4,9 +4,14 @@
 //! - **checkpoint bytes per interval**: what a checkpoint wrote before incremental checkpoints
 //!   (the whole state, every interval) against a delta of the keys an interval changed (100,000
 //!   readings per interval, on random devices), and the base a compaction writes;
-//! - **resident memory** of the state (the process's resident set grown while building it);
-//! - **restart**: from a stopped process to the state ready for the first event, that is
-//!   loading the checkpoint record and its state files (base and deltas) and rebuilding the state.
+//! - **resident memory** of the state: the process's resident set grown while building it from
+//!   puts (every key in the in-memory map of changes since the last base), and grown while
+//!   restoring it from its checkpoint (the base, looked up in place, and the deltas after it);
+//! - **restart to the first event**: from a stopped process to the first event's state read and
+//!   written, that is loading the checkpoint record and its state files (base and deltas),
+//!   restoring the state, then reading a device's last reading, putting the new one and
+//!   committing, as the anomaly rule does for an event;
+//! - **lookups after the restart**: a device's reading read from the base, in place.
 //!
 //! Run: `cargo bench -p weir-tests --bench state` (release). `--keys=N` measures one size.
 //! Each size runs in a process of its own, so that one's freed memory does not hide the other's.
@@ -162,7 +167,9 @@ fn measure(keys: usize) {
         delta_times.push(took);
     }
 
-    // Restart: the record, its base and deltas read, and the state rebuilt.
+    // Restart: the record, its base and deltas read, the state restored, the first event's
+    // state read and written.
+    let before_restart = rss();
     let started = Instant::now();
     let loaded = runtime
         .block_on(store.load("state", 0))
@@ -170,18 +177,51 @@ fn measure(keys: usize) {
         .expect("a checkpoint");
     let read = started.elapsed();
     let parts = loaded.state_parts.get("anomaly").expect("state files");
-    let restored =
-        KeyedState::from_changes(parts.iter().map(Vec::as_slice)).expect("state restores");
+    let mut restored = KeyedState::from_changes(parts.iter().cloned()).expect("state restores");
+    restored.set_stage_ttl(Some(TTL_MS));
+    let ready = started.elapsed();
+    let first = key(rng.next() as usize % keys);
+    let last_reading = restored.get(&first).map(<[u8]>::len);
+    restored.advance_write_time(time + 10);
+    restored.put(first.clone(), reading(22.0, time + 10));
+    restored.commit();
     let restart = started.elapsed();
+    let restored_resident = rss().saturating_sub(before_restart);
+    assert!(last_reading.is_some(), "the device has a reading");
     assert_eq!(restored.len(), state.len());
+    let (base_size, overlay_keys) = restored.base_and_overlay();
+
+    // Lookups after the restart, on random devices (from the base, in place).
+    let lookups = 1_000_000;
+    let devices: Vec<Vec<u8>> = (0..lookups)
+        .map(|_| key(rng.next() as usize % keys))
+        .collect();
+    let started = Instant::now();
+    let found = devices
+        .iter()
+        .filter(|device| restored.get(device).is_some())
+        .count();
+    let lookup = started.elapsed();
+    assert_eq!(found, lookups);
+
+    // As before bases were read in place: the same state rebuilt into a map of every key, with
+    // an allocation per key and value (the whole state in the changes format, restored).
+    let whole_changes = restored.snapshot();
+    let started = Instant::now();
+    let rebuilt = KeyedState::restore(&whole_changes).expect("rebuilds");
+    let rebuild = started.elapsed();
+    assert_eq!(rebuilt.len(), restored.len());
+    drop(rebuilt);
 
     let delta = delta_bytes.iter().sum::<u64>() / delta_bytes.len() as u64;
     let delta_time = delta_times.iter().sum::<Duration>() / delta_times.len() as u32;
     println!(
         "keys {keys}: checkpoint bytes per interval ({CHANGED_PER_INTERVAL} readings): whole state {} \
          -> delta {} ({:.1}x less; {:.0} ms to write); compaction base {} ({:.0} ms); \
-         resident memory {} ({} bytes per key); restart to the first event {:.0} ms \
-         (read {:.0} ms, rebuild {:.0} ms, base and {INTERVALS} deltas)",
+         resident memory built from puts {} ({} bytes per key), restored {} ({} bytes per key; \
+         base {}, {overlay_keys} keys since it); restart to the first event {:.0} ms (read {:.0} \
+         ms, state ready {:.0} ms, first event {:.2} ms; base and {INTERVALS} deltas); \
+         lookups after the restart {:.0} ns each; rebuilding a map of every key as before {:.0} ms",
         mb(whole),
         mb(delta),
         whole as f64 / delta.max(1) as f64,
@@ -190,9 +230,15 @@ fn measure(keys: usize) {
         base_time.as_secs_f64() * 1e3,
         mb(resident),
         resident / keys as u64,
+        mb(restored_resident),
+        restored_resident / keys as u64,
+        mb(base_size as u64),
         restart.as_secs_f64() * 1e3,
         read.as_secs_f64() * 1e3,
-        (restart - read).as_secs_f64() * 1e3,
+        ready.as_secs_f64() * 1e3,
+        (restart - ready).as_secs_f64() * 1e3,
+        lookup.as_secs_f64() * 1e9 / lookups as f64,
+        rebuild.as_secs_f64() * 1e3,
     );
 }
 

@@ -141,7 +141,7 @@ fn kept_keys(checkpoints: &Path) -> usize {
                 .expect("load")
                 .expect("a checkpoint");
             let parts = checkpoint.state_parts.get("anomaly").expect("state files");
-            weir::plugin::KeyedState::from_changes(parts.iter().map(Vec::as_slice))
+            weir::plugin::KeyedState::from_changes(parts.iter().cloned())
                 .expect("state")
                 .len()
         })

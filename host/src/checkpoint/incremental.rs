@@ -129,7 +129,7 @@ impl IncrementalState {
         checkpoint: &mut Checkpoint,
         stage: &str,
         write: StateWrite,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) {
         self.seq += 1;
         let kind = match write {
@@ -279,7 +279,7 @@ mod tests {
         let mut c = Checkpoint::default();
         for (stage, write, bytes) in changes {
             assert_eq!(inc.next_write(stage), *write, "{stage}");
-            inc.add(&mut c, stage, *write, bytes.to_vec());
+            inc.add(&mut c, stage, *write, bytes::Bytes::copy_from_slice(bytes));
         }
         c
     }

@@ -146,15 +146,34 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     Ok(checkpoint)
 }
 
-/// A state file's bytes followed by their SHA-256.
-pub(crate) fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
-    let digest = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&digest);
-    bytes
+/// The last bytes of a state file sealed with a CRC-32 of its bytes.
+const CRC_SEAL: &[u8; 8] = b"WEIRCRC1";
+
+/// What follows a state file's bytes: their CRC-32 (LE) and [`CRC_SEAL`].
+///
+/// A CRC-32 rather than the SHA-256 state files had before (still read): a base holds a whole
+/// state, up to a gigabyte for 10M keys, and SHA-256 reads about 1 GB/s here, against more than
+/// 10 GB/s for a CRC-32 with carry-less multiplication; a restart reads the base. The seal
+/// detects damage, not tampering: whoever can write a state file can write the record too.
+pub(crate) fn seal(body: &[u8]) -> Vec<u8> {
+    let mut trailer = crc32fast::hash(body).to_le_bytes().to_vec();
+    trailer.extend_from_slice(CRC_SEAL);
+    trailer
 }
 
-/// A state file's bytes, checked against the SHA-256 [`seal`] added.
-pub(crate) fn unseal(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+/// A state file's bytes, checked against the seal [`seal`] added (or the SHA-256 of older
+/// versions), without copying them.
+pub(crate) fn unseal(bytes: bytes::Bytes) -> Result<bytes::Bytes, String> {
+    if let Some(body_len) = bytes.len().checked_sub(12)
+        && bytes.ends_with(CRC_SEAL)
+    {
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&bytes[body_len..body_len + 4]);
+        if crc32fast::hash(&bytes[..body_len]) == u32::from_le_bytes(crc) {
+            return Ok(bytes.slice(..body_len));
+        }
+        // Else maybe an older file whose SHA-256 happens to end like the seal.
+    }
     let body_len = bytes
         .len()
         .checked_sub(32)
@@ -162,8 +181,7 @@ pub(crate) fn unseal(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     if Sha256::digest(&bytes[..body_len]).as_slice() != &bytes[body_len..] {
         return Err("checksum mismatch: the state file is corrupt".to_owned());
     }
-    bytes.truncate(body_len);
-    Ok(bytes)
+    Ok(bytes.slice(..body_len))
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, sync, rename, sync the directory. The
@@ -171,6 +189,11 @@ pub(crate) fn unseal(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 /// previous owner may still save the same file, and a shared temporary name would let one
 /// process rename the other's half-written bytes into place, or find its own file gone.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_parts_atomically(path, &[bytes])
+}
+
+/// [`write_atomically`] of `parts` one after the other.
+fn write_parts_atomically(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -179,8 +202,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp_name.push(format!(".{}-{write}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        let file = std::fs::File::create(&tmp)?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+        for part in parts {
+            writer.write_all(part)?;
+        }
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -327,12 +354,12 @@ impl CheckpointStore for LocalCheckpointStore {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> Result<(), CheckpointError> {
         let path = self.state_dir(pipeline, partition).join(name);
         let owned = path.clone();
         blocking(&path, move || {
-            write_atomically(&owned, &seal(bytes)).map_err(|e| e.to_string())
+            write_parts_atomically(&owned, &[&bytes, &seal(&bytes)]).map_err(|e| e.to_string())
         })
         .await
     }
@@ -342,14 +369,14 @@ impl CheckpointStore for LocalCheckpointStore {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-    ) -> Result<Vec<u8>, CheckpointError> {
+    ) -> Result<bytes::Bytes, CheckpointError> {
         let path = self.state_dir(pipeline, partition).join(name);
         let owned = path.clone();
         let bytes = blocking(&path, move || {
             std::fs::read(&owned).map_err(|e| e.to_string())
         })
         .await?;
-        unseal(bytes).map_err(|reason| {
+        unseal(bytes.into()).map_err(|reason| {
             CheckpointError::new(
                 CheckpointErrorKind::Unreadable,
                 path.display().to_string(),
@@ -627,7 +654,7 @@ mod tests {
             .expect("load")
             .expect("a checkpoint");
         let parts = loaded.state_parts.get("s").expect("state files");
-        let state = crate::plugin::KeyedState::from_changes(parts.iter().map(Vec::as_slice))
+        let state = crate::plugin::KeyedState::from_changes(parts.iter().cloned())
             .expect("state");
         (loaded, state)
     }
@@ -678,7 +705,7 @@ mod tests {
         let lost = save_incremental(&mut inc, &mut crashed, 3);
         let (name, bytes) = &lost.state_writes[0];
         store
-            .write_state_file("p", 0, name, bytes[..bytes.len() / 2].to_vec())
+            .write_state_file("p", 0, name, bytes.slice(..bytes.len() / 2))
             .await
             .expect("a torn delta");
         let (loaded, back) = restored(&store).await;

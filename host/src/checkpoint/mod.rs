@@ -120,13 +120,13 @@ pub struct Checkpoint {
     pub state_seq: u64,
     /// Saving: the state files to write (name, bytes) before the record that lists them.
     #[serde(skip)]
-    pub state_writes: Vec<(String, Vec<u8>)>,
+    pub state_writes: Vec<(String, bytes::Bytes)>,
     /// Saving: the state files to delete once the record no longer lists them.
     #[serde(skip)]
     pub state_drops: Vec<String>,
     /// Loaded: per stage name, the contents of its `state_files`, in order.
     #[serde(skip)]
-    pub state_parts: BTreeMap<String, Vec<Vec<u8>>>,
+    pub state_parts: BTreeMap<String, Vec<bytes::Bytes>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -193,7 +193,7 @@ pub trait CheckpointStore: Send + Sync {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> Result<(), CheckpointError>;
 
     /// Reads one state file written by [`CheckpointStore::write_state_file`].
@@ -202,7 +202,7 @@ pub trait CheckpointStore: Send + Sync {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-    ) -> Result<Vec<u8>, CheckpointError>;
+    ) -> Result<bytes::Bytes, CheckpointError>;
 
     /// Deletes one state file (one that does not exist is not an error).
     async fn delete_state_file(

@@ -174,7 +174,7 @@ impl StageBuilder<'_> {
                 let parts = self.plugin_parts(stage, plugin)?;
                 let files = self.checkpoint.state_parts.get(&stage.name);
                 let mut state = match (files, snapshot) {
-                    (Some(files), _) => KeyedState::from_changes(files.iter().map(Vec::as_slice))
+                    (Some(files), _) => KeyedState::from_changes(files.iter().cloned())
                         .map_err(|e| restore_error(e.to_string()))?,
                     (None, Some(bytes)) => {
                         KeyedState::restore(bytes).map_err(|e| restore_error(e.to_string()))?

@@ -24,6 +24,7 @@ pub mod signature;
 pub mod slot;
 pub mod standby;
 mod state;
+mod state_base;
 pub mod store;
 pub mod watch;
 

@@ -9,8 +9,18 @@
 //!   plugin's own for a write) expires when the partition's watermark passes the event time of
 //!   its last write plus that time-to-live ([`KeyedState::expire`]); expired keys leave memory
 //!   and, as deletes, the checkpoints.
+//! - **A base and an overlay**: the committed state is the base (the whole state as of the last
+//!   base checkpoint, in one buffer looked up in place, see [`super::state_base`]) and, over it,
+//!   the keys put or deleted since. Restoring a checkpoint takes its base file as it is, and
+//!   applies only the deltas after it; a base checkpoint (compaction) merges the two into a new
+//!   base, which the state then keeps. So a restart rebuilds no map of every key, and the memory
+//!   a key costs is its bytes in the base, not an allocation of its own.
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::state_base::{self, BASE_VERSION, Base};
 
 /// The hasher of the committed keys: fast, and seeded per process (keys come from events).
 type Hasher = foldhash::fast::RandomState;
@@ -28,7 +38,12 @@ type Hasher = foldhash::fast::RandomState;
 /// replacement after a trap), and an instance whose cache another one wrote past must drop it.
 #[derive(Debug, Default, Clone)]
 pub struct KeyedState {
-    committed: HashMap<Vec<u8>, Stored, Hasher>,
+    /// The committed state as of the last base (see the module's documentation).
+    base: Base,
+    /// Committed keys put or deleted since the base (a delete only of a key the base holds).
+    overlay: HashMap<Vec<u8>, Slot, Hasher>,
+    /// Number of committed keys, in the base and the overlay together.
+    live: usize,
     /// This call's writes: a value and its time-to-live (`None`: the stage's), or a delete.
     pending: HashMap<Vec<u8>, Option<PendingPut>>,
     recent: RecentKeys,
@@ -45,14 +60,26 @@ pub struct KeyedState {
 /// stage's).
 type PendingPut = (Vec<u8>, Option<i64>);
 
-/// A committed value with its expiry.
+/// A committed key of the overlay: its value and expiry, or a delete of the base's.
 #[derive(Debug, Clone, PartialEq)]
-struct Stored {
-    value: Vec<u8>,
+struct Slot {
+    /// `None`: deleted (the base holds the key; this hides it).
+    value: Option<Vec<u8>>,
     /// Event time after which the watermark expires the key ([`NEVER`]: it does not expire).
     expires_after: i64,
-    /// Whether it was put since the last [`KeyedState::take_changes`].
+    /// Whether it was put or deleted since the last [`KeyedState::take_changes`].
     changed: bool,
+}
+
+impl Slot {
+    /// A delete of a key the base holds.
+    fn deleted(changed: bool) -> Self {
+        Slot {
+            value: None,
+            expires_after: NEVER,
+            changed,
+        }
+    }
 }
 
 /// The expiry of a key that does not expire.
@@ -91,12 +118,10 @@ impl Default for Ttl {
 impl PartialEq for KeyedState {
     fn eq(&self, other: &Self) -> bool {
         self.pending == other.pending
-            && self.committed.len() == other.committed.len()
-            && self.committed.iter().all(|(key, stored)| {
-                other.committed.get(key).is_some_and(|theirs| {
-                    theirs.value == stored.value && theirs.expires_after == stored.expires_after
-                })
-            })
+            && self.live == other.live
+            && self
+                .entries()
+                .all(|(key, value, expiry)| other.lookup(key) == Some((value, expiry)))
     }
 }
 
@@ -218,11 +243,11 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
-fn push_put(out: &mut Vec<u8>, key: &[u8], stored: &Stored) {
+fn push_put(out: &mut Vec<u8>, key: &[u8], value: &[u8], expires_after: i64) {
     out.push(TAG_PUT);
     push_part(out, key);
-    out.extend_from_slice(&stored.expires_after.to_le_bytes());
-    push_part(out, &stored.value);
+    out.extend_from_slice(&expires_after.to_le_bytes());
+    push_part(out, value);
 }
 
 impl KeyedState {
@@ -230,8 +255,38 @@ impl KeyedState {
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         match self.pending.get(key) {
             Some(pending) => pending.as_ref().map(|(value, _)| value.as_slice()),
-            None => self.committed.get(key).map(|s| s.value.as_slice()),
+            None => self.committed(key),
         }
+    }
+
+    /// The committed value and expiry under `key`: the overlay's, else the base's.
+    fn lookup(&self, key: &[u8]) -> Option<(&[u8], i64)> {
+        match self.overlay.get(key) {
+            Some(slot) => slot
+                .value
+                .as_deref()
+                .map(|value| (value, slot.expires_after)),
+            None => self
+                .base
+                .get(key)
+                .map(|(_, value, expiry)| (value, expiry)),
+        }
+    }
+
+    /// Every committed key, value and expiry: the base's the overlay does not replace, then the
+    /// overlay's.
+    fn entries(&self) -> impl Iterator<Item = state_base::Entry<'_>> {
+        let overlay = &self.overlay;
+        let from_base = self
+            .base
+            .entries()
+            .filter(move |(key, _, _)| overlay.is_empty() || !overlay.contains_key(*key));
+        let from_overlay = overlay.iter().filter_map(|(key, slot)| {
+            slot.value
+                .as_deref()
+                .map(|value| (key.as_slice(), value, slot.expires_after))
+        });
+        from_base.chain(from_overlay)
     }
 
     /// Stores `value` under `key` (pending until [`KeyedState::commit`]).
@@ -280,22 +335,43 @@ impl KeyedState {
             return 0;
         }
         self.ttl.swept_at = watermark;
-        let before = self.committed.len();
+        let before = self.live;
         let mut earliest = NEVER;
-        let changed = &mut self.changed;
-        self.committed.retain(|key, stored| {
-            if watermark > stored.expires_after {
-                if !stored.changed {
-                    changed.push(key.clone());
-                }
-                false
-            } else {
-                earliest = earliest.min(stored.expires_after);
+        let (base, changed) = (&self.base, &mut self.changed);
+        let mut live = self.live;
+        self.overlay.retain(|key, slot| {
+            if slot.value.is_none() {
+                return true;
+            }
+            if watermark <= slot.expires_after {
+                earliest = earliest.min(slot.expires_after);
+                return true;
+            }
+            live -= 1;
+            if !slot.changed {
+                changed.push(key.clone());
+            }
+            // A key of the base stays as a delete of it; another leaves.
+            if base.contains(key) {
+                *slot = Slot::deleted(true);
                 true
+            } else {
+                false
             }
         });
+        for (key, _, expires_after) in base.entries() {
+            if watermark <= expires_after {
+                // A lower bound: the overlay may have replaced the key.
+                earliest = earliest.min(expires_after);
+            } else if !self.overlay.contains_key(key) {
+                live -= 1;
+                changed.push(key.to_vec());
+                self.overlay.insert(key.to_vec(), Slot::deleted(true));
+            }
+        }
+        self.live = live;
         self.ttl.earliest = earliest;
-        let expired = before - self.committed.len();
+        let expired = before - self.live;
         if expired > 0 {
             // An instance may have cached what expired: its cache must start again.
             self.cache_holder = 0;
@@ -325,44 +401,72 @@ impl KeyedState {
                 Some((value, ttl)) => {
                     let expires_after = self.expiry(ttl);
                     self.ttl.earliest = self.ttl.earliest.min(expires_after);
-                    self.put_committed(key, value, expires_after);
+                    self.put_committed(key, value, expires_after, true);
                 }
-                None => {
-                    if let Some(stored) = self.committed.remove(&key)
-                        && !stored.changed
-                    {
-                        self.changed.push(key);
-                    }
-                }
+                None => self.delete_committed(key, true),
             }
         }
         self.pending = pending;
     }
 
-    /// Stores a committed value, remembering that the key changed.
-    fn put_committed(&mut self, key: Vec<u8>, value: Vec<u8>, expires_after: i64) {
-        match self.committed.get_mut(&key) {
-            Some(stored) => {
-                if !stored.changed {
+    /// Stores a committed value; `changed`: remembering that the key changed (else it is being
+    /// restored from a checkpoint that holds it).
+    fn put_committed(&mut self, key: Vec<u8>, value: Vec<u8>, expires_after: i64, changed: bool) {
+        let put = Slot {
+            value: Some(value),
+            expires_after,
+            changed,
+        };
+        match self.overlay.get_mut(&key) {
+            Some(slot) => {
+                if slot.value.is_none() {
+                    self.live += 1;
+                }
+                let listed = slot.changed;
+                *slot = put;
+                if changed && !listed {
                     self.changed.push(key);
                 }
-                *stored = Stored {
-                    value,
-                    expires_after,
-                    changed: true,
-                };
             }
             None => {
-                self.changed.push(key.clone());
-                self.committed.insert(
-                    key,
-                    Stored {
-                        value,
-                        expires_after,
-                        changed: true,
-                    },
-                );
+                if !self.base.contains(&key) {
+                    self.live += 1;
+                }
+                if changed {
+                    self.changed.push(key.clone());
+                }
+                self.overlay.insert(key, put);
             }
+        }
+    }
+
+    /// Deletes a committed key; `changed` as for [`KeyedState::put_committed`].
+    fn delete_committed(&mut self, key: Vec<u8>, changed: bool) {
+        let in_base = self.base.contains(&key);
+        match self.overlay.get_mut(&key) {
+            Some(slot) => {
+                if slot.value.is_none() {
+                    return;
+                }
+                self.live -= 1;
+                let listed = slot.changed;
+                if in_base {
+                    *slot = Slot::deleted(changed);
+                } else {
+                    self.overlay.remove(&key);
+                }
+                if changed && !listed {
+                    self.changed.push(key);
+                }
+            }
+            None if in_base => {
+                self.live -= 1;
+                if changed {
+                    self.changed.push(key.clone());
+                }
+                self.overlay.insert(key, Slot::deleted(changed));
+            }
+            None => {}
         }
     }
 
@@ -388,20 +492,20 @@ impl KeyedState {
 
     /// Every committed key and value, in no particular order.
     pub fn committed_entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.committed
-            .iter()
-            .map(|(key, stored)| (key.as_slice(), stored.value.as_slice()))
+        self.entries().map(|(key, value, _)| (key, value))
     }
 
     /// The committed value under `key` (not seeing pending writes).
     pub fn committed(&self, key: &[u8]) -> Option<&[u8]> {
-        self.committed.get(key).map(|s| s.value.as_slice())
+        self.lookup(key).map(|(value, _)| value)
     }
 
-    /// A copy of the committed state that no instance caches.
+    /// A copy of the committed state that no instance caches (the base is shared, not copied).
     pub fn detached_copy(&self) -> KeyedState {
         KeyedState {
-            committed: self.committed.clone(),
+            base: self.base.clone(),
+            overlay: self.overlay.clone(),
+            live: self.live,
             ttl: self.ttl.clone(),
             ..KeyedState::default()
         }
@@ -409,21 +513,19 @@ impl KeyedState {
 
     /// Number of committed keys, and the bytes of their keys and of their values.
     pub fn committed_sizes(&self) -> (usize, usize, usize) {
-        self.committed
-            .iter()
-            .fold((0, 0, 0), |(n, k, v), (key, stored)| {
-                (n + 1, k + key.len(), v + stored.value.len())
-            })
+        self.entries().fold((0, 0, 0), |(n, k, v), (key, value, _)| {
+            (n + 1, k + key.len(), v + value.len())
+        })
     }
 
     /// Number of committed keys.
     pub fn len(&self) -> usize {
-        self.committed.len()
+        self.live
     }
 
     /// Whether no key is committed.
     pub fn is_empty(&self) -> bool {
-        self.committed.is_empty()
+        self.live == 0
     }
 
     /// Number of keys put or deleted since the last [`KeyedState::take_changes`] (an upper
@@ -432,26 +534,36 @@ impl KeyedState {
         self.changed.len()
     }
 
+    /// Bytes of the base (the whole state as of the last base checkpoint) and number of keys put
+    /// or deleted since it (held in memory besides the base).
+    pub fn base_and_overlay(&self) -> (usize, usize) {
+        (self.base.size(), self.overlay.len())
+    }
+
     /// What changed since the last call of this (every key put, with its value and expiry, and
-    /// every key deleted or expired), or with `whole` the whole committed state, in the changes
-    /// format: a version byte, then records `1, key, expiry, value` (a put) or `2, key` (a
-    /// delete), each key and value a u32 LE length and its bytes, the expiry an i64 LE. Applied
-    /// in order to the state they follow ([`KeyedState::apply_changes`]), they give this state.
-    pub fn take_changes(&mut self, whole: bool) -> Vec<u8> {
-        let mut out = vec![CHANGES_VERSION];
+    /// every key deleted or expired), in the changes format: a version byte, then records `1,
+    /// key, expiry, value` (a put) or `2, key` (a delete), each key and value a u32 LE length and
+    /// its bytes, the expiry an i64 LE. Applied in order to the state they follow
+    /// ([`KeyedState::apply_changes`]), they give this state.
+    ///
+    /// With `whole`, the whole committed state instead, as a base (see [`super::state_base`]),
+    /// which the state keeps as its own base from then on.
+    pub fn take_changes(&mut self, whole: bool) -> Bytes {
         if whole {
-            self.changed.clear();
-            for (key, stored) in &mut self.committed {
-                stored.changed = false;
-                push_put(&mut out, key, stored);
-            }
-            return out;
+            return self.take_base();
         }
+        let mut out = vec![CHANGES_VERSION];
         for key in std::mem::take(&mut self.changed) {
-            match self.committed.get_mut(&key) {
-                Some(stored) if stored.changed => {
-                    stored.changed = false;
-                    push_put(&mut out, &key, stored);
+            match self.overlay.get_mut(&key) {
+                Some(slot) if slot.changed => {
+                    slot.changed = false;
+                    match &slot.value {
+                        Some(value) => push_put(&mut out, &key, value, slot.expires_after),
+                        None => {
+                            out.push(TAG_DELETE);
+                            push_part(&mut out, &key);
+                        }
+                    }
                 }
                 // Written already (the key was listed twice).
                 Some(_) => {}
@@ -461,22 +573,77 @@ impl KeyedState {
                 }
             }
         }
-        out
+        Bytes::from(out)
     }
 
-    /// Applies changes [`KeyedState::take_changes`] wrote, to the committed state (restoring
-    /// it: nothing counts as changed since a checkpoint).
-    pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
-        let mut r = ChangeReader { bytes, offset: 0 };
+    /// The whole state as a new base, merging the base and the overlay; the state keeps it.
+    fn take_base(&mut self) -> Bytes {
+        self.changed.clear();
+        let overlay_bytes: usize = self
+            .overlay
+            .iter()
+            .map(|(key, slot)| key.len() + slot.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let bound = self.base.len() + self.overlay.len();
+        let written = state_base::write(
+            self.entries(),
+            bound,
+            self.base.size().saturating_add(overlay_bytes),
+        )
+        .map(Bytes::from);
+        if let Some(bytes) = written
+            && let Ok(base) = Base::parse(bytes.clone())
+        {
+            self.live = base.len();
+            self.base = base;
+            // A new map rather than a cleared one: the old one's capacity is the largest the
+            // overlay ever was.
+            self.overlay = HashMap::default();
+            return bytes;
+        }
+        // Too large for a base (past 1 TiB): the whole state in the changes format, which
+        // restores the same, and the state keeps its base and overlay.
+        let mut out = vec![CHANGES_VERSION];
+        for (key, value, expiry) in self.entries() {
+            push_put(&mut out, key, value, expiry);
+        }
+        for slot in self.overlay.values_mut() {
+            slot.changed = false;
+        }
+        Bytes::from(out)
+    }
+
+    /// Applies a base or changes [`KeyedState::take_changes`] wrote, to the committed state
+    /// (restoring it: nothing counts as changed since a checkpoint). A base applied to an empty
+    /// state becomes its base as it is, read in place.
+    pub fn apply_changes(&mut self, bytes: Bytes) -> Result<(), SnapshotError> {
+        if bytes.first() == Some(&BASE_VERSION) {
+            let base = Base::parse(bytes)?;
+            self.ttl.earliest = self.ttl.earliest.min(base.earliest());
+            if self.base.is_empty() && self.overlay.is_empty() {
+                self.live = base.len();
+                self.base = base;
+            } else {
+                for (key, value, expiry) in base.entries() {
+                    self.put_committed(key.to_vec(), value.to_vec(), expiry, false);
+                }
+            }
+            return Ok(());
+        }
+        let mut r = ChangeReader {
+            bytes: &bytes,
+            offset: 0,
+        };
         if r.take(1, "the changes format version")? != [CHANGES_VERSION] {
             return Err(SnapshotError {
                 offset: 0,
-                what: "changes format version 1",
+                what: "changes format version 1 or a base",
             });
         }
-        if self.committed.is_empty() {
-            // A base: sized once rather than grown (and rehashed) key by key.
-            self.committed.reserve(count_changes(bytes));
+        if self.overlay.is_empty() && self.base.is_empty() {
+            // The whole state in the changes format (written before bases were): sized once
+            // rather than grown (and rehashed) key by key.
+            self.overlay.reserve(count_changes(&bytes));
         }
         while r.offset < bytes.len() {
             let tag = r.take(1, "a change")?[0];
@@ -486,18 +653,9 @@ impl KeyedState {
                     let expires_after = r.i64("an expiry")?;
                     let value = r.part("a value")?.to_vec();
                     self.ttl.earliest = self.ttl.earliest.min(expires_after);
-                    self.committed.insert(
-                        key.to_vec(),
-                        Stored {
-                            value,
-                            expires_after,
-                            changed: false,
-                        },
-                    );
+                    self.put_committed(key.to_vec(), value, expires_after, false);
                 }
-                TAG_DELETE => {
-                    self.committed.remove(key);
-                }
+                TAG_DELETE => self.delete_committed(key.to_vec(), false),
                 _ => {
                     return Err(SnapshotError {
                         offset: r.offset - key.len() - 5,
@@ -510,9 +668,7 @@ impl KeyedState {
     }
 
     /// The state a base and the changes after it give, in order ([`KeyedState::take_changes`]).
-    pub fn from_changes<'a>(
-        parts: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Self, SnapshotError> {
+    pub fn from_changes(parts: impl IntoIterator<Item = Bytes>) -> Result<Self, SnapshotError> {
         let mut state = KeyedState::default();
         for part in parts {
             state.apply_changes(part)?;
@@ -524,24 +680,21 @@ impl KeyedState {
     /// sequence of (u32 LE key length, key, u32 LE value length, value) when no key expires (the
     /// format snapshots always had), else `ff ff ff ff` and the whole state in the changes format.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut entries: Vec<_> = self.committed.iter().collect();
+        let mut entries: Vec<_> = self.entries().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        if entries.iter().any(|(_, s)| s.expires_after != NEVER) {
+        if entries.iter().any(|(_, _, expiry)| *expiry != NEVER) {
             let mut out = CHANGES_MARKER.to_vec();
             out.push(CHANGES_VERSION);
-            for (key, stored) in entries {
-                push_put(&mut out, key, stored);
+            for (key, value, expiry) in entries {
+                push_put(&mut out, key, value, expiry);
             }
             return out;
         }
-        let size: usize = entries
-            .iter()
-            .map(|(k, s)| 8 + k.len() + s.value.len())
-            .sum();
+        let size: usize = entries.iter().map(|(k, v, _)| 8 + k.len() + v.len()).sum();
         let mut out = Vec::with_capacity(size);
-        for (key, stored) in entries {
+        for (key, value, _) in entries {
             push_part(&mut out, key);
-            push_part(&mut out, &stored.value);
+            push_part(&mut out, value);
         }
         out
     }
@@ -549,29 +702,21 @@ impl KeyedState {
     /// State read back from [`KeyedState::snapshot`] bytes.
     pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
         if let Some(changes) = bytes.strip_prefix(&CHANGES_MARKER[..]) {
-            return Self::from_changes([changes]).map_err(|e| SnapshotError {
-                offset: e.offset + CHANGES_MARKER.len(),
-                what: e.what,
+            return Self::from_changes([Bytes::copy_from_slice(changes)]).map_err(|e| {
+                SnapshotError {
+                    offset: e.offset + CHANGES_MARKER.len(),
+                    what: e.what,
+                }
             });
         }
-        let mut committed = HashMap::default();
+        let mut state = KeyedState::default();
         let mut r = ChangeReader { bytes, offset: 0 };
         while r.offset < bytes.len() {
             let key = r.part("a key")?.to_vec();
             let value = r.part("a value")?.to_vec();
-            committed.insert(
-                key,
-                Stored {
-                    value,
-                    expires_after: NEVER,
-                    changed: false,
-                },
-            );
+            state.put_committed(key, value, NEVER, false);
         }
-        Ok(KeyedState {
-            committed,
-            ..KeyedState::default()
-        })
+        Ok(state)
     }
 }
 #[cfg(test)]
@@ -667,7 +812,7 @@ mod tests {
         let base = state.take_changes(true);
         assert_eq!(state.changed_keys(), 0);
         // Nothing changed: an empty delta.
-        assert_eq!(state.take_changes(false), [CHANGES_VERSION]);
+        assert_eq!(state.take_changes(false), &[CHANGES_VERSION][..]);
         put(&mut state, "k1", "w");
         put(&mut state, "k1", "x");
         state.delete(b"k2".to_vec());
@@ -686,17 +831,17 @@ mod tests {
             delta.len(),
             base.len()
         );
-        let rebuilt = KeyedState::from_changes([base.as_slice(), delta.as_slice()]).expect("ok");
+        let rebuilt = KeyedState::from_changes([base.clone(), delta.clone()]).expect("ok");
         assert_eq!(rebuilt, state);
         assert_eq!(rebuilt.committed(b"k1"), Some(&b"y"[..]));
         assert_eq!(rebuilt.committed(b"k2"), None);
         assert_eq!(rebuilt.committed(b"new"), None);
         // Applying a delta twice gives the same state (a put or delete says what a key is).
-        let twice = KeyedState::from_changes([base.as_slice(), delta.as_slice(), delta.as_slice()])
+        let twice = KeyedState::from_changes([base.clone(), delta.clone(), delta.clone()])
             .expect("ok");
         assert_eq!(twice, state);
         // A torn delta is refused rather than half applied silently.
-        let err = KeyedState::from_changes([base.as_slice(), &delta[..delta.len() - 1]])
+        let err = KeyedState::from_changes([base.clone(), delta.slice(..delta.len() - 1)])
             .expect_err("torn");
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
@@ -729,7 +874,7 @@ mod tests {
         let mut restored = KeyedState::default();
         put(&mut restored, "old", "1");
         restored.commit();
-        restored.apply_changes(&delta).expect("apply");
+        restored.apply_changes(delta).expect("apply");
         assert_eq!(restored.committed(b"old"), None);
         let snapshot = state.snapshot();
         let back = KeyedState::restore(&snapshot).expect("restore");
@@ -742,5 +887,103 @@ mod tests {
         assert_eq!(state.expire(1_340_000), 1);
         assert_eq!(state.expire(1_500_001), 2);
         assert!(state.is_empty());
+    }
+
+    /// A base with its overlay, through puts, deletes, rollbacks, expiry, deltas and bases
+    /// (compactions), holds what a plain map does, and its checkpoint files restore it.
+    #[test]
+    fn base_and_overlay_hold_what_a_plain_map_does_and_restore_from_their_files() {
+        use std::collections::BTreeMap;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut state = KeyedState::default();
+        state.set_stage_ttl(Some(8_000));
+        state.advance_write_time(0);
+        let mut model: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
+        let mut call: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut files: Vec<Bytes> = Vec::new();
+        let mut time = 0i64;
+        let key = |k: u64| format!("key-{k}").into_bytes();
+        for step in 0..6_000u64 {
+            match next(100) {
+                0..=44 => {
+                    let (k, v) = (key(next(400)), format!("v{step}").into_bytes());
+                    state.put(k.clone(), v.clone());
+                    call.push((k, Some(v)));
+                }
+                45..=59 => {
+                    let k = key(next(400));
+                    state.delete(k.clone());
+                    call.push((k, None));
+                }
+                60..=79 => {
+                    state.commit();
+                    for (k, v) in call.drain(..) {
+                        match v {
+                            Some(v) => {
+                                model.insert(k, (v, time + 8_000));
+                            }
+                            None => {
+                                model.remove(&k);
+                            }
+                        }
+                    }
+                    time += i64::try_from(next(300)).expect("small");
+                    state.advance_write_time(time);
+                }
+                80..=84 => {
+                    state.rollback();
+                    call.clear();
+                }
+                85..=89 => {
+                    let watermark = time - 6_000;
+                    let expired = state.expire(watermark);
+                    if expired > 0 {
+                        let before = model.len();
+                        model.retain(|_, (_, expiry)| watermark <= *expiry);
+                        assert_eq!(before - model.len(), expired, "step {step}");
+                    }
+                }
+                90..=97 => {
+                    // A checkpoint: a base now and then, else a delta.
+                    let whole = files.is_empty() || next(5) == 0;
+                    let bytes = state.take_changes(whole);
+                    if whole {
+                        files.clear();
+                    }
+                    files.push(bytes);
+                }
+                _ => {
+                    if !files.is_empty() && state.changed_keys() == 0 {
+                        let restored =
+                            KeyedState::from_changes(files.iter().cloned()).expect("restores");
+                        let mut committed = state.clone();
+                        committed.rollback();
+                        assert!(restored == committed, "step {step}");
+                    }
+                }
+            }
+            if step % 97 == 0 {
+                for k in 0..400 {
+                    let k = key(k);
+                    let expected = model.get(&k).map(|(v, _)| v.as_slice());
+                    assert_eq!(state.committed(&k), expected, "step {step}");
+                }
+                assert_eq!(state.len(), model.len(), "step {step}");
+                assert_eq!(state.committed_entries().count(), model.len());
+                let mut snapshot = KeyedState::restore(&state.snapshot()).expect("snapshot");
+                let mut committed = state.clone();
+                committed.rollback();
+                snapshot.rollback();
+                assert!(snapshot == committed, "step {step}");
+            }
+        }
+        let (base_bytes, _) = state.base_and_overlay();
+        assert!(base_bytes > 0, "bases were taken");
     }
 }

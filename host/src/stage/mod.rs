@@ -214,7 +214,7 @@ pub trait Stage: Send {
     /// [`crate::checkpoint::IncrementalState`]): the keys changed since the last call, or with
     /// `whole` the whole state, in the keyed state's changes format. `None`: the stage's
     /// [`Stage::snapshot`] holds its state.
-    fn take_state_changes(&mut self, _whole: bool) -> Option<Vec<u8>> {
+    fn take_state_changes(&mut self, _whole: bool) -> Option<bytes::Bytes> {
         None
     }
 

@@ -412,7 +412,7 @@ impl<K: StageKind> Stage for PluginStage<K> {
         self.kind.snapshot(self.core.slot.keyed_state())
     }
 
-    fn take_state_changes(&mut self, whole: bool) -> Option<Vec<u8>> {
+    fn take_state_changes(&mut self, whole: bool) -> Option<bytes::Bytes> {
         K::KEYED_ONLY.then(|| self.core.slot.keyed_state_mut().take_changes(whole))
     }
 

@@ -287,12 +287,13 @@ impl CheckpointStore for BlobCheckpointStore {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> Result<(), CheckpointError> {
         let blob = self.state_blob(pipeline, partition, name);
-        let sealed = crate::checkpoint::seal(bytes);
+        let seal = bytes::Bytes::from(crate::checkpoint::seal(&bytes));
+        let sealed: PutPayload = [bytes, seal].into_iter().collect();
         self.store
-            .put(&Path::from(blob.as_str()), PutPayload::from(sealed))
+            .put(&Path::from(blob.as_str()), sealed)
             .await
             .map_err(|e| self.error(&blob, e))?;
         Ok(())
@@ -303,7 +304,7 @@ impl CheckpointStore for BlobCheckpointStore {
         pipeline: &str,
         partition: PartitionId,
         name: &str,
-    ) -> Result<Vec<u8>, CheckpointError> {
+    ) -> Result<bytes::Bytes, CheckpointError> {
         let blob = self.state_blob(pipeline, partition, name);
         let result = self
             .store
@@ -311,7 +312,7 @@ impl CheckpointStore for BlobCheckpointStore {
             .await
             .map_err(|e| self.error(&blob, e))?;
         let bytes = result.bytes().await.map_err(|e| self.error(&blob, e))?;
-        crate::checkpoint::unseal(bytes.to_vec())
+        crate::checkpoint::unseal(bytes)
             .map_err(|reason| self.error_of(CheckpointErrorKind::Unreadable, &blob, reason))
     }
 
