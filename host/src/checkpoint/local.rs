@@ -654,8 +654,7 @@ mod tests {
             .expect("load")
             .expect("a checkpoint");
         let parts = loaded.state_parts.get("s").expect("state files");
-        let state = crate::plugin::KeyedState::from_changes(parts.iter().cloned())
-            .expect("state");
+        let state = crate::plugin::KeyedState::from_changes(parts.iter().cloned()).expect("state");
         (loaded, state)
     }
 

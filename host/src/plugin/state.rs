@@ -266,10 +266,7 @@ impl KeyedState {
                 .value
                 .as_deref()
                 .map(|value| (value, slot.expires_after)),
-            None => self
-                .base
-                .get(key)
-                .map(|(_, value, expiry)| (value, expiry)),
+            None => self.base.get(key).map(|(_, value, expiry)| (value, expiry)),
         }
     }
 
@@ -513,9 +510,10 @@ impl KeyedState {
 
     /// Number of committed keys, and the bytes of their keys and of their values.
     pub fn committed_sizes(&self) -> (usize, usize, usize) {
-        self.entries().fold((0, 0, 0), |(n, k, v), (key, value, _)| {
-            (n + 1, k + key.len(), v + value.len())
-        })
+        self.entries()
+            .fold((0, 0, 0), |(n, k, v), (key, value, _)| {
+                (n + 1, k + key.len(), v + value.len())
+            })
     }
 
     /// Number of committed keys.
@@ -837,8 +835,8 @@ mod tests {
         assert_eq!(rebuilt.committed(b"k2"), None);
         assert_eq!(rebuilt.committed(b"new"), None);
         // Applying a delta twice gives the same state (a put or delete says what a key is).
-        let twice = KeyedState::from_changes([base.clone(), delta.clone(), delta.clone()])
-            .expect("ok");
+        let twice =
+            KeyedState::from_changes([base.clone(), delta.clone(), delta.clone()]).expect("ok");
         assert_eq!(twice, state);
         // A torn delta is refused rather than half applied silently.
         let err = KeyedState::from_changes([base.clone(), delta.slice(..delta.len() - 1)])

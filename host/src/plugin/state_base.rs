@@ -98,7 +98,9 @@ impl Base {
             .filter(|&slots| {
                 slots.is_power_of_two()
                     && slots > count
-                    && slots.checked_mul(8).and_then(|t| t.checked_add(entries_end))
+                    && slots
+                        .checked_mul(8)
+                        .and_then(|t| t.checked_add(entries_end))
                         == Some(bytes.len())
             })
             .ok_or(corrupt(40, "a table of the entries"))?;
@@ -315,7 +317,10 @@ mod tests {
         assert_eq!(base.len(), 5_000);
         assert_eq!(base.earliest(), 0);
         for (k, v, e) in &entries {
-            assert_eq!(base.get(k.as_bytes()), Some((k.as_bytes(), v.as_bytes(), *e)));
+            assert_eq!(
+                base.get(k.as_bytes()),
+                Some((k.as_bytes(), v.as_bytes(), *e))
+            );
         }
         assert!(!base.contains(b"device-5000"));
         assert!(!base.contains(b""));
