@@ -239,7 +239,6 @@ export class Window {
 
 /** Most keys cached; past this the cache is emptied after a flush. */
 export const MAX_CACHED_KEYS = 65536;
-const MISSING = Symbol("missing");
 
 /** (key, value or null) of a WIT `writes` record, values as JSON text. */
 function* entries(writes) {
@@ -256,137 +255,69 @@ function* entries(writes) {
   }
 }
 
-/** A copy of a JSON value the caller may change without changing the cache. */
-function copy(value) {
-  if (value === null || typeof value !== "object") return value;
-  if (Array.isArray(value)) {
-    for (const item of value) if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
-    return value.slice();
-  }
-  for (const key in value) {
-    const item = value[key];
-    if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
-  }
-  return { ...value };
-}
-
-/** The JSON text of `value` for `put` (serialising checks that it can be stored, now), and the
- * copy the cache keeps: shallow for a flat object of strings, finite numbers, booleans and nulls
- * (what JSON keeps of it), else parsed back from the text. */
-function stored(key, value) {
-  let text;
-  try {
-    text = JSON.stringify(value);
-  } catch (error) {
-    throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
-  }
-  if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
-  if (value !== null && typeof value === "object" && !Array.isArray(value)
-    && Object.getPrototypeOf(value) === Object.prototype) {
-    for (const name in value) {
-      const item = value[name];
-      const kind = typeof item;
-      if (!(kind === "string" || kind === "boolean" || item === null
-        || (kind === "number" && Number.isFinite(item)))) {
-        return [JSON.parse(text), text];
-      }
-    }
-    return [{ ...value }, text];
-  }
-  return [JSON.parse(text), text];
-}
-
-const ABSENT = Symbol("absent");
-
 /**
- * The instance's keyed-state cache, with an undo log for the current event. Values are kept
- * parsed (`values`: key -> value, ABSENT for none) or as the JSON text the host handed over until
- * first read (`raw`). A key read is asked of the host once, unless the host handed the whole state
- * over. A written key keeps the JSON text it was serialised to when written (`texts`: key ->
- * text, "" for a delete), and the keys written reach the host in one `write-batch` call.
+ * The instance's keyed-state cache, with an undo log for the current event. Every value is kept
+ * as its JSON text (`texts`: key -> text, null for a key known to have no value): `get` parses it,
+ * so the caller has its own copy, and `put` serialises the value once, which checks that it can
+ * be stored and is what the host gets (the interpreter runs no JavaScript per field either way). A
+ * key read is asked of the host once, unless the host handed the whole state over. The keys
+ * written since the last flush (`written`: key -> text, "" for a delete) reach the host in one
+ * `write-batch` call. The undo log holds (key, previous text, previous written text) triples,
+ * rolled back newest first.
  */
 class StateCache {
   constructor() {
-    this.values = new Map();
-    this.raw = new Map();
-    this.complete = false;
     this.texts = new Map();
-    this.undo = null;
-    this.inEvent = false;
+    this.complete = false;
+    this.written = new Map();
+    this.undo = [];
   }
 
   restart(start) {
-    this.values = new Map();
-    this.raw = new Map();
     this.texts = new Map();
-    for (const [key, value] of entries(start.entries)) this.raw.set(key, value);
-    this.complete = Boolean(start.whole) && this.raw.size <= MAX_CACHED_KEYS;
+    this.written = new Map();
+    for (const [key, value] of entries(start.entries)) this.texts.set(key, value);
+    this.complete = Boolean(start.whole) && this.texts.size <= MAX_CACHED_KEYS;
   }
 
-  /** The cached value of `key` (not a copy), or ABSENT. */
+  /** The JSON text of `key`'s value, or null when it has none. */
   read(host, key) {
-    const cached = this.values.get(key);
-    if (cached !== undefined) return cached;
-    let text = this.raw.get(key);
-    if (text !== undefined) {
-      this.raw.delete(key);
-    } else if (this.complete) {
+    let text = this.texts.get(key);
+    if (text !== undefined) return text;
+    if (this.complete) {
       text = null;
     } else {
       const bytes = host.stateGet(encoder.encode(key));
       text = bytes == null ? null : decoder.decode(bytes);
     }
-    let value = ABSENT;
-    if (text !== null) {
-      try {
-        value = JSON.parse(text);
-      } catch (error) {
-        throw new Reject(`keyed state \`${key}\`: ${error.message}`);
-      }
-    }
-    this.values.set(key, value);
-    return value;
-  }
-
-  /** Sets `key` to `value` with its JSON `text` (ABSENT and "" to delete it). */
-  write(key, value, text) {
-    if (this.inEvent) {
-      if (this.undo === null) this.undo = new Map();
-      if (!this.undo.has(key)) {
-        this.undo.set(key, [
-          this.values.has(key) ? this.values.get(key) : MISSING,
-          this.texts.has(key) ? this.texts.get(key) : MISSING,
-          this.raw.has(key) ? this.raw.get(key) : MISSING,
-        ]);
-      }
-    }
-    if (this.raw.size > 0) this.raw.delete(key);
-    this.values.set(key, value);
     this.texts.set(key, text);
+    return text;
   }
 
-  beginEvent() {
-    this.inEvent = true;
-    this.undo = null;
+  /** Sets `key` to the JSON text `text` ("" to delete it). */
+  write(key, text) {
+    const texts = this.texts;
+    const written = this.written;
+    this.undo.push(key, texts.get(key), written.get(key));
+    texts.set(key, text === "" ? null : text);
+    written.set(key, text);
   }
 
   rollbackEvent() {
-    if (this.undo !== null) {
-      for (const [key, [value, text, raw]] of this.undo) {
-        if (value === MISSING) this.values.delete(key);
-        else this.values.set(key, value);
-        if (text === MISSING) this.texts.delete(key);
-        else this.texts.set(key, text);
-        if (raw !== MISSING) this.raw.set(key, raw);
-      }
+    const undo = this.undo;
+    for (let i = undo.length - 3; i >= 0; i -= 3) {
+      const key = undo[i];
+      if (undo[i + 1] === undefined) this.texts.delete(key);
+      else this.texts.set(key, undo[i + 1]);
+      if (undo[i + 2] === undefined) this.written.delete(key);
+      else this.written.set(key, undo[i + 2]);
     }
-    this.undo = null;
+    undo.length = 0;
   }
 
   flush(host) {
-    this.inEvent = false;
-    this.undo = null;
-    const count = this.texts.size;
+    this.undo.length = 0;
+    const count = this.written.size;
     if (count > 0) {
       // One string of keys and one of values, each encoded once (a batch writes about one key
       // per event); when a string is ASCII its lengths are its byte lengths.
@@ -394,7 +325,7 @@ class StateCache {
       const values = new Array(count);
       const deletes = new Array(count);
       let i = 0;
-      for (const [key, text] of this.texts) {
+      for (const [key, text] of this.written) {
         keys[i] = key;
         values[i] = text;
         deletes[i] = text === "";
@@ -402,25 +333,22 @@ class StateCache {
       }
       const [keyBytes, keyEnds] = joined(keys);
       const [valueBytes, valueEnds] = joined(values);
-      this.texts = new Map();
+      this.written = new Map();
       host.stateWriteBatch({ keys: keyBytes, keyEnds, values: valueBytes, valueEnds, deletes });
     }
-    if (this.values.size + this.raw.size > MAX_CACHED_KEYS) {
-      this.values = new Map();
-      this.raw = new Map();
+    if (this.texts.size > MAX_CACHED_KEYS) {
+      this.texts = new Map();
       this.complete = false;
     }
   }
 
   discardUnflushed() {
-    if (this.texts.size > 0 || this.undo !== null) {
-      this.values = new Map();
-      this.raw = new Map();
+    if (this.written.size > 0 || this.undo.length > 0) {
       this.texts = new Map();
+      this.written = new Map();
       this.complete = false;
     }
-    this.undo = null;
-    this.inEvent = false;
+    this.undo.length = 0;
   }
 }
 
@@ -543,20 +471,32 @@ export class Context {
   /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
    * value is the caller's copy: change it, then `put` it. */
   get(key, fallback = undefined) {
-    let value = this._state.values.get(key);
-    if (value === undefined) value = this._state.read(this._host, key);
-    return value === ABSENT ? fallback : copy(value);
+    let text = this._state.texts.get(key);
+    if (text === undefined) text = this._state.read(this._host, key);
+    if (text === null) return fallback;
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      throw new Reject(`keyed state \`${key}\`: ${error.message}`);
+    }
   }
 
-  /** Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch ends). */
+  /** Stores `value`, as JSON, under `key` (serialised now, which checks it can be stored; sent to
+   * the host when the batch ends). */
   put(key, value) {
-    const [copy, text] = stored(key, value);
-    this._state.write(key, copy, text);
+    let text;
+    try {
+      text = JSON.stringify(value);
+    } catch (error) {
+      throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
+    }
+    if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
+    this._state.write(key, text);
   }
 
   /** Removes `key` from the keyed state. */
   delete(key) {
-    this._state.write(key, ABSENT, "");
+    this._state.write(key, "");
   }
 
   // ----- Configuration and reference data -----
@@ -619,7 +559,7 @@ export class Context {
   _beginEvent(index, position) {
     this._event = index;
     this._position = position;
-    this._state.beginEvent();
+    this._state.undo.length = 0;
   }
 
   _reject(reason) {
@@ -687,13 +627,12 @@ export function runTransform(ctx, fn, batch) {
   ctx._position = null;
   ctx._positions = batch.positions;
   const events = batchEvents(batch);
-  const state = ctx._state;
+  const undo = ctx._state.undo;
   for (let i = 0; i < events.length; i++) {
     // `_beginEvent`, reduced to what must happen per event: what a rejection rolls back is
     // found from `_emitted` and the state's undo log.
     ctx._event = i;
-    state.inEvent = true;
-    state.undo = null;
+    if (undo.length !== 0) undo.length = 0;
     try {
       fn(events[i], ctx);
     } catch (error) {
