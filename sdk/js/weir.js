@@ -67,23 +67,50 @@ function register(slot, value) {
   return value;
 }
 
-/** Registers the plugin's transform function: `fn(event, ctx)`, called for every event. */
-export function transform(fn) {
+/** The top-level fields each registered function reads, when it declared them. */
+const DECLARED = new WeakMap();
+
+function declare(target, fields) {
+  if (fields === undefined || fields === null) return;
+  if (!Array.isArray(fields) || !fields.every((f) => typeof f === "string")) {
+    throw new TypeError("`fields` is a list of the names of the top-level fields the plugin reads");
+  }
+  DECLARED.set(target, Object.freeze([...new Set(fields)]));
+}
+
+/** The fields `target` (a registered function or window aggregate) declared it reads, or null. */
+export function declaredFields(target) {
+  if (!target) return null;
+  const fields = DECLARED.get(target);
+  if (fields !== undefined) return fields;
+  // A window aggregate's own `fields`, when it was not registered (as in a native test).
+  return typeof target === "object" && Array.isArray(target.fields) ? target.fields : null;
+}
+
+/** Registers the plugin's transform function: `fn(event, ctx)`, called for every event. With
+ * `{ fields: [...] }`, `event.json()` holds only those top-level fields of the body, which the
+ * host hands over without the guest parsing the body. */
+export function transform(fn, { fields } = {}) {
   if (typeof fn !== "function") throw new TypeError("transform(fn) takes a function");
+  declare(fn, fields);
   return register("transform", fn);
 }
 
-/** Registers a window aggregate: `{ init(), fold(acc, event, ctx), finish(acc, window, ctx) }`. */
+/** Registers a window aggregate: `{ init(), fold(acc, event, ctx), finish(acc, window, ctx),
+ * fields }` (`fields` as for `transform`). */
 export function window(aggregate) {
   if (!aggregate || typeof aggregate.fold !== "function") {
     throw new TypeError("window({ init, fold, finish }) needs at least `fold`");
   }
+  declare(aggregate, aggregate.fields);
   return register("window", aggregate);
 }
 
-/** Registers a join enrichment: `fn(left, right, ctx)`, one side null when an event is alone. */
-export function join(fn) {
+/** Registers a join enrichment: `fn(left, right, ctx)`, one side null when an event is alone
+ * (`{ fields }` as for `transform`). */
+export function join(fn, { fields } = {}) {
   if (typeof fn !== "function") throw new TypeError("join(fn) takes a function");
+  declare(fn, fields);
   return register("join", fn);
 }
 
@@ -92,9 +119,10 @@ export function join(fn) {
 const UNPARSED = Symbol("unparsed");
 
 /** What the events of one batch share: the WIT batch, its bodies decoded once (when they are
- * ASCII, byte offsets are then character offsets), and its sources and properties. */
+ * ASCII, byte offsets are then character offsets), its sources and properties, and the fields
+ * the plugin declared with where the host's projection holds them. */
 class Batch {
-  constructor(wit) {
+  constructor(wit, fields = null) {
     this.wit = wit;
     const bodies = wit.bodies;
     this.text = null;
@@ -107,11 +135,86 @@ class Batch {
     const names = wit.sources;
     this.sources = names && names.length > 0 && wit.eventSources && wit.eventSources.length > 0
       ? names : null;
+    /** The declared fields, or null: then `json()` is the whole body. */
+    this.fields = fields;
+    /** Per declared field, its place among the projected fields; null: no projection to use. */
+    this.slots = null;
+    if (fields !== null) this.project(wit, fields);
+  }
+
+  /** Finds the declared fields in the host's projection (`field-names`, the JSON text of each
+   * field of each event in `field-values`, ended by `field-ends`, empty for a field the body
+   * does not have; `projected` says which events the host projected). */
+  project(wit, fields) {
+    const names = wit.fieldNames;
+    if (!names || names.length === 0) return;
+    const count = wit.bodyEnds.length;
+    const ends = wit.fieldEnds;
+    if (!ends || ends.length !== count * names.length) return;
+    if (wit.projected && wit.projected.length !== count) return;
+    const slots = fields.map((f) => names.indexOf(f));
+    if (slots.includes(-1)) return; // Not all projected: the bodies are parsed.
+    this.slots = slots;
+    this.width = names.length;
+    this.fieldEnds = ends;
+    this.projected = wit.projected && !wit.projected.every(Boolean) ? wit.projected : null;
+    const values = wit.fieldValues;
+    const decoded = decoder.decode(values);
+    this.fieldText = decoded.length === values.length ? decoded : null;
   }
 
   start(index) {
     return index === 0 ? 0 : Number(this.wit.bodyEnds[index - 1]);
   }
+
+  /** What `json()` gives an event when the plugin declared its fields: an object of those of
+   * the body's top-level fields it has, in the declared order, from the projection when the
+   * host projected the event, else picked from the parsed body (the same object either way). */
+  declared(event) {
+    const fields = this.fields;
+    const slots = this.slots;
+    const index = event._index;
+    if (slots === null || (this.projected !== null && !this.projected[index])) {
+      const body = event._parse();
+      if (body === null || typeof body !== "object" || Array.isArray(body)) return body;
+      const picked = {};
+      for (let f = 0; f < fields.length; f++) {
+        const name = fields[f];
+        if (Object.hasOwn(body, name)) picked[name] = body[name];
+      }
+      return picked;
+    }
+    const ends = this.fieldEnds;
+    const text = this.fieldText;
+    const base = index * this.width;
+    const out = {};
+    for (let f = 0; f < fields.length; f++) {
+      const at = base + slots[f];
+      const start = at === 0 ? 0 : ends[at - 1];
+      const end = ends[at];
+      if (end > start) {
+        out[fields[f]] = text !== null
+          ? jsonValue(text, start, end)
+          : jsonValueOf(decoder.decode(this.wit.fieldValues.subarray(start, end)));
+      }
+    }
+    return out;
+  }
+}
+
+const jsonValueOf = (text) => jsonValue(text, 0, text.length);
+
+/** The value of the JSON text `text[start, end)`, as `JSON.parse` gives it: strings without an
+ * escape and numbers are taken without the parser. */
+function jsonValue(text, start, end) {
+  const first = text.charCodeAt(start);
+  if (first === 34) {
+    const inner = text.slice(start + 1, end - 1);
+    if (inner.indexOf("\\") < 0) return inner;
+  } else if (first === 45 || (first >= 48 && first <= 57)) {
+    return +text.slice(start, end);
+  }
+  return JSON.parse(text.slice(start, end));
 }
 
 /**
@@ -178,16 +281,22 @@ export class Event {
     return text !== null ? text.slice(this._start, this._end) : decoder.decode(this.body);
   }
 
-  /** The body parsed from JSON (cached); malformed JSON rejects the event. */
+  /** The body parsed from JSON (cached): with declared fields, an object of those fields only;
+   * malformed JSON rejects the event. */
   json() {
     if (this._json === UNPARSED) {
-      try {
-        this._json = JSON.parse(this.text);
-      } catch (error) {
-        throw new Reject(`malformed JSON: ${error.message}`);
-      }
+      this._json = this._batch.fields === null ? this._parse() : this._batch.declared(this);
     }
     return this._json;
+  }
+
+  /** The whole body parsed (not cached). */
+  _parse() {
+    try {
+      return JSON.parse(this.text);
+    } catch (error) {
+      throw new Reject(`malformed JSON: ${error.message}`);
+    }
   }
 
   _propertyPairs() {
@@ -426,6 +535,8 @@ export class Context {
     // The current event's position, or null: then it is `_positions[_event]`.
     this._position = 0;
     this._positions = [];
+    // The fields the plugin declared, asked of the host in every output (`wanted-fields`).
+    this._wantedFields = [];
   }
 
   // ----- Outputs -----
@@ -589,6 +700,7 @@ export class Context {
       payloads: this._payloads.view(),
       emitted: this._emitted,
       rejected: this._rejected,
+      wantedFields: this._wantedFields,
     };
   }
 }
@@ -607,8 +719,8 @@ function reason(error) {
 // ----- Runners: one pass over a batch in the WIT layout -----
 
 /** The events of a batch in the WIT layout (camelCase fields, as componentize-js gives them). */
-export function batchEvents(wit) {
-  const batch = new Batch(wit);
+export function batchEvents(wit, fields = null) {
+  const batch = new Batch(wit, fields);
   const ends = wit.bodyEnds;
   const times = wit.eventTimes;
   const events = new Array(ends.length);
@@ -622,11 +734,12 @@ export function batchEvents(wit) {
 }
 
 /** Runs `fn` over every event of `batch`; returns the WIT `output-batch`. */
-export function runTransform(ctx, fn, batch) {
+export function runTransform(ctx, fn, batch, fields = declaredFields(fn)) {
   ctx._beginBatch();
   ctx._position = null;
   ctx._positions = batch.positions;
-  const events = batchEvents(batch);
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(batch, fields);
   const undo = ctx._state.undo;
   for (let i = 0; i < events.length; i++) {
     // `_beginEvent`, reduced to what must happen per event: what a rejection rolls back is
@@ -666,7 +779,9 @@ function snapshot(acc) {
 export function runFold(ctx, request, aggregate = PLUGIN.window) {
   const init = aggregate.init || (() => ({}));
   ctx._beginBatch();
-  const events = batchEvents(request.events);
+  const fields = declaredFields(aggregate);
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(request.events, fields);
   const members = ranges(request.members, request.memberEnds);
   const out = new Payloads();
   const ends = [];
@@ -708,13 +823,19 @@ export function runFold(ctx, request, aggregate = PLUGIN.window) {
   }
   ctx._endBatch();
   if (ctx._emitted.length > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
-  return { accumulators: out.view(), accumulatorEnds: ends, rejected: ctx._rejected };
+  return {
+    accumulators: out.view(),
+    accumulatorEnds: ends,
+    rejected: ctx._rejected,
+    wantedFields: ctx._wantedFields,
+  };
 }
 
 /** Produces the outputs of closed windows; returns the WIT `output-batch`, indexed by window. */
 export function runFinish(ctx, request, aggregate = PLUGIN.window) {
   const init = aggregate.init || (() => ({}));
   ctx._beginBatch();
+  ctx._wantedFields = declaredFields(aggregate) || [];
   const stored = ranges(request.accumulators, request.accumulatorEnds);
   for (let i = 0; i < stored.length; i++) {
     const window = request.windows[i];
@@ -733,9 +854,10 @@ export function runFinish(ctx, request, aggregate = PLUGIN.window) {
 }
 
 /** Calls the join function per pair; returns the WIT `output-batch`, indexed by pair. */
-export function runJoin(ctx, request, fn = PLUGIN.join) {
+export function runJoin(ctx, request, fn = PLUGIN.join, fields = declaredFields(fn)) {
   ctx._beginBatch();
-  const events = batchEvents(request.events);
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(request.events, fields);
   request.pairs.forEach((pair, i) => {
     const left = pair.left != null ? events[pair.left] ?? null : null;
     const right = pair.right != null ? events[pair.right] ?? null : null;
