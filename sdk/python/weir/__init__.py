@@ -666,47 +666,34 @@ class Context:
     # ----- Keyed state -----
 
     def get(self, key, default=None):
-        """The value stored under `key` (as parsed from JSON), or `default`. The value is the
-        caller's copy: change it, then `put` it."""
-        # The common cases inline: called once or more per event.
+        """The value stored under `key` (parsed from JSON), or `default`. The value is the
+        caller's own: change it, then `put` it."""
         state = self._state
-        value = state.values.get(key, _UNKNOWN)
-        if value is _UNKNOWN:
-            value = state.read(self._host, key)
-        if value is _ABSENT:
+        text = state.texts.get(key, _UNKNOWN)
+        if text is _UNKNOWN:
+            text = state.read(self._host, key)
+        if text is None:
             return default
-        if type(value) is dict and _CONTAINERS.isdisjoint(map(type, value.values())):
-            return value.copy()
-        return _copy(value)
+        # The cache's texts are this SDK's own JSON: the C scanner reads them whole.
+        return _scan(text, 0)[0]
 
     def put(self, key, value):
-        """Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch
-        ends; a value that is not JSON rejects the event now)."""
-        # `_stored` and `_StateCache.write`, inline for a flat object: called once per event.
-        if type(value) is not dict:
-            self._state.write(key, *_stored(key, value))
-            return
+        """Stores `value`, as JSON, under `key` (serialised now, which checks that it is JSON
+        (a value that is not rejects the event), and sent to the host when the batch ends)."""
         try:
             text = _dumps(value)
         except (TypeError, ValueError, RecursionError) as error:
             raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
-        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
-            value = value.copy()
-        else:
-            value = _loads(text)
+        # `_StateCache.write`, inline: called once per event.
         state = self._state
-        undo = state.undo
-        if undo is not None and key not in undo:
-            undo[key] = (state.values.get(key, _UNKNOWN), state.texts.get(key, _UNKNOWN),
-                         state.raw.get(key, _UNKNOWN))
-        if state.raw:
-            state.raw.pop(key, None)
-        state.values[key] = value
-        state.texts[key] = text
+        texts, written = state.texts, state.written
+        state.undo.append((key, texts.get(key, _UNKNOWN), written.get(key, _UNKNOWN)))
+        texts[key] = text
+        written[key] = text
 
     def delete(self, key):
         """Removes `key` from the keyed state."""
-        self._state.write(key, _ABSENT, "")
+        self._state.write(key, None, "")
 
     # ----- Configuration and reference data -----
 
@@ -838,64 +825,29 @@ def _entries(writes):
         yield key, value
 
 
-def _copy(value):
-    """A copy of a JSON value that the caller may change without changing the cache: cheap for
-    scalars and flat objects and lists, a JSON round trip otherwise."""
-    kind = type(value)
-    if kind is dict:
-        if _CONTAINERS.isdisjoint(map(type, value.values())):
-            return value.copy()
-        return _loads(_dumps(value))
-    if kind is list:
-        if _CONTAINERS.isdisjoint(map(type, value)):
-            return value.copy()
-        return _loads(_dumps(value))
-    return value
-
-
-_CONTAINERS = frozenset((dict, list))
-#: Types a flat object's values may have for a shallow copy to be what JSON keeps of it.
-_FLAT = frozenset((str, int, float, bool, type(None)))
-_TEXT = frozenset((str,))
-
-
-def _stored(key, value):
-    """`value` as the cache keeps it for `put`, with its JSON text: serialising it checks that it
-    is JSON (no NaN, no infinity, only JSON types) now, and the text is what the host gets at
-    the end of the batch. The copy is shallow for a flat object, else parsed from the text."""
-    try:
-        text = _dumps(value)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
-    kind = type(value)
-    if kind is dict:
-        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
-            return value.copy(), text
-    elif kind in _FLAT:
-        return value, text
-    return _loads(text), text
-
-
 class _StateCache:
     """The instance's keyed-state cache, with an undo log for the current event.
 
-    Values are kept parsed (`values`: key -> value, `_ABSENT` for no value), or as the JSON bytes
-    the host handed over until first read (`raw`). A key read is asked of the host once, unless
-    the host handed the whole state over (`complete`). A written key keeps the JSON text it was
-    serialised to when written (`texts`: key -> text, "" for a delete), and every key written
-    reaches the host in one `write-batch` call when the batch ends."""
+    Every value is kept as JSON text in this SDK's own form (`texts`: key -> text, None for a key
+    known to have no value): `get` parses it with the C scanner, so the caller has its own copy,
+    and `put` serialises the value once, which checks that it is JSON and is what the host gets.
+    Values the host handed over stay its bytes (`raw`) until first read. A key read is asked of
+    the host once, unless the host handed the whole state over (`complete`). The keys written
+    since the last flush (`written`: key -> text, "" for a delete) reach the host in one
+    `write-batch` call. The undo log holds (key, previous text, previous written text) for each
+    write of the current event, rolled back newest first."""
 
     def __init__(self):
-        self.values = {}
+        self.texts = {}
         self.raw = {}
         self.complete = False
-        self.texts = {}
-        self.undo = None
+        self.written = {}
+        self.undo = []
 
     def restart(self, start):
-        self.values = {}
-        self.raw = {}
         self.texts = {}
+        self.raw = {}
+        self.written = {}
         for key, value in _entries(start.entries):
             try:
                 self.raw[key.decode("utf-8")] = value
@@ -904,88 +856,82 @@ class _StateCache:
         self.complete = bool(start.whole) and len(self.raw) <= MAX_CACHED_KEYS
 
     def read(self, host, key):
-        """The cached value of `key` (not a copy), or `_ABSENT`."""
-        values = self.values
-        value = values.get(key, _UNKNOWN)
-        if value is not _UNKNOWN:
-            return value
-        data = self.raw.pop(key, _UNKNOWN)
+        """The JSON text of `key`'s value in this SDK's form, or None when it has none."""
+        texts = self.texts
+        text = texts.get(key, _UNKNOWN)
+        if text is not _UNKNOWN:
+            return text
+        data = self.raw.get(key, _UNKNOWN)
         if data is _UNKNOWN:
             data = None if self.complete else host.state_get(key.encode("utf-8"))
         if data is None:
-            value = _ABSENT
+            text = None
         else:
             try:
-                value = _loads(data)
-            except ValueError as error:
+                text = _dumps(_loads(data))
+            except (ValueError, TypeError, RecursionError) as error:
                 raise Reject(f"keyed state `{key}`: {error}") from None
-        values[key] = value
-        return value
+        texts[key] = text
+        return text
 
     def write(self, key, value, text):
-        """Sets `key` to `value` (`_ABSENT` with text "" to delete it)."""
-        undo = self.undo
-        if undo is not None and key not in undo:
-            undo[key] = (self.values.get(key, _UNKNOWN), self.texts.get(key, _UNKNOWN),
-                         self.raw.get(key, _UNKNOWN))
-        self.raw.pop(key, None)
-        self.values[key] = value
-        self.texts[key] = text
+        """Sets `key` to the JSON text `value` (None with text "" to delete it)."""
+        texts, written = self.texts, self.written
+        self.undo.append((key, texts.get(key, _UNKNOWN), written.get(key, _UNKNOWN)))
+        texts[key] = value
+        written[key] = text
 
     def begin_event(self):
-        if self.undo is None or self.undo:
-            self.undo = {}
+        if self.undo:
+            self.undo.clear()
 
     def rollback_event(self):
-        values, texts = self.values, self.texts
-        for key, (value, text, raw) in (self.undo or {}).items():
-            if value is _UNKNOWN:
-                values.pop(key, None)
-            else:
-                values[key] = value
+        texts, written = self.texts, self.written
+        for key, text, wrote in reversed(self.undo):
             if text is _UNKNOWN:
                 texts.pop(key, None)
             else:
                 texts[key] = text
-            if raw is not _UNKNOWN:
-                self.raw[key] = raw
-        self.undo = {}
+            if wrote is _UNKNOWN:
+                written.pop(key, None)
+            else:
+                written[key] = wrote
+        self.undo.clear()
 
     def flush(self, host):
-        self.undo = None
-        texts = self.texts
-        if texts:
+        self.undo.clear()
+        written = self.written
+        if written:
             # Columns built by C loops (`map`, `accumulate`): a batch writes about one key per
             # event.
-            keys, values = list(texts), list(texts.values())
+            keys, values = list(written), list(written.values())
             key_text, value_text = "".join(keys), "".join(values)
             key_ends = list(_accumulate(map(len, keys if key_text.isascii()
                                             else map(_utf8, keys))))
             value_ends = list(_accumulate(map(len, values if value_text.isascii()
                                               else map(_utf8, values))))
             deletes = list(map(_not, values))
-            self.texts = {}
+            self.written = {}
             host.state_write_batch(key_text.encode("utf-8"), key_ends,
                                    value_text.encode("utf-8"), value_ends, deletes)
-        if len(self.values) + len(self.raw) > MAX_CACHED_KEYS:
-            self.values = {}
+        if len(self.texts) + len(self.raw) > MAX_CACHED_KEYS:
+            self.texts = {}
             self.raw = {}
             self.complete = False
 
     def discard_unflushed(self):
         """Forgets everything when the last batch did not end with a flush (a native test whose
         function raised past the runner): its writes never reached the host."""
-        if self.texts or self.undo:
-            self.values = {}
-            self.raw = {}
+        if self.written or self.undo:
             self.texts = {}
+            self.raw = {}
+            self.written = {}
             self.complete = False
-        self.undo = None
+        self.undo.clear()
 
 
 _utf8 = str.encode
 _UNKNOWN = object()
-_ABSENT = object()
 
 
 # ----- Runners: one pass over a batch in the WIT layout -----
@@ -1083,15 +1029,15 @@ def run_transform(ctx, function, batch):
     with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
     ctx._begin_batch()
     ctx._position, ctx._positions = None, batch.positions
-    state = ctx._state
+    undo = ctx._state.undo
     index = 0
     events = batch_events(batch, ctx._reads)
     for event in events:
         # `Context._begin_event`, reduced to what must happen per event: what a rejection
         # rolls back is found from `_emitted` and the state's undo log.
         ctx._event = index
-        if state.undo is None or state.undo:
-            state.undo = {}
+        if undo:
+            undo.clear()
         try:
             function(event, ctx)
         except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
