@@ -235,3 +235,21 @@ def test_readings_that_all_have_the_fields_give_the_same_answers():
     assert (with_projection.run_batch(readings[5:]).records
             == without.run_batch(readings[5:]).records)
     assert with_projection.state_json == without.state_json
+
+
+def test_batches_are_freed_without_the_cycle_collector():
+    import gc
+
+    def read(event, ctx):
+        ctx.emit("out", {"a": event.json()["a"]})
+
+    harness = Harness(read)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            harness.run_batch([{"a": 1, "b": 2}, {"a": 2}])
+        alive = sum(type(o) is weir._Batch for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive <= 1

@@ -211,7 +211,7 @@ class _Batch:
         """The body of event `index` parsed in full (cached); malformed JSON rejects it."""
         full = self.full
         if full is None:
-            full = self.full = [_UNPARSED] * len(self.parsed)
+            full = self.full = [_UNPARSED] * len(self.starts)
         value = full[index]
         if value is _UNPARSED:
             text, start, end = self.text, self.starts[index], self.wit.body_ends[index]
@@ -967,6 +967,16 @@ def batch_events(batch, reads=None):
     return events
 
 
+def _release(events):
+    """Ends the batch of `events`: the objects `json()` made refer to their events, which refer
+    to the batch, which listed those objects; the list goes, so that reference counting frees
+    the batch at once rather than the cycle collector later. An event kept past its batch makes
+    its object again when asked."""
+    if events:
+        batch = events[0][1]
+        batch.parsed = [_UNPARSED] * len(batch.parsed)
+
+
 def _project(shared, wit, events):
     """Fills `shared.parsed` with a `_Fields` per event the host projected, from the JSON text
     of each projected field's value (`field-values`, ended by `field-ends`, field by field
@@ -1043,6 +1053,7 @@ def run_transform(ctx, function, batch):
         except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
             ctx._reject(_reason(error))
         index += 1
+    _release(events)
     ctx._end_batch(len(events))
     return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
 
@@ -1110,6 +1121,7 @@ def run_fold(ctx, request, plugin=PLUGIN):
                 ctx._begin_event(member, 0)
                 ctx._reject(f"cannot serialise the accumulator: {error}")
         ends.append(len(out))
+    _release(events)
     ctx._end_batch(len(events))
     if ctx._emitted:
         ctx.warn("records emitted during `fold` are discarded: emit them in `finish`")
@@ -1154,6 +1166,7 @@ def run_join(ctx, request, join_function=None):
             join_function(left, right, ctx)
         except Exception as error:
             ctx._reject(_reason(error))
+    _release(events)
     ctx._end_batch(len(events))
     return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
 
