@@ -996,8 +996,10 @@ def _project(shared, wit, events):
         # Slices made and joined by C loops, then parsed in one call: no Python code per field.
         texts = list(map(text.__getitem__, map(slice, starts, ends)))
     else:
-        texts = [bytes(data[start:end]).decode("utf-8", "surrogatepass")
-                 for start, end in zip(starts, ends)]
+        try:
+            texts = [bytes(data[start:end]).decode("utf-8") for start, end in zip(starts, ends)]
+        except UnicodeDecodeError:
+            return  # Not text: every body is parsed.
     absent = "" in texts
     if absent:
         texts = [t or "null" for t in texts]
