@@ -124,7 +124,8 @@ function batch(events, firstPosition, project = []) {
   const values = [];
   let valueLength = 0;
   for (const event of events) {
-    const texts = project.length > 0 ? fieldTexts(event.body, project) : null;
+    if (project.length === 0) break; // No projection: its lists are empty.
+    const texts = fieldTexts(event.body, project);
     out.projected.push(texts !== null);
     for (const text of texts ?? project.map(() => new Uint8Array())) {
       values.push(text);

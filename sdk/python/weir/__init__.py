@@ -539,8 +539,10 @@ class _Reads:
     """The top-level fields the plugin read from event bodies, which each output asks the host
     to project (`wanted-fields`). Recorded while the plugin reads bodies the host did not
     project: in the instance's first batches (`learning`), and whenever a projected body lacks
-    a field the plugin reads. Projection stops for good when most events need their whole body
-    (the plugin iterates or serialises them): the host would project for nothing."""
+    a field the plugin reads. The projection is left unused for good when most events need
+    their whole body (the plugin iterates or serialises them): completing each object would
+    cost more than parsing the body at once (the host goes on projecting: an empty list does
+    not change what it sends)."""
 
     #: Most fields asked for.
     MAX_FIELDS = 64
@@ -962,7 +964,7 @@ def batch_events(batch, reads=None):
     # `tuple.__new__` over zipped columns: no Python code runs per event.
     events = list(map(_new_tuple, _repeat(Event, count),
                       zip(batch.event_times, _repeat(shared, count), range(count))))
-    if count and getattr(batch, "field_names", None):
+    if count and getattr(batch, "field_names", None) and (reads is None or not reads.off):
         _project(shared, batch, events)
     return events
 

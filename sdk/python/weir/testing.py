@@ -169,8 +169,8 @@ def _batch(events, partition=0, first_position=0, project=()):
                             event_sources=[], field_names=list(project), field_values=b"",
                             field_ends=[], projected=[])
     values = bytearray()
-    for event in events:
-        texts = _field_texts(event.body, batch.field_names) if project else None
+    for event in events if project else ():  # No projection: its lists are empty.
+        texts = _field_texts(event.body, batch.field_names)
         batch.projected.append(texts is not None)
         for text in texts or [b""] * len(batch.field_names):
             values += text
