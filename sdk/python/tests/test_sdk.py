@@ -178,3 +178,37 @@ def test_state_values_are_copies_and_must_be_json():
     assert harness.state == {"k": {"n": 2}}
     assert "cannot serialise keyed state `k`" in harness.run({"nan": True}).rejection
     assert harness.state == {"k": {"n": 2}}
+
+
+def test_state_writes_of_a_rejected_event_are_undone_newest_first():
+    def edit(event, ctx):
+        command = event.json()
+        seen = {"before": ctx.get("k"), "nested": ctx.get("n")}
+        if seen["nested"]:
+            seen["nested"]["list"].append(9)  # the caller's copy: the state does not change
+        for step in command["steps"]:
+            if step == "delete":
+                ctx.delete("k")
+            else:
+                ctx.put("k", step)
+        seen["after"] = ctx.get("k", "none")
+        ctx.emit("seen", seen)
+        if command.get("reject"):
+            raise weir.Reject("no")
+
+    harness = Harness(edit)
+    # The host's text, with spaces, as another SDK may have written it.
+    harness._memory.state[b"k"] = b'{"a": [1, 2.5]}'
+    harness._memory.state[b"n"] = b'{"list": [1]}'
+    outcome = harness.run_batch([
+        {"steps": [1, "delete", 2], "reject": True},
+        {"steps": []},
+        {"steps": ["delete"], "reject": True},
+        {"steps": ["delete"]},
+        {"steps": []},
+    ])
+    seen = outcome.json("seen")
+    assert [s["before"] for s in seen] == [{"a": [1, 2.5]}, {"a": [1, 2.5]}, None]
+    assert [s["after"] for s in seen] == [{"a": [1, 2.5]}, "none", "none"]
+    assert seen[0]["nested"] == {"list": [1, 9]} and seen[2]["nested"] == {"list": [1, 9]}
+    assert harness.state == {"n": {"list": [1]}}
