@@ -518,10 +518,10 @@ impl PartitionReader for KafkaReader {
                 "the partition's reading failed before",
             ));
         }
-        if self.buffered.is_empty() {
-            if let Some(outcome) = self.receive(wait).await? {
-                return Ok(outcome);
-            }
+        if self.buffered.is_empty()
+            && let Some(outcome) = self.receive(wait).await?
+        {
+            return Ok(outcome);
         }
         if self.buffered.is_empty() {
             // A fetch found nothing: the end, if the partition ends at its end.
