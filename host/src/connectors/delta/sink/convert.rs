@@ -1156,12 +1156,30 @@ mod scan_tests {
 
     #[test]
     fn plain_numbers_cover_the_telemetry_forms_and_leave_the_rest() {
-        for text in ["21.5", "-3.25", "45", "-7", "0", "0.1", "1013.25", "99.999999"] {
+        for text in [
+            "21.5",
+            "-3.25",
+            "45",
+            "-7",
+            "0",
+            "0.1",
+            "1013.25",
+            "99.999999",
+        ] {
             let fast = plain_number(text.as_bytes());
             assert!(fast.is_some(), "{text}");
-            assert_eq!(fast, serde_json::from_slice::<Json<'_>>(text.as_bytes()).ok());
+            assert_eq!(
+                fast,
+                serde_json::from_slice::<Json<'_>>(text.as_bytes()).ok()
+            );
         }
-        for text in ["-0", "1e5", "1.5E-3", "1234567890123456", "0.1234567890123456"] {
+        for text in [
+            "-0",
+            "1e5",
+            "1.5E-3",
+            "1234567890123456",
+            "0.1234567890123456",
+        ] {
             assert_eq!(plain_number(text.as_bytes()), None, "{text}");
         }
     }
