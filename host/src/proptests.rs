@@ -192,6 +192,7 @@ proptest! {
                 .into_iter()
                 .map(|event| Rejection { event, reason: "r".into() })
                 .collect(),
+            wanted_fields: Vec::new(),
         };
         if crate::plugin::check_output(&output, events).is_ok() {
             // What the host then reads is all in range.

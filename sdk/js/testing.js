@@ -58,6 +58,7 @@ function batch(events, firstPosition) {
   const out = {
     partition: 0, bodyEnds: [], positions: [], eventTimes: [], enqueuedTimes: [], keyEnds: [],
     properties: [], sources: [], eventSources: [],
+    fieldNames: [], fieldValues: new Uint8Array(0), fieldEnds: new Uint32Array(0), projected: [],
   };
   let bodyLength = 0;
   let keyLength = 0;

@@ -649,6 +649,8 @@ export class Context {
       payloads: this._payloads.view(),
       emitted: this._emitted,
       rejected: this._rejected,
+      // This SDK reads whole bodies: it asks the host for no projection.
+      wantedFields: [],
     };
   }
 }
@@ -769,7 +771,7 @@ export function runFold(ctx, request, aggregate = PLUGIN.window) {
   }
   ctx._endBatch();
   if (ctx._emitted.length > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
-  return { accumulators: out.view(), accumulatorEnds: ends, rejected: ctx._rejected };
+  return { accumulators: out.view(), accumulatorEnds: ends, rejected: ctx._rejected, wantedFields: [] };
 }
 
 /** Produces the outputs of closed windows; returns the WIT `output-batch`, indexed by window. */

@@ -107,6 +107,7 @@ pub(crate) fn empty_output() -> OutputBatch {
         payloads: Vec::new(),
         emitted: Vec::new(),
         rejected: Vec::new(),
+        wanted_fields: Vec::new(),
     }
 }
 
@@ -409,6 +410,7 @@ impl Context {
         self.out.payloads.reserve(self.payloads_hint);
         self.out.emitted.clear();
         self.out.rejected.clear();
+        self.out.wanted_fields.clear();
     }
 
     /// Starts event `index` of the batch.

@@ -438,6 +438,10 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
         properties: Vec::new(),
         sources: Vec::new(),
         event_sources: Vec::with_capacity(events.len()),
+        field_names: Vec::new(),
+        field_values: Vec::new(),
+        field_ends: Vec::new(),
+        projected: Vec::new(),
     };
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);

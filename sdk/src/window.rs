@@ -141,6 +141,7 @@ impl WindowRunner {
             accumulators: Vec::new(),
             accumulator_ends: Vec::with_capacity(request.windows.len()),
             rejected: Vec::new(),
+            wanted_fields: Vec::new(),
         };
         for (group, window) in request.windows.iter().enumerate() {
             let stored = range(&request.accumulator_ends, group)

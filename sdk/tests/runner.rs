@@ -361,6 +361,10 @@ fn a_batch_with_bad_offsets_rejects_the_events_it_cannot_read() {
         properties: Vec::new(),
         sources: Vec::new(),
         event_sources: Vec::new(),
+        field_names: Vec::new(),
+        field_values: Vec::new(),
+        field_ends: Vec::new(),
+        projected: Vec::new(),
     };
     let mut runner = NativeRunner::new(emit_then_maybe_reject);
     let output = runner.process(&batch);

@@ -17,6 +17,10 @@ pub fn empty_batch(partition: u32) -> EventBatch {
         properties: Vec::new(),
         sources: Vec::new(),
         event_sources: Vec::new(),
+        field_names: Vec::new(),
+        field_values: Vec::new(),
+        field_ends: Vec::new(),
+        projected: Vec::new(),
     }
 }
 

@@ -70,6 +70,8 @@ def _output(result):
         payloads,
         emitted,
         [types.Rejection(e, reason) for e, reason in rejected],
+        # `wanted-fields`: this SDK reads whole bodies, so it asks for no projection.
+        [],
     )
 
 
@@ -82,7 +84,7 @@ def fold(request):
     """The body of `aggregate.fold`."""
     accumulators, ends, rejected = weir.run_fold(_ctx(), request)
     return types.FoldResponse(accumulators, ends,
-                              [types.Rejection(e, reason) for e, reason in rejected])
+                              [types.Rejection(e, reason) for e, reason in rejected], [])
 
 
 def finish(request):

@@ -126,7 +126,8 @@ def _batch(events, partition=0, first_position=0):
     bodies, keys = bytearray(), bytearray()
     batch = SimpleNamespace(partition=partition, body_ends=[], positions=[], event_times=[],
                             enqueued_times=[], key_ends=[], properties=[], sources=[],
-                            event_sources=[])
+                            event_sources=[], field_names=[], field_values=b"", field_ends=[],
+                            projected=[])
     for index, event in enumerate(events):
         bodies += event.body
         batch.body_ends.append(len(bodies))
