@@ -209,7 +209,7 @@ fn script_figures(dir: &str, batches: &[Vec<Event>]) -> ScriptFigures {
     let mut after = PluginInstance::new(plugin, settings, KeyedState::default()).expect("instance");
     let mut layout = weir::stage::batch::empty_batch(0);
     weir::stage::batch::fill_batch(&mut layout, &batches[0]);
-    after.process(&layout).expect("a batch");
+    after.process(&mut layout).expect("a batch");
     ScriptFigures {
         bytes,
         compile,
