@@ -197,8 +197,8 @@ impl BatchIndex {
             position: batch.positions.get(i).copied().unwrap_or_default(),
             partition: batch.partition,
             source: source_of(batch, i),
-            // Windows and joins get no projection from the host (yet).
-            projected: None,
+            // The host projects window batches; joins send none, and then this is `None`.
+            projected: BatchProjection::of(batch).and_then(|p| p.event(i)),
         })
     }
 }

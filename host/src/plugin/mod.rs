@@ -971,9 +971,13 @@ impl PluginInstance {
         }
     }
 
-    /// Calls a window aggregate's `fold`.
-    pub fn fold(&mut self, request: &FoldRequest) -> Result<FoldResponse, CallError> {
-        // Windows get no projection yet: the fields a fold asks for are kept, not used.
+    /// Calls a window aggregate's `fold`, with the request's events projected as in
+    /// [`PluginInstance::process`].
+    pub fn fold(&mut self, request: &mut FoldRequest) -> Result<FoldResponse, CallError> {
+        if request.events.field_names != self.wanted_fields {
+            crate::stage::batch::project(&mut request.events, &self.wanted_fields);
+        }
+        let request = &*request;
         let response = self.call(
             |_| Ok(()),
             |guest, store| match guest {

@@ -23,6 +23,7 @@
 //!   traps too does it go to the dead letters.
 //! - The stage follows its version slot at batch boundaries ([`Stage::batch_boundary`](super::Stage::batch_boundary)).
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -295,7 +296,7 @@ impl Windows {
             events,
             groups,
             batch: empty_batch(0),
-            request: empty_fold_request(),
+            request: RefCell::new(empty_fold_request()),
             order: Vec::new(),
             unit: None,
             touched: Vec::new(),
@@ -433,7 +434,8 @@ struct FoldCall<'a> {
     groups: &'a [FoldGroup],
     /// The batch layout the request is filled from.
     batch: EventBatch,
-    request: FoldRequest,
+    /// The request laid out last; a cell because a call adds the instance's projection to it.
+    request: RefCell<FoldRequest>,
     /// The members of the batch in order, one unit each in the retry.
     order: Vec<u32>,
     /// The unit laid out last, in the retry.
@@ -466,7 +468,7 @@ impl PluginCall for FoldCall<'_> {
             Units::One(unit) => Some(unit),
         };
         let Units::One(unit) = units else {
-            self.request = fold_request(&mut self.batch, self.events, self.groups, None);
+            *self.request.get_mut() = fold_request(&mut self.batch, self.events, self.groups, None);
             return;
         };
         let member = self.order[unit];
@@ -487,11 +489,11 @@ impl PluginCall for FoldCall<'_> {
                 members: vec![member],
             })
             .collect();
-        self.request = fold_request(&mut self.batch, self.events, &single, Some(member));
+        *self.request.get_mut() = fold_request(&mut self.batch, self.events, &single, Some(member));
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<FoldResponse, CallError> {
-        instance.fold(&self.request)
+        instance.fold(&mut self.request.borrow_mut())
     }
 
     fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), AnswerError> {
