@@ -96,21 +96,7 @@ fn bad_input_goes_to_the_dead_letters_with_a_reason_and_nothing_else_is_lost() {
     ];
     let input = dir.path().join("telemetry.jsonl");
     // Bad lines in the middle of good ones: the pipeline must go on after each.
-    let (head, tail) = good.split_at(good.len() / 2);
-    let mut text = String::new();
-    for reading in head {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    for line in bad {
-        text.push_str(line);
-        text.push('\n');
-    }
-    for reading in tail {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    std::fs::write(&input, text).expect("write input");
+    write_with_lines_in_the_middle(&input, &good, bad);
     let paths = anomaly_pipeline(dir.path(), &input, &PipelineOptions::default());
 
     run_to_completion(&paths.config, Duration::from_secs(120));
@@ -266,21 +252,11 @@ fn projected_fields_give_the_answers_and_reasons_of_reading_the_whole_body() {
         ),
     ];
     let input = dir.path().join("telemetry.jsonl");
-    let (head, tail) = good.split_at(good.len() / 2);
-    let mut text = String::new();
-    for reading in head {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    for line in refused.iter().chain(&accepted) {
-        text.push_str(line);
-        text.push('\n');
-    }
-    for reading in tail {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    std::fs::write(&input, text).expect("write input");
+    write_with_lines_in_the_middle(
+        &input,
+        &good,
+        refused.iter().chain(&accepted).map(String::as_str),
+    );
     // One partition, so that the odd events come after the batches the plugin learnt from.
     let options = PipelineOptions {
         partitions: 1,
@@ -327,4 +303,28 @@ fn projected_fields_give_the_answers_and_reasons_of_reading_the_whole_body() {
     assert_eq!(odd[0]["Temperature"], 95.0);
     let table = read_delta(&paths.raw_table);
     assert_eq!(table.rows.len(), good.len() + accepted.len());
+}
+
+/// Writes `good` readings to `input` as JSON Lines, with `lines` as they are between their two
+/// halves.
+fn write_with_lines_in_the_middle<'a>(
+    input: &std::path::Path,
+    good: &[Reading],
+    lines: impl IntoIterator<Item = &'a str>,
+) {
+    let (head, tail) = good.split_at(good.len() / 2);
+    let mut text = String::new();
+    for reading in head {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for reading in tail {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    std::fs::write(input, text).expect("write input");
 }
