@@ -473,9 +473,10 @@ impl PartitionWorker {
         for mut event in events {
             event.source = source.clone();
             // The source read this event's time in the scan that found its key.
-            let field = match decoded && event.event_time.is_some() {
-                true => None,
-                false => field.as_deref(),
+            let field = if decoded && event.event_time.is_some() {
+                None
+            } else {
+                field.as_deref()
             };
             match self.decode(&mut event, field) {
                 Ok(()) => {

@@ -848,7 +848,8 @@ pub struct PluginInstance {
     guest: Guest,
     deadline_ticks: u64,
     /// The top-level body fields the plugin last asked for (`wanted-fields`), projected into
-    /// every transform batch sent to this instance; a new instance starts with none.
+    /// every transform batch and fold request sent to this instance; a new instance starts with
+    /// none.
     wanted_fields: Vec<String>,
 }
 
@@ -938,9 +939,7 @@ impl PluginInstance {
     /// already has it (the layout functions of [`crate::stage::batch`] clear it); the fields the
     /// output asks for apply from the next call on.
     pub fn process(&mut self, batch: &mut EventBatch) -> Result<OutputBatch, CallError> {
-        if batch.field_names != self.wanted_fields {
-            crate::stage::batch::project(batch, &self.wanted_fields);
-        }
+        self.project_into(batch);
         let batch = &*batch;
         let events = batch.body_ends.len();
         let check = |output: &OutputBatch| check_output(output, events);
@@ -952,9 +951,11 @@ impl PluginInstance {
         Ok(output)
     }
 
-    /// The fields the instance last asked for, if any.
-    pub fn wanted_fields(&self) -> &[String] {
-        &self.wanted_fields
+    /// Gives `batch` the projection of the fields this instance asked for, unless it has it.
+    fn project_into(&self, batch: &mut EventBatch) {
+        if batch.field_names != self.wanted_fields {
+            crate::stage::batch::project(batch, &self.wanted_fields);
+        }
     }
 
     /// Keeps `wanted` (a plugin's `wanted-fields`) as the fields to project from now on, each
@@ -974,9 +975,7 @@ impl PluginInstance {
     /// Calls a window aggregate's `fold`, with the request's events projected as in
     /// [`PluginInstance::process`].
     pub fn fold(&mut self, request: &mut FoldRequest) -> Result<FoldResponse, CallError> {
-        if request.events.field_names != self.wanted_fields {
-            crate::stage::batch::project(&mut request.events, &self.wanted_fields);
-        }
+        self.project_into(&mut request.events);
         let request = &*request;
         let response = self.call(
             |_| Ok(()),
