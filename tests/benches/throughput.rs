@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce};
 use weir_tests::servers::KafkaBroker;
 use weir_tests::telemetry::{RAW_TELEMETRY_COLUMNS, Reading, ordered_readings};
-use weir_tests::{plugin_path, python_command, weir_binary};
+use weir_tests::{children_cpu_seconds, plugin_path, python_command, weir_binary};
 
 /// Devices of the generated input (the aggregates' 10,000 groups).
 const DEVICES: usize = 10_000;
@@ -197,18 +197,6 @@ fn run_weir(binary: &Path, config: &Path, events: usize) -> Run {
         cpu,
         load: load_average(),
     }
-}
-
-/// User and system seconds of this process's reaped children (`cutime` and `cstime` of
-/// `/proc/self/stat`, in clock ticks of 1/100 s).
-fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 =
-        fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
-    ticks as f64 / 100.0
 }
 
 fn load_average() -> String {

@@ -212,3 +212,37 @@ def test_state_writes_of_a_rejected_event_are_undone_newest_first():
     assert [s["after"] for s in seen] == [{"a": [1, 2.5]}, "none", "none"]
     assert seen[0]["nested"] == {"list": [1, 9]} and seen[2]["nested"] == {"list": [1, 9]}
     assert harness.state == {"n": {"list": [1]}}
+
+
+def test_flat_values_put_read_back_as_fresh_copies_equal_to_their_json():
+    def edit(event, ctx):
+        command = event.json()
+        got = ctx.get("k")
+        if got is not None:
+            got["seen"] = True  # the caller's copy: the state does not change
+        value = ctx.get("k")
+        ctx.emit("got", {"value": value, "keys": sorted({type(k).__name__ for k in value or ()})})
+        if "put" in command:
+            value = command["put"]
+            ctx.put("k", value)
+            value["after_put"] = 1  # changed after `put`: the state keeps what was put
+        if command.get("int_keys"):
+            ctx.put("k", {1: "one", "t": True, "f": 2.5, "none": None})
+        if command.get("reject"):
+            raise weir.Reject("no")
+
+    harness = Harness(edit)
+    outcome = harness.run_batch([
+        {"put": {"n": 1, "s": "x"}},
+        {},
+        {"put": {"n": 2}, "reject": True},  # rolled back: the next event sees n = 1
+        {},
+        {"int_keys": True},
+        {},
+    ])
+    # The rejected event's record is discarded with it.
+    got = [record["value"] for record in outcome.json("got")]
+    assert got == [None, {"n": 1, "s": "x"}, {"n": 1, "s": "x"}, {"n": 1, "s": "x"},
+                   {"1": "one", "t": True, "f": 2.5, "none": None}]
+    assert outcome.json("got")[-1]["keys"] == ["str"]  # as parsed from the JSON put
+    assert harness.state == {"k": {"1": "one", "t": True, "f": 2.5, "none": None}}
