@@ -280,47 +280,17 @@ outputs = {{ alerts = "alerts", rows = "rows" }}
         ),
     )
     .expect("config");
-    let log = std::fs::File::create(dir.path().join("weir.log")).expect("log");
     let before = weir_tests::children_cpu_seconds();
-    let status = std::process::Command::new(weir_tests::weir_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .current_dir(dir.path())
-        .env("WEIR_LOG", "warn")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .status()
-        .expect("start weir");
+    weir_tests::run_to_completion(&config, Duration::from_secs(600));
     let cpu = weir_tests::children_cpu_seconds() - before;
-    assert!(
-        status.success(),
-        "weir failed ({status}); log:\n{}",
-        std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default()
-    );
-    let alerts = lines_under(&dir.path().join("alerts"));
-    let rows = lines_under(&dir.path().join("rows"));
+    let alerts = weir_tests::read_jsonl_dir(&dir.path().join("alerts")).len();
+    let rows = weir_tests::read_jsonl_dir(&dir.path().join("rows")).len();
     // The simulator sends a small share of readings twice (`duplicate_ratio`), as a broker may.
     assert!(
         rows as u64 >= events,
         "every reading reaches the rows sink: {rows} rows of {events} readings"
     );
     (cpu, alerts)
-}
-
-/// Lines of the files under `dir` (a file sink's output).
-fn lines_under(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| {
-                    std::fs::read(e.path())
-                        .map(|data| data.iter().filter(|b| **b == b'\n').count())
-                        .unwrap_or(0)
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// What the benchmark measures of a Python or JavaScript plugin.

@@ -180,14 +180,7 @@ fn find(tool: &Tool, dir: &Path) -> Result<PathBuf, PluginCliError> {
         .flat_map(|start| start.ancestors())
         .map(|dir| dir.join(tool.in_checkout))
         .find(|path| path.is_file());
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(tool.name))
-                .find(|path| path.is_file())
-        })
-    };
-    in_checkout.or_else(on_path).ok_or_else(|| {
+    in_checkout.or_else(|| on_path(tool.name)).ok_or_else(|| {
         bad(
             dir,
             format!(
@@ -217,12 +210,15 @@ fn weval() -> Option<PathBuf> {
     let in_cache = cache
         .map(|cache| cache.join("weir/tools/bin/weval"))
         .filter(|path| path.is_file());
-    in_cache.or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("weval"))
-                .find(|path| path.is_file())
-        })
+    in_cache.or_else(|| on_path("weval"))
+}
+
+/// The program `name` on the `PATH`, if it is there.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
     })
 }
 
