@@ -52,6 +52,29 @@ pub fn top_level_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldVa
     serde_field(body, field)
 }
 
+/// The values of top-level fields `first` and `second` of the JSON object `body`, read in one
+/// pass: the same answers as [`top_level_field`] of each (which fail together, for a body that
+/// is not one well-formed JSON object).
+pub fn top_level_field_pair<'a>(
+    body: &'a [u8],
+    first: &str,
+    second: &str,
+) -> Result<(Option<FieldValue<'a>>, Option<FieldValue<'a>>), String> {
+    let (mut found_first, mut found_second) = (None, None);
+    let plain = scan::members(body, |key, value| {
+        if found_first.is_none() && key == first {
+            found_first = Some(value);
+        }
+        if found_second.is_none() && key == second {
+            found_second = Some(value);
+        }
+    });
+    if plain && let (Some(first), Some(second)) = (resolved(found_first), resolved(found_second)) {
+        return Ok((first, second));
+    }
+    Ok((serde_field(body, first)?, serde_field(body, second)?))
+}
+
 /// [`top_level_field`] read by serde_json alone.
 fn serde_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldValue<'a>>, String> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -299,6 +322,31 @@ pub fn event_time_millis(value: &FieldValue<'_>) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_of_fields_reads_as_each_field_alone() {
+        let bodies: [&[u8]; 6] = [
+            br#"{"k":"dev-1","t":"2026-01-02T03:04:05Z","n":1}"#,
+            br#"{"t":17,"k":"x\"y"}"#,
+            br#"{"k":"only"}"#,
+            br#"{"k":"a","k":"b","t":1e999}"#,
+            br#"{"k":"a""#,
+            b"not json",
+        ];
+        for body in bodies {
+            for (first, second) in [("k", "t"), ("t", "k"), ("k", "k"), ("n", "absent")] {
+                let pair = top_level_field_pair(body, first, second);
+                let each = top_level_field(body, first)
+                    .and_then(|a| top_level_field(body, second).map(|b| (a, b)));
+                assert_eq!(
+                    pair,
+                    each,
+                    "{} ({first}, {second})",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
 
     #[test]
     fn finds_top_level_scalars_only() {

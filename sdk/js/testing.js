@@ -18,7 +18,9 @@
 // output encoding) and decodes the output as the host does. Keyed state (JSON text per key, as the
 // host keeps it), counters, logs, the stage config and reference tables live in memory.
 
-import { Context, PLUGIN, runFinish, runFold, runJoin, runTransform } from "./weir.js";
+import {
+  Context, PLUGIN, declaredFields, runFinish, runFold, runJoin, runTransform,
+} from "./weir.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -51,15 +53,88 @@ function concat(parts) {
   return out;
 }
 
-/** `events` in the WIT batch layout (camelCase, typed arrays and BigInts as componentize-js). */
-function batch(events, firstPosition) {
+const strictDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The end of the JSON value that starts at `at` in the valid JSON text `text`. */
+function valueEnd(text, at) {
+  const first = text[at];
+  if (first === '"') {
+    let i = at + 1;
+    while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+    return i + 1;
+  }
+  if (first === "{" || first === "[") {
+    let depth = 0;
+    for (let i = at; ; i++) {
+      const c = text[i];
+      if (c === '"') i = valueEnd(text, i) - 1;
+      else if (c === "{" || c === "[") depth++;
+      else if (c === "}" || c === "]") {
+        depth--;
+        if (depth === 0) return i + 1;
+      }
+    }
+  }
+  return at + /^[^,}\]\s]+/.exec(text.slice(at))[0].length;
+}
+
+const skipSpace = (text, at) => at + /^[ \t\n\r]*/.exec(text.slice(at))[0].length;
+
+/** The JSON text of each of `names` in `body` as the host projects it (the value's bytes as they
+ * stand in the body; empty for a field it does not have), or null when the body is not a JSON
+ * object (the host does not project it). */
+export function fieldTexts(body, names) {
+  let text;
+  try {
+    text = strictDecoder.decode(body);
+    const value = JSON.parse(text);
+    if (value === null || typeof value !== "object" || Array.isArray(value)) return null;
+  } catch {
+    return null;
+  }
+  const spans = new Map();
+  let at = skipSpace(text, 0) + 1; // past "{"
+  for (;;) {
+    at = skipSpace(text, at);
+    if (text[at] === "}") break;
+    const keyEnd = valueEnd(text, at);
+    const key = JSON.parse(text.slice(at, keyEnd));
+    at = skipSpace(text, keyEnd) + 1; // past ":"
+    const start = skipSpace(text, at);
+    at = valueEnd(text, start);
+    spans.set(key, text.slice(start, at)); // the last of a key repeated, as parsed
+    at = skipSpace(text, at);
+    if (text[at] === "}") break;
+    at += 1; // past ","
+  }
+  return names.map((name) => encoder.encode(spans.get(name) ?? ""));
+}
+
+/** `events` in the WIT batch layout (camelCase, typed arrays and BigInts as componentize-js), with
+ * the fields `project` projected out of the bodies that are JSON objects, as the host does for a
+ * plugin that asked for them (`wanted-fields`). */
+function batch(events, firstPosition, project = []) {
   const bodies = [];
   const keys = [];
   const out = {
     partition: 0, bodyEnds: [], positions: [], eventTimes: [], enqueuedTimes: [], keyEnds: [],
-    properties: [], sources: [], eventSources: [],
-    fieldNames: [], fieldValues: new Uint8Array(0), fieldEnds: new Uint32Array(0), projected: [],
+    properties: [], sources: [], eventSources: [], fieldNames: [...project], fieldEnds: [],
+    projected: [],
   };
+  const values = [];
+  let valueLength = 0;
+  for (const event of events) {
+    if (project.length === 0) break; // No projection: its lists are empty.
+    const texts = fieldTexts(event.body, project);
+    out.projected.push(texts !== null);
+    for (const text of texts ?? project.map(() => new Uint8Array())) {
+      values.push(text);
+      valueLength += text.length;
+      out.fieldEnds.push(valueLength);
+    }
+  }
+  out.fieldValues = concat(values);
+  out.fieldEnds = Uint32Array.from(out.fieldEnds);
   let bodyLength = 0;
   let keyLength = 0;
   events.forEach((event, i) => {
@@ -230,6 +305,16 @@ class Base {
     this._memory = new Memory(options);
     this._ctx = new Context(new MemoryHost(this._memory));
     this._position = 0;
+    /** Whether batches carry the fields the plugin's last output asked for, as the host does
+     * (false: never, as a host without projection); `project` forces a list. */
+    this.projection = options.projection ?? true;
+    this.project = null;
+  }
+
+  /** The fields the next batch carries. */
+  _projected() {
+    if (this.project !== null) return [...this.project];
+    return this.projection ? [...this._ctx._wantedFields] : [];
   }
 
   /** Replaces the plugin instance (as a hot swap or a trap does): its cache starts again. */
@@ -263,11 +348,14 @@ class Base {
   }
 }
 
-/** Runs a transform function on events. Options: `{ config, state, reference: [[table, key, row]] }`. */
+/** Runs a transform function on events. Options: `{ config, state, reference: [[table, key, row]],
+ * projection, fields }` (`fields`: as declared with `transform(fn, { fields })`, which is read by
+ * default; `projection: false` runs as a host that projects no field). */
 export class Harness extends Base {
   constructor(fn = PLUGIN.transform, options = {}) {
     super(options);
     this.fn = fn;
+    this.fields = options.fields ?? declaredFields(fn);
   }
 
   /** Runs one event (a TestEvent, or a body) as a batch of one. */
@@ -278,9 +366,9 @@ export class Harness extends Base {
   /** Runs the events as one batch. */
   runBatch(events) {
     events = events.map(asEvent);
-    const input = batch(events, this._position);
+    const input = batch(events, this._position, this._projected());
     this._position += events.length;
-    return new Outcome(runTransform(this._ctx, this.fn, input), events.map((e) => e.body));
+    return new Outcome(runTransform(this._ctx, this.fn, input, this.fields), events.map((e) => e.body));
   }
 }
 
@@ -302,7 +390,7 @@ export class WindowHarness extends Base {
     events = events.map(asEvent);
     const stored = encoder.encode(this.accumulators.get(this._id(key, start, end)) ?? "");
     const request = {
-      events: batch(events, this._position),
+      events: batch(events, this._position, this._projected()),
       windows: [{ key: JSON.stringify(key), start: BigInt(start), end: BigInt(end) }],
       accumulators: stored,
       accumulatorEnds: [stored.length],
@@ -346,6 +434,7 @@ export class JoinHarness extends Base {
   constructor(fn = PLUGIN.join, options = {}) {
     super(options);
     this.fn = fn;
+    this.fields = options.fields ?? declaredFields(fn);
   }
 
   /** Enriches one pair (either side may be null): its Outcome. */
@@ -360,8 +449,8 @@ export class JoinHarness extends Base {
       pair.right = events.length;
       events.push(asEvent(right));
     }
-    const request = { events: batch(events, this._position), pairs: [pair] };
+    const request = { events: batch(events, this._position, this._projected()), pairs: [pair] };
     this._position += events.length;
-    return new Outcome(runJoin(this._ctx, request, this.fn), [events[0].body]);
+    return new Outcome(runJoin(this._ctx, request, this.fn, this.fields), [events[0].body]);
   }
 }

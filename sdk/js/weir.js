@@ -67,23 +67,50 @@ function register(slot, value) {
   return value;
 }
 
-/** Registers the plugin's transform function: `fn(event, ctx)`, called for every event. */
-export function transform(fn) {
+/** The top-level fields each registered function reads, when it declared them. */
+const DECLARED = new WeakMap();
+
+function declare(target, fields) {
+  if (fields === undefined || fields === null) return;
+  if (!Array.isArray(fields) || !fields.every((f) => typeof f === "string")) {
+    throw new TypeError("`fields` is a list of the names of the top-level fields the plugin reads");
+  }
+  DECLARED.set(target, Object.freeze([...new Set(fields)]));
+}
+
+/** The fields `target` (a registered function or window aggregate) declared it reads, or null. */
+export function declaredFields(target) {
+  if (!target) return null;
+  const fields = DECLARED.get(target);
+  if (fields !== undefined) return fields;
+  // A window aggregate's own `fields`, when it was not registered (as in a native test).
+  return typeof target === "object" && Array.isArray(target.fields) ? target.fields : null;
+}
+
+/** Registers the plugin's transform function: `fn(event, ctx)`, called for every event. With
+ * `{ fields: [...] }`, `event.json()` holds only those top-level fields of the body, which the
+ * host hands over without the guest parsing the body. */
+export function transform(fn, { fields } = {}) {
   if (typeof fn !== "function") throw new TypeError("transform(fn) takes a function");
+  declare(fn, fields);
   return register("transform", fn);
 }
 
-/** Registers a window aggregate: `{ init(), fold(acc, event, ctx), finish(acc, window, ctx) }`. */
+/** Registers a window aggregate: `{ init(), fold(acc, event, ctx), finish(acc, window, ctx),
+ * fields }` (`fields` as for `transform`). */
 export function window(aggregate) {
   if (!aggregate || typeof aggregate.fold !== "function") {
     throw new TypeError("window({ init, fold, finish }) needs at least `fold`");
   }
+  declare(aggregate, aggregate.fields);
   return register("window", aggregate);
 }
 
-/** Registers a join enrichment: `fn(left, right, ctx)`, one side null when an event is alone. */
-export function join(fn) {
+/** Registers a join enrichment: `fn(left, right, ctx)`, one side null when an event is alone
+ * (`{ fields }` as for `transform`). */
+export function join(fn, { fields } = {}) {
   if (typeof fn !== "function") throw new TypeError("join(fn) takes a function");
+  declare(fn, fields);
   return register("join", fn);
 }
 
@@ -92,9 +119,10 @@ export function join(fn) {
 const UNPARSED = Symbol("unparsed");
 
 /** What the events of one batch share: the WIT batch, its bodies decoded once (when they are
- * ASCII, byte offsets are then character offsets), and its sources and properties. */
+ * ASCII, byte offsets are then character offsets), its sources and properties, and the fields
+ * the plugin declared with where the host's projection holds them. */
 class Batch {
-  constructor(wit) {
+  constructor(wit, fields = null) {
     this.wit = wit;
     const bodies = wit.bodies;
     this.text = null;
@@ -107,11 +135,86 @@ class Batch {
     const names = wit.sources;
     this.sources = names && names.length > 0 && wit.eventSources && wit.eventSources.length > 0
       ? names : null;
+    /** The declared fields, or null: then `json()` is the whole body. */
+    this.fields = fields;
+    /** Per declared field, its place among the projected fields; null: no projection to use. */
+    this.slots = null;
+    if (fields !== null) this.project(wit, fields);
+  }
+
+  /** Finds the declared fields in the host's projection (`field-names`, the JSON text of each
+   * field of each event in `field-values`, ended by `field-ends`, empty for a field the body
+   * does not have; `projected` says which events the host projected). */
+  project(wit, fields) {
+    const names = wit.fieldNames;
+    if (!names || names.length === 0) return;
+    const count = wit.bodyEnds.length;
+    const ends = wit.fieldEnds;
+    if (!ends || ends.length !== count * names.length) return;
+    if (wit.projected && wit.projected.length !== count) return;
+    const slots = fields.map((f) => names.indexOf(f));
+    if (slots.includes(-1)) return; // Not all projected: the bodies are parsed.
+    this.slots = slots;
+    this.width = names.length;
+    this.fieldEnds = ends;
+    this.projected = wit.projected && !wit.projected.every(Boolean) ? wit.projected : null;
+    const values = wit.fieldValues;
+    const decoded = decoder.decode(values);
+    this.fieldText = decoded.length === values.length ? decoded : null;
   }
 
   start(index) {
     return index === 0 ? 0 : Number(this.wit.bodyEnds[index - 1]);
   }
+
+  /** What `json()` gives an event when the plugin declared its fields: an object of those of
+   * the body's top-level fields it has, in the declared order, from the projection when the
+   * host projected the event, else picked from the parsed body (the same object either way). */
+  declared(event) {
+    const fields = this.fields;
+    const slots = this.slots;
+    const index = event._index;
+    if (slots === null || (this.projected !== null && !this.projected[index])) {
+      const body = event._parse();
+      if (body === null || typeof body !== "object" || Array.isArray(body)) return body;
+      const picked = {};
+      for (let f = 0; f < fields.length; f++) {
+        const name = fields[f];
+        if (Object.hasOwn(body, name)) picked[name] = body[name];
+      }
+      return picked;
+    }
+    const ends = this.fieldEnds;
+    const text = this.fieldText;
+    const base = index * this.width;
+    const out = {};
+    for (let f = 0; f < fields.length; f++) {
+      const at = base + slots[f];
+      const start = at === 0 ? 0 : ends[at - 1];
+      const end = ends[at];
+      if (end > start) {
+        out[fields[f]] = text !== null
+          ? jsonValue(text, start, end)
+          : jsonValueOf(decoder.decode(this.wit.fieldValues.subarray(start, end)));
+      }
+    }
+    return out;
+  }
+}
+
+const jsonValueOf = (text) => jsonValue(text, 0, text.length);
+
+/** The value of the JSON text `text[start, end)`, as `JSON.parse` gives it: strings without an
+ * escape and numbers are taken without the parser. */
+function jsonValue(text, start, end) {
+  const first = text.charCodeAt(start);
+  if (first === 34) {
+    const inner = text.slice(start + 1, end - 1);
+    if (inner.indexOf("\\") < 0) return inner;
+  } else if (first === 45 || (first >= 48 && first <= 57)) {
+    return +text.slice(start, end);
+  }
+  return JSON.parse(text.slice(start, end));
 }
 
 /**
@@ -178,16 +281,22 @@ export class Event {
     return text !== null ? text.slice(this._start, this._end) : decoder.decode(this.body);
   }
 
-  /** The body parsed from JSON (cached); malformed JSON rejects the event. */
+  /** The body parsed from JSON (cached): with declared fields, an object of those fields only;
+   * malformed JSON rejects the event. */
   json() {
     if (this._json === UNPARSED) {
-      try {
-        this._json = JSON.parse(this.text);
-      } catch (error) {
-        throw new Reject(`malformed JSON: ${error.message}`);
-      }
+      this._json = this._batch.fields === null ? this._parse() : this._batch.declared(this);
     }
     return this._json;
+  }
+
+  /** The whole body parsed (not cached). */
+  _parse() {
+    try {
+      return JSON.parse(this.text);
+    } catch (error) {
+      throw new Reject(`malformed JSON: ${error.message}`);
+    }
   }
 
   _propertyPairs() {
@@ -239,7 +348,6 @@ export class Window {
 
 /** Most keys cached; past this the cache is emptied after a flush. */
 export const MAX_CACHED_KEYS = 65536;
-const MISSING = Symbol("missing");
 
 /** (key, value or null) of a WIT `writes` record, values as JSON text. */
 function* entries(writes) {
@@ -256,137 +364,69 @@ function* entries(writes) {
   }
 }
 
-/** A copy of a JSON value the caller may change without changing the cache. */
-function copy(value) {
-  if (value === null || typeof value !== "object") return value;
-  if (Array.isArray(value)) {
-    for (const item of value) if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
-    return value.slice();
-  }
-  for (const key in value) {
-    const item = value[key];
-    if (item !== null && typeof item === "object") return JSON.parse(JSON.stringify(value));
-  }
-  return { ...value };
-}
-
-/** The JSON text of `value` for `put` (serialising checks that it can be stored, now), and the
- * copy the cache keeps: shallow for a flat object of strings, finite numbers, booleans and nulls
- * (what JSON keeps of it), else parsed back from the text. */
-function stored(key, value) {
-  let text;
-  try {
-    text = JSON.stringify(value);
-  } catch (error) {
-    throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
-  }
-  if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
-  if (value !== null && typeof value === "object" && !Array.isArray(value)
-    && Object.getPrototypeOf(value) === Object.prototype) {
-    for (const name in value) {
-      const item = value[name];
-      const kind = typeof item;
-      if (!(kind === "string" || kind === "boolean" || item === null
-        || (kind === "number" && Number.isFinite(item)))) {
-        return [JSON.parse(text), text];
-      }
-    }
-    return [{ ...value }, text];
-  }
-  return [JSON.parse(text), text];
-}
-
-const ABSENT = Symbol("absent");
-
 /**
- * The instance's keyed-state cache, with an undo log for the current event. Values are kept
- * parsed (`values`: key -> value, ABSENT for none) or as the JSON text the host handed over until
- * first read (`raw`). A key read is asked of the host once, unless the host handed the whole state
- * over. A written key keeps the JSON text it was serialised to when written (`texts`: key ->
- * text, "" for a delete), and the keys written reach the host in one `write-batch` call.
+ * The instance's keyed-state cache, with an undo log for the current event. Every value is kept
+ * as its JSON text (`texts`: key -> text, null for a key known to have no value): `get` parses it,
+ * so the caller has its own copy, and `put` serialises the value once, which checks that it can
+ * be stored and is what the host gets (the interpreter runs no JavaScript per field either way). A
+ * key read is asked of the host once, unless the host handed the whole state over. The keys
+ * written since the last flush (`written`: key -> text, "" for a delete) reach the host in one
+ * `write-batch` call. The undo log holds (key, previous text, previous written text) triples,
+ * rolled back newest first.
  */
 class StateCache {
   constructor() {
-    this.values = new Map();
-    this.raw = new Map();
-    this.complete = false;
     this.texts = new Map();
-    this.undo = null;
-    this.inEvent = false;
+    this.complete = false;
+    this.written = new Map();
+    this.undo = [];
   }
 
   restart(start) {
-    this.values = new Map();
-    this.raw = new Map();
     this.texts = new Map();
-    for (const [key, value] of entries(start.entries)) this.raw.set(key, value);
-    this.complete = Boolean(start.whole) && this.raw.size <= MAX_CACHED_KEYS;
+    this.written = new Map();
+    for (const [key, value] of entries(start.entries)) this.texts.set(key, value);
+    this.complete = Boolean(start.whole) && this.texts.size <= MAX_CACHED_KEYS;
   }
 
-  /** The cached value of `key` (not a copy), or ABSENT. */
+  /** The JSON text of `key`'s value, or null when it has none. */
   read(host, key) {
-    const cached = this.values.get(key);
-    if (cached !== undefined) return cached;
-    let text = this.raw.get(key);
-    if (text !== undefined) {
-      this.raw.delete(key);
-    } else if (this.complete) {
+    let text = this.texts.get(key);
+    if (text !== undefined) return text;
+    if (this.complete) {
       text = null;
     } else {
       const bytes = host.stateGet(encoder.encode(key));
       text = bytes == null ? null : decoder.decode(bytes);
     }
-    let value = ABSENT;
-    if (text !== null) {
-      try {
-        value = JSON.parse(text);
-      } catch (error) {
-        throw new Reject(`keyed state \`${key}\`: ${error.message}`);
-      }
-    }
-    this.values.set(key, value);
-    return value;
-  }
-
-  /** Sets `key` to `value` with its JSON `text` (ABSENT and "" to delete it). */
-  write(key, value, text) {
-    if (this.inEvent) {
-      if (this.undo === null) this.undo = new Map();
-      if (!this.undo.has(key)) {
-        this.undo.set(key, [
-          this.values.has(key) ? this.values.get(key) : MISSING,
-          this.texts.has(key) ? this.texts.get(key) : MISSING,
-          this.raw.has(key) ? this.raw.get(key) : MISSING,
-        ]);
-      }
-    }
-    if (this.raw.size > 0) this.raw.delete(key);
-    this.values.set(key, value);
     this.texts.set(key, text);
+    return text;
   }
 
-  beginEvent() {
-    this.inEvent = true;
-    this.undo = null;
+  /** Sets `key` to the JSON text `text` ("" to delete it). */
+  write(key, text) {
+    const texts = this.texts;
+    const written = this.written;
+    this.undo.push(key, texts.get(key), written.get(key));
+    texts.set(key, text === "" ? null : text);
+    written.set(key, text);
   }
 
   rollbackEvent() {
-    if (this.undo !== null) {
-      for (const [key, [value, text, raw]] of this.undo) {
-        if (value === MISSING) this.values.delete(key);
-        else this.values.set(key, value);
-        if (text === MISSING) this.texts.delete(key);
-        else this.texts.set(key, text);
-        if (raw !== MISSING) this.raw.set(key, raw);
-      }
+    const undo = this.undo;
+    for (let i = undo.length - 3; i >= 0; i -= 3) {
+      const key = undo[i];
+      if (undo[i + 1] === undefined) this.texts.delete(key);
+      else this.texts.set(key, undo[i + 1]);
+      if (undo[i + 2] === undefined) this.written.delete(key);
+      else this.written.set(key, undo[i + 2]);
     }
-    this.undo = null;
+    undo.length = 0;
   }
 
   flush(host) {
-    this.inEvent = false;
-    this.undo = null;
-    const count = this.texts.size;
+    this.undo.length = 0;
+    const count = this.written.size;
     if (count > 0) {
       // One string of keys and one of values, each encoded once (a batch writes about one key
       // per event); when a string is ASCII its lengths are its byte lengths.
@@ -394,7 +434,7 @@ class StateCache {
       const values = new Array(count);
       const deletes = new Array(count);
       let i = 0;
-      for (const [key, text] of this.texts) {
+      for (const [key, text] of this.written) {
         keys[i] = key;
         values[i] = text;
         deletes[i] = text === "";
@@ -402,25 +442,22 @@ class StateCache {
       }
       const [keyBytes, keyEnds] = joined(keys);
       const [valueBytes, valueEnds] = joined(values);
-      this.texts = new Map();
+      this.written = new Map();
       host.stateWriteBatch({ keys: keyBytes, keyEnds, values: valueBytes, valueEnds, deletes });
     }
-    if (this.values.size + this.raw.size > MAX_CACHED_KEYS) {
-      this.values = new Map();
-      this.raw = new Map();
+    if (this.texts.size > MAX_CACHED_KEYS) {
+      this.texts = new Map();
       this.complete = false;
     }
   }
 
   discardUnflushed() {
-    if (this.texts.size > 0 || this.undo !== null) {
-      this.values = new Map();
-      this.raw = new Map();
+    if (this.written.size > 0 || this.undo.length > 0) {
       this.texts = new Map();
+      this.written = new Map();
       this.complete = false;
     }
-    this.undo = null;
-    this.inEvent = false;
+    this.undo.length = 0;
   }
 }
 
@@ -498,6 +535,8 @@ export class Context {
     // The current event's position, or null: then it is `_positions[_event]`.
     this._position = 0;
     this._positions = [];
+    // The fields the plugin declared, asked of the host in every output (`wanted-fields`).
+    this._wantedFields = [];
   }
 
   // ----- Outputs -----
@@ -543,20 +582,32 @@ export class Context {
   /** The value stored under `key` (parsed from JSON), or `fallback` (undefined) when none. The
    * value is the caller's copy: change it, then `put` it. */
   get(key, fallback = undefined) {
-    let value = this._state.values.get(key);
-    if (value === undefined) value = this._state.read(this._host, key);
-    return value === ABSENT ? fallback : copy(value);
+    let text = this._state.texts.get(key);
+    if (text === undefined) text = this._state.read(this._host, key);
+    if (text === null) return fallback;
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      throw new Reject(`keyed state \`${key}\`: ${error.message}`);
+    }
   }
 
-  /** Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch ends). */
+  /** Stores `value`, as JSON, under `key` (serialised now, which checks it can be stored; sent to
+   * the host when the batch ends). */
   put(key, value) {
-    const [copy, text] = stored(key, value);
-    this._state.write(key, copy, text);
+    let text;
+    try {
+      text = JSON.stringify(value);
+    } catch (error) {
+      throw new Reject(`cannot serialise keyed state \`${key}\`: ${error.message}`);
+    }
+    if (text === undefined) throw new Reject(`cannot serialise keyed state \`${key}\``);
+    this._state.write(key, text);
   }
 
   /** Removes `key` from the keyed state. */
   delete(key) {
-    this._state.write(key, ABSENT, "");
+    this._state.write(key, "");
   }
 
   // ----- Configuration and reference data -----
@@ -619,7 +670,7 @@ export class Context {
   _beginEvent(index, position) {
     this._event = index;
     this._position = position;
-    this._state.beginEvent();
+    this._state.undo.length = 0;
   }
 
   _reject(reason) {
@@ -649,8 +700,7 @@ export class Context {
       payloads: this._payloads.view(),
       emitted: this._emitted,
       rejected: this._rejected,
-      // This SDK reads whole bodies: it asks the host for no projection.
-      wantedFields: [],
+      wantedFields: this._wantedFields,
     };
   }
 }
@@ -669,8 +719,8 @@ function reason(error) {
 // ----- Runners: one pass over a batch in the WIT layout -----
 
 /** The events of a batch in the WIT layout (camelCase fields, as componentize-js gives them). */
-export function batchEvents(wit) {
-  const batch = new Batch(wit);
+export function batchEvents(wit, fields = null) {
+  const batch = new Batch(wit, fields);
   const ends = wit.bodyEnds;
   const times = wit.eventTimes;
   const events = new Array(ends.length);
@@ -684,18 +734,18 @@ export function batchEvents(wit) {
 }
 
 /** Runs `fn` over every event of `batch`; returns the WIT `output-batch`. */
-export function runTransform(ctx, fn, batch) {
+export function runTransform(ctx, fn, batch, fields = declaredFields(fn)) {
   ctx._beginBatch();
   ctx._position = null;
   ctx._positions = batch.positions;
-  const events = batchEvents(batch);
-  const state = ctx._state;
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(batch, fields);
+  const undo = ctx._state.undo;
   for (let i = 0; i < events.length; i++) {
     // `_beginEvent`, reduced to what must happen per event: what a rejection rolls back is
     // found from `_emitted` and the state's undo log.
     ctx._event = i;
-    state.inEvent = true;
-    state.undo = null;
+    if (undo.length !== 0) undo.length = 0;
     try {
       fn(events[i], ctx);
     } catch (error) {
@@ -729,7 +779,9 @@ function snapshot(acc) {
 export function runFold(ctx, request, aggregate = PLUGIN.window) {
   const init = aggregate.init || (() => ({}));
   ctx._beginBatch();
-  const events = batchEvents(request.events);
+  const fields = declaredFields(aggregate);
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(request.events, fields);
   const members = ranges(request.members, request.memberEnds);
   const out = new Payloads();
   const ends = [];
@@ -771,13 +823,19 @@ export function runFold(ctx, request, aggregate = PLUGIN.window) {
   }
   ctx._endBatch();
   if (ctx._emitted.length > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
-  return { accumulators: out.view(), accumulatorEnds: ends, rejected: ctx._rejected, wantedFields: [] };
+  return {
+    accumulators: out.view(),
+    accumulatorEnds: ends,
+    rejected: ctx._rejected,
+    wantedFields: ctx._wantedFields,
+  };
 }
 
 /** Produces the outputs of closed windows; returns the WIT `output-batch`, indexed by window. */
 export function runFinish(ctx, request, aggregate = PLUGIN.window) {
   const init = aggregate.init || (() => ({}));
   ctx._beginBatch();
+  ctx._wantedFields = declaredFields(aggregate) || [];
   const stored = ranges(request.accumulators, request.accumulatorEnds);
   for (let i = 0; i < stored.length; i++) {
     const window = request.windows[i];
@@ -796,9 +854,10 @@ export function runFinish(ctx, request, aggregate = PLUGIN.window) {
 }
 
 /** Calls the join function per pair; returns the WIT `output-batch`, indexed by pair. */
-export function runJoin(ctx, request, fn = PLUGIN.join) {
+export function runJoin(ctx, request, fn = PLUGIN.join, fields = declaredFields(fn)) {
   ctx._beginBatch();
-  const events = batchEvents(request.events);
+  ctx._wantedFields = fields || [];
+  const events = batchEvents(request.events, fields);
   request.pairs.forEach((pair, i) => {
     const left = pair.left != null ? events[pair.left] ?? null : null;
     const right = pair.right != null ? events[pair.right] ?? null : null;

@@ -127,6 +127,7 @@ mod error;
 mod event;
 mod join;
 pub mod lag;
+mod projection;
 mod runner;
 pub mod testing;
 mod text;

@@ -8,6 +8,7 @@ use crate::bindings::{EventBatch, OutputBatch, Property};
 use crate::context::{Backend, Context};
 use crate::error::Result;
 use crate::event::Event;
+use crate::projection::{self, BatchProjection};
 
 /// Runs batches for one plugin instance, keeping its [`Context`] (configuration cache, buffers)
 /// from batch to batch.
@@ -42,6 +43,7 @@ impl Runner {
             self.sorted_properties.sort_by_key(|p| p.event);
             &self.sorted_properties
         };
+        let projection = BatchProjection::of(batch);
         let mut next_property = 0;
         let mut body_start = 0;
         let mut key_start = 0;
@@ -87,11 +89,14 @@ impl Runner {
                 position,
                 partition: batch.partition,
                 source: source_of(batch, index),
+                projected: projection.and_then(|p| p.event(index)),
             };
             let result = transform(&event, ctx);
             ctx.end_event(result);
         }
         ctx.end_batch();
+        // Every batch says which fields the structs read so far need (the host keeps the last).
+        ctx.out.wanted_fields = projection::wanted_fields();
     }
 
     /// The outputs of the last batch.
@@ -192,6 +197,8 @@ impl BatchIndex {
             position: batch.positions.get(i).copied().unwrap_or_default(),
             partition: batch.partition,
             source: source_of(batch, i),
+            // The host projects window batches; joins send none, and then this is `None`.
+            projected: BatchProjection::of(batch).and_then(|p| p.event(i)),
         })
     }
 }

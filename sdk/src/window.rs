@@ -7,6 +7,7 @@ use crate::bindings::{FinishRequest, FoldRequest, FoldResponse, OutputBatch};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::projection;
 use crate::runner::BatchIndex;
 
 /// The accumulator of a window aggregate: implement it for your type and mark the `impl` with
@@ -205,6 +206,8 @@ impl WindowRunner {
             ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
         }
         response.rejected = std::mem::take(&mut ctx.out.rejected);
+        // As a transform's output: the fields the structs read so far need.
+        response.wanted_fields = projection::wanted_fields();
         response
     }
 

@@ -15,7 +15,9 @@
 //! hold. Knobs: `WEIR_BENCH_EVENTS` (default 1,000,000), `WEIR_BENCH_ONLY` (a comma-separated
 //! list of the names above), `WEIR_BENCH_BINARY` (another `weir` binary, to compare builds on
 //! the same machine in the same minutes; several separated by commas are run in turn, round by
-//! round), `WEIR_BENCH_PLUGIN_DIR` (where the `.wasm` plugins are, instead of this build's).
+//! round; `PATH=PLUGIN_DIR` runs that binary with the plugins of `PLUGIN_DIR`, for a build of
+//! another version of the plugin contract), `WEIR_BENCH_PLUGIN_DIR` (where the `.wasm` plugins
+//! are, instead of this build's).
 //!
 //! Run: `scripts/bench` (all of issue 15's benchmarks) or
 //! `cargo bench -p weir-tests --bench throughput` (release build).
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use weir_tests::kafka::{KafkaPipeline, create_topic, produce};
 use weir_tests::servers::KafkaBroker;
 use weir_tests::telemetry::{RAW_TELEMETRY_COLUMNS, Reading, ordered_readings};
-use weir_tests::{plugin_path, python_command, weir_binary};
+use weir_tests::{children_cpu_seconds, plugin_path, python_command, weir_binary};
 
 /// Devices of the generated input (the aggregates' 10,000 groups).
 const DEVICES: usize = 10_000;
@@ -57,7 +59,14 @@ fn main() {
         input.display()
     );
     for binary in &binaries {
-        println!("  binary: {}", binary.display());
+        match &binary.plugin_dir {
+            Some(plugins) => println!(
+                "  binary: {} (plugins from {})",
+                binary.path.display(),
+                plugins.display()
+            ),
+            None => println!("  binary: {}", binary.path.display()),
+        }
     }
     let file_pipelines: [(&str, Pipeline); 3] = [
         ("anomaly-delta", Pipeline::AnomalyDelta),
@@ -98,7 +107,7 @@ fn main() {
 /// Runs one pipeline `rounds` times with each binary and prints the figures.
 fn measure(
     name: &str,
-    binaries: &[PathBuf],
+    binaries: &[Binary],
     rounds: usize,
     events: usize,
     write: impl Fn(&Path) -> (PathBuf, Check),
@@ -108,7 +117,10 @@ fn measure(
         for (index, binary) in binaries.iter().enumerate() {
             let dir = tempfile::tempdir().expect("temp dir");
             let (config, check) = write(dir.path());
-            let run = run_weir(binary, &config, events);
+            if let Some(plugins) = &binary.plugin_dir {
+                repoint_plugins(&config, plugins);
+            }
+            let run = run_weir(&binary.path, &config, events);
             check.verify(dir.path(), events);
             runs[index].push(run);
         }
@@ -185,18 +197,6 @@ fn run_weir(binary: &Path, config: &Path, events: usize) -> Run {
         cpu,
         load: load_average(),
     }
-}
-
-/// User and system seconds of this process's reaped children (`cutime` and `cstime` of
-/// `/proc/self/stat`, in clock ticks of 1/100 s).
-fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 =
-        fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
-    ticks as f64 / 100.0
 }
 
 fn load_average() -> String {
@@ -432,19 +432,53 @@ fn kafka_records(input: &Path) -> Vec<(i32, String, String)> {
         .collect()
 }
 
-/// The binaries to run: `WEIR_BENCH_BINARY` (comma-separated), else the one this package built.
-fn binaries() -> Vec<PathBuf> {
+/// A `weir` binary to measure, and where its plugins are when they are not the run's (builds of
+/// two versions of the plugin contract each need plugins built against their own).
+struct Binary {
+    path: PathBuf,
+    plugin_dir: Option<PathBuf>,
+}
+
+/// The binaries to run: `WEIR_BENCH_BINARY` (comma-separated, each `PATH` or `PATH=PLUGIN_DIR`),
+/// else the one this package built.
+fn binaries() -> Vec<Binary> {
     match std::env::var("WEIR_BENCH_BINARY") {
         Ok(list) if !list.trim().is_empty() => list
             .split(',')
-            .map(|p| {
-                let path = PathBuf::from(p.trim());
+            .map(|entry| {
+                let (path, plugin_dir) = match entry.trim().split_once('=') {
+                    Some((path, plugins)) => (path, Some(PathBuf::from(plugins))),
+                    None => (entry.trim(), None),
+                };
+                let path = PathBuf::from(path);
                 assert!(path.is_file(), "no binary at {}", path.display());
-                path
+                if let Some(plugins) = &plugin_dir {
+                    assert!(
+                        plugins.is_dir(),
+                        "no plugin directory {}",
+                        plugins.display()
+                    );
+                }
+                Binary { path, plugin_dir }
             })
             .collect(),
-        _ => vec![weir_binary()],
+        _ => vec![Binary {
+            path: weir_binary(),
+            plugin_dir: None,
+        }],
     }
+}
+
+/// Points the plugin paths of `config` (the run's plugin directory) at `plugins`.
+fn repoint_plugins(config: &Path, plugins: &Path) {
+    let default = plugin("passthrough");
+    let default_dir = default.parent().expect("a plugin directory");
+    let text = std::fs::read_to_string(config).expect("read config");
+    let text = text.replace(
+        &default_dir.display().to_string(),
+        &plugins.display().to_string(),
+    );
+    std::fs::write(config, text).expect("write config");
 }
 
 /// The compiled plugin `name`: from `WEIR_BENCH_PLUGIN_DIR` when set, else this build's.

@@ -6,7 +6,13 @@
 //! 3. as the pass-through component through the host's stage (the cost of the boundary alone);
 //! 4. as the Python and the JavaScript components of the same rule (`plugins/python/`,
 //!    `plugins/js/`, built with `scripts/build-plugin`) through the host's stage, with their
-//!    compile and instantiate times and the linear memory an instance holds.
+//!    compile and instantiate times and the linear memory an instance holds;
+//! 5. the Rust, Python and JavaScript anomaly plugins through `weir run` (the release binary, a
+//!    configuration file, the built-in simulator on one partition, a file sink for alerts and
+//!    rows): events per CPU-second of the whole process, from the difference between a short and
+//!    a long run, so that start-up (compiling the plugin included) cancels out. This is the
+//!    figure of issue 17's goal (50,000 events/s per core). `WEIR_BENCH_RUN_EVENTS` sets the
+//!    long run's events (default 220,000; the short run has 20,000).
 //!
 //! Run: `cargo bench -p weir-tests --bench transform` (release build). One thread does all the
 //! work, so the figures are per core.
@@ -161,10 +167,135 @@ fn main() {
             n / figures.run.0.as_secs_f64(),
         );
     }
+
+    let long: u64 = std::env::var("WEIR_BENCH_RUN_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(220_000);
+    let short = 20_000.min(long / 2);
+    println!();
+    println!(
+        "through `weir run` (simulator, 1 partition, batches of {BATCH}; CPU of the whole process, {long} less {short} readings, best of 2):"
+    );
+    let plugins = [
+        ("Rust", weir_tests::plugin_path("telemetry_anomaly")),
+        ("Python", scripts[0].1.path.clone()),
+        ("JavaScript", scripts[1].1.path.clone()),
+    ];
+    let mut rust_alerts = None;
+    for (language, path) in &plugins {
+        let figures = weir_run_figures(path, short, long);
+        match rust_alerts {
+            None => rust_alerts = Some(figures.alerts),
+            Some(alerts) => assert_eq!(
+                figures.alerts, alerts,
+                "the {language} plugin must raise the Rust plugin's alerts under `weir run`"
+            ),
+        }
+        println!(
+            "{language:<11} {:>8.2} µs of CPU per reading, {:>9.0} events per CPU-second (goal for Python and JavaScript: 50,000); {} alerts",
+            figures.cpu_per_event * 1e6,
+            1.0 / figures.cpu_per_event,
+            figures.alerts
+        );
+    }
+}
+
+/// What `weir run` costs per reading with one plugin.
+struct WeirRunFigures {
+    /// CPU seconds per reading, start-up excluded.
+    cpu_per_event: f64,
+    /// Alerts of the long run.
+    alerts: usize,
+}
+
+/// Runs the anomaly stage with `plugin` under `weir run` on `short` and on `long` simulated
+/// readings, twice each, and takes the difference of the least CPU time of each.
+fn weir_run_figures(plugin: &std::path::Path, short: u64, long: u64) -> WeirRunFigures {
+    let store = tempfile::tempdir().expect("plugin store");
+    let best = |events: u64| {
+        (0..2)
+            .map(|_| weir_run(plugin, store.path(), events))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("a run")
+    };
+    let (short_cpu, _) = best(short);
+    let (long_cpu, alerts) = best(long);
+    WeirRunFigures {
+        cpu_per_event: (long_cpu - short_cpu).max(0.01) / (long - short) as f64,
+        alerts,
+    }
+}
+
+/// One `weir run` of the anomaly stage over `events` simulated readings: its CPU seconds and the
+/// alerts it wrote. `store` is the plugin store, shared by the runs of one plugin so that only
+/// the first compiles it.
+fn weir_run(plugin: &std::path::Path, store: &std::path::Path, events: u64) -> (f64, usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[checkpoint]
+dir = "checkpoints"
+interval = "5s"
+
+[plugins]
+store_dir = "{store}"
+
+[sources.telemetry]
+kind = "simulator"
+partitions = 1
+devices = 1000
+rate = 0
+max_events = {events}
+seed = 42
+start_time = "2026-11-22T00:00:00Z"
+reading_interval = "10s"
+
+[sinks.alerts]
+kind = "file"
+path = "alerts"
+
+[sinks.rows]
+kind = "file"
+path = "rows"
+
+[sinks.dead_letters]
+kind = "file"
+path = "dead_letters"
+
+[pipelines.telemetry]
+source = "telemetry"
+dead_letter = "dead_letters"
+batch = {{ max_events = {BATCH}, max_wait = "20ms" }}
+
+[[pipelines.telemetry.stages]]
+name = "anomaly"
+plugin = "{plugin}"
+outputs = {{ alerts = "alerts", rows = "rows" }}
+"#,
+            store = store.display(),
+            plugin = plugin.display(),
+        ),
+    )
+    .expect("config");
+    let before = weir_tests::children_cpu_seconds();
+    weir_tests::run_to_completion(&config, Duration::from_secs(600));
+    let cpu = weir_tests::children_cpu_seconds() - before;
+    let alerts = weir_tests::read_jsonl_dir(&dir.path().join("alerts")).len();
+    let rows = weir_tests::read_jsonl_dir(&dir.path().join("rows")).len();
+    // The simulator sends a small share of readings twice (`duplicate_ratio`), as a broker may.
+    assert!(
+        rows as u64 >= events,
+        "every reading reaches the rows sink: {rows} rows of {events} readings"
+    );
+    (cpu, alerts)
 }
 
 /// What the benchmark measures of a Python or JavaScript plugin.
 struct ScriptFigures {
+    path: std::path::PathBuf,
     bytes: u64,
     compile: Duration,
     instantiate: Duration,
@@ -209,8 +340,9 @@ fn script_figures(dir: &str, batches: &[Vec<Event>]) -> ScriptFigures {
     let mut after = PluginInstance::new(plugin, settings, KeyedState::default()).expect("instance");
     let mut layout = weir::stage::batch::empty_batch(0);
     weir::stage::batch::fill_batch(&mut layout, &batches[0]);
-    after.process(&layout).expect("a batch");
+    after.process(&mut layout).expect("a batch");
     ScriptFigures {
+        path,
         bytes,
         compile,
         instantiate,

@@ -149,6 +149,19 @@ pub fn weir_binary() -> PathBuf {
     binary
 }
 
+/// User and system seconds of this process's reaped children (`cutime` and `cstime` of
+/// `/proc/self/stat`, in clock ticks of 1/100 s): read before and after running `weir` to the
+/// end, the CPU time that run took on every core.
+pub fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
+    ticks as f64 / 100.0
+}
+
 /// A running `weir` process.
 #[derive(Debug)]
 pub struct WeirProcess {

@@ -96,21 +96,7 @@ fn bad_input_goes_to_the_dead_letters_with_a_reason_and_nothing_else_is_lost() {
     ];
     let input = dir.path().join("telemetry.jsonl");
     // Bad lines in the middle of good ones: the pipeline must go on after each.
-    let (head, tail) = good.split_at(good.len() / 2);
-    let mut text = String::new();
-    for reading in head {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    for line in bad {
-        text.push_str(line);
-        text.push('\n');
-    }
-    for reading in tail {
-        text.push_str(&reading.to_json());
-        text.push('\n');
-    }
-    std::fs::write(&input, text).expect("write input");
+    write_with_lines_in_the_middle(&input, &good, bad);
     let paths = anomaly_pipeline(dir.path(), &input, &PipelineOptions::default());
 
     run_to_completion(&paths.config, Duration::from_secs(120));
@@ -209,4 +195,136 @@ fn records_for_an_output_with_no_route_are_dead_letters_naming_the_stage_and_ver
     assert_alerts_match(&bodies, &expected);
     assert!(read_jsonl_dir(&paths.alerts).is_empty());
     assert_eq!(read_delta(&paths.raw_table).rows.len(), readings.len());
+}
+
+/// The reason the anomaly plugin gives for `body` when it reads the whole body (no projection).
+fn body_reason(body: &str) -> String {
+    match serde_json::from_str::<telemetry_anomaly::Reading>(body) {
+        Ok(_) => panic!("{body} is a valid reading"),
+        Err(e) => weir_sdk::Error::from(e).to_string(),
+    }
+}
+
+/// After its first batch the plugin reads its struct's fields from the host's projection
+/// (issue 15): alerts and dead letters must be exactly those of reading every body whole,
+/// whichever way each event goes (projected, projected but refused, left to the body).
+#[test]
+fn projected_fields_give_the_answers_and_reasons_of_reading_the_whole_body() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good: Vec<Reading> = generated_readings(12, 60, 29);
+    let time = "2026-11-01T00:00:00.000Z";
+    let refused = [
+        // Projected, refused by the struct: the reasons are serde_json's on the body.
+        format!(
+            r#"{{"DeviceId":"p-1","Temperature":"hot","Timestamp":"{time}","EventId":"wrong-type"}}"#
+        ),
+        format!(r#"{{"DeviceId":"p-2","Location":"X","Timestamp":"{time}","EventId":"no-temp"}}"#),
+        format!(
+            r#"{{"DeviceId":"p-3","Temperature":null,"Timestamp":"{time}","EventId":"null-temp"}}"#
+        ),
+        format!(
+            r#"{{"DeviceId":"p-4","Temperature":20.0,"Humidity":"wet","Timestamp":"{time}","EventId":"wet"}}"#
+        ),
+        format!(
+            r#"{{"DeviceId":"p-5","Temperature":20.0,"Extra":{{"a":[1,{{"b":null}}]}},"Timestamp":"{time}","EventId":7}}"#
+        ),
+        format!(
+            r#"{{"Temperature":20.0,"Timestamp":"{time}","EventId":"no-device","DeviceId":["p-6"]}}"#
+        ),
+        // Not projected (a field repeated; an escape): the plugin reads the body.
+        format!(
+            r#"{{"DeviceId":"p-7","Temperature":20.0,"Temperature":21.0,"Timestamp":"{time}","EventId":"twice"}}"#
+        ),
+        format!(
+            r#"{{"DeviceId":"p-8","Location":"\"quoted\"","Temperature":"hot","Timestamp":"{time}","EventId":"escaped-wrong"}}"#
+        ),
+    ];
+    // Valid readings of new devices, odd in form: one alerts (above 80), the others do not.
+    let accepted = [
+        format!(
+            r#"{{"DeviceId":"q-1","Temperature":95,"Timestamp":"{time}","EventId":"hot-integer"}}"#
+        ),
+        format!(
+            r#"{{"DeviceId":"q-\u0032","Location":"Lyon","Temperature":2.05e1,"Timestamp":"{time}","EventId":"escaped-ok"}}"#
+        ),
+        format!(
+            r#"{{ "EventId" : "spaced" , "Timestamp" : "{time}" , "Temperature" : -0.0e0 , "DeviceId" : "q-3" , "Location" : null }}"#
+        ),
+    ];
+    let input = dir.path().join("telemetry.jsonl");
+    write_with_lines_in_the_middle(
+        &input,
+        &good,
+        refused.iter().chain(&accepted).map(String::as_str),
+    );
+    // One partition, so that the odd events come after the batches the plugin learnt from.
+    let options = PipelineOptions {
+        partitions: 1,
+        batch_max_events: 64,
+        ..PipelineOptions::default()
+    };
+    let paths = anomaly_pipeline(dir.path(), &input, &options);
+
+    run_to_completion(&paths.config, Duration::from_secs(120));
+
+    let letters = read_jsonl_dir(&paths.dead_letters);
+    let reasons: BTreeMap<&str, (&str, &str)> = letters
+        .iter()
+        .map(|letter| {
+            (
+                letter["body"].as_str().expect("body"),
+                (
+                    letter["kind"].as_str().expect("kind"),
+                    letter["reason"].as_str().expect("reason"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(letters.len(), refused.len(), "{letters:#?}");
+    for body in &refused {
+        let (kind, reason) = reasons
+            .get(body.as_str())
+            .unwrap_or_else(|| panic!("no dead letter for {body}"));
+        assert_eq!(*kind, "rejected", "{body}");
+        let expected = body_reason(body);
+        assert!(
+            reason.contains(&expected),
+            "{body}: reason `{reason}`, reading the body gives `{expected}`"
+        );
+    }
+    let alerts = read_jsonl_dir(&paths.alerts);
+    let (odd, generated): (Vec<Value>, Vec<Value>) = alerts
+        .into_iter()
+        .partition(|a| a["DeviceId"].as_str().is_some_and(|d| d.starts_with("q-")));
+    assert_alerts_match(&generated, &expected_alerts(&good));
+    assert_eq!(odd.len(), 1, "{odd:#?}");
+    assert_eq!(odd[0]["EventId"], "hot-integer");
+    assert_eq!(odd[0]["Severity"], "Critical");
+    assert_eq!(odd[0]["Temperature"], 95.0);
+    let table = read_delta(&paths.raw_table);
+    assert_eq!(table.rows.len(), good.len() + accepted.len());
+}
+
+/// Writes `good` readings to `input` as JSON Lines, with `lines` as they are between their two
+/// halves.
+fn write_with_lines_in_the_middle<'a>(
+    input: &std::path::Path,
+    good: &[Reading],
+    lines: impl IntoIterator<Item = &'a str>,
+) {
+    let (head, tail) = good.split_at(good.len() / 2);
+    let mut text = String::new();
+    for reading in head {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for reading in tail {
+        text.push_str(&reading.to_json());
+        text.push('\n');
+    }
+    std::fs::write(input, text).expect("write input");
 }

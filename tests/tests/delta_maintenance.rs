@@ -283,8 +283,10 @@ fn compaction_under_sigkills_keeps_every_row_exactly_once() {
     let history = history(&table);
     let stream_files: usize = history.iter().map(|(_, data, _)| data).sum();
     eprintln!("{stream_files} files written by the stream, {live_files} live: {history:?}");
+    // Bounded by the days, not by how many files the stream wrote: how many it writes depends on
+    // how many checkpoints a loaded machine fits in, so a ratio of the two is no test.
     assert!(
-        live_files * 4 <= stream_files && live_files <= 4 * DAYS,
+        live_files <= 4 * DAYS && live_files < stream_files,
         "{stream_files} files written by the stream, {live_files} live after compaction: {history:?}"
     );
     // VACUUM deleted the files compaction removed (files of commits a SIGKILL interrupted, which

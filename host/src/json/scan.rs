@@ -35,12 +35,28 @@ pub enum Scanned<'a> {
 /// `false`, possibly after some calls, when the body is not plainly well formed (see the module
 /// documentation): the caller then discards what it was given and asks serde_json.
 pub fn members<'a>(body: &'a [u8], mut member: impl FnMut(&'a str, Scanned<'a>)) -> bool {
+    scan(body, &mut |key, value, _| member(key, value))
+}
+
+/// Like [`members`], with each member's value also given as its text in the body (a string with
+/// its quotes), which serde_json reads as the same value.
+pub fn members_with_text<'a>(
+    body: &'a [u8],
+    mut member: impl FnMut(&'a str, Scanned<'a>, &'a [u8]),
+) -> bool {
+    scan(body, &mut member)
+}
+
+/// A member's key, its value, and the value's text.
+type Member<'m, 'a> = &'m mut dyn FnMut(&'a str, Scanned<'a>, &'a [u8]);
+
+fn scan<'a>(body: &'a [u8], member: Member<'_, 'a>) -> bool {
     let mut cursor = Cursor { bytes: body, at: 0 };
     cursor.whitespace();
     if cursor.peek() != Some(b'{') {
         return false;
     }
-    if cursor.object(1, &mut member).is_none() {
+    if cursor.object(1, member).is_none() {
         return false;
     }
     cursor.whitespace();
@@ -79,7 +95,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// At `{`: the members, each given to `member`.
-    fn object(&mut self, depth: u32, member: &mut dyn FnMut(&'a str, Scanned<'a>)) -> Option<()> {
+    fn object(&mut self, depth: u32, member: Member<'_, 'a>) -> Option<()> {
         self.at += 1;
         self.whitespace();
         if self.peek()? == b'}' {
@@ -97,8 +113,9 @@ impl<'a> Cursor<'a> {
             }
             self.at += 1;
             self.whitespace();
+            let start = self.at;
             let value = self.value(depth)?;
-            member(key, value);
+            member(key, value, self.bytes.get(start..self.at)?);
             self.whitespace();
             match self.peek()? {
                 b',' => {
@@ -144,7 +161,7 @@ impl<'a> Cursor<'a> {
         match self.peek()? {
             b'"' => self.string().map(Scanned::Text),
             b'{' if depth < MAX_DEPTH => {
-                self.object(depth + 1, &mut |_, _| {})?;
+                self.object(depth + 1, &mut |_, _, _| {})?;
                 Some(Scanned::Object)
             }
             b'[' if depth < MAX_DEPTH => {

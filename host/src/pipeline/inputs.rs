@@ -19,6 +19,9 @@ pub(crate) struct Input {
     pub(crate) reader: Box<dyn PartitionReader>,
     /// The top-level field holding this source's event time, if any.
     pub(crate) event_time_field: Option<String>,
+    /// Whether the reader's events come with that field's event time already read (see
+    /// [`PartitionReader::event_time_decoded`]).
+    pub(crate) event_time_decoded: bool,
     /// The last position read (used with several sources; with one, the worker's position).
     pub(crate) position: Option<Position>,
     /// The source's offset of `position` as the checkpoint loaded at start holds it (see the

@@ -481,6 +481,10 @@ async fn start_pipeline(
                 loaded,
                 shared.checkpoints.clone(),
                 &shared.metrics,
+                pipeline
+                    .event_time_of(name)
+                    .and_then(|t| t.field)
+                    .as_deref(),
             )
             .await?,
         );
@@ -870,6 +874,7 @@ pub(crate) async fn build_worker(
         .zip(&pipeline.sources)
         .map(|(reader, name)| inputs::Input {
             name: name.as_str().into(),
+            event_time_decoded: reader.event_time_decoded(),
             reader,
             event_time_field: pipeline.event_time_of(name).and_then(|t| t.field),
             position: checkpoint.sources.get(name).and_then(|s| s.position),

@@ -462,13 +462,23 @@ impl PartitionWorker {
             return Ok(());
         };
         first_input.reserve(events.len());
-        let (source, field) = match self.inputs.inputs.get(input) {
-            Some(read) => (read.name.clone(), read.event_time_field.clone()),
-            None => (self.settings.source.clone(), None),
+        let (source, field, decoded) = match self.inputs.inputs.get(input) {
+            Some(read) => (
+                read.name.clone(),
+                read.event_time_field.clone(),
+                read.event_time_decoded,
+            ),
+            None => (self.settings.source.clone(), None, false),
         };
         for mut event in events {
             event.source = source.clone();
-            match self.decode(&mut event, field.as_deref()) {
+            // The source read this event's time in the scan that found its key.
+            let field = if decoded && event.event_time.is_some() {
+                None
+            } else {
+                field.as_deref()
+            };
+            match self.decode(&mut event, field) {
                 Ok(()) => {
                     let time = event.time();
                     self.max_event_time = Some(self.max_event_time.map_or(time, |t| t.max(time)));

@@ -848,7 +848,15 @@ pub struct PluginInstance {
     store: Store<StoreState>,
     guest: Guest,
     deadline_ticks: u64,
+    /// The top-level body fields the plugin last asked for (`wanted-fields`), projected into
+    /// every transform batch and fold request sent to this instance; a new instance starts with
+    /// none.
+    wanted_fields: Vec<String>,
 }
+
+/// Most fields a plugin can have projected (the rest of a longer list is ignored: the plugin
+/// reads those from the body).
+const MAX_WANTED_FIELDS: usize = 256;
 
 /// The loaded export of an instance.
 enum Guest {
@@ -915,6 +923,7 @@ impl PluginInstance {
             store,
             guest,
             deadline_ticks,
+            wanted_fields: Vec::new(),
         })
     }
 
@@ -926,24 +935,58 @@ impl PluginInstance {
     /// Calls a transform on one batch. State written during the call is kept only if it returns
     /// an output that refers to events of the batch only; otherwise the call failed (and the
     /// instance must be replaced, like after a trap).
-    pub fn process(&mut self, batch: &EventBatch) -> Result<OutputBatch, CallError> {
+    ///
+    /// The batch first gets the projection of the fields this instance asked for, unless it
+    /// already has it (the layout functions of [`crate::stage::batch`] clear it); the fields the
+    /// output asks for apply from the next call on.
+    pub fn process(&mut self, batch: &mut EventBatch) -> Result<OutputBatch, CallError> {
+        self.project_into(batch);
+        let batch = &*batch;
         let events = batch.body_ends.len();
         let check = |output: &OutputBatch| check_output(output, events);
-        self.call(check, |guest, store| match guest {
+        let output = self.call(check, |guest, store| match guest {
             Guest::Transform(guest) => Some(guest.call_process(store, batch)),
             _ => None,
-        })
+        })?;
+        self.learn_wanted_fields(&output.wanted_fields);
+        Ok(output)
     }
 
-    /// Calls a window aggregate's `fold`.
-    pub fn fold(&mut self, request: &FoldRequest) -> Result<FoldResponse, CallError> {
-        self.call(
+    /// Gives `batch` the projection of the fields this instance asked for, unless it has it.
+    fn project_into(&self, batch: &mut EventBatch) {
+        if batch.field_names != self.wanted_fields {
+            crate::stage::batch::project(batch, &self.wanted_fields);
+        }
+    }
+
+    /// Keeps `wanted` (a plugin's `wanted-fields`) as the fields to project from now on, each
+    /// name once; an empty list changes nothing.
+    fn learn_wanted_fields(&mut self, wanted: &[String]) {
+        if wanted.is_empty() || wanted == self.wanted_fields.as_slice() {
+            return;
+        }
+        self.wanted_fields.clear();
+        for name in wanted {
+            if self.wanted_fields.len() < MAX_WANTED_FIELDS && !self.wanted_fields.contains(name) {
+                self.wanted_fields.push(name.clone());
+            }
+        }
+    }
+
+    /// Calls a window aggregate's `fold`, with the request's events projected as in
+    /// [`PluginInstance::process`].
+    pub fn fold(&mut self, request: &mut FoldRequest) -> Result<FoldResponse, CallError> {
+        self.project_into(&mut request.events);
+        let request = &*request;
+        let response = self.call(
             |_| Ok(()),
             |guest, store| match guest {
                 Guest::Aggregate(guest) => Some(guest.call_fold(store, request)),
                 _ => None,
             },
-        )
+        )?;
+        self.learn_wanted_fields(&response.wanted_fields);
+        Ok(response)
     }
 
     /// Calls a window aggregate's `finish`.
@@ -1018,7 +1061,8 @@ impl PluginInstance {
     pub fn rehearse(&mut self, batch: &EventBatch, throwaway: KeyedState) -> Result<(), CallError> {
         let state = std::mem::replace(&mut self.store.data_mut().keyed, throwaway);
         self.store.data_mut().quiet = true;
-        let result = self.process(batch).map(drop);
+        // A copy, since the call adds this instance's projection (off the hot path).
+        let result = self.process(&mut batch.clone()).map(drop);
         let data = self.store.data_mut();
         data.quiet = false;
         data.counters.clear();

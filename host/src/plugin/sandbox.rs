@@ -30,6 +30,10 @@ pub fn engine() -> wasmtime::Result<Engine> {
     // small machine a compile spread over every core slows their batches several-fold. It takes
     // longer, off the hot path, and only once per version (the compiled form is cached on disk).
     config.parallel_compilation(false);
+    #[cfg(feature = "guest-profiling")]
+    if std::env::var("WEIR_GUEST_PROFILER").as_deref() == Ok("perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)?;
     start_epoch_ticker(&engine);
     Ok(engine)

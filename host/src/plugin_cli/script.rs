@@ -180,14 +180,7 @@ fn find(tool: &Tool, dir: &Path) -> Result<PathBuf, PluginCliError> {
         .flat_map(|start| start.ancestors())
         .map(|dir| dir.join(tool.in_checkout))
         .find(|path| path.is_file());
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(tool.name))
-                .find(|path| path.is_file())
-        })
-    };
-    in_checkout.or_else(on_path).ok_or_else(|| {
+    in_checkout.or_else(|| on_path(tool.name)).ok_or_else(|| {
         bad(
             dir,
             format!(
@@ -195,6 +188,37 @@ fn find(tool: &Tool, dir: &Path) -> Result<PathBuf, PluginCliError> {
                 tool.name, tool.in_checkout, tool.env
             ),
         )
+    })
+}
+
+/// `weval`, with which a JavaScript plugin is compiled ahead of time (componentize-js `--aot`:
+/// SpiderMonkey's interpreter specialised to the plugin's code, about 1.5x faster) when it is
+/// installed: `WEIR_WEVAL` (`off` builds without it), else where `scripts/setup --aot` puts it
+/// (`~/.cache/weir/tools/bin/weval`, under `XDG_CACHE_HOME` when set), else the `PATH`.
+fn weval() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WEIR_WEVAL").filter(|p| !p.is_empty()) {
+        return (path != "off").then(|| PathBuf::from(path));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        });
+    let in_cache = cache
+        .map(|cache| cache.join("weir/tools/bin/weval"))
+        .filter(|path| path.is_file());
+    in_cache.or_else(|| on_path("weval"))
+}
+
+/// The program `name` on the `PATH`, if it is there.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
     })
 }
 
@@ -360,7 +384,13 @@ fn stage_files(
 
 /// The hash of what a component is built from: the staged files, the SDK, the toolchain and the
 /// manifest.
-fn inputs_hash(stage: &Path, sdks: &Path, tool: &Path, manifest: &Manifest) -> String {
+fn inputs_hash(
+    stage: &Path,
+    sdks: &Path,
+    tool: &Path,
+    aot: Option<&Path>,
+    manifest: &Manifest,
+) -> String {
     let mut files = Vec::new();
     let mut pending = vec![
         stage.to_path_buf(),
@@ -381,6 +411,8 @@ fn inputs_hash(stage: &Path, sdks: &Path, tool: &Path, manifest: &Manifest) -> S
     let mut digest = Sha256::new();
     for part in [
         tool.display().to_string(),
+        aot.map(|weval| weval.display().to_string())
+            .unwrap_or_default(),
         manifest.package.name.clone(),
         manifest.package.version.clone(),
         manifest.kind.name().to_owned(),
@@ -407,10 +439,13 @@ fn inputs_hash(stage: &Path, sdks: &Path, tool: &Path, manifest: &Manifest) -> S
         .collect()
 }
 
-/// Runs the toolchain on the staged plugin, writing the component to `out`.
+/// Runs the toolchain on the staged plugin, writing the component to `out`; a JavaScript plugin
+/// is compiled ahead of time with `aot` (weval) when there is one.
+#[allow(clippy::too_many_arguments, reason = "the parts of one toolchain call")]
 fn componentize(
     lang: Lang,
     tool: &Path,
+    aot: Option<&Path>,
     kind: Kind,
     sdks: &Path,
     stage: &Path,
@@ -444,6 +479,9 @@ fn componentize(
                 .arg(&wit)
                 .args(["--world-name", world, "-d", "http", "fetch-event", "-o"])
                 .arg(out);
+            if let Some(weval) = aot {
+                command.arg("--aot").arg("--weval-bin").arg(weval);
+            }
         }
     }
     let status = command.status().map_err(|source| PluginCliError::Spawn {
@@ -487,11 +525,25 @@ pub(super) fn build(dir: &Path, key: Option<&Path>) -> Result<Built, PluginCliEr
     let path = out_dir.join(&file_name);
     let raw = out_dir.join(format!("{file_name}.componentized"));
     let stamp = out_dir.join(format!("{file_name}.inputs"));
-    let hash = inputs_hash(&stage, &sdks, &tool, &manifest);
+    let aot = if lang == Lang::Javascript {
+        weval()
+    } else {
+        None
+    };
+    let hash = inputs_hash(&stage, &sdks, &tool, aot.as_deref(), &manifest);
     let fresh = raw.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|h| h == hash);
     if !fresh {
         let _ = std::fs::remove_file(&stamp);
-        componentize(lang, &tool, manifest.kind, &sdks, &stage, entry, &raw)?;
+        componentize(
+            lang,
+            &tool,
+            aot.as_deref(),
+            manifest.kind,
+            &sdks,
+            &stage,
+            entry,
+            &raw,
+        )?;
         std::fs::write(&stamp, &hash).map_err(io(&stamp))?;
     }
     let bytes = std::fs::read(&raw).map_err(|source| PluginCliError::Read {

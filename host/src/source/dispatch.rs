@@ -6,6 +6,7 @@
 //! channel is empty has read everything the producer dispatched, so it is behind only by what the
 //! producer has not read yet: an idle partition does not look behind.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +17,8 @@ use tokio::sync::mpsc;
 use super::{PartitionReader, PartitionStart, ReadOutcome, SourceError, SourceErrorKind};
 use crate::event::{Event, PartitionId, Position};
 
-/// Events waiting per partition before the producer is made to wait (backpressure).
+/// Sends waiting per partition before the producer is made to wait (backpressure), for a
+/// producer that sends its events one by one.
 const CHANNEL_DEPTH: usize = 8192;
 
 /// How far a producer has got through an input whose end it knows, shared with the readers
@@ -58,12 +60,40 @@ impl InputProgress {
     }
 }
 
+/// How a [`Dispatcher`]'s channels and readers work.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// The producer's progress through an input whose end it knows: the readers report their
+    /// lag from it, and the producer keeps it up to date.
+    pub progress: Option<Arc<InputProgress>>,
+    /// Sends (an event, or a batch of a partition's events) waiting per partition before the
+    /// producer is made to wait.
+    pub depth: usize,
+    /// Whether the events the producer sends with an `event_time` carry the pipeline's event time
+    /// read from its field as the partition worker would read it (see
+    /// [`PartitionReader::event_time_decoded`]).
+    pub event_time_decoded: bool,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            progress: None,
+            depth: CHANNEL_DEPTH,
+            event_time_decoded: false,
+        }
+    }
+}
+
+/// What goes through a partition's channel: a batch of its events in order, or a read error.
+type Sent = Result<Vec<Event>, SourceError>;
+
 /// The producing side: one channel per partition. A producer reads its input once, from
-/// [`Dispatcher::resume_from`], and sends every event to the partition its key hashes to; each
-/// reader drops the events its own checkpoint already covers.
+/// [`Dispatcher::resume_from`], and sends every event to the partition its key hashes to (one by
+/// one, or in batches); each reader drops the events its own checkpoint already covers.
 #[derive(Debug)]
 pub struct Dispatcher {
-    senders: Vec<mpsc::Sender<Result<Event, SourceError>>>,
+    senders: Vec<mpsc::Sender<Sent>>,
     resume_from: Option<Position>,
 }
 
@@ -74,16 +104,15 @@ impl Dispatcher {
         partitions: u32,
         starts: &[PartitionStart],
     ) -> Result<(Dispatcher, Vec<Box<dyn PartitionReader>>), SourceError> {
-        Self::with_progress(source_name, partitions, starts, None)
+        Self::with_settings(source_name, partitions, starts, DispatchSettings::default())
     }
 
-    /// [`Dispatcher::new`] for an input whose end the producer knows: the readers report their
-    /// lag from `progress`, which the producer keeps up to date.
-    pub fn with_progress(
+    /// [`Dispatcher::new`] with `settings` (see [`DispatchSettings`]).
+    pub fn with_settings(
         source_name: &str,
         partitions: u32,
         starts: &[PartitionStart],
-        progress: Option<Arc<InputProgress>>,
+        settings: DispatchSettings,
     ) -> Result<(Dispatcher, Vec<Box<dyn PartitionReader>>), SourceError> {
         let mut covered: Vec<Option<PartitionStart>> = vec![None; partitions as usize];
         for start in starts {
@@ -119,15 +148,17 @@ impl Dispatcher {
                 Some(after) => resume_from = Some(resume_from.map_or(after, |r| r.min(after))),
                 None => from_start = true,
             }
-            let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+            let (sender, receiver) = mpsc::channel(settings.depth.max(1));
             senders.push(sender);
             readers.push(Box::new(ChannelReader {
                 partition: start.partition,
                 after: start.after,
                 receiver,
+                received: VecDeque::new(),
                 ended: false,
-                progress: progress.clone(),
+                progress: settings.progress.clone(),
                 read_through: start.after.unwrap_or(0),
+                event_time_decoded: settings.event_time_decoded,
             }));
         }
         // The input is re-read from the oldest position any partition still needs.
@@ -157,7 +188,17 @@ impl Dispatcher {
     /// Returns false once every reader is gone.
     pub async fn send(&self, event: Event) -> bool {
         match self.senders.get(event.partition as usize) {
-            Some(sender) => sender.send(Ok(event)).await.is_ok(),
+            Some(sender) => sender.send(Ok(vec![event])).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends `events`, all of `partition` and in its order, as one batch, blocking the thread
+    /// while that partition is full: for a producer on a thread of its own, never on the async
+    /// runtime's. Returns false once that partition's reader is gone.
+    pub fn send_batch_blocking(&self, partition: PartitionId, events: Vec<Event>) -> bool {
+        match self.senders.get(partition as usize) {
+            Some(sender) => sender.blocking_send(Ok(events)).is_ok(),
             None => false,
         }
     }
@@ -168,6 +209,14 @@ impl Dispatcher {
             let _ = sender
                 .send(Err(error(u32::try_from(partition).unwrap_or(u32::MAX))))
                 .await;
+        }
+    }
+
+    /// [`Dispatcher::fail`] from a producer's own thread (see
+    /// [`Dispatcher::send_batch_blocking`]).
+    pub fn fail_blocking(&self, error: impl Fn(PartitionId) -> SourceError) {
+        for (partition, sender) in self.senders.iter().enumerate() {
+            let _ = sender.blocking_send(Err(error(u32::try_from(partition).unwrap_or(u32::MAX))));
         }
     }
 
@@ -182,12 +231,16 @@ impl Dispatcher {
 struct ChannelReader {
     partition: PartitionId,
     after: Option<Position>,
-    receiver: mpsc::Receiver<Result<Event, SourceError>>,
+    receiver: mpsc::Receiver<Sent>,
+    /// Events taken from the channel in a batch but not handed out yet.
+    received: VecDeque<Event>,
     ended: bool,
     /// The producer's progress, when it knows the input's end.
     progress: Option<Arc<InputProgress>>,
     /// Where this partition's reading stands in the input: nothing before it is left for it.
     read_through: u64,
+    /// See [`DispatchSettings::event_time_decoded`].
+    event_time_decoded: bool,
 }
 
 impl ChannelReader {
@@ -219,6 +272,20 @@ impl ChannelReader {
             self.read_through = self.read_through.max(end);
         }
     }
+
+    /// Moves received events to `events`, up to `max` of them, skipping those the checkpoint
+    /// covers.
+    fn hand_out(&mut self, events: &mut Vec<Event>, max: usize) {
+        while events.len() < max {
+            let Some(event) = self.received.pop_front() else {
+                break;
+            };
+            self.took(&event);
+            if self.wanted(&event) {
+                events.push(event);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -234,56 +301,54 @@ impl PartitionReader for ChannelReader {
         Some(progress.end().saturating_sub(self.read_through))
     }
 
+    fn event_time_decoded(&self) -> bool {
+        self.event_time_decoded
+    }
+
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
         if self.ended {
             return Ok(ReadOutcome::End);
         }
-        let mut events = Vec::new();
+        let max = max.max(1);
+        let mut events = Vec::with_capacity(max.min(self.received.len().max(1024)));
         let deadline = tokio::time::Instant::now() + wait;
-        // Wait for the first wanted event.
-        while events.is_empty() {
+        loop {
+            // What an earlier batch left first; once it is all taken (`events` not full), the
+            // channel is looked at.
+            self.hand_out(&mut events, max);
+            if events.len() >= max {
+                break;
+            }
             let producer = self.producer_position();
-            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Err(_) => {
-                    // Nothing came since the producer stood there: all it sent was taken.
-                    self.drained(producer);
-                    return Ok(ReadOutcome::Idle);
+            let batch = if events.is_empty() {
+                // Wait for the first wanted event.
+                match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                    Err(_) => {
+                        // Nothing came since the producer stood there: all it sent was taken.
+                        self.drained(producer);
+                        return Ok(ReadOutcome::Idle);
+                    }
+                    Ok(None) => {
+                        self.drained(self.producer_position());
+                        self.ended = true;
+                        return Ok(ReadOutcome::End);
+                    }
+                    Ok(Some(batch)) => batch,
                 }
-                Ok(None) => {
-                    self.drained(self.producer_position());
-                    self.ended = true;
-                    return Ok(ReadOutcome::End);
-                }
-                Ok(Some(event)) => {
-                    let event = event?;
-                    self.took(&event);
-                    if self.wanted(&event) {
-                        events.push(event);
+            } else {
+                // Then take what is already there, without waiting.
+                match self.receiver.try_recv() {
+                    Ok(batch) => batch,
+                    // Empty, or closed: deliver what we have; the next call reports the end.
+                    Err(
+                        mpsc::error::TryRecvError::Empty | mpsc::error::TryRecvError::Disconnected,
+                    ) => {
+                        self.drained(producer);
+                        break;
                     }
                 }
-            }
-        }
-        // Then take what is already there, without waiting.
-        while events.len() < max {
-            let producer = self.producer_position();
-            match self.receiver.try_recv() {
-                Ok(event) => {
-                    let event = event?;
-                    self.took(&event);
-                    if self.wanted(&event) {
-                        events.push(event);
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    self.drained(producer);
-                    break;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    // Deliver what we have; the next call reports the end.
-                    self.drained(producer);
-                    break;
-                }
-            }
+            };
+            self.received = VecDeque::from(batch?);
         }
         Ok(ReadOutcome::Events(events))
     }

@@ -24,7 +24,7 @@ use crate::connectors::kafka::source as kafka;
 use crate::event::{Event, PartitionId, Position};
 use crate::generators::{bookings, telemetry};
 
-pub use dispatch::Dispatcher;
+pub use dispatch::{DispatchSettings, Dispatcher};
 
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +209,15 @@ pub trait PartitionReader: Send {
     /// Up to `max` events, waiting at most `wait` for the first one.
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError>;
 
+    /// Whether an event this reader delivers with its `event_time` set carries the pipeline's
+    /// event time, read from the pipeline's event-time field of this source exactly as the
+    /// partition worker reads it (a source that finds the field in the same pass as the key):
+    /// the worker then does not read the field again. An event without one is read by the worker,
+    /// which also gives the reason when the field is missing or malformed.
+    fn event_time_decoded(&self) -> bool {
+        false
+    }
+
     /// Events known to be in the partition but not yet read, when the source knows its end.
     fn lag(&self) -> Option<u64> {
         None
@@ -227,13 +236,16 @@ pub trait PartitionReader: Send {
     }
 }
 
-/// Builds the source `name` from its configuration.
+/// Builds the source `name` from its configuration, for a pipeline that reads its event time
+/// from top-level field `event_time_field` of it (if any: a source that scans each event for its
+/// key reads that field in the same pass, see [`PartitionReader::event_time_decoded`]).
 pub async fn build(
     name: &str,
     config: &SourceConfig,
     loaded: &LoadedConfig,
     checkpoints: Arc<dyn CheckpointStore>,
     metrics: &crate::metrics::Metrics,
+    event_time_field: Option<&str>,
 ) -> Result<Arc<dyn Source>, SourceError> {
     // Used only by builds without some connector.
     #[allow(unused_variables)]
@@ -242,7 +254,7 @@ pub async fn build(
         SourceConfig::File(file) => {
             let mut file = file.clone();
             file.path = loaded.resolve(&file.path);
-            Arc::new(file::FileSource::new(name, file))
+            Arc::new(file::FileSource::new(name, file).reading_event_time(event_time_field))
         }
         SourceConfig::Simulator(sim) => {
             let start_time = telemetry::resolve_start_time(name, sim, checkpoints.as_ref())

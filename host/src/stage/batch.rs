@@ -1,6 +1,7 @@
 //! The columnar batch layout of `wit/plugin.wit`, filled from events with its buffers reused.
 
 use crate::event::Event;
+use crate::json::scan;
 use crate::plugin::bindings::{EventBatch, Property};
 
 /// An empty batch of `partition`.
@@ -38,6 +39,7 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
     batch.properties.clear();
     batch.sources.clear();
     batch.event_sources.clear();
+    clear_projection(batch);
     batch
         .bodies
         .reserve(events.iter().map(|e| e.body.len()).sum());
@@ -65,6 +67,63 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
             });
         }
     }
+}
+
+/// Projects the top-level fields `wanted` of every event's body into `batch` (the layout of
+/// `event-batch.field-names` in `wit/plugin.wit`), replacing the projection it had; with `wanted`
+/// empty, the batch has none.
+///
+/// A body gets `projected = false` (and empty values) when the fast scanner does not read it as a
+/// plain JSON object (see [`scan`]: malformed, an escape anywhere, nested too deep) or when one of
+/// the wanted names appears twice in it: the plugin then reads the body itself, so what it
+/// answers never depends on the projection.
+pub fn project(batch: &mut EventBatch, wanted: &[String]) {
+    clear_projection(batch);
+    if wanted.is_empty() {
+        return;
+    }
+    let EventBatch {
+        bodies,
+        body_ends,
+        field_names,
+        field_values,
+        field_ends,
+        projected,
+        ..
+    } = batch;
+    field_names.extend_from_slice(wanted);
+    field_ends.reserve(body_ends.len() * wanted.len());
+    projected.reserve(body_ends.len());
+    let mut found: Vec<Option<&[u8]>> = vec![None; wanted.len()];
+    let mut start = 0usize;
+    for &end in body_ends.iter() {
+        let end = end as usize;
+        let body = bodies.get(start..end).unwrap_or_default();
+        start = end;
+        found.fill(None);
+        let mut repeated = false;
+        let plain = scan::members_with_text(body, |key, _, text| {
+            if let Some(field) = wanted.iter().position(|name| name == key) {
+                repeated |= found[field].replace(text).is_some();
+            }
+        });
+        let readable = plain && !repeated;
+        projected.push(readable);
+        for value in &found {
+            if readable && let Some(text) = value {
+                field_values.extend_from_slice(text);
+            }
+            field_ends.push(u32::try_from(field_values.len()).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// Leaves `batch` without a projection.
+fn clear_projection(batch: &mut EventBatch) {
+    batch.field_names.clear();
+    batch.field_values.clear();
+    batch.field_ends.clear();
+    batch.projected.clear();
 }
 
 /// The index of `source` in `sources`, added when it is not there yet. A pipeline has a handful
@@ -101,5 +160,64 @@ mod tests {
         fill_batch(&mut batch, &events[1..2]);
         assert_eq!(batch.sources, vec!["payments"]);
         assert_eq!(batch.event_sources, vec![0]);
+    }
+
+    /// Value `field` of event `event` in the batch's projection.
+    fn projected_value(batch: &EventBatch, event: usize, field: usize) -> &str {
+        let index = event * batch.field_names.len() + field;
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| batch.field_ends[previous] as usize);
+        std::str::from_utf8(&batch.field_values[start..batch.field_ends[index] as usize])
+            .expect("UTF-8")
+    }
+
+    #[test]
+    fn projects_the_wanted_fields_as_written_and_leaves_unreadable_bodies_to_the_plugin() {
+        let bodies = [
+            r#"{"b": [1, {"c":2}] ,"a":"x","z":-1.5e3}"#,
+            r#"{"a":null}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":"esc"aped","b":1}"#,
+            r#"{"a":1"#,
+            r#"[1]"#,
+            r#"{"z":1,"z":2,"b":true}"#,
+        ];
+        let events: Vec<Event> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| Event::new(0, i as u64, *body))
+            .collect();
+        let mut batch = empty_batch(0);
+        fill_batch(&mut batch, &events);
+        let wanted = vec!["a".to_owned(), "b".to_owned()];
+        project(&mut batch, &wanted);
+        assert_eq!(batch.field_names, wanted);
+        assert_eq!(
+            batch.projected,
+            [true, true, false, false, false, false, true]
+        );
+        assert_eq!(batch.field_ends.len(), bodies.len() * 2);
+        let values: Vec<(&str, &str)> = (0..bodies.len())
+            .map(|e| (projected_value(&batch, e, 0), projected_value(&batch, e, 1)))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                (r#""x""#, r#"[1, {"c":2}]"#),
+                ("null", ""),
+                ("", ""),
+                ("", ""),
+                ("", ""),
+                ("", ""),
+                ("", "true"),
+            ]
+        );
+        // A new layout starts without a projection; an empty wanted list clears one.
+        project(&mut batch, &[]);
+        assert!(batch.field_names.is_empty() && batch.projected.is_empty());
+        project(&mut batch, &wanted);
+        fill_batch(&mut batch, &events[..1]);
+        assert!(batch.field_names.is_empty() && batch.field_ends.is_empty());
     }
 }

@@ -8,6 +8,7 @@
 //! version is on probation, to the version it replaced); each event of that retry counts for the
 //! probation, and when the slot rolls back the rest of the batch runs on the version rolled back to.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -277,7 +278,7 @@ impl Shadowing {
         };
         let events = &events[..count];
         fill_batch(&mut self.batch, events);
-        let shadow = match self.instance.process(&self.batch) {
+        let shadow = match self.instance.process(&mut self.batch) {
             Ok(output) => shadow_outputs(output, events),
             Err(e) => {
                 self.seen = self.run.events();
@@ -363,7 +364,8 @@ fn shadow_outputs(output: OutputBatch, events: &[Event]) -> ShadowOutputs {
 /// A transform's call: the batch's events, all at once or one by one.
 struct EventsCall<'a> {
     events: &'a [Event],
-    batch: &'a mut EventBatch,
+    /// The request laid out last; a cell because a call adds the instance's projection to it.
+    batch: RefCell<&'a mut EventBatch>,
     /// The events the request laid out last.
     laid_out: &'a [Event],
 }
@@ -372,7 +374,7 @@ impl<'a> EventsCall<'a> {
     fn new(events: &'a [Event], batch: &'a mut EventBatch) -> Self {
         EventsCall {
             events,
-            batch,
+            batch: RefCell::new(batch),
             laid_out: events,
         }
     }
@@ -383,11 +385,11 @@ impl PluginCall for EventsCall<'_> {
 
     fn lay_out(&mut self, units: Units) {
         self.laid_out = laid_out(self.events, units);
-        fill_batch(self.batch, self.laid_out);
+        fill_batch(self.batch.get_mut(), self.laid_out);
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
-        instance.process(self.batch)
+        instance.process(&mut self.batch.borrow_mut())
     }
 
     fn read(&mut self, answer: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {

@@ -23,6 +23,7 @@
 //!   traps too does it go to the dead letters.
 //! - The stage follows its version slot at batch boundaries ([`Stage::batch_boundary`](super::Stage::batch_boundary)).
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ use super::{Rejected, RejectionKind, StageError, StageOutput};
 use crate::codec::DecodeError;
 use crate::config::{WindowConfig, WindowKind, WindowSemantics};
 use crate::event::Event;
-use crate::json::{top_level_fields, top_level_keys};
+use crate::json::{FieldValue, top_level_fields, top_level_keys};
 use crate::metrics::names;
 use crate::plugin::bindings::{
     EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Window as WitWindow,
@@ -295,7 +296,7 @@ impl Windows {
             events,
             groups,
             batch: empty_batch(0),
-            request: empty_fold_request(),
+            request: RefCell::new(empty_fold_request()),
             order: Vec::new(),
             unit: None,
             touched: Vec::new(),
@@ -433,7 +434,8 @@ struct FoldCall<'a> {
     groups: &'a [FoldGroup],
     /// The batch layout the request is filled from.
     batch: EventBatch,
-    request: FoldRequest,
+    /// The request laid out last; a cell because a call adds the instance's projection to it.
+    request: RefCell<FoldRequest>,
     /// The members of the batch in order, one unit each in the retry.
     order: Vec<u32>,
     /// The unit laid out last, in the retry.
@@ -466,7 +468,7 @@ impl PluginCall for FoldCall<'_> {
             Units::One(unit) => Some(unit),
         };
         let Units::One(unit) = units else {
-            self.request = fold_request(&mut self.batch, self.events, self.groups, None);
+            *self.request.get_mut() = fold_request(&mut self.batch, self.events, self.groups, None);
             return;
         };
         let member = self.order[unit];
@@ -487,11 +489,11 @@ impl PluginCall for FoldCall<'_> {
                 members: vec![member],
             })
             .collect();
-        self.request = fold_request(&mut self.batch, self.events, &single, Some(member));
+        *self.request.get_mut() = fold_request(&mut self.batch, self.events, &single, Some(member));
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<FoldResponse, CallError> {
-        instance.fold(&self.request)
+        instance.fold(&mut self.request.borrow_mut())
     }
 
     fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), AnswerError> {
@@ -681,30 +683,43 @@ fn finish_request<'a>(closed: impl Iterator<Item = &'a Closed>) -> FinishRequest
     request
 }
 
-/// The group key of `event`: a JSON object of the grouped fields.
-fn group_key(group_by: &[String], event: &Event) -> Result<Arc<str>, String> {
+/// The group key of `event`: a JSON object of the grouped fields (`quoted`: their names as JSON
+/// text), built in `key` (a buffer kept across events).
+fn group_key(
+    group_by: &[String],
+    quoted: &[String],
+    event: &Event,
+    key: &mut String,
+) -> Result<Arc<str>, String> {
     if group_by.is_empty() {
         return Ok(Arc::from("{}"));
     }
     let values = top_level_fields(&event.body, group_by)?;
-    let mut key = String::with_capacity(64);
+    key.clear();
     key.push('{');
-    for (index, (field, value)) in group_by.iter().zip(values).enumerate() {
+    for (index, ((field, name), value)) in group_by.iter().zip(quoted).zip(values).enumerate() {
         if index > 0 {
             key.push(',');
         }
-        key.push_str(&serde_json::to_string(field).unwrap_or_default());
+        key.push_str(name);
         key.push(':');
-        let json = match value {
-            None => "null".to_owned(),
-            Some(value) => value.to_json().ok_or_else(|| {
+        match value {
+            None => key.push_str("null"),
+            // Text with nothing to escape is its JSON as it stands, quoted.
+            Some(FieldValue::Text(text))
+                if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) =>
+            {
+                key.push('"');
+                key.push_str(&text);
+                key.push('"');
+            }
+            Some(value) => key.push_str(&value.to_json().ok_or_else(|| {
                 format!("group-by field `{field}` is not a string, a number or null")
-            })?,
-        };
-        key.push_str(&json);
+            })?),
+        }
     }
     key.push('}');
-    Ok(Arc::from(key))
+    Ok(Arc::from(key.as_str()))
 }
 
 /// A fold request for nothing.
@@ -791,8 +806,14 @@ impl Windows {
         out: &mut StageOutput,
     ) -> Result<(), StageError> {
         let group_by = &self.settings.group_by;
+        // The fields' names as JSON text, once per batch rather than once per event.
+        let quoted: Vec<String> = group_by
+            .iter()
+            .map(|field| serde_json::to_string(field).unwrap_or_default())
+            .collect();
+        let mut key = String::with_capacity(64);
         let assigned = self.state.assign(self.settings.spec, events, |event| {
-            group_key(group_by, event)
+            group_key(group_by, &quoted, event, &mut key)
         });
         let mut late = 0u64;
         for (member, refusal) in assigned.refused {

@@ -7,6 +7,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::window::{AsaWindow, WindowSpec};
+
+/// The stage's maps: looked up several times per event with keys of some 60 bytes, where
+/// foldhash costs a fraction of the standard hasher (the keys are the stage's own group keys).
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use crate::event::{Event, Position};
 use crate::time::{END_OF_INPUT, Mark};
 
@@ -28,13 +32,13 @@ pub(super) struct OpenWindow {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct WindowState {
     /// The open windows.
-    pub(super) windows: HashMap<GroupId, OpenWindow>,
+    pub(super) windows: FastMap<GroupId, OpenWindow>,
     /// Open windows in the order they close: (end, key, start).
     pub(super) closing: BTreeSet<(i64, Arc<str>, i64)>,
     /// Session windows: the start of each key's current session.
-    pub(super) sessions: HashMap<Arc<str>, i64>,
+    pub(super) sessions: FastMap<Arc<str>, i64>,
     /// Sliding windows: each key's events of the last `size`, in time order.
-    pub(super) recent: HashMap<Arc<str>, VecDeque<Event>>,
+    pub(super) recent: FastMap<Arc<str>, VecDeque<Event>>,
     /// The last watermark (not counting the end of the input).
     pub(super) watermark: Option<i64>,
 }
@@ -105,10 +109,10 @@ impl WindowState {
         &mut self,
         spec: WindowSpec,
         events: &[Event],
-        key: impl Fn(&Event) -> Result<Arc<str>, String>,
+        mut key: impl FnMut(&Event) -> Result<Arc<str>, String>,
     ) -> Assigned {
         let mut assigned = Assigned::default();
-        let mut index: HashMap<GroupId, usize> = HashMap::new();
+        let mut index: FastMap<GroupId, usize> = FastMap::default();
         for (member, event) in events.iter().enumerate() {
             let member = u32::try_from(member).unwrap_or(u32::MAX);
             let key = match key(event) {

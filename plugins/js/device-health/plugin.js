@@ -33,6 +33,8 @@ export function assess(t, health) {
 }
 
 export const health = window({
+  // The fields `fold` reads: the host hands them over without the body being parsed here.
+  fields: ["BatteryLevel", "SignalStrength"],
   init: () => ({ messages: 0, battery_sum: 0.0, signal_sum: 0.0 }),
   fold(acc, event) {
     const reading = event.json();

@@ -178,3 +178,71 @@ def test_state_values_are_copies_and_must_be_json():
     assert harness.state == {"k": {"n": 2}}
     assert "cannot serialise keyed state `k`" in harness.run({"nan": True}).rejection
     assert harness.state == {"k": {"n": 2}}
+
+
+def test_state_writes_of_a_rejected_event_are_undone_newest_first():
+    def edit(event, ctx):
+        command = event.json()
+        seen = {"before": ctx.get("k"), "nested": ctx.get("n")}
+        if seen["nested"]:
+            seen["nested"]["list"].append(9)  # the caller's copy: the state does not change
+        for step in command["steps"]:
+            if step == "delete":
+                ctx.delete("k")
+            else:
+                ctx.put("k", step)
+        seen["after"] = ctx.get("k", "none")
+        ctx.emit("seen", seen)
+        if command.get("reject"):
+            raise weir.Reject("no")
+
+    harness = Harness(edit)
+    # The host's text, with spaces, as another SDK may have written it.
+    harness._memory.state[b"k"] = b'{"a": [1, 2.5]}'
+    harness._memory.state[b"n"] = b'{"list": [1]}'
+    outcome = harness.run_batch([
+        {"steps": [1, "delete", 2], "reject": True},
+        {"steps": []},
+        {"steps": ["delete"], "reject": True},
+        {"steps": ["delete"]},
+        {"steps": []},
+    ])
+    seen = outcome.json("seen")
+    assert [s["before"] for s in seen] == [{"a": [1, 2.5]}, {"a": [1, 2.5]}, None]
+    assert [s["after"] for s in seen] == [{"a": [1, 2.5]}, "none", "none"]
+    assert seen[0]["nested"] == {"list": [1, 9]} and seen[2]["nested"] == {"list": [1, 9]}
+    assert harness.state == {"n": {"list": [1]}}
+
+
+def test_flat_values_put_read_back_as_fresh_copies_equal_to_their_json():
+    def edit(event, ctx):
+        command = event.json()
+        got = ctx.get("k")
+        if got is not None:
+            got["seen"] = True  # the caller's copy: the state does not change
+        value = ctx.get("k")
+        ctx.emit("got", {"value": value, "keys": sorted({type(k).__name__ for k in value or ()})})
+        if "put" in command:
+            value = command["put"]
+            ctx.put("k", value)
+            value["after_put"] = 1  # changed after `put`: the state keeps what was put
+        if command.get("int_keys"):
+            ctx.put("k", {1: "one", "t": True, "f": 2.5, "none": None})
+        if command.get("reject"):
+            raise weir.Reject("no")
+
+    harness = Harness(edit)
+    outcome = harness.run_batch([
+        {"put": {"n": 1, "s": "x"}},
+        {},
+        {"put": {"n": 2}, "reject": True},  # rolled back: the next event sees n = 1
+        {},
+        {"int_keys": True},
+        {},
+    ])
+    # The rejected event's record is discarded with it.
+    got = [record["value"] for record in outcome.json("got")]
+    assert got == [None, {"n": 1, "s": "x"}, {"n": 1, "s": "x"}, {"n": 1, "s": "x"},
+                   {"1": "one", "t": True, "f": 2.5, "none": None}]
+    assert outcome.json("got")[-1]["keys"] == ["str"]  # as parsed from the JSON put
+    assert harness.state == {"k": {"1": "one", "t": True, "f": 2.5, "none": None}}

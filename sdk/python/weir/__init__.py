@@ -56,16 +56,27 @@ _loads = json.loads
 
 def _c_dumps():
     """`_ENCODER.encode` without its two Python frames per value: the C encoder `encode` itself
-    uses, made once per call. Used only when it gives `encode`'s text on a sample (it is an
-    internal of the `json` module), else `encode` is."""
+    uses, made once and used again while it succeeds (its table of the containers being
+    serialised, which finds circular references, is empty again after every value it finished;
+    after a failure it is made anew). Used only when it gives `encode`'s text on a sample (it is
+    an internal of the `json` module), else `encode` is."""
     try:
         from json.encoder import c_make_encoder, encode_basestring
 
-        make, default, join = c_make_encoder, _ENCODER.default, "".join
+        default, join = _ENCODER.default, "".join
+
+        def make():
+            return c_make_encoder({}, default, encode_basestring, None, ":", ",", False, False,
+                                  False)
+
+        current = [make()]
 
         def dumps(value):
-            return join(make({}, default, encode_basestring, None, ":", ",", False, False,
-                             False)(value, 0))
+            try:
+                return join(current[0](value, 0))
+            except BaseException:
+                current[0] = make()
+                raise
 
         sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": -0.1}}
         if dumps(sample) != _ENCODER.encode(sample):
@@ -171,19 +182,72 @@ def join(function):
 
 class _Batch:
     """What the events of one batch share: the WIT batch, its bodies decoded once (when they are
-    ASCII, byte offsets are then character offsets) and each body once parsed."""
+    ASCII, byte offsets are then character offsets), each body once parsed, and the fields the
+    host projected out of the bodies (see `_project`)."""
 
-    __slots__ = ("wit", "text", "starts", "parsed", "sources", "properties")
+    __slots__ = ("wit", "text", "starts", "parsed", "full", "sources", "properties", "names",
+                 "unprojected", "reads")
 
-    def __init__(self, wit):
+    def __init__(self, wit, reads=None):
         self.wit = wit
         bodies = wit.bodies
         self.text = bodies.decode("ascii") if bodies.isascii() else None
         ends = wit.body_ends
         self.starts = [0, *ends[:-1]] if ends else []
+        #: What `event.json()` returns, per event, once made (`_Fields` from the projection).
         self.parsed = [_UNPARSED] * len(ends)
+        #: Each body parsed in full, per event, when something needed it.
+        self.full = None
         self.sources = None
         self.properties = None
+        #: The fields the host projected for this batch (empty: none).
+        self.names = _NO_NAMES
+        #: Indices of events the host did not project (their bodies are parsed).
+        self.unprojected = None
+        #: Where the fields the plugin reads are recorded (`_Reads`), or None.
+        self.reads = reads
+
+    def body_value(self, index):
+        """The body of event `index` parsed in full (cached); malformed JSON rejects it."""
+        full = self.full
+        if full is None:
+            full = self.full = [_UNPARSED] * len(self.starts)
+        value = full[index]
+        if value is _UNPARSED:
+            text, start, end = self.text, self.starts[index], self.wit.body_ends[index]
+            if text is not None:
+                try:
+                    value, stop = _scan(text, start)
+                    if stop != end:
+                        value = _UNPARSED  # Whitespace or garbage after it: see below.
+                except (StopIteration, ValueError):
+                    value = _UNPARSED
+            if value is _UNPARSED:
+                try:
+                    value = _loads(self.wit.bodies[start:end])
+                except ValueError as error:
+                    raise Reject(f"malformed JSON: {error}") from None
+            full[index] = value
+        return value
+
+    def parse(self, index, event):
+        """What `event.json()` returns for an event the projection did not give."""
+        value = self.body_value(index)
+        if type(value) is dict:
+            reads = self.reads
+            if reads is not None and reads.learning:
+                # Nothing read yet: each field read is recorded as it is taken from the body.
+                fields = _Fields(_LEARNING)
+                _set_event(fields, event)
+            else:
+                fields = _Fields(value)
+                _set_event(fields, None)
+            value = fields
+        self.parsed[index] = value
+        return value
+
+
+_NO_NAMES = frozenset()
 
 
 _time = property(_itemgetter(0), doc="Event time, milliseconds since the Unix epoch (the "
@@ -239,24 +303,13 @@ class Event(tuple):
         return batch.wit.bodies[batch.starts[index]:batch.wit.body_ends[index]]
 
     def json(self):
-        """The body parsed from JSON (cached); malformed JSON rejects the event."""
+        """The body parsed from JSON (cached): a dict for a JSON object (a `dict` subclass that
+        takes the fields the plugin reads from the host's projection when there is one);
+        malformed JSON rejects the event."""
         batch, index = self[1], self[2]
         value = batch.parsed[index]
         if value is _UNPARSED:
-            text, start, end = batch.text, batch.starts[index], batch.wit.body_ends[index]
-            if text is not None:
-                try:
-                    value, stop = _scan(text, start)
-                    if stop != end:
-                        value = _UNPARSED  # Whitespace or garbage after it: see below.
-                except (StopIteration, ValueError):
-                    value = _UNPARSED
-            if value is _UNPARSED:
-                try:
-                    value = _loads(batch.wit.bodies[start:end])
-                except ValueError as error:
-                    raise Reject(f"malformed JSON: {error}") from None
-            batch.parsed[index] = value
+            value = batch.parse(index, self)
         return value
 
     @property
@@ -293,6 +346,235 @@ class Event(tuple):
 
 
 _UNPARSED = object()
+
+
+class _Pad:
+    """The key of the one entry a `_Fields` holds before any field was read: a dict that is
+    empty would be written as `{}` by the C JSON encoder without asking it for its items."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<no field read yet>"
+
+
+_PAD = _Pad()
+_LEARNING = ((_PAD, None),)
+
+
+class _Fields(dict):
+    """An event's JSON object, as a dict filled from the host's projection: the host hands over
+    the JSON text of each top-level field the plugin reads (`wanted-fields`), so the body need
+    not be parsed. A field read that the projection does not hold (`__missing__`) is recorded,
+    so the next batch asks for it, and taken from the body, parsed then; anything that sees the
+    whole object (iteration, `len`, `in`, `get`, `==`, changes, copies, JSON) first completes
+    the dict from the body, in the body's order, keeping the values already handed out. So the
+    answers are those of `json.loads(body)` with or without a projection."""
+
+    __slots__ = ("_event",)
+
+    def __missing__(self, key):
+        event = self._event
+        if event is None:
+            raise KeyError(key)
+        batch, index = event[1], event[2]
+        if key in batch.names and (batch.unprojected is None
+                                   or index not in batch.unprojected):
+            raise KeyError(key)  # projected, and not in this event's body
+        reads = batch.reads
+        if reads is not None:
+            reads.record(key)
+        value = batch.body_value(index).get(key, _UNPARSED)
+        if value is _UNPARSED:
+            raise KeyError(key)
+        dict.__setitem__(self, key, value)
+        return value
+
+    def _complete(self):
+        """Makes this dict the whole body (in the body's order), keeping the values it holds."""
+        event = self._event
+        if event is None:
+            return
+        batch = event[1]
+        if batch.reads is not None:
+            batch.reads.completed += 1
+        body = batch.body_value(event[2])
+        # `dict.copy` would iterate through `__iter__`, hence the view.
+        held = dict(dict.items(self))
+        dict.clear(self)
+        for key, value in body.items():
+            dict.__setitem__(self, key, held.get(key, value))
+        self._event = None
+
+    def get(self, key, default=None):
+        value = dict.get(self, key, _UNPARSED)
+        if value is not _UNPARSED:
+            return value
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key):
+        if dict.__contains__(self, key):
+            return True
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self):
+        self._complete()
+        return dict.__iter__(self)
+
+    def __reversed__(self):
+        self._complete()
+        return dict.__reversed__(self)
+
+    def __len__(self):
+        self._complete()
+        return dict.__len__(self)
+
+    def __repr__(self):
+        self._complete()
+        return dict.__repr__(self)
+
+    def __eq__(self, other):
+        self._complete()
+        if isinstance(other, _Fields):
+            other._complete()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        self._complete()
+        if isinstance(other, _Fields):
+            other._complete()
+        return dict.__ne__(self, other)
+
+    __hash__ = None
+
+    def __or__(self, other):
+        if not isinstance(other, dict):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ior__(self, other):
+        self._complete()
+        return dict.__ior__(self, other)
+
+    def __setitem__(self, key, value):
+        self._complete()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        self._complete()
+        dict.__delitem__(self, key)
+
+    def keys(self):
+        self._complete()
+        return dict.keys(self)
+
+    def values(self):
+        self._complete()
+        return dict.values(self)
+
+    def items(self):
+        self._complete()
+        return dict.items(self)
+
+    def copy(self):
+        self._complete()
+        return dict(dict.items(self))
+
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return copy.deepcopy(self.copy(), memo)
+
+    def __reduce__(self):
+        return (dict, (self.copy(),))
+
+    def __reduce_ex__(self, protocol):
+        return self.__reduce__()
+
+    def __sizeof__(self):
+        self._complete()
+        return dict.__sizeof__(self)
+
+    def pop(self, *args):
+        self._complete()
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self._complete()
+        return dict.popitem(self)
+
+    def setdefault(self, key, default=None):
+        self._complete()
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args, **kwargs):
+        self._complete()
+        dict.update(self, *args, **kwargs)
+
+    def clear(self):
+        self._event = None
+        dict.clear(self)
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None):
+        return dict.fromkeys(iterable, value)
+
+
+_set_event = _Fields._event.__set__
+
+
+class _Reads:
+    """The top-level fields the plugin read from event bodies, which each output asks the host
+    to project (`wanted-fields`). Recorded while the plugin reads bodies the host did not
+    project: in the instance's first batches (`learning`), and whenever a projected body lacks
+    a field the plugin reads. The projection is left unused for good when most events need
+    their whole body (the plugin iterates or serialises them): completing each object would
+    cost more than parsing the body at once (the host goes on projecting: an empty list does
+    not change what it sends)."""
+
+    #: Most fields asked for.
+    MAX_FIELDS = 64
+    #: Batches in which the plugin's reads are recorded field by field.
+    LEARNING_BATCHES = 2
+
+    __slots__ = ("fields", "learning", "batches", "completed", "off", "names")
+
+    def __init__(self):
+        self.fields = set()
+        self.learning = True
+        self.batches = 0
+        self.completed = 0
+        self.off = False
+        self.names = []
+
+    def record(self, key):
+        fields = self.fields
+        if type(key) is str and key not in fields and len(fields) < self.MAX_FIELDS:
+            fields.add(key)
+            self.names = sorted(fields)
+
+    def end_batch(self, events):
+        """Ends a batch of `events` events; returns the fields the next batch should carry."""
+        self.batches += 1
+        if self.batches >= self.LEARNING_BATCHES or self.fields:
+            self.learning = False
+        if events and self.completed * 2 > events and self.batches > self.LEARNING_BATCHES:
+            self.off = True
+        self.completed = 0
+        return [] if self.off else self.names
+
 
 
 class Window:
@@ -342,6 +624,9 @@ class Context:
         # The current event's position, or None: then it is `_positions[_event]`.
         self._position = 0
         self._positions = ()
+        self._reads = _Reads()
+        #: The fields the last batch's output asks the host to project (`wanted-fields`).
+        self.wanted_fields = []
 
     # ----- Outputs -----
 
@@ -383,47 +668,44 @@ class Context:
     # ----- Keyed state -----
 
     def get(self, key, default=None):
-        """The value stored under `key` (as parsed from JSON), or `default`. The value is the
-        caller's copy: change it, then `put` it."""
-        # The common cases inline: called once or more per event.
+        """The value stored under `key` (parsed from JSON), or `default`. The value is the
+        caller's own: change it, then `put` it."""
         state = self._state
-        value = state.values.get(key, _UNKNOWN)
-        if value is _UNKNOWN:
-            value = state.read(self._host, key)
-        if value is _ABSENT:
+        flat = state.flat.get(key)
+        if flat is not None:
+            return flat.copy()
+        text = state.texts.get(key, _UNKNOWN)
+        if text is _UNKNOWN:
+            text = state.read(self._host, key)
+        if text is None:
             return default
-        if type(value) is dict and _CONTAINERS.isdisjoint(map(type, value.values())):
-            return value.copy()
-        return _copy(value)
+        # The cache's texts are this SDK's own JSON: the C scanner reads them whole.
+        return _scan(text, 0)[0]
 
     def put(self, key, value):
-        """Stores `value`, as JSON, under `key` (serialised and sent to the host when the batch
-        ends; a value that is not JSON rejects the event now)."""
-        # `_stored` and `_StateCache.write`, inline for a flat object: called once per event.
-        if type(value) is not dict:
-            self._state.write(key, *_stored(key, value))
-            return
+        """Stores `value`, as JSON, under `key` (serialised now, which checks that it is JSON
+        (a value that is not rejects the event), and sent to the host when the batch ends)."""
         try:
             text = _dumps(value)
         except (TypeError, ValueError, RecursionError) as error:
             raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
-        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
-            value = value.copy()
-        else:
-            value = _loads(text)
+        # `_StateCache.write`, inline: called once per event.
         state = self._state
-        undo = state.undo
-        if undo is not None and key not in undo:
-            undo[key] = (state.values.get(key, _UNKNOWN), state.texts.get(key, _UNKNOWN),
-                         state.raw.get(key, _UNKNOWN))
-        if state.raw:
-            state.raw.pop(key, None)
-        state.values[key] = value
-        state.texts[key] = text
+        texts, written = state.texts, state.written
+        state.undo.append((key, texts.get(key, _UNKNOWN), written.get(key, _UNKNOWN)))
+        texts[key] = text
+        written[key] = text
+        # A dict of text keys and scalar values is kept as well, copied: the next `get` copies
+        # it again instead of parsing the text (what parsing gives back is equal to it).
+        if (type(value) is dict and _TEXT.issuperset(map(type, value))
+                and _SCALARS.issuperset(map(type, value.values()))):
+            state.flat[key] = value.copy()
+        elif key in state.flat:
+            del state.flat[key]
 
     def delete(self, key):
         """Removes `key` from the keyed state."""
-        self._state.write(key, _ABSENT, "")
+        self._state.write(key, None, "")
 
     # ----- Configuration and reference data -----
 
@@ -509,7 +791,9 @@ class Context:
         self._state.rollback_event()
         self._rejected.append((self._event, reason))
 
-    def _end_batch(self):
+    def _end_batch(self, events=None):
+        if events is not None:
+            self.wanted_fields = self._reads.end_batch(events)
         self._state.flush(self._host)
         for name, delta in self._counters.items():
             if delta > 0:
@@ -553,64 +837,34 @@ def _entries(writes):
         yield key, value
 
 
-def _copy(value):
-    """A copy of a JSON value that the caller may change without changing the cache: cheap for
-    scalars and flat objects and lists, a JSON round trip otherwise."""
-    kind = type(value)
-    if kind is dict:
-        if _CONTAINERS.isdisjoint(map(type, value.values())):
-            return value.copy()
-        return _loads(_dumps(value))
-    if kind is list:
-        if _CONTAINERS.isdisjoint(map(type, value)):
-            return value.copy()
-        return _loads(_dumps(value))
-    return value
-
-
-_CONTAINERS = frozenset((dict, list))
-#: Types a flat object's values may have for a shallow copy to be what JSON keeps of it.
-_FLAT = frozenset((str, int, float, bool, type(None)))
-_TEXT = frozenset((str,))
-
-
-def _stored(key, value):
-    """`value` as the cache keeps it for `put`, with its JSON text: serialising it checks that it
-    is JSON (no NaN, no infinity, only JSON types) now, and the text is what the host gets at
-    the end of the batch. The copy is shallow for a flat object, else parsed from the text."""
-    try:
-        text = _dumps(value)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
-    kind = type(value)
-    if kind is dict:
-        if _FLAT.issuperset(map(type, value.values())) and _TEXT.issuperset(map(type, value)):
-            return value.copy(), text
-    elif kind in _FLAT:
-        return value, text
-    return _loads(text), text
-
-
 class _StateCache:
     """The instance's keyed-state cache, with an undo log for the current event.
 
-    Values are kept parsed (`values`: key -> value, `_ABSENT` for no value), or as the JSON bytes
-    the host handed over until first read (`raw`). A key read is asked of the host once, unless
-    the host handed the whole state over (`complete`). A written key keeps the JSON text it was
-    serialised to when written (`texts`: key -> text, "" for a delete), and every key written
-    reaches the host in one `write-batch` call when the batch ends."""
+    Every value is kept as JSON text in this SDK's own form (`texts`: key -> text, None for a key
+    known to have no value): `get` parses it with the C scanner, so the caller has its own copy,
+    and `put` serialises the value once, which checks that it is JSON and is what the host gets.
+    A flat value `put` (a dict of text keys and scalar values, the usual per-key state) is also
+    kept as a dict (`flat`), which `get` copies instead of parsing the text: a copy costs a tenth
+    of a parse. Anything that changes a key's text other than `put` drops its `flat` entry.
+    Values the host handed over stay its bytes (`raw`) until first read. A key read is asked of
+    the host once, unless the host handed the whole state over (`complete`). The keys written
+    since the last flush (`written`: key -> text, "" for a delete) reach the host in one
+    `write-batch` call. The undo log holds (key, previous text, previous written text) for each
+    write of the current event, rolled back newest first."""
 
     def __init__(self):
-        self.values = {}
+        self.texts = {}
+        self.flat = {}
         self.raw = {}
         self.complete = False
-        self.texts = {}
-        self.undo = None
+        self.written = {}
+        self.undo = []
 
     def restart(self, start):
-        self.values = {}
-        self.raw = {}
         self.texts = {}
+        self.flat = {}
+        self.raw = {}
+        self.written = {}
         for key, value in _entries(start.entries):
             try:
                 self.raw[key.decode("utf-8")] = value
@@ -619,88 +873,89 @@ class _StateCache:
         self.complete = bool(start.whole) and len(self.raw) <= MAX_CACHED_KEYS
 
     def read(self, host, key):
-        """The cached value of `key` (not a copy), or `_ABSENT`."""
-        values = self.values
-        value = values.get(key, _UNKNOWN)
-        if value is not _UNKNOWN:
-            return value
-        data = self.raw.pop(key, _UNKNOWN)
+        """The JSON text of `key`'s value in this SDK's form, or None when it has none."""
+        texts = self.texts
+        text = texts.get(key, _UNKNOWN)
+        if text is not _UNKNOWN:
+            return text
+        data = self.raw.get(key, _UNKNOWN)
         if data is _UNKNOWN:
             data = None if self.complete else host.state_get(key.encode("utf-8"))
         if data is None:
-            value = _ABSENT
+            text = None
         else:
             try:
-                value = _loads(data)
-            except ValueError as error:
+                text = _dumps(_loads(data))
+            except (ValueError, TypeError, RecursionError) as error:
                 raise Reject(f"keyed state `{key}`: {error}") from None
-        values[key] = value
-        return value
+        texts[key] = text
+        return text
 
     def write(self, key, value, text):
-        """Sets `key` to `value` (`_ABSENT` with text "" to delete it)."""
-        undo = self.undo
-        if undo is not None and key not in undo:
-            undo[key] = (self.values.get(key, _UNKNOWN), self.texts.get(key, _UNKNOWN),
-                         self.raw.get(key, _UNKNOWN))
-        self.raw.pop(key, None)
-        self.values[key] = value
-        self.texts[key] = text
+        """Sets `key` to the JSON text `value` (None with text "" to delete it)."""
+        texts, written = self.texts, self.written
+        self.undo.append((key, texts.get(key, _UNKNOWN), written.get(key, _UNKNOWN)))
+        texts[key] = value
+        written[key] = text
+        self.flat.pop(key, None)
 
     def begin_event(self):
-        if self.undo is None or self.undo:
-            self.undo = {}
+        if self.undo:
+            self.undo.clear()
 
     def rollback_event(self):
-        values, texts = self.values, self.texts
-        for key, (value, text, raw) in (self.undo or {}).items():
-            if value is _UNKNOWN:
-                values.pop(key, None)
-            else:
-                values[key] = value
+        texts, written, flat = self.texts, self.written, self.flat
+        for key, text, wrote in reversed(self.undo):
+            flat.pop(key, None)
             if text is _UNKNOWN:
                 texts.pop(key, None)
             else:
                 texts[key] = text
-            if raw is not _UNKNOWN:
-                self.raw[key] = raw
-        self.undo = {}
+            if wrote is _UNKNOWN:
+                written.pop(key, None)
+            else:
+                written[key] = wrote
+        self.undo.clear()
 
     def flush(self, host):
-        self.undo = None
-        texts = self.texts
-        if texts:
+        self.undo.clear()
+        written = self.written
+        if written:
             # Columns built by C loops (`map`, `accumulate`): a batch writes about one key per
             # event.
-            keys, values = list(texts), list(texts.values())
+            keys, values = list(written), list(written.values())
             key_text, value_text = "".join(keys), "".join(values)
             key_ends = list(_accumulate(map(len, keys if key_text.isascii()
                                             else map(_utf8, keys))))
             value_ends = list(_accumulate(map(len, values if value_text.isascii()
                                               else map(_utf8, values))))
             deletes = list(map(_not, values))
-            self.texts = {}
+            self.written = {}
             host.state_write_batch(key_text.encode("utf-8"), key_ends,
                                    value_text.encode("utf-8"), value_ends, deletes)
-        if len(self.values) + len(self.raw) > MAX_CACHED_KEYS:
-            self.values = {}
+        if len(self.texts) + len(self.raw) > MAX_CACHED_KEYS:
+            self.texts = {}
+            self.flat = {}
             self.raw = {}
             self.complete = False
 
     def discard_unflushed(self):
         """Forgets everything when the last batch did not end with a flush (a native test whose
         function raised past the runner): its writes never reached the host."""
-        if self.texts or self.undo:
-            self.values = {}
-            self.raw = {}
+        if self.written or self.undo:
             self.texts = {}
+            self.flat = {}
+            self.raw = {}
+            self.written = {}
             self.complete = False
-        self.undo = None
+        self.undo.clear()
 
 
 _utf8 = str.encode
 _UNKNOWN = object()
-_ABSENT = object()
+#: The types of a flat value's keys and values (exact types: a subclass may serialise otherwise).
+_TEXT = frozenset((str,))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 # ----- Runners: one pass over a batch in the WIT layout -----
@@ -723,13 +978,83 @@ def _batch_properties(batch):
     return found
 
 
-def batch_events(batch):
-    """The events of a batch in the WIT layout, as `Event`s, in order."""
-    shared = _Batch(batch)
+def batch_events(batch, reads=None):
+    """The events of a batch in the WIT layout, as `Event`s, in order. `reads` records the
+    fields the plugin reads (`_Reads`), when it asks for a projection."""
+    shared = _Batch(batch, reads)
     count = len(batch.body_ends)
     # `tuple.__new__` over zipped columns: no Python code runs per event.
-    return list(map(_new_tuple, _repeat(Event, count),
-                    zip(batch.event_times, _repeat(shared, count), range(count))))
+    events = list(map(_new_tuple, _repeat(Event, count),
+                      zip(batch.event_times, _repeat(shared, count), range(count))))
+    if count and getattr(batch, "field_names", None) and (reads is None or not reads.off):
+        _project(shared, batch, events)
+    return events
+
+
+def _release(events):
+    """Ends the batch of `events`: the objects `json()` made refer to their events, which refer
+    to the batch, which listed those objects; the list goes, so that reference counting frees
+    the batch at once rather than the cycle collector later. An event kept past its batch makes
+    its object again when asked."""
+    if events:
+        batch = events[0][1]
+        batch.parsed = [_UNPARSED] * len(batch.parsed)
+
+
+def _project(shared, wit, events):
+    """Fills `shared.parsed` with a `_Fields` per event the host projected, from the JSON text
+    of each projected field's value (`field-values`, ended by `field-ends`, field by field
+    within each event, event by event; an empty text for a field the body does not have)."""
+    names = list(wit.field_names)
+    count, width = len(events), len(names)
+    ends = wit.field_ends
+    if len(ends) != count * width:
+        return  # Not a layout this SDK knows: every body is parsed.
+    flags = getattr(wit, "projected", None)
+    if flags is not None and len(flags) != count:
+        return
+    data = wit.field_values
+    starts = [0, *ends[:-1]]
+    if data.isascii():
+        text = data.decode("ascii")
+        # Slices made and joined by C loops, then parsed in one call: no Python code per field.
+        texts = list(map(text.__getitem__, map(slice, starts, ends)))
+    else:
+        try:
+            texts = [bytes(data[start:end]).decode("utf-8") for start, end in zip(starts, ends)]
+        except UnicodeDecodeError:
+            return  # Not text: every body is parsed.
+    absent = "" in texts
+    if absent:
+        texts = [t or "null" for t in texts]
+    try:
+        values = _loads("[" + ",".join(texts) + "]")
+    except (ValueError, RecursionError):
+        return  # The host's texts are not JSON: every body is parsed.
+    if len(values) != count * width:
+        return
+    unprojected = None
+    if flags is not None and not all(flags):
+        unprojected = {index for index, flag in enumerate(flags) if not flag}
+    shared.names = frozenset(names)
+    shared.unprojected = unprojected
+    if not absent and unprojected is None:
+        fields = list(map(_Fields, map(zip, _repeat(names, count),
+                                       zip(*[iter(values)] * width))))
+        list(map(_set_event, fields, events))
+        shared.parsed = fields
+        return
+    parsed = shared.parsed
+    for index, event in enumerate(events):
+        if unprojected is not None and index in unprojected:
+            continue
+        first = index * width
+        fields = _Fields((name, values[first + at]) for at, name in enumerate(names)
+                         if starts[first + at] != ends[first + at])
+        if not dict.__len__(fields):
+            dict.__setitem__(fields, _PAD, None)
+        _set_event(fields, event)
+        parsed[index] = fields
 
 
 _new_tuple = tuple.__new__
@@ -740,20 +1065,22 @@ def run_transform(ctx, function, batch):
     with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
     ctx._begin_batch()
     ctx._position, ctx._positions = None, batch.positions
-    state = ctx._state
+    undo = ctx._state.undo
     index = 0
-    for event in batch_events(batch):
+    events = batch_events(batch, ctx._reads)
+    for event in events:
         # `Context._begin_event`, reduced to what must happen per event: what a rejection
         # rolls back is found from `_emitted` and the state's undo log.
         ctx._event = index
-        if state.undo is None or state.undo:
-            state.undo = {}
+        if undo:
+            undo.clear()
         try:
             function(event, ctx)
         except Exception as error:  # The author's error rejects the event, as `Err` in Rust.
             ctx._reject(_reason(error))
         index += 1
-    ctx._end_batch()
+    _release(events)
+    ctx._end_batch(len(events))
     return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
 
 
@@ -780,7 +1107,7 @@ def run_fold(ctx, request, plugin=PLUGIN):
     fold_function = plugin.fold
     init_function = plugin.init or dict
     ctx._begin_batch()
-    events = batch_events(request.events)
+    events = batch_events(request.events, ctx._reads)
     out = bytearray()
     ends = []
     members = list(_ranges(request.members, request.member_ends))
@@ -820,7 +1147,8 @@ def run_fold(ctx, request, plugin=PLUGIN):
                 ctx._begin_event(member, 0)
                 ctx._reject(f"cannot serialise the accumulator: {error}")
         ends.append(len(out))
-    ctx._end_batch()
+    _release(events)
+    ctx._end_batch(len(events))
     if ctx._emitted:
         ctx.warn("records emitted during `fold` are discarded: emit them in `finish`")
     return bytes(out), ends, ctx._rejected
@@ -850,7 +1178,7 @@ def run_join(ctx, request, join_function=None):
     by pair."""
     join_function = join_function or PLUGIN.join
     ctx._begin_batch()
-    events = batch_events(request.events)
+    events = batch_events(request.events, ctx._reads)
     for index, pair in enumerate(request.pairs):
         left = events[pair.left] if pair.left is not None and pair.left < len(events) else None
         right = events[pair.right] if pair.right is not None and pair.right < len(events) else None
@@ -864,7 +1192,8 @@ def run_join(ctx, request, join_function=None):
             join_function(left, right, ctx)
         except Exception as error:
             ctx._reject(_reason(error))
-    ctx._end_batch()
+    _release(events)
+    ctx._end_batch(len(events))
     return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
 
 

@@ -70,8 +70,8 @@ def _output(result):
         payloads,
         emitted,
         [types.Rejection(e, reason) for e, reason in rejected],
-        # `wanted-fields`: this SDK reads whole bodies, so it asks for no projection.
-        [],
+        # The fields the plugin reads, for the host to project (see `weir._Reads`).
+        list(_CTX.wanted_fields),
     )
 
 
@@ -84,7 +84,8 @@ def fold(request):
     """The body of `aggregate.fold`."""
     accumulators, ends, rejected = weir.run_fold(_ctx(), request)
     return types.FoldResponse(accumulators, ends,
-                              [types.Rejection(e, reason) for e, reason in rejected], [])
+                              [types.Rejection(e, reason) for e, reason in rejected],
+                              list(_CTX.wanted_fields))
 
 
 def finish(request):

@@ -17,6 +17,7 @@ keyed state is kept as the host keeps it, JSON text per key.
 """
 
 import json
+import re
 from types import SimpleNamespace
 
 import weir
@@ -121,13 +122,60 @@ class _MemoryHost:
         return self.memory.reference.get((table, key))
 
 
-def _batch(events, partition=0, first_position=0):
-    """`events` in the WIT batch layout, as the host lays them out."""
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _field_texts(body, names):
+    """The JSON text of each of `names` in `body` as the host projects it (the value's bytes as
+    they stand in the body; b"" for a field it does not have), or None when the body is not a
+    JSON object (the host does not project it)."""
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    if type(value) is not dict:
+        return None
+    spans = {}
+    at = _WHITESPACE.match(text, 0).end() + 1  # past "{"
+    while True:
+        at = _WHITESPACE.match(text, at).end()
+        if text[at] == "}":
+            break
+        key, at = json.decoder.scanstring(text, at + 1)
+        at = _WHITESPACE.match(text, at).end() + 1  # past ":"
+        start = _WHITESPACE.match(text, at).end()
+        _, at = _SCAN(text, start)
+        spans[key] = text[start:at].encode("utf-8")  # the last of a key repeated, as parsed
+        at = _WHITESPACE.match(text, at).end()
+        if text[at] == "}":
+            break
+        at += 1  # past ","
+    return [spans.get(name, b"") for name in names]
+
+
+def _batch(events, partition=0, first_position=0, project=()):
+    """`events` in the WIT batch layout, as the host lays them out; with the fields `project`
+    projected out of the bodies that are JSON objects, as the host does for a plugin that asked
+    for them (`wanted-fields`)."""
     bodies, keys = bytearray(), bytearray()
     batch = SimpleNamespace(partition=partition, body_ends=[], positions=[], event_times=[],
                             enqueued_times=[], key_ends=[], properties=[], sources=[],
-                            event_sources=[], field_names=[], field_values=b"", field_ends=[],
-                            projected=[])
+                            event_sources=[], field_names=list(project), field_values=b"",
+                            field_ends=[], projected=[])
+    values = bytearray()
+    for event in events if project else ():  # No projection: its lists are empty.
+        texts = _field_texts(event.body, batch.field_names)
+        batch.projected.append(texts is not None)
+        for text in texts or [b""] * len(batch.field_names):
+            values += text
+            batch.field_ends.append(len(values))
+    batch.field_values = bytes(values)
     for index, event in enumerate(events):
         bodies += event.body
         batch.body_ends.append(len(bodies))
@@ -188,10 +236,20 @@ class Outcome:
 
 
 class _Base:
-    def __init__(self, config=None, state=None, reference=None):
+    def __init__(self, config=None, state=None, reference=None, projection=True):
         self._memory = _Memory(config, state, reference)
         self._ctx = weir.Context(_MemoryHost(self._memory))
         self._position = 0
+        #: Whether batches carry the fields the plugin's last output asked for, as the host
+        #: does (False: never, as a host without projection); `project` forces a list.
+        self.projection = projection
+        self.project = None
+
+    def _projected(self):
+        """The fields the next batch carries."""
+        if self.project is not None:
+            return list(self.project)
+        return list(self._ctx.wanted_fields) if self.projection else []
 
     def new_instance(self):
         """Replaces the plugin instance (as a hot swap or a trap does): its cache starts again."""
@@ -226,8 +284,8 @@ class _Base:
 class Harness(_Base):
     """Runs a transform function (`@weir.transform`) on events."""
 
-    def __init__(self, function, config=None, state=None, reference=None):
-        super().__init__(config, state, reference)
+    def __init__(self, function, config=None, state=None, reference=None, projection=True):
+        super().__init__(config, state, reference, projection)
         self.function = function
 
     def run(self, event):
@@ -237,7 +295,7 @@ class Harness(_Base):
     def run_batch(self, events):
         """Runs the events as one batch."""
         events = [_event(e) for e in events]
-        batch = _batch(events, first_position=self._position)
+        batch = _batch(events, first_position=self._position, project=self._projected())
         self._position += len(events)
         result = weir.run_transform(self._ctx, self.function, batch)
         return Outcome(result, [e.body for e in events])
@@ -249,8 +307,8 @@ class WindowHarness(_Base):
     ones the module registered with `@weir.init/fold/finish`, unless given here."""
 
     def __init__(self, config=None, state=None, reference=None, init=None, fold=None,
-                 finish=None):
-        super().__init__(config, state, reference)
+                 finish=None, projection=True):
+        super().__init__(config, state, reference, projection)
         self._plugin = SimpleNamespace(init=init or weir.PLUGIN.init,
                                        fold=fold or weir.PLUGIN.fold,
                                        finish=finish or weir.PLUGIN.finish)
@@ -264,7 +322,7 @@ class WindowHarness(_Base):
         window_key = json.dumps(key, separators=(",", ":"))
         stored = self.accumulators.get((window_key, start, end), b"")
         request = SimpleNamespace(
-            events=_batch(events, first_position=self._position),
+            events=_batch(events, first_position=self._position, project=self._projected()),
             windows=[SimpleNamespace(key=window_key, start=start, end=end)],
             accumulators=stored, accumulator_ends=[len(stored)],
             members=list(range(len(events))), member_ends=[len(events)])
@@ -295,8 +353,8 @@ class WindowHarness(_Base):
 class JoinHarness(_Base):
     """Runs a join function (`@weir.join`) on pairs."""
 
-    def __init__(self, function, config=None, state=None, reference=None):
-        super().__init__(config, state, reference)
+    def __init__(self, function, config=None, state=None, reference=None, projection=True):
+        super().__init__(config, state, reference, projection)
         self.function = function
 
     def pair(self, left, right):
@@ -308,7 +366,8 @@ class JoinHarness(_Base):
             if value is not None:
                 setattr(pair, side, len(events))
                 events.append(_event(value))
-        request = SimpleNamespace(events=_batch(events, first_position=self._position),
+        request = SimpleNamespace(events=_batch(events, first_position=self._position,
+                                                project=self._projected()),
                                   pairs=[pair])
         self._position += len(events)
         return Outcome(weir.run_join(self._ctx, request, self.function), [events[0].body])

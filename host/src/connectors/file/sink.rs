@@ -1,10 +1,13 @@
 //! JSON Lines files, one per pipeline and partition, exactly once through truncation on recovery.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::json;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncSeekExt;
+use tokio::task::JoinHandle;
 
 use crate::event::Event;
 use crate::sink::{Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope};
@@ -104,57 +107,128 @@ impl Sink for FileSink {
         Ok(Box::new(FileWriter {
             sink: self.name.clone(),
             scope: scope.clone(),
-            file: BufWriter::with_capacity(256 * 1024, file),
+            file: Arc::new(file.into_std().await),
+            pending: Vec::with_capacity(WRITE_AT + WRITE_AT / 2),
+            spare: Vec::new(),
+            writing: None,
+            syncing: None,
+            unsynced: 0,
             length: end,
         }))
     }
 }
 
+/// Bytes gathered before they are written to the file (by a blocking thread, while the next
+/// ones are gathered).
+const WRITE_AT: usize = 512 * 1024;
+
+/// Bytes written since the last sync after which the disk is asked to catch up in the
+/// background, so that a checkpoint's sync finds little left to write.
+const SYNC_AHEAD: u64 = 16 * 1024 * 1024;
+
+/// A blocking write of a buffer, which comes back (emptied) for reuse.
+type Writing = JoinHandle<(Vec<u8>, std::io::Result<()>)>;
+
 struct FileWriter {
     sink: String,
     scope: WriterScope,
-    file: BufWriter<tokio::fs::File>,
+    file: Arc<std::fs::File>,
+    /// Lines not handed to the file yet.
+    pending: Vec<u8>,
+    /// An empty buffer to gather into while `pending` is written.
+    spare: Vec<u8>,
+    /// The write in flight, if any (one at a time, so that the file's lines stay in order).
+    writing: Option<Writing>,
+    /// A sync started ahead of a checkpoint, if any.
+    syncing: Option<JoinHandle<std::io::Result<()>>>,
+    /// Bytes written since the last sync started.
+    unsynced: u64,
+    /// The file's length once everything gathered is written.
     length: u64,
+}
+
+impl FileWriter {
+    /// Waits for the write in flight, taking its buffer back.
+    async fn finish_writing(&mut self) -> Result<(), SinkError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        let (mut buffer, written) = writing.await.map_err(|e| {
+            self.scope
+                .error(&self.sink, format!("write task failed: {e}"))
+        })?;
+        written.map_err(|e| self.scope.error(&self.sink, format!("write failed: {e}")))?;
+        buffer.clear();
+        self.spare = buffer;
+        Ok(())
+    }
+
+    /// Hands what was gathered to the file, in the background (after the write before it).
+    async fn write_out(&mut self) -> Result<(), SinkError> {
+        self.finish_writing().await?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let next = std::mem::take(&mut self.spare);
+        let lines = std::mem::replace(&mut self.pending, next);
+        self.unsynced += lines.len() as u64;
+        let file = self.file.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let written = (&*file).write_all(&lines);
+            (lines, written)
+        }));
+        if self.unsynced >= SYNC_AHEAD && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
+            // Covers what is written by now; a failure shows at the checkpoint's own sync.
+            self.unsynced = 0;
+            let file = self.file.clone();
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl SinkWriter for FileWriter {
     async fn write(&mut self, records: Vec<Event>) -> Result<Vec<Refused>, SinkError> {
-        // The batch's lines are gathered first and handed to the file in one write.
-        let size: usize = records.iter().map(|r| r.body.len() + 1).sum();
-        let mut lines = Vec::with_capacity(size);
+        // Lines are gathered into one buffer, written once it is large enough.
+        let before = self.pending.len();
         for record in records {
             // A JSON document can hold a raw newline only as whitespace: flatten it so that one
             // record stays one line.
-            if record.body.contains(&b'\n') {
-                lines.extend(
+            if memchr::memchr(b'\n', &record.body).is_some() {
+                self.pending.extend(
                     record
                         .body
                         .iter()
                         .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }),
                 );
             } else {
-                lines.extend_from_slice(&record.body);
+                self.pending.extend_from_slice(&record.body);
             }
-            lines.push(b'\n');
+            self.pending.push(b'\n');
         }
-        self.file
-            .write_all(&lines)
-            .await
-            .map_err(|e| self.scope.error(&self.sink, format!("write failed: {e}")))?;
-        self.length += lines.len() as u64;
+        self.length += (self.pending.len() - before) as u64;
+        if self.pending.len() >= WRITE_AT {
+            self.write_out().await?;
+        }
         Ok(Vec::new())
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        self.file
-            .flush()
+        self.write_out().await?;
+        self.finish_writing().await?;
+        if let Some(syncing) = self.syncing.take() {
+            // Its outcome does not matter: the sync below covers everything.
+            let _ = syncing.await;
+        }
+        self.unsynced = 0;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(|e| self.scope.error(&self.sink, format!("flush failed: {e}")))?;
-        self.file
-            .get_ref()
-            .sync_data()
-            .await
+            .map_err(|e| {
+                self.scope
+                    .error(&self.sink, format!("sync task failed: {e}"))
+            })?
             .map_err(|e| self.scope.error(&self.sink, format!("sync failed: {e}")))?;
         Ok(json!({ "bytes": self.length }))
     }

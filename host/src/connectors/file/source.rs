@@ -5,18 +5,21 @@
 //! the file (see [`InputProgress`]).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::io::{Read, Seek};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::config::FileSourceConfig;
-use crate::event::{Event, now_millis, partition_for_key};
-use crate::json::{FieldValue, event_time_millis, top_level_field};
+use crate::event::{Event, PartitionId, now_millis, partition_for_key};
+use crate::json::{FieldValue, event_time_millis, top_level_field, top_level_field_pair};
 use crate::source::dispatch::InputProgress;
 use crate::source::{
-    Dispatcher, PartitionReader, PartitionStart, Source, SourceError, SourceErrorKind,
+    DispatchSettings, Dispatcher, PartitionReader, PartitionStart, Source, SourceError,
+    SourceErrorKind,
 };
 
 /// How often a followed file is checked for new lines.
@@ -27,6 +30,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 pub struct FileSource {
     name: String,
     config: FileSourceConfig,
+    /// The pipeline's event-time field, read in the scan that finds the key.
+    event_time_field: Option<String>,
 }
 
 impl FileSource {
@@ -35,7 +40,18 @@ impl FileSource {
         FileSource {
             name: name.to_owned(),
             config,
+            event_time_field: None,
         }
+    }
+
+    /// Reads each line's event time from top-level `field` in the same pass as its key (when the
+    /// source has a key field: without one, lines are not scanned here, and the partition
+    /// workers read the field in parallel).
+    pub fn reading_event_time(mut self, field: Option<&str>) -> Self {
+        self.event_time_field = field
+            .filter(|_| self.config.key_field.is_some())
+            .map(str::to_owned);
+        self
     }
 }
 
@@ -88,140 +104,250 @@ impl Source for FileSource {
             .min()
             .unwrap_or(0);
         let progress = InputProgress::new(start, size);
-        let (dispatcher, readers) = Dispatcher::with_progress(
+        let (dispatcher, readers) = Dispatcher::with_settings(
             &self.name,
             self.config.partitions,
             &starts,
-            Some(progress.clone()),
+            DispatchSettings {
+                progress: Some(progress.clone()),
+                depth: CHANNEL_BATCHES,
+                event_time_decoded: self.event_time_field.is_some(),
+            },
         )?;
+        let file = file.into_std().await;
         let name = self.name.clone();
-        let config = self.config.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = read_lines(file, &config, &dispatcher, &progress).await {
-                tracing::error!(source = %name, %reason, "file source failed");
-                dispatcher
-                    .fail(|partition| {
+        let reading = LineReader {
+            config: self.config.clone(),
+            event_time_field: self.event_time_field.clone(),
+            dispatcher,
+            progress,
+        };
+        // Reading and splitting the file is plain blocking work: a thread of its own, which
+        // hands each partition its lines of a read at once.
+        std::thread::Builder::new()
+            .name(format!("weir-file-{}", self.name))
+            .spawn(move || {
+                if let Err(reason) = reading.run(file) {
+                    tracing::error!(source = %name, %reason, "file source failed");
+                    reading.dispatcher.fail_blocking(|partition| {
                         SourceError::read(SourceErrorKind::Unavailable, &name, partition, &reason)
-                    })
-                    .await;
-            }
-        });
+                    });
+                }
+            })
+            .map_err(|e| {
+                SourceError::start(
+                    SourceErrorKind::Unavailable,
+                    &self.name,
+                    format!("cannot start its reading thread: {e}"),
+                )
+            })?;
         Ok(readers)
     }
 }
 
 /// Bytes read from the file at a time. Events are slices of these reads (no copy per event); an
-/// event kept long (a join's buffer) keeps its read's bytes alive, so reads stay small.
-const READ_CHUNK: usize = 64 * 1024;
+/// event kept long (a join's buffer) keeps its read's bytes alive.
+const READ_CHUNK: usize = 256 * 1024;
 
-async fn read_lines(
-    mut file: tokio::fs::File,
-    config: &FileSourceConfig,
-    dispatcher: &Dispatcher,
-    progress: &InputProgress,
-) -> Result<(), String> {
-    let mut offset = dispatcher.resume_from().unwrap_or(0);
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(|e| format!("cannot seek to byte {offset}: {e}"))?;
-    // Bytes read but not dispatched yet: the start of a line whose end has not been read.
-    let mut pending = BytesMut::with_capacity(READ_CHUNK);
-    loop {
-        if pending.capacity() - pending.len() < READ_CHUNK / 4 {
-            pending.reserve(READ_CHUNK);
+/// Batches (one per partition per read) waiting per partition before the reading thread waits.
+const CHANNEL_BATCHES: usize = 32;
+
+/// Read buffers kept for reuse once the events made of them are gone: fresh memory costs the
+/// kernel a page fault and a zeroed page per 4 KiB, more than the read itself.
+const KEPT_BUFFERS: usize = CHANNEL_BATCHES * 2;
+
+/// The read buffers of one file source, reused oldest first: the oldest is the one whose events
+/// are most likely all dropped.
+#[derive(Default)]
+struct ReadBuffers {
+    kept: VecDeque<BytesMut>,
+}
+
+impl ReadBuffers {
+    /// An empty buffer of at least [`READ_CHUNK`] bytes: the oldest kept one if no event holds
+    /// any of its bytes any more, else a new one.
+    fn empty(&mut self) -> BytesMut {
+        if let Some(mut oldest) = self.kept.pop_front() {
+            if oldest.try_reclaim(READ_CHUNK) {
+                return oldest;
+            }
+            // Still held (by events in flight, or kept by a stage): look again later.
+            self.kept.push_back(oldest);
         }
-        let read = file
-            .read_buf(&mut pending)
-            .await
-            .map_err(|e| format!("read error at byte {offset}: {e}"))?;
-        if read == 0 {
-            // End of file, or a line still being written.
-            if !config.follow {
-                if !pending.is_empty() {
-                    let line = pending.split().freeze();
-                    let length = line.len() as u64;
-                    dispatch_line(config, dispatcher, offset, line).await;
-                    progress.dispatched_through(offset + length);
-                }
-                return Ok(());
-            }
-            if dispatcher.is_closed() {
-                return Ok(());
-            }
-            // The file may have grown beyond what was read: its size is its end.
-            if let Ok(metadata) = file.metadata().await {
-                progress.end_seen(metadata.len());
-            }
-            tokio::time::sleep(FOLLOW_POLL).await;
-            continue;
+        BytesMut::with_capacity(READ_CHUNK)
+    }
+
+    /// Keeps `buffer`, whose bytes were all handed out, for reuse.
+    fn keep(&mut self, mut buffer: BytesMut) {
+        buffer.clear();
+        if self.kept.len() >= KEPT_BUFFERS {
+            // Held too long (a stage keeps some of its events): let those events own it alone.
+            self.kept.pop_front();
         }
-        // Every complete line read so far, in one shared buffer.
-        let Some(last_end) = pending.iter().rposition(|b| *b == b'\n') else {
-            continue;
-        };
-        let lines = pending.split_to(last_end + 1).freeze();
-        let mut start = 0;
-        while start < lines.len() {
-            let end = lines[start..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(lines.len(), |at| start + at + 1);
-            let line_offset = offset;
-            offset += (end - start) as u64;
-            if !dispatch_line(config, dispatcher, line_offset, lines.slice(start..end)).await {
-                return Ok(());
-            }
-            start = end;
-        }
-        // Once per read rather than per line: the readers load it for every event they take.
-        progress.dispatched_through(offset);
+        self.kept.push_back(buffer);
     }
 }
 
-/// Sends one line as an event; false when nobody reads any more.
-async fn dispatch_line(
-    config: &FileSourceConfig,
-    dispatcher: &Dispatcher,
-    offset: u64,
-    line: Bytes,
-) -> bool {
-    let mut length = line.len();
-    if line[..length].ends_with(b"\n") {
-        length -= 1;
+/// The reading thread of a file source: reads the file in chunks and hands each partition the
+/// lines of each chunk that are its own.
+struct LineReader {
+    config: FileSourceConfig,
+    event_time_field: Option<String>,
+    dispatcher: Dispatcher,
+    progress: Arc<InputProgress>,
+}
+
+impl LineReader {
+    fn run(&self, mut file: std::fs::File) -> Result<(), String> {
+        let mut offset = self.dispatcher.resume_from().unwrap_or(0);
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| format!("cannot seek to byte {offset}: {e}"))?;
+        let partitions = self.dispatcher.partitions();
+        let mut batches: Vec<Vec<Event>> = (0..partitions).map(|_| Vec::new()).collect();
+        let mut buffers = ReadBuffers::default();
+        // Bytes read but not dispatched yet: the start of a line whose end has not been read.
+        let mut pending = buffers.empty();
+        loop {
+            if pending.capacity() - pending.len() < READ_CHUNK / 4 {
+                // A line longer than a read so far.
+                pending.reserve(READ_CHUNK);
+            }
+            let filled = pending.len();
+            pending.resize(pending.capacity(), 0);
+            let read = file.read(&mut pending[filled..]);
+            pending.truncate(filled + *read.as_ref().unwrap_or(&0));
+            let read = match read {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read error at byte {offset}: {e}")),
+            };
+            if read == 0 {
+                // End of file, or a line still being written.
+                if !self.config.follow {
+                    if !pending.is_empty() {
+                        let line = pending.split().freeze();
+                        let length = line.len() as u64;
+                        let now = now_millis();
+                        if let Some(event) = self.line_event(partitions, offset, line, now) {
+                            batches[event.partition as usize].push(event);
+                        }
+                        if !self.send(&mut batches) {
+                            return Ok(());
+                        }
+                        self.progress.dispatched_through(offset + length);
+                    }
+                    return Ok(());
+                }
+                if self.dispatcher.is_closed() {
+                    return Ok(());
+                }
+                // The file may have grown beyond what was read: its size is its end.
+                if let Ok(metadata) = file.metadata() {
+                    self.progress.end_seen(metadata.len());
+                }
+                std::thread::sleep(FOLLOW_POLL);
+                continue;
+            }
+            // Every complete line read so far, in one shared buffer.
+            let Some(last_end) = memchr::memrchr(b'\n', &pending) else {
+                continue;
+            };
+            let lines = pending.split_to(last_end + 1).freeze();
+            // The start of a line goes on in an empty buffer; this one is reused once the events
+            // made of it are dropped.
+            let mut next = buffers.empty();
+            next.extend_from_slice(&pending);
+            buffers.keep(std::mem::replace(&mut pending, next));
+            let now = now_millis();
+            let mut start = 0;
+            for newline in memchr::memchr_iter(b'\n', &lines) {
+                let end = newline + 1;
+                let line_offset = offset;
+                offset += (end - start) as u64;
+                if let Some(event) =
+                    self.line_event(partitions, line_offset, lines.slice(start..end), now)
+                {
+                    batches[event.partition as usize].push(event);
+                }
+                start = end;
+            }
+            if !self.send(&mut batches) {
+                return Ok(());
+            }
+            // Once per read rather than per line: the readers load it for every event they take.
+            self.progress.dispatched_through(offset);
+        }
     }
-    if line[..length].ends_with(b"\r") {
-        length -= 1;
+
+    /// Sends each partition its batch; false when a partition's reader is gone.
+    fn send(&self, batches: &mut [Vec<Event>]) -> bool {
+        for (partition, batch) in batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let next = Vec::with_capacity(batch.len() + batch.len() / 4);
+            let batch = std::mem::replace(batch, next);
+            let partition = PartitionId::try_from(partition).unwrap_or(PartitionId::MAX);
+            if !self.dispatcher.send_batch_blocking(partition, batch) {
+                return false;
+            }
+        }
+        true
     }
-    let line = line.slice(..length);
-    let body = &line[..];
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return true;
-    }
-    let partitions = dispatcher.partitions();
-    // A line whose key cannot be read is still delivered (and dead-lettered by the pipeline if it
-    // is malformed), on a partition fixed by its offset so that a replay sends it to the same one.
-    let key = config
-        .key_field
-        .as_deref()
-        .and_then(|field| top_level_field(body, field).ok().flatten())
-        .and_then(|value| match value {
+
+    /// The event of one line read at `offset` (`None` for a blank line), read at `now`.
+    fn line_event(&self, partitions: u32, offset: u64, line: Bytes, now: i64) -> Option<Event> {
+        let mut length = line.len();
+        if line[..length].ends_with(b"\n") {
+            length -= 1;
+        }
+        if line[..length].ends_with(b"\r") {
+            length -= 1;
+        }
+        let line = line.slice(..length);
+        let body = &line[..];
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        // A line whose key cannot be read is still delivered (and dead-lettered by the pipeline
+        // if it is malformed), on a partition fixed by its offset so that a replay sends it to
+        // the same one. The event time is read in the same pass; one that cannot be read is left
+        // to the partition worker, which says why.
+        let (key, time) = match (self.config.key_field.as_deref(), &self.event_time_field) {
+            (Some(key), Some(time)) => {
+                top_level_field_pair(body, key, time).unwrap_or((None, None))
+            }
+            (Some(key), None) => (top_level_field(body, key).ok().flatten(), None),
+            (None, _) => (None, None),
+        };
+        let key = key.and_then(|value| match value {
             // A key as written in the line: a slice of it, not a copy.
             FieldValue::Text(Cow::Borrowed(text)) => Some(line.slice_ref(text.as_bytes())),
             value => value.key_bytes().map(Bytes::from),
         });
-    let partition = match &key {
-        Some(key) => partition_for_key(key, partitions),
-        None => partition_for_key(&offset.to_le_bytes(), partitions),
-    };
-    let mut event = Event::new(partition, offset, line.clone());
-    event.enqueued_time = config
-        .enqueued_time_field
-        .as_deref()
-        .and_then(|field| top_level_field(body, field).ok().flatten())
-        .and_then(|value| event_time_millis(&value).ok())
-        .unwrap_or_else(now_millis);
-    event.key = key;
-    dispatcher.send(event).await
+        let partition = match &key {
+            Some(key) => partition_for_key(key, partitions),
+            None => partition_for_key(&offset.to_le_bytes(), partitions),
+        };
+        let event_time = time.and_then(|value| event_time_millis(&value).ok());
+        let enqueued_time = self
+            .config
+            .enqueued_time_field
+            .as_deref()
+            .and_then(|field| top_level_field(body, field).ok().flatten())
+            .and_then(|value| event_time_millis(&value).ok())
+            .unwrap_or(now);
+        Some(Event {
+            partition,
+            source: crate::event::no_source(),
+            position: offset,
+            key,
+            event_time,
+            enqueued_time,
+            properties: Vec::new(),
+            body: line,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +376,29 @@ mod tests {
         }
         events.sort_by_key(|e| e.position);
         events
+    }
+
+    #[test]
+    fn a_read_buffer_is_reused_once_the_events_made_of_it_are_gone() {
+        let mut buffers = ReadBuffers::default();
+        let mut first = buffers.empty();
+        first.extend_from_slice(b"{\"n\":1}\n{\"n\":2}\n{\"n\":");
+        let at = first.as_ptr();
+        let lines = first.split_to(16).freeze();
+        let line = lines.slice(0..7);
+        drop(lines);
+        buffers.keep(first);
+        // An event still holds a line of it: a new buffer.
+        let second = buffers.empty();
+        assert_ne!(second.as_ptr(), at);
+        buffers.keep(second);
+        drop(line);
+        // Both kept buffers are free now; the oldest, whose events are gone, comes back first,
+        // empty and with room for a whole read.
+        let reused = buffers.empty();
+        assert_eq!(reused.as_ptr(), at);
+        assert!(reused.is_empty());
+        assert!(reused.capacity() >= READ_CHUNK);
     }
 
     #[tokio::test]

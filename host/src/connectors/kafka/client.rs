@@ -279,6 +279,7 @@ impl Outage {
     }
 
     /// Whether the last request failed.
+    #[cfg(test)]
     pub(crate) fn ongoing(&self) -> bool {
         self.since.is_some()
     }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use tokio::sync::mpsc;
 
 use super::client;
 use crate::config::{KafkaSourceConfig, KafkaStart, KafkaUndecodable, LoadedConfig};
@@ -115,20 +116,29 @@ impl KafkaSource {
                 })?
             }
         };
-        Ok(KafkaReader {
+        let fetcher = KafkaFetcher {
             source_name: self.name.clone(),
             topic: self.config.connection.topic.clone(),
             partition,
             client,
             next_offset,
-            high_watermark: None,
-            buffered: VecDeque::new(),
             fetch_max_bytes: self.config.fetch_max_bytes,
             fetch_max_wait: self.config.fetch_max_wait.get(),
-            stop_at_end: self.config.stop_at_end,
             outage: client::Outage::new(self.config.connection.max_outage.get()),
             on_undecodable: self.config.on_undecodable,
-            undecodable: None,
+        };
+        let (sender, fetched) = mpsc::channel(FETCHES_AHEAD);
+        let fetching = tokio::spawn(fetcher.run(sender));
+        Ok(KafkaReader {
+            source_name: self.name.clone(),
+            partition,
+            fetched,
+            fetching,
+            next_offset,
+            high_watermark: None,
+            buffered: VecDeque::new(),
+            stop_at_end: self.config.stop_at_end,
+            ended: false,
         })
     }
 }
@@ -159,33 +169,85 @@ impl Source for KafkaSource {
     }
 }
 
-/// Reads one Kafka partition.
+/// Fetches the reader's partition ahead of it wants, so that the broker's answer and its decoding
+/// overlap the pipeline's work on the records before them.
+const FETCHES_AHEAD: usize = 2;
+
+/// Reads one Kafka partition: what its fetching task fetched, in order.
 struct KafkaReader {
+    source_name: String,
+    partition: PartitionId,
+    /// What the fetching task fetched (its first failure ends it).
+    fetched: mpsc::Receiver<Result<Fetched, SourceError>>,
+    /// The fetching task, stopped with the reader.
+    fetching: tokio::task::JoinHandle<()>,
+    /// The offset after the last record received from the fetching task.
+    next_offset: i64,
+    /// The partition's end as of the last fetch received.
+    high_watermark: Option<i64>,
+    /// Fetched records not handed out yet (a fetch returns bytes, not a count).
+    buffered: VecDeque<Event>,
+    stop_at_end: bool,
+    /// The fetching task stopped after a failure that was reported.
+    ended: bool,
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        self.fetching.abort();
+    }
+}
+
+/// One answer of the fetching task.
+enum Fetched {
+    /// The records of one fetch (none when the partition had nothing new within the wait).
+    Records {
+        events: Vec<Event>,
+        /// The partition's end as this fetch saw it.
+        high_watermark: i64,
+        /// The offset the next fetch starts at.
+        next_offset: i64,
+    },
+    /// A batch that cannot be decoded, set aside (`on_undecodable = "dead_letter"`).
+    Undecodable(ReadOutcome),
+}
+
+/// Fetches one Kafka partition from `next_offset` on, for its [`KafkaReader`].
+struct KafkaFetcher {
     source_name: String,
     topic: String,
     partition: PartitionId,
     client: PartitionClient,
     /// The offset of the next record to fetch.
     next_offset: i64,
-    /// The partition's end as of the last fetch.
-    high_watermark: Option<i64>,
-    /// Fetched records not handed out yet (a fetch returns bytes, not a count).
-    buffered: VecDeque<Event>,
     fetch_max_bytes: i32,
     fetch_max_wait: Duration,
-    stop_at_end: bool,
     /// Fetches failed in a row (the broker is away).
     outage: client::Outage,
     on_undecodable: KafkaUndecodable,
-    /// A batch that cannot be decoded and was skipped, to be handed out as such next.
-    undecodable: Option<ReadOutcome>,
 }
 
 /// Bytes a probe fetch asks for: the broker still sends the first batch whole (KIP-74), and
 /// only that one, so that the probe decodes or fails on that batch alone.
 const PROBE_MAX_BYTES: i32 = 1;
 
-impl KafkaReader {
+impl KafkaFetcher {
+    /// Fetches until the reader is gone or a fetch fails beyond retrying (that failure is the
+    /// last thing it hands over).
+    async fn run(mut self, fetched: mpsc::Sender<Result<Fetched, SourceError>>) {
+        loop {
+            let answer = match self.fetch().await {
+                Ok(None) => continue,
+                Ok(Some(answer)) => Ok(answer),
+                Err(error) => Err(error),
+            };
+            let failed = answer.is_err();
+            if fetched.send(answer).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+
     fn error(&self, reason: impl Into<String>) -> SourceError {
         self.error_of(SourceErrorKind::Unavailable, reason)
     }
@@ -194,9 +256,10 @@ impl KafkaReader {
         SourceError::read(kind, &self.source_name, self.partition, reason)
     }
 
-    /// Fetches from `next_offset` into `buffered`.
-    async fn fetch(&mut self, wait: Duration) -> Result<(), SourceError> {
-        let wait_ms = i32::try_from(wait.min(self.fetch_max_wait).as_millis()).unwrap_or(i32::MAX);
+    /// Fetches from `next_offset`: the records, or a batch set aside; `None` after a failure
+    /// that was waited out (the next fetch tries again from the same offset).
+    async fn fetch(&mut self) -> Result<Option<Fetched>, SourceError> {
+        let wait_ms = i32::try_from(self.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let fetched = self
             .client
             .fetch_records(self.next_offset, 1..self.fetch_max_bytes, wait_ms)
@@ -206,7 +269,7 @@ impl KafkaReader {
             Err(KafkaError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
-            }) => return self.recover_out_of_range().await,
+            }) => return self.recover_out_of_range().await.map(|()| None),
             Err(e) => return self.fetch_failed(e).await,
         };
         if let Some((lasted, failures)) = self.outage.succeeded() {
@@ -216,7 +279,7 @@ impl KafkaReader {
                 "Kafka broker reachable again; reading on"
             );
         }
-        self.high_watermark = Some(high_watermark);
+        let mut events = Vec::with_capacity(records.len());
         for record in records {
             // A compressed batch may start before the requested offset.
             if record.offset < self.next_offset {
@@ -227,7 +290,7 @@ impl KafkaReader {
                 continue;
             };
             let record = record.record;
-            self.buffered.push_back(Event {
+            events.push(Event {
                 partition: self.partition,
                 position,
                 source: crate::event::no_source(),
@@ -242,16 +305,20 @@ impl KafkaReader {
                 body: record.value.map(Bytes::from).unwrap_or_default(),
             });
         }
-        Ok(())
+        Ok(Some(Fetched::Records {
+            events,
+            high_watermark,
+            next_offset: self.next_offset,
+        }))
     }
 
     /// A fetch failed after rskafka's retries: an outage is retried (see [`Self::back_off`]);
     /// a fault that retrying cannot fix stops the partition, or for a batch that cannot be
     /// decoded with `on_undecodable = "dead_letter"`, is skipped and handed out as such.
-    async fn fetch_failed(&mut self, error: KafkaError) -> Result<(), SourceError> {
+    async fn fetch_failed(&mut self, error: KafkaError) -> Result<Option<Fetched>, SourceError> {
         let fault = client::classify(&error);
         match fault {
-            client::Fault::Outage => self.back_off(error).await,
+            client::Fault::Outage => self.back_off(error).await.map(|()| None),
             client::Fault::Undecodable if self.on_undecodable == KafkaUndecodable::DeadLetter => {
                 self.skip_undecodable(error).await
             }
@@ -276,7 +343,10 @@ impl KafkaReader {
     /// The batch at `next_offset` cannot be decoded: finds where it ends, by probing fetches of
     /// one batch each (a doubling step, then bisection: every offset of the batch fails the
     /// same way, the first offset after it decodes), and moves on past it.
-    async fn skip_undecodable(&mut self, error: KafkaError) -> Result<(), SourceError> {
+    async fn skip_undecodable(
+        &mut self,
+        error: KafkaError,
+    ) -> Result<Option<Fetched>, SourceError> {
         let first = self.next_offset;
         // `bad` fails to decode; `good` decodes (or lies at or beyond the partition's end).
         let (mut bad, mut step) = (first, 1i64);
@@ -285,7 +355,7 @@ impl KafkaReader {
             match self.probe(probe).await {
                 Ok(true) => break probe,
                 Ok(false) => (bad, step) = (probe, step.saturating_mul(2)),
-                Err(e) => return self.back_off(e).await,
+                Err(e) => return self.back_off(e).await.map(|()| None),
             }
         };
         while good - bad > 1 {
@@ -293,7 +363,7 @@ impl KafkaReader {
             match self.probe(mid).await {
                 Ok(true) => good = mid,
                 Ok(false) => bad = mid,
-                Err(e) => return self.back_off(e).await,
+                Err(e) => return self.back_off(e).await.map(|()| None),
             }
         }
         let reason = format!(
@@ -311,12 +381,11 @@ impl KafkaReader {
             return Err(self.error(reason));
         };
         self.next_offset = good;
-        self.undecodable = Some(ReadOutcome::Undecodable {
+        Ok(Some(Fetched::Undecodable(ReadOutcome::Undecodable {
             first,
             last,
             reason,
-        });
-        Ok(())
+        })))
     }
 
     /// Whether the batch holding `offset` decodes; an error other than an undecodable batch is
@@ -399,6 +468,41 @@ impl KafkaReader {
     }
 }
 
+impl KafkaReader {
+    /// Takes the fetching task's next answer, waiting at most `wait`: `None` when none came.
+    async fn receive(&mut self, wait: Duration) -> Result<Option<ReadOutcome>, SourceError> {
+        let answer = match tokio::time::timeout(wait, self.fetched.recv()).await {
+            Err(_) => return Ok(Some(ReadOutcome::Idle)),
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                return Err(SourceError::read(
+                    SourceErrorKind::Unavailable,
+                    &self.source_name,
+                    self.partition,
+                    "the partition's fetching task stopped",
+                ));
+            }
+        };
+        match answer {
+            Err(error) => {
+                self.ended = true;
+                Err(error)
+            }
+            Ok(Fetched::Undecodable(outcome)) => Ok(Some(outcome)),
+            Ok(Fetched::Records {
+                events,
+                high_watermark,
+                next_offset,
+            }) => {
+                self.high_watermark = Some(high_watermark);
+                self.next_offset = next_offset;
+                self.buffered.extend(events);
+                Ok(None)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl PartitionReader for KafkaReader {
     fn partition(&self) -> PartitionId {
@@ -406,18 +510,24 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadOutcome, SourceError> {
-        if self.buffered.is_empty() {
-            self.fetch(wait).await?;
+        if self.ended {
+            return Err(SourceError::read(
+                SourceErrorKind::Unavailable,
+                &self.source_name,
+                self.partition,
+                "the partition's reading failed before",
+            ));
         }
-        if let Some(undecodable) = self.undecodable.take() {
-            return Ok(undecodable);
+        if self.buffered.is_empty()
+            && let Some(outcome) = self.receive(wait).await?
+        {
+            return Ok(outcome);
         }
         if self.buffered.is_empty() {
-            // During an outage the last known end is stale: the partition may have grown.
-            let at_end = !self.outage.ongoing()
-                && self
-                    .high_watermark
-                    .is_some_and(|end| self.next_offset >= end);
+            // A fetch found nothing: the end, if the partition ends at its end.
+            let at_end = self
+                .high_watermark
+                .is_some_and(|end| self.next_offset >= end);
             return Ok(if self.stop_at_end && at_end {
                 ReadOutcome::End
             } else {

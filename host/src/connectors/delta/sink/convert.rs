@@ -920,13 +920,17 @@ fn scan_fields_and_extras<'a>(
     let plain = scan::members(body, |key, value| {
         let value = match value {
             Scanned::Text(text) => Json::Text(Cow::Borrowed(text)),
-            // serde_json reads the number (integer or not, its range) exactly as in a body.
-            Scanned::Number(text) => match serde_json::from_slice::<Json<'_>>(text) {
-                Ok(number) => number,
-                Err(_) => {
-                    numbers_read = false;
-                    Json::Null
-                }
+            // serde_json reads the number (integer or not, its range) exactly as in a body; the
+            // common short forms are read here the same way without a deserializer.
+            Scanned::Number(text) => match plain_number(text) {
+                Some(number) => number,
+                None => match serde_json::from_slice::<Json<'_>>(text) {
+                    Ok(number) => number,
+                    Err(_) => {
+                        numbers_read = false;
+                        Json::Null
+                    }
+                },
             },
             Scanned::Bool(b) => Json::Bool(b),
             Scanned::Null => Json::Null,
@@ -940,6 +944,56 @@ fn scan_fields_and_extras<'a>(
         }
     });
     (plain && numbers_read).then_some((values, extras))
+}
+
+/// Powers of ten that an `f64` holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A number the scanner found (JSON grammar already checked), read as serde_json reads it, for
+/// the plain forms only: an optional minus, at most 15 digits, an optional fraction, no exponent.
+/// An integer is `UInt` (`Int` when negative); a fraction is its digits divided by a power of
+/// ten, both exact in an `f64`, so the one division rounds correctly, which is what serde_json's
+/// own reading gives for them. `None` (serde_json decides) for anything else, `-0` included
+/// (serde_json reads it as a float).
+fn plain_number(text: &[u8]) -> Option<Json<'static>> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let mut significand: u64 = 0;
+    let mut count = 0usize;
+    let mut fraction_digits: Option<usize> = None;
+    for &byte in digits {
+        match byte {
+            b'0'..=b'9' => {
+                count += 1;
+                if count > 15 {
+                    return None;
+                }
+                significand = significand * 10 + u64::from(byte - b'0');
+                if let Some(after_point) = fraction_digits.as_mut() {
+                    *after_point += 1;
+                }
+            }
+            b'.' if fraction_digits.is_none() => fraction_digits = Some(0),
+            _ => return None,
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    match fraction_digits {
+        None if !negative => Some(Json::UInt(significand)),
+        None if significand == 0 => None,
+        // At most 15 digits: within the i64 range.
+        None => Some(Json::Int(-(significand as i64))),
+        Some(after_point) => {
+            let magnitude = significand as f64 / *EXACT_POWERS_OF_TEN.get(after_point)?;
+            Some(Json::Float(if negative { -magnitude } else { magnitude }))
+        }
+    }
 }
 
 /// The values of the top-level `fields` of the JSON object `body` (`None` where absent), or why
@@ -1084,6 +1138,49 @@ mod scan_tests {
                 let slow = extract_fields_and_extras(body.as_bytes(), &fields);
                 proptest::prop_assert_eq!(Ok(fast), slow);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The plain numbers read without a deserializer are read as serde_json reads them.
+        #[test]
+        fn plain_numbers_are_read_as_serde_json_reads_them(
+            text in r"-?(0|[1-9][0-9]{0,16})(\.[0-9]{1,17})?",
+        ) {
+            let slow = serde_json::from_slice::<Json<'_>>(text.as_bytes()).ok();
+            if let Some(fast) = plain_number(text.as_bytes()) {
+                proptest::prop_assert_eq!(Some(fast), slow);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_numbers_cover_the_telemetry_forms_and_leave_the_rest() {
+        for text in [
+            "21.5",
+            "-3.25",
+            "45",
+            "-7",
+            "0",
+            "0.1",
+            "1013.25",
+            "99.999999",
+        ] {
+            let fast = plain_number(text.as_bytes());
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(
+                fast,
+                serde_json::from_slice::<Json<'_>>(text.as_bytes()).ok()
+            );
+        }
+        for text in [
+            "-0",
+            "1e5",
+            "1.5E-3",
+            "1234567890123456",
+            "0.1234567890123456",
+        ] {
+            assert_eq!(plain_number(text.as_bytes()), None, "{text}");
         }
     }
 

@@ -786,6 +786,27 @@ impl Committer {
         else {
             return Ok(Vec::new());
         };
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(delta_error("cannot write to the table"))?
+            .with_writer_properties(shared.files.properties.clone())
+            .with_target_file_size(shared.files.target_size);
+        if shared.files.target_size == 0 {
+            // One file per table partition: the writer streams each chunk into its files, so
+            // the chunks go in as they are, without first copying every buffered row into one
+            // batch (that copy was a fresh allocation of the whole buffer at every commit).
+            for chunk in pending.iter().flat_map(|p| p.chunks.iter()) {
+                writer
+                    .write(chunk.batch.clone())
+                    .await
+                    .map_err(delta_error("cannot write data files"))?;
+            }
+            let adds = writer
+                .flush()
+                .await
+                .map_err(delta_error("cannot write data files"))?;
+            shared.location.sync_data_files(&adds).await?;
+            return Ok(adds);
+        }
         let batch = concat_batches(
             &schema,
             pending
@@ -793,16 +814,9 @@ impl Committer {
                 .flat_map(|p| p.chunks.iter().map(|c| &c.batch)),
         )
         .map_err(|e| format!("cannot assemble the buffered rows: {e}"))?;
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(delta_error("cannot write to the table"))?
-            .with_writer_properties(shared.files.properties.clone())
-            .with_target_file_size(shared.files.target_size);
         // A file rolls over to the next only between two writes: with a target size, write in
         // slices.
-        let step = match shared.files.target_size {
-            0 => batch.num_rows().max(1),
-            _ => shared.files.slice_rows,
-        };
+        let step = shared.files.slice_rows.max(1);
         let mut offset = 0;
         while offset < batch.num_rows() {
             let rows = step.min(batch.num_rows() - offset);
