@@ -658,6 +658,42 @@ mod tests {
         (loaded, state)
     }
 
+    /// State files the previous version wrote (the whole state in the changes format, sealed with
+    /// a SHA-256) still restore, and a damaged file of either seal is refused.
+    #[test]
+    fn state_files_of_the_previous_seal_and_format_restore_and_damage_is_refused() {
+        use bytes::Bytes;
+        // Version 1 of the changes format: a put of "device-1" (expiry never) and one of "gone",
+        // then a delete of "gone".
+        let mut changes = vec![1u8];
+        for (key, value) in [(&b"device-1"[..], &b"{\"t\":20}"[..]), (b"gone", b"1")] {
+            changes.push(1);
+            changes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            changes.extend_from_slice(key);
+            changes.extend_from_slice(&i64::MAX.to_le_bytes());
+            changes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            changes.extend_from_slice(value);
+        }
+        changes.push(2);
+        changes.extend_from_slice(&4u32.to_le_bytes());
+        changes.extend_from_slice(b"gone");
+        let mut old = changes.clone();
+        old.extend_from_slice(&Sha256::digest(&changes));
+        let body = unseal(Bytes::from(old.clone())).expect("the previous seal is read");
+        assert_eq!(body, changes);
+        let state = crate::plugin::KeyedState::from_changes([body]).expect("restores");
+        assert_eq!(state.len(), 1);
+        assert_eq!(state.committed(b"device-1"), Some(&b"{\"t\":20}"[..]));
+        // Damage under either seal is refused, never read as a state.
+        old[3] ^= 1;
+        assert!(unseal(Bytes::from(old)).is_err());
+        let mut new = changes.clone();
+        new.extend_from_slice(&seal(&changes));
+        assert_eq!(unseal(Bytes::from(new.clone())).expect("sealed"), changes);
+        new[3] ^= 1;
+        assert!(unseal(Bytes::from(new)).is_err());
+    }
+
     #[tokio::test]
     async fn incremental_state_restores_from_base_and_deltas_and_survives_crashes() {
         use super::super::{IncrementalState, MAX_DELTAS};
