@@ -236,21 +236,6 @@ fn count_changes(bytes: &[u8]) -> usize {
     count
 }
 
-/// Overlays of more keys than this are freed on a thread of their own.
-const FREE_IN_BACKGROUND: usize = 65_536;
-
-/// Drops `overlay`, on a thread of its own when it is large: freeing every key and value of a
-/// state's first base (10M keys: 20M allocations) takes about a second, which the checkpoint
-/// that wrote the base, and so its partition, need not wait for.
-fn free_in_background(overlay: HashMap<Vec<u8>, Slot, Hasher>) {
-    if overlay.len() > FREE_IN_BACKGROUND {
-        // When no thread can be started, the closure, and the overlay with it, is dropped here.
-        let _ = std::thread::Builder::new()
-            .name("weir-state-free".to_owned())
-            .spawn(move || drop(overlay));
-    }
-}
-
 fn push_part(out: &mut Vec<u8>, part: &[u8]) {
     // Keys and values come through the WIT boundary, whose lists are u32-sized.
     let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
@@ -611,7 +596,7 @@ impl KeyedState {
             self.base = base;
             // A new map rather than a cleared one: the old one's capacity is the largest the
             // overlay ever was.
-            free_in_background(std::mem::take(&mut self.overlay));
+            self.overlay = HashMap::default();
             return bytes;
         }
         // Too large for a base (past 1 TiB): the whole state in the changes format, which
