@@ -1010,7 +1010,14 @@ impl PartitionWorker {
         for slot in &mut self.stages {
             let name = slot.stage.name().to_string();
             let write = self.incremental.next_write(&name);
-            match slot.stage.take_state_changes(write == StateWrite::Base) {
+            let changes = if write == StateWrite::Base {
+                // The whole state: seconds for millions of keys.
+                let stage = &mut slot.stage;
+                crate::plugin::sandbox::run_blocking(|| stage.take_state_changes(true))
+            } else {
+                slot.stage.take_state_changes(false)
+            };
+            match changes {
                 Some(bytes) => self.incremental.add(checkpoint, &name, write, bytes),
                 None => {
                     checkpoint.stages.insert(name, slot.stage.snapshot());

@@ -901,7 +901,7 @@ impl PluginInstance {
         let error = |store: &mut Store<StoreState>, e: wasmtime::Error| {
             call_error(&plugin, store, &e, Stage::Instantiation)
         };
-        let instance = match sandbox::run_guest(|| plugin.pre.instantiate(&mut store)) {
+        let instance = match sandbox::run_blocking(|| plugin.pre.instantiate(&mut store)) {
             Ok(instance) => instance,
             Err(e) => return Err(error(&mut store, e)),
         };
@@ -1024,7 +1024,7 @@ impl PluginInstance {
     {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let (guest, store) = (&self.guest, &mut self.store);
-        match sandbox::run_guest(|| call(guest, store)) {
+        match sandbox::run_blocking(|| call(guest, store)) {
             Some(Ok(output)) => match check(&output) {
                 Ok(()) => {
                     self.store.data_mut().keyed.commit();

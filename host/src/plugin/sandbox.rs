@@ -63,14 +63,17 @@ pub fn deadline_ticks(timeout: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
-/// Runs `call` (a call into a guest) where the guest may block.
+/// Runs `call`, which may block or run long, without holding up the asynchronous tasks of the
+/// thread it is on: a call into a guest, or the writing of a large keyed state's base.
 ///
 /// A guest that writes to stdout or stderr (a Rust panic message, a `println!`) makes WASI's
 /// synchronous bindings `block_on` their tokio runtime, which panics on a thread that drives
-/// asynchronous tasks. On a multi-threaded runtime's worker the call therefore runs under
-/// `block_in_place`; on a current-thread runtime (tests) it runs on a scoped thread of its own;
-/// outside any runtime (benchmarks) it runs as it is.
-pub fn run_guest<R: Send>(call: impl FnOnce() -> R + Send) -> R {
+/// asynchronous tasks; a base of millions of keys takes seconds to write, which other
+/// partitions' tasks on the same runtime thread should not wait for. On a multi-threaded
+/// runtime's worker the call therefore runs under `block_in_place`; on a current-thread runtime
+/// (tests) it runs on a scoped thread of its own; outside any runtime (benchmarks) it runs as it
+/// is.
+pub fn run_blocking<R: Send>(call: impl FnOnce() -> R + Send) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
