@@ -544,7 +544,7 @@ impl KeyedState {
     /// its bytes, the expiry an i64 LE. Applied in order to the state they follow
     /// ([`KeyedState::apply_changes`]), they give this state.
     ///
-    /// With `whole`, the whole committed state instead, as a base (see [`super::state_base`]),
+    /// With `whole`, the whole committed state instead, as a base (the format of `state_base.rs`),
     /// which the state keeps as its own base from then on.
     pub fn take_changes(&mut self, whole: bool) -> Bytes {
         if whole {
