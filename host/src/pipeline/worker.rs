@@ -1012,8 +1012,7 @@ impl PartitionWorker {
             let write = self.incremental.next_write(&name);
             let changes = if write == StateWrite::Base {
                 // The whole state: seconds for millions of keys.
-                let stage = &mut slot.stage;
-                crate::plugin::sandbox::run_blocking(|| stage.take_state_changes(true))
+                crate::plugin::sandbox::run_blocking(|| slot.stage.take_state_changes(true))
             } else {
                 slot.stage.take_state_changes(false)
             };

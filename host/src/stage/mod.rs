@@ -212,8 +212,8 @@ pub trait Stage: Send {
 
     /// For a stage whose state is all keyed state, checkpointed incrementally (see
     /// [`crate::checkpoint::IncrementalState`]): the keys changed since the last call, or with
-    /// `whole` the whole state, in the keyed state's changes format. `None`: the stage's
-    /// [`Stage::snapshot`] holds its state.
+    /// `whole` the whole state as a base (see [`crate::plugin::KeyedState::take_changes`]).
+    /// `None`: the stage's [`Stage::snapshot`] holds its state.
     fn take_state_changes(&mut self, _whole: bool) -> Option<bytes::Bytes> {
         None
     }
