@@ -14,6 +14,7 @@ pub mod event;
 pub mod generators;
 pub mod health;
 pub mod json;
+mod mapped;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;

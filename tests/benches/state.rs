@@ -11,7 +11,10 @@
 //!   written, that is loading the checkpoint record and its state files (base and deltas),
 //!   restoring the state, then reading a device's last reading, putting the new one and
 //!   committing, as the anomaly rule does for an event;
-//! - **lookups after the restart**: a device's reading read from the base, in place.
+//! - **lookups after the restart**: a device's reading read from the base, in place;
+//! - **spilling**: the restored state compacted into a spill file (`[state]` of the
+//!   configuration), and the process's own memory (`RssAnon`) against the mapped base's pages
+//!   (`RssFile`, which the kernel drops when memory is short) after it.
 //!
 //! Run: `cargo bench -p weir-tests --bench state` (release). `--keys=N` measures one size.
 //! Each size runs in a process of its own, so that one's freed memory does not hide the other's.
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use weir::checkpoint::{
     Checkpoint, CheckpointStore, IncrementalState, LocalCheckpointStore, StateWrite,
 };
-use weir::plugin::KeyedState;
+use weir::plugin::{KeyedState, StateSpill};
 
 /// Readings per checkpoint interval (100,000 events/s with a 1 s interval, or 20,000 events/s
 /// with the 5 s default).
@@ -80,11 +83,26 @@ fn machine() -> String {
 
 /// The process's resident set, in bytes.
 fn rss() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// The process's own memory in its resident set (`RssAnon`): what the kernel cannot drop
+/// without swap, unlike the pages of mapped files (`RssFile`), which it drops and reads again.
+fn anon() -> u64 {
+    status_bytes("RssAnon:")
+}
+
+/// Pages of mapped files in the resident set (`RssFile`).
+fn file_backed() -> u64 {
+    status_bytes("RssFile:")
+}
+
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
@@ -170,6 +188,7 @@ fn measure(keys: usize) {
     // Restart: the record, its base and deltas read, the state restored, the first event's
     // state read and written.
     let before_restart = rss();
+    let anon_before_restart = anon();
     let started = Instant::now();
     let loaded = runtime
         .block_on(store.load("state", 0))
@@ -187,6 +206,7 @@ fn measure(keys: usize) {
     restored.commit();
     let restart = started.elapsed();
     let restored_resident = rss().saturating_sub(before_restart);
+    let restored_anon = anon().saturating_sub(anon_before_restart);
     assert!(last_reading.is_some(), "the device has a reading");
     assert_eq!(restored.len(), state.len());
     let (base_size, overlay_keys) = restored.base_and_overlay();
@@ -212,6 +232,31 @@ fn measure(keys: usize) {
     let rebuild = started.elapsed();
     assert_eq!(rebuilt.len(), restored.len());
     drop(rebuilt);
+    drop(state);
+    drop(whole_changes);
+
+    // Spilling: a compaction of the restored state writes its base to a spill file and maps it
+    // (`[state] spill_above_bytes`); the process keeps only what changed since in memory.
+    let spill_dir = dir.path().join("spill");
+    restored.set_spill(Some(std::sync::Arc::new(StateSpill {
+        dir: spill_dir,
+        above_bytes: 0,
+    })));
+    let anon_before_spill = anon();
+    let started = Instant::now();
+    let spilled = restored.take_changes(true);
+    let spill_time = started.elapsed();
+    drop(loaded);
+    drop(spilled);
+    let started = Instant::now();
+    let found = devices
+        .iter()
+        .filter(|device| restored.get(device).is_some())
+        .count();
+    let spilled_lookup = started.elapsed();
+    assert_eq!(found, lookups);
+    let spilled_anon = anon();
+    let spilled_file = file_backed();
 
     let delta = delta_bytes.iter().sum::<u64>() / delta_bytes.len() as u64;
     let delta_time = delta_times.iter().sum::<Duration>() / delta_times.len() as u32;
@@ -221,7 +266,10 @@ fn measure(keys: usize) {
          resident memory built from puts {} ({} bytes per key), restored {} ({} bytes per key; \
          base {}, {overlay_keys} keys since it); restart to the first event {:.0} ms (read {:.0} \
          ms, state ready {:.0} ms, first event {:.2} ms; base and {INTERVALS} deltas); \
-         lookups after the restart {:.0} ns each; rebuilding a map of every key as before {:.0} ms",
+         lookups after the restart {:.0} ns each; rebuilding a map of every key as before {:.0} ms; \
+         of the restored memory the process's own {}, the rest pages of the mapped base; \
+         spilled: compaction to a spill file {:.0} ms, then the process's own memory {} (was {}) \
+         and mapped pages {}, lookups {:.0} ns each",
         mb(whole),
         mb(delta),
         whole as f64 / delta.max(1) as f64,
@@ -239,6 +287,12 @@ fn measure(keys: usize) {
         (restart - ready).as_secs_f64() * 1e3,
         lookup.as_secs_f64() * 1e9 / lookups as f64,
         rebuild.as_secs_f64() * 1e3,
+        mb(restored_anon),
+        spill_time.as_secs_f64() * 1e3,
+        mb(spilled_anon),
+        mb(anon_before_spill),
+        mb(spilled_file),
+        spilled_lookup.as_secs_f64() * 1e9 / lookups as f64,
     );
 }
 

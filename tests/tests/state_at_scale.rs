@@ -70,10 +70,17 @@ fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
     let reference_alerts = read_jsonl_dir(&reference.alerts);
     assert_alerts_match(&reference_alerts, &expected_alerts(&readings));
 
+    // The crashed runs spill every base to disk (mapped, not held in memory): the same alerts
+    // come out of a state looked up in spill files.
     let crashed = tempfile::tempdir().expect("temp dir");
     let paths = anomaly_pipeline(crashed.path(), &input, &options);
+    let spill_dir = crashed.path().join("spill");
+    let mut config = std::fs::read_to_string(&paths.config).expect("config");
+    config.push_str("\n[state]\nspill_dir = \"spill\"\nspill_above_bytes = 0\n");
+    std::fs::write(&paths.config, config).expect("config");
     let mut kills = 0;
     let mut deltas_seen = false;
+    let mut spills_seen = 0;
     for (round, jitter) in [0u64, 170, 60, 240, 20].into_iter().enumerate() {
         let before = state_files(&paths.checkpoints);
         let mut process = WeirProcess::run(&paths.config);
@@ -101,6 +108,7 @@ fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
         if !process.is_running() {
             break;
         }
+        spills_seen += spill_maps(process.id(), &spill_dir);
         process.kill9();
         kills += 1;
     }
@@ -113,6 +121,15 @@ fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
         deltas_seen,
         "checkpoints wrote deltas: {:?}",
         state_files(&paths.checkpoints)
+    );
+    assert!(
+        spills_seen > 0,
+        "the killed processes had spilled bases mapped"
+    );
+    assert_eq!(
+        std::fs::read_dir(&spill_dir).map_or(0, Iterator::count),
+        0,
+        "spill files are unlinked, so the kills left none behind"
     );
     let alerts = read_jsonl_dir(&paths.alerts);
     assert_eq!(
@@ -131,6 +148,15 @@ fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
         "{kept} keys kept of {} devices",
         devices.len()
     );
+}
+
+/// Spill files (unlinked, so shown as deleted) of `spill_dir` that process `pid` has mapped.
+fn spill_maps(pid: u32, spill_dir: &Path) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let dir = spill_dir.display().to_string();
+    maps.lines()
+        .filter(|l| l.contains(&dir) && l.ends_with("(deleted)"))
+        .count()
 }
 
 /// Keys in the anomaly stage's checkpointed state, over both partitions.

@@ -303,6 +303,18 @@ fn claim_records(dir: &Path, claims: &[Ownership]) -> Result<Vec<Ownership>, Str
     Ok(won)
 }
 
+/// A state file's bytes: a large one (a base) mapped, so that the state looks its keys up in the
+/// page cache rather than in a copy of its own (see `crate::mapped`).
+fn read_or_map(path: &Path) -> std::io::Result<bytes::Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() >= crate::mapped::MAP_AT_LEAST {
+        return crate::mapped::map(&file);
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+    Ok(bytes.into())
+}
+
 fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
@@ -373,10 +385,10 @@ impl CheckpointStore for LocalCheckpointStore {
         let path = self.state_dir(pipeline, partition).join(name);
         let owned = path.clone();
         let bytes = blocking(&path, move || {
-            std::fs::read(&owned).map_err(|e| e.to_string())
+            read_or_map(&owned).map_err(|e| e.to_string())
         })
         .await?;
-        unseal(bytes.into()).map_err(|reason| {
+        unseal(bytes).map_err(|reason| {
             CheckpointError::new(
                 CheckpointErrorKind::Unreadable,
                 path.display().to_string(),
@@ -463,6 +475,7 @@ impl CheckpointStore for LocalCheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn claim(partition: PartitionId, owner: &str, version: Option<&str>) -> Ownership {
         Ownership {
@@ -662,7 +675,6 @@ mod tests {
     /// a SHA-256) still restore, and a damaged file of either seal is refused.
     #[test]
     fn state_files_of_the_previous_seal_and_format_restore_and_damage_is_refused() {
-        use bytes::Bytes;
         // Version 1 of the changes format: a put of "device-1" (expiry never) and one of "gone",
         // then a delete of "gone".
         let mut changes = vec![1u8];
@@ -692,6 +704,59 @@ mod tests {
         assert_eq!(unseal(Bytes::from(new.clone())).expect("sealed"), changes);
         new[3] ^= 1;
         assert!(unseal(Bytes::from(new)).is_err());
+    }
+
+    /// A large state file (a base) is mapped, not copied into memory, and reads back the same;
+    /// its mapping outlives the file's deletion (a compaction deletes the base a state was
+    /// restored from).
+    #[tokio::test]
+    async fn a_large_state_file_is_mapped_and_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalCheckpointStore::new(dir.path());
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let small = b"a small delta".to_vec();
+        store
+            .write_state_file("p", 0, "s.1.base", Bytes::from(body.clone()))
+            .await
+            .expect("write");
+        store
+            .write_state_file("p", 0, "s.2.delta", Bytes::from(small.clone()))
+            .await
+            .expect("write");
+        let read = store
+            .read_state_file("p", 0, "s.1.base")
+            .await
+            .expect("read");
+        assert_eq!(read, body);
+        let path = store.state_dir("p", 0).join("s.1.base");
+        let mapped = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+            let path = path.display().to_string();
+            maps.lines().any(|l| l.contains(&path))
+        };
+        assert!(mapped(), "the base is mapped");
+        let delta = store
+            .read_state_file("p", 0, "s.2.delta")
+            .await
+            .expect("read");
+        assert_eq!(delta, small);
+        store
+            .delete_state_file("p", 0, "s.1.base")
+            .await
+            .expect("delete");
+        assert_eq!(read, body, "still readable once deleted");
+        drop(read);
+        assert!(!mapped(), "unmapped with its last reference");
+        // A damaged large file is refused like a small one.
+        store
+            .write_state_file("p", 0, "s.3.base", Bytes::from(body))
+            .await
+            .expect("write");
+        let path = store.state_dir("p", 0).join("s.3.base");
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[1_000_000] ^= 1;
+        std::fs::write(&path, bytes).expect("damage");
+        assert!(store.read_state_file("p", 0, "s.3.base").await.is_err());
     }
 
     #[tokio::test]

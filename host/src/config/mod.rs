@@ -72,6 +72,46 @@ pub struct Config {
     /// How the process behaves as a service.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// Where keyed state too large for memory goes.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Keyed state larger than memory: a transform stage's state is a *base* (its whole state as of
+/// its last compaction, looked up in place) and the keys changed since; a base larger than
+/// `spill_above_bytes` is kept in a file of `spill_dir` mapped into memory, so the kernel pages
+/// it in as keys are looked up and drops pages when memory is short, instead of the process
+/// holding it all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the spill files (relative paths are relative to the configuration file). Put
+    /// it on a disk, not on a memory file system such as `/tmp` on some systems. Files are
+    /// unlinked as they are created: the directory looks empty, and a crash leaves nothing.
+    #[serde(default = "default_spill_dir")]
+    pub spill_dir: PathBuf,
+    /// A base larger than this many bytes is spilled; 0 spills every base. Each spill writes the
+    /// base to the spill directory once per compaction (besides its checkpoint file).
+    #[serde(default = "default_spill_above_bytes")]
+    pub spill_above_bytes: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            spill_dir: default_spill_dir(),
+            spill_above_bytes: default_spill_above_bytes(),
+        }
+    }
+}
+
+fn default_spill_dir() -> PathBuf {
+    PathBuf::from("data/state-spill")
+}
+
+/// 64 MiB: about 750,000 keys of the anomaly rule's state.
+fn default_spill_above_bytes() -> u64 {
+    64 << 20
 }
 
 impl Config {

@@ -12,6 +12,7 @@ use crate::config::{LoadedConfig, PipelineConfig, PluginStage, StageConfig, Stag
 use crate::metrics::Metrics;
 use crate::plugin::{
     InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginKind, PluginScope, PluginSlot,
+    StateSpill,
 };
 use crate::reference::ReferenceTables;
 use crate::stage::{
@@ -182,6 +183,7 @@ impl StageBuilder<'_> {
                     (None, None) => KeyedState::default(),
                 };
                 state.set_stage_ttl(parts.state_ttl);
+                state.set_spill(Some(self.state_spill()));
                 match parts.slot {
                     Some(slot) => Box::new(WasmTransformStage::with_slot(
                         name,
@@ -198,6 +200,15 @@ impl StageBuilder<'_> {
                     )),
                 }
             }
+        })
+    }
+
+    /// Where a transform stage's keyed state spills a large base (the `[state]` table).
+    fn state_spill(&self) -> Arc<StateSpill> {
+        let state = &self.loaded.config.state;
+        Arc::new(StateSpill {
+            dir: self.loaded.resolve(&state.spill_dir),
+            above_bytes: state.spill_above_bytes,
         })
     }
 

@@ -17,6 +17,7 @@
 //!   a key costs is its bytes in the base, not an allocation of its own.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -54,6 +55,20 @@ pub struct KeyedState {
     changed: Vec<Vec<u8>>,
     /// Time-to-live settings and the event time of writes.
     ttl: Ttl,
+    /// Where a large base goes instead of memory (`None`: bases stay in memory).
+    spill: Option<Arc<StateSpill>>,
+}
+
+/// Where a keyed state keeps a base too large for memory: in a file of `dir`, mapped, so that the
+/// page cache holds what is looked up and the kernel drops the rest when memory is short. The
+/// file is unlinked as it is created (a crash leaves nothing behind); the checkpoint writes its
+/// own copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSpill {
+    /// Directory of the spill files (created when first needed).
+    pub dir: std::path::PathBuf,
+    /// A base larger than this many bytes is spilled; smaller ones stay in memory.
+    pub above_bytes: u64,
 }
 
 /// A value written during a call, with the time-to-live it was written with (`None`: the
@@ -583,12 +598,12 @@ impl KeyedState {
             .map(|(key, slot)| key.len() + slot.value.as_ref().map_or(0, Vec::len))
             .sum();
         let bound = self.base.len() + self.overlay.len();
-        let written = state_base::write(
-            self.entries(),
-            bound,
-            self.base.size().saturating_add(overlay_bytes),
-        )
-        .map(Bytes::from);
+        let size = self.base.size().saturating_add(overlay_bytes);
+        let written = match &self.spill {
+            Some(spill) if size as u64 > spill.above_bytes => self.spill_base(spill, bound),
+            _ => None,
+        }
+        .or_else(|| state_base::write(self.entries(), bound, size).map(Bytes::from));
         if let Some(bytes) = written
             && let Ok(base) = Base::parse(bytes.clone())
         {
@@ -609,6 +624,34 @@ impl KeyedState {
             slot.changed = false;
         }
         Bytes::from(out)
+    }
+
+    /// The whole state as a base in a spill file, mapped; `None` (with a warning: the base is then
+    /// kept in memory) when the file cannot be written.
+    fn spill_base(&self, spill: &StateSpill, bound: usize) -> Option<Bytes> {
+        let written = (|| {
+            std::fs::create_dir_all(&spill.dir)?;
+            let file = tempfile::tempfile_in(&spill.dir)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            if !state_base::write_into(&mut out, self.entries(), bound)? {
+                return Ok(None);
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            crate::mapped::map(&file).map(Some)
+        })();
+        written.unwrap_or_else(|e| {
+            tracing::warn!(
+                dir = %spill.dir.display(), error = %e,
+                "could not spill a keyed state's base to disk; it stays in memory"
+            );
+            None
+        })
+    }
+
+    /// Spills bases larger than `spill.above_bytes` to `spill.dir` from the next one on (see
+    /// [`StateSpill`]); `None`: bases stay in memory.
+    pub fn set_spill(&mut self, spill: Option<Arc<StateSpill>>) {
+        self.spill = spill;
     }
 
     /// Applies a base or changes [`KeyedState::take_changes`] wrote, to the committed state
@@ -890,6 +933,39 @@ mod tests {
     /// (compactions), holds what a plain map does, and its checkpoint files restore it.
     #[test]
     fn base_and_overlay_hold_what_a_plain_map_does_and_restore_from_their_files() {
+        base_and_overlay_match_a_plain_map(None);
+    }
+
+    /// The same with every base spilled: written to an unlinked file of the spill directory and
+    /// looked up where it is mapped.
+    #[test]
+    fn spilled_bases_hold_what_a_plain_map_does_and_leave_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spill_dir = dir.path().join("spill");
+        let state = base_and_overlay_match_a_plain_map(Some(Arc::new(StateSpill {
+            dir: spill_dir.clone(),
+            above_bytes: 0,
+        })));
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let spill_path = spill_dir.display().to_string();
+        assert!(
+            maps.lines()
+                .any(|l| l.contains(&spill_path) && l.ends_with("(deleted)")),
+            "the state's base is a mapped spill file"
+        );
+        let listed = std::fs::read_dir(&spill_dir).expect("spill dir").count();
+        assert_eq!(listed, 0, "spill files are unlinked");
+        drop(state);
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        assert!(
+            !maps.lines().any(|l| l.contains(&spill_path)),
+            "a dropped state unmaps its base"
+        );
+    }
+
+    /// Drives a state through random puts, deletes, rollbacks, expiry, deltas and bases, checking
+    /// it against a plain map and its checkpoint files against it; returns it.
+    fn base_and_overlay_match_a_plain_map(spill: Option<Arc<StateSpill>>) -> KeyedState {
         use std::collections::BTreeMap;
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
@@ -899,6 +975,7 @@ mod tests {
             rng % n
         };
         let mut state = KeyedState::default();
+        state.set_spill(spill);
         state.set_stage_ttl(Some(8_000));
         state.advance_write_time(0);
         let mut model: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
@@ -982,5 +1059,6 @@ mod tests {
         }
         let (base_bytes, _) = state.base_and_overlay();
         assert!(base_bytes > 0, "bases were taken");
+        state
     }
 }

@@ -208,29 +208,55 @@ pub(super) fn write<'a>(
     bound: usize,
     size_hint: usize,
 ) -> Option<Vec<u8>> {
-    let slots = (bound.max(1).checked_mul(10)? / 7 + 1).checked_next_power_of_two()?;
+    let capacity = HEADER_LEN
+        .saturating_add(size_hint)
+        .saturating_add(bound.saturating_mul(16))
+        .saturating_add(table_slots(bound)?.saturating_mul(8));
+    let mut out = std::io::Cursor::new(Vec::with_capacity(capacity));
+    // Writing to memory fails on no I/O.
+    write_into(&mut out, entries, bound)
+        .ok()?
+        .then(|| out.into_inner())
+}
+
+/// Slots of the table of a base of at most `bound` keys: a power of two, at most 70% full.
+fn table_slots(bound: usize) -> Option<usize> {
+    (bound.max(1).checked_mul(10)? / 7 + 1).checked_next_power_of_two()
+}
+
+/// Writes `entries` (unique keys, at most `bound` of them) as a base to `out`, from where it
+/// stands: the entries as they come (so a base larger than memory can go to a file), the table
+/// after them, then the header at the start. `Ok(false)` when they do not fit the format (entries
+/// past 1 TiB, or more than `bound`); what was written then is not a base.
+pub(super) fn write_into<'a, W: std::io::Write + std::io::Seek>(
+    out: &mut W,
+    entries: impl Iterator<Item = Entry<'a>>,
+    bound: usize,
+) -> std::io::Result<bool> {
+    let Some(slots) = table_slots(bound) else {
+        return Ok(false);
+    };
     let mask = slots - 1;
     let seed = random_seed();
     let mut table = vec![EMPTY; slots];
-    let mut out = Vec::with_capacity(
-        HEADER_LEN
-            .saturating_add(size_hint)
-            .saturating_add(bound.saturating_mul(16))
-            .saturating_add(slots.saturating_mul(8)),
-    );
-    out.resize(HEADER_LEN, 0);
+    let start = out.stream_position()?;
+    out.write_all(&[0; HEADER_LEN])?;
+    let mut offset = HEADER_LEN as u64;
     let mut count = 0usize;
     let mut earliest = i64::MAX;
     for (key, value, expiry) in entries {
-        let offset = out.len() as u64;
+        let (Ok(key_len), Ok(value_len)) = (u32::try_from(key.len()), u32::try_from(value.len()))
+        else {
+            return Ok(false);
+        };
         if offset > OFFSET_MASK || count >= bound {
-            return None;
+            return Ok(false);
         }
-        out.extend_from_slice(&u32::try_from(key.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(key);
-        out.extend_from_slice(&expiry.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(value.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(value);
+        out.write_all(&key_len.to_le_bytes())?;
+        out.write_all(key)?;
+        out.write_all(&expiry.to_le_bytes())?;
+        out.write_all(&value_len.to_le_bytes())?;
+        out.write_all(value)?;
         let hash = key_hash(seed, key);
         let mut index = hash as usize & mask;
         // The table has more slots than `bound`: an empty one is found.
@@ -240,11 +266,22 @@ pub(super) fn write<'a>(
         if let Some(slot) = table.get_mut(index) {
             *slot = (hash >> OFFSET_BITS) << OFFSET_BITS | offset;
         }
+        offset += 16 + key.len() as u64 + value.len() as u64;
         count += 1;
         earliest = earliest.min(expiry);
     }
-    let entries_end = out.len() as u64;
-    let header = out.get_mut(..HEADER_LEN)?;
+    let entries_end = offset;
+    // The table in pieces: one buffer of it whole would double its memory.
+    let mut piece = Vec::with_capacity(64 * 1024);
+    for chunk in table.chunks(8 * 1024) {
+        piece.clear();
+        for slot in chunk {
+            piece.extend_from_slice(&slot.to_le_bytes());
+        }
+        out.write_all(&piece)?;
+    }
+    let end = out.stream_position()?;
+    let mut header = [0u8; HEADER_LEN];
     header[0] = BASE_VERSION;
     header[1..8].copy_from_slice(MAGIC);
     header[8..16].copy_from_slice(&(count as u64).to_le_bytes());
@@ -252,11 +289,10 @@ pub(super) fn write<'a>(
     header[24..32].copy_from_slice(&seed.to_le_bytes());
     header[32..40].copy_from_slice(&entries_end.to_le_bytes());
     header[40..48].copy_from_slice(&(slots as u64).to_le_bytes());
-    out.reserve(slots * 8);
-    for slot in table {
-        out.extend_from_slice(&slot.to_le_bytes());
-    }
-    Some(out)
+    out.seek(std::io::SeekFrom::Start(start))?;
+    out.write_all(&header)?;
+    out.seek(std::io::SeekFrom::Start(end))?;
+    Ok(true)
 }
 
 /// The hash of a key in a base with `seed`: a multiply-fold over 8-byte words and a final mix.
