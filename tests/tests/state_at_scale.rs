@@ -150,6 +150,96 @@ fn many_keys_survive_sigkills_with_incremental_checkpoints_and_expiry() {
     );
 }
 
+/// Each restart leaves the files the run before it wrote (a previous owner may still list them
+/// during a handoff); once a run has held its partition for three ownership expiries, it deletes
+/// them at its next checkpoint, and its own record still restores.
+#[test]
+fn a_restarted_run_deletes_the_state_files_earlier_runs_left_behind() {
+    let readings = ordered_readings(400, 100, 5);
+    let mut fed = 0;
+    let options = PipelineOptions {
+        partitions: 2,
+        checkpoint_interval: "100ms",
+        source_extra: "follow = true".to_owned(),
+        ..PipelineOptions::default()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("telemetry.jsonl");
+    write_input(&input, &[], &[]);
+    let paths = anomaly_pipeline(dir.path(), &input, &options);
+    let mut config = std::fs::read_to_string(&paths.config).expect("config");
+    config.push_str("\n[checkpoint.ownership]\nexpiry = \"1s\"\n");
+    std::fs::write(&paths.config, config).expect("config");
+    // Appends the next `count` readings to the followed file: a partition checkpoints only
+    // when it has read something new.
+    let feed = |fed: &mut usize, count: usize| {
+        let end = (*fed + count).min(readings.len());
+        let mut text = String::new();
+        for reading in &readings[*fed..end] {
+            text.push_str(&reading.to_json());
+            text.push('\n');
+        }
+        *fed = end;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .expect("input");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("append");
+    };
+
+    // Two runs killed once they wrote state files, each leaving its files behind.
+    let mut left_behind: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        feed(&mut fed, 2_000);
+        let process = WeirProcess::run(&paths.config);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let new: Vec<String> = state_files(&paths.checkpoints)
+                .into_iter()
+                .filter(|f| !left_behind.contains(f))
+                .collect();
+            if new.len() >= 2 {
+                std::thread::sleep(Duration::from_millis(50));
+                process.kill9();
+                let written: Vec<String> = state_files(&paths.checkpoints)
+                    .into_iter()
+                    .filter(|f| !left_behind.contains(f))
+                    .collect();
+                left_behind.extend(written);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the run writes state files");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // A third run, fed as it goes: its checkpoints after three expiries (3 s) delete them.
+    let process = WeirProcess::run(&paths.config);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let remaining = loop {
+        feed(&mut fed, 100);
+        let files = state_files(&paths.checkpoints);
+        if !files.iter().any(|f| left_behind.contains(f)) {
+            break files;
+        }
+        assert!(
+            Instant::now() < deadline && fed < readings.len(),
+            "the earlier runs' files stay: {files:?} of {left_behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "deleted only after three ownership expiries, took {:?}",
+        started.elapsed()
+    );
+    assert!(!remaining.is_empty(), "the run's own files stay");
+    process.kill9();
+    // What the last record lists is still there: the state restores.
+    assert!(kept_keys(&paths.checkpoints) > 0);
+}
+
 /// Spill files (unlinked, so shown as deleted) of `spill_dir` that process `pid` has mapped.
 fn spill_maps(pid: u32, spill_dir: &Path) -> usize {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();

@@ -22,7 +22,9 @@
 //!   writes a new base, and the files it restored from are left in place. While a partition
 //!   changes hands, the previous owner may still save a record or two (ownership is not fenced
 //!   per write), and whichever record is the latest must list only files its writer has not
-//!   deleted. The cost: one base and its deltas left behind per restart or handover.
+//!   deleted. So a restart or handover leaves a base and its deltas behind, until the new run
+//!   has held the partition for a few ownership expiries and sweeps them
+//!   ([`IncrementalState::take_sweep`]).
 //!
 //! The record's format is version 2 (`WEIRCKP2`) when it lists state files, so an older Weir
 //! refuses it rather than start from empty state; records of version 1 (the whole state in the
@@ -51,6 +53,10 @@ pub struct IncrementalState {
     /// The last save was prepared but not confirmed: the changes it took are lost to the next
     /// delta, so the next checkpoint writes bases.
     must_compact: bool,
+    /// When this run began.
+    started: std::time::Instant,
+    /// Whether this run has deleted (or tried to) what earlier runs left behind.
+    swept: bool,
 }
 
 /// The state files of one stage.
@@ -104,7 +110,43 @@ impl IncrementalState {
             must_compact: !stages.is_empty(),
             stages,
             in_flight: None,
+            started: std::time::Instant::now(),
+            swept: false,
         }
+    }
+
+    /// Whether to delete the state files earlier runs left behind now: true once per run, after
+    /// a save whose record lists only files this run wrote, and once the run is `after` old.
+    ///
+    /// A run never deletes the files it restored from at its own compactions (see the module's
+    /// documentation), so each restart or handoff leaves a base and its deltas behind. Once this
+    /// run's record lists none of them, only a previous owner still saving during a handoff could
+    /// list them again; `after` (a few ownership expiries) is long enough for it to have noticed
+    /// it lost the partition and stopped.
+    pub fn take_sweep(&mut self, after: std::time::Duration) -> bool {
+        let due = !self.swept
+            && !self.must_compact
+            && self.in_flight.is_none()
+            && self.started.elapsed() >= after
+            && self.stages.values().all(|stage| {
+                stage
+                    .files
+                    .iter()
+                    .all(|name| file_run(name) == Some(&self.run))
+            });
+        self.swept |= due;
+        due
+    }
+
+    /// Of `listed`, every state file of the partition, those the last saved record does not list
+    /// and another run wrote (files this run failed to save are its own to drop at its next
+    /// compaction). Names not in the form this module gives are left alone.
+    pub fn leftovers(&self, listed: Vec<String>) -> Vec<String> {
+        listed
+            .into_iter()
+            .filter(|name| file_run(name).is_some_and(|run| run != self.run))
+            .filter(|name| !self.stages.values().any(|stage| stage.files.contains(name)))
+            .collect()
     }
 
     /// Which write `stage`'s next checkpoint makes: a base for a stage without files, after a
@@ -164,10 +206,7 @@ impl IncrementalState {
 
     /// Whether this run wrote the file `name`.
     fn own(&self, name: &str) -> bool {
-        name.strip_suffix(".base")
-            .or_else(|| name.strip_suffix(".delta"))
-            .and_then(|stem| stem.rsplit_once('-'))
-            .is_some_and(|(_, run)| run == self.run)
+        file_run(name) == Some(&self.run)
     }
 
     /// Files of this run the last saved checkpoint lists that `next` does not.
@@ -207,6 +246,20 @@ impl IncrementalState {
         }
         self.must_compact = false;
     }
+}
+
+/// The run that wrote state file `name` (`<stage>.<sequence>-<run>.<kind>`, or a local store's
+/// temporary file of it: the same with more after it).
+fn file_run(name: &str) -> Option<&str> {
+    let mut parts = name.split('.');
+    parts.next()?;
+    let (seq, run) = parts.next()?.split_once('-')?;
+    let kind = parts.next()?;
+    let well_formed = !seq.is_empty()
+        && seq.bytes().all(|b| b.is_ascii_digit())
+        && !run.is_empty()
+        && matches!(kind, "base" | "delta");
+    well_formed.then_some(run)
 }
 
 /// `name` with only letters, digits, `-` and `_` (others become `_`), for file and blob names.
@@ -282,6 +335,54 @@ mod tests {
             inc.add(&mut c, stage, *write, bytes::Bytes::copy_from_slice(bytes));
         }
         c
+    }
+
+    #[test]
+    fn a_run_sweeps_what_earlier_runs_left_behind_once_its_record_lists_only_its_own_files() {
+        // An earlier run's base and delta, as its record lists them.
+        let mut earlier = IncrementalState::new(&Checkpoint::default());
+        let base = checkpoint(&mut earlier, &[("s", StateWrite::Base, b"b")]);
+        earlier.saved();
+        let record = checkpoint(&mut earlier, &[("s", StateWrite::Delta, b"d")]);
+        earlier.saved();
+        let restored_files = record.state_files["s"].clone();
+        assert_eq!(restored_files[0], base.state_files["s"][0]);
+
+        let mut run = IncrementalState::new(&record);
+        // Before its first save, the record lists the earlier run's files: nothing to sweep.
+        assert!(!run.take_sweep(std::time::Duration::ZERO));
+        let own = checkpoint(&mut run, &[("s", StateWrite::Base, b"b")]);
+        assert!(!run.take_sweep(std::time::Duration::ZERO), "not saved yet");
+        run.saved();
+        assert!(
+            !run.take_sweep(std::time::Duration::from_secs(3600)),
+            "too young: a previous owner may still save"
+        );
+        assert!(run.take_sweep(std::time::Duration::ZERO));
+        assert!(!run.take_sweep(std::time::Duration::ZERO), "once per run");
+
+        let own_name = own.state_files["s"][0].clone();
+        let other_tmp = format!("{}.4242-1.tmp", restored_files[1]);
+        let own_tmp = format!("{own_name}.4242-2.tmp");
+        let listed: Vec<String> = restored_files
+            .iter()
+            .cloned()
+            .chain([
+                own_name.clone(),
+                other_tmp.clone(),
+                own_tmp,
+                "s.0000000009-abc.delta".to_owned(),
+                "notes.txt".to_owned(),
+                "s.12x-abc.base".to_owned(),
+            ])
+            .collect();
+        let mut leftovers = run.leftovers(listed);
+        leftovers.sort();
+        let mut expected = restored_files;
+        expected.push(other_tmp);
+        expected.push("s.0000000009-abc.delta".to_owned());
+        expected.sort();
+        assert_eq!(leftovers, expected);
     }
 
     #[test]

@@ -397,6 +397,24 @@ impl CheckpointStore for LocalCheckpointStore {
         })
     }
 
+    async fn list_state_files(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+    ) -> Result<Vec<String>, CheckpointError> {
+        let dir = self.state_dir(pipeline, partition);
+        let owned = dir.clone();
+        blocking(&dir, move || match std::fs::read_dir(&owned) {
+            Ok(entries) => entries
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<String>>>()
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        })
+        .await
+    }
+
     async fn delete_state_file(
         &self,
         pipeline: &str,

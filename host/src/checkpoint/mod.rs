@@ -212,6 +212,15 @@ pub trait CheckpointStore: Send + Sync {
         name: &str,
     ) -> Result<(), CheckpointError>;
 
+    /// The names of every state file of `pipeline`'s `partition` (listed or not by a record), so
+    /// that those earlier runs left behind can be deleted (see
+    /// [`IncrementalState::leftovers`]).
+    async fn list_state_files(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+    ) -> Result<Vec<String>, CheckpointError>;
+
     /// A small value kept for a source across restarts (for example the simulator's start time).
     async fn load_meta(&self, key: &str) -> Result<Option<String>, CheckpointError>;
 

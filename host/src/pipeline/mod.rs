@@ -1022,6 +1022,8 @@ fn worker_settings(context: &PipelineContext) -> WorkerSettings {
         batch_max_events: pipeline.batch.max_events,
         batch_max_wait: pipeline.batch.max_wait.get(),
         checkpoint_interval: context.loaded.config.checkpoint.interval.get(),
+        // A previous owner notices it lost the partition within an ownership expiry.
+        state_sweep_after: context.loaded.config.checkpoint.ownership.expiry.get() * 3,
     }
 }
 

@@ -87,6 +87,9 @@ pub(crate) struct WorkerSettings {
     pub(crate) batch_max_events: usize,
     pub(crate) batch_max_wait: Duration,
     pub(crate) checkpoint_interval: Duration,
+    /// How long a run holds its partition before it deletes the state files earlier runs left
+    /// behind ([`IncrementalState::take_sweep`]).
+    pub(crate) state_sweep_after: Duration,
 }
 
 /// What a worker did, reported when it stops.
@@ -1072,6 +1075,9 @@ impl PartitionWorker {
             .save(&self.settings.pipeline, self.partition, &checkpoint)
             .await?;
         self.incremental.saved();
+        if self.incremental.take_sweep(self.settings.state_sweep_after) {
+            self.sweep_leftover_state_files().await;
+        }
         self.checkpointed = Some(position);
         self.checkpointed_offset = checkpoint.source_offset.take();
         self.state_dirty = false;
@@ -1100,6 +1106,43 @@ impl PartitionWorker {
             elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"
         );
         Ok(())
+    }
+}
+
+impl PartitionWorker {
+    /// Deletes the state files earlier runs of this partition left behind (see
+    /// [`IncrementalState::take_sweep`]). Failures are logged: no record lists those files.
+    async fn sweep_leftover_state_files(&mut self) {
+        let (pipeline, partition) = (&*self.settings.pipeline, self.partition);
+        let listed = match self.checkpoints.list_state_files(pipeline, partition).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(pipeline, partition, error = %e,
+                    "cannot list the state files earlier runs left behind");
+                return;
+            }
+        };
+        let leftovers = self.incremental.leftovers(listed);
+        let mut deleted = 0;
+        for name in &leftovers {
+            match self
+                .checkpoints
+                .delete_state_file(pipeline, partition, name)
+                .await
+            {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(pipeline, partition, file = %name, error = %e,
+                    "cannot delete a state file an earlier run left behind"),
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                pipeline,
+                partition,
+                deleted,
+                "deleted the state files earlier runs left behind"
+            );
+        }
     }
 }
 

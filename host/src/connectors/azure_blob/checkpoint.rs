@@ -316,6 +316,25 @@ impl CheckpointStore for BlobCheckpointStore {
             .map_err(|reason| self.error_of(CheckpointErrorKind::Unreadable, &blob, reason))
     }
 
+    async fn list_state_files(
+        &self,
+        pipeline: &str,
+        partition: PartitionId,
+    ) -> Result<Vec<String>, CheckpointError> {
+        use futures::TryStreamExt as _;
+        let prefix = format!("{}/state/{partition}/", self.scope(pipeline).prefix());
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&Path::from(prefix.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(&prefix, e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| meta.location.filename().map(str::to_owned))
+            .collect())
+    }
+
     async fn delete_state_file(
         &self,
         pipeline: &str,
