@@ -554,3 +554,68 @@ print(json.dumps(out))
         );
     }
 }
+
+/// The Blob Storage checkpoint store lists a partition's state files (what a run sweeps when
+/// earlier runs left files behind) and deletes them, against Azurite.
+#[test]
+fn state_files_in_blob_storage_are_listed_per_partition_and_deleted() {
+    use weir::checkpoint::CheckpointStore as _;
+    let azurite = Azurite::start();
+    azurite.create_container("checkpoints");
+    // The `azure_blob` table as the configuration gives it.
+    let table: toml::Table = toml::from_str(&azure_blob(&azurite)).expect("toml");
+    let config: weir::config::AzureBlobCheckpointConfig =
+        table["azure_blob"].clone().try_into().expect("azure_blob");
+    let store = weir::connectors::azure_blob::checkpoint::BlobCheckpointStore::open(
+        &config,
+        Default::default(),
+    )
+    .expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let names = [
+            "anomaly.0000000001-aa.base",
+            "anomaly.0000000002-aa.delta",
+            "anomaly.0000000003-bb.base",
+        ];
+        for name in names {
+            store
+                .write_state_file("telemetry", 0, name, bytes::Bytes::from_static(b"state"))
+                .await
+                .expect("write");
+        }
+        store
+            .write_state_file(
+                "telemetry",
+                1,
+                "anomaly.0000000001-cc.base",
+                bytes::Bytes::from_static(b"other partition"),
+            )
+            .await
+            .expect("write");
+        let mut listed = store.list_state_files("telemetry", 0).await.expect("list");
+        listed.sort();
+        assert_eq!(listed, names);
+        store
+            .delete_state_file("telemetry", 0, names[0])
+            .await
+            .expect("delete");
+        let mut listed = store.list_state_files("telemetry", 0).await.expect("list");
+        listed.sort();
+        assert_eq!(listed, names[1..]);
+        assert_eq!(
+            store.list_state_files("telemetry", 1).await.expect("list"),
+            ["anomaly.0000000001-cc.base"]
+        );
+        assert!(
+            store
+                .list_state_files("telemetry", 2)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    });
+}
