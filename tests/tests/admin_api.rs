@@ -259,7 +259,9 @@ fn a_graceful_stop_writes_a_final_checkpoint_and_the_next_start_resumes_without_
         ..SwapOptions::default()
     };
     let paths = swap_pipeline(dir.path(), &plugin_path("telemetry_anomaly"), &options);
-    let pool = generated_readings(40, 1000, 8);
+    // More than the test needs however slow the machine (100 s of feed): it must still flow when
+    // the process is stopped.
+    let pool = generated_readings(40, 5000, 8);
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(0, WAIT);
     let feeder = Feeder::start(&paths.input, pool, 40, Duration::from_millis(20));

@@ -52,8 +52,10 @@ fn swapped_by_file_and_api_under_load_every_event_once_with_its_version_and_stat
     );
     let paths = swap_pipeline(dir.path(), &v1_path, &SwapOptions::default());
     // More readings than the test needs: the feeder writes until told to stop, after the last
-    // swap, so that every swap happens under load however fast this machine is.
-    let pool = generated_readings(40, 1000, 21);
+    // swap, so that every swap happens under load however fast this machine is. 240,000: 150 s
+    // of feed at 1,600 a second; on a loaded machine each new version takes seconds to compile,
+    // and 40,000 (25 s) once ran dry mid-test, which looked like a stalled pipeline.
+    let pool = generated_readings(40, 6000, 21);
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(0, WAIT);
     let feeder = Feeder::start(&paths.input, pool.clone(), 40, Duration::from_millis(25));

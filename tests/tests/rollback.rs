@@ -46,8 +46,9 @@ fn a_version_that_traps_on_every_event_is_rolled_back_by_itself_and_no_event_is_
         ..SwapOptions::default()
     };
     let paths = swap_pipeline(dir.path(), &good_path, &options);
-    // The feeder writes until told to stop, so the stream flows through everything below.
-    let pool = generated_readings(40, 1000, 5);
+    // The feeder writes until told to stop, so the stream flows through everything below: 150 s
+    // of readings, more than the test takes on a loaded machine.
+    let pool = generated_readings(40, 6000, 5);
     let process = WeirProcess::run(&paths.config);
     let admin = process.admin_address(0, WAIT);
     let feeder = Feeder::start(&paths.input, pool.clone(), 40, Duration::from_millis(25));
