@@ -146,8 +146,13 @@ fn measure(keys: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = LocalCheckpointStore::new(dir.path());
+    let temp = tempfile::tempdir().expect("temp dir");
+    // `--keep=DIR`: the checkpoint stays in DIR, to run the spill measurement again by hand
+    // (`--keys=N --spill-from=DIR`, for example in a memory-limited cgroup).
+    let kept =
+        std::env::args().find_map(|a| a.strip_prefix("--keep=").map(std::path::PathBuf::from));
+    let dir = kept.unwrap_or_else(|| temp.path().to_path_buf());
+    let store = LocalCheckpointStore::new(&dir);
 
     // The state of `keys` devices, written in batches as a stage would.
     let before = rss();
@@ -270,7 +275,7 @@ fn measure(keys: usize) {
     // Spilling, in a process of its own so that memory this one freed but kept does not count.
     let status = std::process::Command::new(std::env::current_exe().expect("bench executable"))
         .arg(format!("--keys={keys}"))
-        .arg(format!("--spill-from={}", dir.path().display()))
+        .arg(format!("--spill-from={}", dir.display()))
         .arg("--bench")
         .status()
         .expect("run the spill measurement");
@@ -292,10 +297,14 @@ fn measure_spill(keys: usize, dir: &std::path::Path) {
         .expect("a checkpoint");
     let parts = loaded.state_parts.get("anomaly").expect("state files");
     let mut state = KeyedState::from_changes(parts.iter().cloned()).expect("state restores");
-    state.set_spill(Some(std::sync::Arc::new(StateSpill {
-        dir: dir.join("spill"),
-        above_bytes: 0,
-    })));
+    // `--in-memory`: the same compaction without spilling, for comparison.
+    let in_memory = std::env::args().any(|a| a == "--in-memory");
+    state.set_spill((!in_memory).then(|| {
+        std::sync::Arc::new(StateSpill {
+            dir: dir.join("spill"),
+            above_bytes: 0,
+        })
+    }));
     let started = Instant::now();
     let base = state.take_changes(true);
     let spill_time = started.elapsed();
@@ -315,8 +324,9 @@ fn measure_spill(keys: usize, dir: &std::path::Path) {
     assert_eq!(found, lookups);
     drop(devices);
     println!(
-        "keys {keys}, spilled: compaction into a spill file {:.0} ms; then the process's own \
-         memory {} in all ({} bytes per key) and the mapped base's pages {}; lookups {:.0} ns each",
+        "keys {keys}, {}: compaction {:.0} ms; then the process's own memory {} in all ({} \
+         bytes per key) and the mapped base's pages {}; lookups {:.0} ns each",
+        if in_memory { "in memory" } else { "spilled" },
         spill_time.as_secs_f64() * 1e3,
         mb(anon()),
         anon() / keys as u64,

@@ -303,16 +303,17 @@ fn claim_records(dir: &Path, claims: &[Ownership]) -> Result<Vec<Ownership>, Str
     Ok(won)
 }
 
-/// A state file's bytes: a large one (a base) mapped, so that the state looks its keys up in the
-/// page cache rather than in a copy of its own (see `crate::mapped`).
-fn read_or_map(path: &Path) -> std::io::Result<bytes::Bytes> {
+/// A state file's bytes, checked against its seal ([`unseal`]; the error says why they are not
+/// a state file): a large one (a base) mapped, so that the state looks its keys up in the page
+/// cache rather than in a copy of its own (see `crate::mapped`).
+fn read_or_map(path: &Path) -> std::io::Result<Result<bytes::Bytes, String>> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.len() >= crate::mapped::MAP_AT_LEAST {
-        return crate::mapped::map(&file);
+        return crate::mapped::map_checked(&file, unseal);
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &file, &mut bytes)?;
-    Ok(bytes.into())
+    Ok(unseal(bytes.into()))
 }
 
 fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -388,7 +389,7 @@ impl CheckpointStore for LocalCheckpointStore {
             read_or_map(&owned).map_err(|e| e.to_string())
         })
         .await?;
-        unseal(bytes).map_err(|reason| {
+        bytes.map_err(|reason| {
             CheckpointError::new(
                 CheckpointErrorKind::Unreadable,
                 path.display().to_string(),
