@@ -222,17 +222,7 @@ fn measure(keys: usize) {
     let (base_size, overlay_keys) = restored.base_and_overlay();
 
     // Lookups after the restart, on random devices (from the base, in place).
-    let lookups = 1_000_000;
-    let devices: Vec<Vec<u8>> = (0..lookups)
-        .map(|_| key(rng.next() as usize % keys))
-        .collect();
-    let started = Instant::now();
-    let found = devices
-        .iter()
-        .filter(|device| restored.get(device).is_some())
-        .count();
-    let lookup = started.elapsed();
-    assert_eq!(found, lookups);
+    let lookup = random_lookups(&restored, keys, &mut rng);
 
     // As before bases were read in place: the same state rebuilt into a map of every key, with
     // an allocation per key and value (the whole state in the changes format, restored).
@@ -268,7 +258,7 @@ fn measure(keys: usize) {
         read.as_secs_f64() * 1e3,
         ready.as_secs_f64() * 1e3,
         (restart - ready).as_secs_f64() * 1e3,
-        lookup.as_secs_f64() * 1e9 / lookups as f64,
+        lookup.as_secs_f64() * 1e9,
         rebuild.as_secs_f64() * 1e3,
         mb(restored_anon),
     );
@@ -310,7 +300,22 @@ fn measure_spill(keys: usize, dir: &std::path::Path) {
     let spill_time = started.elapsed();
     drop(base);
     drop(loaded);
-    let mut rng = Rng(11);
+    let lookup = random_lookups(&state, keys, &mut Rng(11));
+    println!(
+        "keys {keys}, {}: compaction {:.0} ms; then the process's own memory {} in all ({} \
+         bytes per key) and the mapped base's pages {}; lookups {:.0} ns each",
+        if in_memory { "in memory" } else { "spilled" },
+        spill_time.as_secs_f64() * 1e3,
+        mb(anon()),
+        anon() / keys as u64,
+        mb(file_backed()),
+        lookup.as_secs_f64() * 1e9,
+    );
+}
+
+/// The time one lookup of a random device's reading takes in `state` (of `keys` devices), on
+/// average over 1M lookups.
+fn random_lookups(state: &KeyedState, keys: usize, rng: &mut Rng) -> Duration {
     let lookups = 1_000_000;
     let devices: Vec<Vec<u8>> = (0..lookups)
         .map(|_| key(rng.next() as usize % keys))
@@ -320,19 +325,9 @@ fn measure_spill(keys: usize, dir: &std::path::Path) {
         .iter()
         .filter(|device| state.get(device).is_some())
         .count();
-    let lookup = started.elapsed();
+    let took = started.elapsed();
     assert_eq!(found, lookups);
-    drop(devices);
-    println!(
-        "keys {keys}, {}: compaction {:.0} ms; then the process's own memory {} in all ({} \
-         bytes per key) and the mapped base's pages {}; lookups {:.0} ns each",
-        if in_memory { "in memory" } else { "spilled" },
-        spill_time.as_secs_f64() * 1e3,
-        mb(anon()),
-        anon() / keys as u64,
-        mb(file_backed()),
-        lookup.as_secs_f64() * 1e9 / lookups as f64,
-    );
+    took / lookups as u32
 }
 
 /// Saves a checkpoint of stage `anomaly` as `incremental` plans it; its state file's bytes and the

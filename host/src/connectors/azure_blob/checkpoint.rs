@@ -145,6 +145,16 @@ impl BlobCheckpointStore {
         )
     }
 
+    /// Every blob under `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, CheckpointError> {
+        use futures::TryStreamExt as _;
+        self.store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(prefix, e))
+    }
+
     fn error(&self, blob: &str, reason: impl std::fmt::Display) -> CheckpointError {
         self.error_of(CheckpointErrorKind::Unavailable, blob, reason)
     }
@@ -321,15 +331,10 @@ impl CheckpointStore for BlobCheckpointStore {
         pipeline: &str,
         partition: PartitionId,
     ) -> Result<Vec<String>, CheckpointError> {
-        use futures::TryStreamExt as _;
         let prefix = format!("{}/state/{partition}/", self.scope(pipeline).prefix());
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&Path::from(prefix.as_str())))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&prefix, e))?;
-        Ok(listed
+        Ok(self
+            .list(&prefix)
+            .await?
             .into_iter()
             .filter_map(|meta| meta.location.filename().map(str::to_owned))
             .collect())
@@ -373,14 +378,8 @@ impl CheckpointStore for BlobCheckpointStore {
     }
 
     async fn list_ownership(&self, pipeline: &str) -> Result<Vec<Ownership>, CheckpointError> {
-        use futures::TryStreamExt as _;
         let prefix = format!("{}/ownership/", self.scope(pipeline).prefix());
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&Path::from(prefix.as_str())))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&prefix, e))?;
+        let listed = self.list(&prefix).await?;
         let mut out = Vec::with_capacity(listed.len());
         for meta in listed {
             let name = meta.location.to_string();
