@@ -187,18 +187,20 @@ fn a_restarted_run_deletes_the_state_files_earlier_runs_left_behind() {
         std::io::Write::write_all(&mut file, text.as_bytes()).expect("append");
     };
 
-    // Two runs killed once they wrote state files, each leaving its files behind.
+    // Two runs killed once they wrote state files in both partitions, each leaving its files
+    // behind.
     let mut left_behind: Vec<String> = Vec::new();
     for _ in 0..2 {
         feed(&mut fed, 2_000);
         let process = WeirProcess::run(&paths.config);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let new: Vec<String> = state_files(&paths.checkpoints)
-                .into_iter()
-                .filter(|f| !left_behind.contains(f))
-                .collect();
-            if new.len() >= 2 {
+            let written_in_both = (0..2).all(|partition| {
+                partition_state_files(&paths.checkpoints, partition)
+                    .iter()
+                    .any(|f| !left_behind.contains(f))
+            });
+            if written_in_both {
                 std::thread::sleep(Duration::from_millis(50));
                 process.kill9();
                 let written: Vec<String> = state_files(&paths.checkpoints)
@@ -213,31 +215,90 @@ fn a_restarted_run_deletes_the_state_files_earlier_runs_left_behind() {
         }
     }
 
+    // What the third run must delete: in each partition, the files the runs before it wrote up
+    // to the record it restores (those after it, written by a run killed before its next record,
+    // are left to a later run).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = weir::checkpoint::LocalCheckpointStore::new(&paths.checkpoints);
+    let mut must_go: Vec<(u32, String)> = Vec::new();
+    for partition in 0..2 {
+        use weir::checkpoint::CheckpointStore as _;
+        let restored_seq = runtime
+            .block_on(store.load("telemetry", partition))
+            .expect("load")
+            .expect("a checkpoint")
+            .state_seq;
+        must_go.extend(
+            partition_state_files(&paths.checkpoints, partition)
+                .into_iter()
+                .filter(|f| file_seq(f) <= restored_seq)
+                .map(|f| (partition, f)),
+        );
+    }
+    assert!(
+        must_go.len() >= 2,
+        "the earlier runs' files in both partitions: {must_go:?}"
+    );
+
     // A third run, fed as it goes: its checkpoints after three expiries (3 s) delete them.
     let process = WeirProcess::run(&paths.config);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
-    let remaining = loop {
+    loop {
         feed(&mut fed, 100);
-        let files = state_files(&paths.checkpoints);
-        if !files.iter().any(|f| left_behind.contains(f)) {
-            break files;
+        let left: Vec<&(u32, String)> = must_go
+            .iter()
+            .filter(|(p, f)| partition_state_files(&paths.checkpoints, *p).contains(f))
+            .collect();
+        if left.is_empty() {
+            break;
         }
         assert!(
             Instant::now() < deadline && fed < readings.len(),
-            "the earlier runs' files stay: {files:?} of {left_behind:?}"
+            "the earlier runs' files stay: {left:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
     assert!(
         started.elapsed() >= Duration::from_secs(3),
         "deleted only after three ownership expiries, took {:?}",
         started.elapsed()
     );
-    assert!(!remaining.is_empty(), "the run's own files stay");
+    assert!(
+        !state_files(&paths.checkpoints).is_empty(),
+        "the run's own files stay"
+    );
     process.kill9();
     // What the last record lists is still there: the state restores.
     assert!(kept_keys(&paths.checkpoints) > 0);
+}
+
+/// The state files of `partition` of the pipeline `telemetry`.
+fn partition_state_files(checkpoints: &Path, partition: u32) -> Vec<String> {
+    std::fs::read_dir(
+        checkpoints
+            .join("telemetry")
+            .join(format!("{partition}.state")),
+    )
+    .map(|files| {
+        files
+            .filter_map(Result::ok)
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The sequence number in a state file's name (`<stage>.<sequence>-<run>.<kind>`).
+fn file_seq(name: &str) -> u64 {
+    name.split('.')
+        .nth(1)
+        .and_then(|part| part.split_once('-'))
+        .and_then(|(seq, _)| seq.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// Spill files (unlinked, so shown as deleted) of `spill_dir` that process `pid` has mapped.

@@ -55,6 +55,9 @@ pub struct IncrementalState {
     must_compact: bool,
     /// When this run began.
     started: std::time::Instant,
+    /// The sequence number of the record this run restored from: every file the runs before it
+    /// wrote before that record has a number no higher.
+    restored_seq: u64,
     /// Whether this run has deleted (or tried to) what earlier runs left behind.
     swept: bool,
 }
@@ -111,12 +114,14 @@ impl IncrementalState {
             stages,
             in_flight: None,
             started: std::time::Instant::now(),
+            restored_seq: restored.state_seq,
             swept: false,
         }
     }
 
-    /// Whether to delete the state files earlier runs left behind now: true once per run, after
-    /// a save whose record lists only files this run wrote, and once the run is `after` old.
+    /// Whether to delete the state files earlier runs left behind now ([`IncrementalState::leftovers`]):
+    /// true once per run, after a save whose record lists only files this run wrote, and once
+    /// the run is `after` old.
     ///
     /// A run never deletes the files it restored from at its own compactions (see the module's
     /// documentation), so each restart or handoff leaves a base and its deltas behind. Once this
@@ -139,12 +144,20 @@ impl IncrementalState {
     }
 
     /// Of `listed`, every state file of the partition, those the last saved record does not list
-    /// and another run wrote (files this run failed to save are its own to drop at its next
-    /// compaction). Names not in the form this module gives are left alone.
+    /// and another run wrote **before the record this run restored from** (files this run failed
+    /// to save are its own to drop at its next compaction). Names not in the form this module
+    /// gives are left alone.
+    ///
+    /// Only files numbered up to that record's sequence number: a run that took the partition
+    /// over from this one (while this one has not yet noticed it lost it) numbers its files after
+    /// the record it restored, which is this run's, so this run never deletes a newer owner's
+    /// files. Files numbered after it (written by a run that crashed before its record) are left
+    /// to a later run, which restores a record numbered past them.
     pub fn leftovers(&self, listed: Vec<String>) -> Vec<String> {
         listed
             .into_iter()
             .filter(|name| file_run(name).is_some_and(|run| run != self.run))
+            .filter(|name| file_seq(name).is_some_and(|seq| seq <= self.restored_seq))
             .filter(|name| !self.stages.values().any(|stage| stage.files.contains(name)))
             .collect()
     }
@@ -262,6 +275,12 @@ fn file_run(name: &str) -> Option<&str> {
     well_formed.then_some(run)
 }
 
+/// The sequence number of state file `name` (see [`file_run`]).
+fn file_seq(name: &str) -> Option<u64> {
+    file_run(name)?;
+    name.split('.').nth(1)?.split_once('-')?.0.parse().ok()
+}
+
 /// `name` with only letters, digits, `-` and `_` (others become `_`), for file and blob names.
 pub(crate) fn safe_name(name: &str) -> String {
     name.chars()
@@ -361,6 +380,9 @@ mod tests {
         assert!(run.take_sweep(std::time::Duration::ZERO));
         assert!(!run.take_sweep(std::time::Duration::ZERO), "once per run");
 
+        // The restored record is numbered 2: files of other runs up to 2 go; a file numbered
+        // after it (a newer owner's, or a crashed run's) stays.
+        assert_eq!(record.state_seq, 2);
         let own_name = own.state_files["s"][0].clone();
         let other_tmp = format!("{}.4242-1.tmp", restored_files[1]);
         let own_tmp = format!("{own_name}.4242-2.tmp");
@@ -371,7 +393,8 @@ mod tests {
                 own_name.clone(),
                 other_tmp.clone(),
                 own_tmp,
-                "s.0000000009-abc.delta".to_owned(),
+                "s.0000000001-abc.delta".to_owned(),
+                "s.0000000003-newer.base".to_owned(),
                 "notes.txt".to_owned(),
                 "s.12x-abc.base".to_owned(),
             ])
@@ -380,7 +403,7 @@ mod tests {
         leftovers.sort();
         let mut expected = restored_files;
         expected.push(other_tmp);
-        expected.push("s.0000000009-abc.delta".to_owned());
+        expected.push("s.0000000001-abc.delta".to_owned());
         expected.sort();
         assert_eq!(leftovers, expected);
     }
