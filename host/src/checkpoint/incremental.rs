@@ -133,12 +133,10 @@ impl IncrementalState {
             && !self.must_compact
             && self.in_flight.is_none()
             && self.started.elapsed() >= after
-            && self.stages.values().all(|stage| {
-                stage
-                    .files
-                    .iter()
-                    .all(|name| file_run(name) == Some(&self.run))
-            });
+            && self
+                .stages
+                .values()
+                .all(|stage| stage.files.iter().all(|name| self.own(name)));
         self.swept |= due;
         due
     }
@@ -156,8 +154,10 @@ impl IncrementalState {
     pub fn leftovers(&self, listed: Vec<String>) -> Vec<String> {
         listed
             .into_iter()
-            .filter(|name| file_run(name).is_some_and(|run| run != self.run))
-            .filter(|name| file_seq(name).is_some_and(|seq| seq <= self.restored_seq))
+            .filter(|name| {
+                file_parts(name)
+                    .is_some_and(|(seq, run)| run != self.run && seq <= self.restored_seq)
+            })
             .filter(|name| !self.stages.values().any(|stage| stage.files.contains(name)))
             .collect()
     }
@@ -219,7 +219,7 @@ impl IncrementalState {
 
     /// Whether this run wrote the file `name`.
     fn own(&self, name: &str) -> bool {
-        file_run(name) == Some(&self.run)
+        file_parts(name).is_some_and(|(_, run)| run == self.run)
     }
 
     /// Files of this run the last saved checkpoint lists that `next` does not.
@@ -261,9 +261,9 @@ impl IncrementalState {
     }
 }
 
-/// The run that wrote state file `name` (`<stage>.<sequence>-<run>.<kind>`, or a local store's
-/// temporary file of it: the same with more after it).
-fn file_run(name: &str) -> Option<&str> {
+/// The sequence number and the run of state file `name` (`<stage>.<sequence>-<run>.<kind>`, or
+/// a local store's temporary file of it: the same with more after it).
+fn file_parts(name: &str) -> Option<(u64, &str)> {
     let mut parts = name.split('.');
     parts.next()?;
     let (seq, run) = parts.next()?.split_once('-')?;
@@ -272,13 +272,7 @@ fn file_run(name: &str) -> Option<&str> {
         && seq.bytes().all(|b| b.is_ascii_digit())
         && !run.is_empty()
         && matches!(kind, "base" | "delta");
-    well_formed.then_some(run)
-}
-
-/// The sequence number of state file `name` (see [`file_run`]).
-fn file_seq(name: &str) -> Option<u64> {
-    file_run(name)?;
-    name.split('.').nth(1)?.split_once('-')?.0.parse().ok()
+    well_formed.then_some((seq.parse().ok()?, run))
 }
 
 /// `name` with only letters, digits, `-` and `_` (others become `_`), for file and blob names.

@@ -1107,9 +1107,7 @@ impl PartitionWorker {
         );
         Ok(())
     }
-}
 
-impl PartitionWorker {
     /// Deletes the state files earlier runs of this partition left behind (see
     /// [`IncrementalState::take_sweep`]). Failures are logged: no record lists those files.
     async fn sweep_leftover_state_files(&mut self) {
