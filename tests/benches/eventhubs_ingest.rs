@@ -84,6 +84,7 @@ fn client_alone(endpoint: &TestEndpoint, events: usize, prefetch: u32) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("eh-client")
         .enable_all()
         .build()
         .expect("runtime");

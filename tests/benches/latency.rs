@@ -221,33 +221,41 @@ fn start(config: &std::path::Path) -> WeirProcess {
     WeirProcess::spawn_with_env(&["run", "--config"], config, &[("WEIR_LOG", log)])
 }
 
-/// The durations of the checkpoints `process` logged, in ms: while one runs (the Delta commit
-/// with it), its partition reads nothing.
+/// The checkpoints `process` logged, in ms: how long each took from its start to its saved record
+/// (the Delta commit and the alerts' acknowledgements included), and how long its partition
+/// paused for it (taking the state and starting the flushes; the rest runs beside the partition).
 fn checkpoint_durations(process: &WeirProcess) -> String {
     let log = weir_tests::strip_ansi(&process.log_text());
-    let mut durations: Vec<u64> = log
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let (_, rest) = line.split_once(name)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let saved: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("checkpoint saved"))
-        .filter_map(|line| {
-            let (_, rest) = line.split_once("elapsed_ms=")?;
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
         .collect();
-    durations.sort_unstable();
-    let at = |p: f64| {
-        durations
-            .get(((durations.len() as f64 * p) as usize).min(durations.len().saturating_sub(1)))
+    let sorted = |name: &str| {
+        let mut values: Vec<u64> = saved.iter().filter_map(|l| field(l, name)).collect();
+        values.sort_unstable();
+        values
+    };
+    let (durations, pauses) = (sorted("elapsed_ms="), sorted("paused_ms="));
+    let at = |values: &[u64], p: f64| {
+        values
+            .get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
     format!(
-        "{} checkpoints (each partition's, the Delta commit and the alerts' acknowledgements included): p50 {} ms, max {} ms",
+        "{} checkpoints (each partition's): start to saved record (the Delta commit and the alerts' acknowledgements included) p50 {} ms, max {} ms; the partition paused p50 {} ms, max {} ms",
         durations.len(),
-        at(0.5),
-        durations.last().copied().unwrap_or(0)
+        at(&durations, 0.5),
+        durations.last().copied().unwrap_or(0),
+        at(&pauses, 0.5),
+        pauses.last().copied().unwrap_or(0)
     )
 }
 

@@ -905,6 +905,7 @@ pub(crate) async fn build_worker(
             .partition(pipeline_name, &pipeline.source_label(), partition),
         max_event_time: None,
         pending_idle_advance: event_time::pending_idle_advance(&checkpoint),
+        in_flight: None,
     })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::dead_letter::{
@@ -154,6 +155,26 @@ pub(crate) struct PartitionWorker {
     /// An idle advance decided and checkpointed but not yet written (restored from a checkpoint
     /// taken just before it: the run repeats it first).
     pub(crate) pending_idle_advance: Option<i64>,
+    /// The regular checkpoint whose flushes and save run beside the worker.
+    pub(crate) in_flight: Option<CheckpointInFlight>,
+}
+
+/// A checkpoint started by [`PartitionWorker::start_checkpoint`]: its sinks' flushes and the
+/// save of its record, in a task that is aborted if the worker stops without waiting for it
+/// (the record is then not saved, and the partition restarts from the one before).
+pub(crate) struct CheckpointInFlight {
+    task: JoinHandle<Result<Checkpoint, WorkerError>>,
+    position: Position,
+    several: bool,
+    started: std::time::Instant,
+    /// How long the partition stopped for it (the state taken, the flushes started).
+    paused: Duration,
+}
+
+impl Drop for CheckpointInFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl PartitionWorker {
@@ -277,8 +298,16 @@ impl PartitionWorker {
                     break;
                 }
             }
-            if Instant::now() >= next_checkpoint {
-                self.checkpoint().await?;
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|c| c.task.is_finished())
+            {
+                self.finish_checkpoint().await?;
+            }
+            // One still in flight when the next is due: the next starts once it is saved.
+            if Instant::now() >= next_checkpoint && self.in_flight.is_none() {
+                self.start_checkpoint().await?;
                 next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
             }
         }
@@ -295,7 +324,11 @@ impl PartitionWorker {
         next_checkpoint: Instant,
         report: &mut WorkerReport,
     ) -> Result<Option<(usize, ReadOutcome)>, WorkerError> {
-        let until_checkpoint = next_checkpoint.saturating_duration_since(Instant::now());
+        let until_checkpoint = match &self.in_flight {
+            // Not before the one in flight is saved (the next batch wait looks again).
+            Some(_) => self.settings.batch_max_wait,
+            None => next_checkpoint.saturating_duration_since(Instant::now()),
+        };
         let wait = self
             .settings
             .batch_max_wait
@@ -1028,8 +1061,20 @@ impl PartitionWorker {
         }
     }
 
-    /// Flushes every sink, then saves the checkpoint covering what they made durable.
+    /// Flushes every sink, then saves the checkpoint covering what they made durable; returns
+    /// once it is saved.
     async fn checkpoint(&mut self) -> Result<(), WorkerError> {
+        self.start_checkpoint().await?;
+        self.finish_checkpoint().await
+    }
+
+    /// Starts a checkpoint at the current position, once the one in flight (if any) is saved:
+    /// takes the stages' state and marks what each sink's flush must cover here, then leaves the
+    /// flushes (a Delta commit, Kafka acknowledgements) and the save of the record to a task of
+    /// their own, so that the partition goes on reading meanwhile. [`Self::finish_checkpoint`]
+    /// takes the outcome.
+    async fn start_checkpoint(&mut self) -> Result<(), WorkerError> {
+        self.finish_checkpoint().await?;
         let Some(position) = self.position else {
             return Ok(());
         };
@@ -1057,9 +1102,9 @@ impl PartitionWorker {
             },
             ..Checkpoint::default()
         };
+        let mut flushes = Vec::with_capacity(self.sinks.len());
         for slot in &mut self.sinks {
-            let progress = slot.writer.flush().await?;
-            checkpoint.sinks.insert(slot.name.to_string(), progress);
+            flushes.push((slot.name.to_string(), slot.writer.begin_flush().await?));
         }
         self.add_stage_states(&mut checkpoint);
         if let Some(time) = &self.time {
@@ -1071,16 +1116,66 @@ impl PartitionWorker {
                 .stages
                 .insert(IDLE_ADVANCE_STATE.to_owned(), target.to_be_bytes().to_vec());
         }
-        self.checkpoints
-            .save(&self.settings.pipeline, self.partition, &checkpoint)
-            .await?;
+        // What changes from here on is the next checkpoint's.
+        self.state_dirty = false;
+        let store = Arc::clone(&self.checkpoints);
+        let (pipeline, partition) = (Arc::clone(&self.settings.pipeline), self.partition);
+        let task = tokio::spawn(async move {
+            let flushed = futures::future::join_all(
+                flushes
+                    .into_iter()
+                    .map(|(name, flush)| async move { (name, flush.await) }),
+            )
+            .await;
+            for (name, progress) in flushed {
+                checkpoint.sinks.insert(name, progress?);
+            }
+            store.save(&pipeline, partition, &checkpoint).await?;
+            Ok(checkpoint)
+        });
+        self.in_flight = Some(CheckpointInFlight {
+            task,
+            position,
+            several,
+            started,
+            paused: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and moves the partition's checkpointed
+    /// position to it.
+    async fn finish_checkpoint(&mut self) -> Result<(), WorkerError> {
+        let Some(mut in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (position, several, started, paused) = (
+            in_flight.position,
+            in_flight.several,
+            in_flight.started,
+            in_flight.paused,
+        );
+        let mut checkpoint = match (&mut in_flight.task).await {
+            Ok(saved) => saved?,
+            Err(failed) => {
+                return Err(WorkerError::Checkpoint(
+                    crate::checkpoint::CheckpointError::new(
+                        crate::checkpoint::CheckpointErrorKind::Unavailable,
+                        self.checkpoints.describe(),
+                        format!(
+                            "the checkpoint task of partition {} failed: {failed}",
+                            self.partition
+                        ),
+                    ),
+                ));
+            }
+        };
         self.incremental.saved();
         if self.incremental.take_sweep(self.settings.state_sweep_after) {
             self.sweep_leftover_state_files().await;
         }
         self.checkpointed = Some(position);
         self.checkpointed_offset = checkpoint.source_offset.take();
-        self.state_dirty = false;
         if several {
             self.inputs.checkpointed(&checkpoint.sources);
         } else if let Some(input) = self.inputs.inputs.first_mut() {
@@ -1103,7 +1198,8 @@ impl PartitionWorker {
             .set(names::CHECKPOINT_POSITION, &labels, position as f64);
         tracing::debug!(
             pipeline = %self.settings.pipeline, partition = self.partition, position,
-            elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint saved"
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            paused_ms = paused.as_millis() as u64, "checkpoint saved"
         );
         Ok(())
     }

@@ -347,3 +347,186 @@ path = "other.jsonl"
     assert_eq!(merge.buffered(), 0);
     assert_eq!(merge.sequence(), 3);
 }
+
+/// A reader that finds one undecodable event per read, as a source of garbage would: each goes
+/// to the dead-letter sink, and moves the position on.
+struct GarbageReader {
+    next: Position,
+}
+
+#[async_trait]
+impl PartitionReader for GarbageReader {
+    fn partition(&self) -> PartitionId {
+        0
+    }
+
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+        _wait: Duration,
+    ) -> Result<ReadOutcome, SourceError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.next += 1;
+        Ok(ReadOutcome::Undecodable {
+            first: self.next,
+            last: self.next,
+            reason: "not JSON".to_owned(),
+        })
+    }
+
+    fn source_offset(&self, _position: Position) -> Option<String> {
+        None
+    }
+}
+
+/// What a [`GatedSink`]'s writer saw, and the gate its flushes wait at.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    flush_began: std::sync::atomic::AtomicBool,
+    writes_while_flushing: std::sync::atomic::AtomicUsize,
+    fail: bool,
+}
+
+/// A sink whose flushes end only once the test opens its gate (as a slow Delta commit or a slow
+/// acknowledgement would), or fail.
+struct GatedSink(Arc<Gate>);
+
+struct GatedWriter(Arc<Gate>);
+
+#[async_trait]
+impl crate::sink::Sink for GatedSink {
+    fn name(&self) -> &str {
+        "dead_letters"
+    }
+
+    async fn open_writer(
+        &self,
+        _scope: &crate::sink::WriterScope,
+        _progress: Option<&crate::sink::SinkProgress>,
+    ) -> Result<Box<dyn crate::sink::SinkWriter>, crate::sink::SinkError> {
+        Ok(Box::new(GatedWriter(Arc::clone(&self.0))))
+    }
+}
+
+#[async_trait]
+impl crate::sink::SinkWriter for GatedWriter {
+    async fn write(
+        &mut self,
+        _records: Vec<crate::event::Event>,
+    ) -> Result<Vec<crate::sink::Refused>, crate::sink::SinkError> {
+        use std::sync::atomic::Ordering;
+        if self.0.flush_began.load(Ordering::SeqCst) {
+            self.0.writes_while_flushing.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Vec::new())
+    }
+
+    async fn flush(&mut self) -> Result<crate::sink::SinkProgress, crate::sink::SinkError> {
+        self.begin_flush().await?.await
+    }
+
+    async fn begin_flush(&mut self) -> Result<crate::sink::PendingFlush, crate::sink::SinkError> {
+        self.0
+            .flush_began
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let gate = Arc::clone(&self.0);
+        Ok(Box::pin(async move {
+            let _passed = gate.open.acquire().await;
+            if gate.fail {
+                let scope = crate::sink::WriterScope {
+                    pipeline: "p".into(),
+                    partition: 0,
+                };
+                return Err(scope.error("dead_letters", "the commit failed"));
+            }
+            Ok(serde_json::json!({ "flushed": true }))
+        }))
+    }
+}
+
+/// Runs partition 0 of `p` on garbage into a [`GatedSink`] with checkpoints every 20 ms, until
+/// records have been written while the first checkpoint's flush waits at the gate; then opens it.
+/// Returns what the worker ended with and the checkpoint saved at the end, if any.
+async fn run_past_a_slow_flush(fail: bool) -> (Result<(), String>, Option<Checkpoint>) {
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir.path()));
+    let mut context = context(store.clone());
+    let gate = Arc::new(Gate {
+        open: tokio::sync::Semaphore::new(0),
+        flush_began: Default::default(),
+        writes_while_flushing: Default::default(),
+        fail,
+    });
+    context.sinks.insert(
+        "dead_letters".to_owned(),
+        Arc::new(GatedSink(Arc::clone(&gate))),
+    );
+    let (stop, shutdown) = watch::channel(false);
+    let mut worker = build_worker(
+        &context,
+        vec![Box::new(GarbageReader { next: 0 })],
+        Checkpoint::default(),
+        shutdown,
+    )
+    .await
+    .expect("worker");
+    worker.settings.checkpoint_interval = Duration::from_millis(20);
+    let running = tokio::spawn(worker.run());
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while gate.writes_while_flushing.load(Ordering::SeqCst) < 20 && !running.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if running.is_finished() {
+        panic!(
+            "the worker ended early: {:?}",
+            running.await.map(|r| r.map(|_| ()))
+        );
+    }
+    assert!(
+        waited.is_ok(),
+        "the partition stopped reading while its checkpoint's flush was pending (flush began: {})",
+        gate.flush_began.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        store.load("p", 0).await.expect("load"),
+        None,
+        "no record is saved before its sinks' flushes end"
+    );
+    gate.open.add_permits(1_000_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = stop.send(true);
+    let ended = running
+        .await
+        .expect("join")
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    (ended, store.load("p", 0).await.expect("load"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_goes_on_reading_while_its_checkpoint_waits_for_the_sinks() {
+    let (ended, saved) = run_past_a_slow_flush(false).await;
+    ended.expect("the worker ends cleanly");
+    let saved = saved.expect("checkpoints saved once the flushes ended");
+    assert!(
+        saved.position.is_some_and(|p| p > 20),
+        "the last checkpoint covers what was read while the first waited: {:?}",
+        saved.position
+    );
+    assert_eq!(
+        saved.sinks.get("dead_letters"),
+        Some(&serde_json::json!({ "flushed": true }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_fails_in_the_background_stops_the_partition_and_saves_no_record() {
+    let (ended, saved) = run_past_a_slow_flush(true).await;
+    let error = ended.expect_err("the worker fails");
+    assert!(error.contains("the commit failed"), "{error}");
+    assert_eq!(saved, None);
+}

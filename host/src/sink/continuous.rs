@@ -12,6 +12,7 @@
 //!   the next `write` or barrier returns the error, so the pipeline fails as a failed flush did,
 //!   and no checkpoint covers records that were not acknowledged.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,11 +120,29 @@ impl<R: Send + 'static> Continuous<R> {
 
     /// Waits until every record handed over so far is acknowledged.
     pub async fn barrier(&mut self) -> Result<(), SinkError> {
+        self.begin_barrier()?.await
+    }
+
+    /// A future that resolves once every record handed over so far is acknowledged, while
+    /// later records go on being sent.
+    pub fn begin_barrier(
+        &mut self,
+    ) -> Result<impl Future<Output = Result<(), SinkError>> + Send + 'static, SinkError> {
         let (answer, answered) = oneshot::channel();
         self.commands
             .send(Command::Barrier(answer))
             .map_err(|_| self.stopped())?;
-        answered.await.map_err(|_| self.stopped())?
+        let failure = Arc::clone(&self.failure);
+        let gone = self.gone.clone();
+        Ok(async move {
+            answered.await.map_err(|_| {
+                failure
+                    .lock()
+                    .ok()
+                    .and_then(|failure| failure.clone())
+                    .unwrap_or(gone)
+            })?
+        })
     }
 
     /// The error for a sender that is gone: the one that stopped it.
@@ -303,6 +322,20 @@ mod tests {
         assert_eq!(sent.concat(), (0..250).collect::<Vec<_>>());
         // Full batches went without waiting for the hour-long linger.
         assert!(sent.len() >= 2, "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn a_barrier_begun_is_answered_while_later_records_are_still_written() {
+        let (mut sender, sent) = start(None, Duration::from_millis(20), BATCHING);
+        sender.send((0..50).collect()).await.expect("send");
+        let acknowledged = sender.begin_barrier().expect("barrier");
+        // The writer goes on while the barrier waits.
+        sender.send((50..60).collect()).await.expect("send");
+        acknowledged.await.expect("barrier");
+        let sent = sent.lock().expect("lock").concat();
+        assert!(sent.len() >= 50, "{sent:?}");
+        assert_eq!(sent[..50], (0..50).collect::<Vec<_>>());
+        sender.barrier().await.expect("barrier");
     }
 
     #[tokio::test]

@@ -12,7 +12,14 @@
 //! At-least-once sinks deliver as records are written, not at the checkpoint: webhooks within
 //! `write`, Kafka and Event Hubs through a sender task of each writer ([`continuous`]), whose
 //! acknowledgements `flush` waits for. Exactly-once sinks batch until the checkpoint's flush.
+//!
+//! A regular checkpoint does not stop its partition while sinks make its records durable:
+//! [`SinkWriter::begin_flush`] marks what the checkpoint covers and returns a future that the
+//! pipeline awaits beside its work, so that records produced meanwhile keep flowing (Kafka,
+//! Event Hubs and Delta Lake wait in the background; files and stdout flush at once).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -204,6 +211,9 @@ pub trait Sink: Send + Sync {
     ) -> Result<Box<dyn SinkWriter>, SinkError>;
 }
 
+/// A flush that ends in the background (see [`SinkWriter::begin_flush`]).
+pub type PendingFlush = Pin<Box<dyn Future<Output = Result<SinkProgress, SinkError>> + Send>>;
+
 /// Writes one pipeline partition's records to a sink.
 #[async_trait]
 pub trait SinkWriter: Send {
@@ -215,6 +225,15 @@ pub trait SinkWriter: Send {
     /// waits for the acknowledgements of everything written so far), and returns the progress
     /// to checkpoint.
     async fn flush(&mut self) -> Result<SinkProgress, SinkError>;
+
+    /// Starts a flush of everything written so far that may end after this call returns, while
+    /// the writer takes more records: the future resolves once those records are durable (or
+    /// acknowledged), with progress that covers them (and may cover records written after this
+    /// call). The pipeline awaits it before the writer's next flush. The default flushes here.
+    async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
+        let progress = self.flush().await?;
+        Ok(Box::pin(std::future::ready(Ok(progress))))
+    }
 
     /// The partition's checkpoint at `position` is saved: every record written from now on was
     /// produced after it (a sink that skips a replay's records up to some position stops

@@ -28,7 +28,8 @@ use crate::event::{Event, PartitionId, Position};
 use crate::json::top_level_field;
 use crate::sink::continuous::{Batching, Continuous, Transport};
 use crate::sink::{
-    RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
+    PendingFlush, RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
+    WriterScope,
 };
 
 /// Name of the header holding a record's deterministic id.
@@ -316,6 +317,15 @@ impl SinkWriter for KafkaWriter {
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
         self.sender.barrier().await?;
         Ok(json!({ "produced": self.produced }))
+    }
+
+    async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
+        let acknowledged = self.sender.begin_barrier()?;
+        let produced = self.produced;
+        Ok(Box::pin(async move {
+            acknowledged.await?;
+            Ok(json!({ "produced": produced }))
+        }))
     }
 }
 

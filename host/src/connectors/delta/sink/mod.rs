@@ -10,6 +10,9 @@
 //!   partition has rows buffered, and returns that partition's progress
 //!   `{"position": <highest position in the table or null>, "table_version": <delta version>}`.
 //!   Commits are serialized; a flush with nothing of its own buffered makes no commit.
+//!   [`SinkWriter::begin_flush`] does the same beside the writer: it numbers the rows buffered
+//!   so far (each commit's take of a partition's rows has a number) and waits for the commit of
+//!   that take, while the writer buffers rows for the next one.
 //! - Every commit carries, for each (pipeline, partition) with rows in it, a transaction action
 //!   with app id `weir/{pipeline}/{sink}/{partition}` and version = the highest source position
 //!   of that partition's rows in the table. [`Sink::open_writer`] reads that version back and the
@@ -64,8 +67,8 @@ use crate::config::{DeltaSinkConfig, LoadedConfig};
 use crate::connectors::delta::config::{Compression, DeltaMaintenance, SchemaMode};
 use crate::event::{Event, PartitionId, Position, now_millis};
 use crate::sink::{
-    IDLE_ADVANCE_PENDING, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
-    WriterScope,
+    IDLE_ADVANCE_PENDING, PendingFlush, Refused, Sink, SinkError, SinkErrorKind, SinkProgress,
+    SinkWriter, WriterScope,
 };
 use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -240,6 +243,8 @@ impl Sink for DeltaSink {
                     chunks: Vec::new(),
                     rows: 0,
                     in_flight: 0,
+                    taken: 0,
+                    committed_take: 0,
                     durable,
                     skip_through,
                 },
@@ -360,6 +365,11 @@ struct Part {
     rows: usize,
     /// Rows taken by the commit in progress.
     in_flight: usize,
+    /// How many times commits have taken this part's rows; each take is numbered so.
+    taken: u64,
+    /// The number of the last take whose commit succeeded: every row buffered before it is in
+    /// the table.
+    committed_take: u64,
     durable: Durable,
     /// Records at or below this position are in the table by an earlier run's or another
     /// process's commits, and this writer's replay makes them again: they are skipped until a
@@ -386,6 +396,8 @@ struct Chunk {
 struct Pending {
     app_id: String,
     epoch: u64,
+    /// The number of this take of the part's rows ([`Part::taken`]).
+    take: u64,
     chunks: Vec<Chunk>,
     /// The position already in the table for this app id.
     durable: Option<Position>,
@@ -479,6 +491,7 @@ impl Shared {
                         && part.epoch == p.epoch
                     {
                         part.in_flight = 0;
+                        part.committed_take = part.committed_take.max(p.take);
                         part.skip_through = part.skip_through.max(p.another_writer);
                     }
                 }
@@ -559,9 +572,11 @@ impl Shared {
         let mut pending = Vec::new();
         for (app_id, part) in &mut buffer.parts {
             if part.rows > 0 {
+                part.taken += 1;
                 pending.push(Pending {
                     app_id: app_id.clone(),
                     epoch: part.epoch,
+                    take: part.taken,
                     chunks: std::mem::take(&mut part.chunks),
                     durable: part.durable.position,
                     skip_through: part.skip_through,
@@ -981,6 +996,50 @@ impl Drop for DeltaWriter {
     }
 }
 
+/// What a flush running beside its writer needs of it.
+struct WriterRef {
+    shared: Arc<Shared>,
+    scope: WriterScope,
+    app_id: String,
+    epoch: u64,
+}
+
+impl WriterRef {
+    /// Waits, committing, until the partition's take number `wanted` is committed; returns the
+    /// partition's progress then.
+    async fn committed_through(&self, wanted: u64) -> Result<SinkProgress, SinkError> {
+        loop {
+            let durable = {
+                let buffer = self.shared.lock_buffer();
+                match buffer.parts.get(&self.app_id) {
+                    Some(part) if part.epoch == self.epoch => {
+                        (part.committed_take >= wanted).then_some(part.durable)
+                    }
+                    _ => return Err(superseded(&self.scope, &self.shared.name)),
+                }
+            };
+            if let Some(durable) = durable {
+                return Ok(
+                    json!({ "position": durable.position, "table_version": durable.table_version }),
+                );
+            }
+            // Takes the rows if no commit has yet; a failed commit puts them back and fails here.
+            self.shared
+                .commit()
+                .await
+                .map_err(|e| self.scope.error(&self.shared.name, e))?;
+        }
+    }
+}
+
+fn superseded(scope: &WriterScope, sink: &str) -> SinkError {
+    scope.error_of(
+        SinkErrorKind::Superseded,
+        sink,
+        "this writer was replaced by a newer writer of the same partition",
+    )
+}
+
 impl DeltaWriter {
     /// The partition's skip position ([`Part::skip_through`]); `None` for a replaced writer
     /// (which [`DeltaWriter::buffer`] refuses).
@@ -1013,11 +1072,7 @@ impl DeltaWriter {
     }
 
     fn superseded(&self) -> SinkError {
-        self.scope.error_of(
-            SinkErrorKind::Superseded,
-            &self.shared.name,
-            "this writer was replaced by a newer writer of the same partition",
-        )
+        superseded(&self.scope, &self.shared.name)
     }
 }
 
@@ -1091,31 +1146,30 @@ impl SinkWriter for DeltaWriter {
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        let waiting = {
+        self.begin_flush().await?.await
+    }
+
+    /// Commits what this partition buffered so far, unless a commit already took it; the
+    /// commit runs beside the writer, which goes on buffering rows for the next one.
+    async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
+        let wanted = {
             let buffer = self.shared.lock_buffer();
             match buffer.parts.get(&self.app_id) {
-                // Rows another partition's commit has taken count too: that commit must end first.
-                Some(part) if part.epoch == self.epoch => part.rows + part.in_flight,
+                // Rows still buffered go with the next take; rows already taken, with the
+                // commit in progress.
+                Some(part) if part.epoch == self.epoch => part.taken + u64::from(part.rows > 0),
                 _ => return Err(self.superseded()),
             }
         };
-        if waiting > 0 {
-            self.shared.commit().await.map_err(|e| self.error(e))?;
-        }
-        let buffer = self.shared.lock_buffer();
-        let durable = match buffer.parts.get(&self.app_id) {
-            Some(part) if part.epoch == self.epoch && part.rows + part.in_flight == 0 => {
-                part.durable
-            }
-            Some(part) if part.epoch == self.epoch => {
-                return Err(self.error(format!(
-                    "{} rows are still waiting for a commit",
-                    part.rows + part.in_flight
-                )));
-            }
-            _ => return Err(self.superseded()),
+        let writer = WriterRef {
+            shared: Arc::clone(&self.shared),
+            scope: self.scope.clone(),
+            app_id: self.app_id.clone(),
+            epoch: self.epoch,
         };
-        Ok(json!({ "position": durable.position, "table_version": durable.table_version }))
+        Ok(Box::pin(
+            async move { writer.committed_through(wanted).await },
+        ))
     }
 
     /// Records produced after a checkpoint that covers `skip_through` are new: stop skipping.

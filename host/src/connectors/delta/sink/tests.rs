@@ -1882,3 +1882,46 @@ async fn commit_timings() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_begun_covers_what_came_before_it_while_the_writer_goes_on() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let sink = open(&table, TELEMETRY).await;
+    let mut w0 = writer(&sink, 0, None).await;
+    let mut w1 = writer(&sink, 1, None).await;
+    write_all(&mut w0, readings(0, 0..10)).await;
+    let flushing = w0.begin_flush().await.expect("begin");
+    // The partition goes on while its commit runs: these rows are the next checkpoint's.
+    write_all(&mut w0, readings(0, 10..15)).await;
+    let progress = flushing.await.expect("flush");
+    let covered = progress_position(&progress).expect("a position");
+    assert!((9..=14).contains(&covered), "{progress}");
+    let held = row_keys(&read_with_rust(&table).await);
+    assert!(
+        expected_keys(&[(0, 0..10)])
+            .iter()
+            .all(|key| held.contains(key)),
+        "every row written before the flush began is in the table"
+    );
+
+    // Partition 1's commit takes partition 0's rows too: partition 0's next flush then ends
+    // without a commit of its own.
+    write_all(&mut w0, readings(0, 15..20)).await;
+    write_all(&mut w1, readings(1, 0..3)).await;
+    let one = w1.begin_flush().await.expect("begin").await.expect("flush");
+    let zero = w0.begin_flush().await.expect("begin").await.expect("flush");
+    assert_eq!(progress_position(&zero), Some(19));
+    assert_eq!(zero["table_version"], one["table_version"]);
+    // Nothing new: the same progress, no empty commit.
+    let again = w0.begin_flush().await.expect("begin").await.expect("flush");
+    assert_eq!(again, zero);
+    assert_eq!(
+        row_keys(&read_with_rust(&table).await),
+        expected_keys(&[(0, 0..20), (1, 0..3)])
+    );
+    assert!(
+        commits(&table).values().all(|actions| adds_of(actions) > 0),
+        "no empty commits"
+    );
+}

@@ -26,7 +26,8 @@ use crate::event::{Event, Position};
 use crate::json::top_level_field;
 use crate::sink::continuous::{Batching, Continuous, Transport};
 use crate::sink::{
-    RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter, WriterScope,
+    PendingFlush, RefusalKind, Refused, Sink, SinkError, SinkErrorKind, SinkProgress, SinkWriter,
+    WriterScope,
 };
 
 /// The longest pause between two attempts at a batch.
@@ -351,6 +352,15 @@ impl SinkWriter for EventHubsWriter {
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
         self.sender.barrier().await?;
         Ok(json!({ "sent": self.sent }))
+    }
+
+    async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
+        let acknowledged = self.sender.begin_barrier()?;
+        let sent = self.sent;
+        Ok(Box::pin(async move {
+            acknowledged.await?;
+            Ok(json!({ "sent": sent }))
+        }))
     }
 }
 
