@@ -33,7 +33,9 @@ pub struct DeltaSinkConfig {
     /// omitted, the existing table's partitioning when this is empty.
     #[serde(default)]
     pub partition_by: Vec<String>,
-    /// Commit early once this many rows are buffered (a checkpoint always commits).
+    /// Commit early once this many rows are buffered over all partitions (a checkpoint always
+    /// commits); the early commit runs beside the partitions, which wait for it only once twice
+    /// as many rows are buffered.
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
     /// `fixed` (the default): the table's columns stay as they are. `evolve`: a record's new

@@ -5,7 +5,8 @@
 //!
 //! - [`SinkWriter::write`] converts records to arrow rows (refusing those that do not fit the
 //!   schema) and adds them to the shared buffer; once the buffer holds `max_buffered_rows` rows,
-//!   everything buffered is committed.
+//!   everything buffered is committed, beside the writers (which go on buffering); a writer
+//!   waits for that commit only while the buffer holds twice as many (back-pressure).
 //! - [`SinkWriter::flush`] commits everything buffered (every partition's rows) when the calling
 //!   partition has rows buffered, and returns that partition's progress
 //!   `{"position": <highest position in the table or null>, "table_version": <delta version>}`.
@@ -45,7 +46,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -154,6 +155,7 @@ impl DeltaSink {
             max_buffered_rows: config.max_buffered_rows,
             files: FileSettings::new(config),
             next_epoch: AtomicU64::new(1),
+            early_commit: AtomicBool::new(false),
             buffer: Mutex::new(Buffer::default()),
             committer: tokio::sync::Mutex::new(Committer {
                 table,
@@ -309,6 +311,8 @@ struct Shared {
     max_buffered_rows: usize,
     files: FileSettings,
     next_epoch: AtomicU64,
+    /// An early commit (a full buffer) is running beside the writers.
+    early_commit: AtomicBool,
     buffer: Mutex<Buffer>,
     committer: tokio::sync::Mutex<Committer>,
 }
@@ -459,6 +463,22 @@ impl Shared {
         tokio::spawn(async move { shared.commit_buffered().await })
             .await
             .map_err(|e| format!("the commit task failed: {e}"))?
+    }
+
+    /// Starts a commit of everything buffered beside the writers, unless one is running: a
+    /// failure leaves the rows buffered (the next commit, a checkpoint's at the latest, tries
+    /// again and reports it).
+    fn commit_early(self: &Arc<Self>) {
+        if self.early_commit.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(reason) = shared.commit_buffered().await {
+                tracing::warn!(sink = %shared.name, %reason, "an early commit (a full buffer) failed; the next commit tries again");
+            }
+            shared.early_commit.store(false, Ordering::Release);
+        });
     }
 
     async fn commit_buffered(&self) -> Result<(), String> {
@@ -1140,7 +1160,13 @@ impl SinkWriter for DeltaWriter {
             }
         }
         if commit_now {
-            self.shared.commit().await.map_err(|e| self.error(e))?;
+            let buffered = self.shared.lock_buffer().rows;
+            if buffered >= self.shared.max_buffered_rows.saturating_mul(2) {
+                // Commits fall behind: this partition waits for one.
+                self.shared.commit().await.map_err(|e| self.error(e))?;
+            } else {
+                self.shared.commit_early();
+            }
         }
         Ok(refused)
     }

@@ -1925,3 +1925,57 @@ async fn a_flush_begun_covers_what_came_before_it_while_the_writer_goes_on() {
         "no empty commits"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_commits_beside_the_writer_which_waits_only_at_twice_the_size() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let sink = open(&table, &format!("max_buffered_rows = 10\n{TELEMETRY}")).await;
+    let mut w = writer(&sink, 0, None).await;
+    // The test holds the committer, as a slow commit would.
+    let committing = sink.shared.committer.lock().await;
+    // Full: the write returns while its commit waits.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        write_all(&mut w, readings(0, 0..12)),
+    )
+    .await
+    .expect("a full buffer made the writer wait for its commit");
+    drop(committing);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while commits(&table)
+        .values()
+        .all(|actions| adds_of(actions) == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a full buffer was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Twice full: the writer waits until everything buffered is in the table.
+    let committing = sink.shared.committer.lock().await;
+    let writing = tokio::spawn(async move {
+        write_all(&mut w, readings(0, 12..40)).await;
+        w
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !writing.is_finished(),
+        "the writer went on with twice a full buffer"
+    );
+    drop(committing);
+    let mut w = writing.await.expect("the write");
+    assert_eq!(
+        row_keys(&read_with_rust(&table).await),
+        expected_keys(&[(0, 0..40)])
+    );
+    let progress = w.flush().await.expect("flush");
+    assert_eq!(progress_position(&progress), Some(39));
+    assert!(
+        commits(&table).values().all(|actions| adds_of(actions) > 0),
+        "no empty commits"
+    );
+}
