@@ -8,7 +8,8 @@
 //! alone (in this process, one connection and receiver per partition, as Weir opens them, no
 //! Weir), and runs Weir with a larger `prefetch` (the AMQP link credit per partition).
 //!
-//! Run: `cargo bench -p weir-tests --bench eventhubs_ingest` (release build).
+//! Run: `cargo bench -p weir-tests --bench eventhubs_ingest` (release build);
+//! `WEIR_BENCH_EVENTS=1000000` drains a million events instead of 100,000.
 
 use std::time::{Duration, Instant};
 
@@ -19,16 +20,23 @@ use futures::StreamExt;
 
 use weir_tests::eventhubs::{EventHubsPipeline, TestEndpoint, keyed_records};
 use weir_tests::telemetry::generated_readings;
-use weir_tests::{WeirProcess, read_delta};
+use weir_tests::{WeirProcess, children_cpu_seconds, read_delta, thread_cpu_seconds};
 
 const DEVICES: usize = 100;
-const PER_DEVICE: usize = 1_000;
+/// Readings per device: 1,000 (100,000 events) unless `WEIR_BENCH_EVENTS` asks for more, so that
+/// start-up weighs less in a profile.
+fn per_device() -> usize {
+    std::env::var("WEIR_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(1_000, |events| (events / DEVICES).max(1))
+}
 const PARTITIONS: u32 = 4;
 
 fn main() {
     println!("machine: {}", machine());
     let endpoint = TestEndpoint::start(&[("bench", PARTITIONS), ("alerts", 2)]);
-    let readings = generated_readings(DEVICES, PER_DEVICE, 5);
+    let readings = generated_readings(DEVICES, per_device(), 5);
     let records = keyed_records(&readings);
     let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
     endpoint.publish_keyed("bench", &records);
@@ -60,9 +68,13 @@ fn weir_run(endpoint: &TestEndpoint, events: usize, bytes: usize, prefetch: u32)
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text.replace("prefetch = 300", &format!("prefetch = {prefetch}"));
     std::fs::write(&config, text).expect("config");
+    let (weir_before, endpoint_before) =
+        (children_cpu_seconds(), thread_cpu_seconds("eh-endpoint"));
     let started = Instant::now();
     let status = WeirProcess::run(&config).wait(Duration::from_secs(900));
     let elapsed = started.elapsed();
+    let weir_cpu = children_cpu_seconds() - weir_before;
+    let endpoint_cpu = thread_cpu_seconds("eh-endpoint") - endpoint_before;
     assert!(status.success(), "weir failed");
     let rows = read_delta(&dir.path().join("delta/raw_telemetry"))
         .rows
@@ -74,6 +86,13 @@ fn weir_run(endpoint: &TestEndpoint, events: usize, bytes: usize, prefetch: u32)
         elapsed.as_secs_f64(),
         rows as f64 / elapsed.as_secs_f64(),
         bytes as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    println!(
+        "  CPU: weir {weir_cpu:.2} s ({:.1} us per event, {:.2} cores), the test endpoint {endpoint_cpu:.2} s ({:.1} us per event, {:.2} cores; it also takes the alerts)",
+        weir_cpu * 1e6 / events as f64,
+        weir_cpu / elapsed.as_secs_f64(),
+        endpoint_cpu * 1e6 / events as f64,
+        endpoint_cpu / elapsed.as_secs_f64()
     );
 }
 
@@ -99,6 +118,10 @@ fn client_alone(endpoint: &TestEndpoint, events: usize, prefetch: u32) {
             (state.last_sequence_number + 1) as usize
         })
         .collect();
+    let (client_before, endpoint_before) = (
+        thread_cpu_seconds("eh-client"),
+        thread_cpu_seconds("eh-endpoint"),
+    );
     let started = Instant::now();
     let received: usize = runtime.block_on(async {
         let readers = counts.iter().enumerate().map(|(partition, &count)| {
@@ -141,11 +164,20 @@ fn client_alone(endpoint: &TestEndpoint, events: usize, prefetch: u32) {
             .sum()
     });
     let elapsed = started.elapsed();
+    let client_cpu = thread_cpu_seconds("eh-client") - client_before;
+    let endpoint_cpu = thread_cpu_seconds("eh-endpoint") - endpoint_before;
     assert_eq!(received, events, "the client read every event");
     println!(
         "client alone (azure_messaging_eventhubs, no Weir): {received} events in {:.2} s: {:.0} events/s, prefetch {prefetch}, {PARTITIONS} receivers",
         elapsed.as_secs_f64(),
         received as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  CPU: the client {client_cpu:.2} s ({:.1} us per event, {:.2} cores), the test endpoint {endpoint_cpu:.2} s ({:.1} us per event, {:.2} cores)",
+        client_cpu * 1e6 / received as f64,
+        client_cpu / elapsed.as_secs_f64(),
+        endpoint_cpu * 1e6 / received as f64,
+        endpoint_cpu / elapsed.as_secs_f64()
     );
     runtime.shutdown_timeout(Duration::from_secs(1));
 }

@@ -162,6 +162,37 @@ pub fn children_cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// User and system seconds of this process's threads whose name starts with `prefix` (live
+/// threads only: `utime` and `stime` of `/proc/self/task/*/stat`), to tell apart the parts of a
+/// benchmark that run in its own process (an endpoint, a client).
+pub fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    ticks as f64 / 100.0
+}
+
 /// A running `weir` process.
 #[derive(Debug)]
 pub struct WeirProcess {
