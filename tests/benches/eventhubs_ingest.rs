@@ -88,11 +88,9 @@ fn weir_run(endpoint: &TestEndpoint, events: usize, bytes: usize, prefetch: u32)
         bytes as f64 / elapsed.as_secs_f64() / 1e6
     );
     println!(
-        "  CPU: weir {weir_cpu:.2} s ({:.1} us per event, {:.2} cores), the test endpoint {endpoint_cpu:.2} s ({:.1} us per event, {:.2} cores; it also takes the alerts)",
-        weir_cpu * 1e6 / events as f64,
-        weir_cpu / elapsed.as_secs_f64(),
-        endpoint_cpu * 1e6 / events as f64,
-        endpoint_cpu / elapsed.as_secs_f64()
+        "  CPU: {}, {} (it also takes the alerts)",
+        cpu_share("weir", weir_cpu, events, elapsed),
+        cpu_share("the test endpoint", endpoint_cpu, events, elapsed)
     );
 }
 
@@ -173,13 +171,20 @@ fn client_alone(endpoint: &TestEndpoint, events: usize, prefetch: u32) {
         received as f64 / elapsed.as_secs_f64()
     );
     println!(
-        "  CPU: the client {client_cpu:.2} s ({:.1} us per event, {:.2} cores), the test endpoint {endpoint_cpu:.2} s ({:.1} us per event, {:.2} cores)",
-        client_cpu * 1e6 / received as f64,
-        client_cpu / elapsed.as_secs_f64(),
-        endpoint_cpu * 1e6 / received as f64,
-        endpoint_cpu / elapsed.as_secs_f64()
+        "  CPU: {}, {}",
+        cpu_share("the client", client_cpu, received, elapsed),
+        cpu_share("the test endpoint", endpoint_cpu, received, elapsed)
     );
     runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// A part's CPU as printed: `cpu` seconds for `events` events in `elapsed`.
+fn cpu_share(part: &str, cpu: f64, events: usize, elapsed: Duration) -> String {
+    format!(
+        "{part} {cpu:.2} s ({:.1} us per event, {:.2} cores)",
+        cpu * 1e6 / events as f64,
+        cpu / elapsed.as_secs_f64()
+    )
 }
 
 fn load_average() -> String {

@@ -12,6 +12,8 @@
 //!   restoring the state, then reading a device's last reading, putting the new one and
 //!   committing, as the anomaly rule does for an event;
 //! - **lookups after the restart**: a device's reading read from the base, in place;
+//! - **a compaction beside the partition**: how long the partition stops for one (the state
+//!   frozen at the cut, the new base taken once written) and how long writing the base takes;
 //! - **spilling**: the restored state compacted into a spill file (`[state]` of the
 //!   configuration), and the process's own memory (`RssAnon`) against the mapped base's pages
 //!   (`RssFile`, which the kernel drops when memory is short) after it.
@@ -233,6 +235,25 @@ fn measure(keys: usize) {
     assert_eq!(rebuilt.len(), restored.len());
     drop(rebuilt);
 
+    // A compaction as a partition makes one: the state frozen at the cut (the partition's
+    // pause), the base written from it on another thread, then taken by the state.
+    let started = Instant::now();
+    let base_write = state.begin_base();
+    let frozen = started.elapsed();
+    let started = Instant::now();
+    let written = std::thread::scope(|scope| {
+        scope
+            .spawn(|| base_write.write())
+            .join()
+            .expect("the base is written")
+    });
+    let beside = started.elapsed();
+    let started = Instant::now();
+    let replaced = state.adopt_base(&base_write, written);
+    let adopted = started.elapsed();
+    assert!(replaced.is_some(), "the state takes its new base");
+    drop((replaced, base_write));
+
     let delta = delta_bytes.iter().sum::<u64>() / delta_bytes.len() as u64;
     let delta_time = delta_times.iter().sum::<Duration>() / delta_times.len() as u32;
     println!(
@@ -242,7 +263,9 @@ fn measure(keys: usize) {
          base {}, {overlay_keys} keys since it); restart to the first event {:.0} ms (read {:.0} \
          ms, state ready {:.0} ms, first event {:.2} ms; base and {INTERVALS} deltas); \
          lookups after the restart {:.0} ns each; rebuilding a map of every key as before {:.0} ms; \
-         of the restored memory the process's own {}, the rest pages of the mapped base",
+         of the restored memory the process's own {}, the rest pages of the mapped base; \
+         a compaction after the deltas stops the partition {:.2} ms (the state frozen) and \
+         {:.2} ms (the new base taken), the base written beside it in {:.0} ms",
         mb(whole),
         mb(delta),
         whole as f64 / delta.max(1) as f64,
@@ -261,6 +284,9 @@ fn measure(keys: usize) {
         lookup.as_secs_f64() * 1e9,
         rebuild.as_secs_f64() * 1e3,
         mb(restored_anon),
+        frozen.as_secs_f64() * 1e3,
+        adopted.as_secs_f64() * 1e3,
+        beside.as_secs_f64() * 1e3,
     );
     // Spilling, in a process of its own so that memory this one freed but kept does not count.
     let status = std::process::Command::new(std::env::current_exe().expect("bench executable"))

@@ -186,13 +186,26 @@ impl IncrementalState {
         write: StateWrite,
         bytes: bytes::Bytes,
     ) {
+        let name = self.add_later(checkpoint, stage, write, bytes.len() as u64);
+        checkpoint.state_writes.push((name, bytes));
+    }
+
+    /// As [`IncrementalState::add`], for bytes written later (a base written beside the
+    /// partition) of about `size` bytes: returns the name of the file, whose bytes the caller
+    /// adds to [`Checkpoint::state_writes`] before the checkpoint is saved.
+    pub fn add_later(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        stage: &str,
+        write: StateWrite,
+        size: u64,
+    ) -> String {
         self.seq += 1;
         let kind = match write {
             StateWrite::Base => "base",
             StateWrite::Delta => "delta",
         };
         let name = format!("{}.{:010}-{}.{kind}", safe_name(stage), self.seq, self.run);
-        let size = bytes.len() as u64;
         let files = match (write, self.stages.get(stage)) {
             (StateWrite::Delta, Some(previous)) => {
                 let mut files = previous.clone();
@@ -212,9 +225,9 @@ impl IncrementalState {
         let mut in_flight = self.in_flight.take().unwrap_or_default();
         in_flight.insert(stage.to_owned(), files);
         checkpoint.state_seq = self.seq;
-        checkpoint.state_writes.push((name, bytes));
         checkpoint.state_drops = self.dropped(&in_flight);
         self.in_flight = Some(in_flight);
+        name
     }
 
     /// Whether this run wrote the file `name`.

@@ -169,6 +169,17 @@ pub(crate) struct CheckpointInFlight {
     started: std::time::Instant,
     /// How long the partition stopped for it (the state taken, the flushes started).
     paused: Duration,
+    /// The stages' bases the task writes, which the stages take once it is saved.
+    bases: Vec<PendingBase>,
+}
+
+/// A stage's base, written in the checkpoint's task from its state frozen at the cut (a
+/// compaction of millions of keys takes seconds, which the partition does not wait for).
+struct PendingBase {
+    stage: String,
+    /// The state file it is written to.
+    file: String,
+    write: Arc<crate::plugin::BaseWrite>,
 }
 
 impl Drop for CheckpointInFlight {
@@ -1041,14 +1052,27 @@ impl PartitionWorker {
 
     /// Adds every stage's state to `checkpoint`: its keyed state's changes (or whole state) as a
     /// state file for a stage that checkpoints incrementally, else its snapshot.
-    fn add_stage_states(&mut self, checkpoint: &mut Checkpoint) {
+    /// Adds the stages' state to `checkpoint`: the changes since the last one, a snapshot, or a
+    /// base, which is returned to be written in the checkpoint's task.
+    fn add_stage_states(&mut self, checkpoint: &mut Checkpoint) -> Vec<PendingBase> {
         self.incremental.begin();
+        let mut bases = Vec::new();
         for slot in &mut self.stages {
             let name = slot.stage.name().to_string();
             let write = self.incremental.next_write(&name);
             let changes = if write == StateWrite::Base {
-                // The whole state: seconds for millions of keys.
-                crate::plugin::sandbox::run_blocking(|| slot.stage.take_state_changes(true))
+                if let Some(base) = slot.stage.begin_state_base() {
+                    let file =
+                        self.incremental
+                            .add_later(checkpoint, &name, write, base.estimated_size());
+                    bases.push(PendingBase {
+                        stage: name,
+                        file,
+                        write: Arc::new(base),
+                    });
+                    continue;
+                }
+                None
             } else {
                 slot.stage.take_state_changes(false)
             };
@@ -1059,6 +1083,7 @@ impl PartitionWorker {
                 }
             }
         }
+        bases
     }
 
     /// Flushes every sink, then saves the checkpoint covering what they made durable; returns
@@ -1106,7 +1131,7 @@ impl PartitionWorker {
         for slot in &mut self.sinks {
             flushes.push((slot.name.to_string(), slot.writer.begin_flush().await?));
         }
-        self.add_stage_states(&mut checkpoint);
+        let bases = self.add_stage_states(&mut checkpoint);
         if let Some(time) = &self.time {
             let (entry, state) = time.snapshot();
             checkpoint.stages.insert(entry.to_owned(), state);
@@ -1120,6 +1145,14 @@ impl PartitionWorker {
         self.state_dirty = false;
         let store = Arc::clone(&self.checkpoints);
         let (pipeline, partition) = (Arc::clone(&self.settings.pipeline), self.partition);
+        let base_writes: Vec<_> = bases
+            .iter()
+            .map(|base| {
+                let (file, write) = (base.file.clone(), Arc::clone(&base.write));
+                tokio::task::spawn_blocking(move || (file, write.write()))
+            })
+            .collect();
+        let describe = self.checkpoints.describe();
         let task = tokio::spawn(async move {
             let flushed = futures::future::join_all(
                 flushes
@@ -1130,6 +1163,16 @@ impl PartitionWorker {
             for (name, progress) in flushed {
                 checkpoint.sinks.insert(name, progress?);
             }
+            for written in base_writes {
+                let (file, bytes) = written.await.map_err(|failed| {
+                    WorkerError::Checkpoint(crate::checkpoint::CheckpointError::new(
+                        crate::checkpoint::CheckpointErrorKind::Unavailable,
+                        describe.clone(),
+                        format!("writing a state base of partition {partition} failed: {failed}"),
+                    ))
+                })?;
+                checkpoint.state_writes.push((file, bytes));
+            }
             store.save(&pipeline, partition, &checkpoint).await?;
             Ok(checkpoint)
         });
@@ -1139,6 +1182,7 @@ impl PartitionWorker {
             several,
             started,
             paused: started.elapsed(),
+            bases,
         });
         Ok(())
     }
@@ -1171,6 +1215,7 @@ impl PartitionWorker {
             }
         };
         self.incremental.saved();
+        self.adopt_bases(std::mem::take(&mut in_flight.bases), &checkpoint);
         if self.incremental.take_sweep(self.settings.state_sweep_after) {
             self.sweep_leftover_state_files().await;
         }
@@ -1202,6 +1247,31 @@ impl PartitionWorker {
             paused_ms = paused.as_millis() as u64, "checkpoint saved"
         );
         Ok(())
+    }
+
+    /// The stages take the bases `checkpoint` saved in place of the layers they were written
+    /// from; what they let go of (an old base, millions of frozen keys) is freed on another
+    /// thread.
+    fn adopt_bases(&mut self, bases: Vec<PendingBase>, checkpoint: &Checkpoint) {
+        if bases.is_empty() {
+            return;
+        }
+        let mut replaced = Vec::with_capacity(bases.len());
+        for base in &bases {
+            let bytes = checkpoint
+                .state_writes
+                .iter()
+                .find(|(file, _)| *file == base.file)
+                .map(|(_, bytes)| bytes.clone());
+            let stage = self
+                .stages
+                .iter_mut()
+                .find(|slot| **slot.stage.name() == *base.stage);
+            if let (Some(bytes), Some(slot)) = (bytes, stage) {
+                replaced.push(slot.stage.adopt_state_base(&base.write, bytes));
+            }
+        }
+        tokio::task::spawn_blocking(move || drop((replaced, bases)));
     }
 
     /// Deletes the state files earlier runs of this partition left behind (see

@@ -2,7 +2,8 @@
 //! a resumed position before any new event (after a restart or a takeover, when an idle watermark
 //! advance or the input's end dirties the state) keeps the offset the loaded checkpoint had. An idle
 //! advance checkpointed just before a crash is repeated as decided when the worker starts, and so
-//! is what the idle marks of several sources, checkpointed just before a crash, let go.
+//! is what the idle marks of several sources, checkpointed just before a crash, let go. A
+//! checkpoint's sink flushes and a compaction's base run beside the partition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -529,4 +530,131 @@ async fn a_flush_that_fails_in_the_background_stops_the_partition_and_saves_no_r
     let error = ended.expect_err("the worker fails");
     assert!(error.contains("the commit failed"), "{error}");
     assert_eq!(saved, None);
+}
+
+/// A stage whose state is all keyed state, shared with the test that writes and reads it.
+struct KeyedStage {
+    name: Arc<str>,
+    state: Arc<std::sync::Mutex<crate::plugin::KeyedState>>,
+}
+
+impl KeyedStage {
+    fn state(&self) -> std::sync::MutexGuard<'_, crate::plugin::KeyedState> {
+        self.state.lock().expect("state lock")
+    }
+}
+
+impl crate::stage::Stage for KeyedStage {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn process(
+        &mut self,
+        _events: &[crate::event::Event],
+        _out: &mut crate::stage::StageOutput,
+    ) -> Result<(), crate::stage::StageError> {
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.state().snapshot()
+    }
+
+    fn take_state_changes(&mut self, whole: bool) -> Option<bytes::Bytes> {
+        Some(self.state().take_changes(whole))
+    }
+
+    fn begin_state_base(&mut self) -> Option<crate::plugin::BaseWrite> {
+        Some(self.state().begin_base())
+    }
+
+    fn adopt_state_base(
+        &mut self,
+        write: &crate::plugin::BaseWrite,
+        bytes: bytes::Bytes,
+    ) -> Option<crate::plugin::ReplacedLayers> {
+        self.state().adopt_base(write, bytes)
+    }
+}
+
+/// Commits `keys` puts of `value` to `state`.
+fn put_keys(
+    state: &std::sync::Mutex<crate::plugin::KeyedState>,
+    keys: std::ops::Range<u32>,
+    value: &str,
+) {
+    let mut state = state.lock().expect("state lock");
+    for key in keys {
+        state.put(format!("key-{key}").into_bytes(), value.as_bytes().to_vec());
+    }
+    state.commit();
+}
+
+/// The keyed state of stage `s` the store's checkpoint of partition 0 restores.
+async fn restored_state(store: &Arc<dyn CheckpointStore>) -> crate::plugin::KeyedState {
+    let loaded = store
+        .load("p", 0)
+        .await
+        .expect("load")
+        .expect("a checkpoint");
+    let parts = loaded.state_parts.get("s").expect("state files of s");
+    crate::plugin::KeyedState::from_changes(parts.iter().cloned()).expect("state restores")
+}
+
+/// A compaction's base is written in the checkpoint's task from the state as it was at the cut,
+/// while the stage takes further writes; once saved, the stage's state stands on the new base
+/// (no layer left over from the cut), and the base and the delta after it restore the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_is_written_beside_the_stage_from_its_state_at_the_cut_and_then_taken_by_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir.path()));
+    let (_stop, shutdown) = watch::channel(false);
+    let mut worker = build_worker(
+        &context(store.clone()),
+        vec![Box::new(QuietReader)],
+        Checkpoint::default(),
+        shutdown,
+    )
+    .await
+    .expect("worker");
+    let state = Arc::new(std::sync::Mutex::new(crate::plugin::KeyedState::default()));
+    worker.stages.push(super::StageSlot {
+        stage: Box::new(KeyedStage {
+            name: "s".into(),
+            state: Arc::clone(&state),
+        }),
+        routes: HashMap::new(),
+    });
+
+    // The first checkpoint of a stage writes a base; writes after its cut are the next one's.
+    put_keys(&state, 0..1_000, "at the cut");
+    worker.position = Some(1);
+    worker.state_dirty = true;
+    worker.start_checkpoint().await.expect("checkpoint starts");
+    assert_eq!(
+        state.lock().expect("state lock").base_and_overlay().0,
+        0,
+        "the base is not written on the partition's thread"
+    );
+    put_keys(&state, 500..1_500, "after the cut");
+    worker.finish_checkpoint().await.expect("checkpoint saved");
+
+    let saved = restored_state(&store).await;
+    assert_eq!(saved.len(), 1_000);
+    assert_eq!(saved.get(b"key-999"), Some(&b"at the cut"[..]));
+    let (base_bytes, overlay_keys) = state.lock().expect("state lock").base_and_overlay();
+    assert!(base_bytes > 0, "the stage took its new base");
+    assert_eq!(overlay_keys, 1_000, "over it only the writes after the cut");
+    assert_eq!(state.lock().expect("state lock").len(), 1_500);
+
+    // The next checkpoint, a delta over that base, restores the whole state.
+    worker.position = Some(2);
+    worker.state_dirty = true;
+    worker.checkpoint().await.expect("checkpoint");
+    let restored = restored_state(&store).await;
+    let mut ours = state.lock().expect("state lock").clone();
+    ours.rollback();
+    assert!(restored == ours, "the base and the delta restore the state");
+    assert_eq!(restored.get(b"key-999"), Some(&b"after the cut"[..]));
 }

@@ -46,7 +46,7 @@ pub use slot::{
     ActivationCause, ActivationInfo, CallTally, PluginSlot, RollbackPolicy, SlotControl,
     SlotReport, SwapError, VersionInfo, VersionOrigin,
 };
-pub use state::{KeyedState, SnapshotError, StateSpill};
+pub use state::{BaseWrite, KeyedState, ReplacedLayers, SnapshotError, StateSpill};
 
 use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch};
 

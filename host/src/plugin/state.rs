@@ -15,6 +15,11 @@
 //!   applies only the deltas after it; a base checkpoint (compaction) merges the two into a new
 //!   base, which the state then keeps. So a restart rebuilds no map of every key, and the memory
 //!   a key costs is its bytes in the base, not an allocation of its own.
+//! - **A base written beside the partition**: a compaction freezes the overlay as it is
+//!   ([`KeyedState::begin_base`]) and writes the new base from the frozen layers on another
+//!   thread ([`BaseWrite::write`]), while new writes go to a fresh overlay over them; once the
+//!   checkpoint is saved the state takes the new base in their place ([`KeyedState::adopt_base`]).
+//!   So a compaction of millions of keys does not stop the partition for the seconds it takes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,10 +44,11 @@ type Hasher = foldhash::fast::RandomState;
 /// replacement after a trap), and an instance whose cache another one wrote past must drop it.
 #[derive(Debug, Default, Clone)]
 pub struct KeyedState {
-    /// The committed state as of the last base (see the module's documentation).
-    base: Base,
-    /// Committed keys put or deleted since the base (a delete only of a key the base holds).
-    overlay: HashMap<Vec<u8>, Slot, Hasher>,
+    /// The committed state as of the last base, or as of the cut of a base being written (see
+    /// the module's documentation).
+    below: Below,
+    /// Committed keys put or deleted since then (a delete only of a key `below` holds).
+    overlay: Overlay,
     /// Number of committed keys, in the base and the overlay together.
     live: usize,
     /// This call's writes: a value and its time-to-live (`None`: the stage's), or a delete.
@@ -70,6 +76,178 @@ pub struct StateSpill {
     /// A base larger than this many bytes is spilled; smaller ones stay in memory.
     pub above_bytes: u64,
 }
+
+/// Committed keys put or deleted over a base.
+type Overlay = HashMap<Vec<u8>, Slot, Hasher>;
+
+/// The committed state under the overlay: the base, and while a new base is written from them,
+/// the overlay frozen when it began (read-only, shared with the writer).
+#[derive(Debug, Clone, Default)]
+struct Below {
+    base: Base,
+    frozen: Option<Arc<Overlay>>,
+    /// Number of keys of the two together.
+    live: usize,
+}
+
+impl Below {
+    /// A base alone.
+    fn of(base: Base) -> Self {
+        Below {
+            live: base.len(),
+            base,
+            frozen: None,
+        }
+    }
+
+    /// The entry of `key`: the frozen overlay's, else the base's.
+    fn get(&self, key: &[u8]) -> Option<state_base::Entry<'_>> {
+        match self
+            .frozen
+            .as_ref()
+            .and_then(|frozen| frozen.get_key_value(key))
+        {
+            Some((key, slot)) => slot
+                .value
+                .as_deref()
+                .map(|value| (key.as_slice(), value, slot.expires_after)),
+            None => self.base.get(key),
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Every entry: the base's the frozen overlay does not replace, then the frozen overlay's.
+    fn entries(&self) -> impl Iterator<Item = state_base::Entry<'_>> {
+        match &self.frozen {
+            Some(frozen) => Either::Layered(layered(self.base.entries(), frozen)),
+            None => Either::Base(self.base.entries()),
+        }
+    }
+
+    /// Bytes of the base and of the frozen overlay's keys and values.
+    fn size(&self) -> usize {
+        self.base
+            .size()
+            .saturating_add(self.frozen.as_deref().map_or(0, overlay_bytes))
+    }
+}
+
+/// Either of two iterators of entries (the base's alone, or layered).
+enum Either<A, B> {
+    Base(A),
+    Layered(B),
+}
+
+impl<'a, A, B> Iterator for Either<A, B>
+where
+    A: Iterator<Item = state_base::Entry<'a>>,
+    B: Iterator<Item = state_base::Entry<'a>>,
+{
+    type Item = state_base::Entry<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Either::Base(entries) => entries.next(),
+            Either::Layered(entries) => entries.next(),
+        }
+    }
+}
+
+/// The entries of `lower` that `overlay` does not replace, then the overlay's values.
+fn layered<'a>(
+    lower: impl Iterator<Item = state_base::Entry<'a>>,
+    overlay: &'a Overlay,
+) -> impl Iterator<Item = state_base::Entry<'a>> {
+    let from_lower =
+        lower.filter(move |(key, _, _)| overlay.is_empty() || !overlay.contains_key(*key));
+    let from_overlay = overlay.iter().filter_map(|(key, slot)| {
+        slot.value
+            .as_deref()
+            .map(|value| (key.as_slice(), value, slot.expires_after))
+    });
+    from_lower.chain(from_overlay)
+}
+
+/// Bytes of an overlay's keys and values.
+fn overlay_bytes(overlay: &Overlay) -> usize {
+    overlay
+        .iter()
+        .map(|(key, slot)| key.len() + slot.value.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
+/// A new base to write from a state's committed layers frozen at a checkpoint's cut
+/// ([`KeyedState::begin_base`]): owned, so that it is written on another thread while the state
+/// takes new writes.
+#[derive(Debug)]
+pub struct BaseWrite {
+    below: Below,
+    spill: Option<Arc<StateSpill>>,
+}
+
+impl BaseWrite {
+    /// Writes the base (seconds for millions of keys: run it off the partition's thread). Its
+    /// bytes are the stage's base file; [`KeyedState::adopt_base`] gives them back to the state.
+    pub fn write(&self) -> Bytes {
+        let below = &self.below;
+        let bound = below.base.len() + below.frozen.as_deref().map_or(0, HashMap::len);
+        let size = below.size();
+        let written = match &self.spill {
+            Some(spill) if size as u64 > spill.above_bytes => spill_base(below, spill, bound),
+            _ => None,
+        }
+        .or_else(|| state_base::write(below.entries(), bound, size).map(Bytes::from));
+        if let Some(bytes) = written {
+            return bytes;
+        }
+        // Too large for a base (past 1 TiB): the whole state in the changes format, which
+        // restores the same (the state then keeps its layers).
+        let mut out = vec![CHANGES_VERSION];
+        for (key, value, expiry) in below.entries() {
+            push_put(&mut out, key, value, expiry);
+        }
+        Bytes::from(out)
+    }
+
+    /// Roughly the bytes [`BaseWrite::write`] gives, known before it runs.
+    pub fn estimated_size(&self) -> u64 {
+        self.below.size() as u64
+    }
+}
+
+/// The layers `below` as a base in a spill file, mapped; `None` (with a warning: the base is then
+/// kept in memory) when the file cannot be written.
+fn spill_base(below: &Below, spill: &StateSpill, bound: usize) -> Option<Bytes> {
+    let written = (|| {
+        std::fs::create_dir_all(&spill.dir)?;
+        let file = tempfile::tempfile_in(&spill.dir)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        if !state_base::write_into(&mut out, below.entries(), bound)? {
+            return Ok(None);
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        crate::mapped::map(&file).map(Some)
+    })();
+    written.unwrap_or_else(|e| {
+        tracing::warn!(
+            dir = %spill.dir.display(), error = %e,
+            "could not spill a keyed state's base to disk; it stays in memory"
+        );
+        None
+    })
+}
+
+/// What a state let go of when it took a new base: dropping it frees the old base and the
+/// frozen overlay (for millions of keys, long enough to do off the partition's thread).
+#[derive(Debug)]
+pub struct ReplacedLayers(#[allow(dead_code)] Below);
 
 /// A value written during a call, with the time-to-live it was written with (`None`: the
 /// stage's).
@@ -281,24 +459,17 @@ impl KeyedState {
                 .value
                 .as_deref()
                 .map(|value| (value, slot.expires_after)),
-            None => self.base.get(key).map(|(_, value, expiry)| (value, expiry)),
+            None => self
+                .below
+                .get(key)
+                .map(|(_, value, expiry)| (value, expiry)),
         }
     }
 
-    /// Every committed key, value and expiry: the base's the overlay does not replace, then the
-    /// overlay's.
+    /// Every committed key, value and expiry: the lower layers' the overlay does not replace,
+    /// then the overlay's.
     fn entries(&self) -> impl Iterator<Item = state_base::Entry<'_>> {
-        let overlay = &self.overlay;
-        let from_base = self
-            .base
-            .entries()
-            .filter(move |(key, _, _)| overlay.is_empty() || !overlay.contains_key(*key));
-        let from_overlay = overlay.iter().filter_map(|(key, slot)| {
-            slot.value
-                .as_deref()
-                .map(|value| (key.as_slice(), value, slot.expires_after))
-        });
-        from_base.chain(from_overlay)
+        layered(self.below.entries(), &self.overlay)
     }
 
     /// Stores `value` under `key` (pending until [`KeyedState::commit`]).
@@ -349,7 +520,7 @@ impl KeyedState {
         self.ttl.swept_at = watermark;
         let before = self.live;
         let mut earliest = NEVER;
-        let (base, changed) = (&self.base, &mut self.changed);
+        let (below, changed) = (&self.below, &mut self.changed);
         let mut live = self.live;
         self.overlay.retain(|key, slot| {
             if slot.value.is_none() {
@@ -363,15 +534,15 @@ impl KeyedState {
             if !slot.changed {
                 changed.push(key.clone());
             }
-            // A key of the base stays as a delete of it; another leaves.
-            if base.contains(key) {
+            // A key of the lower layers stays as a delete of it; another leaves.
+            if below.contains(key) {
                 *slot = Slot::deleted(true);
                 true
             } else {
                 false
             }
         });
-        for (key, _, expires_after) in base.entries() {
+        for (key, _, expires_after) in below.entries() {
             if watermark <= expires_after {
                 // A lower bound: the overlay may have replaced the key.
                 earliest = earliest.min(expires_after);
@@ -441,7 +612,7 @@ impl KeyedState {
                 }
             }
             None => {
-                if !self.base.contains(&key) {
+                if !self.below.contains(&key) {
                     self.live += 1;
                 }
                 if changed {
@@ -454,7 +625,7 @@ impl KeyedState {
 
     /// Deletes a committed key; `changed` as for [`KeyedState::put_committed`].
     fn delete_committed(&mut self, key: Vec<u8>, changed: bool) {
-        let in_base = self.base.contains(&key);
+        let in_base = self.below.contains(&key);
         match self.overlay.get_mut(&key) {
             Some(slot) => {
                 if slot.value.is_none() {
@@ -515,7 +686,7 @@ impl KeyedState {
     /// A copy of the committed state that no instance caches (the base is shared, not copied).
     pub fn detached_copy(&self) -> KeyedState {
         KeyedState {
-            base: self.base.clone(),
+            below: self.below.clone(),
             overlay: self.overlay.clone(),
             live: self.live,
             ttl: self.ttl.clone(),
@@ -550,7 +721,8 @@ impl KeyedState {
     /// Bytes of the base (the whole state as of the last base checkpoint) and number of keys put
     /// or deleted since it (held in memory besides the base).
     pub fn base_and_overlay(&self) -> (usize, usize) {
-        (self.base.size(), self.overlay.len())
+        let frozen = self.below.frozen.as_deref().map_or(0, HashMap::len);
+        (self.below.base.size(), self.overlay.len() + frozen)
     }
 
     /// What changed since the last call of this (every key put, with its value and expiry, and
@@ -591,61 +763,55 @@ impl KeyedState {
 
     /// The whole state as a new base, merging the base and the overlay; the state keeps it.
     fn take_base(&mut self) -> Bytes {
-        self.changed.clear();
-        let overlay_bytes: usize = self
-            .overlay
-            .iter()
-            .map(|(key, slot)| key.len() + slot.value.as_ref().map_or(0, Vec::len))
-            .sum();
-        let bound = self.base.len() + self.overlay.len();
-        let size = self.base.size().saturating_add(overlay_bytes);
-        let written = match &self.spill {
-            Some(spill) if size as u64 > spill.above_bytes => self.spill_base(spill, bound),
-            _ => None,
-        }
-        .or_else(|| state_base::write(self.entries(), bound, size).map(Bytes::from));
-        if let Some(bytes) = written
-            && let Ok(base) = Base::parse(bytes.clone())
-        {
-            self.live = base.len();
-            self.base = base;
-            // A new map rather than a cleared one: the old one's capacity is the largest the
-            // overlay ever was.
-            self.overlay = HashMap::default();
-            return bytes;
-        }
-        // Too large for a base (past 1 TiB): the whole state in the changes format, which
-        // restores the same, and the state keeps its base and overlay.
-        let mut out = vec![CHANGES_VERSION];
-        for (key, value, expiry) in self.entries() {
-            push_put(&mut out, key, value, expiry);
-        }
-        for slot in self.overlay.values_mut() {
-            slot.changed = false;
-        }
-        Bytes::from(out)
+        let write = self.begin_base();
+        let bytes = write.write();
+        self.adopt_base(&write, bytes.clone());
+        bytes
     }
 
-    /// The whole state as a base in a spill file, mapped; `None` (with a warning: the base is then
-    /// kept in memory) when the file cannot be written.
-    fn spill_base(&self, spill: &StateSpill, bound: usize) -> Option<Bytes> {
-        let written = (|| {
-            std::fs::create_dir_all(&spill.dir)?;
-            let file = tempfile::tempfile_in(&spill.dir)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            if !state_base::write_into(&mut out, self.entries(), bound)? {
-                return Ok(None);
+    /// Starts a compaction at this cut: the overlay is frozen over the base, as the layers a
+    /// new base is written from ([`BaseWrite::write`], on another thread), and writes from here
+    /// on go to a fresh overlay above them, as the next checkpoint's changes.
+    pub fn begin_base(&mut self) -> BaseWrite {
+        self.changed.clear();
+        // A new map rather than a cleared one: the old one's capacity is the largest the
+        // overlay ever was.
+        // (Its slots' `changed` flags are never read again.)
+        let overlay = std::mem::take(&mut self.overlay);
+        let frozen = match self.below.frozen.take() {
+            // A base began earlier and was not taken (its checkpoint failed): the two overlays
+            // merge, the newer's keys over the older's.
+            Some(mut earlier) => {
+                Arc::make_mut(&mut earlier).extend(overlay);
+                earlier
             }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            crate::mapped::map(&file).map(Some)
-        })();
-        written.unwrap_or_else(|e| {
-            tracing::warn!(
-                dir = %spill.dir.display(), error = %e,
-                "could not spill a keyed state's base to disk; it stays in memory"
-            );
-            None
-        })
+            None => Arc::new(overlay),
+        };
+        self.below.frozen = Some(frozen);
+        self.below.live = self.live;
+        BaseWrite {
+            below: self.below.clone(),
+            spill: self.spill.clone(),
+        }
+    }
+
+    /// Takes `bytes`, the base `write` wrote, in place of the layers it was written from, if the
+    /// state still stands on them (a state restored or replaced since keeps its own). Returns
+    /// what it let go of, for the caller to drop where a long drop does no harm.
+    pub fn adopt_base(&mut self, write: &BaseWrite, bytes: Bytes) -> Option<ReplacedLayers> {
+        let same = match (&self.below.frozen, &write.below.frozen) {
+            (Some(ours), Some(written)) => Arc::ptr_eq(ours, written),
+            _ => false,
+        };
+        if !same {
+            return None;
+        }
+        // A whole state too large for a base came in the changes format: the layers stay.
+        let base = Base::parse(bytes).ok()?;
+        Some(ReplacedLayers(std::mem::replace(
+            &mut self.below,
+            Below::of(base),
+        )))
     }
 
     /// Spills bases larger than `spill.above_bytes` to `spill.dir` from the next one on (see
@@ -661,9 +827,9 @@ impl KeyedState {
         if bytes.first() == Some(&BASE_VERSION) {
             let base = Base::parse(bytes)?;
             self.ttl.earliest = self.ttl.earliest.min(base.earliest());
-            if self.base.is_empty() && self.overlay.is_empty() {
+            if self.below.is_empty() && self.overlay.is_empty() {
                 self.live = base.len();
-                self.base = base;
+                self.below = Below::of(base);
             } else {
                 for (key, value, expiry) in base.entries() {
                     self.put_committed(key.to_vec(), value.to_vec(), expiry, false);
@@ -930,7 +1096,8 @@ mod tests {
     }
 
     /// A base with its overlay, through puts, deletes, rollbacks, expiry, deltas and bases
-    /// (compactions), holds what a plain map does, and its checkpoint files restore it.
+    /// (compactions, written at once or beside further writes, taken or failed), holds what a
+    /// plain map does, and its checkpoint files restore it.
     #[test]
     fn base_and_overlay_hold_what_a_plain_map_does_and_restore_from_their_files() {
         base_and_overlay_match_a_plain_map(None);
@@ -981,6 +1148,9 @@ mod tests {
         let mut model: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
         let mut call: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut files: Vec<Bytes> = Vec::new();
+        // A base being written beside the state, and whether the next checkpoint must be one.
+        let mut writing: Option<BaseWrite> = None;
+        let mut must_base = false;
         let mut time = 0i64;
         let key = |k: u64| format!("key-{k}").into_bytes();
         for step in 0..6_000u64 {
@@ -1024,16 +1194,34 @@ mod tests {
                     }
                 }
                 90..=97 => {
-                    // A checkpoint: a base now and then, else a delta.
-                    let whole = files.is_empty() || next(5) == 0;
-                    let bytes = state.take_changes(whole);
-                    if whole {
-                        files.clear();
+                    // A checkpoint. The one before it, if its base was being written beside
+                    // (while the steps between wrote over the frozen layers), ends first: saved
+                    // and taken by the state, or failed, which leaves the state on its layers
+                    // and makes this one a base.
+                    if let Some(write) = writing.take() {
+                        let bytes = write.write();
+                        if next(4) == 0 {
+                            must_base = true;
+                        } else {
+                            assert!(state.adopt_base(&write, bytes.clone()).is_some());
+                            files = vec![bytes];
+                        }
                     }
-                    files.push(bytes);
+                    // A base now and then, written at once or beside; else a delta.
+                    let whole = must_base || files.is_empty() || next(5) == 0;
+                    must_base = false;
+                    if whole && next(2) == 0 {
+                        writing = Some(state.begin_base());
+                    } else {
+                        let bytes = state.take_changes(whole);
+                        if whole {
+                            files.clear();
+                        }
+                        files.push(bytes);
+                    }
                 }
                 _ => {
-                    if !files.is_empty() && state.changed_keys() == 0 {
+                    if writing.is_none() && !files.is_empty() && state.changed_keys() == 0 {
                         let restored =
                             KeyedState::from_changes(files.iter().cloned()).expect("restores");
                         let mut committed = state.clone();

@@ -119,11 +119,6 @@ impl Base {
         self.count
     }
 
-    /// Whether it holds no key.
-    pub(super) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// The earliest expiry of its keys (a lower bound).
     pub(super) fn earliest(&self) -> i64 {
         self.earliest
@@ -174,6 +169,7 @@ impl Base {
     }
 
     /// Whether it holds `key`.
+    #[cfg(test)]
     pub(super) fn contains(&self, key: &[u8]) -> bool {
         self.get(key).is_some()
     }

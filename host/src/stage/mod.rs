@@ -218,6 +218,25 @@ pub trait Stage: Send {
         None
     }
 
+    /// For a stage whose state is all keyed state: starts a compaction at this cut, the whole
+    /// state to write as a base on another thread while the stage goes on (see
+    /// [`crate::plugin::KeyedState::begin_base`]). `None`: the stage's [`Stage::snapshot`] holds
+    /// its state.
+    fn begin_state_base(&mut self) -> Option<crate::plugin::BaseWrite> {
+        None
+    }
+
+    /// The base `write` wrote, once its checkpoint is saved: the stage's state takes it in place
+    /// of the layers it was written from. Returns what the state let go of, to drop off the
+    /// partition's thread.
+    fn adopt_state_base(
+        &mut self,
+        _write: &crate::plugin::BaseWrite,
+        _bytes: bytes::Bytes,
+    ) -> Option<crate::plugin::ReplacedLayers> {
+        None
+    }
+
     /// The plugin version the stage runs now, if it runs a plugin (dead letters about what the
     /// stage emitted name it when the record does not carry its version).
     fn running_version(&self) -> Option<Arc<str>> {

@@ -34,7 +34,9 @@ use crate::metrics::{Metrics, names};
 use crate::plugin::bindings::{EventBatch, OutputBatch};
 use crate::plugin::shadow::{REJECTED_OUTPUT, ShadowOutputs, ShadowRecord, ShadowRun};
 use crate::plugin::slot::CallTally;
-use crate::plugin::{CallError, InstanceSlot, KeyedState, Plugin, PluginInstance};
+use crate::plugin::{
+    BaseWrite, CallError, InstanceSlot, KeyedState, Plugin, PluginInstance, ReplacedLayers,
+};
 use crate::time::{END_OF_INPUT, Mark};
 
 /// What is particular to one kind of plugin stage: its state and how it runs a batch, with the
@@ -414,6 +416,17 @@ impl<K: StageKind> Stage for PluginStage<K> {
 
     fn take_state_changes(&mut self, whole: bool) -> Option<bytes::Bytes> {
         K::KEYED_ONLY.then(|| self.core.slot.keyed_state_mut().take_changes(whole))
+    }
+
+    fn begin_state_base(&mut self) -> Option<BaseWrite> {
+        K::KEYED_ONLY.then(|| self.core.slot.keyed_state_mut().begin_base())
+    }
+
+    fn adopt_state_base(&mut self, write: &BaseWrite, bytes: Bytes) -> Option<ReplacedLayers> {
+        if !K::KEYED_ONLY {
+            return None;
+        }
+        self.core.slot.keyed_state_mut().adopt_base(write, bytes)
     }
 
     fn running_version(&self) -> Option<Arc<str>> {
