@@ -339,18 +339,20 @@ impl Drop for WeirProcess {
         // A failing test's temporary directory, and the log in it, go with it: show the end of
         // the log where the test's output is kept (the harness prints it with the failure).
         if std::thread::panicking() {
-            let log = self.log_text();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
             eprintln!(
-                "--- last {} lines of the log of weir process {} ({}) ---\n{}\n--- end of log ---",
-                tail.len(),
+                "--- the end of the log of weir process {} ({}) ---\n{}\n--- end of log ---",
                 self.child.id(),
                 self.log.display(),
-                tail.join("\n")
+                log_tail(&self.log_text())
             );
         }
     }
+}
+
+/// The last [`LOG_LINES_ON_FAILURE`] lines of a process's log.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..].join("\n")
 }
 
 /// Runs `weir run` on `config` to completion and returns its log; panics if it fails.
@@ -431,7 +433,15 @@ pub fn stop_all(processes: Vec<Option<WeirProcess>>) -> Vec<String> {
         process.terminate();
     }
     for process in processes.into_iter().flatten() {
-        assert!(process.wait(std::time::Duration::from_secs(60)).success());
+        let (pid, log) = (process.child.id(), process.log.clone());
+        let status = process.wait(std::time::Duration::from_secs(60));
+        if !status.success() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "weir process {pid} ended with {status}; the end of its log:\n{}",
+                log_tail(&log)
+            );
+        }
     }
     logs
 }

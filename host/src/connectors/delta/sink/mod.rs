@@ -1032,9 +1032,13 @@ impl WriterRef {
             let durable = {
                 let buffer = self.shared.lock_buffer();
                 match buffer.parts.get(&self.app_id) {
-                    Some(part) if part.epoch == self.epoch => {
-                        (part.committed_take >= wanted).then_some(part.durable)
-                    }
+                    // Done once the take is committed, or once nothing of the partition is left
+                    // to commit: a commit that found every row of its take in the table already
+                    // (another writer's) and then failed for the other partitions' rows puts
+                    // back none of them, and its take is never committed as such.
+                    Some(part) if part.epoch == self.epoch => (part.committed_take >= wanted
+                        || (part.rows == 0 && part.in_flight == 0))
+                        .then_some(part.durable),
                     _ => return Err(superseded(&self.scope, &self.shared.name)),
                 }
             };

@@ -1979,3 +1979,41 @@ async fn a_full_buffer_commits_beside_the_writer_which_waits_only_at_twice_the_s
         "no empty commits"
     );
 }
+
+/// A commit took a partition's rows, found every one of them in the table already (another
+/// process committed those positions while the partition moved) and failed for another
+/// partition's rows: it puts none back. The partition's flush then ends, rather than waiting
+/// (committing nothing, again and again) for a take that will never be committed as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_whose_rows_a_failed_commit_found_in_the_table_ends() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let table = dir.path().join("t");
+    let sink = open(&table, TELEMETRY).await;
+    let mut w = writer(&sink, 0, None).await;
+    write_all(&mut w, readings(0, 0..10)).await;
+    let flushing = w.begin_flush().await.expect("begin");
+    // What such a commit leaves: the rows taken, none left after the table's, put back.
+    {
+        let _committing = sink.shared.committer.lock().await;
+        let mut taken = sink.shared.take_buffered();
+        for pending in &mut taken {
+            pending.chunks.clear();
+        }
+        sink.shared.restore(taken);
+    }
+    let progress = tokio::time::timeout(Duration::from_secs(20), flushing)
+        .await
+        .expect("the flush ends")
+        .expect("flush");
+    assert_eq!(progress_position(&progress), None, "{progress}");
+    // The partition goes on: its next rows are committed as usual.
+    write_all(&mut w, readings(0, 10..12)).await;
+    let next = w.begin_flush().await.expect("begin").await.expect("flush");
+    assert_eq!(progress_position(&next), Some(11));
+    assert_eq!(
+        row_keys(&read_with_rust(&table).await),
+        expected_keys(&[(0, 10..12)])
+    );
+}
