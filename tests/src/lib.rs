@@ -154,12 +154,16 @@ pub fn weir_binary() -> PathBuf {
 /// end, the CPU time that run took on every core.
 pub fn children_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 =
-        fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
-    ticks as f64 / 100.0
+    stat_seconds(&stat, 13).expect("cutime and cstime in /proc/self/stat")
+}
+
+/// The sum of two consecutive clock-tick fields of a `/proc/.../stat` line, in seconds;
+/// `index` counts from the state (field 3), after the command name, which may hold spaces.
+fn stat_seconds(stat: &str, index: usize) -> Option<f64> {
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after.split_whitespace().skip(index);
+    let mut tick = || fields.next()?.parse::<u64>().ok();
+    Some((tick()? + tick()?) as f64 / 100.0)
 }
 
 /// User and system seconds of this process's threads whose name starts with `prefix` (live
@@ -169,28 +173,18 @@ pub fn thread_cpu_seconds(prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let mut ticks = 0u64;
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        ticks += field(11) + field(12);
-    }
-    ticks as f64 / 100.0
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // utime and stime
+            stat_seconds(&stat, 11)
+        })
+        .sum()
 }
 
 /// A running `weir` process.

@@ -188,6 +188,15 @@ impl Drop for CheckpointInFlight {
     }
 }
 
+/// A checkpoint's task (or a state base's write in it) that panicked or was cancelled.
+fn task_failed(location: &str, reason: String) -> WorkerError {
+    WorkerError::Checkpoint(crate::checkpoint::CheckpointError::new(
+        crate::checkpoint::CheckpointErrorKind::Unavailable,
+        location.to_owned(),
+        reason,
+    ))
+}
+
 impl PartitionWorker {
     /// Runs until the source ends or a shutdown is requested, then writes a final checkpoint.
     pub(crate) async fn run(self) -> Result<WorkerReport, WorkerError> {
@@ -1050,10 +1059,9 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Adds every stage's state to `checkpoint`: its keyed state's changes (or whole state) as a
-    /// state file for a stage that checkpoints incrementally, else its snapshot.
-    /// Adds the stages' state to `checkpoint`: the changes since the last one, a snapshot, or a
-    /// base, which is returned to be written in the checkpoint's task.
+    /// Adds every stage's state to `checkpoint`: for a stage that checkpoints incrementally, its
+    /// keyed state's changes as a state file, or a base, returned to be written in the
+    /// checkpoint's task; else its snapshot.
     fn add_stage_states(&mut self, checkpoint: &mut Checkpoint) -> Vec<PendingBase> {
         self.incremental.begin();
         let mut bases = Vec::new();
@@ -1152,7 +1160,7 @@ impl PartitionWorker {
                 tokio::task::spawn_blocking(move || (file, write.write()))
             })
             .collect();
-        let describe = self.checkpoints.describe();
+        let location = self.checkpoints.describe();
         let task = tokio::spawn(async move {
             let flushed = futures::future::join_all(
                 flushes
@@ -1165,11 +1173,10 @@ impl PartitionWorker {
             }
             for written in base_writes {
                 let (file, bytes) = written.await.map_err(|failed| {
-                    WorkerError::Checkpoint(crate::checkpoint::CheckpointError::new(
-                        crate::checkpoint::CheckpointErrorKind::Unavailable,
-                        describe.clone(),
+                    task_failed(
+                        &location,
                         format!("writing a state base of partition {partition} failed: {failed}"),
-                    ))
+                    )
                 })?;
                 checkpoint.state_writes.push((file, bytes));
             }
@@ -1202,14 +1209,11 @@ impl PartitionWorker {
         let mut checkpoint = match (&mut in_flight.task).await {
             Ok(saved) => saved?,
             Err(failed) => {
-                return Err(WorkerError::Checkpoint(
-                    crate::checkpoint::CheckpointError::new(
-                        crate::checkpoint::CheckpointErrorKind::Unavailable,
-                        self.checkpoints.describe(),
-                        format!(
-                            "the checkpoint task of partition {} failed: {failed}",
-                            self.partition
-                        ),
+                return Err(task_failed(
+                    &self.checkpoints.describe(),
+                    format!(
+                        "the checkpoint task of partition {} failed: {failed}",
+                        self.partition
                     ),
                 ));
             }

@@ -86,18 +86,12 @@ type Overlay = HashMap<Vec<u8>, Slot, Hasher>;
 struct Below {
     base: Base,
     frozen: Option<Arc<Overlay>>,
-    /// Number of keys of the two together.
-    live: usize,
 }
 
 impl Below {
     /// A base alone.
     fn of(base: Base) -> Self {
-        Below {
-            live: base.len(),
-            base,
-            frozen: None,
-        }
+        Below { base, frozen: None }
     }
 
     /// The entry of `key`: the frozen overlay's, else the base's.
@@ -119,16 +113,9 @@ impl Below {
         self.get(key).is_some()
     }
 
-    fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
     /// Every entry: the base's the frozen overlay does not replace, then the frozen overlay's.
     fn entries(&self) -> impl Iterator<Item = state_base::Entry<'_>> {
-        match &self.frozen {
-            Some(frozen) => Either::Layered(layered(self.base.entries(), frozen)),
-            None => Either::Base(self.base.entries()),
-        }
+        layered(self.base.entries(), self.frozen.as_deref())
     }
 
     /// Bytes of the base and of the frozen overlay's keys and values.
@@ -139,35 +126,15 @@ impl Below {
     }
 }
 
-/// Either of two iterators of entries (the base's alone, or layered).
-enum Either<A, B> {
-    Base(A),
-    Layered(B),
-}
-
-impl<'a, A, B> Iterator for Either<A, B>
-where
-    A: Iterator<Item = state_base::Entry<'a>>,
-    B: Iterator<Item = state_base::Entry<'a>>,
-{
-    type Item = state_base::Entry<'a>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Either::Base(entries) => entries.next(),
-            Either::Layered(entries) => entries.next(),
-        }
-    }
-}
-
-/// The entries of `lower` that `overlay` does not replace, then the overlay's values.
+/// The entries of `lower` that `overlay` (if any) does not replace, then the overlay's values.
 fn layered<'a>(
     lower: impl Iterator<Item = state_base::Entry<'a>>,
-    overlay: &'a Overlay,
+    overlay: Option<&'a Overlay>,
 ) -> impl Iterator<Item = state_base::Entry<'a>> {
+    let overlay = overlay.filter(|overlay| !overlay.is_empty());
     let from_lower =
-        lower.filter(move |(key, _, _)| overlay.is_empty() || !overlay.contains_key(*key));
-    let from_overlay = overlay.iter().filter_map(|(key, slot)| {
+        lower.filter(move |(key, _, _)| overlay.is_none_or(|overlay| !overlay.contains_key(*key)));
+    let from_overlay = overlay.into_iter().flatten().filter_map(|(key, slot)| {
         slot.value
             .as_deref()
             .map(|value| (key.as_slice(), value, slot.expires_after))
@@ -247,7 +214,9 @@ fn spill_base(below: &Below, spill: &StateSpill, bound: usize) -> Option<Bytes> 
 /// What a state let go of when it took a new base: dropping it frees the old base and the
 /// frozen overlay (for millions of keys, long enough to do off the partition's thread).
 #[derive(Debug)]
-pub struct ReplacedLayers(#[allow(dead_code)] Below);
+pub struct ReplacedLayers {
+    _layers: Below,
+}
 
 /// A value written during a call, with the time-to-live it was written with (`None`: the
 /// stage's).
@@ -469,7 +438,7 @@ impl KeyedState {
     /// Every committed key, value and expiry: the lower layers' the overlay does not replace,
     /// then the overlay's.
     fn entries(&self) -> impl Iterator<Item = state_base::Entry<'_>> {
-        layered(self.below.entries(), &self.overlay)
+        layered(self.below.entries(), Some(&self.overlay))
     }
 
     /// Stores `value` under `key` (pending until [`KeyedState::commit`]).
@@ -774,9 +743,8 @@ impl KeyedState {
     /// on go to a fresh overlay above them, as the next checkpoint's changes.
     pub fn begin_base(&mut self) -> BaseWrite {
         self.changed.clear();
-        // A new map rather than a cleared one: the old one's capacity is the largest the
-        // overlay ever was.
-        // (Its slots' `changed` flags are never read again.)
+        // Frozen as it is (its slots' `changed` flags are not read again); the fresh overlay
+        // starts small rather than at the largest the old one grew to.
         let overlay = std::mem::take(&mut self.overlay);
         let frozen = match self.below.frozen.take() {
             // A base began earlier and was not taken (its checkpoint failed): the two overlays
@@ -788,7 +756,6 @@ impl KeyedState {
             None => Arc::new(overlay),
         };
         self.below.frozen = Some(frozen);
-        self.below.live = self.live;
         BaseWrite {
             below: self.below.clone(),
             spill: self.spill.clone(),
@@ -808,10 +775,9 @@ impl KeyedState {
         }
         // A whole state too large for a base came in the changes format: the layers stay.
         let base = Base::parse(bytes).ok()?;
-        Some(ReplacedLayers(std::mem::replace(
-            &mut self.below,
-            Below::of(base),
-        )))
+        Some(ReplacedLayers {
+            _layers: std::mem::replace(&mut self.below, Below::of(base)),
+        })
     }
 
     /// Spills bases larger than `spill.above_bytes` to `spill.dir` from the next one on (see
@@ -827,7 +793,7 @@ impl KeyedState {
         if bytes.first() == Some(&BASE_VERSION) {
             let base = Base::parse(bytes)?;
             self.ttl.earliest = self.ttl.earliest.min(base.earliest());
-            if self.below.is_empty() && self.overlay.is_empty() {
+            if self.live == 0 && self.overlay.is_empty() {
                 self.live = base.len();
                 self.below = Below::of(base);
             } else {

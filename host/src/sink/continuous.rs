@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{SinkError, WriterScope};
+use super::{PendingFlush, SinkError, SinkProgress, WriterScope};
 
 /// Sends records to a destination, in order, with the sink's own retries.
 #[async_trait]
@@ -95,7 +95,7 @@ impl<R: Send + 'static> Continuous<R> {
 
     /// The error that stopped the sender, if one did.
     fn failed(&self) -> Option<SinkError> {
-        self.failure.lock().ok().and_then(|failure| failure.clone())
+        failure_of(&self.failure)
     }
 
     /// Hands `records` to the sender, waiting while too many are unacknowledged.
@@ -135,14 +135,20 @@ impl<R: Send + 'static> Continuous<R> {
         let failure = Arc::clone(&self.failure);
         let gone = self.gone.clone();
         Ok(async move {
-            answered.await.map_err(|_| {
-                failure
-                    .lock()
-                    .ok()
-                    .and_then(|failure| failure.clone())
-                    .unwrap_or(gone)
-            })?
+            answered
+                .await
+                .map_err(|_| failure_of(&failure).unwrap_or(gone))?
         })
+    }
+
+    /// A writer's flush: resolves to `progress` once every record handed over so far is
+    /// acknowledged (see [`Continuous::begin_barrier`]).
+    pub fn begin_flush(&mut self, progress: SinkProgress) -> Result<PendingFlush, SinkError> {
+        let acknowledged = self.begin_barrier()?;
+        Ok(Box::pin(async move {
+            acknowledged.await?;
+            Ok(progress)
+        }))
     }
 
     /// The error for a sender that is gone: the one that stopped it.
@@ -156,6 +162,11 @@ impl<R> Drop for Continuous<R> {
         // What it still holds is after the last checkpoint: the replay sends it again.
         self.task.abort();
     }
+}
+
+/// The error recorded in `failure`, if any.
+fn failure_of(failure: &Mutex<Option<SinkError>>) -> Option<SinkError> {
+    failure.lock().ok().and_then(|failure| failure.clone())
 }
 
 /// The task behind a [`Continuous`].

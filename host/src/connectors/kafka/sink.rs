@@ -315,17 +315,12 @@ impl SinkWriter for KafkaWriter {
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        self.sender.barrier().await?;
-        Ok(json!({ "produced": self.produced }))
+        self.begin_flush().await?.await
     }
 
     async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
-        let acknowledged = self.sender.begin_barrier()?;
-        let produced = self.produced;
-        Ok(Box::pin(async move {
-            acknowledged.await?;
-            Ok(json!({ "produced": produced }))
-        }))
+        self.sender
+            .begin_flush(json!({ "produced": self.produced }))
     }
 }
 

@@ -618,6 +618,12 @@ impl Shared {
             let rows = p.rows();
             match buffer.parts.get_mut(&p.app_id) {
                 Some(part) if part.epoch == p.epoch => {
+                    if rows == 0 {
+                        // The commit found every row of this take in the table already
+                        // (another writer's) before it failed for other rows: the take is
+                        // as good as committed, and nothing goes back.
+                        part.committed_take = part.committed_take.max(p.take);
+                    }
                     let mut chunks = p.chunks;
                     chunks.append(&mut part.chunks);
                     part.chunks = chunks;
@@ -1032,13 +1038,9 @@ impl WriterRef {
             let durable = {
                 let buffer = self.shared.lock_buffer();
                 match buffer.parts.get(&self.app_id) {
-                    // Done once the take is committed, or once nothing of the partition is left
-                    // to commit: a commit that found every row of its take in the table already
-                    // (another writer's) and then failed for the other partitions' rows puts
-                    // back none of them, and its take is never committed as such.
-                    Some(part) if part.epoch == self.epoch => (part.committed_take >= wanted
-                        || (part.rows == 0 && part.in_flight == 0))
-                        .then_some(part.durable),
+                    Some(part) if part.epoch == self.epoch => {
+                        (part.committed_take >= wanted).then_some(part.durable)
+                    }
                     _ => return Err(superseded(&self.scope, &self.shared.name)),
                 }
             };

@@ -350,17 +350,11 @@ impl SinkWriter for EventHubsWriter {
     }
 
     async fn flush(&mut self) -> Result<SinkProgress, SinkError> {
-        self.sender.barrier().await?;
-        Ok(json!({ "sent": self.sent }))
+        self.begin_flush().await?.await
     }
 
     async fn begin_flush(&mut self) -> Result<PendingFlush, SinkError> {
-        let acknowledged = self.sender.begin_barrier()?;
-        let sent = self.sent;
-        Ok(Box::pin(async move {
-            acknowledged.await?;
-            Ok(json!({ "sent": sent }))
-        }))
+        self.sender.begin_flush(json!({ "sent": self.sent }))
     }
 }
 
