@@ -14,7 +14,7 @@ use proptest::test_runner::{Config, RngSeed};
 
 use crate::codec::Reader;
 use crate::json::{FieldValue, event_time_millis, top_level_field};
-use crate::plugin::bindings::{Emitted, OutputBatch, Rejection};
+use crate::plugin::bindings::{OutputBatch, Rejection};
 
 /// The configuration of every property here: `PROPTEST_CASES` and `PROPTEST_RNG_SEED` when set,
 /// else 64 cases from a fixed seed; failures are kept as regression tests by hand, not in files.
@@ -177,17 +177,24 @@ proptest! {
     fn a_plugin_output_batch_is_checked_before_the_host_reads_it(
         targets in prop::collection::vec(any::<String>(), 0..4),
         payloads in prop::collection::vec(any::<u8>(), 0..64),
-        emitted in prop::collection::vec((0u32..12, 0u32..6, 0u32..80, any::<bool>()), 0..16),
+        emitted in prop::collection::vec((0u32..12, 0u32..6, 0u32..80, 0u32..3), 0..16),
+        // Bytes cut off the end of the emitted column: a column that is not whole records.
+        cut in prop::sample::select(vec![0usize, 0, 0, 1, 5]),
         rejected in prop::collection::vec(0u32..12, 0..4),
         events in 0usize..10,
     ) {
+        let mut column = Vec::new();
+        for (event, target, payload_end, forward) in emitted {
+            // A forward flag other than 0 or 1, as a guest might write it, reads as true.
+            for number in [event, target, payload_end, forward] {
+                crate::plugin::columns::push_u32(&mut column, number);
+            }
+        }
+        column.truncate(column.len().saturating_sub(cut));
         let output = OutputBatch {
             targets,
             payloads,
-            emitted: emitted
-                .into_iter()
-                .map(|(event, target, payload_end, forward)| Emitted { event, target, payload_end, forward })
-                .collect(),
+            emitted: column,
             rejected: rejected
                 .into_iter()
                 .map(|event| Rejection { event, reason: "r".into() })
@@ -197,7 +204,8 @@ proptest! {
         if crate::plugin::check_output(&output, events).is_ok() {
             // What the host then reads is all in range.
             let mut start = 0usize;
-            for e in &output.emitted {
+            prop_assert!(crate::plugin::columns::whole_records(&output.emitted));
+            for e in crate::plugin::columns::emitted(&output.emitted) {
                 prop_assert!((e.event as usize) < events);
                 prop_assert!(output.targets.get(e.target as usize).is_some());
                 prop_assert!(output.payloads.get(start..e.payload_end as usize).is_some());

@@ -13,10 +13,11 @@
 //       assert.ok(outcome.forwardedTo("rows"));
 //     });
 //
-// The harness lays events out in a batch exactly as the host does, runs it through the runner the
-// component's export runs (the same state cache, the same rollback of a rejected event, the same
-// output encoding) and decodes the output as the host does. Keyed state (JSON text per key, as the
-// host keeps it), counters, logs, the stage config and reference tables live in memory.
+// The harness lays events out in a batch exactly as the host does (every column of numbers packed
+// little-endian into bytes), runs it through the runner the component's export runs (the same state
+// cache, the same rollback of a rejected event, the same output encoding) and decodes and checks
+// the output as the host does. Keyed state (JSON text per key, as the host keeps it), counters,
+// logs, the stage config and reference tables live in memory.
 
 import {
   Context, PLUGIN, declaredFields, runFinish, runFold, runJoin, runTransform,
@@ -51,6 +52,92 @@ function concat(parts) {
     at += part.length;
   }
   return out;
+}
+
+// ----- Packed columns, written and read as the host does -----
+//
+// A packed column is a `list<u8>` (a Uint8Array) holding one number per event, record or write,
+// little-endian, a fixed width each: `u32s` 4 bytes, `u64s` and `s64s` 8, `u16s` 2, `bools` 1 (0 or
+// 1). These are written and read byte by byte through a DataView, whatever this machine's byte
+// order, independently of the SDK's own reading and writing.
+
+const WIDTHS = { u32s: 4, u64s: 8, s64s: 8, u16s: 2, bools: 1 };
+
+/** `numbers` (Numbers or BigInts; booleans for `bools`) as a packed column of `type`. */
+function pack(type, numbers) {
+  const width = WIDTHS[type];
+  const out = new Uint8Array(numbers.length * width);
+  const view = new DataView(out.buffer);
+  numbers.forEach((n, i) => {
+    const at = i * width;
+    if (type === "u32s") view.setUint32(at, n, true);
+    else if (type === "u64s") view.setBigUint64(at, BigInt(n), true);
+    else if (type === "s64s") view.setBigInt64(at, BigInt(n), true);
+    else if (type === "u16s") view.setUint16(at, n, true);
+    else view.setUint8(at, n ? 1 : 0);
+  });
+  return out;
+}
+
+/** The numbers of the packed column `column` of `type` (Numbers; BigInts for `u64s` and `s64s`,
+ * booleans for `bools`). Throws, naming `what`, unless it is a Uint8Array of whole numbers (and
+ * `bools` are 0 or 1), what the host's bindings take. */
+function unpack(type, column, what = type) {
+  const width = WIDTHS[type];
+  if (!(column instanceof Uint8Array)) {
+    throw new TypeError(`${what}: a packed column is a Uint8Array, not ${column?.constructor?.name ?? column}`);
+  }
+  if (column.length % width !== 0) {
+    throw new RangeError(`${what}: ${column.length} bytes, not a whole number of ${width}-byte numbers`);
+  }
+  const view = new DataView(column.buffer, column.byteOffset, column.byteLength);
+  const out = new Array(column.length / width);
+  for (let i = 0; i < out.length; i++) {
+    const at = i * width;
+    if (type === "u32s") out[i] = view.getUint32(at, true);
+    else if (type === "u64s") out[i] = view.getBigUint64(at, true);
+    else if (type === "s64s") out[i] = view.getBigInt64(at, true);
+    else if (type === "u16s") out[i] = view.getUint16(at, true);
+    else {
+      const byte = view.getUint8(at);
+      if (byte > 1) throw new RangeError(`${what}: flag ${i} is ${byte} (0 or 1)`);
+      out[i] = byte === 1;
+    }
+  }
+  return out;
+}
+
+/** The records of an output's `emitted` column (four `u32s` numbers each: event, target, payload
+ * end, forward), checked with its rejections as the host checks an output of a call over `events`
+ * events (windows, pairs). */
+function emittedRecords(output, events) {
+  const numbers = unpack("u32s", output.emitted, "emitted");
+  if (numbers.length % 4 !== 0) {
+    throw new RangeError(`emitted: ${output.emitted.length} bytes, not a whole number of 16-byte records`);
+  }
+  const payloads = output.payloads;
+  if (!(payloads instanceof Uint8Array)) throw new TypeError("payloads: not a Uint8Array");
+  const records = [];
+  let start = 0;
+  for (let i = 0; i < numbers.length; i += 4) {
+    const [event, target, payloadEnd, forward] = numbers.slice(i, i + 4);
+    if (forward > 1) throw new RangeError(`a record whose forward flag is ${forward} (0 or 1)`);
+    if (event >= events) throw new RangeError(`a record for event ${event} of a batch of ${events}`);
+    if (target >= output.targets.length) {
+      throw new RangeError(`a record for target ${target} of ${output.targets.length}`);
+    }
+    if (payloadEnd < start || payloadEnd > payloads.length) {
+      throw new RangeError(`payload end ${payloadEnd} after ${start} in a buffer of ${payloads.length} bytes`);
+    }
+    records.push({ event, target, payloadEnd, forward: forward === 1 });
+    start = payloadEnd;
+  }
+  for (const rejection of output.rejected) {
+    if (rejection.event >= events) {
+      throw new RangeError(`a rejection of event ${rejection.event} of a batch of ${events}`);
+    }
+  }
+  return records;
 }
 
 const strictDecoder = new TextDecoder("utf-8", { fatal: true });
@@ -110,9 +197,9 @@ export function fieldTexts(body, names) {
   return names.map((name) => encoder.encode(spans.get(name) ?? ""));
 }
 
-/** `events` in the WIT batch layout (camelCase, typed arrays and BigInts as componentize-js), with
- * the fields `project` projected out of the bodies that are JSON objects, as the host does for a
- * plugin that asked for them (`wanted-fields`). */
+/** `events` in the WIT batch layout (camelCase and Uint8Arrays as componentize-js gives them, every
+ * column of numbers packed), with the fields `project` projected out of the bodies that are JSON
+ * objects, as the host does for a plugin that asked for them (`wanted-fields`). */
 function batch(events, firstPosition, project = []) {
   const bodies = [];
   const keys = [];
@@ -134,7 +221,8 @@ function batch(events, firstPosition, project = []) {
     }
   }
   out.fieldValues = concat(values);
-  out.fieldEnds = Uint32Array.from(out.fieldEnds);
+  out.fieldEnds = pack("u32s", out.fieldEnds);
+  out.projected = pack("bools", out.projected);
   let bodyLength = 0;
   let keyLength = 0;
   events.forEach((event, i) => {
@@ -161,11 +249,12 @@ function batch(events, firstPosition, project = []) {
   }
   out.bodies = concat(bodies);
   out.keys = concat(keys);
-  out.bodyEnds = Uint32Array.from(out.bodyEnds);
-  out.keyEnds = Uint32Array.from(out.keyEnds);
-  out.positions = BigUint64Array.from(out.positions);
-  out.eventTimes = BigInt64Array.from(out.eventTimes);
-  out.enqueuedTimes = BigInt64Array.from(out.enqueuedTimes);
+  out.bodyEnds = pack("u32s", out.bodyEnds);
+  out.keyEnds = pack("u32s", out.keyEnds);
+  out.positions = pack("u64s", out.positions);
+  out.eventTimes = pack("s64s", out.eventTimes);
+  out.enqueuedTimes = pack("s64s", out.enqueuedTimes);
+  out.eventSources = pack("u16s", out.eventSources);
   return out;
 }
 
@@ -201,16 +290,22 @@ class MemoryHost {
   stateWriteBatch(writes) {
     const memory = this.memory;
     memory.stateCalls += 1;
+    const keyEnds = unpack("u32s", writes.keyEnds, "writes.keyEnds");
+    const valueEnds = unpack("u32s", writes.valueEnds, "writes.valueEnds");
+    const deletes = unpack("bools", writes.deletes, "writes.deletes");
+    if (valueEnds.length !== keyEnds.length || deletes.length !== keyEnds.length) {
+      throw new RangeError(`writes: ${keyEnds.length} key ends, ${valueEnds.length} value ends, ${deletes.length} deletes`);
+    }
     memory.recent = [];
     let keyStart = 0;
     let valueStart = 0;
-    for (let i = 0; i < writes.keyEnds.length; i++) {
-      const key = decoder.decode(writes.keys.subarray(keyStart, writes.keyEnds[i]));
+    for (let i = 0; i < keyEnds.length; i++) {
+      const key = decoder.decode(writes.keys.subarray(keyStart, keyEnds[i]));
       memory.recent.push(key);
-      if (writes.deletes[i]) memory.state.delete(key);
-      else memory.state.set(key, decoder.decode(writes.values.subarray(valueStart, writes.valueEnds[i])));
-      keyStart = writes.keyEnds[i];
-      valueStart = writes.valueEnds[i];
+      if (deletes[i]) memory.state.delete(key);
+      else memory.state.set(key, decoder.decode(writes.values.subarray(valueStart, valueEnds[i])));
+      keyStart = keyEnds[i];
+      valueStart = valueEnds[i];
     }
   }
 
@@ -239,6 +334,9 @@ class MemoryHost {
     }
     entries.keys = concat(keyParts);
     entries.values = concat(valueParts);
+    entries.keyEnds = pack("u32s", entries.keyEnds);
+    entries.valueEnds = pack("u32s", entries.valueEnds);
+    entries.deletes = pack("bools", entries.deletes);
     return { entries, whole };
   }
 
@@ -265,7 +363,7 @@ export class Outcome {
     /** [input index, output, bytes, forwarded] of every record. */
     this.records = [];
     let start = 0;
-    for (const e of output.emitted) {
+    for (const e of emittedRecords(output, inputs.length)) {
       let data;
       if (e.forward) {
         data = inputs[e.event];
@@ -393,13 +491,15 @@ export class WindowHarness extends Base {
       events: batch(events, this._position, this._projected()),
       windows: [{ key: JSON.stringify(key), start: BigInt(start), end: BigInt(end) }],
       accumulators: stored,
-      accumulatorEnds: [stored.length],
-      members: Uint32Array.from(events.map((_, i) => i)),
-      memberEnds: [events.length],
+      accumulatorEnds: pack("u32s", [stored.length]),
+      members: pack("u32s", events.map((_, i) => i)),
+      memberEnds: pack("u32s", [events.length]),
     };
     this._position += events.length;
     const response = runFold(this._ctx, request, this.aggregate);
-    this.accumulators.set(this._id(key, start, end), decoder.decode(response.accumulators.slice(0, response.accumulatorEnds[0])));
+    const ends = unpack("u32s", response.accumulatorEnds, "accumulatorEnds");
+    if (ends.length !== 1) throw new RangeError(`${ends.length} accumulators for 1 window`);
+    this.accumulators.set(this._id(key, start, end), decoder.decode(response.accumulators.slice(0, ends[0])));
     return response.rejected.map((r) => [r.event, r.reason]);
   }
 
@@ -417,7 +517,7 @@ export class WindowHarness extends Base {
     const request = {
       windows: [{ key: JSON.stringify(key), start: BigInt(start), end: BigInt(end) }],
       accumulators: stored,
-      accumulatorEnds: [stored.length],
+      accumulatorEnds: pack("u32s", [stored.length]),
     };
     return new Outcome(runFinish(this._ctx, request, this.aggregate), [new Uint8Array()]);
   }

@@ -24,6 +24,68 @@
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+// ----- Packed columns -----
+//
+// Every WIT column with one number per event, record or write is a *packed column*: a `list<u8>`
+// (a Uint8Array here) holding the numbers little-endian, a fixed width each: `u32s` 4 bytes, `u64s`
+// and `s64s` 8, `u16s` 2, `bools` 1 (0 or 1). Each column is read once per batch into a typed array
+// (a view of its bytes when they are aligned, else one copy), and a 64-bit column into its 32-bit
+// words, low word first, so an event reads its numbers without a BigInt. Columns going out are built
+// in typed arrays and handed over as their bytes.
+
+/** Whether typed arrays are little-endian here, as the columns are (and WebAssembly always is). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+const TWO_32 = 4294967296;
+
+/** `column` as bytes: a Uint8Array as it is, another typed array or a DataView as its bytes, an
+ * array of byte values copied. */
+function bytesOf(column) {
+  if (column instanceof Uint8Array) return column;
+  if (ArrayBuffer.isView(column)) return new Uint8Array(column.buffer, column.byteOffset, column.byteLength);
+  return Uint8Array.from(column ?? []);
+}
+
+/** The numbers of a packed column of `Type`'s width (Uint32Array for `u32s`, and for the words of
+ * `u64s` and `s64s`; Uint16Array for `u16s`); a trailing partial number is ignored. */
+function unpack(column, Type) {
+  const bytes = bytesOf(column);
+  const width = Type.BYTES_PER_ELEMENT;
+  const count = Math.floor(bytes.length / width);
+  if (LITTLE_ENDIAN) {
+    return bytes.byteOffset % width === 0
+      ? new Type(bytes.buffer, bytes.byteOffset, count)
+      : new Type(bytes.slice(0, count * width).buffer);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const out = new Type(count);
+  for (let i = 0; i < count; i++) {
+    out[i] = width === 4 ? view.getUint32(i * 4, true) : view.getUint16(i * 2, true);
+  }
+  return out;
+}
+
+/** The numbers of a `u32s` column. */
+const u32s = (column) => unpack(column, Uint32Array);
+
+/** Number `i` of a `u64s` column read as words (`u32s`), as a Number (rounded past 2**53, as
+ * `Number(bigint)` rounds). */
+const u64At = (words, i) => words[2 * i + 1] * TWO_32 + words[2 * i];
+
+/** Number `i` of an `s64s` column read as words (`u32s`), as a Number (two's complement: the high
+ * word is signed). */
+const s64At = (words, i) => (words[2 * i + 1] | 0) * TWO_32 + words[2 * i];
+
+/** The first `count` numbers of `numbers` (a Uint32Array) as a `u32s` column: a view of their
+ * bytes, or a little-endian copy where typed arrays are big-endian. */
+function packU32(numbers, count = numbers.length) {
+  if (LITTLE_ENDIAN) return new Uint8Array(numbers.buffer, numbers.byteOffset, count * 4);
+  const out = new Uint8Array(count * 4);
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < count; i++) view.setUint32(i * 4, numbers[i], true);
+  return out;
+}
+
 /** Rejects the current event with a reason (it goes to the dead-letter sink). */
 export class Reject extends Error {
   constructor(reason) {
@@ -118,23 +180,32 @@ export function join(fn, { fields } = {}) {
 
 const UNPARSED = Symbol("unparsed");
 
-/** What the events of one batch share: the WIT batch, its bodies decoded once (when they are
+/** What the events of one batch share: the WIT batch, its packed columns read (the body ends and
+ * event times at once, the others when first asked for), its bodies decoded once (when they are
  * ASCII, byte offsets are then character offsets), its sources and properties, and the fields
  * the plugin declared with where the host's projection holds them. */
 class Batch {
   constructor(wit, fields = null) {
     this.wit = wit;
+    this.bodyEnds = u32s(wit.bodyEnds);
+    /** The event times' words (`s64s`). */
+    this.times = u32s(wit.eventTimes);
     const bodies = wit.bodies;
     this.text = null;
     if (bodies.length > 0) {
       const decoded = decoder.decode(bodies);
       if (decoded.length === bodies.length) this.text = decoded;
     }
+    this.keyEnds = null;
     this.keyText = undefined;
+    this.positions = null;
+    this.enqueuedTimes = null;
     this.properties = undefined;
     const names = wit.sources;
     this.sources = names && names.length > 0 && wit.eventSources && wit.eventSources.length > 0
       ? names : null;
+    /** The `sources` index of each event (`u16s`), read when first asked for. */
+    this.eventSources = null;
     /** The declared fields, or null: then `json()` is the whole body. */
     this.fields = fields;
     /** Per declared field, its place among the projected fields; null: no projection to use. */
@@ -148,23 +219,32 @@ class Batch {
   project(wit, fields) {
     const names = wit.fieldNames;
     if (!names || names.length === 0) return;
-    const count = wit.bodyEnds.length;
-    const ends = wit.fieldEnds;
-    if (!ends || ends.length !== count * names.length) return;
-    if (wit.projected && wit.projected.length !== count) return;
+    const count = this.bodyEnds.length;
+    if (!wit.fieldEnds) return;
+    const ends = u32s(wit.fieldEnds);
+    if (ends.length !== count * names.length) return;
+    // `bools`: one byte per event, 0 for an event the host did not project.
+    const projected = wit.projected ? bytesOf(wit.projected) : null;
+    if (projected && projected.length !== count) return;
     const slots = fields.map((f) => names.indexOf(f));
     if (slots.includes(-1)) return; // Not all projected: the bodies are parsed.
     this.slots = slots;
     this.width = names.length;
     this.fieldEnds = ends;
-    this.projected = wit.projected && !wit.projected.every(Boolean) ? wit.projected : null;
+    this.projected = projected && projected.indexOf(0) >= 0 ? projected : null;
     const values = wit.fieldValues;
     const decoded = decoder.decode(values);
     this.fieldText = decoded.length === values.length ? decoded : null;
   }
 
   start(index) {
-    return index === 0 ? 0 : Number(this.wit.bodyEnds[index - 1]);
+    return index === 0 ? 0 : this.bodyEnds[index - 1];
+  }
+
+  /** Event `index`'s position in its source partition. */
+  position(index) {
+    if (this.positions === null) this.positions = u32s(this.wit.positions);
+    return u64At(this.positions, index);
   }
 
   /** What `json()` gives an event when the plugin declared its fields: an object of those of
@@ -237,8 +317,9 @@ export class Event {
   get key() {
     const batch = this._batch;
     const wit = batch.wit;
-    const end = Number(wit.keyEnds[this._index]);
-    const start = this._index === 0 ? 0 : Number(wit.keyEnds[this._index - 1]);
+    if (batch.keyEnds === null) batch.keyEnds = u32s(wit.keyEnds);
+    const end = batch.keyEnds[this._index];
+    const start = this._index === 0 ? 0 : batch.keyEnds[this._index - 1];
     if (end <= start) return null;
     if (batch.keyText === undefined) {
       const decoded = decoder.decode(wit.keys);
@@ -251,12 +332,14 @@ export class Event {
 
   /** When the event entered Weir or its broker, milliseconds since the Unix epoch. */
   get enqueuedTime() {
-    return Number(this._batch.wit.enqueuedTimes[this._index]);
+    const batch = this._batch;
+    if (batch.enqueuedTimes === null) batch.enqueuedTimes = u32s(batch.wit.enqueuedTimes);
+    return s64At(batch.enqueuedTimes, this._index);
   }
 
   /** Position (offset or sequence number) in its source partition. */
   get position() {
-    return Number(this._batch.wit.positions[this._index]);
+    return this._batch.position(this._index);
   }
 
   /** The source partition. */
@@ -266,8 +349,11 @@ export class Event {
 
   /** The name of the source the event comes from, when the host says (else null). */
   get source() {
-    const names = this._batch.sources;
-    return names === null ? null : (names[this._batch.wit.eventSources[this._index]] ?? null);
+    const batch = this._batch;
+    const names = batch.sources;
+    if (names === null) return null;
+    if (batch.eventSources === null) batch.eventSources = unpack(batch.wit.eventSources, Uint16Array);
+    return names[batch.eventSources[this._index]] ?? null;
   }
 
   /** The body as bytes (a view into the batch). */
@@ -349,15 +435,19 @@ export class Window {
 /** Most keys cached; past this the cache is emptied after a flush. */
 export const MAX_CACHED_KEYS = 65536;
 
-/** (key, value or null) of a WIT `writes` record, values as JSON text. */
+/** (key, value or null) of a WIT `writes` record (`key-ends` and `value-ends` packed `u32s`,
+ * `deletes` packed `bools`), values as JSON text. */
 function* entries(writes) {
+  const keyEnds = u32s(writes.keyEnds);
+  const valueEnds = u32s(writes.valueEnds);
+  const deletes = bytesOf(writes.deletes);
   let keyStart = 0;
   let valueStart = 0;
-  for (let i = 0; i < writes.keyEnds.length; i++) {
-    const keyEnd = Number(writes.keyEnds[i]);
-    const valueEnd = Number(writes.valueEnds[i]);
+  for (let i = 0; i < keyEnds.length; i++) {
+    const keyEnd = keyEnds[i];
+    const valueEnd = valueEnds[i] ?? valueStart;
     const key = decoder.decode(writes.keys.subarray(keyStart, keyEnd));
-    const value = writes.deletes[i] ? null : decoder.decode(writes.values.subarray(valueStart, valueEnd));
+    const value = deletes[i] ? null : decoder.decode(writes.values.subarray(valueStart, valueEnd));
     keyStart = keyEnd;
     valueStart = valueEnd;
     yield [key, value];
@@ -429,21 +519,24 @@ class StateCache {
     const count = this.written.size;
     if (count > 0) {
       // One string of keys and one of values, each encoded once (a batch writes about one key
-      // per event); when a string is ASCII its lengths are its byte lengths.
+      // per event); when a string is ASCII its lengths are its byte lengths. The ends go as
+      // packed `u32s`, the deletes as packed `bools` (1: the key is removed).
       const keys = new Array(count);
       const values = new Array(count);
-      const deletes = new Array(count);
+      const deletes = new Uint8Array(count);
       let i = 0;
       for (const [key, text] of this.written) {
         keys[i] = key;
         values[i] = text;
-        deletes[i] = text === "";
+        if (text === "") deletes[i] = 1;
         i++;
       }
       const [keyBytes, keyEnds] = joined(keys);
       const [valueBytes, valueEnds] = joined(values);
       this.written = new Map();
-      host.stateWriteBatch({ keys: keyBytes, keyEnds, values: valueBytes, valueEnds, deletes });
+      host.stateWriteBatch({
+        keys: keyBytes, keyEnds: packU32(keyEnds), values: valueBytes, valueEnds: packU32(valueEnds), deletes,
+      });
     }
     if (this.texts.size > MAX_CACHED_KEYS) {
       this.texts = new Map();
@@ -461,7 +554,7 @@ class StateCache {
   }
 }
 
-/** `parts` concatenated as UTF-8, with the end offset of each. */
+/** `parts` concatenated as UTF-8, with the end offset of each (a Uint32Array). */
 function joined(parts) {
   const text = parts.join("");
   const bytes = encoder.encode(text);
@@ -529,12 +622,16 @@ export class Context {
     this._targets = new Map();
     this._targetNames = [];
     this._payloads = new Payloads();
-    this._emitted = [];
+    // The batch's emitted records, four numbers each in the order of the WIT `emitted` record
+    // (event, target, payload end, forward as 0 or 1): `output-batch.emitted` once packed. The
+    // first `_emittedLength` numbers are used; the array grows by doubling.
+    this._emitted = new Uint32Array(4 * 1024);
+    this._emittedLength = 0;
     this._rejected = [];
     this._event = 0;
-    // The current event's position, or null: then it is `_positions[_event]`.
+    // The current event's position, or null: then it is that of event `_event` of `_batch`.
     this._position = 0;
-    this._positions = [];
+    this._batch = null;
     // The fields the plugin declared, asked of the host in every output (`wanted-fields`).
     this._wantedFields = [];
   }
@@ -550,21 +647,49 @@ export class Context {
       throw new Reject(`cannot serialise a record for output \`${output}\`: ${error.message}`);
     }
     this._payloads.pushText(text);
-    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: false });
+    this._record(this._target(output), 0);
   }
 
   /** Sends `data` (a string or bytes) unchanged to output `output`. */
   emitRaw(output, data) {
     if (typeof data === "string") this._payloads.pushText(data);
     else this._payloads.pushBytes(data);
-    this._emitted.push({ event: this._event, target: this._target(output), payloadEnd: this._payloads.length, forward: false });
+    this._record(this._target(output), 0);
   }
 
   /** Sends the input event's body unchanged to output `output` (nothing is copied). */
   forward(output) {
     let target = this._targets.get(output);
     if (target === undefined) target = this._target(output);
-    this._emitted.push({ event: this._event, target, payloadEnd: this._payloads.length, forward: true });
+    // `_record(target, 1)` written out: a forward is the commonest record, and inside a
+    // component a call costs about what these lines do.
+    const at = this._emittedLength;
+    if (at === this._emitted.length) this._growEmitted();
+    const records = this._emitted;
+    records[at] = this._event;
+    records[at + 1] = target;
+    records[at + 2] = this._payloads.length;
+    records[at + 3] = 1;
+    this._emittedLength = at + 4;
+  }
+
+  /** Appends a record of the current event to `_emitted`, its payload ending where the payloads
+   * do now. */
+  _record(target, forward) {
+    const at = this._emittedLength;
+    if (at === this._emitted.length) this._growEmitted();
+    const records = this._emitted;
+    records[at] = this._event;
+    records[at + 1] = target;
+    records[at + 2] = this._payloads.length;
+    records[at + 3] = forward;
+    this._emittedLength = at + 4;
+  }
+
+  _growEmitted() {
+    const bigger = new Uint32Array(this._emitted.length * 2);
+    bigger.set(this._emitted);
+    this._emitted = bigger;
   }
 
   _target(name) {
@@ -641,7 +766,7 @@ export class Context {
   /** Writes a log record into the host's logs, with the event's position and `fields`. */
   log(level, message, fields = {}) {
     const position = this._position !== null
-      ? this._position : Number(this._positions[this._event]);
+      ? this._position : this._batch.position(this._event);
     const pairs = [["position", String(position)]];
     for (const [key, value] of Object.entries(fields)) pairs.push([key, String(value)]);
     this._host.log(level, String(message), pairs);
@@ -663,7 +788,7 @@ export class Context {
     this._targets = new Map();
     this._targetNames = [];
     this._payloads.length = 0;
-    this._emitted = [];
+    this._emittedLength = 0;
     this._rejected = [];
   }
 
@@ -674,13 +799,13 @@ export class Context {
   }
 
   _reject(reason) {
-    // What the event emitted is at the end of `_emitted`, its payloads after the previous
-    // record's.
-    const emitted = this._emitted;
-    let keep = emitted.length;
-    while (keep > 0 && emitted[keep - 1].event === this._event) keep--;
-    emitted.length = keep;
-    this._payloads.length = keep > 0 ? emitted[keep - 1].payloadEnd : 0;
+    // What the event emitted is at the end of `_emitted` (four numbers a record, the event's
+    // first), its payloads after the previous record's (whose payload end is its third).
+    const records = this._emitted;
+    let keep = this._emittedLength;
+    while (keep > 0 && records[keep - 4] === this._event) keep -= 4;
+    this._emittedLength = keep;
+    this._payloads.length = keep > 0 ? records[keep - 2] : 0;
     this._state.rollbackEvent();
     this._rejected.push({ event: this._event, reason });
   }
@@ -698,7 +823,8 @@ export class Context {
     return {
       targets: this._targetNames,
       payloads: this._payloads.view(),
-      emitted: this._emitted,
+      // A view of `_emitted` (valid until the next batch, as `payloads`).
+      emitted: packU32(this._emitted, this._emittedLength),
       rejected: this._rejected,
       wantedFields: this._wantedFields,
     };
@@ -720,14 +846,18 @@ function reason(error) {
 
 /** The events of a batch in the WIT layout (camelCase fields, as componentize-js gives them). */
 export function batchEvents(wit, fields = null) {
-  const batch = new Batch(wit, fields);
-  const ends = wit.bodyEnds;
-  const times = wit.eventTimes;
+  return eventsOf(new Batch(wit, fields));
+}
+
+function eventsOf(batch) {
+  const ends = batch.bodyEnds;
+  const times = batch.times;
   const events = new Array(ends.length);
   let start = 0;
   for (let i = 0; i < events.length; i++) {
-    const end = Number(ends[i]);
-    events[i] = new Event(batch, i, start, end, Number(times[i]));
+    const end = ends[i];
+    // The event time, an `s64s` number: `s64At(times, i)` written out.
+    events[i] = new Event(batch, i, start, end, (times[2 * i + 1] | 0) * 4294967296 + times[2 * i]);
     start = end;
   }
   return events;
@@ -737,9 +867,10 @@ export function batchEvents(wit, fields = null) {
 export function runTransform(ctx, fn, batch, fields = declaredFields(fn)) {
   ctx._beginBatch();
   ctx._position = null;
-  ctx._positions = batch.positions;
+  const read = new Batch(batch, fields);
+  ctx._batch = read;
   ctx._wantedFields = fields || [];
-  const events = batchEvents(batch, fields);
+  const events = eventsOf(read);
   const undo = ctx._state.undo;
   for (let i = 0; i < events.length; i++) {
     // `_beginEvent`, reduced to what must happen per event: what a rejection rolls back is
@@ -756,12 +887,14 @@ export function runTransform(ctx, fn, batch, fields = declaredFields(fn)) {
   return ctx._output();
 }
 
+/** The ranges of `data` (a typed array) that `ends` (a Uint32Array) end. */
 function ranges(data, ends) {
-  const out = [];
+  const out = new Array(ends.length);
   let start = 0;
-  for (const end of ends) {
-    out.push(data.subarray ? data.subarray(start, Number(end)) : data.slice(start, Number(end)));
-    start = Number(end);
+  for (let i = 0; i < ends.length; i++) {
+    const end = ends[i];
+    out[i] = data.subarray(start, end);
+    start = end;
   }
   return out;
 }
@@ -782,10 +915,11 @@ export function runFold(ctx, request, aggregate = PLUGIN.window) {
   const fields = declaredFields(aggregate);
   ctx._wantedFields = fields || [];
   const events = batchEvents(request.events, fields);
-  const members = ranges(request.members, request.memberEnds);
+  // `members` and the ends are packed `u32s`; `member-ends` count members, not bytes.
+  const members = ranges(u32s(request.members), u32s(request.memberEnds));
   const out = new Payloads();
   const ends = [];
-  const stored = ranges(request.accumulators, request.accumulatorEnds);
+  const stored = ranges(bytesOf(request.accumulators), u32s(request.accumulatorEnds));
   for (let group = 0; group < stored.length; group++) {
     const window = request.windows[group];
     const groupMembers = members[group] || [];
@@ -822,10 +956,10 @@ export function runFold(ctx, request, aggregate = PLUGIN.window) {
     ends.push(out.length);
   }
   ctx._endBatch();
-  if (ctx._emitted.length > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
+  if (ctx._emittedLength > 0) ctx.warn("records emitted during `fold` are discarded: emit them in `finish`");
   return {
     accumulators: out.view(),
-    accumulatorEnds: ends,
+    accumulatorEnds: packU32(Uint32Array.from(ends)),
     rejected: ctx._rejected,
     wantedFields: ctx._wantedFields,
   };
@@ -836,7 +970,7 @@ export function runFinish(ctx, request, aggregate = PLUGIN.window) {
   const init = aggregate.init || (() => ({}));
   ctx._beginBatch();
   ctx._wantedFields = declaredFields(aggregate) || [];
-  const stored = ranges(request.accumulators, request.accumulatorEnds);
+  const stored = ranges(bytesOf(request.accumulators), u32s(request.accumulatorEnds));
   for (let i = 0; i < stored.length; i++) {
     const window = request.windows[i];
     ctx._beginEvent(i, 0);

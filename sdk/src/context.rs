@@ -9,7 +9,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::{CacheStart, Emitted, OutputBatch, Rejection, StateWrites};
+use crate::bindings::{CacheStart, OutputBatch, Rejection, StateWrites};
+use crate::columns::{self, EmittedRecord, push_bool, push_emitted, push_u32};
 use crate::error::{Error, Result};
 
 /// Severity of a log record.
@@ -142,14 +143,14 @@ impl Context {
                 "cannot serialise a record for output `{output}`: {e}"
             )));
         }
-        self.push_emitted(output, start, false)
+        self.add_record(output, start, false)
     }
 
     /// Sends `bytes` unchanged to output `output`.
     pub fn emit_raw(&mut self, output: &str, bytes: &[u8]) -> Result<()> {
         let start = self.out.payloads.len();
         self.out.payloads.extend_from_slice(bytes);
-        self.push_emitted(output, start, false)
+        self.add_record(output, start, false)
     }
 
     /// Sends the input event's body unchanged to output `output`.
@@ -158,16 +159,17 @@ impl Context {
     pub fn forward(&mut self, output: &str) {
         let end = self.out.payloads.len();
         let target = self.target(output);
-        self.out.emitted.push(Emitted {
+        let record = EmittedRecord {
             event: self.event,
             target,
             // Payload offsets are checked when payloads are written, so this one fits.
             payload_end: u32::try_from(end).unwrap_or(u32::MAX),
             forward: true,
-        });
+        };
+        push_emitted(&mut self.out.emitted, record);
     }
 
-    fn push_emitted(&mut self, output: &str, start: usize, forward: bool) -> Result<()> {
+    fn add_record(&mut self, output: &str, start: usize, forward: bool) -> Result<()> {
         let Ok(payload_end) = u32::try_from(self.out.payloads.len()) else {
             self.out.payloads.truncate(start);
             return Err(Error::reject(
@@ -175,12 +177,13 @@ impl Context {
             ));
         };
         let target = self.target(output);
-        self.out.emitted.push(Emitted {
+        let record = EmittedRecord {
             event: self.event,
             target,
             payload_end,
             forward,
-        });
+        };
+        push_emitted(&mut self.out.emitted, record);
         Ok(())
     }
 
@@ -546,21 +549,17 @@ fn offset(len: usize) -> u32 {
 /// host; an entry whose offsets fall outside the buffers ends the list.
 fn write_entries(writes: &StateWrites) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     let mut starts = (0usize, 0usize);
-    writes
-        .key_ends
-        .iter()
+    columns::u32s(&writes.key_ends)
         .enumerate()
-        .map_while(move |(index, &key_end)| {
+        .map_while(move |(index, key_end)| {
             let (key_start, value_start) = starts;
             let key_end = key_end as usize;
-            let value_end = writes
-                .value_ends
-                .get(index)
-                .map_or(value_start, |&end| end as usize);
+            let value_end =
+                columns::u32_at(&writes.value_ends, index).map_or(value_start, |end| end as usize);
             starts = (key_end, value_end);
             let key = writes.keys.get(key_start..key_end)?;
             let value = writes.values.get(value_start..value_end)?;
-            let delete = writes.deletes.get(index).copied().unwrap_or(false);
+            let delete = columns::bool_at(&writes.deletes, index).unwrap_or(false);
             Some((key, (!delete).then_some(value)))
         })
 }
@@ -761,10 +760,10 @@ impl StateCache {
                 backend.state_set_ttl(host_ttl);
             }
             writes.keys.extend_from_slice(slot.key.as_bytes());
-            writes.key_ends.push(offset(writes.keys.len()));
+            push_u32(&mut writes.key_ends, offset(writes.keys.len()));
             writes.values.extend_from_slice(value);
-            writes.value_ends.push(offset(writes.values.len()));
-            writes.deletes.push(delete);
+            push_u32(&mut writes.value_ends, offset(writes.values.len()));
+            push_bool(&mut writes.deletes, delete);
         }
         if !writes.key_ends.is_empty() {
             backend.state_write_batch(writes);

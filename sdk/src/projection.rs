@@ -28,13 +28,14 @@ use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, Deserialize, DeserializeSeed, MapAccess, Visitor};
 
 use crate::bindings::EventBatch;
+use crate::columns::{self, u32_at};
 
 /// One event's projected values: the host's layout, already checked to cover every name.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Projected<'a> {
     values: &'a [u8],
-    /// The end of each of this event's values in `values`, one per usable name.
-    ends: &'a [u32],
+    /// The end of each of this event's values in `values`, one per usable name (a `u32s` column).
+    ends: &'a [u8],
     /// Where the first value starts.
     start: usize,
 }
@@ -44,10 +45,10 @@ impl<'a> Projected<'a> {
     /// the layout is out of range.
     fn value(&self, index: usize) -> Option<&'a [u8]> {
         let start = match index.checked_sub(1) {
-            Some(previous) => *self.ends.get(previous)? as usize,
+            Some(previous) => u32_at(self.ends, previous)? as usize,
             None => self.start,
         };
-        let end = *self.ends.get(index)? as usize;
+        let end = u32_at(self.ends, index)? as usize;
         self.values.get(start..end)
     }
 }
@@ -56,8 +57,10 @@ impl<'a> Projected<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchProjection<'a> {
     values: &'a [u8],
-    ends: &'a [u32],
-    projected: &'a [bool],
+    /// A `u32s` column.
+    ends: &'a [u8],
+    /// A `bools` column.
+    projected: &'a [u8],
     /// How many of the batch's names the SDK's indices can use (a prefix of the wanted list).
     names: usize,
 }
@@ -71,8 +74,10 @@ impl<'a> BatchProjection<'a> {
         if names == 0 {
             return None;
         }
-        let events = batch.body_ends.len();
-        if batch.projected.len() != events || batch.field_ends.len() != events.checked_mul(names)? {
+        let events = columns::u32_count(&batch.body_ends);
+        if batch.projected.len() != events
+            || batch.field_ends.len() != events.checked_mul(names)?.checked_mul(4)?
+        {
             return None;
         }
         let known = REGISTRY.with_borrow(|registry| {
@@ -92,17 +97,17 @@ impl<'a> BatchProjection<'a> {
 
     /// Event `index`'s values, when the host projected them.
     pub(crate) fn event(&self, index: usize) -> Option<Projected<'a>> {
-        if !*self.projected.get(index)? {
+        if !columns::bool_at(self.projected, index)? {
             return None;
         }
         let first = index.checked_mul(self.names)?;
         let start = match first.checked_sub(1) {
-            Some(previous) => *self.ends.get(previous)? as usize,
+            Some(previous) => u32_at(self.ends, previous)? as usize,
             None => 0,
         };
         Some(Projected {
             values: self.values,
-            ends: self.ends.get(first..first + self.names)?,
+            ends: self.ends.get(first * 4..(first + self.names) * 4)?,
             start,
         })
     }
@@ -195,7 +200,7 @@ pub(crate) fn read<'de, T: Deserialize<'de>>(projected: Option<Projected<'de>>) 
         return None;
     };
     let projected = projected?;
-    if projected.ends.len() < needs {
+    if columns::u32_count(projected.ends) < needs {
         return None;
     }
     let value = T::deserialize(ProjectedStruct {
@@ -490,7 +495,7 @@ mod tests {
                     .iter()
                     .all(|name| found.iter().filter(|(key, _)| key == name).count() < 2)
             });
-            batch.projected.push(found.is_some());
+            columns::push_bool(&mut batch.projected, found.is_some());
             for name in wanted {
                 if let Some(text) = found
                     .as_ref()
@@ -498,18 +503,17 @@ mod tests {
                 {
                     batch.field_values.extend_from_slice(text.1.as_bytes());
                 }
-                batch.field_ends.push(batch.field_values.len() as u32);
+                columns::push_u32(&mut batch.field_ends, batch.field_values.len() as u32);
             }
         }
         batch
     }
 
     fn event<'a>(batch: &'a crate::bindings::EventBatch, index: usize) -> Event<'a> {
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |p| batch.body_ends[p] as usize);
+        let end = |at| u32_at(&batch.body_ends, at).expect("an end") as usize;
+        let start = index.checked_sub(1).map_or(0, end);
         Event {
-            body: &batch.bodies[start..batch.body_ends[index] as usize],
+            body: &batch.bodies[start..end(index)],
             key: &[],
             properties: &[],
             time: 0,

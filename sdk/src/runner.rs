@@ -5,6 +5,7 @@
 //! what the plugin does inside the host.
 
 use crate::bindings::{EventBatch, OutputBatch, Property};
+use crate::columns::{self, s64_at, u16_at, u32_at, u64_at};
 use crate::context::{Backend, Context};
 use crate::error::Result;
 use crate::event::Event;
@@ -47,16 +48,13 @@ impl Runner {
         let mut next_property = 0;
         let mut body_start = 0;
         let mut key_start = 0;
-        for (index, &body_end) in batch.body_ends.iter().enumerate() {
+        for (index, body_end) in columns::u32s(&batch.body_ends).enumerate() {
             // The batch crossed the WIT boundary, whose lists have u32 lengths.
             let event_index = u32::try_from(index).unwrap_or(u32::MAX);
             let body_end = body_end as usize;
             let body = batch.bodies.get(body_start..body_end);
             body_start = body_end;
-            let key_end = batch
-                .key_ends
-                .get(index)
-                .map_or(key_start, |&end| end as usize);
+            let key_end = u32_at(&batch.key_ends, index).map_or(key_start, |end| end as usize);
             let key = batch.keys.get(key_start..key_end).unwrap_or_default();
             key_start = key_end;
             while properties
@@ -72,7 +70,7 @@ impl Runner {
             {
                 next_property += 1;
             }
-            let position = batch.positions.get(index).copied().unwrap_or_default();
+            let position = u64_at(&batch.positions, index).unwrap_or_default();
             ctx.begin_event(event_index, position);
             let Some(body) = body else {
                 ctx.reject(format!(
@@ -84,8 +82,8 @@ impl Runner {
                 body,
                 key,
                 properties: &properties[first_property..next_property],
-                time: batch.event_times.get(index).copied().unwrap_or_default(),
-                enqueued_time: batch.enqueued_times.get(index).copied().unwrap_or_default(),
+                time: s64_at(&batch.event_times, index).unwrap_or_default(),
+                enqueued_time: s64_at(&batch.enqueued_times, index).unwrap_or_default(),
                 position,
                 partition: batch.partition,
                 source: source_of(batch, index),
@@ -127,19 +125,19 @@ pub(crate) struct BatchIndex {
 impl BatchIndex {
     /// Indexes `batch`.
     pub(crate) fn build(&mut self, batch: &EventBatch) {
-        let count = batch.body_ends.len();
+        let count = columns::u32_count(&batch.body_ends);
         self.body_starts.clear();
         self.key_starts.clear();
         self.property_ranges.clear();
         let mut start = 0usize;
-        for &end in &batch.body_ends {
+        for end in columns::u32s(&batch.body_ends) {
             self.body_starts.push(start);
             start = end as usize;
         }
         let mut start = 0usize;
         for index in 0..count {
             self.key_starts.push(start);
-            start = batch.key_ends.get(index).map_or(start, |&end| end as usize);
+            start = u32_at(&batch.key_ends, index).map_or(start, |end| end as usize);
         }
         self.sorted = batch.properties.is_sorted_by_key(|p| p.event);
         if !self.sorted {
@@ -173,11 +171,9 @@ impl BatchIndex {
         let i = index as usize;
         let body = batch
             .bodies
-            .get(*self.body_starts.get(i)?..*batch.body_ends.get(i)? as usize)?;
-        let key_end = batch
-            .key_ends
-            .get(i)
-            .map_or(*self.key_starts.get(i)?, |&end| end as usize);
+            .get(*self.body_starts.get(i)?..u32_at(&batch.body_ends, i)? as usize)?;
+        let key_end =
+            u32_at(&batch.key_ends, i).map_or(*self.key_starts.get(i)?, |end| end as usize);
         let key = batch
             .keys
             .get(*self.key_starts.get(i)?..key_end)
@@ -192,9 +188,9 @@ impl BatchIndex {
             body,
             key,
             properties: properties.get(first..end).unwrap_or_default(),
-            time: batch.event_times.get(i).copied().unwrap_or_default(),
-            enqueued_time: batch.enqueued_times.get(i).copied().unwrap_or_default(),
-            position: batch.positions.get(i).copied().unwrap_or_default(),
+            time: s64_at(&batch.event_times, i).unwrap_or_default(),
+            enqueued_time: s64_at(&batch.enqueued_times, i).unwrap_or_default(),
+            position: u64_at(&batch.positions, i).unwrap_or_default(),
             partition: batch.partition,
             source: source_of(batch, i),
             // The host projects window batches; joins send none, and then this is `None`.
@@ -206,9 +202,7 @@ impl BatchIndex {
 /// The source name of event `index` of `batch`; empty when the batch does not say (a host older
 /// than the `sources` lists, or an index out of range).
 fn source_of(batch: &EventBatch, index: usize) -> &str {
-    batch
-        .event_sources
-        .get(index)
-        .and_then(|&source| batch.sources.get(usize::from(source)))
+    u16_at(&batch.event_sources, index)
+        .and_then(|source| batch.sources.get(usize::from(source)))
         .map_or("", String::as_str)
 }

@@ -40,6 +40,7 @@ pub use crate::__private::wit::weir::plugin::types::{
     Emitted, EventBatch, OutputBatch, Property, Rejection,
 };
 use crate::bindings::{CacheStart, StateWrites};
+use crate::columns;
 use crate::context::{Backend, Context, Level};
 use crate::error::Result;
 use crate::event::Event;
@@ -108,17 +109,19 @@ impl Backend for MemoryBackend {
         memory.state_calls += 1;
         memory.recent.clear();
         let (mut key_start, mut value_start) = (0, 0);
-        for (index, &key_end) in writes.key_ends.iter().enumerate() {
-            let (key_end, value_end) = (key_end as usize, writes.value_ends[index] as usize);
+        for (index, key_end) in columns::u32s(&writes.key_ends).enumerate() {
+            let value_end = columns::u32_at(&writes.value_ends, index).expect("a value end");
+            let (key_end, value_end) = (key_end as usize, value_end as usize);
+            let delete = columns::bool_at(&writes.deletes, index).expect("a delete flag");
             let key = writes.keys[key_start..key_end].to_vec();
             memory.recent.push(key.clone());
             let ttl = memory.ttl;
-            if writes.deletes[index] || ttl == 0 {
+            if delete || ttl == 0 {
                 memory.ttls.remove(&key);
             } else {
                 memory.ttls.insert(key.clone(), ttl);
             }
-            if writes.deletes[index] {
+            if delete {
                 memory.state.remove(&key);
             } else {
                 memory
@@ -150,12 +153,12 @@ impl Backend for MemoryBackend {
         for key in keys {
             let value = memory.state.get(key);
             entries.keys.extend_from_slice(key);
-            entries.key_ends.push(entries.keys.len() as u32);
+            columns::push_u32(&mut entries.key_ends, entries.keys.len() as u32);
             entries
                 .values
                 .extend_from_slice(value.map_or(&[][..], Vec::as_slice));
-            entries.value_ends.push(entries.values.len() as u32);
-            entries.deletes.push(value.is_none());
+            columns::push_u32(&mut entries.value_ends, entries.values.len() as u32);
+            columns::push_bool(&mut entries.deletes, value.is_none());
         }
         Some(CacheStart { entries, whole })
     }
@@ -429,15 +432,15 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
     let mut batch = EventBatch {
         partition,
         bodies: Vec::with_capacity(events.iter().map(|e| e.body.len()).sum()),
-        body_ends: Vec::with_capacity(events.len()),
-        positions: Vec::with_capacity(events.len()),
-        event_times: Vec::with_capacity(events.len()),
-        enqueued_times: Vec::with_capacity(events.len()),
+        body_ends: Vec::with_capacity(events.len() * 4),
+        positions: Vec::with_capacity(events.len() * 8),
+        event_times: Vec::with_capacity(events.len() * 8),
+        enqueued_times: Vec::with_capacity(events.len() * 8),
         keys: Vec::new(),
-        key_ends: Vec::with_capacity(events.len()),
+        key_ends: Vec::with_capacity(events.len() * 4),
         properties: Vec::new(),
         sources: Vec::new(),
-        event_sources: Vec::with_capacity(events.len()),
+        event_sources: Vec::with_capacity(events.len() * 2),
         field_names: Vec::new(),
         field_values: Vec::new(),
         field_ends: Vec::new(),
@@ -445,14 +448,15 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
     };
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);
-        batch.body_ends.push(offset(batch.bodies.len()));
+        columns::push_u32(&mut batch.body_ends, offset(batch.bodies.len()));
         if let Some(key) = &event.key {
             batch.keys.extend_from_slice(key.as_bytes());
         }
-        batch.key_ends.push(offset(batch.keys.len()));
-        batch.positions.push(event.position.unwrap_or(index as u64));
-        batch.event_times.push(event.time);
-        batch.enqueued_times.push(event.enqueued_time);
+        columns::push_u32(&mut batch.key_ends, offset(batch.keys.len()));
+        let position = event.position.unwrap_or(index as u64);
+        columns::push_u64(&mut batch.positions, position);
+        columns::push_s64(&mut batch.event_times, event.time);
+        columns::push_s64(&mut batch.enqueued_times, event.enqueued_time);
         let source = match batch.sources.iter().position(|s| *s == event.source) {
             Some(found) => found,
             None => {
@@ -461,7 +465,7 @@ pub fn batch_of(partition: u32, events: &[TestEvent]) -> EventBatch {
             }
         };
         match u16::try_from(source) {
-            Ok(source) => batch.event_sources.push(source),
+            Ok(source) => columns::push_u16(&mut batch.event_sources, source),
             Err(_) => panic!("a batch is limited to 65,536 source names"),
         }
         for (name, value) in &event.properties {
@@ -709,7 +713,12 @@ where
 fn decode(output: &OutputBatch, events: &[TestEvent]) -> Vec<Outcome> {
     let mut outcomes = vec![Outcome::default(); events.len()];
     let mut start = 0usize;
-    for emitted in &output.emitted {
+    assert_eq!(
+        output.emitted.len() % 16,
+        0,
+        "the emitted column is not a whole number of 16-byte records"
+    );
+    for emitted in columns::emitted(&output.emitted) {
         let event = emitted.event as usize;
         let Some(input) = events.get(event) else {
             panic!("record for event {event} of a batch of {}", events.len());
@@ -898,10 +907,12 @@ impl<A: crate::Aggregate> WindowHarness<A> {
         let request = crate::bindings::FoldRequest {
             events: batch_of(0, &events),
             windows: vec![window.wit()],
-            accumulator_ends: vec![u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            accumulator_ends: columns::u32_column(
+                [u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            ),
             accumulators: stored,
-            members: (0..count).collect(),
-            member_ends: vec![count],
+            members: columns::u32_column(0..count),
+            member_ends: columns::u32_column([count]),
         };
         let response = self.runner.fold::<A>(&request);
         let accumulator = match serde_json::from_slice::<A>(&response.accumulators) {
@@ -930,7 +941,9 @@ impl<A: crate::Aggregate> WindowHarness<A> {
         };
         let request = crate::bindings::FinishRequest {
             windows: vec![window.wit()],
-            accumulator_ends: vec![u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            accumulator_ends: columns::u32_column(
+                [u32::try_from(stored.len()).unwrap_or(u32::MAX)],
+            ),
             accumulators: stored,
         };
         let output = self.runner.finish::<A>(&request);

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 
 use crate::bindings::{FinishRequest, FoldRequest, FoldResponse, OutputBatch};
+use crate::columns;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -110,12 +111,13 @@ pub(crate) struct WindowRunner {
 }
 
 /// The range `[previous end, ends[i])` of a concatenated list.
-fn range(ends: &[u32], i: usize) -> Option<(usize, usize)> {
-    let end = *ends.get(i)? as usize;
+/// Range `i` of a `u32s` column of ends.
+fn range(ends: &[u8], i: usize) -> Option<(usize, usize)> {
+    let end = columns::u32_at(ends, i)? as usize;
     let start = if i == 0 {
         0
     } else {
-        *ends.get(i - 1)? as usize
+        columns::u32_at(ends, i - 1)? as usize
     };
     (start <= end).then_some((start, end))
 }
@@ -140,7 +142,7 @@ impl WindowRunner {
         self.index.build(&request.events);
         let mut response = FoldResponse {
             accumulators: Vec::new(),
-            accumulator_ends: Vec::with_capacity(request.windows.len()),
+            accumulator_ends: Vec::with_capacity(request.windows.len() * 4),
             rejected: Vec::new(),
             wanted_fields: Vec::new(),
         };
@@ -149,7 +151,7 @@ impl WindowRunner {
                 .and_then(|(start, end)| request.accumulators.get(start..end))
                 .unwrap_or_default();
             let members = range(&request.member_ends, group)
-                .and_then(|(start, end)| request.members.get(start..end))
+                .and_then(|(start, end)| request.members.get(start * 4..end * 4))
                 .unwrap_or_default();
             let mut accumulator = if stored.is_empty() {
                 A::default()
@@ -158,7 +160,7 @@ impl WindowRunner {
                     Ok(accumulator) => accumulator,
                     Err(e) => {
                         // Keep the bytes: the events are refused, the window is not lost.
-                        for &member in members {
+                        for member in columns::u32s(members) {
                             ctx.begin_event(member, 0);
                             ctx.reject(format!(
                                 "the accumulator of window {}..{} of {} cannot be read: {e}",
@@ -166,14 +168,13 @@ impl WindowRunner {
                             ));
                         }
                         response.accumulators.extend_from_slice(stored);
-                        response
-                            .accumulator_ends
-                            .push(offset(response.accumulators.len()));
+                        let end = offset(response.accumulators.len());
+                        columns::push_u32(&mut response.accumulator_ends, end);
                         continue;
                     }
                 }
             };
-            for &member in members {
+            for member in columns::u32s(members) {
                 let Some(event) = self.index.event(&request.events, member) else {
                     ctx.begin_event(member, 0);
                     ctx.reject(format!("invalid request: no event {member} in the batch"));
@@ -192,14 +193,13 @@ impl WindowRunner {
                 // Nothing better to keep than what was stored: refuse this batch's events.
                 response.accumulators.truncate(start);
                 response.accumulators.extend_from_slice(stored);
-                for &member in members {
+                for member in columns::u32s(members) {
                     ctx.begin_event(member, 0);
                     ctx.reject(format!("cannot serialise the accumulator: {e}"));
                 }
             }
-            response
-                .accumulator_ends
-                .push(offset(response.accumulators.len()));
+            let end = offset(response.accumulators.len());
+            columns::push_u32(&mut response.accumulator_ends, end);
         }
         ctx.end_batch();
         if !ctx.out.emitted.is_empty() {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use weir_sdk::testing::{
     EventBatch, Harness, LogRecord, NativeRunner, Outcome, Property, TestEvent, batch_of,
 };
-use weir_sdk::{Context, Error, Event, Level, Result};
+use weir_sdk::{Context, Error, Event, Level, Result, columns};
 
 /// Emits to `a` and `b`, writes state, then rejects when the body says so.
 fn emit_then_maybe_reject(event: &Event, ctx: &mut Context) -> Result<()> {
@@ -48,9 +48,7 @@ fn a_rejected_event_leaves_no_records_and_no_state_writes() {
     let output = harness.last_output();
     assert_eq!(output.targets, ["a", "b"]);
     assert_eq!(output.payloads, br#"{"n":1}raw{"n":3}raw"#);
-    let emitted: Vec<(u32, u32, u32, bool)> = output
-        .emitted
-        .iter()
+    let emitted: Vec<(u32, u32, u32, bool)> = columns::emitted(&output.emitted)
         .map(|e| (e.event, e.target, e.payload_end, e.forward))
         .collect();
     assert_eq!(
@@ -338,7 +336,7 @@ fn properties_sent_out_of_order_are_still_found() {
     let output = runner.process(&batch);
     let mut start = 0;
     let mut sources = Vec::new();
-    for emitted in &output.emitted {
+    for emitted in columns::emitted(&output.emitted) {
         let end = emitted.payload_end as usize;
         let value: Value = serde_json::from_slice(&output.payloads[start..end]).unwrap_or_default();
         sources.push(value["source"].clone());
@@ -352,12 +350,12 @@ fn a_batch_with_bad_offsets_rejects_the_events_it_cannot_read() {
     let batch = EventBatch {
         partition: 0,
         bodies: b"{}{}".to_vec(),
-        body_ends: vec![2, 9, 4],
-        positions: vec![1, 2, 3],
-        event_times: vec![0, 0, 0],
-        enqueued_times: vec![0, 0, 0],
+        body_ends: columns::u32_column([2, 9, 4]),
+        positions: [1u64, 2, 3].iter().flat_map(|p| p.to_le_bytes()).collect(),
+        event_times: vec![0; 24],
+        enqueued_times: vec![0; 24],
         keys: Vec::new(),
-        key_ends: vec![0, 0, 0],
+        key_ends: columns::u32_column([0, 0, 0]),
         properties: Vec::new(),
         sources: Vec::new(),
         event_sources: Vec::new(),
@@ -387,7 +385,7 @@ fn a_batch_with_bad_offsets_rejects_the_events_it_cannot_read() {
             ),
         ]
     );
-    assert!(output.emitted.iter().all(|e| e.event == 0));
+    assert!(columns::emitted(&output.emitted).all(|e| e.event == 0));
 }
 
 fn unserialisable(_event: &Event, ctx: &mut Context) -> Result<()> {
@@ -530,7 +528,7 @@ fn each_event_reads_the_source_it_came_from() {
         ],
     );
     assert_eq!(batch.sources, ["payments", "bookings"]);
-    assert_eq!(batch.event_sources, [0, 1]);
+    assert_eq!(batch.event_sources, [0, 0, 1, 0]);
     // A batch that names no sources (an older host) reads as an empty source name.
     let mut batch = batch;
     batch.sources.clear();

@@ -90,7 +90,7 @@ fn main() {
         let started = Instant::now();
         let mut records = 0;
         for batch in &native_batches {
-            records += runner.process(batch).emitted.len();
+            records += weir_sdk::columns::emitted_count(&runner.process(batch).emitted);
         }
         (started.elapsed(), records)
     });

@@ -13,6 +13,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod columns;
 mod instance_slot;
 pub mod loading;
 pub mod package;
@@ -105,7 +106,7 @@ pub enum PluginError {
     WrongWorld {
         /// The plugin file.
         path: PathBuf,
-        /// The world the stage needs, such as `weir:plugin/event-transform@0.1.0`.
+        /// The world the stage needs, such as `weir:plugin/event-transform@0.2.0`.
         world: String,
         /// What is missing or mistyped.
         reason: String,
@@ -136,7 +137,7 @@ pub enum PluginError {
 /// implements it for every kind (per-event transform, window aggregate, join enrichment), so that
 /// every stage kind gets hot swap, versions and rollback from the same slot.
 pub trait LoadedPlugin: Send + Sync + 'static {
-    /// The world the plugin implements, such as `weir:plugin/event-transform@0.1.0`.
+    /// The world the plugin implements, such as `weir:plugin/event-transform@0.2.0`.
     fn world(&self) -> &'static str;
 
     /// Compiles `bytes` as another version of this plugin and validates them against the same
@@ -656,9 +657,9 @@ fn writes_with_capacity(
 ) -> bindings::state::Writes {
     bindings::state::Writes {
         keys: Vec::with_capacity(key_bytes),
-        key_ends: Vec::with_capacity(keys),
+        key_ends: Vec::with_capacity(keys * 4),
         values: Vec::with_capacity(value_bytes),
-        value_ends: Vec::with_capacity(keys),
+        value_ends: Vec::with_capacity(keys * 4),
         deletes: Vec::with_capacity(keys),
     }
 }
@@ -673,10 +674,10 @@ fn push_write(writes: &mut bindings::state::Writes, key: &[u8], value: Option<&[
         return false;
     };
     writes.keys.extend_from_slice(key);
-    writes.key_ends.push(key_end);
+    columns::push_u32(&mut writes.key_ends, key_end);
     writes.values.extend_from_slice(value.unwrap_or_default());
-    writes.value_ends.push(value_end);
-    writes.deletes.push(value.is_none());
+    columns::push_u32(&mut writes.value_ends, value_end);
+    columns::push_bool(&mut writes.deletes, value.is_none());
     true
 }
 
@@ -797,12 +798,10 @@ impl bindings::state::Host for StoreState {
 
     fn write_batch(&mut self, writes: bindings::state::Writes) {
         let (mut key_start, mut value_start) = (0usize, 0usize);
-        for (index, &key_end) in writes.key_ends.iter().enumerate() {
+        for (index, key_end) in columns::u32s(&writes.key_ends).enumerate() {
             let key_end = key_end as usize;
-            let value_end = writes
-                .value_ends
-                .get(index)
-                .map_or(value_start, |&end| end as usize);
+            let value_end =
+                columns::u32_at(&writes.value_ends, index).map_or(value_start, |end| end as usize);
             // Offsets come from the guest: ignore a malformed entry rather than panic.
             let (Some(key), Some(value)) = (
                 writes.keys.get(key_start..key_end),
@@ -814,7 +813,7 @@ impl bindings::state::Host for StoreState {
                 );
                 break;
             };
-            if writes.deletes.get(index).copied().unwrap_or(false) {
+            if columns::bool_at(&writes.deletes, index).unwrap_or(false) {
                 self.keyed.delete(key.to_vec());
             } else {
                 self.keyed.put(key.to_vec(), value.to_vec());
@@ -942,7 +941,7 @@ impl PluginInstance {
     pub fn process(&mut self, batch: &mut EventBatch) -> Result<OutputBatch, CallError> {
         self.project_into(batch);
         let batch = &*batch;
-        let events = batch.body_ends.len();
+        let events = crate::stage::batch::event_count(batch);
         let check = |output: &OutputBatch| check_output(output, events);
         let output = self.call(check, |guest, store| match guest {
             Guest::Transform(guest) => Some(guest.call_process(store, batch)),
@@ -1105,7 +1104,14 @@ impl PluginInstance {
 /// the output's own lists, so that a wrong or hostile plugin cannot make the host misbehave.
 pub fn check_output(output: &OutputBatch, events: usize) -> Result<(), String> {
     let mut start = 0usize;
-    for emitted in &output.emitted {
+    if !columns::whole_records(&output.emitted) {
+        return Err(format!(
+            "an emitted column of {} bytes, not a whole number of {}-byte records",
+            output.emitted.len(),
+            columns::EMITTED_RECORD_BYTES
+        ));
+    }
+    for emitted in columns::emitted(&output.emitted) {
         if emitted.event as usize >= events {
             return Err(format!(
                 "a record for event {} of a batch of {events}",

@@ -3,6 +3,7 @@
 use crate::event::Event;
 use crate::json::scan;
 use crate::plugin::bindings::{EventBatch, Property};
+use crate::plugin::columns::{self, push_bool, push_s64, push_u16, push_u32, push_u64};
 
 /// An empty batch of `partition`.
 pub fn empty_batch(partition: u32) -> EventBatch {
@@ -25,6 +26,11 @@ pub fn empty_batch(partition: u32) -> EventBatch {
     }
 }
 
+/// How many events `batch` holds.
+pub fn event_count(batch: &EventBatch) -> usize {
+    batch.body_ends.len() / 4
+}
+
 /// Lays `events` out in the columnar batch, reusing its buffers.
 pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
     batch.partition = events.first().map_or(0, |e| e.partition);
@@ -45,20 +51,22 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
         .reserve(events.iter().map(|e| e.body.len()).sum());
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);
-        batch
-            .body_ends
-            .push(u32::try_from(batch.bodies.len()).unwrap_or(u32::MAX));
+        push_u32(
+            &mut batch.body_ends,
+            u32::try_from(batch.bodies.len()).unwrap_or(u32::MAX),
+        );
         if let Some(key) = &event.key {
             batch.keys.extend_from_slice(key);
         }
-        batch
-            .key_ends
-            .push(u32::try_from(batch.keys.len()).unwrap_or(u32::MAX));
-        batch.positions.push(event.position);
-        batch.event_times.push(event.time());
-        batch.enqueued_times.push(event.enqueued_time);
+        push_u32(
+            &mut batch.key_ends,
+            u32::try_from(batch.keys.len()).unwrap_or(u32::MAX),
+        );
+        push_u64(&mut batch.positions, event.position);
+        push_s64(&mut batch.event_times, event.time());
+        push_s64(&mut batch.enqueued_times, event.enqueued_time);
         let source = source_index(&mut batch.sources, &event.source);
-        batch.event_sources.push(source);
+        push_u16(&mut batch.event_sources, source);
         for (name, value) in &event.properties {
             batch.properties.push(Property {
                 event: u32::try_from(index).unwrap_or(u32::MAX),
@@ -92,11 +100,12 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
         ..
     } = batch;
     field_names.extend_from_slice(wanted);
-    field_ends.reserve(body_ends.len() * wanted.len());
-    projected.reserve(body_ends.len());
+    let events = body_ends.len() / 4;
+    field_ends.reserve(events * wanted.len() * 4);
+    projected.reserve(events);
     let mut found: Vec<Option<&[u8]>> = vec![None; wanted.len()];
     let mut start = 0usize;
-    for &end in body_ends.iter() {
+    for end in columns::u32s(body_ends) {
         let end = end as usize;
         let body = bodies.get(start..end).unwrap_or_default();
         start = end;
@@ -108,12 +117,15 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
             }
         });
         let readable = plain && !repeated;
-        projected.push(readable);
+        push_bool(projected, readable);
         for value in &found {
             if readable && let Some(text) = value {
                 field_values.extend_from_slice(text);
             }
-            field_ends.push(u32::try_from(field_values.len()).unwrap_or(u32::MAX));
+            push_u32(
+                field_ends,
+                u32::try_from(field_values.len()).unwrap_or(u32::MAX),
+            );
         }
     }
 }
@@ -155,21 +167,19 @@ mod tests {
         let mut batch = empty_batch(0);
         fill_batch(&mut batch, &events);
         assert_eq!(batch.sources, vec!["bookings", "payments"]);
-        assert_eq!(batch.event_sources, vec![0, 1, 0]);
+        assert_eq!(batch.event_sources, [0, 0, 1, 0, 0, 0]);
         // Buffers are reused: a second fill starts from an empty list of names.
         fill_batch(&mut batch, &events[1..2]);
         assert_eq!(batch.sources, vec!["payments"]);
-        assert_eq!(batch.event_sources, vec![0]);
+        assert_eq!(batch.event_sources, [0, 0]);
     }
 
     /// Value `field` of event `event` in the batch's projection.
     fn projected_value(batch: &EventBatch, event: usize, field: usize) -> &str {
         let index = event * batch.field_names.len() + field;
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |previous| batch.field_ends[previous] as usize);
-        std::str::from_utf8(&batch.field_values[start..batch.field_ends[index] as usize])
-            .expect("UTF-8")
+        let end = |at| columns::u32_at(&batch.field_ends, at).expect("an end") as usize;
+        let start = index.checked_sub(1).map_or(0, end);
+        std::str::from_utf8(&batch.field_values[start..end(index)]).expect("UTF-8")
     }
 
     #[test]
@@ -193,11 +203,8 @@ mod tests {
         let wanted = vec!["a".to_owned(), "b".to_owned()];
         project(&mut batch, &wanted);
         assert_eq!(batch.field_names, wanted);
-        assert_eq!(
-            batch.projected,
-            [true, true, false, false, false, false, true]
-        );
-        assert_eq!(batch.field_ends.len(), bodies.len() * 2);
+        assert_eq!(batch.projected, [1, 1, 0, 0, 0, 0, 1]);
+        assert_eq!(columns::u32_count(&batch.field_ends), bodies.len() * 2);
         let values: Vec<(&str, &str)> = (0..bodies.len())
             .map(|e| (projected_value(&batch, e, 0), projected_value(&batch, e, 1)))
             .collect();

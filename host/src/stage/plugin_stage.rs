@@ -1131,6 +1131,12 @@ pub(super) type Answer = (Vec<AnswerRecord>, Vec<(usize, String)>);
 /// broke its contract, and the host cannot tell what it meant).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
+    /// An `emitted` column that is not a whole number of records.
+    #[error("plugin gave an emitted column of {len} bytes, not a whole number of 16-byte records")]
+    EmittedColumn {
+        /// Its length in bytes.
+        len: usize,
+    },
     /// A record for a unit (a window, a pair) that was not asked for.
     #[error("plugin emitted a record for {noun} {index} of {units}")]
     RecordFor {
@@ -1191,9 +1197,14 @@ pub(super) fn read_answer(
 ) -> Result<Answer, AnswerError> {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
-    let mut records = Vec::with_capacity(output.emitted.len());
+    use crate::plugin::columns;
+    if !columns::whole_records(&output.emitted) {
+        let len = output.emitted.len();
+        return Err(AnswerError::EmittedColumn { len });
+    }
+    let mut records = Vec::with_capacity(columns::emitted_count(&output.emitted));
     let mut start = 0usize;
-    for emitted in output.emitted {
+    for emitted in columns::emitted(&output.emitted) {
         let (unit, index) = (emitted.event as usize, emitted.event);
         if unit >= units {
             return Err(AnswerError::RecordFor { noun, index, units });

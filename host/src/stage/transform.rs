@@ -23,6 +23,7 @@ use super::plugin_stage::{
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::plugin::bindings::{EventBatch, OutputBatch};
+use crate::plugin::columns;
 use crate::plugin::shadow::{REJECTED_OUTPUT, ShadowOutputs, ShadowRecord, ShadowRun};
 use crate::plugin::{
     CallError, InstanceSettings, InstanceSlot, KeyedState, Plugin, PluginInstance, PluginSlot,
@@ -330,7 +331,7 @@ fn shadow_record(position: u64, body: &[u8]) -> ShadowRecord {
 fn shadow_outputs(output: OutputBatch, events: &[Event]) -> ShadowOutputs {
     let mut outputs = ShadowOutputs::new();
     let mut start = 0usize;
-    for emitted in &output.emitted {
+    for emitted in columns::emitted(&output.emitted) {
         let end = (emitted.payload_end as usize).clamp(start, output.payloads.len());
         let (Some(event), Some(target)) = (
             events.get(emitted.event as usize),
@@ -408,8 +409,8 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
     let targets: Vec<Arc<str>> = output.targets.into_iter().map(Arc::from).collect();
     let payloads = Bytes::from(output.payloads);
     let mut start = 0usize;
-    for emitted in output.emitted {
-        // Indices were checked when the call returned; skip rather than panic should one not be.
+    // Checked when the call returned; skip rather than panic should something not be.
+    for emitted in columns::emitted(&output.emitted) {
         let (Some(event), Some(target)) = (
             events.get(emitted.event as usize),
             targets.get(emitted.target as usize),

@@ -47,6 +47,7 @@ use crate::metrics::names;
 use crate::plugin::bindings::{
     EventBatch, FinishRequest, FoldRequest, FoldResponse, OutputBatch, Window as WitWindow,
 };
+use crate::plugin::columns::{self, push_u32};
 use crate::plugin::{CallError, KeyedState, PluginInstance};
 use crate::time::{END_OF_INPUT, Mark, format_millis};
 
@@ -529,7 +530,7 @@ impl FoldCall<'_> {
         self.accumulators = split(&response.accumulators, &response.accumulator_ends)
             .filter(|accs| accs.len() == self.groups.len())
             .ok_or(AnswerError::Accumulators {
-                accumulators: response.accumulator_ends.len(),
+                accumulators: response.accumulator_ends.len() / 4,
                 windows: self.groups.len(),
             })?;
         let mut refused = BTreeSet::new();
@@ -607,10 +608,13 @@ impl PluginCall for FinishCall<'_> {
 }
 
 /// Splits concatenated byte strings at `ends`.
-fn split(bytes: &[u8], ends: &[u32]) -> Option<Vec<Vec<u8>>> {
+fn split(bytes: &[u8], ends: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut start = 0usize;
-    let mut out = Vec::with_capacity(ends.len());
-    for &end in ends {
+    if !ends.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(columns::u32_count(ends));
+    for end in columns::u32s(ends) {
         let end = end as usize;
         out.push(bytes.get(start..end)?.to_vec());
         start = end;
@@ -631,8 +635,8 @@ fn fold_request(
 ) -> FoldRequest {
     let mut request = FoldRequest {
         windows: Vec::with_capacity(groups.len()),
-        accumulator_ends: Vec::with_capacity(groups.len()),
-        member_ends: Vec::with_capacity(groups.len()),
+        accumulator_ends: Vec::with_capacity(groups.len() * 4),
+        member_ends: Vec::with_capacity(groups.len() * 4),
         ..empty_fold_request()
     };
     match only {
@@ -649,14 +653,19 @@ fn fold_request(
             end: group.end,
         });
         request.accumulators.extend_from_slice(&group.accumulator);
-        request
-            .accumulator_ends
-            .push(offset(request.accumulators.len()));
+        push_u32(
+            &mut request.accumulator_ends,
+            offset(request.accumulators.len()),
+        );
         match only {
-            Some(_) => request.members.push(0),
-            None => request.members.extend_from_slice(&group.members),
+            Some(_) => push_u32(&mut request.members, 0),
+            None => {
+                for &member in &group.members {
+                    push_u32(&mut request.members, member);
+                }
+            }
         }
-        request.member_ends.push(offset(request.members.len()));
+        push_u32(&mut request.member_ends, offset(request.members.len() / 4));
     }
     request
 }
@@ -676,9 +685,10 @@ fn finish_request<'a>(closed: impl Iterator<Item = &'a Closed>) -> FinishRequest
         request
             .accumulators
             .extend_from_slice(&window.window.accumulator);
-        request
-            .accumulator_ends
-            .push(offset(request.accumulators.len()));
+        push_u32(
+            &mut request.accumulator_ends,
+            offset(request.accumulators.len()),
+        );
     }
     request
 }

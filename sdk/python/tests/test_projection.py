@@ -7,7 +7,7 @@ import json
 import pickle
 
 import weir
-from weir.testing import Harness, JoinHarness, TestEvent, WindowHarness, _batch
+from weir.testing import Harness, JoinHarness, TestEvent, WindowHarness, _batch, _unpacked
 
 BODIES = [
     {"DeviceId": "d1", "Temperature": 20.5, "Count": 3, "Tags": ["a", "b"], "Nested": {"x": 1},
@@ -206,8 +206,8 @@ def test_the_harness_projects_as_the_host_does():
     batch = _batch([TestEvent(b'{"a": 1, "b" : "x\\"y", "c": [1, {"d": 2}]}'), TestEvent(b"[1]"),
                     TestEvent(b'{"a": NaN}')], project=["c", "b", "z"])
     assert batch.field_names == ["c", "b", "z"]
-    assert batch.projected == [True, False, False]
-    ends = batch.field_ends
+    assert batch.projected == bytes([1, 0, 0])  # packed `bools`
+    ends = _unpacked("I", batch.field_ends)  # packed `u32s`
     texts = [batch.field_values[s:e] for s, e in zip([0, *ends[:-1]], ends)]
     assert texts == [b'[1, {"d": 2}]', b'"x\\"y"', b"", b"", b"", b"", b"", b"", b""]
 
@@ -230,8 +230,9 @@ def test_readings_that_all_have_the_fields_give_the_same_answers():
         harness.run_batch(readings[:5])
     assert with_projection._ctx.wanted_fields == ["DeviceId", "Humidity", "Temperature", "Where"]
     batch = _batch(readings[5:], project=with_projection._ctx.wanted_fields)
-    assert all(batch.projected) and b"" not in [
-        batch.field_values[s:e] for s, e in zip([0, *batch.field_ends[:-1]], batch.field_ends)]
+    ends = _unpacked("I", batch.field_ends)
+    assert batch.projected == bytes([1]) * 15 and len(ends) == 15 * 4 and b"" not in [
+        batch.field_values[s:e] for s, e in zip([0, *ends[:-1]], ends)]
     assert (with_projection.run_batch(readings[5:]).records
             == without.run_batch(readings[5:]).records)
     assert with_projection.state_json == without.state_json

@@ -26,14 +26,18 @@ swapped between a Rust, a Python and a JavaScript version with its state.
 The batch layout of the WIT contract is hidden: the runners here walk a batch once, the keyed state
 is cached in the instance and reaches the host in one `write-batch` call per batch, and
 `check-cache` tells at the start of each batch whether the cache still holds (see `_StateCache`).
+The contract's columns of numbers (one per event, record or write) are packed columns, bytes of
+little-endian numbers, read and written here once per batch by C loops (see `_unpack`, `_pack`).
 `weir.testing` runs the same runners natively, without building a component.
 """
 
 import json
 import sys
-from collections import namedtuple
+from array import array as _array
+from functools import reduce as _reduce
 from itertools import accumulate as _accumulate
 from itertools import repeat as _repeat
+from operator import iconcat as _iconcat
 from operator import itemgetter as _itemgetter
 from operator import not_ as _not
 
@@ -112,6 +116,65 @@ class Level:
     ERROR = 4
 
 
+# ----- Packed columns -----
+#
+# Every column of the WIT contract with one number per event (or per record, or per write) is a
+# packed column: a `list<u8>` of little-endian numbers of one width (`u32s`: 4 bytes, `u64s`: 8,
+# `s64s`: 8 signed, `u16s`: 2, `bools`: 1 byte, 0 or 1). componentize-py hands a `list<u8>` over
+# as one `bytes` object (and takes exactly `bytes` back), where it would lift and lower any other
+# list one element at a time; the SDK turns a column into a list of numbers, or numbers into a
+# column, with one C loop (`array`), once per batch.
+
+
+def _typecode(width, signed):
+    """The `array` type code of `width`-byte integers."""
+    for code in "bhilq" if signed else "BHILQ":
+        if _array(code).itemsize == width:
+            return code
+    raise ImportError(f"the `array` module has no {width}-byte integers")
+
+
+_U16, _U32, _U64, _S64 = _typecode(2, False), _typecode(4, False), _typecode(8, False), \
+    _typecode(8, True)
+#: Whether numbers must be byte-swapped between this machine's order and the columns' (always
+#: little-endian, as WebAssembly is; a native test may run on a big-endian machine).
+_SWAP = sys.byteorder != "little"
+
+
+def _unpack(data, code, column):
+    """The numbers of packed column `data` (`bytes` of little-endian numbers of `array` type
+    `code`) as a list. A length that is not a whole number of numbers is the host's bug: a
+    ValueError that names `column`."""
+    numbers = _array(code)
+    if len(data) % numbers.itemsize:
+        raise ValueError(f"invalid column `{column}` from the host: {len(data)} bytes, not a "
+                         f"multiple of {numbers.itemsize}")
+    try:
+        numbers.frombytes(data)
+    except TypeError:
+        raise TypeError(f"invalid column `{column}` from the host: {type(data).__name__}, not "
+                        f"the bytes of a packed column") from None
+    if _SWAP:
+        numbers.byteswap()
+    return numbers.tolist()
+
+
+def _pack(code, numbers):
+    """The packed column (`bytes`, little-endian) of the list of ints `numbers`, of `array` type
+    `code` (OverflowError when one does not fit)."""
+    column = _array(code)
+    column.fromlist(numbers)
+    if _SWAP:
+        column.byteswap()
+    return column.tobytes()
+
+
+def _pack_emitted(records):
+    """`output-batch.emitted`: the `(event, target, payload_end, forward)` tuples `records`, four
+    `u32`s each (forward 0 or 1), concatenated into one list by one C loop and packed."""
+    return _pack(_U32, _reduce(_iconcat, records, [])) if records else b""
+
+
 # ----- Registration -----
 
 
@@ -182,18 +245,32 @@ def join(function):
 
 class _Batch:
     """What the events of one batch share: the WIT batch, its bodies decoded once (when they are
-    ASCII, byte offsets are then character offsets), each body once parsed, and the fields the
+    ASCII, byte offsets are then character offsets), its packed columns decoded (`body-ends` at
+    once, the others when first asked for: `column`), each body once parsed, and the fields the
     host projected out of the bodies (see `_project`)."""
 
-    __slots__ = ("wit", "text", "starts", "parsed", "full", "sources", "properties", "names",
-                 "unprojected", "reads")
+    __slots__ = ("wit", "text", "ends", "starts", "columns", "parsed", "full", "sources",
+                 "properties", "names", "unprojected", "reads")
 
     def __init__(self, wit, reads=None):
         self.wit = wit
         bodies = wit.bodies
         self.text = bodies.decode("ascii") if bodies.isascii() else None
-        ends = wit.body_ends
+        #: End offset of each body in `bodies` (the decoded `body-ends`).
+        ends = self.ends = _unpack(wit.body_ends, _U32, "body-ends")
+        count = len(ends)
+        # Every column with one number per event must have one: checked here (lengths only) so
+        # that a host's malformed batch fails the call with a clear error, not an event later.
+        for name, width in (("positions", 8), ("event_times", 8), ("enqueued_times", 8),
+                            ("key_ends", 4)):
+            size = len(getattr(wit, name))
+            if size != count * width:
+                raise ValueError(f"invalid batch from the host: `{name.replace('_', '-')}` "
+                                 f"holds {size} bytes, not {width} for each of its {count} "
+                                 f"events")
         self.starts = [0, *ends[:-1]] if ends else []
+        #: The packed columns decoded so far, by name (see `column`).
+        self.columns = {}
         #: What `event.json()` returns, per event, once made (`_Fields` from the projection).
         self.parsed = [_UNPARSED] * len(ends)
         #: Each body parsed in full, per event, when something needed it.
@@ -207,6 +284,15 @@ class _Batch:
         #: Where the fields the plugin reads are recorded (`_Reads`), or None.
         self.reads = reads
 
+    def column(self, name, code):
+        """The numbers of the batch's packed column `name` (an attribute of the WIT batch) of
+        `array` type `code`, decoded when first asked for."""
+        numbers = self.columns.get(name)
+        if numbers is None:
+            numbers = self.columns[name] = _unpack(getattr(self.wit, name), code,
+                                                   name.replace("_", "-"))
+        return numbers
+
     def body_value(self, index):
         """The body of event `index` parsed in full (cached); malformed JSON rejects it."""
         full = self.full
@@ -214,7 +300,7 @@ class _Batch:
             full = self.full = [_UNPARSED] * len(self.starts)
         value = full[index]
         if value is _UNPARSED:
-            text, start, end = self.text, self.starts[index], self.wit.body_ends[index]
+            text, start, end = self.text, self.starts[index], self.ends[index]
             if text is not None:
                 try:
                     value, stop = _scan(text, start)
@@ -268,20 +354,21 @@ class Event(tuple):
     @property
     def key(self):
         """The partition key (str), or None when the event has none."""
-        wit, index = self[1].wit, self[2]
-        end = wit.key_ends[index]
-        start = wit.key_ends[index - 1] if index else 0
-        return wit.keys[start:end].decode("utf-8", "replace") if end > start else None
+        batch, index = self[1], self[2]
+        ends = batch.column("key_ends", _U32)
+        end = ends[index]
+        start = ends[index - 1] if index else 0
+        return batch.wit.keys[start:end].decode("utf-8", "replace") if end > start else None
 
     @property
     def enqueued_time(self):
         """When the event entered Weir or its broker, milliseconds since the Unix epoch."""
-        return self[1].wit.enqueued_times[self[2]]
+        return self[1].column("enqueued_times", _S64)[self[2]]
 
     @property
     def position(self):
         """Position (offset or sequence number) in its source partition."""
-        return self[1].wit.positions[self[2]]
+        return self[1].column("positions", _U64)[self[2]]
 
     @property
     def partition(self):
@@ -293,14 +380,14 @@ class Event(tuple):
         """The name of the source the event comes from, when the host says (else None)."""
         batch = self[1]
         if batch.sources is None:
-            batch.sources = _batch_sources(batch.wit) or ()
+            batch.sources = _batch_sources(batch) or ()
         return batch.sources[self[2]] if self[2] < len(batch.sources) else None
 
     @property
     def body(self):
         """The body as the source delivered it (bytes, usually one JSON object)."""
         batch, index = self[1], self[2]
-        return batch.wit.bodies[batch.starts[index]:batch.wit.body_ends[index]]
+        return batch.wit.bodies[batch.starts[index]:batch.ends[index]]
 
     def json(self):
         """The body parsed from JSON (cached): a dict for a JSON object (a `dict` subclass that
@@ -317,7 +404,7 @@ class Event(tuple):
         """The body as text; rejects the event when it is not UTF-8."""
         batch, index = self[1], self[2]
         if batch.text is not None:
-            return batch.text[batch.starts[index]:batch.wit.body_ends[index]]
+            return batch.text[batch.starts[index]:batch.ends[index]]
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -601,10 +688,6 @@ class Window:
 
 # ----- The context -----
 
-#: One record of an `output-batch` (the WIT `emitted` record: componentize-py reads its fields by
-#: name), made without running Python code.
-_Emitted = namedtuple("Emitted", "event target payload_end forward")
-
 
 class Context:
     """What a plugin function can do besides reading its event: emit records, keep keyed state,
@@ -618,12 +701,15 @@ class Context:
         self._targets = {}
         self._target_names = []
         self._payloads = bytearray()
+        #: The records emitted in this batch: `(event, target, payload_end, forward)` tuples (the
+        #: fields of the WIT `emitted` record, forward 0 or 1), packed once the batch ends.
         self._emitted = []
         self._rejected = []
         self._event = 0
-        # The current event's position, or None: then it is `_positions[_event]`.
+        # The current event's position, or None: then it is the batch's (`_Batch`) positions
+        # column at `_event`.
         self._position = 0
-        self._positions = ()
+        self._batch = None
         self._reads = _Reads()
         #: The fields the last batch's output asks the host to project (`wanted-fields`).
         self.wanted_fields = []
@@ -647,15 +733,14 @@ class Context:
         target = self._targets.get(output)
         if target is None:
             target = self._target(output)
-        self._emitted.append(_new_tuple(_Emitted, (self._event, target, len(payloads), False)))
+        self._emitted.append((self._event, target, len(payloads), 0))
 
     def forward(self, output):
         """Sends the input event's body unchanged to output `output` (nothing is copied)."""
         target = self._targets.get(output)
         if target is None:
             target = self._target(output)
-        self._emitted.append(
-            _new_tuple(_Emitted, (self._event, target, len(self._payloads), True)))
+        self._emitted.append((self._event, target, len(self._payloads), 1))
 
     def _target(self, name):
         index = self._targets.get(name)
@@ -735,7 +820,8 @@ class Context:
         """Writes a log record into the host's logs, with the event's position and `fields`."""
         position = self._position
         if position is None:
-            position = self._positions[self._event]
+            batch = self._batch
+            position = batch.column("positions", _U64)[self._event] if batch is not None else 0
         pairs = [("position", str(position))]
         pairs.extend((k, str(v)) for k, v in fields.items())
         self._host.log(level, str(message), pairs)
@@ -824,17 +910,24 @@ _INF = float("inf")
 
 
 def _entries(writes):
-    """(key, value or None) of a WIT `writes` record."""
-    keys, values = writes.keys, writes.values
+    """[(key, value or None)] of a WIT `writes` record (`key-ends` and `value-ends` packed
+    `u32s`, `deletes` packed `bools`); a ValueError when its columns do not say one key per
+    write."""
+    keys, values, deletes = writes.keys, writes.values, writes.deletes
+    key_ends = _unpack(writes.key_ends, _U32, "key-ends")
+    value_ends = _unpack(writes.value_ends, _U32, "value-ends")
+    if not len(key_ends) == len(value_ends) == len(deletes):
+        raise ValueError(f"invalid writes from the host: {len(key_ends)} keys, "
+                         f"{len(value_ends)} values and {len(deletes)} delete flags")
+    entries = []
     key_start = value_start = 0
-    deletes = writes.deletes
-    value_ends = writes.value_ends
-    for index, key_end in enumerate(writes.key_ends):
+    for index, key_end in enumerate(key_ends):
         value_end = value_ends[index]
         key = keys[key_start:key_end]
         value = None if deletes[index] else bytes(values[value_start:value_end])
         key_start, value_start = key_end, value_end
-        yield key, value
+        entries.append((key, value))
+    return entries
 
 
 class _StateCache:
@@ -865,7 +958,13 @@ class _StateCache:
         self.flat = {}
         self.raw = {}
         self.written = {}
-        for key, value in _entries(start.entries):
+        try:
+            entries = _entries(start.entries)
+        except (TypeError, ValueError):
+            # Not a layout this SDK knows: nothing is taken from it, every key is asked for.
+            self.complete = False
+            return
+        for key, value in entries:
             try:
                 self.raw[key.decode("utf-8")] = value
             except UnicodeDecodeError:
@@ -921,15 +1020,15 @@ class _StateCache:
         self.undo.clear()
         written = self.written
         if written:
-            # Columns built by C loops (`map`, `accumulate`): a batch writes about one key per
-            # event.
+            # Packed columns built by C loops (`map`, `accumulate`, `array`): a batch writes
+            # about one key per event. A delete's text is "", and only a delete's.
             keys, values = list(written), list(written.values())
             key_text, value_text = "".join(keys), "".join(values)
-            key_ends = list(_accumulate(map(len, keys if key_text.isascii()
-                                            else map(_utf8, keys))))
-            value_ends = list(_accumulate(map(len, values if value_text.isascii()
-                                              else map(_utf8, values))))
-            deletes = list(map(_not, values))
+            key_ends = _pack(_U32, list(_accumulate(map(len, keys if key_text.isascii()
+                                                        else map(_utf8, keys)))))
+            value_ends = _pack(_U32, list(_accumulate(map(len, values if value_text.isascii()
+                                                          else map(_utf8, values)))))
+            deletes = bytes(map(_not, values))
             self.written = {}
             host.state_write_batch(key_text.encode("utf-8"), key_ends,
                                    value_text.encode("utf-8"), value_ends, deletes)
@@ -961,13 +1060,15 @@ _SCALARS = frozenset((str, int, float, bool, type(None)))
 # ----- Runners: one pass over a batch in the WIT layout -----
 
 
-def _batch_sources(batch):
-    """Per event, the name of its source, when the batch carries `sources`/`event-sources`."""
-    names = getattr(batch, "sources", None)
-    indices = getattr(batch, "event_sources", None)
-    if not names or not indices:
+def _batch_sources(shared):
+    """Per event, the name of its source, when the batch (`_Batch`) carries `sources` and
+    `event-sources` (packed `u16s`, one per event; otherwise it is left unused)."""
+    wit = shared.wit
+    names = getattr(wit, "sources", None)
+    column = getattr(wit, "event_sources", None)
+    if not names or not column or len(column) != 2 * len(shared.ends):
         return None
-    return [names[i] if i < len(names) else None for i in indices]
+    return [names[i] if i < len(names) else None for i in shared.column("event_sources", _U16)]
 
 
 def _batch_properties(batch):
@@ -980,15 +1081,22 @@ def _batch_properties(batch):
 
 def batch_events(batch, reads=None):
     """The events of a batch in the WIT layout, as `Event`s, in order. `reads` records the
-    fields the plugin reads (`_Reads`), when it asks for a projection."""
+    fields the plugin reads (`_Reads`), when it asks for a projection. A ValueError when the
+    batch's packed columns do not hold one number per event."""
+    return _events(batch, reads)[1]
+
+
+def _events(batch, reads=None):
+    """`batch_events`, with the `_Batch` its events share."""
     shared = _Batch(batch, reads)
-    count = len(batch.body_ends)
+    count = len(shared.ends)
+    times = _unpack(batch.event_times, _S64, "event-times")
     # `tuple.__new__` over zipped columns: no Python code runs per event.
     events = list(map(_new_tuple, _repeat(Event, count),
-                      zip(batch.event_times, _repeat(shared, count), range(count))))
+                      zip(times, _repeat(shared, count), range(count))))
     if count and getattr(batch, "field_names", None) and (reads is None or not reads.off):
         _project(shared, batch, events)
-    return events
+    return shared, events
 
 
 def _release(events):
@@ -1003,13 +1111,17 @@ def _release(events):
 
 def _project(shared, wit, events):
     """Fills `shared.parsed` with a `_Fields` per event the host projected, from the JSON text
-    of each projected field's value (`field-values`, ended by `field-ends`, field by field
-    within each event, event by event; an empty text for a field the body does not have)."""
+    of each projected field's value (`field-values`, ended by `field-ends` (packed `u32s`),
+    field by field within each event, event by event; an empty text for a field the body does
+    not have), for the events `projected` (packed `bools`) flags."""
     names = list(wit.field_names)
     count, width = len(events), len(names)
-    ends = wit.field_ends
-    if len(ends) != count * width:
+    try:
+        ends = _unpack(wit.field_ends, _U32, "field-ends")
+    except (TypeError, ValueError):
         return  # Not a layout this SDK knows: every body is parsed.
+    if len(ends) != count * width:
+        return
     flags = getattr(wit, "projected", None)
     if flags is not None and len(flags) != count:
         return
@@ -1034,7 +1146,7 @@ def _project(shared, wit, events):
     if len(values) != count * width:
         return
     unprojected = None
-    if flags is not None and not all(flags):
+    if flags is not None and 0 in flags:  # A flag byte 0 (any other is true, as the host reads)
         unprojected = {index for index, flag in enumerate(flags) if not flag}
     shared.names = frozenset(names)
     shared.unprojected = unprojected
@@ -1061,13 +1173,15 @@ _new_tuple = tuple.__new__
 
 
 def run_transform(ctx, function, batch):
-    """Runs `function` over every event of `batch`; returns (targets, payloads, emitted, rejected)
-    with `emitted` as (event, target, payload_end, forward) and `rejected` as (event, reason)."""
+    """Runs `function` over every event of `batch`; returns (targets, payloads, emitted, rejected):
+    the fields of the WIT `output-batch`, with `emitted` its packed `u32s` column (bytes: four
+    numbers per record, event, target, payload_end and forward (0 or 1)) and `rejected` as
+    (event, reason) tuples."""
     ctx._begin_batch()
-    ctx._position, ctx._positions = None, batch.positions
     undo = ctx._state.undo
     index = 0
-    events = batch_events(batch, ctx._reads)
+    shared, events = _events(batch, ctx._reads)
+    ctx._position, ctx._batch = None, shared
     for event in events:
         # `Context._begin_event`, reduced to what must happen per event: what a rejection
         # rolls back is found from `_emitted` and the state's undo log.
@@ -1080,8 +1194,9 @@ def run_transform(ctx, function, batch):
             ctx._reject(_reason(error))
         index += 1
     _release(events)
+    ctx._batch = None
     ctx._end_batch(len(events))
-    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+    return ctx._target_names, bytes(ctx._payloads), _pack_emitted(ctx._emitted), ctx._rejected
 
 
 def _ranges(data, ends):
@@ -1103,15 +1218,19 @@ def _snapshot(acc):
 
 def run_fold(ctx, request, plugin=PLUGIN):
     """Folds a request's events into its groups' accumulators; returns (accumulators bytes,
-    accumulator_ends, rejected). `plugin` has the `init`, `fold` and `finish` functions."""
+    accumulator_ends, rejected): the fields of the WIT `fold-response`, `accumulator_ends` its
+    packed `u32s` column (bytes). `plugin` has the `init`, `fold` and `finish` functions."""
     fold_function = plugin.fold
     init_function = plugin.init or dict
     ctx._begin_batch()
+    # The request's packed columns (`u32s`); `member-ends` counts numbers of `members`.
+    accumulator_ends = _unpack(request.accumulator_ends, _U32, "accumulator-ends")
+    members = list(_ranges(_unpack(request.members, _U32, "members"),
+                           _unpack(request.member_ends, _U32, "member-ends")))
     events = batch_events(request.events, ctx._reads)
     out = bytearray()
     ends = []
-    members = list(_ranges(request.members, request.member_ends))
-    for group, stored in enumerate(_ranges(request.accumulators, request.accumulator_ends)):
+    for group, stored in enumerate(_ranges(request.accumulators, accumulator_ends)):
         window = request.windows[group]
         group_members = members[group] if group < len(members) else []
         try:
@@ -1151,16 +1270,17 @@ def run_fold(ctx, request, plugin=PLUGIN):
     ctx._end_batch(len(events))
     if ctx._emitted:
         ctx.warn("records emitted during `fold` are discarded: emit them in `finish`")
-    return bytes(out), ends, ctx._rejected
+    return bytes(out), _pack(_U32, ends), ctx._rejected
 
 
 def run_finish(ctx, request, plugin=PLUGIN):
-    """Produces the outputs of closed windows; returns (targets, payloads, emitted, rejected),
-    indexed by window."""
+    """Produces the outputs of closed windows; returns (targets, payloads, emitted, rejected) as
+    `run_transform` does, indexed by window."""
     finish_function = plugin.finish
     init_function = plugin.init or dict
     ctx._begin_batch()
-    for index, stored in enumerate(_ranges(request.accumulators, request.accumulator_ends)):
+    accumulator_ends = _unpack(request.accumulator_ends, _U32, "accumulator-ends")
+    for index, stored in enumerate(_ranges(request.accumulators, accumulator_ends)):
         window = request.windows[index]
         ctx._begin_event(index, 0)
         try:
@@ -1170,12 +1290,12 @@ def run_finish(ctx, request, plugin=PLUGIN):
         except Exception as error:
             ctx._reject(_reason(error))
     ctx._end_batch()
-    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+    return ctx._target_names, bytes(ctx._payloads), _pack_emitted(ctx._emitted), ctx._rejected
 
 
 def run_join(ctx, request, join_function=None):
-    """Calls the join function per pair; returns (targets, payloads, emitted, rejected), indexed
-    by pair."""
+    """Calls the join function per pair; returns (targets, payloads, emitted, rejected) as
+    `run_transform` does, indexed by pair."""
     join_function = join_function or PLUGIN.join
     ctx._begin_batch()
     events = batch_events(request.events, ctx._reads)
@@ -1194,7 +1314,7 @@ def run_join(ctx, request, join_function=None):
             ctx._reject(_reason(error))
     _release(events)
     ctx._end_batch(len(events))
-    return ctx._target_names, bytes(ctx._payloads), ctx._emitted, ctx._rejected
+    return ctx._target_names, bytes(ctx._payloads), _pack_emitted(ctx._emitted), ctx._rejected
 
 
 def _version():

@@ -31,6 +31,8 @@ class _Host:
 
     @staticmethod
     def state_write_batch(keys, key_ends, values, value_ends, deletes):
+        # Every argument is `bytes` (the packed columns too, `u32s` and `bools`), which is what
+        # componentize-py takes for a `list<u8>`.
         state.write_batch(state.Writes(keys, key_ends, values, value_ends, deletes))
 
     @staticmethod
@@ -63,8 +65,8 @@ def _tune_gc():
 
 def _output(result):
     targets, payloads, emitted, rejected = result
-    # `emitted` holds named tuples with the fields of the WIT `emitted` record, which is all
-    # componentize-py reads of a record: they go as they are.
+    # `payloads` and `emitted` (the packed `u32s` column, four numbers per record) are `bytes`,
+    # the only type componentize-py takes for a `list<u8>`.
     return types.OutputBatch(
         list(targets),
         payloads,
@@ -82,6 +84,7 @@ def process(batch):
 
 def fold(request):
     """The body of `aggregate.fold`."""
+    # `accumulators` and `ends` (the packed `u32s` column) are `bytes`.
     accumulators, ends, rejected = weir.run_fold(_ctx(), request)
     return types.FoldResponse(accumulators, ends,
                               [types.Rejection(e, reason) for e, reason in rejected],

@@ -10,14 +10,16 @@
         assert harness.run(b"{oops").rejection.startswith("malformed JSON")
 
 The harness lays events out in a batch exactly as the host does (bodies and keys concatenated,
-one list per field), runs it through the runner the component's export runs (the same state
-cache, the same rollback of a rejected event, the same output encoding), and decodes the output as
-the host does. Keyed state, counters, logs, the stage config and reference tables live in memory;
-keyed state is kept as the host keeps it, JSON text per key.
+the numbers of each field in a packed column: bytes of little-endian numbers), runs it through the
+runner the component's export runs (the same state cache, the same rollback of a rejected event,
+the same output encoding), and decodes and checks the output and the state writes as the host
+does. Keyed state, counters, logs, the stage config and reference tables live in memory; keyed
+state is kept as the host keeps it, JSON text per key.
 """
 
 import json
 import re
+import struct
 from types import SimpleNamespace
 
 import weir
@@ -46,6 +48,34 @@ class TestEvent:
 
 def _event(value):
     return value if isinstance(value, TestEvent) else TestEvent(value)
+
+
+# Packed columns as the host writes and reads them (`wit/plugin.wit`, `columns`): `struct` codes
+# of little-endian numbers, written here independently of the SDK's own `array` code.
+_WIDTHS = {"I": 4, "Q": 8, "q": 8, "H": 2, "B": 1}
+
+
+def _packed(code, numbers):
+    """The packed column (little-endian bytes) of `numbers`: `code` "I" for `u32s`, "Q" `u64s`,
+    "q" `s64s`, "H" `u16s`, "B" `bools` (0 or 1)."""
+    numbers = list(numbers)
+    return struct.pack(f"<{len(numbers)}{code}", *numbers)
+
+
+def _unpacked(code, data, column="column"):
+    """The numbers of a packed column (see `_packed`); a ValueError, as the host's error, when
+    its length is not a whole number of numbers or it is not bytes."""
+    if type(data) is not bytes:
+        raise ValueError(f"`{column}` is a {type(data).__name__}, not bytes (a packed column)")
+    width = _WIDTHS[code]
+    if len(data) % width:
+        raise ValueError(f"`{column}` has {len(data)} bytes, not a multiple of {width}")
+    return list(struct.unpack(f"<{len(data) // width}{code}", data))
+
+
+def _flags(data, column):
+    """A `bools` column as the host reads it: any byte but 0 is true."""
+    return [flag != 0 for flag in _unpacked("B", data, column)]
 
 
 class _Memory:
@@ -79,6 +109,17 @@ class _MemoryHost:
     def state_write_batch(self, keys, key_ends, values, value_ends, deletes):
         memory = self.memory
         memory.state_calls += 1
+        # The component hands `bytes` over for every `list<u8>` (componentize-py takes nothing
+        # else), the packed columns included.
+        for name, data in (("keys", keys), ("values", values)):
+            if type(data) is not bytes:
+                raise ValueError(f"`{name}` is a {type(data).__name__}, not bytes")
+        key_ends = _unpacked("I", key_ends, "key-ends")
+        value_ends = _unpacked("I", value_ends, "value-ends")
+        deletes = _flags(deletes, "deletes")
+        if not len(key_ends) == len(value_ends) == len(deletes):
+            raise ValueError(f"writes of {len(key_ends)} keys, {len(value_ends)} values and "
+                             f"{len(deletes)} delete flags")
         memory.recent = []
         key_start = value_start = 0
         for index, key_end in enumerate(key_ends):
@@ -97,16 +138,18 @@ class _MemoryHost:
         memory.cache_holder = self.id
         whole = len(memory.state) <= WHOLE_STATE_KEYS
         keys = list(memory.state) if whole else list(memory.recent)
-        entries = SimpleNamespace(keys=b"", key_ends=[], values=b"", value_ends=[], deletes=[])
         key_buffer, value_buffer = bytearray(), bytearray()
+        key_ends, value_ends, deletes = [], [], []
         for key in keys:
             value = memory.state.get(key)
             key_buffer += key
-            entries.key_ends.append(len(key_buffer))
+            key_ends.append(len(key_buffer))
             value_buffer += value or b""
-            entries.value_ends.append(len(value_buffer))
-            entries.deletes.append(value is None)
-        entries.keys, entries.values = bytes(key_buffer), bytes(value_buffer)
+            value_ends.append(len(value_buffer))
+            deletes.append(value is None)
+        entries = SimpleNamespace(keys=bytes(key_buffer), key_ends=_packed("I", key_ends),
+                                  values=bytes(value_buffer), value_ends=_packed("I", value_ends),
+                                  deletes=_packed("B", deletes))
         return SimpleNamespace(entries=entries, whole=whole)
 
     def counter_add(self, name, delta):
@@ -160,10 +203,13 @@ def _field_texts(body, names):
 
 
 def _batch(events, partition=0, first_position=0, project=()):
-    """`events` in the WIT batch layout, as the host lays them out; with the fields `project`
-    projected out of the bodies that are JSON objects, as the host does for a plugin that asked
-    for them (`wanted-fields`)."""
+    """`events` in the WIT batch layout, as the host lays them out (every column of numbers
+    packed: `body-ends`, `key-ends`, `field-ends` as `u32s`, `positions` `u64s`, `event-times`
+    and `enqueued-times` `s64s`, `event-sources` `u16s`, `projected` `bools`); with the fields
+    `project` projected out of the bodies that are JSON objects, as the host does for a plugin
+    that asked for them (`wanted-fields`)."""
     bodies, keys = bytearray(), bytearray()
+    # The columns are filled as lists, then packed.
     batch = SimpleNamespace(partition=partition, body_ends=[], positions=[], event_times=[],
                             enqueued_times=[], key_ends=[], properties=[], sources=[],
                             event_sources=[], field_names=list(project), field_values=b"",
@@ -193,7 +239,41 @@ def _batch(events, partition=0, first_position=0, project=()):
     if all(not event.source for event in events):
         batch.sources, batch.event_sources = [], []
     batch.bodies, batch.keys = bytes(bodies), bytes(keys)
+    for name, code in _BATCH_COLUMNS:
+        setattr(batch, name, _packed(code, getattr(batch, name)))
     return batch
+
+
+#: The packed columns of an `event-batch`, with their `struct` codes.
+_BATCH_COLUMNS = (("body_ends", "I"), ("positions", "Q"), ("event_times", "q"),
+                  ("enqueued_times", "q"), ("key_ends", "I"), ("event_sources", "H"),
+                  ("field_ends", "I"), ("projected", "B"))
+
+
+def _emitted(targets, payloads, emitted, events):
+    """The records of an output's `emitted` column (`u32s`, four numbers per record: event,
+    target, payload end, forward), checked as the host checks them."""
+    for name, data in (("payloads", payloads), ("emitted", emitted)):
+        if type(data) is not bytes:
+            raise ValueError(f"`{name}` is a {type(data).__name__}, not bytes")
+    numbers = _unpacked("I", emitted, "emitted")
+    if len(numbers) % 4:
+        raise ValueError(f"an emitted column of {len(emitted)} bytes, not a whole number of "
+                         f"16-byte records")
+    records = list(zip(*[iter(numbers)] * 4))
+    start = 0
+    for event, target, end, forward in records:
+        if forward > 1:
+            raise ValueError(f"a record whose forward flag is {forward} (0 or 1)")
+        if event >= events:
+            raise ValueError(f"a record for event {event} of a batch of {events}")
+        if target >= len(targets):
+            raise ValueError(f"a record for target {target} of {len(targets)}")
+        if end < start or end > len(payloads):
+            raise ValueError(f"payload end {end} after {start} in a buffer of "
+                             f"{len(payloads)} bytes")
+        start = end
+    return records
 
 
 class Outcome:
@@ -203,13 +283,13 @@ class Outcome:
         targets, payloads, emitted, rejected = result
         self.records = []  # (input index, output, bytes, forwarded)
         start = 0
-        for event, target, end, forward in emitted:
+        for event, target, end, forward in _emitted(targets, payloads, emitted, len(inputs)):
             if forward:
                 data = inputs[event]
             else:
                 data = payloads[start:end]
                 start = end
-            self.records.append((event, targets[target], bytes(data), forward))
+            self.records.append((event, targets[target], bytes(data), forward == 1))
         #: (input index, reason) of every rejected input.
         self.rejections = list(rejected)
 
@@ -324,10 +404,15 @@ class WindowHarness(_Base):
         request = SimpleNamespace(
             events=_batch(events, first_position=self._position, project=self._projected()),
             windows=[SimpleNamespace(key=window_key, start=start, end=end)],
-            accumulators=stored, accumulator_ends=[len(stored)],
-            members=list(range(len(events))), member_ends=[len(events)])
+            accumulators=stored, accumulator_ends=_packed("I", [len(stored)]),
+            members=_packed("I", range(len(events))), member_ends=_packed("I", [len(events)]))
         self._position += len(events)
         accumulators, ends, rejected = weir.run_fold(self._ctx, request, self._plugin)
+        if type(accumulators) is not bytes:
+            raise ValueError(f"`accumulators` is a {type(accumulators).__name__}, not bytes")
+        ends = _unpacked("I", ends, "accumulator-ends")
+        if len(ends) != 1 or ends[0] > len(accumulators):
+            raise ValueError(f"accumulator ends {ends} for 1 group in {len(accumulators)} bytes")
         self.accumulators[(window_key, start, end)] = accumulators[:ends[0]]
         return list(rejected)
 
@@ -341,7 +426,8 @@ class WindowHarness(_Base):
         window_key = json.dumps(key, separators=(",", ":"))
         stored = self.accumulators.pop((window_key, start, end), b"")
         request = SimpleNamespace(windows=[SimpleNamespace(key=window_key, start=start, end=end)],
-                                  accumulators=stored, accumulator_ends=[len(stored)])
+                                  accumulators=stored,
+                                  accumulator_ends=_packed("I", [len(stored)]))
         return Outcome(weir.run_finish(self._ctx, request, self._plugin), [b""])
 
     def window(self, key, start, end, events):
