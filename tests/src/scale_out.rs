@@ -219,7 +219,20 @@ pub fn checkpoint_positions_of(
     runtime.block_on(async {
         let mut out = BTreeMap::new();
         for &partition in partitions {
-            let checkpoint = store.load(pipeline, partition).await.expect("checkpoint");
+            // A running owner may replace the record and delete the state files of the one
+            // read here before they are read (its sweep, or its compaction): read it again.
+            let mut attempts = 0;
+            let checkpoint = loop {
+                match store.load(pipeline, partition).await {
+                    Ok(checkpoint) => break checkpoint,
+                    Err(e) if attempts < 20 => {
+                        eprintln!("checkpoint of partition {partition} read again: {e}");
+                        attempts += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("checkpoint of partition {partition}: {e}"),
+                }
+            };
             out.insert(partition, checkpoint.and_then(|c| c.position));
         }
         out

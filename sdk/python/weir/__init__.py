@@ -58,45 +58,61 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _loads = json.loads
 
 
-def _c_dumps():
-    """`_ENCODER.encode` without its two Python frames per value: the C encoder `encode` itself
-    uses, made once and used again while it succeeds (its table of the containers being
-    serialised, which finds circular references, is empty again after every value it finished;
-    after a failure it is made anew). Used only when it gives `encode`'s text on a sample (it is
-    an internal of the `json` module), else `encode` is."""
+def _c_encoder():
+    """A maker of the C encoder `_ENCODER.encode` itself uses (without its two Python frames per
+    value), or None. The encoder is made once and used again while it succeeds (its table of the
+    containers being serialised, which finds circular references, is empty again after every
+    value it finished; after a failure it is made anew: `_renew_encoder`). Used only when it gives
+    `encode`'s text on a sample and refuses what `encode` refuses (it is an internal of the
+    `json` module), else `encode` is."""
     try:
         from json.encoder import c_make_encoder, encode_basestring
 
-        default, join = _ENCODER.default, "".join
+        default = _ENCODER.default
 
         def make():
             return c_make_encoder({}, default, encode_basestring, None, ":", ",", False, False,
                                   False)
 
-        current = [make()]
-
-        def dumps(value):
-            try:
-                return join(current[0](value, 0))
-            except BaseException:
-                current[0] = make()
-                raise
-
         sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": -0.1}}
-        if dumps(sample) != _ENCODER.encode(sample):
-            return _ENCODER.encode
+        if _join(make()(sample, 0)) != _ENCODER.encode(sample):
+            return None
         for bad in (float("nan"), {1j: 1}, object()):
             try:
-                dumps([bad])
+                _join(make()([bad], 0))
             except (TypeError, ValueError):
                 continue
-            return _ENCODER.encode
-        return dumps
+            return None
+        return make
     except Exception:  # noqa: BLE001 - any surprise: the public encoder
-        return _ENCODER.encode
+        return None
 
 
-_dumps = _c_dumps()
+_join = "".join
+_new_encoder = _c_encoder()
+#: The C encoder in use, or None: `_ENCODER.encode` is. `put` and `emit` call it inline (a Python
+#: frame fewer per value); whoever sees it fail calls `_renew_encoder`.
+_encode = _new_encoder() if _new_encoder is not None else None
+
+
+def _renew_encoder():
+    """Replaces the C encoder after a failure (its table of containers may hold stale entries)."""
+    global _encode
+    if _new_encoder is not None:
+        _encode = _new_encoder()
+
+
+def _dumps(value):
+    """`value` as JSON text, compact, refusing NaN and infinities (TypeError or ValueError)."""
+    encode = _encode
+    if encode is None:
+        return _ENCODER.encode(value)
+    try:
+        return _join(encode(value, 0))
+    except BaseException:
+        _renew_encoder()
+        raise
+
 # The C scanner behind `json.loads`: it parses a value at an offset of a string, so every body is
 # parsed straight from the batch's text, without slicing it out or detecting its encoding.
 _scan = json.JSONDecoder().scan_once
@@ -718,11 +734,22 @@ class Context:
 
     def emit(self, output, value):
         """Sends `value`, serialised as JSON, to output `output`."""
+        # `_dumps` and `emit_raw`, inline: two Python frames fewer per record.
+        encode = _encode
         try:
-            data = _dumps(value).encode("utf-8")
-        except (TypeError, ValueError) as error:
-            raise Reject(f"cannot serialise a record for output `{output}`: {error}") from None
-        self.emit_raw(output, data)
+            text = _join(encode(value, 0)) if encode is not None else _ENCODER.encode(value)
+        except BaseException as error:
+            _renew_encoder()
+            if isinstance(error, (TypeError, ValueError)):
+                raise Reject(
+                    f"cannot serialise a record for output `{output}`: {error}") from None
+            raise
+        payloads = self._payloads
+        payloads += text.encode("utf-8")
+        target = self._targets.get(output)
+        if target is None:
+            target = self._target(output)
+        self._emitted.append((self._event, target, len(payloads), 0))
 
     def emit_raw(self, output, data):
         """Sends `data` (bytes or str) unchanged to output `output`."""
@@ -770,10 +797,15 @@ class Context:
     def put(self, key, value):
         """Stores `value`, as JSON, under `key` (serialised now, which checks that it is JSON
         (a value that is not rejects the event), and sent to the host when the batch ends)."""
+        # `_dumps`, inline: a Python frame fewer per write.
+        encode = _encode
         try:
-            text = _dumps(value)
-        except (TypeError, ValueError, RecursionError) as error:
-            raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+            text = _join(encode(value, 0)) if encode is not None else _ENCODER.encode(value)
+        except BaseException as error:
+            _renew_encoder()
+            if isinstance(error, (TypeError, ValueError, RecursionError)):
+                raise Reject(f"cannot serialise keyed state `{key}`: {error}") from None
+            raise
         # `_StateCache.write`, inline: called once per event.
         state = self._state
         texts, written = state.texts, state.written
