@@ -99,9 +99,17 @@ pub fn push_emitted(column: &mut Vec<u8>, record: EmittedRecord) {
     }
 }
 
+/// Bytes of one record of an `output-batch.emitted` column (four `u32`s).
+pub const EMITTED_RECORD_BYTES: usize = 16;
+
+/// Whether an `output-batch.emitted` column holds a whole number of records.
+pub fn whole_records(column: &[u8]) -> bool {
+    column.len().is_multiple_of(EMITTED_RECORD_BYTES)
+}
+
 /// The records of an `output-batch.emitted` column (a trailing partial record is left out).
 pub fn emitted(column: &[u8]) -> impl ExactSizeIterator<Item = EmittedRecord> + '_ {
-    column.chunks_exact(16).map(|record| {
+    column.chunks_exact(EMITTED_RECORD_BYTES).map(|record| {
         let number = |at| u32_at(record, at).unwrap_or_default();
         EmittedRecord {
             event: number(0),
@@ -114,7 +122,7 @@ pub fn emitted(column: &[u8]) -> impl ExactSizeIterator<Item = EmittedRecord> + 
 
 /// How many records an `output-batch.emitted` column holds.
 pub fn emitted_count(column: &[u8]) -> usize {
-    column.len() / 16
+    column.len() / EMITTED_RECORD_BYTES
 }
 
 #[cfg(test)]

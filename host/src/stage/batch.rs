@@ -28,7 +28,7 @@ pub fn empty_batch(partition: u32) -> EventBatch {
 
 /// How many events `batch` holds.
 pub fn event_count(batch: &EventBatch) -> usize {
-    batch.body_ends.len() / 4
+    columns::u32_count(&batch.body_ends)
 }
 
 /// Lays `events` out in the columnar batch, reusing its buffers.
@@ -100,7 +100,7 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
         ..
     } = batch;
     field_names.extend_from_slice(wanted);
-    let events = body_ends.len() / 4;
+    let events = columns::u32_count(body_ends);
     field_ends.reserve(events * wanted.len() * 4);
     projected.reserve(events);
     let mut found: Vec<Option<&[u8]>> = vec![None; wanted.len()];
