@@ -3,11 +3,11 @@
 // that exports the world's interface from these functions); `weir/testing` replaces the host with
 // memory under `node --test`.
 
-import { get, writeBatch, checkCache } from "weir:plugin/state@0.2.0";
-import { counterAdd } from "weir:plugin/metrics@0.2.0";
-import { write } from "weir:plugin/log@0.2.0";
-import { get as configGet } from "weir:plugin/config@0.2.0";
-import { lookup } from "weir:plugin/reference@0.2.0";
+import { get, writeBatch, checkCache } from "weir:plugin/state@0.3.0";
+import { counterAdd } from "weir:plugin/metrics@0.3.0";
+import { write } from "weir:plugin/log@0.3.0";
+import { get as configGet } from "weir:plugin/config@0.3.0";
+import { lookup } from "weir:plugin/reference@0.3.0";
 import { Context, PLUGIN, runFinish, runFold, runJoin, runTransform } from "./weir.js";
 
 /** The host, through the imports every plugin world has. */

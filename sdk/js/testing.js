@@ -200,6 +200,8 @@ export function fieldTexts(body, names) {
 /** `events` in the WIT batch layout (camelCase and Uint8Arrays as componentize-js gives them, every
  * column of numbers packed), with the fields `project` projected out of the bodies that are JSON
  * objects, as the host does for a plugin that asked for them (`wanted-fields`). */
+const COMMA = Uint8Array.of(44);
+
 function batch(events, firstPosition, project = []) {
   const bodies = [];
   const keys = [];
@@ -215,6 +217,10 @@ function batch(events, firstPosition, project = []) {
     const texts = fieldTexts(event.body, project);
     out.projected.push(texts !== null);
     for (const text of texts ?? project.map(() => new Uint8Array())) {
+      if (out.fieldEnds.length > 0) {
+        values.push(COMMA); // entries separated by one comma
+        valueLength += 1;
+      }
       values.push(text);
       valueLength += text.length;
       out.fieldEnds.push(valueLength);

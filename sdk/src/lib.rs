@@ -3,7 +3,7 @@
 //! A Weir transform is a function from one input [`Event`] to zero or more records sent to the
 //! stage's named outputs, or a rejection. Mark it with [`#[weir_sdk::transform]`](transform),
 //! build the crate for `wasm32-wasip2`, and the result is a component that implements the
-//! `weir:plugin/event-transform@0.2.0` world of the host's `wit/` contract.
+//! `weir:plugin/event-transform@0.3.0` world of the host's `wit/` contract.
 //!
 //! # A complete plugin
 //!
@@ -148,7 +148,7 @@ pub use window::{Aggregate, Window};
 /// Marks the plugin's transform function: `fn(event: &Event, ctx: &mut Context) -> Result<()>`.
 ///
 /// The function stays a plain Rust function, callable in native tests. When the crate is built
-/// for Wasm, the attribute adds the export of the `weir:plugin/transform@0.2.0` interface, which
+/// for Wasm, the attribute adds the export of the `weir:plugin/transform@0.3.0` interface, which
 /// runs the function over every event of every batch the host sends. A crate has one transform
 /// function; the function may have any name.
 ///
@@ -165,7 +165,7 @@ pub use window::{Aggregate, Window};
 pub use weir_sdk_macros::transform;
 
 /// Marks the `impl` of [`Aggregate`] for a plugin's accumulator type: the plugin is then a window
-/// aggregate (`weir:plugin/window-aggregate@0.2.0`).
+/// aggregate (`weir:plugin/window-aggregate@0.3.0`).
 ///
 /// ```
 /// use weir_sdk::prelude::*;
@@ -294,12 +294,12 @@ pub mod __private {
                     world: $world,
                     runtime_path: "::weir_sdk::__private::wit_bindgen::rt",
                     with: {
-                        "weir:plugin/types@0.2.0": ::weir_sdk::__private::wit::weir::plugin::types,
-                        "weir:plugin/log@0.2.0": ::weir_sdk::__private::wit::weir::plugin::log,
-                        "weir:plugin/metrics@0.2.0": ::weir_sdk::__private::wit::weir::plugin::metrics,
-                        "weir:plugin/state@0.2.0": ::weir_sdk::__private::wit::weir::plugin::state,
-                        "weir:plugin/config@0.2.0": ::weir_sdk::__private::wit::weir::plugin::config,
-                        "weir:plugin/reference@0.2.0": ::weir_sdk::__private::wit::weir::plugin::reference,
+                        "weir:plugin/types@0.3.0": ::weir_sdk::__private::wit::weir::plugin::types,
+                        "weir:plugin/log@0.3.0": ::weir_sdk::__private::wit::weir::plugin::log,
+                        "weir:plugin/metrics@0.3.0": ::weir_sdk::__private::wit::weir::plugin::metrics,
+                        "weir:plugin/state@0.3.0": ::weir_sdk::__private::wit::weir::plugin::state,
+                        "weir:plugin/config@0.3.0": ::weir_sdk::__private::wit::weir::plugin::config,
+                        "weir:plugin/reference@0.3.0": ::weir_sdk::__private::wit::weir::plugin::reference,
                     },
                     generate_all,
                 });

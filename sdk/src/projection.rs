@@ -36,7 +36,8 @@ pub(crate) struct Projected<'a> {
     values: &'a [u8],
     /// The end of each of this event's values in `values`, one per usable name (a `u32s` column).
     ends: &'a [u8],
-    /// Where the first value starts.
+    /// Where the first value starts (the others start one past the previous one's end: past
+    /// the comma between them).
     start: usize,
 }
 
@@ -44,8 +45,9 @@ impl<'a> Projected<'a> {
     /// The JSON text of value `index`; empty when the body does not have the field, `None` when
     /// the layout is out of range.
     fn value(&self, index: usize) -> Option<&'a [u8]> {
+        // Entries are separated by one comma (`event-batch.field-values`).
         let start = match index.checked_sub(1) {
-            Some(previous) => u32_at(self.ends, previous)? as usize,
+            Some(previous) => (u32_at(self.ends, previous)? as usize).checked_add(1)?,
             None => self.start,
         };
         let end = u32_at(self.ends, index)? as usize;
@@ -102,7 +104,7 @@ impl<'a> BatchProjection<'a> {
         }
         let first = index.checked_mul(self.names)?;
         let start = match first.checked_sub(1) {
-            Some(previous) => u32_at(self.ends, previous)? as usize,
+            Some(previous) => (u32_at(self.ends, previous)? as usize).checked_add(1)?,
             None => 0,
         };
         Some(Projected {
@@ -497,6 +499,9 @@ mod tests {
             });
             columns::push_bool(&mut batch.projected, found.is_some());
             for name in wanted {
+                if !batch.field_ends.is_empty() {
+                    batch.field_values.push(b',');
+                }
                 if let Some(text) = found
                     .as_ref()
                     .and_then(|f| f.iter().find(|(key, _)| key == name))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The exported interface of the `event-transform` world, as a component names it.
-const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.2.0";
+const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.3.0";
 
 /// The version of both SDK crates (the workspace's).
 const VERSION: &str = env!("CARGO_PKG_VERSION");

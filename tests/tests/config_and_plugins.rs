@@ -68,7 +68,7 @@ fn a_component_without_the_transform_export_is_refused_naming_it() {
     assert!(!status.success());
     let log = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
     assert!(
-        log.contains("does not implement world `weir:plugin/event-transform@0.2.0`: missing export `weir:plugin/transform@0.2.0`"),
+        log.contains("does not implement world `weir:plugin/event-transform@0.3.0`: missing export `weir:plugin/transform@0.3.0`"),
         "{log}"
     );
     assert!(
@@ -103,7 +103,7 @@ fn validate_accepts_the_anomaly_plugin() {
     let log = std::fs::read_to_string(paths.config.with_extension("log")).expect("log");
     assert!(status.success(), "{log}");
     assert!(
-        log.contains("implements weir:plugin/event-transform@0.2.0"),
+        log.contains("implements weir:plugin/event-transform@0.3.0"),
         "{log}"
     );
     assert!(log.contains("configuration is valid"), "{log}");

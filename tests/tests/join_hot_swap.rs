@@ -352,7 +352,7 @@ fn join_plugin_swapped_by_file_and_api_under_load_keeps_waiting_sides_and_names_
             (v4.clone(), "file".to_owned()),
         ])
     );
-    assert_eq!(report["world"], "weir:plugin/join-enrichment@0.2.0");
+    assert_eq!(report["world"], "weir:plugin/join-enrichment@0.3.0");
 
     // Exactly the relational join of what was written: each seat once, paired or alone.
     let rows = read_delta(&paths.table).rows;

@@ -63,9 +63,9 @@ fn new_plugins_of_every_kind_test_build_validate_and_name_their_crate() {
         assert_success(&out, "weir plugin build");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let world = match kind {
-            "transform" => "weir:plugin/event-transform@0.2.0",
-            "window" => "weir:plugin/window-aggregate@0.2.0",
-            _ => "weir:plugin/join-enrichment@0.2.0",
+            "transform" => "weir:plugin/event-transform@0.3.0",
+            "window" => "weir:plugin/window-aggregate@0.3.0",
+            _ => "weir:plugin/join-enrichment@0.3.0",
         };
         for expected in [
             format!("world:   {world}"),
@@ -143,7 +143,7 @@ fn new_plugins_of_every_kind_test_build_validate_and_name_their_crate() {
     assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(
-        error.contains("does not implement world `weir:plugin/window-aggregate@0.2.0`"),
+        error.contains("does not implement world `weir:plugin/window-aggregate@0.3.0`"),
         "{error}"
     );
 }
@@ -671,7 +671,7 @@ fn deploy_activates_refuses_and_reports_a_rollback_and_rows_name_every_stage_ver
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("refused (HTTP 422)"), "{error}");
     assert!(
-        error.contains("does not implement world `weir:plugin/event-transform@0.2.0`"),
+        error.contains("does not implement world `weir:plugin/event-transform@0.3.0`"),
         "{error}"
     );
 

@@ -209,7 +209,7 @@ fn window_plugin_swapped_by_file_and_api_under_load_keeps_its_windows_and_names_
             (v3.clone(), "api".to_owned())
         ])
     );
-    assert_eq!(report["world"], "weir:plugin/window-aggregate@0.2.0");
+    assert_eq!(report["world"], "weir:plugin/window-aggregate@0.3.0");
 
     // Exactly the fold's rows: each window once, with every reading it should hold.
     let rows = read_delta(&paths.table).rows;

@@ -19,22 +19,22 @@ pub use self::weir::plugin::types::{
 pub use self::weir::plugin::{config, log, metrics, reference, state, types};
 
 /// The WIT package and version this host implements.
-pub const PACKAGE: &str = "weir:plugin@0.2.0";
+pub const PACKAGE: &str = "weir:plugin@0.3.0";
 
 /// The world a per-event transform implements.
-pub const TRANSFORM_WORLD: &str = "weir:plugin/event-transform@0.2.0";
+pub const TRANSFORM_WORLD: &str = "weir:plugin/event-transform@0.3.0";
 
 /// The export a per-event transform must provide.
-pub const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.2.0";
+pub const TRANSFORM_EXPORT: &str = "weir:plugin/transform@0.3.0";
 
 /// The world a window aggregate implements.
-pub const AGGREGATE_WORLD: &str = "weir:plugin/window-aggregate@0.2.0";
+pub const AGGREGATE_WORLD: &str = "weir:plugin/window-aggregate@0.3.0";
 
 /// The export a window aggregate must provide.
-pub const AGGREGATE_EXPORT: &str = "weir:plugin/aggregate@0.2.0";
+pub const AGGREGATE_EXPORT: &str = "weir:plugin/aggregate@0.3.0";
 
 /// The world a join enrichment implements.
-pub const JOIN_WORLD: &str = "weir:plugin/join-enrichment@0.2.0";
+pub const JOIN_WORLD: &str = "weir:plugin/join-enrichment@0.3.0";
 
 /// The export a join enrichment must provide.
-pub const JOIN_EXPORT: &str = "weir:plugin/join@0.2.0";
+pub const JOIN_EXPORT: &str = "weir:plugin/join@0.3.0";

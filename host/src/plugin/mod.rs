@@ -106,7 +106,7 @@ pub enum PluginError {
     WrongWorld {
         /// The plugin file.
         path: PathBuf,
-        /// The world the stage needs, such as `weir:plugin/event-transform@0.2.0`.
+        /// The world the stage needs, such as `weir:plugin/event-transform@0.3.0`.
         world: String,
         /// What is missing or mistyped.
         reason: String,
@@ -137,7 +137,7 @@ pub enum PluginError {
 /// implements it for every kind (per-event transform, window aggregate, join enrichment), so that
 /// every stage kind gets hot swap, versions and rollback from the same slot.
 pub trait LoadedPlugin: Send + Sync + 'static {
-    /// The world the plugin implements, such as `weir:plugin/event-transform@0.2.0`.
+    /// The world the plugin implements, such as `weir:plugin/event-transform@0.3.0`.
     fn world(&self) -> &'static str;
 
     /// Compiles `bytes` as another version of this plugin and validates them against the same

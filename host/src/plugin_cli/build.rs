@@ -16,7 +16,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// What `weir plugin build` made.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The world it implements, such as `weir:plugin/event-transform@0.2.0`.
+    /// The world it implements, such as `weir:plugin/event-transform@0.3.0`.
     pub world: &'static str,
     /// Its crate's name and version, as recorded in it.
     pub package: PackageInfo,

@@ -78,8 +78,8 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
 }
 
 /// Projects the top-level fields `wanted` of every event's body into `batch` (the layout of
-/// `event-batch.field-names` in `wit/plugin.wit`), replacing the projection it had; with `wanted`
-/// empty, the batch has none.
+/// `event-batch.field-names` in `wit/plugin.wit`: the values separated by commas, as the elements
+/// of one JSON array), replacing the projection it had; with `wanted` empty, the batch has none.
 ///
 /// A body gets `projected = false` (and empty values) when the fast scanner does not read it as a
 /// plain JSON object (see [`scan`]: malformed, an escape anywhere, nested too deep) or when one of
@@ -119,6 +119,10 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
         let readable = plain && !repeated;
         push_bool(projected, readable);
         for value in &found {
+            // Entries are separated by one comma: the guest parses them as one JSON array.
+            if !field_ends.is_empty() {
+                field_values.push(b',');
+            }
             if readable && let Some(text) = value {
                 field_values.extend_from_slice(text);
             }
@@ -178,7 +182,7 @@ mod tests {
     fn projected_value(batch: &EventBatch, event: usize, field: usize) -> &str {
         let index = event * batch.field_names.len() + field;
         let end = |at| columns::u32_at(&batch.field_ends, at).expect("an end") as usize;
-        let start = index.checked_sub(1).map_or(0, end);
+        let start = index.checked_sub(1).map_or(0, |previous| end(previous) + 1);
         std::str::from_utf8(&batch.field_values[start..end(index)]).expect("UTF-8")
     }
 
@@ -219,6 +223,15 @@ mod tests {
                 ("", ""),
                 ("", "true"),
             ]
+        );
+        // The entries are the elements of one JSON array: the values read by one parser.
+        let array = format!(
+            "[{}]",
+            std::str::from_utf8(&batch.field_values).expect("UTF-8")
+        );
+        assert_eq!(
+            array, r#"["x",[1, {"c":2}],null,,,,,,,,,,,true]"#,
+            "entries separated by one comma each"
         );
         // A new layout starts without a projection; an empty wanted list clears one.
         project(&mut batch, &[]);

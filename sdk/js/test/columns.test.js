@@ -100,8 +100,9 @@ function eventBatch(offset) {
     sources: SOURCES,
     eventSources: pack("u16s", EVENT_SOURCES, offset),
     fieldNames: ["n"],
-    fieldValues: bytes(values.join(""), offset),
-    fieldEnds: pack("u32s", ends(values), offset),
+    // Entries separated by one comma; each end excludes its comma.
+    fieldValues: bytes(values.join(","), offset),
+    fieldEnds: pack("u32s", ends(values).map((end, i) => end + i), offset),
     projected: pack("bools", [1, 1, 0, 1, 1], offset),
   };
 }

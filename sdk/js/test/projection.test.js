@@ -141,3 +141,20 @@ test("the harness projects as the host does", () => {
   assert.equal(fieldTexts(new TextEncoder().encode('{"a": NaN}'), ["a"]), null);
   assert.equal(fieldTexts(Uint8Array.from([123, 34, 97, 34, 58, 34, 0xff, 34, 125]), ["a"]), null);
 });
+
+test("values holding commas are read whole", () => {
+  // The entries of `fieldValues` are separated by commas; commas inside values (one, two in a
+  // row, at either end of a string, inside arrays and objects) belong to the values.
+  const bodies = [
+    { a: "x,y", b: [1, 2], c: { d: ",x," } },
+    { a: ",", b: ["", ","], c: "x,,y" },
+    { a: "", b: ",,", c: [] },
+  ];
+  for (const batch of [[bodies[0]], bodies.slice(0, 2), bodies, [bodies[2]]]) {
+    const seen = [];
+    const harness = new Harness((event) => { seen.push(event.json()); }, { fields: ["a", "b", "c"] });
+    harness.project = ["a", "b", "c"];
+    harness.runBatch(batch);
+    assert.deepEqual(seen, batch);
+  }
+});

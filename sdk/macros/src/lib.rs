@@ -200,7 +200,7 @@ fn strip(ty: &Type) -> &Type {
 /// The author's function, unchanged, followed by:
 /// - a crate-root marker that makes a second plugin in the crate an error at its name;
 /// - a check of the function against the exact type, reported at its name;
-/// - on Wasm only, the world's bindings and the export of `weir:plugin/transform@0.2.0` running
+/// - on Wasm only, the world's bindings and the export of `weir:plugin/transform@0.3.0` running
 ///   the function on each event.
 fn glue(function: &ItemFn) -> TokenStream2 {
     let name = &function.sig.ident;

@@ -105,6 +105,39 @@ def test_projected_values_are_parsed_as_json_parses_them():
         assert list(reading) == list(body)
 
 
+def test_values_holding_commas_are_read_whole():
+    """The entries of `field-values` are separated by commas; commas inside values (one, two in a
+    row, at either end of a string, inside arrays and objects) belong to the values."""
+    bodies = [{"a": "x,y", "b": [1, 2], "c": {"d": ",x,"}},
+              {"a": ",", "b": ["", ","], "c": "x,,y"},
+              {"a": "", "b": ",,", "c": []}]
+    for batch in ([bodies[0]], [bodies[0], bodies[1]], bodies, [bodies[2]]):
+        seen = []
+
+        def keep(event, ctx):
+            seen.append(event.json())
+
+        harness = Harness(keep)
+        harness.project = ["a", "b", "c"]
+        harness.run_batch(batch)
+        assert seen == batch
+        assert all(type(reading) is weir._Fields for reading in seen)
+
+
+def test_projected_events_are_served_from_the_projection_without_their_bodies():
+    """Whether every entry is there (one parse of `field-values` as an array) or some are absent
+    or a value holds `,,` (each entry sliced out), each event's object is made from the
+    projection, before anything reads it, with the values the body has."""
+    bodies = [{"a": "x,,y", "b": 1, "c": 0}, {"a": 2, "c": 0}, {"b": [1, ","], "a": ","},
+              {"a": "\u00e9,", "b": None}]
+    for chosen in (bodies, bodies[:1], bodies[1:], bodies[2:], bodies[3:]):
+        batch = _batch([TestEvent(b) for b in chosen], project=["a", "b"])
+        shared, events = weir._events(batch)
+        assert shared.names == {"a", "b"}
+        made = [dict(dict.items(fields)) for fields in shared.parsed]
+        assert made == [{k: v for k, v in b.items() if k in ("a", "b")} for b in chosen]
+
+
 def test_a_projected_object_becomes_the_whole_body_when_asked_whole():
     got = {}
 
@@ -208,8 +241,11 @@ def test_the_harness_projects_as_the_host_does():
     assert batch.field_names == ["c", "b", "z"]
     assert batch.projected == bytes([1, 0, 0])  # packed `bools`
     ends = _unpacked("I", batch.field_ends)  # packed `u32s`
-    texts = [batch.field_values[s:e] for s, e in zip([0, *ends[:-1]], ends)]
+    texts = [batch.field_values[s:e] for s, e in zip([0, *[end + 1 for end in ends[:-1]]], ends)]
     assert texts == [b'[1, {"d": 2}]', b'"x\\"y"', b"", b"", b"", b"", b"", b"", b""]
+    # Entries separated by one comma: one JSON array without its brackets.
+    assert batch.field_values == b'[1, {"d": 2}],"x\\"y",,,,,,,'
+
 
 
 def test_readings_that_all_have_the_fields_give_the_same_answers():
@@ -232,7 +268,8 @@ def test_readings_that_all_have_the_fields_give_the_same_answers():
     batch = _batch(readings[5:], project=with_projection._ctx.wanted_fields)
     ends = _unpacked("I", batch.field_ends)
     assert batch.projected == bytes([1]) * 15 and len(ends) == 15 * 4 and b"" not in [
-        batch.field_values[s:e] for s, e in zip([0, *ends[:-1]], ends)]
+        batch.field_values[s:e] for s, e in zip([0, *[end + 1 for end in ends[:-1]]], ends)]
+    assert len(json.loads(b"[" + batch.field_values + b"]")) == 15 * 4
     assert (with_projection.run_batch(readings[5:]).records
             == without.run_batch(readings[5:]).records)
     assert with_projection.state_json == without.state_json

@@ -37,6 +37,7 @@ from array import array as _array
 from functools import reduce as _reduce
 from itertools import accumulate as _accumulate
 from itertools import repeat as _repeat
+from operator import add as _add
 from operator import iconcat as _iconcat
 from operator import itemgetter as _itemgetter
 from operator import not_ as _not
@@ -1143,9 +1144,10 @@ def _release(events):
 
 def _project(shared, wit, events):
     """Fills `shared.parsed` with a `_Fields` per event the host projected, from the JSON text
-    of each projected field's value (`field-values`, ended by `field-ends` (packed `u32s`),
-    field by field within each event, event by event; an empty text for a field the body does
-    not have), for the events `projected` (packed `bools`) flags."""
+    of each projected field's value (`field-values`: the entries of one JSON array without its
+    brackets, field by field within each event, event by event, separated by commas and ended
+    by `field-ends` (packed `u32s`); an empty entry for a field the body does not have), for the
+    events `projected` (packed `bools`) flags."""
     names = list(wit.field_names)
     count, width = len(events), len(names)
     try:
@@ -1158,31 +1160,45 @@ def _project(shared, wit, events):
     if flags is not None and len(flags) != count:
         return
     data = wit.field_values
-    starts = [0, *ends[:-1]]
-    if data.isascii():
-        text = data.decode("ascii")
-        # Slices made and joined by C loops, then parsed in one call: no Python code per field.
-        texts = list(map(text.__getitem__, map(slice, starts, ends)))
-    else:
-        try:
-            texts = [bytes(data[start:end]).decode("utf-8") for start, end in zip(starts, ends)]
-        except UnicodeDecodeError:
-            return  # Not text: every body is parsed.
-    absent = "" in texts
-    if absent:
-        texts = [t or "null" for t in texts]
+    ascii_text = data.isascii()
     try:
-        values = _loads("[" + ",".join(texts) + "]")
-    except (ValueError, RecursionError):
-        return  # The host's texts are not JSON: every body is parsed.
-    if len(values) != count * width:
-        return
+        text = data.decode("ascii") if ascii_text else data.decode("utf-8")
+    except (UnicodeDecodeError, AttributeError):
+        return  # Not text: every body is parsed.
+    values = texts = None
+    # No empty entry (no field absent): the entries are one JSON array, parsed by one call
+    # without a slice per value. (`,,` inside a string value only takes the other way.)
+    if text and text[0] != "," and text[-1] != "," and ",," not in text:
+        try:
+            values = _loads("[" + text + "]")
+        except (ValueError, RecursionError):
+            values = None
+    if values is None or len(values) != count * width:
+        # Each entry sliced out (it starts one past the end of the one before: past the comma),
+        # an empty one (absent) parsed as null.
+        starts = [0, *map(_add, ends[:-1], _repeat(1, len(ends)))] if ends else []
+        if ascii_text:
+            texts = list(map(text.__getitem__, map(slice, starts, ends)))
+        else:
+            try:
+                texts = [bytes(data[start:end]).decode("utf-8")
+                         for start, end in zip(starts, ends)]
+            except UnicodeDecodeError:
+                return
+        try:
+            values = _loads("[" + ",".join([t or "null" for t in texts]) + "]")
+        except (ValueError, RecursionError):
+            return  # The host's texts are not JSON: every body is parsed.
+        if len(values) != count * width:
+            return
+        if "" not in texts:
+            texts = None
     unprojected = None
     if flags is not None and 0 in flags:  # A flag byte 0 (any other is true, as the host reads)
         unprojected = {index for index, flag in enumerate(flags) if not flag}
     shared.names = frozenset(names)
     shared.unprojected = unprojected
-    if not absent and unprojected is None:
+    if texts is None and unprojected is None:
         fields = list(map(_Fields, map(zip, _repeat(names, count),
                                        zip(*[iter(values)] * width))))
         list(map(_set_event, fields, events))
@@ -1194,7 +1210,7 @@ def _project(shared, wit, events):
             continue
         first = index * width
         fields = _Fields((name, values[first + at]) for at, name in enumerate(names)
-                         if starts[first + at] != ends[first + at])
+                         if texts is None or texts[first + at])
         if not dict.__len__(fields):
             dict.__setitem__(fields, _PAD, None)
         _set_event(fields, event)

@@ -219,6 +219,8 @@ def _batch(events, partition=0, first_position=0, project=()):
         texts = _field_texts(event.body, batch.field_names)
         batch.projected.append(texts is not None)
         for text in texts or [b""] * len(batch.field_names):
+            if batch.field_ends:
+                values += b","  # entries separated by one comma
             values += text
             batch.field_ends.append(len(values))
     batch.field_values = bytes(values)
