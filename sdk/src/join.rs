@@ -5,6 +5,7 @@ use crate::bindings::{JoinRequest, OutputBatch};
 use crate::context::Context;
 use crate::error::Result;
 use crate::event::Event;
+use crate::projection;
 use crate::runner::BatchIndex;
 
 /// Runs a join function over the pairs of requests from the host; the Wasm export and the native
@@ -54,6 +55,8 @@ impl JoinRunner {
             ctx.end_event(result);
         }
         ctx.end_batch();
+        // The fields the structs read so far need, projected by the host from the next request.
+        ctx.out.wanted_fields = projection::wanted_fields();
         &ctx.out
     }
 }

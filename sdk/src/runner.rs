@@ -193,7 +193,7 @@ impl BatchIndex {
             position: u64_at(&batch.positions, i).unwrap_or_default(),
             partition: batch.partition,
             source: source_of(batch, i),
-            // The host projects window batches; joins send none, and then this is `None`.
+            // `None` when the host sent no projection the SDK can use.
             projected: BatchProjection::of(batch).and_then(|p| p.event(i)),
         })
     }

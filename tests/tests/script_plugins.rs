@@ -595,21 +595,67 @@ fn weir_plugin_build_of_a_python_or_javascript_plugin_without_a_manifest_points_
 
 #[test]
 fn a_python_join_enriches_the_pairs_the_host_makes() {
+    let rows = python_join_rows(10);
+    let pairs: Vec<(i64, Option<i64>)> = rows.iter().map(|(l, r, _, _)| (*l, *r)).collect();
+    let expected: Vec<(i64, Option<i64>)> = (0..10)
+        .map(|n| (n, (n % 2 == 0).then_some(RIGHT + n)))
+        .collect();
+    assert_eq!(
+        pairs, expected,
+        "every left event, with its right one when it has one"
+    );
+    for (left, right, sources, _) in &rows {
+        let want = if right.is_some() {
+            serde_json::json!(["left", "right"])
+        } else {
+            serde_json::json!(["left"])
+        };
+        assert_eq!(sources, &want, "pair of {left}");
+    }
+}
+
+/// After its first requests, a join's events reach the plugin with the fields it reads projected
+/// by the host (the plugin reports how many fields an event's object held before it was read
+/// whole: 1 from the projection, more when the SDK parsed the body), and the pairs are the same.
+#[test]
+fn a_join_gets_the_fields_its_plugin_reads_projected_by_the_host() {
+    let count = 3000;
+    let rows = python_join_rows(count);
+    let pairs: Vec<(i64, Option<i64>)> = rows.iter().map(|(l, r, _, _)| (*l, *r)).collect();
+    let expected: Vec<(i64, Option<i64>)> = (0..count)
+        .map(|n| (n, (n % 2 == 0).then_some(RIGHT + n)))
+        .collect();
+    assert_eq!(pairs, expected, "every left event once, with its pair");
+    let projected = rows.iter().filter(|(_, _, _, held)| *held == 1).count();
+    assert!(
+        projected * 2 > rows.len(),
+        "most events projected: {projected} of {}",
+        rows.len()
+    );
+}
+
+/// What the right side's `n` adds to its left event's.
+const RIGHT: i64 = 100_000;
+
+/// Runs the Python join `join-pairs` under `weir run` over `count` left events (`n`, key `k{n}`,
+/// a second apart) and a right event for each even one, half a second later; its rows as
+/// (left, right, sources, fields the left event's object held), sorted by left.
+fn python_join_rows(count: i64) -> Vec<(i64, Option<i64>, Value, u64)> {
     let python = script_plugin(
         "tests/python-plugins/join-pairs",
         PluginKind::JoinEnrichment,
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let base = 1_793_491_200_000_i64;
-    let left: String = (0..10)
+    let left: String = (0..count)
         .map(|n| format!("{{\"n\":{n},\"id\":\"k{n}\",\"t\":{}}}\n", base + n * 1000))
         .collect();
-    let right: String = (0..10)
+    let right: String = (0..count)
         .filter(|n| n % 2 == 0)
         .map(|n| {
             format!(
                 "{{\"n\":{},\"id\":\"k{n}\",\"t\":{}}}\n",
-                100 + n,
+                RIGHT + n,
                 base + n * 1000 + 500
             )
         })
@@ -667,33 +713,19 @@ outputs = {{ rows = "rows" }}
 
     run_to_completion(&config, Duration::from_secs(600));
 
-    let mut rows: Vec<(i64, Option<i64>, Value)> = read_jsonl_dir(&dir.path().join("rows"))
+    let mut rows: Vec<(i64, Option<i64>, Value, u64)> = read_jsonl_dir(&dir.path().join("rows"))
         .into_iter()
         .map(|r| {
             (
                 r["left"].as_i64().expect("left"),
                 r["right"].as_i64(),
                 r["sources"].clone(),
+                r["held"].as_u64().expect("held"),
             )
         })
         .collect();
-    rows.sort_by_key(|(left, _, _)| *left);
-    let pairs: Vec<(i64, Option<i64>)> = rows.iter().map(|(l, r, _)| (*l, *r)).collect();
-    let expected: Vec<(i64, Option<i64>)> = (0..10)
-        .map(|n| (n, (n % 2 == 0).then_some(100 + n)))
-        .collect();
-    assert_eq!(
-        pairs, expected,
-        "every left event, with its right one when it has one"
-    );
-    for (left, right, sources) in &rows {
-        let want = if right.is_some() {
-            serde_json::json!(["left", "right"])
-        } else {
-            serde_json::json!(["left"])
-        };
-        assert_eq!(sources, &want, "pair of {left}");
-    }
+    rows.sort_by_key(|(left, _, _, _)| *left);
+    rows
 }
 
 /// `weir` with the toolchains of this checkout and an SDK home of its own.

@@ -999,15 +999,20 @@ impl PluginInstance {
         )
     }
 
-    /// Calls a join enrichment's `enrich`.
-    pub fn enrich(&mut self, request: &JoinRequest) -> Result<OutputBatch, CallError> {
-        self.call(
+    /// Calls a join enrichment's `enrich`, with the request's events projected as in
+    /// [`PluginInstance::process`].
+    pub fn enrich(&mut self, request: &mut JoinRequest) -> Result<OutputBatch, CallError> {
+        self.project_into(&mut request.events);
+        let request = &*request;
+        let output = self.call(
             |_| Ok(()),
             |guest, store| match guest {
                 Guest::Join(guest) => Some(guest.call_enrich(store, request)),
                 _ => None,
             },
-        )
+        )?;
+        self.learn_wanted_fields(&output.wanted_fields);
+        Ok(output)
     }
 
     /// One call into the plugin under the deadline: keyed-state writes are committed if it

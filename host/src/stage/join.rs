@@ -18,6 +18,7 @@
 //! trap on goes to the dead letters. The stage follows its version slot at batch boundaries
 //! ([`Stage::batch_boundary`](super::Stage::batch_boundary)).
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -270,10 +271,10 @@ impl Joins {
             pairs,
             laid_out: pairs,
             batch: empty_batch(0),
-            request: JoinRequest {
+            request: RefCell::new(JoinRequest {
                 events: empty_batch(0),
                 pairs: Vec::new(),
-            },
+            }),
         };
         core.run(&mut call, Trapped::Enrich { pairs: pairs.len() }, out)?;
         Ok(())
@@ -355,7 +356,8 @@ struct EnrichCall<'a> {
     laid_out: &'a [Pending],
     /// The batch layout the request is filled from.
     batch: EventBatch,
-    request: JoinRequest,
+    /// In a cell: the call adds the instance's projection to the request's events.
+    request: RefCell<JoinRequest>,
 }
 
 impl PluginCall for EnrichCall<'_> {
@@ -363,11 +365,11 @@ impl PluginCall for EnrichCall<'_> {
 
     fn lay_out(&mut self, units: Units) {
         self.laid_out = laid_out(self.pairs, units);
-        self.request = join_request(&mut self.batch, self.members, self.laid_out);
+        *self.request.get_mut() = join_request(&mut self.batch, self.members, self.laid_out);
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
-        instance.enrich(&self.request)
+        instance.enrich(&mut self.request.borrow_mut())
     }
 
     fn read(&mut self, output: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
