@@ -197,11 +197,12 @@ export function fieldTexts(body, names) {
   return names.map((name) => encoder.encode(spans.get(name) ?? ""));
 }
 
+/** What separates the entries of a batch's `fieldValues`. */
+const COMMA = Uint8Array.of(44);
+
 /** `events` in the WIT batch layout (camelCase and Uint8Arrays as componentize-js gives them, every
  * column of numbers packed), with the fields `project` projected out of the bodies that are JSON
  * objects, as the host does for a plugin that asked for them (`wanted-fields`). */
-const COMMA = Uint8Array.of(44);
-
 function batch(events, firstPosition, project = []) {
   const bodies = [];
   const keys = [];

@@ -286,8 +286,6 @@ class Batch {
   }
 }
 
-const jsonValueOf = (text) => jsonValue(text, 0, text.length);
-
 /** The JSON texts `text` holds, separated by commas and ended by `ends` (an empty one, a field
  * the body does not have, stands for null), parsed by one `JSON.parse`: of `text` itself as an
  * array when no text is empty, else of the texts sliced out (only when `ascii`: then character
@@ -321,17 +319,17 @@ function parseAll(text, ends, ascii) {
   }
 }
 
-/** The value of the JSON text `text[start, end)`, as `JSON.parse` gives it: strings without an
- * escape and numbers are taken without the parser. */
-function jsonValue(text, start, end) {
-  const first = text.charCodeAt(start);
+/** The value of the JSON text `text`, as `JSON.parse` gives it: strings without an escape and
+ * numbers are taken without the parser. */
+function jsonValueOf(text) {
+  const first = text.charCodeAt(0);
   if (first === 34) {
-    const inner = text.slice(start + 1, end - 1);
+    const inner = text.slice(1, -1);
     if (inner.indexOf("\\") < 0) return inner;
   } else if (first === 45 || (first >= 48 && first <= 57)) {
-    return +text.slice(start, end);
+    return +text;
   }
-  return JSON.parse(text.slice(start, end));
+  return JSON.parse(text);
 }
 
 /**
