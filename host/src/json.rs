@@ -3,6 +3,7 @@
 //! The fields are found by [`scan`], one fast pass over the body; a body it leaves aside (an
 //! escape in a string, malformed JSON) is read by serde_json, whose errors are the reasons given.
 
+pub mod fields;
 pub mod scan;
 pub mod timestamp;
 

@@ -51,7 +51,16 @@ pub fn members_with_text<'a>(
 type Member<'m, 'a> = &'m mut dyn FnMut(&'a str, Scanned<'a>, &'a [u8]);
 
 fn scan<'a>(body: &'a [u8], member: Member<'_, 'a>) -> bool {
-    let mut cursor = Cursor { bytes: body, at: 0 };
+    // One check of the whole body (std reads ASCII a word at a time) instead of one per string:
+    // every string is then a slice of `text` between two quotes, so on character boundaries.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let mut cursor = Cursor {
+        text,
+        bytes: body,
+        at: 0,
+    };
     cursor.whitespace();
     if cursor.peek() != Some(b'{') {
         return false;
@@ -78,7 +87,37 @@ const fn string_stops() -> [bool; 256] {
 
 static STRING_STOPS: [bool; 256] = string_stops();
 
+/// The length of the plain run at the start of `rest`: the index of its first quote, backslash or
+/// control character, if it has one. Eight bytes are tested at a time (bitwise tests on a `u64`,
+/// each byte's flag in its top bit): strings are most of an event's bytes.
+fn plain_run(rest: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    // A byte's top bit in `(x - ONES) & !x & TOPS` says it is zero, and in
+    // `(x - 0x20 * ONES) & !x & TOPS` that it is below 0x20. A borrow can flag a byte above a
+    // flagged one, never below it, so the lowest flag (the first byte: little endian) is exact.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & TOPS;
+    let mut at = 0;
+    while let Some(chunk) = rest.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let stops = zero_bytes(word ^ (ONES * u64::from(b'"')))
+            | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+            | (word.wrapping_sub(ONES * 0x20) & !word & TOPS);
+        if stops != 0 {
+            return Some(at + (stops.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = rest.get(at..)?;
+    let length = tail.iter().position(|b| STRING_STOPS[usize::from(*b)])?;
+    Some(at + length)
+}
+
 struct Cursor<'a> {
+    /// The body, known to be UTF-8.
+    text: &'a str,
     bytes: &'a [u8],
     at: usize,
 }
@@ -187,13 +226,12 @@ impl<'a> Cursor<'a> {
     /// At `"`: the string's text, when it has no escape and no control character.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at + 1;
-        let rest = self.bytes.get(start..)?;
-        let length = rest.iter().position(|b| STRING_STOPS[usize::from(*b)])?;
-        if rest[length] != b'"' {
+        let length = plain_run(self.bytes.get(start..)?)?;
+        if self.bytes.get(start + length) != Some(&b'"') {
             return None;
         }
         self.at = start + length + 1;
-        std::str::from_utf8(&rest[..length]).ok()
+        self.text.get(start..start + length)
     }
 
     /// A number's text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -304,6 +342,35 @@ mod tests {
         assert_eq!(scan(&deep), None, "deep nesting");
         let shallow = format!("{{\"a\":{}1{}}}", "[".repeat(60), "]".repeat(60));
         assert!(scan(&shallow).is_some());
+    }
+
+    /// The eight-at-a-time test finds the first stop byte wherever it is, whatever follows it.
+    #[test]
+    fn a_plain_run_ends_at_the_first_stop_byte() {
+        let reference = |rest: &[u8]| rest.iter().position(|b| STRING_STOPS[usize::from(*b)]);
+        for length in 0..24 {
+            for stop_at in 0..=length {
+                for byte in 0..=255u8 {
+                    // Filler bytes near the stop classes (0x21, 0x1f + 1, 0x5b/0x5d around the
+                    // backslash, 0x80+): a wrong borrow or mask shows up as an early stop.
+                    for filler in [b'a', 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff] {
+                        let mut rest = vec![filler; length];
+                        if stop_at < length {
+                            rest[stop_at] = byte;
+                            // A second stop after the first must not hide or move it.
+                            if stop_at + 1 < length {
+                                rest[stop_at + 1] = b'"';
+                            }
+                        }
+                        assert_eq!(
+                            plain_run(&rest),
+                            reference(&rest),
+                            "{rest:?} (byte {byte:#x} at {stop_at})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Whatever the scanner accepts, serde_json accepts and reads the same way.

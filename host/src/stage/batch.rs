@@ -1,6 +1,9 @@
 //! The columnar batch layout of `wit/plugin.wit`, filled from events with its buffers reused.
 
+use std::sync::Arc;
+
 use crate::event::Event;
+use crate::json::fields::FieldFinder;
 use crate::json::scan;
 use crate::plugin::bindings::{EventBatch, Property};
 use crate::plugin::columns::{self, push_bool, push_s64, push_u16, push_u32, push_u64};
@@ -49,6 +52,8 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
     batch
         .bodies
         .reserve(events.iter().map(|e| e.body.len()).sum());
+    // The events of a source share its name's allocation: one pointer comparison finds it.
+    let mut last_source: Option<(&Arc<str>, u16)> = None;
     for (index, event) in events.iter().enumerate() {
         batch.bodies.extend_from_slice(&event.body);
         push_u32(
@@ -65,7 +70,14 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
         push_u64(&mut batch.positions, event.position);
         push_s64(&mut batch.event_times, event.time());
         push_s64(&mut batch.enqueued_times, event.enqueued_time);
-        let source = source_index(&mut batch.sources, &event.source);
+        let source = match last_source {
+            Some((name, source)) if Arc::ptr_eq(name, &event.source) => source,
+            _ => {
+                let source = source_index(&mut batch.sources, &event.source);
+                last_source = Some((&event.source, source));
+                source
+            }
+        };
         push_u16(&mut batch.event_sources, source);
         for (name, value) in &event.properties {
             batch.properties.push(Property {
@@ -104,6 +116,7 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
     field_ends.reserve(events * wanted.len() * 4);
     projected.reserve(events);
     let mut found: Vec<Option<&[u8]>> = vec![None; wanted.len()];
+    let mut finder = FieldFinder::new(wanted);
     let mut start = 0usize;
     for end in columns::u32s(body_ends) {
         let end = end as usize;
@@ -111,8 +124,9 @@ pub fn project(batch: &mut EventBatch, wanted: &[String]) {
         start = end;
         found.fill(None);
         let mut repeated = false;
+        finder.object();
         let plain = scan::members_with_text(body, |key, _, text| {
-            if let Some(field) = wanted.iter().position(|name| name == key) {
+            if let Some(field) = finder.find(key) {
                 repeated |= found[field].replace(text).is_some();
             }
         });
@@ -164,14 +178,20 @@ mod tests {
             Event::new(0, 1, "a"),
             Event::new(0, 2, "b"),
             Event::new(0, 3, "c"),
+            Event::new(0, 4, "d"),
+            Event::new(0, 5, "e"),
         ];
-        events[0].source = "bookings".into();
+        // Events of one source share its name; another allocation of a name is the same source.
+        let bookings: Arc<str> = "bookings".into();
+        events[0].source = Arc::clone(&bookings);
         events[1].source = "payments".into();
         events[2].source = "bookings".into();
+        events[3].source = Arc::clone(&bookings);
+        events[4].source = Arc::clone(&bookings);
         let mut batch = empty_batch(0);
         fill_batch(&mut batch, &events);
         assert_eq!(batch.sources, vec!["bookings", "payments"]);
-        assert_eq!(batch.event_sources, [0, 0, 1, 0, 0, 0]);
+        assert_eq!(batch.event_sources, [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         // Buffers are reused: a second fill starts from an empty list of names.
         fill_batch(&mut batch, &events[1..2]);
         assert_eq!(batch.sources, vec!["payments"]);
