@@ -14,8 +14,9 @@
 //!    figure of issue 17's goal (50,000 events/s per core). `WEIR_BENCH_RUN_EVENTS` sets the
 //!    long run's events (default 220,000; the short run has 20,000).
 //!
-//! Run: `cargo bench -p weir-tests --bench transform` (release build). One thread does all the
-//! work, so the figures are per core.
+//! Run: `cargo bench -p weir-tests --bench transform` (release build); `WEIR_BENCH_ONLY=rust`
+//! stops after the first three (a minute instead of several). One thread does all the work, so
+//! the figures are per core.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +113,26 @@ fn main() {
         wasm.1, native.1,
         "the Wasm and native paths must produce the same records"
     );
+    let n = events.len() as f64;
+    println!();
+    print_row("path", None);
+    for (name, figure) in [
+        ("anomaly rule, Wasm component via host stage", wasm),
+        ("anomaly rule, same Rust function natively", native),
+        ("pass-through component via host stage", pass),
+    ] {
+        print_row(name, Some((figure, n)));
+    }
+    println!();
+    println!(
+        "Wasm/native time ratio: {:.2}x (target: within 1.2x); Wasm path: {:.0} events/s on one core (target: 500,000)",
+        wasm.0.as_secs_f64() / native.0.as_secs_f64(),
+        n / wasm.0.as_secs_f64()
+    );
+    println!("(best of {ROUNDS} rounds each; state starts empty every round)");
+    if std::env::var("WEIR_BENCH_ONLY").as_deref() == Ok("rust") {
+        return;
+    }
     let scripts: Vec<(&str, ScriptFigures)> = [
         ("Python", "plugins/python/telemetry-anomaly"),
         ("JavaScript", "plugins/js/telemetry-anomaly"),
@@ -125,36 +146,17 @@ fn main() {
             "the {language} plugin must produce the Rust plugin's records"
         );
     }
-    let n = events.len() as f64;
     println!();
-    println!(
-        "{:<44} {:>14} {:>10} {:>10}",
-        "path", "events/s", "ns/event", "records"
-    );
-    for (name, (time, records)) in [
-        ("anomaly rule, Wasm component via host stage", wasm),
-        ("anomaly rule, same Rust function natively", native),
-        ("pass-through component via host stage", pass),
+    print_row("path", None);
+    for (name, figure) in [
         ("anomaly rule, Python component via stage", scripts[0].1.run),
         (
             "anomaly rule, JavaScript component via stage",
             scripts[1].1.run,
         ),
     ] {
-        let secs = time.as_secs_f64();
-        println!(
-            "{name:<44} {:>14.0} {:>10.0} {records:>10}",
-            n / secs,
-            secs * 1e9 / n
-        );
+        print_row(name, Some((figure, n)));
     }
-    println!();
-    println!(
-        "Wasm/native time ratio: {:.2}x (target: within 1.2x); Wasm path: {:.0} events/s on one core (target: 500,000)",
-        wasm.0.as_secs_f64() / native.0.as_secs_f64(),
-        n / wasm.0.as_secs_f64()
-    );
-    println!("(best of {ROUNDS} rounds each; state starts empty every round)");
     println!();
     for (language, figures) in &scripts {
         println!(
@@ -198,6 +200,25 @@ fn main() {
             1.0 / figures.cpu_per_event,
             figures.alerts
         );
+    }
+}
+
+/// One row of a table of paths: its events per second, time per event and records, for `events`
+/// events in the time given; the header without figures.
+fn print_row(name: &str, figures: Option<((Duration, usize), f64)>) {
+    match figures {
+        None => println!(
+            "{name:<44} {:>14} {:>10} {:>10}",
+            "events/s", "ns/event", "records"
+        ),
+        Some(((time, records), events)) => {
+            let secs = time.as_secs_f64();
+            println!(
+                "{name:<44} {:>14.0} {:>10.0} {records:>10}",
+                events / secs,
+                secs * 1e9 / events
+            );
+        }
     }
 }
 

@@ -46,6 +46,11 @@ impl<'f> FieldFinder<'f> {
         }
     }
 
+    /// The names it finds.
+    pub fn fields(&self) -> &'f [String] {
+        self.fields
+    }
+
     /// The next member is the first of a new object.
     pub fn object(&mut self) {
         self.next = 0;

@@ -31,6 +31,7 @@ use super::nested::{self, Mismatch};
 use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
 use crate::connectors::delta::config::{Derive, ExtraFields, SchemaMode};
 use crate::event::{Event, Position};
+use crate::json::fields::FieldFinder;
 use crate::json::scan::{self, Scanned};
 use crate::json::timestamp::rfc3339_micros;
 use crate::sink::RefusalKind;
@@ -195,6 +196,7 @@ impl RowConverter {
             .collect();
         BatchBuilder {
             converter: self,
+            finder: FieldFinder::new(&self.fields),
             builders,
             positions: Vec::with_capacity(capacity),
         }
@@ -205,9 +207,10 @@ impl RowConverter {
         &self,
         record: &'a Event,
         ingestion_time: i64,
+        finder: &mut FieldFinder<'_>,
     ) -> Result<(Vec<Cell<'a>>, Vec<String>), (RefusalKind, String)> {
         let (mut values, mut extras) = self
-            .field_values(&record.body)
+            .field_values(&record.body, finder)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
         self.nested_extras(&values, &mut extras);
         let cells = self
@@ -278,12 +281,13 @@ impl RowConverter {
     fn field_values<'a>(
         &self,
         body: &'a [u8],
+        finder: &mut FieldFinder<'_>,
     ) -> Result<(Vec<Option<Input<'a>>>, Vec<String>), String> {
         if self.fields.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
         if !self.tree {
-            let (values, mut extras) = match scan_fields_and_extras(body, &self.fields) {
+            let (values, mut extras) = match scan_fields_and_extras(body, finder) {
                 Some(found) => found,
                 None => extract_fields_and_extras(body, &self.fields)?,
             };
@@ -720,6 +724,8 @@ fn date_days(value: &Json<'_>) -> Option<i32> {
 /// Rows being gathered into one arrow batch.
 pub(super) struct BatchBuilder<'c> {
     converter: &'c RowConverter,
+    /// Finds the fields the columns read in each record's body.
+    finder: FieldFinder<'c>,
     builders: Vec<ColumnBuilder>,
     positions: Vec<Position>,
 }
@@ -733,7 +739,9 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
-        let (cells, mut extras) = self.converter.cells(record, ingestion_time)?;
+        let (cells, mut extras) = self
+            .converter
+            .cells(record, ingestion_time, &mut self.finder)?;
         let pushed = match (
             extras.is_empty(),
             self.converter.schema_mode,
@@ -770,7 +778,9 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
-        let (cells, extras) = self.converter.cells(record, ingestion_time)?;
+        let (cells, extras) = self
+            .converter
+            .cells(record, ingestion_time, &mut self.finder)?;
         for (builder, cell) in self.builders.iter_mut().zip(cells) {
             builder.append(cell);
         }
@@ -912,9 +922,10 @@ impl fmt::Display for Json<'_> {
 #[allow(clippy::type_complexity)]
 fn scan_fields_and_extras<'a>(
     body: &'a [u8],
-    fields: &[String],
+    finder: &mut FieldFinder<'_>,
 ) -> Option<(Vec<Option<Json<'a>>>, Vec<String>)> {
-    let mut values: Vec<Option<Json<'a>>> = vec![None; fields.len()];
+    let mut values: Vec<Option<Json<'a>>> = vec![None; finder.fields().len()];
+    finder.object();
     let mut extras = Vec::new();
     let mut numbers_read = true;
     let plain = scan::members(body, |key, value| {
@@ -937,7 +948,7 @@ fn scan_fields_and_extras<'a>(
             Scanned::Array => Json::Array,
             Scanned::Object => Json::Object,
         };
-        match fields.iter().position(|f| f == key) {
+        match finder.find(key) {
             Some(index) => values[index] = Some(value),
             None if value != Json::Null => extras.push(key.to_owned()),
             None => {}
@@ -1134,7 +1145,7 @@ mod scan_tests {
             body in r#"\{("[a-d]{1,2}":([0-9.eE+\-]{1,6}|"[a-c\\]{0,3}"|null|true|\[[0-9,]{0,5}\]|\{\}),?){0,5}\}"#,
         ) {
             let fields = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-            if let Some(fast) = scan_fields_and_extras(body.as_bytes(), &fields) {
+            if let Some(fast) = scan_fields_and_extras(body.as_bytes(), &mut FieldFinder::new(&fields)) {
                 let slow = extract_fields_and_extras(body.as_bytes(), &fields);
                 proptest::prop_assert_eq!(Ok(fast), slow);
             }
@@ -1189,10 +1200,14 @@ mod scan_tests {
         let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Big":1e400,"Extra":{"x":1}}"#;
         let fields = vec!["DeviceId".to_owned(), "Humidity".to_owned()];
         // A number out of range is serde_json's to refuse.
-        assert_eq!(scan_fields_and_extras(body, &fields), None);
+        assert_eq!(
+            scan_fields_and_extras(body, &mut FieldFinder::new(&fields)),
+            None
+        );
         assert!(extract_fields_and_extras(body, &fields).is_err());
         let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Gone":null}"#;
-        let (values, extras) = scan_fields_and_extras(body, &fields).expect("plain");
+        let (values, extras) =
+            scan_fields_and_extras(body, &mut FieldFinder::new(&fields)).expect("plain");
         assert_eq!(
             values,
             [
