@@ -115,13 +115,13 @@ fn main() {
     );
     let n = events.len() as f64;
     println!();
-    print_row("path", None);
+    print_header();
     for (name, figure) in [
         ("anomaly rule, Wasm component via host stage", wasm),
         ("anomaly rule, same Rust function natively", native),
         ("pass-through component via host stage", pass),
     ] {
-        print_row(name, Some((figure, n)));
+        print_row(name, figure, n);
     }
     println!();
     println!(
@@ -147,7 +147,7 @@ fn main() {
         );
     }
     println!();
-    print_row("path", None);
+    print_header();
     for (name, figure) in [
         ("anomaly rule, Python component via stage", scripts[0].1.run),
         (
@@ -155,7 +155,7 @@ fn main() {
             scripts[1].1.run,
         ),
     ] {
-        print_row(name, Some((figure, n)));
+        print_row(name, figure, n);
     }
     println!();
     for (language, figures) in &scripts {
@@ -203,23 +203,22 @@ fn main() {
     }
 }
 
-/// One row of a table of paths: its events per second, time per event and records, for `events`
-/// events in the time given; the header without figures.
-fn print_row(name: &str, figures: Option<((Duration, usize), f64)>) {
-    match figures {
-        None => println!(
-            "{name:<44} {:>14} {:>10} {:>10}",
-            "events/s", "ns/event", "records"
-        ),
-        Some(((time, records), events)) => {
-            let secs = time.as_secs_f64();
-            println!(
-                "{name:<44} {:>14.0} {:>10.0} {records:>10}",
-                events / secs,
-                secs * 1e9 / events
-            );
-        }
-    }
+/// The header of a table of paths.
+fn print_header() {
+    println!(
+        "{:<44} {:>14} {:>10} {:>10}",
+        "path", "events/s", "ns/event", "records"
+    );
+}
+
+/// One row of a table of paths: `events` events in `time` gave `records` records.
+fn print_row(name: &str, (time, records): (Duration, usize), events: f64) {
+    let secs = time.as_secs_f64();
+    println!(
+        "{name:<44} {:>14.0} {:>10.0} {records:>10}",
+        events / secs,
+        secs * 1e9 / events
+    );
 }
 
 /// What `weir run` costs per reading with one plugin.

@@ -56,11 +56,7 @@ fn scan<'a>(body: &'a [u8], member: Member<'_, 'a>) -> bool {
     let Ok(text) = std::str::from_utf8(body) else {
         return false;
     };
-    let mut cursor = Cursor {
-        text,
-        bytes: body,
-        at: 0,
-    };
+    let mut cursor = Cursor { text, at: 0 };
     cursor.whitespace();
     if cursor.peek() != Some(b'{') {
         return false;
@@ -118,13 +114,17 @@ fn plain_run(rest: &[u8]) -> Option<usize> {
 struct Cursor<'a> {
     /// The body, known to be UTF-8.
     text: &'a str,
-    bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
+    /// The body's bytes.
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.bytes().get(self.at).copied()
     }
 
     fn whitespace(&mut self) {
@@ -154,7 +154,7 @@ impl<'a> Cursor<'a> {
             self.whitespace();
             let start = self.at;
             let value = self.value(depth)?;
-            member(key, value, self.bytes.get(start..self.at)?);
+            member(key, value, self.bytes().get(start..self.at)?);
             self.whitespace();
             match self.peek()? {
                 b',' => {
@@ -218,7 +218,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn literal(&mut self, word: &[u8], value: Scanned<'a>) -> Option<Scanned<'a>> {
-        let rest = self.bytes.get(self.at..)?;
+        let rest = self.bytes().get(self.at..)?;
         rest.starts_with(word).then(|| {
             self.at += word.len();
             value
@@ -228,8 +228,8 @@ impl<'a> Cursor<'a> {
     /// At `"`: the string's text, when it has no escape and no control character.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at + 1;
-        let length = plain_run(self.bytes.get(start..)?)?;
-        if self.bytes.get(start + length) != Some(&b'"') {
+        let length = plain_run(self.bytes().get(start..)?)?;
+        if self.bytes().get(start + length) != Some(&b'"') {
             return None;
         }
         self.at = start + length + 1;
@@ -258,7 +258,7 @@ impl<'a> Cursor<'a> {
             }
             self.required_digits()?;
         }
-        self.bytes.get(start..self.at)
+        self.bytes().get(start..self.at)
     }
 
     fn digits(&mut self) {
