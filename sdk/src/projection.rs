@@ -14,8 +14,9 @@
 //! The projected path never changes an answer. It is taken only for structs that accept unknown
 //! fields (a struct with `deny_unknown_fields` must see the whole body to refuse it, which the
 //! probe detects); anything else (a map, `serde_json::Value`, an enum, a struct with
-//! `#[serde(flatten)]`) reads the body. Each value is deserialized by serde_json from its own
-//! slice, so its meaning (and what `&'a str` or `Text<'a>` borrow) is serde_json's. On any error
+//! `#[serde(flatten)]`) reads the body. Each value is deserialized from its own slice as serde_json
+//! would (plain strings and numbers directly, the rest by serde_json: `projection/value.rs`), so
+//! its meaning (and what `&'a str` or `Text<'a>` borrow) is serde_json's. On any error
 //! from the projected path (a missing field, a wrong type), the body is read as without
 //! projection, so rejection reasons, with their line and column, are serde_json's on the body.
 //! What is left: the struct's `Deserialize` sees its fields in their declaration order rather
@@ -29,6 +30,10 @@ use serde::de::{self, Deserialize, DeserializeSeed, MapAccess, Visitor};
 
 use crate::bindings::EventBatch;
 use crate::columns::{self, u32_at};
+
+mod value;
+
+use value::ProjectedValue;
 
 /// One event's projected values: the host's layout, already checked to cover every name.
 #[derive(Debug, Clone, Copy)]
@@ -371,7 +376,7 @@ impl<'de> de::Deserializer<'de> for ProjectedStruct<'de> {
     }
 }
 
-/// The fields the event has, in the struct's order, each value read by serde_json.
+/// The fields the event has, in the struct's order, each value read as serde_json reads it.
 struct ProjectedMembers<'a> {
     projected: Projected<'a>,
     fields: &'static [&'static str],
@@ -405,10 +410,7 @@ impl<'de> MapAccess<'de> for ProjectedMembers<'de> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GiveUp> {
         let text = self.value.take().ok_or(GiveUp::Other)?;
-        let mut json = serde_json::Deserializer::from_slice(text);
-        let value = seed.deserialize(&mut json).map_err(|_| GiveUp::Other)?;
-        json.end().map_err(|_| GiveUp::Other)?;
-        Ok(value)
+        seed.deserialize(ProjectedValue { text })
     }
 
     fn size_hint(&self) -> Option<usize> {
