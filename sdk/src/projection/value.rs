@@ -133,11 +133,11 @@ impl<'de> ProjectedValue<'de> {
     }
 }
 
-/// Methods that are serde_json's, with no argument but the visitor.
+/// Methods that are serde_json's, with their arguments before the visitor.
 macro_rules! by_serde_json {
-    ($($method:ident)*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
-            self.with_serde_json(|json| de::Deserializer::$method(json, visitor))
+    ($($method:ident($($arg:ident: $type:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $type,)* visitor: V) -> Result<V::Value, GiveUp> {
+            self.with_serde_json(|json| de::Deserializer::$method(json, $($arg,)* visitor))
         }
     )*};
 }
@@ -194,68 +194,15 @@ impl<'de> de::Deserializer<'de> for ProjectedValue<'de> {
     // `f32` (parsed in single precision with `float_roundtrip`) and 128-bit integers have
     // parsers of their own in serde_json.
     by_serde_json! {
-        deserialize_f32 deserialize_i128 deserialize_u128 deserialize_bool deserialize_char
-        deserialize_bytes deserialize_byte_buf deserialize_unit deserialize_seq deserialize_map
-        deserialize_identifier deserialize_ignored_any
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| de::Deserializer::deserialize_unit_struct(json, name, visitor))
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| {
-            de::Deserializer::deserialize_newtype_struct(json, name, visitor)
-        })
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| de::Deserializer::deserialize_tuple(json, len, visitor))
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| {
-            de::Deserializer::deserialize_tuple_struct(json, name, len, visitor)
-        })
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| {
-            de::Deserializer::deserialize_struct(json, name, fields, visitor)
-        })
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, GiveUp> {
-        self.with_serde_json(|json| {
-            de::Deserializer::deserialize_enum(json, name, variants, visitor)
-        })
+        deserialize_f32(); deserialize_i128(); deserialize_u128(); deserialize_bool();
+        deserialize_char(); deserialize_bytes(); deserialize_byte_buf(); deserialize_unit();
+        deserialize_seq(); deserialize_map(); deserialize_identifier(); deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
     }
 }
 
