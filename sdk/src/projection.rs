@@ -599,6 +599,9 @@ mod tests {
             r#""text""#,
             r#"{}"#,
             r#"{"Device\u0049d":"d1","Temperature":1,"Timestamp":"t"}"#,
+            r#"{"DeviceId":"d1","Temperature":-0,"Humidity":-0.0,"Timestamp":"t","Count":0}"#,
+            r#"{"DeviceId":"d1","Temperature":12345678901234567,"Humidity":0.1,"Timestamp":"t"}"#,
+            r#"{"DeviceId":"d1","Temperature":1.5E1,"Timestamp":"t","Count":1.0}"#,
         ]
         .map(str::to_owned)
         .to_vec()
