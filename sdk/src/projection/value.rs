@@ -167,9 +167,9 @@ impl<'de> de::Deserializer<'de> for ProjectedValue<'de> {
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
-        match scalar(self.text) {
-            Some(Scalar::Str(text)) => visitor.visit_borrowed_str(text),
-            _ => self.with_serde_json(|json| de::Deserializer::deserialize_str(json, visitor)),
+        match string(self.text) {
+            Some(text) => visitor.visit_borrowed_str(text),
+            None => self.with_serde_json(|json| de::Deserializer::deserialize_str(json, visitor)),
         }
     }
 
