@@ -296,7 +296,7 @@ impl LineReader {
     }
 
     /// The event of one line read at `offset` (`None` for a blank line), read at `now`.
-    fn line_event(&self, partitions: u32, offset: u64, line: Bytes, now: i64) -> Option<Event> {
+    fn line_event(&self, partitions: u32, offset: u64, mut line: Bytes, now: i64) -> Option<Event> {
         let mut length = line.len();
         if line[..length].ends_with(b"\n") {
             length -= 1;
@@ -304,7 +304,9 @@ impl LineReader {
         if line[..length].ends_with(b"\r") {
             length -= 1;
         }
-        let line = line.slice(..length);
+        // In place: a `slice` would count one more reference to the read buffer, shared with the
+        // other partition's thread, and drop one at once.
+        line.truncate(length);
         let body = &line[..];
         if body.iter().all(u8::is_ascii_whitespace) {
             return None;
