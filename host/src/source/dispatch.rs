@@ -286,6 +286,23 @@ impl ChannelReader {
             }
         }
     }
+
+    /// Adds a whole batch from the channel to `events`: taken as it is when `events` is empty,
+    /// else moved in one copy. Event by event, moving an event out of [`Self::received`] and
+    /// into `events` took 9% of a pass-through pipeline's CPU.
+    fn take_whole(&mut self, events: &mut Vec<Event>, mut batch: Vec<Event>) {
+        for event in &batch {
+            self.took(event);
+        }
+        if self.after.is_some() {
+            batch.retain(|event| self.wanted(event));
+        }
+        if events.is_empty() {
+            *events = batch;
+        } else {
+            events.append(&mut batch);
+        }
+    }
 }
 
 #[async_trait]
@@ -348,7 +365,12 @@ impl PartitionReader for ChannelReader {
                     }
                 }
             };
-            self.received = VecDeque::from(batch?);
+            let batch = batch?;
+            if events.len() + batch.len() <= max {
+                self.take_whole(&mut events, batch);
+            } else {
+                self.received = VecDeque::from(batch);
+            }
         }
         Ok(ReadOutcome::Events(events))
     }
@@ -391,6 +413,50 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![(0, 4), (0, 6), (0, 8), (1, 7)]);
+    }
+
+    #[tokio::test]
+    async fn batches_from_the_producer_are_joined_and_split_to_the_readers_size_in_order() {
+        let (dispatcher, mut readers) =
+            Dispatcher::new("test", 1, &[start(0, Some(5))]).expect("dispatcher");
+        let batch = |positions: std::ops::Range<u64>| -> Vec<Event> {
+            positions.map(|p| Event::new(0, p, "{}")).collect()
+        };
+        // All covered by the checkpoint; partly covered; then two that fill a read of 8 only
+        // together with part of the next.
+        for positions in [0..4, 4..10, 10..13, 13..30] {
+            assert!(
+                dispatcher.senders[0]
+                    .send(Ok(batch(positions)))
+                    .await
+                    .is_ok()
+            );
+        }
+        drop(dispatcher);
+        let reader = &mut readers[0];
+        let mut reads = Vec::new();
+        loop {
+            match reader
+                .next_batch(8, Duration::from_millis(50))
+                .await
+                .expect("read")
+            {
+                ReadOutcome::Events(events) => {
+                    reads.push(events.iter().map(|e| e.position).collect::<Vec<_>>())
+                }
+                ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
+                ReadOutcome::End => break,
+                ReadOutcome::Undecodable { .. } => panic!("events are never undecodable"),
+            }
+        }
+        assert_eq!(
+            reads,
+            vec![
+                (6..14).collect::<Vec<u64>>(),
+                (14..22).collect(),
+                (22..30).collect()
+            ]
+        );
     }
 
     #[tokio::test]
