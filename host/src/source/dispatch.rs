@@ -397,20 +397,7 @@ mod tests {
         drop(dispatcher);
         let mut seen = Vec::new();
         for reader in &mut readers {
-            loop {
-                match reader
-                    .next_batch(10, Duration::from_millis(50))
-                    .await
-                    .expect("read")
-                {
-                    ReadOutcome::Events(events) => {
-                        seen.extend(events.iter().map(|e| (e.partition, e.position)))
-                    }
-                    ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
-                    ReadOutcome::End => break,
-                    ReadOutcome::Undecodable { .. } => panic!("events are never undecodable"),
-                }
-            }
+            seen.extend(read_to_end(reader.as_mut(), 10).await.concat());
         }
         assert_eq!(seen, vec![(0, 4), (0, 6), (0, 8), (1, 7)]);
     }
@@ -433,22 +420,11 @@ mod tests {
             );
         }
         drop(dispatcher);
-        let reader = &mut readers[0];
-        let mut reads = Vec::new();
-        loop {
-            match reader
-                .next_batch(8, Duration::from_millis(50))
-                .await
-                .expect("read")
-            {
-                ReadOutcome::Events(events) => {
-                    reads.push(events.iter().map(|e| e.position).collect::<Vec<_>>())
-                }
-                ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
-                ReadOutcome::End => break,
-                ReadOutcome::Undecodable { .. } => panic!("events are never undecodable"),
-            }
-        }
+        let reads: Vec<Vec<u64>> = read_to_end(readers[0].as_mut(), 8)
+            .await
+            .into_iter()
+            .map(|read| read.into_iter().map(|(_, position)| position).collect())
+            .collect();
         assert_eq!(
             reads,
             vec![
@@ -457,6 +433,26 @@ mod tests {
                 (22..30).collect()
             ]
         );
+    }
+
+    /// The (partition, position) of the events of each batch `reader` hands out, at most `max`
+    /// at a time, until its end.
+    async fn read_to_end(reader: &mut dyn PartitionReader, max: usize) -> Vec<Vec<(u32, u64)>> {
+        let mut reads = Vec::new();
+        loop {
+            match reader
+                .next_batch(max, Duration::from_millis(50))
+                .await
+                .expect("read")
+            {
+                ReadOutcome::Events(events) => {
+                    reads.push(events.iter().map(|e| (e.partition, e.position)).collect())
+                }
+                ReadOutcome::Idle => panic!("a closed channel must end, not idle"),
+                ReadOutcome::End => return reads,
+                ReadOutcome::Undecodable { .. } => panic!("events are never undecodable"),
+            }
+        }
     }
 
     #[tokio::test]
