@@ -213,41 +213,38 @@ impl RowConverter {
             .field_values(&record.body, finder)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
         self.nested_extras(&values, &mut extras);
-        let cells = self
-            .columns
-            .iter()
-            .map(|column| {
-                let value = match column.source {
-                    // The last column reading a field takes its value; earlier ones copy it.
-                    Source::Field(index) if column.last_reader => {
-                        values.get_mut(index).and_then(Option::take)
-                    }
-                    Source::Field(index) => values.get(index).cloned().flatten(),
-                    Source::Meta(ColumnValue::IngestionTime) => {
-                        Some(Input::Json(Json::Int(ingestion_time)))
-                    }
-                    Source::Meta(ColumnValue::EventTime) => {
-                        record.event_time.map(|t| Input::Json(Json::Int(t)))
-                    }
-                    Source::Meta(ColumnValue::Partition) => {
-                        Some(Input::Json(Json::UInt(u64::from(record.partition))))
-                    }
-                    Source::Meta(ColumnValue::Position) => {
-                        Some(Input::Json(Json::UInt(record.position)))
-                    }
-                    Source::Meta(ColumnValue::PluginVersion) => {
-                        crate::stage::labelled_version(record)
-                            .map(|version| Input::Json(Json::Text(Cow::Borrowed(version))))
-                    }
-                    Source::Meta(ColumnValue::PluginVersions) => {
-                        crate::stage::labelled_lineage(record)
-                            .map(|lineage| Input::Json(Json::Text(Cow::Borrowed(lineage))))
-                    }
-                };
+        // A loop rather than `collect::<Result<Vec<_>, _>>()`, which cannot know the length and
+        // grew the row's vector three times.
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for column in &self.columns {
+            let value = match column.source {
+                // The last column reading a field takes its value; earlier ones copy it.
+                Source::Field(index) if column.last_reader => {
+                    values.get_mut(index).and_then(Option::take)
+                }
+                Source::Field(index) => values.get(index).cloned().flatten(),
+                Source::Meta(ColumnValue::IngestionTime) => {
+                    Some(Input::Json(Json::Int(ingestion_time)))
+                }
+                Source::Meta(ColumnValue::EventTime) => {
+                    record.event_time.map(|t| Input::Json(Json::Int(t)))
+                }
+                Source::Meta(ColumnValue::Partition) => {
+                    Some(Input::Json(Json::UInt(u64::from(record.partition))))
+                }
+                Source::Meta(ColumnValue::Position) => {
+                    Some(Input::Json(Json::UInt(record.position)))
+                }
+                Source::Meta(ColumnValue::PluginVersion) => crate::stage::labelled_version(record)
+                    .map(|version| Input::Json(Json::Text(Cow::Borrowed(version)))),
+                Source::Meta(ColumnValue::PluginVersions) => crate::stage::labelled_lineage(record)
+                    .map(|lineage| Input::Json(Json::Text(Cow::Borrowed(lineage)))),
+            };
+            cells.push(
                 self.cell(column, value)
-                    .map_err(|reason| (RefusalKind::Schema, reason))
-            })
-            .collect::<Result<Vec<Cell<'a>>, _>>()?;
+                    .map_err(|reason| (RefusalKind::Schema, reason))?,
+            );
+        }
         for constraint in &self.constraints {
             constraint
                 .check(&cells, &self.types)
