@@ -2023,11 +2023,14 @@ fn partitions_a_process_acquires_during_a_shadow_run_take_part_and_are_reported(
     let a = WeirProcess::run(&configs[0]);
     let b = WeirProcess::run(&configs[1]);
     let (admin_a, admin_b) = (a.admin_address(0, WAIT), b.admin_address(0, WAIT));
-    weir_tests::service::wait_until(WAIT, "two partitions each", || {
-        owned_partitions(&admin_a, "telemetry").len() == 2
-            && owned_partitions(&admin_b, "telemetry").len() == 2
+    // Two each, and between them all four: while a takes its share from b, b can still list a
+    // partition a has taken (b sees the loss at its next renewal) beside one it is starting.
+    let mut of_b = std::collections::BTreeSet::new();
+    weir_tests::service::wait_until(WAIT, "two partitions each, all four between them", || {
+        let of_a = owned_partitions(&admin_a, "telemetry");
+        of_b = owned_partitions(&admin_b, "telemetry");
+        of_a.len() == 2 && of_b.len() == 2 && of_a.is_disjoint(&of_b)
     });
-    let of_b = owned_partitions(&admin_b, "telemetry");
     let address = broker.address();
     let rest = rest.to_vec();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

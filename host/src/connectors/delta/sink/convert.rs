@@ -199,23 +199,27 @@ impl RowConverter {
             finder: FieldFinder::new(&self.fields),
             builders,
             positions: Vec::with_capacity(capacity),
+            spare: Row::default(),
         }
     }
 
-    /// The cells of one record, or why it is refused.
+    /// The cells of one record into `row.cells` and its new fields into `row.extras` (`row`
+    /// empty before), or why it is refused.
     fn cells<'a>(
         &self,
         record: &'a Event,
         ingestion_time: i64,
         finder: &mut FieldFinder<'_>,
-    ) -> Result<(Vec<Cell<'a>>, Vec<String>), (RefusalKind, String)> {
-        let (mut values, mut extras) = self
-            .field_values(&record.body, finder)
+        row: &mut Row<'a>,
+    ) -> Result<(), (RefusalKind, String)> {
+        let Row {
+            values,
+            cells,
+            extras,
+        } = row;
+        self.field_values(&record.body, finder, values, extras)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
-        self.nested_extras(&values, &mut extras);
-        // A loop rather than `collect::<Result<Vec<_>, _>>()`, which cannot know the length and
-        // grew the row's vector three times.
-        let mut cells = Vec::with_capacity(self.columns.len());
+        self.nested_extras(values, extras);
         for column in &self.columns {
             let value = match column.source {
                 // The last column reading a field takes its value; earlier ones copy it.
@@ -247,10 +251,10 @@ impl RowConverter {
         }
         for constraint in &self.constraints {
             constraint
-                .check(&cells, &self.types)
+                .check(cells, &self.types)
                 .map_err(|reason| (RefusalKind::Schema, reason))?;
         }
-        Ok((cells, extras))
+        Ok(())
     }
 
     /// Adds to `extras` the members inside the values of struct-typed columns that their types
@@ -271,26 +275,29 @@ impl RowConverter {
         !self.other_names.iter().any(|n| n.eq_ignore_ascii_case(key))
     }
 
-    /// The values of the fields the columns read, in [`RowConverter::fields`] order.
-    /// The values of the fields the columns read, and the names of the record's other
-    /// non-null top-level fields that are new to the table.
-    #[allow(clippy::type_complexity)]
+    /// The values of the fields the columns read into `values`, in [`RowConverter::fields`]
+    /// order, and the names of the record's other non-null top-level fields that are new to the
+    /// table into `extras` (both empty before).
     fn field_values<'a>(
         &self,
         body: &'a [u8],
         finder: &mut FieldFinder<'_>,
-    ) -> Result<(Vec<Option<Input<'a>>>, Vec<String>), String> {
+        values: &mut Vec<Option<Input<'a>>>,
+        extras: &mut Vec<String>,
+    ) -> Result<(), String> {
         if self.fields.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(());
         }
+        values.resize(self.fields.len(), None);
         if !self.tree {
-            let (values, mut extras) = match scan_fields_and_extras(body, finder) {
-                Some(found) => found,
-                None => extract_fields_and_extras(body, &self.fields)?,
-            };
+            if !scan_fields_and_extras(body, finder, values, extras) {
+                let (found, others) = extract_fields_and_extras(body, &self.fields)?;
+                values.clear();
+                values.extend(found.into_iter().map(|v| v.map(Input::Json)));
+                *extras = others;
+            }
             extras.retain(|key| self.is_new(key));
-            let values = values.into_iter().map(|v| v.map(Input::Json)).collect();
-            return Ok((values, extras));
+            return Ok(());
         }
         let text = std::str::from_utf8(body).map_err(|e| format!("malformed JSON: {e}"))?;
         let Node::Object(members) =
@@ -298,9 +305,6 @@ impl RowConverter {
         else {
             return Err("malformed JSON: expected a JSON object".to_owned());
         };
-        let mut values: Vec<Option<Input<'a>>> = Vec::new();
-        values.resize_with(self.fields.len(), || None);
-        let mut extras = Vec::new();
         for (key, value) in members {
             match self.fields.iter().position(|f| *f == key) {
                 Some(index) => values[index] = Some(Input::Node(value)),
@@ -310,7 +314,7 @@ impl RowConverter {
                 None => {}
             }
         }
-        Ok((values, extras))
+        Ok(())
     }
 
     fn cell<'a>(&self, column: &ColumnSpec, value: Option<Input<'a>>) -> Result<Cell<'a>, String> {
@@ -725,6 +729,39 @@ pub(super) struct BatchBuilder<'c> {
     finder: FieldFinder<'c>,
     builders: Vec<ColumnBuilder>,
     positions: Vec<Position>,
+    /// The buffers of the last row, kept for the next one.
+    spare: Row<'static>,
+}
+
+/// One record's conversion: the values of the fields the columns read, the row's cells and the
+/// record's new fields. A batch reuses one row's buffers for the next, so that a row allocates
+/// nothing of its own.
+#[derive(Default)]
+struct Row<'a> {
+    values: Vec<Option<Input<'a>>>,
+    cells: Vec<Cell<'a>>,
+    extras: Vec<String>,
+}
+
+impl Row<'_> {
+    /// The same buffers, emptied, for a record that lives for `'b`.
+    fn reuse<'b>(self) -> Row<'b> {
+        let mut extras = self.extras;
+        extras.clear();
+        Row {
+            values: emptied(self.values),
+            cells: emptied(self.cells),
+            extras,
+        }
+    }
+}
+
+/// `spare`'s allocation as an empty vector of another element type: collected in place from an
+/// iterator that yields nothing, which keeps the allocation when the two types have one layout
+/// (here they differ only in a lifetime).
+fn emptied<A, B>(mut spare: Vec<A>) -> Vec<B> {
+    spare.clear();
+    spare.into_iter().filter_map(|_| None).collect()
 }
 
 impl BatchBuilder<'_> {
@@ -736,9 +773,22 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
-        let (cells, mut extras) = self
-            .converter
-            .cells(record, ingestion_time, &mut self.finder)?;
+        let mut row = std::mem::take(&mut self.spare).reuse();
+        let pushed = self.push_row(record, ingestion_time, &mut row);
+        self.spare = row.reuse();
+        pushed
+    }
+
+    /// [`BatchBuilder::push`] with the buffers of `row`.
+    fn push_row<'a>(
+        &mut self,
+        record: &'a Event,
+        ingestion_time: i64,
+        row: &mut Row<'a>,
+    ) -> Result<Pushed, (RefusalKind, String)> {
+        self.converter
+            .cells(record, ingestion_time, &mut self.finder, row)?;
+        let extras = &mut row.extras;
         let pushed = match (
             extras.is_empty(),
             self.converter.schema_mode,
@@ -747,7 +797,7 @@ impl BatchBuilder<'_> {
             (true, _, _) => Pushed::Row,
             (false, SchemaMode::Evolve, _) => {
                 extras.dedup();
-                return Ok(Pushed::Evolve(extras));
+                return Ok(Pushed::Evolve(std::mem::take(extras)));
             }
             (false, SchemaMode::Fixed, ExtraFields::Refuse) => {
                 let names: Vec<String> = extras.iter().map(|n| format!("`{n}`")).collect();
@@ -761,11 +811,16 @@ impl BatchBuilder<'_> {
             }
             (false, SchemaMode::Fixed, ExtraFields::Ignore) => Pushed::Ignored,
         };
-        for (builder, cell) in self.builders.iter_mut().zip(cells) {
+        self.append(record, &mut row.cells);
+        Ok(pushed)
+    }
+
+    /// Appends a converted row's cells to the columns.
+    fn append(&mut self, record: &Event, cells: &mut Vec<Cell<'_>>) {
+        for (builder, cell) in self.builders.iter_mut().zip(cells.drain(..)) {
             builder.append(cell);
         }
         self.positions.push(record.position);
-        Ok(pushed)
     }
 
     /// Adds `record` as a row without its new fields, whatever the configuration says of them
@@ -775,18 +830,20 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
-        let (cells, extras) = self
+        let mut row = std::mem::take(&mut self.spare).reuse();
+        let pushed = self
             .converter
-            .cells(record, ingestion_time, &mut self.finder)?;
-        for (builder, cell) in self.builders.iter_mut().zip(cells) {
-            builder.append(cell);
-        }
-        self.positions.push(record.position);
-        Ok(if extras.is_empty() {
-            Pushed::Row
-        } else {
-            Pushed::Ignored
-        })
+            .cells(record, ingestion_time, &mut self.finder, &mut row)
+            .map(|()| {
+                self.append(record, &mut row.cells);
+                if row.extras.is_empty() {
+                    Pushed::Row
+                } else {
+                    Pushed::Ignored
+                }
+            });
+        self.spare = row.reuse();
+        pushed
     }
 
     /// Number of rows so far.
@@ -913,17 +970,17 @@ impl fmt::Display for Json<'_> {
     }
 }
 
-/// [`extract_fields_and_extras`] by one fast pass ([`scan`]), with the same answer; `None` when
-/// the body is left to serde_json (an escape in a string, a number out of range, malformed JSON),
-/// whose answer or error then counts.
-#[allow(clippy::type_complexity)]
+/// [`extract_fields_and_extras`] by one fast pass ([`scan`]) into `values` (one `None` per field
+/// before) and `extras` (empty before), with the same answer; `false` when the body is left to
+/// serde_json (an escape in a string, a number out of range, malformed JSON), whose answer or
+/// error then counts.
 fn scan_fields_and_extras<'a>(
     body: &'a [u8],
     finder: &mut FieldFinder<'_>,
-) -> Option<(Vec<Option<Json<'a>>>, Vec<String>)> {
-    let mut values: Vec<Option<Json<'a>>> = vec![None; finder.fields().len()];
+    values: &mut [Option<Input<'a>>],
+    extras: &mut Vec<String>,
+) -> bool {
     finder.object();
-    let mut extras = Vec::new();
     let mut numbers_read = true;
     let plain = scan::members(body, |key, value| {
         let value = match value {
@@ -946,12 +1003,16 @@ fn scan_fields_and_extras<'a>(
             Scanned::Object => Json::Object,
         };
         match finder.find(key) {
-            Some(index) => values[index] = Some(value),
+            Some(index) => {
+                if let Some(slot) = values.get_mut(index) {
+                    *slot = Some(Input::Json(value));
+                }
+            }
             None if value != Json::Null => extras.push(key.to_owned()),
             None => {}
         }
     });
-    (plain && numbers_read).then_some((values, extras))
+    plain && numbers_read
 }
 
 /// Powers of ten that an `f64` holds exactly.
@@ -1135,6 +1196,44 @@ impl<'de> de::Deserialize<'de> for Json<'de> {
 mod scan_tests {
     use super::*;
 
+    /// The fast pass's answer as a value: the fields' values and the extras, or `None` when it
+    /// leaves the body to serde_json.
+    #[allow(clippy::type_complexity)]
+    fn fast<'a>(body: &'a [u8], fields: &[String]) -> Option<(Vec<Option<Json<'a>>>, Vec<String>)> {
+        let mut values = vec![None; fields.len()];
+        let mut extras = Vec::new();
+        scan_fields_and_extras(
+            body,
+            &mut FieldFinder::new(fields),
+            &mut values,
+            &mut extras,
+        )
+        .then(|| {
+            let values = values
+                .into_iter()
+                .map(|v| v.map(Input::into_json))
+                .collect();
+            (values, extras)
+        })
+    }
+
+    #[test]
+    fn a_rows_buffers_are_reused_for_the_next_row() {
+        let mut row: Row<'static> = Row::default();
+        row.cells.reserve(12);
+        row.values.reserve(12);
+        let (cells, values) = (row.cells.as_ptr(), row.values.as_ptr());
+        let body = br#"{"a":1}"#.to_vec();
+        let mut next = row.reuse();
+        next.cells.push(Cell::Text(Cow::Borrowed(
+            std::str::from_utf8(&body).expect("text"),
+        )));
+        let again: Row<'static> = next.reuse();
+        assert!(again.cells.is_empty() && again.cells.capacity() >= 12);
+        assert_eq!(again.cells.as_ptr(), cells);
+        assert_eq!(again.values.as_ptr(), values);
+    }
+
     proptest::proptest! {
         /// Whatever the fast pass answers, serde_json answers the same (fields, extras, order).
         #[test]
@@ -1142,7 +1241,7 @@ mod scan_tests {
             body in r#"\{("[a-d]{1,2}":([0-9.eE+\-]{1,6}|"[a-c\\]{0,3}"|null|true|\[[0-9,]{0,5}\]|\{\}),?){0,5}\}"#,
         ) {
             let fields = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-            if let Some(fast) = scan_fields_and_extras(body.as_bytes(), &mut FieldFinder::new(&fields)) {
+            if let Some(fast) = fast(body.as_bytes(), &fields) {
                 let slow = extract_fields_and_extras(body.as_bytes(), &fields);
                 proptest::prop_assert_eq!(Ok(fast), slow);
             }
@@ -1197,14 +1296,10 @@ mod scan_tests {
         let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Big":1e400,"Extra":{"x":1}}"#;
         let fields = vec!["DeviceId".to_owned(), "Humidity".to_owned()];
         // A number out of range is serde_json's to refuse.
-        assert_eq!(
-            scan_fields_and_extras(body, &mut FieldFinder::new(&fields)),
-            None
-        );
+        assert_eq!(fast(body, &fields), None);
         assert!(extract_fields_and_extras(body, &fields).is_err());
         let body = br#"{"DeviceId":"device-1","Temperature":21.5,"Humidity":45,"Gone":null}"#;
-        let (values, extras) =
-            scan_fields_and_extras(body, &mut FieldFinder::new(&fields)).expect("plain");
+        let (values, extras) = fast(body, &fields).expect("plain");
         assert_eq!(
             values,
             [
