@@ -773,54 +773,7 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
-        let mut row = std::mem::take(&mut self.spare).reuse();
-        let pushed = self.push_row(record, ingestion_time, &mut row);
-        self.spare = row.reuse();
-        pushed
-    }
-
-    /// [`BatchBuilder::push`] with the buffers of `row`.
-    fn push_row<'a>(
-        &mut self,
-        record: &'a Event,
-        ingestion_time: i64,
-        row: &mut Row<'a>,
-    ) -> Result<Pushed, (RefusalKind, String)> {
-        self.converter
-            .cells(record, ingestion_time, &mut self.finder, row)?;
-        let extras = &mut row.extras;
-        let pushed = match (
-            extras.is_empty(),
-            self.converter.schema_mode,
-            self.converter.extra_fields,
-        ) {
-            (true, _, _) => Pushed::Row,
-            (false, SchemaMode::Evolve, _) => {
-                extras.dedup();
-                return Ok(Pushed::Evolve(std::mem::take(extras)));
-            }
-            (false, SchemaMode::Fixed, ExtraFields::Refuse) => {
-                let names: Vec<String> = extras.iter().map(|n| format!("`{n}`")).collect();
-                return Err((
-                    RefusalKind::Schema,
-                    format!(
-                        "the record has fields the table has no column for: {} (`extra_fields = \"refuse\"`)",
-                        names.join(", ")
-                    ),
-                ));
-            }
-            (false, SchemaMode::Fixed, ExtraFields::Ignore) => Pushed::Ignored,
-        };
-        self.append(record, &mut row.cells);
-        Ok(pushed)
-    }
-
-    /// Appends a converted row's cells to the columns.
-    fn append(&mut self, record: &Event, cells: &mut Vec<Cell<'_>>) {
-        for (builder, cell) in self.builders.iter_mut().zip(cells.drain(..)) {
-            builder.append(cell);
-        }
-        self.positions.push(record.position);
+        self.push_with(record, ingestion_time, true)
     }
 
     /// Adds `record` as a row without its new fields, whatever the configuration says of them
@@ -830,20 +783,62 @@ impl BatchBuilder<'_> {
         record: &Event,
         ingestion_time: i64,
     ) -> Result<Pushed, (RefusalKind, String)> {
+        self.push_with(record, ingestion_time, false)
+    }
+
+    /// [`BatchBuilder::push`] (`as_configured`) or [`BatchBuilder::push_without_new`], with the
+    /// buffers the last row left.
+    fn push_with(
+        &mut self,
+        record: &Event,
+        ingestion_time: i64,
+        as_configured: bool,
+    ) -> Result<Pushed, (RefusalKind, String)> {
         let mut row = std::mem::take(&mut self.spare).reuse();
-        let pushed = self
-            .converter
-            .cells(record, ingestion_time, &mut self.finder, &mut row)
-            .map(|()| {
-                self.append(record, &mut row.cells);
-                if row.extras.is_empty() {
-                    Pushed::Row
-                } else {
-                    Pushed::Ignored
-                }
-            });
+        let pushed = self.push_row(record, ingestion_time, as_configured, &mut row);
         self.spare = row.reuse();
         pushed
+    }
+
+    fn push_row<'a>(
+        &mut self,
+        record: &'a Event,
+        ingestion_time: i64,
+        as_configured: bool,
+        row: &mut Row<'a>,
+    ) -> Result<Pushed, (RefusalKind, String)> {
+        self.converter
+            .cells(record, ingestion_time, &mut self.finder, row)?;
+        let extras = &mut row.extras;
+        let pushed = match (
+            extras.is_empty(),
+            as_configured,
+            self.converter.schema_mode,
+            self.converter.extra_fields,
+        ) {
+            (true, _, _, _) => Pushed::Row,
+            (false, false, _, _) => Pushed::Ignored,
+            (false, true, SchemaMode::Evolve, _) => {
+                extras.dedup();
+                return Ok(Pushed::Evolve(std::mem::take(extras)));
+            }
+            (false, true, SchemaMode::Fixed, ExtraFields::Refuse) => {
+                let names: Vec<String> = extras.iter().map(|n| format!("`{n}`")).collect();
+                return Err((
+                    RefusalKind::Schema,
+                    format!(
+                        "the record has fields the table has no column for: {} (`extra_fields = \"refuse\"`)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            (false, true, SchemaMode::Fixed, ExtraFields::Ignore) => Pushed::Ignored,
+        };
+        for (builder, cell) in self.builders.iter_mut().zip(row.cells.drain(..)) {
+            builder.append(cell);
+        }
+        self.positions.push(record.position);
+        Ok(pushed)
     }
 
     /// Number of rows so far.
