@@ -162,7 +162,9 @@ pub fn generated_readings(devices: usize, per_device: usize, seed: u64) -> Vec<R
 }
 
 /// Readings in event-time order over the whole input: device `d` reads every 20 s at
-/// `step * 20 s + d * 100 ms`, sometimes falls silent for 6 minutes (a gap the rule must not bridge),
+/// `step * 20 s + d * spacing`, where the spacing is 100 ms for up to 200 devices and 20 s divided
+/// among the devices beyond (so that a step's readings end before the next step's begin),
+/// sometimes falls silent for 6 minutes (a gap the rule must not bridge),
 /// with jumps and values past the limits mixed in. Unlike [`generated_readings`], the file order is
 /// the event-time order, so that the input can be shuffled within a known bound.
 pub fn ordered_readings(devices: usize, steps: usize, seed: u64) -> Vec<Reading> {
@@ -176,6 +178,7 @@ pub fn ordered_readings(devices: usize, steps: usize, seed: u64) -> Vec<Reading>
     let mut readings = Vec::with_capacity(devices * steps);
     let mut temps: Vec<f64> = (0..devices).map(|d| 18.0 + (d % 12) as f64).collect();
     let mut silent_until = vec![0usize; devices];
+    let spacing_ms = (20_000 / devices.max(1) as i64).min(100);
     for step in 0..steps {
         for device in 0..devices {
             if step < silent_until[device] {
@@ -195,7 +198,7 @@ pub fn ordered_readings(devices: usize, steps: usize, seed: u64) -> Vec<Reading>
                 temperature = -0.5 - next() * 5.0;
             }
             let temperature = (temperature * 100.0).round() / 100.0;
-            let time = BASE_TIME_MS + step as i64 * 20_000 + device as i64 * 100;
+            let time = BASE_TIME_MS + step as i64 * 20_000 + device as i64 * spacing_ms;
             readings.push(Reading::new(
                 &format!("device-{device:03}"),
                 time,
