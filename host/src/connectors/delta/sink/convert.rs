@@ -800,6 +800,7 @@ impl BatchBuilder<'_> {
         pushed
     }
 
+    /// [`BatchBuilder::push_with`] with the buffers of `row`.
     fn push_row<'a>(
         &mut self,
         record: &'a Event,
