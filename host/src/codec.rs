@@ -225,6 +225,7 @@ impl<'a> Reader<'a> {
             enqueued_time,
             properties,
             body,
+            spans: Default::default(),
         })
     }
 }

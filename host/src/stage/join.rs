@@ -407,6 +407,7 @@ impl PluginCall for EnrichCall<'_> {
                     enqueued_time: anchor.enqueued_time,
                     properties,
                     body,
+                    spans: Default::default(),
                 },
             );
         }

@@ -124,6 +124,7 @@ impl Steps for Model {
             enqueued_time,
             properties: Vec::new(),
             body: body.clone(),
+            spans: Default::default(),
         };
         if out.wanted(position) && !out.send(event(position)).await {
             return false;
