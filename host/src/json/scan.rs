@@ -78,9 +78,7 @@ impl PartialEq for MemberSpans {
 /// to JSON Lines) would pay for nothing. Spans only spare work, so a process-wide hint is enough.
 static SPANS_WANTED: AtomicBool = AtomicBool::new(false);
 
-/// From now on, [`members_recorded`] records. Until some reader of spans (a projection, a Delta
-/// sink, [`members_of`] meeting a body without them) asks, it records nothing: the record costs a
-/// little on every event, which a pipeline without such readers would pay for nothing.
+/// From now on, [`members_recorded`] records (see [`SPANS_WANTED`]).
 pub fn want_spans() {
     if !SPANS_WANTED.load(Ordering::Relaxed) {
         SPANS_WANTED.store(true, Ordering::Relaxed);
@@ -97,7 +95,7 @@ pub struct Span {
 
 /// Like [`members`], also recording each member's place into `record` (a buffer reused between
 /// bodies): it holds every member when the scan answers `true`, none otherwise. Nothing is
-/// recorded until a reader wants spans (see [`want_spans`]).
+/// recorded until a reader wants spans (see [`SPANS_WANTED`]).
 pub fn members_recorded<'a>(
     body: &'a [u8],
     record: &mut Vec<Span>,
