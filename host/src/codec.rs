@@ -225,7 +225,6 @@ impl<'a> Reader<'a> {
             enqueued_time,
             properties,
             body,
-            spans: Default::default(),
         })
     }
 }

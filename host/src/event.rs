@@ -4,8 +4,6 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 
-use crate::json::scan::MemberSpans;
-
 /// Index of a partition within a source (0-based).
 pub type PartitionId = u32;
 
@@ -35,10 +33,6 @@ pub struct Event {
     pub properties: Vec<(String, String)>,
     /// The payload, usually one JSON object.
     pub body: Bytes,
-    /// Where the body's top-level members sit, when a scan of this body found them (the source's
-    /// or the partition worker's, reading the key or the event time): read again from here
-    /// instead of by another scan. An event given another body must not keep them.
-    pub spans: MemberSpans,
 }
 
 impl Event {
@@ -53,7 +47,6 @@ impl Event {
             enqueued_time: now_millis(),
             properties: Vec::new(),
             body: body.into(),
-            spans: MemberSpans::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use self::scan::{Scanned, Span};
+use self::scan::Scanned;
 
 /// A scalar JSON value found at a top-level field.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,40 +42,11 @@ impl FieldValue<'_> {
 /// reason when `body` is not one well-formed JSON object.
 pub fn top_level_field<'a>(body: &'a [u8], field: &str) -> Result<Option<FieldValue<'a>>, String> {
     let mut found = None;
-    let plain = scan::members(body, |key, value| first_of(&mut found, field, key, value));
-    field_or_serde(plain, found, body, field)
-}
-
-/// [`top_level_field`], also recording where every member of `body` sits into `record` (see
-/// [`scan::members_recorded`]).
-pub fn top_level_field_recorded<'a>(
-    body: &'a [u8],
-    field: &str,
-    record: &mut Vec<Span>,
-) -> Result<Option<FieldValue<'a>>, String> {
-    let mut found = None;
-    let plain = scan::members_recorded(body, record, |key, value| {
-        first_of(&mut found, field, key, value);
+    let plain = scan::members(body, |key, value| {
+        if found.is_none() && key == field {
+            found = Some(value);
+        }
     });
-    field_or_serde(plain, found, body, field)
-}
-
-/// Keeps `value` in `found` when `key` is `field` and `found` has nothing yet (serde_json keeps
-/// the first of repeated members too).
-fn first_of<'a>(found: &mut Option<Scanned<'a>>, field: &str, key: &str, value: Scanned<'a>) {
-    if found.is_none() && key == field {
-        *found = Some(value);
-    }
-}
-
-/// The answer of a scan that found `found` for `field`, or serde_json's when the scan left the
-/// body aside (`plain` false) or cannot read the value.
-fn field_or_serde<'a>(
-    plain: bool,
-    found: Option<Scanned<'a>>,
-    body: &'a [u8],
-    field: &str,
-) -> Result<Option<FieldValue<'a>>, String> {
     if plain && let Some(found) = resolved(found) {
         return Ok(found);
     }
@@ -84,18 +55,20 @@ fn field_or_serde<'a>(
 
 /// The values of top-level fields `first` and `second` of the JSON object `body`, read in one
 /// pass: the same answers as [`top_level_field`] of each (which fail together, for a body that
-/// is not one well-formed JSON object). Where every member of `body` sits goes into `record`
-/// (see [`scan::members_recorded`]).
+/// is not one well-formed JSON object).
 pub fn top_level_field_pair<'a>(
     body: &'a [u8],
     first: &str,
     second: &str,
-    record: &mut Vec<Span>,
 ) -> Result<(Option<FieldValue<'a>>, Option<FieldValue<'a>>), String> {
     let (mut found_first, mut found_second) = (None, None);
-    let plain = scan::members_recorded(body, record, |key, value| {
-        first_of(&mut found_first, first, key, value);
-        first_of(&mut found_second, second, key, value);
+    let plain = scan::members(body, |key, value| {
+        if found_first.is_none() && key == first {
+            found_first = Some(value);
+        }
+        if found_second.is_none() && key == second {
+            found_second = Some(value);
+        }
     });
     if plain && let (Some(first), Some(second)) = (resolved(found_first), resolved(found_second)) {
         return Ok((first, second));
@@ -363,7 +336,7 @@ mod tests {
         ];
         for body in bodies {
             for (first, second) in [("k", "t"), ("t", "k"), ("k", "k"), ("n", "absent")] {
-                let pair = top_level_field_pair(body, first, second, &mut Vec::new());
+                let pair = top_level_field_pair(body, first, second);
                 let each = top_level_field(body, first)
                     .and_then(|a| top_level_field(body, second).map(|b| (a, b)));
                 assert_eq!(

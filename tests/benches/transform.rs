@@ -360,7 +360,7 @@ fn script_figures(dir: &str, batches: &[Vec<Event>]) -> ScriptFigures {
     let mut after = PluginInstance::new(plugin, settings, KeyedState::default()).expect("instance");
     let mut layout = weir::stage::batch::empty_batch(0);
     weir::stage::batch::fill_batch(&mut layout, &batches[0]);
-    after.process(&mut layout, &batches[0]).expect("a batch");
+    after.process(&mut layout).expect("a batch");
     ScriptFigures {
         path,
         bytes,

@@ -11,8 +11,6 @@
 //! and no control characters and are valid UTF-8, numbers follow the JSON grammar, and only
 //! whitespace may follow the object.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 /// Nesting beyond this is left to serde_json (whose own limit is 128).
 pub const MAX_DEPTH: u32 = 64;
 
@@ -47,148 +45,6 @@ pub fn members_with_text<'a>(
     mut member: impl FnMut(&'a str, Scanned<'a>, &'a [u8]),
 ) -> bool {
     scan(body, &mut member)
-}
-
-/// Where each top-level member of one body sits, as a scan found it: the member's key, its value
-/// and the value's kind, so that the body's members can be read again without a scan (see
-/// [`members_of`]).
-///
-/// The file source and the partition worker record them when they read an event's key or event
-/// time; a forwarded record keeps its event's, so the plugin's projection and a Delta sink read
-/// the body without scanning it again. They describe one body only: an event whose body is
-/// replaced gets none.
-///
-/// Events are equal whether or not they carry them: they only cache what the body says.
-#[derive(Debug, Clone, Default)]
-pub struct MemberSpans {
-    /// The spans, and the length of the body they were found in (a cheap check against use with
-    /// another one); `None`: not known, the body is scanned when read.
-    found: Option<(std::sync::Arc<[Span]>, usize)>,
-}
-
-impl PartialEq for MemberSpans {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// Whether some reader in this process ([`members_of`]: a projection, a Delta sink) has scanned
-/// a body whose spans were not known. Until one has, [`members_recorded`] records nothing: the
-/// record costs a little on every event, which a pipeline without such readers (a pass-through
-/// to JSON Lines) would pay for nothing. Spans only spare work, so a process-wide hint is enough.
-static SPANS_WANTED: AtomicBool = AtomicBool::new(false);
-
-/// From now on, [`members_recorded`] records (see [`SPANS_WANTED`]).
-pub fn want_spans() {
-    if !SPANS_WANTED.load(Ordering::Relaxed) {
-        SPANS_WANTED.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Where one member sits: its key's and its value's byte ranges in the body (a string value with
-/// its quotes; the value's first byte says what it is).
-#[derive(Debug, Clone, Copy)]
-pub struct Span {
-    key: (u32, u32),
-    value: (u32, u32),
-}
-
-/// Like [`members`], also recording each member's place into `record` (a buffer reused between
-/// bodies): it holds every member when the scan answers `true`, none otherwise. Nothing is
-/// recorded until a reader wants spans (see [`SPANS_WANTED`]).
-pub fn members_recorded<'a>(
-    body: &'a [u8],
-    record: &mut Vec<Span>,
-    mut member: impl FnMut(&'a str, Scanned<'a>),
-) -> bool {
-    record.clear();
-    if !SPANS_WANTED.load(Ordering::Relaxed) {
-        return members(body, member);
-    }
-    // Offsets are kept in 32 bits; a body past 4 GiB (never, under `max_event_bytes`) is read
-    // without a record.
-    let recordable = u32::try_from(body.len()).is_ok();
-    let base = body.as_ptr() as usize;
-    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-    let plain = scan(body, &mut |key, value, text| {
-        let key_start = offset(key.as_bytes());
-        let value_start = offset(text);
-        record.push(Span {
-            key: (key_start, key_start + key.len() as u32),
-            value: (value_start, value_start + text.len() as u32),
-        });
-        member(key, value);
-    });
-    if !(plain && recordable) {
-        record.clear();
-    }
-    plain
-}
-
-impl MemberSpans {
-    /// The spans `record` holds, found by [`members_recorded`] in `body`: none known when it
-    /// holds none (the scan left the body aside, or the body has no member).
-    pub fn from_recorded(body: &[u8], record: &[Span]) -> Self {
-        MemberSpans {
-            found: (!record.is_empty()).then(|| (std::sync::Arc::from(record), body.len())),
-        }
-    }
-
-    /// Whether they are known.
-    pub fn is_known(&self) -> bool {
-        self.found.is_some()
-    }
-}
-
-/// Calls `member` with each top-level member of `body`, as [`members_with_text`] does: from
-/// `spans` (found in this same body) when they are known, without scanning it again, else by a
-/// scan.
-/// `false` as for [`members_with_text`]; also when `spans` do not fit `body` (they were made for
-/// another one), which the caller then reads as it reads a body the scan leaves aside.
-pub fn members_of<'a>(
-    body: &'a [u8],
-    spans: &MemberSpans,
-    mut member: impl FnMut(&'a str, Scanned<'a>, &'a [u8]),
-) -> bool {
-    let Some((spans, body_len)) = &spans.found else {
-        want_spans();
-        return scan(body, &mut member);
-    };
-    if *body_len != body.len() {
-        return false;
-    }
-    // One check of the whole body, as the scan makes: then every key and string is a slice of it
-    // (one check per slice costs several times more, for short ones).
-    let Ok(whole) = std::str::from_utf8(body) else {
-        return false;
-    };
-    for span in spans.iter() {
-        let (key_start, key_end) = (span.key.0 as usize, span.key.1 as usize);
-        let (value_start, value_end) = (span.value.0 as usize, span.value.1 as usize);
-        // The checks cannot fail on the body the spans were found in; they keep a mismatch from
-        // reading anything but its own bytes.
-        let (Some(key), Some(text)) = (
-            whole.get(key_start..key_end),
-            body.get(value_start..value_end),
-        ) else {
-            return false;
-        };
-        let value = match text.first() {
-            Some(b'"') => match whole.get(value_start + 1..value_end.saturating_sub(1)) {
-                Some(inner) => Scanned::Text(inner),
-                None => return false,
-            },
-            Some(b't') => Scanned::Bool(true),
-            Some(b'f') => Scanned::Bool(false),
-            Some(b'n') => Scanned::Null,
-            Some(b'[') => Scanned::Array,
-            Some(b'{') => Scanned::Object,
-            Some(_) => Scanned::Number(text),
-            None => return false,
-        };
-        member(key, value, text);
-    }
-    true
 }
 
 /// A member's key, its value, and the value's text.
@@ -369,9 +225,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// At `"`: the string's text, when it has no escape and no control character. Inlined: as a
-    /// call (two per member) it cost a pass-through pipeline about 2% of its instructions.
-    #[inline(always)]
+    /// At `"`: the string's text, when it has no escape and no control character.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at + 1;
         let length = plain_run(self.bytes().get(start..)?)?;
@@ -519,47 +373,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Read from the spans a scan recorded, a body gives the same members as the scan itself; a
-    /// body the scan leaves aside records none, and spans are not read against another body.
-    #[test]
-    fn recorded_spans_read_as_the_scan() {
-        let with_text = |body: &'static str, spans: &MemberSpans| {
-            let mut found = Vec::new();
-            members_of(body.as_bytes(), spans, |k, v, t| {
-                found.push((k.to_owned(), v, t.to_vec()));
-            })
-            .then_some(found)
-        };
-        want_spans();
-        let mut record = Vec::new();
-        for body in [
-            r#" { "a" : "x", "n":-12.5e+3, "z":0, "t":true, "f":false, "o":{"p":[1,{"q":null}]}, "l":[], "e":{}, "u":null } "#,
-            "{\"é\":\"°C\",\"\":\"\"}",
-            "{\"a\":1,\"a\":2}",
-            "{}",
-        ] {
-            let mut keys = Vec::new();
-            assert!(members_recorded(body.as_bytes(), &mut record, |k, _| keys.push(k)));
-            let spans = MemberSpans::from_recorded(body.as_bytes(), &record);
-            assert_eq!(spans.is_known(), !keys.is_empty(), "{body}");
-            let scanned = with_text(body, &MemberSpans::default());
-            assert!(scanned.is_some(), "{body}");
-            assert_eq!(with_text(body, &spans), scanned, "{body}");
-        }
-        // What the scan leaves aside leaves nothing recorded, even after a body that recorded.
-        assert!(members_recorded(b"{\"a\":1}", &mut record, |_, _| {}));
-        assert!(!members_recorded(
-            b"{\"a\":1,\"b\":\"x\\\"y\"}",
-            &mut record,
-            |_, _| {}
-        ));
-        assert!(record.is_empty());
-        // Spans of one body do not read another of a different length.
-        assert!(members_recorded(b"{\"a\":1}", &mut record, |_, _| {}));
-        let spans = MemberSpans::from_recorded(b"{\"a\":1}", &record);
-        assert_eq!(with_text("{\"a\":12}", &spans), None);
     }
 
     /// Whatever the scanner accepts, serde_json accepts and reads the same way.

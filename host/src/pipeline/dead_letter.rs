@@ -255,7 +255,6 @@ fn letter(
         enqueued_time: event.enqueued_time,
         properties: Vec::new(),
         body: Bytes::from(body),
-        spans: Default::default(),
     }
 }
 

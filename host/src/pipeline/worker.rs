@@ -16,8 +16,7 @@ use super::event_time::{IDLE_ADVANCE_STATE, PartitionTime};
 use super::inputs::Inputs;
 use crate::checkpoint::{Checkpoint, CheckpointStore, IncrementalState, StateWrite};
 use crate::event::{Event, PartitionId, Position, now_millis};
-use crate::json::scan::{MemberSpans, Span};
-use crate::json::{event_time_millis, top_level_field, top_level_field_recorded};
+use crate::json::{event_time_millis, top_level_field};
 use crate::metrics::{Metrics, names};
 use crate::sink::SinkWriter;
 use crate::source::ReadOutcome;
@@ -527,8 +526,6 @@ impl PartitionWorker {
             ),
             None => (self.settings.source.clone(), None, false),
         };
-        // Where each body's members sit, found while reading its event time (see `decode`).
-        let mut record = Vec::new();
         for mut event in events {
             event.source = source.clone();
             // The source read this event's time in the scan that found its key.
@@ -537,7 +534,7 @@ impl PartitionWorker {
             } else {
                 field.as_deref()
             };
-            match self.decode(&mut event, field, &mut record) {
+            match self.decode(&mut event, field) {
                 Ok(()) => {
                     let time = event.time();
                     self.max_event_time = Some(self.max_event_time.map_or(time, |t| t.max(time)));
@@ -1023,13 +1020,11 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Checks the size limit and reads the event time; the scan that reads it also records where
-    /// the body's members sit, for the stages and sinks (`record` is its reused buffer).
+    /// Checks the size limit and reads the event time.
     fn decode(
         &self,
         event: &mut Event,
         field: Option<&str>,
-        record: &mut Vec<Span>,
     ) -> Result<(), (DeadLetterKind, String)> {
         if event.body.len() > self.settings.max_event_bytes {
             return Err((
@@ -1042,14 +1037,7 @@ impl PartitionWorker {
             ));
         }
         if let Some(field) = field {
-            let found = if event.spans.is_known() {
-                top_level_field(&event.body, field)
-            } else {
-                let found = top_level_field_recorded(&event.body, field, record);
-                event.spans = MemberSpans::from_recorded(&event.body, record);
-                found
-            };
-            match found {
+            match top_level_field(&event.body, field) {
                 Err(reason) => return Err((DeadLetterKind::Malformed, reason)),
                 Ok(None) => {
                     return Err((

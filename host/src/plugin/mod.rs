@@ -49,7 +49,6 @@ pub use slot::{
 };
 pub use state::{BaseWrite, KeyedState, ReplacedLayers, SnapshotError, StateSpill};
 
-use crate::event::Event;
 use bindings::{EventBatch, FinishRequest, FoldRequest, FoldResponse, JoinRequest, OutputBatch};
 
 /// The kinds of plugin: one WIT world each.
@@ -939,15 +938,8 @@ impl PluginInstance {
     /// The batch first gets the projection of the fields this instance asked for, unless it
     /// already has it (the layout functions of [`crate::stage::batch`] clear it); the fields the
     /// output asks for apply from the next call on.
-    ///
-    /// `laid_out` are the events `batch` was laid out from, whose known member spans spare the
-    /// projection a scan of their bodies (empty: every body is scanned).
-    pub fn process(
-        &mut self,
-        batch: &mut EventBatch,
-        laid_out: &[Event],
-    ) -> Result<OutputBatch, CallError> {
-        self.project_into(batch, laid_out);
+    pub fn process(&mut self, batch: &mut EventBatch) -> Result<OutputBatch, CallError> {
+        self.project_into(batch);
         let batch = &*batch;
         let events = crate::stage::batch::event_count(batch);
         let check = |output: &OutputBatch| check_output(output, events);
@@ -959,11 +951,10 @@ impl PluginInstance {
         Ok(output)
     }
 
-    /// Gives `batch` (laid out from `laid_out`, or from events not at hand: empty) the
-    /// projection of the fields this instance asked for, unless it has it.
-    fn project_into(&self, batch: &mut EventBatch, laid_out: &[Event]) {
+    /// Gives `batch` the projection of the fields this instance asked for, unless it has it.
+    fn project_into(&self, batch: &mut EventBatch) {
         if batch.field_names != self.wanted_fields {
-            crate::stage::batch::project(batch, &self.wanted_fields, laid_out);
+            crate::stage::batch::project(batch, &self.wanted_fields);
         }
     }
 
@@ -973,8 +964,6 @@ impl PluginInstance {
         if wanted.is_empty() || wanted == self.wanted_fields.as_slice() {
             return;
         }
-        // The projection reads the events' top-level members: ask the sources for their places.
-        crate::json::scan::want_spans();
         self.wanted_fields.clear();
         for name in wanted {
             if self.wanted_fields.len() < MAX_WANTED_FIELDS && !self.wanted_fields.contains(name) {
@@ -983,14 +972,10 @@ impl PluginInstance {
         }
     }
 
-    /// Calls a window aggregate's `fold`, with the request's events (laid out from `laid_out`)
-    /// projected as in [`PluginInstance::process`].
-    pub fn fold(
-        &mut self,
-        request: &mut FoldRequest,
-        laid_out: &[Event],
-    ) -> Result<FoldResponse, CallError> {
-        self.project_into(&mut request.events, laid_out);
+    /// Calls a window aggregate's `fold`, with the request's events projected as in
+    /// [`PluginInstance::process`].
+    pub fn fold(&mut self, request: &mut FoldRequest) -> Result<FoldResponse, CallError> {
+        self.project_into(&mut request.events);
         let request = &*request;
         let response = self.call(
             |_| Ok(()),
@@ -1017,7 +1002,7 @@ impl PluginInstance {
     /// Calls a join enrichment's `enrich`, with the request's events projected as in
     /// [`PluginInstance::process`].
     pub fn enrich(&mut self, request: &mut JoinRequest) -> Result<OutputBatch, CallError> {
-        self.project_into(&mut request.events, &[]);
+        self.project_into(&mut request.events);
         let request = &*request;
         let output = self.call(
             |_| Ok(()),
@@ -1081,7 +1066,7 @@ impl PluginInstance {
         let state = std::mem::replace(&mut self.store.data_mut().keyed, throwaway);
         self.store.data_mut().quiet = true;
         // A copy, since the call adds this instance's projection (off the hot path).
-        let result = self.process(&mut batch.clone(), &[]).map(drop);
+        let result = self.process(&mut batch.clone()).map(drop);
         let data = self.store.data_mut();
         data.quiet = false;
         data.counters.clear();

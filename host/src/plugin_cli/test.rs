@@ -483,7 +483,6 @@ fn input_events(case: &Path) -> Result<Vec<(Event, bool)>, PluginCliError> {
                 enqueued_time: line.enqueued.unwrap_or(line.time),
                 properties: line.properties.into_iter().collect(),
                 body: Bytes::from(line.body.to_string()),
-                spans: Default::default(),
             };
             Ok((event, right))
         })

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::event::Event;
 use crate::json::fields::FieldFinder;
-use crate::json::scan::{self, MemberSpans};
+use crate::json::scan;
 use crate::plugin::bindings::{EventBatch, Property};
 use crate::plugin::columns::{self, push_bool, push_s64, push_u16, push_u32, push_u64};
 
@@ -97,11 +97,7 @@ pub fn fill_batch(batch: &mut EventBatch, events: &[Event]) {
 /// plain JSON object (see [`scan`]: malformed, an escape anywhere, nested too deep) or when one of
 /// the wanted names appears twice in it: the plugin then reads the body itself, so what it
 /// answers never depends on the projection.
-///
-/// `laid_out` are the events the batch was laid out from: a body whose member spans are known
-/// is read from them instead of by a scan. Empty, or not the batch's events, every body is
-/// scanned.
-pub fn project(batch: &mut EventBatch, wanted: &[String], laid_out: &[Event]) {
+pub fn project(batch: &mut EventBatch, wanted: &[String]) {
     clear_projection(batch);
     if wanted.is_empty() {
         return;
@@ -117,26 +113,19 @@ pub fn project(batch: &mut EventBatch, wanted: &[String], laid_out: &[Event]) {
     } = batch;
     field_names.extend_from_slice(wanted);
     let events = columns::u32_count(body_ends);
-    let laid_out = if laid_out.len() == events {
-        laid_out
-    } else {
-        &[]
-    };
-    let unknown = MemberSpans::default();
     field_ends.reserve(events * wanted.len() * 4);
     projected.reserve(events);
     let mut found: Vec<Option<&[u8]>> = vec![None; wanted.len()];
     let mut finder = FieldFinder::new(wanted);
     let mut start = 0usize;
-    for (index, end) in columns::u32s(body_ends).enumerate() {
+    for end in columns::u32s(body_ends) {
         let end = end as usize;
-        let spans = laid_out.get(index).map_or(&unknown, |event| &event.spans);
         let body = bodies.get(start..end).unwrap_or_default();
         start = end;
         found.fill(None);
         let mut repeated = false;
         finder.object();
-        let plain = scan::members_of(body, spans, |key, _, text| {
+        let plain = scan::members_with_text(body, |key, _, text| {
             if let Some(field) = finder.find(key) {
                 repeated |= found[field].replace(text).is_some();
             }
@@ -236,7 +225,7 @@ mod tests {
         let mut batch = empty_batch(0);
         fill_batch(&mut batch, &events);
         let wanted = vec!["a".to_owned(), "b".to_owned()];
-        project(&mut batch, &wanted, &[]);
+        project(&mut batch, &wanted);
         assert_eq!(batch.field_names, wanted);
         assert_eq!(batch.projected, [1, 1, 0, 0, 0, 0, 1]);
         assert_eq!(columns::u32_count(&batch.field_ends), bodies.len() * 2);
@@ -264,35 +253,10 @@ mod tests {
             array, r#"["x",[1, {"c":2}],null,,,,,,,,,,,true]"#,
             "entries separated by one comma each"
         );
-        // Events whose member spans a scan recorded are projected from them, alike.
-        scan::want_spans();
-        let mut record = Vec::new();
-        let recorded: Vec<Event> = events
-            .iter()
-            .map(|event| {
-                scan::members_recorded(&event.body, &mut record, |_, _| {});
-                Event {
-                    spans: MemberSpans::from_recorded(&event.body, &record),
-                    ..event.clone()
-                }
-            })
-            .collect();
-        assert!(recorded[0].spans.is_known() && !recorded[3].spans.is_known());
-        let mut from_spans = empty_batch(0);
-        fill_batch(&mut from_spans, &recorded);
-        project(&mut from_spans, &wanted, &recorded);
-        assert_eq!(
-            (
-                &from_spans.field_values,
-                &from_spans.field_ends,
-                &from_spans.projected
-            ),
-            (&batch.field_values, &batch.field_ends, &batch.projected)
-        );
         // A new layout starts without a projection; an empty wanted list clears one.
-        project(&mut batch, &[], &[]);
+        project(&mut batch, &[]);
         assert!(batch.field_names.is_empty() && batch.projected.is_empty());
-        project(&mut batch, &wanted, &[]);
+        project(&mut batch, &wanted);
         fill_batch(&mut batch, &events[..1]);
         assert!(batch.field_names.is_empty() && batch.field_ends.is_empty());
     }

@@ -407,7 +407,6 @@ impl PluginCall for EnrichCall<'_> {
                     enqueued_time: anchor.enqueued_time,
                     properties,
                     body,
-                    spans: Default::default(),
                 },
             );
         }

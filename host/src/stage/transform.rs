@@ -279,7 +279,7 @@ impl Shadowing {
         };
         let events = &events[..count];
         fill_batch(&mut self.batch, events);
-        let shadow = match self.instance.process(&mut self.batch, events) {
+        let shadow = match self.instance.process(&mut self.batch) {
             Ok(output) => shadow_outputs(output, events),
             Err(e) => {
                 self.seen = self.run.events();
@@ -390,7 +390,7 @@ impl PluginCall for EventsCall<'_> {
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<OutputBatch, CallError> {
-        instance.process(&mut self.batch.borrow_mut(), self.laid_out)
+        instance.process(&mut self.batch.borrow_mut())
     }
 
     fn read(&mut self, answer: OutputBatch, to: &mut Answers<'_>) -> Result<(), AnswerError> {
@@ -418,11 +418,10 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
             continue;
         };
         let end = (emitted.payload_end as usize).clamp(start, payloads.len());
-        // A forwarded record is its event's body: where its members sit is known too.
-        let (body, spans) = if emitted.forward {
-            (event.body.clone(), event.spans.clone())
+        let body = if emitted.forward {
+            event.body.clone()
         } else {
-            (payloads.slice(start..end), Default::default())
+            payloads.slice(start..end)
         };
         start = end;
         let mut properties = event.properties.clone();
@@ -430,7 +429,6 @@ fn decode_output(output: OutputBatch, events: &[Event], to: &mut Answers<'_>) {
         to.emit(
             target.clone(),
             Event {
-                spans,
                 partition: event.partition,
                 position: event.position,
                 source: event.source.clone(),

@@ -398,7 +398,6 @@ impl Windows {
             enqueued_time: time,
             properties: Vec::new(),
             body,
-            spans: Default::default(),
         }
     }
 
@@ -495,15 +494,7 @@ impl PluginCall for FoldCall<'_> {
     }
 
     fn call(&self, instance: &mut PluginInstance) -> Result<FoldResponse, CallError> {
-        let laid_out = match self.unit {
-            Some(unit) => self
-                .order
-                .get(unit)
-                .and_then(|&member| self.events.get(member as usize))
-                .map_or(&[][..], std::slice::from_ref),
-            None => self.events,
-        };
-        instance.fold(&mut self.request.borrow_mut(), laid_out)
+        instance.fold(&mut self.request.borrow_mut())
     }
 
     fn read(&mut self, response: FoldResponse, to: &mut Answers<'_>) -> Result<(), AnswerError> {

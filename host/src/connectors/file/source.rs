@@ -15,10 +15,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::FileSourceConfig;
 use crate::event::{Event, PartitionId, now_millis, partition_for_key};
-use crate::json::scan::{MemberSpans, Span};
-use crate::json::{
-    FieldValue, event_time_millis, top_level_field, top_level_field_pair, top_level_field_recorded,
-};
+use crate::json::{FieldValue, event_time_millis, top_level_field, top_level_field_pair};
 use crate::source::dispatch::InputProgress;
 use crate::source::{
     DispatchSettings, Dispatcher, PartitionReader, PartitionStart, Source, SourceError,
@@ -210,8 +207,6 @@ impl LineReader {
         let mut buffers = ReadBuffers::default();
         // Bytes read but not dispatched yet: the start of a line whose end has not been read.
         let mut pending = buffers.empty();
-        // Where the members of each line sit, found while reading its key: kept with the event.
-        let mut record = Vec::new();
         loop {
             if pending.capacity() - pending.len() < READ_CHUNK / 4 {
                 // A line longer than a read so far.
@@ -233,9 +228,7 @@ impl LineReader {
                         let line = pending.split().freeze();
                         let length = line.len() as u64;
                         let now = now_millis();
-                        if let Some(event) =
-                            self.line_event(partitions, offset, line, now, &mut record)
-                        {
+                        if let Some(event) = self.line_event(partitions, offset, line, now) {
                             batches[event.partition as usize].push(event);
                         }
                         if !self.send(&mut batches) {
@@ -271,13 +264,9 @@ impl LineReader {
                 let end = newline + 1;
                 let line_offset = offset;
                 offset += (end - start) as u64;
-                if let Some(event) = self.line_event(
-                    partitions,
-                    line_offset,
-                    lines.slice(start..end),
-                    now,
-                    &mut record,
-                ) {
+                if let Some(event) =
+                    self.line_event(partitions, line_offset, lines.slice(start..end), now)
+                {
                     batches[event.partition as usize].push(event);
                 }
                 start = end;
@@ -307,14 +296,7 @@ impl LineReader {
     }
 
     /// The event of one line read at `offset` (`None` for a blank line), read at `now`.
-    fn line_event(
-        &self,
-        partitions: u32,
-        offset: u64,
-        mut line: Bytes,
-        now: i64,
-        record: &mut Vec<Span>,
-    ) -> Option<Event> {
+    fn line_event(&self, partitions: u32, offset: u64, mut line: Bytes, now: i64) -> Option<Event> {
         let mut length = line.len();
         if line[..length].ends_with(b"\n") {
             length -= 1;
@@ -335,16 +317,10 @@ impl LineReader {
         // to the partition worker, which says why.
         let (key, time) = match (self.config.key_field.as_deref(), &self.event_time_field) {
             (Some(key), Some(time)) => {
-                top_level_field_pair(body, key, time, record).unwrap_or((None, None))
+                top_level_field_pair(body, key, time).unwrap_or((None, None))
             }
-            (Some(key), None) => (
-                top_level_field_recorded(body, key, record).ok().flatten(),
-                None,
-            ),
-            (None, _) => {
-                record.clear();
-                (None, None)
-            }
+            (Some(key), None) => (top_level_field(body, key).ok().flatten(), None),
+            (None, _) => (None, None),
         };
         let key = key.and_then(|value| match value {
             // A key as written in the line: a slice of it, not a copy.
@@ -364,7 +340,6 @@ impl LineReader {
             .and_then(|value| event_time_millis(&value).ok())
             .unwrap_or(now);
         Some(Event {
-            spans: MemberSpans::from_recorded(&line, record),
             partition,
             source: crate::event::no_source(),
             position: offset,

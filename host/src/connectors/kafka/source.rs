@@ -303,7 +303,6 @@ impl KafkaFetcher {
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                     .collect(),
                 body: record.value.map(Bytes::from).unwrap_or_default(),
-                spans: Default::default(),
             });
         }
         Ok(Some(Fetched::Records {

@@ -157,7 +157,6 @@ async fn send(
         enqueued_time: now_millis(),
         properties: vec![("stream".to_owned(), stream.to_owned())],
         body: Bytes::from(body),
-        spans: Default::default(),
     };
     out.send(event).await
 }

@@ -124,7 +124,6 @@ impl Steps for Model {
             enqueued_time,
             properties: Vec::new(),
             body: body.clone(),
-            spans: Default::default(),
         };
         if out.wanted(position) && !out.send(event(position)).await {
             return false;

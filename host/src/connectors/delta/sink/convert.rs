@@ -32,7 +32,7 @@ use crate::config::{ColumnType, ColumnValue, DeltaSinkConfig};
 use crate::connectors::delta::config::{Derive, ExtraFields, SchemaMode};
 use crate::event::{Event, Position};
 use crate::json::fields::FieldFinder;
-use crate::json::scan::{self, MemberSpans, Scanned};
+use crate::json::scan::{self, Scanned};
 use crate::json::timestamp::rfc3339_micros;
 use crate::sink::RefusalKind;
 
@@ -217,7 +217,7 @@ impl RowConverter {
             cells,
             extras,
         } = row;
-        self.field_values(&record.body, &record.spans, finder, values, extras)
+        self.field_values(&record.body, finder, values, extras)
             .map_err(|reason| (RefusalKind::Malformed, reason))?;
         self.nested_extras(values, extras);
         for column in &self.columns {
@@ -281,7 +281,6 @@ impl RowConverter {
     fn field_values<'a>(
         &self,
         body: &'a [u8],
-        spans: &MemberSpans,
         finder: &mut FieldFinder<'_>,
         values: &mut Vec<Option<Input<'a>>>,
         extras: &mut Vec<String>,
@@ -291,7 +290,7 @@ impl RowConverter {
         }
         values.resize(self.fields.len(), None);
         if !self.tree {
-            if !scan_fields_and_extras(body, spans, finder, values, extras) {
+            if !scan_fields_and_extras(body, finder, values, extras) {
                 let (found, others) = extract_fields_and_extras(body, &self.fields)?;
                 values.clear();
                 values.extend(found.into_iter().map(|v| v.map(Input::Json)));
@@ -967,20 +966,19 @@ impl fmt::Display for Json<'_> {
     }
 }
 
-/// [`extract_fields_and_extras`] by one fast pass ([`scan`], or the body's known `spans`) into
-/// `values` (one `None` per field before) and `extras` (empty before), with the same answer;
-/// `false` when the body is left to serde_json (an escape in a string, a number out of range,
-/// malformed JSON), whose answer or error then counts.
+/// [`extract_fields_and_extras`] by one fast pass ([`scan`]) into `values` (one `None` per field
+/// before) and `extras` (empty before), with the same answer; `false` when the body is left to
+/// serde_json (an escape in a string, a number out of range, malformed JSON), whose answer or
+/// error then counts.
 fn scan_fields_and_extras<'a>(
     body: &'a [u8],
-    spans: &MemberSpans,
     finder: &mut FieldFinder<'_>,
     values: &mut [Option<Input<'a>>],
     extras: &mut Vec<String>,
 ) -> bool {
     finder.object();
     let mut numbers_read = true;
-    let plain = scan::members_of(body, spans, |key, value, _| {
+    let plain = scan::members(body, |key, value| {
         let value = match value {
             Scanned::Text(text) => Json::Text(Cow::Borrowed(text)),
             // serde_json reads the number (integer or not, its range) exactly as in a body; the
@@ -1198,36 +1196,21 @@ mod scan_tests {
     /// leaves the body to serde_json.
     #[allow(clippy::type_complexity)]
     fn fast<'a>(body: &'a [u8], fields: &[String]) -> Option<(Vec<Option<Json<'a>>>, Vec<String>)> {
-        let read = |spans: &MemberSpans| {
-            let mut values = vec![None; fields.len()];
-            let mut extras = Vec::new();
-            scan_fields_and_extras(
-                body,
-                spans,
-                &mut FieldFinder::new(fields),
-                &mut values,
-                &mut extras,
-            )
-            .then(|| {
-                let values: Vec<_> = values
-                    .into_iter()
-                    .map(|v| v.map(Input::into_json))
-                    .collect();
-                (values, extras)
-            })
-        };
-        // Read from the spans an earlier scan of the body recorded, the answer is the same.
-        scan::want_spans();
-        let mut record = Vec::new();
-        scan::members_recorded(body, &mut record, |_, _| {});
-        let scanned = read(&MemberSpans::default());
-        assert_eq!(
-            read(&MemberSpans::from_recorded(body, &record)),
-            scanned,
-            "{}",
-            String::from_utf8_lossy(body)
-        );
-        scanned
+        let mut values = vec![None; fields.len()];
+        let mut extras = Vec::new();
+        scan_fields_and_extras(
+            body,
+            &mut FieldFinder::new(fields),
+            &mut values,
+            &mut extras,
+        )
+        .then(|| {
+            let values = values
+                .into_iter()
+                .map(|v| v.map(Input::into_json))
+                .collect();
+            (values, extras)
+        })
     }
 
     #[test]

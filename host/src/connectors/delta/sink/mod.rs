@@ -104,9 +104,6 @@ impl DeltaSink {
         loaded: &LoadedConfig,
     ) -> Result<Self, SinkError> {
         let misconfigured = |reason| SinkError::opening(SinkErrorKind::Misconfigured, name, reason);
-        // Its rows read the records' top-level members: ask the sources for their places from
-        // the first event on (a forwarded record keeps its event's).
-        crate::json::scan::want_spans();
         let location = Location::parse(&config.path, &config.storage_options, loaded)
             .and_then(|location| location.with_credential(config.credential.as_ref()))
             .map_err(misconfigured)?;

@@ -703,7 +703,6 @@ fn to_event(received: &ReceivedEventData, partition: PartitionId, sequence: Posi
             .unwrap_or_else(now_millis),
         properties,
         body: data.body().map(Bytes::copy_from_slice).unwrap_or_default(),
-        spans: Default::default(),
     }
 }
 

@@ -152,7 +152,6 @@ fn decode_frame(frame: &[u8], partition: PartitionId, position: Position) -> Res
         enqueued_time: i64::from_le_bytes(enqueued),
         properties,
         body,
-        spans: Default::default(),
     })
 }
 
